@@ -1,0 +1,417 @@
+//! The `valkey-dr.toml` configuration: strict parsing and validation.
+//!
+//! Every validation error names the offending field and says how to fix it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::Endpoint;
+
+/// The most regions a topology may span: one primary region and up to two secondaries.
+pub const MAX_REGIONS: usize = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity written into the ownership TXT record; records owned by another identity are never touched.
+    #[serde(default = "default_owner")]
+    pub owner: String,
+    /// Where the controller keeps its epoch record, event log and control socket.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The region whose primary is the writer when no epoch has been recorded yet.
+    pub primary_region: String,
+    pub regions: Vec<RegionConfig>,
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub controller: ControllerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub name: String,
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// IP address (served as an A record) or host name (served as a CNAME).
+    pub host: String,
+    #[serde(default = "default_valkey_port")]
+    pub port: u16,
+    /// How nodes of another region reach this node for replication ("host:port"), keyed by that
+    /// region's name: a proxy, NAT or peering address. Defaults to `host:port`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replication_address: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The zone the records live in, e.g. `valkey-dr.live`.
+    pub zone: String,
+    /// The global writer name, relative to the zone (`demo`) or fully qualified (`demo.valkey-dr.live.`).
+    pub global_name: String,
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    #[serde(default)]
+    pub provider: DnsProviderConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DnsProviderConfig {
+    /// The authoritative server built into the controller.
+    Embedded {
+        #[serde(default = "default_dns_listen")]
+        listen: String,
+    },
+}
+
+impl Default for DnsProviderConfig {
+    fn default() -> Self {
+        DnsProviderConfig::Embedded {
+            listen: default_dns_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Time between two reconcile passes when nothing wakes the controller earlier.
+    #[serde(default = "default_reconcile_interval_ms")]
+    pub reconcile_interval_ms: u64,
+    /// Limit for opening a connection to a node.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Limit for one command's reply from a node.
+    #[serde(default = "default_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+    /// How long a planned switchover waits for the target to catch up before it aborts.
+    #[serde(default = "default_catchup_timeout_ms")]
+    pub catchup_timeout_ms: u64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            reconcile_interval_ms: default_reconcile_interval_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            command_timeout_ms: default_command_timeout_ms(),
+            catchup_timeout_ms: default_catchup_timeout_ms(),
+        }
+    }
+}
+
+fn default_owner() -> String {
+    "valkey-dr".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/valkey-dr")
+}
+fn default_valkey_port() -> u16 {
+    6379
+}
+fn default_ttl() -> u32 {
+    5
+}
+fn default_dns_listen() -> String {
+    "127.0.0.1:5353".into()
+}
+fn default_reconcile_interval_ms() -> u64 {
+    1000
+}
+fn default_connect_timeout_ms() -> u64 {
+    500
+}
+fn default_command_timeout_ms() -> u64 {
+    500
+}
+fn default_catchup_timeout_ms() -> u64 {
+    5000
+}
+
+/// A configuration problem: which field, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config is not valid TOML or has an unexpected shape: {0}")]
+    Syntax(String),
+    #[error("config field `{field}`: {problem}; fix: {fix}")]
+    Invalid {
+        field: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    /// The field the error is about, when it is about one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates a config document.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string().trim().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_label("owner", &self.owner, false)?;
+        if self.regions.len() < 2 {
+            return Err(ConfigError::invalid(
+                "regions",
+                format!("{} region(s) configured, at least 2 are needed", self.regions.len()),
+                "add a [[regions]] table for each region (2 or 3)",
+            ));
+        }
+        if self.regions.len() > MAX_REGIONS {
+            return Err(ConfigError::invalid(
+                "regions",
+                format!("{} regions configured, at most {MAX_REGIONS} are supported", self.regions.len()),
+                "remove regions until at most 3 remain",
+            ));
+        }
+        let mut region_names = BTreeSet::new();
+        let mut addresses: BTreeMap<Endpoint, String> = BTreeMap::new();
+        for (r, region) in self.regions.iter().enumerate() {
+            let field = format!("regions[{r}].name");
+            validate_label(&field, &region.name, false)?;
+            if !region_names.insert(region.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("duplicate region \"{}\"", region.name),
+                    "give every region a unique name",
+                ));
+            }
+            if region.nodes.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("regions[{r}].nodes"),
+                    format!("region \"{}\" has no nodes", region.name),
+                    "add at least one [[regions.nodes]] entry with host and port",
+                ));
+            }
+            for (n, node) in region.nodes.iter().enumerate() {
+                let field = format!("regions[{r}].nodes[{n}]");
+                let endpoint = node_endpoint(&field, node)?;
+                if let Some(other) = addresses.insert(endpoint.clone(), field.clone()) {
+                    return Err(ConfigError::invalid(
+                        format!("{field}.host"),
+                        format!("{endpoint} is already used by {other}"),
+                        "give every node its own host:port",
+                    ));
+                }
+            }
+        }
+        for (r, region) in self.regions.iter().enumerate() {
+            for (n, node) in region.nodes.iter().enumerate() {
+                for (from, address) in &node.replication_address {
+                    let field = format!("regions[{r}].nodes[{n}].replication_address.{from}");
+                    if !region_names.contains(from.as_str()) || from == &region.name {
+                        return Err(ConfigError::invalid(
+                            field,
+                            format!("\"{from}\" is not another configured region"),
+                            "key each replication address by the name of the region that uses it",
+                        ));
+                    }
+                    Endpoint::parse(address).map_err(|problem| {
+                        ConfigError::invalid(field, problem, "write the address as \"host:port\"")
+                    })?;
+                }
+            }
+        }
+        if self.primary_region.is_empty() {
+            return Err(ConfigError::invalid(
+                "primary_region",
+                "no primary region given",
+                "set primary_region to the name of the region that holds the writer",
+            ));
+        }
+        if !region_names.contains(self.primary_region.as_str()) {
+            return Err(ConfigError::invalid(
+                "primary_region",
+                format!("\"{}\" is not a configured region", self.primary_region),
+                format!(
+                    "use one of: {}",
+                    region_names.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        self.validate_dns()?;
+        self.validate_controller()
+    }
+
+    fn validate_dns(&self) -> Result<(), ConfigError> {
+        validate_dns_name("dns.zone", &self.dns.zone)?;
+        validate_dns_name("dns.global_name", &self.dns.global_name)?;
+        let zone = fqdn(&self.dns.zone);
+        let global = self.global_name_fqdn();
+        if !global.ends_with(&format!(".{zone}")) {
+            return Err(ConfigError::invalid(
+                "dns.global_name",
+                format!("\"{global}\" is not inside zone \"{zone}\""),
+                "use a name relative to the zone (e.g. \"demo\") or a name ending in the zone",
+            ));
+        }
+        if self.dns.ttl == 0 {
+            return Err(ConfigError::invalid(
+                "dns.ttl",
+                "TTL 0 makes resolvers query on every connection and is not cached consistently",
+                "set a TTL of at least 1 second (5 is a good default)",
+            ));
+        }
+        match &self.dns.provider {
+            DnsProviderConfig::Embedded { listen } => {
+                listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                    ConfigError::invalid(
+                        "dns.provider.listen",
+                        format!("\"{listen}\" is not an IP:port socket address"),
+                        "write it like \"127.0.0.1:5353\"",
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_controller(&self) -> Result<(), ConfigError> {
+        let c = &self.controller;
+        for (field, value) in [
+            ("controller.reconcile_interval_ms", c.reconcile_interval_ms),
+            ("controller.connect_timeout_ms", c.connect_timeout_ms),
+            ("controller.command_timeout_ms", c.command_timeout_ms),
+            ("controller.catchup_timeout_ms", c.catchup_timeout_ms),
+        ] {
+            if value == 0 || value > 600_000 {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{value} ms is out of range"),
+                    "use a value between 1 and 600000 milliseconds",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The zone as a fully qualified, lower-case name with trailing dot.
+    pub fn zone_fqdn(&self) -> String {
+        fqdn(&self.dns.zone)
+    }
+
+    /// The global writer name, fully qualified.
+    pub fn global_name_fqdn(&self) -> String {
+        let name = self.dns.global_name.to_ascii_lowercase();
+        let zone = self.zone_fqdn();
+        if name.ends_with('.') {
+            name
+        } else if name == zone.trim_end_matches('.') || name.ends_with(&format!(".{}", zone.trim_end_matches('.'))) {
+            format!("{name}.")
+        } else {
+            format!("{name}.{zone}")
+        }
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+
+    pub fn events_file(&self) -> PathBuf {
+        self.state_dir.join("events.jsonl")
+    }
+}
+
+fn node_endpoint(field: &str, node: &NodeConfig) -> Result<Endpoint, ConfigError> {
+    if node.host.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{field}.host"),
+            "empty host",
+            "set host to the node's IP address or DNS name",
+        ));
+    }
+    if node.host.parse::<std::net::IpAddr>().is_err() {
+        validate_dns_name(&format!("{field}.host"), &node.host)?;
+    }
+    if node.port == 0 {
+        return Err(ConfigError::invalid(
+            format!("{field}.port"),
+            "port 0 is not a valid Valkey port",
+            "set the port the node listens on (usually 6379)",
+        ));
+    }
+    Ok(Endpoint::new(&node.host, node.port))
+}
+
+/// Lower-cases a name and adds the trailing dot.
+pub fn fqdn(name: &str) -> String {
+    let name = name.to_ascii_lowercase();
+    if name.ends_with('.') { name } else { format!("{name}.") }
+}
+
+fn validate_dns_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() || trimmed.len() > 253 {
+        return Err(ConfigError::invalid(
+            field,
+            format!("\"{name}\" is not a valid DNS name (empty or longer than 253 characters)"),
+            "use dot-separated labels of letters, digits and hyphens, e.g. \"valkey-dr.live\"",
+        ));
+    }
+    for label in trimmed.split('.') {
+        validate_label(field, label, true)?;
+    }
+    Ok(())
+}
+
+/// A DNS label: 1–63 letters, digits or hyphens, not starting or ending with a hyphen.
+/// Region names and the owner id must be labels too, since they appear in record names and TXT data.
+fn validate_label(field: &str, label: &str, allow_underscore: bool) -> Result<(), ConfigError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || (allow_underscore && c == '_');
+    let valid = !label.is_empty()
+        && label.len() <= 63
+        && label.chars().all(ok_char)
+        && !label.starts_with('-')
+        && !label.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            format!("\"{label}\" is not a valid DNS label"),
+            "use 1-63 letters, digits or hyphens, not starting or ending with a hyphen",
+        ))
+    }
+}

@@ -1,0 +1,21 @@
+//! Types and pure decision logic of valkey-dr.
+//!
+//! Nothing in this crate performs I/O: the controller observes the world, hands the observations to
+//! [`analysis::analyze`], turns the result into desired DNS records with [`records::desired`] and
+//! diffs them against what the DNS backend holds with [`plan::calculate`].
+
+pub mod analysis;
+pub mod config;
+pub mod observation;
+pub mod ownership;
+pub mod plan;
+pub mod records;
+pub mod topology;
+
+pub use analysis::{Analysis, EpochRecord, Finding};
+pub use config::{Config, ConfigError};
+pub use observation::{NodeObservation, ReplicationInfo, Role};
+pub use ownership::Ownership;
+pub use plan::{Change, Plan};
+pub use records::{RecordSet, RecordType};
+pub use topology::{Endpoint, Node, NodeId, Region, RegionId, Topology};

@@ -1,0 +1,172 @@
+//! What a node reports about itself, and the parser for `INFO replication`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::{Endpoint, NodeId};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum Role {
+    /// `role:master`: accepts writes.
+    Primary,
+    /// `role:slave`: follows `master`.
+    Replica {
+        master: Endpoint,
+        /// `master_link_status:up`. Lags reality by `repl-timeout` after a cut link.
+        link_up: bool,
+        /// `master_sync_in_progress:1`: a full resync is running.
+        sync_in_progress: bool,
+    },
+}
+
+/// The replication state of one reachable node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationInfo {
+    #[serde(flatten)]
+    pub role: Role,
+    /// The replication stream position: `master_repl_offset` on a primary, `slave_repl_offset`
+    /// on a replica.
+    pub offset: u64,
+    /// `master_replid`: the replication history this node is on.
+    pub replication_id: String,
+    pub connected_replicas: u32,
+}
+
+impl ReplicationInfo {
+    pub fn is_primary(&self) -> bool {
+        matches!(self.role, Role::Primary)
+    }
+
+    pub fn master(&self) -> Option<&Endpoint> {
+        match &self.role {
+            Role::Replica { master, .. } => Some(master),
+            Role::Primary => None,
+        }
+    }
+}
+
+/// One node's observation: its replication state, or why it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeObservation {
+    pub node: NodeId,
+    pub state: Result<ReplicationInfo, String>,
+    /// Round-trip time of the probe in microseconds (0 when unreachable).
+    pub rtt_us: u64,
+    /// Number of keys (`DBSIZE`), when read.
+    pub keys: Option<u64>,
+}
+
+impl NodeObservation {
+    pub fn info(&self) -> Option<&ReplicationInfo> {
+        self.state.as_ref().ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InfoParseError {
+    #[error("INFO replication reply has no `{0}` field")]
+    Missing(&'static str),
+    #[error("INFO replication field `{field}` has an invalid value \"{value}\"")]
+    Invalid { field: &'static str, value: String },
+}
+
+/// Parses the reply of `INFO replication`. Unknown fields are ignored; the fields the controller
+/// relies on must be present and well formed.
+pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseError> {
+    let field = |name: &'static str| -> Option<&str> {
+        text.lines()
+            .filter_map(|line| line.trim_end_matches('\r').split_once(':'))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    let required = |name: &'static str| field(name).ok_or(InfoParseError::Missing(name));
+    let number = |name: &'static str| -> Result<u64, InfoParseError> {
+        let value = required(name)?;
+        value.parse().map_err(|_| InfoParseError::Invalid {
+            field: name,
+            value: value.chars().take(64).collect(),
+        })
+    };
+    let replication_id = field("master_replid").unwrap_or_default().to_string();
+    let connected_replicas = match field("connected_slaves") {
+        Some(_) => number("connected_slaves")? as u32,
+        None => 0,
+    };
+    match required("role")? {
+        "master" => Ok(ReplicationInfo {
+            role: Role::Primary,
+            offset: number("master_repl_offset")?,
+            replication_id,
+            connected_replicas,
+        }),
+        "slave" | "replica" => {
+            let host = required("master_host")?;
+            let port = number("master_port")?;
+            let port = u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
+                InfoParseError::Invalid {
+                    field: "master_port",
+                    value: port.to_string(),
+                }
+            })?;
+            Ok(ReplicationInfo {
+                role: Role::Replica {
+                    master: Endpoint::new(host, port),
+                    link_up: required("master_link_status")? == "up",
+                    sync_in_progress: field("master_sync_in_progress") == Some("1"),
+                },
+                offset: number("slave_repl_offset")?,
+                replication_id,
+                connected_replicas,
+            })
+        }
+        other => Err(InfoParseError::Invalid {
+            field: "role",
+            value: other.chars().take(64).collect(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRIMARY: &str = "# Replication\r\nrole:master\r\nconnected_slaves:1\r\nslave0:ip=127.0.1.2,port=6379,state=online,offset=1234,lag=0\r\nmaster_failover_state:no-failover\r\nmaster_replid:8f1c\r\nmaster_replid2:0000\r\nmaster_repl_offset:1234\r\n";
+    const REPLICA: &str = "# Replication\r\nrole:slave\r\nmaster_host:127.0.2.111\r\nmaster_port:6379\r\nmaster_link_status:up\r\nmaster_last_io_seconds_ago:0\r\nmaster_sync_in_progress:0\r\nslave_read_repl_offset:1200\r\nslave_repl_offset:1200\r\nslave_priority:100\r\nconnected_slaves:0\r\nmaster_replid:8f1c\r\nmaster_repl_offset:1200\r\n";
+
+    #[test]
+    fn parses_primary_and_replica() {
+        let p = parse_info_replication(PRIMARY).unwrap();
+        assert_eq!(p.role, Role::Primary);
+        assert_eq!((p.offset, p.connected_replicas), (1234, 1));
+        let r = parse_info_replication(REPLICA).unwrap();
+        assert_eq!(
+            r.role,
+            Role::Replica {
+                master: Endpoint::new("127.0.2.111", 6379),
+                link_up: true,
+                sync_in_progress: false
+            }
+        );
+        assert_eq!(r.offset, 1200);
+    }
+
+    #[test]
+    fn rejects_malformed_replies() {
+        let cases = [
+            ("", InfoParseError::Missing("role")),
+            ("role:master\r\n", InfoParseError::Missing("master_repl_offset")),
+            ("role:sentinel\r\n", InfoParseError::Invalid { field: "role", value: "sentinel".into() }),
+            (
+                "role:master\r\nmaster_repl_offset:-1\r\n",
+                InfoParseError::Invalid { field: "master_repl_offset", value: "-1".into() },
+            ),
+            (
+                "role:slave\r\nmaster_host:h\r\nmaster_port:70000\r\n",
+                InfoParseError::Invalid { field: "master_port", value: "70000".into() },
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_info_replication(text), Err(expected), "{text:?}");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! DNS record sets and the records the system should publish for an analysis.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::{Analysis, EpochRecord};
+use crate::config::{Config, fqdn};
+use crate::ownership::{self, Ownership};
+use crate::topology::{NodeId, Topology};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RecordType {
+    A,
+    Aaaa,
+    Cname,
+    Txt,
+}
+
+impl fmt::Display for RecordType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecordType::A => "A",
+            RecordType::Aaaa => "AAAA",
+            RecordType::Cname => "CNAME",
+            RecordType::Txt => "TXT",
+        })
+    }
+}
+
+/// All records of one name and type. Names are lower-case and fully qualified; values are sorted
+/// so that two sets with the same content compare equal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordSet {
+    pub name: String,
+    pub rtype: RecordType,
+    pub ttl: u32,
+    pub values: Vec<String>,
+}
+
+impl RecordSet {
+    pub fn new(name: &str, rtype: RecordType, ttl: u32, values: impl IntoIterator<Item = String>) -> Self {
+        let mut values: Vec<String> = values.into_iter().collect();
+        values.sort();
+        values.dedup();
+        RecordSet {
+            name: fqdn(name),
+            rtype,
+            ttl,
+            values,
+        }
+    }
+}
+
+impl fmt::Display for RecordSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {} {}", self.name, self.ttl, self.rtype, self.values.join(" "))
+    }
+}
+
+/// The names valkey-dr manages for one config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedNames {
+    pub zone: String,
+    pub global: String,
+    pub ownership: String,
+    pub ttl: u32,
+    pub owner: String,
+}
+
+impl ManagedNames {
+    pub fn from_config(config: &Config) -> Self {
+        let global = config.global_name_fqdn();
+        ManagedNames {
+            zone: config.zone_fqdn(),
+            ownership: ownership::record_name(&global),
+            global,
+            ttl: config.dns.ttl,
+            owner: config.owner.clone(),
+        }
+    }
+
+    pub fn regional_primary(&self, region: &str) -> String {
+        format!("primary.{region}.{}", self.zone)
+    }
+
+    pub fn regional_reader(&self, region: &str) -> String {
+        format!("reader.{region}.{}", self.zone)
+    }
+
+    /// Every name the controller may write, for reading the current state.
+    pub fn all(&self, topology: &Topology) -> Vec<String> {
+        let mut names = vec![self.global.clone(), self.ownership.clone()];
+        for region in &topology.regions {
+            names.push(self.regional_primary(&region.name));
+            names.push(self.regional_reader(&region.name));
+        }
+        names
+    }
+}
+
+/// The records that should exist given the analysis. A name is left out (and so left untouched)
+/// when the analysis does not know a correct value for it: lack of knowledge never deletes.
+pub fn desired(
+    names: &ManagedNames,
+    topology: &Topology,
+    analysis: &Analysis,
+    epoch: Option<&EpochRecord>,
+) -> Vec<RecordSet> {
+    let mut records = Vec::new();
+    let host_record = |name: String, nodes: &[NodeId]| -> Option<RecordSet> {
+        let hosts: Vec<&str> = nodes.iter().map(|n| topology.node(*n).endpoint.host.as_str()).collect();
+        let ips: Vec<IpAddr> = hosts.iter().filter_map(|h| h.parse().ok()).collect();
+        if ips.len() == hosts.len() && !ips.is_empty() {
+            // A and AAAA cannot share one set; a mixed region publishes its IPv4 readers.
+            let v4: Vec<String> = ips.iter().filter(|ip| ip.is_ipv4()).map(|ip| ip.to_string()).collect();
+            if v4.is_empty() {
+                Some(RecordSet::new(&name, RecordType::Aaaa, names.ttl, ips.iter().map(|ip| ip.to_string())))
+            } else {
+                Some(RecordSet::new(&name, RecordType::A, names.ttl, v4))
+            }
+        } else {
+            // A CNAME takes one target: the first node by configuration order.
+            hosts.first().map(|h| RecordSet::new(&name, RecordType::Cname, names.ttl, [fqdn(h)]))
+        }
+    };
+    for region in &topology.regions {
+        if let Some(head) = analysis.heads[region.id.0] {
+            records.extend(host_record(names.regional_primary(&region.name), &[head]));
+        }
+        records.extend(host_record(names.regional_reader(&region.name), &analysis.readers[region.id.0]));
+    }
+    if let (Some(primary), Some(epoch)) = (analysis.active_primary, epoch) {
+        if epoch.primary == primary {
+            let region = &topology.region_of(primary).name;
+            records.push(RecordSet::new(
+                &names.global,
+                RecordType::Cname,
+                names.ttl,
+                [names.regional_primary(region)],
+            ));
+            let owner = Ownership {
+                owner: names.owner.clone(),
+                epoch: epoch.epoch,
+                primary_region: region.clone(),
+            };
+            records.push(RecordSet::new(&names.ownership, RecordType::Txt, names.ttl, [owner.to_txt()]));
+        }
+    }
+    records.sort();
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::analyze;
+    use crate::analysis::tests::{LAB, down, healthy, lab, primary, replica_of};
+
+    fn names() -> ManagedNames {
+        ManagedNames::from_config(&Config::parse(LAB).unwrap())
+    }
+
+    fn find<'a>(records: &'a [RecordSet], name: &str) -> Option<&'a RecordSet> {
+        records.iter().find(|r| r.name == name)
+    }
+
+    #[test]
+    fn healthy_lab_publishes_every_name() {
+        let epoch = EpochRecord { epoch: 1, primary: NodeId(0) };
+        let records = desired(&names(), &lab(), &analyze(&lab(), &healthy(), Some(&epoch)), Some(&epoch));
+        let text: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            text,
+            vec![
+                "_valkey-dr.demo.valkey-dr.live. 5 TXT heritage=valkey-dr,owner=valkey-dr,epoch=1,primary=us-east-1",
+                "demo.valkey-dr.live. 5 CNAME primary.us-east-1.valkey-dr.live.",
+                "primary.us-east-1.valkey-dr.live. 5 A 127.0.1.1",
+                "primary.us-east-2.valkey-dr.live. 5 A 127.0.2.1",
+                "reader.us-east-1.valkey-dr.live. 5 A 127.0.1.2",
+                "reader.us-east-2.valkey-dr.live. 5 A 127.0.2.2",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_writer_leaves_the_global_name_alone() {
+        let epoch = EpochRecord { epoch: 1, primary: NodeId(0) };
+        let observations = vec![down(0), replica_of(1, 0, 1), replica_of(2, 0, 1), replica_of(3, 2, 1)];
+        let records = desired(&names(), &lab(), &analyze(&lab(), &observations, Some(&epoch)), Some(&epoch));
+        assert!(find(&records, "demo.valkey-dr.live.").is_none());
+        assert!(find(&records, "_valkey-dr.demo.valkey-dr.live.").is_none());
+        assert!(find(&records, "primary.us-east-1.valkey-dr.live.").is_none());
+        // A rogue master is never a target, of any name.
+        let rogue = vec![primary(0), replica_of(1, 0, 1), primary(2), replica_of(3, 2, 1)];
+        let records = desired(&names(), &lab(), &analyze(&lab(), &rogue, Some(&epoch)), Some(&epoch));
+        assert!(records.iter().all(|r| !r.values.contains(&"127.0.2.1".to_string())), "{records:?}");
+    }
+}
