@@ -1,1 +1,38 @@
+//! DNS for valkey-dr: the [`DnsProvider`] trait every backend implements, and the backends.
+//!
+//! - [`embedded`]: the authoritative server built into the controller (hickory-server).
+//!
+//! A new backend (RFC 2136, Route 53, …) is a new module implementing [`DnsProvider`]; the
+//! conformance battery in `tests/conformance.rs` is the contract it must pass.
 
+pub mod embedded;
+pub mod resolve;
+
+use async_trait::async_trait;
+use valkey_dr_core::{Change, RecordSet};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// A compare-and-swap precondition failed: the record is not what the change expected.
+    #[error("{name}: record changed under us (expected {expected}, found {found}); nothing was applied")]
+    Conflict {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{name} is outside the zone {zone}")]
+    OutOfZone { name: String, zone: String },
+    #[error("DNS backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A place where DNS records live. Every implementation must apply a batch of changes atomically
+/// and refuse the whole batch when any change's expected old value does not match.
+#[async_trait]
+pub trait DnsProvider: Send + Sync {
+    /// The record sets currently held for the given names (any type).
+    async fn records(&self, names: &[String]) -> Result<Vec<RecordSet>, DnsError>;
+
+    /// Applies all changes or none.
+    async fn apply(&self, changes: &[Change]) -> Result<(), DnsError>;
+}

@@ -1,1 +1,172 @@
+//! The engine for self-hosted Valkey (or Redis OSS) nodes.
+//!
+//! Every operation names one node by its endpoint and is bounded by the configured connect and
+//! command timeouts, so an unreachable node costs at most one timeout per call and never blocks
+//! the controller.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
+use valkey_dr_core::observation::{NodeObservation, ReplicationInfo, parse_info_replication};
+use valkey_dr_core::{Endpoint, NodeId, Topology};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{node}: {operation} failed: {reason}")]
+pub struct EngineError {
+    pub node: Endpoint,
+    pub operation: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+}
+
+/// Talks to the nodes of one topology. Connections are cached per node and dropped on any error,
+/// so a node that comes back is reached again on the next call.
+pub struct ValkeyEngine {
+    timeouts: Timeouts,
+    connections: Mutex<HashMap<Endpoint, MultiplexedConnection>>,
+}
+
+impl ValkeyEngine {
+    pub fn new(timeouts: Timeouts) -> Self {
+        ValkeyEngine {
+            timeouts,
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn connection(&self, node: &Endpoint) -> Result<MultiplexedConnection, EngineError> {
+        if let Some(conn) = self.connections.lock().expect("lock").get(node) {
+            return Ok(conn.clone());
+        }
+        let info = ConnectionAddr::Tcp(node.host.clone(), node.port).into_connection_info().map_err(|e| error(node, "connect", e))?;
+        let client = Client::open(info).map_err(|e| error(node, "connect", e))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeouts.connect))
+            .set_response_timeout(Some(self.timeouts.command));
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
+        // The overall bound also covers the handshake, which the connection timeout may not.
+        let conn = tokio::time::timeout(self.timeouts.connect + self.timeouts.command, connect)
+            .await
+            .map_err(|_| error(node, "connect", "timed out"))?
+            .map_err(|e| error(node, "connect", e))?;
+        self.connections
+            .lock()
+            .expect("lock")
+            .insert(node.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs one command on a node; on failure the cached connection is dropped.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        node: &Endpoint,
+        operation: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.connection(node).await?;
+        let result = tokio::time::timeout(self.timeouts.command * 2, cmd.query_async::<T>(&mut conn))
+            .await
+            .map_err(|_| error(node, operation, "timed out"))
+            .and_then(|r| r.map_err(|e| error(node, operation, e)));
+        if result.is_err() {
+            self.connections.lock().expect("lock").remove(node);
+        }
+        result
+    }
+
+    /// Reads a node's replication state (INFO replication, cross-checked with ROLE) and key count.
+    pub async fn replication(&self, node: &Endpoint) -> Result<ReplicationInfo, EngineError> {
+        let text: String = self
+            .run(node, "INFO replication", redis::cmd("INFO").arg("replication"))
+            .await?;
+        let info = parse_info_replication(&text).map_err(|e| error(node, "INFO replication", e))?;
+        let role: Vec<redis::Value> = self.run(node, "ROLE", &redis::cmd("ROLE")).await?;
+        let role_name = match role.first() {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(redis::Value::SimpleString(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let role_is_primary = role_name == "master";
+        if role_is_primary != info.is_primary() {
+            // The node changed role between the two commands: report, the next probe settles it.
+            return Err(error(node, "ROLE", format!("ROLE says {role_name} while INFO disagrees")));
+        }
+        Ok(info)
+    }
+
+    pub async fn observe(&self, id: NodeId, node: &Endpoint) -> NodeObservation {
+        let started = Instant::now();
+        let state = self.replication(node).await.map_err(|e| e.reason);
+        let rtt_us = if state.is_ok() { started.elapsed().as_micros() as u64 } else { 0 };
+        let keys = match state {
+            Ok(_) => self.run(node, "DBSIZE", &redis::cmd("DBSIZE")).await.ok(),
+            Err(_) => None,
+        };
+        NodeObservation {
+            node: id,
+            state,
+            rtt_us,
+            keys,
+        }
+    }
+
+    /// Observes every node of the topology concurrently.
+    pub async fn observe_all(&self, topology: &Topology) -> Vec<NodeObservation> {
+        futures::future::join_all(topology.nodes.iter().map(|n| self.observe(n.id, &n.endpoint))).await
+    }
+
+    /// `CLIENT PAUSE <ms> WRITE`: write commands block, reads and replication go on. The pause
+    /// expires by itself, so a controller that dies mid-switchover cannot leave writes blocked.
+    pub async fn pause_writes(&self, node: &Endpoint, duration: Duration) -> Result<(), EngineError> {
+        let ms = duration.as_millis().max(1) as u64;
+        self.run::<()>(node, "CLIENT PAUSE", redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("WRITE"))
+            .await
+    }
+
+    pub async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError> {
+        self.run::<()>(node, "CLIENT UNPAUSE", redis::cmd("CLIENT").arg("UNPAUSE")).await
+    }
+
+    /// `REPLICAOF NO ONE`.
+    pub async fn promote(&self, node: &Endpoint) -> Result<(), EngineError> {
+        self.run::<()>(node, "REPLICAOF NO ONE", redis::cmd("REPLICAOF").arg("NO").arg("ONE"))
+            .await
+    }
+
+    /// `REPLICAOF host port`.
+    pub async fn replicate_from(&self, node: &Endpoint, source: &Endpoint) -> Result<(), EngineError> {
+        self.run::<()>(
+            node,
+            "REPLICAOF",
+            redis::cmd("REPLICAOF").arg(&source.host).arg(source.port),
+        )
+        .await
+    }
+
+    /// Closes the node's normal client connections (not replicas, not ours) so that clients
+    /// reconnect and resolve the name again. Returns how many were closed.
+    pub async fn kill_normal_clients(&self, node: &Endpoint) -> Result<u64, EngineError> {
+        self.run(
+            node,
+            "CLIENT KILL",
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes"),
+        )
+        .await
+    }
+}
+
+fn error(node: &Endpoint, operation: &'static str, reason: impl std::fmt::Display) -> EngineError {
+    EngineError {
+        node: node.clone(),
+        operation,
+        reason: reason.to_string(),
+    }
+}

@@ -1,0 +1,8 @@
+//! The embedded authoritative DNS server: a versioned in-memory zone ([`Zone`]) served over UDP
+//! and TCP by hickory-server ([`server`]).
+
+mod server;
+mod zone;
+
+pub use server::{DnsServer, ServerError};
+pub use zone::{Lookup, Zone};

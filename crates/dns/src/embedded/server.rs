@@ -1,0 +1,243 @@
+//! Serves a [`Zone`] over UDP and TCP as an authoritative-only server: no recursion, REFUSED for
+//! names outside the zone, for zone transfers and for dynamic updates.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType as HickoryType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::net::{TcpListener, UdpSocket};
+use valkey_dr_core::{RecordSet, RecordType};
+
+use super::zone::{Lookup, Zone};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen for DNS on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Largest UDP payload we answer with, whatever a client advertises (the DNS flag day value).
+const MAX_UDP_PAYLOAD: u16 = 1232;
+
+pub struct DnsServer {
+    server: Server<Handler>,
+    local_addr: SocketAddr,
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `listen` (port 0 picks one free port for both) and starts serving.
+    pub async fn start(zone: Arc<Zone>, listen: SocketAddr, negative_ttl: u32) -> Result<DnsServer, ServerError> {
+        let bind_error = |source| ServerError::Bind { addr: listen, source };
+        let udp = UdpSocket::bind(listen).await.map_err(bind_error)?;
+        let local_addr = udp.local_addr().map_err(bind_error)?;
+        let tcp = TcpListener::bind(local_addr).await.map_err(bind_error)?;
+        let ns = Name::from_ascii(format!("ns.{}", zone.origin())).expect("valid zone name");
+        let handler = Handler {
+            zone,
+            ns,
+            ns_ip: local_addr.ip(),
+            negative_ttl,
+        };
+        let mut server = Server::new(handler);
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
+        Ok(DnsServer { server, local_addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.server.shutdown_gracefully().await;
+    }
+}
+
+struct Handler {
+    zone: Arc<Zone>,
+    ns: Name,
+    ns_ip: std::net::IpAddr,
+    negative_ttl: u32,
+}
+
+struct Answer {
+    code: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+}
+
+impl Answer {
+    fn refused() -> Self {
+        Self::error(ResponseCode::Refused)
+    }
+    fn error(code: ResponseCode) -> Self {
+        Answer {
+            code,
+            authoritative: false,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+        }
+    }
+}
+
+impl Handler {
+    fn origin(&self) -> Name {
+        Name::from_ascii(self.zone.origin()).expect("valid zone name")
+    }
+
+    fn soa(&self) -> Record {
+        let rdata = SOA::new(
+            self.ns.clone(),
+            Name::from_ascii(format!("hostmaster.{}", self.zone.origin())).expect("valid zone name"),
+            self.zone.serial(),
+            60,
+            10,
+            3600,
+            self.negative_ttl,
+        );
+        Record::from_rdata(self.origin(), self.negative_ttl, RData::SOA(rdata))
+    }
+
+    fn answer(&self, request: &Request) -> Answer {
+        match request.metadata.op_code {
+            OpCode::Query => {}
+            // Dynamic updates, NOTIFY and anything else: this server's data comes only from the controller.
+            _ => return Answer::refused(),
+        }
+        let [query] = request.queries.queries() else {
+            return Answer::error(ResponseCode::FormErr);
+        };
+        if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY) {
+            return Answer::refused();
+        }
+        let qtype = query.query_type();
+        if matches!(qtype, HickoryType::AXFR | HickoryType::IXFR) {
+            return Answer::refused();
+        }
+        let name = Name::from(query.name()).to_lowercase();
+        let name_text = name.to_ascii();
+        let name_text = if name_text.ends_with('.') { name_text } else { format!("{name_text}.") };
+        let apex = name_text == self.zone.origin();
+        let mut answer = Answer {
+            code: ResponseCode::NoError,
+            authoritative: true,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+        };
+        if apex && matches!(qtype, HickoryType::SOA | HickoryType::NS) {
+            answer.answers.push(match qtype {
+                HickoryType::SOA => self.soa(),
+                _ => Record::from_rdata(self.origin(), 3600, RData::NS(NS(self.ns.clone()))),
+            });
+            return answer;
+        }
+        if name == self.ns && matches!(qtype, HickoryType::A | HickoryType::AAAA) {
+            let rdata = match self.ns_ip {
+                std::net::IpAddr::V4(ip) if qtype == HickoryType::A => Some(RData::A(A(ip))),
+                std::net::IpAddr::V6(ip) if qtype == HickoryType::AAAA => Some(RData::AAAA(AAAA(ip))),
+                _ => None,
+            };
+            answer.answers.extend(rdata.map(|r| Record::from_rdata(self.ns.clone(), 3600, r)));
+            if answer.answers.is_empty() {
+                answer.authorities.push(self.soa());
+            }
+            return answer;
+        }
+        let rtype = match qtype {
+            HickoryType::A => Some(RecordType::A),
+            HickoryType::AAAA => Some(RecordType::Aaaa),
+            HickoryType::CNAME => Some(RecordType::Cname),
+            HickoryType::TXT => Some(RecordType::Txt),
+            HickoryType::ANY => None,
+            // Types this zone never holds: answer NODATA/NXDOMAIN for the name.
+            _ => Some(RecordType::Txt).filter(|_| false),
+        };
+        let lookup = if rtype.is_none() && qtype != HickoryType::ANY {
+            match self.zone.lookup(&name_text, Some(RecordType::Txt)) {
+                Lookup::NotInZone => Lookup::NotInZone,
+                Lookup::NxDomain => Lookup::NxDomain,
+                _ => Lookup::NoData,
+            }
+        } else {
+            self.zone.lookup(&name_text, rtype)
+        };
+        match lookup {
+            Lookup::NotInZone => return Answer::refused(),
+            Lookup::Answer(sets) => answer.answers = sets.iter().flat_map(to_records).collect(),
+            Lookup::NoData => answer.authorities.push(self.soa()),
+            Lookup::NxDomain => {
+                answer.code = ResponseCode::NXDomain;
+                answer.authorities.push(self.soa());
+            }
+        }
+        answer
+    }
+}
+
+fn to_records(set: &RecordSet) -> Vec<Record> {
+    let Ok(name) = Name::from_ascii(&set.name) else {
+        return Vec::new();
+    };
+    set.values
+        .iter()
+        .filter_map(|value| {
+            let rdata = match set.rtype {
+                RecordType::A => RData::A(A(value.parse().ok()?)),
+                RecordType::Aaaa => RData::AAAA(AAAA(value.parse().ok()?)),
+                RecordType::Cname => RData::CNAME(CNAME(Name::from_ascii(value).ok()?)),
+                RecordType::Txt => RData::TXT(TXT::new(vec![value.clone()])),
+            };
+            Some(Record::from_rdata(name.clone(), set.ttl, rdata))
+        })
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let answer = self.answer(request);
+        let edns = request.edns.as_ref().map(|theirs| {
+            let mut ours = Edns::new();
+            ours.set_max_payload(theirs.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            ours
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = answer.authoritative;
+        metadata.recursion_available = false;
+        metadata.response_code = answer.code;
+        let response = builder.build(
+            metadata,
+            answer.answers.iter(),
+            answer.authorities.iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::warn!(%error, "failed to send DNS response");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The in-memory zone: record sets plus an SOA serial that rises with every change.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use valkey_dr_core::config::fqdn;
+use valkey_dr_core::{Change, RecordSet, RecordType};
+
+use crate::{DnsError, DnsProvider};
+
+/// What the zone says about one name and type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Records that answer the question (a CNAME chain within the zone comes first).
+    Answer(Vec<RecordSet>),
+    /// The name exists but has no data of that type.
+    NoData,
+    NxDomain,
+    /// Not a name of this zone.
+    NotInZone,
+}
+
+struct State {
+    serial: u32,
+    sets: BTreeMap<(String, RecordType), RecordSet>,
+}
+
+pub struct Zone {
+    origin: String,
+    state: RwLock<State>,
+}
+
+/// How many CNAMEs the server follows inside its own zone before it stops.
+const MAX_CNAME_CHAIN: usize = 8;
+
+impl Zone {
+    /// An empty zone. The serial starts at the current Unix time so that it keeps rising across
+    /// restarts (secondaries and caches compare serials).
+    pub fn new(origin: &str) -> Zone {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1);
+        Zone {
+            origin: fqdn(origin),
+            state: RwLock::new(State {
+                serial: now as u32,
+                sets: BTreeMap::new(),
+            }),
+        }
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn serial(&self) -> u32 {
+        self.state.read().expect("zone lock").serial
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        name == self.origin || name.ends_with(&format!(".{}", self.origin))
+    }
+
+    /// Every record set, for status displays.
+    pub fn snapshot(&self) -> Vec<RecordSet> {
+        self.state.read().expect("zone lock").sets.values().cloned().collect()
+    }
+
+    /// Answers one question the way an authoritative server must: exact data, else a CNAME (followed
+    /// within the zone), else NODATA for an existing name (including empty non-terminals), else
+    /// NXDOMAIN.
+    pub fn lookup(&self, name: &str, rtype: Option<RecordType>) -> Lookup {
+        let name = name.to_ascii_lowercase();
+        if !self.contains(&name) {
+            return Lookup::NotInZone;
+        }
+        let state = self.state.read().expect("zone lock");
+        let Some(rtype) = rtype else {
+            // ANY: everything at the name.
+            let all: Vec<RecordSet> = state.sets.values().filter(|s| s.name == name).cloned().collect();
+            return if all.is_empty() { self.no_data_or_nx(&state, &name) } else { Lookup::Answer(all) };
+        };
+        let mut answer = Vec::new();
+        let mut current = name.clone();
+        for _ in 0..MAX_CNAME_CHAIN {
+            if let Some(set) = state.sets.get(&(current.clone(), rtype)) {
+                answer.push(set.clone());
+                return Lookup::Answer(answer);
+            }
+            match state.sets.get(&(current.clone(), RecordType::Cname)) {
+                Some(cname) if rtype != RecordType::Cname => {
+                    answer.push(cname.clone());
+                    let target = cname.values[0].clone();
+                    if !self.contains(&target) {
+                        return Lookup::Answer(answer);
+                    }
+                    current = target;
+                }
+                _ => break,
+            }
+        }
+        if !answer.is_empty() {
+            return Lookup::Answer(answer);
+        }
+        self.no_data_or_nx(&state, &name)
+    }
+
+    fn no_data_or_nx(&self, state: &State, name: &str) -> Lookup {
+        let suffix = format!(".{name}");
+        let exists = name == self.origin
+            || state.sets.keys().any(|(k, _)| k == name || k.ends_with(&suffix));
+        if exists { Lookup::NoData } else { Lookup::NxDomain }
+    }
+
+    /// Applies a batch atomically: every change's expected old value must match, or nothing is
+    /// applied. The serial rises once per applied batch.
+    pub fn apply_changes(&self, changes: &[Change]) -> Result<(), DnsError> {
+        let mut state = self.state.write().expect("zone lock");
+        for change in changes {
+            let name = change.name();
+            if !self.contains(name) {
+                return Err(DnsError::OutOfZone {
+                    name: name.to_string(),
+                    zone: self.origin.clone(),
+                });
+            }
+            let (key, expected) = match change {
+                Change::Create { new } => ((new.name.clone(), new.rtype), None),
+                Change::Update { old, .. } | Change::Delete { old } => ((old.name.clone(), old.rtype), Some(old)),
+            };
+            let found = state.sets.get(&key);
+            if found != expected {
+                let show = |r: Option<&RecordSet>| r.map_or("nothing".to_string(), |r| r.to_string());
+                return Err(DnsError::Conflict {
+                    name: name.to_string(),
+                    expected: show(expected),
+                    found: show(found),
+                });
+            }
+            // A CNAME excludes other data at the name (RFC 1034 3.6.2).
+            if let Change::Create { new } = change {
+                let others = state.sets.keys().filter(|(k, _)| k == &new.name).count();
+                let deleted = changes
+                    .iter()
+                    .filter(|c| matches!(c, Change::Delete { old } if old.name == new.name))
+                    .count();
+                if others > deleted && (new.rtype == RecordType::Cname || state.sets.contains_key(&(new.name.clone(), RecordType::Cname))) {
+                    return Err(DnsError::Conflict {
+                        name: name.to_string(),
+                        expected: "no other data beside a CNAME".into(),
+                        found: "other records at the name".into(),
+                    });
+                }
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        for change in changes {
+            match change {
+                Change::Create { new } | Change::Update { new, .. } => {
+                    if let Change::Update { old, .. } = change {
+                        state.sets.remove(&(old.name.clone(), old.rtype));
+                    }
+                    state.sets.insert((new.name.clone(), new.rtype), new.clone());
+                }
+                Change::Delete { old } => {
+                    state.sets.remove(&(old.name.clone(), old.rtype));
+                }
+            }
+        }
+        state.serial = state.serial.wrapping_add(1).max(1);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DnsProvider for Zone {
+    async fn records(&self, names: &[String]) -> Result<Vec<RecordSet>, DnsError> {
+        let state = self.state.read().expect("zone lock");
+        Ok(state
+            .sets
+            .values()
+            .filter(|s| names.iter().any(|n| fqdn(n) == s.name))
+            .cloned()
+            .collect())
+    }
+
+    async fn apply(&self, changes: &[Change]) -> Result<(), DnsError> {
+        self.apply_changes(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, rtype: RecordType, value: &str) -> RecordSet {
+        RecordSet::new(name, rtype, 5, [value.to_string()])
+    }
+
+    #[test]
+    fn lookups_follow_cnames_and_tell_nodata_from_nxdomain() {
+        let zone = Zone::new("z.test");
+        zone.apply_changes(&[
+            Change::Create { new: set("demo.z.test", RecordType::Cname, "primary.r1.z.test.") },
+            Change::Create { new: set("primary.r1.z.test", RecordType::A, "10.0.0.1") },
+            Change::Create { new: set("ext.z.test", RecordType::Cname, "example.org.") },
+        ])
+        .unwrap();
+        let cases = [
+            ("demo.z.test.", Some(RecordType::A), Lookup::Answer(vec![
+                set("demo.z.test", RecordType::Cname, "primary.r1.z.test."),
+                set("primary.r1.z.test", RecordType::A, "10.0.0.1"),
+            ])),
+            ("DEMO.z.test.", Some(RecordType::Cname), Lookup::Answer(vec![set("demo.z.test", RecordType::Cname, "primary.r1.z.test.")])),
+            ("ext.z.test.", Some(RecordType::A), Lookup::Answer(vec![set("ext.z.test", RecordType::Cname, "example.org.")])),
+            ("primary.r1.z.test.", Some(RecordType::Txt), Lookup::NoData),
+            ("r1.z.test.", Some(RecordType::A), Lookup::NoData),
+            ("z.test.", Some(RecordType::A), Lookup::NoData),
+            ("nope.z.test.", Some(RecordType::A), Lookup::NxDomain),
+            ("example.org.", Some(RecordType::A), Lookup::NotInZone),
+            ("xz.test.", Some(RecordType::A), Lookup::NotInZone),
+        ];
+        for (name, rtype, expected) in cases {
+            assert_eq!(zone.lookup(name, rtype), expected, "{name} {rtype:?}");
+        }
+    }
+
+    #[test]
+    fn batches_are_compare_and_swap_and_raise_the_serial() {
+        let zone = Zone::new("z.test");
+        let v1 = set("demo.z.test", RecordType::Cname, "a.z.test.");
+        let v2 = set("demo.z.test", RecordType::Cname, "b.z.test.");
+        let serial = zone.serial();
+        zone.apply_changes(&[Change::Create { new: v1.clone() }]).unwrap();
+        assert_eq!(zone.serial(), serial + 1);
+        // A create of an existing name and an update from a wrong old value both fail whole.
+        assert!(matches!(zone.apply_changes(&[Change::Create { new: v2.clone() }]), Err(DnsError::Conflict { .. })));
+        let wrong = set("demo.z.test", RecordType::Cname, "c.z.test.");
+        let batch = [
+            Change::Create { new: set("x.z.test", RecordType::A, "10.0.0.9") },
+            Change::Update { old: wrong, new: v2.clone() },
+        ];
+        assert!(matches!(zone.apply_changes(&batch), Err(DnsError::Conflict { .. })));
+        assert_eq!(zone.lookup("x.z.test.", Some(RecordType::A)), Lookup::NxDomain, "nothing of a failed batch lands");
+        assert_eq!(zone.serial(), serial + 1);
+        zone.apply_changes(&[Change::Update { old: v1, new: v2.clone() }]).unwrap();
+        assert_eq!(zone.snapshot(), vec![v2]);
+        assert_eq!(zone.serial(), serial + 2);
+        assert!(matches!(
+            zone.apply_changes(&[Change::Create { new: set("demo.other.", RecordType::A, "10.0.0.1") }]),
+            Err(DnsError::OutOfZone { .. })
+        ));
+    }
+}
