@@ -1,1 +1,191 @@
+//! The valkey-dr controller.
+//!
+//! A reconcile pass observes every node, analyzes the topology, computes the DNS records the
+//! analysis allows and applies the difference as compare-and-swap changes. Passes run on a timer
+//! and whenever something wakes the controller; a pass never needs to know why it ran, and a pass
+//! with nothing to change writes nothing. Promotions ([`promotion`]) hold the same lock as passes,
+//! so the two never interleave.
 
+pub mod control;
+pub mod events;
+pub mod promotion;
+pub mod reconcile;
+pub mod state;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use valkey_dr_core::config::DnsProviderConfig;
+use valkey_dr_core::records::ManagedNames;
+use valkey_dr_core::{Config, EpochRecord, Topology};
+use valkey_dr_dns::DnsProvider;
+use valkey_dr_dns::embedded::{DnsServer, Zone};
+use valkey_dr_valkey::{Timeouts, ValkeyEngine};
+
+pub use events::EventSink;
+pub use promotion::{PromoteError, PromotionReport};
+pub use reconcile::PassOutcome;
+pub use status::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Dns(#[from] valkey_dr_dns::embedded::ServerError),
+    #[error("cannot open control socket {path}: {source}")]
+    Control { path: String, source: std::io::Error },
+}
+
+pub struct Controller {
+    pub(crate) config: Config,
+    pub(crate) topology: Topology,
+    pub(crate) names: ManagedNames,
+    pub(crate) engine: ValkeyEngine,
+    pub(crate) dns: Arc<dyn DnsProvider>,
+    pub(crate) events: EventSink,
+    pub(crate) state_file: state::StateFile,
+    pub(crate) epoch: std::sync::Mutex<Option<EpochRecord>>,
+    /// Held by every pass and every promotion: they never interleave.
+    pub(crate) topology_lock: tokio::sync::Mutex<()>,
+    pub(crate) memory: std::sync::Mutex<reconcile::Memory>,
+    pub(crate) wake: tokio::sync::Notify,
+}
+
+impl Controller {
+    pub fn new(config: Config, dns: Arc<dyn DnsProvider>) -> Result<Controller, ControllerError> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| ControllerError::StateDir {
+            path: config.state_dir.display().to_string(),
+            source,
+        })?;
+        let topology = Topology::from_config(&config);
+        let state_file = state::StateFile::new(&config.state_dir);
+        let epoch = state_file.load(&topology);
+        let engine = ValkeyEngine::new(Timeouts {
+            connect: Duration::from_millis(config.controller.connect_timeout_ms),
+            command: Duration::from_millis(config.controller.command_timeout_ms),
+        });
+        Ok(Controller {
+            names: ManagedNames::from_config(&config),
+            events: EventSink::open(&config.events_file()),
+            topology,
+            engine,
+            dns,
+            state_file,
+            epoch: std::sync::Mutex::new(epoch),
+            topology_lock: tokio::sync::Mutex::new(()),
+            memory: std::sync::Mutex::new(reconcile::Memory::default()),
+            wake: tokio::sync::Notify::new(),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn events(&self) -> &EventSink {
+        &self.events
+    }
+
+    pub fn epoch(&self) -> Option<EpochRecord> {
+        *self.epoch.lock().expect("epoch lock")
+    }
+
+    /// Records a new epoch durably before anything acts on it.
+    pub(crate) fn set_epoch(&self, record: EpochRecord) -> std::io::Result<()> {
+        self.state_file.store(&self.topology, &record)?;
+        *self.epoch.lock().expect("epoch lock") = Some(record);
+        Ok(())
+    }
+
+    /// Asks for a reconcile pass as soon as possible.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs reconcile passes until `shutdown` completes: every interval, on wake-ups, and with
+    /// backoff after failed passes.
+    pub async fn run_loop(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let interval = Duration::from_millis(self.config.controller.reconcile_interval_ms);
+        let mut failures = 0u32;
+        loop {
+            let delay = match self.reconcile_once().await {
+                Ok(_) => {
+                    failures = 0;
+                    interval
+                }
+                Err(error) => {
+                    failures += 1;
+                    let delay = reconcile::error_policy(interval, failures);
+                    self.events.emit(
+                        "reconcile_failed",
+                        serde_json::json!({ "error": error.to_string(), "attempt": failures, "retry_in_ms": delay.as_millis() as u64 }),
+                    );
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+/// A running controller with its embedded DNS server and control socket.
+pub struct Running {
+    pub controller: Arc<Controller>,
+    pub dns_addr: SocketAddr,
+    dns: DnsServer,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.dns.shutdown().await;
+        let _ = std::fs::remove_file(self.controller.config.control_socket());
+    }
+}
+
+/// Starts the controller for `config`: the embedded DNS server, the control socket and the
+/// reconcile loop.
+pub async fn start(config: Config) -> Result<Running, ControllerError> {
+    let zone = Arc::new(Zone::new(&config.dns.zone));
+    let DnsProviderConfig::Embedded { listen } = &config.dns.provider;
+    let listen: SocketAddr = listen.parse().expect("validated listen address");
+    let dns = DnsServer::start(zone.clone(), listen, config.dns.ttl).await?;
+    let dns_addr = dns.local_addr();
+    let controller = Arc::new(Controller::new(config, zone)?);
+    let control = control::ControlServer::bind(controller.clone())?;
+    controller.events.emit(
+        "controller_started",
+        serde_json::json!({
+            "dns": dns_addr.to_string(),
+            "control_socket": controller.config.control_socket().display().to_string(),
+            "epoch": controller.epoch().map(|e| e.epoch),
+        }),
+    );
+    let tasks = vec![
+        tokio::spawn(control.serve()),
+        tokio::spawn(controller.clone().run_loop(std::future::pending())),
+    ];
+    Ok(Running {
+        controller,
+        dns_addr,
+        dns,
+        tasks,
+    })
+}

@@ -41,6 +41,28 @@ pub enum Finding {
     },
 }
 
+impl Finding {
+    /// One line for people: the situation and the nodes by address.
+    pub fn describe(&self, topology: &Topology) -> String {
+        let name = |n: &NodeId| topology.node_name(*n);
+        match self {
+            Finding::Healthy => "healthy".into(),
+            Finding::NodeDown { node } => format!("node down: {}", name(node)),
+            Finding::PrimaryNodeDown { node } => format!("primary node down: {}", name(node)),
+            Finding::NoWritablePrimary => "no writable primary".into(),
+            Finding::SplitBrain { masters } => format!(
+                "split brain: {} all report role:master and no epoch decides; run `valkey-dr adopt <region>`",
+                masters.iter().map(name).collect::<Vec<_>>().join(", ")
+            ),
+            Finding::RogueMaster { node } => format!("rogue master (not the epoch's writer, never a DNS target): {}", name(node)),
+            Finding::ReplicaLinkDown { node } => format!("replication link down: {}", name(node)),
+            Finding::ReplicaMisdirected { node, follows, expected } => {
+                format!("{} follows {follows} instead of {}", name(node), name(expected))
+            }
+        }
+    }
+}
+
 /// The outcome of [`analyze`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Analysis {
@@ -282,7 +304,7 @@ pub(crate) mod tests {
     }
 
     fn obs(n: usize, state: Result<ReplicationInfo, String>) -> NodeObservation {
-        NodeObservation { node: NodeId(n), state, rtt_us: 100, keys: None }
+        NodeObservation { node: NodeId(n), state, rtt_us: 100, keys: None, heartbeat_ms: None }
     }
 
     pub fn healthy() -> Vec<NodeObservation> {

@@ -54,6 +54,8 @@ pub struct NodeObservation {
     pub rtt_us: u64,
     /// Number of keys (`DBSIZE`), when read.
     pub keys: Option<u64>,
+    /// The controller's heartbeat timestamp (Unix ms) as this node last received it.
+    pub heartbeat_ms: Option<u64>,
 }
 
 impl NodeObservation {

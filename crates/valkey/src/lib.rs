@@ -13,6 +13,9 @@ use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
 use valkey_dr_core::observation::{NodeObservation, ReplicationInfo, parse_info_replication};
 use valkey_dr_core::{Endpoint, NodeId, Topology};
 
+/// The key the controller writes on the writer once per pass to measure replication lag in time.
+pub const HEARTBEAT_KEY: &str = "__valkey-dr:heartbeat";
+
 #[derive(Debug, thiserror::Error)]
 #[error("{node}: {operation} failed: {reason}")]
 pub struct EngineError {
@@ -106,16 +109,29 @@ impl ValkeyEngine {
         let started = Instant::now();
         let state = self.replication(node).await.map_err(|e| e.reason);
         let rtt_us = if state.is_ok() { started.elapsed().as_micros() as u64 } else { 0 };
-        let keys = match state {
-            Ok(_) => self.run(node, "DBSIZE", &redis::cmd("DBSIZE")).await.ok(),
-            Err(_) => None,
+        let (keys, heartbeat_ms) = match state {
+            Ok(_) => (
+                self.run(node, "DBSIZE", &redis::cmd("DBSIZE")).await.ok(),
+                self.run::<Option<u64>>(node, "GET", redis::cmd("GET").arg(HEARTBEAT_KEY))
+                    .await
+                    .ok()
+                    .flatten(),
+            ),
+            Err(_) => (None, None),
         };
         NodeObservation {
             node: id,
             state,
             rtt_us,
             keys,
+            heartbeat_ms,
         }
+    }
+
+    /// Writes the heartbeat on the writer; replicas' copies tell how far behind they are in time.
+    pub async fn write_heartbeat(&self, node: &Endpoint, now_ms: u64) -> Result<(), EngineError> {
+        self.run::<()>(node, "SET heartbeat", redis::cmd("SET").arg(HEARTBEAT_KEY).arg(now_ms))
+            .await
     }
 
     /// Observes every node of the topology concurrently.

@@ -1,0 +1,155 @@
+//! The local control socket: one JSON request per line in, JSON lines out.
+//!
+//! The socket lives in the state directory with mode 0600, so only the controller's user can
+//! move the writer. Requests:
+//! `{"command":"status"}`, `{"command":"reconcile"}`, `{"command":"promote","region":"…"}`.
+//! A promotion streams its events as `{"event":…}` lines and ends with `{"result":…}` or
+//! `{"error":"…"}`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::{Controller, ControllerError};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Reconcile,
+    Promote { region: String },
+}
+
+pub struct ControlServer {
+    listener: UnixListener,
+    controller: Arc<Controller>,
+}
+
+impl ControlServer {
+    pub fn bind(controller: Arc<Controller>) -> Result<ControlServer, ControllerError> {
+        let path = controller.config.control_socket();
+        let error = |source| ControllerError::Control {
+            path: path.display().to_string(),
+            source,
+        };
+        // A socket file left by a dead controller would make bind fail; a live one answers.
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(error(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another controller is running with this state directory",
+            )));
+        }
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(error)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
+        Ok(ControlServer { listener, controller })
+    }
+
+    pub async fn serve(self) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle(self.controller.clone(), stream));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn handle(controller: Arc<Controller>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(64 * 1024));
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let reply = |value: Value| format!("{value}\n");
+    let request: Request = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write.write_all(reply(json!({ "error": format!("invalid request: {e}") })).as_bytes()).await;
+            return;
+        }
+    };
+    let out = match request {
+        Request::Status => json!({ "result": controller.status().await }),
+        Request::Reconcile => match controller.reconcile_once().await {
+            Ok(pass) => json!({ "result": {
+                "applied": pass.applied,
+                "findings": pass.analysis.findings.iter().map(|f| f.describe(&controller.topology)).collect::<Vec<_>>(),
+            }}),
+            Err(e) => json!({ "error": e.to_string() }),
+        },
+        Request::Promote { region } => {
+            let mut events = controller.events.subscribe();
+            let task = {
+                let controller = controller.clone();
+                tokio::spawn(async move { controller.promote(&region).await })
+            };
+            tokio::pin!(task);
+            let result = loop {
+                tokio::select! {
+                    done = &mut task => break done,
+                    Ok(event) = events.recv() => {
+                        let _ = write.write_all(format!("{{\"event\":{event}}}\n").as_bytes()).await;
+                    }
+                }
+            };
+            match result {
+                Ok(Ok(report)) => json!({ "result": report }),
+                Ok(Err(e)) => json!({ "error": e.to_string() }),
+                Err(e) => json!({ "error": format!("promotion task failed: {e}") }),
+            }
+        }
+    };
+    let _ = write.write_all(reply(out).as_bytes()).await;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the controller at {path}: {source} (is it running? `valkey-dr lab up` or `valkey-dr run`)")]
+    Connect { path: String, source: std::io::Error },
+    #[error("controller connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("controller refused: {0}")]
+    Refused(String),
+    #[error("controller sent an unreadable reply: {0}")]
+    Reply(String),
+}
+
+/// Sends one request; `on_event` sees every streamed event; returns the final result.
+pub async fn request(
+    socket: &Path,
+    request: &Request,
+    mut on_event: impl FnMut(&Value),
+) -> Result<Value, ClientError> {
+    let stream = UnixStream::connect(socket).await.map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(format!("{}\n", serde_json::to_string(request).expect("serializes")).as_bytes())
+        .await?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let value: Value = serde_json::from_str(&line).map_err(|e| ClientError::Reply(e.to_string()))?;
+        if let Some(event) = value.get("event") {
+            on_event(event);
+        } else if let Some(result) = value.get("result") {
+            return Ok(result.clone());
+        } else if let Some(error) = value.get("error") {
+            return Err(ClientError::Refused(error.as_str().unwrap_or_default().to_string()));
+        }
+    }
+    Err(ClientError::Reply("connection closed before a result".into()))
+}

@@ -1,0 +1,94 @@
+//! The event stream: every observation change, analysis, plan, applied change and promotion step,
+//! as one JSON object per line — appended to `events.jsonl`, logged, and broadcast to control
+//! clients that follow an operation.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+pub struct EventSink {
+    file: Option<Mutex<std::fs::File>>,
+    live: broadcast::Sender<String>,
+}
+
+impl EventSink {
+    /// Appends to `path`; events are still logged and broadcast when the file cannot be opened.
+    pub fn open(path: &Path) -> EventSink {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot open the event log"))
+            .ok()
+            .map(Mutex::new);
+        EventSink {
+            file,
+            live: broadcast::channel(1024).0,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.live.subscribe()
+    }
+
+    /// Emits `{"ts": "...", "event": kind, ...data}`.
+    pub fn emit(&self, kind: &str, data: impl Serialize) {
+        let mut event = json!({ "ts": now_rfc3339(), "event": kind });
+        if let (Value::Object(map), Ok(Value::Object(extra))) = (&mut event, serde_json::to_value(data)) {
+            map.extend(extra);
+        }
+        let line = event.to_string();
+        tracing::info!(target: "valkey_dr::event", "{line}");
+        if let Some(file) = &self.file {
+            let mut file = file.lock().expect("event log lock");
+            let _ = writeln!(file, "{line}");
+        }
+        let _ = self.live.send(line);
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for the current time (UTC).
+pub fn now_rfc3339() -> String {
+    rfc3339(now_ms())
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_timestamps() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(1_795_830_469_123), "2026-11-27T01:47:49.123Z");
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,321 @@
+//! The planned switchover as an explicit state machine (after Sentinel's failover states):
+//!
+//! Preflight → Fence → WaitCatchUp → Promote → Repoint → SwitchDns → Release → Verify
+//!
+//! Fence pauses writes on the old primary, so once the target has caught up no acknowledged
+//! write can be missing from it. Abort is possible only before Promote and unpauses the old
+//! primary; from Promote on the new epoch is recorded and the switchover is carried forward.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use valkey_dr_core::analysis::analyze;
+use valkey_dr_core::{EpochRecord, NodeId, NodeObservation, Role};
+use valkey_dr_valkey::EngineError;
+
+use crate::Controller;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Preflight,
+    Fence,
+    WaitCatchUp,
+    Promote,
+    Repoint,
+    SwitchDns,
+    Release,
+    Verify,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: Step,
+    pub started: String,
+    pub duration_ms: f64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromotionReport {
+    pub from_region: String,
+    pub to_region: String,
+    pub old_primary: String,
+    pub new_primary: String,
+    pub epoch: u64,
+    /// How long writes were paused on the old primary.
+    pub write_pause_ms: f64,
+    pub total_ms: f64,
+    pub steps: Vec<StepRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    #[error("unknown region \"{0}\"")]
+    UnknownRegion(String),
+    #[error("preflight failed, nothing was changed: {0}")]
+    Preflight(String),
+    #[error(
+        "aborted: {target} did not catch up within {timeout_ms} ms ({behind} bytes behind); writes on {old} were unpaused, nothing else was changed"
+    )]
+    CatchUpTimeout {
+        target: String,
+        old: String,
+        behind: u64,
+        timeout_ms: u64,
+    },
+    #[error("aborted before promotion, writes on the old primary were unpaused: {0}")]
+    Aborted(EngineError),
+    #[error("promotion to {target} failed after the new epoch was recorded ({0}); the controller keeps reconciling", target = .1)]
+    AfterPromote(String, String),
+}
+
+struct Machine<'a> {
+    controller: &'a Controller,
+    started: Instant,
+    steps: Vec<StepRecord>,
+    current: Option<(Step, Instant, String)>,
+    region: String,
+}
+
+impl Machine<'_> {
+    fn enter(&mut self, step: Step) {
+        self.finish(String::new());
+        self.current = Some((step, Instant::now(), crate::events::now_rfc3339()));
+        self.controller.events.emit(
+            "promotion_step",
+            json!({ "step": step, "state": "started", "region": self.region }),
+        );
+    }
+
+    fn finish(&mut self, detail: String) {
+        if let Some((step, at, started)) = self.current.take() {
+            let duration_ms = at.elapsed().as_secs_f64() * 1000.0;
+            self.controller.events.emit(
+                "promotion_step",
+                json!({ "step": step, "state": "done", "region": self.region, "duration_ms": round(duration_ms), "detail": detail }),
+            );
+            self.steps.push(StepRecord {
+                step,
+                started,
+                duration_ms: round(duration_ms),
+                detail,
+            });
+        }
+    }
+}
+
+fn round(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+impl Controller {
+    /// Moves the writer to the head of `region` without losing an acknowledged write.
+    pub async fn promote(&self, region: &str) -> Result<PromotionReport, PromoteError> {
+        let _guard = self.topology_lock.lock().await;
+        let mut machine = Machine {
+            controller: self,
+            started: Instant::now(),
+            steps: Vec::new(),
+            current: None,
+            region: region.to_string(),
+        };
+        self.events.emit("promotion_started", json!({ "region": region }));
+        let result = self.promote_locked(&mut machine, region).await;
+        match &result {
+            Ok(report) => self.events.emit("promotion_done", report),
+            Err(error) => {
+                machine.finish(format!("failed: {error}"));
+                self.events.emit("promotion_failed", json!({ "region": region, "error": error.to_string() }));
+            }
+        }
+        result
+    }
+
+    async fn promote_locked(&self, m: &mut Machine<'_>, region: &str) -> Result<PromotionReport, PromoteError> {
+        let topology = &self.topology;
+        let name = |n: NodeId| topology.node_name(n);
+        let endpoint = |n: NodeId| &topology.node(n).endpoint;
+
+        m.enter(Step::Preflight);
+        let target_region = topology
+            .region_by_name(region)
+            .ok_or_else(|| PromoteError::UnknownRegion(region.to_string()))?;
+        let observations = self.engine.observe_all(topology).await;
+        let epoch = self
+            .epoch()
+            .ok_or_else(|| PromoteError::Preflight("no epoch recorded yet: the controller has not adopted a writer".into()))?;
+        let analysis = analyze(topology, &observations, Some(&epoch));
+        let old = epoch.primary;
+        if analysis.active_primary != Some(old) {
+            return Err(PromoteError::Preflight(format!(
+                "the writer {} is not reachable as a primary; a planned switchover needs it (use a failover instead)",
+                name(old)
+            )));
+        }
+        if topology.node(old).region == target_region {
+            return Err(PromoteError::Preflight(format!("{region} already holds the writer ({})", name(old))));
+        }
+        let target = analysis.heads[target_region.0]
+            .ok_or_else(|| PromoteError::Preflight(format!("no reachable replica heads {region}")))?;
+        let target_info = observed(&observations, target);
+        let follows_old = matches!(
+            target_info.map(|i| &i.role),
+            Some(Role::Replica { master, link_up: true, sync_in_progress: false })
+                if topology.node_by_any_address(master) == Some(old)
+        );
+        if !follows_old {
+            return Err(PromoteError::Preflight(format!(
+                "{} does not replicate from the writer {} with a healthy link",
+                name(target),
+                name(old)
+            )));
+        }
+        m.finish(format!("{} → {}", name(old), name(target)));
+
+        // Fence. The pause outlives the whole switchover but expires by itself if we die.
+        m.enter(Step::Fence);
+        let catchup = Duration::from_millis(self.config.controller.catchup_timeout_ms);
+        let pause_started = Instant::now();
+        self.engine
+            .pause_writes(endpoint(old), catchup + Duration::from_secs(10))
+            .await
+            .map_err(|e| PromoteError::Preflight(e.to_string()))?;
+        m.finish(format!("writes paused on {}", name(old)));
+
+        m.enter(Step::WaitCatchUp);
+        let needed = match self.engine.replication(endpoint(old)).await {
+            Ok(info) => info.offset,
+            Err(e) => return Err(self.abort(old, PromoteError::Aborted(e)).await),
+        };
+        let deadline = Instant::now() + catchup;
+        let mut reached = 0;
+        loop {
+            if let Ok(info) = self.engine.replication(endpoint(target)).await {
+                reached = info.offset;
+                if reached >= needed {
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                let error = PromoteError::CatchUpTimeout {
+                    target: name(target),
+                    old: name(old),
+                    behind: needed.saturating_sub(reached),
+                    timeout_ms: self.config.controller.catchup_timeout_ms,
+                };
+                return Err(self.abort(old, error).await);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        m.finish(format!("target at offset {reached} ≥ {needed}"));
+
+        // Point of no return: record the new epoch before the target takes writes, so that a
+        // restarted controller treats the old primary, not the new one, as the stale node.
+        m.enter(Step::Promote);
+        let new_epoch = EpochRecord {
+            epoch: epoch.epoch + 1,
+            primary: target,
+        };
+        if let Err(e) = self.set_epoch(new_epoch) {
+            return Err(self.abort(old, PromoteError::Preflight(format!("cannot record the new epoch: {e}"))).await);
+        }
+        if let Err(e) = self.engine.promote(endpoint(target)).await {
+            // The target may or may not have executed it; do not guess: restore the old epoch only
+            // if the target still reports itself as a replica.
+            let still_replica = self.engine.replication(endpoint(target)).await.is_ok_and(|i| !i.is_primary());
+            if still_replica {
+                let _ = self.set_epoch(epoch);
+                return Err(self.abort(old, PromoteError::Aborted(e)).await);
+            }
+        }
+        m.finish(format!("{} is primary, epoch {}", name(target), new_epoch.epoch));
+
+        m.enter(Step::Repoint);
+        let mut repointed = Vec::new();
+        for o in &observations {
+            let follows_old = o
+                .info()
+                .and_then(|i| i.master())
+                .and_then(|master| topology.node_by_any_address(master))
+                == Some(old);
+            let cross_region = topology.node(o.node).region != topology.node(old).region;
+            if o.node == old || (follows_old && cross_region && o.node != target) {
+                let source = topology.replication_endpoint(target, o.node);
+                match self.engine.replicate_from(endpoint(o.node), &source).await {
+                    Ok(()) => repointed.push(format!("{} → {source}", name(o.node))),
+                    Err(e) => repointed.push(format!("{} failed: {e}", name(o.node))),
+                }
+            }
+        }
+        m.finish(repointed.join(", "));
+
+        m.enter(Step::SwitchDns);
+        let mut dns_detail = String::from("not switched");
+        for _ in 0..5 {
+            match self.reconcile_locked().await {
+                Ok(pass) if pass.analysis.active_primary == Some(target) => {
+                    dns_detail = format!("{} change(s) applied", pass.applied);
+                    break;
+                }
+                Ok(_) => dns_detail = format!("{} not yet seen as primary", name(target)),
+                Err(e) => dns_detail = format!("DNS error: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        m.finish(dns_detail.clone());
+
+        // Clients still connected to the old primary reconnect, resolve the name again and land on
+        // the new primary; their paused writes were never executed, so none is lost.
+        m.enter(Step::Release);
+        let killed = self.engine.kill_normal_clients(endpoint(old)).await;
+        let unpaused = self.engine.unpause(endpoint(old)).await;
+        let write_pause_ms = round(pause_started.elapsed().as_secs_f64() * 1000.0);
+        m.finish(format!(
+            "closed {} client connection(s) on {}, unpause {}",
+            killed.as_ref().map(|n| n.to_string()).unwrap_or_else(|e| e.to_string()),
+            name(old),
+            if unpaused.is_ok() { "ok" } else { "failed (pause expires by itself)" }
+        ));
+
+        m.enter(Step::Verify);
+        let verified = self.reconcile_locked().await;
+        let detail = match &verified {
+            Ok(pass) => pass
+                .analysis
+                .findings
+                .iter()
+                .map(|f| f.describe(topology))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => format!("DNS error: {e}"),
+        };
+        m.finish(detail);
+        if !dns_detail.contains("applied") {
+            return Err(PromoteError::AfterPromote(dns_detail, name(target)));
+        }
+        Ok(PromotionReport {
+            from_region: topology.region_of(old).name.clone(),
+            to_region: region.to_string(),
+            old_primary: name(old),
+            new_primary: name(target),
+            epoch: new_epoch.epoch,
+            write_pause_ms,
+            total_ms: round(m.started.elapsed().as_secs_f64() * 1000.0),
+            steps: m.steps.clone(),
+        })
+    }
+
+    /// Undoes the fence before Promote: unpause the old primary.
+    async fn abort(&self, old: NodeId, error: PromoteError) -> PromoteError {
+        if let Err(e) = self.engine.unpause(&self.topology.node(old).endpoint).await {
+            tracing::warn!(error = %e, "unpause after abort failed; the pause expires by itself");
+        }
+        error
+    }
+}
+
+fn observed(observations: &[NodeObservation], node: NodeId) -> Option<&valkey_dr_core::ReplicationInfo> {
+    observations.iter().find(|o| o.node == node).and_then(|o| o.info())
+}

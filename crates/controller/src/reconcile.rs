@@ -1,0 +1,220 @@
+//! One reconcile pass: observe → analyze → plan → apply, plus the error policy.
+
+use std::time::Duration;
+
+use serde_json::json;
+use valkey_dr_core::analysis::{self, analyze};
+use valkey_dr_core::{Analysis, EpochRecord, NodeObservation, Ownership, RecordSet, RecordType, plan, records};
+use valkey_dr_dns::DnsError;
+
+use crate::Controller;
+use crate::events::now_ms;
+
+/// What the previous pass saw, to emit events only for changes.
+#[derive(Default)]
+pub struct Memory {
+    nodes: Vec<String>,
+    findings: Vec<String>,
+    conflicts: Vec<(String, String)>,
+    bootstrap_problem: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PassOutcome {
+    pub observations: Vec<NodeObservation>,
+    pub analysis: Analysis,
+    pub epoch: Option<EpochRecord>,
+    /// DNS changes applied by this pass (0 when DNS already matched).
+    pub applied: usize,
+    pub conflicts: Vec<(String, String)>,
+}
+
+/// How long to wait after `failures` failed passes in a row: doubling, capped at 30 s.
+pub fn error_policy(interval: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(10);
+    (interval * factor).min(Duration::from_secs(30))
+}
+
+/// A one-line description of a node's state, for change events.
+pub(crate) fn describe_node(controller: &Controller, o: &NodeObservation) -> String {
+    match &o.state {
+        Err(e) => format!("unreachable ({e})"),
+        Ok(info) => match &info.role {
+            valkey_dr_core::Role::Primary => "primary".into(),
+            valkey_dr_core::Role::Replica { master, link_up, .. } => {
+                let known = controller
+                    .topology
+                    .node_by_any_address(master)
+                    .map(|n| controller.topology.node_name(n))
+                    .unwrap_or_else(|| master.to_string());
+                format!("replica of {known}, link {}", if *link_up { "up" } else { "down" })
+            }
+        },
+    }
+}
+
+impl Controller {
+    pub async fn reconcile_once(&self) -> Result<PassOutcome, DnsError> {
+        let _guard = self.topology_lock.lock().await;
+        self.reconcile_locked().await
+    }
+
+    pub(crate) async fn reconcile_locked(&self) -> Result<PassOutcome, DnsError> {
+        let observations = self.engine.observe_all(&self.topology).await;
+        let current = self.dns.records(&self.names.all(&self.topology)).await?;
+        let epoch = match self.epoch() {
+            Some(epoch) => Some(epoch),
+            None => self.bootstrap(&observations, &current),
+        };
+        let analysis = analyze(&self.topology, &observations, epoch.as_ref());
+        self.note_changes(&observations, &analysis);
+
+        if let Some(primary) = analysis.active_primary {
+            let endpoint = &self.topology.node(primary).endpoint;
+            if let Err(e) = self.engine.write_heartbeat(endpoint, now_ms()).await {
+                tracing::debug!(error = %e, "heartbeat not written");
+            }
+            self.repoint_misdirected(&analysis).await;
+        }
+
+        let desired = records::desired(&self.names, &self.topology, &analysis, epoch.as_ref());
+        let plan = plan::calculate(&current, &desired, &self.names.ownership, &self.names.owner);
+        self.note_conflicts(&plan.conflicts);
+        if !plan.changes.is_empty() {
+            self.events.emit("dns_plan", json!({ "changes": plan.changes }));
+            match self.dns.apply(&plan.changes).await {
+                Ok(()) => self.events.emit("dns_applied", json!({ "changes": plan.changes.len() })),
+                Err(error) => {
+                    self.events.emit("dns_apply_failed", json!({ "error": error.to_string() }));
+                    return Err(error);
+                }
+            }
+        }
+        Ok(PassOutcome {
+            observations,
+            analysis,
+            epoch,
+            applied: plan.changes.len(),
+            conflicts: plan.conflicts,
+        })
+    }
+
+    /// Adopts a writer when no epoch is recorded: the region and epoch of our ownership record in
+    /// DNS if there is one, else the configured primary region at epoch 1.
+    fn bootstrap(&self, observations: &[NodeObservation], current: &[RecordSet]) -> Option<EpochRecord> {
+        let published = current
+            .iter()
+            .filter(|r| r.name == self.names.ownership && r.rtype == RecordType::Txt)
+            .flat_map(|r| r.values.iter())
+            .find_map(|v| Ownership::parse(v))
+            .filter(|o| o.owner == self.names.owner);
+        let (region, epoch) = match &published {
+            Some(o) => match self.topology.region_by_name(&o.primary_region) {
+                Some(region) => (region, o.epoch),
+                None => (self.topology.bootstrap_region, o.epoch),
+            },
+            None => (self.topology.bootstrap_region, 1),
+        };
+        match analysis::bootstrap(&self.topology, observations, region) {
+            Ok(primary) => {
+                let record = EpochRecord { epoch, primary };
+                if let Err(e) = self.set_epoch(record) {
+                    self.events.emit("state_write_failed", json!({ "error": e.to_string() }));
+                    return None;
+                }
+                self.events.emit(
+                    "epoch_adopted",
+                    json!({
+                        "epoch": epoch,
+                        "primary": self.topology.node_name(primary),
+                        "region": self.topology.region(region).name,
+                        "source": if published.is_some() { "dns ownership record" } else { "config primary_region" },
+                    }),
+                );
+                Some(record)
+            }
+            Err(problem) => {
+                let problem = problem.to_string();
+                let mut memory = self.memory.lock().expect("memory lock");
+                if memory.bootstrap_problem.as_ref() != Some(&problem) {
+                    self.events.emit(
+                        "bootstrap_blocked",
+                        json!({ "region": self.topology.region(region).name, "reason": problem }),
+                    );
+                    memory.bootstrap_problem = Some(problem);
+                }
+                None
+            }
+        }
+    }
+
+    /// Points replicas that follow the wrong node at the node the topology wants. Only replicas:
+    /// a node reporting role:master is never demoted here.
+    async fn repoint_misdirected(&self, analysis: &Analysis) {
+        for finding in &analysis.findings {
+            let analysis::Finding::ReplicaMisdirected { node, expected, .. } = finding else {
+                continue;
+            };
+            let endpoint = &self.topology.node(*node).endpoint;
+            let source = self.topology.replication_endpoint(*expected, *node);
+            let result = self.engine.replicate_from(endpoint, &source).await;
+            self.events.emit(
+                "replica_repointed",
+                json!({
+                    "node": endpoint.to_string(),
+                    "source": source.to_string(),
+                    "ok": result.is_ok(),
+                    "error": result.err().map(|e| e.to_string()),
+                }),
+            );
+        }
+    }
+
+    fn note_changes(&self, observations: &[NodeObservation], analysis: &Analysis) {
+        let nodes: Vec<String> = observations.iter().map(|o| describe_node(self, o)).collect();
+        let findings: Vec<String> = analysis.findings.iter().map(|f| f.describe(&self.topology)).collect();
+        let mut memory = self.memory.lock().expect("memory lock");
+        for (i, now) in nodes.iter().enumerate() {
+            let before = memory.nodes.get(i);
+            if before != Some(now) {
+                self.events.emit(
+                    "observation_changed",
+                    json!({
+                        "node": self.topology.node_name(observations[i].node),
+                        "region": self.topology.region_of(observations[i].node).name,
+                        "before": before,
+                        "now": now,
+                    }),
+                );
+            }
+        }
+        if memory.findings != findings {
+            self.events.emit("analysis", json!({ "findings": findings }));
+        }
+        memory.nodes = nodes;
+        memory.findings = findings;
+    }
+
+    fn note_conflicts(&self, conflicts: &[(String, String)]) {
+        let mut memory = self.memory.lock().expect("memory lock");
+        if memory.conflicts != conflicts {
+            if !conflicts.is_empty() {
+                self.events.emit("dns_conflict", json!({ "conflicts": conflicts }));
+            }
+            memory.conflicts = conflicts.to_vec();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_policy_doubles_up_to_a_cap() {
+        let s = Duration::from_secs(1);
+        let delays: Vec<u64> = (1..=7).map(|f| error_policy(s, f).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(error_policy(s, u32::MAX), Duration::from_secs(30));
+    }
+}

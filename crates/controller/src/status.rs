@@ -1,0 +1,119 @@
+//! A read-only snapshot for `valkey-dr status`: nodes, roles, links, lag, epoch and DNS.
+
+use serde::{Deserialize, Serialize};
+use valkey_dr_core::analysis::analyze;
+use valkey_dr_core::{NodeId, Role};
+
+use crate::Controller;
+use crate::events::now_ms;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub region: String,
+    pub node: String,
+    /// `primary`, `replica` or `unreachable`.
+    pub role: String,
+    pub follows: Option<String>,
+    /// `up`, `down` or `syncing` for replicas.
+    pub link: Option<String>,
+    pub lag_bytes: Option<u64>,
+    pub lag_ms: Option<u64>,
+    pub keys: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    pub name: String,
+    pub rtype: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub epoch: Option<u64>,
+    pub primary: Option<String>,
+    pub primary_region: Option<String>,
+    pub findings: Vec<String>,
+    pub nodes: Vec<NodeStatus>,
+    pub dns: Vec<DnsStatus>,
+}
+
+impl Controller {
+    /// Observes afresh and reads DNS; changes nothing.
+    pub async fn status(&self) -> Status {
+        let topology = &self.topology;
+        let observations = self.engine.observe_all(topology).await;
+        let epoch = self.epoch();
+        let analysis = analyze(topology, &observations, epoch.as_ref());
+        let writer_info = analysis
+            .active_primary
+            .and_then(|p| observations.iter().find(|o| o.node == p))
+            .and_then(|o| o.info().map(|i| (i.offset, o.heartbeat_ms)));
+        let name = |n: NodeId| topology.node_name(n);
+        let nodes = observations
+            .iter()
+            .map(|o| {
+                let region = topology.region_of(o.node).name.clone();
+                let mut status = NodeStatus {
+                    region,
+                    node: name(o.node),
+                    role: "unreachable".into(),
+                    follows: None,
+                    link: None,
+                    lag_bytes: None,
+                    lag_ms: None,
+                    keys: o.keys,
+                    error: o.state.as_ref().err().cloned(),
+                };
+                if let Ok(info) = &o.state {
+                    match &info.role {
+                        Role::Primary => status.role = "primary".into(),
+                        Role::Replica { master, link_up, sync_in_progress } => {
+                            status.role = "replica".into();
+                            status.follows = Some(
+                                topology.node_by_any_address(master).map(name).unwrap_or_else(|| master.to_string()),
+                            );
+                            status.link = Some(
+                                match (link_up, sync_in_progress) {
+                                    (_, true) => "syncing",
+                                    (true, _) => "up",
+                                    _ => "down",
+                                }
+                                .into(),
+                            );
+                            if let Some((writer_offset, _)) = writer_info {
+                                let behind = writer_offset.saturating_sub(info.offset);
+                                status.lag_bytes = Some(behind);
+                                // Caught up means no lag; otherwise the age of the newest
+                                // heartbeat the replica has applied.
+                                status.lag_ms = if behind == 0 {
+                                    Some(0)
+                                } else {
+                                    o.heartbeat_ms.map(|hb| now_ms().saturating_sub(hb))
+                                };
+                            }
+                        }
+                    }
+                }
+                status
+            })
+            .collect();
+        let records = self.dns.records(&self.names.all(topology)).await.unwrap_or_default();
+        Status {
+            epoch: epoch.map(|e| e.epoch),
+            primary: epoch.map(|e| name(e.primary)),
+            primary_region: epoch.map(|e| topology.region_of(e.primary).name.clone()),
+            findings: analysis.findings.iter().map(|f| f.describe(topology)).collect(),
+            nodes,
+            dns: records
+                .into_iter()
+                .map(|r| DnsStatus {
+                    name: r.name,
+                    rtype: r.rtype.to_string(),
+                    values: r.values,
+                })
+                .collect(),
+        }
+    }
+}
