@@ -1,1 +1,185 @@
-fn main() {}
+//! `valkey-dr`: a thin command-line layer over the valkey-dr library crates.
+
+mod lab;
+mod render;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use valkey_dr_controller::control::{self, Request};
+use valkey_dr_core::Config;
+
+#[derive(Parser)]
+#[command(name = "valkey-dr", version, about = "One DNS name that always leads to the writable Valkey primary across regions.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// Controller config file [default: $VALKEY_DR_CONFIG, else the running lab's config]
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller in the foreground: reconcile loop, embedded DNS server, control socket.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Validate a config file and print it with defaults filled in.
+    CheckConfig { file: PathBuf },
+    /// Show regions, nodes, roles, replication links and lag, the epoch, and DNS.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Planned switchover: move the writer to REGION without losing an acknowledged write.
+    Promote {
+        region: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Run one reconcile pass now.
+    Reconcile {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print the controller's event stream (JSON lines).
+    Events {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Keep printing new events as they arrive.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// The local two-region lab.
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCommand,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VALKEY_DR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run { config } => run(&load_config(&config)?).await,
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::Status { config, output } => {
+            let config = load_config(&config)?;
+            let status = control::request(&config.control_socket(), &Request::Status, |_| {}).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                Output::Table => print!("{}", render::status(&config, &serde_json::from_value(status)?)),
+            }
+            Ok(())
+        }
+        Command::Promote { region, config, output } => {
+            let config = load_config(&config)?;
+            promote(&config, &region, output).await
+        }
+        Command::Reconcile { config } => {
+            let config = load_config(&config)?;
+            let result = control::request(&config.control_socket(), &Request::Reconcile, |_| {}).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(())
+        }
+        Command::Events { config, follow } => events(&load_config(&config)?.events_file(), follow).await,
+        Command::Lab { command } => lab::dispatch(command).await,
+    }
+}
+
+/// The config named on the command line, else `$VALKEY_DR_CONFIG`, else the lab's.
+fn load_config(arg: &ConfigArg) -> Result<Config> {
+    let path = arg
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("VALKEY_DR_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| lab::default_dir().join("valkey-dr.toml"));
+    if !path.exists() && arg.config.is_none() {
+        bail!(
+            "no config given and no lab found at {}: pass --config FILE, set VALKEY_DR_CONFIG, or start the lab with `valkey-dr lab up`",
+            path.display()
+        );
+    }
+    Ok(Config::load(&path)?)
+}
+
+async fn run(config: &Config) -> Result<()> {
+    let running = valkey_dr_controller::start(config.clone()).await?;
+    running.controller.events().echo_to_stderr(true);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    running.controller.events().emit("controller_stopped", serde_json::json!({}));
+    running.stop().await;
+    Ok(())
+}
+
+pub async fn promote(config: &Config, region: &str, output: Output) -> Result<()> {
+    let request = Request::Promote { region: region.to_string() };
+    let result = control::request(&config.control_socket(), &request, |event| {
+        if output == Output::Table {
+            if let Some(line) = render::promotion_event(event) {
+                println!("{line}");
+            }
+        }
+    })
+    .await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+        Output::Table => println!("{}", render::promotion_result(&result)),
+    }
+    Ok(())
+}
+
+async fn events(path: &Path, follow: bool) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open the event log {}", path.display()))?;
+    let mut reader = tokio::io::BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            if !follow {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        }
+        print!("{line}");
+    }
+}

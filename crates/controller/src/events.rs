@@ -14,6 +14,8 @@ use tokio::sync::broadcast;
 pub struct EventSink {
     file: Option<Mutex<std::fs::File>>,
     live: broadcast::Sender<String>,
+    /// Also print each event on standard error (the controller's log).
+    echo: std::sync::atomic::AtomicBool,
 }
 
 impl EventSink {
@@ -29,7 +31,12 @@ impl EventSink {
         EventSink {
             file,
             live: broadcast::channel(1024).0,
+            echo: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn echo_to_stderr(&self, on: bool) {
+        self.echo.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
@@ -43,7 +50,10 @@ impl EventSink {
             map.extend(extra);
         }
         let line = event.to_string();
-        tracing::info!(target: "valkey_dr::event", "{line}");
+        tracing::debug!(target: "valkey_dr::event", "{line}");
+        if self.echo.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("{line}");
+        }
         if let Some(file) = &self.file {
             let mut file = file.lock().expect("event log lock");
             let _ = writeln!(file, "{line}");

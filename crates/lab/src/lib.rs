@@ -1,1 +1,10 @@
+//! The local multi-region lab: on one machine, the reference topology of real `valkey-server`
+//! processes on their own loopback addresses, cross-region replication through the region-link
+//! emulator ([`link`]), and the controller with its embedded DNS server.
 
+pub mod link;
+pub mod process;
+pub mod spec;
+pub mod writer;
+
+pub use spec::LabSpec;

@@ -1,0 +1,265 @@
+//! `valkey-dr lab …`: the local two-region lab.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use valkey_dr_controller::control::{self, Request};
+use valkey_dr_lab::process;
+use valkey_dr_lab::writer::{self, WriterConfig};
+use valkey_dr_lab::LabSpec;
+
+use crate::Output;
+
+#[derive(clap::Args, Clone)]
+pub struct DirArg {
+    /// Lab directory [default: $VALKEY_DR_LAB_DIR, else ./.valkey-dr-lab]
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl DirArg {
+    fn path(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(default_dir)
+    }
+
+    fn spec(&self) -> Result<LabSpec> {
+        let dir = self.path();
+        LabSpec::load(&dir).with_context(|| format!("no lab in {} (start one with `valkey-dr lab up`)", dir.display()))
+    }
+}
+
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("VALKEY_DR_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".valkey-dr-lab"))
+}
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Start the lab: four valkey-server processes, the region link, the controller with DNS.
+    Up {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Port of every node.
+        #[arg(long, default_value_t = 6379)]
+        port: u16,
+        /// Second octet of the lab's loopback addresses (127.<block>.<region>.<node>).
+        #[arg(long, default_value_t = 0)]
+        block: u8,
+        /// Address of the embedded DNS server.
+        #[arg(long, default_value = "127.0.0.1:5353")]
+        dns: SocketAddr,
+        /// One-way delay of the region link in milliseconds.
+        #[arg(long, default_value_t = 7)]
+        link_delay_ms: u64,
+        /// TTL of the DNS records in seconds.
+        #[arg(long, default_value_t = 1)]
+        ttl: u32,
+    },
+    /// Stop every lab process.
+    Down {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// The lab's processes and the controller's status.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Cut the region link (all regions, or the ones named).
+    Partition {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long = "region")]
+        regions: Vec<String>,
+    },
+    /// Restore the region link.
+    Heal {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Write sequence-numbered keys through the global name for a while, then check that every
+    /// acknowledged write is readable through it.
+    Writer {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value = "writer")]
+        prefix: String,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Run the region-link emulator of a lab (started by `lab up`).
+    #[command(hide = true)]
+    Link {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+pub async fn dispatch(command: LabCommand) -> Result<()> {
+    match command {
+        LabCommand::Up { dir, port, block, dns, link_delay_ms, ttl } => {
+            let mut spec = LabSpec::reference(absolute(dir.path())?);
+            spec.port = port;
+            spec.block = block;
+            spec.dns = dns;
+            spec.link_delay_ms = link_delay_ms;
+            spec.ttl = ttl;
+            up(&spec).await
+        }
+        LabCommand::Down { dir } => {
+            let spec = dir.spec()?;
+            let stopped = process::down(&spec).await;
+            if stopped.is_empty() {
+                println!("no lab process was running in {}", spec.dir.display());
+            } else {
+                println!("stopped {} process(es): {}", stopped.len(), stopped.join(", "));
+            }
+            Ok(())
+        }
+        LabCommand::Status { dir, output } => {
+            let spec = dir.spec()?;
+            let processes = process::processes(&spec);
+            let config = spec.controller_config();
+            let status = control::request(&config.control_socket(), &Request::Status, |_| {}).await;
+            match output {
+                Output::Json => {
+                    let procs: Vec<_> = processes
+                        .iter()
+                        .map(|p| serde_json::json!({ "name": p.name, "pid": p.pid, "alive": p.alive }))
+                        .collect();
+                    let status = status.map_err(|e| e.to_string());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "processes": procs,
+                            "status": status.as_ref().ok(),
+                            "error": status.as_ref().err(),
+                        }))?
+                    );
+                }
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = processes
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.name.clone(),
+                                p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                                if p.alive { "running" } else { "stopped" }.into(),
+                            ]
+                        })
+                        .collect();
+                    println!("lab {} · region link {} ms one way · partition: {}\n", spec.dir.display(), spec.link_delay_ms, partition_text(&spec));
+                    print!("{}", crate::render::table(&["PROCESS", "PID", "STATE"], &rows));
+                    println!();
+                    print!("{}", crate::render::status(&config, &serde_json::from_value(status?)?));
+                }
+            }
+            Ok(())
+        }
+        LabCommand::Partition { dir, regions } => {
+            let spec = dir.spec()?;
+            let regions = if regions.is_empty() { spec.regions.clone() } else { regions };
+            for r in &regions {
+                if !spec.regions.contains(r) {
+                    bail!("unknown region \"{r}\"; the lab has {}", spec.regions.join(", "));
+                }
+            }
+            std::fs::write(valkey_dr_lab::link::partition_file(&spec.dir), regions.join("\n"))?;
+            println!("region link cut for: {}", regions.join(", "));
+            Ok(())
+        }
+        LabCommand::Heal { dir } => {
+            let spec = dir.spec()?;
+            let _ = std::fs::remove_file(valkey_dr_lab::link::partition_file(&spec.dir));
+            println!("region link healed");
+            Ok(())
+        }
+        LabCommand::Writer { dir, seconds, prefix, output } => {
+            let spec = dir.spec()?;
+            let config = writer_config(&spec, &prefix);
+            let report = writer::run(&config, tokio::time::sleep(Duration::from_secs_f64(seconds))).await;
+            let lost = writer::verify(&config, report.acknowledged).await.map_err(anyhow::Error::msg)?;
+            match output {
+                Output::Json => {
+                    let mut value = serde_json::to_value(&report)?;
+                    value["acknowledged_lost"] = lost.into();
+                    println!("{}", serde_json::to_string_pretty(&value)?);
+                }
+                Output::Table => println!(
+                    "writer: {} acknowledged writes, {} lost, {} errors retried, longest gap between acknowledgements {:.1} ms, targets {}",
+                    report.acknowledged,
+                    lost,
+                    report.errors,
+                    report.max_write_gap_ms,
+                    report.targets.join(" → ")
+                ),
+            }
+            Ok(())
+        }
+        LabCommand::Link { dir } => {
+            let spec = LabSpec::load(&dir)?;
+            valkey_dr_lab::link::run_daemon(&spec.dir, &spec.links(), Duration::from_millis(spec.link_delay_ms)).await?;
+            Ok(())
+        }
+    }
+}
+
+pub fn writer_config(spec: &LabSpec, prefix: &str) -> WriterConfig {
+    WriterConfig {
+        dns: spec.dns,
+        name: format!("{}.{}.", spec.global_name, spec.zone),
+        port: spec.port,
+        prefix: prefix.to_string(),
+    }
+}
+
+fn partition_text(spec: &LabSpec) -> String {
+    let cut = valkey_dr_lab::link::read_partition_file(&spec.dir);
+    if cut.is_empty() { "none".into() } else { cut.into_iter().collect::<Vec<_>>().join(", ") }
+}
+
+fn absolute(path: PathBuf) -> Result<PathBuf> {
+    Ok(if path.is_absolute() { path } else { std::env::current_dir()?.join(path) })
+}
+
+async fn up(spec: &LabSpec) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the valkey-dr binary")?;
+    if !process::up(spec, &exe).await? {
+        println!("a lab is already running in {} (see `valkey-dr lab status`)", spec.dir.display());
+        return Ok(());
+    }
+    let config = spec.controller_config();
+    let socket = config.control_socket();
+    let ready = process::wait_for("the controller", &spec.dir.join("controller.log"), || async {
+        match control::request(&socket, &Request::Status, |_| {}).await {
+            Ok(status) => status["findings"] == serde_json::json!(["healthy"]),
+            Err(_) => false,
+        }
+    })
+    .await;
+    if let Err(e) = ready {
+        process::down(spec).await;
+        return Err(e.into());
+    }
+    println!("lab up in {}", spec.dir.display());
+    for (r, region) in spec.regions.iter().enumerate() {
+        let nodes: Vec<String> = (0..spec.nodes_per_region as usize).map(|i| spec.node_addr(r, i).to_string()).collect();
+        println!("  {region:<10} {}", nodes.join("  "));
+    }
+    println!(
+        "  region link {} ms one way; DNS {} for zone {}; controller state {}",
+        spec.link_delay_ms,
+        spec.dns,
+        spec.zone,
+        spec.controller_dir().display()
+    );
+    Ok(())
+}

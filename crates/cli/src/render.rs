@@ -1,0 +1,99 @@
+//! Human-readable output: the status table and promotion progress.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+use valkey_dr_controller::Status;
+use valkey_dr_core::Config;
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec(), &mut out);
+    for row in rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn status(config: &Config, status: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "epoch {} · writer {} ({}) · {}\n",
+        opt(&status.epoch),
+        opt(&status.primary),
+        opt(&status.primary_region),
+        status.findings.join("; ")
+    );
+    let rows: Vec<Vec<String>> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.region.clone(),
+                n.node.clone(),
+                n.role.clone(),
+                opt(&n.follows),
+                opt(&n.link),
+                opt(&n.lag_bytes),
+                opt(&n.lag_ms),
+                opt(&n.keys),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["REGION", "NODE", "ROLE", "FOLLOWS", "LINK", "LAG_BYTES", "LAG_MS", "KEYS"],
+        &rows,
+    ));
+    let valkey_dr_core::config::DnsProviderConfig::Embedded { listen } = &config.dns.provider;
+    let _ = writeln!(out, "\nDNS ({listen}, zone {})", config.zone_fqdn());
+    let rows: Vec<Vec<String>> = status
+        .dns
+        .iter()
+        .map(|r| vec![r.name.clone(), r.rtype.clone(), r.values.join(" ")])
+        .collect();
+    out.push_str(&table(&["NAME", "TYPE", "VALUE"], &rows));
+    out
+}
+
+/// One line per finished promotion step.
+pub fn promotion_event(event: &Value) -> Option<String> {
+    if event.get("event")?.as_str()? != "promotion_step" || event.get("state")?.as_str()? != "done" {
+        return None;
+    }
+    Some(format!(
+        "  {:<13} {:>9.3} ms  {}",
+        event.get("step")?.as_str()?,
+        event.get("duration_ms")?.as_f64()?,
+        event.get("detail")?.as_str().unwrap_or_default()
+    ))
+}
+
+pub fn promotion_result(result: &Value) -> String {
+    let s = |k: &str| result.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default();
+    format!(
+        "promoted {} ({}) → {} ({}), epoch {}; writes paused {} ms, total {} ms",
+        s("from_region"),
+        s("old_primary"),
+        s("to_region"),
+        s("new_primary"),
+        s("epoch"),
+        s("write_pause_ms"),
+        s("total_ms")
+    )
+}

@@ -1,0 +1,193 @@
+//! The region-link emulator: a TCP proxy per cross-region path that delays every byte by a fixed
+//! one-way latency and can be partitioned. A partition is a black hole, as on a real network:
+//! connections stay open and nothing flows until the link heals (no resets, so replicas notice
+//! only through their own timeouts).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::spec::LinkSpec;
+
+/// Which regions are cut off from the others.
+#[derive(Default)]
+pub struct Partition {
+    cut: RwLock<BTreeSet<String>>,
+}
+
+impl Partition {
+    /// True when traffic between the two regions must not flow.
+    pub fn blocks(&self, a: &str, b: &str) -> bool {
+        let cut = self.cut.read().expect("partition lock");
+        a != b && (cut.contains(a) || cut.contains(b))
+    }
+
+    pub fn set(&self, regions: BTreeSet<String>) -> bool {
+        let mut cut = self.cut.write().expect("partition lock");
+        let changed = *cut != regions;
+        *cut = regions;
+        changed
+    }
+}
+
+/// The file through which `lab partition` and `lab heal` steer the link daemon: one cut region per line.
+pub fn partition_file(dir: &Path) -> PathBuf {
+    dir.join("partition")
+}
+
+pub fn read_partition_file(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(partition_file(dir))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Starts one listener per link; returns the bound addresses (useful when a port was 0).
+pub async fn start(
+    links: &[LinkSpec],
+    delay: Duration,
+    partition: Arc<Partition>,
+) -> std::io::Result<Vec<SocketAddr>> {
+    let mut bound = Vec::new();
+    for link in links {
+        let listener = TcpListener::bind(link.listen).await?;
+        bound.push(listener.local_addr()?);
+        let link = link.clone();
+        let partition = partition.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                tokio::spawn(carry(client, link.clone(), delay, partition.clone()));
+            }
+        });
+    }
+    Ok(bound)
+}
+
+async fn carry(client: TcpStream, link: LinkSpec, delay: Duration, partition: Arc<Partition>) {
+    // A connection opened during a partition hangs, like a SYN into a black hole.
+    while partition.blocks(&link.from_region, &link.to_region) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Ok(server) = TcpStream::connect(link.target).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let regions = (link.from_region.clone(), link.to_region.clone());
+    tokio::join!(
+        pump(client_read, server_write, delay, partition.clone(), regions.clone()),
+        pump(server_read, client_write, delay, partition, regions),
+    );
+}
+
+/// Copies one direction, releasing each chunk `delay` after it was read. The bounded queue gives
+/// back-pressure during a partition, as a full TCP window would.
+async fn pump(
+    mut from: impl AsyncReadExt + Unpin + Send + 'static,
+    mut to: impl AsyncWriteExt + Unpin,
+    delay: Duration,
+    partition: Arc<Partition>,
+    (a, b): (String, String),
+) {
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(1024);
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send((Instant::now() + delay, buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    while let Some((due, chunk)) = rx.recv().await {
+        tokio::time::sleep_until(due).await;
+        while partition.blocks(&a, &b) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    reader.abort();
+    let _ = to.shutdown().await;
+}
+
+/// Runs the link daemon of a lab until the process is stopped: the proxies, plus a watcher that
+/// applies `partition` file changes within ~10 ms.
+pub async fn run_daemon(dir: &Path, links: &[LinkSpec], delay: Duration) -> std::io::Result<()> {
+    let partition = Arc::new(Partition::default());
+    partition.set(read_partition_file(dir));
+    start(links, delay, partition.clone()).await?;
+    loop {
+        if partition.set(read_partition_file(dir)) {
+            tracing::info!(cut = ?read_partition_file(dir), "region link partition changed");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn delays_and_partitions_traffic() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = echo.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let link = LinkSpec {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            target,
+            from_region: "a".into(),
+            to_region: "b".into(),
+        };
+        let partition = Arc::new(Partition::default());
+        let bound = start(&[link], Duration::from_millis(20), partition.clone()).await.unwrap();
+        let mut conn = TcpStream::connect(bound[0]).await.unwrap();
+        let started = std::time::Instant::now();
+        conn.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        assert!(started.elapsed() >= Duration::from_millis(40), "both directions are delayed");
+
+        partition.set(["b".to_string()].into());
+        conn.write_all(b"lost").await.unwrap();
+        let cut = tokio::time::timeout(Duration::from_millis(200), conn.read_exact(&mut buf)).await;
+        assert!(cut.is_err(), "nothing flows through a partition");
+        partition.set(BTreeSet::new());
+        tokio::time::timeout(Duration::from_secs(2), conn.read_exact(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf, b"lost", "held data flows once the link heals");
+    }
+}

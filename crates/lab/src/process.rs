@@ -1,0 +1,224 @@
+//! Starting and stopping the lab's processes. Every process records its pid in the lab directory,
+//! so `lab down` finds them all and `lab up` can tell that a lab is already running.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::spec::LabSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("{0}")]
+    Io(String),
+    #[error(
+        "no valkey-server (or redis-server) found in PATH; install Valkey 8 (`make deps`, or apt-get install -t bookworm-backports valkey-server) or set VALKEY_SERVER"
+    )]
+    NoValkey,
+    #[error("{what} did not become ready within {seconds} s; see {log}")]
+    NotReady { what: String, seconds: u64, log: String },
+}
+
+fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> LabError {
+    move |e| LabError::Io(format!("{context}: {e}"))
+}
+
+/// A process of the lab, as recorded by its pid file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabProcess {
+    pub name: String,
+    pub pidfile: PathBuf,
+    pub pid: Option<i32>,
+    pub alive: bool,
+}
+
+pub fn valkey_server_binary() -> Result<PathBuf, LabError> {
+    if let Some(path) = std::env::var_os("VALKEY_SERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in ["valkey-server", "redis-server"] {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(LabError::NoValkey)
+}
+
+/// Every process a lab in `dir` may have: its nodes, the link daemon and the controller.
+pub fn processes(spec: &LabSpec) -> Vec<LabProcess> {
+    let mut list: Vec<(String, PathBuf)> = spec
+        .nodes()
+        .map(|(r, i)| (format!("valkey {}", spec.node_addr(r, i)), spec.node_pidfile(r, i)))
+        .collect();
+    list.push(("region link".into(), spec.dir.join("link.pid")));
+    list.push(("controller".into(), spec.dir.join("controller.pid")));
+    list.into_iter()
+        .map(|(name, pidfile)| {
+            let pid = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok());
+            LabProcess {
+                name,
+                alive: pid.is_some_and(is_alive),
+                pid,
+                pidfile,
+            }
+        })
+        .collect()
+}
+
+/// True when the process exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub fn any_running(spec: &LabSpec) -> bool {
+    processes(spec).iter().any(|p| p.alive)
+}
+
+/// Starts a fresh lab. Returns false (and starts nothing) when one is already running in the directory.
+pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
+    if spec.dir.join("lab.json").exists() {
+        if let Ok(existing) = LabSpec::load(&spec.dir) {
+            if any_running(&existing) {
+                return Ok(false);
+            }
+        }
+    }
+    let valkey_server = valkey_server_binary()?;
+    reset_dir(spec)?;
+    spec.save().map_err(io("writing lab.json"))?;
+    std::fs::write(spec.config_path(), spec.controller_config().to_toml()).map_err(io("writing the controller config"))?;
+
+    for (r, i) in spec.nodes() {
+        let conf = spec.dir.join(format!("valkey-{}.conf", spec.node_ip(r, i)));
+        std::fs::create_dir_all(spec.node_dir(r, i)).map_err(io("creating a node directory"))?;
+        std::fs::write(&conf, spec.valkey_conf(r, i)).map_err(io("writing a valkey config"))?;
+        let status = Command::new(&valkey_server)
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io(format!("starting {}", valkey_server.display())))?;
+        if !status.success() {
+            return Err(LabError::Io(format!(
+                "{} exited with {status} for {}",
+                valkey_server.display(),
+                conf.display()
+            )));
+        }
+    }
+    for (r, i) in spec.nodes() {
+        let addr = spec.node_addr(r, i);
+        wait_for(&format!("valkey {addr}"), &spec.dir.join(format!("valkey-{}.log", addr.ip())), || ping(addr)).await?;
+    }
+    spawn_daemon(valkey_dr, &["lab", "link", "--dir"], spec, "link")?;
+    spawn_daemon(valkey_dr, &["run", "--config"], spec, "controller")?;
+    Ok(true)
+}
+
+/// Starts `valkey-dr <args> <path>` detached from the terminal, logging to `<name>.log`.
+fn spawn_daemon(valkey_dr: &Path, args: &[&str], spec: &LabSpec, name: &str) -> Result<(), LabError> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(spec.dir.join(format!("{name}.log"))).map_err(io("creating a log file"))?;
+    let target = if name == "link" { spec.dir.clone() } else { spec.config_path() };
+    let child = Command::new(valkey_dr)
+        .args(args)
+        .arg(target)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io("log file"))?)
+        .stderr(log)
+        // Own process group: a Ctrl-C in the shell that ran `lab up` does not stop the lab.
+        .process_group(0)
+        .spawn()
+        .map_err(io(format!("starting {}", valkey_dr.display())))?;
+    std::fs::write(spec.dir.join(format!("{name}.pid")), child.id().to_string()).map_err(io("writing a pid file"))?;
+    Ok(())
+}
+
+/// Removes what a previous lab left (data, state, pid files); a new lab starts from nothing.
+fn reset_dir(spec: &LabSpec) -> Result<(), LabError> {
+    if spec.dir.exists() {
+        for entry in std::fs::read_dir(&spec.dir).map_err(io("reading the lab directory"))?.flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
+    }
+    std::fs::create_dir_all(&spec.dir).map_err(io(format!("creating {}", spec.dir.display())))
+}
+
+/// Stops every lab process: SIGTERM, then SIGKILL for those still alive after 3 s.
+/// Returns the names of the processes that were running.
+pub async fn down(spec: &LabSpec) -> Vec<String> {
+    let running: Vec<LabProcess> = processes(spec).into_iter().filter(|p| p.alive).collect();
+    for p in &running {
+        // SAFETY: plain signal delivery to a pid we recorded.
+        unsafe { libc::kill(p.pid.unwrap_or(0), libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while running.iter().any(|p| is_alive(p.pid.unwrap_or(0))) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for p in &running {
+        if is_alive(p.pid.unwrap_or(0)) {
+            // SAFETY: as above.
+            unsafe { libc::kill(p.pid.unwrap_or(0), libc::SIGKILL) };
+        }
+    }
+    while running.iter().any(|p| is_alive(p.pid.unwrap_or(0))) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for p in processes(spec) {
+        let _ = std::fs::remove_file(&p.pidfile);
+    }
+    let _ = std::fs::remove_file(spec.controller_dir().join("control.sock"));
+    running.into_iter().map(|p| p.name).collect()
+}
+
+/// `PING` over a raw connection: true on `+PONG`.
+pub async fn ping(addr: SocketAddr) -> bool {
+    let attempt = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+        conn.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 7];
+        conn.read_exact(&mut buf).await.ok()?;
+        Some(&buf == b"+PONG\r\n")
+    };
+    tokio::time::timeout(Duration::from_millis(500), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+pub async fn wait_for<F, Fut>(what: &str, log: &Path, mut ready: F) -> Result<(), LabError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let seconds = 15;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        if ready().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(LabError::NotReady {
+        what: what.to_string(),
+        seconds,
+        log: log.display().to_string(),
+    })
+}

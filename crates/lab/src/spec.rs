@@ -1,0 +1,199 @@
+//! The lab's shape and addresses, and the files it writes: valkey configs and the controller config.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use valkey_dr_core::config::{ControllerConfig, DnsConfig, DnsProviderConfig, NodeConfig, RegionConfig};
+use valkey_dr_core::Config;
+
+/// Everything that defines one lab. Stored as `lab.json` in the lab directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabSpec {
+    pub dir: PathBuf,
+    pub regions: Vec<String>,
+    pub nodes_per_region: u8,
+    /// Second octet of every lab address: node `i` of region `r` is `127.<block>.<r>.<i>`
+    /// (both from 1). The default 0 gives the reference addresses 127.0.1.1 … 127.0.2.2.
+    pub block: u8,
+    /// The port of every node (DNS answers carry addresses, so all nodes share one port).
+    pub port: u16,
+    pub dns: SocketAddr,
+    /// One-way delay of the region link.
+    pub link_delay_ms: u64,
+    pub ttl: u32,
+    pub zone: String,
+    pub global_name: String,
+}
+
+impl LabSpec {
+    pub fn reference(dir: PathBuf) -> LabSpec {
+        LabSpec {
+            dir,
+            regions: vec!["us-east-1".into(), "us-east-2".into()],
+            nodes_per_region: 2,
+            block: 0,
+            port: 6379,
+            dns: "127.0.0.1:5353".parse().expect("static address"),
+            link_delay_ms: 7,
+            ttl: 1,
+            zone: "valkey-dr.live".into(),
+            global_name: "demo".into(),
+        }
+    }
+
+    /// The address of node `index` (0-based) of region `region` (0-based).
+    pub fn node_ip(&self, region: usize, index: usize) -> Ipv4Addr {
+        Ipv4Addr::new(127, self.block, region as u8 + 1, index as u8 + 1)
+    }
+
+    pub fn node_addr(&self, region: usize, index: usize) -> SocketAddr {
+        SocketAddr::new(self.node_ip(region, index).into(), self.port)
+    }
+
+    /// Where nodes of region `from` reach node `index` of region `region`: their end of the region
+    /// link, `127.<block>.<from>.<100 + 10·region + index>`.
+    pub fn link_addr(&self, from: usize, region: usize, index: usize) -> SocketAddr {
+        let host = 100 + 10 * (region as u8 + 1) + index as u8 + 1;
+        SocketAddr::new(Ipv4Addr::new(127, self.block, from as u8 + 1, host).into(), self.port)
+    }
+
+    /// Every link endpoint: (listen address, target node, region of the listener, region of the target).
+    pub fn links(&self) -> Vec<LinkSpec> {
+        let mut links = Vec::new();
+        for region in 0..self.regions.len() {
+            for index in 0..self.nodes_per_region as usize {
+                for from in (0..self.regions.len()).filter(|f| *f != region) {
+                    links.push(LinkSpec {
+                        listen: self.link_addr(from, region, index),
+                        target: self.node_addr(region, index),
+                        from_region: self.regions[from].clone(),
+                        to_region: self.regions[region].clone(),
+                    });
+                }
+            }
+        }
+        links
+    }
+
+    pub fn controller_dir(&self) -> PathBuf {
+        self.dir.join("controller")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("valkey-dr.toml")
+    }
+
+    /// The controller config for this lab.
+    pub fn controller_config(&self) -> Config {
+        let regions = self
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(r, name)| RegionConfig {
+                name: name.clone(),
+                nodes: (0..self.nodes_per_region as usize)
+                    .map(|i| NodeConfig {
+                        host: self.node_ip(r, i).to_string(),
+                        port: self.port,
+                        replication_address: (0..self.regions.len())
+                            .filter(|from| *from != r)
+                            .map(|from| (self.regions[from].clone(), self.link_addr(from, r, i).to_string()))
+                            .collect::<BTreeMap<_, _>>(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Config {
+            owner: "valkey-dr-lab".into(),
+            state_dir: self.controller_dir(),
+            primary_region: self.regions[0].clone(),
+            regions,
+            dns: DnsConfig {
+                zone: self.zone.clone(),
+                global_name: self.global_name.clone(),
+                ttl: self.ttl,
+                provider: DnsProviderConfig::Embedded {
+                    listen: self.dns.to_string(),
+                },
+            },
+            controller: ControllerConfig::default(),
+        }
+    }
+
+    /// The valkey.conf of one node: the primary region's first node is the writer, its region
+    /// peers follow it, other regions' first nodes follow it across the link, their peers follow them.
+    pub fn valkey_conf(&self, region: usize, index: usize) -> String {
+        let ip = self.node_ip(region, index);
+        let dir = self.node_dir(region, index);
+        let mut conf = format!(
+            "bind {ip}\nport {port}\ndaemonize yes\npidfile {pid}\nlogfile {log}\ndir {dir}\n\
+             save \"\"\nappendonly no\nprotected-mode no\n\
+             repl-diskless-sync yes\nrepl-diskless-sync-delay 0\n\
+             repl-timeout 5\nrepl-ping-replica-period 1\n",
+            port = self.port,
+            pid = self.node_pidfile(region, index).display(),
+            log = self.dir.join(format!("valkey-{ip}.log")).display(),
+            dir = dir.display(),
+        );
+        let source = match (region, index) {
+            (0, 0) => None,
+            (_, 0) => Some(self.link_addr(region, 0, 0)),
+            (_, _) => Some(self.node_addr(region, 0)),
+        };
+        if let Some(source) = source {
+            conf.push_str(&format!("replicaof {} {}\n", source.ip(), source.port()));
+        }
+        conf
+    }
+
+    pub fn node_dir(&self, region: usize, index: usize) -> PathBuf {
+        self.dir.join(format!("data-{}", self.node_ip(region, index)))
+    }
+
+    pub fn node_pidfile(&self, region: usize, index: usize) -> PathBuf {
+        self.dir.join(format!("valkey-{}.pid", self.node_ip(region, index)))
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.regions.len()).flat_map(move |r| (0..self.nodes_per_region as usize).map(move |i| (r, i)))
+    }
+
+    pub fn save(&self) -> std::io::Result<()> {
+        std::fs::write(self.dir.join("lab.json"), serde_json::to_vec_pretty(self).expect("serializes"))
+    }
+
+    pub fn load(dir: &Path) -> std::io::Result<LabSpec> {
+        let text = std::fs::read(dir.join("lab.json"))?;
+        serde_json::from_slice(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// One end of the region link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkSpec {
+    pub listen: SocketAddr,
+    pub target: SocketAddr,
+    pub from_region: String,
+    pub to_region: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_lab_matches_the_design_addresses() {
+        let spec = LabSpec::reference("/tmp/lab".into());
+        assert_eq!(spec.node_addr(0, 0).to_string(), "127.0.1.1:6379");
+        assert_eq!(spec.node_addr(1, 1).to_string(), "127.0.2.2:6379");
+        assert_eq!(spec.link_addr(1, 0, 0).to_string(), "127.0.2.111:6379");
+        assert_eq!(spec.links().len(), 4);
+        let config = spec.controller_config();
+        config.validate().expect("lab config is valid");
+        assert!(spec.valkey_conf(1, 0).contains("replicaof 127.0.2.111 6379"));
+        assert!(spec.valkey_conf(1, 1).contains("replicaof 127.0.2.1 6379"));
+        assert!(!spec.valkey_conf(0, 0).contains("replicaof"));
+    }
+}
