@@ -415,3 +415,111 @@ fn validate_label(field: &str, label: &str, allow_underscore: bool) -> Result<()
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+primary_region = "us-east-1"
+[[regions]]
+name = "us-east-1"
+nodes = [{ host = "127.0.1.1" }, { host = "127.0.1.2" }]
+[[regions]]
+name = "us-east-2"
+nodes = [{ host = "127.0.2.1", replication_address = { us-east-1 = "127.0.1.121:6379" } }]
+[dns]
+zone = "valkey-dr.live"
+global_name = "demo"
+"#;
+
+    #[test]
+    fn the_valid_example_parses_with_defaults() {
+        let config = Config::parse(VALID).unwrap();
+        assert_eq!(config.dns.ttl, 5);
+        assert_eq!(config.controller.reconcile_interval_ms, 1000);
+        assert_eq!(config.global_name_fqdn(), "demo.valkey-dr.live.");
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config, "round-trips");
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../../valkey-dr.toml");
+        Config::parse(text).unwrap();
+    }
+
+    #[test]
+    fn each_error_names_its_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("duplicate region", r#"name = "us-east-1""#, "regions[1].name"),
+            ("two nodes on one address", r#"host = "127.0.2.1""#, "regions[1].nodes[1].host"),
+            ("unknown primary region", r#"primary_region = "eu-west-1""#, "primary_region"),
+            ("empty primary region", r#"primary_region = """#, "primary_region"),
+            ("invalid zone", r#"zone = "bad..zone""#, "dns.zone"),
+            ("invalid global name", r#"global_name = "de mo""#, "dns.global_name"),
+            ("global name outside zone", r#"global_name = "demo.example.org.""#, "dns.global_name"),
+            ("ttl 0", "ttl = 0", "dns.ttl"),
+            ("invalid region name", r#"name = "us_east_2""#, "regions[1].name"),
+            ("port 0", "port = 0", "regions[1].nodes[0].port"),
+            ("replication address of an unknown region", r#"replication_address = { eu = "127.0.0.1:1" }"#, "regions[1].nodes[0].replication_address.eu"),
+            ("bad listen address", r#"listen = "localhost""#, "dns.provider.listen"),
+            ("zero interval", "reconcile_interval_ms = 0", "controller.reconcile_interval_ms"),
+        ];
+        for (what, replacement, field) in cases {
+            let text = mutate(replacement);
+            match Config::parse(&text) {
+                Err(e) => {
+                    assert_eq!(e.field(), Some(*field), "{what}: {e}");
+                    assert!(e.to_string().contains("fix:"), "{what}: {e}");
+                }
+                Ok(_) => panic!("{what}: accepted\n{text}"),
+            }
+        }
+    }
+
+    #[test]
+    fn too_few_regions_and_unknown_fields_are_rejected() {
+        let one_region = r#"
+primary_region = "a"
+[[regions]]
+name = "a"
+nodes = [{ host = "127.0.0.1" }]
+[dns]
+zone = "z.test"
+global_name = "demo"
+"#;
+        assert_eq!(Config::parse(one_region).unwrap_err().field(), Some("regions"));
+        let unknown = VALID.replace("global_name = \"demo\"", "global_name = \"demo\"\ntll = 5");
+        let error = Config::parse(&unknown).unwrap_err().to_string();
+        assert!(error.contains("unknown field `tll`"), "{error}");
+        let no_primary = VALID.replace("primary_region = \"us-east-1\"", "");
+        let error = Config::parse(&no_primary).unwrap_err().to_string();
+        assert!(error.contains("missing field `primary_region`"), "{error}");
+    }
+
+    /// Applies one change to the valid config: a replacement line for the field of the same name
+    /// (the second region's or its nodes' where the name repeats).
+    fn mutate(replacement: &str) -> String {
+        let key = replacement.split('=').next().unwrap().trim();
+        match key {
+            "name" => VALID.replacen("name = \"us-east-2\"", replacement, 1),
+            "host" => VALID.replace(
+                r#"nodes = [{ host = "127.0.2.1", replication_address = { us-east-1 = "127.0.1.121:6379" } }]"#,
+                &format!(r#"nodes = [{{ host = "127.0.2.1" }}, {{ {replacement} }}]"#),
+            ),
+            "port" | "replication_address" => VALID.replace(
+                r#"nodes = [{ host = "127.0.2.1", replication_address = { us-east-1 = "127.0.1.121:6379" } }]"#,
+                &format!(r#"nodes = [{{ host = "127.0.2.1", {replacement} }}]"#),
+            ),
+            "primary_region" => VALID.replace("primary_region = \"us-east-1\"", replacement),
+            "zone" | "global_name" => {
+                let line = VALID.lines().find(|l| l.starts_with(key)).unwrap();
+                VALID.replace(line, replacement)
+            }
+            "ttl" => format!("{VALID}{replacement}\n"),
+            "listen" => format!("{VALID}[dns.provider]\nkind = \"embedded\"\n{replacement}\n"),
+            "reconcile_interval_ms" => format!("{VALID}[controller]\n{replacement}\n"),
+            other => panic!("no mutation for {other}"),
+        }
+    }
+}

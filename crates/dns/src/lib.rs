@@ -5,6 +5,7 @@
 //! A new backend (RFC 2136, Route 53, …) is a new module implementing [`DnsProvider`]; the
 //! conformance battery in `tests/conformance.rs` is the contract it must pass.
 
+pub mod conformance;
 pub mod embedded;
 pub mod resolve;
 

@@ -1,0 +1,147 @@
+//! Shared test harness: a real lab (valkey-server processes, region link, controller) on its own
+//! loopback block and free port, so tests run in parallel and beside a running reference lab.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use valkey_dr_controller::control::{self, Request};
+use valkey_dr_lab::LabSpec;
+use valkey_dr_lab::process;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_valkey-dr");
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct TestLab {
+    pub spec: LabSpec,
+}
+
+/// A loopback block and port that are free on every address the lab will use.
+fn free_block_and_port() -> (u8, u16) {
+    let seed = std::process::id() ^ NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(2_654_435_761);
+    for attempt in 0..200u32 {
+        let block = 10 + ((seed.wrapping_add(attempt * 7919)) % 240) as u8;
+        let probe = TcpListener::bind((Ipv4Addr::new(127, block, 1, 1), 0)).unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let spec = LabSpec { block, port, ..LabSpec::reference(PathBuf::new()) };
+        let mut addrs: Vec<SocketAddr> = spec.nodes().map(|(r, i)| spec.node_addr(r, i)).collect();
+        addrs.extend(spec.links().iter().map(|l| l.listen));
+        addrs.push(SocketAddr::new(Ipv4Addr::new(127, block, 0, 53).into(), port));
+        if addrs.iter().all(|a| TcpListener::bind(a).is_ok() && UdpSocket::bind(a).is_ok()) {
+            return (block, port);
+        }
+    }
+    panic!("no free loopback block");
+}
+
+impl TestLab {
+    pub async fn start() -> TestLab {
+        let (block, port) = free_block_and_port();
+        let dir = std::env::temp_dir().join(format!("valkey-dr-test-{block}-{port}-{}", std::process::id()));
+        let spec = LabSpec {
+            block,
+            port,
+            dns: SocketAddr::new(Ipv4Addr::new(127, block, 0, 53).into(), port),
+            ..LabSpec::reference(dir)
+        };
+        let started = process::up(&spec, BIN.as_ref()).await.expect("lab starts");
+        assert!(started, "a fresh directory has no running lab");
+        let lab = TestLab { spec };
+        lab.wait_until(|s| s["findings"] == serde_json::json!(["healthy"]) && s["dns"].as_array().is_some_and(|d| d.len() == 6))
+            .await;
+        lab
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.spec.config_path()
+    }
+
+    pub fn ip(&self, region: usize, index: usize) -> String {
+        self.spec.node_ip(region, index).to_string()
+    }
+
+    pub fn name(&self, relative: &str) -> String {
+        format!("{relative}.{}.", self.spec.zone)
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let socket = self.spec.controller_config().control_socket();
+        control::request(&socket, &Request::Status, |_| {}).await.expect("controller answers")
+    }
+
+    /// Polls the controller's status until `ready` holds (at most 20 s).
+    pub async fn wait_until(&self, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..400 {
+            if let Ok(status) =
+                control::request(&self.spec.controller_config().control_socket(), &Request::Status, |_| {}).await
+            {
+                if ready(&status) {
+                    return status;
+                }
+                last = status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("condition not reached; last status: {last:#}");
+    }
+
+    /// `dig +short` against the lab's DNS server.
+    pub fn dig_short(&self, name: &str, rtype: &str) -> Vec<String> {
+        let out = self.dig(&[name, rtype, "+short"]);
+        out.lines().map(|l| l.trim_matches('"').to_string()).filter(|l| !l.is_empty()).collect()
+    }
+
+    pub fn dig(&self, args: &[&str]) -> String {
+        dig(self.spec.dns, args)
+    }
+
+    /// Runs the valkey-dr binary with the lab's config; returns stdout, panics on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .expect("valkey-dr runs");
+        assert!(
+            out.status.success(),
+            "valkey-dr {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub async fn connection(&self, ip: &str) -> redis::aio::MultiplexedConnection {
+        valkey_dr_lab::writer::connect(ip.parse().unwrap(), self.spec.port).await.expect("node reachable")
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        // Drop cannot await: stop the processes with plain signals, as `lab down` does.
+        for p in process::processes(&self.spec) {
+            if let Some(pid) = p.pid.filter(|_| p.alive) {
+                // SAFETY: signal delivery to a pid this lab recorded.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.spec.dir);
+    }
+}
+
+/// Runs `dig @server -p port <args>` and returns its output.
+pub fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), "+time=2", "+tries=2"])
+        .args(args)
+        .output()
+        .expect("dig is installed (make test installs dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

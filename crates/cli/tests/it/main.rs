@@ -1,0 +1,7 @@
+//! Integration tests against real valkey-server processes, the real region link emulator and
+//! the controller's DNS server, queried with `dig`.
+
+mod config;
+mod harness;
+mod promotion;
+mod reconcile;

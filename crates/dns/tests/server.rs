@@ -1,0 +1,129 @@
+//! The embedded server answered over the network by `dig` and `nsupdate` — real clients.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use valkey_dr_core::{Change, RecordSet, RecordType};
+use valkey_dr_dns::embedded::{DnsServer, Zone};
+
+async fn server() -> (DnsServer, Arc<Zone>) {
+    let zone = Arc::new(Zone::new("valkey-dr.test"));
+    let set = |name: &str, rtype, value: &str| RecordSet::new(name, rtype, 5, [value.to_string()]);
+    zone.apply_changes(&[
+        Change::Create { new: set("demo.valkey-dr.test", RecordType::Cname, "primary.r1.valkey-dr.test.") },
+        Change::Create { new: set("primary.r1.valkey-dr.test", RecordType::A, "127.0.1.1") },
+        Change::Create { new: set("_valkey-dr.demo.valkey-dr.test", RecordType::Txt, "heritage=valkey-dr,owner=t,epoch=1,primary=r1") },
+    ])
+    .unwrap();
+    let server = DnsServer::start(zone.clone(), "127.0.0.1:0".parse().unwrap(), 5).await.unwrap();
+    (server, zone)
+}
+
+fn dig(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string(), "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status(output: &str) -> &str {
+    output
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("no status")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_authoritatively_over_udp_and_tcp() {
+    let (server, _) = server().await;
+    let addr = server.local_addr();
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig(addr, &[transport, "demo.valkey-dr.test", "A"]);
+        assert_eq!(status(&out), "NOERROR", "{out}");
+        assert!(out.contains("flags: qr aa rd;"), "authoritative, no recursion available: {out}");
+        assert!(out.contains("CNAME\tprimary.r1.valkey-dr.test."), "{out}");
+        assert!(out.contains("A\t127.0.1.1"), "the CNAME is followed within the zone: {out}");
+    }
+    let txt = dig(addr, &["+short", "_valkey-dr.demo.valkey-dr.test", "TXT"]);
+    assert_eq!(txt.trim(), "\"heritage=valkey-dr,owner=t,epoch=1,primary=r1\"");
+    let ns = dig(addr, &["+short", "valkey-dr.test", "NS"]);
+    assert_eq!(ns.trim(), "ns.valkey-dr.test.");
+    let nx = dig(addr, &["nope.valkey-dr.test", "A"]);
+    assert_eq!(status(&nx), "NXDOMAIN");
+    assert!(nx.contains("SOA"), "negative answers carry the SOA: {nx}");
+    let nodata = dig(addr, &["primary.r1.valkey-dr.test", "MX"]);
+    assert_eq!(status(&nodata), "NOERROR");
+    assert!(nodata.contains("ANSWER: 0"), "{nodata}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_other_zones_transfers_and_updates() {
+    let (server, zone) = server().await;
+    let addr = server.local_addr();
+    assert_eq!(status(&dig(addr, &["example.org", "A"])), "REFUSED");
+    assert_eq!(status(&dig(addr, &["valkey-dr.test.example.org", "A"])), "REFUSED");
+    let axfr = dig(addr, &["valkey-dr.test", "AXFR"]);
+    assert!(axfr.contains("Transfer failed") || axfr.contains("REFUSED"), "{axfr}");
+    assert!(!axfr.contains("127.0.1.1"), "no zone data leaks through AXFR: {axfr}");
+    let ixfr = dig(addr, &["valkey-dr.test", "IXFR=1"]);
+    assert!(!ixfr.contains("127.0.1.1"), "{ixfr}");
+
+    let serial = zone.serial();
+    let mut update = Command::new("nsupdate")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nsupdate is installed");
+    let script = format!(
+        "server {} {}\nzone valkey-dr.test\nupdate delete demo.valkey-dr.test CNAME\nupdate add demo.valkey-dr.test 5 CNAME evil.example.org.\nsend\n",
+        addr.ip(),
+        addr.port()
+    );
+    use std::io::Write;
+    update.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = update.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("REFUSED"), "{text}");
+    assert_eq!(zone.serial(), serial, "an update changes nothing");
+    assert!(dig(addr, &["+short", "demo.valkey-dr.test", "CNAME"]).contains("primary.r1"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn survives_malformed_packets() {
+    let (server, _) = server().await;
+    let addr = server.local_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let junk: [&[u8]; 5] = [b"", b"\x00", &[0xff; 12], &[0u8; 512], b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c"];
+    for packet in junk {
+        socket.send_to(packet, addr).unwrap();
+    }
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::Write;
+    tcp.write_all(&[0x00, 0x05, 1, 2, 3, 4, 5]).unwrap();
+    drop(tcp);
+    let out = dig(addr, &["demo.valkey-dr.test", "A"]);
+    assert_eq!(status(&out), "NOERROR", "still serving after junk: {out}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_a_flipped_record_with_a_higher_serial() {
+    let (server, zone) = server().await;
+    let addr = server.local_addr();
+    let soa = |addr| dig(addr, &["+short", "valkey-dr.test", "SOA"]).split_whitespace().nth(2).unwrap().parse::<u32>().unwrap();
+    let before = soa(addr);
+    let old = RecordSet::new("demo.valkey-dr.test", RecordType::Cname, 5, ["primary.r1.valkey-dr.test.".to_string()]);
+    let new = RecordSet::new("demo.valkey-dr.test", RecordType::Cname, 5, ["primary.r2.valkey-dr.test.".to_string()]);
+    zone.apply_changes(&[Change::Update { old, new }]).unwrap();
+    assert_eq!(dig(addr, &["+short", "demo.valkey-dr.test", "CNAME"]).trim(), "primary.r2.valkey-dr.test.");
+    assert!(soa(addr) > before);
+    server.shutdown().await;
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what valkey-dr's demo and tests need and the machine lacks:
+#   valkey-server + valkey-cli (Valkey 8, Debian bookworm-backports), dig + nsupdate (dnsutils).
+# Needs root or sudo for apt. Does nothing when everything is present.
+set -euo pipefail
+
+missing=()
+command -v valkey-server >/dev/null || missing+=(valkey-server)
+command -v valkey-cli >/dev/null || missing+=(valkey-tools)
+command -v dig >/dev/null || missing+=(dnsutils)
+command -v nsupdate >/dev/null || missing+=(dnsutils)
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=(); elif command -v sudo >/dev/null; then SUDO=(sudo); else
+  echo "install-deps: need root or sudo to install: ${missing[*]}" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+if [ "$codename" = bookworm ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo "install-deps: adding the bookworm-backports suite for Valkey 8"
+  echo "deb http://deb.debian.org/debian bookworm-backports main" | "${SUDO[@]}" tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+fi
+echo "install-deps: installing ${missing[*]}"
+"${SUDO[@]}" apt-get update -qq
+valkey_pkgs=()
+for p in "${missing[@]}"; do case $p in valkey-*) valkey_pkgs+=("$p");; esac; done
+if [ ${#valkey_pkgs[@]} -gt 0 ]; then
+  if [ "$codename" = bookworm ]; then
+    "${SUDO[@]}" apt-get install -y -qq -t bookworm-backports "${valkey_pkgs[@]}" >/dev/null
+  else
+    "${SUDO[@]}" apt-get install -y -qq "${valkey_pkgs[@]}" >/dev/null
+  fi
+fi
+if printf '%s\n' "${missing[@]}" | grep -qx dnsutils; then
+  "${SUDO[@]}" apt-get install -y -qq dnsutils >/dev/null
+fi
+# The Debian package may start a system-wide valkey on 127.0.0.1:6379; the lab does not need it
+# and uses its own addresses, so it is left as the package set it up.
+valkey-server --version
