@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use valkey_dr_controller::control::{self, Request};
+use valkey_dr_lab::LabSpec;
 use valkey_dr_lab::process;
 use valkey_dr_lab::writer::{self, WriterConfig};
-use valkey_dr_lab::LabSpec;
 
 use crate::Output;
 
@@ -27,7 +27,12 @@ impl DirArg {
 
     fn spec(&self) -> Result<LabSpec> {
         let dir = self.path();
-        LabSpec::load(&dir).with_context(|| format!("no lab in {} (start one with `valkey-dr lab up`)", dir.display()))
+        LabSpec::load(&dir).with_context(|| {
+            format!(
+                "no lab in {} (start one with `valkey-dr lab up`)",
+                dir.display()
+            )
+        })
     }
 }
 
@@ -105,7 +110,14 @@ pub enum LabCommand {
 
 pub async fn dispatch(command: LabCommand) -> Result<()> {
     match command {
-        LabCommand::Up { dir, port, block, dns, link_delay_ms, ttl } => {
+        LabCommand::Up {
+            dir,
+            port,
+            block,
+            dns,
+            link_delay_ms,
+            ttl,
+        } => {
             let mut spec = LabSpec::reference(absolute(dir.path())?);
             spec.port = port;
             spec.block = block;
@@ -120,7 +132,11 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             if stopped.is_empty() {
                 println!("no lab process was running in {}", spec.dir.display());
             } else {
-                println!("stopped {} process(es): {}", stopped.len(), stopped.join(", "));
+                println!(
+                    "stopped {} process(es): {}",
+                    stopped.len(),
+                    stopped.join(", ")
+                );
             }
             Ok(())
         }
@@ -156,23 +172,44 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
                             ]
                         })
                         .collect();
-                    println!("lab {} · region link {} ms one way · partition: {}\n", spec.dir.display(), spec.link_delay_ms, partition_text(&spec));
-                    print!("{}", crate::render::table(&["PROCESS", "PID", "STATE"], &rows));
+                    println!(
+                        "lab {} · region link {} ms one way · partition: {}\n",
+                        spec.dir.display(),
+                        spec.link_delay_ms,
+                        partition_text(&spec)
+                    );
+                    print!(
+                        "{}",
+                        crate::render::table(&["PROCESS", "PID", "STATE"], &rows)
+                    );
                     println!();
-                    print!("{}", crate::render::status(&config, &serde_json::from_value(status?)?));
+                    print!(
+                        "{}",
+                        crate::render::status(&config, &serde_json::from_value(status?)?)
+                    );
                 }
             }
             Ok(())
         }
         LabCommand::Partition { dir, regions } => {
             let spec = dir.spec()?;
-            let regions = if regions.is_empty() { spec.regions.clone() } else { regions };
+            let regions = if regions.is_empty() {
+                spec.regions.clone()
+            } else {
+                regions
+            };
             for r in &regions {
                 if !spec.regions.contains(r) {
-                    bail!("unknown region \"{r}\"; the lab has {}", spec.regions.join(", "));
+                    bail!(
+                        "unknown region \"{r}\"; the lab has {}",
+                        spec.regions.join(", ")
+                    );
                 }
             }
-            std::fs::write(valkey_dr_lab::link::partition_file(&spec.dir), regions.join("\n"))?;
+            std::fs::write(
+                valkey_dr_lab::link::partition_file(&spec.dir),
+                regions.join("\n"),
+            )?;
             println!("region link cut for: {}", regions.join(", "));
             Ok(())
         }
@@ -182,11 +219,22 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             println!("region link healed");
             Ok(())
         }
-        LabCommand::Writer { dir, seconds, prefix, output } => {
+        LabCommand::Writer {
+            dir,
+            seconds,
+            prefix,
+            output,
+        } => {
             let spec = dir.spec()?;
             let config = writer_config(&spec, &prefix);
-            let report = writer::run(&config, tokio::time::sleep(Duration::from_secs_f64(seconds))).await;
-            let lost = writer::verify(&config, report.acknowledged).await.map_err(anyhow::Error::msg)?;
+            let report = writer::run(
+                &config,
+                tokio::time::sleep(Duration::from_secs_f64(seconds)),
+            )
+            .await;
+            let lost = writer::verify(&config, report.acknowledged)
+                .await
+                .map_err(anyhow::Error::msg)?;
             match output {
                 Output::Json => {
                     let mut value = serde_json::to_value(&report)?;
@@ -206,7 +254,12 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
         }
         LabCommand::Link { dir } => {
             let spec = LabSpec::load(&dir)?;
-            valkey_dr_lab::link::run_daemon(&spec.dir, &spec.links(), Duration::from_millis(spec.link_delay_ms)).await?;
+            valkey_dr_lab::link::run_daemon(
+                &spec.dir,
+                &spec.links(),
+                Duration::from_millis(spec.link_delay_ms),
+            )
+            .await?;
             Ok(())
         }
     }
@@ -223,27 +276,42 @@ pub fn writer_config(spec: &LabSpec, prefix: &str) -> WriterConfig {
 
 fn partition_text(spec: &LabSpec) -> String {
     let cut = valkey_dr_lab::link::read_partition_file(&spec.dir);
-    if cut.is_empty() { "none".into() } else { cut.into_iter().collect::<Vec<_>>().join(", ") }
+    if cut.is_empty() {
+        "none".into()
+    } else {
+        cut.into_iter().collect::<Vec<_>>().join(", ")
+    }
 }
 
 fn absolute(path: PathBuf) -> Result<PathBuf> {
-    Ok(if path.is_absolute() { path } else { std::env::current_dir()?.join(path) })
+    Ok(if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir()?.join(path)
+    })
 }
 
 async fn up(spec: &LabSpec) -> Result<()> {
     let exe = std::env::current_exe().context("locating the valkey-dr binary")?;
     if !process::up(spec, &exe).await? {
-        println!("a lab is already running in {} (see `valkey-dr lab status`)", spec.dir.display());
+        println!(
+            "a lab is already running in {} (see `valkey-dr lab status`)",
+            spec.dir.display()
+        );
         return Ok(());
     }
     let config = spec.controller_config();
     let socket = config.control_socket();
-    let ready = process::wait_for("the controller", &spec.dir.join("controller.log"), || async {
-        match control::request(&socket, &Request::Status, |_| {}).await {
-            Ok(status) => status["findings"] == serde_json::json!(["healthy"]),
-            Err(_) => false,
-        }
-    })
+    let ready = process::wait_for(
+        "the controller",
+        &spec.dir.join("controller.log"),
+        || async {
+            match control::request(&socket, &Request::Status, |_| {}).await {
+                Ok(status) => status["findings"] == serde_json::json!(["healthy"]),
+                Err(_) => false,
+            }
+        },
+    )
     .await;
     if let Err(e) = ready {
         process::down(spec).await;
@@ -251,7 +319,9 @@ async fn up(spec: &LabSpec) -> Result<()> {
     }
     println!("lab up in {}", spec.dir.display());
     for (r, region) in spec.regions.iter().enumerate() {
-        let nodes: Vec<String> = (0..spec.nodes_per_region as usize).map(|i| spec.node_addr(r, i).to_string()).collect();
+        let nodes: Vec<String> = (0..spec.nodes_per_region as usize)
+            .map(|i| spec.node_addr(r, i).to_string())
+            .collect();
         println!("  {region:<10} {}", nodes.join("  "));
     }
     println!(

@@ -11,7 +11,11 @@ use valkey_dr_controller::control::{self, Request};
 use valkey_dr_core::Config;
 
 #[derive(Parser)]
-#[command(name = "valkey-dr", version, about = "One DNS name that always leads to the writable Valkey primary across regions.")]
+#[command(
+    name = "valkey-dr",
+    version,
+    about = "One DNS name that always leads to the writable Valkey primary across regions."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,8 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VALKEY_DR_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("VALKEY_DR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -96,24 +101,35 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Status { config, output } => {
             let config = load_config(&config)?;
-            let status = control::request(&config.control_socket(), &Request::Status, |_| {}).await?;
+            let status =
+                control::request(&config.control_socket(), &Request::Status, |_| {}).await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                Output::Table => print!("{}", render::status(&config, &serde_json::from_value(status)?)),
+                Output::Table => print!(
+                    "{}",
+                    render::status(&config, &serde_json::from_value(status)?)
+                ),
             }
             Ok(())
         }
-        Command::Promote { region, config, output } => {
+        Command::Promote {
+            region,
+            config,
+            output,
+        } => {
             let config = load_config(&config)?;
             promote(&config, &region, output).await
         }
         Command::Reconcile { config } => {
             let config = load_config(&config)?;
-            let result = control::request(&config.control_socket(), &Request::Reconcile, |_| {}).await?;
+            let result =
+                control::request(&config.control_socket(), &Request::Reconcile, |_| {}).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(())
         }
-        Command::Events { config, follow } => events(&load_config(&config)?.events_file(), follow).await,
+        Command::Events { config, follow } => {
+            events(&load_config(&config)?.events_file(), follow).await
+        }
         Command::Lab { command } => lab::dispatch(command).await,
     }
 }
@@ -142,18 +158,23 @@ async fn run(config: &Config) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    running.controller.events().emit("controller_stopped", serde_json::json!({}));
+    running
+        .controller
+        .events()
+        .emit("controller_stopped", serde_json::json!({}));
     running.stop().await;
     Ok(())
 }
 
 pub async fn promote(config: &Config, region: &str, output: Output) -> Result<()> {
-    let request = Request::Promote { region: region.to_string() };
+    let request = Request::Promote {
+        region: region.to_string(),
+    };
     let result = control::request(&config.control_socket(), &request, |event| {
-        if output == Output::Table {
-            if let Some(line) = render::promotion_event(event) {
-                println!("{line}");
-            }
+        if output == Output::Table
+            && let Some(line) = render::promotion_event(event)
+        {
+            println!("{line}");
         }
     })
     .await?;

@@ -16,7 +16,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let line = |cells: Vec<&str>, out: &mut String| {
-        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
     line(header.to_vec(), &mut out);
@@ -27,7 +31,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
-    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    v.as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 pub fn status(config: &Config, status: &Status) -> String {
@@ -57,7 +63,16 @@ pub fn status(config: &Config, status: &Status) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["REGION", "NODE", "ROLE", "FOLLOWS", "LINK", "LAG_BYTES", "LAG_MS", "KEYS"],
+        &[
+            "REGION",
+            "NODE",
+            "ROLE",
+            "FOLLOWS",
+            "LINK",
+            "LAG_BYTES",
+            "LAG_MS",
+            "KEYS",
+        ],
         &rows,
     ));
     let valkey_dr_core::config::DnsProviderConfig::Embedded { listen } = &config.dns.provider;
@@ -73,7 +88,8 @@ pub fn status(config: &Config, status: &Status) -> String {
 
 /// One line per finished promotion step.
 pub fn promotion_event(event: &Value) -> Option<String> {
-    if event.get("event")?.as_str()? != "promotion_step" || event.get("state")?.as_str()? != "done" {
+    if event.get("event")?.as_str()? != "promotion_step" || event.get("state")?.as_str()? != "done"
+    {
         return None;
     }
     Some(format!(
@@ -85,7 +101,16 @@ pub fn promotion_event(event: &Value) -> Option<String> {
 }
 
 pub fn promotion_result(result: &Value) -> String {
-    let s = |k: &str| result.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default();
+    let s = |k: &str| {
+        result
+            .get(k)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .unwrap_or_default()
+    };
     format!(
         "promoted {} ({}) → {} ({}), epoch {}; writes paused {} ms, total {} ms",
         s("from_region"),

@@ -47,7 +47,10 @@ impl ControlServer {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(error)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
-        Ok(ControlServer { listener, controller })
+        Ok(ControlServer {
+            listener,
+            controller,
+        })
     }
 
     pub async fn serve(self) {
@@ -76,7 +79,9 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
     let request: Request = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => {
-            let _ = write.write_all(reply(json!({ "error": format!("invalid request: {e}") })).as_bytes()).await;
+            let _ = write
+                .write_all(reply(json!({ "error": format!("invalid request: {e}") })).as_bytes())
+                .await;
             return;
         }
     };
@@ -116,8 +121,13 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the controller at {path}: {source} (is it running? `valkey-dr lab up` or `valkey-dr run`)")]
-    Connect { path: String, source: std::io::Error },
+    #[error(
+        "cannot reach the controller at {path}: {source} (is it running? `valkey-dr lab up` or `valkey-dr run`)"
+    )]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("controller connection failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("controller refused: {0}")]
@@ -132,24 +142,31 @@ pub async fn request(
     request: &Request,
     mut on_event: impl FnMut(&Value),
 ) -> Result<Value, ClientError> {
-    let stream = UnixStream::connect(socket).await.map_err(|source| ClientError::Connect {
-        path: socket.display().to_string(),
-        source,
-    })?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
     let (read, mut write) = stream.into_split();
     write
         .write_all(format!("{}\n", serde_json::to_string(request).expect("serializes")).as_bytes())
         .await?;
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
-        let value: Value = serde_json::from_str(&line).map_err(|e| ClientError::Reply(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(&line).map_err(|e| ClientError::Reply(e.to_string()))?;
         if let Some(event) = value.get("event") {
             on_event(event);
         } else if let Some(result) = value.get("result") {
             return Ok(result.clone());
         } else if let Some(error) = value.get("error") {
-            return Err(ClientError::Refused(error.as_str().unwrap_or_default().to_string()));
+            return Err(ClientError::Refused(
+                error.as_str().unwrap_or_default().to_string(),
+            ));
         }
     }
-    Err(ClientError::Reply("connection closed before a result".into()))
+    Err(ClientError::Reply(
+        "connection closed before a result".into(),
+    ))
 }

@@ -25,7 +25,9 @@ impl EventSink {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot open the event log"))
+            .map_err(
+                |e| tracing::warn!(path = %path.display(), error = %e, "cannot open the event log"),
+            )
             .ok()
             .map(Mutex::new);
         EventSink {
@@ -46,7 +48,9 @@ impl EventSink {
     /// Emits `{"ts": "...", "event": kind, ...data}`.
     pub fn emit(&self, kind: &str, data: impl Serialize) {
         let mut event = json!({ "ts": now_rfc3339(), "event": kind });
-        if let (Value::Object(map), Ok(Value::Object(extra))) = (&mut event, serde_json::to_value(data)) {
+        if let (Value::Object(map), Ok(Value::Object(extra))) =
+            (&mut event, serde_json::to_value(data))
+        {
             map.extend(extra);
         }
         let line = event.to_string();
@@ -63,7 +67,10 @@ impl EventSink {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for the current time (UTC).
@@ -98,7 +105,10 @@ mod tests {
     #[test]
     fn formats_utc_timestamps() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::rfc3339(1_795_830_469_123), "2026-11-27T01:47:49.123Z");
+        assert_eq!(
+            super::rfc3339(1_795_830_469_123),
+            "2026-11-27T01:47:49.123Z"
+        );
         assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }

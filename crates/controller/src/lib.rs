@@ -33,11 +33,17 @@ pub use status::Status;
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error("cannot create state directory {path}: {source}")]
-    StateDir { path: String, source: std::io::Error },
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Dns(#[from] valkey_dr_dns::embedded::ServerError),
     #[error("cannot open control socket {path}: {source}")]
-    Control { path: String, source: std::io::Error },
+    Control {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct Controller {

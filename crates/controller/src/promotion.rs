@@ -121,19 +121,27 @@ impl Controller {
             current: None,
             region: region.to_string(),
         };
-        self.events.emit("promotion_started", json!({ "region": region }));
+        self.events
+            .emit("promotion_started", json!({ "region": region }));
         let result = self.promote_locked(&mut machine, region).await;
         match &result {
             Ok(report) => self.events.emit("promotion_done", report),
             Err(error) => {
                 machine.finish(format!("failed: {error}"));
-                self.events.emit("promotion_failed", json!({ "region": region, "error": error.to_string() }));
+                self.events.emit(
+                    "promotion_failed",
+                    json!({ "region": region, "error": error.to_string() }),
+                );
             }
         }
         result
     }
 
-    async fn promote_locked(&self, m: &mut Machine<'_>, region: &str) -> Result<PromotionReport, PromoteError> {
+    async fn promote_locked(
+        &self,
+        m: &mut Machine<'_>,
+        region: &str,
+    ) -> Result<PromotionReport, PromoteError> {
         let topology = &self.topology;
         let name = |n: NodeId| topology.node_name(n);
         let endpoint = |n: NodeId| &topology.node(n).endpoint;
@@ -143,9 +151,11 @@ impl Controller {
             .region_by_name(region)
             .ok_or_else(|| PromoteError::UnknownRegion(region.to_string()))?;
         let observations = self.engine.observe_all(topology).await;
-        let epoch = self
-            .epoch()
-            .ok_or_else(|| PromoteError::Preflight("no epoch recorded yet: the controller has not adopted a writer".into()))?;
+        let epoch = self.epoch().ok_or_else(|| {
+            PromoteError::Preflight(
+                "no epoch recorded yet: the controller has not adopted a writer".into(),
+            )
+        })?;
         let analysis = analyze(topology, &observations, Some(&epoch));
         let old = epoch.primary;
         if analysis.active_primary != Some(old) {
@@ -155,10 +165,14 @@ impl Controller {
             )));
         }
         if topology.node(old).region == target_region {
-            return Err(PromoteError::Preflight(format!("{region} already holds the writer ({})", name(old))));
+            return Err(PromoteError::Preflight(format!(
+                "{region} already holds the writer ({})",
+                name(old)
+            )));
         }
-        let target = analysis.heads[target_region.0]
-            .ok_or_else(|| PromoteError::Preflight(format!("no reachable replica heads {region}")))?;
+        let target = analysis.heads[target_region.0].ok_or_else(|| {
+            PromoteError::Preflight(format!("no reachable replica heads {region}"))
+        })?;
         let target_info = observed(&observations, target);
         let follows_old = matches!(
             target_info.map(|i| &i.role),
@@ -219,18 +233,31 @@ impl Controller {
             primary: target,
         };
         if let Err(e) = self.set_epoch(new_epoch) {
-            return Err(self.abort(old, PromoteError::Preflight(format!("cannot record the new epoch: {e}"))).await);
+            return Err(self
+                .abort(
+                    old,
+                    PromoteError::Preflight(format!("cannot record the new epoch: {e}")),
+                )
+                .await);
         }
         if let Err(e) = self.engine.promote(endpoint(target)).await {
             // The target may or may not have executed it; do not guess: restore the old epoch only
             // if the target still reports itself as a replica.
-            let still_replica = self.engine.replication(endpoint(target)).await.is_ok_and(|i| !i.is_primary());
+            let still_replica = self
+                .engine
+                .replication(endpoint(target))
+                .await
+                .is_ok_and(|i| !i.is_primary());
             if still_replica {
                 let _ = self.set_epoch(epoch);
                 return Err(self.abort(old, PromoteError::Aborted(e)).await);
             }
         }
-        m.finish(format!("{} is primary, epoch {}", name(target), new_epoch.epoch));
+        m.finish(format!(
+            "{} is primary, epoch {}",
+            name(target),
+            new_epoch.epoch
+        ));
 
         m.enter(Step::Repoint);
         let mut repointed = Vec::new();
@@ -274,9 +301,16 @@ impl Controller {
         let write_pause_ms = round(pause_started.elapsed().as_secs_f64() * 1000.0);
         m.finish(format!(
             "closed {} client connection(s) on {}, unpause {}",
-            killed.as_ref().map(|n| n.to_string()).unwrap_or_else(|e| e.to_string()),
+            killed
+                .as_ref()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|e| e.to_string()),
             name(old),
-            if unpaused.is_ok() { "ok" } else { "failed (pause expires by itself)" }
+            if unpaused.is_ok() {
+                "ok"
+            } else {
+                "failed (pause expires by itself)"
+            }
         ));
 
         m.enter(Step::Verify);
@@ -316,6 +350,12 @@ impl Controller {
     }
 }
 
-fn observed(observations: &[NodeObservation], node: NodeId) -> Option<&valkey_dr_core::ReplicationInfo> {
-    observations.iter().find(|o| o.node == node).and_then(|o| o.info())
+fn observed(
+    observations: &[NodeObservation],
+    node: NodeId,
+) -> Option<&valkey_dr_core::ReplicationInfo> {
+    observations
+        .iter()
+        .find(|o| o.node == node)
+        .and_then(|o| o.info())
 }

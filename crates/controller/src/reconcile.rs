@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use valkey_dr_core::analysis::{self, analyze};
-use valkey_dr_core::{Analysis, EpochRecord, NodeObservation, Ownership, RecordSet, RecordType, plan, records};
+use valkey_dr_core::{
+    Analysis, EpochRecord, NodeObservation, Ownership, RecordSet, RecordType, plan, records,
+};
 use valkey_dr_dns::DnsError;
 
 use crate::Controller;
@@ -41,13 +43,18 @@ pub(crate) fn describe_node(controller: &Controller, o: &NodeObservation) -> Str
         Err(e) => format!("unreachable ({e})"),
         Ok(info) => match &info.role {
             valkey_dr_core::Role::Primary => "primary".into(),
-            valkey_dr_core::Role::Replica { master, link_up, .. } => {
+            valkey_dr_core::Role::Replica {
+                master, link_up, ..
+            } => {
                 let known = controller
                     .topology
                     .node_by_any_address(master)
                     .map(|n| controller.topology.node_name(n))
                     .unwrap_or_else(|| master.to_string());
-                format!("replica of {known}, link {}", if *link_up { "up" } else { "down" })
+                format!(
+                    "replica of {known}, link {}",
+                    if *link_up { "up" } else { "down" }
+                )
             }
         },
     }
@@ -81,11 +88,15 @@ impl Controller {
         let plan = plan::calculate(&current, &desired, &self.names.ownership, &self.names.owner);
         self.note_conflicts(&plan.conflicts);
         if !plan.changes.is_empty() {
-            self.events.emit("dns_plan", json!({ "changes": plan.changes }));
+            self.events
+                .emit("dns_plan", json!({ "changes": plan.changes }));
             match self.dns.apply(&plan.changes).await {
-                Ok(()) => self.events.emit("dns_applied", json!({ "changes": plan.changes.len() })),
+                Ok(()) => self
+                    .events
+                    .emit("dns_applied", json!({ "changes": plan.changes.len() })),
                 Err(error) => {
-                    self.events.emit("dns_apply_failed", json!({ "error": error.to_string() }));
+                    self.events
+                        .emit("dns_apply_failed", json!({ "error": error.to_string() }));
                     return Err(error);
                 }
             }
@@ -101,7 +112,11 @@ impl Controller {
 
     /// Adopts a writer when no epoch is recorded: the region and epoch of our ownership record in
     /// DNS if there is one, else the configured primary region at epoch 1.
-    fn bootstrap(&self, observations: &[NodeObservation], current: &[RecordSet]) -> Option<EpochRecord> {
+    fn bootstrap(
+        &self,
+        observations: &[NodeObservation],
+        current: &[RecordSet],
+    ) -> Option<EpochRecord> {
         let published = current
             .iter()
             .filter(|r| r.name == self.names.ownership && r.rtype == RecordType::Txt)
@@ -119,7 +134,8 @@ impl Controller {
             Ok(primary) => {
                 let record = EpochRecord { epoch, primary };
                 if let Err(e) = self.set_epoch(record) {
-                    self.events.emit("state_write_failed", json!({ "error": e.to_string() }));
+                    self.events
+                        .emit("state_write_failed", json!({ "error": e.to_string() }));
                     return None;
                 }
                 self.events.emit(
@@ -171,8 +187,15 @@ impl Controller {
     }
 
     fn note_changes(&self, observations: &[NodeObservation], analysis: &Analysis) {
-        let nodes: Vec<String> = observations.iter().map(|o| describe_node(self, o)).collect();
-        let findings: Vec<String> = analysis.findings.iter().map(|f| f.describe(&self.topology)).collect();
+        let nodes: Vec<String> = observations
+            .iter()
+            .map(|o| describe_node(self, o))
+            .collect();
+        let findings: Vec<String> = analysis
+            .findings
+            .iter()
+            .map(|f| f.describe(&self.topology))
+            .collect();
         let mut memory = self.memory.lock().expect("memory lock");
         for (i, now) in nodes.iter().enumerate() {
             let before = memory.nodes.get(i);
@@ -189,7 +212,8 @@ impl Controller {
             }
         }
         if memory.findings != findings {
-            self.events.emit("analysis", json!({ "findings": findings }));
+            self.events
+                .emit("analysis", json!({ "findings": findings }));
         }
         memory.nodes = nodes;
         memory.findings = findings;
@@ -199,7 +223,8 @@ impl Controller {
         let mut memory = self.memory.lock().expect("memory lock");
         if memory.conflicts != conflicts {
             if !conflicts.is_empty() {
-                self.events.emit("dns_conflict", json!({ "conflicts": conflicts }));
+                self.events
+                    .emit("dns_conflict", json!({ "conflicts": conflicts }));
             }
             memory.conflicts = conflicts.to_vec();
         }

@@ -53,7 +53,10 @@ impl StateFile {
             primary_region: topology.region_of(record.primary).name.clone(),
         };
         let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&stored).expect("serializes"))?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&stored).expect("serializes"),
+        )?;
         std::fs::rename(&tmp, &self.path)
     }
 }

@@ -69,10 +69,17 @@ impl Controller {
                 if let Ok(info) = &o.state {
                     match &info.role {
                         Role::Primary => status.role = "primary".into(),
-                        Role::Replica { master, link_up, sync_in_progress } => {
+                        Role::Replica {
+                            master,
+                            link_up,
+                            sync_in_progress,
+                        } => {
                             status.role = "replica".into();
                             status.follows = Some(
-                                topology.node_by_any_address(master).map(name).unwrap_or_else(|| master.to_string()),
+                                topology
+                                    .node_by_any_address(master)
+                                    .map(name)
+                                    .unwrap_or_else(|| master.to_string()),
                             );
                             status.link = Some(
                                 match (link_up, sync_in_progress) {
@@ -99,12 +106,20 @@ impl Controller {
                 status
             })
             .collect();
-        let records = self.dns.records(&self.names.all(topology)).await.unwrap_or_default();
+        let records = self
+            .dns
+            .records(&self.names.all(topology))
+            .await
+            .unwrap_or_default();
         Status {
             epoch: epoch.map(|e| e.epoch),
             primary: epoch.map(|e| name(e.primary)),
             primary_region: epoch.map(|e| topology.region_of(e.primary).name.clone()),
-            findings: analysis.findings.iter().map(|f| f.describe(topology)).collect(),
+            findings: analysis
+                .findings
+                .iter()
+                .map(|f| f.describe(topology))
+                .collect(),
             nodes,
             dns: records
                 .into_iter()

@@ -54,10 +54,21 @@ impl Finding {
                 "split brain: {} all report role:master and no epoch decides; run `valkey-dr adopt <region>`",
                 masters.iter().map(name).collect::<Vec<_>>().join(", ")
             ),
-            Finding::RogueMaster { node } => format!("rogue master (not the epoch's writer, never a DNS target): {}", name(node)),
+            Finding::RogueMaster { node } => format!(
+                "rogue master (not the epoch's writer, never a DNS target): {}",
+                name(node)
+            ),
             Finding::ReplicaLinkDown { node } => format!("replication link down: {}", name(node)),
-            Finding::ReplicaMisdirected { node, follows, expected } => {
-                format!("{} follows {follows} instead of {}", name(node), name(expected))
+            Finding::ReplicaMisdirected {
+                node,
+                follows,
+                expected,
+            } => {
+                format!(
+                    "{} follows {follows} instead of {}",
+                    name(node),
+                    name(expected)
+                )
             }
         }
     }
@@ -193,7 +204,14 @@ pub fn analyze(
             .filter(|n| Some(*n) != head)
             .filter(|n| {
                 info(*n).is_some_and(|i| {
-                    matches!(i.role, crate::Role::Replica { link_up: true, sync_in_progress: false, .. })
+                    matches!(
+                        i.role,
+                        crate::Role::Replica {
+                            link_up: true,
+                            sync_in_progress: false,
+                            ..
+                        }
+                    )
                 })
             })
             .collect();
@@ -225,7 +243,9 @@ pub fn analyze(
     for (node, expected) in &sources {
         let Some(i) = info(*node) else { continue };
         match &i.role {
-            crate::Role::Replica { master, link_up, .. } => {
+            crate::Role::Replica {
+                master, link_up, ..
+            } => {
                 if follows(*node) != Some(*expected) {
                     findings.push(Finding::ReplicaMisdirected {
                         node: *node,
@@ -277,26 +297,32 @@ pub(crate) mod tests {
 
     /// Node `n` (0-based: 0,1 in us-east-1; 2,3 in us-east-2) as primary.
     pub fn primary(n: usize) -> NodeObservation {
-        obs(n, Ok(ReplicationInfo {
-            role: Role::Primary,
-            offset: 100,
-            replication_id: "r".into(),
-            connected_replicas: 1,
-        }))
+        obs(
+            n,
+            Ok(ReplicationInfo {
+                role: Role::Primary,
+                offset: 100,
+                replication_id: "r".into(),
+                connected_replicas: 1,
+            }),
+        )
     }
 
     pub fn replica_of(n: usize, master: usize, offset: u64) -> NodeObservation {
         let host = ["127.0.1.1", "127.0.1.2", "127.0.2.1", "127.0.2.2"][master];
-        obs(n, Ok(ReplicationInfo {
-            role: Role::Replica {
-                master: Endpoint::new(host, 6379),
-                link_up: true,
-                sync_in_progress: false,
-            },
-            offset,
-            replication_id: "r".into(),
-            connected_replicas: 0,
-        }))
+        obs(
+            n,
+            Ok(ReplicationInfo {
+                role: Role::Replica {
+                    master: Endpoint::new(host, 6379),
+                    link_up: true,
+                    sync_in_progress: false,
+                },
+                offset,
+                replication_id: "r".into(),
+                connected_replicas: 0,
+            }),
+        )
     }
 
     pub fn down(n: usize) -> NodeObservation {
@@ -304,70 +330,144 @@ pub(crate) mod tests {
     }
 
     fn obs(n: usize, state: Result<ReplicationInfo, String>) -> NodeObservation {
-        NodeObservation { node: NodeId(n), state, rtt_us: 100, keys: None, heartbeat_ms: None }
+        NodeObservation {
+            node: NodeId(n),
+            state,
+            rtt_us: 100,
+            keys: None,
+            heartbeat_ms: None,
+        }
     }
 
     pub fn healthy() -> Vec<NodeObservation> {
-        vec![primary(0), replica_of(1, 0, 100), replica_of(2, 0, 100), replica_of(3, 2, 100)]
+        vec![
+            primary(0),
+            replica_of(1, 0, 100),
+            replica_of(2, 0, 100),
+            replica_of(3, 2, 100),
+        ]
     }
 
-    const EPOCH: EpochRecord = EpochRecord { epoch: 1, primary: NodeId(0) };
+    const EPOCH: EpochRecord = EpochRecord {
+        epoch: 1,
+        primary: NodeId(0),
+    };
 
     #[test]
     fn classifies_situations() {
         let n = NodeId;
         let mut link_down = healthy();
-        if let Ok(ReplicationInfo { role: Role::Replica { link_up, .. }, .. }) = &mut link_down[3].state {
+        if let Ok(ReplicationInfo {
+            role: Role::Replica { link_up, .. },
+            ..
+        }) = &mut link_down[3].state
+        {
             *link_up = false;
         }
-        let cases: Vec<(&str, Vec<NodeObservation>, Option<EpochRecord>, Vec<Finding>, Option<NodeId>)> = vec![
-            ("healthy", healthy(), Some(EPOCH), vec![Finding::Healthy], Some(n(0))),
+        // (situation, observations, recorded epoch, expected findings, expected DNS writer)
+        type Case = (
+            &'static str,
+            Vec<NodeObservation>,
+            Option<EpochRecord>,
+            Vec<Finding>,
+            Option<NodeId>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "healthy",
+                healthy(),
+                Some(EPOCH),
+                vec![Finding::Healthy],
+                Some(n(0)),
+            ),
             (
                 "replica down",
-                vec![primary(0), down(1), replica_of(2, 0, 100), replica_of(3, 2, 100)],
+                vec![
+                    primary(0),
+                    down(1),
+                    replica_of(2, 0, 100),
+                    replica_of(3, 2, 100),
+                ],
                 Some(EPOCH),
                 vec![Finding::NodeDown { node: n(1) }],
                 Some(n(0)),
             ),
             (
                 "primary down",
-                vec![down(0), replica_of(1, 0, 90), replica_of(2, 0, 90), replica_of(3, 2, 90)],
+                vec![
+                    down(0),
+                    replica_of(1, 0, 90),
+                    replica_of(2, 0, 90),
+                    replica_of(3, 2, 90),
+                ],
                 Some(EPOCH),
                 vec![Finding::PrimaryNodeDown { node: n(0) }],
                 None,
             ),
             (
                 "writer demoted behind our back",
-                vec![replica_of(0, 2, 100), replica_of(1, 0, 100), replica_of(2, 0, 100), replica_of(3, 2, 100)],
+                vec![
+                    replica_of(0, 2, 100),
+                    replica_of(1, 0, 100),
+                    replica_of(2, 0, 100),
+                    replica_of(3, 2, 100),
+                ],
                 Some(EPOCH),
                 vec![Finding::NoWritablePrimary],
                 None,
             ),
             (
                 "empty node restarted as master",
-                vec![primary(0), replica_of(1, 0, 100), primary(2), replica_of(3, 2, 100)],
+                vec![
+                    primary(0),
+                    replica_of(1, 0, 100),
+                    primary(2),
+                    replica_of(3, 2, 100),
+                ],
                 Some(EPOCH),
                 vec![
                     Finding::RogueMaster { node: n(2) },
-                    Finding::ReplicaMisdirected { node: n(3), follows: Endpoint::new("127.0.2.1", 6379), expected: n(0) },
+                    Finding::ReplicaMisdirected {
+                        node: n(3),
+                        follows: Endpoint::new("127.0.2.1", 6379),
+                        expected: n(0),
+                    },
                 ],
                 Some(n(0)),
             ),
             (
                 "two masters, no epoch",
-                vec![primary(0), replica_of(1, 0, 100), primary(2), replica_of(3, 2, 100)],
+                vec![
+                    primary(0),
+                    replica_of(1, 0, 100),
+                    primary(2),
+                    replica_of(3, 2, 100),
+                ],
                 None,
-                vec![Finding::SplitBrain { masters: vec![n(0), n(2)] }],
+                vec![Finding::SplitBrain {
+                    masters: vec![n(0), n(2)],
+                }],
                 None,
             ),
             (
                 "no master, no epoch",
-                vec![replica_of(0, 2, 1), replica_of(1, 0, 1), replica_of(2, 0, 1), replica_of(3, 2, 1)],
+                vec![
+                    replica_of(0, 2, 1),
+                    replica_of(1, 0, 1),
+                    replica_of(2, 0, 1),
+                    replica_of(3, 2, 1),
+                ],
                 None,
                 vec![Finding::NoWritablePrimary],
                 None,
             ),
-            ("replica link down", link_down, Some(EPOCH), vec![Finding::ReplicaLinkDown { node: n(3) }], Some(n(0))),
+            (
+                "replica link down",
+                link_down,
+                Some(EPOCH),
+                vec![Finding::ReplicaLinkDown { node: n(3) }],
+                Some(n(0)),
+            ),
         ];
         for (name, observations, epoch, findings, active) in cases {
             let analysis = analyze(&lab(), &observations, epoch.as_ref());
@@ -382,7 +482,12 @@ pub(crate) mod tests {
         assert_eq!(analysis.heads, vec![Some(NodeId(0)), Some(NodeId(2))]);
         assert_eq!(analysis.readers, vec![vec![NodeId(1)], vec![NodeId(3)]]);
         // The rogue master heads nothing and reads nothing.
-        let rogue = vec![primary(0), replica_of(1, 0, 100), primary(2), replica_of(3, 2, 100)];
+        let rogue = vec![
+            primary(0),
+            replica_of(1, 0, 100),
+            primary(2),
+            replica_of(3, 2, 100),
+        ];
         let analysis = analyze(&lab(), &rogue, Some(&EPOCH));
         assert_eq!(analysis.heads[1], Some(NodeId(3)));
         assert_eq!(analysis.readers[1], vec![NodeId(3)]);
@@ -390,21 +495,45 @@ pub(crate) mod tests {
 
     #[test]
     fn after_promotion_the_old_primary_heads_the_secondary_region() {
-        let promoted = vec![replica_of(0, 2, 100), replica_of(1, 0, 100), primary(2), replica_of(3, 2, 100)];
-        let epoch = EpochRecord { epoch: 2, primary: NodeId(2) };
+        let promoted = vec![
+            replica_of(0, 2, 100),
+            replica_of(1, 0, 100),
+            primary(2),
+            replica_of(3, 2, 100),
+        ];
+        let epoch = EpochRecord {
+            epoch: 2,
+            primary: NodeId(2),
+        };
         let analysis = analyze(&lab(), &promoted, Some(&epoch));
         assert_eq!(analysis.findings, vec![Finding::Healthy]);
         assert_eq!(analysis.heads, vec![Some(NodeId(0)), Some(NodeId(2))]);
-        assert_eq!(analysis.sources, vec![(NodeId(0), NodeId(2)), (NodeId(1), NodeId(0)), (NodeId(3), NodeId(2))]);
+        assert_eq!(
+            analysis.sources,
+            vec![
+                (NodeId(0), NodeId(2)),
+                (NodeId(1), NodeId(0)),
+                (NodeId(3), NodeId(2))
+            ]
+        );
     }
 
     #[test]
     fn bootstrap_adopts_only_a_single_master_in_the_region() {
         let t = lab();
         assert_eq!(bootstrap(&t, &healthy(), RegionId(0)), Ok(NodeId(0)));
-        assert_eq!(bootstrap(&t, &healthy(), RegionId(1)), Err(BootstrapError::OutsideRegion(NodeId(0))));
+        assert_eq!(
+            bootstrap(&t, &healthy(), RegionId(1)),
+            Err(BootstrapError::OutsideRegion(NodeId(0)))
+        );
         let split = vec![primary(0), primary(2)];
-        assert_eq!(bootstrap(&t, &split, RegionId(0)), Err(BootstrapError::SplitBrain(2)));
-        assert_eq!(bootstrap(&t, &[down(0)], RegionId(0)), Err(BootstrapError::NoMaster));
+        assert_eq!(
+            bootstrap(&t, &split, RegionId(0)),
+            Err(BootstrapError::SplitBrain(2))
+        );
+        assert_eq!(
+            bootstrap(&t, &[down(0)], RegionId(0)),
+            Err(BootstrapError::NoMaster)
+        );
     }
 }

@@ -152,7 +152,11 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+    fn invalid(
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         ConfigError::Invalid {
             field: field.into(),
             problem: problem.into(),
@@ -180,8 +184,8 @@ impl Config {
 
     /// Parses and validates a config document.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string().trim().to_string()))?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax(e.to_string().trim().to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -195,14 +199,20 @@ impl Config {
         if self.regions.len() < 2 {
             return Err(ConfigError::invalid(
                 "regions",
-                format!("{} region(s) configured, at least 2 are needed", self.regions.len()),
+                format!(
+                    "{} region(s) configured, at least 2 are needed",
+                    self.regions.len()
+                ),
                 "add a [[regions]] table for each region (2 or 3)",
             ));
         }
         if self.regions.len() > MAX_REGIONS {
             return Err(ConfigError::invalid(
                 "regions",
-                format!("{} regions configured, at most {MAX_REGIONS} are supported", self.regions.len()),
+                format!(
+                    "{} regions configured, at most {MAX_REGIONS} are supported",
+                    self.regions.len()
+                ),
                 "remove regions until at most 3 remain",
             ));
         }
@@ -338,7 +348,9 @@ impl Config {
         let zone = self.zone_fqdn();
         if name.ends_with('.') {
             name
-        } else if name == zone.trim_end_matches('.') || name.ends_with(&format!(".{}", zone.trim_end_matches('.'))) {
+        } else if name == zone.trim_end_matches('.')
+            || name.ends_with(&format!(".{}", zone.trim_end_matches('.')))
+        {
             format!("{name}.")
         } else {
             format!("{name}.{zone}")
@@ -378,7 +390,11 @@ fn node_endpoint(field: &str, node: &NodeConfig) -> Result<Endpoint, ConfigError
 /// Lower-cases a name and adds the trailing dot.
 pub fn fqdn(name: &str) -> String {
     let name = name.to_ascii_lowercase();
-    if name.ends_with('.') { name } else { format!("{name}.") }
+    if name.ends_with('.') {
+        name
+    } else {
+        format!("{name}.")
+    }
 }
 
 fn validate_dns_name(field: &str, name: &str) -> Result<(), ConfigError> {
@@ -439,7 +455,11 @@ global_name = "demo"
         assert_eq!(config.dns.ttl, 5);
         assert_eq!(config.controller.reconcile_interval_ms, 1000);
         assert_eq!(config.global_name_fqdn(), "demo.valkey-dr.live.");
-        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config, "round-trips");
+        assert_eq!(
+            Config::parse(&config.to_toml()).unwrap(),
+            config,
+            "round-trips"
+        );
     }
 
     #[test]
@@ -451,19 +471,59 @@ global_name = "demo"
     #[test]
     fn each_error_names_its_field() {
         let cases: &[(&str, &str, &str)] = &[
-            ("duplicate region", r#"name = "us-east-1""#, "regions[1].name"),
-            ("two nodes on one address", r#"host = "127.0.2.1""#, "regions[1].nodes[1].host"),
-            ("unknown primary region", r#"primary_region = "eu-west-1""#, "primary_region"),
-            ("empty primary region", r#"primary_region = """#, "primary_region"),
+            (
+                "duplicate region",
+                r#"name = "us-east-1""#,
+                "regions[1].name",
+            ),
+            (
+                "two nodes on one address",
+                r#"host = "127.0.2.1""#,
+                "regions[1].nodes[1].host",
+            ),
+            (
+                "unknown primary region",
+                r#"primary_region = "eu-west-1""#,
+                "primary_region",
+            ),
+            (
+                "empty primary region",
+                r#"primary_region = """#,
+                "primary_region",
+            ),
             ("invalid zone", r#"zone = "bad..zone""#, "dns.zone"),
-            ("invalid global name", r#"global_name = "de mo""#, "dns.global_name"),
-            ("global name outside zone", r#"global_name = "demo.example.org.""#, "dns.global_name"),
+            (
+                "invalid global name",
+                r#"global_name = "de mo""#,
+                "dns.global_name",
+            ),
+            (
+                "global name outside zone",
+                r#"global_name = "demo.example.org.""#,
+                "dns.global_name",
+            ),
             ("ttl 0", "ttl = 0", "dns.ttl"),
-            ("invalid region name", r#"name = "us_east_2""#, "regions[1].name"),
+            (
+                "invalid region name",
+                r#"name = "us_east_2""#,
+                "regions[1].name",
+            ),
             ("port 0", "port = 0", "regions[1].nodes[0].port"),
-            ("replication address of an unknown region", r#"replication_address = { eu = "127.0.0.1:1" }"#, "regions[1].nodes[0].replication_address.eu"),
-            ("bad listen address", r#"listen = "localhost""#, "dns.provider.listen"),
-            ("zero interval", "reconcile_interval_ms = 0", "controller.reconcile_interval_ms"),
+            (
+                "replication address of an unknown region",
+                r#"replication_address = { eu = "127.0.0.1:1" }"#,
+                "regions[1].nodes[0].replication_address.eu",
+            ),
+            (
+                "bad listen address",
+                r#"listen = "localhost""#,
+                "dns.provider.listen",
+            ),
+            (
+                "zero interval",
+                "reconcile_interval_ms = 0",
+                "controller.reconcile_interval_ms",
+            ),
         ];
         for (what, replacement, field) in cases {
             let text = mutate(replacement);
@@ -488,7 +548,10 @@ nodes = [{ host = "127.0.0.1" }]
 zone = "z.test"
 global_name = "demo"
 "#;
-        assert_eq!(Config::parse(one_region).unwrap_err().field(), Some("regions"));
+        assert_eq!(
+            Config::parse(one_region).unwrap_err().field(),
+            Some("regions")
+        );
         let unknown = VALID.replace("global_name = \"demo\"", "global_name = \"demo\"\ntll = 5");
         let error = Config::parse(&unknown).unwrap_err().to_string();
         assert!(error.contains("unknown field `tll`"), "{error}");

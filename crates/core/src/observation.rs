@@ -104,12 +104,13 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
         "slave" | "replica" => {
             let host = required("master_host")?;
             let port = number("master_port")?;
-            let port = u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
-                InfoParseError::Invalid {
+            let port = u16::try_from(port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| InfoParseError::Invalid {
                     field: "master_port",
                     value: port.to_string(),
-                }
-            })?;
+                })?;
             Ok(ReplicationInfo {
                 role: Role::Replica {
                     master: Endpoint::new(host, port),
@@ -156,15 +157,30 @@ mod tests {
     fn rejects_malformed_replies() {
         let cases = [
             ("", InfoParseError::Missing("role")),
-            ("role:master\r\n", InfoParseError::Missing("master_repl_offset")),
-            ("role:sentinel\r\n", InfoParseError::Invalid { field: "role", value: "sentinel".into() }),
+            (
+                "role:master\r\n",
+                InfoParseError::Missing("master_repl_offset"),
+            ),
+            (
+                "role:sentinel\r\n",
+                InfoParseError::Invalid {
+                    field: "role",
+                    value: "sentinel".into(),
+                },
+            ),
             (
                 "role:master\r\nmaster_repl_offset:-1\r\n",
-                InfoParseError::Invalid { field: "master_repl_offset", value: "-1".into() },
+                InfoParseError::Invalid {
+                    field: "master_repl_offset",
+                    value: "-1".into(),
+                },
             ),
             (
                 "role:slave\r\nmaster_host:h\r\nmaster_port:70000\r\n",
-                InfoParseError::Invalid { field: "master_port", value: "70000".into() },
+                InfoParseError::Invalid {
+                    field: "master_port",
+                    value: "70000".into(),
+                },
             ),
         ];
         for (text, expected) in cases {

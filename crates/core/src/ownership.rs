@@ -58,10 +58,20 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_foreign_txt() {
-        let o = Ownership { owner: "lab".into(), epoch: 7, primary_region: "us-east-2".into() };
+        let o = Ownership {
+            owner: "lab".into(),
+            epoch: 7,
+            primary_region: "us-east-2".into(),
+        };
         assert_eq!(Ownership::parse(&o.to_txt()), Some(o.clone()));
         assert_eq!(Ownership::parse(&format!("\"{}\"", o.to_txt())), Some(o));
-        for foreign in ["", "v=spf1 -all", "heritage=external-dns,owner=x,epoch=1,primary=a", "heritage=valkey-dr,owner=x,epoch=z,primary=a", "heritage=valkey-dr,owner=x"] {
+        for foreign in [
+            "",
+            "v=spf1 -all",
+            "heritage=external-dns,owner=x,epoch=1,primary=a",
+            "heritage=valkey-dr,owner=x,epoch=z,primary=a",
+            "heritage=valkey-dr,owner=x",
+        ] {
             assert_eq!(Ownership::parse(foreign), None, "{foreign}");
         }
     }

@@ -48,7 +48,12 @@ impl Plan {
     }
 }
 
-pub fn calculate(current: &[RecordSet], desired: &[RecordSet], ownership_name: &str, owner: &str) -> Plan {
+pub fn calculate(
+    current: &[RecordSet],
+    desired: &[RecordSet],
+    ownership_name: &str,
+    owner: &str,
+) -> Plan {
     let mut plan = Plan::default();
     let ownership_txt = current
         .iter()
@@ -58,9 +63,17 @@ pub fn calculate(current: &[RecordSet], desired: &[RecordSet], ownership_name: &
         (None, _) => false,
         (Some(_), Some(o)) if o.owner == owner => true,
         (Some(_), Some(o)) => {
-            return conflict_all(desired, format!("owned by \"{}\", not by us (\"{owner}\")", o.owner));
+            return conflict_all(
+                desired,
+                format!("owned by \"{}\", not by us (\"{owner}\")", o.owner),
+            );
         }
-        (Some(_), None) => return conflict_all(desired, "a TXT record not written by valkey-dr exists there".into()),
+        (Some(_), None) => {
+            return conflict_all(
+                desired,
+                "a TXT record not written by valkey-dr exists there".into(),
+            );
+        }
     };
     // A higher epoch in DNS means another controller promoted after us: we are stale.
     let desired_epoch = desired
@@ -68,10 +81,13 @@ pub fn calculate(current: &[RecordSet], desired: &[RecordSet], ownership_name: &
         .find(|r| r.name == ownership_name)
         .and_then(|r| r.values.iter().find_map(|v| Ownership::parse(v)))
         .map(|o| o.epoch);
-    if let (Some(published), Some(ours)) = (ownership.as_ref().map(|o| o.epoch), desired_epoch) {
-        if published > ours {
-            return conflict_all(desired, format!("DNS carries epoch {published}, newer than ours ({ours})"));
-        }
+    if let (Some(published), Some(ours)) = (ownership.as_ref().map(|o| o.epoch), desired_epoch)
+        && published > ours
+    {
+        return conflict_all(
+            desired,
+            format!("DNS carries epoch {published}, newer than ours ({ours})"),
+        );
     }
     for want in desired {
         let at_name: Vec<&RecordSet> = current.iter().filter(|r| r.name == want.name).collect();
@@ -79,9 +95,10 @@ pub fn calculate(current: &[RecordSet], desired: &[RecordSet], ownership_name: &
         match (same_type, at_name.is_empty()) {
             (Some(have), _) if *have == want => {}
             (_, true) => plan.changes.push(Change::Create { new: want.clone() }),
-            (_, false) if !owned => plan
-                .conflicts
-                .push((want.name.clone(), "exists and is not marked as ours by an ownership record".into())),
+            (_, false) if !owned => plan.conflicts.push((
+                want.name.clone(),
+                "exists and is not marked as ours by an ownership record".into(),
+            )),
             (Some(have), _) => plan.changes.push(Change::Update {
                 old: (*have).clone(),
                 new: want.clone(),
@@ -101,7 +118,10 @@ pub fn calculate(current: &[RecordSet], desired: &[RecordSet], ownership_name: &
 fn conflict_all(desired: &[RecordSet], reason: String) -> Plan {
     Plan {
         changes: Vec::new(),
-        conflicts: desired.iter().map(|r| (r.name.clone(), reason.clone())).collect(),
+        conflicts: desired
+            .iter()
+            .map(|r| (r.name.clone(), reason.clone()))
+            .collect(),
     }
 }
 
@@ -118,7 +138,11 @@ mod tests {
         RecordSet::new(name, RecordType::A, 5, [ip.to_string()])
     }
     fn txt(owner: &str, epoch: u64) -> RecordSet {
-        let o = Ownership { owner: owner.into(), epoch, primary_region: "r1".into() };
+        let o = Ownership {
+            owner: owner.into(),
+            epoch,
+            primary_region: "r1".into(),
+        };
         RecordSet::new(OWN, RecordType::Txt, 5, [o.to_txt()])
     }
     fn foreign_txt() -> RecordSet {
@@ -159,7 +183,10 @@ mod tests {
                 name: "owned: update with expected old value",
                 current: vec![cname("p1."), txt("me", 1)],
                 desired: vec![cname("p2."), txt("me", 2)],
-                changes: vec![update(cname("p1."), cname("p2.")), update(txt("me", 1), txt("me", 2))],
+                changes: vec![
+                    update(cname("p1."), cname("p2.")),
+                    update(txt("me", 1), txt("me", 2)),
+                ],
                 conflicts: 0,
             },
             Case {
@@ -193,17 +220,34 @@ mod tests {
             Case {
                 name: "type change replaces the record",
                 current: vec![a("primary.r1.z.", "10.0.0.1"), txt("me", 1)],
-                desired: vec![RecordSet::new("primary.r1.z.", RecordType::Cname, 5, ["node.example.".to_string()])],
+                desired: vec![RecordSet::new(
+                    "primary.r1.z.",
+                    RecordType::Cname,
+                    5,
+                    ["node.example.".to_string()],
+                )],
                 changes: vec![
-                    Change::Delete { old: a("primary.r1.z.", "10.0.0.1") },
-                    create(RecordSet::new("primary.r1.z.", RecordType::Cname, 5, ["node.example.".to_string()])),
+                    Change::Delete {
+                        old: a("primary.r1.z.", "10.0.0.1"),
+                    },
+                    create(RecordSet::new(
+                        "primary.r1.z.",
+                        RecordType::Cname,
+                        5,
+                        ["node.example.".to_string()],
+                    )),
                 ],
                 conflicts: 0,
             },
             Case {
                 name: "TTL change is an update",
                 current: vec![a("primary.r1.z.", "10.0.0.1"), txt("me", 1)],
-                desired: vec![RecordSet::new("primary.r1.z.", RecordType::A, 30, ["10.0.0.1".to_string()])],
+                desired: vec![RecordSet::new(
+                    "primary.r1.z.",
+                    RecordType::A,
+                    30,
+                    ["10.0.0.1".to_string()],
+                )],
                 changes: vec![update(
                     a("primary.r1.z.", "10.0.0.1"),
                     RecordSet::new("primary.r1.z.", RecordType::A, 30, ["10.0.0.1".to_string()]),
@@ -214,7 +258,13 @@ mod tests {
         for case in cases {
             let plan = calculate(&case.current, &case.desired, OWN, "me");
             assert_eq!(plan.changes, case.changes, "{}", case.name);
-            assert_eq!(plan.conflicts.len(), case.conflicts, "{}: {:?}", case.name, plan.conflicts);
+            assert_eq!(
+                plan.conflicts.len(),
+                case.conflicts,
+                "{}: {:?}",
+                case.name,
+                plan.conflicts
+            );
         }
     }
 

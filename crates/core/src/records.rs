@@ -41,7 +41,12 @@ pub struct RecordSet {
 }
 
 impl RecordSet {
-    pub fn new(name: &str, rtype: RecordType, ttl: u32, values: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(
+        name: &str,
+        rtype: RecordType,
+        ttl: u32,
+        values: impl IntoIterator<Item = String>,
+    ) -> Self {
         let mut values: Vec<String> = values.into_iter().collect();
         values.sort();
         values.dedup();
@@ -56,7 +61,14 @@ impl RecordSet {
 
 impl fmt::Display for RecordSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {} {}", self.name, self.ttl, self.rtype, self.values.join(" "))
+        write!(
+            f,
+            "{} {} {} {}",
+            self.name,
+            self.ttl,
+            self.rtype,
+            self.values.join(" ")
+        )
     }
 }
 
@@ -111,43 +123,65 @@ pub fn desired(
 ) -> Vec<RecordSet> {
     let mut records = Vec::new();
     let host_record = |name: String, nodes: &[NodeId]| -> Option<RecordSet> {
-        let hosts: Vec<&str> = nodes.iter().map(|n| topology.node(*n).endpoint.host.as_str()).collect();
+        let hosts: Vec<&str> = nodes
+            .iter()
+            .map(|n| topology.node(*n).endpoint.host.as_str())
+            .collect();
         let ips: Vec<IpAddr> = hosts.iter().filter_map(|h| h.parse().ok()).collect();
         if ips.len() == hosts.len() && !ips.is_empty() {
             // A and AAAA cannot share one set; a mixed region publishes its IPv4 readers.
-            let v4: Vec<String> = ips.iter().filter(|ip| ip.is_ipv4()).map(|ip| ip.to_string()).collect();
+            let v4: Vec<String> = ips
+                .iter()
+                .filter(|ip| ip.is_ipv4())
+                .map(|ip| ip.to_string())
+                .collect();
             if v4.is_empty() {
-                Some(RecordSet::new(&name, RecordType::Aaaa, names.ttl, ips.iter().map(|ip| ip.to_string())))
+                Some(RecordSet::new(
+                    &name,
+                    RecordType::Aaaa,
+                    names.ttl,
+                    ips.iter().map(|ip| ip.to_string()),
+                ))
             } else {
                 Some(RecordSet::new(&name, RecordType::A, names.ttl, v4))
             }
         } else {
             // A CNAME takes one target: the first node by configuration order.
-            hosts.first().map(|h| RecordSet::new(&name, RecordType::Cname, names.ttl, [fqdn(h)]))
+            hosts
+                .first()
+                .map(|h| RecordSet::new(&name, RecordType::Cname, names.ttl, [fqdn(h)]))
         }
     };
     for region in &topology.regions {
         if let Some(head) = analysis.heads[region.id.0] {
             records.extend(host_record(names.regional_primary(&region.name), &[head]));
         }
-        records.extend(host_record(names.regional_reader(&region.name), &analysis.readers[region.id.0]));
+        records.extend(host_record(
+            names.regional_reader(&region.name),
+            &analysis.readers[region.id.0],
+        ));
     }
-    if let (Some(primary), Some(epoch)) = (analysis.active_primary, epoch) {
-        if epoch.primary == primary {
-            let region = &topology.region_of(primary).name;
-            records.push(RecordSet::new(
-                &names.global,
-                RecordType::Cname,
-                names.ttl,
-                [names.regional_primary(region)],
-            ));
-            let owner = Ownership {
-                owner: names.owner.clone(),
-                epoch: epoch.epoch,
-                primary_region: region.clone(),
-            };
-            records.push(RecordSet::new(&names.ownership, RecordType::Txt, names.ttl, [owner.to_txt()]));
-        }
+    if let (Some(primary), Some(epoch)) = (analysis.active_primary, epoch)
+        && epoch.primary == primary
+    {
+        let region = &topology.region_of(primary).name;
+        records.push(RecordSet::new(
+            &names.global,
+            RecordType::Cname,
+            names.ttl,
+            [names.regional_primary(region)],
+        ));
+        let owner = Ownership {
+            owner: names.owner.clone(),
+            epoch: epoch.epoch,
+            primary_region: region.clone(),
+        };
+        records.push(RecordSet::new(
+            &names.ownership,
+            RecordType::Txt,
+            names.ttl,
+            [owner.to_txt()],
+        ));
     }
     records.sort();
     records
@@ -169,8 +203,16 @@ mod tests {
 
     #[test]
     fn healthy_lab_publishes_every_name() {
-        let epoch = EpochRecord { epoch: 1, primary: NodeId(0) };
-        let records = desired(&names(), &lab(), &analyze(&lab(), &healthy(), Some(&epoch)), Some(&epoch));
+        let epoch = EpochRecord {
+            epoch: 1,
+            primary: NodeId(0),
+        };
+        let records = desired(
+            &names(),
+            &lab(),
+            &analyze(&lab(), &healthy(), Some(&epoch)),
+            Some(&epoch),
+        );
         let text: Vec<String> = records.iter().map(|r| r.to_string()).collect();
         assert_eq!(
             text,
@@ -187,15 +229,43 @@ mod tests {
 
     #[test]
     fn unknown_writer_leaves_the_global_name_alone() {
-        let epoch = EpochRecord { epoch: 1, primary: NodeId(0) };
-        let observations = vec![down(0), replica_of(1, 0, 1), replica_of(2, 0, 1), replica_of(3, 2, 1)];
-        let records = desired(&names(), &lab(), &analyze(&lab(), &observations, Some(&epoch)), Some(&epoch));
+        let epoch = EpochRecord {
+            epoch: 1,
+            primary: NodeId(0),
+        };
+        let observations = vec![
+            down(0),
+            replica_of(1, 0, 1),
+            replica_of(2, 0, 1),
+            replica_of(3, 2, 1),
+        ];
+        let records = desired(
+            &names(),
+            &lab(),
+            &analyze(&lab(), &observations, Some(&epoch)),
+            Some(&epoch),
+        );
         assert!(find(&records, "demo.valkey-dr.live.").is_none());
         assert!(find(&records, "_valkey-dr.demo.valkey-dr.live.").is_none());
         assert!(find(&records, "primary.us-east-1.valkey-dr.live.").is_none());
         // A rogue master is never a target, of any name.
-        let rogue = vec![primary(0), replica_of(1, 0, 1), primary(2), replica_of(3, 2, 1)];
-        let records = desired(&names(), &lab(), &analyze(&lab(), &rogue, Some(&epoch)), Some(&epoch));
-        assert!(records.iter().all(|r| !r.values.contains(&"127.0.2.1".to_string())), "{records:?}");
+        let rogue = vec![
+            primary(0),
+            replica_of(1, 0, 1),
+            primary(2),
+            replica_of(3, 2, 1),
+        ];
+        let records = desired(
+            &names(),
+            &lab(),
+            &analyze(&lab(), &rogue, Some(&epoch)),
+            Some(&epoch),
+        );
+        assert!(
+            records
+                .iter()
+                .all(|r| !r.values.contains(&"127.0.2.1".to_string())),
+            "{records:?}"
+        );
     }
 }

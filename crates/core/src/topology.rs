@@ -145,7 +145,10 @@ impl Topology {
     }
 
     pub fn node_by_endpoint(&self, endpoint: &Endpoint) -> Option<NodeId> {
-        self.nodes.iter().find(|n| &n.endpoint == endpoint).map(|n| n.id)
+        self.nodes
+            .iter()
+            .find(|n| &n.endpoint == endpoint)
+            .map(|n| n.id)
     }
 
     /// The node a replica's reported master address stands for: its own address or one of the

@@ -15,7 +15,9 @@ use valkey_dr_core::{Change, RecordSet};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DnsError {
     /// A compare-and-swap precondition failed: the record is not what the change expected.
-    #[error("{name}: record changed under us (expected {expected}, found {found}); nothing was applied")]
+    #[error(
+        "{name}: record changed under us (expected {expected}, found {found}); nothing was applied"
+    )]
     Conflict {
         name: String,
         expected: String,

@@ -31,7 +31,10 @@ impl StubResolver {
         opts.cache_size = 0;
         opts.timeout = Duration::from_millis(500);
         opts.attempts = 2;
-        let mut builder = Resolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default());
+        let mut builder = Resolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![ns]),
+            TokioRuntimeProvider::default(),
+        );
         *builder.options_mut() = opts;
         StubResolver {
             resolver: builder.build().expect("resolver from a static config"),
@@ -41,11 +44,15 @@ impl StubResolver {
 
     /// The addresses the name leads to (following CNAMEs) and the smallest TTL on the way.
     pub async fn resolve(&self, name: &str) -> Result<(Vec<IpAddr>, u32), ResolveError> {
-        let lookup = self.resolver.lookup_ip(name).await.map_err(|e| ResolveError {
-            name: name.to_string(),
-            server: self.server,
-            reason: e.to_string(),
-        })?;
+        let lookup = self
+            .resolver
+            .lookup_ip(name)
+            .await
+            .map_err(|e| ResolveError {
+                name: name.to_string(),
+                server: self.server,
+                reason: e.to_string(),
+            })?;
         let ttl = lookup
             .as_lookup()
             .answers()

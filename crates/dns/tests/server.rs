@@ -11,12 +11,28 @@ async fn server() -> (DnsServer, Arc<Zone>) {
     let zone = Arc::new(Zone::new("valkey-dr.test"));
     let set = |name: &str, rtype, value: &str| RecordSet::new(name, rtype, 5, [value.to_string()]);
     zone.apply_changes(&[
-        Change::Create { new: set("demo.valkey-dr.test", RecordType::Cname, "primary.r1.valkey-dr.test.") },
-        Change::Create { new: set("primary.r1.valkey-dr.test", RecordType::A, "127.0.1.1") },
-        Change::Create { new: set("_valkey-dr.demo.valkey-dr.test", RecordType::Txt, "heritage=valkey-dr,owner=t,epoch=1,primary=r1") },
+        Change::Create {
+            new: set(
+                "demo.valkey-dr.test",
+                RecordType::Cname,
+                "primary.r1.valkey-dr.test.",
+            ),
+        },
+        Change::Create {
+            new: set("primary.r1.valkey-dr.test", RecordType::A, "127.0.1.1"),
+        },
+        Change::Create {
+            new: set(
+                "_valkey-dr.demo.valkey-dr.test",
+                RecordType::Txt,
+                "heritage=valkey-dr,owner=t,epoch=1,primary=r1",
+            ),
+        },
     ])
     .unwrap();
-    let server = DnsServer::start(zone.clone(), "127.0.0.1:0".parse().unwrap(), 5).await.unwrap();
+    let server = DnsServer::start(zone.clone(), "127.0.0.1:0".parse().unwrap(), 5)
+        .await
+        .unwrap();
     (server, zone)
 }
 
@@ -45,12 +61,21 @@ async fn answers_authoritatively_over_udp_and_tcp() {
     for transport in ["+notcp", "+tcp"] {
         let out = dig(addr, &[transport, "demo.valkey-dr.test", "A"]);
         assert_eq!(status(&out), "NOERROR", "{out}");
-        assert!(out.contains("flags: qr aa rd;"), "authoritative, no recursion available: {out}");
+        assert!(
+            out.contains("flags: qr aa rd;"),
+            "authoritative, no recursion available: {out}"
+        );
         assert!(out.contains("CNAME\tprimary.r1.valkey-dr.test."), "{out}");
-        assert!(out.contains("A\t127.0.1.1"), "the CNAME is followed within the zone: {out}");
+        assert!(
+            out.contains("A\t127.0.1.1"),
+            "the CNAME is followed within the zone: {out}"
+        );
     }
     let txt = dig(addr, &["+short", "_valkey-dr.demo.valkey-dr.test", "TXT"]);
-    assert_eq!(txt.trim(), "\"heritage=valkey-dr,owner=t,epoch=1,primary=r1\"");
+    assert_eq!(
+        txt.trim(),
+        "\"heritage=valkey-dr,owner=t,epoch=1,primary=r1\""
+    );
     let ns = dig(addr, &["+short", "valkey-dr.test", "NS"]);
     assert_eq!(ns.trim(), "ns.valkey-dr.test.");
     let nx = dig(addr, &["nope.valkey-dr.test", "A"]);
@@ -67,10 +92,19 @@ async fn refuses_other_zones_transfers_and_updates() {
     let (server, zone) = server().await;
     let addr = server.local_addr();
     assert_eq!(status(&dig(addr, &["example.org", "A"])), "REFUSED");
-    assert_eq!(status(&dig(addr, &["valkey-dr.test.example.org", "A"])), "REFUSED");
+    assert_eq!(
+        status(&dig(addr, &["valkey-dr.test.example.org", "A"])),
+        "REFUSED"
+    );
     let axfr = dig(addr, &["valkey-dr.test", "AXFR"]);
-    assert!(axfr.contains("Transfer failed") || axfr.contains("REFUSED"), "{axfr}");
-    assert!(!axfr.contains("127.0.1.1"), "no zone data leaks through AXFR: {axfr}");
+    assert!(
+        axfr.contains("Transfer failed") || axfr.contains("REFUSED"),
+        "{axfr}"
+    );
+    assert!(
+        !axfr.contains("127.0.1.1"),
+        "no zone data leaks through AXFR: {axfr}"
+    );
     let ixfr = dig(addr, &["valkey-dr.test", "IXFR=1"]);
     assert!(!ixfr.contains("127.0.1.1"), "{ixfr}");
 
@@ -87,9 +121,18 @@ async fn refuses_other_zones_transfers_and_updates() {
         addr.port()
     );
     use std::io::Write;
-    update.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    update
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let out = update.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("REFUSED"), "{text}");
     assert_eq!(zone.serial(), serial, "an update changes nothing");
     assert!(dig(addr, &["+short", "demo.valkey-dr.test", "CNAME"]).contains("primary.r1"));
@@ -101,7 +144,13 @@ async fn survives_malformed_packets() {
     let (server, _) = server().await;
     let addr = server.local_addr();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let junk: [&[u8]; 5] = [b"", b"\x00", &[0xff; 12], &[0u8; 512], b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c"];
+    let junk: [&[u8]; 5] = [
+        b"",
+        b"\x00",
+        &[0xff; 12],
+        &[0u8; 512],
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c",
+    ];
     for packet in junk {
         socket.send_to(packet, addr).unwrap();
     }
@@ -118,12 +167,32 @@ async fn survives_malformed_packets() {
 async fn serves_a_flipped_record_with_a_higher_serial() {
     let (server, zone) = server().await;
     let addr = server.local_addr();
-    let soa = |addr| dig(addr, &["+short", "valkey-dr.test", "SOA"]).split_whitespace().nth(2).unwrap().parse::<u32>().unwrap();
+    let soa = |addr| {
+        dig(addr, &["+short", "valkey-dr.test", "SOA"])
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
     let before = soa(addr);
-    let old = RecordSet::new("demo.valkey-dr.test", RecordType::Cname, 5, ["primary.r1.valkey-dr.test.".to_string()]);
-    let new = RecordSet::new("demo.valkey-dr.test", RecordType::Cname, 5, ["primary.r2.valkey-dr.test.".to_string()]);
+    let old = RecordSet::new(
+        "demo.valkey-dr.test",
+        RecordType::Cname,
+        5,
+        ["primary.r1.valkey-dr.test.".to_string()],
+    );
+    let new = RecordSet::new(
+        "demo.valkey-dr.test",
+        RecordType::Cname,
+        5,
+        ["primary.r2.valkey-dr.test.".to_string()],
+    );
     zone.apply_changes(&[Change::Update { old, new }]).unwrap();
-    assert_eq!(dig(addr, &["+short", "demo.valkey-dr.test", "CNAME"]).trim(), "primary.r2.valkey-dr.test.");
+    assert_eq!(
+        dig(addr, &["+short", "demo.valkey-dr.test", "CNAME"]).trim(),
+        "primary.r2.valkey-dr.test."
+    );
     assert!(soa(addr) > before);
     server.shutdown().await;
 }

@@ -90,7 +90,13 @@ async fn carry(client: TcpStream, link: LinkSpec, delay: Duration, partition: Ar
     let (server_read, server_write) = server.into_split();
     let regions = (link.from_region.clone(), link.to_region.clone());
     tokio::join!(
-        pump(client_read, server_write, delay, partition.clone(), regions.clone()),
+        pump(
+            client_read,
+            server_write,
+            delay,
+            partition.clone(),
+            regions.clone()
+        ),
         pump(server_read, client_write, delay, partition, regions),
     );
 }
@@ -111,7 +117,11 @@ async fn pump(
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx.send((Instant::now() + delay, buf[..n].to_vec())).await.is_err() {
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -173,21 +183,29 @@ mod tests {
             to_region: "b".into(),
         };
         let partition = Arc::new(Partition::default());
-        let bound = start(&[link], Duration::from_millis(20), partition.clone()).await.unwrap();
+        let bound = start(&[link], Duration::from_millis(20), partition.clone())
+            .await
+            .unwrap();
         let mut conn = TcpStream::connect(bound[0]).await.unwrap();
         let started = std::time::Instant::now();
         conn.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         conn.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
-        assert!(started.elapsed() >= Duration::from_millis(40), "both directions are delayed");
+        assert!(
+            started.elapsed() >= Duration::from_millis(40),
+            "both directions are delayed"
+        );
 
         partition.set(["b".to_string()].into());
         conn.write_all(b"lost").await.unwrap();
         let cut = tokio::time::timeout(Duration::from_millis(200), conn.read_exact(&mut buf)).await;
         assert!(cut.is_err(), "nothing flows through a partition");
         partition.set(BTreeSet::new());
-        tokio::time::timeout(Duration::from_secs(2), conn.read_exact(&mut buf)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(2), conn.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&buf, b"lost", "held data flows once the link heals");
     }
 }

@@ -19,7 +19,11 @@ pub enum LabError {
     )]
     NoValkey,
     #[error("{what} did not become ready within {seconds} s; see {log}")]
-    NotReady { what: String, seconds: u64, log: String },
+    NotReady {
+        what: String,
+        seconds: u64,
+        log: String,
+    },
 }
 
 fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> LabError {
@@ -55,13 +59,20 @@ pub fn valkey_server_binary() -> Result<PathBuf, LabError> {
 pub fn processes(spec: &LabSpec) -> Vec<LabProcess> {
     let mut list: Vec<(String, PathBuf)> = spec
         .nodes()
-        .map(|(r, i)| (format!("valkey {}", spec.node_addr(r, i)), spec.node_pidfile(r, i)))
+        .map(|(r, i)| {
+            (
+                format!("valkey {}", spec.node_addr(r, i)),
+                spec.node_pidfile(r, i),
+            )
+        })
         .collect();
     list.push(("region link".into(), spec.dir.join("link.pid")));
     list.push(("controller".into(), spec.dir.join("controller.pid")));
     list.into_iter()
         .map(|(name, pidfile)| {
-            let pid = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok());
+            let pid = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
             LabProcess {
                 name,
                 alive: pid.is_some_and(is_alive),
@@ -82,7 +93,10 @@ pub fn is_alive(pid: i32) -> bool {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -93,17 +107,16 @@ pub fn any_running(spec: &LabSpec) -> bool {
 
 /// Starts a fresh lab. Returns false (and starts nothing) when one is already running in the directory.
 pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
-    if spec.dir.join("lab.json").exists() {
-        if let Ok(existing) = LabSpec::load(&spec.dir) {
-            if any_running(&existing) {
-                return Ok(false);
-            }
-        }
+    if let Ok(existing) = LabSpec::load(&spec.dir)
+        && any_running(&existing)
+    {
+        return Ok(false);
     }
     let valkey_server = valkey_server_binary()?;
     reset_dir(spec)?;
     spec.save().map_err(io("writing lab.json"))?;
-    std::fs::write(spec.config_path(), spec.controller_config().to_toml()).map_err(io("writing the controller config"))?;
+    std::fs::write(spec.config_path(), spec.controller_config().to_toml())
+        .map_err(io("writing the controller config"))?;
 
     for (r, i) in spec.nodes() {
         let conf = spec.dir.join(format!("valkey-{}.conf", spec.node_ip(r, i)));
@@ -126,7 +139,12 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
     }
     for (r, i) in spec.nodes() {
         let addr = spec.node_addr(r, i);
-        wait_for(&format!("valkey {addr}"), &spec.dir.join(format!("valkey-{}.log", addr.ip())), || ping(addr)).await?;
+        wait_for(
+            &format!("valkey {addr}"),
+            &spec.dir.join(format!("valkey-{}.log", addr.ip())),
+            || ping(addr),
+        )
+        .await?;
     }
     spawn_daemon(valkey_dr, &["lab", "link", "--dir"], spec, "link")?;
     spawn_daemon(valkey_dr, &["run", "--config"], spec, "controller")?;
@@ -134,10 +152,20 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
 }
 
 /// Starts `valkey-dr <args> <path>` detached from the terminal, logging to `<name>.log`.
-fn spawn_daemon(valkey_dr: &Path, args: &[&str], spec: &LabSpec, name: &str) -> Result<(), LabError> {
+fn spawn_daemon(
+    valkey_dr: &Path,
+    args: &[&str],
+    spec: &LabSpec,
+    name: &str,
+) -> Result<(), LabError> {
     use std::os::unix::process::CommandExt;
-    let log = std::fs::File::create(spec.dir.join(format!("{name}.log"))).map_err(io("creating a log file"))?;
-    let target = if name == "link" { spec.dir.clone() } else { spec.config_path() };
+    let log = std::fs::File::create(spec.dir.join(format!("{name}.log")))
+        .map_err(io("creating a log file"))?;
+    let target = if name == "link" {
+        spec.dir.clone()
+    } else {
+        spec.config_path()
+    };
     let child = Command::new(valkey_dr)
         .args(args)
         .arg(target)
@@ -148,16 +176,24 @@ fn spawn_daemon(valkey_dr: &Path, args: &[&str], spec: &LabSpec, name: &str) -> 
         .process_group(0)
         .spawn()
         .map_err(io(format!("starting {}", valkey_dr.display())))?;
-    std::fs::write(spec.dir.join(format!("{name}.pid")), child.id().to_string()).map_err(io("writing a pid file"))?;
+    std::fs::write(spec.dir.join(format!("{name}.pid")), child.id().to_string())
+        .map_err(io("writing a pid file"))?;
     Ok(())
 }
 
 /// Removes what a previous lab left (data, state, pid files); a new lab starts from nothing.
 fn reset_dir(spec: &LabSpec) -> Result<(), LabError> {
     if spec.dir.exists() {
-        for entry in std::fs::read_dir(&spec.dir).map_err(io("reading the lab directory"))?.flatten() {
+        for entry in std::fs::read_dir(&spec.dir)
+            .map_err(io("reading the lab directory"))?
+            .flatten()
+        {
             let path = entry.path();
-            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
         }
     }
     std::fs::create_dir_all(&spec.dir).map_err(io(format!("creating {}", spec.dir.display())))
@@ -200,7 +236,11 @@ pub async fn ping(addr: SocketAddr) -> bool {
         conn.read_exact(&mut buf).await.ok()?;
         Some(&buf == b"+PONG\r\n")
     };
-    tokio::time::timeout(Duration::from_millis(500), attempt).await.ok().flatten().unwrap_or(false)
+    tokio::time::timeout(Duration::from_millis(500), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 pub async fn wait_for<F, Fut>(what: &str, log: &Path, mut ready: F) -> Result<(), LabError>

@@ -5,8 +5,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use valkey_dr_core::config::{ControllerConfig, DnsConfig, DnsProviderConfig, NodeConfig, RegionConfig};
 use valkey_dr_core::Config;
+use valkey_dr_core::config::{
+    ControllerConfig, DnsConfig, DnsProviderConfig, NodeConfig, RegionConfig,
+};
 
 /// Everything that defines one lab. Stored as `lab.json` in the lab directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +58,10 @@ impl LabSpec {
     /// link, `127.<block>.<from>.<100 + 10·region + index>`.
     pub fn link_addr(&self, from: usize, region: usize, index: usize) -> SocketAddr {
         let host = 100 + 10 * (region as u8 + 1) + index as u8 + 1;
-        SocketAddr::new(Ipv4Addr::new(127, self.block, from as u8 + 1, host).into(), self.port)
+        SocketAddr::new(
+            Ipv4Addr::new(127, self.block, from as u8 + 1, host).into(),
+            self.port,
+        )
     }
 
     /// Every link endpoint: (listen address, target node, region of the listener, region of the target).
@@ -99,7 +104,12 @@ impl LabSpec {
                         port: self.port,
                         replication_address: (0..self.regions.len())
                             .filter(|from| *from != r)
-                            .map(|from| (self.regions[from].clone(), self.link_addr(from, r, i).to_string()))
+                            .map(|from| {
+                                (
+                                    self.regions[from].clone(),
+                                    self.link_addr(from, r, i).to_string(),
+                                )
+                            })
                             .collect::<BTreeMap<_, _>>(),
                     })
                     .collect(),
@@ -149,24 +159,31 @@ impl LabSpec {
     }
 
     pub fn node_dir(&self, region: usize, index: usize) -> PathBuf {
-        self.dir.join(format!("data-{}", self.node_ip(region, index)))
+        self.dir
+            .join(format!("data-{}", self.node_ip(region, index)))
     }
 
     pub fn node_pidfile(&self, region: usize, index: usize) -> PathBuf {
-        self.dir.join(format!("valkey-{}.pid", self.node_ip(region, index)))
+        self.dir
+            .join(format!("valkey-{}.pid", self.node_ip(region, index)))
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.regions.len()).flat_map(move |r| (0..self.nodes_per_region as usize).map(move |i| (r, i)))
+        (0..self.regions.len())
+            .flat_map(move |r| (0..self.nodes_per_region as usize).map(move |i| (r, i)))
     }
 
     pub fn save(&self) -> std::io::Result<()> {
-        std::fs::write(self.dir.join("lab.json"), serde_json::to_vec_pretty(self).expect("serializes"))
+        std::fs::write(
+            self.dir.join("lab.json"),
+            serde_json::to_vec_pretty(self).expect("serializes"),
+        )
     }
 
     pub fn load(dir: &Path) -> std::io::Result<LabSpec> {
         let text = std::fs::read(dir.join("lab.json"))?;
-        serde_json::from_slice(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        serde_json::from_slice(&text)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 }
 
@@ -192,7 +209,10 @@ mod tests {
         assert_eq!(spec.links().len(), 4);
         let config = spec.controller_config();
         config.validate().expect("lab config is valid");
-        assert!(spec.valkey_conf(1, 0).contains("replicaof 127.0.2.111 6379"));
+        assert!(
+            spec.valkey_conf(1, 0)
+                .contains("replicaof 127.0.2.111 6379")
+        );
         assert!(spec.valkey_conf(1, 1).contains("replicaof 127.0.2.1 6379"));
         assert!(!spec.valkey_conf(0, 0).contains("replicaof"));
     }

@@ -40,15 +40,24 @@ pub async fn connect(ip: IpAddr, port: u16) -> Result<MultiplexedConnection, Str
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_millis(1000)));
-    tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection_with_config(&config))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| e.to_string())
 }
 
 /// Resolves the name and connects to the first address.
-async fn connect_by_name(resolver: &StubResolver, config: &WriterConfig) -> Result<(IpAddr, u32, MultiplexedConnection), String> {
-    let (ips, ttl) = resolver.resolve(&config.name).await.map_err(|e| e.to_string())?;
+async fn connect_by_name(
+    resolver: &StubResolver,
+    config: &WriterConfig,
+) -> Result<(IpAddr, u32, MultiplexedConnection), String> {
+    let (ips, ttl) = resolver
+        .resolve(&config.name)
+        .await
+        .map_err(|e| e.to_string())?;
     let ip = *ips.first().ok_or("no address")?;
     Ok((ip, ttl, connect(ip, config.port).await?))
 }
@@ -64,14 +73,20 @@ pub async fn run(config: &WriterConfig, stop: impl Future<Output = ()>) -> Write
         if futures_ready(&mut stop).await {
             break;
         }
-        if connection.as_ref().is_none_or(|(_, expires)| Instant::now() >= *expires) {
+        if connection
+            .as_ref()
+            .is_none_or(|(_, expires)| Instant::now() >= *expires)
+        {
             match connect_by_name(&resolver, config).await {
                 Ok((ip, ttl, conn)) => {
                     let ip = ip.to_string();
                     if report.targets.last() != Some(&ip) {
                         report.targets.push(ip);
                     }
-                    connection = Some((conn, Instant::now() + Duration::from_secs(u64::from(ttl.max(1)))));
+                    connection = Some((
+                        conn,
+                        Instant::now() + Duration::from_secs(u64::from(ttl.max(1))),
+                    ));
                 }
                 Err(_) => {
                     report.errors += 1;
@@ -125,9 +140,19 @@ pub async fn verify(config: &WriterConfig, acknowledged: u64) -> Result<u64, Str
     let mut start = 0;
     while start < acknowledged {
         let end = (start + 1000).min(acknowledged);
-        let keys: Vec<String> = (start..end).map(|s| format!("{}:{s}", config.prefix)).collect();
-        let values: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(|e| e.to_string())?;
-        lost += values.iter().zip(start..end).filter(|(v, s)| **v != Some(*s)).count() as u64;
+        let keys: Vec<String> = (start..end)
+            .map(|s| format!("{}:{s}", config.prefix))
+            .collect();
+        let values: Vec<Option<u64>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        lost += values
+            .iter()
+            .zip(start..end)
+            .filter(|(v, s)| **v != Some(*s))
+            .count() as u64;
         start = end;
     }
     Ok(lost)

@@ -49,7 +49,9 @@ impl ValkeyEngine {
         if let Some(conn) = self.connections.lock().expect("lock").get(node) {
             return Ok(conn.clone());
         }
-        let info = ConnectionAddr::Tcp(node.host.clone(), node.port).into_connection_info().map_err(|e| error(node, "connect", e))?;
+        let info = ConnectionAddr::Tcp(node.host.clone(), node.port)
+            .into_connection_info()
+            .map_err(|e| error(node, "connect", e))?;
         let client = Client::open(info).map_err(|e| error(node, "connect", e))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeouts.connect))
@@ -75,10 +77,11 @@ impl ValkeyEngine {
         cmd: &redis::Cmd,
     ) -> Result<T, EngineError> {
         let mut conn = self.connection(node).await?;
-        let result = tokio::time::timeout(self.timeouts.command * 2, cmd.query_async::<T>(&mut conn))
-            .await
-            .map_err(|_| error(node, operation, "timed out"))
-            .and_then(|r| r.map_err(|e| error(node, operation, e)));
+        let result =
+            tokio::time::timeout(self.timeouts.command * 2, cmd.query_async::<T>(&mut conn))
+                .await
+                .map_err(|_| error(node, operation, "timed out"))
+                .and_then(|r| r.map_err(|e| error(node, operation, e)));
         if result.is_err() {
             self.connections.lock().expect("lock").remove(node);
         }
@@ -88,7 +91,11 @@ impl ValkeyEngine {
     /// Reads a node's replication state (INFO replication, cross-checked with ROLE) and key count.
     pub async fn replication(&self, node: &Endpoint) -> Result<ReplicationInfo, EngineError> {
         let text: String = self
-            .run(node, "INFO replication", redis::cmd("INFO").arg("replication"))
+            .run(
+                node,
+                "INFO replication",
+                redis::cmd("INFO").arg("replication"),
+            )
             .await?;
         let info = parse_info_replication(&text).map_err(|e| error(node, "INFO replication", e))?;
         let role: Vec<redis::Value> = self.run(node, "ROLE", &redis::cmd("ROLE")).await?;
@@ -100,7 +107,11 @@ impl ValkeyEngine {
         let role_is_primary = role_name == "master";
         if role_is_primary != info.is_primary() {
             // The node changed role between the two commands: report, the next probe settles it.
-            return Err(error(node, "ROLE", format!("ROLE says {role_name} while INFO disagrees")));
+            return Err(error(
+                node,
+                "ROLE",
+                format!("ROLE says {role_name} while INFO disagrees"),
+            ));
         }
         Ok(info)
     }
@@ -108,7 +119,11 @@ impl ValkeyEngine {
     pub async fn observe(&self, id: NodeId, node: &Endpoint) -> NodeObservation {
         let started = Instant::now();
         let state = self.replication(node).await.map_err(|e| e.reason);
-        let rtt_us = if state.is_ok() { started.elapsed().as_micros() as u64 } else { 0 };
+        let rtt_us = if state.is_ok() {
+            started.elapsed().as_micros() as u64
+        } else {
+            0
+        };
         let (keys, heartbeat_ms) = match state {
             Ok(_) => (
                 self.run(node, "DBSIZE", &redis::cmd("DBSIZE")).await.ok(),
@@ -130,35 +145,62 @@ impl ValkeyEngine {
 
     /// Writes the heartbeat on the writer; replicas' copies tell how far behind they are in time.
     pub async fn write_heartbeat(&self, node: &Endpoint, now_ms: u64) -> Result<(), EngineError> {
-        self.run::<()>(node, "SET heartbeat", redis::cmd("SET").arg(HEARTBEAT_KEY).arg(now_ms))
-            .await
+        self.run::<()>(
+            node,
+            "SET heartbeat",
+            redis::cmd("SET").arg(HEARTBEAT_KEY).arg(now_ms),
+        )
+        .await
     }
 
     /// Observes every node of the topology concurrently.
     pub async fn observe_all(&self, topology: &Topology) -> Vec<NodeObservation> {
-        futures::future::join_all(topology.nodes.iter().map(|n| self.observe(n.id, &n.endpoint))).await
+        futures::future::join_all(
+            topology
+                .nodes
+                .iter()
+                .map(|n| self.observe(n.id, &n.endpoint)),
+        )
+        .await
     }
 
     /// `CLIENT PAUSE <ms> WRITE`: write commands block, reads and replication go on. The pause
     /// expires by itself, so a controller that dies mid-switchover cannot leave writes blocked.
-    pub async fn pause_writes(&self, node: &Endpoint, duration: Duration) -> Result<(), EngineError> {
+    pub async fn pause_writes(
+        &self,
+        node: &Endpoint,
+        duration: Duration,
+    ) -> Result<(), EngineError> {
         let ms = duration.as_millis().max(1) as u64;
-        self.run::<()>(node, "CLIENT PAUSE", redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("WRITE"))
-            .await
+        self.run::<()>(
+            node,
+            "CLIENT PAUSE",
+            redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("WRITE"),
+        )
+        .await
     }
 
     pub async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError> {
-        self.run::<()>(node, "CLIENT UNPAUSE", redis::cmd("CLIENT").arg("UNPAUSE")).await
+        self.run::<()>(node, "CLIENT UNPAUSE", redis::cmd("CLIENT").arg("UNPAUSE"))
+            .await
     }
 
     /// `REPLICAOF NO ONE`.
     pub async fn promote(&self, node: &Endpoint) -> Result<(), EngineError> {
-        self.run::<()>(node, "REPLICAOF NO ONE", redis::cmd("REPLICAOF").arg("NO").arg("ONE"))
-            .await
+        self.run::<()>(
+            node,
+            "REPLICAOF NO ONE",
+            redis::cmd("REPLICAOF").arg("NO").arg("ONE"),
+        )
+        .await
     }
 
     /// `REPLICAOF host port`.
-    pub async fn replicate_from(&self, node: &Endpoint, source: &Endpoint) -> Result<(), EngineError> {
+    pub async fn replicate_from(
+        &self,
+        node: &Endpoint,
+        source: &Endpoint,
+    ) -> Result<(), EngineError> {
         self.run::<()>(
             node,
             "REPLICAOF",
@@ -173,7 +215,12 @@ impl ValkeyEngine {
         self.run(
             node,
             "CLIENT KILL",
-            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes"),
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .arg("SKIPME")
+                .arg("yes"),
         )
         .await
     }

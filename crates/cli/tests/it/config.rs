@@ -22,7 +22,11 @@ fn check_config_names_the_field_and_the_fix() {
             ),
         )
         .unwrap();
-        let out = Command::new(BIN).arg("check-config").arg(&path).output().unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(stderr.contains(expected), "{expected}: {stderr}");

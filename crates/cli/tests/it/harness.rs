@@ -21,17 +21,30 @@ pub struct TestLab {
 
 /// A loopback block and port that are free on every address the lab will use.
 fn free_block_and_port() -> (u8, u16) {
-    let seed = std::process::id() ^ NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(2_654_435_761);
+    let seed = std::process::id()
+        ^ NEXT
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(2_654_435_761);
     for attempt in 0..200u32 {
         let block = 10 + ((seed.wrapping_add(attempt * 7919)) % 240) as u8;
         let probe = TcpListener::bind((Ipv4Addr::new(127, block, 1, 1), 0)).unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe);
-        let spec = LabSpec { block, port, ..LabSpec::reference(PathBuf::new()) };
+        let spec = LabSpec {
+            block,
+            port,
+            ..LabSpec::reference(PathBuf::new())
+        };
         let mut addrs: Vec<SocketAddr> = spec.nodes().map(|(r, i)| spec.node_addr(r, i)).collect();
         addrs.extend(spec.links().iter().map(|l| l.listen));
-        addrs.push(SocketAddr::new(Ipv4Addr::new(127, block, 0, 53).into(), port));
-        if addrs.iter().all(|a| TcpListener::bind(a).is_ok() && UdpSocket::bind(a).is_ok()) {
+        addrs.push(SocketAddr::new(
+            Ipv4Addr::new(127, block, 0, 53).into(),
+            port,
+        ));
+        if addrs
+            .iter()
+            .all(|a| TcpListener::bind(a).is_ok() && UdpSocket::bind(a).is_ok())
+        {
             return (block, port);
         }
     }
@@ -41,7 +54,10 @@ fn free_block_and_port() -> (u8, u16) {
 impl TestLab {
     pub async fn start() -> TestLab {
         let (block, port) = free_block_and_port();
-        let dir = std::env::temp_dir().join(format!("valkey-dr-test-{block}-{port}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "valkey-dr-test-{block}-{port}-{}",
+            std::process::id()
+        ));
         let spec = LabSpec {
             block,
             port,
@@ -51,8 +67,11 @@ impl TestLab {
         let started = process::up(&spec, BIN.as_ref()).await.expect("lab starts");
         assert!(started, "a fresh directory has no running lab");
         let lab = TestLab { spec };
-        lab.wait_until(|s| s["findings"] == serde_json::json!(["healthy"]) && s["dns"].as_array().is_some_and(|d| d.len() == 6))
-            .await;
+        lab.wait_until(|s| {
+            s["findings"] == serde_json::json!(["healthy"])
+                && s["dns"].as_array().is_some_and(|d| d.len() == 6)
+        })
+        .await;
         lab
     }
 
@@ -70,15 +89,24 @@ impl TestLab {
 
     pub async fn status(&self) -> serde_json::Value {
         let socket = self.spec.controller_config().control_socket();
-        control::request(&socket, &Request::Status, |_| {}).await.expect("controller answers")
+        control::request(&socket, &Request::Status, |_| {})
+            .await
+            .expect("controller answers")
     }
 
     /// Polls the controller's status until `ready` holds (at most 20 s).
-    pub async fn wait_until(&self, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_until(
+        &self,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let mut last = serde_json::Value::Null;
         for _ in 0..400 {
-            if let Ok(status) =
-                control::request(&self.spec.controller_config().control_socket(), &Request::Status, |_| {}).await
+            if let Ok(status) = control::request(
+                &self.spec.controller_config().control_socket(),
+                &Request::Status,
+                |_| {},
+            )
+            .await
             {
                 if ready(&status) {
                     return status;
@@ -93,7 +121,10 @@ impl TestLab {
     /// `dig +short` against the lab's DNS server.
     pub fn dig_short(&self, name: &str, rtype: &str) -> Vec<String> {
         let out = self.dig(&[name, rtype, "+short"]);
-        out.lines().map(|l| l.trim_matches('"').to_string()).filter(|l| !l.is_empty()).collect()
+        out.lines()
+            .map(|l| l.trim_matches('"').to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     pub fn dig(&self, args: &[&str]) -> String {
@@ -118,7 +149,9 @@ impl TestLab {
     }
 
     pub async fn connection(&self, ip: &str) -> redis::aio::MultiplexedConnection {
-        valkey_dr_lab::writer::connect(ip.parse().unwrap(), self.spec.port).await.expect("node reachable")
+        valkey_dr_lab::writer::connect(ip.parse().unwrap(), self.spec.port)
+            .await
+            .expect("node reachable")
     }
 }
 

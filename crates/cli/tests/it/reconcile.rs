@@ -21,13 +21,23 @@ async fn a_second_reconcile_pass_changes_nothing() {
     let serial = lab.dig_short(&format!("{}.", lab.spec.zone), "SOA");
     assert_eq!(applied(&lab), 0);
     assert_eq!(applied(&lab), 0);
-    assert_eq!(lab.dig_short(&format!("{}.", lab.spec.zone), "SOA"), serial, "no write, no serial change");
+    assert_eq!(
+        lab.dig_short(&format!("{}.", lab.spec.zone), "SOA"),
+        serial,
+        "no write, no serial change"
+    );
     let events = std::fs::read_to_string(lab.spec.controller_dir().join("events.jsonl")).unwrap();
-    let applied_events = events.lines().filter(|l| l.contains("\"event\":\"dns_applied\"")).count();
+    let applied_events = events
+        .lines()
+        .filter(|l| l.contains("\"event\":\"dns_applied\""))
+        .count();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let events = std::fs::read_to_string(lab.spec.controller_dir().join("events.jsonl")).unwrap();
     assert_eq!(
-        events.lines().filter(|l| l.contains("\"event\":\"dns_applied\"")).count(),
+        events
+            .lines()
+            .filter(|l| l.contains("\"event\":\"dns_applied\""))
+            .count(),
         applied_events,
         "timer passes on a settled topology write nothing"
     );
@@ -37,7 +47,11 @@ async fn a_second_reconcile_pass_changes_nothing() {
 async fn an_empty_node_restarted_as_a_master_is_never_served() {
     let lab = TestLab::start().await;
     let rogue_ip = lab.ip(1, 0);
-    let pid: i32 = std::fs::read_to_string(lab.spec.node_pidfile(1, 0)).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(lab.spec.node_pidfile(1, 0))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // SAFETY: signal to the lab's own valkey-server.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     while valkey_dr_lab::process::is_alive(pid) {
@@ -45,35 +59,73 @@ async fn an_empty_node_restarted_as_a_master_is_never_served() {
     }
     // Restart it without persistence and without `replicaof`: an empty, writable master.
     let conf = lab.spec.valkey_conf(1, 0);
-    let conf: String = conf.lines().filter(|l| !l.starts_with("replicaof")).map(|l| format!("{l}\n")).collect();
+    let conf: String = conf
+        .lines()
+        .filter(|l| !l.starts_with("replicaof"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let path = lab.spec.dir.join("restarted.conf");
     std::fs::write(&path, conf).unwrap();
-    let status = std::process::Command::new(valkey_dr_lab::process::valkey_server_binary().unwrap())
-        .arg(&path)
-        .status()
-        .unwrap();
+    let status =
+        std::process::Command::new(valkey_dr_lab::process::valkey_server_binary().unwrap())
+            .arg(&path)
+            .status()
+            .unwrap();
     assert!(status.success());
 
     let status = lab
-        .wait_until(|s| s["findings"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().starts_with("rogue master")))
+        .wait_until(|s| {
+            s["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f.as_str().unwrap().starts_with("rogue master"))
+        })
         .await;
     let rogue = format!("{rogue_ip}:{}", lab.spec.port);
-    assert!(status["nodes"].as_array().unwrap().iter().any(|n| n["node"] == rogue && n["role"] == "primary"));
-    // Over several passes, no name ever leads to the rogue node.
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node"] == rogue && n["role"] == "primary")
+    );
+    // Once a pass has seen it (the controller reacts within one reconcile interval), and over
+    // several passes after that, no name leads to the rogue node.
+    lab.cli(&["reconcile"]);
     for _ in 0..10 {
-        for name in ["demo", "primary.us-east-2", "reader.us-east-2", "primary.us-east-1", "reader.us-east-1"] {
+        for name in [
+            "demo",
+            "primary.us-east-2",
+            "reader.us-east-2",
+            "primary.us-east-1",
+            "reader.us-east-1",
+        ] {
             let answer = lab.dig_short(&lab.name(name), "A");
-            assert!(!answer.contains(&rogue_ip), "{name} leads to the rogue master: {answer:?}");
+            assert!(
+                !answer.contains(&rogue_ip),
+                "{name} leads to the rogue master: {answer:?}"
+            );
             assert!(!answer.is_empty(), "{name} still resolves");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(lab.dig_short(&lab.name("demo"), "A")[1], lab.ip(0, 0), "the writer's name is unchanged");
+    assert_eq!(
+        lab.dig_short(&lab.name("demo"), "A")[1],
+        lab.ip(0, 0),
+        "the writer's name is unchanged"
+    );
     // The replica that followed the rogue is pointed back at the writer.
     let writer = format!("{}:{}", lab.ip(0, 0), lab.spec.port);
     let other = format!("{}:{}", lab.ip(1, 1), lab.spec.port);
-    lab.wait_until(|s| s["nodes"].as_array().unwrap().iter().any(|n| n["node"] == other && n["follows"] == writer))
-        .await;
+    lab.wait_until(|s| {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node"] == other && n["follows"] == writer)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,7 +139,12 @@ async fn a_target_that_cannot_catch_up_aborts_the_promotion_and_changes_nothing(
     assert!(out.status.success());
     // A write after the cut: the secondary can no longer reach the writer's offset.
     let mut conn = lab.connection(&lab.ip(0, 0)).await;
-    let _: () = redis::cmd("SET").arg("after-cut").arg(1).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("after-cut")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 
     let out = std::process::Command::new(crate::harness::BIN)
         .args(["promote", "us-east-2", "--config"])
@@ -96,14 +153,25 @@ async fn a_target_that_cannot_catch_up_aborts_the_promotion_and_changes_nothing(
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("did not catch up") && stderr.contains("unpaused"), "{stderr}");
+    assert!(
+        stderr.contains("did not catch up") && stderr.contains("unpaused"),
+        "{stderr}"
+    );
 
     assert_eq!(lab.dig_short(&lab.name("demo"), "A")[1], lab.ip(0, 0));
     assert!(lab.dig_short(&lab.name("_valkey-dr.demo"), "TXT")[0].contains("epoch=1,"));
     // The old writer takes writes again at once (the pause was lifted, not left to expire).
     let started = std::time::Instant::now();
-    let _: () = redis::cmd("SET").arg("after-abort").arg(1).query_async(&mut conn).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(2), "writes were left paused");
+    let _: () = redis::cmd("SET")
+        .arg("after-abort")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "writes were left paused"
+    );
     let status = lab.status().await;
     assert_eq!(status["epoch"], 1);
 }

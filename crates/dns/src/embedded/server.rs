@@ -19,7 +19,10 @@ use super::zone::{Lookup, Zone};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen for DNS on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Largest UDP payload we answer with, whatever a client advertises (the DNS flag day value).
@@ -32,8 +35,15 @@ pub struct DnsServer {
 
 impl DnsServer {
     /// Binds UDP and TCP on `listen` (port 0 picks one free port for both) and starts serving.
-    pub async fn start(zone: Arc<Zone>, listen: SocketAddr, negative_ttl: u32) -> Result<DnsServer, ServerError> {
-        let bind_error = |source| ServerError::Bind { addr: listen, source };
+    pub async fn start(
+        zone: Arc<Zone>,
+        listen: SocketAddr,
+        negative_ttl: u32,
+    ) -> Result<DnsServer, ServerError> {
+        let bind_error = |source| ServerError::Bind {
+            addr: listen,
+            source,
+        };
         let udp = UdpSocket::bind(listen).await.map_err(bind_error)?;
         let local_addr = udp.local_addr().map_err(bind_error)?;
         let tcp = TcpListener::bind(local_addr).await.map_err(bind_error)?;
@@ -95,7 +105,8 @@ impl Handler {
     fn soa(&self) -> Record {
         let rdata = SOA::new(
             self.ns.clone(),
-            Name::from_ascii(format!("hostmaster.{}", self.zone.origin())).expect("valid zone name"),
+            Name::from_ascii(format!("hostmaster.{}", self.zone.origin()))
+                .expect("valid zone name"),
             self.zone.serial(),
             60,
             10,
@@ -123,7 +134,11 @@ impl Handler {
         }
         let name = Name::from(query.name()).to_lowercase();
         let name_text = name.to_ascii();
-        let name_text = if name_text.ends_with('.') { name_text } else { format!("{name_text}.") };
+        let name_text = if name_text.ends_with('.') {
+            name_text
+        } else {
+            format!("{name_text}.")
+        };
         let apex = name_text == self.zone.origin();
         let mut answer = Answer {
             code: ResponseCode::NoError,
@@ -141,10 +156,14 @@ impl Handler {
         if name == self.ns && matches!(qtype, HickoryType::A | HickoryType::AAAA) {
             let rdata = match self.ns_ip {
                 std::net::IpAddr::V4(ip) if qtype == HickoryType::A => Some(RData::A(A(ip))),
-                std::net::IpAddr::V6(ip) if qtype == HickoryType::AAAA => Some(RData::AAAA(AAAA(ip))),
+                std::net::IpAddr::V6(ip) if qtype == HickoryType::AAAA => {
+                    Some(RData::AAAA(AAAA(ip)))
+                }
                 _ => None,
             };
-            answer.answers.extend(rdata.map(|r| Record::from_rdata(self.ns.clone(), 3600, r)));
+            answer
+                .answers
+                .extend(rdata.map(|r| Record::from_rdata(self.ns.clone(), 3600, r)));
             if answer.answers.is_empty() {
                 answer.authorities.push(self.soa());
             }

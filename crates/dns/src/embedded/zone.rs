@@ -39,7 +39,10 @@ impl Zone {
     /// An empty zone. The serial starts at the current Unix time so that it keeps rising across
     /// restarts (secondaries and caches compare serials).
     pub fn new(origin: &str) -> Zone {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1);
         Zone {
             origin: fqdn(origin),
             state: RwLock::new(State {
@@ -63,7 +66,13 @@ impl Zone {
 
     /// Every record set, for status displays.
     pub fn snapshot(&self) -> Vec<RecordSet> {
-        self.state.read().expect("zone lock").sets.values().cloned().collect()
+        self.state
+            .read()
+            .expect("zone lock")
+            .sets
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Answers one question the way an authoritative server must: exact data, else a CNAME (followed
@@ -77,8 +86,17 @@ impl Zone {
         let state = self.state.read().expect("zone lock");
         let Some(rtype) = rtype else {
             // ANY: everything at the name.
-            let all: Vec<RecordSet> = state.sets.values().filter(|s| s.name == name).cloned().collect();
-            return if all.is_empty() { self.no_data_or_nx(&state, &name) } else { Lookup::Answer(all) };
+            let all: Vec<RecordSet> = state
+                .sets
+                .values()
+                .filter(|s| s.name == name)
+                .cloned()
+                .collect();
+            return if all.is_empty() {
+                self.no_data_or_nx(&state, &name)
+            } else {
+                Lookup::Answer(all)
+            };
         };
         let mut answer = Vec::new();
         let mut current = name.clone();
@@ -108,8 +126,15 @@ impl Zone {
     fn no_data_or_nx(&self, state: &State, name: &str) -> Lookup {
         let suffix = format!(".{name}");
         let exists = name == self.origin
-            || state.sets.keys().any(|(k, _)| k == name || k.ends_with(&suffix));
-        if exists { Lookup::NoData } else { Lookup::NxDomain }
+            || state
+                .sets
+                .keys()
+                .any(|(k, _)| k == name || k.ends_with(&suffix));
+        if exists {
+            Lookup::NoData
+        } else {
+            Lookup::NxDomain
+        }
     }
 
     /// Applies a batch atomically: every change's expected old value must match, or nothing is
@@ -126,11 +151,14 @@ impl Zone {
             }
             let (key, expected) = match change {
                 Change::Create { new } => ((new.name.clone(), new.rtype), None),
-                Change::Update { old, .. } | Change::Delete { old } => ((old.name.clone(), old.rtype), Some(old)),
+                Change::Update { old, .. } | Change::Delete { old } => {
+                    ((old.name.clone(), old.rtype), Some(old))
+                }
             };
             let found = state.sets.get(&key);
             if found != expected {
-                let show = |r: Option<&RecordSet>| r.map_or("nothing".to_string(), |r| r.to_string());
+                let show =
+                    |r: Option<&RecordSet>| r.map_or("nothing".to_string(), |r| r.to_string());
                 return Err(DnsError::Conflict {
                     name: name.to_string(),
                     expected: show(expected),
@@ -144,7 +172,12 @@ impl Zone {
                     .iter()
                     .filter(|c| matches!(c, Change::Delete { old } if old.name == new.name))
                     .count();
-                if others > deleted && (new.rtype == RecordType::Cname || state.sets.contains_key(&(new.name.clone(), RecordType::Cname))) {
+                if others > deleted
+                    && (new.rtype == RecordType::Cname
+                        || state
+                            .sets
+                            .contains_key(&(new.name.clone(), RecordType::Cname)))
+                {
                     return Err(DnsError::Conflict {
                         name: name.to_string(),
                         expected: "no other data beside a CNAME".into(),
@@ -162,7 +195,9 @@ impl Zone {
                     if let Change::Update { old, .. } = change {
                         state.sets.remove(&(old.name.clone(), old.rtype));
                     }
-                    state.sets.insert((new.name.clone(), new.rtype), new.clone());
+                    state
+                        .sets
+                        .insert((new.name.clone(), new.rtype), new.clone());
                 }
                 Change::Delete { old } => {
                     state.sets.remove(&(old.name.clone(), old.rtype));
@@ -203,18 +238,40 @@ mod tests {
     fn lookups_follow_cnames_and_tell_nodata_from_nxdomain() {
         let zone = Zone::new("z.test");
         zone.apply_changes(&[
-            Change::Create { new: set("demo.z.test", RecordType::Cname, "primary.r1.z.test.") },
-            Change::Create { new: set("primary.r1.z.test", RecordType::A, "10.0.0.1") },
-            Change::Create { new: set("ext.z.test", RecordType::Cname, "example.org.") },
+            Change::Create {
+                new: set("demo.z.test", RecordType::Cname, "primary.r1.z.test."),
+            },
+            Change::Create {
+                new: set("primary.r1.z.test", RecordType::A, "10.0.0.1"),
+            },
+            Change::Create {
+                new: set("ext.z.test", RecordType::Cname, "example.org."),
+            },
         ])
         .unwrap();
         let cases = [
-            ("demo.z.test.", Some(RecordType::A), Lookup::Answer(vec![
-                set("demo.z.test", RecordType::Cname, "primary.r1.z.test."),
-                set("primary.r1.z.test", RecordType::A, "10.0.0.1"),
-            ])),
-            ("DEMO.z.test.", Some(RecordType::Cname), Lookup::Answer(vec![set("demo.z.test", RecordType::Cname, "primary.r1.z.test.")])),
-            ("ext.z.test.", Some(RecordType::A), Lookup::Answer(vec![set("ext.z.test", RecordType::Cname, "example.org.")])),
+            (
+                "demo.z.test.",
+                Some(RecordType::A),
+                Lookup::Answer(vec![
+                    set("demo.z.test", RecordType::Cname, "primary.r1.z.test."),
+                    set("primary.r1.z.test", RecordType::A, "10.0.0.1"),
+                ]),
+            ),
+            (
+                "DEMO.z.test.",
+                Some(RecordType::Cname),
+                Lookup::Answer(vec![set(
+                    "demo.z.test",
+                    RecordType::Cname,
+                    "primary.r1.z.test.",
+                )]),
+            ),
+            (
+                "ext.z.test.",
+                Some(RecordType::A),
+                Lookup::Answer(vec![set("ext.z.test", RecordType::Cname, "example.org.")]),
+            ),
             ("primary.r1.z.test.", Some(RecordType::Txt), Lookup::NoData),
             ("r1.z.test.", Some(RecordType::A), Lookup::NoData),
             ("z.test.", Some(RecordType::A), Lookup::NoData),
@@ -233,23 +290,45 @@ mod tests {
         let v1 = set("demo.z.test", RecordType::Cname, "a.z.test.");
         let v2 = set("demo.z.test", RecordType::Cname, "b.z.test.");
         let serial = zone.serial();
-        zone.apply_changes(&[Change::Create { new: v1.clone() }]).unwrap();
+        zone.apply_changes(&[Change::Create { new: v1.clone() }])
+            .unwrap();
         assert_eq!(zone.serial(), serial + 1);
         // A create of an existing name and an update from a wrong old value both fail whole.
-        assert!(matches!(zone.apply_changes(&[Change::Create { new: v2.clone() }]), Err(DnsError::Conflict { .. })));
+        assert!(matches!(
+            zone.apply_changes(&[Change::Create { new: v2.clone() }]),
+            Err(DnsError::Conflict { .. })
+        ));
         let wrong = set("demo.z.test", RecordType::Cname, "c.z.test.");
         let batch = [
-            Change::Create { new: set("x.z.test", RecordType::A, "10.0.0.9") },
-            Change::Update { old: wrong, new: v2.clone() },
+            Change::Create {
+                new: set("x.z.test", RecordType::A, "10.0.0.9"),
+            },
+            Change::Update {
+                old: wrong,
+                new: v2.clone(),
+            },
         ];
-        assert!(matches!(zone.apply_changes(&batch), Err(DnsError::Conflict { .. })));
-        assert_eq!(zone.lookup("x.z.test.", Some(RecordType::A)), Lookup::NxDomain, "nothing of a failed batch lands");
+        assert!(matches!(
+            zone.apply_changes(&batch),
+            Err(DnsError::Conflict { .. })
+        ));
+        assert_eq!(
+            zone.lookup("x.z.test.", Some(RecordType::A)),
+            Lookup::NxDomain,
+            "nothing of a failed batch lands"
+        );
         assert_eq!(zone.serial(), serial + 1);
-        zone.apply_changes(&[Change::Update { old: v1, new: v2.clone() }]).unwrap();
+        zone.apply_changes(&[Change::Update {
+            old: v1,
+            new: v2.clone(),
+        }])
+        .unwrap();
         assert_eq!(zone.snapshot(), vec![v2]);
         assert_eq!(zone.serial(), serial + 2);
         assert!(matches!(
-            zone.apply_changes(&[Change::Create { new: set("demo.other.", RecordType::A, "10.0.0.1") }]),
+            zone.apply_changes(&[Change::Create {
+                new: set("demo.other.", RecordType::A, "10.0.0.1")
+            }]),
             Err(DnsError::OutOfZone { .. })
         ));
     }
