@@ -10,7 +10,7 @@ NAME=demo.valkey-dr.live
 KEYS=1000
 
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
-run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
+run() { printf '\033[2m$ %s\033[0m\n' "$*" >&2; "$@"; }
 writer_ip() { dig "${DNS[@]}" +short "$NAME" | tail -n1; }
 
 bold "1. Start the lab: us-east-1 (primary region) and us-east-2, two Valkey nodes each, a 7 ms region link, our DNS server"

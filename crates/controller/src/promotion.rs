@@ -313,8 +313,15 @@ impl Controller {
             }
         ));
 
+        // Verify: give the demoted primary a moment to finish its partial resync, so the report
+        // says whether replication is healthy again, not just that it is reconnecting.
         m.enter(Step::Verify);
-        let verified = self.reconcile_locked().await;
+        let verify_deadline = Instant::now() + Duration::from_secs(3);
+        let mut verified = self.reconcile_locked().await;
+        while !verified.as_ref().is_ok_and(|p| p.analysis.is_healthy()) && Instant::now() < verify_deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            verified = self.reconcile_locked().await;
+        }
         let detail = match &verified {
             Ok(pass) => pass
                 .analysis
