@@ -318,7 +318,9 @@ impl Controller {
         m.enter(Step::Verify);
         let verify_deadline = Instant::now() + Duration::from_secs(3);
         let mut verified = self.reconcile_locked().await;
-        while !verified.as_ref().is_ok_and(|p| p.analysis.is_healthy()) && Instant::now() < verify_deadline {
+        while !verified.as_ref().is_ok_and(|p| p.analysis.is_healthy())
+            && Instant::now() < verify_deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
             verified = self.reconcile_locked().await;
         }
