@@ -19,7 +19,11 @@ demo: deps build
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
-	$(CARGO) test --locked --workspace
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --locked --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --locked --workspace --no-fail-fast; \
+	fi
 
 lab-down:
 	@$(BIN) lab down --dir $(LAB_DIR)

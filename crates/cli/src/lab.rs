@@ -206,16 +206,14 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
                     );
                 }
             }
-            std::fs::write(
-                valkey_dr_lab::link::partition_file(&spec.dir),
-                regions.join("\n"),
-            )?;
+            valkey_dr_lab::link::set_partition(&spec.dir, &regions.iter().cloned().collect())
+                .await?;
             println!("region link cut for: {}", regions.join(", "));
             Ok(())
         }
         LabCommand::Heal { dir } => {
             let spec = dir.spec()?;
-            let _ = std::fs::remove_file(valkey_dr_lab::link::partition_file(&spec.dir));
+            valkey_dr_lab::link::set_partition(&spec.dir, &Default::default()).await?;
             println!("region link healed");
             Ok(())
         }
@@ -317,6 +315,8 @@ async fn up(spec: &LabSpec) -> Result<()> {
         process::down(spec).await;
         return Err(e.into());
     }
+    // One pass now, so DNS reflects the healthy topology before anyone looks.
+    control::request(&socket, &Request::Reconcile, |_| {}).await?;
     println!("lab up in {}", spec.dir.display());
     for (r, region) in spec.regions.iter().enumerate() {
         let nodes: Vec<String> = (0..spec.nodes_per_region as usize)

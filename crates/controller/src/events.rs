@@ -106,7 +106,7 @@ mod tests {
     fn formats_utc_timestamps() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(
-            super::rfc3339(1_795_830_469_123),
+            super::rfc3339(1_795_744_069_123),
             "2026-11-27T01:47:49.123Z"
         );
         assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");

@@ -148,10 +148,54 @@ pub async fn run_daemon(dir: &Path, links: &[LinkSpec], delay: Duration) -> std:
     partition.set(read_partition_file(dir));
     start(links, delay, partition.clone()).await?;
     loop {
-        if partition.set(read_partition_file(dir)) {
-            tracing::info!(cut = ?read_partition_file(dir), "region link partition changed");
+        let wanted = read_partition_file(dir);
+        if partition.set(wanted.clone()) || !applied_file(dir).exists() {
+            tracing::info!(cut = ?wanted, "region link partition changed");
+            write_list(&applied_file(dir), &wanted)?;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Written by the link daemon once a partition change is in force.
+fn applied_file(dir: &Path) -> PathBuf {
+    dir.join("partition.applied")
+}
+
+fn write_list(path: &Path, regions: &BTreeSet<String>) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, regions.iter().cloned().collect::<Vec<_>>().join("\n"))?;
+    std::fs::rename(tmp, path)
+}
+
+/// Asks the link daemon to cut `regions` off (empty: heal) and waits until it has done so.
+pub async fn set_partition(dir: &Path, regions: &BTreeSet<String>) -> std::io::Result<()> {
+    if regions.is_empty() {
+        match std::fs::remove_file(partition_file(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    } else {
+        write_list(&partition_file(dir), regions)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let applied: BTreeSet<String> = std::fs::read_to_string(applied_file(dir))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if &applied == regions {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the region link daemon did not apply the change (is the lab running?)",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -72,6 +72,8 @@ impl TestLab {
                 && s["dns"].as_array().is_some_and(|d| d.len() == 6)
         })
         .await;
+        // One pass on the healthy topology settles every record (readers join last).
+        lab.cli(&["reconcile"]);
         lab
     }
 
