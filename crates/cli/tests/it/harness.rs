@@ -20,7 +20,7 @@ pub struct TestLab {
 }
 
 /// A loopback block and port that are free on every address the lab will use.
-fn free_block_and_port() -> (u8, u16) {
+pub fn free_block_and_port() -> (u8, u16) {
     let seed = std::process::id()
         ^ NEXT
             .fetch_add(1, Ordering::Relaxed)

@@ -3,5 +3,6 @@
 
 mod config;
 mod harness;
+mod lab;
 mod promotion;
 mod reconcile;

@@ -1,0 +1,63 @@
+use std::process::Command;
+
+use crate::harness::{BIN, free_block_and_port};
+
+fn lab(args: &[&str], dir: &std::path::Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("lab")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The CLI lifecycle: `up` twice starts one copy, `down` leaves no process behind.
+#[test]
+fn lab_up_is_single_copy_and_down_leaves_no_process() {
+    let (block, port) = free_block_and_port();
+    let dir = std::env::temp_dir().join(format!("valkey-dr-lifecycle-{block}-{port}"));
+    let dns = format!("127.{block}.0.53:{port}");
+    let (port, block) = (port.to_string(), block.to_string());
+    let up = ["up", "--port", &port, "--block", &block, "--dns", &dns];
+    let (ok, out) = lab(&up, &dir);
+    assert!(ok, "{out}");
+    assert!(out.contains("lab up in"), "{out}");
+    let spec = valkey_dr_lab::LabSpec::load(&dir).unwrap();
+    let pids: Vec<i32> = valkey_dr_lab::process::processes(&spec)
+        .iter()
+        .map(|p| p.pid.unwrap())
+        .collect();
+    assert_eq!(pids.len(), 6, "four nodes, the link, the controller");
+
+    let (ok, out) = lab(&up, &dir);
+    assert!(ok && out.contains("already running"), "{out}");
+    let again: Vec<i32> = valkey_dr_lab::process::processes(&spec)
+        .iter()
+        .map(|p| p.pid.unwrap())
+        .collect();
+    assert_eq!(again, pids, "no second copy was started");
+
+    let (ok, out) = lab(&["status", "--output", "json"], &dir);
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["status"]["epoch"], 1);
+
+    let (ok, out) = lab(&["down"], &dir);
+    assert!(ok && out.contains("stopped 6 process(es)"), "{out}");
+    for pid in pids {
+        assert!(
+            !valkey_dr_lab::process::is_alive(pid),
+            "process {pid} survived lab down"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
