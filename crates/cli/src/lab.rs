@@ -76,7 +76,7 @@ pub enum LabCommand {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Cut the region link (all regions, or the ones named).
+    /// Cut the link between regions, or (with --region) isolate regions from everything.
     Partition {
         #[command(flatten)]
         dir: DirArg,
@@ -194,12 +194,12 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
         LabCommand::Partition { dir, regions } => {
             let spec = dir.spec()?;
             let regions = if regions.is_empty() {
-                spec.regions.clone()
+                vec![valkey_dr_lab::link::LINK.to_string()]
             } else {
                 regions
             };
             for r in &regions {
-                if !spec.regions.contains(r) {
+                if !spec.regions.contains(r) && r != valkey_dr_lab::link::LINK {
                     bail!(
                         "unknown region \"{r}\"; the lab has {}",
                         spec.regions.join(", ")
@@ -208,7 +208,16 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             }
             valkey_dr_lab::link::set_partition(&spec.dir, &regions.iter().cloned().collect())
                 .await?;
-            println!("region link cut for: {}", regions.join(", "));
+            if regions == [valkey_dr_lab::link::LINK] {
+                println!(
+                    "region link cut: regions cannot reach each other (the controller still reaches all)"
+                );
+            } else {
+                println!(
+                    "isolated from the other regions and the controller: {}",
+                    regions.join(", ")
+                );
+            }
             Ok(())
         }
         LabCommand::Heal { dir } => {
@@ -252,12 +261,7 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
         }
         LabCommand::Link { dir } => {
             let spec = LabSpec::load(&dir)?;
-            valkey_dr_lab::link::run_daemon(
-                &spec.dir,
-                &spec.links(),
-                Duration::from_millis(spec.link_delay_ms),
-            )
-            .await?;
+            valkey_dr_lab::link::run_daemon(&spec.dir, &spec.links()).await?;
             Ok(())
         }
     }

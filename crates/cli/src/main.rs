@@ -58,6 +58,21 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Unplanned failover to REGION when the writer is unreachable (it cannot be paused: writes it
+    /// took after the last replication may be lost; the report says how many bytes were at risk).
+    Failover {
+        region: String,
+        /// Confirm that writes may be lost.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Allow automatic failovers again after one happened (anti-flapping block).
+    Ack {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run one reconcile pass now.
     Reconcile {
         #[command(flatten)]
@@ -119,6 +134,27 @@ async fn dispatch(command: Command) -> Result<()> {
         } => {
             let config = load_config(&config)?;
             promote(&config, &region, output).await
+        }
+        Command::Failover {
+            region,
+            force,
+            config,
+        } => {
+            let config = load_config(&config)?;
+            let request = Request::Failover { region, force };
+            let result = control::request(&config.control_socket(), &request, |_| {}).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(())
+        }
+        Command::Ack { config } => {
+            let config = load_config(&config)?;
+            let result = control::request(&config.control_socket(), &Request::Ack, |_| {}).await?;
+            if result["was_blocked"] == true {
+                println!("automatic failovers are allowed again");
+            } else {
+                println!("automatic failovers were not blocked");
+            }
+            Ok(())
         }
         Command::Reconcile { config } => {
             let config = load_config(&config)?;

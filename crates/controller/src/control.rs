@@ -2,7 +2,8 @@
 //!
 //! The socket lives in the state directory with mode 0600, so only the controller's user can
 //! move the writer. Requests:
-//! `{"command":"status"}`, `{"command":"reconcile"}`, `{"command":"promote","region":"…"}`.
+//! `{"command":"status"}`, `{"command":"reconcile"}`, `{"command":"promote","region":"…"}`,
+//! `{"command":"failover","region":"…","force":true}`, `{"command":"ack"}`.
 //! A promotion streams its events as `{"event":…}` lines and ends with `{"result":…}` or
 //! `{"error":"…"}`.
 
@@ -23,6 +24,8 @@ pub enum Request {
     Status,
     Reconcile,
     Promote { region: String },
+    Failover { region: String, force: bool },
+    Ack,
 }
 
 pub struct ControlServer {
@@ -94,6 +97,13 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
             }}),
             Err(e) => json!({ "error": e.to_string() }),
         },
+        Request::Failover { region, force } => {
+            match controller.forced_failover(&region, force).await {
+                Ok(report) => json!({ "result": report }),
+                Err(e) => json!({ "error": e.to_string() }),
+            }
+        }
+        Request::Ack => json!({ "result": { "was_blocked": controller.ack() } }),
         Request::Promote { region } => {
             let mut events = controller.events.subscribe();
             let task = {

@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod events;
+pub mod failover;
 pub mod promotion;
 pub mod reconcile;
 pub mod state;
@@ -58,6 +59,7 @@ pub struct Controller {
     /// Held by every pass and every promotion: they never interleave.
     pub(crate) topology_lock: tokio::sync::Mutex<()>,
     pub(crate) memory: std::sync::Mutex<reconcile::Memory>,
+    pub(crate) health: std::sync::Mutex<failover::Health>,
     pub(crate) wake: tokio::sync::Notify,
 }
 
@@ -84,6 +86,7 @@ impl Controller {
             epoch: std::sync::Mutex::new(epoch),
             topology_lock: tokio::sync::Mutex::new(()),
             memory: std::sync::Mutex::new(reconcile::Memory::default()),
+            health: std::sync::Mutex::new(failover::Health::default()),
             wake: tokio::sync::Notify::new(),
             config,
         })
@@ -122,9 +125,16 @@ impl Controller {
     pub async fn run_loop(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let interval = Duration::from_millis(self.config.controller.reconcile_interval_ms);
+        let probe_interval =
+            Duration::from_millis(self.config.controller.probe_interval_ms).min(interval);
         let mut failures = 0u32;
         loop {
             let delay = match self.reconcile_once().await {
+                // While a node is failing, probe faster so that `down_after` is measured finely.
+                Ok(_) if self.health.lock().expect("health lock").any_failing() => {
+                    failures = 0;
+                    probe_interval
+                }
                 Ok(_) => {
                     failures = 0;
                     interval

@@ -144,7 +144,7 @@ impl Controller {
     ) -> Result<PromotionReport, PromoteError> {
         let topology = &self.topology;
         let name = |n: NodeId| topology.node_name(n);
-        let endpoint = |n: NodeId| &topology.node(n).endpoint;
+        let endpoint = |n: NodeId| &topology.node(n).control_endpoint;
 
         m.enter(Step::Preflight);
         let target_region = topology
@@ -352,7 +352,11 @@ impl Controller {
 
     /// Undoes the fence before Promote: unpause the old primary.
     async fn abort(&self, old: NodeId, error: PromoteError) -> PromoteError {
-        if let Err(e) = self.engine.unpause(&self.topology.node(old).endpoint).await {
+        if let Err(e) = self
+            .engine
+            .unpause(&self.topology.node(old).control_endpoint)
+            .await
+        {
             tracing::warn!(error = %e, "unpause after abort failed; the pause expires by itself");
         }
         error

@@ -19,6 +19,13 @@ pub struct Memory {
     findings: Vec<String>,
     conflicts: Vec<(String, String)>,
     bootstrap_problem: Option<String>,
+    /// The last failover situation reported, to report each once.
+    pub(crate) decision: String,
+    /// Automatic failovers wait until then (anti-flapping); `ack` clears it.
+    pub(crate) blocked_until: Option<std::time::Instant>,
+    /// The writer's replication offset when last seen: the basis of "data at risk".
+    pub(crate) last_writer_offset: u64,
+    started: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -67,17 +74,30 @@ impl Controller {
     }
 
     pub(crate) async fn reconcile_locked(&self) -> Result<PassOutcome, DnsError> {
-        let observations = self.engine.observe_all(&self.topology).await;
+        let mut observations = self.engine.observe_all(&self.topology).await;
         let current = self.dns.records(&self.names.all(&self.topology)).await?;
         let epoch = match self.epoch() {
             Some(epoch) => Some(epoch),
             None => self.bootstrap(&observations, &current),
         };
-        let analysis = analyze(&self.topology, &observations, epoch.as_ref());
+        let mut analysis = analyze(&self.topology, &observations, epoch.as_ref());
         self.note_changes(&observations, &analysis);
+        // Act on the nodes first (failover, completing a promotion, fencing), then look again:
+        // DNS is computed only from what the nodes say after that.
+        let (epoch, failed_over) = self.detect_and_fail_over(&observations, epoch).await;
+        let enforced = match epoch {
+            Some(e) if !failed_over => self.enforce_epoch(&observations, e).await,
+            _ => false,
+        };
+        if failed_over || enforced {
+            observations = self.engine.observe_all(&self.topology).await;
+            analysis = analyze(&self.topology, &observations, epoch.as_ref());
+            self.note_changes(&observations, &analysis);
+        }
+        self.first_pass_housekeeping(&observations, &analysis).await;
 
         if let Some(primary) = analysis.active_primary {
-            let endpoint = &self.topology.node(primary).endpoint;
+            let endpoint = &self.topology.node(primary).control_endpoint;
             if let Err(e) = self.engine.write_heartbeat(endpoint, now_ms()).await {
                 tracing::debug!(error = %e, "heartbeat not written");
             }
@@ -171,18 +191,44 @@ impl Controller {
             let analysis::Finding::ReplicaMisdirected { node, expected, .. } = finding else {
                 continue;
             };
-            let endpoint = &self.topology.node(*node).endpoint;
+            let endpoint = &self.topology.node(*node).control_endpoint;
             let source = self.topology.replication_endpoint(*expected, *node);
             let result = self.engine.replicate_from(endpoint, &source).await;
             self.events.emit(
                 "replica_repointed",
                 json!({
-                    "node": endpoint.to_string(),
+                    "node": self.topology.node_name(*node),
                     "source": source.to_string(),
                     "ok": result.is_ok(),
                     "error": result.err().map(|e| e.to_string()),
                 }),
             );
+        }
+    }
+
+    /// Remembers the writer's offset; on the first pass after a start, lifts a write pause that
+    /// a controller which died mid-switchover may have left on the writer.
+    async fn first_pass_housekeeping(&self, observations: &[NodeObservation], analysis: &Analysis) {
+        let Some(writer) = analysis.active_primary else {
+            return;
+        };
+        let offset = observations
+            .iter()
+            .find(|o| o.node == writer)
+            .and_then(|o| o.info())
+            .map(|i| i.offset);
+        let first = {
+            let mut memory = self.memory.lock().expect("memory lock");
+            if let Some(offset) = offset {
+                memory.last_writer_offset = offset;
+            }
+            !std::mem::replace(&mut memory.started, true)
+        };
+        if first {
+            let _ = self
+                .engine
+                .unpause(&self.topology.node(writer).control_endpoint)
+                .await;
         }
     }
 

@@ -47,6 +47,10 @@ pub struct NodeConfig {
     /// region's name: a proxy, NAT or peering address. Defaults to `host:port`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub replication_address: BTreeMap<String, String>,
+    /// How the controller reaches this node ("host:port"), when not at `host:port` (a proxy, a
+    /// tunnel). Defaults to `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_address: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +99,30 @@ pub struct ControllerConfig {
     /// How long a planned switchover waits for the target to catch up before it aborts.
     #[serde(default = "default_catchup_timeout_ms")]
     pub catchup_timeout_ms: u64,
+    /// A node counts as down only after failing every probe for this long (short blips are ignored).
+    #[serde(default = "default_down_after_ms")]
+    pub down_after_ms: u64,
+    /// Probe interval while some node is failing (faster than the reconcile interval).
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+    /// Promote a replica of the writer's region when the writer node is down (like Multi-AZ).
+    #[serde(default = "default_true")]
+    pub in_region_failover: bool,
+    /// When the writer's whole region is down: `manual` reports and waits for
+    /// `valkey-dr failover <region> --force`; `auto` promotes the best node of another region.
+    #[serde(default)]
+    pub cross_region_failover: FailoverPolicy,
+    /// After an automatic failover, further automatic failovers wait for `valkey-dr ack` or this long.
+    #[serde(default = "default_failover_block_ms")]
+    pub failover_block_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverPolicy {
+    #[default]
+    Manual,
+    Auto,
 }
 
 impl Default for ControllerConfig {
@@ -104,6 +132,11 @@ impl Default for ControllerConfig {
             connect_timeout_ms: default_connect_timeout_ms(),
             command_timeout_ms: default_command_timeout_ms(),
             catchup_timeout_ms: default_catchup_timeout_ms(),
+            down_after_ms: default_down_after_ms(),
+            probe_interval_ms: default_probe_interval_ms(),
+            in_region_failover: true,
+            cross_region_failover: FailoverPolicy::Manual,
+            failover_block_ms: default_failover_block_ms(),
         }
     }
 }
@@ -134,6 +167,18 @@ fn default_command_timeout_ms() -> u64 {
 }
 fn default_catchup_timeout_ms() -> u64 {
     5000
+}
+fn default_down_after_ms() -> u64 {
+    1500
+}
+fn default_probe_interval_ms() -> u64 {
+    250
+}
+fn default_failover_block_ms() -> u64 {
+    300_000
+}
+fn default_true() -> bool {
+    true
 }
 
 /// A configuration problem: which field, what is wrong, how to fix it.
@@ -249,6 +294,15 @@ impl Config {
         }
         for (r, region) in self.regions.iter().enumerate() {
             for (n, node) in region.nodes.iter().enumerate() {
+                if let Some(address) = &node.controller_address {
+                    Endpoint::parse(address).map_err(|problem| {
+                        ConfigError::invalid(
+                            format!("regions[{r}].nodes[{n}].controller_address"),
+                            problem,
+                            "write the address as \"host:port\"",
+                        )
+                    })?;
+                }
                 for (from, address) in &node.replication_address {
                     let field = format!("regions[{r}].nodes[{n}].replication_address.{from}");
                     if !region_names.contains(from.as_str()) || from == &region.name {
@@ -325,6 +379,8 @@ impl Config {
             ("controller.connect_timeout_ms", c.connect_timeout_ms),
             ("controller.command_timeout_ms", c.command_timeout_ms),
             ("controller.catchup_timeout_ms", c.catchup_timeout_ms),
+            ("controller.down_after_ms", c.down_after_ms),
+            ("controller.probe_interval_ms", c.probe_interval_ms),
         ] {
             if value == 0 || value > 600_000 {
                 return Err(ConfigError::invalid(
@@ -333,6 +389,13 @@ impl Config {
                     "use a value between 1 and 600000 milliseconds",
                 ));
             }
+        }
+        if c.failover_block_ms > 86_400_000 {
+            return Err(ConfigError::invalid(
+                "controller.failover_block_ms",
+                format!("{} ms is more than a day", c.failover_block_ms),
+                "use at most 86400000 (0 disables the block)",
+            ));
         }
         Ok(())
     }

@@ -70,6 +70,8 @@ pub struct Node {
     pub endpoint: Endpoint,
     /// Address used by nodes of another region to replicate from this one.
     pub replication_address: BTreeMap<RegionId, Endpoint>,
+    /// Where the controller talks to this node (usually `endpoint`).
+    pub control_endpoint: Endpoint,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,10 +101,16 @@ impl Topology {
             for node in &region.nodes {
                 let id = NodeId(nodes.len());
                 ids.push(id);
+                let endpoint = Endpoint::new(&node.host, node.port);
                 nodes.push(Node {
                     id,
                     region: RegionId(r),
-                    endpoint: Endpoint::new(&node.host, node.port),
+                    control_endpoint: node
+                        .controller_address
+                        .as_deref()
+                        .map(|a| Endpoint::parse(a).expect("validated address"))
+                        .unwrap_or_else(|| endpoint.clone()),
+                    endpoint,
                     replication_address: node
                         .replication_address
                         .iter()

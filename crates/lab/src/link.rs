@@ -16,17 +16,24 @@ use tokio::time::Instant;
 
 use crate::spec::LinkSpec;
 
-/// Which regions are cut off from the others.
+/// Which parts of the lab are cut off. Entries are region names (that region is isolated from
+/// the other regions and from the controller) or [`LINK`] (regions cannot reach each other, the
+/// controller still reaches all of them).
 #[derive(Default)]
 pub struct Partition {
     cut: RwLock<BTreeSet<String>>,
 }
 
+/// The partition entry that cuts only the link between regions.
+pub const LINK: &str = "region-link";
+
 impl Partition {
-    /// True when traffic between the two regions must not flow.
+    /// True when traffic between the two sides must not flow.
     pub fn blocks(&self, a: &str, b: &str) -> bool {
         let cut = self.cut.read().expect("partition lock");
-        a != b && (cut.contains(a) || cut.contains(b))
+        let between_regions =
+            a != crate::spec::CONTROLLER_VANTAGE && b != crate::spec::CONTROLLER_VANTAGE;
+        a != b && (cut.contains(a) || cut.contains(b) || (between_regions && cut.contains(LINK)))
     }
 
     pub fn set(&self, regions: BTreeSet<String>) -> bool {
@@ -54,7 +61,6 @@ pub fn read_partition_file(dir: &Path) -> BTreeSet<String> {
 /// Starts one listener per link; returns the bound addresses (useful when a port was 0).
 pub async fn start(
     links: &[LinkSpec],
-    delay: Duration,
     partition: Arc<Partition>,
 ) -> std::io::Result<Vec<SocketAddr>> {
     let mut bound = Vec::new();
@@ -63,6 +69,7 @@ pub async fn start(
         bound.push(listener.local_addr()?);
         let link = link.clone();
         let partition = partition.clone();
+        let delay = Duration::from_millis(link.delay_ms);
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -143,10 +150,10 @@ async fn pump(
 
 /// Runs the link daemon of a lab until the process is stopped: the proxies, plus a watcher that
 /// applies `partition` file changes within ~10 ms.
-pub async fn run_daemon(dir: &Path, links: &[LinkSpec], delay: Duration) -> std::io::Result<()> {
+pub async fn run_daemon(dir: &Path, links: &[LinkSpec]) -> std::io::Result<()> {
     let partition = Arc::new(Partition::default());
     partition.set(read_partition_file(dir));
-    start(links, delay, partition.clone()).await?;
+    start(links, partition.clone()).await?;
     loop {
         let wanted = read_partition_file(dir);
         if partition.set(wanted.clone()) || !applied_file(dir).exists() {
@@ -225,11 +232,10 @@ mod tests {
             target,
             from_region: "a".into(),
             to_region: "b".into(),
+            delay_ms: 20,
         };
         let partition = Arc::new(Partition::default());
-        let bound = start(&[link], Duration::from_millis(20), partition.clone())
-            .await
-            .unwrap();
+        let bound = start(&[link], partition.clone()).await.unwrap();
         let mut conn = TcpStream::connect(bound[0]).await.unwrap();
         let started = std::time::Instant::now();
         conn.write_all(b"ping").await.unwrap();
@@ -245,6 +251,12 @@ mod tests {
         conn.write_all(b"lost").await.unwrap();
         let cut = tokio::time::timeout(Duration::from_millis(200), conn.read_exact(&mut buf)).await;
         assert!(cut.is_err(), "nothing flows through a partition");
+        partition.set([LINK.to_string()].into());
+        assert!(partition.blocks("a", "b"));
+        assert!(
+            !partition.blocks(crate::spec::CONTROLLER_VANTAGE, "b"),
+            "the controller still sees b"
+        );
         partition.set(BTreeSet::new());
         tokio::time::timeout(Duration::from_secs(2), conn.read_exact(&mut buf))
             .await

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use valkey_dr_core::Config;
 use valkey_dr_core::config::{
-    ControllerConfig, DnsConfig, DnsProviderConfig, NodeConfig, RegionConfig,
+    ControllerConfig, DnsConfig, DnsProviderConfig, FailoverPolicy, NodeConfig, RegionConfig,
 };
 
 /// Everything that defines one lab. Stored as `lab.json` in the lab directory.
@@ -27,7 +27,13 @@ pub struct LabSpec {
     pub ttl: u32,
     pub zone: String,
     pub global_name: String,
+    /// The controller's policy when the writer's whole region is down.
+    pub failover: FailoverPolicy,
 }
+
+/// The name under which the controller's links appear in partitions: the controller watches the
+/// regions from outside, so isolating a region also hides it from the controller.
+pub const CONTROLLER_VANTAGE: &str = "controller";
 
 impl LabSpec {
     pub fn reference(dir: PathBuf) -> LabSpec {
@@ -42,6 +48,7 @@ impl LabSpec {
             ttl: 1,
             zone: "valkey-dr.live".into(),
             global_name: "demo".into(),
+            failover: FailoverPolicy::Auto,
         }
     }
 
@@ -64,7 +71,14 @@ impl LabSpec {
         )
     }
 
-    /// Every link endpoint: (listen address, target node, region of the listener, region of the target).
+    /// Where the controller reaches node `index` of `region`: `127.<block>.0.<100 + 10·region + index>`.
+    pub fn controller_link_addr(&self, region: usize, index: usize) -> SocketAddr {
+        let host = 100 + 10 * (region as u8 + 1) + index as u8 + 1;
+        SocketAddr::new(Ipv4Addr::new(127, self.block, 0, host).into(), self.port)
+    }
+
+    /// Every link endpoint: the region link between regions (delayed), and the controller's
+    /// links to every node (not delayed, but cut when the node's region is isolated).
     pub fn links(&self) -> Vec<LinkSpec> {
         let mut links = Vec::new();
         for region in 0..self.regions.len() {
@@ -75,8 +89,16 @@ impl LabSpec {
                         target: self.node_addr(region, index),
                         from_region: self.regions[from].clone(),
                         to_region: self.regions[region].clone(),
+                        delay_ms: self.link_delay_ms,
                     });
                 }
+                links.push(LinkSpec {
+                    listen: self.controller_link_addr(region, index),
+                    target: self.node_addr(region, index),
+                    from_region: CONTROLLER_VANTAGE.into(),
+                    to_region: self.regions[region].clone(),
+                    delay_ms: 0,
+                });
             }
         }
         links
@@ -111,6 +133,7 @@ impl LabSpec {
                                 )
                             })
                             .collect::<BTreeMap<_, _>>(),
+                        controller_address: Some(self.controller_link_addr(r, i).to_string()),
                     })
                     .collect(),
             })
@@ -128,7 +151,10 @@ impl LabSpec {
                     listen: self.dns.to_string(),
                 },
             },
-            controller: ControllerConfig::default(),
+            controller: ControllerConfig {
+                cross_region_failover: self.failover,
+                ..ControllerConfig::default()
+            },
         }
     }
 
@@ -138,7 +164,7 @@ impl LabSpec {
         let ip = self.node_ip(region, index);
         let dir = self.node_dir(region, index);
         let mut conf = format!(
-            "bind {ip}\nport {port}\ndaemonize yes\npidfile {pid}\nlogfile {log}\ndir {dir}\n\
+            "bind {ip}\nport {port}\nreplica-announce-ip {ip}\ndaemonize yes\npidfile {pid}\nlogfile {log}\ndir {dir}\n\
              save \"\"\nappendonly no\nprotected-mode no\n\
              repl-diskless-sync yes\nrepl-diskless-sync-delay 0\n\
              repl-timeout 5\nrepl-ping-replica-period 1\n",
@@ -194,6 +220,8 @@ pub struct LinkSpec {
     pub target: SocketAddr,
     pub from_region: String,
     pub to_region: String,
+    /// One-way delay.
+    pub delay_ms: u64,
 }
 
 #[cfg(test)]
@@ -206,7 +234,15 @@ mod tests {
         assert_eq!(spec.node_addr(0, 0).to_string(), "127.0.1.1:6379");
         assert_eq!(spec.node_addr(1, 1).to_string(), "127.0.2.2:6379");
         assert_eq!(spec.link_addr(1, 0, 0).to_string(), "127.0.2.111:6379");
-        assert_eq!(spec.links().len(), 4);
+        assert_eq!(
+            spec.links().len(),
+            8,
+            "4 region-link ends + 4 controller links"
+        );
+        assert_eq!(
+            spec.controller_link_addr(0, 0).to_string(),
+            "127.0.0.111:6379"
+        );
         let config = spec.controller_config();
         config.validate().expect("lab config is valid");
         assert!(

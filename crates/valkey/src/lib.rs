@@ -159,7 +159,7 @@ impl ValkeyEngine {
             topology
                 .nodes
                 .iter()
-                .map(|n| self.observe(n.id, &n.endpoint)),
+                .map(|n| self.observe(n.id, &n.control_endpoint)),
         )
         .await
     }

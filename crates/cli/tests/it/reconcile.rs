@@ -44,9 +44,10 @@ async fn a_second_reconcile_pass_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_empty_node_restarted_as_a_master_is_never_served() {
+async fn an_empty_node_restarted_as_a_master_is_never_served_and_is_fenced() {
     let lab = TestLab::start().await;
     let rogue_ip = lab.ip(1, 0);
+    let rogue = format!("{rogue_ip}:{}", lab.spec.port);
     let pid: i32 = std::fs::read_to_string(lab.spec.node_pidfile(1, 0))
         .unwrap()
         .trim()
@@ -57,6 +58,16 @@ async fn an_empty_node_restarted_as_a_master_is_never_served() {
     while valkey_dr_lab::process::is_alive(pid) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The controller moves the region's names off the dead node.
+    lab.wait_until(|s| {
+        s["dns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| !r["values"].to_string().contains(&rogue_ip))
+    })
+    .await;
+
     // Restart it without persistence and without `replicaof`: an empty, writable master.
     let conf = lab.spec.valkey_conf(1, 0);
     let conf: String = conf
@@ -73,59 +84,54 @@ async fn an_empty_node_restarted_as_a_master_is_never_served() {
             .unwrap();
     assert!(status.success());
 
-    let status = lab
-        .wait_until(|s| {
-            s["findings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f.as_str().unwrap().starts_with("rogue master"))
-        })
-        .await;
-    let rogue = format!("{rogue_ip}:{}", lab.spec.port);
-    assert!(
-        status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["node"] == rogue && n["role"] == "primary")
-    );
-    // Once a pass has seen it (the controller reacts within one reconcile interval), and over
-    // several passes after that, no name leads to the rogue node.
-    lab.cli(&["reconcile"]);
-    for _ in 0..10 {
-        for name in [
-            "demo",
-            "primary.us-east-2",
-            "reader.us-east-2",
-            "primary.us-east-1",
-            "reader.us-east-1",
-        ] {
-            let answer = lab.dig_short(&lab.name(name), "A");
-            assert!(
-                !answer.contains(&rogue_ip),
-                "{name} leads to the rogue master: {answer:?}"
-            );
-            assert!(!answer.is_empty(), "{name} still resolves");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        lab.dig_short(&lab.name("demo"), "A")[1],
-        lab.ip(0, 0),
-        "the writer's name is unchanged"
-    );
-    // The replica that followed the rogue is pointed back at the writer.
-    let writer = format!("{}:{}", lab.ip(0, 0), lab.spec.port);
-    let other = format!("{}:{}", lab.ip(1, 1), lab.spec.port);
+    // It is fenced: demoted to a replica of its region's head, which took over following the
+    // writer when it died.
+    let head = format!("{}:{}", lab.ip(1, 1), lab.spec.port);
     lab.wait_until(|s| {
         s["nodes"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|n| n["node"] == other && n["follows"] == writer)
+            .any(|n| n["node"] == rogue && n["follows"] == head && n["link"] == "up")
     })
     .await;
+    assert_eq!(
+        lab.dig_short(&lab.name("demo"), "A")[1],
+        lab.ip(0, 0),
+        "the writer's name never moved"
+    );
+
+    // The event stream shows the order: seen as a master, fenced, and no DNS plan in between
+    // (or before the kill's recovery) ever named it.
+    let events = std::fs::read_to_string(lab.spec.controller_dir().join("events.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen_master = events
+        .iter()
+        .position(|e| {
+            e["event"] == "observation_changed" && e["node"] == rogue && e["now"] == "primary"
+        })
+        .expect("the controller saw the rogue master");
+    let fenced = events
+        .iter()
+        .position(|e| e["event"] == "fenced" && e["node"] == rogue)
+        .expect("the rogue master was fenced");
+    assert!(seen_master < fenced);
+    for e in &events[seen_master..fenced] {
+        if e["event"] == "dns_plan" {
+            assert!(
+                !e.to_string().contains(&rogue_ip),
+                "a plan named the rogue master: {e}"
+            );
+        }
+    }
+    // Over several passes after that, the names stay right.
+    for _ in 0..5 {
+        assert_eq!(lab.dig_short(&lab.name("demo"), "A")[1], lab.ip(0, 0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
