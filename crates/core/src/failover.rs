@@ -157,13 +157,9 @@ mod tests {
         ];
         let auto = policy(FailoverPolicy::Auto, false);
         let manual = policy(FailoverPolicy::Manual, false);
-        let cases: Vec<(
-            &str,
-            Vec<NodeObservation>,
-            BTreeSet<NodeId>,
-            Policy,
-            Decision,
-        )> = vec![
+        // (situation, observations, nodes down for down_after, policy, expected decision)
+        type Case = (&'static str, Vec<NodeObservation>, BTreeSet<NodeId>, Policy, Decision);
+        let cases: Vec<Case)> = vec![
             (
                 "writer up",
                 crate::analysis::tests::healthy(),
