@@ -158,8 +158,14 @@ mod tests {
         let auto = policy(FailoverPolicy::Auto, false);
         let manual = policy(FailoverPolicy::Manual, false);
         // (situation, observations, nodes down for down_after, policy, expected decision)
-        type Case = (&'static str, Vec<NodeObservation>, BTreeSet<NodeId>, Policy, Decision);
-        let cases: Vec<Case)> = vec![
+        type Case = (
+            &'static str,
+            Vec<NodeObservation>,
+            BTreeSet<NodeId>,
+            Policy,
+            Decision,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "writer up",
                 crate::analysis::tests::healthy(),
