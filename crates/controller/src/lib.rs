@@ -61,6 +61,9 @@ pub struct Controller {
     pub(crate) memory: std::sync::Mutex<reconcile::Memory>,
     pub(crate) health: std::sync::Mutex<failover::Health>,
     pub(crate) wake: tokio::sync::Notify,
+    /// Fault injection for crash tests: `VALKEY_DR_FAULT=crash-after:<step>` makes the process
+    /// abort right after that promotion step, as a crash or `kill -9` would.
+    fault: Option<String>,
 }
 
 impl Controller {
@@ -88,6 +91,7 @@ impl Controller {
             memory: std::sync::Mutex::new(reconcile::Memory::default()),
             health: std::sync::Mutex::new(failover::Health::default()),
             wake: tokio::sync::Notify::new(),
+            fault: std::env::var("VALKEY_DR_FAULT").ok(),
             config,
         })
     }
@@ -113,6 +117,19 @@ impl Controller {
         self.state_file.store(&self.topology, &record)?;
         *self.epoch.lock().expect("epoch lock") = Some(record);
         Ok(())
+    }
+
+    pub(crate) fn fault_point(&self, step: promotion::Step) {
+        let name = serde_json::to_value(step)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string));
+        if let (Some(fault), Some(name)) = (&self.fault, name)
+            && fault.strip_prefix("crash-after:") == Some(name.as_str())
+        {
+            self.events
+                .emit("fault_injected", serde_json::json!({ "crash_after": name }));
+            std::process::abort();
+        }
     }
 
     /// Asks for a reconcile pass as soon as possible.

@@ -102,6 +102,7 @@ impl Machine<'_> {
                 duration_ms: round(duration_ms),
                 detail,
             });
+            self.controller.fault_point(step);
         }
     }
 }

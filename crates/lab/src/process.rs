@@ -146,20 +146,33 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
         )
         .await?;
     }
-    spawn_daemon(valkey_dr, &["lab", "link", "--dir"], spec, "link")?;
-    spawn_daemon(valkey_dr, &["run", "--config"], spec, "controller")?;
+    spawn_daemon(valkey_dr, &["lab", "link", "--dir"], spec, "link", &[])?;
+    start_controller(spec, valkey_dr, &[])?;
     Ok(true)
 }
 
-/// Starts `valkey-dr <args> <path>` detached from the terminal, logging to `<name>.log`.
+/// Starts the lab's controller (again), with extra environment variables.
+pub fn start_controller(
+    spec: &LabSpec,
+    valkey_dr: &Path,
+    env: &[(&str, &str)],
+) -> Result<(), LabError> {
+    spawn_daemon(valkey_dr, &["run", "--config"], spec, "controller", env)
+}
+
+/// Starts `valkey-dr <args> <path>` detached from the terminal, appending to `<name>.log`.
 fn spawn_daemon(
     valkey_dr: &Path,
     args: &[&str],
     spec: &LabSpec,
     name: &str,
+    env: &[(&str, &str)],
 ) -> Result<(), LabError> {
     use std::os::unix::process::CommandExt;
-    let log = std::fs::File::create(spec.dir.join(format!("{name}.log")))
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.dir.join(format!("{name}.log")))
         .map_err(io("creating a log file"))?;
     let target = if name == "link" {
         spec.dir.clone()
@@ -169,6 +182,7 @@ fn spawn_daemon(
     let child = Command::new(valkey_dr)
         .args(args)
         .arg(target)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(io("log file"))?)
         .stderr(log)

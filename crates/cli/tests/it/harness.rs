@@ -53,6 +53,11 @@ pub fn free_block_and_port() -> (u8, u16) {
 
 impl TestLab {
     pub async fn start() -> TestLab {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a lab whose spec `adjust` may change first (e.g. the failover policy).
+    pub async fn start_with(adjust: impl FnOnce(&mut LabSpec)) -> TestLab {
         let (block, port) = free_block_and_port();
         let dir = std::env::temp_dir().join(format!(
             "valkey-dr-test-{block}-{port}-{}",
@@ -64,6 +69,8 @@ impl TestLab {
             dns: SocketAddr::new(Ipv4Addr::new(127, block, 0, 53).into(), port),
             ..LabSpec::reference(dir)
         };
+        let mut spec = spec;
+        adjust(&mut spec);
         let started = process::up(&spec, BIN.as_ref()).await.expect("lab starts");
         assert!(started, "a fresh directory has no running lab");
         let lab = TestLab { spec };
@@ -148,6 +155,50 @@ impl TestLab {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `valkey-dr lab <args> --dir <lab>`; panics on failure.
+    pub fn lab(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("lab")
+            .args(args)
+            .arg("--dir")
+            .arg(&self.spec.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lab {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The controller's events so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.spec.controller_dir().join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn node(&self, region: usize, index: usize) -> String {
+        format!("{}:{}", self.ip(region, index), self.spec.port)
+    }
+
+    /// SIGKILLs one node's valkey-server and waits until it is gone.
+    pub async fn kill_node(&self, region: usize, index: usize) {
+        let pid: i32 = std::fs::read_to_string(self.spec.node_pidfile(region, index))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: signal to the lab's own valkey-server.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        while process::is_alive(pid) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn connection(&self, ip: &str) -> redis::aio::MultiplexedConnection {

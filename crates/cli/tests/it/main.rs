@@ -2,6 +2,7 @@
 //! the controller's DNS server, queried with `dig`.
 
 mod config;
+mod failover;
 mod harness;
 mod lab;
 mod promotion;

@@ -1,0 +1,275 @@
+use std::time::{Duration, Instant};
+
+use valkey_dr_core::config::FailoverPolicy;
+use valkey_dr_lab::writer;
+
+use crate::harness::{BIN, TestLab};
+use crate::promotion::writer_config;
+
+/// The epoch is `n` and DNS already carries it (the controller records the epoch first).
+fn epoch_is(n: u64) -> impl Fn(&serde_json::Value) -> bool {
+    move |s| s["epoch"] == n && s["dns"].to_string().contains(&format!("epoch={n},"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_the_primary_node_fails_over_within_the_region_and_dns_follows() {
+    let lab = TestLab::start().await;
+    let config = writer_config(&lab);
+    let (report, ()) = tokio::join!(
+        writer::run(&config, tokio::time::sleep(Duration::from_secs(5))),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            lab.kill_node(0, 0).await;
+        }
+    );
+    let status = lab.wait_until(epoch_is(2)).await;
+    assert_eq!(
+        status["primary"],
+        lab.node(0, 1),
+        "the region's replica took over"
+    );
+    assert_eq!(
+        lab.dig_short(&lab.name("primary.us-east-1"), "A"),
+        vec![lab.ip(0, 1)]
+    );
+    assert_eq!(
+        lab.dig_short(&lab.name("demo"), "A"),
+        vec![lab.name("primary.us-east-1"), lab.ip(0, 1)]
+    );
+    assert!(
+        lab.dig_short(&lab.name("_valkey-dr.demo"), "TXT")[0].contains("epoch=2,primary=us-east-1")
+    );
+    // The other region now follows the new writer across the link.
+    lab.wait_until(|s| s["nodes"][2]["follows"] == lab.node(0, 1) && s["nodes"][2]["link"] == "up")
+        .await;
+    assert_eq!(
+        report.targets,
+        vec![lab.ip(0, 0), lab.ip(0, 1)],
+        "the writer followed the name: {report:?}"
+    );
+    let started = lab
+        .events()
+        .iter()
+        .find(|e| e["event"] == "failover_started")
+        .cloned()
+        .unwrap();
+    assert_eq!(started["kind"], "in_region");
+    assert!(
+        started["detection_ms"].as_u64().unwrap() >= 1500,
+        "down_after is respected: {started}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn isolating_the_primary_region_with_auto_fails_over_across_regions_and_heal_fences_the_old_primary()
+ {
+    let lab = TestLab::start().await;
+    let mut conn = lab.connection(&lab.ip(0, 0)).await;
+    let _: () = redis::cmd("SET")
+        .arg("before-cut")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    lab.lab(&["partition", "--region", "us-east-1"]);
+    let status = lab.wait_until(epoch_is(2)).await;
+    assert_eq!(status["primary_region"], "us-east-2");
+    assert_eq!(
+        lab.dig_short(&lab.name("demo"), "CNAME"),
+        vec![lab.name("primary.us-east-2")]
+    );
+    let new_writer_ip = lab.dig_short(&lab.name("demo"), "A")[1].clone();
+    assert!(new_writer_ip.starts_with(&format!("127.{}.2.", lab.spec.block)));
+    let started = lab
+        .events()
+        .iter()
+        .find(|e| e["event"] == "failover_started")
+        .cloned()
+        .unwrap();
+    assert_eq!(started["kind"], "cross_region");
+
+    // The old primary, still a master inside its isolated region, takes a write no one will see.
+    let _: () = redis::cmd("SET")
+        .arg("split-write")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    lab.lab(&["heal"]);
+    // From the heal on, the name never leads back to the old primary; it is fenced and rejoins.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(lab.dig_short(&lab.name("demo"), "A")[1], new_writer_ip);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status = lab
+        .wait_until(|s| s["nodes"][0]["role"] == "replica" && s["nodes"][0]["link"] == "up")
+        .await;
+    let masters = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["role"] == "primary")
+        .count();
+    assert_eq!(masters, 1, "{status:#}");
+    assert!(
+        lab.events()
+            .iter()
+            .any(|e| e["event"] == "fenced" && e["node"] == lab.node(0, 0))
+    );
+    let mut new = lab.connection(&new_writer_ip).await;
+    let before: Option<u8> = redis::cmd("GET")
+        .arg("before-cut")
+        .query_async(&mut new)
+        .await
+        .unwrap();
+    assert_eq!(before, Some(1), "writes replicated before the cut survive");
+    // The anti-flapping block is on until `ack`.
+    let out = lab.cli(&["ack"]);
+    assert!(out.contains("allowed again"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn isolating_the_primary_region_with_manual_reports_and_waits_for_a_forced_failover() {
+    let lab = TestLab::start_with(|spec| spec.failover = FailoverPolicy::Manual).await;
+    lab.lab(&["partition", "--region", "us-east-1"]);
+    lab.wait_until(|s| s["findings"].to_string().contains("primary node down"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let status = lab.status().await;
+    assert_eq!(status["epoch"], 1, "no promotion without the operator");
+    assert_eq!(
+        lab.dig_short(&lab.name("demo"), "CNAME"),
+        vec![lab.name("primary.us-east-1")]
+    );
+    let needed = lab
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "failover_needed")
+        .expect("the situation is reported");
+    assert!(
+        needed["situation"]
+            .as_str()
+            .unwrap()
+            .contains("valkey-dr failover us-east-2 --force"),
+        "{needed}"
+    );
+
+    // Without --force the operator is told what it means.
+    let out = std::process::Command::new(BIN)
+        .args(["failover", "us-east-2", "--config"])
+        .arg(lab.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    let out = lab.cli(&["failover", "us-east-2", "--force"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["epoch"], 2);
+    assert_eq!(report["kind"], "forced");
+    assert!(report["data_at_risk_bytes"].is_u64(), "{report}");
+    assert_eq!(
+        lab.dig_short(&lab.name("demo"), "CNAME"),
+        vec![lab.name("primary.us-east-2")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blip_shorter_than_down_after_causes_no_failover() {
+    let lab = TestLab::start().await;
+    lab.lab(&["partition", "--region", "us-east-1"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lab.lab(&["heal"]);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let status = lab
+        .wait_until(|s| s["findings"] == serde_json::json!(["healthy"]))
+        .await;
+    assert_eq!(status["epoch"], 1);
+    assert!(
+        !lab.events()
+            .iter()
+            .any(|e| e["event"] == "failover_started")
+    );
+    assert_eq!(lab.dig_short(&lab.name("demo"), "A")[1], lab.ip(0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_killed_in_the_middle_of_a_switchover_converges_after_restart() {
+    for crash_after in ["fence", "promote", "repoint"] {
+        let lab = TestLab::start().await;
+        // Restart the controller with a crash point inside the promotion.
+        let pid: i32 = std::fs::read_to_string(lab.spec.dir.join("controller.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: signal to the lab's own controller.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        while valkey_dr_lab::process::is_alive(pid) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let fault = format!("crash-after:{crash_after}");
+        valkey_dr_lab::process::start_controller(
+            &lab.spec,
+            BIN.as_ref(),
+            &[("VALKEY_DR_FAULT", &fault)],
+        )
+        .unwrap();
+        lab.wait_until(|s| s["epoch"] == 1).await;
+        let out = std::process::Command::new(BIN)
+            .args(["promote", "us-east-2", "--config"])
+            .arg(lab.config_path())
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{crash_after}: the controller died mid-switchover"
+        );
+
+        // Restart without the fault: it converges on its own to one writer and a correct name.
+        valkey_dr_lab::process::start_controller(&lab.spec, BIN.as_ref(), &[]).unwrap();
+        let expected_epoch = if crash_after == "fence" { 1 } else { 2 };
+        let status = lab
+            .wait_until(|s| {
+                s["epoch"] == expected_epoch && s["findings"] == serde_json::json!(["healthy"])
+            })
+            .await;
+        let masters: Vec<&serde_json::Value> = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"] == "primary")
+            .collect();
+        assert_eq!(masters.len(), 1, "{crash_after}: {status:#}");
+        let writer_region = if expected_epoch == 1 {
+            "us-east-1"
+        } else {
+            "us-east-2"
+        };
+        assert_eq!(status["primary_region"], writer_region, "{crash_after}");
+        // DNS follows within a pass.
+        lab.cli(&["reconcile"]);
+        assert_eq!(
+            lab.dig_short(&lab.name("demo"), "CNAME"),
+            vec![lab.name(&format!("primary.{writer_region}"))],
+            "{crash_after}"
+        );
+        assert!(
+            lab.dig_short(&lab.name("_valkey-dr.demo"), "TXT")[0]
+                .contains(&format!("epoch={expected_epoch},")),
+            "{crash_after}"
+        );
+        // The old writer takes writes (it was unpaused) or refuses them as a replica; never hangs.
+        let mut conn = lab.connection(&lab.ip(0, 0)).await;
+        let started = Instant::now();
+        let _: Result<(), _> = redis::cmd("SET")
+            .arg("probe")
+            .arg(1)
+            .query_async(&mut conn)
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{crash_after}: writes left paused"
+        );
+    }
+}
