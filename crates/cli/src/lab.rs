@@ -21,11 +21,11 @@ pub struct DirArg {
 }
 
 impl DirArg {
-    fn path(&self) -> PathBuf {
+    pub fn path(&self) -> PathBuf {
         self.dir.clone().unwrap_or_else(default_dir)
     }
 
-    fn spec(&self) -> Result<LabSpec> {
+    pub fn spec(&self) -> Result<LabSpec> {
         let dir = self.path();
         LabSpec::load(&dir).with_context(|| {
             format!(
@@ -273,6 +273,8 @@ pub fn writer_config(spec: &LabSpec, prefix: &str) -> WriterConfig {
         name: format!("{}.{}.", spec.global_name, spec.zone),
         port: spec.port,
         prefix: prefix.to_string(),
+        list: false,
+        via: Default::default(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `valkey-dr`: a thin command-line layer over the valkey-dr library crates.
 
+mod drill;
 mod lab;
 mod render;
 
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use valkey_dr_controller::control::{self, Request};
+use valkey_dr_controller::promotion::PromoteMethod;
 use valkey_dr_core::Config;
 
 #[derive(Parser)]
@@ -25,6 +27,23 @@ struct Cli {
 pub enum Output {
     Table,
     Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    Safe,
+    Blind,
+    FailoverCommand,
+}
+
+impl From<Method> for PromoteMethod {
+    fn from(m: Method) -> Self {
+        match m {
+            Method::Safe => PromoteMethod::Safe,
+            Method::Blind => PromoteMethod::Blind,
+            Method::FailoverCommand => PromoteMethod::FailoverCommand,
+        }
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -57,6 +76,10 @@ enum Command {
         config: ConfigArg,
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
+        /// `safe` is the loss-free switchover; `blind` (no pause) and `failover-command` (Valkey's
+        /// FAILOVER TO) exist to compare against it.
+        #[arg(long, value_enum, default_value = "safe")]
+        method: Method,
     },
     /// Unplanned failover to REGION when the writer is unreachable (it cannot be paused: writes it
     /// took after the last replication may be lost; the report says how many bytes were at risk).
@@ -85,6 +108,11 @@ enum Command {
         /// Keep printing new events as they arrive.
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Measured switchovers and failovers against a running lab.
+    Drill {
+        #[command(subcommand)]
+        command: drill::DrillCommand,
     },
     /// The local two-region lab.
     Lab {
@@ -131,9 +159,10 @@ async fn dispatch(command: Command) -> Result<()> {
             region,
             config,
             output,
+            method,
         } => {
             let config = load_config(&config)?;
-            promote(&config, &region, output).await
+            promote(&config, &region, output, method.into()).await
         }
         Command::Failover {
             region,
@@ -167,6 +196,7 @@ async fn dispatch(command: Command) -> Result<()> {
             events(&load_config(&config)?.events_file(), follow).await
         }
         Command::Lab { command } => lab::dispatch(command).await,
+        Command::Drill { command } => drill::dispatch(command).await,
     }
 }
 
@@ -202,9 +232,15 @@ async fn run(config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub async fn promote(config: &Config, region: &str, output: Output) -> Result<()> {
+pub async fn promote(
+    config: &Config,
+    region: &str,
+    output: Output,
+    method: PromoteMethod,
+) -> Result<()> {
     let request = Request::Promote {
         region: region.to_string(),
+        method,
     };
     let result = control::request(&config.control_socket(), &request, |event| {
         if output == Output::Table

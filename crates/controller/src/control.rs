@@ -23,8 +23,15 @@ use crate::{Controller, ControllerError};
 pub enum Request {
     Status,
     Reconcile,
-    Promote { region: String },
-    Failover { region: String, force: bool },
+    Promote {
+        region: String,
+        #[serde(default)]
+        method: crate::promotion::PromoteMethod,
+    },
+    Failover {
+        region: String,
+        force: bool,
+    },
     Ack,
 }
 
@@ -104,11 +111,11 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
             }
         }
         Request::Ack => json!({ "result": { "was_blocked": controller.ack() } }),
-        Request::Promote { region } => {
+        Request::Promote { region, method } => {
             let mut events = controller.events.subscribe();
             let task = {
                 let controller = controller.clone();
-                tokio::spawn(async move { controller.promote(&region).await })
+                tokio::spawn(async move { controller.promote_with(&region, method).await })
             };
             tokio::pin!(task);
             let result = loop {

@@ -21,10 +21,11 @@ pub struct Health {
 }
 
 impl Health {
-    /// Records one round of probes; returns the nodes that are down.
+    /// Records one round of probes sent at `probed_at`; returns the nodes that are down at `now`.
     pub fn update(
         &mut self,
         observations: &[NodeObservation],
+        probed_at: Instant,
         now: Instant,
         down_after: Duration,
     ) -> BTreeSet<NodeId> {
@@ -33,7 +34,7 @@ impl Health {
                 self.failing_since.remove(&o.node);
                 self.reported_down.remove(&o.node);
             } else {
-                self.failing_since.entry(o.node).or_insert(now);
+                self.failing_since.entry(o.node).or_insert(probed_at);
             }
         }
         self.failing_since
@@ -41,6 +42,11 @@ impl Health {
             .filter(|(_, since)| now.duration_since(**since) >= down_after)
             .map(|(n, _)| *n)
             .collect()
+    }
+
+    /// A failed probe outside a pass (the writer watch): failing since the probe was sent.
+    pub fn note_failure(&mut self, node: NodeId, probed_at: Instant) {
+        self.failing_since.entry(node).or_insert(probed_at);
     }
 
     pub fn any_failing(&self) -> bool {
@@ -112,12 +118,13 @@ impl Controller {
         &self,
         observations: &[NodeObservation],
         epoch: Option<EpochRecord>,
+        probed_at: Instant,
     ) -> (Option<EpochRecord>, bool) {
         let now = Instant::now();
         let down_after = Duration::from_millis(self.config.controller.down_after_ms);
         let down = {
             let mut health = self.health.lock().expect("health lock");
-            let down = health.update(observations, now, down_after);
+            let down = health.update(observations, probed_at, now, down_after);
             for node in &down {
                 if health.newly_down(*node) {
                     self.events.emit(

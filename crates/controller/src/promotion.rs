@@ -29,6 +29,18 @@ pub enum Step {
     Verify,
 }
 
+/// How the writer is moved. Only `Safe` is loss-free; the others exist to measure it against
+/// (`bench/failover`): `Blind` promotes without pausing the old writer, `FailoverCommand` uses
+/// Valkey's own `FAILOVER TO`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromoteMethod {
+    #[default]
+    Safe,
+    Blind,
+    FailoverCommand,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: Step,
@@ -44,6 +56,7 @@ pub struct PromotionReport {
     pub old_primary: String,
     pub new_primary: String,
     pub epoch: u64,
+    pub method: PromoteMethod,
     /// How long writes were paused on the old primary.
     pub write_pause_ms: f64,
     pub total_ms: f64,
@@ -114,6 +127,14 @@ fn round(ms: f64) -> f64 {
 impl Controller {
     /// Moves the writer to the head of `region` without losing an acknowledged write.
     pub async fn promote(&self, region: &str) -> Result<PromotionReport, PromoteError> {
+        self.promote_with(region, PromoteMethod::Safe).await
+    }
+
+    pub async fn promote_with(
+        &self,
+        region: &str,
+        method: PromoteMethod,
+    ) -> Result<PromotionReport, PromoteError> {
         let _guard = self.topology_lock.lock().await;
         let mut machine = Machine {
             controller: self,
@@ -124,7 +145,7 @@ impl Controller {
         };
         self.events
             .emit("promotion_started", json!({ "region": region }));
-        let result = self.promote_locked(&mut machine, region).await;
+        let result = self.promote_locked(&mut machine, region, method).await;
         match &result {
             Ok(report) => self.events.emit("promotion_done", report),
             Err(error) => {
@@ -142,6 +163,7 @@ impl Controller {
         &self,
         m: &mut Machine<'_>,
         region: &str,
+        method: PromoteMethod,
     ) -> Result<PromotionReport, PromoteError> {
         let topology = &self.topology;
         let name = |n: NodeId| topology.node_name(n);
@@ -189,42 +211,73 @@ impl Controller {
         }
         m.finish(format!("{} → {}", name(old), name(target)));
 
-        // Fence. The pause outlives the whole switchover but expires by itself if we die.
-        m.enter(Step::Fence);
         let catchup = Duration::from_millis(self.config.controller.catchup_timeout_ms);
         let pause_started = Instant::now();
-        self.engine
-            .pause_writes(endpoint(old), catchup + Duration::from_secs(10))
-            .await
-            .map_err(|e| PromoteError::Preflight(e.to_string()))?;
-        m.finish(format!("writes paused on {}", name(old)));
+        match method {
+            PromoteMethod::Safe => {
+                // Fence. The pause outlives the whole switchover but expires by itself if we die.
+                m.enter(Step::Fence);
+                self.engine
+                    .pause_writes(endpoint(old), catchup + Duration::from_secs(10))
+                    .await
+                    .map_err(|e| PromoteError::Preflight(e.to_string()))?;
+                m.finish(format!("writes paused on {}", name(old)));
 
-        m.enter(Step::WaitCatchUp);
-        let needed = match self.engine.replication(endpoint(old)).await {
-            Ok(info) => info.offset,
-            Err(e) => return Err(self.abort(old, PromoteError::Aborted(e)).await),
-        };
-        let deadline = Instant::now() + catchup;
-        let mut reached = 0;
-        loop {
-            if let Ok(info) = self.engine.replication(endpoint(target)).await {
-                reached = info.offset;
-                if reached >= needed {
-                    break;
-                }
-            }
-            if Instant::now() >= deadline {
-                let error = PromoteError::CatchUpTimeout {
-                    target: name(target),
-                    old: name(old),
-                    behind: needed.saturating_sub(reached),
-                    timeout_ms: self.config.controller.catchup_timeout_ms,
+                m.enter(Step::WaitCatchUp);
+                let needed = match self.engine.replication(endpoint(old)).await {
+                    Ok(info) => info.offset,
+                    Err(e) => return Err(self.abort(old, PromoteError::Aborted(e)).await),
                 };
-                return Err(self.abort(old, error).await);
+                let deadline = Instant::now() + catchup;
+                let mut reached = 0;
+                loop {
+                    if let Ok(info) = self.engine.replication(endpoint(target)).await {
+                        reached = info.offset;
+                        if reached >= needed {
+                            break;
+                        }
+                    }
+                    if Instant::now() >= deadline {
+                        let error = PromoteError::CatchUpTimeout {
+                            target: name(target),
+                            old: name(old),
+                            behind: needed.saturating_sub(reached),
+                            timeout_ms: self.config.controller.catchup_timeout_ms,
+                        };
+                        return Err(self.abort(old, error).await);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                m.finish(format!("target at offset {reached} ≥ {needed}"));
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            PromoteMethod::Blind => {}
+            PromoteMethod::FailoverCommand => {
+                // FAILOVER TO pauses, waits for the target's ACK and hands over by itself.
+                m.enter(Step::Fence);
+                let announced = &topology.node(target).endpoint;
+                if let Err(e) = self.engine.failover_to(endpoint(old), announced).await {
+                    return Err(PromoteError::Preflight(e.to_string()));
+                }
+                m.finish(format!("FAILOVER TO {announced} sent to {}", name(old)));
+                m.enter(Step::WaitCatchUp);
+                let deadline = Instant::now() + catchup;
+                while !self
+                    .engine
+                    .replication(endpoint(target))
+                    .await
+                    .is_ok_and(|i| i.is_primary())
+                {
+                    if Instant::now() >= deadline {
+                        return Err(PromoteError::AfterPromote(
+                            "FAILOVER did not complete".into(),
+                            name(target),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                m.finish(format!("{} took over", name(target)));
+            }
         }
-        m.finish(format!("target at offset {reached} ≥ {needed}"));
 
         // Point of no return: record the new epoch before the target takes writes, so that a
         // restarted controller treats the old primary, not the new one, as the stale node.
@@ -241,7 +294,11 @@ impl Controller {
                 )
                 .await);
         }
-        if let Err(e) = self.engine.promote(endpoint(target)).await {
+        let promoted = match method {
+            PromoteMethod::FailoverCommand => Ok(()),
+            _ => self.engine.promote(endpoint(target)).await,
+        };
+        if let Err(e) = promoted {
             // The target may or may not have executed it; do not guess: restore the old epoch only
             // if the target still reports itself as a replica.
             let still_replica = self
@@ -298,7 +355,10 @@ impl Controller {
         // the new primary; their paused writes were never executed, so none is lost.
         m.enter(Step::Release);
         let killed = self.engine.kill_normal_clients(endpoint(old)).await;
-        let unpaused = self.engine.unpause(endpoint(old)).await;
+        let unpaused = match method {
+            PromoteMethod::Safe => self.engine.unpause(endpoint(old)).await,
+            _ => Ok(()),
+        };
         let write_pause_ms = round(pause_started.elapsed().as_secs_f64() * 1000.0);
         m.finish(format!(
             "closed {} client connection(s) on {}, unpause {}",
@@ -345,6 +405,7 @@ impl Controller {
             old_primary: name(old),
             new_primary: name(target),
             epoch: new_epoch.epoch,
+            method,
             write_pause_ms,
             total_ms: round(m.started.elapsed().as_secs_f64() * 1000.0),
             steps: m.steps.clone(),

@@ -74,6 +74,7 @@ impl Controller {
     }
 
     pub(crate) async fn reconcile_locked(&self) -> Result<PassOutcome, DnsError> {
+        let probed_at = std::time::Instant::now();
         let mut observations = self.engine.observe_all(&self.topology).await;
         let current = self.dns.records(&self.names.all(&self.topology)).await?;
         let epoch = match self.epoch() {
@@ -84,13 +85,18 @@ impl Controller {
         self.note_changes(&observations, &analysis);
         // Act on the nodes first (failover, completing a promotion, fencing), then look again:
         // DNS is computed only from what the nodes say after that.
-        let (epoch, failed_over) = self.detect_and_fail_over(&observations, epoch).await;
+        let (epoch, failed_over) = self
+            .detect_and_fail_over(&observations, epoch, probed_at)
+            .await;
         let enforced = match epoch {
             Some(e) if !failed_over => self.enforce_epoch(&observations, e).await,
             _ => false,
         };
         if failed_over || enforced {
-            observations = self.engine.observe_all(&self.topology).await;
+            observations = self
+                .engine
+                .observe_reachable(&self.topology, &observations)
+                .await;
             analysis = analyze(&self.topology, &observations, epoch.as_ref());
             self.note_changes(&observations, &analysis);
         }

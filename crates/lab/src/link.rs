@@ -136,7 +136,9 @@ async fn pump(
         }
     });
     while let Some((due, chunk)) = rx.recv().await {
-        tokio::time::sleep_until(due).await;
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
         while partition.blocks(&a, &b) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -17,8 +17,14 @@ pub struct WriterConfig {
     pub dns: SocketAddr,
     pub name: String,
     pub port: u16,
-    /// Keys are `<prefix>:<sequence>`.
+    /// Keys are `<prefix>:<sequence>`; in list mode, one list `<prefix>`.
     pub prefix: String,
+    /// Append sequence numbers to one list (RPUSH) instead of one key each: the list shows
+    /// duplicated and reordered writes too.
+    pub list: bool,
+    /// Where this client reaches a node the name resolves to, when not at `ip:port` directly:
+    /// a client outside the node's region goes through the network path a partition cuts.
+    pub via: std::collections::HashMap<IpAddr, SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -59,7 +65,12 @@ async fn connect_by_name(
         .await
         .map_err(|e| e.to_string())?;
     let ip = *ips.first().ok_or("no address")?;
-    Ok((ip, ttl, connect(ip, config.port).await?))
+    let address = config
+        .via
+        .get(&ip)
+        .copied()
+        .unwrap_or(SocketAddr::new(ip, config.port));
+    Ok((ip, ttl, connect(address.ip(), address.port()).await?))
 }
 
 /// Writes until `stop` completes.
@@ -97,13 +108,17 @@ pub async fn run(config: &WriterConfig, stop: impl Future<Output = ()>) -> Write
         }
         let (conn, _) = connection.as_mut().expect("connected above");
         let seq = report.acknowledged;
-        let result: Result<(), _> = redis::cmd("SET")
-            .arg(format!("{}:{seq}", config.prefix))
-            .arg(seq)
-            .query_async(conn)
-            .await;
+        let command = if config.list {
+            redis::cmd("RPUSH").arg(&config.prefix).arg(seq).clone()
+        } else {
+            redis::cmd("SET")
+                .arg(format!("{}:{seq}", config.prefix))
+                .arg(seq)
+                .clone()
+        };
+        let result: Result<redis::Value, _> = command.query_async(conn).await;
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 let gap = last_ack.elapsed().as_secs_f64() * 1000.0;
                 if seq > 0 && gap > report.max_write_gap_ms {
                     report.max_write_gap_ms = gap;
@@ -156,4 +171,85 @@ pub async fn verify(config: &WriterConfig, acknowledged: u64) -> Result<u64, Str
         start = end;
     }
     Ok(lost)
+}
+
+/// What a list writer's list holds compared with what was acknowledged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListCheck {
+    /// Acknowledged sequence numbers missing from the list.
+    pub lost: u64,
+    /// Entries present more than once (a retried write whose first attempt had landed).
+    pub duplicated: u64,
+    /// Entries smaller than the one before them.
+    pub reordered: u64,
+}
+
+/// Checks a list writer's list through the name.
+pub async fn verify_list(config: &WriterConfig, acknowledged: u64) -> Result<ListCheck, String> {
+    let resolver = StubResolver::new(config.dns);
+    let (_, _, mut conn) = connect_by_name(&resolver, config).await?;
+    let entries: Vec<u64> = redis::cmd("LRANGE")
+        .arg(&config.prefix)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(check_list(&entries, acknowledged))
+}
+
+pub fn check_list(entries: &[u64], acknowledged: u64) -> ListCheck {
+    let mut seen = std::collections::HashSet::new();
+    let duplicated = entries.iter().filter(|e| !seen.insert(**e)).count() as u64;
+    let reordered = entries.windows(2).filter(|w| w[1] < w[0]).count() as u64;
+    let lost = (0..acknowledged).filter(|s| !seen.contains(s)).count() as u64;
+    ListCheck {
+        lost,
+        duplicated,
+        reordered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_check_counts_lost_duplicated_and_reordered() {
+        assert_eq!(check_list(&[0, 1, 2, 3], 4), ListCheck::default());
+        assert_eq!(
+            check_list(&[0, 1, 3], 4),
+            ListCheck {
+                lost: 1,
+                duplicated: 0,
+                reordered: 0
+            }
+        );
+        assert_eq!(
+            check_list(&[0, 1, 1, 2], 3),
+            ListCheck {
+                lost: 0,
+                duplicated: 1,
+                reordered: 0
+            }
+        );
+        assert_eq!(
+            check_list(&[0, 1, 2, 1], 3),
+            ListCheck {
+                lost: 0,
+                duplicated: 1,
+                reordered: 1
+            }
+        );
+        assert_eq!(
+            check_list(&[0, 2, 1], 3),
+            ListCheck {
+                lost: 0,
+                duplicated: 0,
+                reordered: 1
+            }
+        );
+        // Unacknowledged writes that landed are neither lost nor duplicates.
+        assert_eq!(check_list(&[0, 1, 2], 2), ListCheck::default());
+    }
 }

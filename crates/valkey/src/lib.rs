@@ -153,6 +153,24 @@ impl ValkeyEngine {
         .await
     }
 
+    /// Observes again the nodes that answered in `previous`, keeping the failures as they were
+    /// (after acting on the nodes, without waiting out the timeouts of unreachable ones again).
+    pub async fn observe_reachable(
+        &self,
+        topology: &Topology,
+        previous: &[NodeObservation],
+    ) -> Vec<NodeObservation> {
+        futures::future::join_all(previous.iter().map(|o| async move {
+            if o.state.is_ok() {
+                self.observe(o.node, &topology.node(o.node).control_endpoint)
+                    .await
+            } else {
+                o.clone()
+            }
+        }))
+        .await
+    }
+
     /// Observes every node of the topology concurrently.
     pub async fn observe_all(&self, topology: &Topology) -> Vec<NodeObservation> {
         futures::future::join_all(
@@ -162,6 +180,13 @@ impl ValkeyEngine {
                 .map(|n| self.observe(n.id, &n.control_endpoint)),
         )
         .await
+    }
+
+    /// `PING`: the cheapest liveness probe.
+    pub async fn ping(&self, node: &Endpoint) -> Result<(), EngineError> {
+        self.run::<String>(node, "PING", &redis::cmd("PING"))
+            .await
+            .map(|_| ())
     }
 
     /// `CLIENT PAUSE <ms> WRITE`: write commands block, reads and replication go on. The pause
@@ -183,6 +208,21 @@ impl ValkeyEngine {
     pub async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError> {
         self.run::<()>(node, "CLIENT UNPAUSE", redis::cmd("CLIENT").arg("UNPAUSE"))
             .await
+    }
+
+    /// Valkey's own coordinated handover: `FAILOVER TO host port TIMEOUT 5000`.
+    pub async fn failover_to(&self, node: &Endpoint, target: &Endpoint) -> Result<(), EngineError> {
+        self.run::<()>(
+            node,
+            "FAILOVER",
+            redis::cmd("FAILOVER")
+                .arg("TO")
+                .arg(&target.host)
+                .arg(target.port)
+                .arg("TIMEOUT")
+                .arg(5000),
+        )
+        .await
     }
 
     /// `REPLICAOF NO ONE`.

@@ -71,6 +71,19 @@ async fn isolating_the_primary_region_with_auto_fails_over_across_regions_and_he
         .query_async(&mut conn)
         .await
         .unwrap();
+    // Wait until that write has crossed the region link, then isolate the primary region.
+    let mut secondary = lab.connection(&lab.ip(1, 0)).await;
+    for _ in 0..200 {
+        let v: Option<u8> = redis::cmd("GET")
+            .arg("before-cut")
+            .query_async(&mut secondary)
+            .await
+            .unwrap();
+        if v.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     lab.lab(&["partition", "--region", "us-east-1"]);
     let status = lab.wait_until(epoch_is(2)).await;
     assert_eq!(status["primary_region"], "us-east-2");

@@ -188,5 +188,7 @@ pub fn writer_config(lab: &TestLab) -> valkey_dr_lab::writer::WriterConfig {
         name: lab.name("demo"),
         port: lab.spec.port,
         prefix: "w".into(),
+        list: false,
+        via: Default::default(),
     }
 }

@@ -1,0 +1,381 @@
+//! `valkey-dr drill`: move the writer while sequence-numbered writers go through the global name,
+//! and measure what clients saw — and `drill bench`, which repeats drills and tabulates them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::watch;
+use valkey_dr_controller::control::{self, Request};
+use valkey_dr_controller::events::now_ms;
+use valkey_dr_controller::promotion::PromoteMethod;
+use valkey_dr_dns::resolve::StubResolver;
+
+use crate::LabSpec;
+use crate::writer::{self, WriterConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "operation")]
+pub enum Operation {
+    /// A planned switchover through the controller.
+    Switchover { method: PromoteMethod },
+    /// SIGKILL of the writer node, or (`partition`) isolation of the writer's region.
+    Failover { partition: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    pub operation: Operation,
+    /// Switchover target region (default: the other region).
+    pub region: Option<String>,
+    pub writers: usize,
+    pub duration: Duration,
+    /// When the operation starts, after the writers.
+    pub at: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DrillReport {
+    pub operation: String,
+    pub method: Option<String>,
+    pub old_primary: String,
+    pub new_primary: Option<String>,
+    pub new_primary_region: Option<String>,
+    pub epoch_before: u64,
+    pub epoch_after: u64,
+    pub writers: usize,
+    pub acknowledged_writes: u64,
+    pub acknowledged_lost: u64,
+    pub duplicated_writes: u64,
+    pub reordered_writes: u64,
+    /// Longest time any writer waited between two acknowledgements.
+    pub max_write_gap_ms: f64,
+    /// From the start of the operation until the name resolved to another address.
+    pub dns_flip_ms: Option<f64>,
+    /// How long the old writer had been failing when the controller started the failover.
+    pub detection_ms: Option<u64>,
+    /// From the start of the operation until every reachable node replicated correctly again.
+    pub replication_healthy_ms: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error("{0}")]
+    Controller(#[from] control::ClientError),
+    #[error("{0}")]
+    Lab(String),
+}
+
+async fn status(socket: &Path) -> Result<Value, DrillError> {
+    Ok(control::request(socket, &Request::Status, |_| {}).await?)
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0
+}
+
+/// True when every finding is `healthy` or about a node that is down.
+fn replication_settled(status: &Value) -> bool {
+    status["findings"].as_array().is_some_and(|f| {
+        f.iter().all(|f| {
+            f.as_str()
+                .is_some_and(|f| f == "healthy" || f.contains("down:"))
+        })
+    })
+}
+
+pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, DrillError> {
+    let socket = spec.controller_config().control_socket();
+    let before = status(&socket).await?;
+    let old_primary = before["primary"].as_str().unwrap_or_default().to_string();
+    let old_region = before["primary_region"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = format!("{}.{}.", spec.global_name, spec.zone);
+    let resolver = StubResolver::new(spec.dns);
+    let initial_ip = resolver
+        .resolve(&name)
+        .await
+        .ok()
+        .and_then(|(ips, _)| ips.first().copied());
+
+    let run_id = now_ms();
+    // The writers stand where the controller stands, outside every region: isolating a region
+    // cuts them off from its nodes as it cuts the controller off.
+    let via: std::collections::HashMap<_, _> = spec
+        .nodes()
+        .map(|(r, i)| {
+            (
+                std::net::IpAddr::from(spec.node_ip(r, i)),
+                spec.controller_link_addr(r, i),
+            )
+        })
+        .collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let configs: Vec<WriterConfig> = (0..options.writers)
+        .map(|w| WriterConfig {
+            dns: spec.dns,
+            name: name.clone(),
+            port: spec.port,
+            prefix: format!("drill:{run_id}:{w}"),
+            list: true,
+            via: via.clone(),
+        })
+        .collect();
+    let writers: Vec<_> = configs
+        .iter()
+        .cloned()
+        .map(|config| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                writer::run(&config, stopped).await
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(options.at).await;
+    let started = Instant::now();
+    let started_wall = now_ms();
+    let flip = tokio::spawn({
+        let name = name.clone();
+        let dns = spec.dns;
+        async move {
+            let resolver = StubResolver::new(dns);
+            while started.elapsed() < Duration::from_secs(30) {
+                if let Ok((ips, _)) = resolver.resolve(&name).await
+                    && ips.first().copied() != initial_ip
+                {
+                    return Some(elapsed_ms(started));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            None
+        }
+    });
+    let epoch_before = before["epoch"].as_u64().unwrap_or(0);
+    let settled = tokio::spawn({
+        let socket = socket.clone();
+        async move {
+            // Healthy again means: the new epoch is in force and every reachable node follows it.
+            while started.elapsed() < Duration::from_secs(30) {
+                if let Ok(s) = status(&socket).await
+                    && replication_settled(&s)
+                    && s["epoch"].as_u64().is_some_and(|e| e > epoch_before)
+                {
+                    return Some(elapsed_ms(started));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        }
+    });
+
+    let mut report = DrillReport {
+        old_primary: old_primary.clone(),
+        writers: options.writers,
+        epoch_before,
+        ..DrillReport::default()
+    };
+    let mut killed: Option<(usize, usize)> = None;
+    match options.operation {
+        Operation::Switchover { method } => {
+            report.operation = "switchover".into();
+            report.method = serde_json::to_value(method)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string));
+            let region = options
+                .region
+                .clone()
+                .or_else(|| spec.regions.iter().find(|r| **r != old_region).cloned())
+                .unwrap_or_default();
+            let request = Request::Promote { region, method };
+            if let Err(e) = control::request(&socket, &request, |_| {}).await {
+                report.error = Some(e.to_string());
+            }
+        }
+        Operation::Failover { partition } => {
+            report.operation = if partition {
+                "failover_partition"
+            } else {
+                "failover_kill"
+            }
+            .into();
+            if partition {
+                crate::link::set_partition(&spec.dir, &[old_region.clone()].into())
+                    .await
+                    .map_err(|e| DrillError::Lab(e.to_string()))?;
+            } else {
+                let node = spec
+                    .nodes()
+                    .find(|(r, i)| spec.node_addr(*r, *i).to_string() == old_primary)
+                    .ok_or_else(|| {
+                        DrillError::Lab(format!("the writer {old_primary} is not a lab node"))
+                    })?;
+                kill_node(spec, node).await?;
+                killed = Some(node);
+            }
+        }
+    }
+
+    let rest = options
+        .duration
+        .saturating_sub(options.at)
+        .max(Duration::from_millis(100));
+    tokio::time::sleep_until((started + rest).into()).await;
+    let _ = stop_tx.send(true);
+    let mut acknowledged = Vec::new();
+    for (writer, config) in writers.into_iter().zip(&configs) {
+        let result = writer.await.map_err(|e| DrillError::Lab(e.to_string()))?;
+        report.acknowledged_writes += result.acknowledged;
+        report.max_write_gap_ms = report.max_write_gap_ms.max(result.max_write_gap_ms);
+        acknowledged.push((config, result.acknowledged));
+    }
+    for (config, acked) in acknowledged {
+        match writer::verify_list(config, acked).await {
+            Ok(check) => {
+                report.acknowledged_lost += check.lost;
+                report.duplicated_writes += check.duplicated;
+                report.reordered_writes += check.reordered;
+            }
+            Err(e) => report.error = Some(format!("verification failed: {e}")),
+        }
+    }
+    report.dns_flip_ms = flip.await.ok().flatten();
+    report.replication_healthy_ms = settled.await.ok().flatten();
+    report.detection_ms = detection_ms(spec, started_wall);
+
+    // Leave the lab as healthy as it was: restart what was killed, heal, allow failovers again.
+    if let Some(node) = killed {
+        restart_node(spec, node).map_err(DrillError::Lab)?;
+    }
+    if matches!(options.operation, Operation::Failover { partition: true }) {
+        crate::link::set_partition(&spec.dir, &Default::default())
+            .await
+            .map_err(|e| DrillError::Lab(e.to_string()))?;
+    }
+    let _ = control::request(&socket, &Request::Ack, |_| {}).await;
+    let after = wait_healthy(&socket, Duration::from_secs(30)).await?;
+    report.epoch_after = after["epoch"].as_u64().unwrap_or(0);
+    report.new_primary = after["primary"].as_str().map(str::to_string);
+    report.new_primary_region = after["primary_region"].as_str().map(str::to_string);
+    Ok(report)
+}
+
+async fn wait_healthy(socket: &Path, limit: Duration) -> Result<Value, DrillError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = status(socket).await?;
+        if s["findings"] == serde_json::json!(["healthy"]) || Instant::now() >= deadline {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The detection time the controller reported for a failover that started after `since_ms`.
+fn detection_ms(spec: &LabSpec, since_ms: u64) -> Option<u64> {
+    let events = std::fs::read_to_string(spec.controller_dir().join("events.jsonl")).ok()?;
+    let since = valkey_dr_controller::events::rfc3339(since_ms);
+    events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| {
+            e["event"] == "failover_started"
+                && e["ts"].as_str().is_some_and(|ts| ts >= since.as_str())
+        })
+        .find_map(|e| e["detection_ms"].as_u64())
+}
+
+async fn kill_node(spec: &LabSpec, (region, index): (usize, usize)) -> Result<(), DrillError> {
+    let pid: i32 = std::fs::read_to_string(spec.node_pidfile(region, index))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| DrillError::Lab("no pid file for the writer node".into()))?;
+    // SAFETY: signal to the lab's own valkey-server.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    while crate::process::is_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Starts a killed node again from its lab config: it comes back empty and the controller
+/// fences and resynchronizes it.
+fn restart_node(spec: &LabSpec, (region, index): (usize, usize)) -> Result<(), String> {
+    let conf = spec
+        .dir
+        .join(format!("valkey-{}.conf", spec.node_ip(region, index)));
+    let binary = crate::process::valkey_server_binary().map_err(|e| e.to_string())?;
+    let status = std::process::Command::new(binary)
+        .arg(conf)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("valkey-server exited with {status}"))
+    }
+}
+
+/// One scenario of the benchmark.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub operation: Operation,
+    pub duration: Duration,
+}
+
+pub fn bench_scenarios() -> Vec<Scenario> {
+    let switchover = |name, method| Scenario {
+        name,
+        operation: Operation::Switchover { method },
+        duration: Duration::from_secs(3),
+    };
+    vec![
+        switchover("switchover (valkey-dr)", PromoteMethod::Safe),
+        switchover("blind REPLICAOF NO ONE + DNS", PromoteMethod::Blind),
+        switchover("FAILOVER TO + DNS", PromoteMethod::FailoverCommand),
+        Scenario {
+            name: "failover: primary node SIGKILL",
+            operation: Operation::Failover { partition: false },
+            duration: Duration::from_secs(6),
+        },
+        Scenario {
+            name: "failover: region isolated (auto)",
+            operation: Operation::Failover { partition: true },
+            duration: Duration::from_secs(7),
+        },
+    ]
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let mid = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
+}
+
+/// Median and range of one measurement over runs: `12.3 (10.1–15.0)`.
+pub fn summarize(values: &[f64]) -> String {
+    let mut v = values.to_vec();
+    match median(&mut v) {
+        None => "-".into(),
+        Some(m) => format!("{m:.1} ({:.1}–{:.1})", v[0], v[v.len() - 1]),
+    }
+}
+
+pub fn median_of(values: &[f64]) -> Option<f64> {
+    median(&mut values.to_vec())
+}
