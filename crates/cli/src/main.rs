@@ -91,6 +91,12 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// After a split brain: make REGION's master the writer of a new epoch; other masters are fenced.
+    Adopt {
+        region: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Allow automatic failovers again after one happened (anti-flapping block).
     Ack {
         #[command(flatten)]
@@ -172,6 +178,14 @@ async fn dispatch(command: Command) -> Result<()> {
             let config = load_config(&config)?;
             let request = Request::Failover { region, force };
             let result = control::request(&config.control_socket(), &request, |_| {}).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(())
+        }
+        Command::Adopt { region, config } => {
+            let config = load_config(&config)?;
+            let result =
+                control::request(&config.control_socket(), &Request::Adopt { region }, |_| {})
+                    .await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(())
         }

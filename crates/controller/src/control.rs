@@ -3,7 +3,8 @@
 //! The socket lives in the state directory with mode 0600, so only the controller's user can
 //! move the writer. Requests:
 //! `{"command":"status"}`, `{"command":"reconcile"}`, `{"command":"promote","region":"…"}`,
-//! `{"command":"failover","region":"…","force":true}`, `{"command":"ack"}`.
+//! `{"command":"failover","region":"…","force":true}`, `{"command":"ack"}`,
+//! `{"command":"adopt","region":"…"}`.
 //! A promotion streams its events as `{"event":…}` lines and ends with `{"result":…}` or
 //! `{"error":"…"}`.
 
@@ -33,6 +34,9 @@ pub enum Request {
         force: bool,
     },
     Ack,
+    Adopt {
+        region: String,
+    },
 }
 
 pub struct ControlServer {
@@ -111,6 +115,13 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
             }
         }
         Request::Ack => json!({ "result": { "was_blocked": controller.ack() } }),
+        Request::Adopt { region } => match controller.adopt(&region).await {
+            Ok(epoch) => json!({ "result": {
+                "epoch": epoch.epoch,
+                "primary": controller.topology.node_name(epoch.primary),
+            }}),
+            Err(e) => json!({ "error": e.to_string() }),
+        },
         Request::Promote { region, method } => {
             let mut events = controller.events.subscribe();
             let task = {

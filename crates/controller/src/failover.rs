@@ -95,6 +95,8 @@ pub enum FailoverError {
     NotForced,
     #[error("cannot record the new epoch: {0}")]
     State(String),
+    #[error("{region} has {masters} nodes reporting role:master; adopt needs exactly one")]
+    AdoptNeedsOneMaster { region: String, masters: usize },
 }
 
 impl Controller {
@@ -282,6 +284,55 @@ impl Controller {
         // Repoint the others and switch DNS now rather than on the next tick.
         let _ = self.reconcile_locked().await;
         Ok(report)
+    }
+
+    /// `valkey-dr adopt <region>`: the operator's decision after a split brain (or any situation
+    /// without a trustworthy epoch): the master of `region` becomes the writer of a new epoch; the
+    /// next pass fences every other master.
+    pub async fn adopt(&self, region: &str) -> Result<EpochRecord, FailoverError> {
+        let _guard = self.topology_lock.lock().await;
+        let region_id = self
+            .topology
+            .region_by_name(region)
+            .ok_or_else(|| FailoverError::UnknownRegion(region.to_string()))?;
+        let observations = self.engine.observe_all(&self.topology).await;
+        let masters: Vec<NodeId> = observations
+            .iter()
+            .filter(|o| {
+                self.topology.node(o.node).region == region_id
+                    && o.info().is_some_and(|i| i.is_primary())
+            })
+            .map(|o| o.node)
+            .collect();
+        let [writer] = masters[..] else {
+            return Err(FailoverError::AdoptNeedsOneMaster {
+                region: region.to_string(),
+                masters: masters.len(),
+            });
+        };
+        let published = self
+            .dns
+            .records(std::slice::from_ref(&self.names.ownership))
+            .await
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|r| r.values.iter())
+            .filter_map(|v| valkey_dr_core::Ownership::parse(v))
+            .map(|o| o.epoch)
+            .max()
+            .unwrap_or(0);
+        let epoch = EpochRecord {
+            epoch: self.epoch().map_or(0, |e| e.epoch).max(published) + 1,
+            primary: writer,
+        };
+        self.set_epoch(epoch)
+            .map_err(|e| FailoverError::State(e.to_string()))?;
+        self.events.emit(
+            "adopted",
+            json!({ "region": region, "primary": self.topology.node_name(writer), "epoch": epoch.epoch }),
+        );
+        let _ = self.reconcile_locked().await;
+        Ok(epoch)
     }
 
     /// `valkey-dr ack`: allow automatic failovers again.

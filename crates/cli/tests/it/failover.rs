@@ -286,3 +286,61 @@ async fn a_controller_killed_in_the_middle_of_a_switchover_converges_after_resta
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn split_brain_without_an_epoch_waits_for_adopt() {
+    let lab = TestLab::start().await;
+    let pid: i32 = std::fs::read_to_string(lab.spec.dir.join("controller.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signal to the lab's own controller.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    while valkey_dr_lab::process::is_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Forget the epoch and make a second master: nobody can tell which one is right.
+    std::fs::remove_file(lab.spec.controller_dir().join("state.json")).unwrap();
+    let mut secondary = lab.connection(&lab.ip(1, 0)).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut secondary)
+        .await
+        .unwrap();
+    valkey_dr_lab::process::start_controller(&lab.spec, BIN.as_ref(), &[]).unwrap();
+    let status = lab
+        .wait_until(|s| s["findings"].to_string().contains("split brain"))
+        .await;
+    assert_eq!(status["epoch"], serde_json::Value::Null);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        lab.dig_short(&lab.name("demo"), "A").is_empty(),
+        "no writer name is published on a guess"
+    );
+    assert!(
+        lab.events()
+            .iter()
+            .any(|e| e["event"] == "bootstrap_blocked")
+    );
+
+    let out = lab.cli(&["adopt", "us-east-2"]);
+    let adopted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(adopted["primary"], lab.node(1, 0));
+    let status = lab
+        .wait_until(|s| s["findings"] == serde_json::json!(["healthy"]))
+        .await;
+    let masters = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["role"] == "primary")
+        .count();
+    assert_eq!(masters, 1, "the other master was fenced: {status:#}");
+    lab.cli(&["reconcile"]);
+    assert_eq!(
+        lab.dig_short(&lab.name("demo"), "A"),
+        vec![lab.name("primary.us-east-2"), lab.ip(1, 0)]
+    );
+}
