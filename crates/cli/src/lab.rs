@@ -9,7 +9,7 @@ use clap::Subcommand;
 use valkey_dr_controller::control::{self, Request};
 use valkey_dr_lab::LabSpec;
 use valkey_dr_lab::process;
-use valkey_dr_lab::writer::{self, WriterConfig};
+use valkey_dr_lab::writer;
 
 use crate::Output;
 
@@ -63,6 +63,9 @@ pub enum LabCommand {
         /// TTL of the DNS records in seconds.
         #[arg(long, default_value_t = 1)]
         ttl: u32,
+        /// Plain TCP instead of TLS (AUTH stays on).
+        #[arg(long)]
+        no_tls: bool,
     },
     /// Stop every lab process.
     Down {
@@ -117,6 +120,7 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             dns,
             link_delay_ms,
             ttl,
+            no_tls,
         } => {
             let mut spec = LabSpec::reference(absolute(dir.path())?);
             spec.port = port;
@@ -124,6 +128,7 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             spec.dns = dns;
             spec.link_delay_ms = link_delay_ms;
             spec.ttl = ttl;
+            spec.tls = !no_tls;
             up(&spec).await
         }
         LabCommand::Down { dir } => {
@@ -233,7 +238,7 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             output,
         } => {
             let spec = dir.spec()?;
-            let config = writer_config(&spec, &prefix);
+            let config = spec.writer(&prefix).map_err(anyhow::Error::msg)?;
             let report = writer::run(
                 &config,
                 tokio::time::sleep(Duration::from_secs_f64(seconds)),
@@ -264,17 +269,6 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             valkey_dr_lab::link::run_daemon(&spec.dir, &spec.links()).await?;
             Ok(())
         }
-    }
-}
-
-pub fn writer_config(spec: &LabSpec, prefix: &str) -> WriterConfig {
-    WriterConfig {
-        dns: spec.dns,
-        name: format!("{}.{}.", spec.global_name, spec.zone),
-        port: spec.port,
-        prefix: prefix.to_string(),
-        list: false,
-        via: Default::default(),
     }
 }
 

@@ -30,11 +30,12 @@ impl Health {
         down_after: Duration,
     ) -> BTreeSet<NodeId> {
         for o in observations {
-            if o.state.is_ok() {
+            // A node that refuses us (wrong password, certificate) is alive: never "down".
+            if o.failure() == Some(valkey_dr_core::observation::FailureKind::Unreachable) {
+                self.failing_since.entry(o.node).or_insert(probed_at);
+            } else {
                 self.failing_since.remove(&o.node);
                 self.reported_down.remove(&o.node);
-            } else {
-                self.failing_since.entry(o.node).or_insert(probed_at);
             }
         }
         self.failing_since

@@ -11,6 +11,7 @@ pub mod events;
 pub mod failover;
 pub mod promotion;
 pub mod reconcile;
+pub mod security;
 pub mod state;
 pub mod status;
 
@@ -28,7 +29,7 @@ use valkey_dr_valkey::{Timeouts, ValkeyEngine};
 
 pub use events::EventSink;
 pub use promotion::{PromoteError, PromotionReport};
-pub use reconcile::PassOutcome;
+pub use reconcile::{PassError, PassOutcome};
 pub use status::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,8 @@ pub enum ControllerError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
 }
 
 pub struct Controller {
@@ -75,10 +78,13 @@ impl Controller {
         let topology = Topology::from_config(&config);
         let state_file = state::StateFile::new(&config.state_dir);
         let epoch = state_file.load(&topology);
-        let engine = ValkeyEngine::new(Timeouts {
-            connect: Duration::from_millis(config.controller.connect_timeout_ms),
-            command: Duration::from_millis(config.controller.command_timeout_ms),
-        });
+        let engine = ValkeyEngine::new(
+            Timeouts {
+                connect: Duration::from_millis(config.controller.connect_timeout_ms),
+                command: Duration::from_millis(config.controller.command_timeout_ms),
+            },
+            security::load(&config)?,
+        );
         Ok(Controller {
             names: ManagedNames::from_config(&config),
             events: EventSink::open(&config.events_file()),

@@ -38,6 +38,24 @@ pub struct PassOutcome {
     pub conflicts: Vec<(String, String)>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    #[error("every node refused the controller ({0}); check auth and tls in the config")]
+    Refused(String),
+}
+
+/// The first refusal, when every node refused us.
+fn all_refused(observations: &[NodeObservation]) -> Option<String> {
+    let refused = |o: &NodeObservation| o.failure() == Some(valkey_dr_core::observation::FailureKind::Refused);
+    if !observations.is_empty() && observations.iter().all(refused) {
+        observations[0].state.as_ref().err().cloned()
+    } else {
+        None
+    }
+}
+
 /// How long to wait after `failures` failed passes in a row: doubling, capped at 30 s.
 pub fn error_policy(interval: Duration, failures: u32) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(10);
@@ -68,14 +86,19 @@ pub(crate) fn describe_node(controller: &Controller, o: &NodeObservation) -> Str
 }
 
 impl Controller {
-    pub async fn reconcile_once(&self) -> Result<PassOutcome, DnsError> {
+    pub async fn reconcile_once(&self) -> Result<PassOutcome, PassError> {
         let _guard = self.topology_lock.lock().await;
         self.reconcile_locked().await
     }
 
-    pub(crate) async fn reconcile_locked(&self) -> Result<PassOutcome, DnsError> {
+    pub(crate) async fn reconcile_locked(&self) -> Result<PassOutcome, PassError> {
         let probed_at = std::time::Instant::now();
         let mut observations = self.engine.observe_all(&self.topology).await;
+        if let Some(reason) = all_refused(&observations) {
+            // Every node refuses us: our credentials or trust settings are wrong. Nothing can be
+            // decided from that; fail the pass so the error policy backs off and reports it.
+            return Err(PassError::Refused(reason));
+        }
         let current = self.dns.records(&self.names.all(&self.topology)).await?;
         let epoch = match self.epoch() {
             Some(epoch) => Some(epoch),
@@ -123,7 +146,7 @@ impl Controller {
                 Err(error) => {
                     self.events
                         .emit("dns_apply_failed", json!({ "error": error.to_string() }));
-                    return Err(error);
+                    return Err(error.into());
                 }
             }
         }

@@ -27,6 +27,43 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub controller: ControllerConfig,
+    /// TLS for every connection to the nodes; omit for plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Credentials for the nodes; omit when they need no AUTH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA that signed the nodes' certificates; nodes are verified against it.
+    pub ca_file: PathBuf,
+    /// Client certificate and key (PEM) when the nodes require mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// Where the nodes' password comes from. The password itself never appears in the config, on the
+/// command line, in logs, events, status output or error messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// ACL user; the default user when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A file holding the password (first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// The name of an environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// Never valid: present only to explain why a literal password is refused.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,7 +373,49 @@ impl Config {
             ));
         }
         self.validate_dns()?;
-        self.validate_controller()
+        self.validate_controller()?;
+        self.validate_security()
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.tls
+            && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
+        {
+            return Err(ConfigError::invalid(
+                "tls.client_cert_file",
+                "a client certificate needs its key and the other way round",
+                "set both client_cert_file and client_key_file, or neither",
+            ));
+        }
+        if let Some(auth) = &self.auth {
+            if auth.password.is_some() {
+                return Err(ConfigError::invalid(
+                    "auth.password",
+                    "a literal password in the config would end up in backups and diffs",
+                    "put it in a file (password_file, mode 0600) or an environment variable (password_env)",
+                ));
+            }
+            match (&auth.password_file, &auth.password_env) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "auth.password_file",
+                        "exactly one source of the password is needed",
+                        "set either password_file or password_env",
+                    ));
+                }
+            }
+            if let Some(user) = &auth.username
+                && (user.is_empty() || user.chars().any(|c| c.is_whitespace()))
+            {
+                return Err(ConfigError::invalid(
+                    "auth.username",
+                    "an ACL user name cannot be empty or contain spaces",
+                    "use the name of the ACL user (or remove it for the default user)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_dns(&self) -> Result<(), ConfigError> {

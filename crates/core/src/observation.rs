@@ -45,6 +45,37 @@ impl ReplicationInfo {
     }
 }
 
+/// Why a node could not be observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// No answer: refused connection, timeout, reset. Counts towards `down_after`.
+    Unreachable,
+    /// The node answered but refused us (wrong password, untrusted certificate): a configuration
+    /// problem, never a reason to fail over.
+    Refused,
+}
+
+impl FailureKind {
+    /// Classifies an error message from a connection or command.
+    pub fn of(reason: &str) -> FailureKind {
+        const REFUSALS: [&str; 7] = [
+            "WRONGPASS",
+            "NOAUTH",
+            "AuthenticationFailed",
+            "authentication failed",
+            "invalid peer certificate",
+            "certificate",
+            "NOPERM",
+        ];
+        if REFUSALS.iter().any(|r| reason.contains(r)) {
+            FailureKind::Refused
+        } else {
+            FailureKind::Unreachable
+        }
+    }
+}
+
 /// One node's observation: its replication state, or why it could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeObservation {
@@ -56,6 +87,13 @@ pub struct NodeObservation {
     pub keys: Option<u64>,
     /// The controller's heartbeat timestamp (Unix ms) as this node last received it.
     pub heartbeat_ms: Option<u64>,
+}
+
+impl NodeObservation {
+    /// Why the node could not be observed (None when it could).
+    pub fn failure(&self) -> Option<FailureKind> {
+        self.state.as_ref().err().map(|reason| FailureKind::of(reason))
+    }
 }
 
 impl NodeObservation {
@@ -151,6 +189,20 @@ mod tests {
             }
         );
         assert_eq!(r.offset, 1200);
+    }
+
+    #[test]
+    fn classifies_failures() {
+        let cases = [
+            ("connect failed: Connection refused (os error 111)", FailureKind::Unreachable),
+            ("connect failed: timed out", FailureKind::Unreachable),
+            ("connect failed: WRONGPASS invalid username-password pair", FailureKind::Refused),
+            ("INFO replication failed: NOAUTH Authentication required.", FailureKind::Refused),
+            ("connect failed: invalid peer certificate: UnknownIssuer", FailureKind::Refused),
+        ];
+        for (reason, kind) in cases {
+            assert_eq!(FailureKind::of(reason), kind, "{reason}");
+        }
     }
 
     #[test]

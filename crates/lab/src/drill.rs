@@ -115,14 +115,13 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
         })
         .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let base = spec.writer("drill").map_err(DrillError::Lab)?;
     let configs: Vec<WriterConfig> = (0..options.writers)
         .map(|w| WriterConfig {
-            dns: spec.dns,
-            name: name.clone(),
-            port: spec.port,
             prefix: format!("drill:{run_id}:{w}"),
             list: true,
             via: via.clone(),
+            ..base.clone()
         })
         .collect();
     let writers: Vec<_> = configs

@@ -4,6 +4,7 @@
 
 pub mod drill;
 pub mod link;
+pub mod pki;
 pub mod process;
 pub mod spec;
 pub mod writer;

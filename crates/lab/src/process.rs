@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::spec::LabSpec;
 
@@ -118,10 +117,14 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
     std::fs::write(spec.config_path(), spec.controller_config().to_toml())
         .map_err(io("writing the controller config"))?;
 
+    crate::pki::generate(spec).map_err(LabError::Io)?;
+    let security = spec.security().map_err(LabError::Io)?;
+    let password = security.auth.as_ref().map(|a| a.password.expose().to_string()).unwrap_or_default();
     for (r, i) in spec.nodes() {
         let conf = spec.dir.join(format!("valkey-{}.conf", spec.node_ip(r, i)));
         std::fs::create_dir_all(spec.node_dir(r, i)).map_err(io("creating a node directory"))?;
-        std::fs::write(&conf, spec.valkey_conf(r, i)).map_err(io("writing a valkey config"))?;
+        // The config holds the password: owner-only.
+        write_private(&conf, &spec.valkey_conf(r, i, &password)).map_err(io("writing a valkey config"))?;
         let status = Command::new(&valkey_server)
             .arg(&conf)
             .stdin(Stdio::null())
@@ -142,7 +145,7 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
         wait_for(
             &format!("valkey {addr}"),
             &spec.dir.join(format!("valkey-{}.log", addr.ip())),
-            || ping(addr),
+            || ping(addr, &security),
         )
         .await?;
     }
@@ -241,20 +244,24 @@ pub async fn down(spec: &LabSpec) -> Vec<String> {
     running.into_iter().map(|p| p.name).collect()
 }
 
-/// `PING` over a raw connection: true on `+PONG`.
-pub async fn ping(addr: SocketAddr) -> bool {
-    let attempt = async {
-        let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
-        conn.write_all(b"PING\r\n").await.ok()?;
-        let mut buf = [0u8; 7];
-        conn.read_exact(&mut buf).await.ok()?;
-        Some(&buf == b"+PONG\r\n")
+/// `PING` with the lab's TLS and AUTH settings: true when the node answers.
+pub async fn ping(addr: SocketAddr, security: &valkey_dr_valkey::Security) -> bool {
+    let endpoint = valkey_dr_core::Endpoint::new(&addr.ip().to_string(), addr.port());
+    let timeouts = valkey_dr_valkey::Timeouts {
+        connect: Duration::from_millis(500),
+        command: Duration::from_millis(500),
     };
-    tokio::time::timeout(Duration::from_millis(500), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    let Ok(mut conn) = valkey_dr_valkey::connect(&endpoint, security, timeouts).await else {
+        return false;
+    };
+    let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+    pong.is_ok()
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 pub async fn wait_for<F, Fut>(what: &str, log: &Path, mut ready: F) -> Result<(), LabError>

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use valkey_dr_core::Config;
+use valkey_dr_core::config::{AuthConfig, TlsConfig};
 use valkey_dr_core::config::{
     ControllerConfig, DnsConfig, DnsProviderConfig, FailoverPolicy, NodeConfig, RegionConfig,
 };
@@ -29,6 +30,8 @@ pub struct LabSpec {
     pub global_name: String,
     /// The controller's policy when the writer's whole region is down.
     pub failover: FailoverPolicy,
+    /// TLS on every node (plain port 0) with the lab's own CA; AUTH is always on.
+    pub tls: bool,
 }
 
 /// The name under which the controller's links appear in partitions: the controller watches the
@@ -49,7 +52,56 @@ impl LabSpec {
             zone: "valkey-dr.live".into(),
             global_name: "demo".into(),
             failover: FailoverPolicy::Auto,
+            tls: true,
         }
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls").join("ca.pem")
+    }
+
+    pub fn node_cert(&self, region: usize, index: usize) -> PathBuf {
+        self.dir.join("tls").join(format!("{}.pem", self.node_ip(region, index)))
+    }
+
+    pub fn node_key(&self, region: usize, index: usize) -> PathBuf {
+        self.dir.join("tls").join(format!("{}.key", self.node_ip(region, index)))
+    }
+
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.join("secrets").join("valkey-password")
+    }
+
+    /// A sequence writer through the global name, with the lab's TLS and AUTH settings.
+    pub fn writer(&self, prefix: &str) -> Result<crate::writer::WriterConfig, String> {
+        Ok(crate::writer::WriterConfig {
+            dns: self.dns,
+            name: format!("{}.{}.", self.global_name, self.zone),
+            port: self.port,
+            prefix: prefix.to_string(),
+            list: false,
+            via: Default::default(),
+            security: self.security()?,
+        })
+    }
+
+    /// How clients of this lab connect: its CA and its password (read from the lab directory).
+    pub fn security(&self) -> Result<valkey_dr_valkey::Security, String> {
+        let password = std::fs::read_to_string(self.password_file())
+            .map_err(|e| format!("cannot read {}: {e}", self.password_file().display()))?;
+        let tls = if self.tls {
+            let ca_pem = std::fs::read(self.ca_file()).map_err(|e| format!("cannot read {}: {e}", self.ca_file().display()))?;
+            Some(valkey_dr_valkey::TlsMaterial { ca_pem, client: None })
+        } else {
+            None
+        };
+        Ok(valkey_dr_valkey::Security {
+            tls,
+            auth: Some(valkey_dr_valkey::Credentials {
+                username: None,
+                password: valkey_dr_valkey::Secret::new(password.trim()),
+            }),
+        })
     }
 
     /// The address of node `index` (0-based) of region `region` (0-based).
@@ -155,20 +207,42 @@ impl LabSpec {
                 cross_region_failover: self.failover,
                 ..ControllerConfig::default()
             },
+            tls: self.tls.then(|| TlsConfig {
+                ca_file: self.ca_file(),
+                client_cert_file: None,
+                client_key_file: None,
+            }),
+            auth: Some(AuthConfig {
+                username: None,
+                password_file: Some(self.password_file()),
+                password_env: None,
+                password: None,
+            }),
         }
     }
 
     /// The valkey.conf of one node: the primary region's first node is the writer, its region
     /// peers follow it, other regions' first nodes follow it across the link, their peers follow them.
-    pub fn valkey_conf(&self, region: usize, index: usize) -> String {
+    pub fn valkey_conf(&self, region: usize, index: usize, password: &str) -> String {
         let ip = self.node_ip(region, index);
         let dir = self.node_dir(region, index);
+        let listen = if self.tls {
+            format!(
+                "port 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+                 tls-replication yes\ntls-auth-clients no\n",
+                port = self.port,
+                cert = self.node_cert(region, index).display(),
+                key = self.node_key(region, index).display(),
+                ca = self.ca_file().display(),
+            )
+        } else {
+            format!("port {}\n", self.port)
+        };
         let mut conf = format!(
-            "bind {ip}\nport {port}\nreplica-announce-ip {ip}\ndaemonize yes\npidfile {pid}\nlogfile {log}\ndir {dir}\n\
+            "bind {ip}\n{listen}requirepass {password}\nmasterauth {password}\nreplica-announce-ip {ip}\ndaemonize yes\npidfile {pid}\nlogfile {log}\ndir {dir}\n\
              save \"\"\nappendonly no\nprotected-mode no\n\
              repl-diskless-sync yes\nrepl-diskless-sync-delay 0\n\
              repl-timeout 5\nrepl-ping-replica-period 1\n",
-            port = self.port,
             pid = self.node_pidfile(region, index).display(),
             log = self.dir.join(format!("valkey-{ip}.log")).display(),
             dir = dir.display(),
@@ -245,11 +319,13 @@ mod tests {
         );
         let config = spec.controller_config();
         config.validate().expect("lab config is valid");
-        assert!(
-            spec.valkey_conf(1, 0)
-                .contains("replicaof 127.0.2.111 6379")
-        );
-        assert!(spec.valkey_conf(1, 1).contains("replicaof 127.0.2.1 6379"));
-        assert!(!spec.valkey_conf(0, 0).contains("replicaof"));
+        assert!(spec.valkey_conf(1, 0, "pw").contains("replicaof 127.0.2.111 6379"));
+        assert!(spec.valkey_conf(1, 1, "pw").contains("replicaof 127.0.2.1 6379"));
+        assert!(!spec.valkey_conf(0, 0, "pw").contains("replicaof"));
+        let tls = spec.valkey_conf(0, 0, "pw");
+        assert!(tls.contains("port 0\ntls-port 6379") && tls.contains("tls-replication yes"));
+        assert!(tls.contains("requirepass pw\nmasterauth pw"));
+        let plain = LabSpec { tls: false, ..spec.clone() }.valkey_conf(0, 0, "pw");
+        assert!(plain.contains("port 6379") && !plain.contains("tls-"));
     }
 }

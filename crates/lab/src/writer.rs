@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
 use serde::{Deserialize, Serialize};
 use valkey_dr_dns::resolve::StubResolver;
 
@@ -25,6 +24,8 @@ pub struct WriterConfig {
     /// Where this client reaches a node the name resolves to, when not at `ip:port` directly:
     /// a client outside the node's region goes through the network path a partition cuts.
     pub via: std::collections::HashMap<IpAddr, SocketAddr>,
+    /// TLS and AUTH, as for any client of the nodes.
+    pub security: valkey_dr_valkey::Security,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -38,21 +39,16 @@ pub struct WriterReport {
     pub targets: Vec<String>,
 }
 
-pub async fn connect(ip: IpAddr, port: u16) -> Result<MultiplexedConnection, String> {
-    let info = ConnectionAddr::Tcp(ip.to_string(), port)
-        .into_connection_info()
-        .map_err(|e| e.to_string())?;
-    let client = Client::open(info).map_err(|e| e.to_string())?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(500)))
-        .set_response_timeout(Some(Duration::from_millis(1000)));
-    tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection_with_config(&config),
-    )
-    .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| e.to_string())
+pub async fn connect(
+    ip: IpAddr,
+    port: u16,
+    security: &valkey_dr_valkey::Security,
+) -> Result<MultiplexedConnection, String> {
+    let timeouts = valkey_dr_valkey::Timeouts {
+        connect: Duration::from_millis(500),
+        command: Duration::from_millis(1000),
+    };
+    valkey_dr_valkey::connect(&valkey_dr_core::Endpoint::new(&ip.to_string(), port), security, timeouts).await
 }
 
 /// Resolves the name and connects to the first address.
@@ -70,7 +66,7 @@ async fn connect_by_name(
         .get(&ip)
         .copied()
         .unwrap_or(SocketAddr::new(ip, config.port));
-    Ok((ip, ttl, connect(address.ip(), address.port()).await?))
+    Ok((ip, ttl, connect(address.ip(), address.port(), &config.security).await?))
 }
 
 /// Writes until `stop` completes.

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use valkey_dr_core::observation::{NodeObservation, ReplicationInfo, parse_info_replication};
 use valkey_dr_core::{Endpoint, NodeId, Topology};
 
@@ -30,17 +30,126 @@ pub struct Timeouts {
     pub command: Duration,
 }
 
+/// A secret string: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Secret,
+}
+
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// PEM of the CA the nodes' certificates must chain to.
+    pub ca_pem: Vec<u8>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client: Option<(Vec<u8>, Secret)>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// How to reach nodes safely: TLS verified against a CA, and AUTH.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub tls: Option<TlsMaterial>,
+    pub auth: Option<Credentials>,
+}
+
+/// A client for one node with the given security settings: the one place where every connection
+/// of the controller, the lab and the drills is built.
+pub fn client(node: &Endpoint, security: &Security) -> Result<Client, String> {
+    let mut settings = RedisConnectionInfo::default();
+    if let Some(auth) = &security.auth {
+        if let Some(user) = &auth.username {
+            settings = settings.set_username(user);
+        }
+        settings = settings.set_password(auth.password.expose());
+    }
+    let Some(tls) = &security.tls else {
+        let info = ConnectionAddr::Tcp(node.host.clone(), node.port)
+            .into_connection_info()
+            .map_err(|e| e.to_string())?
+            .set_redis_settings(settings);
+        return Client::open(info).map_err(|e| e.to_string());
+    };
+    // One process-wide crypto provider; a second install is refused harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let host = if node.host.contains(':') {
+        format!("[{}]", node.host)
+    } else {
+        node.host.clone()
+    };
+    let info = format!("rediss://{host}:{}", node.port)
+        .into_connection_info()
+        .map_err(|e| e.to_string())?
+        .set_redis_settings(settings);
+    let certificates = redis::TlsCertificates {
+        client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.expose().as_bytes().to_vec(),
+        }),
+        root_cert: Some(tls.ca_pem.clone()),
+    };
+    Client::build_with_tls(info, certificates).map_err(|e| e.to_string())
+}
+
+/// Opens a multiplexed connection to a node, bounded by the timeouts.
+pub async fn connect(
+    node: &Endpoint,
+    security: &Security,
+    timeouts: Timeouts,
+) -> Result<MultiplexedConnection, String> {
+    let client = client(node, security)?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeouts.connect))
+        .set_response_timeout(Some(timeouts.command));
+    // The overall bound also covers the TLS and AUTH handshakes.
+    tokio::time::timeout(
+        timeouts.connect + timeouts.command,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map_err(|e| e.to_string())
+}
+
 /// Talks to the nodes of one topology. Connections are cached per node and dropped on any error,
 /// so a node that comes back is reached again on the next call.
 pub struct ValkeyEngine {
     timeouts: Timeouts,
+    security: Security,
     connections: Mutex<HashMap<Endpoint, MultiplexedConnection>>,
 }
 
 impl ValkeyEngine {
-    pub fn new(timeouts: Timeouts) -> Self {
+    pub fn new(timeouts: Timeouts, security: Security) -> Self {
         ValkeyEngine {
             timeouts,
+            security,
             connections: Mutex::new(HashMap::new()),
         }
     }
@@ -49,18 +158,8 @@ impl ValkeyEngine {
         if let Some(conn) = self.connections.lock().expect("lock").get(node) {
             return Ok(conn.clone());
         }
-        let info = ConnectionAddr::Tcp(node.host.clone(), node.port)
-            .into_connection_info()
-            .map_err(|e| error(node, "connect", e))?;
-        let client = Client::open(info).map_err(|e| error(node, "connect", e))?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeouts.connect))
-            .set_response_timeout(Some(self.timeouts.command));
-        let connect = client.get_multiplexed_async_connection_with_config(&config);
-        // The overall bound also covers the handshake, which the connection timeout may not.
-        let conn = tokio::time::timeout(self.timeouts.connect + self.timeouts.command, connect)
+        let conn = connect(node, &self.security, self.timeouts)
             .await
-            .map_err(|_| error(node, "connect", "timed out"))?
             .map_err(|e| error(node, "connect", e))?;
         self.connections
             .lock()

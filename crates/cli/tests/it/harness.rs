@@ -202,7 +202,7 @@ impl TestLab {
     }
 
     pub async fn connection(&self, ip: &str) -> redis::aio::MultiplexedConnection {
-        valkey_dr_lab::writer::connect(ip.parse().unwrap(), self.spec.port)
+        valkey_dr_lab::writer::connect(ip.parse().unwrap(), self.spec.port, &self.spec.security().unwrap())
             .await
             .expect("node reachable")
     }

@@ -183,12 +183,5 @@ async fn a_writer_hammering_the_name_during_promote_loses_no_acknowledged_write(
 }
 
 pub fn writer_config(lab: &TestLab) -> valkey_dr_lab::writer::WriterConfig {
-    valkey_dr_lab::writer::WriterConfig {
-        dns: lab.spec.dns,
-        name: lab.name("demo"),
-        port: lab.spec.port,
-        prefix: "w".into(),
-        list: false,
-        via: Default::default(),
-    }
+    lab.spec.writer("w").unwrap()
 }

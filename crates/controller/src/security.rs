@@ -1,0 +1,76 @@
+//! Loads the TLS material and the password named by the config. Errors name the field and the
+//! file or variable, never the secret.
+
+use std::path::Path;
+
+use valkey_dr_core::Config;
+use valkey_dr_valkey::{Credentials, Secret, Security, TlsMaterial};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error("config field `{field}`: cannot read {path}: {reason}")]
+    File {
+        field: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("config field `auth.password_env`: environment variable {0} is not set (or not UTF-8)")]
+    Env(String),
+    #[error("config field `{0}`: the password is empty")]
+    Empty(&'static str),
+}
+
+fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
+    std::fs::read(path).map_err(|e| SecurityError::File {
+        field,
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+pub fn load(config: &Config) -> Result<Security, SecurityError> {
+    let tls = match &config.tls {
+        None => None,
+        Some(tls) => {
+            let client = match (&tls.client_cert_file, &tls.client_key_file) {
+                (Some(cert), Some(key)) => {
+                    let key = read("tls.client_key_file", key)?;
+                    Some((
+                        read("tls.client_cert_file", cert)?,
+                        Secret::new(String::from_utf8_lossy(&key).into_owned()),
+                    ))
+                }
+                _ => None,
+            };
+            Some(TlsMaterial {
+                ca_pem: read("tls.ca_file", &tls.ca_file)?,
+                client,
+            })
+        }
+    };
+    let auth = match &config.auth {
+        None => None,
+        Some(auth) => {
+            let (field, password) = match (&auth.password_file, &auth.password_env) {
+                (Some(path), _) => {
+                    let bytes = read("auth.password_file", path)?;
+                    let text = String::from_utf8_lossy(&bytes);
+                    ("auth.password_file", text.lines().next().unwrap_or_default().to_string())
+                }
+                (None, Some(var)) => (
+                    "auth.password_env",
+                    std::env::var(var).map_err(|_| SecurityError::Env(var.clone()))?,
+                ),
+                (None, None) => unreachable!("validated: one password source"),
+            };
+            if password.is_empty() {
+                return Err(SecurityError::Empty(field));
+            }
+            Some(Credentials {
+                username: auth.username.clone(),
+                password: Secret::new(password),
+            })
+        }
+    };
+    Ok(Security { tls, auth })
+}
