@@ -10,6 +10,8 @@ NAME=demo.valkey-dr.live
 KEYS=1000
 
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+# valkey-cli over TLS with the lab's CA; the password goes through REDISCLI_AUTH, never argv.
+vcli() { REDISCLI_AUTH=$(cat "$LAB_DIR/secrets/valkey-password") valkey-cli --tls --cacert "$LAB_DIR/tls/ca.pem" "$@"; }
 run() { printf '\033[2m$ %s\033[0m\n' "$*" >&2; "$@"; }
 writer_ip() { dig "${DNS[@]}" +short "$NAME" | tail -n1; }
 
@@ -17,15 +19,18 @@ bold "1. Start the lab: us-east-1 (primary region) and us-east-2, two Valkey nod
 "$VDR" lab down --dir "$LAB_DIR" >/dev/null 2>&1 || true
 run "$VDR" lab up --dir "$LAB_DIR"
 
+echo "  (every node is TLS-only with the lab's own CA, and requires AUTH; below, vcli = valkey-cli --tls"
+echo "   --cacert $LAB_DIR/tls/ca.pem with the password from $LAB_DIR/secrets/valkey-password via REDISCLI_AUTH)"
+
 bold "2. Ask our DNS server where the global name leads"
 run dig "${DNS[@]}" "$NAME" +noall +answer
 run dig "${DNS[@]}" "_valkey-dr.$NAME" TXT +short
 
 target=$(writer_ip)
 bold "3. Write $KEYS keys through the name (it resolves to $target)"
-seq 1 "$KEYS" | sed 's/.*/SET demo:key:& value-&/' | valkey-cli -h "$target" >/dev/null
-run valkey-cli -h "$target" GET demo:key:1
-run valkey-cli -h 127.0.2.1 INFO replication | grep -E '^(role|master_host|master_link_status|slave_repl_offset)'
+seq 1 "$KEYS" | sed 's/.*/SET demo:key:& value-&/' | vcli -h "$target" >/dev/null
+run vcli -h "$target" GET demo:key:1
+run vcli -h 127.0.2.1 INFO replication | grep -E '^(role|master_host|master_link_status|slave_repl_offset)'
 
 bold "4. Promote us-east-2 while a writer keeps writing through the name (pause → catch up → promote → repoint → DNS → release)"
 writer_out=$(mktemp)
@@ -43,11 +48,11 @@ run dig "${DNS[@]}" "_valkey-dr.$NAME" TXT +short
 
 target=$(writer_ip)
 bold "6. Write and read through the name (it resolves to $target)"
-run valkey-cli -h "$target" SET demo:after-promotion yes
-run valkey-cli -h "$target" GET demo:key:1
-present=$(seq 1 "$KEYS" | sed 's/.*/EXISTS demo:key:&/' | valkey-cli -h "$target" | grep -c '^1$' || true)
+run vcli -h "$target" SET demo:after-promotion yes
+run vcli -h "$target" GET demo:key:1
+present=$(seq 1 "$KEYS" | sed 's/.*/EXISTS demo:key:&/' | vcli -h "$target" | grep -c '^1$' || true)
 echo "$present of $KEYS keys written before the promotion are readable through $NAME"
-run valkey-cli -h 127.0.1.1 INFO replication | grep -E '^(role|master_host|master_link_status)'
+run vcli -h 127.0.1.1 INFO replication | grep -E '^(role|master_host|master_link_status)'
 
 bold "7. The whole picture"
 run "$VDR" status --config "$LAB_DIR/valkey-dr.toml"
@@ -58,7 +63,7 @@ cat <<EOT
   $VDR events --config $LAB_DIR/valkey-dr.toml -f   the controller's event stream (JSON lines)
   $VDR promote us-east-1 --config $LAB_DIR/valkey-dr.toml   move the writer back
   dig @127.0.0.1 -p 5353 $NAME
-  valkey-cli -h 127.0.2.1 INFO replication
+  REDISCLI_AUTH=\$(cat $LAB_DIR/secrets/valkey-password) valkey-cli --tls --cacert $LAB_DIR/tls/ca.pem -h 127.0.2.1 INFO replication
   $VDR lab down --dir $LAB_DIR                        stop the lab (or: make lab-down)
 EOT
 if [ "$present" -ne "$KEYS" ]; then

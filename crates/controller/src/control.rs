@@ -82,7 +82,24 @@ impl ControlServer {
     }
 }
 
+/// Only our own user (or root) may send requests; the socket's mode 0600 already keeps other
+/// users out, this also holds where file permissions are not enforced.
+fn peer_allowed(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    stream
+        .peer_cred()
+        .is_ok_and(|cred| cred.uid() == own || cred.uid() == 0)
+}
+
 async fn handle(controller: Arc<Controller>, stream: UnixStream) {
+    if !peer_allowed(&stream) {
+        let (_, mut write) = stream.into_split();
+        let refusal =
+            json!({ "error": "control requests are accepted only from the controller's own user" });
+        let _ = write.write_all(format!("{refusal}\n").as_bytes()).await;
+        return;
+    }
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(64 * 1024));

@@ -46,11 +46,21 @@ pub enum PassError {
     Refused(String),
 }
 
-/// The first refusal, when every node refused us.
-fn all_refused(observations: &[NodeObservation]) -> Option<String> {
-    let refused = |o: &NodeObservation| o.failure() == Some(valkey_dr_core::observation::FailureKind::Refused);
+/// The first refusal (node and reason), when every node refused us.
+fn all_refused(
+    topology: &valkey_dr_core::Topology,
+    observations: &[NodeObservation],
+) -> Option<String> {
+    let refused = |o: &NodeObservation| {
+        o.failure() == Some(valkey_dr_core::observation::FailureKind::Refused)
+    };
     if !observations.is_empty() && observations.iter().all(refused) {
-        observations[0].state.as_ref().err().cloned()
+        let first = &observations[0];
+        first
+            .state
+            .as_ref()
+            .err()
+            .map(|reason| format!("{}: {reason}", topology.node_name(first.node)))
     } else {
         None
     }
@@ -94,7 +104,7 @@ impl Controller {
     pub(crate) async fn reconcile_locked(&self) -> Result<PassOutcome, PassError> {
         let probed_at = std::time::Instant::now();
         let mut observations = self.engine.observe_all(&self.topology).await;
-        if let Some(reason) = all_refused(&observations) {
+        if let Some(reason) = all_refused(&self.topology, &observations) {
             // Every node refuses us: our credentials or trust settings are wrong. Nothing can be
             // decided from that; fail the pass so the error policy backs off and reports it.
             return Err(PassError::Refused(reason));

@@ -55,7 +55,10 @@ pub fn load(config: &Config) -> Result<Security, SecurityError> {
                 (Some(path), _) => {
                     let bytes = read("auth.password_file", path)?;
                     let text = String::from_utf8_lossy(&bytes);
-                    ("auth.password_file", text.lines().next().unwrap_or_default().to_string())
+                    (
+                        "auth.password_file",
+                        text.lines().next().unwrap_or_default().to_string(),
+                    )
                 }
                 (None, Some(var)) => (
                     "auth.password_env",

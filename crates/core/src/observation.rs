@@ -92,7 +92,10 @@ pub struct NodeObservation {
 impl NodeObservation {
     /// Why the node could not be observed (None when it could).
     pub fn failure(&self) -> Option<FailureKind> {
-        self.state.as_ref().err().map(|reason| FailureKind::of(reason))
+        self.state
+            .as_ref()
+            .err()
+            .map(|reason| FailureKind::of(reason))
     }
 }
 
@@ -194,11 +197,23 @@ mod tests {
     #[test]
     fn classifies_failures() {
         let cases = [
-            ("connect failed: Connection refused (os error 111)", FailureKind::Unreachable),
+            (
+                "connect failed: Connection refused (os error 111)",
+                FailureKind::Unreachable,
+            ),
             ("connect failed: timed out", FailureKind::Unreachable),
-            ("connect failed: WRONGPASS invalid username-password pair", FailureKind::Refused),
-            ("INFO replication failed: NOAUTH Authentication required.", FailureKind::Refused),
-            ("connect failed: invalid peer certificate: UnknownIssuer", FailureKind::Refused),
+            (
+                "connect failed: WRONGPASS invalid username-password pair",
+                FailureKind::Refused,
+            ),
+            (
+                "INFO replication failed: NOAUTH Authentication required.",
+                FailureKind::Refused,
+            ),
+            (
+                "connect failed: invalid peer certificate: UnknownIssuer",
+                FailureKind::Refused,
+            ),
         ];
         for (reason, kind) in cases {
             assert_eq!(FailureKind::of(reason), kind, "{reason}");

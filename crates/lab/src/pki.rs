@@ -5,7 +5,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 
 use crate::spec::LabSpec;
 
@@ -25,30 +27,54 @@ pub fn random_password() -> std::io::Result<String> {
 pub fn generate(spec: &LabSpec) -> Result<(), String> {
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
     std::fs::create_dir_all(spec.dir.join("secrets")).map_err(|e| fail("creating secrets/", &e))?;
-    std::fs::set_permissions(spec.dir.join("secrets"), std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| fail("securing secrets/", &e))?;
-    write_private(&spec.password_file(), random_password().map_err(|e| fail("password", &e))?.as_bytes())
-        .map_err(|e| fail("writing the password file", &e))?;
+    std::fs::set_permissions(
+        spec.dir.join("secrets"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .map_err(|e| fail("securing secrets/", &e))?;
+    write_private(
+        &spec.password_file(),
+        random_password()
+            .map_err(|e| fail("password", &e))?
+            .as_bytes(),
+    )
+    .map_err(|e| fail("writing the password file", &e))?;
     if !spec.tls {
         return Ok(());
     }
     std::fs::create_dir_all(spec.dir.join("tls")).map_err(|e| fail("creating tls/", &e))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(|e| fail("CA", &e))?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "valkey-dr lab CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "valkey-dr lab CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_key = KeyPair::generate().map_err(|e| fail("CA key", &e))?;
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| fail("CA certificate", &e))?;
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| fail("CA certificate", &e))?;
     std::fs::write(spec.ca_file(), ca.pem()).map_err(|e| fail("writing the CA", &e))?;
     for (r, i) in spec.nodes() {
-        let mut names = vec![spec.node_ip(r, i).to_string(), spec.controller_link_addr(r, i).ip().to_string()];
-        names.extend((0..spec.regions.len()).filter(|f| *f != r).map(|f| spec.link_addr(f, r, i).ip().to_string()));
+        let mut names = vec![
+            spec.node_ip(r, i).to_string(),
+            spec.controller_link_addr(r, i).ip().to_string(),
+        ];
+        names.extend(
+            (0..spec.regions.len())
+                .filter(|f| *f != r)
+                .map(|f| spec.link_addr(f, r, i).ip().to_string()),
+        );
         let mut params = CertificateParams::new(names).map_err(|e| fail("node certificate", &e))?;
-        params.distinguished_name.push(DnType::CommonName, spec.node_ip(r, i).to_string());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, spec.node_ip(r, i).to_string());
         let key = KeyPair::generate().map_err(|e| fail("node key", &e))?;
-        let cert = params.signed_by(&key, &ca).map_err(|e| fail("signing a node certificate", &e))?;
-        std::fs::write(spec.node_cert(r, i), cert.pem()).map_err(|e| fail("writing a certificate", &e))?;
-        write_private(&spec.node_key(r, i), key.serialize_pem().as_bytes()).map_err(|e| fail("writing a key", &e))?;
+        let cert = params
+            .signed_by(&key, &ca)
+            .map_err(|e| fail("signing a node certificate", &e))?;
+        std::fs::write(spec.node_cert(r, i), cert.pem())
+            .map_err(|e| fail("writing a certificate", &e))?;
+        write_private(&spec.node_key(r, i), key.serialize_pem().as_bytes())
+            .map_err(|e| fail("writing a key", &e))?;
     }
     Ok(())
 }

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 use crate::spec::LabSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -119,12 +118,17 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
 
     crate::pki::generate(spec).map_err(LabError::Io)?;
     let security = spec.security().map_err(LabError::Io)?;
-    let password = security.auth.as_ref().map(|a| a.password.expose().to_string()).unwrap_or_default();
+    let password = security
+        .auth
+        .as_ref()
+        .map(|a| a.password.expose().to_string())
+        .unwrap_or_default();
     for (r, i) in spec.nodes() {
         let conf = spec.dir.join(format!("valkey-{}.conf", spec.node_ip(r, i)));
         std::fs::create_dir_all(spec.node_dir(r, i)).map_err(io("creating a node directory"))?;
         // The config holds the password: owner-only.
-        write_private(&conf, &spec.valkey_conf(r, i, &password)).map_err(io("writing a valkey config"))?;
+        write_private(&conf, &spec.valkey_conf(r, i, &password))
+            .map_err(io("writing a valkey config"))?;
         let status = Command::new(&valkey_server)
             .arg(&conf)
             .stdin(Stdio::null())

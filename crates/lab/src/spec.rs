@@ -61,11 +61,15 @@ impl LabSpec {
     }
 
     pub fn node_cert(&self, region: usize, index: usize) -> PathBuf {
-        self.dir.join("tls").join(format!("{}.pem", self.node_ip(region, index)))
+        self.dir
+            .join("tls")
+            .join(format!("{}.pem", self.node_ip(region, index)))
     }
 
     pub fn node_key(&self, region: usize, index: usize) -> PathBuf {
-        self.dir.join("tls").join(format!("{}.key", self.node_ip(region, index)))
+        self.dir
+            .join("tls")
+            .join(format!("{}.key", self.node_ip(region, index)))
     }
 
     pub fn password_file(&self) -> PathBuf {
@@ -90,8 +94,12 @@ impl LabSpec {
         let password = std::fs::read_to_string(self.password_file())
             .map_err(|e| format!("cannot read {}: {e}", self.password_file().display()))?;
         let tls = if self.tls {
-            let ca_pem = std::fs::read(self.ca_file()).map_err(|e| format!("cannot read {}: {e}", self.ca_file().display()))?;
-            Some(valkey_dr_valkey::TlsMaterial { ca_pem, client: None })
+            let ca_pem = std::fs::read(self.ca_file())
+                .map_err(|e| format!("cannot read {}: {e}", self.ca_file().display()))?;
+            Some(valkey_dr_valkey::TlsMaterial {
+                ca_pem,
+                client: None,
+            })
         } else {
             None
         };
@@ -319,13 +327,23 @@ mod tests {
         );
         let config = spec.controller_config();
         config.validate().expect("lab config is valid");
-        assert!(spec.valkey_conf(1, 0, "pw").contains("replicaof 127.0.2.111 6379"));
-        assert!(spec.valkey_conf(1, 1, "pw").contains("replicaof 127.0.2.1 6379"));
+        assert!(
+            spec.valkey_conf(1, 0, "pw")
+                .contains("replicaof 127.0.2.111 6379")
+        );
+        assert!(
+            spec.valkey_conf(1, 1, "pw")
+                .contains("replicaof 127.0.2.1 6379")
+        );
         assert!(!spec.valkey_conf(0, 0, "pw").contains("replicaof"));
         let tls = spec.valkey_conf(0, 0, "pw");
         assert!(tls.contains("port 0\ntls-port 6379") && tls.contains("tls-replication yes"));
         assert!(tls.contains("requirepass pw\nmasterauth pw"));
-        let plain = LabSpec { tls: false, ..spec.clone() }.valkey_conf(0, 0, "pw");
+        let plain = LabSpec {
+            tls: false,
+            ..spec.clone()
+        }
+        .valkey_conf(0, 0, "pw");
         assert!(plain.contains("port 6379") && !plain.contains("tls-"));
     }
 }

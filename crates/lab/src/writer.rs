@@ -48,7 +48,12 @@ pub async fn connect(
         connect: Duration::from_millis(500),
         command: Duration::from_millis(1000),
     };
-    valkey_dr_valkey::connect(&valkey_dr_core::Endpoint::new(&ip.to_string(), port), security, timeouts).await
+    valkey_dr_valkey::connect(
+        &valkey_dr_core::Endpoint::new(&ip.to_string(), port),
+        security,
+        timeouts,
+    )
+    .await
 }
 
 /// Resolves the name and connects to the first address.
@@ -66,7 +71,11 @@ async fn connect_by_name(
         .get(&ip)
         .copied()
         .unwrap_or(SocketAddr::new(ip, config.port));
-    Ok((ip, ttl, connect(address.ip(), address.port(), &config.security).await?))
+    Ok((
+        ip,
+        ttl,
+        connect(address.ip(), address.port(), &config.security).await?,
+    ))
 }
 
 /// Writes until `stop` completes.

@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
+};
 use valkey_dr_core::observation::{NodeObservation, ReplicationInfo, parse_info_replication};
 use valkey_dr_core::{Endpoint, NodeId, Topology};
 
@@ -108,10 +110,13 @@ pub fn client(node: &Endpoint, security: &Security) -> Result<Client, String> {
         .map_err(|e| e.to_string())?
         .set_redis_settings(settings);
     let certificates = redis::TlsCertificates {
-        client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-            client_cert: cert.clone(),
-            client_key: key.expose().as_bytes().to_vec(),
-        }),
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.expose().as_bytes().to_vec(),
+            }),
         root_cert: Some(tls.ca_pem.clone()),
     };
     Client::build_with_tls(info, certificates).map_err(|e| e.to_string())

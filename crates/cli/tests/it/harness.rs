@@ -202,9 +202,13 @@ impl TestLab {
     }
 
     pub async fn connection(&self, ip: &str) -> redis::aio::MultiplexedConnection {
-        valkey_dr_lab::writer::connect(ip.parse().unwrap(), self.spec.port, &self.spec.security().unwrap())
-            .await
-            .expect("node reachable")
+        valkey_dr_lab::writer::connect(
+            ip.parse().unwrap(),
+            self.spec.port,
+            &self.spec.security().unwrap(),
+        )
+        .await
+        .expect("node reachable")
     }
 }
 

@@ -7,3 +7,4 @@ mod harness;
 mod lab;
 mod promotion;
 mod reconcile;
+mod security;

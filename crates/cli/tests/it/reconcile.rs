@@ -69,7 +69,8 @@ async fn an_empty_node_restarted_as_a_master_is_never_served_and_is_fenced() {
     .await;
 
     // Restart it without persistence and without `replicaof`: an empty, writable master.
-    let conf = std::fs::read_to_string(lab.spec.dir.join(format!("valkey-{rogue_ip}.conf"))).unwrap();
+    let conf =
+        std::fs::read_to_string(lab.spec.dir.join(format!("valkey-{rogue_ip}.conf"))).unwrap();
     let conf: String = conf
         .lines()
         .filter(|l| !l.starts_with("replicaof"))
