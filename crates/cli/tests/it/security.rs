@@ -28,10 +28,9 @@ async fn the_tls_lab_refuses_plain_text_and_untrusted_clients_and_accepts_its_ca
         tls: None,
         ..good.clone()
     };
-    let error = valkey_dr_valkey::connect(&node, &plain, TIMEOUTS)
-        .await
-        .err()
-        .expect("plain text is refused");
+    let Err(error) = valkey_dr_valkey::connect(&node, &plain, TIMEOUTS).await else {
+        panic!("plain text is refused");
+    };
     assert!(!error.is_empty());
 
     // A client that trusts another CA must not accept the lab's certificates.
@@ -43,10 +42,9 @@ async fn the_tls_lab_refuses_plain_text_and_untrusted_clients_and_accepts_its_ca
         }),
         ..good.clone()
     };
-    let error = valkey_dr_valkey::connect(&node, &untrusting, TIMEOUTS)
-        .await
-        .err()
-        .expect("untrusted");
+    let Err(error) = valkey_dr_valkey::connect(&node, &untrusting, TIMEOUTS).await else {
+        panic!("untrusted");
+    };
     assert!(
         error.contains("certificate") || error.contains("UnknownIssuer"),
         "{error}"
