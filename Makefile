@@ -3,7 +3,10 @@ CARGO ?= cargo
 BIN := target/release/valkey-dr
 LAB_DIR ?= .valkey-dr-lab
 
-.PHONY: all deps build demo test lint fmt lab-down clean
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := config info_replication events dns_request
+
+.PHONY: all deps build demo test fuzz bench lab-down clean
 
 all: build
 
@@ -24,6 +27,25 @@ test: deps
 	else \
 		$(CARGO) test --locked --workspace --no-fail-fast; \
 	fi
+
+# Fuzz every target for FUZZ_SECONDS each (libFuzzer via cargo-fuzz). New inputs go to
+# fuzz/work/; commit the ones worth keeping to fuzz/corpus/ (or a crash to fuzz/regressions/),
+# where `make test` replays them. cargo-fuzz passes nightly-only flags to rustc; on this stable
+# toolchain RUSTC_BOOTSTRAP=1 allows them, for the fuzz build only.
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/work/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s (log: fuzz/work/$$t.log)"; \
+		if (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $$t work/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) > fuzz/work/$$t.log 2>&1; then \
+			grep -E '^Done [0-9]+ runs' fuzz/work/$$t.log; \
+		else \
+			tail -n 30 fuzz/work/$$t.log; exit 1; \
+		fi; \
+	done
+
+bench:
+	bash bench/failover
 
 lab-down:
 	@$(BIN) lab down --dir $(LAB_DIR)

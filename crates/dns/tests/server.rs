@@ -196,3 +196,41 @@ async fn serves_a_flipped_record_with_a_higher_serial() {
     assert!(soa(addr) > before);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_answers_are_truncated_over_udp_and_complete_over_tcp() {
+    let (server, zone) = server().await;
+    let addr = server.local_addr();
+    // A reader set of 120 addresses: far more than 512 bytes.
+    let readers: Vec<String> = (1..=120)
+        .map(|i| format!("10.0.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    zone.apply_changes(&[Change::Create {
+        new: RecordSet::new(
+            "reader.r1.valkey-dr.test",
+            RecordType::A,
+            5,
+            readers.clone(),
+        ),
+    }])
+    .unwrap();
+    // Plain UDP without EDNS: at most 512 bytes, so the answer is cut and flagged TC.
+    let udp = dig(
+        addr,
+        &[
+            "+noedns",
+            "+ignore",
+            "+notcp",
+            "reader.r1.valkey-dr.test",
+            "A",
+        ],
+    );
+    assert!(udp.contains(" tc"), "the truncation flag is set: {udp}");
+    // dig then retries over TCP by itself, as resolvers do, and gets every record.
+    let full = dig(
+        addr,
+        &["+noedns", "reader.r1.valkey-dr.test", "A", "+short"],
+    );
+    assert_eq!(full.lines().count(), readers.len(), "{full}");
+    server.shutdown().await;
+}

@@ -4,5 +4,5 @@
 mod server;
 mod zone;
 
-pub use server::{DnsServer, ServerError};
+pub use server::{DnsServer, ServerError, respond};
 pub use zone::{Lookup, Zone};

@@ -28,6 +28,39 @@ pub enum ServerError {
 /// Largest UDP payload we answer with, whatever a client advertises (the DNS flag day value).
 const MAX_UDP_PAYLOAD: u16 = 1232;
 
+/// Answers one raw DNS request the way the server does, without a socket: parse, decide, encode.
+/// Returns None for bytes that are not a DNS request (the server drops those). For tests and
+/// fuzzing; the server itself goes through hickory-server's transport.
+pub fn respond(zone: Arc<Zone>, request: &[u8], negative_ttl: u32) -> Option<Vec<u8>> {
+    use hickory_proto::op::{Message, MessageType};
+    let src: SocketAddr = "127.0.0.1:53".parse().expect("static address");
+    let request = Request::from_bytes(
+        request.to_vec(),
+        src,
+        hickory_server::net::xfer::Protocol::Udp,
+    )
+    .ok()?;
+    let handler = Handler::new(zone, src.ip(), negative_ttl);
+    let answer = handler.answer(&request);
+    let mut response = Message::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
+    response.metadata.authoritative = answer.authoritative;
+    response.metadata.response_code = answer.code;
+    response.add_queries(
+        request
+            .queries
+            .queries()
+            .iter()
+            .map(|q| q.original().clone()),
+    );
+    response.add_answers(answer.answers);
+    response.add_authorities(answer.authorities);
+    response.to_vec().ok()
+}
+
 pub struct DnsServer {
     server: Server<Handler>,
     local_addr: SocketAddr,
@@ -47,13 +80,7 @@ impl DnsServer {
         let udp = UdpSocket::bind(listen).await.map_err(bind_error)?;
         let local_addr = udp.local_addr().map_err(bind_error)?;
         let tcp = TcpListener::bind(local_addr).await.map_err(bind_error)?;
-        let ns = Name::from_ascii(format!("ns.{}", zone.origin())).expect("valid zone name");
-        let handler = Handler {
-            zone,
-            ns,
-            ns_ip: local_addr.ip(),
-            negative_ttl,
-        };
+        let handler = Handler::new(zone, local_addr.ip(), negative_ttl);
         let mut server = Server::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
@@ -98,6 +125,16 @@ impl Answer {
 }
 
 impl Handler {
+    fn new(zone: Arc<Zone>, ns_ip: std::net::IpAddr, negative_ttl: u32) -> Handler {
+        let ns = Name::from_ascii(format!("ns.{}", zone.origin())).expect("valid zone name");
+        Handler {
+            zone,
+            ns,
+            ns_ip,
+            negative_ttl,
+        }
+    }
+
     fn origin(&self) -> Name {
         Name::from_ascii(self.zone.origin()).expect("valid zone name")
     }
