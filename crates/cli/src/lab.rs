@@ -132,10 +132,10 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             up(&spec).await
         }
         LabCommand::Down { dir } => {
-            let spec = dir.spec()?;
-            let stopped = process::down(&spec).await;
+            let dir = dir.path();
+            let stopped = process::down(&dir).await;
             if stopped.is_empty() {
-                println!("no lab process was running in {}", spec.dir.display());
+                println!("no lab process was running in {}", dir.display());
             } else {
                 println!(
                     "stopped {} process(es): {}",
@@ -147,7 +147,7 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
         }
         LabCommand::Status { dir, output } => {
             let spec = dir.spec()?;
-            let processes = process::processes(&spec);
+            let processes = process::processes(&spec.dir);
             let config = spec.controller_config();
             let status = control::request(&config.control_socket(), &Request::Status, |_| {}).await;
             match output {
@@ -312,7 +312,7 @@ async fn up(spec: &LabSpec) -> Result<()> {
     )
     .await;
     if let Err(e) = ready {
-        process::down(spec).await;
+        process::down(&spec.dir).await;
         return Err(e.into());
     }
     // One pass now, so DNS reflects the healthy topology before anyone looks.

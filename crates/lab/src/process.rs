@@ -53,21 +53,24 @@ pub fn valkey_server_binary() -> Result<PathBuf, LabError> {
     Err(LabError::NoValkey)
 }
 
-/// Every process a lab in `dir` may have: its nodes, the link daemon and the controller.
-pub fn processes(spec: &LabSpec) -> Vec<LabProcess> {
-    let mut list: Vec<(String, PathBuf)> = spec
-        .nodes()
-        .map(|(r, i)| {
-            (
-                format!("valkey {}", spec.node_addr(r, i)),
-                spec.node_pidfile(r, i),
-            )
-        })
-        .collect();
-    list.push(("region link".into(), spec.dir.join("link.pid")));
-    list.push(("controller".into(), spec.dir.join("controller.pid")));
-    list.into_iter()
-        .map(|(name, pidfile)| {
+/// Every process a lab in `dir` recorded (`*.pid` files): its nodes, the link daemon and the
+/// controller. Read from the directory alone, so a lab of any version can be found and stopped.
+pub fn processes(dir: &Path) -> Vec<LabProcess> {
+    let mut list: Vec<LabProcess> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pid"))
+        .map(|pidfile| {
+            let stem = pidfile
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let name = match stem.as_str() {
+                "link" => "region link".to_string(),
+                "controller" => "controller".to_string(),
+                other => other.replacen("valkey-", "valkey ", 1),
+            };
             let pid = std::fs::read_to_string(&pidfile)
                 .ok()
                 .and_then(|s| s.trim().parse().ok());
@@ -78,7 +81,16 @@ pub fn processes(spec: &LabSpec) -> Vec<LabProcess> {
                 pidfile,
             }
         })
-        .collect()
+        .collect();
+    // Nodes first (by address), then the link, then the controller.
+    list.sort_by_key(|p| {
+        (
+            !p.name.starts_with("valkey"),
+            p.name == "controller",
+            p.name.clone(),
+        )
+    });
+    list
 }
 
 /// True when the process exists and is not a zombie.
@@ -99,15 +111,13 @@ pub fn is_alive(pid: i32) -> bool {
     }
 }
 
-pub fn any_running(spec: &LabSpec) -> bool {
-    processes(spec).iter().any(|p| p.alive)
+pub fn any_running(dir: &Path) -> bool {
+    processes(dir).iter().any(|p| p.alive)
 }
 
 /// Starts a fresh lab. Returns false (and starts nothing) when one is already running in the directory.
 pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
-    if let Ok(existing) = LabSpec::load(&spec.dir)
-        && any_running(&existing)
-    {
+    if any_running(&spec.dir) {
         return Ok(false);
     }
     let valkey_server = valkey_server_binary()?;
@@ -222,8 +232,8 @@ fn reset_dir(spec: &LabSpec) -> Result<(), LabError> {
 
 /// Stops every lab process: SIGTERM, then SIGKILL for those still alive after 3 s.
 /// Returns the names of the processes that were running.
-pub async fn down(spec: &LabSpec) -> Vec<String> {
-    let running: Vec<LabProcess> = processes(spec).into_iter().filter(|p| p.alive).collect();
+pub async fn down(dir: &Path) -> Vec<String> {
+    let running: Vec<LabProcess> = processes(dir).into_iter().filter(|p| p.alive).collect();
     for p in &running {
         // SAFETY: plain signal delivery to a pid we recorded.
         unsafe { libc::kill(p.pid.unwrap_or(0), libc::SIGTERM) };
@@ -241,10 +251,10 @@ pub async fn down(spec: &LabSpec) -> Vec<String> {
     while running.iter().any(|p| is_alive(p.pid.unwrap_or(0))) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for p in processes(spec) {
+    for p in processes(dir) {
         let _ = std::fs::remove_file(&p.pidfile);
     }
-    let _ = std::fs::remove_file(spec.controller_dir().join("control.sock"));
+    let _ = std::fs::remove_file(dir.join("controller").join("control.sock"));
     running.into_iter().map(|p| p.name).collect()
 }
 

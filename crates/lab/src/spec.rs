@@ -29,8 +29,10 @@ pub struct LabSpec {
     pub zone: String,
     pub global_name: String,
     /// The controller's policy when the writer's whole region is down.
+    #[serde(default)]
     pub failover: FailoverPolicy,
     /// TLS on every node (plain port 0) with the lab's own CA; AUTH is always on.
+    #[serde(default)]
     pub tls: bool,
 }
 

@@ -215,7 +215,7 @@ impl TestLab {
 impl Drop for TestLab {
     fn drop(&mut self) {
         // Drop cannot await: stop the processes with plain signals, as `lab down` does.
-        for p in process::processes(&self.spec) {
+        for p in process::processes(&self.spec.dir) {
             if let Some(pid) = p.pid.filter(|_| p.alive) {
                 // SAFETY: signal delivery to a pid this lab recorded.
                 unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -32,7 +32,7 @@ fn lab_up_is_single_copy_and_down_leaves_no_process() {
     assert!(ok, "{out}");
     assert!(out.contains("lab up in"), "{out}");
     let spec = valkey_dr_lab::LabSpec::load(&dir).unwrap();
-    let pids: Vec<i32> = valkey_dr_lab::process::processes(&spec)
+    let pids: Vec<i32> = valkey_dr_lab::process::processes(&spec.dir)
         .iter()
         .map(|p| p.pid.unwrap())
         .collect();
@@ -40,7 +40,7 @@ fn lab_up_is_single_copy_and_down_leaves_no_process() {
 
     let (ok, out) = lab(&up, &dir);
     assert!(ok && out.contains("already running"), "{out}");
-    let again: Vec<i32> = valkey_dr_lab::process::processes(&spec)
+    let again: Vec<i32> = valkey_dr_lab::process::processes(&spec.dir)
         .iter()
         .map(|p| p.pid.unwrap())
         .collect();
