@@ -154,6 +154,12 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
                     }
                 }
             };
+            // Events emitted just before the end are still queued: send them before the result.
+            while let Ok(event) = events.try_recv() {
+                let _ = write
+                    .write_all(format!("{{\"event\":{event}}}\n").as_bytes())
+                    .await;
+            }
             match result {
                 Ok(Ok(report)) => json!({ "result": report }),
                 Ok(Err(e)) => json!({ "error": e.to_string() }),
