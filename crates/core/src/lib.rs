@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod config;
 pub mod failover;
+pub mod notification;
 pub mod observation;
 pub mod ownership;
 pub mod plan;

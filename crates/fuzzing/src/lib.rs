@@ -27,8 +27,15 @@ pub fn info_replication(data: &[u8]) {
     let _ = valkey_dr_core::observation::parse_info_replication(text);
 }
 
-/// Inputs that arrive as events: control-socket requests and ownership TXT data read from DNS.
+/// Inputs that arrive as events: Lambda events (SNS ElastiCache notifications, schedules, direct
+/// invokes), control-socket requests, and ownership TXT data read from DNS.
 pub fn events(data: &[u8]) {
+    if let Ok(event) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = valkey_dr_core::notification::parse(&event);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = valkey_dr_core::notification::parse_sns_message(text);
+    }
     let _ = serde_json::from_slice::<valkey_dr_controller::control::Request>(data);
     if let Ok(text) = std::str::from_utf8(data)
         && let Some(ownership) = Ownership::parse(text)
