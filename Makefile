@@ -3,10 +3,12 @@ CARGO ?= cargo
 BIN := target/release/valkey-dr
 LAB_DIR ?= .valkey-dr-lab
 
+VENV := target/venv
+MOTO_VERSION := 5.2.5
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config info_replication events dns_request
 
-.PHONY: all deps build demo test fuzz bench lab-down clean
+.PHONY: all deps test-deps build demo test fuzz bench lab-down clean
 
 all: build
 
@@ -19,7 +21,15 @@ build:
 demo: deps build
 	@VALKEY_DR=$(BIN) LAB_DIR=$(LAB_DIR) bash scripts/demo.sh
 
-test: deps
+# The AWS tests run Route 53 on a real moto server (pinned), installed in a virtualenv.
+$(VENV)/bin/moto_server:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet 'moto[server]==$(MOTO_VERSION)'
+
+test-deps:
+	@bash scripts/install-deps.sh --test
+
+test: test-deps $(VENV)/bin/moto_server
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what valkey-dr's demo and tests need and the machine lacks:
-#   valkey-server + valkey-cli (Valkey 8, Debian bookworm-backports), dig + nsupdate (dnsutils).
+#   valkey-server + valkey-cli (Valkey 8, Debian bookworm-backports), dig + nsupdate (dnsutils);
+#   with --test also python3 + venv (for the pinned moto server the AWS tests run against).
 # Needs root or sudo for apt. Does nothing when everything is present.
 set -euo pipefail
 
@@ -9,6 +10,10 @@ command -v valkey-server >/dev/null || missing+=(valkey-server)
 command -v valkey-cli >/dev/null || missing+=(valkey-tools)
 command -v dig >/dev/null || missing+=(dnsutils)
 command -v nsupdate >/dev/null || missing+=(dnsutils)
+if [ "${1:-}" = "--test" ]; then
+  command -v python3 >/dev/null || missing+=(python3)
+  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
@@ -35,8 +40,10 @@ if [ ${#valkey_pkgs[@]} -gt 0 ]; then
     "${SUDO[@]}" apt-get install -y -qq "${valkey_pkgs[@]}" >/dev/null
   fi
 fi
-if printf '%s\n' "${missing[@]}" | grep -qx dnsutils; then
-  "${SUDO[@]}" apt-get install -y -qq dnsutils >/dev/null
+others=()
+for p in "${missing[@]}"; do case $p in valkey-*) ;; *) others+=("$p");; esac; done
+if [ ${#others[@]} -gt 0 ]; then
+  "${SUDO[@]}" apt-get install -y -qq "${others[@]}" >/dev/null
 fi
 # The Debian package may start a system-wide valkey on 127.0.0.1:6379; the lab does not need it
 # and uses its own addresses, so it is left as the package set it up.

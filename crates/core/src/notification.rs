@@ -65,7 +65,10 @@ pub fn parse_sns_message(message: &str) -> Notification {
             None => ignored("JSON message without an ElastiCache event".into()),
         };
     }
-    match message.split_once(':').filter(|(service, _)| *service == "ElastiCache") {
+    match message
+        .split_once(':')
+        .filter(|(service, _)| *service == "ElastiCache")
+    {
         Some((_, rest)) => {
             let (name, source) = rest.split_once(':').unwrap_or((rest, ""));
             Notification::ElastiCache {
@@ -87,7 +90,10 @@ mod tests {
     }
 
     fn elasticache(event: &str, source: &str) -> Notification {
-        Notification::ElastiCache { event: event.into(), source: source.into() }
+        Notification::ElastiCache {
+            event: event.into(),
+            source: source.into(),
+        }
     }
 
     #[test]
@@ -96,27 +102,60 @@ mod tests {
             (
                 "plain text",
                 sns("ElastiCache:FailoverComplete : valkey-dr-east-2"),
-                vec![elasticache("ElastiCache:FailoverComplete", "valkey-dr-east-2")],
+                vec![elasticache(
+                    "ElastiCache:FailoverComplete",
+                    "valkey-dr-east-2",
+                )],
             ),
             (
                 "JSON object keyed by event name",
                 sns(r#"{"ElastiCache:ReplicationGroupPromotedAsPrimary":"valkey-dr-east-2"}"#),
-                vec![elasticache("ElastiCache:ReplicationGroupPromotedAsPrimary", "valkey-dr-east-2")],
+                vec![elasticache(
+                    "ElastiCache:ReplicationGroupPromotedAsPrimary",
+                    "valkey-dr-east-2",
+                )],
             ),
-            ("SNS test message", sns("hello"), vec![ignored("message is not an ElastiCache notification".into())]),
-            ("JSON of another service", sns(r#"{"AutoScaling":"x"}"#), vec![ignored("JSON message without an ElastiCache event".into())]),
+            (
+                "SNS test message",
+                sns("hello"),
+                vec![ignored("message is not an ElastiCache notification".into())],
+            ),
+            (
+                "JSON of another service",
+                sns(r#"{"AutoScaling":"x"}"#),
+                vec![ignored("JSON message without an ElastiCache event".into())],
+            ),
             (
                 "two records",
                 json!({ "Records": [
                     { "Sns": { "Message": "ElastiCache:CacheNodeReplaceStarted : g" } },
                     { "Sns": {} }
                 ]}),
-                vec![elasticache("ElastiCache:CacheNodeReplaceStarted", "g"), ignored("SNS record without a message".into())],
+                vec![
+                    elasticache("ElastiCache:CacheNodeReplaceStarted", "g"),
+                    ignored("SNS record without a message".into()),
+                ],
             ),
-            ("schedule", json!({ "source": "aws.events", "detail-type": "Scheduled Event" }), vec![Notification::Schedule]),
-            ("direct", json!({ "action": "reconcile" }), vec![Notification::Reconcile]),
-            ("unknown action", json!({ "action": "drop-tables" }), vec![ignored("unknown action \"drop-tables\"".into())]),
-            ("anything else", json!([1, 2, 3]), vec![ignored("not an SNS, schedule or action event".into())]),
+            (
+                "schedule",
+                json!({ "source": "aws.events", "detail-type": "Scheduled Event" }),
+                vec![Notification::Schedule],
+            ),
+            (
+                "direct",
+                json!({ "action": "reconcile" }),
+                vec![Notification::Reconcile],
+            ),
+            (
+                "unknown action",
+                json!({ "action": "drop-tables" }),
+                vec![ignored("unknown action \"drop-tables\"".into())],
+            ),
+            (
+                "anything else",
+                json!([1, 2, 3]),
+                vec![ignored("not an SNS, schedule or action event".into())],
+            ),
         ];
         for (name, event, expected) in cases {
             assert_eq!(parse(&event), expected, "{name}");

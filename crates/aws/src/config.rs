@@ -1,0 +1,122 @@
+//! `aws.toml`: which global datastore, which hosted zone, which name.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Identity in the ownership TXT record.
+    #[serde(default = "default_owner")]
+    pub owner: String,
+    /// The global datastore (global replication group) id.
+    pub global_replication_group_id: String,
+    /// The Route 53 hosted zone holding the name.
+    pub hosted_zone_id: String,
+    pub zone: String,
+    /// Relative to the zone (`demo`) or fully qualified.
+    pub global_name: String,
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// Wait until Route 53 reports the change INSYNC (seconds; 0 does not wait).
+    #[serde(default = "default_insync_timeout")]
+    pub insync_timeout_secs: u64,
+}
+
+fn default_owner() -> String {
+    "valkey-dr".into()
+}
+fn default_ttl() -> u32 {
+    10
+}
+fn default_insync_timeout() -> u64 {
+    60
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AwsConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("aws config is not valid TOML or has an unexpected shape: {0}")]
+    Syntax(String),
+    #[error("aws config field `{field}`: {problem}; fix: {fix}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+        fix: &'static str,
+    },
+}
+
+impl AwsConfig {
+    pub fn load(path: &Path) -> Result<AwsConfig, AwsConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AwsConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        AwsConfig::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<AwsConfig, AwsConfigError> {
+        let config: AwsConfig = toml::from_str(text)
+            .map_err(|e| AwsConfigError::Syntax(e.to_string().trim().to_string()))?;
+        let required = [
+            (
+                "global_replication_group_id",
+                &config.global_replication_group_id,
+                "the global datastore id, e.g. ldgnf-valkey-dr",
+            ),
+            (
+                "hosted_zone_id",
+                &config.hosted_zone_id,
+                "the Route 53 hosted zone id, e.g. Z0123456789ABC",
+            ),
+            (
+                "zone",
+                &config.zone,
+                "the zone's name, e.g. valkey-dr.internal",
+            ),
+            (
+                "global_name",
+                &config.global_name,
+                "the writer name, e.g. demo",
+            ),
+        ];
+        for (field, value, fix) in required {
+            if value.trim().is_empty() {
+                return Err(AwsConfigError::Invalid {
+                    field,
+                    problem: "empty".into(),
+                    fix,
+                });
+            }
+        }
+        if config.ttl == 0 {
+            return Err(AwsConfigError::Invalid {
+                field: "ttl",
+                problem: "TTL 0".into(),
+                fix: "use at least 1 second (the reference design uses 10)",
+            });
+        }
+        Ok(config)
+    }
+
+    pub fn names(&self) -> valkey_dr_core::records::ManagedNames {
+        let zone = valkey_dr_core::config::fqdn(&self.zone);
+        let name = self.global_name.to_ascii_lowercase();
+        let global = if name.ends_with('.') {
+            name
+        } else if name.ends_with(zone.trim_end_matches('.')) {
+            format!("{name}.")
+        } else {
+            format!("{name}.{zone}")
+        };
+        valkey_dr_core::records::ManagedNames {
+            ownership: valkey_dr_core::ownership::record_name(&global),
+            global,
+            zone,
+            ttl: self.ttl,
+            owner: self.owner.clone(),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The event handler (the Lambda's body and `valkey-dr aws reconcile`): whatever arrives only wakes
+//! a reconcile; the reconcile asks ElastiCache who the primary is and moves the name there.
+
+use serde::Serialize;
+use serde_json::Value;
+use valkey_dr_core::notification::{self, Notification};
+use valkey_dr_core::ownership::Ownership;
+use valkey_dr_core::records::ManagedNames;
+use valkey_dr_core::{Plan, RecordSet, RecordType, plan};
+use valkey_dr_dns::DnsProvider;
+
+use crate::config::AwsConfig;
+use crate::discovery::{self, Primary};
+
+/// What the AWS shape needs to reconcile: ElastiCache clients and the DNS provider.
+pub struct Backends<'a> {
+    pub elasticache: aws_sdk_elasticache::Client,
+    /// A client for a member's region.
+    pub regional: Box<dyn Fn(&str) -> aws_sdk_elasticache::Client + Send + Sync + 'a>,
+    pub dns: &'a dyn DnsProvider,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub notifications: Vec<Notification>,
+    /// False when every notification was ignored.
+    pub reconciled: bool,
+    pub primary_region: Option<String>,
+    pub primary_endpoint: Option<String>,
+    pub epoch: Option<u64>,
+    pub plan: Option<Plan>,
+    pub applied: usize,
+    pub error: Option<String>,
+}
+
+/// The records for the discovered primary: the CNAME to its endpoint and our ownership TXT. The
+/// epoch rises when the primary region differs from the one DNS carries.
+pub fn desired(
+    names: &ManagedNames,
+    primary: &Primary,
+    current: &[RecordSet],
+) -> (Vec<RecordSet>, u64) {
+    let published = current
+        .iter()
+        .filter(|r| r.name == names.ownership && r.rtype == RecordType::Txt)
+        .flat_map(|r| r.values.iter())
+        .find_map(|v| Ownership::parse(v))
+        .filter(|o| o.owner == names.owner);
+    let epoch = match published {
+        Some(o) if o.primary_region == primary.region => o.epoch,
+        Some(o) => o.epoch + 1,
+        None => 1,
+    };
+    let ownership = Ownership {
+        owner: names.owner.clone(),
+        epoch,
+        primary_region: primary.region.clone(),
+    };
+    let records = vec![
+        RecordSet::new(
+            &names.global,
+            RecordType::Cname,
+            names.ttl,
+            [valkey_dr_core::config::fqdn(&primary.endpoint)],
+        ),
+        RecordSet::new(
+            &names.ownership,
+            RecordType::Txt,
+            names.ttl,
+            [ownership.to_txt()],
+        ),
+    ];
+    (records, epoch)
+}
+
+/// One reconcile: discover, plan, apply.
+pub async fn reconcile(config: &AwsConfig, backends: &Backends<'_>) -> Outcome {
+    let mut outcome = Outcome {
+        notifications: Vec::new(),
+        reconciled: true,
+        primary_region: None,
+        primary_endpoint: None,
+        epoch: None,
+        plan: None,
+        applied: 0,
+        error: None,
+    };
+    let primary = match discovery::primary(
+        &backends.elasticache,
+        &backends.regional,
+        &config.global_replication_group_id,
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    };
+    outcome.primary_region = Some(primary.region.clone());
+    outcome.primary_endpoint = Some(primary.endpoint.clone());
+    let names = config.names();
+    let current = match backends
+        .dns
+        .records(&[names.global.clone(), names.ownership.clone()])
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    };
+    let (wanted, epoch) = desired(&names, &primary, &current);
+    outcome.epoch = Some(epoch);
+    let plan = plan::calculate(&current, &wanted, &names.ownership, &names.owner);
+    if !plan.changes.is_empty() {
+        match backends.dns.apply(&plan.changes).await {
+            Ok(()) => outcome.applied = plan.changes.len(),
+            Err(e) => outcome.error = Some(e.to_string()),
+        }
+    }
+    outcome.plan = Some(plan);
+    outcome
+}
+
+/// Handles one Lambda input event. Unrelated or malformed events are logged and change nothing;
+/// the result is still a success so that SNS does not retry them.
+pub async fn handle(event: &Value, config: &AwsConfig, backends: &Backends<'_>) -> Outcome {
+    let notifications = notification::parse(event);
+    for n in &notifications {
+        tracing::info!(notification = ?n, "event received");
+    }
+    if notifications
+        .iter()
+        .all(|n| matches!(n, Notification::Ignored { .. }))
+    {
+        return Outcome {
+            notifications,
+            reconciled: false,
+            primary_region: None,
+            primary_endpoint: None,
+            epoch: None,
+            plan: None,
+            applied: 0,
+            error: None,
+        };
+    }
+    let mut outcome = reconcile(config, backends).await;
+    outcome.notifications = notifications;
+    outcome
+}

@@ -1,0 +1,16 @@
+//! valkey-dr on AWS: the same reconcile as self-hosted — observe the truth, compute the records,
+//! compare-and-swap them under our ownership TXT — with ElastiCache as the truth and Route 53 as
+//! the DNS backend.
+//!
+//! - [`discovery`]: the global datastore's PRIMARY member and its primary endpoint.
+//! - [`route53`]: a [`valkey_dr_dns::DnsProvider`] over Route 53 change batches.
+//! - [`handler`]: the event handler: any notification wakes a reconcile, none is trusted.
+//!
+//! This crate is the only one that compiles the AWS SDK; the self-hosted build never does.
+
+pub mod config;
+pub mod discovery;
+pub mod handler;
+pub mod route53;
+
+pub use config::AwsConfig;

@@ -1,0 +1,145 @@
+//! Shared test fixtures: a moto server on loopback (Route 53 for real) and ElastiCache mocks
+//! (moto does not implement global datastores, so those answers are AWS's documented shapes).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aws_sdk_elasticache::operation::describe_global_replication_groups::DescribeGlobalReplicationGroupsOutput;
+use aws_sdk_elasticache::operation::describe_replication_groups::DescribeReplicationGroupsOutput;
+use aws_sdk_elasticache::types::{
+    Endpoint, GlobalReplicationGroup, GlobalReplicationGroupMember, NodeGroup, ReplicationGroup,
+};
+use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
+
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the pinned moto server (`make test` installs it in target/venv) on a free loopback port.
+pub async fn moto() -> Moto {
+    let bin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/moto_server");
+    assert!(
+        bin.exists(),
+        "moto_server not installed at {}: run `make test` (it installs moto[server])",
+        bin.display()
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let moto = Moto {
+        child: Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts"),
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return moto;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("moto_server did not start");
+}
+
+pub fn route53(moto: &Moto) -> aws_sdk_route53::Client {
+    let config = aws_sdk_route53::Config::builder()
+        .behavior_version(aws_sdk_route53::config::BehaviorVersion::latest())
+        .region(aws_sdk_route53::config::Region::new("us-east-1"))
+        .endpoint_url(&moto.url)
+        .credentials_provider(aws_sdk_route53::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_route53::Client::from_conf(config)
+}
+
+/// Creates a hosted zone on moto; returns its id.
+pub async fn hosted_zone(client: &aws_sdk_route53::Client, name: &str) -> String {
+    let out = client
+        .create_hosted_zone()
+        .name(name)
+        .caller_reference(format!("tests-{name}-{}", std::process::id()))
+        .send()
+        .await
+        .expect("moto creates the zone");
+    out.hosted_zone().unwrap().id().to_string()
+}
+
+/// ElastiCache answering like AWS for a global datastore whose PRIMARY member is `primary_region`.
+pub fn elasticache(primary_region: &'static str) -> (aws_sdk_elasticache::Client, Vec<Rule>) {
+    elasticache_with(primary_region, "abc123")
+}
+
+/// The same, with the endpoint's cluster tag (`master.<group>.<tag>.cache.amazonaws.com`).
+pub fn elasticache_with(
+    primary_region: &'static str,
+    tag: &'static str,
+) -> (aws_sdk_elasticache::Client, Vec<Rule>) {
+    let global = mock!(aws_sdk_elasticache::Client::describe_global_replication_groups)
+        .then_output(move || {
+            let member = |region: &str, role: &str| {
+                GlobalReplicationGroupMember::builder()
+                    .replication_group_id(format!("valkey-dr-{region}"))
+                    .replication_group_region(region)
+                    .role(role)
+                    .status("associated")
+                    .build()
+            };
+            let secondary = if primary_region == "us-east-1" {
+                "us-east-2"
+            } else {
+                "us-east-1"
+            };
+            DescribeGlobalReplicationGroupsOutput::builder()
+                .global_replication_groups(
+                    GlobalReplicationGroup::builder()
+                        .global_replication_group_id("ldgnf-valkey-dr")
+                        .members(member(primary_region, "PRIMARY"))
+                        .members(member(secondary, "SECONDARY"))
+                        .build(),
+                )
+                .build()
+        });
+    let regional = mock!(aws_sdk_elasticache::Client::describe_replication_groups).then_output(move || {
+        DescribeReplicationGroupsOutput::builder()
+            .replication_groups(
+                ReplicationGroup::builder()
+                    .replication_group_id(format!("valkey-dr-{primary_region}"))
+                    .node_groups(
+                        NodeGroup::builder()
+                            .primary_endpoint(
+                                Endpoint::builder()
+                                    .address(format!("master.valkey-dr-{primary_region}.{tag}.cache.amazonaws.com"))
+                                    .port(6379)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    });
+    let client = mock_client!(
+        aws_sdk_elasticache,
+        RuleMode::MatchAny,
+        [&global, &regional]
+    );
+    (client, vec![global, regional])
+}

@@ -1,0 +1,164 @@
+mod common;
+
+use std::time::Duration;
+
+use serde_json::json;
+use valkey_dr_aws::AwsConfig;
+use valkey_dr_aws::handler::{Backends, handle};
+use valkey_dr_aws::route53::Route53;
+use valkey_dr_dns::DnsProvider;
+
+fn config(zone_id: &str) -> AwsConfig {
+    AwsConfig::parse(&format!(
+        "global_replication_group_id = \"ldgnf-valkey-dr\"\nhosted_zone_id = \"{zone_id}\"\nzone = \"valkey-dr.internal\"\nglobal_name = \"demo\"\ninsync_timeout_secs = 5\n"
+    ))
+    .unwrap()
+}
+
+fn sns(message: &str) -> serde_json::Value {
+    json!({ "Records": [{ "EventSource": "aws:sns", "Sns": { "Message": message } }] })
+}
+
+async fn cname(dns: &Route53) -> Vec<String> {
+    dns.records(&["demo.valkey-dr.internal.".to_string()])
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|r| r.values)
+        .collect()
+}
+
+async fn txt(dns: &Route53) -> String {
+    dns.records(&["_valkey-dr.demo.valkey-dr.internal.".to_string()])
+        .await
+        .unwrap()[0]
+        .values[0]
+        .clone()
+}
+
+#[tokio::test]
+async fn events_only_wake_a_reconcile_that_follows_the_real_primary() {
+    let moto = common::moto().await;
+    let route53 = common::route53(&moto);
+    let zone_id = common::hosted_zone(&route53, "valkey-dr.internal").await;
+    let dns = Route53::new(route53, &zone_id, Duration::from_secs(5));
+    let config = config(&zone_id);
+    let backends = |region: &'static str, tag: &'static str| {
+        let (client, _rules) = common::elasticache_with(region, tag);
+        Backends {
+            elasticache: client.clone(),
+            regional: Box::new(move |_| client.clone()),
+            dns: &dns,
+        }
+    };
+
+    // First run: us-east-1 is primary; the name is created with epoch 1.
+    let outcome = handle(
+        &json!({ "action": "reconcile" }),
+        &config,
+        &backends("us-east-1", "abc123"),
+    )
+    .await;
+    assert_eq!(outcome.error, None);
+    assert_eq!(
+        cname(&dns).await,
+        vec!["master.valkey-dr-us-east-1.abc123.cache.amazonaws.com."]
+    );
+    assert!(txt(&dns).await.contains("epoch=1,primary=us-east-1"));
+
+    // Already right: a FailoverComplete for us-east-1 changes nothing.
+    let outcome = handle(
+        &sns("ElastiCache:FailoverComplete : valkey-dr-us-east-1"),
+        &config,
+        &backends("us-east-1", "abc123"),
+    )
+    .await;
+    assert_eq!(
+        (outcome.applied, outcome.error.clone()),
+        (0, None),
+        "no-op when DNS is right"
+    );
+
+    // The global datastore failed over to us-east-2. An event naming the *old* group still moves
+    // the name to the real primary: the event's content is never trusted.
+    let outcome = handle(
+        &sns(r#"{"ElastiCache:FailoverComplete":"valkey-dr-us-east-1"}"#),
+        &config,
+        &backends("us-east-2", "abc123"),
+    )
+    .await;
+    assert_eq!(outcome.error, None);
+    assert!(outcome.applied > 0);
+    assert_eq!(
+        cname(&dns).await,
+        vec!["master.valkey-dr-us-east-2.abc123.cache.amazonaws.com."]
+    );
+    assert!(txt(&dns).await.contains("epoch=2,primary=us-east-2"));
+
+    // And back, woken only by the schedule (no event at all from ElastiCache). The group came back
+    // with another endpoint: moto wrongly refuses to re-create a record value it has seen before
+    // in the zone, even when the same batch deletes the current one (Route 53 accepts it).
+    let schedule =
+        json!({ "source": "aws.events", "detail-type": "Scheduled Event", "detail": {} });
+    let outcome = handle(&schedule, &config, &backends("us-east-1", "def456")).await;
+    assert_eq!(outcome.error, None);
+    assert_eq!(
+        cname(&dns).await,
+        vec!["master.valkey-dr-us-east-1.def456.cache.amazonaws.com."]
+    );
+    assert!(txt(&dns).await.contains("epoch=3,primary=us-east-1"));
+}
+
+#[tokio::test]
+async fn unrelated_or_malformed_events_change_nothing_and_succeed() {
+    let moto = common::moto().await;
+    let route53 = common::route53(&moto);
+    let zone_id = common::hosted_zone(&route53, "valkey-dr.internal").await;
+    let dns = Route53::new(route53, &zone_id, Duration::from_secs(5));
+    let config = config(&zone_id);
+    let (client, rules) = common::elasticache("us-east-2");
+    let backends = Backends {
+        elasticache: client.clone(),
+        regional: Box::new(move |_| client.clone()),
+        dns: &dns,
+    };
+    for event in [
+        sns("hello from the SNS console"),
+        json!({ "action": "drop" }),
+        json!("just a string"),
+        json!({}),
+    ] {
+        let outcome = handle(&event, &config, &backends).await;
+        assert!(!outcome.reconciled, "{event}");
+        assert_eq!(outcome.error, None);
+    }
+    assert_eq!(rules[0].num_calls(), 0, "ElastiCache was not even asked");
+    assert!(cname(&dns).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_name_owned_by_someone_else_is_never_touched() {
+    let moto = common::moto().await;
+    let route53 = common::route53(&moto);
+    let zone_id = common::hosted_zone(&route53, "valkey-dr.internal").await;
+    let dns = Route53::new(route53, &zone_id, Duration::from_secs(5));
+    let foreign = valkey_dr_core::RecordSet::new(
+        "demo.valkey-dr.internal",
+        valkey_dr_core::RecordType::Cname,
+        10,
+        ["somewhere-else.example.".to_string()],
+    );
+    dns.apply(&[valkey_dr_core::Change::Create { new: foreign }])
+        .await
+        .unwrap();
+    let config = config(&zone_id);
+    let (client, _rules) = common::elasticache("us-east-2");
+    let backends = Backends {
+        elasticache: client.clone(),
+        regional: Box::new(move |_| client.clone()),
+        dns: &dns,
+    };
+    let outcome = handle(&json!({ "action": "reconcile" }), &config, &backends).await;
+    assert!(!outcome.plan.unwrap().conflicts.is_empty());
+    assert_eq!(cname(&dns).await, vec!["somewhere-else.example."]);
+}
