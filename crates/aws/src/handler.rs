@@ -33,6 +33,21 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+impl Outcome {
+    fn new(notifications: Vec<Notification>, reconciled: bool) -> Outcome {
+        Outcome {
+            notifications,
+            reconciled,
+            primary_region: None,
+            primary_endpoint: None,
+            epoch: None,
+            plan: None,
+            applied: 0,
+            error: None,
+        }
+    }
+}
+
 /// The records for the discovered primary: the CNAME to its endpoint and our ownership TXT. The
 /// epoch rises when the primary region differs from the one DNS carries.
 pub fn desired(
@@ -75,16 +90,7 @@ pub fn desired(
 
 /// One reconcile: discover, plan, apply.
 pub async fn reconcile(config: &AwsConfig, backends: &Backends<'_>) -> Outcome {
-    let mut outcome = Outcome {
-        notifications: Vec::new(),
-        reconciled: true,
-        primary_region: None,
-        primary_endpoint: None,
-        epoch: None,
-        plan: None,
-        applied: 0,
-        error: None,
-    };
+    let mut outcome = Outcome::new(Vec::new(), true);
     let primary = match discovery::primary(
         &backends.elasticache,
         &backends.regional,
@@ -136,16 +142,7 @@ pub async fn handle(event: &Value, config: &AwsConfig, backends: &Backends<'_>) 
         .iter()
         .all(|n| matches!(n, Notification::Ignored { .. }))
     {
-        return Outcome {
-            notifications,
-            reconciled: false,
-            primary_region: None,
-            primary_endpoint: None,
-            epoch: None,
-            plan: None,
-            applied: 0,
-            error: None,
-        };
+        return Outcome::new(notifications, false);
     }
     let mut outcome = reconcile(config, backends).await;
     outcome.notifications = notifications;

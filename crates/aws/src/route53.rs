@@ -212,22 +212,9 @@ impl DnsProvider for Route53 {
         let names: Vec<String> = changes.iter().map(|c| c.name().to_string()).collect();
         let current = self.records(&names).await?;
         for change in changes {
-            let (name, rtype, expected) = match change {
-                Change::Create { new } => (&new.name, new.rtype, None),
-                Change::Update { old, .. } | Change::Delete { old } => {
-                    (&old.name, old.rtype, Some(old))
-                }
-            };
-            let found = current.iter().find(|r| &r.name == name && r.rtype == rtype);
-            if found != expected {
-                let show =
-                    |r: Option<&RecordSet>| r.map_or("nothing".to_string(), |r| r.to_string());
-                return Err(DnsError::Conflict {
-                    name: name.clone(),
-                    expected: show(expected),
-                    found: show(found),
-                });
-            }
+            let (name, rtype) = valkey_dr_dns::change_key(change);
+            let found = current.iter().find(|r| r.name == name && r.rtype == rtype);
+            valkey_dr_dns::check_expected(change, found)?;
         }
         let batch = Self::batch(changes)?;
         let mut delay = self.retry_base;

@@ -29,6 +29,29 @@ pub enum DnsError {
     Unavailable(String),
 }
 
+/// Checks one change's precondition: the record set it expects (None: that the name and type
+/// are absent) against what `found` holds. Backends share it so that conflicts read the same.
+pub fn check_expected(change: &Change, found: Option<&RecordSet>) -> Result<(), DnsError> {
+    let expected = change.expected();
+    if found == expected {
+        return Ok(());
+    }
+    let show = |r: Option<&RecordSet>| r.map_or("nothing".to_string(), |r| r.to_string());
+    Err(DnsError::Conflict {
+        name: change.name().to_string(),
+        expected: show(expected),
+        found: show(found),
+    })
+}
+
+/// The name and type a change applies to.
+pub fn change_key(change: &Change) -> (&str, valkey_dr_core::RecordType) {
+    match change {
+        Change::Create { new } => (&new.name, new.rtype),
+        Change::Update { old, .. } | Change::Delete { old } => (&old.name, old.rtype),
+    }
+}
+
 /// A place where DNS records live. Every implementation must apply a batch of changes atomically
 /// and refuse the whole batch when any change's expected old value does not match.
 #[async_trait]

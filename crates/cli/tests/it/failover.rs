@@ -211,16 +211,7 @@ async fn a_controller_killed_in_the_middle_of_a_switchover_converges_after_resta
     for crash_after in ["fence", "promote", "repoint"] {
         let lab = TestLab::start().await;
         // Restart the controller with a crash point inside the promotion.
-        let pid: i32 = std::fs::read_to_string(lab.spec.dir.join("controller.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // SAFETY: signal to the lab's own controller.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        while valkey_dr_lab::process::is_alive(pid) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        lab.kill_controller().await;
         let fault = format!("crash-after:{crash_after}");
         valkey_dr_lab::process::start_controller(
             &lab.spec,
@@ -290,16 +281,7 @@ async fn a_controller_killed_in_the_middle_of_a_switchover_converges_after_resta
 #[tokio::test(flavor = "multi_thread")]
 async fn split_brain_without_an_epoch_waits_for_adopt() {
     let lab = TestLab::start().await;
-    let pid: i32 = std::fs::read_to_string(lab.spec.dir.join("controller.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: signal to the lab's own controller.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    while valkey_dr_lab::process::is_alive(pid) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    lab.kill_controller().await;
     // Forget the epoch and make a second master: nobody can tell which one is right.
     std::fs::remove_file(lab.spec.controller_dir().join("state.json")).unwrap();
     let mut secondary = lab.connection(&lab.ip(1, 0)).await;

@@ -201,6 +201,20 @@ impl TestLab {
         }
     }
 
+    /// SIGKILLs the lab's controller and waits until it is gone.
+    pub async fn kill_controller(&self) {
+        let pid: i32 = std::fs::read_to_string(self.spec.dir.join("controller.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: signal to the lab's own controller.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        while process::is_alive(pid) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn connection(&self, ip: &str) -> redis::aio::MultiplexedConnection {
         valkey_dr_lab::writer::connect(
             ip.parse().unwrap(),

@@ -48,16 +48,7 @@ async fn an_empty_node_restarted_as_a_master_is_never_served_and_is_fenced() {
     let lab = TestLab::start().await;
     let rogue_ip = lab.ip(1, 0);
     let rogue = format!("{rogue_ip}:{}", lab.spec.port);
-    let pid: i32 = std::fs::read_to_string(lab.spec.node_pidfile(1, 0))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: signal to the lab's own valkey-server.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    while valkey_dr_lab::process::is_alive(pid) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    lab.kill_node(1, 0).await;
     // The controller moves the region's names off the dead node.
     lab.wait_until(|s| {
         s["dns"]

@@ -149,22 +149,8 @@ impl Zone {
                     zone: self.origin.clone(),
                 });
             }
-            let (key, expected) = match change {
-                Change::Create { new } => ((new.name.clone(), new.rtype), None),
-                Change::Update { old, .. } | Change::Delete { old } => {
-                    ((old.name.clone(), old.rtype), Some(old))
-                }
-            };
-            let found = state.sets.get(&key);
-            if found != expected {
-                let show =
-                    |r: Option<&RecordSet>| r.map_or("nothing".to_string(), |r| r.to_string());
-                return Err(DnsError::Conflict {
-                    name: name.to_string(),
-                    expected: show(expected),
-                    found: show(found),
-                });
-            }
+            let (name, rtype) = crate::change_key(change);
+            crate::check_expected(change, state.sets.get(&(name.to_string(), rtype)))?;
             // A CNAME excludes other data at the name (RFC 1034 3.6.2).
             if let Change::Create { new } = change {
                 let others = state.sets.keys().filter(|(k, _)| k == &new.name).count();
