@@ -5,6 +5,7 @@ LAB_DIR ?= .valkey-dr-lab
 
 VENV := target/venv
 MOTO_VERSION := 5.2.5
+CFN_LINT_VERSION := 1.58.0
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config info_replication events dns_request
 
@@ -21,15 +22,18 @@ build:
 demo: deps build
 	@VALKEY_DR=$(BIN) LAB_DIR=$(LAB_DIR) bash scripts/demo.sh
 
-# The AWS tests run Route 53 on a real moto server (pinned), installed in a virtualenv.
-$(VENV)/bin/moto_server:
+# The AWS tests run Route 53 on a real moto server, and the template is checked by cfn-lint;
+# both pinned, in a virtualenv.
+$(VENV)/.installed-$(MOTO_VERSION)-$(CFN_LINT_VERSION):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet 'moto[server]==$(MOTO_VERSION)'
+	$(VENV)/bin/pip install --quiet 'moto[server]==$(MOTO_VERSION)' 'cfn-lint==$(CFN_LINT_VERSION)'
+	touch $@
 
 test-deps:
 	@bash scripts/install-deps.sh --test
 
-test: test-deps $(VENV)/bin/moto_server
+test: test-deps $(VENV)/.installed-$(MOTO_VERSION)-$(CFN_LINT_VERSION)
+	$(VENV)/bin/cfn-lint deploy/aws/valkey-dr.yaml
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
