@@ -9,7 +9,7 @@ CFN_LINT_VERSION := 1.58.0
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config info_replication events dns_request
 
-.PHONY: all deps test-deps build demo test fuzz bench lab-down clean
+.PHONY: all deps test-deps build demo test fuzz bench lambda lab-down clean
 
 all: build
 
@@ -35,7 +35,7 @@ test-deps:
 test: test-deps $(VENV)/.installed-$(MOTO_VERSION)-$(CFN_LINT_VERSION)
 	$(VENV)/bin/cfn-lint deploy/aws/valkey-dr.yaml
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets --all-features -- -D warnings
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --workspace --no-fail-fast; \
 	else \
@@ -60,6 +60,15 @@ fuzz:
 
 bench:
 	bash bench/failover
+
+# The Lambda artifact: the `bootstrap` executable of the provided.al2023 runtime, zipped. A native
+# release build on Debian 12 needs at most GLIBC 2.34, which Amazon Linux 2023 has.
+lambda:
+	$(CARGO) build --release --locked -p valkey-dr-aws --bin bootstrap
+	mkdir -p target/lambda
+	cp target/release/bootstrap target/lambda/bootstrap
+	cd target/lambda && rm -f valkey-dr-lambda.zip && python3 -m zipfile -c valkey-dr-lambda.zip bootstrap
+	@ls -l target/lambda/valkey-dr-lambda.zip
 
 lab-down:
 	@$(BIN) lab down --dir $(LAB_DIR)

@@ -101,6 +101,35 @@ impl AwsConfig {
         Ok(config)
     }
 
+    /// The Lambda's configuration, from the environment the template sets
+    /// (`VALKEY_DR_GLOBAL_REPLICATION_GROUP_ID`, `_HOSTED_ZONE_ID`, `_ZONE`, `_GLOBAL_NAME`, `_TTL`).
+    pub fn from_env() -> Result<AwsConfig, AwsConfigError> {
+        let var = |name: &str| std::env::var(format!("VALKEY_DR_{name}")).ok();
+        let mut text = String::new();
+        for (key, name) in [
+            ("global_replication_group_id", "GLOBAL_REPLICATION_GROUP_ID"),
+            ("hosted_zone_id", "HOSTED_ZONE_ID"),
+            ("zone", "ZONE"),
+            ("global_name", "GLOBAL_NAME"),
+            ("owner", "OWNER"),
+        ] {
+            if let Some(value) = var(name) {
+                text.push_str(&format!("{key} = {}\n", toml::Value::String(value)));
+            }
+        }
+        if let Some(ttl) = var("TTL") {
+            text.push_str(&format!(
+                "ttl = {}\n",
+                ttl.parse::<u32>().map_err(|_| AwsConfigError::Invalid {
+                    field: "ttl",
+                    problem: format!("VALKEY_DR_TTL=\"{ttl}\" is not a number"),
+                    fix: "set VALKEY_DR_TTL to whole seconds",
+                })?
+            ));
+        }
+        AwsConfig::parse(&text)
+    }
+
     pub fn names(&self) -> valkey_dr_core::records::ManagedNames {
         let zone = valkey_dr_core::config::fqdn(&self.zone);
         let name = self.global_name.to_ascii_lowercase();
@@ -117,6 +146,35 @@ impl AwsConfig {
             zone,
             ttl: self.ttl,
             owner: self.owner.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = "global_replication_group_id = \"g\"\nhosted_zone_id = \"Z1\"\nzone = \"z.internal\"\nglobal_name = \"demo\"\n";
+        let config = AwsConfig::parse(base).unwrap();
+        assert_eq!(config.names().global, "demo.z.internal.");
+        assert_eq!(config.names().ownership, "_valkey-dr.demo.z.internal.");
+        let cases = [
+            (
+                base.replace("zone = \"z.internal\"", "zone = \"\""),
+                "`zone`",
+            ),
+            (format!("{base}ttl = 0\n"), "`ttl`"),
+            (format!("{base}ttll = 5\n"), "unknown field `ttll`"),
+            (
+                base.replace("hosted_zone_id = \"Z1\"\n", ""),
+                "missing field `hosted_zone_id`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = AwsConfig::parse(&text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{expected}: {error}");
         }
     }
 }

@@ -20,6 +20,26 @@ pub struct Backends<'a> {
     pub dns: &'a dyn DnsProvider,
 }
 
+impl Backends<'static> {
+    /// Clients from the standard SDK configuration (environment, profiles, `AWS_ENDPOINT_URL…`).
+    pub fn from_sdk(
+        sdk: &aws_config::SdkConfig,
+        dns: &'static dyn DnsProvider,
+    ) -> Backends<'static> {
+        let sdk = sdk.clone();
+        Backends {
+            elasticache: aws_sdk_elasticache::Client::new(&sdk),
+            regional: Box::new(move |region: &str| {
+                let config = aws_sdk_elasticache::config::Builder::from(&sdk)
+                    .region(aws_sdk_elasticache::config::Region::new(region.to_string()))
+                    .build();
+                aws_sdk_elasticache::Client::from_conf(config)
+            }),
+            dns,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub notifications: Vec<Notification>,
@@ -147,4 +167,25 @@ pub async fn handle(event: &Value, config: &AwsConfig, backends: &Backends<'_>) 
     let mut outcome = reconcile(config, backends).await;
     outcome.notifications = notifications;
     outcome
+}
+
+/// Handles one event with clients from the standard SDK configuration: what the Lambda does, for
+/// `valkey-dr aws handle-event` and `valkey-dr aws reconcile` on an operator's machine.
+pub async fn handle_with_sdk(event: &Value, config: &AwsConfig) -> Outcome {
+    // An event that is not for us needs no AWS configuration at all.
+    let notifications = notification::parse(event);
+    if notifications
+        .iter()
+        .all(|n| matches!(n, Notification::Ignored { .. }))
+    {
+        return Outcome::new(notifications, false);
+    }
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let dns = crate::route53::Route53::new(
+        aws_sdk_route53::Client::new(&sdk),
+        &config.hosted_zone_id,
+        std::time::Duration::from_secs(config.insync_timeout_secs),
+    );
+    let dns: &'static crate::route53::Route53 = Box::leak(Box::new(dns));
+    handle(event, config, &Backends::from_sdk(&sdk, dns)).await
 }

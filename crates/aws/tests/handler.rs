@@ -162,3 +162,13 @@ async fn a_name_owned_by_someone_else_is_never_touched() {
     assert!(!outcome.plan.unwrap().conflicts.is_empty());
     assert_eq!(cname(&dns).await, vec!["somewhere-else.example."]);
 }
+
+#[tokio::test]
+async fn an_ignored_event_needs_no_aws_at_all() {
+    // No endpoint, no credentials: had the handler called AWS, it would have failed.
+    let config = config("Z-unused");
+    let outcome =
+        valkey_dr_aws::handler::handle_with_sdk(&json!({ "hello": "world" }), &config).await;
+    assert!(!outcome.reconciled);
+    assert_eq!(outcome.error, None);
+}

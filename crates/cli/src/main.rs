@@ -1,5 +1,7 @@
 //! `valkey-dr`: a thin command-line layer over the valkey-dr library crates.
 
+#[cfg(feature = "aws")]
+mod aws;
 mod drill;
 mod lab;
 mod render;
@@ -120,6 +122,12 @@ enum Command {
         #[command(subcommand)]
         command: drill::DrillCommand,
     },
+    /// The AWS shape: the reconcile the Lambda runs, from this machine.
+    #[cfg(feature = "aws")]
+    Aws {
+        #[command(subcommand)]
+        command: aws::AwsCommand,
+    },
     /// The local two-region lab.
     Lab {
         #[command(subcommand)]
@@ -225,6 +233,8 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Lab { command } => lab::dispatch(command).await,
         Command::Drill { command } => drill::dispatch(command).await,
+        #[cfg(feature = "aws")]
+        Command::Aws { command } => aws::dispatch(command).await,
     }
 }
 

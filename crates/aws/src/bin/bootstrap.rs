@@ -1,0 +1,34 @@
+//! The Lambda (custom runtime `provided.al2023`): every invocation — SNS, schedule, direct — runs
+//! the handler. Structured JSON logs. An event that is not for us still returns success, so SNS
+//! never retries it forever.
+
+use std::time::Duration;
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use valkey_dr_aws::handler::{Backends, handle};
+use valkey_dr_aws::route53::Route53;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .without_time()
+        .init();
+    let config = valkey_dr_aws::AwsConfig::from_env()?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let dns: &'static Route53 = Box::leak(Box::new(Route53::new(
+        aws_sdk_route53::Client::new(&sdk),
+        &config.hosted_zone_id,
+        Duration::from_secs(config.insync_timeout_secs),
+    )));
+    let backends = Backends::from_sdk(&sdk, dns);
+    let (config, backends) = (&config, &backends);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let outcome = handle(&event.payload, config, backends).await;
+        tracing::info!(outcome = %serde_json::to_string(&outcome).unwrap_or_default(), "handled");
+        Ok::<Value, Error>(serde_json::to_value(outcome)?)
+    }))
+    .await
+}
