@@ -131,22 +131,12 @@ impl AwsConfig {
     }
 
     pub fn names(&self) -> valkey_dr_core::records::ManagedNames {
-        let zone = valkey_dr_core::config::fqdn(&self.zone);
-        let name = self.global_name.to_ascii_lowercase();
-        let global = if name.ends_with('.') {
-            name
-        } else if name.ends_with(zone.trim_end_matches('.')) {
-            format!("{name}.")
-        } else {
-            format!("{name}.{zone}")
-        };
-        valkey_dr_core::records::ManagedNames {
-            ownership: valkey_dr_core::ownership::record_name(&global),
-            global,
-            zone,
-            ttl: self.ttl,
-            owner: self.owner.clone(),
-        }
+        valkey_dr_core::records::ManagedNames::new(
+            &self.global_name,
+            &self.zone,
+            self.ttl,
+            &self.owner,
+        )
     }
 }
 
@@ -160,6 +150,12 @@ mod tests {
         let config = AwsConfig::parse(base).unwrap();
         assert_eq!(config.names().global, "demo.z.internal.");
         assert_eq!(config.names().ownership, "_valkey-dr.demo.z.internal.");
+        // A name that only ends with the zone's letters is not inside it.
+        let outside = AwsConfig {
+            global_name: "xz.internal".into(),
+            ..config.clone()
+        };
+        assert_eq!(outside.names().global, "xz.internal.z.internal.");
         let cases = [
             (
                 base.replace("zone = \"z.internal\"", "zone = \"\""),

@@ -154,19 +154,26 @@ pub async fn reconcile(config: &AwsConfig, backends: &Backends<'_>) -> Outcome {
 /// Handles one Lambda input event. Unrelated or malformed events are logged and change nothing;
 /// the result is still a success so that SNS does not retry them.
 pub async fn handle(event: &Value, config: &AwsConfig, backends: &Backends<'_>) -> Outcome {
+    let (notifications, wanted) = triage(event);
+    if !wanted {
+        return Outcome::new(notifications, false);
+    }
+    Outcome {
+        notifications,
+        ..reconcile(config, backends).await
+    }
+}
+
+/// The event's notifications, logged, and whether any of them asks for a reconcile.
+fn triage(event: &Value) -> (Vec<Notification>, bool) {
     let notifications = notification::parse(event);
     for n in &notifications {
         tracing::info!(notification = ?n, "event received");
     }
-    if notifications
+    let wanted = notifications
         .iter()
-        .all(|n| matches!(n, Notification::Ignored { .. }))
-    {
-        return Outcome::new(notifications, false);
-    }
-    let mut outcome = reconcile(config, backends).await;
-    outcome.notifications = notifications;
-    outcome
+        .any(|n| !matches!(n, Notification::Ignored { .. }));
+    (notifications, wanted)
 }
 
 /// Handles one event with clients from the standard SDK configuration: what the Lambda does, for

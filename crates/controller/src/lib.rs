@@ -2,7 +2,7 @@
 //!
 //! A reconcile pass observes every node, analyzes the topology, computes the DNS records the
 //! analysis allows and applies the difference as compare-and-swap changes. Passes run on a timer
-//! and whenever something wakes the controller; a pass never needs to know why it ran, and a pass
+//! and on operator commands and writer-probe failures; a pass never needs to know why it ran, and a pass
 //! with nothing to change writes nothing. Promotions ([`promotion`]) hold the same lock as passes,
 //! so the two never interleave.
 
@@ -63,7 +63,6 @@ pub struct Controller {
     pub(crate) topology_lock: tokio::sync::Mutex<()>,
     pub(crate) memory: std::sync::Mutex<reconcile::Memory>,
     pub(crate) health: std::sync::Mutex<failover::Health>,
-    pub(crate) wake: tokio::sync::Notify,
     /// Fault injection for crash tests: `VALKEY_DR_FAULT=crash-after:<step>` makes the process
     /// abort right after that promotion step, as a crash or `kill -9` would.
     fault: Option<String>,
@@ -96,7 +95,6 @@ impl Controller {
             topology_lock: tokio::sync::Mutex::new(()),
             memory: std::sync::Mutex::new(reconcile::Memory::default()),
             health: std::sync::Mutex::new(failover::Health::default()),
-            wake: tokio::sync::Notify::new(),
             fault: std::env::var("VALKEY_DR_FAULT").ok(),
             config,
         })
@@ -171,12 +169,8 @@ impl Controller {
         }
     }
 
-    /// Asks for a reconcile pass as soon as possible.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Runs reconcile passes until `shutdown` completes: every interval, on wake-ups, and with
+    /// Runs reconcile passes until `shutdown` completes: every interval, at once when the writer's
+    /// region stops answering, and with
     /// backoff after failed passes.
     pub async fn run_loop(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -208,7 +202,6 @@ impl Controller {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.wake.notified() => {}
                 _ = self.watch_writer(probe_interval) => {}
             }
         }

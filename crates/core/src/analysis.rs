@@ -333,7 +333,6 @@ pub(crate) mod tests {
         NodeObservation {
             node: NodeId(n),
             state,
-            rtt_us: 100,
             keys: None,
             heartbeat_ms: None,
         }

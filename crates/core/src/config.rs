@@ -486,17 +486,7 @@ impl Config {
 
     /// The global writer name, fully qualified.
     pub fn global_name_fqdn(&self) -> String {
-        let name = self.dns.global_name.to_ascii_lowercase();
-        let zone = self.zone_fqdn();
-        if name.ends_with('.') {
-            name
-        } else if name == zone.trim_end_matches('.')
-            || name.ends_with(&format!(".{}", zone.trim_end_matches('.')))
-        {
-            format!("{name}.")
-        } else {
-            format!("{name}.{zone}")
-        }
+        name_in_zone(&self.dns.global_name, &self.dns.zone)
     }
 
     pub fn control_socket(&self) -> PathBuf {
@@ -527,6 +517,21 @@ fn node_endpoint(field: &str, node: &NodeConfig) -> Result<Endpoint, ConfigError
         ));
     }
     Ok(Endpoint::new(&node.host, node.port))
+}
+
+/// A name given relative to the zone (`demo`) or absolutely (`demo.zone` or `demo.zone.`), fully
+/// qualified. Only a whole-label suffix counts as "inside the zone".
+pub fn name_in_zone(name: &str, zone: &str) -> String {
+    let name = name.to_ascii_lowercase();
+    let zone = fqdn(zone);
+    let bare_zone = zone.trim_end_matches('.');
+    if name.ends_with('.') {
+        name
+    } else if name == bare_zone || name.ends_with(&format!(".{bare_zone}")) {
+        format!("{name}.")
+    } else {
+        format!("{name}.{zone}")
+    }
 }
 
 /// Lower-cases a name and adds the trailing dot.

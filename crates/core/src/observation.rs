@@ -81,8 +81,6 @@ impl FailureKind {
 pub struct NodeObservation {
     pub node: NodeId,
     pub state: Result<ReplicationInfo, String>,
-    /// Round-trip time of the probe in microseconds (0 when unreachable).
-    pub rtt_us: u64,
     /// Number of keys (`DBSIZE`), when read.
     pub keys: Option<u64>,
     /// The controller's heartbeat timestamp (Unix ms) as this node last received it.

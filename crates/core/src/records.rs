@@ -84,13 +84,23 @@ pub struct ManagedNames {
 
 impl ManagedNames {
     pub fn from_config(config: &Config) -> Self {
-        let global = config.global_name_fqdn();
+        ManagedNames::new(
+            &config.dns.global_name,
+            &config.dns.zone,
+            config.dns.ttl,
+            &config.owner,
+        )
+    }
+
+    /// The names for a global name (relative or absolute) in `zone`.
+    pub fn new(global_name: &str, zone: &str, ttl: u32, owner: &str) -> Self {
+        let global = crate::config::name_in_zone(global_name, zone);
         ManagedNames {
-            zone: config.zone_fqdn(),
+            zone: fqdn(zone),
             ownership: ownership::record_name(&global),
             global,
-            ttl: config.dns.ttl,
-            owner: config.owner.clone(),
+            ttl,
+            owner: owner.to_string(),
         }
     }
 

@@ -216,7 +216,9 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
                     .ok_or_else(|| {
                         DrillError::Lab(format!("the writer {old_primary} is not a lab node"))
                     })?;
-                kill_node(spec, node).await?;
+                crate::process::kill_recorded(&spec.node_pidfile(node.0, node.1))
+                    .await
+                    .map_err(|e| DrillError::Lab(e.to_string()))?;
                 killed = Some(node);
             }
         }
@@ -289,19 +291,6 @@ fn detection_ms(spec: &LabSpec, since_ms: u64) -> Option<u64> {
                 && e["ts"].as_str().is_some_and(|ts| ts >= since.as_str())
         })
         .find_map(|e| e["detection_ms"].as_u64())
-}
-
-async fn kill_node(spec: &LabSpec, (region, index): (usize, usize)) -> Result<(), DrillError> {
-    let pid: i32 = std::fs::read_to_string(spec.node_pidfile(region, index))
-        .ok()
-        .and_then(|p| p.trim().parse().ok())
-        .ok_or_else(|| DrillError::Lab("no pid file for the writer node".into()))?;
-    // SAFETY: signal to the lab's own valkey-server.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    while crate::process::is_alive(pid) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
 }
 
 /// Starts a killed node again from its lab config: it comes back empty and the controller

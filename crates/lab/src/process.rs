@@ -258,6 +258,21 @@ pub async fn down(dir: &Path) -> Vec<String> {
     running.into_iter().map(|p| p.name).collect()
 }
 
+/// SIGKILLs the process a pid file names and waits until it is gone (a crash, as the drills and
+/// tests need it).
+pub async fn kill_recorded(pidfile: &Path) -> Result<(), LabError> {
+    let pid: i32 = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| LabError::Io(format!("no pid in {}", pidfile.display())))?;
+    // SAFETY: signal delivery to a pid this lab recorded.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    while is_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 /// `PING` with the lab's TLS and AUTH settings: true when the node answers.
 pub async fn ping(addr: SocketAddr, security: &valkey_dr_valkey::Security) -> bool {
     let endpoint = valkey_dr_core::Endpoint::new(&addr.ip().to_string(), addr.port());

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{
@@ -181,67 +181,84 @@ impl ValkeyEngine {
         cmd: &redis::Cmd,
     ) -> Result<T, EngineError> {
         let mut conn = self.connection(node).await?;
-        let result =
-            tokio::time::timeout(self.timeouts.command * 2, cmd.query_async::<T>(&mut conn))
-                .await
-                .map_err(|_| error(node, operation, "timed out"))
-                .and_then(|r| r.map_err(|e| error(node, operation, e)));
+        let reply =
+            tokio::time::timeout(self.timeouts.command * 2, cmd.query_async::<T>(&mut conn)).await;
+        self.settle(node, operation, reply)
+    }
+
+    /// Runs several commands in one round trip; on failure the cached connection is dropped.
+    async fn run_pipeline<T: redis::FromRedisValue>(
+        &self,
+        node: &Endpoint,
+        operation: &'static str,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.connection(node).await?;
+        let reply = tokio::time::timeout(
+            self.timeouts.command * 2,
+            pipeline.query_async::<T>(&mut conn),
+        )
+        .await;
+        self.settle(node, operation, reply)
+    }
+
+    fn settle<T>(
+        &self,
+        node: &Endpoint,
+        operation: &'static str,
+        reply: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, EngineError> {
+        let result = reply
+            .map_err(|_| error(node, operation, "timed out"))
+            .and_then(|r| r.map_err(|e| error(node, operation, e)));
         if result.is_err() {
             self.connections.lock().expect("lock").remove(node);
         }
         result
     }
 
-    /// Reads a node's replication state (INFO replication, cross-checked with ROLE) and key count.
+    /// Reads a node's replication state: INFO replication cross-checked with ROLE, one round trip.
     pub async fn replication(&self, node: &Endpoint) -> Result<ReplicationInfo, EngineError> {
-        let text: String = self
-            .run(
-                node,
-                "INFO replication",
-                redis::cmd("INFO").arg("replication"),
-            )
+        let pipeline = redis::pipe()
+            .cmd("INFO")
+            .arg("replication")
+            .cmd("ROLE")
+            .clone();
+        let (text, role): (String, Vec<redis::Value>) = self
+            .run_pipeline(node, "INFO replication", &pipeline)
             .await?;
-        let info = parse_info_replication(&text).map_err(|e| error(node, "INFO replication", e))?;
-        let role: Vec<redis::Value> = self.run(node, "ROLE", &redis::cmd("ROLE")).await?;
-        let role_name = match role.first() {
-            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            Some(redis::Value::SimpleString(s)) => s.clone(),
-            _ => String::new(),
-        };
-        let role_is_primary = role_name == "master";
-        if role_is_primary != info.is_primary() {
-            // The node changed role between the two commands: report, the next probe settles it.
-            return Err(error(
-                node,
-                "ROLE",
-                format!("ROLE says {role_name} while INFO disagrees"),
-            ));
-        }
-        Ok(info)
+        checked_replication(node, &text, &role)
     }
 
+    /// Replication state, key count and the heartbeat a node holds, in one round trip.
     pub async fn observe(&self, id: NodeId, node: &Endpoint) -> NodeObservation {
-        let started = Instant::now();
-        let state = self.replication(node).await.map_err(|e| e.reason);
-        let rtt_us = if state.is_ok() {
-            started.elapsed().as_micros() as u64
-        } else {
-            0
-        };
-        let (keys, heartbeat_ms) = match state {
-            Ok(_) => (
-                self.run(node, "DBSIZE", &redis::cmd("DBSIZE")).await.ok(),
-                self.run::<Option<u64>>(node, "GET", redis::cmd("GET").arg(HEARTBEAT_KEY))
-                    .await
+        let pipeline = redis::pipe()
+            .cmd("INFO")
+            .arg("replication")
+            .cmd("ROLE")
+            .cmd("DBSIZE")
+            .cmd("GET")
+            .arg(HEARTBEAT_KEY)
+            .clone();
+        let reply: Result<(String, Vec<redis::Value>, u64, redis::Value), _> =
+            self.run_pipeline(node, "INFO replication", &pipeline).await;
+        let (state, keys, heartbeat_ms) = match reply {
+            Ok((text, role, keys, heartbeat)) => {
+                // A heartbeat key someone overwrote is no heartbeat, not a failed probe.
+                let heartbeat = redis::from_redis_value::<Option<u64>>(heartbeat)
                     .ok()
-                    .flatten(),
-            ),
-            Err(_) => (None, None),
+                    .flatten();
+                (
+                    checked_replication(node, &text, &role).map_err(|e| e.reason),
+                    Some(keys),
+                    heartbeat,
+                )
+            }
+            Err(e) => (Err(e.reason), None, None),
         };
         NodeObservation {
             node: id,
             state,
-            rtt_us,
             keys,
             heartbeat_ms,
         }
@@ -368,6 +385,29 @@ impl ValkeyEngine {
         )
         .await
     }
+}
+
+/// Parses INFO replication and rejects a reply whose ROLE disagrees (the node changed role
+/// between the two commands; the next probe settles it).
+fn checked_replication(
+    node: &Endpoint,
+    info: &str,
+    role: &[redis::Value],
+) -> Result<ReplicationInfo, EngineError> {
+    let info = parse_info_replication(info).map_err(|e| error(node, "INFO replication", e))?;
+    let role_name = match role.first() {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(redis::Value::SimpleString(s)) => s.clone(),
+        _ => String::new(),
+    };
+    if (role_name == "master") != info.is_primary() {
+        return Err(error(
+            node,
+            "ROLE",
+            format!("ROLE says {role_name} while INFO disagrees"),
+        ));
+    }
+    Ok(info)
 }
 
 fn error(node: &Endpoint, operation: &'static str, reason: impl std::fmt::Display) -> EngineError {

@@ -118,12 +118,7 @@ async fn isolating_the_primary_region_with_auto_fails_over_across_regions_and_he
     let status = lab
         .wait_until(|s| s["nodes"][0]["role"] == "replica" && s["nodes"][0]["link"] == "up")
         .await;
-    let masters = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["role"] == "primary")
-        .count();
+    let masters = crate::harness::primaries(&status);
     assert_eq!(masters, 1, "{status:#}");
     assert!(
         lab.events()
@@ -238,13 +233,11 @@ async fn a_controller_killed_in_the_middle_of_a_switchover_converges_after_resta
                 s["epoch"] == expected_epoch && s["findings"] == serde_json::json!(["healthy"])
             })
             .await;
-        let masters: Vec<&serde_json::Value> = status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["role"] == "primary")
-            .collect();
-        assert_eq!(masters.len(), 1, "{crash_after}: {status:#}");
+        assert_eq!(
+            crate::harness::primaries(&status),
+            1,
+            "{crash_after}: {status:#}"
+        );
         let writer_region = if expected_epoch == 1 {
             "us-east-1"
         } else {
@@ -313,12 +306,7 @@ async fn split_brain_without_an_epoch_waits_for_adopt() {
     let status = lab
         .wait_until(|s| s["findings"] == serde_json::json!(["healthy"]))
         .await;
-    let masters = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["role"] == "primary")
-        .count();
+    let masters = crate::harness::primaries(&status);
     assert_eq!(masters, 1, "the other master was fenced: {status:#}");
     lab.cli(&["reconcile"]);
     assert_eq!(

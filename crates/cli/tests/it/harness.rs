@@ -189,30 +189,16 @@ impl TestLab {
 
     /// SIGKILLs one node's valkey-server and waits until it is gone.
     pub async fn kill_node(&self, region: usize, index: usize) {
-        let pid: i32 = std::fs::read_to_string(self.spec.node_pidfile(region, index))
-            .unwrap()
-            .trim()
-            .parse()
+        process::kill_recorded(&self.spec.node_pidfile(region, index))
+            .await
             .unwrap();
-        // SAFETY: signal to the lab's own valkey-server.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        while process::is_alive(pid) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
     }
 
     /// SIGKILLs the lab's controller and waits until it is gone.
     pub async fn kill_controller(&self) {
-        let pid: i32 = std::fs::read_to_string(self.spec.dir.join("controller.pid"))
-            .unwrap()
-            .trim()
-            .parse()
+        process::kill_recorded(&self.spec.dir.join("controller.pid"))
+            .await
             .unwrap();
-        // SAFETY: signal to the lab's own controller.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        while process::is_alive(pid) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
     }
 
     pub async fn connection(&self, ip: &str) -> redis::aio::MultiplexedConnection {
@@ -237,6 +223,16 @@ impl Drop for TestLab {
         }
         let _ = std::fs::remove_dir_all(&self.spec.dir);
     }
+}
+
+/// How many nodes of a status report say `role:master`.
+pub fn primaries(status: &serde_json::Value) -> usize {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["role"] == "primary")
+        .count()
 }
 
 /// Runs `dig @server -p port <args>` and returns its output.
