@@ -10,10 +10,13 @@ pub struct AwsConfig {
     /// Identity in the ownership TXT record.
     #[serde(default = "default_owner")]
     pub owner: String,
-    /// The global datastore (global replication group) id.
-    pub global_replication_group_id: String,
-    /// The Route 53 hosted zone holding the name.
-    pub hosted_zone_id: String,
+    /// The global datastore (global replication group) id. Optional with `[deploy]`: then it is
+    /// read from the primary stack's outputs.
+    #[serde(default)]
+    pub global_replication_group_id: Option<String>,
+    /// The Route 53 hosted zone holding the name (optional with `[deploy]`, like the datastore id).
+    #[serde(default)]
+    pub hosted_zone_id: Option<String>,
     pub zone: String,
     /// Relative to the zone (`demo`) or fully qualified.
     pub global_name: String,
@@ -22,6 +25,16 @@ pub struct AwsConfig {
     /// Wait until Route 53 reports the change INSYNC (seconds; 0 does not wait).
     #[serde(default = "default_insync_timeout")]
     pub insync_timeout_secs: u64,
+    /// What `valkey-dr aws deploy` creates; absent for a reconcile-only configuration.
+    #[serde(default)]
+    pub deploy: Option<crate::deploy::DeployConfig>,
+}
+
+/// The two ids a reconcile needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets {
+    pub global_replication_group_id: String,
+    pub hosted_zone_id: String,
 }
 
 fn default_owner() -> String {
@@ -48,6 +61,16 @@ pub enum AwsConfigError {
     },
 }
 
+impl From<crate::deploy::DeployConfigError> for AwsConfigError {
+    fn from(e: crate::deploy::DeployConfigError) -> AwsConfigError {
+        AwsConfigError::Invalid {
+            field: e.field,
+            problem: e.problem,
+            fix: e.fix,
+        }
+    }
+}
+
 impl AwsConfig {
     pub fn load(path: &Path) -> Result<AwsConfig, AwsConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| AwsConfigError::Read {
@@ -61,16 +84,6 @@ impl AwsConfig {
         let config: AwsConfig = toml::from_str(text)
             .map_err(|e| AwsConfigError::Syntax(e.to_string().trim().to_string()))?;
         let required = [
-            (
-                "global_replication_group_id",
-                &config.global_replication_group_id,
-                "the global datastore id, e.g. ldgnf-valkey-dr",
-            ),
-            (
-                "hosted_zone_id",
-                &config.hosted_zone_id,
-                "the Route 53 hosted zone id, e.g. Z0123456789ABC",
-            ),
             (
                 "zone",
                 &config.zone,
@@ -98,7 +111,30 @@ impl AwsConfig {
                 fix: "use at least 1 second (the reference design uses 10)",
             });
         }
+        if let Some(deploy) = &config.deploy {
+            deploy.validate()?;
+        }
         Ok(config)
+    }
+
+    /// The ids from the file, or `None` for those that are missing or empty.
+    pub fn targets(&self) -> Result<Targets, AwsConfigError> {
+        let given = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let global_replication_group_id =
+            given(&self.global_replication_group_id).ok_or(AwsConfigError::Invalid {
+                field: "global_replication_group_id",
+                problem: "missing".into(),
+                fix: "set it to the global datastore id (output GlobalReplicationGroupId of the primary stack), or add [deploy] so that it is read from the stack",
+            })?;
+        let hosted_zone_id = given(&self.hosted_zone_id).ok_or(AwsConfigError::Invalid {
+            field: "hosted_zone_id",
+            problem: "missing".into(),
+            fix: "set it to the Route 53 hosted zone id (output HostedZoneId of the primary stack), or add [deploy] so that it is read from the stack",
+        })?;
+        Ok(Targets {
+            global_replication_group_id,
+            hosted_zone_id,
+        })
     }
 
     /// The Lambda's configuration, from the environment the template sets
@@ -148,6 +184,7 @@ mod tests {
     fn errors_name_the_field() {
         let base = "global_replication_group_id = \"g\"\nhosted_zone_id = \"Z1\"\nzone = \"z.internal\"\nglobal_name = \"demo\"\n";
         let config = AwsConfig::parse(base).unwrap();
+        assert_eq!(config.targets().unwrap().hosted_zone_id, "Z1");
         assert_eq!(config.names().global, "demo.z.internal.");
         assert_eq!(config.names().ownership, "_valkey-dr.demo.z.internal.");
         // A name that only ends with the zone's letters is not inside it.
@@ -163,14 +200,14 @@ mod tests {
             ),
             (format!("{base}ttl = 0\n"), "`ttl`"),
             (format!("{base}ttll = 5\n"), "unknown field `ttll`"),
-            (
-                base.replace("hosted_zone_id = \"Z1\"\n", ""),
-                "missing field `hosted_zone_id`",
-            ),
         ];
         for (text, expected) in cases {
             let error = AwsConfig::parse(&text).unwrap_err().to_string();
             assert!(error.contains(expected), "{expected}: {error}");
         }
+        let without_zone_id =
+            AwsConfig::parse(&base.replace("hosted_zone_id = \"Z1\"\n", "")).unwrap();
+        let error = without_zone_id.targets().unwrap_err().to_string();
+        assert!(error.contains("`hosted_zone_id`: missing"), "{error}");
     }
 }

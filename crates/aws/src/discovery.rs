@@ -1,6 +1,8 @@
 //! Who is the writer: the global datastore's PRIMARY member, and its primary endpoint in its region.
 
 use aws_sdk_elasticache::Client;
+use aws_sdk_elasticache::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_elasticache::types::ReplicationGroup;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Primary {
@@ -10,10 +12,24 @@ pub struct Primary {
     pub endpoint: String,
 }
 
+/// One member of a global datastore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub region: String,
+    pub replication_group_id: String,
+    /// `PRIMARY` or `SECONDARY`.
+    pub role: String,
+    /// `associated`, `associating`, `disassociating`, …
+    pub status: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("ElastiCache: {0}")]
-    Api(String),
+    #[error("ElastiCache: {message}")]
+    Api {
+        code: Option<String>,
+        message: String,
+    },
     #[error("global datastore {0} not found")]
     NotFound(String),
     #[error(
@@ -24,59 +40,112 @@ pub enum DiscoveryError {
     NoEndpoint(String),
 }
 
+fn api<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    error: aws_sdk_elasticache::error::SdkError<E, R>,
+) -> DiscoveryError {
+    DiscoveryError::Api {
+        code: error.code().map(str::to_string),
+        message: DisplayErrorContext(error).to_string(),
+    }
+}
+
+/// A client for `region` with everything else from `sdk` (an empty region keeps the default).
+pub fn client_in(sdk: &aws_config::SdkConfig, region: &str) -> Client {
+    let mut config = aws_sdk_elasticache::config::Builder::from(sdk);
+    if !region.is_empty() {
+        config = config.region(aws_sdk_elasticache::config::Region::new(region.to_string()));
+    }
+    Client::from_conf(config.build())
+}
+
+/// The datastore's members and whether it and all of them are settled (`available`/`associated`).
+/// `Ok(None)`: no such datastore.
+pub async fn members(
+    client: &Client,
+    global_id: &str,
+) -> Result<Option<(Vec<Member>, bool)>, DiscoveryError> {
+    let out = match client
+        .describe_global_replication_groups()
+        .global_replication_group_id(global_id)
+        .show_member_info(true)
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(e) if e.code() == Some("GlobalReplicationGroupNotFoundFault") => return Ok(None),
+        Err(e) => return Err(api(e)),
+    };
+    let Some(group) = out.global_replication_groups().first() else {
+        return Ok(None);
+    };
+    let members: Vec<Member> = group
+        .members()
+        .iter()
+        .map(|m| Member {
+            region: m.replication_group_region().unwrap_or_default().to_string(),
+            replication_group_id: m.replication_group_id().unwrap_or_default().to_string(),
+            role: m.role().unwrap_or_default().to_string(),
+            status: m.status().unwrap_or_default().to_string(),
+        })
+        .collect();
+    let settled =
+        group.status() == Some("available") && members.iter().all(|m| m.status == "associated");
+    Ok(Some((members, settled)))
+}
+
+/// The replication group's primary endpoint; `Ok(None)` when the group does not exist.
+pub async fn endpoint(client: &Client, group_id: &str) -> Result<Option<String>, DiscoveryError> {
+    match client
+        .describe_replication_groups()
+        .replication_group_id(group_id)
+        .send()
+        .await
+    {
+        Ok(out) => match out.replication_groups().first() {
+            Some(group) => primary_endpoint(group)
+                .map(|e| Some(e.to_string()))
+                .ok_or_else(|| DiscoveryError::NoEndpoint(group_id.to_string())),
+            None => Ok(None),
+        },
+        Err(e) if e.code() == Some("ReplicationGroupNotFoundFault") => Ok(None),
+        Err(e) => Err(api(e)),
+    }
+}
+
+/// Cluster mode disabled: the node group's primary endpoint; enabled: the configuration endpoint.
+fn primary_endpoint(group: &ReplicationGroup) -> Option<&str> {
+    group
+        .node_groups()
+        .first()
+        .and_then(|n| n.primary_endpoint())
+        .or(group.configuration_endpoint())
+        .and_then(|e| e.address())
+}
+
 /// Asks ElastiCache where the writer is. `regional` gives a client for a member's region.
 pub async fn primary(
     global: &Client,
     regional: impl Fn(&str) -> Client,
     global_id: &str,
 ) -> Result<Primary, DiscoveryError> {
-    let out = global
-        .describe_global_replication_groups()
-        .global_replication_group_id(global_id)
-        .show_member_info(true)
-        .send()
-        .await
-        .map_err(|e| {
-            DiscoveryError::Api(aws_sdk_elasticache::error::DisplayErrorContext(e).to_string())
-        })?;
-    let group = out
-        .global_replication_groups()
-        .first()
+    let (members, _) = members(global, global_id)
+        .await?
         .ok_or_else(|| DiscoveryError::NotFound(global_id.to_string()))?;
-    let member = group
-        .members()
+    let member = members
         .iter()
-        .find(|m| m.role() == Some("PRIMARY") && m.status() != Some("disassociating"))
-        .ok_or_else(|| DiscoveryError::NoPrimary(global_id.to_string()))?;
-    let (Some(region), Some(group_id)) = (
-        member.replication_group_region(),
-        member.replication_group_id(),
-    ) else {
-        return Err(DiscoveryError::NoPrimary(global_id.to_string()));
-    };
-    let out = regional(region)
-        .describe_replication_groups()
-        .replication_group_id(group_id)
-        .send()
-        .await
-        .map_err(|e| {
-            DiscoveryError::Api(aws_sdk_elasticache::error::DisplayErrorContext(e).to_string())
-        })?;
-    let endpoint = out
-        .replication_groups()
-        .first()
-        .and_then(|g| {
-            // Cluster mode disabled: the node group's primary endpoint; enabled: the configuration endpoint.
-            g.node_groups()
-                .first()
-                .and_then(|n| n.primary_endpoint())
-                .or(g.configuration_endpoint())
-                .and_then(|e| e.address())
+        .find(|m| {
+            m.role == "PRIMARY"
+                && m.status != "disassociating"
+                && !m.region.is_empty()
+                && !m.replication_group_id.is_empty()
         })
-        .ok_or_else(|| DiscoveryError::NoEndpoint(group_id.to_string()))?;
+        .ok_or_else(|| DiscoveryError::NoPrimary(global_id.to_string()))?;
+    let endpoint = endpoint(&regional(&member.region), &member.replication_group_id)
+        .await?
+        .ok_or_else(|| DiscoveryError::NoEndpoint(member.replication_group_id.clone()))?;
     Ok(Primary {
-        region: region.to_string(),
-        replication_group_id: group_id.to_string(),
-        endpoint: endpoint.to_string(),
+        region: member.region.clone(),
+        replication_group_id: member.replication_group_id.clone(),
+        endpoint,
     })
 }

@@ -29,12 +29,7 @@ impl Backends<'static> {
         let sdk = sdk.clone();
         Backends {
             elasticache: aws_sdk_elasticache::Client::new(&sdk),
-            regional: Box::new(move |region: &str| {
-                let config = aws_sdk_elasticache::config::Builder::from(&sdk)
-                    .region(aws_sdk_elasticache::config::Region::new(region.to_string()))
-                    .build();
-                aws_sdk_elasticache::Client::from_conf(config)
-            }),
+            regional: Box::new(move |region: &str| discovery::client_in(&sdk, region)),
             dns,
         }
     }
@@ -111,10 +106,17 @@ pub fn desired(
 /// One reconcile: discover, plan, apply.
 pub async fn reconcile(config: &AwsConfig, backends: &Backends<'_>) -> Outcome {
     let mut outcome = Outcome::new(Vec::new(), true);
+    let targets = match config.targets() {
+        Ok(t) => t,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    };
     let primary = match discovery::primary(
         &backends.elasticache,
         &backends.regional,
-        &config.global_replication_group_id,
+        &targets.global_replication_group_id,
     )
     .await
     {
@@ -187,10 +189,19 @@ pub async fn handle_with_sdk(event: &Value, config: &AwsConfig) -> Outcome {
     {
         return Outcome::new(notifications, false);
     }
+    let targets = match config.targets() {
+        Ok(t) => t,
+        Err(e) => {
+            return Outcome {
+                error: Some(e.to_string()),
+                ..Outcome::new(notifications, true)
+            };
+        }
+    };
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let dns = crate::route53::Route53::new(
         aws_sdk_route53::Client::new(&sdk),
-        &config.hosted_zone_id,
+        &targets.hosted_zone_id,
         std::time::Duration::from_secs(config.insync_timeout_secs),
     );
     let dns: &'static crate::route53::Route53 = Box::leak(Box::new(dns));

@@ -27,6 +27,19 @@ pub fn parse(event: &Value) -> Vec<Notification> {
     if let Some(records) = event.get("Records").and_then(Value::as_array) {
         return records.iter().map(parse_sns_record).collect();
     }
+    // SNS delivering to an HTTP(S) subscriber posts the message envelope itself.
+    match event.get("Type").and_then(Value::as_str) {
+        Some("Notification") => {
+            return vec![match event.get("Message").and_then(Value::as_str) {
+                Some(message) => parse_sns_message(message),
+                None => ignored("SNS notification without a message".into()),
+            }];
+        }
+        Some(other) if event.get("TopicArn").is_some() => {
+            return vec![ignored(format!("SNS {} message", truncate(other)))];
+        }
+        _ => {}
+    }
     if event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
         return vec![Notification::Schedule];
     }
@@ -135,6 +148,16 @@ mod tests {
                     elasticache("ElastiCache:CacheNodeReplaceStarted", "g"),
                     ignored("SNS record without a message".into()),
                 ],
+            ),
+            (
+                "SNS HTTP delivery",
+                json!({ "Type": "Notification", "TopicArn": "arn:t", "Message": "ElastiCache:FailoverComplete : g2" }),
+                vec![elasticache("ElastiCache:FailoverComplete", "g2")],
+            ),
+            (
+                "SNS HTTP subscription confirmation",
+                json!({ "Type": "SubscriptionConfirmation", "TopicArn": "arn:t", "SubscribeURL": "https://x" }),
+                vec![ignored("SNS SubscriptionConfirmation message".into())],
             ),
             (
                 "schedule",

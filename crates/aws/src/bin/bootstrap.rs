@@ -17,10 +17,11 @@ async fn main() -> Result<(), Error> {
         .without_time()
         .init();
     let config = valkey_dr_aws::AwsConfig::from_env()?;
+    let targets = config.targets()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let dns: &'static Route53 = Box::leak(Box::new(Route53::new(
         aws_sdk_route53::Client::new(&sdk),
-        &config.hosted_zone_id,
+        &targets.hosted_zone_id,
         Duration::from_secs(config.insync_timeout_secs),
     )));
     let backends = Backends::from_sdk(&sdk, dns);

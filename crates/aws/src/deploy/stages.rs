@@ -1,0 +1,208 @@
+//! The stack parameters of each stage, as pure functions of the configuration and of what earlier
+//! stages output. Running the stages again with everything known yields the same parameters, so a
+//! second `deploy` changes nothing.
+
+use std::collections::BTreeMap;
+
+use super::config::{DeployConfig, RegionPlan};
+use crate::AwsConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Secondary,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        }
+    }
+}
+
+/// Outputs the stages pass on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    pub global_replication_group_id: Option<String>,
+    pub secondary_vpc_id: Option<String>,
+    pub peering_connection_id: Option<String>,
+}
+
+impl Known {
+    /// What the two stacks' outputs say (either may be missing).
+    pub fn from_outputs(
+        primary: Option<&BTreeMap<String, String>>,
+        secondary: Option<&BTreeMap<String, String>>,
+    ) -> Known {
+        let get = |outputs: Option<&BTreeMap<String, String>>, key: &str| {
+            outputs
+                .and_then(|o| o.get(key))
+                .filter(|v| !v.is_empty())
+                .cloned()
+        };
+        Known {
+            global_replication_group_id: get(primary, "GlobalReplicationGroupId"),
+            secondary_vpc_id: get(secondary, "VpcId"),
+            peering_connection_id: get(primary, "PeeringConnectionId"),
+        }
+    }
+}
+
+pub fn stack_name(deploy: &DeployConfig, role: Role) -> String {
+    format!("{}-{}", deploy.environment, role.as_str())
+}
+
+pub fn region(deploy: &DeployConfig, role: Role) -> &str {
+    &plan(deploy, role).region
+}
+
+fn plan(deploy: &DeployConfig, role: Role) -> &RegionPlan {
+    match role {
+        Role::Primary => &deploy.primary,
+        Role::Secondary => &deploy.secondary,
+    }
+}
+
+/// The stack parameters for `role` given what is known so far. `artifact_key` is the Lambda zip's
+/// content-addressed key (a new build changes the key, which is what makes CloudFormation update
+/// the function's code).
+pub fn parameters(
+    config: &AwsConfig,
+    deploy: &DeployConfig,
+    role: Role,
+    known: &Known,
+    artifact_key: &str,
+) -> BTreeMap<String, String> {
+    let own = plan(deploy, role);
+    let peer = plan(
+        deploy,
+        match role {
+            Role::Primary => Role::Secondary,
+            Role::Secondary => Role::Primary,
+        },
+    );
+    let mut p = BTreeMap::new();
+    let mut set = |k: &str, v: &str| {
+        p.insert(k.to_string(), v.to_string());
+    };
+    set("Role", role.as_str());
+    set("EnvironmentName", &deploy.environment);
+    set("VpcCidr", &own.vpc_cidr);
+    set("PrivateSubnet1Cidr", &own.subnet_cidrs[0]);
+    set("PrivateSubnet2Cidr", &own.subnet_cidrs[1]);
+    set("PeerVpcCidr", &peer.vpc_cidr);
+    match role {
+        Role::Primary => {
+            set(
+                "GlobalReplicationGroupIdSuffix",
+                &deploy.global_datastore_suffix,
+            );
+            set("CacheNodeType", &deploy.node_type);
+            set("HostedZoneName", config.zone.trim_end_matches('.'));
+            set("GlobalRecordName", &config.global_name);
+            set("RecordTtl", &config.ttl.to_string());
+            set("LambdaArtifactBucket", &deploy.artifact_bucket);
+            set("LambdaArtifactKey", artifact_key);
+            if let Some(vpc) = &known.secondary_vpc_id {
+                set("PeerVpcId", vpc);
+                set("PeerRegion", &peer.region);
+            }
+        }
+        Role::Secondary => {
+            if let Some(id) = &known.global_replication_group_id {
+                set("GlobalReplicationGroupId", id);
+            }
+            if let Some(id) = &known.peering_connection_id {
+                set("PeeringConnectionId", id);
+            }
+        }
+    }
+    p
+}
+
+/// The deploy's stages in order: each stack created, then each updated with what the other output.
+pub const DEPLOY_ORDER: [Role; 4] = [
+    Role::Primary,
+    Role::Secondary,
+    Role::Primary,
+    Role::Secondary,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::config::tests::example;
+
+    fn config() -> AwsConfig {
+        AwsConfig::parse("zone = \"valkey-dr.internal\"\nglobal_name = \"demo\"\n").unwrap()
+    }
+
+    #[test]
+    fn parameters_follow_what_is_known() {
+        let deploy = example();
+        let nothing = Known::default();
+        let all = Known {
+            global_replication_group_id: Some("ldgnf-valkey-dr".into()),
+            secondary_vpc_id: Some("vpc-2".into()),
+            peering_connection_id: Some("pcx-1".into()),
+        };
+        // (role, known, key, expected value; None = absent)
+        let cases: [(Role, &Known, &str, Option<&str>); 12] = [
+            (Role::Primary, &nothing, "Role", Some("primary")),
+            (Role::Primary, &nothing, "VpcCidr", Some("10.1.0.0/16")),
+            (Role::Primary, &nothing, "PeerVpcCidr", Some("10.2.0.0/16")),
+            (Role::Primary, &nothing, "PeerVpcId", None),
+            (Role::Primary, &all, "PeerVpcId", Some("vpc-2")),
+            (Role::Primary, &all, "PeerRegion", Some("us-east-2")),
+            (Role::Primary, &all, "LambdaArtifactKey", Some("key.zip")),
+            (
+                Role::Primary,
+                &all,
+                "HostedZoneName",
+                Some("valkey-dr.internal"),
+            ),
+            (Role::Secondary, &nothing, "GlobalReplicationGroupId", None),
+            (
+                Role::Secondary,
+                &all,
+                "GlobalReplicationGroupId",
+                Some("ldgnf-valkey-dr"),
+            ),
+            (Role::Secondary, &all, "PeeringConnectionId", Some("pcx-1")),
+            (
+                Role::Secondary,
+                &all,
+                "PrivateSubnet2Cidr",
+                Some("10.2.2.0/24"),
+            ),
+        ];
+        for (role, known, key, expected) in cases {
+            let p = parameters(&config(), &deploy, role, known, "key.zip");
+            assert_eq!(p.get(key).map(String::as_str), expected, "{role:?} {key}");
+        }
+        // A secondary never carries the primary-only settings.
+        let p = parameters(&config(), &deploy, Role::Secondary, &all, "key.zip");
+        assert!(!p.contains_key("LambdaArtifactBucket") && !p.contains_key("PeerVpcId"));
+    }
+
+    #[test]
+    fn known_comes_from_both_stacks_outputs() {
+        let primary = BTreeMap::from([
+            ("GlobalReplicationGroupId".to_string(), "g".to_string()),
+            ("PeeringConnectionId".to_string(), String::new()),
+        ]);
+        let secondary = BTreeMap::from([("VpcId".to_string(), "vpc-2".to_string())]);
+        let known = Known::from_outputs(Some(&primary), Some(&secondary));
+        assert_eq!(
+            known,
+            Known {
+                global_replication_group_id: Some("g".into()),
+                secondary_vpc_id: Some("vpc-2".into()),
+                peering_connection_id: None,
+            }
+        );
+        assert_eq!(Known::from_outputs(None, None), Known::default());
+    }
+}

@@ -1,0 +1,396 @@
+//! A small SigV4-signed HTTP client for the few EC2, S3 and SNS calls valkey-dr makes.
+//!
+//! `aws-sdk-ec2` and `aws-sdk-s3` take minutes to compile for three operations; this reuses the
+//! signer, credentials chain, TLS and XML reader the SDK crates we do use already build.
+//! Credentials, region and endpoint overrides come from the same standard configuration
+//! (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_EC2`, `_S3`, `_SNS`, profiles).
+
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignedError {
+    #[error("no AWS credentials: {0}")]
+    Credentials(String),
+    #[error("{service} request could not be built: {reason}")]
+    Request {
+        service: &'static str,
+        reason: String,
+    },
+    #[error("{service} at {endpoint} unreachable: {reason}")]
+    Transport {
+        service: &'static str,
+        endpoint: String,
+        reason: String,
+    },
+    /// The service answered with an error; `code` is AWS's error code (`InvalidVpcPeeringConnectionID.NotFound`).
+    #[error("{service}: {code}: {message}")]
+    Api {
+        service: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+impl SignedError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            SignedError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Which service a request is for: its signing name and endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Ec2,
+    S3,
+    Sns,
+}
+
+impl Service {
+    fn signing_name(self) -> &'static str {
+        match self {
+            Service::Ec2 => "ec2",
+            Service::S3 => "s3",
+            Service::Sns => "sns",
+        }
+    }
+    /// The Query API version (the S3 REST API has none).
+    fn query_version(self) -> &'static str {
+        match self {
+            Service::Ec2 => "2016-11-15",
+            Service::Sns => "2010-03-31",
+            Service::S3 => "",
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Service::Ec2 => "EC2",
+            Service::S3 => "S3",
+            Service::Sns => "SNS",
+        }
+    }
+    fn endpoint_env(self) -> &'static str {
+        match self {
+            Service::Ec2 => "AWS_ENDPOINT_URL_EC2",
+            Service::S3 => "AWS_ENDPOINT_URL_S3",
+            Service::Sns => "AWS_ENDPOINT_URL_SNS",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SignedClient {
+    sdk: aws_config::SdkConfig,
+    http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>,
+    timeout: Duration,
+}
+
+/// A response: status and body.
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl SignedClient {
+    pub fn new(sdk: &aws_config::SdkConfig) -> Result<SignedClient, SignedError> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .map_err(|e| SignedError::Request {
+                service: "TLS",
+                reason: format!("no usable root certificates: {e}"),
+            })?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(SignedClient {
+            sdk: sdk.clone(),
+            http: HyperClient::builder(TokioExecutor::new()).build(https),
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// The endpoint for `service` in `region`: an override from the environment or profile, else AWS's.
+    pub fn endpoint(&self, service: Service, region: &str) -> String {
+        std::env::var(service.endpoint_env())
+            .ok()
+            .or_else(|| self.sdk.endpoint_url().map(str::to_string))
+            .map(|e| e.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("https://{}.{region}.amazonaws.com", service.signing_name()))
+    }
+
+    /// True when requests go to an endpoint override (S3 then uses path-style URLs).
+    pub fn overridden(&self, service: Service) -> bool {
+        std::env::var(service.endpoint_env()).is_ok() || self.sdk.endpoint_url().is_some()
+    }
+
+    /// Sends one signed request; a non-2xx answer becomes [`SignedError::Api`] with AWS's code.
+    pub async fn send(
+        &self,
+        service: Service,
+        region: &str,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Response, SignedError> {
+        let label = service.label();
+        let credentials = self
+            .sdk
+            .credentials_provider()
+            .ok_or_else(|| SignedError::Credentials("no credentials provider configured".into()))?
+            .provide_credentials()
+            .await
+            .map_err(|e| SignedError::Credentials(e.to_string()))?;
+        let identity: Identity = credentials.into();
+        let request_error = |reason: String| SignedError::Request {
+            service: label,
+            reason,
+        };
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name(service.signing_name())
+            .time(SystemTime::now())
+            .settings(signing_settings(service))
+            .build()
+            .map_err(|e| request_error(e.to_string()))?
+            .into();
+        let mut request = http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        let mut request = request
+            .body(Full::new(bytes::Bytes::from(body.clone())))
+            .map_err(|e| request_error(e.to_string()))?;
+        let signable = SignableRequest::new(
+            method,
+            url,
+            headers.iter().map(|(n, v)| (*n, v.as_str())),
+            SignableBody::Bytes(&body),
+        )
+        .map_err(|e| request_error(e.to_string()))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| request_error(e.to_string()))?
+            .into_parts();
+        instructions.apply_to_request_http1x(&mut request);
+
+        let transport = |reason: String| SignedError::Transport {
+            service: label,
+            endpoint: url.split('?').next().unwrap_or(url).to_string(),
+            reason,
+        };
+        let response = tokio::time::timeout(self.timeout, self.http.request(request))
+            .await
+            .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = tokio::time::timeout(self.timeout, response.into_body().collect())
+            .await
+            .map_err(|_| transport("body not received in time".into()))?
+            .map_err(|e| transport(e.to_string()))?
+            .to_bytes()
+            .to_vec();
+        if !(200..300).contains(&status) {
+            let text = String::from_utf8_lossy(&body);
+            return Err(SignedError::Api {
+                service: label,
+                status,
+                code: xml::first(&text, "Code").unwrap_or_else(|| format!("HTTP {status}")),
+                message: xml::first(&text, "Message").unwrap_or_default(),
+            });
+        }
+        Ok(Response { status, body })
+    }
+
+    /// One Query API call (`Action=…&Version=…&…`, EC2 and SNS); returns the XML answer.
+    pub async fn query(
+        &self,
+        service: Service,
+        region: &str,
+        action: &str,
+        params: &[(String, String)],
+    ) -> Result<String, SignedError> {
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("Action", action);
+            form.append_pair("Version", service.query_version());
+            for (key, value) in params {
+                form.append_pair(key, value);
+            }
+            form.finish().into_bytes()
+        };
+        let url = format!("{}/", self.endpoint(service, region));
+        let response = self
+            .send(
+                service,
+                region,
+                "POST",
+                &url,
+                &[(
+                    "content-type",
+                    "application/x-www-form-urlencoded; charset=utf-8".into(),
+                )],
+                body,
+            )
+            .await?;
+        Ok(String::from_utf8_lossy(&response.body).into_owned())
+    }
+}
+
+fn signing_settings(service: Service) -> SigningSettings {
+    let mut settings = SigningSettings::default();
+    if service == Service::S3 {
+        // S3 requires the payload hash header and signs the path as given.
+        settings.payload_checksum_kind = aws_sigv4::http_request::PayloadChecksumKind::XAmzSha256;
+        settings.percent_encoding_mode = aws_sigv4::http_request::PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode =
+            aws_sigv4::http_request::UriPathNormalizationMode::Disabled;
+    }
+    settings
+}
+
+/// Just enough XML reading for the answers we use: an element tree, searched by name.
+pub mod xml {
+    #[derive(Debug, Default, Clone)]
+    pub struct Element {
+        pub name: String,
+        pub text: String,
+        pub children: Vec<Element>,
+    }
+
+    impl Element {
+        /// Parses a document; malformed input yields what was read before the error.
+        pub fn parse(text: &str) -> Element {
+            let mut stack = vec![Element::default()];
+            for token in xmlparser::Tokenizer::from(text) {
+                let Ok(token) = token else { break };
+                match token {
+                    xmlparser::Token::ElementStart { local, .. } => stack.push(Element {
+                        name: local.to_string(),
+                        ..Element::default()
+                    }),
+                    xmlparser::Token::ElementEnd { end, .. } => {
+                        if matches!(end, xmlparser::ElementEnd::Open) {
+                            continue;
+                        }
+                        if stack.len() > 1 {
+                            let done = stack.pop().unwrap_or_default();
+                            if let Some(parent) = stack.last_mut() {
+                                parent.children.push(done);
+                            }
+                        }
+                    }
+                    xmlparser::Token::Text { text } | xmlparser::Token::Cdata { text, .. } => {
+                        if let Some(current) = stack.last_mut() {
+                            current.text.push_str(&unescape(text.as_str()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            while stack.len() > 1 {
+                let done = stack.pop().unwrap_or_default();
+                if let Some(parent) = stack.last_mut() {
+                    parent.children.push(done);
+                }
+            }
+            stack.pop().unwrap_or_default()
+        }
+
+        /// The direct child named `name`.
+        pub fn child(&self, name: &str) -> Option<&Element> {
+            self.children.iter().find(|c| c.name == name)
+        }
+
+        /// Follows direct children by name: `at(&["status", "code"])`.
+        pub fn at(&self, path: &[&str]) -> Option<&Element> {
+            path.iter().try_fold(self, |e, name| e.child(name))
+        }
+
+        /// The trimmed text at `path`, if present.
+        pub fn text_at(&self, path: &[&str]) -> Option<String> {
+            self.at(path).map(|e| e.text.trim().to_string())
+        }
+
+        /// Every element named `name` below this one, in document order.
+        pub fn descendants<'a>(&'a self, name: &str) -> Vec<&'a Element> {
+            let mut found = Vec::new();
+            self.collect(name, &mut found);
+            found
+        }
+
+        fn collect<'a>(&'a self, name: &str, found: &mut Vec<&'a Element>) {
+            for child in &self.children {
+                if child.name == name {
+                    found.push(child);
+                } else {
+                    child.collect(name, found);
+                }
+            }
+        }
+    }
+
+    /// The text of the first element named `name` anywhere in `text`.
+    pub fn first(text: &str, name: &str) -> Option<String> {
+        Element::parse(text)
+            .descendants(name)
+            .first()
+            .map(|e| e.text.trim().to_string())
+    }
+
+    fn unescape(text: &str) -> String {
+        text.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn reads_nested_sets_and_errors() {
+            let answer = "<?xml version=\"1.0\"?><DescribeVpcPeeringConnectionsResponse><vpcPeeringConnectionSet>\
+                <item><vpcPeeringConnectionId>pcx-1</vpcPeeringConnectionId><status><code>active</code></status>\
+                <tagSet><item><key>a</key></item></tagSet></item>\
+                <item><vpcPeeringConnectionId>pcx-2</vpcPeeringConnectionId></item>\
+                </vpcPeeringConnectionSet></DescribeVpcPeeringConnectionsResponse>";
+            let root = Element::parse(answer);
+            let set = root.descendants("vpcPeeringConnectionSet");
+            let items: Vec<_> = set[0].children.iter().collect();
+            assert_eq!(items.len(), 2);
+            assert_eq!(
+                items[0].text_at(&["status", "code"]).as_deref(),
+                Some("active")
+            );
+            assert_eq!(
+                items[1].text_at(&["vpcPeeringConnectionId"]).as_deref(),
+                Some("pcx-2")
+            );
+            let error = "<Response><Errors><Error><Code>InvalidVpcID.NotFound</Code><Message>a &amp; b</Message></Error></Errors></Response>";
+            assert_eq!(
+                first(error, "Code").as_deref(),
+                Some("InvalidVpcID.NotFound")
+            );
+            assert_eq!(first(error, "Message").as_deref(), Some("a & b"));
+            // Garbage is not a panic.
+            assert!(first("<<<>>not xml", "Code").is_none());
+        }
+    }
+}
