@@ -279,7 +279,10 @@ pub(crate) mod tests {
         type Edit = fn(&mut DeployConfig);
         let cases: [(Edit, &str); 8] = [
             (
-                |c| c.secondary.vpc_cidr = "10.1.128.0/17".into(),
+                |c| {
+                    c.secondary.vpc_cidr = "10.1.128.0/17".into();
+                    c.secondary.subnet_cidrs = ["10.1.129.0/24".into(), "10.1.130.0/24".into()];
+                },
                 "`deploy.secondary.vpc_cidr`: 10.1.128.0/17 overlaps the primary's 10.1.0.0/16",
             ),
             (

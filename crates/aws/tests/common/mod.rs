@@ -26,14 +26,15 @@ impl Drop for Moto {
     }
 }
 
-/// Starts the pinned moto server (`make test` installs it in target/venv) on a free loopback port.
+/// Starts the pinned moto server (`make test` installs it in target/venv) on a free loopback port,
+/// through scripts/moto_server.py, which adds a stand-in for the global datastore calls moto lacks.
 pub async fn moto() -> Moto {
-    let bin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/moto_server");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join("target/venv/bin/python3");
     assert!(
-        bin.exists(),
-        "moto_server not installed at {}: run `make test` (it installs moto[server])",
-        bin.display()
+        python.exists(),
+        "moto not installed in {}: run `make test` (it installs moto[server])",
+        python.display()
     );
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -41,7 +42,8 @@ pub async fn moto() -> Moto {
         .unwrap()
         .port();
     let moto = Moto {
-        child: Command::new(bin)
+        child: Command::new(python)
+            .arg(root.join("scripts/moto_server.py"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -56,6 +58,20 @@ pub async fn moto() -> Moto {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("moto_server did not start");
+}
+
+/// An SDK configuration that sends every service to moto, with test credentials.
+pub fn sdk(moto: &Moto, region: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.to_string()))
+        .endpoint_url(&moto.url)
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("test", "test", None, None, "tests"),
+            ),
+        )
+        .build()
 }
 
 pub fn route53(moto: &Moto) -> aws_sdk_route53::Client {

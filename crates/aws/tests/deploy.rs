@@ -1,0 +1,651 @@
+//! The deploy orchestration, stage by stage, against a fake AWS (moto cannot create ElastiCache
+//! resources through CloudFormation). The fake plays the template: each stack's outputs follow
+//! from its parameters, a primary stack with a peer creates a peering connection waiting for
+//! acceptance, stacks own their replication group and helper instance.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use valkey_dr_aws::AwsConfig;
+use valkey_dr_aws::deploy::cloud::{
+    Artifacts, Cloud, CloudError, Datastore, Member, Network, Peering, PeeringSide, Stack,
+    StackEvent, Stacks,
+};
+use valkey_dr_aws::deploy::{self, DeployError, Waits};
+
+#[derive(Default)]
+struct World {
+    stacks: BTreeMap<(String, String), FakeStack>,
+    objects: BTreeMap<String, Vec<u8>>,
+    peering: Option<Peering>,
+    /// (region, group id) → role; "" = standalone.
+    groups: BTreeMap<(String, String), String>,
+    instances: Vec<(String, String)>,
+    /// Every mutating call, in order.
+    calls: Vec<String>,
+    /// Make the next submit of this stack fail with this resource reason.
+    fail_next: Option<(String, String)>,
+    /// Instances that survive their stack (a leak for destroy to find).
+    leak_instances: bool,
+    event_counter: usize,
+}
+
+struct FakeStack {
+    stack: Stack,
+    events: Vec<StackEvent>,
+    /// Polls left before the operation in progress completes.
+    polls_left: u32,
+    /// The status to reach when the polls run out.
+    target: String,
+}
+
+struct Fake(Mutex<World>);
+
+fn outputs(region: &str, p: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let role = p["Role"].clone();
+    let mut o = BTreeMap::from([
+        ("VpcId".to_string(), format!("vpc-{region}")),
+        (
+            "ReplicationGroupId".to_string(),
+            format!("{}-{role}", p["EnvironmentName"]),
+        ),
+        ("HelperInstanceId".to_string(), format!("i-{region}")),
+    ]);
+    if role == "primary" {
+        o.insert(
+            "GlobalReplicationGroupId".into(),
+            format!("ldgnf-{}", p["GlobalReplicationGroupIdSuffix"]),
+        );
+        o.insert("HostedZoneId".into(), "Z0FAKE".into());
+        if p.get("PeerVpcId").is_some_and(|v| !v.is_empty()) {
+            o.insert("PeeringConnectionId".into(), "pcx-1".into());
+        }
+    }
+    o
+}
+
+impl World {
+    fn event(&mut self, region: &str, name: &str, logical: &str, status: &str, reason: &str) {
+        self.event_counter += 1;
+        let event = StackEvent {
+            id: format!("e{}", self.event_counter),
+            timestamp: format!("t{}", self.event_counter),
+            logical_id: logical.into(),
+            resource_type: if logical == name {
+                "AWS::CloudFormation::Stack".into()
+            } else {
+                "AWS::ElastiCache::ReplicationGroup".into()
+            },
+            status: status.into(),
+            reason: (!reason.is_empty()).then(|| reason.to_string()),
+        };
+        if let Some(s) = self.stacks.get_mut(&(region.into(), name.into())) {
+            s.events.insert(0, event);
+        }
+    }
+
+    /// The template's side effects once a stack operation completes.
+    fn settle(&mut self, region: &str, name: &str) {
+        let key = (region.to_string(), name.to_string());
+        let Some(fake) = self.stacks.get_mut(&key) else {
+            return;
+        };
+        fake.stack.status = fake.target.clone();
+        let status = fake.stack.status.clone();
+        let p = fake.stack.parameters.clone();
+        if status == "DELETE_COMPLETE" {
+            let o = fake.stack.outputs.clone();
+            self.stacks.remove(&key);
+            if let Some(group) = o.get("ReplicationGroupId") {
+                self.groups.remove(&(region.to_string(), group.clone()));
+            }
+            if !self.leak_instances {
+                self.instances.retain(|(r, _)| r != region);
+            }
+            if o.contains_key("PeeringConnectionId") {
+                self.peering = None;
+            }
+            return;
+        }
+        if !status.ends_with("_COMPLETE") || status.contains("ROLLBACK") {
+            return;
+        }
+        let o = outputs(region, &p);
+        fake.stack.outputs = o.clone();
+        let group = (region.to_string(), o["ReplicationGroupId"].clone());
+        let role = if p["Role"] == "primary" {
+            "PRIMARY"
+        } else if p.contains_key("GlobalReplicationGroupId") {
+            "SECONDARY"
+        } else {
+            ""
+        };
+        self.groups.entry(group).or_insert_with(|| role.into());
+        if !self.instances.iter().any(|(r, _)| r == region) {
+            self.instances
+                .push((region.into(), o["HelperInstanceId"].clone()));
+        }
+        match (o.contains_key("PeeringConnectionId"), &self.peering) {
+            (true, None) => {
+                self.peering = Some(Peering {
+                    id: "pcx-1".into(),
+                    status: "pending-acceptance".into(),
+                    requester_region: region.into(),
+                    accepter_region: p["PeerRegion"].clone(),
+                    requester_dns: false,
+                    accepter_dns: false,
+                })
+            }
+            (false, Some(_)) if p["Role"] == "primary" => self.peering = None,
+            _ => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Stacks for Fake {
+    async fn describe(&self, region: &str, name: &str) -> Result<Option<Stack>, CloudError> {
+        let mut w = self.0.lock().unwrap();
+        let key = (region.to_string(), name.to_string());
+        let Some(fake) = w.stacks.get_mut(&key) else {
+            return Ok(None);
+        };
+        if fake.stack.in_progress() {
+            if fake.polls_left > 0 {
+                fake.polls_left -= 1;
+            } else {
+                let target = fake.target.clone();
+                let failing = target.contains("ROLLBACK");
+                if failing {
+                    w.event(
+                        region,
+                        name,
+                        "ReplicationGroup",
+                        "CREATE_FAILED",
+                        "Subnet group has no subnet in us-east-2c",
+                    );
+                }
+                w.event(region, name, name, &target, "");
+                w.settle(region, name);
+            }
+        }
+        Ok(w.stacks.get(&key).map(|s| s.stack.clone()))
+    }
+
+    async fn submit(
+        &self,
+        region: &str,
+        name: &str,
+        _template: &str,
+        parameters: &BTreeMap<String, String>,
+        exists: bool,
+    ) -> Result<bool, CloudError> {
+        let mut w = self.0.lock().unwrap();
+        let key = (region.to_string(), name.to_string());
+        assert_eq!(exists, w.stacks.contains_key(&key), "submit's exists flag");
+        if exists && w.stacks[&key].stack.parameters == *parameters {
+            return Ok(false); // CloudFormation: "No updates are to be performed."
+        }
+        let verb = if exists { "update" } else { "create" };
+        w.calls
+            .push(format!("{verb} {name} {}", describe(parameters)));
+        let failing = w.fail_next.take_if(|(n, _)| n == name).is_some();
+        let target = match (exists, failing) {
+            (false, false) => "CREATE_COMPLETE",
+            (true, false) => "UPDATE_COMPLETE",
+            (false, true) => "ROLLBACK_COMPLETE",
+            (true, true) => "UPDATE_ROLLBACK_COMPLETE",
+        };
+        let status = if exists {
+            "UPDATE_IN_PROGRESS"
+        } else {
+            "CREATE_IN_PROGRESS"
+        };
+        let previous = w.stacks.remove(&key);
+        w.stacks.insert(
+            key,
+            FakeStack {
+                stack: Stack {
+                    status: status.into(),
+                    reason: None,
+                    parameters: parameters.clone(),
+                    outputs: previous
+                        .as_ref()
+                        .map(|p| p.stack.outputs.clone())
+                        .unwrap_or_default(),
+                },
+                events: previous.map(|p| p.events).unwrap_or_default(),
+                polls_left: 1,
+                target: target.into(),
+            },
+        );
+        w.event(region, name, name, status, "User Initiated");
+        w.event(region, name, "ReplicationGroup", status, "");
+        Ok(true)
+    }
+
+    async fn events(&self, region: &str, name: &str) -> Result<Vec<StackEvent>, CloudError> {
+        let w = self.0.lock().unwrap();
+        Ok(w.stacks
+            .get(&(region.to_string(), name.to_string()))
+            .map(|s| s.events.clone())
+            .unwrap_or_default())
+    }
+
+    async fn delete(&self, region: &str, name: &str) -> Result<(), CloudError> {
+        let mut w = self.0.lock().unwrap();
+        w.calls.push(format!("delete {name}"));
+        let key = (region.to_string(), name.to_string());
+        if let Some(s) = w.stacks.get_mut(&key) {
+            s.stack.status = "DELETE_IN_PROGRESS".into();
+            s.target = "DELETE_COMPLETE".into();
+            s.polls_left = 1;
+        }
+        w.event(region, name, name, "DELETE_IN_PROGRESS", "User Initiated");
+        Ok(())
+    }
+}
+
+/// The parameters that pass outputs on, for the call log.
+fn describe(p: &BTreeMap<String, String>) -> String {
+    [
+        "GlobalReplicationGroupId",
+        "PeerVpcId",
+        "PeerRegion",
+        "PeeringConnectionId",
+    ]
+    .iter()
+    .filter_map(|k| p.get(*k).map(|v| format!("{k}={v}")))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+#[async_trait]
+impl Network for Fake {
+    async fn peering(&self, _region: &str, id: &str) -> Result<Option<Peering>, CloudError> {
+        let w = self.0.lock().unwrap();
+        Ok(w.peering.clone().filter(|p| p.id == id))
+    }
+    async fn accept_peering(&self, region: &str, id: &str) -> Result<(), CloudError> {
+        let mut w = self.0.lock().unwrap();
+        w.calls.push(format!("accept {id} in {region}"));
+        let p = w.peering.as_mut().expect("peering exists");
+        assert_eq!(
+            p.accepter_region, region,
+            "accepted in the accepter's region"
+        );
+        p.status = "active".into();
+        Ok(())
+    }
+    async fn allow_remote_dns(
+        &self,
+        region: &str,
+        id: &str,
+        side: PeeringSide,
+    ) -> Result<(), CloudError> {
+        let mut w = self.0.lock().unwrap();
+        w.calls.push(format!("allow-dns {id} {side:?} in {region}"));
+        let p = w.peering.as_mut().expect("peering exists");
+        assert_eq!(p.status, "active");
+        match side {
+            PeeringSide::Requester => {
+                assert_eq!(p.requester_region, region);
+                p.requester_dns = true;
+            }
+            PeeringSide::Accepter => {
+                assert_eq!(p.accepter_region, region);
+                p.accepter_dns = true;
+            }
+        }
+        Ok(())
+    }
+    async fn live_instances(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>, CloudError> {
+        let w = self.0.lock().unwrap();
+        Ok(w.instances
+            .iter()
+            .filter(|(r, i)| r == region && ids.contains(i))
+            .map(|(_, i)| i.clone())
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Artifacts for Fake {
+    async fn ensure(
+        &self,
+        _region: &str,
+        bucket: &str,
+        key: &str,
+        body: &[u8],
+    ) -> Result<bool, CloudError> {
+        let mut w = self.0.lock().unwrap();
+        let path = format!("{bucket}/{key}");
+        if w.objects.contains_key(&path) {
+            return Ok(false);
+        }
+        w.calls.push(format!("upload {path}"));
+        w.objects.insert(path, body.to_vec());
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Datastore for Fake {
+    async fn members(&self, _region: &str, global_id: &str) -> Result<Vec<Member>, CloudError> {
+        let w = self.0.lock().unwrap();
+        assert_eq!(global_id, "ldgnf-valkey-dr");
+        let mut members: Vec<Member> = w
+            .groups
+            .iter()
+            .filter(|(_, role)| !role.is_empty())
+            .map(|((region, group), role)| Member {
+                region: region.clone(),
+                replication_group_id: group.clone(),
+                role: role.clone(),
+                status: "associated".into(),
+            })
+            .collect();
+        members.sort_by_key(|m| m.role != "PRIMARY");
+        Ok(members)
+    }
+    async fn settled(&self, _region: &str, _global_id: &str) -> Result<bool, CloudError> {
+        Ok(true)
+    }
+    async fn failover(
+        &self,
+        _region: &str,
+        _global_id: &str,
+        to_region: &str,
+        to_group: &str,
+    ) -> Result<(), CloudError> {
+        let mut w = self.0.lock().unwrap();
+        w.calls
+            .push(format!("failover to {to_group} in {to_region}"));
+        for ((region, group), role) in w.groups.iter_mut() {
+            if !role.is_empty() {
+                *role = if region == to_region && group == to_group {
+                    "PRIMARY".into()
+                } else {
+                    "SECONDARY".into()
+                };
+            }
+        }
+        Ok(())
+    }
+    async fn disassociate(
+        &self,
+        _region: &str,
+        _global_id: &str,
+        group: &str,
+        group_region: &str,
+    ) -> Result<(), CloudError> {
+        let mut w = self.0.lock().unwrap();
+        w.calls
+            .push(format!("disassociate {group} in {group_region}"));
+        let role = w
+            .groups
+            .get_mut(&(group_region.to_string(), group.to_string()))
+            .expect("member exists");
+        assert_eq!(role, "SECONDARY", "only a secondary can be disassociated");
+        role.clear();
+        Ok(())
+    }
+    async fn endpoint(&self, region: &str, group: &str) -> Result<Option<String>, CloudError> {
+        let w = self.0.lock().unwrap();
+        Ok(w.groups
+            .contains_key(&(region.to_string(), group.to_string()))
+            .then(|| format!("master.{group}.{region}.cache.amazonaws.com")))
+    }
+}
+
+fn config() -> AwsConfig {
+    AwsConfig::parse(
+        r#"
+zone = "valkey-dr.internal"
+global_name = "demo"
+
+[deploy]
+artifact_bucket = "artifacts"
+poll_ms = 1
+primary = { region = "us-east-1", vpc_cidr = "10.1.0.0/16", subnet_cidrs = ["10.1.1.0/24", "10.1.2.0/24"] }
+secondary = { region = "us-east-2", vpc_cidr = "10.2.0.0/16", subnet_cidrs = ["10.2.1.0/24", "10.2.2.0/24"] }
+"#,
+    )
+    .unwrap()
+}
+
+fn waits() -> Waits {
+    Waits {
+        poll: Duration::from_millis(1),
+        limit: Duration::from_secs(10),
+    }
+}
+
+struct Run {
+    fake: Fake,
+    lines: Mutex<Vec<String>>,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            fake: Fake(Mutex::new(World::default())),
+            lines: Mutex::new(Vec::new()),
+        }
+    }
+    fn cloud(&self) -> Cloud<'_> {
+        Cloud {
+            stacks: &self.fake,
+            network: &self.fake,
+            artifacts: &self.fake,
+            datastore: &self.fake,
+        }
+    }
+    fn say(&self) -> impl Fn(&str) + Send + Sync + '_ {
+        |line: &str| self.lines.lock().unwrap().push(line.to_string())
+    }
+    async fn deploy(&self) -> Result<deploy::Deployed, DeployError> {
+        deploy::deploy(&config(), &self.cloud(), b"zip-v1", waits(), &self.say()).await
+    }
+    fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut self.fake.0.lock().unwrap().calls)
+    }
+    fn take_lines(&self) -> Vec<String> {
+        std::mem::take(&mut self.lines.lock().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn deploy_runs_the_stages_in_order_and_passes_outputs_on() {
+    let run = Run::new();
+    let deployed = run.deploy().await.unwrap();
+    let key = deploy::artifact_key(b"zip-v1");
+    assert_eq!(
+        run.take_calls(),
+        vec![
+            format!("upload artifacts/{key}"),
+            "create valkey-dr-primary ".to_string(),
+            "create valkey-dr-secondary GlobalReplicationGroupId=ldgnf-valkey-dr".into(),
+            "update valkey-dr-primary PeerVpcId=vpc-us-east-2 PeerRegion=us-east-2".into(),
+            "update valkey-dr-secondary GlobalReplicationGroupId=ldgnf-valkey-dr PeeringConnectionId=pcx-1".into(),
+            "accept pcx-1 in us-east-2".into(),
+            "allow-dns pcx-1 Requester in us-east-1".into(),
+            "allow-dns pcx-1 Accepter in us-east-2".into(),
+        ]
+    );
+    assert_eq!(
+        deployed.targets.global_replication_group_id,
+        "ldgnf-valkey-dr"
+    );
+    assert_eq!(deployed.targets.hosted_zone_id, "Z0FAKE");
+    assert_eq!(deployed.changed, 8);
+    let lines = run.take_lines().join("\n");
+    // Progress shows each stage and the stack events while waiting.
+    for expected in [
+        "stage 2/6: stack valkey-dr-primary in us-east-1 (Role=primary)",
+        "stage 4/6: stack valkey-dr-primary in us-east-1 (Role=primary, PeerVpcId=vpc-us-east-2)",
+        "ReplicationGroup",
+        "CREATE_IN_PROGRESS",
+        "UPDATE_COMPLETE",
+    ] {
+        assert!(lines.contains(expected), "missing {expected:?} in\n{lines}");
+    }
+    let world = run.fake.0.lock().unwrap();
+    let peering = world.peering.as_ref().unwrap();
+    assert!(peering.requester_dns && peering.accepter_dns);
+}
+
+#[tokio::test]
+async fn a_second_deploy_changes_nothing() {
+    let run = Run::new();
+    run.deploy().await.unwrap();
+    run.take_calls();
+    let again = run.deploy().await.unwrap();
+    assert_eq!(run.take_calls(), Vec::<String>::new());
+    assert_eq!(again.changed, 0);
+    let lines = run.take_lines().join("\n");
+    assert!(
+        lines.contains("already there") && lines.contains("unchanged"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("Requester side (us-east-1): already allowed"),
+        "{lines}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_stage_reports_the_resource_and_a_rerun_recovers() {
+    let run = Run::new();
+    run.fake.0.lock().unwrap().fail_next = Some(("valkey-dr-secondary".into(), String::new()));
+    let error = run.deploy().await.unwrap_err().to_string();
+    assert!(
+        error.contains("stack valkey-dr-secondary in us-east-2: ROLLBACK_COMPLETE")
+            && error.contains("ReplicationGroup: Subnet group has no subnet"),
+        "{error}"
+    );
+    // The primary stack was created; nothing after the failed stage ran.
+    let calls = run.take_calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    // The rerun deletes the rolled-back stack and goes on from there.
+    let deployed = run.deploy().await.unwrap();
+    let calls = run.take_calls();
+    assert_eq!(calls[0], "delete valkey-dr-secondary");
+    assert_eq!(
+        calls[1],
+        "create valkey-dr-secondary GlobalReplicationGroupId=ldgnf-valkey-dr"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|c| !c.starts_with("create valkey-dr-primary"))
+    );
+    assert_eq!(deployed.peering_connection_id, "pcx-1");
+}
+
+#[tokio::test]
+async fn promote_fails_over_and_is_a_no_op_when_already_primary() {
+    let run = Run::new();
+    let mut config = config();
+    deploy::deploy(&config, &run.cloud(), b"zip-v1", waits(), &run.say())
+        .await
+        .unwrap();
+    config.global_replication_group_id = None; // read from the primary stack's outputs
+    run.take_calls();
+    let promoted = deploy::promote(&config, &run.cloud(), "us-east-2", waits(), &run.say())
+        .await
+        .unwrap();
+    assert_eq!(promoted.replication_group_id, "valkey-dr-secondary");
+    assert_eq!(
+        run.take_calls(),
+        vec!["failover to valkey-dr-secondary in us-east-2".to_string()]
+    );
+    deploy::promote(&config, &run.cloud(), "us-east-2", waits(), &run.say())
+        .await
+        .unwrap();
+    assert_eq!(run.take_calls(), Vec::<String>::new());
+    let error = deploy::promote(&config, &run.cloud(), "eu-west-1", waits(), &run.say())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no member in eu-west-1"), "{error}");
+}
+
+#[tokio::test]
+async fn destroy_undoes_the_deploy_in_reverse_and_verifies() {
+    let run = Run::new();
+    run.deploy().await.unwrap();
+    deploy::promote(&config(), &run.cloud(), "us-east-2", waits(), &run.say())
+        .await
+        .unwrap();
+    run.take_calls();
+    deploy::destroy(&config(), &run.cloud(), waits(), &run.say())
+        .await
+        .unwrap();
+    assert_eq!(
+        run.take_calls(),
+        vec![
+            // The stacks' roles are restored before the secondary leaves.
+            "failover to valkey-dr-primary in us-east-1".to_string(),
+            "disassociate valkey-dr-secondary in us-east-2".into(),
+            "update valkey-dr-secondary GlobalReplicationGroupId=ldgnf-valkey-dr".into(),
+            "update valkey-dr-primary ".into(),
+            "delete valkey-dr-secondary".into(),
+            "delete valkey-dr-primary".into(),
+        ]
+    );
+    let world = run.fake.0.lock().unwrap();
+    assert!(world.stacks.is_empty() && world.groups.is_empty() && world.instances.is_empty());
+    drop(world);
+    let lines = run.take_lines().join("\n");
+    assert!(
+        lines.contains("instance i-us-east-2 (us-east-2): gone"),
+        "{lines}"
+    );
+    // A second destroy finds nothing to do and still succeeds.
+    deploy::destroy(&config(), &run.cloud(), waits(), &run.say())
+        .await
+        .unwrap();
+    assert_eq!(run.take_calls(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn destroy_reports_what_survived() {
+    let run = Run::new();
+    run.deploy().await.unwrap();
+    run.fake.0.lock().unwrap().leak_instances = true;
+    let error = deploy::destroy(&config(), &run.cloud(), waits(), &run.say())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        "destroy left resources behind: instance i-us-east-1 in us-east-1, instance i-us-east-2 in us-east-2"
+    );
+}
+
+#[test]
+fn overlapping_ranges_are_rejected_before_anything_is_created() {
+    // Validation happens when the file is read: deploy never starts with a bad plan.
+    let text = r#"
+zone = "valkey-dr.internal"
+global_name = "demo"
+[deploy]
+artifact_bucket = "artifacts"
+primary = { region = "us-east-1", vpc_cidr = "10.1.0.0/16", subnet_cidrs = ["10.1.1.0/24", "10.1.2.0/24"] }
+secondary = { region = "us-east-2", vpc_cidr = "10.1.0.0/20", subnet_cidrs = ["10.1.1.0/24", "10.1.2.0/24"] }
+"#;
+    let error = AwsConfig::parse(text).unwrap_err().to_string();
+    assert!(
+        error.contains(
+            "`deploy.secondary.vpc_cidr`: 10.1.0.0/20 overlaps the primary's 10.1.0.0/16"
+        ),
+        "{error}"
+    );
+}
