@@ -181,6 +181,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_file_is_valid() {
+        let example = AwsConfig::parse(include_str!("../../../deploy/aws/aws.toml")).unwrap();
+        let deploy = example.deploy.as_ref().expect("the example has [deploy]");
+        assert_eq!(deploy.secondary.region, "us-east-2");
+        assert!(example.targets().is_err(), "ids come from the stacks");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let base = "global_replication_group_id = \"g\"\nhosted_zone_id = \"Z1\"\nzone = \"z.internal\"\nglobal_name = \"demo\"\n";
         let config = AwsConfig::parse(base).unwrap();

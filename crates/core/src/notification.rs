@@ -13,6 +13,7 @@ use serde_json::Value;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Notification {
     /// An ElastiCache event (any name: reconcile decides) about a replication group or cluster.
+    #[serde(rename = "elasticache")]
     ElastiCache { event: String, source: String },
     /// A scheduled reconcile (EventBridge).
     Schedule,

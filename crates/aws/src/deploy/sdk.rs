@@ -474,3 +474,48 @@ impl Datastore for SdkDatastore {
             .map_err(discovery_error)
     }
 }
+
+/// The real AWS behind [`super::cloud::Cloud`], from the standard SDK configuration.
+pub struct RealCloud {
+    pub sdk: aws_config::SdkConfig,
+    stacks: SdkStacks,
+    network: Ec2Network,
+    artifacts: S3Artifacts,
+    datastore: SdkDatastore,
+}
+
+impl RealCloud {
+    pub async fn load() -> Result<RealCloud, SignedError> {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let signed = SignedClient::new(&sdk)?;
+        Ok(RealCloud {
+            stacks: SdkStacks::new(&sdk),
+            network: Ec2Network::new(signed.clone()),
+            artifacts: S3Artifacts::new(signed),
+            datastore: SdkDatastore::new(&sdk),
+            sdk,
+        })
+    }
+
+    pub fn cloud(&self) -> super::cloud::Cloud<'_> {
+        super::cloud::Cloud {
+            stacks: &self.stacks,
+            network: &self.network,
+            artifacts: &self.artifacts,
+            datastore: &self.datastore,
+        }
+    }
+
+    /// The Route 53 provider for the hosted zone.
+    pub fn route53(
+        &self,
+        hosted_zone_id: &str,
+        insync_timeout: std::time::Duration,
+    ) -> crate::route53::Route53 {
+        crate::route53::Route53::new(
+            aws_sdk_route53::Client::new(&self.sdk),
+            hosted_zone_id,
+            insync_timeout,
+        )
+    }
+}

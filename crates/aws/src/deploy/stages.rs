@@ -187,6 +187,49 @@ mod tests {
         assert!(!p.contains_key("LambdaArtifactBucket") && !p.contains_key("PeerVpcId"));
     }
 
+    /// Every parameter deploy passes is declared by the template (CloudFormation rejects unknown
+    /// ones), and every template parameter without a default is passed.
+    #[test]
+    fn parameters_match_the_template() {
+        let template = crate::deploy::TEMPLATE;
+        let section = template
+            .split("\nParameters:\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\nConditions:").next())
+            .unwrap();
+        let mut declared = std::collections::BTreeSet::new();
+        let mut without_default = std::collections::BTreeSet::new();
+        let mut current = None;
+        for line in section.lines() {
+            if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+                && !name.starts_with(' ')
+            {
+                declared.insert(name.to_string());
+                without_default.insert(name.to_string());
+                current = Some(name.to_string());
+            } else if line.trim_start().starts_with("Default:")
+                && let Some(name) = &current
+            {
+                without_default.remove(name);
+            }
+        }
+        let all = Known {
+            global_replication_group_id: Some("g".into()),
+            secondary_vpc_id: Some("v".into()),
+            peering_connection_id: Some("p".into()),
+        };
+        for role in [Role::Primary, Role::Secondary] {
+            let passed = parameters(&config(), &example(), role, &all, "k");
+            for key in passed.keys() {
+                assert!(declared.contains(key), "{key} is not a template parameter");
+            }
+            for key in &without_default {
+                assert!(passed.contains_key(key), "{role:?} does not pass {key}");
+            }
+        }
+        assert!(declared.len() > 10, "{declared:?}");
+    }
+
     #[test]
     fn known_comes_from_both_stacks_outputs() {
         let primary = BTreeMap::from([
