@@ -9,7 +9,7 @@ CFN_LINT_VERSION := 1.58.0
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config info_replication events dns_request
 
-.PHONY: all deps test-deps build demo test fuzz bench lambda lab-down clean
+.PHONY: all deps test-deps build demo test fuzz bench lambda aws-demo lab-down clean
 
 all: build
 
@@ -37,9 +37,9 @@ test: test-deps $(VENV)/.installed-$(MOTO_VERSION)-$(CFN_LINT_VERSION)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets --all-features -- -D warnings
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --locked --workspace --no-fail-fast; \
+		$(CARGO) nextest run --locked --workspace --all-features --no-fail-fast; \
 	else \
-		$(CARGO) test --locked --workspace --no-fail-fast; \
+		$(CARGO) test --locked --workspace --all-features --no-fail-fast; \
 	fi
 
 # Fuzz every target for FUZZ_SECONDS each (libFuzzer via cargo-fuzz). New inputs go to
@@ -69,6 +69,12 @@ lambda:
 	cp target/release/bootstrap target/lambda/bootstrap
 	cd target/lambda && rm -f valkey-dr-lambda.zip && python3 -m zipfile -c valkey-dr-lambda.zip bootstrap
 	@ls -l target/lambda/valkey-dr-lambda.zip
+
+# The AWS shape's event handling and promotion on a local moto server (after `make test`, which
+# installs moto in target/venv).
+aws-demo:
+	$(CARGO) build --locked -p valkey-dr --features aws
+	VALKEY_DR_BIN=target/debug/valkey-dr bash scripts/aws-moto-demo.sh
 
 lab-down:
 	@$(BIN) lab down --dir $(LAB_DIR)

@@ -600,9 +600,10 @@ async fn destroy_undoes_the_deploy_in_reverse_and_verifies() {
             "delete valkey-dr-primary".into(),
         ]
     );
-    let world = run.fake.0.lock().unwrap();
-    assert!(world.stacks.is_empty() && world.groups.is_empty() && world.instances.is_empty());
-    drop(world);
+    {
+        let world = run.fake.0.lock().unwrap();
+        assert!(world.stacks.is_empty() && world.groups.is_empty() && world.instances.is_empty());
+    }
     let lines = run.take_lines().join("\n");
     assert!(
         lines.contains("instance i-us-east-2 (us-east-2): gone"),

@@ -734,7 +734,7 @@ pub async fn destroy(
         if let Some(instance) = instance {
             let live = cloud
                 .network
-                .live_instances(&region, &[instance.clone()])
+                .live_instances(&region, std::slice::from_ref(&instance))
                 .await?;
             if live.is_empty() {
                 say(&format!("  instance {instance} ({region}): gone"));

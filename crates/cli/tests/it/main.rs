@@ -1,6 +1,8 @@
 //! Integration tests against real valkey-server processes, the real region link emulator and
 //! the controller's DNS server, queried with `dig`.
 
+#[cfg(feature = "aws")]
+mod aws;
 mod config;
 mod failover;
 mod harness;
