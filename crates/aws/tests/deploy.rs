@@ -27,6 +27,9 @@ struct World {
     calls: Vec<String>,
     /// Make the next submit of this stack fail with this resource reason.
     fail_next: Option<(String, String)>,
+    /// Answer this many of the next DescribeStacks calls made while a stack is changing with a
+    /// throttling error.
+    throttle_describes: u32,
     /// Instances that survive their stack (a leak for destroy to find).
     leak_instances: bool,
     event_counter: usize,
@@ -149,6 +152,15 @@ impl Stacks for Fake {
     async fn describe(&self, region: &str, name: &str) -> Result<Option<Stack>, CloudError> {
         let mut w = self.0.lock().unwrap();
         let key = (region.to_string(), name.to_string());
+        let changing = w.stacks.get(&key).is_some_and(|s| s.stack.in_progress());
+        if changing && w.throttle_describes > 0 {
+            w.throttle_describes -= 1;
+            return Err(CloudError::api(
+                "CloudFormation",
+                Some("Throttling"),
+                "Rate exceeded",
+            ));
+        }
         let Some(fake) = w.stacks.get_mut(&key) else {
             return Ok(None);
         };
@@ -547,6 +559,25 @@ async fn a_failed_stage_reports_the_resource_and_a_rerun_recovers() {
             .all(|c| !c.starts_with("create valkey-dr-primary"))
     );
     assert_eq!(deployed.peering_connection_id, "pcx-1");
+}
+
+#[tokio::test]
+async fn a_throttled_poll_is_retried_and_too_many_give_up() {
+    let run = Run::new();
+    run.fake.0.lock().unwrap().throttle_describes = 2;
+    run.deploy().await.unwrap();
+    let lines = run.take_lines().join("\n");
+    assert!(
+        lines.contains(
+            "checking valkey-dr-primary failed (CloudFormation: Rate exceeded); retry 1/4"
+        ) && lines.contains("retry 2/4"),
+        "{lines}"
+    );
+
+    let run = Run::new();
+    run.fake.0.lock().unwrap().throttle_describes = 5;
+    let error = run.deploy().await.unwrap_err().to_string();
+    assert_eq!(error, "CloudFormation: Rate exceeded");
 }
 
 #[tokio::test]

@@ -79,6 +79,22 @@ async fn events_only_wake_a_reconcile_that_follows_the_real_primary() {
         "no-op when DNS is right"
     );
 
+    // An event naming the secondary's group, which is not the primary (a FailoverComplete for an
+    // in-region failover there, a forged or stale message): the name does not move to it.
+    let outcome = handle(
+        &sns("ElastiCache:FailoverComplete : valkey-dr-us-east-2"),
+        &config,
+        &backends("us-east-1", "abc123"),
+    )
+    .await;
+    assert!(outcome.reconciled);
+    assert_eq!((outcome.applied, outcome.error.clone()), (0, None));
+    assert_eq!(outcome.primary_region.as_deref(), Some("us-east-1"));
+    assert_eq!(
+        cname(&dns).await,
+        vec!["master.valkey-dr-us-east-1.abc123.cache.amazonaws.com."]
+    );
+
     // The global datastore failed over to us-east-2. An event naming the *old* group still moves
     // the name to the real primary: the event's content is never trusted.
     let outcome = handle(

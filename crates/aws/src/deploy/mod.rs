@@ -353,8 +353,19 @@ async fn wait_for(
     say: Progress<'_>,
 ) -> Result<Option<Stack>, DeployError> {
     let started = Instant::now();
+    let mut patience = Patience::default();
     loop {
-        let stack = current(cloud, region, name).await?;
+        let stack = match current(cloud, region, name).await {
+            Ok(stack) => {
+                patience.succeeded();
+                stack
+            }
+            Err(DeployError::Cloud(e)) => {
+                patience.failed(e, waits, say, name).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if let Ok(events) = cloud.stacks.events(region, name).await {
             for event in events.iter().rev() {
                 if seen.insert(event.id.clone()) {
@@ -528,6 +539,7 @@ pub async fn promote(
         .unwrap_or_else(|| to_region.to_string());
     wait_until(
         waits,
+        say,
         &format!("global datastore {global} to settle"),
         || async { cloud.datastore.settled(&current, global).await },
     )
@@ -541,13 +553,18 @@ pub async fn promote(
         .datastore
         .failover(&current, global, to_region, &target.replication_group_id)
         .await?;
-    wait_until(waits, &format!("{to_region} to become primary"), || async {
-        let members = cloud.datastore.members(to_region, global).await?;
-        let promoted = members
-            .iter()
-            .any(|m| m.region == to_region && m.role == "PRIMARY");
-        Ok(promoted && cloud.datastore.settled(to_region, global).await?)
-    })
+    wait_until(
+        waits,
+        say,
+        &format!("{to_region} to become primary"),
+        || async {
+            let members = cloud.datastore.members(to_region, global).await?;
+            let promoted = members
+                .iter()
+                .any(|m| m.region == to_region && m.role == "PRIMARY");
+            Ok(promoted && cloud.datastore.settled(to_region, global).await?)
+        },
+    )
     .await?;
     let members = cloud.datastore.members(to_region, global).await?;
     say(&format!("members now: {}", describe_members(&members)));
@@ -568,13 +585,63 @@ fn describe_members(members: &[Member]) -> String {
         .join(", ")
 }
 
-async fn wait_until<F, Fut>(waits: Waits, what: &str, mut done: F) -> Result<(), DeployError>
+/// Consecutive failed polls tolerated while waiting: a deploy that waits half an hour must not die
+/// of one throttled or dropped request (the SDK's own retries are over within seconds).
+#[derive(Default)]
+struct Patience {
+    failures: u32,
+}
+
+impl Patience {
+    const LIMIT: u32 = 5;
+
+    async fn failed(
+        &mut self,
+        error: CloudError,
+        waits: Waits,
+        say: Progress<'_>,
+        what: &str,
+    ) -> Result<(), DeployError> {
+        self.failures += 1;
+        if self.failures >= Self::LIMIT {
+            return Err(error.into());
+        }
+        let delay = (waits.poll * 2u32.pow(self.failures)).min(Duration::from_secs(60));
+        say(&format!(
+            "  checking {what} failed ({error}); retry {}/{} in {delay:?}",
+            self.failures,
+            Self::LIMIT - 1
+        ));
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+}
+
+async fn wait_until<F, Fut>(
+    waits: Waits,
+    say: Progress<'_>,
+    what: &str,
+    mut done: F,
+) -> Result<(), DeployError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool, CloudError>>,
 {
     let started = Instant::now();
-    while !done().await? {
+    let mut patience = Patience::default();
+    loop {
+        match done().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => patience.succeeded(),
+            Err(e) => {
+                patience.failed(e, waits, say, what).await?;
+                continue;
+            }
+        }
         if started.elapsed() > waits.limit {
             return Err(DeployError::Timeout {
                 what: what.into(),
@@ -583,7 +650,6 @@ where
         }
         tokio::time::sleep(waits.poll).await;
     }
-    Ok(())
 }
 
 /// `aws destroy`: the deploy undone in reverse — secondary out of the global datastore, the
@@ -666,15 +732,20 @@ pub async fn destroy(
                     &member.region,
                 )
                 .await?;
-            wait_until(waits, "the secondary to leave the datastore", || async {
-                let members = cloud
-                    .datastore
-                    .members(&region(Role::Primary), &global)
-                    .await?;
-                Ok(!members
-                    .iter()
-                    .any(|m| m.replication_group_id == member.replication_group_id))
-            })
+            wait_until(
+                waits,
+                say,
+                "the secondary to leave the datastore",
+                || async {
+                    let members = cloud
+                        .datastore
+                        .members(&region(Role::Primary), &global)
+                        .await?;
+                    Ok(!members
+                        .iter()
+                        .any(|m| m.replication_group_id == member.replication_group_id))
+                },
+            )
             .await?;
         }
     } else {
