@@ -20,12 +20,9 @@ pub struct Backends<'a> {
     pub dns: &'a dyn DnsProvider,
 }
 
-impl Backends<'static> {
+impl<'a> Backends<'a> {
     /// Clients from the standard SDK configuration (environment, profiles, `AWS_ENDPOINT_URL…`).
-    pub fn from_sdk(
-        sdk: &aws_config::SdkConfig,
-        dns: &'static dyn DnsProvider,
-    ) -> Backends<'static> {
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, dns: &'a dyn DnsProvider) -> Backends<'a> {
         let sdk = sdk.clone();
         Backends {
             elasticache: aws_sdk_elasticache::Client::new(&sdk),
@@ -204,6 +201,5 @@ pub async fn handle_with_sdk(event: &Value, config: &AwsConfig) -> Outcome {
         &targets.hosted_zone_id,
         std::time::Duration::from_secs(config.insync_timeout_secs),
     );
-    let dns: &'static crate::route53::Route53 = Box::leak(Box::new(dns));
-    handle(event, config, &Backends::from_sdk(&sdk, dns)).await
+    handle(event, config, &Backends::from_sdk(&sdk, &dns)).await
 }

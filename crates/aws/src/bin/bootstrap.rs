@@ -19,12 +19,12 @@ async fn main() -> Result<(), Error> {
     let config = valkey_dr_aws::AwsConfig::from_env()?;
     let targets = config.targets()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let dns: &'static Route53 = Box::leak(Box::new(Route53::new(
+    let dns = Route53::new(
         aws_sdk_route53::Client::new(&sdk),
         &targets.hosted_zone_id,
         Duration::from_secs(config.insync_timeout_secs),
-    )));
-    let backends = Backends::from_sdk(&sdk, dns);
+    );
+    let backends = Backends::from_sdk(&sdk, &dns);
     let (config, backends) = (&config, &backends);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let outcome = handle(&event.payload, config, backends).await;
