@@ -141,6 +141,10 @@ impl Controller {
         let Some(epoch) = epoch else {
             return (None, false);
         };
+        let mut down = down;
+        if let Some(writer) = self.restarted_empty(observations, &epoch) {
+            down.insert(writer);
+        }
         let decision =
             failover::decide(&self.topology, observations, &epoch, &down, &self.policy());
         self.note_decision(&decision);
@@ -166,6 +170,37 @@ impl Controller {
             }
             Err(_) => (Some(epoch), false),
         }
+    }
+
+    /// The writer, if it came back without its data since the last pass
+    /// ([`valkey_dr_core::observation::ReplicationInfo::lost_history_since`]). It counts as down
+    /// at once: waiting for `down_after` would let its replicas full-sync from it and lose their
+    /// copy too.
+    fn restarted_empty(
+        &self,
+        observations: &[NodeObservation],
+        epoch: &EpochRecord,
+    ) -> Option<NodeId> {
+        let memory = self.memory.lock().expect("memory lock");
+        let (node, before) = memory.last_writer.as_ref()?;
+        let now = observations
+            .iter()
+            .find(|o| o.node == *node && *node == epoch.primary)?
+            .info()?;
+        if !now.lost_history_since(before) {
+            return None;
+        }
+        self.events.emit(
+            "writer_restarted_empty",
+            json!({
+                "node": self.topology.node_name(*node),
+                "replication_id_before": before.replication_id,
+                "offset_before": before.offset,
+                "replication_id": now.replication_id,
+                "offset": now.offset,
+            }),
+        );
+        Some(*node)
     }
 
     fn note_decision(&self, decision: &Decision) {
@@ -210,7 +245,13 @@ impl Controller {
             .and_then(|o| o.info())
             .map(|i| i.offset)
             .unwrap_or(0);
-        let last_writer_offset = self.memory.lock().expect("memory lock").last_writer_offset;
+        let last_writer_offset = self
+            .memory
+            .lock()
+            .expect("memory lock")
+            .last_writer
+            .as_ref()
+            .map_or(0, |(_, history)| history.offset);
         let new_epoch = EpochRecord {
             epoch: old.epoch + 1,
             primary: target,

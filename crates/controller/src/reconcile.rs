@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use valkey_dr_core::analysis::{self, analyze};
+use valkey_dr_core::observation::History;
 use valkey_dr_core::{
-    Analysis, EpochRecord, NodeObservation, Ownership, RecordSet, RecordType, plan, records,
+    Analysis, EpochRecord, NodeId, NodeObservation, Ownership, RecordSet, RecordType, plan, records,
 };
 use valkey_dr_dns::DnsError;
 
@@ -23,8 +24,9 @@ pub struct Memory {
     pub(crate) decision: String,
     /// Automatic failovers wait until then (anti-flapping); `ack` clears it.
     pub(crate) blocked_until: Option<std::time::Instant>,
-    /// The writer's replication offset when last seen: the basis of "data at risk".
-    pub(crate) last_writer_offset: u64,
+    /// The writer and its replication history when last seen: the basis of "data at risk" and
+    /// of noticing a writer that restarted without its data.
+    pub(crate) last_writer: Option<(NodeId, History)>,
     started: bool,
 }
 
@@ -251,15 +253,15 @@ impl Controller {
         let Some(writer) = analysis.active_primary else {
             return;
         };
-        let offset = observations
+        let history = observations
             .iter()
             .find(|o| o.node == writer)
             .and_then(|o| o.info())
-            .map(|i| i.offset);
+            .map(|i| i.history());
         let first = {
             let mut memory = self.memory.lock().expect("memory lock");
-            if let Some(offset) = offset {
-                memory.last_writer_offset = offset;
+            if let Some(history) = history {
+                memory.last_writer = Some((writer, history));
             }
             !std::mem::replace(&mut memory.started, true)
         };

@@ -43,6 +43,34 @@ impl ReplicationInfo {
             Role::Primary => None,
         }
     }
+
+    /// Where this node's replication history stands.
+    pub fn history(&self) -> History {
+        History {
+            replication_id: self.replication_id.clone(),
+            offset: self.offset,
+        }
+    }
+
+    /// True when this node, a primary last seen at `before`, now runs another replication history
+    /// that starts below where the old one had got to: it restarted without its data (no
+    /// persistence, or persistence without the replication history) before anyone noticed it
+    /// was gone. Its replicas are about to full-sync from it and would lose what they hold.
+    ///
+    /// A promotion also changes the replication id, but the offset continues, and a restart from
+    /// an RDB file keeps both: neither counts.
+    pub fn lost_history_since(&self, before: &History) -> bool {
+        self.is_primary()
+            && self.replication_id != before.replication_id
+            && self.offset < before.offset
+    }
+}
+
+/// A node's replication id and offset at one observation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    pub replication_id: String,
+    pub offset: u64,
 }
 
 /// Why a node could not be observed.
@@ -190,6 +218,58 @@ mod tests {
             }
         );
         assert_eq!(r.offset, 1200);
+    }
+
+    #[test]
+    fn a_primary_that_restarted_empty_has_lost_its_history() {
+        let before = History {
+            replication_id: "8f1c".into(),
+            offset: 50_000,
+        };
+        let primary = |id: &str, offset: u64| ReplicationInfo {
+            role: Role::Primary,
+            offset,
+            replication_id: id.into(),
+            connected_replicas: 0,
+        };
+        let cases = [
+            (
+                "restarted empty: new id, offset from zero",
+                primary("a0b1", 0),
+                true,
+            ),
+            (
+                "restarted from an AOF: new id, small offset",
+                primary("a0b1", 120),
+                true,
+            ),
+            ("still running", primary("8f1c", 50_100), false),
+            (
+                "restarted from an RDB with its history",
+                primary("8f1c", 50_000),
+                false,
+            ),
+            (
+                "promoted: new id, offset continues",
+                primary("a0b1", 50_010),
+                false,
+            ),
+            (
+                "now a replica",
+                ReplicationInfo {
+                    role: Role::Replica {
+                        master: Endpoint::new("127.0.1.2", 6379),
+                        link_up: true,
+                        sync_in_progress: false,
+                    },
+                    ..primary("a0b1", 0)
+                },
+                false,
+            ),
+        ];
+        for (case, now, lost) in cases {
+            assert_eq!(now.lost_history_since(&before), lost, "{case}");
+        }
     }
 
     #[test]

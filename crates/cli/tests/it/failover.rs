@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use valkey_dr_core::config::FailoverPolicy;
 use valkey_dr_lab::writer;
 
-use crate::harness::{BIN, TestLab};
+use crate::harness::{BIN, TestLab, primaries};
 use crate::promotion::writer_config;
 
 /// The epoch is `n` and DNS already carries it (the controller records the epoch first).
@@ -313,4 +313,73 @@ async fn split_brain_without_an_epoch_waits_for_adopt() {
         lab.dig_short(&lab.name("demo"), "A"),
         vec![lab.name("primary.us-east-2"), lab.ip(1, 0)]
     );
+}
+
+/// A writer without persistence that crashes and is restarted at once (a supervisor's
+/// `Restart=always`) comes back empty before `down_after`. Left alone, its replicas would full-sync
+/// from it and every region would lose the data. The controller sees its replication history
+/// start over, treats it as failed at once and promotes the replica that still holds the data.
+/// (The restarted node gets Valkey's default `repl-diskless-sync-delay 5`: the window before its
+/// replicas would start to sync from it; the lab itself runs with 0.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_restarted_empty_is_replaced_before_its_replicas_sync_from_it() {
+    let lab = TestLab::start().await;
+    let mut writer = lab.connection(&lab.ip(0, 0)).await;
+    for i in 0..300 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("kept:{i}"))
+            .arg(i)
+            .query_async(&mut writer)
+            .await
+            .unwrap();
+    }
+    let holds_all = |keys: &serde_json::Value| keys.as_u64().is_some_and(|k| k >= 300);
+    lab.wait_until(|s| (0..4).all(|n| holds_all(&s["nodes"][n]["keys"])))
+        .await;
+
+    lab.kill_node(0, 0).await;
+    let conf = lab
+        .spec
+        .dir
+        .join(format!("valkey-{}.conf", lab.spec.node_ip(0, 0)));
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nrepl-diskless-sync-delay 5\n");
+    std::fs::write(&conf, text).unwrap();
+    let started =
+        std::process::Command::new(valkey_dr_lab::process::valkey_server_binary().unwrap())
+            .arg(&conf)
+            .status()
+            .unwrap();
+    assert!(started.success());
+
+    let status = lab.wait_until(epoch_is(2)).await;
+    assert_eq!(
+        status["primary"],
+        lab.node(0, 1),
+        "the replica with the data took over"
+    );
+    let restarted = lab
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "writer_restarted_empty")
+        .expect("the restart was reported");
+    assert_eq!(restarted["node"], lab.node(0, 0));
+    assert!(restarted["offset_before"].as_u64().unwrap() > restarted["offset"].as_u64().unwrap());
+
+    // Nothing was lost anywhere: the restarted node is fenced and syncs from the new writer.
+    let healed = lab
+        .wait_until(|s| {
+            s["nodes"][0]["follows"] == lab.node(0, 1)
+                && s["nodes"][0]["link"] == "up"
+                && (0..4).all(|n| holds_all(&s["nodes"][n]["keys"]))
+        })
+        .await;
+    assert_eq!(primaries(&healed), 1);
+    let mut new_writer = lab.connection(&lab.ip(0, 1)).await;
+    let value: Option<u32> = redis::cmd("GET")
+        .arg("kept:299")
+        .query_async(&mut new_writer)
+        .await
+        .unwrap();
+    assert_eq!(value, Some(299));
 }
