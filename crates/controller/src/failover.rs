@@ -106,8 +106,8 @@ impl Controller {
             .memory
             .lock()
             .expect("memory lock")
-            .blocked_until
-            .is_some_and(|until| Instant::now() < until);
+            .failovers_blocked_until_ms
+            .is_some_and(|until| crate::events::now_ms() < until);
         Policy {
             in_region: self.config.controller.in_region_failover,
             cross_region: self.config.controller.cross_region_failover,
@@ -163,9 +163,15 @@ impl Controller {
             .await
         {
             Ok((new_epoch, _)) => {
-                let block = Duration::from_millis(self.config.controller.failover_block_ms);
-                self.memory.lock().expect("memory lock").blocked_until =
-                    Some(Instant::now() + block);
+                let until = crate::events::now_ms() + self.config.controller.failover_block_ms;
+                self.memory
+                    .lock()
+                    .expect("memory lock")
+                    .failovers_blocked_until_ms = Some(until);
+                if let Err(e) = self.store_state(new_epoch) {
+                    self.events
+                        .emit("state_write_failed", json!({ "error": e.to_string() }));
+                }
                 (Some(new_epoch), true)
             }
             Err(_) => (Some(epoch), false),
@@ -383,9 +389,15 @@ impl Controller {
             .memory
             .lock()
             .expect("memory lock")
-            .blocked_until
+            .failovers_blocked_until_ms
             .take()
-            .is_some();
+            .is_some_and(|until| crate::events::now_ms() < until);
+        if let Some(epoch) = self.epoch()
+            && let Err(e) = self.store_state(epoch)
+        {
+            self.events
+                .emit("state_write_failed", json!({ "error": e.to_string() }));
+        }
         self.events.emit(
             "failover_block_cleared",
             json!({ "was_blocked": was_blocked }),

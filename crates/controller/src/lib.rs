@@ -76,7 +76,7 @@ impl Controller {
         })?;
         let topology = Topology::from_config(&config);
         let state_file = state::StateFile::new(&config.state_dir);
-        let epoch = state_file.load(&topology);
+        let state = state_file.load(&topology);
         let engine = ValkeyEngine::new(
             Timeouts {
                 connect: Duration::from_millis(config.controller.connect_timeout_ms),
@@ -91,9 +91,11 @@ impl Controller {
             engine,
             dns,
             state_file,
-            epoch: std::sync::Mutex::new(epoch),
+            epoch: std::sync::Mutex::new(state.map(|s| s.epoch)),
             topology_lock: tokio::sync::Mutex::new(()),
-            memory: std::sync::Mutex::new(reconcile::Memory::default()),
+            memory: std::sync::Mutex::new(reconcile::Memory::restored(
+                state.and_then(|s| s.failovers_blocked_until_ms),
+            )),
             health: std::sync::Mutex::new(failover::Health::default()),
             fault: std::env::var("VALKEY_DR_FAULT").ok(),
             config,
@@ -118,9 +120,25 @@ impl Controller {
 
     /// Records a new epoch durably before anything acts on it.
     pub(crate) fn set_epoch(&self, record: EpochRecord) -> std::io::Result<()> {
-        self.state_file.store(&self.topology, &record)?;
+        self.store_state(record)?;
         *self.epoch.lock().expect("epoch lock") = Some(record);
         Ok(())
+    }
+
+    /// Writes `record` and the anti-flapping block to `state.json`.
+    pub(crate) fn store_state(&self, record: EpochRecord) -> std::io::Result<()> {
+        let failovers_blocked_until_ms = self
+            .memory
+            .lock()
+            .expect("memory lock")
+            .failovers_blocked_until_ms;
+        self.state_file.store(
+            &self.topology,
+            &state::State {
+                epoch: record,
+                failovers_blocked_until_ms,
+            },
+        )
     }
 
     pub(crate) fn fault_point(&self, step: promotion::Step) {

@@ -22,12 +22,23 @@ pub struct Memory {
     bootstrap_problem: Option<String>,
     /// The last failover situation reported, to report each once.
     pub(crate) decision: String,
-    /// Automatic failovers wait until then (anti-flapping); `ack` clears it.
-    pub(crate) blocked_until: Option<std::time::Instant>,
+    /// Automatic failovers wait until then (Unix ms, anti-flapping; kept in state.json across
+    /// restarts); `ack` clears it.
+    pub(crate) failovers_blocked_until_ms: Option<u64>,
     /// The writer and its replication history when last seen: the basis of "data at risk" and
     /// of noticing a writer that restarted without its data.
     pub(crate) last_writer: Option<(NodeId, History)>,
     started: bool,
+}
+
+impl Memory {
+    /// A fresh memory, with the anti-flapping block read from state.json.
+    pub(crate) fn restored(failovers_blocked_until_ms: Option<u64>) -> Memory {
+        Memory {
+            failovers_blocked_until_ms,
+            ..Memory::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -58,6 +58,15 @@ async fn sigkill_of_the_primary_node_fails_over_within_the_region_and_dns_follow
         started["detection_ms"].as_u64().unwrap() >= 1500,
         "down_after is respected: {started}"
     );
+
+    // The anti-flapping block outlives a controller restart (it is in state.json).
+    lab.kill_controller().await;
+    valkey_dr_lab::process::start_controller(&lab.spec, BIN.as_ref(), &[]).unwrap();
+    lab.wait_until(epoch_is(2)).await;
+    let out = lab.cli(&["ack"]);
+    assert!(out.contains("allowed again"), "{out}");
+    let out = lab.cli(&["ack"]);
+    assert!(!out.contains("allowed again"), "cleared once: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
