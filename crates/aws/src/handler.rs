@@ -178,12 +178,21 @@ fn triage(event: &Value) -> (Vec<Notification>, bool) {
 /// Handles one event with clients from the standard SDK configuration: what the Lambda does, for
 /// `valkey-dr aws handle-event` and `valkey-dr aws reconcile` on an operator's machine.
 pub async fn handle_with_sdk(event: &Value, config: &AwsConfig) -> Outcome {
-    // An event that is not for us needs no AWS configuration at all.
-    let notifications = notification::parse(event);
-    if notifications
-        .iter()
-        .all(|n| matches!(n, Notification::Ignored { .. }))
-    {
+    handle_loading(event, config, || {
+        aws_config::load_defaults(aws_config::BehaviorVersion::latest())
+    })
+    .await
+}
+
+/// [`handle_with_sdk`] with the SDK configuration from `load`, which runs only when the event asks
+/// for a reconcile: an event that is not for us needs no AWS configuration at all.
+pub async fn handle_loading<F, Fut>(event: &Value, config: &AwsConfig, load: F) -> Outcome
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = aws_config::SdkConfig>,
+{
+    let (notifications, wanted) = triage(event);
+    if !wanted {
         return Outcome::new(notifications, false);
     }
     let targets = match config.targets() {
@@ -195,11 +204,15 @@ pub async fn handle_with_sdk(event: &Value, config: &AwsConfig) -> Outcome {
             };
         }
     };
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = load().await;
     let dns = crate::route53::Route53::new(
         aws_sdk_route53::Client::new(&sdk),
         &targets.hosted_zone_id,
         std::time::Duration::from_secs(config.insync_timeout_secs),
     );
-    handle(event, config, &Backends::from_sdk(&sdk, &dns)).await
+    let backends = Backends::from_sdk(&sdk, &dns);
+    Outcome {
+        notifications,
+        ..reconcile(config, &backends).await
+    }
 }

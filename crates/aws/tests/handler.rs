@@ -181,10 +181,31 @@ async fn a_name_owned_by_someone_else_is_never_touched() {
 
 #[tokio::test]
 async fn an_ignored_event_needs_no_aws_at_all() {
-    // No endpoint, no credentials: had the handler called AWS, it would have failed.
+    let moto = common::moto().await;
+    let loaded = std::sync::atomic::AtomicUsize::new(0);
+    let load = || async {
+        loaded.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        common::sdk(&moto, "us-east-1")
+    };
     let config = config("Z-unused");
+    for event in [
+        json!({ "hello": "world" }),
+        sns("hello from the SNS console"),
+    ] {
+        let outcome = valkey_dr_aws::handler::handle_loading(&event, &config, load).await;
+        assert!(!outcome.reconciled);
+        assert_eq!(outcome.error, None);
+    }
+    assert_eq!(
+        loaded.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no AWS configuration was loaded"
+    );
+    // A reconcile does load it (and fails here: there is no such datastore on moto).
     let outcome =
-        valkey_dr_aws::handler::handle_with_sdk(&json!({ "hello": "world" }), &config).await;
-    assert!(!outcome.reconciled);
-    assert_eq!(outcome.error, None);
+        valkey_dr_aws::handler::handle_loading(&json!({ "action": "reconcile" }), &config, load)
+            .await;
+    assert!(outcome.reconciled);
+    assert_eq!(loaded.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(outcome.error.unwrap().contains("ldgnf-valkey-dr not found"));
 }
