@@ -33,14 +33,22 @@ impl SdkStacks {
     }
 }
 
-fn cfn_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+/// An SDK error of any service as a [`CloudError`], with AWS's error code.
+fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    service: &'static str,
     error: aws_sdk_cloudformation::error::SdkError<E, R>,
 ) -> CloudError {
     CloudError::api(
-        "CloudFormation",
+        service,
         error.code(),
         DisplayErrorContext(&error).to_string(),
     )
+}
+
+fn cfn_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    error: aws_sdk_cloudformation::error::SdkError<E, R>,
+) -> CloudError {
+    sdk_error("CloudFormation", error)
 }
 
 /// CloudFormation answers "does not exist" with a generic ValidationError.
@@ -408,11 +416,7 @@ fn discovery_error(error: DiscoveryError) -> CloudError {
 fn elasticache_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     error: aws_sdk_elasticache::error::SdkError<E, R>,
 ) -> CloudError {
-    CloudError::api(
-        "ElastiCache",
-        error.code(),
-        aws_sdk_elasticache::error::DisplayErrorContext(&error).to_string(),
-    )
+    sdk_error("ElastiCache", error)
 }
 
 #[async_trait]
