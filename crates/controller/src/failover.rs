@@ -301,7 +301,7 @@ impl Controller {
             .region_by_name(region)
             .ok_or_else(|| FailoverError::UnknownRegion(region.to_string()))?;
         let epoch = self.epoch().ok_or(FailoverError::NoEpoch)?;
-        let observations = self.engine.observe_all(&self.topology).await;
+        let observations = self.observe_all().await;
         let analysis = analyze(&self.topology, &observations, Some(&epoch));
         if analysis.active_primary.is_some() {
             return Err(FailoverError::WriterReachable(
@@ -343,7 +343,7 @@ impl Controller {
             .topology
             .region_by_name(region)
             .ok_or_else(|| FailoverError::UnknownRegion(region.to_string()))?;
-        let observations = self.engine.observe_all(&self.topology).await;
+        let observations = self.observe_all().await;
         let masters: Vec<NodeId> = observations
             .iter()
             .filter(|o| {

@@ -23,6 +23,7 @@ use std::time::Duration;
 use valkey_dr_core::config::DnsProviderConfig;
 use valkey_dr_core::records::ManagedNames;
 use valkey_dr_core::{Config, EpochRecord, NodeId, Topology};
+use valkey_dr_core::{Engine, NodeObservation};
 use valkey_dr_dns::DnsProvider;
 use valkey_dr_dns::embedded::{DnsServer, Zone};
 use valkey_dr_valkey::{Timeouts, ValkeyEngine};
@@ -54,7 +55,7 @@ pub struct Controller {
     pub(crate) config: Config,
     pub(crate) topology: Topology,
     pub(crate) names: ManagedNames,
-    pub(crate) engine: ValkeyEngine,
+    pub(crate) engine: Box<dyn Engine>,
     pub(crate) dns: Arc<dyn DnsProvider>,
     pub(crate) events: EventSink,
     pub(crate) state_file: state::StateFile,
@@ -77,13 +78,13 @@ impl Controller {
         let topology = Topology::from_config(&config);
         let state_file = state::StateFile::new(&config.state_dir);
         let state = state_file.load(&topology);
-        let engine = ValkeyEngine::new(
+        let engine: Box<dyn Engine> = Box::new(ValkeyEngine::new(
             Timeouts {
                 connect: Duration::from_millis(config.controller.connect_timeout_ms),
                 command: Duration::from_millis(config.controller.command_timeout_ms),
             },
             security::load(&config)?,
-        );
+        ));
         Ok(Controller {
             names: ManagedNames::from_config(&config),
             events: EventSink::open(&config.events_file()),
@@ -100,6 +101,35 @@ impl Controller {
             fault: std::env::var("VALKEY_DR_FAULT").ok(),
             config,
         })
+    }
+
+    /// Observes every node of the topology concurrently.
+    pub(crate) async fn observe_all(&self) -> Vec<NodeObservation> {
+        futures::future::join_all(
+            self.topology
+                .nodes
+                .iter()
+                .map(|n| self.engine.observe(n.id, &n.control_endpoint)),
+        )
+        .await
+    }
+
+    /// Observes again the nodes that answered in `previous`, keeping the failures as they were
+    /// (after acting on the nodes, without waiting out the timeouts of unreachable ones again).
+    pub(crate) async fn observe_reachable(
+        &self,
+        previous: &[NodeObservation],
+    ) -> Vec<NodeObservation> {
+        futures::future::join_all(previous.iter().map(|o| async move {
+            if o.state.is_ok() {
+                self.engine
+                    .observe(o.node, &self.topology.node(o.node).control_endpoint)
+                    .await
+            } else {
+                o.clone()
+            }
+        }))
+        .await
     }
 
     pub fn config(&self) -> &Config {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use valkey_dr_core::EngineError;
 use valkey_dr_core::analysis::analyze;
 use valkey_dr_core::{EpochRecord, NodeId, NodeObservation, Role};
-use valkey_dr_valkey::EngineError;
 
 use crate::Controller;
 
@@ -173,7 +173,7 @@ impl Controller {
         let target_region = topology
             .region_by_name(region)
             .ok_or_else(|| PromoteError::UnknownRegion(region.to_string()))?;
-        let observations = self.engine.observe_all(topology).await;
+        let observations = self.observe_all().await;
         let epoch = self.epoch().ok_or_else(|| {
             PromoteError::Preflight(
                 "no epoch recorded yet: the controller has not adopted a writer".into(),

@@ -116,7 +116,7 @@ impl Controller {
 
     pub(crate) async fn reconcile_locked(&self) -> Result<PassOutcome, PassError> {
         let probed_at = std::time::Instant::now();
-        let mut observations = self.engine.observe_all(&self.topology).await;
+        let mut observations = self.observe_all().await;
         if let Some(reason) = all_refused(&self.topology, &observations) {
             // Every node refuses us: our credentials or trust settings are wrong. Nothing can be
             // decided from that; fail the pass so the error policy backs off and reports it.
@@ -139,10 +139,7 @@ impl Controller {
             _ => false,
         };
         if failed_over || enforced {
-            observations = self
-                .engine
-                .observe_reachable(&self.topology, &observations)
-                .await;
+            observations = self.observe_reachable(&observations).await;
             analysis = analyze(&self.topology, &observations, epoch.as_ref());
             self.note_changes(&observations, &analysis);
         }

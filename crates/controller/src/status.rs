@@ -43,7 +43,7 @@ impl Controller {
     /// Observes afresh and reads DNS; changes nothing.
     pub async fn status(&self) -> Status {
         let topology = &self.topology;
-        let observations = self.engine.observe_all(topology).await;
+        let observations = self.observe_all().await;
         let epoch = self.epoch();
         let analysis = analyze(topology, &observations, epoch.as_ref());
         let writer_info = analysis

@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod config;
+pub mod engine;
 pub mod failover;
 pub mod notification;
 pub mod observation;
@@ -16,6 +17,7 @@ pub mod topology;
 
 pub use analysis::{Analysis, EpochRecord, Finding};
 pub use config::{Config, ConfigError};
+pub use engine::{Engine, EngineError};
 pub use observation::{NodeObservation, ReplicationInfo, Role};
 pub use ownership::Ownership;
 pub use plan::{Change, Plan};

@@ -12,19 +12,12 @@ use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
 };
+pub use valkey_dr_core::engine::{Engine, EngineError};
 use valkey_dr_core::observation::{NodeObservation, ReplicationInfo, parse_info_replication};
-use valkey_dr_core::{Endpoint, NodeId, Topology};
+use valkey_dr_core::{Endpoint, NodeId};
 
 /// The key the controller writes on the writer once per pass to measure replication lag in time.
 pub const HEARTBEAT_KEY: &str = "__valkey-dr:heartbeat";
-
-#[derive(Debug, thiserror::Error)]
-#[error("{node}: {operation} failed: {reason}")]
-pub struct EngineError {
-    pub node: Endpoint,
-    pub operation: &'static str,
-    pub reason: String,
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -216,9 +209,12 @@ impl ValkeyEngine {
         }
         result
     }
+}
 
+#[async_trait::async_trait]
+impl Engine for ValkeyEngine {
     /// Reads a node's replication state: INFO replication cross-checked with ROLE, one round trip.
-    pub async fn replication(&self, node: &Endpoint) -> Result<ReplicationInfo, EngineError> {
+    async fn replication(&self, node: &Endpoint) -> Result<ReplicationInfo, EngineError> {
         let pipeline = redis::pipe()
             .cmd("INFO")
             .arg("replication")
@@ -231,7 +227,7 @@ impl ValkeyEngine {
     }
 
     /// Replication state, key count and the heartbeat a node holds, in one round trip.
-    pub async fn observe(&self, id: NodeId, node: &Endpoint) -> NodeObservation {
+    async fn observe(&self, id: NodeId, node: &Endpoint) -> NodeObservation {
         let pipeline = redis::pipe()
             .cmd("INFO")
             .arg("replication")
@@ -265,7 +261,7 @@ impl ValkeyEngine {
     }
 
     /// Writes the heartbeat on the writer; replicas' copies tell how far behind they are in time.
-    pub async fn write_heartbeat(&self, node: &Endpoint, now_ms: u64) -> Result<(), EngineError> {
+    async fn write_heartbeat(&self, node: &Endpoint, now_ms: u64) -> Result<(), EngineError> {
         self.run::<()>(
             node,
             "SET heartbeat",
@@ -274,37 +270,8 @@ impl ValkeyEngine {
         .await
     }
 
-    /// Observes again the nodes that answered in `previous`, keeping the failures as they were
-    /// (after acting on the nodes, without waiting out the timeouts of unreachable ones again).
-    pub async fn observe_reachable(
-        &self,
-        topology: &Topology,
-        previous: &[NodeObservation],
-    ) -> Vec<NodeObservation> {
-        futures::future::join_all(previous.iter().map(|o| async move {
-            if o.state.is_ok() {
-                self.observe(o.node, &topology.node(o.node).control_endpoint)
-                    .await
-            } else {
-                o.clone()
-            }
-        }))
-        .await
-    }
-
-    /// Observes every node of the topology concurrently.
-    pub async fn observe_all(&self, topology: &Topology) -> Vec<NodeObservation> {
-        futures::future::join_all(
-            topology
-                .nodes
-                .iter()
-                .map(|n| self.observe(n.id, &n.control_endpoint)),
-        )
-        .await
-    }
-
     /// `PING`: the cheapest liveness probe.
-    pub async fn ping(&self, node: &Endpoint) -> Result<(), EngineError> {
+    async fn ping(&self, node: &Endpoint) -> Result<(), EngineError> {
         self.run::<String>(node, "PING", &redis::cmd("PING"))
             .await
             .map(|_| ())
@@ -312,11 +279,7 @@ impl ValkeyEngine {
 
     /// `CLIENT PAUSE <ms> WRITE`: write commands block, reads and replication go on. The pause
     /// expires by itself, so a controller that dies mid-switchover cannot leave writes blocked.
-    pub async fn pause_writes(
-        &self,
-        node: &Endpoint,
-        duration: Duration,
-    ) -> Result<(), EngineError> {
+    async fn pause_writes(&self, node: &Endpoint, duration: Duration) -> Result<(), EngineError> {
         let ms = duration.as_millis().max(1) as u64;
         self.run::<()>(
             node,
@@ -326,13 +289,13 @@ impl ValkeyEngine {
         .await
     }
 
-    pub async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError> {
+    async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError> {
         self.run::<()>(node, "CLIENT UNPAUSE", redis::cmd("CLIENT").arg("UNPAUSE"))
             .await
     }
 
     /// Valkey's own coordinated handover: `FAILOVER TO host port TIMEOUT 5000`.
-    pub async fn failover_to(&self, node: &Endpoint, target: &Endpoint) -> Result<(), EngineError> {
+    async fn failover_to(&self, node: &Endpoint, target: &Endpoint) -> Result<(), EngineError> {
         self.run::<()>(
             node,
             "FAILOVER",
@@ -347,7 +310,7 @@ impl ValkeyEngine {
     }
 
     /// `REPLICAOF NO ONE`.
-    pub async fn promote(&self, node: &Endpoint) -> Result<(), EngineError> {
+    async fn promote(&self, node: &Endpoint) -> Result<(), EngineError> {
         self.run::<()>(
             node,
             "REPLICAOF NO ONE",
@@ -357,11 +320,7 @@ impl ValkeyEngine {
     }
 
     /// `REPLICAOF host port`.
-    pub async fn replicate_from(
-        &self,
-        node: &Endpoint,
-        source: &Endpoint,
-    ) -> Result<(), EngineError> {
+    async fn replicate_from(&self, node: &Endpoint, source: &Endpoint) -> Result<(), EngineError> {
         self.run::<()>(
             node,
             "REPLICAOF",
@@ -372,7 +331,7 @@ impl ValkeyEngine {
 
     /// Closes the node's normal client connections (not replicas, not ours) so that clients
     /// reconnect and resolve the name again. Returns how many were closed.
-    pub async fn kill_normal_clients(&self, node: &Endpoint) -> Result<u64, EngineError> {
+    async fn kill_normal_clients(&self, node: &Endpoint) -> Result<u64, EngineError> {
         self.run(
             node,
             "CLIENT KILL",

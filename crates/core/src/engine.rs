@@ -1,0 +1,42 @@
+//! What the controller needs from a cache engine: observe one node, and act on it. The controller
+//! only sees this trait; each engine is its own crate (`crates/valkey` for self-hosted Valkey and
+//! Redis OSS). Every operation names one node and must be bounded by a timeout, so that an
+//! unreachable node never blocks a pass.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::observation::{NodeObservation, ReplicationInfo};
+use crate::topology::{Endpoint, NodeId};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{node}: {operation} failed: {reason}")]
+pub struct EngineError {
+    pub node: Endpoint,
+    pub operation: &'static str,
+    pub reason: String,
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// The node's replication state, key count and heartbeat, or why it could not be read.
+    async fn observe(&self, id: NodeId, node: &Endpoint) -> NodeObservation;
+    /// Only the replication state (catch-up polls).
+    async fn replication(&self, node: &Endpoint) -> Result<ReplicationInfo, EngineError>;
+    /// The cheapest liveness probe.
+    async fn ping(&self, node: &Endpoint) -> Result<(), EngineError>;
+    /// Records `now_ms` on the writer, to measure replication lag in time on the replicas.
+    async fn write_heartbeat(&self, node: &Endpoint, now_ms: u64) -> Result<(), EngineError>;
+    /// Blocks writes (not reads, not replication) for at most `duration`; expires by itself.
+    async fn pause_writes(&self, node: &Endpoint, duration: Duration) -> Result<(), EngineError>;
+    async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError>;
+    /// The engine's own coordinated failover to `target` (a direct replica of `node`).
+    async fn failover_to(&self, node: &Endpoint, target: &Endpoint) -> Result<(), EngineError>;
+    /// Makes the node a primary.
+    async fn promote(&self, node: &Endpoint) -> Result<(), EngineError>;
+    /// Makes the node a replica of `source`.
+    async fn replicate_from(&self, node: &Endpoint, source: &Endpoint) -> Result<(), EngineError>;
+    /// Closes the node's normal client connections; returns how many.
+    async fn kill_normal_clients(&self, node: &Endpoint) -> Result<u64, EngineError>;
+}
