@@ -50,7 +50,7 @@ impl SignedError {
     }
 }
 
-/// Which service a request is for: its signing name and endpoint.
+/// Which service a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     Ec2,
@@ -58,34 +58,27 @@ pub enum Service {
     Sns,
 }
 
-impl Service {
-    fn signing_name(self) -> &'static str {
-        match self {
-            Service::Ec2 => "ec2",
-            Service::S3 => "s3",
-            Service::Sns => "sns",
-        }
-    }
+/// What differs between the services: one row each.
+struct ServiceInfo {
+    signing_name: &'static str,
+    label: &'static str,
+    endpoint_env: &'static str,
     /// The Query API version (the S3 REST API has none).
-    fn query_version(self) -> &'static str {
-        match self {
-            Service::Ec2 => "2016-11-15",
-            Service::Sns => "2010-03-31",
-            Service::S3 => "",
-        }
-    }
-    fn label(self) -> &'static str {
-        match self {
-            Service::Ec2 => "EC2",
-            Service::S3 => "S3",
-            Service::Sns => "SNS",
-        }
-    }
-    fn endpoint_env(self) -> &'static str {
-        match self {
-            Service::Ec2 => "AWS_ENDPOINT_URL_EC2",
-            Service::S3 => "AWS_ENDPOINT_URL_S3",
-            Service::Sns => "AWS_ENDPOINT_URL_SNS",
+    query_version: &'static str,
+}
+
+impl Service {
+    fn info(self) -> ServiceInfo {
+        let (signing_name, label, endpoint_env, query_version) = match self {
+            Service::Ec2 => ("ec2", "EC2", "AWS_ENDPOINT_URL_EC2", "2016-11-15"),
+            Service::S3 => ("s3", "S3", "AWS_ENDPOINT_URL_S3", ""),
+            Service::Sns => ("sns", "SNS", "AWS_ENDPOINT_URL_SNS", "2010-03-31"),
+        };
+        ServiceInfo {
+            signing_name,
+            label,
+            endpoint_env,
+            query_version,
         }
     }
 }
@@ -95,12 +88,6 @@ pub struct SignedClient {
     sdk: aws_config::SdkConfig,
     http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>,
     timeout: Duration,
-}
-
-/// A response: status and body.
-pub struct Response {
-    pub status: u16,
-    pub body: Vec<u8>,
 }
 
 impl SignedClient {
@@ -123,21 +110,27 @@ impl SignedClient {
         })
     }
 
-    /// The endpoint for `service` in `region`: an override from the environment or profile, else AWS's.
-    pub fn endpoint(&self, service: Service, region: &str) -> String {
-        std::env::var(service.endpoint_env())
+    /// The endpoint override from the environment or profile, if any (S3 then uses path-style
+    /// URLs).
+    pub fn endpoint_override(&self, service: Service) -> Option<String> {
+        std::env::var(service.info().endpoint_env)
             .ok()
             .or_else(|| self.sdk.endpoint_url().map(str::to_string))
             .map(|e| e.trim_end_matches('/').to_string())
-            .unwrap_or_else(|| format!("https://{}.{region}.amazonaws.com", service.signing_name()))
     }
 
-    /// True when requests go to an endpoint override (S3 then uses path-style URLs).
-    pub fn overridden(&self, service: Service) -> bool {
-        std::env::var(service.endpoint_env()).is_ok() || self.sdk.endpoint_url().is_some()
+    /// The endpoint for `service` in `region`: the override, else AWS's.
+    pub fn endpoint(&self, service: Service, region: &str) -> String {
+        self.endpoint_override(service).unwrap_or_else(|| {
+            format!(
+                "https://{}.{region}.amazonaws.com",
+                service.info().signing_name
+            )
+        })
     }
 
-    /// Sends one signed request; a non-2xx answer becomes [`SignedError::Api`] with AWS's code.
+    /// Sends one signed request and returns the answer's body; a non-2xx answer becomes
+    /// [`SignedError::Api`] with AWS's code.
     pub async fn send(
         &self,
         service: Service,
@@ -146,8 +139,12 @@ impl SignedClient {
         url: &str,
         headers: &[(&str, String)],
         body: Vec<u8>,
-    ) -> Result<Response, SignedError> {
-        let label = service.label();
+    ) -> Result<Vec<u8>, SignedError> {
+        let ServiceInfo {
+            signing_name,
+            label,
+            ..
+        } = service.info();
         let credentials = self
             .sdk
             .credentials_provider()
@@ -163,19 +160,12 @@ impl SignedClient {
         let params = v4::SigningParams::builder()
             .identity(&identity)
             .region(region)
-            .name(service.signing_name())
+            .name(signing_name)
             .time(SystemTime::now())
             .settings(signing_settings(service))
             .build()
             .map_err(|e| request_error(e.to_string()))?
             .into();
-        let mut request = http::Request::builder().method(method).uri(url);
-        for (name, value) in headers {
-            request = request.header(*name, value.as_str());
-        }
-        let mut request = request
-            .body(Full::new(bytes::Bytes::from(body.clone())))
-            .map_err(|e| request_error(e.to_string()))?;
         let signable = SignableRequest::new(
             method,
             url,
@@ -186,6 +176,14 @@ impl SignedClient {
         let (instructions, _) = sign(signable, &params)
             .map_err(|e| request_error(e.to_string()))?
             .into_parts();
+        let mut request = http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        // The body moves into the request: a Lambda zip is megabytes, not worth a copy.
+        let mut request = request
+            .body(Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| request_error(e.to_string()))?;
         instructions.apply_to_request_http1x(&mut request);
 
         let transport = |reason: String| SignedError::Transport {
@@ -213,7 +211,7 @@ impl SignedClient {
                 message: xml::first(&text, "Message").unwrap_or_default(),
             });
         }
-        Ok(Response { status, body })
+        Ok(body)
     }
 
     /// One Query API call (`Action=…&Version=…&…`, EC2 and SNS); returns the XML answer.
@@ -222,19 +220,19 @@ impl SignedClient {
         service: Service,
         region: &str,
         action: &str,
-        params: &[(String, String)],
+        params: &[(impl AsRef<str>, impl AsRef<str>)],
     ) -> Result<String, SignedError> {
         let body = {
             let mut form = form_urlencoded::Serializer::new(String::new());
             form.append_pair("Action", action);
-            form.append_pair("Version", service.query_version());
+            form.append_pair("Version", service.info().query_version);
             for (key, value) in params {
-                form.append_pair(key, value);
+                form.append_pair(key.as_ref(), value.as_ref());
             }
             form.finish().into_bytes()
         };
         let url = format!("{}/", self.endpoint(service, region));
-        let response = self
+        let answer = self
             .send(
                 service,
                 region,
@@ -247,7 +245,7 @@ impl SignedClient {
                 body,
             )
             .await?;
-        Ok(String::from_utf8_lossy(&response.body).into_owned())
+        Ok(String::from_utf8_lossy(&answer).into_owned())
     }
 }
 

@@ -158,23 +158,26 @@ impl Controller {
             .lock()
             .expect("health lock")
             .failing_for(epoch.primary, now);
+        // The anti-flapping block goes to state.json in the same write as the new epoch.
+        let until = crate::events::now_ms() + self.config.controller.failover_block_ms;
+        let previous_block = self
+            .memory
+            .lock()
+            .expect("memory lock")
+            .failovers_blocked_until_ms
+            .replace(until);
         match self
             .fail_over(epoch, target, kind, observations, detection)
             .await
         {
-            Ok((new_epoch, _)) => {
-                let until = crate::events::now_ms() + self.config.controller.failover_block_ms;
+            Ok((new_epoch, _)) => (Some(new_epoch), true),
+            Err(_) => {
                 self.memory
                     .lock()
                     .expect("memory lock")
-                    .failovers_blocked_until_ms = Some(until);
-                if let Err(e) = self.store_state(new_epoch) {
-                    self.events
-                        .emit("state_write_failed", json!({ "error": e.to_string() }));
-                }
-                (Some(new_epoch), true)
+                    .failovers_blocked_until_ms = previous_block;
+                (Some(epoch), false)
             }
-            Err(_) => (Some(epoch), false),
         }
     }
 

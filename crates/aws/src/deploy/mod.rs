@@ -115,17 +115,22 @@ pub async fn deploy(
         say("  already there");
     }
 
+    let mut primary_outputs = cloud
+        .stacks
+        .describe(&region(Role::Primary), &stack(Role::Primary))
+        .await?
+        .map(|s| s.outputs)
+        .unwrap_or_default();
     let mut known = Known::from_outputs(
-        current(cloud, &region(Role::Primary), &stack(Role::Primary))
-            .await?
-            .as_ref()
-            .map(|s| &s.outputs),
-        current(cloud, &region(Role::Secondary), &stack(Role::Secondary))
+        Some(&primary_outputs),
+        cloud
+            .stacks
+            .describe(&region(Role::Secondary), &stack(Role::Secondary))
             .await?
             .as_ref()
             .map(|s| &s.outputs),
     );
-    let mut applied: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    let mut applied: BTreeMap<Role, BTreeMap<String, String>> = BTreeMap::new();
     for (index, role) in stages::DEPLOY_ORDER.into_iter().enumerate() {
         let parameters = stages::parameters(config, deploy, role, &known, &key);
         let title = format!(
@@ -134,7 +139,7 @@ pub async fn deploy(
             stack(role),
             region(role)
         );
-        if applied.get(role.as_str()) == Some(&parameters) {
+        if applied.get(&role) == Some(&parameters) {
             say(&format!("{title}: nothing new to pass on"));
             continue;
         }
@@ -142,16 +147,11 @@ pub async fn deploy(
         let (outputs, did_change) =
             apply_stack(cloud, &region(role), &stack(role), &parameters, waits, say).await?;
         changed += usize::from(did_change);
-        applied.insert(role.as_str(), parameters);
-        let fresh = match role {
-            Role::Primary => Known::from_outputs(Some(&outputs), None),
-            Role::Secondary => Known::from_outputs(None, Some(&outputs)),
-        };
-        known.global_replication_group_id = fresh
-            .global_replication_group_id
-            .or(known.global_replication_group_id);
-        known.secondary_vpc_id = fresh.secondary_vpc_id.or(known.secondary_vpc_id);
-        known.peering_connection_id = fresh.peering_connection_id.or(known.peering_connection_id);
+        applied.insert(role, parameters);
+        known.absorb(role, &outputs);
+        if role == Role::Primary {
+            primary_outputs = outputs;
+        }
     }
 
     say("stage 6/6: DNS resolution over the VPC peering (EC2 API; CloudFormation cannot set it)");
@@ -171,10 +171,7 @@ pub async fn deploy(
     )
     .await?;
 
-    let primary = current(cloud, &region(Role::Primary), &stack(Role::Primary))
-        .await?
-        .unwrap_or_default();
-    let targets = targets_from(&primary.outputs).ok_or_else(|| {
+    let targets = targets_from(&primary_outputs).ok_or_else(|| {
         DeployError::Config(format!(
             "stack {} lacks the GlobalReplicationGroupId/HostedZoneId outputs",
             stack(Role::Primary)
@@ -225,7 +222,7 @@ pub async fn targets(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Targets, D
         return Ok(targets);
     }
     let name = stages::stack_name(deploy, Role::Primary);
-    let stack = current(cloud, &deploy.primary.region, &name).await?;
+    let stack = cloud.stacks.describe(&deploy.primary.region, &name).await?;
     stack
         .as_ref()
         .and_then(|s| targets_from(&s.outputs))
@@ -235,14 +232,6 @@ pub async fn targets(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Targets, D
                 deploy.primary.region
             ))
         })
-}
-
-async fn current(
-    cloud: &Cloud<'_>,
-    region: &str,
-    name: &str,
-) -> Result<Option<Stack>, DeployError> {
-    Ok(cloud.stacks.describe(region, name).await?)
 }
 
 /// Creates or updates one stack and waits for it, printing its events. Returns its outputs and
@@ -332,7 +321,7 @@ async fn settle(
     waits: Waits,
     say: Progress<'_>,
 ) -> Result<Option<Stack>, DeployError> {
-    let stack = current(cloud, region, name).await?;
+    let stack = cloud.stacks.describe(region, name).await?;
     match stack {
         Some(s) if s.in_progress() => {
             say(&format!("  {name} is {}; waiting for it", s.status));
@@ -355,16 +344,15 @@ async fn wait_for(
     let started = Instant::now();
     let mut patience = Patience::default();
     loop {
-        let stack = match current(cloud, region, name).await {
+        let stack = match cloud.stacks.describe(region, name).await {
             Ok(stack) => {
                 patience.succeeded();
                 stack
             }
-            Err(DeployError::Cloud(e)) => {
+            Err(e) => {
                 patience.failed(e, waits, say, name).await?;
                 continue;
             }
-            Err(e) => return Err(e),
         };
         if let Ok(events) = cloud.stacks.events(region, name).await {
             for event in events.iter().rev() {
@@ -759,8 +747,12 @@ pub async fn destroy(
         .as_ref()
         .and_then(|s| s.parameters.get("LambdaArtifactKey").cloned())
         .unwrap_or_default();
-    let mut unpeered = Known {
-        global_replication_group_id: output(&primary, "GlobalReplicationGroupId"),
+    // Everything known except the peering; the secondary keeps the datastore id it was deployed
+    // with (the primary does not use it).
+    let unpeered = Known {
+        global_replication_group_id: secondary
+            .as_ref()
+            .and_then(|s| s.parameters.get("GlobalReplicationGroupId").cloned()),
         ..Known::default()
     };
     for (role, present) in [(Role::Secondary, &secondary), (Role::Primary, &primary)] {
@@ -770,11 +762,6 @@ pub async fn destroy(
             .any(|k| existing.parameters.get(*k).is_some_and(|v| !v.is_empty()));
         if !peered {
             continue;
-        }
-        if role == Role::Secondary {
-            // Its GlobalReplicationGroupId parameter must stay as it was.
-            unpeered.global_replication_group_id =
-                existing.parameters.get("GlobalReplicationGroupId").cloned();
         }
         let parameters = stages::parameters(config, deploy, role, &unpeered, &key);
         say(&format!("  updating {}", stack(role)));
@@ -831,18 +818,25 @@ pub struct Status {
 
 pub async fn status(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Status, DeployError> {
     let mut status = Status::default();
+    let mut primary_outputs = None;
     if let Some(deploy) = &config.deploy {
         for role in [Role::Primary, Role::Secondary] {
             let name = stages::stack_name(deploy, role);
             let region = stages::region(deploy, role).to_string();
-            let state = current(cloud, &region, &name)
-                .await?
-                .map(|s| s.status)
-                .unwrap_or_else(|| "absent".into());
+            let stack = cloud.stacks.describe(&region, &name).await?;
+            let state = stack.as_ref().map_or("absent".into(), |s| s.status.clone());
+            if role == Role::Primary {
+                primary_outputs = stack.map(|s| s.outputs);
+            }
             status.stacks.push((name, region, state));
         }
     }
-    let Ok(targets) = targets(config, cloud).await else {
+    // The ids from the file, else from the primary stack just read (not read again).
+    let Some(targets) = config
+        .targets()
+        .ok()
+        .or_else(|| primary_outputs.as_ref().and_then(targets_from))
+    else {
         return Ok(status);
     };
     let asked_region = config

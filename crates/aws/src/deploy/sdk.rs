@@ -212,15 +212,11 @@ impl Ec2Network {
         &self,
         region: &str,
         action: &str,
-        params: &[(&str, &str)],
+        params: &[(impl AsRef<str>, impl AsRef<str>)],
     ) -> Result<Element, SignedError> {
-        let params: Vec<(String, String)> = params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
         let text = self
             .client
-            .query(Service::Ec2, region, action, &params)
+            .query(Service::Ec2, region, action, params)
             .await?;
         Ok(Element::parse(&text))
     }
@@ -321,12 +317,11 @@ impl Network for Ec2Network {
         {
             params.push((format!("Filter.2.Value.{}", i + 1), state.to_string()));
         }
-        let text = self
-            .client
-            .query(Service::Ec2, region, "DescribeInstances", &params)
+        let answer = self
+            .call(region, "DescribeInstances", &params)
             .await
             .map_err(|e| signed_error("EC2", e))?;
-        Ok(Element::parse(&text)
+        Ok(answer
             .descendants("instancesSet")
             .iter()
             .flat_map(|set| set.children.iter())
@@ -346,12 +341,9 @@ impl S3Artifacts {
     }
 
     fn url(&self, region: &str, bucket: &str, key: &str) -> String {
-        if self.client.overridden(Service::S3) {
+        if let Some(endpoint) = self.client.endpoint_override(Service::S3) {
             // Path style for custom endpoints (moto, MinIO, VPC endpoints with a path).
-            format!(
-                "{}/{bucket}/{key}",
-                self.client.endpoint(Service::S3, region)
-            )
+            format!("{endpoint}/{bucket}/{key}")
         } else {
             format!("https://{bucket}.s3.{region}.amazonaws.com/{key}")
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::config::{DeployConfig, RegionPlan};
 use crate::AwsConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Primary,
     Secondary,
@@ -36,16 +36,31 @@ impl Known {
         primary: Option<&BTreeMap<String, String>>,
         secondary: Option<&BTreeMap<String, String>>,
     ) -> Known {
-        let get = |outputs: Option<&BTreeMap<String, String>>, key: &str| {
-            outputs
-                .and_then(|o| o.get(key))
-                .filter(|v| !v.is_empty())
-                .cloned()
+        let mut known = Known::default();
+        for (role, outputs) in [(Role::Primary, primary), (Role::Secondary, secondary)] {
+            if let Some(outputs) = outputs {
+                known.absorb(role, outputs);
+            }
+        }
+        known
+    }
+
+    /// Takes in what one stack output; an output that is missing or empty keeps what was known.
+    pub fn absorb(&mut self, role: Role, outputs: &BTreeMap<String, String>) {
+        let take = |slot: &mut Option<String>, key: &str| {
+            if let Some(value) = outputs.get(key).filter(|v| !v.is_empty()) {
+                *slot = Some(value.clone());
+            }
         };
-        Known {
-            global_replication_group_id: get(primary, "GlobalReplicationGroupId"),
-            secondary_vpc_id: get(secondary, "VpcId"),
-            peering_connection_id: get(primary, "PeeringConnectionId"),
+        match role {
+            Role::Primary => {
+                take(
+                    &mut self.global_replication_group_id,
+                    "GlobalReplicationGroupId",
+                );
+                take(&mut self.peering_connection_id, "PeeringConnectionId");
+            }
+            Role::Secondary => take(&mut self.secondary_vpc_id, "VpcId"),
         }
     }
 }

@@ -60,6 +60,9 @@ pub async fn moto() -> Moto {
     panic!("moto_server did not start");
 }
 
+/// The secret access key the tests sign with: no error or log may contain it.
+pub const SECRET_KEY: &str = "moto-secret-never-shown";
+
 /// An SDK configuration that sends every service to moto, with test credentials.
 pub fn sdk(moto: &Moto, region: &str) -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
@@ -68,7 +71,7 @@ pub fn sdk(moto: &Moto, region: &str) -> aws_config::SdkConfig {
         .endpoint_url(&moto.url)
         .credentials_provider(
             aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("test", "test", None, None, "tests"),
+                aws_credential_types::Credentials::new("test", SECRET_KEY, None, None, "tests"),
             ),
         )
         .build()
@@ -80,7 +83,7 @@ pub fn route53(moto: &Moto) -> aws_sdk_route53::Client {
         .region(aws_sdk_route53::config::Region::new("us-east-1"))
         .endpoint_url(&moto.url)
         .credentials_provider(aws_sdk_route53::config::Credentials::new(
-            "test", "test", None, None, "tests",
+            "test", SECRET_KEY, None, None, "tests",
         ))
         .build();
     aws_sdk_route53::Client::from_conf(config)

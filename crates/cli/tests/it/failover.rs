@@ -47,12 +47,7 @@ async fn sigkill_of_the_primary_node_fails_over_within_the_region_and_dns_follow
         vec![lab.ip(0, 0), lab.ip(0, 1)],
         "the writer followed the name: {report:?}"
     );
-    let started = lab
-        .events()
-        .iter()
-        .find(|e| e["event"] == "failover_started")
-        .cloned()
-        .unwrap();
+    let started = lab.first_event("failover_started").unwrap();
     assert_eq!(started["kind"], "in_region");
     assert!(
         started["detection_ms"].as_u64().unwrap() >= 1500,
@@ -102,12 +97,7 @@ async fn isolating_the_primary_region_with_auto_fails_over_across_regions_and_he
     );
     let new_writer_ip = lab.dig_short(&lab.name("demo"), "A")[1].clone();
     assert!(new_writer_ip.starts_with(&format!("127.{}.2.", lab.spec.block)));
-    let started = lab
-        .events()
-        .iter()
-        .find(|e| e["event"] == "failover_started")
-        .cloned()
-        .unwrap();
+    let started = lab.first_event("failover_started").unwrap();
     assert_eq!(started["kind"], "cross_region");
 
     // The old primary, still a master inside its isolated region, takes a write no one will see.
@@ -160,9 +150,7 @@ async fn isolating_the_primary_region_with_manual_reports_and_waits_for_a_forced
         vec![lab.name("primary.us-east-1")]
     );
     let needed = lab
-        .events()
-        .into_iter()
-        .find(|e| e["event"] == "failover_needed")
+        .first_event("failover_needed")
         .expect("the situation is reported");
     assert!(
         needed["situation"]
@@ -202,11 +190,7 @@ async fn a_blip_shorter_than_down_after_causes_no_failover() {
         .wait_until(|s| s["findings"] == serde_json::json!(["healthy"]))
         .await;
     assert_eq!(status["epoch"], 1);
-    assert!(
-        !lab.events()
-            .iter()
-            .any(|e| e["event"] == "failover_started")
-    );
+    assert!(lab.first_event("failover_started").is_none());
     assert_eq!(lab.dig_short(&lab.name("demo"), "A")[1], lab.ip(0, 0));
 }
 
@@ -303,11 +287,7 @@ async fn split_brain_without_an_epoch_waits_for_adopt() {
         lab.dig_short(&lab.name("demo"), "A").is_empty(),
         "no writer name is published on a guess"
     );
-    assert!(
-        lab.events()
-            .iter()
-            .any(|e| e["event"] == "bootstrap_blocked")
-    );
+    assert!(lab.first_event("bootstrap_blocked").is_some());
 
     let out = lab.cli(&["adopt", "us-east-2"]);
     let adopted: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -368,9 +348,7 @@ async fn a_writer_restarted_empty_is_replaced_before_its_replicas_sync_from_it()
         "the replica with the data took over"
     );
     let restarted = lab
-        .events()
-        .into_iter()
-        .find(|e| e["event"] == "writer_restarted_empty")
+        .first_event("writer_restarted_empty")
         .expect("the restart was reported");
     assert_eq!(restarted["node"], lab.node(0, 0));
     assert!(restarted["offset_before"].as_u64().unwrap() > restarted["offset"].as_u64().unwrap());

@@ -183,6 +183,11 @@ impl TestLab {
             .collect()
     }
 
+    /// The first event named `name`, if the controller emitted one.
+    pub fn first_event(&self, name: &str) -> Option<serde_json::Value> {
+        self.events().into_iter().find(|e| e["event"] == name)
+    }
+
     pub fn node(&self, region: usize, index: usize) -> String {
         format!("{}:{}", self.ip(region, index), self.spec.port)
     }
