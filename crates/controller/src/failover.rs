@@ -7,17 +7,35 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use valkey_dr_core::analysis::{Finding, analyze};
-use valkey_dr_core::failover::{self, Decision, Policy};
+use valkey_dr_core::failover::{self, Decision, Policy, WaitReason, WriterState};
+use valkey_dr_core::observation::History;
 use valkey_dr_core::{EpochRecord, NodeId, NodeObservation};
 
 use crate::Controller;
 
-/// When each failing node started failing. A node is *down* only after failing every probe for
-/// `down_after`; one good probe clears it (hysteresis against blips).
+/// Probe rounds a node must fail in a row, besides failing for `down_after`, to count as down:
+/// one slow round (a stalled controller, a timeout that fired late) is never enough.
+pub const MIN_FAILED_ROUNDS: u32 = 3;
+
+/// A gap this much longer than the clock watch's tick means the controller itself stalled (VM
+/// pause, CPU starvation, SIGSTOP): probes that timed out meanwhile say nothing about the nodes.
+pub const STALL_THRESHOLD: Duration = Duration::from_millis(500);
+
+/// Failure detection. A node is *down* only after failing [`MIN_FAILED_ROUNDS`] probe rounds in a
+/// row spanning `down_after`; one good probe clears it (hysteresis against blips). Time spent
+/// stalled does not count: failing clocks restart when the controller resumes.
 #[derive(Default)]
 pub struct Health {
-    failing_since: HashMap<NodeId, Instant>,
+    failing: HashMap<NodeId, Failing>,
     reported_down: BTreeSet<NodeId>,
+    /// When the controller last resumed from a stall.
+    resumed_at: Option<Instant>,
+}
+
+#[derive(Clone, Copy)]
+struct Failing {
+    since: Instant,
+    rounds: u32,
 }
 
 impl Health {
@@ -30,34 +48,62 @@ impl Health {
         down_after: Duration,
     ) -> BTreeSet<NodeId> {
         for o in observations {
-            // A node that refuses us (wrong password, certificate) is alive: never "down".
+            // Only silence counts: a node that refuses us (password, certificate) or answers with
+            // an error (LOADING, BUSY, MASTERDOWN) is alive.
             if o.failure() == Some(valkey_dr_core::observation::FailureKind::Unreachable) {
-                self.failing_since.entry(o.node).or_insert(probed_at);
+                self.note_failure(o.node, probed_at);
             } else {
-                self.failing_since.remove(&o.node);
+                self.failing.remove(&o.node);
                 self.reported_down.remove(&o.node);
             }
         }
-        self.failing_since
+        self.down(now, down_after)
+    }
+
+    /// The nodes down at `now`.
+    pub fn down(&self, now: Instant, down_after: Duration) -> BTreeSet<NodeId> {
+        self.failing
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= down_after)
+            .filter(|(_, f)| {
+                f.rounds >= MIN_FAILED_ROUNDS && now.saturating_duration_since(f.since) >= down_after
+            })
             .map(|(n, _)| *n)
             .collect()
     }
 
-    /// A failed probe outside a pass (the writer watch): failing since the probe was sent.
+    /// One failed probe of `node` sent at `probed_at` (a pass or the writer watch).
     pub fn note_failure(&mut self, node: NodeId, probed_at: Instant) {
-        self.failing_since.entry(node).or_insert(probed_at);
+        let probed_at = self.resumed_at.map_or(probed_at, |r| probed_at.max(r));
+        let failing = self.failing.entry(node).or_insert(Failing {
+            since: probed_at,
+            rounds: 0,
+        });
+        failing.rounds += 1;
+    }
+
+    /// The controller resumes from a stall at `now`: every failing clock starts again.
+    pub fn stalled(&mut self, now: Instant) {
+        self.resumed_at = Some(now);
+        for f in self.failing.values_mut() {
+            *f = Failing {
+                since: now,
+                rounds: 0,
+            };
+        }
     }
 
     pub fn any_failing(&self) -> bool {
-        !self.failing_since.is_empty()
+        !self.failing.is_empty()
+    }
+
+    pub fn forget(&mut self, node: NodeId) {
+        self.failing.remove(&node);
     }
 
     pub fn failing_for(&self, node: NodeId, now: Instant) -> Option<Duration> {
-        self.failing_since
+        self.failing
             .get(&node)
-            .map(|since| now.duration_since(*since))
+            .map(|f| now.saturating_duration_since(f.since))
     }
 
     /// True the first time a node is seen down (to report it once).
@@ -96,22 +142,78 @@ pub enum FailoverError {
     NotForced,
     #[error("cannot record the new epoch: {0}")]
     State(String),
+    #[error("the promotion failed and was not carried out: {0}")]
+    Promote(String),
     #[error("{region} has {masters} nodes reporting role:master; adopt needs exactly one")]
     AdoptNeedsOneMaster { region: String, masters: usize },
+}
+
+/// How a demotion went: the node follows the new writer, or it could not be demoted and stays
+/// fenced (writes paused, clients closed) until a later pass demotes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Demotion {
+    pub node: String,
+    pub now_follows: String,
+    pub demoted: bool,
+    /// `CONFIG REWRITE` failed (no config file?): a restart brings back the old role.
+    pub role_persisted: bool,
+    pub clients_closed: Option<u64>,
+    pub error: Option<String>,
 }
 
 impl Controller {
     fn policy(&self) -> Policy {
         let blocked = self
-            .memory
-            .lock()
-            .expect("memory lock")
-            .failovers_blocked_until_ms
+            .state
+            .get()
+            .and_then(|s| s.failovers_blocked_until_ms)
             .is_some_and(|until| crate::events::now_ms() < until);
         Policy {
             in_region: self.config.controller.in_region_failover,
             cross_region: self.config.controller.cross_region_failover,
             blocked,
+            max_data_at_risk_bytes: self.config.controller.max_data_at_risk_bytes,
+        }
+    }
+
+    /// The writer's replication history as last seen: this run's memory, else `state.json`.
+    pub(crate) fn lineage(&self, epoch: &EpochRecord) -> Option<History> {
+        let memory = self.memory.lock().expect("memory lock");
+        match &memory.last_writer {
+            Some((node, history)) if *node == epoch.primary => Some(history.clone()),
+            _ => self.state.get().and_then(|s| s.writer_history),
+        }
+    }
+
+    /// Makes `node` a replica of `source` for good: `REPLICAOF`, `CONFIG REWRITE` so a restart
+    /// keeps the role, and its normal and pub/sub clients closed so they leave for the writer.
+    /// When `REPLICAOF` fails the node stays fenced: writes paused and clients closed.
+    pub(crate) async fn demote(&self, node: NodeId, source: NodeId, close_clients: bool) -> Demotion {
+        let endpoint = &self.topology.node(node).control_endpoint;
+        let follow = self.topology.replication_endpoint(source, node);
+        let demoted = self.engine.replicate_from(endpoint, &follow).await;
+        let persisted = match demoted {
+            Ok(()) => self.engine.persist_role(endpoint).await.is_ok(),
+            Err(_) => {
+                let hold = Duration::from_millis(self.config.controller.catchup_timeout_ms)
+                    + Duration::from_secs(10);
+                let _ = self.engine.pause_writes(endpoint, hold).await;
+                false
+            }
+        };
+        // A node left fenced loses its clients in any case: they must not wait on it.
+        let closed = if close_clients || demoted.is_err() {
+            self.engine.kill_clients(endpoint).await.ok()
+        } else {
+            None
+        };
+        Demotion {
+            node: self.topology.node_name(node),
+            now_follows: follow.to_string(),
+            demoted: demoted.is_ok(),
+            role_persisted: persisted,
+            clients_closed: closed,
+            error: demoted.err().map(|e| e.to_string()),
         }
     }
 
@@ -141,83 +243,140 @@ impl Controller {
         let Some(epoch) = epoch else {
             return (None, false);
         };
-        let mut down = down;
-        if let Some(writer) = self.restarted_empty(observations, &epoch) {
-            down.insert(writer);
+        let lineage = self.lineage(&epoch);
+        let writer_state = failover::writer_state(observations, epoch.primary, lineage.as_ref());
+        if writer_state == WriterState::Lost {
+            self.report_lost_writer(observations, &epoch, lineage.as_ref());
         }
-        let decision =
-            failover::decide(&self.topology, observations, &epoch, &down, &self.policy());
+        let decision = failover::decide(
+            &self.topology,
+            observations,
+            &epoch,
+            &down,
+            lineage.as_ref(),
+            &self.policy(),
+        );
         self.note_decision(&decision);
         let (target, kind) = match decision {
             Decision::InRegion { target } => (target, "in_region"),
             Decision::CrossRegion { target } => (target, "cross_region"),
+            Decision::NoCandidate if writer_state == WriterState::Lost => {
+                // Nobody else holds the history: the loss has happened. Say so and go on from what
+                // the writer has now, rather than leave the name without a writer.
+                self.accept_loss(observations, &epoch);
+                return (Some(epoch), false);
+            }
             _ => return (Some(epoch), false),
         };
+        // Confirmation: a writer that answers a fresh probe now is not down, whatever the
+        // earlier rounds said (they may have timed out while the controller stalled).
+        if writer_state == WriterState::Unreachable
+            && self
+                .engine
+                .ping(&self.topology.node(epoch.primary).control_endpoint)
+                .await
+                .is_ok()
+        {
+            self.health.lock().expect("health lock").forget(epoch.primary);
+            self.events.emit(
+                "failover_cancelled",
+                json!({ "node": self.topology.node_name(epoch.primary), "reason": "the writer answered the confirmation probe" }),
+            );
+            return (Some(epoch), false);
+        }
         let detection = self
             .health
             .lock()
             .expect("health lock")
             .failing_for(epoch.primary, now);
         // The anti-flapping block goes to state.json in the same write as the new epoch.
-        let until = crate::events::now_ms() + self.config.controller.failover_block_ms;
-        let previous_block = self
-            .memory
-            .lock()
-            .expect("memory lock")
-            .failovers_blocked_until_ms
-            .replace(until);
+        let block = crate::events::now_ms() + self.config.controller.failover_block_ms;
         match self
-            .fail_over(epoch, target, kind, observations, detection)
+            .fail_over(epoch, target, kind, observations, detection, Some(block))
             .await
         {
             Ok((new_epoch, _)) => (Some(new_epoch), true),
-            Err(_) => {
-                self.memory
-                    .lock()
-                    .expect("memory lock")
-                    .failovers_blocked_until_ms = previous_block;
-                (Some(epoch), false)
-            }
+            Err(_) => (Some(epoch), false),
         }
     }
 
-    /// The writer, if it came back without its data since the last pass
-    /// ([`valkey_dr_core::observation::ReplicationInfo::lost_history_since`]). It counts as down
-    /// at once: waiting for `down_after` would let its replicas full-sync from it and lose their
-    /// copy too.
-    fn restarted_empty(
+    /// Reports a writer whose data does not continue its history (once per history it shows).
+    fn report_lost_writer(
         &self,
         observations: &[NodeObservation],
         epoch: &EpochRecord,
-    ) -> Option<NodeId> {
-        let memory = self.memory.lock().expect("memory lock");
-        let (node, before) = memory.last_writer.as_ref()?;
-        let now = observations
-            .iter()
-            .find(|o| o.node == *node && *node == epoch.primary)?
-            .info()?;
-        if !now.lost_history_since(before) {
-            return None;
+        before: Option<&History>,
+    ) {
+        let (Some(before), Some(now)) = (
+            before,
+            observations
+                .iter()
+                .find(|o| o.node == epoch.primary)
+                .and_then(|o| o.info()),
+        ) else {
+            return;
+        };
+        let mut memory = self.memory.lock().expect("memory lock");
+        if memory.reported_lost.as_ref() == Some(&now.replication_id) {
+            return;
         }
-        self.events.emit(
-            "writer_restarted_empty",
-            json!({
-                "node": self.topology.node_name(*node),
-                "replication_id_before": before.replication_id,
-                "offset_before": before.offset,
-                "replication_id": now.replication_id,
-                "offset": now.offset,
-            }),
-        );
-        Some(*node)
+        memory.reported_lost = Some(now.replication_id.clone());
+        let detail = json!({
+            "node": self.topology.node_name(epoch.primary),
+            "role": if now.is_primary() { "primary" } else { "replica" },
+            "replication_id_before": before.replication_id,
+            "offset_before": before.offset,
+            "replication_id": now.replication_id,
+            "offset": now.offset,
+        });
+        self.events.emit("writer_restarted_empty", &detail);
+    }
+
+    /// The writer lost its history and no node holds it any more: record the loss (status shows
+    /// it until `ack`) and take the writer's current history as the lineage from now on. A writer
+    /// that came back as a replica is promoted: nobody else can serve.
+    fn accept_loss(&self, observations: &[NodeObservation], epoch: &EpochRecord) {
+        let Some(now) = observations
+            .iter()
+            .find(|o| o.node == epoch.primary)
+            .and_then(|o| o.info())
+        else {
+            return;
+        };
+        let before = self.lineage(epoch);
+        let lost = json!({
+            "node": self.topology.node_name(epoch.primary),
+            "offset_before": before.as_ref().map(|b| b.offset),
+            "offset": now.offset,
+            "lost_bytes_at_least": before.as_ref().map(|b| b.offset.saturating_sub(now.offset)),
+            "reason": "the writer came back without its data and no other node holds it",
+        });
+        self.events.emit("data_loss_suspected", &lost);
+        let history = now.history();
+        self.memory.lock().expect("memory lock").last_writer = Some((epoch.primary, history.clone()));
+        if let Err(e) = self.state.update(|s| {
+            let mut next = s.cloned()?;
+            next.writer_history = Some(history);
+            Some(next)
+        }) {
+            self.state_write_failed(&e);
+        }
+        self.memory.lock().expect("memory lock").data_loss = Some(lost);
     }
 
     fn note_decision(&self, decision: &Decision) {
         let text = match decision {
             Decision::None => String::new(),
-            Decision::WaitForOperator { region, suggested } => format!(
-                "region {} is down and cross-region failover is manual; run `valkey-dr failover {} --force` (writes the old writer took after the last replication may be lost)",
+            Decision::WaitForOperator { reason: WaitReason::CrossRegionManual { region }, suggested } => format!(
+                "the writer of region {} is down and cross-region failover is manual; run `valkey-dr failover {} --force` (writes the old writer took after the last replication may be lost)",
                 self.topology.region(*region).name,
+                suggested
+                    .map(|n| self.topology.region_of(n).name.clone())
+                    .unwrap_or_else(|| "<region>".into())
+            ),
+            Decision::WaitForOperator { reason: WaitReason::DataAtRisk { bytes }, suggested } => format!(
+                "the writer is down and the best candidate ({}) is {bytes} bytes behind it, more than controller.max_data_at_risk_bytes; run `valkey-dr failover {} --force` to accept the loss",
+                suggested.map(|n| self.topology.node_name(n)).unwrap_or_default(),
                 suggested
                     .map(|n| self.topology.region_of(n).name.clone())
                     .unwrap_or_else(|| "<region>".into())
@@ -225,7 +384,7 @@ impl Controller {
             Decision::Blocked { would } => format!(
                 "a failover is due ({would:?}) but blocked after an earlier one; run `valkey-dr ack` to allow it"
             ),
-            Decision::NoCandidate => "the writer is down and no replica can take over".into(),
+            Decision::NoCandidate => "the writer is down and no replica on its history can take over".into(),
             Decision::InRegion { .. } | Decision::CrossRegion { .. } => String::new(),
         };
         let mut memory = self.memory.lock().expect("memory lock");
@@ -238,8 +397,9 @@ impl Controller {
         }
     }
 
-    /// Promotes `target` in a new epoch. The epoch is recorded before the promotion so that a
-    /// restarted controller fences the old writer, never the new one.
+    /// Promotes `target` in a new epoch. The intent is recorded first, so a controller restarted
+    /// midway resumes or rolls back ([`valkey_dr_core::intent`]); an old writer that still answers
+    /// (back empty, or a replica) is fenced before the target takes writes.
     pub(crate) async fn fail_over(
         &self,
         old: EpochRecord,
@@ -247,20 +407,20 @@ impl Controller {
         kind: &str,
         observations: &[NodeObservation],
         detection: Option<Duration>,
+        block_until_ms: Option<u64>,
     ) -> Result<(EpochRecord, FailoverReport), FailoverError> {
-        let target_offset = observations
+        let target_info = observations
             .iter()
             .find(|o| o.node == target)
             .and_then(|o| o.info())
-            .map(|i| i.offset)
-            .unwrap_or(0);
-        let last_writer_offset = self
-            .memory
-            .lock()
-            .expect("memory lock")
-            .last_writer
+            .cloned();
+        let target_offset = target_info.as_ref().map_or(0, |i| i.offset);
+        let lineage = self.lineage(&old);
+        let replication_id = lineage
             .as_ref()
-            .map_or(0, |(_, history)| history.offset);
+            .map(|l| l.replication_id.clone())
+            .or_else(|| target_info.as_ref().map(|i| i.replication_id.clone()))
+            .unwrap_or_default();
         let new_epoch = EpochRecord {
             epoch: old.epoch + 1,
             primary: target,
@@ -272,27 +432,119 @@ impl Controller {
             new_primary_region: self.topology.region_of(target).name.clone(),
             epoch: new_epoch.epoch,
             detection_ms: detection.map(|d| d.as_millis() as u64),
-            data_at_risk_bytes: last_writer_offset.saturating_sub(target_offset),
+            data_at_risk_bytes: lineage
+                .as_ref()
+                .map_or(0, |l| l.offset.saturating_sub(target_offset)),
         };
-        if let Err(e) = self.set_epoch(new_epoch) {
-            self.events
-                .emit("state_write_failed", json!({ "error": e.to_string() }));
+        let intent = crate::state::Intent {
+            epoch: new_epoch.epoch,
+            source: old.primary,
+            target,
+            required_offset: target_offset,
+            replication_id: replication_id.clone(),
+        };
+        if let Err(e) = self.record_intent(intent) {
+            self.state_write_failed(&e);
             return Err(FailoverError::State(e.to_string()));
         }
         self.events.emit("failover_started", &report);
+        // An old writer that answers but lost its data must not take one more write.
+        let old_answers = target != old.primary
+            && observations
+                .iter()
+                .any(|o| o.node == old.primary && o.info().is_some());
+        if old_answers {
+            let endpoint = &self.topology.node(old.primary).control_endpoint;
+            let hold = Duration::from_millis(self.config.controller.catchup_timeout_ms);
+            let _ = self.engine.pause_writes(endpoint, hold).await;
+            let _ = self.engine.kill_clients(endpoint).await;
+        }
         let result = self
             .engine
             .promote(&self.topology.node(target).control_endpoint)
             .await;
+        if let Err(e) = &result {
+            let promoted = self
+                .engine
+                .replication(&self.topology.node(target).control_endpoint)
+                .await
+                .is_ok_and(|i| i.is_primary());
+            if !promoted {
+                let _ = self.state.update(|s| {
+                    let mut next = s.cloned()?;
+                    next.intent = None;
+                    Some(next)
+                });
+                self.events.emit(
+                    "failover_failed",
+                    json!({ "node": report.new_primary, "epoch": new_epoch.epoch, "error": e.to_string() }),
+                );
+                return Err(FailoverError::Promote(e.to_string()));
+            }
+        }
+        let history = History {
+            replication_id,
+            offset: target_offset,
+        };
+        self.commit_epoch(new_epoch, history, block_until_ms)
+            .map_err(|e| FailoverError::State(e.to_string()))?;
         self.events.emit(
             "failover_promoted",
-            json!({ "node": report.new_primary, "epoch": new_epoch.epoch, "error": result.err().map(|e| e.to_string()) }),
+            json!({ "node": report.new_primary, "epoch": new_epoch.epoch }),
         );
+        if old_answers {
+            let demotion = self.demote(old.primary, target, true).await;
+            self.events.emit("fenced", &demotion);
+        }
         Ok((new_epoch, report))
     }
 
-    /// `valkey-dr failover <region> --force`: promote the best replica of `region` although the
-    /// writer cannot be paused. Refused while the writer is reachable.
+    /// Records a promotion intent durably (the epoch before it stays in force).
+    pub(crate) fn record_intent(&self, intent: crate::state::Intent) -> std::io::Result<()> {
+        self.state
+            .update(|s| {
+                let mut next = s.cloned()?;
+                next.intent = Some(intent);
+                Some(next)
+            })
+            .map(|_| ())
+    }
+
+    /// Records the epoch a promotion established, its writer's history (the lineage the next
+    /// failover checks), and the anti-flapping block, in one durable write that settles the intent.
+    pub(crate) fn commit_epoch(
+        &self,
+        epoch: EpochRecord,
+        history: History,
+        block_until_ms: Option<u64>,
+    ) -> std::io::Result<()> {
+        let result = self.state.update(|s| {
+            let mut next = s.cloned().unwrap_or_else(|| crate::state::State::new(epoch));
+            next.epoch = epoch;
+            next.intent = None;
+            next.writer_history = Some(history.clone());
+            if block_until_ms.is_some() {
+                next.failovers_blocked_until_ms = block_until_ms;
+            }
+            Some(next)
+        });
+        match result {
+            Ok(_) => {
+                let mut memory = self.memory.lock().expect("memory lock");
+                memory.last_writer = Some((epoch.primary, history));
+                memory.reported_lost = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.state_write_failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// `valkey-dr failover <region> --force`: promote the most advanced replica of `region` on the
+    /// writer's history although the writer cannot be paused. Refused while the writer is
+    /// reachable and serving.
     pub async fn forced_failover(
         &self,
         region: &str,
@@ -306,7 +558,11 @@ impl Controller {
         let epoch = self.epoch().ok_or(FailoverError::NoEpoch)?;
         let observations = self.observe_all().await;
         let analysis = analyze(&self.topology, &observations, Some(&epoch));
-        if analysis.active_primary.is_some() {
+        let lineage = self.lineage(&epoch);
+        if analysis.active_primary.is_some()
+            && failover::writer_state(&observations, epoch.primary, lineage.as_ref())
+                == WriterState::Serving
+        {
             return Err(FailoverError::WriterReachable(
                 self.topology.node_name(epoch.primary),
             ));
@@ -318,10 +574,16 @@ impl Controller {
             .iter()
             .filter(|o| o.state.is_err())
             .map(|o| o.node)
+            .chain(std::iter::once(epoch.primary))
             .collect();
-        let target = *failover::candidates(&self.topology, &observations, &unreachable, |r| {
-            r == region_id
-        })
+        let lineage = failover::lineage_or_guess(&observations, lineage.as_ref(), &unreachable);
+        let (_, target) = *failover::candidates(
+            &self.topology,
+            &observations,
+            &unreachable,
+            &lineage,
+            |r| r == region_id,
+        )
         .first()
         .ok_or_else(|| FailoverError::NoCandidate(region.to_string()))?;
         let detection = self
@@ -330,7 +592,7 @@ impl Controller {
             .expect("health lock")
             .failing_for(epoch.primary, Instant::now());
         let (_, report) = self
-            .fail_over(epoch, target, "forced", &observations, detection)
+            .fail_over(epoch, target, "forced", &observations, detection, None)
             .await?;
         // Repoint the others and switch DNS now rather than on the next tick.
         let _ = self.reconcile_locked().await;
@@ -372,12 +634,28 @@ impl Controller {
             .map(|o| o.epoch)
             .max()
             .unwrap_or(0);
+        let marked = observations
+            .iter()
+            .filter_map(|o| o.epoch_mark.as_ref())
+            .map(|m| m.epoch)
+            .max()
+            .unwrap_or(0);
         let epoch = EpochRecord {
-            epoch: self.epoch().map_or(0, |e| e.epoch).max(published) + 1,
+            epoch: self.epoch().map_or(0, |e| e.epoch).max(published).max(marked) + 1,
             primary: writer,
         };
-        self.set_epoch(epoch)
+        let history = observations
+            .iter()
+            .find(|o| o.node == writer)
+            .and_then(|o| o.info())
+            .map(|i| i.history());
+        self.set_epoch(epoch, history.clone())
             .map_err(|e| FailoverError::State(e.to_string()))?;
+        {
+            let mut memory = self.memory.lock().expect("memory lock");
+            memory.last_writer = history.map(|h| (writer, h));
+            memory.data_loss = None;
+        }
         self.events.emit(
             "adopted",
             json!({ "region": region, "primary": self.topology.node_name(writer), "epoch": epoch.epoch }),
@@ -386,21 +664,20 @@ impl Controller {
         Ok(epoch)
     }
 
-    /// `valkey-dr ack`: allow automatic failovers again.
+    /// `valkey-dr ack`: allow automatic failovers again and clear a reported data loss.
     pub fn ack(&self) -> bool {
-        let was_blocked = self
-            .memory
-            .lock()
-            .expect("memory lock")
-            .failovers_blocked_until_ms
-            .take()
-            .is_some_and(|until| crate::events::now_ms() < until);
-        if let Some(epoch) = self.epoch()
-            && let Err(e) = self.store_state(epoch)
-        {
-            self.events
-                .emit("state_write_failed", json!({ "error": e.to_string() }));
+        let mut was_blocked = false;
+        if let Err(e) = self.state.update(|s| {
+            let mut next = s.cloned()?;
+            was_blocked = next
+                .failovers_blocked_until_ms
+                .take()
+                .is_some_and(|until| crate::events::now_ms() < until);
+            Some(next)
+        }) {
+            self.state_write_failed(&e);
         }
+        self.memory.lock().expect("memory lock").data_loss = None;
         self.events.emit(
             "failover_block_cleared",
             json!({ "was_blocked": was_blocked }),
@@ -408,37 +685,16 @@ impl Controller {
         was_blocked
     }
 
-    /// Acts on what the epoch says, before DNS: completes an interrupted promotion (the epoch's
-    /// writer reachable but still a replica) and fences rogue masters (demote, close clients).
-    /// Returns true when it changed a node.
+    /// Fences rogue masters (any master that is not the epoch's writer): demoted under the writer,
+    /// role persisted, clients closed. Never promotes: a writer that is not a master is the
+    /// failover decision's business, which checks its history first. Returns true when it changed
+    /// a node.
     pub(crate) async fn enforce_epoch(
         &self,
         observations: &[NodeObservation],
         epoch: EpochRecord,
     ) -> bool {
         let analysis = analyze(&self.topology, observations, Some(&epoch));
-        let writer = epoch.primary;
-        let writer_is_replica = observations
-            .iter()
-            .find(|o| o.node == writer)
-            .and_then(|o| o.info())
-            .is_some_and(|i| !i.is_primary());
-        if writer_is_replica {
-            let result = self
-                .engine
-                .promote(&self.topology.node(writer).control_endpoint)
-                .await;
-            self.events.emit(
-                "promotion_completed",
-                json!({
-                    "node": self.topology.node_name(writer),
-                    "epoch": epoch.epoch,
-                    "reason": "the epoch's writer was still a replica (an interrupted promotion)",
-                    "error": result.err().map(|e| e.to_string()),
-                }),
-            );
-            return true;
-        }
         if analysis.active_primary.is_none() {
             return false;
         }
@@ -450,19 +706,10 @@ impl Controller {
             let Some((_, source)) = analysis.sources.iter().find(|(n, _)| n == node) else {
                 continue;
             };
-            let endpoint = &self.topology.node(*node).control_endpoint;
-            let follow = self.topology.replication_endpoint(*source, *node);
-            let demoted = self.engine.replicate_from(endpoint, &follow).await;
-            let closed = self.engine.kill_normal_clients(endpoint).await;
+            let demotion = self.demote(*node, *source, true).await;
             self.events.emit(
                 "fenced",
-                json!({
-                    "node": self.topology.node_name(*node),
-                    "now_follows": follow.to_string(),
-                    "epoch": epoch.epoch,
-                    "clients_closed": closed.as_ref().ok(),
-                    "error": demoted.err().map(|e| e.to_string()),
-                }),
+                json!({ "epoch": epoch.epoch, "demotion": demotion }),
             );
             changed = true;
         }

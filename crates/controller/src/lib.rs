@@ -58,8 +58,8 @@ pub struct Controller {
     pub(crate) engine: Box<dyn Engine>,
     pub(crate) dns: Arc<dyn DnsProvider>,
     pub(crate) events: EventSink,
-    pub(crate) state_file: state::StateFile,
-    pub(crate) epoch: std::sync::Mutex<Option<EpochRecord>>,
+    /// The one owner of the durable state (epoch, writer history, intent, block).
+    pub(crate) state: state::StateStore,
     /// Held by every pass and every promotion: they never interleave.
     pub(crate) topology_lock: tokio::sync::Mutex<()>,
     pub(crate) memory: std::sync::Mutex<reconcile::Memory>,
@@ -76,8 +76,11 @@ impl Controller {
             source,
         })?;
         let topology = Topology::from_config(&config);
-        let state_file = state::StateFile::new(&config.state_dir);
-        let state = state_file.load(&topology);
+        let (state, state_problem) = state::StateStore::open(&config.state_dir, &topology);
+        let events = EventSink::open(&config.events_file());
+        if let Some(problem) = state_problem {
+            events.emit("state_unusable", serde_json::json!({ "error": problem.to_string() }));
+        }
         let engine: Box<dyn Engine> = Box::new(ValkeyEngine::new(
             Timeouts {
                 connect: Duration::from_millis(config.controller.connect_timeout_ms),
@@ -87,16 +90,13 @@ impl Controller {
         ));
         Ok(Controller {
             names: ManagedNames::from_config(&config),
-            events: EventSink::open(&config.events_file()),
+            events,
             topology,
             engine,
             dns,
-            state_file,
-            epoch: std::sync::Mutex::new(state.map(|s| s.epoch)),
+            state,
             topology_lock: tokio::sync::Mutex::new(()),
-            memory: std::sync::Mutex::new(reconcile::Memory::restored(
-                state.and_then(|s| s.failovers_blocked_until_ms),
-            )),
+            memory: std::sync::Mutex::new(reconcile::Memory::default()),
             health: std::sync::Mutex::new(failover::Health::default()),
             fault: std::env::var("VALKEY_DR_FAULT").ok(),
             config,
@@ -145,41 +145,42 @@ impl Controller {
     }
 
     pub fn epoch(&self) -> Option<EpochRecord> {
-        *self.epoch.lock().expect("epoch lock")
+        self.state.epoch()
     }
 
-    /// Records a new epoch durably before anything acts on it.
-    pub(crate) fn set_epoch(&self, record: EpochRecord) -> std::io::Result<()> {
-        self.store_state(record)?;
-        *self.epoch.lock().expect("epoch lock") = Some(record);
-        Ok(())
+    /// Records a new epoch durably before anything acts on it, with its writer's history when
+    /// known (else the next pass records it); any intent is settled by it.
+    pub(crate) fn set_epoch(
+        &self,
+        record: EpochRecord,
+        history: Option<valkey_dr_core::observation::History>,
+    ) -> std::io::Result<()> {
+        self.state
+            .update(|now| {
+                let mut next = now
+                    .cloned()
+                    .unwrap_or_else(|| state::State::new(record));
+                next.epoch = record;
+                next.intent = None;
+                next.writer_history = history;
+                Some(next)
+            })
+            .map(|_| ())
     }
 
-    /// Writes `record` and the anti-flapping block to `state.json`.
-    pub(crate) fn store_state(&self, record: EpochRecord) -> std::io::Result<()> {
-        let failovers_blocked_until_ms = self
-            .memory
-            .lock()
-            .expect("memory lock")
-            .failovers_blocked_until_ms;
-        self.state_file.store(
-            &self.topology,
-            &state::State {
-                epoch: record,
-                failovers_blocked_until_ms,
-            },
-        )
+    /// Reports a failed state write (the action it guarded is not taken).
+    pub(crate) fn state_write_failed(&self, error: &std::io::Error) {
+        self.events
+            .emit("state_write_failed", serde_json::json!({ "error": error.to_string() }));
     }
 
-    pub(crate) fn fault_point(&self, step: promotion::Step) {
-        let name = serde_json::to_value(step)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string));
-        if let (Some(fault), Some(name)) = (&self.fault, name)
-            && fault.strip_prefix("crash-after:") == Some(name.as_str())
+    /// Aborts the process at the named point when `VALKEY_DR_FAULT=crash-after:<point>` says so.
+    pub(crate) fn fault_point(&self, point: &str) {
+        if let Some(fault) = &self.fault
+            && fault.strip_prefix("crash-after:") == Some(point)
         {
             self.events
-                .emit("fault_injected", serde_json::json!({ "crash_after": name }));
+                .emit("fault_injected", serde_json::json!({ "crash_after": point }));
             std::process::abort();
         }
     }
@@ -213,6 +214,27 @@ impl Controller {
                     health.note_failure(node, sent);
                 }
                 return;
+            }
+        }
+    }
+
+    /// Measures the controller's own timer lag. After a stall (VM pause, CPU starvation, SIGSTOP)
+    /// the probes that timed out meanwhile say nothing about the nodes: failure detection starts
+    /// over, so a stall never fails over a healthy writer.
+    pub async fn watch_clock(self: Arc<Self>) {
+        let tick = Duration::from_millis(100);
+        let mut last = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = std::time::Instant::now();
+            let lag = now.saturating_duration_since(last).saturating_sub(tick);
+            last = now;
+            if lag >= failover::STALL_THRESHOLD {
+                self.health.lock().expect("health lock").stalled(now);
+                self.events.emit(
+                    "controller_stalled",
+                    serde_json::json!({ "lag_ms": lag.as_millis() as u64 }),
+                );
             }
         }
     }
@@ -295,6 +317,7 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
     let tasks = vec![
         tokio::spawn(control.serve()),
         tokio::spawn(controller.clone().run_loop(std::future::pending())),
+        tokio::spawn(controller.clone().watch_clock()),
     ];
     Ok(Running {
         controller,

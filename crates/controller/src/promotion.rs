@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use valkey_dr_core::EngineError;
 use valkey_dr_core::analysis::analyze;
+use valkey_dr_core::observation::History;
 use valkey_dr_core::{EpochRecord, NodeId, NodeObservation, Role};
 
 use crate::Controller;
@@ -115,10 +116,19 @@ impl Machine<'_> {
                 duration_ms: round(duration_ms),
                 detail,
             });
-            self.controller.fault_point(step);
+            if let Some(name) = serde_json::to_value(step)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+            {
+                self.controller.fault_point(&name);
+            }
         }
     }
 }
+
+/// The least write pause that must be left at the point of no return: the remaining steps up to
+/// the old primary's demotion take milliseconds; this leaves room for a slow node.
+const PAUSE_MARGIN: Duration = Duration::from_secs(2);
 
 fn round(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
@@ -212,22 +222,29 @@ impl Controller {
         m.finish(format!("{} → {}", name(old), name(target)));
 
         let catchup = Duration::from_millis(self.config.controller.catchup_timeout_ms);
+        let pause = catchup + Duration::from_secs(10);
         let pause_started = Instant::now();
+        // Blind and FAILOVER TO have no pause: the old primary's last observed state stands in.
+        let mut old_info = observed(&observations, old)
+            .cloned()
+            .ok_or_else(|| PromoteError::Preflight(format!("{} not observed", name(old))))?;
+        let mut needed = old_info.offset;
         match method {
             PromoteMethod::Safe => {
                 // Fence. The pause outlives the whole switchover but expires by itself if we die.
                 m.enter(Step::Fence);
                 self.engine
-                    .pause_writes(endpoint(old), catchup + Duration::from_secs(10))
+                    .pause_writes(endpoint(old), pause)
                     .await
                     .map_err(|e| PromoteError::Preflight(e.to_string()))?;
                 m.finish(format!("writes paused on {}", name(old)));
 
                 m.enter(Step::WaitCatchUp);
-                let needed = match self.engine.replication(endpoint(old)).await {
-                    Ok(info) => info.offset,
+                old_info = match self.engine.replication(endpoint(old)).await {
+                    Ok(info) => info,
                     Err(e) => return Err(self.abort(old, PromoteError::Aborted(e)).await),
                 };
+                needed = old_info.offset;
                 let deadline = Instant::now() + catchup;
                 let mut reached = 0;
                 loop {
@@ -279,42 +296,95 @@ impl Controller {
             }
         }
 
-        // Point of no return: record the new epoch before the target takes writes, so that a
-        // restarted controller treats the old primary, not the new one, as the stale node.
+        // The pause must outlast the rest of the switchover: check what is left of it right
+        // before the point of no return, so the old primary cannot take a write after it.
+        if method == PromoteMethod::Safe {
+            let left = pause.saturating_sub(pause_started.elapsed());
+            if left < PAUSE_MARGIN {
+                return Err(self
+                    .abort(
+                        old,
+                        PromoteError::Preflight(format!(
+                            "only {} ms of the write pause left; retry",
+                            left.as_millis()
+                        )),
+                    )
+                    .await);
+            }
+        }
+
+        // Point of no return. The intent goes to disk first, so that a controller restarted at
+        // any later step resumes or rolls back from it instead of guessing.
         m.enter(Step::Promote);
         let new_epoch = EpochRecord {
             epoch: epoch.epoch + 1,
             primary: target,
         };
-        if let Err(e) = self.set_epoch(new_epoch) {
+        let required = History {
+            replication_id: old_info.replication_id.clone(),
+            offset: needed,
+        };
+        let intent = crate::state::Intent {
+            epoch: new_epoch.epoch,
+            source: old,
+            target,
+            required_offset: needed,
+            replication_id: required.replication_id.clone(),
+        };
+        if let Err(e) = self.record_intent(intent) {
+            self.state_write_failed(&e);
             return Err(self
                 .abort(
                     old,
-                    PromoteError::Preflight(format!("cannot record the new epoch: {e}")),
+                    PromoteError::Preflight(format!("cannot record the promotion intent: {e}")),
                 )
                 .await);
         }
+        self.fault_point("intent");
         let promoted = match method {
             PromoteMethod::FailoverCommand => Ok(()),
             _ => self.engine.promote(endpoint(target)).await,
         };
         if let Err(e) = promoted {
-            // The target may or may not have executed it; do not guess: restore the old epoch only
-            // if the target still reports itself as a replica.
+            // The target may or may not have executed it; do not guess: abort only if the target
+            // still reports itself as a replica.
             let still_replica = self
                 .engine
                 .replication(endpoint(target))
                 .await
                 .is_ok_and(|i| !i.is_primary());
             if still_replica {
-                let _ = self.set_epoch(epoch);
+                self.clear_intent();
                 return Err(self.abort(old, PromoteError::Aborted(e)).await);
             }
         }
+        self.fault_point("promoted");
+        // The old primary is demoted while its writes are still paused: there is no moment with
+        // two masters that take writes. Its clients stay blocked on the pause until Release.
+        let demotion = match method {
+            PromoteMethod::FailoverCommand => None,
+            _ => Some(self.demote(old, target, false).await),
+        };
+        if self.commit_epoch(new_epoch, required, None).is_err() {
+            return Err(PromoteError::AfterPromote(
+                "cannot record the new epoch (the intent stays; a restarted controller completes it)".into(),
+                name(target),
+            ));
+        }
+        let demoted = demotion.as_ref().is_none_or(|d| d.demoted);
         m.finish(format!(
-            "{} is primary, epoch {}",
+            "{} is primary, epoch {}; {}",
             name(target),
-            new_epoch.epoch
+            new_epoch.epoch,
+            match &demotion {
+                Some(d) if d.demoted => format!("{} follows it", name(old)),
+                Some(d) => format!(
+                    "{} could not be demoted and stays fenced: {}",
+                    name(old),
+                    d.error.clone().unwrap_or_default()
+                ),
+                None => String::new(),
+            }
         ));
 
         m.enter(Step::Repoint);
@@ -326,9 +396,13 @@ impl Controller {
                 .and_then(|master| topology.node_by_any_address(master))
                 == Some(old);
             let cross_region = topology.node(o.node).region != topology.node(old).region;
-            if o.node == old || (follows_old && cross_region && o.node != target) {
+            if follows_old && cross_region && o.node != target {
                 let source = topology.replication_endpoint(target, o.node);
-                match self.engine.replicate_from(endpoint(o.node), &source).await {
+                let mut result = self.engine.replicate_from(endpoint(o.node), &source).await;
+                if result.is_ok() {
+                    result = self.engine.persist_role(endpoint(o.node)).await;
+                }
+                match result {
                     Ok(()) => repointed.push(format!("{} → {source}", name(o.node))),
                     Err(e) => repointed.push(format!("{} failed: {e}", name(o.node))),
                 }
@@ -352,25 +426,27 @@ impl Controller {
         m.finish(dns_detail.clone());
 
         // Clients still connected to the old primary reconnect, resolve the name again and land on
-        // the new primary; their paused writes were never executed, so none is lost.
+        // the new primary; their paused writes were never executed, so none is lost. A node that
+        // could not be demoted is never unpaused: it stays fenced until a pass demotes it.
         m.enter(Step::Release);
-        let killed = self.engine.kill_normal_clients(endpoint(old)).await;
+        let killed = self.engine.kill_clients(endpoint(old)).await;
         let unpaused = match method {
-            PromoteMethod::Safe => self.engine.unpause(endpoint(old)).await,
-            _ => Ok(()),
+            PromoteMethod::Safe if demoted => self.engine.unpause(endpoint(old)).await.is_ok(),
+            _ => false,
         };
         let write_pause_ms = round(pause_started.elapsed().as_secs_f64() * 1000.0);
         m.finish(format!(
-            "closed {} client connection(s) on {}, unpause {}",
+            "closed {} client connection(s) on {}, {}",
             killed
                 .as_ref()
                 .map(|n| n.to_string())
                 .unwrap_or_else(|e| e.to_string()),
             name(old),
-            if unpaused.is_ok() {
-                "ok"
-            } else {
-                "failed (pause expires by itself)"
+            match (method, demoted, unpaused) {
+                (PromoteMethod::Safe, true, true) => "unpaused",
+                (PromoteMethod::Safe, true, false) => "unpause failed (the pause expires by itself)",
+                (PromoteMethod::Safe, false, _) => "kept paused: not demoted",
+                _ => "no pause to lift",
             }
         ));
 

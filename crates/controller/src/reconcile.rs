@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use valkey_dr_core::analysis::{self, analyze};
-use valkey_dr_core::observation::History;
+use valkey_dr_core::intent::{self, Resolution};
+use valkey_dr_core::observation::{EpochMark, History};
 use valkey_dr_core::{
     Analysis, EpochRecord, NodeId, NodeObservation, Ownership, RecordSet, RecordType, plan, records,
 };
@@ -22,23 +23,14 @@ pub struct Memory {
     bootstrap_problem: Option<String>,
     /// The last failover situation reported, to report each once.
     pub(crate) decision: String,
-    /// Automatic failovers wait until then (Unix ms, anti-flapping; kept in state.json across
-    /// restarts); `ack` clears it.
-    pub(crate) failovers_blocked_until_ms: Option<u64>,
-    /// The writer and its replication history when last seen: the basis of "data at risk" and
-    /// of noticing a writer that restarted without its data.
+    /// The writer and its replication history when last seen (only ever moved forward along its
+    /// history): the basis of "data at risk" and of noticing a writer that lost its data.
     pub(crate) last_writer: Option<(NodeId, History)>,
+    /// The replication id of the lost history last reported, to report each once.
+    pub(crate) reported_lost: Option<String>,
+    /// A suspected data loss, shown by status until `ack` or `adopt`.
+    pub(crate) data_loss: Option<serde_json::Value>,
     started: bool,
-}
-
-impl Memory {
-    /// A fresh memory, with the anti-flapping block read from state.json.
-    pub(crate) fn restored(failovers_blocked_until_ms: Option<u64>) -> Memory {
-        Memory {
-            failovers_blocked_until_ms,
-            ..Memory::default()
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -123,14 +115,28 @@ impl Controller {
             return Err(PassError::Refused(reason));
         }
         let current = self.dns.records(&self.names.all(&self.topology)).await?;
-        let epoch = match self.epoch() {
-            Some(epoch) => Some(epoch),
-            None => self.bootstrap(&observations, &current),
-        };
+        let mut epoch = self.epoch();
+        if let Some(recovered) = self.recover_epoch_from_marks(&observations, epoch) {
+            epoch = Some(recovered);
+        }
+        if epoch.is_none() {
+            epoch = self.bootstrap(&observations, &current);
+        }
+        // An interrupted promotion is settled before anything else acts on the nodes.
+        let mut acted = false;
+        if let Some(e) = epoch
+            && self.state.get().is_some_and(|s| s.intent.is_some())
+        {
+            epoch = Some(self.resolve_intent(&observations, e).await);
+            acted = true;
+        }
+        if acted {
+            observations = self.observe_reachable(&observations).await;
+        }
         let mut analysis = analyze(&self.topology, &observations, epoch.as_ref());
         self.note_changes(&observations, &analysis);
-        // Act on the nodes first (failover, completing a promotion, fencing), then look again:
-        // DNS is computed only from what the nodes say after that.
+        // Act on the nodes first (failover, fencing), then look again: DNS is computed only from
+        // what the nodes say after that.
         let (epoch, failed_over) = self
             .detect_and_fail_over(&observations, epoch, probed_at)
             .await;
@@ -145,9 +151,13 @@ impl Controller {
         }
         self.first_pass_housekeeping(&observations, &analysis).await;
 
-        if let Some(primary) = analysis.active_primary {
+        if let (Some(primary), Some(e)) = (analysis.active_primary, epoch) {
             let endpoint = &self.topology.node(primary).control_endpoint;
-            if let Err(e) = self.engine.write_heartbeat(endpoint, now_ms()).await {
+            let mark = EpochMark {
+                epoch: e.epoch,
+                writer: self.topology.node_name(primary),
+            };
+            if let Err(e) = self.engine.write_heartbeat(endpoint, now_ms(), &mark).await {
                 tracing::debug!(error = %e, "heartbeat not written");
             }
             self.repoint_misdirected(&analysis).await;
@@ -179,6 +189,134 @@ impl Controller {
         })
     }
 
+    /// The nodes carry the epoch mark their writer last wrote. A mark newer than our epoch means
+    /// our state is behind (a reverted, truncated or lost `state.json`): take the epoch and writer
+    /// from the mark, never act on the older one.
+    fn recover_epoch_from_marks(
+        &self,
+        observations: &[NodeObservation],
+        ours: Option<EpochRecord>,
+    ) -> Option<EpochRecord> {
+        let (mark, writer) = observations
+            .iter()
+            .filter_map(|o| o.epoch_mark.as_ref())
+            .filter(|m| ours.is_none_or(|e| m.epoch > e.epoch))
+            .max_by_key(|m| m.epoch)
+            .and_then(|m| {
+                let node = self.topology.nodes.iter().find(|n| n.endpoint.to_string() == m.writer)?;
+                Some((m, node.id))
+            })?;
+        let record = EpochRecord {
+            epoch: mark.epoch,
+            primary: writer,
+        };
+        let history = observations
+            .iter()
+            .find(|o| o.node == writer)
+            .and_then(|o| o.info())
+            .filter(|i| i.is_primary())
+            .map(|i| i.history());
+        if let Err(e) = self.set_epoch(record, history) {
+            self.state_write_failed(&e);
+            return None;
+        }
+        self.events.emit(
+            "epoch_recovered",
+            json!({
+                "epoch": mark.epoch,
+                "primary": mark.writer,
+                "recorded_epoch": ours.map(|e| e.epoch),
+                "source": "epoch mark on the nodes",
+            }),
+        );
+        Some(record)
+    }
+
+    /// Settles a promotion intent found in the state ([`valkey_dr_core::intent::resolve`]) and
+    /// returns the epoch in force afterwards.
+    async fn resolve_intent(
+        &self,
+        observations: &[NodeObservation],
+        epoch: EpochRecord,
+    ) -> EpochRecord {
+        let Some(intent) = self.state.get().and_then(|s| s.intent) else {
+            return epoch;
+        };
+        let required = History {
+            replication_id: intent.replication_id.clone(),
+            offset: intent.required_offset,
+        };
+        let pending = intent::Pending {
+            source: intent.source,
+            target: intent.target,
+            required: required.clone(),
+        };
+        let resolution = intent::resolve(&pending, observations);
+        let new_epoch = EpochRecord {
+            epoch: intent.epoch,
+            primary: intent.target,
+        };
+        let source_answers = observations
+            .iter()
+            .any(|o| o.node == intent.source && o.info().is_some());
+        let source_endpoint = &self.topology.node(intent.source).control_endpoint;
+        let target_endpoint = &self.topology.node(intent.target).control_endpoint;
+        let mut detail = json!({
+            "resolution": resolution,
+            "epoch": intent.epoch,
+            "source": self.topology.node_name(intent.source),
+            "target": self.topology.node_name(intent.target),
+            "required_offset": intent.required_offset,
+        });
+        let in_force = match resolution {
+            Resolution::Complete | Resolution::Promote => {
+                if resolution == Resolution::Promote {
+                    if source_answers {
+                        let hold = Duration::from_millis(self.config.controller.catchup_timeout_ms);
+                        let _ = self.engine.pause_writes(source_endpoint, hold).await;
+                    }
+                    if let Err(e) = self.engine.promote(target_endpoint).await {
+                        detail["error"] = json!(e.to_string());
+                    }
+                }
+                if self.commit_epoch(new_epoch, required, None).is_err() {
+                    return epoch;
+                }
+                if source_answers {
+                    detail["demotion"] = json!(self.demote(intent.source, intent.target, true).await);
+                }
+                new_epoch
+            }
+            Resolution::RollBack => {
+                let target_master = observations
+                    .iter()
+                    .any(|o| o.node == intent.target && o.info().is_some_and(|i| i.is_primary()));
+                if target_master {
+                    detail["demotion"] = json!(self.demote(intent.target, intent.source, true).await);
+                }
+                let _ = self.engine.unpause(source_endpoint).await;
+                self.clear_intent();
+                epoch
+            }
+            Resolution::Wait => {
+                self.clear_intent();
+                epoch
+            }
+        };
+        self.events.emit("intent_resolved", &detail);
+        in_force
+    }
+
+    pub(crate) fn clear_intent(&self) {
+        if let Err(e) = self.state.update(|s| {
+            let mut next = s.cloned()?;
+            next.intent = None;
+            Some(next)
+        }) {
+            self.state_write_failed(&e);
+        }
+    }
+
     /// Adopts a writer when no epoch is recorded: the region and epoch of our ownership record in
     /// DNS if there is one, else the configured primary region at epoch 1.
     fn bootstrap(
@@ -202,9 +340,13 @@ impl Controller {
         match analysis::bootstrap(&self.topology, observations, region) {
             Ok(primary) => {
                 let record = EpochRecord { epoch, primary };
-                if let Err(e) = self.set_epoch(record) {
-                    self.events
-                        .emit("state_write_failed", json!({ "error": e.to_string() }));
+                let history = observations
+                    .iter()
+                    .find(|o| o.node == primary)
+                    .and_then(|o| o.info())
+                    .map(|i| i.history());
+                if let Err(e) = self.set_epoch(record, history) {
+                    self.state_write_failed(&e);
                     return None;
                 }
                 self.events.emit(
@@ -242,7 +384,10 @@ impl Controller {
             };
             let endpoint = &self.topology.node(*node).control_endpoint;
             let source = self.topology.replication_endpoint(*expected, *node);
-            let result = self.engine.replicate_from(endpoint, &source).await;
+            let mut result = self.engine.replicate_from(endpoint, &source).await;
+            if result.is_ok() {
+                result = self.engine.persist_role(endpoint).await;
+            }
             self.events.emit(
                 "replica_repointed",
                 json!({
@@ -266,13 +411,42 @@ impl Controller {
             .find(|o| o.node == writer)
             .and_then(|o| o.info())
             .map(|i| i.history());
-        let first = {
+        let (first, new_history) = {
             let mut memory = self.memory.lock().expect("memory lock");
-            if let Some(history) = history {
+            let before = match &memory.last_writer {
+                Some((node, h)) if *node == writer => Some(h.clone()),
+                _ => self.state.get().and_then(|s| s.writer_history),
+            };
+            let info = observations
+                .iter()
+                .find(|o| o.node == writer)
+                .and_then(|o| o.info());
+            // Only forward along the writer's history: a writer that lost its data keeps the
+            // old history as the lineage, so that the node still holding it is the one promoted.
+            let forward = match (&before, info) {
+                (Some(b), Some(i)) => i.continues(b),
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            let mut new_history = None;
+            if let (true, Some(history)) = (forward, history) {
+                if before.as_ref().is_none_or(|b| b.replication_id != history.replication_id) {
+                    new_history = Some(history.clone());
+                }
                 memory.last_writer = Some((writer, history));
             }
-            !std::mem::replace(&mut memory.started, true)
+            (!std::mem::replace(&mut memory.started, true), new_history)
         };
+        // The replication id changes only at promotions and restarts: record it durably then.
+        if let Some(history) = new_history
+            && let Err(e) = self.state.update(|s| {
+                let mut next = s.cloned()?;
+                next.writer_history = Some(history);
+                Some(next)
+            })
+        {
+            self.state_write_failed(&e);
+        }
         if first {
             let _ = self
                 .engine

@@ -1,28 +1,92 @@
-//! The controller's durable record of the epoch and its writer, in `state.json`, and of the
-//! anti-flapping block, so that a restarted controller neither forgets the writer nor fails over
-//! again right after an automatic failover.
+//! The controller's durable state in `state.json`, owned by one [`StateStore`]: the epoch and its
+//! writer, the writer's replication history (the lineage a failover candidate must be on), the
+//! promotion intent recorded before the point of no return, and the anti-flapping block.
+//!
+//! Every change is one read-modify-write under the store's lock, written to a temporary file,
+//! fsynced, renamed over `state.json` and the directory fsynced: after `update` returns, a crash
+//! or power loss cannot bring back the previous state. A truncated or unreadable file is reported
+//! and ignored; the epoch is then recovered from the nodes' epoch marks and DNS.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use valkey_dr_core::{EpochRecord, Topology};
+use valkey_dr_core::observation::History;
+use valkey_dr_core::{EpochRecord, NodeId, Topology};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredEpoch {
+/// A promotion in flight: recorded before the target is promoted, cleared when it is complete.
+/// A restarted controller resumes or rolls back from it ([`valkey_dr_core::intent`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    /// The epoch the promotion establishes (the state's epoch is the one before it).
     pub epoch: u64,
-    /// The writer's address (stable across config reorderings, unlike an index).
-    pub primary: String,
-    pub primary_region: String,
-    /// Automatic failovers are blocked until then (Unix ms), unless an operator runs `ack`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failovers_blocked_until_ms: Option<u64>,
+    pub source: NodeId,
+    pub target: NodeId,
+    /// The old writer's offset while paused: the target must hold at least this much.
+    pub required_offset: u64,
+    /// The old writer's replication id at that offset.
+    pub replication_id: String,
 }
 
 /// What `state.json` holds, resolved against the topology.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
     pub epoch: EpochRecord,
     pub failovers_blocked_until_ms: Option<u64>,
+    /// The epoch writer's replication history when it was last recorded (at each change of
+    /// replication id, not every write).
+    pub writer_history: Option<History>,
+    pub intent: Option<Intent>,
+}
+
+impl State {
+    pub fn new(epoch: EpochRecord) -> State {
+        State {
+            epoch,
+            failovers_blocked_until_ms: None,
+            writer_history: None,
+            intent: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredIntent {
+    epoch: u64,
+    source: String,
+    target: String,
+    required_offset: u64,
+    replication_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    epoch: u64,
+    /// The writer's address (stable across config reorderings, unlike an index).
+    primary: String,
+    primary_region: String,
+    /// Automatic failovers are blocked until then (Unix ms), unless an operator runs `ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failovers_blocked_until_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    writer_history: Option<History>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    intent: Option<StoredIntent>,
+}
+
+/// Why `state.json` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid state file ({reason}); the epoch will be recovered from the nodes and DNS")]
+    Corrupt { path: String, reason: String },
+    #[error("{path} names {node}, which is not in the configured topology")]
+    UnknownNode { path: String, node: String },
 }
 
 pub struct StateFile {
@@ -36,45 +100,129 @@ impl StateFile {
         }
     }
 
-    /// The stored state, if any and if its writer is still part of the topology.
-    pub fn load(&self, topology: &Topology) -> Option<State> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
-        let stored: StoredEpoch = match serde_json::from_str(&text) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "ignoring unreadable state file");
-                return None;
-            }
+    /// The stored state: `Ok(None)` when there is no file yet.
+    pub fn load(&self, topology: &Topology) -> Result<Option<State>, LoadError> {
+        let path = self.path.display().to_string();
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(LoadError::Read { path, source }),
         };
-        let primary = topology
-            .nodes
-            .iter()
-            .find(|n| n.endpoint.to_string() == stored.primary)?
-            .id;
-        Some(State {
+        let stored: Stored = serde_json::from_str(&text).map_err(|e| LoadError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let node = |name: &str| {
+            topology
+                .nodes
+                .iter()
+                .find(|n| n.endpoint.to_string() == name)
+                .map(|n| n.id)
+                .ok_or_else(|| LoadError::UnknownNode {
+                    path: path.clone(),
+                    node: name.to_string(),
+                })
+        };
+        let intent = match stored.intent {
+            Some(i) => Some(Intent {
+                epoch: i.epoch,
+                source: node(&i.source)?,
+                target: node(&i.target)?,
+                required_offset: i.required_offset,
+                replication_id: i.replication_id,
+            }),
+            None => None,
+        };
+        Ok(Some(State {
             epoch: EpochRecord {
                 epoch: stored.epoch,
-                primary,
+                primary: node(&stored.primary)?,
             },
             failovers_blocked_until_ms: stored.failovers_blocked_until_ms,
-        })
+            writer_history: stored.writer_history,
+            intent,
+        }))
     }
 
-    /// Writes atomically (temporary file + rename), so a crash never leaves half a record.
+    /// Writes durably: temporary file, fsync, rename, fsync of the directory.
     pub fn store(&self, topology: &Topology, state: &State) -> std::io::Result<()> {
         let record = &state.epoch;
-        let stored = StoredEpoch {
+        let stored = Stored {
             epoch: record.epoch,
             primary: topology.node_name(record.primary),
             primary_region: topology.region_of(record.primary).name.clone(),
             failovers_blocked_until_ms: state.failovers_blocked_until_ms,
+            writer_history: state.writer_history.clone(),
+            intent: state.intent.as_ref().map(|i| StoredIntent {
+                epoch: i.epoch,
+                source: topology.node_name(i.source),
+                target: topology.node_name(i.target),
+                required_offset: i.required_offset,
+                replication_id: i.replication_id.clone(),
+            }),
         };
         let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&stored).expect("serializes"),
-        )?;
-        std::fs::rename(&tmp, &self.path)
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec_pretty(&stored).expect("serializes"))?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// The one owner of the controller's durable state: every change goes through [`StateStore::update`].
+pub struct StateStore {
+    file: StateFile,
+    topology: Topology,
+    state: Mutex<Option<State>>,
+}
+
+impl StateStore {
+    /// Opens the store; an unusable file is returned as the error beside an empty store, so the
+    /// caller can report it.
+    pub fn open(state_dir: &Path, topology: &Topology) -> (StateStore, Option<LoadError>) {
+        let file = StateFile::new(state_dir);
+        let (state, problem) = match file.load(topology) {
+            Ok(state) => (state, None),
+            Err(e) => (None, Some(e)),
+        };
+        (
+            StateStore {
+                file,
+                topology: topology.clone(),
+                state: Mutex::new(state),
+            },
+            problem,
+        )
+    }
+
+    pub fn get(&self) -> Option<State> {
+        self.state.lock().expect("state lock").clone()
+    }
+
+    pub fn epoch(&self) -> Option<EpochRecord> {
+        self.get().map(|s| s.epoch)
+    }
+
+    /// Applies `change` and writes the result durably before anyone can read it. Nothing changes
+    /// when the write fails. `change` returning `None` leaves the state as it is.
+    pub fn update(
+        &self,
+        change: impl FnOnce(Option<&State>) -> Option<State>,
+    ) -> std::io::Result<Option<State>> {
+        let mut guard = self.state.lock().expect("state lock");
+        let Some(next) = change(guard.as_ref()) else {
+            return Ok(guard.clone());
+        };
+        if guard.as_ref() != Some(&next) {
+            self.file.store(&self.topology, &next)?;
+            *guard = Some(next);
+        }
+        Ok(guard.clone())
     }
 }
 
@@ -92,10 +240,15 @@ mod tests {
         Topology::from_config(&config)
     }
 
-    #[test]
-    fn the_block_survives_a_restart_and_old_files_still_load() {
-        let dir = std::env::temp_dir().join(format!("valkey-dr-state-{}", std::process::id()));
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("valkey-dr-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_state_survives_a_restart_and_old_files_still_load() {
+        let dir = temp_dir("state");
         let topology = topology();
         let file = StateFile::new(&dir);
         let state = State {
@@ -104,20 +257,75 @@ mod tests {
                 primary: topology.nodes[1].id,
             },
             failovers_blocked_until_ms: Some(1_900_000_000_000),
+            writer_history: Some(History {
+                replication_id: "8f1c".into(),
+                offset: 4242,
+            }),
+            intent: Some(Intent {
+                epoch: 4,
+                source: topology.nodes[1].id,
+                target: topology.nodes[0].id,
+                required_offset: 5000,
+                replication_id: "8f1c".into(),
+            }),
         };
         file.store(&topology, &state).unwrap();
-        assert_eq!(file.load(&topology), Some(state));
-        // A file written before the block was recorded.
+        assert_eq!(file.load(&topology).unwrap(), Some(state));
+        // A file written before the block and the intent were recorded.
         std::fs::write(
             dir.join("state.json"),
             r#"{"epoch": 2, "primary": "127.0.0.1:6379", "primary_region": "a"}"#,
         )
         .unwrap();
-        let loaded = file.load(&topology).unwrap();
+        let loaded = file.load(&topology).unwrap().unwrap();
         assert_eq!(
-            (loaded.epoch.epoch, loaded.failovers_blocked_until_ms),
-            (2, None)
+            (loaded.epoch.epoch, loaded.failovers_blocked_until_ms, loaded.intent),
+            (2, None, None)
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_truncated_file_is_reported_not_trusted() {
+        let dir = temp_dir("state-truncated");
+        std::fs::write(dir.join("state.json"), r#"{"epoch": 2, "prim"#).unwrap();
+        let (store, problem) = StateStore::open(&dir, &topology());
+        assert!(store.get().is_none());
+        assert!(
+            matches!(problem, Some(LoadError::Corrupt { .. })),
+            "{problem:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn updates_are_serialized_and_durable() {
+        let dir = temp_dir("state-store");
+        let topology = topology();
+        let (store, _) = StateStore::open(&dir, &topology);
+        let first = EpochRecord {
+            epoch: 1,
+            primary: topology.nodes[0].id,
+        };
+        store.update(|_| Some(State::new(first))).unwrap();
+        // Concurrent read-modify-writes (e.g. `ack` beside a failover) never lose one another.
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    store
+                        .update(|now| {
+                            let mut next = now.cloned().unwrap();
+                            next.epoch.epoch += 1;
+                            Some(next)
+                        })
+                        .unwrap();
+                });
+            }
+        });
+        assert_eq!(store.epoch().unwrap().epoch, 9);
+        let (reopened, problem) = StateStore::open(&dir, &topology);
+        assert!(problem.is_none());
+        assert_eq!(reopened.epoch().unwrap().epoch, 9);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -37,6 +37,10 @@ pub struct Status {
     pub findings: Vec<String>,
     pub nodes: Vec<NodeStatus>,
     pub dns: Vec<DnsStatus>,
+    /// Set when the writer came back without its data and nobody else held it: what was lost, until
+    /// an operator runs `ack` or `adopt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_loss_suspected: Option<serde_json::Value>,
 }
 
 impl Controller {
@@ -111,15 +115,28 @@ impl Controller {
             .records(&self.names.all(topology))
             .await
             .unwrap_or_default();
+        let data_loss = self.memory.lock().expect("memory lock").data_loss.clone();
+        let mut findings: Vec<String> = analysis
+            .findings
+            .iter()
+            .map(|f| f.describe(topology))
+            .collect();
+        if let Some(loss) = &data_loss {
+            findings.insert(
+                0,
+                format!(
+                    "data loss suspected: {} came back without its data (offset {} → {}); run `valkey-dr ack` once handled",
+                    loss["node"].as_str().unwrap_or("the writer"),
+                    loss["offset_before"],
+                    loss["offset"]
+                ),
+            );
+        }
         Status {
             epoch: epoch.map(|e| e.epoch),
             primary: epoch.map(|e| name(e.primary)),
             primary_region: epoch.map(|e| topology.region_of(e.primary).name.clone()),
-            findings: analysis
-                .findings
-                .iter()
-                .map(|f| f.describe(topology))
-                .collect(),
+            findings,
             nodes,
             dns: records
                 .into_iter()
@@ -129,6 +146,7 @@ impl Controller {
                     values: r.values,
                 })
                 .collect(),
+            data_loss_suspected: data_loss,
         }
     }
 }

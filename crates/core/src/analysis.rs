@@ -303,6 +303,7 @@ pub(crate) mod tests {
                 role: Role::Primary,
                 offset: 100,
                 replication_id: "r".into(),
+                replication_id2: String::new(),
                 connected_replicas: 1,
             }),
         )
@@ -320,6 +321,7 @@ pub(crate) mod tests {
                 },
                 offset,
                 replication_id: "r".into(),
+                replication_id2: String::new(),
                 connected_replicas: 0,
             }),
         )
@@ -335,6 +337,7 @@ pub(crate) mod tests {
             state,
             keys: None,
             heartbeat_ms: None,
+            epoch_mark: None,
         }
     }
 

@@ -152,6 +152,11 @@ pub struct ControllerConfig {
     /// After an automatic failover, further automatic failovers wait for `valkey-dr ack` or this long.
     #[serde(default = "default_failover_block_ms")]
     pub failover_block_ms: u64,
+    /// An unplanned failover that would give up more than this many bytes of the writer's
+    /// replication stream (its last seen offset minus the best candidate's) waits for an operator
+    /// (`valkey-dr failover <region> --force`) instead of happening automatically.
+    #[serde(default = "default_max_data_at_risk_bytes")]
+    pub max_data_at_risk_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +179,7 @@ impl Default for ControllerConfig {
             in_region_failover: true,
             cross_region_failover: FailoverPolicy::Manual,
             failover_block_ms: default_failover_block_ms(),
+            max_data_at_risk_bytes: default_max_data_at_risk_bytes(),
         }
     }
 }
@@ -213,6 +219,9 @@ fn default_probe_interval_ms() -> u64 {
 }
 fn default_failover_block_ms() -> u64 {
     300_000
+}
+fn default_max_data_at_risk_bytes() -> u64 {
+    1 << 20
 }
 fn default_true() -> bool {
     true

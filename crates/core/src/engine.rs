@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::observation::{NodeObservation, ReplicationInfo};
+use crate::observation::{EpochMark, NodeObservation, ReplicationInfo};
 use crate::topology::{Endpoint, NodeId};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +26,14 @@ pub trait Engine: Send + Sync {
     async fn replication(&self, node: &Endpoint) -> Result<ReplicationInfo, EngineError>;
     /// The cheapest liveness probe.
     async fn ping(&self, node: &Endpoint) -> Result<(), EngineError>;
-    /// Records `now_ms` on the writer, to measure replication lag in time on the replicas.
-    async fn write_heartbeat(&self, node: &Endpoint, now_ms: u64) -> Result<(), EngineError>;
+    /// Records `now_ms` and the epoch mark on the writer: replicas measure their lag in time with
+    /// it, and every node carries the latest epoch beyond the controller's own state.
+    async fn write_heartbeat(
+        &self,
+        node: &Endpoint,
+        now_ms: u64,
+        mark: &EpochMark,
+    ) -> Result<(), EngineError>;
     /// Blocks writes (not reads, not replication) for at most `duration`; expires by itself.
     async fn pause_writes(&self, node: &Endpoint, duration: Duration) -> Result<(), EngineError>;
     async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError>;
@@ -37,6 +43,8 @@ pub trait Engine: Send + Sync {
     async fn promote(&self, node: &Endpoint) -> Result<(), EngineError>;
     /// Makes the node a replica of `source`.
     async fn replicate_from(&self, node: &Endpoint, source: &Endpoint) -> Result<(), EngineError>;
-    /// Closes the node's normal client connections; returns how many.
-    async fn kill_normal_clients(&self, node: &Endpoint) -> Result<u64, EngineError>;
+    /// Closes the node's normal and pub/sub client connections; returns how many.
+    async fn kill_clients(&self, node: &Endpoint) -> Result<u64, EngineError>;
+    /// Writes the node's current role to its config file, so that a restart keeps it.
+    async fn persist_role(&self, node: &Endpoint) -> Result<(), EngineError>;
 }

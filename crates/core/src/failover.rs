@@ -1,13 +1,21 @@
-//! `decide`: whether and where to fail over, from one analysis and the set of nodes that have been
-//! down for at least `down_after`. Pure; the controller measures time and executes the decision.
+//! `decide`: whether and where to fail over, from one round of observations, the set of nodes
+//! that have been down for at least `down_after`, and the writer's replication history as last
+//! seen. Pure; the controller measures time and executes the decision.
 //!
-//! | writer            | writer's region                 | decision                                      |
-//! |-------------------|---------------------------------|-----------------------------------------------|
-//! | up                | —                               | none                                          |
-//! | down              | a healthy replica is up         | in-region failover to the most advanced one  |
-//! | down              | every node down, policy `auto`  | cross-region failover to the most advanced   |
-//! | down              | every node down, policy `manual`| wait for an operator, naming the best target |
-//! | down, but blocked | —                               | blocked (anti-flapping), report               |
+//! A candidate must be on the writer's history (same replication id, so it synced from that
+//! writer) and not in a full resync; the most advanced one wins, and region preference only breaks
+//! ties (or, with cross-region failover manual, picks the region's own replica when that gives up
+//! no more than `max_data_at_risk_bytes`).
+//!
+//! | writer                                  | best candidate                      | decision                              |
+//! |-----------------------------------------|-------------------------------------|---------------------------------------|
+//! | up, on its history                      | —                                   | none                                  |
+//! | down (or back without its data: *lost*) | in its region, ≥ every other        | in-region failover                    |
+//! | down or lost                            | in another region, ahead, `auto`    | cross-region failover                 |
+//! | down or lost                            | in another region, ahead, `manual`  | in-region within the bound, else wait |
+//! | down or lost                            | more than the bound behind the writer | wait for an operator                |
+//! | a replica still holding the history     | itself, if the most advanced        | promote it again (new epoch)          |
+//! | down, failovers blocked                 | —                                   | blocked, report (a *lost* writer is replaced even then) |
 
 use std::collections::BTreeSet;
 
@@ -15,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::EpochRecord;
 use crate::config::FailoverPolicy;
-use crate::observation::{NodeObservation, Role};
+use crate::observation::{History, NodeObservation, Role};
 use crate::topology::{NodeId, RegionId, Topology};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,17 +36,26 @@ pub enum Decision {
     CrossRegion {
         target: NodeId,
     },
-    /// The writer's region is down and the policy is manual: report and wait.
+    /// Nothing may happen automatically: report and wait for an operator.
     WaitForOperator {
-        region: RegionId,
+        reason: WaitReason,
         suggested: Option<NodeId>,
     },
     /// A failover would be due, but an earlier one blocks automatic failovers until `ack`.
     Blocked {
         would: Box<Decision>,
     },
-    /// The writer is down and no node can take over.
+    /// The writer is down or lost and no node holding its history can take over.
     NoCandidate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum WaitReason {
+    /// The best candidate is in another region and cross-region failover is manual.
+    CrossRegionManual { region: RegionId },
+    /// The best candidate is further behind the writer's last known offset than allowed.
+    DataAtRisk { bytes: u64 },
 }
 
 pub struct Policy {
@@ -46,32 +63,98 @@ pub struct Policy {
     pub cross_region: FailoverPolicy,
     /// True while an earlier automatic failover blocks new ones.
     pub blocked: bool,
+    /// An unplanned failover that gives up more than this waits for an operator.
+    pub max_data_at_risk_bytes: u64,
 }
 
-/// Replicas that may take over: reachable, not down, not in a full resync, holding data. Most
-/// advanced (highest offset) first; ties go to the earlier node in the configuration.
+/// Nodes that may take over, most advanced first (ties: the earlier node in the configuration):
+/// reachable, not `excluded`, replicas on `lineage`'s history, not in a full resync.
 pub fn candidates(
     topology: &Topology,
     observations: &[NodeObservation],
-    down: &BTreeSet<NodeId>,
+    excluded: &BTreeSet<NodeId>,
+    lineage: &History,
     region: impl Fn(RegionId) -> bool,
-) -> Vec<NodeId> {
+) -> Vec<(u64, NodeId)> {
     let mut ranked: Vec<(u64, NodeId)> = observations
         .iter()
-        .filter(|o| !down.contains(&o.node) && region(topology.node(o.node).region))
+        .filter(|o| !excluded.contains(&o.node) && region(topology.node(o.node).region))
         .filter_map(|o| {
             let info = o.info()?;
             match info.role {
                 Role::Replica {
                     sync_in_progress: false,
                     ..
-                } if info.offset > 0 => Some((info.offset, o.node)),
+                } if info.shares_history(lineage) => Some((info.offset, o.node)),
                 _ => None,
             }
         })
         .collect();
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    ranked.into_iter().map(|(_, n)| n).collect()
+    ranked
+}
+
+/// `lineage`, or without a known history the most advanced replica's as the best guess.
+pub fn lineage_or_guess(
+    observations: &[NodeObservation],
+    lineage: Option<&History>,
+    excluded: &BTreeSet<NodeId>,
+) -> History {
+    if let Some(l) = lineage {
+        return l.clone();
+    }
+    observations
+        .iter()
+        .filter(|o| !excluded.contains(&o.node))
+        .filter_map(|o| o.info())
+        .filter(|i| !i.is_primary())
+        .max_by_key(|i| i.offset)
+        .map(|i| i.history())
+        .unwrap_or(History {
+            replication_id: String::new(),
+            offset: 0,
+        })
+}
+
+/// The writer's state as the observations show it against its history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterState {
+    /// A master on its history: nothing to do.
+    Serving,
+    /// Reachable, but its data does not continue its history (restarted empty, as a master or as a
+    /// replica): replace it at once, before any replica copies the emptiness.
+    Lost,
+    /// Reachable as a replica, still on its history (restarted from disk as a replica, or demoted
+    /// by someone): it may take over again like any candidate.
+    Replica,
+    /// No answer.
+    Unreachable,
+}
+
+pub fn writer_state(
+    observations: &[NodeObservation],
+    writer: NodeId,
+    lineage: Option<&History>,
+) -> WriterState {
+    let Some(info) = observations
+        .iter()
+        .find(|o| o.node == writer)
+        .and_then(|o| o.info())
+    else {
+        return WriterState::Unreachable;
+    };
+    let on_history = |l: &History| {
+        if info.is_primary() {
+            info.continues(l)
+        } else {
+            info.shares_history(l)
+        }
+    };
+    match (info.is_primary(), lineage.is_none_or(on_history)) {
+        (_, false) => WriterState::Lost,
+        (true, true) => WriterState::Serving,
+        (false, true) => WriterState::Replica,
+    }
 }
 
 pub fn decide(
@@ -79,40 +162,71 @@ pub fn decide(
     observations: &[NodeObservation],
     epoch: &EpochRecord,
     down: &BTreeSet<NodeId>,
+    lineage: Option<&History>,
     policy: &Policy,
 ) -> Decision {
     let writer = epoch.primary;
-    if !down.contains(&writer) {
-        return Decision::None;
-    }
-    let writer_region = topology.node(writer).region;
-    let decision = {
-        let local = candidates(topology, observations, down, |r| r == writer_region);
-        let region_down = topology
-            .region(writer_region)
-            .nodes
-            .iter()
-            .all(|n| down.contains(n));
-        let remote = candidates(topology, observations, down, |r| r != writer_region);
-        match (local.first(), region_down) {
-            (Some(target), _) if policy.in_region => Decision::InRegion { target: *target },
-            (_, true) => match policy.cross_region {
-                FailoverPolicy::Auto => match remote.first() {
-                    Some(target) => Decision::CrossRegion { target: *target },
-                    None => Decision::NoCandidate,
-                },
-                FailoverPolicy::Manual => Decision::WaitForOperator {
-                    region: writer_region,
-                    suggested: remote.first().copied(),
-                },
-            },
-            // Part of the region is still up but may not take over (in-region failover off, or
-            // only unsuitable replicas): nothing to do automatically.
-            (_, false) => Decision::NoCandidate,
+    let state = writer_state(observations, writer, lineage);
+    let mut excluded = down.clone();
+    match state {
+        WriterState::Serving => return Decision::None,
+        WriterState::Unreachable if !down.contains(&writer) => return Decision::None,
+        WriterState::Lost => {
+            excluded.insert(writer);
         }
+        WriterState::Replica | WriterState::Unreachable => {}
+    }
+    let lineage = &lineage_or_guess(observations, lineage, &excluded);
+    let writer_region = topology.node(writer).region;
+    let ranked = candidates(topology, observations, &excluded, lineage, |_| true);
+    let Some(&(best_offset, best)) = ranked.first() else {
+        return Decision::NoCandidate;
     };
+    let local = ranked
+        .iter()
+        .find(|(_, n)| topology.node(*n).region == writer_region)
+        .copied()
+        .filter(|_| policy.in_region);
+    let within_bound = |offset: u64| best_offset - offset <= policy.max_data_at_risk_bytes;
+    let region_down = topology
+        .region(writer_region)
+        .nodes
+        .iter()
+        .all(|n| excluded.contains(n) || !observations.iter().any(|o| o.node == *n && o.info().is_some()));
+    let decision = match local {
+        Some((offset, target)) if offset >= best_offset => Decision::InRegion { target },
+        // In-region failover is off and part of the region is up: nothing to do automatically.
+        None if !policy.in_region && !region_down => return Decision::NoCandidate,
+        _ if policy.cross_region == FailoverPolicy::Auto => Decision::CrossRegion { target: best },
+        Some((offset, target)) if within_bound(offset) => Decision::InRegion { target },
+        _ => Decision::WaitForOperator {
+            reason: WaitReason::CrossRegionManual {
+                region: writer_region,
+            },
+            suggested: Some(best),
+        },
+    };
+    let chosen_offset = match &decision {
+        Decision::InRegion { target } | Decision::CrossRegion { target } => ranked
+            .iter()
+            .find(|(_, n)| n == target)
+            .map_or(0, |(o, _)| *o),
+        _ => best_offset,
+    };
+    let at_risk = lineage.offset.saturating_sub(chosen_offset);
+    if at_risk > policy.max_data_at_risk_bytes {
+        return Decision::WaitForOperator {
+            reason: WaitReason::DataAtRisk { bytes: at_risk },
+            suggested: Some(best),
+        };
+    }
     match decision {
-        Decision::InRegion { .. } | Decision::CrossRegion { .. } if policy.blocked => {
+        // A writer that is reachable but not serving its history (back empty, or a replica) is
+        // replaced even while failovers are blocked: waiting lets its replicas copy the emptiness,
+        // and nobody takes writes meanwhile.
+        Decision::InRegion { .. } | Decision::CrossRegion { .. }
+            if policy.blocked && state == WriterState::Unreachable =>
+        {
             Decision::Blocked {
                 would: Box::new(decision),
             }
@@ -125,6 +239,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::analysis::tests::{down as unreachable, lab, primary, replica_of};
+    use crate::observation::ReplicationInfo;
 
     const EPOCH: EpochRecord = EpochRecord {
         epoch: 1,
@@ -136,17 +251,31 @@ mod tests {
             in_region: true,
             cross_region,
             blocked,
+            max_data_at_risk_bytes: 1000,
         }
+    }
+
+    /// Node `n` with its replication id replaced (another history) or its offset.
+    fn with(mut o: NodeObservation, f: impl FnOnce(&mut ReplicationInfo)) -> NodeObservation {
+        if let Ok(info) = &mut o.state {
+            f(info);
+        }
+        o
     }
 
     #[test]
     fn table() {
         let n = NodeId;
         let set = |ids: &[usize]| ids.iter().map(|i| n(*i)).collect::<BTreeSet<_>>();
+        // The writer's history as last seen: replication id "r" at offset 100.
+        let lineage = History {
+            replication_id: "r".into(),
+            offset: 100,
+        };
         let writer_dead = vec![
             unreachable(0),
-            replica_of(1, 0, 90),
-            replica_of(2, 0, 95),
+            replica_of(1, 0, 95),
+            replica_of(2, 0, 90),
             replica_of(3, 2, 80),
         ];
         let region_dead = vec![
@@ -155,6 +284,22 @@ mod tests {
             replica_of(2, 0, 95),
             replica_of(3, 2, 99),
         ];
+        let remote_ahead = vec![
+            unreachable(0),
+            replica_of(1, 0, 90),
+            replica_of(2, 0, 95),
+            replica_of(3, 2, 80),
+        ];
+        let never_synced = |o| {
+            with(o, |i| {
+                i.replication_id = "own-random-id".into();
+                i.offset = 1;
+            })
+        };
+        let empty_master = with(primary(0), |i| {
+            i.replication_id = "new".into();
+            i.offset = 0;
+        });
         let auto = policy(FailoverPolicy::Auto, false);
         let manual = policy(FailoverPolicy::Manual, false);
         // (situation, observations, nodes down for down_after, policy, expected decision)
@@ -170,7 +315,7 @@ mod tests {
                 "writer up",
                 crate::analysis::tests::healthy(),
                 set(&[]),
-                policy(FailoverPolicy::Auto, false),
+                auto,
                 Decision::None,
             ),
             (
@@ -181,7 +326,7 @@ mod tests {
                 Decision::None,
             ),
             (
-                "writer node down: in-region",
+                "writer node down: in-region, the most advanced",
                 writer_dead.clone(),
                 set(&[0]),
                 manual,
@@ -193,16 +338,42 @@ mod tests {
                 set(&[0]),
                 Policy {
                     in_region: false,
-                    cross_region: FailoverPolicy::Auto,
-                    blocked: false,
+                    ..policy(FailoverPolicy::Auto, false)
                 },
                 Decision::NoCandidate,
+            ),
+            (
+                "a cross-region replica further ahead wins with auto",
+                remote_ahead.clone(),
+                set(&[0]),
+                policy(FailoverPolicy::Auto, false),
+                Decision::CrossRegion { target: n(2) },
+            ),
+            (
+                "manual: the region's replica when it gives up no more than the bound",
+                remote_ahead.clone(),
+                set(&[0]),
+                policy(FailoverPolicy::Manual, false),
+                Decision::InRegion { target: n(1) },
+            ),
+            (
+                "manual: beyond the bound, wait and say what is at risk",
+                remote_ahead.clone(),
+                set(&[0]),
+                Policy {
+                    max_data_at_risk_bytes: 2,
+                    ..policy(FailoverPolicy::Manual, false)
+                },
+                Decision::WaitForOperator {
+                    reason: WaitReason::DataAtRisk { bytes: 5 },
+                    suggested: Some(n(2)),
+                },
             ),
             (
                 "region down, auto: most advanced remote",
                 region_dead.clone(),
                 set(&[0, 1]),
-                auto,
+                policy(FailoverPolicy::Auto, false),
                 Decision::CrossRegion { target: n(3) },
             ),
             (
@@ -211,7 +382,22 @@ mod tests {
                 set(&[0, 1]),
                 policy(FailoverPolicy::Manual, false),
                 Decision::WaitForOperator {
-                    region: RegionId(0),
+                    reason: WaitReason::CrossRegionManual {
+                        region: RegionId(0),
+                    },
+                    suggested: Some(n(3)),
+                },
+            ),
+            (
+                "every candidate too far behind the writer: wait",
+                region_dead.clone(),
+                set(&[0, 1]),
+                Policy {
+                    max_data_at_risk_bytes: 0,
+                    ..policy(FailoverPolicy::Auto, false)
+                },
+                Decision::WaitForOperator {
+                    reason: WaitReason::DataAtRisk { bytes: 1 },
                     suggested: Some(n(3)),
                 },
             ),
@@ -225,6 +411,23 @@ mod tests {
                 },
             ),
             (
+                "a never-synced replica (own id, offset 1) is no candidate",
+                vec![
+                    unreachable(0),
+                    never_synced(replica_of(1, 0, 1)),
+                    replica_of(2, 0, 95),
+                    replica_of(3, 2, 90),
+                ],
+                set(&[0]),
+                policy(FailoverPolicy::Manual, false),
+                Decision::WaitForOperator {
+                    reason: WaitReason::CrossRegionManual {
+                        region: RegionId(0),
+                    },
+                    suggested: Some(n(2)),
+                },
+            ),
+            (
                 "a rogue master is no candidate",
                 vec![
                     unreachable(0),
@@ -234,12 +437,69 @@ mod tests {
                 ],
                 set(&[0, 1]),
                 policy(FailoverPolicy::Auto, false),
+                Decision::CrossRegion { target: n(3) },
+            ),
+            (
+                "writer back empty as a master: replaced at once, even while blocked",
+                vec![
+                    empty_master.clone(),
+                    replica_of(1, 0, 100),
+                    replica_of(2, 0, 98),
+                    replica_of(3, 2, 98),
+                ],
+                set(&[]),
+                policy(FailoverPolicy::Manual, true),
+                Decision::InRegion { target: n(1) },
+            ),
+            (
+                "writer back empty as a replica: replaced at once",
+                vec![
+                    never_synced(replica_of(0, 1, 0)),
+                    replica_of(1, 0, 100),
+                    replica_of(2, 0, 98),
+                    replica_of(3, 2, 98),
+                ],
+                set(&[]),
+                policy(FailoverPolicy::Manual, false),
+                Decision::InRegion { target: n(1) },
+            ),
+            (
+                "writer back as a replica with its data, the most advanced: it takes over again",
+                vec![
+                    replica_of(0, 1, 100),
+                    replica_of(1, 0, 99),
+                    replica_of(2, 0, 98),
+                    replica_of(3, 2, 98),
+                ],
+                set(&[]),
+                policy(FailoverPolicy::Manual, false),
+                Decision::InRegion { target: n(0) },
+            ),
+            (
+                "writer back empty and its replicas already copied the emptiness: nobody holds it",
+                vec![
+                    empty_master,
+                    never_synced(replica_of(1, 0, 0)),
+                    unreachable(2),
+                    unreachable(3),
+                ],
+                set(&[2, 3]),
+                policy(FailoverPolicy::Auto, false),
                 Decision::NoCandidate,
             ),
         ];
         for (name, observations, down, policy, expected) in cases {
+            // "a rogue master is no candidate": node 3 follows the rogue, not the history.
+            let lineage = if name.starts_with("a rogue") {
+                History {
+                    replication_id: "r".into(),
+                    offset: 0,
+                }
+            } else {
+                lineage.clone()
+            };
             assert_eq!(
-                decide(&lab(), &observations, &EPOCH, &down, &policy),
+                decide(&lab(), &observations, &EPOCH, &down, Some(&lineage), &policy),
                 expected,
                 "{name}"
             );

@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod config;
 pub mod engine;
 pub mod failover;
+pub mod intent;
 pub mod notification;
 pub mod observation;
 pub mod ownership;

@@ -29,6 +29,10 @@ pub struct ReplicationInfo {
     pub offset: u64,
     /// `master_replid`: the replication history this node is on.
     pub replication_id: String,
+    /// `master_replid2`: the history this node continued from after its last promotion
+    /// (all zeros when none).
+    #[serde(default)]
+    pub replication_id2: String,
     pub connected_replicas: u32,
 }
 
@@ -60,9 +64,25 @@ impl ReplicationInfo {
     /// A promotion also changes the replication id, but the offset continues, and a restart from
     /// an RDB file keeps both: neither counts.
     pub fn lost_history_since(&self, before: &History) -> bool {
-        self.is_primary()
-            && self.replication_id != before.replication_id
-            && self.offset < before.offset
+        self.is_primary() && !self.continues(before)
+    }
+
+    /// True when this node's data continues `before` (the writer's history as last seen): on the
+    /// same replication id, or promoted from it (`master_replid2`), at an offset not below it.
+    /// A node restarted empty (new id, offset from zero) or a replica that never synced (its own
+    /// random id, offset 1) does not.
+    pub fn continues(&self, before: &History) -> bool {
+        let same_history =
+            self.replication_id == before.replication_id || self.replication_id2 == before.replication_id;
+        same_history && self.offset >= before.offset
+    }
+
+    /// True when this node is on `before`'s replication history at any offset: a replica that
+    /// synced from that writer (it may lag behind).
+    pub fn shares_history(&self, before: &History) -> bool {
+        !before.replication_id.is_empty()
+            && (self.replication_id == before.replication_id
+                || self.replication_id2 == before.replication_id)
     }
 }
 
@@ -79,6 +99,9 @@ pub struct History {
 pub enum FailureKind {
     /// No answer: refused connection, timeout, reset. Counts towards `down_after`.
     Unreachable,
+    /// The node answered with an error reply (`-LOADING`, `-BUSY`, `-MASTERDOWN`, …): alive but
+    /// unusable for now. Never counts towards `down_after`.
+    Unusable,
     /// The node answered but refused us (wrong password, untrusted certificate): a configuration
     /// problem, never a reason to fail over.
     Refused,
@@ -96,8 +119,11 @@ impl FailureKind {
             "certificate",
             "NOPERM",
         ];
+        const ALIVE: [&str; 4] = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"];
         if REFUSALS.iter().any(|r| reason.contains(r)) {
             FailureKind::Refused
+        } else if ALIVE.iter().any(|r| reason.contains(r)) {
+            FailureKind::Unusable
         } else {
             FailureKind::Unreachable
         }
@@ -113,6 +139,31 @@ pub struct NodeObservation {
     pub keys: Option<u64>,
     /// The controller's heartbeat timestamp (Unix ms) as this node last received it.
     pub heartbeat_ms: Option<u64>,
+    /// The epoch mark the writer of an epoch carries in its data (and its replicas copy), so the
+    /// epoch survives the controller's own state ([`EpochMark`]).
+    #[serde(default)]
+    pub epoch_mark: Option<EpochMark>,
+}
+
+/// `<epoch> <writer address>`, written on the writer with every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochMark {
+    pub epoch: u64,
+    pub writer: String,
+}
+
+impl EpochMark {
+    pub fn parse(text: &str) -> Option<EpochMark> {
+        let (epoch, writer) = text.trim().split_once(' ')?;
+        Some(EpochMark {
+            epoch: epoch.parse().ok()?,
+            writer: writer.to_string(),
+        })
+    }
+
+    pub fn render(&self) -> String {
+        format!("{} {}", self.epoch, self.writer)
+    }
 }
 
 impl NodeObservation {
@@ -157,6 +208,7 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
         })
     };
     let replication_id = field("master_replid").unwrap_or_default().to_string();
+    let replication_id2 = field("master_replid2").unwrap_or_default().to_string();
     let connected_replicas = match field("connected_slaves") {
         Some(_) => number("connected_slaves")? as u32,
         None => 0,
@@ -166,6 +218,7 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
             role: Role::Primary,
             offset: number("master_repl_offset")?,
             replication_id,
+            replication_id2,
             connected_replicas,
         }),
         "slave" | "replica" => {
@@ -186,6 +239,7 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
                 },
                 offset: number("slave_repl_offset")?,
                 replication_id,
+                replication_id2,
                 connected_replicas,
             })
         }
@@ -230,6 +284,11 @@ mod tests {
             role: Role::Primary,
             offset,
             replication_id: id.into(),
+            replication_id2: if id == "a0b1" && offset > 50_000 {
+                "8f1c".into()
+            } else {
+                "0000".into()
+            },
             connected_replicas: 0,
         };
         let cases = [

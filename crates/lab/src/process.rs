@@ -163,6 +163,22 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
         )
         .await?;
     }
+    // Every node starts as a replica (see `LabSpec::valkey_conf`): make the writer a master.
+    let writer = spec.node_addr(0, 0);
+    let endpoint = valkey_dr_core::Endpoint::new(&writer.ip().to_string(), writer.port());
+    let timeouts = valkey_dr_valkey::Timeouts {
+        connect: Duration::from_millis(500),
+        command: Duration::from_millis(1000),
+    };
+    let mut conn = valkey_dr_valkey::connect(&endpoint, &security, timeouts)
+        .await
+        .map_err(|e| LabError::Io(format!("connecting to the writer {writer}: {e}")))?;
+    redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| LabError::Io(format!("promoting the writer {writer}: {e}")))?;
     spawn_daemon(valkey_dr, &["lab", "link", "--dir"], spec, "link", &[])?;
     start_controller(spec, valkey_dr, &[])?;
     Ok(true)

@@ -233,6 +233,12 @@ impl LabSpec {
 
     /// The valkey.conf of one node: the primary region's first node is the writer, its region
     /// peers follow it, other regions' first nodes follow it across the link, their peers follow them.
+    ///
+    /// No node's file makes it a master, not even the writer's (it names its region peer; `up`
+    /// promotes it once running): a node restarted without its data must come back as a replica,
+    /// which neither takes writes nor serves a sync (`-NOMASTERLINK`) until the controller decides.
+    /// The controller keeps it that way: it rewrites a node's file when it becomes a replica and
+    /// never when it becomes the writer.
     pub fn valkey_conf(&self, region: usize, index: usize, password: &str) -> String {
         let ip = self.node_ip(region, index);
         let dir = self.node_dir(region, index);
@@ -258,13 +264,11 @@ impl LabSpec {
             dir = dir.display(),
         );
         let source = match (region, index) {
-            (0, 0) => None,
-            (_, 0) => Some(self.link_addr(region, 0, 0)),
-            (_, _) => Some(self.node_addr(region, 0)),
+            (0, 0) => self.node_addr(0, 1),
+            (_, 0) => self.link_addr(region, 0, 0),
+            (_, _) => self.node_addr(region, 0),
         };
-        if let Some(source) = source {
-            conf.push_str(&format!("replicaof {} {}\n", source.ip(), source.port()));
-        }
+        conf.push_str(&format!("replicaof {} {}\n", source.ip(), source.port()));
         conf
     }
 
@@ -337,7 +341,11 @@ mod tests {
             spec.valkey_conf(1, 1, "pw")
                 .contains("replicaof 127.0.2.1 6379")
         );
-        assert!(!spec.valkey_conf(0, 0, "pw").contains("replicaof"));
+        assert!(
+            spec.valkey_conf(0, 0, "pw")
+                .contains("replicaof 127.0.1.2 6379"),
+            "not even the writer starts as a master"
+        );
         let tls = spec.valkey_conf(0, 0, "pw");
         assert!(tls.contains("port 0\ntls-port 6379") && tls.contains("tls-replication yes"));
         assert!(tls.contains("requirepass pw\nmasterauth pw"));

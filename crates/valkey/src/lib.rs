@@ -13,11 +13,15 @@ use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
 };
 pub use valkey_dr_core::engine::{Engine, EngineError};
-use valkey_dr_core::observation::{NodeObservation, ReplicationInfo, parse_info_replication};
+use valkey_dr_core::observation::{
+    EpochMark, NodeObservation, ReplicationInfo, parse_info_replication,
+};
 use valkey_dr_core::{Endpoint, NodeId};
 
 /// The key the controller writes on the writer once per pass to measure replication lag in time.
 pub const HEARTBEAT_KEY: &str = "__valkey-dr:heartbeat";
+/// The key holding the epoch mark (`<epoch> <writer>`), written with the heartbeat.
+pub const EPOCH_KEY: &str = "__valkey-dr:epoch";
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -226,46 +230,89 @@ impl Engine for ValkeyEngine {
         checked_replication(node, &text, &role)
     }
 
-    /// Replication state, key count and the heartbeat a node holds, in one round trip.
+    /// Replication state, key count, heartbeat and epoch mark, in one round trip. Each reply is
+    /// taken on its own: a node that refuses `DBSIZE` or `MGET` (`-MASTERDOWN` on a replica with
+    /// `replica-serve-stale-data no`, `-LOADING`) is still observed through INFO and ROLE.
     async fn observe(&self, id: NodeId, node: &Endpoint) -> NodeObservation {
         let pipeline = redis::pipe()
+            .ignore_errors()
             .cmd("INFO")
             .arg("replication")
             .cmd("ROLE")
             .cmd("DBSIZE")
-            .cmd("GET")
+            .cmd("MGET")
             .arg(HEARTBEAT_KEY)
+            .arg(EPOCH_KEY)
             .clone();
-        let reply: Result<(String, Vec<redis::Value>, u64, redis::Value), _> =
+        let reply: Result<Vec<redis::RedisResult<redis::Value>>, _> =
             self.run_pipeline(node, "INFO replication", &pipeline).await;
-        let (state, keys, heartbeat_ms) = match reply {
-            Ok((text, role, keys, heartbeat)) => {
-                // A heartbeat key someone overwrote is no heartbeat, not a failed probe.
-                let heartbeat = redis::from_redis_value::<Option<u64>>(heartbeat)
-                    .ok()
-                    .flatten();
-                (
-                    checked_replication(node, &text, &role).map_err(|e| e.reason),
-                    Some(keys),
-                    heartbeat,
-                )
-            }
-            Err(e) => (Err(e.reason), None, None),
-        };
-        NodeObservation {
+        let mut observation = NodeObservation {
             node: id,
-            state,
-            keys,
-            heartbeat_ms,
+            state: Err(String::new()),
+            keys: None,
+            heartbeat_ms: None,
+            epoch_mark: None,
+        };
+        let replies = match reply {
+            Ok(replies) if replies.len() == 4 => replies,
+            Ok(replies) => {
+                observation.state = Err(format!("{node}: {} replies to 4 commands", replies.len()));
+                return observation;
+            }
+            Err(e) => {
+                observation.state = Err(e.reason);
+                return observation;
+            }
+        };
+        let mut replies = replies.into_iter();
+        let mut next = || -> Result<redis::Value, String> {
+            replies
+                .next()
+                .expect("four replies")
+                .map_err(|e| e.to_string())
+        };
+        fn parse<T: redis::FromRedisValue>(v: Result<redis::Value, String>) -> Result<T, String> {
+            v.and_then(|v| redis::from_redis_value::<T>(v).map_err(|e| e.to_string()))
         }
+        let info = parse::<String>(next());
+        let role = parse::<Vec<redis::Value>>(next());
+        observation.state = match (info, role) {
+            (Ok(text), Ok(role)) => checked_replication(node, &text, &role).map_err(|e| e.reason),
+            (Err(e), _) | (_, Err(e)) => Err(error(node, "INFO replication", e).reason),
+        };
+        observation.keys = parse::<u64>(next()).ok();
+        if let Ok(values) = parse::<Vec<Option<String>>>(next()) {
+            // A heartbeat or mark someone overwrote is none, not a failed probe.
+            observation.heartbeat_ms = values
+                .first()
+                .cloned()
+                .flatten()
+                .and_then(|v| v.parse().ok());
+            observation.epoch_mark = values
+                .get(1)
+                .cloned()
+                .flatten()
+                .and_then(|v| EpochMark::parse(&v));
+        }
+        observation
     }
 
-    /// Writes the heartbeat on the writer; replicas' copies tell how far behind they are in time.
-    async fn write_heartbeat(&self, node: &Endpoint, now_ms: u64) -> Result<(), EngineError> {
+    /// Writes the heartbeat and the epoch mark on the writer; replicas' copies tell how far
+    /// behind they are in time, and every node carries the epoch it last heard of.
+    async fn write_heartbeat(
+        &self,
+        node: &Endpoint,
+        now_ms: u64,
+        mark: &EpochMark,
+    ) -> Result<(), EngineError> {
         self.run::<()>(
             node,
-            "SET heartbeat",
-            redis::cmd("SET").arg(HEARTBEAT_KEY).arg(now_ms),
+            "MSET heartbeat",
+            redis::cmd("MSET")
+                .arg(HEARTBEAT_KEY)
+                .arg(now_ms)
+                .arg(EPOCH_KEY)
+                .arg(mark.render()),
         )
         .await
     }
@@ -329,18 +376,31 @@ impl Engine for ValkeyEngine {
         .await
     }
 
-    /// Closes the node's normal client connections (not replicas, not ours) so that clients
-    /// reconnect and resolve the name again. Returns how many were closed.
-    async fn kill_normal_clients(&self, node: &Endpoint) -> Result<u64, EngineError> {
-        self.run(
-            node,
-            "CLIENT KILL",
+    /// Closes the node's normal and pub/sub client connections (not replicas, not ours) so that
+    /// clients reconnect and resolve the name again. Returns how many were closed.
+    async fn kill_clients(&self, node: &Endpoint) -> Result<u64, EngineError> {
+        let kill = |kind: &str| {
             redis::cmd("CLIENT")
                 .arg("KILL")
                 .arg("TYPE")
-                .arg("normal")
+                .arg(kind)
                 .arg("SKIPME")
-                .arg("yes"),
+                .arg("yes")
+                .clone()
+        };
+        let pipeline = redis::pipe().add_command(kill("normal")).add_command(kill("pubsub")).clone();
+        let (normal, pubsub): (u64, u64) =
+            self.run_pipeline(node, "CLIENT KILL", &pipeline).await?;
+        Ok(normal + pubsub)
+    }
+
+    /// `CONFIG REWRITE`: the node's config file gets its current role, so a restart brings it
+    /// back following the same node.
+    async fn persist_role(&self, node: &Endpoint) -> Result<(), EngineError> {
+        self.run::<()>(
+            node,
+            "CONFIG REWRITE",
+            redis::cmd("CONFIG").arg("REWRITE"),
         )
         .await
     }

@@ -1,0 +1,168 @@
+//! `resolve`: what a (re)started controller does with a promotion intent it finds recorded — the
+//! promotion was interrupted somewhere between recording the intent and recording the new epoch.
+//! Pure; never a blind promotion: the target is promoted only when it provably holds everything
+//! the old writer had acknowledged when it was paused.
+//!
+//! | target                       | source (old writer)             | action                           |
+//! |------------------------------|---------------------------------|----------------------------------|
+//! | master                       | master, took writes, target not | roll back (the source kept going)|
+//! | master                       | anything else                   | complete (fence the source)      |
+//! | replica with the history     | master                          | roll back (unpause the source)   |
+//! | replica, ≥ required offset   | not a master                    | promote the target               |
+//! | replica behind, or no answer | not a master                    | wait: the old epoch stands and failure detection decides |
+//! | no answer                    | master                          | roll back                        |
+
+use serde::{Deserialize, Serialize};
+
+use crate::observation::{History, NodeObservation, ReplicationInfo};
+use crate::topology::NodeId;
+
+/// The recorded intent, as far as resolution needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub source: NodeId,
+    pub target: NodeId,
+    /// The source's history when it was paused: replication id and offset.
+    pub required: History,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The target is the writer: record the new epoch, fence the source.
+    Complete,
+    /// The target holds the source's paused history: fence the source if it answers, promote
+    /// the target, record the new epoch.
+    Promote,
+    /// Keep the old epoch: the source is (or becomes again) the writer; a target that was already
+    /// promoted is demoted back under it.
+    RollBack,
+    /// Keep the old epoch and let failure detection decide on the next passes.
+    Wait,
+}
+
+pub fn resolve(pending: &Pending, observations: &[NodeObservation]) -> Resolution {
+    let info = |n: NodeId| -> Option<&ReplicationInfo> {
+        observations
+            .iter()
+            .find(|o| o.node == n)
+            .and_then(|o| o.info())
+    };
+    let source = info(pending.source);
+    let target = info(pending.target);
+    let source_master = source.is_some_and(|s| s.is_primary());
+    let required = &pending.required;
+    match target {
+        Some(t) if t.is_primary() => {
+            let source_went_on = source.is_some_and(|s| {
+                s.is_primary() && s.replication_id == required.replication_id && s.offset > required.offset
+            });
+            // Nothing but the pause's expiry can have let the source take writes; the target has
+            // not been published, so it took none unless its offset moved.
+            let target_untouched = t.offset <= required.offset;
+            if source_went_on && target_untouched {
+                Resolution::RollBack
+            } else {
+                Resolution::Complete
+            }
+        }
+        _ if source_master => Resolution::RollBack,
+        Some(t) if t.shares_history(required) && t.offset >= required.offset => Resolution::Promote,
+        _ => Resolution::Wait,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::tests::{down, primary, replica_of};
+
+    fn at(mut o: NodeObservation, offset: u64) -> NodeObservation {
+        if let Ok(info) = &mut o.state {
+            info.offset = offset;
+        }
+        o
+    }
+
+    #[test]
+    fn table() {
+        let pending = Pending {
+            source: NodeId(0),
+            target: NodeId(2),
+            required: History {
+                replication_id: "r".into(),
+                offset: 100,
+            },
+        };
+        let promoted_target = |offset| {
+            let mut o = at(primary(2), offset);
+            if let Ok(info) = &mut o.state {
+                info.replication_id = "new".into();
+                info.replication_id2 = "r".into();
+            }
+            o
+        };
+        let foreign = |o: NodeObservation| {
+            let mut o = o;
+            if let Ok(info) = &mut o.state {
+                info.replication_id = "other".into();
+            }
+            o
+        };
+        // (situation, source, target, expected)
+        let cases = [
+            (
+                "crash after promote, source demoted or gone",
+                down(0),
+                promoted_target(100),
+                Resolution::Complete,
+            ),
+            (
+                "crash after promote, source paused still",
+                at(primary(0), 100),
+                promoted_target(100),
+                Resolution::Complete,
+            ),
+            (
+                "crash after promote, restart after the pause expired: the source took writes",
+                at(primary(0), 180),
+                promoted_target(100),
+                Resolution::RollBack,
+            ),
+            (
+                "crash before promote, source serving",
+                at(primary(0), 100),
+                replica_of(2, 0, 100),
+                Resolution::RollBack,
+            ),
+            (
+                "crash before promote, source gone, target caught up",
+                down(0),
+                replica_of(2, 0, 100),
+                Resolution::Promote,
+            ),
+            (
+                "crash before promote, source gone, target behind",
+                down(0),
+                replica_of(2, 0, 99),
+                Resolution::Wait,
+            ),
+            (
+                "target restarted empty on another history",
+                down(0),
+                foreign(replica_of(2, 0, 500)),
+                Resolution::Wait,
+            ),
+            (
+                "target gone, source serving",
+                at(primary(0), 100),
+                down(2),
+                Resolution::RollBack,
+            ),
+            ("both gone", down(0), down(2), Resolution::Wait),
+        ];
+        for (name, source, target, expected) in cases {
+            assert_eq!(resolve(&pending, &[source, target]), expected, "{name}");
+        }
+    }
+}
