@@ -65,7 +65,8 @@ impl Health {
         self.failing
             .iter()
             .filter(|(_, f)| {
-                f.rounds >= MIN_FAILED_ROUNDS && now.saturating_duration_since(f.since) >= down_after
+                f.rounds >= MIN_FAILED_ROUNDS
+                    && now.saturating_duration_since(f.since) >= down_after
             })
             .map(|(n, _)| *n)
             .collect()
@@ -188,7 +189,12 @@ impl Controller {
     /// Makes `node` a replica of `source` for good: `REPLICAOF`, `CONFIG REWRITE` so a restart
     /// keeps the role, and its normal and pub/sub clients closed so they leave for the writer.
     /// When `REPLICAOF` fails the node stays fenced: writes paused and clients closed.
-    pub(crate) async fn demote(&self, node: NodeId, source: NodeId, close_clients: bool) -> Demotion {
+    pub(crate) async fn demote(
+        &self,
+        node: NodeId,
+        source: NodeId,
+        close_clients: bool,
+    ) -> Demotion {
         let endpoint = &self.topology.node(node).control_endpoint;
         let follow = self.topology.replication_endpoint(source, node);
         let demoted = self.engine.replicate_from(endpoint, &follow).await;
@@ -277,7 +283,10 @@ impl Controller {
                 .await
                 .is_ok()
         {
-            self.health.lock().expect("health lock").forget(epoch.primary);
+            self.health
+                .lock()
+                .expect("health lock")
+                .forget(epoch.primary);
             self.events.emit(
                 "failover_cancelled",
                 json!({ "node": self.topology.node_name(epoch.primary), "reason": "the writer answered the confirmation probe" }),
@@ -353,7 +362,8 @@ impl Controller {
         });
         self.events.emit("data_loss_suspected", &lost);
         let history = now.history();
-        self.memory.lock().expect("memory lock").last_writer = Some((epoch.primary, history.clone()));
+        self.memory.lock().expect("memory lock").last_writer =
+            Some((epoch.primary, history.clone()));
         if let Err(e) = self.state.update(|s| {
             let mut next = s.cloned()?;
             next.writer_history = Some(history);
@@ -367,16 +377,24 @@ impl Controller {
     fn note_decision(&self, decision: &Decision) {
         let text = match decision {
             Decision::None => String::new(),
-            Decision::WaitForOperator { reason: WaitReason::CrossRegionManual { region }, suggested } => format!(
+            Decision::WaitForOperator {
+                reason: WaitReason::CrossRegionManual { region },
+                suggested,
+            } => format!(
                 "the writer of region {} is down and cross-region failover is manual; run `valkey-dr failover {} --force` (writes the old writer took after the last replication may be lost)",
                 self.topology.region(*region).name,
                 suggested
                     .map(|n| self.topology.region_of(n).name.clone())
                     .unwrap_or_else(|| "<region>".into())
             ),
-            Decision::WaitForOperator { reason: WaitReason::DataAtRisk { bytes }, suggested } => format!(
+            Decision::WaitForOperator {
+                reason: WaitReason::DataAtRisk { bytes },
+                suggested,
+            } => format!(
                 "the writer is down and the best candidate ({}) is {bytes} bytes behind it, more than controller.max_data_at_risk_bytes; run `valkey-dr failover {} --force` to accept the loss",
-                suggested.map(|n| self.topology.node_name(n)).unwrap_or_default(),
+                suggested
+                    .map(|n| self.topology.node_name(n))
+                    .unwrap_or_default(),
                 suggested
                     .map(|n| self.topology.region_of(n).name.clone())
                     .unwrap_or_else(|| "<region>".into())
@@ -384,7 +402,9 @@ impl Controller {
             Decision::Blocked { would } => format!(
                 "a failover is due ({would:?}) but blocked after an earlier one; run `valkey-dr ack` to allow it"
             ),
-            Decision::NoCandidate => "the writer is down and no replica on its history can take over".into(),
+            Decision::NoCandidate => {
+                "the writer is down and no replica on its history can take over".into()
+            }
             Decision::InRegion { .. } | Decision::CrossRegion { .. } => String::new(),
         };
         let mut memory = self.memory.lock().expect("memory lock");
@@ -519,7 +539,9 @@ impl Controller {
         block_until_ms: Option<u64>,
     ) -> std::io::Result<()> {
         let result = self.state.update(|s| {
-            let mut next = s.cloned().unwrap_or_else(|| crate::state::State::new(epoch));
+            let mut next = s
+                .cloned()
+                .unwrap_or_else(|| crate::state::State::new(epoch));
             next.epoch = epoch;
             next.intent = None;
             next.writer_history = Some(history.clone());
@@ -577,15 +599,12 @@ impl Controller {
             .chain(std::iter::once(epoch.primary))
             .collect();
         let lineage = failover::lineage_or_guess(&observations, lineage.as_ref(), &unreachable);
-        let (_, target) = *failover::candidates(
-            &self.topology,
-            &observations,
-            &unreachable,
-            &lineage,
-            |r| r == region_id,
-        )
-        .first()
-        .ok_or_else(|| FailoverError::NoCandidate(region.to_string()))?;
+        let (_, target) =
+            *failover::candidates(&self.topology, &observations, &unreachable, &lineage, |r| {
+                r == region_id
+            })
+            .first()
+            .ok_or_else(|| FailoverError::NoCandidate(region.to_string()))?;
         let detection = self
             .health
             .lock()
@@ -641,7 +660,12 @@ impl Controller {
             .max()
             .unwrap_or(0);
         let epoch = EpochRecord {
-            epoch: self.epoch().map_or(0, |e| e.epoch).max(published).max(marked) + 1,
+            epoch: self
+                .epoch()
+                .map_or(0, |e| e.epoch)
+                .max(published)
+                .max(marked)
+                + 1,
             primary: writer,
         };
         let history = observations
@@ -714,5 +738,96 @@ impl Controller {
             changed = true;
         }
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable(node: usize) -> NodeObservation {
+        NodeObservation {
+            node: NodeId(node),
+            state: Err("connect failed: timed out".into()),
+            keys: None,
+            heartbeat_ms: None,
+            epoch_mark: None,
+        }
+    }
+
+    #[test]
+    fn one_late_round_spanning_down_after_is_not_down() {
+        let down_after = Duration::from_millis(1500);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut health = Health::default();
+        // A probe sent at t0 whose timeout fired only after a 3 s stall.
+        assert!(
+            health
+                .update(&[unreachable(0)], t0, ms(3000), down_after)
+                .is_empty()
+        );
+        // Two more failed rounds: down only now, with three rounds spanning down_after.
+        assert!(
+            health
+                .update(&[unreachable(0)], ms(3100), ms(3200), down_after)
+                .is_empty()
+        );
+        assert_eq!(
+            health.update(&[unreachable(0)], ms(3300), ms(3400), down_after),
+            BTreeSet::from([NodeId(0)])
+        );
+    }
+
+    #[test]
+    fn a_stall_restarts_every_failing_clock() {
+        let down_after = Duration::from_millis(1500);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut health = Health::default();
+        for i in 0..3 {
+            health.update(&[unreachable(0)], ms(i * 100), ms(i * 100 + 50), down_after);
+        }
+        health.stalled(ms(1000));
+        // Rounds sent before the stall ended count from its end.
+        for i in 0..5 {
+            let down = health.update(
+                &[unreachable(0)],
+                ms(900 + i * 100),
+                ms(1000 + i * 100),
+                down_after,
+            );
+            assert!(down.is_empty(), "round {i}");
+        }
+        assert_eq!(
+            health.down(ms(2600), down_after),
+            BTreeSet::from([NodeId(0)])
+        );
+    }
+
+    #[test]
+    fn error_replies_and_refusals_are_alive() {
+        let down_after = Duration::from_millis(0);
+        let t0 = Instant::now();
+        let mut health = Health::default();
+        let answered = |reason: &str| NodeObservation {
+            state: Err(reason.into()),
+            ..unreachable(0)
+        };
+        for reason in [
+            "INFO replication failed: LOADING Valkey is loading the dataset in memory",
+            "INFO replication failed: BUSY Valkey is busy running a script",
+            "INFO replication failed: MASTERDOWN Link with MASTER is down",
+            "connect failed: WRONGPASS invalid username-password pair",
+        ] {
+            for _ in 0..5 {
+                assert!(
+                    health
+                        .update(&[answered(reason)], t0, t0, down_after)
+                        .is_empty(),
+                    "{reason}"
+                );
+            }
+        }
     }
 }

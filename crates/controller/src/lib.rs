@@ -79,7 +79,10 @@ impl Controller {
         let (state, state_problem) = state::StateStore::open(&config.state_dir, &topology);
         let events = EventSink::open(&config.events_file());
         if let Some(problem) = state_problem {
-            events.emit("state_unusable", serde_json::json!({ "error": problem.to_string() }));
+            events.emit(
+                "state_unusable",
+                serde_json::json!({ "error": problem.to_string() }),
+            );
         }
         let engine: Box<dyn Engine> = Box::new(ValkeyEngine::new(
             Timeouts {
@@ -157,9 +160,7 @@ impl Controller {
     ) -> std::io::Result<()> {
         self.state
             .update(|now| {
-                let mut next = now
-                    .cloned()
-                    .unwrap_or_else(|| state::State::new(record));
+                let mut next = now.cloned().unwrap_or_else(|| state::State::new(record));
                 next.epoch = record;
                 next.intent = None;
                 next.writer_history = history;
@@ -170,8 +171,10 @@ impl Controller {
 
     /// Reports a failed state write (the action it guarded is not taken).
     pub(crate) fn state_write_failed(&self, error: &std::io::Error) {
-        self.events
-            .emit("state_write_failed", serde_json::json!({ "error": error.to_string() }));
+        self.events.emit(
+            "state_write_failed",
+            serde_json::json!({ "error": error.to_string() }),
+        );
     }
 
     /// Aborts the process at the named point when `VALKEY_DR_FAULT=crash-after:<point>` says so.
@@ -179,8 +182,10 @@ impl Controller {
         if let Some(fault) = &self.fault
             && fault.strip_prefix("crash-after:") == Some(point)
         {
-            self.events
-                .emit("fault_injected", serde_json::json!({ "crash_after": point }));
+            self.events.emit(
+                "fault_injected",
+                serde_json::json!({ "crash_after": point }),
+            );
             std::process::abort();
         }
     }

@@ -222,7 +222,7 @@ impl Controller {
         m.finish(format!("{} → {}", name(old), name(target)));
 
         let catchup = Duration::from_millis(self.config.controller.catchup_timeout_ms);
-        let pause = catchup + Duration::from_secs(10);
+        let pause = catchup + 2 * PAUSE_MARGIN;
         let pause_started = Instant::now();
         // Blind and FAILOVER TO have no pause: the old primary's last observed state stands in.
         let mut old_info = observed(&observations, old)
@@ -444,7 +444,8 @@ impl Controller {
             name(old),
             match (method, demoted, unpaused) {
                 (PromoteMethod::Safe, true, true) => "unpaused",
-                (PromoteMethod::Safe, true, false) => "unpause failed (the pause expires by itself)",
+                (PromoteMethod::Safe, true, false) =>
+                    "unpause failed (the pause expires by itself)",
                 (PromoteMethod::Safe, false, _) => "kept paused: not demoted",
                 _ => "no pause to lift",
             }

@@ -203,7 +203,11 @@ impl Controller {
             .filter(|m| ours.is_none_or(|e| m.epoch > e.epoch))
             .max_by_key(|m| m.epoch)
             .and_then(|m| {
-                let node = self.topology.nodes.iter().find(|n| n.endpoint.to_string() == m.writer)?;
+                let node = self
+                    .topology
+                    .nodes
+                    .iter()
+                    .find(|n| n.endpoint.to_string() == m.writer)?;
                 Some((m, node.id))
             })?;
         let record = EpochRecord {
@@ -283,7 +287,8 @@ impl Controller {
                     return epoch;
                 }
                 if source_answers {
-                    detail["demotion"] = json!(self.demote(intent.source, intent.target, true).await);
+                    detail["demotion"] =
+                        json!(self.demote(intent.source, intent.target, true).await);
                 }
                 new_epoch
             }
@@ -292,7 +297,8 @@ impl Controller {
                     .iter()
                     .any(|o| o.node == intent.target && o.info().is_some_and(|i| i.is_primary()));
                 if target_master {
-                    detail["demotion"] = json!(self.demote(intent.target, intent.source, true).await);
+                    detail["demotion"] =
+                        json!(self.demote(intent.target, intent.source, true).await);
                 }
                 let _ = self.engine.unpause(source_endpoint).await;
                 self.clear_intent();
@@ -430,7 +436,10 @@ impl Controller {
             };
             let mut new_history = None;
             if let (true, Some(history)) = (forward, history) {
-                if before.as_ref().is_none_or(|b| b.replication_id != history.replication_id) {
+                if before
+                    .as_ref()
+                    .is_none_or(|b| b.replication_id != history.replication_id)
+                {
                     new_history = Some(history.clone());
                 }
                 memory.last_writer = Some((writer, history));

@@ -83,7 +83,9 @@ pub enum LoadError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} is not a valid state file ({reason}); the epoch will be recovered from the nodes and DNS")]
+    #[error(
+        "{path} is not a valid state file ({reason}); the epoch will be recovered from the nodes and DNS"
+    )]
     Corrupt { path: String, reason: String },
     #[error("{path} names {node}, which is not in the configured topology")]
     UnknownNode { path: String, node: String },
@@ -279,7 +281,11 @@ mod tests {
         .unwrap();
         let loaded = file.load(&topology).unwrap().unwrap();
         assert_eq!(
-            (loaded.epoch.epoch, loaded.failovers_blocked_until_ms, loaded.intent),
+            (
+                loaded.epoch.epoch,
+                loaded.failovers_blocked_until_ms,
+                loaded.intent
+            ),
             (2, None, None)
         );
         let _ = std::fs::remove_dir_all(&dir);

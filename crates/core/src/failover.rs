@@ -188,11 +188,12 @@ pub fn decide(
         .copied()
         .filter(|_| policy.in_region);
     let within_bound = |offset: u64| best_offset - offset <= policy.max_data_at_risk_bytes;
-    let region_down = topology
-        .region(writer_region)
-        .nodes
-        .iter()
-        .all(|n| excluded.contains(n) || !observations.iter().any(|o| o.node == *n && o.info().is_some()));
+    let region_down = topology.region(writer_region).nodes.iter().all(|n| {
+        excluded.contains(n)
+            || !observations
+                .iter()
+                .any(|o| o.node == *n && o.info().is_some())
+    });
     let decision = match local {
         Some((offset, target)) if offset >= best_offset => Decision::InRegion { target },
         // In-region failover is off and part of the region is up: nothing to do automatically.
@@ -499,7 +500,14 @@ mod tests {
                 lineage.clone()
             };
             assert_eq!(
-                decide(&lab(), &observations, &EPOCH, &down, Some(&lineage), &policy),
+                decide(
+                    &lab(),
+                    &observations,
+                    &EPOCH,
+                    &down,
+                    Some(&lineage),
+                    &policy
+                ),
                 expected,
                 "{name}"
             );

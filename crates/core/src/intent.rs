@@ -55,7 +55,9 @@ pub fn resolve(pending: &Pending, observations: &[NodeObservation]) -> Resolutio
     match target {
         Some(t) if t.is_primary() => {
             let source_went_on = source.is_some_and(|s| {
-                s.is_primary() && s.replication_id == required.replication_id && s.offset > required.offset
+                s.is_primary()
+                    && s.replication_id == required.replication_id
+                    && s.offset > required.offset
             });
             // Nothing but the pause's expiry can have let the source take writes; the target has
             // not been published, so it took none unless its offset moved.

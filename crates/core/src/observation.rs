@@ -72,8 +72,8 @@ impl ReplicationInfo {
     /// A node restarted empty (new id, offset from zero) or a replica that never synced (its own
     /// random id, offset 1) does not.
     pub fn continues(&self, before: &History) -> bool {
-        let same_history =
-            self.replication_id == before.replication_id || self.replication_id2 == before.replication_id;
+        let same_history = self.replication_id == before.replication_id
+            || self.replication_id2 == before.replication_id;
         same_history && self.offset >= before.offset
     }
 

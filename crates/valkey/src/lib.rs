@@ -388,7 +388,10 @@ impl Engine for ValkeyEngine {
                 .arg("yes")
                 .clone()
         };
-        let pipeline = redis::pipe().add_command(kill("normal")).add_command(kill("pubsub")).clone();
+        let pipeline = redis::pipe()
+            .add_command(kill("normal"))
+            .add_command(kill("pubsub"))
+            .clone();
         let (normal, pubsub): (u64, u64) =
             self.run_pipeline(node, "CLIENT KILL", &pipeline).await?;
         Ok(normal + pubsub)
@@ -397,12 +400,8 @@ impl Engine for ValkeyEngine {
     /// `CONFIG REWRITE`: the node's config file gets its current role, so a restart brings it
     /// back following the same node.
     async fn persist_role(&self, node: &Endpoint) -> Result<(), EngineError> {
-        self.run::<()>(
-            node,
-            "CONFIG REWRITE",
-            redis::cmd("CONFIG").arg("REWRITE"),
-        )
-        .await
+        self.run::<()>(node, "CONFIG REWRITE", redis::cmd("CONFIG").arg("REWRITE"))
+            .await
     }
 }
 

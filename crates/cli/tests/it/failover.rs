@@ -196,7 +196,9 @@ async fn a_blip_shorter_than_down_after_causes_no_failover() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_controller_killed_in_the_middle_of_a_switchover_converges_after_restart() {
-    for crash_after in ["fence", "promote", "repoint"] {
+    // `intent`: the promotion intent is on disk, the target not yet promoted; `promoted`: the
+    // target is promoted, the old primary not yet demoted (restarted within its write pause).
+    for crash_after in ["fence", "intent", "promoted", "promote", "repoint"] {
         let lab = TestLab::start().await;
         // Restart the controller with a crash point inside the promotion.
         lab.kill_controller().await;
@@ -220,7 +222,11 @@ async fn a_controller_killed_in_the_middle_of_a_switchover_converges_after_resta
 
         // Restart without the fault: it converges on its own to one writer and a correct name.
         valkey_dr_lab::process::start_controller(&lab.spec, BIN.as_ref(), &[]).unwrap();
-        let expected_epoch = if crash_after == "fence" { 1 } else { 2 };
+        let expected_epoch = if ["fence", "intent"].contains(&crash_after) {
+            1
+        } else {
+            2
+        };
         let status = lab
             .wait_until(|s| {
                 s["epoch"] == expected_epoch && s["findings"] == serde_json::json!(["healthy"])

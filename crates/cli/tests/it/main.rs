@@ -9,4 +9,5 @@ mod harness;
 mod lab;
 mod promotion;
 mod reconcile;
+mod safety;
 mod security;
