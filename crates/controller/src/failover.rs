@@ -223,6 +223,13 @@ impl Controller {
         }
     }
 
+    /// One `fenced` event: the demotion's outcome and the epoch it enforces.
+    pub(crate) fn report_fenced(&self, demotion: &Demotion, epoch: u64) {
+        let mut detail = serde_json::to_value(demotion).unwrap_or_default();
+        detail["epoch"] = json!(epoch);
+        self.events.emit("fenced", &detail);
+    }
+
     /// Updates failure detection and, when a failover is due, carries it out. Returns the epoch in
     /// force afterwards and whether anything changed on the nodes.
     pub(crate) async fn detect_and_fail_over(
@@ -514,7 +521,7 @@ impl Controller {
         );
         if old_answers {
             let demotion = self.demote(old.primary, target, true).await;
-            self.events.emit("fenced", &demotion);
+            self.report_fenced(&demotion, new_epoch.epoch);
         }
         Ok((new_epoch, report))
     }
@@ -731,10 +738,7 @@ impl Controller {
                 continue;
             };
             let demotion = self.demote(*node, *source, true).await;
-            self.events.emit(
-                "fenced",
-                json!({ "epoch": epoch.epoch, "demotion": demotion }),
-            );
+            self.report_fenced(&demotion, epoch.epoch);
             changed = true;
         }
         changed

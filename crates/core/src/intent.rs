@@ -5,7 +5,7 @@
 //!
 //! | target                       | source (old writer)             | action                           |
 //! |------------------------------|---------------------------------|----------------------------------|
-//! | master                       | master, took writes, target not | roll back (the source kept going)|
+//! | master (never published)     | master, went on after the pause | roll back (the source kept going)|
 //! | master                       | anything else                   | complete (fence the source)      |
 //! | replica with the history     | master                          | roll back (unpause the source)   |
 //! | replica, ≥ required offset   | not a master                    | promote the target               |
@@ -59,10 +59,10 @@ pub fn resolve(pending: &Pending, observations: &[NodeObservation]) -> Resolutio
                     && s.replication_id == required.replication_id
                     && s.offset > required.offset
             });
-            // Nothing but the pause's expiry can have let the source take writes; the target has
-            // not been published, so it took none unless its offset moved.
-            let target_untouched = t.offset <= required.offset;
-            if source_went_on && target_untouched {
+            // Only the pause's expiry can have let the source go on. The target took no client
+            // write: the name leads to it only once the new epoch is committed, which settles the
+            // intent. (Its offset moves anyway, with the replication pings to its own replicas.)
+            if source_went_on {
                 Resolution::RollBack
             } else {
                 Resolution::Complete
@@ -96,7 +96,7 @@ mod tests {
                 offset: 100,
             },
         };
-        let promoted_target = |offset| {
+        let promoted_target = |offset: u64| {
             let mut o = at(primary(2), offset);
             if let Ok(info) = &mut o.state {
                 info.replication_id = "new".into();

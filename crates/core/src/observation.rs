@@ -67,14 +67,13 @@ impl ReplicationInfo {
         self.is_primary() && !self.continues(before)
     }
 
-    /// True when this node's data continues `before` (the writer's history as last seen): on the
-    /// same replication id, or promoted from it (`master_replid2`), at an offset not below it.
-    /// A node restarted empty (new id, offset from zero) or a replica that never synced (its own
-    /// random id, offset 1) does not.
+    /// True when this node's data continues `before` (the writer's history as last seen): its
+    /// replication offset has not gone backwards. A node restarted empty starts again from zero,
+    /// one restarted from an older file from where that file was. The replication id is no test
+    /// here: a primary also takes a new one when it creates its backlog for its first replica
+    /// (after a restart, or after `repl-backlog-ttl` without replicas) without losing anything.
     pub fn continues(&self, before: &History) -> bool {
-        let same_history = self.replication_id == before.replication_id
-            || self.replication_id2 == before.replication_id;
-        same_history && self.offset >= before.offset
+        self.offset >= before.offset
     }
 
     /// True when this node is on `before`'s replication history at any offset: a replica that
