@@ -296,19 +296,7 @@ fn detection_ms(spec: &LabSpec, since_ms: u64) -> Option<u64> {
 /// Starts a killed node again from its lab config: it comes back empty and the controller
 /// fences and resynchronizes it.
 fn restart_node(spec: &LabSpec, (region, index): (usize, usize)) -> Result<(), String> {
-    let conf = spec
-        .dir
-        .join(format!("valkey-{}.conf", spec.node_ip(region, index)));
-    let binary = crate::process::valkey_server_binary().map_err(|e| e.to_string())?;
-    let status = std::process::Command::new(binary)
-        .arg(conf)
-        .status()
-        .map_err(|e| e.to_string())?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("valkey-server exited with {status}"))
-    }
+    crate::process::start_node(spec, region, index).map_err(|e| e.to_string())
 }
 
 /// One scenario of the benchmark.

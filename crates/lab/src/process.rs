@@ -120,7 +120,7 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
     if any_running(&spec.dir) {
         return Ok(false);
     }
-    let valkey_server = valkey_server_binary()?;
+    valkey_server_binary()?;
     reset_dir(spec)?;
     spec.save().map_err(io("writing lab.json"))?;
     std::fs::write(spec.config_path(), spec.controller_config().to_toml())
@@ -139,20 +139,7 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
         // The config holds the password: owner-only.
         write_private(&conf, &spec.valkey_conf(r, i, &password))
             .map_err(io("writing a valkey config"))?;
-        let status = Command::new(&valkey_server)
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(io(format!("starting {}", valkey_server.display())))?;
-        if !status.success() {
-            return Err(LabError::Io(format!(
-                "{} exited with {status} for {}",
-                valkey_server.display(),
-                conf.display()
-            )));
-        }
+        start_node(spec, r, i)?;
     }
     for (r, i) in spec.nodes() {
         let addr = spec.node_addr(r, i);
@@ -182,6 +169,41 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
     spawn_daemon(valkey_dr, &["lab", "link", "--dir"], spec, "link", &[])?;
     start_controller(spec, valkey_dr, &[])?;
     Ok(true)
+}
+
+/// Starts (or restarts) one node from its config file, daemonized. Without persistence it comes
+/// back empty, in the role its file gives it. The umask keeps the file the owner's only when the
+/// controller rewrites it (`CONFIG REWRITE` creates it anew; it holds the password).
+pub fn start_node(spec: &LabSpec, region: usize, index: usize) -> Result<(), LabError> {
+    use std::os::unix::process::CommandExt;
+    let valkey_server = valkey_server_binary()?;
+    let conf = spec
+        .dir
+        .join(format!("valkey-{}.conf", spec.node_ip(region, index)));
+    let mut command = Command::new(&valkey_server);
+    command
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: umask is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let status = command
+        .status()
+        .map_err(io(format!("starting {}", valkey_server.display())))?;
+    if !status.success() {
+        return Err(LabError::Io(format!(
+            "{} exited with {status} for {}",
+            valkey_server.display(),
+            conf.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Starts the lab's controller (again), with extra environment variables.

@@ -349,12 +349,7 @@ async fn a_writer_restarted_empty_is_replaced_before_its_replicas_sync_from_it()
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str("\nrepl-diskless-sync-delay 5\n");
     std::fs::write(&conf, text).unwrap();
-    let started =
-        std::process::Command::new(valkey_dr_lab::process::valkey_server_binary().unwrap())
-            .arg(&conf)
-            .status()
-            .unwrap();
-    assert!(started.success());
+    valkey_dr_lab::process::start_node(&lab.spec, 0, 0).unwrap();
 
     let status = lab.wait_until(epoch_is(2)).await;
     assert_eq!(

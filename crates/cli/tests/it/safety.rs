@@ -59,16 +59,7 @@ async fn held(lab: &TestLab, ip: &str, prefix: &str, count: u64) -> u64 {
 /// Restarts a node from its own config file at once, as a supervisor with `Restart=always` does,
 /// with no persistence: it comes back empty, in the role its file gives it.
 fn restart_empty(lab: &TestLab, region: usize, index: usize) {
-    let conf = lab
-        .spec
-        .dir
-        .join(format!("valkey-{}.conf", lab.spec.node_ip(region, index)));
-    let started =
-        std::process::Command::new(valkey_dr_lab::process::valkey_server_binary().unwrap())
-            .arg(&conf)
-            .status()
-            .unwrap();
-    assert!(started.success());
+    valkey_dr_lab::process::start_node(&lab.spec, region, index).unwrap();
 }
 
 /// The measured total loss: the writer fails, a replica is promoted, and then the *promoted*
