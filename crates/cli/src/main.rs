@@ -2,6 +2,7 @@
 
 #[cfg(feature = "aws")]
 mod aws;
+mod chaos;
 mod drill;
 mod lab;
 mod render;
@@ -122,6 +123,9 @@ enum Command {
         #[command(subcommand)]
         command: drill::DrillCommand,
     },
+    /// Fault scenarios, each on a lab of its own, judged by independent writers and a monitor:
+    /// acknowledged writes lost, time with two masters, time with the name on a replica.
+    Chaos(chaos::ChaosArgs),
     /// The AWS shape: the reconcile the Lambda runs, from this machine.
     #[cfg(feature = "aws")]
     Aws {
@@ -233,6 +237,7 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Lab { command } => lab::dispatch(command).await,
         Command::Drill { command } => drill::dispatch(command).await,
+        Command::Chaos(args) => chaos::dispatch(args).await,
         #[cfg(feature = "aws")]
         Command::Aws { command } => aws::dispatch(command).await,
     }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::watch;
 use valkey_dr_controller::control::{self, Request};
 use valkey_dr_controller::events::now_ms;
 use valkey_dr_controller::promotion::PromoteMethod;
@@ -114,7 +113,6 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
             )
         })
         .collect();
-    let (stop_tx, stop_rx) = watch::channel(false);
     let base = spec.writer("drill").map_err(DrillError::Lab)?;
     let configs: Vec<WriterConfig> = (0..options.writers)
         .map(|w| WriterConfig {
@@ -124,19 +122,7 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
             ..base.clone()
         })
         .collect();
-    let writers: Vec<_> = configs
-        .iter()
-        .cloned()
-        .map(|config| {
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let stopped = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                writer::run(&config, stopped).await
-            })
-        })
-        .collect();
+    let writers = writer::Fleet::start(configs);
 
     tokio::time::sleep(options.at).await;
     let started = Instant::now();
@@ -229,16 +215,10 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
         .saturating_sub(options.at)
         .max(Duration::from_millis(100));
     tokio::time::sleep_until((started + rest).into()).await;
-    let _ = stop_tx.send(true);
-    let mut acknowledged = Vec::new();
-    for (writer, config) in writers.into_iter().zip(&configs) {
-        let result = writer.await.map_err(|e| DrillError::Lab(e.to_string()))?;
+    for (config, result) in writers.stop().await {
         report.acknowledged_writes += result.acknowledged;
         report.max_write_gap_ms = report.max_write_gap_ms.max(result.max_write_gap_ms);
-        acknowledged.push((config, result.acknowledged));
-    }
-    for (config, acked) in acknowledged {
-        match writer::verify_list(config, acked).await {
+        match writer::verify_list(&config, result.acknowledged).await {
             Ok(check) => {
                 report.acknowledged_lost += check.lost;
                 report.duplicated_writes += check.duplicated;

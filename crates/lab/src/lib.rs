@@ -2,6 +2,7 @@
 //! processes on their own loopback addresses, cross-region replication through the region-link
 //! emulator ([`link`]), and the controller with its embedded DNS server.
 
+pub mod chaos;
 pub mod drill;
 pub mod link;
 pub mod pki;

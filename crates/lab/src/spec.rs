@@ -58,6 +58,33 @@ impl LabSpec {
         }
     }
 
+    /// The reference lab on a loopback block and port that are free on every address it uses,
+    /// so that several labs (tests, chaos runs) run side by side and beside the reference lab.
+    pub fn on_free_block(dir: PathBuf, seed: u32) -> Option<LabSpec> {
+        for attempt in 0..200u32 {
+            let block = 10 + ((seed.wrapping_add(attempt.wrapping_mul(7919))) % 240) as u8;
+            let probe = std::net::TcpListener::bind((Ipv4Addr::new(127, block, 1, 1), 0)).ok()?;
+            let port = probe.local_addr().ok()?.port();
+            drop(probe);
+            let spec = LabSpec {
+                block,
+                port,
+                dns: SocketAddr::new(Ipv4Addr::new(127, block, 0, 53).into(), port),
+                ..LabSpec::reference(dir.clone())
+            };
+            let mut addrs: Vec<SocketAddr> =
+                spec.nodes().map(|(r, i)| spec.node_addr(r, i)).collect();
+            addrs.extend(spec.links().iter().map(|l| l.listen));
+            addrs.push(spec.dns);
+            if addrs.iter().all(|a| {
+                std::net::TcpListener::bind(a).is_ok() && std::net::UdpSocket::bind(a).is_ok()
+            }) {
+                return Some(spec);
+            }
+        }
+        None
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("tls").join("ca.pem")
     }

@@ -1,7 +1,7 @@
 //! Shared test harness: a real lab (valkey-server processes, region link, controller) on its own
 //! loopback block and free port, so tests run in parallel and beside a running reference lab.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,38 +19,6 @@ pub struct TestLab {
     pub spec: LabSpec,
 }
 
-/// A loopback block and port that are free on every address the lab will use.
-pub fn free_block_and_port() -> (u8, u16) {
-    let seed = std::process::id()
-        ^ NEXT
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(2_654_435_761);
-    for attempt in 0..200u32 {
-        let block = 10 + ((seed.wrapping_add(attempt * 7919)) % 240) as u8;
-        let probe = TcpListener::bind((Ipv4Addr::new(127, block, 1, 1), 0)).unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let spec = LabSpec {
-            block,
-            port,
-            ..LabSpec::reference(PathBuf::new())
-        };
-        let mut addrs: Vec<SocketAddr> = spec.nodes().map(|(r, i)| spec.node_addr(r, i)).collect();
-        addrs.extend(spec.links().iter().map(|l| l.listen));
-        addrs.push(SocketAddr::new(
-            Ipv4Addr::new(127, block, 0, 53).into(),
-            port,
-        ));
-        if addrs
-            .iter()
-            .all(|a| TcpListener::bind(a).is_ok() && UdpSocket::bind(a).is_ok())
-        {
-            return (block, port);
-        }
-    }
-    panic!("no free loopback block");
-}
-
 impl TestLab {
     pub async fn start() -> TestLab {
         Self::start_with(|_| {}).await
@@ -58,18 +26,11 @@ impl TestLab {
 
     /// Starts a lab whose spec `adjust` may change first (e.g. the failover policy).
     pub async fn start_with(adjust: impl FnOnce(&mut LabSpec)) -> TestLab {
-        let (block, port) = free_block_and_port();
-        let dir = std::env::temp_dir().join(format!(
-            "valkey-dr-test-{block}-{port}-{}",
-            std::process::id()
-        ));
-        let spec = LabSpec {
-            block,
-            port,
-            dns: SocketAddr::new(Ipv4Addr::new(127, block, 0, 53).into(), port),
-            ..LabSpec::reference(dir)
-        };
-        let mut spec = spec;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let seed = std::process::id() ^ n.wrapping_mul(2_654_435_761);
+        let dir =
+            std::env::temp_dir().join(format!("valkey-dr-test-{}-{n}-{seed}", std::process::id()));
+        let mut spec = LabSpec::on_free_block(dir, seed).expect("a free loopback block");
         adjust(&mut spec);
         let started = process::up(&spec, BIN.as_ref()).await.expect("lab starts");
         assert!(started, "a fresh directory has no running lab");

@@ -1,6 +1,6 @@
 use std::process::Command;
 
-use crate::harness::{BIN, free_block_and_port};
+use crate::harness::BIN;
 
 fn lab(args: &[&str], dir: &std::path::Path) -> (bool, String) {
     let out = Command::new(BIN)
@@ -23,7 +23,9 @@ fn lab(args: &[&str], dir: &std::path::Path) -> (bool, String) {
 /// The CLI lifecycle: `up` twice starts one copy, `down` leaves no process behind.
 #[test]
 fn lab_up_is_single_copy_and_down_leaves_no_process() {
-    let (block, port) = free_block_and_port();
+    let free = valkey_dr_lab::LabSpec::on_free_block(std::path::PathBuf::new(), std::process::id())
+        .expect("a free loopback block");
+    let (block, port) = (free.block, free.port);
     let dir = std::env::temp_dir().join(format!("valkey-dr-lifecycle-{block}-{port}"));
     let dns = format!("127.{block}.0.53:{port}");
     let (port, block) = (port.to_string(), block.to_string());

@@ -1,0 +1,125 @@
+//! `valkey-dr chaos`: the nemesis scenarios, each on a lab of its own, with a table of what the
+//! clients saw.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use valkey_dr_lab::chaos::{self, ChaosReport};
+use valkey_dr_lab::drill;
+
+use crate::Output;
+
+#[derive(clap::Args)]
+pub struct ChaosArgs {
+    /// Run only the scenarios whose name contains this text (repeatable) [default: all]
+    #[arg(long)]
+    scenario: Vec<String>,
+    /// Runs per scenario; the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Where the scenarios' labs live while they run.
+    #[arg(long, default_value = "target/chaos")]
+    dir: PathBuf,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+    #[arg(long, short, value_enum, default_value = "table")]
+    output: Output,
+}
+
+pub async fn dispatch(args: ChaosArgs) -> Result<()> {
+    let all = chaos::scenarios();
+    if args.list {
+        for s in &all {
+            println!("{}", s.name);
+        }
+        return Ok(());
+    }
+    let selected: Vec<_> = all
+        .into_iter()
+        .filter(|s| args.scenario.is_empty() || args.scenario.iter().any(|f| s.name.contains(f)))
+        .collect();
+    if selected.is_empty() {
+        bail!(
+            "no scenario matches {:?}; see `valkey-dr chaos --list`",
+            args.scenario
+        );
+    }
+    let bin = std::env::current_exe()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let mut results: Vec<Vec<ChaosReport>> = Vec::new();
+    for (n, scenario) in selected.iter().enumerate() {
+        let mut reports = Vec::new();
+        for run in 0..args.runs.max(1) {
+            let seed = std::process::id() ^ ((n * 31 + run) as u32).wrapping_mul(2_654_435_761);
+            let report = chaos::run(&args.dir, scenario, &bin, seed).await?;
+            eprintln!(
+                "{:<55} run {}/{}: lost {}+{}, two masters {} ms, name on a replica {} ms, {}",
+                scenario.name,
+                run + 1,
+                args.runs.max(1),
+                report.lost_outside,
+                report.lost_inside,
+                report.two_masters_ms,
+                report.name_on_replica_ms,
+                report.verdict
+            );
+            reports.push(report);
+        }
+        results.push(reports);
+    }
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+        Output::Table => print!("{}", table(&results)),
+    }
+    if results.iter().flatten().any(|r| r.verdict != "ok") {
+        bail!("some scenarios did not end well (see VERDICT)");
+    }
+    Ok(())
+}
+
+fn table(results: &[Vec<ChaosReport>]) -> String {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .filter(|reports| !reports.is_empty())
+        .map(|reports| {
+            let column = |f: fn(&ChaosReport) -> u64| {
+                drill::summarize(&reports.iter().map(|r| f(r) as f64).collect::<Vec<_>>())
+            };
+            let mut verdicts: Vec<String> = reports.iter().map(|r| r.verdict.clone()).collect();
+            verdicts.dedup();
+            vec![
+                reports[0].scenario.clone(),
+                reports.len().to_string(),
+                column(|r| r.acknowledged_outside + r.acknowledged_inside),
+                column(|r| r.lost_outside),
+                column(|r| r.lost_inside),
+                column(|r| r.two_masters_ms),
+                column(|r| r.name_on_replica_ms),
+                column(|r| r.failovers),
+                verdicts.join(" / "),
+            ]
+        })
+        .collect();
+    let mut out = crate::render::table(
+        &[
+            "SCENARIO",
+            "RUNS",
+            "ACKED",
+            "LOST OUTSIDE",
+            "LOST INSIDE",
+            "TWO MASTERS ms",
+            "NAME ON REPLICA ms",
+            "FAILOVERS",
+            "VERDICT",
+        ],
+        &rows,
+    );
+    out.push_str(
+        "\nmedian (min–max) over runs. OUTSIDE: a writer beyond every region (cut off by an isolation);\n\
+         INSIDE: a writer in the writer's region. TWO MASTERS: time two nodes reported role:master\n\
+         (a paused old primary counts). VERDICT: every acknowledged write read back, one writer, the\n\
+         name on it, the controller healthy (and no failover where none is allowed).\n",
+    );
+    out
+}

@@ -1,0 +1,662 @@
+//! `valkey-dr chaos`: a nemesis schedule on a lab of its own, judged by an independent checker.
+//!
+//! Each scenario starts a fresh lab, runs two sequence writers through the global name — one
+//! outside every region (through the controller's links, cut when a region is isolated) and one
+//! inside the writer's region (straight to the nodes) — injects its faults, heals, waits for the
+//! controller to converge and reads every list back. A monitor that talks to every node directly
+//! samples every 50 ms how many nodes report `role:master` and whether the name leads to one.
+//! None of it asks the controller what happened: the verdict comes from the clients' view.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use valkey_dr_controller::control::{self, Request};
+use valkey_dr_controller::promotion::PromoteMethod;
+use valkey_dr_core::{Endpoint, Engine};
+use valkey_dr_dns::resolve::StubResolver;
+use valkey_dr_valkey::{Timeouts, ValkeyEngine};
+
+use crate::LabSpec;
+use crate::writer::{self, WriterConfig};
+
+/// The write pause of a switchover in chaos labs: catch-up limit 1 s, so the pause (catch-up
+/// + 4 s) expires 5 s after the fence.
+const CATCHUP_TIMEOUT_MS: u64 = 1000;
+const PAUSE_EXPIRED: Duration = Duration::from_secs(6);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "fault")]
+pub enum Fault {
+    /// SIGKILL the writer; restart it empty after `restart_after_ms` (0: at once, as a
+    /// supervisor with `Restart=always` does).
+    KillWriter { restart_after_ms: u64 },
+    /// SIGKILL the writer, let the controller fail over, restart the old writer, then SIGKILL the
+    /// *promoted* writer and restart it at once, empty.
+    PromotedWriterRestartedAtOnce,
+    /// Cut the writer's region off from the other region and the controller for `for_ms`.
+    IsolateWriterRegion { for_ms: u64 },
+    /// A switchover whose controller aborts right after `step`; restarted after `restart_after_ms`.
+    ControllerCrash { step: String, restart_after_ms: u64 },
+    /// SIGSTOP the controller for `for_ms`.
+    ControllerStall { for_ms: u64 },
+    /// Restart the writer's in-region replica empty, then SIGKILL the writer.
+    ReplicaRestartedThenWriterKilled,
+    /// A switchover, then the controller restarted over a truncated or reverted `state.json`.
+    StateDamaged { truncated: bool },
+    /// `replica-serve-stale-data no` on every node, then SIGKILL the writer.
+    StaleReadsRefusedThenWriterKilled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scenario {
+    pub name: String,
+    pub fault: Fault,
+    /// How long the writers run.
+    pub duration_ms: u64,
+    /// The most failovers the scenario allows (a stall must cause none).
+    pub max_failovers: Option<u64>,
+}
+
+pub fn scenarios() -> Vec<Scenario> {
+    let s = |name: &str, fault: Fault, seconds: u64| Scenario {
+        name: name.to_string(),
+        fault,
+        duration_ms: seconds * 1000,
+        max_failovers: None,
+    };
+    let mut all = vec![
+        s(
+            "writer killed, restarted empty after 6 s",
+            Fault::KillWriter {
+                restart_after_ms: 6000,
+            },
+            12,
+        ),
+        s(
+            "writer killed, restarted empty at once",
+            Fault::KillWriter {
+                restart_after_ms: 0,
+            },
+            10,
+        ),
+        s(
+            "promoted writer killed, restarted empty at once",
+            Fault::PromotedWriterRestartedAtOnce,
+            20,
+        ),
+        s(
+            "writer region isolated 8 s",
+            Fault::IsolateWriterRegion { for_ms: 8000 },
+            14,
+        ),
+        Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "controller stalled 3 s (SIGSTOP)",
+                Fault::ControllerStall { for_ms: 3000 },
+                9,
+            )
+        },
+        s(
+            "replica restarted empty, then writer killed",
+            Fault::ReplicaRestartedThenWriterKilled,
+            12,
+        ),
+        s(
+            "state.json truncated before a restart",
+            Fault::StateDamaged { truncated: true },
+            10,
+        ),
+        s(
+            "state.json reverted before a restart",
+            Fault::StateDamaged { truncated: false },
+            10,
+        ),
+        s(
+            "replica-serve-stale-data no, writer killed",
+            Fault::StaleReadsRefusedThenWriterKilled,
+            10,
+        ),
+    ];
+    for step in [
+        "fence",
+        "intent",
+        "promoted",
+        "promote",
+        "switch_dns",
+        "release",
+    ] {
+        for (when, delay) in [("within", 500), ("after", PAUSE_EXPIRED.as_millis() as u64)] {
+            all.push(s(
+                &format!("controller crash after {step}, restart {when} the pause"),
+                Fault::ControllerCrash {
+                    step: step.to_string(),
+                    restart_after_ms: delay,
+                },
+                if delay > 1000 { 13 } else { 8 },
+            ));
+        }
+    }
+    all
+}
+
+/// What one run of a scenario showed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChaosReport {
+    pub scenario: String,
+    pub acknowledged_outside: u64,
+    pub lost_outside: u64,
+    pub acknowledged_inside: u64,
+    pub lost_inside: u64,
+    /// Time during which two or more nodes reported `role:master`, and how many such intervals.
+    pub two_masters_ms: u64,
+    pub two_masters_intervals: u64,
+    /// Time during which the name led to a node that answered as a replica.
+    pub name_on_replica_ms: u64,
+    pub name_on_replica_intervals: u64,
+    pub failovers: u64,
+    /// After healing: exactly one master, the name on it, the controller reporting healthy.
+    pub final_one_writer: bool,
+    pub final_name_on_writer: bool,
+    pub final_healthy: bool,
+    pub verdict: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error("no free loopback block for a chaos lab")]
+    NoBlock,
+    #[error("lab: {0}")]
+    Lab(String),
+    #[error("controller: {0}")]
+    Controller(#[from] control::ClientError),
+}
+
+fn lab_error(e: impl std::fmt::Display) -> ChaosError {
+    ChaosError::Lab(e.to_string())
+}
+
+/// Runs one scenario on a fresh lab under `base` and tears the lab down.
+pub async fn run(
+    base: &Path,
+    scenario: &Scenario,
+    valkey_dr: &Path,
+    seed: u32,
+) -> Result<ChaosReport, ChaosError> {
+    let dir = base.join(format!("chaos-{seed}"));
+    let spec = LabSpec::on_free_block(dir.clone(), seed).ok_or(ChaosError::NoBlock)?;
+    let result = run_on(&spec, scenario, valkey_dr).await;
+    crate::process::down(&spec.dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_on(
+    spec: &LabSpec,
+    scenario: &Scenario,
+    valkey_dr: &Path,
+) -> Result<ChaosReport, ChaosError> {
+    crate::process::up(spec, valkey_dr)
+        .await
+        .map_err(lab_error)?;
+    let lab = Lab::new(spec, valkey_dr)?;
+    lab.wait_healthy(Duration::from_secs(30)).await?;
+    // A short catch-up limit (so a pause expires within the scenario) and the fault, if any.
+    let fault_env = match &scenario.fault {
+        Fault::ControllerCrash { step, .. } => Some(format!("crash-after:{step}")),
+        _ => None,
+    };
+    lab.restart_controller(fault_env.as_deref()).await?;
+    let before = lab.wait_healthy(Duration::from_secs(30)).await?;
+    let epoch_before = before["epoch"].as_u64().unwrap_or(0);
+    let state_at_start =
+        std::fs::read_to_string(spec.controller_dir().join("state.json")).unwrap_or_default();
+
+    let monitor = Monitor::start(spec)?;
+    let writers = writer::Fleet::start(lab.writers()?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let mut report = ChaosReport {
+        scenario: scenario.name.clone(),
+        ..ChaosReport::default()
+    };
+    if let Err(e) = lab.inject(&scenario.fault, &state_at_start).await {
+        report.error = Some(e.to_string());
+    }
+    tokio::time::sleep_until(
+        (started
+            + Duration::from_millis(scenario.duration_ms).saturating_sub(Duration::from_secs(1)))
+        .into(),
+    )
+    .await;
+    lab.heal().await?;
+    let after = lab.wait_healthy(Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results = writers.stop().await;
+    let seen = monitor.stop().await;
+
+    for (config, result) in results {
+        let check = writer::verify_list(&config, result.acknowledged).await;
+        let lost = match check {
+            Ok(c) => c.lost,
+            Err(e) => {
+                report.error = Some(format!("verification failed: {e}"));
+                result.acknowledged
+            }
+        };
+        if config.via.is_empty() {
+            report.acknowledged_inside = result.acknowledged;
+            report.lost_inside = lost;
+        } else {
+            report.acknowledged_outside = result.acknowledged;
+            report.lost_outside = lost;
+        }
+    }
+    report.two_masters_ms = seen.two_masters.total_ms;
+    report.two_masters_intervals = seen.two_masters.intervals;
+    report.name_on_replica_ms = seen.name_on_replica.total_ms;
+    report.name_on_replica_intervals = seen.name_on_replica.intervals;
+    report.failovers = after["epoch"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(epoch_before);
+    report.final_one_writer = seen.last_masters == 1;
+    report.final_name_on_writer = seen.last_name_on_master;
+    report.final_healthy = after["findings"] == serde_json::json!(["healthy"]);
+    report.verdict = verdict(&report, scenario);
+    Ok(report)
+}
+
+fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
+    let mut problems = Vec::new();
+    if r.lost_outside + r.lost_inside > 0 {
+        problems.push(format!(
+            "{} acknowledged lost",
+            r.lost_outside + r.lost_inside
+        ));
+    }
+    if !r.final_one_writer {
+        problems.push("not one writer".into());
+    }
+    if !r.final_name_on_writer {
+        problems.push("name not on the writer".into());
+    }
+    if !r.final_healthy {
+        problems.push("not healthy".into());
+    }
+    if scenario.max_failovers.is_some_and(|max| r.failovers > max) {
+        problems.push(format!("{} failover(s)", r.failovers));
+    }
+    if problems.is_empty() {
+        "ok".into()
+    } else {
+        problems.join("; ")
+    }
+}
+
+/// The lab as the nemesis drives it.
+struct Lab<'a> {
+    spec: &'a LabSpec,
+    valkey_dr: &'a Path,
+    socket: PathBuf,
+    engine: ValkeyEngine,
+}
+
+impl<'a> Lab<'a> {
+    fn new(spec: &'a LabSpec, valkey_dr: &'a Path) -> Result<Lab<'a>, ChaosError> {
+        Ok(Lab {
+            spec,
+            valkey_dr,
+            socket: spec.controller_config().control_socket(),
+            engine: node_engine(spec)?,
+        })
+    }
+
+    async fn status(&self) -> Result<Value, ChaosError> {
+        Ok(control::request(&self.socket, &Request::Status, |_| {}).await?)
+    }
+
+    async fn wait_healthy(&self, limit: Duration) -> Result<Value, ChaosError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status().await;
+            if let Ok(s) = &status
+                && (s["findings"] == serde_json::json!(["healthy"]) || Instant::now() >= deadline)
+            {
+                return status;
+            }
+            if status.is_err() && Instant::now() >= deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_epoch_above(&self, epoch: u64, limit: Duration) -> Result<Value, ChaosError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(s) = self.status().await
+                && (s["epoch"].as_u64().is_some_and(|e| e > epoch) || Instant::now() >= deadline)
+            {
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                return Err(lab_error("the controller did not answer"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn restart_controller(&self, fault: Option<&str>) -> Result<(), ChaosError> {
+        let _ = crate::process::kill_recorded(&self.spec.dir.join("controller.pid")).await;
+        let mut config = self.spec.controller_config();
+        config.controller.catchup_timeout_ms = CATCHUP_TIMEOUT_MS;
+        std::fs::write(self.spec.config_path(), config.to_toml()).map_err(lab_error)?;
+        let env: Vec<(&str, &str)> = fault.map(|f| ("VALKEY_DR_FAULT", f)).into_iter().collect();
+        crate::process::start_controller(self.spec, self.valkey_dr, &env).map_err(lab_error)
+    }
+
+    /// One writer outside every region (through the controller's links) and one inside the
+    /// writer's region (straight to the nodes).
+    fn writers(&self) -> Result<Vec<WriterConfig>, ChaosError> {
+        let base = self.spec.writer("chaos").map_err(lab_error)?;
+        let via = self
+            .spec
+            .nodes()
+            .map(|(r, i)| {
+                (
+                    std::net::IpAddr::from(self.spec.node_ip(r, i)),
+                    self.spec.controller_link_addr(r, i),
+                )
+            })
+            .collect();
+        Ok(vec![
+            WriterConfig {
+                prefix: "chaos:outside".into(),
+                list: true,
+                via,
+                ..base.clone()
+            },
+            WriterConfig {
+                prefix: "chaos:inside".into(),
+                list: true,
+                ..base
+            },
+        ])
+    }
+
+    /// The lab coordinates of the node `name` (`ip:port`).
+    fn node(&self, name: &str) -> Option<(usize, usize)> {
+        self.spec
+            .nodes()
+            .find(|(r, i)| self.spec.node_addr(*r, *i).to_string() == name)
+    }
+
+    async fn writer(&self) -> Result<((usize, usize), u64), ChaosError> {
+        let s = self.status().await?;
+        let node = s["primary"]
+            .as_str()
+            .and_then(|p| self.node(p))
+            .ok_or_else(|| lab_error("no writer"))?;
+        Ok((node, s["epoch"].as_u64().unwrap_or(0)))
+    }
+
+    async fn kill(&self, (r, i): (usize, usize)) -> Result<(), ChaosError> {
+        crate::process::kill_recorded(&self.spec.node_pidfile(r, i))
+            .await
+            .map_err(lab_error)
+    }
+
+    fn restart(&self, (r, i): (usize, usize)) -> Result<(), ChaosError> {
+        crate::process::start_node(self.spec, r, i).map_err(lab_error)
+    }
+
+    fn other_region(&self, node: (usize, usize)) -> String {
+        self.spec.regions[(node.0 + 1) % self.spec.regions.len()].clone()
+    }
+
+    async fn promote(&self, region: String) -> Result<Value, ChaosError> {
+        let request = Request::Promote {
+            region,
+            method: PromoteMethod::Safe,
+        };
+        Ok(control::request(&self.socket, &request, |_| {}).await?)
+    }
+
+    fn controller_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.spec.dir.join("controller.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    async fn inject(&self, fault: &Fault, state_at_start: &str) -> Result<(), ChaosError> {
+        let (writer, epoch) = self.writer().await?;
+        match fault {
+            Fault::KillWriter { restart_after_ms } => {
+                self.kill(writer).await?;
+                tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
+                self.restart(writer)?;
+            }
+            Fault::PromotedWriterRestartedAtOnce => {
+                self.kill(writer).await?;
+                self.wait_epoch_above(epoch, Duration::from_secs(10))
+                    .await?;
+                self.restart(writer)?;
+                self.wait_healthy(Duration::from_secs(15)).await?;
+                let _ = control::request(&self.socket, &Request::Ack, |_| {}).await;
+                let (promoted, _) = self.writer().await?;
+                self.kill(promoted).await?;
+                self.restart(promoted)?;
+            }
+            Fault::IsolateWriterRegion { for_ms } => {
+                let region = self.spec.regions[writer.0].clone();
+                crate::link::set_partition(&self.spec.dir, &[region].into())
+                    .await
+                    .map_err(lab_error)?;
+                tokio::time::sleep(Duration::from_millis(*for_ms)).await;
+                crate::link::set_partition(&self.spec.dir, &Default::default())
+                    .await
+                    .map_err(lab_error)?;
+            }
+            Fault::ControllerCrash {
+                restart_after_ms, ..
+            } => {
+                // The controller aborts mid-switchover: the request fails.
+                let _ = self.promote(self.other_region(writer)).await;
+                tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
+                self.restart_controller(None).await?;
+            }
+            Fault::ControllerStall { for_ms } => {
+                let pid = self
+                    .controller_pid()
+                    .ok_or_else(|| lab_error("no controller"))?;
+                // SAFETY: signals to the controller process this lab started.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                tokio::time::sleep(Duration::from_millis(*for_ms)).await;
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+            Fault::ReplicaRestartedThenWriterKilled => {
+                let replica = (writer.0, 1 - writer.1);
+                self.kill(replica).await?;
+                self.restart(replica)?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                self.kill(writer).await?;
+            }
+            Fault::StateDamaged { truncated } => {
+                self.promote(self.other_region(writer)).await?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = crate::process::kill_recorded(&self.spec.dir.join("controller.pid")).await;
+                let damaged = if *truncated {
+                    state_at_start[..state_at_start.len() / 2].to_string()
+                } else {
+                    state_at_start.to_string()
+                };
+                std::fs::write(self.spec.controller_dir().join("state.json"), damaged)
+                    .map_err(lab_error)?;
+                self.restart_controller(None).await?;
+            }
+            Fault::StaleReadsRefusedThenWriterKilled => {
+                for (r, i) in self.spec.nodes() {
+                    let endpoint = endpoint(self.spec.node_addr(r, i));
+                    self.config_set(&endpoint, "replica-serve-stale-data", "no")
+                        .await?;
+                }
+                self.kill(writer).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn config_set(&self, node: &Endpoint, key: &str, value: &str) -> Result<(), ChaosError> {
+        let security = self.spec.security().map_err(lab_error)?;
+        let mut conn = valkey_dr_valkey::connect(node, &security, timeouts())
+            .await
+            .map_err(lab_error)?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(lab_error)
+    }
+
+    /// Undoes every fault: the partition lifted, every node and the controller running.
+    async fn heal(&self) -> Result<(), ChaosError> {
+        crate::link::set_partition(&self.spec.dir, &Default::default())
+            .await
+            .map_err(lab_error)?;
+        for (r, i) in self.spec.nodes() {
+            if self
+                .engine
+                .ping(&endpoint(self.spec.node_addr(r, i)))
+                .await
+                .is_err()
+            {
+                let _ = self.restart((r, i));
+            }
+        }
+        match self.controller_pid() {
+            // SAFETY: as above; SIGCONT to a running process is harmless.
+            Some(pid) if unsafe { libc::kill(pid, 0) } == 0 => unsafe {
+                libc::kill(pid, libc::SIGCONT);
+            },
+            _ => self.restart_controller(None).await?,
+        }
+        Ok(())
+    }
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_millis(300),
+        command: Duration::from_millis(300),
+    }
+}
+
+fn endpoint(addr: std::net::SocketAddr) -> Endpoint {
+    Endpoint::new(&addr.ip().to_string(), addr.port())
+}
+
+fn node_engine(spec: &LabSpec) -> Result<ValkeyEngine, ChaosError> {
+    Ok(ValkeyEngine::new(
+        timeouts(),
+        spec.security().map_err(lab_error)?,
+    ))
+}
+
+/// Time spent in one bad condition, and how many separate times it began.
+#[derive(Debug, Default, Clone, Copy)]
+struct Spell {
+    total_ms: u64,
+    intervals: u64,
+    active: bool,
+}
+
+impl Spell {
+    fn sample(&mut self, bad: bool, step: Duration) {
+        if bad {
+            self.total_ms += step.as_millis() as u64;
+            if !self.active {
+                self.intervals += 1;
+            }
+        }
+        self.active = bad;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    two_masters: Spell,
+    name_on_replica: Spell,
+    last_masters: usize,
+    last_name_on_master: bool,
+}
+
+/// Samples every node directly (not through the links a partition cuts) and the name.
+struct Monitor {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Seen>,
+}
+
+impl Monitor {
+    fn start(spec: &LabSpec) -> Result<Monitor, ChaosError> {
+        let engine = node_engine(spec)?;
+        let nodes: Vec<(std::net::IpAddr, Endpoint)> = spec
+            .nodes()
+            .map(|(r, i)| (spec.node_ip(r, i).into(), endpoint(spec.node_addr(r, i))))
+            .collect();
+        let resolver = StubResolver::new(spec.dns);
+        let name = format!("{}.{}.", spec.global_name, spec.zone);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let step = Duration::from_millis(50);
+            let mut last = Instant::now();
+            while !*stopped.borrow() {
+                let roles =
+                    futures::future::join_all(nodes.iter().map(|(_, e)| engine.replication(e)))
+                        .await;
+                let masters: Vec<std::net::IpAddr> = nodes
+                    .iter()
+                    .zip(&roles)
+                    .filter(|(_, r)| r.as_ref().is_ok_and(|i| i.is_primary()))
+                    .map(|((ip, _), _)| *ip)
+                    .collect();
+                let target = resolver
+                    .resolve(&name)
+                    .await
+                    .ok()
+                    .and_then(|(ips, _)| ips.first().copied());
+                let target_is_replica = target.is_some_and(|t| {
+                    nodes
+                        .iter()
+                        .zip(&roles)
+                        .any(|((ip, _), r)| *ip == t && r.as_ref().is_ok_and(|i| !i.is_primary()))
+                });
+                let elapsed = last.elapsed();
+                last = Instant::now();
+                seen.two_masters.sample(masters.len() >= 2, elapsed);
+                seen.name_on_replica.sample(target_is_replica, elapsed);
+                seen.last_masters = masters.len();
+                seen.last_name_on_master = target.is_some_and(|t| masters.contains(&t));
+                tokio::select! {
+                    _ = tokio::time::sleep(step) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+            seen
+        });
+        Ok(Monitor { stop, task })
+    }
+
+    async fn stop(self) -> Seen {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_default()
+    }
+}
