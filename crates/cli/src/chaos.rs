@@ -47,12 +47,14 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
     }
     let bin = std::env::current_exe()?;
     std::fs::create_dir_all(&args.dir)?;
+    // Node configs name their files by path: the lab needs an absolute one.
+    let base = std::path::absolute(&args.dir)?;
     let mut results: Vec<Vec<ChaosReport>> = Vec::new();
     for (n, scenario) in selected.iter().enumerate() {
         let mut reports = Vec::new();
         for run in 0..args.runs.max(1) {
             let seed = std::process::id() ^ ((n * 31 + run) as u32).wrapping_mul(2_654_435_761);
-            let report = chaos::run(&args.dir, scenario, &bin, seed).await?;
+            let report = chaos::run(&base, scenario, &bin, seed).await?;
             eprintln!(
                 "{:<55} run {}/{}: lost {}+{}, two masters {} ms, name on a replica {} ms, {}",
                 scenario.name,
@@ -84,7 +86,15 @@ fn table(results: &[Vec<ChaosReport>]) -> String {
         .filter(|reports| !reports.is_empty())
         .map(|reports| {
             let column = |f: fn(&ChaosReport) -> u64| {
-                drill::summarize(&reports.iter().map(|r| f(r) as f64).collect::<Vec<_>>())
+                let mut v: Vec<u64> = reports.iter().map(f).collect();
+                v.sort_unstable();
+                let median = drill::median_of(&v.iter().map(|x| *x as f64).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                if v[0] == v[v.len() - 1] {
+                    format!("{median:.0}")
+                } else {
+                    format!("{median:.0} ({}–{})", v[0], v[v.len() - 1])
+                }
             };
             let mut verdicts: Vec<String> = reports.iter().map(|r| r.verdict.clone()).collect();
             verdicts.dedup();
