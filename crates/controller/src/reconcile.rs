@@ -30,6 +30,8 @@ pub struct Memory {
     pub(crate) reported_lost: Option<String>,
     /// A suspected data loss, shown by status until `ack` or `adopt`.
     pub(crate) data_loss: Option<serde_json::Value>,
+    /// Nodes whose sync settings were checked in this run.
+    settings_checked: std::collections::BTreeSet<NodeId>,
     started: bool,
 }
 
@@ -461,6 +463,37 @@ impl Controller {
                 .engine
                 .unpause(&self.topology.node(writer).control_endpoint)
                 .await;
+        }
+        self.check_sync_settings(observations).await;
+    }
+
+    /// Warns, once per node and run, about settings that let replicas copy an empty restarted
+    /// writer before the controller can replace it.
+    async fn check_sync_settings(&self, observations: &[NodeObservation]) {
+        let unchecked: Vec<NodeId> = {
+            let memory = self.memory.lock().expect("memory lock");
+            observations
+                .iter()
+                .filter(|o| o.info().is_some() && !memory.settings_checked.contains(&o.node))
+                .map(|o| o.node)
+                .collect()
+        };
+        for node in unchecked {
+            let endpoint = &self.topology.node(node).control_endpoint;
+            let Ok(settings) = self.engine.sync_settings(endpoint).await else {
+                continue;
+            };
+            self.memory
+                .lock()
+                .expect("memory lock")
+                .settings_checked
+                .insert(node);
+            if let Some(why) = settings.defeats_empty_restart_guard() {
+                self.events.emit(
+                    "setting_weakens_safety",
+                    json!({ "node": self.topology.node_name(node), "warning": why }),
+                );
+            }
         }
     }
 

@@ -47,4 +47,25 @@ pub trait Engine: Send + Sync {
     async fn kill_clients(&self, node: &Endpoint) -> Result<u64, EngineError>;
     /// Writes the node's current role to its config file, so that a restart keeps it.
     async fn persist_role(&self, node: &Endpoint) -> Result<(), EngineError>;
+    /// The node's settings that decide how fast a replica copies what its master holds.
+    async fn sync_settings(&self, node: &Endpoint) -> Result<SyncSettings, EngineError>;
+}
+
+/// How a node serves full resyncs to its replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncSettings {
+    /// `repl-diskless-sync yes`
+    pub diskless: bool,
+    /// `repl-diskless-sync-delay` (seconds)
+    pub diskless_delay_s: u64,
+}
+
+impl SyncSettings {
+    /// Why these settings defeat the guard against a writer restarted empty as a master, if they
+    /// do: its replicas would copy the emptiness before the controller's next pass.
+    pub fn defeats_empty_restart_guard(&self) -> Option<&'static str> {
+        (self.diskless && self.diskless_delay_s == 0).then_some(
+            "repl-diskless-sync-delay 0: a writer restarted empty as a master is copied to its replicas at once; keep Valkey's default (5 s), or give every node's config file a replicaof line so that none restarts as a master",
+        )
+    }
 }

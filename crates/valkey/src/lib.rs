@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
 };
-pub use valkey_dr_core::engine::{Engine, EngineError};
+pub use valkey_dr_core::engine::{Engine, EngineError, SyncSettings};
 use valkey_dr_core::observation::{
     EpochMark, NodeObservation, ReplicationInfo, parse_info_replication,
 };
@@ -395,6 +395,27 @@ impl Engine for ValkeyEngine {
         let (normal, pubsub): (u64, u64) =
             self.run_pipeline(node, "CLIENT KILL", &pipeline).await?;
         Ok(normal + pubsub)
+    }
+
+    /// `CONFIG GET repl-diskless-sync*`.
+    async fn sync_settings(&self, node: &Endpoint) -> Result<SyncSettings, EngineError> {
+        let values: HashMap<String, String> = self
+            .run(
+                node,
+                "CONFIG GET",
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("repl-diskless-sync")
+                    .arg("repl-diskless-sync-delay"),
+            )
+            .await?;
+        Ok(SyncSettings {
+            diskless: values.get("repl-diskless-sync").map(String::as_str) == Some("yes"),
+            diskless_delay_s: values
+                .get("repl-diskless-sync-delay")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5),
+        })
     }
 
     /// `CONFIG REWRITE`: the node's config file gets its current role, so a restart brings it

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "aws")]
 mod aws;
+mod chaos;
 mod config;
 mod failover;
 mod harness;

@@ -266,3 +266,64 @@ async fn a_controller_stalled_for_three_seconds_fails_nothing_over() {
     assert!(lab.first_event("failover_started").is_none());
     assert!(lab.first_event("controller_stalled").is_some());
 }
+
+/// An old primary that refuses to be demoted (here its ACL forbids REPLICAOF) is never unpaused
+/// after a switchover: a write sent to it is not acknowledged into a history nobody keeps. Once it
+/// accepts REPLICAOF again, a pass demotes it under the new writer.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_primary_that_cannot_be_demoted_stays_fenced() {
+    let lab = TestLab::start().await;
+    let acl = |rule: &'static str| {
+        let lab = &lab;
+        async move {
+            let mut conn = lab.connection(&lab.ip(0, 0)).await;
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg(rule)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    acl("-replicaof").await;
+    lab.cli(&["promote", "us-east-2"]);
+    let mut client = lab.connection(&lab.ip(0, 0)).await;
+    let write = tokio::time::timeout(
+        Duration::from_millis(1500),
+        redis::cmd("SET")
+            .arg("into-the-void")
+            .arg(1)
+            .query_async::<()>(&mut client),
+    )
+    .await;
+    assert!(
+        !matches!(write, Ok(Ok(()))),
+        "the old primary acknowledged a write after the switchover"
+    );
+    acl("+replicaof").await;
+    let status = lab
+        .wait_until(|s| s["nodes"][0]["role"] == "replica" && s["nodes"][0]["link"] == "up")
+        .await;
+    assert_eq!(primaries(&status), 1);
+    assert_eq!(status["primary"], lab.node(1, 0));
+}
+
+/// Every demotion closes the demoted node's clients, pub/sub subscribers included, so they
+/// reconnect through the name instead of waiting on a replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switchover_closes_the_old_primarys_subscribers() {
+    use futures::StreamExt;
+    let lab = TestLab::start().await;
+    let endpoint = valkey_dr_core::Endpoint::new(&lab.ip(0, 0), lab.spec.port);
+    let client = valkey_dr_valkey::client(&endpoint, &lab.spec.security().unwrap()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("news").await.unwrap();
+    lab.cli(&["promote", "us-east-2"]);
+    let mut messages = pubsub.on_message();
+    let closed = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+    assert!(
+        matches!(closed, Ok(None)),
+        "the subscriber is still connected to the demoted node"
+    );
+}
