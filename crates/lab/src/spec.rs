@@ -284,7 +284,7 @@ impl LabSpec {
         let mut conf = format!(
             "bind {ip}\n{listen}requirepass {password}\nmasterauth {password}\nreplica-announce-ip {ip}\ndaemonize yes\npidfile {pid}\nlogfile {log}\ndir {dir}\n\
              save \"\"\nappendonly no\nprotected-mode no\n\
-             repl-diskless-sync yes\nrepl-diskless-sync-delay 0\n\
+             repl-diskless-sync yes\n\
              repl-timeout 5\nrepl-ping-replica-period 1\n",
             pid = self.node_pidfile(region, index).display(),
             log = self.dir.join(format!("valkey-{ip}.log")).display(),
