@@ -215,6 +215,45 @@ pub fn check_list(entries: &[u64], acknowledged: u64) -> ListCheck {
     }
 }
 
+/// Several writers running side by side until stopped.
+pub struct Fleet {
+    stop: tokio::sync::watch::Sender<bool>,
+    running: Vec<(WriterConfig, tokio::task::JoinHandle<WriterReport>)>,
+}
+
+impl Fleet {
+    pub fn start(configs: Vec<WriterConfig>) -> Fleet {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let running = configs
+            .into_iter()
+            .map(|config| {
+                let mut stop = stop_rx.clone();
+                let task = tokio::spawn({
+                    let config = config.clone();
+                    async move {
+                        let stopped = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        run(&config, stopped).await
+                    }
+                });
+                (config, task)
+            })
+            .collect();
+        Fleet { stop, running }
+    }
+
+    /// Stops every writer and returns what each acknowledged.
+    pub async fn stop(self) -> Vec<(WriterConfig, WriterReport)> {
+        let _ = self.stop.send(true);
+        let mut reports = Vec::new();
+        for (config, task) in self.running {
+            reports.push((config, task.await.unwrap_or_default()));
+        }
+        reports
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,44 +295,5 @@ mod tests {
         );
         // Unacknowledged writes that landed are neither lost nor duplicates.
         assert_eq!(check_list(&[0, 1, 2], 2), ListCheck::default());
-    }
-}
-
-/// Several writers running side by side until stopped.
-pub struct Fleet {
-    stop: tokio::sync::watch::Sender<bool>,
-    running: Vec<(WriterConfig, tokio::task::JoinHandle<WriterReport>)>,
-}
-
-impl Fleet {
-    pub fn start(configs: Vec<WriterConfig>) -> Fleet {
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let running = configs
-            .into_iter()
-            .map(|config| {
-                let mut stop = stop_rx.clone();
-                let task = tokio::spawn({
-                    let config = config.clone();
-                    async move {
-                        let stopped = async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        };
-                        run(&config, stopped).await
-                    }
-                });
-                (config, task)
-            })
-            .collect();
-        Fleet { stop, running }
-    }
-
-    /// Stops every writer and returns what each acknowledged.
-    pub async fn stop(self) -> Vec<(WriterConfig, WriterReport)> {
-        let _ = self.stop.send(true);
-        let mut reports = Vec::new();
-        for (config, task) in self.running {
-            reports.push((config, task.await.unwrap_or_default()));
-        }
-        reports
     }
 }

@@ -273,33 +273,55 @@ async fn a_controller_stalled_for_three_seconds_fails_nothing_over() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_old_primary_that_cannot_be_demoted_stays_fenced() {
     let lab = TestLab::start().await;
-    let acl = |rule: &'static str| {
+    // The node closes its clients on every pass while fenced: connect again when it does.
+    let on_old_primary = |command: redis::Cmd| {
         let lab = &lab;
         async move {
-            let mut conn = lab.connection(&lab.ip(0, 0)).await;
-            let _: () = redis::cmd("ACL")
-                .arg("SETUSER")
-                .arg("default")
-                .arg(rule)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let security = lab.spec.security().unwrap();
+            let endpoint = valkey_dr_core::Endpoint::new(&lab.ip(0, 0), lab.spec.port);
+            let timeouts = valkey_dr_valkey::Timeouts {
+                connect: Duration::from_millis(300),
+                command: Duration::from_millis(300),
+            };
+            let mut conn = valkey_dr_valkey::connect(&endpoint, &security, timeouts).await?;
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                command.query_async::<()>(&mut conn),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+        }
+    };
+    let acl = |rule: &'static str| {
+        let on_old_primary = &on_old_primary;
+        async move {
+            let mut command = redis::cmd("ACL");
+            command.arg("SETUSER").arg("default").arg(rule);
+            for _ in 0..50 {
+                if on_old_primary(command.clone()).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("ACL SETUSER default {rule} failed");
         }
     };
     acl("-replicaof").await;
     lab.cli(&["promote", "us-east-2"]);
-    let mut client = lab.connection(&lab.ip(0, 0)).await;
-    let write = tokio::time::timeout(
-        Duration::from_millis(1500),
-        redis::cmd("SET")
-            .arg("into-the-void")
-            .arg(1)
-            .query_async::<()>(&mut client),
-    )
-    .await;
-    assert!(
-        !matches!(write, Ok(Ok(()))),
-        "the old primary acknowledged a write after the switchover"
+    // For 2 s, clients of the old primary try to write: none is acknowledged.
+    let mut acknowledged = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        let mut set = redis::cmd("SET");
+        set.arg("into-the-void").arg(1);
+        if on_old_primary(set).await.is_ok() {
+            acknowledged += 1;
+        }
+    }
+    assert_eq!(
+        acknowledged, 0,
+        "the old primary acknowledged writes after the switchover"
     );
     acl("+replicaof").await;
     let status = lab
