@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+use valkey_dr_core::observation::info_of;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -323,13 +324,7 @@ impl Controller {
         epoch: &EpochRecord,
         before: Option<&History>,
     ) {
-        let (Some(before), Some(now)) = (
-            before,
-            observations
-                .iter()
-                .find(|o| o.node == epoch.primary)
-                .and_then(|o| o.info()),
-        ) else {
+        let (Some(before), Some(now)) = (before, info_of(observations, epoch.primary)) else {
             return;
         };
         let mut memory = self.memory.lock().expect("memory lock");
@@ -352,11 +347,7 @@ impl Controller {
     /// it until `ack`) and take the writer's current history as the lineage from now on. A writer
     /// that came back as a replica is promoted: nobody else can serve.
     fn accept_loss(&self, observations: &[NodeObservation], epoch: &EpochRecord) {
-        let Some(now) = observations
-            .iter()
-            .find(|o| o.node == epoch.primary)
-            .and_then(|o| o.info())
-        else {
+        let Some(now) = info_of(observations, epoch.primary) else {
             return;
         };
         let before = self.lineage(epoch);
@@ -436,11 +427,7 @@ impl Controller {
         detection: Option<Duration>,
         block_until_ms: Option<u64>,
     ) -> Result<(EpochRecord, FailoverReport), FailoverError> {
-        let target_info = observations
-            .iter()
-            .find(|o| o.node == target)
-            .and_then(|o| o.info())
-            .cloned();
+        let target_info = info_of(observations, target).cloned();
         let target_offset = target_info.as_ref().map_or(0, |i| i.offset);
         let lineage = self.lineage(&old);
         let replication_id = lineage
@@ -675,11 +662,7 @@ impl Controller {
                 + 1,
             primary: writer,
         };
-        let history = observations
-            .iter()
-            .find(|o| o.node == writer)
-            .and_then(|o| o.info())
-            .map(|i| i.history());
+        let history = info_of(&observations, writer).map(|i| i.history());
         self.set_epoch(epoch, history.clone())
             .map_err(|e| FailoverError::State(e.to_string()))?;
         {

@@ -7,6 +7,7 @@
 //! primary; from Promote on the new epoch is recorded and the switchover is carried forward.
 
 use std::time::{Duration, Instant};
+use valkey_dr_core::observation::info_of;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -506,8 +507,5 @@ fn observed(
     observations: &[NodeObservation],
     node: NodeId,
 ) -> Option<&valkey_dr_core::ReplicationInfo> {
-    observations
-        .iter()
-        .find(|o| o.node == node)
-        .and_then(|o| o.info())
+    info_of(observations, node)
 }

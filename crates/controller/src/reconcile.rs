@@ -1,6 +1,7 @@
 //! One reconcile pass: observe → analyze → plan → apply, plus the error policy.
 
 use std::time::Duration;
+use valkey_dr_core::observation::info_of;
 
 use serde_json::json;
 use valkey_dr_core::analysis::{self, analyze};
@@ -216,10 +217,7 @@ impl Controller {
             epoch: mark.epoch,
             primary: writer,
         };
-        let history = observations
-            .iter()
-            .find(|o| o.node == writer)
-            .and_then(|o| o.info())
+        let history = info_of(observations, writer)
             .filter(|i| i.is_primary())
             .map(|i| i.history());
         if let Err(e) = self.set_epoch(record, history) {
@@ -348,11 +346,7 @@ impl Controller {
         match analysis::bootstrap(&self.topology, observations, region) {
             Ok(primary) => {
                 let record = EpochRecord { epoch, primary };
-                let history = observations
-                    .iter()
-                    .find(|o| o.node == primary)
-                    .and_then(|o| o.info())
-                    .map(|i| i.history());
+                let history = info_of(observations, primary).map(|i| i.history());
                 if let Err(e) = self.set_epoch(record, history) {
                     self.state_write_failed(&e);
                     return None;
@@ -414,21 +408,14 @@ impl Controller {
         let Some(writer) = analysis.active_primary else {
             return;
         };
-        let history = observations
-            .iter()
-            .find(|o| o.node == writer)
-            .and_then(|o| o.info())
-            .map(|i| i.history());
+        let history = info_of(observations, writer).map(|i| i.history());
         let (first, new_history) = {
             let mut memory = self.memory.lock().expect("memory lock");
             let before = match &memory.last_writer {
                 Some((node, h)) if *node == writer => Some(h.clone()),
                 _ => self.state.get().and_then(|s| s.writer_history),
             };
-            let info = observations
-                .iter()
-                .find(|o| o.node == writer)
-                .and_then(|o| o.info());
+            let info = info_of(observations, writer);
             // Only forward along the writer's history: a writer that lost its data keeps the
             // old history as the lineage, so that the node still holding it is the one promoted.
             let forward = match (&before, info) {

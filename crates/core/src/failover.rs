@@ -17,6 +17,7 @@
 //! | a replica still holding the history     | itself, if the most advanced        | promote it again (new epoch)          |
 //! | down, failovers blocked                 | —                                   | blocked, report (a *lost* writer is replaced even then) |
 
+use crate::observation::info_of;
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
@@ -136,11 +137,7 @@ pub fn writer_state(
     writer: NodeId,
     lineage: Option<&History>,
 ) -> WriterState {
-    let Some(info) = observations
-        .iter()
-        .find(|o| o.node == writer)
-        .and_then(|o| o.info())
-    else {
+    let Some(info) = info_of(observations, writer) else {
         return WriterState::Unreachable;
     };
     let on_history = |l: &History| {

@@ -12,6 +12,7 @@
 //! | replica behind, or no answer | not a master                    | wait: the old epoch stands and failure detection decides |
 //! | no answer                    | master                          | roll back                        |
 
+use crate::observation::info_of;
 use serde::{Deserialize, Serialize};
 
 use crate::observation::{History, NodeObservation, ReplicationInfo};
@@ -42,12 +43,7 @@ pub enum Resolution {
 }
 
 pub fn resolve(pending: &Pending, observations: &[NodeObservation]) -> Resolution {
-    let info = |n: NodeId| -> Option<&ReplicationInfo> {
-        observations
-            .iter()
-            .find(|o| o.node == n)
-            .and_then(|o| o.info())
-    };
+    let info = |n: NodeId| -> Option<&ReplicationInfo> { info_of(observations, n) };
     let source = info(pending.source);
     let target = info(pending.target);
     let source_master = source.is_some_and(|s| s.is_primary());

@@ -181,6 +181,14 @@ impl NodeObservation {
     }
 }
 
+/// The replication state `node` reported in `observations`, if it answered.
+pub fn info_of(observations: &[NodeObservation], node: NodeId) -> Option<&ReplicationInfo> {
+    observations
+        .iter()
+        .find(|o| o.node == node)
+        .and_then(|o| o.info())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InfoParseError {
     #[error("INFO replication reply has no `{0}` field")]
