@@ -9,7 +9,7 @@ CFN_LINT_VERSION := 1.58.0
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config info_replication events dns_request
 
-.PHONY: all deps test-deps build demo test fuzz bench lambda aws-demo lab-down clean
+.PHONY: all deps test-deps build demo test chaos fuzz bench lambda aws-demo lab-down clean
 
 all: build
 
@@ -60,6 +60,11 @@ fuzz:
 
 bench:
 	bash bench/failover
+
+# Every fault scenario CHAOS_RUNS times, each on a lab of its own; prints the table of medians.
+CHAOS_RUNS ?= 3
+chaos: deps build
+	$(BIN) chaos --runs $(CHAOS_RUNS) --dir target/chaos
 
 # The Lambda artifact: the `bootstrap` executable of the provided.al2023 runtime, zipped. A native
 # release build on Debian 12 needs at most GLIBC 2.34, which Amazon Linux 2023 has.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what valkey-dr's demo and tests need and the machine lacks:
 #   valkey-server + valkey-cli (Valkey 8, Debian bookworm-backports), dig + nsupdate (dnsutils);
-#   with --test also python3 + venv (for the pinned moto server the AWS tests run against).
+#   with --test also python3 + venv (for the pinned moto server the AWS tests run against), etcd
+#   (Debian's etcd-server: the coordination tests run a real three-member cluster) and protoc
+#   (protobuf-compiler: the etcd client's build generates its gRPC code).
 # Needs root or sudo for apt. Does nothing when everything is present.
 set -euo pipefail
 
@@ -13,6 +15,8 @@ command -v nsupdate >/dev/null || missing+=(dnsutils)
 if [ "${1:-}" = "--test" ]; then
   command -v python3 >/dev/null || missing+=(python3)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v protoc >/dev/null || missing+=(protobuf-compiler)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -45,6 +49,7 @@ for p in "${missing[@]}"; do case $p in valkey-*) ;; *) others+=("$p");; esac; d
 if [ ${#others[@]} -gt 0 ]; then
   "${SUDO[@]}" apt-get install -y -qq "${others[@]}" >/dev/null
 fi
-# The Debian package may start a system-wide valkey on 127.0.0.1:6379; the lab does not need it
-# and uses its own addresses, so it is left as the package set it up.
+# The Debian packages may start a system-wide valkey on 127.0.0.1:6379 and etcd on 127.0.0.1:2379;
+# the lab and the tests do not need them and use their own addresses and ports, so they are left as
+# the packages set them up.
 valkey-server --version

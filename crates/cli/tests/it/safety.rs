@@ -349,3 +349,44 @@ async fn a_switchover_closes_the_old_primarys_subscribers() {
         "the subscriber is still connected to the demoted node"
     );
 }
+
+/// When the writer comes back empty and no other node holds its history (every replica is down),
+/// nothing can undo the loss: status says so, with the numbers, instead of "healthy", until an
+/// operator acknowledges it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loss_nobody_could_prevent_is_reported_not_called_healthy() {
+    let lab = TestLab::start().await;
+    write_and_replicate(&lab, &lab.ip(0, 0), "gone", 100).await;
+    for (region, index) in [(0, 1), (1, 0), (1, 1)] {
+        lab.kill_node(region, index).await;
+    }
+    lab.kill_node(0, 0).await;
+    let conf = lab
+        .spec
+        .dir
+        .join(format!("valkey-{}.conf", lab.spec.node_ip(0, 0)));
+    let text: String = std::fs::read_to_string(&conf)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("replicaof"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&conf, text).unwrap();
+    restart_empty(&lab, 0, 0);
+    let status = lab
+        .wait_until(|s| s["data_loss_suspected"].is_object())
+        .await;
+    let findings = status["findings"].to_string();
+    assert!(findings.contains("data loss suspected"), "{status:#}");
+    assert!(!findings.contains("\"healthy\""), "{status:#}");
+    assert!(
+        status["data_loss_suspected"]["lost_bytes_at_least"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
+        "{status:#}"
+    );
+    assert!(lab.first_event("data_loss_suspected").is_some());
+    lab.cli(&["ack"]);
+    let status = lab.status().await;
+    assert!(status["data_loss_suspected"].is_null(), "{status:#}");
+}
