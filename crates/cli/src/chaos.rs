@@ -37,7 +37,9 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
     }
     let selected: Vec<_> = all
         .into_iter()
-        .filter(|s| args.scenario.is_empty() || args.scenario.iter().any(|f| s.name.contains(f.as_str())))
+        .filter(|s| {
+            args.scenario.is_empty() || args.scenario.iter().any(|f| s.name.contains(f.as_str()))
+        })
         .collect();
     if selected.is_empty() {
         bail!(

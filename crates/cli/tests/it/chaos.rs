@@ -19,12 +19,8 @@ fn chaos(names: &[&str]) -> Vec<serde_json::Value> {
     }
     let out = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let results: Vec<Vec<serde_json::Value>> = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let results: Vec<Vec<serde_json::Value>> = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
     // Every scenario's lab is gone.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,165 @@
+//! A real etcd cluster of our own (Debian's `etcd-server`), for the lab and the tests: members on
+//! loopback addresses with free ports, each its own process and data directory, which can be
+//! killed and restarted one by one.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("etcd is not installed (Debian: apt-get install etcd-server)")]
+    NotInstalled,
+    #[error("{0}")]
+    Io(String),
+    #[error("the etcd cluster did not elect a leader within {0:?}; see {1}")]
+    NotReady(Duration, String),
+}
+
+pub struct Member {
+    pub name: String,
+    pub client: SocketAddr,
+    peer: SocketAddr,
+    child: Option<Child>,
+}
+
+pub struct EtcdCluster {
+    dir: PathBuf,
+    pub members: Vec<Member>,
+}
+
+fn free_port(ip: Ipv4Addr) -> Result<SocketAddr, ClusterError> {
+    let listener = TcpListener::bind((ip, 0)).map_err(|e| ClusterError::Io(e.to_string()))?;
+    listener
+        .local_addr()
+        .map_err(|e| ClusterError::Io(e.to_string()))
+}
+
+impl EtcdCluster {
+    /// Starts `size` members on `ip` under `dir` and waits until they answer.
+    pub async fn start(dir: &Path, ip: Ipv4Addr, size: usize) -> Result<EtcdCluster, ClusterError> {
+        std::fs::create_dir_all(dir).map_err(|e| ClusterError::Io(e.to_string()))?;
+        let mut members = Vec::new();
+        for i in 0..size {
+            members.push(Member {
+                name: format!("etcd{i}"),
+                client: free_port(ip)?,
+                peer: free_port(ip)?,
+                child: None,
+            });
+        }
+        let mut cluster = EtcdCluster {
+            dir: dir.to_path_buf(),
+            members,
+        };
+        for i in 0..size {
+            cluster.spawn(i)?;
+        }
+        cluster.wait_ready(Duration::from_secs(20)).await?;
+        Ok(cluster)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://{}", m.client))
+            .collect()
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), ClusterError> {
+        let initial = self.initial_cluster();
+        let member = &self.members[i];
+        let data = self.dir.join(&member.name);
+        let log = std::fs::File::create(self.dir.join(format!("{}.log", member.name)))
+            .map_err(|e| ClusterError::Io(e.to_string()))?;
+        let child = Command::new("etcd")
+            .arg("--name")
+            .arg(&member.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--listen-client-urls")
+            .arg(format!("http://{}", member.client))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://{}", member.client))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://{}", member.peer))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://{}", member.peer))
+            .arg("--initial-cluster")
+            .arg(initial)
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg(self.dir.display().to_string())
+            // Fast elections on loopback.
+            .arg("--heartbeat-interval")
+            .arg("50")
+            .arg("--election-timeout")
+            .arg("500")
+            .stdin(Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| ClusterError::Io(e.to_string()))?,
+            )
+            .stderr(log)
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => ClusterError::NotInstalled,
+                _ => ClusterError::Io(e.to_string()),
+            })?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs member `i` (its data stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data.
+    pub fn restart(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.kill(i);
+        self.spawn(i)
+    }
+
+    /// Waits until a quorum answers a write.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let options = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(300))
+                .with_timeout(Duration::from_millis(500));
+            if let Ok(mut client) =
+                etcd_client::Client::connect(self.endpoints(), Some(options)).await
+                && client.put("ready", "1", None).await.is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(ClusterError::NotReady(
+            limit,
+            self.dir.display().to_string(),
+        ))
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

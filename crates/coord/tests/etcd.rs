@@ -1,0 +1,109 @@
+//! Leader election and fencing on a real three-member etcd cluster started by the test.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use valkey_dr_coord::cluster::EtcdCluster;
+use valkey_dr_coord::{CoordError, Coordinator};
+
+const TTL: Duration = Duration::from_secs(2);
+
+async fn cluster(name: &str) -> EtcdCluster {
+    let dir = std::env::temp_dir().join(format!("valkey-dr-etcd-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ip = Ipv4Addr::new(127, 0, 0, 1);
+    EtcdCluster::start(&dir, ip, 3).await.expect("etcd starts")
+}
+
+async fn coordinator(cluster: &EtcdCluster, site: &str) -> Coordinator {
+    Coordinator::connect(&cluster.endpoints(), "/valkey-dr/test", site, TTL)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_leader_at_a_time_and_a_deposed_leaders_write_is_refused() {
+    let cluster = cluster("depose").await;
+    let east = coordinator(&cluster, "us-east-1").await;
+    let west = coordinator(&cluster, "us-east-2").await;
+
+    let mut leader = east.try_lead().await.unwrap().expect("first claim wins");
+    assert_eq!(west.try_lead().await.unwrap().unwrap_err(), "us-east-1");
+    assert_eq!(west.leader().await.unwrap().as_deref(), Some("us-east-1"));
+    east.put_fenced(&leader, "epoch", b"2").await.unwrap();
+    east.renew(&mut leader).await.unwrap();
+
+    // The leader stalls (no renewal): its lease expires in etcd and another site takes over.
+    let started = Instant::now();
+    let successor = loop {
+        if let Ok(won) = west.try_lead().await.unwrap() {
+            break won;
+        }
+        assert!(started.elapsed() < TTL * 3, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(successor.token > leader.token);
+    west.put_fenced(&successor, "epoch", b"3").await.unwrap();
+
+    // The old leader wakes up: on its own clock it no longer may act, and even if its clock lied,
+    // etcd refuses its write because the fencing token is stale.
+    assert!(!leader.may_act(Instant::now()));
+    let forged = {
+        let mut l = leader;
+        east.renew(&mut l).await.unwrap_err();
+        l
+    };
+    let stale = valkey_dr_coord::Leadership::for_test(forged.token, Instant::now() + TTL);
+    assert!(matches!(
+        east.put_fenced(&stale, "epoch", b"stale").await,
+        Err(CoordError::Deposed { .. })
+    ));
+    assert_eq!(west.get("epoch").await.unwrap().as_deref(), Some(&b"3"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_without_quorum_stops_acting_before_its_lease_can_expire() {
+    let mut cluster = cluster("quorum").await;
+    let east = coordinator(&cluster, "us-east-1").await;
+    let mut leader = east.try_lead().await.unwrap().unwrap();
+    east.renew(&mut leader).await.unwrap();
+    let renewed = Instant::now();
+    let deadline = leader.act_until();
+    // The right to act ends two thirds of the TTL after the renewal was sent: before etcd can
+    // expire the key, whatever delays and clock drift.
+    assert!(deadline <= renewed + TTL * 2 / 3);
+    // Two of three members gone: no quorum, no renewal, no extension.
+    cluster.kill(1);
+    cluster.kill(2);
+    for _ in 0..3 {
+        assert!(
+            east.renew(&mut leader).await.is_err(),
+            "renewed without quorum"
+        );
+    }
+    assert_eq!(leader.act_until(), deadline);
+    tokio::time::sleep_until(deadline.into()).await;
+    assert!(!leader.may_act(Instant::now()));
+    assert!(matches!(
+        east.put_fenced(&leader, "epoch", b"late").await,
+        Err(CoordError::Expired)
+    ));
+    cluster.restart(1).unwrap();
+    cluster.restart(2).unwrap();
+    cluster.wait_ready(Duration::from_secs(20)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resigning_hands_over_at_once() {
+    let cluster = cluster("resign").await;
+    let east = coordinator(&cluster, "us-east-1").await;
+    let witness = coordinator(&cluster, "witness").await;
+    let leader = east.try_lead().await.unwrap().unwrap();
+    east.resign(leader).await.unwrap();
+    let next = witness
+        .try_lead()
+        .await
+        .unwrap()
+        .expect("the key went with the lease");
+    assert!(next.may_act(Instant::now()));
+}
