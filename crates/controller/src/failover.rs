@@ -731,11 +731,15 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use valkey_dr_core::observation::{Failure, FailureKind};
 
     fn unreachable(node: usize) -> NodeObservation {
         NodeObservation {
             node: NodeId(node),
-            state: Err("connect failed: timed out".into()),
+            state: Err(Failure::new(
+                FailureKind::Unreachable,
+                "connect failed: timed out",
+            )),
             keys: None,
             heartbeat_ms: None,
             epoch_mark: None,
@@ -797,22 +801,17 @@ mod tests {
         let down_after = Duration::from_millis(0);
         let t0 = Instant::now();
         let mut health = Health::default();
-        let answered = |reason: &str| NodeObservation {
-            state: Err(reason.into()),
+        let answered = |kind: FailureKind| NodeObservation {
+            state: Err(Failure::new(kind, "answered")),
             ..unreachable(0)
         };
-        for reason in [
-            "INFO replication failed: LOADING Valkey is loading the dataset in memory",
-            "INFO replication failed: BUSY Valkey is busy running a script",
-            "INFO replication failed: MASTERDOWN Link with MASTER is down",
-            "connect failed: WRONGPASS invalid username-password pair",
-        ] {
+        for reason in [FailureKind::Unusable, FailureKind::Refused] {
             for _ in 0..5 {
                 assert!(
                     health
                         .update(&[answered(reason)], t0, t0, down_after)
                         .is_empty(),
-                    "{reason}"
+                    "{reason:?}"
                 );
             }
         }

@@ -68,7 +68,7 @@ impl Controller {
                     lag_bytes: None,
                     lag_ms: None,
                     keys: o.keys,
-                    error: o.state.as_ref().err().cloned(),
+                    error: o.state.as_ref().err().map(|f| f.reason.clone()),
                 };
                 if let Ok(info) = &o.state {
                     match &info.role {

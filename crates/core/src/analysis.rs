@@ -328,10 +328,19 @@ pub(crate) mod tests {
     }
 
     pub fn down(n: usize) -> NodeObservation {
-        obs(n, Err("connection refused".into()))
+        obs(
+            n,
+            Err(crate::observation::Failure::new(
+                crate::observation::FailureKind::Unreachable,
+                "connection refused",
+            )),
+        )
     }
 
-    fn obs(n: usize, state: Result<ReplicationInfo, String>) -> NodeObservation {
+    fn obs(
+        n: usize,
+        state: Result<ReplicationInfo, crate::observation::Failure>,
+    ) -> NodeObservation {
         NodeObservation {
             node: NodeId(n),
             state,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::observation::{EpochMark, NodeObservation, ReplicationInfo};
+use crate::observation::{EpochMark, Failure, FailureKind, NodeObservation, ReplicationInfo};
 use crate::topology::{Endpoint, NodeId};
 
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +15,16 @@ use crate::topology::{Endpoint, NodeId};
 pub struct EngineError {
     pub node: Endpoint,
     pub operation: &'static str,
+    /// What the failure says about the node, decided from the error's type.
+    pub kind: FailureKind,
     pub reason: String,
+}
+
+impl EngineError {
+    /// The observation failure this error amounts to.
+    pub fn failure(&self) -> Failure {
+        Failure::new(self.kind, self.reason.clone())
+    }
 }
 
 #[async_trait]

@@ -14,7 +14,7 @@ use redis::{
 };
 pub use valkey_dr_core::engine::{Engine, EngineError, SyncSettings};
 use valkey_dr_core::observation::{
-    EpochMark, NodeObservation, ReplicationInfo, parse_info_replication,
+    EpochMark, Failure, FailureKind, NodeObservation, ReplicationInfo, parse_info_replication,
 };
 use valkey_dr_core::{Endpoint, NodeId};
 
@@ -125,7 +125,17 @@ pub async fn connect(
     security: &Security,
     timeouts: Timeouts,
 ) -> Result<MultiplexedConnection, String> {
-    let client = client(node, security)?;
+    open(node, security, timeouts).await.map_err(|f| f.reason)
+}
+
+/// [`connect`], with what a failure says about the node.
+async fn open(
+    node: &Endpoint,
+    security: &Security,
+    timeouts: Timeouts,
+) -> Result<MultiplexedConnection, Failure> {
+    // A client that cannot even be built is our configuration's fault, not the node's.
+    let client = client(node, security).map_err(|e| Failure::new(FailureKind::Refused, e))?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeouts.connect))
         .set_response_timeout(Some(timeouts.command));
@@ -135,8 +145,59 @@ pub async fn connect(
         client.get_multiplexed_async_connection_with_config(&config),
     )
     .await
-    .map_err(|_| "timed out".to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(|_| Failure::new(FailureKind::Unreachable, "timed out"))?
+    .map_err(|e| Failure::new(classify(&e), e.to_string()))
+}
+
+/// What an error from a node says about it, from the error's type: silence (I/O, timeouts), a
+/// refusal of us (authentication, ACL, the TLS handshake rejecting a certificate), or an error
+/// reply from a live node (`-LOADING`, `-BUSY`, `-MASTERDOWN`, …).
+pub fn classify(e: &redis::RedisError) -> FailureKind {
+    use redis::{ErrorKind, ServerErrorKind};
+    match e.kind() {
+        ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
+            FailureKind::Refused
+        }
+        ErrorKind::Server(_) | ErrorKind::Extension => match e.code() {
+            Some("NOAUTH" | "WRONGPASS" | "NOPERM") => FailureKind::Refused,
+            _ => FailureKind::Unusable,
+        },
+        ErrorKind::Io if rejected_by_tls(e) => FailureKind::Refused,
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => FailureKind::Unusable,
+        _ => FailureKind::Unreachable,
+    }
+}
+
+/// True when the error's cause is the TLS handshake refusing a certificate (ours or the node's).
+fn rejected_by_tls(e: &redis::RedisError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if matches!(
+            tls_error(c),
+            Some(
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::AlertReceived(_)
+            )
+        ) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// The rustls error `e` is or wraps (in an `io::Error`, in redis's shared error box).
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return io.get_ref().and_then(|inner| tls_error(inner));
+    }
+    e.downcast_ref::<Shared>()
+        .and_then(|shared| tls_error(shared.as_ref()))
 }
 
 /// Talks to the nodes of one topology. Connections are cached per node and dropped on any error,
@@ -160,9 +221,14 @@ impl ValkeyEngine {
         if let Some(conn) = self.connections.lock().expect("lock").get(node) {
             return Ok(conn.clone());
         }
-        let conn = connect(node, &self.security, self.timeouts)
+        let conn = open(node, &self.security, self.timeouts)
             .await
-            .map_err(|e| error(node, "connect", e))?;
+            .map_err(|f| EngineError {
+                node: node.clone(),
+                operation: "connect",
+                kind: f.kind,
+                reason: f.reason,
+            })?;
         self.connections
             .lock()
             .expect("lock")
@@ -206,8 +272,8 @@ impl ValkeyEngine {
         reply: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
     ) -> Result<T, EngineError> {
         let result = reply
-            .map_err(|_| error(node, operation, "timed out"))
-            .and_then(|r| r.map_err(|e| error(node, operation, e)));
+            .map_err(|_| error(node, operation, FailureKind::Unreachable, "timed out"))
+            .and_then(|r| r.map_err(|e| error(node, operation, classify(&e), e)));
         if result.is_err() {
             self.connections.lock().expect("lock").remove(node);
         }
@@ -248,7 +314,7 @@ impl Engine for ValkeyEngine {
             self.run_pipeline(node, "INFO replication", &pipeline).await;
         let mut observation = NodeObservation {
             node: id,
-            state: Err(String::new()),
+            state: Err(Failure::new(FailureKind::Unusable, "")),
             keys: None,
             heartbeat_ms: None,
             epoch_mark: None,
@@ -256,29 +322,40 @@ impl Engine for ValkeyEngine {
         let replies = match reply {
             Ok(replies) if replies.len() == 4 => replies,
             Ok(replies) => {
-                observation.state = Err(format!("{node}: {} replies to 4 commands", replies.len()));
+                observation.state = Err(Failure::new(
+                    FailureKind::Unusable,
+                    format!("{node}: {} replies to 4 commands", replies.len()),
+                ));
                 return observation;
             }
             Err(e) => {
-                observation.state = Err(e.reason);
+                observation.state = Err(e.failure());
                 return observation;
             }
         };
         let mut replies = replies.into_iter();
-        let mut next = || -> Result<redis::Value, String> {
+        let mut next = || -> Result<redis::Value, Failure> {
             replies
                 .next()
                 .expect("four replies")
-                .map_err(|e| e.to_string())
+                .map_err(|e| Failure::new(classify(&e), e.to_string()))
         };
-        fn parse<T: redis::FromRedisValue>(v: Result<redis::Value, String>) -> Result<T, String> {
-            v.and_then(|v| redis::from_redis_value::<T>(v).map_err(|e| e.to_string()))
+        fn parse<T: redis::FromRedisValue>(v: Result<redis::Value, Failure>) -> Result<T, Failure> {
+            v.and_then(|v| {
+                redis::from_redis_value::<T>(v)
+                    .map_err(|e| Failure::new(FailureKind::Unusable, e.to_string()))
+            })
         }
         let info = parse::<String>(next());
         let role = parse::<Vec<redis::Value>>(next());
         observation.state = match (info, role) {
-            (Ok(text), Ok(role)) => checked_replication(node, &text, &role).map_err(|e| e.reason),
-            (Err(e), _) | (_, Err(e)) => Err(error(node, "INFO replication", e).reason),
+            (Ok(text), Ok(role)) => {
+                checked_replication(node, &text, &role).map_err(|e| e.failure())
+            }
+            (Err(f), _) | (_, Err(f)) => Err(Failure::new(
+                f.kind,
+                error(node, "INFO replication", f.kind, f.reason).reason,
+            )),
         };
         observation.keys = parse::<u64>(next()).ok();
         if let Ok(values) = parse::<Vec<Option<String>>>(next()) {
@@ -433,26 +510,106 @@ fn checked_replication(
     info: &str,
     role: &[redis::Value],
 ) -> Result<ReplicationInfo, EngineError> {
-    let info = parse_info_replication(info).map_err(|e| error(node, "INFO replication", e))?;
+    let info = parse_info_replication(info)
+        .map_err(|e| error(node, "INFO replication", FailureKind::Unusable, e))?;
     let role_name = match role.first() {
         Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
         Some(redis::Value::SimpleString(s)) => s.clone(),
         _ => String::new(),
     };
     if (role_name == "master") != info.is_primary() {
+        // The node changed role between the two commands: alive, settled by the next probe.
         return Err(error(
             node,
             "ROLE",
+            FailureKind::Unusable,
             format!("ROLE says {role_name} while INFO disagrees"),
         ));
     }
     Ok(info)
 }
 
-fn error(node: &Endpoint, operation: &'static str, reason: impl std::fmt::Display) -> EngineError {
+fn error(
+    node: &Endpoint,
+    operation: &'static str,
+    kind: FailureKind,
+    reason: impl std::fmt::Display,
+) -> EngineError {
     EngineError {
         node: node.clone(),
         operation,
+        kind,
         reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a node's reply `-<text>` turns into.
+    fn reply(text: &str) -> redis::RedisError {
+        let value = redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).unwrap();
+        value.extract_error().unwrap_err()
+    }
+
+    #[test]
+    fn failures_are_classified_by_type() {
+        let io = |kind| redis::RedisError::from(std::io::Error::new(kind, "x"));
+        let tls = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        let cases = [
+            (
+                "connection refused",
+                io(std::io::ErrorKind::ConnectionRefused),
+                FailureKind::Unreachable,
+            ),
+            (
+                "reset",
+                io(std::io::ErrorKind::ConnectionReset),
+                FailureKind::Unreachable,
+            ),
+            ("untrusted certificate", tls, FailureKind::Refused),
+            (
+                "wrong password",
+                reply("WRONGPASS invalid username-password pair"),
+                FailureKind::Refused,
+            ),
+            (
+                "no auth",
+                reply("NOAUTH Authentication required."),
+                FailureKind::Refused,
+            ),
+            (
+                "no ACL permission",
+                reply("NOPERM this user has no permissions"),
+                FailureKind::Refused,
+            ),
+            (
+                "loading",
+                reply("LOADING Valkey is loading the dataset in memory"),
+                FailureKind::Unusable,
+            ),
+            (
+                "busy script",
+                reply("BUSY Valkey is busy running a script"),
+                FailureKind::Unusable,
+            ),
+            (
+                "stale replica",
+                reply("MASTERDOWN Link with MASTER is down"),
+                FailureKind::Unusable,
+            ),
+            (
+                "authentication failed",
+                redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "x")),
+                FailureKind::Refused,
+            ),
+        ];
+        for (case, error, kind) in cases {
+            assert_eq!(classify(&error), kind, "{case}: {error}");
+        }
     }
 }
