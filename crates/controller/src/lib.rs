@@ -70,7 +70,25 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// A controller for self-hosted Valkey nodes, with the TLS and AUTH settings of `config`.
     pub fn new(config: Config, dns: Arc<dyn DnsProvider>) -> Result<Controller, ControllerError> {
+        let engine: Box<dyn Engine> = Box::new(ValkeyEngine::new(
+            Timeouts {
+                connect: Duration::from_millis(config.controller.connect_timeout_ms),
+                command: Duration::from_millis(config.controller.command_timeout_ms),
+            },
+            security::load(&config)?,
+        ));
+        Controller::with_engine(config, dns, engine)
+    }
+
+    /// A controller that acts on the nodes through `engine` (another engine, or a fake one in
+    /// tests).
+    pub fn with_engine(
+        config: Config,
+        dns: Arc<dyn DnsProvider>,
+        engine: Box<dyn Engine>,
+    ) -> Result<Controller, ControllerError> {
         std::fs::create_dir_all(&config.state_dir).map_err(|source| ControllerError::StateDir {
             path: config.state_dir.display().to_string(),
             source,
@@ -84,13 +102,6 @@ impl Controller {
                 serde_json::json!({ "error": problem.to_string() }),
             );
         }
-        let engine: Box<dyn Engine> = Box::new(ValkeyEngine::new(
-            Timeouts {
-                connect: Duration::from_millis(config.controller.connect_timeout_ms),
-                command: Duration::from_millis(config.controller.command_timeout_ms),
-            },
-            security::load(&config)?,
-        ));
         Ok(Controller {
             names: ManagedNames::from_config(&config),
             events,

@@ -1,0 +1,400 @@
+//! The controller's decisions and their execution against a fake engine: a scripted world of
+//! nodes in memory that records every action, so the order of actions is visible and faults
+//! (a node refusing REPLICAOF, a state directory that cannot be written) are cheap to inject.
+//! The same flows run against real Valkey servers in the cli's integration tests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use valkey_dr_controller::Controller;
+use valkey_dr_core::engine::SyncSettings;
+use valkey_dr_core::observation::{EpochMark, FailureKind};
+use valkey_dr_core::{
+    Config, Endpoint, Engine, EngineError, NodeId, NodeObservation, ReplicationInfo, Role,
+};
+use valkey_dr_dns::embedded::Zone;
+
+#[derive(Debug, Clone)]
+struct Node {
+    master: Option<Endpoint>,
+    offset: u64,
+    replication_id: String,
+    replication_id2: String,
+    up: bool,
+    paused: bool,
+    refuses_replicaof: bool,
+}
+
+#[derive(Default)]
+struct World {
+    nodes: HashMap<Endpoint, Node>,
+    /// Every action, in order: "PROMOTE 127.0.1.2:6379", "PAUSE …", …
+    log: Vec<String>,
+    next_id: u32,
+}
+
+#[derive(Clone, Default)]
+struct FakeEngine(Arc<Mutex<World>>);
+
+impl FakeEngine {
+    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.0.lock().unwrap()
+    }
+
+    fn node(&self, endpoint: &Endpoint) -> Result<Node, EngineError> {
+        match self.world().nodes.get(endpoint) {
+            Some(n) if n.up => Ok(n.clone()),
+            _ => Err(unreachable(endpoint)),
+        }
+    }
+
+    fn act(&self, what: &str, endpoint: &Endpoint) {
+        self.world().log.push(format!("{what} {endpoint}"));
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.world().log.clone()
+    }
+
+    fn set(&self, host: &str, change: impl FnOnce(&mut Node)) {
+        change(self.world().nodes.get_mut(&endpoint(host)).unwrap());
+    }
+}
+
+fn unreachable(endpoint: &Endpoint) -> EngineError {
+    EngineError {
+        node: endpoint.clone(),
+        operation: "connect",
+        kind: FailureKind::Unreachable,
+        reason: "connection refused".into(),
+    }
+}
+
+#[async_trait]
+impl Engine for FakeEngine {
+    async fn observe(&self, id: NodeId, node: &Endpoint) -> NodeObservation {
+        NodeObservation {
+            node: id,
+            state: self.replication(node).await.map_err(|e| e.failure()),
+            keys: Some(1),
+            heartbeat_ms: None,
+            epoch_mark: None,
+        }
+    }
+
+    async fn replication(&self, endpoint: &Endpoint) -> Result<ReplicationInfo, EngineError> {
+        let node = self.node(endpoint)?;
+        let world = self.world();
+        let role = match &node.master {
+            None => Role::Primary,
+            Some(master) => Role::Replica {
+                master: master.clone(),
+                link_up: world.nodes.get(master).is_some_and(|m| m.up),
+                sync_in_progress: false,
+            },
+        };
+        Ok(ReplicationInfo {
+            role,
+            offset: node.offset,
+            replication_id: node.replication_id,
+            replication_id2: node.replication_id2,
+            connected_replicas: 0,
+        })
+    }
+
+    async fn ping(&self, node: &Endpoint) -> Result<(), EngineError> {
+        self.node(node).map(|_| ())
+    }
+
+    async fn write_heartbeat(
+        &self,
+        _: &Endpoint,
+        _: u64,
+        _: &EpochMark,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn pause_writes(&self, endpoint: &Endpoint, _: Duration) -> Result<(), EngineError> {
+        self.node(endpoint)?;
+        self.act("PAUSE", endpoint);
+        self.world().nodes.get_mut(endpoint).unwrap().paused = true;
+        Ok(())
+    }
+
+    async fn unpause(&self, endpoint: &Endpoint) -> Result<(), EngineError> {
+        self.node(endpoint)?;
+        self.act("UNPAUSE", endpoint);
+        self.world().nodes.get_mut(endpoint).unwrap().paused = false;
+        Ok(())
+    }
+
+    async fn failover_to(&self, node: &Endpoint, _: &Endpoint) -> Result<(), EngineError> {
+        Err(unreachable(node))
+    }
+
+    async fn promote(&self, endpoint: &Endpoint) -> Result<(), EngineError> {
+        self.node(endpoint)?;
+        self.act("PROMOTE", endpoint);
+        let mut world = self.world();
+        world.next_id += 1;
+        let id = format!("promoted-{}", world.next_id);
+        let node = world.nodes.get_mut(endpoint).unwrap();
+        node.master = None;
+        node.replication_id2 = std::mem::replace(&mut node.replication_id, id);
+        Ok(())
+    }
+
+    /// Follows `source` and catches up with it at once.
+    async fn replicate_from(
+        &self,
+        endpoint: &Endpoint,
+        source: &Endpoint,
+    ) -> Result<(), EngineError> {
+        let node = self.node(endpoint)?;
+        if node.refuses_replicaof {
+            self.act("REPLICAOF-REFUSED", endpoint);
+            return Err(EngineError {
+                node: endpoint.clone(),
+                operation: "REPLICAOF",
+                kind: FailureKind::Refused,
+                reason: "NOPERM".into(),
+            });
+        }
+        self.act("REPLICAOF", endpoint);
+        let mut world = self.world();
+        let (offset, id) = world
+            .nodes
+            .get(source)
+            .map(|s| (s.offset, s.replication_id.clone()))
+            .unwrap_or_default();
+        let node = world.nodes.get_mut(endpoint).unwrap();
+        node.master = Some(source.clone());
+        node.offset = offset;
+        node.replication_id = id;
+        Ok(())
+    }
+
+    async fn kill_clients(&self, endpoint: &Endpoint) -> Result<u64, EngineError> {
+        self.node(endpoint)?;
+        self.act("KILL-CLIENTS", endpoint);
+        Ok(0)
+    }
+
+    async fn persist_role(&self, endpoint: &Endpoint) -> Result<(), EngineError> {
+        self.node(endpoint)?;
+        self.act("REWRITE", endpoint);
+        Ok(())
+    }
+
+    async fn sync_settings(&self, endpoint: &Endpoint) -> Result<SyncSettings, EngineError> {
+        self.node(endpoint)?;
+        Ok(SyncSettings {
+            diskless: true,
+            diskless_delay_s: 5,
+        })
+    }
+}
+
+fn endpoint(host: &str) -> Endpoint {
+    Endpoint::new(host, 6379)
+}
+
+const WRITER: &str = "127.0.1.1";
+const LOCAL_REPLICA: &str = "127.0.1.2";
+const REMOTE_HEAD: &str = "127.0.2.1";
+const REMOTE_REPLICA: &str = "127.0.2.2";
+
+/// The reference topology, healthy: the writer at offset 1000, everyone caught up.
+fn world() -> FakeEngine {
+    let engine = FakeEngine::default();
+    let node = |master: Option<&str>| Node {
+        master: master.map(endpoint),
+        offset: 1000,
+        replication_id: "history".into(),
+        replication_id2: "0000".into(),
+        up: true,
+        paused: false,
+        refuses_replicaof: false,
+    };
+    let mut world = engine.world();
+    world.nodes.insert(endpoint(WRITER), node(None));
+    world
+        .nodes
+        .insert(endpoint(LOCAL_REPLICA), node(Some(WRITER)));
+    world
+        .nodes
+        .insert(endpoint(REMOTE_HEAD), node(Some(WRITER)));
+    world
+        .nodes
+        .insert(endpoint(REMOTE_REPLICA), node(Some(REMOTE_HEAD)));
+    drop(world);
+    engine
+}
+
+fn controller(engine: &FakeEngine, name: &str) -> Controller {
+    let dir = std::env::temp_dir().join(format!("valkey-dr-fake-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = Config::parse(&format!(
+        r#"
+        primary_region = "us-east-1"
+        state_dir = "{}"
+        [[regions]]
+        name = "us-east-1"
+        nodes = [{{ host = "{WRITER}" }}, {{ host = "{LOCAL_REPLICA}" }}]
+        [[regions]]
+        name = "us-east-2"
+        nodes = [{{ host = "{REMOTE_HEAD}" }}, {{ host = "{REMOTE_REPLICA}" }}]
+        [dns]
+        zone = "valkey-dr.live"
+        global_name = "demo"
+        [controller]
+        down_after_ms = 200
+        probe_interval_ms = 50
+        "#,
+        dir.display()
+    ))
+    .unwrap();
+    let zone = Arc::new(Zone::new(&config.dns.zone));
+    Controller::with_engine(config, zone, Box::new(engine.clone())).unwrap()
+}
+
+/// Passes for a while, as the run loop would make them while a node fails.
+async fn passes(controller: &Controller, n: usize) {
+    for _ in 0..n {
+        let _ = controller.reconcile_once().await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_writer_back_as_an_empty_replica_is_replaced_never_promoted() {
+    let engine = world();
+    let controller = controller(&engine, "empty-replica");
+    controller.reconcile_once().await.unwrap();
+    assert_eq!(controller.epoch().unwrap().epoch, 1);
+    // The writer restarts empty as a replica of its own replica (its config file's replicaof).
+    engine.set(WRITER, |n| {
+        n.master = Some(endpoint(LOCAL_REPLICA));
+        n.offset = 0;
+        n.replication_id = "fresh-random-id".into();
+    });
+    controller.reconcile_once().await.unwrap();
+    assert_eq!(controller.epoch().unwrap().epoch, 2);
+    let log = engine.log();
+    assert!(
+        log.contains(&format!("PROMOTE {}", endpoint(LOCAL_REPLICA))),
+        "{log:?}"
+    );
+    assert!(
+        !log.contains(&format!("PROMOTE {}", endpoint(WRITER))),
+        "the empty node was promoted: {log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_switchover_demotes_the_old_primary_while_paused_and_unpauses_only_a_replica() {
+    let engine = world();
+    let controller = controller(&engine, "switchover");
+    controller.reconcile_once().await.unwrap();
+    controller.promote("us-east-2").await.unwrap();
+    let log = engine.log();
+    // The first pass after a start lifts a pause a crashed switchover may have left: look from
+    // the switchover's own pause on.
+    let start = log.iter().position(|l| l.starts_with("PAUSE")).unwrap();
+    let at = |entry: String| {
+        start
+            + log[start..]
+                .iter()
+                .position(|l| *l == entry)
+                .unwrap_or_else(|| panic!("{entry} missing: {log:?}"))
+    };
+    let old = endpoint(WRITER);
+    let new = endpoint(REMOTE_HEAD);
+    // Pause → promote the target → demote the old primary, still paused → its role written to
+    // its file → its clients closed → unpaused, now a replica.
+    assert!(at(format!("PAUSE {old}")) < at(format!("PROMOTE {new}")));
+    assert!(at(format!("PROMOTE {new}")) < at(format!("REPLICAOF {old}")));
+    assert!(at(format!("REPLICAOF {old}")) < at(format!("REWRITE {old}")));
+    assert!(at(format!("REWRITE {old}")) < at(format!("KILL-CLIENTS {old}")));
+    assert!(at(format!("KILL-CLIENTS {old}")) < at(format!("UNPAUSE {old}")));
+    assert!(
+        !log.contains(&format!("REWRITE {new}")),
+        "the writer's file keeps its replicaof"
+    );
+}
+
+#[tokio::test]
+async fn an_old_primary_that_refuses_demotion_stays_paused() {
+    let engine = world();
+    let controller = controller(&engine, "refuses");
+    controller.reconcile_once().await.unwrap();
+    engine.set(WRITER, |n| n.refuses_replicaof = true);
+    controller.promote("us-east-2").await.unwrap();
+    let old = endpoint(WRITER);
+    let log = engine.log();
+    let start = log.iter().position(|l| l.starts_with("PAUSE")).unwrap();
+    let switchover = &log[start..];
+    assert!(
+        switchover.contains(&format!("REPLICAOF-REFUSED {old}")),
+        "{log:?}"
+    );
+    assert!(!switchover.contains(&format!("UNPAUSE {old}")), "{log:?}");
+    assert!(engine.world().nodes[&old].paused);
+    // Every pass keeps it fenced until it accepts.
+    controller.reconcile_once().await.unwrap();
+    assert!(engine.world().nodes[&old].paused);
+    let refusals = engine
+        .log()
+        .iter()
+        .filter(|l| **l == format!("REPLICAOF-REFUSED {old}"))
+        .count();
+    assert!(refusals >= 2, "{:?}", engine.log());
+}
+
+#[tokio::test]
+async fn without_a_writable_state_no_failover_happens() {
+    let engine = world();
+    let controller = controller(&engine, "readonly-state");
+    controller.reconcile_once().await.unwrap();
+    let state_dir = controller.config().state_dir.clone();
+    // The state cannot be written durably (a full or read-only disk): nothing may be promoted,
+    // since a restarted controller would not know about it.
+    std::fs::remove_dir_all(&state_dir).unwrap();
+    std::fs::write(&state_dir, b"not a directory").unwrap();
+    engine.set(WRITER, |n| n.up = false);
+    passes(&controller, 10).await;
+    assert!(
+        !engine.log().iter().any(|l| l.starts_with("PROMOTE")),
+        "{:?}",
+        engine.log()
+    );
+    assert_eq!(controller.epoch().unwrap().epoch, 1);
+    let _ = std::fs::remove_file(&state_dir);
+}
+
+#[tokio::test]
+async fn a_replica_of_the_region_takes_over_within_the_bound_and_reports_what_it_gave_up() {
+    let engine = world();
+    let controller = controller(&engine, "advanced");
+    controller.reconcile_once().await.unwrap();
+    engine.set(LOCAL_REPLICA, |n| n.offset = 900);
+    engine.set(WRITER, |n| n.up = false);
+    // Cross-region failover is `manual`: the region's own replica may take over only within
+    // max_data_at_risk_bytes (1 MiB) of the more advanced one elsewhere; 100 bytes is within.
+    passes(&controller, 10).await;
+    let log = engine.log();
+    assert!(
+        log.contains(&format!("PROMOTE {}", endpoint(LOCAL_REPLICA))),
+        "{log:?}"
+    );
+    let events = std::fs::read_to_string(controller.config().events_file()).unwrap();
+    let started: serde_json::Value = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "failover_started")
+        .unwrap();
+    assert_eq!(started["data_at_risk_bytes"], 100, "{started}");
+}
