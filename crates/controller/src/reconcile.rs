@@ -467,15 +467,20 @@ impl Controller {
         };
         for node in unchecked {
             let endpoint = &self.topology.node(node).control_endpoint;
-            let Ok(settings) = self.engine.sync_settings(endpoint).await else {
+            let settings = self.engine.sync_settings(endpoint).await;
+            // A node that refuses CONFIG (renamed, ACL) is not asked again in this run.
+            if settings
+                .as_ref()
+                .is_err_and(|e| e.kind == valkey_dr_core::observation::FailureKind::Unreachable)
+            {
                 continue;
-            };
+            }
             self.memory
                 .lock()
                 .expect("memory lock")
                 .settings_checked
                 .insert(node);
-            if let Some(why) = settings.defeats_empty_restart_guard() {
+            if let Some(why) = settings.ok().and_then(|s| s.defeats_empty_restart_guard()) {
                 self.events.emit(
                     "setting_weakens_safety",
                     json!({ "node": self.topology.node_name(node), "warning": why }),

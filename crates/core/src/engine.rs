@@ -78,3 +78,21 @@ impl SyncSettings {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_immediate_diskless_sync_defeats_the_guard() {
+        let settings = |diskless, diskless_delay_s| SyncSettings {
+            diskless,
+            diskless_delay_s,
+        };
+        assert!(settings(true, 0).defeats_empty_restart_guard().is_some());
+        assert!(settings(true, 5).defeats_empty_restart_guard().is_none());
+        // Disk-based sync writes an RDB first; with nothing to write that is quick too, but the
+        // controller cannot tell the dataset's size: it warns only about the setting itself.
+        assert!(settings(false, 0).defeats_empty_restart_guard().is_none());
+    }
+}
