@@ -73,9 +73,17 @@ impl SyncSettings {
     /// Why these settings defeat the guard against a writer restarted empty as a master, if they
     /// do: its replicas would copy the emptiness before the controller's next pass.
     pub fn defeats_empty_restart_guard(&self) -> Option<&'static str> {
-        (self.diskless && self.diskless_delay_s == 0).then_some(
-            "repl-diskless-sync-delay 0: a writer restarted empty as a master is copied to its replicas at once; keep Valkey's default (5 s), or give every node's config file a replicaof line so that none restarts as a master",
-        )
+        if !self.diskless {
+            Some(
+                "repl-diskless-sync no: a writer restarted empty as a master writes an empty RDB in milliseconds and its replicas load it; use diskless sync with Valkey's default delay (5 s), or give every node's config file a replicaof line so that none restarts as a master",
+            )
+        } else if self.diskless_delay_s == 0 {
+            Some(
+                "repl-diskless-sync-delay 0: a writer restarted empty as a master is copied to its replicas at once; keep Valkey's default (5 s), or give every node's config file a replicaof line so that none restarts as a master",
+            )
+        } else {
+            None
+        }
     }
 }
 
@@ -84,15 +92,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_an_immediate_diskless_sync_defeats_the_guard() {
+    fn an_immediate_sync_defeats_the_guard() {
         let settings = |diskless, diskless_delay_s| SyncSettings {
             diskless,
             diskless_delay_s,
         };
         assert!(settings(true, 0).defeats_empty_restart_guard().is_some());
         assert!(settings(true, 5).defeats_empty_restart_guard().is_none());
-        // Disk-based sync writes an RDB first; with nothing to write that is quick too, but the
-        // controller cannot tell the dataset's size: it warns only about the setting itself.
-        assert!(settings(false, 0).defeats_empty_restart_guard().is_none());
+        // Disk-based sync of an empty dataset is an empty RDB: as quick as no delay.
+        assert!(settings(false, 5).defeats_empty_restart_guard().is_some());
     }
 }
