@@ -280,7 +280,10 @@ impl Controller {
                         let _ = self.engine.pause_writes(source_endpoint, hold).await;
                     }
                     if let Err(e) = self.engine.promote(target_endpoint).await {
+                        // The intent stays: the next pass looks again.
                         detail["error"] = json!(e.to_string());
+                        self.events.emit("intent_resolved", &detail);
+                        return epoch;
                     }
                 }
                 if self.commit_epoch(new_epoch, required, None).is_err() {
