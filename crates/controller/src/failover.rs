@@ -283,14 +283,20 @@ impl Controller {
             _ => return (Some(epoch), false),
         };
         // Confirmation: a writer that answers a fresh probe now is not down, whatever the
-        // earlier rounds said (they may have timed out while the controller stalled).
-        if writer_state == WriterState::Unreachable
-            && self
-                .engine
-                .ping(&self.topology.node(epoch.primary).control_endpoint)
-                .await
-                .is_ok()
-        {
+        // earlier rounds said (they may have timed out while the controller stalled). A live
+        // node answers within a probe interval; an isolated one must not delay the failover by
+        // a whole connect timeout.
+        let confirm_within = Duration::from_millis(self.config.controller.probe_interval_ms);
+        let confirmed_alive = async {
+            tokio::time::timeout(
+                confirm_within,
+                self.engine
+                    .ping(&self.topology.node(epoch.primary).control_endpoint),
+            )
+            .await
+            .is_ok_and(|reply| reply.is_ok())
+        };
+        if writer_state == WriterState::Unreachable && confirmed_alive.await {
             self.health
                 .lock()
                 .expect("health lock")

@@ -268,7 +268,14 @@ impl Controller {
                 }
                 m.finish(format!("target at offset {reached} ≥ {needed}"));
             }
-            PromoteMethod::Blind => {}
+            PromoteMethod::Blind => {
+                // No pause, no catch-up: the target's history goes as far as the target got, and
+                // that is what the new epoch records (not the old primary's offset, which a
+                // lagging target never reaches).
+                if let Ok(info) = self.engine.replication(endpoint(target)).await {
+                    needed = needed.min(info.offset);
+                }
+            }
             PromoteMethod::FailoverCommand => {
                 // FAILOVER TO pauses, waits for the target's ACK and hands over by itself.
                 m.enter(Step::Fence);

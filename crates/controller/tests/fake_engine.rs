@@ -398,3 +398,33 @@ async fn a_replica_of_the_region_takes_over_within_the_bound_and_reports_what_it
         .unwrap();
     assert_eq!(started["data_at_risk_bytes"], 100, "{started}");
 }
+
+/// A blind promotion (the benchmark's baseline) of a target that lags behind: the new epoch
+/// records the history as far as the target got, so the next pass does not take the new writer
+/// for one that lost its data and fail over again.
+#[tokio::test]
+async fn a_blind_promotion_of_a_lagging_target_is_not_mistaken_for_a_lost_writer() {
+    let engine = world();
+    let controller = controller(&engine, "blind");
+    controller.reconcile_once().await.unwrap();
+    engine.set(REMOTE_HEAD, |n| n.offset = 900);
+    controller
+        .promote_with(
+            "us-east-2",
+            valkey_dr_controller::promotion::PromoteMethod::Blind,
+        )
+        .await
+        .unwrap();
+    passes(&controller, 3).await;
+    let epoch = controller.epoch().unwrap();
+    assert_eq!(epoch.epoch, 2, "{:?}", engine.log());
+    let promotions: Vec<String> = engine
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("PROMOTE"))
+        .collect();
+    assert_eq!(
+        promotions,
+        vec![format!("PROMOTE {}", endpoint(REMOTE_HEAD))]
+    );
+}
