@@ -336,7 +336,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let seconds = 15;
+    let seconds = 30;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         if ready().await {
