@@ -11,7 +11,8 @@ const TTL: Duration = Duration::from_secs(2);
 async fn cluster(name: &str) -> EtcdCluster {
     let dir = std::env::temp_dir().join(format!("valkey-dr-etcd-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let ip = Ipv4Addr::new(127, 0, 0, 1);
+    // An address of its own, so its ports never collide with tests that use 127.0.0.1.
+    let ip = Ipv4Addr::new(127, 253, (std::process::id() % 250) as u8, name.len() as u8);
     EtcdCluster::start(&dir, ip, 3).await.expect("etcd starts")
 }
 
