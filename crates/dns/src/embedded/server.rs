@@ -77,9 +77,20 @@ impl DnsServer {
             addr: listen,
             source,
         };
-        let udp = UdpSocket::bind(listen).await.map_err(bind_error)?;
-        let local_addr = udp.local_addr().map_err(bind_error)?;
-        let tcp = TcpListener::bind(local_addr).await.map_err(bind_error)?;
+        // Port 0 asks for any free port, which must be free for both UDP and TCP: the one the
+        // UDP socket got may be taken for TCP, so try a few.
+        let attempts = if listen.port() == 0 { 20 } else { 1 };
+        let mut attempt = 0;
+        let (udp, tcp, local_addr) = loop {
+            attempt += 1;
+            let udp = UdpSocket::bind(listen).await.map_err(bind_error)?;
+            let local_addr = udp.local_addr().map_err(bind_error)?;
+            match TcpListener::bind(local_addr).await {
+                Ok(tcp) => break (udp, tcp, local_addr),
+                Err(e) if attempt < attempts && e.kind() == std::io::ErrorKind::AddrInUse => {}
+                Err(e) => return Err(bind_error(e)),
+            }
+        };
         let handler = Handler::new(zone, local_addr.ip(), negative_ttl);
         let mut server = Server::new(handler);
         server.register_socket(udp);
