@@ -475,17 +475,7 @@ impl<'a> Lab<'a> {
             }
             Fault::WriterRestartedEmptyAsMaster => {
                 self.kill(writer).await?;
-                let conf = self.spec.dir.join(format!(
-                    "valkey-{}.conf",
-                    self.spec.node_ip(writer.0, writer.1)
-                ));
-                let text = std::fs::read_to_string(&conf).map_err(lab_error)?;
-                let without: String = text
-                    .lines()
-                    .filter(|l| !l.starts_with("replicaof"))
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                std::fs::write(&conf, without).map_err(lab_error)?;
+                crate::process::drop_replicaof(self.spec, writer.0, writer.1).map_err(lab_error)?;
                 self.restart(writer)?;
             }
             Fault::PromotedWriterRestartedAtOnce => {

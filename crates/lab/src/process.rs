@@ -206,6 +206,21 @@ pub fn start_node(spec: &LabSpec, region: usize, index: usize) -> Result<(), Lab
     Ok(())
 }
 
+/// Removes the `replicaof` line from a node's config file, as in a deployment whose writer's file
+/// makes it a master: restarted, it comes back as one (empty, without persistence).
+pub fn drop_replicaof(spec: &LabSpec, region: usize, index: usize) -> Result<(), LabError> {
+    let conf = spec
+        .dir
+        .join(format!("valkey-{}.conf", spec.node_ip(region, index)));
+    let text = std::fs::read_to_string(&conf).map_err(io("reading a valkey config"))?;
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("replicaof"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&conf, without).map_err(io("writing a valkey config"))
+}
+
 /// Starts the lab's controller (again), with extra environment variables.
 pub fn start_controller(
     spec: &LabSpec,

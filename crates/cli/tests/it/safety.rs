@@ -114,17 +114,7 @@ async fn a_writer_restarted_empty_as_a_master_is_replaced_before_its_replicas_co
     let lab = TestLab::start().await;
     write_and_replicate(&lab, &lab.ip(0, 0), "kept", 300).await;
     lab.kill_node(0, 0).await;
-    let conf = lab
-        .spec
-        .dir
-        .join(format!("valkey-{}.conf", lab.spec.node_ip(0, 0)));
-    let text: String = std::fs::read_to_string(&conf)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("replicaof") && !l.starts_with("repl-diskless-sync-delay"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&conf, text).unwrap();
+    valkey_dr_lab::process::drop_replicaof(&lab.spec, 0, 0).unwrap();
     restart_empty(&lab, 0, 0);
 
     let status = lab.wait_until(epoch_is(2)).await;
@@ -361,17 +351,7 @@ async fn a_loss_nobody_could_prevent_is_reported_not_called_healthy() {
         lab.kill_node(region, index).await;
     }
     lab.kill_node(0, 0).await;
-    let conf = lab
-        .spec
-        .dir
-        .join(format!("valkey-{}.conf", lab.spec.node_ip(0, 0)));
-    let text: String = std::fs::read_to_string(&conf)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("replicaof"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&conf, text).unwrap();
+    valkey_dr_lab::process::drop_replicaof(&lab.spec, 0, 0).unwrap();
     restart_empty(&lab, 0, 0);
     let status = lab
         .wait_until(|s| s["data_loss_suspected"].is_object())
