@@ -40,6 +40,9 @@ pub enum Fault {
     PromotedWriterRestartedAtOnce,
     /// Cut the writer's region off from the other region and the controller for `for_ms`.
     IsolateWriterRegion { for_ms: u64 },
+    /// Cut only the controller (and the outside writer, which stands where it stands) from the
+    /// writer's region for `for_ms`; the regions still reach each other.
+    IsolateControllerFromWriterRegion { for_ms: u64 },
     /// A switchover whose controller aborts right after `step`; restarted after `restart_after_ms`.
     ControllerCrash { step: String, restart_after_ms: u64 },
     /// SIGSTOP the controller for `for_ms`.
@@ -66,6 +69,7 @@ impl Fault {
             | Fault::StaleReadsRefusedThenWriterKilled => 1,
             Fault::PromotedWriterRestartedAtOnce => 2,
             Fault::IsolateWriterRegion { .. }
+            | Fault::IsolateControllerFromWriterRegion { .. }
             | Fault::ControllerCrash { .. }
             | Fault::ControllerStall { .. }
             | Fault::StateDamaged { .. } => 0,
@@ -120,6 +124,15 @@ pub fn scenarios() -> Vec<Scenario> {
             Fault::IsolateWriterRegion { for_ms: 8000 },
             14,
         ),
+        Scenario {
+            // Nothing is wrong with the writer: only the controller's view is cut.
+            max_failovers: Some(0),
+            ..s(
+                "controller cut off from the writer region 8 s",
+                Fault::IsolateControllerFromWriterRegion { for_ms: 8000 },
+                14,
+            )
+        },
         Scenario {
             max_failovers: Some(0),
             ..s(
@@ -492,6 +505,16 @@ impl<'a> Lab<'a> {
             Fault::IsolateWriterRegion { for_ms } => {
                 let region = self.spec.regions[writer.0].clone();
                 crate::link::set_partition(&self.spec.dir, &[region].into())
+                    .await
+                    .map_err(lab_error)?;
+                tokio::time::sleep(Duration::from_millis(*for_ms)).await;
+                crate::link::set_partition(&self.spec.dir, &Default::default())
+                    .await
+                    .map_err(lab_error)?;
+            }
+            Fault::IsolateControllerFromWriterRegion { for_ms } => {
+                let cut = crate::link::controller_cut(&self.spec.regions[writer.0]);
+                crate::link::set_partition(&self.spec.dir, &[cut].into())
                     .await
                     .map_err(lab_error)?;
                 tokio::time::sleep(Duration::from_millis(*for_ms)).await;

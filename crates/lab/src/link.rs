@@ -27,13 +27,26 @@ pub struct Partition {
 /// The partition entry that cuts only the link between regions.
 pub const LINK: &str = "region-link";
 
+/// The partition entry that cuts only the controller (and whatever stands where it stands) from
+/// `region`, while the regions still reach each other: an asymmetric partition.
+pub fn controller_cut(region: &str) -> String {
+    format!("controller-to:{region}")
+}
+
 impl Partition {
     /// True when traffic between the two sides must not flow.
     pub fn blocks(&self, a: &str, b: &str) -> bool {
         let cut = self.cut.read().expect("partition lock");
         let between_regions =
             a != crate::spec::CONTROLLER_VANTAGE && b != crate::spec::CONTROLLER_VANTAGE;
-        a != b && (cut.contains(a) || cut.contains(b) || (between_regions && cut.contains(LINK)))
+        let controller_cut_from = |region: &str| cut.contains(&controller_cut(region));
+        let controller = crate::spec::CONTROLLER_VANTAGE;
+        a != b
+            && (cut.contains(a)
+                || cut.contains(b)
+                || (between_regions && cut.contains(LINK))
+                || (a == controller && controller_cut_from(b))
+                || (b == controller && controller_cut_from(a)))
     }
 
     pub fn set(&self, regions: BTreeSet<String>) -> bool {
@@ -265,5 +278,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&buf, b"lost", "held data flows once the link heals");
+    }
+}
+
+#[cfg(test)]
+mod asymmetric_tests {
+    use super::*;
+    use crate::spec::CONTROLLER_VANTAGE as CONTROLLER;
+
+    #[test]
+    fn a_controller_cut_leaves_the_region_link_up() {
+        let partition = Partition::default();
+        partition.set([controller_cut("us-east-1")].into());
+        assert!(partition.blocks(CONTROLLER, "us-east-1"));
+        assert!(partition.blocks("us-east-1", CONTROLLER));
+        assert!(!partition.blocks(CONTROLLER, "us-east-2"));
+        assert!(!partition.blocks("us-east-1", "us-east-2"));
     }
 }
