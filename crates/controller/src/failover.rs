@@ -409,6 +409,10 @@ impl Controller {
             Decision::NoCandidate => {
                 "the writer is down and no replica on its history can take over".into()
             }
+            Decision::WriterSeenAlive { witness } => format!(
+                "the writer does not answer the controller, but {} still replicates from it over a live link: no failover from a one-sided view",
+                self.topology.node_name(*witness)
+            ),
             Decision::InRegion { .. } | Decision::CrossRegion { .. } => String::new(),
         };
         let mut memory = self.memory.lock().expect("memory lock");

@@ -101,6 +101,7 @@ impl Engine for FakeEngine {
             replication_id: node.replication_id,
             replication_id2: node.replication_id2,
             connected_replicas: 0,
+            master_last_io_s: None,
         })
     }
 

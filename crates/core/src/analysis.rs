@@ -305,6 +305,7 @@ pub(crate) mod tests {
                 replication_id: "r".into(),
                 replication_id2: String::new(),
                 connected_replicas: 1,
+                master_last_io_s: None,
             }),
         )
     }
@@ -323,6 +324,7 @@ pub(crate) mod tests {
                 replication_id: "r".into(),
                 replication_id2: String::new(),
                 connected_replicas: 0,
+                master_last_io_s: Some(0),
             }),
         )
     }

@@ -16,6 +16,7 @@
 //! | down or lost                            | more than the bound behind the writer | wait for an operator                |
 //! | a replica still holding the history     | itself, if the most advanced        | promote it again (new epoch)          |
 //! | down, failovers blocked                 | —                                   | blocked, report (a *lost* writer is replaced even then) |
+//! | down for us, a replica still hears it   | —                                   | none: a one-sided view (`WriterSeenAlive`) |
 
 use crate::observation::info_of;
 use std::collections::BTreeSet;
@@ -48,6 +49,11 @@ pub enum Decision {
     },
     /// The writer is down or lost and no node holding its history can take over.
     NoCandidate,
+    /// The writer does not answer the controller, but `witness` still replicates from it over a
+    /// live link: the controller's view is one-sided (a partition only it sees). No failover.
+    WriterSeenAlive {
+        witness: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +99,31 @@ pub fn candidates(
         .collect();
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     ranked
+}
+
+/// A replica that still hears from `writer` over its replication link: link up and the last byte
+/// from it at most a second ago (the writer pings its replicas every `repl-ping-replica-period`,
+/// so this needs that period short; with Valkey's default of 10 s an idle link never qualifies and
+/// the check vetoes nothing). A link cut by a partition stays "up" until `repl-timeout`, but its
+/// last-I/O age grows from the cut on.
+fn seen_alive_by(
+    topology: &Topology,
+    observations: &[NodeObservation],
+    writer: NodeId,
+) -> Option<NodeId> {
+    observations.iter().find_map(|o| {
+        let info = o.info()?;
+        let Role::Replica {
+            master,
+            link_up: true,
+            ..
+        } = &info.role
+        else {
+            return None;
+        };
+        let follows_writer = topology.node_by_any_address(master) == Some(writer);
+        (follows_writer && info.master_last_io_s.is_some_and(|s| s <= 1)).then_some(o.node)
+    })
 }
 
 /// `lineage`, or without a known history the most advanced replica's as the best guess.
@@ -168,10 +199,15 @@ pub fn decide(
     match state {
         WriterState::Serving => return Decision::None,
         WriterState::Unreachable if !down.contains(&writer) => return Decision::None,
+        WriterState::Unreachable => {
+            if let Some(witness) = seen_alive_by(topology, observations, writer) {
+                return Decision::WriterSeenAlive { witness };
+            }
+        }
         WriterState::Lost => {
             excluded.insert(writer);
         }
-        WriterState::Replica | WriterState::Unreachable => {}
+        WriterState::Replica => {}
     }
     let lineage = &lineage_or_guess(observations, lineage, &excluded);
     let writer_region = topology.node(writer).region;
@@ -474,6 +510,24 @@ mod tests {
                 Decision::InRegion { target: n(0) },
             ),
             (
+                "one-sided: the controller lost the writer, its replica still hears it",
+                writer_dead.clone(),
+                set(&[0]),
+                policy(FailoverPolicy::Auto, false),
+                Decision::WriterSeenAlive { witness: n(1) },
+            ),
+            (
+                "one-sided? no: the replica's link is up but silent for 3 s (cut, not yet timed out)",
+                writer_dead
+                    .iter()
+                    .cloned()
+                    .map(|o| with(o, |i| i.master_last_io_s = Some(3)))
+                    .collect(),
+                set(&[0]),
+                policy(FailoverPolicy::Manual, false),
+                Decision::InRegion { target: n(1) },
+            ),
+            (
                 "writer back empty and its replicas already copied the emptiness: nobody holds it",
                 vec![
                     empty_master,
@@ -486,7 +540,26 @@ mod tests {
                 Decision::NoCandidate,
             ),
         ];
+        // A dead writer's replicas see their link drop (connection reset), unless a case is about
+        // what they still see.
+        let link_lost = |o: NodeObservation| {
+            with(o, |i| {
+                if let Role::Replica {
+                    master, link_up, ..
+                } = &mut i.role
+                    && master.host == "127.0.1.1"
+                {
+                    *link_up = false;
+                    i.master_last_io_s = None;
+                }
+            })
+        };
         for (name, observations, down, policy, expected) in cases {
+            let observations: Vec<NodeObservation> = if name.starts_with("one-sided") {
+                observations
+            } else {
+                observations.into_iter().map(link_lost).collect()
+            };
             // "a rogue master is no candidate": node 3 follows the rogue, not the history.
             let lineage = if name.starts_with("a rogue") {
                 History {

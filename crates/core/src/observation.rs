@@ -34,6 +34,10 @@ pub struct ReplicationInfo {
     #[serde(default)]
     pub replication_id2: String,
     pub connected_replicas: u32,
+    /// `master_last_io_seconds_ago` on a replica whose link is up: how long since its master last
+    /// sent anything (data or the ping every `repl-ping-replica-period`).
+    #[serde(default)]
+    pub master_last_io_s: Option<u64>,
 }
 
 impl ReplicationInfo {
@@ -224,6 +228,7 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
             replication_id,
             replication_id2,
             connected_replicas,
+            master_last_io_s: None,
         }),
         "slave" | "replica" => {
             let host = required("master_host")?;
@@ -245,6 +250,8 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
                 replication_id,
                 replication_id2,
                 connected_replicas,
+                // -1 while the link is down.
+                master_last_io_s: field("master_last_io_seconds_ago").and_then(|v| v.parse().ok()),
             })
         }
         other => Err(InfoParseError::Invalid {
@@ -276,6 +283,7 @@ mod tests {
             }
         );
         assert_eq!(r.offset, 1200);
+        assert_eq!(r.master_last_io_s, Some(0));
     }
 
     #[test]
@@ -294,6 +302,7 @@ mod tests {
                 "0000".into()
             },
             connected_replicas: 0,
+            master_last_io_s: None,
         };
         let cases = [
             (
