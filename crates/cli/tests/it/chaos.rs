@@ -72,3 +72,13 @@ fn chaos_a_controller_crash_with_a_late_restart_loses_nothing() {
         "controller crash after promote, restart after the pause",
     ]));
 }
+
+/// A partition only the controller sees (the regions still reach each other): no failover, no
+/// second writer, nothing lost — a replica still hears the writer.
+#[test]
+fn chaos_a_partition_only_the_controller_sees_fails_nothing_over() {
+    let reports = chaos(&["controller cut off from the writer region 8 s"]);
+    assert_ok(&reports);
+    assert_eq!(reports[0]["failovers"], 0);
+    assert_eq!(reports[0]["two_masters_ms"], 0);
+}
