@@ -415,11 +415,15 @@ impl Controller {
             ),
             Decision::InRegion { .. } | Decision::CrossRegion { .. } => String::new(),
         };
+        // A one-sided view is no call for an operator: it is reported as what it is.
+        let event = match decision {
+            Decision::WriterSeenAlive { .. } => "failover_withheld",
+            _ => "failover_needed",
+        };
         let mut memory = self.memory.lock().expect("memory lock");
         if memory.decision != text {
             if !text.is_empty() {
-                self.events
-                    .emit("failover_needed", json!({ "situation": text }));
+                self.events.emit(event, json!({ "situation": text }));
             }
             memory.decision = text;
         }
