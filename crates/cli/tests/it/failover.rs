@@ -198,7 +198,15 @@ async fn a_blip_shorter_than_down_after_causes_no_failover() {
 async fn a_controller_killed_in_the_middle_of_a_switchover_converges_after_restart() {
     // `intent`: the promotion intent is on disk, the target not yet promoted; `promoted`: the
     // target is promoted, the old primary not yet demoted (restarted within its write pause).
-    for crash_after in ["fence", "intent", "promoted", "promote", "repoint"] {
+    for crash_after in [
+        "fence",
+        "intent",
+        "promoted",
+        "promote",
+        "repoint",
+        "switch_dns",
+        "release",
+    ] {
         let lab = TestLab::start().await;
         // Restart the controller with a crash point inside the promotion.
         lab.kill_controller().await;
