@@ -60,17 +60,6 @@ impl ReplicationInfo {
         }
     }
 
-    /// True when this node, a primary last seen at `before`, now runs another replication history
-    /// that starts below where the old one had got to: it restarted without its data (no
-    /// persistence, or persistence without the replication history) before anyone noticed it
-    /// was gone. Its replicas are about to full-sync from it and would lose what they hold.
-    ///
-    /// A promotion also changes the replication id, but the offset continues, and a restart from
-    /// an RDB file keeps both: neither counts.
-    pub fn lost_history_since(&self, before: &History) -> bool {
-        self.is_primary() && !self.continues(before)
-    }
-
     /// True when this node's data continues `before` (the writer's history as last seen): its
     /// replication offset has not gone backwards. A node restarted empty starts again from zero,
     /// one restarted from an older file from where that file was. The replication id is no test
@@ -326,21 +315,10 @@ mod tests {
                 primary("a0b1", 50_010),
                 false,
             ),
-            (
-                "now a replica",
-                ReplicationInfo {
-                    role: Role::Replica {
-                        master: Endpoint::new("127.0.1.2", 6379),
-                        link_up: true,
-                        sync_in_progress: false,
-                    },
-                    ..primary("a0b1", 0)
-                },
-                false,
-            ),
         ];
         for (case, now, lost) in cases {
-            assert_eq!(now.lost_history_since(&before), lost, "{case}");
+            // A writer that does not continue its history lost it (`failover::writer_state`).
+            assert_eq!(!now.continues(&before), lost, "{case}");
         }
     }
 

@@ -504,23 +504,11 @@ impl<'a> Lab<'a> {
             }
             Fault::IsolateWriterRegion { for_ms } => {
                 let region = self.spec.regions[writer.0].clone();
-                crate::link::set_partition(&self.spec.dir, &[region].into())
-                    .await
-                    .map_err(lab_error)?;
-                tokio::time::sleep(Duration::from_millis(*for_ms)).await;
-                crate::link::set_partition(&self.spec.dir, &Default::default())
-                    .await
-                    .map_err(lab_error)?;
+                self.partition_for(region, *for_ms).await?;
             }
             Fault::IsolateControllerFromWriterRegion { for_ms } => {
                 let cut = crate::link::controller_cut(&self.spec.regions[writer.0]);
-                crate::link::set_partition(&self.spec.dir, &[cut].into())
-                    .await
-                    .map_err(lab_error)?;
-                tokio::time::sleep(Duration::from_millis(*for_ms)).await;
-                crate::link::set_partition(&self.spec.dir, &Default::default())
-                    .await
-                    .map_err(lab_error)?;
+                self.partition_for(cut, *for_ms).await?;
             }
             Fault::ControllerCrash {
                 restart_after_ms, ..
@@ -569,6 +557,17 @@ impl<'a> Lab<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Cuts `entry` (a region, or a controller cut) for `ms`, then heals.
+    async fn partition_for(&self, entry: String, ms: u64) -> Result<(), ChaosError> {
+        crate::link::set_partition(&self.spec.dir, &[entry].into())
+            .await
+            .map_err(lab_error)?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        crate::link::set_partition(&self.spec.dir, &Default::default())
+            .await
+            .map_err(lab_error)
     }
 
     async fn config_set(&self, node: &Endpoint, key: &str, value: &str) -> Result<(), ChaosError> {
