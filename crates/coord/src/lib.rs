@@ -13,7 +13,7 @@ pub mod cluster;
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
@@ -23,25 +23,47 @@ pub enum CoordError {
     Deposed { token: i64 },
     #[error("the leader lease expired")]
     Expired,
+    #[error("{key} changed under us (expected revision {expected}, found {found})")]
+    Conflict {
+        key: String,
+        expected: i64,
+        found: i64,
+    },
 }
 
 fn unavailable(e: etcd_client::Error) -> CoordError {
     CoordError::Unavailable(e.to_string())
 }
 
-/// This controller's claim to lead: the lease that keeps the leader key alive, the fencing token,
-/// and until when it may act on its own clock.
+/// What a fenced write needs: the leader key's create revision (the fencing token) and until when
+/// the leader may act on its own clock. Copied out of a [`Claim`] for each write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub token: i64,
+    pub act_until: Instant,
+}
+
+impl Fence {
+    pub fn may_act(&self, now: Instant) -> bool {
+        now < self.act_until
+    }
+}
+
+/// A key this controller keeps alive with a lease: the leader key, or its site's presence key.
+/// `act_until` is when the claim stops counting on this controller's own clock.
 #[derive(Debug)]
-pub struct Leadership {
+pub struct Claim {
     lease: i64,
-    /// The leader key's create revision.
+    /// The key's create revision (for the leader key: the fencing token).
     pub token: i64,
     act_until: Instant,
 }
 
-impl Leadership {
-    /// True while this controller may still act as the leader: its lease cannot have expired in
-    /// etcd yet, whatever etcd's clock says.
+/// The claim on the leader key.
+pub type Leadership = Claim;
+
+impl Claim {
+    /// True while the key cannot have expired in etcd yet, whatever etcd's clock says.
     pub fn may_act(&self, now: Instant) -> bool {
         now < self.act_until
     }
@@ -50,15 +72,29 @@ impl Leadership {
         self.act_until
     }
 
-    /// A leadership with the given token and deadline, as a deposed leader whose clock lies would
+    pub fn fence(&self) -> Fence {
+        Fence {
+            token: self.token,
+            act_until: self.act_until,
+        }
+    }
+
+    /// A claim with the given token and deadline, as a deposed leader whose clock lies would
     /// believe it has (for tests of the fencing).
-    pub fn for_test(token: i64, act_until: Instant) -> Leadership {
-        Leadership {
+    pub fn for_test(token: i64, act_until: Instant) -> Claim {
+        Claim {
             lease: 0,
             token,
             act_until,
         }
     }
+}
+
+/// A value read with the revision of its last change (0: absent), for compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub value: Option<Vec<u8>>,
+    pub revision: i64,
 }
 
 #[derive(Clone)]
@@ -167,7 +203,7 @@ impl Coordinator {
 
     /// Renews the lease once. On success the leadership may act for another window from the time
     /// the renewal was sent; on failure it keeps its old deadline, which passes by itself.
-    pub async fn renew(&self, leadership: &mut Leadership) -> Result<(), CoordError> {
+    pub async fn renew(&self, leadership: &mut Claim) -> Result<(), CoordError> {
         let mut client = self.client.clone();
         let sent = Instant::now();
         let renewal = async {
@@ -192,7 +228,7 @@ impl Coordinator {
     }
 
     /// Gives up leadership at once (the key goes with the lease).
-    pub async fn resign(&self, leadership: Leadership) -> Result<(), CoordError> {
+    pub async fn resign(&self, leadership: Claim) -> Result<(), CoordError> {
         let mut client = self.client.clone();
         client
             .lease_revoke(leadership.lease)
@@ -201,33 +237,165 @@ impl Coordinator {
             .map_err(unavailable)
     }
 
-    /// Writes `name = value` only if `leadership` still holds the leader key: etcd checks the
-    /// fencing token, so a deposed or paused leader's write fails.
+    /// Writes `name = value` only if the fence's leader still holds the leader key: etcd checks
+    /// the fencing token, so a deposed or paused leader's write fails.
     pub async fn put_fenced(
         &self,
-        leadership: &Leadership,
+        fence: Fence,
         name: &str,
         value: &[u8],
     ) -> Result<(), CoordError> {
-        if !leadership.may_act(Instant::now()) {
+        self.swap_fenced(fence, name, None, value).await.map(|_| ())
+    }
+
+    /// Compare-and-swap under the fence: writes `name = value` only if the leader key still has
+    /// the fence's token and (with `expected`) `name` was last changed at that revision (0: absent).
+    /// Returns the revision of the write.
+    pub async fn swap_fenced(
+        &self,
+        fence: Fence,
+        name: &str,
+        expected: Option<i64>,
+        value: &[u8],
+    ) -> Result<i64, CoordError> {
+        if !fence.may_act(Instant::now()) {
             return Err(CoordError::Expired);
         }
-        let mut client = self.client.clone();
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.leader_key.as_str(),
+        let key = self.key(name);
+        let mut when = vec![Compare::create_revision(
+            self.leader_key.as_str(),
+            CompareOp::Equal,
+            fence.token,
+        )];
+        if let Some(revision) = expected {
+            when.push(Compare::mod_revision(
+                key.as_str(),
                 CompareOp::Equal,
-                leadership.token,
-            )])
-            .and_then([TxnOp::put(self.key(name), value.to_vec(), None)]);
+                revision,
+            ));
+        }
+        let txn = Txn::new()
+            .when(when)
+            .and_then([TxnOp::put(key.as_str(), value.to_vec(), None)])
+            .or_else([
+                TxnOp::get(self.leader_key.as_str(), None),
+                TxnOp::get(key.as_str(), None),
+            ]);
+        let mut client = self.client.clone();
         let response = client.txn(txn).await.map_err(unavailable)?;
         if response.succeeded() {
-            Ok(())
-        } else {
-            Err(CoordError::Deposed {
-                token: leadership.token,
-            })
+            return Ok(response.header().map_or(0, |h| h.revision()));
         }
+        // The failure branch read the leader key, then `name`.
+        let mut found = response.op_responses().into_iter().map(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.clone()),
+            _ => None,
+        });
+        let leader_created = found.next().flatten().map_or(0, |kv| kv.create_revision());
+        let current = found.next().flatten().map_or(0, |kv| kv.mod_revision());
+        if leader_created != fence.token {
+            return Err(CoordError::Deposed { token: fence.token });
+        }
+        Err(CoordError::Conflict {
+            key: name.to_string(),
+            expected: expected.unwrap_or_default(),
+            found: current,
+        })
+    }
+
+    /// The value stored under `name` and the revision of its last change (a quorum read).
+    pub async fn get_versioned(&self, name: &str) -> Result<Versioned, CoordError> {
+        let mut client = self.client.clone();
+        let response = client
+            .get(self.key(name), None)
+            .await
+            .map_err(unavailable)?;
+        Ok(match response.kvs().first() {
+            Some(kv) => Versioned {
+                value: Some(kv.value().to_vec()),
+                revision: kv.mod_revision(),
+            },
+            None => Versioned {
+                value: None,
+                revision: 0,
+            },
+        })
+    }
+
+    /// Every key under `name/` (the part after it) with its value (a quorum read).
+    pub async fn list(&self, name: &str) -> Result<Vec<(String, Vec<u8>)>, CoordError> {
+        let mut client = self.client.clone();
+        let prefix = format!("{}/", self.key(name));
+        let response = client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                (
+                    key.strip_prefix(&prefix).unwrap_or(&key).to_string(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect())
+    }
+
+    /// Announces this site: `sites/<site>` lives as long as the returned claim is renewed. Other
+    /// controllers read a region's absence as "its controller is gone or cut off, and has fenced
+    /// its writer".
+    pub async fn claim_site(&self) -> Result<Claim, CoordError> {
+        let mut client = self.client.clone();
+        let sent = Instant::now();
+        let lease = client
+            .lease_grant(self.ttl.as_secs() as i64, None)
+            .await
+            .map_err(unavailable)?
+            .id();
+        let response = client
+            .put(
+                self.key(&format!("sites/{}", self.site)),
+                self.site.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await;
+        match response {
+            Ok(r) => Ok(Claim {
+                lease,
+                token: r.header().map_or(0, |h| h.revision()),
+                act_until: sent + self.act_window(),
+            }),
+            Err(e) => {
+                let _ = client.lease_revoke(lease).await;
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    /// Writes `name = value` attached to `claim`'s lease: it disappears with the claim.
+    pub async fn put_with(
+        &self,
+        claim: &Claim,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), CoordError> {
+        let mut client = self.client.clone();
+        client
+            .put(
+                self.key(name),
+                value.to_vec(),
+                Some(PutOptions::new().with_lease(claim.lease)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// The lease TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// The value stored under `name` (a quorum read).

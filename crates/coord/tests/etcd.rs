@@ -31,7 +31,9 @@ async fn one_leader_at_a_time_and_a_deposed_leaders_write_is_refused() {
     let mut leader = east.try_lead().await.unwrap().expect("first claim wins");
     assert_eq!(west.try_lead().await.unwrap().unwrap_err(), "us-east-1");
     assert_eq!(west.leader().await.unwrap().as_deref(), Some("us-east-1"));
-    east.put_fenced(&leader, "epoch", b"2").await.unwrap();
+    east.put_fenced(leader.fence(), "epoch", b"2")
+        .await
+        .unwrap();
     east.renew(&mut leader).await.unwrap();
 
     // The leader stalls (no renewal): its lease expires in etcd and another site takes over.
@@ -44,7 +46,9 @@ async fn one_leader_at_a_time_and_a_deposed_leaders_write_is_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(successor.token > leader.token);
-    west.put_fenced(&successor, "epoch", b"3").await.unwrap();
+    west.put_fenced(successor.fence(), "epoch", b"3")
+        .await
+        .unwrap();
 
     // The old leader wakes up: on its own clock it no longer may act, and even if its clock lied,
     // etcd refuses its write because the fencing token is stale.
@@ -56,7 +60,7 @@ async fn one_leader_at_a_time_and_a_deposed_leaders_write_is_refused() {
     };
     let stale = valkey_dr_coord::Leadership::for_test(forged.token, Instant::now() + TTL);
     assert!(matches!(
-        east.put_fenced(&stale, "epoch", b"stale").await,
+        east.put_fenced(stale.fence(), "epoch", b"stale").await,
         Err(CoordError::Deposed { .. })
     ));
     assert_eq!(west.get("epoch").await.unwrap().as_deref(), Some(&b"3"[..]));
@@ -88,7 +92,7 @@ async fn a_leader_without_quorum_stops_acting_before_its_lease_can_expire() {
     tokio::time::sleep_until(deadline.into()).await;
     assert!(!leader.may_act(Instant::now()));
     assert!(matches!(
-        east.put_fenced(&leader, "epoch", b"late").await,
+        east.put_fenced(leader.fence(), "epoch", b"late").await,
         Err(CoordError::Expired)
     ));
     cluster.restart(1).unwrap();
@@ -109,4 +113,42 @@ async fn resigning_hands_over_at_once() {
         .unwrap()
         .expect("the key went with the lease");
     assert!(next.may_act(Instant::now()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swaps_compare_the_revision_and_a_silent_sites_claim_expires() {
+    let cluster = cluster("swap").await;
+    let east = coordinator(&cluster, "us-east-1").await;
+    let west = coordinator(&cluster, "us-east-2").await;
+    let leader = east.try_lead().await.unwrap().unwrap();
+
+    // Compare-and-swap: the first write expects absence, the second the first's revision.
+    let first = east
+        .swap_fenced(leader.fence(), "dns", Some(0), b"a")
+        .await
+        .unwrap();
+    assert!(matches!(
+        east.swap_fenced(leader.fence(), "dns", Some(0), b"b").await,
+        Err(CoordError::Conflict { found, .. }) if found == first
+    ));
+    east.swap_fenced(leader.fence(), "dns", Some(first), b"c")
+        .await
+        .unwrap();
+    assert_eq!(
+        west.get_versioned("dns").await.unwrap().value.as_deref(),
+        Some(&b"c"[..])
+    );
+
+    // A site's presence lives as long as its claim is renewed.
+    let mut present = west.claim_site().await.unwrap();
+    west.put_with(&present, "views/us-east-2", b"{}")
+        .await
+        .unwrap();
+    west.renew(&mut present).await.unwrap();
+    let listed = |c: Vec<(String, Vec<u8>)>| c.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(listed(east.list("sites").await.unwrap()), ["us-east-2"]);
+    assert_eq!(listed(east.list("views").await.unwrap()), ["us-east-2"]);
+    tokio::time::sleep(TTL + Duration::from_millis(1200)).await;
+    assert!(east.list("sites").await.unwrap().is_empty());
+    assert!(east.list("views").await.unwrap().is_empty());
 }
