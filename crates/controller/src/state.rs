@@ -110,62 +110,14 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(LoadError::Read { path, source }),
         };
-        let stored: Stored = serde_json::from_str(&text).map_err(|e| LoadError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let node = |name: &str| {
-            topology
-                .nodes
-                .iter()
-                .find(|n| n.endpoint.to_string() == name)
-                .map(|n| n.id)
-                .ok_or_else(|| LoadError::UnknownNode {
-                    path: path.clone(),
-                    node: name.to_string(),
-                })
-        };
-        let intent = match stored.intent {
-            Some(i) => Some(Intent {
-                epoch: i.epoch,
-                source: node(&i.source)?,
-                target: node(&i.target)?,
-                required_offset: i.required_offset,
-                replication_id: i.replication_id,
-            }),
-            None => None,
-        };
-        Ok(Some(State {
-            epoch: EpochRecord {
-                epoch: stored.epoch,
-                primary: node(&stored.primary)?,
-            },
-            failovers_blocked_until_ms: stored.failovers_blocked_until_ms,
-            writer_history: stored.writer_history,
-            intent,
-        }))
+        decode(text.as_bytes(), &path, topology).map(Some)
     }
 
     /// Writes durably: temporary file, fsync, rename, fsync of the directory.
     pub fn store(&self, topology: &Topology, state: &State) -> std::io::Result<()> {
-        let record = &state.epoch;
-        let stored = Stored {
-            epoch: record.epoch,
-            primary: topology.node_name(record.primary),
-            primary_region: topology.region_of(record.primary).name.clone(),
-            failovers_blocked_until_ms: state.failovers_blocked_until_ms,
-            writer_history: state.writer_history.clone(),
-            intent: state.intent.as_ref().map(|i| StoredIntent {
-                epoch: i.epoch,
-                source: topology.node_name(i.source),
-                target: topology.node_name(i.target),
-                required_offset: i.required_offset,
-                replication_id: i.replication_id.clone(),
-            }),
-        };
         let tmp = self.path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(&stored).expect("serializes"))?;
+        file.write_all(&encode(topology, state))?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&tmp, &self.path)?;
@@ -176,11 +128,98 @@ impl StateFile {
     }
 }
 
+/// The state as stored (in `state.json` or in etcd), resolved against the topology; `source`
+/// names where it came from in errors.
+fn decode(bytes: &[u8], source: &str, topology: &Topology) -> Result<State, LoadError> {
+    let path = source.to_string();
+    let stored: Stored = serde_json::from_slice(bytes).map_err(|e| LoadError::Corrupt {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let node = |name: &str| {
+        topology
+            .nodes
+            .iter()
+            .find(|n| n.endpoint.to_string() == name)
+            .map(|n| n.id)
+            .ok_or_else(|| LoadError::UnknownNode {
+                path: path.clone(),
+                node: name.to_string(),
+            })
+    };
+    let intent = match stored.intent {
+        Some(i) => Some(Intent {
+            epoch: i.epoch,
+            source: node(&i.source)?,
+            target: node(&i.target)?,
+            required_offset: i.required_offset,
+            replication_id: i.replication_id,
+        }),
+        None => None,
+    };
+    Ok(State {
+        epoch: EpochRecord {
+            epoch: stored.epoch,
+            primary: node(&stored.primary)?,
+        },
+        failovers_blocked_until_ms: stored.failovers_blocked_until_ms,
+        writer_history: stored.writer_history,
+        intent,
+    })
+}
+
+fn encode(topology: &Topology, state: &State) -> Vec<u8> {
+    let record = &state.epoch;
+    let stored = Stored {
+        epoch: record.epoch,
+        primary: topology.node_name(record.primary),
+        primary_region: topology.region_of(record.primary).name.clone(),
+        failovers_blocked_until_ms: state.failovers_blocked_until_ms,
+        writer_history: state.writer_history.clone(),
+        intent: state.intent.as_ref().map(|i| StoredIntent {
+            epoch: i.epoch,
+            source: topology.node_name(i.source),
+            target: topology.node_name(i.target),
+            required_offset: i.required_offset,
+            replication_id: i.replication_id.clone(),
+        }),
+    };
+    serde_json::to_vec_pretty(&stored).expect("serializes")
+}
+
+/// Why a state change was not recorded (the action it guarded is then not taken).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot write the state file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot write the state in etcd: {0}")]
+    Coord(#[from] valkey_dr_coord::CoordError),
+    #[error("this controller is not the leader")]
+    NotLeader,
+}
+
+/// Where the state lives: a local file (one controller), or etcd, written only under the
+/// leader's fence and compared with the revision last read.
+enum Backend {
+    File(StateFile),
+    Etcd {
+        coord: valkey_dr_coord::Coordinator,
+        leader: std::sync::Arc<crate::ha::LeaderCell>,
+        /// The revision of the state key when it was last read or written (0: absent).
+        revision: Mutex<i64>,
+    },
+}
+
+/// The key of the state in etcd.
+const STATE_KEY: &str = "state";
+
 /// The one owner of the controller's durable state: every change goes through [`StateStore::update`].
 pub struct StateStore {
-    file: StateFile,
+    backend: Backend,
     topology: Topology,
     state: Mutex<Option<State>>,
+    /// Serializes read-modify-writes (held across the write, which may wait on etcd).
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl StateStore {
@@ -193,13 +232,59 @@ impl StateStore {
             Err(e) => (None, Some(e)),
         };
         (
-            StateStore {
-                file,
-                topology: topology.clone(),
-                state: Mutex::new(state),
-            },
+            StateStore::with_backend(Backend::File(file), topology, state),
             problem,
         )
+    }
+
+    /// A store in etcd, written only while `leader` holds a fence. Empty until [`Self::reload`].
+    pub fn in_etcd(
+        coord: valkey_dr_coord::Coordinator,
+        leader: std::sync::Arc<crate::ha::LeaderCell>,
+        topology: &Topology,
+    ) -> StateStore {
+        let backend = Backend::Etcd {
+            coord,
+            leader,
+            revision: Mutex::new(0),
+        };
+        StateStore::with_backend(backend, topology, None)
+    }
+
+    fn with_backend(backend: Backend, topology: &Topology, state: Option<State>) -> StateStore {
+        StateStore {
+            backend,
+            topology: topology.clone(),
+            state: Mutex::new(state),
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reads the state again from etcd (a new leader before it acts; followers every pass). A
+    /// file store is its own source and has nothing to read.
+    pub async fn reload(&self) -> Result<(), LoadError> {
+        let Backend::Etcd {
+            coord, revision, ..
+        } = &self.backend
+        else {
+            return Ok(());
+        };
+        let _writing = self.writing.lock().await;
+        let source = format!("etcd key {STATE_KEY}");
+        let read = coord
+            .get_versioned(STATE_KEY)
+            .await
+            .map_err(|e| LoadError::Read {
+                path: source.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let state = match &read.value {
+            Some(bytes) => Some(decode(bytes, &source, &self.topology)?),
+            None => None,
+        };
+        *self.state.lock().expect("state lock") = state;
+        *revision.lock().expect("revision lock") = read.revision;
+        Ok(())
     }
 
     pub fn get(&self) -> Option<State> {
@@ -212,19 +297,45 @@ impl StateStore {
 
     /// Applies `change` and writes the result durably before anyone can read it. Nothing changes
     /// when the write fails. `change` returning `None` leaves the state as it is.
-    pub fn update(
+    pub async fn update(
         &self,
         change: impl FnOnce(Option<&State>) -> Option<State>,
-    ) -> std::io::Result<Option<State>> {
-        let mut guard = self.state.lock().expect("state lock");
-        let Some(next) = change(guard.as_ref()) else {
-            return Ok(guard.clone());
+    ) -> Result<Option<State>, StateError> {
+        let _writing = self.writing.lock().await;
+        let now = self.get();
+        let Some(next) = change(now.as_ref()) else {
+            return Ok(now);
         };
-        if guard.as_ref() != Some(&next) {
-            self.file.store(&self.topology, &next)?;
-            *guard = Some(next);
+        if now.as_ref() != Some(&next) {
+            self.store(&next).await?;
+            *self.state.lock().expect("state lock") = Some(next.clone());
+            return Ok(Some(next));
         }
-        Ok(guard.clone())
+        Ok(now)
+    }
+
+    async fn store(&self, next: &State) -> Result<(), StateError> {
+        match &self.backend {
+            Backend::File(file) => Ok(file.store(&self.topology, next)?),
+            Backend::Etcd {
+                coord,
+                leader,
+                revision,
+            } => {
+                let fence = leader.fence().ok_or(StateError::NotLeader)?;
+                let expected = *revision.lock().expect("revision lock");
+                let written = coord
+                    .swap_fenced(
+                        fence,
+                        STATE_KEY,
+                        Some(expected),
+                        &encode(&self.topology, next),
+                    )
+                    .await?;
+                *revision.lock().expect("revision lock") = written;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -304,8 +415,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn updates_are_serialized_and_durable() {
+    #[tokio::test]
+    async fn updates_are_serialized_and_durable() {
         let dir = temp_dir("state-store");
         let topology = topology();
         let (store, _) = StateStore::open(&dir, &topology);
@@ -313,20 +424,19 @@ mod tests {
             epoch: 1,
             primary: topology.nodes[0].id,
         };
-        store.update(|_| Some(State::new(first))).unwrap();
+        store.update(|_| Some(State::new(first))).await.unwrap();
         // Concurrent read-modify-writes (e.g. `ack` beside a failover) never lose one another.
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| {
-                    store
-                        .update(|now| {
-                            let mut next = now.cloned().unwrap();
-                            next.epoch.epoch += 1;
-                            Some(next)
-                        })
-                        .unwrap();
-                });
-            }
+        futures::future::join_all((0..8).map(|_| {
+            store.update(|now| {
+                let mut next = now.cloned().unwrap();
+                next.epoch.epoch += 1;
+                Some(next)
+            })
+        }))
+        .await
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
         });
         assert_eq!(store.epoch().unwrap().epoch, 9);
         let (reopened, problem) = StateStore::open(&dir, &topology);

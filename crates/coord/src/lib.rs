@@ -49,6 +49,29 @@ impl Fence {
     }
 }
 
+/// The current leader fence of this controller, shared by everything that writes under it (the
+/// state store, the DNS records, the node actions). Empty while another controller leads.
+#[derive(Debug, Default)]
+pub struct LeaderCell {
+    fence: std::sync::Mutex<Option<Fence>>,
+}
+
+impl LeaderCell {
+    /// The fence, only while it may still act on this controller's clock.
+    pub fn fence(&self) -> Option<Fence> {
+        let fence = *self.fence.lock().expect("leader cell lock");
+        fence.filter(|f| f.may_act(Instant::now()))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.fence().is_some()
+    }
+
+    pub fn set(&self, fence: Option<Fence>) {
+        *self.fence.lock().expect("leader cell lock") = fence;
+    }
+}
+
 /// A key this controller keeps alive with a lease: the leader key, or its site's presence key.
 /// `act_until` is when the claim stops counting on this controller's own clock.
 #[derive(Debug)]

@@ -33,6 +33,38 @@ pub struct Config {
     /// Credentials for the nodes; omit when they need no AUTH.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
+    /// Several controllers in separate failure domains, coordinated through etcd. Omit for one
+    /// controller with its state in `state.json` (simple, but not highly available).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<CoordinationConfig>,
+}
+
+/// The highly available shape: one controller per site (each region and a witness), one leader
+/// at a time elected in etcd, the epoch, intent and DNS records held in etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinationConfig {
+    /// Client URLs of the etcd members, e.g. `["http://10.0.1.5:2379", …]`.
+    pub etcd: Vec<String>,
+    /// This controller's site: a region name (the controller fences that region's writer when it
+    /// loses etcd) or another name (a witness).
+    pub site: String,
+    /// Every controller site; a cross-region failover needs a majority of them to see the writer
+    /// down.
+    pub sites: Vec<String>,
+    /// Lease of the leader key and of each site's presence (whole seconds in etcd, at least 2 s).
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// Key prefix in etcd [default: /valkey-dr/<owner>].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+impl CoordinationConfig {
+    /// How many sites must agree (a strict majority).
+    pub fn quorum(&self) -> usize {
+        self.sites.len() / 2 + 1
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +255,10 @@ fn default_failover_block_ms() -> u64 {
 fn default_max_data_at_risk_bytes() -> u64 {
     1 << 20
 }
+fn default_lease_ttl_ms() -> u64 {
+    3000
+}
+
 fn default_true() -> bool {
     true
 }
@@ -383,6 +419,7 @@ impl Config {
         }
         self.validate_dns()?;
         self.validate_controller()?;
+        self.validate_coordination()?;
         self.validate_security()
     }
 
@@ -458,6 +495,78 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_coordination(&self) -> Result<(), ConfigError> {
+        let Some(c) = &self.coordination else {
+            return Ok(());
+        };
+        if c.etcd.is_empty() {
+            return Err(ConfigError::invalid(
+                "coordination.etcd",
+                "no etcd member is listed",
+                "list the client URLs of every etcd member, e.g. [\"http://10.0.1.5:2379\"]",
+            ));
+        }
+        for (i, url) in c.etcd.iter().enumerate() {
+            let authority = url.strip_prefix("http://").unwrap_or("");
+            if authority.is_empty() || authority.contains('/') || !authority.contains(':') {
+                return Err(ConfigError::invalid(
+                    format!("coordination.etcd[{i}]"),
+                    format!("\"{url}\" is not an etcd client URL"),
+                    "write it as http://<host>:<port>",
+                ));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, site) in c.sites.iter().enumerate() {
+            validate_label(&format!("coordination.sites[{i}]"), site, false)?;
+            if !seen.insert(site.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("coordination.sites[{i}]"),
+                    format!("duplicate site \"{site}\""),
+                    "list every controller site once",
+                ));
+            }
+        }
+        if !seen.contains(c.site.as_str()) {
+            return Err(ConfigError::invalid(
+                "coordination.site",
+                format!("\"{}\" is not one of coordination.sites", c.site),
+                "add it to coordination.sites or fix the name",
+            ));
+        }
+        if c.sites.len() < 3 {
+            return Err(ConfigError::invalid(
+                "coordination.sites",
+                format!(
+                    "{} site(s): a majority of two is both of them",
+                    c.sites.len()
+                ),
+                "run a controller in three failure domains (each region and a witness)",
+            ));
+        }
+        if !(2000..=60_000).contains(&c.lease_ttl_ms) || c.lease_ttl_ms % 1000 != 0 {
+            return Err(ConfigError::invalid(
+                "coordination.lease_ttl_ms",
+                format!(
+                    "{} ms is not a whole number of seconds between 2 and 60",
+                    c.lease_ttl_ms
+                ),
+                "use 2000, 3000, … 60000 (etcd leases count whole seconds)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The etcd key prefix of this deployment.
+    pub fn coordination_prefix(&self) -> Option<String> {
+        let c = self.coordination.as_ref()?;
+        Some(
+            c.prefix
+                .clone()
+                .unwrap_or_else(|| format!("/valkey-dr/{}", self.owner)),
+        )
     }
 
     fn validate_controller(&self) -> Result<(), ConfigError> {

@@ -1,12 +1,15 @@
 //! DNS for valkey-dr: the [`DnsProvider`] trait every backend implements, and the backends.
 //!
 //! - [`embedded`]: the authoritative server built into the controller (hickory-server).
+//! - [`etcd`]: the records held in etcd, written by the leading controller, served by the
+//!   embedded server of every controller.
 //!
 //! A new backend (RFC 2136, Route 53, …) is a new module implementing [`DnsProvider`]; the
 //! conformance battery in `tests/conformance.rs` is the contract it must pass.
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 pub mod resolve;
 
 use async_trait::async_trait;
@@ -27,6 +30,10 @@ pub enum DnsError {
     OutOfZone { name: String, zone: String },
     #[error("DNS backend unavailable: {0}")]
     Unavailable(String),
+    /// The write was refused because this controller no longer holds the right to make it (a
+    /// deposed leader, or one whose lease ran out on its own clock).
+    #[error("DNS write refused: {0}")]
+    Fenced(String),
 }
 
 /// Checks one change's precondition: the record set it expects (None: that the name and type

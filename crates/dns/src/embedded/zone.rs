@@ -75,6 +75,23 @@ impl Zone {
             .collect()
     }
 
+    /// Replaces every record set with `sets` (a copy of the records held elsewhere); the serial
+    /// rises when anything changed. Returns whether it did.
+    pub fn replace_all(&self, sets: Vec<RecordSet>) -> bool {
+        let sets: BTreeMap<_, _> = sets
+            .into_iter()
+            .filter(|s| self.contains(&s.name))
+            .map(|s| ((s.name.clone(), s.rtype), s))
+            .collect();
+        let mut state = self.state.write().expect("zone lock");
+        if state.sets == sets {
+            return false;
+        }
+        state.sets = sets;
+        state.serial = state.serial.wrapping_add(1).max(1);
+        true
+    }
+
     /// Answers one question the way an authoritative server must: exact data, else a CNAME (followed
     /// within the zone), else NODATA for an existing name (including empty non-terminals), else
     /// NXDOMAIN.

@@ -1,0 +1,111 @@
+//! DNS records held in etcd: the leading controller changes them, every controller serves them
+//! from its own embedded zone, so the global name resolves through any surviving site.
+//!
+//! A change is one etcd transaction that holds only if this controller still holds the leader key
+//! (its fencing token) and the records are still at the revision it read: the compare-and-swap
+//! of each change is checked against what etcd holds, not against a local copy. A controller
+//! that cannot reach etcd keeps serving the last records it read and never invents a change.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use async_trait::async_trait;
+use valkey_dr_coord::{CoordError, Coordinator, LeaderCell};
+use valkey_dr_core::{Change, RecordSet};
+
+use crate::embedded::Zone;
+use crate::{DnsError, DnsProvider};
+
+/// The etcd key of the record sets (under the deployment's prefix).
+const RECORDS_KEY: &str = "dns";
+
+pub struct EtcdRecords {
+    coord: Coordinator,
+    leader: Arc<LeaderCell>,
+    /// This controller's copy, which its DNS server answers from.
+    zone: Arc<Zone>,
+    /// The revision the zone was last loaded from (0: none yet).
+    served_revision: AtomicI64,
+}
+
+fn coord_error(e: CoordError) -> DnsError {
+    match e {
+        CoordError::Unavailable(reason) => DnsError::Unavailable(format!("etcd: {reason}")),
+        e @ (CoordError::Deposed { .. } | CoordError::Expired) => DnsError::Fenced(e.to_string()),
+        CoordError::Conflict { key, .. } => DnsError::Conflict {
+            name: key,
+            expected: "the records as read".into(),
+            found: "a newer write".into(),
+        },
+    }
+}
+
+impl EtcdRecords {
+    pub fn new(coord: Coordinator, leader: Arc<LeaderCell>, zone: Arc<Zone>) -> EtcdRecords {
+        EtcdRecords {
+            coord,
+            leader,
+            zone,
+            served_revision: AtomicI64::new(0),
+        }
+    }
+
+    /// What etcd holds, with its revision.
+    async fn read(&self) -> Result<(Vec<RecordSet>, i64), DnsError> {
+        let read = self
+            .coord
+            .get_versioned(RECORDS_KEY)
+            .await
+            .map_err(coord_error)?;
+        let sets = match &read.value {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
+                DnsError::Unavailable(format!("the records in etcd are unreadable: {e}"))
+            })?,
+            None => Vec::new(),
+        };
+        Ok((sets, read.revision))
+    }
+
+    /// Loads the records from etcd into the local zone when they changed. On error the zone keeps
+    /// answering with what it last loaded.
+    pub async fn sync(&self) -> Result<bool, DnsError> {
+        let (sets, revision) = self.read().await?;
+        if revision == self.served_revision.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.served_revision.store(revision, Ordering::SeqCst);
+        Ok(self.zone.replace_all(sets))
+    }
+}
+
+#[async_trait]
+impl DnsProvider for EtcdRecords {
+    async fn records(&self, names: &[String]) -> Result<Vec<RecordSet>, DnsError> {
+        let (sets, _) = self.read().await?;
+        let scratch = Zone::new(self.zone.origin());
+        scratch.replace_all(sets);
+        scratch.records(names).await
+    }
+
+    async fn apply(&self, changes: &[Change]) -> Result<(), DnsError> {
+        let fence = self
+            .leader
+            .fence()
+            .ok_or_else(|| DnsError::Fenced("this controller is not the leader".into()))?;
+        let (sets, revision) = self.read().await?;
+        // The zone's own rules (preconditions, CNAME exclusivity, zone membership) on a copy.
+        let scratch = Zone::new(self.zone.origin());
+        scratch.replace_all(sets);
+        scratch.apply_changes(changes)?;
+        let next = scratch.snapshot();
+        let bytes = serde_json::to_vec(&next).expect("record sets serialize");
+        let written = self
+            .coord
+            .swap_fenced(fence, RECORDS_KEY, Some(revision), &bytes)
+            .await
+            .map_err(coord_error)?;
+        self.served_revision.store(written, Ordering::SeqCst);
+        self.zone.replace_all(next);
+        Ok(())
+    }
+}
