@@ -131,7 +131,7 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
                 Err(e) => json!({ "error": e.to_string() }),
             }
         }
-        Request::Ack => json!({ "result": { "was_blocked": controller.ack() } }),
+        Request::Ack => json!({ "result": { "was_blocked": controller.ack().await } }),
         Request::Adopt { region } => match controller.adopt(&region).await {
             Ok(epoch) => json!({ "result": {
                 "epoch": epoch.epoch,

@@ -277,7 +277,7 @@ impl Controller {
             Decision::NoCandidate if writer_state == WriterState::Lost => {
                 // Nobody else holds the history: the loss has happened. Say so and go on from what
                 // the writer has now, rather than leave the name without a writer.
-                self.accept_loss(observations, &epoch);
+                self.accept_loss(observations, &epoch).await;
                 return (Some(epoch), false);
             }
             _ => return (Some(epoch), false),
@@ -352,7 +352,7 @@ impl Controller {
     /// The writer lost its history and no node holds it any more: record the loss (status shows
     /// it until `ack`) and take the writer's current history as the lineage from now on. A writer
     /// that came back as a replica is promoted: nobody else can serve.
-    fn accept_loss(&self, observations: &[NodeObservation], epoch: &EpochRecord) {
+    async fn accept_loss(&self, observations: &[NodeObservation], epoch: &EpochRecord) {
         let Some(now) = info_of(observations, epoch.primary) else {
             return;
         };
@@ -372,7 +372,7 @@ impl Controller {
             let mut next = s.cloned()?;
             next.writer_history = Some(history);
             Some(next)
-        }) {
+        }).await {
             self.state_write_failed(&e);
         }
         self.memory.lock().expect("memory lock").data_loss = Some(lost);
@@ -471,7 +471,7 @@ impl Controller {
             required_offset: target_offset,
             replication_id: replication_id.clone(),
         };
-        if let Err(e) = self.record_intent(intent) {
+        if let Err(e) = self.record_intent(intent).await {
             self.state_write_failed(&e);
             return Err(FailoverError::State(e.to_string()));
         }
@@ -502,7 +502,7 @@ impl Controller {
                     let mut next = s.cloned()?;
                     next.intent = None;
                     Some(next)
-                });
+                }).await;
                 self.events.emit(
                     "failover_failed",
                     json!({ "node": report.new_primary, "epoch": new_epoch.epoch, "error": e.to_string() }),
@@ -515,6 +515,7 @@ impl Controller {
             offset: target_offset,
         };
         self.commit_epoch(new_epoch, history, block_until_ms)
+            .await
             .map_err(|e| FailoverError::State(e.to_string()))?;
         self.events.emit(
             "failover_promoted",
@@ -528,24 +529,24 @@ impl Controller {
     }
 
     /// Records a promotion intent durably (the epoch before it stays in force).
-    pub(crate) fn record_intent(&self, intent: crate::state::Intent) -> std::io::Result<()> {
+    pub(crate) async fn record_intent(&self, intent: crate::state::Intent) -> Result<(), crate::state::StateError> {
         self.state
             .update(|s| {
                 let mut next = s.cloned()?;
                 next.intent = Some(intent);
                 Some(next)
-            })
+            }).await
             .map(|_| ())
     }
 
     /// Records the epoch a promotion established, its writer's history (the lineage the next
     /// failover checks), and the anti-flapping block, in one durable write that settles the intent.
-    pub(crate) fn commit_epoch(
+    pub(crate) async fn commit_epoch(
         &self,
         epoch: EpochRecord,
         history: History,
         block_until_ms: Option<u64>,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), crate::state::StateError> {
         let result = self.state.update(|s| {
             let mut next = s
                 .cloned()
@@ -557,7 +558,7 @@ impl Controller {
                 next.failovers_blocked_until_ms = block_until_ms;
             }
             Some(next)
-        });
+        }).await;
         match result {
             Ok(_) => {
                 let mut memory = self.memory.lock().expect("memory lock");
@@ -678,6 +679,7 @@ impl Controller {
         };
         let history = info_of(&observations, writer).map(|i| i.history());
         self.set_epoch(epoch, history.clone())
+            .await
             .map_err(|e| FailoverError::State(e.to_string()))?;
         {
             let mut memory = self.memory.lock().expect("memory lock");
@@ -693,7 +695,7 @@ impl Controller {
     }
 
     /// `valkey-dr ack`: allow automatic failovers again and clear a reported data loss.
-    pub fn ack(&self) -> bool {
+    pub async fn ack(&self) -> bool {
         let mut was_blocked = false;
         if let Err(e) = self.state.update(|s| {
             let mut next = s.cloned()?;
@@ -702,7 +704,7 @@ impl Controller {
                 .take()
                 .is_some_and(|until| crate::events::now_ms() < until);
             Some(next)
-        }) {
+        }).await {
             self.state_write_failed(&e);
         }
         self.memory.lock().expect("memory lock").data_loss = None;

@@ -164,11 +164,11 @@ impl Controller {
 
     /// Records a new epoch durably before anything acts on it, with its writer's history when
     /// known (else the next pass records it); any intent is settled by it.
-    pub(crate) fn set_epoch(
+    pub(crate) async fn set_epoch(
         &self,
         record: EpochRecord,
         history: Option<valkey_dr_core::observation::History>,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), state::StateError> {
         self.state
             .update(|now| {
                 let mut next = now.cloned().unwrap_or_else(|| state::State::new(record));
@@ -176,12 +176,12 @@ impl Controller {
                 next.intent = None;
                 next.writer_history = history;
                 Some(next)
-            })
+            }).await
             .map(|_| ())
     }
 
     /// Reports a failed state write (the action it guarded is not taken).
-    pub(crate) fn state_write_failed(&self, error: &std::io::Error) {
+    pub(crate) fn state_write_failed(&self, error: &state::StateError) {
         self.events.emit(
             "state_write_failed",
             serde_json::json!({ "error": error.to_string() }),

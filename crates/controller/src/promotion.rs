@@ -339,7 +339,7 @@ impl Controller {
             required_offset: needed,
             replication_id: required.replication_id.clone(),
         };
-        if let Err(e) = self.record_intent(intent) {
+        if let Err(e) = self.record_intent(intent).await {
             self.state_write_failed(&e);
             return Err(self
                 .abort(
@@ -362,7 +362,7 @@ impl Controller {
                 .await
                 .is_ok_and(|i| !i.is_primary());
             if still_replica {
-                self.clear_intent();
+                self.clear_intent().await;
                 return Err(self.abort(old, PromoteError::Aborted(e)).await);
             }
         }
@@ -373,7 +373,7 @@ impl Controller {
             PromoteMethod::FailoverCommand => None,
             _ => Some(self.demote(old, target, false).await),
         };
-        if self.commit_epoch(new_epoch, required, None).is_err() {
+        if self.commit_epoch(new_epoch, required, None).await.is_err() {
             return Err(PromoteError::AfterPromote(
                 "cannot record the new epoch (the intent stays; a restarted controller completes it)".into(),
                 name(target),

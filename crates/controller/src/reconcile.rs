@@ -119,11 +119,11 @@ impl Controller {
         }
         let current = self.dns.records(&self.names.all(&self.topology)).await?;
         let mut epoch = self.epoch();
-        if let Some(recovered) = self.recover_epoch_from_marks(&observations, epoch) {
+        if let Some(recovered) = self.recover_epoch_from_marks(&observations, epoch).await {
             epoch = Some(recovered);
         }
         if epoch.is_none() {
-            epoch = self.bootstrap(&observations, &current);
+            epoch = self.bootstrap(&observations, &current).await;
         }
         // An interrupted promotion is settled before anything else acts on the nodes.
         let mut acted = false;
@@ -195,7 +195,7 @@ impl Controller {
     /// The nodes carry the epoch mark their writer last wrote. A mark newer than our epoch means
     /// our state is behind (a reverted, truncated or lost `state.json`): take the epoch and writer
     /// from the mark, never act on the older one.
-    fn recover_epoch_from_marks(
+    async fn recover_epoch_from_marks(
         &self,
         observations: &[NodeObservation],
         ours: Option<EpochRecord>,
@@ -220,7 +220,7 @@ impl Controller {
         let history = info_of(observations, writer)
             .filter(|i| i.is_primary())
             .map(|i| i.history());
-        if let Err(e) = self.set_epoch(record, history) {
+        if let Err(e) = self.set_epoch(record, history).await {
             self.state_write_failed(&e);
             return None;
         }
@@ -286,7 +286,7 @@ impl Controller {
                         return epoch;
                     }
                 }
-                if self.commit_epoch(new_epoch, required, None).is_err() {
+                if self.commit_epoch(new_epoch, required, None).await.is_err() {
                     return epoch;
                 }
                 if source_answers {
@@ -304,11 +304,11 @@ impl Controller {
                         json!(self.demote(intent.target, intent.source, true).await);
                 }
                 let _ = self.engine.unpause(source_endpoint).await;
-                self.clear_intent();
+                self.clear_intent().await;
                 epoch
             }
             Resolution::Wait => {
-                self.clear_intent();
+                self.clear_intent().await;
                 epoch
             }
         };
@@ -316,19 +316,19 @@ impl Controller {
         in_force
     }
 
-    pub(crate) fn clear_intent(&self) {
+    pub(crate) async fn clear_intent(&self) {
         if let Err(e) = self.state.update(|s| {
             let mut next = s.cloned()?;
             next.intent = None;
             Some(next)
-        }) {
+        }).await {
             self.state_write_failed(&e);
         }
     }
 
     /// Adopts a writer when no epoch is recorded: the region and epoch of our ownership record in
     /// DNS if there is one, else the configured primary region at epoch 1.
-    fn bootstrap(
+    async fn bootstrap(
         &self,
         observations: &[NodeObservation],
         current: &[RecordSet],
@@ -350,7 +350,7 @@ impl Controller {
             Ok(primary) => {
                 let record = EpochRecord { epoch, primary };
                 let history = info_of(observations, primary).map(|i| i.history());
-                if let Err(e) = self.set_epoch(record, history) {
+                if let Err(e) = self.set_epoch(record, history).await {
                     self.state_write_failed(&e);
                     return None;
                 }
@@ -444,7 +444,7 @@ impl Controller {
                 let mut next = s.cloned()?;
                 next.writer_history = Some(history);
                 Some(next)
-            })
+            }).await
         {
             self.state_write_failed(&e);
         }

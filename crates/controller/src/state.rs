@@ -204,7 +204,7 @@ enum Backend {
     File(StateFile),
     Etcd {
         coord: valkey_dr_coord::Coordinator,
-        leader: std::sync::Arc<crate::ha::LeaderCell>,
+        leader: std::sync::Arc<valkey_dr_coord::LeaderCell>,
         /// The revision of the state key when it was last read or written (0: absent).
         revision: Mutex<i64>,
     },
@@ -240,7 +240,7 @@ impl StateStore {
     /// A store in etcd, written only while `leader` holds a fence. Empty until [`Self::reload`].
     pub fn in_etcd(
         coord: valkey_dr_coord::Coordinator,
-        leader: std::sync::Arc<crate::ha::LeaderCell>,
+        leader: std::sync::Arc<valkey_dr_coord::LeaderCell>,
         topology: &Topology,
     ) -> StateStore {
         let backend = Backend::Etcd {

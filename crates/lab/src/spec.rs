@@ -255,6 +255,7 @@ impl LabSpec {
                 password_env: None,
                 password: None,
             }),
+            coordination: None,
         }
     }
 
