@@ -66,6 +66,12 @@ pub enum LabCommand {
         /// Plain TCP instead of TLS (AUTH stays on).
         #[arg(long)]
         no_tls: bool,
+        /// Data regions: 2 (plus a witness site) or 3 (the third doubles as the witness).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
+        regions: u8,
+        /// One controller with its state in a file, no etcd (not highly available).
+        #[arg(long)]
+        single_controller: bool,
     },
     /// Stop every lab process.
     Down {
@@ -121,8 +127,18 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             link_delay_ms,
             ttl,
             no_tls,
+            regions,
+            single_controller,
         } => {
             let mut spec = LabSpec::reference(absolute(dir.path())?);
+            if regions == 3 {
+                spec.regions.push("us-west-2".into());
+            }
+            spec.sites = if single_controller {
+                Vec::new()
+            } else {
+                LabSpec::default_sites(&spec.regions)
+            };
             spec.port = port;
             spec.block = block;
             spec.dns = dns;
@@ -148,7 +164,7 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
         LabCommand::Status { dir, output } => {
             let spec = dir.spec()?;
             let processes = process::processes(&spec.dir);
-            let config = spec.controller_config();
+            let config = spec.main_config();
             let status = control::request(&config.control_socket(), &Request::Status, |_| {}).await;
             match output {
                 Output::Json => {
@@ -204,13 +220,18 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
                 regions
             };
             for r in &regions {
-                if !spec.regions.contains(r) && r != valkey_dr_lab::link::LINK {
+                if !spec.regions.contains(r)
+                    && !spec.sites.contains(r)
+                    && r != valkey_dr_lab::link::LINK
+                {
                     bail!(
                         "unknown region \"{r}\"; the lab has {}",
                         spec.regions.join(", ")
                     );
                 }
             }
+            // A site without data (the witness) is cut where it stands.
+            let regions: Vec<String> = regions.iter().map(|r| spec.vantage(r)).collect();
             valkey_dr_lab::link::set_partition(&spec.dir, &regions.iter().cloned().collect())
                 .await?;
             if regions == [valkey_dr_lab::link::LINK] {
@@ -298,25 +319,38 @@ async fn up(spec: &LabSpec) -> Result<()> {
         );
         return Ok(());
     }
-    let config = spec.controller_config();
+    let config = spec.main_config();
     let socket = config.control_socket();
-    let ready = process::wait_for(
-        "the controller",
-        &spec.dir.join("controller.log"),
-        || async {
-            match control::request(&socket, &Request::Status, |_| {}).await {
-                Ok(status) => status["findings"] == serde_json::json!(["healthy"]),
-                Err(_) => false,
+    let log = match spec.sites.last() {
+        Some(site) => spec.dir.join(format!("controller-{site}.log")),
+        None => spec.dir.join("controller.log"),
+    };
+    let ready = process::wait_for("the controller", &log, || async {
+        match control::request(&socket, &Request::Status, |_| {}).await {
+            Ok(status) => {
+                status["findings"] == serde_json::json!(["healthy"]) && status["epoch"].is_u64()
             }
-        },
-    )
+            Err(_) => false,
+        }
+    })
     .await;
     if let Err(e) = ready {
         process::down(&spec.dir).await;
         return Err(e.into());
     }
-    // One pass now, so DNS reflects the healthy topology before anyone looks.
-    control::request(&socket, &Request::Reconcile, |_| {}).await?;
+    // One pass now on every controller, so that every DNS server reflects the healthy topology
+    // before anyone looks.
+    let sockets: Vec<_> = if spec.is_ha() {
+        spec.sites
+            .iter()
+            .map(|s| spec.site_config(s).control_socket())
+            .collect()
+    } else {
+        vec![socket]
+    };
+    for socket in sockets {
+        control::request(&socket, &Request::Reconcile, |_| {}).await?;
+    }
     println!("lab up in {}", spec.dir.display());
     for (r, region) in spec.regions.iter().enumerate() {
         let nodes: Vec<String> = (0..spec.nodes_per_region as usize)
@@ -324,12 +358,26 @@ async fn up(spec: &LabSpec) -> Result<()> {
             .collect();
         println!("  {region:<10} {}", nodes.join("  "));
     }
-    println!(
-        "  region link {} ms one way; DNS {} for zone {}; controller state {}",
-        spec.link_delay_ms,
-        spec.dns,
-        spec.zone,
-        spec.controller_dir().display()
-    );
+    if spec.is_ha() {
+        println!(
+            "  region link {} ms one way; zone {}",
+            spec.link_delay_ms, spec.zone
+        );
+        for site in &spec.sites {
+            println!(
+                "  site {site:<10} controller + etcd member {}; DNS {}",
+                spec.etcd_ip(site),
+                spec.site_dns(site)
+            );
+        }
+    } else {
+        println!(
+            "  region link {} ms one way; DNS {} for zone {}; controller state {}",
+            spec.link_delay_ms,
+            spec.dns,
+            spec.zone,
+            spec.controller_dir().display()
+        );
+    }
     Ok(())
 }

@@ -117,28 +117,14 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
         }
     };
     let out = match request {
-        Request::Status => json!({ "result": controller.status().await }),
-        Request::Reconcile => match controller.reconcile_once().await {
-            Ok(pass) => json!({ "result": {
-                "applied": pass.applied,
-                "findings": pass.analysis.findings.iter().map(|f| f.describe(&controller.topology)).collect::<Vec<_>>(),
-            }}),
-            Err(e) => json!({ "error": e.to_string() }),
-        },
-        Request::Failover { region, force } => {
-            match controller.forced_failover(&region, force).await {
-                Ok(report) => json!({ "result": report }),
-                Err(e) => json!({ "error": e.to_string() }),
-            }
+        // Only the leader moves the writer or changes the state: another controller hands the
+        // request to it through etcd and relays its answer.
+        request
+            if !matches!(request, Request::Status | Request::Reconcile)
+                && !controller.may_act() =>
+        {
+            controller.forward(&request).await
         }
-        Request::Ack => json!({ "result": { "was_blocked": controller.ack().await } }),
-        Request::Adopt { region } => match controller.adopt(&region).await {
-            Ok(epoch) => json!({ "result": {
-                "epoch": epoch.epoch,
-                "primary": controller.topology.node_name(epoch.primary),
-            }}),
-            Err(e) => json!({ "error": e.to_string() }),
-        },
         Request::Promote { region, method } => {
             let mut events = controller.events.subscribe();
             let task = {
@@ -166,8 +152,42 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
                 Err(e) => json!({ "error": format!("promotion task failed: {e}") }),
             }
         }
+        request => execute(&controller, request).await,
     };
     let _ = write.write_all(reply(out).as_bytes()).await;
+}
+
+/// Carries out one request and returns its reply (a promotion without its event stream).
+pub async fn execute(controller: &Arc<Controller>, request: Request) -> Value {
+    match request {
+        Request::Status => json!({ "result": controller.status().await }),
+        Request::Reconcile => match controller.reconcile_once().await {
+            Ok(pass) => json!({ "result": {
+                "applied": pass.applied,
+                "findings": pass.analysis.findings.iter().map(|f| f.describe(&controller.topology)).collect::<Vec<_>>(),
+            }}),
+            Err(e) => json!({ "error": e.to_string() }),
+        },
+        Request::Failover { region, force } => {
+            match controller.forced_failover(&region, force).await {
+                Ok(report) => json!({ "result": report }),
+                Err(e) => json!({ "error": e.to_string() }),
+            }
+        }
+        Request::Ack => json!({ "result": { "was_blocked": controller.ack().await } }),
+        Request::Adopt { region } => match controller.adopt(&region).await {
+            Ok(epoch) => json!({ "result": {
+                "epoch": epoch.epoch,
+                "primary": controller.topology.node_name(epoch.primary),
+            }}),
+            Err(e) => json!({ "error": e.to_string() }),
+        },
+        Request::Promote { region, method } => match controller.promote_with(&region, method).await
+        {
+            Ok(report) => json!({ "result": report }),
+            Err(e) => json!({ "error": e.to_string() }),
+        },
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

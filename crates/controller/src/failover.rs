@@ -307,6 +307,15 @@ impl Controller {
             );
             return (Some(epoch), false);
         }
+        // Highly available shape: the writer leaves its region only on a majority's view and
+        // once that region's controller has let go (it fences its writer when it does).
+        if kind == "cross_region"
+            && writer_state == WriterState::Unreachable
+            && let Some(reason) = self.cross_region_withheld(epoch.primary).await
+        {
+            self.note_withheld(reason);
+            return (Some(epoch), false);
+        }
         let detection = self
             .health
             .lock()
@@ -368,14 +377,28 @@ impl Controller {
         let history = now.history();
         self.memory.lock().expect("memory lock").last_writer =
             Some((epoch.primary, history.clone()));
-        if let Err(e) = self.state.update(|s| {
-            let mut next = s.cloned()?;
-            next.writer_history = Some(history);
-            Some(next)
-        }).await {
+        if let Err(e) = self
+            .state
+            .update(|s| {
+                let mut next = s.cloned()?;
+                next.writer_history = Some(history);
+                Some(next)
+            })
+            .await
+        {
             self.state_write_failed(&e);
         }
         self.memory.lock().expect("memory lock").data_loss = Some(lost);
+    }
+
+    /// Reports a failover held back by the sites' views (once per reason).
+    fn note_withheld(&self, reason: String) {
+        let mut memory = self.memory.lock().expect("memory lock");
+        if memory.withheld != reason {
+            self.events
+                .emit("failover_withheld", json!({ "situation": reason }));
+            memory.withheld = reason;
+        }
     }
 
     fn note_decision(&self, decision: &Decision) {
@@ -498,11 +521,14 @@ impl Controller {
                 .await
                 .is_ok_and(|i| i.is_primary());
             if !promoted {
-                let _ = self.state.update(|s| {
-                    let mut next = s.cloned()?;
-                    next.intent = None;
-                    Some(next)
-                }).await;
+                let _ = self
+                    .state
+                    .update(|s| {
+                        let mut next = s.cloned()?;
+                        next.intent = None;
+                        Some(next)
+                    })
+                    .await;
                 self.events.emit(
                     "failover_failed",
                     json!({ "node": report.new_primary, "epoch": new_epoch.epoch, "error": e.to_string() }),
@@ -529,13 +555,17 @@ impl Controller {
     }
 
     /// Records a promotion intent durably (the epoch before it stays in force).
-    pub(crate) async fn record_intent(&self, intent: crate::state::Intent) -> Result<(), crate::state::StateError> {
+    pub(crate) async fn record_intent(
+        &self,
+        intent: crate::state::Intent,
+    ) -> Result<(), crate::state::StateError> {
         self.state
             .update(|s| {
                 let mut next = s.cloned()?;
                 next.intent = Some(intent);
                 Some(next)
-            }).await
+            })
+            .await
             .map(|_| ())
     }
 
@@ -547,18 +577,21 @@ impl Controller {
         history: History,
         block_until_ms: Option<u64>,
     ) -> Result<(), crate::state::StateError> {
-        let result = self.state.update(|s| {
-            let mut next = s
-                .cloned()
-                .unwrap_or_else(|| crate::state::State::new(epoch));
-            next.epoch = epoch;
-            next.intent = None;
-            next.writer_history = Some(history.clone());
-            if block_until_ms.is_some() {
-                next.failovers_blocked_until_ms = block_until_ms;
-            }
-            Some(next)
-        }).await;
+        let result = self
+            .state
+            .update(|s| {
+                let mut next = s
+                    .cloned()
+                    .unwrap_or_else(|| crate::state::State::new(epoch));
+                next.epoch = epoch;
+                next.intent = None;
+                next.writer_history = Some(history.clone());
+                if block_until_ms.is_some() {
+                    next.failovers_blocked_until_ms = block_until_ms;
+                }
+                Some(next)
+            })
+            .await;
         match result {
             Ok(_) => {
                 let mut memory = self.memory.lock().expect("memory lock");
@@ -697,14 +730,18 @@ impl Controller {
     /// `valkey-dr ack`: allow automatic failovers again and clear a reported data loss.
     pub async fn ack(&self) -> bool {
         let mut was_blocked = false;
-        if let Err(e) = self.state.update(|s| {
-            let mut next = s.cloned()?;
-            was_blocked = next
-                .failovers_blocked_until_ms
-                .take()
-                .is_some_and(|until| crate::events::now_ms() < until);
-            Some(next)
-        }).await {
+        if let Err(e) = self
+            .state
+            .update(|s| {
+                let mut next = s.cloned()?;
+                was_blocked = next
+                    .failovers_blocked_until_ms
+                    .take()
+                    .is_some_and(|until| crate::events::now_ms() < until);
+                Some(next)
+            })
+            .await
+        {
             self.state_write_failed(&e);
         }
         self.memory.lock().expect("memory lock").data_loss = None;

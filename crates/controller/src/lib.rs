@@ -9,6 +9,7 @@
 pub mod control;
 pub mod events;
 pub mod failover;
+pub mod ha;
 pub mod promotion;
 pub mod reconcile;
 pub mod security;
@@ -49,13 +50,20 @@ pub enum ControllerError {
     },
     #[error(transparent)]
     Security(#[from] security::SecurityError),
+    #[error("cannot reach etcd at {endpoints}: {reason}")]
+    Coordination { endpoints: String, reason: String },
 }
 
 pub struct Controller {
     pub(crate) config: Config,
     pub(crate) topology: Topology,
     pub(crate) names: ManagedNames,
-    pub(crate) engine: Box<dyn Engine>,
+    /// Acts on the nodes; in the highly available shape, only while this controller leads.
+    pub(crate) engine: Arc<dyn Engine>,
+    /// The same engine without the leader check, for the region guard.
+    pub(crate) local_engine: Arc<dyn Engine>,
+    /// The highly available shape's coordination (None: one controller, `state.json`).
+    pub(crate) ha: Option<Arc<ha::Ha>>,
     pub(crate) dns: Arc<dyn DnsProvider>,
     pub(crate) events: EventSink,
     /// The one owner of the durable state (epoch, writer history, intent, block).
@@ -72,14 +80,18 @@ pub struct Controller {
 impl Controller {
     /// A controller for self-hosted Valkey nodes, with the TLS and AUTH settings of `config`.
     pub fn new(config: Config, dns: Arc<dyn DnsProvider>) -> Result<Controller, ControllerError> {
-        let engine: Box<dyn Engine> = Box::new(ValkeyEngine::new(
+        let engine = Controller::valkey_engine(&config)?;
+        Controller::with_engine(config, dns, engine)
+    }
+
+    fn valkey_engine(config: &Config) -> Result<Box<dyn Engine>, ControllerError> {
+        Ok(Box::new(ValkeyEngine::new(
             Timeouts {
                 connect: Duration::from_millis(config.controller.connect_timeout_ms),
                 command: Duration::from_millis(config.controller.command_timeout_ms),
             },
-            security::load(&config)?,
-        ));
-        Controller::with_engine(config, dns, engine)
+            security::load(config)?,
+        )))
     }
 
     /// A controller that acts on the nodes through `engine` (another engine, or a fake one in
@@ -89,12 +101,45 @@ impl Controller {
         dns: Arc<dyn DnsProvider>,
         engine: Box<dyn Engine>,
     ) -> Result<Controller, ControllerError> {
+        Controller::build(config, dns, engine, None)
+    }
+
+    /// A controller of the highly available shape: state in etcd, actions only while leading.
+    pub fn with_coordination(
+        config: Config,
+        ha: ha::Ha,
+        engine: Box<dyn Engine>,
+    ) -> Result<Controller, ControllerError> {
+        let dns = ha.records.clone();
+        Controller::build(config, dns, engine, Some(ha))
+    }
+
+    fn build(
+        config: Config,
+        dns: Arc<dyn DnsProvider>,
+        engine: Box<dyn Engine>,
+        ha: Option<ha::Ha>,
+    ) -> Result<Controller, ControllerError> {
         std::fs::create_dir_all(&config.state_dir).map_err(|source| ControllerError::StateDir {
             path: config.state_dir.display().to_string(),
             source,
         })?;
         let topology = Topology::from_config(&config);
-        let (state, state_problem) = state::StateStore::open(&config.state_dir, &topology);
+        let (state, state_problem) = match &ha {
+            Some(ha) => (
+                state::StateStore::in_etcd(ha.coord.clone(), ha.leader.clone(), &topology),
+                None,
+            ),
+            None => state::StateStore::open(&config.state_dir, &topology),
+        };
+        let local_engine: Arc<dyn Engine> = Arc::from(engine);
+        let engine: Arc<dyn Engine> = match &ha {
+            Some(ha) => Arc::new(ha::LeaderOnly {
+                inner: local_engine.clone(),
+                leader: ha.leader.clone(),
+            }),
+            None => local_engine.clone(),
+        };
         let events = EventSink::open(&config.events_file());
         if let Some(problem) = state_problem {
             events.emit(
@@ -107,6 +152,8 @@ impl Controller {
             events,
             topology,
             engine,
+            local_engine,
+            ha: ha.map(Arc::new),
             dns,
             state,
             topology_lock: tokio::sync::Mutex::new(()),
@@ -176,7 +223,8 @@ impl Controller {
                 next.intent = None;
                 next.writer_history = history;
                 Some(next)
-            }).await
+            })
+            .await
             .map(|_| ())
     }
 
@@ -313,14 +361,22 @@ impl Running {
 }
 
 /// Starts the controller for `config`: the embedded DNS server, the control socket and the
-/// reconcile loop.
+/// reconcile loop; with `[coordination]`, also the campaign for leadership, the site's presence
+/// and the region guard.
 pub async fn start(config: Config) -> Result<Running, ControllerError> {
     let zone = Arc::new(Zone::new(&config.dns.zone));
     let DnsProviderConfig::Embedded { listen } = &config.dns.provider;
     let listen: SocketAddr = listen.parse().expect("validated listen address");
     let dns = DnsServer::start(zone.clone(), listen, config.dns.ttl).await?;
     let dns_addr = dns.local_addr();
-    let controller = Arc::new(Controller::new(config, zone)?);
+    let controller = match &config.coordination {
+        None => Arc::new(Controller::new(config, zone)?),
+        Some(coordination) => {
+            let ha = connect_coordination(&config, coordination, zone).await?;
+            let engine = Controller::valkey_engine(&config)?;
+            Arc::new(Controller::with_coordination(config, ha, engine)?)
+        }
+    };
     let control = control::ControlServer::bind(controller.clone())?;
     controller.events.emit(
         "controller_started",
@@ -328,17 +384,69 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
             "dns": dns_addr.to_string(),
             "control_socket": controller.config.control_socket().display().to_string(),
             "epoch": controller.epoch().map(|e| e.epoch),
+            "site": controller.ha().map(|ha| ha.site().to_string()),
         }),
     );
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(control.serve()),
         tokio::spawn(controller.clone().run_loop(std::future::pending())),
         tokio::spawn(controller.clone().watch_clock()),
     ];
+    if controller.ha.is_some() {
+        tasks.push(tokio::spawn(controller.clone().campaign()));
+        tasks.push(tokio::spawn(controller.clone().keep_presence()));
+        tasks.push(tokio::spawn(controller.clone().guard_region()));
+        tasks.push(tokio::spawn(controller.clone().serve_requests()));
+        tasks.push(tokio::spawn(controller.clone().follow_records()));
+    }
     Ok(Running {
         controller,
         dns_addr,
         dns,
         tasks,
     })
+}
+
+/// Connects to etcd, retrying with backoff for a while: a controller started before its etcd
+/// members (a whole site booting) waits for them instead of exiting.
+async fn connect_coordination(
+    config: &Config,
+    coordination: &valkey_dr_core::config::CoordinationConfig,
+    zone: Arc<Zone>,
+) -> Result<ha::Ha, ControllerError> {
+    let prefix = config.coordination_prefix().unwrap_or_default();
+    let ttl = Duration::from_millis(coordination.lease_ttl_ms);
+    let mut delay = Duration::from_millis(200);
+    let mut attempts = 0;
+    let coord = loop {
+        match valkey_dr_coord::Coordinator::connect(
+            &coordination.etcd,
+            &prefix,
+            &coordination.site,
+            ttl,
+        )
+        .await
+        {
+            Ok(coord) => break coord,
+            Err(error) if attempts >= 20 => {
+                return Err(ControllerError::Coordination {
+                    endpoints: coordination.etcd.join(","),
+                    reason: error.to_string(),
+                });
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "etcd not reachable yet; retrying");
+                attempts += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let leader = Arc::new(valkey_dr_coord::LeaderCell::default());
+    let records = Arc::new(valkey_dr_dns::etcd::EtcdRecords::new(
+        coord.clone(),
+        leader.clone(),
+        zone,
+    ));
+    Ok(ha::Ha::new(coord, leader, records, coordination.clone()))
 }

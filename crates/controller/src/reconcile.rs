@@ -24,6 +24,8 @@ pub struct Memory {
     bootstrap_problem: Option<String>,
     /// The last failover situation reported, to report each once.
     pub(crate) decision: String,
+    /// The last reason a cross-region failover was withheld by the sites' views.
+    pub(crate) withheld: String,
     /// The writer and its replication history when last seen (only ever moved forward along its
     /// history): the basis of "data at risk" and of noticing a writer that lost its data.
     pub(crate) last_writer: Option<(NodeId, History)>,
@@ -52,6 +54,8 @@ pub enum PassError {
     Dns(#[from] DnsError),
     #[error("every node refused the controller ({0}); check auth and tls in the config")]
     Refused(String),
+    #[error("coordination: {0}")]
+    Coordination(String),
 }
 
 /// The first refusal (node and reason), when every node refused us.
@@ -106,7 +110,18 @@ pub(crate) fn describe_node(controller: &Controller, o: &NodeObservation) -> Str
 impl Controller {
     pub async fn reconcile_once(&self) -> Result<PassOutcome, PassError> {
         let _guard = self.topology_lock.lock().await;
-        self.reconcile_locked().await
+        if let Some(ha) = self.ha() {
+            if !ha.leader.is_leader() {
+                return self.follow_once(ha).await;
+            }
+            // The leader's zone serves what etcd holds too (written by an earlier leader).
+            ha.records.sync().await?;
+        }
+        let outcome = self.reconcile_locked().await?;
+        if let Some(ha) = self.ha() {
+            self.publish_view(ha, &outcome.observations);
+        }
+        Ok(outcome)
     }
 
     pub(crate) async fn reconcile_locked(&self) -> Result<PassOutcome, PassError> {
@@ -317,11 +332,15 @@ impl Controller {
     }
 
     pub(crate) async fn clear_intent(&self) {
-        if let Err(e) = self.state.update(|s| {
-            let mut next = s.cloned()?;
-            next.intent = None;
-            Some(next)
-        }).await {
+        if let Err(e) = self
+            .state
+            .update(|s| {
+                let mut next = s.cloned()?;
+                next.intent = None;
+                Some(next)
+            })
+            .await
+        {
             self.state_write_failed(&e);
         }
     }
@@ -440,11 +459,14 @@ impl Controller {
         };
         // The replication id changes only at promotions and restarts: record it durably then.
         if let Some(history) = new_history
-            && let Err(e) = self.state.update(|s| {
-                let mut next = s.cloned()?;
-                next.writer_history = Some(history);
-                Some(next)
-            }).await
+            && let Err(e) = self
+                .state
+                .update(|s| {
+                    let mut next = s.cloned()?;
+                    next.writer_history = Some(history);
+                    Some(next)
+                })
+                .await
         {
             self.state_write_failed(&e);
         }

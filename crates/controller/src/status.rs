@@ -41,6 +41,18 @@ pub struct Status {
     /// an operator runs `ack` or `adopt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_loss_suspected: Option<serde_json::Value>,
+    /// The highly available shape: this controller's site and who leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<CoordinationStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordinationStatus {
+    pub site: String,
+    pub leader: Option<String>,
+    pub is_leader: bool,
+    /// True while this site pauses its region's writer (it lost its lease).
+    pub fencing: bool,
 }
 
 impl Controller {
@@ -147,6 +159,12 @@ impl Controller {
                 })
                 .collect(),
             data_loss_suspected: data_loss,
+            coordination: self.ha().map(|ha| CoordinationStatus {
+                site: ha.site().to_string(),
+                leader: ha.leader_site(),
+                is_leader: ha.leader.is_leader(),
+                fencing: ha.fencing(),
+            }),
         }
     }
 }

@@ -67,44 +67,11 @@ impl EtcdCluster {
             .collect()
     }
 
-    fn initial_cluster(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("{}=http://{}", m.name, m.peer))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
     fn spawn(&mut self, i: usize) -> Result<(), ClusterError> {
-        let initial = self.initial_cluster();
         let member = &self.members[i];
-        let data = self.dir.join(&member.name);
         let log = std::fs::File::create(self.dir.join(format!("{}.log", member.name)))
             .map_err(|e| ClusterError::Io(e.to_string()))?;
-        let child = Command::new("etcd")
-            .arg("--name")
-            .arg(&member.name)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--listen-client-urls")
-            .arg(format!("http://{}", member.client))
-            .arg("--advertise-client-urls")
-            .arg(format!("http://{}", member.client))
-            .arg("--listen-peer-urls")
-            .arg(format!("http://{}", member.peer))
-            .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://{}", member.peer))
-            .arg("--initial-cluster")
-            .arg(initial)
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .arg("--initial-cluster-token")
-            .arg(self.dir.display().to_string())
-            // Fast elections on loopback.
-            .arg("--heartbeat-interval")
-            .arg("50")
-            .arg("--election-timeout")
-            .arg("500")
+        let child = member_command(&self.dir, &self.addresses(), i)
             .stdin(Stdio::null())
             .stdout(
                 log.try_clone()
@@ -112,12 +79,20 @@ impl EtcdCluster {
             )
             .stderr(log)
             .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => ClusterError::NotInstalled,
-                _ => ClusterError::Io(e.to_string()),
-            })?;
+            .map_err(spawn_error)?;
         self.members[i].child = Some(child);
         Ok(())
+    }
+
+    fn addresses(&self) -> Vec<MemberAddress> {
+        self.members
+            .iter()
+            .map(|m| MemberAddress {
+                name: m.name.clone(),
+                client: m.client,
+                peer: m.peer,
+            })
+            .collect()
     }
 
     /// SIGKILLs member `i` (its data stays).
@@ -136,24 +111,80 @@ impl EtcdCluster {
 
     /// Waits until a quorum answers a write.
     pub async fn wait_ready(&self, limit: Duration) -> Result<(), ClusterError> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            let options = etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_millis(300))
-                .with_timeout(Duration::from_millis(500));
-            if let Ok(mut client) =
-                etcd_client::Client::connect(self.endpoints(), Some(options)).await
-                && client.put("ready", "1", None).await.is_ok()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(ClusterError::NotReady(
-            limit,
-            self.dir.display().to_string(),
-        ))
+        wait_ready(&self.endpoints(), limit, &self.dir.display().to_string()).await
     }
+}
+
+/// Where one member listens.
+#[derive(Debug, Clone)]
+pub struct MemberAddress {
+    pub name: String,
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// The command that starts member `i` of `members`, its data in `dir/<name>`. Elections are
+/// tuned for loopback (50 ms heartbeat, 500 ms election timeout).
+pub fn member_command(dir: &Path, members: &[MemberAddress], i: usize) -> Command {
+    let member = &members[i];
+    let initial = members
+        .iter()
+        .map(|m| format!("{}=http://{}", m.name, m.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = Command::new("etcd");
+    command
+        .arg("--name")
+        .arg(&member.name)
+        .arg("--data-dir")
+        .arg(dir.join(&member.name))
+        .arg("--listen-client-urls")
+        .arg(format!("http://{}", member.client))
+        .arg("--advertise-client-urls")
+        .arg(format!("http://{}", member.client))
+        .arg("--listen-peer-urls")
+        .arg(format!("http://{}", member.peer))
+        .arg("--initial-advertise-peer-urls")
+        .arg(format!("http://{}", member.peer))
+        .arg("--initial-cluster")
+        .arg(initial)
+        .arg("--initial-cluster-state")
+        .arg("new")
+        .arg("--initial-cluster-token")
+        .arg(dir.display().to_string())
+        .arg("--heartbeat-interval")
+        .arg("50")
+        .arg("--election-timeout")
+        .arg("500");
+    command
+}
+
+pub fn spawn_error(e: std::io::Error) -> ClusterError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => ClusterError::NotInstalled,
+        _ => ClusterError::Io(e.to_string()),
+    }
+}
+
+/// Waits until a quorum of the members at `endpoints` answers a write.
+pub async fn wait_ready(
+    endpoints: &[String],
+    limit: Duration,
+    what: &str,
+) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(300))
+            .with_timeout(Duration::from_millis(500));
+        if let Ok(mut client) = etcd_client::Client::connect(endpoints, Some(options)).await
+            && client.put("ready", "1", None).await.is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(ClusterError::NotReady(limit, what.to_string()))
 }
 
 impl Drop for EtcdCluster {

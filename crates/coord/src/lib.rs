@@ -416,6 +416,48 @@ impl Coordinator {
             .map_err(unavailable)
     }
 
+    /// Writes `name = value` for `ttl` (then etcd deletes it).
+    pub async fn put_expiring(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), CoordError> {
+        let mut client = self.client.clone();
+        let lease = client
+            .lease_grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(unavailable)?
+            .id();
+        client
+            .put(
+                self.key(name),
+                value.to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// Deletes `name` under the fence if it exists; true when this call deleted it (so that of
+    /// two takers exactly one gets it).
+    pub async fn take_fenced(&self, fence: Fence, name: &str) -> Result<bool, CoordError> {
+        if !fence.may_act(Instant::now()) {
+            return Err(CoordError::Expired);
+        }
+        let key = self.key(name);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(self.leader_key.as_str(), CompareOp::Equal, fence.token),
+                Compare::version(key.as_str(), CompareOp::Greater, 0),
+            ])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        let mut client = self.client.clone();
+        let response = client.txn(txn).await.map_err(unavailable)?;
+        Ok(response.succeeded())
+    }
+
     /// The lease TTL.
     pub fn ttl(&self) -> Duration {
         self.ttl

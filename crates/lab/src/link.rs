@@ -190,8 +190,28 @@ fn write_list(path: &Path, regions: &BTreeSet<String>) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// Asks the link daemon to cut `regions` off (empty: heal) and waits until it has done so.
+/// Asks the link daemon to cut `regions` off (empty: heal) and waits until it has done so. In the
+/// highly available shape an isolated site's etcd member is frozen too (SIGSTOP, SIGCONT on
+/// heal): etcd's peers cannot be routed through the link, and a frozen member is what the others
+/// see of an isolated one.
 pub async fn set_partition(dir: &Path, regions: &BTreeSet<String>) -> std::io::Result<()> {
+    if let Ok(spec) = crate::LabSpec::load(dir) {
+        for site in &spec.sites {
+            let isolated = regions.contains(&spec.vantage(site));
+            let pid = std::fs::read_to_string(spec.etcd_pidfile(site))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if let Some(pid) = pid {
+                let signal = if isolated {
+                    libc::SIGSTOP
+                } else {
+                    libc::SIGCONT
+                };
+                // SAFETY: signalling a process the lab started.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    }
     if regions.is_empty() {
         match std::fs::remove_file(partition_file(dir)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

@@ -86,7 +86,7 @@ pub fn processes(dir: &Path) -> Vec<LabProcess> {
     list.sort_by_key(|p| {
         (
             !p.name.starts_with("valkey"),
-            p.name == "controller",
+            p.name.starts_with("controller"),
             p.name.clone(),
         )
     });
@@ -123,8 +123,16 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
     valkey_server_binary()?;
     reset_dir(spec)?;
     spec.save().map_err(io("writing lab.json"))?;
-    std::fs::write(spec.config_path(), spec.controller_config().to_toml())
+    // The lab's config (what `valkey-dr status` and friends read) is the last site's.
+    std::fs::write(spec.config_path(), spec.main_config().to_toml())
         .map_err(io("writing the controller config"))?;
+    for site in &spec.sites {
+        std::fs::write(
+            spec.site_config_path(site),
+            spec.site_config(site).to_toml(),
+        )
+        .map_err(io("writing a site's controller config"))?;
+    }
 
     crate::pki::generate(spec).map_err(LabError::Io)?;
     let security = spec.security().map_err(LabError::Io)?;
@@ -167,8 +175,74 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
         .await
         .map_err(|e| LabError::Io(format!("promoting the writer {writer}: {e}")))?;
     spawn_daemon(valkey_dr, &["lab", "link", "--dir"], spec, "link", &[])?;
-    start_controller(spec, valkey_dr, &[])?;
+    if spec.is_ha() {
+        start_etcd(spec).await?;
+        for site in &spec.sites {
+            start_site_controller(spec, valkey_dr, site, &[])?;
+        }
+    } else {
+        start_controller(spec, valkey_dr, &[])?;
+    }
     Ok(true)
+}
+
+/// Starts one etcd member per site, daemonized, and waits until they have a quorum.
+async fn start_etcd(spec: &LabSpec) -> Result<(), LabError> {
+    let members = spec.etcd_members();
+    for i in 0..members.len() {
+        start_etcd_member(spec, i)?;
+    }
+    let endpoints: Vec<String> = members
+        .iter()
+        .map(|m| format!("http://{}", m.client))
+        .collect();
+    valkey_dr_coord::cluster::wait_ready(&endpoints, Duration::from_secs(30), "the lab's etcd")
+        .await
+        .map_err(|e| {
+            LabError::Io(format!(
+                "{e}; see {}",
+                spec.dir.join("etcd-*.log").display()
+            ))
+        })
+}
+
+/// Starts (or restarts, on its data) the etcd member of site number `i`.
+pub fn start_etcd_member(spec: &LabSpec, i: usize) -> Result<(), LabError> {
+    use std::os::unix::process::CommandExt;
+    let members = spec.etcd_members();
+    let name = &members[i].name;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.dir.join(format!("etcd-{name}.log")))
+        .map_err(io("creating an etcd log"))?;
+    let child = valkey_dr_coord::cluster::member_command(&spec.dir.join("etcd"), &members, i)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io("log file"))?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| LabError::Io(valkey_dr_coord::cluster::spawn_error(e).to_string()))?;
+    std::fs::write(spec.etcd_pidfile(name), child.id().to_string())
+        .map_err(io("writing a pid file"))?;
+    Ok(())
+}
+
+/// Starts the controller of one site of the highly available shape.
+pub fn start_site_controller(
+    spec: &LabSpec,
+    valkey_dr: &Path,
+    site: &str,
+    env: &[(&str, &str)],
+) -> Result<(), LabError> {
+    spawn(
+        valkey_dr,
+        &["run", "--config"],
+        &spec.site_config_path(site),
+        &spec.dir,
+        &format!("controller-{site}"),
+        env,
+    )
 }
 
 /// Starts (or restarts) one node from its config file, daemonized. Without persistence it comes
@@ -238,17 +312,29 @@ fn spawn_daemon(
     name: &str,
     env: &[(&str, &str)],
 ) -> Result<(), LabError> {
-    use std::os::unix::process::CommandExt;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(spec.dir.join(format!("{name}.log")))
-        .map_err(io("creating a log file"))?;
     let target = if name == "link" {
         spec.dir.clone()
     } else {
         spec.config_path()
     };
+    spawn(valkey_dr, args, &target, &spec.dir, name, env)
+}
+
+/// Starts `valkey-dr <args> <target>` detached, logging to `dir/<name>.log`, pid in `<name>.pid`.
+fn spawn(
+    valkey_dr: &Path,
+    args: &[&str],
+    target: &Path,
+    dir: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Result<(), LabError> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .map_err(io("creating a log file"))?;
     let child = Command::new(valkey_dr)
         .args(args)
         .arg(target)
@@ -260,7 +346,7 @@ fn spawn_daemon(
         .process_group(0)
         .spawn()
         .map_err(io(format!("starting {}", valkey_dr.display())))?;
-    std::fs::write(spec.dir.join(format!("{name}.pid")), child.id().to_string())
+    std::fs::write(dir.join(format!("{name}.pid")), child.id().to_string())
         .map_err(io("writing a pid file"))?;
     Ok(())
 }

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use valkey_dr_core::Config;
 use valkey_dr_core::config::{AuthConfig, TlsConfig};
 use valkey_dr_core::config::{
-    ControllerConfig, DnsConfig, DnsProviderConfig, FailoverPolicy, NodeConfig, RegionConfig,
+    ControllerConfig, CoordinationConfig, DnsConfig, DnsProviderConfig, FailoverPolicy, NodeConfig,
+    RegionConfig,
 };
 
 /// Everything that defines one lab. Stored as `lab.json` in the lab directory.
@@ -34,7 +35,18 @@ pub struct LabSpec {
     /// TLS on every node (plain port 0) with the lab's own CA; AUTH is always on.
     #[serde(default)]
     pub tls: bool,
+    /// The highly available shape: one controller and one etcd member per site (each region,
+    /// and [`WITNESS`] unless there are three regions). Empty: one controller, no etcd.
+    #[serde(default)]
+    pub sites: Vec<String>,
 }
+
+/// The site that holds no data, only a controller and an etcd member (the third failure domain).
+pub const WITNESS: &str = "witness";
+
+/// etcd's ports on every site address.
+const ETCD_CLIENT_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
 
 /// The name under which the controller's links appear in partitions: the controller watches the
 /// regions from outside, so isolating a region also hides it from the controller.
@@ -55,7 +67,164 @@ impl LabSpec {
             global_name: "demo".into(),
             failover: FailoverPolicy::Auto,
             tls: true,
+            sites: vec!["us-east-1".into(), "us-east-2".into(), WITNESS.into()],
         }
+    }
+
+    /// The sites of the highly available shape for these regions: each region, plus a witness
+    /// when there are only two (three regions are three failure domains already).
+    pub fn default_sites(regions: &[String]) -> Vec<String> {
+        let mut sites = regions.to_vec();
+        if sites.len() < 3 {
+            sites.push(WITNESS.into());
+        }
+        sites
+    }
+
+    pub fn is_ha(&self) -> bool {
+        !self.sites.is_empty()
+    }
+
+    /// The third octet of a site's addresses: its region's, or 0 for the witness.
+    fn site_octet(&self, site: &str) -> u8 {
+        self.regions
+            .iter()
+            .position(|r| r == site)
+            .map_or(0, |r| r as u8 + 1)
+    }
+
+    /// Where a site's controller stands in the region link: its region, or the witness's place
+    /// (the single controller's vantage).
+    pub fn vantage(&self, site: &str) -> String {
+        if self.regions.iter().any(|r| r == site) {
+            site.to_string()
+        } else {
+            CONTROLLER_VANTAGE.into()
+        }
+    }
+
+    /// The config the lab's commands use: the last site's controller (or the single one).
+    pub fn main_config(&self) -> Config {
+        match self.sites.last() {
+            Some(site) => self.site_config(site),
+            None => self.controller_config(),
+        }
+    }
+
+    /// The etcd member of a site: `127.<block>.<site>.50`.
+    pub fn etcd_ip(&self, site: &str) -> Ipv4Addr {
+        Ipv4Addr::new(127, self.block, self.site_octet(site), 50)
+    }
+
+    pub fn etcd_members(&self) -> Vec<valkey_dr_coord::cluster::MemberAddress> {
+        self.sites
+            .iter()
+            .map(|site| valkey_dr_coord::cluster::MemberAddress {
+                name: site.clone(),
+                client: SocketAddr::new(self.etcd_ip(site).into(), ETCD_CLIENT_PORT),
+                peer: SocketAddr::new(self.etcd_ip(site).into(), ETCD_PEER_PORT),
+            })
+            .collect()
+    }
+
+    /// Where site `from` reaches the etcd member of site `to` through the region link:
+    /// `127.<block>.<from>.<60 + to>`.
+    fn etcd_link_addr(&self, from: &str, to: &str) -> SocketAddr {
+        SocketAddr::new(
+            Ipv4Addr::new(
+                127,
+                self.block,
+                self.site_octet(from),
+                60 + self.site_octet(to),
+            )
+            .into(),
+            ETCD_CLIENT_PORT,
+        )
+    }
+
+    /// The etcd client URLs of site `from`: its own member directly, the others through the link.
+    pub fn etcd_endpoints(&self, from: &str) -> Vec<String> {
+        self.sites
+            .iter()
+            .map(|to| {
+                let addr = if to == from {
+                    SocketAddr::new(self.etcd_ip(to).into(), ETCD_CLIENT_PORT)
+                } else {
+                    self.etcd_link_addr(from, to)
+                };
+                format!("http://{addr}")
+            })
+            .collect()
+    }
+
+    /// The DNS server of a site's controller: the last site serves on `dns` (the address people
+    /// dig), the others on `127.<block>.<site>.53` with the same port.
+    pub fn site_dns(&self, site: &str) -> SocketAddr {
+        if self.sites.last().is_some_and(|s| s == site) {
+            self.dns
+        } else {
+            SocketAddr::new(
+                Ipv4Addr::new(127, self.block, self.site_octet(site), 53).into(),
+                self.dns.port(),
+            )
+        }
+    }
+
+    /// Every DNS server of the lab.
+    pub fn dns_servers(&self) -> Vec<SocketAddr> {
+        if self.is_ha() {
+            self.sites.iter().map(|s| self.site_dns(s)).collect()
+        } else {
+            vec![self.dns]
+        }
+    }
+
+    pub fn site_dir(&self, site: &str) -> PathBuf {
+        self.dir.join(format!("controller-{site}"))
+    }
+
+    pub fn site_config_path(&self, site: &str) -> PathBuf {
+        self.dir.join(format!("valkey-dr-{site}.toml"))
+    }
+
+    pub fn etcd_pidfile(&self, site: &str) -> PathBuf {
+        self.dir.join(format!("etcd-{site}.pid"))
+    }
+
+    /// The pid file of a site's controller (`controller` for the single controller).
+    pub fn controller_pidfile(&self, site: Option<&str>) -> PathBuf {
+        match site {
+            Some(site) => self.dir.join(format!("controller-{site}.pid")),
+            None => self.dir.join("controller.pid"),
+        }
+    }
+
+    /// The controller config of one site of the highly available shape: it reaches its own
+    /// region's nodes directly, the others through the region link from where it stands.
+    pub fn site_config(&self, site: &str) -> Config {
+        let mut config = self.controller_config();
+        config.state_dir = self.site_dir(site);
+        config.dns.provider = DnsProviderConfig::Embedded {
+            listen: self.site_dns(site).to_string(),
+        };
+        let own = self.regions.iter().position(|r| r == site);
+        for (r, region) in config.regions.iter_mut().enumerate() {
+            for (i, node) in region.nodes.iter_mut().enumerate() {
+                node.controller_address = Some(match own {
+                    Some(own) if own == r => self.node_addr(r, i).to_string(),
+                    Some(own) => self.link_addr(own, r, i).to_string(),
+                    None => self.controller_link_addr(r, i).to_string(),
+                });
+            }
+        }
+        config.coordination = Some(CoordinationConfig {
+            etcd: self.etcd_endpoints(site),
+            site: site.to_string(),
+            sites: self.sites.clone(),
+            lease_ttl_ms: 3000,
+            prefix: None,
+        });
+        config
     }
 
     /// The reference lab on a loopback block and port that are free on every address it uses,
@@ -75,7 +244,8 @@ impl LabSpec {
             let mut addrs: Vec<SocketAddr> =
                 spec.nodes().map(|(r, i)| spec.node_addr(r, i)).collect();
             addrs.extend(spec.links().iter().map(|l| l.listen));
-            addrs.push(spec.dns);
+            addrs.extend(spec.dns_servers());
+            addrs.extend(spec.etcd_members().iter().flat_map(|m| [m.client, m.peer]));
             if addrs.iter().all(|a| {
                 std::net::TcpListener::bind(a).is_ok() && std::net::UdpSocket::bind(a).is_ok()
             }) {
@@ -187,6 +357,19 @@ impl LabSpec {
                     from_region: CONTROLLER_VANTAGE.into(),
                     to_region: self.regions[region].clone(),
                     delay_ms: 0,
+                });
+            }
+        }
+        // Each site reaches the other sites' etcd members through the link too, so that
+        // isolating a site cuts its controller off from the others' members.
+        for from in &self.sites {
+            for to in self.sites.iter().filter(|t| *t != from) {
+                links.push(LinkSpec {
+                    listen: self.etcd_link_addr(from, to),
+                    target: SocketAddr::new(self.etcd_ip(to).into(), ETCD_CLIENT_PORT),
+                    from_region: self.vantage(from),
+                    to_region: self.vantage(to),
+                    delay_ms: self.link_delay_ms,
                 });
             }
         }

@@ -1,0 +1,690 @@
+//! The highly available shape: one controller per site (each region and a witness), coordinated
+//! through etcd ([`valkey_dr_coord`]).
+//!
+//! - **One leader acts.** Every controller campaigns for the leader key; the one holding it runs
+//!   full reconcile passes, the others observe, publish what they see and serve DNS. The leader
+//!   reads the state from etcd before its first action and stops acting before its lease can
+//!   expire on its own clock ([`LeaderCell`]); every write it makes (state, DNS records) is fenced
+//!   by its token in etcd, and every action on a node goes through [`LeaderOnly`].
+//! - **Every site serves DNS** from the records in etcd; without etcd it keeps the last ones.
+//! - **Regions fence themselves.** Each site keeps a presence key alive. A region's controller
+//!   that cannot renew it pauses its region's writer before the key can expire; the leader moves
+//!   the writer out of a region only once that region's key is gone (or its own controller sees
+//!   the writer down too), and only when a majority of sites sees the writer down
+//!   ([`cross_region_verdict`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use valkey_dr_coord::{Claim, Coordinator, LeaderCell};
+use valkey_dr_core::config::CoordinationConfig;
+use valkey_dr_core::engine::SyncSettings;
+use valkey_dr_core::observation::{EpochMark, FailureKind, NodeObservation, ReplicationInfo};
+use valkey_dr_core::{Endpoint, Engine, EngineError, NodeId};
+use valkey_dr_dns::etcd::EtcdRecords;
+
+use crate::Controller;
+use crate::events::now_ms;
+
+/// What one site last saw of the writer, published under `views/<site>` on its presence lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub epoch: u64,
+    pub writer: String,
+    pub writer_reachable: bool,
+    /// Wall clock of the observation (Unix ms); views older than [`VIEW_MAX_AGE_MS`] are ignored.
+    pub at_ms: u64,
+}
+
+/// How long a forwarded request and its answer live in etcd.
+const REQUEST_TTL: Duration = Duration::from_secs(120);
+
+/// A view older than this says nothing about now (sites' clocks are assumed NTP-synced).
+pub const VIEW_MAX_AGE_MS: u64 = 5_000;
+
+/// Why a cross-region failover must wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withheld {
+    /// The writer's region still has a live controller that sees the writer: its clients may
+    /// still be writing there, and it has not fenced them.
+    RegionStillPresent { region: String },
+    /// Fewer than a majority of sites see the writer down.
+    NoMajority { down: usize, needed: usize },
+}
+
+impl std::fmt::Display for Withheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Withheld::RegionStillPresent { region } => write!(
+                f,
+                "the controller of region {region} still holds its presence and sees the writer: waiting until it fences the writer or its lease expires"
+            ),
+            Withheld::NoMajority { down, needed } => write!(
+                f,
+                "only {down} site(s) see the writer down, {needed} needed: no failover from a minority view"
+            ),
+        }
+    }
+}
+
+/// Decides whether the leader may move the writer out of `writer_region`: pure, from the sites
+/// present in etcd and their fresh views of this epoch's writer (the leader's own included).
+pub fn cross_region_verdict(
+    config: &CoordinationConfig,
+    writer_region: &str,
+    present: &[String],
+    views: &[(String, View)],
+    epoch: u64,
+    now_ms: u64,
+) -> Result<(), Withheld> {
+    let fresh = |v: &View| v.epoch == epoch && now_ms.saturating_sub(v.at_ms) <= VIEW_MAX_AGE_MS;
+    let sees_down = |site: &str| {
+        views
+            .iter()
+            .any(|(s, v)| s == site && fresh(v) && !v.writer_reachable)
+    };
+    let down = config.sites.iter().filter(|s| sees_down(s)).count();
+    if down < config.quorum() {
+        return Err(Withheld::NoMajority {
+            down,
+            needed: config.quorum(),
+        });
+    }
+    let region_has_controller = config.sites.iter().any(|s| s == writer_region);
+    if region_has_controller
+        && present.iter().any(|s| s == writer_region)
+        && !sees_down(writer_region)
+    {
+        return Err(Withheld::RegionStillPresent {
+            region: writer_region.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// This controller's part in the highly available shape.
+pub struct Ha {
+    pub coord: Coordinator,
+    pub leader: Arc<LeaderCell>,
+    pub records: Arc<EtcdRecords>,
+    pub config: CoordinationConfig,
+    shared: Mutex<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Until when this site's presence counts on its own clock (None: not held).
+    present_until: Option<Instant>,
+    /// The site that led when this controller last looked.
+    leader_site: Option<String>,
+    /// What this site last saw, to publish.
+    view: Option<View>,
+    /// Whether this site is pausing its region's writer now.
+    fencing: bool,
+    /// Whether the last copy from etcd failed.
+    sync_failing: bool,
+}
+
+impl Ha {
+    pub fn new(
+        coord: Coordinator,
+        leader: Arc<LeaderCell>,
+        records: Arc<EtcdRecords>,
+        config: CoordinationConfig,
+    ) -> Ha {
+        Ha {
+            coord,
+            leader,
+            records,
+            config,
+            shared: Mutex::new(Shared::default()),
+        }
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().expect("ha lock")
+    }
+
+    pub fn site(&self) -> &str {
+        &self.config.site
+    }
+
+    pub fn leader_site(&self) -> Option<String> {
+        if self.leader.is_leader() {
+            return Some(self.config.site.clone());
+        }
+        self.shared().leader_site.clone()
+    }
+
+    fn present(&self, now: Instant) -> bool {
+        self.shared().present_until.is_some_and(|t| now < t)
+    }
+
+    pub fn set_view(&self, view: View) {
+        self.shared().view = Some(view);
+    }
+
+    /// Whether this site pauses its region's writer now.
+    pub fn fencing(&self) -> bool {
+        self.shared().fencing
+    }
+
+    fn tick(&self) -> Duration {
+        self.coord.ttl() / 6
+    }
+}
+
+impl Controller {
+    pub(crate) fn ha(&self) -> Option<&Ha> {
+        self.ha.as_deref()
+    }
+
+    /// True when this controller may act on the nodes and write state: always in the
+    /// single-process shape, only while leading in the highly available one.
+    pub fn may_act(&self) -> bool {
+        self.ha().is_none_or(|ha| ha.leader.is_leader())
+    }
+
+    /// Why this controller refuses to act for an operator, when it does not lead.
+    pub fn not_leader(&self) -> Option<String> {
+        let ha = self.ha()?;
+        if ha.leader.is_leader() {
+            return None;
+        }
+        Some(match ha.leader_site() {
+            Some(site) => format!(
+                "this controller (site {}) is not the leader; run the command on the controller of site {site}",
+                ha.site()
+            ),
+            None => format!(
+                "this controller (site {}) is not the leader and no leader is known (is etcd reachable?)",
+                ha.site()
+            ),
+        })
+    }
+
+    /// Hands an operator's request to the leader through etcd and waits for its answer (the
+    /// control socket is local to each site; the leader may be anywhere).
+    pub async fn forward(&self, request: &crate::control::Request) -> serde_json::Value {
+        let Some(ha) = self.ha() else {
+            return json!({ "error": "no coordination configured" });
+        };
+        let id = format!(
+            "{}-{}-{}",
+            ha.site(),
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let body = serde_json::to_vec(request).expect("requests serialize");
+        if let Err(error) = ha
+            .coord
+            .put_expiring(&format!("requests/{id}"), &body, REQUEST_TTL)
+            .await
+        {
+            return json!({ "error": format!("cannot hand the request to the leader: {error}") });
+        }
+        let deadline = Instant::now() + REQUEST_TTL;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(reply)) = ha.coord.get(&format!("results/{id}")).await
+                && let Ok(reply) = serde_json::from_slice::<serde_json::Value>(&reply)
+            {
+                return reply;
+            }
+        }
+        json!({ "error": format!(
+            "no leader answered within {} s (last known leader: {})",
+            REQUEST_TTL.as_secs(),
+            ha.leader_site().unwrap_or_else(|| "none".into())
+        ) })
+    }
+
+    /// Copies the DNS records from etcd into this site's zone every 100 ms, so that every site
+    /// answers with a new writer within moments of the leader's change (passes run only every
+    /// reconcile interval).
+    pub async fn follow_records(self: Arc<Self>) {
+        let Some(ha) = self.ha.clone() else { return };
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = ha.records.sync().await;
+        }
+    }
+
+    /// On the leader: carries out the requests other sites handed over, each exactly once.
+    pub async fn serve_requests(self: Arc<Self>) {
+        let Some(ha) = self.ha.clone() else { return };
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let Some(fence) = ha.leader.fence() else {
+                continue;
+            };
+            let Ok(pending) = ha.coord.list("requests").await else {
+                continue;
+            };
+            for (id, body) in pending {
+                if !matches!(
+                    ha.coord.take_fenced(fence, &format!("requests/{id}")).await,
+                    Ok(true)
+                ) {
+                    continue;
+                }
+                let reply = match serde_json::from_slice::<crate::control::Request>(&body) {
+                    Ok(request) => {
+                        self.events
+                            .emit("request_forwarded", json!({ "id": id, "request": request }));
+                        crate::control::execute(&self, request).await
+                    }
+                    Err(error) => json!({ "error": format!("invalid request: {error}") }),
+                };
+                let reply = serde_json::to_vec(&reply).expect("replies serialize");
+                let _ = ha
+                    .coord
+                    .put_expiring(&format!("results/{id}"), &reply, REQUEST_TTL)
+                    .await;
+            }
+        }
+    }
+
+    /// Campaigns for the leader key and keeps it renewed while it holds it.
+    pub async fn campaign(self: Arc<Self>) {
+        let Some(ha) = self.ha() else { return };
+        let mut claim: Option<Claim> = None;
+        let mut unavailable_reported = false;
+        loop {
+            match claim.as_mut() {
+                Some(held) => match ha.coord.renew(held).await {
+                    Ok(()) => ha.leader.set(Some(held.fence())),
+                    Err(error) if !held.may_act(Instant::now()) => {
+                        ha.leader.set(None);
+                        claim = None;
+                        self.events.emit(
+                            "leadership_lost",
+                            json!({ "site": ha.site(), "error": error.to_string() }),
+                        );
+                    }
+                    Err(_) => {}
+                },
+                None => match ha.coord.try_lead().await {
+                    Ok(Ok(won)) => {
+                        unavailable_reported = false;
+                        // A new leader acts only on the state as etcd holds it now.
+                        match self.state.reload().await {
+                            Ok(()) => {
+                                ha.leader.set(Some(won.fence()));
+                                self.events.emit(
+                                    "leader_elected",
+                                    json!({ "site": ha.site(), "token": won.token, "epoch": self.epoch().map(|e| e.epoch) }),
+                                );
+                                claim = Some(won);
+                            }
+                            Err(error) => {
+                                self.events
+                                    .emit("state_unusable", json!({ "error": error.to_string() }));
+                                let _ = ha.coord.resign(won).await;
+                            }
+                        }
+                    }
+                    Ok(Err(holder)) => {
+                        unavailable_reported = false;
+                        let previous = ha.shared().leader_site.replace(holder.clone());
+                        if previous.as_ref() != Some(&holder) {
+                            self.events.emit(
+                                "leader_seen",
+                                json!({ "site": ha.site(), "leader": holder }),
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        if !unavailable_reported {
+                            self.events
+                                .emit("etcd_unavailable", json!({ "error": error.to_string() }));
+                            unavailable_reported = true;
+                        }
+                    }
+                },
+            }
+            tokio::time::sleep(ha.tick()).await;
+        }
+    }
+
+    /// Keeps this site's presence key alive and publishes its view of the writer on it.
+    pub async fn keep_presence(self: Arc<Self>) {
+        let Some(ha) = self.ha() else { return };
+        let mut claim: Option<Claim> = None;
+        let mut published: Option<View> = None;
+        loop {
+            let renewed = match claim.as_mut() {
+                Some(held) => ha.coord.renew(held).await.is_ok(),
+                None => match ha.coord.claim_site().await {
+                    Ok(new) => {
+                        claim = Some(new);
+                        published = None;
+                        true
+                    }
+                    Err(_) => false,
+                },
+            };
+            if let Some(held) = &claim {
+                if renewed {
+                    ha.shared().present_until = Some(held.act_until());
+                } else if !held.may_act(Instant::now()) {
+                    // The lease may be gone in etcd: start over with a new one.
+                    claim = None;
+                }
+            }
+            let view = ha.shared().view.clone();
+            if let (Some(held), Some(view)) = (&claim, view)
+                && published.as_ref() != Some(&view)
+                && ha
+                    .coord
+                    .put_with(
+                        held,
+                        &format!("views/{}", ha.site()),
+                        &serde_json::to_vec(&view).expect("view serializes"),
+                    )
+                    .await
+                    .is_ok()
+            {
+                published = Some(view);
+            }
+            tokio::time::sleep(ha.tick()).await;
+        }
+    }
+
+    /// In a data region: pauses the region's writer while this site's presence has lapsed, so
+    /// that clients inside an isolated region stop getting writes acknowledged before the leader
+    /// may promote elsewhere. The pause is re-issued and expires by itself (never unpaused here:
+    /// that could cut short a switchover's own pause).
+    pub async fn guard_region(self: Arc<Self>) {
+        let Some(ha) = self.ha() else { return };
+        let Some(region) = self
+            .topology
+            .regions
+            .iter()
+            .position(|r| r.name == ha.site())
+        else {
+            return;
+        };
+        let every = Duration::from_millis(100);
+        let pause = ha.coord.ttl() / 2;
+        loop {
+            tokio::time::sleep(every).await;
+            let writer = self
+                .epoch()
+                .map(|e| e.primary)
+                .filter(|w| self.topology.node(*w).region.0 == region);
+            let lapsed = !ha.present(Instant::now());
+            let Some(writer) = writer else { continue };
+            if lapsed {
+                let endpoint = &self.topology.node(writer).control_endpoint;
+                let paused = self.local_engine.pause_writes(endpoint, pause).await;
+                let first = !std::mem::replace(&mut ha.shared().fencing, true);
+                if first {
+                    self.events.emit(
+                        "self_fenced",
+                        json!({ "site": ha.site(), "writer": self.topology.node_name(writer), "paused": paused.is_ok() }),
+                    );
+                }
+            } else if std::mem::replace(&mut ha.shared().fencing, false) {
+                self.events.emit(
+                    "self_fence_lifted",
+                    json!({ "site": ha.site(), "writer": self.topology.node_name(writer) }),
+                );
+            }
+        }
+    }
+
+    /// A pass of a controller that does not lead: read the state and the records from etcd (on
+    /// failure keep the last ones), observe, and publish what this site sees of the writer.
+    pub(crate) async fn follow_once(
+        &self,
+        ha: &Ha,
+    ) -> Result<crate::PassOutcome, crate::PassError> {
+        let probed_at = Instant::now();
+        let observations = self.observe_all().await;
+        // Without etcd this site keeps the last state and records it read, and says so once.
+        let synced = self.sync_from_etcd(ha).await;
+        let failing = synced.is_err();
+        if failing != std::mem::replace(&mut ha.shared().sync_failing, failing) {
+            match synced {
+                Err(error) => self
+                    .events
+                    .emit("etcd_unavailable", json!({ "error": error.to_string() })),
+                Ok(()) => self.events.emit("etcd_available", json!({})),
+            }
+        }
+        // Failure detection runs here too, so that a new leader does not start from nothing.
+        let down_after = Duration::from_millis(self.config.controller.down_after_ms);
+        self.health.lock().expect("health lock").update(
+            &observations,
+            probed_at,
+            Instant::now(),
+            down_after,
+        );
+        let epoch = self.epoch();
+        self.publish_view(ha, &observations);
+        let analysis =
+            valkey_dr_core::analysis::analyze(&self.topology, &observations, epoch.as_ref());
+        Ok(crate::PassOutcome {
+            observations,
+            analysis,
+            epoch,
+            applied: 0,
+            conflicts: Vec::new(),
+        })
+    }
+
+    /// Copies the state and the DNS records from etcd.
+    pub(crate) async fn sync_from_etcd(&self, ha: &Ha) -> Result<(), crate::PassError> {
+        if let Err(error) = self.state.reload().await {
+            return Err(crate::PassError::Coordination(error.to_string()));
+        }
+        ha.records.sync().await?;
+        Ok(())
+    }
+
+    /// Records what this site sees of the epoch's writer, for the leader's majority check.
+    pub(crate) fn publish_view(&self, ha: &Ha, observations: &[NodeObservation]) {
+        let Some(epoch) = self.epoch() else { return };
+        let reachable = observations
+            .iter()
+            .find(|o| o.node == epoch.primary)
+            .is_some_and(|o| o.state.is_ok());
+        ha.set_view(View {
+            epoch: epoch.epoch,
+            writer: self.topology.node_name(epoch.primary),
+            writer_reachable: reachable,
+            at_ms: now_ms(),
+        });
+    }
+
+    /// Whether the leader may move the writer out of its region now; `None` in the
+    /// single-process shape (nothing to ask).
+    pub(crate) async fn cross_region_withheld(&self, writer: NodeId) -> Option<String> {
+        let ha = self.ha()?;
+        let epoch = self.epoch()?;
+        let present: Vec<String> = match ha.coord.list("sites").await {
+            Ok(sites) => sites.into_iter().map(|(site, _)| site).collect(),
+            Err(error) => return Some(format!("cannot read the sites from etcd: {error}")),
+        };
+        let mut views: Vec<(String, View)> = match ha.coord.list("views").await {
+            Ok(views) => views
+                .into_iter()
+                .filter_map(|(site, bytes)| Some((site, serde_json::from_slice(&bytes).ok()?)))
+                .collect(),
+            Err(error) => return Some(format!("cannot read the sites' views from etcd: {error}")),
+        };
+        // The leader's own, current view (what it published may be a pass old).
+        views.retain(|(site, _)| site != ha.site());
+        views.push((
+            ha.site().to_string(),
+            View {
+                epoch: epoch.epoch,
+                writer: self.topology.node_name(writer),
+                writer_reachable: false,
+                at_ms: now_ms(),
+            },
+        ));
+        let region = &self.topology.region_of(writer).name;
+        cross_region_verdict(&ha.config, region, &present, &views, epoch.epoch, now_ms())
+            .err()
+            .map(|w| w.to_string())
+    }
+}
+
+/// The engine as the leader uses it: every action on a node first checks that this controller
+/// still may act (observing is always allowed). A controller that lost the lease mid-pass stops
+/// at the next action instead of finishing on a stale view.
+pub struct LeaderOnly {
+    pub inner: Arc<dyn Engine>,
+    pub leader: Arc<LeaderCell>,
+}
+
+impl LeaderOnly {
+    fn check(&self, node: &Endpoint, operation: &'static str) -> Result<(), EngineError> {
+        if self.leader.is_leader() {
+            Ok(())
+        } else {
+            Err(EngineError {
+                node: node.clone(),
+                operation,
+                kind: FailureKind::Refused,
+                reason: "this controller is not the leader".into(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for LeaderOnly {
+    async fn observe(&self, id: NodeId, node: &Endpoint) -> NodeObservation {
+        self.inner.observe(id, node).await
+    }
+    async fn replication(&self, node: &Endpoint) -> Result<ReplicationInfo, EngineError> {
+        self.inner.replication(node).await
+    }
+    async fn ping(&self, node: &Endpoint) -> Result<(), EngineError> {
+        self.inner.ping(node).await
+    }
+    async fn write_heartbeat(
+        &self,
+        node: &Endpoint,
+        now_ms: u64,
+        mark: &EpochMark,
+    ) -> Result<(), EngineError> {
+        self.check(node, "heartbeat")?;
+        self.inner.write_heartbeat(node, now_ms, mark).await
+    }
+    async fn pause_writes(&self, node: &Endpoint, duration: Duration) -> Result<(), EngineError> {
+        self.check(node, "pause")?;
+        self.inner.pause_writes(node, duration).await
+    }
+    async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError> {
+        self.check(node, "unpause")?;
+        self.inner.unpause(node).await
+    }
+    async fn failover_to(&self, node: &Endpoint, target: &Endpoint) -> Result<(), EngineError> {
+        self.check(node, "failover")?;
+        self.inner.failover_to(node, target).await
+    }
+    async fn promote(&self, node: &Endpoint) -> Result<(), EngineError> {
+        self.check(node, "promote")?;
+        self.inner.promote(node).await
+    }
+    async fn replicate_from(&self, node: &Endpoint, source: &Endpoint) -> Result<(), EngineError> {
+        self.check(node, "replicaof")?;
+        self.inner.replicate_from(node, source).await
+    }
+    async fn kill_clients(&self, node: &Endpoint) -> Result<u64, EngineError> {
+        self.check(node, "kill clients")?;
+        self.inner.kill_clients(node).await
+    }
+    async fn persist_role(&self, node: &Endpoint) -> Result<(), EngineError> {
+        self.check(node, "config rewrite")?;
+        self.inner.persist_role(node).await
+    }
+    async fn sync_settings(&self, node: &Endpoint) -> Result<SyncSettings, EngineError> {
+        self.inner.sync_settings(node).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> CoordinationConfig {
+        CoordinationConfig {
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            site: "witness".into(),
+            sites: vec!["us-east-1".into(), "us-east-2".into(), "witness".into()],
+            lease_ttl_ms: 3000,
+            prefix: None,
+        }
+    }
+
+    fn view(reachable: bool, at_ms: u64, epoch: u64) -> View {
+        View {
+            epoch,
+            writer: "127.0.1.1:6379".into(),
+            writer_reachable: reachable,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn the_writer_leaves_its_region_only_on_a_majority_and_after_that_region_let_go() {
+        let now = 100_000;
+        let sites = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let views = |v: &[(&str, View)]| {
+            v.iter()
+                .map(|(s, v)| (s.to_string(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        let down = view(false, now - 500, 4);
+        let up = view(true, now - 500, 4);
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<String>, Vec<(String, View)>, Result<(), Withheld>)> = vec![
+            ("region isolated: its presence gone, the other two see the writer down",
+             sites(&["us-east-2", "witness"]),
+             views(&[("us-east-2", down.clone()), ("witness", down.clone())]),
+             Ok(())),
+            ("only the leader lost the region (asymmetric): the region's peer still sees it",
+             sites(&["us-east-1", "us-east-2", "witness"]),
+             views(&[("us-east-1", up.clone()), ("us-east-2", up.clone()), ("witness", down.clone())]),
+             Err(Withheld::NoMajority { down: 1, needed: 2 })),
+            ("a majority sees it down but the region's controller is present and sees its writer",
+             sites(&["us-east-1", "us-east-2", "witness"]),
+             views(&[("us-east-1", up.clone()), ("us-east-2", down.clone()), ("witness", down.clone())]),
+             Err(Withheld::RegionStillPresent { region: "us-east-1".into() })),
+            ("the writer node died, its region's controller sees it too",
+             sites(&["us-east-1", "us-east-2", "witness"]),
+             views(&[("us-east-1", down.clone()), ("us-east-2", up.clone()), ("witness", down.clone())]),
+             Ok(())),
+            ("stale views count for nothing",
+             sites(&["us-east-2", "witness"]),
+             views(&[("us-east-2", view(false, now - 60_000, 4)), ("witness", down.clone())]),
+             Err(Withheld::NoMajority { down: 1, needed: 2 })),
+            ("views of another epoch count for nothing",
+             sites(&["us-east-2", "witness"]),
+             views(&[("us-east-2", view(false, now - 100, 3)), ("witness", down.clone())]),
+             Err(Withheld::NoMajority { down: 1, needed: 2 })),
+            ("two regions lost at once: the witness alone is a minority",
+             sites(&["witness"]),
+             views(&[("witness", down.clone())]),
+             Err(Withheld::NoMajority { down: 1, needed: 2 })),
+        ];
+        for (case, present, views, expected) in cases {
+            assert_eq!(
+                cross_region_verdict(&config(), "us-east-1", &present, &views, 4, now),
+                expected,
+                "{case}"
+            );
+        }
+    }
+}
