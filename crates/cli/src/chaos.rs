@@ -23,6 +23,9 @@ pub struct ChaosArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Keep each stopped lab's directory (logs, events) for inspection.
+    #[arg(long)]
+    keep: bool,
     #[arg(long, short, value_enum, default_value = "table")]
     output: Output,
 }
@@ -56,7 +59,7 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
         let mut reports = Vec::new();
         for run in 0..args.runs.max(1) {
             let seed = std::process::id() ^ ((n * 31 + run) as u32).wrapping_mul(2_654_435_761);
-            let report = chaos::run(&base, scenario, &bin, seed).await?;
+            let report = chaos::run(&base, scenario, &bin, seed, args.keep).await?;
             eprintln!(
                 "{:<55} run {}/{}: lost {}+{}, two masters {} ms, name on a replica {} ms, {}",
                 scenario.name,

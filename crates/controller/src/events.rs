@@ -100,8 +100,40 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// The inverse of [`rfc3339`]: Unix milliseconds of an event's `ts`.
+pub fn parse_rfc3339(ts: &str) -> Option<u64> {
+    let field = |range: std::ops::Range<usize>| -> Option<i64> { ts.get(range)?.parse().ok() };
+    let (year, month, day) = (field(0..4)?, field(5..7)?, field(8..10)?);
+    let (hour, minute, second, milli) = (
+        field(11..13)?,
+        field(14..16)?,
+        field(17..19)?,
+        field(20..23)?,
+    );
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = ((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + milli;
+    u64::try_from(ms).ok()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parses_what_it_formats() {
+        for ms in [0, 1_795_744_069_123, 951_782_400_000, 1_796_056_498_408] {
+            assert_eq!(super::parse_rfc3339(&super::rfc3339(ms)), Some(ms));
+        }
+        assert_eq!(super::parse_rfc3339("garbage"), None);
+    }
+
     #[test]
     fn formats_utc_timestamps() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");

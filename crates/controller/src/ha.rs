@@ -39,6 +39,9 @@ pub struct View {
     pub at_ms: u64,
 }
 
+/// How often a controller that does not lead looks at the leader key.
+const FOLLOWER_TICK: Duration = Duration::from_millis(100);
+
 /// How long a forwarded request and its answer live in etcd.
 const REQUEST_TTL: Duration = Duration::from_secs(120);
 
@@ -310,46 +313,70 @@ impl Controller {
                     }
                     Err(_) => {}
                 },
-                None => match ha.coord.try_lead().await {
-                    Ok(Ok(won)) => {
-                        unavailable_reported = false;
-                        // A new leader acts only on the state as etcd holds it now.
-                        match self.state.reload().await {
-                            Ok(()) => {
-                                ha.leader.set(Some(won.fence()));
+                // A cheap read first: campaign only when the key is free, and look often, so
+                // that a dead leader's key is taken moments after it expires.
+                None => {
+                    let outcome = match ha.coord.leader().await {
+                        Ok(Some(holder)) => Ok(Err(holder)),
+                        Ok(None) => ha.coord.try_lead().await,
+                        Err(error) => Err(error),
+                    };
+                    match outcome {
+                        Ok(Ok(won)) => {
+                            unavailable_reported = false;
+                            claim = self.take_office(ha, won).await;
+                        }
+                        Ok(Err(holder)) => {
+                            unavailable_reported = false;
+                            self.note_leader(ha, holder);
+                            tokio::time::sleep(FOLLOWER_TICK).await;
+                            continue;
+                        }
+                        Err(error) => {
+                            if !unavailable_reported {
                                 self.events.emit(
-                                    "leader_elected",
-                                    json!({ "site": ha.site(), "token": won.token, "epoch": self.epoch().map(|e| e.epoch) }),
+                                    "etcd_unavailable",
+                                    json!({ "error": error.to_string() }),
                                 );
-                                claim = Some(won);
-                            }
-                            Err(error) => {
-                                self.events
-                                    .emit("state_unusable", json!({ "error": error.to_string() }));
-                                let _ = ha.coord.resign(won).await;
+                                unavailable_reported = true;
                             }
                         }
                     }
-                    Ok(Err(holder)) => {
-                        unavailable_reported = false;
-                        let previous = ha.shared().leader_site.replace(holder.clone());
-                        if previous.as_ref() != Some(&holder) {
-                            self.events.emit(
-                                "leader_seen",
-                                json!({ "site": ha.site(), "leader": holder }),
-                            );
-                        }
-                    }
-                    Err(error) => {
-                        if !unavailable_reported {
-                            self.events
-                                .emit("etcd_unavailable", json!({ "error": error.to_string() }));
-                            unavailable_reported = true;
-                        }
-                    }
-                },
+                }
             }
             tokio::time::sleep(ha.tick()).await;
+        }
+    }
+
+    /// A new leader acts only on the state as etcd holds it now: it reads it before it takes the
+    /// fence, and gives the key back if it cannot.
+    async fn take_office(&self, ha: &Ha, won: Claim) -> Option<Claim> {
+        match self.state.reload().await {
+            Ok(()) => {
+                ha.leader.set(Some(won.fence()));
+                self.events.emit(
+                    "leader_elected",
+                    json!({ "site": ha.site(), "token": won.token, "epoch": self.epoch().map(|e| e.epoch) }),
+                );
+                Some(won)
+            }
+            Err(error) => {
+                self.events
+                    .emit("state_unusable", json!({ "error": error.to_string() }));
+                let _ = ha.coord.resign(won).await;
+                None
+            }
+        }
+    }
+
+    /// Records which site leads, reporting each change.
+    fn note_leader(&self, ha: &Ha, holder: String) {
+        let previous = ha.shared().leader_site.replace(holder.clone());
+        if previous.as_ref() != Some(&holder) {
+            self.events.emit(
+                "leader_seen",
+                json!({ "site": ha.site(), "leader": holder }),
+            );
         }
     }
 

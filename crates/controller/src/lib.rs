@@ -236,16 +236,24 @@ impl Controller {
         );
     }
 
-    /// Aborts the process at the named point when `VALKEY_DR_FAULT=crash-after:<point>` says so.
+    /// Aborts the process at the named point when `VALKEY_DR_FAULT=crash-after:<point>` says so,
+    /// or stops it there (SIGSTOP, until someone sends SIGCONT) with `stall-after:<point>`.
     pub(crate) fn fault_point(&self, point: &str) {
-        if let Some(fault) = &self.fault
-            && fault.strip_prefix("crash-after:") == Some(point)
-        {
+        let Some(fault) = &self.fault else { return };
+        if fault.strip_prefix("crash-after:") == Some(point) {
             self.events.emit(
                 "fault_injected",
                 serde_json::json!({ "crash_after": point }),
             );
             std::process::abort();
+        }
+        if fault.strip_prefix("stall-after:") == Some(point) {
+            self.events.emit(
+                "fault_injected",
+                serde_json::json!({ "stall_after": point }),
+            );
+            // SAFETY: stops this process, as a VM pause or SIGSTOP from outside would.
+            unsafe { libc::raise(libc::SIGSTOP) };
         }
     }
 

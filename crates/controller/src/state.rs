@@ -270,6 +270,14 @@ impl StateStore {
             return Ok(());
         };
         let _writing = self.writing.lock().await;
+        self.reload_locked(coord, revision).await
+    }
+
+    async fn reload_locked(
+        &self,
+        coord: &valkey_dr_coord::Coordinator,
+        revision: &Mutex<i64>,
+    ) -> Result<(), LoadError> {
         let source = format!("etcd key {STATE_KEY}");
         let read = coord
             .get_versioned(STATE_KEY)

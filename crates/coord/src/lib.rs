@@ -11,6 +11,8 @@
 
 pub mod cluster;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
@@ -120,9 +122,14 @@ pub struct Versioned {
     pub revision: i64,
 }
 
+/// A connection to etcd: one client per member, used in turn. etcd-client balances requests
+/// over all members, so with one member frozen or cut off a third of the requests would hang
+/// until their timeout; here a request that fails moves on to the next member, and the member
+/// that answered last is asked first.
 #[derive(Clone)]
 pub struct Coordinator {
-    client: Client,
+    clients: Arc<Vec<Client>>,
+    preferred: Arc<AtomicUsize>,
     leader_key: String,
     prefix: String,
     site: String,
@@ -140,16 +147,29 @@ impl Coordinator {
         site: &str,
         ttl: Duration,
     ) -> Result<Coordinator, CoordError> {
-        let timeout = (ttl / 3).max(Duration::from_millis(300));
+        // Per member and request: three members answer within one act window (2/3 TTL).
+        let timeout = (ttl / 6).max(Duration::from_millis(200));
+        // A member that lost its leader refuses at once instead of hanging.
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
-            .with_timeout(timeout);
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(unavailable)?;
+            .with_timeout(timeout)
+            .with_require_leader(true);
+        let mut clients = Vec::new();
+        for endpoint in endpoints {
+            // Connections are made lazily: a member down now is simply skipped later.
+            clients.push(
+                Client::connect([endpoint], Some(options.clone()))
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        if clients.is_empty() {
+            return Err(CoordError::Unavailable("no etcd endpoint given".into()));
+        }
         let prefix = prefix.trim_end_matches('/').to_string();
         Ok(Coordinator {
-            client,
+            clients: Arc::new(clients),
+            preferred: Arc::new(AtomicUsize::new(0)),
             leader_key: format!("{prefix}/leader"),
             prefix,
             site: site.to_string(),
@@ -162,6 +182,29 @@ impl Coordinator {
         &self.site
     }
 
+    /// Runs `op` on the preferred member, then on the others until one answers (each within the
+    /// request timeout). Only transport failures move on; an answer is final.
+    async fn call<T, F, Fut>(&self, op: F) -> Result<T, CoordError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last = String::new();
+        for step in 0..self.clients.len() {
+            let i = (first + step) % self.clients.len();
+            match tokio::time::timeout(self.timeout, op(self.clients[i].clone())).await {
+                Ok(Ok(value)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "request timed out".into(),
+            }
+        }
+        Err(CoordError::Unavailable(last))
+    }
+
     /// How long a renewal keeps the right to act: two thirds of the TTL, so the leader stops
     /// acting a third of the TTL before etcd can expire its key (clock drift and delays).
     fn act_window(&self) -> Duration {
@@ -172,16 +215,32 @@ impl Coordinator {
         format!("{}/{}", self.prefix, name)
     }
 
+    async fn grant(&self) -> Result<i64, CoordError> {
+        let ttl = self.ttl.as_secs() as i64;
+        self.call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await
+            .map(|r| r.id())
+    }
+
+    async fn revoke(&self, lease: i64) -> Result<(), CoordError> {
+        self.call(|mut c| async move { c.lease_revoke(lease).await })
+            .await
+            .map(|_| ())
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, CoordError> {
+        self.call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
     /// Tries once to become the leader. `Ok(Leadership)` when this controller now holds the key;
     /// otherwise the site that holds it.
     pub async fn try_lead(&self) -> Result<Result<Leadership, String>, CoordError> {
-        let mut client = self.client.clone();
         let sent = Instant::now();
-        let lease = client
-            .lease_grant(self.ttl.as_secs() as i64, None)
-            .await
-            .map_err(unavailable)?
-            .id();
+        let lease = self.grant().await?;
         let txn = Txn::new()
             .when([Compare::create_revision(
                 self.leader_key.as_str(),
@@ -194,11 +253,12 @@ impl Coordinator {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(self.leader_key.as_str(), None)]);
-        let response = match client.txn(txn).await {
+        let response = match self.txn(txn).await {
             Ok(r) => r,
             Err(e) => {
-                let _ = client.lease_revoke(lease).await;
-                return Err(unavailable(e));
+                // The put may have landed before the answer was lost: the key goes with the lease.
+                let _ = self.revoke(lease).await;
+                return Err(e);
             }
         };
         if response.succeeded() {
@@ -209,7 +269,7 @@ impl Coordinator {
                 act_until: sent + self.act_window(),
             }));
         }
-        let _ = client.lease_revoke(lease).await;
+        let _ = self.revoke(lease).await;
         let holder = response
             .op_responses()
             .into_iter()
@@ -227,37 +287,25 @@ impl Coordinator {
     /// Renews the lease once. On success the leadership may act for another window from the time
     /// the renewal was sent; on failure it keeps its old deadline, which passes by itself.
     pub async fn renew(&self, leadership: &mut Claim) -> Result<(), CoordError> {
-        let mut client = self.client.clone();
         let sent = Instant::now();
-        let renewal = async {
-            let (mut keeper, mut stream) = client
-                .lease_keep_alive(leadership.lease)
-                .await
-                .map_err(unavailable)?;
-            keeper.keep_alive().await.map_err(unavailable)?;
-            match stream.message().await.map_err(unavailable)? {
-                Some(reply) if reply.ttl() > 0 => Ok(()),
-                _ => Err(CoordError::Expired),
-            }
-        };
-        match tokio::time::timeout(self.timeout, renewal).await {
-            Ok(Ok(())) => {
-                leadership.act_until = sent + self.act_window();
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(CoordError::Unavailable("renewal timed out".into())),
+        let lease = leadership.lease;
+        let ttl = self
+            .call(|mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map_or(0, |reply| reply.ttl()))
+            })
+            .await?;
+        if ttl <= 0 {
+            return Err(CoordError::Expired);
         }
+        leadership.act_until = sent + self.act_window();
+        Ok(())
     }
 
     /// Gives up leadership at once (the key goes with the lease).
     pub async fn resign(&self, leadership: Claim) -> Result<(), CoordError> {
-        let mut client = self.client.clone();
-        client
-            .lease_revoke(leadership.lease)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        self.revoke(leadership.lease).await
     }
 
     /// Writes `name = value` only if the fence's leader still holds the leader key: etcd checks
@@ -304,14 +352,13 @@ impl Coordinator {
                 TxnOp::get(self.leader_key.as_str(), None),
                 TxnOp::get(key.as_str(), None),
             ]);
-        let mut client = self.client.clone();
-        let response = client.txn(txn).await.map_err(unavailable)?;
+        let response = self.txn(txn).await?;
         if response.succeeded() {
             return Ok(response.header().map_or(0, |h| h.revision()));
         }
         // The failure branch read the leader key, then `name`.
         let mut found = response.op_responses().into_iter().map(|op| match op {
-            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.clone()),
+            etcd_client::TxnOpResponse::Get(get) => get.kvs().first().cloned(),
             _ => None,
         });
         let leader_created = found.next().flatten().map_or(0, |kv| kv.create_revision());
@@ -326,13 +373,22 @@ impl Coordinator {
         })
     }
 
+    async fn get_kv(
+        &self,
+        key: String,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, CoordError> {
+        self.call(|mut c| {
+            let key = key.clone();
+            let options = options.clone();
+            async move { c.get(key, options).await }
+        })
+        .await
+    }
+
     /// The value stored under `name` and the revision of its last change (a quorum read).
     pub async fn get_versioned(&self, name: &str) -> Result<Versioned, CoordError> {
-        let mut client = self.client.clone();
-        let response = client
-            .get(self.key(name), None)
-            .await
-            .map_err(unavailable)?;
+        let response = self.get_kv(self.key(name), None).await?;
         Ok(match response.kvs().first() {
             Some(kv) => Versioned {
                 value: Some(kv.value().to_vec()),
@@ -345,14 +401,17 @@ impl Coordinator {
         })
     }
 
+    /// The value stored under `name` (a quorum read).
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, CoordError> {
+        Ok(self.get_versioned(name).await?.value)
+    }
+
     /// Every key under `name/` (the part after it) with its value (a quorum read).
     pub async fn list(&self, name: &str) -> Result<Vec<(String, Vec<u8>)>, CoordError> {
-        let mut client = self.client.clone();
         let prefix = format!("{}/", self.key(name));
-        let response = client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(unavailable)?;
+        let response = self
+            .get_kv(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
         Ok(response
             .kvs()
             .iter()
@@ -366,33 +425,49 @@ impl Coordinator {
             .collect())
     }
 
+    /// The site that holds the leader key now, if any.
+    pub async fn leader(&self) -> Result<Option<String>, CoordError> {
+        let response = self.get_kv(self.leader_key.clone(), None).await?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    async fn put_on(&self, key: String, value: Vec<u8>, lease: i64) -> Result<i64, CoordError> {
+        self.call(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await
+        .map(|r| r.header().map_or(0, |h| h.revision()))
+    }
+
     /// Announces this site: `sites/<site>` lives as long as the returned claim is renewed. Other
     /// controllers read a region's absence as "its controller is gone or cut off, and has fenced
     /// its writer".
     pub async fn claim_site(&self) -> Result<Claim, CoordError> {
-        let mut client = self.client.clone();
         let sent = Instant::now();
-        let lease = client
-            .lease_grant(self.ttl.as_secs() as i64, None)
-            .await
-            .map_err(unavailable)?
-            .id();
-        let response = client
-            .put(
+        let lease = self.grant().await?;
+        match self
+            .put_on(
                 self.key(&format!("sites/{}", self.site)),
-                self.site.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await;
-        match response {
-            Ok(r) => Ok(Claim {
+                self.site.as_bytes().to_vec(),
                 lease,
-                token: r.header().map_or(0, |h| h.revision()),
+            )
+            .await
+        {
+            Ok(token) => Ok(Claim {
+                lease,
+                token,
                 act_until: sent + self.act_window(),
             }),
             Err(e) => {
-                let _ = client.lease_revoke(lease).await;
-                Err(unavailable(e))
+                let _ = self.revoke(lease).await;
+                Err(e)
             }
         }
     }
@@ -404,16 +479,9 @@ impl Coordinator {
         name: &str,
         value: &[u8],
     ) -> Result<(), CoordError> {
-        let mut client = self.client.clone();
-        client
-            .put(
-                self.key(name),
-                value.to_vec(),
-                Some(PutOptions::new().with_lease(claim.lease)),
-            )
+        self.put_on(self.key(name), value.to_vec(), claim.lease)
             .await
             .map(|_| ())
-            .map_err(unavailable)
     }
 
     /// Writes `name = value` for `ttl` (then etcd deletes it).
@@ -423,21 +491,14 @@ impl Coordinator {
         value: &[u8],
         ttl: Duration,
     ) -> Result<(), CoordError> {
-        let mut client = self.client.clone();
-        let lease = client
-            .lease_grant(ttl.as_secs().max(1) as i64, None)
-            .await
-            .map_err(unavailable)?
+        let seconds = ttl.as_secs().max(1) as i64;
+        let lease = self
+            .call(|mut c| async move { c.lease_grant(seconds, None).await })
+            .await?
             .id();
-        client
-            .put(
-                self.key(name),
-                value.to_vec(),
-                Some(PutOptions::new().with_lease(lease)),
-            )
+        self.put_on(self.key(name), value.to_vec(), lease)
             .await
             .map(|_| ())
-            .map_err(unavailable)
     }
 
     /// Deletes `name` under the fence if it exists; true when this call deleted it (so that of
@@ -453,36 +514,11 @@ impl Coordinator {
                 Compare::version(key.as_str(), CompareOp::Greater, 0),
             ])
             .and_then([TxnOp::delete(key.as_str(), None)]);
-        let mut client = self.client.clone();
-        let response = client.txn(txn).await.map_err(unavailable)?;
-        Ok(response.succeeded())
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// The lease TTL.
     pub fn ttl(&self) -> Duration {
         self.ttl
-    }
-
-    /// The value stored under `name` (a quorum read).
-    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, CoordError> {
-        let mut client = self.client.clone();
-        let response = client
-            .get(self.key(name), None)
-            .await
-            .map_err(unavailable)?;
-        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
-    }
-
-    /// The site that holds the leader key now, if any.
-    pub async fn leader(&self) -> Result<Option<String>, CoordError> {
-        let mut client = self.client.clone();
-        let response = client
-            .get(self.leader_key.as_str(), None)
-            .await
-            .map_err(unavailable)?;
-        Ok(response
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 }

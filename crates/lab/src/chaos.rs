@@ -25,6 +25,8 @@ use crate::writer::{self, WriterConfig};
 /// + 4 s) expires 5 s after the fence.
 const CATCHUP_TIMEOUT_MS: u64 = 1000;
 const PAUSE_EXPIRED: Duration = Duration::from_secs(6);
+/// The lab controllers' lease TTL.
+const LEASE_TTL_MS: u64 = 3000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "fault")]
@@ -53,6 +55,13 @@ pub enum Fault {
     StateDamaged { truncated: bool },
     /// `replica-serve-stale-data no` on every node, then SIGKILL the writer.
     StaleReadsRefusedThenWriterKilled,
+    /// Highly available shape: a switchover whose leader stops right after `step` — aborts
+    /// (`stall_ms` 0, restarted 500 ms later) or is SIGSTOPped for `stall_ms`.
+    LeaderFails { step: String, stall_ms: u64 },
+    /// Highly available shape: the leader's site (controller and etcd member) cut off for `for_ms`.
+    IsolateLeaderSite { for_ms: u64 },
+    /// Highly available shape: two of the three etcd members SIGSTOPped for `for_ms`.
+    EtcdQuorumLost { for_ms: u64 },
 }
 
 impl Fault {
@@ -70,6 +79,9 @@ impl Fault {
             Fault::PromotedWriterRestartedAtOnce => 2,
             Fault::IsolateWriterRegion { .. }
             | Fault::IsolateControllerFromWriterRegion { .. }
+            | Fault::LeaderFails { .. }
+            | Fault::IsolateLeaderSite { .. }
+            | Fault::EtcdQuorumLost { .. }
             | Fault::ControllerCrash { .. }
             | Fault::ControllerStall { .. }
             | Fault::StateDamaged { .. } => 0,
@@ -85,6 +97,9 @@ pub struct Scenario {
     pub duration_ms: u64,
     /// The most failovers the scenario allows (a stall must cause none).
     pub max_failovers: Option<u64>,
+    /// Run on the highly available shape (three etcd members, a controller per site).
+    #[serde(default)]
+    pub ha: bool,
 }
 
 pub fn scenarios() -> Vec<Scenario> {
@@ -93,6 +108,12 @@ pub fn scenarios() -> Vec<Scenario> {
         fault,
         duration_ms: seconds * 1000,
         max_failovers: None,
+        ha: false,
+    };
+    let ha = |scenario: Scenario| Scenario {
+        name: format!("HA: {}", scenario.name),
+        ha: true,
+        ..scenario
     };
     let mut all = vec![
         s(
@@ -162,6 +183,55 @@ pub fn scenarios() -> Vec<Scenario> {
             10,
         ),
     ];
+    all.extend([
+        ha(s(
+            "writer region isolated 8 s",
+            Fault::IsolateWriterRegion { for_ms: 8000 },
+            14,
+        )),
+        ha(Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "leader cut off from the writer region 8 s",
+                Fault::IsolateControllerFromWriterRegion { for_ms: 8000 },
+                14,
+            )
+        }),
+        ha(Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "leader site isolated 8 s",
+                Fault::IsolateLeaderSite { for_ms: 8000 },
+                14,
+            )
+        }),
+        ha(Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "etcd quorum lost 6 s",
+                Fault::EtcdQuorumLost { for_ms: 6000 },
+                12,
+            )
+        }),
+    ]);
+    for step in ["fence", "intent", "promote", "switch_dns"] {
+        all.push(ha(s(
+            &format!("leader killed after {step}"),
+            Fault::LeaderFails {
+                step: step.to_string(),
+                stall_ms: 0,
+            },
+            12,
+        )));
+        all.push(ha(s(
+            &format!("leader stalled 5 s after {step}"),
+            Fault::LeaderFails {
+                step: step.to_string(),
+                stall_ms: 5000,
+            },
+            14,
+        )));
+    }
     for step in [
         "fence",
         "intent",
@@ -203,6 +273,18 @@ pub struct ChaosReport {
     pub final_one_writer: bool,
     pub final_name_on_writer: bool,
     pub final_healthy: bool,
+    /// How often the name's target changed (more than the failovers: a double flip).
+    pub name_changes: u64,
+    /// Time during which some running controller's DNS server did not answer for the name.
+    pub name_unresolved_ms: u64,
+    /// Highly available shape: from the fault to a new leader's election.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover_ms: Option<u64>,
+    /// Highly available shape: writes to etcd (state, DNS) refused because their leader was deposed.
+    pub stale_writes_refused: u64,
+    /// Highly available shape: when a region's controller paused its writer, after the fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_after_ms: Option<u64>,
     pub verdict: String,
     pub error: Option<String>,
 }
@@ -227,12 +309,19 @@ pub async fn run(
     scenario: &Scenario,
     valkey_dr: &Path,
     seed: u32,
+    keep: bool,
 ) -> Result<ChaosReport, ChaosError> {
     let dir = base.join(format!("chaos-{seed}"));
-    let spec = LabSpec::on_free_block(dir.clone(), seed).ok_or(ChaosError::NoBlock)?;
+    let mut spec = LabSpec::on_free_block(dir.clone(), seed).ok_or(ChaosError::NoBlock)?;
+    if !scenario.ha {
+        spec.sites.clear();
+    }
+    spec.catchup_timeout_ms = Some(CATCHUP_TIMEOUT_MS);
     let result = run_on(&spec, scenario, valkey_dr).await;
     crate::process::down(&spec.dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
 
@@ -241,21 +330,27 @@ async fn run_on(
     scenario: &Scenario,
     valkey_dr: &Path,
 ) -> Result<ChaosReport, ChaosError> {
-    crate::process::up(spec, valkey_dr)
+    // The fault, if any, is armed in the controllers from the start.
+    let fault_env = match &scenario.fault {
+        Fault::ControllerCrash { step, .. } => Some(format!("crash-after:{step}")),
+        Fault::LeaderFails { step, stall_ms: 0 } => Some(format!("crash-after:{step}")),
+        Fault::LeaderFails { step, .. } => Some(format!("stall-after:{step}")),
+        _ => None,
+    };
+    let env: Vec<(&str, &str)> = fault_env
+        .as_deref()
+        .map(|f| ("VALKEY_DR_FAULT", f))
+        .into_iter()
+        .collect();
+    crate::process::up_with_env(spec, valkey_dr, &env)
         .await
         .map_err(lab_error)?;
     let lab = Lab::new(spec, valkey_dr)?;
-    lab.wait_healthy(Duration::from_secs(30)).await?;
-    // A short catch-up limit (so a pause expires within the scenario) and the fault, if any.
-    let fault_env = match &scenario.fault {
-        Fault::ControllerCrash { step, .. } => Some(format!("crash-after:{step}")),
-        _ => None,
-    };
-    lab.restart_controller(fault_env.as_deref()).await?;
     let before = lab.wait_healthy(Duration::from_secs(30)).await?;
     let epoch_before = before["epoch"].as_u64().unwrap_or(0);
     let state_at_start =
         std::fs::read_to_string(spec.controller_dir().join("state.json")).unwrap_or_default();
+    let injected_at = valkey_dr_controller::events::now_ms();
 
     let monitor = Monitor::start(spec)?;
     let writers = writer::Fleet::start(lab.writers()?);
@@ -308,6 +403,28 @@ async fn run_on(
     report.final_one_writer = seen.last_masters == 1;
     report.final_name_on_writer = seen.last_name_on_master;
     report.final_healthy = after["findings"] == serde_json::json!(["healthy"]);
+    report.name_changes = seen.name_changes;
+    report.name_unresolved_ms = seen.name_unresolved.total_ms;
+    if spec.is_ha() {
+        let events = lab.events_since(injected_at);
+        report.takeover_ms = events
+            .iter()
+            .find(|e| e["event"] == "leader_elected")
+            .and_then(|e| valkey_dr_controller::events::parse_rfc3339(e["ts"].as_str()?))
+            .map(|t| t.saturating_sub(injected_at));
+        report.stale_writes_refused = events
+            .iter()
+            .filter(|e| {
+                let text = e.to_string();
+                text.contains("refused a write fenced") || text.contains("DNS write refused")
+            })
+            .count() as u64;
+        report.fenced_after_ms = events
+            .iter()
+            .find(|e| e["event"] == "self_fenced")
+            .and_then(|e| valkey_dr_controller::events::parse_rfc3339(e["ts"].as_str()?))
+            .map(|t| t.saturating_sub(injected_at));
+    }
     report.verdict = verdict(&report, scenario);
     Ok(report)
 }
@@ -319,7 +436,12 @@ fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
     // the controller's (see `Fault::writer_kills`).
     let in_flight = scenario.fault.writer_kills();
     let within_window = r.lost_outside <= in_flight && r.lost_inside <= in_flight;
-    if lost > 0 && !within_window {
+    // An isolated region's writer acknowledges writes until its controller fences it; those are
+    // lost by design of asynchronous replication, and the fence must come within the lease TTL.
+    let fenced_in_time = scenario.ha
+        && matches!(scenario.fault, Fault::IsolateWriterRegion { .. })
+        && r.fenced_after_ms.is_some_and(|ms| ms <= LEASE_TTL_MS);
+    if lost > 0 && !within_window && !fenced_in_time {
         problems.push(format!("{lost} acknowledged lost"));
     }
     if !r.final_one_writer {
@@ -334,8 +456,18 @@ fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
     if scenario.max_failovers.is_some_and(|max| r.failovers > max) {
         problems.push(format!("{} failover(s)", r.failovers));
     }
+    if r.name_changes > r.failovers.max(1) {
+        problems.push(format!(
+            "the name changed {} times for {} failover(s)",
+            r.name_changes, r.failovers
+        ));
+    }
     match (problems.is_empty(), lost) {
         (true, 0) => "ok".into(),
+        (true, lost) if fenced_in_time => format!(
+            "ok ({lost} acknowledged before the region fenced itself, {} ms in)",
+            r.fenced_after_ms.unwrap_or_default()
+        ),
         (true, lost) => format!("ok ({lost} in flight at the kill)"),
         _ => problems.join("; "),
     }
@@ -354,9 +486,41 @@ impl<'a> Lab<'a> {
         Ok(Lab {
             spec,
             valkey_dr,
-            socket: spec.controller_config().control_socket(),
+            socket: spec.main_config().control_socket(),
             engine: node_engine(spec)?,
         })
+    }
+
+    /// Every controller's events since `since_ms`, in time order.
+    fn events_since(&self, since_ms: u64) -> Vec<Value> {
+        let since = valkey_dr_controller::events::rfc3339(since_ms);
+        let mut events: Vec<Value> = self
+            .spec
+            .controller_dirs()
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("events.jsonl")).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|e| e["ts"].as_str().is_some_and(|ts| ts >= since.as_str()))
+            .collect();
+        events.sort_by(|a, b| a["ts"].as_str().cmp(&b["ts"].as_str()));
+        events
+    }
+
+    /// The site that leads now (highly available shape).
+    async fn leader_site(&self) -> Result<String, ChaosError> {
+        let status = self.status().await?;
+        status["coordination"]["leader"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| lab_error("no leader"))
+    }
+
+    fn pidfile(&self, site: Option<&str>) -> PathBuf {
+        self.spec.controller_pidfile(site)
     }
 
     async fn status(&self) -> Result<Value, ChaosError> {
@@ -368,7 +532,8 @@ impl<'a> Lab<'a> {
         loop {
             let status = self.status().await;
             if let Ok(s) = &status
-                && (s["findings"] == serde_json::json!(["healthy"]) || Instant::now() >= deadline)
+                && ((s["findings"] == serde_json::json!(["healthy"]) && s["epoch"].is_u64())
+                    || Instant::now() >= deadline)
             {
                 return status;
             }
@@ -471,11 +636,7 @@ impl<'a> Lab<'a> {
     }
 
     fn controller_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.spec.dir.join("controller.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        read_pid(&self.pidfile(None))
     }
 
     async fn inject(&self, fault: &Fault, state_at_start: &str) -> Result<(), ChaosError> {
@@ -507,8 +668,48 @@ impl<'a> Lab<'a> {
                 self.partition_for(region, *for_ms).await?;
             }
             Fault::IsolateControllerFromWriterRegion { for_ms } => {
-                let cut = crate::link::controller_cut(&self.spec.regions[writer.0]);
+                // The leader's view is cut (in the single shape, the one controller's).
+                let leader = if self.spec.is_ha() {
+                    self.spec.vantage(&self.leader_site().await?)
+                } else {
+                    crate::spec::CONTROLLER_VANTAGE.to_string()
+                };
+                let cut = crate::link::site_cut(&leader, &self.spec.regions[writer.0]);
                 self.partition_for(cut, *for_ms).await?;
+            }
+            Fault::LeaderFails { stall_ms, .. } => {
+                let leader = self.leader_site().await?;
+                let pidfile = self.pidfile(Some(&leader));
+                // The leader aborts or stops mid-switchover: the request fails or hangs.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(*stall_ms.max(&500)),
+                    self.promote(self.other_region(writer)),
+                )
+                .await;
+                if *stall_ms == 0 {
+                    crate::process::start_site_controller(self.spec, self.valkey_dr, &leader, &[])
+                        .map_err(lab_error)?;
+                } else if let Some(pid) = read_pid(&pidfile) {
+                    signal(pid, libc::SIGCONT);
+                }
+            }
+            Fault::IsolateLeaderSite { for_ms } => {
+                let leader = self.leader_site().await?;
+                self.partition_for(self.spec.vantage(&leader), *for_ms)
+                    .await?;
+            }
+            Fault::EtcdQuorumLost { for_ms } => {
+                let stopped: Vec<i32> = self.spec.sites[..2]
+                    .iter()
+                    .filter_map(|s| read_pid(&self.spec.etcd_pidfile(s)))
+                    .collect();
+                for pid in &stopped {
+                    signal(*pid, libc::SIGSTOP);
+                }
+                tokio::time::sleep(Duration::from_millis(*for_ms)).await;
+                for pid in &stopped {
+                    signal(*pid, libc::SIGCONT);
+                }
             }
             Fault::ControllerCrash {
                 restart_after_ms, ..
@@ -599,15 +800,36 @@ impl<'a> Lab<'a> {
                 let _ = self.restart((r, i));
             }
         }
+        if self.spec.is_ha() {
+            for site in &self.spec.sites {
+                if let Some(pid) = read_pid(&self.spec.etcd_pidfile(site)) {
+                    signal(pid, libc::SIGCONT);
+                }
+                match read_pid(&self.pidfile(Some(site))) {
+                    Some(pid) if crate::process::is_alive(pid) => signal(pid, libc::SIGCONT),
+                    _ => {
+                        crate::process::start_site_controller(self.spec, self.valkey_dr, site, &[])
+                            .map_err(lab_error)?
+                    }
+                }
+            }
+            return Ok(());
+        }
         match self.controller_pid() {
-            // SAFETY: as above; SIGCONT to a running process is harmless.
-            Some(pid) if unsafe { libc::kill(pid, 0) } == 0 => unsafe {
-                libc::kill(pid, libc::SIGCONT);
-            },
+            Some(pid) if crate::process::is_alive(pid) => signal(pid, libc::SIGCONT),
             _ => self.restart_controller(None).await?,
         }
         Ok(())
     }
+}
+
+fn read_pid(pidfile: &Path) -> Option<i32> {
+    std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: signals to processes this lab started.
+    unsafe { libc::kill(pid, signal) };
 }
 
 fn timeouts() -> Timeouts {
@@ -652,6 +874,10 @@ impl Spell {
 struct Seen {
     two_masters: Spell,
     name_on_replica: Spell,
+    /// Some running controller's DNS server gave no address for the name.
+    name_unresolved: Spell,
+    name_changes: u64,
+    last_target: Option<std::net::IpAddr>,
     last_masters: usize,
     last_name_on_master: bool,
 }
@@ -670,6 +896,20 @@ impl Monitor {
             .map(|(r, i)| (spec.node_ip(r, i).into(), endpoint(spec.node_addr(r, i))))
             .collect();
         let resolver = StubResolver::new(spec.dns);
+        // Every site's DNS server, with the pid file of the controller that serves it.
+        let servers: Vec<(StubResolver, PathBuf)> = if spec.is_ha() {
+            spec.sites
+                .iter()
+                .map(|s| {
+                    (
+                        StubResolver::new(spec.site_dns(s)),
+                        spec.controller_pidfile(Some(s)),
+                    )
+                })
+                .collect()
+        } else {
+            vec![(StubResolver::new(spec.dns), spec.controller_pidfile(None))]
+        };
         let name = format!("{}.{}.", spec.global_name, spec.zone);
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
@@ -697,8 +937,25 @@ impl Monitor {
                         .zip(&roles)
                         .any(|((ip, _), r)| *ip == t && r.as_ref().is_ok_and(|i| !i.is_primary()))
                 });
+                let answers = futures::future::join_all(servers.iter().map(|(r, pidfile)| {
+                    let name = name.clone();
+                    async move {
+                        let running = read_pid(pidfile).is_some_and(crate::process::is_running);
+                        let answered = r.resolve(&name).await.is_ok_and(|(ips, _)| !ips.is_empty());
+                        !running || answered
+                    }
+                }))
+                .await;
+                if target.is_some() && seen.last_target.is_some() && target != seen.last_target {
+                    seen.name_changes += 1;
+                }
+                if target.is_some() {
+                    seen.last_target = target;
+                }
                 let elapsed = last.elapsed();
                 last = Instant::now();
+                seen.name_unresolved
+                    .sample(answers.iter().any(|ok| !ok), elapsed);
                 seen.two_masters.sample(masters.len() >= 2, elapsed);
                 seen.name_on_replica.sample(target_is_replica, elapsed);
                 seen.last_masters = masters.len();

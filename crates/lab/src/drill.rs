@@ -86,7 +86,7 @@ fn replication_settled(status: &Value) -> bool {
 }
 
 pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, DrillError> {
-    let socket = spec.controller_config().control_socket();
+    let socket = spec.main_config().control_socket();
     let before = status(&socket).await?;
     let old_primary = before["primary"].as_str().unwrap_or_default().to_string();
     let old_region = before["primary_region"]
@@ -261,7 +261,12 @@ async fn wait_healthy(socket: &Path, limit: Duration) -> Result<Value, DrillErro
 
 /// The detection time the controller reported for a failover that started after `since_ms`.
 fn detection_ms(spec: &LabSpec, since_ms: u64) -> Option<u64> {
-    let events = std::fs::read_to_string(spec.controller_dir().join("events.jsonl")).ok()?;
+    let events: String = spec
+        .controller_dirs()
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("events.jsonl")).ok())
+        .collect::<Vec<_>>()
+        .join("\n");
     let since = valkey_dr_controller::events::rfc3339(since_ms);
     events
         .lines()

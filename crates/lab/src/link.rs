@@ -30,7 +30,13 @@ pub const LINK: &str = "region-link";
 /// The partition entry that cuts only the controller (and whatever stands where it stands) from
 /// `region`, while the regions still reach each other: an asymmetric partition.
 pub fn controller_cut(region: &str) -> String {
-    format!("controller-to:{region}")
+    site_cut(crate::spec::CONTROLLER_VANTAGE, region)
+}
+
+/// The partition entry that cuts only the traffic between `vantage` (a region, or the
+/// controller's place) and `region`.
+pub fn site_cut(vantage: &str, region: &str) -> String {
+    format!("{vantage}-to:{region}")
 }
 
 impl Partition {
@@ -39,14 +45,12 @@ impl Partition {
         let cut = self.cut.read().expect("partition lock");
         let between_regions =
             a != crate::spec::CONTROLLER_VANTAGE && b != crate::spec::CONTROLLER_VANTAGE;
-        let controller_cut_from = |region: &str| cut.contains(&controller_cut(region));
-        let controller = crate::spec::CONTROLLER_VANTAGE;
         a != b
             && (cut.contains(a)
                 || cut.contains(b)
                 || (between_regions && cut.contains(LINK))
-                || (a == controller && controller_cut_from(b))
-                || (b == controller && controller_cut_from(a)))
+                || cut.contains(&site_cut(a, b))
+                || cut.contains(&site_cut(b, a)))
     }
 
     pub fn set(&self, regions: BTreeSet<String>) -> bool {

@@ -111,12 +111,32 @@ pub fn is_alive(pid: i32) -> bool {
     }
 }
 
+/// True when the process exists and runs (not stopped by SIGSTOP, not a zombie).
+pub fn is_running(pid: i32) -> bool {
+    is_alive(pid)
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('T'))
+        })
+}
+
 pub fn any_running(dir: &Path) -> bool {
     processes(dir).iter().any(|p| p.alive)
 }
 
 /// Starts a fresh lab. Returns false (and starts nothing) when one is already running in the directory.
 pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
+    up_with_env(spec, valkey_dr, &[]).await
+}
+
+/// [`up`], with extra environment for the controllers (fault injection).
+pub async fn up_with_env(
+    spec: &LabSpec,
+    valkey_dr: &Path,
+    env: &[(&str, &str)],
+) -> Result<bool, LabError> {
     if any_running(&spec.dir) {
         return Ok(false);
     }
@@ -177,11 +197,30 @@ pub async fn up(spec: &LabSpec, valkey_dr: &Path) -> Result<bool, LabError> {
     spawn_daemon(valkey_dr, &["lab", "link", "--dir"], spec, "link", &[])?;
     if spec.is_ha() {
         start_etcd(spec).await?;
-        for site in &spec.sites {
-            start_site_controller(spec, valkey_dr, site, &[])?;
+        // The last site (the witness) starts first and leads: the data regions are the likelier
+        // to fail, and a lab that always starts the same way is easier to read.
+        let (first, others) = spec.sites.split_last().expect("sites");
+        start_site_controller(spec, valkey_dr, first, env)?;
+        let socket = spec.site_config(first).control_socket();
+        wait_for(
+            "the first controller to lead",
+            &spec.dir.join(format!("controller-{first}.log")),
+            || async {
+                valkey_dr_controller::control::request(
+                    &socket,
+                    &valkey_dr_controller::control::Request::Status,
+                    |_| {},
+                )
+                .await
+                .is_ok_and(|s| s["coordination"]["is_leader"] == true)
+            },
+        )
+        .await?;
+        for site in others {
+            start_site_controller(spec, valkey_dr, site, env)?;
         }
     } else {
-        start_controller(spec, valkey_dr, &[])?;
+        start_controller(spec, valkey_dr, env)?;
     }
     Ok(true)
 }

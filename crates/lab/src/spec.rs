@@ -39,6 +39,9 @@ pub struct LabSpec {
     /// and [`WITNESS`] unless there are three regions). Empty: one controller, no etcd.
     #[serde(default)]
     pub sites: Vec<String>,
+    /// The controllers' catch-up limit for switchovers (default: the controller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catchup_timeout_ms: Option<u64>,
 }
 
 /// The site that holds no data, only a controller and an etcd member (the third failure domain).
@@ -68,6 +71,7 @@ impl LabSpec {
             failover: FailoverPolicy::Auto,
             tls: true,
             sites: vec!["us-east-1".into(), "us-east-2".into(), WITNESS.into()],
+            catchup_timeout_ms: None,
         }
     }
 
@@ -181,6 +185,15 @@ impl LabSpec {
 
     pub fn site_dir(&self, site: &str) -> PathBuf {
         self.dir.join(format!("controller-{site}"))
+    }
+
+    /// The state directory of every controller of the lab.
+    pub fn controller_dirs(&self) -> Vec<PathBuf> {
+        if self.is_ha() {
+            self.sites.iter().map(|s| self.site_dir(s)).collect()
+        } else {
+            vec![self.controller_dir()]
+        }
     }
 
     pub fn site_config_path(&self, site: &str) -> PathBuf {
@@ -425,6 +438,9 @@ impl LabSpec {
             },
             controller: ControllerConfig {
                 cross_region_failover: self.failover,
+                catchup_timeout_ms: self
+                    .catchup_timeout_ms
+                    .unwrap_or(ControllerConfig::default().catchup_timeout_ms),
                 ..ControllerConfig::default()
             },
             tls: self.tls.then(|| TlsConfig {

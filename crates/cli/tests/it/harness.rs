@@ -31,6 +31,8 @@ impl TestLab {
         let dir =
             std::env::temp_dir().join(format!("valkey-dr-test-{}-{n}-{seed}", std::process::id()));
         let mut spec = LabSpec::on_free_block(dir, seed).expect("a free loopback block");
+        // One controller unless the test asks for the highly available shape.
+        spec.sites.clear();
         adjust(&mut spec);
         let started = process::up(&spec, BIN.as_ref()).await.expect("lab starts");
         assert!(started, "a fresh directory has no running lab");

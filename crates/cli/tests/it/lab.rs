@@ -38,7 +38,11 @@ fn lab_up_is_single_copy_and_down_leaves_no_process() {
         .iter()
         .map(|p| p.pid.unwrap())
         .collect();
-    assert_eq!(pids.len(), 6, "four nodes, the link, the controller");
+    assert_eq!(
+        pids.len(),
+        11,
+        "four nodes, the link, three etcd members, three controllers"
+    );
 
     let (ok, out) = lab(&up, &dir);
     assert!(ok && out.contains("already running"), "{out}");
@@ -54,7 +58,7 @@ fn lab_up_is_single_copy_and_down_leaves_no_process() {
     assert_eq!(status["status"]["epoch"], 1);
 
     let (ok, out) = lab(&["down"], &dir);
-    assert!(ok && out.contains("stopped 6 process(es)"), "{out}");
+    assert!(ok && out.contains("stopped 11 process(es)"), "{out}");
     for pid in pids {
         assert!(
             !valkey_dr_lab::process::is_alive(pid),
