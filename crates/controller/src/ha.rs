@@ -175,6 +175,8 @@ impl Ha {
         self.shared().fencing
     }
 
+    /// How often a lease is renewed: six times per TTL (the leader's twice as often, so that
+    /// its key expires soon after it dies).
     fn tick(&self) -> Duration {
         self.coord.ttl() / 6
     }
@@ -344,7 +346,7 @@ impl Controller {
                     }
                 }
             }
-            tokio::time::sleep(ha.tick()).await;
+            tokio::time::sleep(ha.tick() / 2).await;
         }
     }
 
@@ -652,6 +654,7 @@ mod tests {
             sites: vec!["us-east-1".into(), "us-east-2".into(), "witness".into()],
             lease_ttl_ms: 3000,
             prefix: None,
+            name_servers: Default::default(),
         }
     }
 
@@ -676,7 +679,13 @@ mod tests {
         let down = view(false, now - 500, 4);
         let up = view(true, now - 500, 4);
         #[rustfmt::skip]
-        let cases: Vec<(&str, Vec<String>, Vec<(String, View)>, Result<(), Withheld>)> = vec![
+        type Case = (
+            &'static str,
+            Vec<String>,
+            Vec<(String, View)>,
+            Result<(), Withheld>,
+        );
+        let cases: Vec<Case> = vec![
             ("region isolated: its presence gone, the other two see the writer down",
              sites(&["us-east-2", "witness"]),
              views(&[("us-east-2", down.clone()), ("witness", down.clone())]),

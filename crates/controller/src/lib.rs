@@ -375,12 +375,33 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
     let zone = Arc::new(Zone::new(&config.dns.zone));
     let DnsProviderConfig::Embedded { listen } = &config.dns.provider;
     let listen: SocketAddr = listen.parse().expect("validated listen address");
-    let dns = DnsServer::start(zone.clone(), listen, config.dns.ttl).await?;
-    let dns_addr = dns.local_addr();
-    let controller = match &config.coordination {
-        None => Arc::new(Controller::new(config, zone)?),
+    // Highly available shape: connect and load the committed records before serving, so that a
+    // restarted controller never answers from an empty zone.
+    let ha = match &config.coordination {
+        None => None,
         Some(coordination) => {
-            let ha = connect_coordination(&config, coordination, zone).await?;
+            let ha = connect_coordination(&config, coordination, zone.clone()).await?;
+            let first = tokio::time::timeout(ha.coord.ttl(), ha.records.sync()).await;
+            if !matches!(first, Ok(Ok(_))) {
+                tracing::warn!("records not loaded from etcd before serving; serving none yet");
+            }
+            Some(ha)
+        }
+    };
+    // Every site's DNS server names all of them: `ns-<site>.<zone>`.
+    let name_servers: Vec<(String, std::net::IpAddr)> = config
+        .coordination
+        .iter()
+        .flat_map(|c| c.name_servers.iter())
+        .map(|(site, ip)| (format!("ns-{site}"), *ip))
+        .collect();
+    let dns =
+        DnsServer::start_with_name_servers(zone.clone(), listen, config.dns.ttl, &name_servers)
+            .await?;
+    let dns_addr = dns.local_addr();
+    let controller = match ha {
+        None => Arc::new(Controller::new(config, zone)?),
+        Some(ha) => {
             let engine = Controller::valkey_engine(&config)?;
             Arc::new(Controller::with_coordination(config, ha, engine)?)
         }

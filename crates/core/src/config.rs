@@ -58,6 +58,10 @@ pub struct CoordinationConfig {
     /// Key prefix in etcd [default: /valkey-dr/<owner>].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// The address of each site's DNS server: the zone's NS set names them all
+    /// (`ns-<site>.<zone>`), so resolvers find the name through any surviving site.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub name_servers: BTreeMap<String, std::net::IpAddr>,
 }
 
 impl CoordinationConfig {
@@ -526,6 +530,15 @@ impl Config {
                     format!("coordination.sites[{i}]"),
                     format!("duplicate site \"{site}\""),
                     "list every controller site once",
+                ));
+            }
+        }
+        for site in c.name_servers.keys() {
+            if !seen.contains(site.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("coordination.name_servers.{site}"),
+                    format!("\"{site}\" is not one of coordination.sites"),
+                    "name the address of each site's DNS server under its site name",
                 ));
             }
         }

@@ -280,7 +280,8 @@ pub struct ChaosReport {
     /// Highly available shape: from the fault to a new leader's election.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub takeover_ms: Option<u64>,
-    /// Highly available shape: writes to etcd (state, DNS) refused because their leader was deposed.
+    /// Highly available shape: writes (state, DNS, node actions) refused because their leader had
+    /// lost its lease — by etcd's token check or by the controller's own clock.
     pub stale_writes_refused: u64,
     /// Highly available shape: when a region's controller paused its writer, after the fault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -350,7 +351,6 @@ async fn run_on(
     let epoch_before = before["epoch"].as_u64().unwrap_or(0);
     let state_at_start =
         std::fs::read_to_string(spec.controller_dir().join("state.json")).unwrap_or_default();
-    let injected_at = valkey_dr_controller::events::now_ms();
 
     let monitor = Monitor::start(spec)?;
     let writers = writer::Fleet::start(lab.writers()?);
@@ -360,6 +360,7 @@ async fn run_on(
         scenario: scenario.name.clone(),
         ..ChaosReport::default()
     };
+    let mut injected_at = valkey_dr_controller::events::now_ms();
     if let Err(e) = lab.inject(&scenario.fault, &state_at_start).await {
         report.error = Some(e.to_string());
     }
@@ -406,6 +407,10 @@ async fn run_on(
     report.name_changes = seen.name_changes;
     report.name_unresolved_ms = seen.name_unresolved.total_ms;
     if spec.is_ha() {
+        // Times count from when the fault took hold (a partition's start), if it was recorded.
+        if let Some(at) = *lab.faulted_at.lock().expect("fault time lock") {
+            injected_at = at;
+        }
         let events = lab.events_since(injected_at);
         report.takeover_ms = events
             .iter()
@@ -416,7 +421,10 @@ async fn run_on(
             .iter()
             .filter(|e| {
                 let text = e.to_string();
-                text.contains("refused a write fenced") || text.contains("DNS write refused")
+                // Refused by etcd (a stale token), or by the controller's own clock first.
+                text.contains("refused a write fenced")
+                    || text.contains("DNS write refused")
+                    || text.contains("not the leader")
             })
             .count() as u64;
         report.fenced_after_ms = events
@@ -475,6 +483,8 @@ fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
 
 /// The lab as the nemesis drives it.
 struct Lab<'a> {
+    /// When the fault took hold, if the fault records it (Unix ms).
+    faulted_at: std::sync::Mutex<Option<u64>>,
     spec: &'a LabSpec,
     valkey_dr: &'a Path,
     socket: PathBuf,
@@ -484,6 +494,7 @@ struct Lab<'a> {
 impl<'a> Lab<'a> {
     fn new(spec: &'a LabSpec, valkey_dr: &'a Path) -> Result<Lab<'a>, ChaosError> {
         Ok(Lab {
+            faulted_at: std::sync::Mutex::new(None),
             spec,
             valkey_dr,
             socket: spec.main_config().control_socket(),
@@ -762,6 +773,8 @@ impl<'a> Lab<'a> {
 
     /// Cuts `entry` (a region, or a controller cut) for `ms`, then heals.
     async fn partition_for(&self, entry: String, ms: u64) -> Result<(), ChaosError> {
+        *self.faulted_at.lock().expect("fault time lock") =
+            Some(valkey_dr_controller::events::now_ms());
         crate::link::set_partition(&self.spec.dir, &[entry].into())
             .await
             .map_err(lab_error)?;

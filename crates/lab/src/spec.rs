@@ -236,6 +236,11 @@ impl LabSpec {
             sites: self.sites.clone(),
             lease_ttl_ms: 3000,
             prefix: None,
+            name_servers: self
+                .sites
+                .iter()
+                .map(|s| (s.clone(), self.site_dns(s).ip()))
+                .collect(),
         });
         config
     }

@@ -82,3 +82,46 @@ fn chaos_a_partition_only_the_controller_sees_fails_nothing_over() {
     assert_eq!(reports[0]["failovers"], 0);
     assert_eq!(reports[0]["two_masters_ms"], 0);
 }
+
+/// Highly available shape, the writer's region cut off from everything with a writer inside it:
+/// its own controller pauses the writer within the lease TTL (before, it took writes for the whole
+/// partition), the majority moves the writer once, and every site keeps resolving the name.
+#[test]
+fn chaos_ha_an_isolated_writer_region_fences_itself_within_the_lease() {
+    let reports = chaos(&["HA: writer region isolated 8 s"]);
+    assert_ok(&reports);
+    let report = &reports[0];
+    let fenced_after = report["fenced_after_ms"]
+        .as_u64()
+        .expect("the region fenced itself");
+    assert!(fenced_after <= 3000, "{report:#}");
+    assert_eq!(report["failovers"], 1, "{report:#}");
+    assert_eq!(report["name_changes"], 1, "{report:#}");
+    assert_eq!(report["name_unresolved_ms"], 0, "{report:#}");
+}
+
+/// Highly available shape: only the leader loses the writer's region. The other sites still see
+/// the writer, so there is no majority for a failover.
+#[test]
+fn chaos_ha_a_partition_only_the_leader_sees_fails_nothing_over() {
+    let reports = chaos(&["HA: leader cut off from the writer region 8 s"]);
+    assert_ok(&reports);
+    assert_eq!(reports[0]["failovers"], 0, "{:#}", reports[0]);
+    assert_eq!(reports[0]["lost_inside"], 0);
+}
+
+/// Highly available shape: the leader dies or freezes in the middle of a switchover. Another
+/// site takes the lease, completes or rolls back from the intent in etcd; the old leader, back,
+/// acts no more.
+#[test]
+fn chaos_ha_a_leader_lost_mid_switchover_is_taken_over_from_the_intent() {
+    let reports = chaos(&[
+        "HA: leader killed after intent",
+        "HA: leader stalled 5 s after promote",
+    ]);
+    assert_ok(&reports);
+    for report in &reports {
+        assert!(report["takeover_ms"].as_u64().is_some(), "{report:#}");
+        assert_eq!(report["two_masters_ms"], 0, "{report:#}");
+    }
+}

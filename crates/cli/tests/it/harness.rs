@@ -24,6 +24,11 @@ impl TestLab {
         Self::start_with(|_| {}).await
     }
 
+    /// The highly available shape: three etcd members, a controller per site.
+    pub async fn start_ha() -> TestLab {
+        Self::start_with(|spec| spec.sites = LabSpec::default_sites(&spec.regions)).await
+    }
+
     /// Starts a lab whose spec `adjust` may change first (e.g. the failover policy).
     pub async fn start_with(adjust: impl FnOnce(&mut LabSpec)) -> TestLab {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -36,10 +41,13 @@ impl TestLab {
         adjust(&mut spec);
         let started = process::up(&spec, BIN.as_ref()).await.expect("lab starts");
         assert!(started, "a fresh directory has no running lab");
+        let spec_regions = spec.regions.len();
         let lab = TestLab { spec };
         lab.wait_until(|s| {
             s["findings"] == serde_json::json!(["healthy"])
-                && s["dns"].as_array().is_some_and(|d| d.len() == 6)
+                && s["dns"]
+                    .as_array()
+                    .is_some_and(|d| d.len() == 2 + 2 * spec_regions)
         })
         .await;
         // One pass on the healthy topology settles every record (readers join last).
@@ -60,7 +68,7 @@ impl TestLab {
     }
 
     pub async fn status(&self) -> serde_json::Value {
-        let socket = self.spec.controller_config().control_socket();
+        let socket = self.spec.main_config().control_socket();
         control::request(&socket, &Request::Status, |_| {})
             .await
             .expect("controller answers")
@@ -74,7 +82,7 @@ impl TestLab {
         let mut last = serde_json::Value::Null;
         for _ in 0..400 {
             if let Ok(status) = control::request(
-                &self.spec.controller_config().control_socket(),
+                &self.spec.main_config().control_socket(),
                 &Request::Status,
                 |_| {},
             )
@@ -137,12 +145,18 @@ impl TestLab {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// The controller's events so far.
+    /// The controllers' events so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.spec.controller_dir().join("events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
+        self.spec
+            .controller_dirs()
+            .iter()
+            .flat_map(|dir| {
+                std::fs::read_to_string(dir.join("events.jsonl"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -164,9 +178,25 @@ impl TestLab {
 
     /// SIGKILLs the lab's controller and waits until it is gone.
     pub async fn kill_controller(&self) {
-        process::kill_recorded(&self.spec.dir.join("controller.pid"))
+        process::kill_recorded(&self.spec.controller_pidfile(None))
             .await
             .unwrap();
+    }
+
+    /// SIGKILLs the controller of one site (highly available shape).
+    pub async fn kill_site_controller(&self, site: &str) {
+        process::kill_recorded(&self.spec.controller_pidfile(Some(site)))
+            .await
+            .unwrap();
+    }
+
+    /// `dig +short` against one site's DNS server.
+    pub fn dig_site(&self, site: &str, name: &str) -> Vec<String> {
+        dig(self.spec.site_dns(site), &[name, "+short"])
+            .lines()
+            .map(|l| l.trim_matches('"').to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     pub async fn connection(&self, ip: &str) -> redis::aio::MultiplexedConnection {

@@ -6,6 +6,7 @@ mod aws;
 mod chaos;
 mod config;
 mod failover;
+mod ha;
 mod harness;
 mod lab;
 mod promotion;

@@ -40,7 +40,7 @@ pub fn respond(zone: Arc<Zone>, request: &[u8], negative_ttl: u32) -> Option<Vec
         hickory_server::net::xfer::Protocol::Udp,
     )
     .ok()?;
-    let handler = Handler::new(zone, src.ip(), negative_ttl);
+    let handler = Handler::new(zone, &[("ns".into(), src.ip())], negative_ttl);
     let answer = handler.answer(&request);
     let mut response = Message::new(
         request.metadata.id,
@@ -73,6 +73,18 @@ impl DnsServer {
         listen: SocketAddr,
         negative_ttl: u32,
     ) -> Result<DnsServer, ServerError> {
+        DnsServer::start_with_name_servers(zone, listen, negative_ttl, &[]).await
+    }
+
+    /// [`DnsServer::start`], naming the zone's other name servers too (`<label>.<zone>` with
+    /// its address): every controller of the highly available shape serves the same NS set.
+    /// This server is `ns.<zone>` unless `others` names its address.
+    pub async fn start_with_name_servers(
+        zone: Arc<Zone>,
+        listen: SocketAddr,
+        negative_ttl: u32,
+        others: &[(String, std::net::IpAddr)],
+    ) -> Result<DnsServer, ServerError> {
         let bind_error = |source| ServerError::Bind {
             addr: listen,
             source,
@@ -91,7 +103,22 @@ impl DnsServer {
                 Err(e) => return Err(bind_error(e)),
             }
         };
-        let handler = Handler::new(zone, local_addr.ip(), negative_ttl);
+        // This server first (the SOA names it), then the others.
+        let mut name_servers: Vec<(String, std::net::IpAddr)> = others
+            .iter()
+            .filter(|(_, ip)| *ip == local_addr.ip())
+            .cloned()
+            .collect();
+        if name_servers.is_empty() {
+            name_servers.push(("ns".into(), local_addr.ip()));
+        }
+        name_servers.extend(
+            others
+                .iter()
+                .filter(|(_, ip)| *ip != local_addr.ip())
+                .cloned(),
+        );
+        let handler = Handler::new(zone, &name_servers, negative_ttl);
         let mut server = Server::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
@@ -109,8 +136,8 @@ impl DnsServer {
 
 struct Handler {
     zone: Arc<Zone>,
-    ns: Name,
-    ns_ip: std::net::IpAddr,
+    /// The zone's name servers with their addresses; the first is this server (the SOA's MNAME).
+    name_servers: Vec<(Name, std::net::IpAddr)>,
     negative_ttl: u32,
 }
 
@@ -136,14 +163,28 @@ impl Answer {
 }
 
 impl Handler {
-    fn new(zone: Arc<Zone>, ns_ip: std::net::IpAddr, negative_ttl: u32) -> Handler {
-        let ns = Name::from_ascii(format!("ns.{}", zone.origin())).expect("valid zone name");
+    fn new(
+        zone: Arc<Zone>,
+        name_servers: &[(String, std::net::IpAddr)],
+        negative_ttl: u32,
+    ) -> Handler {
+        let name_servers = name_servers
+            .iter()
+            .map(|(label, ip)| {
+                let name = Name::from_ascii(format!("{label}.{}", zone.origin()))
+                    .expect("validated name server label");
+                (name.to_lowercase(), *ip)
+            })
+            .collect();
         Handler {
             zone,
-            ns,
-            ns_ip,
+            name_servers,
             negative_ttl,
         }
+    }
+
+    fn primary_ns(&self) -> Name {
+        self.name_servers[0].0.clone()
     }
 
     fn origin(&self) -> Name {
@@ -152,7 +193,7 @@ impl Handler {
 
     fn soa(&self) -> Record {
         let rdata = SOA::new(
-            self.ns.clone(),
+            self.primary_ns(),
             Name::from_ascii(format!("hostmaster.{}", self.zone.origin()))
                 .expect("valid zone name"),
             self.zone.serial(),
@@ -195,14 +236,21 @@ impl Handler {
             authorities: Vec::new(),
         };
         if apex && matches!(qtype, HickoryType::SOA | HickoryType::NS) {
-            answer.answers.push(match qtype {
-                HickoryType::SOA => self.soa(),
-                _ => Record::from_rdata(self.origin(), 3600, RData::NS(NS(self.ns.clone()))),
-            });
+            match qtype {
+                HickoryType::SOA => answer.answers.push(self.soa()),
+                _ => answer
+                    .answers
+                    .extend(self.name_servers.iter().map(|(ns, _)| {
+                        Record::from_rdata(self.origin(), 3600, RData::NS(NS(ns.clone())))
+                    })),
+            }
             return answer;
         }
-        if name == self.ns && matches!(qtype, HickoryType::A | HickoryType::AAAA) {
-            let rdata = match self.ns_ip {
+        if let Some((ns, ns_ip)) = self.name_servers.iter().find(|(ns, _)| *ns == name)
+            && matches!(qtype, HickoryType::A | HickoryType::AAAA)
+        {
+            let (ns, ns_ip) = (ns.clone(), *ns_ip);
+            let rdata = match ns_ip {
                 std::net::IpAddr::V4(ip) if qtype == HickoryType::A => Some(RData::A(A(ip))),
                 std::net::IpAddr::V6(ip) if qtype == HickoryType::AAAA => {
                     Some(RData::AAAA(AAAA(ip)))
@@ -211,7 +259,7 @@ impl Handler {
             };
             answer
                 .answers
-                .extend(rdata.map(|r| Record::from_rdata(self.ns.clone(), 3600, r)));
+                .extend(rdata.map(|r| Record::from_rdata(ns.clone(), 3600, r)));
             if answer.answers.is_empty() {
                 answer.authorities.push(self.soa());
             }

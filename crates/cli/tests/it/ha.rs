@@ -1,0 +1,171 @@
+//! The highly available shape on real etcd members, real controllers and real Valkey: every site
+//! serves the name, any site takes operator commands, a deposed leader cannot write, and a
+//! minority never promotes.
+
+use std::time::{Duration, Instant};
+
+use valkey_dr_coord::{CoordError, Coordinator, Fence, LeaderCell};
+use valkey_dr_core::{Change, RecordSet, RecordType};
+use valkey_dr_dns::DnsProvider;
+use valkey_dr_dns::embedded::Zone;
+use valkey_dr_dns::etcd::EtcdRecords;
+use valkey_dr_lab::LabSpec;
+
+use crate::harness::TestLab;
+
+/// Polls `dig` against one site until it leads to `ip` (at most `limit`).
+async fn wait_name_at(lab: &TestLab, site: &str, ip: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let name = lab.name("demo");
+    while Instant::now() < deadline {
+        if lab.dig_site(site, &name).last().map(String::as_str) == Some(ip) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_site_serves_the_name_and_the_survivors_carry_on_without_the_leader() {
+    let lab = TestLab::start_ha().await;
+    let writer = lab.ip(0, 0);
+    for site in &lab.spec.sites {
+        assert!(
+            wait_name_at(&lab, site, &writer, Duration::from_secs(5)).await,
+            "site {site} serves the name"
+        );
+    }
+    let status = lab.status().await;
+    assert_eq!(status["coordination"]["leader"], "witness", "{status:#}");
+
+    // The leader's site dies. The others keep answering at once, from the records they hold.
+    lab.kill_site_controller("witness").await;
+    for site in ["us-east-1", "us-east-2"] {
+        assert_eq!(
+            lab.dig_site(site, &lab.name("demo")).last(),
+            Some(&writer),
+            "{site} answers without the leader"
+        );
+    }
+
+    // An operator at any surviving site moves the writer: the request reaches whichever site
+    // leads now through etcd, and every surviving site serves the new name.
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["promote", "us-east-2", "--config"])
+        .arg(lab.spec.site_config_path("us-east-1"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("epoch 2"), "{text}");
+    let new_writer = lab.ip(1, 0);
+    for site in ["us-east-1", "us-east-2"] {
+        assert!(
+            wait_name_at(&lab, site, &new_writer, Duration::from_secs(2)).await,
+            "{site} serves the new writer"
+        );
+    }
+
+    // A deposed leader's token, whatever its own clock says, is refused by etcd: neither the
+    // state nor the records change.
+    let endpoints = lab.spec.etcd_endpoints("us-east-1");
+    let coord = Coordinator::connect(
+        &endpoints,
+        "/valkey-dr/valkey-dr-lab",
+        "impostor",
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    let stale = Fence {
+        token: 1,
+        act_until: Instant::now() + Duration::from_secs(30),
+    };
+    let state_before = coord.get("state").await.unwrap();
+    assert!(matches!(
+        coord.put_fenced(stale, "state", b"{}").await,
+        Err(CoordError::Deposed { .. })
+    ));
+    assert_eq!(coord.get("state").await.unwrap(), state_before);
+    let cell = std::sync::Arc::new(LeaderCell::default());
+    cell.set(Some(stale));
+    let records = EtcdRecords::new(coord, cell, std::sync::Arc::new(Zone::new(&lab.spec.zone)));
+    let global = lab.name("demo");
+    let current = records
+        .records(std::slice::from_ref(&global))
+        .await
+        .unwrap();
+    let hijack = Change::Update {
+        old: current[0].clone(),
+        new: RecordSet::new(
+            &global,
+            RecordType::Cname,
+            1,
+            [lab.name("primary.us-east-1")],
+        ),
+    };
+    let refused = records.apply(&[hijack]).await;
+    assert!(
+        matches!(refused, Err(valkey_dr_dns::DnsError::Fenced(_))),
+        "{refused:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for site in ["us-east-1", "us-east-2"] {
+        assert_eq!(
+            lab.dig_site(site, &global).last(),
+            Some(&new_writer),
+            "{site} still serves the real writer"
+        );
+    }
+}
+
+/// Three data regions, each site an etcd member and a controller (the third doubles as the
+/// witness). One region lost: the majority moves the writer. Two lost at once: the survivor has
+/// no quorum, never promotes, and pauses its writer rather than take writes alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_regions_fail_over_on_a_majority_and_never_from_a_minority() {
+    let lab = TestLab::start_with(|spec| {
+        spec.regions.push("us-west-2".into());
+        spec.sites = LabSpec::default_sites(&spec.regions);
+    })
+    .await;
+    assert_eq!(lab.spec.sites, ["us-east-1", "us-east-2", "us-west-2"]);
+
+    // Two regions lost at once (not the writer's): no quorum anywhere, so no promotion; the
+    // writer's region fences its writer within the lease TTL.
+    lab.lab(&[
+        "partition",
+        "--region",
+        "us-east-2",
+        "--region",
+        "us-west-2",
+    ]);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let events = lab.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "self_fenced" && e["site"] == "us-east-1"),
+        "the writer's region fenced itself"
+    );
+    assert!(
+        !events.iter().any(|e| e["event"] == "failover_started"),
+        "no promotion from a minority"
+    );
+    lab.lab(&["heal"]);
+    let status = lab
+        .wait_until(|s| s["findings"] == serde_json::json!(["healthy"]))
+        .await;
+    assert_eq!(status["epoch"], 1, "{status:#}");
+
+    // The writer's region lost alone: the two others are a majority and move the writer.
+    lab.lab(&["partition", "--region", "us-east-1"]);
+    let status = lab
+        .wait_until(|s| s["epoch"].as_u64().is_some_and(|e| e >= 2))
+        .await;
+    assert_ne!(status["primary_region"], "us-east-1", "{status:#}");
+    lab.lab(&["heal"]);
+    lab.wait_until(|s| s["findings"] == serde_json::json!(["healthy"]))
+        .await;
+}
