@@ -678,13 +678,13 @@ mod tests {
         };
         let down = view(false, now - 500, 4);
         let up = view(true, now - 500, 4);
-        #[rustfmt::skip]
         type Case = (
             &'static str,
             Vec<String>,
             Vec<(String, View)>,
             Result<(), Withheld>,
         );
+        #[rustfmt::skip]
         let cases: Vec<Case> = vec![
             ("region isolated: its presence gone, the other two see the writer down",
              sites(&["us-east-2", "witness"]),
