@@ -556,8 +556,32 @@ mod tests {
         assert_eq!(spec.link_addr(1, 0, 0).to_string(), "127.0.2.111:6379");
         assert_eq!(
             spec.links().len(),
-            8,
-            "4 region-link ends + 4 controller links"
+            14,
+            "4 region-link ends + 4 controller links + 6 between the sites' etcd members"
+        );
+        // The highly available shape: a controller and an etcd member per site; each site
+        // reaches its own member directly and the others through the link.
+        assert_eq!(spec.sites, ["us-east-1", "us-east-2", "witness"]);
+        assert_eq!(
+            spec.etcd_endpoints("us-east-1"),
+            [
+                "http://127.0.1.50:2379",
+                "http://127.0.1.62:2379",
+                "http://127.0.1.60:2379"
+            ]
+        );
+        assert_eq!(spec.site_dns("witness"), spec.dns);
+        assert_eq!(spec.site_dns("us-east-2").to_string(), "127.0.2.53:5353");
+        let east = spec.site_config("us-east-1");
+        east.validate().expect("site config is valid");
+        let nodes: Vec<_> = east.regions.iter().flat_map(|r| &r.nodes).collect();
+        assert_eq!(
+            nodes[0].controller_address.as_deref(),
+            Some("127.0.1.1:6379")
+        );
+        assert_eq!(
+            nodes[2].controller_address.as_deref(),
+            Some("127.0.1.121:6379")
         );
         assert_eq!(
             spec.controller_link_addr(0, 0).to_string(),
