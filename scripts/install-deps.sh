@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what valkey-dr's demo and tests need and the machine lacks:
-#   valkey-server + valkey-cli (Valkey 8, Debian bookworm-backports), dig + nsupdate (dnsutils);
-#   with --test also python3 + venv (for the pinned moto server the AWS tests run against), etcd
-#   (Debian's etcd-server: the coordination tests run a real three-member cluster) and protoc
-#   (protobuf-compiler: the etcd client's build generates its gRPC code).
+#   valkey-server + valkey-cli (Valkey 8, Debian bookworm-backports), dig + nsupdate (dnsutils),
+#   etcd (Debian's etcd-server: the lab runs three members, one per site) and protoc
+#   (protobuf-compiler: the etcd client's build generates its gRPC code);
+#   with --test also python3 + venv (for the pinned moto server the AWS tests run against).
 # Needs root or sudo for apt. Does nothing when everything is present.
 set -euo pipefail
 
@@ -12,11 +12,11 @@ command -v valkey-server >/dev/null || missing+=(valkey-server)
 command -v valkey-cli >/dev/null || missing+=(valkey-tools)
 command -v dig >/dev/null || missing+=(dnsutils)
 command -v nsupdate >/dev/null || missing+=(dnsutils)
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if [ "${1:-}" = "--test" ]; then
   command -v python3 >/dev/null || missing+=(python3)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-  command -v etcd >/dev/null || missing+=(etcd-server)
-  command -v protoc >/dev/null || missing+=(protobuf-compiler)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

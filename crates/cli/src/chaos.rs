@@ -13,21 +13,21 @@ use crate::Output;
 pub struct ChaosArgs {
     /// Run only the scenarios whose name contains this text (repeatable) [default: all]
     #[arg(long)]
-    scenario: Vec<String>,
+    pub scenario: Vec<String>,
     /// Runs per scenario; the table shows medians.
     #[arg(long, default_value_t = 3)]
-    runs: usize,
+    pub runs: usize,
     /// Where the scenarios' labs live while they run.
     #[arg(long, default_value = "target/chaos")]
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// List the scenarios and exit.
     #[arg(long)]
-    list: bool,
+    pub list: bool,
     /// Keep each stopped lab's directory (logs, events) for inspection.
     #[arg(long)]
-    keep: bool,
+    pub keep: bool,
     #[arg(long, short, value_enum, default_value = "table")]
-    output: Output,
+    pub output: Output,
 }
 
 pub async fn dispatch(args: ChaosArgs) -> Result<()> {
@@ -77,7 +77,18 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
     }
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&results)?),
-        Output::Table => print!("{}", table(&results)),
+        Output::Table => {
+            print!("{}", table(&results));
+            let ha: Vec<Vec<ChaosReport>> = selected
+                .iter()
+                .zip(&results)
+                .filter(|(s, _)| s.ha)
+                .map(|(_, r)| r.clone())
+                .collect();
+            if !ha.is_empty() {
+                print!("\n{}", ha_table(&ha));
+            }
+        }
     }
     if results
         .iter()
@@ -89,22 +100,69 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
     Ok(())
 }
 
+/// The median of one measure over a scenario's runs, with the range when runs differ.
+fn median_cell(values: Vec<u64>) -> String {
+    let mut v = values;
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_unstable();
+    let median =
+        drill::median_of(&v.iter().map(|x| *x as f64).collect::<Vec<_>>()).unwrap_or_default();
+    if v[0] == v[v.len() - 1] {
+        format!("{median:.0}")
+    } else {
+        format!("{median:.0} ({}–{})", v[0], v[v.len() - 1])
+    }
+}
+
+/// What the highly available shape adds: takeover, self-fencing, flips, refused stale writes,
+/// and whether every running site resolved the name throughout.
+fn ha_table(results: &[Vec<ChaosReport>]) -> String {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .filter(|reports| !reports.is_empty())
+        .map(|reports| {
+            let all = |f: fn(&ChaosReport) -> u64| median_cell(reports.iter().map(f).collect());
+            let some = |f: fn(&ChaosReport) -> Option<u64>| {
+                median_cell(reports.iter().filter_map(f).collect())
+            };
+            vec![
+                reports[0].scenario.clone(),
+                some(|r| r.takeover_ms),
+                some(|r| r.fenced_after_ms),
+                all(|r| r.name_changes.saturating_sub(r.failovers.max(1))),
+                all(|r| r.stale_writes_refused),
+                all(|r| r.name_unresolved_ms),
+            ]
+        })
+        .collect();
+    let mut out = crate::render::table(
+        &[
+            "SCENARIO",
+            "TAKEOVER ms",
+            "REGION FENCED AFTER ms",
+            "DOUBLE FLIPS",
+            "STALE WRITES REFUSED",
+            "NAME UNRESOLVED ms",
+        ],
+        &rows,
+    );
+    out.push_str(
+        "\nTAKEOVER: from the fault to another site's election. REGION FENCED AFTER: from the fault\n\
+         to the writer's own region pausing its writer. DOUBLE FLIPS: name changes beyond one per\n\
+         failover. STALE WRITES REFUSED: writes of a leader that had lost its lease, refused by etcd\n\
+         or by its own clock. NAME UNRESOLVED: time some running site's DNS gave no answer.\n",
+    );
+    out
+}
+
 fn table(results: &[Vec<ChaosReport>]) -> String {
     let rows: Vec<Vec<String>> = results
         .iter()
         .filter(|reports| !reports.is_empty())
         .map(|reports| {
-            let column = |f: fn(&ChaosReport) -> u64| {
-                let mut v: Vec<u64> = reports.iter().map(f).collect();
-                v.sort_unstable();
-                let median = drill::median_of(&v.iter().map(|x| *x as f64).collect::<Vec<_>>())
-                    .unwrap_or_default();
-                if v[0] == v[v.len() - 1] {
-                    format!("{median:.0}")
-                } else {
-                    format!("{median:.0} ({}–{})", v[0], v[v.len() - 1])
-                }
-            };
+            let column = |f: fn(&ChaosReport) -> u64| median_cell(reports.iter().map(f).collect());
             let mut verdicts: Vec<String> = reports.iter().map(|r| r.verdict.clone()).collect();
             verdicts.dedup();
             vec![

@@ -25,6 +25,19 @@ pub enum DrillCommand {
         #[arg(long)]
         partition: bool,
     },
+    /// The highly available shape's drills, each on a lab of its own: the leader killed and
+    /// SIGSTOPped mid-switchover, the leader's site isolated, the writer's region isolated with
+    /// writers inside, only the leader cut from the writer's region, etcd quorum lost.
+    Ha {
+        /// Runs per drill; the table shows medians.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the drills' labs live while they run.
+        #[arg(long, default_value = "target/drill-ha")]
+        dir: std::path::PathBuf,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Repeat every scenario and print medians: our switchover against blind promotion and
     /// FAILOVER TO, and both kinds of failover.
     Bench {
@@ -63,6 +76,17 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
         ),
         DrillCommand::Failover { common, partition } => (common, Operation::Failover { partition }),
         DrillCommand::Bench { dir, runs, writers } => return bench(&dir, runs, writers).await,
+        DrillCommand::Ha { runs, dir, output } => {
+            return crate::chaos::dispatch(crate::chaos::ChaosArgs {
+                scenario: vec!["HA:".into()],
+                runs,
+                dir,
+                list: false,
+                keep: false,
+                output,
+            })
+            .await;
+        }
     };
     if common.duration < 2.0 {
         bail!("--duration must be at least 2 seconds (the operation starts after 1 s)");
