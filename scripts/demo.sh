@@ -15,16 +15,18 @@ vcli() { REDISCLI_AUTH=$(cat "$LAB_DIR/secrets/valkey-password") valkey-cli --tl
 run() { printf '\033[2m$ %s\033[0m\n' "$*" >&2; "$@"; }
 writer_ip() { dig "${DNS[@]}" +short "$NAME" | tail -n1; }
 
-bold "1. Start the lab: us-east-1 (primary region) and us-east-2, two Valkey nodes each, a 7 ms region link, our DNS server"
+bold "1. Start the lab: us-east-1 (primary region) and us-east-2, two Valkey nodes each, a 7 ms region link; three sites (us-east-1, us-east-2, witness), each with an etcd member and a controller serving DNS"
 "$VDR" lab down --dir "$LAB_DIR" >/dev/null 2>&1 || true
 run "$VDR" lab up --dir "$LAB_DIR"
 
 echo "  (every node is TLS-only with the lab's own CA, and requires AUTH; below, vcli = valkey-cli --tls"
 echo "   --cacert $LAB_DIR/tls/ca.pem with the password from $LAB_DIR/secrets/valkey-password via REDISCLI_AUTH)"
 
-bold "2. Ask our DNS server where the global name leads"
+bold "2. Ask our DNS server where the global name leads (every site answers the same)"
 run dig "${DNS[@]}" "$NAME" +noall +answer
 run dig "${DNS[@]}" "_valkey-dr.$NAME" TXT +short
+run dig @127.0.2.53 -p 5353 "$NAME" +short
+run dig "${DNS[@]}" valkey-dr.live NS +short
 
 target=$(writer_ip)
 bold "3. Write $KEYS keys through the name (it resolves to $target)"
@@ -45,6 +47,7 @@ rm -f "$writer_out"
 bold "5. Ask DNS again: the name now leads to the new writer, and the epoch went up"
 run dig "${DNS[@]}" "$NAME" +noall +answer
 run dig "${DNS[@]}" "_valkey-dr.$NAME" TXT +short
+run dig @127.0.1.53 -p 5353 "$NAME" +short
 
 target=$(writer_ip)
 bold "6. Write and read through the name (it resolves to $target)"
@@ -62,7 +65,7 @@ cat <<EOT
   $VDR status --config $LAB_DIR/valkey-dr.toml      roles, links, lag, epoch, DNS
   $VDR events --config $LAB_DIR/valkey-dr.toml -f   the controller's event stream (JSON lines)
   $VDR promote us-east-1 --config $LAB_DIR/valkey-dr.toml   move the writer back
-  dig @127.0.0.1 -p 5353 $NAME
+  dig @127.0.0.1 -p 5353 $NAME                       (the witness's DNS; us-east-1's: @127.0.1.53, us-east-2's: @127.0.2.53)
   REDISCLI_AUTH=\$(cat $LAB_DIR/secrets/valkey-password) valkey-cli --tls --cacert $LAB_DIR/tls/ca.pem -h 127.0.2.1 INFO replication
   $VDR lab down --dir $LAB_DIR                        stop the lab (or: make lab-down)
 EOT

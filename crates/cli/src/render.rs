@@ -46,6 +46,19 @@ pub fn status(config: &Config, status: &Status) -> String {
         opt(&status.primary_region),
         status.findings.join("; ")
     );
+    if let Some(c) = &status.coordination {
+        let _ = writeln!(
+            out,
+            "site {} · leader {}{}\n",
+            c.site,
+            c.leader.as_deref().unwrap_or("none (no etcd quorum?)"),
+            if c.fencing {
+                " · this site pauses its region's writer (cut off from etcd)"
+            } else {
+                ""
+            }
+        );
+    }
     let rows: Vec<Vec<String>> = status
         .nodes
         .iter()

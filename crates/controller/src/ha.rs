@@ -108,6 +108,37 @@ pub fn cross_region_verdict(
     Ok(())
 }
 
+/// What the region guard knows at one tick.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardView {
+    /// This site's presence lease still counts (on its own clock).
+    pub present: bool,
+    /// The state was read from etcd after the presence last came back.
+    pub synced_since_present: bool,
+    /// The epoch's writer, as last read.
+    pub writer: Option<NodeId>,
+    /// The epoch's writer if it is in this site's region.
+    pub local_writer: Option<NodeId>,
+    /// The node the guard is pausing now.
+    pub fenced: Option<NodeId>,
+    /// Whether that node is a replica now (read only when it matters).
+    pub fenced_is_replica: Option<bool>,
+}
+
+/// The node the region guard must keep paused, if any: the region's writer while the site is cut
+/// off; after contact returns, the paused node until a fresh state read says it is still the
+/// writer, or — replaced meanwhile — until it has become a replica.
+pub fn guard_target(view: GuardView) -> Option<NodeId> {
+    match view.fenced {
+        _ if !view.present => view.local_writer.or(view.fenced),
+        None => None,
+        Some(node) if !view.synced_since_present => Some(node),
+        Some(node) if view.writer == Some(node) => None,
+        Some(_) if view.fenced_is_replica == Some(true) => None,
+        Some(node) => Some(node),
+    }
+}
+
 /// This controller's part in the highly available shape.
 pub struct Ha {
     pub coord: Coordinator,
@@ -129,6 +160,10 @@ struct Shared {
     fencing: bool,
     /// Whether the last copy from etcd failed.
     sync_failing: bool,
+    /// Since when this site's presence holds again after a lapse (or first).
+    present_since: Option<Instant>,
+    /// When the state was last read from etcd successfully.
+    synced_at: Option<Instant>,
 }
 
 impl Ha {
@@ -166,6 +201,16 @@ impl Ha {
         self.shared().present_until.is_some_and(|t| now < t)
     }
 
+    /// Whether the state was read from etcd after this site's presence last came back.
+    fn synced_since_present(&self) -> bool {
+        let shared = self.shared();
+        matches!((shared.synced_at, shared.present_since), (Some(read), Some(since)) if read > since)
+    }
+
+    fn note_synced(&self) {
+        self.shared().synced_at = Some(Instant::now());
+    }
+
     pub fn set_view(&self, view: View) {
         self.shared().view = Some(view);
     }
@@ -175,8 +220,8 @@ impl Ha {
         self.shared().fencing
     }
 
-    /// How often a lease is renewed: six times per TTL (the leader's twice as often, so that
-    /// its key expires soon after it dies).
+    /// Half the renewal period: leases are renewed twelve times per TTL, so that a key expires
+    /// soon after its holder dies or is cut off.
     fn tick(&self) -> Duration {
         self.coord.ttl() / 6
     }
@@ -355,6 +400,7 @@ impl Controller {
     async fn take_office(&self, ha: &Ha, won: Claim) -> Option<Claim> {
         match self.state.reload().await {
             Ok(()) => {
+                ha.note_synced();
                 ha.leader.set(Some(won.fence()));
                 self.events.emit(
                     "leader_elected",
@@ -401,7 +447,11 @@ impl Controller {
             };
             if let Some(held) = &claim {
                 if renewed {
-                    ha.shared().present_until = Some(held.act_until());
+                    let mut shared = ha.shared();
+                    if !shared.present_until.is_some_and(|t| Instant::now() < t) {
+                        shared.present_since = Some(Instant::now());
+                    }
+                    shared.present_until = Some(held.act_until());
                 } else if !held.may_act(Instant::now()) {
                     // The lease may be gone in etcd: start over with a new one.
                     claim = None;
@@ -422,14 +472,18 @@ impl Controller {
             {
                 published = Some(view);
             }
-            tokio::time::sleep(ha.tick()).await;
+            tokio::time::sleep(ha.tick() / 2).await;
         }
     }
 
     /// In a data region: pauses the region's writer while this site's presence has lapsed, so
     /// that clients inside an isolated region stop getting writes acknowledged before the leader
-    /// may promote elsewhere. The pause is re-issued and expires by itself (never unpaused here:
-    /// that could cut short a switchover's own pause).
+    /// may promote elsewhere. The pause is re-issued every 100 ms and expires by itself (never
+    /// unpaused here: that could cut short a switchover's own pause).
+    ///
+    /// Once contact is back the pause goes on until a state read since then says what the paused
+    /// node is: still the epoch's writer → lifted; replaced meanwhile → paused until it is a
+    /// replica (the leader demotes it), so that it takes no write that the heal would discard.
     pub async fn guard_region(self: Arc<Self>) {
         let Some(ha) = self.ha() else { return };
         let Some(region) = self
@@ -442,29 +496,57 @@ impl Controller {
         };
         let every = Duration::from_millis(100);
         let pause = ha.coord.ttl() / 2;
+        let mut fenced: Option<NodeId> = None;
         loop {
             tokio::time::sleep(every).await;
-            let writer = self
-                .epoch()
-                .map(|e| e.primary)
-                .filter(|w| self.topology.node(*w).region.0 == region);
-            let lapsed = !ha.present(Instant::now());
-            let Some(writer) = writer else { continue };
-            if lapsed {
-                let endpoint = &self.topology.node(writer).control_endpoint;
-                let paused = self.local_engine.pause_writes(endpoint, pause).await;
-                let first = !std::mem::replace(&mut ha.shared().fencing, true);
-                if first {
-                    self.events.emit(
-                        "self_fenced",
-                        json!({ "site": ha.site(), "writer": self.topology.node_name(writer), "paused": paused.is_ok() }),
-                    );
+            let now = Instant::now();
+            let writer = self.epoch().map(|e| e.primary);
+            let local_writer = writer.filter(|w| self.topology.node(*w).region.0 == region);
+            let present = ha.present(now);
+            let synced = ha.synced_since_present();
+            // Only a node replaced while we were cut off needs its role read.
+            let fenced_is_replica = match fenced {
+                Some(node) if present && synced && writer != Some(node) => {
+                    let endpoint = &self.topology.node(node).control_endpoint;
+                    Some(
+                        self.local_engine
+                            .replication(endpoint)
+                            .await
+                            .is_ok_and(|info| !info.is_primary()),
+                    )
                 }
-            } else if std::mem::replace(&mut ha.shared().fencing, false) {
-                self.events.emit(
-                    "self_fence_lifted",
-                    json!({ "site": ha.site(), "writer": self.topology.node_name(writer) }),
-                );
+                _ => None,
+            };
+            let keep = guard_target(GuardView {
+                present,
+                synced_since_present: synced,
+                writer,
+                local_writer,
+                fenced,
+                fenced_is_replica,
+            });
+            match (keep, fenced) {
+                (Some(node), _) => {
+                    let endpoint = &self.topology.node(node).control_endpoint;
+                    let paused = self.local_engine.pause_writes(endpoint, pause).await;
+                    if fenced.is_none() {
+                        ha.shared().fencing = true;
+                        self.events.emit(
+                            "self_fenced",
+                            json!({ "site": ha.site(), "writer": self.topology.node_name(node), "paused": paused.is_ok() }),
+                        );
+                    }
+                    fenced = Some(node);
+                }
+                (None, Some(node)) => {
+                    ha.shared().fencing = false;
+                    self.events.emit(
+                        "self_fence_lifted",
+                        json!({ "site": ha.site(), "node": self.topology.node_name(node), "still_writer": writer == Some(node) }),
+                    );
+                    fenced = None;
+                }
+                (None, None) => {}
             }
         }
     }
@@ -514,6 +596,7 @@ impl Controller {
         if let Err(error) = self.state.reload().await {
             return Err(crate::PassError::Coordination(error.to_string()));
         }
+        ha.note_synced();
         ha.records.sync().await?;
         Ok(())
     }
@@ -664,6 +747,33 @@ mod tests {
             writer: "127.0.1.1:6379".into(),
             writer_reachable: reachable,
             at_ms,
+        }
+    }
+
+    #[test]
+    fn the_guard_pauses_while_cut_off_and_until_the_paused_node_is_settled() {
+        let (a, b) = (NodeId(0), NodeId(2));
+        let view = |present, synced, writer, fenced, replica| GuardView {
+            present,
+            synced_since_present: synced,
+            writer: Some(writer),
+            local_writer: Some(writer).filter(|w| *w == a),
+            fenced,
+            fenced_is_replica: replica,
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("in contact, nothing paused", view(true, true, a, None, None), None),
+            ("cut off: the region's writer", view(false, false, a, None, None), Some(a)),
+            ("cut off, writer elsewhere: nothing to pause", view(false, false, b, None, None), None),
+            ("back, state not read since: still paused", view(true, false, a, Some(a), None), Some(a)),
+            ("back, still the writer: lifted", view(true, true, a, Some(a), None), None),
+            ("back, replaced, still a master: paused", view(true, true, b, Some(a), Some(false)), Some(a)),
+            ("back, replaced, now a replica: lifted", view(true, true, b, Some(a), Some(true)), None),
+            ("cut off again while pausing a replaced node", view(false, true, b, Some(a), None), Some(a)),
+        ];
+        for (case, view, expected) in cases {
+            assert_eq!(guard_target(view), expected, "{case}");
         }
     }
 

@@ -2,9 +2,11 @@
 //! from its own embedded zone, so the global name resolves through any surviving site.
 //!
 //! A change is one etcd transaction that holds only if this controller still holds the leader key
-//! (its fencing token) and the records are still at the revision it read: the compare-and-swap
-//! of each change is checked against what etcd holds, not against a local copy. A controller
-//! that cannot reach etcd keeps serving the last records it read and never invents a change.
+//! (its fencing token) and the records are still at the revision of this controller's copy: each
+//! change's own compare-and-swap is checked against that copy, and the copy against etcd, in one
+//! round trip. A stale copy makes the transaction fail as a conflict and is read again. A
+//! controller that cannot reach etcd keeps serving the last records it read and never invents a
+//! change.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -24,8 +26,11 @@ pub struct EtcdRecords {
     leader: Arc<LeaderCell>,
     /// This controller's copy, which its DNS server answers from.
     zone: Arc<Zone>,
-    /// The revision the zone was last loaded from (0: none yet).
+    /// The revision the zone was last loaded from or written at (0: none yet).
     served_revision: AtomicI64,
+    /// Serializes copying from etcd and writing to it, so that the zone and its revision always
+    /// match.
+    updating: tokio::sync::Mutex<()>,
 }
 
 fn coord_error(e: CoordError) -> DnsError {
@@ -47,6 +52,7 @@ impl EtcdRecords {
             leader,
             zone,
             served_revision: AtomicI64::new(0),
+            updating: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -69,6 +75,11 @@ impl EtcdRecords {
     /// Loads the records from etcd into the local zone when they changed. On error the zone keeps
     /// answering with what it last loaded.
     pub async fn sync(&self) -> Result<bool, DnsError> {
+        let _updating = self.updating.lock().await;
+        self.sync_locked().await
+    }
+
+    async fn sync_locked(&self) -> Result<bool, DnsError> {
         let (sets, revision) = self.read().await?;
         if revision == self.served_revision.load(Ordering::SeqCst) {
             return Ok(false);
@@ -80,11 +91,9 @@ impl EtcdRecords {
 
 #[async_trait]
 impl DnsProvider for EtcdRecords {
+    /// The records of this controller's copy (what it serves); changes are checked against etcd.
     async fn records(&self, names: &[String]) -> Result<Vec<RecordSet>, DnsError> {
-        let (sets, _) = self.read().await?;
-        let scratch = Zone::new(self.zone.origin());
-        scratch.replace_all(sets);
-        scratch.records(names).await
+        self.zone.records(names).await
     }
 
     async fn apply(&self, changes: &[Change]) -> Result<(), DnsError> {
@@ -92,20 +101,34 @@ impl DnsProvider for EtcdRecords {
             .leader
             .fence()
             .ok_or_else(|| DnsError::Fenced("this controller is not the leader".into()))?;
-        let (sets, revision) = self.read().await?;
+        let _updating = self.updating.lock().await;
+        if self.served_revision.load(Ordering::SeqCst) == 0 {
+            self.sync_locked().await?;
+        }
         // The zone's own rules (preconditions, CNAME exclusivity, zone membership) on a copy.
         let scratch = Zone::new(self.zone.origin());
-        scratch.replace_all(sets);
+        scratch.replace_all(self.zone.snapshot());
         scratch.apply_changes(changes)?;
         let next = scratch.snapshot();
         let bytes = serde_json::to_vec(&next).expect("record sets serialize");
-        let written = self
+        let revision = self.served_revision.load(Ordering::SeqCst);
+        match self
             .coord
             .swap_fenced(fence, RECORDS_KEY, Some(revision), &bytes)
             .await
-            .map_err(coord_error)?;
-        self.served_revision.store(written, Ordering::SeqCst);
-        self.zone.replace_all(next);
-        Ok(())
+        {
+            Ok(written) => {
+                self.served_revision.store(written, Ordering::SeqCst);
+                self.zone.replace_all(next);
+                Ok(())
+            }
+            Err(error) => {
+                // Our copy was behind: read it again, so the next pass plans from etcd's records.
+                if matches!(error, CoordError::Conflict { .. }) {
+                    let _ = self.sync_locked().await;
+                }
+                Err(coord_error(error))
+            }
+        }
     }
 }
