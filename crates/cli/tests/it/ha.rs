@@ -91,6 +91,7 @@ async fn every_site_serves_the_name_and_the_survivors_carry_on_without_the_leade
     let cell = std::sync::Arc::new(LeaderCell::default());
     cell.set(Some(stale));
     let records = EtcdRecords::new(coord, cell, std::sync::Arc::new(Zone::new(&lab.spec.zone)));
+    records.sync().await.unwrap();
     let global = lab.name("demo");
     let current = records
         .records(std::slice::from_ref(&global))
