@@ -56,6 +56,8 @@ pub enum Withheld {
     RegionStillPresent { region: String },
     /// Fewer than a majority of sites see the writer down.
     NoMajority { down: usize, needed: usize },
+    /// What the sites see could not be read.
+    Unreadable { reason: String },
 }
 
 impl std::fmt::Display for Withheld {
@@ -69,6 +71,7 @@ impl std::fmt::Display for Withheld {
                 f,
                 "only {down} site(s) see the writer down, {needed} needed: no failover from a minority view"
             ),
+            Withheld::Unreadable { reason } => write!(f, "{reason}"),
         }
     }
 }
@@ -620,18 +623,46 @@ impl Controller {
     /// single-process shape (nothing to ask).
     pub(crate) async fn cross_region_withheld(&self, writer: NodeId) -> Option<String> {
         let ha = self.ha()?;
-        let epoch = self.epoch()?;
-        let present: Vec<String> = match ha.coord.list("sites").await {
-            Ok(sites) => sites.into_iter().map(|(site, _)| site).collect(),
-            Err(error) => return Some(format!("cannot read the sites from etcd: {error}")),
+        // The writer's region still holding its lease is the one obstacle that time removes by
+        // itself: wait for it here, at most a TTL, rather than a whole pass later.
+        let waiting_since = Instant::now();
+        loop {
+            match self.cross_region_verdict_now(ha, writer).await {
+                Err(Withheld::RegionStillPresent { .. })
+                    if waiting_since.elapsed() < ha.coord.ttl() && ha.leader.is_leader() =>
+                {
+                    tokio::time::sleep(FOLLOWER_TICK).await;
+                }
+                Err(withheld) => return Some(withheld.to_string()),
+                Ok(()) => return None,
+            }
+        }
+    }
+
+    /// Reads the sites present and their views from etcd and decides.
+    async fn cross_region_verdict_now(&self, ha: &Ha, writer: NodeId) -> Result<(), Withheld> {
+        let Some(epoch) = self.epoch() else {
+            return Ok(());
         };
-        let mut views: Vec<(String, View)> = match ha.coord.list("views").await {
-            Ok(views) => views
-                .into_iter()
-                .filter_map(|(site, bytes)| Some((site, serde_json::from_slice(&bytes).ok()?)))
-                .collect(),
-            Err(error) => return Some(format!("cannot read the sites' views from etcd: {error}")),
+        let unreadable = |what: &str, error: valkey_dr_coord::CoordError| Withheld::Unreadable {
+            reason: format!("cannot read the {what} from etcd: {error}"),
         };
+        let present: Vec<String> = ha
+            .coord
+            .list("sites")
+            .await
+            .map_err(|e| unreadable("sites", e))?
+            .into_iter()
+            .map(|(site, _)| site)
+            .collect();
+        let mut views: Vec<(String, View)> = ha
+            .coord
+            .list("views")
+            .await
+            .map_err(|e| unreadable("sites' views", e))?
+            .into_iter()
+            .filter_map(|(site, bytes)| Some((site, serde_json::from_slice(&bytes).ok()?)))
+            .collect();
         // The leader's own, current view (what it published may be a pass old).
         views.retain(|(site, _)| site != ha.site());
         views.push((
@@ -645,8 +676,6 @@ impl Controller {
         ));
         let region = &self.topology.region_of(writer).name;
         cross_region_verdict(&ha.config, region, &present, &views, epoch.epoch, now_ms())
-            .err()
-            .map(|w| w.to_string())
     }
 }
 

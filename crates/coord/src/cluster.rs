@@ -166,6 +166,47 @@ pub fn spawn_error(e: std::io::Error) -> ClusterError {
     }
 }
 
+/// Makes the member named `name` etcd's raft leader (asked of every member in turn: only the
+/// current leader can hand over). A raft leader change extends every lease by a full TTL, so
+/// the leader belongs where an isolation is least likely: the witness.
+pub async fn move_leader_to(endpoints: &[String], name: &str) -> Result<(), ClusterError> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_timeout(Duration::from_secs(2));
+    let error = |e: etcd_client::Error| ClusterError::Io(e.to_string());
+    let mut client = etcd_client::Client::connect(endpoints, Some(options.clone()))
+        .await
+        .map_err(error)?;
+    let members = client.member_list().await.map_err(error)?;
+    let target = members
+        .members()
+        .iter()
+        .find(|m| m.name() == name)
+        .map(|m| m.id())
+        .ok_or_else(|| ClusterError::Io(format!("no etcd member named {name}")))?;
+    for endpoint in endpoints {
+        let Ok(mut member) = etcd_client::Client::connect([endpoint], Some(options.clone())).await
+        else {
+            continue;
+        };
+        let Ok(status) = member.status().await else {
+            continue;
+        };
+        if status.leader() == target {
+            return Ok(());
+        }
+        if status
+            .header()
+            .is_some_and(|h| h.member_id() == status.leader())
+        {
+            return member.move_leader(target).await.map(|_| ()).map_err(error);
+        }
+    }
+    Err(ClusterError::Io(
+        "no etcd member answered as the leader".into(),
+    ))
+}
+
 /// Waits until a quorum of the members at `endpoints` answers a write.
 pub async fn wait_ready(
     endpoints: &[String],
