@@ -451,7 +451,7 @@ impl Controller {
             if let Some(held) = &claim {
                 if renewed {
                     let mut shared = ha.shared();
-                    if !shared.present_until.is_some_and(|t| Instant::now() < t) {
+                    if shared.present_until.is_none_or(|t| Instant::now() >= t) {
                         shared.present_since = Some(Instant::now());
                     }
                     shared.present_until = Some(held.act_until());
