@@ -377,17 +377,7 @@ impl Controller {
         let history = now.history();
         self.memory.lock().expect("memory lock").last_writer =
             Some((epoch.primary, history.clone()));
-        if let Err(e) = self
-            .state
-            .update(|s| {
-                let mut next = s.cloned()?;
-                next.writer_history = Some(history);
-                Some(next)
-            })
-            .await
-        {
-            self.state_write_failed(&e);
-        }
+        self.record_writer_history(history).await;
         self.memory.lock().expect("memory lock").data_loss = Some(lost);
     }
 

@@ -228,6 +228,25 @@ impl Controller {
             .map(|_| ())
     }
 
+    /// Records the writer's replication history durably; a failed write is reported (the next
+    /// change of history records it again).
+    pub(crate) async fn record_writer_history(
+        &self,
+        history: valkey_dr_core::observation::History,
+    ) {
+        if let Err(e) = self
+            .state
+            .update(|s| {
+                let mut next = s.cloned()?;
+                next.writer_history = Some(history);
+                Some(next)
+            })
+            .await
+        {
+            self.state_write_failed(&e);
+        }
+    }
+
     /// Reports a failed state write (the action it guarded is not taken).
     pub(crate) fn state_write_failed(&self, error: &state::StateError) {
         self.events.emit(

@@ -458,17 +458,8 @@ impl Controller {
             (!std::mem::replace(&mut memory.started, true), new_history)
         };
         // The replication id changes only at promotions and restarts: record it durably then.
-        if let Some(history) = new_history
-            && let Err(e) = self
-                .state
-                .update(|s| {
-                    let mut next = s.cloned()?;
-                    next.writer_history = Some(history);
-                    Some(next)
-                })
-                .await
-        {
-            self.state_write_failed(&e);
+        if let Some(history) = new_history {
+            self.record_writer_history(history).await;
         }
         if first {
             let _ = self

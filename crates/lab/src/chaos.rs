@@ -939,26 +939,44 @@ impl Monitor {
                     .filter(|(_, r)| r.as_ref().is_ok_and(|i| i.is_primary()))
                     .map(|((ip, _), _)| *ip)
                     .collect();
-                let target = resolver
-                    .resolve(&name)
-                    .await
-                    .ok()
-                    .and_then(|(ips, _)| ips.first().copied());
-                let target_is_replica = target.is_some_and(|t| {
+                // What every site's DNS server says (None: not running, or no answer).
+                let answers: Vec<(bool, Option<std::net::IpAddr>)> =
+                    futures::future::join_all(servers.iter().map(|(r, pidfile)| {
+                        let name = name.clone();
+                        async move {
+                            let running = read_pid(pidfile).is_some_and(crate::process::is_running);
+                            let target = r
+                                .resolve(&name)
+                                .await
+                                .ok()
+                                .and_then(|(ips, _)| ips.first().copied());
+                            (running, target)
+                        }
+                    }))
+                    .await;
+                let is_replica = |t: std::net::IpAddr| {
                     nodes
                         .iter()
                         .zip(&roles)
                         .any(|((ip, _), r)| *ip == t && r.as_ref().is_ok_and(|i| !i.is_primary()))
-                });
-                let answers = futures::future::join_all(servers.iter().map(|(r, pidfile)| {
-                    let name = name.clone();
-                    async move {
-                        let running = read_pid(pidfile).is_some_and(crate::process::is_running);
-                        let answered = r.resolve(&name).await.is_ok_and(|(ips, _)| !ips.is_empty());
-                        !running || answered
-                    }
-                }))
-                .await;
+                };
+                // The name as the main DNS address gives it, else as the first site that answers.
+                let target = resolver
+                    .resolve(&name)
+                    .await
+                    .ok()
+                    .and_then(|(ips, _)| ips.first().copied())
+                    .or_else(|| answers.iter().find_map(|(_, t)| *t));
+                // On a replica if any site leads there.
+                let target_is_replica = answers
+                    .iter()
+                    .filter_map(|(_, t)| *t)
+                    .chain(target)
+                    .any(is_replica);
+                let answers: Vec<bool> = answers
+                    .iter()
+                    .map(|(running, t)| !running || t.is_some())
+                    .collect();
                 if target.is_some() && seen.last_target.is_some() && target != seen.last_target {
                     seen.name_changes += 1;
                 }
