@@ -409,6 +409,8 @@ impl Controller {
                     "leader_elected",
                     json!({ "site": ha.site(), "token": won.token, "epoch": self.epoch().map(|e| e.epoch) }),
                 );
+                // Act at once: a promotion the old leader left half done is settled now.
+                self.wake.notify_one();
                 Some(won)
             }
             Err(error) => {

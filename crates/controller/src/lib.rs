@@ -72,6 +72,8 @@ pub struct Controller {
     pub(crate) topology_lock: tokio::sync::Mutex<()>,
     pub(crate) memory: std::sync::Mutex<reconcile::Memory>,
     pub(crate) health: std::sync::Mutex<failover::Health>,
+    /// Wakes the reconcile loop for a pass now (a new leader acts at once).
+    pub(crate) wake: tokio::sync::Notify,
     /// Fault injection for crash tests: `VALKEY_DR_FAULT=crash-after:<step>` makes the process
     /// abort right after that promotion step, as a crash or `kill -9` would.
     fault: Option<String>,
@@ -159,6 +161,7 @@ impl Controller {
             topology_lock: tokio::sync::Mutex::new(()),
             memory: std::sync::Mutex::new(reconcile::Memory::default()),
             health: std::sync::Mutex::new(failover::Health::default()),
+            wake: tokio::sync::Notify::new(),
             fault: std::env::var("VALKEY_DR_FAULT").ok(),
             config,
         })
@@ -364,6 +367,7 @@ impl Controller {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.watch_writer(probe_interval) => {}
+                _ = self.wake.notified() => {}
             }
         }
     }

@@ -273,7 +273,8 @@ pub struct ChaosReport {
     pub final_one_writer: bool,
     pub final_name_on_writer: bool,
     pub final_healthy: bool,
-    /// How often the name's target changed (more than the failovers: a double flip).
+    /// The most times one site's DNS answer for the name changed (more than the failovers: a
+    /// double flip).
     pub name_changes: u64,
     /// Time during which some running controller's DNS server did not answer for the name.
     pub name_unresolved_ms: u64,
@@ -836,6 +837,17 @@ impl<'a> Lab<'a> {
     }
 }
 
+/// The name's first address from one DNS server, or None when it does not answer at once: a
+/// stopped server must not slow the monitor's samples down (each sample's time is charged to
+/// what it saw).
+async fn quick_resolve(resolver: &StubResolver, name: &str) -> Option<std::net::IpAddr> {
+    tokio::time::timeout(Duration::from_millis(150), resolver.resolve(name))
+        .await
+        .ok()?
+        .ok()
+        .and_then(|(ips, _)| ips.first().copied())
+}
+
 fn read_pid(pidfile: &Path) -> Option<i32> {
     std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()
 }
@@ -889,8 +901,10 @@ struct Seen {
     name_on_replica: Spell,
     /// Some running controller's DNS server gave no address for the name.
     name_unresolved: Spell,
+    /// The most times one site's answer for the name changed.
     name_changes: u64,
-    last_target: Option<std::net::IpAddr>,
+    /// Per site: its last answer and how often it changed.
+    site_changes: Vec<(Option<std::net::IpAddr>, u64)>,
     last_masters: usize,
     last_name_on_master: bool,
 }
@@ -945,12 +959,7 @@ impl Monitor {
                         let name = name.clone();
                         async move {
                             let running = read_pid(pidfile).is_some_and(crate::process::is_running);
-                            let target = r
-                                .resolve(&name)
-                                .await
-                                .ok()
-                                .and_then(|(ips, _)| ips.first().copied());
-                            (running, target)
+                            (running, quick_resolve(r, &name).await)
                         }
                     }))
                     .await;
@@ -961,11 +970,8 @@ impl Monitor {
                         .any(|((ip, _), r)| *ip == t && r.as_ref().is_ok_and(|i| !i.is_primary()))
                 };
                 // The name as the main DNS address gives it, else as the first site that answers.
-                let target = resolver
-                    .resolve(&name)
+                let target = quick_resolve(&resolver, &name)
                     .await
-                    .ok()
-                    .and_then(|(ips, _)| ips.first().copied())
                     .or_else(|| answers.iter().find_map(|(_, t)| *t));
                 // On a replica if any site leads there.
                 let target_is_replica = answers
@@ -973,16 +979,21 @@ impl Monitor {
                     .filter_map(|(_, t)| *t)
                     .chain(target)
                     .any(is_replica);
+                // Each site's own sequence of answers: a double flip is one site leading back.
+                seen.site_changes.resize(answers.len(), (None, 0));
+                for ((_, target), (last, changes)) in answers.iter().zip(&mut seen.site_changes) {
+                    if target.is_some() && last.is_some() && target != last {
+                        *changes += 1;
+                    }
+                    if target.is_some() {
+                        *last = *target;
+                    }
+                }
+                seen.name_changes = seen.site_changes.iter().map(|(_, c)| *c).max().unwrap_or(0);
                 let answers: Vec<bool> = answers
                     .iter()
                     .map(|(running, t)| !running || t.is_some())
                     .collect();
-                if target.is_some() && seen.last_target.is_some() && target != seen.last_target {
-                    seen.name_changes += 1;
-                }
-                if target.is_some() {
-                    seen.last_target = target;
-                }
                 let elapsed = last.elapsed();
                 last = Instant::now();
                 seen.name_unresolved
