@@ -231,7 +231,16 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
                 }
             }
             // A site without data (the witness) is cut where it stands.
-            let regions: Vec<String> = regions.iter().map(|r| spec.vantage(r)).collect();
+            let regions: Vec<String> = regions
+                .iter()
+                .map(|r| {
+                    if spec.sites.contains(r) {
+                        spec.vantage(r)
+                    } else {
+                        r.clone()
+                    }
+                })
+                .collect();
             valkey_dr_lab::link::set_partition(&spec.dir, &regions.iter().cloned().collect())
                 .await?;
             if regions == [valkey_dr_lab::link::LINK] {
