@@ -174,7 +174,10 @@ pub async fn execute(controller: &Arc<Controller>, request: Request) -> Value {
                 Err(e) => json!({ "error": e.to_string() }),
             }
         }
-        Request::Ack => json!({ "result": { "was_blocked": controller.ack().await } }),
+        Request::Ack => match controller.ack().await {
+            Ok(was_blocked) => json!({ "result": { "was_blocked": was_blocked } }),
+            Err(e) => json!({ "error": format!("ack not recorded: {e}") }),
+        },
         Request::Adopt { region } => match controller.adopt(&region).await {
             Ok(epoch) => json!({ "result": {
                 "epoch": epoch.epoch,

@@ -718,7 +718,7 @@ impl Controller {
     }
 
     /// `valkey-dr ack`: allow automatic failovers again and clear a reported data loss.
-    pub async fn ack(&self) -> bool {
+    pub async fn ack(&self) -> Result<bool, crate::state::StateError> {
         let mut was_blocked = false;
         if let Err(e) = self
             .state
@@ -732,14 +732,16 @@ impl Controller {
             })
             .await
         {
+            // Not recorded: the block stays, and the operator is told so.
             self.state_write_failed(&e);
+            return Err(e);
         }
         self.memory.lock().expect("memory lock").data_loss = None;
         self.events.emit(
             "failover_block_cleared",
             json!({ "was_blocked": was_blocked }),
         );
-        was_blocked
+        Ok(was_blocked)
     }
 
     /// Fences rogue masters (any master that is not the epoch's writer): demoted under the writer,

@@ -373,6 +373,8 @@ async fn without_a_writable_state_no_failover_happens() {
         engine.log()
     );
     assert_eq!(controller.epoch().unwrap().epoch, 1);
+    // An `ack` that cannot be recorded says so (it used to report the block cleared).
+    assert!(controller.ack().await.is_err());
     let _ = std::fs::remove_file(&state_dir);
 }
 

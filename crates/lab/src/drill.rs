@@ -240,7 +240,15 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
             .await
             .map_err(|e| DrillError::Lab(e.to_string()))?;
     }
-    let _ = control::request(&socket, &Request::Ack, |_| {}).await;
+    // Allow failovers again for the next drill; a leader change may refuse the first attempt.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while control::request(&socket, &Request::Ack, |_| {})
+        .await
+        .is_err()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let after = wait_healthy(&socket, Duration::from_secs(30)).await?;
     report.epoch_after = after["epoch"].as_u64().unwrap_or(0);
     report.new_primary = after["primary"].as_str().map(str::to_string);
