@@ -373,8 +373,6 @@ async fn without_a_writable_state_no_failover_happens() {
         engine.log()
     );
     assert_eq!(controller.epoch().unwrap().epoch, 1);
-    // An `ack` that cannot be recorded says so (it used to report the block cleared).
-    assert!(controller.ack().await.is_err());
     let _ = std::fs::remove_file(&state_dir);
 }
 
@@ -429,5 +427,28 @@ async fn a_blind_promotion_of_a_lagging_target_is_not_mistaken_for_a_lost_writer
     assert_eq!(
         promotions,
         vec![format!("PROMOTE {}", endpoint(REMOTE_HEAD))]
+    );
+}
+
+#[tokio::test]
+async fn an_ack_that_cannot_be_recorded_is_an_error_and_the_block_stays() {
+    let engine = world();
+    let controller = controller(&engine, "ack-unwritable");
+    controller.reconcile_once().await.unwrap();
+    engine.set(WRITER, |n| n.up = false);
+    passes(&controller, 10).await;
+    assert_eq!(controller.epoch().unwrap().epoch, 2, "{:?}", engine.log());
+    // The failover blocks the next one until `ack`; an ack that cannot be written must say so
+    // (it used to report the block cleared while it stayed).
+    let state_dir = controller.config().state_dir.clone();
+    let saved = state_dir.with_extension("saved");
+    std::fs::rename(&state_dir, &saved).unwrap();
+    std::fs::write(&state_dir, b"not a directory").unwrap();
+    assert!(controller.ack().await.is_err());
+    std::fs::remove_file(&state_dir).unwrap();
+    std::fs::rename(&saved, &state_dir).unwrap();
+    assert!(
+        controller.ack().await.unwrap(),
+        "the block was still in force"
     );
 }
