@@ -351,9 +351,13 @@ impl Controller {
         let mut unavailable_reported = false;
         loop {
             match claim.as_mut() {
-                Some(held) => match ha.coord.renew(held).await {
+                Some(held) => match ha.coord.renew_leadership(held).await {
                     Ok(()) => ha.leader.set(Some(held.fence())),
-                    Err(error) if !held.may_act(Instant::now()) => {
+                    // Gone in etcd (deposed), or no renewal within the window: stop at once.
+                    Err(error)
+                        if matches!(error, valkey_dr_coord::CoordError::Deposed { .. })
+                            || !held.may_act(Instant::now()) =>
+                    {
                         ha.leader.set(None);
                         claim = None;
                         self.events.emit(

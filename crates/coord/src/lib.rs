@@ -284,11 +284,37 @@ impl Coordinator {
         Ok(Err(holder))
     }
 
-    /// Renews the lease once. On success the leadership may act for another window from the time
-    /// the renewal was sent; on failure it keeps its old deadline, which passes by itself.
-    pub async fn renew(&self, leadership: &mut Claim) -> Result<(), CoordError> {
+    /// Renews the lease once. On success the claim counts for another window from the time the
+    /// renewal was sent; on failure it keeps its old deadline, which passes by itself.
+    pub async fn renew(&self, claim: &mut Claim) -> Result<(), CoordError> {
         let sent = Instant::now();
-        let lease = leadership.lease;
+        self.keep_alive(claim.lease).await?;
+        claim.act_until = sent + self.act_window();
+        Ok(())
+    }
+
+    /// Renews the leader's lease and confirms, by a linearizable read, that the leader key is
+    /// still the one this claim created: a keep-alive answer alone could come from a member
+    /// that has not yet learned it lost its own leadership. `Deposed` when the key is gone or
+    /// another's — the caller stops acting at once.
+    pub async fn renew_leadership(&self, leadership: &mut Leadership) -> Result<(), CoordError> {
+        let sent = Instant::now();
+        self.keep_alive(leadership.lease).await?;
+        let response = self.get_kv(self.leader_key.clone(), None).await?;
+        let ours = response
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == leadership.token);
+        if !ours {
+            return Err(CoordError::Deposed {
+                token: leadership.token,
+            });
+        }
+        leadership.act_until = sent + self.act_window();
+        Ok(())
+    }
+
+    async fn keep_alive(&self, lease: i64) -> Result<(), CoordError> {
         let ttl = self
             .call(|mut c| async move {
                 let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
@@ -299,7 +325,6 @@ impl Coordinator {
         if ttl <= 0 {
             return Err(CoordError::Expired);
         }
-        leadership.act_until = sent + self.act_window();
         Ok(())
     }
 

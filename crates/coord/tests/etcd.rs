@@ -152,3 +152,22 @@ async fn swaps_compare_the_revision_and_a_silent_sites_claim_expires() {
     assert!(east.list("sites").await.unwrap().is_empty());
     assert!(east.list("views").await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_key_is_gone_is_deposed_even_when_its_lease_still_renews() {
+    let cluster = cluster("gone").await;
+    let east = coordinator(&cluster, "us-east-1").await;
+    let mut leader = east.try_lead().await.unwrap().unwrap();
+    east.renew_leadership(&mut leader).await.unwrap();
+    // The key disappears while the lease lives on (an operator, or an early expiry in etcd):
+    // a keep-alive alone still succeeds, the leadership check does not.
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap();
+    raw.delete("/valkey-dr/test/leader", None).await.unwrap();
+    east.renew(&mut leader).await.unwrap();
+    assert!(matches!(
+        east.renew_leadership(&mut leader).await,
+        Err(CoordError::Deposed { .. })
+    ));
+}
