@@ -352,11 +352,29 @@ impl Controller {
         loop {
             match claim.as_mut() {
                 Some(held) => match ha.coord.renew_leadership(held).await {
-                    Ok(()) => ha.leader.set(Some(held.fence())),
-                    // Gone in etcd (deposed), or no renewal within the window: stop at once.
+                    Ok(()) => {
+                        ha.leader.set(Some(held.fence()));
+                        if self.should_hand_over(ha).await
+                            && let Ok(_idle) = self.topology_lock.try_lock()
+                            && let Some(held) = claim.take()
+                        {
+                            // Between passes and promotions: nothing is left half done.
+                            ha.leader.set(None);
+                            let _ = ha.coord.resign(held).await;
+                            self.events.emit(
+                                "leadership_handed_over",
+                                json!({ "site": ha.site(), "reason": "this site is the writer's region; another site leads so that losing this region does not cost a leader election too" }),
+                            );
+                        }
+                    }
+                    // Gone in etcd (deposed, or the lease expired or was revoked), or no renewal
+                    // within the window: stop at once.
                     Err(error)
-                        if matches!(error, valkey_dr_coord::CoordError::Deposed { .. })
-                            || !held.may_act(Instant::now()) =>
+                        if matches!(
+                            error,
+                            valkey_dr_coord::CoordError::Deposed { .. }
+                                | valkey_dr_coord::CoordError::Expired
+                        ) || !held.may_act(Instant::now()) =>
                     {
                         ha.leader.set(None);
                         claim = None;
@@ -372,6 +390,11 @@ impl Controller {
                 None => {
                     let outcome = match ha.coord.leader().await {
                         Ok(Some(holder)) => Ok(Err(holder)),
+                        // The writer's region leaves the key to the other sites while any is there.
+                        Ok(None) if self.should_hand_over(ha).await => {
+                            tokio::time::sleep(FOLLOWER_TICK).await;
+                            continue;
+                        }
                         Ok(None) => ha.coord.try_lead().await,
                         Err(error) => Err(error),
                     };
@@ -400,6 +423,22 @@ impl Controller {
             }
             tokio::time::sleep(ha.tick() / 2).await;
         }
+    }
+
+    /// True when this site is the writer's region and another site is present: the leader
+    /// belongs elsewhere, or losing this region would first cost a leader election (a TTL) and
+    /// only then a failover.
+    async fn should_hand_over(&self, ha: &Ha) -> bool {
+        let Some(epoch) = self.epoch() else {
+            return false;
+        };
+        if self.topology.region_of(epoch.primary).name != ha.site() {
+            return false;
+        }
+        ha.coord
+            .list("sites")
+            .await
+            .is_ok_and(|present| present.iter().any(|(site, _)| site != ha.site()))
     }
 
     /// A new leader acts only on the state as etcd holds it now: it reads it before it takes the
@@ -444,7 +483,18 @@ impl Controller {
         let mut published: Option<View> = None;
         loop {
             let renewed = match claim.as_mut() {
-                Some(held) => ha.coord.renew(held).await.is_ok(),
+                Some(held) => match ha.coord.renew(held).await {
+                    Ok(()) => true,
+                    // The key is gone in etcd (expired, or revoked): the leader may already read
+                    // this region as released, so the guard must fence now, not when the old
+                    // window runs out.
+                    Err(valkey_dr_coord::CoordError::Expired) => {
+                        ha.shared().present_until = None;
+                        claim = None;
+                        false
+                    }
+                    Err(_) => false,
+                },
                 None => match ha.coord.claim_site().await {
                     Ok(new) => {
                         claim = Some(new);

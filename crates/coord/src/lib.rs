@@ -317,9 +317,23 @@ impl Coordinator {
     async fn keep_alive(&self, lease: i64) -> Result<(), CoordError> {
         let ttl = self
             .call(|mut c| async move {
-                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                keeper.keep_alive().await?;
-                Ok(stream.message().await?.map_or(0, |reply| reply.ttl()))
+                // Opening the keep-alive stream sends one renewal and reads its answer.
+                match c.lease_keep_alive(lease).await {
+                    Ok(_) => Ok(1),
+                    // The lease is gone (expired, or revoked: etcd 3.4 revokes every lease when a
+                    // frozen raft leader resumes). etcd-client reports a zero TTL as this error.
+                    Err(etcd_client::Error::LeaseKeepAliveError(message))
+                        if message == "lease not found" =>
+                    {
+                        Ok(0)
+                    }
+                    Err(etcd_client::Error::GRpcStatus(status))
+                        if status.code() == tonic::Code::NotFound =>
+                    {
+                        Ok(0)
+                    }
+                    Err(e) => Err(e),
+                }
             })
             .await?;
         if ttl <= 0 {

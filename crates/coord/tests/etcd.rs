@@ -171,3 +171,21 @@ async fn a_leader_whose_key_is_gone_is_deposed_even_when_its_lease_still_renews(
         Err(CoordError::Deposed { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_lease_ends_the_leadership_at_once() {
+    let cluster = cluster("revoked").await;
+    let east = coordinator(&cluster, "us-east-1").await;
+    let mut leader = east.try_lead().await.unwrap().unwrap();
+    // etcd 3.4 revokes every lease when a frozen raft leader resumes: the leader's own clock
+    // still says it may act, the renewal must say it may not.
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap();
+    for lease in raw.leases().await.unwrap().leases() {
+        raw.lease_revoke(lease.id()).await.unwrap();
+    }
+    assert!(leader.may_act(Instant::now()));
+    let renewed = east.renew_leadership(&mut leader).await;
+    assert!(matches!(renewed, Err(CoordError::Expired)), "{renewed:?}");
+}
