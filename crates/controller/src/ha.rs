@@ -223,10 +223,10 @@ impl Ha {
         self.shared().fencing
     }
 
-    /// Half the renewal period: leases are renewed twelve times per TTL, so that a key expires
-    /// soon after its holder dies or is cut off.
-    fn tick(&self) -> Duration {
-        self.coord.ttl() / 6
+    /// How often leases are renewed: twelve times per TTL, so that a key expires soon after its
+    /// holder dies or is cut off.
+    fn renew_every(&self) -> Duration {
+        self.coord.ttl() / 12
     }
 }
 
@@ -421,7 +421,7 @@ impl Controller {
                     }
                 }
             }
-            tokio::time::sleep(ha.tick() / 2).await;
+            tokio::time::sleep(ha.renew_every()).await;
         }
     }
 
@@ -531,7 +531,7 @@ impl Controller {
             {
                 published = Some(view);
             }
-            tokio::time::sleep(ha.tick() / 2).await;
+            tokio::time::sleep(ha.renew_every()).await;
         }
     }
 
@@ -650,13 +650,12 @@ impl Controller {
         })
     }
 
-    /// Copies the state and the DNS records from etcd.
+    /// Reads the state from etcd (the records follow on their own, `follow_records`).
     pub(crate) async fn sync_from_etcd(&self, ha: &Ha) -> Result<(), crate::PassError> {
         if let Err(error) = self.state.reload().await {
             return Err(crate::PassError::Coordination(error.to_string()));
         }
         ha.note_synced();
-        ha.records.sync().await?;
         Ok(())
     }
 

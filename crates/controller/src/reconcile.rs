@@ -110,12 +110,11 @@ pub(crate) fn describe_node(controller: &Controller, o: &NodeObservation) -> Str
 impl Controller {
     pub async fn reconcile_once(&self) -> Result<PassOutcome, PassError> {
         let _guard = self.topology_lock.lock().await;
-        if let Some(ha) = self.ha() {
-            if !ha.leader.is_leader() {
-                return self.follow_once(ha).await;
-            }
-            // The leader's zone serves what etcd holds too (written by an earlier leader).
-            ha.records.sync().await?;
+        // The zone follows etcd on its own (`follow_records`); a pass only decides who acts.
+        if let Some(ha) = self.ha()
+            && !ha.leader.is_leader()
+        {
+            return self.follow_once(ha).await;
         }
         let outcome = self.reconcile_locked().await?;
         if let Some(ha) = self.ha() {

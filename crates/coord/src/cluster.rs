@@ -184,27 +184,37 @@ pub async fn move_leader_to(endpoints: &[String], name: &str) -> Result<(), Clus
         .find(|m| m.name() == name)
         .map(|m| m.id())
         .ok_or_else(|| ClusterError::Io(format!("no etcd member named {name}")))?;
-    for endpoint in endpoints {
-        let Ok(mut member) = etcd_client::Client::connect([endpoint], Some(options.clone())).await
-        else {
-            continue;
-        };
-        let Ok(status) = member.status().await else {
-            continue;
-        };
-        if status.leader() == target {
+    // A transfer is only started by the call; it can be dropped (a member still catching up).
+    // Ask again until every member agrees the target leads.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut leaders = Vec::new();
+        for endpoint in endpoints {
+            let Ok(mut member) =
+                etcd_client::Client::connect([endpoint], Some(options.clone())).await
+            else {
+                continue;
+            };
+            let Ok(status) = member.status().await else {
+                continue;
+            };
+            leaders.push(status.leader());
+            if status.leader() != target
+                && status
+                    .header()
+                    .is_some_and(|h| h.member_id() == status.leader())
+            {
+                let _ = member.move_leader(target).await;
+            }
+        }
+        if leaders.len() == endpoints.len() && leaders.iter().all(|l| *l == target) {
             return Ok(());
         }
-        if status
-            .header()
-            .is_some_and(|h| h.member_id() == status.leader())
-        {
-            return member.move_leader(target).await.map(|_| ()).map_err(error);
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(ClusterError::Io(
-        "no etcd member answered as the leader".into(),
-    ))
+    Err(ClusterError::Io(format!(
+        "etcd leadership did not move to {name}"
+    )))
 }
 
 /// Waits until a quorum of the members at `endpoints` answers a write.

@@ -189,3 +189,29 @@ async fn a_revoked_lease_ends_the_leadership_at_once() {
     let renewed = east.renew_leadership(&mut leader).await;
     assert!(matches!(renewed, Err(CoordError::Expired)), "{renewed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raft_leadership_moves_to_the_named_member() {
+    let cluster = cluster("move").await;
+    let endpoints = cluster.endpoints();
+    for target in ["etcd2", "etcd0"] {
+        valkey_dr_coord::cluster::move_leader_to(&endpoints, target)
+            .await
+            .unwrap();
+        let mut raw = etcd_client::Client::connect(&endpoints, None)
+            .await
+            .unwrap();
+        let members = raw.member_list().await.unwrap();
+        let id = members
+            .members()
+            .iter()
+            .find(|m| m.name() == target)
+            .unwrap()
+            .id();
+        assert_eq!(
+            raw.status().await.unwrap().leader(),
+            id,
+            "leader is {target}"
+        );
+    }
+}
