@@ -33,7 +33,7 @@ test-deps:
 	@bash scripts/install-deps.sh --test
 
 test: test-deps $(VENV)/.installed-$(MOTO_VERSION)-$(CFN_LINT_VERSION)
-	$(VENV)/bin/cfn-lint deploy/aws/valkey-dr.yaml
+	$(VENV)/bin/cfn-lint --regions us-east-2 us-west-2 -- deploy/aws/valkey-dr.yaml
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets --all-features -- -D warnings
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -25,6 +25,10 @@ pub struct AwsConfig {
     /// Wait until Route 53 reports the change INSYNC (seconds; 0 does not wait).
     #[serde(default = "default_insync_timeout")]
     pub insync_timeout_secs: u64,
+    /// The SNS topic this region's ElastiCache events arrive on (the Lambda's
+    /// `VALKEY_DR_EVENTS_TOPIC_ARN`): every message from it wakes a reconcile.
+    #[serde(default)]
+    pub events_topic_arn: Option<String>,
     /// What `valkey-dr aws deploy` creates; absent for a reconcile-only configuration.
     #[serde(default)]
     pub deploy: Option<crate::deploy::DeployConfig>,
@@ -148,6 +152,7 @@ impl AwsConfig {
             ("zone", "ZONE"),
             ("global_name", "GLOBAL_NAME"),
             ("owner", "OWNER"),
+            ("events_topic_arn", "EVENTS_TOPIC_ARN"),
         ] {
             if let Some(value) = var(name) {
                 text.push_str(&format!("{key} = {}\n", toml::Value::String(value)));
@@ -184,7 +189,7 @@ mod tests {
     fn the_example_file_is_valid() {
         let example = AwsConfig::parse(include_str!("../../../deploy/aws/aws.toml")).unwrap();
         let deploy = example.deploy.as_ref().expect("the example has [deploy]");
-        assert_eq!(deploy.secondary.region, "us-east-2");
+        assert_eq!(deploy.secondary.region, "us-west-2");
         assert!(example.targets().is_err(), "ids come from the stacks");
     }
 

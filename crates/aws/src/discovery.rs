@@ -93,22 +93,35 @@ pub async fn members(
     Ok(Some((members, settled)))
 }
 
-/// The replication group's primary endpoint; `Ok(None)` when the group does not exist.
-pub async fn endpoint(client: &Client, group_id: &str) -> Result<Option<String>, DiscoveryError> {
+/// The replication group's status and primary endpoint (once it has one); `Ok(None)` when the
+/// group does not exist.
+pub async fn group(
+    client: &Client,
+    group_id: &str,
+) -> Result<Option<(String, Option<String>)>, DiscoveryError> {
     match client
         .describe_replication_groups()
         .replication_group_id(group_id)
         .send()
         .await
     {
-        Ok(out) => match out.replication_groups().first() {
-            Some(group) => primary_endpoint(group)
-                .map(|e| Some(e.to_string()))
-                .ok_or_else(|| DiscoveryError::NoEndpoint(group_id.to_string())),
-            None => Ok(None),
-        },
+        Ok(out) => Ok(out.replication_groups().first().map(|group| {
+            (
+                group.status().unwrap_or_default().to_string(),
+                primary_endpoint(group).map(str::to_string),
+            )
+        })),
         Err(e) if e.code() == Some("ReplicationGroupNotFoundFault") => Ok(None),
         Err(e) => Err(api(e)),
+    }
+}
+
+/// The replication group's primary endpoint; `Ok(None)` when the group does not exist.
+pub async fn endpoint(client: &Client, group_id: &str) -> Result<Option<String>, DiscoveryError> {
+    match group(client, group_id).await? {
+        Some((_, Some(endpoint))) => Ok(Some(endpoint)),
+        Some((_, None)) => Err(DiscoveryError::NoEndpoint(group_id.to_string())),
+        None => Ok(None),
     }
 }
 

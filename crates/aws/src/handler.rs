@@ -150,10 +150,23 @@ pub async fn reconcile(config: &AwsConfig, backends: &Backends<'_>) -> Outcome {
     outcome
 }
 
-/// Handles one Lambda input event. Unrelated or malformed events are logged and change nothing;
-/// the result is still a success so that SNS does not retry them.
+/// The invocation's result: a reconcile that failed fails the invocation (Lambda's Errors metric,
+/// the template's alarm, and a retry for asynchronous invocations); an event that only was not
+/// for us succeeds, so that nothing retries it.
+pub fn respond(outcome: &Outcome) -> Result<Value, ReconcileFailed> {
+    if let Some(error) = &outcome.error {
+        return Err(ReconcileFailed(error.clone()));
+    }
+    Ok(serde_json::to_value(outcome).unwrap_or(Value::Null))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("reconcile failed: {0}")]
+pub struct ReconcileFailed(pub String);
+
+/// Handles one Lambda input event. Unrelated or malformed events are logged and change nothing.
 pub async fn handle(event: &Value, config: &AwsConfig, backends: &Backends<'_>) -> Outcome {
-    let (notifications, wanted) = triage(event);
+    let (notifications, wanted) = triage(event, config);
     if !wanted {
         return Outcome::new(notifications, false);
     }
@@ -163,23 +176,42 @@ pub async fn handle(event: &Value, config: &AwsConfig, backends: &Backends<'_>) 
     }
 }
 
-/// The event's notifications, logged, and whether any of them asks for a reconcile.
-fn triage(event: &Value) -> (Vec<Notification>, bool) {
+/// The event's notifications, logged, and whether it asks for a reconcile: any record from our own
+/// events topic does, whatever its message says (ElastiCache's event names and formats change; the
+/// parse is for the log), and so does any recognised notification from elsewhere.
+fn triage(event: &Value, config: &AwsConfig) -> (Vec<Notification>, bool) {
     let notifications = notification::parse(event);
     for n in &notifications {
         tracing::info!(notification = ?n, "event received");
     }
-    let wanted = notifications
-        .iter()
-        .any(|n| !matches!(n, Notification::Ignored { .. }));
+    let from_our_topic = config.events_topic_arn.as_deref().is_some_and(|ours| {
+        event
+            .get("Records")
+            .and_then(Value::as_array)
+            .is_some_and(|records| {
+                records
+                    .iter()
+                    .any(|r| r.pointer("/Sns/TopicArn").and_then(Value::as_str) == Some(ours))
+            })
+    });
+    let wanted = from_our_topic
+        || notifications
+            .iter()
+            .any(|n| !matches!(n, Notification::Ignored { .. }));
     (notifications, wanted)
 }
 
 /// Handles one event with clients from the standard SDK configuration: what the Lambda does, for
-/// `valkey-dr aws handle-event` and `valkey-dr aws reconcile` on an operator's machine.
-pub async fn handle_with_sdk(event: &Value, config: &AwsConfig) -> Outcome {
-    handle_loading(event, config, || {
-        aws_config::load_defaults(aws_config::BehaviorVersion::latest())
+/// `valkey-dr aws handle-event` and `valkey-dr aws reconcile` on an operator's machine. `region`
+/// (when given) is where ElastiCache is asked: after a regional failure, the surviving region.
+pub async fn handle_with_sdk(event: &Value, config: &AwsConfig, region: Option<&str>) -> Outcome {
+    let region = region.map(|r| aws_config::Region::new(r.to_string()));
+    handle_loading(event, config, || async move {
+        let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        match region {
+            Some(region) => loader.region(region).load().await,
+            None => loader.load().await,
+        }
     })
     .await
 }
@@ -191,7 +223,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = aws_config::SdkConfig>,
 {
-    let (notifications, wanted) = triage(event);
+    let (notifications, wanted) = triage(event, config);
     if !wanted {
         return Outcome::new(notifications, false);
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use valkey_dr_aws::AwsConfig;
-use valkey_dr_aws::handler::{Backends, handle};
+use valkey_dr_aws::handler::{Backends, ReconcileFailed, handle, respond};
 use valkey_dr_aws::route53::Route53;
 use valkey_dr_dns::DnsProvider;
 
@@ -150,6 +150,74 @@ async fn unrelated_or_malformed_events_change_nothing_and_succeed() {
     }
     assert_eq!(rules[0].num_calls(), 0, "ElastiCache was not even asked");
     assert!(cname(&dns).await.is_empty());
+}
+
+const OUR_TOPIC: &str = "arn:aws:sns:us-east-2:123456789012:valkey-dr-EventsTopic-1";
+
+fn sns_from(topic: &str, message: &str) -> serde_json::Value {
+    json!({ "Records": [{
+        "EventSource": "aws:sns",
+        "Sns": { "TopicArn": topic, "Message": message }
+    }] })
+}
+
+#[tokio::test]
+async fn any_message_from_our_topic_wakes_a_reconcile_and_a_failed_one_fails_the_invocation() {
+    let moto = common::moto().await;
+    let route53 = common::route53(&moto);
+    let zone_id = common::hosted_zone(&route53, "valkey-dr.internal").await;
+    let dns = Route53::new(route53, &zone_id, Duration::from_secs(5));
+    let config = AwsConfig {
+        events_topic_arn: Some(OUR_TOPIC.into()),
+        ..config(&zone_id)
+    };
+    let (client, _rules) = common::elasticache("us-east-2");
+    let backends = Backends {
+        elasticache: client.clone(),
+        regional: Box::new(move |_| client.clone()),
+        dns: &dns,
+    };
+    // A message format nobody has seen yet, on our own topic: reconcile anyway.
+    let outcome = handle(
+        &sns_from(OUR_TOPIC, "ElastiCache has a brand new event format"),
+        &config,
+        &backends,
+    )
+    .await;
+    assert!(outcome.reconciled);
+    assert_eq!(outcome.error, None);
+    assert_eq!(
+        cname(&dns).await,
+        vec!["master.valkey-dr-us-east-2.abc123.cache.amazonaws.com."]
+    );
+    assert!(respond(&outcome).is_ok());
+    // The same message from another topic is only logged.
+    let outcome = handle(
+        &sns_from("arn:aws:sns:us-east-2:123456789012:other", "hello"),
+        &config,
+        &backends,
+    )
+    .await;
+    assert!(!outcome.reconciled);
+    assert!(
+        respond(&outcome).is_ok(),
+        "nothing retries what is not for us"
+    );
+
+    // A reconcile that fails (moto has no such datastore) fails the invocation.
+    let missing = aws_sdk_elasticache::Client::new(&common::sdk(&moto, "us-east-2"));
+    let failing = Backends {
+        elasticache: missing.clone(),
+        regional: Box::new(move |_| missing.clone()),
+        dns: &dns,
+    };
+    let outcome = handle(&json!({ "action": "reconcile" }), &config, &failing).await;
+    assert!(outcome.reconciled);
+    let error = respond(&outcome).unwrap_err();
+    assert!(
+        matches!(&error, ReconcileFailed(e) if e.contains("not found")),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -258,29 +258,33 @@ async fn cloudformation_stack_lifecycle() {
 async fn global_datastore(moto: &common::Moto) -> (SdkDatastore, aws_config::SdkConfig) {
     let sdk = common::sdk(moto, "us-east-1");
     let client = |region: &str| valkey_dr_aws::discovery::client_in(&sdk, region);
-    for (region, group) in [("us-east-1", "vdr-primary"), ("us-east-2", "vdr-secondary")] {
-        let mut create = client(region)
-            .create_replication_group()
-            .replication_group_id(group)
-            .replication_group_description("valkey-dr test")
-            .engine("valkey")
-            .cache_node_type("cache.r7g.large")
-            .num_cache_clusters(2);
-        if region == "us-east-2" {
-            create = create.global_replication_group_id("ldgnf-valkey-dr");
-        } else {
-            create.send().await.expect("primary group");
-            client(region)
-                .create_global_replication_group()
-                .global_replication_group_id_suffix("valkey-dr")
-                .primary_replication_group_id(group)
-                .send()
-                .await
-                .expect("global datastore");
-            continue;
-        }
-        create.send().await.expect("secondary group");
-    }
+    client("us-east-1")
+        .create_replication_group()
+        .replication_group_id("vdr-primary")
+        .replication_group_description("valkey-dr test")
+        .engine("valkey")
+        .cache_node_type("cache.r7g.large")
+        .num_cache_clusters(2)
+        .send()
+        .await
+        .expect("primary group");
+    client("us-east-1")
+        .create_global_replication_group()
+        .global_replication_group_id_suffix("valkey-dr")
+        .primary_replication_group_id("vdr-primary")
+        .send()
+        .await
+        .expect("global datastore");
+    // A joining group takes engine, node type and the rest from the primary.
+    client("us-east-2")
+        .create_replication_group()
+        .replication_group_id("vdr-secondary")
+        .replication_group_description("valkey-dr test")
+        .global_replication_group_id("ldgnf-valkey-dr")
+        .num_cache_clusters(2)
+        .send()
+        .await
+        .expect("secondary group");
     (SdkDatastore::new(&sdk), sdk)
 }
 
@@ -313,17 +317,16 @@ async fn datastore_members_failover_endpoint_disassociate() {
             .await
             .unwrap()
     );
-    let endpoint = datastore
-        .endpoint("us-east-2", "vdr-secondary")
+    let group = datastore
+        .group("us-east-2", "vdr-secondary")
         .await
         .unwrap()
         .unwrap();
+    let endpoint = group.endpoint.unwrap();
     assert!(endpoint.starts_with("master.vdr-secondary."), "{endpoint}");
+    assert_eq!(group.status, "available");
     assert_eq!(
-        datastore
-            .endpoint("us-east-2", "vdr-nothing")
-            .await
-            .unwrap(),
+        datastore.group("us-east-2", "vdr-nothing").await.unwrap(),
         None
     );
 

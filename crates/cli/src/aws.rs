@@ -64,6 +64,7 @@ fn waits(config: &AwsConfig) -> Waits {
     config.deploy.as_ref().map(Waits::of).unwrap_or(Waits {
         poll: Duration::from_secs(10),
         limit: Duration::from_secs(3 * 3600),
+        drain: Duration::from_secs(60),
     })
 }
 
@@ -77,8 +78,14 @@ async fn resolved(config: &AwsConfig, cloud: &RealCloud) -> Result<AwsConfig> {
     })
 }
 
-async fn reconcile_now(config: &AwsConfig) -> Result<Outcome> {
-    let outcome = handle_with_sdk(&serde_json::json!({ "action": "reconcile" }), config).await;
+/// One reconcile now, asking ElastiCache in `region` (the promoted one) when given.
+async fn reconcile_now(config: &AwsConfig, region: Option<&str>) -> Result<Outcome> {
+    let outcome = handle_with_sdk(
+        &serde_json::json!({ "action": "reconcile" }),
+        config,
+        region,
+    )
+    .await;
     if let Some(error) = &outcome.error {
         bail!("reconcile failed: {error}");
     }
@@ -119,7 +126,7 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
                 deployed.changed
             );
             let config = resolved(&config, &cloud).await?;
-            report(&reconcile_now(&config).await?);
+            report(&reconcile_now(&config, None).await?);
             Ok(())
         }
         AwsCommand::Status { config } => {
@@ -169,7 +176,8 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
             let cloud = RealCloud::load().await?;
             let config = resolved(&config, &cloud).await?;
             deploy::promote(&config, &cloud.cloud(), &region, waits(&config), &say).await?;
-            report(&reconcile_now(&config).await?);
+            // From the promoted region: the old primary's region may be the one that failed.
+            report(&reconcile_now(&config, Some(&region)).await?);
             Ok(())
         }
         AwsCommand::Destroy { config, yes } => {
@@ -203,7 +211,7 @@ async fn handle(config: PathBuf, event: serde_json::Value) -> Result<()> {
     if config.targets().is_err() && config.deploy.is_some() {
         config = resolved(&config, &RealCloud::load().await?).await?;
     }
-    let outcome = handle_with_sdk(&event, &config).await;
+    let outcome = handle_with_sdk(&event, &config, None).await;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     if let Some(error) = outcome.error {
         bail!("reconcile failed: {error}");

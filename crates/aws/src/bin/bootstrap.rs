@@ -1,12 +1,13 @@
 //! The Lambda (custom runtime `provided.al2023`): every invocation — SNS, schedule, direct — runs
-//! the handler. Structured JSON logs. An event that is not for us still returns success, so SNS
-//! never retries it forever.
+//! the handler. Structured JSON logs. A failed reconcile fails the invocation (the Errors metric
+//! and the template's alarm see it); an event that is not for us returns success, so that nothing
+//! retries it.
 
 use std::time::Duration;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
-use valkey_dr_aws::handler::{Backends, handle};
+use valkey_dr_aws::handler::{Backends, handle, respond};
 use valkey_dr_aws::route53::Route53;
 
 #[tokio::main]
@@ -29,7 +30,7 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let outcome = handle(&event.payload, config, backends).await;
         tracing::info!(outcome = %serde_json::to_string(&outcome).unwrap_or_default(), "handled");
-        Ok::<Value, Error>(serde_json::to_value(outcome)?)
+        respond(&outcome).map_err(Error::from)
     }))
     .await
 }

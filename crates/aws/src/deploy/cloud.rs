@@ -18,6 +18,13 @@ pub enum CloudError {
 }
 
 impl CloudError {
+    /// AWS's error code, when it sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CloudError::Api { code, .. } => code.as_deref(),
+        }
+    }
+
     pub fn api(service: &'static str, code: Option<&str>, message: impl Into<String>) -> Self {
         CloudError::Api {
             service,
@@ -147,9 +154,30 @@ pub trait Datastore: Send + Sync {
         group: &str,
         group_region: &str,
     ) -> Result<(), CloudError>;
-    /// The group's primary endpoint, `None` when the group does not exist.
-    async fn endpoint(&self, region: &str, group: &str) -> Result<Option<String>, CloudError>;
+    /// The replication group, `None` when it does not exist.
+    async fn group(&self, region: &str, group: &str) -> Result<Option<Group>, CloudError>;
 }
+
+/// A replication group as deploy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// `available`, `modifying`, `creating`, `deleting`, …
+    pub status: String,
+    /// The primary endpoint's host name, once there is one.
+    pub endpoint: Option<String>,
+}
+
+/// The hosted zone, for what deploy itself must do in it (destroy removes our records, which
+/// CloudFormation does not know, before the stack can delete the zone).
+#[async_trait]
+pub trait Zones: Send + Sync {
+    async fn records(&self, zone_id: &str, names: &[String]) -> Result<Vec<RecordSet>, CloudError>;
+    /// One atomic batch; a delete must match the current record exactly (compare-and-swap).
+    async fn apply(&self, zone_id: &str, changes: &[Change]) -> Result<(), CloudError>;
+    async fn exists(&self, zone_id: &str) -> Result<bool, CloudError>;
+}
+
+pub use valkey_dr_core::{Change, RecordSet};
 
 /// Everything the orchestration talks to.
 pub struct Cloud<'a> {
@@ -157,4 +185,5 @@ pub struct Cloud<'a> {
     pub network: &'a dyn Network,
     pub artifacts: &'a dyn Artifacts,
     pub datastore: &'a dyn Datastore,
+    pub zones: &'a dyn Zones,
 }

@@ -18,8 +18,6 @@ pub struct DeployConfig {
     /// The global datastore id suffix (ElastiCache prefixes it with an account-specific string).
     #[serde(default = "default_environment")]
     pub global_datastore_suffix: String,
-    /// An existing S3 bucket in the primary region for the Lambda's code.
-    pub artifact_bucket: String,
     /// The zip built by `make lambda`.
     #[serde(default = "default_lambda_zip")]
     pub lambda_zip: PathBuf,
@@ -34,6 +32,9 @@ pub struct DeployConfig {
 #[serde(deny_unknown_fields)]
 pub struct RegionPlan {
     pub region: String,
+    /// An existing S3 bucket in this region for the Lambda's code (Lambda reads code only from a
+    /// bucket in its own region).
+    pub artifact_bucket: String,
     pub vpc_cidr: String,
     /// Two private subnets, one per availability zone.
     pub subnet_cidrs: [String; 2],
@@ -123,12 +124,24 @@ impl DeployConfig {
                 "2-31 lowercase letters, digits or '-', starting with a letter",
             ));
         }
-        if self.artifact_bucket.trim().is_empty() {
+        if !global_datastore_node_type(&self.node_type) {
             return Err(invalid(
-                "deploy.artifact_bucket",
-                "empty".into(),
-                "name an existing S3 bucket in the primary region",
+                "deploy.node_type",
+                format!("\"{}\" cannot run a global datastore", self.node_type),
+                "use a large or bigger M5, M6g, M7g, R5, R6g, R6gd, R7g or C7gn node, e.g. cache.r7g.large",
             ));
+        }
+        for (field, plan) in [
+            ("deploy.primary.artifact_bucket", &self.primary),
+            ("deploy.secondary.artifact_bucket", &self.secondary),
+        ] {
+            if !bucket_name_ok(&plan.artifact_bucket) {
+                return Err(invalid(
+                    field,
+                    format!("\"{}\" is not a usable bucket name", plan.artifact_bucket),
+                    "name an existing S3 bucket in that region: 3-63 lowercase letters, digits or '-', no dots (a dotted name breaks TLS to the bucket)",
+                ));
+            }
         }
         if self.primary.region == self.secondary.region {
             return Err(invalid(
@@ -158,6 +171,33 @@ impl DeployConfig {
         }
         Ok(())
     }
+}
+
+/// The node families and sizes ElastiCache global datastores support: large or bigger M5, M6g, M7g,
+/// R5, R6g, R6gd, R7g and C7gn (the template's AllowedPattern says the same).
+pub fn global_datastore_node_type(node_type: &str) -> bool {
+    const FAMILIES: [&str; 8] = ["m5", "m6g", "m7g", "r5", "r6g", "r6gd", "r7g", "c7gn"];
+    let mut parts = node_type.split('.');
+    let (Some("cache"), Some(family), Some(size), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let size_ok = size == "large"
+        || size
+            .strip_suffix("xlarge")
+            .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
+    FAMILIES.contains(&family) && size_ok
+}
+
+/// S3 bucket names that work with virtual-hosted TLS: no dots, 3-63 characters.
+fn bucket_name_ok(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 impl RegionPlan {
@@ -232,19 +272,43 @@ pub(crate) mod tests {
             environment: "valkey-dr".into(),
             node_type: "cache.r7g.large".into(),
             global_datastore_suffix: "valkey-dr".into(),
-            artifact_bucket: "artifacts".into(),
             lambda_zip: "lambda.zip".into(),
             primary: RegionPlan {
-                region: "us-east-1".into(),
+                region: "us-east-2".into(),
+                artifact_bucket: "artifacts-east".into(),
                 vpc_cidr: "10.1.0.0/16".into(),
                 subnet_cidrs: ["10.1.1.0/24".into(), "10.1.2.0/24".into()],
             },
             secondary: RegionPlan {
-                region: "us-east-2".into(),
+                region: "us-west-2".into(),
+                artifact_bucket: "artifacts-west".into(),
                 vpc_cidr: "10.2.0.0/16".into(),
                 subnet_cidrs: ["10.2.1.0/24".into(), "10.2.2.0/24".into()],
             },
             poll_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn node_types_of_global_datastores() {
+        for ok in [
+            "cache.r7g.large",
+            "cache.m5.xlarge",
+            "cache.r6gd.16xlarge",
+            "cache.c7gn.large",
+        ] {
+            assert!(global_datastore_node_type(ok), "{ok}");
+        }
+        for bad in [
+            "cache.t4g.medium",
+            "cache.r7g.medium",
+            "cache.r7g",
+            "r7g.large",
+            "cache.r7g.large.x",
+            "cache.r7g.xxlarge",
+            "cache.m4.large",
+        ] {
+            assert!(!global_datastore_node_type(bad), "{bad}");
         }
     }
 
@@ -277,7 +341,7 @@ pub(crate) mod tests {
     #[test]
     fn bad_plans_name_the_field() {
         type Edit = fn(&mut DeployConfig);
-        let cases: [(Edit, &str); 8] = [
+        let cases: [(Edit, &str); 11] = [
             (
                 |c| {
                     c.secondary.vpc_cidr = "10.1.128.0/17".into();
@@ -302,13 +366,25 @@ pub(crate) mod tests {
                 "`deploy.primary.vpc_cidr`: /8 is outside",
             ),
             (
-                |c| c.secondary.region = "us-east-1".into(),
+                |c| c.secondary.region = "us-east-2".into(),
                 "`deploy.secondary.region`: same region",
             ),
             (|c| c.environment = "Prod_1".into(), "`deploy.environment`"),
             (
-                |c| c.artifact_bucket = " ".into(),
-                "`deploy.artifact_bucket`",
+                |c| c.secondary.artifact_bucket = " ".into(),
+                "`deploy.secondary.artifact_bucket`",
+            ),
+            (
+                |c| c.primary.artifact_bucket = "my.artifacts".into(),
+                "`deploy.primary.artifact_bucket`: \"my.artifacts\" is not a usable bucket name",
+            ),
+            (
+                |c| c.node_type = "cache.t4g.medium".into(),
+                "`deploy.node_type`: \"cache.t4g.medium\" cannot run a global datastore",
+            ),
+            (
+                |c| c.node_type = "cache.r7g.medium".into(),
+                "`deploy.node_type`",
             ),
         ];
         assert_eq!(example().validate(), Ok(()));

@@ -6,6 +6,7 @@
 //! DNS-resolution options, which CloudFormation cannot. Every step first looks at what exists, so
 //! a second run changes nothing and an interrupted run continues where it stopped.
 
+pub mod artifact;
 pub mod cloud;
 pub mod config;
 pub mod sdk;
@@ -14,9 +15,10 @@ pub mod stages;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use cloud::{Cloud, CloudError, Member, PeeringSide, Stack};
+use artifact::{Artifact, ArtifactError};
+use cloud::{Change, Cloud, CloudError, Member, PeeringSide, Stack};
 pub use config::{DeployConfig, DeployConfigError};
-use stages::{Known, Role};
+use stages::{Known, Reconcile, Role};
 
 use crate::AwsConfig;
 use crate::config::Targets;
@@ -28,6 +30,8 @@ pub const TEMPLATE: &str = include_str!("../../../../deploy/aws/valkey-dr.yaml")
 pub enum DeployError {
     #[error(transparent)]
     Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
     #[error("{0}")]
     Config(String),
     #[error("stack {stack} in {region}: {status}{}", reason.as_deref().map(|r| format!(" — {r}")).unwrap_or_default())]
@@ -51,6 +55,9 @@ pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 pub struct Waits {
     pub poll: Duration,
     pub limit: Duration,
+    /// How long a reconcile already running may still write after the function is disabled: the
+    /// function's timeout (50 s in the template) plus a margin.
+    pub drain: Duration,
 }
 
 impl Waits {
@@ -58,6 +65,7 @@ impl Waits {
         Waits {
             poll: Duration::from_millis(deploy.poll_ms),
             limit: Duration::from_secs(3 * 3600),
+            drain: Duration::from_secs(60),
         }
     }
 }
@@ -97,30 +105,52 @@ pub async fn deploy(
     let deploy = deploy_config(config)?;
     let stack = |role| stages::stack_name(deploy, role);
     let region = |role| stages::region(deploy, role).to_string();
-    let key = artifact_key(zip);
+    let artifact = artifact::inspect(zip)?;
     let mut changed = 0;
 
     say(&format!(
-        "stage 1/6: Lambda code → s3://{}/{key}",
-        deploy.artifact_bucket
+        "stage 1/6: Lambda code ({}, glibc {}) → both regions' buckets",
+        artifact.architecture,
+        artifact
+            .glibc
+            .map(|(major, minor)| format!("{major}.{minor}"))
+            .unwrap_or_else(|| "static".into())
     ));
-    if cloud
-        .artifacts
-        .ensure(&region(Role::Primary), &deploy.artifact_bucket, &key, zip)
-        .await?
-    {
-        say("  uploaded");
-        changed += 1;
-    } else {
-        say("  already there");
+    for role in [Role::Primary, Role::Secondary] {
+        let bucket = &stages::plan(deploy, role).artifact_bucket;
+        let uploaded = cloud
+            .artifacts
+            .ensure(&region(role), bucket, &artifact.key, zip)
+            .await?;
+        say(&format!(
+            "  s3://{bucket}/{}: {}",
+            artifact.key,
+            if uploaded {
+                "uploaded"
+            } else {
+                "already there"
+            }
+        ));
+        changed += usize::from(uploaded);
     }
 
-    let mut primary_outputs = cloud
+    let existing_primary = cloud
         .stacks
         .describe(&region(Role::Primary), &stack(Role::Primary))
-        .await?
-        .map(|s| s.outputs)
-        .unwrap_or_default();
+        .await?;
+    if let Some(deployed) = existing_primary
+        .as_ref()
+        .and_then(|s| s.parameters.get("CacheNodeType"))
+        .filter(|deployed| **deployed != deploy.node_type)
+    {
+        // A member group's node type cannot be modified; the global datastore's can
+        // (ModifyGlobalReplicationGroup), which this command does not do.
+        return Err(DeployError::Config(format!(
+            "`deploy.node_type` is {} but the datastore runs {deployed}: ElastiCache rejects node type changes through a member group; change it on the global datastore (aws elasticache modify-global-replication-group --cache-node-type …), then set deploy.node_type to match",
+            deploy.node_type
+        )));
+    }
+    let mut primary_outputs = existing_primary.map(|s| s.outputs).unwrap_or_default();
     let mut known = Known::from_outputs(
         Some(&primary_outputs),
         cloud
@@ -132,7 +162,8 @@ pub async fn deploy(
     );
     let mut applied: BTreeMap<Role, BTreeMap<String, String>> = BTreeMap::new();
     for (index, role) in stages::DEPLOY_ORDER.into_iter().enumerate() {
-        let parameters = stages::parameters(config, deploy, role, &known, &key);
+        let parameters =
+            stages::parameters(config, deploy, role, &known, &artifact, Reconcile::Enabled);
         let title = format!(
             "stage {}/6: stack {} in {}",
             index + 2,
@@ -144,6 +175,23 @@ pub async fn deploy(
             continue;
         }
         say(&format!("{title} ({})", passes(&parameters)));
+        if role == Role::Secondary
+            && let Some(global) = &known.global_replication_group_id
+        {
+            // A group can join the datastore only once the datastore is available.
+            wait_until(
+                waits,
+                say,
+                &format!("global datastore {global} to be available"),
+                || async {
+                    cloud
+                        .datastore
+                        .settled(&region(Role::Primary), global)
+                        .await
+                },
+            )
+            .await?;
+        }
         let (outputs, did_change) =
             apply_stack(cloud, &region(role), &stack(role), &parameters, waits, say).await?;
         changed += usize::from(did_change);
@@ -188,6 +236,7 @@ pub async fn deploy(
 fn passes(parameters: &BTreeMap<String, String>) -> String {
     let passed: Vec<String> = [
         "GlobalReplicationGroupId",
+        "HostedZoneId",
         "PeerVpcId",
         "PeeringConnectionId",
     ]
@@ -212,7 +261,9 @@ fn targets_from(outputs: &BTreeMap<String, String>) -> Option<Targets> {
     })
 }
 
-/// The ids a reconcile needs: from the file, else from the primary stack's outputs.
+/// The ids a reconcile needs: from the file, else from whichever stack answers — the primary
+/// stack's outputs, or the secondary stack's parameters (it was deployed with both ids) when the
+/// primary region is down.
 pub async fn targets(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Targets, DeployError> {
     let from_file = config.targets();
     let Some(deploy) = &config.deploy else {
@@ -221,17 +272,29 @@ pub async fn targets(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Targets, D
     if let Ok(targets) = from_file {
         return Ok(targets);
     }
-    let name = stages::stack_name(deploy, Role::Primary);
-    let stack = cloud.stacks.describe(&deploy.primary.region, &name).await?;
-    stack
-        .as_ref()
-        .and_then(|s| targets_from(&s.outputs))
-        .ok_or_else(|| {
-            DeployError::Config(format!(
-                "stack {name} in {} is missing or has no GlobalReplicationGroupId/HostedZoneId outputs: run `valkey-dr aws deploy` first",
-                deploy.primary.region
-            ))
-        })
+    let mut problems = Vec::new();
+    for role in [Role::Primary, Role::Secondary] {
+        let name = stages::stack_name(deploy, role);
+        let region = stages::region(deploy, role);
+        match cloud.stacks.describe(region, &name).await {
+            Ok(Some(stack)) => {
+                let found = match role {
+                    Role::Primary => targets_from(&stack.outputs),
+                    Role::Secondary => targets_from(&stack.parameters),
+                };
+                if let Some(targets) = found {
+                    return Ok(targets);
+                }
+                problems.push(format!("stack {name} in {region} does not name them"));
+            }
+            Ok(None) => problems.push(format!("stack {name} in {region} does not exist")),
+            Err(e) => problems.push(format!("stack {name} in {region}: {e}")),
+        }
+    }
+    Err(DeployError::Config(format!(
+        "the global datastore and hosted zone ids are not in the config and no stack gives them ({}): run `valkey-dr aws deploy` first, or set global_replication_group_id and hosted_zone_id",
+        problems.join("; ")
+    )))
 }
 
 /// Creates or updates one stack and waits for it, printing its events. Returns its outputs and
@@ -491,8 +554,10 @@ async fn peering_dns(
 }
 
 /// `aws promote <region>`: makes the member in `region` the global datastore's primary through
-/// FailoverGlobalReplicationGroup and waits until ElastiCache reports it. Moving the name is the
-/// reconcile's job (the caller runs one right after, without waiting for the Lambda).
+/// FailoverGlobalReplicationGroup and waits until ElastiCache reports it. Every call goes to
+/// `region` itself: when this is the recovery from a regional failure, the old primary's region
+/// may not answer, so nothing here waits for it. Moving the name is the reconcile's job (the
+/// caller runs one from `region` right after, without waiting for the Lambda).
 pub async fn promote(
     config: &AwsConfig,
     cloud: &Cloud<'_>,
@@ -520,37 +585,42 @@ pub async fn promote(
         ));
         return Ok(target);
     }
-    let current = members
-        .iter()
-        .find(|m| m.role == "PRIMARY")
-        .map(|m| m.region.clone())
-        .unwrap_or_else(|| to_region.to_string());
-    wait_until(
-        waits,
-        say,
-        &format!("global datastore {global} to settle"),
-        || async { cloud.datastore.settled(&current, global).await },
-    )
-    .await?;
     say(&format!(
-        "failing over {global}: {} → {} ({to_region})",
+        "failing over {global} (asked in {to_region}): {} → {} ({to_region})",
         describe_members(&members),
         target.replication_group_id
     ));
-    cloud
-        .datastore
-        .failover(&current, global, to_region, &target.replication_group_id)
-        .await?;
+    // A change already in flight (another failover, a modification) makes ElastiCache refuse
+    // with InvalidGlobalReplicationGroupState: wait for it, asking again.
+    wait_until(
+        waits,
+        say,
+        &format!("{global} to accept the failover"),
+        || async {
+            match cloud
+                .datastore
+                .failover(to_region, global, to_region, &target.replication_group_id)
+                .await
+            {
+                Ok(()) => Ok(true),
+                Err(e) if e.code() == Some("InvalidGlobalReplicationGroupState") => {
+                    say(&format!("  busy ({e}); asking again"));
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await?;
     wait_until(
         waits,
         say,
         &format!("{to_region} to become primary"),
         || async {
             let members = cloud.datastore.members(to_region, global).await?;
-            let promoted = members
+            Ok(members
                 .iter()
-                .any(|m| m.region == to_region && m.role == "PRIMARY");
-            Ok(promoted && cloud.datastore.settled(to_region, global).await?)
+                .any(|m| m.region == to_region && m.role == "PRIMARY"))
         },
     )
     .await?;
@@ -640,10 +710,11 @@ where
     }
 }
 
-/// `aws destroy`: the deploy undone in reverse — secondary out of the global datastore, the
-/// peering removed (secondary route, then the primary's peering and zone association), the
-/// secondary stack deleted, then the primary — and checked: no replication group and no helper
-/// instance is left in either region.
+/// `aws destroy`: the deploy undone in reverse — secondary out of the global datastore; both
+/// stacks updated to stop their reconcile functions and drop the peering; our records removed
+/// from the zone by compare-and-swap (CloudFormation does not know them, and cannot delete a zone
+/// that holds them); the secondary stack deleted, then the primary — and checked: no replication
+/// group, helper instance or hosted zone is left.
 pub async fn destroy(
     config: &AwsConfig,
     cloud: &Cloud<'_>,
@@ -680,97 +751,66 @@ pub async fn destroy(
             output(s, "HelperInstanceId"),
         ));
     }
+    let zone_id = output(&primary, "HostedZoneId");
 
-    say("step 1/5: take the secondary out of the global datastore");
+    say("step 1/6: take the secondary out of the global datastore");
     if let Some(global) = output(&primary, "GlobalReplicationGroupId") {
-        let primary_group = output(&primary, "ReplicationGroupId");
-        let members = cloud
-            .datastore
-            .members(&region(Role::Primary), &global)
-            .await?;
-        let home = members
-            .iter()
-            .find(|m| Some(&m.replication_group_id) == primary_group.as_ref());
-        if let Some(home) = home.filter(|m| m.role != "PRIMARY") {
-            // The stack's datastore resource lists its own group as PRIMARY; deleting it while
-            // the roles are swapped would fail half-way.
-            say(&format!(
-                "  {} is not primary (promoted away earlier); failing back first",
-                home.replication_group_id
-            ));
-            promote(config, cloud, &home.region.clone(), waits, say).await?;
-        }
-        for member in cloud
-            .datastore
-            .members(&region(Role::Primary), &global)
-            .await?
-            .into_iter()
-            .filter(|m| m.role != "PRIMARY")
-        {
-            say(&format!(
-                "  disassociating {} ({})",
-                member.replication_group_id, member.region
-            ));
-            cloud
-                .datastore
-                .disassociate(
-                    &region(Role::Primary),
-                    &global,
-                    &member.replication_group_id,
-                    &member.region,
-                )
-                .await?;
-            wait_until(
-                waits,
-                say,
-                "the secondary to leave the datastore",
-                || async {
-                    let members = cloud
-                        .datastore
-                        .members(&region(Role::Primary), &global)
-                        .await?;
-                    Ok(!members
-                        .iter()
-                        .any(|m| m.replication_group_id == member.replication_group_id))
-                },
-            )
-            .await?;
-        }
+        leave_datastore(config, cloud, &global, &primary, waits, say).await?;
     } else {
         say("  no global datastore recorded");
     }
 
-    say(
-        "step 2/5: remove the VPC peering (secondary's route, then the primary's peering and zone association)",
-    );
-    let key = primary
-        .as_ref()
-        .and_then(|s| s.parameters.get("LambdaArtifactKey").cloned())
-        .unwrap_or_default();
-    // Everything known except the peering; the secondary keeps the datastore id it was deployed
-    // with (the primary does not use it).
-    let unpeered = Known {
-        global_replication_group_id: secondary
+    say("step 2/6: stop both reconcile functions and remove the VPC peering");
+    // Everything known except the peering; the secondary keeps the ids it was deployed with.
+    let kept = |key: &str| {
+        secondary
             .as_ref()
-            .and_then(|s| s.parameters.get("GlobalReplicationGroupId").cloned()),
+            .and_then(|s| s.parameters.get(key).cloned())
+    };
+    let unpeered = Known {
+        global_replication_group_id: kept("GlobalReplicationGroupId"),
+        hosted_zone_id: kept("HostedZoneId"),
         ..Known::default()
     };
+    let mut disabled = false;
     for (role, present) in [(Role::Secondary, &secondary), (Role::Primary, &primary)] {
         let Some(existing) = present else { continue };
-        let peered = ["PeeringConnectionId", "PeerVpcId"]
-            .iter()
-            .any(|k| existing.parameters.get(*k).is_some_and(|v| !v.is_empty()));
-        if !peered {
+        let artifact = deployed_artifact(existing);
+        let parameters = stages::parameters(
+            config,
+            deploy,
+            role,
+            &unpeered,
+            &artifact,
+            Reconcile::Disabled,
+        );
+        if parameters == existing.parameters {
             continue;
         }
-        let parameters = stages::parameters(config, deploy, role, &unpeered, &key);
         say(&format!("  updating {}", stack(role)));
         apply_stack(cloud, &region(role), &stack(role), &parameters, waits, say).await?;
+        disabled = true;
+    }
+    if disabled && !waits.drain.is_zero() {
+        say(&format!(
+            "  waiting {:?} for a reconcile already running to end",
+            waits.drain
+        ));
+        tokio::time::sleep(waits.drain).await;
     }
 
-    for (step, role) in [(3, Role::Secondary), (4, Role::Primary)] {
+    say("step 3/6: remove our records from the hosted zone");
+    if let Some(zone_id) = &zone_id
+        && cloud.zones.exists(zone_id).await?
+    {
+        remove_owned_records(config, cloud, zone_id, say).await?;
+    } else {
+        say("  no hosted zone");
+    }
+
+    for (step, role) in [(4, Role::Secondary), (5, Role::Primary)] {
         say(&format!(
-            "step {step}/5: delete stack {} in {}",
+            "step {step}/6: delete stack {} in {}",
             stack(role),
             region(role)
         ));
@@ -779,11 +819,11 @@ pub async fn destroy(
         }
     }
 
-    say("step 5/5: verify nothing is left");
+    say("step 6/6: verify nothing is left");
     let mut left = Vec::new();
     for (region, group, instance) in expected_gone {
         if let Some(group) = group {
-            if cloud.datastore.endpoint(&region, &group).await?.is_some() {
+            if cloud.datastore.group(&region, &group).await?.is_some() {
                 left.push(format!("replication group {group} in {region}"));
             } else {
                 say(&format!("  replication group {group} ({region}): gone"));
@@ -801,10 +841,155 @@ pub async fn destroy(
             }
         }
     }
+    if let Some(zone_id) = zone_id {
+        if cloud.zones.exists(&zone_id).await? {
+            left.push(format!("hosted zone {zone_id}"));
+        } else {
+            say(&format!("  hosted zone {zone_id}: gone"));
+        }
+    }
     if left.is_empty() {
         Ok(())
     } else {
         Err(DeployError::Leftovers(left.join(", ")))
+    }
+}
+
+/// Step 1 of destroy: restore the stacks' roles if a promotion swapped them, then disassociate
+/// every secondary and wait until its group is `available` again (a group still `modifying`
+/// cannot be deleted).
+async fn leave_datastore(
+    config: &AwsConfig,
+    cloud: &Cloud<'_>,
+    global: &str,
+    primary: &Option<Stack>,
+    waits: Waits,
+    say: Progress<'_>,
+) -> Result<(), DeployError> {
+    let deploy = deploy_config(config)?;
+    let home_region = stages::region(deploy, Role::Primary).to_string();
+    let primary_group = primary
+        .as_ref()
+        .and_then(|s| s.outputs.get("ReplicationGroupId").cloned());
+    let members = cloud.datastore.members(&home_region, global).await?;
+    let home = members
+        .iter()
+        .find(|m| Some(&m.replication_group_id) == primary_group.as_ref());
+    if let Some(home) = home.filter(|m| m.role != "PRIMARY") {
+        // The stack's datastore resource lists its own group as PRIMARY; deleting it while
+        // the roles are swapped would fail half-way.
+        say(&format!(
+            "  {} is not primary (promoted away earlier); failing back first",
+            home.replication_group_id
+        ));
+        promote(config, cloud, &home.region.clone(), waits, say).await?;
+    }
+    let settled = || async { cloud.datastore.settled(&home_region, global).await };
+    wait_until(waits, say, &format!("{global} to settle"), settled).await?;
+    for member in cloud
+        .datastore
+        .members(&home_region, global)
+        .await?
+        .into_iter()
+        .filter(|m| m.role != "PRIMARY")
+    {
+        say(&format!(
+            "  disassociating {} ({})",
+            member.replication_group_id, member.region
+        ));
+        cloud
+            .datastore
+            .disassociate(
+                &home_region,
+                global,
+                &member.replication_group_id,
+                &member.region,
+            )
+            .await?;
+        wait_until(
+            waits,
+            say,
+            &format!("{} to leave and be available", member.replication_group_id),
+            || async {
+                let members = cloud.datastore.members(&home_region, global).await?;
+                if members
+                    .iter()
+                    .any(|m| m.replication_group_id == member.replication_group_id)
+                {
+                    return Ok(false);
+                }
+                let group = cloud
+                    .datastore
+                    .group(&member.region, &member.replication_group_id)
+                    .await?;
+                Ok(group.is_none_or(|g| g.status == "available"))
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The Lambda artifact a stack was deployed with (destroy updates stacks without a new build).
+fn deployed_artifact(stack: &Stack) -> Artifact {
+    let parameter = |key: &str| stack.parameters.get(key).cloned().unwrap_or_default();
+    Artifact {
+        key: parameter("LambdaArtifactKey"),
+        architecture: if parameter("LambdaArchitecture") == "x86_64" {
+            artifact::Architecture::X86_64
+        } else {
+            artifact::Architecture::Arm64
+        },
+        glibc: None,
+    }
+}
+
+/// Deletes the name and its ownership TXT when the TXT says we own them, in one batch whose
+/// deletes must match the records exactly; records owned by someone else are left and reported.
+async fn remove_owned_records(
+    config: &AwsConfig,
+    cloud: &Cloud<'_>,
+    zone_id: &str,
+    say: Progress<'_>,
+) -> Result<(), DeployError> {
+    let names = config.names();
+    let current = cloud
+        .zones
+        .records(zone_id, &[names.global.clone(), names.ownership.clone()])
+        .await?;
+    let owner = current
+        .iter()
+        .filter(|r| r.name == names.ownership && r.rtype == valkey_dr_core::RecordType::Txt)
+        .flat_map(|r| r.values.iter())
+        .find_map(|v| valkey_dr_core::ownership::Ownership::parse(v))
+        .map(|o| o.owner);
+    match owner {
+        None if current.is_empty() => {
+            say("  none there");
+            Ok(())
+        }
+        Some(owner) if owner == names.owner => {
+            let changes: Vec<Change> = current
+                .into_iter()
+                .map(|old| Change::Delete { old })
+                .collect();
+            cloud.zones.apply(zone_id, &changes).await?;
+            say(&format!(
+                "  deleted {} record set(s) owned by \"{owner}\"",
+                changes.len()
+            ));
+            Ok(())
+        }
+        other => {
+            say(&format!(
+                "  {} is not ours ({}); left in place — the zone cannot be deleted while it is there",
+                names.global,
+                other
+                    .map(|o| format!("owned by \"{o}\""))
+                    .unwrap_or_else(|| "no ownership record".into())
+            ));
+            Ok(())
+        }
     }
 }
 
@@ -849,10 +1034,15 @@ pub async fn status(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Status, Dep
         .members(&asked_region, &targets.global_replication_group_id)
         .await?
     {
-        let endpoint = cloud
+        // A region that does not answer is shown, not fatal: status is what one reads in an outage.
+        let endpoint = match cloud
             .datastore
-            .endpoint(&member.region, &member.replication_group_id)
-            .await?;
+            .group(&member.region, &member.replication_group_id)
+            .await
+        {
+            Ok(group) => group.and_then(|g| g.endpoint),
+            Err(e) => Some(format!("unreachable: {e}")),
+        };
         status.members.push((member, endpoint));
     }
     status.targets = Some(targets);

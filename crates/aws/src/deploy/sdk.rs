@@ -8,8 +8,8 @@ use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_cloudformation::types::{Capability, Parameter, Tag};
 
 use super::cloud::{
-    Artifacts, CloudError, Datastore, Member, Network, Peering, PeeringSide, Stack, StackEvent,
-    Stacks,
+    Artifacts, Change, CloudError, Datastore, Group, Member, Network, Peering, PeeringSide,
+    RecordSet, Stack, StackEvent, Stacks, Zones,
 };
 use crate::discovery::{self, DiscoveryError};
 use crate::signed::{Service, SignedClient, SignedError, xml::Element};
@@ -366,7 +366,11 @@ impl Artifacts for S3Artifacts {
             .await
         {
             Ok(_) => return Ok(false),
-            Err(SignedError::Api { status: 404, .. }) => {}
+            // Without s3:ListBucket, S3 answers a missing object with 403, not 404: upload, and
+            // let the PUT's own answer tell whether we may write.
+            Err(SignedError::Api {
+                status: 404 | 403, ..
+            }) => {}
             Err(e) => return Err(signed_error("S3", e)),
         }
         self.client
@@ -464,10 +468,62 @@ impl Datastore for SdkDatastore {
         Ok(())
     }
 
-    async fn endpoint(&self, region: &str, group: &str) -> Result<Option<String>, CloudError> {
-        discovery::endpoint(&self.client(region), group)
+    async fn group(&self, region: &str, group: &str) -> Result<Option<Group>, CloudError> {
+        Ok(discovery::group(&self.client(region), group)
             .await
-            .map_err(discovery_error)
+            .map_err(discovery_error)?
+            .map(|(status, endpoint)| Group { status, endpoint }))
+    }
+}
+
+/// The hosted zone through the Route 53 provider (its compare-and-swap batches) and GetHostedZone.
+pub struct Route53Zones {
+    sdk: aws_config::SdkConfig,
+}
+
+impl Route53Zones {
+    fn provider(&self, zone_id: &str) -> crate::route53::Route53 {
+        crate::route53::Route53::new(
+            aws_sdk_route53::Client::new(&self.sdk),
+            zone_id,
+            std::time::Duration::ZERO,
+        )
+    }
+}
+
+fn dns_error(error: valkey_dr_dns::DnsError) -> CloudError {
+    CloudError::api("Route 53", None, error.to_string())
+}
+
+#[async_trait]
+impl Zones for Route53Zones {
+    async fn records(&self, zone_id: &str, names: &[String]) -> Result<Vec<RecordSet>, CloudError> {
+        use valkey_dr_dns::DnsProvider;
+        self.provider(zone_id)
+            .records(names)
+            .await
+            .map_err(dns_error)
+    }
+
+    async fn apply(&self, zone_id: &str, changes: &[Change]) -> Result<(), CloudError> {
+        use valkey_dr_dns::DnsProvider;
+        self.provider(zone_id)
+            .apply(changes)
+            .await
+            .map_err(dns_error)
+    }
+
+    async fn exists(&self, zone_id: &str) -> Result<bool, CloudError> {
+        match aws_sdk_route53::Client::new(&self.sdk)
+            .get_hosted_zone()
+            .id(zone_id.trim_start_matches("/hostedzone/"))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("NoSuchHostedZone") => Ok(false),
+            Err(e) => Err(sdk_error("Route 53", e)),
+        }
     }
 }
 
@@ -478,6 +534,7 @@ pub struct RealCloud {
     network: Ec2Network,
     artifacts: S3Artifacts,
     datastore: SdkDatastore,
+    zones: Route53Zones,
 }
 
 impl RealCloud {
@@ -489,6 +546,7 @@ impl RealCloud {
             network: Ec2Network::new(signed.clone()),
             artifacts: S3Artifacts::new(signed),
             datastore: SdkDatastore::new(&sdk),
+            zones: Route53Zones { sdk: sdk.clone() },
             sdk,
         })
     }
@@ -499,6 +557,7 @@ impl RealCloud {
             network: &self.network,
             artifacts: &self.artifacts,
             datastore: &self.datastore,
+            zones: &self.zones,
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::artifact::Artifact;
 use super::config::{DeployConfig, RegionPlan};
 use crate::AwsConfig;
 
@@ -26,6 +27,7 @@ impl Role {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Known {
     pub global_replication_group_id: Option<String>,
+    pub hosted_zone_id: Option<String>,
     pub secondary_vpc_id: Option<String>,
     pub peering_connection_id: Option<String>,
 }
@@ -58,6 +60,7 @@ impl Known {
                     &mut self.global_replication_group_id,
                     "GlobalReplicationGroupId",
                 );
+                take(&mut self.hosted_zone_id, "HostedZoneId");
                 take(&mut self.peering_connection_id, "PeeringConnectionId");
             }
             Role::Secondary => take(&mut self.secondary_vpc_id, "VpcId"),
@@ -73,22 +76,29 @@ pub fn region(deploy: &DeployConfig, role: Role) -> &str {
     &plan(deploy, role).region
 }
 
-fn plan(deploy: &DeployConfig, role: Role) -> &RegionPlan {
+pub fn plan(deploy: &DeployConfig, role: Role) -> &RegionPlan {
     match role {
         Role::Primary => &deploy.primary,
         Role::Secondary => &deploy.secondary,
     }
 }
 
-/// The stack parameters for `role` given what is known so far. `artifact_key` is the Lambda zip's
-/// content-addressed key (a new build changes the key, which is what makes CloudFormation update
-/// the function's code).
+/// Whether the stack's reconcile function runs (destroy turns it off before removing the records,
+/// so that the schedule does not put them back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconcile {
+    Enabled,
+    Disabled,
+}
+
+/// The stack parameters for `role` given what is known so far and the Lambda artifact.
 pub fn parameters(
     config: &AwsConfig,
     deploy: &DeployConfig,
     role: Role,
     known: &Known,
-    artifact_key: &str,
+    artifact: &Artifact,
+    reconcile: Reconcile,
 ) -> BTreeMap<String, String> {
     let own = plan(deploy, role);
     let peer = plan(
@@ -108,18 +118,27 @@ pub fn parameters(
     set("PrivateSubnet1Cidr", &own.subnet_cidrs[0]);
     set("PrivateSubnet2Cidr", &own.subnet_cidrs[1]);
     set("PeerVpcCidr", &peer.vpc_cidr);
+    // Both regions run the reconcile function: it must work while the other region is down.
+    set(
+        "GlobalReplicationGroupIdSuffix",
+        &deploy.global_datastore_suffix,
+    );
+    set("HostedZoneName", config.zone.trim_end_matches('.'));
+    set("GlobalRecordName", &config.global_name);
+    set("RecordTtl", &config.ttl.to_string());
+    set("LambdaArtifactBucket", &own.artifact_bucket);
+    set("LambdaArtifactKey", &artifact.key);
+    set("LambdaArchitecture", artifact.architecture.as_str());
+    set(
+        "Reconcile",
+        match reconcile {
+            Reconcile::Enabled => "enabled",
+            Reconcile::Disabled => "disabled",
+        },
+    );
     match role {
         Role::Primary => {
-            set(
-                "GlobalReplicationGroupIdSuffix",
-                &deploy.global_datastore_suffix,
-            );
             set("CacheNodeType", &deploy.node_type);
-            set("HostedZoneName", config.zone.trim_end_matches('.'));
-            set("GlobalRecordName", &config.global_name);
-            set("RecordTtl", &config.ttl.to_string());
-            set("LambdaArtifactBucket", &deploy.artifact_bucket);
-            set("LambdaArtifactKey", artifact_key);
             if let Some(vpc) = &known.secondary_vpc_id {
                 set("PeerVpcId", vpc);
                 set("PeerRegion", &peer.region);
@@ -128,6 +147,9 @@ pub fn parameters(
         Role::Secondary => {
             if let Some(id) = &known.global_replication_group_id {
                 set("GlobalReplicationGroupId", id);
+            }
+            if let Some(id) = &known.hosted_zone_id {
+                set("HostedZoneId", id);
             }
             if let Some(id) = &known.peering_connection_id {
                 set("PeeringConnectionId", id);
@@ -148,36 +170,51 @@ pub const DEPLOY_ORDER: [Role; 4] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy::artifact::Architecture;
     use crate::deploy::config::tests::example;
 
     fn config() -> AwsConfig {
         AwsConfig::parse("zone = \"valkey-dr.internal\"\nglobal_name = \"demo\"\n").unwrap()
     }
 
+    pub(crate) fn artifact() -> Artifact {
+        Artifact {
+            key: "key.zip".into(),
+            architecture: Architecture::X86_64,
+            glibc: Some((2, 34)),
+        }
+    }
+
+    pub(crate) fn everything() -> Known {
+        Known {
+            global_replication_group_id: Some("ldgnf-valkey-dr".into()),
+            hosted_zone_id: Some("Z1".into()),
+            secondary_vpc_id: Some("vpc-2".into()),
+            peering_connection_id: Some("pcx-1".into()),
+        }
+    }
+
     #[test]
     fn parameters_follow_what_is_known() {
         let deploy = example();
         let nothing = Known::default();
-        let all = Known {
-            global_replication_group_id: Some("ldgnf-valkey-dr".into()),
-            secondary_vpc_id: Some("vpc-2".into()),
-            peering_connection_id: Some("pcx-1".into()),
-        };
+        let all = everything();
         // (role, known, key, expected value; None = absent)
-        let cases: [(Role, &Known, &str, Option<&str>); 12] = [
+        let cases: [(Role, &Known, &str, Option<&str>); 17] = [
             (Role::Primary, &nothing, "Role", Some("primary")),
             (Role::Primary, &nothing, "VpcCidr", Some("10.1.0.0/16")),
             (Role::Primary, &nothing, "PeerVpcCidr", Some("10.2.0.0/16")),
             (Role::Primary, &nothing, "PeerVpcId", None),
             (Role::Primary, &all, "PeerVpcId", Some("vpc-2")),
-            (Role::Primary, &all, "PeerRegion", Some("us-east-2")),
+            (Role::Primary, &all, "PeerRegion", Some("us-west-2")),
             (Role::Primary, &all, "LambdaArtifactKey", Some("key.zip")),
             (
                 Role::Primary,
                 &all,
-                "HostedZoneName",
-                Some("valkey-dr.internal"),
+                "LambdaArtifactBucket",
+                Some("artifacts-east"),
             ),
+            (Role::Primary, &all, "HostedZoneId", None),
             (Role::Secondary, &nothing, "GlobalReplicationGroupId", None),
             (
                 Role::Secondary,
@@ -185,6 +222,7 @@ mod tests {
                 "GlobalReplicationGroupId",
                 Some("ldgnf-valkey-dr"),
             ),
+            (Role::Secondary, &all, "HostedZoneId", Some("Z1")),
             (Role::Secondary, &all, "PeeringConnectionId", Some("pcx-1")),
             (
                 Role::Secondary,
@@ -192,14 +230,52 @@ mod tests {
                 "PrivateSubnet2Cidr",
                 Some("10.2.2.0/24"),
             ),
+            // Both regions run the reconcile function, from their own region's bucket.
+            (
+                Role::Secondary,
+                &all,
+                "LambdaArtifactBucket",
+                Some("artifacts-west"),
+            ),
+            (Role::Secondary, &all, "LambdaArchitecture", Some("x86_64")),
+            (
+                Role::Secondary,
+                &all,
+                "HostedZoneName",
+                Some("valkey-dr.internal"),
+            ),
         ];
         for (role, known, key, expected) in cases {
-            let p = parameters(&config(), &deploy, role, known, "key.zip");
+            let p = parameters(
+                &config(),
+                &deploy,
+                role,
+                known,
+                &artifact(),
+                Reconcile::Enabled,
+            );
             assert_eq!(p.get(key).map(String::as_str), expected, "{role:?} {key}");
         }
         // A secondary never carries the primary-only settings.
-        let p = parameters(&config(), &deploy, Role::Secondary, &all, "key.zip");
-        assert!(!p.contains_key("LambdaArtifactBucket") && !p.contains_key("PeerVpcId"));
+        let p = parameters(
+            &config(),
+            &deploy,
+            Role::Secondary,
+            &all,
+            &artifact(),
+            Reconcile::Enabled,
+        );
+        assert!(!p.contains_key("CacheNodeType") && !p.contains_key("PeerVpcId"));
+        assert_eq!(p["Reconcile"], "enabled");
+        let p = parameters(
+            &config(),
+            &deploy,
+            Role::Primary,
+            &all,
+            &artifact(),
+            Reconcile::Disabled,
+        );
+        assert_eq!(p["Reconcile"], "disabled");
     }
 
     /// Every parameter deploy passes is declared by the template (CloudFormation rejects unknown
@@ -228,13 +304,15 @@ mod tests {
                 without_default.remove(name);
             }
         }
-        let all = Known {
-            global_replication_group_id: Some("g".into()),
-            secondary_vpc_id: Some("v".into()),
-            peering_connection_id: Some("p".into()),
-        };
         for role in [Role::Primary, Role::Secondary] {
-            let passed = parameters(&config(), &example(), role, &all, "k");
+            let passed = parameters(
+                &config(),
+                &example(),
+                role,
+                &everything(),
+                &artifact(),
+                Reconcile::Enabled,
+            );
             for key in passed.keys() {
                 assert!(declared.contains(key), "{key} is not a template parameter");
             }
@@ -249,6 +327,7 @@ mod tests {
     fn known_comes_from_both_stacks_outputs() {
         let primary = BTreeMap::from([
             ("GlobalReplicationGroupId".to_string(), "g".to_string()),
+            ("HostedZoneId".to_string(), "Z1".to_string()),
             ("PeeringConnectionId".to_string(), String::new()),
         ]);
         let secondary = BTreeMap::from([("VpcId".to_string(), "vpc-2".to_string())]);
@@ -257,6 +336,7 @@ mod tests {
             known,
             Known {
                 global_replication_group_id: Some("g".into()),
+                hosted_zone_id: Some("Z1".into()),
                 secondary_vpc_id: Some("vpc-2".into()),
                 peering_connection_id: None,
             }
