@@ -46,6 +46,9 @@ records
 
 step "2. Promote us-east-2 (FailoverGlobalReplicationGroup), then SNS delivers FailoverComplete"
 aws_py "boto3.client('elasticache').failover_global_replication_group(GlobalReplicationGroupId='ldgnf-valkey-dr', PrimaryRegion='us-east-2', PrimaryReplicationGroupId='vdr-east-2')"
+# ElastiCache sends FailoverComplete once the datastore is available again (the stand-in: 1 s).
+aws_py "import time
+while boto3.client('elasticache').describe_global_replication_groups(GlobalReplicationGroupId='ldgnf-valkey-dr')['GlobalReplicationGroups'][0]['Status'] != 'available': time.sleep(0.1)"
 echo "\$ valkey-dr aws handle-event failover.json --config aws.toml"
 "$bin" aws handle-event "$work/failover.json" --config "$work/aws.toml" | grep -E '"(kind|event|source|reconciled|primary_region|primary_endpoint|epoch|applied)"'
 records

@@ -288,6 +288,22 @@ async fn global_datastore(moto: &common::Moto) -> (SdkDatastore, aws_config::Sdk
     (SdkDatastore::new(&sdk), sdk)
 }
 
+/// Like AWS, a failover takes a while (the stand-in: one second without a PRIMARY); ElastiCache
+/// notifies FailoverComplete after it.
+async fn failover_complete(datastore: &SdkDatastore) {
+    for _ in 0..40 {
+        if datastore
+            .settled("us-east-2", "ldgnf-valkey-dr")
+            .await
+            .unwrap()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the failover did not complete");
+}
+
 #[tokio::test]
 async fn datastore_members_failover_endpoint_disassociate() {
     let moto = common::moto().await;
@@ -334,6 +350,7 @@ async fn datastore_members_failover_endpoint_disassociate() {
         .failover("us-east-1", "ldgnf-valkey-dr", "us-east-2", "vdr-secondary")
         .await
         .unwrap();
+    failover_complete(&datastore).await;
     assert_eq!(
         roles("us-east-2").await,
         vec![
@@ -435,6 +452,7 @@ async fn sns_delivers_a_failover_notification_and_the_handler_flips_dns() {
         .failover("us-east-1", "ldgnf-valkey-dr", "us-east-2", "vdr-secondary")
         .await
         .unwrap();
+    failover_complete(&datastore).await;
     let client = SignedClient::new(&sdk).unwrap();
     let topic = text(
         &query(

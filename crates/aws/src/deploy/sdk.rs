@@ -539,7 +539,10 @@ pub struct RealCloud {
 
 impl RealCloud {
     pub async fn load() -> Result<RealCloud, SignedError> {
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        RealCloud::from_sdk(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
+    }
+
+    pub fn from_sdk(sdk: aws_config::SdkConfig) -> Result<RealCloud, SignedError> {
         let signed = SignedClient::new(&sdk)?;
         Ok(RealCloud {
             stacks: SdkStacks::new(&sdk),

@@ -60,6 +60,24 @@ pub async fn moto() -> Moto {
     panic!("moto_server did not start");
 }
 
+impl Moto {
+    /// Plays a regional outage: every request signed for `region` answers 503 (`down`), or
+    /// normally again (`up`). The stand-in in scripts/moto_server.py serves this.
+    pub fn set_region(&self, region: &str, state: &str) {
+        use std::io::{Read, Write};
+        let address = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "POST /_valkey_dr/regions/{region}/{state} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}
+
 /// The secret access key the tests sign with: no error or log may contain it.
 pub const SECRET_KEY: &str = "moto-secret-never-shown";
 
