@@ -66,14 +66,29 @@ CHAOS_RUNS ?= 3
 chaos: deps build
 	$(BIN) chaos --runs $(CHAOS_RUNS) --dir target/chaos
 
-# The Lambda artifact: the `bootstrap` executable of the provided.al2023 runtime, zipped. A native
-# release build on Debian 12 needs at most GLIBC 2.34, which Amazon Linux 2023 has.
-lambda:
-	$(CARGO) build --release --locked -p valkey-dr-aws --bin bootstrap
+# The Lambda artifact: the `bootstrap` executable of the provided.al2023 runtime, zipped. Built for
+# an explicit target whatever the build machine is: cargo-zigbuild links against glibc 2.34 (Amazon
+# Linux 2023's), and LAMBDA_ARCH picks the instruction set (arm64, the cheaper, when its Rust target
+# is installed; else x86_64). `valkey-dr aws deploy` checks the zip's ELF machine and glibc before
+# it uploads, and passes the architecture to the stacks.
+ZIG_VERSION := 0.17.1
+ZIGBUILD_VERSION := 0.24.1
+LAMBDA_ARCH ?= $(shell rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$$' && echo arm64 || echo x86_64)
+LAMBDA_TARGET = $(if $(filter arm64,$(LAMBDA_ARCH)),aarch64,x86_64)-unknown-linux-gnu
+
+$(VENV)/.zigbuild-$(ZIG_VERSION)-$(ZIGBUILD_VERSION):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet 'ziglang==$(ZIG_VERSION)' 'cargo-zigbuild==$(ZIGBUILD_VERSION)'
+	touch $@
+
+lambda: $(VENV)/.zigbuild-$(ZIG_VERSION)-$(ZIGBUILD_VERSION)
+	@rustup target list --installed 2>/dev/null | grep -qx '$(LAMBDA_TARGET)' || \
+		{ echo "Rust target $(LAMBDA_TARGET) is not installed: rustup target add $(LAMBDA_TARGET), or make lambda LAMBDA_ARCH=x86_64"; exit 1; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) zigbuild --release --locked -p valkey-dr-aws --bin bootstrap --target $(LAMBDA_TARGET).2.34
 	mkdir -p target/lambda
-	cp target/release/bootstrap target/lambda/bootstrap
+	cp target/$(LAMBDA_TARGET)/release/bootstrap target/lambda/bootstrap
 	cd target/lambda && rm -f valkey-dr-lambda.zip && python3 -m zipfile -c valkey-dr-lambda.zip bootstrap
-	@ls -l target/lambda/valkey-dr-lambda.zip
+	@echo "target/lambda/valkey-dr-lambda.zip: $(LAMBDA_ARCH), $$(strings target/lambda/bootstrap | grep -o '^GLIBC_2\.[0-9]*' | sort -t. -k2 -n | tail -1)"
 
 # The AWS shape's event handling and promotion on a local moto server (after `make test`, which
 # installs moto in target/venv).

@@ -108,6 +108,15 @@ impl AwsConfig {
                 });
             }
         }
+        // The owner goes into the ownership TXT record, which must stay one string of at most
+        // 255 bytes (Route 53 would need it split) and parse back (no `,` or `=`).
+        if !valkey_dr_core::config::is_label(&config.owner, false) {
+            return Err(AwsConfigError::Invalid {
+                field: "owner",
+                problem: format!("\"{}\" is not a valid DNS label", config.owner),
+                fix: "use 1-63 letters, digits or hyphens, not starting or ending with a hyphen",
+            });
+        }
         if config.ttl == 0 {
             return Err(AwsConfigError::Invalid {
                 field: "ttl",
@@ -212,6 +221,11 @@ mod tests {
                 "`zone`",
             ),
             (format!("{base}ttl = 0\n"), "`ttl`"),
+            (format!("owner = \"a,b=c\"\n{base}"), "`owner`"),
+            (
+                format!("owner = \"{}\"\n{base}", "o".repeat(200)),
+                "`owner`",
+            ),
             (format!("{base}ttll = 5\n"), "unknown field `ttll`"),
         ];
         for (text, expected) in cases {

@@ -1,6 +1,9 @@
 //! Route 53 as a [`DnsProvider`]: every batch is one `ChangeResourceRecordSets` call in which an
 //! update is `DELETE <expected old>` + `CREATE <new>`, so Route 53 itself refuses the batch when
 //! the record is not what we expect (`InvalidChangeBatch`) — compare-and-swap, atomically.
+//!
+//! Throttling (`Throttling`, `PriorRequestNotComplete`) is retried by the SDK's standard retry
+//! strategy, configured here: one layer of retries, not ours stacked on the SDK's.
 
 use std::time::Duration;
 
@@ -19,10 +22,9 @@ pub struct Route53 {
     client: Client,
     zone_id: String,
     insync_timeout: Duration,
-    /// First delay of the retry on `Throttling` / `PriorRequestNotComplete` (doubles each time).
-    retry_base: Duration,
 }
 
+/// Attempts per request, throttling included (the SDK's standard strategy, exponential backoff).
 const ATTEMPTS: u32 = 5;
 
 fn rtype(t: RecordType) -> RrType {
@@ -74,18 +76,45 @@ fn unavailable(e: impl std::fmt::Display) -> DnsError {
     DnsError::Unavailable(e.to_string())
 }
 
+/// Whether an `InvalidChangeBatch` says a precondition failed (a DELETE that did not match, a
+/// CREATE of something that exists): a conflict. Anything else it says (a CNAME beside other
+/// records, a malformed value) is a refusal that no retry or re-read can fix.
+fn precondition_failed(message: &str) -> bool {
+    [
+        "but it was not found",
+        "values provided do not match",
+        "but it already exists",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+/// `client` with the retry strategy this provider relies on.
+fn with_retries(client: Client, initial_backoff: Duration) -> Client {
+    let config = client
+        .config()
+        .to_builder()
+        .retry_config(
+            aws_sdk_route53::config::retry::RetryConfig::standard()
+                .with_max_attempts(ATTEMPTS)
+                .with_initial_backoff(initial_backoff),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
 impl Route53 {
     pub fn new(client: Client, zone_id: &str, insync_timeout: Duration) -> Route53 {
         Route53 {
-            client,
+            client: with_retries(client, Duration::from_millis(200)),
             zone_id: zone_id.trim_start_matches("/hostedzone/").to_string(),
             insync_timeout,
-            retry_base: Duration::from_millis(200),
         }
     }
 
+    /// The first backoff of a throttled request (tests shorten it).
     pub fn with_retry_base(mut self, base: Duration) -> Route53 {
-        self.retry_base = base;
+        self.client = with_retries(self.client, base);
         self
     }
 
@@ -139,27 +168,32 @@ impl Route53 {
             .map_err(unavailable)
     }
 
-    async fn wait_insync(&self, change_id: &str) -> Result<(), DnsError> {
+    /// Waits until Route 53 reports the change on all its name servers. The change is applied
+    /// either way (Route 53 accepted it): a wait that runs out, or a GetChange that fails, is
+    /// logged, not an error — reporting failure would make the caller redo a change that is done.
+    async fn wait_insync(&self, change_id: &str) -> bool {
         if self.insync_timeout.is_zero() {
-            return Ok(());
+            return true;
         }
         let deadline = tokio::time::Instant::now() + self.insync_timeout;
         loop {
-            let out = self
-                .client
-                .get_change()
-                .id(change_id)
-                .send()
-                .await
-                .map_err(|e| unavailable(e.into_service_error()))?;
-            if out.change_info().map(|i| i.status()) == Some(&ChangeStatus::Insync) {
-                return Ok(());
+            match self.client.get_change().id(change_id).send().await {
+                Ok(out) if out.change_info().map(|i| i.status()) == Some(&ChangeStatus::Insync) => {
+                    return true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(change_id, error = %aws_sdk_route53::error::DisplayErrorContext(e), "applied; cannot tell whether it is INSYNC yet");
+                    return false;
+                }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(DnsError::Unavailable(format!(
-                    "change {change_id} not INSYNC after {:?}",
-                    self.insync_timeout
-                )));
+                tracing::warn!(
+                    change_id,
+                    waited = ?self.insync_timeout,
+                    "applied; not INSYNC yet (some name servers may answer the old value a little longer)"
+                );
+                return false;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -217,48 +251,44 @@ impl DnsProvider for Route53 {
             valkey_dr_dns::check_expected(change, found)?;
         }
         let batch = Self::batch(changes)?;
-        let mut delay = self.retry_base;
-        for attempt in 1..=ATTEMPTS {
-            let result = self
-                .client
-                .change_resource_record_sets()
-                .hosted_zone_id(&self.zone_id)
-                .change_batch(batch.clone())
-                .send()
-                .await;
-            match result {
-                Ok(out) => {
-                    let id = out
-                        .change_info()
-                        .map(|i| i.id().to_string())
-                        .unwrap_or_default();
-                    return self.wait_insync(&id).await;
-                }
-                Err(error) => {
-                    let service = error.into_service_error();
-                    let throttled = service.is_prior_request_not_complete()
-                        || service.code() == Some("Throttling");
-                    if service.is_invalid_change_batch() {
+        let result = self
+            .client
+            .change_resource_record_sets()
+            .hosted_zone_id(&self.zone_id)
+            .change_batch(batch)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let id = out
+                    .change_info()
+                    .map(|i| i.id().to_string())
+                    .unwrap_or_default();
+                self.wait_insync(&id).await;
+                Ok(())
+            }
+            Err(error) => {
+                let service = error.into_service_error();
+                if service.is_invalid_change_batch() {
+                    let message = service.to_string();
+                    if precondition_failed(&message) {
                         return Err(DnsError::Conflict {
                             name: names.join(", "),
                             expected: "the values this batch deletes".into(),
-                            found: service.to_string(),
+                            found: message,
                         });
                     }
-                    if throttled && attempt < ATTEMPTS {
-                        tracing::warn!(attempt, "Route 53 asks us to slow down; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                        continue;
-                    }
-                    return Err(unavailable(aws_sdk_route53::error::DisplayErrorContext(
-                        service,
-                    )));
+                    return Err(DnsError::Rejected(message));
                 }
+                let throttled =
+                    service.is_prior_request_not_complete() || service.code() == Some("Throttling");
+                let context = aws_sdk_route53::error::DisplayErrorContext(service);
+                Err(DnsError::Unavailable(if throttled {
+                    format!("Route 53 still throttling after {ATTEMPTS} attempts: {context}")
+                } else {
+                    context.to_string()
+                }))
             }
         }
-        Err(DnsError::Unavailable(format!(
-            "Route 53 still throttling after {ATTEMPTS} attempts"
-        )))
     }
 }

@@ -119,7 +119,8 @@ async fn a_stale_batch_rejected_by_route53_is_a_conflict() {
     }
 }
 
-/// Throttling and PriorRequestNotComplete are retried with backoff until the batch goes through.
+/// Throttling and PriorRequestNotComplete are retried with backoff (the SDK's standard strategy,
+/// one layer) until the batch goes through.
 #[tokio::test]
 async fn throttling_is_retried_with_backoff() {
     let list =
@@ -135,9 +136,16 @@ async fn throttling_is_retried_with_backoff() {
             )
         })
         .error(|| {
+            // As AWS sends it: the modeled error with its code in the metadata.
             ChangeResourceRecordSetsError::PriorRequestNotComplete(
                 aws_sdk_route53::types::error::PriorRequestNotComplete::builder()
                     .message("busy")
+                    .meta(
+                        aws_sdk_route53::error::ErrorMetadata::builder()
+                            .code("PriorRequestNotComplete")
+                            .message("busy")
+                            .build(),
+                    )
                     .build(),
             )
         })
@@ -153,4 +161,68 @@ async fn throttling_is_retried_with_backoff() {
         .await
         .expect("third attempt succeeds");
     assert_eq!(change.num_calls(), 3);
+}
+
+/// An `InvalidChangeBatch` that is not a failed precondition (AWS's message for a CNAME beside
+/// other records) is a refusal, not a conflict: re-reading and retrying cannot help.
+#[tokio::test]
+async fn a_batch_route53_refuses_as_invalid_is_not_a_conflict() {
+    let list =
+        mock!(aws_sdk_route53::Client::list_resource_record_sets).then_output(|| listing(None));
+    let change = mock!(aws_sdk_route53::Client::change_resource_record_sets).then_error(|| {
+        ChangeResourceRecordSetsError::InvalidChangeBatch(
+            InvalidChangeBatch::builder()
+                .message("[RRSet of type CNAME with DNS name demo.z.test. is not permitted as it conflicts with other records with the same DNS name in zone z.test.]")
+                .build(),
+        )
+    });
+    let client = mock_client!(aws_sdk_route53, RuleMode::MatchAny, [&list, &change]);
+    let provider = Route53::new(client, "Z1", Duration::ZERO);
+    let result = provider
+        .apply(&[Change::Create {
+            new: cname("a.z.test."),
+        }])
+        .await;
+    assert!(
+        matches!(&result, Err(DnsError::Rejected(m)) if m.contains("is not permitted")),
+        "{result:?}"
+    );
+    assert_eq!(change.num_calls(), 1, "not retried");
+}
+
+/// Route 53 accepted the batch but has not reported it INSYNC within the wait: the change is
+/// applied, so apply succeeds (reporting a failure would make the caller redo it).
+#[tokio::test]
+async fn a_change_not_yet_insync_is_still_applied() {
+    let list =
+        mock!(aws_sdk_route53::Client::list_resource_record_sets).then_output(|| listing(None));
+    let pending = || {
+        ChangeInfo::builder()
+            .id("/change/C1")
+            .status(aws_sdk_route53::types::ChangeStatus::Pending)
+            .submitted_at(aws_sdk_route53::primitives::DateTime::from_secs(0))
+            .build()
+            .unwrap()
+    };
+    let change =
+        mock!(aws_sdk_route53::Client::change_resource_record_sets).then_output(move || {
+            ChangeResourceRecordSetsOutput::builder()
+                .change_info(pending())
+                .build()
+        });
+    let get = mock!(aws_sdk_route53::Client::get_change).then_output(move || {
+        aws_sdk_route53::operation::get_change::GetChangeOutput::builder()
+            .change_info(pending())
+            .build()
+    });
+    let client = mock_client!(aws_sdk_route53, RuleMode::MatchAny, [&list, &change, &get]);
+    let provider = Route53::new(client, "Z1", Duration::from_secs(1));
+    provider
+        .apply(&[Change::Create {
+            new: cname("a.z.test."),
+        }])
+        .await
+        .expect("applied, only not INSYNC yet");
+    assert_eq!(change.num_calls(), 1);
+    assert!(get.num_calls() >= 1);
 }

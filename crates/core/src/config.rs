@@ -692,14 +692,18 @@ fn validate_dns_name(field: &str, name: &str) -> Result<(), ConfigError> {
 
 /// A DNS label: 1–63 letters, digits or hyphens, not starting or ending with a hyphen.
 /// Region names and the owner id must be labels too, since they appear in record names and TXT data.
-fn validate_label(field: &str, label: &str, allow_underscore: bool) -> Result<(), ConfigError> {
+/// A DNS label: 1-63 letters, digits or hyphens (and `_` when allowed), no hyphen at either end.
+pub fn is_label(label: &str, allow_underscore: bool) -> bool {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || (allow_underscore && c == '_');
-    let valid = !label.is_empty()
+    !label.is_empty()
         && label.len() <= 63
         && label.chars().all(ok_char)
         && !label.starts_with('-')
-        && !label.ends_with('-');
-    if valid {
+        && !label.ends_with('-')
+}
+
+fn validate_label(field: &str, label: &str, allow_underscore: bool) -> Result<(), ConfigError> {
+    if is_label(label, allow_underscore) {
         Ok(())
     } else {
         Err(ConfigError::invalid(

@@ -30,6 +30,9 @@ pub enum DnsError {
     OutOfZone { name: String, zone: String },
     #[error("DNS backend unavailable: {0}")]
     Unavailable(String),
+    /// The backend refused the change as invalid (not a precondition): retrying cannot help.
+    #[error("DNS backend refused the change: {0}")]
+    Rejected(String),
     /// The write was refused because this controller no longer holds the right to make it (a
     /// deposed leader, or one whose lease ran out on its own clock).
     #[error("DNS write refused: {0}")]
