@@ -4,7 +4,13 @@
 //! signer, credentials chain, TLS and XML reader the SDK crates we do use already build.
 //! Credentials, region and endpoint overrides come from the same standard configuration
 //! (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_EC2`, `_S3`, `_SNS`, profiles).
+//!
+//! Like the SDK, it retries what AWS says to retry (throttling, 5xx, a dropped connection) with
+//! exponential backoff, and corrects its signing clock from the server's `Date` when AWS says the
+//! request's time is too far off.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::ProvideCredentials;
@@ -87,7 +93,79 @@ impl Service {
 pub struct SignedClient {
     sdk: aws_config::SdkConfig,
     http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>,
+    /// How long a request without a body may take; a body adds time at [`UPLOAD_RATE`].
     timeout: Duration,
+    /// First delay between attempts (doubles each time).
+    retry_base: Duration,
+    /// The server's clock minus ours, in milliseconds, learnt from a skew error.
+    clock_offset_ms: Arc<AtomicI64>,
+}
+
+/// Attempts per request, the first included.
+const ATTEMPTS: u32 = 5;
+/// The slowest upload a request's timeout allows for (bytes per second).
+const UPLOAD_RATE: u64 = 256 * 1024;
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Not retryable: the answer stands.
+    No,
+    /// Throttling, a server error or a lost connection: wait, then try again.
+    Backoff,
+    /// The request's time was too far from the server's: correct the clock and try again now.
+    ClockSkew,
+}
+
+/// How AWS's answer should be handled (the SDK's classification, for the codes these services
+/// send).
+pub fn classify(error: &SignedError) -> Retry {
+    const THROTTLING: [&str; 8] = [
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "SlowDown",
+        "PriorRequestNotComplete",
+    ];
+    const SKEW: [&str; 3] = [
+        "RequestTimeTooSkewed",
+        "RequestExpired",
+        "RequestInTheFuture",
+    ];
+    match error {
+        SignedError::Api { code, message, .. }
+            if SKEW.contains(&code.as_str())
+                || (matches!(
+                    code.as_str(),
+                    "InvalidSignatureException" | "SignatureDoesNotMatch"
+                ) && message.contains("expired")) =>
+        {
+            Retry::ClockSkew
+        }
+        SignedError::Api { code, status, .. }
+            if THROTTLING.contains(&code.as_str()) || matches!(status, 500 | 502 | 503 | 504) =>
+        {
+            Retry::Backoff
+        }
+        SignedError::Transport { .. } => Retry::Backoff,
+        _ => Retry::No,
+    }
+}
+
+/// The DNS suffix of AWS's endpoints in `region`'s partition.
+pub fn dns_suffix(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else if region.starts_with("us-isob-") {
+        "sc2s.sgov.gov"
+    } else if region.starts_with("us-iso-") {
+        "c2s.ic.gov"
+    } else {
+        "amazonaws.com"
+    }
 }
 
 impl SignedClient {
@@ -107,7 +185,27 @@ impl SignedClient {
             sdk: sdk.clone(),
             http: HyperClient::builder(TokioExecutor::new()).build(https),
             timeout: Duration::from_secs(30),
+            retry_base: Duration::from_millis(200),
+            clock_offset_ms: Arc::new(AtomicI64::new(0)),
         })
+    }
+
+    /// Shorter waits between attempts and per request (tests).
+    pub fn with_timing(mut self, retry_base: Duration, timeout: Duration) -> SignedClient {
+        self.retry_base = retry_base;
+        self.timeout = timeout;
+        self
+    }
+
+    /// Our clock corrected by what the server told us.
+    fn now(&self) -> SystemTime {
+        let offset = self.clock_offset_ms.load(Ordering::Relaxed);
+        let magnitude = Duration::from_millis(offset.unsigned_abs());
+        if offset >= 0 {
+            SystemTime::now() + magnitude
+        } else {
+            SystemTime::now() - magnitude
+        }
     }
 
     /// The endpoint override from the environment or profile, if any (S3 then uses path-style
@@ -119,18 +217,19 @@ impl SignedClient {
             .map(|e| e.trim_end_matches('/').to_string())
     }
 
-    /// The endpoint for `service` in `region`: the override, else AWS's.
+    /// The endpoint for `service` in `region`: the override, else AWS's in the region's partition.
     pub fn endpoint(&self, service: Service, region: &str) -> String {
         self.endpoint_override(service).unwrap_or_else(|| {
             format!(
-                "https://{}.{region}.amazonaws.com",
-                service.info().signing_name
+                "https://{}.{region}.{}",
+                service.info().signing_name,
+                dns_suffix(region)
             )
         })
     }
 
     /// Sends one signed request and returns the answer's body; a non-2xx answer becomes
-    /// [`SignedError::Api`] with AWS's code.
+    /// [`SignedError::Api`] with AWS's code. Retried as [`classify`] says, up to [`ATTEMPTS`].
     pub async fn send(
         &self,
         service: Service,
@@ -140,6 +239,51 @@ impl SignedClient {
         headers: &[(&str, String)],
         body: Vec<u8>,
     ) -> Result<Vec<u8>, SignedError> {
+        let body = bytes::Bytes::from(body);
+        let mut delay = self.retry_base;
+        let mut attempt = 1;
+        loop {
+            let (error, server_date) = match self
+                .send_once(service, region, method, url, headers, body.clone())
+                .await
+            {
+                Ok(answer) => return Ok(answer),
+                Err(failure) => failure,
+            };
+            let retry = classify(&error);
+            if retry == Retry::No || attempt >= ATTEMPTS {
+                return Err(error);
+            }
+            attempt += 1;
+            match (retry, server_date) {
+                (Retry::ClockSkew, Some(server)) => {
+                    let offset = match server.duration_since(SystemTime::now()) {
+                        Ok(ahead) => ahead.as_millis() as i64,
+                        Err(behind) => -(behind.duration().as_millis() as i64),
+                    };
+                    tracing::warn!(offset_ms = offset, "{error}; correcting the signing clock");
+                    self.clock_offset_ms.store(offset, Ordering::Relaxed);
+                }
+                _ => {
+                    tracing::warn!(attempt, ?delay, "{error}; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+
+    /// One attempt; a failure comes with the server's `Date`, when it sent one.
+    async fn send_once(
+        &self,
+        service: Service,
+        region: &str,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: bytes::Bytes,
+    ) -> Result<Vec<u8>, (SignedError, Option<SystemTime>)> {
+        let failed = |error: SignedError| (error, None);
         let ServiceInfo {
             signing_name,
             label,
@@ -148,20 +292,26 @@ impl SignedClient {
         let credentials = self
             .sdk
             .credentials_provider()
-            .ok_or_else(|| SignedError::Credentials("no credentials provider configured".into()))?
+            .ok_or_else(|| {
+                failed(SignedError::Credentials(
+                    "no credentials provider configured".into(),
+                ))
+            })?
             .provide_credentials()
             .await
-            .map_err(|e| SignedError::Credentials(e.to_string()))?;
+            .map_err(|e| failed(SignedError::Credentials(e.to_string())))?;
         let identity: Identity = credentials.into();
-        let request_error = |reason: String| SignedError::Request {
-            service: label,
-            reason,
+        let request_error = |reason: String| {
+            failed(SignedError::Request {
+                service: label,
+                reason,
+            })
         };
         let params = v4::SigningParams::builder()
             .identity(&identity)
             .region(region)
             .name(signing_name)
-            .time(SystemTime::now())
+            .time(self.now())
             .settings(signing_settings(service))
             .build()
             .map_err(|e| request_error(e.to_string()))?
@@ -180,22 +330,31 @@ impl SignedClient {
         for (name, value) in headers {
             request = request.header(*name, value.as_str());
         }
-        // The body moves into the request: a Lambda zip is megabytes, not worth a copy.
+        // An upload gets the time its size needs on a slow link, on top of the answer's.
+        let timeout = self.timeout + Duration::from_secs(body.len() as u64 / UPLOAD_RATE);
+        // Bytes is reference-counted: a retry does not copy a megabytes-large zip.
         let mut request = request
-            .body(Full::new(bytes::Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| request_error(e.to_string()))?;
         instructions.apply_to_request_http1x(&mut request);
 
-        let transport = |reason: String| SignedError::Transport {
-            service: label,
-            endpoint: url.split('?').next().unwrap_or(url).to_string(),
-            reason,
+        let transport = |reason: String| {
+            failed(SignedError::Transport {
+                service: label,
+                endpoint: url.split('?').next().unwrap_or(url).to_string(),
+                reason,
+            })
         };
-        let response = tokio::time::timeout(self.timeout, self.http.request(request))
+        let response = tokio::time::timeout(timeout, self.http.request(request))
             .await
-            .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|_| transport(format!("no answer within {timeout:?}")))?
             .map_err(|e| transport(e.to_string()))?;
         let status = response.status().as_u16();
+        let server_date = response
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| httpdate::parse_http_date(d).ok());
         let body = tokio::time::timeout(self.timeout, response.into_body().collect())
             .await
             .map_err(|_| transport("body not received in time".into()))?
@@ -204,12 +363,15 @@ impl SignedClient {
             .to_vec();
         if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&body);
-            return Err(SignedError::Api {
-                service: label,
-                status,
-                code: xml::first(&text, "Code").unwrap_or_else(|| format!("HTTP {status}")),
-                message: xml::first(&text, "Message").unwrap_or_default(),
-            });
+            return Err((
+                SignedError::Api {
+                    service: label,
+                    status,
+                    code: xml::first(&text, "Code").unwrap_or_else(|| format!("HTTP {status}")),
+                    message: xml::first(&text, "Message").unwrap_or_default(),
+                },
+                server_date,
+            ));
         }
         Ok(body)
     }
@@ -389,6 +551,83 @@ pub mod xml {
             assert_eq!(first(error, "Message").as_deref(), Some("a & b"));
             // Garbage is not a panic.
             assert!(first("<<<>>not xml", "Code").is_none());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str, message: &str) -> SignedError {
+        SignedError::Api {
+            service: "EC2",
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn answers_are_classified_as_the_sdk_does() {
+        let cases = [
+            (api(400, "RequestLimitExceeded", ""), Retry::Backoff),
+            (api(400, "Throttling", "Rate exceeded"), Retry::Backoff),
+            (api(503, "SlowDown", ""), Retry::Backoff),
+            (api(500, "InternalError", ""), Retry::Backoff),
+            (api(503, "HTTP 503", ""), Retry::Backoff),
+            (api(403, "RequestTimeTooSkewed", ""), Retry::ClockSkew),
+            (
+                api(400, "RequestExpired", "Request has expired."),
+                Retry::ClockSkew,
+            ),
+            (
+                api(
+                    403,
+                    "SignatureDoesNotMatch",
+                    "Signature expired: 20261130T000000Z is now earlier than",
+                ),
+                Retry::ClockSkew,
+            ),
+            (
+                api(
+                    403,
+                    "SignatureDoesNotMatch",
+                    "The request signature we calculated does not match",
+                ),
+                Retry::No,
+            ),
+            (
+                api(400, "InvalidVpcPeeringConnectionID.NotFound", ""),
+                Retry::No,
+            ),
+            (api(403, "AccessDenied", ""), Retry::No),
+            (api(404, "HTTP 404", ""), Retry::No),
+            (
+                SignedError::Transport {
+                    service: "S3",
+                    endpoint: "x".into(),
+                    reason: "connection reset".into(),
+                },
+                Retry::Backoff,
+            ),
+            (SignedError::Credentials("none".into()), Retry::No),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(classify(&error), expected, "{error}");
+        }
+    }
+
+    #[test]
+    fn endpoints_follow_the_regions_partition() {
+        for (region, suffix) in [
+            ("us-east-2", "amazonaws.com"),
+            ("eu-west-1", "amazonaws.com"),
+            ("cn-north-1", "amazonaws.com.cn"),
+            ("us-iso-east-1", "c2s.ic.gov"),
+            ("us-isob-east-1", "sc2s.sgov.gov"),
+        ] {
+            assert_eq!(dns_suffix(region), suffix, "{region}");
         }
     }
 }

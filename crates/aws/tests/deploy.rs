@@ -31,6 +31,7 @@ struct World {
     calls: Vec<String>,
     /// Make the next submit of this stack fail with this resource reason.
     fail_next: Option<(String, String)>,
+    fail_reason: String,
     /// Answer this many of the next DescribeStacks calls made while a stack is changing with a
     /// throttling error.
     throttle_describes: u32,
@@ -277,13 +278,11 @@ impl Stacks for Fake {
                 let target = fake.target.clone();
                 let failing = target.contains("ROLLBACK");
                 if failing {
-                    w.event(
-                        region,
-                        name,
-                        "ReplicationGroup",
-                        "CREATE_FAILED",
-                        "Subnet group has no subnet in us-west-2c",
-                    );
+                    let reason = match w.fail_reason.as_str() {
+                        "" => "Subnet group has no subnet in us-west-2c".to_string(),
+                        given => given.to_string(),
+                    };
+                    w.event(region, name, "ReplicationGroup", "CREATE_FAILED", &reason);
                 }
                 w.event(region, name, name, &target, "");
                 w.settle(region, name);
@@ -310,7 +309,11 @@ impl Stacks for Fake {
         let verb = if exists { "update" } else { "create" };
         w.calls
             .push(format!("{verb} {name} {}", describe(parameters)));
-        let failing = w.fail_next.take_if(|(n, _)| n == name).is_some();
+        let failing = w.fail_next.take_if(|(n, _)| n == name);
+        if let Some((_, reason)) = &failing {
+            w.fail_reason = reason.clone();
+        }
+        let failing = failing.is_some();
         let target = match (exists, failing) {
             (false, false) => "CREATE_COMPLETE",
             (true, false) => "UPDATE_COMPLETE",
@@ -747,6 +750,27 @@ async fn a_failed_stage_reports_the_resource_and_a_rerun_recovers() {
             .all(|c| !c.starts_with("create valkey-dr-primary"))
     );
     assert_eq!(deployed.peering_connection_id, "pcx-1");
+}
+
+#[tokio::test]
+async fn a_failed_update_names_its_own_cause_not_an_older_one() {
+    let run = Run::new();
+    run.deploy().await.unwrap();
+    for (version, reason) in [("v2", "the first cause"), ("v3", "the second cause")] {
+        run.fake.0.lock().unwrap().fail_next = Some(("valkey-dr-primary".into(), reason.into()));
+        let error = deploy::deploy(&config(), &run.cloud(), &zip(version), waits(), &run.say())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("UPDATE_ROLLBACK_COMPLETE") && error.contains(reason),
+            "{reason}: {error}"
+        );
+        assert!(
+            version == "v2" || !error.contains("the first cause"),
+            "{error}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -139,7 +139,7 @@ impl DeployConfig {
                 return Err(invalid(
                     field,
                     format!("\"{}\" is not a usable bucket name", plan.artifact_bucket),
-                    "name an existing S3 bucket in that region: 3-63 lowercase letters, digits or '-', no dots (a dotted name breaks TLS to the bucket)",
+                    "name an existing S3 bucket in that region: 3-63 lowercase letters, digits, '.' or '-', starting and ending with a letter or digit",
                 ));
             }
         }
@@ -190,14 +190,17 @@ pub fn global_datastore_node_type(node_type: &str) -> bool {
     FAMILIES.contains(&family) && size_ok
 }
 
-/// S3 bucket names that work with virtual-hosted TLS: no dots, 3-63 characters.
+/// S3's bucket naming rules (a dotted name is reached path-style: as a host it would not match
+/// S3's wildcard certificate).
 fn bucket_name_ok(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     (3..=63).contains(&name.len())
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && !name.contains("..")
 }
 
 impl RegionPlan {
@@ -375,8 +378,8 @@ pub(crate) mod tests {
                 "`deploy.secondary.artifact_bucket`",
             ),
             (
-                |c| c.primary.artifact_bucket = "my.artifacts".into(),
-                "`deploy.primary.artifact_bucket`: \"my.artifacts\" is not a usable bucket name",
+                |c| c.primary.artifact_bucket = "My_Artifacts".into(),
+                "`deploy.primary.artifact_bucket`: \"My_Artifacts\" is not a usable bucket name",
             ),
             (
                 |c| c.node_type = "cache.t4g.medium".into(),

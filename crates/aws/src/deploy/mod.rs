@@ -334,6 +334,7 @@ async fn apply_stack(
         }
     }
     let seen = event_ids(cloud, region, name, existing.is_some()).await?;
+    let before = seen.clone();
     let changed = cloud
         .stacks
         .submit(region, name, TEMPLATE, parameters, existing.is_some())
@@ -348,7 +349,7 @@ async fn apply_stack(
             say(&format!("  {}", stack.status));
             Ok((stack.outputs, true))
         }
-        Some(stack) => Err(failure(cloud, region, name, stack).await),
+        Some(stack) => Err(failure(cloud, region, name, stack, &before).await),
         None => Err(DeployError::StackFailed {
             stack: name.into(),
             region: region.into(),
@@ -450,8 +451,15 @@ async fn wait_for(
     }
 }
 
-/// The error for a stack that ended badly: the first resource failure explains it best.
-async fn failure(cloud: &Cloud<'_>, region: &str, name: &str, stack: Stack) -> DeployError {
+/// The error for a stack that ended badly: the first resource failure of this operation (events
+/// not in `before`, which an earlier failed operation may have left) explains it best.
+async fn failure(
+    cloud: &Cloud<'_>,
+    region: &str,
+    name: &str,
+    stack: Stack,
+    before: &BTreeSet<String>,
+) -> DeployError {
     let first_failed = cloud
         .stacks
         .events(region, name)
@@ -461,6 +469,7 @@ async fn failure(cloud: &Cloud<'_>, region: &str, name: &str, stack: Stack) -> D
             events
                 .into_iter()
                 .rev()
+                .filter(|e| !before.contains(&e.id))
                 .find(|e| e.status.ends_with("_FAILED"))
                 .map(|e| format!("{}: {}", e.logical_id, e.reason.unwrap_or_default()))
         });
@@ -483,11 +492,12 @@ async fn delete_stack(
         return Ok(false);
     }
     let seen = event_ids(cloud, region, name, true).await?;
+    let before = seen.clone();
     cloud.stacks.delete(region, name).await?;
     match wait_for(cloud, region, name, seen, waits, say).await? {
         None => Ok(true),
         Some(s) if s.status == "DELETE_COMPLETE" => Ok(true),
-        Some(s) => Err(failure(cloud, region, name, s).await),
+        Some(s) => Err(failure(cloud, region, name, s, &before).await),
     }
 }
 

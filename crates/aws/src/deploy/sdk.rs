@@ -158,29 +158,45 @@ impl Stacks for SdkStacks {
         }
     }
 
+    /// The stack's events back to the start of its latest operation (CloudFormation pages them,
+    /// newest first, 100 at a time; a stack's whole history can be thousands).
     async fn events(&self, region: &str, name: &str) -> Result<Vec<StackEvent>, CloudError> {
-        let out = self
-            .client(region)
-            .describe_stack_events()
-            .stack_name(name)
-            .send()
-            .await
-            .map_err(cfn_error)?;
-        Ok(out
-            .stack_events()
-            .iter()
-            .map(|e| StackEvent {
-                id: e.event_id().unwrap_or_default().to_string(),
-                timestamp: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
-                logical_id: e.logical_resource_id().unwrap_or_default().to_string(),
-                resource_type: e.resource_type().unwrap_or_default().to_string(),
-                status: e
-                    .resource_status()
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default(),
-                reason: e.resource_status_reason().map(str::to_string),
-            })
-            .collect())
+        const MAX_PAGES: usize = 20;
+        let client = self.client(region);
+        let mut events = Vec::new();
+        let mut next = None;
+        for _ in 0..MAX_PAGES {
+            let out = client
+                .describe_stack_events()
+                .stack_name(name)
+                .set_next_token(next)
+                .send()
+                .await
+                .map_err(cfn_error)?;
+            let mut reached_start = false;
+            for e in out.stack_events() {
+                let event = StackEvent {
+                    id: e.event_id().unwrap_or_default().to_string(),
+                    timestamp: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
+                    logical_id: e.logical_resource_id().unwrap_or_default().to_string(),
+                    resource_type: e.resource_type().unwrap_or_default().to_string(),
+                    status: e
+                        .resource_status()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    reason: e.resource_status_reason().map(str::to_string),
+                };
+                reached_start |= event.logical_id == name
+                    && event.status.ends_with("_IN_PROGRESS")
+                    && event.reason.as_deref() == Some("User Initiated");
+                events.push(event);
+            }
+            next = out.next_token().map(str::to_string);
+            if reached_start || next.is_none() {
+                break;
+            }
+        }
+        Ok(events)
     }
 
     async fn delete(&self, region: &str, name: &str) -> Result<(), CloudError> {
@@ -341,11 +357,15 @@ impl S3Artifacts {
     }
 
     fn url(&self, region: &str, bucket: &str, key: &str) -> String {
+        let suffix = crate::signed::dns_suffix(region);
         if let Some(endpoint) = self.client.endpoint_override(Service::S3) {
             // Path style for custom endpoints (moto, MinIO, VPC endpoints with a path).
             format!("{endpoint}/{bucket}/{key}")
+        } else if bucket.contains('.') {
+            // A dotted name as a host would not match S3's wildcard certificate.
+            format!("https://s3.{region}.{suffix}/{bucket}/{key}")
         } else {
-            format!("https://{bucket}.s3.{region}.amazonaws.com/{key}")
+            format!("https://{bucket}.s3.{region}.{suffix}/{key}")
         }
     }
 }
