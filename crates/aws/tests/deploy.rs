@@ -851,6 +851,45 @@ async fn promote_works_while_the_primary_region_is_down() {
 }
 
 #[tokio::test]
+async fn status_reads_what_answers_during_an_outage() {
+    let run = Run::new();
+    run.deploy().await.unwrap();
+    run.fake.0.lock().unwrap().down.insert("us-east-2".into());
+    let status = deploy::status(&config(), &run.cloud()).await.unwrap();
+    assert!(
+        status.stacks[0].2.starts_with("unreachable"),
+        "{:?}",
+        status.stacks
+    );
+    assert_eq!(status.stacks[1].2, "UPDATE_COMPLETE");
+    assert_eq!(
+        status.targets.unwrap().global_replication_group_id,
+        "ldgnf-valkey-dr"
+    );
+    let shown: Vec<String> = status
+        .members
+        .iter()
+        .map(|(m, endpoint)| {
+            format!(
+                "{} {} {}",
+                m.region,
+                m.role,
+                endpoint.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(
+        shown[0].starts_with("us-east-2 PRIMARY unreachable"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[1].starts_with("us-west-2 SECONDARY master."),
+        "{shown:?}"
+    );
+}
+
+#[tokio::test]
 async fn destroy_undoes_the_deploy_in_reverse_and_verifies() {
     let run = Run::new();
     run.deploy().await.unwrap();

@@ -1011,40 +1011,60 @@ pub struct Status {
     pub targets: Option<Targets>,
 }
 
+/// Status is what one reads during an outage: a region that does not answer is shown as such,
+/// and the datastore is asked in whichever region answers.
 pub async fn status(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Status, DeployError> {
     let mut status = Status::default();
-    let mut primary_outputs = None;
+    let mut from_stacks = None;
+    let mut regions = Vec::new();
     if let Some(deploy) = &config.deploy {
         for role in [Role::Primary, Role::Secondary] {
             let name = stages::stack_name(deploy, role);
             let region = stages::region(deploy, role).to_string();
-            let stack = cloud.stacks.describe(&region, &name).await?;
-            let state = stack.as_ref().map_or("absent".into(), |s| s.status.clone());
-            if role == Role::Primary {
-                primary_outputs = stack.map(|s| s.outputs);
-            }
-            status.stacks.push((name, region, state));
+            let state = match cloud.stacks.describe(&region, &name).await {
+                Ok(stack) => {
+                    let ids = stack.as_ref().and_then(|s| match role {
+                        Role::Primary => targets_from(&s.outputs),
+                        Role::Secondary => targets_from(&s.parameters),
+                    });
+                    from_stacks = from_stacks.or(ids);
+                    stack.map_or("absent".into(), |s| s.status)
+                }
+                Err(e) => format!("unreachable: {e}"),
+            };
+            status.stacks.push((name, region.clone(), state));
+            regions.push(region);
         }
     }
-    // The ids from the file, else from the primary stack just read (not read again).
-    let Some(targets) = config
-        .targets()
-        .ok()
-        .or_else(|| primary_outputs.as_ref().and_then(targets_from))
-    else {
+    // The ids from the file, else from the stacks just read (not read again).
+    let Some(targets) = config.targets().ok().or(from_stacks) else {
         return Ok(status);
     };
-    let asked_region = config
-        .deploy
-        .as_ref()
-        .map(|d| d.primary.region.clone())
-        .unwrap_or_default();
-    for member in cloud
-        .datastore
-        .members(&asked_region, &targets.global_replication_group_id)
-        .await?
+    let mut members = None;
+    let mut last_error = None;
+    for region in regions
+        .iter()
+        .map(String::as_str)
+        .chain(regions.is_empty().then_some(""))
     {
-        // A region that does not answer is shown, not fatal: status is what one reads in an outage.
+        match cloud
+            .datastore
+            .members(region, &targets.global_replication_group_id)
+            .await
+        {
+            Ok(found) => {
+                members = Some(found);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let members = match (members, last_error) {
+        (Some(members), _) => members,
+        (None, Some(e)) => return Err(e.into()),
+        (None, None) => Vec::new(),
+    };
+    for member in members {
         let endpoint = match cloud
             .datastore
             .group(&member.region, &member.replication_group_id)
