@@ -40,22 +40,12 @@ PREFIX = "ldgnf-"
 ENGINE_VERSION = "8.0"
 FAILOVER_SECONDS = float(os.environ.get("VALKEY_DR_FAILOVER_SECONDS", "1.0"))
 
-# What a group joining a global datastore inherits from the primary; ElastiCache "Global
-# Datastores - CLI": "do not pass in values" for these.
-INHERITED = (
-    "AutomaticFailoverEnabled",
-    "MultiAZEnabled",
-    "NumNodeGroups",
-    "CacheParameterGroupName",
-    "CacheNodeType",
-    "Engine",
-    "EngineVersion",
-    "CacheSecurityGroupNames",
-    "TransitEncryptionEnabled",
-    "AtRestEncryptionEnabled",
-    "SnapshotArns",
-    "SnapshotName",
-)
+# What a group joining a global datastore inherits from the primary (one list for the stand-in
+# and the template test).
+with open(os.path.join(os.path.dirname(__file__), "..", "deploy", "aws", "joining-group-inherits.txt")) as f:
+    INHERITED = tuple(
+        line.strip() for line in f if line.strip() and not line.startswith("#")
+    )
 
 _lock = threading.Lock()
 # global id -> (deadline, the group that becomes PRIMARY)

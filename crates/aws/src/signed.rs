@@ -101,6 +101,15 @@ pub struct SignedClient {
     clock_offset_ms: Arc<AtomicI64>,
 }
 
+/// One request, as its attempts repeat it.
+struct Call<'a> {
+    service: Service,
+    region: &'a str,
+    method: &'a str,
+    url: &'a str,
+    headers: &'a [(&'a str, String)],
+}
+
 /// Attempts per request, the first included.
 const ATTEMPTS: u32 = 5;
 /// The slowest upload a request's timeout allows for (bytes per second).
@@ -240,13 +249,17 @@ impl SignedClient {
         body: Vec<u8>,
     ) -> Result<Vec<u8>, SignedError> {
         let body = bytes::Bytes::from(body);
+        let call = Call {
+            service,
+            region,
+            method,
+            url,
+            headers,
+        };
         let mut delay = self.retry_base;
         let mut attempt = 1;
         loop {
-            let (error, server_date) = match self
-                .send_once(service, region, method, url, headers, body.clone())
-                .await
-            {
+            let (error, server_date) = match self.send_once(&call, body.clone()).await {
                 Ok(answer) => return Ok(answer),
                 Err(failure) => failure,
             };
@@ -276,13 +289,16 @@ impl SignedClient {
     /// One attempt; a failure comes with the server's `Date`, when it sent one.
     async fn send_once(
         &self,
-        service: Service,
-        region: &str,
-        method: &str,
-        url: &str,
-        headers: &[(&str, String)],
+        call: &Call<'_>,
         body: bytes::Bytes,
     ) -> Result<Vec<u8>, (SignedError, Option<SystemTime>)> {
+        let &Call {
+            service,
+            region,
+            method,
+            url,
+            headers,
+        } = call;
         let failed = |error: SignedError| (error, None);
         let ServiceInfo {
             signing_name,

@@ -18,51 +18,7 @@ const SURVIVOR: &str = "us-west-2";
 
 /// A global datastore: `vdr-east` (PRIMARY) in us-east-2, `vdr-west` joining from us-west-2.
 async fn global_datastore(moto: &common::Moto) {
-    let client =
-        |region: &str| valkey_dr_aws::discovery::client_in(&common::sdk(moto, region), region);
-    client(PRIMARY)
-        .create_replication_group()
-        .replication_group_id("vdr-east")
-        .replication_group_description("valkey-dr test")
-        .engine("valkey")
-        .cache_node_type("cache.r7g.large")
-        .num_cache_clusters(2)
-        .send()
-        .await
-        .unwrap();
-    client(PRIMARY)
-        .create_global_replication_group()
-        .global_replication_group_id_suffix("valkey-dr")
-        .primary_replication_group_id("vdr-east")
-        .send()
-        .await
-        .unwrap();
-    // AWS refuses a joining group that passes what it inherits; so does the stand-in.
-    let refused = client(SURVIVOR)
-        .create_replication_group()
-        .replication_group_id("vdr-west")
-        .replication_group_description("valkey-dr test")
-        .global_replication_group_id("ldgnf-valkey-dr")
-        .engine("valkey")
-        .transit_encryption_enabled(true)
-        .send()
-        .await
-        .unwrap_err();
-    let refused = aws_sdk_elasticache::error::DisplayErrorContext(refused).to_string();
-    assert!(
-        refused.contains("InvalidParameterCombination")
-            && refused.contains("Engine, TransitEncryptionEnabled"),
-        "{refused}"
-    );
-    client(SURVIVOR)
-        .create_replication_group()
-        .replication_group_id("vdr-west")
-        .replication_group_description("valkey-dr test")
-        .global_replication_group_id("ldgnf-valkey-dr")
-        .num_cache_clusters(2)
-        .send()
-        .await
-        .unwrap();
+    common::global_datastore(moto, (PRIMARY, "vdr-east"), (SURVIVOR, "vdr-west")).await;
 }
 
 fn config(zone_id: &str) -> AwsConfig {
@@ -136,6 +92,28 @@ async fn promote_and_reconcile_work_through_the_surviving_region_alone() {
             .unwrap()
             .iter()
             .any(|l| l.contains("already the primary"))
+    );
+}
+
+#[tokio::test]
+async fn a_joining_group_that_passes_what_it_inherits_is_refused() {
+    let moto = common::moto().await;
+    global_datastore(&moto).await;
+    let refused = valkey_dr_aws::discovery::client_in(&common::sdk(&moto, SURVIVOR), SURVIVOR)
+        .create_replication_group()
+        .replication_group_id("vdr-west-2")
+        .replication_group_description("valkey-dr test")
+        .global_replication_group_id("ldgnf-valkey-dr")
+        .engine("valkey")
+        .transit_encryption_enabled(true)
+        .send()
+        .await
+        .unwrap_err();
+    let refused = aws_sdk_elasticache::error::DisplayErrorContext(refused).to_string();
+    assert!(
+        refused.contains("InvalidParameterCombination")
+            && refused.contains("Engine, TransitEncryptionEnabled"),
+        "{refused}"
     );
 }
 

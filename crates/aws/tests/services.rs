@@ -256,35 +256,13 @@ async fn cloudformation_stack_lifecycle() {
 
 /// Two replication groups in two regions joined in a global datastore (the stand-in's calls).
 async fn global_datastore(moto: &common::Moto) -> (SdkDatastore, aws_config::SdkConfig) {
+    common::global_datastore(
+        moto,
+        ("us-east-1", "vdr-primary"),
+        ("us-east-2", "vdr-secondary"),
+    )
+    .await;
     let sdk = common::sdk(moto, "us-east-1");
-    let client = |region: &str| valkey_dr_aws::discovery::client_in(&sdk, region);
-    client("us-east-1")
-        .create_replication_group()
-        .replication_group_id("vdr-primary")
-        .replication_group_description("valkey-dr test")
-        .engine("valkey")
-        .cache_node_type("cache.r7g.large")
-        .num_cache_clusters(2)
-        .send()
-        .await
-        .expect("primary group");
-    client("us-east-1")
-        .create_global_replication_group()
-        .global_replication_group_id_suffix("valkey-dr")
-        .primary_replication_group_id("vdr-primary")
-        .send()
-        .await
-        .expect("global datastore");
-    // A joining group takes engine, node type and the rest from the primary.
-    client("us-east-2")
-        .create_replication_group()
-        .replication_group_id("vdr-secondary")
-        .replication_group_description("valkey-dr test")
-        .global_replication_group_id("ldgnf-valkey-dr")
-        .num_cache_clusters(2)
-        .send()
-        .await
-        .expect("secondary group");
     (SdkDatastore::new(&sdk), sdk)
 }
 

@@ -25,56 +25,16 @@ fn run(command: &mut Command) {
 
 /// A CA and a server certificate for [`ENDPOINT`] only (openssl, as an operator would).
 fn certificates(dir: &Path) {
-    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=valkey-dr test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=writer",
-    ]);
-    std::fs::write(dir.join("san"), format!("subjectAltName=DNS:{ENDPOINT}\n")).unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san",
-    ]);
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let script = format!(
+        "set -e
+        openssl req -x509 {key} -keyout ca.key -out ca.pem -days 2 -subj '/CN=valkey-dr test CA'
+        openssl req {key} -keyout server.key -out server.csr -subj /CN=writer
+        echo 'subjectAltName=DNS:{ENDPOINT}' > san
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
+            -out server.pem -days 2 -extfile san"
+    );
+    run(Command::new("bash").current_dir(dir).args(["-c", &script]));
 }
 
 struct Server(Child);

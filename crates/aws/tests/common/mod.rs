@@ -78,6 +78,38 @@ impl Moto {
     }
 }
 
+/// A global datastore on moto's stand-in: `primary` = (region, group) created as a standalone
+/// group and made the datastore's PRIMARY, `secondary` joining it (passing nothing it inherits).
+pub async fn global_datastore(moto: &Moto, primary: (&str, &str), secondary: (&str, &str)) {
+    let client = |region: &str| valkey_dr_aws::discovery::client_in(&sdk(moto, region), region);
+    client(primary.0)
+        .create_replication_group()
+        .replication_group_id(primary.1)
+        .replication_group_description("valkey-dr test")
+        .engine("valkey")
+        .cache_node_type("cache.r7g.large")
+        .num_cache_clusters(2)
+        .send()
+        .await
+        .expect("primary group");
+    client(primary.0)
+        .create_global_replication_group()
+        .global_replication_group_id_suffix("valkey-dr")
+        .primary_replication_group_id(primary.1)
+        .send()
+        .await
+        .expect("global datastore");
+    client(secondary.0)
+        .create_replication_group()
+        .replication_group_id(secondary.1)
+        .replication_group_description("valkey-dr test")
+        .global_replication_group_id("ldgnf-valkey-dr")
+        .num_cache_clusters(2)
+        .send()
+        .await
+        .expect("secondary group");
+}
+
 /// The secret access key the tests sign with: no error or log may contain it.
 pub const SECRET_KEY: &str = "moto-secret-never-shown";
 
