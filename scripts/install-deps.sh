@@ -32,8 +32,10 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 if [ "$codename" = bookworm ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-  echo "install-deps: adding the bookworm-backports suite for Valkey 8"
-  echo "deb http://deb.debian.org/debian bookworm-backports main" | "${SUDO[@]}" tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+  # The same mirror and keyring as the machine's own bookworm source (a local mirror stays local).
+  source=$(bash "$(dirname "$0")/backports-source.sh" bookworm)
+  echo "install-deps: adding the bookworm-backports suite for Valkey 8 ($(echo "$source" | sed -n 's/^URIs: //p'))"
+  echo "$source" | "${SUDO[@]}" tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
 fi
 echo "install-deps: installing ${missing[*]}"
 "${SUDO[@]}" apt-get update -qq

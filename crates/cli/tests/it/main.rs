@@ -5,6 +5,7 @@
 mod aws;
 mod chaos;
 mod config;
+mod deps;
 mod failover;
 mod ha;
 mod harness;
