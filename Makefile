@@ -6,6 +6,9 @@ LAB_DIR ?= .valkey-dr-lab
 VENV := target/venv
 MOTO_VERSION := 5.2.5
 CFN_LINT_VERSION := 1.58.0
+# The official Prometheus client's OpenMetrics parser reads the controller's /metrics in the tests.
+PROMETHEUS_CLIENT_VERSION := 0.23.1
+VENV_STAMP := $(VENV)/.installed-$(MOTO_VERSION)-$(CFN_LINT_VERSION)-$(PROMETHEUS_CLIENT_VERSION)
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config info_replication events dns_request
 
@@ -24,15 +27,15 @@ demo: deps build
 
 # The AWS tests run Route 53 on a real moto server, and the template is checked by cfn-lint;
 # both pinned, in a virtualenv.
-$(VENV)/.installed-$(MOTO_VERSION)-$(CFN_LINT_VERSION):
+$(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet 'moto[server]==$(MOTO_VERSION)' 'cfn-lint==$(CFN_LINT_VERSION)'
+	$(VENV)/bin/pip install --quiet 'moto[server]==$(MOTO_VERSION)' 'cfn-lint==$(CFN_LINT_VERSION)' 'prometheus-client==$(PROMETHEUS_CLIENT_VERSION)'
 	touch $@
 
 test-deps:
 	@bash scripts/install-deps.sh --test
 
-test: test-deps $(VENV)/.installed-$(MOTO_VERSION)-$(CFN_LINT_VERSION)
+test: test-deps $(VENV_STAMP)
 	$(VENV)/bin/cfn-lint --regions us-east-2 us-west-2 -- deploy/aws/valkey-dr.yaml
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets --all-features -- -D warnings

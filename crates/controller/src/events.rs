@@ -2,25 +2,41 @@
 //! as one JSON object per line — appended to `events.jsonl`, logged, and broadcast to control
 //! clients that follow an operation.
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use crate::metrics::Metrics;
+
+/// How many recent events `/api/events` and the status page show.
+pub const RECENT: usize = 500;
+
 pub struct EventSink {
-    file: Option<Mutex<std::fs::File>>,
+    log: Mutex<EventLog>,
     live: broadcast::Sender<String>,
+    /// The last [`RECENT`] events, oldest first.
+    recent: Mutex<VecDeque<String>>,
+    metrics: Arc<Metrics>,
     /// Also print each event on standard error (the controller's log).
     echo: std::sync::atomic::AtomicBool,
 }
 
-impl EventSink {
-    /// Appends to `path`; events are still logged and broadcast when the file cannot be opened.
-    pub fn open(path: &Path) -> EventSink {
+/// `events.jsonl`, rotated to `events.jsonl.1` at `max_bytes` (one generation kept).
+struct EventLog {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    written: u64,
+    max_bytes: u64,
+}
+
+impl EventLog {
+    fn open(path: &Path, max_bytes: u64) -> EventLog {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -28,13 +44,58 @@ impl EventSink {
             .map_err(
                 |e| tracing::warn!(path = %path.display(), error = %e, "cannot open the event log"),
             )
-            .ok()
-            .map(Mutex::new);
-        EventSink {
+            .ok();
+        let written = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        EventLog {
+            path: path.to_path_buf(),
             file,
+            written,
+            max_bytes,
+        }
+    }
+
+    fn append(&mut self, line: &str) {
+        if self.written + line.len() as u64 + 1 > self.max_bytes && self.written > 0 {
+            let mut rotated = self.path.clone().into_os_string();
+            rotated.push(".1");
+            self.file = None;
+            if let Err(e) = std::fs::rename(&self.path, &rotated) {
+                tracing::warn!(error = %e, "cannot rotate the event log");
+            }
+            *self = EventLog::open(&self.path.clone(), self.max_bytes);
+        }
+        if let Some(file) = &mut self.file
+            && writeln!(file, "{line}").is_ok()
+        {
+            self.written += line.len() as u64 + 1;
+        }
+    }
+}
+
+impl EventSink {
+    /// Appends to `path` (rotated at `max_bytes`); events are still logged, counted and broadcast
+    /// when the file cannot be opened.
+    pub fn open(path: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> EventSink {
+        EventSink {
+            log: Mutex::new(EventLog::open(path, max_bytes)),
             live: broadcast::channel(1024).0,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            metrics,
             echo: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The last events, oldest first, each one JSON object.
+    pub fn recent(&self) -> Vec<String> {
+        self.recent
+            .lock()
+            .expect("recent events lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn echo_to_stderr(&self, on: bool) {
@@ -53,14 +114,19 @@ impl EventSink {
         {
             map.extend(extra);
         }
+        self.metrics.on_event(kind, &event);
         let line = event.to_string();
         tracing::debug!(target: "valkey_dr::event", "{line}");
         if self.echo.load(std::sync::atomic::Ordering::Relaxed) {
             eprintln!("{line}");
         }
-        if let Some(file) = &self.file {
-            let mut file = file.lock().expect("event log lock");
-            let _ = writeln!(file, "{line}");
+        self.log.lock().expect("event log lock").append(&line);
+        {
+            let mut recent = self.recent.lock().expect("recent events lock");
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(line.clone());
         }
         let _ = self.live.send(line);
     }
@@ -126,6 +192,32 @@ pub fn parse_rfc3339(ts: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_log_rotates_at_its_size_and_keeps_one_generation() {
+        let dir = std::env::temp_dir().join(format!("valkey-dr-events-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let sink = super::EventSink::open(&path, 2_000, Default::default());
+        for i in 0..100 {
+            sink.emit("tick", serde_json::json!({ "i": i }));
+        }
+        let current = std::fs::read_to_string(&path).unwrap();
+        let previous = std::fs::read_to_string(dir.join("events.jsonl.1")).unwrap();
+        assert!(current.len() <= 2_000 && previous.len() <= 2_000);
+        assert!(
+            current.contains("\"i\":99"),
+            "the newest event is in the current file"
+        );
+        assert!(!std::fs::exists(dir.join("events.jsonl.2")).unwrap());
+        // Every line whole, in both files.
+        for line in current.lines().chain(previous.lines()) {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert_eq!(sink.recent().len(), 100);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn parses_what_it_formats() {
         for ms in [0, 1_795_744_069_123, 951_782_400_000, 1_796_056_498_408] {

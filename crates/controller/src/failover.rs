@@ -454,6 +454,7 @@ impl Controller {
         detection: Option<Duration>,
         block_until_ms: Option<u64>,
     ) -> Result<(EpochRecord, FailoverReport), FailoverError> {
+        let started = Instant::now();
         let target_info = info_of(observations, target).cloned();
         let target_offset = target_info.as_ref().map_or(0, |i| i.offset);
         let lineage = self.lineage(&old);
@@ -521,7 +522,7 @@ impl Controller {
                     .await;
                 self.events.emit(
                     "failover_failed",
-                    json!({ "node": report.new_primary, "epoch": new_epoch.epoch, "error": e.to_string() }),
+                    json!({ "kind": report.kind, "node": report.new_primary, "epoch": new_epoch.epoch, "error": e.to_string() }),
                 );
                 return Err(FailoverError::Promote(e.to_string()));
             }
@@ -537,6 +538,13 @@ impl Controller {
             "failover_promoted",
             json!({ "node": report.new_primary, "epoch": new_epoch.epoch }),
         );
+        self.memory.lock().expect("memory lock").pending_failover =
+            Some(crate::reconcile::PendingFailover {
+                kind: report.kind.clone(),
+                epoch: new_epoch.epoch,
+                new_primary: report.new_primary.clone(),
+                detected: started - detection.unwrap_or_default(),
+            });
         if old_answers {
             let demotion = self.demote(old.primary, target, true).await;
             self.report_fenced(&demotion, new_epoch.epoch);

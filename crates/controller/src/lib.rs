@@ -10,11 +10,14 @@ pub mod control;
 pub mod events;
 pub mod failover;
 pub mod ha;
+pub mod http;
+pub mod metrics;
 pub mod promotion;
 pub mod reconcile;
 pub mod security;
 pub mod state;
 pub mod status;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,6 +55,8 @@ pub enum ControllerError {
     Security(#[from] security::SecurityError),
     #[error("cannot reach etcd at {endpoints}: {reason}")]
     Coordination { endpoints: String, reason: String },
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
 }
 
 pub struct Controller {
@@ -66,6 +71,8 @@ pub struct Controller {
     pub(crate) ha: Option<Arc<ha::Ha>>,
     pub(crate) dns: Arc<dyn DnsProvider>,
     pub(crate) events: EventSink,
+    /// Counted from the events, timed by passes and probes, set from status at scrape time.
+    pub(crate) metrics: Arc<metrics::Metrics>,
     /// The one owner of the durable state (epoch, writer history, intent, block).
     pub(crate) state: state::StateStore,
     /// Held by every pass and every promotion: they never interleave.
@@ -142,7 +149,12 @@ impl Controller {
             }),
             None => local_engine.clone(),
         };
-        let events = EventSink::open(&config.events_file());
+        let metrics = Arc::new(metrics::Metrics::new());
+        let events = EventSink::open(
+            &config.events_file(),
+            config.controller.events_max_bytes,
+            metrics.clone(),
+        );
         if let Some(problem) = state_problem {
             events.emit(
                 "state_unusable",
@@ -152,6 +164,7 @@ impl Controller {
         Ok(Controller {
             names: ManagedNames::from_config(&config),
             events,
+            metrics,
             topology,
             engine,
             local_engine,
@@ -169,13 +182,16 @@ impl Controller {
 
     /// Observes every node of the topology concurrently.
     pub(crate) async fn observe_all(&self) -> Vec<NodeObservation> {
-        futures::future::join_all(
+        let started = std::time::Instant::now();
+        let observations = futures::future::join_all(
             self.topology
                 .nodes
                 .iter()
                 .map(|n| self.engine.observe(n.id, &n.control_endpoint)),
         )
-        .await
+        .await;
+        self.metrics.probed(started.elapsed());
+        observations
     }
 
     /// Observes again the nodes that answered in `previous`, keeping the failures as they were
@@ -206,6 +222,10 @@ impl Controller {
 
     pub fn events(&self) -> &EventSink {
         &self.events
+    }
+
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     pub fn epoch(&self) -> Option<EpochRecord> {
@@ -377,6 +397,8 @@ impl Controller {
 pub struct Running {
     pub controller: Arc<Controller>,
     pub dns_addr: SocketAddr,
+    /// The HTTP endpoint's address, when `[http]` is configured.
+    pub http_addr: Option<SocketAddr>,
     dns: DnsServer,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -435,6 +457,7 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
         serde_json::json!({
             "dns": dns_addr.to_string(),
             "control_socket": controller.config.control_socket().display().to_string(),
+            "http": controller.config.http.as_ref().map(|h| h.listen.clone()),
             "epoch": controller.epoch().map(|e| e.epoch),
             "site": controller.ha().map(|ha| ha.site().to_string()),
         }),
@@ -444,6 +467,15 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
         tokio::spawn(controller.clone().run_loop(std::future::pending())),
         tokio::spawn(controller.clone().watch_clock()),
     ];
+    let http_addr = match &controller.config.http {
+        Some(http) => {
+            let (addr, task) = http::serve(controller.clone(), http).await?;
+            tasks.push(task);
+            Some(addr)
+        }
+        None => None,
+    };
+    tasks.extend(webhooks::start(&controller)?);
     if controller.ha.is_some() {
         tasks.push(tokio::spawn(controller.clone().campaign()));
         tasks.push(tokio::spawn(controller.clone().keep_presence()));
@@ -454,6 +486,7 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
     Ok(Running {
         controller,
         dns_addr,
+        http_addr,
         dns,
         tasks,
     })

@@ -26,6 +26,10 @@ pub struct Memory {
     pub(crate) decision: String,
     /// The last reason a cross-region failover was withheld by the sites' views.
     pub(crate) withheld: String,
+    /// A failover whose DNS change is not committed yet.
+    pub(crate) pending_failover: Option<PendingFailover>,
+    /// When the last successful pass started.
+    last_good_pass: Option<std::time::Instant>,
     /// The writer and its replication history when last seen (only ever moved forward along its
     /// history): the basis of "data at risk" and of noticing a writer that lost its data.
     pub(crate) last_writer: Option<(NodeId, History)>,
@@ -36,6 +40,16 @@ pub struct Memory {
     /// Nodes whose sync settings were checked in this run.
     settings_checked: std::collections::BTreeSet<NodeId>,
     started: bool,
+}
+
+/// A failover between its promotion and the pass that commits DNS for its epoch.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingFailover {
+    pub kind: String,
+    pub epoch: u64,
+    pub new_primary: String,
+    /// The first failed probe of the old writer (or the failover's start when unknown).
+    pub detected: std::time::Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -108,8 +122,49 @@ pub(crate) fn describe_node(controller: &Controller, o: &NodeObservation) -> Str
 }
 
 impl Controller {
+    /// Reports a failover complete once a pass has committed DNS in its epoch: the time from the
+    /// first failed probe to here is what clients lived without a writer behind the name.
+    fn complete_failover(&self, epoch: Option<EpochRecord>) {
+        let done = {
+            let mut memory = self.memory.lock().expect("memory lock");
+            memory
+                .pending_failover
+                .take_if(|p| epoch.is_some_and(|e| e.epoch == p.epoch))
+        };
+        if let Some(done) = done {
+            self.events.emit(
+                "failover_completed",
+                json!({
+                    "kind": done.kind,
+                    "epoch": done.epoch,
+                    "new_primary": done.new_primary,
+                    "duration_ms": done.detected.elapsed().as_millis() as u64,
+                }),
+            );
+        }
+    }
+
     pub async fn reconcile_once(&self) -> Result<PassOutcome, PassError> {
         let _guard = self.topology_lock.lock().await;
+        let started = std::time::Instant::now();
+        let outcome = self.reconcile_guarded().await;
+        self.metrics.pass_finished(started.elapsed());
+        if outcome.is_ok() {
+            self.memory.lock().expect("memory lock").last_good_pass = Some(started);
+        }
+        outcome
+    }
+
+    /// How long ago the last successful pass started (`/readyz`).
+    pub fn last_good_pass(&self) -> Option<std::time::Duration> {
+        self.memory
+            .lock()
+            .expect("memory lock")
+            .last_good_pass
+            .map(|at| at.elapsed())
+    }
+
+    async fn reconcile_guarded(&self) -> Result<PassOutcome, PassError> {
         // The zone follows etcd on its own (`follow_records`); a pass only decides who acts.
         if let Some(ha) = self.ha()
             && !ha.leader.is_leader()
@@ -197,6 +252,7 @@ impl Controller {
                 }
             }
         }
+        self.complete_failover(epoch);
         Ok(PassOutcome {
             observations,
             analysis,

@@ -16,11 +16,26 @@ pub enum SecurityError {
     },
     #[error("config field `auth.password_env`: environment variable {0} is not set (or not UTF-8)")]
     Env(String),
-    #[error("config field `{0}`: the password is empty")]
+    #[error("config field `{0}`: the secret is empty")]
     Empty(&'static str),
 }
 
-fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
+/// The first line of a secret file (a token, an HMAC key): never empty, never shown.
+pub(crate) fn read_secret(field: &'static str, path: &Path) -> Result<String, SecurityError> {
+    let bytes = read(field, path)?;
+    let secret = String::from_utf8_lossy(&bytes)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if secret.is_empty() {
+        return Err(SecurityError::Empty(field));
+    }
+    Ok(secret)
+}
+
+pub(crate) fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
     std::fs::read(path).map_err(|e| SecurityError::File {
         field,
         path: path.display().to_string(),

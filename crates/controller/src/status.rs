@@ -18,6 +18,9 @@ pub struct NodeStatus {
     pub link: Option<String>,
     pub lag_bytes: Option<u64>,
     pub lag_ms: Option<u64>,
+    /// The node's replication offset, when it answers.
+    #[serde(default)]
+    pub offset: Option<u64>,
     pub keys: Option<u64>,
     pub error: Option<String>,
 }
@@ -79,6 +82,7 @@ impl Controller {
                     link: None,
                     lag_bytes: None,
                     lag_ms: None,
+                    offset: o.info().map(|i| i.offset),
                     keys: o.keys,
                     error: o.state.as_ref().err().map(|f| f.reason.clone()),
                 };

@@ -37,6 +37,55 @@ pub struct Config {
     /// controller with its state in `state.json` (simple, but not highly available).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordination: Option<CoordinationConfig>,
+    /// The read-only HTTP endpoint (metrics, health, status, events); omit to serve none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpConfig>,
+    /// URLs that receive failovers, switchovers, fencing and suspected data loss as signed JSON.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// The read-only HTTP endpoint. Moving the writer stays on the owner-only control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `ip:port`; loopback unless a token and TLS are configured.
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+    /// A file holding the bearer token every request but `/healthz` and `/readyz` must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain and key: the endpoint speaks HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+/// What a webhook can receive.
+pub const WEBHOOK_EVENTS: [&str; 5] = [
+    "failover.started",
+    "failover.completed",
+    "switchover.completed",
+    "fenced",
+    "data_loss_suspected",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL that receives each event as a JSON POST.
+    pub url: String,
+    /// A file holding the HMAC-SHA256 key; every POST carries
+    /// `X-Valkey-DR-Signature: sha256=<hex of HMAC(body)>`.
+    pub secret_file: PathBuf,
+    /// Which of [`WEBHOOK_EVENTS`] to send [default: all].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:9187".into()
 }
 
 /// The highly available shape: one controller per site (each region and a witness), one leader
@@ -193,6 +242,13 @@ pub struct ControllerConfig {
     /// (`valkey-dr failover <region> --force`) instead of happening automatically.
     #[serde(default = "default_max_data_at_risk_bytes")]
     pub max_data_at_risk_bytes: u64,
+    /// `events.jsonl` is rotated to `events.jsonl.1` (one generation kept) when it reaches this size.
+    #[serde(default = "default_events_max_bytes")]
+    pub events_max_bytes: u64,
+}
+
+fn default_events_max_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +272,7 @@ impl Default for ControllerConfig {
             cross_region_failover: FailoverPolicy::Manual,
             failover_block_ms: default_failover_block_ms(),
             max_data_at_risk_bytes: default_max_data_at_risk_bytes(),
+            events_max_bytes: default_events_max_bytes(),
         }
     }
 }
@@ -424,7 +481,62 @@ impl Config {
         self.validate_dns()?;
         self.validate_controller()?;
         self.validate_coordination()?;
+        self.validate_http()?;
+        self.validate_webhooks()?;
         self.validate_security()
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let Some(http) = &self.http else {
+            return Ok(());
+        };
+        let listen: std::net::SocketAddr = http.listen.parse().map_err(|_| {
+            ConfigError::invalid(
+                "http.listen",
+                format!("\"{}\" is not ip:port", http.listen),
+                "write e.g. 127.0.0.1:9187",
+            )
+        })?;
+        if http.tls_cert_file.is_some() != http.tls_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "http.tls_cert_file",
+                "a certificate without a key, or a key without a certificate",
+                "set both tls_cert_file and tls_key_file, or neither",
+            ));
+        }
+        if !listen.ip().is_loopback() && (http.token_file.is_none() || http.tls_cert_file.is_none())
+        {
+            return Err(ConfigError::invalid(
+                "http.listen",
+                format!("{listen} is reachable from other hosts without a token and TLS"),
+                "set http.token_file and http.tls_cert_file/tls_key_file, or listen on 127.0.0.1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    format!("webhooks[{i}].url"),
+                    format!("\"{}\" is not an http(s) URL", hook.url),
+                    "write e.g. https://alerts.example.com/valkey-dr",
+                ));
+            }
+            if let Some(unknown) = hook
+                .events
+                .iter()
+                .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
+            {
+                return Err(ConfigError::invalid(
+                    format!("webhooks[{i}].events"),
+                    format!("unknown event \"{unknown}\""),
+                    format!("choose from {}", WEBHOOK_EVENTS.join(", ")),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_security(&self) -> Result<(), ConfigError> {

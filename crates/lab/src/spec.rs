@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use valkey_dr_core::Config;
 use valkey_dr_core::config::{AuthConfig, TlsConfig};
 use valkey_dr_core::config::{
-    ControllerConfig, CoordinationConfig, DnsConfig, DnsProviderConfig, FailoverPolicy, NodeConfig,
-    RegionConfig,
+    ControllerConfig, CoordinationConfig, DnsConfig, DnsProviderConfig, FailoverPolicy, HttpConfig,
+    NodeConfig, RegionConfig,
 };
 
 /// Everything that defines one lab. Stored as `lab.json` in the lab directory.
@@ -42,6 +42,9 @@ pub struct LabSpec {
     /// The controllers' catch-up limit for switchovers (default: the controller's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catchup_timeout_ms: Option<u64>,
+    /// Webhooks every controller of the lab sends to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<valkey_dr_core::config::WebhookConfig>,
 }
 
 /// The site that holds no data, only a controller and an etcd member (the third failure domain).
@@ -72,6 +75,7 @@ impl LabSpec {
             tls: true,
             sites: vec!["us-east-1".into(), "us-east-2".into(), WITNESS.into()],
             catchup_timeout_ms: None,
+            webhooks: Vec::new(),
         }
     }
 
@@ -163,6 +167,16 @@ impl LabSpec {
 
     /// The DNS server of a site's controller: the last site serves on `dns` (the address people
     /// dig), the others on `127.<block>.<site>.53` with the same port.
+    /// A controller's HTTP endpoint: its DNS server's address, the next port.
+    fn http_beside(dns: SocketAddr) -> SocketAddr {
+        SocketAddr::new(dns.ip(), dns.port().wrapping_add(1).max(1))
+    }
+
+    /// Where the lab's main controller serves metrics, status and events.
+    pub fn http_addr(&self) -> SocketAddr {
+        Self::http_beside(self.dns)
+    }
+
     pub fn site_dns(&self, site: &str) -> SocketAddr {
         if self.sites.last().is_some_and(|s| s == site) {
             self.dns
@@ -220,6 +234,12 @@ impl LabSpec {
         config.dns.provider = DnsProviderConfig::Embedded {
             listen: self.site_dns(site).to_string(),
         };
+        config.http = Some(HttpConfig {
+            listen: Self::http_beside(self.site_dns(site)).to_string(),
+            token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+        });
         let own = self.regions.iter().position(|r| r == site);
         for (r, region) in config.regions.iter_mut().enumerate() {
             for (i, node) in region.nodes.iter_mut().enumerate() {
@@ -460,6 +480,13 @@ impl LabSpec {
                 password: None,
             }),
             coordination: None,
+            http: Some(HttpConfig {
+                listen: Self::http_beside(self.dns).to_string(),
+                token_file: None,
+                tls_cert_file: None,
+                tls_key_file: None,
+            }),
+            webhooks: self.webhooks.clone(),
         }
     }
 

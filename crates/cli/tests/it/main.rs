@@ -9,6 +9,7 @@ mod deps;
 mod failover;
 mod ha;
 mod harness;
+mod http;
 mod lab;
 mod promotion;
 mod reconcile;

@@ -1,0 +1,360 @@
+//! The controller's HTTP endpoint on a real lab: `/metrics` read by the official Prometheus
+//! client's OpenMetrics parser before and after a switchover, health, status and events (JSON
+//! and server-sent), and webhooks delivered to a receiver on loopback, signed and retried.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::TestLab;
+
+/// One HTTP/1.1 GET; (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("the HTTP endpoint listens");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The samples of an OpenMetrics exposition as the official parser reads them:
+/// `[{"name", "labels", "value"}]`. The parser rejects anything malformed.
+fn parse(exposition: &str) -> Vec<Value> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/python3");
+    let script = "import json, sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = [{'name': s.name, 'labels': s.labels, 'value': s.value}\n\
+               for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]\n\
+        print(json.dumps(out))";
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("make test installs prometheus-client in target/venv");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused the exposition: {}\n{exposition}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s["name"] == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s["labels"][*k].as_str() == Some(*v))
+        })
+        .and_then(|s| s["value"].as_f64())
+}
+
+fn scrape(addr: SocketAddr) -> Vec<Value> {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    parse(&body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_health_status_and_events_follow_a_switchover() {
+    let lab = TestLab::start().await;
+    let http = lab.spec.http_addr();
+
+    assert_eq!(get(http, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(get(http, "/readyz").0, 200);
+
+    let before = scrape(http);
+    assert_eq!(sample(&before, "valkey_dr_epoch", &[]), Some(1.0));
+    let east = lab.node(0, 0);
+    let west = lab.node(1, 0);
+    assert_eq!(
+        sample(
+            &before,
+            "valkey_dr_node_info",
+            &[("node", &east), ("role", "primary")]
+        ),
+        Some(1.0)
+    );
+    for node in [
+        lab.node(0, 0),
+        lab.node(0, 1),
+        lab.node(1, 0),
+        lab.node(1, 1),
+    ] {
+        assert_eq!(
+            sample(&before, "valkey_dr_node_up", &[("node", &node)]),
+            Some(1.0)
+        );
+    }
+    assert_eq!(
+        sample(&before, "valkey_dr_master_link_up", &[("node", &west)]),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &before,
+            "valkey_dr_replication_offset_bytes",
+            &[("node", &east)]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(
+        sample(
+            &before,
+            "valkey_dr_reconcile_pass_duration_seconds_count",
+            &[]
+        )
+        .unwrap()
+            >= 1.0
+    );
+
+    lab.cli(&["promote", "us-east-2"]);
+
+    let after = scrape(http);
+    assert_eq!(sample(&after, "valkey_dr_epoch", &[]), Some(2.0));
+    assert_eq!(
+        sample(
+            &after,
+            "valkey_dr_node_info",
+            &[("node", &west), ("role", "primary")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "valkey_dr_node_info",
+            &[("node", &east), ("role", "replica")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "valkey_dr_node_info",
+            &[("node", &east), ("role", "primary")]
+        ),
+        None,
+        "a node's old role is gone"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "valkey_dr_failovers_total",
+            &[("kind", "switchover"), ("result", "completed")]
+        ),
+        Some(1.0)
+    );
+    let gap = sample(&after, "valkey_dr_switchover_write_gap_seconds_sum", &[]).unwrap();
+    assert!(gap > 0.0 && gap < 5.0, "{gap}");
+    assert_eq!(
+        sample(&after, "valkey_dr_switchover_write_gap_seconds_count", &[]),
+        Some(1.0)
+    );
+    let name = format!("demo.{}.", lab.spec.zone);
+    let target = after
+        .iter()
+        .find(|s| s["name"] == "valkey_dr_dns_target_info" && s["labels"]["name"] == name.as_str())
+        .map(|s| s["labels"]["target"].as_str().unwrap().to_string())
+        .expect("the name's target is exported");
+    assert!(target.contains("us-east-2"), "{target}");
+    assert!(
+        sample(
+            &after,
+            "valkey_dr_dns_changes_total",
+            &[("result", "applied")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(sample(&after, "valkey_dr_last_failover_timestamp_seconds", &[]).unwrap() > 1.7e9);
+
+    // Status is the same JSON as `valkey-dr status --output json`.
+    let (code, body) = get(http, "/api/status");
+    assert_eq!(code, 200);
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["epoch"], 2);
+    assert_eq!(status["primary_region"], "us-east-2");
+
+    // Recent events as JSON, and followed as server-sent events.
+    let (code, body) = get(http, "/api/events");
+    assert_eq!(code, 200);
+    let events: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert!(
+        events.iter().any(|e| e["event"] == "promotion_done"),
+        "{body}"
+    );
+    let mut stream = TcpStream::connect(http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/events?follow=true HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buffer = [0u8; 8192];
+    while !seen.contains("promotion_done") {
+        let n = stream.read(&mut buffer).expect("events keep coming");
+        assert!(n > 0, "the stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    assert!(
+        seen.contains("text/event-stream") && seen.contains("data: {"),
+        "{seen}"
+    );
+}
+
+/// What a receiver got: (request head, body) per POST.
+type Received = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A webhook receiver on loopback: answers 500 to the first POST, 200 to the others, and keeps
+/// each (headers, body).
+fn receiver() -> (SocketAddr, Received) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = received.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 8192];
+            while let Ok(read) = stream.read(&mut buffer) {
+                request.extend_from_slice(&buffer[..read]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        log.lock()
+                            .unwrap()
+                            .push((head.to_string(), body.to_string()));
+                        break;
+                    }
+                }
+                if read == 0 {
+                    break;
+                }
+            }
+            let status = if n == 0 {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switchover_reaches_the_webhook_signed_even_after_a_refusal() {
+    let (addr, received) = receiver();
+    let secret_dir = std::env::temp_dir().join(format!("valkey-dr-hook-{}", std::process::id()));
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let secret_file = secret_dir.join("secret");
+    std::fs::write(&secret_file, "hook-secret-never-shown\n").unwrap();
+    let lab = TestLab::start_with(|spec| {
+        spec.webhooks = vec![valkey_dr_core::config::WebhookConfig {
+            url: format!("http://{addr}/hooks/valkey-dr"),
+            secret_file: secret_file.clone(),
+            events: vec!["switchover.completed".into(), "fenced".into()],
+        }];
+    })
+    .await;
+    lab.cli(&["promote", "us-east-2"]);
+
+    // The first POST is refused (500) and retried after half a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let delivered = loop {
+        let got = received.lock().unwrap().clone();
+        let switchovers: Vec<_> = got
+            .iter()
+            .filter(|(head, _)| head.contains("x-valkey-dr-event: switchover.completed"))
+            .cloned()
+            .collect();
+        if switchovers.len() >= 2 {
+            break switchovers;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deliveries so far: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (head, body) = &delivered[1];
+    assert_eq!(delivered[0].1, *body, "the retry sends the same delivery");
+    let expected =
+        valkey_dr_controller::webhooks::signature(b"hook-secret-never-shown", body.as_bytes());
+    assert!(
+        head.contains(&format!("x-valkey-dr-signature: {expected}")),
+        "{head}"
+    );
+    let payload: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(payload["event"], "switchover.completed");
+    assert_eq!(payload["data"]["to_region"], "us-east-2");
+    assert_eq!(payload["data"]["epoch"], 2);
+    // Only the subscribed events: no failover.started for a planned switchover.
+    assert!(
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(head, _)| !head.contains("failover.")),
+    );
+    // The secret never reaches the controller's log or events.
+    for file in [
+        lab.spec.dir.join("controller.log"),
+        lab.spec.controller_dir().join("events.jsonl"),
+    ] {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains("hook-secret-never-shown"),
+            "{}",
+            file.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&secret_dir);
+}

@@ -1,0 +1,418 @@
+//! Prometheus metrics (OpenMetrics text on `/metrics`). Gauges describe the topology as a fresh
+//! status snapshot shows it at scrape time; counters and histograms count what the event stream
+//! reports (every failover, switchover, fencing action and DNS change is an event) and how long
+//! passes and probes take. Labels are bounded: regions, nodes and record names come from the
+//! configuration, kinds and results from fixed sets.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use serde_json::Value;
+
+use crate::status::Status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    region: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeRoleLabels {
+    region: String,
+    node: String,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    name: String,
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailoverLabels {
+    kind: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    epoch: Gauge,
+    leader: Gauge,
+    data_loss_suspected: Gauge,
+    node_up: Family<NodeLabels, Gauge>,
+    node_info: Family<NodeRoleLabels, Gauge>,
+    offset: Family<NodeLabels, Gauge>,
+    lag_bytes: Family<NodeLabels, Gauge>,
+    lag_seconds: Family<NodeLabels, FloatGauge>,
+    link_up: Family<NodeLabels, Gauge>,
+    dns_target: Family<TargetLabels, Gauge>,
+    dns_changes: Family<ResultLabels, Counter>,
+    failovers: Family<FailoverLabels, Counter>,
+    fencing: Family<KindLabels, Counter>,
+    webhook_deliveries: Family<ResultLabels, Counter>,
+    last_failover: FloatGauge,
+    switchover_gap: Histogram,
+    failover_duration: Histogram,
+    probe_duration: Histogram,
+    pass_duration: Histogram,
+}
+
+/// Buckets in seconds from 1 ms to ~65 s (doubling).
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("valkey_dr");
+        let metrics = Metrics {
+            epoch: Gauge::default(),
+            leader: Gauge::default(),
+            data_loss_suspected: Gauge::default(),
+            node_up: Family::default(),
+            node_info: Family::default(),
+            offset: Family::default(),
+            lag_bytes: Family::default(),
+            lag_seconds: Family::default(),
+            link_up: Family::default(),
+            dns_target: Family::default(),
+            dns_changes: Family::default(),
+            failovers: Family::default(),
+            fencing: Family::default(),
+            webhook_deliveries: Family::default(),
+            last_failover: FloatGauge::default(),
+            switchover_gap: Histogram::new(seconds_buckets()),
+            failover_duration: Histogram::new(seconds_buckets()),
+            probe_duration: Histogram::new(seconds_buckets()),
+            pass_duration: Histogram::new(seconds_buckets()),
+            registry: Registry::default(),
+        };
+        let m = &metrics;
+        registry.register(
+            "epoch",
+            "The epoch in force (rises with every promotion)",
+            m.epoch.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this controller decides (always 1 for a single controller)",
+            m.leader.clone(),
+        );
+        registry.register(
+            "data_loss_suspected",
+            "1 while a writer came back without its data and nobody acknowledged it",
+            m.data_loss_suspected.clone(),
+        );
+        registry.register("node_up", "1 when the node answers", m.node_up.clone());
+        registry.register(
+            "node_info",
+            "The node's role (primary, replica or unreachable) as a label; value 1",
+            m.node_info.clone(),
+        );
+        registry.register_with_unit(
+            "replication_offset",
+            "The node's replication offset",
+            Unit::Bytes,
+            m.offset.clone(),
+        );
+        registry.register_with_unit(
+            "replication_lag",
+            "How far the replica is behind the writer",
+            Unit::Bytes,
+            m.lag_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "replication_lag",
+            "Age of the newest writer heartbeat the replica has applied (0 when caught up)",
+            Unit::Seconds,
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "master_link_up",
+            "1 when the replica's link to its primary is up",
+            m.link_up.clone(),
+        );
+        registry.register(
+            "dns_target_info",
+            "Where each managed name leads; value 1",
+            m.dns_target.clone(),
+        );
+        registry.register(
+            "dns_changes",
+            "DNS changes by result (applied, conflict, failed)",
+            m.dns_changes.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Failovers and switchovers by kind and result (started, completed, failed)",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "fencing_actions",
+            "Fencing actions by kind (demote, region_pause)",
+            m.fencing.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by result (delivered, retried, failed, dropped)",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register_with_unit(
+            "last_failover_timestamp",
+            "When the last failover or switchover started (Unix time)",
+            Unit::Seconds,
+            m.last_failover.clone(),
+        );
+        registry.register_with_unit(
+            "switchover_write_gap",
+            "How long a switchover paused writes",
+            Unit::Seconds,
+            m.switchover_gap.clone(),
+        );
+        registry.register_with_unit(
+            "failover_duration",
+            "From the first failed probe of the writer to the DNS change committed",
+            Unit::Seconds,
+            m.failover_duration.clone(),
+        );
+        registry.register_with_unit(
+            "probe_duration",
+            "One observation of every node",
+            Unit::Seconds,
+            m.probe_duration.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_pass_duration",
+            "One reconcile pass",
+            Unit::Seconds,
+            m.pass_duration.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The gauges from a status snapshot (every series is rewritten: a node's old role goes).
+    pub fn set_status(&self, status: &Status) {
+        self.epoch.set(status.epoch.unwrap_or(0) as i64);
+        self.leader.set(
+            status
+                .coordination
+                .as_ref()
+                .map_or(1, |c| i64::from(c.is_leader)),
+        );
+        self.data_loss_suspected
+            .set(i64::from(status.data_loss_suspected.is_some()));
+        self.node_info.clear();
+        self.link_up.clear();
+        self.lag_bytes.clear();
+        self.lag_seconds.clear();
+        self.offset.clear();
+        for node in &status.nodes {
+            let labels = NodeLabels {
+                region: node.region.clone(),
+                node: node.node.clone(),
+            };
+            self.node_up
+                .get_or_create(&labels)
+                .set(i64::from(node.role != "unreachable"));
+            self.node_info
+                .get_or_create(&NodeRoleLabels {
+                    region: node.region.clone(),
+                    node: node.node.clone(),
+                    role: node.role.clone(),
+                })
+                .set(1);
+            if let Some(offset) = node.offset {
+                self.offset.get_or_create(&labels).set(offset as i64);
+            }
+            if let Some(link) = &node.link {
+                self.link_up
+                    .get_or_create(&labels)
+                    .set(i64::from(link == "up"));
+            }
+            if let Some(lag) = node.lag_bytes {
+                self.lag_bytes.get_or_create(&labels).set(lag as i64);
+            }
+            if let Some(lag) = node.lag_ms {
+                self.lag_seconds
+                    .get_or_create(&labels)
+                    .set(lag as f64 / 1000.0);
+            }
+        }
+        self.dns_target.clear();
+        for record in status.dns.iter().filter(|r| r.rtype != "TXT") {
+            for value in &record.values {
+                self.dns_target
+                    .get_or_create(&TargetLabels {
+                        name: record.name.clone(),
+                        target: value.clone(),
+                    })
+                    .set(1);
+            }
+        }
+    }
+
+    /// Counts what an event reports. Kinds are matched exactly; others count nothing.
+    pub fn on_event(&self, kind: &str, event: &Value) {
+        let count = |family: &Family<FailoverLabels, Counter>, kind: &str, result: &str| {
+            family
+                .get_or_create(&FailoverLabels {
+                    kind: kind.into(),
+                    result: result.into(),
+                })
+                .inc();
+        };
+        let failover_kind = || event["kind"].as_str().unwrap_or("unknown").to_string();
+        let seconds = |field: &str| event[field].as_f64().map(|ms| ms / 1000.0);
+        match kind {
+            "dns_applied" => {
+                self.dns_changes
+                    .get_or_create(&result("applied"))
+                    .inc_by(event["changes"].as_u64().unwrap_or(1));
+            }
+            "dns_apply_failed" => {
+                self.dns_changes.get_or_create(&result("failed")).inc();
+            }
+            "dns_conflict" => {
+                let conflicts = event["conflicts"].as_array().map_or(1, |c| c.len() as u64);
+                self.dns_changes
+                    .get_or_create(&result("conflict"))
+                    .inc_by(conflicts);
+            }
+            "failover_started" => {
+                count(&self.failovers, &failover_kind(), "started");
+                self.last_failover
+                    .set(crate::events::now_ms() as f64 / 1000.0);
+            }
+            "failover_completed" => {
+                count(&self.failovers, &failover_kind(), "completed");
+                if let Some(s) = seconds("duration_ms") {
+                    self.failover_duration.observe(s);
+                }
+            }
+            "failover_failed" => count(&self.failovers, &failover_kind(), "failed"),
+            "promotion_started" => {
+                count(&self.failovers, "switchover", "started");
+                self.last_failover
+                    .set(crate::events::now_ms() as f64 / 1000.0);
+            }
+            "promotion_done" => {
+                count(&self.failovers, "switchover", "completed");
+                if let Some(s) = seconds("write_pause_ms") {
+                    self.switchover_gap.observe(s);
+                }
+            }
+            "promotion_failed" => count(&self.failovers, "switchover", "failed"),
+            "fenced" => {
+                self.fencing.get_or_create(&kind_label("demote")).inc();
+            }
+            "self_fenced" => {
+                self.fencing
+                    .get_or_create(&kind_label("region_pause"))
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn webhook(&self, outcome: &str) {
+        self.webhook_deliveries
+            .get_or_create(&result(outcome))
+            .inc();
+    }
+
+    pub fn pass_finished(&self, elapsed: Duration) {
+        self.pass_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn probed(&self, elapsed: Duration) {
+        self.probe_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+fn result(result: &str) -> ResultLabels {
+    ResultLabels {
+        result: result.into(),
+    }
+}
+
+fn kind_label(kind: &str) -> KindLabels {
+    KindLabels { kind: kind.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn events_are_counted_by_kind_and_result() {
+        let metrics = Metrics::new();
+        let events = [
+            ("promotion_started", json!({})),
+            ("promotion_done", json!({ "write_pause_ms": 42.0 })),
+            ("failover_started", json!({ "kind": "in_region" })),
+            (
+                "failover_completed",
+                json!({ "kind": "in_region", "duration_ms": 1800 }),
+            ),
+            ("fenced", json!({})),
+            ("dns_applied", json!({ "changes": 2 })),
+            ("dns_conflict", json!({ "conflicts": [1, 2, 3] })),
+            ("something_else", json!({})),
+        ];
+        for (kind, event) in &events {
+            metrics.on_event(kind, event);
+        }
+        let text = metrics.encode();
+        for expected in [
+            "valkey_dr_failovers_total{kind=\"switchover\",result=\"completed\"} 1",
+            "valkey_dr_failovers_total{kind=\"in_region\",result=\"started\"} 1",
+            "valkey_dr_failovers_total{kind=\"in_region\",result=\"completed\"} 1",
+            "valkey_dr_fencing_actions_total{kind=\"demote\"} 1",
+            "valkey_dr_dns_changes_total{result=\"applied\"} 2",
+            "valkey_dr_dns_changes_total{result=\"conflict\"} 3",
+            "valkey_dr_switchover_write_gap_seconds_sum 0.042",
+            "valkey_dr_failover_duration_seconds_sum 1.8",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics: {text}");
+    }
+}
