@@ -358,3 +358,129 @@ async fn a_switchover_reaches_the_webhook_signed_even_after_a_refusal() {
     }
     let _ = std::fs::remove_dir_all(&secret_dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_failover_is_timed_from_detection_to_dns() {
+    let lab = TestLab::start().await;
+    lab.kill_node(0, 0).await;
+    lab.wait_until(|s| s["epoch"] == 2).await;
+    // The pass that promoted also commits DNS; scrape until it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (samples, completed) = loop {
+        let samples = scrape(lab.spec.http_addr());
+        let completed = samples
+            .iter()
+            .find(|s| {
+                s["name"] == "valkey_dr_failovers_total" && s["labels"]["result"] == "completed"
+            })
+            .cloned();
+        if let Some(completed) = completed {
+            break (samples, completed);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no completed failover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(completed["value"], 1.0);
+    assert_eq!(
+        sample(&samples, "valkey_dr_failover_duration_seconds_count", &[]),
+        Some(1.0)
+    );
+    // From the first failed probe to DNS committed: at least the down_after window, seconds.
+    let duration = sample(&samples, "valkey_dr_failover_duration_seconds_sum", &[]).unwrap();
+    assert!((0.5..15.0).contains(&duration), "{duration}");
+    let events = lab.events();
+    let done = events
+        .iter()
+        .find(|e| e["event"] == "failover_completed")
+        .expect("failover_completed is an event");
+    assert_eq!(done["epoch"], 2);
+    assert_eq!(done["new_primary"], lab.node(0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_token_and_tls_only_authorized_clients_read_the_endpoint() {
+    let lab = TestLab::start().await;
+    // The lab's own CA signs a certificate for the endpoint's address.
+    let dir = lab.spec.dir.join("http-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let http = lab.spec.http_addr();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Distinct names: a leaf whose subject equals its issuer reads as self-signed.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![http.ip().to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "controller");
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("token"), "metrics-token-never-shown\n").unwrap();
+
+    lab.kill_controller().await;
+    let mut config = lab.spec.main_config();
+    config.http = Some(valkey_dr_core::config::HttpConfig {
+        listen: http.to_string(),
+        token_file: Some(dir.join("token")),
+        tls_cert_file: Some(dir.join("cert.pem")),
+        tls_key_file: Some(dir.join("key.pem")),
+    });
+    std::fs::write(lab.config_path(), config.to_toml()).unwrap();
+    valkey_dr_lab::process::start_controller(&lab.spec, crate::harness::BIN.as_ref(), &[]).unwrap();
+    lab.wait_until(|s| s["epoch"] == 1).await;
+
+    // Python's urllib: the certificate chain and the address are verified.
+    let fetch = |path: &str, token: Option<&str>| {
+        let script = format!(
+            "import ssl, sys, urllib.request, urllib.error\n\
+             ctx = ssl.create_default_context(cafile='{ca}')\n\
+             req = urllib.request.Request('https://{http}{path}')\n\
+             {auth}\n\
+             try:\n    r = urllib.request.urlopen(req, context=ctx, timeout=10); print(r.status); print(r.read().decode()[:200])\n\
+             except urllib.error.HTTPError as e:\n    print(e.code)\n",
+            ca = dir.join("ca.pem").display(),
+            auth = token
+                .map(|t| format!("req.add_header('Authorization', 'Bearer {t}')"))
+                .unwrap_or_default(),
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(fetch("/metrics", None).starts_with("401"));
+    assert!(fetch("/metrics", Some("wrong-token")).starts_with("401"));
+    let answer = fetch("/metrics", Some("metrics-token-never-shown"));
+    assert!(
+        answer.starts_with("200") && answer.contains("valkey_dr_"),
+        "{answer}"
+    );
+    // Health checks need no token (load balancers probe them).
+    assert!(fetch("/healthz", None).starts_with("200"));
+    // Plain HTTP is not served.
+    let mut plain = TcpStream::connect(http).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = write!(plain, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains("ok"));
+    let log = std::fs::read_to_string(lab.spec.dir.join("controller.log")).unwrap();
+    assert!(!log.contains("metrics-token-never-shown"));
+}
