@@ -373,19 +373,22 @@ async fn up(spec: &LabSpec) -> Result<()> {
             spec.link_delay_ms, spec.zone
         );
         for site in &spec.sites {
+            let http = spec.site_config(site).http.map(|h| h.listen);
             println!(
-                "  site {site:<10} controller + etcd member {}; DNS {}",
+                "  site {site:<10} controller + etcd member {}; DNS {}; metrics http://{}/metrics",
                 spec.etcd_ip(site),
-                spec.site_dns(site)
+                spec.site_dns(site),
+                http.unwrap_or_default()
             );
         }
     } else {
         println!(
-            "  region link {} ms one way; DNS {} for zone {}; controller state {}",
+            "  region link {} ms one way; DNS {} for zone {}; controller state {}; metrics http://{}/metrics",
             spec.link_delay_ms,
             spec.dns,
             spec.zone,
-            spec.controller_dir().display()
+            spec.controller_dir().display(),
+            spec.http_addr()
         );
     }
     Ok(())

@@ -932,6 +932,50 @@ global_name = "demo"
     }
 
     #[test]
+    fn the_http_endpoint_and_webhooks_are_checked() {
+        let base = include_str!("../../../valkey-dr.toml");
+        let cases = [
+            (
+                "[http]\nlisten = \"0.0.0.0:9187\"\n",
+                "http.listen",
+                "without a token and TLS",
+            ),
+            (
+                "[http]\nlisten = \"localhost\"\n",
+                "http.listen",
+                "is not ip:port",
+            ),
+            (
+                "[http]\ntls_cert_file = \"c.pem\"\n",
+                "http.tls_cert_file",
+                "without a key",
+            ),
+            (
+                "[[webhooks]]\nurl = \"ftp://x\"\nsecret_file = \"s\"\n",
+                "webhooks[0].url",
+                "not an http(s) URL",
+            ),
+            (
+                "[[webhooks]]\nurl = \"https://x\"\nsecret_file = \"s\"\nevents = [\"failover.begun\"]\n",
+                "webhooks[0].events",
+                "unknown event \"failover.begun\"",
+            ),
+        ];
+        let without_http = base.replace("[http]\nlisten = \"127.0.0.1:9187\"\n", "");
+        assert_ne!(without_http, base);
+        for (section, field, problem) in cases {
+            let error = Config::parse(&format!("{without_http}\n{section}")).unwrap_err();
+            assert_eq!(error.field(), Some(field), "{error}");
+            assert!(error.to_string().contains(problem), "{error}");
+        }
+        // Anywhere but loopback with a token and TLS is fine.
+        let exposed = format!(
+            "{without_http}\n[http]\nlisten = \"0.0.0.0:9187\"\ntoken_file = \"t\"\ntls_cert_file = \"c\"\ntls_key_file = \"k\"\n"
+        );
+        Config::parse(&exposed).unwrap();
+    }
+
+    #[test]
     fn too_few_regions_and_unknown_fields_are_rejected() {
         let one_region = r#"
 primary_region = "a"
