@@ -3,8 +3,8 @@
 #   valkey-server + valkey-cli (Valkey 8, Debian bookworm-backports), dig + nsupdate (dnsutils),
 #   etcd (Debian's etcd-server: the lab runs three members, one per site) and protoc
 #   (protobuf-compiler: the etcd client's build generates its gRPC code);
-#   with --test also python3 + venv (for the pinned moto server the AWS tests run against) and
-#   openssl (the TLS client test makes its own certificates).
+#   with --test also python3 + venv (for the pinned moto server the AWS tests run against),
+#   openssl (the TLS client test makes its own certificates) and chromium (the status page test).
 # Needs root or sudo for apt. Does nothing when everything is present.
 set -euo pipefail
 
@@ -19,6 +19,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v python3 >/dev/null || missing+=(python3)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   command -v openssl >/dev/null || missing+=(openssl)
+  command -v chromium >/dev/null || missing+=(chromium)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

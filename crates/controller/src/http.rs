@@ -1,4 +1,5 @@
-//! The read-only HTTP endpoint: `/metrics` (OpenMetrics text), `/healthz`, `/readyz`,
+//! The read-only HTTP endpoint: `/` (a status page that refreshes itself from the API),
+//! `/metrics` (OpenMetrics text), `/healthz`, `/readyz`,
 //! `/api/status` (what `valkey-dr status --output json` prints), `/api/events` (recent events as
 //! JSON, or followed as server-sent events). Nothing here changes anything: moving the writer stays
 //! on the owner-only control socket. Bound to loopback unless a bearer token and TLS are
@@ -32,9 +33,13 @@ pub enum HttpError {
     Tls(String),
 }
 
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
 struct AppState {
     controller: Arc<Controller>,
     token: Option<String>,
+    /// One scrape at a time: a scrape rewrites the gauges before it encodes them.
+    scrape: tokio::sync::Mutex<()>,
 }
 
 /// Binds the endpoint and serves it until the returned task is aborted.
@@ -64,7 +69,11 @@ pub async fn serve(
         listen: config.listen.clone(),
         reason: e.to_string(),
     })?;
-    let app = router(Arc::new(AppState { controller, token }));
+    let app = router(Arc::new(AppState {
+        controller,
+        token,
+        scrape: tokio::sync::Mutex::new(()),
+    }));
     let task = match tls {
         None => tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -83,6 +92,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/events", get(events))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
+        // The page holds no data (it reads the API, with `?token=` when one is required).
+        .route("/", get(|| async { axum::response::Html(STATUS_PAGE) }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .merge(protected)
@@ -140,13 +151,17 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let status = state.controller.status().await;
-    state.controller.metrics.set_status(&status);
+    let text = {
+        let _one = state.scrape.lock().await;
+        state.controller.metrics.set_status(&status);
+        state.controller.metrics.encode()
+    };
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.controller.metrics.encode(),
+        text,
     )
         .into_response()
 }

@@ -11,6 +11,7 @@ mod ha;
 mod harness;
 mod http;
 mod lab;
+mod page;
 mod promotion;
 mod reconcile;
 mod safety;
