@@ -543,7 +543,9 @@ impl Controller {
                 kind: report.kind.clone(),
                 epoch: new_epoch.epoch,
                 new_primary: report.new_primary.clone(),
-                detected: started - detection.unwrap_or_default(),
+                detected: started
+                    .checked_sub(detection.unwrap_or_default())
+                    .unwrap_or(started),
             });
         if old_answers {
             let demotion = self.demote(old.primary, target, true).await;

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
-use valkey_dr_core::config::WebhookConfig;
+use valkey_dr_core::config::{WebhookConfig, WebhookEvent};
 
 use crate::Controller;
 use crate::metrics::Metrics;
@@ -26,14 +26,14 @@ const QUEUE: usize = 256;
 const ATTEMPTS: u32 = 8;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The webhook name of a controller event, when it is one a webhook can receive.
-pub fn webhook_event(kind: &str) -> Option<&'static str> {
+/// The webhook event of a controller event, when it is one a webhook can receive.
+pub fn webhook_event(kind: &str) -> Option<WebhookEvent> {
     match kind {
-        "failover_started" => Some("failover.started"),
-        "failover_completed" => Some("failover.completed"),
-        "promotion_done" => Some("switchover.completed"),
-        "fenced" | "self_fenced" => Some("fenced"),
-        "data_loss_suspected" => Some("data_loss_suspected"),
+        "failover_started" => Some(WebhookEvent::FailoverStarted),
+        "failover_completed" => Some(WebhookEvent::FailoverCompleted),
+        "promotion_done" => Some(WebhookEvent::SwitchoverCompleted),
+        "fenced" | "self_fenced" => Some(WebhookEvent::Fenced),
+        "data_loss_suspected" => Some(WebhookEvent::DataLossSuspected),
         _ => None,
     }
 }
@@ -50,8 +50,8 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes
 
 struct Hook {
     url: String,
-    events: Vec<String>,
-    queue: mpsc::Sender<(String, bytes::Bytes)>,
+    events: Vec<WebhookEvent>,
+    queue: mpsc::Sender<(WebhookEvent, bytes::Bytes)>,
 }
 
 /// Starts the dispatcher and one delivery task per webhook; their handles, to abort on stop.
@@ -131,9 +131,10 @@ async fn dispatch(
         let Ok(event) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
-        let Some(name) = event["event"].as_str().and_then(webhook_event) else {
+        let Some(kind) = event["event"].as_str().and_then(webhook_event) else {
             continue;
         };
+        let name = kind.name();
         let id = format!(
             "{}-{}",
             crate::events::now_ms(),
@@ -142,14 +143,10 @@ async fn dispatch(
         let body = json!({ "event": name, "id": id, "ts": event["ts"], "data": event });
         let body = bytes::Bytes::from(body.to_string());
         for hook in &hooks {
-            if !(hook.events.is_empty() || hook.events.iter().any(|e| e == name)) {
+            if !(hook.events.is_empty() || hook.events.contains(&kind)) {
                 continue;
             }
-            if hook
-                .queue
-                .try_send((name.to_string(), body.clone()))
-                .is_err()
-            {
+            if hook.queue.try_send((kind, body.clone())).is_err() {
                 tracing::warn!(url = %hook.url, event = name, "webhook queue full; delivery dropped");
                 metrics.webhook("dropped");
             }
@@ -161,14 +158,15 @@ async fn dispatch(
 async fn deliver(
     config: WebhookConfig,
     secret: String,
-    mut deliveries: mpsc::Receiver<(String, bytes::Bytes)>,
+    mut deliveries: mpsc::Receiver<(WebhookEvent, bytes::Bytes)>,
     client: HttpClient,
     metrics: Arc<Metrics>,
 ) {
-    while let Some((name, body)) = deliveries.recv().await {
+    while let Some((kind, body)) = deliveries.recv().await {
+        let name = kind.name();
         let mut delay = Duration::from_millis(500);
         for attempt in 1..=ATTEMPTS {
-            let outcome = post(&client, &config.url, &secret, &name, &body).await;
+            let outcome = post(&client, &config.url, &secret, name, &body).await;
             match outcome {
                 Ok(()) => {
                     metrics.webhook("delivered");
@@ -248,10 +246,11 @@ mod tests {
             ("promotion_started", None),
         ];
         for (kind, expected) in cases {
-            assert_eq!(webhook_event(kind), expected, "{kind}");
-            if let Some(name) = expected {
-                assert!(valkey_dr_core::config::WEBHOOK_EVENTS.contains(&name));
-            }
+            assert_eq!(
+                webhook_event(kind).map(WebhookEvent::name),
+                expected,
+                "{kind}"
+            );
         }
     }
 

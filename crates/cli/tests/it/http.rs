@@ -300,7 +300,10 @@ async fn a_switchover_reaches_the_webhook_signed_even_after_a_refusal() {
         spec.webhooks = vec![valkey_dr_core::config::WebhookConfig {
             url: format!("http://{addr}/hooks/valkey-dr"),
             secret_file: secret_file.clone(),
-            events: vec!["switchover.completed".into(), "fenced".into()],
+            events: vec![
+                valkey_dr_core::config::WebhookEvent::SwitchoverCompleted,
+                valkey_dr_core::config::WebhookEvent::Fenced,
+            ],
         }];
     })
     .await;
