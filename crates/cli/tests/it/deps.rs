@@ -23,14 +23,7 @@ fn derive(sources: &[(&str, &str)]) -> (bool, String) {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&root);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    crate::harness::outcome(out)
 }
 
 #[test]

@@ -243,3 +243,15 @@ pub fn dig(server: SocketAddr, args: &[&str]) -> String {
         .expect("dig is installed (make test installs dnsutils)");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Whether a finished command succeeded, and everything it printed (stdout, then stderr).
+pub fn outcome(out: std::process::Output) -> (bool, String) {
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -10,14 +10,7 @@ fn lab(args: &[&str], dir: &std::path::Path) -> (bool, String) {
         .arg(dir)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    crate::harness::outcome(out)
 }
 
 /// The CLI lifecycle: `up` twice starts one copy, `down` leaves no process behind.
