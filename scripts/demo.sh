@@ -64,6 +64,7 @@ bold "Look around"
 cat <<EOT
   $VDR status --config $LAB_DIR/valkey-dr.toml      roles, links, lag, epoch, DNS
   $VDR events --config $LAB_DIR/valkey-dr.toml -f   the controller's event stream (JSON lines)
+  http://127.0.0.1:5354/                            the status page (and /metrics, /api/status, /api/events)
   $VDR promote us-east-1 --config $LAB_DIR/valkey-dr.toml   move the writer back
   dig @127.0.0.1 -p 5353 $NAME                       (the witness's DNS; us-east-1's: @127.0.1.53, us-east-2's: @127.0.2.53)
   REDISCLI_AUTH=\$(cat $LAB_DIR/secrets/valkey-password) valkey-cli --tls --cacert $LAB_DIR/tls/ca.pem -h 127.0.2.1 INFO replication
