@@ -6,7 +6,6 @@
 //! configured (the config refuses otherwise).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +24,6 @@ use crate::security::{SecurityError, read, read_secret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("config field `http.listen`: cannot listen on {listen}: {reason}")]
-    Bind { listen: String, reason: String },
     #[error(transparent)]
     Secret(#[from] SecurityError),
     #[error("config field `http.tls_cert_file`: {0}")]
@@ -42,11 +39,14 @@ struct AppState {
     scrape: tokio::sync::Mutex<()>,
 }
 
-/// Binds the endpoint and serves it until the returned task is aborted.
+/// Serves the endpoint until the returned task is aborted. The token and TLS files are read now
+/// (a config error stops the start); a listen address that is taken is retried with backoff and
+/// reported (`http_unavailable`, then `http_listening`): the controller's real work never waits
+/// on its metrics port.
 pub async fn serve(
     controller: Arc<Controller>,
     config: &HttpConfig,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), HttpError> {
+) -> Result<tokio::task::JoinHandle<()>, HttpError> {
     let token = config
         .token_file
         .as_deref()
@@ -59,30 +59,53 @@ pub async fn serve(
         )?),
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| HttpError::Bind {
-            listen: config.listen.clone(),
-            reason: e.to_string(),
-        })?;
-    let addr = listener.local_addr().map_err(|e| HttpError::Bind {
-        listen: config.listen.clone(),
-        reason: e.to_string(),
-    })?;
+    let listen = config.listen.clone();
     let app = router(Arc::new(AppState {
-        controller,
+        controller: controller.clone(),
         token,
         scrape: tokio::sync::Mutex::new(()),
     }));
-    let task = match tls {
-        None => tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(error = %e, "the HTTP endpoint stopped");
+    Ok(tokio::spawn(async move {
+        let listener = bind(&controller, &listen).await;
+        match tls {
+            None => {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::warn!(error = %e, "the HTTP endpoint stopped");
+                }
             }
-        }),
-        Some(acceptor) => tokio::spawn(serve_tls(listener, acceptor, app)),
-    };
-    Ok((addr, task))
+            Some(acceptor) => serve_tls(listener, acceptor, app).await,
+        }
+    }))
+}
+
+/// Binds `listen`, retrying every 1 s doubling to 30 s while it is taken; reports the first
+/// failure and the success after one.
+async fn bind(controller: &Controller, listen: &str) -> tokio::net::TcpListener {
+    let mut delay = Duration::from_secs(1);
+    let mut reported = false;
+    loop {
+        match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => {
+                if reported {
+                    controller
+                        .events
+                        .emit("http_listening", serde_json::json!({ "listen": listen }));
+                }
+                return listener;
+            }
+            Err(e) => {
+                if !reported {
+                    controller.events.emit(
+                        "http_unavailable",
+                        serde_json::json!({ "listen": listen, "error": e.to_string(), "retry": "with backoff" }),
+                    );
+                    reported = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 fn router(state: Arc<AppState>) -> Router {

@@ -397,8 +397,6 @@ impl Controller {
 pub struct Running {
     pub controller: Arc<Controller>,
     pub dns_addr: SocketAddr,
-    /// The HTTP endpoint's address, when `[http]` is configured.
-    pub http_addr: Option<SocketAddr>,
     dns: DnsServer,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -467,14 +465,9 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
         tokio::spawn(controller.clone().run_loop(std::future::pending())),
         tokio::spawn(controller.clone().watch_clock()),
     ];
-    let http_addr = match &controller.config.http {
-        Some(http) => {
-            let (addr, task) = http::serve(controller.clone(), http).await?;
-            tasks.push(task);
-            Some(addr)
-        }
-        None => None,
-    };
+    if let Some(http) = &controller.config.http {
+        tasks.push(http::serve(controller.clone(), http).await?);
+    }
     tasks.extend(webhooks::start(&controller)?);
     if controller.ha.is_some() {
         tasks.push(tokio::spawn(controller.clone().campaign()));
@@ -486,7 +479,6 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
     Ok(Running {
         controller,
         dns_addr,
-        http_addr,
         dns,
         tasks,
     })

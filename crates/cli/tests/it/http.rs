@@ -487,3 +487,34 @@ async fn with_a_token_and_tls_only_authorized_clients_read_the_endpoint() {
     let log = std::fs::read_to_string(lab.spec.dir.join("controller.log")).unwrap();
     assert!(!log.contains("metrics-token-never-shown"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_metrics_port_never_stops_the_controller_and_is_retried() {
+    let lab = TestLab::start().await;
+    let http = lab.spec.http_addr();
+    lab.kill_controller().await;
+    // Something else holds the port when the controller starts.
+    let squatter = std::net::TcpListener::bind(http).unwrap();
+    valkey_dr_lab::process::start_controller(&lab.spec, crate::harness::BIN.as_ref(), &[]).unwrap();
+    lab.wait_until(|s| s["epoch"] == 1).await;
+    // The controller does its work (a switchover) while its endpoint is unavailable.
+    lab.cli(&["promote", "us-east-2"]);
+    let reported = lab
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "http_unavailable")
+        .expect("the taken port is reported");
+    assert_eq!(reported["listen"], http.to_string());
+    drop(squatter);
+    // Retried with backoff (1 s, 2 s, …): the endpoint comes up on its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(http).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the endpoint never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sample(&scrape(http), "valkey_dr_epoch", &[]), Some(2.0));
+    assert!(lab.events().iter().any(|e| e["event"] == "http_listening"));
+}
