@@ -92,10 +92,14 @@ impl Renderer<'_> {
     fn scalar(&self, value: &Value) -> String {
         match intrinsic(value) {
             Some((f, name)) if f == "Ref" => self.parameters[name.as_str().unwrap()].clone(),
-            _ => match value {
-                Value::String(s) => s.clone(),
-                other => serde_yaml_ng::to_string(other).unwrap().trim().to_string(),
-            },
+            _ => Renderer::plain(value),
+        }
+    }
+
+    fn plain(value: &Value) -> String {
+        match value {
+            Value::String(s) => s.clone(),
+            other => serde_yaml_ng::to_string(other).unwrap().trim().to_string(),
         }
     }
 
@@ -203,15 +207,6 @@ fn render(role: Role, artifact: &Artifact, reconcile: Reconcile) -> Rendered {
     Rendered {
         resources,
         parameters,
-    }
-}
-
-impl Renderer<'_> {
-    fn plain(value: &Value) -> String {
-        match value {
-            Value::String(s) => s.clone(),
-            other => serde_yaml_ng::to_string(other).unwrap().trim().to_string(),
-        }
     }
 }
 

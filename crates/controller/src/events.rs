@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use crate::metrics::Metrics;
 
 /// How many recent events `/api/events` and the status page show.
-pub const RECENT: usize = 500;
+const RECENT: usize = 500;
 
 pub struct EventSink {
     log: Mutex<EventLog>,

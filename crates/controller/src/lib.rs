@@ -224,10 +224,6 @@ impl Controller {
         &self.events
     }
 
-    pub fn metrics(&self) -> &metrics::Metrics {
-        &self.metrics
-    }
-
     pub fn epoch(&self) -> Option<EpochRecord> {
         self.state.epoch()
     }

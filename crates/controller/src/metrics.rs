@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 use serde_json::Value;
 
 use crate::status::Status;
@@ -88,134 +88,161 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` under `name` (with its unit suffix when it has one) and hands it back.
+fn add<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    metric: M,
+) -> M {
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, metric.clone()),
+        None => registry.register(name, help, metric.clone()),
+    }
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("valkey_dr");
-        let metrics = Metrics {
-            epoch: Gauge::default(),
-            leader: Gauge::default(),
-            data_loss_suspected: Gauge::default(),
-            node_up: Family::default(),
-            node_info: Family::default(),
-            offset: Family::default(),
-            lag_bytes: Family::default(),
-            lag_seconds: Family::default(),
-            link_up: Family::default(),
-            dns_target: Family::default(),
-            dns_changes: Family::default(),
-            failovers: Family::default(),
-            fencing: Family::default(),
-            webhook_deliveries: Family::default(),
-            last_failover: FloatGauge::default(),
-            switchover_gap: Histogram::new(seconds_buckets()),
-            failover_duration: Histogram::new(seconds_buckets()),
-            probe_duration: Histogram::new(seconds_buckets()),
-            pass_duration: Histogram::new(seconds_buckets()),
-            registry: Registry::default(),
-        };
-        let m = &metrics;
-        registry.register(
-            "epoch",
-            "The epoch in force (rises with every promotion)",
-            m.epoch.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this controller decides (always 1 for a single controller)",
-            m.leader.clone(),
-        );
-        registry.register(
-            "data_loss_suspected",
-            "1 while a writer came back without its data and nobody acknowledged it",
-            m.data_loss_suspected.clone(),
-        );
-        registry.register("node_up", "1 when the node answers", m.node_up.clone());
-        registry.register(
-            "node_info",
-            "The node's role (primary, replica or unreachable) as a label; value 1",
-            m.node_info.clone(),
-        );
-        registry.register_with_unit(
-            "replication_offset",
-            "The node's replication offset",
-            Unit::Bytes,
-            m.offset.clone(),
-        );
-        registry.register_with_unit(
-            "replication_lag",
-            "How far the replica is behind the writer",
-            Unit::Bytes,
-            m.lag_bytes.clone(),
-        );
-        registry.register_with_unit(
-            "replication_lag",
-            "Age of the newest writer heartbeat the replica has applied (0 when caught up)",
-            Unit::Seconds,
-            m.lag_seconds.clone(),
-        );
-        registry.register(
-            "master_link_up",
-            "1 when the replica's link to its primary is up",
-            m.link_up.clone(),
-        );
-        registry.register(
-            "dns_target_info",
-            "Where each managed name leads; value 1",
-            m.dns_target.clone(),
-        );
-        registry.register(
-            "dns_changes",
-            "DNS changes by result (applied, conflict, failed)",
-            m.dns_changes.clone(),
-        );
-        registry.register(
-            "failovers",
-            "Failovers and switchovers by kind and result (started, completed, failed)",
-            m.failovers.clone(),
-        );
-        registry.register(
-            "fencing_actions",
-            "Fencing actions by kind (demote, region_pause)",
-            m.fencing.clone(),
-        );
-        registry.register(
-            "webhook_deliveries",
-            "Webhook deliveries by result (delivered, retried, failed, dropped)",
-            m.webhook_deliveries.clone(),
-        );
-        registry.register_with_unit(
-            "last_failover_timestamp",
-            "When the last failover or switchover started (Unix time)",
-            Unit::Seconds,
-            m.last_failover.clone(),
-        );
-        registry.register_with_unit(
-            "switchover_write_gap",
-            "How long a switchover paused writes",
-            Unit::Seconds,
-            m.switchover_gap.clone(),
-        );
-        registry.register_with_unit(
-            "failover_duration",
-            "From the first failed probe of the writer to the DNS change committed",
-            Unit::Seconds,
-            m.failover_duration.clone(),
-        );
-        registry.register_with_unit(
-            "probe_duration",
-            "One observation of every node",
-            Unit::Seconds,
-            m.probe_duration.clone(),
-        );
-        registry.register_with_unit(
-            "reconcile_pass_duration",
-            "One reconcile pass",
-            Unit::Seconds,
-            m.pass_duration.clone(),
-        );
+        let mut r = Registry::with_prefix("valkey_dr");
+        let seconds = || Histogram::new(seconds_buckets());
+        let (bytes, secs) = (Some(Unit::Bytes), Some(Unit::Seconds));
         Metrics {
-            registry,
-            ..metrics
+            epoch: add(
+                &mut r,
+                "epoch",
+                "The epoch in force (rises with every promotion)",
+                None,
+                Gauge::default(),
+            ),
+            leader: add(
+                &mut r,
+                "leader",
+                "1 while this controller decides (always 1 for a single controller)",
+                None,
+                Gauge::default(),
+            ),
+            data_loss_suspected: add(
+                &mut r,
+                "data_loss_suspected",
+                "1 while a writer came back without its data and nobody acknowledged it",
+                None,
+                Gauge::default(),
+            ),
+            node_up: add(
+                &mut r,
+                "node_up",
+                "1 when the node answers",
+                None,
+                Family::default(),
+            ),
+            node_info: add(
+                &mut r,
+                "node_info",
+                "The node's role (primary, replica or unreachable) as a label; value 1",
+                None,
+                Family::default(),
+            ),
+            offset: add(
+                &mut r,
+                "replication_offset",
+                "The node's replication offset",
+                bytes.clone(),
+                Family::default(),
+            ),
+            lag_bytes: add(
+                &mut r,
+                "replication_lag",
+                "How far the replica is behind the writer",
+                bytes,
+                Family::default(),
+            ),
+            lag_seconds: add(
+                &mut r,
+                "replication_lag",
+                "Age of the newest writer heartbeat the replica has applied (0 when caught up)",
+                secs.clone(),
+                Family::default(),
+            ),
+            link_up: add(
+                &mut r,
+                "master_link_up",
+                "1 when the replica's link to its primary is up",
+                None,
+                Family::default(),
+            ),
+            dns_target: add(
+                &mut r,
+                "dns_target_info",
+                "Where each managed name leads; value 1",
+                None,
+                Family::default(),
+            ),
+            dns_changes: add(
+                &mut r,
+                "dns_changes",
+                "DNS changes by result (applied, conflict, failed)",
+                None,
+                Family::default(),
+            ),
+            failovers: add(
+                &mut r,
+                "failovers",
+                "Failovers and switchovers by kind and result (started, completed, failed)",
+                None,
+                Family::default(),
+            ),
+            fencing: add(
+                &mut r,
+                "fencing_actions",
+                "Fencing actions by kind (demote, region_pause)",
+                None,
+                Family::default(),
+            ),
+            webhook_deliveries: add(
+                &mut r,
+                "webhook_deliveries",
+                "Webhook deliveries by result (delivered, retried, failed, dropped)",
+                None,
+                Family::default(),
+            ),
+            last_failover: add(
+                &mut r,
+                "last_failover_timestamp",
+                "When the last failover or switchover started (Unix time)",
+                secs.clone(),
+                FloatGauge::default(),
+            ),
+            switchover_gap: add(
+                &mut r,
+                "switchover_write_gap",
+                "How long a switchover paused writes",
+                secs.clone(),
+                seconds(),
+            ),
+            failover_duration: add(
+                &mut r,
+                "failover_duration",
+                "From the first failed probe of the writer to the DNS change committed",
+                secs.clone(),
+                seconds(),
+            ),
+            probe_duration: add(
+                &mut r,
+                "probe_duration",
+                "One observation of every node",
+                secs.clone(),
+                seconds(),
+            ),
+            pass_duration: add(
+                &mut r,
+                "reconcile_pass_duration",
+                "One reconcile pass",
+                secs,
+                seconds(),
+            ),
+            registry: r,
         }
     }
 

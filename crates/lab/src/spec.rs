@@ -167,9 +167,11 @@ impl LabSpec {
 
     /// The DNS server of a site's controller: the last site serves on `dns` (the address people
     /// dig), the others on `127.<block>.<site>.53` with the same port.
-    /// A controller's HTTP endpoint: its DNS server's address, the next port.
+    /// A controller's HTTP endpoint: its DNS server's address, the next port (the one before
+    /// when the DNS port is the last).
     fn http_beside(dns: SocketAddr) -> SocketAddr {
-        SocketAddr::new(dns.ip(), dns.port().wrapping_add(1).max(1))
+        let port = dns.port().checked_add(1).unwrap_or(dns.port() - 1);
+        SocketAddr::new(dns.ip(), port)
     }
 
     /// Where the lab's main controller serves metrics, status and events.

@@ -254,6 +254,14 @@ fn passes(parameters: &BTreeMap<String, String>) -> String {
     )
 }
 
+/// The ids a stack names: the primary outputs them, the secondary was deployed with them.
+fn stack_targets(role: Role, stack: &Stack) -> Option<Targets> {
+    match role {
+        Role::Primary => targets_from(&stack.outputs),
+        Role::Secondary => targets_from(&stack.parameters),
+    }
+}
+
 fn targets_from(outputs: &BTreeMap<String, String>) -> Option<Targets> {
     Some(Targets {
         global_replication_group_id: outputs.get("GlobalReplicationGroupId")?.clone(),
@@ -278,11 +286,7 @@ pub async fn targets(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Targets, D
         let region = stages::region(deploy, role);
         match cloud.stacks.describe(region, &name).await {
             Ok(Some(stack)) => {
-                let found = match role {
-                    Role::Primary => targets_from(&stack.outputs),
-                    Role::Secondary => targets_from(&stack.parameters),
-                };
-                if let Some(targets) = found {
+                if let Some(targets) = stack_targets(role, &stack) {
                     return Ok(targets);
                 }
                 problems.push(format!("stack {name} in {region} does not name them"));
@@ -892,7 +896,7 @@ async fn leave_datastore(
             "  {} is not primary (promoted away earlier); failing back first",
             home.replication_group_id
         ));
-        promote(config, cloud, &home.region.clone(), waits, say).await?;
+        promote(config, cloud, &home.region, waits, say).await?;
     }
     let settled = || async { cloud.datastore.settled(&home_region, global).await };
     wait_until(waits, say, &format!("{global} to settle"), settled).await?;
@@ -1023,10 +1027,7 @@ pub async fn status(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Status, Dep
             let region = stages::region(deploy, role).to_string();
             let state = match cloud.stacks.describe(&region, &name).await {
                 Ok(stack) => {
-                    let ids = stack.as_ref().and_then(|s| match role {
-                        Role::Primary => targets_from(&s.outputs),
-                        Role::Secondary => targets_from(&s.parameters),
-                    });
+                    let ids = stack.as_ref().and_then(|s| stack_targets(role, s));
                     from_stacks = from_stacks.or(ids);
                     stack.map_or("absent".into(), |s| s.status)
                 }
