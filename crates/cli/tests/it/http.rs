@@ -491,10 +491,19 @@ async fn with_a_token_and_tls_only_authorized_clients_read_the_endpoint() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_taken_metrics_port_never_stops_the_controller_and_is_retried() {
     let lab = TestLab::start().await;
-    let http = lab.spec.http_addr();
     lab.kill_controller().await;
-    // Something else holds the port when the controller starts.
-    let squatter = std::net::TcpListener::bind(http).unwrap();
+    // Something else holds the endpoint's address when the controller starts: a port the test
+    // bound itself (rebinding the lab's own could race whatever took it meanwhile).
+    let squatter = std::net::TcpListener::bind((lab.spec.http_addr().ip(), 0)).unwrap();
+    let http = squatter.local_addr().unwrap();
+    let mut config = lab.spec.main_config();
+    config.http = Some(valkey_dr_core::config::HttpConfig {
+        listen: http.to_string(),
+        token_file: None,
+        tls_cert_file: None,
+        tls_key_file: None,
+    });
+    std::fs::write(lab.config_path(), config.to_toml()).unwrap();
     valkey_dr_lab::process::start_controller(&lab.spec, crate::harness::BIN.as_ref(), &[]).unwrap();
     lab.wait_until(|s| s["epoch"] == 1).await;
     // The controller does its work (a switchover) while its endpoint is unavailable.
