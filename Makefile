@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.installed-$(MOTO_VERSION)-$(CFN_LINT_VERSION)-$(PROMETHEU
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config info_replication events dns_request
 
-.PHONY: all deps test-deps build demo test chaos fuzz bench lambda aws-demo lab-down clean
+.PHONY: all deps test-deps build demo test chaos fuzz bench lambda aws-demo lab-down clean clients
 
 all: build
 
@@ -35,7 +35,19 @@ $(VENV_STAMP):
 test-deps:
 	@bash scripts/install-deps.sh --test
 
-test: test-deps $(VENV_STAMP)
+# The client writers of `valkey-dr drill --clients` (clients/README.md): each library pinned, in
+# its own folder.
+CLIENTS_STAMP := clients/.installed
+$(CLIENTS_STAMP): clients/redis-py/requirements.txt clients/ioredis/package-lock.json
+	python3 -m venv clients/redis-py/.venv
+	clients/redis-py/.venv/bin/pip install --quiet -r clients/redis-py/requirements.txt
+	npm ci --prefix clients/ioredis --no-audit --no-fund --loglevel=error
+	touch $@
+
+clients: $(CLIENTS_STAMP)
+	$(CARGO) build --locked -p valkey-dr-client-redis-rs
+
+test: test-deps $(VENV_STAMP) clients
 	$(VENV)/bin/cfn-lint --regions us-east-2 us-west-2 -- deploy/aws/valkey-dr.yaml
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets --all-features -- -D warnings

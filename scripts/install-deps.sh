@@ -4,7 +4,8 @@
 #   etcd (Debian's etcd-server: the lab runs three members, one per site) and protoc
 #   (protobuf-compiler: the etcd client's build generates its gRPC code);
 #   with --test also python3 + venv (for the pinned moto server the AWS tests run against),
-#   openssl (the TLS client test makes its own certificates) and chromium (the status page test).
+#   openssl (the TLS client test makes its own certificates), chromium (the status page test),
+#   and for the client-library drill nodejs + npm (ioredis) and iproute2 (its network namespace).
 # Needs root or sudo for apt. Does nothing when everything is present.
 set -euo pipefail
 
@@ -20,6 +21,9 @@ if [ "${1:-}" = "--test" ]; then
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v chromium >/dev/null || missing+=(chromium)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use valkey_dr_lab::drill::{self, DrillOptions, DrillReport, Operation};
+use valkey_dr_lab::clients::{self, Library};
+use valkey_dr_lab::drill::{self, ClientsOptions, DrillOptions, DrillReport, Fault, Operation};
 
 use crate::lab::DirArg;
 use crate::{Method, Output};
@@ -18,12 +19,15 @@ pub enum DrillCommand {
         #[arg(long, value_enum, default_value = "safe")]
         method: Method,
     },
-    /// Unplanned failover: SIGKILL of the writer node, or with --partition, isolation of its region.
+    /// Unplanned failover: SIGKILL of the writer node; with --stall, SIGSTOP of it for the whole
+    /// drill (a hung host); with --partition, isolation of its region.
     Failover {
         #[command(flatten)]
         common: Common,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "stall")]
         partition: bool,
+        #[arg(long)]
+        stall: bool,
     },
     /// The highly available shape's drills, each on a lab of its own: the leader killed and
     /// SIGSTOPped mid-switchover, the leader's site isolated, the writer's region isolated with
@@ -64,6 +68,15 @@ pub struct Common {
     duration: f64,
     #[arg(long, short, value_enum, default_value = "table")]
     output: Output,
+    /// Also write through real client libraries, each with its default and its recommended
+    /// settings: all of them, or those listed (redis-py, ioredis, redis-rs, valkey-cli). They
+    /// resolve the name through the system resolver, so the lab's DNS must be the machine's
+    /// (see the README: the client drill in a network namespace).
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    clients: Option<Vec<Library>>,
+    /// Where the client writers and their installed libraries are (`make clients`).
+    #[arg(long, default_value = "clients")]
+    clients_dir: std::path::PathBuf,
 }
 
 pub async fn dispatch(command: DrillCommand) -> Result<()> {
@@ -74,7 +87,18 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
                 method: method.into(),
             },
         ),
-        DrillCommand::Failover { common, partition } => (common, Operation::Failover { partition }),
+        DrillCommand::Failover {
+            common,
+            partition,
+            stall,
+        } => {
+            let fault = match (partition, stall) {
+                (true, _) => Fault::Partition,
+                (_, true) => Fault::Stall,
+                _ => Fault::Kill,
+            };
+            (common, Operation::Failover { fault })
+        }
         DrillCommand::Bench { dir, runs, writers } => return bench(&dir, runs, writers).await,
         DrillCommand::Ha { runs, dir, output } => {
             return crate::chaos::dispatch(crate::chaos::ChaosArgs {
@@ -98,6 +122,14 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
         writers: common.writers.max(1),
         duration: Duration::from_secs_f64(common.duration),
         at: Duration::from_secs(1),
+        clients: common.clients.map(|libraries| ClientsOptions {
+            dir: common.clients_dir,
+            writers: clients::matrix(if libraries.is_empty() {
+                &Library::ALL
+            } else {
+                &libraries
+            }),
+        }),
     };
     let report = drill::run(&spec, &options).await?;
     match common.output {
@@ -137,10 +169,46 @@ fn render(r: &DrillReport) -> String {
         r.detection_ms.map(|d| format!("{d} ms")).unwrap_or_else(|| "-".into()),
         opt(r.replication_healthy_ms)
     ));
+    if !r.clients.is_empty() {
+        out.push_str(&render_clients(&r.clients));
+    }
     if let Some(e) = &r.error {
         out.push_str(&format!("  error: {e}\n"));
     }
     out
+}
+
+fn render_clients(rows: &[clients::ClientReport]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|c| {
+            vec![
+                c.client.clone(),
+                c.settings.clone(),
+                c.first_write_after_ms
+                    .map(|ms| format!("{ms} ms"))
+                    .unwrap_or_else(|| "never".into()),
+                c.acknowledged_writes.to_string(),
+                c.lost.to_string(),
+                c.readonly_errors.to_string(),
+                c.other_errors.to_string(),
+                c.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    crate::render::table(
+        &[
+            "client",
+            "settings",
+            "first write after",
+            "acked",
+            "lost",
+            "READONLY",
+            "other errors",
+            "error",
+        ],
+        &rows,
+    )
 }
 
 async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
@@ -156,6 +224,7 @@ async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
                 writers,
                 duration: scenario.duration,
                 at: Duration::from_secs(1),
+                clients: None,
             };
             let report = drill::run(&spec, &options).await?;
             eprintln!(

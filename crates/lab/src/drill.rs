@@ -12,6 +12,7 @@ use valkey_dr_controller::promotion::PromoteMethod;
 use valkey_dr_dns::resolve::StubResolver;
 
 use crate::LabSpec;
+use crate::clients::{self, ClientReport, ClientWriter};
 use crate::writer::{self, WriterConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,8 +20,31 @@ use crate::writer::{self, WriterConfig};
 pub enum Operation {
     /// A planned switchover through the controller.
     Switchover { method: PromoteMethod },
-    /// SIGKILL of the writer node, or (`partition`) isolation of the writer's region.
-    Failover { partition: bool },
+    /// The writer node fails; the controller fails over on its own.
+    Failover { fault: Fault },
+}
+
+/// How the writer fails in a failover drill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// SIGKILL; restarted (empty) after the drill.
+    Kill,
+    /// SIGSTOP for the whole drill: connections stay open and silent, as with a hung host;
+    /// SIGCONT after the drill, and the controller fences it.
+    Stall,
+    /// The writer's region cut off; healed after the drill.
+    Partition,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Stall => "stall",
+            Fault::Partition => "partition",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -32,6 +56,15 @@ pub struct DrillOptions {
     pub duration: Duration,
     /// When the operation starts, after the writers.
     pub at: Duration,
+    /// Writers on real client libraries beside the drill's own (`--clients`).
+    pub clients: Option<ClientsOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientsOptions {
+    /// The `clients/` folder: the writers and their installed libraries.
+    pub dir: std::path::PathBuf,
+    pub writers: Vec<ClientWriter>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -56,6 +89,9 @@ pub struct DrillReport {
     pub detection_ms: Option<u64>,
     /// From the start of the operation until every reachable node replicated correctly again.
     pub replication_healthy_ms: Option<f64>,
+    /// The client-library writers (`--clients`), one row each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<ClientReport>,
     pub error: Option<String>,
 }
 
@@ -86,6 +122,19 @@ fn replication_settled(status: &Value) -> bool {
 }
 
 pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, DrillError> {
+    if options.clients.is_some()
+        && options.operation
+            == (Operation::Failover {
+                fault: Fault::Partition,
+            })
+    {
+        // The lab's partitions cut the region links; the client libraries connect to the nodes
+        // directly, so they would not be cut off and their numbers would mean nothing.
+        return Err(DrillError::Lab(
+            "--clients works with switchovers and with failover by SIGKILL, not with --partition"
+                .into(),
+        ));
+    }
     let socket = spec.main_config().control_socket();
     let before = status(&socket).await?;
     let old_primary = before["primary"].as_str().unwrap_or_default().to_string();
@@ -113,6 +162,10 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
             )
         })
         .collect();
+    let client_writers = match &options.clients {
+        Some(c) => clients::start(spec, &c.dir, run_id, &c.writers).await,
+        None => Vec::new(),
+    };
     let base = spec.writer("drill").map_err(DrillError::Lab)?;
     let configs: Vec<WriterConfig> = (0..options.writers)
         .map(|w| WriterConfig {
@@ -167,7 +220,7 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
         epoch_before,
         ..DrillReport::default()
     };
-    let mut killed: Option<(usize, usize)> = None;
+    let mut failed: Option<(usize, usize)> = None;
     match options.operation {
         Operation::Switchover { method } => {
             report.operation = "switchover".into();
@@ -184,14 +237,9 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
                 report.error = Some(e.to_string());
             }
         }
-        Operation::Failover { partition } => {
-            report.operation = if partition {
-                "failover_partition"
-            } else {
-                "failover_kill"
-            }
-            .into();
-            if partition {
+        Operation::Failover { fault } => {
+            report.operation = format!("failover_{}", fault.as_str());
+            if fault == Fault::Partition {
                 crate::link::set_partition(&spec.dir, &[old_region.clone()].into())
                     .await
                     .map_err(|e| DrillError::Lab(e.to_string()))?;
@@ -202,10 +250,13 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
                     .ok_or_else(|| {
                         DrillError::Lab(format!("the writer {old_primary} is not a lab node"))
                     })?;
-                crate::process::kill_recorded(&spec.node_pidfile(node.0, node.1))
-                    .await
-                    .map_err(|e| DrillError::Lab(e.to_string()))?;
-                killed = Some(node);
+                let pidfile = spec.node_pidfile(node.0, node.1);
+                match fault {
+                    Fault::Kill => crate::process::kill_recorded(&pidfile).await.map(|_| ()),
+                    _ => crate::process::signal_recorded(&pidfile, libc::SIGSTOP).map(|_| ()),
+                }
+                .map_err(|e| DrillError::Lab(e.to_string()))?;
+                failed = Some(node);
             }
         }
     }
@@ -227,18 +278,35 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
             Err(e) => report.error = Some(format!("verification failed: {e}")),
         }
     }
+    report.clients = clients::stop(spec, client_writers, started_wall).await;
     report.dns_flip_ms = flip.await.ok().flatten();
     report.replication_healthy_ms = settled.await.ok().flatten();
     report.detection_ms = detection_ms(spec, started_wall);
 
-    // Leave the lab as healthy as it was: restart what was killed, heal, allow failovers again.
-    if let Some(node) = killed {
-        restart_node(spec, node).map_err(DrillError::Lab)?;
-    }
-    if matches!(options.operation, Operation::Failover { partition: true }) {
-        crate::link::set_partition(&spec.dir, &Default::default())
+    // Leave the lab as healthy as it was: restart what was killed, resume what was stopped,
+    // heal, allow failovers again.
+    match (options.operation, failed) {
+        (Operation::Failover { fault: Fault::Kill }, Some(node)) => {
+            restart_node(spec, node).map_err(DrillError::Lab)?
+        }
+        (
+            Operation::Failover {
+                fault: Fault::Stall,
+            },
+            Some((region, index)),
+        ) => {
+            crate::process::signal_recorded(&spec.node_pidfile(region, index), libc::SIGCONT)
+                .map_err(|e| DrillError::Lab(e.to_string()))?;
+        }
+        (
+            Operation::Failover {
+                fault: Fault::Partition,
+            },
+            _,
+        ) => crate::link::set_partition(&spec.dir, &Default::default())
             .await
-            .map_err(|e| DrillError::Lab(e.to_string()))?;
+            .map_err(|e| DrillError::Lab(e.to_string()))?,
+        _ => {}
     }
     // Allow failovers again for the next drill; a leader change may refuse the first attempt.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -312,12 +380,14 @@ pub fn bench_scenarios() -> Vec<Scenario> {
         switchover("FAILOVER TO + DNS", PromoteMethod::FailoverCommand),
         Scenario {
             name: "failover: primary node SIGKILL",
-            operation: Operation::Failover { partition: false },
+            operation: Operation::Failover { fault: Fault::Kill },
             duration: Duration::from_secs(6),
         },
         Scenario {
             name: "failover: region isolated (auto)",
-            operation: Operation::Failover { partition: true },
+            operation: Operation::Failover {
+                fault: Fault::Partition,
+            },
             duration: Duration::from_secs(7),
         },
     ]

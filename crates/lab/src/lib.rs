@@ -3,6 +3,7 @@
 //! emulator ([`link`]), and the controller with its embedded DNS server.
 
 pub mod chaos;
+pub mod clients;
 pub mod drill;
 pub mod link;
 pub mod pki;

@@ -439,16 +439,22 @@ pub async fn down(dir: &Path) -> Vec<String> {
 /// SIGKILLs the process a pid file names and waits until it is gone (a crash, as the drills and
 /// tests need it).
 pub async fn kill_recorded(pidfile: &Path) -> Result<(), LabError> {
+    let pid = signal_recorded(pidfile, libc::SIGKILL)?;
+    while is_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Sends `signal` to the process a pid file names; returns its pid.
+pub fn signal_recorded(pidfile: &Path, signal: i32) -> Result<i32, LabError> {
     let pid: i32 = std::fs::read_to_string(pidfile)
         .ok()
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| LabError::Io(format!("no pid in {}", pidfile.display())))?;
     // SAFETY: signal delivery to a pid this lab recorded.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    while is_alive(pid) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
+    unsafe { libc::kill(pid, signal) };
+    Ok(pid)
 }
 
 /// `PING` with the lab's TLS and AUTH settings: true when the node answers.

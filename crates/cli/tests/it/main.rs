@@ -4,6 +4,7 @@
 #[cfg(feature = "aws")]
 mod aws;
 mod chaos;
+mod clients;
 mod config;
 mod deps;
 mod failover;

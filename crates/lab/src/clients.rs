@@ -1,0 +1,471 @@
+//! Writers built on real client libraries (the folders of `clients/`, protocol in
+//! `clients/README.md`), run beside a drill's own writers: each resolves the global name through
+//! the system resolver and reconnects its library's own way, with the library's default settings
+//! or with the recommended ones. They show what an application sees, where the drill's own
+//! writers show the best case (they resolve again after every error).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::LabSpec;
+use crate::writer::{self, WriterConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Library {
+    RedisPy,
+    Ioredis,
+    RedisRs,
+    ValkeyCli,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Settings {
+    Default,
+    Recommended,
+}
+
+impl Settings {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settings::Default => "default",
+            Settings::Recommended => "recommended",
+        }
+    }
+}
+
+/// One client writer of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientWriter {
+    pub library: Library,
+    pub settings: Settings,
+}
+
+impl Library {
+    pub const ALL: [Library; 4] = [
+        Library::RedisPy,
+        Library::Ioredis,
+        Library::RedisRs,
+        Library::ValkeyCli,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Library::RedisPy => "redis-py",
+            Library::Ioredis => "ioredis",
+            Library::RedisRs => "redis-rs",
+            Library::ValkeyCli => "valkey-cli",
+        }
+    }
+}
+
+impl std::str::FromStr for Library {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Library::ALL
+            .into_iter()
+            .find(|l| l.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Library::ALL.iter().map(|l| l.name()).collect();
+                format!(
+                    "unknown client library `{s}`: expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+impl Library {
+    fn settings(self) -> &'static [Settings] {
+        &[Settings::Default, Settings::Recommended]
+    }
+
+    /// The program and its arguments; an error names what is missing and how to install it.
+    fn command(self, clients_dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
+        let dir = clients_dir.join(self.name());
+        let (program, args) = match self {
+            Library::RedisPy => (dir.join(".venv/bin/python3"), vec![dir.join("writer.py")]),
+            Library::Ioredis => {
+                let modules = dir.join("node_modules/ioredis");
+                if !modules.exists() {
+                    return Err(format!(
+                        "{} is missing: run `make clients`",
+                        modules.display()
+                    ));
+                }
+                (PathBuf::from("node"), vec![dir.join("writer.js")])
+            }
+            Library::RedisRs => (redis_rs_binary(clients_dir)?, vec![]),
+            Library::ValkeyCli => (PathBuf::from("bash"), vec![dir.join("writer.sh")]),
+        };
+        if program.is_absolute() && !program.exists() {
+            return Err(format!(
+                "{} is missing: run `make clients`",
+                program.display()
+            ));
+        }
+        Ok((program, args))
+    }
+}
+
+/// `valkey-dr-client-redis-rs`, built by `make clients`: beside this executable, or in the
+/// workspace's target directory next to `clients/`.
+fn redis_rs_binary(clients_dir: &Path) -> Result<PathBuf, String> {
+    const NAME: &str = "valkey-dr-client-redis-rs";
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let mut candidates: Vec<PathBuf> = beside_exe
+        .iter()
+        .flat_map(|d| [d.join(NAME), d.join("..").join(NAME)])
+        .collect();
+    let target = clients_dir.join("..").join("target");
+    candidates.extend(["debug", "release"].map(|p| target.join(p).join(NAME)));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{NAME} is not built: run `make clients`"))
+}
+
+impl std::fmt::Display for ClientWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.library.name(), self.settings.as_str())
+    }
+}
+
+/// Every library, with its default and its recommended settings.
+pub fn matrix(libraries: &[Library]) -> Vec<ClientWriter> {
+    libraries
+        .iter()
+        .flat_map(|&library| {
+            library
+                .settings()
+                .iter()
+                .map(move |&settings| ClientWriter { library, settings })
+        })
+        .collect()
+}
+
+/// What a client writer prints when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Summary {
+    pub acked: u64,
+    pub readonly_errors: u64,
+    pub other_errors: u64,
+    /// Pauses between acknowledgements longer than 20 ms, as Unix milliseconds.
+    pub gaps: Vec<[u64; 2]>,
+    pub last_ack_ms: u64,
+    pub stopped_ms: u64,
+    pub first_error: Option<String>,
+}
+
+/// One row of the client table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientReport {
+    pub client: String,
+    pub settings: String,
+    pub acknowledged_writes: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub readonly_errors: u64,
+    pub other_errors: u64,
+    /// From the start of the operation to the first acknowledged write after the longest pause
+    /// that followed it; `None` when the client never wrote again before the drill ended.
+    pub first_write_after_ms: Option<u64>,
+    pub longest_gap_ms: u64,
+    pub first_error: Option<String>,
+    /// The writer could not run, or its result could not be checked.
+    pub error: Option<String>,
+}
+
+/// The outage a client saw after `operation_ms`: the longest pause between acknowledgements that
+/// ended after the operation started (a pause still open when the writer stopped counts).
+/// Returns (first write after the operation, longest pause); the first is `None` when that pause
+/// never ended.
+pub fn outage(summary: &Summary, operation_ms: u64) -> (Option<u64>, u64) {
+    let open = (summary.stopped_ms.saturating_sub(summary.last_ack_ms) > 20).then_some((
+        summary.last_ack_ms,
+        summary.stopped_ms,
+        true,
+    ));
+    let longest = summary
+        .gaps
+        .iter()
+        .map(|&[from, to]| (from, to, false))
+        .chain(open)
+        .filter(|&(_, to, _)| to > operation_ms)
+        .max_by_key(|&(from, to, _)| to - from);
+    match longest {
+        None => (Some(0), 0),
+        Some((from, to, true)) => (None, to - from),
+        Some((from, to, false)) => (Some(to.saturating_sub(operation_ms)), to - from),
+    }
+}
+
+pub struct Running {
+    writer: ClientWriter,
+    key: String,
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+/// Starts every writer and waits until each has written once (or failed to start).
+pub async fn start(
+    spec: &LabSpec,
+    clients_dir: &Path,
+    run_id: u64,
+    writers: &[ClientWriter],
+) -> Vec<Result<Running, ClientReport>> {
+    let password = std::fs::read_to_string(spec.password_file()).unwrap_or_default();
+    let mut started = Vec::new();
+    for &writer in writers {
+        let failed = |error: String| ClientReport {
+            error: Some(error),
+            ..report_for(writer)
+        };
+        let (program, args) = match writer.library.command(clients_dir) {
+            Ok(c) => c,
+            Err(e) => {
+                started.push(Err(failed(e)));
+                continue;
+            }
+        };
+        let key = format!(
+            "clients:{run_id}:{}:{}",
+            writer.library.name(),
+            writer.settings.as_str()
+        );
+        let spawned = Command::new(&program)
+            .args(&args)
+            .env(
+                "VALKEY_DR_HOST",
+                format!("{}.{}", spec.global_name, spec.zone),
+            )
+            .env("VALKEY_DR_PORT", spec.port.to_string())
+            .env("VALKEY_DR_USER", "")
+            // The password goes in the environment, never on a command line others can read.
+            .env("VALKEY_DR_PASSWORD", password.trim())
+            .env("VALKEY_DR_KEY", &key)
+            // The drill stops the writer with SIGTERM; this only bounds a forgotten one.
+            .env("VALKEY_DR_SECONDS", "600")
+            .env("VALKEY_DR_SETTINGS", writer.settings.as_str())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                started.push(Err(failed(format!(
+                    "cannot run {}: {e}",
+                    program.display()
+                ))));
+                continue;
+            }
+        };
+        let Some(stdout) = child.stdout.take() else {
+            started.push(Err(failed("no stdout".into())));
+            continue;
+        };
+        started.push(Ok(Running {
+            writer,
+            key,
+            child,
+            stdout: BufReader::new(stdout).lines(),
+        }));
+    }
+    let mut ready = Vec::new();
+    for running in started {
+        ready.push(match running {
+            Err(report) => Err(report),
+            Ok(mut r) => {
+                let first =
+                    tokio::time::timeout(Duration::from_secs(20), r.stdout.next_line()).await;
+                match first {
+                    Ok(Ok(Some(line))) if line == "ready" => Ok(r),
+                    _ => {
+                        let _ = r.child.start_kill();
+                        Err(ClientReport {
+                            error: Some("did not write within 20 s of starting".into()),
+                            ..report_for(r.writer)
+                        })
+                    }
+                }
+            }
+        });
+    }
+    ready
+}
+
+fn report_for(writer: ClientWriter) -> ClientReport {
+    ClientReport {
+        client: writer.library.name().into(),
+        settings: writer.settings.as_str().into(),
+        ..ClientReport::default()
+    }
+}
+
+/// Stops every writer (SIGTERM, then SIGKILL after 5 s), reads its summary, and checks its list
+/// on the current primary for lost writes.
+pub async fn stop(
+    spec: &LabSpec,
+    running: Vec<Result<Running, ClientReport>>,
+    operation_ms: u64,
+) -> Vec<ClientReport> {
+    let mut reports = Vec::new();
+    for r in running {
+        let mut r = match r {
+            Err(report) => {
+                reports.push(report);
+                continue;
+            }
+            Ok(r) => r,
+        };
+        if let Some(pid) = r.child.id() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        let mut report = report_for(r.writer);
+        let summary = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(Some(line)) = r.stdout.next_line().await {
+                if let Ok(summary) = serde_json::from_str::<Summary>(&line) {
+                    return Some(summary);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        let _ = r.child.start_kill();
+        let _ = r.child.wait().await;
+        let Some(summary) = summary else {
+            report.error = Some("gave no summary when stopped".into());
+            reports.push(report);
+            continue;
+        };
+        let (first_write_after_ms, longest_gap_ms) = outage(&summary, operation_ms);
+        report.acknowledged_writes = summary.acked;
+        report.readonly_errors = summary.readonly_errors;
+        report.other_errors = summary.other_errors;
+        report.first_error = summary.first_error;
+        report.first_write_after_ms = first_write_after_ms;
+        report.longest_gap_ms = longest_gap_ms;
+        match list_check(spec, &r.key, summary.acked).await {
+            Ok(check) => {
+                report.lost = check.lost;
+                report.duplicated = check.duplicated;
+            }
+            Err(e) => report.error = Some(format!("cannot check its writes: {e}")),
+        }
+        reports.push(report);
+    }
+    reports
+}
+
+async fn list_check(spec: &LabSpec, key: &str, acked: u64) -> Result<writer::ListCheck, String> {
+    let config = WriterConfig {
+        prefix: key.to_string(),
+        list: true,
+        ..spec.writer(key)?
+    };
+    writer::verify_list(&config, acked).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(gaps: &[[u64; 2]], last_ack_ms: u64, stopped_ms: u64) -> Summary {
+        Summary {
+            gaps: gaps.to_vec(),
+            last_ack_ms,
+            stopped_ms,
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn outage_is_the_longest_pause_ending_after_the_operation() {
+        // (case, summary, operation at, expected (first write after, longest pause))
+        let cases = [
+            (
+                "no pause at all",
+                summary(&[], 5_000, 5_010),
+                1_000,
+                (Some(0), 0),
+            ),
+            (
+                "one pause across the operation",
+                summary(&[[990, 1_300]], 5_000, 5_001),
+                1_000,
+                (Some(300), 310),
+            ),
+            (
+                "a longer pause before the operation does not count",
+                summary(&[[100, 900], [1_050, 1_200]], 5_000, 5_001),
+                1_000,
+                (Some(200), 150),
+            ),
+            (
+                "paused, wrote briefly, then the real outage",
+                summary(&[[1_000, 1_030], [1_040, 2_500]], 5_000, 5_001),
+                1_000,
+                (Some(1_500), 1_460),
+            ),
+            (
+                "never wrote again",
+                summary(&[[100, 130]], 999, 5_000),
+                1_000,
+                (None, 4_001),
+            ),
+            (
+                "a short open pause at the end is no outage",
+                summary(&[[1_000, 1_400]], 4_990, 5_000),
+                1_000,
+                (Some(400), 400),
+            ),
+        ];
+        for (case, s, at, expected) in cases {
+            assert_eq!(outage(&s, at), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_matrix_has_both_settings_of_every_library() {
+        let names: Vec<String> = matrix(&Library::ALL)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "redis-py (default)",
+                "redis-py (recommended)",
+                "ioredis (default)",
+                "ioredis (recommended)",
+                "redis-rs (default)",
+                "redis-rs (recommended)",
+                "valkey-cli (default)",
+                "valkey-cli (recommended)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_library_is_named_with_the_command_that_installs_it() {
+        let empty = std::env::temp_dir().join("valkey-dr-no-clients");
+        for library in [Library::RedisPy, Library::Ioredis] {
+            let err = library.command(&empty).unwrap_err();
+            assert!(err.contains("make clients"), "{err}");
+        }
+    }
+}
