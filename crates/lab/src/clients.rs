@@ -185,11 +185,12 @@ pub struct ClientReport {
     pub error: Option<String>,
 }
 
-/// The outage a client saw after `operation_ms`: the longest pause between acknowledgements that
-/// ended after the operation started (a pause still open when the writer stopped counts).
-/// Returns (first write after the operation, longest pause); the first is `None` when that pause
-/// never ended.
-pub fn outage(summary: &Summary, operation_ms: u64) -> (Option<u64>, u64) {
+/// The outage a client saw from the operation: the longest pause between acknowledgements that
+/// ended after the operation started (`operation_ms`) and began before it took effect
+/// (`effect_ms`, when the name moved) — a later pause is the client's own jitter, not the
+/// operation's. A pause still open when the writer stopped counts. Returns (first write after
+/// the operation, longest pause); the first is `None` when that pause never ended.
+pub fn outage(summary: &Summary, operation_ms: u64, effect_ms: u64) -> (Option<u64>, u64) {
     let open = (summary.stopped_ms.saturating_sub(summary.last_ack_ms) > 20).then_some((
         summary.last_ack_ms,
         summary.stopped_ms,
@@ -200,7 +201,7 @@ pub fn outage(summary: &Summary, operation_ms: u64) -> (Option<u64>, u64) {
         .iter()
         .map(|&[from, to]| (from, to, false))
         .chain(open)
-        .filter(|&(_, to, _)| to > operation_ms)
+        .filter(|&(from, to, _)| to > operation_ms && from <= effect_ms)
         .max_by_key(|&(from, to, _)| to - from);
     match longest {
         None => (Some(0), 0),
@@ -314,11 +315,13 @@ fn report_for(writer: ClientWriter) -> ClientReport {
 }
 
 /// Stops every writer (SIGTERM, then SIGKILL after 5 s), reads its summary, and checks its list
-/// on the current primary for lost writes.
+/// on the current primary for lost writes. The operation started at `operation_ms` and took
+/// effect at `effect_ms` (Unix milliseconds).
 pub async fn stop(
     spec: &LabSpec,
     running: Vec<Result<Running, ClientReport>>,
     operation_ms: u64,
+    effect_ms: u64,
 ) -> Vec<ClientReport> {
     let mut reports = Vec::new();
     for r in running {
@@ -352,7 +355,7 @@ pub async fn stop(
             reports.push(report);
             continue;
         };
-        let (first_write_after_ms, longest_gap_ms) = outage(&summary, operation_ms);
+        let (first_write_after_ms, longest_gap_ms) = outage(&summary, operation_ms, effect_ms);
         report.acknowledged_writes = summary.acked;
         report.readonly_errors = summary.readonly_errors;
         report.other_errors = summary.other_errors;
@@ -394,48 +397,44 @@ mod tests {
     }
 
     #[test]
-    fn outage_is_the_longest_pause_ending_after_the_operation() {
-        // (case, summary, operation at, expected (first write after, longest pause))
+    fn outage_is_the_longest_pause_the_operation_caused() {
+        // (case, summary, expected (first write after, longest pause)); the operation starts at
+        // 1_000 and the name moves at 1_040.
         let cases = [
-            (
-                "no pause at all",
-                summary(&[], 5_000, 5_010),
-                1_000,
-                (Some(0), 0),
-            ),
+            ("no pause at all", summary(&[], 5_000, 5_010), (Some(0), 0)),
             (
                 "one pause across the operation",
                 summary(&[[990, 1_300]], 5_000, 5_001),
-                1_000,
                 (Some(300), 310),
             ),
             (
                 "a longer pause before the operation does not count",
-                summary(&[[100, 900], [1_050, 1_200]], 5_000, 5_001),
-                1_000,
-                (Some(200), 150),
+                summary(&[[100, 900], [1_020, 1_200]], 5_000, 5_001),
+                (Some(200), 180),
             ),
             (
                 "paused, wrote briefly, then the real outage",
-                summary(&[[1_000, 1_030], [1_040, 2_500]], 5_000, 5_001),
-                1_000,
-                (Some(1_500), 1_460),
+                summary(&[[1_000, 1_010], [1_020, 2_500]], 5_000, 5_001),
+                (Some(1_500), 1_480),
+            ),
+            (
+                "a longer pause long after the name moved is the client's own jitter",
+                summary(&[[1_005, 1_050], [4_000, 4_070]], 5_000, 5_001),
+                (Some(50), 45),
             ),
             (
                 "never wrote again",
                 summary(&[[100, 130]], 999, 5_000),
-                1_000,
                 (None, 4_001),
             ),
             (
                 "a short open pause at the end is no outage",
                 summary(&[[1_000, 1_400]], 4_990, 5_000),
-                1_000,
                 (Some(400), 400),
             ),
         ];
-        for (case, s, at, expected) in cases {
-            assert_eq!(outage(&s, at), expected, "{case}");
+        for (case, s, expected) in cases {
+            assert_eq!(outage(&s, 1_000, 1_040), expected, "{case}");
         }
     }
 

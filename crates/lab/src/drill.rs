@@ -278,8 +278,13 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
             Err(e) => report.error = Some(format!("verification failed: {e}")),
         }
     }
-    report.clients = clients::stop(spec, client_writers, started_wall).await;
     report.dns_flip_ms = flip.await.ok().flatten();
+    // The operation took effect when the name moved (or, if it never did, by the end).
+    let effect_ms = started_wall
+        + report
+            .dns_flip_ms
+            .map_or(rest.as_millis() as u64, |ms| ms as u64);
+    report.clients = clients::stop(spec, client_writers, started_wall, effect_ms).await;
     report.replication_healthy_ms = settled.await.ok().flatten();
     report.detection_ms = detection_ms(spec, started_wall);
 
