@@ -215,6 +215,44 @@ pub enum DnsProviderConfig {
         #[serde(default = "default_dns_listen")]
         listen: String,
     },
+    /// RFC 2136 dynamic updates, signed with TSIG, to the zone's primary server (BIND, Knot,
+    /// PowerDNS, …). Each change is one UPDATE whose prerequisites are the records it replaces.
+    Rfc2136(Rfc2136Config),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rfc2136Config {
+    /// The zone's primary server(s), "IP:port", tried in order. `dns.zone` must be a zone they
+    /// hold (its apex).
+    pub servers: Vec<String>,
+    /// The TSIG key's name, as the server knows it.
+    pub tsig_key_name: String,
+    #[serde(default)]
+    pub tsig_algorithm: TsigAlgorithm,
+    /// A file holding the key's secret, base64 (as in BIND's `key` clause), on its first line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsig_secret_file: Option<PathBuf>,
+    /// The name of an environment variable holding the secret, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsig_secret_env: Option<String>,
+    /// Never valid: present only to explain why a literal secret is refused.
+    #[serde(default, skip_serializing)]
+    pub tsig_secret: Option<String>,
+    /// Limit for one exchange with a server.
+    #[serde(default = "default_rfc2136_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TsigAlgorithm {
+    #[default]
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "hmac-sha384")]
+    HmacSha384,
+    #[serde(rename = "hmac-sha512")]
+    HmacSha512,
 }
 
 impl Default for DnsProviderConfig {
@@ -307,6 +345,9 @@ fn default_valkey_port() -> u16 {
 }
 fn default_ttl() -> u32 {
     5
+}
+fn default_rfc2136_timeout_ms() -> u64 {
+    2000
 }
 fn default_dns_listen() -> String {
     "127.0.0.1:5353".into()
@@ -617,6 +658,56 @@ impl Config {
                     )
                 })?;
             }
+            DnsProviderConfig::Rfc2136(rfc2136) => self.validate_rfc2136(rfc2136)?,
+        }
+        Ok(())
+    }
+
+    fn validate_rfc2136(&self, c: &Rfc2136Config) -> Result<(), ConfigError> {
+        if c.servers.is_empty() {
+            return Err(ConfigError::invalid(
+                "dns.provider.servers",
+                "no server to send updates to",
+                "list the zone's primary server, e.g. servers = [\"192.0.2.53:53\"]",
+            ));
+        }
+        for server in &c.servers {
+            server.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    "dns.provider.servers",
+                    format!("\"{server}\" is not an IP:port socket address"),
+                    "write it like \"192.0.2.53:53\" (the primary server's address, not its name)",
+                )
+            })?;
+        }
+        validate_dns_name("dns.provider.tsig_key_name", &c.tsig_key_name)?;
+        if c.tsig_secret.is_some() {
+            return Err(ConfigError::invalid(
+                "dns.provider.tsig_secret",
+                "a literal TSIG secret in the config would end up in backups and diffs",
+                "put it in a file (tsig_secret_file, mode 0600) or an environment variable (tsig_secret_env)",
+            ));
+        }
+        if c.tsig_secret_file.is_some() == c.tsig_secret_env.is_some() {
+            return Err(ConfigError::invalid(
+                "dns.provider.tsig_secret_file",
+                "exactly one source of the TSIG secret is needed",
+                "set either tsig_secret_file or tsig_secret_env",
+            ));
+        }
+        if !(100..=60_000).contains(&c.timeout_ms) {
+            return Err(ConfigError::invalid(
+                "dns.provider.timeout_ms",
+                format!("{} ms is outside 100–60000", c.timeout_ms),
+                "use a limit a little above the server's round trip, e.g. 2000",
+            ));
+        }
+        if self.coordination.is_some() {
+            return Err(ConfigError::invalid(
+                "dns.provider.kind",
+                "the highly available shape serves the records from every controller; RFC 2136 is supported with one controller",
+                "remove [coordination], or use kind = \"embedded\"",
+            ));
         }
         Ok(())
     }

@@ -3,14 +3,18 @@
 //! - [`embedded`]: the authoritative server built into the controller (hickory-server).
 //! - [`etcd`]: the records held in etcd, written by the leading controller, served by the
 //!   embedded server of every controller.
+//! - [`rfc2136`]: dynamic updates signed with TSIG to a server the team already runs (BIND,
+//!   Knot, PowerDNS).
 //!
-//! A new backend (RFC 2136, Route 53, …) is a new module implementing [`DnsProvider`]; the
-//! conformance battery in `tests/conformance.rs` is the contract it must pass.
+//! A new backend is a new module implementing [`DnsProvider`]; the [`conformance`] battery is
+//! the contract it must pass.
 
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
 pub mod resolve;
+pub mod rfc2136;
+pub mod wire;
 
 use async_trait::async_trait;
 use valkey_dr_core::{Change, RecordSet};

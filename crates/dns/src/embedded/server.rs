@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType as HickoryType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
-use valkey_dr_core::{RecordSet, RecordType};
+use valkey_dr_core::RecordType;
 
 use super::zone::{Lookup, Zone};
+use crate::wire::to_records;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -294,24 +295,6 @@ impl Handler {
         }
         answer
     }
-}
-
-fn to_records(set: &RecordSet) -> Vec<Record> {
-    let Ok(name) = Name::from_ascii(&set.name) else {
-        return Vec::new();
-    };
-    set.values
-        .iter()
-        .filter_map(|value| {
-            let rdata = match set.rtype {
-                RecordType::A => RData::A(A(value.parse().ok()?)),
-                RecordType::Aaaa => RData::AAAA(AAAA(value.parse().ok()?)),
-                RecordType::Cname => RData::CNAME(CNAME(Name::from_ascii(value).ok()?)),
-                RecordType::Txt => RData::TXT(TXT::new(vec![value.clone()])),
-            };
-            Some(Record::from_rdata(name.clone(), set.ttl, rdata))
-        })
-        .collect()
 }
 
 #[async_trait::async_trait]
