@@ -157,9 +157,11 @@ impl Rfc2136 {
     }
 
     /// Sends a signed UPDATE to the first server that answers and checks the answer's signature.
-    async fn send_update(&self, mut message: Message) -> Result<ResponseCode, DnsError> {
+    async fn send_update(&self, unsigned: Message) -> Result<ResponseCode, DnsError> {
         let mut failures = Vec::new();
         for &server in &self.servers {
+            // Each attempt signs afresh: a new id and time.
+            let mut message = unsigned.clone();
             message.metadata.id = rand_id();
             let mut verifier = message
                 .finalize(&self.signer, unix_now())
@@ -192,10 +194,12 @@ impl Rfc2136 {
                     }
                 )));
             }
-            if code == ResponseCode::NotAuth {
+            if parsed.signature().is_none() && code != ResponseCode::NoError {
+                // An unsigned refusal: the server did not accept our key (PowerDNS, for one,
+                // answers a bad signature this way) or does not serve the zone.
                 return Err(DnsError::Rejected(format!(
-                    "{server} answered NOTAUTH: it is not authoritative for {}, or refused our TSIG key {}",
-                    self.zone, self.key_name
+                    "{server} answered {code} unsigned: it did not accept our TSIG key {} (name, algorithm or secret), or is not authoritative for {}",
+                    self.key_name, self.zone
                 )));
             }
             // Any other answer to a signed update must be signed with our key.
