@@ -5,7 +5,8 @@
 #   (protobuf-compiler: the etcd client's build generates its gRPC code);
 #   with --test also python3 + venv (for the pinned moto server the AWS tests run against),
 #   openssl (the TLS client test makes its own certificates), chromium (the status page test),
-#   and for the client-library drill nodejs + npm (ioredis) and iproute2 (its network namespace).
+#   for the client-library drill nodejs + npm (ioredis) and iproute2 (its network namespace), and
+#   for the RFC 2136 tests and bench/dns BIND 9, Knot, PowerDNS (SQLite backend), sqlite3, dnsperf.
 # Needs root or sudo for apt. Does nothing when everything is present.
 set -euo pipefail
 
@@ -24,6 +25,13 @@ if [ "${1:-}" = "--test" ]; then
   command -v ip >/dev/null || missing+=(iproute2)
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)
+  # The RFC 2136 provider's tests run against each of these, started by the tests themselves.
+  command -v named >/dev/null || missing+=(bind9)
+  command -v knotd >/dev/null || missing+=(knot)
+  command -v pdns_server >/dev/null || missing+=(pdns-server)
+  [ -e /usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql ] || missing+=(pdns-backend-sqlite3)
+  command -v sqlite3 >/dev/null || missing+=(sqlite3)
+  command -v dnsperf >/dev/null || missing+=(dnsperf)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -56,6 +64,16 @@ fi
 others=()
 for p in "${missing[@]}"; do case $p in valkey-*) ;; *) others+=("$p");; esac; done
 if [ ${#others[@]} -gt 0 ]; then
+  # The DNS servers' packages would start system-wide services that all want port 53; the tests
+  # start their own. A policy-rc.d that refuses service starts (Debian's mechanism) keeps them
+  # from starting during this install, and is removed again.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+    "${SUDO[@]}" chmod 755 "$policy"
+    trap '"${SUDO[@]}" rm -f "$policy"' EXIT
+  fi
   "${SUDO[@]}" apt-get install -y -qq "${others[@]}" >/dev/null
 fi
 # The Debian packages may start a system-wide valkey on 127.0.0.1:6379 and etcd on 127.0.0.1:2379;
