@@ -1,6 +1,7 @@
 //! Human-readable output: the status table and promotion progress.
 
 use std::fmt::Write;
+use valkey_dr_core::config::DnsProviderConfig;
 
 use serde_json::Value;
 use valkey_dr_controller::Status;
@@ -88,8 +89,11 @@ pub fn status(config: &Config, status: &Status) -> String {
         ],
         &rows,
     ));
-    let valkey_dr_core::config::DnsProviderConfig::Embedded { listen } = &config.dns.provider;
-    let _ = writeln!(out, "\nDNS ({listen}, zone {})", config.zone_fqdn());
+    let served_by = match &config.dns.provider {
+        DnsProviderConfig::Embedded { listen } => listen.clone(),
+        DnsProviderConfig::Rfc2136(c) => format!("RFC 2136 to {}", c.servers.join(", ")),
+    };
+    let _ = writeln!(out, "\nDNS ({served_by}, zone {})", config.zone_fqdn());
     let rows: Vec<Vec<String>> = status
         .dns
         .iter()

@@ -389,11 +389,12 @@ impl Controller {
     }
 }
 
-/// A running controller with its embedded DNS server and control socket.
+/// A running controller with its control socket, and its embedded DNS server unless the records
+/// live on a server of the user's (RFC 2136).
 pub struct Running {
     pub controller: Arc<Controller>,
-    pub dns_addr: SocketAddr,
-    dns: DnsServer,
+    pub dns_addr: Option<SocketAddr>,
+    dns: Option<DnsServer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -402,7 +403,9 @@ impl Running {
         for task in &self.tasks {
             task.abort();
         }
-        self.dns.shutdown().await;
+        if let Some(dns) = self.dns {
+            dns.shutdown().await;
+        }
         let _ = std::fs::remove_file(self.controller.config.control_socket());
     }
 }
@@ -411,9 +414,11 @@ impl Running {
 /// reconcile loop; with `[coordination]`, also the campaign for leadership, the site's presence
 /// and the region guard.
 pub async fn start(config: Config) -> Result<Running, ControllerError> {
+    let listen = match &config.dns.provider {
+        DnsProviderConfig::Embedded { listen } => listen.parse().expect("validated listen address"),
+        DnsProviderConfig::Rfc2136(rfc2136) => return start_rfc2136(config.clone(), rfc2136).await,
+    };
     let zone = Arc::new(Zone::new(&config.dns.zone));
-    let DnsProviderConfig::Embedded { listen } = &config.dns.provider;
-    let listen: SocketAddr = listen.parse().expect("validated listen address");
     // Highly available shape: connect and load the committed records before serving, so that a
     // restarted controller never answers from an empty zone.
     let ha = match &config.coordination {
@@ -437,7 +442,7 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
     let dns =
         DnsServer::start_with_name_servers(zone.clone(), listen, config.dns.ttl, &name_servers)
             .await?;
-    let dns_addr = dns.local_addr();
+    let dns_addr = Some(dns.local_addr());
     let controller = match ha {
         None => Arc::new(Controller::new(config, zone)?),
         Some(ha) => {
@@ -445,11 +450,56 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
             Arc::new(Controller::with_coordination(config, ha, engine)?)
         }
     };
+    let tasks = start_tasks(&controller, dns_addr).await?;
+    Ok(Running {
+        controller,
+        dns_addr,
+        dns: Some(dns),
+        tasks,
+    })
+}
+
+/// One controller whose records live on the user's DNS server, changed by RFC 2136 updates.
+async fn start_rfc2136(
+    config: Config,
+    rfc2136: &valkey_dr_core::config::Rfc2136Config,
+) -> Result<Running, ControllerError> {
+    let key = security::tsig_key(rfc2136)?;
+    let servers = rfc2136
+        .servers
+        .iter()
+        .map(|s| s.parse().expect("validated server address"))
+        .collect();
+    let provider = valkey_dr_dns::rfc2136::Rfc2136::new(
+        servers,
+        &config.dns.zone,
+        key,
+        Duration::from_millis(rfc2136.timeout_ms),
+    )
+    .map_err(|reason| security::SecurityError::Invalid {
+        field: "dns.provider",
+        reason,
+    })?;
+    let controller = Arc::new(Controller::new(config, Arc::new(provider))?);
+    let tasks = start_tasks(&controller, None).await?;
+    Ok(Running {
+        controller,
+        dns_addr: None,
+        dns: None,
+        tasks,
+    })
+}
+
+/// The control socket, the loops, the HTTP endpoint and the webhooks of a started controller.
+async fn start_tasks(
+    controller: &Arc<Controller>,
+    dns_addr: Option<SocketAddr>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ControllerError> {
     let control = control::ControlServer::bind(controller.clone())?;
     controller.events.emit(
         "controller_started",
         serde_json::json!({
-            "dns": dns_addr.to_string(),
+            "dns": dns_addr.map(|a| a.to_string()),
             "control_socket": controller.config.control_socket().display().to_string(),
             "http": controller.config.http.as_ref().map(|h| h.listen.clone()),
             "epoch": controller.epoch().map(|e| e.epoch),
@@ -464,7 +514,7 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
     if let Some(http) = &controller.config.http {
         tasks.push(http::serve(controller.clone(), http).await?);
     }
-    tasks.extend(webhooks::start(&controller)?);
+    tasks.extend(webhooks::start(controller)?);
     if controller.ha.is_some() {
         tasks.push(tokio::spawn(controller.clone().campaign()));
         tasks.push(tokio::spawn(controller.clone().keep_presence()));
@@ -472,12 +522,7 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
         tasks.push(tokio::spawn(controller.clone().serve_requests()));
         tasks.push(tokio::spawn(controller.clone().follow_records()));
     }
-    Ok(Running {
-        controller,
-        dns_addr,
-        dns,
-        tasks,
-    })
+    Ok(tasks)
 }
 
 /// Connects to etcd, retrying with backoff for a while: a controller started before its etcd

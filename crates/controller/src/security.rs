@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use valkey_dr_core::Config;
+use valkey_dr_core::config::Rfc2136Config;
+use valkey_dr_dns::rfc2136::TsigKey;
 use valkey_dr_valkey::{Credentials, Secret, Security, TlsMaterial};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,8 +16,10 @@ pub enum SecurityError {
         path: String,
         reason: String,
     },
-    #[error("config field `auth.password_env`: environment variable {0} is not set (or not UTF-8)")]
-    Env(String),
+    #[error("config field `{field}`: environment variable {var} is not set (or not UTF-8)")]
+    Env { field: &'static str, var: String },
+    #[error("config field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
     #[error("config field `{0}`: the secret is empty")]
     Empty(&'static str),
 }
@@ -41,6 +45,26 @@ pub(crate) fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, Security
         path: path.display().to_string(),
         reason: e.to_string(),
     })
+}
+
+/// The RFC 2136 provider's TSIG key, its secret read from the file or variable the config names.
+pub fn tsig_key(c: &Rfc2136Config) -> Result<TsigKey, SecurityError> {
+    let (field, secret) = match (&c.tsig_secret_file, &c.tsig_secret_env) {
+        (Some(path), _) => (
+            "dns.provider.tsig_secret_file",
+            read_secret("dns.provider.tsig_secret_file", path)?,
+        ),
+        (None, Some(var)) => (
+            "dns.provider.tsig_secret_env",
+            std::env::var(var).map_err(|_| SecurityError::Env {
+                field: "dns.provider.tsig_secret_env",
+                var: var.clone(),
+            })?,
+        ),
+        (None, None) => unreachable!("validated: one secret source"),
+    };
+    TsigKey::from_base64(&c.tsig_key_name, c.tsig_algorithm, &secret)
+        .map_err(|reason| SecurityError::Invalid { field, reason })
 }
 
 pub fn load(config: &Config) -> Result<Security, SecurityError> {
@@ -77,7 +101,10 @@ pub fn load(config: &Config) -> Result<Security, SecurityError> {
                 }
                 (None, Some(var)) => (
                     "auth.password_env",
-                    std::env::var(var).map_err(|_| SecurityError::Env(var.clone()))?,
+                    std::env::var(var).map_err(|_| SecurityError::Env {
+                        field: "auth.password_env",
+                        var: var.clone(),
+                    })?,
                 ),
                 (None, None) => unreachable!("validated: one password source"),
             };

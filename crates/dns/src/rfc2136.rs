@@ -181,7 +181,7 @@ impl Rfc2136 {
                 DnsError::Unavailable(format!("{server} sent an answer that does not parse: {e}"))
             })?;
             let code = parsed.metadata.response_code;
-            let tsig_error = parsed.signature().and_then(|s| s.data.error.clone());
+            let tsig_error = parsed.signature().and_then(|s| s.data.error);
             if let Some(error) = tsig_error {
                 return Err(DnsError::Rejected(format!(
                     "{server} refused our TSIG key {}: {} — check the key name, algorithm and secret, and the server's clock",

@@ -83,7 +83,11 @@ async fn cname_and_owner_move_together(kind: Kind) {
     .await
     .unwrap();
     assert_eq!(server.dig("demo.z.test", "CNAME"), "primary.r2.z.test.");
-    assert!(server.dig("_valkey-dr.demo.z.test", "TXT").contains("epoch=2"));
+    assert!(
+        server
+            .dig("_valkey-dr.demo.z.test", "TXT")
+            .contains("epoch=2")
+    );
 }
 
 /// Two controllers read the same records and flip to different targets at once: the server's
@@ -147,7 +151,11 @@ async fn a_wrong_key_changes_nothing(kind: Kind) {
     );
     assert!(text.contains(KEY_NAME), "{kind:?}: names the key: {text}");
     assert!(!text.contains(wrong_secret) && !text.contains(SECRET));
-    assert_eq!(server.dig("demo.z.test", "CNAME"), "", "{kind:?}: nothing changed");
+    assert_eq!(
+        server.dig("demo.z.test", "CNAME"),
+        "",
+        "{kind:?}: nothing changed"
+    );
 }
 
 macro_rules! against {

@@ -15,5 +15,6 @@ mod lab;
 mod page;
 mod promotion;
 mod reconcile;
+mod rfc2136;
 mod safety;
 mod security;

@@ -54,10 +54,8 @@ ns IN A 127.0.0.1\n";
 impl AuthServer {
     pub fn start(kind: Kind) -> AuthServer {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "valkey-dr-{kind:?}-{}-{port}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("valkey-dr-{kind:?}-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
