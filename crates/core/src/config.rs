@@ -1031,6 +1031,56 @@ global_name = "demo"
     }
 
     #[test]
+    fn rfc2136_settings_are_checked() {
+        let base = include_str!("../../../valkey-dr.toml");
+        let embedded = "[dns.provider]\nkind = \"embedded\"\nlisten = \"127.0.0.1:5353\"\n";
+        assert!(base.contains(embedded));
+        let with = |provider: &str| base.replace(embedded, provider);
+        let good = "[dns.provider]\nkind = \"rfc2136\"\nservers = [\"192.0.2.53:53\"]\ntsig_key_name = \"valkey-dr\"\ntsig_secret_file = \"/etc/valkey-dr/tsig\"\n";
+        let config = Config::parse(&with(good)).unwrap();
+        let DnsProviderConfig::Rfc2136(c) = &config.dns.provider else {
+            panic!("rfc2136 expected");
+        };
+        assert_eq!(c.tsig_algorithm, TsigAlgorithm::HmacSha256, "the default");
+        let cases = [
+            (
+                "servers = [\"192.0.2.53:53\"]",
+                "servers = []",
+                "dns.provider.servers",
+            ),
+            (
+                "servers = [\"192.0.2.53:53\"]",
+                "servers = [\"ns1.example.com:53\"]",
+                "dns.provider.servers",
+            ),
+            (
+                "tsig_secret_file = \"/etc/valkey-dr/tsig\"",
+                "tsig_secret = \"c2VjcmV0\"",
+                "dns.provider.tsig_secret",
+            ),
+            (
+                "tsig_secret_file = \"/etc/valkey-dr/tsig\"",
+                "tsig_secret_file = \"/etc/valkey-dr/tsig\"\ntsig_secret_env = \"TSIG\"",
+                "dns.provider.tsig_secret_file",
+            ),
+            (
+                "tsig_key_name = \"valkey-dr\"",
+                "tsig_key_name = \"bad key\"",
+                "dns.provider.tsig_key_name",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let error = Config::parse(&with(&good.replace(from, to))).unwrap_err();
+            assert_eq!(error.field(), Some(field), "{to}: {error}");
+            // A literal secret is refused without being repeated.
+            assert!(!error.to_string().contains("c2VjcmV0"), "{error}");
+        }
+        let unknown_algorithm =
+            Config::parse(&with(&format!("{good}tsig_algorithm = \"hmac-md5\"\n")));
+        assert!(unknown_algorithm.is_err(), "only hmac-sha256/384/512");
+    }
+
+    #[test]
     fn the_http_endpoint_and_webhooks_are_checked() {
         let base = include_str!("../../../valkey-dr.toml");
         let cases = [
