@@ -187,7 +187,8 @@ impl Rfc2136 {
                     "{server} refused our TSIG key {}: {} — check the key name, algorithm and secret, and the server's clock",
                     self.key_name,
                     match error {
-                        TsigError::BadKey => "BADKEY (it does not know this key and algorithm)",
+                        TsigError::BadKey =>
+                            "BADKEY (it does not know this key and algorithm, or — Knot's answer to a denied update — its update-policy / ACL does not grant the key these names)",
                         TsigError::BadSig => "BADSIG (the secret differs)",
                         TsigError::BadTime => "BADTIME (the clocks differ by more than 300 s)",
                         _ => "a TSIG error",

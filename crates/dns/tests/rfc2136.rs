@@ -158,6 +158,33 @@ async fn a_wrong_key_changes_nothing(kind: Kind) {
     );
 }
 
+/// The update-policy grants the controller's names only: any other name is refused as a whole
+/// batch, clearly, and nothing changes.
+async fn names_outside_the_grant_are_refused(kind: Kind) {
+    let server = AuthServer::start(kind);
+    let dns = provider(vec![server.addr], SECRET);
+    let err = dns
+        .apply(&[
+            Change::Create {
+                new: cname("primary.r1.z.test."),
+            },
+            Change::Create {
+                new: set("www.z.test.", RecordType::A, "10.0.0.9"),
+            },
+        ])
+        .await
+        .expect_err("www is not ours");
+    assert!(
+        matches!(&err, DnsError::Rejected(text) if text.contains("update-policy")),
+        "{kind:?}: {err:?}"
+    );
+    assert_eq!(
+        server.dig("demo.z.test", "CNAME"),
+        "",
+        "{kind:?}: nothing changed"
+    );
+}
+
 macro_rules! against {
     ($module:ident, $kind:expr) => {
         mod $module {
@@ -184,6 +211,17 @@ macro_rules! against {
             }
         }
     };
+}
+
+/// PowerDNS grants a key a whole zone (TSIG-ALLOW-DNSUPDATE); BIND and Knot grant names.
+#[tokio::test]
+async fn bind9_grants_exactly_our_names() {
+    names_outside_the_grant_are_refused(Kind::Bind).await;
+}
+
+#[tokio::test]
+async fn knot_grants_exactly_our_names() {
+    names_outside_the_grant_are_refused(Kind::Knot).await;
 }
 
 against!(bind9, Kind::Bind);

@@ -36,7 +36,8 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_controller_moves_the_name_on_bind_with_signed_updates() {
     let lab = TestLab::start().await;
-    let bind = AuthServer::start(Kind::Bind);
+    let regions: Vec<&str> = lab.spec.regions.iter().map(String::as_str).collect();
+    let bind = AuthServer::start_for(Kind::Bind, &regions);
     // The lab's own controller (embedded DNS) steps aside; ours takes its state over.
     lab.kill_controller().await;
 

@@ -46,13 +46,42 @@ fn free_port() -> u16 {
     }
 }
 
+/// The names the controller writes for a zone with `regions`, and only those: what the README's
+/// update-policy grants, as (name, types).
+pub fn names(regions: &[&str]) -> Vec<(String, &'static str)> {
+    let mut names = vec![
+        ("demo.z.test.".to_string(), "CNAME"),
+        ("_valkey-dr.demo.z.test.".to_string(), "TXT"),
+    ];
+    for region in regions {
+        names.push((format!("primary.{region}.z.test."), "A AAAA"));
+        names.push((format!("reader.{region}.z.test."), "A AAAA"));
+    }
+    names
+}
+
 const ZONE_FILE: &str = "$TTL 60\n\
 @ IN SOA ns.z.test. hostmaster.z.test. 1 3600 600 86400 60\n\
 @ IN NS ns.z.test.\n\
 ns IN A 127.0.0.1\n";
 
 impl AuthServer {
+    /// A server whose key may write the names of one region, `r1`.
     pub fn start(kind: Kind) -> AuthServer {
+        Self::start_for(kind, &["r1"])
+    }
+
+    pub fn start_for(kind: Kind, regions: &[&str]) -> AuthServer {
+        let names = names(regions);
+        let grants: String = names
+            .iter()
+            .map(|(name, types)| format!("grant {KEY_NAME} name {name} {types}; "))
+            .collect();
+        let knot_names = names
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("valkey-dr-{kind:?}-{}-{port}", std::process::id()));
@@ -71,7 +100,7 @@ impl AuthServer {
                          controls {{ }};\n\
                          key \"{KEY_NAME}\" {{ algorithm hmac-sha256; secret \"{SECRET}\"; }};\n\
                          zone \"z.test\" {{ type primary; file \"{d}/z.test.zone\"; \
-                         update-policy {{ grant {KEY_NAME} subdomain z.test. A AAAA CNAME TXT; }}; }};\n"
+                         update-policy {{ {grants}}}; }};\n"
                     ),
                 )
                 .unwrap();
@@ -89,6 +118,8 @@ impl AuthServer {
                          log:\n  - target: stderr\n    any: warning\n\
                          key:\n  - id: {KEY_NAME}\n    algorithm: hmac-sha256\n    secret: {SECRET}\n\
                          acl:\n  - id: update\n    key: {KEY_NAME}\n    action: update\n\
+                         \x20   update-type: [A, AAAA, CNAME, TXT]\n    update-owner: name\n\
+                         \x20   update-owner-match: equal\n    update-owner-name: [{knot_names}]\n\
                          zone:\n  - domain: z.test\n    storage: \"{d}\"\n    file: z.test.zone\n    acl: update\n"
                     ),
                 )
