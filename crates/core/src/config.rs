@@ -1075,6 +1075,8 @@ global_name = "demo"
             // A literal secret is refused without being repeated.
             assert!(!error.to_string().contains("c2VjcmV0"), "{error}");
         }
+        // The documented example section is valid as it stands.
+        Config::parse(&with(include_str!("../../../deploy/rfc2136/provider.toml"))).unwrap();
         let unknown_algorithm =
             Config::parse(&with(&format!("{good}tsig_algorithm = \"hmac-md5\"\n")));
         assert!(unknown_algorithm.is_err(), "only hmac-sha256/384/512");

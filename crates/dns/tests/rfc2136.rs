@@ -5,6 +5,7 @@
 mod servers;
 
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
 use servers::{AuthServer, KEY_NAME, Kind, SECRET, ZONE};
@@ -254,4 +255,38 @@ async fn a_server_down_is_skipped_then_reported() {
         matches!(&err, DnsError::Unavailable(text) if text.contains(&closed.to_string())),
         "{err:?}"
     );
+}
+
+/// The README's example server configs are what BIND and Knot accept.
+#[test]
+fn the_example_server_configs_are_valid() {
+    let dir =
+        std::env::temp_dir().join(format!("valkey-dr-rfc2136-examples-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/rfc2136");
+    for (file, program, before, after) in [
+        ("named.conf", "named-checkconf", vec![], vec![]),
+        ("knot.conf", "knotc", vec!["-c"], vec!["conf-check"]),
+    ] {
+        let text = std::fs::read_to_string(format!("{examples}/{file}")).unwrap();
+        let filled = text.replace(
+            "<base64 secret, also in /etc/valkey-dr/tsig-secret>",
+            SECRET,
+        );
+        let path = dir.join(file);
+        std::fs::write(&path, filled).unwrap();
+        let out = Command::new(program)
+            .args(before)
+            .arg(&path)
+            .args(after)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
