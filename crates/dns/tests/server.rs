@@ -234,3 +234,47 @@ async fn large_answers_are_truncated_over_udp_and_complete_over_tcp() {
     assert_eq!(full.lines().count(), readers.len(), "{full}");
     server.shutdown().await;
 }
+
+/// Answers are cached per UDP thread by the request's bytes; a flip must never be served stale.
+/// Identical questions (`+nocookie`: same bytes each time, from new source ports, so every
+/// thread's cache is filled) before and after the flip.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_answer_is_never_served_after_a_flip() {
+    let (server, zone) = server().await;
+    let addr = server.local_addr();
+    let ask = || dig(addr, &["+nocookie", "+short", "demo.valkey-dr.test", "CNAME"]);
+    for _ in 0..10 {
+        assert_eq!(ask().trim(), "primary.r1.valkey-dr.test.");
+    }
+    let cname = |target: &str| {
+        RecordSet::new(
+            "demo.valkey-dr.test",
+            RecordType::Cname,
+            5,
+            [target.to_string()],
+        )
+    };
+    zone.apply_changes(&[Change::Update {
+        old: cname("primary.r1.valkey-dr.test."),
+        new: cname("primary.r2.valkey-dr.test."),
+    }])
+    .unwrap();
+    for _ in 0..10 {
+        assert_eq!(ask().trim(), "primary.r2.valkey-dr.test.");
+    }
+    server.shutdown().await;
+}
+
+/// The UDP sockets share their port among themselves only: a second server on a taken address
+/// fails to start instead of silently sharing the queries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_server_on_the_same_address_fails_to_start() {
+    let (server, zone) = server().await;
+    let taken = DnsServer::start(zone, server.local_addr(), 5).await;
+    assert!(taken.is_err(), "the address is taken");
+    assert!(
+        dig(server.local_addr(), &["+short", "demo.valkey-dr.test", "CNAME"]).contains("r1"),
+        "the first still answers"
+    );
+    server.shutdown().await;
+}

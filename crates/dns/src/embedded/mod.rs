@@ -2,6 +2,7 @@
 //! and TCP by hickory-server ([`server`]).
 
 mod server;
+mod udp;
 mod zone;
 
 pub use server::{DnsServer, ServerError, respond};

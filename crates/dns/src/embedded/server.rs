@@ -5,15 +5,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType as HickoryType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use valkey_dr_core::RecordType;
 
+use super::udp;
 use super::zone::{Lookup, Zone};
 use crate::wire::to_records;
 
@@ -29,41 +32,19 @@ pub enum ServerError {
 /// Largest UDP payload we answer with, whatever a client advertises (the DNS flag day value).
 const MAX_UDP_PAYLOAD: u16 = 1232;
 
-/// Answers one raw DNS request the way the server does, without a socket: parse, decide, encode.
-/// Returns None for bytes that are not a DNS request (the server drops those). For tests and
-/// fuzzing; the server itself goes through hickory-server's transport.
+/// Answers one raw DNS request the way the server answers it over UDP, without a socket: parse,
+/// decide, encode. Returns None for bytes that are not a DNS request (the server drops those).
+/// For tests and fuzzing.
 pub fn respond(zone: Arc<Zone>, request: &[u8], negative_ttl: u32) -> Option<Vec<u8>> {
-    use hickory_proto::op::{Message, MessageType};
     let src: SocketAddr = "127.0.0.1:53".parse().expect("static address");
-    let request = Request::from_bytes(
-        request.to_vec(),
-        src,
-        hickory_server::net::xfer::Protocol::Udp,
-    )
-    .ok()?;
-    let handler = Handler::new(zone, &[("ns".into(), src.ip())], negative_ttl);
-    let answer = handler.answer(&request);
-    let mut response = Message::new(
-        request.metadata.id,
-        MessageType::Response,
-        request.metadata.op_code,
-    );
-    response.metadata.authoritative = answer.authoritative;
-    response.metadata.response_code = answer.code;
-    response.add_queries(
-        request
-            .queries
-            .queries()
-            .iter()
-            .map(|q| q.original().clone()),
-    );
-    response.add_answers(answer.answers);
-    response.add_authorities(answer.authorities);
-    response.to_vec().ok()
+    Handler::new(zone, &[("ns".into(), src.ip())], negative_ttl).udp_response(request)
 }
 
 pub struct DnsServer {
-    server: Server<Handler>,
+    /// TCP, through hickory-server.
+    server: Server<Tcp>,
+    /// UDP, on one socket and thread per core (see [`udp`]).
+    udp: udp::Workers,
     local_addr: SocketAddr,
 }
 
@@ -90,16 +71,17 @@ impl DnsServer {
             addr: listen,
             source,
         };
-        // Port 0 asks for any free port, which must be free for both UDP and TCP: the one the
-        // UDP socket got may be taken for TCP, so try a few.
+        // TCP first and exclusively: it holds the port, so the UDP sockets, which share it among
+        // themselves (SO_REUSEPORT), can never join another process's. Port 0 asks for any free
+        // port, which must then be free for UDP too: try a few.
         let attempts = if listen.port() == 0 { 20 } else { 1 };
         let mut attempt = 0;
         let (udp, tcp, local_addr) = loop {
             attempt += 1;
-            let udp = UdpSocket::bind(listen).await.map_err(bind_error)?;
-            let local_addr = udp.local_addr().map_err(bind_error)?;
-            match TcpListener::bind(local_addr).await {
-                Ok(tcp) => break (udp, tcp, local_addr),
+            let tcp = TcpListener::bind(listen).await.map_err(bind_error)?;
+            let local_addr = tcp.local_addr().map_err(bind_error)?;
+            match udp::bind(local_addr, udp::threads()) {
+                Ok(udp) => break (udp, tcp, local_addr),
                 Err(e) if attempt < attempts && e.kind() == std::io::ErrorKind::AddrInUse => {}
                 Err(e) => return Err(bind_error(e)),
             }
@@ -119,11 +101,15 @@ impl DnsServer {
                 .filter(|(_, ip)| *ip != local_addr.ip())
                 .cloned(),
         );
-        let handler = Handler::new(zone, &name_servers, negative_ttl);
-        let mut server = Server::new(handler);
-        server.register_socket(udp);
+        let handler = Arc::new(Handler::new(zone, &name_servers, negative_ttl));
+        let udp = udp::Workers::start(udp, handler.clone());
+        let mut server = Server::new(Tcp(handler));
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
-        Ok(DnsServer { server, local_addr })
+        Ok(DnsServer {
+            server,
+            udp,
+            local_addr,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -131,8 +117,29 @@ impl DnsServer {
     }
 
     pub async fn shutdown(mut self) {
+        self.udp.stop().await;
         let _ = self.server.shutdown_gracefully().await;
     }
+}
+
+impl udp::Responder for Handler {
+    fn generation(&self) -> u64 {
+        self.zone.generation()
+    }
+
+    fn respond(&self, request: &[u8]) -> Option<Vec<u8>> {
+        self.udp_response(request)
+    }
+}
+
+/// The handler as hickory-server's TCP transport calls it.
+struct Tcp(Arc<Handler>);
+
+/// Our OPT record in answer to a client's: the payload size we send, bounded.
+fn our_edns(theirs: &Edns) -> Edns {
+    let mut ours = Edns::new();
+    ours.set_max_payload(theirs.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+    ours
 }
 
 struct Handler {
@@ -164,6 +171,61 @@ impl Answer {
 }
 
 impl Handler {
+    /// The UDP answer to raw request bytes, truncated (TC) when it would not fit the client's
+    /// payload size; None for bytes that are not a DNS request.
+    fn udp_response(&self, request: &[u8]) -> Option<Vec<u8>> {
+        let src: SocketAddr = "127.0.0.1:53".parse().expect("static address");
+        let request = Request::from_bytes(
+            request.to_vec(),
+            src,
+            hickory_server::net::xfer::Protocol::Udp,
+        )
+        .ok()?;
+        let limit = match &request.edns {
+            Some(edns) => edns.max_payload().clamp(512, MAX_UDP_PAYLOAD),
+            None => 512,
+        };
+        let answer = self.answer(&request);
+        let full = self.encode(&request, answer)?;
+        if full.len() <= usize::from(limit) {
+            return Some(full);
+        }
+        let mut truncated = Message::from_vec(&full).ok()?;
+        truncated.metadata.truncation = true;
+        truncated.answers.clear();
+        truncated.authorities.clear();
+        truncated.to_vec().ok()
+    }
+
+    /// The response message, as the TCP path builds it through hickory-server.
+    fn encode(&self, request: &Request, answer: Answer) -> Option<Vec<u8>> {
+        let mut response = Message::new(
+            request.metadata.id,
+            MessageType::Response,
+            request.metadata.op_code,
+        );
+        response.metadata = self.response_metadata(request, &answer);
+        response.add_queries(
+            request
+                .queries
+                .queries()
+                .iter()
+                .map(|q| q.original().clone()),
+        );
+        response.add_answers(answer.answers);
+        response.add_authorities(answer.authorities);
+        response.edns = request.edns.as_ref().map(our_edns);
+        response.to_vec().ok()
+    }
+
+    fn response_metadata(&self, request: &Request, answer: &Answer) -> Metadata {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = answer.authoritative;
+        metadata.recursion_available = false;
+        metadata.response_code = answer.code;
+        metadata
+    }
+
     fn new(
         zone: Arc<Zone>,
         name_servers: &[(String, std::net::IpAddr)],
@@ -298,26 +360,20 @@ impl Handler {
 }
 
 #[async_trait::async_trait]
-impl RequestHandler for Handler {
+impl RequestHandler for Tcp {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let answer = self.answer(request);
-        let edns = request.edns.as_ref().map(|theirs| {
-            let mut ours = Edns::new();
-            ours.set_max_payload(theirs.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            ours
-        });
+        let handler = &self.0;
+        let answer = handler.answer(request);
+        let edns = request.edns.as_ref().map(our_edns);
         let mut builder = MessageResponseBuilder::from_message_request(request);
         if let Some(edns) = &edns {
             builder.edns(edns);
         }
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.authoritative = answer.authoritative;
-        metadata.recursion_available = false;
-        metadata.response_code = answer.code;
+        let metadata = handler.response_metadata(request, &answer);
         let response = builder.build(
             metadata,
             answer.answers.iter(),

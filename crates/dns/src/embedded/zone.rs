@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -30,6 +31,9 @@ struct State {
 pub struct Zone {
     origin: String,
     state: RwLock<State>,
+    /// Rises with every change, after it is made: the server's answer caches compare it without
+    /// taking the lock.
+    generation: AtomicU64,
 }
 
 /// How many CNAMEs the server follows inside its own zone before it stops.
@@ -49,7 +53,13 @@ impl Zone {
                 serial: now as u32,
                 sets: BTreeMap::new(),
             }),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Changes so far; read without a lock.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn origin(&self) -> &str {
@@ -89,6 +99,7 @@ impl Zone {
         }
         state.sets = sets;
         state.serial = state.serial.wrapping_add(1).max(1);
+        self.generation.fetch_add(1, Ordering::Release);
         true
     }
 
@@ -208,6 +219,7 @@ impl Zone {
             }
         }
         state.serial = state.serial.wrapping_add(1).max(1);
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 }
