@@ -242,7 +242,12 @@ async fn large_answers_are_truncated_over_udp_and_complete_over_tcp() {
 async fn a_cached_answer_is_never_served_after_a_flip() {
     let (server, zone) = server().await;
     let addr = server.local_addr();
-    let ask = || dig(addr, &["+nocookie", "+short", "demo.valkey-dr.test", "CNAME"]);
+    let ask = || {
+        dig(
+            addr,
+            &["+nocookie", "+short", "demo.valkey-dr.test", "CNAME"],
+        )
+    };
     for _ in 0..10 {
         assert_eq!(ask().trim(), "primary.r1.valkey-dr.test.");
     }
@@ -273,7 +278,11 @@ async fn a_second_server_on_the_same_address_fails_to_start() {
     let taken = DnsServer::start(zone, server.local_addr(), 5).await;
     assert!(taken.is_err(), "the address is taken");
     assert!(
-        dig(server.local_addr(), &["+short", "demo.valkey-dr.test", "CNAME"]).contains("r1"),
+        dig(
+            server.local_addr(),
+            &["+short", "demo.valkey-dr.test", "CNAME"]
+        )
+        .contains("r1"),
         "the first still answers"
     );
     server.shutdown().await;
