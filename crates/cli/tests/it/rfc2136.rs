@@ -1,6 +1,7 @@
 //! The controller with `[dns.provider] kind = "rfc2136"`: the real `valkey-dr run` keeps the
 //! name on a real BIND 9 (started by the test, TSIG key, update-policy) and a switchover moves the
-//! CNAME and its ownership TXT there, against the lab's real Valkey nodes.
+//! CNAME and its ownership TXT there, against the lab's real Valkey nodes; BIND down is reported
+//! and retried with backoff.
 
 // The DNS crate's real-server harness; this test uses BIND only.
 #[allow(dead_code)]
@@ -37,7 +38,7 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 async fn the_controller_moves_the_name_on_bind_with_signed_updates() {
     let lab = TestLab::start().await;
     let regions: Vec<&str> = lab.spec.regions.iter().map(String::as_str).collect();
-    let bind = AuthServer::start_for(Kind::Bind, &regions);
+    let mut bind = AuthServer::start_for(Kind::Bind, &regions);
     // The lab's own controller (embedded DNS) steps aside; ours takes its state over.
     lab.kill_controller().await;
 
@@ -98,6 +99,36 @@ async fn the_controller_moves_the_name_on_bind_with_signed_updates() {
         owner_after.contains(&format!("primary={second}")),
         "{owner_after}"
     );
+
+    // BIND down: every pass fails, is reported with the server's address, and is retried with
+    // a growing delay; back up, the next switchover moves the name again.
+    bind.kill();
+    let failures = || -> Vec<serde_json::Value> {
+        lab.events()
+            .into_iter()
+            .filter(|e| {
+                e["event"] == "reconcile_failed"
+                    && e["error"]
+                        .as_str()
+                        .is_some_and(|t| t.contains(&bind.addr.to_string()))
+            })
+            .collect()
+    };
+    wait_for("two reported failures", || failures().len() >= 2);
+    let delays: Vec<u64> = failures()
+        .iter()
+        .map(|e| e["retry_in_ms"].as_u64().unwrap())
+        .collect();
+    assert!(delays[1] > delays[0], "backoff: {delays:?}");
+    bind.restart();
+    let back = Command::new(BIN)
+        .args(["promote", &first, "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let (ok, text) = outcome(back);
+    assert!(ok, "promote back: {text}");
+    assert_eq!(bind.dig("demo.z.test", "CNAME"), primary_of(&first));
 
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(

@@ -87,8 +87,21 @@ impl AuthServer {
             std::env::temp_dir().join(format!("valkey-dr-{kind:?}-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        Self::configure(kind, &dir, port, &grants, &knot_names);
+        let server = AuthServer {
+            kind,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: Self::spawn(kind, &dir),
+            dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Writes the server's configuration and empty zone into `dir`.
+    fn configure(kind: Kind, dir: &std::path::Path, port: u16, grants: &str, knot_names: &str) {
         let d = dir.display();
-        let command = match kind {
+        match kind {
             Kind::Bind => {
                 std::fs::write(dir.join("z.test.zone"), ZONE_FILE).unwrap();
                 std::fs::write(
@@ -104,9 +117,6 @@ impl AuthServer {
                     ),
                 )
                 .unwrap();
-                let mut c = Command::new("named");
-                c.args(["-g", "-n", "1", "-c"]).arg(dir.join("named.conf"));
-                c
             }
             Kind::Knot => {
                 std::fs::write(dir.join("z.test.zone"), ZONE_FILE).unwrap();
@@ -124,9 +134,6 @@ impl AuthServer {
                     ),
                 )
                 .unwrap();
-                let mut c = Command::new("knotd");
-                c.arg("-c").arg(dir.join("knot.conf"));
-                c
             }
             Kind::PowerDns => {
                 let db = dir.join("pdns.sqlite3");
@@ -169,26 +176,52 @@ impl AuthServer {
                     ),
                 )
                 .unwrap();
+            }
+        }
+    }
+
+    /// Starts the server on the configuration in `dir`.
+    fn spawn(kind: Kind, dir: &std::path::Path) -> Child {
+        let mut command = match kind {
+            Kind::Bind => {
+                let mut c = Command::new("named");
+                c.args(["-g", "-n", "1", "-c"]).arg(dir.join("named.conf"));
+                c
+            }
+            Kind::Knot => {
+                let mut c = Command::new("knotd");
+                c.arg("-c").arg(dir.join("knot.conf"));
+                c
+            }
+            Kind::PowerDns => {
                 let mut c = Command::new("pdns_server");
-                c.arg(format!("--config-dir={d}"));
+                c.arg(format!("--config-dir={}", dir.display()));
                 c
             }
         };
-        let mut command = command;
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let child = command
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
+        command
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("{kind:?} starts ({e}); `make test` installs it"));
-        let server = AuthServer {
-            kind,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-            child,
-        };
-        server.wait_ready();
-        server
+            .unwrap_or_else(|e| panic!("{kind:?} starts ({e}); `make test` installs it"))
+    }
+
+    /// SIGKILLs the server (its zone data stays in its directory).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same address and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.kind, &self.dir);
+        self.wait_ready();
     }
 
     /// Until the server answers the zone's SOA over TCP.
