@@ -39,6 +39,37 @@ pub(crate) fn read_secret(field: &'static str, path: &Path) -> Result<String, Se
     Ok(secret)
 }
 
+/// A secret from the file's first line or from the variable, whichever the config names
+/// (validation ensured one); never empty. Returns the field it came from.
+fn file_or_env(
+    file: (&'static str, Option<&Path>),
+    env: (&'static str, Option<&str>),
+) -> Result<(&'static str, String), SecurityError> {
+    let (field, secret) = match (file, env) {
+        ((field, Some(path)), _) => {
+            let bytes = read(field, path)?;
+            let first = String::from_utf8_lossy(&bytes)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            (field, first)
+        }
+        (_, (field, Some(var))) => (
+            field,
+            std::env::var(var).map_err(|_| SecurityError::Env {
+                field,
+                var: var.to_string(),
+            })?,
+        ),
+        ((field, None), (_, None)) => return Err(SecurityError::Empty(field)),
+    };
+    if secret.is_empty() {
+        return Err(SecurityError::Empty(field));
+    }
+    Ok((field, secret))
+}
+
 pub(crate) fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
     std::fs::read(path).map_err(|e| SecurityError::File {
         field,
@@ -49,20 +80,13 @@ pub(crate) fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, Security
 
 /// The RFC 2136 provider's TSIG key, its secret read from the file or variable the config names.
 pub fn tsig_key(c: &Rfc2136Config) -> Result<TsigKey, SecurityError> {
-    let (field, secret) = match (&c.tsig_secret_file, &c.tsig_secret_env) {
-        (Some(path), _) => (
+    let (field, secret) = file_or_env(
+        (
             "dns.provider.tsig_secret_file",
-            read_secret("dns.provider.tsig_secret_file", path)?,
+            c.tsig_secret_file.as_deref(),
         ),
-        (None, Some(var)) => (
-            "dns.provider.tsig_secret_env",
-            std::env::var(var).map_err(|_| SecurityError::Env {
-                field: "dns.provider.tsig_secret_env",
-                var: var.clone(),
-            })?,
-        ),
-        (None, None) => unreachable!("validated: one secret source"),
-    };
+        ("dns.provider.tsig_secret_env", c.tsig_secret_env.as_deref()),
+    )?;
     TsigKey::from_base64(&c.tsig_key_name, c.tsig_algorithm, &secret)
         .map_err(|reason| SecurityError::Invalid { field, reason })
 }
@@ -90,27 +114,10 @@ pub fn load(config: &Config) -> Result<Security, SecurityError> {
     let auth = match &config.auth {
         None => None,
         Some(auth) => {
-            let (field, password) = match (&auth.password_file, &auth.password_env) {
-                (Some(path), _) => {
-                    let bytes = read("auth.password_file", path)?;
-                    let text = String::from_utf8_lossy(&bytes);
-                    (
-                        "auth.password_file",
-                        text.lines().next().unwrap_or_default().to_string(),
-                    )
-                }
-                (None, Some(var)) => (
-                    "auth.password_env",
-                    std::env::var(var).map_err(|_| SecurityError::Env {
-                        field: "auth.password_env",
-                        var: var.clone(),
-                    })?,
-                ),
-                (None, None) => unreachable!("validated: one password source"),
-            };
-            if password.is_empty() {
-                return Err(SecurityError::Empty(field));
-            }
+            let (_, password) = file_or_env(
+                ("auth.password_file", auth.password_file.as_deref()),
+                ("auth.password_env", auth.password_env.as_deref()),
+            )?;
             Some(Credentials {
                 username: auth.username.clone(),
                 password: Secret::new(password),

@@ -109,6 +109,16 @@ impl Rfc2136 {
         })
     }
 
+    /// A name of ours as a wire name; refused when it is outside the zone.
+    fn owner(&self, name: &str) -> Result<Name, DnsError> {
+        fqdn_name(name)
+            .filter(|n| self.zone.zone_of(n))
+            .ok_or_else(|| DnsError::OutOfZone {
+                name: name.to_string(),
+                zone: self.zone.to_ascii(),
+            })
+    }
+
     /// The one UPDATE message for a batch: prerequisites = what each change expects, updates =
     /// delete the expected set, add the new one.
     pub fn update_message(&self, changes: &[Change]) -> Result<Message, DnsError> {
@@ -122,12 +132,7 @@ impl Rfc2136 {
         message.add_zone(zone);
         for change in changes {
             let (name, rtype) = change_key(change);
-            let owner = fqdn_name(name)
-                .filter(|n| self.zone.zone_of(n))
-                .ok_or_else(|| DnsError::OutOfZone {
-                    name: name.to_string(),
-                    zone: self.zone.to_ascii(),
-                })?;
+            let owner = self.owner(name)?;
             match change.expected() {
                 // RFC 2136 §2.4.2: RRset exists (value dependent) — TTL 0, the set's records.
                 Some(old) => {
@@ -211,10 +216,7 @@ impl Rfc2136 {
             })?;
             return Ok(code);
         }
-        Err(DnsError::Unavailable(format!(
-            "no DNS server answered: {}",
-            failures.join("; ")
-        )))
+        Err(no_server_answered(&failures))
     }
 
     /// Sends each framed message over one TCP connection and returns the answers in order.
@@ -261,12 +263,7 @@ impl Rfc2136 {
         let mut asked = Vec::new();
         let mut queries = Vec::new();
         for name in names {
-            let owner = fqdn_name(name)
-                .filter(|n| self.zone.zone_of(n))
-                .ok_or_else(|| DnsError::OutOfZone {
-                    name: name.clone(),
-                    zone: self.zone.to_ascii(),
-                })?;
+            let owner = self.owner(name)?;
             for rtype in READ_TYPES {
                 let mut message = Message::query();
                 message.metadata.id = rand_id();
@@ -325,10 +322,7 @@ impl Rfc2136 {
             }
             return Ok(sets);
         }
-        Err(DnsError::Unavailable(format!(
-            "no DNS server answered: {}",
-            failures.join("; ")
-        )))
+        Err(no_server_answered(&failures))
     }
 }
 
@@ -379,6 +373,11 @@ impl DnsProvider for Rfc2136 {
             code => Err(DnsError::Unavailable(format!("the server answered {code}"))),
         }
     }
+}
+
+/// Every server was tried: the error names each with what went wrong.
+fn no_server_answered(failures: &[String]) -> DnsError {
+    DnsError::Unavailable(format!("no DNS server answered: {}", failures.join("; ")))
 }
 
 fn fqdn_name(name: &str) -> Option<Name> {

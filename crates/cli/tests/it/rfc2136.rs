@@ -81,13 +81,16 @@ async fn the_controller_moves_the_name_on_bind_with_signed_updates() {
         "{owner_before}"
     );
 
-    let promote = Command::new(BIN)
-        .args(["promote", &second, "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let (ok, text) = outcome(promote);
-    assert!(ok, "promote: {text}");
+    let promote = |region: &str| {
+        let out = Command::new(BIN)
+            .args(["promote", region, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let (ok, text) = outcome(out);
+        assert!(ok, "promote {region}: {text}");
+    };
+    promote(&second);
     assert_eq!(bind.dig("demo.z.test", "CNAME"), primary_of(&second));
     assert_eq!(bind.dig(&primary_of(&second), "A"), lab.ip(1, 0));
     let owner_after = bind.dig("_valkey-dr.demo.z.test", "TXT");
@@ -121,13 +124,7 @@ async fn the_controller_moves_the_name_on_bind_with_signed_updates() {
         .collect();
     assert!(delays[1] > delays[0], "backoff: {delays:?}");
     bind.restart();
-    let back = Command::new(BIN)
-        .args(["promote", &first, "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let (ok, text) = outcome(back);
-    assert!(ok, "promote back: {text}");
+    promote(&first);
     assert_eq!(bind.dig("demo.z.test", "CNAME"), primary_of(&first));
 
     let logged = std::fs::read_to_string(&log).unwrap();
