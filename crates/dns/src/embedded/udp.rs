@@ -25,6 +25,10 @@ pub(super) trait Responder: Send + Sync + 'static {
 /// than growing it; those questions are answered on the slow path.
 const MAX_CACHED: usize = 4096;
 
+/// Larger requests (long EDNS options) are answered without being cached, so that a cache holds
+/// at most about `MAX_CACHED` × (this + an answer) bytes.
+const MAX_CACHED_REQUEST: usize = 512;
+
 /// How often a blocked read wakes to notice a stop.
 const STOP_CHECK: Duration = Duration::from_millis(100);
 
@@ -129,10 +133,12 @@ impl Cache {
             }
             None => {
                 let answer = responder.respond(request)?;
-                if self.answers.len() >= MAX_CACHED {
-                    self.answers.clear();
+                if request.len() <= MAX_CACHED_REQUEST {
+                    if self.answers.len() >= MAX_CACHED {
+                        self.answers.clear();
+                    }
+                    self.answers.insert(key.into(), answer.as_slice().into());
                 }
-                self.answers.insert(key.into(), answer.as_slice().into());
                 self.out = answer;
             }
         }
@@ -196,6 +202,19 @@ mod tests {
             "a change is never served stale"
         );
         assert_eq!(*after.last().unwrap(), 1);
+    }
+
+    #[test]
+    fn large_requests_are_answered_but_not_cached() {
+        let responder = Counting::default();
+        let mut cache = Cache::default();
+        let mut large = query(1);
+        large.resize(MAX_CACHED_REQUEST + 1, 0);
+        for _ in 0..2 {
+            assert!(cache.answer(&responder, &large).is_some());
+        }
+        assert_eq!(responder.asked.load(Ordering::Relaxed), 2);
+        assert!(cache.answers.is_empty());
     }
 
     #[test]
