@@ -72,6 +72,9 @@ const READ_TYPES: [RecordType; 4] = [
     RecordType::Txt,
 ];
 
+/// What one read query asks: a name and one of our types.
+type Question = (Name, RecordType);
+
 /// Seconds either side of our clock a server accepts a signature (RFC 8945's recommended 300).
 const FUDGE: u16 = 300;
 
@@ -162,12 +165,11 @@ impl Rfc2136 {
     }
 
     /// Sends a signed UPDATE to the first server that answers and checks the answer's signature.
-    async fn send_update(&self, unsigned: Message) -> Result<ResponseCode, DnsError> {
+    async fn send_update(&self, changes: &[Change]) -> Result<ResponseCode, DnsError> {
         let mut failures = Vec::new();
         for &server in &self.servers {
-            // Each attempt signs afresh: a new id and time.
-            let mut message = unsigned.clone();
-            message.metadata.id = rand_id();
+            // Each attempt is built and signed afresh: a new id and time.
+            let mut message = self.update_message(changes)?;
             let mut verifier = message
                 .finalize(&self.signer, unix_now())
                 .map_err(|e| DnsError::Rejected(format!("cannot sign the update: {e}")))?
@@ -258,15 +260,18 @@ impl Rfc2136 {
             .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))?
     }
 
-    /// The record sets held for `names`, from the first server that answers.
-    async fn read(&self, names: &[String]) -> Result<Vec<RecordSet>, DnsError> {
+    /// One query per name and type, encoded, with what each asks. The ids are consecutive from
+    /// a random start, so that answers pipelined on one connection match their questions (random
+    /// ids collide within a batch: ~0.4% of passes with 24 queries).
+    fn read_queries(&self, names: &[String]) -> Result<(Vec<Question>, Vec<Vec<u8>>), DnsError> {
+        let first_id = Message::query().metadata.id;
         let mut asked = Vec::new();
         let mut queries = Vec::new();
         for name in names {
             let owner = self.owner(name)?;
             for rtype in READ_TYPES {
                 let mut message = Message::query();
-                message.metadata.id = rand_id();
+                message.metadata.id = first_id.wrapping_add(queries.len() as u16);
                 message.metadata.recursion_desired = false;
                 message.add_query(Query::query(owner.clone(), to_hickory_type(rtype)));
                 let bytes = message
@@ -276,6 +281,12 @@ impl Rfc2136 {
                 queries.push(bytes);
             }
         }
+        Ok((asked, queries))
+    }
+
+    /// The record sets held for `names`, from the first server that answers.
+    async fn read(&self, names: &[String]) -> Result<Vec<RecordSet>, DnsError> {
+        let (asked, queries) = self.read_queries(names)?;
         let mut failures = Vec::new();
         for &server in &self.servers {
             let replies = match self.exchange(server, &queries).await {
@@ -336,8 +347,7 @@ impl DnsProvider for Rfc2136 {
         if changes.is_empty() {
             return Ok(());
         }
-        let message = self.update_message(changes)?;
-        match self.send_update(message).await? {
+        match self.send_update(changes).await? {
             ResponseCode::NoError => Ok(()),
             // A prerequisite failed: read what is there now and name the first difference.
             code @ (ResponseCode::NXRRSet
@@ -391,17 +401,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn rand_id() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish() as u16
 }
 
 #[cfg(test)]
@@ -477,6 +476,20 @@ mod tests {
         assert_eq!(absent.dns_class, DNSClass::NONE);
         assert_eq!(absent.record_type(), HickoryType::A);
         assert_eq!(message.authorities.len(), 1, "only the addition");
+    }
+
+    #[test]
+    fn pipelined_reads_never_share_an_id() {
+        let names: Vec<String> = (0..100).map(|i| format!("n{i}.z.test.")).collect();
+        let (asked, queries) = provider().read_queries(&names).unwrap();
+        assert_eq!(asked.len(), 400);
+        let ids: std::collections::BTreeSet<[u8; 2]> =
+            queries.iter().map(|q| [q[0], q[1]]).collect();
+        assert_eq!(
+            ids.len(),
+            queries.len(),
+            "answers are matched to questions by id"
+        );
     }
 
     #[test]

@@ -63,29 +63,6 @@ impl Library {
             Library::ValkeyCli => "valkey-cli",
         }
     }
-}
-
-impl std::str::FromStr for Library {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Library::ALL
-            .into_iter()
-            .find(|l| l.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Library::ALL.iter().map(|l| l.name()).collect();
-                format!(
-                    "unknown client library `{s}`: expected one of {}",
-                    names.join(", ")
-                )
-            })
-    }
-}
-
-impl Library {
-    fn settings(self) -> &'static [Settings] {
-        &[Settings::Default, Settings::Recommended]
-    }
 
     /// The program and its arguments; an error names what is missing and how to install it.
     fn command(self, clients_dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
@@ -134,6 +111,23 @@ fn redis_rs_binary(clients_dir: &Path) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{NAME} is not built: run `make clients`"))
 }
 
+impl std::str::FromStr for Library {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Library::ALL
+            .into_iter()
+            .find(|l| l.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Library::ALL.iter().map(|l| l.name()).collect();
+                format!(
+                    "unknown client library `{s}`: expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 impl std::fmt::Display for ClientWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.library.name(), self.settings.as_str())
@@ -145,10 +139,8 @@ pub fn matrix(libraries: &[Library]) -> Vec<ClientWriter> {
     libraries
         .iter()
         .flat_map(|&library| {
-            library
-                .settings()
-                .iter()
-                .map(move |&settings| ClientWriter { library, settings })
+            [Settings::Default, Settings::Recommended]
+                .map(|settings| ClientWriter { library, settings })
         })
         .collect()
 }

@@ -131,7 +131,7 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
         // The lab's partitions cut the region links; the client libraries connect to the nodes
         // directly, so they would not be cut off and their numbers would mean nothing.
         return Err(DrillError::Lab(
-            "--clients works with switchovers and with failover by SIGKILL, not with --partition"
+            "--clients works with switchovers and with failovers by kill or --stall, not with --partition"
                 .into(),
         ));
     }

@@ -29,6 +29,12 @@ pub enum ServerError {
     },
 }
 
+/// The source hickory's `Request` records; answers never depend on it.
+const REQUEST_SOURCE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    53,
+));
+
 /// Largest UDP payload we answer with, whatever a client advertises (the DNS flag day value).
 const MAX_UDP_PAYLOAD: u16 = 1232;
 
@@ -36,8 +42,7 @@ const MAX_UDP_PAYLOAD: u16 = 1232;
 /// decide, encode. Returns None for bytes that are not a DNS request (the server drops those).
 /// For tests and fuzzing.
 pub fn respond(zone: Arc<Zone>, request: &[u8], negative_ttl: u32) -> Option<Vec<u8>> {
-    let src: SocketAddr = "127.0.0.1:53".parse().expect("static address");
-    Handler::new(zone, &[("ns".into(), src.ip())], negative_ttl).udp_response(request)
+    Handler::new(zone, &[("ns".into(), REQUEST_SOURCE.ip())], negative_ttl).udp_response(request)
 }
 
 pub struct DnsServer {
@@ -124,7 +129,7 @@ impl DnsServer {
 
 impl udp::Responder for Handler {
     fn generation(&self) -> u64 {
-        self.zone.generation()
+        u64::from(self.zone.serial())
     }
 
     fn respond(&self, request: &[u8]) -> Option<Vec<u8>> {
@@ -174,10 +179,9 @@ impl Handler {
     /// The UDP answer to raw request bytes, truncated (TC) when it would not fit the client's
     /// payload size; None for bytes that are not a DNS request.
     fn udp_response(&self, request: &[u8]) -> Option<Vec<u8>> {
-        let src: SocketAddr = "127.0.0.1:53".parse().expect("static address");
         let request = Request::from_bytes(
             request.to_vec(),
-            src,
+            REQUEST_SOURCE,
             hickory_server::net::xfer::Protocol::Udp,
         )
         .ok()?;

@@ -1,8 +1,8 @@
 //! The UDP side of the embedded server, where every client query arrives: one socket per core on
 //! the same port (SO_REUSEPORT, the kernel spreads clients across them), each read by its own
 //! thread with blocking calls, and a per-thread cache of encoded answers keyed by the request's
-//! bytes after its id. A cached answer is only copied, its id replaced; the zone's generation,
-//! read without a lock, empties a cache as soon as any record changes. Nothing is shared between
+//! bytes after its id. A cached answer is only copied, its id replaced; the zone's serial, read
+//! without a lock, empties a cache as soon as any record changes. Nothing is shared between
 //! the threads on the way from request to answer.
 
 use std::collections::HashMap;

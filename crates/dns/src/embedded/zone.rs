@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -24,16 +24,15 @@ pub enum Lookup {
 }
 
 struct State {
-    serial: u32,
     sets: BTreeMap<(String, RecordType), RecordSet>,
 }
 
 pub struct Zone {
     origin: String,
     state: RwLock<State>,
-    /// Rises with every change, after it is made: the server's answer caches compare it without
-    /// taking the lock.
-    generation: AtomicU64,
+    /// The SOA serial: rises with every change, stored after the change is made (under the write
+    /// lock). Read without the lock, it also tells the server's answer caches that answers changed.
+    serial: AtomicU32,
 }
 
 /// How many CNAMEs the server follows inside its own zone before it stops.
@@ -50,16 +49,10 @@ impl Zone {
         Zone {
             origin: fqdn(origin),
             state: RwLock::new(State {
-                serial: now as u32,
                 sets: BTreeMap::new(),
             }),
-            generation: AtomicU64::new(0),
+            serial: AtomicU32::new(now as u32),
         }
-    }
-
-    /// Changes so far; read without a lock.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
     }
 
     pub fn origin(&self) -> &str {
@@ -67,7 +60,13 @@ impl Zone {
     }
 
     pub fn serial(&self) -> u32 {
-        self.state.read().expect("zone lock").serial
+        self.serial.load(Ordering::Acquire)
+    }
+
+    /// Raises the serial; called with the write lock held, after the change.
+    fn raise_serial(&self) {
+        let next = self.serial.load(Ordering::Relaxed).wrapping_add(1).max(1);
+        self.serial.store(next, Ordering::Release);
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -98,8 +97,7 @@ impl Zone {
             return false;
         }
         state.sets = sets;
-        state.serial = state.serial.wrapping_add(1).max(1);
-        self.generation.fetch_add(1, Ordering::Release);
+        self.raise_serial();
         true
     }
 
@@ -218,8 +216,7 @@ impl Zone {
                 }
             }
         }
-        state.serial = state.serial.wrapping_add(1).max(1);
-        self.generation.fetch_add(1, Ordering::Release);
+        self.raise_serial();
         Ok(())
     }
 }
