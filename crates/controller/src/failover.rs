@@ -10,6 +10,7 @@ use serde_json::json;
 use valkey_dr_core::analysis::{Finding, analyze};
 use valkey_dr_core::failover::{self, Decision, Policy, WaitReason, WriterState};
 use valkey_dr_core::observation::History;
+use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{EpochRecord, NodeId, NodeObservation};
 
 use crate::Controller;
@@ -274,11 +275,20 @@ impl Controller {
         let (target, kind) = match decision {
             Decision::InRegion { target } => (target, "in_region"),
             Decision::CrossRegion { target } => (target, "cross_region"),
-            Decision::NoCandidate if writer_state == WriterState::Lost => {
-                // Nobody else holds the history: the loss has happened. Say so and go on from what
-                // the writer has now, rather than leave the name without a writer.
+            Decision::HistoryLost => {
+                // Every node answered and none holds the history: the loss has happened. Say so
+                // and go on from what the writer has now, rather than leave the name without a
+                // writer.
                 self.accept_loss(observations, &epoch).await;
                 return (Some(epoch), false);
+            }
+            _ if writer_state == WriterState::Lost => {
+                // No failover now (waiting for a node, an operator, or a block): the writer back
+                // empty must neither take writes nor feed its emptiness to its replicas.
+                let changed = self
+                    .hold_lost_writer(observations, &epoch, lineage.as_ref())
+                    .await;
+                return (Some(epoch), changed);
             }
             _ => return (Some(epoch), false),
         };
@@ -307,14 +317,18 @@ impl Controller {
             );
             return (Some(epoch), false);
         }
-        // Highly available shape: the writer leaves its region only on a majority's view and
-        // once that region's controller has let go (it fences its writer when it does).
-        if kind == "cross_region"
-            && writer_state == WriterState::Unreachable
-            && let Some(reason) = self.cross_region_withheld(epoch.primary).await
-        {
-            self.note_withheld(reason);
-            return (Some(epoch), false);
+        // The writer leaves its region from an unreachable writer only once it surely refuses
+        // writes itself (its self-fence), whoever is alive in its region; and in the highly
+        // available shape, on a majority's view and once that region's controller let go.
+        if kind == "cross_region" && writer_state == WriterState::Unreachable {
+            let withheld = match self.self_fence_withheld(epoch.primary, now) {
+                Some(reason) => Some(reason),
+                None => self.cross_region_withheld(epoch.primary).await,
+            };
+            if let Some(reason) = withheld {
+                self.note_withheld(reason);
+                return (Some(epoch), false);
+            }
         }
         let detection = self
             .health
@@ -356,6 +370,40 @@ impl Controller {
             "offset": now.offset,
         });
         self.events.emit("writer_restarted_empty", &detail);
+    }
+
+    /// A writer back empty as a master while no failover can happen yet: it follows the node that
+    /// holds the most of its history (its replicas then wait on it instead of copying nothing),
+    /// or, with no such node in sight, its writes stay paused. Returns true when it changed a node.
+    async fn hold_lost_writer(
+        &self,
+        observations: &[NodeObservation],
+        epoch: &EpochRecord,
+        lineage: Option<&History>,
+    ) -> bool {
+        if !info_of(observations, epoch.primary).is_some_and(|i| i.is_primary()) {
+            return false;
+        }
+        let endpoint = &self.topology.node(epoch.primary).control_endpoint;
+        let hold = Duration::from_millis(self.config.controller.catchup_timeout_ms)
+            + Duration::from_secs(10);
+        let _ = self.engine.pause_writes(endpoint, hold).await;
+        let Some(holder) =
+            lineage.and_then(|l| failover::best_holder(observations, epoch.primary, l))
+        else {
+            return false;
+        };
+        let demotion = self.demote(epoch.primary, holder, true).await;
+        self.events.emit(
+            "lost_writer_held",
+            json!({
+                "node": demotion.node,
+                "now_follows": demotion.now_follows,
+                "demoted": demotion.demoted,
+                "reason": "the writer came back without its data while no failover can happen yet; it follows the node holding the history so that no replica copies the empty data",
+            }),
+        );
+        demotion.demoted
     }
 
     /// The writer lost its history and no node holds it any more: record the loss (status shows
@@ -419,8 +467,21 @@ impl Controller {
             Decision::Blocked { would } => format!(
                 "a failover is due ({would:?}) but blocked after an earlier one; run `valkey-dr ack` to allow it"
             ),
+            Decision::WaitForOperator {
+                reason: WaitReason::InRegionOff { region },
+                suggested,
+            } => format!(
+                "the writer of region {} is down and in-region failover is off; run `valkey-dr failover {} --force`",
+                self.topology.region(*region).name,
+                suggested
+                    .map(|n| self.topology.region_of(n).name.clone())
+                    .unwrap_or_else(|| "<region>".into())
+            ),
             Decision::NoCandidate => {
-                "the writer is down and no replica on its history can take over".into()
+                "the writer is down or lost and no replica on its history can take over now (waiting for every node to answer)".into()
+            }
+            Decision::HistoryLost => {
+                "the writer came back without its data and no node holds its history".into()
             }
             Decision::WriterSeenAlive { witness } => format!(
                 "the writer does not answer the controller, but {} still replicates from it over a live link: no failover from a one-sided view",
@@ -463,10 +524,9 @@ impl Controller {
             .map(|l| l.replication_id.clone())
             .or_else(|| target_info.as_ref().map(|i| i.replication_id.clone()))
             .unwrap_or_default();
-        let new_epoch = EpochRecord {
-            epoch: old.epoch + 1,
-            primary: target,
-        };
+        let new_epoch = old
+            .next(target)
+            .ok_or_else(|| FailoverError::State(format!("epoch {} cannot grow", old.epoch)))?;
         let report = FailoverReport {
             kind: kind.to_string(),
             from_primary: self.topology.node_name(old.primary),
@@ -501,10 +561,13 @@ impl Controller {
             let _ = self.engine.pause_writes(endpoint, hold).await;
             let _ = self.engine.kill_clients(endpoint).await;
         }
-        let result = self
+        let target_endpoint = &self.topology.node(target).control_endpoint;
+        // A quorum left from the target's own time as a writer would refuse its first writes.
+        let _ = self
             .engine
-            .promote(&self.topology.node(target).control_endpoint)
+            .set_write_quorum(target_endpoint, WriteQuorum::OFF)
             .await;
+        let result = self.engine.promote(target_endpoint).await;
         if let Err(e) = &result {
             let promoted = self
                 .engine
@@ -701,15 +764,17 @@ impl Controller {
             .map(|m| m.epoch)
             .max()
             .unwrap_or(0);
+        let highest = self
+            .epoch()
+            .map_or(0, |e| e.epoch)
+            .max(published)
+            .max(marked.min(valkey_dr_core::analysis::MAX_EPOCH));
         let epoch = EpochRecord {
-            epoch: self
-                .epoch()
-                .map_or(0, |e| e.epoch)
-                .max(published)
-                .max(marked)
-                + 1,
+            epoch: highest,
             primary: writer,
-        };
+        }
+        .next(writer)
+        .ok_or_else(|| FailoverError::State(format!("epoch {highest} cannot grow")))?;
         let history = info_of(&observations, writer).map(|i| i.history());
         self.set_epoch(epoch, history.clone())
             .await

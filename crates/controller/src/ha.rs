@@ -167,6 +167,9 @@ struct Shared {
     present_since: Option<Instant>,
     /// When the state was last read from etcd successfully.
     synced_at: Option<Instant>,
+    /// The first claim of this site's presence was answered (or failed): until then a guard
+    /// that fenced would pause the region's writer at every start.
+    presence_tried: bool,
 }
 
 impl Ha {
@@ -495,14 +498,18 @@ impl Controller {
                     }
                     Err(_) => false,
                 },
-                None => match ha.coord.claim_site().await {
-                    Ok(new) => {
-                        claim = Some(new);
-                        published = None;
-                        true
+                None => {
+                    let claimed = ha.coord.claim_site().await;
+                    ha.shared().presence_tried = true;
+                    match claimed {
+                        Ok(new) => {
+                            claim = Some(new);
+                            published = None;
+                            true
+                        }
+                        Err(_) => false,
                     }
-                    Err(_) => false,
-                },
+                }
             };
             if let Some(held) = &claim {
                 if renewed {
@@ -556,8 +563,12 @@ impl Controller {
         let every = Duration::from_millis(100);
         let pause = ha.coord.ttl() / 2;
         let mut fenced: Option<NodeId> = None;
+        let mut also_fenced = std::collections::BTreeSet::new();
         loop {
             tokio::time::sleep(every).await;
+            if !ha.shared().presence_tried {
+                continue;
+            }
             let now = Instant::now();
             let writer = self.epoch().map(|e| e.primary);
             let local_writer = writer.filter(|w| self.topology.node(*w).region.0 == region);
@@ -606,6 +617,48 @@ impl Controller {
                     fenced = None;
                 }
                 (None, None) => {}
+            }
+            // Cut off, this site cannot know the epoch (a switchover into the region may have
+            // committed a moment ago, or this controller started without etcd): every node of
+            // the region that answers as a master is paused, not only the writer it remembers.
+            if !present {
+                self.pause_local_masters(region, keep, pause, &mut also_fenced)
+                    .await;
+            } else {
+                also_fenced.clear();
+            }
+        }
+    }
+
+    /// Pauses every node of `region` (but `skip`, paused already) that answers as a master,
+    /// reporting each once per lapse.
+    async fn pause_local_masters(
+        &self,
+        region: usize,
+        skip: Option<NodeId>,
+        pause: Duration,
+        reported: &mut std::collections::BTreeSet<NodeId>,
+    ) {
+        let Some(ha) = self.ha() else { return };
+        for node in &self.topology.regions[region].nodes {
+            if Some(*node) == skip {
+                continue;
+            }
+            let endpoint = &self.topology.node(*node).control_endpoint;
+            let master = self
+                .local_engine
+                .replication(endpoint)
+                .await
+                .is_ok_and(|info| info.is_primary());
+            if !master {
+                continue;
+            }
+            let paused = self.local_engine.pause_writes(endpoint, pause).await;
+            if reported.insert(*node) {
+                self.events.emit(
+                    "self_fenced",
+                    json!({ "site": ha.site(), "writer": self.topology.node_name(*node), "paused": paused.is_ok(), "reason": "a master of this region while the site is cut off" }),
+                );
             }
         }
     }
@@ -807,6 +860,14 @@ impl Engine for LeaderOnly {
     }
     async fn sync_settings(&self, node: &Endpoint) -> Result<SyncSettings, EngineError> {
         self.inner.sync_settings(node).await
+    }
+    async fn set_write_quorum(
+        &self,
+        node: &Endpoint,
+        quorum: valkey_dr_core::self_fence::WriteQuorum,
+    ) -> Result<(), EngineError> {
+        self.check(node, "config set")?;
+        self.inner.set_write_quorum(node, quorum).await
     }
 }
 

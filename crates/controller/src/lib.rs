@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod promotion;
 pub mod reconcile;
 pub mod security;
+mod self_fence;
 pub mod state;
 pub mod status;
 pub mod webhooks;

@@ -14,7 +14,7 @@ use serde_json::json;
 use valkey_dr_core::EngineError;
 use valkey_dr_core::analysis::analyze;
 use valkey_dr_core::observation::History;
-use valkey_dr_core::{EpochRecord, NodeId, NodeObservation, Role};
+use valkey_dr_core::{NodeId, NodeObservation, Role};
 
 use crate::Controller;
 
@@ -220,6 +220,15 @@ impl Controller {
                 name(old)
             )));
         }
+        // A quorum left from the target's own time as a writer would refuse its first writes;
+        // cleared before the fence, outside the write pause.
+        self.engine
+            .set_write_quorum(
+                endpoint(target),
+                valkey_dr_core::self_fence::WriteQuorum::OFF,
+            )
+            .await
+            .map_err(|e| PromoteError::Preflight(e.to_string()))?;
         m.finish(format!("{} → {}", name(old), name(target)));
 
         let catchup = Duration::from_millis(self.config.controller.catchup_timeout_ms);
@@ -324,10 +333,9 @@ impl Controller {
         // Point of no return. The intent goes to disk first, so that a controller restarted at
         // any later step resumes or rolls back from it instead of guessing.
         m.enter(Step::Promote);
-        let new_epoch = EpochRecord {
-            epoch: epoch.epoch + 1,
-            primary: target,
-        };
+        let new_epoch = epoch
+            .next(target)
+            .ok_or_else(|| PromoteError::Preflight(format!("epoch {} cannot grow", epoch.epoch)))?;
         let required = History {
             replication_id: old_info.replication_id.clone(),
             offset: needed,

@@ -39,6 +39,8 @@ pub struct Memory {
     pub(crate) data_loss: Option<serde_json::Value>,
     /// Nodes whose sync settings were checked in this run.
     settings_checked: std::collections::BTreeSet<NodeId>,
+    /// The write quorum set on the writer (its self-fence).
+    pub(crate) write_quorum: Option<crate::self_fence::AppliedQuorum>,
     started: bool,
 }
 
@@ -91,6 +93,17 @@ fn all_refused(
         None
     }
 }
+
+/// Whether an epoch mark found on a node may replace `ours`: newer, within [`MAX_MARK_JUMP`] of it,
+/// and below [`valkey_dr_core::analysis::MAX_EPOCH`].
+fn believable_mark(mark: &EpochMark, ours: Option<EpochRecord>) -> bool {
+    mark.epoch <= valkey_dr_core::analysis::MAX_EPOCH
+        && ours.is_none_or(|e| mark.epoch > e.epoch && mark.epoch - e.epoch <= MAX_MARK_JUMP)
+}
+
+/// A state file behind the nodes by more promotions than this is not believed to be merely old:
+/// the mark is someone else's (another deployment's data, or a client's write).
+const MAX_MARK_JUMP: u64 = 1000;
 
 /// How long to wait after `failures` failed passes in a row: doubling, capped at 30 s.
 pub fn error_policy(interval: Duration, failures: u32) -> Duration {
@@ -232,6 +245,7 @@ impl Controller {
             if let Err(e) = self.engine.write_heartbeat(endpoint, now_ms(), &mark).await {
                 tracing::debug!(error = %e, "heartbeat not written");
             }
+            self.keep_write_quorum(&observations, primary).await;
             self.repoint_misdirected(&analysis).await;
         }
 
@@ -270,19 +284,26 @@ impl Controller {
         observations: &[NodeObservation],
         ours: Option<EpochRecord>,
     ) -> Option<EpochRecord> {
+        // In the highly available shape etcd holds the state; a mark never outranks it.
+        if self.ha().is_some() {
+            return None;
+        }
         let (mark, writer) = observations
             .iter()
             .filter_map(|o| o.epoch_mark.as_ref())
-            .filter(|m| ours.is_none_or(|e| m.epoch > e.epoch))
-            .max_by_key(|m| m.epoch)
-            .and_then(|m| {
+            .filter(|m| believable_mark(m, ours))
+            .filter_map(|m| {
                 let node = self
                     .topology
                     .nodes
                     .iter()
                     .find(|n| n.endpoint.to_string() == m.writer)?;
-                Some((m, node.id))
-            })?;
+                // The writer a mark names must answer as a master: any client can write a mark.
+                info_of(observations, node.id)
+                    .is_some_and(|i| i.is_primary())
+                    .then_some((m, node.id))
+            })
+            .max_by_key(|(m, _)| m.epoch)?;
         let record = EpochRecord {
             epoch: mark.epoch,
             primary: writer,
@@ -608,6 +629,30 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_plausible_mark_outranks_the_state() {
+        let ours = Some(EpochRecord {
+            epoch: 7,
+            primary: NodeId(0),
+        });
+        let mark = |epoch| EpochMark {
+            epoch,
+            writer: "127.0.1.2:6379".into(),
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("a newer epoch: the state file is behind", mark(8), ours, true),
+            ("the same epoch", mark(7), ours, false),
+            ("an older epoch", mark(3), ours, false),
+            ("a jump of more than a thousand promotions", mark(7 + 1001), ours, false),
+            ("u64::MAX, no state: it would leave no room to promote", mark(u64::MAX), None, false),
+            ("no state at all: a plausible mark is taken", mark(12), None, true),
+        ];
+        for (case, mark, ours, believed) in cases {
+            assert_eq!(believable_mark(&mark, ours), believed, "{case}");
+        }
+    }
 
     #[test]
     fn error_policy_doubles_up_to_a_cap() {

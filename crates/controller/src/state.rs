@@ -315,11 +315,39 @@ impl StateStore {
             return Ok(now);
         };
         if now.as_ref() != Some(&next) {
-            self.store(&next).await?;
+            if let Err(error) = self.store(&next).await {
+                return self.settle_failed_write(next, error).await;
+            }
             *self.state.lock().expect("state lock") = Some(next.clone());
             return Ok(Some(next));
         }
         Ok(now)
+    }
+
+    /// After a failed or timed-out write to etcd, what etcd holds is read again before anything
+    /// else is decided: a write whose reply was lost may have committed (then it counts as done),
+    /// and a stale revision would fail every later write of this leader.
+    async fn settle_failed_write(
+        &self,
+        next: State,
+        error: StateError,
+    ) -> Result<Option<State>, StateError> {
+        let Backend::Etcd {
+            coord, revision, ..
+        } = &self.backend
+        else {
+            return Err(error);
+        };
+        if matches!(error, StateError::NotLeader) {
+            return Err(error);
+        }
+        if self.reload_locked(coord, revision).await.is_err() {
+            return Err(error);
+        }
+        match self.get() {
+            Some(held) if held == next => Ok(Some(next)),
+            _ => Err(error),
+        }
     }
 
     async fn store(&self, next: &State) -> Result<(), StateError> {

@@ -197,6 +197,16 @@ impl Engine for FakeEngine {
             diskless_delay_s: 5,
         })
     }
+
+    async fn set_write_quorum(
+        &self,
+        endpoint: &Endpoint,
+        quorum: valkey_dr_core::self_fence::WriteQuorum,
+    ) -> Result<(), EngineError> {
+        self.node(endpoint)?;
+        self.act(&format!("QUORUM {}", quorum.replicas), endpoint);
+        Ok(())
+    }
 }
 
 fn endpoint(host: &str) -> Endpoint {
@@ -236,6 +246,11 @@ fn world() -> FakeEngine {
 }
 
 fn controller(engine: &FakeEngine, name: &str) -> Controller {
+    controller_with(engine, name, "")
+}
+
+/// A controller with extra `[controller]` settings (TOML lines).
+fn controller_with(engine: &FakeEngine, name: &str, settings: &str) -> Controller {
     let dir = std::env::temp_dir().join(format!("valkey-dr-fake-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = Config::parse(&format!(
@@ -254,6 +269,7 @@ fn controller(engine: &FakeEngine, name: &str) -> Controller {
         [controller]
         down_after_ms = 200
         probe_interval_ms = 50
+        {settings}
         "#,
         dir.display()
     ))
@@ -450,5 +466,114 @@ async fn an_ack_that_cannot_be_recorded_is_an_error_and_the_block_stays() {
     assert!(
         controller.ack().await.unwrap(),
         "the block was still in force"
+    );
+}
+
+/// The writer restarted empty as a master (a config file without `replicaof`), as a supervisor
+/// brings it back without persistence.
+fn writer_back_empty_as_a_master(engine: &FakeEngine) {
+    engine.set(WRITER, |n| {
+        n.master = None;
+        n.offset = 0;
+        n.replication_id = "fresh-random-id".into();
+    });
+}
+
+#[tokio::test]
+async fn in_region_failover_off_never_takes_a_writer_back_empty_as_the_history() {
+    let engine = world();
+    let controller = controller_with(&engine, "in-region-off", "in_region_failover = false");
+    controller.reconcile_once().await.unwrap();
+    writer_back_empty_as_a_master(&engine);
+    passes(&controller, 3).await;
+    let status = controller.status().await;
+    assert!(
+        status.data_loss_suspected.is_none(),
+        "every replica holds the history: nothing is lost ({:?})",
+        status.data_loss_suspected
+    );
+    // Cross-region failover is manual: nobody is promoted, but the empty writer takes no write
+    // and follows the node holding the history, so no replica copies its emptiness.
+    let log = engine.log();
+    assert!(
+        log.contains(&format!("PAUSE {}", endpoint(WRITER))),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&format!("REPLICAOF {}", endpoint(WRITER))),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|a| a.starts_with("PROMOTE")), "{log:?}");
+    assert_eq!(controller.epoch().unwrap().epoch, 1);
+}
+
+#[tokio::test]
+async fn in_region_failover_off_with_auto_moves_a_lost_writers_history_to_the_other_region() {
+    let engine = world();
+    let controller = controller_with(
+        &engine,
+        "in-region-off-auto",
+        "in_region_failover = false\ncross_region_failover = \"auto\"",
+    );
+    controller.reconcile_once().await.unwrap();
+    writer_back_empty_as_a_master(&engine);
+    passes(&controller, 3).await;
+    assert!(controller.status().await.data_loss_suspected.is_none());
+    let epoch = controller.epoch().unwrap();
+    assert_eq!(epoch.epoch, 2);
+    let log = engine.log();
+    assert!(
+        log.contains(&format!("PROMOTE {}", endpoint(REMOTE_HEAD))),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_writer_is_declared_lost_only_when_every_node_answered() {
+    let engine = world();
+    let controller = controller(&engine, "lost-on-silence");
+    controller.reconcile_once().await.unwrap();
+    // Both regions' other nodes are silent for a moment while the writer is back empty: that
+    // says nothing about what they hold.
+    for host in [LOCAL_REPLICA, REMOTE_HEAD, REMOTE_REPLICA] {
+        engine.set(host, |n| n.up = false);
+    }
+    writer_back_empty_as_a_master(&engine);
+    passes(&controller, 2).await;
+    assert!(controller.status().await.data_loss_suspected.is_none());
+    // They answer again, holding the history: one of them takes over.
+    for host in [LOCAL_REPLICA, REMOTE_HEAD, REMOTE_REPLICA] {
+        engine.set(host, |n| n.up = true);
+    }
+    passes(&controller, 3).await;
+    assert!(controller.status().await.data_loss_suspected.is_none());
+    assert_eq!(controller.epoch().unwrap().primary, NodeId(1));
+}
+
+#[tokio::test]
+async fn the_block_after_a_failover_never_keeps_a_dead_writer_when_its_region_has_a_replica() {
+    let engine = world();
+    let controller = controller(&engine, "block-in-region");
+    controller.reconcile_once().await.unwrap();
+    // A first failover sets the block; the new writer dies too.
+    engine.set(WRITER, |n| n.up = false);
+    passes(&controller, 8).await;
+    assert_eq!(controller.epoch().unwrap().primary, NodeId(1));
+    // The old writer comes back and resyncs from the new one (same history, caught up).
+    let history = engine.world().nodes[&endpoint(LOCAL_REPLICA)].clone();
+    engine.set(WRITER, |n| {
+        n.up = true;
+        n.master = Some(endpoint(LOCAL_REPLICA));
+        n.replication_id = history.replication_id.clone();
+        n.offset = history.offset;
+    });
+    passes(&controller, 2).await;
+    engine.set(LOCAL_REPLICA, |n| n.up = false);
+    passes(&controller, 8).await;
+    let epoch = controller.epoch().unwrap();
+    assert_eq!(
+        (epoch.epoch, epoch.primary),
+        (3, NodeId(0)),
+        "the block stops moves across regions, not a failover inside the writer's region"
     );
 }

@@ -15,6 +15,19 @@ pub struct EpochRecord {
     pub primary: NodeId,
 }
 
+/// The highest epoch taken from marks on the nodes: a mark is data-plane input that any client
+/// can write, so a value near the top of the range (which would leave no room for promotions)
+/// is never believed.
+pub const MAX_EPOCH: u64 = 1 << 48;
+
+impl EpochRecord {
+    /// The epoch of the next promotion, to `primary`; `None` past [`MAX_EPOCH`].
+    pub fn next(&self, primary: NodeId) -> Option<EpochRecord> {
+        let epoch = self.epoch.checked_add(1).filter(|e| *e <= MAX_EPOCH)?;
+        Some(EpochRecord { epoch, primary })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "finding", rename_all = "snake_case")]
 pub enum Finding {

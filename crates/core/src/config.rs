@@ -294,6 +294,12 @@ pub struct ControllerConfig {
     /// After an automatic failover, further automatic failovers wait for `valkey-dr ack` or this long.
     #[serde(default = "default_failover_block_ms")]
     pub failover_block_ms: u64,
+    /// The writer's self-fence (`min-replicas-to-write`, [`crate::self_fence`]): a writer that has
+    /// heard from no replica outside its region for this many seconds refuses writes, and only
+    /// then may another region take over from it automatically. 0 turns it off, and with it
+    /// automatic failover away from a writer that cannot be reached.
+    #[serde(default = "default_writer_quorum_max_lag_s")]
+    pub writer_quorum_max_lag_s: u32,
     /// An unplanned failover that would give up more than this many bytes of the writer's
     /// replication stream (its last seen offset minus the best candidate's) waits for an operator
     /// (`valkey-dr failover <region> --force`) instead of happening automatically.
@@ -328,6 +334,7 @@ impl Default for ControllerConfig {
             in_region_failover: true,
             cross_region_failover: FailoverPolicy::Manual,
             failover_block_ms: default_failover_block_ms(),
+            writer_quorum_max_lag_s: default_writer_quorum_max_lag_s(),
             max_data_at_risk_bytes: default_max_data_at_risk_bytes(),
             events_max_bytes: default_events_max_bytes(),
         }
@@ -372,6 +379,9 @@ fn default_probe_interval_ms() -> u64 {
 }
 fn default_failover_block_ms() -> u64 {
     300_000
+}
+fn default_writer_quorum_max_lag_s() -> u32 {
+    2
 }
 fn default_max_data_at_risk_bytes() -> u64 {
     1 << 20
@@ -810,6 +820,13 @@ impl Config {
                     "use a value between 1 and 600000 milliseconds",
                 ));
             }
+        }
+        if c.writer_quorum_max_lag_s > 60 {
+            return Err(ConfigError::invalid(
+                "controller.writer_quorum_max_lag_s",
+                format!("{} s is more than a minute", c.writer_quorum_max_lag_s),
+                "use 1 to 60 seconds (2 is the default; 0 turns the writer's self-fence off)",
+            ));
         }
         if c.failover_block_ms > 86_400_000 {
             return Err(ConfigError::invalid(

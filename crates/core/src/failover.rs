@@ -15,8 +15,12 @@
 //! | down or lost                            | in another region, ahead, `manual`  | in-region within the bound, else wait |
 //! | down or lost                            | more than the bound behind the writer | wait for an operator                |
 //! | a replica still holding the history     | itself, if the most advanced        | promote it again (new epoch)          |
-//! | down, failovers blocked                 | —                                   | blocked, report (a *lost* writer is replaced even then) |
+//! | down, failovers blocked                 | in its region                       | in-region failover: the block only stops moves across regions |
+//! | down, failovers blocked                 | in another region only              | blocked, report (a *lost* writer is replaced even then) |
 //! | down for us, a replica still hears it   | —                                   | none: a one-sided view (`WriterSeenAlive`) |
+//! | down or lost, in-region failover off    | in its region only                  | wait for an operator                  |
+//! | lost                                    | none, and some node did not answer or is mid-sync on the history | no candidate: wait (never declare the loss on silence) |
+//! | lost                                    | none, every configured node answered, none holds the history | the history is lost (`HistoryLost`) |
 
 use crate::observation::info_of;
 use std::collections::BTreeSet;
@@ -47,8 +51,12 @@ pub enum Decision {
     Blocked {
         would: Box<Decision>,
     },
-    /// The writer is down or lost and no node holding its history can take over.
+    /// The writer is down or lost and no node holding its history can take over now. Nothing is
+    /// concluded: a node that did not answer, or is mid-sync, may still hold the history.
     NoCandidate,
+    /// The writer lost its data and every configured node answered without holding its history:
+    /// the loss has happened, and only now may the writer's current data become the history.
+    HistoryLost,
     /// The writer does not answer the controller, but `witness` still replicates from it over a
     /// live link: the controller's view is one-sided (a partition only it sees). No failover.
     WriterSeenAlive {
@@ -63,6 +71,8 @@ pub enum WaitReason {
     CrossRegionManual { region: RegionId },
     /// The best candidate is further behind the writer's last known offset than allowed.
     DataAtRisk { bytes: u64 },
+    /// The only candidates are in the writer's region, and in-region failover is off.
+    InRegionOff { region: RegionId },
 }
 
 pub struct Policy {
@@ -99,6 +109,33 @@ pub fn candidates(
         .collect();
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     ranked
+}
+
+/// True when `o` answered and its dataset may hold `lineage`: a replica on that history in any
+/// state (mid-sync it still has its old data until the transfer ends), or a master continuing it.
+fn holds_history(o: &NodeObservation, lineage: &History) -> bool {
+    o.info().is_some_and(|info| {
+        if info.is_primary() {
+            info.shares_history(lineage) && info.continues(lineage)
+        } else {
+            info.shares_history(lineage)
+        }
+    })
+}
+
+/// The node a lost writer should follow so that nobody copies its emptiness: the reachable node
+/// (not the writer) holding the most of `lineage`, mid-sync or not. A replica whose own link is
+/// down refuses to feed others, so following even a mid-sync holder stops the copy.
+pub fn best_holder(
+    observations: &[NodeObservation],
+    writer: NodeId,
+    lineage: &History,
+) -> Option<NodeId> {
+    observations
+        .iter()
+        .filter(|o| o.node != writer && holds_history(o, lineage))
+        .max_by_key(|o| (o.info().map_or(0, |i| i.offset), std::cmp::Reverse(o.node)))
+        .map(|o| o.node)
 }
 
 /// A replica that still hears from `writer` over its replication link: link up and the last byte
@@ -209,17 +246,41 @@ pub fn decide(
         }
         WriterState::Replica => {}
     }
+    let known_lineage = lineage;
     let lineage = &lineage_or_guess(observations, lineage, &excluded);
     let writer_region = topology.node(writer).region;
     let ranked = candidates(topology, observations, &excluded, lineage, |_| true);
     let Some(&(best_offset, best)) = ranked.first() else {
-        return Decision::NoCandidate;
+        // A lost writer's history is declared gone only when every configured node answered and
+        // none holds it: silence, a node loading or mid-sync, proves nothing.
+        let every_node_answered = topology.nodes.iter().all(|n| {
+            observations
+                .iter()
+                .any(|o| o.node == n.id && o.info().is_some())
+        });
+        let someone_holds_it = known_lineage.is_some_and(|l| {
+            observations
+                .iter()
+                .filter(|o| o.node != writer)
+                .any(|o| holds_history(o, l))
+        });
+        return if state == WriterState::Lost && every_node_answered && !someone_holds_it {
+            Decision::HistoryLost
+        } else {
+            Decision::NoCandidate
+        };
     };
     let local = ranked
         .iter()
         .find(|(_, n)| topology.node(*n).region == writer_region)
         .copied()
         .filter(|_| policy.in_region);
+    // With in-region failover off, the writer may still move to another region: the best remote
+    // candidate, which is not the best overall when a local replica is ahead.
+    let remote = ranked
+        .iter()
+        .find(|(_, n)| topology.node(*n).region != writer_region)
+        .copied();
     let within_bound = |offset: u64| best_offset - offset <= policy.max_data_at_risk_bytes;
     let region_down = topology.region(writer_region).nodes.iter().all(|n| {
         excluded.contains(n)
@@ -227,12 +288,32 @@ pub fn decide(
                 .iter()
                 .any(|o| o.node == *n && o.info().is_some())
     });
-    let decision = match local {
-        Some((offset, target)) if offset >= best_offset => Decision::InRegion { target },
-        // In-region failover is off and part of the region is up: nothing to do automatically.
-        None if !policy.in_region && !region_down => return Decision::NoCandidate,
-        _ if policy.cross_region == FailoverPolicy::Auto => Decision::CrossRegion { target: best },
-        Some((offset, target)) if within_bound(offset) => Decision::InRegion { target },
+    let decision = match (local, remote) {
+        (Some((offset, target)), _) if offset >= best_offset => Decision::InRegion { target },
+        // In-region failover is off and only the writer's region holds a candidate: an
+        // operator decides (the history stays where it is meanwhile).
+        (None, None) if !policy.in_region => {
+            return Decision::WaitForOperator {
+                reason: WaitReason::InRegionOff {
+                    region: writer_region,
+                },
+                suggested: Some(best),
+            };
+        }
+        // In-region failover is off, the writer is merely down and part of its region is up:
+        // nothing moves across regions automatically for a node failure.
+        (None, Some(_)) if !policy.in_region && !region_down && state != WriterState::Lost => {
+            return Decision::WaitForOperator {
+                reason: WaitReason::InRegionOff {
+                    region: writer_region,
+                },
+                suggested: Some(best),
+            };
+        }
+        (_, Some((_, target))) if policy.cross_region == FailoverPolicy::Auto => {
+            Decision::CrossRegion { target }
+        }
+        (Some((offset, target)), _) if within_bound(offset) => Decision::InRegion { target },
         _ => Decision::WaitForOperator {
             reason: WaitReason::CrossRegionManual {
                 region: writer_region,
@@ -255,12 +336,12 @@ pub fn decide(
         };
     }
     match decision {
-        // A writer that is reachable but not serving its history (back empty, or a replica) is
-        // replaced even while failovers are blocked: waiting lets its replicas copy the emptiness,
-        // and nobody takes writes meanwhile.
-        Decision::InRegion { .. } | Decision::CrossRegion { .. }
-            if policy.blocked && state == WriterState::Unreachable =>
-        {
+        // The block after a failover stops the writer moving across regions again (flapping over
+        // a partition); it never keeps a dead writer published when its own region holds a
+        // candidate. A writer that is reachable but not serving its history (back empty, or a
+        // replica) is replaced even across regions: waiting lets its replicas copy the
+        // emptiness, and nobody takes writes meanwhile.
+        Decision::CrossRegion { .. } if policy.blocked && state == WriterState::Unreachable => {
             Decision::Blocked {
                 would: Box::new(decision),
             }
@@ -330,6 +411,16 @@ mod tests {
                 i.offset = 1;
             })
         };
+        let syncing = |o| {
+            with(o, |i| {
+                if let Role::Replica {
+                    sync_in_progress, ..
+                } = &mut i.role
+                {
+                    *sync_in_progress = true;
+                }
+            })
+        };
         let empty_master = with(primary(0), |i| {
             i.replication_id = "new".into();
             i.offset = 0;
@@ -374,7 +465,71 @@ mod tests {
                     in_region: false,
                     ..policy(FailoverPolicy::Auto, false)
                 },
+                Decision::WaitForOperator {
+                    reason: WaitReason::InRegionOff {
+                        region: RegionId(0),
+                    },
+                    suggested: Some(n(1)),
+                },
+            ),
+            (
+                "writer back empty, in-region off: the history moves to the other region (auto)",
+                vec![
+                    empty_master.clone(),
+                    replica_of(1, 0, 100),
+                    replica_of(2, 0, 98),
+                    replica_of(3, 2, 98),
+                ],
+                set(&[]),
+                Policy {
+                    in_region: false,
+                    ..policy(FailoverPolicy::Auto, false)
+                },
+                Decision::CrossRegion { target: n(2) },
+            ),
+            (
+                "writer back empty, in-region off, manual: wait, never declare the loss",
+                vec![
+                    empty_master.clone(),
+                    replica_of(1, 0, 100),
+                    replica_of(2, 0, 98),
+                    replica_of(3, 2, 98),
+                ],
+                set(&[]),
+                Policy {
+                    in_region: false,
+                    ..policy(FailoverPolicy::Manual, false)
+                },
+                Decision::WaitForOperator {
+                    reason: WaitReason::CrossRegionManual {
+                        region: RegionId(0),
+                    },
+                    suggested: Some(n(1)),
+                },
+            ),
+            (
+                "writer back empty, the only holder mid-sync: no candidate, the loss not declared",
+                vec![
+                    empty_master.clone(),
+                    never_synced(replica_of(1, 0, 0)),
+                    syncing(replica_of(2, 0, 98)),
+                    never_synced(replica_of(3, 2, 0)),
+                ],
+                set(&[]),
+                policy(FailoverPolicy::Auto, false),
                 Decision::NoCandidate,
+            ),
+            (
+                "writer back empty, every node answered, none holds the history: lost",
+                vec![
+                    empty_master.clone(),
+                    never_synced(replica_of(1, 0, 0)),
+                    never_synced(replica_of(2, 0, 0)),
+                    never_synced(replica_of(3, 2, 0)),
+                ],
+                set(&[]),
+                policy(FailoverPolicy::Auto, false),
+                Decision::HistoryLost,
             ),
             (
                 "a cross-region replica further ahead wins with auto",
@@ -436,12 +591,19 @@ mod tests {
                 },
             ),
             (
-                "blocked after an earlier failover",
+                "blocked after an earlier failover: the writer's own region still takes over",
                 writer_dead.clone(),
                 set(&[0]),
                 policy(FailoverPolicy::Auto, true),
+                Decision::InRegion { target: n(1) },
+            ),
+            (
+                "blocked after an earlier failover: no move across regions",
+                region_dead.clone(),
+                set(&[0, 1]),
+                policy(FailoverPolicy::Auto, true),
                 Decision::Blocked {
-                    would: Box::new(Decision::InRegion { target: n(1) }),
+                    would: Box::new(Decision::CrossRegion { target: n(3) }),
                 },
             ),
             (

@@ -14,6 +14,7 @@ pub mod observation;
 pub mod ownership;
 pub mod plan;
 pub mod records;
+pub mod self_fence;
 pub mod topology;
 
 pub use analysis::{Analysis, EpochRecord, Finding};

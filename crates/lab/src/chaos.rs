@@ -25,6 +25,8 @@ use crate::writer::{self, WriterConfig};
 /// + 4 s) expires 5 s after the fence.
 const CATCHUP_TIMEOUT_MS: u64 = 1000;
 const PAUSE_EXPIRED: Duration = Duration::from_secs(6);
+/// Longer than a write takes to cross the region link (7 ms each way in the lab).
+const REPLICATION_IN_FLIGHT: Duration = Duration::from_millis(100);
 /// The lab controllers' lease TTL.
 const LEASE_TTL_MS: u64 = 3000;
 
@@ -62,6 +64,27 @@ pub enum Fault {
     IsolateLeaderSite { for_ms: u64 },
     /// Highly available shape: two of the three etcd members SIGSTOPped for `for_ms`.
     EtcdQuorumLost { for_ms: u64 },
+    /// The writer's region isolated 8 s and healed; 6 s later the writer of the new epoch
+    /// SIGKILLed and restarted empty from its own config file after `restart_after_ms` (as a
+    /// master when `as_master`: its file without `replicaof`); 5 s later the writer of that moment
+    /// SIGKILLed and restarted empty at once. The writes of the isolation phase are excused (an
+    /// isolated writer acknowledges writes until it is fenced); no other may be lost.
+    IsolateThenKillNewWriter {
+        restart_after_ms: u64,
+        as_master: bool,
+    },
+    /// Highly available shape: the controller of the writer's region SIGKILLed and, `gap_ms`
+    /// later, the region cut off for `for_ms` (`cut_first`: the cut first, the controller killed
+    /// `gap_ms` into it). Nothing may leave two masters that accept writes.
+    RegionControllerDownAndCut {
+        cut_first: bool,
+        gap_ms: u64,
+        for_ms: u64,
+    },
+    /// Highly available shape: a switchover into the other region, and `gap_ms` after it returns
+    /// that region (the new writer's) cut off for `for_ms`, before its controller may have read
+    /// the new epoch.
+    SwitchoverThenCut { gap_ms: u64, for_ms: u64 },
 }
 
 impl Fault {
@@ -76,12 +99,14 @@ impl Fault {
             | Fault::WriterRestartedEmptyAsMaster
             | Fault::ReplicaRestartedThenWriterKilled
             | Fault::StaleReadsRefusedThenWriterKilled => 1,
-            Fault::PromotedWriterRestartedAtOnce => 2,
+            Fault::PromotedWriterRestartedAtOnce | Fault::IsolateThenKillNewWriter { .. } => 2,
             Fault::IsolateWriterRegion { .. }
             | Fault::IsolateControllerFromWriterRegion { .. }
             | Fault::LeaderFails { .. }
             | Fault::IsolateLeaderSite { .. }
             | Fault::EtcdQuorumLost { .. }
+            | Fault::RegionControllerDownAndCut { .. }
+            | Fault::SwitchoverThenCut { .. }
             | Fault::ControllerCrash { .. }
             | Fault::ControllerStall { .. }
             | Fault::StateDamaged { .. } => 0,
@@ -214,6 +239,49 @@ pub fn scenarios() -> Vec<Scenario> {
             )
         }),
     ]);
+    // A new writer killed after a region failover and brought back empty by its supervisor, in
+    // both shapes: the history must survive on the nodes that hold it.
+    for (restart_after_ms, as_master) in [(6000, false), (1000, false), (3000, false), (1000, true)]
+    {
+        let name = format!(
+            "region isolated, healed, new writer killed, restarted empty{} after {} s",
+            if as_master { " as a master" } else { "" },
+            restart_after_ms / 1000
+        );
+        let fault = Fault::IsolateThenKillNewWriter {
+            restart_after_ms,
+            as_master,
+        };
+        let seconds = 32 + restart_after_ms / 1000;
+        all.push(s(&name, fault.clone(), seconds));
+        all.push(ha(s(&name, fault, seconds)));
+    }
+    // A region whose controller is down (or goes down) is still fenced before the writer moves.
+    for (name, cut_first) in [
+        (
+            "writer region's controller killed, region cut 2 s later",
+            false,
+        ),
+        ("writer region cut, its controller killed 0.5 s later", true),
+    ] {
+        all.push(ha(s(
+            name,
+            Fault::RegionControllerDownAndCut {
+                cut_first,
+                gap_ms: if cut_first { 500 } else { 2000 },
+                for_ms: 8000,
+            },
+            16,
+        )));
+    }
+    all.push(ha(s(
+        "switchover, the new writer's region cut 0.5 s later",
+        Fault::SwitchoverThenCut {
+            gap_ms: 500,
+            for_ms: 8000,
+        },
+        16,
+    )));
     for step in ["fence", "intent", "promote", "switch_dns"] {
         all.push(ha(s(
             &format!("leader killed after {step}"),
@@ -262,6 +330,19 @@ pub struct ChaosReport {
     pub lost_outside: u64,
     pub acknowledged_inside: u64,
     pub lost_inside: u64,
+    /// Of the lost writes, those acknowledged in a phase the scenario excuses (an isolated
+    /// region's writer before its fence).
+    #[serde(default)]
+    pub lost_excused: u64,
+    /// Time during which two or more nodes reported `role:master` *and accepted a write*.
+    #[serde(default)]
+    pub two_writable_masters_ms: u64,
+    /// The longest time the name led to a node that was not a master (dead or a replica).
+    #[serde(default)]
+    pub longest_name_off_writer_ms: u64,
+    /// `data_loss_suspected` events the controllers reported.
+    #[serde(default)]
+    pub data_loss_suspected: u64,
     /// Time during which two or more nodes reported `role:master`, and how many such intervals.
     pub two_masters_ms: u64,
     pub two_masters_intervals: u64,
@@ -355,6 +436,7 @@ async fn run_on(
 
     let monitor = Monitor::start(spec)?;
     let writers = writer::Fleet::start(lab.writers()?);
+    let _ = lab.progress.set(writers.progress());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     let mut report = ChaosReport {
@@ -377,10 +459,15 @@ async fn run_on(
     let results = writers.stop().await;
     let seen = monitor.stop().await;
 
-    for (config, result) in results {
-        let check = writer::verify_list(&config, result.acknowledged).await;
+    let excused = lab.excused.lock().expect("excused lock").clone();
+    for (i, (config, result)) in results.into_iter().enumerate() {
+        let windows = excused.get(i).cloned().unwrap_or_default();
+        let check = writer::verify_list_excusing(&config, result.acknowledged, &windows).await;
         let lost = match check {
-            Ok(c) => c.lost,
+            Ok(c) => {
+                report.lost_excused += c.lost_excused;
+                c.lost_outside()
+            }
             Err(e) => {
                 report.error = Some(format!("verification failed: {e}"));
                 result.acknowledged
@@ -395,6 +482,8 @@ async fn run_on(
         }
     }
     report.two_masters_ms = seen.two_masters.total_ms;
+    report.two_writable_masters_ms = seen.two_writable_masters.total_ms;
+    report.longest_name_off_writer_ms = seen.name_off_writer.longest_ms;
     report.two_masters_intervals = seen.two_masters.intervals;
     report.name_on_replica_ms = seen.name_on_replica.total_ms;
     report.name_on_replica_intervals = seen.name_on_replica.intervals;
@@ -407,6 +496,11 @@ async fn run_on(
     report.final_healthy = after["findings"] == serde_json::json!(["healthy"]);
     report.name_changes = seen.name_changes;
     report.name_unresolved_ms = seen.name_unresolved.total_ms;
+    report.data_loss_suspected = lab
+        .events_since(injected_at)
+        .iter()
+        .filter(|e| e["event"] == "data_loss_suspected")
+        .count() as u64;
     if spec.is_ha() {
         // Times count from when the fault took hold (a partition's start), if it was recorded.
         if let Some(at) = *lab.faulted_at.lock().expect("fault time lock") {
@@ -456,6 +550,27 @@ fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
     if !r.final_one_writer {
         problems.push("not one writer".into());
     }
+    // One controller cannot fence a region it is cut off from, and promotes only once the
+    // writer's self-fence holds; the highly available shape must never show two writers.
+    if scenario.ha && r.two_writable_masters_ms > 0 {
+        problems.push(format!(
+            "two masters accepted writes for {} ms",
+            r.two_writable_masters_ms
+        ));
+    }
+    if r.data_loss_suspected > 0 {
+        problems.push(format!("{} data loss(es) suspected", r.data_loss_suspected));
+    }
+    // A kill moves the name to a live writer within seconds (issue: a block that keeps a dead
+    // writer published is an outage).
+    if matches!(scenario.fault, Fault::IsolateThenKillNewWriter { .. })
+        && r.longest_name_off_writer_ms > 3000
+    {
+        problems.push(format!(
+            "the name led to no writer for {} ms",
+            r.longest_name_off_writer_ms
+        ));
+    }
     if !r.final_name_on_writer {
         problems.push("name not on the writer".into());
     }
@@ -472,6 +587,10 @@ fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
         ));
     }
     match (problems.is_empty(), lost) {
+        (true, 0) if r.lost_excused > 0 => format!(
+            "ok ({} acknowledged by the isolated writer before its fence)",
+            r.lost_excused
+        ),
         (true, 0) => "ok".into(),
         (true, lost) if fenced_in_time => format!(
             "ok ({lost} acknowledged before the region fenced itself, {} ms in)",
@@ -486,6 +605,10 @@ fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
 struct Lab<'a> {
     /// When the fault took hold, if the fault records it (Unix ms).
     faulted_at: std::sync::Mutex<Option<u64>>,
+    /// Each writer's count of acknowledged writes, as it runs.
+    progress: std::sync::OnceLock<Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>>,
+    /// Per writer, the ranges of sequence numbers whose loss the schedule excuses.
+    excused: std::sync::Mutex<Vec<Vec<std::ops::Range<u64>>>>,
     spec: &'a LabSpec,
     valkey_dr: &'a Path,
     socket: PathBuf,
@@ -496,11 +619,33 @@ impl<'a> Lab<'a> {
     fn new(spec: &'a LabSpec, valkey_dr: &'a Path) -> Result<Lab<'a>, ChaosError> {
         Ok(Lab {
             faulted_at: std::sync::Mutex::new(None),
+            progress: std::sync::OnceLock::new(),
+            excused: std::sync::Mutex::new(Vec::new()),
             spec,
             valkey_dr,
             socket: spec.main_config().control_socket(),
             engine: node_engine(spec)?,
         })
+    }
+
+    /// Each writer's acknowledged count now.
+    fn marks(&self) -> Vec<u64> {
+        self.progress.get().map_or_else(Vec::new, |p| {
+            p.iter()
+                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+                .collect()
+        })
+    }
+
+    /// Excuses the writes each writer had acknowledged between `from` (its [`Lab::marks`]) and
+    /// now, plus the one in flight at either end.
+    fn excuse_since(&self, from: &[u64]) {
+        let now = self.marks();
+        let mut excused = self.excused.lock().expect("excused lock");
+        excused.resize(now.len(), Vec::new());
+        for (i, (start, end)) in from.iter().zip(&now).enumerate() {
+            excused[i].push(*start..end + 1);
+        }
     }
 
     /// Every controller's events since `since_ms`, in time order.
@@ -760,6 +905,69 @@ impl<'a> Lab<'a> {
                     .map_err(lab_error)?;
                 self.restart_controller(None).await?;
             }
+            Fault::IsolateThenKillNewWriter {
+                restart_after_ms,
+                as_master,
+            } => {
+                // Steady writes first (3 s with the runner's own second).
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                self.cut_excused(self.spec.regions[writer.0].clone(), 8000)
+                    .await?;
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                let (promoted, _) = self.writer().await?;
+                self.kill(promoted).await?;
+                if *as_master {
+                    crate::process::drop_replicaof(self.spec, promoted.0, promoted.1)
+                        .map_err(lab_error)?;
+                }
+                tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
+                self.restart(promoted)?;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let (current, _) = self.writer().await?;
+                self.kill(current).await?;
+                self.restart(current)?;
+            }
+            Fault::RegionControllerDownAndCut {
+                cut_first,
+                gap_ms,
+                for_ms,
+            } => {
+                let region = self.spec.regions[writer.0].clone();
+                let controller = self.pidfile(Some(&region));
+                let gap = Duration::from_millis(*gap_ms);
+                if !cut_first {
+                    crate::process::kill_recorded(&controller)
+                        .await
+                        .map_err(lab_error)?;
+                    tokio::time::sleep(gap).await;
+                }
+                let from = self.marks();
+                tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
+                *self.faulted_at.lock().expect("fault time lock") =
+                    Some(valkey_dr_controller::events::now_ms());
+                crate::link::set_partition(&self.spec.dir, &[region].into())
+                    .await
+                    .map_err(lab_error)?;
+                let mut cut_for = Duration::from_millis(*for_ms);
+                if *cut_first {
+                    tokio::time::sleep(gap).await;
+                    crate::process::kill_recorded(&controller)
+                        .await
+                        .map_err(lab_error)?;
+                    cut_for = cut_for.saturating_sub(gap);
+                }
+                tokio::time::sleep(cut_for).await;
+                crate::link::set_partition(&self.spec.dir, &Default::default())
+                    .await
+                    .map_err(lab_error)?;
+                self.excuse_since(&from);
+            }
+            Fault::SwitchoverThenCut { gap_ms, for_ms } => {
+                let region = self.other_region(writer);
+                self.promote(region.clone()).await?;
+                tokio::time::sleep(Duration::from_millis(*gap_ms)).await;
+                self.cut_excused(region, *for_ms).await?;
+            }
             Fault::StaleReadsRefusedThenWriterKilled => {
                 for (r, i) in self.spec.nodes() {
                     let endpoint = endpoint(self.spec.node_addr(r, i));
@@ -769,6 +977,17 @@ impl<'a> Lab<'a> {
                 self.kill(writer).await?;
             }
         }
+        Ok(())
+    }
+
+    /// [`Lab::partition_for`], excusing the writes acknowledged while the region was cut off and
+    /// in the moment before, whose replication across the link was still in flight: asynchronous
+    /// replication loses those whenever the other side takes over.
+    async fn cut_excused(&self, region: String, ms: u64) -> Result<(), ChaosError> {
+        let from = self.marks();
+        tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
+        self.partition_for(region, ms).await?;
+        self.excuse_since(&from);
         Ok(())
     }
 
@@ -881,23 +1100,55 @@ struct Spell {
     total_ms: u64,
     intervals: u64,
     active: bool,
+    /// The longest single interval, and the one running now.
+    longest_ms: u64,
+    current_ms: u64,
 }
 
 impl Spell {
     fn sample(&mut self, bad: bool, step: Duration) {
         if bad {
-            self.total_ms += step.as_millis() as u64;
+            let ms = step.as_millis() as u64;
+            self.total_ms += ms;
             if !self.active {
                 self.intervals += 1;
+                self.current_ms = 0;
             }
+            self.current_ms += ms;
+            self.longest_ms = self.longest_ms.max(self.current_ms);
         }
         self.active = bad;
     }
 }
 
+/// Whether a master takes a write now: a paused node (`CLIENT PAUSE WRITE`), one refusing writes
+/// (`NOREPLICAS`, `READONLY`, `MISCONF`) or one that does not answer in time does not. The probe
+/// key is the monitor's own; a write held by a pause lands later on a doomed or fenced node.
+async fn accepts_write(node: &Endpoint, security: &valkey_dr_valkey::Security) -> bool {
+    let attempt = async {
+        let mut conn = valkey_dr_valkey::connect(node, security, timeouts())
+            .await
+            .ok()?;
+        redis::cmd("SET")
+            .arg("__chaos:probe")
+            .arg(valkey_dr_controller::events::now_ms())
+            .query_async::<()>(&mut conn)
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(250), attempt).await,
+        Ok(Some(()))
+    )
+}
+
 #[derive(Debug, Default)]
 struct Seen {
     two_masters: Spell,
+    /// Two or more masters that each took the monitor's write.
+    two_writable_masters: Spell,
+    /// The name led to a node that is not a master (dead, or a replica).
+    name_off_writer: Spell,
     name_on_replica: Spell,
     /// Some running controller's DNS server gave no address for the name.
     name_unresolved: Spell,
@@ -918,6 +1169,7 @@ struct Monitor {
 impl Monitor {
     fn start(spec: &LabSpec) -> Result<Monitor, ChaosError> {
         let engine = node_engine(spec)?;
+        let security = spec.security().map_err(lab_error)?;
         let nodes: Vec<(std::net::IpAddr, Endpoint)> = spec
             .nodes()
             .map(|(r, i)| (spec.node_ip(r, i).into(), endpoint(spec.node_addr(r, i))))
@@ -953,6 +1205,21 @@ impl Monitor {
                     .filter(|(_, r)| r.as_ref().is_ok_and(|i| i.is_primary()))
                     .map(|((ip, _), _)| *ip)
                     .collect();
+                // Two masters matter only if both take writes: ask each (only then, so that the
+                // probe costs nothing in the common case).
+                let writable = if masters.len() >= 2 {
+                    let probes = nodes
+                        .iter()
+                        .filter(|(ip, _)| masters.contains(ip))
+                        .map(|(_, e)| accepts_write(e, &security));
+                    futures::future::join_all(probes)
+                        .await
+                        .into_iter()
+                        .filter(|ok| *ok)
+                        .count()
+                } else {
+                    masters.len()
+                };
                 // What every site's DNS server says (None: not running, or no answer).
                 let answers: Vec<(bool, Option<std::net::IpAddr>)> =
                     futures::future::join_all(servers.iter().map(|(r, pidfile)| {
@@ -999,6 +1266,9 @@ impl Monitor {
                 seen.name_unresolved
                     .sample(answers.iter().any(|ok| !ok), elapsed);
                 seen.two_masters.sample(masters.len() >= 2, elapsed);
+                seen.two_writable_masters.sample(writable >= 2, elapsed);
+                seen.name_off_writer
+                    .sample(target.is_some_and(|t| !masters.contains(&t)), elapsed);
                 seen.name_on_replica.sample(target_is_replica, elapsed);
                 seen.last_masters = masters.len();
                 seen.last_name_on_master = target.is_some_and(|t| masters.contains(&t));

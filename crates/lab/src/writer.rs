@@ -5,6 +5,8 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -80,6 +82,16 @@ async fn connect_by_name(
 
 /// Writes until `stop` completes.
 pub async fn run(config: &WriterConfig, stop: impl Future<Output = ()>) -> WriterReport {
+    run_counted(config, stop, &AtomicU64::new(0)).await
+}
+
+/// [`run`], keeping `progress` at the number of writes acknowledged so far (a nemesis reads it to
+/// tell which writes were acknowledged in which phase of its schedule).
+pub async fn run_counted(
+    config: &WriterConfig,
+    stop: impl Future<Output = ()>,
+    progress: &AtomicU64,
+) -> WriterReport {
     tokio::pin!(stop);
     let resolver = StubResolver::new(config.dns);
     let mut report = WriterReport::default();
@@ -130,6 +142,7 @@ pub async fn run(config: &WriterConfig, stop: impl Future<Output = ()>) -> Write
                 }
                 last_ack = Instant::now();
                 report.acknowledged += 1;
+                progress.store(report.acknowledged, Ordering::Relaxed);
             }
             Err(_) => {
                 // READONLY, closed connection, timeout: the writer may have moved. Ask DNS again.
@@ -183,6 +196,10 @@ pub async fn verify(config: &WriterConfig, acknowledged: u64) -> Result<u64, Str
 pub struct ListCheck {
     /// Acknowledged sequence numbers missing from the list.
     pub lost: u64,
+    /// Of those, the ones acknowledged inside an excused window of the schedule (see
+    /// [`ListCheck::lost_outside`]).
+    #[serde(default)]
+    pub lost_excused: u64,
     /// Entries present more than once (a retried write whose first attempt had landed).
     pub duplicated: u64,
     /// Entries smaller than the one before them.
@@ -191,6 +208,17 @@ pub struct ListCheck {
 
 /// Checks a list writer's list through the name.
 pub async fn verify_list(config: &WriterConfig, acknowledged: u64) -> Result<ListCheck, String> {
+    verify_list_excusing(config, acknowledged, &[]).await
+}
+
+/// [`verify_list`], counting apart the writes lost from the `excused` ranges of sequence numbers
+/// (a phase where losing acknowledged writes is expected, such as an isolated region's writer
+/// before its fence).
+pub async fn verify_list_excusing(
+    config: &WriterConfig,
+    acknowledged: u64,
+    excused: &[std::ops::Range<u64>],
+) -> Result<ListCheck, String> {
     let resolver = StubResolver::new(config.dns);
     let (_, _, mut conn) = connect_by_name(&resolver, config).await?;
     let entries: Vec<u64> = redis::cmd("LRANGE")
@@ -200,18 +228,38 @@ pub async fn verify_list(config: &WriterConfig, acknowledged: u64) -> Result<Lis
         .query_async(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(check_list(&entries, acknowledged))
+    Ok(check_list_excusing(&entries, acknowledged, excused))
 }
 
 pub fn check_list(entries: &[u64], acknowledged: u64) -> ListCheck {
+    check_list_excusing(entries, acknowledged, &[])
+}
+
+pub fn check_list_excusing(
+    entries: &[u64],
+    acknowledged: u64,
+    excused: &[std::ops::Range<u64>],
+) -> ListCheck {
     let mut seen = std::collections::HashSet::new();
     let duplicated = entries.iter().filter(|e| !seen.insert(**e)).count() as u64;
     let reordered = entries.windows(2).filter(|w| w[1] < w[0]).count() as u64;
-    let lost = (0..acknowledged).filter(|s| !seen.contains(s)).count() as u64;
+    let lost: Vec<u64> = (0..acknowledged).filter(|s| !seen.contains(s)).collect();
+    let lost_excused = lost
+        .iter()
+        .filter(|s| excused.iter().any(|r| r.contains(s)))
+        .count() as u64;
     ListCheck {
-        lost,
+        lost: lost.len() as u64,
+        lost_excused,
         duplicated,
         reordered,
+    }
+}
+
+impl ListCheck {
+    /// Acknowledged writes lost outside the excused windows.
+    pub fn lost_outside(&self) -> u64 {
+        self.lost - self.lost_excused
     }
 }
 
@@ -219,28 +267,44 @@ pub fn check_list(entries: &[u64], acknowledged: u64) -> ListCheck {
 pub struct Fleet {
     stop: tokio::sync::watch::Sender<bool>,
     running: Vec<(WriterConfig, tokio::task::JoinHandle<WriterReport>)>,
+    progress: Vec<Arc<AtomicU64>>,
 }
 
 impl Fleet {
     pub fn start(configs: Vec<WriterConfig>) -> Fleet {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let progress: Vec<Arc<AtomicU64>> = configs
+            .iter()
+            .map(|_| Arc::new(AtomicU64::new(0)))
+            .collect();
         let running = configs
             .into_iter()
-            .map(|config| {
+            .zip(&progress)
+            .map(|(config, progress)| {
                 let mut stop = stop_rx.clone();
+                let progress = progress.clone();
                 let task = tokio::spawn({
                     let config = config.clone();
                     async move {
                         let stopped = async move {
                             let _ = stop.wait_for(|s| *s).await;
                         };
-                        run(&config, stopped).await
+                        run_counted(&config, stopped, &progress).await
                     }
                 });
                 (config, task)
             })
             .collect();
-        Fleet { stop, running }
+        Fleet {
+            stop,
+            running,
+            progress,
+        }
+    }
+
+    /// Counters of each writer's acknowledged writes, in the order of the configs.
+    pub fn progress(&self) -> Vec<Arc<AtomicU64>> {
+        self.progress.clone()
     }
 
     /// Stops every writer and returns what each acknowledged.
@@ -266,7 +330,8 @@ mod tests {
             ListCheck {
                 lost: 1,
                 duplicated: 0,
-                reordered: 0
+                reordered: 0,
+                ..ListCheck::default()
             }
         );
         assert_eq!(
@@ -274,7 +339,8 @@ mod tests {
             ListCheck {
                 lost: 0,
                 duplicated: 1,
-                reordered: 0
+                reordered: 0,
+                ..ListCheck::default()
             }
         );
         assert_eq!(
@@ -282,7 +348,8 @@ mod tests {
             ListCheck {
                 lost: 0,
                 duplicated: 1,
-                reordered: 1
+                reordered: 1,
+                ..ListCheck::default()
             }
         );
         assert_eq!(
@@ -290,10 +357,22 @@ mod tests {
             ListCheck {
                 lost: 0,
                 duplicated: 0,
-                reordered: 1
+                reordered: 1,
+                ..ListCheck::default()
             }
         );
         // Unacknowledged writes that landed are neither lost nor duplicates.
         assert_eq!(check_list(&[0, 1, 2], 2), ListCheck::default());
+    }
+
+    #[test]
+    fn losses_inside_an_excused_window_are_counted_apart() {
+        let check = check_list_excusing(&[0, 1, 5, 6, 8], 9, &[2..5]);
+        assert_eq!((check.lost, check.lost_excused), (4, 3));
+        assert_eq!(
+            check.lost_outside(),
+            1,
+            "only 7 was lost outside the window"
+        );
     }
 }

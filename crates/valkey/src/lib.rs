@@ -498,8 +498,37 @@ impl Engine for ValkeyEngine {
     /// `CONFIG REWRITE`: the node's config file gets its current role, so a restart brings it
     /// back following the same node.
     async fn persist_role(&self, node: &Endpoint) -> Result<(), EngineError> {
-        self.run::<()>(node, "CONFIG REWRITE", redis::cmd("CONFIG").arg("REWRITE"))
+        let pipeline = redis::pipe()
+            .cmd("CONFIG")
+            .arg("SET")
+            .arg("min-replicas-to-write")
+            .arg(0)
+            .ignore()
+            .cmd("CONFIG")
+            .arg("REWRITE")
+            .ignore()
+            .clone();
+        self.run_pipeline::<()>(node, "CONFIG REWRITE", &pipeline)
             .await
+    }
+
+    /// `CONFIG SET min-replicas-to-write <n> min-replicas-max-lag <s>`.
+    async fn set_write_quorum(
+        &self,
+        node: &Endpoint,
+        quorum: valkey_dr_core::self_fence::WriteQuorum,
+    ) -> Result<(), EngineError> {
+        self.run::<()>(
+            node,
+            "CONFIG SET min-replicas-to-write",
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("min-replicas-to-write")
+                .arg(quorum.replicas)
+                .arg("min-replicas-max-lag")
+                .arg(quorum.max_lag_s),
+        )
+        .await
     }
 }
 

@@ -1,0 +1,109 @@
+//! Keeps the writer's self-fence ([`valkey_dr_core::self_fence`]) in step with its replicas, and
+//! answers whether a writer that cannot be reached is known fenced.
+
+use std::time::Instant;
+
+use serde_json::json;
+use valkey_dr_core::observation::info_of;
+use valkey_dr_core::self_fence::{self, WriteQuorum};
+use valkey_dr_core::{NodeId, NodeObservation};
+
+use crate::Controller;
+
+/// The write quorum this controller set on a writer, and whether it was armed when the writer
+/// was last seen serving.
+#[derive(Debug, Clone)]
+pub(crate) struct AppliedQuorum {
+    writer: NodeId,
+    /// The writer's replication id when set: a restart loses the setting and takes a new id.
+    replication_id: String,
+    quorum: WriteQuorum,
+    /// The quorum was in force (set without error) at the last pass that saw the writer.
+    in_force: bool,
+}
+
+impl Controller {
+    /// Sets the writer's write quorum when what its replicas allow has changed (or the writer
+    /// restarted). Lowering is what keeps writes going when a replica outside the region goes;
+    /// the fence is counted as armed only once Valkey confirmed the setting.
+    pub(crate) async fn keep_write_quorum(&self, observations: &[NodeObservation], writer: NodeId) {
+        let Some(info) = info_of(observations, writer) else {
+            return;
+        };
+        let desired = self_fence::desired(
+            &self.topology,
+            observations,
+            writer,
+            self.config.controller.writer_quorum_max_lag_s,
+        );
+        let unchanged = {
+            let memory = self.memory.lock().expect("memory lock");
+            memory.write_quorum.as_ref().is_some_and(|a| {
+                a.writer == writer
+                    && a.replication_id == info.replication_id
+                    && a.quorum == desired
+                    && a.in_force
+            })
+        };
+        if unchanged {
+            return;
+        }
+        // Not armed until confirmed: a verdict between here and the reply must not rely on it.
+        self.memory.lock().expect("memory lock").write_quorum = None;
+        let endpoint = &self.topology.node(writer).control_endpoint;
+        let result = self.engine.set_write_quorum(endpoint, desired).await;
+        self.events.emit(
+            "write_quorum_set",
+            json!({
+                "node": self.topology.node_name(writer),
+                "replicas": desired.replicas,
+                "max_lag_s": desired.max_lag_s,
+                "armed": desired.armed(),
+                "error": result.as_ref().err().map(|e| e.to_string()),
+            }),
+        );
+        self.memory.lock().expect("memory lock").write_quorum = Some(AppliedQuorum {
+            writer,
+            replication_id: info.replication_id.clone(),
+            quorum: desired,
+            in_force: result.is_ok(),
+        });
+    }
+
+    /// Why an unreachable writer may not be replaced from another region yet, if it may not: its
+    /// self-fence was not armed when last seen (an operator decides), or has not surely taken hold.
+    /// `None` when the self-fence is off in the config: then nothing is known about the writer,
+    /// and the highly available shape's region guard is the only fence.
+    pub(crate) fn self_fence_withheld(&self, writer: NodeId, now: Instant) -> Option<String> {
+        if self.config.controller.writer_quorum_max_lag_s == 0 {
+            return None;
+        }
+        let applied = self
+            .memory
+            .lock()
+            .expect("memory lock")
+            .write_quorum
+            .clone();
+        let name = self.topology.node_name(writer);
+        let Some(applied) =
+            applied.filter(|a| a.writer == writer && a.in_force && a.quorum.armed())
+        else {
+            return Some(format!(
+                "the writer {name} cannot be reached and is not known to refuse writes: its self-fence (min-replicas-to-write) was not armed when this controller last saw it (no healthy replica outside its region, or not seen since this controller started); if it is really gone, run `valkey-dr failover <region> --force`"
+            ));
+        };
+        let failing = self
+            .health
+            .lock()
+            .expect("health lock")
+            .failing_for(writer, now)
+            .unwrap_or_default();
+        let certain = applied.quorum.certain_after();
+        (failing < certain).then(|| {
+            format!(
+                "waiting until the unreachable writer {name} surely refuses writes: its self-fence takes hold {} s after its last contact",
+                certain.as_secs()
+            )
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! The writer's self-fence: Valkey's own `min-replicas-to-write`, set so that a writer cut off from
+//! every replica outside its region refuses writes (`-NOREPLICAS`) within `max_lag_s` + about 2 s,
+//! whatever happens to the controllers. It is the fence that does not need a live controller in
+//! the writer's region: a region cut off while its controller is down, or goes down, still stops
+//! taking writes before another region is promoted.
+//!
+//! The writer must count `in_region + 1` good replicas, where `in_region` is how many of its direct
+//! replicas in its own region are healthy now: losing every replica outside the region leaves it
+//! short by one. With no healthy direct replica outside its region, the quorum is off (the writer
+//! keeps taking writes) and the fence is *disarmed*: an unreachable writer is then never known
+//! fenced, and no automatic failover moves the name to another region.
+//!
+//! | writer's healthy direct replicas          | quorum            | fence    |
+//! |-------------------------------------------|-------------------|----------|
+//! | in its region: 1, outside: 1              | 2 replicas        | armed    |
+//! | in its region: 0, outside: 1              | 1 replica         | armed    |
+//! | in its region: 2, outside: 2              | 3 replicas        | armed    |
+//! | in its region: 1, outside: 0              | off               | disarmed |
+//! | outside, but mid full resync or link down | off               | disarmed |
+//! | quorum disabled in the config (lag 0)     | off               | disarmed |
+//!
+//! Cost to a healthy region: no added latency (Valkey checks a counter it keeps anyway). A replica
+//! outside the region that stops acknowledging makes the writer refuse writes from `max_lag_s`
+//! after its last acknowledgement until the controller's next pass lowers the quorum, which it
+//! usually does first: a pass sees the replica go before its lag reaches the limit.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::observation::{NodeObservation, Role};
+use crate::topology::{NodeId, Topology};
+
+/// `min-replicas-to-write` and `min-replicas-max-lag` for one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteQuorum {
+    pub replicas: u32,
+    pub max_lag_s: u32,
+}
+
+impl WriteQuorum {
+    /// No quorum: the node takes writes whatever its replicas do (Valkey's default). Every node
+    /// that is not the writer has it, so that a promotion is never held up by an old setting.
+    pub const OFF: WriteQuorum = WriteQuorum {
+        replicas: 0,
+        max_lag_s: 10,
+    };
+
+    /// True when losing every replica outside the writer's region makes it refuse writes.
+    pub fn armed(&self) -> bool {
+        self.replicas > 0
+    }
+
+    /// How long after the writer's last contact with the outside its refusal is certain: the lag
+    /// limit, one more second for Valkey's whole-second clock and one for the once-a-second
+    /// refresh of its count of good replicas.
+    pub fn certain_after(&self) -> Duration {
+        Duration::from_secs(u64::from(self.max_lag_s) + 2)
+    }
+}
+
+/// The quorum the writer should have now, from one round of observations. `max_lag_s` 0 disables
+/// the self-fence.
+pub fn desired(
+    topology: &Topology,
+    observations: &[NodeObservation],
+    writer: NodeId,
+    max_lag_s: u32,
+) -> WriteQuorum {
+    if max_lag_s == 0 {
+        return WriteQuorum::OFF;
+    }
+    let writer_region = topology.node(writer).region;
+    let (mut inside, mut outside) = (0u32, 0u32);
+    for o in observations {
+        let Some(info) = o.info() else { continue };
+        let Role::Replica {
+            master,
+            link_up: true,
+            sync_in_progress: false,
+        } = &info.role
+        else {
+            continue;
+        };
+        if topology.node_by_any_address(master) != Some(writer) {
+            continue;
+        }
+        if topology.node(o.node).region == writer_region {
+            inside += 1;
+        } else {
+            outside += 1;
+        }
+    }
+    if outside == 0 {
+        return WriteQuorum::OFF;
+    }
+    WriteQuorum {
+        replicas: inside + 1,
+        max_lag_s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::tests::{down, lab, primary, replica_of};
+    use crate::observation::ReplicationInfo;
+
+    fn with(mut o: NodeObservation, f: impl FnOnce(&mut ReplicationInfo)) -> NodeObservation {
+        if let Ok(info) = &mut o.state {
+            f(info);
+        }
+        o
+    }
+
+    #[test]
+    fn table() {
+        // The lab: node 0 writes in region 0 with replica 1; node 2 heads region 1, node 3 chains
+        // under node 2.
+        let writer = NodeId(0);
+        let armed = |replicas| WriteQuorum {
+            replicas,
+            max_lag_s: 2,
+        };
+        let syncing = |o| {
+            with(o, |i| {
+                if let Role::Replica {
+                    sync_in_progress, ..
+                } = &mut i.role
+                {
+                    *sync_in_progress = true;
+                }
+            })
+        };
+        let link_down = |o| {
+            with(o, |i| {
+                if let Role::Replica { link_up, .. } = &mut i.role {
+                    *link_up = false;
+                }
+            })
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<NodeObservation>, u32, WriteQuorum)> = vec![
+            ("healthy: the in-region replica and the remote head",
+             vec![primary(0), replica_of(1, 0, 9), replica_of(2, 0, 9), replica_of(3, 2, 9)], 2, armed(2)),
+            ("the in-region replica down: the remote head alone",
+             vec![primary(0), down(1), replica_of(2, 0, 9), replica_of(3, 2, 9)], 2, armed(1)),
+            ("the remote head down: disarmed, writes go on",
+             vec![primary(0), replica_of(1, 0, 9), down(2), replica_of(3, 2, 9)], 2, WriteQuorum::OFF),
+            ("the remote head mid full resync: disarmed",
+             vec![primary(0), replica_of(1, 0, 9), syncing(replica_of(2, 0, 9)), replica_of(3, 2, 9)], 2, WriteQuorum::OFF),
+            ("the remote head's link down: disarmed",
+             vec![primary(0), replica_of(1, 0, 9), link_down(replica_of(2, 0, 9)), replica_of(3, 2, 9)], 2, WriteQuorum::OFF),
+            ("a chained replica is not the writer's: it does not count",
+             vec![primary(0), replica_of(1, 0, 9), down(2), replica_of(3, 1, 9)], 2, WriteQuorum::OFF),
+            ("disabled in the config",
+             vec![primary(0), replica_of(1, 0, 9), replica_of(2, 0, 9), replica_of(3, 2, 9)], 0, WriteQuorum::OFF),
+        ];
+        for (case, observations, lag, expected) in cases {
+            assert_eq!(
+                desired(&lab(), &observations, writer, lag),
+                expected,
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusal_is_certain_two_seconds_after_the_lag_limit() {
+        let quorum = WriteQuorum {
+            replicas: 2,
+            max_lag_s: 2,
+        };
+        assert_eq!(quorum.certain_after(), Duration::from_secs(4));
+        assert!(quorum.armed());
+        assert!(!WriteQuorum::OFF.armed());
+    }
+}
