@@ -495,6 +495,10 @@ impl Controller {
             _ => "failover_needed",
         };
         let mut memory = self.memory.lock().expect("memory lock");
+        if *decision == Decision::None {
+            // Nothing is due: no reason to withhold anything either.
+            memory.withheld.clear();
+        }
         if memory.decision != text {
             if !text.is_empty() {
                 self.events.emit(event, json!({ "situation": text }));

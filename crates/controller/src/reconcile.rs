@@ -370,6 +370,13 @@ impl Controller {
                         let hold = Duration::from_millis(self.config.controller.catchup_timeout_ms);
                         let _ = self.engine.pause_writes(source_endpoint, hold).await;
                     }
+                    let _ = self
+                        .engine
+                        .set_write_quorum(
+                            target_endpoint,
+                            valkey_dr_core::self_fence::WriteQuorum::OFF,
+                        )
+                        .await;
                     if let Err(e) = self.engine.promote(target_endpoint).await {
                         // The intent stays: the next pass looks again.
                         detail["error"] = json!(e.to_string());

@@ -36,38 +36,60 @@ impl Controller {
             writer,
             self.config.controller.writer_quorum_max_lag_s,
         );
-        let unchanged = {
-            let memory = self.memory.lock().expect("memory lock");
-            memory.write_quorum.as_ref().is_some_and(|a| {
+        // Not armed until confirmed: a verdict between here and the reply must not rely on it.
+        let previous = {
+            let mut memory = self.memory.lock().expect("memory lock");
+            let unchanged = memory.write_quorum.as_ref().is_some_and(|a| {
                 a.writer == writer
                     && a.replication_id == info.replication_id
                     && a.quorum == desired
                     && a.in_force
-            })
+            });
+            if unchanged {
+                return;
+            }
+            memory.write_quorum.take()
         };
-        if unchanged {
-            return;
-        }
-        // Not armed until confirmed: a verdict between here and the reply must not rely on it.
-        self.memory.lock().expect("memory lock").write_quorum = None;
         let endpoint = &self.topology.node(writer).control_endpoint;
         let result = self.engine.set_write_quorum(endpoint, desired).await;
-        self.events.emit(
-            "write_quorum_set",
-            json!({
-                "node": self.topology.node_name(writer),
-                "replicas": desired.replicas,
-                "max_lag_s": desired.max_lag_s,
-                "armed": desired.armed(),
-                "error": result.as_ref().err().map(|e| e.to_string()),
-            }),
-        );
+        // Reported on a change, or once when a node keeps refusing the setting.
+        let reported = previous.is_some_and(|p| {
+            p.writer == writer && p.quorum == desired && p.in_force == result.is_ok()
+        });
+        if !reported {
+            self.events.emit(
+                "write_quorum_set",
+                json!({
+                    "node": self.topology.node_name(writer),
+                    "replicas": desired.replicas,
+                    "max_lag_s": desired.max_lag_s,
+                    "armed": desired.armed(),
+                    "error": result.as_ref().err().map(|e| e.to_string()),
+                }),
+            );
+        }
         self.memory.lock().expect("memory lock").write_quorum = Some(AppliedQuorum {
             writer,
             replication_id: info.replication_id.clone(),
             quorum: desired,
             in_force: result.is_ok(),
         });
+    }
+
+    /// The self-fence as last set, for `status`.
+    pub(crate) fn self_fence_status(&self) -> Option<crate::status::SelfFenceStatus> {
+        let applied = self
+            .memory
+            .lock()
+            .expect("memory lock")
+            .write_quorum
+            .clone()?;
+        Some(crate::status::SelfFenceStatus {
+            writer: self.topology.node_name(applied.writer),
+            replicas: applied.quorum.replicas,
+            max_lag_s: applied.quorum.max_lag_s,
+            armed: applied.in_force && applied.quorum.armed(),
+        })
     }
 
     /// Why an unreachable writer may not be replaced from another region yet, if it may not: its

@@ -47,6 +47,19 @@ pub struct Status {
     /// The highly available shape: this controller's site and who leads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordination: Option<CoordinationStatus>,
+    /// The writer's self-fence as this controller last set it (`min-replicas-to-write`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_fence: Option<SelfFenceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfFenceStatus {
+    pub writer: String,
+    /// Replicas the writer must hear from within `max_lag_s` to take writes (0: off).
+    pub replicas: u32,
+    pub max_lag_s: u32,
+    /// Losing every replica outside its region makes the writer refuse writes.
+    pub armed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +150,16 @@ impl Controller {
             .iter()
             .map(|f| f.describe(topology))
             .collect();
+        // Why nothing moves while the writer does not serve: the decision or the withholding
+        // reason the last pass reported.
+        if analysis.active_primary.is_none() {
+            let memory = self.memory.lock().expect("memory lock");
+            for waiting in [&memory.withheld, &memory.decision] {
+                if !waiting.is_empty() {
+                    findings.push(format!("waiting: {waiting}"));
+                }
+            }
+        }
         if let Some(loss) = &data_loss {
             findings.insert(
                 0,
@@ -163,6 +186,7 @@ impl Controller {
                 })
                 .collect(),
             data_loss_suspected: data_loss,
+            self_fence: self.self_fence_status(),
             coordination: self.ha().map(|ha| CoordinationStatus {
                 site: ha.site().to_string(),
                 leader: ha.leader_site(),

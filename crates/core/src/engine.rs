@@ -54,8 +54,9 @@ pub trait Engine: Send + Sync {
     async fn replicate_from(&self, node: &Endpoint, source: &Endpoint) -> Result<(), EngineError>;
     /// Closes the node's normal and pub/sub client connections; returns how many.
     async fn kill_clients(&self, node: &Endpoint) -> Result<u64, EngineError>;
-    /// Writes the node's current role to its config file, so that a restart keeps it, with no
-    /// write quorum: a node persisted as a replica must not hold up its own promotion later.
+    /// Writes the node's current role to its config file, so that a restart keeps it, with the
+    /// write quorum at rest ([`crate::self_fence::WriteQuorum::AT_REST`]): restarted empty as a
+    /// master, it acknowledges nothing.
     async fn persist_role(&self, node: &Endpoint) -> Result<(), EngineError>;
     /// Sets the node's write quorum ([`crate::self_fence`]).
     async fn set_write_quorum(

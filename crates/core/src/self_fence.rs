@@ -46,6 +46,16 @@ impl WriteQuorum {
         max_lag_s: 10,
     };
 
+    /// What a node's config file keeps (the controller writes it with every role it persists, and
+    /// the lab's files start with it): a node that restarts empty *as a master* acknowledges
+    /// nothing until a replica has synced from it, which takes Valkey's diskless delay (5 s),
+    /// while the controller replaces it in about a pass. The running writer gets its real quorum
+    /// from the controller; a node is promoted with [`WriteQuorum::OFF`].
+    pub const AT_REST: WriteQuorum = WriteQuorum {
+        replicas: 1,
+        max_lag_s: 10,
+    };
+
     /// True when losing every replica outside the writer's region makes it refuse writes.
     pub fn armed(&self) -> bool {
         self.replicas > 0

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use valkey_dr_core::self_fence::WriteQuorum;
 
 use serde::{Deserialize, Serialize};
 use valkey_dr_core::Config;
@@ -519,7 +520,10 @@ impl LabSpec {
             "bind {ip}\n{listen}requirepass {password}\nmasterauth {password}\nreplica-announce-ip {ip}\ndaemonize yes\npidfile {pid}\nlogfile {log}\ndir {dir}\n\
              save \"\"\nappendonly no\nprotected-mode no\n\
              repl-diskless-sync yes\n\
-             repl-timeout 5\nrepl-ping-replica-period 1\n",
+             repl-timeout 5\nrepl-ping-replica-period 1\n\
+             min-replicas-to-write {at_rest_replicas}\nmin-replicas-max-lag {at_rest_lag}\n",
+            at_rest_replicas = WriteQuorum::AT_REST.replicas,
+            at_rest_lag = WriteQuorum::AT_REST.max_lag_s,
             pid = self.node_pidfile(region, index).display(),
             log = self.dir.join(format!("valkey-{ip}.log")).display(),
             dir = dir.display(),

@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn losses_inside_an_excused_window_are_counted_apart() {
-        let check = check_list_excusing(&[0, 1, 5, 6, 8], 9, &[2..5]);
+        let check = check_list_excusing(&[0, 1, 5, 6, 8], 9, &[2..5, 9..9]);
         assert_eq!((check.lost, check.lost_excused), (4, 3));
         assert_eq!(
             check.lost_outside(),

@@ -498,11 +498,14 @@ impl Engine for ValkeyEngine {
     /// `CONFIG REWRITE`: the node's config file gets its current role, so a restart brings it
     /// back following the same node.
     async fn persist_role(&self, node: &Endpoint) -> Result<(), EngineError> {
+        let at_rest = valkey_dr_core::self_fence::WriteQuorum::AT_REST;
         let pipeline = redis::pipe()
             .cmd("CONFIG")
             .arg("SET")
             .arg("min-replicas-to-write")
-            .arg(0)
+            .arg(at_rest.replicas)
+            .arg("min-replicas-max-lag")
+            .arg(at_rest.max_lag_s)
             .ignore()
             .cmd("CONFIG")
             .arg("REWRITE")

@@ -103,13 +103,15 @@ async fn isolating_the_primary_region_with_auto_fails_over_across_regions_and_he
     let started = lab.first_event("failover_started").unwrap();
     assert_eq!(started["kind"], "cross_region");
 
-    // The old primary, still a master inside its isolated region, takes a write no one will see.
-    let _: () = redis::cmd("SET")
+    // The old primary is still a master inside its isolated region, but its self-fence holds:
+    // it heard from no replica outside its region, so it refuses the write no one would see.
+    let refused = redis::cmd("SET")
         .arg("split-write")
         .arg(1)
-        .query_async(&mut conn)
+        .query_async::<()>(&mut conn)
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(refused.to_string().contains("NOREPLICAS"), "{refused}");
     lab.lab(&["heal"]);
     // From the heal on, the name never leads back to the old primary; it is fenced and rejoins.
     let deadline = Instant::now() + Duration::from_secs(3);
