@@ -1,0 +1,274 @@
+//! `valkey-dr chaos`: a nemesis schedule on a lab of its own, judged by an independent checker.
+//!
+//! Each scenario starts a fresh lab, runs two sequence writers through the global name — one
+//! outside every region (through the controller's links, cut when a region is isolated) and one
+//! inside the writer's region (straight to the nodes) — injects its faults, heals, waits for the
+//! controller to converge and reads every list back. A monitor that talks to every node directly
+//! samples every 50 ms how many nodes report `role:master` and whether the name leads to one.
+//! None of it asks the controller what happened: the verdict comes from the clients' view.
+
+mod monitor;
+mod nemesis;
+mod scenarios;
+mod verdict;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use valkey_dr_controller::control;
+use valkey_dr_core::Endpoint;
+use valkey_dr_valkey::{Timeouts, ValkeyEngine};
+
+use crate::LabSpec;
+use crate::writer;
+use monitor::Monitor;
+use nemesis::Lab;
+pub use scenarios::{Fault, Scenario, scenarios};
+use verdict::verdict;
+
+/// The write pause of a switchover in chaos labs: catch-up limit 1 s, so the pause (catch-up
+/// + 4 s) expires 5 s after the fence.
+const CATCHUP_TIMEOUT_MS: u64 = 1000;
+const PAUSE_EXPIRED: Duration = Duration::from_secs(6);
+/// Longer than a write takes to cross the region link (7 ms each way in the lab).
+const REPLICATION_IN_FLIGHT: Duration = Duration::from_millis(100);
+/// The lab controllers' lease TTL.
+const LEASE_TTL_MS: u64 = 3000;
+
+/// What one run of a scenario showed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChaosReport {
+    pub scenario: String,
+    pub acknowledged_outside: u64,
+    pub lost_outside: u64,
+    pub acknowledged_inside: u64,
+    pub lost_inside: u64,
+    /// Of the lost writes, those acknowledged in a phase the scenario excuses (an isolated
+    /// region's writer before its fence).
+    #[serde(default)]
+    pub lost_excused: u64,
+    /// Time during which two or more nodes reported `role:master` *and accepted a write*.
+    #[serde(default)]
+    pub two_writable_masters_ms: u64,
+    /// The longest time the name led to a node that was not a master (dead or a replica).
+    #[serde(default)]
+    pub longest_name_off_writer_ms: u64,
+    /// `data_loss_suspected` events the controllers reported.
+    #[serde(default)]
+    pub data_loss_suspected: u64,
+    /// Time during which two or more nodes reported `role:master`, and how many such intervals.
+    pub two_masters_ms: u64,
+    pub two_masters_intervals: u64,
+    /// Time during which the name led to a node that answered as a replica.
+    pub name_on_replica_ms: u64,
+    pub name_on_replica_intervals: u64,
+    pub failovers: u64,
+    /// After healing: exactly one master, the name on it, the controller reporting healthy.
+    pub final_one_writer: bool,
+    pub final_name_on_writer: bool,
+    pub final_healthy: bool,
+    /// The most times one site's DNS answer for the name changed (more than the failovers: a
+    /// double flip).
+    pub name_changes: u64,
+    /// Time during which some running controller's DNS server did not answer for the name.
+    pub name_unresolved_ms: u64,
+    /// Highly available shape: from the fault to a new leader's election.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover_ms: Option<u64>,
+    /// Highly available shape: writes (state, DNS, node actions) refused because their leader had
+    /// lost its lease — by etcd's token check or by the controller's own clock.
+    pub stale_writes_refused: u64,
+    /// Highly available shape: when a region's controller paused its writer, after the fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_after_ms: Option<u64>,
+    pub verdict: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error("no free loopback block for a chaos lab")]
+    NoBlock,
+    #[error("lab: {0}")]
+    Lab(String),
+    #[error("controller: {0}")]
+    Controller(#[from] control::ClientError),
+}
+
+fn lab_error(e: impl std::fmt::Display) -> ChaosError {
+    ChaosError::Lab(e.to_string())
+}
+
+/// Runs one scenario on a fresh lab under `base` and tears the lab down.
+pub async fn run(
+    base: &Path,
+    scenario: &Scenario,
+    valkey_dr: &Path,
+    seed: u32,
+    keep: bool,
+) -> Result<ChaosReport, ChaosError> {
+    let dir = base.join(format!("chaos-{seed}"));
+    let mut spec = LabSpec::on_free_block(dir.clone(), seed).ok_or(ChaosError::NoBlock)?;
+    if !scenario.ha {
+        spec.sites.clear();
+    }
+    spec.catchup_timeout_ms = Some(CATCHUP_TIMEOUT_MS);
+    let result = run_on(&spec, scenario, valkey_dr).await;
+    crate::process::down(&spec.dir).await;
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn run_on(
+    spec: &LabSpec,
+    scenario: &Scenario,
+    valkey_dr: &Path,
+) -> Result<ChaosReport, ChaosError> {
+    // The fault, if any, is armed in the controllers from the start.
+    let fault_env = match &scenario.fault {
+        Fault::ControllerCrash { step, .. } => Some(format!("crash-after:{step}")),
+        Fault::LeaderFails { step, stall_ms: 0 } => Some(format!("crash-after:{step}")),
+        Fault::LeaderFails { step, .. } => Some(format!("stall-after:{step}")),
+        _ => None,
+    };
+    let env: Vec<(&str, &str)> = fault_env
+        .as_deref()
+        .map(|f| ("VALKEY_DR_FAULT", f))
+        .into_iter()
+        .collect();
+    crate::process::up_with_env(spec, valkey_dr, &env)
+        .await
+        .map_err(lab_error)?;
+    let lab = Lab::new(spec, valkey_dr)?;
+    let before = lab.wait_healthy(Duration::from_secs(30)).await?;
+    let epoch_before = before["epoch"].as_u64().unwrap_or(0);
+    let state_at_start =
+        std::fs::read_to_string(spec.controller_dir().join("state.json")).unwrap_or_default();
+
+    let monitor = Monitor::start(spec)?;
+    let writers = writer::Fleet::start(lab.writers()?);
+    let _ = lab.progress.set(writers.progress());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let mut report = ChaosReport {
+        scenario: scenario.name.clone(),
+        ..ChaosReport::default()
+    };
+    let mut injected_at = valkey_dr_controller::events::now_ms();
+    if let Err(e) = lab.inject(&scenario.fault, &state_at_start).await {
+        report.error = Some(e.to_string());
+    }
+    tokio::time::sleep_until(
+        (started
+            + Duration::from_millis(scenario.duration_ms).saturating_sub(Duration::from_secs(1)))
+        .into(),
+    )
+    .await;
+    lab.heal().await?;
+    let after = lab.wait_healthy(Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results = writers.stop().await;
+    let seen = monitor.stop().await;
+
+    let excused = lab.excused.lock().expect("excused lock").clone();
+    for (i, (config, result)) in results.into_iter().enumerate() {
+        let windows = excused.get(i).cloned().unwrap_or_default();
+        let check = writer::verify_list_excusing(&config, result.acknowledged, &windows).await;
+        let lost = match check {
+            Ok(c) => {
+                report.lost_excused += c.lost_excused;
+                c.lost_outside()
+            }
+            Err(e) => {
+                report.error = Some(format!("verification failed: {e}"));
+                result.acknowledged
+            }
+        };
+        if config.via.is_empty() {
+            report.acknowledged_inside = result.acknowledged;
+            report.lost_inside = lost;
+        } else {
+            report.acknowledged_outside = result.acknowledged;
+            report.lost_outside = lost;
+        }
+    }
+    report.two_masters_ms = seen.two_masters.total_ms;
+    report.two_writable_masters_ms = seen.two_writable_masters.total_ms;
+    report.longest_name_off_writer_ms = seen.name_off_writer.longest_ms;
+    report.two_masters_intervals = seen.two_masters.intervals;
+    report.name_on_replica_ms = seen.name_on_replica.total_ms;
+    report.name_on_replica_intervals = seen.name_on_replica.intervals;
+    report.failovers = after["epoch"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(epoch_before);
+    report.final_one_writer = seen.last_masters == 1;
+    report.final_name_on_writer = seen.last_name_on_master;
+    report.final_healthy = after["findings"] == serde_json::json!(["healthy"]);
+    report.name_changes = seen.name_changes;
+    report.name_unresolved_ms = seen.name_unresolved.total_ms;
+    report.data_loss_suspected = lab
+        .events_since(injected_at)
+        .iter()
+        .filter(|e| e["event"] == "data_loss_suspected")
+        .count() as u64;
+    if spec.is_ha() {
+        // Times count from when the fault took hold (a partition's start), if it was recorded.
+        if let Some(at) = *lab.faulted_at.lock().expect("fault time lock") {
+            injected_at = at;
+        }
+        let events = lab.events_since(injected_at);
+        report.takeover_ms = events
+            .iter()
+            .find(|e| e["event"] == "leader_elected")
+            .and_then(|e| valkey_dr_controller::events::parse_rfc3339(e["ts"].as_str()?))
+            .map(|t| t.saturating_sub(injected_at));
+        report.stale_writes_refused = events
+            .iter()
+            .filter(|e| {
+                let text = e.to_string();
+                // Refused by etcd (a stale token), or by the controller's own clock first.
+                text.contains("refused a write fenced")
+                    || text.contains("DNS write refused")
+                    || text.contains("not the leader")
+            })
+            .count() as u64;
+        report.fenced_after_ms = events
+            .iter()
+            .find(|e| e["event"] == "self_fenced")
+            .and_then(|e| valkey_dr_controller::events::parse_rfc3339(e["ts"].as_str()?))
+            .map(|t| t.saturating_sub(injected_at));
+    }
+    report.verdict = verdict(&report, scenario);
+    Ok(report)
+}
+fn read_pid(pidfile: &Path) -> Option<i32> {
+    std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: signals to processes this lab started.
+    unsafe { libc::kill(pid, signal) };
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_millis(300),
+        command: Duration::from_millis(300),
+    }
+}
+
+fn endpoint(addr: std::net::SocketAddr) -> Endpoint {
+    Endpoint::new(&addr.ip().to_string(), addr.port())
+}
+
+fn node_engine(spec: &LabSpec) -> Result<ValkeyEngine, ChaosError> {
+    Ok(ValkeyEngine::new(
+        timeouts(),
+        spec.security().map_err(lab_error)?,
+    ))
+}
+

@@ -1,0 +1,473 @@
+//! The lab as the nemesis drives it: faults injected and healed, the writer located, the
+//! phases whose losses a schedule excuses.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use valkey_dr_controller::control::{self, Request};
+use valkey_dr_controller::promotion::PromoteMethod;
+use valkey_dr_core::{Endpoint, Engine};
+use valkey_dr_valkey::ValkeyEngine;
+
+use super::{
+    CATCHUP_TIMEOUT_MS, ChaosError, Fault, REPLICATION_IN_FLIGHT, endpoint, lab_error,
+    node_engine, read_pid, signal, timeouts,
+};
+use crate::LabSpec;
+use crate::writer::WriterConfig;
+
+/// The lab as the nemesis drives it.
+pub(super) struct Lab<'a> {
+    /// When the fault took hold, if the fault records it (Unix ms).
+    pub(super) faulted_at: std::sync::Mutex<Option<u64>>,
+    /// Each writer's count of acknowledged writes, as it runs.
+    pub(super) progress: std::sync::OnceLock<Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>>,
+    /// Per writer, the ranges of sequence numbers whose loss the schedule excuses.
+    pub(super) excused: std::sync::Mutex<Vec<Vec<std::ops::Range<u64>>>>,
+    spec: &'a LabSpec,
+    valkey_dr: &'a Path,
+    socket: PathBuf,
+    engine: ValkeyEngine,
+}
+
+impl<'a> Lab<'a> {
+    pub(super) fn new(spec: &'a LabSpec, valkey_dr: &'a Path) -> Result<Lab<'a>, ChaosError> {
+        Ok(Lab {
+            faulted_at: std::sync::Mutex::new(None),
+            progress: std::sync::OnceLock::new(),
+            excused: std::sync::Mutex::new(Vec::new()),
+            spec,
+            valkey_dr,
+            socket: spec.main_config().control_socket(),
+            engine: node_engine(spec)?,
+        })
+    }
+
+    /// Each writer's acknowledged count now.
+    pub(super) fn marks(&self) -> Vec<u64> {
+        self.progress.get().map_or_else(Vec::new, |p| {
+            p.iter()
+                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+                .collect()
+        })
+    }
+
+    /// Excuses the writes each writer had acknowledged between `from` (its [`Lab::marks`]) and
+    /// now, plus the one in flight at either end.
+    pub(super) fn excuse_since(&self, from: &[u64]) {
+        let now = self.marks();
+        let mut excused = self.excused.lock().expect("excused lock");
+        excused.resize(now.len(), Vec::new());
+        for (i, (start, end)) in from.iter().zip(&now).enumerate() {
+            excused[i].push(*start..end + 1);
+        }
+    }
+
+    /// Every controller's events since `since_ms`, in time order.
+    pub(super) fn events_since(&self, since_ms: u64) -> Vec<Value> {
+        let since = valkey_dr_controller::events::rfc3339(since_ms);
+        let mut events: Vec<Value> = self
+            .spec
+            .controller_dirs()
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("events.jsonl")).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|e| e["ts"].as_str().is_some_and(|ts| ts >= since.as_str()))
+            .collect();
+        events.sort_by(|a, b| a["ts"].as_str().cmp(&b["ts"].as_str()));
+        events
+    }
+
+    /// The site that leads now (highly available shape).
+    pub(super) async fn leader_site(&self) -> Result<String, ChaosError> {
+        let status = self.status().await?;
+        status["coordination"]["leader"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| lab_error("no leader"))
+    }
+
+    pub(super) fn pidfile(&self, site: Option<&str>) -> PathBuf {
+        self.spec.controller_pidfile(site)
+    }
+
+    pub(super) async fn status(&self) -> Result<Value, ChaosError> {
+        Ok(control::request(&self.socket, &Request::Status, |_| {}).await?)
+    }
+
+    pub(super) async fn wait_healthy(&self, limit: Duration) -> Result<Value, ChaosError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status().await;
+            if let Ok(s) = &status
+                && ((s["findings"] == serde_json::json!(["healthy"]) && s["epoch"].is_u64())
+                    || Instant::now() >= deadline)
+            {
+                return status;
+            }
+            if status.is_err() && Instant::now() >= deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(super) async fn wait_epoch_above(&self, epoch: u64, limit: Duration) -> Result<Value, ChaosError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(s) = self.status().await
+                && (s["epoch"].as_u64().is_some_and(|e| e > epoch) || Instant::now() >= deadline)
+            {
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                return Err(lab_error("the controller did not answer"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub(super) async fn restart_controller(&self, fault: Option<&str>) -> Result<(), ChaosError> {
+        let _ = crate::process::kill_recorded(&self.spec.dir.join("controller.pid")).await;
+        let mut config = self.spec.controller_config();
+        config.controller.catchup_timeout_ms = CATCHUP_TIMEOUT_MS;
+        std::fs::write(self.spec.config_path(), config.to_toml()).map_err(lab_error)?;
+        let env: Vec<(&str, &str)> = fault.map(|f| ("VALKEY_DR_FAULT", f)).into_iter().collect();
+        crate::process::start_controller(self.spec, self.valkey_dr, &env).map_err(lab_error)
+    }
+
+    /// One writer outside every region (through the controller's links) and one inside the
+    /// writer's region (straight to the nodes).
+    pub(super) fn writers(&self) -> Result<Vec<WriterConfig>, ChaosError> {
+        let base = self.spec.writer("chaos").map_err(lab_error)?;
+        let via = self
+            .spec
+            .nodes()
+            .map(|(r, i)| {
+                (
+                    std::net::IpAddr::from(self.spec.node_ip(r, i)),
+                    self.spec.controller_link_addr(r, i),
+                )
+            })
+            .collect();
+        Ok(vec![
+            WriterConfig {
+                prefix: "chaos:outside".into(),
+                list: true,
+                via,
+                ..base.clone()
+            },
+            WriterConfig {
+                prefix: "chaos:inside".into(),
+                list: true,
+                ..base
+            },
+        ])
+    }
+
+    /// The lab coordinates of the node `name` (`ip:port`).
+    pub(super) fn node(&self, name: &str) -> Option<(usize, usize)> {
+        self.spec
+            .nodes()
+            .find(|(r, i)| self.spec.node_addr(*r, *i).to_string() == name)
+    }
+
+    pub(super) async fn writer(&self) -> Result<((usize, usize), u64), ChaosError> {
+        let s = self.status().await?;
+        let node = s["primary"]
+            .as_str()
+            .and_then(|p| self.node(p))
+            .ok_or_else(|| lab_error("no writer"))?;
+        Ok((node, s["epoch"].as_u64().unwrap_or(0)))
+    }
+
+    pub(super) async fn kill(&self, (r, i): (usize, usize)) -> Result<(), ChaosError> {
+        crate::process::kill_recorded(&self.spec.node_pidfile(r, i))
+            .await
+            .map_err(lab_error)
+    }
+
+    pub(super) fn restart(&self, (r, i): (usize, usize)) -> Result<(), ChaosError> {
+        crate::process::start_node(self.spec, r, i).map_err(lab_error)
+    }
+
+    pub(super) fn other_region(&self, node: (usize, usize)) -> String {
+        self.spec.regions[(node.0 + 1) % self.spec.regions.len()].clone()
+    }
+
+    pub(super) async fn promote(&self, region: String) -> Result<Value, ChaosError> {
+        let request = Request::Promote {
+            region,
+            method: PromoteMethod::Safe,
+        };
+        Ok(control::request(&self.socket, &request, |_| {}).await?)
+    }
+
+    pub(super) fn controller_pid(&self) -> Option<i32> {
+        read_pid(&self.pidfile(None))
+    }
+
+    pub(super) async fn inject(&self, fault: &Fault, state_at_start: &str) -> Result<(), ChaosError> {
+        let (writer, epoch) = self.writer().await?;
+        match fault {
+            Fault::KillWriter { restart_after_ms } => {
+                self.kill(writer).await?;
+                tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
+                self.restart(writer)?;
+            }
+            Fault::WriterRestartedEmptyAsMaster => {
+                self.kill(writer).await?;
+                crate::process::drop_replicaof(self.spec, writer.0, writer.1).map_err(lab_error)?;
+                self.restart(writer)?;
+            }
+            Fault::PromotedWriterRestartedAtOnce => {
+                self.kill(writer).await?;
+                self.wait_epoch_above(epoch, Duration::from_secs(10))
+                    .await?;
+                self.restart(writer)?;
+                self.wait_healthy(Duration::from_secs(15)).await?;
+                let _ = control::request(&self.socket, &Request::Ack, |_| {}).await;
+                let (promoted, _) = self.writer().await?;
+                self.kill(promoted).await?;
+                self.restart(promoted)?;
+            }
+            Fault::IsolateWriterRegion { for_ms } => {
+                let region = self.spec.regions[writer.0].clone();
+                self.partition_for(region, *for_ms).await?;
+            }
+            Fault::IsolateControllerFromWriterRegion { for_ms } => {
+                // The leader's view is cut (in the single shape, the one controller's).
+                let leader = if self.spec.is_ha() {
+                    self.spec.vantage(&self.leader_site().await?)
+                } else {
+                    crate::spec::CONTROLLER_VANTAGE.to_string()
+                };
+                let cut = crate::link::site_cut(&leader, &self.spec.regions[writer.0]);
+                self.partition_for(cut, *for_ms).await?;
+            }
+            Fault::LeaderFails { stall_ms, .. } => {
+                let leader = self.leader_site().await?;
+                let pidfile = self.pidfile(Some(&leader));
+                // The leader aborts or stops mid-switchover: the request fails or hangs.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(*stall_ms.max(&500)),
+                    self.promote(self.other_region(writer)),
+                )
+                .await;
+                if *stall_ms == 0 {
+                    crate::process::start_site_controller(self.spec, self.valkey_dr, &leader, &[])
+                        .map_err(lab_error)?;
+                } else if let Some(pid) = read_pid(&pidfile) {
+                    signal(pid, libc::SIGCONT);
+                }
+            }
+            Fault::IsolateLeaderSite { for_ms } => {
+                let leader = self.leader_site().await?;
+                self.partition_for(self.spec.vantage(&leader), *for_ms)
+                    .await?;
+            }
+            Fault::EtcdQuorumLost { for_ms } => {
+                let stopped: Vec<i32> = self.spec.sites[..2]
+                    .iter()
+                    .filter_map(|s| read_pid(&self.spec.etcd_pidfile(s)))
+                    .collect();
+                for pid in &stopped {
+                    signal(*pid, libc::SIGSTOP);
+                }
+                tokio::time::sleep(Duration::from_millis(*for_ms)).await;
+                for pid in &stopped {
+                    signal(*pid, libc::SIGCONT);
+                }
+            }
+            Fault::ControllerCrash {
+                restart_after_ms, ..
+            } => {
+                // The controller aborts mid-switchover: the request fails.
+                let _ = self.promote(self.other_region(writer)).await;
+                tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
+                self.restart_controller(None).await?;
+            }
+            Fault::ControllerStall { for_ms } => {
+                let pid = self
+                    .controller_pid()
+                    .ok_or_else(|| lab_error("no controller"))?;
+                // SAFETY: signals to the controller process this lab started.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                tokio::time::sleep(Duration::from_millis(*for_ms)).await;
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+            Fault::ReplicaRestartedThenWriterKilled => {
+                let replica = (writer.0, 1 - writer.1);
+                self.kill(replica).await?;
+                self.restart(replica)?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                self.kill(writer).await?;
+            }
+            Fault::StateDamaged { truncated } => {
+                self.promote(self.other_region(writer)).await?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = crate::process::kill_recorded(&self.spec.dir.join("controller.pid")).await;
+                let damaged = if *truncated {
+                    state_at_start[..state_at_start.len() / 2].to_string()
+                } else {
+                    state_at_start.to_string()
+                };
+                std::fs::write(self.spec.controller_dir().join("state.json"), damaged)
+                    .map_err(lab_error)?;
+                self.restart_controller(None).await?;
+            }
+            Fault::IsolateThenKillNewWriter {
+                restart_after_ms,
+                as_master,
+            } => {
+                // Steady writes first (3 s with the runner's own second).
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                self.cut_excused(self.spec.regions[writer.0].clone(), 8000)
+                    .await?;
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                let (promoted, _) = self.writer().await?;
+                self.kill(promoted).await?;
+                if *as_master {
+                    crate::process::drop_replicaof(self.spec, promoted.0, promoted.1)
+                        .map_err(lab_error)?;
+                }
+                tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
+                self.restart(promoted)?;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let (current, _) = self.writer().await?;
+                self.kill(current).await?;
+                self.restart(current)?;
+            }
+            Fault::RegionControllerDownAndCut {
+                cut_first,
+                gap_ms,
+                for_ms,
+            } => {
+                let region = self.spec.regions[writer.0].clone();
+                let controller = self.pidfile(Some(&region));
+                let gap = Duration::from_millis(*gap_ms);
+                if !cut_first {
+                    crate::process::kill_recorded(&controller)
+                        .await
+                        .map_err(lab_error)?;
+                    tokio::time::sleep(gap).await;
+                }
+                let from = self.marks();
+                tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
+                *self.faulted_at.lock().expect("fault time lock") =
+                    Some(valkey_dr_controller::events::now_ms());
+                crate::link::set_partition(&self.spec.dir, &[region].into())
+                    .await
+                    .map_err(lab_error)?;
+                let mut cut_for = Duration::from_millis(*for_ms);
+                if *cut_first {
+                    tokio::time::sleep(gap).await;
+                    crate::process::kill_recorded(&controller)
+                        .await
+                        .map_err(lab_error)?;
+                    cut_for = cut_for.saturating_sub(gap);
+                }
+                tokio::time::sleep(cut_for).await;
+                crate::link::set_partition(&self.spec.dir, &Default::default())
+                    .await
+                    .map_err(lab_error)?;
+                self.excuse_since(&from);
+            }
+            Fault::SwitchoverThenCut { gap_ms, for_ms } => {
+                let region = self.other_region(writer);
+                self.promote(region.clone()).await?;
+                tokio::time::sleep(Duration::from_millis(*gap_ms)).await;
+                self.cut_excused(region, *for_ms).await?;
+            }
+            Fault::StaleReadsRefusedThenWriterKilled => {
+                for (r, i) in self.spec.nodes() {
+                    let endpoint = endpoint(self.spec.node_addr(r, i));
+                    self.config_set(&endpoint, "replica-serve-stale-data", "no")
+                        .await?;
+                }
+                self.kill(writer).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Lab::partition_for`], excusing the writes acknowledged while the region was cut off and
+    /// in the moment before, whose replication across the link was still in flight: asynchronous
+    /// replication loses those whenever the other side takes over.
+    pub(super) async fn cut_excused(&self, region: String, ms: u64) -> Result<(), ChaosError> {
+        let from = self.marks();
+        tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
+        self.partition_for(region, ms).await?;
+        self.excuse_since(&from);
+        Ok(())
+    }
+
+    /// Cuts `entry` (a region, or a controller cut) for `ms`, then heals.
+    pub(super) async fn partition_for(&self, entry: String, ms: u64) -> Result<(), ChaosError> {
+        *self.faulted_at.lock().expect("fault time lock") =
+            Some(valkey_dr_controller::events::now_ms());
+        crate::link::set_partition(&self.spec.dir, &[entry].into())
+            .await
+            .map_err(lab_error)?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        crate::link::set_partition(&self.spec.dir, &Default::default())
+            .await
+            .map_err(lab_error)
+    }
+
+    pub(super) async fn config_set(&self, node: &Endpoint, key: &str, value: &str) -> Result<(), ChaosError> {
+        let security = self.spec.security().map_err(lab_error)?;
+        let mut conn = valkey_dr_valkey::connect(node, &security, timeouts())
+            .await
+            .map_err(lab_error)?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(lab_error)
+    }
+
+    /// Undoes every fault: the partition lifted, every node and the controller running.
+    pub(super) async fn heal(&self) -> Result<(), ChaosError> {
+        crate::link::set_partition(&self.spec.dir, &Default::default())
+            .await
+            .map_err(lab_error)?;
+        for (r, i) in self.spec.nodes() {
+            if self
+                .engine
+                .ping(&endpoint(self.spec.node_addr(r, i)))
+                .await
+                .is_err()
+            {
+                let _ = self.restart((r, i));
+            }
+        }
+        if self.spec.is_ha() {
+            for site in &self.spec.sites {
+                if let Some(pid) = read_pid(&self.spec.etcd_pidfile(site)) {
+                    signal(pid, libc::SIGCONT);
+                }
+                match read_pid(&self.pidfile(Some(site))) {
+                    Some(pid) if crate::process::is_alive(pid) => signal(pid, libc::SIGCONT),
+                    _ => {
+                        crate::process::start_site_controller(self.spec, self.valkey_dr, site, &[])
+                            .map_err(lab_error)?
+                    }
+                }
+            }
+            return Ok(());
+        }
+        match self.controller_pid() {
+            Some(pid) if crate::process::is_alive(pid) => signal(pid, libc::SIGCONT),
+            _ => self.restart_controller(None).await?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,297 @@
+//! The nemesis scenarios: each fault as data, and the catalog `valkey-dr chaos` runs.
+
+use serde::{Deserialize, Serialize};
+
+use super::PAUSE_EXPIRED;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "fault")]
+pub enum Fault {
+    /// SIGKILL the writer; restart it empty after `restart_after_ms` (0: at once, as a
+    /// supervisor with `Restart=always` does).
+    KillWriter { restart_after_ms: u64 },
+    /// SIGKILL the writer and restart it at once from a config file without `replicaof` (a common
+    /// production default): it comes back as an empty master.
+    WriterRestartedEmptyAsMaster,
+    /// SIGKILL the writer, let the controller fail over, restart the old writer, then SIGKILL the
+    /// *promoted* writer and restart it at once, empty.
+    PromotedWriterRestartedAtOnce,
+    /// Cut the writer's region off from the other region and the controller for `for_ms`.
+    IsolateWriterRegion { for_ms: u64 },
+    /// Cut only the controller (and the outside writer, which stands where it stands) from the
+    /// writer's region for `for_ms`; the regions still reach each other.
+    IsolateControllerFromWriterRegion { for_ms: u64 },
+    /// A switchover whose controller aborts right after `step`; restarted after `restart_after_ms`.
+    ControllerCrash { step: String, restart_after_ms: u64 },
+    /// SIGSTOP the controller for `for_ms`.
+    ControllerStall { for_ms: u64 },
+    /// Restart the writer's in-region replica empty, then SIGKILL the writer.
+    ReplicaRestartedThenWriterKilled,
+    /// A switchover, then the controller restarted over a truncated or reverted `state.json`.
+    StateDamaged { truncated: bool },
+    /// `replica-serve-stale-data no` on every node, then SIGKILL the writer.
+    StaleReadsRefusedThenWriterKilled,
+    /// Highly available shape: a switchover whose leader stops right after `step` — aborts
+    /// (`stall_ms` 0, restarted 500 ms later) or is SIGSTOPped for `stall_ms`.
+    LeaderFails { step: String, stall_ms: u64 },
+    /// Highly available shape: the leader's site (controller and etcd member) cut off for `for_ms`.
+    IsolateLeaderSite { for_ms: u64 },
+    /// Highly available shape: two of the three etcd members SIGSTOPped for `for_ms`.
+    EtcdQuorumLost { for_ms: u64 },
+    /// The writer's region isolated 8 s and healed; 6 s later the writer of the new epoch
+    /// SIGKILLed and restarted empty from its own config file after `restart_after_ms` (as a
+    /// master when `as_master`: its file without `replicaof`); 5 s later the writer of that moment
+    /// SIGKILLed and restarted empty at once. The writes of the isolation phase are excused (an
+    /// isolated writer acknowledges writes until it is fenced); no other may be lost.
+    IsolateThenKillNewWriter {
+        restart_after_ms: u64,
+        as_master: bool,
+    },
+    /// Highly available shape: the controller of the writer's region SIGKILLed and, `gap_ms`
+    /// later, the region cut off for `for_ms` (`cut_first`: the cut first, the controller killed
+    /// `gap_ms` into it). Nothing may leave two masters that accept writes.
+    RegionControllerDownAndCut {
+        cut_first: bool,
+        gap_ms: u64,
+        for_ms: u64,
+    },
+    /// Highly available shape: a switchover into the other region, and `gap_ms` after it returns
+    /// that region (the new writer's) cut off for `for_ms`, before its controller may have read
+    /// the new epoch.
+    SwitchoverThenCut { gap_ms: u64, for_ms: u64 },
+}
+
+impl Fault {
+    /// How many times the fault SIGKILLs the writer. Replication is asynchronous: a writer killed
+    /// between acknowledging a write and sending it to its replicas takes that write with it. A
+    /// client waits for each acknowledgement before its next write, so each kill can cost each
+    /// client at most its last write; nothing a controller does can save it (only a planned
+    /// switchover can, by pausing first).
+    pub(super) fn writer_kills(&self) -> u64 {
+        match self {
+            Fault::KillWriter { .. }
+            | Fault::WriterRestartedEmptyAsMaster
+            | Fault::ReplicaRestartedThenWriterKilled
+            | Fault::StaleReadsRefusedThenWriterKilled => 1,
+            Fault::PromotedWriterRestartedAtOnce | Fault::IsolateThenKillNewWriter { .. } => 2,
+            Fault::IsolateWriterRegion { .. }
+            | Fault::IsolateControllerFromWriterRegion { .. }
+            | Fault::LeaderFails { .. }
+            | Fault::IsolateLeaderSite { .. }
+            | Fault::EtcdQuorumLost { .. }
+            | Fault::RegionControllerDownAndCut { .. }
+            | Fault::SwitchoverThenCut { .. }
+            | Fault::ControllerCrash { .. }
+            | Fault::ControllerStall { .. }
+            | Fault::StateDamaged { .. } => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scenario {
+    pub name: String,
+    pub fault: Fault,
+    /// How long the writers run.
+    pub duration_ms: u64,
+    /// The most failovers the scenario allows (a stall must cause none).
+    pub max_failovers: Option<u64>,
+    /// Run on the highly available shape (three etcd members, a controller per site).
+    #[serde(default)]
+    pub ha: bool,
+}
+
+pub fn scenarios() -> Vec<Scenario> {
+    let s = |name: &str, fault: Fault, seconds: u64| Scenario {
+        name: name.to_string(),
+        fault,
+        duration_ms: seconds * 1000,
+        max_failovers: None,
+        ha: false,
+    };
+    let ha = |scenario: Scenario| Scenario {
+        name: format!("HA: {}", scenario.name),
+        ha: true,
+        ..scenario
+    };
+    let mut all = vec![
+        s(
+            "writer killed, restarted empty after 6 s",
+            Fault::KillWriter {
+                restart_after_ms: 6000,
+            },
+            12,
+        ),
+        s(
+            "writer killed, restarted empty at once",
+            Fault::KillWriter {
+                restart_after_ms: 0,
+            },
+            10,
+        ),
+        s(
+            "writer killed, restarted empty at once as a master",
+            Fault::WriterRestartedEmptyAsMaster,
+            10,
+        ),
+        s(
+            "promoted writer killed, restarted empty at once",
+            Fault::PromotedWriterRestartedAtOnce,
+            20,
+        ),
+        s(
+            "writer region isolated 8 s",
+            Fault::IsolateWriterRegion { for_ms: 8000 },
+            14,
+        ),
+        Scenario {
+            // Nothing is wrong with the writer: only the controller's view is cut.
+            max_failovers: Some(0),
+            ..s(
+                "controller cut off from the writer region 8 s",
+                Fault::IsolateControllerFromWriterRegion { for_ms: 8000 },
+                14,
+            )
+        },
+        Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "controller stalled 3 s (SIGSTOP)",
+                Fault::ControllerStall { for_ms: 3000 },
+                9,
+            )
+        },
+        s(
+            "replica restarted empty, then writer killed",
+            Fault::ReplicaRestartedThenWriterKilled,
+            12,
+        ),
+        s(
+            "state.json truncated before a restart",
+            Fault::StateDamaged { truncated: true },
+            10,
+        ),
+        s(
+            "state.json reverted before a restart",
+            Fault::StateDamaged { truncated: false },
+            10,
+        ),
+        s(
+            "replica-serve-stale-data no, writer killed",
+            Fault::StaleReadsRefusedThenWriterKilled,
+            10,
+        ),
+    ];
+    all.extend([
+        ha(s(
+            "writer region isolated 8 s",
+            Fault::IsolateWriterRegion { for_ms: 8000 },
+            14,
+        )),
+        ha(Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "leader cut off from the writer region 8 s",
+                Fault::IsolateControllerFromWriterRegion { for_ms: 8000 },
+                14,
+            )
+        }),
+        ha(Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "leader site isolated 8 s",
+                Fault::IsolateLeaderSite { for_ms: 8000 },
+                14,
+            )
+        }),
+        ha(Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "etcd quorum lost 6 s",
+                Fault::EtcdQuorumLost { for_ms: 6000 },
+                12,
+            )
+        }),
+    ]);
+    // A new writer killed after a region failover and brought back empty by its supervisor, in
+    // both shapes: the history must survive on the nodes that hold it.
+    for (restart_after_ms, as_master) in [(6000, false), (1000, false), (3000, false), (1000, true)]
+    {
+        let name = format!(
+            "region isolated, healed, new writer killed, restarted empty{} after {} s",
+            if as_master { " as a master" } else { "" },
+            restart_after_ms / 1000
+        );
+        let fault = Fault::IsolateThenKillNewWriter {
+            restart_after_ms,
+            as_master,
+        };
+        let seconds = 32 + restart_after_ms / 1000;
+        all.push(s(&name, fault.clone(), seconds));
+        all.push(ha(s(&name, fault, seconds)));
+    }
+    // A region whose controller is down (or goes down) is still fenced before the writer moves.
+    for (name, cut_first) in [
+        (
+            "writer region's controller killed, region cut 2 s later",
+            false,
+        ),
+        ("writer region cut, its controller killed 0.5 s later", true),
+    ] {
+        all.push(ha(s(
+            name,
+            Fault::RegionControllerDownAndCut {
+                cut_first,
+                gap_ms: if cut_first { 500 } else { 2000 },
+                for_ms: 8000,
+            },
+            16,
+        )));
+    }
+    all.push(ha(s(
+        "switchover, the new writer's region cut 0.5 s later",
+        Fault::SwitchoverThenCut {
+            gap_ms: 500,
+            for_ms: 8000,
+        },
+        16,
+    )));
+    for step in ["fence", "intent", "promote", "switch_dns"] {
+        all.push(ha(s(
+            &format!("leader killed after {step}"),
+            Fault::LeaderFails {
+                step: step.to_string(),
+                stall_ms: 0,
+            },
+            12,
+        )));
+        all.push(ha(s(
+            &format!("leader stalled 5 s after {step}"),
+            Fault::LeaderFails {
+                step: step.to_string(),
+                stall_ms: 5000,
+            },
+            14,
+        )));
+    }
+    for step in [
+        "fence",
+        "intent",
+        "promoted",
+        "promote",
+        "switch_dns",
+        "release",
+    ] {
+        for (when, delay) in [("within", 500), ("after", PAUSE_EXPIRED.as_millis() as u64)] {
+            all.push(s(
+                &format!("controller crash after {step}, restart {when} the pause"),
+                Fault::ControllerCrash {
+                    step: step.to_string(),
+                    restart_after_ms: delay,
+                },
+                if delay > 1000 { 13 } else { 8 },
+            ));
+        }
+    }
+    all
+}
