@@ -260,12 +260,20 @@ fn load_config(arg: &ConfigArg) -> Result<Config> {
 }
 
 async fn run(config: &Config) -> Result<()> {
-    let running = valkey_dr_controller::start(config.clone()).await?;
+    let mut running = valkey_dr_controller::start(config.clone()).await?;
     running.controller.events().echo_to_stderr(true);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        ended = running.task_ended() => {
+            running
+                .controller
+                .events()
+                .emit("controller_failed", serde_json::json!({ "reason": ended }));
+            // Exit at once: no lease renewal, no half-working controller; the supervisor restarts.
+            std::process::exit(70);
+        }
     }
     running
         .controller

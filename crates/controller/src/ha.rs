@@ -111,6 +111,21 @@ pub fn cross_region_verdict(
     Ok(())
 }
 
+/// How often an unchanged view is published again: often enough that it stays fresh for the
+/// leader ([`VIEW_MAX_AGE_MS`]), seldom enough that etcd's history grows slowly (each put is a
+/// revision; a view stamped every pass made ~3 a second per site).
+const VIEW_REFRESH_MS: u64 = 2_000;
+
+/// Whether `next` must be published after `published`: what it says changed, or it is getting old.
+fn view_due(published: &View, next: &View) -> bool {
+    (
+        published.epoch,
+        &published.writer,
+        published.writer_reachable,
+    ) != (next.epoch, &next.writer, next.writer_reachable)
+        || next.at_ms.saturating_sub(published.at_ms) >= VIEW_REFRESH_MS
+}
+
 /// What the region guard knows at one tick.
 #[derive(Debug, Clone, Copy)]
 pub struct GuardView {
@@ -525,7 +540,7 @@ impl Controller {
             }
             let view = ha.shared().view.clone();
             if let (Some(held), Some(view)) = (&claim, view)
-                && published.as_ref() != Some(&view)
+                && published.as_ref().is_none_or(|p| view_due(p, &view))
                 && ha
                     .coord
                     .put_with(
@@ -892,6 +907,21 @@ mod tests {
             writer: "127.0.1.1:6379".into(),
             writer_reachable: reachable,
             at_ms,
+        }
+    }
+
+    #[test]
+    fn a_view_is_published_when_it_says_something_new_or_grows_old() {
+        let published = view(true, 10_000, 4);
+        #[rustfmt::skip]
+        let cases = [
+            ("the same, a pass later", view(true, 11_000, 4), false),
+            ("the writer seen down", view(false, 10_100, 4), true),
+            ("a new epoch", view(true, 10_100, 5), true),
+            ("the same, refreshed before the leader counts it stale", view(true, 12_000, 4), true),
+        ];
+        for (case, next, due) in cases {
+            assert_eq!(view_due(&published, &next), due, "{case}");
         }
     }
 

@@ -400,6 +400,30 @@ pub struct Running {
 }
 
 impl Running {
+    /// Resolves when an essential task ends (they never end on their own: it panicked), with its
+    /// name. A controller that goes on without its reconcile loop, its guard or its lease would
+    /// keep renewing a lease it cannot use or leave a region unfenced: the caller exits non-zero
+    /// so that the supervisor restarts it.
+    pub async fn task_ended(&mut self) -> String {
+        let names: Vec<&str> = ESSENTIAL
+            .iter()
+            .chain(if self.controller.ha.is_some() {
+                ESSENTIAL_HA.iter()
+            } else {
+                [].iter()
+            })
+            .copied()
+            .collect();
+        let watched = self.tasks.iter_mut().take(names.len());
+        let (outcome, index, _) = futures::future::select_all(watched).await;
+        let how = match outcome {
+            Err(e) if e.is_panic() => "panicked",
+            Err(_) => "was cancelled",
+            Ok(()) => "ended",
+        };
+        format!("the {} task {how}", names[index])
+    }
+
     pub async fn stop(self) {
         for task in &self.tasks {
             task.abort();
@@ -507,15 +531,13 @@ async fn start_tasks(
             "site": controller.ha().map(|ha| ha.site().to_string()),
         }),
     );
+    // The essential tasks come first (`ESSENTIAL_*`): they loop for the controller's life, and one
+    // that ends has panicked.
     let mut tasks = vec![
         tokio::spawn(control.serve()),
         tokio::spawn(controller.clone().run_loop(std::future::pending())),
         tokio::spawn(controller.clone().watch_clock()),
     ];
-    if let Some(http) = &controller.config.http {
-        tasks.push(http::serve(controller.clone(), http).await?);
-    }
-    tasks.extend(webhooks::start(controller)?);
     if controller.ha.is_some() {
         tasks.push(tokio::spawn(controller.clone().campaign()));
         tasks.push(tokio::spawn(controller.clone().keep_presence()));
@@ -523,8 +545,22 @@ async fn start_tasks(
         tasks.push(tokio::spawn(controller.clone().serve_requests()));
         tasks.push(tokio::spawn(controller.clone().follow_records()));
     }
+    if let Some(http) = &controller.config.http {
+        tasks.push(http::serve(controller.clone(), http).await?);
+    }
+    tasks.extend(webhooks::start(controller)?);
     Ok(tasks)
 }
+
+/// The essential tasks, in the order [`start_tasks`] spawns them.
+const ESSENTIAL: [&str; 3] = ["control socket", "reconcile loop", "clock watch"];
+const ESSENTIAL_HA: [&str; 5] = [
+    "leader campaign",
+    "site presence",
+    "region guard",
+    "forwarded requests",
+    "records follower",
+];
 
 /// Connects to etcd, retrying with backoff for a while: a controller started before its etcd
 /// members (a whole site booting) waits for them instead of exiting.

@@ -124,7 +124,10 @@ pub struct MemberAddress {
 }
 
 /// The command that starts member `i` of `members`, its data in `dir/<name>`. Elections are
-/// tuned for loopback (50 ms heartbeat, 500 ms election timeout).
+/// tuned for loopback (50 ms heartbeat, 500 ms election timeout). History is compacted to the
+/// last 1000 revisions and the backend quota set explicitly: etcd compacts nothing by default,
+/// and past its quota it refuses every write (NOSPACE), which would fence the writer's region
+/// for good.
 pub fn member_command(dir: &Path, members: &[MemberAddress], i: usize) -> Command {
     let member = &members[i];
     let initial = members
@@ -155,7 +158,13 @@ pub fn member_command(dir: &Path, members: &[MemberAddress], i: usize) -> Comman
         .arg("--heartbeat-interval")
         .arg("50")
         .arg("--election-timeout")
-        .arg("500");
+        .arg("500")
+        .arg("--auto-compaction-mode")
+        .arg("revision")
+        .arg("--auto-compaction-retention")
+        .arg("1000")
+        .arg("--quota-backend-bytes")
+        .arg((2u64 << 30).to_string());
     command
 }
 

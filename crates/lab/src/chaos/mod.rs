@@ -271,4 +271,3 @@ fn node_engine(spec: &LabSpec) -> Result<ValkeyEngine, ChaosError> {
         spec.security().map_err(lab_error)?,
     ))
 }
-

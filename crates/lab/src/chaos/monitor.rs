@@ -214,4 +214,3 @@ impl Monitor {
         self.task.await.unwrap_or_default()
     }
 }
-

@@ -11,8 +11,8 @@ use valkey_dr_core::{Endpoint, Engine};
 use valkey_dr_valkey::ValkeyEngine;
 
 use super::{
-    CATCHUP_TIMEOUT_MS, ChaosError, Fault, REPLICATION_IN_FLIGHT, endpoint, lab_error,
-    node_engine, read_pid, signal, timeouts,
+    CATCHUP_TIMEOUT_MS, ChaosError, Fault, REPLICATION_IN_FLIGHT, endpoint, lab_error, node_engine,
+    read_pid, signal, timeouts,
 };
 use crate::LabSpec;
 use crate::writer::WriterConfig;
@@ -117,7 +117,11 @@ impl<'a> Lab<'a> {
         }
     }
 
-    pub(super) async fn wait_epoch_above(&self, epoch: u64, limit: Duration) -> Result<Value, ChaosError> {
+    pub(super) async fn wait_epoch_above(
+        &self,
+        epoch: u64,
+        limit: Duration,
+    ) -> Result<Value, ChaosError> {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(s) = self.status().await
@@ -212,7 +216,11 @@ impl<'a> Lab<'a> {
         read_pid(&self.pidfile(None))
     }
 
-    pub(super) async fn inject(&self, fault: &Fault, state_at_start: &str) -> Result<(), ChaosError> {
+    pub(super) async fn inject(
+        &self,
+        fault: &Fault,
+        state_at_start: &str,
+    ) -> Result<(), ChaosError> {
         let (writer, epoch) = self.writer().await?;
         match fault {
             Fault::KillWriter { restart_after_ms } => {
@@ -420,7 +428,12 @@ impl<'a> Lab<'a> {
             .map_err(lab_error)
     }
 
-    pub(super) async fn config_set(&self, node: &Endpoint, key: &str, value: &str) -> Result<(), ChaosError> {
+    pub(super) async fn config_set(
+        &self,
+        node: &Endpoint,
+        key: &str,
+        value: &str,
+    ) -> Result<(), ChaosError> {
         let security = self.spec.security().map_err(lab_error)?;
         let mut conn = valkey_dr_valkey::connect(node, &security, timeouts())
             .await
