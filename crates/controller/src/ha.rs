@@ -39,6 +39,15 @@ pub struct View {
     pub at_ms: u64,
 }
 
+/// An operator's request handed to the leader through etcd, with the moment (wall clock, Unix
+/// ms) after which the command that sent it no longer waits: a later leader refuses it instead of
+/// running it unannounced. Sites' clocks are assumed NTP-synced (seconds of skew at most).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Forwarded {
+    deadline_ms: u64,
+    request: crate::control::Request,
+}
+
 /// How often a controller that does not lead looks at the leader key.
 const FOLLOWER_TICK: Duration = Duration::from_millis(100);
 
@@ -292,7 +301,12 @@ impl Controller {
                 .map(|d| d.as_nanos())
                 .unwrap_or_default()
         );
-        let body = serde_json::to_vec(request).expect("requests serialize");
+        let deadline = Instant::now() + REQUEST_TTL;
+        let forwarded = Forwarded {
+            deadline_ms: now_ms() + REQUEST_TTL.as_millis() as u64,
+            request: request.clone(),
+        };
+        let body = serde_json::to_vec(&forwarded).expect("requests serialize");
         if let Err(error) = ha
             .coord
             .put_expiring(&format!("requests/{id}"), &body, REQUEST_TTL)
@@ -300,7 +314,6 @@ impl Controller {
         {
             return json!({ "error": format!("cannot hand the request to the leader: {error}") });
         }
-        let deadline = Instant::now() + REQUEST_TTL;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if let Ok(Some(reply)) = ha.coord.get(&format!("results/{id}")).await
@@ -345,8 +358,13 @@ impl Controller {
                 ) {
                     continue;
                 }
-                let reply = match serde_json::from_slice::<crate::control::Request>(&body) {
-                    Ok(request) => {
+                let reply = match serde_json::from_slice::<Forwarded>(&body) {
+                    // The operator's command gave up waiting: running it now would surprise them
+                    // (a forced failover long after they were told no leader answered).
+                    Ok(forwarded) if now_ms() > forwarded.deadline_ms => json!({
+                        "error": "the request expired before a leader could take it; run the command again"
+                    }),
+                    Ok(Forwarded { request, .. }) => {
                         self.events
                             .emit("request_forwarded", json!({ "id": id, "request": request }));
                         crate::control::execute(&self, request).await

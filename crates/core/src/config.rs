@@ -770,6 +770,20 @@ impl Config {
                 "add it to coordination.sites or fix the name",
             ));
         }
+        // A region's controller guards its writer only if its site carries the region's name; a
+        // typo would leave the region unguarded without a word.
+        for (i, region) in self.regions.iter().enumerate() {
+            if !seen.contains(region.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    "coordination.sites",
+                    format!(
+                        "region \"{}\" (regions[{i}]) has no site of its name, so nothing would fence its writer when it is cut off",
+                        region.name
+                    ),
+                    "name each region's controller site exactly like the region, plus a witness",
+                ));
+            }
+        }
         if c.sites.len() < 3 {
             return Err(ConfigError::invalid(
                 "coordination.sites",
@@ -1045,6 +1059,20 @@ global_name = "demo"
                 Ok(_) => panic!("{what}: accepted\n{text}"),
             }
         }
+    }
+
+    #[test]
+    fn every_region_needs_a_site_of_its_name() {
+        let base = include_str!("../../../valkey-dr.toml");
+        let with = |sites: &str| {
+            format!(
+                "{base}\n[coordination]\netcd = [\"http://127.0.0.1:2379\"]\nsite = \"witness\"\nsites = {sites}\n"
+            )
+        };
+        Config::parse(&with(r#"["us-east-1", "us-east-2", "witness"]"#)).unwrap();
+        let error = Config::parse(&with(r#"["use1", "us-east-2", "witness"]"#)).unwrap_err();
+        assert_eq!(error.field(), Some("coordination.sites"), "{error}");
+        assert!(error.to_string().contains("us-east-1"), "{error}");
     }
 
     #[test]

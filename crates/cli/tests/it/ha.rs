@@ -119,6 +119,44 @@ async fn every_site_serves_the_name_and_the_survivors_carry_on_without_the_leade
             "{site} still serves the real writer"
         );
     }
+
+    // An operator's request whose command stopped waiting long ago (a leaderless gap) is refused
+    // by the leader that finds it, never run unannounced.
+    let late = serde_json::json!({
+        "deadline_ms": 1,
+        "request": { "command": "promote", "region": "us-east-1" },
+    });
+    let forwarder = Coordinator::connect(
+        &endpoints,
+        "/valkey-dr/valkey-dr-lab",
+        "operator",
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    forwarder
+        .put_expiring(
+            "requests/late",
+            &serde_json::to_vec(&late).unwrap(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reply = loop {
+        if let Some(reply) = forwarder.get("results/late").await.unwrap() {
+            break String::from_utf8(reply).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no leader answered the request");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reply.contains("expired"), "{reply}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        lab.dig_site("us-east-2", &global).last(),
+        Some(&new_writer),
+        "nothing was promoted"
+    );
 }
 
 /// Three data regions, each site an etcd member and a controller (the third doubles as the
