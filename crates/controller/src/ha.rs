@@ -591,7 +591,9 @@ impl Controller {
             .iter()
             .position(|r| r.name == ha.site())
         else {
-            return;
+            // A witness holds no data: nothing to guard, for as long as the controller runs (an
+            // essential task that ends means a failure, see `Running::task_ended`).
+            return std::future::pending().await;
         };
         let every = Duration::from_millis(100);
         let pause = ha.coord.ttl() / 2;

@@ -319,6 +319,19 @@ pub fn start_node(spec: &LabSpec, region: usize, index: usize) -> Result<(), Lab
     Ok(())
 }
 
+/// Starts a node again from its config file with an empty data directory, as a supervisor
+/// (`Restart=always`) brings back a node without persistence on ephemeral storage. Without this,
+/// a replica would reload the RDB file its last full sync left on disk.
+pub fn start_node_empty(spec: &LabSpec, region: usize, index: usize) -> Result<(), LabError> {
+    let dir = spec.node_dir(region, index);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    start_node(spec, region, index)
+}
+
 /// Removes the `replicaof` line from a node's config file, as in a deployment whose writer's file
 /// makes it a master: restarted, it comes back as one (empty, without persistence).
 pub fn drop_replicaof(spec: &LabSpec, region: usize, index: usize) -> Result<(), LabError> {

@@ -219,7 +219,10 @@ impl Drop for TestLab {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        let _ = std::fs::remove_dir_all(&self.spec.dir);
+        // VALKEY_DR_KEEP_LAB=1 keeps the lab's files (logs, events) of a failed test to read.
+        if std::env::var_os("VALKEY_DR_KEEP_LAB").is_none() {
+            let _ = std::fs::remove_dir_all(&self.spec.dir);
+        }
     }
 }
 

@@ -59,7 +59,7 @@ async fn held(lab: &TestLab, ip: &str, prefix: &str, count: u64) -> u64 {
 /// Restarts a node from its own config file at once, as a supervisor with `Restart=always` does,
 /// with no persistence: it comes back empty, in the role its file gives it.
 fn restart_empty(lab: &TestLab, region: usize, index: usize) {
-    valkey_dr_lab::process::start_node(&lab.spec, region, index).unwrap();
+    valkey_dr_lab::process::start_node_empty(&lab.spec, region, index).unwrap();
 }
 
 /// The measured total loss: the writer fails, a replica is promoted, and then the *promoted*
@@ -353,6 +353,28 @@ async fn a_loss_nobody_could_prevent_is_reported_not_called_healthy() {
     lab.kill_node(0, 0).await;
     valkey_dr_lab::process::drop_replicaof(&lab.spec, 0, 0).unwrap();
     restart_empty(&lab, 0, 0);
+    // Silence proves nothing: while the other nodes do not answer, they may still hold the
+    // history. The controller waits, says why, and the empty writer takes no write.
+    let status = lab
+        .wait_until(|s| s["findings"].to_string().contains("waiting"))
+        .await;
+    assert!(status["data_loss_suspected"].is_null(), "{status:#}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(lab.first_event("data_loss_suspected").is_none());
+    let mut empty = lab.connection(&lab.ip(0, 0)).await;
+    let mut set = redis::cmd("SET");
+    set.arg("into-the-void").arg(1);
+    let write = set.query_async::<()>(&mut empty);
+    // Refused (NOREPLICAS) or held by the controller's pause: never acknowledged.
+    let acknowledged = matches!(
+        tokio::time::timeout(Duration::from_secs(2), write).await,
+        Ok(Ok(()))
+    );
+    assert!(!acknowledged, "the empty writer acknowledged a write");
+    // Every node answers, and none holds the history: now the loss is certain, and reported.
+    for (region, index) in [(0, 1), (1, 0), (1, 1)] {
+        restart_empty(&lab, region, index);
+    }
     let status = lab
         .wait_until(|s| s["data_loss_suspected"].is_object())
         .await;

@@ -196,8 +196,9 @@ impl<'a> Lab<'a> {
             .map_err(lab_error)
     }
 
+    /// Restarts a node empty (its data directory cleared), as every fault here means it.
     pub(super) fn restart(&self, (r, i): (usize, usize)) -> Result<(), ChaosError> {
-        crate::process::start_node(self.spec, r, i).map_err(lab_error)
+        crate::process::start_node_empty(self.spec, r, i).map_err(lab_error)
     }
 
     pub(super) fn other_region(&self, node: (usize, usize)) -> String {
