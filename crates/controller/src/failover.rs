@@ -653,6 +653,8 @@ impl Controller {
                 next.epoch = epoch;
                 next.intent = None;
                 next.writer_history = Some(history.clone());
+                // The new writer was promoted with no quorum: not fenced until one is set.
+                next.writer_quorum = None;
                 if block_until_ms.is_some() {
                     next.failovers_blocked_until_ms = block_until_ms;
                 }

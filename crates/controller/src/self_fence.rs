@@ -50,8 +50,23 @@ impl Controller {
             }
             memory.write_quorum.take()
         };
+        // The durable record is what a verdict trusts, here or at the next leader: a quorum that
+        // is lowered is recorded first, one that is raised only once Valkey took it.
+        let recorded = self.state.get().and_then(|s| s.writer_quorum);
+        if !desired.armed()
+            && recorded.is_some_and(|q| q.armed())
+            && self
+                .record_write_quorum(writer, Some(desired))
+                .await
+                .is_err()
+        {
+            return;
+        }
         let endpoint = &self.topology.node(writer).control_endpoint;
         let result = self.engine.set_write_quorum(endpoint, desired).await;
+        if result.is_ok() && recorded != Some(desired) {
+            let _ = self.record_write_quorum(writer, Some(desired)).await;
+        }
         // Reported on a change, or once when a node keeps refusing the setting.
         let reported = previous.is_some_and(|p| {
             p.writer == writer && p.quorum == desired && p.in_force == result.is_ok()
@@ -92,6 +107,27 @@ impl Controller {
         })
     }
 
+    /// Records the quorum in force on `writer` in the state, if `writer` is still the epoch's.
+    async fn record_write_quorum(
+        &self,
+        writer: NodeId,
+        quorum: Option<WriteQuorum>,
+    ) -> Result<(), crate::state::StateError> {
+        let result = self
+            .state
+            .update(|s| {
+                let mut next = s.cloned()?;
+                (next.epoch.primary == writer).then_some(())?;
+                next.writer_quorum = quorum;
+                Some(next)
+            })
+            .await;
+        if let Err(e) = &result {
+            self.state_write_failed(e);
+        }
+        result.map(|_| ())
+    }
+
     /// Why an unreachable writer may not be replaced from another region yet, if it may not: its
     /// self-fence was not armed when last seen (an operator decides), or has not surely taken hold.
     /// `None` when the self-fence is off in the config: then nothing is known about the writer,
@@ -100,18 +136,16 @@ impl Controller {
         if self.config.controller.writer_quorum_max_lag_s == 0 {
             return None;
         }
-        let applied = self
-            .memory
-            .lock()
-            .expect("memory lock")
-            .write_quorum
-            .clone();
+        // What the state records: this controller's own setting, or the last leader's.
+        let recorded = self
+            .state
+            .get()
+            .filter(|s| s.epoch.primary == writer)
+            .and_then(|s| s.writer_quorum);
         let name = self.topology.node_name(writer);
-        let Some(applied) =
-            applied.filter(|a| a.writer == writer && a.in_force && a.quorum.armed())
-        else {
+        let Some(quorum) = recorded.filter(|q| q.armed()) else {
             return Some(format!(
-                "the writer {name} cannot be reached and is not known to refuse writes: its self-fence (min-replicas-to-write) was not armed when this controller last saw it (no healthy replica outside its region, or not seen since this controller started); if it is really gone, run `valkey-dr failover <region> --force`"
+                "the writer {name} cannot be reached and is not known to refuse writes: its self-fence (min-replicas-to-write) was not armed when last seen (no healthy replica outside its region); if it is really gone, run `valkey-dr failover <region> --force`"
             ));
         };
         let failing = self
@@ -120,7 +154,7 @@ impl Controller {
             .expect("health lock")
             .failing_for(writer, now)
             .unwrap_or_default();
-        let certain = applied.quorum.certain_after();
+        let certain = quorum.certain_after();
         (failing < certain).then(|| {
             format!(
                 "waiting until the unreachable writer {name} surely refuses writes: its self-fence takes hold {} s after its last contact",

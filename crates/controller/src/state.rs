@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use valkey_dr_core::observation::History;
+use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{EpochRecord, NodeId, Topology};
 
 /// A promotion in flight: recorded before the target is promoted, cleared when it is complete.
@@ -38,6 +39,10 @@ pub struct State {
     /// replication id, not every write).
     pub writer_history: Option<History>,
     pub intent: Option<Intent>,
+    /// The write quorum in force on the epoch's writer (its self-fence), as last set and
+    /// confirmed; `None` after each promotion until it is set. Kept here so that a new leader, or
+    /// a restarted controller, knows whether an unreachable writer fences itself.
+    pub writer_quorum: Option<WriteQuorum>,
 }
 
 impl State {
@@ -47,6 +52,7 @@ impl State {
             failovers_blocked_until_ms: None,
             writer_history: None,
             intent: None,
+            writer_quorum: None,
         }
     }
 }
@@ -73,6 +79,8 @@ struct Stored {
     writer_history: Option<History>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     intent: Option<StoredIntent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    writer_quorum: Option<WriteQuorum>,
 }
 
 /// Why `state.json` could not be used.
@@ -165,6 +173,7 @@ fn decode(bytes: &[u8], source: &str, topology: &Topology) -> Result<State, Load
         failovers_blocked_until_ms: stored.failovers_blocked_until_ms,
         writer_history: stored.writer_history,
         intent,
+        writer_quorum: stored.writer_quorum,
     })
 }
 
@@ -176,6 +185,7 @@ fn encode(topology: &Topology, state: &State) -> Vec<u8> {
         primary_region: topology.region_of(record.primary).name.clone(),
         failovers_blocked_until_ms: state.failovers_blocked_until_ms,
         writer_history: state.writer_history.clone(),
+        writer_quorum: state.writer_quorum,
         intent: state.intent.as_ref().map(|i| StoredIntent {
             epoch: i.epoch,
             source: topology.node_name(i.source),
@@ -409,6 +419,10 @@ mod tests {
             writer_history: Some(History {
                 replication_id: "8f1c".into(),
                 offset: 4242,
+            }),
+            writer_quorum: Some(WriteQuorum {
+                replicas: 2,
+                max_lag_s: 2,
             }),
             intent: Some(Intent {
                 epoch: 4,

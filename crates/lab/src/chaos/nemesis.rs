@@ -356,6 +356,7 @@ impl<'a> Lab<'a> {
                 cut_first,
                 gap_ms,
                 for_ms,
+                restart_inside,
             } => {
                 let region = self.spec.regions[writer.0].clone();
                 let controller = self.pidfile(Some(&region));
@@ -370,7 +371,7 @@ impl<'a> Lab<'a> {
                 tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
                 *self.faulted_at.lock().expect("fault time lock") =
                     Some(valkey_dr_controller::events::now_ms());
-                crate::link::set_partition(&self.spec.dir, &[region].into())
+                crate::link::set_partition(&self.spec.dir, &[region.clone()].into())
                     .await
                     .map_err(lab_error)?;
                 let mut cut_for = Duration::from_millis(*for_ms);
@@ -380,6 +381,13 @@ impl<'a> Lab<'a> {
                         .await
                         .map_err(lab_error)?;
                     cut_for = cut_for.saturating_sub(gap);
+                }
+                if *restart_inside {
+                    // Its supervisor restarts it inside the cut: it cannot reach etcd.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    crate::process::start_site_controller(self.spec, self.valkey_dr, &region, &[])
+                        .map_err(lab_error)?;
+                    cut_for = cut_for.saturating_sub(Duration::from_millis(500));
                 }
                 tokio::time::sleep(cut_for).await;
                 crate::link::set_partition(&self.spec.dir, &Default::default())

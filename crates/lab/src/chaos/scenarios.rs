@@ -50,10 +50,13 @@ pub enum Fault {
     /// Highly available shape: the controller of the writer's region SIGKILLed and, `gap_ms`
     /// later, the region cut off for `for_ms` (`cut_first`: the cut first, the controller killed
     /// `gap_ms` into it). Nothing may leave two masters that accept writes.
+    /// `restart_inside`: the controller is restarted 0.5 s into the cut, without etcd access.
     RegionControllerDownAndCut {
         cut_first: bool,
         gap_ms: u64,
         for_ms: u64,
+        #[serde(default)]
+        restart_inside: bool,
     },
     /// Highly available shape: a switchover into the other region, and `gap_ms` after it returns
     /// that region (the new writer's) cut off for `for_ms`, before its controller may have read
@@ -231,12 +234,22 @@ pub fn scenarios() -> Vec<Scenario> {
         all.push(ha(s(&name, fault, seconds)));
     }
     // A region whose controller is down (or goes down) is still fenced before the writer moves.
-    for (name, cut_first) in [
+    for (name, cut_first, restart_inside) in [
         (
             "writer region's controller killed, region cut 2 s later",
             false,
+            false,
         ),
-        ("writer region cut, its controller killed 0.5 s later", true),
+        (
+            "writer region cut, its controller killed 0.5 s later",
+            true,
+            false,
+        ),
+        (
+            "writer region's controller killed, region cut, controller restarted inside the cut",
+            false,
+            true,
+        ),
     ] {
         all.push(ha(s(
             name,
@@ -244,6 +257,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 cut_first,
                 gap_ms: if cut_first { 500 } else { 2000 },
                 for_ms: 8000,
+                restart_inside,
             },
             16,
         )));

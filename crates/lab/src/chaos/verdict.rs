@@ -109,6 +109,7 @@ mod tests {
             cut_first: false,
             gap_ms: 2000,
             for_ms: 8000,
+            restart_inside: false,
         };
         #[rustfmt::skip]
         let cases: Vec<(&str, ChaosReport, Scenario, &str)> = vec![
