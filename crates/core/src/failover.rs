@@ -425,6 +425,17 @@ mod tests {
             i.replication_id = "new".into();
             i.offset = 0;
         });
+        // The writer back empty as a master; every replica still holds the history.
+        let back_empty = vec![
+            empty_master.clone(),
+            replica_of(1, 0, 100),
+            replica_of(2, 0, 98),
+            replica_of(3, 2, 98),
+        ];
+        let in_region_off = |cross_region| Policy {
+            in_region: false,
+            ..policy(cross_region, false)
+        };
         let auto = policy(FailoverPolicy::Auto, false);
         let manual = policy(FailoverPolicy::Manual, false);
         // (situation, observations, nodes down for down_after, policy, expected decision)
@@ -461,10 +472,7 @@ mod tests {
                 "writer node down, in-region off, region partly up",
                 writer_dead.clone(),
                 set(&[0]),
-                Policy {
-                    in_region: false,
-                    ..policy(FailoverPolicy::Auto, false)
-                },
+                in_region_off(FailoverPolicy::Auto),
                 Decision::WaitForOperator {
                     reason: WaitReason::InRegionOff {
                         region: RegionId(0),
@@ -474,32 +482,16 @@ mod tests {
             ),
             (
                 "writer back empty, in-region off: the history moves to the other region (auto)",
-                vec![
-                    empty_master.clone(),
-                    replica_of(1, 0, 100),
-                    replica_of(2, 0, 98),
-                    replica_of(3, 2, 98),
-                ],
+                back_empty.clone(),
                 set(&[]),
-                Policy {
-                    in_region: false,
-                    ..policy(FailoverPolicy::Auto, false)
-                },
+                in_region_off(FailoverPolicy::Auto),
                 Decision::CrossRegion { target: n(2) },
             ),
             (
                 "writer back empty, in-region off, manual: wait, never declare the loss",
-                vec![
-                    empty_master.clone(),
-                    replica_of(1, 0, 100),
-                    replica_of(2, 0, 98),
-                    replica_of(3, 2, 98),
-                ],
+                back_empty.clone(),
                 set(&[]),
-                Policy {
-                    in_region: false,
-                    ..policy(FailoverPolicy::Manual, false)
-                },
+                in_region_off(FailoverPolicy::Manual),
                 Decision::WaitForOperator {
                     reason: WaitReason::CrossRegionManual {
                         region: RegionId(0),
@@ -637,12 +629,7 @@ mod tests {
             ),
             (
                 "writer back empty as a master: replaced at once, even while blocked",
-                vec![
-                    empty_master.clone(),
-                    replica_of(1, 0, 100),
-                    replica_of(2, 0, 98),
-                    replica_of(3, 2, 98),
-                ],
+                back_empty.clone(),
                 set(&[]),
                 policy(FailoverPolicy::Manual, true),
                 Decision::InRegion { target: n(1) },
