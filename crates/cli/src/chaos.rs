@@ -157,24 +157,40 @@ fn ha_table(results: &[Vec<ChaosReport>]) -> String {
     out
 }
 
+/// "ok (n/n)" when every run ended well, else each run's verdict that did not.
+fn verdict_summary(reports: &[ChaosReport]) -> String {
+    let failed: Vec<&str> = reports
+        .iter()
+        .map(|r| r.verdict.as_str())
+        .filter(|v| !v.starts_with("ok"))
+        .collect();
+    let ok = reports.len() - failed.len();
+    if failed.is_empty() {
+        format!("ok ({ok}/{})", reports.len())
+    } else {
+        format!("{ok}/{} ok; {}", reports.len(), failed.join(" / "))
+    }
+}
+
 fn table(results: &[Vec<ChaosReport>]) -> String {
     let rows: Vec<Vec<String>> = results
         .iter()
         .filter(|reports| !reports.is_empty())
         .map(|reports| {
             let column = |f: fn(&ChaosReport) -> u64| median_cell(reports.iter().map(f).collect());
-            let mut verdicts: Vec<String> = reports.iter().map(|r| r.verdict.clone()).collect();
-            verdicts.dedup();
             vec![
                 reports[0].scenario.clone(),
                 reports.len().to_string(),
                 column(|r| r.acknowledged_outside + r.acknowledged_inside),
                 column(|r| r.lost_outside),
                 column(|r| r.lost_inside),
+                column(|r| r.lost_excused),
                 column(|r| r.two_masters_ms),
+                column(|r| r.two_writable_masters_ms),
                 column(|r| r.name_on_replica_ms),
+                column(|r| r.max_write_gap_ms),
                 column(|r| r.failovers),
-                verdicts.join(" / "),
+                verdict_summary(reports),
             ]
         })
         .collect();
@@ -185,8 +201,11 @@ fn table(results: &[Vec<ChaosReport>]) -> String {
             "ACKED",
             "LOST OUTSIDE",
             "LOST INSIDE",
+            "EXCUSED",
             "TWO MASTERS ms",
+            "TWO WRITERS ms",
             "NAME ON REPLICA ms",
+            "MAX GAP ms",
             "FAILOVERS",
             "VERDICT",
         ],
@@ -194,8 +213,10 @@ fn table(results: &[Vec<ChaosReport>]) -> String {
     );
     out.push_str(
         "\nmedian (min–max) over runs. OUTSIDE: a writer beyond every region (cut off by an isolation);\n\
-         INSIDE: a writer in the writer's region. TWO MASTERS: time two nodes reported role:master\n\
-         (a paused old primary counts). VERDICT: every acknowledged write read back, one writer, the\n\
+         INSIDE: a writer in the writer's region. EXCUSED: acknowledged in a phase the scenario\n\
+         excuses (an isolated writer before its fence), not counted as lost. TWO MASTERS: time two\n\
+         nodes reported role:master (a paused or fenced old primary counts); TWO WRITERS: time two\n\
+         of them took a write. MAX GAP: a writer's longest wait for an acknowledgement. VERDICT: every acknowledged write read back, one writer, the\n\
          name on it, the controller healthy (and no failover where none is allowed); \"in flight at\n\
          the kill\": at most one write per client per SIGKILL of the writer, acknowledged by it and\n\
          not yet sent to any replica (asynchronous replication; no failover can save those).\n",

@@ -57,6 +57,9 @@ pub struct ChaosReport {
     /// `data_loss_suspected` events the controllers reported.
     #[serde(default)]
     pub data_loss_suspected: u64,
+    /// The longest time a writer went without an acknowledged write.
+    #[serde(default)]
+    pub max_write_gap_ms: u64,
     /// Time during which two or more nodes reported `role:master`, and how many such intervals.
     pub two_masters_ms: u64,
     pub two_masters_intervals: u64,
@@ -187,6 +190,7 @@ async fn run_on(
                 result.acknowledged
             }
         };
+        report.max_write_gap_ms = report.max_write_gap_ms.max(result.max_write_gap_ms as u64);
         if config.via.is_empty() {
             report.acknowledged_inside = result.acknowledged;
             report.lost_inside = lost;

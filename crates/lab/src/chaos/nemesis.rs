@@ -395,6 +395,12 @@ impl<'a> Lab<'a> {
                     .map_err(lab_error)?;
                 self.excuse_since(&from);
             }
+            Fault::RemoteHeadKilled { restart_after_ms } => {
+                let head = ((writer.0 + 1) % self.spec.regions.len(), 0);
+                self.kill(head).await?;
+                tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
+                self.restart(head)?;
+            }
             Fault::SwitchoverThenCut { gap_ms, for_ms } => {
                 let region = self.other_region(writer);
                 self.promote(region.clone()).await?;

@@ -58,6 +58,10 @@ pub enum Fault {
         #[serde(default)]
         restart_inside: bool,
     },
+    /// SIGKILL the head of the other region (the writer's only replica outside its region) and
+    /// restart it empty after `restart_after_ms`: what the writer's self-fence costs a healthy
+    /// writer (no failover may happen; the writers' longest gap shows any refusal).
+    RemoteHeadKilled { restart_after_ms: u64 },
     /// Highly available shape: a switchover into the other region, and `gap_ms` after it returns
     /// that region (the new writer's) cut off for `for_ms`, before its controller may have read
     /// the new epoch.
@@ -84,6 +88,7 @@ impl Fault {
             | Fault::EtcdQuorumLost { .. }
             | Fault::RegionControllerDownAndCut { .. }
             | Fault::SwitchoverThenCut { .. }
+            | Fault::RemoteHeadKilled { .. }
             | Fault::ControllerCrash { .. }
             | Fault::ControllerStall { .. }
             | Fault::StateDamaged { .. } => 0,
@@ -221,7 +226,7 @@ pub fn scenarios() -> Vec<Scenario> {
     for (restart_after_ms, as_master) in [(6000, false), (1000, false), (3000, false), (1000, true)]
     {
         let name = format!(
-            "region isolated, healed, new writer killed, restarted empty{} after {} s",
+            "region isolated and healed, then the new writer SIGKILLed, back empty{} after {} s",
             if as_master { " as a master" } else { "" },
             restart_after_ms / 1000
         );
@@ -261,6 +266,20 @@ pub fn scenarios() -> Vec<Scenario> {
             },
             16,
         )));
+    }
+    // The self-fence's cost: the writer's only replica outside its region goes away for 8 s.
+    for shape in [false, true] {
+        let scenario = Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "the writer's replica outside its region killed, back empty after 8 s",
+                Fault::RemoteHeadKilled {
+                    restart_after_ms: 8000,
+                },
+                14,
+            )
+        };
+        all.push(if shape { ha(scenario) } else { scenario });
     }
     all.push(ha(s(
         "switchover, the new writer's region cut 0.5 s later",
