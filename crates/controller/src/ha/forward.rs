@@ -1,0 +1,108 @@
+//! Operator commands at any site: a request is handed to the leader through etcd, carried out
+//! there exactly once, and answered through etcd.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::Controller;
+use crate::events::now_ms;
+
+/// An operator's request handed to the leader through etcd, with the moment (wall clock, Unix
+/// ms) after which the command that sent it no longer waits: a later leader refuses it instead of
+/// running it unannounced. Sites' clocks are assumed NTP-synced (seconds of skew at most).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Forwarded {
+    deadline_ms: u64,
+    request: crate::control::Request,
+}
+
+/// How long a forwarded request and its answer live in etcd.
+const REQUEST_TTL: Duration = Duration::from_secs(120);
+
+impl Controller {
+    /// Hands an operator's request to the leader through etcd and waits for its answer (the
+    /// control socket is local to each site; the leader may be anywhere).
+    pub async fn forward(&self, request: &crate::control::Request) -> serde_json::Value {
+        let Some(ha) = self.ha() else {
+            return json!({ "error": "no coordination configured" });
+        };
+        let id = format!(
+            "{}-{}-{}",
+            ha.site(),
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let deadline = Instant::now() + REQUEST_TTL;
+        let forwarded = Forwarded {
+            deadline_ms: now_ms() + REQUEST_TTL.as_millis() as u64,
+            request: request.clone(),
+        };
+        let body = serde_json::to_vec(&forwarded).expect("requests serialize");
+        if let Err(error) = ha
+            .coord
+            .put_expiring(&format!("requests/{id}"), &body, REQUEST_TTL)
+            .await
+        {
+            return json!({ "error": format!("cannot hand the request to the leader: {error}") });
+        }
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(reply)) = ha.coord.get(&format!("results/{id}")).await
+                && let Ok(reply) = serde_json::from_slice::<serde_json::Value>(&reply)
+            {
+                return reply;
+            }
+        }
+        json!({ "error": format!(
+            "no leader answered within {} s (last known leader: {})",
+            REQUEST_TTL.as_secs(),
+            ha.leader_site().unwrap_or_else(|| "none".into())
+        ) })
+    }
+
+    /// On the leader: carries out the requests other sites handed over, each exactly once.
+    pub async fn serve_requests(self: Arc<Self>) {
+        let Some(ha) = self.ha.clone() else { return };
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let Some(fence) = ha.leader.fence() else {
+                continue;
+            };
+            let Ok(pending) = ha.coord.list("requests").await else {
+                continue;
+            };
+            for (id, body) in pending {
+                if !matches!(
+                    ha.coord.take_fenced(fence, &format!("requests/{id}")).await,
+                    Ok(true)
+                ) {
+                    continue;
+                }
+                let reply = match serde_json::from_slice::<Forwarded>(&body) {
+                    // The operator's command gave up waiting: running it now would surprise them
+                    // (a forced failover long after they were told no leader answered).
+                    Ok(forwarded) if now_ms() > forwarded.deadline_ms => json!({
+                        "error": "the request expired before a leader could take it; run the command again"
+                    }),
+                    Ok(Forwarded { request, .. }) => {
+                        self.events
+                            .emit("request_forwarded", json!({ "id": id, "request": request }));
+                        crate::control::execute(&self, request).await
+                    }
+                    Err(error) => json!({ "error": format!("invalid request: {error}") }),
+                };
+                let reply = serde_json::to_vec(&reply).expect("replies serialize");
+                let _ = ha
+                    .coord
+                    .put_expiring(&format!("results/{id}"), &reply, REQUEST_TTL)
+                    .await;
+            }
+        }
+    }
+}
