@@ -425,8 +425,20 @@ impl Controller {
         let history = now.history();
         self.memory.lock().expect("memory lock").last_writer =
             Some((epoch.primary, history.clone()));
-        self.record_writer_history(history).await;
-        self.memory.lock().expect("memory lock").data_loss = Some(lost);
+        // The new lineage and the loss in one durable write: status shows the loss on every site
+        // and after any restart, until `ack`.
+        if let Err(e) = self
+            .state
+            .update(|s| {
+                let mut next = s.cloned()?;
+                next.writer_history = Some(history);
+                next.data_loss = Some(lost);
+                Some(next)
+            })
+            .await
+        {
+            self.state_write_failed(&e);
+        }
     }
 
     /// Reports a failover held back by the sites' views (once per reason).
@@ -785,10 +797,18 @@ impl Controller {
         self.set_epoch(epoch, history.clone())
             .await
             .map_err(|e| FailoverError::State(e.to_string()))?;
+        self.memory.lock().expect("memory lock").last_writer = history.map(|h| (writer, h));
+        // The operator decided what the history is: a suspected loss is settled.
+        if let Err(e) = self
+            .state
+            .update(|s| {
+                let mut next = s.cloned()?;
+                next.data_loss = None;
+                Some(next)
+            })
+            .await
         {
-            let mut memory = self.memory.lock().expect("memory lock");
-            memory.last_writer = history.map(|h| (writer, h));
-            memory.data_loss = None;
+            self.state_write_failed(&e);
         }
         self.events.emit(
             "adopted",
@@ -809,6 +829,7 @@ impl Controller {
                     .failovers_blocked_until_ms
                     .take()
                     .is_some_and(|until| crate::events::now_ms() < until);
+                next.data_loss = None;
                 Some(next)
             })
             .await
@@ -817,7 +838,6 @@ impl Controller {
             self.state_write_failed(&e);
             return Err(e);
         }
-        self.memory.lock().expect("memory lock").data_loss = None;
         self.events.emit(
             "failover_block_cleared",
             json!({ "was_blocked": was_blocked }),

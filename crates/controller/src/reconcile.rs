@@ -35,8 +35,6 @@ pub struct Memory {
     pub(crate) last_writer: Option<(NodeId, History)>,
     /// The replication id of the lost history last reported, to report each once.
     pub(crate) reported_lost: Option<String>,
-    /// A suspected data loss, shown by status until `ack` or `adopt`.
-    pub(crate) data_loss: Option<serde_json::Value>,
     /// Nodes whose sync settings were checked in this run.
     settings_checked: std::collections::BTreeSet<NodeId>,
     /// The write quorum set on the writer (its self-fence).

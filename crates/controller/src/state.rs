@@ -43,6 +43,10 @@ pub struct State {
     /// confirmed; `None` after each promotion until it is set. Kept here so that a new leader, or
     /// a restarted controller, knows whether an unreachable writer fences itself.
     pub writer_quorum: Option<WriteQuorum>,
+    /// A suspected data loss (what the writer lost), shown by every site's `status` until an
+    /// operator runs `ack` or `adopt`; kept here so that a restart or a new leader does not
+    /// forget it.
+    pub data_loss: Option<serde_json::Value>,
 }
 
 impl State {
@@ -53,6 +57,7 @@ impl State {
             writer_history: None,
             intent: None,
             writer_quorum: None,
+            data_loss: None,
         }
     }
 }
@@ -81,6 +86,8 @@ struct Stored {
     intent: Option<StoredIntent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     writer_quorum: Option<WriteQuorum>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_loss: Option<serde_json::Value>,
 }
 
 /// Why `state.json` could not be used.
@@ -174,6 +181,7 @@ fn decode(bytes: &[u8], source: &str, topology: &Topology) -> Result<State, Load
         writer_history: stored.writer_history,
         intent,
         writer_quorum: stored.writer_quorum,
+        data_loss: stored.data_loss,
     })
 }
 
@@ -186,6 +194,7 @@ fn encode(topology: &Topology, state: &State) -> Vec<u8> {
         failovers_blocked_until_ms: state.failovers_blocked_until_ms,
         writer_history: state.writer_history.clone(),
         writer_quorum: state.writer_quorum,
+        data_loss: state.data_loss.clone(),
         intent: state.intent.as_ref().map(|i| StoredIntent {
             epoch: i.epoch,
             source: topology.node_name(i.source),
@@ -424,6 +433,7 @@ mod tests {
                 replicas: 2,
                 max_lag_s: 2,
             }),
+            data_loss: Some(serde_json::json!({ "node": "127.0.0.2:6379", "offset": 0 })),
             intent: Some(Intent {
                 epoch: 4,
                 source: topology.nodes[1].id,

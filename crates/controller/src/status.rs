@@ -144,7 +144,7 @@ impl Controller {
             .records(&self.names.all(topology))
             .await
             .unwrap_or_default();
-        let data_loss = self.memory.lock().expect("memory lock").data_loss.clone();
+        let data_loss = self.state.get().and_then(|s| s.data_loss);
         let mut findings: Vec<String> = analysis
             .findings
             .iter()

@@ -253,6 +253,12 @@ fn controller(engine: &FakeEngine, name: &str) -> Controller {
 fn controller_with(engine: &FakeEngine, name: &str, settings: &str) -> Controller {
     let dir = std::env::temp_dir().join(format!("valkey-dr-fake-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    reopen(engine, name, settings)
+}
+
+/// A controller on the state directory `name` as it is (a restart).
+fn reopen(engine: &FakeEngine, name: &str, settings: &str) -> Controller {
+    let dir = std::env::temp_dir().join(format!("valkey-dr-fake-{name}-{}", std::process::id()));
     let config = Config::parse(&format!(
         r#"
         primary_region = "us-east-1"
@@ -576,4 +582,29 @@ async fn the_block_after_a_failover_never_keeps_a_dead_writer_when_its_region_ha
         (3, NodeId(0)),
         "the block stops moves across regions, not a failover inside the writer's region"
     );
+}
+
+#[tokio::test]
+async fn a_suspected_loss_is_shown_after_a_restart_until_ack() {
+    let engine = world();
+    let controller = controller(&engine, "loss-survives");
+    controller.reconcile_once().await.unwrap();
+    // Every node answers and none holds the history any more: the loss is certain.
+    writer_back_empty_as_a_master(&engine);
+    for host in [LOCAL_REPLICA, REMOTE_HEAD, REMOTE_REPLICA] {
+        engine.set(host, |n| {
+            n.offset = 0;
+            n.replication_id = format!("fresh-{host}");
+        });
+    }
+    passes(&controller, 2).await;
+    assert!(controller.status().await.data_loss_suspected.is_some());
+    drop(controller);
+    let restarted = reopen(&engine, "loss-survives", "");
+    assert!(
+        restarted.status().await.data_loss_suspected.is_some(),
+        "a restart does not forget a loss nobody acknowledged"
+    );
+    restarted.ack().await.unwrap();
+    assert!(restarted.status().await.data_loss_suspected.is_none());
 }
