@@ -17,6 +17,7 @@
 //! | in its region: 2, outside: 2              | 3 replicas        | armed    |
 //! | in its region: 1, outside: 0              | off               | disarmed |
 //! | outside, but mid full resync or link down | off               | disarmed |
+//! | outside, link up but silent for 2 s       | off               | disarmed (a cut link, before `repl-timeout`) |
 //! | quorum disabled in the config (lag 0)     | off               | disarmed |
 //!
 //! Cost to a healthy region: no added latency (Valkey checks a counter it keeps anyway). A replica
@@ -69,6 +70,10 @@ impl WriteQuorum {
     }
 }
 
+/// A replica outside the writer's region counts toward its fence while it heard from the writer
+/// this recently (`master_last_io_seconds_ago`).
+pub const HEARD_WITHIN_S: u64 = 1;
+
 /// The quorum the writer should have now, from one round of observations. `max_lag_s` 0 disables
 /// the self-fence.
 pub fn desired(
@@ -97,7 +102,12 @@ pub fn desired(
         }
         if topology.node(o.node).region == writer_region {
             inside += 1;
-        } else {
+        } else if info.master_last_io_s.is_some_and(|s| s <= HEARD_WITHIN_S) {
+            // Outside the region, a replica counts only while it still hears from the writer:
+            // the quorum is lowered before the writer's own count of it drops (its lag limit),
+            // so a cut of the region link alone never stops writes for long. This needs
+            // `repl-ping-replica-period` ≤ 1 s; with Valkey's default (10 s) an idle writer's
+            // fence stays disarmed (no automatic failover away from it when it is unreachable).
             outside += 1;
         }
     }
@@ -142,6 +152,7 @@ mod tests {
                 }
             })
         };
+        let silent = |o| with(o, |i| i.master_last_io_s = Some(2));
         let link_down = |o| {
             with(o, |i| {
                 if let Role::Replica { link_up, .. } = &mut i.role {
@@ -161,6 +172,10 @@ mod tests {
              vec![primary(0), replica_of(1, 0, 9), syncing(replica_of(2, 0, 9)), replica_of(3, 2, 9)], 2, WriteQuorum::OFF),
             ("the remote head's link down: disarmed",
              vec![primary(0), replica_of(1, 0, 9), link_down(replica_of(2, 0, 9)), replica_of(3, 2, 9)], 2, WriteQuorum::OFF),
+            ("the remote head's link up but silent for 2 s (cut, not yet timed out): disarmed before the writer's own limit",
+             vec![primary(0), replica_of(1, 0, 9), silent(replica_of(2, 0, 9)), replica_of(3, 2, 9)], 2, WriteQuorum::OFF),
+            ("a silent replica inside the region still counts (the quorum may only be too high there)",
+             vec![primary(0), silent(replica_of(1, 0, 9)), replica_of(2, 0, 9), replica_of(3, 2, 9)], 2, armed(2)),
             ("a chained replica is not the writer's: it does not count",
              vec![primary(0), replica_of(1, 0, 9), down(2), replica_of(3, 1, 9)], 2, WriteQuorum::OFF),
             ("disabled in the config",
