@@ -401,6 +401,10 @@ impl<'a> Lab<'a> {
                 tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
                 self.restart(head)?;
             }
+            Fault::RegionLinkCut { for_ms } => {
+                self.partition_for(crate::link::LINK.to_string(), *for_ms)
+                    .await?;
+            }
             Fault::SwitchoverThenCut { gap_ms, for_ms } => {
                 let region = self.other_region(writer);
                 self.promote(region.clone()).await?;

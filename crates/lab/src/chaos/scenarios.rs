@@ -62,6 +62,9 @@ pub enum Fault {
     /// restart it empty after `restart_after_ms`: what the writer's self-fence costs a healthy
     /// writer (no failover may happen; the writers' longest gap shows any refusal).
     RemoteHeadKilled { restart_after_ms: u64 },
+    /// Cut only the link between the regions for `for_ms` (every controller still reaches both):
+    /// the writer is not the one cut off and must keep taking writes.
+    RegionLinkCut { for_ms: u64 },
     /// Highly available shape: a switchover into the other region, and `gap_ms` after it returns
     /// that region (the new writer's) cut off for `for_ms`, before its controller may have read
     /// the new epoch.
@@ -89,6 +92,7 @@ impl Fault {
             | Fault::RegionControllerDownAndCut { .. }
             | Fault::SwitchoverThenCut { .. }
             | Fault::RemoteHeadKilled { .. }
+            | Fault::RegionLinkCut { .. }
             | Fault::ControllerCrash { .. }
             | Fault::ControllerStall { .. }
             | Fault::StateDamaged { .. } => 0,
@@ -276,6 +280,15 @@ pub fn scenarios() -> Vec<Scenario> {
                 Fault::RemoteHeadKilled {
                     restart_after_ms: 8000,
                 },
+                14,
+            )
+        };
+        all.push(if shape { ha(scenario) } else { scenario });
+        let scenario = Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "the link between the regions cut 8 s (both regions alive)",
+                Fault::RegionLinkCut { for_ms: 8000 },
                 14,
             )
         };
