@@ -296,23 +296,31 @@ impl Controller {
         }
     }
 
-    /// PINGs the nodes of the writer's region every `every` and returns as soon as one fails, so
-    /// that failure detection starts at once instead of at the next pass, for all of them alike.
+    /// PINGs every node every `every` and returns as soon as one fails, so that failure detection
+    /// starts at once instead of at the next pass, for all of them alike — and so that a replica
+    /// outside the writer's region that goes away lowers the writer's quorum within a probe
+    /// interval (the writer refuses writes from the moment it disconnects).
     async fn watch_writer(&self, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
-            let Some(epoch) = self.epoch() else { continue };
-            let region = self.topology.region_of(epoch.primary);
+            if self.epoch().is_none() {
+                continue;
+            }
             let sent = std::time::Instant::now();
-            let pings = region.nodes.iter().map(|n| async move {
-                (
-                    *n,
-                    self.engine
-                        .ping(&self.topology.node(*n).control_endpoint)
-                        .await
-                        .is_ok(),
-                )
-            });
+            let pings = self
+                .topology
+                .nodes
+                .iter()
+                .map(|n| n.id)
+                .map(|n| async move {
+                    (
+                        n,
+                        self.engine
+                            .ping(&self.topology.node(n).control_endpoint)
+                            .await
+                            .is_ok(),
+                    )
+                });
             let failed: Vec<NodeId> = futures::future::join_all(pings)
                 .await
                 .into_iter()
