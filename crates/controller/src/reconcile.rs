@@ -39,6 +39,8 @@ pub struct Memory {
     settings_checked: std::collections::BTreeSet<NodeId>,
     /// The write quorum set on the writer (its self-fence).
     pub(crate) write_quorum: Option<crate::self_fence::AppliedQuorum>,
+    /// A higher write quorum wanted since then, not set yet.
+    pub(crate) raise_seen: Option<(valkey_dr_core::self_fence::WriteQuorum, std::time::Instant)>,
     started: bool,
 }
 

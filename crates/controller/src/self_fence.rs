@@ -22,6 +22,10 @@ pub(crate) struct AppliedQuorum {
     in_force: bool,
 }
 
+/// How long a higher quorum must be wanted before it is set: longer than a replica's interval
+/// between acknowledgements (1 s).
+const RAISE_AFTER: std::time::Duration = std::time::Duration::from_millis(1500);
+
 impl Controller {
     /// Sets the writer's write quorum when what its replicas allow has changed (or the writer
     /// restarted). Lowering is what keeps writes going when a replica outside the region goes;
@@ -46,8 +50,30 @@ impl Controller {
                     && a.in_force
             });
             if unchanged {
+                memory.raise_seen = None;
                 return;
             }
+            // A raise waits until it was wanted for a while: a replica that has just finished a
+            // full sync reports its link up before the writer has its first acknowledgement, and a
+            // quorum counting it at once makes the writer refuse writes for that moment.
+            let applied = memory
+                .write_quorum
+                .as_ref()
+                .filter(|a| a.writer == writer && a.replication_id == info.replication_id)
+                .map_or(0, |a| a.quorum.replicas);
+            if desired.replicas > applied {
+                let since = match memory.raise_seen {
+                    Some((wanted, since)) if wanted == desired => since,
+                    _ => {
+                        memory.raise_seen = Some((desired, Instant::now()));
+                        return;
+                    }
+                };
+                if since.elapsed() < RAISE_AFTER {
+                    return;
+                }
+            }
+            memory.raise_seen = None;
             memory.write_quorum.take()
         };
         // The durable record is what a verdict trusts, here or at the next leader: a quorum that

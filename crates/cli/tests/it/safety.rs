@@ -18,12 +18,25 @@ fn epoch_is(n: u64) -> impl Fn(&serde_json::Value) -> bool {
 async fn write_and_replicate(lab: &TestLab, ip: &str, prefix: &str, count: u64) {
     let mut conn = lab.connection(ip).await;
     for i in 0..count {
-        let _: () = redis::cmd("SET")
-            .arg(format!("{prefix}:{i}"))
-            .arg(i)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        // A replica that finished a full sync a moment ago counts toward the writer's quorum for
+        // the controller before the writer has its first acknowledgement: the writer may refuse
+        // (-NOREPLICAS) for up to about a second. Nothing is lost; the client retries.
+        let refused_until = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let write = redis::cmd("SET")
+                .arg(format!("{prefix}:{i}"))
+                .arg(i)
+                .query_async::<()>(&mut conn)
+                .await;
+            match write {
+                Ok(()) => break,
+                Err(e) if e.to_string().contains("NOREPLICAS") => {
+                    assert!(std::time::Instant::now() < refused_until, "{e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
     let last = format!("{prefix}:{}", count - 1);
     for region in 0..2 {
