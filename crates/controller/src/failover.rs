@@ -7,8 +7,8 @@ use valkey_dr_core::observation::info_of;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use valkey_dr_core::analysis::{Finding, analyze};
-use valkey_dr_core::failover::{self, Decision, Policy, WaitReason, WriterState};
+use valkey_dr_core::analysis::analyze;
+use valkey_dr_core::failover::{self, Decision, WaitReason, WriterState};
 use valkey_dr_core::observation::History;
 use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{EpochRecord, NodeId, NodeObservation};
@@ -110,7 +110,7 @@ impl Health {
     }
 
     /// True the first time a node is seen down (to report it once).
-    fn newly_down(&mut self, node: NodeId) -> bool {
+    pub(crate) fn newly_down(&mut self, node: NodeId) -> bool {
         self.reported_down.insert(node)
     }
 }
@@ -165,20 +165,6 @@ pub struct Demotion {
 }
 
 impl Controller {
-    fn policy(&self) -> Policy {
-        let blocked = self
-            .state
-            .get()
-            .and_then(|s| s.failovers_blocked_until_ms)
-            .is_some_and(|until| crate::events::now_ms() < until);
-        Policy {
-            in_region: self.config.controller.in_region_failover,
-            cross_region: self.config.controller.cross_region_failover,
-            blocked,
-            max_data_at_risk_bytes: self.config.controller.max_data_at_risk_bytes,
-        }
-    }
-
     /// The writer's replication history as last seen: this run's memory, else `state.json`.
     pub(crate) fn lineage(&self, epoch: &EpochRecord) -> Option<History> {
         let memory = self.memory.lock().expect("memory lock");
@@ -232,217 +218,8 @@ impl Controller {
         self.events.emit("fenced", &detail);
     }
 
-    /// Updates failure detection and, when a failover is due, carries it out. Returns the epoch in
-    /// force afterwards and whether anything changed on the nodes.
-    pub(crate) async fn detect_and_fail_over(
-        &self,
-        observations: &[NodeObservation],
-        epoch: Option<EpochRecord>,
-        probed_at: Instant,
-    ) -> (Option<EpochRecord>, bool) {
-        let now = Instant::now();
-        let down_after = Duration::from_millis(self.config.controller.down_after_ms);
-        let down = {
-            let mut health = self.health.lock().expect("health lock");
-            let down = health.update(observations, probed_at, now, down_after);
-            for node in &down {
-                if health.newly_down(*node) {
-                    self.events.emit(
-                        "node_down",
-                        json!({ "node": self.topology.node_name(*node), "failing_ms": health.failing_for(*node, now).map(|d| d.as_millis() as u64) }),
-                    );
-                }
-            }
-            down
-        };
-        let Some(epoch) = epoch else {
-            return (None, false);
-        };
-        let lineage = self.lineage(&epoch);
-        let writer_state = failover::writer_state(observations, epoch.primary, lineage.as_ref());
-        if writer_state == WriterState::Lost {
-            self.report_lost_writer(observations, &epoch, lineage.as_ref());
-        }
-        let decision = failover::decide(
-            &self.topology,
-            observations,
-            &epoch,
-            &down,
-            lineage.as_ref(),
-            &self.policy(),
-        );
-        self.note_decision(&decision);
-        let (target, kind) = match decision {
-            Decision::InRegion { target } => (target, "in_region"),
-            Decision::CrossRegion { target } => (target, "cross_region"),
-            Decision::HistoryLost => {
-                // Every node answered and none holds the history: the loss has happened. Say so
-                // and go on from what the writer has now, rather than leave the name without a
-                // writer.
-                self.accept_loss(observations, &epoch).await;
-                return (Some(epoch), false);
-            }
-            _ if writer_state == WriterState::Lost => {
-                // No failover now (waiting for a node, an operator, or a block): the writer back
-                // empty must neither take writes nor feed its emptiness to its replicas.
-                let changed = self
-                    .hold_lost_writer(observations, &epoch, lineage.as_ref())
-                    .await;
-                return (Some(epoch), changed);
-            }
-            _ => return (Some(epoch), false),
-        };
-        // Confirmation: a writer that answers a fresh probe now is not down, whatever the
-        // earlier rounds said (they may have timed out while the controller stalled). A live
-        // node answers within a probe interval; an isolated one must not delay the failover by
-        // a whole connect timeout.
-        let confirm_within = Duration::from_millis(self.config.controller.probe_interval_ms);
-        let confirmed_alive = async {
-            tokio::time::timeout(
-                confirm_within,
-                self.engine
-                    .ping(&self.topology.node(epoch.primary).control_endpoint),
-            )
-            .await
-            .is_ok_and(|reply| reply.is_ok())
-        };
-        if writer_state == WriterState::Unreachable && confirmed_alive.await {
-            self.health
-                .lock()
-                .expect("health lock")
-                .forget(epoch.primary);
-            self.events.emit(
-                "failover_cancelled",
-                json!({ "node": self.topology.node_name(epoch.primary), "reason": "the writer answered the confirmation probe" }),
-            );
-            return (Some(epoch), false);
-        }
-        // The writer leaves its region from an unreachable writer only once it surely refuses
-        // writes itself (its self-fence), whoever is alive in its region; and in the highly
-        // available shape, on a majority's view and once that region's controller let go.
-        if kind == "cross_region" && writer_state == WriterState::Unreachable {
-            let withheld = match self.self_fence_withheld(epoch.primary, now) {
-                Some(reason) => Some(reason),
-                None => self.cross_region_withheld(epoch.primary).await,
-            };
-            if let Some(reason) = withheld {
-                self.note_withheld(reason);
-                return (Some(epoch), false);
-            }
-        }
-        let detection = self
-            .health
-            .lock()
-            .expect("health lock")
-            .failing_for(epoch.primary, now);
-        // The anti-flapping block goes to state.json in the same write as the new epoch.
-        let block = crate::events::now_ms() + self.config.controller.failover_block_ms;
-        match self
-            .fail_over(epoch, target, kind, observations, detection, Some(block))
-            .await
-        {
-            Ok((new_epoch, _)) => (Some(new_epoch), true),
-            Err(_) => (Some(epoch), false),
-        }
-    }
-
-    /// Reports a writer whose data does not continue its history (once per history it shows).
-    fn report_lost_writer(
-        &self,
-        observations: &[NodeObservation],
-        epoch: &EpochRecord,
-        before: Option<&History>,
-    ) {
-        let (Some(before), Some(now)) = (before, info_of(observations, epoch.primary)) else {
-            return;
-        };
-        let mut memory = self.memory.lock().expect("memory lock");
-        if memory.reported_lost.as_ref() == Some(&now.replication_id) {
-            return;
-        }
-        memory.reported_lost = Some(now.replication_id.clone());
-        let detail = json!({
-            "node": self.topology.node_name(epoch.primary),
-            "role": if now.is_primary() { "primary" } else { "replica" },
-            "replication_id_before": before.replication_id,
-            "offset_before": before.offset,
-            "replication_id": now.replication_id,
-            "offset": now.offset,
-        });
-        self.events.emit("writer_restarted_empty", &detail);
-    }
-
-    /// A writer back empty as a master while no failover can happen yet: it follows the node that
-    /// holds the most of its history (its replicas then wait on it instead of copying nothing),
-    /// or, with no such node in sight, its writes stay paused. Returns true when it changed a node.
-    async fn hold_lost_writer(
-        &self,
-        observations: &[NodeObservation],
-        epoch: &EpochRecord,
-        lineage: Option<&History>,
-    ) -> bool {
-        if !info_of(observations, epoch.primary).is_some_and(|i| i.is_primary()) {
-            return false;
-        }
-        let endpoint = &self.topology.node(epoch.primary).control_endpoint;
-        let hold = Duration::from_millis(self.config.controller.catchup_timeout_ms)
-            + Duration::from_secs(10);
-        let _ = self.engine.pause_writes(endpoint, hold).await;
-        let Some(holder) =
-            lineage.and_then(|l| failover::best_holder(observations, epoch.primary, l))
-        else {
-            return false;
-        };
-        let demotion = self.demote(epoch.primary, holder, true).await;
-        self.events.emit(
-            "lost_writer_held",
-            json!({
-                "node": demotion.node,
-                "now_follows": demotion.now_follows,
-                "demoted": demotion.demoted,
-                "reason": "the writer came back without its data while no failover can happen yet; it follows the node holding the history so that no replica copies the empty data",
-            }),
-        );
-        demotion.demoted
-    }
-
-    /// The writer lost its history and no node holds it any more: record the loss (status shows
-    /// it until `ack`) and take the writer's current history as the lineage from now on. A writer
-    /// that came back as a replica is promoted: nobody else can serve.
-    async fn accept_loss(&self, observations: &[NodeObservation], epoch: &EpochRecord) {
-        let Some(now) = info_of(observations, epoch.primary) else {
-            return;
-        };
-        let before = self.lineage(epoch);
-        let lost = json!({
-            "node": self.topology.node_name(epoch.primary),
-            "offset_before": before.as_ref().map(|b| b.offset),
-            "offset": now.offset,
-            "lost_bytes_at_least": before.as_ref().map(|b| b.offset.saturating_sub(now.offset)),
-            "reason": "the writer came back without its data and no other node holds it",
-        });
-        self.events.emit("data_loss_suspected", &lost);
-        let history = now.history();
-        self.memory.lock().expect("memory lock").last_writer =
-            Some((epoch.primary, history.clone()));
-        // The new lineage and the loss in one durable write: status shows the loss on every site
-        // and after any restart, until `ack`.
-        if let Err(e) = self
-            .state
-            .update(|s| {
-                let mut next = s.cloned()?;
-                next.writer_history = Some(history);
-                next.data_loss = Some(lost);
-                Some(next)
-            })
-            .await
-        {
-            self.state_write_failed(&e);
-        }
-    }
-
     /// Reports a failover held back by the sites' views (once per reason).
-    fn note_withheld(&self, reason: String) {
+    pub(crate) fn note_withheld(&self, reason: String) {
         let mut memory = self.memory.lock().expect("memory lock");
         if memory.withheld != reason {
             self.events
@@ -451,7 +228,7 @@ impl Controller {
         }
     }
 
-    fn note_decision(&self, decision: &Decision) {
+    pub(crate) fn note_decision(&self, decision: &Decision) {
         let text = match decision {
             Decision::None => String::new(),
             Decision::WaitForOperator {
@@ -510,6 +287,7 @@ impl Controller {
         if *decision == Decision::None {
             // Nothing is due: no reason to withhold anything either.
             memory.withheld.clear();
+            memory.region_release_since = None;
         }
         if memory.decision != text {
             if !text.is_empty() {
@@ -618,7 +396,7 @@ impl Controller {
             json!({ "node": report.new_primary, "epoch": new_epoch.epoch }),
         );
         self.memory.lock().expect("memory lock").pending_failover =
-            Some(crate::reconcile::PendingFailover {
+            Some(crate::pass::PendingFailover {
                 kind: report.kind.clone(),
                 epoch: new_epoch.epoch,
                 new_primary: report.new_primary.clone(),
@@ -843,34 +621,6 @@ impl Controller {
             json!({ "was_blocked": was_blocked }),
         );
         Ok(was_blocked)
-    }
-
-    /// Fences rogue masters (any master that is not the epoch's writer): demoted under the writer,
-    /// role persisted, clients closed. Never promotes: a writer that is not a master is the
-    /// failover decision's business, which checks its history first. Returns true when it changed
-    /// a node.
-    pub(crate) async fn enforce_epoch(
-        &self,
-        observations: &[NodeObservation],
-        epoch: EpochRecord,
-    ) -> bool {
-        let analysis = analyze(&self.topology, observations, Some(&epoch));
-        if analysis.active_primary.is_none() {
-            return false;
-        }
-        let mut changed = false;
-        for finding in &analysis.findings {
-            let Finding::RogueMaster { node } = finding else {
-                continue;
-            };
-            let Some((_, source)) = analysis.sources.iter().find(|(n, _)| n == node) else {
-                continue;
-            };
-            let demotion = self.demote(*node, *source, true).await;
-            self.report_fenced(&demotion, epoch.epoch);
-            changed = true;
-        }
-        changed
     }
 }
 

@@ -12,8 +12,8 @@ pub mod failover;
 pub mod ha;
 pub mod http;
 pub mod metrics;
+pub mod pass;
 pub mod promotion;
-pub mod reconcile;
 pub mod security;
 mod self_fence;
 pub mod state;
@@ -34,8 +34,8 @@ use valkey_dr_dns::embedded::{DnsServer, Zone};
 use valkey_dr_valkey::{Timeouts, ValkeyEngine};
 
 pub use events::EventSink;
+pub use pass::{PassError, PassOutcome};
 pub use promotion::{PromoteError, PromotionReport};
-pub use reconcile::{PassError, PassOutcome};
 pub use status::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ pub struct Controller {
     pub(crate) state: state::StateStore,
     /// Held by every pass and every promotion: they never interleave.
     pub(crate) topology_lock: tokio::sync::Mutex<()>,
-    pub(crate) memory: std::sync::Mutex<reconcile::Memory>,
+    pub(crate) memory: std::sync::Mutex<pass::Memory>,
     pub(crate) health: std::sync::Mutex<failover::Health>,
     /// Wakes the reconcile loop for a pass now (a new leader acts at once).
     pub(crate) wake: tokio::sync::Notify,
@@ -173,7 +173,7 @@ impl Controller {
             dns,
             state,
             topology_lock: tokio::sync::Mutex::new(()),
-            memory: std::sync::Mutex::new(reconcile::Memory::default()),
+            memory: std::sync::Mutex::new(pass::Memory::default()),
             health: std::sync::Mutex::new(failover::Health::default()),
             wake: tokio::sync::Notify::new(),
             fault: std::env::var("VALKEY_DR_FAULT").ok(),
@@ -367,8 +367,20 @@ impl Controller {
         let probe_interval =
             Duration::from_millis(self.config.controller.probe_interval_ms).min(interval);
         let mut failures = 0u32;
+        let mut quick = false;
         loop {
-            let delay = match self.reconcile_once().await {
+            let outcome = self.reconcile(quick).await;
+            quick = false;
+            let delay = match outcome {
+                // The pass waits for something time removes: call it again that soon.
+                Ok(PassOutcome {
+                    retry_after: Some(after),
+                    ..
+                }) => {
+                    failures = 0;
+                    quick = true;
+                    after
+                }
                 // While a node is failing, probe faster so that `down_after` is measured finely.
                 Ok(_) if self.health.lock().expect("health lock").any_failing() => {
                     failures = 0;
@@ -380,7 +392,7 @@ impl Controller {
                 }
                 Err(error) => {
                     failures += 1;
-                    let delay = reconcile::error_policy(interval, failures);
+                    let delay = pass::error_policy(interval, failures);
                     self.events.emit(
                         "reconcile_failed",
                         serde_json::json!({ "error": error.to_string(), "attempt": failures, "retry_in_ms": delay.as_millis() as u64 }),

@@ -153,39 +153,4 @@ impl Controller {
         }
         result.map(|_| ())
     }
-
-    /// Why an unreachable writer may not be replaced from another region yet, if it may not: its
-    /// self-fence was not armed when last seen (an operator decides), or has not surely taken hold.
-    /// `None` when the self-fence is off in the config: then nothing is known about the writer,
-    /// and the highly available shape's region guard is the only fence.
-    pub(crate) fn self_fence_withheld(&self, writer: NodeId, now: Instant) -> Option<String> {
-        if self.config.controller.writer_quorum_max_lag_s == 0 {
-            return None;
-        }
-        // What the state records: this controller's own setting, or the last leader's.
-        let recorded = self
-            .state
-            .get()
-            .filter(|s| s.epoch.primary == writer)
-            .and_then(|s| s.writer_quorum);
-        let name = self.topology.node_name(writer);
-        let Some(quorum) = recorded.filter(|q| q.armed()) else {
-            return Some(format!(
-                "the writer {name} cannot be reached and is not known to refuse writes: its self-fence (min-replicas-to-write) was not armed when last seen (no healthy replica outside its region); if it is really gone, run `valkey-dr failover <region> --force`"
-            ));
-        };
-        let failing = self
-            .health
-            .lock()
-            .expect("health lock")
-            .failing_for(writer, now)
-            .unwrap_or_default();
-        let certain = quorum.certain_after();
-        (failing < certain).then(|| {
-            format!(
-                "waiting until the unreachable writer {name} surely refuses writes: its self-fence takes hold {} s after its last contact",
-                certain.as_secs()
-            )
-        })
-    }
 }

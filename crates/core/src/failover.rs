@@ -353,8 +353,8 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::tests::{down as unreachable, lab, primary, replica_of};
     use crate::observation::ReplicationInfo;
+    use crate::testing::{down as unreachable, lab, primary, replica_of};
 
     const EPOCH: EpochRecord = EpochRecord {
         epoch: 1,
@@ -449,7 +449,7 @@ mod tests {
         let cases: Vec<Case> = vec![
             (
                 "writer up",
-                crate::analysis::tests::healthy(),
+                crate::testing::healthy(),
                 set(&[]),
                 auto,
                 Decision::None,

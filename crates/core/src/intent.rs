@@ -73,7 +73,7 @@ pub fn resolve(pending: &Pending, observations: &[NodeObservation]) -> Resolutio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::tests::{down, primary, replica_of};
+    use crate::testing::{down, primary, replica_of};
 
     fn at(mut o: NodeObservation, offset: u64) -> NodeObservation {
         if let Ok(info) = &mut o.state {

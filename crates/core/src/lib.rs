@@ -15,6 +15,8 @@ pub mod ownership;
 pub mod plan;
 pub mod records;
 pub mod self_fence;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod topology;
 
 pub use analysis::{Analysis, EpochRecord, Finding};

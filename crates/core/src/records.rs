@@ -201,7 +201,7 @@ pub fn desired(
 mod tests {
     use super::*;
     use crate::analysis::analyze;
-    use crate::analysis::tests::{LAB, down, healthy, lab, primary, replica_of};
+    use crate::testing::{LAB, down, healthy, lab, primary, replica_of};
 
     fn names() -> ManagedNames {
         ManagedNames::from_config(&Config::parse(LAB).unwrap())

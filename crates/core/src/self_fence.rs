@@ -123,8 +123,8 @@ pub fn desired(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::tests::{down, lab, primary, replica_of};
     use crate::observation::ReplicationInfo;
+    use crate::testing::{down, lab, primary, replica_of};
 
     fn with(mut o: NodeObservation, f: impl FnOnce(&mut ReplicationInfo)) -> NodeObservation {
         if let Ok(info) = &mut o.state {

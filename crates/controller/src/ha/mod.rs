@@ -35,7 +35,7 @@ use verdict::view_due;
 pub use verdict::{GuardView, VIEW_MAX_AGE_MS, View, Withheld, cross_region_verdict, guard_target};
 
 /// How often a controller that does not lead looks at the leader key.
-const FOLLOWER_TICK: Duration = Duration::from_millis(100);
+pub(crate) const FOLLOWER_TICK: Duration = Duration::from_millis(100);
 
 /// This controller's part in the highly available shape.
 pub struct Ha {
@@ -523,6 +523,7 @@ impl Controller {
             epoch,
             applied: 0,
             conflicts: Vec::new(),
+            retry_after: None,
         })
     }
 
@@ -550,28 +551,12 @@ impl Controller {
         });
     }
 
-    /// Whether the leader may move the writer out of its region now; `None` in the
-    /// single-process shape (nothing to ask).
-    pub(crate) async fn cross_region_withheld(&self, writer: NodeId) -> Option<String> {
-        let ha = self.ha()?;
-        // The writer's region still holding its lease is the one obstacle that time removes by
-        // itself: wait for it here, at most a TTL, rather than a whole pass later.
-        let waiting_since = Instant::now();
-        loop {
-            match self.cross_region_verdict_now(ha, writer).await {
-                Err(Withheld::RegionStillPresent { .. })
-                    if waiting_since.elapsed() < ha.coord.ttl() && ha.leader.is_leader() =>
-                {
-                    tokio::time::sleep(FOLLOWER_TICK).await;
-                }
-                Err(withheld) => return Some(withheld.to_string()),
-                Ok(()) => return None,
-            }
-        }
-    }
-
     /// Reads the sites present and their views from etcd and decides.
-    async fn cross_region_verdict_now(&self, ha: &Ha, writer: NodeId) -> Result<(), Withheld> {
+    pub(crate) async fn cross_region_verdict_now(
+        &self,
+        ha: &Ha,
+        writer: NodeId,
+    ) -> Result<(), Withheld> {
         let Some(epoch) = self.epoch() else {
             return Ok(());
         };

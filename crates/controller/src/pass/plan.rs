@@ -1,0 +1,1000 @@
+//! The decisions of one pass as one pure function: [`plan_actions`] turns what the pass saw (a
+//! [`Snapshot`]) into a [`Plan`], an ordered list of [`Action`]s that the executor
+//! (`pass/execute.rs`) carries out in order. Every rule of the controller's acting half is here,
+//! checked in the order of this table (the tests below have a row per line):
+//!
+//! | situation                                                        | action                         |
+//! |------------------------------------------------------------------|--------------------------------|
+//! | one controller: a node's epoch mark is newer than the state      | `RecoverEpoch`                 |
+//! | no epoch recorded                                                | `AdoptEpoch` / `BootstrapBlocked` |
+//! | a promotion intent is recorded                                   | `ResolveIntent`, and no failover or fence until it is settled |
+//! | the writer lost its data, every node answered, none holds it     | `AcceptLoss`                   |
+//! | the writer lost its data and no failover can happen now          | `HoldLostWriter`               |
+//! | a failover is due from a silent writer to another region, and its self-fence is not certain | `Withhold` |
+//! | a failover is due                                                | `FailOver` (with the checks it must pass right before acting) |
+//! | a master that is not the epoch's writer                          | `FenceRogues`                  |
+//! | a writer serves                                                  | `RememberWriter`, `LiftStalePause` (first pass), `Heartbeat`, `KeepWriteQuorum`, `Repoint` |
+//! | the records differ from what the nodes say                       | `ApplyDns`                     |
+//!
+//! Actions that change the nodes or the state ([`Action::looks_again`]) end the plan when they
+//! did something: the pass then looks at the nodes again and plans anew, so DNS is only ever
+//! computed from what the nodes say after the last change. A plan is written as if each of them
+//! did nothing, which is what the rest of the list is for.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Serialize;
+use valkey_dr_core::analysis::{self, Finding, analyze};
+use valkey_dr_core::config::FailoverPolicy;
+use valkey_dr_core::failover::{self, Decision, Policy, WriterState};
+use valkey_dr_core::intent::{self, Resolution};
+use valkey_dr_core::observation::{EpochMark, History, info_of};
+use valkey_dr_core::records::ManagedNames;
+use valkey_dr_core::{
+    Analysis, Change, EpochRecord, NodeId, NodeObservation, Ownership, RecordSet, RecordType,
+    RegionId, Topology, plan as dns_plan, records,
+};
+
+use crate::state::{Intent, State};
+
+/// How many times one pass looks at the nodes: the first look, then one after each change (an
+/// epoch adopted, an intent settled, a failover, a fence). The last look only settles (DNS and
+/// upkeep), so a node that keeps refusing to change cannot hold a pass forever.
+pub const MAX_LOOKS: u8 = 5;
+
+/// Everything one look of a pass saw, taken before deciding anything.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// 1 for the pass's first look, then one more after each change.
+    pub look: u8,
+    pub observations: Vec<NodeObservation>,
+    /// The durable state as read now (epoch, intent, lineage, block, self-fence, data loss).
+    pub state: Option<State>,
+    /// The writer and its history as this run last saw it: it moves only forward along the
+    /// writer's history, so that a writer back without its data is not taken as the lineage.
+    pub remembered_writer: Option<(NodeId, History)>,
+    /// The managed records as the DNS backend holds them.
+    pub records: Vec<RecordSet>,
+    /// Nodes down by failure detection (failed rounds spanning `down_after`).
+    pub down: BTreeSet<NodeId>,
+    /// How long the epoch's writer has been failing probes, if it is.
+    pub writer_failing_for: Option<Duration>,
+    /// Wall clock (failover blocks are wall-clock deadlines in the state).
+    pub now_ms: u64,
+    /// No pass of this run has seen a writer yet.
+    pub first_pass: bool,
+}
+
+impl Snapshot {
+    pub fn epoch(&self) -> Option<EpochRecord> {
+        self.state.as_ref().map(|s| s.epoch)
+    }
+
+    /// The writer's replication history as last seen: this run's memory, else the state's.
+    pub fn lineage(&self, epoch: &EpochRecord) -> Option<History> {
+        match &self.remembered_writer {
+            Some((node, history)) if *node == epoch.primary => Some(history.clone()),
+            _ => self.state.as_ref().and_then(|s| s.writer_history.clone()),
+        }
+    }
+}
+
+/// The configured rules a plan follows, and what it needs to name things.
+pub struct Rules<'a> {
+    pub topology: &'a Topology,
+    pub names: &'a ManagedNames,
+    pub in_region_failover: bool,
+    pub cross_region_failover: FailoverPolicy,
+    pub max_data_at_risk_bytes: u64,
+    /// The writer's self-fence (`min-replicas-to-write`) lag; 0 = off.
+    pub writer_quorum_max_lag_s: u32,
+    /// etcd holds the state (the highly available shape): marks on the nodes never outrank it,
+    /// and a writer leaves its region only on a majority of the sites' views.
+    pub coordinated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverKind {
+    InRegion,
+    CrossRegion,
+}
+
+impl FailoverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverKind::InRegion => "in_region",
+            FailoverKind::CrossRegion => "cross_region",
+        }
+    }
+}
+
+/// What must still hold right before a failover acts: checked by the executor on fresh reads,
+/// because the snapshot is already some milliseconds old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverChecks {
+    /// The writer must not answer a fresh probe (earlier rounds may have timed out while the
+    /// controller stalled).
+    pub writer_still_silent: bool,
+    /// A majority of the sites must see the writer down, and its region's controller must have
+    /// let go (the highly available shape, leaving the writer's region).
+    pub majority_of_sites: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// The nodes carry a newer epoch mark than the state (a reverted, truncated or lost state
+    /// file): take the epoch and writer from the mark.
+    RecoverEpoch {
+        record: EpochRecord,
+        mark: EpochMark,
+        history: Option<History>,
+        recorded_epoch: Option<u64>,
+    },
+    /// No epoch recorded: adopt the writer found in `region`.
+    AdoptEpoch {
+        record: EpochRecord,
+        region: RegionId,
+        history: Option<History>,
+        /// The region and epoch came from our ownership record in DNS, not the config.
+        from_dns: bool,
+    },
+    BootstrapBlocked {
+        region: RegionId,
+        problem: String,
+    },
+    /// Settle an interrupted promotion ([`valkey_dr_core::intent`]).
+    ResolveIntent {
+        intent: Intent,
+        resolution: Resolution,
+        source_answers: bool,
+        target_is_master: bool,
+    },
+    /// Report (once) that the writer no longer continues its history.
+    ReportLostWriter {
+        writer: NodeId,
+        before: History,
+    },
+    /// Every node answered and none holds the history: record the loss and go on from what the
+    /// writer has now.
+    AcceptLoss {
+        writer: NodeId,
+        before: Option<History>,
+        now: History,
+    },
+    /// The writer is back empty as a master and no failover can happen yet: pause it, and make it
+    /// follow the node holding the most of its history (if one is in sight).
+    HoldLostWriter {
+        writer: NodeId,
+        holder: Option<NodeId>,
+    },
+    /// A failover is due but may not happen yet, for this reason.
+    Withhold {
+        reason: String,
+    },
+    FailOver {
+        from: EpochRecord,
+        target: NodeId,
+        kind: FailoverKind,
+        checks: FailoverChecks,
+    },
+    /// Demote every master that is not the epoch's writer under its expected source.
+    FenceRogues {
+        epoch: u64,
+        rogues: Vec<(NodeId, NodeId)>,
+    },
+    /// Remember the writer's history; `durable` when its replication id is new (promotions and
+    /// restarts), so that the lineage survives a restart of the controller.
+    RememberWriter {
+        writer: NodeId,
+        history: History,
+        durable: bool,
+    },
+    /// First pass of a run: lift a write pause a controller that died mid-switchover left behind.
+    LiftStalePause {
+        writer: NodeId,
+    },
+    /// Warn about sync settings that let replicas copy an empty restarted writer.
+    CheckSyncSettings,
+    Heartbeat {
+        writer: NodeId,
+        mark: EpochMark,
+    },
+    /// Keep the writer's self-fence in step with its replicas.
+    KeepWriteQuorum {
+        writer: NodeId,
+    },
+    /// A replica follows the wrong node: point it at `source`.
+    Repoint {
+        node: NodeId,
+        source: NodeId,
+    },
+    ApplyDns {
+        changes: Vec<Change>,
+    },
+}
+
+impl Action {
+    /// Whether the pass looks at the nodes again (and plans anew) after this action changed
+    /// something.
+    pub fn looks_again(&self) -> bool {
+        matches!(
+            self,
+            Action::RecoverEpoch { .. }
+                | Action::AdoptEpoch { .. }
+                | Action::ResolveIntent { .. }
+                | Action::AcceptLoss { .. }
+                | Action::HoldLostWriter { .. }
+                | Action::FailOver { .. }
+                | Action::FenceRogues { .. }
+        )
+    }
+}
+
+/// One look's decisions, and what they were made from (for reports and the pass's outcome).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// The epoch in force while planning (before any action of this plan).
+    pub epoch: Option<EpochRecord>,
+    pub analysis: Analysis,
+    /// The failover decision, when there is a writer to decide about.
+    pub decision: Option<Decision>,
+    /// Names we want to change but may not (not ours).
+    pub conflicts: Vec<(String, String)>,
+}
+
+/// Decides everything one look of a pass does. Pure.
+pub fn plan_actions(snapshot: &Snapshot, rules: &Rules) -> Plan {
+    let topology = rules.topology;
+    let observations = &snapshot.observations;
+    let epoch = snapshot.epoch();
+    let mut actions = Vec::new();
+    let mut decision = None;
+    if snapshot.look < MAX_LOOKS {
+        if !rules.coordinated
+            && let Some(recover) = recover_epoch(snapshot, topology, epoch)
+        {
+            actions.push(recover);
+        }
+        if epoch.is_none() {
+            actions.push(adopt_epoch(snapshot, rules));
+        }
+        // An interrupted promotion is settled before anything else acts on the nodes; while it
+        // cannot be, nothing else does (a failover now would promote in the same epoch).
+        let intent = snapshot.state.as_ref().and_then(|s| s.intent.clone());
+        let settled = intent.is_none();
+        if let Some(intent) = intent {
+            actions.push(resolve_intent(observations, intent));
+        }
+        if let Some(e) = epoch.filter(|_| settled) {
+            let d = failover_actions(snapshot, rules, e, &mut actions);
+            decision = Some(d);
+        }
+    }
+    let analysis = analyze(topology, observations, epoch.as_ref());
+    let settled = snapshot.state.as_ref().is_none_or(|s| s.intent.is_none());
+    if snapshot.look < MAX_LOOKS
+        && settled
+        && let (Some(e), Some(_)) = (epoch, analysis.active_primary)
+    {
+        let rogues: Vec<(NodeId, NodeId)> = analysis
+            .findings
+            .iter()
+            .filter_map(|f| match f {
+                Finding::RogueMaster { node } => analysis
+                    .sources
+                    .iter()
+                    .find(|(n, _)| n == node)
+                    .map(|(_, source)| (*node, *source)),
+                _ => None,
+            })
+            .collect();
+        if !rogues.is_empty() {
+            actions.push(Action::FenceRogues {
+                epoch: e.epoch,
+                rogues,
+            });
+        }
+    }
+    if let (Some(writer), Some(e)) = (analysis.active_primary, epoch) {
+        upkeep(snapshot, rules.topology, &analysis, writer, e, &mut actions);
+    }
+    let desired = records::desired(rules.names, topology, &analysis, epoch.as_ref());
+    let dns = dns_plan::calculate(
+        &snapshot.records,
+        &desired,
+        &rules.names.ownership,
+        &rules.names.owner,
+    );
+    if !dns.changes.is_empty() {
+        actions.push(Action::ApplyDns {
+            changes: dns.changes,
+        });
+    }
+    Plan {
+        actions,
+        epoch,
+        analysis,
+        decision,
+        conflicts: dns.conflicts,
+    }
+}
+
+/// Whether an epoch mark found on a node may replace `ours`: newer, within [`MAX_MARK_JUMP`] of it,
+/// and below [`valkey_dr_core::analysis::MAX_EPOCH`].
+pub fn believable_mark(mark: &EpochMark, ours: Option<EpochRecord>) -> bool {
+    mark.epoch <= valkey_dr_core::analysis::MAX_EPOCH
+        && ours.is_none_or(|e| mark.epoch > e.epoch && mark.epoch - e.epoch <= MAX_MARK_JUMP)
+}
+
+/// A state file behind the nodes by more promotions than this is not believed to be merely old:
+/// the mark is someone else's (another deployment's data, or a client's write).
+const MAX_MARK_JUMP: u64 = 1000;
+
+fn recover_epoch(
+    snapshot: &Snapshot,
+    topology: &Topology,
+    ours: Option<EpochRecord>,
+) -> Option<Action> {
+    let observations = &snapshot.observations;
+    let (mark, writer) = observations
+        .iter()
+        .filter_map(|o| o.epoch_mark.as_ref())
+        .filter(|m| believable_mark(m, ours))
+        .filter_map(|m| {
+            let node = topology
+                .nodes
+                .iter()
+                .find(|n| n.endpoint.to_string() == m.writer)?;
+            // The writer a mark names must answer as a master: any client can write a mark.
+            info_of(observations, node.id)
+                .is_some_and(|i| i.is_primary())
+                .then_some((m, node.id))
+        })
+        .max_by_key(|(m, _)| m.epoch)?;
+    Some(Action::RecoverEpoch {
+        record: EpochRecord {
+            epoch: mark.epoch,
+            primary: writer,
+        },
+        mark: mark.clone(),
+        history: info_of(observations, writer).map(|i| i.history()),
+        recorded_epoch: ours.map(|e| e.epoch),
+    })
+}
+
+/// The region and epoch of our ownership record in DNS if there is one, else the configured
+/// primary region at epoch 1; the writer is the one master there.
+fn adopt_epoch(snapshot: &Snapshot, rules: &Rules) -> Action {
+    let topology = rules.topology;
+    let published = snapshot
+        .records
+        .iter()
+        .filter(|r| r.name == rules.names.ownership && r.rtype == RecordType::Txt)
+        .flat_map(|r| r.values.iter())
+        .find_map(|v| Ownership::parse(v))
+        .filter(|o| o.owner == rules.names.owner);
+    let (region, epoch) = match &published {
+        Some(o) => (
+            topology
+                .region_by_name(&o.primary_region)
+                .unwrap_or(topology.bootstrap_region),
+            o.epoch,
+        ),
+        None => (topology.bootstrap_region, 1),
+    };
+    match analysis::bootstrap(topology, &snapshot.observations, region) {
+        Ok(primary) => Action::AdoptEpoch {
+            record: EpochRecord { epoch, primary },
+            region,
+            history: info_of(&snapshot.observations, primary).map(|i| i.history()),
+            from_dns: published.is_some(),
+        },
+        Err(problem) => Action::BootstrapBlocked {
+            region,
+            problem: problem.to_string(),
+        },
+    }
+}
+
+fn resolve_intent(observations: &[NodeObservation], intent: Intent) -> Action {
+    let pending = intent::Pending {
+        source: intent.source,
+        target: intent.target,
+        required: History {
+            replication_id: intent.replication_id.clone(),
+            offset: intent.required_offset,
+        },
+    };
+    let resolution = intent::resolve(&pending, observations);
+    Action::ResolveIntent {
+        source_answers: info_of(observations, intent.source).is_some(),
+        target_is_master: info_of(observations, intent.target).is_some_and(|i| i.is_primary()),
+        intent,
+        resolution,
+    }
+}
+
+fn failover_actions(
+    snapshot: &Snapshot,
+    rules: &Rules,
+    epoch: EpochRecord,
+    actions: &mut Vec<Action>,
+) -> Decision {
+    let observations = &snapshot.observations;
+    let writer = epoch.primary;
+    let lineage = snapshot.lineage(&epoch);
+    let writer_state = failover::writer_state(observations, writer, lineage.as_ref());
+    if writer_state == WriterState::Lost
+        && let (Some(before), Some(_)) = (&lineage, info_of(observations, writer))
+    {
+        actions.push(Action::ReportLostWriter {
+            writer,
+            before: before.clone(),
+        });
+    }
+    let policy = Policy {
+        in_region: rules.in_region_failover,
+        cross_region: rules.cross_region_failover,
+        blocked: snapshot
+            .state
+            .as_ref()
+            .and_then(|s| s.failovers_blocked_until_ms)
+            .is_some_and(|until| snapshot.now_ms < until),
+        max_data_at_risk_bytes: rules.max_data_at_risk_bytes,
+    };
+    let decision = failover::decide(
+        rules.topology,
+        observations,
+        &epoch,
+        &snapshot.down,
+        lineage.as_ref(),
+        &policy,
+    );
+    let silent = writer_state == WriterState::Unreachable;
+    match decision {
+        Decision::InRegion { target } | Decision::CrossRegion { target } => {
+            let kind = match decision {
+                Decision::InRegion { .. } => FailoverKind::InRegion,
+                _ => FailoverKind::CrossRegion,
+            };
+            let leaves_silent_region = kind == FailoverKind::CrossRegion && silent;
+            // The writer leaves its region from silence only once it surely refuses writes
+            // itself (its self-fence), whoever is alive in its region.
+            match self_fence_withheld(snapshot, rules, writer).filter(|_| leaves_silent_region) {
+                Some(reason) => actions.push(Action::Withhold { reason }),
+                None => actions.push(Action::FailOver {
+                    from: epoch,
+                    target,
+                    kind,
+                    checks: FailoverChecks {
+                        writer_still_silent: silent,
+                        majority_of_sites: rules.coordinated && leaves_silent_region,
+                    },
+                }),
+            }
+        }
+        Decision::HistoryLost => {
+            if let Some(now) = info_of(observations, writer) {
+                actions.push(Action::AcceptLoss {
+                    writer,
+                    before: lineage,
+                    now: now.history(),
+                });
+            }
+        }
+        // No failover now (waiting for a node, an operator, or a block): a writer back empty
+        // must neither take writes nor feed its emptiness to its replicas.
+        _ if writer_state == WriterState::Lost
+            && info_of(observations, writer).is_some_and(|i| i.is_primary()) =>
+        {
+            actions.push(Action::HoldLostWriter {
+                writer,
+                holder: lineage
+                    .as_ref()
+                    .and_then(|l| failover::best_holder(observations, writer, l)),
+            });
+        }
+        _ => {}
+    }
+    decision
+}
+
+/// Why an unreachable writer may not be replaced from another region yet, if it may not: its
+/// self-fence was not armed when last seen (an operator decides), or has not surely taken hold.
+/// `None` when the self-fence is off in the config: then nothing is known about the writer, and
+/// the highly available shape's region guard is the only fence.
+pub fn self_fence_withheld(snapshot: &Snapshot, rules: &Rules, writer: NodeId) -> Option<String> {
+    if rules.writer_quorum_max_lag_s == 0 {
+        return None;
+    }
+    // What the state records: this controller's own setting, or the last leader's.
+    let recorded = snapshot
+        .state
+        .as_ref()
+        .filter(|s| s.epoch.primary == writer)
+        .and_then(|s| s.writer_quorum);
+    let name = rules.topology.node_name(writer);
+    let Some(quorum) = recorded.filter(|q| q.armed()) else {
+        return Some(format!(
+            "the writer {name} cannot be reached and is not known to refuse writes: its self-fence (min-replicas-to-write) was not armed when last seen (no healthy replica outside its region); if it is really gone, run `valkey-dr failover <region> --force`"
+        ));
+    };
+    let certain = quorum.certain_after();
+    (snapshot.writer_failing_for.unwrap_or_default() < certain).then(|| {
+        format!(
+            "waiting until the unreachable writer {name} surely refuses writes: its self-fence takes hold {} s after its last contact",
+            certain.as_secs()
+        )
+    })
+}
+
+/// What a pass does while a writer serves: remember its history, heartbeat, self-fence, repoint.
+fn upkeep(
+    snapshot: &Snapshot,
+    topology: &Topology,
+    analysis: &Analysis,
+    writer: NodeId,
+    epoch: EpochRecord,
+    actions: &mut Vec<Action>,
+) {
+    let observations = &snapshot.observations;
+    let before = match &snapshot.remembered_writer {
+        Some((node, h)) if *node == writer => Some(h.clone()),
+        _ => snapshot
+            .state
+            .as_ref()
+            .and_then(|s| s.writer_history.clone()),
+    };
+    if let Some(info) = info_of(observations, writer) {
+        // Only forward along the writer's history: a writer that lost its data keeps the old
+        // history as the lineage, so that the node still holding it is the one promoted.
+        let forward = before.as_ref().is_none_or(|b| info.continues(b));
+        if forward {
+            let history = info.history();
+            actions.push(Action::RememberWriter {
+                writer,
+                durable: before
+                    .as_ref()
+                    .is_none_or(|b| b.replication_id != history.replication_id),
+                history,
+            });
+        }
+    }
+    if snapshot.first_pass {
+        actions.push(Action::LiftStalePause { writer });
+    }
+    actions.push(Action::CheckSyncSettings);
+    actions.push(Action::Heartbeat {
+        writer,
+        mark: EpochMark {
+            epoch: epoch.epoch,
+            writer: topology.node_name(writer),
+        },
+    });
+    actions.push(Action::KeepWriteQuorum { writer });
+    for finding in &analysis.findings {
+        if let Finding::ReplicaMisdirected { node, expected, .. } = finding {
+            actions.push(Action::Repoint {
+                node: *node,
+                source: *expected,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use valkey_dr_core::observation::Role;
+    use valkey_dr_core::self_fence::WriteQuorum;
+    use valkey_dr_core::testing::{down, lab, primary, replica_of};
+
+    const A1: NodeId = NodeId(0);
+    const A2: NodeId = NodeId(1);
+    const B1: NodeId = NodeId(2);
+
+    fn history(offset: u64) -> History {
+        History {
+            replication_id: "r".into(),
+            offset,
+        }
+    }
+
+    /// A1 writes at epoch 1; A2 and B1 replicate from it, B2 from B1 (the lab's shape).
+    fn healthy() -> Vec<NodeObservation> {
+        vec![
+            primary(0),
+            replica_of(1, 0, 100),
+            replica_of(2, 0, 100),
+            replica_of(3, 2, 100),
+        ]
+    }
+
+    fn state() -> State {
+        let mut state = State::new(EpochRecord {
+            epoch: 1,
+            primary: A1,
+        });
+        state.writer_history = Some(history(100));
+        state
+    }
+
+    fn names() -> ManagedNames {
+        ManagedNames::new("demo", "valkey-dr.live", 5, "valkey-dr")
+    }
+
+    /// What a controller that has run a while sees: the records already match the nodes.
+    fn snapshot(observations: Vec<NodeObservation>, state: Option<State>) -> Snapshot {
+        let mut s = Snapshot {
+            look: 1,
+            observations,
+            state,
+            remembered_writer: None,
+            records: Vec::new(),
+            down: BTreeSet::new(),
+            writer_failing_for: None,
+            now_ms: 1_000_000,
+            first_pass: false,
+        };
+        s.remembered_writer = s.epoch().map(|e| (e.primary, history(100)));
+        let topology = lab();
+        let names = names();
+        let plan = plan_actions(&s, &rules(&topology, &names, false));
+        for action in plan.actions {
+            if let Action::ApplyDns { changes } = action {
+                for change in changes {
+                    if let Change::Create { new: r } | Change::Update { new: r, .. } = change {
+                        s.records.push(r);
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    fn rules<'a>(topology: &'a Topology, names: &'a ManagedNames, coordinated: bool) -> Rules<'a> {
+        Rules {
+            topology,
+            names,
+            in_region_failover: true,
+            cross_region_failover: FailoverPolicy::Auto,
+            max_data_at_risk_bytes: 1 << 20,
+            writer_quorum_max_lag_s: 2,
+            coordinated,
+        }
+    }
+
+    fn name(action: &Action) -> &'static str {
+        match action {
+            Action::RecoverEpoch { .. } => "RecoverEpoch",
+            Action::AdoptEpoch { .. } => "AdoptEpoch",
+            Action::BootstrapBlocked { .. } => "BootstrapBlocked",
+            Action::ResolveIntent { .. } => "ResolveIntent",
+            Action::ReportLostWriter { .. } => "ReportLostWriter",
+            Action::AcceptLoss { .. } => "AcceptLoss",
+            Action::HoldLostWriter { .. } => "HoldLostWriter",
+            Action::Withhold { .. } => "Withhold",
+            Action::FailOver { .. } => "FailOver",
+            Action::FenceRogues { .. } => "FenceRogues",
+            Action::RememberWriter { .. } => "RememberWriter",
+            Action::LiftStalePause { .. } => "LiftStalePause",
+            Action::CheckSyncSettings => "CheckSyncSettings",
+            Action::Heartbeat { .. } => "Heartbeat",
+            Action::KeepWriteQuorum { .. } => "KeepWriteQuorum",
+            Action::Repoint { .. } => "Repoint",
+            Action::ApplyDns { .. } => "ApplyDns",
+        }
+    }
+
+    fn with(
+        mut o: NodeObservation,
+        f: impl FnOnce(&mut valkey_dr_core::ReplicationInfo),
+    ) -> NodeObservation {
+        if let Ok(info) = o.state.as_mut() {
+            f(info);
+        }
+        o
+    }
+
+    /// A replica whose link to its master is down (it saw the master go).
+    fn orphan(n: usize, master: usize, offset: u64) -> NodeObservation {
+        with(replica_of(n, master, offset), |i| {
+            if let Role::Replica { link_up, .. } = &mut i.role {
+                *link_up = false;
+            }
+            i.master_last_io_s = Some(30);
+        })
+    }
+
+    /// A replica of A1 in a full resync (it still has its old data until the transfer ends).
+    fn syncing(n: usize, offset: u64) -> NodeObservation {
+        with(replica_of(n, 0, offset), |i| {
+            if let Role::Replica {
+                sync_in_progress, ..
+            } = &mut i.role
+            {
+                *sync_in_progress = true;
+            }
+        })
+    }
+
+    fn empty_master(n: usize) -> NodeObservation {
+        with(primary(n), |i| {
+            i.replication_id = "new".into();
+            i.offset = 0;
+        })
+    }
+
+    const UPKEEP: [&str; 4] = [
+        "RememberWriter",
+        "CheckSyncSettings",
+        "Heartbeat",
+        "KeepWriteQuorum",
+    ];
+
+    fn upkeep_then(first: &[&'static str], last: &[&'static str]) -> Vec<&'static str> {
+        first
+            .iter()
+            .chain(UPKEEP.iter())
+            .chain(last.iter())
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn every_decision_of_a_pass() {
+        let topology = lab();
+        let names = names();
+        let single = rules(&topology, &names, false);
+        let coordinated = rules(&topology, &names, true);
+        let marked = |mut o: NodeObservation, epoch| {
+            o.epoch_mark = Some(EpochMark {
+                epoch,
+                writer: "127.0.1.1:6379".into(),
+            });
+            o
+        };
+        let writer_down = |failing_s: u64, armed: bool| {
+            let mut s = snapshot(
+                vec![down(0), down(1), orphan(2, 0, 90), replica_of(3, 2, 90)],
+                Some(state()),
+            );
+            s.down = [A1, A2].into();
+            s.writer_failing_for = Some(Duration::from_secs(failing_s));
+            if let Some(state) = s.state.as_mut() {
+                state.writer_quorum = armed.then_some(WriteQuorum {
+                    replicas: 1,
+                    max_lag_s: 2,
+                });
+            }
+            s
+        };
+        let blocked = |mut s: Snapshot| {
+            if let Some(state) = s.state.as_mut() {
+                state.failovers_blocked_until_ms = Some(s.now_ms + 1);
+            }
+            s
+        };
+        let with_intent = {
+            let mut s = snapshot(
+                vec![
+                    with(replica_of(0, 2, 100), |_| {}),
+                    replica_of(1, 0, 100),
+                    with(primary(2), |i| i.offset = 100),
+                    replica_of(3, 2, 100),
+                ],
+                Some(state()),
+            );
+            if let Some(state) = s.state.as_mut() {
+                state.intent = Some(Intent {
+                    epoch: 2,
+                    source: A1,
+                    target: B1,
+                    required_offset: 100,
+                    replication_id: "r".into(),
+                });
+            }
+            s
+        };
+        let in_dns = |mut s: Snapshot, region: &str, epoch: u64| {
+            s.records = vec![RecordSet::new(
+                &names.ownership,
+                RecordType::Txt,
+                5,
+                [Ownership {
+                    owner: "valkey-dr".into(),
+                    epoch,
+                    primary_region: region.into(),
+                }
+                .to_txt()],
+            )];
+            s
+        };
+        let first_pass = |mut s: Snapshot| {
+            s.first_pass = true;
+            s
+        };
+        let last_look = |mut s: Snapshot| {
+            s.look = MAX_LOOKS;
+            s
+        };
+        let stale_records = |mut s: Snapshot| {
+            s.records.clear();
+            s
+        };
+        let misdirected = with(replica_of(3, 2, 100), |i| {
+            i.role = Role::Replica {
+                master: valkey_dr_core::Endpoint::new("127.0.1.2", 6379),
+                link_up: true,
+                sync_in_progress: false,
+            }
+        });
+        let history_gone = snapshot(
+            vec![
+                empty_master(0),
+                with(replica_of(1, 0, 0), |i| i.replication_id = "new".into()),
+                with(replica_of(2, 0, 0), |i| i.replication_id = "new".into()),
+                with(replica_of(3, 2, 0), |i| i.replication_id = "new".into()),
+            ],
+            Some(state()),
+        );
+
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Snapshot, &Rules, Vec<&str>)> = vec![
+            ("healthy, records match: upkeep only",
+             snapshot(healthy(), Some(state())), &single, upkeep_then(&[], &[])),
+            ("the records differ from the nodes: DNS follows",
+             stale_records(snapshot(healthy(), Some(state()))), &single, upkeep_then(&[], &["ApplyDns"])),
+            ("first pass of a run: a pause left by a dead controller is lifted",
+             first_pass(snapshot(healthy(), Some(state()))), &single,
+             vec!["RememberWriter", "LiftStalePause", "CheckSyncSettings", "Heartbeat", "KeepWriteQuorum"]),
+            ("a newer mark on the writer, one controller: the state file is behind",
+             snapshot(vec![marked(primary(0), 5), replica_of(1, 0, 100), replica_of(2, 0, 100), replica_of(3, 2, 100)], Some(state())),
+             &single, upkeep_then(&["RecoverEpoch"], &[])),
+            ("a newer mark, etcd holds the state: marks never outrank it",
+             snapshot(vec![marked(primary(0), 5), replica_of(1, 0, 100), replica_of(2, 0, 100), replica_of(3, 2, 100)], Some(state())),
+             &coordinated, upkeep_then(&[], &[])),
+            ("no epoch, one master in the primary region: adopted",
+             snapshot(healthy(), None), &single, vec!["AdoptEpoch"]),
+            ("no epoch, two masters: nobody is adopted",
+             snapshot(vec![primary(0), replica_of(1, 0, 100), primary(2), replica_of(3, 2, 100)], None),
+             &single, vec!["BootstrapBlocked"]),
+            ("no epoch, our ownership record names the other region",
+             in_dns(snapshot(vec![replica_of(0, 2, 100), replica_of(1, 2, 100), primary(2), replica_of(3, 2, 100)], None), "us-east-2", 4),
+             &single, vec!["AdoptEpoch", "ApplyDns"]),
+            ("an interrupted promotion is settled before anything else",
+             with_intent, &single, vec!["ResolveIntent"]),
+            ("the writer is down, a replica of its region holds the history",
+             { let mut s = snapshot(vec![down(0), orphan(1, 0, 100), orphan(2, 0, 100), replica_of(3, 2, 100)], Some(state())); s.down = [A1].into(); s },
+             &single, vec!["FailOver"]),
+            ("its region is down, the self-fence was not armed: an operator decides",
+             writer_down(30, false), &single, vec!["Withhold"]),
+            ("its region is down, the self-fence is armed but not surely in force yet",
+             writer_down(2, true), &single, vec!["Withhold"]),
+            ("its region is down, the self-fence surely holds: the writer leaves its region",
+             writer_down(5, true), &single, vec!["FailOver"]),
+            ("a failover is due but blocked after an earlier one",
+             blocked(writer_down(5, true)), &single, vec![]),
+            ("the writer is back empty and a replica holds the history: replaced",
+             snapshot(vec![empty_master(0), replica_of(1, 0, 100), replica_of(2, 0, 100), replica_of(3, 2, 100)], Some(state())),
+             &single, vec!["ReportLostWriter", "FailOver", "CheckSyncSettings", "Heartbeat", "KeepWriteQuorum"]),
+            ("the writer is back empty, its replicas mid-sync: it follows the holder",
+             snapshot(vec![empty_master(0), syncing(1, 100), syncing(2, 100), down(3)], Some(state())),
+             &single, vec!["ReportLostWriter", "HoldLostWriter", "CheckSyncSettings", "Heartbeat", "KeepWriteQuorum"]),
+            ("the writer is back empty, every node answered and none holds the history",
+             history_gone, &single, vec!["ReportLostWriter", "AcceptLoss", "CheckSyncSettings", "Heartbeat", "KeepWriteQuorum"]),
+            ("a master that is not the epoch's writer is fenced",
+             snapshot(vec![primary(0), replica_of(1, 0, 100), primary(2), replica_of(3, 2, 100)], Some(state())),
+             &single, upkeep_then(&["FenceRogues"], &["Repoint"])),
+            ("a replica follows the wrong node: repointed",
+             snapshot(vec![primary(0), replica_of(1, 0, 100), replica_of(2, 0, 100), misdirected], Some(state())),
+             &single, upkeep_then(&[], &["Repoint"])),
+            ("the last look of a pass only settles",
+             last_look(snapshot(vec![primary(0), replica_of(1, 0, 100), primary(2), replica_of(3, 2, 100)], Some(state()))),
+             &single, upkeep_then(&[], &["Repoint"])),
+        ];
+        for (case, snapshot, rules, expected) in cases {
+            let plan = plan_actions(&snapshot, rules);
+            let got: Vec<&str> = plan.actions.iter().map(name).collect();
+            assert_eq!(got, expected, "{case}: {:#?}", plan.actions);
+        }
+    }
+
+    #[test]
+    fn a_failover_names_the_checks_it_must_pass_right_before_acting() {
+        let topology = lab();
+        let names = names();
+        let mut region_down = snapshot(
+            vec![down(0), down(1), orphan(2, 0, 100), replica_of(3, 2, 90)],
+            Some(state()),
+        );
+        region_down.down = [A1, A2].into();
+        region_down.writer_failing_for = Some(Duration::from_secs(5));
+        if let Some(state) = region_down.state.as_mut() {
+            state.writer_quorum = Some(WriteQuorum {
+                replicas: 1,
+                max_lag_s: 2,
+            });
+        }
+        let mut node_down = snapshot(
+            vec![
+                down(0),
+                orphan(1, 0, 100),
+                orphan(2, 0, 100),
+                replica_of(3, 2, 100),
+            ],
+            Some(state()),
+        );
+        node_down.down = [A1].into();
+        let back_empty = snapshot(
+            vec![
+                empty_master(0),
+                replica_of(1, 0, 100),
+                replica_of(2, 0, 100),
+                replica_of(3, 2, 100),
+            ],
+            Some(state()),
+        );
+        let failover = |s: &Snapshot, coordinated: bool| {
+            plan_actions(s, &rules(&topology, &names, coordinated))
+                .actions
+                .into_iter()
+                .find_map(|a| match a {
+                    Action::FailOver {
+                        target,
+                        kind,
+                        checks,
+                        ..
+                    } => Some((target, kind, checks)),
+                    _ => None,
+                })
+        };
+        let checks = |silent, majority| FailoverChecks {
+            writer_still_silent: silent,
+            majority_of_sites: majority,
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("one node down, one controller", failover(&node_down, false),
+             Some((A2, FailoverKind::InRegion, checks(true, false)))),
+            ("one node down, three sites: in-region needs no majority", failover(&node_down, true),
+             Some((A2, FailoverKind::InRegion, checks(true, false)))),
+            ("region down, one controller", failover(&region_down, false),
+             Some((B1, FailoverKind::CrossRegion, checks(true, false)))),
+            ("region down, three sites: a majority and the region's release", failover(&region_down, true),
+             Some((B1, FailoverKind::CrossRegion, checks(true, true)))),
+            ("writer back empty: it answers, nothing to confirm", failover(&back_empty, true),
+             Some((A2, FailoverKind::InRegion, checks(false, false)))),
+        ];
+        for (case, got, expected) in cases {
+            assert_eq!(got, expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn only_a_plausible_mark_outranks_the_state() {
+        let ours = Some(EpochRecord {
+            epoch: 7,
+            primary: NodeId(0),
+        });
+        let mark = |epoch| EpochMark {
+            epoch,
+            writer: "127.0.1.2:6379".into(),
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("a newer epoch: the state file is behind", mark(8), ours, true),
+            ("the same epoch", mark(7), ours, false),
+            ("an older epoch", mark(3), ours, false),
+            ("a jump of more than a thousand promotions", mark(7 + 1001), ours, false),
+            ("u64::MAX, no state: it would leave no room to promote", mark(u64::MAX), None, false),
+            ("no state at all: a plausible mark is taken", mark(12), None, true),
+        ];
+        for (case, mark, ours, believed) in cases {
+            assert_eq!(believable_mark(&mark, ours), believed, "{case}");
+        }
+    }
+}
