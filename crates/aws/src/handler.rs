@@ -88,7 +88,7 @@ pub fn desired(
             &names.global,
             RecordType::Cname,
             names.ttl,
-            [valkey_dr_core::config::fqdn(&primary.endpoint)],
+            [valkey_dr_core::names::fqdn(&primary.endpoint)],
         ),
         RecordSet::new(
             &names.ownership,

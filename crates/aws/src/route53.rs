@@ -14,7 +14,7 @@ use aws_sdk_route53::types::{
     Change as R53Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord,
     ResourceRecordSet, RrType,
 };
-use valkey_dr_core::config::fqdn;
+use valkey_dr_core::names::fqdn;
 use valkey_dr_core::{Change, RecordSet, RecordType};
 use valkey_dr_dns::{DnsError, DnsProvider};
 

@@ -437,7 +437,7 @@ fn the_node_type_pattern_names_the_families_the_config_accepts() {
     );
     for family in families {
         let node_type = format!("cache.{family}.large");
-        assert!(valkey_dr_aws::deploy::config::global_datastore_node_type(
+        assert!(valkey_dr_aws::config::deploy::global_datastore_node_type(
             &node_type
         ));
     }

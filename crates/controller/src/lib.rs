@@ -10,6 +10,7 @@ pub mod control;
 pub mod events;
 pub mod failover;
 pub mod ha;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pass;
@@ -79,7 +80,7 @@ pub struct Controller {
     /// Held by every pass and every promotion: they never interleave.
     pub(crate) topology_lock: tokio::sync::Mutex<()>,
     pub(crate) memory: std::sync::Mutex<pass::Memory>,
-    pub(crate) health: std::sync::Mutex<failover::Health>,
+    pub(crate) health: std::sync::Mutex<health::Health>,
     /// Wakes the reconcile loop for a pass now (a new leader acts at once).
     pub(crate) wake: tokio::sync::Notify,
     /// Fault injection for crash tests: `VALKEY_DR_FAULT=crash-after:<step>` makes the process
@@ -174,7 +175,7 @@ impl Controller {
             state,
             topology_lock: tokio::sync::Mutex::new(()),
             memory: std::sync::Mutex::new(pass::Memory::default()),
-            health: std::sync::Mutex::new(failover::Health::default()),
+            health: std::sync::Mutex::new(health::Health::default()),
             wake: tokio::sync::Notify::new(),
             fault: std::env::var("VALKEY_DR_FAULT").ok(),
             config,
@@ -348,7 +349,7 @@ impl Controller {
             let now = std::time::Instant::now();
             let lag = now.saturating_duration_since(last).saturating_sub(tick);
             last = now;
-            if lag >= failover::STALL_THRESHOLD {
+            if lag >= health::STALL_THRESHOLD {
                 self.health.lock().expect("health lock").stalled(now);
                 self.events.emit(
                     "controller_stalled",

@@ -6,9 +6,11 @@
 
 pub mod analysis;
 pub mod config;
+pub mod endpoint;
 pub mod engine;
 pub mod failover;
 pub mod intent;
+pub mod names;
 pub mod notification;
 pub mod observation;
 pub mod ownership;

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Analysis, EpochRecord};
-use crate::config::{Config, fqdn};
+use crate::config::Config;
+use crate::names::fqdn;
 use crate::ownership::{self, Ownership};
 use crate::topology::{NodeId, Topology};
 
@@ -94,7 +95,7 @@ impl ManagedNames {
 
     /// The names for a global name (relative or absolute) in `zone`.
     pub fn new(global_name: &str, zone: &str, ttl: u32, owner: &str) -> Self {
-        let global = crate::config::name_in_zone(global_name, zone);
+        let global = crate::names::name_in_zone(global_name, zone);
         ManagedNames {
             zone: fqdn(zone),
             ownership: ownership::record_name(&global),

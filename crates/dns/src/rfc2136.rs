@@ -363,7 +363,7 @@ impl DnsProvider for Rfc2136 {
                     let (name, rtype) = change_key(change);
                     let found = held
                         .iter()
-                        .find(|s| s.name == valkey_dr_core::config::fqdn(name) && s.rtype == rtype);
+                        .find(|s| s.name == valkey_dr_core::names::fqdn(name) && s.rtype == rtype);
                     check_expected(change, found)?;
                 }
                 Err(DnsError::Conflict {

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::artifact::Artifact;
-use super::config::{DeployConfig, RegionPlan};
 use crate::AwsConfig;
+use crate::config::deploy::{DeployConfig, RegionPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -170,8 +170,8 @@ pub const DEPLOY_ORDER: [Role; 4] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::deploy::tests::example;
     use crate::deploy::artifact::Architecture;
-    use crate::deploy::config::tests::example;
 
     fn config() -> AwsConfig {
         AwsConfig::parse("zone = \"valkey-dr.internal\"\nglobal_name = \"demo\"\n").unwrap()

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use valkey_dr_core::config::fqdn;
+use valkey_dr_core::names::fqdn;
 use valkey_dr_core::{Change, RecordSet, RecordType};
 
 use crate::{DnsError, DnsProvider};

@@ -1,5 +1,7 @@
 //! `aws.toml`: which global datastore, which hosted zone, which name.
 
+pub mod deploy;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -31,7 +33,7 @@ pub struct AwsConfig {
     pub events_topic_arn: Option<String>,
     /// What `valkey-dr aws deploy` creates; absent for a reconcile-only configuration.
     #[serde(default)]
-    pub deploy: Option<crate::deploy::DeployConfig>,
+    pub deploy: Option<deploy::DeployConfig>,
 }
 
 /// The two ids a reconcile needs.
@@ -65,8 +67,8 @@ pub enum AwsConfigError {
     },
 }
 
-impl From<crate::deploy::DeployConfigError> for AwsConfigError {
-    fn from(e: crate::deploy::DeployConfigError) -> AwsConfigError {
+impl From<deploy::DeployConfigError> for AwsConfigError {
+    fn from(e: deploy::DeployConfigError) -> AwsConfigError {
         AwsConfigError::Invalid {
             field: e.field,
             problem: e.problem,
@@ -110,7 +112,7 @@ impl AwsConfig {
         }
         // The owner goes into the ownership TXT record, which must stay one string of at most
         // 255 bytes (Route 53 would need it split) and parse back (no `,` or `=`).
-        if !valkey_dr_core::config::is_label(&config.owner, false) {
+        if !valkey_dr_core::names::is_label(&config.owner, false) {
             return Err(AwsConfigError::Invalid {
                 field: "owner",
                 problem: format!("\"{}\" is not a valid DNS label", config.owner),
@@ -196,7 +198,7 @@ mod tests {
 
     #[test]
     fn the_example_file_is_valid() {
-        let example = AwsConfig::parse(include_str!("../../../deploy/aws/aws.toml")).unwrap();
+        let example = AwsConfig::parse(include_str!("../../../../deploy/aws/aws.toml")).unwrap();
         let deploy = example.deploy.as_ref().expect("the example has [deploy]");
         assert_eq!(deploy.secondary.region, "us-west-2");
         assert!(example.targets().is_err(), "ids come from the stacks");
