@@ -256,7 +256,7 @@ impl SignedClient {
             url,
             headers,
         };
-        let mut delay = self.retry_base;
+        let mut backoff = valkey_dr_core::Backoff::new(self.retry_base, Duration::from_secs(20));
         let mut attempt = 1;
         loop {
             let (error, server_date) = match self.send_once(&call, body.clone()).await {
@@ -278,9 +278,9 @@ impl SignedClient {
                     self.clock_offset_ms.store(offset, Ordering::Relaxed);
                 }
                 _ => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(attempt, ?delay, "{error}; retrying");
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
                 }
             }
         }

@@ -506,7 +506,7 @@ impl Controller {
                 was_blocked = next
                     .failovers_blocked_until_ms
                     .take()
-                    .is_some_and(|until| crate::events::now_ms() < until);
+                    .is_some_and(|until| crate::clock::now_ms() < until);
                 next.data_loss = None;
                 Some(next)
             })

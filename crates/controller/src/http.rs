@@ -81,7 +81,7 @@ pub async fn serve(
 /// Binds `listen`, retrying every 1 s doubling to 30 s while it is taken; reports the first
 /// failure and the success after one.
 async fn bind(controller: &Controller, listen: &str) -> tokio::net::TcpListener {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = valkey_dr_core::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut reported = false;
     loop {
         match tokio::net::TcpListener::bind(listen).await {
@@ -101,8 +101,7 @@ async fn bind(controller: &Controller, listen: &str) -> tokio::net::TcpListener 
                     );
                     reported = true;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -6,6 +6,7 @@
 //! with nothing to change writes nothing. Promotions ([`promotion`]) hold the same lock as passes,
 //! so the two never interleave.
 
+pub mod clock;
 pub mod control;
 pub mod events;
 pub mod failover;
@@ -592,8 +593,8 @@ async fn connect_coordination(
 ) -> Result<ha::Ha, ControllerError> {
     let prefix = config.coordination_prefix().unwrap_or_default();
     let ttl = Duration::from_millis(coordination.lease_ttl_ms);
-    let mut delay = Duration::from_millis(200);
-    let mut attempts = 0;
+    let mut backoff =
+        valkey_dr_core::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let coord = loop {
         match valkey_dr_coord::Coordinator::connect(
             &coordination.etcd,
@@ -604,7 +605,7 @@ async fn connect_coordination(
         .await
         {
             Ok(coord) => break coord,
-            Err(error) if attempts >= 20 => {
+            Err(error) if backoff.failures() >= 20 => {
                 return Err(ControllerError::Coordination {
                     endpoints: coordination.etcd.join(","),
                     reason: error.to_string(),
@@ -612,9 +613,7 @@ async fn connect_coordination(
             }
             Err(error) => {
                 tracing::warn!(error = %error, "etcd not reachable yet; retrying");
-                attempts += 1;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     };

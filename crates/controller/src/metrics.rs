@@ -337,7 +337,7 @@ impl Metrics {
             "failover_started" => {
                 count(&self.failovers, &failover_kind(), "started");
                 self.last_failover
-                    .set(crate::events::now_ms() as f64 / 1000.0);
+                    .set(crate::clock::now_ms() as f64 / 1000.0);
             }
             "failover_completed" => {
                 count(&self.failovers, &failover_kind(), "completed");
@@ -349,7 +349,7 @@ impl Metrics {
             "promotion_started" => {
                 count(&self.failovers, "switchover", "started");
                 self.last_failover
-                    .set(crate::events::now_ms() as f64 / 1000.0);
+                    .set(crate::clock::now_ms() as f64 / 1000.0);
             }
             "promotion_done" => {
                 count(&self.failovers, "switchover", "completed");

@@ -97,7 +97,7 @@ struct Machine<'a> {
 impl Machine<'_> {
     fn enter(&mut self, step: Step) {
         self.finish(String::new());
-        self.current = Some((step, Instant::now(), crate::events::now_rfc3339()));
+        self.current = Some((step, Instant::now(), crate::clock::now_rfc3339()));
         self.controller.events.emit(
             "promotion_step",
             json!({ "step": step, "state": "started", "region": self.region }),

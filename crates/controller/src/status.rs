@@ -5,7 +5,7 @@ use valkey_dr_core::analysis::analyze;
 use valkey_dr_core::{NodeId, Role};
 
 use crate::Controller;
-use crate::events::now_ms;
+use crate::clock::now_ms;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {

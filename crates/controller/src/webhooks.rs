@@ -137,7 +137,7 @@ async fn dispatch(
         let name = kind.name();
         let id = format!(
             "{}-{}",
-            crate::events::now_ms(),
+            crate::clock::now_ms(),
             DELIVERY.fetch_add(1, Ordering::Relaxed)
         );
         let body = json!({ "event": name, "id": id, "ts": event["ts"], "data": event });
@@ -164,7 +164,8 @@ async fn deliver(
 ) {
     while let Some((kind, body)) = deliveries.recv().await {
         let name = kind.name();
-        let mut delay = Duration::from_millis(500);
+        let mut backoff =
+            valkey_dr_core::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         for attempt in 1..=ATTEMPTS {
             let outcome = post(&client, &config.url, &secret, name, &body).await;
             match outcome {
@@ -180,8 +181,7 @@ async fn deliver(
                 Err(reason) => {
                     tracing::info!(url = %origin(&config.url), event = %name, %reason, attempt, "webhook delivery failed; retrying");
                     metrics.webhook("retried");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

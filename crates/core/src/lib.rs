@@ -5,6 +5,7 @@
 //! diffs them against what the DNS backend holds with [`plan::calculate`].
 
 pub mod analysis;
+pub mod backoff;
 pub mod config;
 pub mod endpoint;
 pub mod engine;
@@ -22,6 +23,7 @@ pub mod testing;
 pub mod topology;
 
 pub use analysis::{Analysis, EpochRecord, Finding};
+pub use backoff::Backoff;
 pub use config::{Config, ConfigError};
 pub use engine::{Engine, EngineError};
 pub use observation::{NodeObservation, ReplicationInfo, Role};

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use valkey_dr_controller::clock::now_ms;
 use valkey_dr_controller::control::{self, Request};
-use valkey_dr_controller::events::now_ms;
 use valkey_dr_controller::promotion::PromoteMethod;
 use valkey_dr_dns::resolve::StubResolver;
 
@@ -348,7 +348,7 @@ fn detection_ms(spec: &LabSpec, since_ms: u64) -> Option<u64> {
         .filter_map(|d| std::fs::read_to_string(d.join("events.jsonl")).ok())
         .collect::<Vec<_>>()
         .join("\n");
-    let since = valkey_dr_controller::events::rfc3339(since_ms);
+    let since = valkey_dr_controller::clock::rfc3339(since_ms);
     events
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

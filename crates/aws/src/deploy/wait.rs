@@ -23,7 +23,9 @@ impl Patience {
         if self.failures >= Self::LIMIT {
             return Err(error.into());
         }
-        let delay = (waits.poll * 2u32.pow(self.failures)).min(Duration::from_secs(60));
+        // Twice the poll interval after the first failure, doubling.
+        let delay =
+            valkey_dr_core::Backoff::after(waits.poll * 2, Duration::from_secs(60), self.failures);
         say(&format!(
             "  checking {what} failed ({error}); retry {}/{} in {delay:?}",
             self.failures,

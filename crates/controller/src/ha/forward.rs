@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::Controller;
-use crate::events::now_ms;
+use crate::clock::now_ms;
 
 /// An operator's request handed to the leader through etcd, with the moment (wall clock, Unix
 /// ms) after which the command that sent it no longer waits: a later leader refuses it instead of

@@ -24,7 +24,7 @@ use valkey_dr_core::observation::NodeObservation;
 use valkey_dr_dns::etcd::EtcdRecords;
 
 use crate::Controller;
-use crate::events::now_ms;
+use crate::clock::now_ms;
 
 mod forward;
 mod leader_only;

@@ -14,7 +14,7 @@ use valkey_dr_core::{EpochRecord, NodeId, NodeObservation};
 use super::plan::{Action, FailoverChecks, FailoverKind, Plan, Rules, Snapshot, plan_actions};
 use super::{PassError, PassOutcome, all_refused};
 use crate::Controller;
-use crate::events::now_ms;
+use crate::clock::now_ms;
 use crate::ha::Withheld;
 use crate::state::Intent;
 

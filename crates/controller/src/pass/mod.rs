@@ -106,8 +106,7 @@ fn all_refused(
 
 /// How long to wait after `failures` failed passes in a row: doubling, capped at 30 s.
 pub fn error_policy(interval: Duration, failures: u32) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(10);
-    (interval * factor).min(Duration::from_secs(30))
+    valkey_dr_core::Backoff::after(interval, Duration::from_secs(30), failures)
 }
 
 /// A one-line description of a node's state, for change events.

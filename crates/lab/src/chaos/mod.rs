@@ -160,7 +160,7 @@ async fn run_on(
         scenario: scenario.name.clone(),
         ..ChaosReport::default()
     };
-    let mut injected_at = valkey_dr_controller::events::now_ms();
+    let mut injected_at = valkey_dr_controller::clock::now_ms();
     if let Err(e) = lab.inject(&scenario.fault, &state_at_start).await {
         report.error = Some(e.to_string());
     }
@@ -228,7 +228,7 @@ async fn run_on(
         report.takeover_ms = events
             .iter()
             .find(|e| e["event"] == "leader_elected")
-            .and_then(|e| valkey_dr_controller::events::parse_rfc3339(e["ts"].as_str()?))
+            .and_then(|e| valkey_dr_controller::clock::parse_rfc3339(e["ts"].as_str()?))
             .map(|t| t.saturating_sub(injected_at));
         report.stale_writes_refused = events
             .iter()
@@ -243,7 +243,7 @@ async fn run_on(
         report.fenced_after_ms = events
             .iter()
             .find(|e| e["event"] == "self_fenced")
-            .and_then(|e| valkey_dr_controller::events::parse_rfc3339(e["ts"].as_str()?))
+            .and_then(|e| valkey_dr_controller::clock::parse_rfc3339(e["ts"].as_str()?))
             .map(|t| t.saturating_sub(injected_at));
     }
     report.verdict = verdict(&report, scenario);

@@ -58,7 +58,7 @@ async fn accepts_write(node: &Endpoint, security: &valkey_dr_valkey::Security) -
             .ok()?;
         redis::cmd("SET")
             .arg("__chaos:probe")
-            .arg(valkey_dr_controller::events::now_ms())
+            .arg(valkey_dr_controller::clock::now_ms())
             .query_async::<()>(&mut conn)
             .await
             .ok()

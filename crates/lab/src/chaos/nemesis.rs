@@ -66,7 +66,7 @@ impl<'a> Lab<'a> {
 
     /// Every controller's events since `since_ms`, in time order.
     pub(super) fn events_since(&self, since_ms: u64) -> Vec<Value> {
-        let since = valkey_dr_controller::events::rfc3339(since_ms);
+        let since = valkey_dr_controller::clock::rfc3339(since_ms);
         let mut events: Vec<Value> = self
             .spec
             .controller_dirs()
@@ -370,7 +370,7 @@ impl<'a> Lab<'a> {
                 let from = self.marks();
                 tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
                 *self.faulted_at.lock().expect("fault time lock") =
-                    Some(valkey_dr_controller::events::now_ms());
+                    Some(valkey_dr_controller::clock::now_ms());
                 crate::link::set_partition(&self.spec.dir, &[region.clone()].into())
                     .await
                     .map_err(lab_error)?;
@@ -437,7 +437,7 @@ impl<'a> Lab<'a> {
     /// Cuts `entry` (a region, or a controller cut) for `ms`, then heals.
     pub(super) async fn partition_for(&self, entry: String, ms: u64) -> Result<(), ChaosError> {
         *self.faulted_at.lock().expect("fault time lock") =
-            Some(valkey_dr_controller::events::now_ms());
+            Some(valkey_dr_controller::clock::now_ms());
         crate::link::set_partition(&self.spec.dir, &[entry].into())
             .await
             .map_err(lab_error)?;
