@@ -9,6 +9,7 @@
 //! on its own clock from when it *sent* its last successful renewal (Patroni's rule: a leader that
 //! cannot renew demotes itself).
 
+#[cfg(feature = "cluster")]
 pub mod cluster;
 
 use std::sync::Arc;
@@ -106,6 +107,7 @@ impl Claim {
 
     /// A claim with the given token and deadline, as a deposed leader whose clock lies would
     /// believe it has (for tests of the fencing).
+    #[cfg(feature = "testing")]
     pub fn for_test(token: i64, act_until: Instant) -> Claim {
         Claim {
             lease: 0,

@@ -9,11 +9,17 @@
 //! A new backend is a new module implementing [`DnsProvider`]; the [`conformance`] battery is
 //! the contract it must pass.
 
+#[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "resolve")]
 pub mod resolve;
+#[cfg(feature = "rfc2136")]
 pub mod rfc2136;
+#[cfg(any(feature = "embedded", feature = "rfc2136"))]
 pub mod wire;
 
 use async_trait::async_trait;
