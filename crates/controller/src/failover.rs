@@ -269,14 +269,7 @@ impl Controller {
                 .await
                 .is_ok_and(|i| i.is_primary());
             if !promoted {
-                let _ = self
-                    .state
-                    .update(|s| {
-                        let mut next = s.cloned()?;
-                        next.intent = None;
-                        Some(next)
-                    })
-                    .await;
+                let _ = self.state.clear_intent().await;
                 self.events.emit(
                     "failover_failed",
                     json!({ "kind": report.kind, "node": report.new_primary, "epoch": new_epoch.epoch, "error": e.to_string() }),
@@ -316,14 +309,7 @@ impl Controller {
         &self,
         intent: crate::state::Intent,
     ) -> Result<(), crate::state::StateError> {
-        self.state
-            .update(|s| {
-                let mut next = s.cloned()?;
-                next.intent = Some(intent);
-                Some(next)
-            })
-            .await
-            .map(|_| ())
+        self.state.record_intent(intent).await
     }
 
     /// Records the epoch a promotion established, its writer's history (the lineage the next
@@ -336,20 +322,7 @@ impl Controller {
     ) -> Result<(), crate::state::StateError> {
         let result = self
             .state
-            .update(|s| {
-                let mut next = s
-                    .cloned()
-                    .unwrap_or_else(|| crate::state::State::new(epoch));
-                next.epoch = epoch;
-                next.intent = None;
-                next.writer_history = Some(history.clone());
-                // The new writer was promoted with no quorum: not fenced until one is set.
-                next.writer_quorum = None;
-                if block_until_ms.is_some() {
-                    next.failovers_blocked_until_ms = block_until_ms;
-                }
-                Some(next)
-            })
+            .commit_epoch(epoch, history.clone(), block_until_ms)
             .await;
         match result {
             Ok(_) => {
@@ -472,22 +445,12 @@ impl Controller {
         .next(writer)
         .ok_or_else(|| FailoverError::State(format!("epoch {highest} cannot grow")))?;
         let history = info_of(&observations, writer).map(|i| i.history());
-        self.set_epoch(epoch, history.clone())
+        // The operator decided what the history is: a suspected loss is settled with it.
+        self.state
+            .adopt_epoch(epoch, history.clone(), true)
             .await
             .map_err(|e| FailoverError::State(e.to_string()))?;
         self.memory.lock().expect("memory lock").last_writer = history.map(|h| (writer, h));
-        // The operator decided what the history is: a suspected loss is settled.
-        if let Err(e) = self
-            .state
-            .update(|s| {
-                let mut next = s.cloned()?;
-                next.data_loss = None;
-                Some(next)
-            })
-            .await
-        {
-            self.state_write_failed(&e);
-        }
         self.events.emit(
             "adopted",
             json!({ "region": region, "primary": self.topology.node_name(writer), "epoch": epoch.epoch }),
@@ -498,24 +461,14 @@ impl Controller {
 
     /// `valkey-dr ack`: allow automatic failovers again and clear a reported data loss.
     pub async fn ack(&self) -> Result<bool, crate::state::StateError> {
-        let mut was_blocked = false;
-        if let Err(e) = self
-            .state
-            .update(|s| {
-                let mut next = s.cloned()?;
-                was_blocked = next
-                    .failovers_blocked_until_ms
-                    .take()
-                    .is_some_and(|until| crate::clock::now_ms() < until);
-                next.data_loss = None;
-                Some(next)
-            })
-            .await
-        {
-            // Not recorded: the block stays, and the operator is told so.
-            self.state_write_failed(&e);
-            return Err(e);
-        }
+        let was_blocked = match self.state.acknowledge(crate::clock::now_ms()).await {
+            Ok(was_blocked) => was_blocked,
+            Err(e) => {
+                // Not recorded: the block stays, and the operator is told so.
+                self.state_write_failed(&e);
+                return Err(e);
+            }
+        };
         self.events.emit(
             "failover_block_cleared",
             json!({ "was_blocked": was_blocked }),

@@ -231,44 +231,6 @@ impl Controller {
         self.state.epoch()
     }
 
-    /// Records a new epoch durably before anything acts on it, with its writer's history when
-    /// known (else the next pass records it); any intent is settled by it.
-    pub(crate) async fn set_epoch(
-        &self,
-        record: EpochRecord,
-        history: Option<valkey_dr_core::observation::History>,
-    ) -> Result<(), state::StateError> {
-        self.state
-            .update(|now| {
-                let mut next = now.cloned().unwrap_or_else(|| state::State::new(record));
-                next.epoch = record;
-                next.intent = None;
-                next.writer_history = history;
-                Some(next)
-            })
-            .await
-            .map(|_| ())
-    }
-
-    /// Records the writer's replication history durably; a failed write is reported (the next
-    /// change of history records it again).
-    pub(crate) async fn record_writer_history(
-        &self,
-        history: valkey_dr_core::observation::History,
-    ) {
-        if let Err(e) = self
-            .state
-            .update(|s| {
-                let mut next = s.cloned()?;
-                next.writer_history = Some(history);
-                Some(next)
-            })
-            .await
-        {
-            self.state_write_failed(&e);
-        }
-    }
-
     /// Reports a failed state write (the action it guarded is not taken).
     pub(crate) fn state_write_failed(&self, error: &state::StateError) {
         self.events.emit(

@@ -139,15 +139,7 @@ impl Controller {
         writer: NodeId,
         quorum: Option<WriteQuorum>,
     ) -> Result<(), crate::state::StateError> {
-        let result = self
-            .state
-            .update(|s| {
-                let mut next = s.cloned()?;
-                (next.epoch.primary == writer).then_some(())?;
-                next.writer_quorum = quorum;
-                Some(next)
-            })
-            .await;
+        let result = self.state.record_write_quorum(writer, quorum).await;
         if let Err(e) = &result {
             self.state_write_failed(e);
         }

@@ -20,11 +20,15 @@ fn topology() -> Topology {
     Topology::from_config(&config)
 }
 
-fn state(epoch: u64, primary: usize) -> State {
-    State::new(EpochRecord {
+fn epoch(epoch: u64, primary: usize) -> EpochRecord {
+    EpochRecord {
         epoch,
         primary: NodeId(primary),
-    })
+    }
+}
+
+fn state(n: u64, primary: usize) -> State {
+    State::new(epoch(n, primary))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -52,25 +56,31 @@ async fn a_write_whose_reply_was_lost_counts_once_etcd_shows_it_and_never_wedges
     let topology = topology();
     let ours = StateStore::in_etcd(coord.clone(), leader.clone(), &topology);
     ours.reload().await.unwrap();
-    ours.update(|_| Some(state(1, 0))).await.unwrap();
+    ours.adopt_epoch(epoch(1, 0), None, false).await.unwrap();
 
     // The same leader's write of epoch 2 commits, but its reply is lost: modelled by a second
     // store on the same fence writing it, so that `ours` still holds the old revision.
     let lost_reply = StateStore::in_etcd(coord.clone(), leader.clone(), &topology);
     lost_reply.reload().await.unwrap();
-    lost_reply.update(|_| Some(state(2, 1))).await.unwrap();
+    lost_reply
+        .adopt_epoch(epoch(2, 1), None, false)
+        .await
+        .unwrap();
 
     // The retry finds epoch 2 in etcd: done, not a failure.
-    let retried = ours.update(|_| Some(state(2, 1))).await;
-    assert_eq!(retried.unwrap(), Some(state(2, 1)));
+    ours.adopt_epoch(epoch(2, 1), None, false).await.unwrap();
+    assert_eq!(ours.get(), Some(state(2, 1)));
     // And the next write goes through: the store re-read the revision.
-    ours.update(|_| Some(state(3, 0))).await.unwrap();
+    ours.adopt_epoch(epoch(3, 0), None, false).await.unwrap();
     assert_eq!(ours.epoch().unwrap().epoch, 3);
 
     // A conflicting write is refused, and leaves the store holding what etcd holds.
     lost_reply.reload().await.unwrap();
-    lost_reply.update(|_| Some(state(4, 1))).await.unwrap();
-    assert!(ours.update(|_| Some(state(4, 0))).await.is_err());
+    lost_reply
+        .adopt_epoch(epoch(4, 1), None, false)
+        .await
+        .unwrap();
+    assert!(ours.adopt_epoch(epoch(4, 0), None, false).await.is_err());
     assert_eq!(
         ours.epoch(),
         Some(EpochRecord {
@@ -78,7 +88,7 @@ async fn a_write_whose_reply_was_lost_counts_once_etcd_shows_it_and_never_wedges
             primary: NodeId(1)
         })
     );
-    ours.update(|_| Some(state(5, 0))).await.unwrap();
+    ours.adopt_epoch(epoch(5, 0), None, false).await.unwrap();
 
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);

@@ -320,8 +320,9 @@ impl Controller {
                 self.memory.lock().expect("memory lock").last_writer =
                     Some((*writer, history.clone()));
                 // The replication id changes only at promotions and restarts: record it then.
-                if *durable {
-                    self.record_writer_history(history.clone()).await;
+                if *durable && let Err(e) = self.state.record_writer_history(history.clone()).await
+                {
+                    self.state_write_failed(&e);
                 }
                 Done::Unchanged
             }
@@ -370,7 +371,7 @@ impl Controller {
 
     /// Records an epoch found on the nodes or adopted at a start; false when the write failed.
     async fn adopt_epoch(&self, record: EpochRecord, history: Option<History>) -> bool {
-        match self.set_epoch(record, history).await {
+        match self.state.adopt_epoch(record, history, false).await {
             Ok(()) => true,
             Err(e) => {
                 self.state_write_failed(&e);
@@ -533,15 +534,7 @@ impl Controller {
     }
 
     pub(crate) async fn clear_intent(&self) {
-        if let Err(e) = self
-            .state
-            .update(|s| {
-                let mut next = s.cloned()?;
-                next.intent = None;
-                Some(next)
-            })
-            .await
-        {
+        if let Err(e) = self.state.clear_intent().await {
             self.state_write_failed(&e);
         }
     }
@@ -666,17 +659,7 @@ impl Controller {
         self.memory.lock().expect("memory lock").last_writer = Some((writer, now.clone()));
         // The new lineage and the loss in one durable write: status shows the loss on every site
         // and after any restart, until `ack`.
-        let history = now.clone();
-        match self
-            .state
-            .update(|s| {
-                let mut next = s.cloned()?;
-                next.writer_history = Some(history);
-                next.data_loss = Some(lost);
-                Some(next)
-            })
-            .await
-        {
+        match self.state.record_loss(now.clone(), lost).await {
             Ok(_) => true,
             Err(e) => {
                 self.state_write_failed(&e);

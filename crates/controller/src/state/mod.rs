@@ -7,6 +7,8 @@
 //! or power loss cannot bring back the previous state. A truncated or unreadable file is reported
 //! and ignored; the epoch is then recovered from the nodes' epoch marks and DNS.
 
+mod transitions;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -324,7 +326,8 @@ impl StateStore {
 
     /// Applies `change` and writes the result durably before anyone can read it. Nothing changes
     /// when the write fails. `change` returning `None` leaves the state as it is.
-    pub async fn update(
+    /// Every change goes through a named transition (`transitions.rs`).
+    async fn update(
         &self,
         change: impl FnOnce(Option<&State>) -> Option<State>,
     ) -> Result<Option<State>, StateError> {
