@@ -1,5 +1,7 @@
 //! A read-only snapshot for `valkey-dr status`: nodes, roles, links, lag, epoch and DNS.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use valkey_dr_core::analysis::analyze;
 use valkey_dr_core::{NodeId, Role};
@@ -47,6 +49,10 @@ pub struct Status {
     /// The highly available shape: this controller's site and who leads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordination: Option<CoordinationStatus>,
+    /// How old the node observations shown are: those of the last pass, unless it is older than
+    /// a few passes (then the nodes were asked afresh).
+    #[serde(default)]
+    pub observed_ms_ago: u64,
     /// The writer's self-fence as this controller last set it (`min-replicas-to-write`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_fence: Option<SelfFenceStatus>,
@@ -72,10 +78,23 @@ pub struct CoordinationStatus {
 }
 
 impl Controller {
-    /// Observes afresh and reads DNS; changes nothing.
+    /// What the last pass saw (the nodes observed afresh when no recent pass did) and the DNS
+    /// records as they are; changes nothing.
     pub async fn status(&self) -> Status {
         let topology = &self.topology;
-        let observations = self.observe_all().await;
+        let recent = Duration::from_millis(self.config.controller.reconcile_interval_ms * 3)
+            .max(Duration::from_secs(3));
+        let last_seen = self
+            .memory
+            .lock()
+            .expect("memory lock")
+            .last_seen
+            .clone()
+            .filter(|(at, _)| at.elapsed() < recent);
+        let (observed_ms_ago, observations) = match last_seen {
+            Some((at, observations)) => (at.elapsed().as_millis() as u64, observations),
+            None => (0, self.observe_all().await),
+        };
         let epoch = self.epoch();
         let analysis = analyze(topology, &observations, epoch.as_ref());
         let writer_info = analysis
@@ -186,6 +205,7 @@ impl Controller {
                 })
                 .collect(),
             data_loss_suspected: data_loss,
+            observed_ms_ago,
             self_fence: self.self_fence_status(),
             coordination: self.ha().map(|ha| CoordinationStatus {
                 site: ha.site().to_string(),

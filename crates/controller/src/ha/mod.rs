@@ -515,6 +515,7 @@ impl Controller {
         );
         let epoch = self.epoch();
         self.publish_view(ha, &observations);
+        self.remember_seen(&observations);
         let analysis =
             valkey_dr_core::analysis::analyze(&self.topology, &observations, epoch.as_ref());
         Ok(crate::PassOutcome {

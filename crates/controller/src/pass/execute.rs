@@ -81,6 +81,7 @@ impl Controller {
                     applied,
                     retry_after,
                 } => {
+                    self.remember_seen(&snapshot.observations);
                     self.memory.lock().expect("memory lock").last_look = Some(snapshot.clone());
                     return Ok(PassOutcome {
                         observations: snapshot.observations,
@@ -93,6 +94,12 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// What `status` shows until the next pass.
+    pub(crate) fn remember_seen(&self, observations: &[NodeObservation]) {
+        self.memory.lock().expect("memory lock").last_seen =
+            Some((Instant::now(), observations.to_vec()));
     }
 
     async fn first_look(&self) -> Result<Snapshot, PassError> {

@@ -49,6 +49,9 @@ pub struct Memory {
     /// The last look of the last pass: a pass that asked to be called again soon looks again
     /// from it (nodes that answered are asked again; silent ones only briefly).
     pub(super) last_look: Option<plan::Snapshot>,
+    /// What the last successful pass (leading or following) saw of the nodes, and when: what
+    /// `status`, `/api/status` and `/metrics` show, without probing every node per request.
+    pub(crate) last_seen: Option<(std::time::Instant, Vec<NodeObservation>)>,
 }
 
 /// A failover between its promotion and the pass that commits DNS for its epoch.
