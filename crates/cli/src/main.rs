@@ -8,10 +8,12 @@ mod lab;
 mod render;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use valkey_dr_controller::control::{self, Request};
+use valkey_dr_controller::faults::{Fault, FaultAction, FaultInjector, FaultPoint};
 use valkey_dr_controller::promotion::PromoteMethod;
 use valkey_dr_core::Config;
 
@@ -259,8 +261,37 @@ fn load_config(arg: &ConfigArg) -> Result<Config> {
     Ok(Config::load(&path)?)
 }
 
+/// `VALKEY_DR_FAULT=crash-after:<point>` (or `stall-after:<point>`): the crash tests' way into a
+/// controller process (see `valkey_dr_controller::faults`).
+struct EnvFault(Fault);
+
+impl FaultInjector for EnvFault {
+    fn at(&self, point: FaultPoint) -> Option<FaultAction> {
+        (self.0.at == point).then_some(self.0.action)
+    }
+
+    fn inject(&self, action: FaultAction) {
+        match action {
+            FaultAction::Crash => std::process::abort(),
+            // SAFETY: stops this process, as a VM pause or SIGSTOP from outside would.
+            FaultAction::Stall => unsafe {
+                libc::raise(libc::SIGSTOP);
+            },
+        }
+    }
+}
+
 async fn run(config: &Config) -> Result<()> {
-    let mut running = valkey_dr_controller::start(config.clone()).await?;
+    let faults = match std::env::var("VALKEY_DR_FAULT") {
+        Ok(text) => {
+            let fault: Fault = text
+                .parse()
+                .map_err(|e| anyhow::anyhow!("VALKEY_DR_FAULT: {e}"))?;
+            Some(Arc::new(EnvFault(fault)) as Arc<dyn FaultInjector>)
+        }
+        Err(_) => None,
+    };
+    let mut running = valkey_dr_controller::start_with(config.clone(), faults).await?;
     running.controller.events().echo_to_stderr(true);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

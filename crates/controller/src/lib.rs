@@ -10,6 +10,7 @@ pub mod clock;
 pub mod control;
 pub mod events;
 pub mod failover;
+pub mod faults;
 pub mod ha;
 pub mod health;
 pub mod http;
@@ -84,9 +85,8 @@ pub struct Controller {
     pub(crate) health: std::sync::Mutex<health::Health>,
     /// Wakes the reconcile loop for a pass now (a new leader acts at once).
     pub(crate) wake: tokio::sync::Notify,
-    /// Fault injection for crash tests: `VALKEY_DR_FAULT=crash-after:<step>` makes the process
-    /// abort right after that promotion step, as a crash or `kill -9` would.
-    fault: Option<String>,
+    /// The crash and stall tests' fault injector ([`faults`]); none in production.
+    faults: Option<Arc<dyn faults::FaultInjector>>,
 }
 
 impl Controller {
@@ -178,7 +178,7 @@ impl Controller {
             memory: std::sync::Mutex::new(pass::Memory::default()),
             health: std::sync::Mutex::new(health::Health::default()),
             wake: tokio::sync::Notify::new(),
-            fault: std::env::var("VALKEY_DR_FAULT").ok(),
+            faults: None,
             config,
         })
     }
@@ -239,25 +239,27 @@ impl Controller {
         );
     }
 
-    /// Aborts the process at the named point when `VALKEY_DR_FAULT=crash-after:<point>` says so,
-    /// or stops it there (SIGSTOP, until someone sends SIGCONT) with `stall-after:<point>`.
-    pub(crate) fn fault_point(&self, point: &str) {
-        let Some(fault) = &self.fault else { return };
-        if fault.strip_prefix("crash-after:") == Some(point) {
-            self.events.emit(
-                "fault_injected",
-                serde_json::json!({ "crash_after": point }),
-            );
-            std::process::abort();
-        }
-        if fault.strip_prefix("stall-after:") == Some(point) {
-            self.events.emit(
-                "fault_injected",
-                serde_json::json!({ "stall_after": point }),
-            );
-            // SAFETY: stops this process, as a VM pause or SIGSTOP from outside would.
-            unsafe { libc::raise(libc::SIGSTOP) };
-        }
+    /// Injects the fault a test asked for at `point`, if any (after reporting it).
+    pub(crate) fn fault_point(&self, point: faults::FaultPoint) {
+        let Some(faults) = &self.faults else { return };
+        let Some(action) = faults.at(point) else {
+            return;
+        };
+        let key = match action {
+            faults::FaultAction::Crash => "crash_after",
+            faults::FaultAction::Stall => "stall_after",
+        };
+        self.events.emit(
+            "fault_injected",
+            serde_json::json!({ key: point.to_string() }),
+        );
+        faults.inject(action);
+    }
+
+    /// The crash and stall tests' fault injector (see [`faults`]).
+    pub fn with_faults(mut self, faults: Option<Arc<dyn faults::FaultInjector>>) -> Controller {
+        self.faults = faults;
+        self
     }
 
     /// PINGs every node every `every` and returns as soon as one fails, so that failure detection
@@ -423,9 +425,19 @@ impl Running {
 /// reconcile loop; with `[coordination]`, also the campaign for leadership, the site's presence
 /// and the region guard.
 pub async fn start(config: Config) -> Result<Running, ControllerError> {
+    start_with(config, None).await
+}
+
+/// [`start`], with a fault injector for the crash and stall tests.
+pub async fn start_with(
+    config: Config,
+    faults: Option<Arc<dyn faults::FaultInjector>>,
+) -> Result<Running, ControllerError> {
     let listen = match &config.dns.provider {
         DnsProviderConfig::Embedded { listen } => listen.parse().expect("validated listen address"),
-        DnsProviderConfig::Rfc2136(rfc2136) => return start_rfc2136(config.clone(), rfc2136).await,
+        DnsProviderConfig::Rfc2136(rfc2136) => {
+            return start_rfc2136(config.clone(), rfc2136, faults).await;
+        }
     };
     let zone = Arc::new(Zone::new(&config.dns.zone));
     // Highly available shape: connect and load the committed records before serving, so that a
@@ -453,12 +465,13 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
             .await?;
     let dns_addr = Some(dns.local_addr());
     let controller = match ha {
-        None => Arc::new(Controller::new(config, zone)?),
+        None => Controller::new(config, zone)?,
         Some(ha) => {
             let engine = Controller::valkey_engine(&config)?;
-            Arc::new(Controller::with_coordination(config, ha, engine)?)
+            Controller::with_coordination(config, ha, engine)?
         }
     };
+    let controller = Arc::new(controller.with_faults(faults));
     let tasks = start_tasks(&controller, dns_addr).await?;
     Ok(Running {
         controller,
@@ -472,6 +485,7 @@ pub async fn start(config: Config) -> Result<Running, ControllerError> {
 async fn start_rfc2136(
     config: Config,
     rfc2136: &valkey_dr_core::config::Rfc2136Config,
+    faults: Option<Arc<dyn faults::FaultInjector>>,
 ) -> Result<Running, ControllerError> {
     let key = security::tsig_key(rfc2136)?;
     let servers = rfc2136
@@ -489,7 +503,7 @@ async fn start_rfc2136(
         field: "dns.provider",
         reason,
     })?;
-    let controller = Arc::new(Controller::new(config, Arc::new(provider))?);
+    let controller = Arc::new(Controller::new(config, Arc::new(provider))?.with_faults(faults));
     let tasks = start_tasks(&controller, None).await?;
     Ok(Running {
         controller,

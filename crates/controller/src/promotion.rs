@@ -117,12 +117,8 @@ impl Machine<'_> {
                 duration_ms: round(duration_ms),
                 detail,
             });
-            if let Some(name) = serde_json::to_value(step)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-            {
-                self.controller.fault_point(&name);
-            }
+            self.controller
+                .fault_point(crate::faults::FaultPoint::StepDone(step));
         }
     }
 }
@@ -356,7 +352,7 @@ impl Controller {
                 )
                 .await);
         }
-        self.fault_point("intent");
+        self.fault_point(crate::faults::FaultPoint::IntentRecorded);
         let promoted = match method {
             PromoteMethod::FailoverCommand => Ok(()),
             _ => self.engine.promote(endpoint(target)).await,
@@ -374,7 +370,7 @@ impl Controller {
                 return Err(self.abort(old, PromoteError::Aborted(e)).await);
             }
         }
-        self.fault_point("promoted");
+        self.fault_point(crate::faults::FaultPoint::TargetPromoted);
         // The old primary is demoted while its writes are still paused: there is no moment with
         // two masters that take writes. Its clients stay blocked on the pause until Release.
         let demotion = match method {
