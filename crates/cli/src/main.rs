@@ -301,15 +301,15 @@ async fn run(config: &Config) -> Result<()> {
             running
                 .controller
                 .events()
-                .emit("controller_failed", serde_json::json!({ "reason": ended }));
+                .emit(valkey_dr_controller::events::EventKind::ControllerFailed, serde_json::json!({ "reason": ended }));
             // Exit at once: no lease renewal, no half-working controller; the supervisor restarts.
             std::process::exit(70);
         }
     }
-    running
-        .controller
-        .events()
-        .emit("controller_stopped", serde_json::json!({}));
+    running.controller.events().emit(
+        valkey_dr_controller::events::EventKind::ControllerStopped,
+        serde_json::json!({}),
+    );
     running.stop().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Human-readable output: the status table and promotion progress.
 
 use std::fmt::Write;
+use valkey_dr_controller::events::EventKind;
 use valkey_dr_core::config::DnsProviderConfig;
 
 use serde_json::Value;
@@ -105,7 +106,7 @@ pub fn status(config: &Config, status: &Status) -> String {
 
 /// One line per finished promotion step.
 pub fn promotion_event(event: &Value) -> Option<String> {
-    if event.get("event")?.as_str()? != "promotion_step" || event.get("state")?.as_str()? != "done"
+    if EventKind::of(event)? != EventKind::PromotionStep || event.get("state")?.as_str()? != "done"
     {
         return None;
     }

@@ -7,11 +7,84 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
+
+/// Every kind of event the controller reports: the `event` field of each line. Metrics,
+/// webhooks, the CLI, chaos and drills match on these, not on strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Adopted,
+    Analysis,
+    BootstrapBlocked,
+    ControllerFailed,
+    ControllerStalled,
+    ControllerStarted,
+    ControllerStopped,
+    DataLossSuspected,
+    DnsApplied,
+    DnsApplyFailed,
+    DnsConflict,
+    DnsPlan,
+    EpochAdopted,
+    EpochRecovered,
+    EtcdAvailable,
+    EtcdUnavailable,
+    FailoverBlockCleared,
+    FailoverCancelled,
+    FailoverCompleted,
+    FailoverFailed,
+    FailoverNeeded,
+    FailoverPromoted,
+    FailoverStarted,
+    FailoverWithheld,
+    FaultInjected,
+    Fenced,
+    HttpListening,
+    HttpUnavailable,
+    IntentResolved,
+    LeaderElected,
+    LeaderSeen,
+    LeadershipHandedOver,
+    LeadershipLost,
+    LostWriterHeld,
+    NodeDown,
+    ObservationChanged,
+    PromotionDone,
+    PromotionFailed,
+    PromotionStarted,
+    PromotionStep,
+    ReconcileFailed,
+    ReplicaRepointed,
+    RequestForwarded,
+    SelfFenceLifted,
+    SelfFenced,
+    SettingWeakensSafety,
+    StateUnusable,
+    StateWriteFailed,
+    WriteQuorumSet,
+    WriterRestartedEmpty,
+}
+
+impl EventKind {
+    /// The kind of a logged event line's JSON, if it is one of ours.
+    pub fn of(event: &Value) -> Option<EventKind> {
+        EventKind::deserialize(event.get("event")?).ok()
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(Value::String(name)) => f.write_str(&name),
+            _ => write!(f, "{self:?}"),
+        }
+    }
+}
 
 /// How many recent events `/api/events` and the status page show.
 const RECENT: usize = 500;
@@ -106,7 +179,7 @@ impl EventSink {
     }
 
     /// Emits `{"ts": "...", "event": kind, ...data}`.
-    pub fn emit(&self, kind: &str, data: impl Serialize) {
+    pub fn emit(&self, kind: EventKind, data: impl Serialize) {
         let mut event = json!({ "ts": crate::clock::now_rfc3339(), "event": kind });
         if let (Value::Object(map), Ok(Value::Object(extra))) =
             (&mut event, serde_json::to_value(data))
@@ -141,7 +214,7 @@ mod tests {
         let path = dir.join("events.jsonl");
         let sink = super::EventSink::open(&path, 2_000, Default::default());
         for i in 0..100 {
-            sink.emit("tick", serde_json::json!({ "i": i }));
+            sink.emit(super::EventKind::Analysis, serde_json::json!({ "i": i }));
         }
         let current = std::fs::read_to_string(&path).unwrap();
         let previous = std::fs::read_to_string(dir.join("events.jsonl.1")).unwrap();

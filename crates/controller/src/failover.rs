@@ -115,15 +115,17 @@ impl Controller {
     pub(crate) fn report_fenced(&self, demotion: &Demotion, epoch: u64) {
         let mut detail = serde_json::to_value(demotion).unwrap_or_default();
         detail["epoch"] = json!(epoch);
-        self.events.emit("fenced", &detail);
+        self.events.emit(crate::events::EventKind::Fenced, &detail);
     }
 
     /// Reports a failover held back by the sites' views (once per reason).
     pub(crate) fn note_withheld(&self, reason: String) {
         let mut memory = self.memory.lock().expect("memory lock");
         if memory.withheld != reason {
-            self.events
-                .emit("failover_withheld", json!({ "situation": reason }));
+            self.events.emit(
+                crate::events::EventKind::FailoverWithheld,
+                json!({ "situation": reason }),
+            );
             memory.withheld = reason;
         }
     }
@@ -180,8 +182,8 @@ impl Controller {
         };
         // A one-sided view is no call for an operator: it is reported as what it is.
         let event = match decision {
-            Decision::WriterSeenAlive { .. } => "failover_withheld",
-            _ => "failover_needed",
+            Decision::WriterSeenAlive { .. } => crate::events::EventKind::FailoverWithheld,
+            _ => crate::events::EventKind::FailoverNeeded,
         };
         let mut memory = self.memory.lock().expect("memory lock");
         if *decision == Decision::None {
@@ -243,7 +245,8 @@ impl Controller {
             self.state_write_failed(&e);
             return Err(FailoverError::State(e.to_string()));
         }
-        self.events.emit("failover_started", &report);
+        self.events
+            .emit(crate::events::EventKind::FailoverStarted, &report);
         // An old writer that answers but lost its data must not take one more write.
         let old_answers = target != old.primary
             && observations
@@ -271,7 +274,7 @@ impl Controller {
             if !promoted {
                 let _ = self.state.clear_intent().await;
                 self.events.emit(
-                    "failover_failed",
+                    crate::events::EventKind::FailoverFailed,
                     json!({ "kind": report.kind, "node": report.new_primary, "epoch": new_epoch.epoch, "error": e.to_string() }),
                 );
                 return Err(FailoverError::Promote(e.to_string()));
@@ -285,7 +288,7 @@ impl Controller {
             .await
             .map_err(|e| FailoverError::State(e.to_string()))?;
         self.events.emit(
-            "failover_promoted",
+            crate::events::EventKind::FailoverPromoted,
             json!({ "node": report.new_primary, "epoch": new_epoch.epoch }),
         );
         self.memory.lock().expect("memory lock").pending_failover =
@@ -452,7 +455,7 @@ impl Controller {
             .map_err(|e| FailoverError::State(e.to_string()))?;
         self.memory.lock().expect("memory lock").last_writer = history.map(|h| (writer, h));
         self.events.emit(
-            "adopted",
+            crate::events::EventKind::Adopted,
             json!({ "region": region, "primary": self.topology.node_name(writer), "epoch": epoch.epoch }),
         );
         let _ = self.reconcile_locked().await;
@@ -470,7 +473,7 @@ impl Controller {
             }
         };
         self.events.emit(
-            "failover_block_cleared",
+            crate::events::EventKind::FailoverBlockCleared,
             json!({ "was_blocked": was_blocked }),
         );
         Ok(was_blocked)

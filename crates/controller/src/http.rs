@@ -87,16 +87,17 @@ async fn bind(controller: &Controller, listen: &str) -> tokio::net::TcpListener 
         match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => {
                 if reported {
-                    controller
-                        .events
-                        .emit("http_listening", serde_json::json!({ "listen": listen }));
+                    controller.events.emit(
+                        crate::events::EventKind::HttpListening,
+                        serde_json::json!({ "listen": listen }),
+                    );
                 }
                 return listener;
             }
             Err(e) => {
                 if !reported {
                     controller.events.emit(
-                        "http_unavailable",
+                        crate::events::EventKind::HttpUnavailable,
                         serde_json::json!({ "listen": listen, "error": e.to_string(), "retry": "with backoff" }),
                     );
                     reported = true;

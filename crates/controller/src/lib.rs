@@ -160,7 +160,7 @@ impl Controller {
         );
         if let Some(problem) = state_problem {
             events.emit(
-                "state_unusable",
+                crate::events::EventKind::StateUnusable,
                 serde_json::json!({ "error": problem.to_string() }),
             );
         }
@@ -234,7 +234,7 @@ impl Controller {
     /// Reports a failed state write (the action it guarded is not taken).
     pub(crate) fn state_write_failed(&self, error: &state::StateError) {
         self.events.emit(
-            "state_write_failed",
+            crate::events::EventKind::StateWriteFailed,
             serde_json::json!({ "error": error.to_string() }),
         );
     }
@@ -250,7 +250,7 @@ impl Controller {
             faults::FaultAction::Stall => "stall_after",
         };
         self.events.emit(
-            "fault_injected",
+            crate::events::EventKind::FaultInjected,
             serde_json::json!({ key: point.to_string() }),
         );
         faults.inject(action);
@@ -317,7 +317,7 @@ impl Controller {
             if lag >= health::STALL_THRESHOLD {
                 self.health.lock().expect("health lock").stalled(now);
                 self.events.emit(
-                    "controller_stalled",
+                    crate::events::EventKind::ControllerStalled,
                     serde_json::json!({ "lag_ms": lag.as_millis() as u64 }),
                 );
             }
@@ -360,7 +360,7 @@ impl Controller {
                     failures += 1;
                     let delay = pass::error_policy(interval, failures);
                     self.events.emit(
-                        "reconcile_failed",
+                        crate::events::EventKind::ReconcileFailed,
                         serde_json::json!({ "error": error.to_string(), "attempt": failures, "retry_in_ms": delay.as_millis() as u64 }),
                     );
                     delay
@@ -520,7 +520,7 @@ async fn start_tasks(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, ControllerError> {
     let control = control::ControlServer::bind(controller.clone())?;
     controller.events.emit(
-        "controller_started",
+        crate::events::EventKind::ControllerStarted,
         serde_json::json!({
             "dns": dns_addr.map(|a| a.to_string()),
             "control_socket": controller.config.control_socket().display().to_string(),

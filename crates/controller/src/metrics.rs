@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry, Unit};
 use serde_json::Value;
 
+use crate::events::EventKind;
 use crate::status::Status;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -308,7 +309,7 @@ impl Metrics {
     }
 
     /// Counts what an event reports. Kinds are matched exactly; others count nothing.
-    pub fn on_event(&self, kind: &str, event: &Value) {
+    pub fn on_event(&self, kind: EventKind, event: &Value) {
         let count = |family: &Family<FailoverLabels, Counter>, kind: &str, result: &str| {
             family
                 .get_or_create(&FailoverLabels {
@@ -320,48 +321,48 @@ impl Metrics {
         let failover_kind = || event["kind"].as_str().unwrap_or("unknown").to_string();
         let seconds = |field: &str| event[field].as_f64().map(|ms| ms / 1000.0);
         match kind {
-            "dns_applied" => {
+            EventKind::DnsApplied => {
                 self.dns_changes
                     .get_or_create(&result("applied"))
                     .inc_by(event["changes"].as_u64().unwrap_or(1));
             }
-            "dns_apply_failed" => {
+            EventKind::DnsApplyFailed => {
                 self.dns_changes.get_or_create(&result("failed")).inc();
             }
-            "dns_conflict" => {
+            EventKind::DnsConflict => {
                 let conflicts = event["conflicts"].as_array().map_or(1, |c| c.len() as u64);
                 self.dns_changes
                     .get_or_create(&result("conflict"))
                     .inc_by(conflicts);
             }
-            "failover_started" => {
+            EventKind::FailoverStarted => {
                 count(&self.failovers, &failover_kind(), "started");
                 self.last_failover
                     .set(crate::clock::now_ms() as f64 / 1000.0);
             }
-            "failover_completed" => {
+            EventKind::FailoverCompleted => {
                 count(&self.failovers, &failover_kind(), "completed");
                 if let Some(s) = seconds("duration_ms") {
                     self.failover_duration.observe(s);
                 }
             }
-            "failover_failed" => count(&self.failovers, &failover_kind(), "failed"),
-            "promotion_started" => {
+            EventKind::FailoverFailed => count(&self.failovers, &failover_kind(), "failed"),
+            EventKind::PromotionStarted => {
                 count(&self.failovers, "switchover", "started");
                 self.last_failover
                     .set(crate::clock::now_ms() as f64 / 1000.0);
             }
-            "promotion_done" => {
+            EventKind::PromotionDone => {
                 count(&self.failovers, "switchover", "completed");
                 if let Some(s) = seconds("write_pause_ms") {
                     self.switchover_gap.observe(s);
                 }
             }
-            "promotion_failed" => count(&self.failovers, "switchover", "failed"),
-            "fenced" => {
+            EventKind::PromotionFailed => count(&self.failovers, "switchover", "failed"),
+            EventKind::Fenced => {
                 self.fencing.get_or_create(&kind_label("demote")).inc();
             }
-            "self_fenced" => {
+            EventKind::SelfFenced => {
                 self.fencing
                     .get_or_create(&kind_label("region_pause"))
                     .inc();
@@ -412,20 +413,20 @@ mod tests {
     fn events_are_counted_by_kind_and_result() {
         let metrics = Metrics::new();
         let events = [
-            ("promotion_started", json!({})),
-            ("promotion_done", json!({ "write_pause_ms": 42.0 })),
-            ("failover_started", json!({ "kind": "in_region" })),
+            (EventKind::PromotionStarted, json!({})),
+            (EventKind::PromotionDone, json!({ "write_pause_ms": 42.0 })),
+            (EventKind::FailoverStarted, json!({ "kind": "in_region" })),
             (
-                "failover_completed",
+                EventKind::FailoverCompleted,
                 json!({ "kind": "in_region", "duration_ms": 1800 }),
             ),
-            ("fenced", json!({})),
-            ("dns_applied", json!({ "changes": 2 })),
-            ("dns_conflict", json!({ "conflicts": [1, 2, 3] })),
-            ("something_else", json!({})),
+            (EventKind::Fenced, json!({})),
+            (EventKind::DnsApplied, json!({ "changes": 2 })),
+            (EventKind::DnsConflict, json!({ "conflicts": [1, 2, 3] })),
+            (EventKind::Analysis, json!({})),
         ];
         for (kind, event) in &events {
-            metrics.on_event(kind, event);
+            metrics.on_event(*kind, event);
         }
         let text = metrics.encode();
         for expected in [

@@ -99,7 +99,7 @@ impl Machine<'_> {
         self.finish(String::new());
         self.current = Some((step, Instant::now(), crate::clock::now_rfc3339()));
         self.controller.events.emit(
-            "promotion_step",
+            crate::events::EventKind::PromotionStep,
             json!({ "step": step, "state": "started", "region": self.region }),
         );
     }
@@ -108,7 +108,7 @@ impl Machine<'_> {
         if let Some((step, at, started)) = self.current.take() {
             let duration_ms = at.elapsed().as_secs_f64() * 1000.0;
             self.controller.events.emit(
-                "promotion_step",
+                crate::events::EventKind::PromotionStep,
                 json!({ "step": step, "state": "done", "region": self.region, "duration_ms": round(duration_ms), "detail": detail }),
             );
             self.steps.push(StepRecord {
@@ -150,15 +150,19 @@ impl Controller {
             current: None,
             region: region.to_string(),
         };
-        self.events
-            .emit("promotion_started", json!({ "region": region }));
+        self.events.emit(
+            crate::events::EventKind::PromotionStarted,
+            json!({ "region": region }),
+        );
         let result = self.promote_locked(&mut machine, region, method).await;
         match &result {
-            Ok(report) => self.events.emit("promotion_done", report),
+            Ok(report) => self
+                .events
+                .emit(crate::events::EventKind::PromotionDone, report),
             Err(error) => {
                 machine.finish(format!("failed: {error}"));
                 self.events.emit(
-                    "promotion_failed",
+                    crate::events::EventKind::PromotionFailed,
                     json!({ "region": region, "error": error.to_string() }),
                 );
             }

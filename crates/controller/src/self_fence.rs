@@ -99,7 +99,7 @@ impl Controller {
         });
         if !reported {
             self.events.emit(
-                "write_quorum_set",
+                crate::events::EventKind::WriteQuorumSet,
                 json!({
                     "node": self.topology.node_name(writer),
                     "replicas": desired.replicas,

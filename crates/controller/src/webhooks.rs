@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 use valkey_dr_core::config::{WebhookConfig, WebhookEvent};
 
 use crate::Controller;
+use crate::events::EventKind;
 use crate::metrics::Metrics;
 use crate::security::{SecurityError, read_secret};
 
@@ -27,13 +28,13 @@ const ATTEMPTS: u32 = 8;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The webhook event of a controller event, when it is one a webhook can receive.
-pub fn webhook_event(kind: &str) -> Option<WebhookEvent> {
+pub fn webhook_event(kind: EventKind) -> Option<WebhookEvent> {
     match kind {
-        "failover_started" => Some(WebhookEvent::FailoverStarted),
-        "failover_completed" => Some(WebhookEvent::FailoverCompleted),
-        "promotion_done" => Some(WebhookEvent::SwitchoverCompleted),
-        "fenced" | "self_fenced" => Some(WebhookEvent::Fenced),
-        "data_loss_suspected" => Some(WebhookEvent::DataLossSuspected),
+        EventKind::FailoverStarted => Some(WebhookEvent::FailoverStarted),
+        EventKind::FailoverCompleted => Some(WebhookEvent::FailoverCompleted),
+        EventKind::PromotionDone => Some(WebhookEvent::SwitchoverCompleted),
+        EventKind::Fenced | EventKind::SelfFenced => Some(WebhookEvent::Fenced),
+        EventKind::DataLossSuspected => Some(WebhookEvent::DataLossSuspected),
         _ => None,
     }
 }
@@ -131,7 +132,7 @@ async fn dispatch(
         let Ok(event) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
-        let Some(kind) = event["event"].as_str().and_then(webhook_event) else {
+        let Some(kind) = EventKind::of(&event).and_then(webhook_event) else {
             continue;
         };
         let name = kind.name();
@@ -236,14 +237,14 @@ mod tests {
     #[test]
     fn only_the_documented_events_go_out() {
         let cases = [
-            ("failover_started", Some("failover.started")),
-            ("failover_completed", Some("failover.completed")),
-            ("promotion_done", Some("switchover.completed")),
-            ("fenced", Some("fenced")),
-            ("self_fenced", Some("fenced")),
-            ("data_loss_suspected", Some("data_loss_suspected")),
-            ("dns_applied", None),
-            ("promotion_started", None),
+            (EventKind::FailoverStarted, Some("failover.started")),
+            (EventKind::FailoverCompleted, Some("failover.completed")),
+            (EventKind::PromotionDone, Some("switchover.completed")),
+            (EventKind::Fenced, Some("fenced")),
+            (EventKind::SelfFenced, Some("fenced")),
+            (EventKind::DataLossSuspected, Some("data_loss_suspected")),
+            (EventKind::DnsApplied, None),
+            (EventKind::PromotionStarted, None),
         ];
         for (kind, expected) in cases {
             assert_eq!(

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
+use valkey_dr_controller::events::EventKind;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -353,7 +354,7 @@ fn detection_ms(spec: &LabSpec, since_ms: u64) -> Option<u64> {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| {
-            e["event"] == "failover_started"
+            EventKind::of(e) == Some(EventKind::FailoverStarted)
                 && e["ts"].as_str().is_some_and(|ts| ts >= since.as_str())
         })
         .find_map(|e| e["detection_ms"].as_u64())

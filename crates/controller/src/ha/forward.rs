@@ -91,8 +91,10 @@ impl Controller {
                         "error": "the request expired before a leader could take it; run the command again"
                     }),
                     Ok(Forwarded { request, .. }) => {
-                        self.events
-                            .emit("request_forwarded", json!({ "id": id, "request": request }));
+                        self.events.emit(
+                            crate::events::EventKind::RequestForwarded,
+                            json!({ "id": id, "request": request }),
+                        );
                         crate::control::execute(&self, request).await
                     }
                     Err(error) => json!({ "error": format!("invalid request: {error}") }),

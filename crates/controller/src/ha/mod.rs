@@ -186,7 +186,7 @@ impl Controller {
                             ha.leader.set(None);
                             let _ = ha.coord.resign(held).await;
                             self.events.emit(
-                                "leadership_handed_over",
+                                crate::events::EventKind::LeadershipHandedOver,
                                 json!({ "site": ha.site(), "reason": "this site is the writer's region; another site leads so that losing this region does not cost a leader election too" }),
                             );
                         }
@@ -203,7 +203,7 @@ impl Controller {
                         ha.leader.set(None);
                         claim = None;
                         self.events.emit(
-                            "leadership_lost",
+                            crate::events::EventKind::LeadershipLost,
                             json!({ "site": ha.site(), "error": error.to_string() }),
                         );
                     }
@@ -236,7 +236,7 @@ impl Controller {
                         Err(error) => {
                             if !unavailable_reported {
                                 self.events.emit(
-                                    "etcd_unavailable",
+                                    crate::events::EventKind::EtcdUnavailable,
                                     json!({ "error": error.to_string() }),
                                 );
                                 unavailable_reported = true;
@@ -273,7 +273,7 @@ impl Controller {
                 ha.note_synced();
                 ha.leader.set(Some(won.fence()));
                 self.events.emit(
-                    "leader_elected",
+                    crate::events::EventKind::LeaderElected,
                     json!({ "site": ha.site(), "token": won.token, "epoch": self.epoch().map(|e| e.epoch) }),
                 );
                 // Act at once: a promotion the old leader left half done is settled now.
@@ -281,8 +281,10 @@ impl Controller {
                 Some(won)
             }
             Err(error) => {
-                self.events
-                    .emit("state_unusable", json!({ "error": error.to_string() }));
+                self.events.emit(
+                    crate::events::EventKind::StateUnusable,
+                    json!({ "error": error.to_string() }),
+                );
                 let _ = ha.coord.resign(won).await;
                 None
             }
@@ -294,7 +296,7 @@ impl Controller {
         let previous = ha.shared().leader_site.replace(holder.clone());
         if previous.as_ref() != Some(&holder) {
             self.events.emit(
-                "leader_seen",
+                crate::events::EventKind::LeaderSeen,
                 json!({ "site": ha.site(), "leader": holder }),
             );
         }
@@ -425,7 +427,7 @@ impl Controller {
                     if fenced.is_none() {
                         ha.shared().fencing = true;
                         self.events.emit(
-                            "self_fenced",
+                            crate::events::EventKind::SelfFenced,
                             json!({ "site": ha.site(), "writer": self.topology.node_name(node), "paused": paused.is_ok() }),
                         );
                     }
@@ -434,7 +436,7 @@ impl Controller {
                 (None, Some(node)) => {
                     ha.shared().fencing = false;
                     self.events.emit(
-                        "self_fence_lifted",
+                        crate::events::EventKind::SelfFenceLifted,
                         json!({ "site": ha.site(), "node": self.topology.node_name(node), "still_writer": writer == Some(node) }),
                     );
                     fenced = None;
@@ -479,7 +481,7 @@ impl Controller {
             let paused = self.local_engine.pause_writes(endpoint, pause).await;
             if reported.insert(*node) {
                 self.events.emit(
-                    "self_fenced",
+                    crate::events::EventKind::SelfFenced,
                     json!({ "site": ha.site(), "writer": self.topology.node_name(*node), "paused": paused.is_ok(), "reason": "a master of this region while the site is cut off" }),
                 );
             }
@@ -499,10 +501,13 @@ impl Controller {
         let failing = synced.is_err();
         if failing != std::mem::replace(&mut ha.shared().sync_failing, failing) {
             match synced {
-                Err(error) => self
+                Err(error) => self.events.emit(
+                    crate::events::EventKind::EtcdUnavailable,
+                    json!({ "error": error.to_string() }),
+                ),
+                Ok(()) => self
                     .events
-                    .emit("etcd_unavailable", json!({ "error": error.to_string() })),
-                Ok(()) => self.events.emit("etcd_available", json!({})),
+                    .emit(crate::events::EventKind::EtcdAvailable, json!({})),
             }
         }
         // Failure detection runs here too, so that a new leader does not start from nothing.

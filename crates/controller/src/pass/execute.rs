@@ -158,7 +158,7 @@ impl Controller {
         for node in health.update(observations, probed_at, now, down_after) {
             if health.newly_down(node) {
                 self.events.emit(
-                    "node_down",
+                    crate::events::EventKind::NodeDown,
                     json!({ "node": self.topology.node_name(node), "failing_ms": health.failing_for(node, now).map(|d| d.as_millis() as u64) }),
                 );
             }
@@ -236,7 +236,7 @@ impl Controller {
                 let ok = self.adopt_epoch(*record, history.clone()).await;
                 if ok {
                     self.events.emit(
-                        "epoch_recovered",
+                        crate::events::EventKind::EpochRecovered,
                         json!({
                             "epoch": mark.epoch,
                             "primary": mark.writer,
@@ -256,7 +256,7 @@ impl Controller {
                 let ok = self.adopt_epoch(*record, history.clone()).await;
                 if ok {
                     self.events.emit(
-                        "epoch_adopted",
+                        crate::events::EventKind::EpochAdopted,
                         json!({
                             "epoch": record.epoch,
                             "primary": self.topology.node_name(record.primary),
@@ -271,7 +271,7 @@ impl Controller {
                 let mut memory = self.memory.lock().expect("memory lock");
                 if memory.bootstrap_problem.as_ref() != Some(problem) {
                     self.events.emit(
-                        "bootstrap_blocked",
+                        crate::events::EventKind::BootstrapBlocked,
                         json!({ "region": self.topology.region(*region).name, "reason": problem }),
                     );
                     memory.bootstrap_problem = Some(problem.clone());
@@ -359,16 +359,23 @@ impl Controller {
                 Done::Unchanged
             }
             Action::ApplyDns { changes } => {
-                self.events.emit("dns_plan", json!({ "changes": changes }));
+                self.events.emit(
+                    crate::events::EventKind::DnsPlan,
+                    json!({ "changes": changes }),
+                );
                 match self.dns.apply(changes).await {
                     Ok(()) => {
-                        self.events
-                            .emit("dns_applied", json!({ "changes": changes.len() }));
+                        self.events.emit(
+                            crate::events::EventKind::DnsApplied,
+                            json!({ "changes": changes.len() }),
+                        );
                         Done::Applied(changes.len())
                     }
                     Err(error) => {
-                        self.events
-                            .emit("dns_apply_failed", json!({ "error": error.to_string() }));
+                        self.events.emit(
+                            crate::events::EventKind::DnsApplyFailed,
+                            json!({ "error": error.to_string() }),
+                        );
                         return Err(error.into());
                     }
                 }
@@ -413,7 +420,7 @@ impl Controller {
         {
             self.health.lock().expect("health lock").forget(writer);
             self.events.emit(
-                "failover_cancelled",
+                crate::events::EventKind::FailoverCancelled,
                 json!({ "node": self.topology.node_name(writer), "reason": "the writer answered the confirmation probe" }),
             );
             return Done::Unchanged;
@@ -509,7 +516,8 @@ impl Controller {
                     if let Err(e) = self.engine.promote(target_endpoint).await {
                         // The intent stays: the next pass looks again.
                         detail["error"] = json!(e.to_string());
-                        self.events.emit("intent_resolved", &detail);
+                        self.events
+                            .emit(crate::events::EventKind::IntentResolved, &detail);
                         return false;
                     }
                 }
@@ -536,7 +544,8 @@ impl Controller {
                 true
             }
         };
-        self.events.emit("intent_resolved", &detail);
+        self.events
+            .emit(crate::events::EventKind::IntentResolved, &detail);
         changed
     }
 
@@ -556,7 +565,7 @@ impl Controller {
             result = self.engine.persist_role(endpoint).await;
         }
         self.events.emit(
-            "replica_repointed",
+            crate::events::EventKind::ReplicaRepointed,
             json!({
                 "node": self.topology.node_name(node),
                 "source": source.to_string(),
@@ -594,7 +603,7 @@ impl Controller {
                 .insert(node);
             if let Some(why) = settings.ok().and_then(|s| s.defeats_empty_restart_guard()) {
                 self.events.emit(
-                    "setting_weakens_safety",
+                    crate::events::EventKind::SettingWeakensSafety,
                     json!({ "node": self.topology.node_name(node), "warning": why }),
                 );
             }
@@ -624,7 +633,8 @@ impl Controller {
             "replication_id": now.replication_id,
             "offset": now.offset,
         });
-        self.events.emit("writer_restarted_empty", &detail);
+        self.events
+            .emit(crate::events::EventKind::WriterRestartedEmpty, &detail);
     }
 
     /// A writer back empty as a master while no failover can happen yet: it follows the node
@@ -641,7 +651,7 @@ impl Controller {
         };
         let demotion = self.demote(writer, holder, true).await;
         self.events.emit(
-            "lost_writer_held",
+            crate::events::EventKind::LostWriterHeld,
             json!({
                 "node": demotion.node,
                 "now_follows": demotion.now_follows,
@@ -662,7 +672,8 @@ impl Controller {
             "lost_bytes_at_least": before.map(|b| b.offset.saturating_sub(now.offset)),
             "reason": "the writer came back without its data and no other node holds it",
         });
-        self.events.emit("data_loss_suspected", &lost);
+        self.events
+            .emit(crate::events::EventKind::DataLossSuspected, &lost);
         self.memory.lock().expect("memory lock").last_writer = Some((writer, now.clone()));
         // The new lineage and the loss in one durable write: status shows the loss on every site
         // and after any restart, until `ack`.

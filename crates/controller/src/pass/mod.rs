@@ -147,7 +147,7 @@ impl Controller {
         };
         if let Some(done) = done {
             self.events.emit(
-                "failover_completed",
+                crate::events::EventKind::FailoverCompleted,
                 json!({
                     "kind": done.kind,
                     "epoch": done.epoch,
@@ -213,7 +213,7 @@ impl Controller {
             let before = memory.nodes.get(i);
             if before != Some(now) {
                 self.events.emit(
-                    "observation_changed",
+                    crate::events::EventKind::ObservationChanged,
                     json!({
                         "node": self.topology.node_name(observations[i].node),
                         "region": self.topology.region_of(observations[i].node).name,
@@ -224,8 +224,10 @@ impl Controller {
             }
         }
         if memory.findings != findings {
-            self.events
-                .emit("analysis", json!({ "findings": findings }));
+            self.events.emit(
+                crate::events::EventKind::Analysis,
+                json!({ "findings": findings }),
+            );
         }
         memory.nodes = nodes;
         memory.findings = findings;
@@ -235,8 +237,10 @@ impl Controller {
         let mut memory = self.memory.lock().expect("memory lock");
         if memory.conflicts != conflicts {
             if !conflicts.is_empty() {
-                self.events
-                    .emit("dns_conflict", json!({ "conflicts": conflicts }));
+                self.events.emit(
+                    crate::events::EventKind::DnsConflict,
+                    json!({ "conflicts": conflicts }),
+                );
             }
             memory.conflicts = conflicts.to_vec();
         }

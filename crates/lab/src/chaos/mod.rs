@@ -14,6 +14,7 @@ mod verdict;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
+use valkey_dr_controller::events::EventKind;
 
 use serde::{Deserialize, Serialize};
 use valkey_dr_controller::control;
@@ -217,7 +218,7 @@ async fn run_on(
     report.data_loss_suspected = lab
         .events_since(injected_at)
         .iter()
-        .filter(|e| e["event"] == "data_loss_suspected")
+        .filter(|e| EventKind::of(e) == Some(EventKind::DataLossSuspected))
         .count() as u64;
     if spec.is_ha() {
         // Times count from when the fault took hold (a partition's start), if it was recorded.
@@ -227,7 +228,7 @@ async fn run_on(
         let events = lab.events_since(injected_at);
         report.takeover_ms = events
             .iter()
-            .find(|e| e["event"] == "leader_elected")
+            .find(|e| EventKind::of(e) == Some(EventKind::LeaderElected))
             .and_then(|e| valkey_dr_controller::clock::parse_rfc3339(e["ts"].as_str()?))
             .map(|t| t.saturating_sub(injected_at));
         report.stale_writes_refused = events
@@ -242,7 +243,7 @@ async fn run_on(
             .count() as u64;
         report.fenced_after_ms = events
             .iter()
-            .find(|e| e["event"] == "self_fenced")
+            .find(|e| EventKind::of(e) == Some(EventKind::SelfFenced))
             .and_then(|e| valkey_dr_controller::clock::parse_rfc3339(e["ts"].as_str()?))
             .map(|t| t.saturating_sub(injected_at));
     }
