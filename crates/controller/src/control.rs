@@ -95,9 +95,10 @@ fn peer_allowed(stream: &UnixStream) -> bool {
 async fn handle(controller: Arc<Controller>, stream: UnixStream) {
     if !peer_allowed(&stream) {
         let (_, mut write) = stream.into_split();
-        let refusal =
-            json!({ "error": "control requests are accepted only from the controller's own user" });
-        let _ = write.write_all(format!("{refusal}\n").as_bytes()).await;
+        let refusal = Reply::Error(
+            "control requests are accepted only from the controller's own user".into(),
+        );
+        let _ = write.write_all(refusal.line().as_bytes()).await;
         return;
     }
     let (read, mut write) = stream.into_split();
@@ -106,12 +107,15 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
     if reader.read_line(&mut line).await.is_err() {
         return;
     }
-    let reply = |value: Value| format!("{value}\n");
     let request: Request = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => {
             let _ = write
-                .write_all(reply(json!({ "error": format!("invalid request: {e}") })).as_bytes())
+                .write_all(
+                    Reply::Error(format!("invalid request: {e}"))
+                        .line()
+                        .as_bytes(),
+                )
                 .await;
             return;
         }
@@ -147,48 +151,72 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
                     .await;
             }
             match result {
-                Ok(Ok(report)) => json!({ "result": report }),
-                Ok(Err(e)) => json!({ "error": e.to_string() }),
-                Err(e) => json!({ "error": format!("promotion task failed: {e}") }),
+                Ok(Ok(report)) => Reply::result(report),
+                Ok(Err(e)) => Reply::Error(e.to_string()),
+                Err(e) => Reply::Error(format!("promotion task failed: {e}")),
             }
         }
         request => execute(&controller, request).await,
     };
-    let _ = write.write_all(reply(out).as_bytes()).await;
+    let _ = write.write_all(out.line().as_bytes()).await;
+}
+
+/// One line from the controller to a control client: `{"event":…}` while an operation streams
+/// its events, then `{"result":…}` or `{"error":"…"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Event(Value),
+    Result(Value),
+    Error(String),
+}
+
+impl Reply {
+    /// A successful result.
+    pub fn result(value: impl Serialize) -> Reply {
+        Reply::Result(serde_json::to_value(value).unwrap_or_default())
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{}\n",
+            serde_json::to_string(self).expect("replies serialize")
+        )
+    }
 }
 
 /// Carries out one request and returns its reply (a promotion without its event stream).
-pub async fn execute(controller: &Arc<Controller>, request: Request) -> Value {
+pub async fn execute(controller: &Arc<Controller>, request: Request) -> Reply {
     match request {
-        Request::Status => json!({ "result": controller.status().await }),
+        Request::Status => Reply::result(controller.status().await),
         Request::Reconcile => match controller.reconcile_once().await {
-            Ok(pass) => json!({ "result": {
+            Ok(pass) => Reply::result(json!({
                 "applied": pass.applied,
                 "findings": pass.analysis.findings.iter().map(|f| f.describe(&controller.topology)).collect::<Vec<_>>(),
-            }}),
-            Err(e) => json!({ "error": e.to_string() }),
+            })),
+            Err(e) => Reply::Error(e.to_string()),
         },
         Request::Failover { region, force } => {
             match controller.forced_failover(&region, force).await {
-                Ok(report) => json!({ "result": report }),
-                Err(e) => json!({ "error": e.to_string() }),
+                Ok(report) => Reply::result(report),
+                Err(e) => Reply::Error(e.to_string()),
             }
         }
         Request::Ack => match controller.ack().await {
-            Ok(was_blocked) => json!({ "result": { "was_blocked": was_blocked } }),
-            Err(e) => json!({ "error": format!("ack not recorded: {e}") }),
+            Ok(was_blocked) => Reply::result(json!({ "was_blocked": was_blocked })),
+            Err(e) => Reply::Error(format!("ack not recorded: {e}")),
         },
         Request::Adopt { region } => match controller.adopt(&region).await {
-            Ok(epoch) => json!({ "result": {
+            Ok(epoch) => Reply::result(json!({
                 "epoch": epoch.epoch,
                 "primary": controller.topology.node_name(epoch.primary),
-            }}),
-            Err(e) => json!({ "error": e.to_string() }),
+            })),
+            Err(e) => Reply::Error(e.to_string()),
         },
         Request::Promote { region, method } => match controller.promote_with(&region, method).await
         {
-            Ok(report) => json!({ "result": report }),
-            Err(e) => json!({ "error": e.to_string() }),
+            Ok(report) => Reply::result(report),
+            Err(e) => Reply::Error(e.to_string()),
         },
     }
 }
@@ -228,16 +256,12 @@ pub async fn request(
         .await?;
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
-        let value: Value =
+        let reply: Reply =
             serde_json::from_str(&line).map_err(|e| ClientError::Reply(e.to_string()))?;
-        if let Some(event) = value.get("event") {
-            on_event(event);
-        } else if let Some(result) = value.get("result") {
-            return Ok(result.clone());
-        } else if let Some(error) = value.get("error") {
-            return Err(ClientError::Refused(
-                error.as_str().unwrap_or_default().to_string(),
-            ));
+        match reply {
+            Reply::Event(event) => on_event(&event),
+            Reply::Result(result) => return Ok(result),
+            Reply::Error(error) => return Err(ClientError::Refused(error)),
         }
     }
     Err(ClientError::Reply(

@@ -1,6 +1,7 @@
 //! Operator commands at any site: a request is handed to the leader through etcd, carried out
 //! there exactly once, and answered through etcd.
 
+use crate::control::Reply;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,9 +26,9 @@ const REQUEST_TTL: Duration = Duration::from_secs(120);
 impl Controller {
     /// Hands an operator's request to the leader through etcd and waits for its answer (the
     /// control socket is local to each site; the leader may be anywhere).
-    pub async fn forward(&self, request: &crate::control::Request) -> serde_json::Value {
+    pub async fn forward(&self, request: &crate::control::Request) -> Reply {
         let Some(ha) = self.ha() else {
-            return json!({ "error": "no coordination configured" });
+            return Reply::Error("no coordination configured".into());
         };
         let id = format!(
             "{}-{}-{}",
@@ -49,21 +50,21 @@ impl Controller {
             .put_expiring(&format!("requests/{id}"), &body, REQUEST_TTL)
             .await
         {
-            return json!({ "error": format!("cannot hand the request to the leader: {error}") });
+            return Reply::Error(format!("cannot hand the request to the leader: {error}"));
         }
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if let Ok(Some(reply)) = ha.coord.get(&format!("results/{id}")).await
-                && let Ok(reply) = serde_json::from_slice::<serde_json::Value>(&reply)
+                && let Ok(reply) = serde_json::from_slice::<Reply>(&reply)
             {
                 return reply;
             }
         }
-        json!({ "error": format!(
+        Reply::Error(format!(
             "no leader answered within {} s (last known leader: {})",
             REQUEST_TTL.as_secs(),
             ha.leader_site().unwrap_or_else(|| "none".into())
-        ) })
+        ))
     }
 
     /// On the leader: carries out the requests other sites handed over, each exactly once.
@@ -87,9 +88,10 @@ impl Controller {
                 let reply = match serde_json::from_slice::<Forwarded>(&body) {
                     // The operator's command gave up waiting: running it now would surprise them
                     // (a forced failover long after they were told no leader answered).
-                    Ok(forwarded) if now_ms() > forwarded.deadline_ms => json!({
-                        "error": "the request expired before a leader could take it; run the command again"
-                    }),
+                    Ok(forwarded) if now_ms() > forwarded.deadline_ms => Reply::Error(
+                        "the request expired before a leader could take it; run the command again"
+                            .into(),
+                    ),
                     Ok(Forwarded { request, .. }) => {
                         self.events.emit(
                             crate::events::EventKind::RequestForwarded,
@@ -97,7 +99,7 @@ impl Controller {
                         );
                         crate::control::execute(&self, request).await
                     }
-                    Err(error) => json!({ "error": format!("invalid request: {error}") }),
+                    Err(error) => Reply::Error(format!("invalid request: {error}")),
                 };
                 let reply = serde_json::to_vec(&reply).expect("replies serialize");
                 let _ = ha
