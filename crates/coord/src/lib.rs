@@ -11,6 +11,7 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod keys;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -172,7 +173,7 @@ impl Coordinator {
         Ok(Coordinator {
             clients: Arc::new(clients),
             preferred: Arc::new(AtomicUsize::new(0)),
-            leader_key: format!("{prefix}/leader"),
+            leader_key: format!("{prefix}/{}", keys::LEADER),
             prefix,
             site: site.to_string(),
             ttl: ttl.max(Duration::from_secs(2)),
@@ -495,7 +496,7 @@ impl Coordinator {
         let lease = self.grant().await?;
         match self
             .put_on(
-                self.key(&format!("sites/{}", self.site)),
+                self.key(&keys::site(&self.site)),
                 self.site.as_bytes().to_vec(),
                 lease,
             )

@@ -19,7 +19,7 @@ use crate::embedded::Zone;
 use crate::{DnsError, DnsProvider};
 
 /// The etcd key of the record sets (under the deployment's prefix).
-const RECORDS_KEY: &str = "dns";
+const RECORDS_KEY: &str = valkey_dr_coord::keys::RECORDS;
 
 pub struct EtcdRecords {
     coord: Coordinator,

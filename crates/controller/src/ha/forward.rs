@@ -4,6 +4,7 @@
 use crate::control::Reply;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use valkey_dr_coord::keys;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -47,14 +48,14 @@ impl Controller {
         let body = serde_json::to_vec(&forwarded).expect("requests serialize");
         if let Err(error) = ha
             .coord
-            .put_expiring(&format!("requests/{id}"), &body, REQUEST_TTL)
+            .put_expiring(&keys::request(&id), &body, REQUEST_TTL)
             .await
         {
             return Reply::Error(format!("cannot hand the request to the leader: {error}"));
         }
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Ok(Some(reply)) = ha.coord.get(&format!("results/{id}")).await
+            if let Ok(Some(reply)) = ha.coord.get(&keys::result(&id)).await
                 && let Ok(reply) = serde_json::from_slice::<Reply>(&reply)
             {
                 return reply;
@@ -75,12 +76,12 @@ impl Controller {
             let Some(fence) = ha.leader.fence() else {
                 continue;
             };
-            let Ok(pending) = ha.coord.list("requests").await else {
+            let Ok(pending) = ha.coord.list(keys::REQUESTS).await else {
                 continue;
             };
             for (id, body) in pending {
                 if !matches!(
-                    ha.coord.take_fenced(fence, &format!("requests/{id}")).await,
+                    ha.coord.take_fenced(fence, &keys::request(&id)).await,
                     Ok(true)
                 ) {
                     continue;
@@ -104,7 +105,7 @@ impl Controller {
                 let reply = serde_json::to_vec(&reply).expect("replies serialize");
                 let _ = ha
                     .coord
-                    .put_expiring(&format!("results/{id}"), &reply, REQUEST_TTL)
+                    .put_expiring(&keys::result(&id), &reply, REQUEST_TTL)
                     .await;
             }
         }

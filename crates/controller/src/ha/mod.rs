@@ -15,6 +15,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use valkey_dr_coord::keys;
 
 use serde_json::json;
 use valkey_dr_coord::{Claim, Coordinator, LeaderCell};
@@ -260,7 +261,7 @@ impl Controller {
             return false;
         }
         ha.coord
-            .list("sites")
+            .list(keys::SITES)
             .await
             .is_ok_and(|present| present.iter().any(|(site, _)| site != ha.site()))
     }
@@ -353,7 +354,7 @@ impl Controller {
                     .coord
                     .put_with(
                         held,
-                        &format!("views/{}", ha.site()),
+                        &keys::view(ha.site()),
                         &serde_json::to_vec(&view).expect("view serializes"),
                     )
                     .await
@@ -571,7 +572,7 @@ impl Controller {
         };
         let present: Vec<String> = ha
             .coord
-            .list("sites")
+            .list(keys::SITES)
             .await
             .map_err(|e| unreadable("sites", e))?
             .into_iter()
@@ -579,7 +580,7 @@ impl Controller {
             .collect();
         let mut views: Vec<(String, View)> = ha
             .coord
-            .list("views")
+            .list(keys::VIEWS)
             .await
             .map_err(|e| unreadable("sites' views", e))?
             .into_iter()

@@ -232,7 +232,7 @@ enum Backend {
 }
 
 /// The key of the state in etcd.
-const STATE_KEY: &str = "state";
+const STATE_KEY: &str = valkey_dr_coord::keys::STATE;
 
 /// The one owner of the controller's durable state: every change goes through [`StateStore::update`].
 pub struct StateStore {
