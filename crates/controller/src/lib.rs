@@ -21,6 +21,8 @@ pub mod security;
 mod self_fence;
 pub mod state;
 pub mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod webhooks;
 
 use std::future::Future;

@@ -1,212 +1,20 @@
-//! The controller's decisions and their execution against a fake engine: a scripted world of
-//! nodes in memory that records every action, so the order of actions is visible and faults
-//! (a node refusing REPLICAOF, a state directory that cannot be written) are cheap to inject.
-//! The same flows run against real Valkey servers in the cli's integration tests.
+//! The controller's decisions and their execution against the fake engine
+//! ([`valkey_dr_controller::testing::FakeEngine`], held to real Valkey's behaviour by the engine
+//! battery): the order of actions is visible and faults (a node refusing REPLICAOF, a state
+//! directory that cannot be written) are cheap to inject. The same flows run against real
+//! Valkey servers in the cli's integration tests.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use valkey_dr_controller::Controller;
-use valkey_dr_core::engine::SyncSettings;
-use valkey_dr_core::observation::{EpochMark, FailureKind};
-use valkey_dr_core::{
-    Config, Endpoint, Engine, EngineError, NodeId, NodeObservation, ReplicationInfo, Role,
-};
+use valkey_dr_controller::testing::{FakeEngine, FakeNode};
+use valkey_dr_core::{Config, Endpoint, NodeId};
 use valkey_dr_dns::embedded::Zone;
 
-#[derive(Debug, Clone)]
-struct Node {
-    master: Option<Endpoint>,
-    offset: u64,
-    replication_id: String,
-    replication_id2: String,
-    up: bool,
-    paused: bool,
-    refuses_replicaof: bool,
-}
-
-#[derive(Default)]
-struct World {
-    nodes: HashMap<Endpoint, Node>,
-    /// Every action, in order: "PROMOTE 127.0.1.2:6379", "PAUSE …", …
-    log: Vec<String>,
-    next_id: u32,
-}
-
-#[derive(Clone, Default)]
-struct FakeEngine(Arc<Mutex<World>>);
-
-impl FakeEngine {
-    fn world(&self) -> std::sync::MutexGuard<'_, World> {
-        self.0.lock().unwrap()
-    }
-
-    fn node(&self, endpoint: &Endpoint) -> Result<Node, EngineError> {
-        match self.world().nodes.get(endpoint) {
-            Some(n) if n.up => Ok(n.clone()),
-            _ => Err(unreachable(endpoint)),
-        }
-    }
-
-    fn act(&self, what: &str, endpoint: &Endpoint) {
-        self.world().log.push(format!("{what} {endpoint}"));
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.world().log.clone()
-    }
-
-    fn set(&self, host: &str, change: impl FnOnce(&mut Node)) {
-        change(self.world().nodes.get_mut(&endpoint(host)).unwrap());
-    }
-}
-
-fn unreachable(endpoint: &Endpoint) -> EngineError {
-    EngineError {
-        node: endpoint.clone(),
-        operation: "connect",
-        kind: FailureKind::Unreachable,
-        reason: "connection refused".into(),
-    }
-}
-
-#[async_trait]
-impl Engine for FakeEngine {
-    async fn observe(&self, id: NodeId, node: &Endpoint) -> NodeObservation {
-        NodeObservation {
-            node: id,
-            state: self.replication(node).await.map_err(|e| e.failure()),
-            keys: Some(1),
-            heartbeat_ms: None,
-            epoch_mark: None,
-        }
-    }
-
-    async fn replication(&self, endpoint: &Endpoint) -> Result<ReplicationInfo, EngineError> {
-        let node = self.node(endpoint)?;
-        let world = self.world();
-        let role = match &node.master {
-            None => Role::Primary,
-            Some(master) => Role::Replica {
-                master: master.clone(),
-                link_up: world.nodes.get(master).is_some_and(|m| m.up),
-                sync_in_progress: false,
-            },
-        };
-        Ok(ReplicationInfo {
-            role,
-            offset: node.offset,
-            replication_id: node.replication_id,
-            replication_id2: node.replication_id2,
-            connected_replicas: 0,
-            master_last_io_s: None,
-        })
-    }
-
-    async fn ping(&self, node: &Endpoint) -> Result<(), EngineError> {
-        self.node(node).map(|_| ())
-    }
-
-    async fn write_heartbeat(
-        &self,
-        _: &Endpoint,
-        _: u64,
-        _: &EpochMark,
-    ) -> Result<(), EngineError> {
-        Ok(())
-    }
-
-    async fn pause_writes(&self, endpoint: &Endpoint, _: Duration) -> Result<(), EngineError> {
-        self.node(endpoint)?;
-        self.act("PAUSE", endpoint);
-        self.world().nodes.get_mut(endpoint).unwrap().paused = true;
-        Ok(())
-    }
-
-    async fn unpause(&self, endpoint: &Endpoint) -> Result<(), EngineError> {
-        self.node(endpoint)?;
-        self.act("UNPAUSE", endpoint);
-        self.world().nodes.get_mut(endpoint).unwrap().paused = false;
-        Ok(())
-    }
-
-    async fn failover_to(&self, node: &Endpoint, _: &Endpoint) -> Result<(), EngineError> {
-        Err(unreachable(node))
-    }
-
-    async fn promote(&self, endpoint: &Endpoint) -> Result<(), EngineError> {
-        self.node(endpoint)?;
-        self.act("PROMOTE", endpoint);
-        let mut world = self.world();
-        world.next_id += 1;
-        let id = format!("promoted-{}", world.next_id);
-        let node = world.nodes.get_mut(endpoint).unwrap();
-        node.master = None;
-        node.replication_id2 = std::mem::replace(&mut node.replication_id, id);
-        Ok(())
-    }
-
-    /// Follows `source` and catches up with it at once.
-    async fn replicate_from(
-        &self,
-        endpoint: &Endpoint,
-        source: &Endpoint,
-    ) -> Result<(), EngineError> {
-        let node = self.node(endpoint)?;
-        if node.refuses_replicaof {
-            self.act("REPLICAOF-REFUSED", endpoint);
-            return Err(EngineError {
-                node: endpoint.clone(),
-                operation: "REPLICAOF",
-                kind: FailureKind::Refused,
-                reason: "NOPERM".into(),
-            });
-        }
-        self.act("REPLICAOF", endpoint);
-        let mut world = self.world();
-        let (offset, id) = world
-            .nodes
-            .get(source)
-            .map(|s| (s.offset, s.replication_id.clone()))
-            .unwrap_or_default();
-        let node = world.nodes.get_mut(endpoint).unwrap();
-        node.master = Some(source.clone());
-        node.offset = offset;
-        node.replication_id = id;
-        Ok(())
-    }
-
-    async fn kill_clients(&self, endpoint: &Endpoint) -> Result<u64, EngineError> {
-        self.node(endpoint)?;
-        self.act("KILL-CLIENTS", endpoint);
-        Ok(0)
-    }
-
-    async fn persist_role(&self, endpoint: &Endpoint) -> Result<(), EngineError> {
-        self.node(endpoint)?;
-        self.act("REWRITE", endpoint);
-        Ok(())
-    }
-
-    async fn sync_settings(&self, endpoint: &Endpoint) -> Result<SyncSettings, EngineError> {
-        self.node(endpoint)?;
-        Ok(SyncSettings {
-            diskless: true,
-            diskless_delay_s: 5,
-        })
-    }
-
-    async fn set_write_quorum(
-        &self,
-        endpoint: &Endpoint,
-        quorum: valkey_dr_core::self_fence::WriteQuorum,
-    ) -> Result<(), EngineError> {
-        self.node(endpoint)?;
-        self.act(&format!("QUORUM {}", quorum.replicas), endpoint);
-        Ok(())
-    }
+/// Changes the node at `host` (port 6379).
+fn set(engine: &FakeEngine, host: &str, change: impl FnOnce(&mut FakeNode)) {
+    engine.set(&endpoint(host), change);
 }
 
 fn endpoint(host: &str) -> Endpoint {
@@ -221,27 +29,14 @@ const REMOTE_REPLICA: &str = "127.0.2.2";
 /// The reference topology, healthy: the writer at offset 1000, everyone caught up.
 fn world() -> FakeEngine {
     let engine = FakeEngine::default();
-    let node = |master: Option<&str>| Node {
-        master: master.map(endpoint),
-        offset: 1000,
-        replication_id: "history".into(),
-        replication_id2: "0000".into(),
-        up: true,
-        paused: false,
-        refuses_replicaof: false,
+    let node = |master: Option<&str>| match master {
+        None => FakeNode::primary("history", 1000),
+        Some(m) => FakeNode::replica_of(&endpoint(m), "history", 1000),
     };
-    let mut world = engine.world();
-    world.nodes.insert(endpoint(WRITER), node(None));
-    world
-        .nodes
-        .insert(endpoint(LOCAL_REPLICA), node(Some(WRITER)));
-    world
-        .nodes
-        .insert(endpoint(REMOTE_HEAD), node(Some(WRITER)));
-    world
-        .nodes
-        .insert(endpoint(REMOTE_REPLICA), node(Some(REMOTE_HEAD)));
-    drop(world);
+    engine.insert(endpoint(WRITER), node(None));
+    engine.insert(endpoint(LOCAL_REPLICA), node(Some(WRITER)));
+    engine.insert(endpoint(REMOTE_HEAD), node(Some(WRITER)));
+    engine.insert(endpoint(REMOTE_REPLICA), node(Some(REMOTE_HEAD)));
     engine
 }
 
@@ -299,7 +94,7 @@ async fn a_writer_back_as_an_empty_replica_is_replaced_never_promoted() {
     controller.reconcile_once().await.unwrap();
     assert_eq!(controller.epoch().unwrap().epoch, 1);
     // The writer restarts empty as a replica of its own replica (its config file's replicaof).
-    engine.set(WRITER, |n| {
+    set(&engine, WRITER, |n| {
         n.master = Some(endpoint(LOCAL_REPLICA));
         n.offset = 0;
         n.replication_id = "fresh-random-id".into();
@@ -354,7 +149,7 @@ async fn an_old_primary_that_refuses_demotion_stays_paused() {
     let engine = world();
     let controller = controller(&engine, "refuses");
     controller.reconcile_once().await.unwrap();
-    engine.set(WRITER, |n| n.refuses_replicaof = true);
+    set(&engine, WRITER, |n| n.refuses_replicaof = true);
     controller.promote("us-east-2").await.unwrap();
     let old = endpoint(WRITER);
     let log = engine.log();
@@ -387,7 +182,7 @@ async fn without_a_writable_state_no_failover_happens() {
     // since a restarted controller would not know about it.
     std::fs::remove_dir_all(&state_dir).unwrap();
     std::fs::write(&state_dir, b"not a directory").unwrap();
-    engine.set(WRITER, |n| n.up = false);
+    set(&engine, WRITER, |n| n.up = false);
     passes(&controller, 10).await;
     assert!(
         !engine.log().iter().any(|l| l.starts_with("PROMOTE")),
@@ -403,8 +198,8 @@ async fn a_replica_of_the_region_takes_over_within_the_bound_and_reports_what_it
     let engine = world();
     let controller = controller(&engine, "advanced");
     controller.reconcile_once().await.unwrap();
-    engine.set(LOCAL_REPLICA, |n| n.offset = 900);
-    engine.set(WRITER, |n| n.up = false);
+    set(&engine, LOCAL_REPLICA, |n| n.offset = 900);
+    set(&engine, WRITER, |n| n.up = false);
     // Cross-region failover is `manual`: the region's own replica may take over only within
     // max_data_at_risk_bytes (1 MiB) of the more advanced one elsewhere; 100 bytes is within.
     passes(&controller, 10).await;
@@ -430,7 +225,7 @@ async fn a_blind_promotion_of_a_lagging_target_is_not_mistaken_for_a_lost_writer
     let engine = world();
     let controller = controller(&engine, "blind");
     controller.reconcile_once().await.unwrap();
-    engine.set(REMOTE_HEAD, |n| n.offset = 900);
+    set(&engine, REMOTE_HEAD, |n| n.offset = 900);
     controller
         .promote_with(
             "us-east-2",
@@ -457,7 +252,7 @@ async fn an_ack_that_cannot_be_recorded_is_an_error_and_the_block_stays() {
     let engine = world();
     let controller = controller(&engine, "ack-unwritable");
     controller.reconcile_once().await.unwrap();
-    engine.set(WRITER, |n| n.up = false);
+    set(&engine, WRITER, |n| n.up = false);
     passes(&controller, 10).await;
     assert_eq!(controller.epoch().unwrap().epoch, 2, "{:?}", engine.log());
     // The failover blocks the next one until `ack`; an ack that cannot be written must say so
@@ -478,7 +273,7 @@ async fn an_ack_that_cannot_be_recorded_is_an_error_and_the_block_stays() {
 /// The writer restarted empty as a master (a config file without `replicaof`), as a supervisor
 /// brings it back without persistence.
 fn writer_back_empty_as_a_master(engine: &FakeEngine) {
-    engine.set(WRITER, |n| {
+    set(&engine, WRITER, |n| {
         n.master = None;
         n.offset = 0;
         n.replication_id = "fresh-random-id".into();
@@ -542,14 +337,14 @@ async fn a_lost_writer_is_declared_lost_only_when_every_node_answered() {
     // Both regions' other nodes are silent for a moment while the writer is back empty: that
     // says nothing about what they hold.
     for host in [LOCAL_REPLICA, REMOTE_HEAD, REMOTE_REPLICA] {
-        engine.set(host, |n| n.up = false);
+        set(&engine, host, |n| n.up = false);
     }
     writer_back_empty_as_a_master(&engine);
     passes(&controller, 2).await;
     assert!(controller.status().await.data_loss_suspected.is_none());
     // They answer again, holding the history: one of them takes over.
     for host in [LOCAL_REPLICA, REMOTE_HEAD, REMOTE_REPLICA] {
-        engine.set(host, |n| n.up = true);
+        set(&engine, host, |n| n.up = true);
     }
     passes(&controller, 3).await;
     assert!(controller.status().await.data_loss_suspected.is_none());
@@ -562,19 +357,19 @@ async fn the_block_after_a_failover_never_keeps_a_dead_writer_when_its_region_ha
     let controller = controller(&engine, "block-in-region");
     controller.reconcile_once().await.unwrap();
     // A first failover sets the block; the new writer dies too.
-    engine.set(WRITER, |n| n.up = false);
+    set(&engine, WRITER, |n| n.up = false);
     passes(&controller, 8).await;
     assert_eq!(controller.epoch().unwrap().primary, NodeId(1));
     // The old writer comes back and resyncs from the new one (same history, caught up).
     let history = engine.world().nodes[&endpoint(LOCAL_REPLICA)].clone();
-    engine.set(WRITER, |n| {
+    set(&engine, WRITER, |n| {
         n.up = true;
         n.master = Some(endpoint(LOCAL_REPLICA));
         n.replication_id = history.replication_id.clone();
         n.offset = history.offset;
     });
     passes(&controller, 2).await;
-    engine.set(LOCAL_REPLICA, |n| n.up = false);
+    set(&engine, LOCAL_REPLICA, |n| n.up = false);
     passes(&controller, 8).await;
     let epoch = controller.epoch().unwrap();
     assert_eq!(
@@ -592,7 +387,7 @@ async fn a_suspected_loss_is_shown_after_a_restart_until_ack() {
     // Every node answers and none holds the history any more: the loss is certain.
     writer_back_empty_as_a_master(&engine);
     for host in [LOCAL_REPLICA, REMOTE_HEAD, REMOTE_REPLICA] {
-        engine.set(host, |n| {
+        set(&engine, host, |n| {
             n.offset = 0;
             n.replication_id = format!("fresh-{host}");
         });

@@ -1,0 +1,102 @@
+//! The engine battery ([`valkey_dr_controller::testing::battery`]) against real Valkey servers and
+//! against the fake engine the controller's other tests use: both must behave alike wherever the
+//! controller relies on it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use valkey_dr_controller::testing::{BatteryNodes, FakeEngine, FakeNode, battery};
+use valkey_dr_core::Endpoint;
+use valkey_dr_valkey::{Security, Timeouts, ValkeyEngine};
+
+#[tokio::test]
+async fn the_fake_engine_passes_the_battery() {
+    let engine = FakeEngine::default();
+    let nodes = BatteryNodes {
+        a: Endpoint::new("127.0.9.1", 6379),
+        b: Endpoint::new("127.0.9.2", 6379),
+        gone: Endpoint::new("127.0.9.3", 6379),
+    };
+    engine.insert(nodes.a.clone(), FakeNode::primary("a-history", 0));
+    engine.insert(nodes.b.clone(), FakeNode::primary("b-history", 0));
+    battery(&engine, &nodes).await;
+}
+
+/// A `valkey-server` on a free loopback port with a config file of its own (so that
+/// `CONFIG REWRITE` works), no persistence; killed when dropped.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Server {
+    fn start(name: &str) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("valkey-dr-battery-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("server dir");
+        let config = dir.join("valkey.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\n",
+                dir.display()
+            ),
+        )
+        .expect("config file");
+        let child = Command::new("valkey-server")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("valkey-server is installed (make test installs it)");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Server { child, dir, port }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::new("127.0.0.1", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_valkey_passes_the_battery() {
+    let (a, b) = (Server::start("a"), Server::start("b"));
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let engine = ValkeyEngine::new(
+        Timeouts {
+            connect: Duration::from_millis(500),
+            command: Duration::from_millis(500),
+        },
+        Security::default(),
+    );
+    let nodes = BatteryNodes {
+        a: a.endpoint(),
+        b: b.endpoint(),
+        gone: Endpoint::new("127.0.0.1", gone),
+    };
+    battery(&engine, &nodes).await;
+}
