@@ -273,7 +273,7 @@ async fn an_ack_that_cannot_be_recorded_is_an_error_and_the_block_stays() {
 /// The writer restarted empty as a master (a config file without `replicaof`), as a supervisor
 /// brings it back without persistence.
 fn writer_back_empty_as_a_master(engine: &FakeEngine) {
-    set(&engine, WRITER, |n| {
+    set(engine, WRITER, |n| {
         n.master = None;
         n.offset = 0;
         n.replication_id = "fresh-random-id".into();
