@@ -169,9 +169,9 @@ impl Controller {
             .iter()
             .map(|f| f.describe(topology))
             .collect();
-        // Why nothing moves while the writer does not serve: the decision or the withholding
-        // reason the last pass reported.
-        if analysis.active_primary.is_none() {
+        // Why nothing moves while the writer does not serve (down, or back without its data):
+        // the decision or the withholding reason the last pass reported.
+        {
             let memory = self.memory.lock().expect("memory lock");
             for waiting in [&memory.withheld, &memory.decision] {
                 if !waiting.is_empty() {
