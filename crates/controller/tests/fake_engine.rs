@@ -403,3 +403,39 @@ async fn a_suspected_loss_is_shown_after_a_restart_until_ack() {
     restarted.ack().await.unwrap();
     assert!(restarted.status().await.data_loss_suspected.is_none());
 }
+
+/// The writer restarts from a file older than what its replicas hold, before a (new) controller
+/// recorded its latest offset: the recorded lineage is older still, so the writer seems to
+/// continue it. Its replicas, cut off by the restart and ahead of it on its own history, show it
+/// went back: it is replaced, not resynced from (which would lose what only the replicas hold).
+#[tokio::test]
+async fn a_writer_restarted_from_an_older_file_is_replaced_though_the_recorded_lineage_is_older() {
+    let engine = world();
+    for host in [WRITER, LOCAL_REPLICA, REMOTE_HEAD, REMOTE_REPLICA] {
+        set(&engine, host, |n| n.offset = 500);
+    }
+    let first = controller(&engine, "older-file");
+    passes(&first, 2).await;
+    drop(first);
+    // Writes go on while no controller records them; then the writer restarts from a file
+    // written at 800.
+    for host in [WRITER, LOCAL_REPLICA, REMOTE_HEAD, REMOTE_REPLICA] {
+        set(&engine, host, |n| n.offset = 1000);
+    }
+    set(&engine, WRITER, |n| n.offset = 800);
+    for host in [LOCAL_REPLICA, REMOTE_HEAD] {
+        set(&engine, host, |n| n.link_broken = true);
+    }
+    let restarted = reopen(&engine, "older-file", "");
+    passes(&restarted, 3).await;
+    let log = engine.log();
+    assert!(
+        log.contains(&format!("PROMOTE {}", endpoint(LOCAL_REPLICA))),
+        "the replica holding the most is promoted: {log:?}"
+    );
+    assert_eq!(restarted.epoch().unwrap().primary, NodeId(1), "{log:?}");
+    assert!(
+        log.contains(&format!("REPLICAOF {}", endpoint(WRITER))),
+        "the writer that went back follows it: {log:?}"
+    );
+}

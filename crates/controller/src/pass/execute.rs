@@ -104,7 +104,8 @@ impl Controller {
 
     async fn first_look(&self) -> Result<Snapshot, PassError> {
         let probed_at = Instant::now();
-        let observations = self.observe_all().await;
+        let mut observations = self.observe_all().await;
+        self.read_writer_last(&mut observations).await;
         if let Some(reason) = all_refused(&self.topology, &observations) {
             // Every node refuses us: our credentials or trust settings are wrong. Nothing can be
             // decided from that; fail the pass so the error policy backs off and reports it.
@@ -118,7 +119,8 @@ impl Controller {
     /// After an action: the nodes that answered are asked again; silent ones are not waited for
     /// a second time (their failure stands); DNS was not touched, so its records stand too.
     async fn look_again(&self, last: &Snapshot) -> Snapshot {
-        let observations = self.observe_reachable(&last.observations).await;
+        let mut observations = self.observe_reachable(&last.observations).await;
+        self.read_writer_last(&mut observations).await;
         self.snapshot(last.look + 1, observations, last.records.clone())
     }
 
@@ -146,8 +148,27 @@ impl Controller {
             .collect();
         self.update_health(&answered, probed_at);
         let records = self.dns.records(&self.names.all(&self.topology)).await?;
-        let observations = fresh.into_iter().map(|(o, _)| o).collect();
+        let mut observations: Vec<NodeObservation> = fresh.into_iter().map(|(o, _)| o).collect();
+        self.read_writer_last(&mut observations).await;
         Ok(self.snapshot(1, observations, records))
+    }
+
+    /// Nodes are read concurrently, so a replica read a moment after its writer may be ahead of
+    /// it. When a replica seems ahead of the writer on the writer's own history (a writer
+    /// restarted from an older file, [`valkey_dr_core::failover::went_back`]), the writer is read
+    /// again, after them: a healthy writer then is never behind.
+    async fn read_writer_last(&self, observations: &mut [NodeObservation]) {
+        let Some(writer) = self.epoch().map(|e| e.primary) else {
+            return;
+        };
+        if !valkey_dr_core::failover::went_back(observations, writer) {
+            return;
+        }
+        let endpoint = &self.topology.node(writer).control_endpoint;
+        let again = self.engine.observe(writer, endpoint).await;
+        if let Some(o) = observations.iter_mut().find(|o| o.node == writer) {
+            *o = again;
+        }
     }
 
     /// Failure detection takes one more round of probes; reports nodes newly down.
@@ -173,9 +194,13 @@ impl Controller {
     ) -> Snapshot {
         let now = Instant::now();
         let state = self.state.get();
-        let (remembered_writer, first_pass) = {
+        let (remembered_writer, first_pass, lineage_recorded_ms) = {
             let memory = self.memory.lock().expect("memory lock");
-            (memory.last_writer.clone(), !memory.started)
+            (
+                memory.last_writer.clone(),
+                !memory.started,
+                memory.lineage_recorded_ms,
+            )
         };
         let health = self.health.lock().expect("health lock");
         let down_after = Duration::from_millis(self.config.controller.down_after_ms);
@@ -191,6 +216,7 @@ impl Controller {
             records,
             now_ms: now_ms(),
             first_pass,
+            lineage_recorded_ms,
         }
     }
 
@@ -326,10 +352,14 @@ impl Controller {
             } => {
                 self.memory.lock().expect("memory lock").last_writer =
                     Some((*writer, history.clone()));
-                // The replication id changes only at promotions and restarts: record it then.
-                if *durable && let Err(e) = self.state.record_writer_history(history.clone()).await
-                {
-                    self.state_write_failed(&e);
+                if *durable {
+                    match self.state.record_writer_history(history.clone()).await {
+                        Ok(()) => {
+                            self.memory.lock().expect("memory lock").lineage_recorded_ms =
+                                Some(now_ms());
+                        }
+                        Err(e) => self.state_write_failed(&e),
+                    }
                 }
                 Done::Unchanged
             }

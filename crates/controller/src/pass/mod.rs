@@ -52,6 +52,8 @@ pub struct Memory {
     /// What the last successful pass (leading or following) saw of the nodes, and when: what
     /// `status`, `/api/status` and `/metrics` show, without probing every node per request.
     pub(crate) last_seen: Option<(std::time::Instant, Vec<NodeObservation>)>,
+    /// When the writer's history was last recorded durably by this run.
+    pub(super) lineage_recorded_ms: Option<u64>,
 }
 
 /// A failover between its promotion and the pass that commits DNS for its epoch.

@@ -24,6 +24,9 @@ pub struct FakeNode {
     /// Writes are paused (`CLIENT PAUSE WRITE`): a heartbeat is not written.
     pub paused: bool,
     pub refuses_replicaof: bool,
+    /// A replica whose link to its master is down although the master answers (it saw the
+    /// master restart, or a partition between them).
+    pub link_broken: bool,
     /// `min-replicas-to-write`: writes are refused with fewer replicas attached.
     pub min_replicas: u32,
     /// The last heartbeat written here or replicated from the master: time and epoch mark.
@@ -41,6 +44,7 @@ impl FakeNode {
             up: true,
             paused: false,
             refuses_replicaof: false,
+            link_broken: false,
             min_replicas: 0,
             heartbeat: None,
         }
@@ -154,7 +158,7 @@ impl Engine for FakeEngine {
             None => Role::Primary,
             Some(master) => Role::Replica {
                 master: master.clone(),
-                link_up: world.nodes.get(master).is_some_and(|m| m.up),
+                link_up: !node.link_broken && world.nodes.get(master).is_some_and(|m| m.up),
                 sync_in_progress: false,
             },
         };
@@ -274,6 +278,7 @@ impl Engine for FakeEngine {
             .unwrap_or_default();
         let node = world.nodes.get_mut(endpoint).expect("checked above");
         node.master = Some(source.clone());
+        node.link_broken = false;
         node.offset = offset;
         node.replication_id = id;
         node.heartbeat = heartbeat;

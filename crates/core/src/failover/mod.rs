@@ -200,6 +200,24 @@ pub enum WriterState {
     Unreachable,
 }
 
+/// A master restarted from an older file keeps its replication id but goes back in offset: the
+/// replicas that held more of that history show it, while their link is down (it dropped at the
+/// restart) or they resync (which would replace their data with the older one). Sound only when
+/// the writer was read after the replicas (a healthy writer is then never behind a replica on its
+/// own history): `first_look` reads it again when this says yes.
+pub fn went_back(observations: &[NodeObservation], writer: NodeId) -> bool {
+    let Some(info) = info_of(observations, writer).filter(|i| i.is_primary()) else {
+        return false;
+    };
+    observations.iter().filter(|o| o.node != writer).any(|o| {
+        o.info().is_some_and(|r| {
+            matches!(r.role, Role::Replica { link_up, sync_in_progress, .. } if !link_up || sync_in_progress)
+                && r.replication_id == info.replication_id
+                && r.offset > info.offset
+        })
+    })
+}
+
 pub fn writer_state(
     observations: &[NodeObservation],
     writer: NodeId,
@@ -208,6 +226,9 @@ pub fn writer_state(
     let Some(info) = info_of(observations, writer) else {
         return WriterState::Unreachable;
     };
+    if went_back(observations, writer) {
+        return WriterState::Lost;
+    }
     let on_history = |l: &History| {
         if info.is_primary() {
             info.continues(l)

@@ -334,6 +334,30 @@ fn table() {
             policy(FailoverPolicy::Auto, false),
             Decision::NoCandidate,
         ),
+        (
+            "writer restarted from an older file: replicas cut off ahead of it on its own history, the recorded lineage older still: replaced",
+            vec![
+                with(primary(0), |i| i.offset = 150),
+                replica_of(1, 0, 200),
+                replica_of(2, 0, 190),
+                replica_of(3, 2, 190),
+            ],
+            set(&[]),
+            policy(FailoverPolicy::Manual, true),
+            Decision::InRegion { target: n(1) },
+        ),
+        (
+            "one-sided race: replicas on a live link read a little after the writer, ahead of it: nothing to do",
+            vec![
+                with(primary(0), |i| i.offset = 150),
+                replica_of(1, 0, 152),
+                replica_of(2, 0, 151),
+                replica_of(3, 2, 151),
+            ],
+            set(&[]),
+            policy(FailoverPolicy::Manual, false),
+            Decision::None,
+        ),
     ];
     // A dead writer's replicas see their link drop (connection reset), unless a case is about
     // what they still see.

@@ -38,6 +38,11 @@ use valkey_dr_core::{
 
 use crate::state::{Intent, State};
 
+/// How often the writer's offset is recorded while its replication id stays the same: a writer
+/// restarted from a file older than the record is then seen to have gone back, by any controller
+/// (a new leader too) and after a restart.
+pub const LINEAGE_RECORD_EVERY_MS: u64 = 10_000;
+
 /// How many times one pass looks at the nodes: the first look, then one after each change (an
 /// epoch adopted, an intent settled, a failover, a fence). The last look only settles (DNS and
 /// upkeep), so a node that keeps refusing to change cannot hold a pass forever.
@@ -64,6 +69,8 @@ pub struct Snapshot {
     pub now_ms: u64,
     /// No pass of this run has seen a writer yet.
     pub first_pass: bool,
+    /// When this run last recorded the writer's history durably.
+    pub lineage_recorded_ms: Option<u64>,
 }
 
 impl Snapshot {
@@ -185,7 +192,8 @@ pub enum Action {
         rogues: Vec<(NodeId, NodeId)>,
     },
     /// Remember the writer's history; `durable` when its replication id is new (promotions and
-    /// restarts), so that the lineage survives a restart of the controller.
+    /// restarts) or the record is older than [`LINEAGE_RECORD_EVERY_MS`], so that the lineage
+    /// survives a restart of the controller and a change of leader.
     RememberWriter {
         writer: NodeId,
         history: History,
@@ -554,11 +562,20 @@ fn upkeep(
         let forward = before.as_ref().is_none_or(|b| info.continues(b));
         if forward {
             let history = info.history();
+            let recorded = snapshot
+                .state
+                .as_ref()
+                .and_then(|s| s.writer_history.as_ref());
+            let new_id = before
+                .as_ref()
+                .is_none_or(|b| b.replication_id != history.replication_id);
+            let due = recorded != Some(&history)
+                && snapshot
+                    .lineage_recorded_ms
+                    .is_none_or(|at| snapshot.now_ms >= at + LINEAGE_RECORD_EVERY_MS);
             actions.push(Action::RememberWriter {
                 writer,
-                durable: before
-                    .as_ref()
-                    .is_none_or(|b| b.replication_id != history.replication_id),
+                durable: new_id || due,
                 history,
             });
         }

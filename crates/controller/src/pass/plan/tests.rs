@@ -49,6 +49,7 @@ fn snapshot(observations: Vec<NodeObservation>, state: Option<State>) -> Snapsho
         writer_failing_for: None,
         now_ms: 1_000_000,
         first_pass: false,
+        lineage_recorded_ms: Some(1_000_000),
     };
     s.remembered_writer = s.epoch().map(|e| (e.primary, history(100)));
     let topology = lab();
@@ -406,5 +407,39 @@ fn only_a_plausible_mark_outranks_the_state() {
     ];
     for (case, mark, ours, believed) in cases {
         assert_eq!(believable_mark(&mark, ours), believed, "{case}");
+    }
+}
+
+#[test]
+fn the_writers_offset_is_recorded_every_ten_seconds_and_at_each_new_history() {
+    let topology = lab();
+    let names = names();
+    let rules = rules(&topology, &names, false);
+    let ahead = |offset| with(primary(0), |i| i.offset = offset);
+    let durable = |observations: Vec<NodeObservation>, recorded_ms_ago: Option<u64>| {
+        let mut s = snapshot(observations, Some(state()));
+        s.lineage_recorded_ms = recorded_ms_ago.map(|ago| s.now_ms - ago);
+        plan_actions(&s, &rules)
+            .actions
+            .into_iter()
+            .find_map(|a| match a {
+                Action::RememberWriter { durable, .. } => Some(durable),
+                _ => None,
+            })
+    };
+    let new_id = with(primary(0), |i| {
+        i.replication_id = "after-restart".into();
+        i.offset = 150;
+    });
+    #[rustfmt::skip]
+    let cases = [
+        ("the offset moved, recorded 11 s ago", durable(vec![ahead(150)], Some(11_000)), Some(true)),
+        ("the offset moved, recorded 1 s ago", durable(vec![ahead(150)], Some(1_000)), Some(false)),
+        ("never recorded by this run (a restart, a new leader)", durable(vec![ahead(150)], None), Some(true)),
+        ("nothing moved since the record", durable(vec![ahead(100)], Some(60_000)), Some(false)),
+        ("a new replication id on the history, recorded 1 s ago", durable(vec![new_id], Some(1_000)), Some(true)),
+    ];
+    for (case, got, expected) in cases {
+        assert_eq!(got, expected, "{case}");
     }
 }
