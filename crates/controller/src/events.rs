@@ -61,6 +61,7 @@ pub enum EventKind {
     ReconcileFailed,
     ReplicaRepointed,
     RequestForwarded,
+    RoguePaused,
     SelfFenceLifted,
     SelfFenced,
     SettingWeakensSafety,

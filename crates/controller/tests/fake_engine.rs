@@ -439,3 +439,32 @@ async fn a_writer_restarted_from_an_older_file_is_replaced_though_the_recorded_l
         "the writer that went back follows it: {log:?}"
     );
 }
+
+/// M10: an old writer comes back as a master while the epoch's writer blips. It takes no write
+/// meanwhile (paused), and is demoted once the writer answers again.
+#[tokio::test]
+async fn a_rogue_master_is_paused_while_the_writer_does_not_answer_then_demoted() {
+    let engine = world();
+    let controller = controller(&engine, "rogue-blip");
+    passes(&controller, 1).await;
+    set(&engine, REMOTE_HEAD, |n| n.master = None);
+    set(&engine, WRITER, |n| n.up = false);
+    let _ = controller.reconcile_once().await;
+    let log = engine.log();
+    assert!(
+        log.contains(&format!("PAUSE {}", endpoint(REMOTE_HEAD))),
+        "the rogue is paused while the writer does not answer: {log:?}"
+    );
+    assert!(
+        !log.contains(&format!("REPLICAOF {}", endpoint(REMOTE_HEAD))),
+        "and not demoted under a writer that does not answer: {log:?}"
+    );
+    set(&engine, WRITER, |n| n.up = true);
+    let _ = controller.reconcile_once().await;
+    let log = engine.log();
+    assert!(
+        log.contains(&format!("REPLICAOF {}", endpoint(REMOTE_HEAD))),
+        "demoted once the writer answers: {log:?}"
+    );
+    assert_eq!(controller.epoch().unwrap().primary, NodeId(0));
+}

@@ -15,6 +15,7 @@ use super::plan::{Action, FailoverChecks, FailoverKind, Plan, Rules, Snapshot, p
 use super::{PassError, PassOutcome, all_refused};
 use crate::Controller;
 use crate::clock::now_ms;
+use crate::events::EventKind;
 use crate::ha::Withheld;
 use crate::state::Intent;
 
@@ -342,8 +343,39 @@ impl Controller {
                 for (node, source) in rogues {
                     let demotion = self.demote(*node, *source, true).await;
                     self.report_fenced(&demotion, *epoch);
+                    self.memory
+                        .lock()
+                        .expect("memory lock")
+                        .paused_rogues
+                        .remove(node);
                 }
                 Done::Changed
+            }
+            Action::PauseRogues { rogues } => {
+                let hold = Duration::from_millis(self.config.controller.catchup_timeout_ms)
+                    + Duration::from_secs(10);
+                for node in rogues {
+                    let endpoint = &self.topology.node(*node).control_endpoint;
+                    let paused = self.engine.pause_writes(endpoint, hold).await;
+                    let first = self
+                        .memory
+                        .lock()
+                        .expect("memory lock")
+                        .paused_rogues
+                        .insert(*node);
+                    if first {
+                        self.events.emit(
+                            EventKind::RoguePaused,
+                            json!({
+                                "node": self.topology.node_name(*node),
+                                "paused": paused.is_ok(),
+                                "error": paused.err().map(|e| e.to_string()),
+                                "reason": "a master that is not the epoch's writer, while the writer cannot take it in: its writes stay paused until the writer serves and it is demoted",
+                            }),
+                        );
+                    }
+                }
+                Done::Unchanged
             }
             Action::RememberWriter {
                 writer,

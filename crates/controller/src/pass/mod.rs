@@ -54,6 +54,8 @@ pub struct Memory {
     pub(crate) last_seen: Option<(std::time::Instant, Vec<NodeObservation>)>,
     /// When the writer's history was last recorded durably by this run.
     pub(super) lineage_recorded_ms: Option<u64>,
+    /// Rogue masters paused while the writer could not take them in (reported once each).
+    pub(super) paused_rogues: std::collections::BTreeSet<NodeId>,
 }
 
 /// A failover between its promotion and the pass that commits DNS for its epoch.

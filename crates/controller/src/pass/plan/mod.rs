@@ -12,7 +12,8 @@
 //! | the writer lost its data and no failover can happen now          | `HoldLostWriter`               |
 //! | a failover is due from a silent writer to another region, and its self-fence is not certain | `Withhold` |
 //! | a failover is due                                                | `FailOver` (with the checks it must pass right before acting) |
-//! | a master that is not the epoch's writer                          | `FenceRogues`                  |
+//! | a master that is not the epoch's writer, the writer serving      | `FenceRogues` (demoted under it) |
+//! | a master that is not the epoch's writer, the writer down or lost | `PauseRogues` (every pass)     |
 //! | a writer serves                                                  | `RememberWriter`, `LiftStalePause` (first pass), `Heartbeat`, `KeepWriteQuorum`, `Repoint` |
 //! | the records differ from what the nodes say                       | `ApplyDns`                     |
 //!
@@ -191,6 +192,11 @@ pub enum Action {
         epoch: u64,
         rogues: Vec<(NodeId, NodeId)>,
     },
+    /// Pause the writes of masters that are not the epoch's writer while the writer cannot take
+    /// them in (down, or back without its data).
+    PauseRogues {
+        rogues: Vec<NodeId>,
+    },
     /// Remember the writer's history; `durable` when its replication id is new (promotions and
     /// restarts) or the record is older than [`LINEAGE_RECORD_EVERY_MS`], so that the lineage
     /// survives a restart of the controller and a change of leader.
@@ -285,26 +291,9 @@ pub fn plan_actions(snapshot: &Snapshot, rules: &Rules) -> Plan {
     let settled = snapshot.state.as_ref().is_none_or(|s| s.intent.is_none());
     if snapshot.look < MAX_LOOKS
         && settled
-        && let (Some(e), Some(_)) = (epoch, analysis.active_primary)
+        && let Some(e) = epoch
     {
-        let rogues: Vec<(NodeId, NodeId)> = analysis
-            .findings
-            .iter()
-            .filter_map(|f| match f {
-                Finding::RogueMaster { node } => analysis
-                    .sources
-                    .iter()
-                    .find(|(n, _)| n == node)
-                    .map(|(_, source)| (*node, *source)),
-                _ => None,
-            })
-            .collect();
-        if !rogues.is_empty() {
-            actions.push(Action::FenceRogues {
-                epoch: e.epoch,
-                rogues,
-            });
-        }
+        fence_rogues(snapshot, &analysis, e, &mut actions);
     }
     if let (Some(writer), Some(e)) = (analysis.active_primary, epoch) {
         upkeep(snapshot, rules.topology, &analysis, writer, e, &mut actions);
@@ -327,6 +316,50 @@ pub fn plan_actions(snapshot: &Snapshot, rules: &Rules) -> Plan {
         analysis,
         decision,
         conflicts: dns.conflicts,
+    }
+}
+
+/// Masters that are not the epoch's writer take no write. While the writer serves on its history
+/// they are demoted under it; while it is down or lost they are only paused (re-paused every pass):
+/// a rogue demoted under a writer back without its data would copy the emptiness.
+fn fence_rogues(
+    snapshot: &Snapshot,
+    analysis: &Analysis,
+    epoch: EpochRecord,
+    actions: &mut Vec<Action>,
+) {
+    let rogues: Vec<NodeId> = analysis
+        .findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::RogueMaster { node } => Some(*node),
+            _ => None,
+        })
+        .collect();
+    if rogues.is_empty() {
+        return;
+    }
+    let lineage = snapshot.lineage(&epoch);
+    let serving = analysis.active_primary.is_some()
+        && failover::writer_state(&snapshot.observations, epoch.primary, lineage.as_ref())
+            == WriterState::Serving;
+    let under_writer: Vec<(NodeId, NodeId)> = rogues
+        .iter()
+        .filter_map(|node| {
+            analysis
+                .sources
+                .iter()
+                .find(|(n, _)| n == node)
+                .map(|(_, source)| (*node, *source))
+        })
+        .collect();
+    if serving && under_writer.len() == rogues.len() {
+        actions.push(Action::FenceRogues {
+            epoch: epoch.epoch,
+            rogues: under_writer,
+        });
+    } else {
+        actions.push(Action::PauseRogues { rogues });
     }
 }
 
