@@ -99,4 +99,11 @@ async fn real_valkey_passes_the_battery() {
         gone: Endpoint::new("127.0.0.1", gone),
     };
     battery(&engine, &nodes).await;
+    // Valkey's defaults, as the controller reads them: the ping period weakens a safety rule.
+    let settings = valkey_dr_core::Engine::sync_settings(&engine, &nodes.a)
+        .await
+        .expect("CONFIG GET");
+    assert_eq!(settings.ping_replica_period_s, 10);
+    assert_eq!(settings.diskless_delay_s, 5);
+    assert!(settings.weaknesses()[0].contains("repl-ping-replica-period"));
 }

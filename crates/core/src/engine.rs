@@ -75,9 +75,23 @@ pub struct SyncSettings {
     pub diskless: bool,
     /// `repl-diskless-sync-delay` (seconds)
     pub diskless_delay_s: u64,
+    /// `repl-ping-replica-period` (seconds): how often a master that takes no write still sends
+    /// its replicas a byte.
+    pub ping_replica_period_s: u64,
 }
 
 impl SyncSettings {
+    /// Every way these settings weaken a safety rule of the controller.
+    pub fn weaknesses(&self) -> Vec<&'static str> {
+        let mut found: Vec<&'static str> = self.defeats_empty_restart_guard().into_iter().collect();
+        if self.ping_replica_period_s > 1 {
+            found.push(
+                "repl-ping-replica-period above 1 s: an idle writer's replicas hear from it that rarely, so a writer the controller cannot reach but its replicas still hear is not recognized as alive (the one-sided-view veto), and a quiet link counts as lost for the self-fence; set repl-ping-replica-period 1",
+            );
+        }
+        found
+    }
+
     /// Why these settings defeat the guard against a writer restarted empty as a master, if they
     /// do: its replicas would copy the emptiness before the controller's next pass.
     pub fn defeats_empty_restart_guard(&self) -> Option<&'static str> {
@@ -104,10 +118,24 @@ mod tests {
         let settings = |diskless, diskless_delay_s| SyncSettings {
             diskless,
             diskless_delay_s,
+            ping_replica_period_s: 1,
         };
         assert!(settings(true, 0).defeats_empty_restart_guard().is_some());
         assert!(settings(true, 5).defeats_empty_restart_guard().is_none());
         // Disk-based sync of an empty dataset is an empty RDB: as quick as no delay.
         assert!(settings(false, 5).defeats_empty_restart_guard().is_some());
+    }
+
+    #[test]
+    fn valkeys_default_ping_period_is_reported() {
+        let settings = |ping_replica_period_s| SyncSettings {
+            diskless: true,
+            diskless_delay_s: 5,
+            ping_replica_period_s,
+        };
+        assert!(settings(1).weaknesses().is_empty());
+        let default = settings(10).weaknesses();
+        assert_eq!(default.len(), 1);
+        assert!(default[0].contains("repl-ping-replica-period 1"));
     }
 }

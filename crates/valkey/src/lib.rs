@@ -483,7 +483,8 @@ impl Engine for ValkeyEngine {
                 redis::cmd("CONFIG")
                     .arg("GET")
                     .arg("repl-diskless-sync")
-                    .arg("repl-diskless-sync-delay"),
+                    .arg("repl-diskless-sync-delay")
+                    .arg("repl-ping-replica-period"),
             )
             .await?;
         Ok(SyncSettings {
@@ -492,6 +493,10 @@ impl Engine for ValkeyEngine {
                 .get("repl-diskless-sync-delay")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(5),
+            ping_replica_period_s: values
+                .get("repl-ping-replica-period")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10),
         })
     }
 

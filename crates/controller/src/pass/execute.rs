@@ -663,9 +663,9 @@ impl Controller {
                 .expect("memory lock")
                 .settings_checked
                 .insert(node);
-            if let Some(why) = settings.ok().and_then(|s| s.defeats_empty_restart_guard()) {
+            for why in settings.map(|s| s.weaknesses()).unwrap_or_default() {
                 self.events.emit(
-                    crate::events::EventKind::SettingWeakensSafety,
+                    EventKind::SettingWeakensSafety,
                     json!({ "node": self.topology.node_name(node), "warning": why }),
                 );
             }

@@ -304,6 +304,7 @@ impl Engine for FakeEngine {
         Ok(SyncSettings {
             diskless: true,
             diskless_delay_s: 5,
+            ping_replica_period_s: 1,
         })
     }
 
