@@ -522,6 +522,12 @@ impl Controller {
         let epoch = self.epoch();
         self.publish_view(ha, &observations);
         self.remember_seen(&observations);
+        // What this site waited for while it led is not what anyone waits for now.
+        {
+            let mut memory = self.memory.lock().expect("memory lock");
+            memory.decision.clear();
+            memory.withheld.clear();
+        }
         let analysis =
             valkey_dr_core::analysis::analyze(&self.topology, &observations, epoch.as_ref());
         Ok(crate::PassOutcome {
