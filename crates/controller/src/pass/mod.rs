@@ -5,7 +5,9 @@
 //! To change a failover rule, edit [`plan::plan_actions`] (or the pure functions of
 //! `valkey_dr_core::failover` it calls) and its table of cases.
 
+mod actions;
 mod execute;
+mod look;
 pub mod plan;
 
 use std::time::Duration;
