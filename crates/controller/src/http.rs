@@ -157,6 +157,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let controller = &state.controller;
     let interval = Duration::from_millis(controller.config.controller.reconcile_interval_ms);
+    // A site that cannot read etcd still answers with the last state and records it read: not
+    // ready past a lease TTL of that, so that a load balancer or an operator sees it.
+    if let Some(ha) = controller.ha()
+        && !ha.leader.is_leader()
+        && ha.state_read_ago().is_none_or(|ago| ago > ha.coord.ttl())
+    {
+        let ago = ha
+            .state_read_ago()
+            .map_or("ever".into(), |d| format!("for {} ms", d.as_millis()));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the state was not read from etcd {ago}; this site shows what it read last\n"),
+        )
+            .into_response();
+    }
     match controller.last_good_pass() {
         Some(age) if age <= interval * 3 => (StatusCode::OK, "ready\n").into_response(),
         Some(age) => (

@@ -75,6 +75,10 @@ pub struct CoordinationStatus {
     pub is_leader: bool,
     /// True while this site pauses its region's writer (it lost its lease).
     pub fencing: bool,
+    /// How old the state shown is: when this site last read it from etcd (a follower; the
+    /// leader writes it).
+    #[serde(default)]
+    pub state_read_ms_ago: Option<u64>,
 }
 
 impl Controller {
@@ -212,6 +216,7 @@ impl Controller {
                 leader: ha.leader_site(),
                 is_leader: ha.leader.is_leader(),
                 fencing: ha.fencing(),
+                state_read_ms_ago: ha.state_read_ago().map(|d| d.as_millis() as u64),
             }),
         }
     }

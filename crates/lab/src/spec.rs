@@ -175,6 +175,11 @@ impl LabSpec {
         SocketAddr::new(dns.ip(), port)
     }
 
+    /// Where the controller of `site` serves metrics, status and events.
+    pub fn site_http(&self, site: &str) -> SocketAddr {
+        Self::http_beside(self.site_dns(site))
+    }
+
     /// Where the lab's main controller serves metrics, status and events.
     pub fn http_addr(&self) -> SocketAddr {
         Self::http_beside(self.dns)

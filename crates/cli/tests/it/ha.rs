@@ -192,11 +192,24 @@ async fn three_regions_fail_over_on_a_majority_and_never_from_a_minority() {
         !events.iter().any(|e| e["event"] == "failover_started"),
         "no promotion from a minority"
     );
+    // A cut-off site still answers with what it read last, and says it is not ready.
+    let cut_off = lab.spec.site_http("us-east-2");
+    let (code, body) = crate::http::get(cut_off, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not read from etcd"), "{body}");
     lab.lab(&["heal"]);
     let status = lab
         .wait_until(|s| s["findings"] == serde_json::json!(["healthy"]))
         .await;
     assert_eq!(status["epoch"], 1, "{status:#}");
+    let ready_again = async {
+        while crate::http::get(cut_off, "/readyz").0 != 200 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ready_again)
+        .await
+        .expect("ready again once it reads etcd");
 
     // The writer's region lost alone: the two others are a majority and move the writer.
     lab.lab(&["partition", "--region", "us-east-1"]);

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::harness::TestLab;
 
 /// One HTTP/1.1 GET; (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("the HTTP endpoint listens");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

@@ -113,6 +113,11 @@ impl Ha {
         self.shared().synced_at = Some(Instant::now());
     }
 
+    /// How long ago the state was last read from etcd (None: never).
+    pub fn state_read_ago(&self) -> Option<Duration> {
+        self.shared().synced_at.map(|at| at.elapsed())
+    }
+
     pub fn set_view(&self, view: View) {
         self.shared().view = Some(view);
     }
