@@ -14,10 +14,11 @@ use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{EpochRecord, NodeId, NodeObservation};
 
 use crate::Controller;
+use crate::pass::plan::FailoverKind;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailoverReport {
-    pub kind: String,
+    pub kind: FailoverKind,
     pub from_primary: String,
     pub new_primary: String,
     pub new_primary_region: String,
@@ -206,7 +207,7 @@ impl Controller {
         &self,
         old: EpochRecord,
         target: NodeId,
-        kind: &str,
+        kind: FailoverKind,
         observations: &[NodeObservation],
         detection: Option<Duration>,
         block_until_ms: Option<u64>,
@@ -224,7 +225,7 @@ impl Controller {
             .next(target)
             .ok_or_else(|| FailoverError::State(format!("epoch {} cannot grow", old.epoch)))?;
         let report = FailoverReport {
-            kind: kind.to_string(),
+            kind,
             from_primary: self.topology.node_name(old.primary),
             new_primary: self.topology.node_name(target),
             new_primary_region: self.topology.region_of(target).name.clone(),
@@ -293,7 +294,7 @@ impl Controller {
         );
         self.memory.lock().expect("memory lock").pending_failover =
             Some(crate::pass::PendingFailover {
-                kind: report.kind.clone(),
+                kind: report.kind,
                 epoch: new_epoch.epoch,
                 new_primary: report.new_primary.clone(),
                 detected: started
@@ -388,7 +389,14 @@ impl Controller {
             .expect("health lock")
             .failing_for(epoch.primary, Instant::now());
         let (_, report) = self
-            .fail_over(epoch, target, "forced", &observations, detection, None)
+            .fail_over(
+                epoch,
+                target,
+                FailoverKind::Forced,
+                &observations,
+                detection,
+                None,
+            )
             .await?;
         // Repoint the others and switch DNS now rather than on the next tick.
         let _ = self.reconcile_locked().await;

@@ -94,14 +94,7 @@ impl Controller {
         // The anti-flapping block goes to the state in the same write as the new epoch.
         let block = now_ms() + self.config.controller.failover_block_ms;
         let result = self
-            .fail_over(
-                from,
-                target,
-                kind.as_str(),
-                observations,
-                detection,
-                Some(block),
-            )
+            .fail_over(from, target, kind, observations, detection, Some(block))
             .await;
         if result.is_ok() {
             Done::Changed

@@ -63,7 +63,7 @@ pub struct Memory {
 /// A failover between its promotion and the pass that commits DNS for its epoch.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingFailover {
-    pub kind: String,
+    pub kind: plan::FailoverKind,
     pub epoch: u64,
     pub new_primary: String,
     /// The first failed probe of the old writer (or the failover's start when unknown).

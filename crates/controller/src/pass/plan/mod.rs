@@ -25,7 +25,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use valkey_dr_core::analysis::{self, Finding, analyze};
 use valkey_dr_core::config::FailoverPolicy;
 use valkey_dr_core::failover::{self, Decision, Policy, WriterState};
@@ -102,20 +102,16 @@ pub struct Rules<'a> {
     pub coordinated: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Which unplanned move this is (events, metrics and reports name it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailoverKind {
+    /// To a replica in the writer's region.
     InRegion,
+    /// To another region.
     CrossRegion,
-}
-
-impl FailoverKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailoverKind::InRegion => "in_region",
-            FailoverKind::CrossRegion => "cross_region",
-        }
-    }
+    /// An operator's `failover <region> --force`.
+    Forced,
 }
 
 /// What must still hold right before a failover acts: checked by the executor on fresh reads,
