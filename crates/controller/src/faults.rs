@@ -12,14 +12,16 @@ use crate::promotion::Step;
 pub enum FaultPoint {
     /// A step is done.
     StepDone(Step),
-    /// The intent is recorded; the target is not promoted yet.
+    /// The intent is recorded; nothing is changed on the nodes yet.
     IntentRecorded,
-    /// The target is promoted; the old primary is not demoted yet.
+    /// The old primary follows the target (still paused); the target is not promoted yet.
+    OldDemoted,
+    /// The target is promoted; the new epoch is not recorded yet.
     TargetPromoted,
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 10] = [
+    pub const ALL: [FaultPoint; 11] = [
         FaultPoint::StepDone(Step::Preflight),
         FaultPoint::StepDone(Step::Fence),
         FaultPoint::StepDone(Step::WaitCatchUp),
@@ -29,6 +31,7 @@ impl FaultPoint {
         FaultPoint::StepDone(Step::Release),
         FaultPoint::StepDone(Step::Verify),
         FaultPoint::IntentRecorded,
+        FaultPoint::OldDemoted,
         FaultPoint::TargetPromoted,
     ];
 }
@@ -41,6 +44,7 @@ impl fmt::Display for FaultPoint {
                 write!(f, "{}", name.as_str().unwrap_or("?"))
             }
             FaultPoint::IntentRecorded => write!(f, "intent"),
+            FaultPoint::OldDemoted => write!(f, "demoted"),
             FaultPoint::TargetPromoted => write!(f, "promoted"),
         }
     }

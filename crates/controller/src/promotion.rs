@@ -84,6 +84,10 @@ pub enum PromoteError {
     Aborted(EngineError),
     #[error("promotion to {target} failed after the new epoch was recorded ({0}); the controller keeps reconciling", target = .1)]
     AfterPromote(String, String),
+    #[error(
+        "aborted: the old primary {0} could not be demoted ({1}); it stays the writer, writes on it were unpaused, nothing else was changed"
+    )]
+    NotDemoted(String, String),
 }
 
 struct Machine<'a> {
@@ -357,29 +361,55 @@ impl Controller {
                 .await);
         }
         self.fault_point(crate::faults::FaultPoint::IntentRecorded);
+        // The old primary is demoted first, still paused, and the target promoted only once it
+        // follows: if the old primary cannot be reached or refuses, nothing changes (no second
+        // writer waits behind a pause that runs out). Its clients stay blocked on the pause until
+        // Release; their writes then meet a replica.
+        let demotion = match method {
+            PromoteMethod::Safe => {
+                let mut demotion = self.demote(old, target, false).await;
+                if !demotion.demoted {
+                    if !self.follows(old, target).await {
+                        self.clear_intent().await;
+                        let reason = demotion.error.clone().unwrap_or_default();
+                        return Err(self
+                            .abort(old, PromoteError::NotDemoted(name(old), reason))
+                            .await);
+                    }
+                    // The command took effect; only its reply was lost.
+                    demotion.demoted = true;
+                }
+                Some(demotion)
+            }
+            _ => None,
+        };
+        self.fault_point(crate::faults::FaultPoint::OldDemoted);
         let promoted = match method {
             PromoteMethod::FailoverCommand => Ok(()),
             _ => self.engine.promote(endpoint(target)).await,
         };
         if let Err(e) = promoted {
-            // The target may or may not have executed it; do not guess: abort only if the target
-            // still reports itself as a replica.
+            // The target may or may not have executed it; do not guess.
             let still_replica = self
                 .engine
                 .replication(endpoint(target))
                 .await
                 .is_ok_and(|i| !i.is_primary());
-            if still_replica {
+            if still_replica && demotion.is_none() {
                 self.clear_intent().await;
                 return Err(self.abort(old, PromoteError::Aborted(e)).await);
             }
+            if still_replica {
+                // The old primary already follows the target: the intent stays, and the next
+                // pass promotes the target (it holds everything) or lets failure detection decide.
+                return Err(PromoteError::AfterPromote(e.to_string(), name(target)));
+            }
         }
         self.fault_point(crate::faults::FaultPoint::TargetPromoted);
-        // The old primary is demoted while its writes are still paused: there is no moment with
-        // two masters that take writes. Its clients stay blocked on the pause until Release.
-        let demotion = match method {
-            PromoteMethod::FailoverCommand => None,
-            _ => Some(self.demote(old, target, false).await),
+        // Blind: the old primary follows the new one afterwards (there is no pause to hold it).
+        let demotion = match (method, demotion) {
+            (PromoteMethod::Blind, _) => Some(self.demote(old, target, false).await),
+            (_, demotion) => demotion,
         };
         if self.commit_epoch(new_epoch, required, None).await.is_err() {
             return Err(PromoteError::AfterPromote(
@@ -506,6 +536,17 @@ impl Controller {
     }
 
     /// Undoes the fence before Promote: unpause the old primary.
+    /// Whether `node` reports following `source` (a demotion whose reply was lost still counts).
+    async fn follows(&self, node: NodeId, source: NodeId) -> bool {
+        self.engine
+            .replication(&self.topology.node(node).control_endpoint)
+            .await
+            .ok()
+            .and_then(|i| i.master().cloned())
+            .and_then(|master| self.topology.node_by_any_address(&master))
+            == Some(source)
+    }
+
     async fn abort(&self, old: NodeId, error: PromoteError) -> PromoteError {
         if let Err(e) = self
             .engine

@@ -8,7 +8,8 @@
 //! | master (never published)     | master, went on after the pause | roll back (the source kept going)|
 //! | master                       | anything else                   | complete (fence the source)      |
 //! | replica with the history     | master                          | roll back (unpause the source)   |
-//! | replica, ≥ required offset   | not a master                    | promote the target               |
+//! | replica, ≥ required offset   | answers, not a master (demoted) | promote the target               |
+//! | replica, ≥ required offset   | no answer                       | wait: failure detection decides, with every check a failover makes (a silent source may be a paused master) |
 //! | replica behind, or no answer | not a master                    | wait: the old epoch stands and failure detection decides |
 //! | no answer                    | master                          | roll back                        |
 
@@ -65,7 +66,13 @@ pub fn resolve(pending: &Pending, observations: &[NodeObservation]) -> Resolutio
             }
         }
         _ if source_master => Resolution::RollBack,
-        Some(t) if t.shares_history(required) && t.offset >= required.offset => Resolution::Promote,
+        // Promoted only over a source seen demoted: a silent one may still be a master whose
+        // pause runs out, so the decision goes to failure detection and its checks instead.
+        Some(t)
+            if source.is_some() && t.shares_history(required) && t.offset >= required.offset =>
+        {
+            Resolution::Promote
+        }
         _ => Resolution::Wait,
     }
 }
@@ -134,10 +141,16 @@ mod tests {
                 Resolution::RollBack,
             ),
             (
-                "crash before promote, source gone, target caught up",
-                down(0),
+                "crash after the source's demotion, before promote: target caught up",
+                at(replica_of(0, 2, 100), 100),
                 replica_of(2, 0, 100),
                 Resolution::Promote,
+            ),
+            (
+                "crash before promote, source silent (maybe a master under a pause that runs out)",
+                down(0),
+                replica_of(2, 0, 100),
+                Resolution::Wait,
             ),
             (
                 "crash before promote, source gone, target behind",

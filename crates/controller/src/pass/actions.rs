@@ -122,6 +122,21 @@ impl Controller {
         };
         let source_endpoint = &self.topology.node(intent.source).control_endpoint;
         let target_endpoint = &self.topology.node(intent.target).control_endpoint;
+        let mut resolution = resolution;
+        if resolution == Resolution::Complete && source_answers {
+            // The source is paused before it is looked at again: a write it took after the
+            // observation (its pause ran out) rolls the promotion back instead of being lost to
+            // the demotion.
+            let hold = Duration::from_millis(self.config.controller.catchup_timeout_ms);
+            let _ = self.engine.pause_writes(source_endpoint, hold).await;
+            if let Ok(now) = self.engine.replication(source_endpoint).await
+                && now.is_primary()
+                && now.replication_id == intent.replication_id
+                && now.offset > intent.required_offset
+            {
+                resolution = Resolution::RollBack;
+            }
+        }
         let mut detail = json!({
             "resolution": resolution,
             "epoch": intent.epoch,
