@@ -201,11 +201,13 @@ async fn a_blip_shorter_than_down_after_causes_no_failover() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_controller_killed_in_the_middle_of_a_switchover_converges_after_restart() {
-    // `intent`: the promotion intent is on disk, the target not yet promoted; `promoted`: the
-    // target is promoted, the old primary not yet demoted (restarted within its write pause).
+    // `intent`: the promotion intent is on disk, nothing changed on the nodes; `demoted`: the old
+    // primary follows the target, which is not promoted yet; `promoted`: the target is promoted,
+    // the epoch not recorded (each restarted within the old primary's write pause).
     for crash_after in [
         "fence",
         "intent",
+        "demoted",
         "promoted",
         "promote",
         "repoint",

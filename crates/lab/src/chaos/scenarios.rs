@@ -323,6 +323,7 @@ pub fn scenarios() -> Vec<Scenario> {
     for step in [
         "fence",
         "intent",
+        "demoted",
         "promoted",
         "promote",
         "switch_dns",
