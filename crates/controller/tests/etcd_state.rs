@@ -93,3 +93,75 @@ async fn a_write_whose_reply_was_lost_counts_once_etcd_shows_it_and_never_wedges
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// N6: a leader whose renewal is not answered stops acting at once (its node actions are refused
+/// by `LeaderOnly`), not when its act window (⅔ TTL after its last answered renewal) runs out: a
+/// leader deposed meanwhile (its lease revoked, another elected) learns it only from an answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_renewal_is_not_answered_stops_acting_at_once() {
+    use valkey_dr_controller::Controller;
+    use valkey_dr_controller::ha::Ha;
+    use valkey_dr_controller::testing::FakeEngine;
+
+    let dir = std::env::temp_dir().join(format!("valkey-dr-renewal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ip = Ipv4Addr::new(127, 251, (std::process::id() % 250) as u8, 7);
+    let mut cluster = EtcdCluster::start(&dir.join("etcd"), ip, 1)
+        .await
+        .expect("etcd starts");
+    let config = Config::parse(&format!(
+        "primary_region = \"a\"\nstate_dir = \"{}\"\n\
+         [[regions]]\nname = \"a\"\nnodes = [{{ host = \"127.0.0.1\" }}]\n\
+         [[regions]]\nname = \"b\"\nnodes = [{{ host = \"127.0.0.2\" }}]\n\
+         [dns]\nzone = \"z.test\"\nglobal_name = \"demo\"\n\
+         [coordination]\netcd = [\"{}\"]\nsite = \"w\"\nsites = [\"a\", \"b\", \"w\"]\nlease_ttl_ms = 3000\n",
+        dir.join("state").display(),
+        cluster.endpoints()[0]
+    ))
+    .unwrap();
+    let coordination = config.coordination.clone().unwrap();
+    let coord = Coordinator::connect(
+        &coordination.etcd,
+        "/valkey-dr/renewal-test",
+        "w",
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    let leader = Arc::new(LeaderCell::default());
+    let zone = Arc::new(valkey_dr_dns::embedded::Zone::new("z.test"));
+    let records = Arc::new(valkey_dr_dns::etcd::EtcdRecords::new(
+        coord.clone(),
+        leader.clone(),
+        zone,
+    ));
+    let ha = Ha::new(coord, leader.clone(), records, coordination);
+    let controller = Arc::new(
+        Controller::with_coordination(config, ha, Box::new(FakeEngine::default())).unwrap(),
+    );
+    let campaign = tokio::spawn(controller.clone().campaign());
+    let elected = async {
+        while !leader.is_leader() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), elected)
+        .await
+        .expect("the only site leads");
+
+    let act_until = leader.fence().expect("leads").act_until;
+    cluster.kill(0);
+    let killed = std::time::Instant::now();
+    while leader.is_leader() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopped = std::time::Instant::now();
+    assert!(
+        stopped < act_until,
+        "stopped acting {} ms after the kill, {} ms after its act window ran out",
+        stopped.duration_since(killed).as_millis(),
+        stopped.saturating_duration_since(act_until).as_millis()
+    );
+    campaign.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}

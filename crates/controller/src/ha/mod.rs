@@ -213,7 +213,10 @@ impl Controller {
                             json!({ "site": ha.site(), "error": error.to_string() }),
                         );
                     }
-                    Err(_) => {}
+                    // Not answered (etcd slow, cut off, electing): a deposed leader learns it
+                    // only from an answer, so stop acting now rather than when the act window
+                    // runs out; the next answered renewal lets it act again.
+                    Err(_) => ha.leader.set(None),
                 },
                 // A cheap read first: campaign only when the key is free, and look often, so
                 // that a dead leader's key is taken moments after it expires.
