@@ -54,6 +54,7 @@ pub enum EventKind {
     LostWriterHeld,
     NodeDown,
     ObservationChanged,
+    OldPrimaryReleased,
     PromotionDone,
     PromotionFailed,
     PromotionStarted,

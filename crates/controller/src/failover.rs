@@ -285,7 +285,7 @@ impl Controller {
             replication_id,
             offset: target_offset,
         };
-        self.commit_epoch(new_epoch, history, block_until_ms)
+        self.commit_epoch(new_epoch, history, block_until_ms, None)
             .await
             .map_err(|e| FailoverError::State(e.to_string()))?;
         self.events.emit(
@@ -323,10 +323,11 @@ impl Controller {
         epoch: EpochRecord,
         history: History,
         block_until_ms: Option<u64>,
+        release: Option<NodeId>,
     ) -> Result<(), crate::state::StateError> {
         let result = self
             .state
-            .commit_epoch(epoch, history.clone(), block_until_ms)
+            .commit_epoch(epoch, history.clone(), block_until_ms, release)
             .await;
         match result {
             Ok(_) => {

@@ -411,7 +411,12 @@ impl Controller {
             (PromoteMethod::Blind, _) => Some(self.demote(old, target, false).await),
             (_, demotion) => demotion,
         };
-        if self.commit_epoch(new_epoch, required, None).await.is_err() {
+        let release = Some(old).filter(|_| method == PromoteMethod::Safe);
+        if self
+            .commit_epoch(new_epoch, required, None, release)
+            .await
+            .is_err()
+        {
             return Err(PromoteError::AfterPromote(
                 "cannot record the new epoch (the intent stays; a restarted controller completes it)".into(),
                 name(target),
@@ -480,6 +485,11 @@ impl Controller {
             PromoteMethod::Safe if demoted => self.engine.unpause(endpoint(old)).await.is_ok(),
             _ => false,
         };
+        if killed.is_ok()
+            && let Err(e) = self.state.release_done(old).await
+        {
+            self.state_write_failed(&e);
+        }
         let write_pause_ms = round(pause_started.elapsed().as_secs_f64() * 1000.0);
         m.finish(format!(
             "closed {} client connection(s) on {}, {}",

@@ -470,3 +470,69 @@ async fn a_rogue_master_is_paused_while_the_writer_does_not_answer_then_demoted(
     );
     assert_eq!(controller.epoch().unwrap().primary, NodeId(0));
 }
+
+/// A fault injector that "crashes" the controller (a panic in its task) at one point.
+struct CrashAt(valkey_dr_controller::faults::FaultPoint);
+
+impl valkey_dr_controller::faults::FaultInjector for CrashAt {
+    fn at(
+        &self,
+        point: valkey_dr_controller::faults::FaultPoint,
+    ) -> Option<valkey_dr_controller::faults::FaultAction> {
+        (point == self.0).then_some(valkey_dr_controller::faults::FaultAction::Crash)
+    }
+
+    fn inject(&self, _: valkey_dr_controller::faults::FaultAction) {
+        panic!("crashed at {}", self.0);
+    }
+}
+
+/// M8: the controller dies after recording a switchover's epoch, before closing the old
+/// primary's clients. The release is recorded with the epoch, so the next controller closes them
+/// (they would otherwise keep meeting READONLY on a replica until they recycle) and lifts its
+/// pause, after the name moved.
+#[tokio::test]
+async fn a_switchover_cut_short_after_its_epoch_still_closes_the_old_primarys_clients() {
+    use valkey_dr_controller::faults::FaultPoint;
+    use valkey_dr_controller::promotion::Step;
+    let engine = world();
+    let first = Arc::new(
+        controller(&engine, "release")
+            .with_faults(Some(Arc::new(CrashAt(FaultPoint::StepDone(Step::Promote))))),
+    );
+    first.reconcile_once().await.unwrap();
+    let crashed = tokio::spawn({
+        let first = first.clone();
+        async move { first.promote("us-east-2").await.map(|_| ()) }
+    })
+    .await;
+    assert!(crashed.is_err(), "the controller died mid-switchover");
+    drop(first);
+    let old = endpoint(WRITER);
+    let before_restart = engine.log().len();
+    assert!(
+        !engine.log().contains(&format!("KILL-CLIENTS {old}")),
+        "{:?}",
+        engine.log()
+    );
+    let restarted = reopen(&engine, "release", "");
+    passes(&restarted, 2).await;
+    let log = engine.log()[before_restart..].to_vec();
+    assert_eq!(restarted.epoch().unwrap().primary, NodeId(2), "{log:?}");
+    assert!(
+        log.contains(&format!("KILL-CLIENTS {old}")),
+        "the next controller closes the old primary's clients: {log:?}"
+    );
+    assert!(!engine.world().nodes[&old].paused, "{log:?}");
+    let kills = |log: &[String]| {
+        log.iter()
+            .filter(|l| **l == format!("KILL-CLIENTS {old}"))
+            .count()
+    };
+    passes(&restarted, 2).await;
+    assert_eq!(
+        kills(&engine.log()[before_restart..]),
+        1,
+        "once: the release is settled in the state"
+    );
+}

@@ -163,7 +163,11 @@ impl Controller {
                         return false;
                     }
                 }
-                if self.commit_epoch(new_epoch, required, None).await.is_err() {
+                if self
+                    .commit_epoch(new_epoch, required, None, None)
+                    .await
+                    .is_err()
+                {
                     return false;
                 }
                 if source_answers {

@@ -49,6 +49,11 @@ pub struct State {
     /// operator runs `ack` or `adopt`; kept here so that a restart or a new leader does not
     /// forget it.
     pub data_loss: Option<serde_json::Value>,
+    /// The old primary of a switchover whose clients were not closed yet: recorded with the new
+    /// epoch, settled by the Release step — or by the next pass of whoever acts, if the
+    /// controller died before it (its pooled clients would otherwise meet READONLY until they
+    /// recycle).
+    pub release_pending: Option<NodeId>,
 }
 
 impl State {
@@ -60,6 +65,7 @@ impl State {
             intent: None,
             writer_quorum: None,
             data_loss: None,
+            release_pending: None,
         }
     }
 }
@@ -90,6 +96,8 @@ struct Stored {
     writer_quorum: Option<WriteQuorum>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     data_loss: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    release_pending: Option<String>,
 }
 
 /// Why `state.json` could not be used.
@@ -184,6 +192,7 @@ fn decode(bytes: &[u8], source: &str, topology: &Topology) -> Result<State, Load
         intent,
         writer_quorum: stored.writer_quorum,
         data_loss: stored.data_loss,
+        release_pending: stored.release_pending.as_deref().map(node).transpose()?,
     })
 }
 
@@ -197,6 +206,7 @@ fn encode(topology: &Topology, state: &State) -> Vec<u8> {
         writer_history: state.writer_history.clone(),
         writer_quorum: state.writer_quorum,
         data_loss: state.data_loss.clone(),
+        release_pending: state.release_pending.map(|n| topology.node_name(n)),
         intent: state.intent.as_ref().map(|i| StoredIntent {
             epoch: i.epoch,
             source: topology.node_name(i.source),
@@ -437,6 +447,7 @@ mod tests {
                 max_lag_s: 2,
             }),
             data_loss: Some(serde_json::json!({ "node": "127.0.0.2:6379", "offset": 0 })),
+            release_pending: Some(topology.nodes[0].id),
             intent: Some(Intent {
                 epoch: 4,
                 source: topology.nodes[1].id,

@@ -45,17 +45,20 @@ impl StateStore {
 
     /// A promotion happened: the new epoch, its writer's history (the lineage the next failover
     /// checks) and the anti-flapping block, in one write that settles the intent.
+    /// `release` names an old primary whose clients are still to be closed (a switchover's).
     pub async fn commit_epoch(
         &self,
         epoch: EpochRecord,
         history: History,
         block_until_ms: Option<u64>,
+        release: Option<NodeId>,
     ) -> Result<(), StateError> {
         self.update(|s| {
             let mut next = s.cloned().unwrap_or_else(|| State::new(epoch));
             next.epoch = epoch;
             next.intent = None;
             next.writer_history = Some(history);
+            next.release_pending = release;
             // The new writer was promoted with no quorum: not fenced until one is set.
             next.writer_quorum = None;
             if block_until_ms.is_some() {
@@ -116,6 +119,18 @@ impl StateStore {
             let mut next = s.cloned()?;
             next.writer_history = Some(history);
             next.data_loss = Some(loss);
+            Some(next)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The old primary's clients were closed (or it is the writer again): nothing to release.
+    pub async fn release_done(&self, node: NodeId) -> Result<(), StateError> {
+        self.update(|s| {
+            let mut next = s.cloned()?;
+            (next.release_pending == Some(node)).then_some(())?;
+            next.release_pending = None;
             Some(next)
         })
         .await

@@ -14,6 +14,7 @@
 //! | a failover is due                                                | `FailOver` (with the checks it must pass right before acting) |
 //! | a master that is not the epoch's writer, the writer serving      | `FenceRogues` (demoted under it) |
 //! | a master that is not the epoch's writer, the writer down or lost | `PauseRogues` (every pass)     |
+//! | a switchover's old primary whose clients were never closed       | `Release`                      |
 //! | a writer serves                                                  | `RememberWriter`, `LiftStalePause` (first pass), `Heartbeat`, `KeepWriteQuorum`, `Repoint` |
 //! | the records differ from what the nodes say                       | `ApplyDns`                     |
 //!
@@ -193,6 +194,13 @@ pub enum Action {
     PauseRogues {
         rogues: Vec<NodeId>,
     },
+    /// A switchover's old primary whose clients were not closed (the controller died before its
+    /// Release step): close them and lift its pause (`close`), or only settle the record when it
+    /// is the writer again.
+    Release {
+        node: NodeId,
+        close: bool,
+    },
     /// Remember the writer's history; `durable` when its replication id is new (promotions and
     /// restarts) or the record is older than [`LINEAGE_RECORD_EVERY_MS`], so that the lineage
     /// survives a restart of the controller and a change of leader.
@@ -305,6 +313,19 @@ pub fn plan_actions(snapshot: &Snapshot, rules: &Rules) -> Plan {
         actions.push(Action::ApplyDns {
             changes: dns.changes,
         });
+    }
+    // After the name moved: the old primary's clients reconnect to the new writer.
+    if let (true, Some(e), Some(node)) = (
+        settled,
+        epoch,
+        snapshot.state.as_ref().and_then(|s| s.release_pending),
+    ) {
+        let demoted = info_of(observations, node).is_some_and(|i| !i.is_primary());
+        if node == e.primary {
+            actions.push(Action::Release { node, close: false });
+        } else if demoted {
+            actions.push(Action::Release { node, close: true });
+        }
     }
     Plan {
         actions,
