@@ -213,10 +213,7 @@ impl Controller {
                             json!({ "site": ha.site(), "error": error.to_string() }),
                         );
                     }
-                    // Not answered (etcd slow, cut off, electing): a deposed leader learns it
-                    // only from an answer, so stop acting now rather than when the act window
-                    // runs out; the next answered renewal lets it act again.
-                    Err(_) => ha.leader.set(None),
+                    Err(_) => {}
                 },
                 // A cheap read first: campaign only when the key is free, and look often, so
                 // that a dead leader's key is taken moments after it expires.
