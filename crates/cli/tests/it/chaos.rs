@@ -68,7 +68,6 @@ fn chaos_a_writer_restarted_late_or_a_replica_restarted_first_lose_nothing() {
 fn chaos_a_controller_crash_with_a_late_restart_loses_nothing() {
     assert_ok(&chaos(&[
         "controller crash after intent, restart after the pause",
-        "controller crash after demoted, restart after the pause",
         "controller crash after promoted, restart after the pause",
         "controller crash after promote, restart after the pause",
     ]));
