@@ -68,11 +68,8 @@ pub struct Demotion {
 impl Controller {
     /// The writer's replication history as last seen: this run's memory, else `state.json`.
     pub(crate) fn lineage(&self, epoch: &EpochRecord) -> Option<History> {
-        let memory = self.memory.lock().expect("memory lock");
-        match &memory.last_writer {
-            Some((node, history)) if *node == epoch.primary => Some(history.clone()),
-            _ => self.state.get().and_then(|s| s.writer_history),
-        }
+        let remembered = self.memory.lock().expect("memory lock").last_writer.clone();
+        crate::pass::plan::lineage(remembered.as_ref(), self.state.get().as_ref(), epoch)
     }
 
     /// Makes `node` a replica of `source` for good: `REPLICAOF`, `CONFIG REWRITE` so a restart

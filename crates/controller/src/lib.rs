@@ -199,24 +199,6 @@ impl Controller {
         observations
     }
 
-    /// Observes again the nodes that answered in `previous`, keeping the failures as they were
-    /// (after acting on the nodes, without waiting out the timeouts of unreachable ones again).
-    pub(crate) async fn observe_reachable(
-        &self,
-        previous: &[NodeObservation],
-    ) -> Vec<NodeObservation> {
-        futures::future::join_all(previous.iter().map(|o| async move {
-            if o.state.is_ok() {
-                self.engine
-                    .observe(o.node, &self.topology.node(o.node).control_endpoint)
-                    .await
-            } else {
-                o.clone()
-            }
-        }))
-        .await
-    }
-
     pub fn config(&self) -> &Config {
         &self.config
     }

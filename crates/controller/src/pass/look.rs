@@ -39,28 +39,19 @@ impl Controller {
     /// After an action: the nodes that answered are asked again; silent ones are not waited for
     /// a second time (their failure stands); DNS was not touched, so its records stand too.
     pub(super) async fn look_again(&self, last: &Snapshot) -> Snapshot {
-        let mut observations = self.observe_reachable(&last.observations).await;
+        let mut observations: Vec<NodeObservation> = self
+            .observe_again(&last.observations, Duration::ZERO)
+            .await
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect();
         self.read_writer_last(&mut observations).await;
         self.snapshot(last.look + 1, observations, last.records.clone())
     }
 
     pub(super) async fn quick_look(&self, last: &Snapshot) -> Result<Snapshot, PassError> {
         let probed_at = Instant::now();
-        let fresh: Vec<(NodeObservation, bool)> =
-            futures::future::join_all(last.observations.iter().map(|o| async move {
-                let endpoint = &self.topology.node(o.node).control_endpoint;
-                if o.state.is_ok() {
-                    (self.engine.observe(o.node, endpoint).await, true)
-                } else {
-                    match tokio::time::timeout(QUICK_PROBE, self.engine.observe(o.node, endpoint))
-                        .await
-                    {
-                        Ok(now) => (now, true),
-                        Err(_) => (o.clone(), false),
-                    }
-                }
-            }))
-            .await;
+        let fresh = self.observe_again(&last.observations, QUICK_PROBE).await;
         let answered: Vec<NodeObservation> = fresh
             .iter()
             .filter(|(_, f)| *f)
@@ -71,6 +62,32 @@ impl Controller {
         let mut observations: Vec<NodeObservation> = fresh.into_iter().map(|(o, _)| o).collect();
         self.read_writer_last(&mut observations).await;
         Ok(self.snapshot(1, observations, records))
+    }
+
+    /// Observes again the nodes that answered in `previous`; the silent ones only for
+    /// `silent_within` (zero: not at all), keeping their failure when they stay silent. Each
+    /// observation comes with whether it is fresh.
+    async fn observe_again(
+        &self,
+        previous: &[NodeObservation],
+        silent_within: Duration,
+    ) -> Vec<(NodeObservation, bool)> {
+        futures::future::join_all(previous.iter().map(|o| async move {
+            let endpoint = &self.topology.node(o.node).control_endpoint;
+            if o.state.is_ok() {
+                (self.engine.observe(o.node, endpoint).await, true)
+            } else if silent_within.is_zero() {
+                (o.clone(), false)
+            } else {
+                match tokio::time::timeout(silent_within, self.engine.observe(o.node, endpoint))
+                    .await
+                {
+                    Ok(now) => (now, true),
+                    Err(_) => (o.clone(), false),
+                }
+            }
+        }))
+        .await
     }
 
     /// Nodes are read concurrently, so a replica read a moment after its writer may be ahead of

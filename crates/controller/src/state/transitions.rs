@@ -9,6 +9,17 @@ use valkey_dr_core::self_fence::WriteQuorum;
 use super::{Intent, State, StateError, StateStore};
 
 impl StateStore {
+    /// Changes a recorded state in place (nothing is recorded yet: no change).
+    async fn amend(&self, change: impl FnOnce(&mut State)) -> Result<(), StateError> {
+        self.update(|s| {
+            let mut next = s.cloned()?;
+            change(&mut next);
+            Some(next)
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// A writer adopted without a promotion (at a first start, from a mark on the nodes, or by an
     /// operator's `adopt`): its epoch and history; an intent is settled by it. `settle_loss`
     /// clears a reported data loss (the operator decided what the history is).
@@ -34,13 +45,10 @@ impl StateStore {
 
     /// A promotion is about to happen (the epoch before it stays in force until it commits).
     pub async fn record_intent(&self, intent: Intent) -> Result<(), StateError> {
-        self.update(|s| {
-            let mut next = s.cloned()?;
+        self.amend(|next| {
             next.intent = Some(intent);
-            Some(next)
         })
         .await
-        .map(|_| ())
     }
 
     /// A promotion happened: the new epoch, its writer's history (the lineage the next failover
@@ -72,24 +80,18 @@ impl StateStore {
 
     /// A promotion that did not happen (rolled back, or nothing to do): the old epoch stands.
     pub async fn clear_intent(&self) -> Result<(), StateError> {
-        self.update(|s| {
-            let mut next = s.cloned()?;
+        self.amend(|next| {
             next.intent = None;
-            Some(next)
         })
         .await
-        .map(|_| ())
     }
 
     /// The writer took a new replication id (a restart, a new backlog) on its history.
     pub async fn record_writer_history(&self, history: History) -> Result<(), StateError> {
-        self.update(|s| {
-            let mut next = s.cloned()?;
+        self.amend(|next| {
             next.writer_history = Some(history);
-            Some(next)
         })
         .await
-        .map(|_| ())
     }
 
     /// The write quorum in force on `writer` (its self-fence), if `writer` is still the epoch's.
@@ -98,14 +100,12 @@ impl StateStore {
         writer: NodeId,
         quorum: Option<WriteQuorum>,
     ) -> Result<(), StateError> {
-        self.update(|s| {
-            let mut next = s.cloned()?;
-            (next.epoch.primary == writer).then_some(())?;
-            next.writer_quorum = quorum;
-            Some(next)
+        self.amend(|next| {
+            if next.epoch.primary == writer {
+                next.writer_quorum = quorum;
+            }
         })
         .await
-        .map(|_| ())
     }
 
     /// The writer lost its history and nobody holds it: its current history becomes the lineage,
@@ -115,26 +115,21 @@ impl StateStore {
         history: History,
         loss: serde_json::Value,
     ) -> Result<(), StateError> {
-        self.update(|s| {
-            let mut next = s.cloned()?;
+        self.amend(|next| {
             next.writer_history = Some(history);
             next.data_loss = Some(loss);
-            Some(next)
         })
         .await
-        .map(|_| ())
     }
 
     /// The old primary's clients were closed (or it is the writer again): nothing to release.
     pub async fn release_done(&self, node: NodeId) -> Result<(), StateError> {
-        self.update(|s| {
-            let mut next = s.cloned()?;
-            (next.release_pending == Some(node)).then_some(())?;
-            next.release_pending = None;
-            Some(next)
+        self.amend(|next| {
+            if next.release_pending == Some(node) {
+                next.release_pending = None;
+            }
         })
         .await
-        .map(|_| ())
     }
 
     /// An operator's `ack`: automatic failovers are allowed again and a reported loss is

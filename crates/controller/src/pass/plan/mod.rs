@@ -80,12 +80,22 @@ impl Snapshot {
         self.state.as_ref().map(|s| s.epoch)
     }
 
-    /// The writer's replication history as last seen: this run's memory, else the state's.
+    /// The writer's replication history as last seen ([`lineage`]).
     pub fn lineage(&self, epoch: &EpochRecord) -> Option<History> {
-        match &self.remembered_writer {
-            Some((node, history)) if *node == epoch.primary => Some(history.clone()),
-            _ => self.state.as_ref().and_then(|s| s.writer_history.clone()),
-        }
+        lineage(self.remembered_writer.as_ref(), self.state.as_ref(), epoch)
+    }
+}
+
+/// The epoch writer's replication history as last seen: this run's memory of it, else the
+/// state's record.
+pub fn lineage(
+    remembered: Option<&(NodeId, History)>,
+    state: Option<&State>,
+    epoch: &EpochRecord,
+) -> Option<History> {
+    match remembered {
+        Some((node, history)) if *node == epoch.primary => Some(history.clone()),
+        _ => state.and_then(|s| s.writer_history.clone()),
     }
 }
 
@@ -270,6 +280,10 @@ pub fn plan_actions(snapshot: &Snapshot, rules: &Rules) -> Plan {
     let epoch = snapshot.epoch();
     let mut actions = Vec::new();
     let mut decision = None;
+    // An interrupted promotion is settled before anything else acts on the nodes; while it cannot
+    // be, nothing else does (a failover now would promote in the same epoch).
+    let intent = snapshot.state.as_ref().and_then(|s| s.intent.clone());
+    let settled = intent.is_none();
     if snapshot.look < MAX_LOOKS {
         if !rules.coordinated
             && let Some(recover) = recover_epoch(snapshot, topology, epoch)
@@ -279,10 +293,6 @@ pub fn plan_actions(snapshot: &Snapshot, rules: &Rules) -> Plan {
         if epoch.is_none() {
             actions.push(adopt_epoch(snapshot, rules));
         }
-        // An interrupted promotion is settled before anything else acts on the nodes; while it
-        // cannot be, nothing else does (a failover now would promote in the same epoch).
-        let intent = snapshot.state.as_ref().and_then(|s| s.intent.clone());
-        let settled = intent.is_none();
         if let Some(intent) = intent {
             actions.push(resolve_intent(observations, intent));
         }
@@ -292,7 +302,6 @@ pub fn plan_actions(snapshot: &Snapshot, rules: &Rules) -> Plan {
         }
     }
     let analysis = analyze(topology, observations, epoch.as_ref());
-    let settled = snapshot.state.as_ref().is_none_or(|s| s.intent.is_none());
     if snapshot.look < MAX_LOOKS
         && settled
         && let Some(e) = epoch
@@ -599,13 +608,7 @@ fn upkeep(
     actions: &mut Vec<Action>,
 ) {
     let observations = &snapshot.observations;
-    let before = match &snapshot.remembered_writer {
-        Some((node, h)) if *node == writer => Some(h.clone()),
-        _ => snapshot
-            .state
-            .as_ref()
-            .and_then(|s| s.writer_history.clone()),
-    };
+    let before = snapshot.lineage(&epoch);
     if let Some(info) = info_of(observations, writer) {
         // Only forward along the writer's history: a writer that lost its data keeps the old
         // history as the lineage, so that the node still holding it is the one promoted.
