@@ -26,6 +26,9 @@ pub struct ChaosArgs {
     /// Keep each stopped lab's directory (logs, events) for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// Keep the directory of a run that did not end well.
+    #[arg(long, conflicts_with = "keep")]
+    pub keep_failed: bool,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -54,12 +57,17 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     // Node configs name their files by path: the lab needs an absolute one.
     let base = std::path::absolute(&args.dir)?;
+    let keep = match (args.keep, args.keep_failed) {
+        (true, _) => chaos::Keep::All,
+        (_, true) => chaos::Keep::Failed,
+        _ => chaos::Keep::None,
+    };
     let mut results: Vec<Vec<ChaosReport>> = Vec::new();
     for (n, scenario) in selected.iter().enumerate() {
         let mut reports = Vec::new();
         for run in 0..args.runs.max(1) {
             let seed = std::process::id() ^ ((n * 31 + run) as u32).wrapping_mul(2_654_435_761);
-            let report = chaos::run(&base, scenario, &bin, seed, args.keep).await?;
+            let report = chaos::run(&base, scenario, &bin, seed, keep).await?;
             eprintln!(
                 "{:<55} run {}/{}: lost {}+{}, two masters {} ms, name on a replica {} ms, {}",
                 scenario.name,
@@ -71,6 +79,9 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
                 report.name_on_replica_ms,
                 report.verdict
             );
+            if keep != chaos::Keep::None {
+                eprintln!("  lab kept in {}", chaos::lab_dir(&base, seed).display());
+            }
             reports.push(report);
         }
         results.push(reports);

@@ -107,6 +107,7 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
                 dir,
                 list: false,
                 keep: false,
+                keep_failed: false,
                 output,
             })
             .await;

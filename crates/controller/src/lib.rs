@@ -423,16 +423,22 @@ pub async fn start_with(
             return start_rfc2136(config.clone(), rfc2136, faults).await;
         }
     };
-    let zone = Arc::new(Zone::new(&config.dns.zone));
-    // Highly available shape: connect and load the committed records before serving, so that a
-    // restarted controller never answers from an empty zone.
+    // Highly available shape: the zone is a copy of the records in etcd, loaded before serving
+    // when etcd answers; until it is, the server answers SERVFAIL (never an NXDOMAIN from an empty
+    // copy, which resolvers would cache and not ask another site's server).
+    let zone = Arc::new(match config.coordination {
+        None => Zone::new(&config.dns.zone),
+        Some(_) => Zone::awaiting_copy(&config.dns.zone),
+    });
     let ha = match &config.coordination {
         None => None,
         Some(coordination) => {
             let ha = connect_coordination(&config, coordination, zone.clone()).await?;
             let first = tokio::time::timeout(ha.coord.ttl(), ha.records.sync()).await;
             if !matches!(first, Ok(Ok(_))) {
-                tracing::warn!("records not loaded from etcd before serving; serving none yet");
+                tracing::warn!(
+                    "records not loaded from etcd before serving; answering SERVFAIL until they are"
+                );
             }
             Some(ha)
         }

@@ -81,7 +81,8 @@ impl EtcdRecords {
 
     async fn sync_locked(&self) -> Result<bool, DnsError> {
         let (sets, revision) = self.read().await?;
-        if revision == self.served_revision.load(Ordering::SeqCst) {
+        // The first copy is loaded even when etcd holds no records yet (revision 0).
+        if revision == self.served_revision.load(Ordering::SeqCst) && self.zone.is_loaded() {
             return Ok(false);
         }
         self.served_revision.store(revision, Ordering::SeqCst);

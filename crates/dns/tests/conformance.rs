@@ -47,18 +47,20 @@ mod etcd {
         let claim = leader_coord.try_lead().await.unwrap().unwrap();
         let leader_cell = Arc::new(LeaderCell::default());
         leader_cell.set(Some(claim.fence()));
-        let leader_zone = Arc::new(Zone::new("z.test"));
+        let leader_zone = Arc::new(Zone::awaiting_copy("z.test"));
         let leader = EtcdRecords::new(leader_coord, leader_cell, leader_zone.clone());
         battery(&leader, "z.test.").await;
 
         // Another controller's copy follows etcd; it cannot write while it does not lead.
-        let follower_zone = Arc::new(Zone::new("z.test"));
+        let follower_zone = Arc::new(Zone::awaiting_copy("z.test"));
         let follower = EtcdRecords::new(
             connect("b").await,
             Arc::new(LeaderCell::default()),
             follower_zone.clone(),
         );
+        assert!(!follower_zone.is_loaded());
         follower.sync().await.unwrap();
+        assert!(follower_zone.is_loaded());
         assert_eq!(follower_zone.snapshot(), leader_zone.snapshot());
         let new = RecordSet::new("x.z.test.", RecordType::A, 5, ["10.0.0.9".to_string()]);
         let refused = follower.apply(&[Change::Create { new }]).await;

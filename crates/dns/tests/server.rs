@@ -287,3 +287,41 @@ async fn a_second_server_on_the_same_address_fails_to_start() {
     );
     server.shutdown().await;
 }
+
+/// A site's copy of the records in etcd, not loaded yet (a controller started while etcd is out
+/// of reach): SERVFAIL, so that resolvers ask another site's server, never an NXDOMAIN that they
+/// would cache. The zone's own SOA and NS still answer. Once the copy arrives, even an empty one,
+/// the answers are the zone's (over UDP the cached SERVFAIL is dropped).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_not_loaded_yet_answers_servfail_never_nxdomain() {
+    let zone = Arc::new(Zone::awaiting_copy("valkey-dr.test"));
+    let server = DnsServer::start(zone.clone(), "127.0.0.1:0".parse().unwrap(), 5)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    for args in [
+        &["demo.valkey-dr.test", "A"][..],
+        &["+tcp", "demo.valkey-dr.test", "A"],
+        &["nothing.valkey-dr.test", "TXT"],
+    ] {
+        assert_eq!(status(&dig(addr, args)), "SERVFAIL", "{args:?}");
+    }
+    assert_eq!(status(&dig(addr, &["valkey-dr.test", "SOA"])), "NOERROR");
+
+    zone.replace_all(Vec::new());
+    assert_eq!(
+        status(&dig(addr, &["demo.valkey-dr.test", "A"])),
+        "NXDOMAIN"
+    );
+    zone.replace_all(vec![RecordSet::new(
+        "demo.valkey-dr.test",
+        RecordType::A,
+        5,
+        ["127.0.1.1".to_string()],
+    )]);
+    assert_eq!(
+        dig(addr, &["+short", "demo.valkey-dr.test", "A"]).trim(),
+        "127.0.1.1"
+    );
+    server.shutdown().await;
+}

@@ -293,7 +293,9 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
     // heal, allow failovers again.
     match (options.operation, failed) {
         (Operation::Failover { fault: Fault::Kill }, Some(node)) => {
-            restart_node(spec, node).map_err(DrillError::Lab)?
+            crate::process::restart_node(spec, node.0, node.1, false)
+                .await
+                .map_err(|e| DrillError::Lab(e.to_string()))?
         }
         (
             Operation::Failover {
@@ -358,12 +360,6 @@ fn detection_ms(spec: &LabSpec, since_ms: u64) -> Option<u64> {
                 && e["ts"].as_str().is_some_and(|ts| ts >= since.as_str())
         })
         .find_map(|e| e["detection_ms"].as_u64())
-}
-
-/// Starts a killed node again from its lab config: it comes back empty and the controller
-/// fences and resynchronizes it.
-fn restart_node(spec: &LabSpec, (region, index): (usize, usize)) -> Result<(), String> {
-    crate::process::start_node(spec, region, index).map_err(|e| e.to_string())
 }
 
 /// One scenario of the benchmark.

@@ -332,6 +332,48 @@ pub fn start_node_empty(spec: &LabSpec, region: usize, index: usize) -> Result<(
     start_node(spec, region, index)
 }
 
+/// Starts a killed node again the way a supervisor does (`Restart=always`, `RestartSec=100ms`):
+/// a start whose server exits at once (its port still held for a moment by the killed process's
+/// last sockets or a forked child: `bind: Address already in use`) is tried again until the node
+/// answers, for up to 10 s. Without this, one lost race kept a node down until the scenario
+/// healed, which no supervisor would do. `empty`: its data directory is cleared first.
+pub async fn restart_node(
+    spec: &LabSpec,
+    region: usize,
+    index: usize,
+    empty: bool,
+) -> Result<(), LabError> {
+    let security = spec.security().map_err(LabError::Io)?;
+    let addr = spec.node_addr(region, index);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if empty {
+            start_node_empty(spec, region, index)?;
+        } else {
+            start_node(spec, region, index)?;
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(1) {
+            if ping(addr, &security).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::NotReady {
+                what: format!("valkey {addr} after a restart"),
+                seconds: 10,
+                log: spec
+                    .dir
+                    .join(format!("valkey-{}.log", addr.ip()))
+                    .display()
+                    .to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Removes the `replicaof` line from a node's config file, as in a deployment whose writer's file
 /// makes it a master: restarted, it comes back as one (empty, without persistence).
 pub fn drop_replicaof(spec: &LabSpec, region: usize, index: usize) -> Result<(), LabError> {

@@ -12,7 +12,15 @@ fn chaos(names: &[&str]) -> Vec<serde_json::Value> {
         names[0].len()
     ));
     let mut command = Command::new(BIN);
-    command.args(["chaos", "--runs", "1", "--output", "json", "--dir"]);
+    command.args([
+        "chaos",
+        "--runs",
+        "1",
+        "--keep-failed",
+        "--output",
+        "json",
+        "--dir",
+    ]);
     command.arg(&dir);
     for name in names {
         command.arg("--scenario").arg(name);
@@ -21,10 +29,19 @@ fn chaos(names: &[&str]) -> Vec<serde_json::Value> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let results: Vec<Vec<serde_json::Value>> = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
-    // Every scenario's lab is gone.
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-    let _ = std::fs::remove_dir_all(&dir);
-    results.into_iter().flatten().collect()
+    let reports: Vec<serde_json::Value> = results.into_iter().flatten().collect();
+    if reports
+        .iter()
+        .all(|r| r["verdict"].as_str().is_some_and(|v| v.starts_with("ok")))
+    {
+        // Every scenario's lab is gone.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        // A run that did not end well keeps its lab (logs, events) for whoever reads the failure.
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    reports
 }
 
 /// Every acknowledged write read back, one writer, the name on it, the controller healthy.

@@ -332,6 +332,10 @@ impl Handler {
             }
             return answer;
         }
+        if !self.zone.is_loaded() {
+            // A copy not loaded yet knows nothing: another name server may.
+            return Answer::error(ResponseCode::ServFail);
+        }
         let rtype = match qtype {
             HickoryType::A => Some(RecordType::A),
             HickoryType::AAAA => Some(RecordType::Aaaa),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -33,6 +33,10 @@ pub struct Zone {
     /// The SOA serial: rises with every change, stored after the change is made (under the write
     /// lock). Read without the lock, it also tells the server's answer caches that answers changed.
     serial: AtomicU32,
+    /// False for a copy of records held elsewhere (etcd) until the first copy arrived: until then
+    /// the server answers SERVFAIL, so that resolvers ask another name server instead of caching
+    /// an NXDOMAIN that no one decided.
+    loaded: AtomicBool,
 }
 
 /// How many CNAMEs the server follows inside its own zone before it stops.
@@ -42,6 +46,16 @@ impl Zone {
     /// An empty zone. The serial starts at the current Unix time so that it keeps rising across
     /// restarts (secondaries and caches compare serials).
     pub fn new(origin: &str) -> Zone {
+        Self::with_loaded(origin, true)
+    }
+
+    /// An empty copy of records held elsewhere: it answers nothing (SERVFAIL) until the first
+    /// [`Zone::replace_all`].
+    pub fn awaiting_copy(origin: &str) -> Zone {
+        Self::with_loaded(origin, false)
+    }
+
+    fn with_loaded(origin: &str, loaded: bool) -> Zone {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -52,7 +66,13 @@ impl Zone {
                 sets: BTreeMap::new(),
             }),
             serial: AtomicU32::new(now as u32),
+            loaded: AtomicBool::new(loaded),
         }
+    }
+
+    /// Whether the zone holds records to answer from (see [`Zone::awaiting_copy`]).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     pub fn origin(&self) -> &str {
@@ -93,10 +113,12 @@ impl Zone {
             .map(|s| ((s.name.clone(), s.rtype), s))
             .collect();
         let mut state = self.state.write().expect("zone lock");
-        if state.sets == sets {
+        let first = !self.loaded.swap(true, Ordering::AcqRel);
+        if state.sets == sets && !first {
             return false;
         }
         state.sets = sets;
+        // Also on the first copy, even an empty one: the answer caches drop their SERVFAILs.
         self.raise_serial();
         true
     }

@@ -104,15 +104,30 @@ fn lab_error(e: impl std::fmt::Display) -> ChaosError {
     ChaosError::Lab(e.to_string())
 }
 
+/// Which stopped labs keep their directory (logs, events, node files) for inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Keep {
+    #[default]
+    None,
+    /// Only a run whose verdict is not ok (or that could not be judged).
+    Failed,
+    All,
+}
+
+/// Where the run with `seed` keeps its lab under `base`.
+pub fn lab_dir(base: &Path, seed: u32) -> std::path::PathBuf {
+    base.join(format!("chaos-{seed}"))
+}
+
 /// Runs one scenario on a fresh lab under `base` and tears the lab down.
 pub async fn run(
     base: &Path,
     scenario: &Scenario,
     valkey_dr: &Path,
     seed: u32,
-    keep: bool,
+    keep: Keep,
 ) -> Result<ChaosReport, ChaosError> {
-    let dir = base.join(format!("chaos-{seed}"));
+    let dir = lab_dir(base, seed);
     let mut spec = LabSpec::on_free_block(dir.clone(), seed).ok_or(ChaosError::NoBlock)?;
     if !scenario.ha {
         spec.sites.clear();
@@ -120,7 +135,10 @@ pub async fn run(
     spec.catchup_timeout_ms = Some(CATCHUP_TIMEOUT_MS);
     let result = run_on(&spec, scenario, valkey_dr).await;
     crate::process::down(&spec.dir).await;
-    if !keep {
+    let failed = result
+        .as_ref()
+        .map_or(true, |r| !r.verdict.starts_with("ok"));
+    if keep == Keep::None || (keep == Keep::Failed && !failed) {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result

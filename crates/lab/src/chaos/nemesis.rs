@@ -197,8 +197,10 @@ impl<'a> Lab<'a> {
     }
 
     /// Restarts a node empty (its data directory cleared), as every fault here means it.
-    pub(super) fn restart(&self, (r, i): (usize, usize)) -> Result<(), ChaosError> {
-        crate::process::start_node_empty(self.spec, r, i).map_err(lab_error)
+    pub(super) async fn restart(&self, (r, i): (usize, usize)) -> Result<(), ChaosError> {
+        crate::process::restart_node(self.spec, r, i, true)
+            .await
+            .map_err(lab_error)
     }
 
     pub(super) fn other_region(&self, node: (usize, usize)) -> String {
@@ -227,23 +229,23 @@ impl<'a> Lab<'a> {
             Fault::KillWriter { restart_after_ms } => {
                 self.kill(writer).await?;
                 tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
-                self.restart(writer)?;
+                self.restart(writer).await?;
             }
             Fault::WriterRestartedEmptyAsMaster => {
                 self.kill(writer).await?;
                 crate::process::drop_replicaof(self.spec, writer.0, writer.1).map_err(lab_error)?;
-                self.restart(writer)?;
+                self.restart(writer).await?;
             }
             Fault::PromotedWriterRestartedAtOnce => {
                 self.kill(writer).await?;
                 self.wait_epoch_above(epoch, Duration::from_secs(10))
                     .await?;
-                self.restart(writer)?;
+                self.restart(writer).await?;
                 self.wait_healthy(Duration::from_secs(15)).await?;
                 let _ = control::request(&self.socket, &Request::Ack, |_| {}).await;
                 let (promoted, _) = self.writer().await?;
                 self.kill(promoted).await?;
-                self.restart(promoted)?;
+                self.restart(promoted).await?;
             }
             Fault::IsolateWriterRegion { for_ms } => {
                 let region = self.spec.regions[writer.0].clone();
@@ -313,7 +315,7 @@ impl<'a> Lab<'a> {
             Fault::ReplicaRestartedThenWriterKilled => {
                 let replica = (writer.0, 1 - writer.1);
                 self.kill(replica).await?;
-                self.restart(replica)?;
+                self.restart(replica).await?;
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 self.kill(writer).await?;
             }
@@ -346,11 +348,11 @@ impl<'a> Lab<'a> {
                         .map_err(lab_error)?;
                 }
                 tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
-                self.restart(promoted)?;
+                self.restart(promoted).await?;
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let (current, _) = self.writer().await?;
                 self.kill(current).await?;
-                self.restart(current)?;
+                self.restart(current).await?;
             }
             Fault::RegionControllerDownAndCut {
                 cut_first,
@@ -399,7 +401,7 @@ impl<'a> Lab<'a> {
                 let head = ((writer.0 + 1) % self.spec.regions.len(), 0);
                 self.kill(head).await?;
                 tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
-                self.restart(head)?;
+                self.restart(head).await?;
             }
             Fault::RegionLinkCut { for_ms } => {
                 self.partition_for(crate::link::LINK.to_string(), *for_ms)
@@ -478,7 +480,7 @@ impl<'a> Lab<'a> {
                 .await
                 .is_err()
             {
-                let _ = self.restart((r, i));
+                let _ = self.restart((r, i)).await;
             }
         }
         if self.spec.is_ha() {
