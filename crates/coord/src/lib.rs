@@ -450,6 +450,16 @@ impl Coordinator {
 
     /// Every key under `name/` (the part after it) with its value (a quorum read).
     pub async fn list(&self, name: &str) -> Result<Vec<(String, Vec<u8>)>, CoordError> {
+        Ok(self
+            .list_versioned(name)
+            .await?
+            .into_iter()
+            .map(|(key, v)| (key, v.value.unwrap_or_default()))
+            .collect())
+    }
+
+    /// [`Coordinator::list`] with each key's revision (of its last change).
+    pub async fn list_versioned(&self, name: &str) -> Result<Vec<(String, Versioned)>, CoordError> {
         let prefix = format!("{}/", self.key(name));
         let response = self
             .get_kv(prefix.clone(), Some(GetOptions::new().with_prefix()))
@@ -461,7 +471,10 @@ impl Coordinator {
                 let key = String::from_utf8_lossy(kv.key());
                 (
                     key.strip_prefix(&prefix).unwrap_or(&key).to_string(),
-                    kv.value().to_vec(),
+                    Versioned {
+                        value: Some(kv.value().to_vec()),
+                        revision: kv.mod_revision(),
+                    },
                 )
             })
             .collect())

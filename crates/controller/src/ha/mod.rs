@@ -33,7 +33,10 @@ mod verdict;
 
 pub use leader_only::LeaderOnly;
 use verdict::view_due;
-pub use verdict::{GuardView, VIEW_MAX_AGE_MS, View, Withheld, cross_region_verdict, guard_target};
+pub use verdict::{
+    GuardView, SeenView, VIEW_MAX_AGE_MS, View, ViewAges, Withheld, cross_region_verdict,
+    guard_target,
+};
 
 /// How often a controller that does not lead looks at the leader key.
 pub(crate) const FOLLOWER_TICK: Duration = Duration::from_millis(100);
@@ -66,6 +69,8 @@ struct Shared {
     /// The first claim of this site's presence was answered (or failed): until then a guard
     /// that fenced would pause the region's writer at every start.
     presence_tried: bool,
+    /// When this controller, leading, saw each site's view change.
+    view_ages: ViewAges,
 }
 
 impl Ha {
@@ -589,25 +594,38 @@ impl Controller {
             .into_iter()
             .map(|(site, _)| site)
             .collect();
-        let mut views: Vec<(String, View)> = ha
+        let read = ha
             .coord
-            .list(keys::VIEWS)
+            .list_versioned(keys::VIEWS)
             .await
-            .map_err(|e| unreadable("sites' views", e))?
-            .into_iter()
-            .filter_map(|(site, bytes)| Some((site, serde_json::from_slice(&bytes).ok()?)))
-            .collect();
+            .map_err(|e| unreadable("sites' views", e))?;
+        let now = Instant::now();
+        let mut views: Vec<SeenView> = {
+            let mut shared = ha.shared();
+            read.into_iter()
+                .filter(|(site, _)| site != ha.site())
+                .filter_map(|(site, versioned)| {
+                    let view = serde_json::from_slice(versioned.value.as_deref()?).ok()?;
+                    let unchanged_for_ms = shared.view_ages.note(&site, versioned.revision, now);
+                    Some(SeenView {
+                        site,
+                        view,
+                        unchanged_for_ms,
+                    })
+                })
+                .collect()
+        };
         // The leader's own, current view (what it published may be a pass old).
-        views.retain(|(site, _)| site != ha.site());
-        views.push((
-            ha.site().to_string(),
-            View {
+        views.push(SeenView {
+            site: ha.site().to_string(),
+            view: View {
                 epoch: epoch.epoch,
                 writer: self.topology.node_name(writer),
                 writer_reachable: false,
                 at_ms: now_ms(),
             },
-        ));
+            unchanged_for_ms: Some(0),
+        });
         let region = &self.topology.region_of(writer).name;
         cross_region_verdict(&ha.config, region, &present, &views, epoch.epoch, now_ms())
     }

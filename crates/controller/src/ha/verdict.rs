@@ -11,12 +11,62 @@ pub struct View {
     pub epoch: u64,
     pub writer: String,
     pub writer_reachable: bool,
-    /// Wall clock of the observation (Unix ms); views older than [`VIEW_MAX_AGE_MS`] are ignored.
+    /// Wall clock of the observation (Unix ms), the site's own: used for a view's age only until
+    /// the leader has seen it change ([`ViewAges`]).
     pub at_ms: u64,
 }
 
-/// A view older than this says nothing about now (sites' clocks are assumed NTP-synced).
+/// A view older than this says nothing about now.
 pub const VIEW_MAX_AGE_MS: u64 = 5_000;
+
+/// A site's view as the leader read it from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenView {
+    pub site: String,
+    pub view: View,
+    /// How long ago the leader saw this view change, on its own monotonic clock; `None` while it
+    /// has not seen it change yet (its first read of it).
+    pub unchanged_for_ms: Option<u64>,
+}
+
+impl SeenView {
+    /// Fresh: of `epoch`, and changed (published again) within [`VIEW_MAX_AGE_MS`] as the leader
+    /// measured it. Before the leader has seen a change, the site's own wall-clock stamp is all
+    /// there is; a site whose clock is behind then counts from its next refresh
+    /// (`VIEW_REFRESH_MS`) on, instead of never, and one whose clock is ahead stops counting once
+    /// it stops publishing.
+    fn fresh(&self, epoch: u64, now_ms: u64) -> bool {
+        let age = self
+            .unchanged_for_ms
+            .unwrap_or_else(|| now_ms.saturating_sub(self.view.at_ms));
+        self.view.epoch == epoch && age <= VIEW_MAX_AGE_MS
+    }
+}
+
+/// When the leader saw each site's view change: the etcd revision of each view key, and the
+/// leader's own instant at which that revision first showed up. Wall clocks are compared across
+/// sites only for a view never seen to change.
+#[derive(Debug, Default)]
+pub struct ViewAges {
+    seen: std::collections::HashMap<String, (i64, Option<std::time::Instant>)>,
+}
+
+impl ViewAges {
+    /// Notes the revision of `site`'s view read at `now`; returns how long it has been unchanged
+    /// since the leader first saw it change (`None` at the first read of a site's view).
+    pub fn note(&mut self, site: &str, revision: i64, now: std::time::Instant) -> Option<u64> {
+        let entry = self
+            .seen
+            .entry(site.to_string())
+            .or_insert((revision, None));
+        if entry.0 != revision {
+            *entry = (revision, Some(now));
+        }
+        entry
+            .1
+            .map(|changed| now.saturating_duration_since(changed).as_millis() as u64)
+    }
+}
 
 /// Why a cross-region failover must wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,15 +102,14 @@ pub fn cross_region_verdict(
     config: &CoordinationConfig,
     writer_region: &str,
     present: &[String],
-    views: &[(String, View)],
+    views: &[SeenView],
     epoch: u64,
     now_ms: u64,
 ) -> Result<(), Withheld> {
-    let fresh = |v: &View| v.epoch == epoch && now_ms.saturating_sub(v.at_ms) <= VIEW_MAX_AGE_MS;
     let sees_down = |site: &str| {
         views
             .iter()
-            .any(|(s, v)| s == site && fresh(v) && !v.writer_reachable)
+            .any(|v| v.site == site && v.fresh(epoch, now_ms) && !v.view.writer_reachable)
     };
     let down = config.sites.iter().filter(|s| sees_down(s)).count();
     if down < config.quorum() {
@@ -167,6 +216,29 @@ mod tests {
     }
 
     #[test]
+    fn a_views_age_is_measured_on_the_leaders_clock_from_its_first_seen_change() {
+        let start = std::time::Instant::now();
+        let at = |ms: u64| start + std::time::Duration::from_millis(ms);
+        let mut ages = ViewAges::default();
+        #[rustfmt::skip]
+        let steps = [
+            ("first read: age unknown", 7, 0, None),
+            ("read again, unchanged: still unknown", 7, 1_000, None),
+            ("published again: seen changing now", 9, 1_500, Some(0)),
+            ("unchanged since", 9, 4_000, Some(2_500)),
+            ("published again", 12, 5_000, Some(0)),
+        ];
+        for (step, revision, ms, expected) in steps {
+            assert_eq!(ages.note("us-east-2", revision, at(ms)), expected, "{step}");
+        }
+        assert_eq!(
+            ages.note("witness", 3, at(5_000)),
+            None,
+            "each site on its own"
+        );
+    }
+
+    #[test]
     fn the_guard_pauses_while_cut_off_and_until_the_paused_node_is_settled() {
         let (a, b) = (NodeId(0), NodeId(2));
         let view = |present, synced, writer, fenced, replica| GuardView {
@@ -199,15 +271,25 @@ mod tests {
         let sites = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let views = |v: &[(&str, View)]| {
             v.iter()
-                .map(|(s, v)| (s.to_string(), v.clone()))
+                .map(|(s, v)| SeenView {
+                    site: s.to_string(),
+                    view: v.clone(),
+                    unchanged_for_ms: None,
+                })
                 .collect::<Vec<_>>()
+        };
+        // Seen to change by the leader `ago_ms` ago, whatever the site's own clock says.
+        let seen = |site: &str, v: View, ago_ms: u64| SeenView {
+            site: site.to_string(),
+            view: v,
+            unchanged_for_ms: Some(ago_ms),
         };
         let down = view(false, now - 500, 4);
         let up = view(true, now - 500, 4);
         type Case = (
             &'static str,
             Vec<String>,
-            Vec<(String, View)>,
+            Vec<SeenView>,
             Result<(), Withheld>,
         );
         #[rustfmt::skip]
@@ -235,6 +317,14 @@ mod tests {
             ("views of another epoch count for nothing",
              sites(&["us-east-2", "witness"]),
              views(&[("us-east-2", view(false, now - 100, 3)), ("witness", down.clone())]),
+             Err(Withheld::NoMajority { down: 1, needed: 2 })),
+            ("a site whose clock is 60 s behind, seen refreshing by the leader, counts",
+             sites(&["us-east-2", "witness"]),
+             vec![seen("us-east-2", view(false, now - 60_000, 4), 300), views(&[("witness", down.clone())]).remove(0)],
+             Ok(())),
+            ("a site whose clock is 60 s ahead but that stopped publishing 6 s ago counts for nothing",
+             sites(&["us-east-2", "witness"]),
+             vec![seen("us-east-2", view(false, now + 60_000, 4), 6_000), views(&[("witness", down.clone())]).remove(0)],
              Err(Withheld::NoMajority { down: 1, needed: 2 })),
             ("two regions lost at once: the witness alone is a minority",
              sites(&["witness"]),
