@@ -79,8 +79,9 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
                 report.name_on_replica_ms,
                 report.verdict
             );
-            if keep != chaos::Keep::None {
-                eprintln!("  lab kept in {}", chaos::lab_dir(&base, seed).display());
+            let kept = chaos::lab_dir(&base, seed);
+            if kept.exists() {
+                eprintln!("  lab kept in {}", kept.display());
             }
             reports.push(report);
         }

@@ -107,3 +107,62 @@ async fn real_valkey_passes_the_battery() {
     assert_eq!(settings.diskless_delay_s, 5);
     assert!(settings.weaknesses()[0].contains("repl-ping-replica-period"));
 }
+
+/// `valkey-cli` against a test server (its own short-lived connection).
+fn cli(server: &Server, args: &[&str]) -> String {
+    let out = Command::new("valkey-cli")
+        .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
+        .args(args)
+        .output()
+        .expect("valkey-cli is installed (make test installs it)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A node at `maxclients` (a reconnect storm after a name change or a client kill): an error
+/// reply on the controller's connection must not cost it that connection, or the next pause or
+/// demotion cannot reach the node. Before, every error dropped the cached connection, and the
+/// reconnect was refused ("max number of clients reached").
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_reply_keeps_the_control_connection_of_a_node_at_maxclients() {
+    let server = Server::start("full");
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    // A replica (of nobody reachable): writes get -READONLY, an error reply.
+    assert_eq!(
+        cli(&server, &["REPLICAOF", "127.0.0.1", &gone.to_string()]),
+        "OK"
+    );
+    let engine = ValkeyEngine::new(
+        Timeouts {
+            connect: Duration::from_millis(500),
+            command: Duration::from_millis(500),
+        },
+        Security::default(),
+    );
+    let node = server.endpoint();
+    valkey_dr_core::Engine::ping(&engine, &node)
+        .await
+        .expect("the controller's connection");
+    // Every slot taken: only the controller's connection is left once the CLI's closes.
+    assert_eq!(cli(&server, &["CONFIG", "SET", "maxclients", "1"]), "OK");
+    let mark = valkey_dr_core::observation::EpochMark {
+        epoch: 1,
+        writer: node.to_string(),
+    };
+    let refused = valkey_dr_core::Engine::write_heartbeat(&engine, &node, 1, &mark).await;
+    let error = refused.expect_err("a replica refuses writes");
+    assert_eq!(
+        error.kind,
+        valkey_dr_core::observation::FailureKind::Unusable
+    );
+    assert!(error.reason.contains("read only"), "{error}");
+    // The same connection still works: a pause reaches the node.
+    valkey_dr_core::Engine::ping(&engine, &node)
+        .await
+        .expect("the connection survived the error reply");
+    valkey_dr_core::Engine::pause_writes(&engine, &node, Duration::from_millis(100))
+        .await
+        .expect("a pause reaches a node at maxclients");
+}

@@ -249,7 +249,7 @@ impl ValkeyEngine {
         self.settle(node, operation, reply)
     }
 
-    /// Runs several commands in one round trip; on failure the cached connection is dropped.
+    /// Runs several commands in one round trip; a failed connection is dropped ([`Self::settle`]).
     async fn run_pipeline<T: redis::FromRedisValue>(
         &self,
         node: &Endpoint,
@@ -274,7 +274,14 @@ impl ValkeyEngine {
         let result = reply
             .map_err(|_| error(node, operation, FailureKind::Unreachable, "timed out"))
             .and_then(|r| r.map_err(|e| error(node, operation, classify(&e), e)));
-        if result.is_err() {
+        // Only a connection that failed is dropped (no answer, a broken stream): an error *reply*
+        // (`-READONLY`, `-BUSY`, `-LOADING`, `-MISCONF`) came over a working one. Reopening it
+        // could fail on a node at `maxclients` during a reconnect storm, exactly when the guard
+        // must pause it or the leader demote it.
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind == FailureKind::Unreachable)
+        {
             self.connections.lock().expect("lock").remove(node);
         }
         result
