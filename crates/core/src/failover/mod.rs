@@ -16,6 +16,7 @@
 //! | down or lost                            | more than the bound behind the writer | wait for an operator                |
 //! | a replica still holding the history     | itself, if the most advanced        | promote it again (new epoch)          |
 //! | down, failovers blocked                 | in its region                       | in-region failover: the block only stops moves across regions |
+//! | down, failovers blocked                 | in another region, a local one within the bound behind it | in-region failover to the local one |
 //! | down, failovers blocked                 | in another region only              | blocked, report (a *lost* writer is replaced even then) |
 //! | down for us, a replica still hears it   | —                                   | none: a one-sided view (`WriterSeenAlive`) |
 //! | down or lost, in-region failover off    | in its region only                  | wait for an operator                  |
@@ -362,9 +363,19 @@ pub fn decide(
         // candidate. A writer that is reachable but not serving its history (back empty, or a
         // replica) is replaced even across regions: waiting lets its replicas copy the
         // emptiness, and nobody takes writes meanwhile.
+        // The writer's region's own replica may be a few bytes behind a remote one at the moment
+        // of a kill (the remote link had more in flight): the block must not then keep the dead
+        // writer published when the local replica gives up no more than the bound — the same
+        // trade `manual` makes.
         Decision::CrossRegion { .. } if policy.blocked && state == WriterState::Unreachable => {
-            Decision::Blocked {
-                would: Box::new(decision),
+            match local.filter(|(offset, _)| {
+                within_bound(*offset)
+                    && lineage.offset.saturating_sub(*offset) <= policy.max_data_at_risk_bytes
+            }) {
+                Some((_, target)) => Decision::InRegion { target },
+                None => Decision::Blocked {
+                    would: Box::new(decision),
+                },
             }
         }
         other => other,

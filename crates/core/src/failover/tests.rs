@@ -236,6 +236,25 @@ fn table() {
             Decision::InRegion { target: n(1) },
         ),
         (
+            "blocked, a remote replica a few bytes ahead of the local one (in flight at a kill): the writer's own region still takes over within the bound",
+            remote_ahead.clone(),
+            set(&[0]),
+            policy(FailoverPolicy::Auto, true),
+            Decision::InRegion { target: n(1) },
+        ),
+        (
+            "blocked, the local replica further behind the writer than the bound: blocked",
+            remote_ahead.clone(),
+            set(&[0]),
+            Policy {
+                max_data_at_risk_bytes: 6,
+                ..policy(FailoverPolicy::Auto, true)
+            },
+            Decision::Blocked {
+                would: Box::new(Decision::CrossRegion { target: n(2) }),
+            },
+        ),
+        (
             "blocked after an earlier failover: no move across regions",
             region_dead.clone(),
             set(&[0, 1]),
