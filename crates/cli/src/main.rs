@@ -267,7 +267,7 @@ struct EnvFault(Fault);
 
 impl FaultInjector for EnvFault {
     fn at(&self, point: FaultPoint) -> Option<FaultAction> {
-        (self.0.at == point).then_some(self.0.action)
+        self.0.action_at(point)
     }
 
     fn inject(&self, action: FaultAction) {

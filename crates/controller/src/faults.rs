@@ -83,6 +83,13 @@ pub struct Fault {
     pub at: FaultPoint,
 }
 
+impl Fault {
+    /// What to do at `point`: this fault's action if it is armed there.
+    pub fn action_at(&self, point: FaultPoint) -> Option<FaultAction> {
+        (self.at == point).then_some(self.action)
+    }
+}
+
 impl FromStr for Fault {
     type Err = String;
 

@@ -480,17 +480,11 @@ impl Controller {
         // the new primary; their paused writes were never executed, so none is lost. A node that
         // could not be demoted is never unpaused: it stays fenced until a pass demotes it.
         m.enter(Step::Release);
-        let killed = self.engine.kill_clients(endpoint(old)).await;
-        let unpaused = match method {
-            PromoteMethod::Safe if demoted => self.engine.unpause(endpoint(old)).await.is_ok(),
-            _ => false,
-        };
-        if killed.is_ok()
-            && let Err(e) = self.state.release_done(old).await
-        {
-            self.state_write_failed(&e);
-        }
+        let (killed, unpaused) = self
+            .release_clients(old, method == PromoteMethod::Safe && demoted)
+            .await;
         let write_pause_ms = round(pause_started.elapsed().as_secs_f64() * 1000.0);
+        self.settle_release(old, &killed).await;
         m.finish(format!(
             "closed {} client connection(s) on {}, {}",
             killed

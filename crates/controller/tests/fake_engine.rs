@@ -471,15 +471,15 @@ async fn a_rogue_master_is_paused_while_the_writer_does_not_answer_then_demoted(
     assert_eq!(controller.epoch().unwrap().primary, NodeId(0));
 }
 
-/// A fault injector that "crashes" the controller (a panic in its task) at one point.
-struct CrashAt(valkey_dr_controller::faults::FaultPoint);
+/// A fault injector that "crashes" the controller (a panic in its task) where its fault is armed.
+struct CrashAt(valkey_dr_controller::faults::Fault);
 
 impl valkey_dr_controller::faults::FaultInjector for CrashAt {
     fn at(
         &self,
         point: valkey_dr_controller::faults::FaultPoint,
     ) -> Option<valkey_dr_controller::faults::FaultAction> {
-        (point == self.0).then_some(valkey_dr_controller::faults::FaultAction::Crash)
+        self.0.action_at(point)
     }
 
     fn inject(&self, _: valkey_dr_controller::faults::FaultAction) {
@@ -493,12 +493,14 @@ impl valkey_dr_controller::faults::FaultInjector for CrashAt {
 /// pause, after the name moved.
 #[tokio::test]
 async fn a_switchover_cut_short_after_its_epoch_still_closes_the_old_primarys_clients() {
-    use valkey_dr_controller::faults::FaultPoint;
+    use valkey_dr_controller::faults::{Fault, FaultAction, FaultPoint};
     use valkey_dr_controller::promotion::Step;
     let engine = world();
     let first = Arc::new(
-        controller(&engine, "release")
-            .with_faults(Some(Arc::new(CrashAt(FaultPoint::StepDone(Step::Promote))))),
+        controller(&engine, "release").with_faults(Some(Arc::new(CrashAt(Fault {
+            action: FaultAction::Crash,
+            at: FaultPoint::StepDone(Step::Promote),
+        })))),
     );
     first.reconcile_once().await.unwrap();
     let crashed = tokio::spawn({

@@ -103,7 +103,7 @@ impl DnsProvider for EtcdRecords {
             .fence()
             .ok_or_else(|| DnsError::Fenced("this controller is not the leader".into()))?;
         let _updating = self.updating.lock().await;
-        if self.served_revision.load(Ordering::SeqCst) == 0 {
+        if !self.zone.is_loaded() {
             self.sync_locked().await?;
         }
         // The zone's own rules (preconditions, CNAME exclusivity, zone membership) on a copy.

@@ -335,7 +335,7 @@ pub fn start_node_empty(spec: &LabSpec, region: usize, index: usize) -> Result<(
 /// Starts a killed node again the way a supervisor does (`Restart=always`, `RestartSec=100ms`):
 /// a start whose server exits at once (its port still held for a moment by the killed process's
 /// last sockets or a forked child: `bind: Address already in use`) is tried again until the node
-/// answers, for up to 10 s. Without this, one lost race kept a node down until the scenario
+/// answers, up to 10 starts of 1 s each. Without this, one lost race kept a node down until the scenario
 /// healed, which no supervisor would do. `empty`: its data directory is cleared first.
 pub async fn restart_node(
     spec: &LabSpec,
@@ -345,33 +345,29 @@ pub async fn restart_node(
 ) -> Result<(), LabError> {
     let security = spec.security().map_err(LabError::Io)?;
     let addr = spec.node_addr(region, index);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let log = spec.dir.join(format!("valkey-{}.log", addr.ip()));
+    let what = format!("valkey {addr} after a restart");
+    for _ in 0..10 {
         if empty {
             start_node_empty(spec, region, index)?;
         } else {
             start_node(spec, region, index)?;
         }
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(1) {
-            if ping(addr, &security).await {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if Instant::now() >= deadline {
-            return Err(LabError::NotReady {
-                what: format!("valkey {addr} after a restart"),
-                seconds: 10,
-                log: spec
-                    .dir
-                    .join(format!("valkey-{}.log", addr.ip()))
-                    .display()
-                    .to_string(),
-            });
+        if wait_within(&what, &log, Duration::from_secs(1), || {
+            ping(addr, &security)
+        })
+        .await
+        .is_ok()
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Err(LabError::NotReady {
+        what,
+        seconds: 10,
+        log: log.display().to_string(),
+    })
 }
 
 /// Removes the `replicaof` line from a node's config file, as in a deployment whose writer's file
@@ -532,13 +528,26 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-pub async fn wait_for<F, Fut>(what: &str, log: &Path, mut ready: F) -> Result<(), LabError>
+pub async fn wait_for<F, Fut>(what: &str, log: &Path, ready: F) -> Result<(), LabError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let seconds = 30;
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    wait_within(what, log, Duration::from_secs(30), ready).await
+}
+
+/// Polls `ready` every 50 ms for up to `within`.
+async fn wait_within<F, Fut>(
+    what: &str,
+    log: &Path,
+    within: Duration,
+    mut ready: F,
+) -> Result<(), LabError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if ready().await {
             return Ok(());
@@ -547,7 +556,7 @@ where
     }
     Err(LabError::NotReady {
         what: what.to_string(),
-        seconds,
+        seconds: within.as_secs(),
         log: log.display().to_string(),
     })
 }

@@ -337,3 +337,32 @@ impl Controller {
         }
     }
 }
+
+impl Controller {
+    /// A switchover's last step on its old primary: close its clients (they reconnect through the
+    /// name to the new writer) and, when `unpause`, lift its write pause. Returns the clients
+    /// closed and whether the pause was lifted.
+    pub(crate) async fn release_clients(
+        &self,
+        old: NodeId,
+        unpause: bool,
+    ) -> (Result<u64, valkey_dr_core::EngineError>, bool) {
+        let endpoint = &self.topology.node(old).control_endpoint;
+        let killed = self.engine.kill_clients(endpoint).await;
+        let unpaused = unpause && self.engine.unpause(endpoint).await.is_ok();
+        (killed, unpaused)
+    }
+
+    /// Records that `old`'s clients were closed (`killed` succeeded), so nobody does it again.
+    pub(crate) async fn settle_release(
+        &self,
+        old: NodeId,
+        killed: &Result<u64, valkey_dr_core::EngineError>,
+    ) {
+        if killed.is_ok()
+            && let Err(e) = self.state.release_done(old).await
+        {
+            self.state_write_failed(&e);
+        }
+    }
+}

@@ -243,27 +243,22 @@ impl Controller {
                 }
                 Done::Unchanged
             }
-            Action::Release { node, close } => {
-                let endpoint = &self.topology.node(*node).control_endpoint;
-                let closed = if *close {
-                    let killed = self.engine.kill_clients(endpoint).await;
-                    let _ = self.engine.unpause(endpoint).await;
-                    self.events.emit(
-                        EventKind::OldPrimaryReleased,
-                        json!({
-                            "node": self.topology.node_name(*node),
-                            "clients_closed": killed.as_ref().ok(),
-                            "error": killed.as_ref().err().map(|e| e.to_string()),
-                            "reason": "the switchover that demoted it did not close its clients (the controller died before)",
-                        }),
-                    );
-                    killed.is_ok()
-                } else {
-                    true
-                };
-                if closed && let Err(e) = self.state.release_done(*node).await {
-                    self.state_write_failed(&e);
-                }
+            Action::Release { node, close: false } => {
+                self.settle_release(*node, &Ok(0)).await;
+                Done::Unchanged
+            }
+            Action::Release { node, close: true } => {
+                let (killed, _) = self.release_clients(*node, true).await;
+                self.events.emit(
+                    EventKind::OldPrimaryReleased,
+                    json!({
+                        "node": self.topology.node_name(*node),
+                        "clients_closed": killed.as_ref().ok(),
+                        "error": killed.as_ref().err().map(|e| e.to_string()),
+                        "reason": "the switchover that demoted it did not close its clients (the controller died before)",
+                    }),
+                );
+                self.settle_release(*node, &killed).await;
                 Done::Unchanged
             }
             Action::RememberWriter {

@@ -350,10 +350,13 @@ pub fn decide(
             .map_or(0, |(o, _)| *o),
         _ => best_offset,
     };
-    let at_risk = lineage.offset.saturating_sub(chosen_offset);
-    if at_risk > policy.max_data_at_risk_bytes {
+    // What a target at `offset` gives up of the writer's history as last seen.
+    let at_risk = |offset: u64| lineage.offset.saturating_sub(offset);
+    if at_risk(chosen_offset) > policy.max_data_at_risk_bytes {
         return Decision::WaitForOperator {
-            reason: WaitReason::DataAtRisk { bytes: at_risk },
+            reason: WaitReason::DataAtRisk {
+                bytes: at_risk(chosen_offset),
+            },
             suggested: Some(best),
         };
     }
@@ -369,8 +372,7 @@ pub fn decide(
         // trade `manual` makes.
         Decision::CrossRegion { .. } if policy.blocked && state == WriterState::Unreachable => {
             match local.filter(|(offset, _)| {
-                within_bound(*offset)
-                    && lineage.offset.saturating_sub(*offset) <= policy.max_data_at_risk_bytes
+                within_bound(*offset) && at_risk(*offset) <= policy.max_data_at_risk_bytes
             }) {
                 Some((_, target)) => Decision::InRegion { target },
                 None => Decision::Blocked {
