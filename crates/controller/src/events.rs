@@ -69,7 +69,9 @@ pub enum EventKind {
     StateUnusable,
     StateWriteFailed,
     WriteQuorumSet,
+    WriterRefusesWrites,
     WriterRestartedEmpty,
+    WriterTakesWrites,
 }
 
 impl EventKind {

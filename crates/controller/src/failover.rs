@@ -15,6 +15,7 @@ use valkey_dr_core::{EpochRecord, NodeId, NodeObservation};
 
 use crate::Controller;
 use crate::pass::plan::FailoverKind;
+use crate::pass::{Carried, Reported};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailoverReport {
@@ -67,9 +68,12 @@ pub struct Demotion {
 
 impl Controller {
     /// The writer's replication history as last seen: this run's memory, else `state.json`.
-    pub(crate) fn lineage(&self, epoch: &EpochRecord) -> Option<History> {
-        let remembered = self.memory.lock().expect("memory lock").last_writer.clone();
-        crate::pass::plan::lineage(remembered.as_ref(), self.state.get().as_ref(), epoch)
+    pub(crate) fn lineage(&self, carried: &Carried, epoch: &EpochRecord) -> Option<History> {
+        crate::pass::plan::lineage(
+            carried.last_writer.as_ref(),
+            self.state.get().as_ref(),
+            epoch,
+        )
     }
 
     /// Makes `node` a replica of `source` for good: `REPLICAOF`, `CONFIG REWRITE` so a restart
@@ -117,18 +121,17 @@ impl Controller {
     }
 
     /// Reports a failover held back by the sites' views (once per reason).
-    pub(crate) fn note_withheld(&self, reason: String) {
-        let mut memory = self.memory.lock().expect("memory lock");
-        if memory.withheld != reason {
+    pub(crate) fn note_withheld(&self, reported: &mut Reported, reason: String) {
+        if reported.withheld != reason {
             self.events.emit(
                 crate::events::EventKind::FailoverWithheld,
                 json!({ "situation": reason }),
             );
-            memory.withheld = reason;
+            reported.withheld = reason;
         }
     }
 
-    pub(crate) fn note_decision(&self, decision: &Decision) {
+    pub(crate) fn note_decision(&self, carried: &mut Carried, decision: &Decision) {
         let text = match decision {
             Decision::None => String::new(),
             Decision::WaitForOperator {
@@ -183,17 +186,16 @@ impl Controller {
             Decision::WriterSeenAlive { .. } => crate::events::EventKind::FailoverWithheld,
             _ => crate::events::EventKind::FailoverNeeded,
         };
-        let mut memory = self.memory.lock().expect("memory lock");
         if *decision == Decision::None {
             // Nothing is due: no reason to withhold anything either.
-            memory.withheld.clear();
-            memory.region_release_since = None;
+            carried.reported.withheld.clear();
+            carried.region_release_since = None;
         }
-        if memory.decision != text {
+        if carried.reported.decision != text {
             if !text.is_empty() {
                 self.events.emit(event, json!({ "situation": text }));
             }
-            memory.decision = text;
+            carried.reported.decision = text;
         }
     }
 
@@ -202,17 +204,19 @@ impl Controller {
     /// (back empty, or a replica) is fenced before the target takes writes.
     pub(crate) async fn fail_over(
         &self,
+        carried: &mut Carried,
         old: EpochRecord,
         target: NodeId,
         kind: FailoverKind,
         observations: &[NodeObservation],
-        detection: Option<Duration>,
         block_until_ms: Option<u64>,
     ) -> Result<(EpochRecord, FailoverReport), FailoverError> {
         let started = Instant::now();
+        // Since the first failed probe of the old writer, when it is failing.
+        let detection = carried.health.failing_for(old.primary, started);
         let target_info = info_of(observations, target).cloned();
         let target_offset = target_info.as_ref().map_or(0, |i| i.offset);
-        let lineage = self.lineage(&old);
+        let lineage = self.lineage(carried, &old);
         let replication_id = lineage
             .as_ref()
             .map(|l| l.replication_id.clone())
@@ -282,22 +286,21 @@ impl Controller {
             replication_id,
             offset: target_offset,
         };
-        self.commit_epoch(new_epoch, history, block_until_ms, None)
+        self.commit_epoch(carried, new_epoch, history, block_until_ms, None)
             .await
             .map_err(|e| FailoverError::State(e.to_string()))?;
         self.events.emit(
             crate::events::EventKind::FailoverPromoted,
             json!({ "node": report.new_primary, "epoch": new_epoch.epoch }),
         );
-        self.memory.lock().expect("memory lock").pending_failover =
-            Some(crate::pass::PendingFailover {
-                kind: report.kind,
-                epoch: new_epoch.epoch,
-                new_primary: report.new_primary.clone(),
-                detected: started
-                    .checked_sub(detection.unwrap_or_default())
-                    .unwrap_or(started),
-            });
+        carried.pending_failover = Some(crate::pass::PendingFailover {
+            kind: report.kind,
+            epoch: new_epoch.epoch,
+            new_primary: report.new_primary.clone(),
+            detected: started
+                .checked_sub(detection.unwrap_or_default())
+                .unwrap_or(started),
+        });
         if old_answers {
             let demotion = self.demote(old.primary, target, true).await;
             self.report_fenced(&demotion, new_epoch.epoch);
@@ -317,6 +320,7 @@ impl Controller {
     /// failover checks), and the anti-flapping block, in one durable write that settles the intent.
     pub(crate) async fn commit_epoch(
         &self,
+        carried: &mut Carried,
         epoch: EpochRecord,
         history: History,
         block_until_ms: Option<u64>,
@@ -328,9 +332,8 @@ impl Controller {
             .await;
         match result {
             Ok(_) => {
-                let mut memory = self.memory.lock().expect("memory lock");
-                memory.last_writer = Some((epoch.primary, history));
-                memory.reported_lost = None;
+                carried.last_writer = Some((epoch.primary, history));
+                carried.reported.lost_history = None;
                 Ok(())
             }
             Err(e) => {
@@ -348,7 +351,8 @@ impl Controller {
         region: &str,
         force: bool,
     ) -> Result<FailoverReport, FailoverError> {
-        let _guard = self.topology_lock.lock().await;
+        let mut carried = self.pass_lock.lock().await;
+        let carried = &mut *carried;
         let region_id = self
             .topology
             .region_by_name(region)
@@ -356,7 +360,7 @@ impl Controller {
         let epoch = self.epoch().ok_or(FailoverError::NoEpoch)?;
         let observations = self.observe_all().await;
         let analysis = analyze(&self.topology, &observations, Some(&epoch));
-        let lineage = self.lineage(&epoch);
+        let lineage = self.lineage(carried, &epoch);
         if analysis.active_primary.is_some()
             && failover::writer_state(&observations, epoch.primary, lineage.as_ref())
                 == WriterState::Serving
@@ -381,23 +385,18 @@ impl Controller {
             })
             .first()
             .ok_or_else(|| FailoverError::NoCandidate(region.to_string()))?;
-        let detection = self
-            .health
-            .lock()
-            .expect("health lock")
-            .failing_for(epoch.primary, Instant::now());
         let (_, report) = self
             .fail_over(
+                carried,
                 epoch,
                 target,
                 FailoverKind::Forced,
                 &observations,
-                detection,
                 None,
             )
             .await?;
         // Repoint the others and switch DNS now rather than on the next tick.
-        let _ = self.reconcile_locked().await;
+        let _ = self.reconcile_locked(carried).await;
         Ok(report)
     }
 
@@ -405,7 +404,7 @@ impl Controller {
     /// without a trustworthy epoch): the master of `region` becomes the writer of a new epoch; the
     /// next pass fences every other master.
     pub async fn adopt(&self, region: &str) -> Result<EpochRecord, FailoverError> {
-        let _guard = self.topology_lock.lock().await;
+        let mut carried = self.pass_lock.lock().await;
         let region_id = self
             .topology
             .region_by_name(region)
@@ -459,12 +458,12 @@ impl Controller {
             .adopt_epoch(epoch, history.clone(), true)
             .await
             .map_err(|e| FailoverError::State(e.to_string()))?;
-        self.memory.lock().expect("memory lock").last_writer = history.map(|h| (writer, h));
+        carried.last_writer = history.map(|h| (writer, h));
         self.events.emit(
             crate::events::EventKind::Adopted,
             json!({ "region": region, "primary": self.topology.node_name(writer), "epoch": epoch.epoch }),
         );
-        let _ = self.reconcile_locked().await;
+        let _ = self.reconcile_locked(&mut carried).await;
         Ok(epoch)
     }
 

@@ -81,10 +81,14 @@ pub struct Controller {
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// The one owner of the durable state (epoch, writer history, intent, block).
     pub(crate) state: state::StateStore,
-    /// Held by every pass and every promotion: they never interleave.
-    pub(crate) topology_lock: tokio::sync::Mutex<()>,
-    pub(crate) memory: std::sync::Mutex<pass::Memory>,
-    pub(crate) health: std::sync::Mutex<health::Health>,
+    /// Held by every pass and every promotion, so that they never interleave, with what a pass
+    /// carries to the next: only its holder reads or changes that.
+    pub(crate) pass_lock: tokio::sync::Mutex<pass::Carried>,
+    /// What the last pass saw; written only by [`Controller::reconcile`].
+    pub(crate) last_pass: tokio::sync::watch::Sender<pass::LastPass>,
+    /// When this controller last resumed from a stall of its own; written only by
+    /// [`Controller::watch_clock`], applied to failure detection by the next look.
+    pub(crate) resumed_at: tokio::sync::watch::Sender<Option<std::time::Instant>>,
     /// Wakes the reconcile loop for a pass now (a new leader acts at once).
     pub(crate) wake: tokio::sync::Notify,
     /// The crash and stall tests' fault injector ([`faults`]); none in production.
@@ -176,9 +180,9 @@ impl Controller {
             ha: ha.map(Arc::new),
             dns,
             state,
-            topology_lock: tokio::sync::Mutex::new(()),
-            memory: std::sync::Mutex::new(pass::Memory::default()),
-            health: std::sync::Mutex::new(health::Health::default()),
+            pass_lock: tokio::sync::Mutex::new(pass::Carried::default()),
+            last_pass: tokio::sync::watch::Sender::new(pass::LastPass::default()),
+            resumed_at: tokio::sync::watch::Sender::new(None),
             wake: tokio::sync::Notify::new(),
             faults: None,
             config,
@@ -246,11 +250,12 @@ impl Controller {
         self
     }
 
-    /// PINGs every node every `every` and returns as soon as one fails, so that failure detection
-    /// starts at once instead of at the next pass, for all of them alike — and so that a replica
-    /// outside the writer's region that goes away lowers the writer's quorum within a probe
-    /// interval (the writer refuses writes from the moment it disconnects).
-    async fn watch_writer(&self, every: Duration) {
+    /// PINGs every node every `every` and returns the failed probes (node, when sent) as soon as
+    /// one fails, so that failure detection starts at once instead of at the next pass, for all
+    /// of them alike — and so that a replica outside the writer's region that goes away lowers
+    /// the writer's quorum within a probe interval (the writer refuses writes from the moment it
+    /// disconnects).
+    async fn watch_writer(&self, every: Duration) -> Vec<(NodeId, std::time::Instant)> {
         loop {
             tokio::time::sleep(every).await;
             if self.epoch().is_none() {
@@ -271,18 +276,14 @@ impl Controller {
                             .is_ok(),
                     )
                 });
-            let failed: Vec<NodeId> = futures::future::join_all(pings)
+            let failed: Vec<(NodeId, std::time::Instant)> = futures::future::join_all(pings)
                 .await
                 .into_iter()
                 .filter(|(_, ok)| !ok)
-                .map(|(n, _)| n)
+                .map(|(n, _)| (n, sent))
                 .collect();
             if !failed.is_empty() {
-                let mut health = self.health.lock().expect("health lock");
-                for node in failed {
-                    health.note_failure(node, sent);
-                }
-                return;
+                return failed;
             }
         }
     }
@@ -299,7 +300,7 @@ impl Controller {
             let lag = now.saturating_duration_since(last).saturating_sub(tick);
             last = now;
             if lag >= health::STALL_THRESHOLD {
-                self.health.lock().expect("health lock").stalled(now);
+                self.resumed_at.send_replace(Some(now));
                 self.events.emit(
                     crate::events::EventKind::ControllerStalled,
                     serde_json::json!({ "lag_ms": lag.as_millis() as u64 }),
@@ -318,9 +319,11 @@ impl Controller {
             Duration::from_millis(self.config.controller.probe_interval_ms).min(interval);
         let mut failures = 0u32;
         let mut quick = false;
+        let mut failed_probes = Vec::new();
         loop {
-            let outcome = self.reconcile(quick).await;
+            let outcome = self.reconcile(quick, &failed_probes).await;
             quick = false;
+            failed_probes.clear();
             let delay = match outcome {
                 // The pass waits for something time removes: call it again that soon.
                 Ok(PassOutcome {
@@ -332,7 +335,7 @@ impl Controller {
                     after
                 }
                 // While a node is failing, probe faster so that `down_after` is measured finely.
-                Ok(_) if self.health.lock().expect("health lock").any_failing() => {
+                Ok(_) if self.last_pass.borrow().nodes_failing => {
                     failures = 0;
                     probe_interval
                 }
@@ -353,7 +356,7 @@ impl Controller {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.watch_writer(probe_interval) => {}
+                failed = self.watch_writer(probe_interval) => failed_probes = failed,
                 _ = self.wake.notified() => {}
             }
         }

@@ -31,6 +31,16 @@ pub enum Step {
     Verify,
 }
 
+/// Where a switchover moves the writer.
+#[derive(Debug, Clone)]
+enum Destination {
+    /// The head of a region (an operator's `promote`).
+    Region(String),
+    /// One replica that follows the writer directly (a switch away from a writer that refuses
+    /// writes, inside its region).
+    Replica(NodeId),
+}
+
 /// How the writer is moved. Only `Safe` is loss-free; the others exist to measure it against
 /// (`bench/failover`): `Blind` promotes without pausing the old writer, `FailoverCommand` uses
 /// Valkey's own `FAILOVER TO`.
@@ -146,7 +156,57 @@ impl Controller {
         region: &str,
         method: PromoteMethod,
     ) -> Result<PromotionReport, PromoteError> {
-        let _guard = self.topology_lock.lock().await;
+        let mut carried = self.pass_lock.lock().await;
+        self.promotion(
+            &mut carried,
+            Destination::Region(region.to_string()),
+            method,
+            None,
+        )
+        .await
+    }
+
+    /// A pass's switchover away from a writer that refuses every write for a reason of its own
+    /// (`-MISCONF`) to `target`, the best replica of its region; failovers are blocked afterwards
+    /// as after any unplanned move, so that a fault shared by both nodes cannot make the writer
+    /// flap. True when the writer moved.
+    pub(crate) async fn switch_away(
+        &self,
+        carried: &mut crate::pass::Carried,
+        target: NodeId,
+        reply: valkey_dr_core::ErrorReply,
+    ) -> bool {
+        self.events.emit(
+            crate::events::EventKind::FailoverStarted,
+            json!({
+                "kind": "switch_away",
+                "target": self.topology.node_name(target),
+                "reason": reply,
+            }),
+        );
+        let block = crate::clock::now_ms() + self.config.controller.failover_block_ms;
+        self.promotion(
+            carried,
+            Destination::Replica(target),
+            PromoteMethod::Safe,
+            Some(block),
+        )
+        .await
+        .is_ok()
+    }
+
+    async fn promotion(
+        &self,
+        carried: &mut crate::pass::Carried,
+        destination: Destination,
+        method: PromoteMethod,
+        block_until_ms: Option<u64>,
+    ) -> Result<PromotionReport, PromoteError> {
+        let region = match &destination {
+            Destination::Region(region) => region.clone(),
+            Destination::Replica(node) => self.topology.region_of(*node).name.clone(),
+        };
+        let region = region.as_str();
         let mut machine = Machine {
             controller: self,
             started: Instant::now(),
@@ -158,7 +218,9 @@ impl Controller {
             crate::events::EventKind::PromotionStarted,
             json!({ "region": region }),
         );
-        let result = self.promote_locked(&mut machine, region, method).await;
+        let result = self
+            .promote_locked(carried, &mut machine, destination, method, block_until_ms)
+            .await;
         match &result {
             Ok(report) => self
                 .events
@@ -176,15 +238,19 @@ impl Controller {
 
     async fn promote_locked(
         &self,
+        carried: &mut crate::pass::Carried,
         m: &mut Machine<'_>,
-        region: &str,
+        destination: Destination,
         method: PromoteMethod,
+        block_until_ms: Option<u64>,
     ) -> Result<PromotionReport, PromoteError> {
         let topology = &self.topology;
         let name = |n: NodeId| topology.node_name(n);
         let endpoint = |n: NodeId| &topology.node(n).control_endpoint;
 
         m.enter(Step::Preflight);
+        let region = m.region.clone();
+        let region = region.as_str();
         let target_region = topology
             .region_by_name(region)
             .ok_or_else(|| PromoteError::UnknownRegion(region.to_string()))?;
@@ -202,15 +268,18 @@ impl Controller {
                 name(old)
             )));
         }
-        if topology.node(old).region == target_region {
-            return Err(PromoteError::Preflight(format!(
-                "{region} already holds the writer ({})",
-                name(old)
-            )));
-        }
-        let target = analysis.heads[target_region.0].ok_or_else(|| {
-            PromoteError::Preflight(format!("no reachable replica heads {region}"))
-        })?;
+        let target = match destination {
+            Destination::Region(_) if topology.node(old).region == target_region => {
+                return Err(PromoteError::Preflight(format!(
+                    "{region} already holds the writer ({})",
+                    name(old)
+                )));
+            }
+            Destination::Region(_) => analysis.heads[target_region.0].ok_or_else(|| {
+                PromoteError::Preflight(format!("no reachable replica heads {region}"))
+            })?,
+            Destination::Replica(node) => node,
+        };
         let target_info = observed(&observations, target);
         let follows_old = matches!(
             target_info.map(|i| &i.role),
@@ -413,7 +482,7 @@ impl Controller {
         };
         let release = Some(old).filter(|_| method == PromoteMethod::Safe);
         if self
-            .commit_epoch(new_epoch, required, None, release)
+            .commit_epoch(carried, new_epoch, required, block_until_ms, release)
             .await
             .is_err()
         {
@@ -464,7 +533,7 @@ impl Controller {
         m.enter(Step::SwitchDns);
         let mut dns_detail = String::from("not switched");
         for _ in 0..5 {
-            match self.reconcile_locked().await {
+            match self.reconcile_locked(carried).await {
                 Ok(pass) if pass.analysis.active_primary == Some(target) => {
                     dns_detail = format!("{} change(s) applied", pass.applied);
                     break;
@@ -505,12 +574,12 @@ impl Controller {
         // says whether replication is healthy again, not just that it is reconnecting.
         m.enter(Step::Verify);
         let verify_deadline = Instant::now() + Duration::from_secs(3);
-        let mut verified = self.reconcile_locked().await;
+        let mut verified = self.reconcile_locked(carried).await;
         while !verified.as_ref().is_ok_and(|p| p.analysis.is_healthy())
             && Instant::now() < verify_deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            verified = self.reconcile_locked().await;
+            verified = self.reconcile_locked(carried).await;
         }
         let detail = match &verified {
             Ok(pass) => pass

@@ -9,6 +9,7 @@ use valkey_dr_core::self_fence::{self, WriteQuorum};
 use valkey_dr_core::{NodeId, NodeObservation};
 
 use crate::Controller;
+use crate::pass::Carried;
 
 /// The write quorum this controller set on a writer, and whether it was armed when the writer
 /// was last seen serving.
@@ -30,7 +31,12 @@ impl Controller {
     /// Sets the writer's write quorum when what its replicas allow has changed (or the writer
     /// restarted). Lowering is what keeps writes going when a replica outside the region goes;
     /// the fence is counted as armed only once Valkey confirmed the setting.
-    pub(crate) async fn keep_write_quorum(&self, observations: &[NodeObservation], writer: NodeId) {
+    pub(crate) async fn keep_write_quorum(
+        &self,
+        carried: &mut Carried,
+        observations: &[NodeObservation],
+        writer: NodeId,
+    ) {
         let Some(info) = info_of(observations, writer) else {
             return;
         };
@@ -42,30 +48,29 @@ impl Controller {
         );
         // Not armed until confirmed: a verdict between here and the reply must not rely on it.
         let previous = {
-            let mut memory = self.memory.lock().expect("memory lock");
-            let unchanged = memory.write_quorum.as_ref().is_some_and(|a| {
+            let unchanged = carried.write_quorum.as_ref().is_some_and(|a| {
                 a.writer == writer
                     && a.replication_id == info.replication_id
                     && a.quorum == desired
                     && a.in_force
             });
             if unchanged {
-                memory.raise_seen = None;
+                carried.raise_seen = None;
                 return;
             }
             // A raise waits until it was wanted for a while: a replica that has just finished a
             // full sync reports its link up before the writer has its first acknowledgement, and a
             // quorum counting it at once makes the writer refuse writes for that moment.
-            let applied = memory
+            let applied = carried
                 .write_quorum
                 .as_ref()
                 .filter(|a| a.writer == writer && a.replication_id == info.replication_id)
                 .map_or(0, |a| a.quorum.replicas);
             if desired.replicas > applied {
-                let since = match memory.raise_seen {
+                let since = match carried.raise_seen {
                     Some((wanted, since)) if wanted == desired => since,
                     _ => {
-                        memory.raise_seen = Some((desired, Instant::now()));
+                        carried.raise_seen = Some((desired, Instant::now()));
                         return;
                     }
                 };
@@ -73,8 +78,8 @@ impl Controller {
                     return;
                 }
             }
-            memory.raise_seen = None;
-            memory.write_quorum.take()
+            carried.raise_seen = None;
+            carried.write_quorum.take()
         };
         // The durable record is what a verdict trusts, here or at the next leader: a quorum that
         // is lowered is recorded first, one that is raised only once Valkey took it.
@@ -109,7 +114,7 @@ impl Controller {
                 }),
             );
         }
-        self.memory.lock().expect("memory lock").write_quorum = Some(AppliedQuorum {
+        carried.write_quorum = Some(AppliedQuorum {
             writer,
             replication_id: info.replication_id.clone(),
             quorum: desired,
@@ -118,19 +123,16 @@ impl Controller {
     }
 
     /// The self-fence as last set, for `status`.
-    pub(crate) fn self_fence_status(&self) -> Option<crate::status::SelfFenceStatus> {
-        let applied = self
-            .memory
-            .lock()
-            .expect("memory lock")
-            .write_quorum
-            .clone()?;
-        Some(crate::status::SelfFenceStatus {
+    pub(crate) fn self_fence_status(
+        &self,
+        applied: &AppliedQuorum,
+    ) -> crate::status::SelfFenceStatus {
+        crate::status::SelfFenceStatus {
             writer: self.topology.node_name(applied.writer),
             replicas: applied.quorum.replicas,
             max_lag_s: applied.quorum.max_lag_s,
             armed: applied.in_force && applied.quorum.armed(),
-        })
+        }
     }
 
     /// Records the quorum in force on `writer` in the state, if `writer` is still the epoch's.

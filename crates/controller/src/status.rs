@@ -88,11 +88,9 @@ impl Controller {
         let topology = &self.topology;
         let recent = Duration::from_millis(self.config.controller.reconcile_interval_ms * 3)
             .max(Duration::from_secs(3));
-        let last_seen = self
-            .memory
-            .lock()
-            .expect("memory lock")
-            .last_seen
+        let last_pass = self.last_pass.borrow().clone();
+        let last_seen = last_pass
+            .seen
             .clone()
             .filter(|(at, _)| at.elapsed() < recent);
         let (observed_ms_ago, observations) = match last_seen {
@@ -175,13 +173,11 @@ impl Controller {
             .collect();
         // Why nothing moves while the writer does not serve (down, or back without its data):
         // the decision or the withholding reason the last pass reported.
-        {
-            let memory = self.memory.lock().expect("memory lock");
-            for waiting in [&memory.withheld, &memory.decision] {
-                if !waiting.is_empty() {
-                    findings.push(format!("waiting: {waiting}"));
-                }
-            }
+        if let Some(refusal) = &last_pass.writer_refusal {
+            findings.push(refusal.clone());
+        }
+        for waiting in &last_pass.waiting {
+            findings.push(format!("waiting: {waiting}"));
         }
         if let Some(loss) = &data_loss {
             findings.insert(
@@ -210,7 +206,7 @@ impl Controller {
                 .collect(),
             data_loss_suspected: data_loss,
             observed_ms_ago,
-            self_fence: self.self_fence_status(),
+            self_fence: last_pass.self_fence,
             coordination: self.ha().map(|ha| CoordinationStatus {
                 site: ha.site().to_string(),
                 leader: ha.leader_site(),

@@ -34,6 +34,11 @@ struct Server {
 
 impl Server {
     fn start(name: &str) -> Server {
+        Server::start_with(name, "")
+    }
+
+    /// A server whose config file ends with `extra` (later lines win).
+    fn start_with(name: &str, extra: &str) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -46,7 +51,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\n",
+                "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\n{extra}",
                 dir.display()
             ),
         )
@@ -158,6 +163,7 @@ async fn an_error_reply_keeps_the_control_connection_of_a_node_at_maxclients() {
         valkey_dr_core::observation::FailureKind::Unusable
     );
     assert!(error.reason.contains("read only"), "{error}");
+    assert_eq!(error.reply, Some(valkey_dr_core::ErrorReply::ReadOnly));
     // The same connection still works: a pause reaches the node.
     valkey_dr_core::Engine::ping(&engine, &node)
         .await
@@ -165,4 +171,66 @@ async fn an_error_reply_keeps_the_control_connection_of_a_node_at_maxclients() {
     valkey_dr_core::Engine::pause_writes(&engine, &node, Duration::from_millis(100))
         .await
         .expect("a pause reaches a node at maxclients");
+}
+
+/// A writer that refuses every write for a reason of its own answers with an error reply the
+/// controller knows by name: `-MISCONF` when its last snapshot failed (a disk that cannot be
+/// written: here a directory in procfs, where even root cannot create the file) and `-OOM` over
+/// `maxmemory`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_that_cannot_snapshot_or_is_full_refuses_writes_by_name() {
+    let server = Server::start_with("no-disk", "dir /proc/sys\nsave \"3600 1\"\n");
+    let engine = ValkeyEngine::new(
+        Timeouts {
+            connect: Duration::from_millis(500),
+            command: Duration::from_millis(500),
+        },
+        Security::default(),
+    );
+    let node = server.endpoint();
+    let mark = valkey_dr_core::observation::EpochMark {
+        epoch: 1,
+        writer: node.to_string(),
+    };
+    let heartbeat = || valkey_dr_core::Engine::write_heartbeat(&engine, &node, 1, &mark);
+    heartbeat().await.expect("a healthy master takes writes");
+    cli(&server, &["BGSAVE"]);
+    let started = std::time::Instant::now();
+    while !cli(&server, &["INFO", "persistence"]).contains("rdb_last_bgsave_status:err") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the snapshot did not fail"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let error = heartbeat()
+        .await
+        .expect_err("writes refused after a failed snapshot");
+    assert_eq!(
+        error.reply,
+        Some(valkey_dr_core::ErrorReply::Misconf),
+        "{error}"
+    );
+    assert!(error.reply.is_some_and(|r| r.refuses_writes()));
+    // The connection stays, and the node is still a master that answers: only writes fail.
+    let info = valkey_dr_core::Engine::replication(&engine, &node)
+        .await
+        .expect("it answers");
+    assert!(info.is_primary());
+
+    assert_eq!(
+        cli(
+            &server,
+            &["CONFIG", "SET", "stop-writes-on-bgsave-error", "no"]
+        ),
+        "OK"
+    );
+    heartbeat().await.expect("writes taken again");
+    assert_eq!(cli(&server, &["CONFIG", "SET", "maxmemory", "1"]), "OK");
+    let error = heartbeat().await.expect_err("over maxmemory");
+    assert_eq!(
+        error.reply,
+        Some(valkey_dr_core::ErrorReply::OutOfMemory),
+        "{error}"
+    );
 }

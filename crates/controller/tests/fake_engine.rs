@@ -538,3 +538,67 @@ async fn a_switchover_cut_short_after_its_epoch_still_closes_the_old_primarys_cl
         "once: the release is settled in the state"
     );
 }
+
+/// A writer whose disk fails (`-MISCONF` to every write) still answers and still holds the data:
+/// after `down_after` the controller switches over to the replica of its region — the safe way,
+/// paused, caught up, demoted before the promotion — and blocks further moves, so that a fault
+/// shared by both nodes cannot make the writer flap. A writer out of memory is only reported:
+/// a replica holds as much data.
+#[tokio::test]
+async fn a_writer_that_refuses_writes_for_its_disk_is_switched_away_from_one_out_of_memory_is_reported()
+ {
+    let engine = world();
+    let controller = controller(&engine, "misconf");
+    controller.reconcile_once().await.unwrap();
+    set(&engine, WRITER, |n| {
+        n.refuses_writes = Some(valkey_dr_core::ErrorReply::Misconf)
+    });
+    controller.reconcile_once().await.unwrap();
+    // Refusing for less than down_after: reported, not acted on yet.
+    assert_eq!(controller.epoch().unwrap().primary, NodeId(0));
+    let status = controller.status().await;
+    assert!(
+        status
+            .findings
+            .iter()
+            .any(|f| f.contains("refuses every write")),
+        "{:?}",
+        status.findings
+    );
+    passes(&controller, 6).await;
+    let epoch = controller.epoch().unwrap();
+    assert_eq!((epoch.epoch, epoch.primary), (2, NodeId(1)));
+    let log = engine.log();
+    let at = |entry: String| {
+        log.iter()
+            .rposition(|l| *l == entry)
+            .unwrap_or_else(|| panic!("{entry} missing: {log:?}"))
+    };
+    let (old, new) = (endpoint(WRITER), endpoint(LOCAL_REPLICA));
+    assert!(at(format!("PAUSE {old}")) < at(format!("REPLICAOF {old}")));
+    assert!(at(format!("REPLICAOF {old}")) < at(format!("PROMOTE {new}")));
+    let status = controller.status().await;
+    assert!(
+        !status
+            .findings
+            .iter()
+            .any(|f| f.contains("refuses every write")),
+        "the new writer takes writes: {:?}",
+        status.findings
+    );
+    // The new writer runs out of memory: reported, never moved (blocked or not).
+    set(&engine, LOCAL_REPLICA, |n| {
+        n.refuses_writes = Some(valkey_dr_core::ErrorReply::OutOfMemory)
+    });
+    passes(&controller, 6).await;
+    assert_eq!(controller.epoch().unwrap().epoch, 2);
+    let status = controller.status().await;
+    assert!(
+        status
+            .findings
+            .iter()
+            .any(|f| f.contains("refuses every write")),
+        "{:?}",
+        status.findings
+    );
+}

@@ -18,6 +18,44 @@ pub struct EngineError {
     /// What the failure says about the node, decided from the error's type.
     pub kind: FailureKind,
     pub reason: String,
+    /// The node's error reply, when it answered with one.
+    pub reply: Option<ErrorReply>,
+}
+
+/// An error reply from a live node, by its code: the ones the controller acts on by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorReply {
+    /// `-MISCONF`: its last RDB save failed and `stop-writes-on-bgsave-error` makes it refuse
+    /// writes — a problem of this node's disk, not of the data its replicas hold.
+    Misconf,
+    /// `-OOM`: over `maxmemory` under a no-eviction policy — the same data is as large on a
+    /// replica.
+    OutOfMemory,
+    /// `-READONLY`: a replica.
+    ReadOnly,
+    /// `-NOREPLICAS`: fewer good replicas than `min-replicas-to-write`.
+    NoReplicas,
+    /// Any other (`-LOADING`, `-BUSY`, `-MASTERDOWN`, …).
+    Other,
+}
+
+impl ErrorReply {
+    /// The reply of an error code (the first word of `-CODE text`).
+    pub fn from_code(code: &str) -> ErrorReply {
+        match code {
+            "MISCONF" => ErrorReply::Misconf,
+            "OOM" => ErrorReply::OutOfMemory,
+            "READONLY" => ErrorReply::ReadOnly,
+            "NOREPLICAS" => ErrorReply::NoReplicas,
+            _ => ErrorReply::Other,
+        }
+    }
+
+    /// A writer that answers this to every write cannot take any: the name leads nowhere useful.
+    pub fn refuses_writes(self) -> bool {
+        matches!(self, ErrorReply::Misconf | ErrorReply::OutOfMemory)
+    }
 }
 
 impl EngineError {

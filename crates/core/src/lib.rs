@@ -25,7 +25,7 @@ pub mod topology;
 pub use analysis::{Analysis, EpochRecord, Finding};
 pub use backoff::Backoff;
 pub use config::{Config, ConfigError};
-pub use engine::{Engine, EngineError};
+pub use engine::{Engine, EngineError, ErrorReply};
 pub use observation::{NodeObservation, ReplicationInfo, Role};
 pub use ownership::Ownership;
 pub use plan::{Change, Plan};

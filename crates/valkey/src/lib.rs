@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
 };
-pub use valkey_dr_core::engine::{Engine, EngineError, SyncSettings};
+pub use valkey_dr_core::engine::{Engine, EngineError, ErrorReply, SyncSettings};
 use valkey_dr_core::observation::{
     EpochMark, Failure, FailureKind, NodeObservation, ReplicationInfo, parse_info_replication,
 };
@@ -228,6 +228,7 @@ impl ValkeyEngine {
                 operation: "connect",
                 kind: f.kind,
                 reason: f.reason,
+                reply: None,
             })?;
         self.connections
             .lock()
@@ -273,7 +274,12 @@ impl ValkeyEngine {
     ) -> Result<T, EngineError> {
         let result = reply
             .map_err(|_| error(node, operation, FailureKind::Unreachable, "timed out"))
-            .and_then(|r| r.map_err(|e| error(node, operation, classify(&e), e)));
+            .and_then(|r| {
+                r.map_err(|e| EngineError {
+                    reply: e.code().map(ErrorReply::from_code),
+                    ..error(node, operation, classify(&e), &e)
+                })
+            });
         // Only a connection that failed is dropped (no answer, a broken stream): an error *reply*
         // (`-READONLY`, `-BUSY`, `-LOADING`, `-MISCONF`) came over a working one. Reopening it
         // could fail on a node at `maxclients` during a reconnect storm, exactly when the guard
@@ -584,6 +590,7 @@ fn error(
         operation,
         kind,
         reason: reason.to_string(),
+        reply: None,
     }
 }
 

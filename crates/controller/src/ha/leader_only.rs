@@ -1,6 +1,7 @@
 //! The engine as the leader uses it: a decorator that refuses every action on a node once this
 //! controller may no longer act (observing is always allowed).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,24 +12,49 @@ use valkey_dr_core::observation::{EpochMark, FailureKind, NodeObservation, Repli
 use valkey_dr_core::{Endpoint, Engine, EngineError, NodeId};
 
 /// The engine as the leader uses it: every action on a node first checks that this controller
-/// still may act (observing is always allowed). A controller that lost the lease mid-pass stops
-/// at the next action instead of finishing on a stale view.
+/// still may act (observing is always allowed), and is abandoned when its lease window ends before
+/// the node answered — a connection still being opened then never sends the command. A controller
+/// that lost the lease mid-pass stops at the next action instead of finishing on a stale view.
 pub struct LeaderOnly {
     pub inner: Arc<dyn Engine>,
     pub leader: Arc<LeaderCell>,
 }
 
 impl LeaderOnly {
-    fn check(&self, node: &Endpoint, operation: &'static str) -> Result<(), EngineError> {
-        if self.leader.is_leader() {
-            Ok(())
-        } else {
-            Err(EngineError {
-                node: node.clone(),
-                operation,
-                kind: FailureKind::Refused,
-                reason: "this controller is not the leader".into(),
-            })
+    fn refused(node: &Endpoint, operation: &'static str, reason: &str) -> EngineError {
+        EngineError {
+            node: node.clone(),
+            operation,
+            kind: FailureKind::Refused,
+            reason: reason.into(),
+            reply: None,
+        }
+    }
+
+    /// Runs `action` while this controller may act: refused when it may not, abandoned (its
+    /// future dropped) when the window ends first. A renewal meanwhile extends the window.
+    async fn within_lease<T>(
+        &self,
+        node: &Endpoint,
+        operation: &'static str,
+        action: impl Future<Output = Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
+        let mut action = std::pin::pin!(action);
+        let mut started = false;
+        loop {
+            let Some(fence) = self.leader.fence() else {
+                let reason = if started {
+                    "this controller's lease window ended before the node answered"
+                } else {
+                    "this controller is not the leader"
+                };
+                return Err(LeaderOnly::refused(node, operation, reason));
+            };
+            started = true;
+            let until = tokio::time::Instant::from_std(fence.act_until);
+            if let Ok(result) = tokio::time::timeout_at(until, &mut action).await {
+                return result;
+            }
         }
     }
 }
@@ -50,36 +76,40 @@ impl Engine for LeaderOnly {
         now_ms: u64,
         mark: &EpochMark,
     ) -> Result<(), EngineError> {
-        self.check(node, "heartbeat")?;
-        self.inner.write_heartbeat(node, now_ms, mark).await
+        self.within_lease(
+            node,
+            "heartbeat",
+            self.inner.write_heartbeat(node, now_ms, mark),
+        )
+        .await
     }
     async fn pause_writes(&self, node: &Endpoint, duration: Duration) -> Result<(), EngineError> {
-        self.check(node, "pause")?;
-        self.inner.pause_writes(node, duration).await
+        self.within_lease(node, "pause", self.inner.pause_writes(node, duration))
+            .await
     }
     async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError> {
-        self.check(node, "unpause")?;
-        self.inner.unpause(node).await
+        self.within_lease(node, "unpause", self.inner.unpause(node))
+            .await
     }
     async fn failover_to(&self, node: &Endpoint, target: &Endpoint) -> Result<(), EngineError> {
-        self.check(node, "failover")?;
-        self.inner.failover_to(node, target).await
+        self.within_lease(node, "failover", self.inner.failover_to(node, target))
+            .await
     }
     async fn promote(&self, node: &Endpoint) -> Result<(), EngineError> {
-        self.check(node, "promote")?;
-        self.inner.promote(node).await
+        self.within_lease(node, "promote", self.inner.promote(node))
+            .await
     }
     async fn replicate_from(&self, node: &Endpoint, source: &Endpoint) -> Result<(), EngineError> {
-        self.check(node, "replicaof")?;
-        self.inner.replicate_from(node, source).await
+        self.within_lease(node, "replicaof", self.inner.replicate_from(node, source))
+            .await
     }
     async fn kill_clients(&self, node: &Endpoint) -> Result<u64, EngineError> {
-        self.check(node, "kill clients")?;
-        self.inner.kill_clients(node).await
+        self.within_lease(node, "kill clients", self.inner.kill_clients(node))
+            .await
     }
     async fn persist_role(&self, node: &Endpoint) -> Result<(), EngineError> {
-        self.check(node, "config rewrite")?;
-        self.inner.persist_role(node).await
+        self.within_lease(node, "config rewrite", self.inner.persist_role(node))
+            .await
     }
     async fn sync_settings(&self, node: &Endpoint) -> Result<SyncSettings, EngineError> {
         self.inner.sync_settings(node).await
@@ -89,7 +119,11 @@ impl Engine for LeaderOnly {
         node: &Endpoint,
         quorum: valkey_dr_core::self_fence::WriteQuorum,
     ) -> Result<(), EngineError> {
-        self.check(node, "config set")?;
-        self.inner.set_write_quorum(node, quorum).await
+        self.within_lease(
+            node,
+            "config set",
+            self.inner.set_write_quorum(node, quorum),
+        )
+        .await
     }
 }

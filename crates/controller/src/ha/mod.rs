@@ -13,8 +13,9 @@
 //!   the writer down too), and only when a majority of sites sees the writer down
 //!   ([`cross_region_verdict`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use valkey_dr_coord::keys;
 
 use serde_json::json;
@@ -41,36 +42,38 @@ pub use verdict::{
 /// How often a controller that does not lead looks at the leader key.
 pub(crate) const FOLLOWER_TICK: Duration = Duration::from_millis(100);
 
-/// This controller's part in the highly available shape.
+/// This controller's part in the highly available shape. What its tasks learn is kept in one
+/// cell per fact, each written by one task only and read by the others (`tokio::sync::watch`).
 pub struct Ha {
     pub coord: Coordinator,
     pub leader: Arc<LeaderCell>,
     pub records: Arc<EtcdRecords>,
     pub config: CoordinationConfig,
-    shared: Mutex<Shared>,
+    /// This site's presence; written only by [`Controller::keep_presence`].
+    presence: watch::Sender<Presence>,
+    /// The site that led when this controller last looked; written only by
+    /// [`Controller::campaign`].
+    leader_site: watch::Sender<Option<String>>,
+    /// What this site last saw of the writer; written only by passes, published on the site's
+    /// key by [`Controller::keep_presence`].
+    view: watch::Sender<Option<View>>,
+    /// Whether this site pauses its region's writer now; written only by
+    /// [`Controller::guard_region`].
+    fencing: watch::Sender<bool>,
+    /// When the state was last read from etcd successfully; written only by the reads.
+    synced_at: watch::Sender<Option<Instant>>,
 }
 
-#[derive(Default)]
-struct Shared {
-    /// Until when this site's presence counts on its own clock (None: not held).
-    present_until: Option<Instant>,
-    /// The site that led when this controller last looked.
-    leader_site: Option<String>,
-    /// What this site last saw, to publish.
-    view: Option<View>,
-    /// Whether this site is pausing its region's writer now.
-    fencing: bool,
-    /// Whether the last copy from etcd failed.
-    sync_failing: bool,
-    /// Since when this site's presence holds again after a lapse (or first).
-    present_since: Option<Instant>,
-    /// When the state was last read from etcd successfully.
-    synced_at: Option<Instant>,
-    /// The first claim of this site's presence was answered (or failed): until then a guard
-    /// that fenced would pause the region's writer at every start.
-    presence_tried: bool,
-    /// When this controller, leading, saw each site's view change.
-    view_ages: ViewAges,
+/// This site's presence key as its keeper last knew it.
+#[derive(Default, Clone, Copy)]
+struct Presence {
+    /// Until when it counts on this controller's clock (None: not held).
+    until: Option<Instant>,
+    /// Since when it holds again after a lapse (or first).
+    since: Option<Instant>,
+    /// The first claim was answered (or failed): until then a guard that fenced would pause the
+    /// region's writer at every start.
+    tried: bool,
 }
 
 impl Ha {
@@ -85,51 +88,52 @@ impl Ha {
             leader,
             records,
             config,
-            shared: Mutex::new(Shared::default()),
+            presence: watch::Sender::new(Presence::default()),
+            leader_site: watch::Sender::new(None),
+            view: watch::Sender::new(None),
+            fencing: watch::Sender::new(false),
+            synced_at: watch::Sender::new(None),
         }
-    }
-
-    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().expect("ha lock")
     }
 
     pub fn site(&self) -> &str {
         &self.config.site
     }
 
+    /// The site that leads, as far as this controller knows.
     pub fn leader_site(&self) -> Option<String> {
         if self.leader.is_leader() {
             return Some(self.config.site.clone());
         }
-        self.shared().leader_site.clone()
+        self.leader_site.borrow().clone()
     }
 
     fn present(&self, now: Instant) -> bool {
-        self.shared().present_until.is_some_and(|t| now < t)
+        self.presence.borrow().until.is_some_and(|t| now < t)
     }
 
     /// Whether the state was read from etcd after this site's presence last came back.
     fn synced_since_present(&self) -> bool {
-        let shared = self.shared();
-        matches!((shared.synced_at, shared.present_since), (Some(read), Some(since)) if read > since)
+        let since = self.presence.borrow().since;
+        matches!((*self.synced_at.borrow(), since), (Some(read), Some(since)) if read > since)
     }
 
     fn note_synced(&self) {
-        self.shared().synced_at = Some(Instant::now());
+        self.synced_at.send_replace(Some(Instant::now()));
     }
 
     /// How long ago the state was last read from etcd (None: never).
     pub fn state_read_ago(&self) -> Option<Duration> {
-        self.shared().synced_at.map(|at| at.elapsed())
+        self.synced_at.borrow().map(|at| at.elapsed())
     }
 
     pub fn set_view(&self, view: View) {
-        self.shared().view = Some(view);
+        self.view.send_replace(Some(view));
     }
 
     /// Whether this site pauses its region's writer now.
     pub fn fencing(&self) -> bool {
-        self.shared().fencing
+        *self.fencing.borrow()
     }
 
     /// How often leases are renewed: twelve times per TTL, so that a key expires soon after its
@@ -190,7 +194,7 @@ impl Controller {
                     Ok(()) => {
                         ha.leader.set(Some(held.fence()));
                         if self.should_hand_over(ha).await
-                            && let Ok(_idle) = self.topology_lock.try_lock()
+                            && let Ok(_idle) = self.pass_lock.try_lock()
                             && let Some(held) = claim.take()
                         {
                             // Between passes and promotions: nothing is left half done.
@@ -304,7 +308,7 @@ impl Controller {
 
     /// Records which site leads, reporting each change.
     fn note_leader(&self, ha: &Ha, holder: String) {
-        let previous = ha.shared().leader_site.replace(holder.clone());
+        let previous = ha.leader_site.send_replace(Some(holder.clone()));
         if previous.as_ref() != Some(&holder) {
             self.events.emit(
                 crate::events::EventKind::LeaderSeen,
@@ -326,7 +330,7 @@ impl Controller {
                     // this region as released, so the guard must fence now, not when the old
                     // window runs out.
                     Err(valkey_dr_coord::CoordError::Expired) => {
-                        ha.shared().present_until = None;
+                        ha.presence.send_modify(|p| p.until = None);
                         claim = None;
                         false
                     }
@@ -334,7 +338,7 @@ impl Controller {
                 },
                 None => {
                     let claimed = ha.coord.claim_site().await;
-                    ha.shared().presence_tried = true;
+                    ha.presence.send_modify(|p| p.tried = true);
                     match claimed {
                         Ok(new) => {
                             claim = Some(new);
@@ -347,17 +351,18 @@ impl Controller {
             };
             if let Some(held) = &claim {
                 if renewed {
-                    let mut shared = ha.shared();
-                    if shared.present_until.is_none_or(|t| Instant::now() >= t) {
-                        shared.present_since = Some(Instant::now());
-                    }
-                    shared.present_until = Some(held.act_until());
+                    ha.presence.send_modify(|p| {
+                        if p.until.is_none_or(|t| Instant::now() >= t) {
+                            p.since = Some(Instant::now());
+                        }
+                        p.until = Some(held.act_until());
+                    });
                 } else if !held.may_act(Instant::now()) {
                     // The lease may be gone in etcd: start over with a new one.
                     claim = None;
                 }
             }
-            let view = ha.shared().view.clone();
+            let view = ha.view.borrow().clone();
             if let (Some(held), Some(view)) = (&claim, view)
                 && published.as_ref().is_none_or(|p| view_due(p, &view))
                 && ha
@@ -402,7 +407,7 @@ impl Controller {
         let mut also_fenced = std::collections::BTreeSet::new();
         loop {
             tokio::time::sleep(every).await;
-            if !ha.shared().presence_tried {
+            if !ha.presence.borrow().tried {
                 continue;
             }
             let now = Instant::now();
@@ -436,7 +441,7 @@ impl Controller {
                     let endpoint = &self.topology.node(node).control_endpoint;
                     let paused = self.local_engine.pause_writes(endpoint, pause).await;
                     if fenced.is_none() {
-                        ha.shared().fencing = true;
+                        ha.fencing.send_replace(true);
                         self.events.emit(
                             crate::events::EventKind::SelfFenced,
                             json!({ "site": ha.site(), "writer": self.topology.node_name(node), "paused": paused.is_ok() }),
@@ -445,7 +450,7 @@ impl Controller {
                     fenced = Some(node);
                 }
                 (None, Some(node)) => {
-                    ha.shared().fencing = false;
+                    ha.fencing.send_replace(false);
                     self.events.emit(
                         crate::events::EventKind::SelfFenceLifted,
                         json!({ "site": ha.site(), "node": self.topology.node_name(node), "still_writer": writer == Some(node) }),
@@ -503,6 +508,7 @@ impl Controller {
     /// failure keep the last ones), observe, and publish what this site sees of the writer.
     pub(crate) async fn follow_once(
         &self,
+        carried: &mut crate::pass::Carried,
         ha: &Ha,
     ) -> Result<crate::PassOutcome, crate::PassError> {
         let probed_at = Instant::now();
@@ -510,7 +516,7 @@ impl Controller {
         // Without etcd this site keeps the last state and records it read, and says so once.
         let synced = self.sync_from_etcd(ha).await;
         let failing = synced.is_err();
-        if failing != std::mem::replace(&mut ha.shared().sync_failing, failing) {
+        if failing != std::mem::replace(&mut carried.reported.etcd_failing, failing) {
             match synced {
                 Err(error) => self.events.emit(
                     crate::events::EventKind::EtcdUnavailable,
@@ -523,21 +529,16 @@ impl Controller {
         }
         // Failure detection runs here too, so that a new leader does not start from nothing.
         let down_after = Duration::from_millis(self.config.controller.down_after_ms);
-        self.health.lock().expect("health lock").update(
-            &observations,
-            probed_at,
-            Instant::now(),
-            down_after,
-        );
+        self.apply_stall(carried);
+        carried
+            .health
+            .update(&observations, probed_at, Instant::now(), down_after);
         let epoch = self.epoch();
         self.publish_view(ha, &observations);
-        self.remember_seen(&observations);
         // What this site waited for while it led is not what anyone waits for now.
-        {
-            let mut memory = self.memory.lock().expect("memory lock");
-            memory.decision.clear();
-            memory.withheld.clear();
-        }
+        carried.reported.decision.clear();
+        carried.reported.withheld.clear();
+        self.publish_pass(carried, Some(&observations), None);
         let analysis =
             valkey_dr_core::analysis::analyze(&self.topology, &observations, epoch.as_ref());
         Ok(crate::PassOutcome {
@@ -577,6 +578,7 @@ impl Controller {
     /// Reads the sites present and their views from etcd and decides.
     pub(crate) async fn cross_region_verdict_now(
         &self,
+        view_ages: &mut ViewAges,
         ha: &Ha,
         writer: NodeId,
     ) -> Result<(), Withheld> {
@@ -600,21 +602,19 @@ impl Controller {
             .await
             .map_err(|e| unreadable("sites' views", e))?;
         let now = Instant::now();
-        let mut views: Vec<SeenView> = {
-            let mut shared = ha.shared();
-            read.into_iter()
-                .filter(|(site, _)| site != ha.site())
-                .filter_map(|(site, versioned)| {
-                    let view = serde_json::from_slice(versioned.value.as_deref()?).ok()?;
-                    let unchanged_for_ms = shared.view_ages.note(&site, versioned.revision, now);
-                    Some(SeenView {
-                        site,
-                        view,
-                        unchanged_for_ms,
-                    })
+        let mut views: Vec<SeenView> = read
+            .into_iter()
+            .filter(|(site, _)| site != ha.site())
+            .filter_map(|(site, versioned)| {
+                let view = serde_json::from_slice(versioned.value.as_deref()?).ok()?;
+                let unchanged_for_ms = view_ages.note(&site, versioned.revision, now);
+                Some(SeenView {
+                    site,
+                    view,
+                    unchanged_for_ms,
                 })
-                .collect()
-        };
+            })
+            .collect();
         // The leader's own, current view (what it published may be a pass old).
         views.push(SeenView {
             site: ha.site().to_string(),

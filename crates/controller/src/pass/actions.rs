@@ -10,6 +10,7 @@ use valkey_dr_core::{EpochRecord, NodeId, NodeObservation};
 
 use super::execute::Done;
 use super::plan::{FailoverChecks, FailoverKind};
+use super::{Carried, Reported};
 use crate::Controller;
 use crate::clock::now_ms;
 use crate::events::EventKind;
@@ -33,6 +34,7 @@ impl Controller {
     /// sites' views with the writer's region let go.
     pub(super) async fn checked_fail_over(
         &self,
+        carried: &mut Carried,
         observations: &[NodeObservation],
         from: EpochRecord,
         target: NodeId,
@@ -52,7 +54,7 @@ impl Controller {
             .await
             .is_ok_and(|reply| reply.is_ok())
         {
-            self.health.lock().expect("health lock").forget(writer);
+            carried.health.forget(writer);
             self.events.emit(
                 crate::events::EventKind::FailoverCancelled,
                 json!({ "node": self.topology.node_name(writer), "reason": "the writer answered the confirmation probe" }),
@@ -62,16 +64,17 @@ impl Controller {
         if checks.majority_of_sites
             && let Some(ha) = self.ha()
         {
-            let verdict = self.cross_region_verdict_now(ha, writer).await;
-            let mut memory = self.memory.lock().expect("memory lock");
+            let verdict = self
+                .cross_region_verdict_now(&mut carried.view_ages, ha, writer)
+                .await;
             match verdict {
-                Ok(()) => memory.region_release_since = None,
+                Ok(()) => carried.region_release_since = None,
                 // The writer's region still holding its lease is the one obstacle that time
                 // removes by itself: ask to be called again soon, at most a TTL long, rather than
                 // wait here holding the topology lock.
                 Err(Withheld::RegionStillPresent { .. })
                     if ha.leader.is_leader()
-                        && memory
+                        && carried
                             .region_release_since
                             .get_or_insert_with(Instant::now)
                             .elapsed()
@@ -80,21 +83,15 @@ impl Controller {
                     return Done::Retry(crate::ha::FOLLOWER_TICK);
                 }
                 Err(withheld) => {
-                    drop(memory);
-                    self.note_withheld(withheld.to_string());
+                    self.note_withheld(&mut carried.reported, withheld.to_string());
                     return Done::Unchanged;
                 }
             }
         }
-        let detection = self
-            .health
-            .lock()
-            .expect("health lock")
-            .failing_for(writer, Instant::now());
         // The anti-flapping block goes to the state in the same write as the new epoch.
         let block = now_ms() + self.config.controller.failover_block_ms;
         let result = self
-            .fail_over(from, target, kind, observations, detection, Some(block))
+            .fail_over(carried, from, target, kind, observations, Some(block))
             .await;
         if result.is_ok() {
             Done::Changed
@@ -107,6 +104,7 @@ impl Controller {
     /// changed the state or the nodes.
     pub(super) async fn resolve_intent(
         &self,
+        carried: &mut Carried,
         intent: &Intent,
         resolution: Resolution,
         source_answers: bool,
@@ -164,7 +162,7 @@ impl Controller {
                     }
                 }
                 if self
-                    .commit_epoch(new_epoch, required, None, None)
+                    .commit_epoch(carried, new_epoch, required, None, None)
                     .await
                     .is_err()
                 {
@@ -221,17 +219,75 @@ impl Controller {
         );
     }
 
+    /// Keeps track of a writer that refuses writes with an error reply of its own (`-MISCONF`,
+    /// `-OOM`), reporting when it starts and when it ends.
+    pub(super) fn note_refusal(
+        &self,
+        carried: &mut Carried,
+        writer: NodeId,
+        written: &Result<(), valkey_dr_core::EngineError>,
+    ) {
+        let refusal = match written {
+            Ok(()) => None,
+            Err(e) => match e.reply.filter(|r| r.refuses_writes()) {
+                Some(reply) => Some((reply, e.reason.clone())),
+                // Not an answer about writes (no answer, a pause, a replica): nothing learned.
+                None => return,
+            },
+        };
+        let before = carried.writer_refusal.take().filter(|r| r.writer == writer);
+        match (before, refusal) {
+            (Some(before), Some((reply, _))) if before.reply == reply => {
+                carried.writer_refusal = Some(before);
+            }
+            (_, Some((reply, error))) => {
+                let switches = reply == valkey_dr_core::ErrorReply::Misconf
+                    && self.config.controller.in_region_failover;
+                self.events.emit(
+                    EventKind::WriterRefusesWrites,
+                    json!({
+                        "node": self.topology.node_name(writer),
+                        "reply": reply,
+                        "error": error,
+                        "next": if switches {
+                            "a switchover to the best replica of its region once it refused writes for down_after_ms"
+                        } else {
+                            "reported only: a replica holds as much data (OOM), or in-region failover is off"
+                        },
+                    }),
+                );
+                carried.writer_refusal = Some(super::Refusal {
+                    writer,
+                    reply,
+                    since: Instant::now(),
+                    error,
+                });
+            }
+            (Some(before), None) => {
+                self.events.emit(
+                    EventKind::WriterTakesWrites,
+                    json!({
+                        "node": self.topology.node_name(writer),
+                        "refused_ms": before.since.elapsed().as_millis() as u64,
+                    }),
+                );
+            }
+            (None, None) => {}
+        }
+    }
+
     /// Warns, once per node and run, about settings that let replicas copy an empty restarted
     /// writer before the controller can replace it.
-    pub(super) async fn check_sync_settings(&self, observations: &[NodeObservation]) {
-        let unchecked: Vec<NodeId> = {
-            let memory = self.memory.lock().expect("memory lock");
-            observations
-                .iter()
-                .filter(|o| o.info().is_some() && !memory.settings_checked.contains(&o.node))
-                .map(|o| o.node)
-                .collect()
-        };
+    pub(super) async fn check_sync_settings(
+        &self,
+        checked: &mut std::collections::BTreeSet<NodeId>,
+        observations: &[NodeObservation],
+    ) {
+        let unchecked: Vec<NodeId> = observations
+            .iter()
+            .filter(|o| o.info().is_some() && !checked.contains(&o.node))
+            .map(|o| o.node)
+            .collect();
         for node in unchecked {
             let endpoint = &self.topology.node(node).control_endpoint;
             let settings = self.engine.sync_settings(endpoint).await;
@@ -242,11 +298,7 @@ impl Controller {
             {
                 continue;
             }
-            self.memory
-                .lock()
-                .expect("memory lock")
-                .settings_checked
-                .insert(node);
+            checked.insert(node);
             for why in settings.map(|s| s.weaknesses()).unwrap_or_default() {
                 self.events.emit(
                     EventKind::SettingWeakensSafety,
@@ -259,6 +311,7 @@ impl Controller {
     /// Reports a writer whose data does not continue its history (once per history it shows).
     pub(super) fn report_lost_writer(
         &self,
+        reported: &mut Reported,
         observations: &[NodeObservation],
         writer: NodeId,
         before: &History,
@@ -266,11 +319,10 @@ impl Controller {
         let Some(now) = info_of(observations, writer) else {
             return;
         };
-        let mut memory = self.memory.lock().expect("memory lock");
-        if memory.reported_lost.as_ref() == Some(&now.replication_id) {
+        if reported.lost_history.as_ref() == Some(&now.replication_id) {
             return;
         }
-        memory.reported_lost = Some(now.replication_id.clone());
+        reported.lost_history = Some(now.replication_id.clone());
         let detail = json!({
             "node": self.topology.node_name(writer),
             "role": if now.is_primary() { "primary" } else { "replica" },
@@ -312,6 +364,7 @@ impl Controller {
     /// it until `ack`) and take the writer's current history as the lineage from now on.
     pub(super) async fn accept_loss(
         &self,
+        carried: &mut Carried,
         writer: NodeId,
         before: Option<&History>,
         now: &History,
@@ -325,7 +378,7 @@ impl Controller {
         });
         self.events
             .emit(crate::events::EventKind::DataLossSuspected, &lost);
-        self.memory.lock().expect("memory lock").last_writer = Some((writer, now.clone()));
+        carried.last_writer = Some((writer, now.clone()));
         // The new lineage and the loss in one durable write: status shows the loss on every site
         // and after any restart, until `ack`.
         match self.state.record_loss(now.clone(), lost).await {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::plan::{Action, Plan, Rules, Snapshot, plan_actions};
-use super::{PassError, PassOutcome};
+use super::{Carried, PassError, PassOutcome};
 use crate::Controller;
 use crate::clock::now_ms;
 use crate::events::EventKind;
@@ -43,37 +43,46 @@ impl Controller {
             max_data_at_risk_bytes: c.max_data_at_risk_bytes,
             writer_quorum_max_lag_s: c.writer_quorum_max_lag_s,
             coordinated: self.ha().is_some(),
+            refusing_writer_after: Duration::from_millis(c.down_after_ms),
         }
     }
 
-    /// One full pass: every node observed anew.
-    pub(crate) async fn reconcile_locked(&self) -> Result<PassOutcome, PassError> {
-        self.run_pass(false).await
+    /// One full pass: every node observed anew. Boxed, because a pass's switchover (a writer
+    /// that refuses writes) runs passes of its own.
+    pub(crate) fn reconcile_locked<'a>(
+        &'a self,
+        carried: &'a mut Carried,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<PassOutcome, PassError>> + Send + 'a>> {
+        Box::pin(self.run_pass(carried, false))
     }
 
     /// A pass; `quick` after a pass that asked to be called again soon: it starts from that
     /// pass's last look and waits only briefly for the nodes that were silent then.
-    pub(crate) async fn run_pass(&self, quick: bool) -> Result<PassOutcome, PassError> {
+    pub(crate) async fn run_pass(
+        &self,
+        carried: &mut Carried,
+        quick: bool,
+    ) -> Result<PassOutcome, PassError> {
         let last = if quick {
-            self.memory.lock().expect("memory lock").last_look.take()
+            carried.last_look.take()
         } else {
             None
         };
         let mut snapshot = match last {
-            Some(last) => self.quick_look(&last).await?,
-            None => self.first_look().await?,
+            Some(last) => self.quick_look(carried, &last).await?,
+            None => self.first_look(carried).await?,
         };
         loop {
             let plan = plan_actions(&snapshot, &self.rules());
-            self.report(&snapshot, &plan);
-            match self.execute(&snapshot, &plan).await? {
-                Next::LookAgain => snapshot = self.look_again(&snapshot).await,
+            self.report(carried, &snapshot, &plan);
+            match self.execute(carried, &snapshot, &plan).await? {
+                Next::LookAgain => snapshot = self.look_again(carried, &snapshot).await,
                 Next::Finished {
                     applied,
                     retry_after,
                 } => {
-                    self.remember_seen(&snapshot.observations);
-                    self.memory.lock().expect("memory lock").last_look = Some(snapshot.clone());
+                    self.publish_pass(carried, Some(&snapshot.observations), None);
+                    carried.last_look = Some(snapshot.clone());
                     return Ok(PassOutcome {
                         observations: snapshot.observations,
                         analysis: plan.analysis,
@@ -88,35 +97,49 @@ impl Controller {
     }
 
     /// Reports what changed since the last look (each change once).
-    fn report(&self, snapshot: &Snapshot, plan: &Plan) {
-        self.note_changes(&snapshot.observations, &plan.analysis);
+    fn report(&self, carried: &mut Carried, snapshot: &Snapshot, plan: &Plan) {
+        self.note_changes(
+            &mut carried.reported,
+            &snapshot.observations,
+            &plan.analysis,
+        );
         if let Some(decision) = &plan.decision {
-            self.note_decision(decision);
+            self.note_decision(carried, decision);
         }
-        self.note_conflicts(&plan.conflicts);
+        self.note_conflicts(&mut carried.reported, &plan.conflicts);
     }
 
     /// Carries out the plan in order; stops to look again after an action that changed the
     /// nodes or the state.
-    async fn execute(&self, snapshot: &Snapshot, plan: &Plan) -> Result<Next, PassError> {
+    async fn execute(
+        &self,
+        carried: &mut Carried,
+        snapshot: &Snapshot,
+        plan: &Plan,
+    ) -> Result<Next, PassError> {
         let mut applied = 0;
         let mut retry_after = None;
         for action in &plan.actions {
-            match self.act(snapshot, action).await? {
+            match self.act(carried, snapshot, action).await? {
                 Done::Changed if action.looks_again() => return Ok(Next::LookAgain),
                 Done::Retry(after) => retry_after = Some(after),
                 Done::Applied(n) => applied = n,
                 Done::Changed | Done::Unchanged => {}
             }
         }
-        self.complete_failover(plan.epoch);
+        self.complete_failover(carried, plan.epoch);
         Ok(Next::Finished {
             applied,
             retry_after,
         })
     }
 
-    async fn act(&self, snapshot: &Snapshot, action: &Action) -> Result<Done, PassError> {
+    async fn act(
+        &self,
+        carried: &mut Carried,
+        snapshot: &Snapshot,
+        action: &Action,
+    ) -> Result<Done, PassError> {
         let observations = &snapshot.observations;
         let changed = |yes: bool| if yes { Done::Changed } else { Done::Unchanged };
         Ok(match action {
@@ -161,13 +184,13 @@ impl Controller {
                 changed(ok)
             }
             Action::BootstrapBlocked { region, problem } => {
-                let mut memory = self.memory.lock().expect("memory lock");
-                if memory.bootstrap_problem.as_ref() != Some(problem) {
+                let reported = &mut carried.reported;
+                if reported.bootstrap_problem.as_ref() != Some(problem) {
                     self.events.emit(
                         crate::events::EventKind::BootstrapBlocked,
                         json!({ "region": self.topology.region(*region).name, "reason": problem }),
                     );
-                    memory.bootstrap_problem = Some(problem.clone());
+                    reported.bootstrap_problem = Some(problem.clone());
                 }
                 Done::Unchanged
             }
@@ -177,23 +200,32 @@ impl Controller {
                 source_answers,
                 target_is_master,
             } => changed(
-                self.resolve_intent(intent, *resolution, *source_answers, *target_is_master)
-                    .await,
+                self.resolve_intent(
+                    carried,
+                    intent,
+                    *resolution,
+                    *source_answers,
+                    *target_is_master,
+                )
+                .await,
             ),
             Action::ReportLostWriter { writer, before } => {
-                self.report_lost_writer(observations, *writer, before);
+                self.report_lost_writer(&mut carried.reported, observations, *writer, before);
                 Done::Unchanged
             }
             Action::AcceptLoss {
                 writer,
                 before,
                 now,
-            } => changed(self.accept_loss(*writer, before.as_ref(), now).await),
+            } => changed(
+                self.accept_loss(carried, *writer, before.as_ref(), now)
+                    .await,
+            ),
             Action::HoldLostWriter { writer, holder } => {
                 changed(self.hold_lost_writer(*writer, *holder).await)
             }
             Action::Withhold { reason } => {
-                self.note_withheld(reason.clone());
+                self.note_withheld(&mut carried.reported, reason.clone());
                 Done::Unchanged
             }
             Action::FailOver {
@@ -202,18 +234,14 @@ impl Controller {
                 kind,
                 checks,
             } => {
-                self.checked_fail_over(observations, *from, *target, *kind, *checks)
+                self.checked_fail_over(carried, observations, *from, *target, *kind, *checks)
                     .await
             }
             Action::FenceRogues { epoch, rogues } => {
                 for (node, source) in rogues {
                     let demotion = self.demote(*node, *source, true).await;
                     self.report_fenced(&demotion, *epoch);
-                    self.memory
-                        .lock()
-                        .expect("memory lock")
-                        .paused_rogues
-                        .remove(node);
+                    carried.reported.paused_rogues.remove(node);
                 }
                 Done::Changed
             }
@@ -223,12 +251,7 @@ impl Controller {
                 for node in rogues {
                     let endpoint = &self.topology.node(*node).control_endpoint;
                     let paused = self.engine.pause_writes(endpoint, hold).await;
-                    let first = self
-                        .memory
-                        .lock()
-                        .expect("memory lock")
-                        .paused_rogues
-                        .insert(*node);
+                    let first = carried.reported.paused_rogues.insert(*node);
                     if first {
                         self.events.emit(
                             EventKind::RoguePaused,
@@ -266,13 +289,11 @@ impl Controller {
                 history,
                 durable,
             } => {
-                self.memory.lock().expect("memory lock").last_writer =
-                    Some((*writer, history.clone()));
+                carried.last_writer = Some((*writer, history.clone()));
                 if *durable {
                     match self.state.record_writer_history(history.clone()).await {
                         Ok(()) => {
-                            self.memory.lock().expect("memory lock").lineage_recorded_ms =
-                                Some(now_ms());
+                            carried.lineage_recorded_ms = Some(now_ms());
                         }
                         Err(e) => self.state_write_failed(&e),
                     }
@@ -282,23 +303,29 @@ impl Controller {
             Action::LiftStalePause { writer } => {
                 let endpoint = &self.topology.node(*writer).control_endpoint;
                 let _ = self.engine.unpause(endpoint).await;
-                self.memory.lock().expect("memory lock").started = true;
+                carried.started = true;
                 Done::Unchanged
             }
             Action::CheckSyncSettings => {
-                self.check_sync_settings(observations).await;
+                self.check_sync_settings(&mut carried.settings_checked, observations)
+                    .await;
                 Done::Unchanged
             }
             Action::Heartbeat { writer, mark } => {
                 let endpoint = &self.topology.node(*writer).control_endpoint;
-                if let Err(e) = self.engine.write_heartbeat(endpoint, now_ms(), mark).await {
+                let written = self.engine.write_heartbeat(endpoint, now_ms(), mark).await;
+                if let Err(e) = &written {
                     tracing::debug!(error = %e, "heartbeat not written");
                 }
+                self.note_refusal(carried, *writer, &written);
                 Done::Unchanged
             }
             Action::KeepWriteQuorum { writer } => {
-                self.keep_write_quorum(observations, *writer).await;
+                self.keep_write_quorum(carried, observations, *writer).await;
                 Done::Unchanged
+            }
+            Action::SwitchAway { target, reply } => {
+                changed(self.switch_away(carried, *target, *reply).await)
             }
             Action::Repoint { node, source } => {
                 self.repoint(*node, *source).await;

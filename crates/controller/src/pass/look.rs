@@ -7,7 +7,7 @@ use serde_json::json;
 use valkey_dr_core::NodeObservation;
 
 use super::plan::Snapshot;
-use super::{PassError, all_refused};
+use super::{Carried, PassError, all_refused};
 use crate::Controller;
 use crate::clock::now_ms;
 
@@ -16,13 +16,7 @@ use crate::clock::now_ms;
 const QUICK_PROBE: Duration = Duration::from_millis(100);
 
 impl Controller {
-    /// What `status` shows until the next pass.
-    pub(crate) fn remember_seen(&self, observations: &[NodeObservation]) {
-        self.memory.lock().expect("memory lock").last_seen =
-            Some((Instant::now(), observations.to_vec()));
-    }
-
-    pub(super) async fn first_look(&self) -> Result<Snapshot, PassError> {
+    pub(super) async fn first_look(&self, carried: &mut Carried) -> Result<Snapshot, PassError> {
         let probed_at = Instant::now();
         let mut observations = self.observe_all().await;
         self.read_writer_last(&mut observations).await;
@@ -32,13 +26,13 @@ impl Controller {
             return Err(PassError::Refused(reason));
         }
         let records = self.dns.records(&self.names.all(&self.topology)).await?;
-        self.update_health(&observations, probed_at);
-        Ok(self.snapshot(1, observations, records))
+        self.update_health(carried, &observations, probed_at);
+        Ok(self.snapshot(carried, 1, observations, records))
     }
 
     /// After an action: the nodes that answered are asked again; silent ones are not waited for
     /// a second time (their failure stands); DNS was not touched, so its records stand too.
-    pub(super) async fn look_again(&self, last: &Snapshot) -> Snapshot {
+    pub(super) async fn look_again(&self, carried: &mut Carried, last: &Snapshot) -> Snapshot {
         let mut observations: Vec<NodeObservation> = self
             .observe_again(&last.observations, Duration::ZERO)
             .await
@@ -46,10 +40,14 @@ impl Controller {
             .map(|(o, _)| o)
             .collect();
         self.read_writer_last(&mut observations).await;
-        self.snapshot(last.look + 1, observations, last.records.clone())
+        self.snapshot(carried, last.look + 1, observations, last.records.clone())
     }
 
-    pub(super) async fn quick_look(&self, last: &Snapshot) -> Result<Snapshot, PassError> {
+    pub(super) async fn quick_look(
+        &self,
+        carried: &mut Carried,
+        last: &Snapshot,
+    ) -> Result<Snapshot, PassError> {
         let probed_at = Instant::now();
         let fresh = self.observe_again(&last.observations, QUICK_PROBE).await;
         let answered: Vec<NodeObservation> = fresh
@@ -57,11 +55,11 @@ impl Controller {
             .filter(|(_, f)| *f)
             .map(|(o, _)| o.clone())
             .collect();
-        self.update_health(&answered, probed_at);
+        self.update_health(carried, &answered, probed_at);
         let records = self.dns.records(&self.names.all(&self.topology)).await?;
         let mut observations: Vec<NodeObservation> = fresh.into_iter().map(|(o, _)| o).collect();
         self.read_writer_last(&mut observations).await;
-        Ok(self.snapshot(1, observations, records))
+        Ok(self.snapshot(carried, 1, observations, records))
     }
 
     /// Observes again the nodes that answered in `previous`; the silent ones only for
@@ -109,10 +107,16 @@ impl Controller {
     }
 
     /// Failure detection takes one more round of probes; reports nodes newly down.
-    pub(super) fn update_health(&self, observations: &[NodeObservation], probed_at: Instant) {
+    pub(crate) fn update_health(
+        &self,
+        carried: &mut Carried,
+        observations: &[NodeObservation],
+        probed_at: Instant,
+    ) {
         let now = Instant::now();
         let down_after = Duration::from_millis(self.config.controller.down_after_ms);
-        let mut health = self.health.lock().expect("health lock");
+        self.apply_stall(carried);
+        let health = &mut carried.health;
         for node in health.update(observations, probed_at, now, down_after) {
             if health.newly_down(node) {
                 self.events.emit(
@@ -123,23 +127,34 @@ impl Controller {
         }
     }
 
+    /// A stall of this controller's clock ([`Controller::watch_clock`]) since the last look
+    /// restarts every failing clock: probes that timed out meanwhile say nothing about the nodes.
+    pub(crate) fn apply_stall(&self, carried: &mut Carried) {
+        let resumed = *self.resumed_at.borrow();
+        if resumed > carried.stall_applied
+            && let Some(at) = resumed
+        {
+            carried.health.stalled(at);
+            carried.stall_applied = resumed;
+        }
+    }
+
     pub(super) fn snapshot(
         &self,
+        carried: &mut Carried,
         look: u8,
         observations: Vec<NodeObservation>,
         records: Vec<valkey_dr_core::RecordSet>,
     ) -> Snapshot {
+        self.apply_stall(carried);
         let now = Instant::now();
         let state = self.state.get();
-        let (remembered_writer, first_pass, lineage_recorded_ms) = {
-            let memory = self.memory.lock().expect("memory lock");
-            (
-                memory.last_writer.clone(),
-                !memory.started,
-                memory.lineage_recorded_ms,
-            )
-        };
-        let health = self.health.lock().expect("health lock");
+        let writer_refusal = carried
+            .writer_refusal
+            .as_ref()
+            .filter(|r| state.as_ref().is_some_and(|s| s.epoch.primary == r.writer))
+            .map(|r| (r.reply, now.saturating_duration_since(r.since)));
+        let health = &carried.health;
         let down_after = Duration::from_millis(self.config.controller.down_after_ms);
         Snapshot {
             look,
@@ -149,11 +164,12 @@ impl Controller {
                 .and_then(|s| health.failing_for(s.epoch.primary, now)),
             observations,
             state,
-            remembered_writer,
+            remembered_writer: carried.last_writer.clone(),
             records,
             now_ms: now_ms(),
-            first_pass,
-            lineage_recorded_ms,
+            first_pass: !carried.started,
+            lineage_recorded_ms: carried.lineage_recorded_ms,
+            writer_refusal,
         }
     }
 }

@@ -19,45 +19,88 @@ use valkey_dr_dns::DnsError;
 
 use crate::Controller;
 
-/// What the previous pass saw, to emit events only for changes.
+/// What this run of the controller carries from one pass to the next. It lives inside the pass
+/// lock (`Controller::pass_lock`): only a pass or a promotion, which hold the lock, read or change
+/// it, and a reader elsewhere sees only what a pass published ([`LastPass`]).
 #[derive(Default)]
-pub struct Memory {
+pub(crate) struct Carried {
+    /// Failure detection: which nodes fail, since when.
+    pub health: crate::health::Health,
+    /// When this run last applied a stall of its own clock to `health`.
+    pub stall_applied: Option<std::time::Instant>,
+    /// The writer and its replication history when last seen (only ever moved forward along its
+    /// history): the basis of "data at risk" and of noticing a writer that lost its data.
+    pub last_writer: Option<(NodeId, History)>,
+    /// A pass of this run has seen a writer (and lifted a pause left by an earlier run).
+    pub started: bool,
+    /// When the writer's history was last recorded durably by this run.
+    pub lineage_recorded_ms: Option<u64>,
+    /// A failover whose DNS change is not committed yet.
+    pub pending_failover: Option<PendingFailover>,
+    /// Since when a cross-region failover waits for the writer's region to let go of its lease.
+    pub region_release_since: Option<std::time::Instant>,
+    /// The write quorum set on the writer (its self-fence).
+    pub write_quorum: Option<crate::self_fence::AppliedQuorum>,
+    /// A higher write quorum wanted since then, not set yet.
+    pub raise_seen: Option<(valkey_dr_core::self_fence::WriteQuorum, std::time::Instant)>,
+    /// Nodes whose sync settings were checked in this run.
+    pub settings_checked: std::collections::BTreeSet<NodeId>,
+    /// The last look of the last pass: a pass that asked to be called again soon looks again
+    /// from it (nodes that answered are asked again; silent ones only briefly).
+    pub last_look: Option<plan::Snapshot>,
+    /// The epoch's writer answering writes with an error reply of its own, since when.
+    pub writer_refusal: Option<Refusal>,
+    /// When this controller, leading, saw each site's view change (the highly available shape).
+    pub view_ages: crate::ha::ViewAges,
+    /// What was last reported, to report each change once.
+    pub reported: Reported,
+}
+
+/// A writer that answers the heartbeat write with an error reply that refuses every write
+/// ([`valkey_dr_core::ErrorReply::refuses_writes`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub writer: NodeId,
+    pub reply: valkey_dr_core::ErrorReply,
+    pub since: std::time::Instant,
+    pub error: String,
+}
+
+/// The last report of each kind, so that a pass reports only what changed.
+#[derive(Default)]
+pub(crate) struct Reported {
     nodes: Vec<String>,
     findings: Vec<String>,
     conflicts: Vec<(String, String)>,
-    pub(super) bootstrap_problem: Option<String>,
-    /// The last failover situation reported, to report each once.
-    pub(crate) decision: String,
+    pub bootstrap_problem: Option<String>,
+    /// The last failover situation reported.
+    pub decision: String,
     /// The last reason a cross-region failover was withheld by the sites' views.
-    pub(crate) withheld: String,
-    /// A failover whose DNS change is not committed yet.
-    pub(crate) pending_failover: Option<PendingFailover>,
+    pub withheld: String,
+    /// The replication id of the lost history last reported.
+    pub lost_history: Option<String>,
+    /// Rogue masters paused while the writer could not take them in.
+    pub paused_rogues: std::collections::BTreeSet<NodeId>,
+    /// The last copy of the state from etcd failed (a follower).
+    pub etcd_failing: bool,
+}
+
+/// What the last pass saw, published by `Controller::reconcile` alone: `status`, `/api/status`,
+/// `/metrics` and `/readyz` read it instead of probing every node per request.
+#[derive(Default, Clone)]
+pub struct LastPass {
     /// When the last successful pass started.
-    last_good_pass: Option<std::time::Instant>,
-    /// The writer and its replication history when last seen (only ever moved forward along its
-    /// history): the basis of "data at risk" and of noticing a writer that lost its data.
-    pub(crate) last_writer: Option<(NodeId, History)>,
-    /// The replication id of the lost history last reported, to report each once.
-    pub(crate) reported_lost: Option<String>,
-    /// Nodes whose sync settings were checked in this run.
-    pub(super) settings_checked: std::collections::BTreeSet<NodeId>,
-    /// The write quorum set on the writer (its self-fence).
-    pub(crate) write_quorum: Option<crate::self_fence::AppliedQuorum>,
-    /// A higher write quorum wanted since then, not set yet.
-    pub(crate) raise_seen: Option<(valkey_dr_core::self_fence::WriteQuorum, std::time::Instant)>,
-    pub(super) started: bool,
-    /// Since when a cross-region failover waits for the writer's region to let go of its lease.
-    pub(crate) region_release_since: Option<std::time::Instant>,
-    /// The last look of the last pass: a pass that asked to be called again soon looks again
-    /// from it (nodes that answered are asked again; silent ones only briefly).
-    pub(super) last_look: Option<plan::Snapshot>,
-    /// What the last successful pass (leading or following) saw of the nodes, and when: what
-    /// `status`, `/api/status` and `/metrics` show, without probing every node per request.
-    pub(crate) last_seen: Option<(std::time::Instant, Vec<NodeObservation>)>,
-    /// When the writer's history was last recorded durably by this run.
-    pub(super) lineage_recorded_ms: Option<u64>,
-    /// Rogue masters paused while the writer could not take them in (reported once each).
-    pub(super) paused_rogues: std::collections::BTreeSet<NodeId>,
+    pub good_at: Option<std::time::Instant>,
+    /// What it saw of the nodes, and when.
+    pub seen: Option<(std::time::Instant, Vec<NodeObservation>)>,
+    /// What a failover waits for (the reason it is withheld, the decision reported), if anything.
+    pub waiting: Vec<String>,
+    /// A node was failing probes at its end (the loop then probes faster).
+    pub nodes_failing: bool,
+    /// The writer's self-fence as last set.
+    pub self_fence: Option<crate::status::SelfFenceStatus>,
+    /// The writer refuses writes: why, and for how long (for `status`).
+    pub writer_refusal: Option<String>,
 }
 
 /// A failover between its promotion and the pass that commits DNS for its epoch.
@@ -144,13 +187,10 @@ pub(crate) fn describe_node(controller: &Controller, o: &NodeObservation) -> Str
 impl Controller {
     /// Reports a failover complete once a pass has committed DNS in its epoch: the time from the
     /// first failed probe to here is what clients lived without a writer behind the name.
-    fn complete_failover(&self, epoch: Option<EpochRecord>) {
-        let done = {
-            let mut memory = self.memory.lock().expect("memory lock");
-            memory
-                .pending_failover
-                .take_if(|p| epoch.is_some_and(|e| e.epoch == p.epoch))
-        };
+    fn complete_failover(&self, carried: &mut Carried, epoch: Option<EpochRecord>) {
+        let done = carried
+            .pending_failover
+            .take_if(|p| epoch.is_some_and(|e| e.epoch == p.epoch));
         if let Some(done) = done {
             self.events.emit(
                 crate::events::EventKind::FailoverCompleted,
@@ -165,46 +205,100 @@ impl Controller {
     }
 
     pub async fn reconcile_once(&self) -> Result<PassOutcome, PassError> {
-        self.reconcile(false).await
+        self.reconcile(false, &[]).await
     }
 
     /// A pass; `quick` when the last pass asked to be called again soon
-    /// ([`PassOutcome::retry_after`]).
-    pub(crate) async fn reconcile(&self, quick: bool) -> Result<PassOutcome, PassError> {
-        let _guard = self.topology_lock.lock().await;
+    /// ([`PassOutcome::retry_after`]); `failed_probes` are the writer watch's probes that failed
+    /// since the last pass. Publishes what it saw ([`LastPass`]).
+    pub(crate) async fn reconcile(
+        &self,
+        quick: bool,
+        failed_probes: &[(NodeId, std::time::Instant)],
+    ) -> Result<PassOutcome, PassError> {
+        let mut carried = self.pass_lock.lock().await;
         let started = std::time::Instant::now();
-        let outcome = self.reconcile_guarded(quick).await;
-        self.metrics.pass_finished(started.elapsed());
-        if outcome.is_ok() {
-            self.memory.lock().expect("memory lock").last_good_pass = Some(started);
+        self.apply_stall(&mut carried);
+        for (node, sent) in failed_probes {
+            carried.health.note_failure(*node, *sent);
         }
+        let outcome = self.reconcile_guarded(&mut carried, quick).await;
+        self.metrics.pass_finished(started.elapsed());
+        let good_at = outcome.as_ref().ok().map(|_| started);
+        self.publish_pass(&carried, None, good_at);
         outcome
+    }
+
+    /// Publishes what a pass saw ([`LastPass`]): the one writer of `Controller::last_pass`,
+    /// called as each pass (or a promotion's pass) ends.
+    pub(crate) fn publish_pass(
+        &self,
+        carried: &Carried,
+        seen: Option<&[NodeObservation]>,
+        good_at: Option<std::time::Instant>,
+    ) {
+        let reported = &carried.reported;
+        let waiting: Vec<String> = [&reported.withheld, &reported.decision]
+            .into_iter()
+            .filter(|w| !w.is_empty())
+            .cloned()
+            .collect();
+        let self_fence = carried
+            .write_quorum
+            .as_ref()
+            .map(|applied| self.self_fence_status(applied));
+        let nodes_failing = carried.health.any_failing();
+        let writer_refusal = carried.writer_refusal.as_ref().map(|r| {
+            format!(
+                "the writer {} refuses every write for {} s: {}",
+                self.topology.node_name(r.writer),
+                r.since.elapsed().as_secs(),
+                r.error
+            )
+        });
+        self.last_pass.send_modify(|last| {
+            last.writer_refusal = writer_refusal;
+            last.waiting = waiting;
+            last.nodes_failing = nodes_failing;
+            last.self_fence = self_fence;
+            if let Some(seen) = seen {
+                last.seen = Some((std::time::Instant::now(), seen.to_vec()));
+            }
+            if good_at.is_some() {
+                last.good_at = good_at;
+            }
+        });
     }
 
     /// How long ago the last successful pass started (`/readyz`).
     pub fn last_good_pass(&self) -> Option<std::time::Duration> {
-        self.memory
-            .lock()
-            .expect("memory lock")
-            .last_good_pass
-            .map(|at| at.elapsed())
+        self.last_pass.borrow().good_at.map(|at| at.elapsed())
     }
 
-    async fn reconcile_guarded(&self, quick: bool) -> Result<PassOutcome, PassError> {
+    async fn reconcile_guarded(
+        &self,
+        carried: &mut Carried,
+        quick: bool,
+    ) -> Result<PassOutcome, PassError> {
         // The zone follows etcd on its own (`follow_records`); a pass only decides who acts.
         if let Some(ha) = self.ha()
             && !ha.leader.is_leader()
         {
-            return self.follow_once(ha).await;
+            return self.follow_once(carried, ha).await;
         }
-        let outcome = self.run_pass(quick).await?;
+        let outcome = self.run_pass(carried, quick).await?;
         if let Some(ha) = self.ha() {
             self.publish_view(ha, &outcome.observations);
         }
         Ok(outcome)
     }
 
-    fn note_changes(&self, observations: &[NodeObservation], analysis: &Analysis) {
+    fn note_changes(
+        &self,
+        reported: &mut Reported,
+        observations: &[NodeObservation],
+        analysis: &Analysis,
+    ) {
         let nodes: Vec<String> = observations
             .iter()
             .map(|o| describe_node(self, o))
@@ -214,9 +308,8 @@ impl Controller {
             .iter()
             .map(|f| f.describe(&self.topology))
             .collect();
-        let mut memory = self.memory.lock().expect("memory lock");
         for (i, now) in nodes.iter().enumerate() {
-            let before = memory.nodes.get(i);
+            let before = reported.nodes.get(i);
             if before != Some(now) {
                 self.events.emit(
                     crate::events::EventKind::ObservationChanged,
@@ -229,26 +322,25 @@ impl Controller {
                 );
             }
         }
-        if memory.findings != findings {
+        if reported.findings != findings {
             self.events.emit(
                 crate::events::EventKind::Analysis,
                 json!({ "findings": findings }),
             );
         }
-        memory.nodes = nodes;
-        memory.findings = findings;
+        reported.nodes = nodes;
+        reported.findings = findings;
     }
 
-    fn note_conflicts(&self, conflicts: &[(String, String)]) {
-        let mut memory = self.memory.lock().expect("memory lock");
-        if memory.conflicts != conflicts {
+    fn note_conflicts(&self, reported: &mut Reported, conflicts: &[(String, String)]) {
+        if reported.conflicts != conflicts {
             if !conflicts.is_empty() {
                 self.events.emit(
                     crate::events::EventKind::DnsConflict,
                     json!({ "conflicts": conflicts }),
                 );
             }
-            memory.conflicts = conflicts.to_vec();
+            reported.conflicts = conflicts.to_vec();
         }
     }
 }

@@ -11,7 +11,7 @@ use valkey_dr_core::engine::SyncSettings;
 use valkey_dr_core::observation::{EpochMark, FailureKind};
 use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{
-    Endpoint, Engine, EngineError, NodeId, NodeObservation, ReplicationInfo, Role,
+    Endpoint, Engine, EngineError, ErrorReply, NodeId, NodeObservation, ReplicationInfo, Role,
 };
 
 #[derive(Debug, Clone)]
@@ -31,6 +31,11 @@ pub struct FakeNode {
     pub min_replicas: u32,
     /// The last heartbeat written here or replicated from the master: time and epoch mark.
     pub heartbeat: Option<(u64, EpochMark)>,
+    /// A slow node: every command takes effect (and answers) only this long after it is sent.
+    pub answers_after: Duration,
+    /// A master that answers every write with this error reply (`-MISCONF` after a failed
+    /// snapshot, `-OOM` over `maxmemory`).
+    pub refuses_writes: Option<ErrorReply>,
 }
 
 impl FakeNode {
@@ -47,6 +52,8 @@ impl FakeNode {
             link_broken: false,
             min_replicas: 0,
             heartbeat: None,
+            answers_after: Duration::ZERO,
+            refuses_writes: None,
         }
     }
 
@@ -119,6 +126,15 @@ impl FakeEngine {
         }
     }
 
+    /// The node as a command finds it when it arrives ([`FakeNode::answers_after`]).
+    async fn reach(&self, endpoint: &Endpoint) -> Result<FakeNode, EngineError> {
+        let delay = self.node(endpoint)?.answers_after;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.node(endpoint)
+    }
+
     fn act(&self, what: &str, endpoint: &Endpoint) {
         self.world().log.push(format!("{what} {endpoint}"));
     }
@@ -135,6 +151,7 @@ fn error(
         operation,
         kind,
         reason: reason.into(),
+        reply: None,
     }
 }
 
@@ -152,7 +169,7 @@ impl Engine for FakeEngine {
     }
 
     async fn replication(&self, endpoint: &Endpoint) -> Result<ReplicationInfo, EngineError> {
-        let node = self.node(endpoint)?;
+        let node = self.reach(endpoint).await?;
         let world = self.world();
         let role = match &node.master {
             None => Role::Primary,
@@ -178,7 +195,7 @@ impl Engine for FakeEngine {
     }
 
     async fn ping(&self, node: &Endpoint) -> Result<(), EngineError> {
-        self.node(node).map(|_| ())
+        self.reach(node).await.map(|_| ())
     }
 
     async fn write_heartbeat(
@@ -187,7 +204,7 @@ impl Engine for FakeEngine {
         now_ms: u64,
         mark: &EpochMark,
     ) -> Result<(), EngineError> {
-        let node = self.node(endpoint)?;
+        let node = self.reach(endpoint).await?;
         let refused = |reason| {
             Err(error(
                 endpoint,
@@ -201,6 +218,17 @@ impl Engine for FakeEngine {
         }
         if node.paused {
             return refused("timed out: writes are paused");
+        }
+        if let Some(reply) = node.refuses_writes {
+            return Err(EngineError {
+                reply: Some(reply),
+                ..error(
+                    endpoint,
+                    "MSET heartbeat",
+                    FailureKind::Unusable,
+                    "the node refuses writes",
+                )
+            });
         }
         let mut world = self.world();
         let attached = world
@@ -221,14 +249,14 @@ impl Engine for FakeEngine {
     }
 
     async fn pause_writes(&self, endpoint: &Endpoint, _: Duration) -> Result<(), EngineError> {
-        self.node(endpoint)?;
+        self.reach(endpoint).await?;
         self.act("PAUSE", endpoint);
         self.set(endpoint, |n| n.paused = true);
         Ok(())
     }
 
     async fn unpause(&self, endpoint: &Endpoint) -> Result<(), EngineError> {
-        self.node(endpoint)?;
+        self.reach(endpoint).await?;
         self.act("UNPAUSE", endpoint);
         self.set(endpoint, |n| n.paused = false);
         Ok(())
@@ -244,7 +272,7 @@ impl Engine for FakeEngine {
     }
 
     async fn promote(&self, endpoint: &Endpoint) -> Result<(), EngineError> {
-        let node = self.node(endpoint)?;
+        let node = self.reach(endpoint).await?;
         self.act("PROMOTE", endpoint);
         if node.master.is_none() {
             return Ok(());
@@ -264,7 +292,7 @@ impl Engine for FakeEngine {
         endpoint: &Endpoint,
         source: &Endpoint,
     ) -> Result<(), EngineError> {
-        let node = self.node(endpoint)?;
+        let node = self.reach(endpoint).await?;
         if node.refuses_replicaof {
             self.act("REPLICAOF-REFUSED", endpoint);
             return Err(error(endpoint, "REPLICAOF", FailureKind::Refused, "NOPERM"));
@@ -286,21 +314,21 @@ impl Engine for FakeEngine {
     }
 
     async fn kill_clients(&self, endpoint: &Endpoint) -> Result<u64, EngineError> {
-        self.node(endpoint)?;
+        self.reach(endpoint).await?;
         self.act("KILL-CLIENTS", endpoint);
         Ok(0)
     }
 
     /// Like Valkey's `CONFIG REWRITE` after setting the quorum at rest: in force at once too.
     async fn persist_role(&self, endpoint: &Endpoint) -> Result<(), EngineError> {
-        self.node(endpoint)?;
+        self.reach(endpoint).await?;
         self.act("REWRITE", endpoint);
         self.set(endpoint, |n| n.min_replicas = WriteQuorum::AT_REST.replicas);
         Ok(())
     }
 
     async fn sync_settings(&self, endpoint: &Endpoint) -> Result<SyncSettings, EngineError> {
-        self.node(endpoint)?;
+        self.reach(endpoint).await?;
         Ok(SyncSettings {
             diskless: true,
             diskless_delay_s: 5,
@@ -313,7 +341,7 @@ impl Engine for FakeEngine {
         endpoint: &Endpoint,
         quorum: WriteQuorum,
     ) -> Result<(), EngineError> {
-        self.node(endpoint)?;
+        self.reach(endpoint).await?;
         self.act(&format!("QUORUM {}", quorum.replicas), endpoint);
         self.set(endpoint, |n| n.min_replicas = quorum.replicas);
         Ok(())

@@ -266,3 +266,25 @@ fn mutate(replacement: &str) -> String {
             other => panic!("no mutation for {other}"),
         }
 }
+
+#[test]
+fn node_timeouts_fit_in_the_leaders_margin() {
+    let base = include_str!("../../../../valkey-dr.toml");
+    let coordination = "\n[coordination]\netcd = [\"http://127.0.0.1:2379\"]\nsite = \"witness\"\nsites = [\"us-east-1\", \"us-east-2\", \"witness\"]\n";
+    // 500 + 500 ms fits a third of the 3 s default TTL exactly.
+    Config::parse(&format!("{base}{coordination}")).unwrap();
+    let slow = base.replace("command_timeout_ms = 500", "command_timeout_ms = 1500");
+    assert_ne!(slow, base, "the example config sets command_timeout_ms");
+    let error = Config::parse(&format!("{slow}{coordination}")).unwrap_err();
+    assert_eq!(
+        error.field(),
+        Some("controller.command_timeout_ms"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("lease_ttl_ms"), "{error}");
+    // One controller has no lease: the same timeouts are fine there.
+    Config::parse(&slow).unwrap();
+    // A longer TTL makes room for them.
+    let longer = coordination.to_string() + "lease_ttl_ms = 6000\n";
+    Config::parse(&format!("{slow}{longer}")).unwrap();
+}

@@ -355,6 +355,21 @@ impl Config {
                 "use 2000, 3000, … 60000 (etcd leases count whole seconds)",
             ));
         }
+        // The leader checks its lease before each node action and stops a third of a TTL before
+        // the lease can expire: an action that passed the check must be over within that margin,
+        // or it could reach a node after another controller took over.
+        let ctl = &self.controller;
+        let action_ms = ctl.connect_timeout_ms + ctl.command_timeout_ms;
+        if action_ms > c.lease_ttl_ms / 3 {
+            return Err(ConfigError::invalid(
+                "controller.command_timeout_ms",
+                format!(
+                    "connect_timeout_ms + command_timeout_ms = {action_ms} ms is more than a third of coordination.lease_ttl_ms ({} ms): a node action the leader began just before its lease ran out could still land after another controller took over",
+                    c.lease_ttl_ms
+                ),
+                "keep connect_timeout_ms + command_timeout_ms at most lease_ttl_ms / 3 (500 + 500 with the 3000 ms default), or raise coordination.lease_ttl_ms",
+            ));
+        }
         Ok(())
     }
 

@@ -403,6 +403,7 @@ impl<'a> Lab<'a> {
                 tokio::time::sleep(Duration::from_millis(*restart_after_ms)).await;
                 self.restart(head).await?;
             }
+            Fault::WriterDiskFails => self.fail_snapshots(writer).await?,
             Fault::RegionLinkCut { for_ms } => {
                 self.partition_for(crate::link::LINK.to_string(), *for_ms)
                     .await?;
@@ -455,17 +456,44 @@ impl<'a> Lab<'a> {
         key: &str,
         value: &str,
     ) -> Result<(), ChaosError> {
+        self.command(node, redis::cmd("CONFIG").arg("SET").arg(key).arg(value))
+            .await
+    }
+
+    /// Runs one command on a node over a connection of its own.
+    async fn command(&self, node: &Endpoint, cmd: &redis::Cmd) -> Result<(), ChaosError> {
         let security = self.spec.security().map_err(lab_error)?;
         let mut conn = valkey_dr_valkey::connect(node, &security, timeouts())
             .await
             .map_err(lab_error)?;
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(key)
-            .arg(value)
-            .query_async::<()>(&mut conn)
+        cmd.query_async::<redis::Value>(&mut conn)
             .await
+            .map(|_| ())
             .map_err(lab_error)
+    }
+
+    /// Makes a node's snapshot fail the way a failed disk does, and only that: `save` configured,
+    /// a snapshot started slow enough to be caught, and its process killed. With
+    /// `stop-writes-on-bgsave-error` (Valkey's default) the node then answers every write with
+    /// `-MISCONF` until a snapshot succeeds, while it stays up, keeps its data and replicates.
+    async fn fail_snapshots(&self, (r, i): (usize, usize)) -> Result<(), ChaosError> {
+        let node = endpoint(self.spec.node_addr(r, i));
+        let pid = read_pid(&self.spec.node_pidfile(r, i))
+            .ok_or_else(|| lab_error("the writer has no pid file"))?;
+        self.config_set(&node, "save", "3600 1").await?;
+        self.config_set(&node, "rdb-key-save-delay", "10000000")
+            .await?;
+        self.command(&node, &redis::cmd("BGSAVE")).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let children = children_of(pid);
+        if children.is_empty() {
+            return Err(lab_error("no snapshot process to kill"));
+        }
+        for child in children {
+            signal(child, libc::SIGKILL);
+        }
+        // Later forks (a diskless sync to a replica) must not crawl.
+        self.config_set(&node, "rdb-key-save-delay", "0").await
     }
 
     /// Undoes every fault: the partition lifted, every node and the controller running.
@@ -504,4 +532,24 @@ impl<'a> Lab<'a> {
         }
         Ok(())
     }
+}
+
+/// The processes whose parent is `pid` (from `/proc/<pid>/stat`).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // "pid (comm) state ppid …": the comm may hold spaces and parentheses.
+                    let after = &stat[stat.rfind(')')? + 1..];
+                    after.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }

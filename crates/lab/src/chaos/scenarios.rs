@@ -62,6 +62,9 @@ pub enum Fault {
     /// restart it empty after `restart_after_ms`: what the writer's self-fence costs a healthy
     /// writer (no failover may happen; the writers' longest gap shows any refusal).
     RemoteHeadKilled { restart_after_ms: u64 },
+    /// The writer's disk fails: its snapshot dies (`save` configured, the snapshot's process
+    /// killed), so it answers every write with `-MISCONF` while it stays up and keeps its data.
+    WriterDiskFails,
     /// Cut only the link between the regions for `for_ms` (every controller still reaches both):
     /// the writer is not the one cut off and must keep taking writes.
     RegionLinkCut { for_ms: u64 },
@@ -93,6 +96,7 @@ impl Fault {
             | Fault::SwitchoverThenCut { .. }
             | Fault::RemoteHeadKilled { .. }
             | Fault::RegionLinkCut { .. }
+            | Fault::WriterDiskFails
             | Fault::ControllerCrash { .. }
             | Fault::ControllerStall { .. }
             | Fault::StateDamaged { .. } => 0,
@@ -290,6 +294,18 @@ pub fn scenarios() -> Vec<Scenario> {
                 "the link between the regions cut 8 s (both regions alive)",
                 Fault::RegionLinkCut { for_ms: 8000 },
                 14,
+            )
+        };
+        all.push(if shape { ha(scenario) } else { scenario });
+    }
+    // A writer that refuses every write for its own disk is switched away from, once.
+    for shape in [false, true] {
+        let scenario = Scenario {
+            max_failovers: Some(1),
+            ..s(
+                "the writer's disk fails (MISCONF on every write)",
+                Fault::WriterDiskFails,
+                12,
             )
         };
         all.push(if shape { ha(scenario) } else { scenario });

@@ -34,8 +34,8 @@ use valkey_dr_core::intent::{self, Resolution};
 use valkey_dr_core::observation::{EpochMark, History, info_of};
 use valkey_dr_core::records::ManagedNames;
 use valkey_dr_core::{
-    Analysis, Change, EpochRecord, NodeId, NodeObservation, Ownership, RecordSet, RecordType,
-    RegionId, Topology, plan as dns_plan, records,
+    Analysis, Change, EpochRecord, ErrorReply, NodeId, NodeObservation, Ownership, RecordSet,
+    RecordType, RegionId, Role, Topology, plan as dns_plan, records,
 };
 
 use crate::state::{Intent, State};
@@ -73,6 +73,9 @@ pub struct Snapshot {
     pub first_pass: bool,
     /// When this run last recorded the writer's history durably.
     pub lineage_recorded_ms: Option<u64>,
+    /// The epoch's writer has answered every write (the heartbeat) with this error reply, for
+    /// this long.
+    pub writer_refusal: Option<(ErrorReply, Duration)>,
 }
 
 impl Snapshot {
@@ -111,6 +114,9 @@ pub struct Rules<'a> {
     /// etcd holds the state (the highly available shape): marks on the nodes never outrank it,
     /// and a writer leaves its region only on a majority of the sites' views.
     pub coordinated: bool,
+    /// How long a writer that refuses writes for a reason of its own is given before it is
+    /// switched away from (`down_after_ms`).
+    pub refusing_writer_after: Duration,
 }
 
 /// Which unplanned move this is (events, metrics and reports name it).
@@ -233,6 +239,13 @@ pub enum Action {
     KeepWriteQuorum {
         writer: NodeId,
     },
+    /// The writer answers but refuses every write for a reason of its own (`-MISCONF`: its disk
+    /// cannot take a snapshot): a planned switchover to its best replica in its region, which
+    /// holds the same data and loses nothing.
+    SwitchAway {
+        target: NodeId,
+        reply: ErrorReply,
+    },
     /// A replica follows the wrong node: point it at `source`.
     Repoint {
         node: NodeId,
@@ -256,6 +269,7 @@ impl Action {
                 | Action::HoldLostWriter { .. }
                 | Action::FailOver { .. }
                 | Action::FenceRogues { .. }
+                | Action::SwitchAway { .. }
         )
     }
 }
@@ -521,6 +535,13 @@ fn failover_actions(
         &policy,
     );
     let silent = writer_state == WriterState::Unreachable;
+    if decision == Decision::None
+        && writer_state == WriterState::Serving
+        && !policy.blocked
+        && let Some(switch) = switch_away(snapshot, rules, writer)
+    {
+        actions.push(switch);
+    }
     match decision {
         Decision::InRegion { target } | Decision::CrossRegion { target } => {
             let kind = match decision {
@@ -567,6 +588,35 @@ fn failover_actions(
         _ => {}
     }
     decision
+}
+
+/// A writer that serves but has refused every write because of its own disk (`-MISCONF`) for
+/// [`Rules::refusing_writer_after`] is switched over to the best replica of its region that
+/// follows it directly: the data is intact, only this node cannot take writes. Not for `-OOM`,
+/// which is only reported: a replica holds as much data and would refuse the same writes.
+fn switch_away(snapshot: &Snapshot, rules: &Rules, writer: NodeId) -> Option<Action> {
+    let (reply, refused_for) = snapshot.writer_refusal?;
+    if reply != ErrorReply::Misconf
+        || refused_for < rules.refusing_writer_after
+        || !rules.in_region_failover
+    {
+        return None;
+    }
+    let topology = rules.topology;
+    let region = topology.node(writer).region;
+    let writer_addresses =
+        |master: &valkey_dr_core::Endpoint| topology.node_by_any_address(master) == Some(writer);
+    snapshot
+        .observations
+        .iter()
+        .filter(|o| o.node != writer && topology.node(o.node).region == region)
+        .filter_map(|o| {
+            let info = o.info()?;
+            let follows = matches!(&info.role, Role::Replica { master, link_up: true, sync_in_progress: false } if writer_addresses(master));
+            follows.then_some((o.node, info.offset))
+        })
+        .max_by_key(|(node, offset)| (*offset, std::cmp::Reverse(*node)))
+        .map(|(target, _)| Action::SwitchAway { target, reply })
 }
 
 /// Why an unreachable writer may not be replaced from another region yet, if it may not: its

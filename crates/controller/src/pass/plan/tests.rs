@@ -50,6 +50,7 @@ fn snapshot(observations: Vec<NodeObservation>, state: Option<State>) -> Snapsho
         now_ms: 1_000_000,
         first_pass: false,
         lineage_recorded_ms: Some(1_000_000),
+        writer_refusal: None,
     };
     s.remembered_writer = s.epoch().map(|e| (e.primary, history(100)));
     let topology = lab();
@@ -76,6 +77,7 @@ fn rules<'a>(topology: &'a Topology, names: &'a ManagedNames, coordinated: bool)
         max_data_at_risk_bytes: 1 << 20,
         writer_quorum_max_lag_s: 2,
         coordinated,
+        refusing_writer_after: Duration::from_millis(1500),
     }
 }
 
@@ -98,6 +100,7 @@ fn name(action: &Action) -> &'static str {
         Action::CheckSyncSettings => "CheckSyncSettings",
         Action::Heartbeat { .. } => "Heartbeat",
         Action::KeepWriteQuorum { .. } => "KeepWriteQuorum",
+        Action::SwitchAway { .. } => "SwitchAway",
         Action::Repoint { .. } => "Repoint",
         Action::ApplyDns { .. } => "ApplyDns",
     }
@@ -246,6 +249,15 @@ fn every_decision_of_a_pass() {
             sync_in_progress: false,
         }
     });
+    let refusing = |reply: ErrorReply, for_ms: u64| {
+        let mut s = snapshot(healthy(), Some(state()));
+        s.writer_refusal = Some((reply, Duration::from_millis(for_ms)));
+        s
+    };
+    let no_in_region = Rules {
+        in_region_failover: false,
+        ..rules(&topology, &names, false)
+    };
     let history_gone = snapshot(
         vec![
             empty_master(0),
@@ -318,6 +330,16 @@ fn every_decision_of_a_pass() {
         ("a replica follows the wrong node: repointed",
          snapshot(vec![primary(0), replica_of(1, 0, 100), replica_of(2, 0, 100), misdirected], Some(state())),
          &single, upkeep_then(&[], &["Repoint"])),
+        ("the writer refuses writes for its disk (MISCONF) past down_after: switched to its region's replica",
+         refusing(ErrorReply::Misconf, 2000), &single, upkeep_then(&["SwitchAway"], &[])),
+        ("MISCONF for less than down_after: not yet",
+         refusing(ErrorReply::Misconf, 1000), &single, upkeep_then(&[], &[])),
+        ("MISCONF, but failovers are blocked after an earlier move",
+         blocked(refusing(ErrorReply::Misconf, 2000)), &single, upkeep_then(&[], &[])),
+        ("MISCONF, in-region failover off: reported only",
+         refusing(ErrorReply::Misconf, 2000), &no_in_region, upkeep_then(&[], &[])),
+        ("OOM: reported only, a replica holds as much data",
+         refusing(ErrorReply::OutOfMemory, 60_000), &single, upkeep_then(&[], &[])),
         ("the last look of a pass only settles",
          last_look(snapshot(vec![primary(0), replica_of(1, 0, 100), primary(2), replica_of(3, 2, 100)], Some(state()))),
          &single, upkeep_then(&[], &["Repoint"])),
