@@ -90,6 +90,21 @@ fn chaos_a_controller_crash_with_a_late_restart_loses_nothing() {
     ]));
 }
 
+/// A writer whose disk fails answers every write with -MISCONF while it stays up: the controller
+/// moves the writer to its region's replica within seconds (before, writes were refused until
+/// someone repaired the disk), and nothing acknowledged is lost.
+#[test]
+fn chaos_a_writer_that_refuses_writes_for_its_disk_is_replaced_within_seconds() {
+    let reports = chaos(&["the writer's disk fails (MISCONF on every write)"]);
+    assert_ok(&reports);
+    assert_eq!(reports[0]["failovers"], 1);
+    assert!(
+        reports[0]["max_write_gap_ms"].as_u64().unwrap() < 5000,
+        "{:#}",
+        reports[0]
+    );
+}
+
 /// A partition only the controller sees (the regions still reach each other): no failover, no
 /// second writer, nothing lost — a replica still hears the writer.
 #[test]

@@ -41,6 +41,14 @@ pub(super) fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
             r.longest_name_off_writer_ms
         ));
     }
+    // A writer that refuses every write for its own disk is an outage until the writer moves:
+    // writes must come back within seconds, not at the heal.
+    if matches!(scenario.fault, Fault::WriterDiskFails) && r.max_write_gap_ms > 5000 {
+        problems.push(format!(
+            "writes refused for {} ms: the writer that refuses them stayed the writer",
+            r.max_write_gap_ms
+        ));
+    }
     if !r.final_name_on_writer {
         problems.push("name not on the writer".into());
     }
@@ -140,6 +148,12 @@ mod tests {
              converged(),
              Scenario { max_failovers: Some(0), ..scenario(Fault::ControllerStall { for_ms: 3000 }, false) },
              "1 failover(s)"),
+            ("a writer refusing writes for its disk, moved within seconds",
+             ChaosReport { max_write_gap_ms: 2004, ..converged() }, scenario(Fault::WriterDiskFails, false), "ok"),
+            ("a writer refusing writes for its disk, kept until the heal",
+             ChaosReport { max_write_gap_ms: 9000, failovers: 0, name_changes: 0, ..converged() },
+             scenario(Fault::WriterDiskFails, false),
+             "writes refused for 9000 ms: the writer that refuses them stayed the writer"),
             ("a double flip",
              ChaosReport { name_changes: 2, ..converged() }, scenario(kill, false),
              "the name changed 2 times for 1 failover(s)"),
