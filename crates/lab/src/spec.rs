@@ -263,6 +263,7 @@ impl LabSpec {
             site: site.to_string(),
             sites: self.sites.clone(),
             lease_ttl_ms: 3000,
+            fence_after_ms: None,
             prefix: None,
             name_servers: self
                 .sites

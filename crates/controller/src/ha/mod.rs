@@ -29,6 +29,7 @@ use crate::Controller;
 use crate::clock::now_ms;
 
 mod forward;
+mod guard;
 mod leader_only;
 mod verdict;
 
@@ -71,6 +72,8 @@ struct Presence {
     until: Option<Instant>,
     /// Since when it holds again after a lapse (or first).
     since: Option<Instant>,
+    /// When the last renewal that etcd answered was sent.
+    answered: Option<Instant>,
     /// The first claim was answered (or failed): until then a guard that fenced would pause the
     /// region's writer at every start.
     tried: bool,
@@ -108,8 +111,10 @@ impl Ha {
         self.leader_site.borrow().clone()
     }
 
-    fn present(&self, now: Instant) -> bool {
-        self.presence.borrow().until.is_some_and(|t| now < t)
+    /// This site's contact with etcd at `now`, as the region guard reads it.
+    fn contact(&self, now: Instant) -> guard::Contact {
+        let fence_after = Duration::from_millis(self.config.fence_after_ms());
+        guard::contact(&self.presence.borrow(), fence_after, now)
     }
 
     /// Whether the state was read from etcd after this site's presence last came back.
@@ -323,6 +328,7 @@ impl Controller {
         let mut claim: Option<Claim> = None;
         let mut published: Option<View> = None;
         loop {
+            let sent = Instant::now();
             let renewed = match claim.as_mut() {
                 Some(held) => match ha.coord.renew(held).await {
                     Ok(()) => true,
@@ -356,6 +362,7 @@ impl Controller {
                             p.since = Some(Instant::now());
                         }
                         p.until = Some(held.act_until());
+                        p.answered = Some(sent);
                     });
                 } else if !held.may_act(Instant::now()) {
                     // The lease may be gone in etcd: start over with a new one.
@@ -378,129 +385,6 @@ impl Controller {
                 published = Some(view);
             }
             tokio::time::sleep(ha.renew_every()).await;
-        }
-    }
-
-    /// In a data region: pauses the region's writer while this site's presence has lapsed, so
-    /// that clients inside an isolated region stop getting writes acknowledged before the leader
-    /// may promote elsewhere. The pause is re-issued every 100 ms and expires by itself (never
-    /// unpaused here: that could cut short a switchover's own pause).
-    ///
-    /// Once contact is back the pause goes on until a state read since then says what the paused
-    /// node is: still the epoch's writer → lifted; replaced meanwhile → paused until it is a
-    /// replica (the leader demotes it), so that it takes no write that the heal would discard.
-    pub async fn guard_region(self: Arc<Self>) {
-        let Some(ha) = self.ha() else { return };
-        let Some(region) = self
-            .topology
-            .regions
-            .iter()
-            .position(|r| r.name == ha.site())
-        else {
-            // A witness holds no data: nothing to guard, for as long as the controller runs (an
-            // essential task that ends means a failure, see `Running::task_ended`).
-            return std::future::pending().await;
-        };
-        let every = Duration::from_millis(100);
-        let pause = ha.coord.ttl() / 2;
-        let mut fenced: Option<NodeId> = None;
-        let mut also_fenced = std::collections::BTreeSet::new();
-        loop {
-            tokio::time::sleep(every).await;
-            if !ha.presence.borrow().tried {
-                continue;
-            }
-            let now = Instant::now();
-            let writer = self.epoch().map(|e| e.primary);
-            let local_writer = writer.filter(|w| self.topology.node(*w).region.0 == region);
-            let present = ha.present(now);
-            let synced = ha.synced_since_present();
-            // Only a node replaced while we were cut off needs its role read.
-            let fenced_is_replica = match fenced {
-                Some(node) if present && synced && writer != Some(node) => {
-                    let endpoint = &self.topology.node(node).control_endpoint;
-                    Some(
-                        self.local_engine
-                            .replication(endpoint)
-                            .await
-                            .is_ok_and(|info| !info.is_primary()),
-                    )
-                }
-                _ => None,
-            };
-            let keep = guard_target(GuardView {
-                present,
-                synced_since_present: synced,
-                writer,
-                local_writer,
-                fenced,
-                fenced_is_replica,
-            });
-            match (keep, fenced) {
-                (Some(node), _) => {
-                    let endpoint = &self.topology.node(node).control_endpoint;
-                    let paused = self.local_engine.pause_writes(endpoint, pause).await;
-                    if fenced.is_none() {
-                        ha.fencing.send_replace(true);
-                        self.events.emit(
-                            crate::events::EventKind::SelfFenced,
-                            json!({ "site": ha.site(), "writer": self.topology.node_name(node), "paused": paused.is_ok() }),
-                        );
-                    }
-                    fenced = Some(node);
-                }
-                (None, Some(node)) => {
-                    ha.fencing.send_replace(false);
-                    self.events.emit(
-                        crate::events::EventKind::SelfFenceLifted,
-                        json!({ "site": ha.site(), "node": self.topology.node_name(node), "still_writer": writer == Some(node) }),
-                    );
-                    fenced = None;
-                }
-                (None, None) => {}
-            }
-            // Cut off, this site cannot know the epoch (a switchover into the region may have
-            // committed a moment ago, or this controller started without etcd): every node of
-            // the region that answers as a master is paused, not only the writer it remembers.
-            if !present {
-                self.pause_local_masters(region, keep, pause, &mut also_fenced)
-                    .await;
-            } else {
-                also_fenced.clear();
-            }
-        }
-    }
-
-    /// Pauses every node of `region` (but `skip`, paused already) that answers as a master,
-    /// reporting each once per lapse.
-    async fn pause_local_masters(
-        &self,
-        region: usize,
-        skip: Option<NodeId>,
-        pause: Duration,
-        reported: &mut std::collections::BTreeSet<NodeId>,
-    ) {
-        let Some(ha) = self.ha() else { return };
-        for node in &self.topology.regions[region].nodes {
-            if Some(*node) == skip {
-                continue;
-            }
-            let endpoint = &self.topology.node(*node).control_endpoint;
-            let master = self
-                .local_engine
-                .replication(endpoint)
-                .await
-                .is_ok_and(|info| info.is_primary());
-            if !master {
-                continue;
-            }
-            let paused = self.local_engine.pause_writes(endpoint, pause).await;
-            if reported.insert(*node) {
-                self.events.emit(
-                    crate::events::EventKind::SelfFenced,
-                    json!({ "site": ha.site(), "writer": self.topology.node_name(*node), "paused": paused.is_ok(), "reason": "a master of this region while the site is cut off" }),
-                );
-            }
         }
     }
 

@@ -186,6 +186,7 @@ mod tests {
             site: "witness".into(),
             sites: vec!["us-east-1".into(), "us-east-2".into(), "witness".into()],
             lease_ttl_ms: 3000,
+            fence_after_ms: None,
             prefix: None,
             name_servers: Default::default(),
         }

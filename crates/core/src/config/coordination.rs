@@ -18,6 +18,13 @@ pub struct CoordinationConfig {
     /// Lease of the leader key and of each site's presence (whole seconds in etcd, at least 2 s).
     #[serde(default = "default_lease_ttl_ms")]
     pub lease_ttl_ms: u64,
+    /// A data region's controller pauses its region's writer once etcd has not answered it for
+    /// this long (and lifts the pause when it answers again, if its lease never lapsed): the
+    /// sooner an isolated region stops taking writes, the fewer are lost when it heals. At least
+    /// two renewals (`lease_ttl_ms / 6`), at most `lease_ttl_ms * 2 / 3`, when the pause becomes
+    /// mandatory anyway. [default: `lease_ttl_ms / 5`, 600 ms with the default lease]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_after_ms: Option<u64>,
     /// Key prefix in etcd [default: /valkey-dr/<owner>].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
@@ -31,5 +38,10 @@ impl CoordinationConfig {
     /// How many sites must agree (a strict majority).
     pub fn quorum(&self) -> usize {
         self.sites.len() / 2 + 1
+    }
+
+    /// [`CoordinationConfig::fence_after_ms`], or its default.
+    pub fn fence_after_ms(&self) -> u64 {
+        self.fence_after_ms.unwrap_or(self.lease_ttl_ms / 5)
     }
 }

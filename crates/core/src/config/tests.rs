@@ -288,3 +288,28 @@ fn node_timeouts_fit_in_the_leaders_margin() {
     let longer = coordination.to_string() + "lease_ttl_ms = 6000\n";
     Config::parse(&format!("{slow}{longer}")).unwrap();
 }
+
+#[test]
+fn the_early_fence_fits_between_two_renewals_and_the_lease() {
+    let base = include_str!("../../../../valkey-dr.toml");
+    let with = |extra: &str| {
+        format!(
+            "{base}\n[coordination]\netcd = [\"http://127.0.0.1:2379\"]\nsite = \"witness\"\nsites = [\"us-east-1\", \"us-east-2\", \"witness\"]\n{extra}"
+        )
+    };
+    let config = Config::parse(&with("")).unwrap();
+    assert_eq!(config.coordination.unwrap().fence_after_ms(), 600);
+    let longer = Config::parse(&with("lease_ttl_ms = 6000\n")).unwrap();
+    assert_eq!(longer.coordination.unwrap().fence_after_ms(), 1200);
+    for (value, ok) in [(499, false), (500, true), (2000, true), (2001, false)] {
+        let parsed = Config::parse(&with(&format!("fence_after_ms = {value}\n")));
+        match (parsed, ok) {
+            (Ok(_), true) => {}
+            (Err(e), false) => {
+                assert_eq!(e.field(), Some("coordination.fence_after_ms"), "{e}");
+                assert!(e.to_string().contains("fix:"), "{e}");
+            }
+            (other, _) => panic!("{value}: {other:?}"),
+        }
+    }
+}

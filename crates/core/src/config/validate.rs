@@ -355,6 +355,18 @@ impl Config {
                 "use 2000, 3000, … 60000 (etcd leases count whole seconds)",
             ));
         }
+        let (earliest, latest) = (c.lease_ttl_ms / 6, c.lease_ttl_ms * 2 / 3);
+        if !(earliest..=latest).contains(&c.fence_after_ms()) {
+            return Err(ConfigError::invalid(
+                "coordination.fence_after_ms",
+                format!(
+                    "{} ms is outside {earliest}..={latest} ms for lease_ttl_ms = {} (two lease renewals .. two thirds of the lease)",
+                    c.fence_after_ms(),
+                    c.lease_ttl_ms
+                ),
+                "use 600 with the 3000 ms default lease, or a value in that range",
+            ));
+        }
         // The leader checks its lease before each node action and stops a third of a TTL before
         // the lease can expire: an action that passed the check must be over within that margin,
         // or it could reach a node after another controller took over.
