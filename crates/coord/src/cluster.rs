@@ -226,6 +226,25 @@ pub async fn move_leader_to(endpoints: &[String], name: &str) -> Result<(), Clus
     )))
 }
 
+/// The name of the member that leads the raft group now, as the first member that answers says.
+pub async fn raft_leader(endpoints: &[String]) -> Result<String, ClusterError> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_timeout(Duration::from_secs(2));
+    let error = |e: etcd_client::Error| ClusterError::Io(e.to_string());
+    let mut client = etcd_client::Client::connect(endpoints, Some(options))
+        .await
+        .map_err(error)?;
+    let leader = client.status().await.map_err(error)?.leader();
+    let members = client.member_list().await.map_err(error)?;
+    members
+        .members()
+        .iter()
+        .find(|m| m.id() == leader)
+        .map(|m| m.name().to_string())
+        .ok_or_else(|| ClusterError::Io("no etcd member leads".into()))
+}
+
 /// Waits until a quorum of the members at `endpoints` answers a write.
 pub async fn wait_ready(
     endpoints: &[String],

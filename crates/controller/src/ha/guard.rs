@@ -40,7 +40,7 @@ pub(super) fn contact(presence: &Presence, fence_after: Duration, now: Instant) 
 
 /// How long the guard's pause lasts while etcd is only silent: re-issued every tick, it ends
 /// soon after contact returns.
-const SILENT_PAUSE: Duration = Duration::from_millis(500);
+const SILENT_PAUSE: Duration = Duration::from_millis(300);
 
 impl Controller {
     /// In a data region: pauses the region's writer while this site's presence has lapsed, so

@@ -295,6 +295,25 @@ impl<'a> Lab<'a> {
                     signal(*pid, libc::SIGCONT);
                 }
             }
+            Fault::EtcdLeaderKilled { down_ms } => {
+                let members = self.spec.etcd_members();
+                let endpoints: Vec<String> = members
+                    .iter()
+                    .map(|m| format!("http://{}", m.client))
+                    .collect();
+                let leader = valkey_dr_coord::cluster::raft_leader(&endpoints)
+                    .await
+                    .map_err(lab_error)?;
+                let i = members
+                    .iter()
+                    .position(|m| m.name == leader)
+                    .ok_or_else(|| lab_error(format!("no etcd member {leader}")))?;
+                let pid = read_pid(&self.spec.etcd_pidfile(&self.spec.sites[i]))
+                    .ok_or_else(|| lab_error("no etcd pid file"))?;
+                signal(pid, libc::SIGKILL);
+                tokio::time::sleep(Duration::from_millis(*down_ms)).await;
+                crate::process::start_etcd_member(self.spec, i).map_err(lab_error)?;
+            }
             Fault::ControllerCrash {
                 restart_after_ms, ..
             } => {

@@ -36,6 +36,10 @@ pub enum Fault {
     LeaderFails { step: String, stall_ms: u64 },
     /// Highly available shape: the leader's site (controller and etcd member) cut off for `for_ms`.
     IsolateLeaderSite { for_ms: u64 },
+    /// Highly available shape: etcd's raft leader member SIGKILLed and restarted on its data
+    /// `down_ms` later — a plain etcd leader election, which must cost the writer no more than a
+    /// brief pause and move nothing.
+    EtcdLeaderKilled { down_ms: u64 },
     /// Highly available shape: two of the three etcd members SIGSTOPped for `for_ms`.
     EtcdQuorumLost { for_ms: u64 },
     /// The writer's region isolated 8 s and healed; 6 s later the writer of the new epoch
@@ -92,6 +96,7 @@ impl Fault {
             | Fault::LeaderFails { .. }
             | Fault::IsolateLeaderSite { .. }
             | Fault::EtcdQuorumLost { .. }
+            | Fault::EtcdLeaderKilled { .. }
             | Fault::RegionControllerDownAndCut { .. }
             | Fault::SwitchoverThenCut { .. }
             | Fault::RemoteHeadKilled { .. }
@@ -298,6 +303,14 @@ pub fn scenarios() -> Vec<Scenario> {
         };
         all.push(if shape { ha(scenario) } else { scenario });
     }
+    all.push(Scenario {
+        max_failovers: Some(0),
+        ..ha(s(
+            "etcd's leader killed, back after 5 s (an etcd election)",
+            Fault::EtcdLeaderKilled { down_ms: 5000 },
+            12,
+        ))
+    });
     // A writer that refuses every write for its own disk is switched away from, once.
     for shape in [false, true] {
         let scenario = Scenario {
