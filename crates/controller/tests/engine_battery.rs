@@ -234,3 +234,52 @@ async fn a_writer_that_cannot_snapshot_or_is_full_refuses_writes_by_name() {
         "{error}"
     );
 }
+
+/// The application user valkey-dr recommends (`valkey_dr_valkey::acl`), on a real server: it
+/// writes and reads ordinary keys and reads the control keys, but cannot write an epoch mark or
+/// steer the node (CONFIG, REPLICAOF, CLIENT PAUSE, FAILOVER); the controller's own user can.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_application_user_cannot_write_the_control_keys_or_steer_the_node() {
+    let line = valkey_dr_valkey::acl::application_user_line("app", "app-secret");
+    let server = Server::start_with("acl", &format!("{line}\n"));
+    let app = |args: &[&str]| {
+        let mut all = vec!["--no-auth-warning", "--user", "app", "--pass", "app-secret"];
+        all.extend_from_slice(args);
+        cli(&server, &all)
+    };
+    assert_eq!(app(&["SET", "user:42", "x"]), "OK");
+    assert_eq!(app(&["SET", "__valkey-dr", "x"]), "OK");
+    assert_eq!(app(&["MSET", "a", "1", "_b", "2"]), "OK");
+    assert_eq!(app(&["GET", "user:42"]), "x");
+    // The controller (the default user here) writes the mark; the application reads it only.
+    let engine = ValkeyEngine::new(
+        Timeouts {
+            connect: Duration::from_millis(500),
+            command: Duration::from_millis(500),
+        },
+        Security::default(),
+    );
+    let node = server.endpoint();
+    let mark = valkey_dr_core::observation::EpochMark {
+        epoch: 3,
+        writer: node.to_string(),
+    };
+    valkey_dr_core::Engine::write_heartbeat(&engine, &node, 1, &mark)
+        .await
+        .expect("the controller writes its marks");
+    assert_eq!(app(&["GET", "__valkey-dr:epoch"]), mark.render());
+    for refused in [
+        &["SET", "__valkey-dr:epoch", "999 127.0.0.1:1"][..],
+        &["MSET", "a", "1", "__valkey-dr:heartbeat", "0"],
+        &["DEL", "__valkey-dr:epoch"],
+        &["CONFIG", "SET", "min-replicas-to-write", "0"],
+        &["REPLICAOF", "127.0.0.1", "1"],
+        &["CLIENT", "PAUSE", "1000", "WRITE"],
+        &["FAILOVER"],
+        &["FLUSHALL"],
+    ] {
+        let reply = app(refused);
+        assert!(reply.starts_with("NOPERM"), "{refused:?}: {reply}");
+    }
+    assert_eq!(app(&["GET", "__valkey-dr:epoch"]), mark.render());
+}

@@ -296,6 +296,26 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Renews this site's presence and confirms, by a linearizable read, that its key is still
+    /// there on this claim's lease: a keep-alive answer alone could come from a member that no
+    /// longer leads (etcd 3.4 answers keep-alives there), and the key may be gone while the lease
+    /// lives. `Expired` when it is gone — the region guard fences at once, since the leader may
+    /// already read the region as released.
+    pub async fn renew_presence(&self, claim: &mut Claim) -> Result<(), CoordError> {
+        let sent = Instant::now();
+        self.keep_alive(claim.lease).await?;
+        let response = self.get_kv(self.key(&keys::site(&self.site)), None).await?;
+        if response
+            .kvs()
+            .first()
+            .is_none_or(|kv| kv.lease() != claim.lease)
+        {
+            return Err(CoordError::Expired);
+        }
+        claim.act_until = sent + self.act_window();
+        Ok(())
+    }
+
     /// Renews the leader's lease and confirms, by a linearizable read, that the leader key is
     /// still the one this claim created: a keep-alive answer alone could come from a member
     /// that has not yet learned it lost its own leadership. `Deposed` when the key is gone or

@@ -173,6 +173,28 @@ async fn a_leader_whose_key_is_gone_is_deposed_even_when_its_lease_still_renews(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_sites_presence_whose_key_is_gone_is_not_renewed_though_its_lease_is() {
+    let cluster = cluster("presence-gone").await;
+    let west = coordinator(&cluster, "us-east-2").await;
+    let mut present = west.claim_site().await.unwrap();
+    west.renew_presence(&mut present).await.unwrap();
+    // The key disappears while the lease lives on: the leader would read the region as released,
+    // so the site must not believe itself present (before, the keep-alive alone said it was).
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap();
+    raw.delete("/valkey-dr/test/sites/us-east-2", None)
+        .await
+        .unwrap();
+    west.renew(&mut present).await.unwrap();
+    let renewed = west.renew_presence(&mut present).await;
+    assert!(matches!(renewed, Err(CoordError::Expired)), "{renewed:?}");
+    // A new claim is present again.
+    let mut again = west.claim_site().await.unwrap();
+    west.renew_presence(&mut again).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_lease_ends_the_leadership_at_once() {
     let cluster = cluster("revoked").await;
     let east = coordinator(&cluster, "us-east-1").await;

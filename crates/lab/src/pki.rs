@@ -39,6 +39,13 @@ pub fn generate(spec: &LabSpec) -> Result<(), String> {
             .as_bytes(),
     )
     .map_err(|e| fail("writing the password file", &e))?;
+    write_private(
+        &spec.app_password_file(),
+        random_password()
+            .map_err(|e| fail("password", &e))?
+            .as_bytes(),
+    )
+    .map_err(|e| fail("writing the applications' password file", &e))?;
     if !spec.tls {
         return Ok(());
     }

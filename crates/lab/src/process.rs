@@ -161,12 +161,17 @@ pub async fn up_with_env(
         .as_ref()
         .map(|a| a.password.expose().to_string())
         .unwrap_or_default();
+    let app_password = std::fs::read_to_string(spec.app_password_file())
+        .map_err(io("reading the applications' password"))?;
     for (r, i) in spec.nodes() {
         let conf = spec.dir.join(format!("valkey-{}.conf", spec.node_ip(r, i)));
         std::fs::create_dir_all(spec.node_dir(r, i)).map_err(io("creating a node directory"))?;
         // The config holds the password: owner-only.
-        write_private(&conf, &spec.valkey_conf(r, i, &password))
-            .map_err(io("writing a valkey config"))?;
+        write_private(
+            &conf,
+            &spec.valkey_conf(r, i, &password, app_password.trim()),
+        )
+        .map_err(io("writing a valkey config"))?;
         start_node(spec, r, i)?;
     }
     for (r, i) in spec.nodes() {

@@ -13,6 +13,9 @@ use valkey_dr_core::config::{
     NodeConfig, RegionConfig,
 };
 
+/// The user the lab's applications (its writers) connect as.
+pub const APP_USER: &str = "app";
+
 /// Everything that defines one lab. Stored as `lab.json` in the lab directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabSpec {
@@ -322,7 +325,13 @@ impl LabSpec {
         self.dir.join("secrets").join("valkey-password")
     }
 
-    /// A sequence writer through the global name, with the lab's TLS and AUTH settings.
+    /// The password of the applications' user ([`APP_USER`]).
+    pub fn app_password_file(&self) -> PathBuf {
+        self.dir.join("secrets").join("valkey-app-password")
+    }
+
+    /// A sequence writer through the global name, with the lab's TLS and the applications' user
+    /// (it cannot write the control keys: `valkey_dr_valkey::acl`).
     pub fn writer(&self, prefix: &str) -> Result<crate::writer::WriterConfig, String> {
         Ok(crate::writer::WriterConfig {
             dns: self.dns,
@@ -331,8 +340,20 @@ impl LabSpec {
             prefix: prefix.to_string(),
             list: false,
             via: Default::default(),
-            security: self.security()?,
+            security: self.app_security()?,
         })
+    }
+
+    /// How the lab's applications connect: as [`APP_USER`], with its password.
+    pub fn app_security(&self) -> Result<valkey_dr_valkey::Security, String> {
+        let password = std::fs::read_to_string(self.app_password_file())
+            .map_err(|e| format!("cannot read {}: {e}", self.app_password_file().display()))?;
+        let mut security = self.security()?;
+        security.auth = Some(valkey_dr_valkey::Credentials {
+            username: Some(APP_USER.to_string()),
+            password: valkey_dr_valkey::Secret::new(password.trim()),
+        });
+        Ok(security)
     }
 
     /// How clients of this lab connect: its CA and its password (read from the lab directory).
@@ -507,7 +528,13 @@ impl LabSpec {
     /// which neither takes writes nor serves a sync (`-NOMASTERLINK`) until the controller decides.
     /// The controller keeps it that way: it rewrites a node's file when it becomes a replica and
     /// never when it becomes the writer.
-    pub fn valkey_conf(&self, region: usize, index: usize, password: &str) -> String {
+    pub fn valkey_conf(
+        &self,
+        region: usize,
+        index: usize,
+        password: &str,
+        app_password: &str,
+    ) -> String {
         let ip = self.node_ip(region, index);
         let dir = self.node_dir(region, index);
         let listen = if self.tls {
@@ -540,6 +567,12 @@ impl LabSpec {
             (_, _) => self.node_addr(region, 0),
         };
         conf.push_str(&format!("replicaof {} {}\n", source.ip(), source.port()));
+        // The applications' own user: everything but the control keys and the node's steering.
+        conf.push_str(&valkey_dr_valkey::acl::application_user_line(
+            APP_USER,
+            app_password,
+        ));
+        conf.push('\n');
         conf
     }
 
@@ -629,26 +662,26 @@ mod tests {
         let config = spec.controller_config();
         config.validate().expect("lab config is valid");
         assert!(
-            spec.valkey_conf(1, 0, "pw")
+            spec.valkey_conf(1, 0, "pw", "apw")
                 .contains("replicaof 127.0.2.111 6379")
         );
         assert!(
-            spec.valkey_conf(1, 1, "pw")
+            spec.valkey_conf(1, 1, "pw", "apw")
                 .contains("replicaof 127.0.2.1 6379")
         );
         assert!(
-            spec.valkey_conf(0, 0, "pw")
+            spec.valkey_conf(0, 0, "pw", "apw")
                 .contains("replicaof 127.0.1.2 6379"),
             "not even the writer starts as a master"
         );
-        let tls = spec.valkey_conf(0, 0, "pw");
+        let tls = spec.valkey_conf(0, 0, "pw", "apw");
         assert!(tls.contains("port 0\ntls-port 6379") && tls.contains("tls-replication yes"));
         assert!(tls.contains("requirepass pw\nmasterauth pw"));
         let plain = LabSpec {
             tls: false,
             ..spec.clone()
         }
-        .valkey_conf(0, 0, "pw");
+        .valkey_conf(0, 0, "pw", "apw");
         assert!(plain.contains("port 6379") && !plain.contains("tls-"));
     }
 }

@@ -18,6 +18,8 @@ use valkey_dr_core::observation::{
 };
 use valkey_dr_core::{Endpoint, NodeId};
 
+pub mod acl;
+
 /// The key the controller writes on the writer once per pass to measure replication lag in time.
 pub const HEARTBEAT_KEY: &str = "__valkey-dr:heartbeat";
 /// The key holding the epoch mark (`<epoch> <writer>`), written with the heartbeat.

@@ -179,10 +179,52 @@ async fn secrets_appear_in_no_log_event_status_or_config_output() {
     use std::os::unix::fs::PermissionsExt;
     for path in [
         lab.spec.password_file(),
+        lab.spec.app_password_file(),
         lab.spec.dir.join(format!("valkey-{}.conf", lab.ip(0, 0))),
     ] {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", path.display());
+    }
+}
+
+/// The lab's applications connect as their own user: they write their keys, read the epoch mark,
+/// and cannot write it (a forged mark cannot steer a failover) nor steer the node.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_labs_applications_cannot_write_the_control_keys() {
+    let lab = TestLab::start().await;
+    let node = Endpoint::new(&lab.ip(0, 0), lab.spec.port);
+    let writer = lab.spec.writer("acl-check").unwrap();
+    let mut app = valkey_dr_valkey::connect(&node, &writer.security, TIMEOUTS)
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg("acl-check:1")
+        .arg("x")
+        .query_async::<()>(&mut app)
+        .await
+        .unwrap();
+    let mark: Option<String> = redis::cmd("GET")
+        .arg(valkey_dr_valkey::EPOCH_KEY)
+        .query_async(&mut app)
+        .await
+        .unwrap();
+    assert!(
+        mark.is_some_and(|m| m.starts_with('1')),
+        "the controller's mark reads back"
+    );
+    for forged in [
+        redis::cmd("SET")
+            .arg(valkey_dr_valkey::EPOCH_KEY)
+            .arg("999 127.0.0.1:1")
+            .clone(),
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("min-replicas-to-write")
+            .arg("0")
+            .clone(),
+    ] {
+        let refused = forged.query_async::<()>(&mut app).await.unwrap_err();
+        assert_eq!(refused.code(), Some("NOPERM"), "{refused}");
     }
 }
 

@@ -330,7 +330,7 @@ impl Controller {
         loop {
             let sent = Instant::now();
             let renewed = match claim.as_mut() {
-                Some(held) => match ha.coord.renew(held).await {
+                Some(held) => match ha.coord.renew_presence(held).await {
                     Ok(()) => true,
                     // The key is gone in etcd (expired, or revoked): the leader may already read
                     // this region as released, so the guard must fence now, not when the old
