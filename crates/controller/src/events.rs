@@ -11,8 +11,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::metrics::Metrics;
-
 /// Every kind of event the controller reports: the `event` field of each line. Metrics,
 /// webhooks, the CLI, chaos and drills match on these, not on strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -90,6 +88,17 @@ impl std::fmt::Display for EventKind {
     }
 }
 
+/// What hears of every event as it is emitted, besides the log (the metrics): the event stream
+/// depends on no reader of it.
+pub trait EventObserver: Send + Sync {
+    fn on_event(&self, kind: EventKind, event: &Value);
+}
+
+/// Hears nothing.
+impl EventObserver for () {
+    fn on_event(&self, _: EventKind, _: &Value) {}
+}
+
 /// How many recent events `/api/events` and the status page show.
 const RECENT: usize = 500;
 
@@ -98,7 +107,7 @@ pub struct EventSink {
     live: broadcast::Sender<String>,
     /// The last [`RECENT`] events, oldest first.
     recent: Mutex<VecDeque<String>>,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn EventObserver>,
     /// Also print each event on standard error (the controller's log).
     echo: std::sync::atomic::AtomicBool,
 }
@@ -154,12 +163,12 @@ impl EventLog {
 impl EventSink {
     /// Appends to `path` (rotated at `max_bytes`); events are still logged, counted and broadcast
     /// when the file cannot be opened.
-    pub fn open(path: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> EventSink {
+    pub fn open(path: &Path, max_bytes: u64, observer: Arc<dyn EventObserver>) -> EventSink {
         EventSink {
             log: Mutex::new(EventLog::open(path, max_bytes)),
             live: broadcast::channel(1024).0,
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
-            metrics,
+            observer,
             echo: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -190,7 +199,7 @@ impl EventSink {
         {
             map.extend(extra);
         }
-        self.metrics.on_event(kind, &event);
+        self.observer.on_event(kind, &event);
         let line = event.to_string();
         tracing::debug!(target: "valkey_dr::event", "{line}");
         if self.echo.load(std::sync::atomic::Ordering::Relaxed) {
@@ -216,7 +225,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("events.jsonl");
-        let sink = super::EventSink::open(&path, 2_000, Default::default());
+        let sink = super::EventSink::open(&path, 2_000, std::sync::Arc::new(()));
         for i in 0..100 {
             sink.emit(super::EventKind::Analysis, serde_json::json!({ "i": i }));
         }

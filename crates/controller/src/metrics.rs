@@ -307,9 +307,11 @@ impl Metrics {
             }
         }
     }
+}
 
+impl crate::events::EventObserver for Metrics {
     /// Counts what an event reports. Kinds are matched exactly; others count nothing.
-    pub fn on_event(&self, kind: EventKind, event: &Value) {
+    fn on_event(&self, kind: EventKind, event: &Value) {
         let count = |family: &Family<FailoverLabels, Counter>, kind: &str, result: &str| {
             family
                 .get_or_create(&FailoverLabels {
@@ -370,7 +372,9 @@ impl Metrics {
             _ => {}
         }
     }
+}
 
+impl Metrics {
     pub fn webhook(&self, outcome: &str) {
         self.webhook_deliveries
             .get_or_create(&result(outcome))
@@ -407,6 +411,7 @@ fn kind_label(kind: &str) -> KindLabels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventObserver;
     use serde_json::json;
 
     #[test]
