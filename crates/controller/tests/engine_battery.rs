@@ -11,6 +11,24 @@ use valkey_dr_controller::testing::{BatteryNodes, FakeEngine, FakeNode, battery}
 use valkey_dr_core::Endpoint;
 use valkey_dr_valkey::{Security, Timeouts, ValkeyEngine};
 
+/// The controller's engine as the tests use it (no TLS, no AUTH).
+fn engine() -> ValkeyEngine {
+    ValkeyEngine::new(
+        Timeouts {
+            connect: Duration::from_millis(500),
+            command: Duration::from_millis(500),
+        },
+        Security::default(),
+    )
+}
+
+fn mark(epoch: u64, writer: &Endpoint) -> valkey_dr_core::observation::EpochMark {
+    valkey_dr_core::observation::EpochMark {
+        epoch,
+        writer: writer.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn the_fake_engine_passes_the_battery() {
     let engine = FakeEngine::default();
@@ -91,13 +109,7 @@ async fn real_valkey_passes_the_battery() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let engine = ValkeyEngine::new(
-        Timeouts {
-            connect: Duration::from_millis(500),
-            command: Duration::from_millis(500),
-        },
-        Security::default(),
-    );
+    let engine = engine();
     let nodes = BatteryNodes {
         a: a.endpoint(),
         b: b.endpoint(),
@@ -139,23 +151,14 @@ async fn an_error_reply_keeps_the_control_connection_of_a_node_at_maxclients() {
         cli(&server, &["REPLICAOF", "127.0.0.1", &gone.to_string()]),
         "OK"
     );
-    let engine = ValkeyEngine::new(
-        Timeouts {
-            connect: Duration::from_millis(500),
-            command: Duration::from_millis(500),
-        },
-        Security::default(),
-    );
+    let engine = engine();
     let node = server.endpoint();
     valkey_dr_core::Engine::ping(&engine, &node)
         .await
         .expect("the controller's connection");
     // Every slot taken: only the controller's connection is left once the CLI's closes.
     assert_eq!(cli(&server, &["CONFIG", "SET", "maxclients", "1"]), "OK");
-    let mark = valkey_dr_core::observation::EpochMark {
-        epoch: 1,
-        writer: node.to_string(),
-    };
+    let mark = mark(1, &node);
     let refused = valkey_dr_core::Engine::write_heartbeat(&engine, &node, 1, &mark).await;
     let error = refused.expect_err("a replica refuses writes");
     assert_eq!(
@@ -180,18 +183,9 @@ async fn an_error_reply_keeps_the_control_connection_of_a_node_at_maxclients() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_writer_that_cannot_snapshot_or_is_full_refuses_writes_by_name() {
     let server = Server::start_with("no-disk", "dir /proc/sys\nsave \"3600 1\"\n");
-    let engine = ValkeyEngine::new(
-        Timeouts {
-            connect: Duration::from_millis(500),
-            command: Duration::from_millis(500),
-        },
-        Security::default(),
-    );
+    let engine = engine();
     let node = server.endpoint();
-    let mark = valkey_dr_core::observation::EpochMark {
-        epoch: 1,
-        writer: node.to_string(),
-    };
+    let mark = mark(1, &node);
     let heartbeat = || valkey_dr_core::Engine::write_heartbeat(&engine, &node, 1, &mark);
     heartbeat().await.expect("a healthy master takes writes");
     cli(&server, &["BGSAVE"]);
@@ -252,18 +246,9 @@ async fn the_application_user_cannot_write_the_control_keys_or_steer_the_node() 
     assert_eq!(app(&["MSET", "a", "1", "_b", "2"]), "OK");
     assert_eq!(app(&["GET", "user:42"]), "x");
     // The controller (the default user here) writes the mark; the application reads it only.
-    let engine = ValkeyEngine::new(
-        Timeouts {
-            connect: Duration::from_millis(500),
-            command: Duration::from_millis(500),
-        },
-        Security::default(),
-    );
+    let engine = engine();
     let node = server.endpoint();
-    let mark = valkey_dr_core::observation::EpochMark {
-        epoch: 3,
-        writer: node.to_string(),
-    };
+    let mark = mark(3, &node);
     valkey_dr_core::Engine::write_heartbeat(&engine, &node, 1, &mark)
         .await
         .expect("the controller writes its marks");

@@ -544,6 +544,12 @@ async fn a_switchover_cut_short_after_its_epoch_still_closes_the_old_primarys_cl
 /// paused, caught up, demoted before the promotion — and blocks further moves, so that a fault
 /// shared by both nodes cannot make the writer flap. A writer out of memory is only reported:
 /// a replica holds as much data.
+/// Whether `status` reports the writer refusing every write.
+async fn refusal_reported(controller: &Controller) -> bool {
+    let findings = controller.status().await.findings;
+    findings.iter().any(|f| f.contains("refuses every write"))
+}
+
 #[tokio::test]
 async fn a_writer_that_refuses_writes_for_its_disk_is_switched_away_from_one_out_of_memory_is_reported()
  {
@@ -556,14 +562,9 @@ async fn a_writer_that_refuses_writes_for_its_disk_is_switched_away_from_one_out
     controller.reconcile_once().await.unwrap();
     // Refusing for less than down_after: reported, not acted on yet.
     assert_eq!(controller.epoch().unwrap().primary, NodeId(0));
-    let status = controller.status().await;
     assert!(
-        status
-            .findings
-            .iter()
-            .any(|f| f.contains("refuses every write")),
-        "{:?}",
-        status.findings
+        refusal_reported(&controller).await,
+        "the refusal is reported"
     );
     passes(&controller, 6).await;
     let epoch = controller.epoch().unwrap();
@@ -577,14 +578,9 @@ async fn a_writer_that_refuses_writes_for_its_disk_is_switched_away_from_one_out
     let (old, new) = (endpoint(WRITER), endpoint(LOCAL_REPLICA));
     assert!(at(format!("PAUSE {old}")) < at(format!("REPLICAOF {old}")));
     assert!(at(format!("REPLICAOF {old}")) < at(format!("PROMOTE {new}")));
-    let status = controller.status().await;
     assert!(
-        !status
-            .findings
-            .iter()
-            .any(|f| f.contains("refuses every write")),
-        "the new writer takes writes: {:?}",
-        status.findings
+        !refusal_reported(&controller).await,
+        "the new writer takes writes"
     );
     // The new writer runs out of memory: reported, never moved (blocked or not).
     set(&engine, LOCAL_REPLICA, |n| {
@@ -592,13 +588,8 @@ async fn a_writer_that_refuses_writes_for_its_disk_is_switched_away_from_one_out
     });
     passes(&controller, 6).await;
     assert_eq!(controller.epoch().unwrap().epoch, 2);
-    let status = controller.status().await;
     assert!(
-        status
-            .findings
-            .iter()
-            .any(|f| f.contains("refuses every write")),
-        "{:?}",
-        status.findings
+        refusal_reported(&controller).await,
+        "the refusal is reported"
     );
 }
