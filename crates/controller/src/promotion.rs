@@ -162,6 +162,7 @@ impl Controller {
             Destination::Region(region.to_string()),
             method,
             None,
+            None,
         )
         .await
     }
@@ -169,27 +170,21 @@ impl Controller {
     /// A pass's switchover away from a writer that refuses every write for a reason of its own
     /// (`-MISCONF`) to `target`, the best replica of its region; failovers are blocked afterwards
     /// as after any unplanned move, so that a fault shared by both nodes cannot make the writer
-    /// flap. True when the writer moved.
+    /// flap. Reported as a switchover (the `promotion_*` events, with the reason). True when the
+    /// writer moved.
     pub(crate) async fn switch_away(
         &self,
         carried: &mut crate::pass::Carried,
         target: NodeId,
         reply: valkey_dr_core::ErrorReply,
     ) -> bool {
-        self.events.emit(
-            crate::events::EventKind::FailoverStarted,
-            json!({
-                "kind": "switch_away",
-                "target": self.topology.node_name(target),
-                "reason": reply,
-            }),
-        );
         let block = crate::clock::now_ms() + self.config.controller.failover_block_ms;
         self.promotion(
             carried,
             Destination::Replica(target),
             PromoteMethod::Safe,
             Some(block),
+            Some(json!({ "writer_refuses_writes": reply })),
         )
         .await
         .is_ok()
@@ -201,6 +196,7 @@ impl Controller {
         destination: Destination,
         method: PromoteMethod,
         block_until_ms: Option<u64>,
+        reason: Option<serde_json::Value>,
     ) -> Result<PromotionReport, PromoteError> {
         let region = match &destination {
             Destination::Region(region) => region.clone(),
@@ -214,10 +210,12 @@ impl Controller {
             current: None,
             region: region.to_string(),
         };
-        self.events.emit(
-            crate::events::EventKind::PromotionStarted,
-            json!({ "region": region }),
-        );
+        let mut started = json!({ "region": region });
+        if let Some(reason) = reason {
+            started["reason"] = reason;
+        }
+        self.events
+            .emit(crate::events::EventKind::PromotionStarted, &started);
         let result = self
             .promote_locked(carried, &mut machine, destination, method, block_until_ms)
             .await;

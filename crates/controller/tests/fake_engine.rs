@@ -582,6 +582,27 @@ async fn a_writer_that_refuses_writes_for_its_disk_is_switched_away_from_one_out
         !refusal_reported(&controller).await,
         "the new writer takes writes"
     );
+    // Reported as what it is: a switchover with its reason, counted once (before, it also
+    // reported a failover start that nothing completed).
+    let events = std::fs::read_to_string(std::env::temp_dir().join(format!(
+        "valkey-dr-fake-misconf-{}/events.jsonl",
+        std::process::id()
+    )))
+    .unwrap();
+    let kinds: Vec<serde_json::Value> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of = |kind: &str| kinds.iter().filter(|e| e["event"] == kind).count();
+    let started: Vec<&serde_json::Value> = kinds
+        .iter()
+        .filter(|e| e["event"] == "promotion_started")
+        .collect();
+    assert_eq!(started.len(), 1, "{events}");
+    assert_eq!(started[0]["reason"]["writer_refuses_writes"], "misconf");
+    assert_eq!(of("promotion_done"), 1, "{events}");
+    assert_eq!(of("failover_started"), 0, "{events}");
+    assert_eq!(of("writer_refuses_writes"), 1, "{events}");
     // The new writer runs out of memory: reported, never moved (blocked or not).
     set(&engine, LOCAL_REPLICA, |n| {
         n.refuses_writes = Some(valkey_dr_core::ErrorReply::OutOfMemory)
