@@ -219,8 +219,11 @@ impl Drop for TestLab {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        // VALKEY_DR_KEEP_LAB=1 keeps the lab's files (logs, events) of a failed test to read.
-        if std::env::var_os("VALKEY_DR_KEEP_LAB").is_none() {
+        // A failed test keeps its lab's files (logs, events, node files) for whoever reads the
+        // failure; VALKEY_DR_KEEP_LAB=1 keeps every lab.
+        if std::thread::panicking() {
+            eprintln!("lab kept in {}", self.spec.dir.display());
+        } else if std::env::var_os("VALKEY_DR_KEEP_LAB").is_none() {
             let _ = std::fs::remove_dir_all(&self.spec.dir);
         }
     }
