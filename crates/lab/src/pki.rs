@@ -32,20 +32,12 @@ pub fn generate(spec: &LabSpec) -> Result<(), String> {
         std::fs::Permissions::from_mode(0o700),
     )
     .map_err(|e| fail("securing secrets/", &e))?;
-    write_private(
-        &spec.password_file(),
-        random_password()
-            .map_err(|e| fail("password", &e))?
-            .as_bytes(),
-    )
-    .map_err(|e| fail("writing the password file", &e))?;
-    write_private(
-        &spec.app_password_file(),
-        random_password()
-            .map_err(|e| fail("password", &e))?
-            .as_bytes(),
-    )
-    .map_err(|e| fail("writing the applications' password file", &e))?;
+    // The controller's password, and the applications' user's.
+    for file in [spec.password_file(), spec.app_password_file()] {
+        let password = random_password().map_err(|e| fail("password", &e))?;
+        write_private(&file, password.as_bytes())
+            .map_err(|e| fail(&format!("writing {}", file.display()), &e))?;
+    }
     if !spec.tls {
         return Ok(());
     }

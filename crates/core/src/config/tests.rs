@@ -101,15 +101,21 @@ fn each_error_names_its_field() {
     }
 }
 
+/// The example config (`base`, or a variant of it) as the witness of three sites named `sites`,
+/// with `extra` lines of `[coordination]`.
+fn three_sites(base: &str, sites: &str, extra: &str) -> String {
+    format!(
+        "{base}\n[coordination]\netcd = [\"http://127.0.0.1:2379\"]\nsite = \"witness\"\nsites = {sites}\n{extra}"
+    )
+}
+
+const SITES: &str = r#"["us-east-1", "us-east-2", "witness"]"#;
+
 #[test]
 fn every_region_needs_a_site_of_its_name() {
     let base = include_str!("../../../../valkey-dr.toml");
-    let with = |sites: &str| {
-        format!(
-            "{base}\n[coordination]\netcd = [\"http://127.0.0.1:2379\"]\nsite = \"witness\"\nsites = {sites}\n"
-        )
-    };
-    Config::parse(&with(r#"["us-east-1", "us-east-2", "witness"]"#)).unwrap();
+    let with = |sites: &str| three_sites(base, sites, "");
+    Config::parse(&with(SITES)).unwrap();
     let error = Config::parse(&with(r#"["use1", "us-east-2", "witness"]"#)).unwrap_err();
     assert_eq!(error.field(), Some("coordination.sites"), "{error}");
     assert!(error.to_string().contains("us-east-1"), "{error}");
@@ -270,12 +276,11 @@ fn mutate(replacement: &str) -> String {
 #[test]
 fn node_timeouts_fit_in_the_leaders_margin() {
     let base = include_str!("../../../../valkey-dr.toml");
-    let coordination = "\n[coordination]\netcd = [\"http://127.0.0.1:2379\"]\nsite = \"witness\"\nsites = [\"us-east-1\", \"us-east-2\", \"witness\"]\n";
     // 500 + 500 ms fits a third of the 3 s default TTL exactly.
-    Config::parse(&format!("{base}{coordination}")).unwrap();
+    Config::parse(&three_sites(base, SITES, "")).unwrap();
     let slow = base.replace("command_timeout_ms = 500", "command_timeout_ms = 1500");
     assert_ne!(slow, base, "the example config sets command_timeout_ms");
-    let error = Config::parse(&format!("{slow}{coordination}")).unwrap_err();
+    let error = Config::parse(&three_sites(&slow, SITES, "")).unwrap_err();
     assert_eq!(
         error.field(),
         Some("controller.command_timeout_ms"),
@@ -285,18 +290,13 @@ fn node_timeouts_fit_in_the_leaders_margin() {
     // One controller has no lease: the same timeouts are fine there.
     Config::parse(&slow).unwrap();
     // A longer TTL makes room for them.
-    let longer = coordination.to_string() + "lease_ttl_ms = 6000\n";
-    Config::parse(&format!("{slow}{longer}")).unwrap();
+    Config::parse(&three_sites(&slow, SITES, "lease_ttl_ms = 6000\n")).unwrap();
 }
 
 #[test]
 fn the_early_fence_fits_between_two_renewals_and_the_lease() {
     let base = include_str!("../../../../valkey-dr.toml");
-    let with = |extra: &str| {
-        format!(
-            "{base}\n[coordination]\netcd = [\"http://127.0.0.1:2379\"]\nsite = \"witness\"\nsites = [\"us-east-1\", \"us-east-2\", \"witness\"]\n{extra}"
-        )
-    };
+    let with = |extra: &str| three_sites(base, SITES, extra);
     let config = Config::parse(&with("")).unwrap();
     assert_eq!(config.coordination.unwrap().fence_after_ms(), 600);
     let longer = Config::parse(&with("lease_ttl_ms = 6000\n")).unwrap();

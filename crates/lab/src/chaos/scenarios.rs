@@ -280,48 +280,61 @@ pub fn scenarios() -> Vec<Scenario> {
             16,
         )));
     }
+    let at_most = |max: u64, scenario: Scenario| Scenario {
+        max_failovers: Some(max),
+        ..scenario
+    };
+    let shaped = |ha_shape: bool, scenario: Scenario| {
+        if ha_shape { ha(scenario) } else { scenario }
+    };
     // The self-fence's cost: the writer's only replica outside its region goes away for 8 s.
     for shape in [false, true] {
-        let scenario = Scenario {
-            max_failovers: Some(0),
-            ..s(
-                "the writer's replica outside its region killed, back empty after 8 s",
-                Fault::RemoteHeadKilled {
-                    restart_after_ms: 8000,
-                },
-                14,
-            )
-        };
-        all.push(if shape { ha(scenario) } else { scenario });
-        let scenario = Scenario {
-            max_failovers: Some(0),
-            ..s(
-                "the link between the regions cut 8 s (both regions alive)",
-                Fault::RegionLinkCut { for_ms: 8000 },
-                14,
-            )
-        };
-        all.push(if shape { ha(scenario) } else { scenario });
+        all.push(shaped(
+            shape,
+            at_most(
+                0,
+                s(
+                    "the writer's replica outside its region killed, back empty after 8 s",
+                    Fault::RemoteHeadKilled {
+                        restart_after_ms: 8000,
+                    },
+                    14,
+                ),
+            ),
+        ));
+        all.push(shaped(
+            shape,
+            at_most(
+                0,
+                s(
+                    "the link between the regions cut 8 s (both regions alive)",
+                    Fault::RegionLinkCut { for_ms: 8000 },
+                    14,
+                ),
+            ),
+        ));
     }
-    all.push(Scenario {
-        max_failovers: Some(0),
-        ..ha(s(
+    all.push(at_most(
+        0,
+        ha(s(
             "etcd's leader killed, back after 5 s (an etcd election)",
             Fault::EtcdLeaderKilled { down_ms: 5000 },
             12,
-        ))
-    });
+        )),
+    ));
     // A writer that refuses every write for its own disk is switched away from, once.
     for shape in [false, true] {
-        let scenario = Scenario {
-            max_failovers: Some(1),
-            ..s(
-                "the writer's disk fails (MISCONF on every write)",
-                Fault::WriterDiskFails,
-                12,
-            )
-        };
-        all.push(if shape { ha(scenario) } else { scenario });
+        all.push(shaped(
+            shape,
+            at_most(
+                1,
+                s(
+                    "the writer's disk fails (MISCONF on every write)",
+                    Fault::WriterDiskFails,
+                    12,
+                ),
+            ),
+        ));
     }
     all.push(ha(s(
         "switchover, the new writer's region cut 0.5 s later",
