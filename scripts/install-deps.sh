@@ -5,7 +5,8 @@
 #   (protobuf-compiler: the etcd client's build generates its gRPC code);
 #   with --test also python3 + venv (for the pinned moto server the AWS tests run against),
 #   openssl (the TLS client test makes its own certificates), chromium (the status page test),
-#   for the client-library drill nodejs + npm (ioredis) and iproute2 (its network namespace), and
+#   for the client-library drill nodejs + npm (ioredis) and iproute2 (its network namespace),
+#   nftables (the chaos nemesis's real packet cuts between the namespaced sites), and
 #   for the RFC 2136 tests and bench/dns BIND 9, Knot, PowerDNS (SQLite backend), sqlite3, dnsperf.
 # Needs root or sudo for apt. Does nothing when everything is present.
 set -euo pipefail
@@ -23,6 +24,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v openssl >/dev/null || missing+=(openssl)
   command -v chromium >/dev/null || missing+=(chromium)
   command -v ip >/dev/null || missing+=(iproute2)
+  command -v nft >/dev/null || missing+=(nftables)
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)
   # The RFC 2136 provider's tests run against each of these, started by the tests themselves.

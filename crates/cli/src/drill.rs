@@ -108,6 +108,7 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
                 list: false,
                 keep: false,
                 keep_failed: false,
+                netns: false,
                 output,
             })
             .await;

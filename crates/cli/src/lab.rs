@@ -72,6 +72,11 @@ pub enum LabCommand {
         /// One controller with its state in a file, no etcd (not highly available).
         #[arg(long)]
         single_controller: bool,
+        /// Each place (region, controller or witness) in a network namespace of its own, so that
+        /// `lab partition` drops real packets (needs root; addresses in 198.18.0.0/15, the block
+        /// below 64; the DNS server then listens on <place 0>.53 at the --dns port).
+        #[arg(long)]
+        netns: bool,
     },
     /// Stop every lab process.
     Down {
@@ -91,6 +96,11 @@ pub enum LabCommand {
         dir: DirArg,
         #[arg(long = "region")]
         regions: Vec<String>,
+        /// Any partition entry: a place, region-link, <a>-to:<b>, and in network namespaces
+        /// also oneway:<from>:<to>, etcd-peers:<place>, loss:<percent>:<place> (repeatable;
+        /// places are region names or `controller`, the witness's and the controller's place).
+        #[arg(long = "cut")]
+        cuts: Vec<String>,
     },
     /// Restore the region link.
     Heal {
@@ -114,6 +124,9 @@ pub enum LabCommand {
     Link {
         #[arg(long)]
         dir: PathBuf,
+        /// In network namespaces: serve only the link ends that listen in this place.
+        #[arg(long)]
+        place: Option<u8>,
     },
 }
 
@@ -129,6 +142,7 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             no_tls,
             regions,
             single_controller,
+            netns,
         } => {
             let mut spec = LabSpec::reference(absolute(dir.path())?);
             if regions == 3 {
@@ -145,6 +159,13 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             spec.link_delay_ms = link_delay_ms;
             spec.ttl = ttl;
             spec.tls = !no_tls;
+            if netns {
+                if block >= 64 {
+                    bail!("--block must be below 64 with --netns (64 labs fit in 198.18.0.0/15)");
+                }
+                spec.netns = true;
+                spec.dns = SocketAddr::new(spec.ip(0, 53).into(), dns.port());
+            }
             up(&spec).await
         }
         LabCommand::Down { dir } => {
@@ -212,9 +233,12 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             }
             Ok(())
         }
-        LabCommand::Partition { dir, regions } => {
+        LabCommand::Partition { dir, regions, cuts } => {
             let spec = dir.spec()?;
-            let regions = if regions.is_empty() {
+            for cut in &cuts {
+                valkey_dr_lab::cut::Cut::parse(cut)?;
+            }
+            let regions = if regions.is_empty() && cuts.is_empty() {
                 vec![valkey_dr_lab::link::LINK.to_string()]
             } else {
                 regions
@@ -241,17 +265,20 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
                     }
                 })
                 .collect();
-            valkey_dr_lab::link::set_partition(&spec.dir, &regions.iter().cloned().collect())
-                .await?;
+            let entries = regions.iter().chain(&cuts).cloned().collect();
+            valkey_dr_lab::link::set_partition(&spec.dir, &entries).await?;
             if regions == [valkey_dr_lab::link::LINK] {
                 println!(
                     "region link cut: regions cannot reach each other (the controller still reaches all)"
                 );
-            } else {
+            } else if !regions.is_empty() {
                 println!(
                     "isolated from the other regions and the controller: {}",
                     regions.join(", ")
                 );
+            }
+            if !cuts.is_empty() {
+                println!("cut: {}", cuts.join(", "));
             }
             Ok(())
         }
@@ -294,9 +321,18 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             }
             Ok(())
         }
-        LabCommand::Link { dir } => {
+        LabCommand::Link { dir, place } => {
             let spec = LabSpec::load(&dir)?;
-            valkey_dr_lab::link::run_daemon(&spec.dir, &spec.links()).await?;
+            let links: Vec<_> = spec
+                .links()
+                .into_iter()
+                .filter(|l| match (place, l.listen.ip()) {
+                    (Some(place), std::net::IpAddr::V4(ip)) => spec.place_of(ip) == place,
+                    (Some(_), std::net::IpAddr::V6(_)) => false,
+                    (None, _) => true,
+                })
+                .collect();
+            valkey_dr_lab::link::run_daemon(&spec.dir, &links, place.is_none()).await?;
             Ok(())
         }
     }

@@ -4,8 +4,10 @@
 
 pub mod chaos;
 pub mod clients;
+pub mod cut;
 pub mod drill;
 pub mod link;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod spec;

@@ -14,18 +14,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::cut::{Cut, Effect};
 use crate::spec::LinkSpec;
 
-/// Which parts of the lab are cut off. Entries are region names (that region is isolated from
-/// the other regions and from the controller) or [`LINK`] (regions cannot reach each other, the
-/// controller still reaches all of them).
+/// Which parts of the lab are cut off: the entries of the partition file, parsed.
 #[derive(Default)]
 pub struct Partition {
-    cut: RwLock<BTreeSet<String>>,
+    cut: RwLock<BTreeSet<Cut>>,
 }
 
-/// The partition entry that cuts only the link between regions.
-pub const LINK: &str = "region-link";
+pub use crate::cut::LINK;
 
 /// The partition entry that cuts only the controller (and whatever stands where it stands) from
 /// `region`, while the regions still reach each other: an asymmetric partition.
@@ -36,27 +34,25 @@ pub fn controller_cut(region: &str) -> String {
 /// The partition entry that cuts only the traffic between `vantage` (a region, or the
 /// controller's place) and `region`.
 pub fn site_cut(vantage: &str, region: &str) -> String {
-    format!("{vantage}-to:{region}")
+    Cut::Between(vantage.to_string(), region.to_string()).to_string()
 }
 
 impl Partition {
-    /// True when traffic between the two sides must not flow.
+    /// True when traffic between the two sides must not flow. A proxy carries both directions of
+    /// a connection, so a cut of either direction stops both.
     pub fn blocks(&self, a: &str, b: &str) -> bool {
         let cut = self.cut.read().expect("partition lock");
-        let between_regions =
-            a != crate::spec::CONTROLLER_VANTAGE && b != crate::spec::CONTROLLER_VANTAGE;
-        a != b
-            && (cut.contains(a)
-                || cut.contains(b)
-                || (between_regions && cut.contains(LINK))
-                || cut.contains(&site_cut(a, b))
-                || cut.contains(&site_cut(b, a)))
+        cut.iter()
+            .any(|c| c.effect(a, b) == Some(Effect::All) || c.effect(b, a) == Some(Effect::All))
     }
 
-    pub fn set(&self, regions: BTreeSet<String>) -> bool {
+    /// Replaces the partition; entries that are not cuts are ignored (`set_partition` refuses
+    /// them before they reach the file). True when it changed.
+    pub fn set(&self, entries: BTreeSet<String>) -> bool {
+        let wanted: BTreeSet<Cut> = entries.iter().filter_map(|e| Cut::parse(e).ok()).collect();
         let mut cut = self.cut.write().expect("partition lock");
-        let changed = *cut != regions;
-        *cut = regions;
+        let changed = *cut != wanted;
+        *cut = wanted;
         changed
     }
 }
@@ -167,12 +163,16 @@ async fn pump(
     let _ = to.shutdown().await;
 }
 
-/// Runs the link daemon of a lab until the process is stopped: the proxies, plus a watcher that
-/// applies `partition` file changes within ~10 ms.
-pub async fn run_daemon(dir: &Path, links: &[LinkSpec]) -> std::io::Result<()> {
+/// Runs the link daemon of a lab until the process is stopped: the proxies, plus (when
+/// `steered`) a watcher that applies `partition` file changes within ~10 ms. In network
+/// namespaces the link only delays: packet filters make the partitions.
+pub async fn run_daemon(dir: &Path, links: &[LinkSpec], steered: bool) -> std::io::Result<()> {
     let partition = Arc::new(Partition::default());
-    partition.set(read_partition_file(dir));
     start(links, partition.clone()).await?;
+    if !steered {
+        return std::future::pending().await;
+    }
+    partition.set(read_partition_file(dir));
     loop {
         let wanted = read_partition_file(dir);
         if partition.set(wanted.clone()) || !applied_file(dir).exists() {
@@ -194,14 +194,34 @@ fn write_list(path: &Path, regions: &BTreeSet<String>) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// Asks the link daemon to cut `regions` off (empty: heal) and waits until it has done so. In the
-/// highly available shape an isolated site's etcd member is frozen too (SIGSTOP, SIGCONT on
-/// heal): etcd's peers cannot be routed through the link, and a frozen member is what the others
-/// see of an isolated one.
-pub async fn set_partition(dir: &Path, regions: &BTreeSet<String>) -> std::io::Result<()> {
-    if let Ok(spec) = crate::LabSpec::load(dir) {
+/// Cuts what `entries` name ([`Cut`]; empty: heal) and waits until the cut is in force.
+///
+/// In network namespaces the namespaces' packet filters drop the packets ([`crate::netns`]).
+/// On loopback the link daemon holds the traffic of its proxies, and an isolated site's etcd
+/// member is frozen too (SIGSTOP, SIGCONT on heal): etcd's peers do not pass the link, and a
+/// frozen member is the nearest a loopback lab comes to an unreachable one. The cuts only packet
+/// filters can make are refused there.
+pub async fn set_partition(dir: &Path, entries: &BTreeSet<String>) -> std::io::Result<()> {
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let cuts: Vec<Cut> = entries
+        .iter()
+        .map(|e| Cut::parse(e))
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(e.to_string()))?;
+    let spec = crate::LabSpec::load(dir).ok();
+    if let Some(spec) = spec.as_ref().filter(|s| s.netns) {
+        crate::netns::apply(spec, &cuts).map_err(|e| std::io::Error::other(e.to_string()))?;
+        write_list(&partition_file(dir), entries)?;
+        return write_list(&applied_file(dir), entries);
+    }
+    if let Some(cut) = cuts.iter().find(|c| c.needs_real_network()) {
+        return Err(invalid(format!(
+            "`{cut}` needs a lab in network namespaces (`lab up --netns`, `chaos --netns`)"
+        )));
+    }
+    if let Some(spec) = &spec {
         for site in &spec.sites {
-            let isolated = regions.contains(&spec.vantage(site));
+            let isolated = entries.contains(&spec.vantage(site));
             let pid = std::fs::read_to_string(spec.etcd_pidfile(site))
                 .ok()
                 .and_then(|p| p.trim().parse::<i32>().ok());
@@ -216,13 +236,13 @@ pub async fn set_partition(dir: &Path, regions: &BTreeSet<String>) -> std::io::R
             }
         }
     }
-    if regions.is_empty() {
+    if entries.is_empty() {
         match std::fs::remove_file(partition_file(dir)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
     } else {
-        write_list(&partition_file(dir), regions)?;
+        write_list(&partition_file(dir), entries)?;
     }
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
@@ -232,7 +252,7 @@ pub async fn set_partition(dir: &Path, regions: &BTreeSet<String>) -> std::io::R
             .map(str::to_string)
             .filter(|l| !l.is_empty())
             .collect();
-        if &applied == regions {
+        if &applied == entries {
             return Ok(());
         }
         if Instant::now() >= deadline {

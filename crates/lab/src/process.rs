@@ -143,6 +143,12 @@ pub async fn up_with_env(
     valkey_server_binary()?;
     reset_dir(spec)?;
     spec.save().map_err(io("writing lab.json"))?;
+    if spec.netns {
+        crate::netns::create(spec).map_err(|e| {
+            crate::netns::destroy(spec);
+            LabError::Io(e.to_string())
+        })?;
+    }
     // The lab's config (what `valkey-dr status` and friends read) is the last site's.
     std::fs::write(spec.config_path(), spec.main_config().to_toml())
         .map_err(io("writing the controller config"))?;
@@ -199,7 +205,7 @@ pub async fn up_with_env(
         .query_async::<()>(&mut conn)
         .await
         .map_err(|e| LabError::Io(format!("promoting the writer {writer}: {e}")))?;
-    spawn_daemon(valkey_dr, &["lab", "link", "--dir"], spec, "link", &[])?;
+    start_links(spec, valkey_dr)?;
     if spec.is_ha() {
         start_etcd(spec).await?;
         // The last site (the witness) starts first and leads: the data regions are the likelier
@@ -228,6 +234,40 @@ pub async fn up_with_env(
         start_controller(spec, valkey_dr, env)?;
     }
     Ok(true)
+}
+
+/// Starts the region link's daemon: one for the whole lab on loopback, one per place (serving
+/// the link ends that listen there) in network namespaces.
+fn start_links(spec: &LabSpec, valkey_dr: &Path) -> Result<(), LabError> {
+    if !spec.netns {
+        return spawn_daemon(valkey_dr, &["lab", "link", "--dir"], spec, "link", &[]);
+    }
+    for place in crate::netns::places(spec) {
+        let place_arg = place.to_string();
+        spawn(
+            valkey_dr,
+            &["lab", "link", "--place", &place_arg, "--dir"],
+            &spec.dir,
+            &spec.dir,
+            &format!("link-{place}"),
+            &[],
+            namespace(spec, place).as_deref(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The network namespace a process of place `place` runs in, if the lab has them.
+fn namespace(spec: &LabSpec, place: u8) -> Option<String> {
+    spec.netns.then(|| crate::netns::place_ns(spec, place))
+}
+
+/// Makes `command` start in `ns`, if any.
+fn enter(command: &mut Command, ns: Option<&str>) -> Result<(), LabError> {
+    match ns {
+        Some(ns) => crate::netns::enter(command, ns).map_err(io(format!("entering {ns}"))),
+        None => Ok(()),
+    }
 }
 
 /// Starts one etcd member per site, daemonized, and waits until they have a quorum.
@@ -260,7 +300,9 @@ pub fn start_etcd_member(spec: &LabSpec, i: usize) -> Result<(), LabError> {
         .append(true)
         .open(spec.dir.join(format!("etcd-{name}.log")))
         .map_err(io("creating an etcd log"))?;
-    let child = valkey_dr_coord::cluster::member_command(&spec.dir.join("etcd"), &members, i)
+    let mut command = valkey_dr_coord::cluster::member_command(&spec.dir.join("etcd"), &members, i);
+    enter(&mut command, namespace(spec, spec.place(name)).as_deref())?;
+    let child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(io("log file"))?)
         .stderr(log)
@@ -286,6 +328,7 @@ pub fn start_site_controller(
         &spec.dir,
         &format!("controller-{site}"),
         env,
+        namespace(spec, spec.place(site)).as_deref(),
     )
 }
 
@@ -304,6 +347,7 @@ pub fn start_node(spec: &LabSpec, region: usize, index: usize) -> Result<(), Lab
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    enter(&mut command, namespace(spec, region as u8 + 1).as_deref())?;
     // SAFETY: umask is async-signal-safe and touches only the child.
     unsafe {
         command.pre_exec(|| {
@@ -412,10 +456,20 @@ fn spawn_daemon(
     } else {
         spec.config_path()
     };
-    spawn(valkey_dr, args, &target, &spec.dir, name, env)
+    // The single controller stands in the controller's place.
+    spawn(
+        valkey_dr,
+        args,
+        &target,
+        &spec.dir,
+        name,
+        env,
+        namespace(spec, 0).as_deref(),
+    )
 }
 
-/// Starts `valkey-dr <args> <target>` detached, logging to `dir/<name>.log`, pid in `<name>.pid`.
+/// Starts `valkey-dr <args> <target>` detached (in namespace `ns`, if any), logging to
+/// `dir/<name>.log`, pid in `<name>.pid`.
 fn spawn(
     valkey_dr: &Path,
     args: &[&str],
@@ -423,6 +477,7 @@ fn spawn(
     dir: &Path,
     name: &str,
     env: &[(&str, &str)],
+    ns: Option<&str>,
 ) -> Result<(), LabError> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new()
@@ -430,7 +485,9 @@ fn spawn(
         .append(true)
         .open(dir.join(format!("{name}.log")))
         .map_err(io("creating a log file"))?;
-    let child = Command::new(valkey_dr)
+    let mut command = Command::new(valkey_dr);
+    enter(&mut command, ns)?;
+    let child = command
         .args(args)
         .arg(target)
         .envs(env.iter().copied())
@@ -487,6 +544,11 @@ pub async fn down(dir: &Path) -> Vec<String> {
     }
     for p in processes(dir) {
         let _ = std::fs::remove_file(&p.pidfile);
+    }
+    if let Ok(spec) = LabSpec::load(dir)
+        && spec.netns
+    {
+        crate::netns::destroy(&spec);
     }
     let _ = std::fs::remove_file(dir.join("controller").join("control.sock"));
     running.into_iter().map(|p| p.name).collect()

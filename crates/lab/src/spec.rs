@@ -49,6 +49,11 @@ pub struct LabSpec {
     /// Webhooks every controller of the lab sends to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<valkey_dr_core::config::WebhookConfig>,
+    /// Each place of the lab (a region, the controller's place) in a network namespace of its
+    /// own, so that partitions drop real packets ([`crate::netns`]). Addresses are then
+    /// `198.18.0.0/15` ones (a range reserved for test networks) instead of loopback ones.
+    #[serde(default)]
+    pub netns: bool,
 }
 
 /// The site that holds no data, only a controller and an etcd member (the third failure domain).
@@ -80,7 +85,42 @@ impl LabSpec {
             sites: vec!["us-east-1".into(), "us-east-2".into(), WITNESS.into()],
             catchup_timeout_ms: None,
             webhooks: Vec::new(),
+            netns: false,
         }
+    }
+
+    /// The lab address `host` of the place with third octet `place` (0: the controller's place
+    /// or the witness, 1…: the regions): `127.<block>.<place>.<host>` on loopback; in network
+    /// namespaces, in the lab's /21 of `198.18.0.0/15` ([`LabSpec::netns_subnet`]).
+    pub fn ip(&self, place: u8, host: u8) -> Ipv4Addr {
+        if self.netns {
+            let n = self.netns_base() + u16::from(place);
+            Ipv4Addr::new(198, 18 + (n / 256) as u8, (n % 256) as u8, host)
+        } else {
+            Ipv4Addr::new(127, self.block, place, host)
+        }
+    }
+
+    /// The first /24 of the lab's /21 in `198.18.0.0/15`: 64 labs side by side, eight /24s each
+    /// (one per place, and the last for the machine's own end of the lab network).
+    fn netns_base(&self) -> u16 {
+        u16::from(self.block % 64) * 8
+    }
+
+    /// The place (third-octet index, as in [`LabSpec::ip`]) an address of this lab belongs to.
+    pub fn place_of(&self, ip: Ipv4Addr) -> u8 {
+        let [_, second, third, _] = ip.octets();
+        if self.netns {
+            let n = u16::from(second.saturating_sub(18)) * 256 + u16::from(third);
+            n.saturating_sub(self.netns_base()) as u8
+        } else {
+            third
+        }
+    }
+
+    /// The place of a vantage: the controller's place is 0, region `r` is `r + 1`.
+    pub fn place(&self, vantage: &str) -> u8 {
+        self.site_octet(vantage)
     }
 
     /// The sites of the highly available shape for these regions: each region, plus a witness
@@ -125,7 +165,7 @@ impl LabSpec {
 
     /// The etcd member of a site: `127.<block>.<site>.50`.
     pub fn etcd_ip(&self, site: &str) -> Ipv4Addr {
-        Ipv4Addr::new(127, self.block, self.site_octet(site), 50)
+        self.ip(self.site_octet(site), 50)
     }
 
     pub fn etcd_members(&self) -> Vec<valkey_dr_coord::cluster::MemberAddress> {
@@ -143,13 +183,8 @@ impl LabSpec {
     /// `127.<block>.<from>.<60 + to>`.
     fn etcd_link_addr(&self, from: &str, to: &str) -> SocketAddr {
         SocketAddr::new(
-            Ipv4Addr::new(
-                127,
-                self.block,
-                self.site_octet(from),
-                60 + self.site_octet(to),
-            )
-            .into(),
+            self.ip(self.site_octet(from), 60 + self.site_octet(to))
+                .into(),
             ETCD_CLIENT_PORT,
         )
     }
@@ -180,22 +215,31 @@ impl LabSpec {
 
     /// Where the controller of `site` serves metrics, status and events.
     pub fn site_http(&self, site: &str) -> SocketAddr {
-        Self::http_beside(self.site_dns(site))
+        self.http_for(self.site_dns(site))
     }
 
     /// Where the lab's main controller serves metrics, status and events.
     pub fn http_addr(&self) -> SocketAddr {
-        Self::http_beside(self.dns)
+        self.http_for(self.dns)
+    }
+
+    /// The HTTP endpoint of the controller whose DNS server is `dns`. In network namespaces it
+    /// listens on its namespace's own loopback: an address other hosts reach needs a token and
+    /// TLS (the controller refuses it otherwise), and nothing outside the place needs it.
+    fn http_for(&self, dns: SocketAddr) -> SocketAddr {
+        let beside = Self::http_beside(dns);
+        if self.netns {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), beside.port())
+        } else {
+            beside
+        }
     }
 
     pub fn site_dns(&self, site: &str) -> SocketAddr {
         if self.sites.last().is_some_and(|s| s == site) {
             self.dns
         } else {
-            SocketAddr::new(
-                Ipv4Addr::new(127, self.block, self.site_octet(site), 53).into(),
-                self.dns.port(),
-            )
+            SocketAddr::new(self.ip(self.site_octet(site), 53).into(), self.dns.port())
         }
     }
 
@@ -246,7 +290,7 @@ impl LabSpec {
             listen: self.site_dns(site).to_string(),
         };
         config.http = Some(HttpConfig {
-            listen: Self::http_beside(self.site_dns(site)).to_string(),
+            listen: self.site_http(site).to_string(),
             token_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -275,6 +319,18 @@ impl LabSpec {
                 .collect(),
         });
         config
+    }
+
+    /// The reference lab in network namespaces, in `slot` (below 64; [`crate::netns::claim_slot`]).
+    /// Every place has its own ports, so the reference ones serve.
+    pub fn in_netns(dir: PathBuf, slot: u8) -> LabSpec {
+        let mut spec = LabSpec {
+            block: slot,
+            netns: true,
+            ..LabSpec::reference(dir)
+        };
+        spec.dns = SocketAddr::new(spec.ip(0, 53).into(), spec.dns.port());
+        spec
     }
 
     /// The reference lab on a loopback block and port that are free on every address it uses,
@@ -341,6 +397,7 @@ impl LabSpec {
             list: false,
             via: Default::default(),
             security: self.app_security()?,
+            netns: None,
         })
     }
 
@@ -381,7 +438,7 @@ impl LabSpec {
 
     /// The address of node `index` (0-based) of region `region` (0-based).
     pub fn node_ip(&self, region: usize, index: usize) -> Ipv4Addr {
-        Ipv4Addr::new(127, self.block, region as u8 + 1, index as u8 + 1)
+        self.ip(region as u8 + 1, index as u8 + 1)
     }
 
     pub fn node_addr(&self, region: usize, index: usize) -> SocketAddr {
@@ -392,16 +449,13 @@ impl LabSpec {
     /// link, `127.<block>.<from>.<100 + 10·region + index>`.
     pub fn link_addr(&self, from: usize, region: usize, index: usize) -> SocketAddr {
         let host = 100 + 10 * (region as u8 + 1) + index as u8 + 1;
-        SocketAddr::new(
-            Ipv4Addr::new(127, self.block, from as u8 + 1, host).into(),
-            self.port,
-        )
+        SocketAddr::new(self.ip(from as u8 + 1, host).into(), self.port)
     }
 
     /// Where the controller reaches node `index` of `region`: `127.<block>.0.<100 + 10·region + index>`.
     pub fn controller_link_addr(&self, region: usize, index: usize) -> SocketAddr {
         let host = 100 + 10 * (region as u8 + 1) + index as u8 + 1;
-        SocketAddr::new(Ipv4Addr::new(127, self.block, 0, host).into(), self.port)
+        SocketAddr::new(self.ip(0, host).into(), self.port)
     }
 
     /// Every link endpoint: the region link between regions (delayed), and the controller's
@@ -511,7 +565,7 @@ impl LabSpec {
             }),
             coordination: None,
             http: Some(HttpConfig {
-                listen: Self::http_beside(self.dns).to_string(),
+                listen: self.http_addr().to_string(),
                 token_file: None,
                 tls_cert_file: None,
                 tls_key_file: None,

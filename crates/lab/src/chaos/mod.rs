@@ -86,6 +86,10 @@ pub struct ChaosReport {
     /// Highly available shape: when a region's controller paused its writer, after the fault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced_after_ms: Option<u64>,
+    /// Highly available shape, partitions: writer pauses (`self_fenced`) by sites that no cut
+    /// touched — a site in full contact has no reason to stop its writes.
+    #[serde(default)]
+    pub fenced_untouched: u64,
     pub verdict: String,
     pub error: Option<String>,
 }
@@ -119,6 +123,17 @@ pub fn lab_dir(base: &Path, seed: u32) -> std::path::PathBuf {
     base.join(format!("chaos-{seed}"))
 }
 
+/// Where a scenario's lab runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// On loopback addresses: partitions are the region link's (a user-space proxy), an
+    /// isolated site's etcd member is frozen.
+    #[default]
+    Loopback,
+    /// Each place in a network namespace of its own: partitions drop real packets.
+    Namespaces,
+}
+
 /// Runs one scenario on a fresh lab under `base` and tears the lab down.
 pub async fn run(
     base: &Path,
@@ -126,15 +141,35 @@ pub async fn run(
     valkey_dr: &Path,
     seed: u32,
     keep: Keep,
+    network: Network,
 ) -> Result<ChaosReport, ChaosError> {
     let dir = lab_dir(base, seed);
-    let mut spec = LabSpec::on_free_block(dir.clone(), seed).ok_or(ChaosError::NoBlock)?;
+    let mut spec = match network {
+        Network::Loopback => {
+            LabSpec::on_free_block(dir.clone(), seed).ok_or(ChaosError::NoBlock)?
+        }
+        Network::Namespaces => LabSpec::in_netns(
+            dir.clone(),
+            crate::netns::claim_slot(seed).map_err(lab_error)?,
+        ),
+    };
     if !scenario.ha {
         spec.sites.clear();
     }
     spec.catchup_timeout_ms = Some(CATCHUP_TIMEOUT_MS);
-    let result = run_on(&spec, scenario, valkey_dr).await;
+    let result = if scenario.fault.needs_real_network() && network == Network::Loopback {
+        Err(lab_error(format!(
+            "`{}` cuts what only packet filters can (run it with --netns)",
+            scenario.name
+        )))
+    } else {
+        run_on(&spec, scenario, valkey_dr).await
+    };
     crate::process::down(&spec.dir).await;
+    if spec.netns {
+        // Also when the lab never started (its slot was claimed first).
+        crate::netns::destroy(&spec);
+    }
     let failed = result
         .as_ref()
         .map_or(true, |r| !r.verdict.starts_with("ok"));
@@ -259,6 +294,18 @@ async fn run_on(
                     || text.contains("not the leader")
             })
             .count() as u64;
+        let cut_places = lab.cut_places.lock().expect("cut places lock").clone();
+        if !cut_places.is_empty() {
+            report.fenced_untouched = events
+                .iter()
+                .filter(|e| EventKind::of(e) == Some(EventKind::SelfFenced))
+                .filter(|e| {
+                    e["site"]
+                        .as_str()
+                        .is_some_and(|site| !cut_places.contains(&spec.vantage(site)))
+                })
+                .count() as u64;
+        }
         report.fenced_after_ms = events
             .iter()
             .find(|e| EventKind::of(e) == Some(EventKind::SelfFenced))

@@ -1,6 +1,7 @@
 //! The lab as the nemesis drives it: faults injected and healed, the writer located, the
 //! phases whose losses a schedule excuses.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use super::{
     read_pid, signal, timeouts,
 };
 use crate::LabSpec;
+use crate::cut::Cut;
 use crate::writer::WriterConfig;
 
 /// The lab as the nemesis drives it.
@@ -25,6 +27,8 @@ pub(super) struct Lab<'a> {
     pub(super) progress: std::sync::OnceLock<Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>>,
     /// Per writer, the ranges of sequence numbers whose loss the schedule excuses.
     pub(super) excused: std::sync::Mutex<Vec<Vec<std::ops::Range<u64>>>>,
+    /// The places (vantage names) some cut of the schedule touched.
+    pub(super) cut_places: std::sync::Mutex<BTreeSet<String>>,
     spec: &'a LabSpec,
     valkey_dr: &'a Path,
     socket: PathBuf,
@@ -37,6 +41,7 @@ impl<'a> Lab<'a> {
             faulted_at: std::sync::Mutex::new(None),
             progress: std::sync::OnceLock::new(),
             excused: std::sync::Mutex::new(Vec::new()),
+            cut_places: std::sync::Mutex::new(BTreeSet::new()),
             spec,
             valkey_dr,
             socket: spec.main_config().control_socket(),
@@ -146,7 +151,9 @@ impl<'a> Lab<'a> {
     }
 
     /// One writer outside every region (through the controller's links) and one inside the
-    /// writer's region (straight to the nodes).
+    /// writer's region (straight to the nodes). In network namespaces each stands in its place:
+    /// the outside one where the controller (or the witness) stands, the inside one in the
+    /// writer's region, asking its own site's DNS server in the highly available shape.
     pub(super) fn writers(&self) -> Result<Vec<WriterConfig>, ChaosError> {
         let base = self.spec.writer("chaos").map_err(lab_error)?;
         let via = self
@@ -159,16 +166,29 @@ impl<'a> Lab<'a> {
                 )
             })
             .collect();
+        let (writer_region, inside_dns) = (&self.spec.regions[0], self.spec.dns);
+        let place_ns = |vantage: &str| {
+            self.spec
+                .netns
+                .then(|| crate::netns::vantage_ns(self.spec, vantage))
+        };
         Ok(vec![
             WriterConfig {
                 prefix: "chaos:outside".into(),
                 list: true,
                 via,
+                netns: place_ns(crate::spec::CONTROLLER_VANTAGE),
                 ..base.clone()
             },
             WriterConfig {
                 prefix: "chaos:inside".into(),
                 list: true,
+                netns: place_ns(writer_region),
+                dns: if self.spec.netns && self.spec.is_ha() {
+                    self.spec.site_dns(writer_region)
+                } else {
+                    inside_dns
+                },
                 ..base
             },
         ])
@@ -392,9 +412,7 @@ impl<'a> Lab<'a> {
                 tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
                 *self.faulted_at.lock().expect("fault time lock") =
                     Some(valkey_dr_controller::clock::now_ms());
-                crate::link::set_partition(&self.spec.dir, &[region.clone()].into())
-                    .await
-                    .map_err(lab_error)?;
+                self.cut(&[Cut::Isolate(region.clone())].into()).await?;
                 let mut cut_for = Duration::from_millis(*for_ms);
                 if *cut_first {
                     tokio::time::sleep(gap).await;
@@ -433,6 +451,30 @@ impl<'a> Lab<'a> {
                 tokio::time::sleep(Duration::from_millis(*gap_ms)).await;
                 self.cut_excused(region, *for_ms).await?;
             }
+            Fault::WriterRegionUnheard { for_ms } => {
+                let region = self.spec.regions[writer.0].clone();
+                let entries = self
+                    .other_places(&region)
+                    .map(|to| Cut::OneWay {
+                        from: region.clone(),
+                        to,
+                    })
+                    .collect();
+                self.cut_excused_all(entries, *for_ms).await?;
+            }
+            Fault::WriterSiteEtcdPeersCut { for_ms } => {
+                let region = self.spec.regions[writer.0].clone();
+                self.cut_for([Cut::EtcdPeers(region)].into(), *for_ms)
+                    .await?;
+            }
+            Fault::WriterRegionLossy { percent, for_ms } => {
+                let place = self.spec.regions[writer.0].clone();
+                let entries = [Cut::Loss {
+                    place,
+                    percent: *percent,
+                }];
+                self.cut_excused_all(entries.into(), *for_ms).await?;
+            }
             Fault::StaleReadsRefusedThenWriterKilled => {
                 for (r, i) in self.spec.nodes() {
                     let endpoint = endpoint(self.spec.node_addr(r, i));
@@ -445,24 +487,60 @@ impl<'a> Lab<'a> {
         Ok(())
     }
 
+    /// Puts `cuts` in force (recording the places they touch).
+    pub(super) async fn cut(&self, cuts: &BTreeSet<Cut>) -> Result<(), ChaosError> {
+        // The places each cut names; the others keep a majority and every path to it.
+        let named = cuts.iter().flat_map(|c| match c {
+            Cut::Isolate(p) | Cut::EtcdPeers(p) | Cut::Loss { place: p, .. } => vec![p.clone()],
+            Cut::OneWay { from, .. } => vec![from.clone()],
+            Cut::Between(a, b) => vec![a.clone(), b.clone()],
+            Cut::RegionLink => self.spec.regions.clone(),
+        });
+        self.cut_places
+            .lock()
+            .expect("cut places lock")
+            .extend(named);
+        let entries = cuts.iter().map(Cut::to_string).collect();
+        crate::link::set_partition(&self.spec.dir, &entries)
+            .await
+            .map_err(lab_error)
+    }
+
+    /// Every place but `vantage`, by vantage name.
+    fn other_places<'s>(&'s self, vantage: &'s str) -> impl Iterator<Item = String> + 's {
+        std::iter::once(crate::spec::CONTROLLER_VANTAGE.to_string())
+            .chain(self.spec.regions.iter().cloned())
+            .filter(move |p| p != vantage)
+    }
+
     /// [`Lab::partition_for`], excusing the writes acknowledged while the region was cut off and
     /// in the moment before, whose replication across the link was still in flight: asynchronous
     /// replication loses those whenever the other side takes over.
     pub(super) async fn cut_excused(&self, region: String, ms: u64) -> Result<(), ChaosError> {
+        self.cut_excused_all([Cut::Isolate(region)].into(), ms)
+            .await
+    }
+
+    /// [`Lab::cut_for`], excusing as [`Lab::cut_excused`] does.
+    async fn cut_excused_all(&self, cuts: BTreeSet<Cut>, ms: u64) -> Result<(), ChaosError> {
         let from = self.marks();
         tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
-        self.partition_for(region, ms).await?;
+        self.cut_for(cuts, ms).await?;
         self.excuse_since(&from);
         Ok(())
     }
 
     /// Cuts `entry` (a region, or a controller cut) for `ms`, then heals.
     pub(super) async fn partition_for(&self, entry: String, ms: u64) -> Result<(), ChaosError> {
+        let cut = Cut::parse(&entry).map_err(lab_error)?;
+        self.cut_for([cut].into(), ms).await
+    }
+
+    /// Puts `cuts` in force for `ms`, then heals; the fault's time is when they took hold.
+    async fn cut_for(&self, cuts: BTreeSet<Cut>, ms: u64) -> Result<(), ChaosError> {
         *self.faulted_at.lock().expect("fault time lock") =
             Some(valkey_dr_controller::clock::now_ms());
-        crate::link::set_partition(&self.spec.dir, &[entry].into())
-            .await
-            .map_err(lab_error)?;
+        self.cut(&cuts).await?;
         tokio::time::sleep(Duration::from_millis(ms)).await;
         crate::link::set_partition(&self.spec.dir, &Default::default())
             .await

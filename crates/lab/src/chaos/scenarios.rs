@@ -76,6 +76,15 @@ pub enum Fault {
     /// that region (the new writer's) cut off for `for_ms`, before its controller may have read
     /// the new epoch.
     SwitchoverThenCut { gap_ms: u64, for_ms: u64 },
+    /// Network namespaces only: every packet *from* the writer's region to every other place
+    /// dropped for `for_ms`, while theirs still reach it (an asymmetric partition).
+    WriterRegionUnheard { for_ms: u64 },
+    /// Network namespaces only: the etcd peer traffic of the writer's site cut for `for_ms`;
+    /// its controller still reaches the other members as a client, and the regions each other.
+    WriterSiteEtcdPeersCut { for_ms: u64 },
+    /// Network namespaces only: `percent` of the packets to and from the writer's region
+    /// dropped at random for `for_ms`.
+    WriterRegionLossy { percent: u8, for_ms: u64 },
 }
 
 impl Fault {
@@ -104,8 +113,21 @@ impl Fault {
             | Fault::WriterDiskFails
             | Fault::ControllerCrash { .. }
             | Fault::ControllerStall { .. }
-            | Fault::StateDamaged { .. } => 0,
+            | Fault::StateDamaged { .. }
+            | Fault::WriterRegionUnheard { .. }
+            | Fault::WriterSiteEtcdPeersCut { .. }
+            | Fault::WriterRegionLossy { .. } => 0,
         }
+    }
+
+    /// True for the faults only packet filters can make (`chaos --netns`).
+    pub fn needs_real_network(&self) -> bool {
+        matches!(
+            self,
+            Fault::WriterRegionUnheard { .. }
+                | Fault::WriterSiteEtcdPeersCut { .. }
+                | Fault::WriterRegionLossy { .. }
+        )
     }
 }
 
@@ -343,6 +365,34 @@ pub fn scenarios() -> Vec<Scenario> {
             for_ms: 8000,
         },
         16,
+    )));
+    // What only real packet filters can do (`chaos --netns`).
+    all.push(ha(at_most(
+        1,
+        s(
+            "the writer region unheard 8 s (its packets dropped, the others' reach it)",
+            Fault::WriterRegionUnheard { for_ms: 8000 },
+            14,
+        ),
+    )));
+    all.push(ha(at_most(
+        0,
+        s(
+            "the writer site's etcd peer traffic cut 8 s",
+            Fault::WriterSiteEtcdPeersCut { for_ms: 8000 },
+            14,
+        ),
+    )));
+    all.push(ha(at_most(
+        1,
+        s(
+            "20% of the writer region's packets lost for 8 s",
+            Fault::WriterRegionLossy {
+                percent: 20,
+                for_ms: 8000,
+            },
+            14,
+        ),
     )));
     for step in ["fence", "intent", "promote", "switch_dns"] {
         all.push(ha(s(

@@ -4,6 +4,9 @@ use super::{ChaosReport, Fault, LEASE_TTL_MS, Scenario};
 
 pub(super) fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
     let mut problems = Vec::new();
+    if let Some(error) = &r.error {
+        problems.push(format!("not judged: {error}"));
+    }
     let lost = r.lost_outside + r.lost_inside;
     // At most one write per client per kill of the writer: the replication window, not a fault of
     // the controller's (see `Fault::writer_kills`).
@@ -26,6 +29,13 @@ pub(super) fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
         problems.push(format!(
             "two masters accepted writes for {} ms",
             r.two_writable_masters_ms
+        ));
+    }
+    // A site in full contact with etcd and the regions has no reason to pause its writer.
+    if r.fenced_untouched > 0 {
+        problems.push(format!(
+            "a site no cut touched paused its writer {} time(s)",
+            r.fenced_untouched
         ));
     }
     if r.data_loss_suspected > 0 {
