@@ -181,10 +181,10 @@ fn ha_table(results: &[Vec<ChaosReport>]) -> String {
     );
     out.push_str(
         "\nTAKEOVER: from the fault to another site's election. REGION FENCED AFTER: from the fault\n\
-         to the writer's own region pausing its writer. UNCUT SITES PAUSED: writer pauses by sites
-         no cut named (they kept a majority: none is right). DOUBLE FLIPS: name changes beyond one per\n\
-         failover. STALE WRITES REFUSED: writes of a leader that had lost its lease, refused by etcd\n\
-         or by its own clock. NAME UNRESOLVED: time some running site's DNS gave no answer.\n",
+         to the writer's own region pausing its writer. UNCUT SITES PAUSED: writer pauses by sites\n\
+         no cut named (they kept a majority: none is right). DOUBLE FLIPS: name changes beyond one\n\
+         per failover. STALE WRITES REFUSED: writes of a leader that had lost its lease, refused by\n\
+         etcd or by its own clock. NAME UNRESOLVED: time some running site's DNS gave no answer.\n",
     );
     out
 }

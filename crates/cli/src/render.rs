@@ -60,6 +60,9 @@ pub fn status(config: &Config, status: &Status) -> String {
                 ""
             }
         );
+        for warning in &c.warnings {
+            let _ = writeln!(out, "warning: {warning}\n");
+        }
     }
     let rows: Vec<Vec<String>> = status
         .nodes

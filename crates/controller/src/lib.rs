@@ -535,6 +535,7 @@ async fn start_tasks(
         tasks.push(tokio::spawn(controller.clone().guard_region()));
         tasks.push(tokio::spawn(controller.clone().serve_requests()));
         tasks.push(tokio::spawn(controller.clone().follow_records()));
+        tasks.push(tokio::spawn(controller.clone().check_storage()));
     }
     if let Some(http) = &controller.config.http {
         tasks.push(http::serve(controller.clone(), http).await?);
@@ -545,12 +546,13 @@ async fn start_tasks(
 
 /// The essential tasks, in the order [`start_tasks`] spawns them.
 const ESSENTIAL: [&str; 3] = ["control socket", "reconcile loop", "clock watch"];
-const ESSENTIAL_HA: [&str; 5] = [
+const ESSENTIAL_HA: [&str; 6] = [
     "leader campaign",
     "site presence",
     "region guard",
     "forwarded requests",
     "records follower",
+    "etcd storage check",
 ];
 
 /// Connects to etcd, retrying with backoff for a while: a controller started before its etcd

@@ -79,6 +79,13 @@ pub struct CoordinationStatus {
     /// leader writes it).
     #[serde(default)]
     pub state_read_ms_ago: Option<u64>,
+    /// etcd's storage when last checked (every 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<valkey_dr_coord::Storage>,
+    /// What an operator must act on before it costs writes: an etcd alarm, a database near its
+    /// quota.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Controller {
@@ -213,6 +220,11 @@ impl Controller {
                 is_leader: ha.leader.is_leader(),
                 fencing: ha.fencing(),
                 state_read_ms_ago: ha.state_read_ago().map(|d| d.as_millis() as u64),
+                warnings: ha
+                    .storage()
+                    .map(|s| s.warnings(ha.config.etcd_quota_bytes()))
+                    .unwrap_or_default(),
+                etcd: ha.storage(),
             }),
         }
     }

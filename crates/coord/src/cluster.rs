@@ -249,6 +249,31 @@ pub async fn raft_leader(endpoints: &[String]) -> Result<String, ClusterError> {
         .ok_or_else(|| ClusterError::Io("no etcd member leads".into()))
 }
 
+/// Raises etcd's `NOSPACE` alarm on every member (`raised`), or disarms it: from then on etcd
+/// refuses writes exactly as when its database passed its quota, without filling gigabytes.
+pub async fn set_nospace_alarm(endpoints: &[String], raised: bool) -> Result<(), ClusterError> {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let error = |e: etcd_client::Error| ClusterError::Io(e.to_string());
+    let mut client = etcd_client::Client::connect(endpoints, None)
+        .await
+        .map_err(error)?;
+    let members = client.member_list().await.map_err(error)?;
+    let action = if raised {
+        AlarmAction::Activate
+    } else {
+        AlarmAction::Deactivate
+    };
+    for member in members.members() {
+        let mut options = AlarmOptions::new();
+        options.with_member(member.id());
+        client
+            .alarm(action, AlarmType::Nospace, Some(options))
+            .await
+            .map_err(error)?;
+    }
+    Ok(())
+}
+
 /// Waits until a quorum of the members at `endpoints` answers a write.
 pub async fn wait_ready(
     endpoints: &[String],

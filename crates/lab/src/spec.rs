@@ -311,6 +311,7 @@ impl LabSpec {
             sites: self.sites.clone(),
             lease_ttl_ms: 3000,
             fence_after_ms: None,
+            etcd_quota_bytes: None,
             prefix: None,
             name_servers: self
                 .sites

@@ -221,3 +221,50 @@ async fn three_regions_fail_over_on_a_majority_and_never_from_a_minority() {
     lab.wait_until(|s| s["findings"] == serde_json::json!(["healthy"]))
         .await;
 }
+
+/// etcd past its quota refuses every write (`NOSPACE`), and the writer's region fences itself
+/// when it cannot renew; an operator must see it coming and see it happen. Every site's status
+/// shows etcd's database size, and the alarm as a warning with what to do, within a check
+/// interval (10 s); disarmed, the warning goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_etcd_storage_and_warns_on_its_nospace_alarm() {
+    let lab = TestLab::start_ha().await;
+    let status = lab
+        .wait_until(|s| s["coordination"]["etcd"]["db_bytes"].as_u64().is_some())
+        .await;
+    assert!(
+        status["coordination"]["etcd"]["db_bytes"].as_u64().unwrap() > 0,
+        "{status:#}"
+    );
+    assert!(status["coordination"]["warnings"].is_null(), "{status:#}");
+
+    let endpoints: Vec<String> = lab
+        .spec
+        .etcd_members()
+        .iter()
+        .map(|m| format!("http://{}", m.client))
+        .collect();
+    valkey_dr_coord::cluster::set_nospace_alarm(&endpoints, true)
+        .await
+        .unwrap();
+    let warned = lab
+        .wait_until(|s| {
+            s["coordination"]["warnings"]
+                .to_string()
+                .contains("NOSPACE")
+        })
+        .await;
+    let warnings = warned["coordination"]["warnings"].to_string();
+    assert!(
+        warnings.contains("refuses every write") && warnings.contains("alarm disarm"),
+        "{warned:#}"
+    );
+    let table = lab.cli(&["status"]);
+    assert!(table.contains("warning: etcd alarm NOSPACE"), "{table}");
+
+    valkey_dr_coord::cluster::set_nospace_alarm(&endpoints, false)
+        .await
+        .unwrap();
+    lab.wait_until(|s| s["coordination"]["warnings"].is_null())
+        .await;
+}

@@ -40,6 +40,9 @@ pub use verdict::{
     guard_target,
 };
 
+/// How often each controller reads etcd's storage size and alarms.
+const STORAGE_CHECK_EVERY: Duration = Duration::from_secs(10);
+
 /// How often a controller that does not lead looks at the leader key.
 pub(crate) const FOLLOWER_TICK: Duration = Duration::from_millis(100);
 
@@ -63,6 +66,8 @@ pub struct Ha {
     fencing: watch::Sender<bool>,
     /// When the state was last read from etcd successfully; written only by the reads.
     synced_at: watch::Sender<Option<Instant>>,
+    /// etcd's storage when last checked; written only by [`Controller::check_storage`].
+    storage: watch::Sender<Option<valkey_dr_coord::Storage>>,
 }
 
 /// This site's presence key as its keeper last knew it.
@@ -96,7 +101,13 @@ impl Ha {
             view: watch::Sender::new(None),
             fencing: watch::Sender::new(false),
             synced_at: watch::Sender::new(None),
+            storage: watch::Sender::new(None),
         }
+    }
+
+    /// etcd's storage when last checked (None: not yet, or etcd did not answer).
+    pub fn storage(&self) -> Option<valkey_dr_coord::Storage> {
+        self.storage.borrow().clone()
     }
 
     pub fn site(&self) -> &str {
@@ -185,6 +196,18 @@ impl Controller {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let _ = ha.records.sync().await;
+        }
+    }
+
+    /// Checks etcd's storage every 10 s (two small reads; a database nears its quota over days,
+    /// an alarm is raised at once): `status` warns before etcd refuses writes, which would fence the writer's region.
+    pub async fn check_storage(self: Arc<Self>) {
+        let Some(ha) = self.ha.clone() else { return };
+        loop {
+            if let Ok(storage) = ha.coord.storage().await {
+                ha.storage.send_replace(Some(storage));
+            }
+            tokio::time::sleep(STORAGE_CHECK_EVERY).await;
         }
     }
 

@@ -187,6 +187,7 @@ mod tests {
             sites: vec!["us-east-1".into(), "us-east-2".into(), "witness".into()],
             lease_ttl_ms: 3000,
             fence_after_ms: None,
+            etcd_quota_bytes: None,
             prefix: None,
             name_servers: Default::default(),
         }

@@ -32,12 +32,22 @@ pub struct CoordinationConfig {
     /// (`ns-<site>.<zone>`), so resolvers find the name through any surviving site.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub name_servers: BTreeMap<String, std::net::IpAddr>,
+    /// The storage quota of your etcd members (their `--quota-backend-bytes`): `status` warns
+    /// when the database nears it, since past it etcd refuses every write and the writer's
+    /// region fences itself. etcd 3.6 reports its quota itself. [default: 2 GiB, etcd's]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_quota_bytes: Option<u64>,
 }
 
 impl CoordinationConfig {
     /// How many sites must agree (a strict majority).
     pub fn quorum(&self) -> usize {
         self.sites.len() / 2 + 1
+    }
+
+    /// [`CoordinationConfig::etcd_quota_bytes`], or etcd's default.
+    pub fn etcd_quota_bytes(&self) -> u64 {
+        self.etcd_quota_bytes.unwrap_or(2 << 30)
     }
 
     /// [`CoordinationConfig::fence_after_ms`], or its default.

@@ -355,6 +355,13 @@ impl Config {
                 "use 2000, 3000, … 60000 (etcd leases count whole seconds)",
             ));
         }
+        if c.etcd_quota_bytes == Some(0) {
+            return Err(ConfigError::invalid(
+                "coordination.etcd_quota_bytes",
+                "0 bytes is no quota".to_string(),
+                "set it to your etcd members' --quota-backend-bytes, or leave it out (2 GiB, etcd's default)",
+            ));
+        }
         let (earliest, latest) = (c.lease_ttl_ms / 6, c.lease_ttl_ms * 2 / 3);
         if !(earliest..=latest).contains(&c.fence_after_ms()) {
             return Err(ConfigError::invalid(
