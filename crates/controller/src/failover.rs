@@ -285,6 +285,7 @@ impl Controller {
         let history = History {
             replication_id,
             offset: target_offset,
+            parent: None,
         };
         self.commit_epoch(carried, new_epoch, history, block_until_ms, None)
             .await

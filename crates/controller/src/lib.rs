@@ -566,12 +566,28 @@ async fn connect_coordination(
     let ttl = Duration::from_millis(coordination.lease_ttl_ms);
     let mut backoff =
         valkey_dr_core::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let tls = coordination
+        .tls
+        .as_ref()
+        .map(|tls| {
+            let client = tls
+                .client_cert_file
+                .as_deref()
+                .zip(tls.client_key_file.as_deref());
+            valkey_dr_coord::EtcdTls::load(&tls.ca_file, client)
+        })
+        .transpose()
+        .map_err(|error| ControllerError::Coordination {
+            endpoints: coordination.etcd.join(","),
+            reason: error.to_string(),
+        })?;
     let coord = loop {
-        match valkey_dr_coord::Coordinator::connect(
+        match valkey_dr_coord::Coordinator::connect_with(
             &coordination.etcd,
             &prefix,
             &coordination.site,
             ttl,
+            tls.as_ref(),
         )
         .await
         {

@@ -410,6 +410,7 @@ impl Controller {
         let required = History {
             replication_id: old_info.replication_id.clone(),
             offset: needed,
+            parent: None,
         };
         let intent = crate::state::Intent {
             epoch: new_epoch.epoch,

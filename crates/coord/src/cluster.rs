@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::EtcdTls;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("etcd is not installed (Debian: apt-get install etcd-server)")]
@@ -71,7 +73,7 @@ impl EtcdCluster {
         let member = &self.members[i];
         let log = std::fs::File::create(self.dir.join(format!("{}.log", member.name)))
             .map_err(|e| ClusterError::Io(e.to_string()))?;
-        let child = member_command(&self.dir, &self.addresses(), i)
+        let child = member_command(&self.dir, &self.addresses(), i, None)
             .stdin(Stdio::null())
             .stdout(
                 log.try_clone()
@@ -111,7 +113,13 @@ impl EtcdCluster {
 
     /// Waits until a quorum answers a write.
     pub async fn wait_ready(&self, limit: Duration) -> Result<(), ClusterError> {
-        wait_ready(&self.endpoints(), limit, &self.dir.display().to_string()).await
+        wait_ready(
+            &self.endpoints(),
+            None,
+            limit,
+            &self.dir.display().to_string(),
+        )
+        .await
     }
 }
 
@@ -128,11 +136,20 @@ pub struct MemberAddress {
 /// last 1000 revisions and the backend quota set explicitly: etcd compacts nothing by default,
 /// and past its quota it refuses every write (NOSPACE), which would fence the writer's region
 /// for good.
-pub fn member_command(dir: &Path, members: &[MemberAddress], i: usize) -> Command {
+///
+/// With `tls`, clients and peers speak TLS and must present a certificate signed by its CA
+/// (`--client-cert-auth`, `--peer-client-cert-auth`): whoever can write etcd can move the writer.
+pub fn member_command(
+    dir: &Path,
+    members: &[MemberAddress],
+    i: usize,
+    tls: Option<&MemberTls>,
+) -> Command {
     let member = &members[i];
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let initial = members
         .iter()
-        .map(|m| format!("{}=http://{}", m.name, m.peer))
+        .map(|m| format!("{}={scheme}://{}", m.name, m.peer))
         .collect::<Vec<_>>()
         .join(",");
     let mut command = Command::new("etcd");
@@ -142,13 +159,13 @@ pub fn member_command(dir: &Path, members: &[MemberAddress], i: usize) -> Comman
         .arg("--data-dir")
         .arg(dir.join(&member.name))
         .arg("--listen-client-urls")
-        .arg(format!("http://{}", member.client))
+        .arg(format!("{scheme}://{}", member.client))
         .arg("--advertise-client-urls")
-        .arg(format!("http://{}", member.client))
+        .arg(format!("{scheme}://{}", member.client))
         .arg("--listen-peer-urls")
-        .arg(format!("http://{}", member.peer))
+        .arg(format!("{scheme}://{}", member.peer))
         .arg("--initial-advertise-peer-urls")
-        .arg(format!("http://{}", member.peer))
+        .arg(format!("{scheme}://{}", member.peer))
         .arg("--initial-cluster")
         .arg(initial)
         .arg("--initial-cluster-state")
@@ -169,7 +186,33 @@ pub fn member_command(dir: &Path, members: &[MemberAddress], i: usize) -> Comman
         .arg("1000")
         .arg("--quota-backend-bytes")
         .arg((2u64 << 30).to_string());
+    if let Some(tls) = tls {
+        command
+            .arg("--cert-file")
+            .arg(&tls.cert_file)
+            .arg("--key-file")
+            .arg(&tls.key_file)
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(&tls.ca_file)
+            .arg("--peer-cert-file")
+            .arg(&tls.cert_file)
+            .arg("--peer-key-file")
+            .arg(&tls.key_file)
+            .arg("--peer-client-cert-auth")
+            .arg("--peer-trusted-ca-file")
+            .arg(&tls.ca_file);
+    }
     command
+}
+
+/// A member's TLS files: its certificate (valid for every address it is reached at, used to
+/// both serve and reach its peers) and key, and the CA that signs clients and peers.
+#[derive(Debug, Clone)]
+pub struct MemberTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 pub fn spawn_error(e: std::io::Error) -> ClusterError {
@@ -182,8 +225,12 @@ pub fn spawn_error(e: std::io::Error) -> ClusterError {
 /// Makes the member named `name` etcd's raft leader (asked of every member in turn: only the
 /// current leader can hand over). A raft leader change extends every lease by a full TTL, so
 /// the leader belongs where an isolation is least likely: the witness.
-pub async fn move_leader_to(endpoints: &[String], name: &str) -> Result<(), ClusterError> {
-    let options = etcd_client::ConnectOptions::new()
+pub async fn move_leader_to(
+    endpoints: &[String],
+    tls: Option<&EtcdTls>,
+    name: &str,
+) -> Result<(), ClusterError> {
+    let options = EtcdTls::options(tls)
         .with_connect_timeout(Duration::from_millis(500))
         .with_timeout(Duration::from_secs(2));
     let error = |e: etcd_client::Error| ClusterError::Io(e.to_string());
@@ -231,8 +278,11 @@ pub async fn move_leader_to(endpoints: &[String], name: &str) -> Result<(), Clus
 }
 
 /// The name of the member that leads the raft group now, as the first member that answers says.
-pub async fn raft_leader(endpoints: &[String]) -> Result<String, ClusterError> {
-    let options = etcd_client::ConnectOptions::new()
+pub async fn raft_leader(
+    endpoints: &[String],
+    tls: Option<&EtcdTls>,
+) -> Result<String, ClusterError> {
+    let options = EtcdTls::options(tls)
         .with_connect_timeout(Duration::from_millis(500))
         .with_timeout(Duration::from_secs(2));
     let error = |e: etcd_client::Error| ClusterError::Io(e.to_string());
@@ -251,10 +301,14 @@ pub async fn raft_leader(endpoints: &[String]) -> Result<String, ClusterError> {
 
 /// Raises etcd's `NOSPACE` alarm on every member (`raised`), or disarms it: from then on etcd
 /// refuses writes exactly as when its database passed its quota, without filling gigabytes.
-pub async fn set_nospace_alarm(endpoints: &[String], raised: bool) -> Result<(), ClusterError> {
+pub async fn set_nospace_alarm(
+    endpoints: &[String],
+    tls: Option<&EtcdTls>,
+    raised: bool,
+) -> Result<(), ClusterError> {
     use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
     let error = |e: etcd_client::Error| ClusterError::Io(e.to_string());
-    let mut client = etcd_client::Client::connect(endpoints, None)
+    let mut client = etcd_client::Client::connect(endpoints, Some(EtcdTls::options(tls)))
         .await
         .map_err(error)?;
     let members = client.member_list().await.map_err(error)?;
@@ -277,12 +331,13 @@ pub async fn set_nospace_alarm(endpoints: &[String], raised: bool) -> Result<(),
 /// Waits until a quorum of the members at `endpoints` answers a write.
 pub async fn wait_ready(
     endpoints: &[String],
+    tls: Option<&EtcdTls>,
     limit: Duration,
     what: &str,
 ) -> Result<(), ClusterError> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let options = etcd_client::ConnectOptions::new()
+        let options = EtcdTls::options(tls)
             .with_connect_timeout(Duration::from_millis(300))
             .with_timeout(Duration::from_millis(500));
         if let Ok(mut client) = etcd_client::Client::connect(endpoints, Some(options)).await

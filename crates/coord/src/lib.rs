@@ -22,6 +22,55 @@ use etcd_client::{
     Txn, TxnOp,
 };
 
+/// How a client proves itself to etcd and checks etcd's members: the CA that signed the
+/// members' certificates, and a client certificate when they require one.
+#[derive(Clone)]
+pub struct EtcdTls {
+    ca_pem: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    // The key stays out of every log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdTls {
+    /// Reads the CA and, if given, the client certificate and key (PEM files).
+    pub fn load(
+        ca_file: &std::path::Path,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<EtcdTls, CoordError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| CoordError::Tls(format!("cannot read {}: {e}", path.display())))
+        };
+        Ok(EtcdTls {
+            ca_pem: read(ca_file)?,
+            identity: match client {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+        })
+    }
+
+    /// Connect options with this TLS set up (plain ones without).
+    pub fn options(tls: Option<&EtcdTls>) -> ConnectOptions {
+        let options = ConnectOptions::new();
+        let Some(tls) = tls else { return options };
+        let mut config = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        options.with_tls(config)
+    }
+}
+
 /// etcd's storage: its database size, its quota when it reports one (etcd 3.6 and later), and
 /// the cluster's active alarms (`NOSPACE`: past its quota, etcd refuses every write).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -62,6 +111,8 @@ impl Storage {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
+    #[error("etcd TLS: {0}")]
+    Tls(String),
     #[error("etcd is unreachable or has no quorum: {0}")]
     Unavailable(String),
     #[error("no longer the leader: etcd refused a write fenced by token {token}")]
@@ -191,10 +242,21 @@ impl Coordinator {
         site: &str,
         ttl: Duration,
     ) -> Result<Coordinator, CoordError> {
+        Self::connect_with(endpoints, prefix, site, ttl, None).await
+    }
+
+    /// [`Coordinator::connect`] over TLS (`https://` endpoints) when `tls` is given.
+    pub async fn connect_with(
+        endpoints: &[String],
+        prefix: &str,
+        site: &str,
+        ttl: Duration,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Coordinator, CoordError> {
         // Per member and request: three members answer within one act window (2/3 TTL).
         let timeout = (ttl / 6).max(Duration::from_millis(200));
         // A member that lost its leader refuses at once instead of hanging.
-        let options = ConnectOptions::new()
+        let options = EtcdTls::options(tls)
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_require_leader(true);

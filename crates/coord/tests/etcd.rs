@@ -217,7 +217,7 @@ async fn raft_leadership_moves_to_the_named_member() {
     let cluster = cluster("move").await;
     let endpoints = cluster.endpoints();
     for target in ["etcd2", "etcd0"] {
-        valkey_dr_coord::cluster::move_leader_to(&endpoints, target)
+        valkey_dr_coord::cluster::move_leader_to(&endpoints, None, target)
             .await
             .unwrap();
         let mut raw = etcd_client::Client::connect(&endpoints, None)

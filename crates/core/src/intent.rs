@@ -97,6 +97,7 @@ mod tests {
             required: History {
                 replication_id: "r".into(),
                 offset: 100,
+                parent: None,
             },
         };
         let promoted_target = |offset: u64| {

@@ -33,6 +33,10 @@ pub struct ReplicationInfo {
     /// (all zeros when none).
     #[serde(default)]
     pub replication_id2: String,
+    /// `second_repl_offset`: up to which offset `replication_id2`'s history is this node's own
+    /// (None: no earlier history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_id2_until: Option<u64>,
     pub connected_replicas: u32,
     /// `master_last_io_seconds_ago` on a replica whose link is up: how long since its master last
     /// sent anything (data or the ping every `repl-ping-replica-period`).
@@ -54,9 +58,19 @@ impl ReplicationInfo {
 
     /// Where this node's replication history stands.
     pub fn history(&self) -> History {
+        let parent = self
+            .replication_id2_until
+            .filter(|_| {
+                !self.replication_id2.is_empty() && self.replication_id2.bytes().any(|b| b != b'0')
+            })
+            .map(|until| ParentHistory {
+                replication_id: self.replication_id2.clone(),
+                until,
+            });
         History {
             replication_id: self.replication_id.clone(),
             offset: self.offset,
+            parent,
         }
     }
 
@@ -71,10 +85,20 @@ impl ReplicationInfo {
 
     /// True when this node is on `before`'s replication history at any offset: a replica that
     /// synced from that writer (it may lag behind).
+    ///
+    /// Also a node on the history `before` continued from, at an offset no further than where
+    /// `before` forked from it: it holds a prefix of `before` (everything up to a promotion),
+    /// which is worth more than nothing when the writer comes back empty. One past the fork
+    /// took writes `before` never had, and does not count.
     pub fn shares_history(&self, before: &History) -> bool {
+        let on_parent = before
+            .parent
+            .as_ref()
+            .is_some_and(|p| self.replication_id == p.replication_id && self.offset <= p.until);
         !before.replication_id.is_empty()
             && (self.replication_id == before.replication_id
-                || self.replication_id2 == before.replication_id)
+                || self.replication_id2 == before.replication_id
+                || on_parent)
     }
 }
 
@@ -83,6 +107,16 @@ impl ReplicationInfo {
 pub struct History {
     pub replication_id: String,
     pub offset: u64,
+    /// The history this one continued from at its writer's promotion, and up to which offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentHistory>,
+}
+
+/// The earlier history a writer's continued from (`master_replid2` up to `second_repl_offset`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentHistory {
+    pub replication_id: String,
+    pub until: u64,
 }
 
 /// What a failed call says about the node. The engine decides it from the error's type (a
@@ -206,6 +240,8 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
     };
     let replication_id = field("master_replid").unwrap_or_default().to_string();
     let replication_id2 = field("master_replid2").unwrap_or_default().to_string();
+    // -1 when there is no earlier history.
+    let replication_id2_until = field("second_repl_offset").and_then(|v| v.parse::<u64>().ok());
     let connected_replicas = match field("connected_slaves") {
         Some(_) => number("connected_slaves")? as u32,
         None => 0,
@@ -216,6 +252,7 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
             offset: number("master_repl_offset")?,
             replication_id,
             replication_id2,
+            replication_id2_until,
             connected_replicas,
             master_last_io_s: None,
         }),
@@ -238,6 +275,7 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
                 offset: number("slave_repl_offset")?,
                 replication_id,
                 replication_id2,
+                replication_id2_until,
                 connected_replicas,
                 // -1 while the link is down.
                 master_last_io_s: field("master_last_io_seconds_ago").and_then(|v| v.parse().ok()),
@@ -280,6 +318,7 @@ mod tests {
         let before = History {
             replication_id: "8f1c".into(),
             offset: 50_000,
+            parent: None,
         };
         let primary = |id: &str, offset: u64| ReplicationInfo {
             role: Role::Primary,
@@ -290,6 +329,7 @@ mod tests {
             } else {
                 "0000".into()
             },
+            replication_id2_until: None,
             connected_replicas: 0,
             master_last_io_s: None,
         };
@@ -355,5 +395,23 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(parse_info_replication(text), Err(expected), "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_promoted_nodes_history_names_the_one_it_continued_and_up_to_where() {
+        let promoted = "# Replication\r\nrole:master\r\nmaster_replid:r\r\nmaster_replid2:p\r\nmaster_repl_offset:100\r\nsecond_repl_offset:61\r\n";
+        let history = parse_info_replication(promoted).unwrap().history();
+        assert_eq!(
+            history.parent,
+            Some(ParentHistory {
+                replication_id: "p".into(),
+                until: 61
+            })
+        );
+        let never = "# Replication\r\nrole:master\r\nmaster_replid:r\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:100\r\nsecond_repl_offset:-1\r\n";
+        assert_eq!(
+            parse_info_replication(never).unwrap().history().parent,
+            None
+        );
     }
 }

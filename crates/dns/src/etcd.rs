@@ -35,7 +35,9 @@ pub struct EtcdRecords {
 
 fn coord_error(e: CoordError) -> DnsError {
     match e {
-        CoordError::Unavailable(reason) => DnsError::Unavailable(format!("etcd: {reason}")),
+        CoordError::Unavailable(reason) | CoordError::Tls(reason) => {
+            DnsError::Unavailable(format!("etcd: {reason}"))
+        }
         e @ (CoordError::Deposed { .. } | CoordError::Expired) => DnsError::Fenced(e.to_string()),
         CoordError::Conflict { key, .. } => DnsError::Conflict {
             name: key,

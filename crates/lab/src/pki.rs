@@ -52,6 +52,25 @@ pub fn generate(spec: &LabSpec) -> Result<(), String> {
     let ca =
         CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| fail("CA certificate", &e))?;
     std::fs::write(spec.ca_file(), ca.pem()).map_err(|e| fail("writing the CA", &e))?;
+    // etcd: each member's certificate serves its clients and reaches its peers; the controllers
+    // share one client certificate.
+    let etcd_certs = spec.sites.iter().map(|site| {
+        let ips = spec
+            .etcd_member_ips(site)
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        (format!("etcd-{site}"), ips)
+    });
+    let client = std::iter::once(("etcd-client".to_string(), Vec::new()));
+    for (name, sans) in etcd_certs.chain(client) {
+        let tls = spec.dir.join("tls");
+        let (cert, key) = issue(&ca, &name, sans).map_err(|e| fail(&name, &e))?;
+        std::fs::write(tls.join(format!("{name}.pem")), cert)
+            .map_err(|e| fail("writing a certificate", &e))?;
+        write_private(&tls.join(format!("{name}.key")), key.as_bytes())
+            .map_err(|e| fail("writing a key", &e))?;
+    }
     for (r, i) in spec.nodes() {
         let mut names = vec![
             spec.node_ip(r, i).to_string(),
@@ -62,18 +81,28 @@ pub fn generate(spec: &LabSpec) -> Result<(), String> {
                 .filter(|f| *f != r)
                 .map(|f| spec.link_addr(f, r, i).ip().to_string()),
         );
-        let mut params = CertificateParams::new(names).map_err(|e| fail("node certificate", &e))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, spec.node_ip(r, i).to_string());
-        let key = KeyPair::generate().map_err(|e| fail("node key", &e))?;
-        let cert = params
-            .signed_by(&key, &ca)
-            .map_err(|e| fail("signing a node certificate", &e))?;
-        std::fs::write(spec.node_cert(r, i), cert.pem())
+        let (cert, key) = issue(&ca, &spec.node_ip(r, i).to_string(), names)
+            .map_err(|e| fail("node certificate", &e))?;
+        std::fs::write(spec.node_cert(r, i), cert)
             .map_err(|e| fail("writing a certificate", &e))?;
-        write_private(&spec.node_key(r, i), key.serialize_pem().as_bytes())
+        write_private(&spec.node_key(r, i), key.as_bytes())
             .map_err(|e| fail("writing a key", &e))?;
     }
     Ok(())
+}
+
+/// A certificate for `names` (addresses) with common name `common_name`, signed by the lab's CA:
+/// its PEM and its key's. No extended key usage: it may serve and be presented as a client.
+fn issue(
+    ca: &CertifiedIssuer<'_, KeyPair>,
+    common_name: &str,
+    names: Vec<String>,
+) -> Result<(String, String), rcgen::Error> {
+    let mut params = CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }

@@ -276,18 +276,21 @@ async fn start_etcd(spec: &LabSpec) -> Result<(), LabError> {
     for i in 0..members.len() {
         start_etcd_member(spec, i)?;
     }
-    let endpoints: Vec<String> = members
-        .iter()
-        .map(|m| format!("http://{}", m.client))
-        .collect();
-    valkey_dr_coord::cluster::wait_ready(&endpoints, Duration::from_secs(30), "the lab's etcd")
-        .await
-        .map_err(|e| {
-            LabError::Io(format!(
-                "{e}; see {}",
-                spec.dir.join("etcd-*.log").display()
-            ))
-        })
+    let endpoints = spec.etcd_member_endpoints();
+    let tls = spec.etcd_tls().map_err(LabError::Io)?;
+    valkey_dr_coord::cluster::wait_ready(
+        &endpoints,
+        tls.as_ref(),
+        Duration::from_secs(30),
+        "the lab's etcd",
+    )
+    .await
+    .map_err(|e| {
+        LabError::Io(format!(
+            "{e}; see {}",
+            spec.dir.join("etcd-*.log").display()
+        ))
+    })
 }
 
 /// Starts (or restarts, on its data) the etcd member of site number `i`.
@@ -300,7 +303,9 @@ pub fn start_etcd_member(spec: &LabSpec, i: usize) -> Result<(), LabError> {
         .append(true)
         .open(spec.dir.join(format!("etcd-{name}.log")))
         .map_err(io("creating an etcd log"))?;
-    let mut command = valkey_dr_coord::cluster::member_command(&spec.dir.join("etcd"), &members, i);
+    let tls = spec.etcd_member_tls(name);
+    let mut command =
+        valkey_dr_coord::cluster::member_command(&spec.dir.join("etcd"), &members, i, tls.as_ref());
     enter(&mut command, namespace(spec, spec.place(name)).as_deref())?;
     let child = command
         .stdin(Stdio::null())

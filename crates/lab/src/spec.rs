@@ -189,6 +189,69 @@ impl LabSpec {
         )
     }
 
+    /// etcd's URL scheme: with the lab's TLS, clients and peers speak TLS with certificates.
+    fn etcd_scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// Every member's client URL, reached directly (the lab's own commands and checks).
+    pub fn etcd_member_endpoints(&self) -> Vec<String> {
+        self.etcd_members()
+            .iter()
+            .map(|m| format!("{}://{}", self.etcd_scheme(), m.client))
+            .collect()
+    }
+
+    /// The CA and the controllers' client certificate for etcd (None without the lab's TLS).
+    pub fn etcd_client_tls(&self) -> Option<TlsConfig> {
+        self.tls.then(|| TlsConfig {
+            ca_file: self.ca_file(),
+            client_cert_file: Some(self.dir.join("tls").join("etcd-client.pem")),
+            client_key_file: Some(self.dir.join("tls").join("etcd-client.key")),
+        })
+    }
+
+    /// [`LabSpec::etcd_client_tls`], loaded.
+    pub fn etcd_tls(&self) -> Result<Option<valkey_dr_coord::EtcdTls>, String> {
+        self.etcd_client_tls()
+            .map(|tls| {
+                let cert = tls.client_cert_file.expect("set above");
+                let key = tls.client_key_file.expect("set above");
+                valkey_dr_coord::EtcdTls::load(&tls.ca_file, Some((&cert, &key)))
+                    .map_err(|e| e.to_string())
+            })
+            .transpose()
+    }
+
+    /// The certificate and key of a site's etcd member (valid for its own address and every
+    /// link end it is reached at), with the lab's CA.
+    pub fn etcd_member_tls(&self, site: &str) -> Option<valkey_dr_coord::cluster::MemberTls> {
+        self.tls.then(|| valkey_dr_coord::cluster::MemberTls {
+            ca_file: self.ca_file(),
+            cert_file: self.dir.join("tls").join(format!("etcd-{site}.pem")),
+            key_file: self.dir.join("tls").join(format!("etcd-{site}.key")),
+        })
+    }
+
+    /// Every address the etcd member of `site` is reached at (its own, and its link ends) or
+    /// reaches its peers from (etcd checks a peer's certificate against the address it comes
+    /// from: on loopback the kernel picks 127.0.0.1, in a namespace the place's own `.254`).
+    pub fn etcd_member_ips(&self, site: &str) -> Vec<Ipv4Addr> {
+        let source = if self.netns {
+            self.ip(self.site_octet(site), 254)
+        } else {
+            Ipv4Addr::LOCALHOST
+        };
+        let mut ips = vec![self.etcd_ip(site), source];
+        ips.extend(self.sites.iter().filter(|f| *f != site).filter_map(|from| {
+            match self.etcd_link_addr(from, site).ip() {
+                std::net::IpAddr::V4(ip) => Some(ip),
+                std::net::IpAddr::V6(_) => None,
+            }
+        }));
+        ips
+    }
+
     /// The etcd client URLs of site `from`: its own member directly, the others through the link.
     pub fn etcd_endpoints(&self, from: &str) -> Vec<String> {
         self.sites
@@ -199,7 +262,7 @@ impl LabSpec {
                 } else {
                     self.etcd_link_addr(from, to)
                 };
-                format!("http://{addr}")
+                format!("{}://{addr}", self.etcd_scheme())
             })
             .collect()
     }
@@ -312,6 +375,7 @@ impl LabSpec {
             lease_ttl_ms: 3000,
             fence_after_ms: None,
             etcd_quota_bytes: None,
+            tls: self.etcd_client_tls(),
             prefix: None,
             name_servers: self
                 .sites
@@ -692,15 +756,27 @@ mod tests {
         assert_eq!(
             spec.etcd_endpoints("us-east-1"),
             [
-                "http://127.0.1.50:2379",
-                "http://127.0.1.62:2379",
-                "http://127.0.1.60:2379"
+                "https://127.0.1.50:2379",
+                "https://127.0.1.62:2379",
+                "https://127.0.1.60:2379"
             ]
         );
         assert_eq!(spec.site_dns("witness"), spec.dns);
         assert_eq!(spec.site_dns("us-east-2").to_string(), "127.0.2.53:5353");
         let east = spec.site_config("us-east-1");
         east.validate().expect("site config is valid");
+        // etcd with the lab's TLS: the controllers present a client certificate.
+        let etcd_tls = east
+            .coordination
+            .as_ref()
+            .and_then(|c| c.tls.clone())
+            .expect("etcd TLS");
+        assert!(etcd_tls.client_cert_file.is_some());
+        assert_eq!(
+            spec.etcd_member_ips("us-east-1").len(),
+            4,
+            "its own address, the one it reaches its peers from, the two link ends"
+        );
         let nodes: Vec<_> = east.regions.iter().flat_map(|r| &r.nodes).collect();
         assert_eq!(
             nodes[0].controller_address.as_deref(),

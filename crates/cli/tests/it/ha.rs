@@ -70,11 +70,12 @@ async fn every_site_serves_the_name_and_the_survivors_carry_on_without_the_leade
     // A deposed leader's token, whatever its own clock says, is refused by etcd: neither the
     // state nor the records change.
     let endpoints = lab.spec.etcd_endpoints("us-east-1");
-    let coord = Coordinator::connect(
+    let coord = Coordinator::connect_with(
         &endpoints,
         "/valkey-dr/valkey-dr-lab",
         "impostor",
         Duration::from_secs(3),
+        lab.spec.etcd_tls().unwrap().as_ref(),
     )
     .await
     .unwrap();
@@ -126,11 +127,12 @@ async fn every_site_serves_the_name_and_the_survivors_carry_on_without_the_leade
         "deadline_ms": 1,
         "request": { "command": "promote", "region": "us-east-1" },
     });
-    let forwarder = Coordinator::connect(
+    let forwarder = Coordinator::connect_with(
         &endpoints,
         "/valkey-dr/valkey-dr-lab",
         "operator",
         Duration::from_secs(3),
+        lab.spec.etcd_tls().unwrap().as_ref(),
     )
     .await
     .unwrap();
@@ -238,13 +240,9 @@ async fn status_shows_etcd_storage_and_warns_on_its_nospace_alarm() {
     );
     assert!(status["coordination"]["warnings"].is_null(), "{status:#}");
 
-    let endpoints: Vec<String> = lab
-        .spec
-        .etcd_members()
-        .iter()
-        .map(|m| format!("http://{}", m.client))
-        .collect();
-    valkey_dr_coord::cluster::set_nospace_alarm(&endpoints, true)
+    let endpoints = lab.spec.etcd_member_endpoints();
+    let tls = lab.spec.etcd_tls().unwrap();
+    valkey_dr_coord::cluster::set_nospace_alarm(&endpoints, tls.as_ref(), true)
         .await
         .unwrap();
     let warned = lab
@@ -262,7 +260,7 @@ async fn status_shows_etcd_storage_and_warns_on_its_nospace_alarm() {
     let table = lab.cli(&["status"]);
     assert!(table.contains("warning: etcd alarm NOSPACE"), "{table}");
 
-    valkey_dr_coord::cluster::set_nospace_alarm(&endpoints, false)
+    valkey_dr_coord::cluster::set_nospace_alarm(&endpoints, tls.as_ref(), false)
         .await
         .unwrap();
     lab.wait_until(|s| s["coordination"]["warnings"].is_null())

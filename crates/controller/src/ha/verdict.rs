@@ -188,6 +188,7 @@ mod tests {
             lease_ttl_ms: 3000,
             fence_after_ms: None,
             etcd_quota_bytes: None,
+            tls: None,
             prefix: None,
             name_servers: Default::default(),
         }

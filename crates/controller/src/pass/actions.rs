@@ -113,6 +113,7 @@ impl Controller {
         let required = History {
             replication_id: intent.replication_id.clone(),
             offset: intent.required_offset,
+            parent: None,
         };
         let new_epoch = EpochRecord {
             epoch: intent.epoch,

@@ -441,6 +441,7 @@ mod tests {
             writer_history: Some(History {
                 replication_id: "8f1c".into(),
                 offset: 4242,
+                parent: None,
             }),
             writer_quorum: Some(WriteQuorum {
                 replicas: 2,

@@ -158,6 +158,7 @@ pub async fn battery(engine: &dyn Engine, nodes: &BatteryNodes) {
     let before = History {
         replication_id: a_history.replication_id.clone(),
         offset: 0,
+        parent: None,
     };
     assert!(
         promoted.shares_history(&before),

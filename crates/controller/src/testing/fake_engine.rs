@@ -20,6 +20,8 @@ pub struct FakeNode {
     pub offset: u64,
     pub replication_id: String,
     pub replication_id2: String,
+    /// Up to which offset `replication_id2` was this node's history (set at a promotion).
+    pub replication_id2_until: Option<u64>,
     pub up: bool,
     /// Writes are paused (`CLIENT PAUSE WRITE`): a heartbeat is not written.
     pub paused: bool,
@@ -46,6 +48,7 @@ impl FakeNode {
             offset,
             replication_id: replication_id.into(),
             replication_id2: "0000".into(),
+            replication_id2_until: None,
             up: true,
             paused: false,
             refuses_replicaof: false,
@@ -189,6 +192,7 @@ impl Engine for FakeEngine {
             offset: node.offset,
             replication_id: node.replication_id,
             replication_id2: node.replication_id2,
+            replication_id2_until: node.replication_id2_until,
             connected_replicas,
             master_last_io_s: node.master.as_ref().map(|_| 0),
         })
@@ -283,6 +287,7 @@ impl Engine for FakeEngine {
         let node = world.nodes.get_mut(endpoint).expect("checked above");
         node.master = None;
         node.replication_id2 = std::mem::replace(&mut node.replication_id, id);
+        node.replication_id2_until = Some(node.offset);
         Ok(())
     }
 

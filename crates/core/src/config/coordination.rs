@@ -37,6 +37,11 @@ pub struct CoordinationConfig {
     /// region fences itself. etcd 3.6 reports its quota itself. [default: 2 GiB, etcd's]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_quota_bytes: Option<u64>,
+    /// TLS to etcd (`https://` URLs): the CA that signed the members' certificates, and this
+    /// controller's client certificate and key when the members require one
+    /// (`--client-cert-auth`, recommended: anyone who can write etcd can move the writer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::TlsConfig>,
 }
 
 impl CoordinationConfig {

@@ -313,3 +313,36 @@ fn the_early_fence_fits_between_two_renewals_and_the_lease() {
         }
     }
 }
+
+#[test]
+fn etcd_over_tls_needs_https_urls_and_a_whole_client_identity() {
+    let base = include_str!("../../../../valkey-dr.toml");
+    let tls = "[coordination.tls]\nca_file = \"/etc/valkey-dr/etcd-ca.pem\"\nclient_cert_file = \"/etc/valkey-dr/etcd.pem\"\nclient_key_file = \"/etc/valkey-dr/etcd.key\"\n";
+    let https =
+        three_sites(base, SITES, tls).replace("http://127.0.0.1:2379", "https://127.0.0.1:2379");
+    let config = Config::parse(&https).unwrap();
+    assert!(config.coordination.unwrap().tls.is_some());
+    // (config, field named, words of the fix)
+    let cases = [
+        (
+            three_sites(base, SITES, tls),
+            "coordination.etcd[0]",
+            "use https://",
+        ),
+        (
+            three_sites(base, SITES, "").replace("http://", "https://"),
+            "coordination.etcd[0]",
+            "set [coordination.tls]",
+        ),
+        (
+            https.replace("client_key_file = \"/etc/valkey-dr/etcd.key\"\n", ""),
+            "coordination.tls.client_cert_file",
+            "set both",
+        ),
+    ];
+    for (text, field, fix) in cases {
+        let error = Config::parse(&text).unwrap_err();
+        assert_eq!(error.field(), Some(field), "{error}");
+        assert!(error.to_string().contains(fix), "{error}");
+    }
+}

@@ -284,15 +284,48 @@ impl Config {
                 "list the client URLs of every etcd member, e.g. [\"http://10.0.1.5:2379\"]",
             ));
         }
+        let scheme = if c.tls.is_some() {
+            "https://"
+        } else {
+            "http://"
+        };
         for (i, url) in c.etcd.iter().enumerate() {
-            let authority = url.strip_prefix("http://").unwrap_or("");
-            if authority.is_empty() || authority.contains('/') || !authority.contains(':') {
+            let field = format!("coordination.etcd[{i}]");
+            let other = if c.tls.is_some() {
+                "http://"
+            } else {
+                "https://"
+            };
+            if url.starts_with(other) {
                 return Err(ConfigError::invalid(
-                    format!("coordination.etcd[{i}]"),
-                    format!("\"{url}\" is not an etcd client URL"),
-                    "write it as http://<host>:<port>",
+                    field,
+                    format!(
+                        "\"{url}\" does not match [coordination.tls] (set: https, unset: http)"
+                    ),
+                    if c.tls.is_some() {
+                        "use https:// URLs, or remove [coordination.tls]"
+                    } else {
+                        "set [coordination.tls] (ca_file, client_cert_file, client_key_file) for https"
+                    },
                 ));
             }
+            let authority = url.strip_prefix(scheme).unwrap_or("");
+            if authority.is_empty() || authority.contains('/') || !authority.contains(':') {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("\"{url}\" is not an etcd client URL"),
+                    format!("write it as {scheme}<host>:<port>"),
+                ));
+            }
+        }
+        if let Some(tls) = &c.tls
+            && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
+        {
+            return Err(ConfigError::invalid(
+                "coordination.tls.client_cert_file",
+                "a client certificate needs its key and the other way round",
+                "set both client_cert_file and client_key_file, or neither",
+            ));
         }
         let mut seen = BTreeSet::new();
         for (i, site) in c.sites.iter().enumerate() {

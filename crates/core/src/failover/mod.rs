@@ -183,6 +183,7 @@ pub fn lineage_or_guess(
         .unwrap_or(History {
             replication_id: String::new(),
             offset: 0,
+            parent: None,
         })
 }
 
@@ -272,14 +273,14 @@ pub fn decide(
     let lineage = &lineage_or_guess(observations, lineage, &excluded);
     let writer_region = topology.node(writer).region;
     let ranked = candidates(topology, observations, &excluded, lineage, |_| true);
+    let every_node_answered = topology.nodes.iter().all(|n| {
+        observations
+            .iter()
+            .any(|o| o.node == n.id && o.info().is_some())
+    });
     let Some(&(best_offset, best)) = ranked.first() else {
         // A lost writer's history is declared gone only when every configured node answered and
         // none holds it: silence, a node loading or mid-sync, proves nothing.
-        let every_node_answered = topology.nodes.iter().all(|n| {
-            observations
-                .iter()
-                .any(|o| o.node == n.id && o.info().is_some())
-        });
         let someone_holds_it = known_lineage.is_some_and(|l| {
             observations
                 .iter()
@@ -352,7 +353,18 @@ pub fn decide(
     };
     // What a target at `offset` gives up of the writer's history as last seen.
     let at_risk = |offset: u64| lineage.offset.saturating_sub(offset);
-    if at_risk(chosen_offset) > policy.max_data_at_risk_bytes {
+    // A writer back without its data lost what no other node holds, whatever we choose: when
+    // every node answered and none holds more than the target, waiting saves nothing and keeps
+    // writes stopped (before, the writer's emptiness was adopted instead: everything lost).
+    let most_held = observations
+        .iter()
+        .filter(|o| o.node != writer && holds_history(o, lineage))
+        .filter_map(|o| o.info().map(|i| i.offset))
+        .max()
+        .unwrap_or(0);
+    let lost_for_good =
+        state == WriterState::Lost && every_node_answered && chosen_offset >= most_held;
+    if at_risk(chosen_offset) > policy.max_data_at_risk_bytes && !lost_for_good {
         return Decision::WaitForOperator {
             reason: WaitReason::DataAtRisk {
                 bytes: at_risk(chosen_offset),

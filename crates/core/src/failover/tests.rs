@@ -28,10 +28,15 @@ fn with(mut o: NodeObservation, f: impl FnOnce(&mut ReplicationInfo)) -> NodeObs
 fn table() {
     let n = NodeId;
     let set = |ids: &[usize]| ids.iter().map(|i| n(*i)).collect::<BTreeSet<_>>();
-    // The writer's history as last seen: replication id "r" at offset 100.
+    // The writer's history as last seen: replication id "r" at offset 100, continued from
+    // history "p" at offset 60 (its promotion).
     let lineage = History {
         replication_id: "r".into(),
         offset: 100,
+        parent: Some(crate::observation::ParentHistory {
+            replication_id: "p".into(),
+            until: 60,
+        }),
     };
     let writer_dead = vec![
         unreachable(0),
@@ -342,6 +347,34 @@ fn table() {
             Decision::InRegion { target: n(1) },
         ),
         (
+            "writer back empty, promoted at 60 from history p: a node on p up to the fork holds a prefix and takes over",
+            vec![
+                empty_master.clone(),
+                never_synced(replica_of(1, 0, 0)),
+                with(replica_of(2, 3, 60), |i| i.replication_id = "p".into()),
+                never_synced(replica_of(3, 2, 0)),
+            ],
+            set(&[]),
+            Policy {
+                // 40 bytes behind: beyond the bound, but nothing better exists anywhere.
+                max_data_at_risk_bytes: 10,
+                ..policy(FailoverPolicy::Auto, false)
+            },
+            Decision::CrossRegion { target: n(2) },
+        ),
+        (
+            "writer back empty, promoted at 60 from history p: a node on p past the fork took other writes: lost",
+            vec![
+                empty_master.clone(),
+                never_synced(replica_of(1, 0, 0)),
+                with(replica_of(2, 3, 70), |i| i.replication_id = "p".into()),
+                never_synced(replica_of(3, 2, 0)),
+            ],
+            set(&[]),
+            policy(FailoverPolicy::Auto, false),
+            Decision::HistoryLost,
+        ),
+        (
             "writer back empty and its replicas already copied the emptiness: nobody holds it",
             vec![
                 empty_master,
@@ -403,6 +436,7 @@ fn table() {
             History {
                 replication_id: "r".into(),
                 offset: 0,
+                parent: None,
             }
         } else {
             lineage.clone()

@@ -317,11 +317,9 @@ impl<'a> Lab<'a> {
             }
             Fault::EtcdLeaderKilled { down_ms } => {
                 let members = self.spec.etcd_members();
-                let endpoints: Vec<String> = members
-                    .iter()
-                    .map(|m| format!("http://{}", m.client))
-                    .collect();
-                let leader = valkey_dr_coord::cluster::raft_leader(&endpoints)
+                let endpoints = self.spec.etcd_member_endpoints();
+                let tls = self.spec.etcd_tls().map_err(lab_error)?;
+                let leader = valkey_dr_coord::cluster::raft_leader(&endpoints, tls.as_ref())
                     .await
                     .map_err(lab_error)?;
                 let i = members

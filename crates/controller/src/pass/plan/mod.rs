@@ -487,6 +487,7 @@ fn resolve_intent(observations: &[NodeObservation], intent: Intent) -> Action {
         required: History {
             replication_id: intent.replication_id.clone(),
             offset: intent.required_offset,
+            parent: None,
         },
     };
     let resolution = intent::resolve(&pending, observations);

@@ -11,6 +11,7 @@ fn history(offset: u64) -> History {
     History {
         replication_id: "r".into(),
         offset,
+        parent: None,
     }
 }
 
