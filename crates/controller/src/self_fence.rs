@@ -45,6 +45,7 @@ impl Controller {
             observations,
             writer,
             self.config.controller.writer_quorum_max_lag_s,
+            self.config.controller.writes_need_a_replica,
         );
         // Not armed until confirmed: a verdict between here and the reply must not rely on it.
         let previous = {

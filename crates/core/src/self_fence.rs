@@ -18,6 +18,7 @@
 //! | in its region: 1, outside: 0              | off               | disarmed |
 //! | outside, but mid full resync or link down | off               | disarmed |
 //! | outside, link up but silent for 2 s       | off               | disarmed (a cut link, before `repl-timeout`) |
+//! | none synced anywhere (all down, or mid full resync after a promotion) | 1 replica (`writes_need_a_replica`; off without it) | armed: writes refused until one syncs |
 //! | quorum disabled in the config (lag 0)     | off               | disarmed |
 //!
 //! Cost to a healthy region: no added latency (Valkey checks a counter it keeps anyway). A replica
@@ -75,12 +76,14 @@ impl WriteQuorum {
 pub const HEARD_WITHIN_S: u64 = 1;
 
 /// The quorum the writer should have now, from one round of observations. `max_lag_s` 0 disables
-/// the self-fence.
+/// the self-fence. `need_a_replica`: with no synced replica at all, one is required (the writer
+/// refuses writes until one has synced; none of them would survive its loss).
 pub fn desired(
     topology: &Topology,
     observations: &[NodeObservation],
     writer: NodeId,
     max_lag_s: u32,
+    need_a_replica: bool,
 ) -> WriteQuorum {
     if max_lag_s == 0 {
         return WriteQuorum::OFF;
@@ -110,6 +113,12 @@ pub fn desired(
             // fence stays disarmed (no automatic failover away from it when it is unreachable).
             outside += 1;
         }
+    }
+    if inside == 0 && outside == 0 && need_a_replica {
+        return WriteQuorum {
+            replicas: 1,
+            max_lag_s,
+        };
     }
     if outside == 0 {
         return WriteQuorum::OFF;
@@ -183,9 +192,36 @@ mod tests {
         ];
         for (case, observations, lag, expected) in cases {
             assert_eq!(
-                desired(&lab(), &observations, writer, lag),
+                desired(&lab(), &observations, writer, lag, true),
                 expected,
                 "{case}"
+            );
+        }
+        // No replica holds the writer's writes: with `writes_need_a_replica` it waits for one
+        // (a promoted writer whose replicas all need a full resync; every replica down), without
+        // it, it writes alone.
+        #[rustfmt::skip]
+        let alone: Vec<(&str, Vec<NodeObservation>)> = vec![
+            ("every replica mid full resync after a promotion",
+             vec![primary(0), syncing(replica_of(1, 0, 0)), syncing(replica_of(2, 0, 0)), replica_of(3, 2, 0)]),
+            ("every replica down",
+             vec![primary(0), down(1), down(2), down(3)]),
+        ];
+        for (case, observations) in alone {
+            assert_eq!(
+                desired(&lab(), &observations, writer, 2, true),
+                armed(1),
+                "{case}"
+            );
+            assert_eq!(
+                desired(&lab(), &observations, writer, 2, false),
+                WriteQuorum::OFF,
+                "{case}"
+            );
+            assert_eq!(
+                desired(&lab(), &observations, writer, 0, true),
+                WriteQuorum::OFF,
+                "{case}: lag 0"
             );
         }
     }

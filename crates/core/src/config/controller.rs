@@ -39,6 +39,13 @@ pub struct ControllerConfig {
     /// automatic failover away from a writer that cannot be reached.
     #[serde(default = "default_writer_quorum_max_lag_s")]
     pub writer_quorum_max_lag_s: u32,
+    /// A writer with no replica that holds its writes (none synced and connected: all down, or
+    /// every one mid full resync right after a promotion) refuses writes (`-NOREPLICAS`) until
+    /// one has synced, instead of acknowledging writes that die with it. Off: it keeps taking
+    /// writes alone (more available; a second failure in that window loses them). Needs the
+    /// self-fence on (`writer_quorum_max_lag_s` > 0).
+    #[serde(default = "default_true")]
+    pub writes_need_a_replica: bool,
     /// An unplanned failover that would give up more than this many bytes of the writer's
     /// replication stream (its last seen offset minus the best candidate's) waits for an operator
     /// (`valkey-dr failover <region> --force`) instead of happening automatically.
@@ -74,6 +81,7 @@ impl Default for ControllerConfig {
             cross_region_failover: FailoverPolicy::Manual,
             failover_block_ms: default_failover_block_ms(),
             writer_quorum_max_lag_s: default_writer_quorum_max_lag_s(),
+            writes_need_a_replica: true,
             max_data_at_risk_bytes: default_max_data_at_risk_bytes(),
             events_max_bytes: default_events_max_bytes(),
         }
