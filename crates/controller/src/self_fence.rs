@@ -40,13 +40,19 @@ impl Controller {
         let Some(info) = info_of(observations, writer) else {
             return;
         };
-        let desired = self_fence::desired(
-            &self.topology,
-            observations,
-            writer,
-            self.config.controller.writer_quorum_max_lag_s,
-            self.config.controller.writes_need_a_replica,
-        );
+        let desired_with = |need_a_replica| {
+            self_fence::desired(
+                &self.topology,
+                observations,
+                writer,
+                self.config.controller.writer_quorum_max_lag_s,
+                need_a_replica,
+            )
+        };
+        let desired = desired_with(self.config.controller.writes_need_a_replica);
+        // Held only because no replica holds the writer's writes: no replica can be counted too
+        // early, and every write taken meanwhile would die with the writer.
+        let held_alone = desired.armed() && !desired_with(false).armed();
         // Not armed until confirmed: a verdict between here and the reply must not rely on it.
         let previous = {
             let unchanged = carried.write_quorum.as_ref().is_some_and(|a| {
@@ -67,7 +73,7 @@ impl Controller {
                 .as_ref()
                 .filter(|a| a.writer == writer && a.replication_id == info.replication_id)
                 .map_or(0, |a| a.quorum.replicas);
-            if desired.replicas > applied {
+            if desired.replicas > applied && !held_alone {
                 let since = match carried.raise_seen {
                     Some((wanted, since)) if wanted == desired => since,
                     _ => {

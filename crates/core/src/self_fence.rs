@@ -18,7 +18,7 @@
 //! | in its region: 1, outside: 0              | off               | disarmed |
 //! | outside, but mid full resync or link down | off               | disarmed |
 //! | outside, link up but silent for 2 s       | off               | disarmed (a cut link, before `repl-timeout`) |
-//! | none synced anywhere (all down, or mid full resync after a promotion) | 1 replica (`writes_need_a_replica`; off without it) | armed: writes refused until one syncs |
+//! | none synced, none about to resume partially (all down, or all needing a full resync after a promotion) | 1 replica (`writes_need_a_replica`; off without it) | armed: writes refused until one syncs |
 //! | quorum disabled in the config (lag 0)     | off               | disarmed |
 //!
 //! Cost to a healthy region: no added latency (Valkey checks a counter it keeps anyway). A replica
@@ -114,7 +114,8 @@ pub fn desired(
             outside += 1;
         }
     }
-    if inside == 0 && outside == 0 && need_a_replica {
+    if inside == 0 && outside == 0 && need_a_replica && !resync_soon(topology, observations, writer)
+    {
         return WriteQuorum {
             replicas: 1,
             max_lag_s,
@@ -127,6 +128,29 @@ pub fn desired(
         replicas: inside + 1,
         max_lag_s,
     }
+}
+
+/// True when some direct replica of `writer`, link down for now, is on its history (or on the one
+/// it was promoted from, no further than the promotion): it resumes with a partial resync, as
+/// every replica does right after a switchover. One that needs a full resync (empty, or on
+/// another history) does not count: Valkey waits `repl-diskless-sync-delay` before sending it
+/// anything, and the writer would take writes alone meanwhile.
+fn resync_soon(topology: &Topology, observations: &[NodeObservation], writer: NodeId) -> bool {
+    let Some(history) = observations
+        .iter()
+        .find(|o| o.node == writer)
+        .and_then(|o| o.info())
+        .map(|i| i.history())
+    else {
+        return false;
+    };
+    observations.iter().any(|o| {
+        o.info().is_some_and(|info| {
+            matches!(&info.role, Role::Replica { master, sync_in_progress: false, .. }
+                if topology.node_by_any_address(master) == Some(writer))
+                && info.shares_history(&history)
+        })
+    })
 }
 
 #[cfg(test)]

@@ -150,15 +150,7 @@ impl Config {
     }
 
     fn validate_security(&self) -> Result<(), ConfigError> {
-        if let Some(tls) = &self.tls
-            && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
-        {
-            return Err(ConfigError::invalid(
-                "tls.client_cert_file",
-                "a client certificate needs its key and the other way round",
-                "set both client_cert_file and client_key_file, or neither",
-            ));
-        }
+        validate_client_identity("tls", self.tls.as_ref())?;
         if let Some(auth) = &self.auth {
             if auth.password.is_some() {
                 return Err(ConfigError::invalid(
@@ -318,15 +310,7 @@ impl Config {
                 ));
             }
         }
-        if let Some(tls) = &c.tls
-            && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
-        {
-            return Err(ConfigError::invalid(
-                "coordination.tls.client_cert_file",
-                "a client certificate needs its key and the other way round",
-                "set both client_cert_file and client_key_file, or neither",
-            ));
-        }
+        validate_client_identity("coordination.tls", c.tls.as_ref())?;
         let mut seen = BTreeSet::new();
         for (i, site) in c.sites.iter().enumerate() {
             validate_label(&format!("coordination.sites[{i}]"), site, false)?;
@@ -506,5 +490,22 @@ fn validate_label(field: &str, label: &str, allow_underscore: bool) -> Result<()
             format!("\"{label}\" is not a valid DNS label"),
             "use 1-63 letters, digits or hyphens, not starting or ending with a hyphen",
         ))
+    }
+}
+
+/// A client certificate comes with its key, or neither is set (`section`: where the TLS table is).
+fn validate_client_identity(
+    section: &str,
+    tls: Option<&super::TlsConfig>,
+) -> Result<(), ConfigError> {
+    match tls {
+        Some(tls) if tls.client_cert_file.is_some() != tls.client_key_file.is_some() => {
+            Err(ConfigError::invalid(
+                format!("{section}.client_cert_file"),
+                "a client certificate needs its key and the other way round",
+                "set both client_cert_file and client_key_file, or neither",
+            ))
+        }
+        _ => Ok(()),
     }
 }

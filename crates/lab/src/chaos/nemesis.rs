@@ -377,7 +377,12 @@ impl<'a> Lab<'a> {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 self.cut_excused(self.spec.regions[writer.0].clone(), 8000)
                     .await?;
+                // Healed means replicated again: until the healed region's full resync is
+                // over (Valkey's diskless delay, 5 s, plus the transfer), the new history lives
+                // in one region only, and a double failure there loses it whatever any
+                // controller does (seen on real packet cuts, where the transfer took longer).
                 tokio::time::sleep(Duration::from_secs(6)).await;
+                self.wait_healthy(Duration::from_secs(15)).await?;
                 let (promoted, _) = self.writer().await?;
                 self.kill(promoted).await?;
                 if *as_master {
