@@ -235,9 +235,6 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
         }
         LabCommand::Partition { dir, regions, cuts } => {
             let spec = dir.spec()?;
-            for cut in &cuts {
-                valkey_dr_lab::cut::Cut::parse(cut)?;
-            }
             let regions = if regions.is_empty() && cuts.is_empty() {
                 vec![valkey_dr_lab::link::LINK.to_string()]
             } else {

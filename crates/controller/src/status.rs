@@ -214,17 +214,19 @@ impl Controller {
             data_loss_suspected: data_loss,
             observed_ms_ago,
             self_fence: last_pass.self_fence,
-            coordination: self.ha().map(|ha| CoordinationStatus {
-                site: ha.site().to_string(),
-                leader: ha.leader_site(),
-                is_leader: ha.leader.is_leader(),
-                fencing: ha.fencing(),
-                state_read_ms_ago: ha.state_read_ago().map(|d| d.as_millis() as u64),
-                warnings: ha
-                    .storage()
-                    .map(|s| s.warnings(ha.config.etcd_quota_bytes()))
-                    .unwrap_or_default(),
-                etcd: ha.storage(),
+            coordination: self.ha().map(|ha| (ha, ha.storage())).map(|(ha, etcd)| {
+                CoordinationStatus {
+                    site: ha.site().to_string(),
+                    leader: ha.leader_site(),
+                    is_leader: ha.leader.is_leader(),
+                    fencing: ha.fencing(),
+                    state_read_ms_ago: ha.state_read_ago().map(|d| d.as_millis() as u64),
+                    warnings: etcd
+                        .as_ref()
+                        .map(|s| s.warnings(ha.config.etcd_quota_bytes()))
+                        .unwrap_or_default(),
+                    etcd,
+                }
             }),
         }
     }

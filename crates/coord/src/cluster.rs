@@ -187,21 +187,17 @@ pub fn member_command(
         .arg("--quota-backend-bytes")
         .arg((2u64 << 30).to_string());
     if let Some(tls) = tls {
-        command
-            .arg("--cert-file")
-            .arg(&tls.cert_file)
-            .arg("--key-file")
-            .arg(&tls.key_file)
-            .arg("--client-cert-auth")
-            .arg("--trusted-ca-file")
-            .arg(&tls.ca_file)
-            .arg("--peer-cert-file")
-            .arg(&tls.cert_file)
-            .arg("--peer-key-file")
-            .arg(&tls.key_file)
-            .arg("--peer-client-cert-auth")
-            .arg("--peer-trusted-ca-file")
-            .arg(&tls.ca_file);
+        // The same files for both sides: a member serves its clients and reaches its peers.
+        for side in ["", "peer-"] {
+            command
+                .arg(format!("--{side}cert-file"))
+                .arg(&tls.cert_file)
+                .arg(format!("--{side}key-file"))
+                .arg(&tls.key_file)
+                .arg(format!("--{side}client-cert-auth"))
+                .arg(format!("--{side}trusted-ca-file"))
+                .arg(&tls.ca_file);
+        }
     }
     command
 }

@@ -12,102 +12,19 @@
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod keys;
+mod storage;
+mod tls;
+
+pub use storage::Storage;
+pub use tls::EtcdTls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    AlarmAction, AlarmType, Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions,
-    Txn, TxnOp,
+    AlarmAction, AlarmType, Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp,
 };
-
-/// How a client proves itself to etcd and checks etcd's members: the CA that signed the
-/// members' certificates, and a client certificate when they require one.
-#[derive(Clone)]
-pub struct EtcdTls {
-    ca_pem: Vec<u8>,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for EtcdTls {
-    // The key stays out of every log.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdTls")
-            .field("client_certificate", &self.identity.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl EtcdTls {
-    /// Reads the CA and, if given, the client certificate and key (PEM files).
-    pub fn load(
-        ca_file: &std::path::Path,
-        client: Option<(&std::path::Path, &std::path::Path)>,
-    ) -> Result<EtcdTls, CoordError> {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path)
-                .map_err(|e| CoordError::Tls(format!("cannot read {}: {e}", path.display())))
-        };
-        Ok(EtcdTls {
-            ca_pem: read(ca_file)?,
-            identity: match client {
-                Some((cert, key)) => Some((read(cert)?, read(key)?)),
-                None => None,
-            },
-        })
-    }
-
-    /// Connect options with this TLS set up (plain ones without).
-    pub fn options(tls: Option<&EtcdTls>) -> ConnectOptions {
-        let options = ConnectOptions::new();
-        let Some(tls) = tls else { return options };
-        let mut config = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
-        if let Some((cert, key)) = &tls.identity {
-            config = config.identity(etcd_client::Identity::from_pem(cert, key));
-        }
-        options.with_tls(config)
-    }
-}
-
-/// etcd's storage: its database size, its quota when it reports one (etcd 3.6 and later), and
-/// the cluster's active alarms (`NOSPACE`: past its quota, etcd refuses every write).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Storage {
-    pub db_bytes: u64,
-    pub quota_bytes: Option<u64>,
-    pub alarms: Vec<String>,
-}
-
-impl Storage {
-    /// The share of the quota (the reported one, else `configured`) at which `status` warns.
-    pub const WARN_PERCENT: u64 = 80;
-
-    /// What an operator must know about this storage, worst first (empty: nothing).
-    pub fn warnings(&self, configured_quota: u64) -> Vec<String> {
-        let mut warnings: Vec<String> = self
-            .alarms
-            .iter()
-            .map(|alarm| match alarm.as_str() {
-                "NOSPACE" => "etcd alarm NOSPACE: etcd refuses every write, and the writer's region pauses its writer; compact, defragment, then `etcdctl alarm disarm`".to_string(),
-                other => format!("etcd alarm {other}: see etcd's operations guide"),
-            })
-            .collect();
-        let quota = self.quota_bytes.unwrap_or(configured_quota);
-        if quota > 0
-            && self.db_bytes.saturating_mul(100) >= quota.saturating_mul(Self::WARN_PERCENT)
-        {
-            warnings.push(format!(
-                "etcd's database is {} MiB of its {} MiB quota ({}%): compact and defragment before etcd refuses writes",
-                self.db_bytes >> 20,
-                quota >> 20,
-                self.db_bytes.saturating_mul(100) / quota
-            ));
-        }
-        warnings
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
@@ -721,44 +638,5 @@ impl Coordinator {
     /// The lease TTL.
     pub fn ttl(&self) -> Duration {
         self.ttl
-    }
-}
-
-#[cfg(test)]
-mod storage_tests {
-    use super::Storage;
-
-    #[test]
-    fn storage_warns_on_an_alarm_and_near_the_quota() {
-        const MIB: u64 = 1 << 20;
-        let at = |db_mib: u64, quota_mib: Option<u64>, alarms: &[&str]| Storage {
-            db_bytes: db_mib * MIB,
-            quota_bytes: quota_mib.map(|q| q * MIB),
-            alarms: alarms.iter().map(|a| a.to_string()).collect(),
-        };
-        let configured = 2048 * MIB;
-        // (storage, warnings expected, a text each must hold)
-        let table: &[(Storage, usize, &str)] = &[
-            (at(1, None, &[]), 0, ""),
-            (at(1637, None, &[]), 0, ""),
-            (
-                at(1639, None, &[]),
-                1,
-                "1639 MiB of its 2048 MiB quota (80%)",
-            ),
-            (at(90, Some(100), &[]), 1, "of its 100 MiB quota (90%)"),
-            (at(1639, Some(8192), &[]), 0, ""),
-            (at(1, None, &["NOSPACE"]), 1, "refuses every write"),
-            (at(2048, None, &["NOSPACE"]), 2, "NOSPACE"),
-            (at(1, None, &["CORRUPT"]), 1, "etcd alarm CORRUPT"),
-        ];
-        for (storage, count, text) in table {
-            let warnings = storage.warnings(configured);
-            assert_eq!(warnings.len(), *count, "{storage:?}: {warnings:?}");
-            assert!(
-                warnings.iter().all(|w| w.contains(text)) || warnings[0].contains(text),
-                "{warnings:?}"
-            );
-        }
     }
 }

@@ -98,7 +98,6 @@ fn addresses(spec: &LabSpec) -> BTreeMap<u8, BTreeSet<Ipv4Addr>> {
     ips.extend(spec.links().iter().filter_map(|l| v4(l.listen)));
     ips.extend(spec.dns_servers().into_iter().filter_map(v4));
     ips.extend(spec.etcd_members().iter().filter_map(|m| v4(m.client)));
-    ips.extend(v4(spec.dns));
     let mut by_place: BTreeMap<u8, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     for ip in ips {
         by_place.entry(spec.place_of(ip)).or_default().insert(ip);

@@ -59,13 +59,14 @@ pub struct LabSpec {
 /// The site that holds no data, only a controller and an etcd member (the third failure domain).
 pub const WITNESS: &str = "witness";
 
-/// etcd's ports on every site address.
-const ETCD_CLIENT_PORT: u16 = 2379;
-const ETCD_PEER_PORT: u16 = 2380;
-
 /// The name under which the controller's links appear in partitions: the controller watches the
 /// regions from outside, so isolating a region also hides it from the controller.
 pub const CONTROLLER_VANTAGE: &str = "controller";
+
+mod etcd;
+mod secrets;
+
+use etcd::ETCD_CLIENT_PORT;
 
 impl LabSpec {
     pub fn reference(dir: PathBuf) -> LabSpec {
@@ -163,110 +164,6 @@ impl LabSpec {
         }
     }
 
-    /// The etcd member of a site: `127.<block>.<site>.50`.
-    pub fn etcd_ip(&self, site: &str) -> Ipv4Addr {
-        self.ip(self.site_octet(site), 50)
-    }
-
-    pub fn etcd_members(&self) -> Vec<valkey_dr_coord::cluster::MemberAddress> {
-        self.sites
-            .iter()
-            .map(|site| valkey_dr_coord::cluster::MemberAddress {
-                name: site.clone(),
-                client: SocketAddr::new(self.etcd_ip(site).into(), ETCD_CLIENT_PORT),
-                peer: SocketAddr::new(self.etcd_ip(site).into(), ETCD_PEER_PORT),
-            })
-            .collect()
-    }
-
-    /// Where site `from` reaches the etcd member of site `to` through the region link:
-    /// `127.<block>.<from>.<60 + to>`.
-    fn etcd_link_addr(&self, from: &str, to: &str) -> SocketAddr {
-        SocketAddr::new(
-            self.ip(self.site_octet(from), 60 + self.site_octet(to))
-                .into(),
-            ETCD_CLIENT_PORT,
-        )
-    }
-
-    /// etcd's URL scheme: with the lab's TLS, clients and peers speak TLS with certificates.
-    fn etcd_scheme(&self) -> &'static str {
-        if self.tls { "https" } else { "http" }
-    }
-
-    /// Every member's client URL, reached directly (the lab's own commands and checks).
-    pub fn etcd_member_endpoints(&self) -> Vec<String> {
-        self.etcd_members()
-            .iter()
-            .map(|m| format!("{}://{}", self.etcd_scheme(), m.client))
-            .collect()
-    }
-
-    /// The CA and the controllers' client certificate for etcd (None without the lab's TLS).
-    pub fn etcd_client_tls(&self) -> Option<TlsConfig> {
-        self.tls.then(|| TlsConfig {
-            ca_file: self.ca_file(),
-            client_cert_file: Some(self.dir.join("tls").join("etcd-client.pem")),
-            client_key_file: Some(self.dir.join("tls").join("etcd-client.key")),
-        })
-    }
-
-    /// [`LabSpec::etcd_client_tls`], loaded.
-    pub fn etcd_tls(&self) -> Result<Option<valkey_dr_coord::EtcdTls>, String> {
-        self.etcd_client_tls()
-            .map(|tls| {
-                let cert = tls.client_cert_file.expect("set above");
-                let key = tls.client_key_file.expect("set above");
-                valkey_dr_coord::EtcdTls::load(&tls.ca_file, Some((&cert, &key)))
-                    .map_err(|e| e.to_string())
-            })
-            .transpose()
-    }
-
-    /// The certificate and key of a site's etcd member (valid for its own address and every
-    /// link end it is reached at), with the lab's CA.
-    pub fn etcd_member_tls(&self, site: &str) -> Option<valkey_dr_coord::cluster::MemberTls> {
-        self.tls.then(|| valkey_dr_coord::cluster::MemberTls {
-            ca_file: self.ca_file(),
-            cert_file: self.dir.join("tls").join(format!("etcd-{site}.pem")),
-            key_file: self.dir.join("tls").join(format!("etcd-{site}.key")),
-        })
-    }
-
-    /// Every address the etcd member of `site` is reached at (its own, and its link ends) or
-    /// reaches its peers from (etcd checks a peer's certificate against the address it comes
-    /// from: on loopback the kernel picks 127.0.0.1, in a namespace the place's own `.254`).
-    pub fn etcd_member_ips(&self, site: &str) -> Vec<Ipv4Addr> {
-        let source = if self.netns {
-            self.ip(self.site_octet(site), 254)
-        } else {
-            Ipv4Addr::LOCALHOST
-        };
-        let mut ips = vec![self.etcd_ip(site), source];
-        ips.extend(self.sites.iter().filter(|f| *f != site).filter_map(|from| {
-            match self.etcd_link_addr(from, site).ip() {
-                std::net::IpAddr::V4(ip) => Some(ip),
-                std::net::IpAddr::V6(_) => None,
-            }
-        }));
-        ips
-    }
-
-    /// The etcd client URLs of site `from`: its own member directly, the others through the link.
-    pub fn etcd_endpoints(&self, from: &str) -> Vec<String> {
-        self.sites
-            .iter()
-            .map(|to| {
-                let addr = if to == from {
-                    SocketAddr::new(self.etcd_ip(to).into(), ETCD_CLIENT_PORT)
-                } else {
-                    self.etcd_link_addr(from, to)
-                };
-                format!("{}://{addr}", self.etcd_scheme())
-            })
-            .collect()
-    }
-
     /// The DNS server of a site's controller: the last site serves on `dns` (the address people
     /// dig), the others on `127.<block>.<site>.53` with the same port.
     /// A controller's HTTP endpoint: its DNS server's address, the next port (the one before
@@ -330,10 +227,6 @@ impl LabSpec {
 
     pub fn site_config_path(&self, site: &str) -> PathBuf {
         self.dir.join(format!("valkey-dr-{site}.toml"))
-    }
-
-    pub fn etcd_pidfile(&self, site: &str) -> PathBuf {
-        self.dir.join(format!("etcd-{site}.pid"))
     }
 
     /// The pid file of a site's controller (`controller` for the single controller).
@@ -424,81 +317,6 @@ impl LabSpec {
             }
         }
         None
-    }
-
-    pub fn ca_file(&self) -> PathBuf {
-        self.dir.join("tls").join("ca.pem")
-    }
-
-    pub fn node_cert(&self, region: usize, index: usize) -> PathBuf {
-        self.dir
-            .join("tls")
-            .join(format!("{}.pem", self.node_ip(region, index)))
-    }
-
-    pub fn node_key(&self, region: usize, index: usize) -> PathBuf {
-        self.dir
-            .join("tls")
-            .join(format!("{}.key", self.node_ip(region, index)))
-    }
-
-    pub fn password_file(&self) -> PathBuf {
-        self.dir.join("secrets").join("valkey-password")
-    }
-
-    /// The password of the applications' user ([`APP_USER`]).
-    pub fn app_password_file(&self) -> PathBuf {
-        self.dir.join("secrets").join("valkey-app-password")
-    }
-
-    /// A sequence writer through the global name, with the lab's TLS and the applications' user
-    /// (it cannot write the control keys: `valkey_dr_valkey::acl`).
-    pub fn writer(&self, prefix: &str) -> Result<crate::writer::WriterConfig, String> {
-        Ok(crate::writer::WriterConfig {
-            dns: self.dns,
-            name: format!("{}.{}.", self.global_name, self.zone),
-            port: self.port,
-            prefix: prefix.to_string(),
-            list: false,
-            via: Default::default(),
-            security: self.app_security()?,
-            netns: None,
-        })
-    }
-
-    /// How the lab's applications connect: as [`APP_USER`], with its password.
-    pub fn app_security(&self) -> Result<valkey_dr_valkey::Security, String> {
-        let password = std::fs::read_to_string(self.app_password_file())
-            .map_err(|e| format!("cannot read {}: {e}", self.app_password_file().display()))?;
-        let mut security = self.security()?;
-        security.auth = Some(valkey_dr_valkey::Credentials {
-            username: Some(APP_USER.to_string()),
-            password: valkey_dr_valkey::Secret::new(password.trim()),
-        });
-        Ok(security)
-    }
-
-    /// How clients of this lab connect: its CA and its password (read from the lab directory).
-    pub fn security(&self) -> Result<valkey_dr_valkey::Security, String> {
-        let password = std::fs::read_to_string(self.password_file())
-            .map_err(|e| format!("cannot read {}: {e}", self.password_file().display()))?;
-        let tls = if self.tls {
-            let ca_pem = std::fs::read(self.ca_file())
-                .map_err(|e| format!("cannot read {}: {e}", self.ca_file().display()))?;
-            Some(valkey_dr_valkey::TlsMaterial {
-                ca_pem,
-                client: None,
-            })
-        } else {
-            None
-        };
-        Ok(valkey_dr_valkey::Security {
-            tls,
-            auth: Some(valkey_dr_valkey::Credentials {
-                username: None,
-                password: valkey_dr_valkey::Secret::new(password.trim()),
-            }),
-        })
     }
 
     /// The address of node `index` (0-based) of region `region` (0-based).
@@ -736,83 +554,4 @@ pub struct LinkSpec {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reference_lab_matches_the_design_addresses() {
-        let spec = LabSpec::reference("/tmp/lab".into());
-        assert_eq!(spec.node_addr(0, 0).to_string(), "127.0.1.1:6379");
-        assert_eq!(spec.node_addr(1, 1).to_string(), "127.0.2.2:6379");
-        assert_eq!(spec.link_addr(1, 0, 0).to_string(), "127.0.2.111:6379");
-        assert_eq!(
-            spec.links().len(),
-            14,
-            "4 region-link ends + 4 controller links + 6 between the sites' etcd members"
-        );
-        // The highly available shape: a controller and an etcd member per site; each site
-        // reaches its own member directly and the others through the link.
-        assert_eq!(spec.sites, ["us-east-1", "us-east-2", "witness"]);
-        assert_eq!(
-            spec.etcd_endpoints("us-east-1"),
-            [
-                "https://127.0.1.50:2379",
-                "https://127.0.1.62:2379",
-                "https://127.0.1.60:2379"
-            ]
-        );
-        assert_eq!(spec.site_dns("witness"), spec.dns);
-        assert_eq!(spec.site_dns("us-east-2").to_string(), "127.0.2.53:5353");
-        let east = spec.site_config("us-east-1");
-        east.validate().expect("site config is valid");
-        // etcd with the lab's TLS: the controllers present a client certificate.
-        let etcd_tls = east
-            .coordination
-            .as_ref()
-            .and_then(|c| c.tls.clone())
-            .expect("etcd TLS");
-        assert!(etcd_tls.client_cert_file.is_some());
-        assert_eq!(
-            spec.etcd_member_ips("us-east-1").len(),
-            4,
-            "its own address, the one it reaches its peers from, the two link ends"
-        );
-        let nodes: Vec<_> = east.regions.iter().flat_map(|r| &r.nodes).collect();
-        assert_eq!(
-            nodes[0].controller_address.as_deref(),
-            Some("127.0.1.1:6379")
-        );
-        assert_eq!(
-            nodes[2].controller_address.as_deref(),
-            Some("127.0.1.121:6379")
-        );
-        assert_eq!(
-            spec.controller_link_addr(0, 0).to_string(),
-            "127.0.0.111:6379"
-        );
-        let config = spec.controller_config();
-        config.validate().expect("lab config is valid");
-        assert!(
-            spec.valkey_conf(1, 0, "pw", "apw")
-                .contains("replicaof 127.0.2.111 6379")
-        );
-        assert!(
-            spec.valkey_conf(1, 1, "pw", "apw")
-                .contains("replicaof 127.0.2.1 6379")
-        );
-        assert!(
-            spec.valkey_conf(0, 0, "pw", "apw")
-                .contains("replicaof 127.0.1.2 6379"),
-            "not even the writer starts as a master"
-        );
-        let tls = spec.valkey_conf(0, 0, "pw", "apw");
-        assert!(tls.contains("port 0\ntls-port 6379") && tls.contains("tls-replication yes"));
-        assert!(tls.contains("requirepass pw\nmasterauth pw"));
-        let plain = LabSpec {
-            tls: false,
-            ..spec.clone()
-        }
-        .valkey_conf(0, 0, "pw", "apw");
-        assert!(plain.contains("port 6379") && !plain.contains("tls-"));
-    }
-}
+mod tests;
