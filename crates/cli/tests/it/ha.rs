@@ -213,7 +213,10 @@ async fn three_regions_fail_over_on_a_majority_and_never_from_a_minority() {
         .await
         .expect("ready again once it reads etcd");
 
-    // The writer's region lost alone: the two others are a majority and move the writer.
+    // The writer's region lost alone: the two others are a majority and move the writer — once
+    // its self-fence is armed again after the heal (raised 1.5 s after its remote replicas are
+    // back; "healthy" can come first, and an unarmed writer is rightly never failed over from).
+    lab.wait_until(|s| s["self_fence"]["armed"] == true).await;
     lab.lab(&["partition", "--region", "us-east-1"]);
     let status = lab
         .wait_until(|s| s["epoch"].as_u64().is_some_and(|e| e >= 2))

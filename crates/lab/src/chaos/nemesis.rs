@@ -268,8 +268,13 @@ impl<'a> Lab<'a> {
                 self.restart(promoted).await?;
             }
             Fault::IsolateWriterRegion { for_ms } => {
+                // Only the writes whose replication was in flight when the cut took hold are
+                // excused here; the inside writer's after it are the verdict's (its fence).
+                let from = self.marks();
+                tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
                 let region = self.spec.regions[writer.0].clone();
-                self.partition_for(region, *for_ms).await?;
+                self.cut_for_excusing([Cut::Isolate(region)].into(), *for_ms, Some(&from))
+                    .await?;
             }
             Fault::IsolateControllerFromWriterRegion { for_ms } => {
                 // The leader's view is cut (in the single shape, the one controller's).
@@ -541,9 +546,24 @@ impl<'a> Lab<'a> {
 
     /// Puts `cuts` in force for `ms`, then heals; the fault's time is when they took hold.
     async fn cut_for(&self, cuts: BTreeSet<Cut>, ms: u64) -> Result<(), ChaosError> {
+        self.cut_for_excusing(cuts, ms, None).await
+    }
+
+    /// [`Lab::cut_for`]; with `in_flight_from` (the marks taken shortly before), the writes
+    /// acknowledged from then until the cut took hold are excused: their replication across the
+    /// link was still in flight.
+    async fn cut_for_excusing(
+        &self,
+        cuts: BTreeSet<Cut>,
+        ms: u64,
+        in_flight_from: Option<&[u64]>,
+    ) -> Result<(), ChaosError> {
         *self.faulted_at.lock().expect("fault time lock") =
             Some(valkey_dr_controller::clock::now_ms());
         self.cut(&cuts).await?;
+        if let Some(from) = in_flight_from {
+            self.excuse_since(from);
+        }
         tokio::time::sleep(Duration::from_millis(ms)).await;
         crate::link::set_partition(&self.spec.dir, &Default::default())
             .await
