@@ -79,7 +79,7 @@ bench:
 # Every fault scenario CHAOS_RUNS times, each on a lab of its own; prints the table of medians.
 CHAOS_RUNS ?= 3
 chaos: test-deps build
-	$(BIN) chaos --runs $(CHAOS_RUNS) --dir target/chaos --netns
+	$(BIN) chaos --runs $(CHAOS_RUNS) --dir target/chaos --netns --keep-failed
 
 # The Lambda artifact: the `bootstrap` executable of the provided.al2023 runtime, zipped. Built for
 # an explicit target whatever the build machine is: cargo-zigbuild links against glibc 2.34 (Amazon

@@ -165,9 +165,15 @@ fn render(r: &DrillReport) -> String {
         r.reordered_writes
     ));
     out.push_str(&format!(
-        "  longest write gap {:.1} ms · DNS flip {} · detection {} · replication healthy after {}\n",
+        "  longest write gap {:.1} ms{} · DNS flip {}{} · detection {} · replication healthy after {}\n",
         r.max_write_gap_ms,
+        r.max_write_gap_ended_ms
+            .map(|end| format!(" (from {:.1} to {end:.1} ms)", end - r.max_write_gap_ms))
+            .unwrap_or_default(),
         opt(r.dns_flip_ms),
+        r.dns_every_site_after_first_ms
+            .map(|ms| format!(", every site {ms:.1} ms later"))
+            .unwrap_or_default(),
         r.detection_ms.map(|d| format!("{d} ms")).unwrap_or_else(|| "-".into()),
         opt(r.replication_healthy_ms)
     ));
@@ -255,6 +261,10 @@ async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
         .map(|(scenario, reports)| {
             let lost: Vec<f64> = reports.iter().map(|r| r.acknowledged_lost as f64).collect();
             let flip: Vec<f64> = reports.iter().filter_map(|r| r.dns_flip_ms).collect();
+            let every_site: Vec<f64> = reports
+                .iter()
+                .filter_map(|r| r.dns_every_site_after_first_ms)
+                .collect();
             let detection: Vec<f64> = reports
                 .iter()
                 .filter_map(|r| r.detection_ms.map(|d| d as f64))
@@ -274,6 +284,7 @@ async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
                 drill::summarize(&gaps),
                 ratio,
                 drill::summarize(&flip),
+                drill::summarize(&every_site),
                 drill::summarize(&detection),
                 drill::summarize(&healthy),
             ]
@@ -297,6 +308,7 @@ async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
                 "MAX WRITE GAP ms",
                 "GAP vs BLIND",
                 "DNS FLIP ms",
+                "EVERY SITE +ms",
                 "DETECTION ms",
                 "REPL HEALTHY ms",
             ],
@@ -304,7 +316,7 @@ async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
         )
     );
     println!(
-        "\nmedian (min–max) over runs; GAP vs BLIND = median max write gap / that of blind REPLICAOF NO ONE + DNS"
+        "\nmedian (min–max) over runs; GAP vs BLIND = median max write gap / that of blind REPLICAOF NO ONE + DNS;\nEVERY SITE = from the first site's DNS answering the new writer (the leader's, at its commit) to the last"
     );
     Ok(())
 }

@@ -287,7 +287,7 @@ impl Controller {
             offset: target_offset,
             parent: None,
         };
-        self.commit_epoch(carried, new_epoch, history, block_until_ms, None)
+        self.commit_epoch(carried, new_epoch, history, block_until_ms, None, &[])
             .await
             .map_err(|e| FailoverError::State(e.to_string()))?;
         self.events.emit(
@@ -318,7 +318,8 @@ impl Controller {
     }
 
     /// Records the epoch a promotion established, its writer's history (the lineage the next
-    /// failover checks), and the anti-flapping block, in one durable write that settles the intent.
+    /// failover checks), and the anti-flapping block, in one durable write that settles the intent
+    /// (with `also`, other etcd keys, in the same transaction).
     pub(crate) async fn commit_epoch(
         &self,
         carried: &mut Carried,
@@ -326,10 +327,11 @@ impl Controller {
         history: History,
         block_until_ms: Option<u64>,
         release: Option<NodeId>,
+        also: &[valkey_dr_coord::Swap<'_>],
     ) -> Result<(), crate::state::StateError> {
         let result = self
             .state
-            .commit_epoch(epoch, history.clone(), block_until_ms, release)
+            .commit_epoch(epoch, history.clone(), block_until_ms, release, also)
             .await;
         match result {
             Ok(_) => {

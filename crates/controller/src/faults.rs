@@ -12,27 +12,28 @@ use crate::promotion::Step;
 pub enum FaultPoint {
     /// A step is done.
     StepDone(Step),
-    /// The intent is recorded; nothing is changed on the nodes yet.
+    /// The intent is recorded (in Preflight); nothing is changed on the nodes yet, writes are
+    /// not paused.
     IntentRecorded,
     /// The old primary follows the target (still paused); the target is not promoted yet.
     OldDemoted,
-    /// The target is promoted; the new epoch is not recorded yet.
+    /// The target is promoted; the new epoch is not recorded yet (writes still paused).
     TargetPromoted,
 }
 
 impl FaultPoint {
     pub const ALL: [FaultPoint; 11] = [
+        FaultPoint::IntentRecorded,
         FaultPoint::StepDone(Step::Preflight),
         FaultPoint::StepDone(Step::Fence),
         FaultPoint::StepDone(Step::WaitCatchUp),
-        FaultPoint::StepDone(Step::Promote),
-        FaultPoint::StepDone(Step::Repoint),
-        FaultPoint::StepDone(Step::SwitchDns),
-        FaultPoint::StepDone(Step::Release),
-        FaultPoint::StepDone(Step::Verify),
-        FaultPoint::IntentRecorded,
         FaultPoint::OldDemoted,
         FaultPoint::TargetPromoted,
+        FaultPoint::StepDone(Step::Promote),
+        FaultPoint::StepDone(Step::SwitchDns),
+        FaultPoint::StepDone(Step::Release),
+        FaultPoint::StepDone(Step::Repoint),
+        FaultPoint::StepDone(Step::Verify),
     ];
 }
 
@@ -148,7 +149,10 @@ mod tests {
             })
         );
         let unknown = "crash-after:nowhere".parse::<Fault>().unwrap_err();
-        assert!(unknown.contains("known: preflight, fence"), "{unknown}");
+        assert!(
+            unknown.contains("known: intent, preflight, fence"),
+            "{unknown}"
+        );
         assert!("crash:promoted".parse::<Fault>().is_err());
     }
 }

@@ -1,10 +1,13 @@
 //! The planned switchover as an explicit state machine (after Sentinel's failover states):
 //!
-//! Preflight → Fence → WaitCatchUp → Promote → Repoint → SwitchDns → Release → Verify
+//! Preflight → Fence → WaitCatchUp → Promote → SwitchDns → Release → Repoint → Verify
 //!
 //! Fence pauses writes on the old primary, so once the target has caught up no acknowledged
 //! write can be missing from it. Abort is possible only before Promote and unpauses the old
-//! primary; from Promote on the new epoch is recorded and the switchover is carried forward.
+//! primary; from Promote on the switchover is carried forward (by a restarted controller too:
+//! the intent, recorded in Preflight). The pause holds one durable write, SwitchDns: the new
+//! epoch and the records that lead the name to the target, together; everything else
+//! (Preflight's reads and the intent, Repoint, Verify's passes) happens outside it.
 
 use std::time::{Duration, Instant};
 use valkey_dr_core::observation::info_of;
@@ -25,10 +28,28 @@ pub enum Step {
     Fence,
     WaitCatchUp,
     Promote,
-    Repoint,
     SwitchDns,
     Release,
+    Repoint,
     Verify,
+}
+
+/// What [`Controller::publish_writer`] commits.
+struct Published {
+    epoch: valkey_dr_core::EpochRecord,
+    history: History,
+    block_until_ms: Option<u64>,
+    release: Option<NodeId>,
+    old: NodeId,
+}
+
+/// Why the name did not move with the epoch.
+#[derive(Debug)]
+enum PublishError {
+    /// Nothing was committed: the intent stays, and whoever acts next completes it.
+    EpochNotRecorded(String),
+    /// The epoch is committed; the records are not (the next pass publishes them).
+    NameNotMoved(String),
 }
 
 /// Where a switchover moves the writer.
@@ -300,24 +321,47 @@ impl Controller {
             )
             .await
             .map_err(|e| PromoteError::Preflight(e.to_string()))?;
+        // The intent goes to durable state before the pause, so that the pause holds only one
+        // commit (the epoch with the records), and a controller restarted at any later step
+        // resumes or rolls back from it instead of guessing. Its offset is the writer's before
+        // the pause, a lower bound: `intent::resolve` promotes only a target the old writer was
+        // seen demoted under, which this switchover does only once the target caught up.
+        let new_epoch = epoch
+            .next(target)
+            .ok_or_else(|| PromoteError::Preflight(format!("epoch {} cannot grow", epoch.epoch)))?;
+        let mut old_info = observed(&observations, old)
+            .cloned()
+            .ok_or_else(|| PromoteError::Preflight(format!("{} not observed", name(old))))?;
+        let intent = crate::state::Intent {
+            epoch: new_epoch.epoch,
+            source: old,
+            target,
+            required_offset: old_info.offset,
+            replication_id: old_info.replication_id.clone(),
+        };
+        if let Err(e) = self.record_intent(intent).await {
+            self.state_write_failed(&e);
+            return Err(PromoteError::Preflight(format!(
+                "cannot record the promotion intent: {e}"
+            )));
+        }
+        self.fault_point(crate::faults::FaultPoint::IntentRecorded);
         m.finish(format!("{} → {}", name(old), name(target)));
 
         let catchup = Duration::from_millis(self.config.controller.catchup_timeout_ms);
         let pause = catchup + 2 * PAUSE_MARGIN;
         let pause_started = Instant::now();
         // Blind and FAILOVER TO have no pause: the old primary's last observed state stands in.
-        let mut old_info = observed(&observations, old)
-            .cloned()
-            .ok_or_else(|| PromoteError::Preflight(format!("{} not observed", name(old))))?;
         let mut needed = old_info.offset;
         match method {
             PromoteMethod::Safe => {
                 // Fence. The pause outlives the whole switchover but expires by itself if we die.
                 m.enter(Step::Fence);
-                self.engine
-                    .pause_writes(endpoint(old), pause)
-                    .await
-                    .map_err(|e| PromoteError::Preflight(e.to_string()))?;
+                if let Err(e) = self.engine.pause_writes(endpoint(old), pause).await {
+                    return Err(self
+                        .abort(old, PromoteError::Preflight(e.to_string()))
+                        .await);
+                }
                 m.finish(format!("writes paused on {}", name(old)));
 
                 m.enter(Step::WaitCatchUp);
@@ -361,6 +405,7 @@ impl Controller {
                 m.enter(Step::Fence);
                 let announced = &topology.node(target).endpoint;
                 if let Err(e) = self.engine.failover_to(endpoint(old), announced).await {
+                    self.clear_intent().await;
                     return Err(PromoteError::Preflight(e.to_string()));
                 }
                 m.finish(format!("FAILOVER TO {announced} sent to {}", name(old)));
@@ -401,44 +446,21 @@ impl Controller {
             }
         }
 
-        // Point of no return. The intent goes to disk first, so that a controller restarted at
-        // any later step resumes or rolls back from it instead of guessing.
+        // Point of no return. The old primary is demoted first, still paused, and the target
+        // promoted only once it follows: if the old primary cannot be reached or refuses, nothing
+        // changes (no second writer waits behind a pause that runs out). Its clients stay blocked
+        // on the pause until Release; their writes then meet a replica.
         m.enter(Step::Promote);
-        let new_epoch = epoch
-            .next(target)
-            .ok_or_else(|| PromoteError::Preflight(format!("epoch {} cannot grow", epoch.epoch)))?;
         let required = History {
             replication_id: old_info.replication_id.clone(),
             offset: needed,
             parent: None,
         };
-        let intent = crate::state::Intent {
-            epoch: new_epoch.epoch,
-            source: old,
-            target,
-            required_offset: needed,
-            replication_id: required.replication_id.clone(),
-        };
-        if let Err(e) = self.record_intent(intent).await {
-            self.state_write_failed(&e);
-            return Err(self
-                .abort(
-                    old,
-                    PromoteError::Preflight(format!("cannot record the promotion intent: {e}")),
-                )
-                .await);
-        }
-        self.fault_point(crate::faults::FaultPoint::IntentRecorded);
-        // The old primary is demoted first, still paused, and the target promoted only once it
-        // follows: if the old primary cannot be reached or refuses, nothing changes (no second
-        // writer waits behind a pause that runs out). Its clients stay blocked on the pause until
-        // Release; their writes then meet a replica.
         let demotion = match method {
             PromoteMethod::Safe => {
                 let mut demotion = self.demote(old, target, false).await;
                 if !demotion.demoted {
                     if !self.follows(old, target).await {
-                        self.clear_intent().await;
                         let reason = demotion.error.clone().unwrap_or_default();
                         return Err(self
                             .abort(old, PromoteError::NotDemoted(name(old), reason))
@@ -464,7 +486,6 @@ impl Controller {
                 .await
                 .is_ok_and(|i| !i.is_primary());
             if still_replica && demotion.is_none() {
-                self.clear_intent().await;
                 return Err(self.abort(old, PromoteError::Aborted(e)).await);
             }
             if still_replica {
@@ -479,22 +500,10 @@ impl Controller {
             (PromoteMethod::Blind, _) => Some(self.demote(old, target, false).await),
             (_, demotion) => demotion,
         };
-        let release = Some(old).filter(|_| method == PromoteMethod::Safe);
-        if self
-            .commit_epoch(carried, new_epoch, required, block_until_ms, release)
-            .await
-            .is_err()
-        {
-            return Err(PromoteError::AfterPromote(
-                "cannot record the new epoch (the intent stays; a restarted controller completes it)".into(),
-                name(target),
-            ));
-        }
         let demoted = demotion.as_ref().is_none_or(|d| d.demoted);
         m.finish(format!(
-            "{} is primary, epoch {}; {}",
+            "{} is primary; {}",
             name(target),
-            new_epoch.epoch,
             match &demotion {
                 Some(d) if d.demoted => format!("{} follows it", name(old)),
                 Some(d) => format!(
@@ -506,42 +515,40 @@ impl Controller {
             }
         ));
 
-        m.enter(Step::Repoint);
-        let mut repointed = Vec::new();
-        for o in &observations {
-            let follows_old = o
-                .info()
-                .and_then(|i| i.master())
-                .and_then(|master| topology.node_by_any_address(master))
-                == Some(old);
-            let cross_region = topology.node(o.node).region != topology.node(old).region;
-            if follows_old && cross_region && o.node != target {
-                let source = topology.replication_endpoint(target, o.node);
-                let mut result = self.engine.replicate_from(endpoint(o.node), &source).await;
-                if result.is_ok() {
-                    result = self.engine.persist_role(endpoint(o.node)).await;
-                }
-                match result {
-                    Ok(()) => repointed.push(format!("{} → {source}", name(o.node))),
-                    Err(e) => repointed.push(format!("{} failed: {e}", name(o.node))),
-                }
-            }
-        }
-        m.finish(repointed.join(", "));
-
+        // The one commit inside the pause: the new epoch and the records that lead the name to
+        // the target, together.
         m.enter(Step::SwitchDns);
-        let mut dns_detail = String::from("not switched");
-        for _ in 0..5 {
-            match self.reconcile_locked(carried).await {
-                Ok(pass) if pass.analysis.active_primary == Some(target) => {
-                    dns_detail = format!("{} change(s) applied", pass.applied);
-                    break;
-                }
-                Ok(_) => dns_detail = format!("{} not yet seen as primary", name(target)),
-                Err(e) => dns_detail = format!("DNS error: {e}"),
+        let release = Some(old).filter(|_| method == PromoteMethod::Safe);
+        let published = self
+            .publish_writer(
+                carried,
+                Published {
+                    epoch: new_epoch,
+                    history: required,
+                    block_until_ms,
+                    release,
+                    old,
+                },
+                &observations,
+            )
+            .await;
+        let dns_detail = match &published {
+            Ok(changed) => format!("epoch {}, {changed} record(s) changed", new_epoch.epoch),
+            Err(PublishError::EpochNotRecorded(reason)) => {
+                return Err(PromoteError::AfterPromote(
+                    format!(
+                        "cannot record the new epoch: {reason} (the intent stays; whoever acts next completes it)"
+                    ),
+                    name(target),
+                ));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Err(PublishError::NameNotMoved(reason)) => {
+                format!(
+                    "epoch {} recorded; name not moved: {reason}",
+                    new_epoch.epoch
+                )
+            }
+        };
         m.finish(dns_detail.clone());
 
         // Clients still connected to the old primary reconnect, resolve the name again and land on
@@ -569,12 +576,38 @@ impl Controller {
             }
         ));
 
-        // Verify: give the demoted primary a moment to finish its partial resync, so the report
-        // says whether replication is healthy again, not just that it is reconnecting.
+        // Outside the pause: the other regions' replicas follow the new writer.
+        m.enter(Step::Repoint);
+        let mut repointed = Vec::new();
+        for o in &observations {
+            let follows_old = o
+                .info()
+                .and_then(|i| i.master())
+                .and_then(|master| topology.node_by_any_address(master))
+                == Some(old);
+            let cross_region = topology.node(o.node).region != topology.node(old).region;
+            if follows_old && cross_region && o.node != target {
+                let source = topology.replication_endpoint(target, o.node);
+                let mut result = self.engine.replicate_from(endpoint(o.node), &source).await;
+                if result.is_ok() {
+                    result = self.engine.persist_role(endpoint(o.node)).await;
+                }
+                match result {
+                    Ok(()) => repointed.push(format!("{} → {source}", name(o.node))),
+                    Err(e) => repointed.push(format!("{} failed: {e}", name(o.node))),
+                }
+            }
+        }
+        m.finish(repointed.join(", "));
+
+        // Verify: passes until replication is healthy again (the demoted primary's partial
+        // resync), which also publish every other name (readers, the old region's primary).
         m.enter(Step::Verify);
         let verify_deadline = Instant::now() + Duration::from_secs(3);
         let mut verified = self.reconcile_locked(carried).await;
-        while !verified.as_ref().is_ok_and(|p| p.analysis.is_healthy())
+        while !verified
+            .as_ref()
+            .is_ok_and(|p| p.analysis.is_healthy() && p.applied == 0)
             && Instant::now() < verify_deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -591,7 +624,14 @@ impl Controller {
             Err(e) => format!("DNS error: {e}"),
         };
         m.finish(detail);
-        if !dns_detail.contains("applied") {
+        let name_moved = match &published {
+            Ok(_) => true,
+            // The name moved after all if a pass of Verify moved it.
+            Err(_) => verified
+                .as_ref()
+                .is_ok_and(|p| p.analysis.active_primary == Some(target)),
+        };
+        if !name_moved {
             return Err(PromoteError::AfterPromote(dns_detail, name(target)));
         }
         Ok(PromotionReport {
@@ -607,7 +647,99 @@ impl Controller {
         })
     }
 
-    /// Undoes the fence before Promote: unpause the old primary.
+    /// The commit that moves the name: the new epoch (its writer's history, the block, the old
+    /// primary to release) and the records that lead the name to the new writer. In the highly
+    /// available shape they are one etcd transaction under the leader's fence — the name never
+    /// leads to the target before its epoch is durable, and a deposed leader writes neither.
+    /// With a state file, the epoch is written first, then the records. Returns how many records
+    /// changed.
+    async fn publish_writer(
+        &self,
+        carried: &mut crate::pass::Carried,
+        published: Published,
+        observations: &[NodeObservation],
+    ) -> Result<usize, PublishError> {
+        let Published {
+            epoch,
+            history,
+            block_until_ms,
+            release,
+            old,
+        } = published;
+        let (changes, mut not_moved) =
+            match self.writer_record_changes(observations, old, &epoch).await {
+                Ok(changes) => (changes, None),
+                Err(reason) => (Vec::new(), Some(reason)),
+            };
+        let staged = match self.ha() {
+            Some(ha) if !changes.is_empty() => match ha.records.stage(&changes).await {
+                Ok(staged) => Some(staged),
+                Err(e) => {
+                    not_moved = Some(e.to_string());
+                    None
+                }
+            },
+            _ => None,
+        };
+        let committed = {
+            let also: Vec<valkey_dr_coord::Swap<'_>> = staged.iter().map(|s| s.swap()).collect();
+            self.commit_epoch(carried, epoch, history, block_until_ms, release, &also)
+                .await
+        };
+        match (committed, staged) {
+            (Err(e), staged) => {
+                if let Some(staged) = staged {
+                    staged.abandoned().await;
+                }
+                Err(PublishError::EpochNotRecorded(e.to_string()))
+            }
+            (Ok(()), Some(staged)) => {
+                staged.committed(self.state.revision());
+                Ok(changes.len())
+            }
+            (Ok(()), None) => match not_moved {
+                Some(reason) => Err(PublishError::NameNotMoved(reason)),
+                None if changes.is_empty() => Ok(0),
+                None => self
+                    .dns
+                    .apply(&changes)
+                    .await
+                    .map(|()| changes.len())
+                    .map_err(|e| PublishError::NameNotMoved(e.to_string())),
+            },
+        }
+    }
+
+    /// The changes that lead the name to `epoch`'s writer ([`records::after_promotion`]),
+    /// against what the DNS provider holds; a name that is not ours is an error.
+    async fn writer_record_changes(
+        &self,
+        observations: &[NodeObservation],
+        old: NodeId,
+        epoch: &valkey_dr_core::EpochRecord,
+    ) -> Result<Vec<valkey_dr_core::Change>, String> {
+        let desired = valkey_dr_core::records::after_promotion(
+            &self.names,
+            &self.topology,
+            observations,
+            old,
+            epoch.primary,
+            epoch,
+        );
+        let names: Vec<String> = desired.iter().map(|r| r.name.clone()).collect();
+        let current = self.dns.records(&names).await.map_err(|e| e.to_string())?;
+        let plan = valkey_dr_core::plan::calculate(
+            &current,
+            &desired,
+            &self.names.ownership,
+            &self.names.owner,
+        );
+        if let Some((name, reason)) = plan.conflicts.first() {
+            return Err(format!("{name}: {reason}"));
+        }
+        Ok(plan.changes)
+    }
+
     /// Whether `node` reports following `source` (a demotion whose reply was lost still counts).
     async fn follows(&self, node: NodeId, source: NodeId) -> bool {
         self.engine
@@ -619,6 +751,9 @@ impl Controller {
             == Some(source)
     }
 
+    /// Undoes a switchover before its point of no return: unpause the old primary, then drop the
+    /// intent (a commit outside the pause; if it fails, the next pass rolls the intent back, as
+    /// the old primary is still the writer).
     async fn abort(&self, old: NodeId, error: PromoteError) -> PromoteError {
         if let Err(e) = self
             .engine
@@ -627,6 +762,7 @@ impl Controller {
         {
             tracing::warn!(error = %e, "unpause after abort failed; the pause expires by itself");
         }
+        self.clear_intent().await;
         error
     }
 }

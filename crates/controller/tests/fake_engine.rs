@@ -487,56 +487,67 @@ impl valkey_dr_controller::faults::FaultInjector for CrashAt {
     }
 }
 
-/// M8: the controller dies after recording a switchover's epoch, before closing the old
-/// primary's clients. The release is recorded with the epoch, so the next controller closes them
-/// (they would otherwise keep meeting READONLY on a replica until they recycle) and lifts its
-/// pause, after the name moved.
+/// M8: the controller dies after recording a switchover's epoch (`switch_dns`), or after the
+/// promotion before it (`promote`), before closing the old primary's clients. The release is
+/// recorded with the epoch (by the switchover, or by the next controller completing the intent),
+/// so the next controller closes them (they would otherwise keep meeting READONLY on a replica
+/// until they recycle) and lifts its pause, after the name moved.
 #[tokio::test]
-async fn a_switchover_cut_short_after_its_epoch_still_closes_the_old_primarys_clients() {
+async fn a_switchover_cut_short_after_its_promotion_still_closes_the_old_primarys_clients() {
     use valkey_dr_controller::faults::{Fault, FaultAction, FaultPoint};
     use valkey_dr_controller::promotion::Step;
-    let engine = world();
-    let first = Arc::new(
-        controller(&engine, "release").with_faults(Some(Arc::new(CrashAt(Fault {
-            action: FaultAction::Crash,
-            at: FaultPoint::StepDone(Step::Promote),
-        })))),
-    );
-    first.reconcile_once().await.unwrap();
-    let crashed = tokio::spawn({
-        let first = first.clone();
-        async move { first.promote("us-east-2").await.map(|_| ()) }
-    })
-    .await;
-    assert!(crashed.is_err(), "the controller died mid-switchover");
-    drop(first);
-    let old = endpoint(WRITER);
-    let before_restart = engine.log().len();
-    assert!(
-        !engine.log().contains(&format!("KILL-CLIENTS {old}")),
-        "{:?}",
-        engine.log()
-    );
-    let restarted = reopen(&engine, "release", "");
-    passes(&restarted, 2).await;
-    let log = engine.log()[before_restart..].to_vec();
-    assert_eq!(restarted.epoch().unwrap().primary, NodeId(2), "{log:?}");
-    assert!(
-        log.contains(&format!("KILL-CLIENTS {old}")),
-        "the next controller closes the old primary's clients: {log:?}"
-    );
-    assert!(!engine.world().nodes[&old].paused, "{log:?}");
-    let kills = |log: &[String]| {
-        log.iter()
-            .filter(|l| **l == format!("KILL-CLIENTS {old}"))
-            .count()
-    };
-    passes(&restarted, 2).await;
-    assert_eq!(
-        kills(&engine.log()[before_restart..]),
-        1,
-        "once: the release is settled in the state"
-    );
+    for step in [Step::Promote, Step::SwitchDns] {
+        let engine = world();
+        let name = format!("release-{step:?}");
+        let first = Arc::new(
+            controller(&engine, &name).with_faults(Some(Arc::new(CrashAt(Fault {
+                action: FaultAction::Crash,
+                at: FaultPoint::StepDone(step),
+            })))),
+        );
+        first.reconcile_once().await.unwrap();
+        let crashed = tokio::spawn({
+            let first = first.clone();
+            async move { first.promote("us-east-2").await.map(|_| ()) }
+        })
+        .await;
+        assert!(
+            crashed.is_err(),
+            "{step:?}: the controller died mid-switchover"
+        );
+        drop(first);
+        let old = endpoint(WRITER);
+        let before_restart = engine.log().len();
+        assert!(
+            !engine.log().contains(&format!("KILL-CLIENTS {old}")),
+            "{step:?}: {:?}",
+            engine.log()
+        );
+        let restarted = reopen(&engine, &name, "");
+        passes(&restarted, 2).await;
+        let log = engine.log()[before_restart..].to_vec();
+        assert_eq!(
+            restarted.epoch().unwrap().primary,
+            NodeId(2),
+            "{step:?}: {log:?}"
+        );
+        assert!(
+            log.contains(&format!("KILL-CLIENTS {old}")),
+            "{step:?}: the next controller closes the old primary's clients: {log:?}"
+        );
+        assert!(!engine.world().nodes[&old].paused, "{step:?}: {log:?}");
+        let kills = |log: &[String]| {
+            log.iter()
+                .filter(|l| **l == format!("KILL-CLIENTS {old}"))
+                .count()
+        };
+        passes(&restarted, 2).await;
+        assert_eq!(
+            kills(&engine.log()[before_restart..]),
+            1,
+            "{step:?}: once: the release is settled in the state"
+        );
+    }
 }
 
 /// A writer whose disk fails (`-MISCONF` to every write) still answers and still holds the data:

@@ -48,6 +48,52 @@ fn unavailable(e: etcd_client::Error) -> CoordError {
     CoordError::Unavailable(e.to_string())
 }
 
+/// A watch on one key ([`Coordinator::watch`]); cancelled when dropped.
+pub struct Watch {
+    stream: etcd_client::WatchStream,
+}
+
+impl Watch {
+    /// Waits for the next change of the key and returns what it holds after it. An error (the
+    /// stream broke, or etcd cancelled the watch, e.g. after a compaction) means: read again and
+    /// watch anew.
+    pub async fn changed(&mut self) -> Result<Versioned, CoordError> {
+        loop {
+            match self.stream.message().await {
+                Ok(Some(response)) if response.canceled() => {
+                    return Err(CoordError::Unavailable(format!(
+                        "etcd cancelled the watch: {}",
+                        response.cancel_reason()
+                    )));
+                }
+                Ok(Some(response)) => {
+                    // The creation acknowledgement and progress notifications carry no event.
+                    if let Some(last) = response.events().last()
+                        && let Some(kv) = last.kv()
+                    {
+                        let deleted = last.event_type() == etcd_client::EventType::Delete;
+                        return Ok(Versioned {
+                            value: (!deleted).then(|| kv.value().to_vec()),
+                            revision: kv.mod_revision(),
+                        });
+                    }
+                }
+                Ok(None) => return Err(CoordError::Unavailable("the watch stream ended".into())),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+}
+
+/// One key of a fenced compare-and-swap ([`Coordinator::swap_all_fenced`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Swap<'a> {
+    pub name: &'a str,
+    /// The revision `name` must still have (0: absent); `None`: written whatever it holds.
+    pub expected: Option<i64>,
+    pub value: &'a [u8],
+}
+
 /// What a fenced write needs: the leader key's create revision (the fencing token) and until when
 /// the leader may act on its own clock. Copied out of a [`Claim`] for each write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,47 +457,71 @@ impl Coordinator {
         expected: Option<i64>,
         value: &[u8],
     ) -> Result<i64, CoordError> {
+        self.swap_all_fenced(
+            fence,
+            &[Swap {
+                name,
+                expected,
+                value,
+            }],
+        )
+        .await
+    }
+
+    /// [`Coordinator::swap_fenced`] for several keys in one transaction: every key is written or
+    /// none is. A conflict names the first key whose revision moved.
+    pub async fn swap_all_fenced(
+        &self,
+        fence: Fence,
+        swaps: &[Swap<'_>],
+    ) -> Result<i64, CoordError> {
         if !fence.may_act(Instant::now()) {
             return Err(CoordError::Expired);
         }
-        let key = self.key(name);
+        let keys: Vec<String> = swaps.iter().map(|s| self.key(s.name)).collect();
         let mut when = vec![Compare::create_revision(
             self.leader_key.as_str(),
             CompareOp::Equal,
             fence.token,
         )];
-        if let Some(revision) = expected {
-            when.push(Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                revision,
-            ));
+        let mut puts = Vec::new();
+        let mut reads = vec![TxnOp::get(self.leader_key.as_str(), None)];
+        for (swap, key) in swaps.iter().zip(&keys) {
+            if let Some(revision) = swap.expected {
+                when.push(Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    revision,
+                ));
+            }
+            puts.push(TxnOp::put(key.as_str(), swap.value.to_vec(), None));
+            reads.push(TxnOp::get(key.as_str(), None));
         }
-        let txn = Txn::new()
-            .when(when)
-            .and_then([TxnOp::put(key.as_str(), value.to_vec(), None)])
-            .or_else([
-                TxnOp::get(self.leader_key.as_str(), None),
-                TxnOp::get(key.as_str(), None),
-            ]);
+        let txn = Txn::new().when(when).and_then(puts).or_else(reads);
         let response = self.txn(txn).await?;
         if response.succeeded() {
             return Ok(response.header().map_or(0, |h| h.revision()));
         }
-        // The failure branch read the leader key, then `name`.
+        // The failure branch read the leader key, then every key in order.
         let mut found = response.op_responses().into_iter().map(|op| match op {
             etcd_client::TxnOpResponse::Get(get) => get.kvs().first().cloned(),
             _ => None,
         });
         let leader_created = found.next().flatten().map_or(0, |kv| kv.create_revision());
-        let current = found.next().flatten().map_or(0, |kv| kv.mod_revision());
         if leader_created != fence.token {
             return Err(CoordError::Deposed { token: fence.token });
         }
+        let current = found.map(|kv| kv.map_or(0, |kv| kv.mod_revision()));
+        let (swap, now) = swaps
+            .iter()
+            .zip(current)
+            .find(|(swap, now)| swap.expected.is_some_and(|e| e != *now))
+            .or_else(|| swaps.first().map(|s| (s, 0)))
+            .ok_or(CoordError::Deposed { token: fence.token })?;
         Err(CoordError::Conflict {
-            key: name.to_string(),
-            expected: expected.unwrap_or_default(),
-            found: current,
+            key: swap.name.to_string(),
+            expected: swap.expected.unwrap_or_default(),
+            found: now,
         })
     }
 
@@ -466,6 +536,19 @@ impl Coordinator {
             async move { c.get(key, options).await }
         })
         .await
+    }
+
+    /// Watches `name`: [`Watch::changed`] returns at each change after this call. A follower
+    /// copies what the leader wrote moments after the commit instead of polling for it.
+    pub async fn watch(&self, name: &str) -> Result<Watch, CoordError> {
+        let key = self.key(name);
+        let stream = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.watch(key, None).await }
+            })
+            .await?;
+        Ok(Watch { stream })
     }
 
     /// The value stored under `name` and the revision of its last change (a quorum read).

@@ -3,12 +3,18 @@
 //! Pure; never a blind promotion: the target is promoted only when it provably holds everything
 //! the old writer had acknowledged when it was paused.
 //!
+//! The intent is recorded before the pause (so that the pause holds no etcd commit of its own), so
+//! its offset is the source's offset before the pause, a lower bound. What proves the target holds
+//! everything is the order of the switchover: the source is demoted under the target only after
+//! the target caught up with the paused source, and the target is promoted only after that.
+//!
 //! | target                       | source (old writer)             | action                           |
 //! |------------------------------|---------------------------------|----------------------------------|
 //! | master (never published)     | master, went on after the pause | roll back (the source kept going)|
 //! | master                       | anything else                   | complete (fence the source)      |
 //! | replica with the history     | master                          | roll back (unpause the source)   |
-//! | replica, ≥ required offset   | answers, not a master (demoted) | promote the target               |
+//! | replica, ≥ required offset   | follows the target (demoted)    | promote the target               |
+//! | replica                      | answers, follows another node   | wait: a source back from its own config is no proof the target caught up |
 //! | replica, ≥ required offset   | no answer                       | wait: failure detection decides, with every check a failover makes (a silent source may be a paused master) |
 //! | replica behind, or no answer | not a master                    | wait: the old epoch stands and failure detection decides |
 //! | no answer                    | master                          | roll back                        |
@@ -17,14 +23,15 @@ use crate::observation::info_of;
 use serde::{Deserialize, Serialize};
 
 use crate::observation::{History, NodeObservation, ReplicationInfo};
-use crate::topology::NodeId;
+use crate::topology::{NodeId, Topology};
 
 /// The recorded intent, as far as resolution needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     pub source: NodeId,
     pub target: NodeId,
-    /// The source's history when it was paused: replication id and offset.
+    /// The source's history when the intent was recorded: replication id and offset (a lower
+    /// bound of what it held when paused).
     pub required: History,
 }
 
@@ -43,7 +50,11 @@ pub enum Resolution {
     Wait,
 }
 
-pub fn resolve(pending: &Pending, observations: &[NodeObservation]) -> Resolution {
+pub fn resolve(
+    pending: &Pending,
+    topology: &Topology,
+    observations: &[NodeObservation],
+) -> Resolution {
     let info = |n: NodeId| -> Option<&ReplicationInfo> { info_of(observations, n) };
     let source = info(pending.source);
     let target = info(pending.target);
@@ -66,10 +77,14 @@ pub fn resolve(pending: &Pending, observations: &[NodeObservation]) -> Resolutio
             }
         }
         _ if source_master => Resolution::RollBack,
-        // Promoted only over a source seen demoted: a silent one may still be a master whose
-        // pause runs out, so the decision goes to failure detection and its checks instead.
+        // Promoted only over a source seen demoted under the target (the switchover did that
+        // once the target had caught up): a silent one may still be a master whose pause runs
+        // out, and one that follows another node may be back from its own config, so the
+        // decision goes to failure detection and its checks instead.
         Some(t)
-            if source.is_some() && t.shares_history(required) && t.offset >= required.offset =>
+            if source.is_some_and(|s| follows(topology, s, pending.target))
+                && t.shares_history(required)
+                && t.offset >= required.offset =>
         {
             Resolution::Promote
         }
@@ -77,10 +92,16 @@ pub fn resolve(pending: &Pending, observations: &[NodeObservation]) -> Resolutio
     }
 }
 
+fn follows(topology: &Topology, info: &ReplicationInfo, target: NodeId) -> bool {
+    info.master()
+        .and_then(|master| topology.node_by_any_address(master))
+        == Some(target)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{down, primary, replica_of};
+    use crate::testing::{down, lab, primary, replica_of};
 
     fn at(mut o: NodeObservation, offset: u64) -> NodeObservation {
         if let Ok(info) = &mut o.state {
@@ -148,6 +169,12 @@ mod tests {
                 Resolution::Promote,
             ),
             (
+                "source back from its own config under another node, target caught up",
+                at(replica_of(0, 1, 100), 100),
+                replica_of(2, 0, 100),
+                Resolution::Wait,
+            ),
+            (
                 "crash before promote, source silent (maybe a master under a pause that runs out)",
                 down(0),
                 replica_of(2, 0, 100),
@@ -174,7 +201,11 @@ mod tests {
             ("both gone", down(0), down(2), Resolution::Wait),
         ];
         for (name, source, target, expected) in cases {
-            assert_eq!(resolve(&pending, &[source, target]), expected, "{name}");
+            assert_eq!(
+                resolve(&pending, &lab(), &[source, target]),
+                expected,
+                "{name}"
+            );
         }
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::{Analysis, EpochRecord};
 use crate::config::Config;
 use crate::names::fqdn;
+use crate::observation::{NodeObservation, Role};
 use crate::ownership::{self, Ownership};
 use crate::topology::{NodeId, Topology};
 
@@ -198,6 +199,47 @@ pub fn desired(
     records
 }
 
+/// What a switchover publishes in the same write as its new epoch: the records that lead the name
+/// to `target` (the global name, its ownership record, the target region's primary name), from
+/// `observations` as they are once the move is done — `target` a primary, `old` following it.
+/// Every other name is left to the next pass.
+pub fn after_promotion(
+    names: &ManagedNames,
+    topology: &Topology,
+    observations: &[NodeObservation],
+    old: NodeId,
+    target: NodeId,
+    epoch: &EpochRecord,
+) -> Vec<RecordSet> {
+    let mut promised = observations.to_vec();
+    for o in &mut promised {
+        let role = if o.node == target {
+            Role::Primary
+        } else if o.node == old {
+            Role::Replica {
+                master: topology.replication_endpoint(target, old),
+                link_up: true,
+                sync_in_progress: false,
+            }
+        } else {
+            continue;
+        };
+        if let Ok(info) = &mut o.state {
+            info.role = role;
+        }
+    }
+    let analysis = crate::analysis::analyze(topology, &promised, Some(epoch));
+    let writer_names = [
+        names.global.clone(),
+        names.ownership.clone(),
+        names.regional_primary(&topology.region_of(target).name),
+    ];
+    desired(names, topology, &analysis, Some(epoch))
+        .into_iter()
+        .filter(|r| writer_names.contains(&r.name))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +278,64 @@ mod tests {
                 "reader.us-east-2.valkey-dr.live. 5 A 127.0.2.2",
             ]
         );
+    }
+
+    #[test]
+    fn a_switchover_publishes_only_the_names_that_lead_to_its_target() {
+        let text = |records: Vec<RecordSet>| -> Vec<String> {
+            records.iter().map(|r| r.to_string()).collect()
+        };
+        // (case, observations before the move, old, target, expected records)
+        let cases = [
+            (
+                "to the other region's head: its primary name is already right",
+                healthy(),
+                0,
+                2,
+                vec![
+                    "_valkey-dr.demo.valkey-dr.live. 5 TXT heritage=valkey-dr,owner=valkey-dr,epoch=2,primary=us-east-2",
+                    "demo.valkey-dr.live. 5 CNAME primary.us-east-2.valkey-dr.live.",
+                    "primary.us-east-2.valkey-dr.live. 5 A 127.0.2.1",
+                ],
+            ),
+            (
+                "to a replica of the writer's own region: the region's primary name moves too",
+                healthy(),
+                0,
+                1,
+                vec![
+                    "_valkey-dr.demo.valkey-dr.live. 5 TXT heritage=valkey-dr,owner=valkey-dr,epoch=2,primary=us-east-1",
+                    "demo.valkey-dr.live. 5 CNAME primary.us-east-1.valkey-dr.live.",
+                    "primary.us-east-1.valkey-dr.live. 5 A 127.0.1.2",
+                ],
+            ),
+            (
+                "a node that does not answer changes nothing about the target's names",
+                vec![primary(0), down(1), replica_of(2, 0, 100), down(3)],
+                0,
+                2,
+                vec![
+                    "_valkey-dr.demo.valkey-dr.live. 5 TXT heritage=valkey-dr,owner=valkey-dr,epoch=2,primary=us-east-2",
+                    "demo.valkey-dr.live. 5 CNAME primary.us-east-2.valkey-dr.live.",
+                    "primary.us-east-2.valkey-dr.live. 5 A 127.0.2.1",
+                ],
+            ),
+        ];
+        for (case, observations, old, target, expected) in cases {
+            let epoch = EpochRecord {
+                epoch: 2,
+                primary: NodeId(target),
+            };
+            let records = after_promotion(
+                &names(),
+                &lab(),
+                &observations,
+                NodeId(old),
+                NodeId(target),
+                &epoch,
+            );
+            assert_eq!(text(records), expected, "{case}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
-use valkey_dr_coord::{CoordError, Coordinator, LeaderCell};
+use valkey_dr_coord::{CoordError, Coordinator, LeaderCell, Swap, Versioned};
 use valkey_dr_core::{Change, RecordSet};
 
 use crate::embedded::Zone;
@@ -65,13 +65,7 @@ impl EtcdRecords {
             .get_versioned(RECORDS_KEY)
             .await
             .map_err(coord_error)?;
-        let sets = match &read.value {
-            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
-                DnsError::Unavailable(format!("the records in etcd are unreadable: {e}"))
-            })?,
-            None => Vec::new(),
-        };
-        Ok((sets, read.revision))
+        Ok((decode(&read)?, read.revision))
     }
 
     /// Loads the records from etcd into the local zone when they changed. On error the zone keeps
@@ -87,8 +81,103 @@ impl EtcdRecords {
         if revision == self.served_revision.load(Ordering::SeqCst) && self.zone.is_loaded() {
             return Ok(false);
         }
+        Ok(self.install(sets, revision))
+    }
+
+    /// Loads what a watch saw (the records at `seen.revision`) unless the zone already holds that
+    /// revision or a later one: a watch event needs no read of its own.
+    pub async fn load(&self, seen: &Versioned) -> Result<bool, DnsError> {
+        let _updating = self.updating.lock().await;
+        if seen.revision <= self.served_revision.load(Ordering::SeqCst) && self.zone.is_loaded() {
+            return Ok(false);
+        }
+        Ok(self.install(decode(seen)?, seen.revision))
+    }
+
+    fn install(&self, sets: Vec<RecordSet>, revision: i64) -> bool {
         self.served_revision.store(revision, Ordering::SeqCst);
-        Ok(self.zone.replace_all(sets))
+        self.zone.replace_all(sets)
+    }
+}
+
+impl EtcdRecords {
+    /// The records after `changes`, checked by the zone's rules on a copy, ready to be written
+    /// (alone, or in one transaction with the new epoch: [`Staged::swap`]). Holds off every other
+    /// copy and write until [`Staged::settle`].
+    pub async fn stage(&self, changes: &[Change]) -> Result<Staged<'_>, DnsError> {
+        let updating = self.updating.lock().await;
+        if !self.zone.is_loaded() {
+            self.sync_locked().await?;
+        }
+        let scratch = Zone::new(self.zone.origin());
+        scratch.replace_all(self.zone.snapshot());
+        scratch.apply_changes(changes)?;
+        let next = scratch.snapshot();
+        Ok(Staged {
+            bytes: serde_json::to_vec(&next).expect("record sets serialize"),
+            next,
+            expected: self.served_revision.load(Ordering::SeqCst),
+            records: self,
+            _updating: updating,
+        })
+    }
+}
+
+/// Records staged for a fenced write ([`EtcdRecords::stage`]).
+pub struct Staged<'a> {
+    records: &'a EtcdRecords,
+    _updating: tokio::sync::MutexGuard<'a, ()>,
+    next: Vec<RecordSet>,
+    bytes: Vec<u8>,
+    /// The revision this copy was read at: the write holds only if etcd's is the same.
+    expected: i64,
+}
+
+impl Staged<'_> {
+    /// The write, compared with the revision this copy was read at.
+    pub fn swap(&self) -> Swap<'_> {
+        Swap {
+            name: RECORDS_KEY,
+            expected: Some(self.expected),
+            value: &self.bytes,
+        }
+    }
+
+    /// After the transaction: the zone serves the new records once they are in etcd; a conflict
+    /// reads etcd again, so that the next pass plans from what it holds.
+    pub async fn settle(self, written: Result<i64, CoordError>) -> Result<(), DnsError> {
+        match written {
+            Ok(revision) => {
+                self.committed(revision);
+                Ok(())
+            }
+            Err(error) => {
+                if matches!(error, CoordError::Conflict { .. }) {
+                    self.abandoned().await;
+                }
+                Err(coord_error(error))
+            }
+        }
+    }
+
+    /// The transaction committed at `revision`: the zone serves the staged records.
+    pub fn committed(self, revision: i64) {
+        self.records.install(self.next, revision);
+    }
+
+    /// The transaction did not commit (or nobody knows): read etcd again, so that the zone and
+    /// the next plan start from what it holds.
+    pub async fn abandoned(self) {
+        let _ = self.records.sync_locked().await;
+    }
+}
+
+/// The record sets a stored value holds (none when the key is absent).
+fn decode(read: &Versioned) -> Result<Vec<RecordSet>, DnsError> {
+    match &read.value {
+        Some(bytes) => serde_json::from_slice(bytes)
+            .map_err(|e| DnsError::Unavailable(format!("the records in etcd are unreadable: {e}"))),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -104,34 +193,8 @@ impl DnsProvider for EtcdRecords {
             .leader
             .fence()
             .ok_or_else(|| DnsError::Fenced("this controller is not the leader".into()))?;
-        let _updating = self.updating.lock().await;
-        if !self.zone.is_loaded() {
-            self.sync_locked().await?;
-        }
-        // The zone's own rules (preconditions, CNAME exclusivity, zone membership) on a copy.
-        let scratch = Zone::new(self.zone.origin());
-        scratch.replace_all(self.zone.snapshot());
-        scratch.apply_changes(changes)?;
-        let next = scratch.snapshot();
-        let bytes = serde_json::to_vec(&next).expect("record sets serialize");
-        let revision = self.served_revision.load(Ordering::SeqCst);
-        match self
-            .coord
-            .swap_fenced(fence, RECORDS_KEY, Some(revision), &bytes)
-            .await
-        {
-            Ok(written) => {
-                self.served_revision.store(written, Ordering::SeqCst);
-                self.zone.replace_all(next);
-                Ok(())
-            }
-            Err(error) => {
-                // Our copy was behind: read it again, so the next pass plans from etcd's records.
-                if matches!(error, CoordError::Conflict { .. }) {
-                    let _ = self.sync_locked().await;
-                }
-                Err(coord_error(error))
-            }
-        }
+        let staged = self.stage(changes).await?;
+        let written = self.coord.swap_all_fenced(fence, &[staged.swap()]).await;
+        staged.settle(written).await
     }
 }

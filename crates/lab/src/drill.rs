@@ -71,6 +71,10 @@ pub struct ClientsOptions {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DrillReport {
     pub operation: String,
+    /// When the operation started (Unix ms): the times below count from it, the controllers'
+    /// events line up with it.
+    #[serde(default)]
+    pub started_at_ms: u64,
     pub method: Option<String>,
     pub old_primary: String,
     pub new_primary: Option<String>,
@@ -86,6 +90,15 @@ pub struct DrillReport {
     pub max_write_gap_ms: f64,
     /// From the start of the operation until the name resolved to another address.
     pub dns_flip_ms: Option<f64>,
+    /// From the first site's DNS server answering with the new address (the leader's, which
+    /// loads it at its commit) until the last site's did: how long the sites disagree. `None`
+    /// when a site never did; 0 with one server.
+    #[serde(default)]
+    pub dns_every_site_after_first_ms: Option<f64>,
+    /// When the longest write gap ended, from the start of the operation (its start is this
+    /// minus [`DrillReport::max_write_gap_ms`]).
+    #[serde(default)]
+    pub max_write_gap_ended_ms: Option<f64>,
     /// How long the old writer had been failing when the controller started the failover.
     pub detection_ms: Option<u64>,
     /// From the start of the operation until every reachable node replicated correctly again.
@@ -110,6 +123,16 @@ async fn status(socket: &Path) -> Result<Value, DrillError> {
 
 fn elapsed_ms(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0
+}
+
+/// The time between the first and the last site answering with the new address (`None` when
+/// one never did).
+fn dns_spread(flips: &[Option<f64>]) -> Option<f64> {
+    let flips: Option<Vec<f64>> = flips.iter().copied().collect();
+    let flips = flips.filter(|f| !f.is_empty())?;
+    let first = flips.iter().copied().fold(f64::INFINITY, f64::min);
+    let last = flips.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some(((last - first) * 10.0).round() / 10.0)
 }
 
 /// True when every finding is `healthy` or about a node that is down.
@@ -181,22 +204,25 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
     tokio::time::sleep(options.at).await;
     let started = Instant::now();
     let started_wall = now_ms();
-    let flip = tokio::spawn({
-        let name = name.clone();
-        let dns = spec.dns;
-        async move {
-            let resolver = StubResolver::new(dns);
-            while started.elapsed() < Duration::from_secs(30) {
-                if let Ok((ips, _)) = resolver.resolve(&name).await
-                    && ips.first().copied() != initial_ip
-                {
-                    return Some(elapsed_ms(started));
+    // When each site's DNS server first answers with another address (the lab's own first).
+    let flips: Vec<_> = std::iter::once(spec.dns)
+        .chain(spec.dns_servers().into_iter().filter(|d| *d != spec.dns))
+        .map(|dns| {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let resolver = StubResolver::new(dns);
+                while started.elapsed() < Duration::from_secs(30) {
+                    if let Ok((ips, _)) = resolver.resolve(&name).await
+                        && ips.first().copied() != initial_ip
+                    {
+                        return Some(elapsed_ms(started));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            None
-        }
-    });
+                None
+            })
+        })
+        .collect();
     let epoch_before = before["epoch"].as_u64().unwrap_or(0);
     let settled = tokio::spawn({
         let socket = socket.clone();
@@ -216,6 +242,7 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
     });
 
     let mut report = DrillReport {
+        started_at_ms: started_wall,
         old_primary: old_primary.clone(),
         writers: options.writers,
         epoch_before,
@@ -267,8 +294,12 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
         .saturating_sub(options.at)
         .max(Duration::from_millis(100));
     tokio::time::sleep_until((started + rest).into()).await;
+    let mut writer_gap_end = None;
     for (config, result) in writers.stop().await {
         report.acknowledged_writes += result.acknowledged;
+        if result.max_write_gap_ms > report.max_write_gap_ms {
+            writer_gap_end = Some(result.max_write_gap_ended_at_ms);
+        }
         report.max_write_gap_ms = report.max_write_gap_ms.max(result.max_write_gap_ms);
         match writer::verify_list(&config, result.acknowledged).await {
             Ok(check) => {
@@ -279,7 +310,13 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
             Err(e) => report.error = Some(format!("verification failed: {e}")),
         }
     }
-    report.dns_flip_ms = flip.await.ok().flatten();
+    let mut site_flips = Vec::new();
+    for flip in flips {
+        site_flips.push(flip.await.ok().flatten());
+    }
+    report.dns_flip_ms = site_flips.first().copied().flatten();
+    report.dns_every_site_after_first_ms = dns_spread(&site_flips);
+    report.max_write_gap_ended_ms = writer_gap_end.map(|at| at as f64 - started_wall as f64);
     // The operation took effect when the name moved (or, if it never did, by the end).
     let effect_ms = started_wall
         + report
@@ -419,4 +456,27 @@ pub fn summarize(values: &[f64]) -> String {
 
 pub fn median_of(values: &[f64]) -> Option<f64> {
     median(&mut values.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dns_spread;
+
+    #[test]
+    fn the_sites_disagree_from_the_first_flip_to_the_last() {
+        // (case, each site's flip, expected)
+        let cases = [
+            ("one server", vec![Some(40.0)], Some(0.0)),
+            (
+                "three sites",
+                vec![Some(41.2), Some(40.0), Some(43.5)],
+                Some(3.5),
+            ),
+            ("a site never flipped", vec![Some(40.0), None], None),
+            ("no server", vec![], None),
+        ];
+        for (case, flips, expected) in cases {
+            assert_eq!(dns_spread(&flips), expected, "{case}");
+        }
+    }
 }

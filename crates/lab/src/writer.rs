@@ -40,6 +40,9 @@ pub struct WriterReport {
     pub errors: u64,
     /// Longest time between two acknowledgements, as the client saw it.
     pub max_write_gap_ms: f64,
+    /// When that gap ended (Unix ms).
+    #[serde(default)]
+    pub max_write_gap_ended_at_ms: u64,
     /// Every address the name led to, in order of first use.
     pub targets: Vec<String>,
 }
@@ -154,6 +157,7 @@ pub async fn run_counted(
                 let gap = last_ack.elapsed().as_secs_f64() * 1000.0;
                 if seq > 0 && gap > report.max_write_gap_ms {
                     report.max_write_gap_ms = gap;
+                    report.max_write_gap_ended_at_ms = valkey_dr_controller::clock::now_ms();
                 }
                 last_ack = Instant::now();
                 report.acknowledged += 1;

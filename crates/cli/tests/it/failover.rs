@@ -201,18 +201,20 @@ async fn a_blip_shorter_than_down_after_causes_no_failover() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_controller_killed_in_the_middle_of_a_switchover_converges_after_restart() {
-    // `intent`: the promotion intent is on disk, nothing changed on the nodes; `demoted`: the old
-    // primary follows the target, which is not promoted yet; `promoted`: the target is promoted,
-    // the epoch not recorded (each restarted within the old primary's write pause).
+    // `intent`: the promotion intent is on disk, nothing changed on the nodes, writes not paused
+    // yet; `demoted`: the old primary follows the target, which is not promoted yet;
+    // `promoted`/`promote`: the target is promoted, the epoch not recorded (each restarted within
+    // the old primary's write pause); `switch_dns`: epoch and records committed, clients not
+    // released.
     for crash_after in [
-        "fence",
         "intent",
+        "fence",
         "demoted",
         "promoted",
         "promote",
-        "repoint",
         "switch_dns",
         "release",
+        "repoint",
     ] {
         let lab = TestLab::start().await;
         // Restart the controller with a crash point inside the promotion.

@@ -57,9 +57,9 @@ async fn initial_dns_matches_the_topology_and_promote_moves_it() {
             "fence",
             "wait_catch_up",
             "promote",
-            "repoint",
             "switch_dns",
             "release",
+            "repoint",
             "verify"
         ]
     );

@@ -46,6 +46,9 @@ const STORAGE_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// How often a controller that does not lead looks at the leader key.
 pub(crate) const FOLLOWER_TICK: Duration = Duration::from_millis(100);
 
+/// How often a site reads the records although its watch reported nothing.
+const RECORDS_RESYNC_EVERY: Duration = Duration::from_secs(1);
+
 /// This controller's part in the highly available shape. What its tasks learn is kept in one
 /// cell per fact, each written by one task only and read by the others (`tokio::sync::watch`).
 pub struct Ha {
@@ -188,14 +191,33 @@ impl Controller {
         })
     }
 
-    /// Copies the DNS records from etcd into this site's zone every 100 ms, so that every site
-    /// answers with a new writer within moments of the leader's change (passes run only every
-    /// reconcile interval).
+    /// Keeps this site's zone a copy of the records in etcd: a watch brings each change moments
+    /// after the leader's commit (every site answers with a new writer within milliseconds); a
+    /// read every second is the net under it, for a watch that broke without a word.
     pub async fn follow_records(self: Arc<Self>) {
         let Some(ha) = self.ha.clone() else { return };
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let watch = ha.coord.watch(valkey_dr_coord::keys::RECORDS).await;
+            // Read after the watch is in place: no change falls between the two.
             let _ = ha.records.sync().await;
+            let Ok(mut watch) = watch else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            loop {
+                tokio::select! {
+                    changed = watch.changed() => match changed {
+                        Ok(seen) => {
+                            let _ = ha.records.load(&seen).await;
+                        }
+                        Err(_) => break,
+                    },
+                    _ = tokio::time::sleep(RECORDS_RESYNC_EVERY) => {
+                        let _ = ha.records.sync().await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -162,16 +162,19 @@ impl Controller {
                         return false;
                     }
                 }
+                // A switchover cut short leaves the source's clients blocked on its pause: they
+                // are closed (and the pause lifted) once it is seen demoted, after the name moved.
                 if self
-                    .commit_epoch(carried, new_epoch, required, None, None)
+                    .commit_epoch(carried, new_epoch, required, None, Some(intent.source), &[])
                     .await
                     .is_err()
                 {
                     return false;
                 }
                 if source_answers {
+                    // Its clients are closed by the release, once the name leads to the target.
                     detail["demotion"] =
-                        json!(self.demote(intent.source, intent.target, true).await);
+                        json!(self.demote(intent.source, intent.target, false).await);
                 }
                 true
             }

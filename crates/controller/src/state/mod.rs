@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use valkey_dr_coord::Swap;
 use valkey_dr_core::observation::History;
 use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{EpochRecord, NodeId, Topology};
@@ -341,19 +342,37 @@ impl StateStore {
         &self,
         change: impl FnOnce(Option<&State>) -> Option<State>,
     ) -> Result<Option<State>, StateError> {
+        self.update_with(change, &[]).await
+    }
+
+    /// [`StateStore::update`], writing `also` (other etcd keys) in the same transaction: all of it
+    /// is written or none. A file store writes nothing else.
+    async fn update_with(
+        &self,
+        change: impl FnOnce(Option<&State>) -> Option<State>,
+        also: &[Swap<'_>],
+    ) -> Result<Option<State>, StateError> {
         let _writing = self.writing.lock().await;
         let now = self.get();
         let Some(next) = change(now.as_ref()) else {
             return Ok(now);
         };
-        if now.as_ref() != Some(&next) {
-            if let Err(error) = self.store(&next).await {
+        if now.as_ref() != Some(&next) || !also.is_empty() {
+            if let Err(error) = self.store(&next, also).await {
                 return self.settle_failed_write(next, error).await;
             }
             *self.state.lock().expect("state lock") = Some(next.clone());
             return Ok(Some(next));
         }
         Ok(now)
+    }
+
+    /// The etcd revision of the state's last write or read (0 for a file store).
+    pub fn revision(&self) -> i64 {
+        match &self.backend {
+            Backend::File(_) => 0,
+            Backend::Etcd { revision, .. } => *revision.lock().expect("revision lock"),
+        }
     }
 
     /// After a failed or timed-out write to etcd, what etcd holds is read again before anything
@@ -382,8 +401,11 @@ impl StateStore {
         }
     }
 
-    async fn store(&self, next: &State) -> Result<(), StateError> {
+    async fn store(&self, next: &State, also: &[Swap<'_>]) -> Result<(), StateError> {
         match &self.backend {
+            Backend::File(_) if !also.is_empty() => Err(StateError::Io(std::io::Error::other(
+                "a state file cannot be written in one transaction with other keys",
+            ))),
             Backend::File(file) => Ok(file.store(&self.topology, next)?),
             Backend::Etcd {
                 coord,
@@ -392,14 +414,14 @@ impl StateStore {
             } => {
                 let fence = leader.fence().ok_or(StateError::NotLeader)?;
                 let expected = *revision.lock().expect("revision lock");
-                let written = coord
-                    .swap_fenced(
-                        fence,
-                        STATE_KEY,
-                        Some(expected),
-                        &encode(&self.topology, next),
-                    )
-                    .await?;
+                let bytes = encode(&self.topology, next);
+                let mut swaps = vec![Swap {
+                    name: STATE_KEY,
+                    expected: Some(expected),
+                    value: &bytes,
+                }];
+                swaps.extend_from_slice(also);
+                let written = coord.swap_all_fenced(fence, &swaps).await?;
                 *revision.lock().expect("revision lock") = written;
                 Ok(())
             }

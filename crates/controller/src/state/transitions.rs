@@ -1,6 +1,7 @@
 //! The named changes of the durable state: every write goes through one of these, so that what
 //! can happen to the epoch, the intent and the lineage is listed in one place.
 
+use valkey_dr_coord::Swap;
 use valkey_dr_core::EpochRecord;
 use valkey_dr_core::NodeId;
 use valkey_dr_core::observation::History;
@@ -52,7 +53,8 @@ impl StateStore {
     }
 
     /// A promotion happened: the new epoch, its writer's history (the lineage the next failover
-    /// checks) and the anti-flapping block, in one write that settles the intent.
+    /// checks) and the anti-flapping block, in one write that settles the intent — with `also`
+    /// (the records that publish the new writer, in etcd) in the same transaction.
     /// `release` names an old primary whose clients are still to be closed (a switchover's).
     pub async fn commit_epoch(
         &self,
@@ -60,20 +62,24 @@ impl StateStore {
         history: History,
         block_until_ms: Option<u64>,
         release: Option<NodeId>,
+        also: &[Swap<'_>],
     ) -> Result<(), StateError> {
-        self.update(|s| {
-            let mut next = s.cloned().unwrap_or_else(|| State::new(epoch));
-            next.epoch = epoch;
-            next.intent = None;
-            next.writer_history = Some(history);
-            next.release_pending = release;
-            // The new writer was promoted with no quorum: not fenced until one is set.
-            next.writer_quorum = None;
-            if block_until_ms.is_some() {
-                next.failovers_blocked_until_ms = block_until_ms;
-            }
-            Some(next)
-        })
+        self.update_with(
+            |s| {
+                let mut next = s.cloned().unwrap_or_else(|| State::new(epoch));
+                next.epoch = epoch;
+                next.intent = None;
+                next.writer_history = Some(history);
+                next.release_pending = release;
+                // The new writer was promoted with no quorum: not fenced until one is set.
+                next.writer_quorum = None;
+                if block_until_ms.is_some() {
+                    next.failovers_blocked_until_ms = block_until_ms;
+                }
+                Some(next)
+            },
+            also,
+        )
         .await
         .map(|_| ())
     }

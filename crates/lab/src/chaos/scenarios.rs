@@ -394,7 +394,7 @@ pub fn scenarios() -> Vec<Scenario> {
             14,
         ),
     )));
-    for step in ["fence", "intent", "promote", "switch_dns"] {
+    for step in ["intent", "fence", "promote", "switch_dns"] {
         all.push(ha(s(
             &format!("leader killed after {step}"),
             Fault::LeaderFails {
@@ -413,8 +413,8 @@ pub fn scenarios() -> Vec<Scenario> {
         )));
     }
     for step in [
-        "fence",
         "intent",
+        "fence",
         "demoted",
         "promoted",
         "promote",

@@ -308,7 +308,7 @@ pub fn plan_actions(snapshot: &Snapshot, rules: &Rules) -> Plan {
             actions.push(adopt_epoch(snapshot, rules));
         }
         if let Some(intent) = intent {
-            actions.push(resolve_intent(observations, intent));
+            actions.push(resolve_intent(topology, observations, intent));
         }
         if let Some(e) = epoch.filter(|_| settled) {
             let d = failover_actions(snapshot, rules, e, &mut actions);
@@ -480,7 +480,7 @@ fn adopt_epoch(snapshot: &Snapshot, rules: &Rules) -> Action {
     }
 }
 
-fn resolve_intent(observations: &[NodeObservation], intent: Intent) -> Action {
+fn resolve_intent(topology: &Topology, observations: &[NodeObservation], intent: Intent) -> Action {
     let pending = intent::Pending {
         source: intent.source,
         target: intent.target,
@@ -490,7 +490,7 @@ fn resolve_intent(observations: &[NodeObservation], intent: Intent) -> Action {
             parent: None,
         },
     };
-    let resolution = intent::resolve(&pending, observations);
+    let resolution = intent::resolve(&pending, topology, observations);
     Action::ResolveIntent {
         source_answers: info_of(observations, intent.source).is_some(),
         target_is_master: info_of(observations, intent.target).is_some_and(|i| i.is_primary()),
