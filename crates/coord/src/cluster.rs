@@ -93,6 +93,7 @@ impl EtcdCluster {
                 name: m.name.clone(),
                 client: m.client,
                 peer: m.peer,
+                reached_at: m.peer,
             })
             .collect()
     }
@@ -129,6 +130,9 @@ pub struct MemberAddress {
     pub name: String,
     pub client: SocketAddr,
     pub peer: SocketAddr,
+    /// Where the other members reach its peer port: `peer` itself, or a link in front of it
+    /// (the lab's region link, so that raft's messages cross it as they would between sites).
+    pub reached_at: SocketAddr,
 }
 
 /// The command that starts member `i` of `members`, its data in `dir/<name>`. Elections are
@@ -149,7 +153,7 @@ pub fn member_command(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let initial = members
         .iter()
-        .map(|m| format!("{}={scheme}://{}", m.name, m.peer))
+        .map(|m| format!("{}={scheme}://{}", m.name, m.reached_at))
         .collect::<Vec<_>>()
         .join(",");
     let mut command = Command::new("etcd");
@@ -165,7 +169,7 @@ pub fn member_command(
         .arg("--listen-peer-urls")
         .arg(format!("{scheme}://{}", member.peer))
         .arg("--initial-advertise-peer-urls")
-        .arg(format!("{scheme}://{}", member.peer))
+        .arg(format!("{scheme}://{}", member.reached_at))
         .arg("--initial-cluster")
         .arg(initial)
         .arg("--initial-cluster-state")

@@ -365,6 +365,20 @@ impl LabSpec {
                 });
             }
         }
+        // Raft's messages to a member cross the link too (one link end per member, whoever
+        // sends: etcd advertises one peer address). Not cut by a partition: on loopback an
+        // isolated site's member is stopped instead.
+        for site in &self.sites {
+            if let Some(listen) = self.etcd_peer_link(site) {
+                links.push(LinkSpec {
+                    listen,
+                    target: self.etcd_peer(site),
+                    from_region: self.vantage(site),
+                    to_region: self.vantage(site),
+                    delay_ms: self.link_delay_ms,
+                });
+            }
+        }
         // Each site reaches the other sites' etcd members through the link too, so that
         // isolating a site cuts its controller off from the others' members.
         for from in &self.sites {

@@ -24,9 +24,23 @@ impl LabSpec {
             .map(|site| valkey_dr_coord::cluster::MemberAddress {
                 name: site.clone(),
                 client: SocketAddr::new(self.etcd_ip(site).into(), ETCD_CLIENT_PORT),
-                peer: SocketAddr::new(self.etcd_ip(site).into(), ETCD_PEER_PORT),
+                peer: self.etcd_peer(site),
+                reached_at: self.etcd_peer_link(site).unwrap_or(self.etcd_peer(site)),
             })
             .collect()
+    }
+
+    pub(super) fn etcd_peer(&self, site: &str) -> SocketAddr {
+        SocketAddr::new(self.etcd_ip(site).into(), ETCD_PEER_PORT)
+    }
+
+    /// Where the other members reach the raft port of `site`'s member on loopback: a link end
+    /// `127.<block>.<site>.70` that delays every byte like the region link, so that a quorum
+    /// commit costs what it costs between sites. (In namespaces the members reach each other
+    /// straight across the bridge, where the packet cuts act: `None`.)
+    pub(super) fn etcd_peer_link(&self, site: &str) -> Option<SocketAddr> {
+        (!self.netns)
+            .then(|| SocketAddr::new(self.ip(self.site_octet(site), 70).into(), ETCD_PEER_PORT))
     }
 
     /// Where site `from` reaches the etcd member of site `to` through the region link:
@@ -93,6 +107,10 @@ impl LabSpec {
             Ipv4Addr::LOCALHOST
         };
         let mut ips = vec![self.etcd_ip(site), source];
+        ips.extend(self.etcd_peer_link(site).and_then(|link| match link.ip() {
+            std::net::IpAddr::V4(ip) => Some(ip),
+            std::net::IpAddr::V6(_) => None,
+        }));
         ips.extend(self.sites.iter().filter(|f| *f != site).filter_map(|from| {
             match self.etcd_link_addr(from, site).ip() {
                 std::net::IpAddr::V4(ip) => Some(ip),
@@ -102,10 +120,12 @@ impl LabSpec {
         ips
     }
 
-    /// The etcd client URLs of site `from`: its own member directly, the others through the link.
+    /// The etcd client URLs of site `from`: its own member first and directly (a controller
+    /// asks the member beside it; the others cost a trip across the link), the others through
+    /// the link.
     pub fn etcd_endpoints(&self, from: &str) -> Vec<String> {
-        self.sites
-            .iter()
+        let own = self.sites.iter().filter(|s| *s == from);
+        own.chain(self.sites.iter().filter(|s| *s != from))
             .map(|to| {
                 let addr = if to == from {
                     SocketAddr::new(self.etcd_ip(to).into(), ETCD_CLIENT_PORT)

@@ -8,8 +8,8 @@ fn reference_lab_matches_the_design_addresses() {
     assert_eq!(spec.link_addr(1, 0, 0).to_string(), "127.0.2.111:6379");
     assert_eq!(
         spec.links().len(),
-        14,
-        "4 region-link ends + 4 controller links + 6 between the sites' etcd members"
+        17,
+        "4 region-link ends + 4 controller links + 6 between the sites and the etcd members + 3 in front of the members' raft ports"
     );
     // The highly available shape: a controller and an etcd member per site; each site
     // reaches its own member directly and the others through the link.
