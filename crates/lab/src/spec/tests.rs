@@ -35,8 +35,14 @@ fn reference_lab_matches_the_design_addresses() {
     assert!(etcd_tls.client_cert_file.is_some());
     assert_eq!(
         spec.etcd_member_ips("us-east-1").len(),
-        4,
-        "its own address, the one it reaches its peers from, the two link ends"
+        5,
+        "its own address, the one it reaches its peers from, the link end in front of its raft \
+         port, the two link ends its clients come through"
+    );
+    // Raft's messages to a member cross the link like every message between sites.
+    assert_eq!(
+        spec.etcd_members()[0].reached_at.to_string(),
+        "127.0.1.70:2380"
     );
     let nodes: Vec<_> = east.regions.iter().flat_map(|r| &r.nodes).collect();
     assert_eq!(
