@@ -58,7 +58,7 @@ pub fn client_in(sdk: &aws_config::SdkConfig, region: &str) -> Client {
     Client::from_conf(config.build())
 }
 
-/// The datastore's members and whether it and all of them are settled (`available`/`associated`).
+/// The datastore's members and whether it and all of them are settled ([`settled`]).
 /// `Ok(None)`: no such datastore.
 pub async fn members(
     client: &Client,
@@ -88,9 +88,17 @@ pub async fn members(
             status: m.status().unwrap_or_default().to_string(),
         })
         .collect();
-    let settled =
-        group.status() == Some("available") && members.iter().all(|m| m.status == "associated");
+    let settled = settled(group.status().unwrap_or_default(), &members);
     Ok(Some((members, settled)))
+}
+
+/// Whether a global datastore with `status` and `members` takes a change (a group joining or
+/// leaving, a failover): every member `associated`, and the datastore `available` — or
+/// `primary-only`, which is what AWS reports while its only member is the primary (before the
+/// first secondary joins, after the last one left).
+pub fn settled(status: &str, members: &[Member]) -> bool {
+    matches!(status, "available" | "primary-only")
+        && members.iter().all(|m| m.status == "associated")
 }
 
 /// The replication group's status and primary endpoint (once it has one); `Ok(None)` when the

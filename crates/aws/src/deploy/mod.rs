@@ -191,11 +191,12 @@ pub async fn deploy(
         if role == Role::Secondary
             && let Some(global) = &known.global_replication_group_id
         {
-            // A group can join the datastore only once the datastore is available.
+            // A group can join the datastore only once the datastore is settled: `available`,
+            // or `primary-only` before the first secondary joins.
             wait_until(
                 waits,
                 say,
-                &format!("global datastore {global} to be available"),
+                &format!("global datastore {global} to settle"),
                 || async {
                     cloud
                         .datastore

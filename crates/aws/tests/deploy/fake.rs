@@ -189,6 +189,23 @@ impl World {
         fake.stack.reason = Some(reason.into());
     }
 
+    /// The global datastore's members, the primary first.
+    pub fn members(&self) -> Vec<Member> {
+        let mut members: Vec<Member> = self
+            .groups
+            .iter()
+            .filter(|(_, role)| !role.is_empty())
+            .map(|((region, group), role)| Member {
+                region: region.clone(),
+                replication_group_id: group.clone(),
+                role: role.clone(),
+                status: "associated".into(),
+            })
+            .collect();
+        members.sort_by_key(|m| m.role != "PRIMARY");
+        members
+    }
+
     pub fn reachable(&self, region: &str) -> Result<(), CloudError> {
         if self.down.contains(region) {
             return Err(CloudError::api(
@@ -458,24 +475,22 @@ impl Datastore for Fake {
         let w = self.0.lock().unwrap();
         w.reachable(region)?;
         assert_eq!(global_id, "ldgnf-valkey-dr");
-        let mut members: Vec<Member> = w
-            .groups
-            .iter()
-            .filter(|(_, role)| !role.is_empty())
-            .map(|((region, group), role)| Member {
-                region: region.clone(),
-                replication_group_id: group.clone(),
-                role: role.clone(),
-                status: "associated".into(),
-            })
-            .collect();
-        members.sort_by_key(|m| m.role != "PRIMARY");
-        Ok(members)
+        Ok(w.members())
     }
+    /// As AWS reports it: `modifying` while a group changes, `primary-only` while the primary is
+    /// the only member, `available` otherwise.
     async fn settled(&self, region: &str, _global_id: &str) -> Result<bool, CloudError> {
         let w = self.0.lock().unwrap();
         w.reachable(region)?;
-        Ok(w.modifying.is_empty())
+        let members = w.members();
+        let status = if !w.modifying.is_empty() {
+            "modifying"
+        } else if members.len() == 1 {
+            "primary-only"
+        } else {
+            "available"
+        };
+        Ok(valkey_dr_aws::discovery::settled(status, &members))
     }
     async fn failover(
         &self,
