@@ -172,10 +172,19 @@ fn everything() -> Known {
 
 /// The template rendered with exactly the parameters deploy passes for `role`.
 fn render(role: Role, artifact: &Artifact, reconcile: Reconcile) -> Rendered {
+    render_with(&config(), role, artifact, reconcile)
+}
+
+/// [`render`] for another `config`.
+fn render_with(
+    config: &AwsConfig,
+    role: Role,
+    artifact: &Artifact,
+    reconcile: Reconcile,
+) -> Rendered {
     let template: Value = serde_yaml_ng::from_str(valkey_dr_aws::deploy::TEMPLATE).unwrap();
-    let config = config();
     let deploy = config.deploy.as_ref().unwrap();
-    let passed = stages::parameters(&config, deploy, role, &everything(), artifact, reconcile);
+    let passed = stages::parameters(config, deploy, role, &everything(), artifact, reconcile);
     let mut parameters = BTreeMap::new();
     for (name, declared) in template["Parameters"].as_mapping().unwrap() {
         let name = name.as_str().unwrap().to_string();
@@ -373,6 +382,37 @@ fn each_region_has_an_unencrypted_topic_and_its_own_reconcile_function() {
                 Some("ldgnf-valkey-dr")
             );
         }
+    }
+}
+
+/// Review A2: the owner in aws.toml never reached the functions, so with any other owner both
+/// saw our records as foreign and never moved the name (silently: a plan conflict is no error).
+#[test]
+fn each_function_runs_with_the_settings_deploy_was_given_a_chosen_owner_too() {
+    let mut config = config();
+    config.owner = "team-cache".into();
+    for role in ROLES {
+        let rendered = render_with(
+            &config,
+            role,
+            &artifact(Architecture::Arm64),
+            Reconcile::Enabled,
+        );
+        let functions = rendered.of_type("AWS::Lambda::Function");
+        let environment = &functions[0].1["Properties"]["Environment"]["Variables"];
+        let variable = |name: &str| {
+            environment
+                .get(format!("VALKEY_DR_{name}").as_str())
+                .map(Renderer::plain)
+        };
+        for (_, name) in AwsConfig::ENVIRONMENT {
+            assert!(
+                variable(name).is_some(),
+                "{role:?}: the function lacks VALKEY_DR_{name}"
+            );
+        }
+        let seen = AwsConfig::from_variables(variable).unwrap();
+        assert_eq!(seen.names(), config.names(), "{role:?}");
     }
 }
 

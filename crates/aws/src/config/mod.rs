@@ -152,32 +152,41 @@ impl AwsConfig {
         })
     }
 
-    /// The Lambda's configuration, from the environment the template sets
-    /// (`VALKEY_DR_GLOBAL_REPLICATION_GROUP_ID`, `_HOSTED_ZONE_ID`, `_ZONE`, `_GLOBAL_NAME`, `_TTL`).
+    /// The settings the Lambda reads from its environment, as (field, `VALKEY_DR_<name>`): the
+    /// template must set every one (a test renders it and checks), or the function runs with
+    /// defaults the operator did not choose.
+    pub const ENVIRONMENT: [(&'static str, &'static str); 7] = [
+        ("global_replication_group_id", "GLOBAL_REPLICATION_GROUP_ID"),
+        ("hosted_zone_id", "HOSTED_ZONE_ID"),
+        ("zone", "ZONE"),
+        ("global_name", "GLOBAL_NAME"),
+        ("owner", "OWNER"),
+        ("events_topic_arn", "EVENTS_TOPIC_ARN"),
+        ("ttl", "TTL"),
+    ];
+
+    /// The Lambda's configuration, from the environment the template sets ([`Self::ENVIRONMENT`]).
     pub fn from_env() -> Result<AwsConfig, AwsConfigError> {
-        let var = |name: &str| std::env::var(format!("VALKEY_DR_{name}")).ok();
+        AwsConfig::from_variables(|name| std::env::var(format!("VALKEY_DR_{name}")).ok())
+    }
+
+    /// [`Self::from_env`] with `var` looking a `VALKEY_DR_<name>` variable up.
+    pub fn from_variables(
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<AwsConfig, AwsConfigError> {
         let mut text = String::new();
-        for (key, name) in [
-            ("global_replication_group_id", "GLOBAL_REPLICATION_GROUP_ID"),
-            ("hosted_zone_id", "HOSTED_ZONE_ID"),
-            ("zone", "ZONE"),
-            ("global_name", "GLOBAL_NAME"),
-            ("owner", "OWNER"),
-            ("events_topic_arn", "EVENTS_TOPIC_ARN"),
-        ] {
-            if let Some(value) = var(name) {
+        for (key, name) in Self::ENVIRONMENT {
+            let Some(value) = var(name) else { continue };
+            if key == "ttl" {
+                let ttl = value.parse::<u32>().map_err(|_| AwsConfigError::Invalid {
+                    field: "ttl",
+                    problem: format!("VALKEY_DR_TTL=\"{value}\" is not a number"),
+                    fix: "set VALKEY_DR_TTL to whole seconds",
+                })?;
+                text.push_str(&format!("ttl = {ttl}\n"));
+            } else {
                 text.push_str(&format!("{key} = {}\n", toml::Value::String(value)));
             }
-        }
-        if let Some(ttl) = var("TTL") {
-            text.push_str(&format!(
-                "ttl = {}\n",
-                ttl.parse::<u32>().map_err(|_| AwsConfigError::Invalid {
-                    field: "ttl",
-                    problem: format!("VALKEY_DR_TTL=\"{ttl}\" is not a number"),
-                    fix: "set VALKEY_DR_TTL to whole seconds",
-                })?
-            ));
         }
         AwsConfig::parse(&text)
     }

@@ -126,6 +126,7 @@ pub fn parameters(
     set("HostedZoneName", config.zone.trim_end_matches('.'));
     set("GlobalRecordName", &config.global_name);
     set("RecordTtl", &config.ttl.to_string());
+    set("Owner", &config.owner);
     set("LambdaArtifactBucket", &own.artifact_bucket);
     set("LambdaArtifactKey", &artifact.key);
     set("LambdaArchitecture", artifact.architecture.as_str());
