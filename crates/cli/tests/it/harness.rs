@@ -80,22 +80,43 @@ impl TestLab {
         ready: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let mut last = serde_json::Value::Null;
+        let mut error = String::new();
         for _ in 0..400 {
-            if let Ok(status) = control::request(
+            match control::request(
                 &self.spec.main_config().control_socket(),
                 &Request::Status,
                 |_| {},
             )
             .await
             {
-                if ready(&status) {
-                    return status;
-                }
-                last = status;
+                Ok(status) if ready(&status) => return status,
+                Ok(status) => last = status,
+                Err(e) => error = e.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("condition not reached; last status: {last:#}");
+        panic!(
+            "condition not reached; last status: {last:#}\nlast error: {error}\n{}",
+            self.controller_logs()
+        );
+    }
+
+    /// The last lines of every controller's log, for a failure message.
+    fn controller_logs(&self) -> String {
+        let Ok(entries) = std::fs::read_dir(&self.spec.dir) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with("controller") && name.ends_with(".log") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                out.push_str(&format!("--- {name} (last lines)\n{tail}\n"));
+            }
+        }
+        out
     }
 
     /// `dig +short` against the lab's DNS server.
