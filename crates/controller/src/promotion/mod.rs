@@ -9,7 +9,11 @@
 //! epoch and the records that lead the name to the target, together; everything else
 //! (Preflight's reads and the intent, Repoint, Verify's passes) happens outside it.
 
+mod publish;
+
 use std::time::{Duration, Instant};
+
+use publish::{PublishError, Published};
 use valkey_dr_core::observation::info_of;
 
 use serde::{Deserialize, Serialize};
@@ -32,24 +36,6 @@ pub enum Step {
     Release,
     Repoint,
     Verify,
-}
-
-/// What [`Controller::publish_writer`] commits.
-struct Published {
-    epoch: valkey_dr_core::EpochRecord,
-    history: History,
-    block_until_ms: Option<u64>,
-    release: Option<NodeId>,
-    old: NodeId,
-}
-
-/// Why the name did not move with the epoch.
-#[derive(Debug)]
-enum PublishError {
-    /// Nothing was committed: the intent stays, and whoever acts next completes it.
-    EpochNotRecorded(String),
-    /// The epoch is committed; the records are not (the next pass publishes them).
-    NameNotMoved(String),
 }
 
 /// Where a switchover moves the writer.
@@ -645,99 +631,6 @@ impl Controller {
             total_ms: round(m.started.elapsed().as_secs_f64() * 1000.0),
             steps: m.steps.clone(),
         })
-    }
-
-    /// The commit that moves the name: the new epoch (its writer's history, the block, the old
-    /// primary to release) and the records that lead the name to the new writer. In the highly
-    /// available shape they are one etcd transaction under the leader's fence — the name never
-    /// leads to the target before its epoch is durable, and a deposed leader writes neither.
-    /// With a state file, the epoch is written first, then the records. Returns how many records
-    /// changed.
-    async fn publish_writer(
-        &self,
-        carried: &mut crate::pass::Carried,
-        published: Published,
-        observations: &[NodeObservation],
-    ) -> Result<usize, PublishError> {
-        let Published {
-            epoch,
-            history,
-            block_until_ms,
-            release,
-            old,
-        } = published;
-        let (changes, mut not_moved) =
-            match self.writer_record_changes(observations, old, &epoch).await {
-                Ok(changes) => (changes, None),
-                Err(reason) => (Vec::new(), Some(reason)),
-            };
-        let staged = match self.ha() {
-            Some(ha) if !changes.is_empty() => match ha.records.stage(&changes).await {
-                Ok(staged) => Some(staged),
-                Err(e) => {
-                    not_moved = Some(e.to_string());
-                    None
-                }
-            },
-            _ => None,
-        };
-        let committed = {
-            let also: Vec<valkey_dr_coord::Swap<'_>> = staged.iter().map(|s| s.swap()).collect();
-            self.commit_epoch(carried, epoch, history, block_until_ms, release, &also)
-                .await
-        };
-        match (committed, staged) {
-            (Err(e), staged) => {
-                if let Some(staged) = staged {
-                    staged.abandoned().await;
-                }
-                Err(PublishError::EpochNotRecorded(e.to_string()))
-            }
-            (Ok(()), Some(staged)) => {
-                staged.committed(self.state.revision());
-                Ok(changes.len())
-            }
-            (Ok(()), None) => match not_moved {
-                Some(reason) => Err(PublishError::NameNotMoved(reason)),
-                None if changes.is_empty() => Ok(0),
-                None => self
-                    .dns
-                    .apply(&changes)
-                    .await
-                    .map(|()| changes.len())
-                    .map_err(|e| PublishError::NameNotMoved(e.to_string())),
-            },
-        }
-    }
-
-    /// The changes that lead the name to `epoch`'s writer ([`records::after_promotion`]),
-    /// against what the DNS provider holds; a name that is not ours is an error.
-    async fn writer_record_changes(
-        &self,
-        observations: &[NodeObservation],
-        old: NodeId,
-        epoch: &valkey_dr_core::EpochRecord,
-    ) -> Result<Vec<valkey_dr_core::Change>, String> {
-        let desired = valkey_dr_core::records::after_promotion(
-            &self.names,
-            &self.topology,
-            observations,
-            old,
-            epoch.primary,
-            epoch,
-        );
-        let names: Vec<String> = desired.iter().map(|r| r.name.clone()).collect();
-        let current = self.dns.records(&names).await.map_err(|e| e.to_string())?;
-        let plan = valkey_dr_core::plan::calculate(
-            &current,
-            &desired,
-            &self.names.ownership,
-            &self.names.owner,
-        );
-        if let Some((name, reason)) = plan.conflicts.first() {
-            return Err(format!("{name}: {reason}"));
-        }
-        Ok(plan.changes)
     }
 
     /// Whether `node` reports following `source` (a demotion whose reply was lost still counts).
