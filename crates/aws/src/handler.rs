@@ -7,7 +7,7 @@ use valkey_dr_core::notification::{self, Notification};
 use valkey_dr_core::ownership::Ownership;
 use valkey_dr_core::records::ManagedNames;
 use valkey_dr_core::{Plan, RecordSet, RecordType, plan};
-use valkey_dr_dns::DnsProvider;
+use valkey_dr_dns::{DnsError, DnsProvider};
 
 use crate::config::AwsConfig;
 use crate::discovery::{self, Primary};
@@ -126,27 +126,44 @@ pub async fn reconcile(config: &AwsConfig, backends: &Backends<'_>) -> Outcome {
     outcome.primary_region = Some(primary.region.clone());
     outcome.primary_endpoint = Some(primary.endpoint.clone());
     let names = config.names();
-    let current = match backends
-        .dns
-        .records(&[names.global.clone(), names.ownership.clone()])
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            outcome.error = Some(e.to_string());
-            return outcome;
-        }
-    };
-    let (wanted, epoch) = desired(&names, &primary, &current);
-    outcome.epoch = Some(epoch);
-    let plan = plan::calculate(&current, &wanted, &names.ownership, &names.owner);
-    if !plan.changes.is_empty() {
-        match backends.dns.apply(&plan.changes).await {
-            Ok(()) => outcome.applied = plan.changes.len(),
-            Err(e) => outcome.error = Some(e.to_string()),
+    // Both regions' functions and `aws promote` reconcile the same name after a failover; the
+    // loser of that race meets a compare-and-swap conflict. Read and plan again once: when the
+    // winner already wrote what we wanted, the new plan is empty and this run succeeded too.
+    for attempt in 1..=2 {
+        let current = match backends
+            .dns
+            .records(&[names.global.clone(), names.ownership.clone()])
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                outcome.error = Some(e.to_string());
+                return outcome;
+            }
+        };
+        let (wanted, epoch) = desired(&names, &primary, &current);
+        outcome.epoch = Some(epoch);
+        let plan = plan::calculate(&current, &wanted, &names.ownership, &names.owner);
+        let applied = if plan.changes.is_empty() {
+            Ok(())
+        } else {
+            backends.dns.apply(&plan.changes).await
+        };
+        outcome.plan = Some(plan);
+        match applied {
+            Ok(()) => {
+                outcome.applied = outcome.plan.as_ref().map_or(0, |p| p.changes.len());
+                return outcome;
+            }
+            Err(e @ DnsError::Conflict { .. }) if attempt == 1 => {
+                tracing::info!(error = %e, "the records changed under this run; reading them again");
+            }
+            Err(e) => {
+                outcome.error = Some(e.to_string());
+                return outcome;
+            }
         }
     }
-    outcome.plan = Some(plan);
     outcome
 }
 

@@ -277,3 +277,62 @@ async fn an_ignored_event_needs_no_aws_at_all() {
     assert_eq!(loaded.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert!(outcome.error.unwrap().contains("ldgnf-valkey-dr not found"));
 }
+
+/// The other region's function (or `aws promote`'s own reconcile) writes the same records between
+/// this run's read and its write: Route 53 (moto) refuses our batch as a conflict.
+struct Raced<'a> {
+    inner: &'a Route53,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl DnsProvider for Raced<'_> {
+    async fn records(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<valkey_dr_core::RecordSet>, valkey_dr_dns::DnsError> {
+        self.inner.records(names).await
+    }
+    async fn apply(
+        &self,
+        changes: &[valkey_dr_core::Change],
+    ) -> Result<(), valkey_dr_dns::DnsError> {
+        if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.inner
+                .apply(changes)
+                .await
+                .expect("the competitor's write");
+        }
+        self.inner.apply(changes).await
+    }
+}
+
+/// Review B3: the loser of that benign race reported a failure (the alarm in one region on every
+/// failover; `aws promote` exiting non-zero after a move that went through).
+#[tokio::test]
+async fn losing_a_race_to_the_same_records_is_a_success() {
+    let moto = common::moto().await;
+    let route53 = common::route53(&moto);
+    let zone_id = common::hosted_zone(&route53, "valkey-dr.internal").await;
+    let dns = Route53::new(route53, &zone_id, Duration::ZERO);
+    let config = config(&zone_id);
+    let (client, _rules) = common::elasticache_with("us-east-1", "abc123");
+    let raced = Raced {
+        inner: &dns,
+        raced: false.into(),
+    };
+    let backends = Backends {
+        elasticache: client.clone(),
+        regional: Box::new(move |_| client.clone()),
+        dns: &raced,
+    };
+    let outcome = handle(&json!({ "action": "reconcile" }), &config, &backends).await;
+    assert_eq!(outcome.error, None, "{outcome:?}");
+    assert_eq!(outcome.applied, 0, "the competitor's write stands");
+    assert!(respond(&outcome).is_ok());
+    assert_eq!(
+        cname(&dns).await,
+        vec!["master.valkey-dr-us-east-1.abc123.cache.amazonaws.com."]
+    );
+    assert!(txt(&dns).await.contains("epoch=1,primary=us-east-1"));
+}

@@ -438,6 +438,16 @@ fn the_function_runs_the_artifacts_architecture_one_at_a_time_within_the_schedul
                 timeout < 60,
                 "a run may outlast the schedule's period: {timeout} s"
             );
+            // Review B2: the INSYNC wait (60 s by default) outlived the 50 s timeout, so a slow
+            // propagation killed a run whose change was applied (an error, the alarm, retries).
+            let insync = function["Environment"]["Variables"]["VALKEY_DR_INSYNC_TIMEOUT_SECS"]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(60);
+            assert!(
+                insync + 15 <= timeout,
+                "the INSYNC wait ({insync} s) leaves too little of the {timeout} s timeout"
+            );
             assert_eq!(function["ReservedConcurrentExecutions"].as_u64(), Some(1));
             assert_eq!(schedule["State"].as_str(), Some("ENABLED"));
             assert!(rendered.resources.contains_key("ReconcileFailedAlarm"));

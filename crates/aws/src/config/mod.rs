@@ -155,7 +155,7 @@ impl AwsConfig {
     /// The settings the Lambda reads from its environment, as (field, `VALKEY_DR_<name>`): the
     /// template must set every one (a test renders it and checks), or the function runs with
     /// defaults the operator did not choose.
-    pub const ENVIRONMENT: [(&'static str, &'static str); 7] = [
+    pub const ENVIRONMENT: [(&'static str, &'static str); 8] = [
         ("global_replication_group_id", "GLOBAL_REPLICATION_GROUP_ID"),
         ("hosted_zone_id", "HOSTED_ZONE_ID"),
         ("zone", "ZONE"),
@@ -163,7 +163,11 @@ impl AwsConfig {
         ("owner", "OWNER"),
         ("events_topic_arn", "EVENTS_TOPIC_ARN"),
         ("ttl", "TTL"),
+        ("insync_timeout_secs", "INSYNC_TIMEOUT_SECS"),
     ];
+
+    /// The settings of [`Self::ENVIRONMENT`] that are whole numbers.
+    const NUMBERS: [&'static str; 2] = ["ttl", "insync_timeout_secs"];
 
     /// The Lambda's configuration, from the environment the template sets ([`Self::ENVIRONMENT`]).
     pub fn from_env() -> Result<AwsConfig, AwsConfigError> {
@@ -177,13 +181,13 @@ impl AwsConfig {
         let mut text = String::new();
         for (key, name) in Self::ENVIRONMENT {
             let Some(value) = var(name) else { continue };
-            if key == "ttl" {
-                let ttl = value.parse::<u32>().map_err(|_| AwsConfigError::Invalid {
-                    field: "ttl",
-                    problem: format!("VALKEY_DR_TTL=\"{value}\" is not a number"),
-                    fix: "set VALKEY_DR_TTL to whole seconds",
+            if Self::NUMBERS.contains(&key) {
+                let number = value.parse::<u64>().map_err(|_| AwsConfigError::Invalid {
+                    field: key,
+                    problem: format!("VALKEY_DR_{name}=\"{value}\" is not a number"),
+                    fix: "set it to whole seconds",
                 })?;
-                text.push_str(&format!("ttl = {ttl}\n"));
+                text.push_str(&format!("{key} = {number}\n"));
             } else {
                 text.push_str(&format!("{key} = {}\n", toml::Value::String(value)));
             }
