@@ -4,16 +4,18 @@ certificate against the writer's own endpoint name: the name's CNAME target.
 
 ElastiCache's certificate names its endpoints (*.<id>.<region>.cache.amazonaws.com), never the
 valkey-dr name, so a client that verifies against the name it was given fails. The recipe: resolve
-the name to its CNAME target, connect to the target and verify against it, and resolve again on
-every reconnect so that a promotion is followed. With redis-py:
+the name to its CNAME target (one hop: the endpoint may itself be a CNAME to a node's name, which
+would pin a node and never follow an in-region failover), connect to the target and verify against
+it, and resolve again on every reconnect so that a promotion is followed. With redis-py and
+dnspython:
 
-    target = socket.gethostbyname_ex("demo.valkey-dr.internal")[0]
+    target = dns.resolver.resolve("demo.valkey-dr.internal", "CNAME")[0].target.to_text(True)
     writer = redis.Redis(host=target, port=6379, ssl=True, ssl_check_hostname=True)
 
 Usage: connect-tls.py NAME [--port 6379] [--cacert FILE] [--verify-as HOST]
                            [--dns HOST:PORT] [--connect-to ADDRESS]
   --verify-as   verify against HOST instead of the CNAME target (shows the failure)
-  --dns         ask this DNS server for the CNAME (default: the system resolver)
+  --dns         ask this DNS server for the CNAME (default: the system's, through dig)
   --connect-to  dial ADDRESS instead of the target's address (tests on loopback)
 Prints "PONG from <target>" and exits 0, or prints why and exits 1.
 """
@@ -26,16 +28,17 @@ import sys
 
 
 def cname_target(name, dns):
-    if dns is None:
-        # The system resolver follows the CNAME; the canonical name is the target.
-        return socket.gethostbyname_ex(name)[0]
-    host, port = dns.rsplit(":", 1)
+    # Exactly one hop (a CNAME query), never the whole chain the system resolver would follow.
+    server = []
+    if dns is not None:
+        host, port = dns.rsplit(":", 1)
+        server = [f"@{host}", "-p", port]
     answer = subprocess.run(
-        ["dig", "+short", f"@{host}", "-p", port, name, "CNAME"],
+        ["dig", "+short", *server, name, "CNAME"],
         capture_output=True, text=True, check=True,
     ).stdout.split()
     if not answer:
-        raise LookupError(f"{name} has no CNAME at {dns}")
+        raise LookupError(f"{name} has no CNAME at {dns or 'the system resolver'}")
     return answer[0].rstrip(".")
 
 

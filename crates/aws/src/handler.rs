@@ -144,6 +144,23 @@ pub async fn reconcile(config: &AwsConfig, backends: &Backends<'_>) -> Outcome {
         let (wanted, epoch) = desired(&names, &primary, &current);
         outcome.epoch = Some(epoch);
         let plan = plan::calculate(&current, &wanted, &names.ownership, &names.owner);
+        if !plan.conflicts.is_empty() {
+            // Not ours to move (a foreign or unreadable ownership record). Once may be a moment
+            // in someone's change; twice is for an operator: an error, so the alarm sees it.
+            let why = plan
+                .conflicts
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            outcome.plan = Some(plan);
+            if attempt == 1 {
+                tracing::info!(conflicts = %why, "the name is not ours to move; reading it again");
+                continue;
+            }
+            outcome.error = Some(format!("the name is not ours to move: {why}"));
+            return outcome;
+        }
         let applied = if plan.changes.is_empty() {
             Ok(())
         } else {
@@ -222,13 +239,8 @@ fn triage(event: &Value, config: &AwsConfig) -> (Vec<Notification>, bool) {
 /// `valkey-dr aws handle-event` and `valkey-dr aws reconcile` on an operator's machine. `region`
 /// (when given) is where ElastiCache is asked: after a regional failure, the surviving region.
 pub async fn handle_with_sdk(event: &Value, config: &AwsConfig, region: Option<&str>) -> Outcome {
-    let region = region.map(|r| aws_config::Region::new(r.to_string()));
-    handle_loading(event, config, || async move {
-        let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        match region {
-            Some(region) => loader.region(region).load().await,
-            None => loader.load().await,
-        }
+    handle_loading(event, config, || {
+        crate::sdk_config::load(region, config.home_region())
     })
     .await
 }

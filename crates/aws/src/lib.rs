@@ -6,7 +6,8 @@
 //! - [`route53`]: a [`valkey_dr_dns::DnsProvider`] over Route 53 change batches.
 //! - [`handler`]: the event handler: any notification wakes a reconcile, none is trusted.
 //! - [`deploy`]: `valkey-dr aws deploy | status | promote | destroy` over CloudFormation, EC2, S3
-//!   and ElastiCache ([`signed`] is the small SigV4 client for the EC2 and S3 calls).
+//!   and ElastiCache ([`signed`] is the small SigV4 client for the EC2 and S3 calls;
+//!   [`sdk_config`] the region and deadlines every SDK client starts from).
 //!
 //! This crate is the only one that compiles the AWS SDK; the self-hosted build never does.
 
@@ -15,6 +16,7 @@ pub mod deploy;
 pub mod discovery;
 pub mod handler;
 pub mod route53;
+pub mod sdk_config;
 pub mod signed;
 
 pub use config::AwsConfig;

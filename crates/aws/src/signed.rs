@@ -371,6 +371,11 @@ impl SignedClient {
             .get(http::header::DATE)
             .and_then(|d| d.to_str().ok())
             .and_then(|d| httpdate::parse_http_date(d).ok());
+        let bucket_region = response
+            .headers()
+            .get("x-amz-bucket-region")
+            .and_then(|r| r.to_str().ok())
+            .map(str::to_string);
         let body = tokio::time::timeout(self.timeout, response.into_body().collect())
             .await
             .map_err(|_| transport("body not received in time".into()))?
@@ -379,12 +384,24 @@ impl SignedClient {
             .to_vec();
         if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&body);
+            let mut code = xml::first(&text, "Code").unwrap_or_else(|| format!("HTTP {status}"));
+            let mut message = xml::first(&text, "Message").unwrap_or_default();
+            // S3 answers a request for a bucket in another region with a redirect (a HEAD's has no
+            // body at all) and names the bucket's region in a header: say that, not "HTTP 301".
+            if let Some(elsewhere) =
+                bucket_region.filter(|b| b != region && matches!(status, 301 | 307 | 400))
+            {
+                code = "PermanentRedirect".into();
+                message = format!(
+                    "the bucket is in {elsewhere}, not {region}: use a bucket in {region} (Lambda reads its code only from its own region)"
+                );
+            }
             return Err((
                 SignedError::Api {
                     service: label,
                     status,
-                    code: xml::first(&text, "Code").unwrap_or_else(|| format!("HTTP {status}")),
-                    message: xml::first(&text, "Message").unwrap_or_default(),
+                    code,
+                    message,
                 },
                 server_date,
             ));

@@ -243,6 +243,14 @@ async fn a_name_owned_by_someone_else_is_never_touched() {
         dns: &dns,
     };
     let outcome = handle(&json!({ "action": "reconcile" }), &config, &backends).await;
+    // Issue 22: a conflict that stays after a second read is an error the alarm sees (it was
+    // silent: the name never moved and nothing said so).
+    let error = outcome.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("not ours to move") && error.contains("demo.valkey-dr.internal."),
+        "{outcome:?}"
+    );
+    assert!(respond(&outcome).is_err());
     assert!(!outcome.plan.unwrap().conflicts.is_empty());
     assert_eq!(cname(&dns).await, vec!["somewhere-else.example."]);
 }

@@ -197,3 +197,28 @@ async fn a_server_that_keeps_failing_is_given_up_after_five_attempts() {
     );
     assert_eq!(seen.lock().unwrap().len(), 5);
 }
+
+/// Review B12: a bucket in another region made deploy fail with "S3: HTTP 301" (a HEAD's redirect
+/// has no body); S3 names the bucket's region in `x-amz-bucket-region`.
+#[tokio::test]
+async fn a_bucket_in_another_region_is_named_as_such() {
+    let redirect = "HTTP/1.1 301 Moved Permanently\r\nx-amz-bucket-region: eu-west-1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string();
+    let (url, seen) = script(vec![redirect]).await;
+    let error = client(&url)
+        .send(
+            Service::S3,
+            "us-east-2",
+            "HEAD",
+            &format!("{url}/artifacts/valkey-dr-lambda.zip"),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("the bucket is in eu-west-1, not us-east-2"),
+        "{text}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1, "a redirect is not retried");
+}

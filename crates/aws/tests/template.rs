@@ -330,8 +330,34 @@ fn each_region_has_an_unencrypted_topic_and_its_own_reconcile_function() {
             .as_str()
             .and_then(|t| t.strip_prefix("ref:"))
             .unwrap_or_else(|| panic!("{role:?}: the group has no notification topic"));
+        let topic_id = topic;
         let topic = &rendered.resources[topic];
         assert_eq!(topic["Type"].as_str(), Some("AWS::SNS::Topic"));
+        // Review B1: the statement AWS documents for ElastiCache events, in force before the group
+        // publishes its first.
+        let policies = rendered.of_type("AWS::SNS::TopicPolicy");
+        let (policy_id, policy) = policies
+            .iter()
+            .find(|(_, p)| {
+                serde_yaml_ng::to_string(&p["Properties"]["Topics"])
+                    .unwrap()
+                    .contains(topic_id)
+            })
+            .unwrap_or_else(|| panic!("{role:?}: the events topic has no policy"));
+        let statement = &policy["Properties"]["PolicyDocument"]["Statement"][0];
+        assert_eq!(statement["Principal"]["AWS"].as_str(), Some("*"));
+        assert_eq!(statement["Action"].as_str(), Some("sns:Publish"));
+        assert!(
+            statement["Condition"]["StringEquals"]
+                .get("AWS:SourceOwner")
+                .is_some(),
+            "{role:?}: {statement:?}"
+        );
+        assert_eq!(
+            rendered.resources["ReplicationGroup"]["DependsOn"].as_str(),
+            Some(policy_id.as_str()),
+            "{role:?}"
+        );
         // ElastiCache cannot publish to an encrypted topic (the topic goes inactive).
         assert!(
             topic["Properties"].get("KmsMasterKeyId").is_none(),
@@ -417,7 +443,7 @@ fn each_function_runs_with_the_settings_deploy_was_given_a_chosen_owner_too() {
 }
 
 #[test]
-fn the_function_runs_the_artifacts_architecture_one_at_a_time_within_the_schedule() {
+fn the_function_runs_the_artifacts_architecture_within_the_schedule_on_any_account() {
     for architecture in [Architecture::Arm64, Architecture::X86_64] {
         for role in ROLES {
             let rendered = render(role, &artifact(architecture), Reconcile::Enabled);
@@ -448,10 +474,49 @@ fn the_function_runs_the_artifacts_architecture_one_at_a_time_within_the_schedul
                 insync + 15 <= timeout,
                 "the INSYNC wait ({insync} s) leaves too little of the {timeout} s timeout"
             );
-            assert_eq!(function["ReservedConcurrentExecutions"].as_u64(), Some(1));
+            // Review B7: a reservation of 1 fails on accounts at Lambda's minimum quota (10 must
+            // stay unreserved); concurrent runs are safe (compare-and-swap, a loser plans again).
+            assert!(
+                function.get("ReservedConcurrentExecutions").is_none(),
+                "{role:?}: an enabled function reserves no concurrency"
+            );
             assert_eq!(schedule["State"].as_str(), Some("ENABLED"));
             assert!(rendered.resources.contains_key("ReconcileFailedAlarm"));
         }
+    }
+}
+
+/// Review B9: the template had `AlarmTopicArn` but deploy never set it, so the failed-reconcile
+/// alarm notified nobody. Each region's alarm notifies the topic configured for that region.
+#[test]
+fn each_regions_alarm_notifies_the_topic_configured_for_it() {
+    let mut config = config();
+    for role in ROLES {
+        let alarm = render(role, &artifact(Architecture::Arm64), Reconcile::Enabled);
+        assert!(
+            alarm.properties("ReconcileFailedAlarm")["AlarmActions"].is_null(),
+            "{role:?}: no topic, no action"
+        );
+    }
+    let deploy = config.deploy.as_mut().unwrap();
+    deploy.primary.alarm_topic_arn = Some("arn:aws:sns:us-east-2:123456789012:oncall".into());
+    deploy.secondary.alarm_topic_arn = Some("arn:aws:sns:us-west-2:123456789012:oncall".into());
+    config.deploy.as_ref().unwrap().validate().unwrap();
+    for (role, region) in [(Role::Primary, "us-east-2"), (Role::Secondary, "us-west-2")] {
+        let rendered = render_with(
+            &config,
+            role,
+            &artifact(Architecture::Arm64),
+            Reconcile::Enabled,
+        );
+        let actions = rendered.properties("ReconcileFailedAlarm")["AlarmActions"]
+            .as_sequence()
+            .map(|a| a.iter().map(Renderer::plain).collect::<Vec<_>>());
+        assert_eq!(
+            actions,
+            Some(vec![format!("arn:aws:sns:{region}:123456789012:oncall")]),
+            "{role:?}"
+        );
     }
 }
 
@@ -481,10 +546,7 @@ fn the_node_type_pattern_names_the_families_the_config_accepts() {
         .and_then(|(_, rest)| rest.split_once(')'))
         .map(|(families, _)| families.split('|').collect::<Vec<_>>())
         .unwrap_or_else(|| panic!("unexpected pattern {pattern}"));
-    assert_eq!(
-        families,
-        ["m5", "m6g", "m7g", "r5", "r6g", "r6gd", "r7g", "c7gn"]
-    );
+    assert_eq!(families, ["m5", "m6g", "m7g", "r5", "r6g", "r7g", "c7gn"]);
     for family in families {
         let node_type = format!("cache.{family}.large");
         assert!(valkey_dr_aws::config::deploy::global_datastore_node_type(

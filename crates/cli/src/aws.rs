@@ -115,7 +115,7 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
                     plan.lambda_zip.display()
                 )
             })?;
-            let cloud = RealCloud::load().await?;
+            let cloud = RealCloud::load(config.home_region()).await?;
             let deployed =
                 deploy::deploy(&config, &cloud.cloud(), &zip, waits(&config), &say).await?;
             println!(
@@ -131,7 +131,7 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
         }
         AwsCommand::Status { config } => {
             let config = AwsConfig::load(&config)?;
-            let cloud = RealCloud::load().await?;
+            let cloud = RealCloud::load(config.home_region()).await?;
             let status = deploy::status(&config, &cloud.cloud()).await?;
             for (name, region, state) in &status.stacks {
                 println!("stack {name:<28} {region:<14} {state}");
@@ -173,7 +173,7 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
         }
         AwsCommand::Promote { region, config } => {
             let config = AwsConfig::load(&config)?;
-            let cloud = RealCloud::load().await?;
+            let cloud = RealCloud::load(config.home_region()).await?;
             let config = resolved(&config, &cloud).await?;
             deploy::promote(&config, &cloud.cloud(), &region, waits(&config), &say).await?;
             // From the promoted region: the old primary's region may be the one that failed.
@@ -185,7 +185,7 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
                 bail!("destroy deletes both regions' caches and their data; add --yes to proceed");
             }
             let config = AwsConfig::load(&config)?;
-            let cloud = RealCloud::load().await?;
+            let cloud = RealCloud::load(config.home_region()).await?;
             deploy::destroy(&config, &cloud.cloud(), waits(&config), &say).await?;
             println!("destroyed: no replication group and no helper instance left");
             Ok(())
@@ -209,7 +209,7 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
 async fn handle(config: PathBuf, event: serde_json::Value) -> Result<()> {
     let mut config = AwsConfig::load(&config)?;
     if config.targets().is_err() && config.deploy.is_some() {
-        config = resolved(&config, &RealCloud::load().await?).await?;
+        config = resolved(&config, &RealCloud::load(config.home_region()).await?).await?;
     }
     let outcome = handle_with_sdk(&event, &config, None).await;
     println!("{}", serde_json::to_string_pretty(&outcome)?);

@@ -19,7 +19,7 @@ async fn main() -> Result<(), Error> {
         .init();
     let config = valkey_dr_aws::AwsConfig::from_env()?;
     let targets = config.targets()?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = valkey_dr_aws::sdk_config::load(None, None).await;
     let dns = Route53::new(
         aws_sdk_route53::Client::new(&sdk),
         &targets.hosted_zone_id,

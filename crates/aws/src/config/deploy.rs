@@ -38,6 +38,10 @@ pub struct RegionPlan {
     pub vpc_cidr: String,
     /// Two private subnets, one per availability zone.
     pub subnet_cidrs: [String; 2],
+    /// An SNS topic in this region that this region's failed-reconcile alarm notifies (an alarm
+    /// can notify only a topic in its own region). Without it the alarm only changes state.
+    #[serde(default)]
+    pub alarm_topic_arn: Option<String>,
 }
 
 fn default_environment() -> String {
@@ -124,11 +128,21 @@ impl DeployConfig {
                 "2-31 lowercase letters, digits or '-', starting with a letter",
             ));
         }
+        if self.node_type.starts_with("cache.r6gd.") {
+            return Err(invalid(
+                "deploy.node_type",
+                format!(
+                    "\"{}\" needs data tiering, which the template does not set up (ElastiCache would refuse the group)",
+                    self.node_type
+                ),
+                "use an R6g or R7g node of the same size, e.g. cache.r7g.large",
+            ));
+        }
         if !global_datastore_node_type(&self.node_type) {
             return Err(invalid(
                 "deploy.node_type",
                 format!("\"{}\" cannot run a global datastore", self.node_type),
-                "use a large or bigger M5, M6g, M7g, R5, R6g, R6gd, R7g or C7gn node, e.g. cache.r7g.large",
+                "use a large or bigger M5, M6g, M7g, R5, R6g, R7g or C7gn node, e.g. cache.r7g.large",
             ));
         }
         for (field, plan) in [
@@ -141,6 +155,31 @@ impl DeployConfig {
                     format!("\"{}\" is not a usable bucket name", plan.artifact_bucket),
                     "name an existing S3 bucket in that region: 3-63 lowercase letters, digits, '.' or '-', starting and ending with a letter or digit",
                 ));
+            }
+        }
+        for (field, plan) in [
+            ("deploy.primary.alarm_topic_arn", &self.primary),
+            ("deploy.secondary.alarm_topic_arn", &self.secondary),
+        ] {
+            let Some(arn) = &plan.alarm_topic_arn else {
+                continue;
+            };
+            match topic_region(arn) {
+                Some(region) if region == plan.region => {}
+                Some(region) => {
+                    return Err(invalid(
+                        field,
+                        format!("{arn} is in {region}, not {}", plan.region),
+                        "an alarm notifies only a topic in its own region: name a topic in that region",
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        field,
+                        format!("\"{arn}\" is not an SNS topic ARN"),
+                        "use arn:aws:sns:<region>:<account>:<topic>, or leave the field out",
+                    ));
+                }
             }
         }
         if self.primary.region == self.secondary.region {
@@ -173,10 +212,11 @@ impl DeployConfig {
     }
 }
 
-/// The node families and sizes ElastiCache global datastores support: large or bigger M5, M6g, M7g,
-/// R5, R6g, R6gd, R7g and C7gn (the template's AllowedPattern says the same).
+/// The node families and sizes of global datastores the template deploys: large or bigger M5, M6g,
+/// M7g, R5, R6g, R7g and C7gn (the template's AllowedPattern says the same). Global datastores also
+/// run on R6gd, but only with data tiering, which the template does not set up.
 pub fn global_datastore_node_type(node_type: &str) -> bool {
-    const FAMILIES: [&str; 8] = ["m5", "m6g", "m7g", "r5", "r6g", "r6gd", "r7g", "c7gn"];
+    const FAMILIES: [&str; 7] = ["m5", "m6g", "m7g", "r5", "r6g", "r7g", "c7gn"];
     let mut parts = node_type.split('.');
     let (Some("cache"), Some(family), Some(size), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -188,6 +228,23 @@ pub fn global_datastore_node_type(node_type: &str) -> bool {
             .strip_suffix("xlarge")
             .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
     FAMILIES.contains(&family) && size_ok
+}
+
+/// The region of an SNS topic ARN (`arn:<partition>:sns:<region>:<account>:<name>`).
+fn topic_region(arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    match parts[..] {
+        ["arn", partition, "sns", region, account, name]
+            if !partition.is_empty()
+                && !region.is_empty()
+                && account.len() == 12
+                && account.chars().all(|c| c.is_ascii_digit())
+                && !name.is_empty() =>
+        {
+            Some(region)
+        }
+        _ => None,
+    }
 }
 
 /// S3's bucket naming rules (a dotted name is reached path-style: as a host it would not match
@@ -281,12 +338,14 @@ pub(crate) mod tests {
                 artifact_bucket: "artifacts-east".into(),
                 vpc_cidr: "10.1.0.0/16".into(),
                 subnet_cidrs: ["10.1.1.0/24".into(), "10.1.2.0/24".into()],
+                alarm_topic_arn: None,
             },
             secondary: RegionPlan {
                 region: "us-west-2".into(),
                 artifact_bucket: "artifacts-west".into(),
                 vpc_cidr: "10.2.0.0/16".into(),
                 subnet_cidrs: ["10.2.1.0/24".into(), "10.2.2.0/24".into()],
+                alarm_topic_arn: None,
             },
             poll_ms: 10_000,
         }
@@ -297,7 +356,7 @@ pub(crate) mod tests {
         for ok in [
             "cache.r7g.large",
             "cache.m5.xlarge",
-            "cache.r6gd.16xlarge",
+            "cache.r6g.16xlarge",
             "cache.c7gn.large",
         ] {
             assert!(global_datastore_node_type(ok), "{ok}");
@@ -310,6 +369,7 @@ pub(crate) mod tests {
             "cache.r7g.large.x",
             "cache.r7g.xxlarge",
             "cache.m4.large",
+            "cache.r6gd.xlarge",
         ] {
             assert!(!global_datastore_node_type(bad), "{bad}");
         }
@@ -344,7 +404,7 @@ pub(crate) mod tests {
     #[test]
     fn bad_plans_name_the_field() {
         type Edit = fn(&mut DeployConfig);
-        let cases: [(Edit, &str); 11] = [
+        let cases: [(Edit, &str); 14] = [
             (
                 |c| {
                     c.secondary.vpc_cidr = "10.1.128.0/17".into();
@@ -388,6 +448,22 @@ pub(crate) mod tests {
             (
                 |c| c.node_type = "cache.r7g.medium".into(),
                 "`deploy.node_type`",
+            ),
+            // Review B10: accepted before, and the primary group's creation failed mid-stack.
+            (
+                |c| c.node_type = "cache.r6gd.xlarge".into(),
+                "`deploy.node_type`: \"cache.r6gd.xlarge\" needs data tiering",
+            ),
+            (
+                |c| {
+                    c.secondary.alarm_topic_arn =
+                        Some("arn:aws:sns:us-east-2:123456789012:oncall".into())
+                },
+                "`deploy.secondary.alarm_topic_arn`: arn:aws:sns:us-east-2:123456789012:oncall is in us-east-2, not us-west-2",
+            ),
+            (
+                |c| c.primary.alarm_topic_arn = Some("oncall".into()),
+                "`deploy.primary.alarm_topic_arn`: \"oncall\" is not an SNS topic ARN",
             ),
         ];
         assert_eq!(example().validate(), Ok(()));

@@ -195,6 +195,11 @@ impl AwsConfig {
         AwsConfig::parse(&text)
     }
 
+    /// The region to ask AWS in when the machine names none: `[deploy.primary] region`.
+    pub fn home_region(&self) -> Option<&str> {
+        self.deploy.as_ref().map(|d| d.primary.region.as_str())
+    }
+
     pub fn names(&self) -> valkey_dr_core::records::ManagedNames {
         valkey_dr_core::records::ManagedNames::new(
             &self.global_name,

@@ -287,6 +287,16 @@ fn targets_from(outputs: &BTreeMap<String, String>) -> Option<Targets> {
 /// stack's outputs, or the secondary stack's parameters (it was deployed with both ids) when the
 /// primary region is down.
 pub async fn targets(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Targets, DeployError> {
+    targets_asking_first(config, cloud, None).await
+}
+
+/// [`targets`] asking the stack in `first` before the other: `promote` asks the region it
+/// promotes, which answers when the other may be down or stalled.
+pub async fn targets_asking_first(
+    config: &AwsConfig,
+    cloud: &Cloud<'_>,
+    first: Option<&str>,
+) -> Result<Targets, DeployError> {
     let from_file = config.targets();
     let Some(deploy) = &config.deploy else {
         return from_file.map_err(|e| DeployError::Config(e.to_string()));
@@ -295,7 +305,11 @@ pub async fn targets(config: &AwsConfig, cloud: &Cloud<'_>) -> Result<Targets, D
         return Ok(targets);
     }
     let mut problems = Vec::new();
-    for role in [Role::Primary, Role::Secondary] {
+    let mut roles = [Role::Primary, Role::Secondary];
+    if first == Some(stages::region(deploy, Role::Secondary)) {
+        roles.reverse();
+    }
+    for role in roles {
         let name = stages::stack_name(deploy, role);
         let region = stages::region(deploy, role);
         match cloud.stacks.describe(region, &name).await {

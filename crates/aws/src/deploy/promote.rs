@@ -14,7 +14,7 @@ pub async fn promote(
     waits: Waits,
     say: Progress<'_>,
 ) -> Result<Member, DeployError> {
-    let targets = targets(config, cloud).await?;
+    let targets = targets_asking_first(config, cloud, Some(to_region)).await?;
     let global = &targets.global_replication_group_id;
     let members = cloud.datastore.members(to_region, global).await?;
     let target = members
@@ -40,12 +40,18 @@ pub async fn promote(
         target.replication_group_id
     ));
     // A change already in flight (another failover, a modification) makes ElastiCache refuse
-    // with InvalidGlobalReplicationGroupState: wait for it, asking again.
+    // with InvalidGlobalReplicationGroupState: wait for it, asking again. That change may be our
+    // own failover, applied with its answer lost (the SDK sent it again): before asking again,
+    // look whether the target already is the primary.
+    let asked = std::cell::Cell::new(false);
     wait_until(
         waits,
         say,
         &format!("{global} to accept the failover"),
         || async {
+            if asked.replace(true) && is_primary(cloud, to_region, global).await? {
+                return Ok(true);
+            }
             match cloud
                 .datastore
                 .failover(to_region, global, to_region, &target.replication_group_id)
@@ -65,12 +71,7 @@ pub async fn promote(
         waits,
         say,
         &format!("{to_region} to become primary"),
-        || async {
-            let members = cloud.datastore.members(to_region, global).await?;
-            Ok(members
-                .iter()
-                .any(|m| m.region == to_region && m.role == "PRIMARY"))
-        },
+        || is_primary(cloud, to_region, global),
     )
     .await?;
     let members = cloud.datastore.members(to_region, global).await?;
@@ -79,6 +80,14 @@ pub async fn promote(
         role: "PRIMARY".into(),
         ..target
     })
+}
+
+/// Whether the member in `region` is the global datastore's primary, asked in `region`.
+async fn is_primary(cloud: &Cloud<'_>, region: &str, global: &str) -> Result<bool, CloudError> {
+    let members = cloud.datastore.members(region, global).await?;
+    Ok(members
+        .iter()
+        .any(|m| m.region == region && m.role == "PRIMARY"))
 }
 
 pub(super) fn describe_members(members: &[Member]) -> String {

@@ -558,8 +558,9 @@ pub struct RealCloud {
 }
 
 impl RealCloud {
-    pub async fn load() -> Result<RealCloud, SignedError> {
-        RealCloud::from_sdk(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
+    /// From the standard chain, with `fallback_region` where it names none ([`crate::sdk_config`]).
+    pub async fn load(fallback_region: Option<&str>) -> Result<RealCloud, SignedError> {
+        RealCloud::from_sdk(crate::sdk_config::load(None, fallback_region).await)
     }
 
     pub fn from_sdk(sdk: aws_config::SdkConfig) -> Result<RealCloud, SignedError> {

@@ -128,6 +128,10 @@ pub fn parameters(
     set("RecordTtl", &config.ttl.to_string());
     set("Owner", &config.owner);
     set("LambdaArtifactBucket", &own.artifact_bucket);
+    set(
+        "AlarmTopicArn",
+        own.alarm_topic_arn.as_deref().unwrap_or(""),
+    );
     set("LambdaArtifactKey", &artifact.key);
     set("LambdaArchitecture", artifact.architecture.as_str());
     set(

@@ -36,6 +36,9 @@ pub struct World {
     /// Regions that do not answer.
     pub down: std::collections::BTreeSet<String>,
     pub event_counter: usize,
+    /// The next failover goes through but its answer is lost: the SDK sends it again and meets
+    /// the change in progress (review B6).
+    pub failover_answer_lost: bool,
 }
 
 pub const ZONE_ID: &str = "Z0FAKE";
@@ -226,12 +229,18 @@ impl World {
     }
 
     /// What the enabled reconcile functions do every minute: put the name on the primary.
+    /// The owner is the one the stack gave the function (`Owner`, the template's default
+    /// `valkey-dr` when deploy passed none), as the real function reads `VALKEY_DR_OWNER`.
     pub fn scheduled_reconcile(&mut self) {
-        let enabled = self.stacks.iter().any(|((region, _), s)| {
+        let enabled = self.stacks.iter().find(|((region, _), s)| {
             !self.down.contains(region)
                 && s.stack.parameters.get("Reconcile").map(String::as_str) == Some("enabled")
                 && s.stack.complete()
         });
+        let owner = enabled
+            .and_then(|(_, s)| s.stack.parameters.get("Owner").cloned())
+            .unwrap_or_else(|| "valkey-dr".into());
+        let enabled = enabled.is_some();
         let primary = self
             .groups
             .iter()
@@ -244,7 +253,7 @@ impl World {
                     "_valkey-dr.demo.valkey-dr.internal.",
                     RecordType::Txt,
                     valkey_dr_core::ownership::Ownership {
-                        owner: "valkey-dr".into(),
+                        owner: owner.clone(),
                         epoch: 1,
                         primary_region: "x".into(),
                     }
@@ -501,6 +510,27 @@ impl Datastore for Fake {
     ) -> Result<(), CloudError> {
         let mut w = self.0.lock().unwrap();
         w.reachable(region)?;
+        let busy = || {
+            CloudError::api(
+                "ElastiCache",
+                Some("InvalidGlobalReplicationGroupState"),
+                "the global datastore is modifying",
+            )
+        };
+        if !w.modifying.is_empty() {
+            w.tick();
+            return Err(busy());
+        }
+        // AWS refuses a failover to the member that is already primary (the exact code is not
+        // documented; nothing may depend on it).
+        let key = (to_region.to_string(), to_group.to_string());
+        if w.groups.get(&key).map(String::as_str) == Some("PRIMARY") {
+            return Err(CloudError::api(
+                "ElastiCache",
+                Some("InvalidParameterValue"),
+                format!("{to_group} is already the primary"),
+            ));
+        }
         w.calls
             .push(format!("failover to {to_group} in {to_region}"));
         for ((region, group), role) in w.groups.iter_mut() {
@@ -511,6 +541,10 @@ impl Datastore for Fake {
                     "SECONDARY".into()
                 };
             }
+        }
+        if std::mem::take(&mut w.failover_answer_lost) {
+            w.modifying.insert(key, 3);
+            return Err(busy());
         }
         Ok(())
     }

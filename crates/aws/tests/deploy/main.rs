@@ -245,6 +245,25 @@ async fn promote_fails_over_and_is_a_no_op_when_already_primary() {
     assert!(error.contains("no member in eu-west-1"), "{error}");
 }
 
+/// Review B6: the failover went through but its answer was lost; the SDK's re-send met the change
+/// in progress ("busy"), and once it settled promote asked to fail over to what already was the
+/// primary — and reported failure after a successful move.
+#[tokio::test]
+async fn promote_whose_failover_answer_was_lost_sees_it_went_through() {
+    let run = Run::new();
+    run.deploy().await.unwrap();
+    run.take_calls();
+    run.fake.0.lock().unwrap().failover_answer_lost = true;
+    let promoted = deploy::promote(&config(), &run.cloud(), "us-west-2", waits(), &run.say())
+        .await
+        .unwrap();
+    assert_eq!(promoted.region, "us-west-2");
+    assert_eq!(
+        run.take_calls(),
+        vec!["failover to valkey-dr-secondary in us-west-2".to_string()]
+    );
+}
+
 #[tokio::test]
 async fn promote_works_while_the_primary_region_is_down() {
     let run = Run::new();
@@ -360,6 +379,51 @@ async fn destroy_undoes_the_deploy_in_reverse_and_verifies() {
         .await
         .unwrap();
     assert_eq!(run.take_calls(), Vec::<String>::new());
+}
+
+/// Issue 22 (A2 end to end): deploy → promote → destroy with an owner other than the default. The
+/// functions write the name as the owner the stack gave them; destroy removes only what the
+/// config's owner holds — with the owner lost on the way (A2), the records and the zone stayed.
+/// A destroy cut short half-way (a stack update refused) finishes when run again.
+#[tokio::test]
+async fn a_chosen_owner_deploys_promotes_and_destroys_leaving_nothing_even_after_a_cut_short_destroy()
+ {
+    let run = Run::new();
+    let mut config = config();
+    config.owner = "team-cache".into();
+    deploy::deploy(&config, &run.cloud(), &zip("v1"), waits(), &run.say())
+        .await
+        .unwrap();
+    deploy::promote(&config, &run.cloud(), "us-west-2", waits(), &run.say())
+        .await
+        .unwrap();
+    {
+        let mut world = run.fake.0.lock().unwrap();
+        world.scheduled_reconcile(); // the next minute's run
+        let zone = world.zone.as_ref().unwrap();
+        let txt = &zone[&(
+            "_valkey-dr.demo.valkey-dr.internal.".to_string(),
+            RecordType::Txt,
+        )];
+        assert!(txt.values[0].contains("owner=team-cache"), "{txt:?}");
+        let cname = &zone[&("demo.valkey-dr.internal.".to_string(), RecordType::Cname)];
+        assert!(
+            cname.values[0].contains("valkey-dr-secondary.us-west-2"),
+            "{cname:?}"
+        );
+    }
+    run.fake.0.lock().unwrap().fail_next = Some(("valkey-dr-primary".into(), String::new()));
+    let error = deploy::destroy(&config, &run.cloud(), waits(), &run.say())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("valkey-dr-primary"), "{error}");
+    deploy::destroy(&config, &run.cloud(), waits(), &run.say())
+        .await
+        .unwrap();
+    let world = run.fake.0.lock().unwrap();
+    assert!(world.stacks.is_empty() && world.groups.is_empty() && world.instances.is_empty());
+    assert!(world.zone.is_none(), "{:?}", world.zone);
 }
 
 #[tokio::test]
