@@ -237,3 +237,29 @@ async fn raft_leadership_moves_to_the_named_member() {
         );
     }
 }
+
+/// A switchover's one commit costs a quorum round trip from the member that leads the raft
+/// group: the coordinator moves the leadership to its own (first) member, and says when it
+/// already is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_raft_leadership_moves_to_the_coordinators_own_member() {
+    let cluster = cluster("lead-here").await;
+    let endpoints = cluster.endpoints();
+    valkey_dr_coord::cluster::move_leader_to(&endpoints, None, "etcd2")
+        .await
+        .unwrap();
+    // This site's member first, as every site lists its own.
+    let own = Coordinator::connect(&endpoints, "/valkey-dr/test", "us-east-1", TTL)
+        .await
+        .unwrap();
+    assert!(own.lead_raft_here(Duration::from_secs(5)).await.unwrap());
+    let leader = valkey_dr_coord::cluster::raft_leader(&endpoints, None)
+        .await
+        .unwrap();
+    assert_eq!(leader, "etcd0");
+    // Already there: nothing to move, still true.
+    assert!(own.lead_raft_here(Duration::ZERO).await.unwrap());
+    // The first member leads: a commit from here works as before.
+    let mut leadership = own.try_lead().await.unwrap().unwrap();
+    own.renew_leadership(&mut leadership).await.unwrap();
+}

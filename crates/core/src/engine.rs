@@ -116,12 +116,20 @@ pub struct SyncSettings {
     /// `repl-ping-replica-period` (seconds): how often a master that takes no write still sends
     /// its replicas a byte.
     pub ping_replica_period_s: u64,
+    /// `replica-read-only yes`: a replica refuses writes (`-READONLY`) instead of keeping them
+    /// where nobody reads them and its next sync discards them.
+    pub replica_read_only: bool,
 }
 
 impl SyncSettings {
     /// Every way these settings weaken a safety rule of the controller.
     pub fn weaknesses(&self) -> Vec<&'static str> {
         let mut found: Vec<&'static str> = self.defeats_empty_restart_guard().into_iter().collect();
+        if !self.replica_read_only {
+            found.push(
+                "replica-read-only no: a demoted writer and every replica take the writes of clients that reach them (a stale DNS answer, a pooled connection) and lose them at their next sync; set replica-read-only yes",
+            );
+        }
         if self.ping_replica_period_s > 1 {
             found.push(
                 "repl-ping-replica-period above 1 s: an idle writer's replicas hear from it that rarely, so a writer the controller cannot reach but its replicas still hear is not recognized as alive (the one-sided-view veto), and a quiet link counts as lost for the self-fence; set repl-ping-replica-period 1",
@@ -157,6 +165,7 @@ mod tests {
             diskless,
             diskless_delay_s,
             ping_replica_period_s: 1,
+            replica_read_only: true,
         };
         assert!(settings(true, 0).defeats_empty_restart_guard().is_some());
         assert!(settings(true, 5).defeats_empty_restart_guard().is_none());
@@ -170,10 +179,16 @@ mod tests {
             diskless: true,
             diskless_delay_s: 5,
             ping_replica_period_s,
+            replica_read_only: true,
         };
         assert!(settings(1).weaknesses().is_empty());
         let default = settings(10).weaknesses();
         assert_eq!(default.len(), 1);
         assert!(default[0].contains("repl-ping-replica-period 1"));
+        let writable = SyncSettings {
+            replica_read_only: false,
+            ..settings(1)
+        };
+        assert!(writable.weaknesses()[0].contains("set replica-read-only yes"));
     }
 }

@@ -499,7 +499,8 @@ impl Engine for ValkeyEngine {
                     .arg("GET")
                     .arg("repl-diskless-sync")
                     .arg("repl-diskless-sync-delay")
-                    .arg("repl-ping-replica-period"),
+                    .arg("repl-ping-replica-period")
+                    .arg("replica-read-only"),
             )
             .await?;
         Ok(SyncSettings {
@@ -508,6 +509,7 @@ impl Engine for ValkeyEngine {
                 .get("repl-diskless-sync-delay")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(5),
+            replica_read_only: values.get("replica-read-only").map(String::as_str) == Some("yes"),
             ping_replica_period_s: values
                 .get("repl-ping-replica-period")
                 .and_then(|v| v.parse().ok())

@@ -148,6 +148,9 @@ impl Machine<'_> {
 /// the old primary's demotion take milliseconds; this leaves room for a slow node.
 const PAUSE_MARGIN: Duration = Duration::from_secs(2);
 
+/// How long a switchover's preflight waits for etcd's raft leader to move to this site.
+const RAFT_LEADER_MOVE_WAIT: Duration = Duration::from_millis(500);
+
 fn round(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
@@ -298,6 +301,23 @@ impl Controller {
                 name(old)
             )));
         }
+        // The pause holds one etcd commit: from here it costs one round trip to the nearest other
+        // member when this site's member leads the raft group, two hops more when a member
+        // elsewhere does. Moved here, outside the pause, for this planned operation only (a
+        // raft leader change extends every lease by its TTL), and never into the region that
+        // is about to hold the writer (losing it would then cost an etcd election on top of the
+        // failover). Not moved is no reason to stop.
+        let raft = match self.ha().filter(|ha| ha.coord.site() != region) {
+            Some(ha) => match ha.coord.lead_raft_here(RAFT_LEADER_MOVE_WAIT).await {
+                Ok(true) => "; etcd's raft leader is this site's member",
+                Ok(false) => "; etcd's raft leader did not move here in time",
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot ask etcd to move its raft leader here");
+                    "; etcd's raft leader stays where it is"
+                }
+            },
+            None => "",
+        };
         // A quorum left from the target's own time as a writer would refuse its first writes;
         // cleared before the fence, outside the write pause.
         self.engine
@@ -332,7 +352,7 @@ impl Controller {
             )));
         }
         self.fault_point(crate::faults::FaultPoint::IntentRecorded);
-        m.finish(format!("{} → {}", name(old), name(target)));
+        m.finish(format!("{} → {}{raft}", name(old), name(target)));
 
         let catchup = Duration::from_millis(self.config.controller.catchup_timeout_ms);
         let pause = catchup + 2 * PAUSE_MARGIN;

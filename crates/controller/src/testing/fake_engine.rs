@@ -338,6 +338,7 @@ impl Engine for FakeEngine {
             diskless: true,
             diskless_delay_s: 5,
             ping_replica_period_s: 1,
+            replica_read_only: true,
         })
     }
 
