@@ -1,6 +1,7 @@
 //! The leader's engine ([`LeaderOnly`]) acts on a node only inside this controller's lease
 //! window: an action that has not reached a slow node when the window ends is abandoned, so that
-//! it cannot land after another controller took over; a renewal meanwhile keeps it going.
+//! it cannot land after another controller took over; a renewal meanwhile keeps it going. A new
+//! leader's first action on a node waits until its predecessor's last window has surely ended.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ fn leader_for(window: Duration) -> Arc<LeaderCell> {
     leader.set(Some(Fence {
         token: 7,
         act_until: Instant::now() + window,
+        acts_from: Instant::now(),
     }));
     leader
 }
@@ -65,6 +67,7 @@ async fn a_renewal_during_the_action_keeps_it_going() {
         renewer.set(Some(Fence {
             token: 7,
             act_until: Instant::now() + Duration::from_secs(2),
+            acts_from: Instant::now(),
         }));
     });
     let leading = LeaderOnly {
@@ -89,4 +92,46 @@ async fn no_action_without_the_lease_and_observing_needs_none() {
     assert!(error.reason.contains("not the leader"), "{error}");
     assert!(leading.replication(&node).await.is_ok());
     assert!(engine.log().is_empty());
+}
+
+/// Review finding N6 (c): etcd 3.4 revokes every lease when a frozen raft leader resumes, so the
+/// old leader may never hear it was deposed and acts until its own window ends — up to ⅔ TTL
+/// after the new leader took the key. The new leader's actions on nodes wait that long; its
+/// heartbeats (no role, no client access changes) do not.
+#[tokio::test]
+async fn a_new_leader_acts_on_nodes_only_after_its_predecessors_window() {
+    let (engine, node) = slow_node(Duration::ZERO);
+    let predecessor_stops = Instant::now() + Duration::from_millis(300);
+    let leader = Arc::new(LeaderCell::default());
+    leader.set(Some(Fence {
+        token: 8,
+        act_until: Instant::now() + Duration::from_secs(5),
+        acts_from: predecessor_stops,
+    }));
+    let leading = LeaderOnly {
+        inner: Arc::new(engine.clone()),
+        leader,
+    };
+    let mark = valkey_dr_core::observation::EpochMark {
+        epoch: 3,
+        writer: node.to_string(),
+    };
+    leading.write_heartbeat(&node, 1, &mark).await.unwrap();
+    assert!(
+        Instant::now() < predecessor_stops,
+        "the heartbeat did not wait"
+    );
+    leading.promote(&node).await.unwrap();
+    assert!(
+        Instant::now() >= predecessor_stops,
+        "promoted while the predecessor could still act"
+    );
+    leading
+        .pause_writes(&node, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(
+        Instant::now() < predecessor_stops + Duration::from_millis(200),
+        "only the first action waits"
+    );
 }

@@ -65,6 +65,9 @@ pub struct Swap<'a> {
 pub struct Fence {
     pub token: i64,
     pub act_until: Instant,
+    /// Before this, a predecessor may still be acting on its own clock ([`Claim::acts_from`]):
+    /// actions on nodes wait for it; fenced etcd writes need not (etcd compares the token).
+    pub acts_from: Instant,
 }
 
 impl Fence {
@@ -104,6 +107,7 @@ pub struct Claim {
     /// The key's create revision (for the leader key: the fencing token).
     pub token: i64,
     act_until: Instant,
+    acts_from: Instant,
 }
 
 /// The claim on the leader key.
@@ -119,10 +123,20 @@ impl Claim {
         self.act_until
     }
 
+    /// When this claim's predecessor has stopped acting, whatever it learned. A deposed leader
+    /// stops when its own window ends, and a window only starts at a renewal sent before its key
+    /// vanished — so one window after the key was taken, the old leader has stopped, even when
+    /// etcd revoked its lease early and no renewal ever told it (etcd 3.4 revokes every lease
+    /// when a frozen raft leader resumes). Chubby calls this the lock-delay.
+    pub fn acts_from(&self) -> Instant {
+        self.acts_from
+    }
+
     pub fn fence(&self) -> Fence {
         Fence {
             token: self.token,
             act_until: self.act_until,
+            acts_from: self.acts_from,
         }
     }
 
@@ -134,6 +148,7 @@ impl Claim {
             lease: 0,
             token,
             act_until,
+            acts_from: Instant::now(),
         }
     }
 }
@@ -301,6 +316,8 @@ impl Coordinator {
                 lease,
                 token,
                 act_until: sent + self.act_window(),
+                // Measured after the answer: the old key was gone before the txn ran.
+                acts_from: Instant::now() + self.act_window(),
             }));
         }
         let _ = self.revoke(lease).await;
@@ -668,6 +685,8 @@ impl Coordinator {
                 lease,
                 token,
                 act_until: sent + self.act_window(),
+                // A site's presence has no predecessor to wait for.
+                acts_from: sent,
             }),
             Err(e) => {
                 let _ = self.revoke(lease).await;

@@ -46,6 +46,8 @@ async fn one_leader_at_a_time_and_a_deposed_leaders_write_is_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(successor.token > leader.token);
+    // Its actions on nodes wait until the old leader's window has surely ended (lock-delay).
+    assert!(successor.acts_from() > Instant::now() + TTL / 2);
     west.put_fenced(successor.fence(), "epoch", b"3")
         .await
         .unwrap();

@@ -32,8 +32,30 @@ impl LeaderOnly {
     }
 
     /// Runs `action` while this controller may act: refused when it may not, abandoned (its
-    /// future dropped) when the window ends first. A renewal meanwhile extends the window.
+    /// future dropped) when the window ends first. A renewal meanwhile extends the window. A new
+    /// leader's first actions wait until its predecessor has surely stopped
+    /// ([`valkey_dr_coord::Claim::acts_from`]).
     async fn within_lease<T>(
+        &self,
+        node: &Endpoint,
+        operation: &'static str,
+        action: impl Future<Output = Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
+        self.after_predecessor().await;
+        self.while_leading(node, operation, action).await
+    }
+
+    /// Waits out the predecessor's last window, once per leadership (the wait is over for
+    /// every later action of it).
+    async fn after_predecessor(&self) {
+        if let Some(fence) = self.leader.fence()
+            && fence.acts_from > std::time::Instant::now()
+        {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(fence.acts_from)).await;
+        }
+    }
+
+    async fn while_leading<T>(
         &self,
         node: &Endpoint,
         operation: &'static str,
@@ -76,7 +98,9 @@ impl Engine for LeaderOnly {
         now_ms: u64,
         mark: &EpochMark,
     ) -> Result<(), EngineError> {
-        self.within_lease(
+        // A heartbeat changes no role and no client's access: it need not wait for the
+        // predecessor, and keeps the replicas' lag measured across a change of leader.
+        self.while_leading(
             node,
             "heartbeat",
             self.inner.write_heartbeat(node, now_ms, mark),
