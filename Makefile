@@ -38,10 +38,10 @@ test-deps:
 # The client writers of `valkey-dr drill --clients` (clients/README.md): each library pinned, in
 # its own folder.
 CLIENTS_STAMP := clients/.installed
-$(CLIENTS_STAMP): clients/redis-py/requirements.txt clients/ioredis/package-lock.json
-	python3 -m venv clients/redis-py/.venv
-	clients/redis-py/.venv/bin/pip install --quiet -r clients/redis-py/requirements.txt
-	npm ci --prefix clients/ioredis --no-audit --no-fund --loglevel=error
+$(CLIENTS_STAMP): clients/python/requirements.txt clients/node/package-lock.json
+	python3 -m venv clients/python/.venv
+	clients/python/.venv/bin/pip install --quiet -r clients/python/requirements.txt
+	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
 	touch $@
 
 clients: $(CLIENTS_STAMP)

@@ -5,7 +5,7 @@
 #   (protobuf-compiler: the etcd client's build generates its gRPC code);
 #   with --test also python3 + venv (for the pinned moto server the AWS tests run against),
 #   openssl (the TLS client test makes its own certificates), chromium (the status page test),
-#   for the client-library drill nodejs + npm (ioredis) and iproute2 (its network namespace),
+#   for the client-library drill nodejs + npm (ioredis, iovalkey) and iproute2 (its network namespace),
 #   nftables (the chaos nemesis's real packet cuts between the namespaced sites), and
 #   for the RFC 2136 tests and bench/dns BIND 9, Knot, PowerDNS (SQLite backend), sqlite3, dnsperf.
 # Needs root or sudo for apt. Does nothing when everything is present.

@@ -69,7 +69,7 @@ pub struct Common {
     #[arg(long, short, value_enum, default_value = "table")]
     output: Output,
     /// Also write through real client libraries, each with its default and its recommended
-    /// settings: all of them, or those listed (redis-py, ioredis, redis-rs, valkey-cli). They
+    /// settings: all of them, or those listed (redis-py, valkey-py, ioredis, iovalkey, redis-rs, valkey-cli). They
     /// resolve the name through the system resolver, so the lab's DNS must be the machine's
     /// (see the README: the client drill in a network namespace).
     #[arg(long, value_delimiter = ',', num_args = 0..)]

@@ -19,7 +19,11 @@ use crate::writer::{self, WriterConfig};
 #[serde(rename_all = "kebab-case")]
 pub enum Library {
     RedisPy,
+    /// valkey-py, the fork of redis-py the Valkey project maintains.
+    ValkeyPy,
     Ioredis,
+    /// iovalkey, the fork of ioredis the Valkey project maintains.
+    Iovalkey,
     RedisRs,
     ValkeyCli,
 }
@@ -48,9 +52,11 @@ pub struct ClientWriter {
 }
 
 impl Library {
-    pub const ALL: [Library; 4] = [
+    pub const ALL: [Library; 6] = [
         Library::RedisPy,
+        Library::ValkeyPy,
         Library::Ioredis,
+        Library::Iovalkey,
         Library::RedisRs,
         Library::ValkeyCli,
     ];
@@ -58,29 +64,51 @@ impl Library {
     pub fn name(self) -> &'static str {
         match self {
             Library::RedisPy => "redis-py",
+            Library::ValkeyPy => "valkey-py",
             Library::Ioredis => "ioredis",
+            Library::Iovalkey => "iovalkey",
             Library::RedisRs => "redis-rs",
             Library::ValkeyCli => "valkey-cli",
         }
     }
 
     /// The program and its arguments; an error names what is missing and how to install it.
-    fn command(self, clients_dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
-        let dir = clients_dir.join(self.name());
+    /// A fork shares its original's writer (same API): the writer is told which one to load.
+    fn command(self, clients_dir: &Path) -> Result<(PathBuf, Vec<String>), String> {
+        let python = clients_dir.join("python");
+        let node = clients_dir.join("node");
+        let path = |p: PathBuf| p.display().to_string();
         let (program, args) = match self {
-            Library::RedisPy => (dir.join(".venv/bin/python3"), vec![dir.join("writer.py")]),
-            Library::Ioredis => {
-                let modules = dir.join("node_modules/ioredis");
+            Library::RedisPy | Library::ValkeyPy => {
+                let module = if self == Library::RedisPy {
+                    "redis"
+                } else {
+                    "valkey"
+                };
+                (
+                    python.join(".venv/bin/python3"),
+                    vec![path(python.join("writer.py")), module.to_string()],
+                )
+            }
+            Library::Ioredis | Library::Iovalkey => {
+                let package = self.name();
+                let modules = node.join("node_modules").join(package);
                 if !modules.exists() {
                     return Err(format!(
                         "{} is missing: run `make clients`",
                         modules.display()
                     ));
                 }
-                (PathBuf::from("node"), vec![dir.join("writer.js")])
+                (
+                    PathBuf::from("node"),
+                    vec![path(node.join("writer.js")), package.to_string()],
+                )
             }
             Library::RedisRs => (redis_rs_binary(clients_dir)?, vec![]),
-            Library::ValkeyCli => (PathBuf::from("bash"), vec![dir.join("writer.sh")]),
+            Library::ValkeyCli => (
+                PathBuf::from("bash"),
+                vec![path(clients_dir.join("valkey-cli/writer.sh"))],
+            ),
         };
         if program.is_absolute() && !program.exists() {
             return Err(format!(
@@ -441,8 +469,12 @@ mod tests {
             [
                 "redis-py (default)",
                 "redis-py (recommended)",
+                "valkey-py (default)",
+                "valkey-py (recommended)",
                 "ioredis (default)",
                 "ioredis (recommended)",
+                "iovalkey (default)",
+                "iovalkey (recommended)",
                 "redis-rs (default)",
                 "redis-rs (recommended)",
                 "valkey-cli (default)",
@@ -454,7 +486,12 @@ mod tests {
     #[test]
     fn a_missing_library_is_named_with_the_command_that_installs_it() {
         let empty = std::env::temp_dir().join("valkey-dr-no-clients");
-        for library in [Library::RedisPy, Library::Ioredis] {
+        for library in [
+            Library::RedisPy,
+            Library::ValkeyPy,
+            Library::Ioredis,
+            Library::Iovalkey,
+        ] {
             let err = library.command(&empty).unwrap_err();
             assert!(err.contains("make clients"), "{err}");
         }

@@ -89,7 +89,11 @@ async fn every_site_serves_the_name_and_the_survivors_carry_on_without_the_leade
         Err(CoordError::Deposed { .. })
     ));
     // The live leader may record the writer's progress meanwhile; the stale write never lands.
-    let state_after = coord.get("state").await.unwrap().expect("the state is there");
+    let state_after = coord
+        .get("state")
+        .await
+        .unwrap()
+        .expect("the state is there");
     assert_ne!(&state_after[..], b"{}");
     assert!(String::from_utf8_lossy(&state_after).contains("\"epoch\": 2"));
     let cell = std::sync::Arc::new(LeaderCell::default());

@@ -1,6 +1,7 @@
-// ioredis writer for `valkey-dr drill --clients` (protocol: ../README.md).
+// Writer for `valkey-dr drill --clients` (protocol: ../README.md) on ioredis or its fork
+// iovalkey: `node writer.js ioredis` or `node writer.js iovalkey` (the package; same API).
 "use strict";
-const Redis = require("ioredis");
+const Redis = require(process.argv[2] || "ioredis");
 
 const env = process.env;
 const settings = env.VALKEY_DR_SETTINGS || "default";
@@ -22,7 +23,7 @@ const options =
         connectTimeout: 1000,
         commandTimeout: 1000,
       };
-// ioredis does not drop a connection whose command timed out (a hung node keeps it open and
+// ioredis (and iovalkey) does not drop a connection whose command timed out (a hung node keeps it open and
 // silent): with the recommended settings the writer reconnects, which resolves the name again.
 const reconnectOnTimeout = settings !== "default";
 

@@ -1,15 +1,20 @@
-"""redis-py writer for `valkey-dr drill --clients` (protocol: ../README.md)."""
+"""Writer for `valkey-dr drill --clients` (protocol: ../README.md) on redis-py or its fork
+valkey-py: `writer.py redis` or `writer.py valkey` (the module to import; same API)."""
 
+import importlib
 import json
 import os
 import signal
 import sys
 import time
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
-from redis.retry import Retry
+lib = importlib.import_module(sys.argv[1] if len(sys.argv) > 1 else "redis")
+ExponentialBackoff = importlib.import_module(lib.__name__ + ".backoff").ExponentialBackoff
+Retry = importlib.import_module(lib.__name__ + ".retry").Retry
+exceptions = importlib.import_module(lib.__name__ + ".exceptions")
+ConnectionError, ReadOnlyError, TimeoutError = (
+    exceptions.ConnectionError, exceptions.ReadOnlyError, exceptions.TimeoutError)
+ClientError = getattr(exceptions, "ValkeyError", None) or exceptions.RedisError
 
 
 def now_ms():
@@ -32,11 +37,11 @@ def client(settings):
         password=os.environ.get("VALKEY_DR_PASSWORD") or None,
     )
     if settings == "default":
-        return redis.Redis(**common)
+        return lib.Redis(**common)
     # A demoted primary answers READONLY on a connection that still works: listing ReadOnlyError
-    # among the retried errors makes redis-py drop that connection and connect again, which
+    # among the retried errors makes the library drop that connection and connect again, which
     # resolves the name again. Timeouts bound a stalled node.
-    return redis.Redis(
+    return lib.Redis(
         **common,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
@@ -62,7 +67,7 @@ def main():
                 first_error = first_error or str(e)
                 time.sleep(0.001)
                 continue
-            except redis.RedisError as e:
+            except ClientError as e:
                 other += 1
                 first_error = first_error or f"{type(e).__name__}: {e}"
                 time.sleep(0.001)
