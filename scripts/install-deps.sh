@@ -5,7 +5,8 @@
 #   (protobuf-compiler: the etcd client's build generates its gRPC code);
 #   with --test also python3 + venv (for the pinned moto server the AWS tests run against),
 #   openssl (the TLS client test makes its own certificates), chromium (the status page test),
-#   for the client-library drill nodejs + npm (ioredis, iovalkey) and iproute2 (its network namespace),
+#   for the client-library drill nodejs + npm (ioredis, iovalkey), php-cli + php-redis + php-predis
+#   and iproute2 (its network namespace),
 #   nftables (the chaos nemesis's real packet cuts between the namespaced sites), and
 #   for the RFC 2136 tests and bench/dns BIND 9, Knot, PowerDNS (SQLite backend), sqlite3, dnsperf.
 # Needs root or sudo for apt. Does nothing when everything is present.
@@ -27,6 +28,10 @@ if [ "${1:-}" = "--test" ]; then
   command -v nft >/dev/null || missing+=(nftables)
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)
+  # The client-library drill's PHP writers: phpredis and Predis as Debian packages them.
+  command -v php >/dev/null || missing+=(php-cli)
+  php -r 'exit(extension_loaded("redis") ? 0 : 1);' 2>/dev/null || missing+=(php-redis)
+  [ -e /usr/share/php/Predis/autoload.php ] || missing+=(php-predis)
   # The RFC 2136 provider's tests run against each of these, started by the tests themselves.
   command -v named >/dev/null || missing+=(bind9)
   command -v knotd >/dev/null || missing+=(knot)

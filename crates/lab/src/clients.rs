@@ -21,9 +21,19 @@ pub enum Library {
     RedisPy,
     /// valkey-py, the fork of redis-py the Valkey project maintains.
     ValkeyPy,
+    /// valkey-glide's Python client (asyncio).
+    GlidePython,
     Ioredis,
     /// iovalkey, the fork of ioredis the Valkey project maintains.
     Iovalkey,
+    /// node-redis (npm `redis`).
+    NodeRedis,
+    /// valkey-glide's Node.js client (npm `@valkey/valkey-glide`).
+    GlideNode,
+    /// phpredis, the C extension (Debian php-redis).
+    Phpredis,
+    /// Predis, in plain PHP (Debian php-predis).
+    Predis,
     RedisRs,
     ValkeyCli,
 }
@@ -52,11 +62,16 @@ pub struct ClientWriter {
 }
 
 impl Library {
-    pub const ALL: [Library; 6] = [
+    pub const ALL: [Library; 11] = [
         Library::RedisPy,
         Library::ValkeyPy,
+        Library::GlidePython,
         Library::Ioredis,
         Library::Iovalkey,
+        Library::NodeRedis,
+        Library::GlideNode,
+        Library::Phpredis,
+        Library::Predis,
         Library::RedisRs,
         Library::ValkeyCli,
     ];
@@ -65,8 +80,13 @@ impl Library {
         match self {
             Library::RedisPy => "redis-py",
             Library::ValkeyPy => "valkey-py",
+            Library::GlidePython => "glide-python",
             Library::Ioredis => "ioredis",
             Library::Iovalkey => "iovalkey",
+            Library::NodeRedis => "node-redis",
+            Library::GlideNode => "glide-node",
+            Library::Phpredis => "phpredis",
+            Library::Predis => "predis",
             Library::RedisRs => "redis-rs",
             Library::ValkeyCli => "valkey-cli",
         }
@@ -79,19 +99,23 @@ impl Library {
         let node = clients_dir.join("node");
         let path = |p: PathBuf| p.display().to_string();
         let (program, args) = match self {
-            Library::RedisPy | Library::ValkeyPy => {
-                let module = if self == Library::RedisPy {
-                    "redis"
-                } else {
-                    "valkey"
+            Library::RedisPy | Library::ValkeyPy | Library::GlidePython => {
+                let module = match self {
+                    Library::RedisPy => "redis",
+                    Library::ValkeyPy => "valkey",
+                    _ => "glide",
                 };
                 (
                     python.join(".venv/bin/python3"),
                     vec![path(python.join("writer.py")), module.to_string()],
                 )
             }
-            Library::Ioredis | Library::Iovalkey => {
-                let package = self.name();
+            Library::Ioredis | Library::Iovalkey | Library::NodeRedis | Library::GlideNode => {
+                let package = match self {
+                    Library::NodeRedis => "redis",
+                    Library::GlideNode => "@valkey/valkey-glide",
+                    _ => self.name(),
+                };
                 let modules = node.join("node_modules").join(package);
                 if !modules.exists() {
                     return Err(format!(
@@ -104,6 +128,14 @@ impl Library {
                     vec![path(node.join("writer.js")), package.to_string()],
                 )
             }
+            // Debian's packages (`install-deps.sh --test`), one writer for both.
+            Library::Phpredis | Library::Predis => (
+                PathBuf::from("php"),
+                vec![
+                    path(clients_dir.join("php/writer.php")),
+                    self.name().to_string(),
+                ],
+            ),
             Library::RedisRs => (redis_rs_binary(clients_dir)?, vec![]),
             Library::ValkeyCli => (
                 PathBuf::from("bash"),
@@ -471,10 +503,20 @@ mod tests {
                 "redis-py (recommended)",
                 "valkey-py (default)",
                 "valkey-py (recommended)",
+                "glide-python (default)",
+                "glide-python (recommended)",
                 "ioredis (default)",
                 "ioredis (recommended)",
                 "iovalkey (default)",
                 "iovalkey (recommended)",
+                "node-redis (default)",
+                "node-redis (recommended)",
+                "glide-node (default)",
+                "glide-node (recommended)",
+                "phpredis (default)",
+                "phpredis (recommended)",
+                "predis (default)",
+                "predis (recommended)",
                 "redis-rs (default)",
                 "redis-rs (recommended)",
                 "valkey-cli (default)",
@@ -491,6 +533,8 @@ mod tests {
             Library::ValkeyPy,
             Library::Ioredis,
             Library::Iovalkey,
+            Library::NodeRedis,
+            Library::GlideNode,
         ] {
             let err = library.command(&empty).unwrap_err();
             assert!(err.contains("make clients"), "{err}");
