@@ -196,6 +196,11 @@ fn render_clients(rows: &[clients::ClientReport]) -> String {
                 c.first_write_after_ms
                     .map(|ms| format!("{ms} ms"))
                     .unwrap_or_else(|| "never".into()),
+                match c.stuck {
+                    Some(true) => "STUCK".into(),
+                    Some(false) => "no".into(),
+                    None => "-".into(),
+                },
                 c.acknowledged_writes.to_string(),
                 c.lost.to_string(),
                 c.readonly_errors.to_string(),
@@ -209,6 +214,7 @@ fn render_clients(rows: &[clients::ClientReport]) -> String {
             "client",
             "settings",
             "first write after",
+            "stuck (30 s)",
             "acked",
             "lost",
             "READONLY",

@@ -232,9 +232,23 @@ pub struct ClientReport {
     /// that followed it; `None` when the client never wrote again before the drill ended.
     pub first_write_after_ms: Option<u64>,
     pub longest_gap_ms: u64,
+    /// No acknowledged write from [`STUCK_AFTER`] after the name moved to the end: the library
+    /// will not get off the old node by itself. `None` when the drill ended sooner than that.
+    pub stuck: Option<bool>,
     pub first_error: Option<String>,
     /// The writer could not run, or its result could not be checked.
     pub error: Option<String>,
+}
+
+/// How long after the name moved a client still failing counts as stuck.
+pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+/// Whether the client was stuck (see [`ClientReport::stuck`]): it wrote nothing from
+/// `STUCK_AFTER` after the name moved (`effect_ms`) until it stopped; unknown when it stopped
+/// before that.
+pub fn stuck(summary: &Summary, effect_ms: u64) -> Option<bool> {
+    let deadline = effect_ms + STUCK_AFTER.as_millis() as u64;
+    (summary.stopped_ms > deadline).then_some(summary.last_ack_ms < deadline)
 }
 
 /// The outage a client saw from the operation: the longest pause between acknowledgements that
@@ -408,6 +422,7 @@ pub async fn stop(
             continue;
         };
         let (first_write_after_ms, longest_gap_ms) = outage(&summary, operation_ms, effect_ms);
+        report.stuck = stuck(&summary, effect_ms);
         report.acknowledged_writes = summary.acked;
         report.readonly_errors = summary.readonly_errors;
         report.other_errors = summary.other_errors;
@@ -445,6 +460,37 @@ mod tests {
             last_ack_ms,
             stopped_ms,
             ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn stuck_means_still_failing_thirty_seconds_after_the_name_moved() {
+        // (case, summary, expected); the name moves at 1_000, so the line is at 31_000.
+        let cases = [
+            (
+                "stopped before the line: unknown",
+                summary(&[], 900, 30_000),
+                None,
+            ),
+            (
+                "recovered at once",
+                summary(&[[990, 1_100]], 40_000, 40_001),
+                Some(false),
+            ),
+            (
+                "recovered late, before the line",
+                summary(&[[990, 29_000]], 40_000, 40_001),
+                Some(false),
+            ),
+            ("never wrote again", summary(&[], 990, 40_000), Some(true)),
+            (
+                "wrote again, then stopped before the line",
+                summary(&[[990, 2_000]], 20_000, 40_000),
+                Some(true),
+            ),
+        ];
+        for (case, s, expected) in cases {
+            assert_eq!(stuck(&s, 1_000), expected, "{case}");
         }
     }
 
