@@ -69,9 +69,10 @@ pub struct Common {
     #[arg(long, short, value_enum, default_value = "table")]
     output: Output,
     /// Also write through real client libraries, each with its default and its recommended
-    /// settings: all of them, or those listed (redis-py, valkey-py, ioredis, iovalkey, redis-rs, valkey-cli). They
-    /// resolve the name through the system resolver, so the lab's DNS must be the machine's
-    /// (see the README: the client drill in a network namespace).
+    /// settings: all of them, or those listed (redis-py, valkey-py, glide-python, ioredis,
+    /// iovalkey, node-redis, glide-node, phpredis, predis, redis-rs, valkey-cli). They resolve
+    /// the name through the system resolver: on a lab in network namespaces with its DNS on port
+    /// 53 they run in the controller's place and resolve through its DNS server (see the README).
     #[arg(long, value_delimiter = ',', num_args = 0..)]
     clients: Option<Vec<Library>>,
     /// Where the client writers and their installed libraries are (`make clients`).

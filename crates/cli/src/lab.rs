@@ -51,9 +51,10 @@ pub enum LabCommand {
         /// Port of every node.
         #[arg(long, default_value_t = 6379)]
         port: u16,
-        /// Second octet of the lab's loopback addresses (127.<block>.<region>.<node>).
-        #[arg(long, default_value_t = 0)]
-        block: u8,
+        /// Second octet of the lab's loopback addresses (127.<block>.<region>.<node>; default 0),
+        /// or with --netns its slot (below 64; default: the first free one).
+        #[arg(long)]
+        block: Option<u8>,
         /// Address of the embedded DNS server.
         #[arg(long, default_value = "127.0.0.1:5353")]
         dns: SocketAddr,
@@ -154,15 +155,19 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
                 LabSpec::default_sites(&spec.regions)
             };
             spec.port = port;
-            spec.block = block;
+            spec.block = block.unwrap_or(0);
             spec.dns = dns;
             spec.link_delay_ms = link_delay_ms;
             spec.ttl = ttl;
             spec.tls = !no_tls;
             if netns {
-                if block >= 64 {
-                    bail!("--block must be below 64 with --netns (64 labs fit in 198.18.0.0/15)");
-                }
+                spec.block = match block {
+                    Some(b) if b >= 64 => bail!(
+                        "--block must be below 64 with --netns (64 labs fit in 198.18.0.0/15)"
+                    ),
+                    Some(b) => b,
+                    None => valkey_dr_lab::netns::claim_slot(std::process::id())?,
+                };
                 spec.netns = true;
                 spec.dns = SocketAddr::new(spec.ip(0, 53).into(), dns.port());
             }

@@ -235,6 +235,8 @@ pub struct ClientReport {
     /// No acknowledged write from [`STUCK_AFTER`] after the name moved to the end: the library
     /// will not get off the old node by itself. `None` when the drill ended sooner than that.
     pub stuck: Option<bool>,
+    /// From the start of the operation to the last acknowledged write (negative: before it).
+    pub last_write_after_ms: i64,
     pub first_error: Option<String>,
     /// The writer could not run, or its result could not be checked.
     pub error: Option<String>,
@@ -243,12 +245,17 @@ pub struct ClientReport {
 /// How long after the name moved a client still failing counts as stuck.
 pub const STUCK_AFTER: Duration = Duration::from_secs(30);
 
+/// How long a client must have run past the [`STUCK_AFTER`] line to be judged: a working
+/// library may be inside one silent retry (a 1 s timeout) when the line passes.
+pub const STUCK_JUDGED_OVER: Duration = Duration::from_secs(2);
+
 /// Whether the client was stuck (see [`ClientReport::stuck`]): it wrote nothing from
 /// `STUCK_AFTER` after the name moved (`effect_ms`) until it stopped; unknown when it stopped
-/// before that.
+/// less than [`STUCK_JUDGED_OVER`] after that line.
 pub fn stuck(summary: &Summary, effect_ms: u64) -> Option<bool> {
     let deadline = effect_ms + STUCK_AFTER.as_millis() as u64;
-    (summary.stopped_ms > deadline).then_some(summary.last_ack_ms < deadline)
+    let judged_from = deadline + STUCK_JUDGED_OVER.as_millis() as u64;
+    (summary.stopped_ms >= judged_from).then_some(summary.last_ack_ms < deadline)
 }
 
 /// The outage a client saw from the operation: the longest pause between acknowledgements that
@@ -289,6 +296,7 @@ pub async fn start(
     clients_dir: &Path,
     run_id: u64,
     writers: &[ClientWriter],
+    netns: Option<&str>,
 ) -> Vec<Result<Running, ClientReport>> {
     let password = std::fs::read_to_string(spec.password_file()).unwrap_or_default();
     let mut started = Vec::new();
@@ -309,7 +317,18 @@ pub async fn start(
             writer.library.name(),
             writer.settings.as_str()
         );
-        let spawned = Command::new(&program)
+        // In a lab's network namespace through `ip netns exec`, which also puts the place's
+        // /etc/netns/<ns>/resolv.conf in place: each library resolves the name as an
+        // application standing there would.
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&program);
+                c
+            }
+            None => Command::new(&program),
+        };
+        let spawned = command
             .args(&args)
             .env(
                 "VALKEY_DR_HOST",
@@ -423,6 +442,7 @@ pub async fn stop(
         };
         let (first_write_after_ms, longest_gap_ms) = outage(&summary, operation_ms, effect_ms);
         report.stuck = stuck(&summary, effect_ms);
+        report.last_write_after_ms = summary.last_ack_ms as i64 - operation_ms as i64;
         report.acknowledged_writes = summary.acked;
         report.readonly_errors = summary.readonly_errors;
         report.other_errors = summary.other_errors;
@@ -470,6 +490,11 @@ mod tests {
             (
                 "stopped before the line: unknown",
                 summary(&[], 900, 30_000),
+                None,
+            ),
+            (
+                "stopped too soon after the line to tell a retry from a stuck client",
+                summary(&[[990, 2_000]], 30_500, 32_900),
                 None,
             ),
             (

@@ -147,15 +147,17 @@ fn replication_settled(status: &Value) -> bool {
 
 pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, DrillError> {
     if options.clients.is_some()
+        && !spec.netns
         && options.operation
             == (Operation::Failover {
                 fault: Fault::Partition,
             })
     {
-        // The lab's partitions cut the region links; the client libraries connect to the nodes
-        // directly, so they would not be cut off and their numbers would mean nothing.
+        // On loopback a partition cuts the emulated region links only; the client libraries
+        // connect to the nodes directly, so they would not be cut off and their numbers would
+        // mean nothing. In network namespaces the cut drops their packets too.
         return Err(DrillError::Lab(
-            "--clients works with switchovers and with failovers by kill or --stall, not with --partition"
+            "--clients with --partition needs a lab in network namespaces (`lab up --netns`)"
                 .into(),
         ));
     }
@@ -187,7 +189,14 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
         })
         .collect();
     let client_writers = match &options.clients {
-        Some(c) => clients::start(spec, &c.dir, run_id, &c.writers).await,
+        Some(c) => {
+            // In network namespaces the libraries stand where the drill's writers do: in the
+            // controller's place, outside every region.
+            let place = spec
+                .netns
+                .then(|| crate::netns::vantage_ns(spec, crate::spec::CONTROLLER_VANTAGE));
+            clients::start(spec, &c.dir, run_id, &c.writers, place.as_deref()).await
+        }
         None => Vec::new(),
     };
     let base = spec.writer("drill").map_err(DrillError::Lab)?;
@@ -460,7 +469,32 @@ pub fn median_of(values: &[f64]) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::dns_spread;
+    use super::*;
+
+    #[tokio::test]
+    async fn client_libraries_in_a_partition_need_real_packets_cut() {
+        // On loopback the libraries connect past the emulated links a partition cuts: refused
+        // before anything is touched (no lab runs here).
+        let options = DrillOptions {
+            operation: Operation::Failover {
+                fault: Fault::Partition,
+            },
+            region: None,
+            writers: 1,
+            duration: Duration::from_secs(1),
+            at: Duration::ZERO,
+            clients: Some(ClientsOptions {
+                dir: "clients".into(),
+                writers: clients::matrix(&[clients::Library::RedisPy]),
+            }),
+        };
+        let spec = LabSpec::reference(std::env::temp_dir().join("valkey-dr-no-lab"));
+        let refused = run(&spec, &options).await.unwrap_err().to_string();
+        assert!(
+            refused.contains("needs a lab in network namespaces"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn the_sites_disagree_from_the_first_flip_to_the_last() {

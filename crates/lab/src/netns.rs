@@ -148,6 +148,7 @@ pub fn create(spec: &LabSpec) -> Result<(), NetnsError> {
             ])?;
         }
         nft(&ns, &table(""))?;
+        write_resolv_conf(spec, place)?;
     }
     let machine = format!("vdr{slot}");
     let machine_port = format!("vdr{slot}hm");
@@ -179,6 +180,37 @@ pub fn create(spec: &LabSpec) -> Result<(), NetnsError> {
     Ok(())
 }
 
+/// The DNS server an application in `place` asks: its own site's in the highly available
+/// shape, else the controller's.
+pub fn place_dns(spec: &LabSpec, place: u8) -> std::net::SocketAddr {
+    spec.sites
+        .iter()
+        .find(|site| spec.place(site) == place)
+        .map_or(spec.dns, |site| spec.site_dns(site))
+}
+
+/// `/etc/netns/<ns>/resolv.conf` of a place, which `ip netns exec` puts over /etc/resolv.conf:
+/// a program started there resolves the lab's name through the place's DNS server, as an
+/// application in that site would. resolv.conf names no port, so only when the lab's DNS
+/// servers listen on 53 (`lab up --netns --dns 127.0.0.1:53`).
+fn write_resolv_conf(spec: &LabSpec, place: u8) -> Result<(), NetnsError> {
+    let dns = place_dns(spec, place);
+    if dns.port() != 53 {
+        return Ok(());
+    }
+    let dir = std::path::Path::new("/etc/netns").join(place_ns(spec, place));
+    let failed = |e: std::io::Error| NetnsError::Command {
+        command: format!("writing {}/resolv.conf", dir.display()),
+        detail: e.to_string(),
+    };
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    std::fs::write(
+        dir.join("resolv.conf"),
+        format!("nameserver {}\n", dns.ip()),
+    )
+    .map_err(failed)
+}
+
 /// Removes the lab's namespaces (and with them every interface and rule), first killing any
 /// process still inside one.
 pub fn destroy(spec: &LabSpec) {
@@ -194,6 +226,7 @@ pub fn destroy(spec: &LabSpec) {
             }
         }
         let _ = ip(&["netns", "del", ns]);
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(ns));
     }
     // Deleting the hub removed the machine's end of its veth pair too; this covers a half-built one.
     let _ = Command::new("ip")
