@@ -12,14 +12,16 @@ pub(super) fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
     // the controller's (see `Fault::writer_kills`).
     let in_flight = scenario.fault.writer_kills();
     let within_window = r.lost_outside <= in_flight && r.lost_inside <= in_flight;
-    // An isolated region's writer acknowledges writes until its controller fences it; those are
-    // lost by design of asynchronous replication, and the fence must come within the lease TTL.
-    // Only the inside writer reaches it then: the outside one may lose at most the write whose
-    // replication was in flight at the cut.
-    let fenced_in_time = scenario.ha
-        && matches!(scenario.fault, Fault::IsolateWriterRegion { .. })
-        && r.fenced_after_ms.is_some_and(|ms| ms <= LEASE_TTL_MS)
-        && r.lost_outside <= 1;
+    // An isolated region's writer acknowledges writes until it is fenced; those are lost by
+    // design of asynchronous replication. In the highly available shape its region's controller
+    // pauses it within the lease TTL. With one controller (which cannot reach into the cut) its
+    // own self-fence stops it, and the controller promotes only once that surely holds: what
+    // matters is that no second writer took writes meanwhile. Only the inside writer reaches it:
+    // the outside one may lose at most the write whose replication was in flight at the cut.
+    let fenced_in_time = matches!(scenario.fault, Fault::IsolateWriterRegion { .. })
+        && r.two_writable_masters_ms == 0
+        && r.lost_outside <= 1
+        && (!scenario.ha || r.fenced_after_ms.is_some_and(|ms| ms <= LEASE_TTL_MS));
     if lost > 0 && !within_window && !fenced_in_time {
         problems.push(format!("{lost} acknowledged lost"));
     }
@@ -83,9 +85,12 @@ pub(super) fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
             r.lost_excused
         ),
         (true, 0) => "ok".into(),
-        (true, lost) if fenced_in_time => format!(
+        (true, lost) if fenced_in_time && scenario.ha => format!(
             "ok ({lost} acknowledged before the region fenced itself, {} ms in)",
             r.fenced_after_ms.unwrap_or_default()
+        ),
+        (true, lost) if fenced_in_time => format!(
+            "ok ({lost} acknowledged by the isolated writer before its self-fence; never two writers)"
         ),
         (true, lost) => format!("ok ({lost} in flight at the kill)"),
         _ => problems.join("; "),
@@ -171,6 +176,18 @@ mod tests {
              ChaosReport { lost_inside: 5000, fenced_after_ms: Some(640), ..converged() },
              scenario(Fault::IsolateWriterRegion { for_ms: 8000 }, true),
              "ok (5000 acknowledged before the region fenced itself, 640 ms in)"),
+            ("one controller: the isolated writer's self-fence held, never two writers",
+             ChaosReport { lost_inside: 9000, ..converged() },
+             scenario(Fault::IsolateWriterRegion { for_ms: 8000 }, false),
+             "ok (9000 acknowledged by the isolated writer before its self-fence; never two writers)"),
+            ("one controller: a promotion while the isolated writer still took writes",
+             ChaosReport { lost_inside: 9000, two_writable_masters_ms: 800, ..converged() },
+             scenario(Fault::IsolateWriterRegion { for_ms: 8000 }, false),
+             "9000 acknowledged lost"),
+            ("one controller: the outside writer's losses are never excused",
+             ChaosReport { lost_inside: 9000, lost_outside: 40, ..converged() },
+             scenario(Fault::IsolateWriterRegion { for_ms: 8000 }, false),
+             "9040 acknowledged lost"),
             ("… but not the outside writer's (it never reached the isolated writer)",
              ChaosReport { lost_inside: 5000, lost_outside: 300, fenced_after_ms: Some(640), ..converged() },
              scenario(Fault::IsolateWriterRegion { for_ms: 8000 }, true),
