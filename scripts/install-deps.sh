@@ -8,7 +8,8 @@
 #   for the client-library drill nodejs + npm (ioredis, iovalkey), php-cli + php-redis + php-predis
 #   and iproute2 (its network namespace),
 #   nftables (the chaos nemesis's real packet cuts between the namespaced sites), and
-#   for the RFC 2136 tests and bench/dns BIND 9, Knot, PowerDNS (SQLite backend), sqlite3, dnsperf.
+#   for the RFC 2136 tests and bench/dns BIND 9, Knot, PowerDNS (SQLite backend), sqlite3, dnsperf,
+#   and Prometheus (promtool checks and unit-tests the alert rules, Prometheus scrapes a lab).
 # Needs root or sudo for apt. Does nothing when everything is present.
 set -euo pipefail
 
@@ -39,6 +40,7 @@ if [ "${1:-}" = "--test" ]; then
   [ -e /usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql ] || missing+=(pdns-backend-sqlite3)
   command -v sqlite3 >/dev/null || missing+=(sqlite3)
   command -v dnsperf >/dev/null || missing+=(dnsperf)
+  command -v promtool >/dev/null || missing+=(prometheus)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -448,4 +448,54 @@ mod tests {
         }
         assert!(text.ends_with("# EOF\n"), "OpenMetrics: {text}");
     }
+
+    #[test]
+    fn every_metric_the_alert_rules_name_is_exposed() {
+        // The rules operators load must not name a metric that does not exist (a typo there is
+        // an alert that never fires). Counters are exposed as `<family>_total`.
+        let rules = include_str!("../../../deploy/prometheus/rules.yml");
+        // A family appears once it has a sample: one node of each role, one event of each kind.
+        let metrics = Metrics::new();
+        let status: Status = serde_json::from_value(json!({
+            "epoch": 2, "primary": "10.0.2.1:6379", "primary_region": "us-east-2",
+            "findings": ["healthy"], "dns": [],
+            "nodes": [
+                { "region": "us-east-2", "node": "10.0.2.1:6379", "role": "primary",
+                  "follows": null, "link": null, "lag_bytes": null, "lag_ms": null,
+                  "offset": 100, "keys": 1, "error": null },
+                { "region": "us-east-1", "node": "10.0.1.1:6379", "role": "replica",
+                  "follows": "10.0.2.1:6379", "link": "up", "lag_bytes": 0, "lag_ms": 0,
+                  "offset": 100, "keys": 1, "error": null },
+            ],
+        }))
+        .expect("a status");
+        metrics.set_status(&status);
+        for (kind, event) in [
+            (EventKind::PromotionDone, json!({ "write_pause_ms": 42.0 })),
+            (
+                EventKind::FailoverStarted,
+                json!({ "kind": "cross_region" }),
+            ),
+            (EventKind::Fenced, json!({})),
+            (EventKind::DnsApplied, json!({ "changes": 1 })),
+        ] {
+            metrics.on_event(kind, &event);
+        }
+        metrics.webhook("failed");
+        let text = metrics.encode();
+        let mut names: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("valkey_dr_"))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 8, "{names:?}");
+        for name in names {
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "rules.yml names {name}, which /metrics does not expose:\n{text}"
+            );
+        }
+    }
 }

@@ -106,6 +106,16 @@ impl EtcdCluster {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) member `i`: a frozen member accepts connections and
+    /// answers nothing.
+    pub fn freeze(&self, i: usize, frozen: bool) {
+        if let Some(child) = &self.members[i].child {
+            let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: a signal to a process this cluster started.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     /// Starts member `i` again on its data.
     pub fn restart(&mut self, i: usize) -> Result<(), ClusterError> {
         self.kill(i);

@@ -153,6 +153,10 @@ impl Claim {
     }
 }
 
+/// How long an idempotent request waits for one member before the next is asked too: a member
+/// with a raft leader answers within a few round trips of the link between sites.
+const HEDGE_AFTER: Duration = Duration::from_millis(100);
+
 /// A value read with the revision of its last change (0: absent), for compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
@@ -249,6 +253,57 @@ impl Coordinator {
                 }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "request timed out".into(),
+            }
+        }
+        Err(CoordError::Unavailable(last))
+    }
+
+    /// [`Coordinator::call`] for requests that may safely run twice (lease renewals, reads):
+    /// when the member asked has not answered within [`HEDGE_AFTER`], the next one is asked too,
+    /// and the first answer wins. A member that has lost its raft leader (an election, a member
+    /// cut off) holds a request until the timeout; asked one after another, three members cost
+    /// three timeouts, which is longer than a region guard waits before it pauses its writer.
+    async fn call_idempotent<T, F, Fut>(&self, op: F) -> Result<T, CoordError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        use futures::StreamExt;
+        let members = self.clients.len();
+        let first = self.preferred.load(Ordering::Relaxed);
+        let ask = |step: usize| {
+            let i = (first + step) % members;
+            let request = tokio::time::timeout(self.timeout, op(self.clients[i].clone()));
+            async move { (i, request.await) }
+        };
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        in_flight.push(ask(0));
+        let mut asked = 1;
+        let mut last = String::new();
+        while !in_flight.is_empty() {
+            let hedge = asked < members;
+            tokio::select! {
+                Some((i, answer)) = in_flight.next() => match answer {
+                    Ok(Ok(value)) => {
+                        self.preferred.store(i, Ordering::Relaxed);
+                        return Ok(value);
+                    }
+                    failed => {
+                        last = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "request timed out".into(),
+                        };
+                        // A refusal moves on at once.
+                        if asked < members {
+                            in_flight.push(ask(asked));
+                            asked += 1;
+                        }
+                    }
+                },
+                () = tokio::time::sleep(HEDGE_AFTER), if hedge => {
+                    in_flight.push(ask(asked));
+                    asked += 1;
+                }
             }
         }
         Err(CoordError::Unavailable(last))
@@ -387,7 +442,7 @@ impl Coordinator {
 
     async fn keep_alive(&self, lease: i64) -> Result<(), CoordError> {
         let ttl = self
-            .call(|mut c| async move {
+            .call_idempotent(|mut c| async move {
                 // Opening the keep-alive stream sends one renewal and reads its answer.
                 match c.lease_keep_alive(lease).await {
                     Ok(_) => Ok(1),
@@ -512,7 +567,7 @@ impl Coordinator {
         key: String,
         options: Option<GetOptions>,
     ) -> Result<etcd_client::GetResponse, CoordError> {
-        self.call(|mut c| {
+        self.call_idempotent(|mut c| {
             let key = key.clone();
             let options = options.clone();
             async move { c.get(key, options).await }

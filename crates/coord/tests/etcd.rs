@@ -265,3 +265,36 @@ async fn the_raft_leadership_moves_to_the_coordinators_own_member() {
     let mut leadership = own.try_lead().await.unwrap().unwrap();
     own.renew_leadership(&mut leadership).await.unwrap();
 }
+
+/// A member that hangs (frozen here; on a network, one cut off or waiting for a new raft leader)
+/// holds a request until its timeout. Renewals and reads ask the next member after a short while
+/// instead of waiting that out, so that a site's presence stays renewed within its region
+/// guard's fence window while one member hangs (asked one after another, the members of a
+/// three-site etcd cost up to three timeouts).
+#[tokio::test(flavor = "multi_thread")]
+async fn renewals_and_reads_do_not_wait_out_a_hung_member() {
+    let cluster = cluster("hedged").await;
+    // A TTL of 30 s gives each member 5 s to answer.
+    let ttl = Duration::from_secs(30);
+    let site = Coordinator::connect(&cluster.endpoints(), "/valkey-dr/test", "us-east-1", ttl)
+        .await
+        .unwrap();
+    let mut presence = site.claim_site().await.unwrap();
+    // A follower hangs; freezing the raft leader would cost an election on top.
+    valkey_dr_coord::cluster::move_leader_to(&cluster.endpoints(), None, "etcd1")
+        .await
+        .unwrap();
+    cluster.freeze(0, true);
+
+    let asked = Instant::now();
+    let renewed = site.renew_presence(&mut presence).await;
+    let read = site.get("state").await;
+    let waited = asked.elapsed();
+    cluster.freeze(0, false);
+    renewed.unwrap();
+    read.unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "waited {waited:?}: the frozen member's whole timeout"
+    );
+}

@@ -13,6 +13,7 @@ mod harness;
 mod http;
 mod lab;
 mod page;
+mod prometheus;
 mod promotion;
 mod reconcile;
 mod rfc2136;

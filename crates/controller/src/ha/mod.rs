@@ -239,6 +239,7 @@ impl Controller {
         let mut claim: Option<Claim> = None;
         let mut unavailable_reported = false;
         loop {
+            let round = Instant::now();
             match claim.as_mut() {
                 Some(held) => match ha.coord.renew_leadership(held).await {
                     Ok(()) => {
@@ -310,7 +311,9 @@ impl Controller {
                     }
                 }
             }
-            tokio::time::sleep(ha.renew_every()).await;
+            // On a cadence, not after a pause: a renewal that waited out a member's timeout is
+            // followed by the next at once.
+            tokio::time::sleep_until((round + ha.renew_every()).into()).await;
         }
     }
 
@@ -429,7 +432,9 @@ impl Controller {
             {
                 published = Some(view);
             }
-            tokio::time::sleep(ha.renew_every()).await;
+            // On a cadence: after a slow renewal (an etcd election) the next goes at once, so
+            // that the region guard's pause ends as soon as etcd answers again.
+            tokio::time::sleep_until((sent + ha.renew_every()).into()).await;
         }
     }
 
