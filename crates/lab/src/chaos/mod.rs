@@ -36,6 +36,8 @@ const PAUSE_EXPIRED: Duration = Duration::from_secs(6);
 const REPLICATION_IN_FLIGHT: Duration = Duration::from_millis(100);
 /// The lab controllers' lease TTL.
 const LEASE_TTL_MS: u64 = 3000;
+/// The longest writer pause a site that no cut touched may take: what an etcd election costs.
+const UNTOUCHED_PAUSE_LIMIT_MS: u64 = 1000;
 
 /// What one run of a scenario showed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -87,9 +89,14 @@ pub struct ChaosReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced_after_ms: Option<u64>,
     /// Highly available shape, partitions: writer pauses (`self_fenced`) by sites that no cut
-    /// touched — a site in full contact has no reason to stop its writes.
+    /// touched that lasted longer than [`UNTOUCHED_PAUSE_LIMIT_MS`] — a site in full contact has
+    /// no reason to stop its writes, and an etcd election (which every site sits through when
+    /// the raft leader is cut off) must cost less.
     #[serde(default)]
     pub fenced_untouched: u64,
+    /// The longest such pause, however short.
+    #[serde(default)]
+    pub longest_untouched_pause_ms: u64,
     pub verdict: String,
     pub error: Option<String>,
 }
@@ -296,14 +303,15 @@ async fn run_on(
             .count() as u64;
         let cut_places = lab.cut_places.lock().expect("cut places lock").clone();
         if !cut_places.is_empty() {
-            report.fenced_untouched = events
+            let pauses = untouched_pauses(
+                &events,
+                |site| !cut_places.contains(&spec.vantage(site)),
+                valkey_dr_controller::clock::now_ms(),
+            );
+            report.longest_untouched_pause_ms = pauses.iter().copied().max().unwrap_or(0);
+            report.fenced_untouched = pauses
                 .iter()
-                .filter(|e| EventKind::of(e) == Some(EventKind::SelfFenced))
-                .filter(|e| {
-                    e["site"]
-                        .as_str()
-                        .is_some_and(|site| !cut_places.contains(&spec.vantage(site)))
-                })
+                .filter(|ms| **ms > UNTOUCHED_PAUSE_LIMIT_MS)
                 .count() as u64;
         }
         report.fenced_after_ms = events
@@ -315,6 +323,40 @@ async fn run_on(
     report.verdict = verdict(&report, scenario);
     Ok(report)
 }
+/// How long each writer pause by a site that `untouched` accepts lasted (ms): from its
+/// `self_fenced` to its next `self_fence_lifted`, or to `end_ms` when it was never lifted.
+fn untouched_pauses(
+    events: &[serde_json::Value],
+    untouched: impl Fn(&str) -> bool,
+    end_ms: u64,
+) -> Vec<u64> {
+    let mut open: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut pauses = Vec::new();
+    for event in events {
+        let (Some(site), Some(at)) = (
+            event["site"].as_str().filter(|s| untouched(s)),
+            event["ts"]
+                .as_str()
+                .and_then(valkey_dr_controller::clock::parse_rfc3339),
+        ) else {
+            continue;
+        };
+        match EventKind::of(event) {
+            Some(EventKind::SelfFenced) => {
+                open.entry(site.to_string()).or_insert(at);
+            }
+            Some(EventKind::SelfFenceLifted) => {
+                if let Some(from) = open.remove(site) {
+                    pauses.push(at.saturating_sub(from));
+                }
+            }
+            _ => {}
+        }
+    }
+    pauses.extend(open.values().map(|from| end_ms.saturating_sub(*from)));
+    pauses
+}
+
 fn read_pid(pidfile: &Path) -> Option<i32> {
     std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()
 }
@@ -340,4 +382,55 @@ fn node_engine(spec: &LabSpec) -> Result<ValkeyEngine, ChaosError> {
         timeouts(),
         spec.security().map_err(lab_error)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::untouched_pauses;
+    use serde_json::json;
+
+    #[test]
+    fn untouched_pauses_run_from_each_fence_to_its_lift() {
+        let at = |ms: u64| format!("2026-12-05T10:00:{:02}.{:03}Z", ms / 1000, ms % 1000);
+        let fenced = |site: &str, ms| json!({ "ts": at(ms), "event": "self_fenced", "site": site });
+        let lifted =
+            |site: &str, ms| json!({ "ts": at(ms), "event": "self_fence_lifted", "site": site });
+        let base = valkey_dr_controller::clock::parse_rfc3339(&at(0)).unwrap();
+        let end = base + 20_000;
+        // (case, events, expected pauses)
+        let cases = [
+            ("no pause", vec![], vec![]),
+            (
+                "one pause, lifted",
+                vec![fenced("us-east-1", 1_000), lifted("us-east-1", 1_600)],
+                vec![600],
+            ),
+            (
+                "a second fence while paused (another master of the region) is the same pause",
+                vec![
+                    fenced("us-east-1", 1_000),
+                    fenced("us-east-1", 1_100),
+                    lifted("us-east-1", 3_300),
+                ],
+                vec![2_300],
+            ),
+            (
+                "the cut site's own pauses do not count",
+                vec![fenced("witness", 1_000), lifted("witness", 9_000)],
+                vec![],
+            ),
+            (
+                "never lifted: until the end",
+                vec![fenced("us-east-2", 2_000)],
+                vec![18_000],
+            ),
+        ];
+        for (case, events, expected) in cases {
+            assert_eq!(
+                untouched_pauses(&events, |site| site != "witness", end),
+                expected,
+                "{case}"
+            );
+        }
+    }
 }

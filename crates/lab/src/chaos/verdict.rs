@@ -36,11 +36,12 @@ pub(super) fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
             r.two_writable_masters_ms
         ));
     }
-    // A site in full contact with etcd and the regions has no reason to pause its writer.
+    // A site in full contact with etcd and the regions has no reason to pause its writer; an
+    // etcd election (its raft leader cut off) may cost every site a short pause.
     if r.fenced_untouched > 0 {
         problems.push(format!(
-            "a site no cut touched paused its writer {} time(s)",
-            r.fenced_untouched
+            "a site no cut touched paused its writer over 1 s {} time(s) (longest {} ms)",
+            r.fenced_untouched, r.longest_untouched_pause_ms
         ));
     }
     if r.data_loss_suspected > 0 {
