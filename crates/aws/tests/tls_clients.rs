@@ -1,4 +1,4 @@
-//! How clients connect with TLS through the name (README "Connecting clients with TLS"): a real TLS
+//! How clients connect with TLS through the name (docs/aws.md, "Connecting clients with TLS"): a real TLS
 //! `valkey-server` whose certificate names only its endpoint — as ElastiCache's do — behind our DNS
 //! server's CNAME, reached by deploy/aws/connect-tls.py (Python's ssl module: chain and host name
 //! verified, as client libraries do).

@@ -72,7 +72,7 @@ pub struct Common {
     /// settings: all of them, or those listed (redis-py, valkey-py, glide-python, ioredis,
     /// iovalkey, node-redis, glide-node, phpredis, predis, redis-rs, valkey-cli). They resolve
     /// the name through the system resolver: on a lab in network namespaces with its DNS on port
-    /// 53 they run in the controller's place and resolve through its DNS server (see the README).
+    /// 53 they run in the controller's place and resolve through its DNS server (docs/clients.md).
     #[arg(long, value_delimiter = ',', num_args = 0..)]
     clients: Option<Vec<Library>>,
     /// Where the client writers and their installed libraries are (`make clients`).

@@ -266,7 +266,7 @@ async fn a_server_down_is_skipped_then_reported() {
     );
 }
 
-/// The README's example server configs are what BIND and Knot accept.
+/// The example server configs of docs/dns-providers.md are what BIND and Knot accept.
 #[test]
 fn the_example_server_configs_are_valid() {
     let dir =

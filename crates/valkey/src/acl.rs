@@ -74,11 +74,11 @@ mod tests {
         for (case, key, expected) in cases {
             assert_eq!(writable(key), expected, "{case}: {key}");
         }
-        // The README gives operators the same rules, word for word.
-        let readme = include_str!("../../../README.md");
+        // The security guide gives operators the same rules, word for word.
+        let guide = include_str!("../../../docs/security.md");
         assert!(
-            readme.contains(&application_rules().join(" ")),
-            "README.md must show the rules as application_rules() gives them"
+            guide.contains(&application_rules().join(" ")),
+            "docs/security.md must show the rules as application_rules() gives them"
         );
         for key in [crate::HEARTBEAT_KEY, crate::EPOCH_KEY] {
             assert!(key.starts_with(CONTROL_PREFIX) && !writable(key), "{key}");

@@ -122,7 +122,7 @@ fn table(report: &Value) -> String {
 /// silent: a hung writer (SIGSTOP) and a writer whose region is cut off look the same to them.
 /// redis-py 8 has a 5 s socket timeout, its fork valkey-py none; GLIDE gets off a cut-off node
 /// (its connection errors) but not off a hung one (its connection stays up). These versions are
-/// pinned; if one changes, the README's table must change too.
+/// pinned; if one changes, the table in docs/clients.md must change too.
 fn stuck_with_defaults(operation: &str, client: &str) -> bool {
     let silent_forever = [
         "valkey-py",
@@ -178,7 +178,7 @@ fn client_libraries_follow_the_name_through_switchover_failover_and_isolation() 
             if c["settings"] == "default" && stuck_with_defaults(operation, client) {
                 assert!(
                     !recovered,
-                    "{who} now gives up on a silent node: update the README"
+                    "{who} now gives up on a silent node: update docs/clients.md"
                 );
                 assert_eq!(c["stuck"], true, "{who}: still failing 30 s later");
             } else if c["settings"] == "default" && operation == "failover" && client == "phpredis"

@@ -7,6 +7,7 @@ mod chaos;
 mod clients;
 mod config;
 mod deps;
+mod docs;
 mod failover;
 mod ha;
 mod harness;

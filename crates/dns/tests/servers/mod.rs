@@ -46,7 +46,7 @@ fn free_port() -> u16 {
     }
 }
 
-/// The names the controller writes for a zone with `regions`, and only those: what the README's
+/// The names the controller writes for a zone with `regions`, and only those: what docs/dns-providers.md's
 /// update-policy grants, as (name, types).
 pub fn names(regions: &[&str]) -> Vec<(String, &'static str)> {
     let mut names = vec![
