@@ -450,10 +450,14 @@ mod tests {
     }
 
     #[test]
-    fn every_metric_the_alert_rules_name_is_exposed() {
-        // The rules operators load must not name a metric that does not exist (a typo there is
-        // an alert that never fires). Counters are exposed as `<family>_total`.
-        let rules = include_str!("../../../deploy/prometheus/rules.yml");
+    fn every_metric_the_alert_rules_and_the_dashboard_name_is_exposed() {
+        // The rules and the dashboard operators load must not name a metric that does not exist
+        // (a typo there is an alert that never fires, a panel that stays empty). Counters are
+        // exposed as `<family>_total`, histograms as `<family>_bucket|_sum|_count`.
+        let rules = concat!(
+            include_str!("../../../deploy/prometheus/rules.yml"),
+            include_str!("../../../deploy/grafana/valkey-dr.json")
+        );
         // A family appears once it has a sample: one node of each role, one event of each kind.
         let metrics = Metrics::new();
         let status: Status = serde_json::from_value(json!({
@@ -491,10 +495,13 @@ mod tests {
         names.dedup();
         assert!(names.len() >= 8, "{names:?}");
         for name in names {
-            let family = name.strip_suffix("_total").unwrap_or(name);
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
             assert!(
                 text.contains(&format!("# TYPE {family} ")),
-                "rules.yml names {name}, which /metrics does not expose:\n{text}"
+                "rules.yml or the dashboard names {name}, which /metrics does not expose:\n{text}"
             );
         }
     }

@@ -143,7 +143,10 @@ fn every_make_target_and_command_the_docs_name_exists() {
                 // `valkey-dr <command> [<subcommand>]`, also as target/release/valkey-dr.
                 // As a command line starts it (not BIND's key named valkey-dr in a policy).
                 let starts_command = i == 0
-                    || matches!(words[i - 1], "$" | "sudo" | "&&" | ";" | "|" | "exec" | "time");
+                    || matches!(
+                        words[i - 1],
+                        "$" | "sudo" | "&&" | ";" | "|" | "exec" | "time"
+                    );
                 if (*word == "valkey-dr" || word.ends_with("/valkey-dr"))
                     && starts_command
                     && let Some(command) = words.get(i + 1)
@@ -163,7 +166,11 @@ fn every_make_target_and_command_the_docs_name_exists() {
             }
         }
     }
-    assert!(missing.is_empty(), "no such make target:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "no such make target:\n{}",
+        missing.join("\n")
+    );
     assert!(commands.len() > 15, "{commands:?}");
     for command in commands {
         // The AWS commands exist in the build with the `aws` feature only.
@@ -188,5 +195,8 @@ fn every_make_target_and_command_the_docs_name_exists() {
 fn the_readme_is_a_front_door() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let lines = readme.lines().count();
-    assert!(lines <= 300, "README.md has {lines} lines: move detail to docs/");
+    assert!(
+        lines <= 300,
+        "README.md has {lines} lines: move detail to docs/"
+    );
 }
