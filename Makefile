@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.installed-$(MOTO_VERSION)-$(CFN_LINT_VERSION)-$(PROMETHEU
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config info_replication events dns_request
 
-.PHONY: all deps test-deps build demo test chaos fuzz bench lambda aws-demo lab-down clean clients
+.PHONY: all deps test-deps build demo test chaos fuzz bench lambda aws-demo lab-down clean clients deb
 
 all: build
 
@@ -21,6 +21,11 @@ deps:
 
 build:
 	$(CARGO) build --release --locked -p valkey-dr
+
+# The Debian package (target/debian/valkey-dr_<version>_<arch>.deb): binary, hardened service
+# unit, example config, man page, docs, alert rules and dashboard.
+deb: build
+	bash scripts/build-deb.sh $(BIN)
 
 demo: deps build
 	@VALKEY_DR=$(BIN) LAB_DIR=$(LAB_DIR) bash scripts/demo.sh

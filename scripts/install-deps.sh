@@ -9,7 +9,8 @@
 #   and iproute2 (its network namespace),
 #   nftables (the chaos nemesis's real packet cuts between the namespaced sites), and
 #   for the RFC 2136 tests and bench/dns BIND 9, Knot, PowerDNS (SQLite backend), sqlite3, dnsperf,
-#   and Prometheus (promtool checks and unit-tests the alert rules, Prometheus scrapes a lab).
+#   Prometheus (promtool checks and unit-tests the alert rules, Prometheus scrapes a lab), and
+#   systemd-analyze (the package test verifies the service unit).
 # Needs root or sudo for apt. Does nothing when everything is present.
 set -euo pipefail
 
@@ -41,6 +42,9 @@ if [ "${1:-}" = "--test" ]; then
   command -v sqlite3 >/dev/null || missing+=(sqlite3)
   command -v dnsperf >/dev/null || missing+=(dnsperf)
   command -v promtool >/dev/null || missing+=(prometheus)
+  # The package test checks the service unit with systemd-analyze.
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  command -v dpkg-deb >/dev/null || missing+=(dpkg)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -13,6 +13,7 @@ mod ha;
 mod harness;
 mod http;
 mod lab;
+mod package;
 mod page;
 mod prometheus;
 mod promotion;
