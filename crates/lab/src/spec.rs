@@ -295,10 +295,12 @@ impl LabSpec {
     /// so that several labs (tests, chaos runs) run side by side and beside the reference lab.
     pub fn on_free_block(dir: PathBuf, seed: u32) -> Option<LabSpec> {
         for attempt in 0..200u32 {
-            let block = 10 + ((seed.wrapping_add(attempt.wrapping_mul(7919))) % 240) as u8;
-            let probe = std::net::TcpListener::bind((Ipv4Addr::new(127, block, 1, 1), 0)).ok()?;
-            let port = probe.local_addr().ok()?.port();
-            drop(probe);
+            let mixed = seed.wrapping_add(attempt.wrapping_mul(7919));
+            let block = 10 + (mixed % 240) as u8;
+            // Below the kernel's ephemeral range (32768–60999 by default): a port the kernel
+            // hands to some client socket on 0.0.0.0 would block the lab's own bind again after a
+            // restart (a controller restarted in a test found its DNS port taken that way).
+            let port = 10_000 + (mixed.wrapping_mul(2_654_435_761) >> 8) as u16 % 22_000;
             let spec = LabSpec {
                 block,
                 port,
