@@ -302,8 +302,18 @@ impl<'a> Lab<'a> {
                     signal(pid, libc::SIGCONT);
                 }
             }
-            Fault::IsolateLeaderSite { for_ms } => {
+            Fault::IsolateLeaderSite { for_ms, leads_raft } => {
                 let leader = self.leader_site().await?;
+                if *leads_raft {
+                    let tls = self.spec.etcd_tls().map_err(lab_error)?;
+                    valkey_dr_coord::cluster::move_leader_to(
+                        &self.spec.etcd_member_endpoints(),
+                        tls.as_ref(),
+                        &leader,
+                    )
+                    .await
+                    .map_err(lab_error)?;
+                }
                 self.partition_for(self.spec.vantage(&leader), *for_ms)
                     .await?;
             }

@@ -34,8 +34,10 @@ pub enum Fault {
     /// Highly available shape: a switchover whose leader stops right after `step` — aborts
     /// (`stall_ms` 0, restarted 500 ms later) or is SIGSTOPped for `stall_ms`.
     LeaderFails { step: String, stall_ms: u64 },
-    /// Highly available shape: the leader's site (controller and etcd member) cut off for `for_ms`.
-    IsolateLeaderSite { for_ms: u64 },
+    /// Highly available shape: the leader's site (controller and etcd member) cut off for `for_ms`;
+    /// with `leads_raft`, its etcd member is made raft leader first, so that the cut also costs
+    /// an etcd election every other site sits through.
+    IsolateLeaderSite { for_ms: u64, leads_raft: bool },
     /// Highly available shape: etcd's raft leader member SIGKILLed and restarted on its data
     /// `down_ms` later — a plain etcd leader election, which must cost the writer no more than a
     /// brief pause and move nothing.
@@ -120,13 +122,19 @@ impl Fault {
         }
     }
 
-    /// True for the faults only packet filters can make (`chaos --netns`).
+    /// True for the faults only packet filters can make (`chaos --netns`). A cut-off raft
+    /// leader too: the loopback lab's stand-in, a frozen member, makes etcd 3.4 revoke every
+    /// lease when it resumes, which no partition does.
     pub fn needs_real_network(&self) -> bool {
         matches!(
             self,
             Fault::WriterRegionUnheard { .. }
                 | Fault::WriterSiteEtcdPeersCut { .. }
                 | Fault::WriterRegionLossy { .. }
+                | Fault::IsolateLeaderSite {
+                    leads_raft: true,
+                    ..
+                }
         )
     }
 }
@@ -243,7 +251,21 @@ pub fn scenarios() -> Vec<Scenario> {
             max_failovers: Some(0),
             ..s(
                 "leader site isolated 8 s",
-                Fault::IsolateLeaderSite { for_ms: 8000 },
+                Fault::IsolateLeaderSite {
+                    for_ms: 8000,
+                    leads_raft: false,
+                },
+                14,
+            )
+        }),
+        ha(Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "leader site isolated 8 s, its etcd member the raft leader",
+                Fault::IsolateLeaderSite {
+                    for_ms: 8000,
+                    leads_raft: true,
+                },
                 14,
             )
         }),
