@@ -32,8 +32,9 @@ use verdict::verdict;
 /// + 4 s) expires 5 s after the fence.
 const CATCHUP_TIMEOUT_MS: u64 = 1000;
 const PAUSE_EXPIRED: Duration = Duration::from_secs(6);
-/// Longer than a write takes to cross the region link (7 ms each way in the lab).
-const REPLICATION_IN_FLIGHT: Duration = Duration::from_millis(100);
+/// How long a cut waits for every node outside the writer's region to hold what the writer
+/// had acknowledged before it goes ahead anyway (a node that is down or resyncing never will).
+const REPLICATED_WITHIN: Duration = Duration::from_secs(2);
 /// The lab controllers' lease TTL.
 const LEASE_TTL_MS: u64 = 3000;
 /// The longest writer pause a site that no cut touched may take: what an etcd election costs.

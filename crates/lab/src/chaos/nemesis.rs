@@ -12,7 +12,7 @@ use valkey_dr_core::{Endpoint, Engine};
 use valkey_dr_valkey::ValkeyEngine;
 
 use super::{
-    CATCHUP_TIMEOUT_MS, ChaosError, Fault, REPLICATION_IN_FLIGHT, endpoint, lab_error, node_engine,
+    CATCHUP_TIMEOUT_MS, ChaosError, Fault, REPLICATED_WITHIN, endpoint, lab_error, node_engine,
     read_pid, signal, timeouts,
 };
 use crate::LabSpec;
@@ -60,6 +60,38 @@ impl<'a> Lab<'a> {
 
     /// Excuses the writes each writer had acknowledged between `from` (its [`Lab::marks`]) and
     /// now, plus the one in flight at either end.
+    /// The writers' marks, once every node outside the writer's region holds what the writer had
+    /// then (its replication offset read right after the marks): the writes acknowledged before
+    /// them are replicated, so a cut may lose only later ones — measured, not assumed from a
+    /// sleep (a loaded machine delayed the link by more than the 100 ms once slept here, and
+    /// older acknowledged writes were lost). Waits at most [`REPLICATED_WITHIN`].
+    pub(super) async fn replicated_marks(&self, writer: (usize, usize)) -> Vec<u64> {
+        let from = self.marks();
+        let node = |(r, i): (usize, usize)| endpoint(self.spec.node_addr(r, i));
+        let Ok(held) = self.engine.replication(&node(writer)).await else {
+            return from;
+        };
+        let outside: Vec<_> = self
+            .spec
+            .nodes()
+            .filter(|(r, _)| *r != writer.0)
+            .map(node)
+            .collect();
+        let until = std::time::Instant::now() + REPLICATED_WITHIN;
+        while std::time::Instant::now() < until {
+            let caught_up =
+                futures::future::join_all(outside.iter().map(|n| self.engine.replication(n)))
+                    .await
+                    .iter()
+                    .all(|info| info.as_ref().is_ok_and(|i| i.offset >= held.offset));
+            if caught_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        from
+    }
+
     pub(super) fn excuse_since(&self, from: &[u64]) {
         let now = self.marks();
         let mut excused = self.excused.lock().expect("excused lock");
@@ -270,8 +302,7 @@ impl<'a> Lab<'a> {
             Fault::IsolateWriterRegion { for_ms } => {
                 // Only the writes whose replication was in flight when the cut took hold are
                 // excused here; the inside writer's after it are the verdict's (its fence).
-                let from = self.marks();
-                tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
+                let from = self.replicated_marks(writer).await;
                 let region = self.spec.regions[writer.0].clone();
                 self.cut_for_excusing([Cut::Isolate(region)].into(), *for_ms, Some(&from))
                     .await?;
@@ -426,8 +457,7 @@ impl<'a> Lab<'a> {
                         .map_err(lab_error)?;
                     tokio::time::sleep(gap).await;
                 }
-                let from = self.marks();
-                tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
+                let from = self.replicated_marks(writer).await;
                 *self.faulted_at.lock().expect("fault time lock") =
                     Some(valkey_dr_controller::clock::now_ms());
                 self.cut(&[Cut::Isolate(region.clone())].into()).await?;
@@ -541,8 +571,8 @@ impl<'a> Lab<'a> {
 
     /// [`Lab::cut_for`], excusing as [`Lab::cut_excused`] does.
     async fn cut_excused_all(&self, cuts: BTreeSet<Cut>, ms: u64) -> Result<(), ChaosError> {
-        let from = self.marks();
-        tokio::time::sleep(REPLICATION_IN_FLIGHT).await;
+        let (writer, _) = self.writer().await?;
+        let from = self.replicated_marks(writer).await;
         self.cut_for(cuts, ms).await?;
         self.excuse_since(&from);
         Ok(())
