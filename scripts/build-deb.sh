@@ -33,7 +33,8 @@ install -d "$man"
   echo '.SH DESCRIPTION'
   echo '.nf'
   "$binary" --help | sed 's/\\/\\\\/g; s/^\./\\\&./'
-  for command in run check-config status promote failover ack adopt reconcile events; do
+  # Every command the binary lists (its --help "Commands:" section), so the page never lags it.
+  for command in $("$binary" --help | awk '/^Commands:/ {on = 1; next} /^$/ {on = 0} on && $1 != "help" {print $1}'); do
     echo
     echo "valkey-dr $command"
     "$binary" "$command" --help | sed 's/\\/\\\\/g; s/^\./\\\&./'

@@ -1,5 +1,9 @@
 //! etcd's storage as an operator must watch it: database size, quota, alarms.
 
+use etcd_client::{AlarmAction, AlarmType};
+
+use crate::{CoordError, Coordinator};
+
 /// etcd's storage: its database size, its quota when it reports one (etcd 3.6 and later), and
 /// the cluster's active alarms (`NOSPACE`: past its quota, etcd refuses every write).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,12 +42,37 @@ impl Storage {
     }
 }
 
+impl Coordinator {
+    /// etcd's storage as the member that answers reports it, with the cluster's active alarms.
+    pub async fn storage(&self) -> Result<Storage, CoordError> {
+        let status = self.call(|mut c| async move { c.status().await }).await?;
+        let alarms = self
+            .call(|mut c| async move { c.alarm(AlarmAction::Get, AlarmType::None, None).await })
+            .await?;
+        Ok(Storage {
+            db_bytes: status.db_size().max(0) as u64,
+            quota_bytes: u64::try_from(status.db_size_quota())
+                .ok()
+                .filter(|q| *q > 0),
+            alarms: alarms
+                .alarms()
+                .iter()
+                .filter_map(|a| match a.alarm() {
+                    AlarmType::Nospace => Some("NOSPACE".to_string()),
+                    AlarmType::Corrupt => Some("CORRUPT".to_string()),
+                    AlarmType::None => None,
+                })
+                .collect(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Storage;
 
     #[test]
-    fn storage_warns_on_an_alarm_and_near_the_quota() {
+    pub(crate) fn storage_warns_on_an_alarm_and_near_the_quota() {
         const MIB: u64 = 1 << 20;
         let at = |db_mib: u64, quota_mib: Option<u64>, alarms: &[&str]| Storage {
             db_bytes: db_mib * MIB,

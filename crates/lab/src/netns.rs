@@ -182,7 +182,7 @@ pub fn create(spec: &LabSpec) -> Result<(), NetnsError> {
 
 /// The DNS server an application in `place` asks: its own site's in the highly available
 /// shape, else the controller's.
-pub fn place_dns(spec: &LabSpec, place: u8) -> std::net::SocketAddr {
+fn place_dns(spec: &LabSpec, place: u8) -> std::net::SocketAddr {
     spec.sites
         .iter()
         .find(|site| spec.place(site) == place)

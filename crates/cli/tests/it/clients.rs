@@ -58,11 +58,15 @@ impl NetnsLab {
     }
 
     /// `valkey-dr <args> --dir <lab>` as root.
-    fn run(&self, args: &[&str]) -> (bool, String) {
+    fn output(&self, args: &[&str]) -> std::process::Output {
         let mut full = vec![BIN];
         full.extend_from_slice(args);
         full.extend_from_slice(&["--dir", self.dir.to_str().unwrap()]);
-        outcome(as_root(self.sudo, &full).output().unwrap())
+        as_root(self.sudo, &full).output().unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        outcome(self.output(args))
     }
 
     /// One drill with every client library; its JSON report.
@@ -77,10 +81,7 @@ impl NetnsLab {
             "--output",
             "json",
         ]);
-        let mut command = vec![BIN];
-        command.extend_from_slice(&full);
-        command.extend_from_slice(&["--dir", self.dir.to_str().unwrap()]);
-        let out = as_root(self.sudo, &command).output().unwrap();
+        let out = self.output(&full);
         let json = String::from_utf8_lossy(&out.stdout).into_owned();
         let (ok, text) = outcome(out);
         assert!(ok, "drill {args:?}: {text}");

@@ -125,6 +125,16 @@ async fn wait_for(
     panic!("{path}: not as expected within {limit:?}; last answer {last:#}");
 }
 
+/// The `ValkeyDrNodeDown` alerts of an `/api/v1/alerts` answer, pending or firing.
+fn node_down_alerts(answer: &serde_json::Value) -> Vec<&serde_json::Value> {
+    answer["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["labels"]["alertname"] == "ValkeyDrNodeDown")
+        .collect()
+}
+
 /// Debian's Prometheus 2.42 scrapes the three sites of a highly available lab with the rules
 /// operators load: every site is up, exactly one leads, and when a node is killed the
 /// node-down alert fires for that node after its `for:` (and only then).
@@ -170,52 +180,33 @@ async fn a_real_prometheus_scrapes_every_site_and_fires_when_a_node_dies() {
     let limit = std::time::Duration::from_secs(60);
 
     // Every site scraped, and exactly one of them leads.
-    wait_for(
-        &prometheus,
-        "/api/v1/query?query=sum(up%7Bjob%3D%22valkey-dr%22%7D)",
-        |v| v["data"]["result"][0]["value"][1] == "3",
-        limit,
-    )
-    .await;
-    wait_for(
-        &prometheus,
-        "/api/v1/query?query=sum(valkey_dr_leader)",
-        |v| v["data"]["result"][0]["value"][1] == "1",
-        limit,
-    )
-    .await;
+    for (query, expected) in [
+        ("sum(up%7Bjob%3D%22valkey-dr%22%7D)", "3"),
+        ("sum(valkey_dr_leader)", "1"),
+    ] {
+        wait_for(
+            &prometheus,
+            &format!("/api/v1/query?query={query}"),
+            |v| v["data"]["result"][0]["value"][1] == expected,
+            limit,
+        )
+        .await;
+    }
 
     // A replica in the other region dies: no failover, the node-down alert after 30 s.
     let killed = lab.node(1, 1);
     lab.kill_node(1, 1).await;
-    let firing = |v: &serde_json::Value| {
-        v["data"]["alerts"].as_array().is_some_and(|alerts| {
-            alerts
-                .iter()
-                .any(|a| a["labels"]["alertname"] == "ValkeyDrNodeDown" && a["state"] == "firing")
-        })
-    };
+    let firing = |v: &serde_json::Value| node_down_alerts(v).iter().any(|a| a["state"] == "firing");
     let pending = wait_for(
         &prometheus,
         "/api/v1/alerts",
-        |v| {
-            v["data"]["alerts"].as_array().is_some_and(|alerts| {
-                alerts
-                    .iter()
-                    .any(|a| a["labels"]["alertname"] == "ValkeyDrNodeDown")
-            })
-        },
+        |v| !node_down_alerts(v).is_empty(),
         limit,
     )
     .await;
     assert!(!firing(&pending), "fired before its for: {pending:#}");
     let alerts = wait_for(&prometheus, "/api/v1/alerts", firing, limit).await;
-    let down: Vec<&serde_json::Value> = alerts["data"]["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["labels"]["alertname"] == "ValkeyDrNodeDown")
-        .collect();
+    let down = node_down_alerts(&alerts);
     assert_eq!(down.len(), 1, "{alerts:#}");
     assert_eq!(down[0]["labels"]["node"], killed.as_str(), "{alerts:#}");
     assert_eq!(down[0]["labels"]["region"], lab.spec.regions[1].as_str());
