@@ -3,14 +3,14 @@
 # (default target/release/valkey-dr): the binary, the hardened service unit, the example config
 # as /etc/valkey-dr/valkey-dr.toml (a conffile), the docs and the alert rules, dashboard and
 # scrape config. dpkg-deb only: no packaging tool to install.
-#   scripts/build-deb.sh [BINARY]
+#   scripts/build-deb.sh [BINARY [OUT_DIR]]   (OUT_DIR: default target/debian)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 binary=${1:-target/release/valkey-dr}
 [ -x "$binary" ] || { echo "build-deb: no binary at $binary (make build)" >&2; exit 1; }
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
-stage=target/debian/valkey-dr_${version}_${arch}
+stage=${2:-target/debian}/valkey-dr_${version}_${arch}
 rm -rf "$stage"
 install -D -m 0755 "$binary" "$stage/usr/bin/valkey-dr"
 strip --strip-debug "$stage/usr/bin/valkey-dr" 2>/dev/null || true

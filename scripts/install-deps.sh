@@ -6,7 +6,7 @@
 #   with --test also python3 + venv (for the pinned moto server the AWS tests run against),
 #   openssl (the TLS client test makes its own certificates), chromium (the status page test),
 #   for the client-library drill nodejs + npm (ioredis, iovalkey), php-cli + php-redis + php-predis
-#   and iproute2 (its network namespace),
+#   and iproute2 (its network namespace; the three-host guide test's namespaces),
 #   nftables (the chaos nemesis's real packet cuts between the namespaced sites), and
 #   for the RFC 2136 tests and bench/dns BIND 9, Knot, PowerDNS (SQLite backend), sqlite3, dnsperf,
 #   Prometheus (promtool checks and unit-tests the alert rules, Prometheus scrapes a lab), and

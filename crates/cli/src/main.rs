@@ -141,6 +141,27 @@ enum Command {
     },
 }
 
+/// Writes to stdout. A reader that went away (`valkey-dr status | head`) ends the command
+/// quietly, as it ends any Unix tool, instead of a panic in `println!`.
+fn emit(text: std::fmt::Arguments) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => { emit(format_args!($($arg)*)) };
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => { emit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 fn main() -> std::process::ExitCode {
     match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -173,7 +194,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Run { config } => run(&load_config(&config)?).await,
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
-            print!("{}", config.to_toml());
+            out!("{}", config.to_toml());
             Ok(())
         }
         Command::Status { config, output } => {
@@ -181,8 +202,8 @@ async fn dispatch(command: Command) -> Result<()> {
             let status =
                 control::request(&config.control_socket(), &Request::Status, |_| {}).await?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                Output::Table => print!(
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&status)?),
+                Output::Table => out!(
                     "{}",
                     render::status(&config, &serde_json::from_value(status)?)
                 ),
@@ -206,7 +227,7 @@ async fn dispatch(command: Command) -> Result<()> {
             let config = load_config(&config)?;
             let request = Request::Failover { region, force };
             let result = control::request(&config.control_socket(), &request, |_| {}).await?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            outln!("{}", serde_json::to_string_pretty(&result)?);
             Ok(())
         }
         Command::Adopt { region, config } => {
@@ -214,16 +235,16 @@ async fn dispatch(command: Command) -> Result<()> {
             let result =
                 control::request(&config.control_socket(), &Request::Adopt { region }, |_| {})
                     .await?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            outln!("{}", serde_json::to_string_pretty(&result)?);
             Ok(())
         }
         Command::Ack { config } => {
             let config = load_config(&config)?;
             let result = control::request(&config.control_socket(), &Request::Ack, |_| {}).await?;
             if result["was_blocked"] == true {
-                println!("automatic failovers are allowed again");
+                outln!("automatic failovers are allowed again");
             } else {
-                println!("automatic failovers were not blocked");
+                outln!("automatic failovers were not blocked");
             }
             Ok(())
         }
@@ -231,7 +252,7 @@ async fn dispatch(command: Command) -> Result<()> {
             let config = load_config(&config)?;
             let result =
                 control::request(&config.control_socket(), &Request::Reconcile, |_| {}).await?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            outln!("{}", serde_json::to_string_pretty(&result)?);
             Ok(())
         }
         Command::Events { config, follow } => {
@@ -328,13 +349,13 @@ pub async fn promote(
         if output == Output::Table
             && let Some(line) = render::promotion_event(event)
         {
-            println!("{line}");
+            outln!("{line}");
         }
     })
     .await?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
-        Output::Table => println!("{}", render::promotion_result(&result)),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&result)?),
+        Output::Table => outln!("{}", render::promotion_result(&result)),
     }
     Ok(())
 }
@@ -355,6 +376,6 @@ async fn events(path: &Path, follow: bool) -> Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         }
-        print!("{line}");
+        out!("{line}");
     }
 }

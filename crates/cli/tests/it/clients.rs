@@ -6,31 +6,10 @@
 //! clients come from `make clients`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::{BIN, outcome};
-
-fn needs_sudo() -> bool {
-    let uid = Command::new("id").arg("-u").output().expect("id runs");
-    String::from_utf8_lossy(&uid.stdout).trim() != "0"
-}
-
-/// `args` run as root: directly, or through `sudo -n`.
-fn as_root(sudo: bool, args: &[&str]) -> Command {
-    let (program, rest) = if sudo {
-        ("sudo", args)
-    } else {
-        (args[0], &args[1..])
-    };
-    let mut command = Command::new(program);
-    if sudo {
-        command.arg("-n");
-    }
-    command.args(rest);
-    command
-}
+use crate::harness::{BIN, as_root, needs_sudo, outcome};
 
 /// A lab in network namespaces, stopped (namespaces and all) when the test ends, however it
 /// ends. Needs root, or sudo without a password (as `make test`'s installs do).

@@ -282,3 +282,24 @@ pub fn outcome(out: std::process::Output) -> (bool, String) {
         ),
     )
 }
+
+/// Whether this test runs as someone else than root (and needs `sudo -n` for namespaces).
+pub fn needs_sudo() -> bool {
+    let uid = Command::new("id").arg("-u").output().expect("id runs");
+    String::from_utf8_lossy(&uid.stdout).trim() != "0"
+}
+
+/// `args` run as root: directly, or through `sudo -n`.
+pub fn as_root(sudo: bool, args: &[&str]) -> Command {
+    let (program, rest) = if sudo {
+        ("sudo", args)
+    } else {
+        (args[0], &args[1..])
+    };
+    let mut command = Command::new(program);
+    if sudo {
+        command.arg("-n");
+    }
+    command.args(rest);
+    command
+}

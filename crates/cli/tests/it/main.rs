@@ -21,3 +21,4 @@ mod reconcile;
 mod rfc2136;
 mod safety;
 mod security;
+mod three_hosts;
