@@ -85,18 +85,30 @@ impl Controller {
         source: NodeId,
         close_clients: bool,
     ) -> Demotion {
+        let mut demotion = self.demote_in_memory(node, source, close_clients).await;
+        if demotion.demoted {
+            let endpoint = &self.topology.node(node).control_endpoint;
+            demotion.role_persisted = self.engine.persist_role(endpoint).await.is_ok();
+        }
+        demotion
+    }
+
+    /// [`Controller::demote`] without rewriting the node's config file (`role_persisted` false):
+    /// for the switchover, which persists it after its write pause.
+    pub(crate) async fn demote_in_memory(
+        &self,
+        node: NodeId,
+        source: NodeId,
+        close_clients: bool,
+    ) -> Demotion {
         let endpoint = &self.topology.node(node).control_endpoint;
         let follow = self.topology.replication_endpoint(source, node);
         let demoted = self.engine.replicate_from(endpoint, &follow).await;
-        let persisted = match demoted {
-            Ok(()) => self.engine.persist_role(endpoint).await.is_ok(),
-            Err(_) => {
-                let hold = Duration::from_millis(self.config.controller.catchup_timeout_ms)
-                    + Duration::from_secs(10);
-                let _ = self.engine.pause_writes(endpoint, hold).await;
-                false
-            }
-        };
+        if demoted.is_err() {
+            let hold = Duration::from_millis(self.config.controller.catchup_timeout_ms)
+                + Duration::from_secs(10);
+            let _ = self.engine.pause_writes(endpoint, hold).await;
+        }
         // A node left fenced loses its clients in any case: they must not wait on it.
         let closed = if close_clients || demoted.is_err() {
             self.engine.kill_clients(endpoint).await.ok()
@@ -107,7 +119,7 @@ impl Controller {
             node: self.topology.node_name(node),
             now_follows: follow.to_string(),
             demoted: demoted.is_ok(),
-            role_persisted: persisted,
+            role_persisted: false,
             clients_closed: closed,
             error: demoted.err().map(|e| e.to_string()),
         }

@@ -83,6 +83,17 @@ pub trait Engine: Send + Sync {
     ) -> Result<(), EngineError>;
     /// Blocks writes (not reads, not replication) for at most `duration`; expires by itself.
     async fn pause_writes(&self, node: &Endpoint, duration: Duration) -> Result<(), EngineError>;
+    /// [`Engine::pause_writes`], then the node's replication state as of the pause: the offset
+    /// that every write it acknowledged is at (a switchover's fence). One round trip where the
+    /// engine can pipeline the two.
+    async fn pause_writes_and_read(
+        &self,
+        node: &Endpoint,
+        duration: Duration,
+    ) -> Result<ReplicationInfo, EngineError> {
+        self.pause_writes(node, duration).await?;
+        self.replication(node).await
+    }
     async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError>;
     /// The engine's own coordinated failover to `target` (a direct replica of `node`).
     async fn failover_to(&self, node: &Endpoint, target: &Endpoint) -> Result<(), EngineError>;

@@ -428,6 +428,29 @@ impl Engine for ValkeyEngine {
         .await
     }
 
+    /// `CLIENT PAUSE … WRITE`, `INFO replication` and `ROLE` pipelined: Valkey runs them in
+    /// order, so the offset read is the one every write acknowledged before the pause is at.
+    async fn pause_writes_and_read(
+        &self,
+        node: &Endpoint,
+        duration: Duration,
+    ) -> Result<ReplicationInfo, EngineError> {
+        let ms = duration.as_millis().max(1) as u64;
+        let pipeline = redis::pipe()
+            .cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("WRITE")
+            .ignore()
+            .cmd("INFO")
+            .arg("replication")
+            .cmd("ROLE")
+            .clone();
+        let (text, role): (String, Vec<redis::Value>) =
+            self.run_pipeline(node, "CLIENT PAUSE", &pipeline).await?;
+        checked_replication(node, &text, &role)
+    }
+
     async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError> {
         self.run::<()>(node, "CLIENT UNPAUSE", redis::cmd("CLIENT").arg("UNPAUSE"))
             .await

@@ -111,6 +111,18 @@ impl Engine for LeaderOnly {
         self.within_lease(node, "pause", self.inner.pause_writes(node, duration))
             .await
     }
+    async fn pause_writes_and_read(
+        &self,
+        node: &Endpoint,
+        duration: Duration,
+    ) -> Result<ReplicationInfo, EngineError> {
+        self.within_lease(
+            node,
+            "pause",
+            self.inner.pause_writes_and_read(node, duration),
+        )
+        .await
+    }
     async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError> {
         self.within_lease(node, "unpause", self.inner.unpause(node))
             .await

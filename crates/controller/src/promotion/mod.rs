@@ -362,20 +362,24 @@ impl Controller {
         match method {
             PromoteMethod::Safe => {
                 // Fence. The pause outlives the whole switchover but expires by itself if we die.
+                // One round trip: the pause and the offset it froze.
                 m.enter(Step::Fence);
-                if let Err(e) = self.engine.pause_writes(endpoint(old), pause).await {
-                    return Err(self
-                        .abort(old, PromoteError::Preflight(e.to_string()))
-                        .await);
-                }
-                m.finish(format!("writes paused on {}", name(old)));
-
-                m.enter(Step::WaitCatchUp);
-                old_info = match self.engine.replication(endpoint(old)).await {
+                old_info = match self
+                    .engine
+                    .pause_writes_and_read(endpoint(old), pause)
+                    .await
+                {
                     Ok(info) => info,
-                    Err(e) => return Err(self.abort(old, PromoteError::Aborted(e)).await),
+                    Err(e) => {
+                        return Err(self
+                            .abort(old, PromoteError::Preflight(e.to_string()))
+                            .await);
+                    }
                 };
                 needed = old_info.offset;
+                m.finish(format!("writes paused on {} at offset {needed}", name(old)));
+
+                m.enter(Step::WaitCatchUp);
                 let deadline = Instant::now() + catchup;
                 let mut reached = 0;
                 loop {
@@ -464,7 +468,9 @@ impl Controller {
         };
         let demotion = match method {
             PromoteMethod::Safe => {
-                let mut demotion = self.demote(old, target, false).await;
+                // Its config file is rewritten after the release, outside the pause: no file
+                // names a master, so a restart before that brings it back a replica anyway.
+                let mut demotion = self.demote_in_memory(old, target, false).await;
                 if !demotion.demoted {
                     if !self.follows(old, target).await {
                         let reason = demotion.error.clone().unwrap_or_default();
@@ -566,8 +572,12 @@ impl Controller {
             .await;
         let write_pause_ms = round(pause_started.elapsed().as_secs_f64() * 1000.0);
         self.settle_release(old, &killed).await;
+        let persisted = match (method, demoted) {
+            (PromoteMethod::Safe, true) => self.engine.persist_role(endpoint(old)).await.is_ok(),
+            _ => false,
+        };
         m.finish(format!(
-            "closed {} client connection(s) on {}, {}",
+            "closed {} client connection(s) on {}, {}{}",
             killed
                 .as_ref()
                 .map(|n| n.to_string())
@@ -579,6 +589,11 @@ impl Controller {
                     "unpause failed (the pause expires by itself)",
                 (PromoteMethod::Safe, false, _) => "kept paused: not demoted",
                 _ => "no pause to lift",
+            },
+            if persisted {
+                ", its role persisted"
+            } else {
+                ""
             }
         ));
 

@@ -151,6 +151,20 @@ pub async fn battery(engine: &dyn Engine, nodes: &BatteryNodes) {
         .await
         .expect("an unpaused master takes writes");
 
+    // The switchover's fence: paused, and the offset read with the pause is final.
+    let frozen = engine
+        .pause_writes_and_read(a, Duration::from_secs(5))
+        .await
+        .expect("pause and read");
+    assert!(frozen.is_primary(), "read as of the pause: {frozen:?}");
+    assert!(
+        engine.write_heartbeat(a, 6_500, &mark(1, a)).await.is_err(),
+        "a paused master takes no write"
+    );
+    let still = engine.replication(a).await.expect("a answers while paused");
+    assert_eq!(still.offset, frozen.offset, "nothing moved past the pause");
+    engine.unpause(a).await.expect("unpause");
+
     // Promotion: the replica becomes a master that continues its master's history.
     engine.promote(b).await.expect("REPLICAOF NO ONE");
     let promoted = engine.replication(b).await.expect("b answers");
