@@ -133,8 +133,7 @@ async fn a_switchover_demotes_the_old_primary_while_paused_and_unpauses_only_a_r
     let new = endpoint(REMOTE_HEAD);
     // Pause → demote the old primary, still paused → promote the target (the old primary
     // already follows it: never two masters) → its clients closed → unpaused, now a replica →
-    // its role written to its file, outside the pause (no file names a master, so a restart
-    // before that brings it back a replica all the same).
+    // its role written to its file, outside the pause.
     assert!(at(format!("PAUSE {old}")) < at(format!("REPLICAOF {old}")));
     assert!(at(format!("REPLICAOF {old}")) < at(format!("PROMOTE {new}")));
     assert!(at(format!("PROMOTE {new}")) < at(format!("KILL-CLIENTS {old}")));

@@ -468,8 +468,11 @@ impl Controller {
         };
         let demotion = match method {
             PromoteMethod::Safe => {
-                // Its config file is rewritten after the release, outside the pause: no file
-                // names a master, so a restart before that brings it back a replica anyway.
+                // Its config file is rewritten after the release, outside the pause. A restart
+                // before that brings back the role its file names — a replica when the file follows
+                // the rule that no file names a master; otherwise a master the next pass finds
+                // outside the epoch and demotes (the window existed between REPLICAOF and REWRITE
+                // before; it is longer now by the promotion, the commit and the release).
                 let mut demotion = self.demote_in_memory(old, target, false).await;
                 if !demotion.demoted {
                     if !self.follows(old, target).await {
