@@ -296,19 +296,38 @@ impl ValkeyEngine {
     }
 }
 
+/// `CLIENT PAUSE <ms> WRITE`: writes blocked (not reads, not replication) for `duration`.
+fn pause_writes_command(duration: Duration) -> redis::Cmd {
+    let ms = duration.as_millis().max(1) as u64;
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .clone()
+}
+
+impl ValkeyEngine {
+    /// `before`'s commands (their replies ignored), then INFO replication cross-checked with
+    /// ROLE, all in one round trip.
+    async fn read_replication(
+        &self,
+        node: &Endpoint,
+        operation: &'static str,
+        mut before: redis::Pipeline,
+    ) -> Result<ReplicationInfo, EngineError> {
+        let pipeline = before.cmd("INFO").arg("replication").cmd("ROLE").clone();
+        let (text, role): (String, Vec<redis::Value>) =
+            self.run_pipeline(node, operation, &pipeline).await?;
+        checked_replication(node, &text, &role)
+    }
+}
+
 #[async_trait::async_trait]
 impl Engine for ValkeyEngine {
     /// Reads a node's replication state: INFO replication cross-checked with ROLE, one round trip.
     async fn replication(&self, node: &Endpoint) -> Result<ReplicationInfo, EngineError> {
-        let pipeline = redis::pipe()
-            .cmd("INFO")
-            .arg("replication")
-            .cmd("ROLE")
-            .clone();
-        let (text, role): (String, Vec<redis::Value>) = self
-            .run_pipeline(node, "INFO replication", &pipeline)
-            .await?;
-        checked_replication(node, &text, &role)
+        self.read_replication(node, "INFO replication", redis::pipe())
+            .await
     }
 
     /// Replication state, key count, heartbeat and epoch mark, in one round trip. Each reply is
@@ -419,13 +438,8 @@ impl Engine for ValkeyEngine {
     /// `CLIENT PAUSE <ms> WRITE`: write commands block, reads and replication go on. The pause
     /// expires by itself, so a controller that dies mid-switchover cannot leave writes blocked.
     async fn pause_writes(&self, node: &Endpoint, duration: Duration) -> Result<(), EngineError> {
-        let ms = duration.as_millis().max(1) as u64;
-        self.run::<()>(
-            node,
-            "CLIENT PAUSE",
-            redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("WRITE"),
-        )
-        .await
+        self.run::<()>(node, "CLIENT PAUSE", &pause_writes_command(duration))
+            .await
     }
 
     /// `CLIENT PAUSE … WRITE`, `INFO replication` and `ROLE` pipelined: Valkey runs them in
@@ -435,20 +449,9 @@ impl Engine for ValkeyEngine {
         node: &Endpoint,
         duration: Duration,
     ) -> Result<ReplicationInfo, EngineError> {
-        let ms = duration.as_millis().max(1) as u64;
-        let pipeline = redis::pipe()
-            .cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(ms)
-            .arg("WRITE")
-            .ignore()
-            .cmd("INFO")
-            .arg("replication")
-            .cmd("ROLE")
-            .clone();
-        let (text, role): (String, Vec<redis::Value>) =
-            self.run_pipeline(node, "CLIENT PAUSE", &pipeline).await?;
-        checked_replication(node, &text, &role)
+        let mut pause = redis::pipe();
+        pause.add_command(pause_writes_command(duration)).ignore();
+        self.read_replication(node, "CLIENT PAUSE", pause).await
     }
 
     async fn unpause(&self, node: &Endpoint) -> Result<(), EngineError> {
