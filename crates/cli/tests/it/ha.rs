@@ -276,3 +276,123 @@ async fn status_shows_etcd_storage_and_warns_on_its_nospace_alarm() {
     lab.wait_until(|s| s["coordination"]["warnings"].is_null())
         .await;
 }
+
+/// etcd restored from a backup taken before the last promotion (here: the state and the records
+/// put back as they were), then the leader replaced, as every controller is after a restore: the
+/// new leader reads an epoch whose writer now follows the real writer. The nodes' epoch mark says
+/// etcd is behind, and the leader takes the newer epoch from it — rather than promote the old
+/// writer again and pause the real one, which lost the writes acknowledged in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_restored_from_before_the_last_promotion_keeps_the_real_writer() {
+    use valkey_dr_coord::keys;
+    let lab = TestLab::start_ha().await;
+    let operator = Coordinator::connect_with(
+        &lab.spec.etcd_endpoints("us-east-1"),
+        "/valkey-dr/valkey-dr-lab",
+        "operator",
+        Duration::from_secs(3),
+        lab.spec.etcd_tls().unwrap().as_ref(),
+    )
+    .await
+    .unwrap();
+    let backup_state = operator.get(keys::STATE).await.unwrap().expect("a state");
+    let backup_records = operator.get(keys::RECORDS).await.unwrap().expect("records");
+
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["promote", "us-east-2", "--config"])
+        .arg(lab.spec.site_config_path("us-east-1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let writer = lab.ip(1, 0);
+    assert!(wait_name_at(&lab, "us-east-1", &writer, Duration::from_secs(3)).await);
+
+    // A client writes to the writer through the restore; every acknowledged increment must stay.
+    let mut conn = lab.connection(&writer).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut acked = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let reply: redis::RedisResult<u64> = redis::cmd("INCR")
+                    .arg("restored")
+                    .query_async(&mut conn)
+                    .await;
+                if let Ok(n) = reply {
+                    acked = acked.max(n);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            acked
+        }
+    });
+
+    let a_long_time = Duration::from_secs(3600);
+    operator
+        .put_expiring(keys::STATE, &backup_state, a_long_time)
+        .await
+        .unwrap();
+    operator
+        .put_expiring(keys::RECORDS, &backup_records, a_long_time)
+        .await
+        .unwrap();
+    lab.kill_site_controller("witness").await;
+
+    // A new leader takes office a lease TTL later and reads the restored state.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lab.first_event("epoch_recovered").is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Leave the new leader a few passes to do anything else it would do.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = client.await.unwrap();
+
+    let status = lab.site_status("us-east-1").await;
+    let lab = &lab;
+    let role = |ip: String| async move {
+        let mut c = lab.connection(&ip).await;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.unwrap();
+        match &role[0] {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_string(),
+            other => format!("{other:?}"),
+        }
+    };
+    let (east, west) = (role(lab.ip(0, 0)).await, role(lab.ip(1, 0)).await);
+    let master = if east == "master" {
+        lab.ip(0, 0)
+    } else {
+        writer.clone()
+    };
+    let mut c = lab.connection(&master).await;
+    let kept: u64 = redis::cmd("GET")
+        .arg("restored")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        kept >= acked,
+        "acknowledged {acked}, the master {master} kept {kept}: {status:#}"
+    );
+    assert_eq!(
+        (east.as_str(), west.as_str()),
+        ("slave", "master"),
+        "{status:#}"
+    );
+    assert!(
+        lab.first_event("epoch_recovered").is_some(),
+        "the leader took the epoch from the marks: {status:#}"
+    );
+    assert_eq!(status["epoch"], 2, "{status:#}");
+    for site in ["us-east-1", "us-east-2"] {
+        assert!(
+            wait_name_at(lab, site, &writer, Duration::from_secs(2)).await,
+            "{site} serves the real writer"
+        );
+    }
+}

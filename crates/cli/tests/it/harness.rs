@@ -74,6 +74,14 @@ impl TestLab {
             .expect("controller answers")
     }
 
+    /// The status as one site's controller reports it (highly available shape).
+    pub async fn site_status(&self, site: &str) -> serde_json::Value {
+        let socket = self.spec.site_config(site).control_socket();
+        control::request(&socket, &Request::Status, |_| {})
+            .await
+            .expect("controller answers")
+    }
+
     /// Polls the controller's status until `ready` holds (at most 20 s).
     pub async fn wait_until(
         &self,

@@ -6,6 +6,8 @@
 //! | situation                                                        | action                         |
 //! |------------------------------------------------------------------|--------------------------------|
 //! | one controller: a node's epoch mark is newer than the state      | `RecoverEpoch`                 |
+//! | etcd: a newer mark names the master that etcd's writer follows (etcd restored from a backup) | `RecoverEpoch` |
+//! | etcd: a newer mark names a live master, etcd's writer follows no one | `Withhold`, and nothing else |
 //! | no epoch recorded                                                | `AdoptEpoch` / `BootstrapBlocked` |
 //! | a promotion intent is recorded                                   | `ResolveIntent`, and no failover or fence until it is settled |
 //! | the writer lost its data, every node answered, none holds it     | `AcceptLoss`                   |
@@ -299,10 +301,20 @@ pub fn plan_actions(snapshot: &Snapshot, rules: &Rules) -> Plan {
     let intent = snapshot.state.as_ref().and_then(|s| s.intent.clone());
     let settled = intent.is_none();
     if snapshot.look < MAX_LOOKS {
-        if !rules.coordinated
-            && let Some(recover) = recover_epoch(snapshot, topology, epoch)
-        {
-            actions.push(recover);
+        // A newer mark than the state puts the epoch in doubt: nothing else is planned from it
+        // (should the recovery's write fail, the rest of the plan would act on the old epoch).
+        if let Some(newer) = newer_mark(snapshot, topology, epoch, rules.coordinated) {
+            let action = match newer {
+                NewerMark::Recover(recover) => recover,
+                NewerMark::Hold(reason) => Action::Withhold { reason },
+            };
+            return Plan {
+                actions: vec![action],
+                epoch,
+                analysis: analyze(topology, observations, epoch.as_ref()),
+                decision: None,
+                conflicts: Vec::new(),
+            };
         }
         if epoch.is_none() {
             actions.push(adopt_epoch(snapshot, rules));
@@ -414,11 +426,27 @@ pub fn believable_mark(mark: &EpochMark, ours: Option<EpochRecord>) -> bool {
 /// the mark is someone else's (another deployment's data, or a client's write).
 const MAX_MARK_JUMP: u64 = 1000;
 
-fn recover_epoch(
+/// What a newer epoch mark on the nodes than the state's asks for.
+enum NewerMark {
+    Recover(Action),
+    /// The nodes and etcd disagree and neither is clearly behind: nothing acts on the nodes until
+    /// an operator says which is right (`adopt`).
+    Hold(String),
+}
+
+/// One controller: a believable mark whose writer answers as a master is newer than the state
+/// file, which was reverted, truncated or lost: take it. etcd (the highly available shape) holds
+/// the authority and a mark is data any client with write access could forge, so it outranks
+/// etcd only when the nodes themselves say etcd is behind — etcd's writer follows the mark's
+/// writer, as it does after etcd was restored from a backup older than the last promotion.
+/// Anything else is held for an operator: failing over or fencing from an epoch the nodes
+/// contradict would demote the real writer.
+fn newer_mark(
     snapshot: &Snapshot,
     topology: &Topology,
     ours: Option<EpochRecord>,
-) -> Option<Action> {
+    coordinated: bool,
+) -> Option<NewerMark> {
     let observations = &snapshot.observations;
     let (mark, writer) = observations
         .iter()
@@ -435,7 +463,24 @@ fn recover_epoch(
                 .then_some((m, node.id))
         })
         .max_by_key(|(m, _)| m.epoch)?;
-    Some(Action::RecoverEpoch {
+    if coordinated {
+        let recorded = ours?;
+        if recorded.primary == writer {
+            return None;
+        }
+        if !follows(topology, observations, recorded.primary, writer) {
+            return Some(NewerMark::Hold(format!(
+                "{} answers as the writer of epoch {}, newer than etcd's epoch {} (writer {}), \
+                 which does not follow it: was etcd restored from a backup? `valkey-dr adopt \
+                 <region>` names the writer",
+                topology.node_name(writer),
+                mark.epoch,
+                recorded.epoch,
+                topology.node_name(recorded.primary),
+            )));
+        }
+    }
+    Some(NewerMark::Recover(Action::RecoverEpoch {
         record: EpochRecord {
             epoch: mark.epoch,
             primary: writer,
@@ -443,7 +488,30 @@ fn recover_epoch(
         mark: mark.clone(),
         history: info_of(observations, writer).map(|i| i.history()),
         recorded_epoch: ours.map(|e| e.epoch),
-    })
+    }))
+}
+
+/// Whether `node` replicates from `root`, directly or through other replicas.
+fn follows(
+    topology: &Topology,
+    observations: &[NodeObservation],
+    node: NodeId,
+    root: NodeId,
+) -> bool {
+    let mut at = node;
+    for _ in 0..topology.nodes.len() {
+        let Some(source) = info_of(observations, at)
+            .and_then(|i| i.master())
+            .and_then(|m| topology.node_by_any_address(m))
+        else {
+            return false;
+        };
+        if source == root {
+            return true;
+        }
+        at = source;
+    }
+    false
 }
 
 /// The region and epoch of our ownership record in DNS if there is one, else the configured

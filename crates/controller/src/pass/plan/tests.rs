@@ -56,7 +56,8 @@ fn snapshot(observations: Vec<NodeObservation>, state: Option<State>) -> Snapsho
     s.remembered_writer = s.epoch().map(|e| (e.primary, history(100)));
     let topology = lab();
     let names = names();
-    let plan = plan_actions(&s, &rules(&topology, &names, false));
+    // etcd's rules: a mark naming the writer changes nothing there.
+    let plan = plan_actions(&s, &rules(&topology, &names, true));
     for action in plan.actions {
         if let Action::ApplyDns { changes } = action {
             for change in changes {
@@ -175,6 +176,14 @@ fn every_decision_of_a_pass() {
         });
         o
     };
+    // A mark naming node `writer` of the lab as the writer of `epoch`.
+    let marked_as = |mut o: NodeObservation, epoch, writer: usize| {
+        o.epoch_mark = Some(EpochMark {
+            epoch,
+            writer: topology.node_name(NodeId(writer)),
+        });
+        o
+    };
     let writer_down = |failing_s: u64, armed: bool| {
         let mut s = snapshot(
             vec![down(0), down(1), orphan(2, 0, 90), replica_of(3, 2, 90)],
@@ -280,10 +289,19 @@ fn every_decision_of_a_pass() {
          vec!["RememberWriter", "LiftStalePause", "CheckSyncSettings", "Heartbeat", "KeepWriteQuorum"]),
         ("a newer mark on the writer, one controller: the state file is behind",
          snapshot(vec![marked(primary(0), 5), replica_of(1, 0, 100), replica_of(2, 0, 100), replica_of(3, 2, 100)], Some(state())),
-         &single, upkeep_then(&["RecoverEpoch"], &[])),
+         &single, vec!["RecoverEpoch"]),
         ("a newer mark, etcd holds the state: marks never outrank it",
          snapshot(vec![marked(primary(0), 5), replica_of(1, 0, 100), replica_of(2, 0, 100), replica_of(3, 2, 100)], Some(state())),
          &coordinated, upkeep_then(&[], &[])),
+        ("etcd restored from before the last promotion: its writer follows the marked master, the mark is taken",
+         snapshot(vec![replica_of(0, 2, 100), replica_of(1, 0, 100), marked_as(primary(2), 5, 2), replica_of(3, 2, 100)], Some(state())),
+         &coordinated, vec!["RecoverEpoch"]),
+        ("a newer mark on a live master, etcd's writer down: held for an operator, nothing fenced",
+         { let mut s = snapshot(vec![down(0), replica_of(1, 2, 100), marked_as(primary(2), 5, 2), replica_of(3, 2, 100)], Some(state())); s.down = [A1].into(); s },
+         &coordinated, vec!["Withhold"]),
+        ("a newer mark on a second master, etcd's writer a master too: held, nothing fenced",
+         snapshot(vec![primary(0), replica_of(1, 0, 100), marked_as(primary(2), 5, 2), replica_of(3, 2, 100)], Some(state())),
+         &coordinated, vec!["Withhold"]),
         ("no epoch, one master in the primary region: adopted",
          snapshot(healthy(), None), &single, vec!["AdoptEpoch"]),
         ("no epoch, two masters: nobody is adopted",
