@@ -145,6 +145,43 @@ async fn a_switchover_demotes_the_old_primary_while_paused_and_unpauses_only_a_r
     );
 }
 
+/// A switchover whose old primary cannot write its config file (`CONFIG REWRITE` fails) keeps the
+/// role to persist in the state, and the passes after it retry until it lands — once. A restart
+/// of the node would otherwise bring back the role its old file names.
+#[tokio::test]
+async fn an_old_primarys_role_that_could_not_be_persisted_is_retried_until_it_lands() {
+    let engine = world();
+    let controller = controller(&engine, "persist-retry");
+    controller.reconcile_once().await.unwrap();
+    set(&engine, WRITER, |n| n.refuses_rewrite = true);
+    controller.promote("us-east-2").await.unwrap();
+    let old = endpoint(WRITER);
+    let rewrites = || {
+        engine
+            .log()
+            .iter()
+            .filter(|l| **l == format!("REWRITE {old}"))
+            .count()
+    };
+    passes(&controller, 3).await;
+    assert_eq!(rewrites(), 0, "{:?}", engine.log());
+    set(&engine, WRITER, |n| n.refuses_rewrite = false);
+    passes(&controller, 1).await;
+    assert_eq!(
+        rewrites(),
+        1,
+        "persisted at the next pass: {:?}",
+        engine.log()
+    );
+    passes(&controller, 3).await;
+    assert_eq!(rewrites(), 1, "and settled: {:?}", engine.log());
+    // A restarted controller reads the state: nothing left to persist.
+    drop(controller);
+    let restarted = reopen(&engine, "persist-retry", "");
+    passes(&restarted, 2).await;
+    assert_eq!(rewrites(), 1, "{:?}", engine.log());
+}
+
 /// N5: an old primary that cannot be demoted (refused here; unreachable alike) aborts the
 /// switchover before the target is promoted: it stays the only writer, unpaused, and the name
 /// stays on it. (Promoting first left it a master under a pause that runs out.)
@@ -536,6 +573,10 @@ async fn a_switchover_cut_short_after_its_promotion_still_closes_the_old_primary
             "{step:?}: the next controller closes the old primary's clients: {log:?}"
         );
         assert!(!engine.world().nodes[&old].paused, "{step:?}: {log:?}");
+        assert!(
+            log.contains(&format!("REWRITE {old}")),
+            "{step:?}: and writes its replica role to its config file: {log:?}"
+        );
         let kills = |log: &[String]| {
             log.iter()
                 .filter(|l| **l == format!("KILL-CLIENTS {old}"))

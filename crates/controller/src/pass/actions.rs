@@ -410,16 +410,37 @@ impl Controller {
         (killed, unpaused)
     }
 
-    /// Records that `old`'s clients were closed (`killed` succeeded), so nobody does it again.
+    /// Records that `old`'s clients were closed (`killed` succeeded) and its role persisted, so
+    /// nobody does either again.
     pub(crate) async fn settle_release(
         &self,
         old: NodeId,
         killed: &Result<u64, valkey_dr_core::EngineError>,
+        persisted: bool,
     ) {
-        if killed.is_ok()
-            && let Err(e) = self.state.release_done(old).await
-        {
+        let written = match (killed.is_ok(), persisted) {
+            (true, _) => self.state.release_done(old, persisted).await,
+            (false, true) => self.state.persist_done(old).await,
+            (false, false) => Ok(()),
+        };
+        if let Err(e) = written {
             self.state_write_failed(&e);
+        }
+    }
+
+    /// Writes a demoted old primary's replica role to its config file; false (reported) when it
+    /// cannot, and a later pass tries again.
+    pub(crate) async fn persist_old_role(&self, node: NodeId) -> bool {
+        match self
+            .engine
+            .persist_role(&self.topology.node(node).control_endpoint)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(node = %self.topology.node_name(node), error = %e, "cannot persist the old primary's replica role; retrying next pass");
+                false
+            }
         }
     }
 }

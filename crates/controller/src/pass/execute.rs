@@ -267,21 +267,31 @@ impl Controller {
                 Done::Unchanged
             }
             Action::Release { node, close: false } => {
-                self.settle_release(*node, &Ok(0)).await;
+                self.settle_release(*node, &Ok(0), true).await;
                 Done::Unchanged
             }
             Action::Release { node, close: true } => {
                 let (killed, _) = self.release_clients(*node, true).await;
+                let persisted = self.persist_old_role(*node).await;
                 self.events.emit(
                     EventKind::OldPrimaryReleased,
                     json!({
                         "node": self.topology.node_name(*node),
                         "clients_closed": killed.as_ref().ok(),
                         "error": killed.as_ref().err().map(|e| e.to_string()),
+                        "role_persisted": persisted,
                         "reason": "the switchover that demoted it did not close its clients (the controller died before)",
                     }),
                 );
-                self.settle_release(*node, &killed).await;
+                self.settle_release(*node, &killed, persisted).await;
+                Done::Unchanged
+            }
+            Action::PersistRole { node, rewrite } => {
+                if (!*rewrite || self.persist_old_role(*node).await)
+                    && let Err(e) = self.state.persist_done(*node).await
+                {
+                    self.state_write_failed(&e);
+                }
                 Done::Unchanged
             }
             Action::RememberWriter {

@@ -462,11 +462,11 @@ impl Controller {
             .release_clients(old, method == PromoteMethod::Safe && demoted)
             .await;
         let write_pause_ms = round(pause_started.elapsed().as_secs_f64() * 1000.0);
-        self.settle_release(old, &killed).await;
         let persisted = match (method, demoted) {
-            (PromoteMethod::Safe, true) => self.engine.persist_role(endpoint(old)).await.is_ok(),
+            (PromoteMethod::Safe, true) => self.persist_old_role(old).await,
             _ => false,
         };
+        self.settle_release(old, &killed, persisted).await;
         m.finish(format!(
             "closed {} client connection(s) on {}, {}{}",
             killed

@@ -55,6 +55,10 @@ pub struct State {
     /// controller died before it (its pooled clients would otherwise meet READONLY until they
     /// recycle).
     pub release_pending: Option<NodeId>,
+    /// A switchover's old primary whose replica role is not yet in its config file (`CONFIG
+    /// REWRITE` failed, or the controller died first): retried by every pass until it lands, so
+    /// that a restart brings the node back a replica.
+    pub persist_pending: Option<NodeId>,
 }
 
 impl State {
@@ -67,6 +71,7 @@ impl State {
             writer_quorum: None,
             data_loss: None,
             release_pending: None,
+            persist_pending: None,
         }
     }
 }
@@ -99,6 +104,8 @@ struct Stored {
     data_loss: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     release_pending: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    persist_pending: Option<String>,
 }
 
 /// Why `state.json` could not be used.
@@ -194,6 +201,7 @@ fn decode(bytes: &[u8], source: &str, topology: &Topology) -> Result<State, Load
         writer_quorum: stored.writer_quorum,
         data_loss: stored.data_loss,
         release_pending: stored.release_pending.as_deref().map(node).transpose()?,
+        persist_pending: stored.persist_pending.as_deref().map(node).transpose()?,
     })
 }
 
@@ -208,6 +216,7 @@ fn encode(topology: &Topology, state: &State) -> Vec<u8> {
         writer_quorum: state.writer_quorum,
         data_loss: state.data_loss.clone(),
         release_pending: state.release_pending.map(|n| topology.node_name(n)),
+        persist_pending: state.persist_pending.map(|n| topology.node_name(n)),
         intent: state.intent.as_ref().map(|i| StoredIntent {
             epoch: i.epoch,
             source: topology.node_name(i.source),
@@ -471,6 +480,7 @@ mod tests {
             }),
             data_loss: Some(serde_json::json!({ "node": "127.0.0.2:6379", "offset": 0 })),
             release_pending: Some(topology.nodes[0].id),
+            persist_pending: Some(topology.nodes[0].id),
             intent: Some(Intent {
                 epoch: 4,
                 source: topology.nodes[1].id,

@@ -71,6 +71,7 @@ impl StateStore {
                 next.intent = None;
                 next.writer_history = Some(history);
                 next.release_pending = release;
+                next.persist_pending = release;
                 // The new writer was promoted with no quorum: not fenced until one is set.
                 next.writer_quorum = None;
                 if block_until_ms.is_some() {
@@ -128,11 +129,26 @@ impl StateStore {
         .await
     }
 
-    /// The old primary's clients were closed (or it is the writer again): nothing to release.
-    pub async fn release_done(&self, node: NodeId) -> Result<(), StateError> {
+    /// The old primary's clients were closed (or it is the writer again): nothing to release;
+    /// `persisted` when its role is in its config file too.
+    pub async fn release_done(&self, node: NodeId, persisted: bool) -> Result<(), StateError> {
         self.amend(|next| {
             if next.release_pending == Some(node) {
                 next.release_pending = None;
+            }
+            if persisted && next.persist_pending == Some(node) {
+                next.persist_pending = None;
+            }
+        })
+        .await
+    }
+
+    /// The old primary's role is in its config file (or it is the writer again, whose file is
+    /// never rewritten): nothing to persist.
+    pub async fn persist_done(&self, node: NodeId) -> Result<(), StateError> {
+        self.amend(|next| {
+            if next.persist_pending == Some(node) {
+                next.persist_pending = None;
             }
         })
         .await

@@ -26,6 +26,8 @@ pub struct FakeNode {
     /// Writes are paused (`CLIENT PAUSE WRITE`): a heartbeat is not written.
     pub paused: bool,
     pub refuses_replicaof: bool,
+    /// `CONFIG REWRITE` fails (its config file cannot be written).
+    pub refuses_rewrite: bool,
     /// A replica whose link to its master is down although the master answers (it saw the
     /// master restart, or a partition between them).
     pub link_broken: bool,
@@ -52,6 +54,7 @@ impl FakeNode {
             up: true,
             paused: false,
             refuses_replicaof: false,
+            refuses_rewrite: false,
             link_broken: false,
             min_replicas: 0,
             heartbeat: None,
@@ -326,7 +329,15 @@ impl Engine for FakeEngine {
 
     /// Like Valkey's `CONFIG REWRITE` after setting the quorum at rest: in force at once too.
     async fn persist_role(&self, endpoint: &Endpoint) -> Result<(), EngineError> {
-        self.reach(endpoint).await?;
+        let node = self.reach(endpoint).await?;
+        if node.refuses_rewrite {
+            return Err(error(
+                endpoint,
+                "CONFIG REWRITE",
+                FailureKind::Unusable,
+                "Rewriting config file: Permission denied",
+            ));
+        }
         self.act("REWRITE", endpoint);
         self.set(endpoint, |n| n.min_replicas = WriteQuorum::AT_REST.replicas);
         Ok(())

@@ -16,7 +16,8 @@
 //! | a failover is due                                                | `FailOver` (with the checks it must pass right before acting) |
 //! | a master that is not the epoch's writer, the writer serving      | `FenceRogues` (demoted under it) |
 //! | a master that is not the epoch's writer, the writer down or lost | `PauseRogues` (every pass)     |
-//! | a switchover's old primary whose clients were never closed       | `Release`                      |
+//! | a switchover's old primary whose clients were never closed       | `Release` (and its role persisted) |
+//! | a switchover's old primary whose role is not in its config file   | `PersistRole`                  |
 //! | a writer serves                                                  | `RememberWriter`, `LiftStalePause` (first pass), `Heartbeat`, `KeepWriteQuorum`, `Repoint` |
 //! | the records differ from what the nodes say                       | `ApplyDns`                     |
 //!
@@ -219,6 +220,13 @@ pub enum Action {
         node: NodeId,
         close: bool,
     },
+    /// A switchover's old primary whose role is not in its config file yet: persist it
+    /// (`rewrite`), or only settle the record when it is the writer again (whose file is never
+    /// rewritten).
+    PersistRole {
+        node: NodeId,
+        rewrite: bool,
+    },
     /// Remember the writer's history; `durable` when its replication id is new (promotions and
     /// restarts) or the record is older than [`LINEAGE_RECORD_EVERY_MS`], so that the lineage
     /// survives a restart of the controller and a change of leader.
@@ -349,17 +357,32 @@ pub fn plan_actions(snapshot: &Snapshot, rules: &Rules) -> Plan {
             changes: dns.changes,
         });
     }
-    // After the name moved: the old primary's clients reconnect to the new writer.
-    if let (true, Some(e), Some(node)) = (
-        settled,
-        epoch,
-        snapshot.state.as_ref().and_then(|s| s.release_pending),
-    ) {
-        let demoted = info_of(observations, node).is_some_and(|i| !i.is_primary());
-        if node == e.primary {
-            actions.push(Action::Release { node, close: false });
-        } else if demoted {
-            actions.push(Action::Release { node, close: true });
+    // After the name moved: the old primary's clients reconnect to the new writer, and its
+    // role goes to its config file.
+    if let (true, Some(e), Some(state)) = (settled, epoch, snapshot.state.as_ref()) {
+        let demoted = |node| info_of(observations, node).is_some_and(|i| !i.is_primary());
+        if let Some(node) = state.release_pending {
+            if node == e.primary {
+                actions.push(Action::Release { node, close: false });
+            } else if demoted(node) {
+                actions.push(Action::Release { node, close: true });
+            }
+        }
+        if let Some(node) = state
+            .persist_pending
+            .filter(|n| state.release_pending != Some(*n))
+        {
+            if node == e.primary {
+                actions.push(Action::PersistRole {
+                    node,
+                    rewrite: false,
+                });
+            } else if demoted(node) {
+                actions.push(Action::PersistRole {
+                    node,
+                    rewrite: true,
+                });
+            }
         }
     }
     Plan {
