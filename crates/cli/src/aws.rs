@@ -57,7 +57,7 @@ pub enum AwsCommand {
 }
 
 fn say(line: &str) {
-    println!("{line}");
+    outln!("{line}");
 }
 
 fn waits(config: &AwsConfig) -> Waits {
@@ -93,7 +93,7 @@ async fn reconcile_now(config: &AwsConfig, region: Option<&str>) -> Result<Outco
 }
 
 fn report(outcome: &Outcome) {
-    println!(
+    outln!(
         "name → {} ({}), epoch {}, {} change(s) applied",
         outcome.primary_endpoint.as_deref().unwrap_or("?"),
         outcome.primary_region.as_deref().unwrap_or("?"),
@@ -118,7 +118,7 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
             let cloud = RealCloud::load(config.home_region()).await?;
             let deployed =
                 deploy::deploy(&config, &cloud.cloud(), &zip, waits(&config), &say).await?;
-            println!(
+            outln!(
                 "deployed: global datastore {}, hosted zone {}, peering {}; {} step(s) changed something",
                 deployed.targets.global_replication_group_id,
                 deployed.targets.hosted_zone_id,
@@ -134,19 +134,22 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
             let cloud = RealCloud::load(config.home_region()).await?;
             let status = deploy::status(&config, &cloud.cloud()).await?;
             for (name, region, state) in &status.stacks {
-                println!("stack {name:<28} {region:<14} {state}");
+                outln!("stack {name:<28} {region:<14} {state}");
             }
             let Some(targets) = &status.targets else {
-                println!("no global datastore yet (run `valkey-dr aws deploy`)");
+                outln!("no global datastore yet (run `valkey-dr aws deploy`)");
                 return Ok(());
             };
-            println!("\nglobal datastore {}", targets.global_replication_group_id);
-            println!(
+            outln!("\nglobal datastore {}", targets.global_replication_group_id);
+            outln!(
                 "{:<14} {:<28} {:<10} {:<12} ENDPOINT",
-                "REGION", "GROUP", "ROLE", "STATUS"
+                "REGION",
+                "GROUP",
+                "ROLE",
+                "STATUS"
             );
             for (m, endpoint) in &status.members {
-                println!(
+                outln!(
                     "{:<14} {:<28} {:<10} {:<12} {}",
                     m.region,
                     m.replication_group_id,
@@ -157,12 +160,12 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
             }
             let dns = cloud.route53(&targets.hosted_zone_id, Duration::from_secs(0));
             let names = config.names();
-            println!("\nhosted zone {}", targets.hosted_zone_id);
+            outln!("\nhosted zone {}", targets.hosted_zone_id);
             for record in dns
                 .records(&[names.global.clone(), names.ownership.clone()])
                 .await?
             {
-                println!(
+                outln!(
                     "{:<40} {:<6} {}",
                     record.name,
                     record.rtype,
@@ -187,7 +190,7 @@ pub async fn dispatch(command: AwsCommand) -> Result<()> {
             let config = AwsConfig::load(&config)?;
             let cloud = RealCloud::load(config.home_region()).await?;
             deploy::destroy(&config, &cloud.cloud(), waits(&config), &say).await?;
-            println!("destroyed: no replication group and no helper instance left");
+            outln!("destroyed: no replication group and no helper instance left");
             Ok(())
         }
         AwsCommand::Reconcile { config, once } => {
@@ -212,7 +215,7 @@ async fn handle(config: PathBuf, event: serde_json::Value) -> Result<()> {
         config = resolved(&config, &RealCloud::load(config.home_region()).await?).await?;
     }
     let outcome = handle_with_sdk(&event, &config, None).await;
-    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    outln!("{}", serde_json::to_string_pretty(&outcome)?);
     if let Some(error) = outcome.error {
         bail!("reconcile failed: {error}");
     }

@@ -42,7 +42,7 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
     let all = chaos::scenarios();
     if args.list {
         for s in &all {
-            println!("{}", s.name);
+            outln!("{}", s.name);
         }
         return Ok(());
     }
@@ -105,9 +105,9 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
         results.push(reports);
     }
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&results)?),
         Output::Table => {
-            print!("{}", table(&results));
+            out!("{}", table(&results));
             let ha: Vec<Vec<ChaosReport>> = selected
                 .iter()
                 .zip(&results)
@@ -115,7 +115,7 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
                 .map(|(_, r)| r.clone())
                 .collect();
             if !ha.is_empty() {
-                print!("\n{}", ha_table(&ha));
+                out!("\n{}", ha_table(&ha));
             }
         }
     }

@@ -136,8 +136,8 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
     };
     let report = drill::run(&spec, &options).await?;
     match common.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Table => print!("{}", render(&report)),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => out!("{}", render(&report)),
     }
     Ok(())
 }
@@ -297,7 +297,7 @@ async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
             ]
         })
         .collect();
-    println!(
+    outln!(
         "{} runs per scenario, {writers} writers through {}.{} · region link {} ms one way · down_after {} ms\n",
         runs,
         spec.global_name,
@@ -305,7 +305,7 @@ async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
         spec.link_delay_ms,
         spec.controller_config().controller.down_after_ms
     );
-    print!(
+    out!(
         "{}",
         crate::render::table(
             &[
@@ -322,7 +322,7 @@ async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
             &rows
         )
     );
-    println!(
+    outln!(
         "\nmedian (min–max) over runs; GAP vs BLIND = median max write gap / that of blind REPLICAOF NO ONE + DNS;\nEVERY SITE = from the first site's DNS answering the new writer (the leader's, at its commit) to the last"
     );
     Ok(())

@@ -177,9 +177,9 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             let dir = dir.path();
             let stopped = process::down(&dir).await;
             if stopped.is_empty() {
-                println!("no lab process was running in {}", dir.display());
+                outln!("no lab process was running in {}", dir.display());
             } else {
-                println!(
+                outln!(
                     "stopped {} process(es): {}",
                     stopped.len(),
                     stopped.join(", ")
@@ -199,7 +199,7 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
                         .map(|p| serde_json::json!({ "name": p.name, "pid": p.pid, "alive": p.alive }))
                         .collect();
                     let status = status.map_err(|e| e.to_string());
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::to_string_pretty(&serde_json::json!({
                             "processes": procs,
@@ -219,18 +219,18 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
                             ]
                         })
                         .collect();
-                    println!(
+                    outln!(
                         "lab {} · region link {} ms one way · partition: {}\n",
                         spec.dir.display(),
                         spec.link_delay_ms,
                         partition_text(&spec)
                     );
-                    print!(
+                    out!(
                         "{}",
                         crate::render::table(&["PROCESS", "PID", "STATE"], &rows)
                     );
-                    println!();
-                    print!(
+                    outln!();
+                    out!(
                         "{}",
                         crate::render::status(&config, &serde_json::from_value(status?)?)
                     );
@@ -270,24 +270,24 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             let entries = regions.iter().chain(&cuts).cloned().collect();
             valkey_dr_lab::link::set_partition(&spec.dir, &entries).await?;
             if regions == [valkey_dr_lab::link::LINK] {
-                println!(
+                outln!(
                     "region link cut: regions cannot reach each other (the controller still reaches all)"
                 );
             } else if !regions.is_empty() {
-                println!(
+                outln!(
                     "isolated from the other regions and the controller: {}",
                     regions.join(", ")
                 );
             }
             if !cuts.is_empty() {
-                println!("cut: {}", cuts.join(", "));
+                outln!("cut: {}", cuts.join(", "));
             }
             Ok(())
         }
         LabCommand::Heal { dir } => {
             let spec = dir.spec()?;
             valkey_dr_lab::link::set_partition(&spec.dir, &Default::default()).await?;
-            println!("region link healed");
+            outln!("region link healed");
             Ok(())
         }
         LabCommand::Writer {
@@ -310,9 +310,9 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
                 Output::Json => {
                     let mut value = serde_json::to_value(&report)?;
                     value["acknowledged_lost"] = lost.into();
-                    println!("{}", serde_json::to_string_pretty(&value)?);
+                    outln!("{}", serde_json::to_string_pretty(&value)?);
                 }
-                Output::Table => println!(
+                Output::Table => outln!(
                     "writer: {} acknowledged writes, {} lost, {} errors retried, longest gap between acknowledgements {:.1} ms, targets {}",
                     report.acknowledged,
                     lost,
@@ -360,7 +360,7 @@ fn absolute(path: PathBuf) -> Result<PathBuf> {
 async fn up(spec: &LabSpec) -> Result<()> {
     let exe = std::env::current_exe().context("locating the valkey-dr binary")?;
     if !process::up(spec, &exe).await? {
-        println!(
+        outln!(
             "a lab is already running in {} (see `valkey-dr lab status`)",
             spec.dir.display()
         );
@@ -398,21 +398,22 @@ async fn up(spec: &LabSpec) -> Result<()> {
     for socket in sockets {
         control::request(&socket, &Request::Reconcile, |_| {}).await?;
     }
-    println!("lab up in {}", spec.dir.display());
+    outln!("lab up in {}", spec.dir.display());
     for (r, region) in spec.regions.iter().enumerate() {
         let nodes: Vec<String> = (0..spec.nodes_per_region as usize)
             .map(|i| spec.node_addr(r, i).to_string())
             .collect();
-        println!("  {region:<10} {}", nodes.join("  "));
+        outln!("  {region:<10} {}", nodes.join("  "));
     }
     if spec.is_ha() {
-        println!(
+        outln!(
             "  region link {} ms one way; zone {}",
-            spec.link_delay_ms, spec.zone
+            spec.link_delay_ms,
+            spec.zone
         );
         for site in &spec.sites {
             let http = spec.site_config(site).http.map(|h| h.listen);
-            println!(
+            outln!(
                 "  site {site:<10} controller + etcd member {}; DNS {}; metrics http://{}/metrics",
                 spec.etcd_ip(site),
                 spec.site_dns(site),
@@ -420,7 +421,7 @@ async fn up(spec: &LabSpec) -> Result<()> {
             );
         }
     } else {
-        println!(
+        outln!(
             "  region link {} ms one way; DNS {} for zone {}; controller state {}; metrics http://{}/metrics",
             spec.link_delay_ms,
             spec.dns,

@@ -1,5 +1,9 @@
 //! `valkey-dr`: a thin command-line layer over the valkey-dr library crates.
 
+// Before the other modules: its `out!`/`outln!` macros serve them all.
+#[macro_use]
+mod output;
+
 #[cfg(feature = "aws")]
 mod aws;
 mod chaos;
@@ -139,27 +143,6 @@ enum Command {
         #[command(subcommand)]
         command: lab::LabCommand,
     },
-}
-
-/// Writes to stdout. A reader that went away (`valkey-dr status | head`) ends the command
-/// quietly, as it ends any Unix tool, instead of a panic in `println!`.
-fn emit(text: std::fmt::Arguments) {
-    use std::io::Write;
-    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error: writing the output: {e}");
-        std::process::exit(1);
-    }
-}
-
-macro_rules! out {
-    ($($arg:tt)*) => { emit(format_args!($($arg)*)) };
-}
-
-macro_rules! outln {
-    ($($arg:tt)*) => { emit(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
 fn main() -> std::process::ExitCode {

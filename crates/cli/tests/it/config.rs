@@ -39,16 +39,19 @@ fn check_config_names_the_field_and_the_fix() {
 #[test]
 fn a_closed_stdout_ends_a_command_without_a_panic() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../valkey-dr.toml");
-    let mut child = Command::new(BIN)
-        .args(["check-config", example])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Closed before the command writes a byte: its first write meets a broken pipe.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    // The operator's commands, and the lab's tools (`chaos --list` prints from their module).
+    for args in [&["check-config", example][..], &["chaos", "--list", "--netns"]] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the command writes a byte: its first write meets a broken pipe.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {:?}: {stderr}", out.status);
+    }
 }
