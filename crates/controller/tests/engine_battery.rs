@@ -268,3 +268,67 @@ async fn the_application_user_cannot_write_the_control_keys_or_steer_the_node() 
     }
     assert_eq!(app(&["GET", "__valkey-dr:epoch"]), mark.render());
 }
+
+/// A deposed leader whose clock stood still (a paused VM: its lease window still open by its own
+/// clock) resumes and acts on a node after a later leader took over. The later leader claimed
+/// the node (`Engine::claim`) while it was frozen: its connection there is closed, so its next
+/// command fails without reaching the node, and it cannot open another — the node names a later
+/// leader. Before, the command landed: the node was paused by a controller that led no more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposed_leader_whose_clock_stood_still_cannot_act_on_a_claimed_node() {
+    use std::sync::Arc;
+    use std::time::Instant;
+    use valkey_dr_controller::ha::LeaderOnly;
+    use valkey_dr_coord::{Fence, LeaderCell};
+    use valkey_dr_core::Engine;
+
+    let server = Server::start("claim");
+    let node = server.endpoint();
+    let leader = |token| {
+        let cell = Arc::new(LeaderCell::default());
+        cell.set(Some(Fence {
+            token,
+            // A clock that stood still: the window never ends by it.
+            act_until: Instant::now() + Duration::from_secs(60),
+            acts_from: Instant::now(),
+        }));
+        LeaderOnly {
+            inner: Arc::new(engine()),
+            leader: cell,
+        }
+    };
+    let earlier = leader(5);
+    earlier
+        .set_write_quorum(&node, valkey_dr_core::self_fence::WriteQuorum::OFF)
+        .await
+        .expect("the earlier leader acts while it leads");
+
+    let later = leader(9);
+    later
+        .claim(&node, 9)
+        .await
+        .expect("the later leader claims the node");
+
+    let refused = earlier.pause_writes(&node, Duration::from_secs(30)).await;
+    assert!(refused.is_err(), "its connection was closed: {refused:?}");
+    let again = earlier
+        .pause_writes(&node, Duration::from_secs(30))
+        .await
+        .expect_err("a new connection is refused too");
+    assert!(again.reason.contains("later leader (token 9)"), "{again}");
+    assert_eq!(
+        again.kind,
+        valkey_dr_core::observation::FailureKind::Refused
+    );
+    // Nothing of it reached the node: a client's write goes through at once.
+    let written = cli(&server, &["SET", "after", "1"]);
+    assert_eq!(written, "OK");
+    assert!(!cli(&server, &["CLIENT", "LIST"]).contains("valkey-dr-leader-5"));
+
+    // The later leader acts; observing stays open to everyone.
+    later
+        .pause_writes(&node, Duration::from_millis(50))
+        .await
+        .expect("the later leader acts");
+    assert!(earlier.ping(&node).await.is_ok());
+}

@@ -115,6 +115,15 @@ pub trait Engine: Send + Sync {
     ) -> Result<(), EngineError>;
     /// The node's settings that decide how fast a replica copies what its master holds.
     async fn sync_settings(&self, node: &Endpoint) -> Result<SyncSettings, EngineError>;
+    /// Makes the connection this engine acts on `node` with the one of the leader holding
+    /// `token` (etcd's, which grows with every leadership): every connection of an earlier
+    /// leader there is closed, so that a deposed leader whose clock stood still (a paused VM)
+    /// and that still believes it may act fails on its next command; and a later leader's
+    /// connection there refuses this one ([`crate::observation::FailureKind::Refused`]). Engines
+    /// without connections to fence accept.
+    async fn claim(&self, _node: &Endpoint, _token: i64) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// How a node serves full resyncs to its replicas.

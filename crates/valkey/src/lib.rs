@@ -207,8 +207,17 @@ fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls:
 pub struct ValkeyEngine {
     timeouts: Timeouts,
     security: Security,
-    connections: Mutex<HashMap<Endpoint, MultiplexedConnection>>,
+    connections: Mutex<HashMap<Endpoint, Cached>>,
 }
+
+/// A node's cached connection, and the leader token it was claimed for ([`Engine::claim`]).
+struct Cached {
+    conn: MultiplexedConnection,
+    claimed_for: Option<i64>,
+}
+
+/// The name a leader's connection carries on a node: how a later leader finds and closes it.
+const LEADER_CONNECTION: &str = "valkey-dr-leader-";
 
 impl ValkeyEngine {
     pub fn new(timeouts: Timeouts, security: Security) -> Self {
@@ -220,8 +229,8 @@ impl ValkeyEngine {
     }
 
     async fn connection(&self, node: &Endpoint) -> Result<MultiplexedConnection, EngineError> {
-        if let Some(conn) = self.connections.lock().expect("lock").get(node) {
-            return Ok(conn.clone());
+        if let Some(cached) = self.connections.lock().expect("lock").get(node) {
+            return Ok(cached.conn.clone());
         }
         let conn = open(node, &self.security, self.timeouts)
             .await
@@ -232,11 +241,23 @@ impl ValkeyEngine {
                 reason: f.reason,
                 reply: None,
             })?;
+        self.connections.lock().expect("lock").insert(
+            node.clone(),
+            Cached {
+                conn: conn.clone(),
+                claimed_for: None,
+            },
+        );
+        Ok(conn)
+    }
+
+    /// Whether the cached connection to `node` is claimed for `token` already.
+    fn claimed(&self, node: &Endpoint, token: i64) -> bool {
         self.connections
             .lock()
             .expect("lock")
-            .insert(node.clone(), conn.clone());
-        Ok(conn)
+            .get(node)
+            .is_some_and(|c| c.claimed_for == Some(token))
     }
 
     /// Runs one command on a node; on failure the cached connection is dropped.
@@ -294,6 +315,22 @@ impl ValkeyEngine {
         }
         result
     }
+}
+
+/// The leaders' connections in a `CLIENT LIST` reply: (client id, leader token).
+fn leader_connections(list: &str) -> impl Iterator<Item = (i64, i64)> + '_ {
+    list.lines().filter_map(|line| {
+        let field = |key: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(key).and_then(|f| f.strip_prefix('=')))
+        };
+        let id = field("id")?.parse().ok()?;
+        let token = field("name")?
+            .strip_prefix(LEADER_CONNECTION)?
+            .parse()
+            .ok()?;
+        Some((id, token))
+    })
 }
 
 /// `CLIENT PAUSE <ms> WRITE`: writes blocked (not reads, not replication) for `duration`.
@@ -513,6 +550,58 @@ impl Engine for ValkeyEngine {
         let (normal, pubsub): (u64, u64) =
             self.run_pipeline(node, "CLIENT KILL", &pipeline).await?;
         Ok(normal + pubsub)
+    }
+
+    /// One round trip when the connection is new or the leadership changed, none otherwise:
+    /// name it for `token`, read our own id and the other connections, then close every earlier
+    /// leader's (`CLIENT KILL ID`, which answers 0 for one already gone).
+    async fn claim(&self, node: &Endpoint, token: i64) -> Result<(), EngineError> {
+        if self.claimed(node, token) {
+            return Ok(());
+        }
+        let pipeline = redis::pipe()
+            .add_command(
+                redis::cmd("CLIENT")
+                    .arg("SETNAME")
+                    .arg(format!("{LEADER_CONNECTION}{token}"))
+                    .clone(),
+            )
+            .ignore()
+            .add_command(redis::cmd("CLIENT").arg("ID").clone())
+            .add_command(
+                redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .arg("TYPE")
+                    .arg("normal")
+                    .clone(),
+            )
+            .clone();
+        let (own, list): (i64, String) = self.run_pipeline(node, "CLIENT LIST", &pipeline).await?;
+        let leaders = leader_connections(&list).filter(|(id, _)| *id != own);
+        let (later, earlier): (Vec<_>, Vec<_>) = leaders.partition(|(_, t)| *t > token);
+        if let Some((_, later)) = later.first() {
+            // Not ours to use: a later leader's acts here.
+            self.connections.lock().expect("lock").remove(node);
+            return Err(error(
+                node,
+                "claim",
+                FailureKind::Refused,
+                format!(
+                    "a later leader (token {later}) acts on this node: this controller (token {token}) is deposed"
+                ),
+            ));
+        }
+        if !earlier.is_empty() {
+            let mut kills = redis::pipe();
+            for (id, _) in &earlier {
+                kills.add_command(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(*id).clone());
+            }
+            let _: Vec<u64> = self.run_pipeline(node, "CLIENT KILL", &kills).await?;
+        }
+        if let Some(cached) = self.connections.lock().expect("lock").get_mut(node) {
+            cached.claimed_for = Some(token);
+        }
+        Ok(())
     }
 
     /// `CONFIG GET repl-diskless-sync*`.

@@ -40,7 +40,10 @@ fn check_config_names_the_field_and_the_fix() {
 fn a_closed_stdout_ends_a_command_without_a_panic() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../valkey-dr.toml");
     // The operator's commands, and the lab's tools (`chaos --list` prints from their module).
-    for args in [&["check-config", example][..], &["chaos", "--list", "--netns"]] {
+    for args in [
+        &["check-config", example][..],
+        &["chaos", "--list", "--netns"],
+    ] {
         let mut child = Command::new(BIN)
             .args(args)
             .stdout(std::process::Stdio::piped())

@@ -88,6 +88,29 @@ async fn every_site_serves_the_name_and_the_survivors_carry_on_without_the_leade
         coord.put_fenced(stale, "state", b"{}").await,
         Err(CoordError::Deposed { .. })
     ));
+    // Nor do the nodes take its commands, whatever its clock says (a VM paused and resumed):
+    // the leader claimed every node when it took office.
+    let frozen = valkey_dr_controller::ha::LeaderOnly {
+        inner: std::sync::Arc::new(valkey_dr_valkey::ValkeyEngine::new(
+            valkey_dr_valkey::Timeouts {
+                connect: Duration::from_secs(1),
+                command: Duration::from_secs(1),
+            },
+            lab.spec.security().unwrap(),
+        )),
+        leader: {
+            let cell = std::sync::Arc::new(LeaderCell::default());
+            cell.set(Some(stale));
+            cell
+        },
+    };
+    let node = valkey_dr_core::Topology::from_config(&lab.spec.main_config()).nodes[2]
+        .control_endpoint
+        .clone();
+    let refused = valkey_dr_core::Engine::pause_writes(&frozen, &node, Duration::from_secs(30))
+        .await
+        .expect_err("a node claimed by a later leader refuses a deposed one");
+    assert!(refused.reason.contains("later leader"), "{refused}");
     // The live leader may record the writer's progress meanwhile; the stale write never lands.
     let state_after = coord
         .get("state")

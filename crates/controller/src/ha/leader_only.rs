@@ -1,5 +1,7 @@
 //! The engine as the leader uses it: a decorator that refuses every action on a node once this
-//! controller may no longer act (observing is always allowed).
+//! controller may no longer act (observing is always allowed), and acts on a node only over a
+//! connection claimed for its leadership ([`Engine::claim`]): a later leader closes it, so a
+//! deposed leader whose clock stood still fails on the node instead of acting.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -72,8 +74,17 @@ impl LeaderOnly {
                 };
                 return Err(LeaderOnly::refused(node, operation, reason));
             };
-            started = true;
             let until = tokio::time::Instant::from_std(fence.act_until);
+            if !started {
+                // The node's connection is this leadership's before anything is sent on it: an
+                // earlier leader's is closed there, and a later leader's refuses us.
+                match tokio::time::timeout_at(until, self.inner.claim(node, fence.token)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => continue,
+                }
+            }
+            started = true;
             if let Ok(result) = tokio::time::timeout_at(until, &mut action).await {
                 return result;
             }
@@ -149,6 +160,9 @@ impl Engine for LeaderOnly {
     }
     async fn sync_settings(&self, node: &Endpoint) -> Result<SyncSettings, EngineError> {
         self.inner.sync_settings(node).await
+    }
+    async fn claim(&self, node: &Endpoint, token: i64) -> Result<(), EngineError> {
+        self.inner.claim(node, token).await
     }
     async fn set_write_quorum(
         &self,

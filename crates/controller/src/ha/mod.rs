@@ -344,6 +344,7 @@ impl Controller {
                     crate::events::EventKind::LeaderElected,
                     json!({ "site": ha.site(), "token": won.token, "epoch": self.epoch().map(|e| e.epoch) }),
                 );
+                self.claim_nodes(won.token);
                 // Act at once: a promotion the old leader left half done is settled now.
                 self.wake.notify_one();
                 Some(won)
@@ -357,6 +358,31 @@ impl Controller {
                 None
             }
         }
+    }
+
+    /// Claims every node for this leadership at once, in the background ([`valkey_dr_core::Engine::claim`]): a
+    /// predecessor still holding connections there — frozen, and sure on its own clock that it
+    /// may act — fails on its next command, whether or not this leader ever acts on that node.
+    /// A node not reached now is claimed before this leader's first action on it.
+    fn claim_nodes(&self, token: i64) {
+        let engine = self.engine.clone();
+        let nodes: Vec<_> = self
+            .topology
+            .nodes
+            .iter()
+            .map(|n| n.control_endpoint.clone())
+            .collect();
+        tokio::spawn(async move {
+            futures::future::join_all(nodes.iter().map(|node| {
+                let engine = engine.clone();
+                async move {
+                    if let Err(e) = engine.claim(node, token).await {
+                        tracing::debug!(%node, error = %e, "node not claimed at taking office");
+                    }
+                }
+            }))
+            .await;
+        });
     }
 
     /// Records which site leads, reporting each change.
