@@ -103,6 +103,13 @@ pub trait Engine: Send + Sync {
     async fn replicate_from(&self, node: &Endpoint, source: &Endpoint) -> Result<(), EngineError>;
     /// Closes the node's normal and pub/sub client connections; returns how many.
     async fn kill_clients(&self, node: &Endpoint) -> Result<u64, EngineError>;
+    /// [`Engine::kill_clients`], then lifts the write pause (a switchover's release): one round
+    /// trip where the engine can pipeline the two.
+    async fn kill_clients_and_unpause(&self, node: &Endpoint) -> Result<u64, EngineError> {
+        let killed = self.kill_clients(node).await;
+        self.unpause(node).await?;
+        killed
+    }
     /// Writes the node's current role to its config file, so that a restart keeps it, with the
     /// write quorum at rest ([`crate::self_fence::WriteQuorum::AT_REST`]): restarted empty as a
     /// master, it acknowledges nothing.

@@ -333,6 +333,23 @@ fn leader_connections(list: &str) -> impl Iterator<Item = (i64, i64)> + '_ {
     })
 }
 
+/// Closes the normal and pub/sub clients, not ours (`CLIENT KILL TYPE … SKIPME yes`).
+fn kill_clients_pipeline() -> redis::Pipeline {
+    let kill = |kind: &str| {
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .arg("SKIPME")
+            .arg("yes")
+            .clone()
+    };
+    redis::pipe()
+        .add_command(kill("normal"))
+        .add_command(kill("pubsub"))
+        .clone()
+}
+
 /// `CLIENT PAUSE <ms> WRITE`: writes blocked (not reads, not replication) for `duration`.
 fn pause_writes_command(duration: Duration) -> redis::Cmd {
     let ms = duration.as_millis().max(1) as u64;
@@ -534,21 +551,22 @@ impl Engine for ValkeyEngine {
     /// Closes the node's normal and pub/sub client connections (not replicas, not ours) so that
     /// clients reconnect and resolve the name again. Returns how many were closed.
     async fn kill_clients(&self, node: &Endpoint) -> Result<u64, EngineError> {
-        let kill = |kind: &str| {
-            redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg(kind)
-                .arg("SKIPME")
-                .arg("yes")
-                .clone()
-        };
-        let pipeline = redis::pipe()
-            .add_command(kill("normal"))
-            .add_command(kill("pubsub"))
+        let (normal, pubsub): (u64, u64) = self
+            .run_pipeline(node, "CLIENT KILL", &kill_clients_pipeline())
+            .await?;
+        Ok(normal + pubsub)
+    }
+
+    /// The kills and `CLIENT UNPAUSE` in one pipeline: Valkey runs them in order, so the paused
+    /// clients are gone before writes flow again.
+    async fn kill_clients_and_unpause(&self, node: &Endpoint) -> Result<u64, EngineError> {
+        let pipeline = kill_clients_pipeline()
+            .add_command(redis::cmd("CLIENT").arg("UNPAUSE").clone())
+            .ignore()
             .clone();
-        let (normal, pubsub): (u64, u64) =
-            self.run_pipeline(node, "CLIENT KILL", &pipeline).await?;
+        let (normal, pubsub): (u64, u64) = self
+            .run_pipeline(node, "CLIENT KILL, UNPAUSE", &pipeline)
+            .await?;
         Ok(normal + pubsub)
     }
 

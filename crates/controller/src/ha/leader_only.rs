@@ -154,6 +154,14 @@ impl Engine for LeaderOnly {
         self.within_lease(node, "kill clients", self.inner.kill_clients(node))
             .await
     }
+    async fn kill_clients_and_unpause(&self, node: &Endpoint) -> Result<u64, EngineError> {
+        self.within_lease(
+            node,
+            "kill clients, unpause",
+            self.inner.kill_clients_and_unpause(node),
+        )
+        .await
+    }
     async fn persist_role(&self, node: &Endpoint) -> Result<(), EngineError> {
         self.within_lease(node, "config rewrite", self.inner.persist_role(node))
             .await

@@ -405,9 +405,17 @@ impl Controller {
         unpause: bool,
     ) -> (Result<u64, valkey_dr_core::EngineError>, bool) {
         let endpoint = &self.topology.node(old).control_endpoint;
-        let killed = self.engine.kill_clients(endpoint).await;
-        let unpaused = unpause && self.engine.unpause(endpoint).await.is_ok();
-        (killed, unpaused)
+        if !unpause {
+            return (self.engine.kill_clients(endpoint).await, false);
+        }
+        match self.engine.kill_clients_and_unpause(endpoint).await {
+            Ok(killed) => (Ok(killed), true),
+            // Neither is known to have happened: each on its own.
+            Err(_) => {
+                let killed = self.engine.kill_clients(endpoint).await;
+                (killed, self.engine.unpause(endpoint).await.is_ok())
+            }
+        }
     }
 
     /// Records that `old`'s clients were closed (`killed` succeeded) and its role persisted, so

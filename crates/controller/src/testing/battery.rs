@@ -163,7 +163,15 @@ pub async fn battery(engine: &dyn Engine, nodes: &BatteryNodes) {
     );
     let still = engine.replication(a).await.expect("a answers while paused");
     assert_eq!(still.offset, frozen.offset, "nothing moved past the pause");
-    engine.unpause(a).await.expect("unpause");
+    // The release: clients closed and the pause lifted together.
+    engine
+        .kill_clients_and_unpause(a)
+        .await
+        .expect("kill clients and unpause");
+    engine
+        .write_heartbeat(a, 6_700, &mark(1, a))
+        .await
+        .expect("released, it takes writes");
 
     // Promotion: the replica becomes a master that continues its master's history.
     engine.promote(b).await.expect("REPLICAOF NO ONE");
