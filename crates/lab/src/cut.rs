@@ -6,6 +6,7 @@
 //! controller's place (the witness site in the highly available shape).
 
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use crate::spec::CONTROLLER_VANTAGE;
 
@@ -28,6 +29,10 @@ pub enum Cut {
     /// `percent` of the packets between this place and every other, chosen at random
     /// (`loss:<percent>:<place>`). Real networks only.
     Loss { place: String, percent: u8 },
+    /// Nothing flows between one node and a place, either way; the node's own place and every
+    /// other still reach it (`node:<address>-to:<place>`): one host's route or security group,
+    /// not a whole site. Real networks only.
+    NodeLink { node: Ipv4Addr, place: String },
 }
 
 /// What a cut does to the traffic from one place to another.
@@ -47,7 +52,7 @@ pub const LINK: &str = "region-link";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CutError {
     #[error(
-        "`{0}` is not a partition entry: use a place name, region-link, <a>-to:<b>, oneway:<from>:<to>, etcd-peers:<place> or loss:<percent>:<place>"
+        "`{0}` is not a partition entry: use a place name, region-link, <a>-to:<b>, oneway:<from>:<to>, etcd-peers:<place>, loss:<percent>:<place> or node:<address>-to:<place>"
     )]
     Malformed(String),
     #[error("loss must be 1..=100 percent, not `{0}`")]
@@ -66,6 +71,13 @@ impl Cut {
             return Ok(Cut::OneWay {
                 from: named(from).ok_or_else(malformed)?,
                 to: named(to).ok_or_else(malformed)?,
+            });
+        }
+        if let Some(rest) = entry.strip_prefix("node:") {
+            let (node, place) = rest.split_once("-to:").ok_or_else(malformed)?;
+            return Ok(Cut::NodeLink {
+                node: node.parse().map_err(|_| malformed())?,
+                place: named(place).ok_or_else(malformed)?,
             });
         }
         if let Some(place) = entry.strip_prefix("etcd-peers:") {
@@ -96,7 +108,7 @@ impl Cut {
     pub fn needs_real_network(&self) -> bool {
         matches!(
             self,
-            Cut::OneWay { .. } | Cut::EtcdPeers(_) | Cut::Loss { .. }
+            Cut::OneWay { .. } | Cut::EtcdPeers(_) | Cut::Loss { .. } | Cut::NodeLink { .. }
         )
     }
 
@@ -117,6 +129,8 @@ impl Cut {
             Cut::OneWay { from: f, to: t } => (from == f && to == t).then_some(Effect::All),
             Cut::EtcdPeers(place) => touches(place).then_some(Effect::EtcdPeers),
             Cut::Loss { place, percent } => touches(place).then_some(Effect::Loss(*percent)),
+            // One node, not a place: the packet filters drop it by address.
+            Cut::NodeLink { .. } => None,
         }
     }
 }
@@ -130,6 +144,7 @@ impl fmt::Display for Cut {
             Cut::OneWay { from, to } => write!(f, "oneway:{from}:{to}"),
             Cut::EtcdPeers(place) => write!(f, "etcd-peers:{place}"),
             Cut::Loss { place, percent } => write!(f, "loss:{percent}:{place}"),
+            Cut::NodeLink { node, place } => write!(f, "node:{node}-to:{place}"),
         }
     }
 }
@@ -165,6 +180,7 @@ mod tests {
             ("loss:30:us-east-2", EAST, WEST, Some(Effect::Loss(30))),
             ("loss:30:us-east-2", WEST, CTL, Some(Effect::Loss(30))),
             ("loss:30:us-east-2", EAST, CTL, None),
+            ("node:198.18.1.1-to:controller", CTL, EAST, None),
             (EAST, EAST, EAST, None),
         ];
         for (entry, from, to, effect) in table {
@@ -184,6 +200,8 @@ mod tests {
             "loss:x:a",
             "a-to:",
             "etcd-peers:",
+            "node:1.2.3-to:a",
+            "node:1.2.3.4",
         ] {
             let error = Cut::parse(entry).expect_err(entry).to_string();
             assert!(
@@ -193,5 +211,10 @@ mod tests {
         }
         assert!(Cut::parse("oneway:a:b").unwrap().needs_real_network());
         assert!(!Cut::parse("a").unwrap().needs_real_network());
+        assert!(
+            Cut::parse("node:198.18.1.1-to:controller")
+                .unwrap()
+                .needs_real_network()
+        );
     }
 }

@@ -302,6 +302,22 @@ pub fn ruleset(spec: &LabSpec, cuts: &[Cut]) -> BTreeMap<u8, String> {
                 }
             }
         }
+        // One node cut off from one place, both ways, dropped where each packet arrives.
+        for cut in cuts {
+            if let Cut::NodeLink { node, place } = cut {
+                let (other, own) = (spec.place(place), spec.place_of(*node));
+                if own == other {
+                    // Within one place there is no path to cut.
+                    continue;
+                }
+                if to == own {
+                    let source = place_subnet(spec, other);
+                    rules.push_str(&format!("    ip saddr {source} ip daddr {node} drop\n"));
+                } else if to == other {
+                    rules.push_str(&format!("    ip saddr {node} drop\n"));
+                }
+            }
+        }
         scripts.insert(to, table(&rules));
     }
     scripts
@@ -422,6 +438,15 @@ mod tests {
 
         let lossy = ruleset(&spec, &[parse("loss:25:us-east-2")]);
         assert!(lossy[&1].contains(&format!("ip saddr {west} numgen random mod 100 < 25 drop")));
+
+        let a1 = spec.node_ip(0, 0);
+        let node = ruleset(&spec, &[parse(&format!("node:{a1}-to:controller"))]);
+        assert!(node[&1].contains(&format!("ip saddr {witness} ip daddr {a1} drop")));
+        assert!(node[&0].contains(&format!("ip saddr {a1} drop")));
+        assert!(
+            !node[&2].contains("drop"),
+            "the other region still reaches it"
+        );
 
         let healed = ruleset(&spec, &[]);
         assert!(healed.values().all(|s| !s.contains("drop")));

@@ -523,6 +523,19 @@ impl<'a> Lab<'a> {
                 }];
                 self.cut_excused_all(entries.into(), *for_ms).await?;
             }
+            Fault::LeaderCutFromWriterNode { for_ms } => {
+                let leader = self.spec.vantage(&self.leader_site().await?);
+                let node = self.spec.node_ip(writer.0, writer.1);
+                self.cut_for(
+                    [Cut::NodeLink {
+                        node,
+                        place: leader,
+                    }]
+                    .into(),
+                    *for_ms,
+                )
+                .await?;
+            }
             Fault::StaleReadsRefusedThenWriterKilled => {
                 for (r, i) in self.spec.nodes() {
                     let endpoint = endpoint(self.spec.node_addr(r, i));
@@ -540,7 +553,7 @@ impl<'a> Lab<'a> {
         // The places each cut names; the others keep a majority and every path to it.
         let named = cuts.iter().flat_map(|c| match c {
             Cut::Isolate(p) | Cut::EtcdPeers(p) | Cut::Loss { place: p, .. } => vec![p.clone()],
-            Cut::OneWay { from, .. } => vec![from.clone()],
+            Cut::OneWay { from, .. } | Cut::NodeLink { place: from, .. } => vec![from.clone()],
             Cut::Between(a, b) => vec![a.clone(), b.clone()],
             Cut::RegionLink => self.spec.regions.clone(),
         });

@@ -87,6 +87,9 @@ pub enum Fault {
     /// Network namespaces only: `percent` of the packets to and from the writer's region
     /// dropped at random for `for_ms`.
     WriterRegionLossy { percent: u8, for_ms: u64 },
+    /// Only the path between the leader and the writer node fails (a route, a security group):
+    /// the writer's region, its replicas and its clients still reach it.
+    LeaderCutFromWriterNode { for_ms: u64 },
 }
 
 impl Fault {
@@ -118,7 +121,8 @@ impl Fault {
             | Fault::StateDamaged { .. }
             | Fault::WriterRegionUnheard { .. }
             | Fault::WriterSiteEtcdPeersCut { .. }
-            | Fault::WriterRegionLossy { .. } => 0,
+            | Fault::WriterRegionLossy { .. }
+            | Fault::LeaderCutFromWriterNode { .. } => 0,
         }
     }
 
@@ -131,6 +135,7 @@ impl Fault {
             Fault::WriterRegionUnheard { .. }
                 | Fault::WriterSiteEtcdPeersCut { .. }
                 | Fault::WriterRegionLossy { .. }
+                | Fault::LeaderCutFromWriterNode { .. }
                 | Fault::IsolateLeaderSite {
                     leads_raft: true,
                     ..
@@ -413,6 +418,16 @@ pub fn scenarios() -> Vec<Scenario> {
                 percent: 20,
                 for_ms: 8000,
             },
+            14,
+        ),
+    )));
+    // Review N4 (a): a one-sided view must not move the writer inside its region while its
+    // replicas still hear it (the veto of a writer seen alive).
+    all.push(ha(at_most(
+        0,
+        s(
+            "leader cut off from the writer node alone 8 s (its region still reaches it)",
+            Fault::LeaderCutFromWriterNode { for_ms: 8000 },
             14,
         ),
     )));
