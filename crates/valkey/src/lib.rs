@@ -595,7 +595,8 @@ impl Engine for ValkeyEngine {
             )
             .clone();
         let (own, list): (i64, String) = self.run_pipeline(node, "CLIENT LIST", &pipeline).await?;
-        let leaders = leader_connections(&list).filter(|(id, _)| *id != own);
+        // Another connection of this same leadership (a replaced one not closed yet) is left be.
+        let leaders = leader_connections(&list).filter(|(id, t)| *id != own && *t != token);
         let (later, earlier): (Vec<_>, Vec<_>) = leaders.partition(|(_, t)| *t > token);
         if let Some((_, later)) = later.first() {
             // Not ours to use: a later leader's acts here.
