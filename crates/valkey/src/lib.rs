@@ -19,6 +19,7 @@ use valkey_dr_core::observation::{
 use valkey_dr_core::{Endpoint, NodeId};
 
 pub mod acl;
+pub mod cluster;
 
 /// The key the controller writes on the writer once per pass to measure replication lag in time.
 pub const HEARTBEAT_KEY: &str = "__valkey-dr:heartbeat";
