@@ -63,6 +63,19 @@ struct ConfigArg {
 }
 
 #[derive(Subcommand)]
+enum ClusterCommand {
+    /// Each shard: its slots, its primary and replicas with their regions and lag, and what is
+    /// wrong (a primary outside the writer region, a region without a replica, a failed node).
+    /// Discovered from the first configured node that answers `CLUSTER SHARDS`.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the controller in the foreground: reconcile loop, embedded DNS server, control socket.
     Run {
@@ -123,6 +136,12 @@ enum Command {
         /// Keep printing new events as they arrive.
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Cluster mode (read-only so far): the shards of a Valkey cluster stretched over the
+    /// configured regions.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Measured switchovers and failovers against a running lab.
     Drill {
@@ -219,6 +238,17 @@ async fn dispatch(command: Command) -> Result<()> {
                 control::request(&config.control_socket(), &Request::Adopt { region }, |_| {})
                     .await?;
             outln!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(())
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status { config, output },
+        } => {
+            let config = load_config(&config)?;
+            let status = valkey_dr_controller::cluster::cluster_status(&config).await?;
+            match output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&status)?),
+                Output::Table => out!("{}", render::cluster(&status)),
+            }
             Ok(())
         }
         Command::Ack { config } => {

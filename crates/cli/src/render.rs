@@ -143,3 +143,68 @@ pub fn promotion_result(result: &Value) -> String {
         s("total_ms")
     )
 }
+
+/// `valkey-dr cluster status`: a row per shard.
+pub fn cluster(status: &valkey_dr_controller::cluster::ClusterStatus) -> String {
+    use valkey_dr_core::cluster::ShardFinding;
+    let placed = |n: &valkey_dr_core::cluster::PlacedNode| {
+        format!(
+            "{} ({})",
+            n.node,
+            n.region.as_deref().unwrap_or("no configured region")
+        )
+    };
+    let rows: Vec<Vec<String>> = status
+        .shards
+        .iter()
+        .map(|shard| {
+            let findings: Vec<String> = shard
+                .findings
+                .iter()
+                .map(|f| match f {
+                    ShardFinding::NoPrimary => "no primary".to_string(),
+                    ShardFinding::PrimaryOutsideWriterRegion { region } => format!(
+                        "primary outside {} (in {})",
+                        status.writer_region,
+                        region.as_deref().unwrap_or("no configured region")
+                    ),
+                    ShardFinding::NoReplicaIn { region } => format!("no replica in {region}"),
+                    ShardFinding::UnknownNode { node } => {
+                        format!("{node} is in no configured region")
+                    }
+                    ShardFinding::NotOnline { node, health } => format!("{node} {health:?}"),
+                })
+                .collect();
+            vec![
+                shard.slots.clone(),
+                shard.primary.as_ref().map_or("-".into(), placed),
+                shard
+                    .replicas
+                    .iter()
+                    .map(|r| format!("{} lag {} B", placed(r), r.lag_bytes))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if findings.is_empty() {
+                    "ok".into()
+                } else {
+                    findings.join("; ")
+                },
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "{} shard(s), seen from {}; primaries belong in {}\n",
+        status.shards.len(),
+        status.asked,
+        status.writer_region
+    );
+    out.push_str(&table(&["SLOTS", "PRIMARY", "REPLICAS", "FINDINGS"], &rows));
+    if !status.uncovered_slots.is_empty() {
+        let _ = writeln!(
+            out,
+            "slots no shard serves: {}",
+            status.uncovered_slots.join(", ")
+        );
+    }
+    out
+}

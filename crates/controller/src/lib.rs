@@ -7,6 +7,7 @@
 //! so the two never interleave.
 
 pub mod clock;
+pub mod cluster;
 pub mod control;
 pub mod events;
 pub mod failover;

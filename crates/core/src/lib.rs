@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod backoff;
+pub mod cluster;
 pub mod config;
 pub mod endpoint;
 pub mod engine;

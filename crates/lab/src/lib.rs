@@ -4,6 +4,7 @@
 
 pub mod chaos;
 pub mod clients;
+pub mod cluster;
 pub mod cut;
 pub mod drill;
 pub mod link;

@@ -1,66 +1,12 @@
-//! Valkey cluster mode: a cluster's shards as `CLUSTER SHARDS` reports them — which slots each
-//! shard serves, its primary and replicas, their replication offsets and health. Discovered from
-//! any node, never configured by hand.
-
-use std::ops::RangeInclusive;
+//! Valkey cluster mode: a cluster's shards read from `CLUSTER SHARDS` on any node — which slots
+//! each shard serves, its primary and replicas, their replication offsets and health.
 
 use redis::Value;
 use valkey_dr_core::Endpoint;
+pub use valkey_dr_core::cluster::{NodeHealth, SLOTS, Shard, ShardNode, ShardRole};
 use valkey_dr_core::observation::FailureKind;
 
 use crate::{EngineError, ValkeyEngine, error};
-
-/// The number of hash slots of a Valkey cluster.
-pub const SLOTS: u32 = 16_384;
-
-/// One shard: the slots it serves and its nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shard {
-    pub slots: Vec<RangeInclusive<u16>>,
-    pub nodes: Vec<ShardNode>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShardNode {
-    /// The node's cluster id (40 hex characters).
-    pub id: String,
-    /// Where clients reach it: its announced address and its TLS port when it has one.
-    pub endpoint: Endpoint,
-    pub role: ShardRole,
-    pub replication_offset: u64,
-    pub health: NodeHealth,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardRole {
-    Primary,
-    Replica,
-}
-
-/// What the cluster thinks of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeHealth {
-    Online,
-    /// Marked failed (`FAIL`) by the cluster.
-    Failed,
-    /// Loading its dataset.
-    Loading,
-}
-
-impl Shard {
-    /// The shard's primary, if the cluster names one.
-    pub fn primary(&self) -> Option<&ShardNode> {
-        self.nodes.iter().find(|n| n.role == ShardRole::Primary)
-    }
-
-    /// How many slots it serves.
-    pub fn slot_count(&self) -> u32 {
-        self.slots
-            .iter()
-            .map(|r| u32::from(*r.end()) - u32::from(*r.start()) + 1)
-            .sum()
-    }
-}
 
 /// Why a `CLUSTER SHARDS` reply could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,6 +5,7 @@
 mod aws;
 mod chaos;
 mod clients;
+mod cluster;
 mod config;
 mod deps;
 mod docs;
