@@ -12,7 +12,7 @@ use valkey_dr_core::cluster::{NodeHealth, SLOTS, ShardRole};
 use valkey_dr_lab::cluster::{free_cluster_port, start};
 use valkey_dr_valkey::{Security, Timeouts, ValkeyEngine};
 
-use crate::harness::BIN;
+use crate::harness::{BIN, succeed};
 
 fn config(dir: &std::path::Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
     let nodes = |range: std::ops::Range<usize>| {
@@ -40,17 +40,12 @@ fn config(dir: &std::path::Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
 }
 
 fn status(config: &std::path::Path) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(["cluster", "status", "--output", "json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        Command::new(BIN)
+            .args(["cluster", "status", "--output", "json", "--config"])
+            .arg(config),
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&out).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,12 +136,12 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
         "{failed:#}"
     );
 
-    let out = Command::new(BIN)
-        .args(["cluster", "status", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
+    let out = succeed(
+        Command::new(BIN)
+            .args(["cluster", "status", "--config"])
+            .arg(&path),
+    );
+    let table = String::from_utf8_lossy(&out);
     assert!(
         table.contains("3 shard(s)") && table.contains("(us-east-2)"),
         "{table}"

@@ -13,6 +13,19 @@ use valkey_dr_lab::LabSpec;
 
 use crate::harness::TestLab;
 
+/// A client of the lab's etcd as `name` (what an operator's or an impostor's tool would hold).
+async fn etcd_client(lab: &TestLab, name: &str) -> Coordinator {
+    Coordinator::connect_with(
+        &lab.spec.etcd_endpoints("us-east-1"),
+        "/valkey-dr/valkey-dr-lab",
+        name,
+        Duration::from_secs(3),
+        lab.spec.etcd_tls().unwrap().as_ref(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Polls `dig` against one site until it leads to `ip` (at most `limit`).
 async fn wait_name_at(lab: &TestLab, site: &str, ip: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -69,16 +82,7 @@ async fn every_site_serves_the_name_and_the_survivors_carry_on_without_the_leade
 
     // A deposed leader's token, whatever its own clock says, is refused by etcd: neither the
     // state nor the records change.
-    let endpoints = lab.spec.etcd_endpoints("us-east-1");
-    let coord = Coordinator::connect_with(
-        &endpoints,
-        "/valkey-dr/valkey-dr-lab",
-        "impostor",
-        Duration::from_secs(3),
-        lab.spec.etcd_tls().unwrap().as_ref(),
-    )
-    .await
-    .unwrap();
+    let coord = etcd_client(&lab, "impostor").await;
     let stale = Fence {
         token: 1,
         act_until: Instant::now() + Duration::from_secs(30),
@@ -157,15 +161,7 @@ async fn every_site_serves_the_name_and_the_survivors_carry_on_without_the_leade
         "deadline_ms": 1,
         "request": { "command": "promote", "region": "us-east-1" },
     });
-    let forwarder = Coordinator::connect_with(
-        &endpoints,
-        "/valkey-dr/valkey-dr-lab",
-        "operator",
-        Duration::from_secs(3),
-        lab.spec.etcd_tls().unwrap().as_ref(),
-    )
-    .await
-    .unwrap();
+    let forwarder = etcd_client(&lab, "operator").await;
     forwarder
         .put_expiring(
             "requests/late",
@@ -309,27 +305,14 @@ async fn status_shows_etcd_storage_and_warns_on_its_nospace_alarm() {
 async fn etcd_restored_from_before_the_last_promotion_keeps_the_real_writer() {
     use valkey_dr_coord::keys;
     let lab = TestLab::start_ha().await;
-    let operator = Coordinator::connect_with(
-        &lab.spec.etcd_endpoints("us-east-1"),
-        "/valkey-dr/valkey-dr-lab",
-        "operator",
-        Duration::from_secs(3),
-        lab.spec.etcd_tls().unwrap().as_ref(),
-    )
-    .await
-    .unwrap();
+    let operator = etcd_client(&lab, "operator").await;
     let backup_state = operator.get(keys::STATE).await.unwrap().expect("a state");
     let backup_records = operator.get(keys::RECORDS).await.unwrap().expect("records");
 
-    let out = std::process::Command::new(crate::harness::BIN)
-        .args(["promote", "us-east-2", "--config"])
-        .arg(lab.spec.site_config_path("us-east-1"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::harness::succeed(
+        std::process::Command::new(crate::harness::BIN)
+            .args(["promote", "us-east-2", "--config"])
+            .arg(lab.spec.site_config_path("us-east-1")),
     );
     let writer = lab.ip(1, 0);
     assert!(wait_name_at(&lab, "us-east-1", &writer, Duration::from_secs(3)).await);

@@ -280,6 +280,17 @@ pub fn dig(server: SocketAddr, args: &[&str]) -> String {
 }
 
 /// Whether a finished command succeeded, and everything it printed (stdout, then stderr).
+/// Runs `command`, fails the test with its stderr unless it succeeds, and returns its stdout.
+pub fn succeed(command: &mut Command) -> Vec<u8> {
+    let out = command.output().expect("the command runs");
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 pub fn outcome(out: std::process::Output) -> (bool, String) {
     (
         out.status.success(),
