@@ -9,6 +9,7 @@
 
 mod monitor;
 mod nemesis;
+mod partitions;
 mod scenarios;
 mod verdict;
 
