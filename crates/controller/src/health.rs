@@ -42,7 +42,7 @@ impl Health {
         for o in observations {
             // Only silence counts: a node that refuses us (password, certificate) or answers with
             // an error (LOADING, BUSY, MASTERDOWN) is alive.
-            if o.failure() == Some(valkey_dr_core::observation::FailureKind::Unreachable) {
+            if o.failure().is_some_and(|kind| kind.no_answer()) {
                 self.note_failure(o.node, probed_at);
             } else {
                 self.failing.remove(&o.node);

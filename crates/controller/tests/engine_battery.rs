@@ -36,9 +36,17 @@ async fn the_fake_engine_passes_the_battery() {
         a: Endpoint::new("127.0.9.1", 6379),
         b: Endpoint::new("127.0.9.2", 6379),
         gone: Endpoint::new("127.0.9.3", 6379),
+        silent: Endpoint::new("127.0.9.4", 6379),
     };
     engine.insert(nodes.a.clone(), FakeNode::primary("a-history", 0));
     engine.insert(nodes.b.clone(), FakeNode::primary("b-history", 0));
+    engine.insert(
+        nodes.silent.clone(),
+        FakeNode {
+            silent: true,
+            ..FakeNode::primary("silent-history", 0)
+        },
+    );
     battery(&engine, &nodes).await;
 }
 
@@ -109,11 +117,18 @@ async fn real_valkey_passes_the_battery() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
+    // Bound and listening but never accepting: the kernel completes the handshake, nothing
+    // answers (a stalled process, or a cut that still lets the connection open).
+    let silent = TcpListener::bind("127.0.0.1:0").expect("a free port");
     let engine = engine();
     let nodes = BatteryNodes {
         a: a.endpoint(),
         b: b.endpoint(),
         gone: Endpoint::new("127.0.0.1", gone),
+        silent: Endpoint::new(
+            "127.0.0.1",
+            silent.local_addr().expect("its address").port(),
+        ),
     };
     battery(&engine, &nodes).await;
     // Valkey's defaults, as the controller reads them: the ping period weakens a safety rule.

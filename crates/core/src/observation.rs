@@ -124,8 +124,13 @@ pub struct ParentHistory {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
-    /// No answer: refused connection, timeout, reset. Counts towards `down_after`.
+    /// No answer: a timeout, no route. The node may be alive behind a cut, or stalled, and may
+    /// still take writes from clients that reach it. Counts towards `down_after`.
     Unreachable,
+    /// Nothing serves at the node's address: the connection was refused, or closed or reset by
+    /// the other end (the process died). Counts towards `down_after`, like silence; unlike
+    /// silence, it says the node takes no writes now.
+    Gone,
     /// The node answered with an error reply (`-LOADING`, `-BUSY`, `-MASTERDOWN`, …) or a reply
     /// we cannot read: alive but unusable for now. Never counts towards `down_after`.
     Unusable,
@@ -139,6 +144,13 @@ pub enum FailureKind {
 pub struct Failure {
     pub kind: FailureKind,
     pub reason: String,
+}
+
+impl FailureKind {
+    /// True when the node did not answer at all, silent or gone: what failure detection counts.
+    pub fn no_answer(self) -> bool {
+        matches!(self, FailureKind::Unreachable | FailureKind::Gone)
+    }
 }
 
 impl Failure {

@@ -58,12 +58,24 @@ pub fn replica_of(n: usize, master: usize, offset: u64) -> NodeObservation {
     )
 }
 
+/// Node `n` is not running: its connection refused.
 pub fn down(n: usize) -> NodeObservation {
     obs(
         n,
         Err(crate::observation::Failure::new(
-            crate::observation::FailureKind::Unreachable,
+            crate::observation::FailureKind::Gone,
             "connection refused",
+        )),
+    )
+}
+
+/// Node `n` does not answer (stalled, or behind a cut): it timed out.
+pub fn silent(n: usize) -> NodeObservation {
+    obs(
+        n,
+        Err(crate::observation::Failure::new(
+            crate::observation::FailureKind::Unreachable,
+            "timed out",
         )),
     )
 }

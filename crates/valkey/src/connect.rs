@@ -136,8 +136,9 @@ pub(crate) async fn open(
     .map_err(|e| Failure::new(classify(&e), e.to_string()))
 }
 
-/// What an error from a node says about it, from the error's type: silence (I/O, timeouts), a
-/// refusal of us (authentication, ACL, the TLS handshake rejecting a certificate), or an error
+/// What an error from a node says about it, from the error's type: silence (timeouts, no route),
+/// nothing serving at its address (the connection refused, or closed or reset by the other end),
+/// a refusal of us (authentication, ACL, the TLS handshake rejecting a certificate), or an error
 /// reply from a live node (`-LOADING`, `-BUSY`, `-MASTERDOWN`, …).
 pub fn classify(e: &redis::RedisError) -> FailureKind {
     use redis::{ErrorKind, ServerErrorKind};
@@ -150,6 +151,7 @@ pub fn classify(e: &redis::RedisError) -> FailureKind {
             _ => FailureKind::Unusable,
         },
         ErrorKind::Io if rejected_by_tls(e) => FailureKind::Refused,
+        ErrorKind::Io if closed_by_the_other_end(e) => FailureKind::Gone,
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => FailureKind::Unusable,
         _ => FailureKind::Unreachable,
     }
@@ -157,32 +159,53 @@ pub fn classify(e: &redis::RedisError) -> FailureKind {
 
 /// True when the error's cause is the TLS handshake refusing a certificate (ours or the node's).
 fn rejected_by_tls(e: &redis::RedisError) -> bool {
+    matches!(
+        cause::<rustls::Error>(e),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::AlertReceived(_)
+        )
+    )
+}
+
+/// True when the other end answered that nothing serves there: the connection was refused, or
+/// closed or reset (a process that died, or a link to a dead one). A cut or a stalled node does
+/// neither: it stays silent until a timeout.
+fn closed_by_the_other_end(e: &redis::RedisError) -> bool {
+    use std::io::ErrorKind::*;
+    cause::<std::io::Error>(e).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            ConnectionRefused | ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe
+        )
+    })
+}
+
+/// The first error of type `T` among `e`'s causes, looking inside `io::Error`s and redis's shared
+/// error box.
+fn cause<T: std::error::Error + 'static>(e: &redis::RedisError) -> Option<&T> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(c) = cause {
-        if matches!(
-            tls_error(c),
-            Some(
-                rustls::Error::InvalidCertificate(_)
-                    | rustls::Error::NoCertificatesPresented
-                    | rustls::Error::AlertReceived(_)
-            )
-        ) {
-            return true;
+        if let Some(found) = unwrap_cause(c) {
+            return Some(found);
         }
         cause = c.source();
     }
-    false
+    None
 }
 
-/// The rustls error `e` is or wraps (in an `io::Error`, in redis's shared error box).
-fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+fn unwrap_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
     type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
-    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-        return Some(tls);
+    if let Some(found) = e.downcast_ref::<T>() {
+        return Some(found);
     }
-    if let Some(io) = e.downcast_ref::<std::io::Error>() {
-        return io.get_ref().and_then(|inner| tls_error(inner));
+    if let Some(shared) = e.downcast_ref::<Shared>() {
+        return unwrap_cause(shared.as_ref());
     }
-    e.downcast_ref::<Shared>()
-        .and_then(|shared| tls_error(shared.as_ref()))
+    e.downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| unwrap_cause(inner))
 }

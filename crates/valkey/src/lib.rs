@@ -134,10 +134,7 @@ impl ValkeyEngine {
         // (`-READONLY`, `-BUSY`, `-LOADING`, `-MISCONF`) came over a working one. Reopening it
         // could fail on a node at `maxclients` during a reconnect storm, exactly when the guard
         // must pause it or the leader demote it.
-        if result
-            .as_ref()
-            .is_err_and(|e| e.kind == FailureKind::Unreachable)
-        {
+        if result.as_ref().is_err_and(|e| e.kind.no_answer()) {
             self.connections.lock().expect("lock").remove(node);
         }
         result
@@ -578,13 +575,33 @@ mod tests {
         ));
         let cases = [
             (
-                "connection refused",
+                "connection refused: nothing listens",
                 io(std::io::ErrorKind::ConnectionRefused),
+                FailureKind::Gone,
+            ),
+            (
+                "reset by the other end",
+                io(std::io::ErrorKind::ConnectionReset),
+                FailureKind::Gone,
+            ),
+            (
+                "closed by the other end",
+                io(std::io::ErrorKind::BrokenPipe),
+                FailureKind::Gone,
+            ),
+            (
+                "closed before a reply",
+                io(std::io::ErrorKind::UnexpectedEof),
+                FailureKind::Gone,
+            ),
+            (
+                "timed out: silence",
+                io(std::io::ErrorKind::TimedOut),
                 FailureKind::Unreachable,
             ),
             (
-                "reset",
-                io(std::io::ErrorKind::ConnectionReset),
+                "no route: silence",
+                io(std::io::ErrorKind::HostUnreachable),
                 FailureKind::Unreachable,
             ),
             ("untrusted certificate", tls, FailureKind::Refused),

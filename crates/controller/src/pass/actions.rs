@@ -296,10 +296,7 @@ impl Controller {
             let endpoint = &self.topology.node(node).control_endpoint;
             let settings = self.engine.sync_settings(endpoint).await;
             // A node that refuses CONFIG (renamed, ACL) is not asked again in this run.
-            if settings
-                .as_ref()
-                .is_err_and(|e| e.kind == valkey_dr_core::observation::FailureKind::Unreachable)
-            {
+            if settings.as_ref().is_err_and(|e| e.kind.no_answer()) {
                 continue;
             }
             checked.insert(node);

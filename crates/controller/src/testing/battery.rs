@@ -9,11 +9,13 @@ use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{Endpoint, Engine, NodeId, ReplicationInfo};
 
 /// Two fresh standalone masters (no replicas, no write quorum, each with a config file it may
-/// rewrite), and an address where nothing answers.
+/// rewrite), an address where nothing listens (a dead process) and one that takes connections
+/// but never answers (a stalled node, or one behind a cut).
 pub struct BatteryNodes {
     pub a: Endpoint,
     pub b: Endpoint,
     pub gone: Endpoint,
+    pub silent: Endpoint,
 }
 
 /// How long a replica may take to attach (a real full sync of an empty dataset: well under 1 s).
@@ -49,14 +51,21 @@ fn mark(epoch: u64, writer: &Endpoint) -> EpochMark {
 pub async fn battery(engine: &dyn Engine, nodes: &BatteryNodes) {
     let (a, b) = (&nodes.a, &nodes.b);
 
-    // Silence is reported as unreachable, never as an answer.
+    // A dead process and a silent node are told apart, and neither is an answer: only the
+    // first surely takes no writes now.
     let gone = engine.observe(NodeId(9), &nodes.gone).await;
     assert_eq!(
         gone.failure(),
-        Some(FailureKind::Unreachable),
-        "a node that does not answer is unreachable: {gone:?}"
+        Some(FailureKind::Gone),
+        "a node where nothing listens is gone: {gone:?}"
     );
     assert!(engine.ping(&nodes.gone).await.is_err(), "ping of nothing");
+    let silent = engine.observe(NodeId(8), &nodes.silent).await;
+    assert_eq!(
+        silent.failure(),
+        Some(FailureKind::Unreachable),
+        "a node that never answers is unreachable, not gone: {silent:?}"
+    );
     assert!(engine.ping(a).await.is_ok(), "ping of a live node");
 
     // Two masters; a heartbeat is written on a master and read back with its epoch mark.

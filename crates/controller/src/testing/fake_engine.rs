@@ -22,7 +22,11 @@ pub struct FakeNode {
     pub replication_id2: String,
     /// Up to which offset `replication_id2` was this node's history (set at a promotion).
     pub replication_id2_until: Option<u64>,
+    /// False: nothing listens (a dead process), every call fails as [`FailureKind::Gone`].
     pub up: bool,
+    /// Up but never answering (stalled, or behind a cut): every call fails as
+    /// [`FailureKind::Unreachable`].
+    pub silent: bool,
     /// Writes are paused (`CLIENT PAUSE WRITE`): a heartbeat is not written.
     pub paused: bool,
     pub refuses_replicaof: bool,
@@ -52,6 +56,7 @@ impl FakeNode {
             replication_id2: "0000".into(),
             replication_id2_until: None,
             up: true,
+            silent: false,
             paused: false,
             refuses_replicaof: false,
             refuses_rewrite: false,
@@ -122,11 +127,17 @@ impl FakeEngine {
 
     fn node(&self, endpoint: &Endpoint) -> Result<FakeNode, EngineError> {
         match self.world().nodes.get(endpoint) {
+            Some(n) if n.up && n.silent => Err(error(
+                endpoint,
+                "connect",
+                FailureKind::Unreachable,
+                "timed out",
+            )),
             Some(n) if n.up => Ok(n.clone()),
             _ => Err(error(
                 endpoint,
                 "connect",
-                FailureKind::Unreachable,
+                FailureKind::Gone,
                 "connection refused",
             )),
         }

@@ -395,6 +395,13 @@ impl<'a> Lab<'a> {
                 tokio::time::sleep(Duration::from_millis(*for_ms)).await;
                 unsafe { libc::kill(pid, libc::SIGCONT) };
             }
+            Fault::WriterStall { for_ms } => {
+                let pid = read_pid(&self.spec.node_pidfile(writer.0, writer.1))
+                    .ok_or_else(|| lab_error("no writer pid file"))?;
+                signal(pid, libc::SIGSTOP);
+                tokio::time::sleep(Duration::from_millis(*for_ms)).await;
+                signal(pid, libc::SIGCONT);
+            }
             Fault::ReplicaRestartedThenWriterKilled => {
                 let replica = (writer.0, 1 - writer.1);
                 self.kill(replica).await?;

@@ -25,6 +25,9 @@ pub enum Fault {
     ControllerCrash { step: String, restart_after_ms: u64 },
     /// SIGSTOP the controller for `for_ms`.
     ControllerStall { for_ms: u64 },
+    /// SIGSTOP the writer node for `for_ms` (a paused VM, a stalled process): silent, not dead —
+    /// it resumes with its clients and its data, and must not find a second writer.
+    WriterStall { for_ms: u64 },
     /// Restart the writer's in-region replica empty, then SIGKILL the writer.
     ReplicaRestartedThenWriterKilled,
     /// A switchover, then the controller restarted over a truncated or reverted `state.json`.
@@ -118,6 +121,7 @@ impl Fault {
             | Fault::WriterDiskFails
             | Fault::ControllerCrash { .. }
             | Fault::ControllerStall { .. }
+            | Fault::WriterStall { .. }
             | Fault::StateDamaged { .. }
             | Fault::WriterRegionUnheard { .. }
             | Fault::WriterSiteEtcdPeersCut { .. }
@@ -217,6 +221,23 @@ pub fn scenarios() -> Vec<Scenario> {
                 9,
             )
         },
+        Scenario {
+            // Silent is not dead: it is replaced only once its self-fence holds (4 s).
+            max_failovers: Some(0),
+            ..s(
+                "the writer node stalled 3 s (SIGSTOP: a paused VM)",
+                Fault::WriterStall { for_ms: 3000 },
+                9,
+            )
+        },
+        Scenario {
+            max_failovers: Some(1),
+            ..s(
+                "the writer node stalled 6 s (SIGSTOP: a paused VM)",
+                Fault::WriterStall { for_ms: 6000 },
+                12,
+            )
+        },
         s(
             "replica restarted empty, then writer killed",
             Fault::ReplicaRestartedThenWriterKilled,
@@ -272,6 +293,14 @@ pub fn scenarios() -> Vec<Scenario> {
                     leads_raft: true,
                 },
                 14,
+            )
+        }),
+        ha(Scenario {
+            max_failovers: Some(0),
+            ..s(
+                "the writer node stalled 3 s (SIGSTOP: a paused VM)",
+                Fault::WriterStall { for_ms: 3000 },
+                9,
             )
         }),
         ha(Scenario {

@@ -1,7 +1,7 @@
 use super::*;
 use valkey_dr_core::observation::Role;
 use valkey_dr_core::self_fence::WriteQuorum;
-use valkey_dr_core::testing::{down, lab, primary, replica_of};
+use valkey_dr_core::testing::{down, lab, primary, replica_of, silent};
 
 const A1: NodeId = NodeId(0);
 const A2: NodeId = NodeId(1);
@@ -200,6 +200,28 @@ fn every_decision_of_a_pass() {
         }
         s
     };
+    // The writer alone fails, silent (`timed out`) or gone (connection refused); its region's
+    // replica holds the history.
+    let writer_alone_fails = |writer: NodeObservation, failing_s: u64, armed: bool| {
+        let mut s = snapshot(
+            vec![
+                writer,
+                orphan(1, 0, 100),
+                orphan(2, 0, 100),
+                replica_of(3, 2, 100),
+            ],
+            Some(state()),
+        );
+        s.down = [A1].into();
+        s.writer_failing_for = Some(Duration::from_secs(failing_s));
+        if let Some(state) = s.state.as_mut() {
+            state.writer_quorum = armed.then_some(WriteQuorum {
+                replicas: 2,
+                max_lag_s: 2,
+            });
+        }
+        s
+    };
     let blocked = |mut s: Snapshot| {
         if let Some(state) = s.state.as_mut() {
             state.failovers_blocked_until_ms = Some(s.now_ms + 1);
@@ -316,6 +338,16 @@ fn every_decision_of_a_pass() {
         ("the writer is down, a replica of its region holds the history",
          { let mut s = snapshot(vec![down(0), orphan(1, 0, 100), orphan(2, 0, 100), replica_of(3, 2, 100)], Some(state())); s.down = [A1].into(); s },
          &single, vec!["FailOver"]),
+        ("the writer's process is gone (refused), its self-fence armed: replaced in its region at once",
+         writer_alone_fails(down(0), 2, true), &single, vec!["FailOver"]),
+        ("the writer is silent (it may be alive behind a cut), its self-fence armed but not surely in force: held",
+         writer_alone_fails(silent(0), 2, true), &single, vec!["Withhold"]),
+        ("the same in the highly available shape: held",
+         writer_alone_fails(silent(0), 2, true), &coordinated, vec!["Withhold"]),
+        ("the writer is silent and its self-fence surely holds: replaced in its region",
+         writer_alone_fails(silent(0), 5, true), &single, vec!["FailOver"]),
+        ("the writer is silent, its self-fence disarmed (nothing would end a wait): replaced in its region",
+         writer_alone_fails(silent(0), 2, false), &single, vec!["FailOver"]),
         ("its region is down, the self-fence was not armed: an operator decides",
          writer_down(30, false), &single, vec!["Withhold"]),
         ("its region is down, the self-fence is armed but not surely in force yet",

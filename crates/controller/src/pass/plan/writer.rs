@@ -2,7 +2,8 @@
 //! switch away from one that refuses every write, or hold it.
 
 use valkey_dr_core::failover::{self, Decision, Policy, WriterState};
-use valkey_dr_core::observation::info_of;
+use valkey_dr_core::observation::{FailureKind, info_of};
+use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{EpochRecord, ErrorReply, NodeId, Role};
 
 use super::{Action, FailoverChecks, FailoverKind, Rules, Snapshot};
@@ -44,6 +45,12 @@ pub(super) fn failover_actions(
         &policy,
     );
     let silent = writer_state == WriterState::Unreachable;
+    // Nothing serves at its address: its process is not running, so it takes no writes now.
+    let gone = observations
+        .iter()
+        .find(|o| o.node == writer)
+        .and_then(|o| o.failure())
+        == Some(FailureKind::Gone);
     if decision == Decision::None
         && writer_state == WriterState::Serving
         && !policy.blocked
@@ -58,9 +65,21 @@ pub(super) fn failover_actions(
                 _ => FailoverKind::CrossRegion,
             };
             let leaves_silent_region = kind == FailoverKind::CrossRegion && silent;
-            // The writer leaves its region from silence only once it surely refuses writes
-            // itself (its self-fence), whoever is alive in its region.
-            match self_fence_withheld(snapshot, rules, writer).filter(|_| leaves_silent_region) {
+            // A silent writer may be alive behind a cut, still acknowledging the writes of
+            // clients that reach it: it is replaced only once it surely refuses writes itself
+            // (its self-fence). Across regions whoever is alive in its region, and even when its
+            // process looks gone (a cut seen through a rejecting firewall looks the same). In its
+            // region only when it is silent, not gone, and its self-fence is armed: with the
+            // fence disarmed (no healthy replica outside the region) nothing would ever make the
+            // wait end, and a region's own failover stays automatic.
+            let withheld = if leaves_silent_region {
+                self_fence_withheld(snapshot, rules, writer)
+            } else if kind == FailoverKind::InRegion && silent && !gone {
+                self_fence_pending(snapshot, rules, writer)
+            } else {
+                None
+            };
+            match withheld {
                 Some(reason) => actions.push(Action::Withhold { reason }),
                 None => actions.push(Action::FailOver {
                     from: epoch,
@@ -136,18 +155,34 @@ pub fn self_fence_withheld(snapshot: &Snapshot, rules: &Rules, writer: NodeId) -
     if rules.writer_quorum_max_lag_s == 0 {
         return None;
     }
-    // What the state records: this controller's own setting, or the last leader's.
-    let recorded = snapshot
-        .state
-        .as_ref()
-        .filter(|s| s.epoch.primary == writer)
-        .and_then(|s| s.writer_quorum);
-    let name = rules.topology.node_name(writer);
-    let Some(quorum) = recorded.filter(|q| q.armed()) else {
+    if armed_quorum(snapshot, writer).is_none() {
+        let name = rules.topology.node_name(writer);
         return Some(format!(
             "the writer {name} cannot be reached and is not known to refuse writes: its self-fence (min-replicas-to-write) was not armed when last seen (no healthy replica outside its region); if it is really gone, run `valkey-dr failover <region> --force`"
         ));
-    };
+    }
+    self_fence_pending(snapshot, rules, writer)
+}
+
+/// The writer's self-fence as the state records it (this controller's own setting, or the last
+/// leader's), if it was armed.
+fn armed_quorum(snapshot: &Snapshot, writer: NodeId) -> Option<WriteQuorum> {
+    snapshot
+        .state
+        .as_ref()
+        .filter(|s| s.epoch.primary == writer)
+        .and_then(|s| s.writer_quorum)
+        .filter(|q| q.armed())
+}
+
+/// Why a silent writer whose self-fence was armed may not be replaced yet: the fence has not
+/// surely taken hold. `None` once it has, or when no armed fence is known.
+fn self_fence_pending(snapshot: &Snapshot, rules: &Rules, writer: NodeId) -> Option<String> {
+    if rules.writer_quorum_max_lag_s == 0 {
+        return None;
+    }
+    let quorum = armed_quorum(snapshot, writer)?;
+    let name = rules.topology.node_name(writer);
     let certain = quorum.certain_after();
     (snapshot.writer_failing_for.unwrap_or_default() < certain).then(|| {
         format!(
