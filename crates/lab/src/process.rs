@@ -93,7 +93,10 @@ pub fn processes(dir: &Path) -> Vec<LabProcess> {
     list
 }
 
-/// True when the process exists and is not a zombie.
+/// True when the process exists and is not a zombie whose threads have all exited. A killed
+/// multi-threaded process shows its main thread as a zombie while the other threads still tear
+/// down, and its sockets stay bound until the last one is gone: a restart on the same ports
+/// must wait for that too.
 pub fn is_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
@@ -103,12 +106,20 @@ pub fn is_alive(pid: i32) -> bool {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => {
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            !zombie || threads_left(pid) > 1
+        }
         Err(_) => false,
     }
+}
+
+/// How many threads of `pid` still exist (a zombie's main thread counts as one).
+fn threads_left(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| tasks.count())
 }
 
 /// True when the process exists and runs (not stopped by SIGSTOP, not a zombie).
