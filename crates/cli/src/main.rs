@@ -73,6 +73,19 @@ enum ClusterCommand {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Move every shard's primary to REGION as one cut: writes paused on every primary, every
+    /// target caught up, every shard handed over (`CLUSTER FAILOVER TAKEOVER`, under the pause),
+    /// clients released. All or
+    /// nothing: a shard that cannot move stops them all; one that fails to hand over hands the
+    /// others back. An operator's command: no epoch or name is kept for a cluster yet.
+    Switchover {
+        /// The region that is to hold every shard's primary.
+        region: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,8 +150,8 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
-    /// Cluster mode (read-only so far): the shards of a Valkey cluster stretched over the
-    /// configured regions.
+    /// Cluster mode: the shards of a Valkey cluster stretched over the configured regions, and
+    /// an all-shard switchover.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
@@ -248,6 +261,22 @@ async fn dispatch(command: Command) -> Result<()> {
             match output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&status)?),
                 Output::Table => out!("{}", render::cluster(&status)),
+            }
+            Ok(())
+        }
+        Command::Cluster {
+            command:
+                ClusterCommand::Switchover {
+                    region,
+                    config,
+                    output,
+                },
+        } => {
+            let config = load_config(&config)?;
+            let done = valkey_dr_controller::cluster::cluster_switchover(&config, &region).await?;
+            match output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&done)?),
+                Output::Table => out!("{}", render::cluster_switchover(&done)),
             }
             Ok(())
         }

@@ -208,3 +208,22 @@ pub fn cluster(status: &valkey_dr_controller::cluster::ClusterStatus) -> String 
     }
     out
 }
+
+pub fn cluster_switchover(done: &valkey_dr_controller::cluster::ClusterSwitchover) -> String {
+    if done.moves.is_empty() {
+        return format!("every shard's primary is already in {}\n", done.to_region);
+    }
+    let rows: Vec<Vec<String>> = done
+        .moves
+        .iter()
+        .map(|m| vec![m.slots.clone(), m.from.to_string(), m.to.to_string()])
+        .collect();
+    let mut out = format!(
+        "{} shard(s) moved to {}; writes paused {:.1} ms\n",
+        done.moves.len(),
+        done.to_region,
+        done.write_pause_ms
+    );
+    out.push_str(&table(&["SLOTS", "FROM", "TO"], &rows));
+    out
+}

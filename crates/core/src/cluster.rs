@@ -214,6 +214,116 @@ pub fn uncovered_slots(shards: &[Shard]) -> Vec<RangeInclusive<u16>> {
     gaps
 }
 
+/// One shard's part of an all-shard switchover: its primary hands over to a replica in the
+/// region that is to hold the primaries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardMove {
+    /// The shard's slots, as [`ShardView::slots`] shows them.
+    pub slots: String,
+    pub from: Endpoint,
+    pub to: Endpoint,
+    /// The target's cluster id.
+    pub to_id: String,
+}
+
+/// Why an all-shard switchover may not start. Every shard moves or none does, so one shard that
+/// cannot move stops them all, before anything is touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum SwitchoverRefusal {
+    #[error("slots {slots} are served by no shard: the cluster is not whole")]
+    UncoveredSlots { slots: String },
+    #[error("shard {slots} has no primary")]
+    NoPrimary { slots: String },
+    #[error("shard {slots}: its primary {node} is not online")]
+    PrimaryNotOnline { slots: String, node: String },
+    #[error(
+        "shard {slots} has no online replica of its primary in {region}: add one (CLUSTER REPLICATE) or pick another region"
+    )]
+    NoReplicaIn { slots: String, region: String },
+}
+
+/// The moves that put every shard's primary in `to`: per shard, the online replica in `to` with
+/// the highest replication offset (ties: the earlier node in the configuration). Shards whose
+/// primary already stands in `to` stay as they are. All or nothing: any shard that cannot move,
+/// or a slot no shard serves, refuses the whole switchover.
+pub fn plan_switchover(
+    topology: &Topology,
+    shards: &[Shard],
+    to: RegionId,
+) -> Result<Vec<ShardMove>, Vec<SwitchoverRefusal>> {
+    let in_to = |endpoint: &Endpoint| {
+        topology
+            .node_by_any_address(endpoint)
+            .is_some_and(|id| topology.node(id).region == to)
+    };
+    let config_order = |endpoint: &Endpoint| {
+        topology
+            .node_by_any_address(endpoint)
+            .map_or(usize::MAX, |id| id.0)
+    };
+    let mut refusals: Vec<SwitchoverRefusal> = uncovered_slots(shards)
+        .iter()
+        .map(|r| SwitchoverRefusal::UncoveredSlots {
+            slots: format!("{}-{}", r.start(), r.end()),
+        })
+        .collect();
+    let mut moves = Vec::new();
+    let mut ordered: Vec<&Shard> = shards.iter().collect();
+    ordered.sort_by_key(|s| s.slots.iter().map(|r| *r.start()).min());
+    for shard in ordered {
+        let slots = shard
+            .slots
+            .iter()
+            .map(|r| format!("{}-{}", r.start(), r.end()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let Some(primary) = shard.primary() else {
+            refusals.push(SwitchoverRefusal::NoPrimary { slots });
+            continue;
+        };
+        if primary.health != NodeHealth::Online {
+            refusals.push(SwitchoverRefusal::PrimaryNotOnline {
+                slots,
+                node: primary.endpoint.to_string(),
+            });
+            continue;
+        }
+        if in_to(&primary.endpoint) {
+            continue;
+        }
+        let best = shard
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.role == ShardRole::Replica && n.health == NodeHealth::Online && in_to(&n.endpoint)
+            })
+            .max_by_key(|n| {
+                (
+                    n.replication_offset,
+                    std::cmp::Reverse(config_order(&n.endpoint)),
+                )
+            });
+        match best {
+            Some(target) => moves.push(ShardMove {
+                slots,
+                from: primary.endpoint.clone(),
+                to: target.endpoint.clone(),
+                to_id: target.id.clone(),
+            }),
+            None => refusals.push(SwitchoverRefusal::NoReplicaIn {
+                slots,
+                region: topology.region(to).name.clone(),
+            }),
+        }
+    }
+    if refusals.is_empty() {
+        Ok(moves)
+    } else {
+        Err(refusals)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +390,57 @@ mod tests {
         assert_eq!(views[0].slots, "0-8191");
         assert_eq!(views[0].replicas[1].lag_bytes, 10);
         assert_eq!(views[0].replicas[1].region.as_deref(), Some("us-east-2"));
+    }
+
+    #[test]
+    fn a_switchover_moves_every_shard_or_none() {
+        // Nodes 0, 1 in us-east-1, 2, 3 in us-east-2 (the lab's topology).
+        let topology = lab();
+        let to = RegionId(1);
+        let shard = |nodes: Vec<ShardNode>, slots: RangeInclusive<u16>| Shard {
+            slots: vec![slots],
+            nodes,
+        };
+        let primary = |n| node(&topology, n, ShardRole::Primary, 100);
+        let replica = |n, offset| node(&topology, n, ShardRole::Replica, offset);
+        let failed = |n| ShardNode {
+            health: NodeHealth::Failed,
+            ..replica(n, 100)
+        };
+        let halves = |low: Vec<ShardNode>, high: Vec<ShardNode>| {
+            vec![shard(low, 0..=8191), shard(high, 8192..=16383)]
+        };
+        let moved = |slots: &str, from: usize, to: usize| ShardMove {
+            slots: slots.into(),
+            from: topology.nodes[from].endpoint.clone(),
+            to: topology.nodes[to].endpoint.clone(),
+            to_id: format!("id{to}"),
+        };
+        type Planned = Result<Vec<ShardMove>, Vec<SwitchoverRefusal>>;
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<Shard>, Planned)> = vec![
+            ("each shard to its most advanced replica in the region",
+             halves(vec![primary(0), replica(1, 100), replica(2, 90), replica(3, 95)],
+                    vec![primary(1), replica(0, 100), replica(2, 100), replica(3, 100)]),
+             Ok(vec![moved("0-8191", 0, 3), moved("8192-16383", 1, 2)])),
+            ("a shard already there stays",
+             halves(vec![primary(2), replica(0, 100)], vec![primary(1), replica(3, 100)]),
+             Ok(vec![moved("8192-16383", 1, 3)])),
+            ("one shard without a replica there: nothing moves",
+             halves(vec![primary(0), replica(2, 100)], vec![primary(1), replica(0, 100), failed(3)]),
+             Err(vec![SwitchoverRefusal::NoReplicaIn { slots: "8192-16383".into(), region: "us-east-2".into() }])),
+            ("a shard without a primary, and slots nobody serves",
+             vec![shard(vec![replica(0, 100), replica(2, 100)], 0..=8191)],
+             Err(vec![SwitchoverRefusal::UncoveredSlots { slots: "8192-16383".into() },
+                      SwitchoverRefusal::NoPrimary { slots: "0-8191".into() }])),
+            ("a primary the cluster marks failed",
+             halves(vec![ShardNode { health: NodeHealth::Failed, ..primary(0) }, replica(2, 100)],
+                    vec![primary(1), replica(3, 100)]),
+             Err(vec![SwitchoverRefusal::PrimaryNotOnline { slots: "0-8191".into(), node: topology.nodes[0].endpoint.to_string() }])),
+        ];
+        for (case, shards, expected) in cases {
+            assert_eq!(plan_switchover(&topology, &shards, to), expected, "{case}");
+        }
     }
 
     #[test]

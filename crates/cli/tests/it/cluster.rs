@@ -1,10 +1,12 @@
-//! Cluster mode (read-only so far) against a real Valkey cluster: three shards, each a primary
-//! and a replica in us-east-1 and a replica in us-east-2 (nine `valkey-server` processes on
-//! loopback). The engine discovers the shards from any node; `valkey-dr cluster status` places
-//! them in the configured regions and says what is wrong.
+//! Cluster mode against a real Valkey cluster: three shards, each a primary and a replica in
+//! us-east-1 and a replica in us-east-2 (nine `valkey-server` processes on loopback). The engine
+//! discovers the shards from any node; `valkey-dr cluster status` places them in the configured
+//! regions and says what is wrong; `valkey-dr cluster switchover` moves every primary at once.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use valkey_dr_core::Endpoint;
@@ -148,4 +150,186 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
     );
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Nine free loopback addresses for a cluster.
+fn cluster_addrs() -> Vec<SocketAddr> {
+    let ip = Ipv4Addr::LOCALHOST;
+    (0..9)
+        .map(|_| SocketAddr::new(ip.into(), free_cluster_port(ip).expect("a free port")))
+        .collect()
+}
+
+/// A key of the shard that serves `slots` (asked of `node`, which knows every slot's key).
+async fn key_in(node: SocketAddr, slots: std::ops::RangeInclusive<i64>) -> String {
+    for n in 0.. {
+        let key = format!("writes-{n}");
+        let slot = valkey_dr_lab::cluster::command(node, &["CLUSTER", "KEYSLOT", &key])
+            .await
+            .unwrap();
+        if matches!(slot, redis::Value::Int(s) if slots.contains(&s)) {
+            return key;
+        }
+    }
+    unreachable!()
+}
+
+/// Appends 0, 1, 2, … to `key` until `stop`, as a cluster client does: on `MOVED` it goes where
+/// it is sent, on a dropped connection it reconnects and sends the same write again. Returns
+/// every write acknowledged and the longest time between two acknowledgements.
+async fn shard_writer(
+    mut node: SocketAddr,
+    key: String,
+    stop: Arc<AtomicBool>,
+) -> (Vec<u64>, Duration) {
+    let mut acked = Vec::new();
+    let mut last = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut conn = None;
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if conn.is_none() {
+            let client = redis::Client::open(format!("redis://{node}/")).unwrap();
+            conn = client.get_multiplexed_async_connection().await.ok();
+            if conn.is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        }
+        let pushed: redis::RedisResult<i64> = redis::cmd("RPUSH")
+            .arg(&key)
+            .arg(n)
+            .query_async(conn.as_mut().unwrap())
+            .await;
+        match pushed {
+            Ok(_) => {
+                acked.push(n);
+                n += 1;
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+            }
+            Err(e) => {
+                if let Some((to, _)) = e.redirect_node() {
+                    node = to.parse().unwrap();
+                }
+                conn = None;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    (acked, longest)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_all_shard_switchover_moves_every_primary_and_loses_no_acknowledged_write() {
+    let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-switch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addrs = cluster_addrs();
+    // Nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8 in us-east-2.
+    let nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
+    let path = config(&dir, &addrs);
+    let per = i64::from(SLOTS / 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (i, primary) in addrs[..3].iter().enumerate() {
+        let last = if i == 2 {
+            i64::from(SLOTS) - 1
+        } else {
+            (i as i64 + 1) * per - 1
+        };
+        let key = key_in(*primary, i as i64 * per..=last).await;
+        let writer = tokio::spawn(shard_writer(*primary, key.clone(), stop.clone()));
+        writers.push((key, writer));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let out = succeed(
+        Command::new(BIN)
+            .args([
+                "cluster",
+                "switchover",
+                "us-east-2",
+                "--output",
+                "json",
+                "--config",
+            ])
+            .arg(&path),
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(done["moves"].as_array().map(Vec::len), Some(3), "{done:#}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    // Every shard's primary now stands in us-east-2 (as soon as the node status asks has heard
+    // it by gossip), and every acknowledged write is on the new primary.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = status(&path);
+        let moved = after["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|shard| shard["primary"]["region"] == "us-east-2");
+        if moved {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "primaries never all in us-east-2: {after:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut gaps = Vec::new();
+    for writer in writers {
+        let (key, handle) = writer;
+        let (acked, longest) = handle.await.unwrap();
+        gaps.push(longest.as_millis());
+        assert!(acked.len() > 10, "{key}: the writer wrote");
+        let kept = kept_by_cluster(addrs[6], &key).await;
+        let lost: Vec<&u64> = acked.iter().filter(|n| !kept.contains(n)).collect();
+        assert!(
+            lost.is_empty(),
+            "{key}: {} acknowledged writes lost: {lost:?}",
+            lost.len()
+        );
+    }
+    eprintln!(
+        "longest gap between acknowledged writes per shard (ms): {gaps:?}; switchover: {done}"
+    );
+
+    // Moving them back: a switchover to where they already are moves nothing.
+    let out = succeed(
+        Command::new(BIN)
+            .args(["cluster", "switchover", "us-east-2", "--config"])
+            .arg(&path),
+    );
+    assert!(String::from_utf8_lossy(&out).contains("already in us-east-2"));
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The list at `key`, read from whichever node serves it (following `MOVED` from `asked`).
+async fn kept_by_cluster(asked: SocketAddr, key: &str) -> Vec<u64> {
+    let mut node = asked;
+    loop {
+        let client = redis::Client::open(format!("redis://{node}/")).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let read: redis::RedisResult<Vec<u64>> = redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await;
+        match read {
+            Ok(list) => return list,
+            Err(e) => {
+                node = e
+                    .redirect_node()
+                    .expect("MOVED to the key's primary")
+                    .0
+                    .parse()
+                    .unwrap()
+            }
+        }
+    }
 }

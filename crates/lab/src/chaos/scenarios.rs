@@ -4,6 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use super::PAUSE_EXPIRED;
 
+/// How long a writer stall must last to be failed over with the default self-fence (its lag
+/// limit, 2 s, + 2 s: [`valkey_dr_core::self_fence::WriteQuorum::certain_after`]).
+const STALL_FAILED_OVER_MS: u64 = 4000;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "fault")]
 pub enum Fault {
@@ -107,6 +111,10 @@ impl Fault {
             | Fault::WriterRestartedEmptyAsMaster
             | Fault::ReplicaRestartedThenWriterKilled
             | Fault::StaleReadsRefusedThenWriterKilled => 1,
+            // A stall the controller fails over from ends like a kill for the write the node
+            // acknowledged and had not yet sent to a replica when it froze: its demotion on
+            // resume drops it. Silence is replaced once the self-fence holds (4 s).
+            Fault::WriterStall { for_ms } if *for_ms >= STALL_FAILED_OVER_MS => 1,
             Fault::PromotedWriterRestartedAtOnce | Fault::IsolateThenKillNewWriter { .. } => 2,
             Fault::IsolateWriterRegion { .. }
             | Fault::IsolateControllerFromWriterRegion { .. }
