@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde::Serialize;
 use valkey_dr_core::cluster::{
-    Shard, ShardMove, ShardView, SwitchoverRefusal, plan_switchover, shard_views, uncovered_slots,
+    Shard, ShardMove, ShardView, SwitchoverRefusal, plan_switchover, shard_views, slot_ranges,
+    uncovered_slots,
 };
 use valkey_dr_core::{Config, Endpoint, Engine, Topology};
 use valkey_dr_valkey::cluster::TakeOver;
@@ -73,8 +74,8 @@ pub async fn cluster_status(config: &Config) -> Result<ClusterStatus, ClusterSta
         asked: asked.to_string(),
         writer_region: topology.region(topology.bootstrap_region).name.clone(),
         uncovered_slots: uncovered_slots(&shards)
-            .iter()
-            .map(|r| format!("{}-{}", r.start(), r.end()))
+            .into_iter()
+            .map(|r| slot_ranges(&[r]))
             .collect(),
         shards: shard_views(&topology, topology.bootstrap_region, &shards),
     })

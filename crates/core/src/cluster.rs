@@ -54,6 +54,16 @@ impl Shard {
         self.nodes.iter().find(|n| n.role == ShardRole::Primary)
     }
 
+    /// Its slot ranges as people read them: `0-5460`, several joined by commas.
+    pub fn slot_ranges(&self) -> String {
+        slot_ranges(&self.slots)
+    }
+
+    /// Its first slot (shards are shown in slot order).
+    pub fn first_slot(&self) -> u16 {
+        self.slots.iter().map(|r| *r.start()).min().unwrap_or(0)
+    }
+
     /// How many slots it serves.
     pub fn slot_count(&self) -> u32 {
         self.slots
@@ -61,6 +71,15 @@ impl Shard {
             .map(|r| u32::from(*r.end()) - u32::from(*r.start()) + 1)
             .sum()
     }
+}
+
+/// Slot ranges as people read them: `0-5460`, several joined by commas.
+pub fn slot_ranges(ranges: &[RangeInclusive<u16>]) -> String {
+    ranges
+        .iter()
+        .map(|r| format!("{}-{}", r.start(), r.end()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One shard as status shows it: its slots, its nodes placed in their regions, and what is wrong.
@@ -165,17 +184,10 @@ pub fn shard_views(
                     });
                 }
             }
-            let first = shard.slots.iter().map(|r| *r.start()).min().unwrap_or(0);
-            let slots = shard
-                .slots
-                .iter()
-                .map(|r| format!("{}-{}", r.start(), r.end()))
-                .collect::<Vec<_>>()
-                .join(",");
             (
-                first,
+                shard.first_slot(),
                 ShardView {
-                    slots,
+                    slots: shard.slot_ranges(),
                     slot_count: shard.slot_count(),
                     primary,
                     replicas,
@@ -263,21 +275,16 @@ pub fn plan_switchover(
             .map_or(usize::MAX, |id| id.0)
     };
     let mut refusals: Vec<SwitchoverRefusal> = uncovered_slots(shards)
-        .iter()
+        .into_iter()
         .map(|r| SwitchoverRefusal::UncoveredSlots {
-            slots: format!("{}-{}", r.start(), r.end()),
+            slots: slot_ranges(&[r]),
         })
         .collect();
     let mut moves = Vec::new();
     let mut ordered: Vec<&Shard> = shards.iter().collect();
-    ordered.sort_by_key(|s| s.slots.iter().map(|r| *r.start()).min());
+    ordered.sort_by_key(|s| s.first_slot());
     for shard in ordered {
-        let slots = shard
-            .slots
-            .iter()
-            .map(|r| format!("{}-{}", r.start(), r.end()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let slots = shard.slot_ranges();
         let Some(primary) = shard.primary() else {
             refusals.push(SwitchoverRefusal::NoPrimary { slots });
             continue;
@@ -339,15 +346,18 @@ mod tests {
         }
     }
 
+    fn shard(nodes: Vec<ShardNode>, slots: RangeInclusive<u16>) -> Shard {
+        Shard {
+            slots: vec![slots],
+            nodes,
+        }
+    }
+
     #[test]
     fn each_shard_is_placed_in_its_regions_with_what_is_wrong() {
         // The lab's topology: nodes 0, 1 in us-east-1 (the writer region), 2, 3 in us-east-2.
         let topology = lab();
         let writer_region = RegionId(0);
-        let shard = |nodes: Vec<ShardNode>, slots: RangeInclusive<u16>| Shard {
-            slots: vec![slots],
-            nodes,
-        };
         let healthy = shard(
             vec![
                 node(&topology, 0, ShardRole::Primary, 100),
@@ -397,10 +407,6 @@ mod tests {
         // Nodes 0, 1 in us-east-1, 2, 3 in us-east-2 (the lab's topology).
         let topology = lab();
         let to = RegionId(1);
-        let shard = |nodes: Vec<ShardNode>, slots: RangeInclusive<u16>| Shard {
-            slots: vec![slots],
-            nodes,
-        };
         let primary = |n| node(&topology, n, ShardRole::Primary, 100);
         let replica = |n, offset| node(&topology, n, ShardRole::Replica, offset);
         let failed = |n| ShardNode {
@@ -445,13 +451,13 @@ mod tests {
 
     #[test]
     fn uncovered_slots_are_the_gaps_between_the_shards() {
-        let shard = |slots: Vec<RangeInclusive<u16>>| Shard {
+        let serving = |slots: Vec<RangeInclusive<u16>>| Shard {
             slots,
             nodes: vec![],
         };
-        assert_eq!(uncovered_slots(&[shard(vec![0..=16383])]), vec![]);
+        assert_eq!(uncovered_slots(&[serving(vec![0..=16383])]), vec![]);
         assert_eq!(
-            uncovered_slots(&[shard(vec![0..=99]), shard(vec![200..=16000])]),
+            uncovered_slots(&[serving(vec![0..=99]), serving(vec![200..=16000])]),
             vec![100..=199, 16001..=16383]
         );
         assert_eq!(uncovered_slots(&[]), vec![0..=16383]);

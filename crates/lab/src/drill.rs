@@ -432,6 +432,12 @@ pub fn bench_scenarios() -> Vec<Scenario> {
             duration: Duration::from_secs(6),
         },
         Scenario {
+            // Silent, not dead: replaced once its self-fence holds.
+            name: "failover: primary node silent (SIGSTOP)",
+            operation: Operation::Failover { fault: Fault::Stall },
+            duration: Duration::from_secs(8),
+        },
+        Scenario {
             name: "failover: region isolated (auto)",
             operation: Operation::Failover {
                 fault: Fault::Partition,

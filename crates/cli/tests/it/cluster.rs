@@ -221,7 +221,7 @@ async fn shard_writer(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_all_shard_switchover_moves_every_primary_and_loses_no_acknowledged_write() {
+async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknowledged_write() {
     let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-switch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let addrs = cluster_addrs();
@@ -243,6 +243,26 @@ async fn an_all_shard_switchover_moves_every_primary_and_loses_no_acknowledged_w
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // One target refuses to take over (an ACL denies it CLUSTER FAILOVER): the two shards that
+    // moved hand back, and every primary is where it was.
+    let refuse = |rule: &'static str| {
+        valkey_dr_lab::cluster::command(addrs[7], &["ACL", "SETUSER", "default", rule])
+    };
+    refuse("-cluster|failover").await.unwrap();
+    let failed = Command::new(BIN)
+        .args(["cluster", "switchover", "us-east-2", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{said}");
+    assert!(
+        said.contains("rolled back") && said.contains("every shard's primary is where it was"),
+        "{said}"
+    );
+    primaries_in(&path, "us-east-1").await;
+    refuse("+cluster|failover").await.unwrap();
+
     let out = succeed(
         Command::new(BIN)
             .args([
@@ -260,25 +280,9 @@ async fn an_all_shard_switchover_moves_every_primary_and_loses_no_acknowledged_w
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
 
-    // Every shard's primary now stands in us-east-2 (as soon as the node status asks has heard
-    // it by gossip), and every acknowledged write is on the new primary.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let after = status(&path);
-        let moved = after["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|shard| shard["primary"]["region"] == "us-east-2");
-        if moved {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "primaries never all in us-east-2: {after:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Every shard's primary now stands in us-east-2, and every acknowledged write — through
+    // the rollback and the switchover — is on the new primary.
+    primaries_in(&path, "us-east-2").await;
     let mut gaps = Vec::new();
     for writer in writers {
         let (key, handle) = writer;
@@ -306,6 +310,28 @@ async fn an_all_shard_switchover_moves_every_primary_and_loses_no_acknowledged_w
     assert!(String::from_utf8_lossy(&out).contains("already in us-east-2"));
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits until every shard's primary stands in `region` as status sees it (the node it asks
+/// hears of the others' handovers by gossip).
+async fn primaries_in(config: &std::path::Path, region: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = status(config);
+        let all_there = now["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|shard| shard["primary"]["region"] == region);
+        if all_there {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "primaries never all in {region}: {now:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The list at `key`, read from whichever node serves it (following `MOVED` from `asked`).
