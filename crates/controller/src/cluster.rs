@@ -128,23 +128,22 @@ fn rolled_back(handed_back: &[String], not_handed_back: &[String]) -> String {
         )
     } else {
         format!(
-            "shards {} could not be handed back: their primaries stand in the new region; run the switchover again or back",
-            not_handed_back.join(" ")
+            "could not be handed back, their primaries stand in the new region (run the switchover again, or back): {}",
+            not_handed_back.join("; ")
         )
     }
 }
 
-/// How long a shard may take to hand over once asked (Valkey gives a manual failover 5 s).
+/// How long a shard may take to hand over once asked.
 const HANDOVER_WITHIN: Duration = Duration::from_secs(6);
 /// The pause outlasts the catch-up and the handovers by this much, and runs out by itself if
 /// the operator's command dies.
 const PAUSE_MARGIN: Duration = Duration::from_secs(2);
 
-/// Moves every shard's primary to `to_region` as one cut: writes paused on every primary first,
-/// every target caught up with its primary's frozen offset, then every shard handed over with
-/// `CLUSTER FAILOVER TAKEOVER` while the pause holds, then every old primary's clients released (they reconnect and follow `MOVED` to the new primaries). All or
-/// nothing: a refusal or a failure before the handovers lifts every pause and changes nothing; a
-/// shard that does not hand over hands the others back.
+/// Moves every shard's primary to `to_region` as one cut ([`cut_over`]), then releases the old
+/// primaries' clients (they reconnect and follow `MOVED` to the new primaries). All or nothing:
+/// a refusal or a failure before the handovers lifts every pause and changes nothing; a shard
+/// that does not hand over makes the others hand back, by the same cut in reverse.
 pub async fn cluster_switchover(
     config: &Config,
     to_region: &str,
@@ -158,132 +157,176 @@ pub async fn cluster_switchover(
         .await
         .map_err(ClusterSwitchoverError::NoNodeAnswered)?;
     let moves = plan_switchover(&topology, &shards, to).map_err(ClusterSwitchoverError::Refused)?;
-    let done = |moves: Vec<ShardMove>, started: Option<Instant>| ClusterSwitchover {
-        to_region: to_region.to_string(),
-        moves,
-        write_pause_ms: started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0),
-    };
-    if moves.is_empty() {
-        return Ok(done(moves, None));
-    }
-    let catchup = Duration::from_millis(config.controller.catchup_timeout_ms);
-    let pause = catchup + HANDOVER_WITHIN + PAUSE_MARGIN;
-
-    // 1. The cut: writes paused on every primary, each with the offset it froze at.
     let started = Instant::now();
+    let catchup = Duration::from_millis(config.controller.catchup_timeout_ms);
+    let forward: Vec<(&Endpoint, &Endpoint)> = moves.iter().map(|m| (&m.from, &m.to)).collect();
+    // Long enough for a hand-back too; lifted as soon as it is over.
+    let pause = 2 * (catchup + HANDOVER_WITHIN) + PAUSE_MARGIN;
+    let handed = cut_over(&engine, &forward, catchup, pause)
+        .await
+        .map_err(ClusterSwitchoverError::Aborted)?;
+    let old_primaries = || forward.iter().map(|(from, _)| *from);
+    let Some(reason) = handed.iter().find_map(|r| r.clone().err()) else {
+        join_all(old_primaries().map(|node| engine.kill_clients_and_unpause(node))).await;
+        return Ok(ClusterSwitchover {
+            to_region: to_region.to_string(),
+            moves,
+            write_pause_ms: started.elapsed().as_secs_f64() * 1000.0,
+        });
+    };
+    // Hand back what moved, by the same cut the other way: the new primaries paused, the old
+    // ones caught up with them (they may have taken writes), then taken back. Every old primary
+    // stays paused meanwhile.
+    let moved: Vec<&ShardMove> = moves
+        .iter()
+        .zip(&handed)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(m, _)| m)
+        .collect();
+    let back: Vec<(&Endpoint, &Endpoint)> = moved.iter().map(|m| (&m.to, &m.from)).collect();
+    let returned = match cut_over(
+        &engine,
+        &back,
+        catchup,
+        catchup + HANDOVER_WITHIN + PAUSE_MARGIN,
+    )
+    .await
+    {
+        Ok(returned) => returned,
+        Err(reason) => vec![Err(reason); back.len()],
+    };
+    let (mut handed_back, mut not_handed_back) = (Vec::new(), Vec::new());
+    for (m, r) in moved.iter().zip(&returned) {
+        match r {
+            Ok(()) => handed_back.push(m.slots.clone()),
+            Err(why) => not_handed_back.push(format!("{} ({why})", m.slots)),
+        }
+    }
+    // The nodes that handed back are replicas again: their clients go back to the old primaries.
+    join_all(
+        back.iter()
+            .map(|(from, _)| engine.kill_clients_and_unpause(from)),
+    )
+    .await;
+    join_all(old_primaries().map(|node| engine.unpause(node))).await;
+    Err(ClusterSwitchoverError::RolledBack {
+        reason,
+        handed_back,
+        not_handed_back,
+    })
+}
+
+/// One cut over `(primary, replica)` pairs: writes paused on every primary, each with the offset
+/// it froze at; every replica caught up with it; then every replica takes its shard over with
+/// `CLUSTER FAILOVER TAKEOVER`, one after another. TAKEOVER needs no vote — concurrent
+/// coordinated failovers compete for the primaries' one vote per epoch, and all but one time
+/// out — and is safe here because every old primary is paused and every replica holds all it
+/// acknowledged.
+/// The pauses stay for the caller to lift, except when this stops before any handover
+/// (`Err`): then every pause is lifted and nothing changed. Returns one result per pair.
+async fn cut_over(
+    engine: &ValkeyEngine,
+    pairs: &[(&Endpoint, &Endpoint)],
+    catchup: Duration,
+    pause: Duration,
+) -> Result<Vec<Result<(), String>>, String> {
+    let started = Instant::now();
+    let lift = || join_all(pairs.iter().map(|(primary, _)| engine.unpause(primary)));
     let paused = join_all(
-        moves
+        pairs
             .iter()
-            .map(|m| engine.pause_writes_and_read(&m.from, pause)),
+            .map(|(primary, _)| engine.pause_writes_and_read(primary, pause)),
     )
     .await;
     let mut frozen = Vec::new();
-    for (m, result) in moves.iter().zip(paused) {
+    for ((primary, _), result) in pairs.iter().zip(paused) {
         match result {
             Ok(info) => frozen.push(info.offset),
             Err(e) => {
-                lift(&engine, &moves).await;
-                return Err(ClusterSwitchoverError::Aborted(format!(
-                    "cannot pause writes on {} (shard {}): {e}",
-                    m.from, m.slots
-                )));
+                lift().await;
+                return Err(format!("cannot pause writes on {primary}: {e}"));
             }
         }
     }
-
-    // 2. Every target holds everything its primary acknowledged.
     let deadline = Instant::now() + catchup;
     loop {
-        let offsets = join_all(moves.iter().map(|m| engine.replication(&m.to))).await;
-        let behind: Vec<String> = moves
+        let seen = join_all(pairs.iter().map(|(_, replica)| engine.replication(replica))).await;
+        let behind: Vec<String> = pairs
             .iter()
-            .zip(&offsets)
+            .zip(&seen)
             .zip(&frozen)
             .filter(|((_, seen), needed)| !seen.as_ref().is_ok_and(|i| i.offset >= **needed))
-            .map(|((m, _), _)| format!("{} (shard {})", m.to, m.slots))
+            .map(|(((_, replica), _), _)| replica.to_string())
             .collect();
         if behind.is_empty() {
             break;
         }
         if Instant::now() >= deadline {
-            lift(&engine, &moves).await;
-            return Err(ClusterSwitchoverError::Aborted(format!(
+            lift().await;
+            return Err(format!(
                 "not caught up within {} ms: {}",
                 catchup.as_millis(),
                 behind.join(", ")
-            )));
+            ));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-
-    // 3. Every shard hands over, at once: `TAKEOVER` needs no vote (concurrent coordinated
-    // failovers compete for the primaries' one vote per epoch, and all but one time out), and is
-    // safe here because every old primary is paused and every target holds all it acknowledged.
-    // So the pause must still hold for a while.
+    // The pause must still hold for a while when the shards change hands.
     let left = pause.saturating_sub(started.elapsed());
     if left < PAUSE_MARGIN {
-        lift(&engine, &moves).await;
-        return Err(ClusterSwitchoverError::Aborted(format!(
+        lift().await;
+        return Err(format!(
             "only {} ms of the write pause left; retry",
             left.as_millis()
-        )));
+        ));
     }
-    let handed = join_all(
-        moves
-            .iter()
-            .map(|m| hand_over(&engine, &m.to, &m.from, TakeOver::Takeover)),
-    )
-    .await;
-    if let Some(reason) = handed.iter().find_map(|r| r.as_ref().err()) {
-        let reason = reason.clone();
-        let back: Vec<&ShardMove> = moves
-            .iter()
-            .zip(&handed)
-            .filter(|(_, r)| r.is_ok())
-            .map(|(m, _)| m)
-            .collect();
-        // Back one at a time, coordinated: the new primaries are not paused, and a coordinated
-        // failover brings back whatever they took meanwhile.
-        let (mut handed_back, mut not_handed_back) = (Vec::new(), Vec::new());
-        for m in back {
-            match hand_over(&engine, &m.from, &m.to, TakeOver::Coordinated).await {
-                Ok(()) => handed_back.push(m.slots.clone()),
-                Err(_) => not_handed_back.push(m.slots.clone()),
-            }
+    // One shard after another: each takeover claims the cluster's next epoch as its replica
+    // knows it, so the next replica must have heard of the previous one's first — two claiming
+    // the same epoch collide, and the claim of one is refused (seen as a hand-back that never
+    // happened, right after concurrent takeovers).
+    let mut results = Vec::new();
+    let mut highest = 0;
+    for (primary, replica) in pairs {
+        let handed = async {
+            knows_epoch(engine, replica, highest).await?;
+            hand_over(engine, replica, primary).await?;
+            engine
+                .cluster_epoch(replica)
+                .await
+                .map_err(|e| e.to_string())
         }
-        lift(&engine, &moves).await;
-        return Err(ClusterSwitchoverError::RolledBack {
-            reason,
-            handed_back,
-            not_handed_back,
-        });
+        .await;
+        results.push(handed.map(|epoch| highest = highest.max(epoch)));
     }
-
-    // 4. Release: the old primaries' clients reconnect and follow MOVED.
-    join_all(
-        moves
-            .iter()
-            .map(|m| engine.kill_clients_and_unpause(&m.from)),
-    )
-    .await;
-    Ok(done(moves, Some(started)))
+    Ok(results)
 }
 
-/// Lifts the pause on every shard's old primary.
-async fn lift(engine: &ValkeyEngine, moves: &[ShardMove]) {
-    join_all(moves.iter().map(|m| engine.unpause(&m.from))).await;
+/// Waits until `node` knows the cluster's epoch to be at least `epoch`.
+async fn knows_epoch(engine: &ValkeyEngine, node: &Endpoint, epoch: u64) -> Result<(), String> {
+    let deadline = Instant::now() + HANDOVER_WITHIN;
+    loop {
+        match engine.cluster_epoch(node).await {
+            Ok(known) if known >= epoch => return Ok(()),
+            _ if Instant::now() >= deadline => {
+                return Err(format!(
+                    "{node} did not hear of the cluster's epoch {epoch} within {} s",
+                    HANDOVER_WITHIN.as_secs()
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
 }
 
-/// Asks `replica` to take its shard over from `primary`, and waits until it is the primary and
-/// the old one follows it, or [`HANDOVER_WITHIN`] passed.
+/// Asks `replica` to take its shard over from `primary` (TAKEOVER), and waits until it is the
+/// primary and the old one follows it, or [`HANDOVER_WITHIN`] passed.
 async fn hand_over(
     engine: &ValkeyEngine,
     replica: &Endpoint,
     primary: &Endpoint,
-    how: TakeOver,
 ) -> Result<(), String> {
     engine
-        .cluster_failover(replica, how)
+        .cluster_failover(replica, TakeOver::Takeover)
         .await
         .map_err(|e| format!("{replica} refused CLUSTER FAILOVER: {e}"))?;
     let deadline = Instant::now() + HANDOVER_WITHIN;

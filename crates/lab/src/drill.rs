@@ -434,7 +434,9 @@ pub fn bench_scenarios() -> Vec<Scenario> {
         Scenario {
             // Silent, not dead: replaced once its self-fence holds.
             name: "failover: primary node silent (SIGSTOP)",
-            operation: Operation::Failover { fault: Fault::Stall },
+            operation: Operation::Failover {
+                fault: Fault::Stall,
+            },
             duration: Duration::from_secs(8),
         },
         Scenario {

@@ -133,6 +133,25 @@ impl ValkeyEngine {
         Ok(())
     }
 
+    /// The cluster's current epoch as `node` knows it (`CLUSTER INFO`): a node that takes a
+    /// shard over without a vote claims the next one, so it must know the highest first.
+    pub async fn cluster_epoch(&self, node: &Endpoint) -> Result<u64, EngineError> {
+        let info: String = self
+            .run(node, "CLUSTER INFO", redis::cmd("CLUSTER").arg("INFO"))
+            .await?;
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("cluster_current_epoch:"))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                error(
+                    node,
+                    "CLUSTER INFO",
+                    FailureKind::Unusable,
+                    "no cluster_current_epoch",
+                )
+            })
+    }
+
     /// The cluster's shards as `node` sees them.
     pub async fn cluster_shards(&self, node: &Endpoint) -> Result<Vec<Shard>, EngineError> {
         let reply: Value = self

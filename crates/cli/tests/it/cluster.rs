@@ -245,10 +245,13 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
 
     // One target refuses to take over (an ACL denies it CLUSTER FAILOVER): the two shards that
     // moved hand back, and every primary is where it was.
-    let refuse = |rule: &'static str| {
-        valkey_dr_lab::cluster::command(addrs[7], &["ACL", "SETUSER", "default", rule])
+    let target = addrs[7];
+    let acl = |rule: &'static str| async move {
+        valkey_dr_lab::cluster::command(target, &["ACL", "SETUSER", "default", rule])
+            .await
+            .unwrap()
     };
-    refuse("-cluster|failover").await.unwrap();
+    acl("-cluster|failover").await;
     let failed = Command::new(BIN)
         .args(["cluster", "switchover", "us-east-2", "--config"])
         .arg(&path)
@@ -261,7 +264,22 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
         "{said}"
     );
     primaries_in(&path, "us-east-1").await;
-    refuse("+cluster|failover").await.unwrap();
+    acl("+cluster|failover").await;
+    // Whole again (the nodes that handed back have resynced) before the operator tries again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(&path)["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["findings"] != serde_json::json!([]))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never whole again: {:#}",
+            status(&path)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let out = succeed(
         Command::new(BIN)
