@@ -273,7 +273,18 @@ async fn dispatch(command: Command) -> Result<()> {
                 },
         } => {
             let config = load_config(&config)?;
-            let done = valkey_dr_controller::cluster::cluster_switchover(&config, &region).await?;
+            // The crash tests stop it at a step (`VALKEY_DR_FAULT=crash-after:<step>`), as they
+            // stop the controller.
+            let crash_after = std::env::var("VALKEY_DR_FAULT")
+                .ok()
+                .and_then(|f| f.strip_prefix("crash-after:").map(str::to_string));
+            let done =
+                valkey_dr_controller::cluster::cluster_switchover(&config, &region, |step| {
+                    if crash_after.as_deref() == Some(step.to_string().as_str()) {
+                        std::process::abort();
+                    }
+                })
+                .await?;
             match output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&done)?),
                 Output::Table => out!("{}", render::cluster_switchover(&done)),

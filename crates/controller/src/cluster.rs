@@ -81,6 +81,27 @@ pub async fn cluster_status(config: &Config) -> Result<ClusterStatus, ClusterSta
     })
 }
 
+/// The moments of an all-shard switchover (where the crash tests stop it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutStep {
+    /// Writes are paused on every primary; nothing else changed.
+    Paused,
+    /// Every target holds what its primary acknowledged; no shard handed over yet.
+    CaughtUp,
+    /// This many shards handed over (the rest not yet); no client released.
+    HandedOver(usize),
+}
+
+impl std::fmt::Display for CutStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CutStep::Paused => f.write_str("paused"),
+            CutStep::CaughtUp => f.write_str("caught-up"),
+            CutStep::HandedOver(n) => write!(f, "handed-over-{n}"),
+        }
+    }
+}
+
 /// What `valkey-dr cluster switchover` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterSwitchover {
@@ -147,6 +168,7 @@ const PAUSE_MARGIN: Duration = Duration::from_secs(2);
 pub async fn cluster_switchover(
     config: &Config,
     to_region: &str,
+    reached: impl Fn(CutStep),
 ) -> Result<ClusterSwitchover, ClusterSwitchoverError> {
     let topology = Topology::from_config(config);
     let to = topology
@@ -162,12 +184,19 @@ pub async fn cluster_switchover(
     let forward: Vec<(&Endpoint, &Endpoint)> = moves.iter().map(|m| (&m.from, &m.to)).collect();
     // Long enough for a hand-back too; lifted as soon as it is over.
     let pause = 2 * (catchup + HANDOVER_WITHIN) + PAUSE_MARGIN;
-    let handed = cut_over(&engine, &forward, catchup, pause)
+    let handed = cut_over(&engine, &forward, catchup, pause, &reached)
         .await
         .map_err(ClusterSwitchoverError::Aborted)?;
     let old_primaries = || forward.iter().map(|(from, _)| *from);
     let Some(reason) = handed.iter().find_map(|r| r.clone().err()) else {
         join_all(old_primaries().map(|node| engine.kill_clients_and_unpause(node))).await;
+        // A run that died before its release left pauses behind, on nodes this one did not
+        // move (their shard was already there): lifted too. A replica takes no write anyway.
+        let others = shards
+            .iter()
+            .flat_map(|s| &s.nodes)
+            .filter(|n| !old_primaries().any(|from| *from == n.endpoint));
+        join_all(others.map(|n| engine.unpause(&n.endpoint))).await;
         return Ok(ClusterSwitchover {
             to_region: to_region.to_string(),
             moves,
@@ -189,6 +218,7 @@ pub async fn cluster_switchover(
         &back,
         catchup,
         catchup + HANDOVER_WITHIN + PAUSE_MARGIN,
+        &|_| {},
     )
     .await
     {
@@ -229,6 +259,7 @@ async fn cut_over(
     pairs: &[(&Endpoint, &Endpoint)],
     catchup: Duration,
     pause: Duration,
+    reached: &impl Fn(CutStep),
 ) -> Result<Vec<Result<(), String>>, String> {
     let started = Instant::now();
     let lift = || join_all(pairs.iter().map(|(primary, _)| engine.unpause(primary)));
@@ -248,6 +279,7 @@ async fn cut_over(
             }
         }
     }
+    reached(CutStep::Paused);
     let deadline = Instant::now() + catchup;
     loop {
         let seen = join_all(pairs.iter().map(|(_, replica)| engine.replication(replica))).await;
@@ -271,6 +303,7 @@ async fn cut_over(
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    reached(CutStep::CaughtUp);
     // The pause must still hold for a while when the shards change hands.
     let left = pause.saturating_sub(started.elapsed());
     if left < PAUSE_MARGIN {
@@ -297,6 +330,7 @@ async fn cut_over(
         }
         .await;
         results.push(handed.map(|epoch| highest = highest.max(epoch)));
+        reached(CutStep::HandedOver(results.len()));
     }
     Ok(results)
 }

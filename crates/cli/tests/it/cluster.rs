@@ -177,11 +177,7 @@ async fn key_in(node: SocketAddr, slots: std::ops::RangeInclusive<i64>) -> Strin
 /// Appends 0, 1, 2, … to `key` until `stop`, as a cluster client does: on `MOVED` it goes where
 /// it is sent, on a dropped connection it reconnects and sends the same write again. Returns
 /// every write acknowledged and the longest time between two acknowledgements.
-async fn shard_writer(
-    mut node: SocketAddr,
-    key: String,
-    stop: Arc<AtomicBool>,
-) -> (Vec<u64>, Duration) {
+async fn shard_writer(mut node: SocketAddr, key: String, stop: Arc<AtomicBool>) -> Written {
     let mut acked = Vec::new();
     let mut last = Instant::now();
     let mut longest = Duration::ZERO;
@@ -228,19 +224,7 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
     // Nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8 in us-east-2.
     let nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
     let path = config(&dir, &addrs);
-    let per = i64::from(SLOTS / 3);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for (i, primary) in addrs[..3].iter().enumerate() {
-        let last = if i == 2 {
-            i64::from(SLOTS) - 1
-        } else {
-            (i as i64 + 1) * per - 1
-        };
-        let key = key_in(*primary, i as i64 * per..=last).await;
-        let writer = tokio::spawn(shard_writer(*primary, key.clone(), stop.clone()));
-        writers.push((key, writer));
-    }
+    let writers = Writers::start(&addrs).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // One target refuses to take over (an ACL denies it CLUSTER FAILOVER): the two shards that
@@ -296,25 +280,11 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
     let done: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(done["moves"].as_array().map(Vec::len), Some(3), "{done:#}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
 
     // Every shard's primary now stands in us-east-2, and every acknowledged write — through
     // the rollback and the switchover — is on the new primary.
     primaries_in(&path, "us-east-2").await;
-    let mut gaps = Vec::new();
-    for writer in writers {
-        let (key, handle) = writer;
-        let (acked, longest) = handle.await.unwrap();
-        gaps.push(longest.as_millis());
-        assert!(acked.len() > 10, "{key}: the writer wrote");
-        let kept = kept_by_cluster(addrs[6], &key).await;
-        let lost: Vec<&u64> = acked.iter().filter(|n| !kept.contains(n)).collect();
-        assert!(
-            lost.is_empty(),
-            "{key}: {} acknowledged writes lost: {lost:?}",
-            lost.len()
-        );
-    }
+    let gaps = writers.stop_and_check(addrs[6]).await;
     eprintln!(
         "longest gap between acknowledged writes per shard (ms): {gaps:?}; switchover: {done}"
     );
@@ -376,4 +346,138 @@ async fn kept_by_cluster(asked: SocketAddr, key: &str) -> Vec<u64> {
             }
         }
     }
+}
+
+/// What a shard writer returns: every write acknowledged, the longest wait for one.
+type Written = (Vec<u64>, Duration);
+
+/// A writer per shard (`shard_writer`), each on a key of its shard.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    running: Vec<(String, tokio::task::JoinHandle<Written>)>,
+}
+
+impl Writers {
+    /// Starts them on the primaries `addrs[..3]` (each serving a third of the slots).
+    async fn start(addrs: &[SocketAddr]) -> Writers {
+        let per = i64::from(SLOTS / 3);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut running = Vec::new();
+        for (i, primary) in addrs[..3].iter().enumerate() {
+            let last = if i == 2 {
+                i64::from(SLOTS) - 1
+            } else {
+                (i as i64 + 1) * per - 1
+            };
+            let key = key_in(*primary, i as i64 * per..=last).await;
+            let writer = tokio::spawn(shard_writer(*primary, key.clone(), stop.clone()));
+            running.push((key, writer));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Writers { stop, running }
+    }
+
+    /// Stops them and checks that every write they had acknowledged is in the cluster (read
+    /// through `asked`); returns each one's longest wait for an acknowledgement, in ms.
+    async fn stop_and_check(self, asked: SocketAddr) -> Vec<u128> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut gaps = Vec::new();
+        for (key, handle) in self.running {
+            let (acked, longest) = handle.await.unwrap();
+            gaps.push(longest.as_millis());
+            assert!(acked.len() > 10, "{key}: the writer wrote");
+            let kept = kept_by_cluster(asked, &key).await;
+            let lost: Vec<&u64> = acked.iter().filter(|n| !kept.contains(n)).collect();
+            assert!(
+                lost.is_empty(),
+                "{key}: {} acknowledged writes lost: {lost:?}",
+                lost.len()
+            );
+        }
+        gaps
+    }
+}
+
+/// Waits until the cluster is whole again as status sees it, three looks in a row: every shard
+/// with its primary and both replicas, every node online (a node that just handed back shows
+/// online as a primary, then loading as a replica while it resyncs).
+async fn whole(config: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut in_a_row = 0;
+    while in_a_row < 3 {
+        let now = status(config);
+        let whole = now["shards"].as_array().unwrap().iter().all(|shard| {
+            let replicas = shard["replicas"].as_array().unwrap();
+            replicas.len() == 2
+                && replicas.iter().all(|r| r["health"] == "online")
+                && shard["primary"]["health"] == "online"
+        });
+        in_a_row = if whole { in_a_row + 1 } else { 0 };
+        assert!(Instant::now() < deadline, "never whole again: {now:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many of the nodes at `addrs` say they are a primary (`ROLE`).
+async fn primaries_among(addrs: &[SocketAddr]) -> usize {
+    let mut primaries = 0;
+    for addr in addrs {
+        let role = valkey_dr_lab::cluster::command(*addr, &["ROLE"]).await;
+        if let Ok(redis::Value::Array(reply)) = role
+            && matches!(reply.first(), Some(redis::Value::BulkString(r)) if r.as_slice() == b"master")
+        {
+            primaries += 1;
+        }
+    }
+    primaries
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_completes_it() {
+    let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addrs = cluster_addrs();
+    let nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
+    let path = config(&dir, &addrs);
+    let writers = Writers::start(&addrs).await;
+    let regions = ["us-east-2", "us-east-1"];
+    for (i, step) in ["paused", "caught-up", "handed-over-1", "handed-over-2"]
+        .into_iter()
+        .enumerate()
+    {
+        let to = regions[i % 2];
+        let crashed = Command::new(BIN)
+            .args(["cluster", "switchover", to, "--config"])
+            .arg(&path)
+            .env("VALKEY_DR_FAULT", format!("crash-after:{step}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&crashed.status),
+            Some(libc::SIGABRT),
+            "{step}: {}",
+            String::from_utf8_lossy(&crashed.stderr)
+        );
+        // Whatever moved, one primary per shard: a takeover is whole or not done.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while primaries_among(&addrs).await != 3 {
+            assert!(
+                Instant::now() < deadline,
+                "{step}: not one primary per shard"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Run again, it completes the move (and lifts the pauses the dead run left).
+        succeed(
+            Command::new(BIN)
+                .args(["cluster", "switchover", to, "--config"])
+                .arg(&path),
+        );
+        primaries_in(&path, to).await;
+        whole(&path).await;
+    }
+    let gaps = writers.stop_and_check(addrs[0]).await;
+    eprintln!("longest gap between acknowledged writes per shard (ms): {gaps:?}");
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
 }
