@@ -146,12 +146,20 @@ pub struct SyncSettings {
     /// `replica-read-only yes`: a replica refuses writes (`-READONLY`) instead of keeping them
     /// where nobody reads them and its next sync discards them.
     pub replica_read_only: bool,
+    /// `cluster-enabled yes`: a node of a Valkey cluster, which refuses `REPLICAOF`; its
+    /// primaries move with `valkey-dr cluster switchover`, not with the controller.
+    pub cluster_enabled: bool,
 }
 
 impl SyncSettings {
     /// Every way these settings weaken a safety rule of the controller.
     pub fn weaknesses(&self) -> Vec<&'static str> {
         let mut found: Vec<&'static str> = self.defeats_empty_restart_guard().into_iter().collect();
+        if self.cluster_enabled {
+            found.push(
+                "cluster-enabled yes: a cluster node refuses REPLICAOF, so the controller, which manages one replication group, cannot fail it over or switch it; move a cluster's primaries with `valkey-dr cluster switchover` and watch them with `valkey-dr cluster status`",
+            );
+        }
         if !self.replica_read_only {
             found.push(
                 "replica-read-only no: a demoted writer and every replica take the writes of clients that reach them (a stale DNS answer, a pooled connection) and lose them at their next sync; set replica-read-only yes",
@@ -193,6 +201,7 @@ mod tests {
             diskless_delay_s,
             ping_replica_period_s: 1,
             replica_read_only: true,
+            cluster_enabled: false,
         };
         assert!(settings(true, 0).defeats_empty_restart_guard().is_some());
         assert!(settings(true, 5).defeats_empty_restart_guard().is_none());
@@ -207,6 +216,7 @@ mod tests {
             diskless_delay_s: 5,
             ping_replica_period_s,
             replica_read_only: true,
+            cluster_enabled: false,
         };
         assert!(settings(1).weaknesses().is_empty());
         let default = settings(10).weaknesses();
@@ -217,5 +227,10 @@ mod tests {
             ..settings(1)
         };
         assert!(writable.weaknesses()[0].contains("set replica-read-only yes"));
+        let clustered = SyncSettings {
+            cluster_enabled: true,
+            ..settings(1)
+        };
+        assert!(clustered.weaknesses()[0].contains("valkey-dr cluster switchover"));
     }
 }

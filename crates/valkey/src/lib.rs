@@ -458,7 +458,8 @@ impl Engine for ValkeyEngine {
                     .arg("repl-diskless-sync")
                     .arg("repl-diskless-sync-delay")
                     .arg("repl-ping-replica-period")
-                    .arg("replica-read-only"),
+                    .arg("replica-read-only")
+                    .arg("cluster-enabled"),
             )
             .await?;
         Ok(SyncSettings {
@@ -468,6 +469,7 @@ impl Engine for ValkeyEngine {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(5),
             replica_read_only: values.get("replica-read-only").map(String::as_str) == Some("yes"),
+            cluster_enabled: values.get("cluster-enabled").map(String::as_str) == Some("yes"),
             ping_replica_period_s: values
                 .get("repl-ping-replica-period")
                 .and_then(|v| v.parse().ok())

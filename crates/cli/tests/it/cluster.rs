@@ -99,6 +99,17 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
         }
     }
 
+    // The controller's engine reports a cluster node as one it cannot manage, and says what to
+    // use instead.
+    let settings = valkey_dr_core::Engine::sync_settings(&engine, &endpoint(addrs[0]))
+        .await
+        .unwrap();
+    assert!(
+        settings.weaknesses()[0].contains("valkey-dr cluster switchover"),
+        "{:?}",
+        settings.weaknesses()
+    );
+
     // Placed in the configured regions: every shard whole, its primary in the writer region.
     let path = config(&dir, &addrs);
     let healthy = status(&path);

@@ -361,6 +361,7 @@ impl Engine for FakeEngine {
             diskless_delay_s: 5,
             ping_replica_period_s: 1,
             replica_read_only: true,
+            cluster_enabled: false,
         })
     }
 
