@@ -33,8 +33,15 @@ impl TestLab {
     pub async fn start_with(adjust: impl FnOnce(&mut LabSpec)) -> TestLab {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let seed = std::process::id() ^ n.wrapping_mul(2_654_435_761);
-        let dir =
-            std::env::temp_dir().join(format!("valkey-dr-test-{}-{n}-{seed}", std::process::id()));
+        // The time too: a pid reused by a later run must not name the directory of a lab an
+        // earlier run kept (its pid files then name live, unrelated processes).
+        let started_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "valkey-dr-test-{}-{n}-{seed}-{started_ns}",
+            std::process::id()
+        ));
         let mut spec = LabSpec::on_free_block(dir, seed).expect("a free loopback block");
         // One controller unless the test asks for the highly available shape.
         spec.sites.clear();
