@@ -13,7 +13,6 @@ use valkey_dr_core::cluster::{
     uncovered_slots,
 };
 use valkey_dr_core::{Config, Endpoint, Engine, Topology};
-use valkey_dr_valkey::cluster::TakeOver;
 use valkey_dr_valkey::{Timeouts, ValkeyEngine};
 
 /// What `valkey-dr cluster status` shows.
@@ -360,7 +359,7 @@ async fn hand_over(
     primary: &Endpoint,
 ) -> Result<(), String> {
     engine
-        .cluster_failover(replica, TakeOver::Takeover)
+        .cluster_takeover(replica)
         .await
         .map_err(|e| format!("{replica} refused CLUSTER FAILOVER: {e}"))?;
     let deadline = Instant::now() + HANDOVER_WITHIN;

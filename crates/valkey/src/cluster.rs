@@ -105,31 +105,19 @@ fn slot(value: &Value) -> Option<u16> {
         .filter(|n| u32::from(*n) < SLOTS)
 }
 
-/// How a replica takes its shard over (`CLUSTER FAILOVER`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TakeOver {
-    /// The default: the primary stops its clients, the replica waits until it holds everything,
-    /// and a majority of the cluster's primaries votes the new configuration in.
-    Coordinated,
-    /// No handshake and no vote: the replica claims the shard by itself. Safe only when its
-    /// primary is surely fenced and the replica caught up, which an external epoch must ensure.
-    Takeover,
-}
-
 impl ValkeyEngine {
-    /// Asks `node`, a replica, to take its shard over; returns once the node accepted the request
-    /// (the handover itself follows over the cluster bus).
-    pub async fn cluster_failover(
-        &self,
-        node: &Endpoint,
-        how: TakeOver,
-    ) -> Result<(), EngineError> {
-        let mut command = redis::cmd("CLUSTER");
-        command.arg("FAILOVER");
-        if how == TakeOver::Takeover {
-            command.arg("TAKEOVER");
-        }
-        let _: () = self.run(node, "CLUSTER FAILOVER", &command).await?;
+    /// Asks `node`, a replica, to take its shard over with `CLUSTER FAILOVER TAKEOVER`: no
+    /// handshake with its primary and no vote, so safe only when that primary is surely fenced
+    /// and the replica holds all it acknowledged. Returns once the node accepted the request (the
+    /// handover itself follows over the cluster bus).
+    pub async fn cluster_takeover(&self, node: &Endpoint) -> Result<(), EngineError> {
+        let _: () = self
+            .run(
+                node,
+                "CLUSTER FAILOVER TAKEOVER",
+                redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER"),
+            )
+            .await?;
         Ok(())
     }
 
