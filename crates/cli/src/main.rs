@@ -66,7 +66,7 @@ struct ConfigArg {
 enum ClusterCommand {
     /// Each shard: its slots, its primary and replicas with their regions and lag, and what is
     /// wrong (a primary outside the writer region, a region without a replica, a failed node).
-    /// Discovered from the first configured node that answers `CLUSTER SHARDS`.
+    /// Discovered from the first configured node that answers `CLUSTER NODES`.
     Status {
         #[command(flatten)]
         config: ConfigArg,
@@ -81,6 +81,23 @@ enum ClusterCommand {
     Switchover {
         /// The region that is to hold every shard's primary.
         region: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// After the loss of the region holding the primaries: every shard's primary to REGION, by
+    /// TAKEOVER on its most advanced replica there. A primary that still answers is paused
+    /// first and its replica caught up (nothing lost); one that does not answer is taken from
+    /// only with --confirm-down. Every shard that can move moves; a rerun completes the rest.
+    Failover {
+        /// The region that is to hold every shard's primary.
+        region: String,
+        /// Every primary that does not answer is down or fenced: it takes no writes (stopped,
+        /// or its region cut off from its clients). Without it, a primary that does not answer
+        /// stops the failover, since cut off but alive it would be a second writer.
+        #[arg(long)]
+        confirm_down: bool,
         #[command(flatten)]
         config: ConfigArg,
         #[arg(long, short, value_enum, default_value = "table")]
@@ -275,21 +292,52 @@ async fn dispatch(command: Command) -> Result<()> {
             let config = load_config(&config)?;
             // The crash tests stop it at a step (`VALKEY_DR_FAULT=crash-after:<step>`), as they
             // stop the controller.
-            let crash_after = std::env::var("VALKEY_DR_FAULT")
-                .ok()
-                .and_then(|f| f.strip_prefix("crash-after:").map(str::to_string));
             let done =
-                valkey_dr_controller::cluster::cluster_switchover(&config, &region, |step| {
-                    if crash_after.as_deref() == Some(step.to_string().as_str()) {
-                        std::process::abort();
-                    }
-                })
-                .await?;
+                valkey_dr_controller::cluster::cluster_switchover(&config, &region, crash_at())
+                    .await?;
             match output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&done)?),
                 Output::Table => out!("{}", render::cluster_switchover(&done)),
             }
             Ok(())
+        }
+        Command::Cluster {
+            command:
+                ClusterCommand::Failover {
+                    region,
+                    confirm_down,
+                    config,
+                    output,
+                },
+        } => {
+            let config = load_config(&config)?;
+            let show = |done: &valkey_dr_controller::cluster::ClusterFailover| -> Result<()> {
+                match output {
+                    Output::Json => outln!("{}", serde_json::to_string_pretty(done)?),
+                    Output::Table => out!("{}", render::cluster_failover(done)),
+                }
+                Ok(())
+            };
+            match valkey_dr_controller::cluster::cluster_failover(
+                &config,
+                &region,
+                confirm_down,
+                crash_at(),
+            )
+            .await
+            {
+                Ok(done) => show(&done),
+                Err(e) => {
+                    // What did move is shown before the error.
+                    if let valkey_dr_controller::cluster::ClusterError::Incomplete {
+                        done, ..
+                    } = &e
+                    {
+                        show(done)?;
+                    }
+                    Err(e.into())
+                }
+            }
         }
         Command::Ack { config } => {
             let config = load_config(&config)?;
@@ -430,5 +478,18 @@ async fn events(path: &Path, follow: bool) -> Result<()> {
             continue;
         }
         out!("{line}");
+    }
+}
+
+/// The crash tests stop a cluster move at a step (`VALKEY_DR_FAULT=crash-after:<step>`), as they
+/// stop the controller.
+fn crash_at() -> impl Fn(valkey_dr_controller::cluster::CutStep) {
+    let crash_after = std::env::var("VALKEY_DR_FAULT")
+        .ok()
+        .and_then(|f| f.strip_prefix("crash-after:").map(str::to_string));
+    move |step| {
+        if crash_after.as_deref() == Some(step.to_string().as_str()) {
+            std::process::abort();
+        }
     }
 }

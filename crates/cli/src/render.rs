@@ -163,6 +163,7 @@ pub fn cluster(status: &valkey_dr_controller::cluster::ClusterStatus) -> String 
                 .iter()
                 .map(|f| match f {
                     ShardFinding::NoPrimary => "no primary".to_string(),
+                    ShardFinding::NoSlots => "serves no slot (taken over while away)".to_string(),
                     ShardFinding::PrimaryOutsideWriterRegion { region } => format!(
                         "primary outside {} (in {})",
                         status.writer_region,
@@ -225,5 +226,50 @@ pub fn cluster_switchover(done: &valkey_dr_controller::cluster::ClusterSwitchove
         done.write_pause_ms
     );
     out.push_str(&table(&["SLOTS", "FROM", "TO"], &rows));
+    out
+}
+
+pub fn cluster_failover(done: &valkey_dr_controller::cluster::ClusterFailover) -> String {
+    if done.shards.is_empty() {
+        return format!("every shard's primary is already in {}\n", done.to_region);
+    }
+    let rows: Vec<Vec<String>> = done
+        .shards
+        .iter()
+        .map(|s| {
+            let old = match (s.old_answered, s.caught_up, s.old_follows) {
+                (false, _, _) => "did not answer: rejoins as a replica when back".to_string(),
+                (true, caught_up, follows) => format!(
+                    "paused, {}, {}",
+                    if caught_up {
+                        "caught up"
+                    } else {
+                        "NOT caught up"
+                    },
+                    match follows {
+                        Some(true) => "follows",
+                        _ => "does NOT follow: kept paused",
+                    }
+                ),
+            };
+            vec![
+                s.r#move.slots.clone(),
+                s.r#move.from.to_string(),
+                s.r#move.to.to_string(),
+                s.error.clone().unwrap_or_else(|| "moved".into()),
+                old,
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "{} shard(s) failed over to {} in {:.0} ms\n",
+        done.shards.len(),
+        done.to_region,
+        done.took_ms
+    );
+    out.push_str(&table(
+        &["SLOTS", "FROM", "TO", "RESULT", "OLD PRIMARY"],
+        &rows,
+    ));
     out
 }

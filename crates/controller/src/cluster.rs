@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde::Serialize;
 use valkey_dr_core::cluster::{
-    Shard, ShardMove, ShardView, SwitchoverRefusal, plan_switchover, shard_views, slot_ranges,
-    uncovered_slots,
+    MoveRefusal, Shard, ShardMove, ShardView, plan_failover, plan_switchover, shard_views,
+    slot_ranges, uncovered_slots,
 };
-use valkey_dr_core::{Config, Endpoint, Engine, Topology};
+use valkey_dr_core::{Config, Endpoint, Engine, RegionId, Topology};
 use valkey_dr_valkey::{Timeouts, ValkeyEngine};
 
 /// What `valkey-dr cluster status` shows.
@@ -28,14 +28,6 @@ pub struct ClusterStatus {
     pub uncovered_slots: Vec<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterStatusError {
-    #[error(transparent)]
-    Security(#[from] crate::security::SecurityError),
-    #[error("no configured node answered CLUSTER SHARDS:\n{0}")]
-    NoNodeAnswered(String),
-}
-
 fn engine(config: &Config) -> Result<ValkeyEngine, crate::security::SecurityError> {
     Ok(ValkeyEngine::new(
         Timeouts {
@@ -46,14 +38,17 @@ fn engine(config: &Config) -> Result<ValkeyEngine, crate::security::SecurityErro
     ))
 }
 
-/// The shards as the first configured node that answers `CLUSTER SHARDS` sees them, and that
-/// node.
+/// The shards as the first configured node that answers `CLUSTER NODES` sees them, and that
+/// node; the nodes of `prefer` are asked first (after a region's loss, a survivor's view).
 async fn discover(
     engine: &ValkeyEngine,
     topology: &Topology,
+    prefer: Option<RegionId>,
 ) -> Result<(Endpoint, Vec<Shard>), String> {
     let mut failures = Vec::new();
-    for node in &topology.nodes {
+    let mut nodes: Vec<_> = topology.nodes.iter().collect();
+    nodes.sort_by_key(|n| Some(n.region) != prefer);
+    for node in nodes {
         match engine.cluster_shards(&node.control_endpoint).await {
             Ok(shards) => return Ok((node.endpoint.clone(), shards)),
             Err(e) => failures.push(format!("  {}: {e}", node.endpoint)),
@@ -62,13 +57,13 @@ async fn discover(
     Err(failures.join("\n"))
 }
 
-/// Asks the configured nodes in order until one answers `CLUSTER SHARDS`.
-pub async fn cluster_status(config: &Config) -> Result<ClusterStatus, ClusterStatusError> {
+/// Asks the configured nodes in order until one answers `CLUSTER NODES`.
+pub async fn cluster_status(config: &Config) -> Result<ClusterStatus, ClusterError> {
     let topology = Topology::from_config(config);
     let engine = engine(config)?;
-    let (asked, shards) = discover(&engine, &topology)
+    let (asked, shards) = discover(&engine, &topology, None)
         .await
-        .map_err(ClusterStatusError::NoNodeAnswered)?;
+        .map_err(ClusterError::NoNodeAnswered)?;
     Ok(ClusterStatus {
         asked: asked.to_string(),
         writer_region: topology.region(topology.bootstrap_region).name.clone(),
@@ -111,29 +106,7 @@ pub struct ClusterSwitchover {
     pub write_pause_ms: f64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterSwitchoverError {
-    #[error(transparent)]
-    Security(#[from] crate::security::SecurityError),
-    #[error("no configured node answered CLUSTER SHARDS:\n{0}")]
-    NoNodeAnswered(String),
-    #[error("no region `{0}` in the configuration")]
-    UnknownRegion(String),
-    #[error("nothing moved: {}", list(.0))]
-    Refused(Vec<SwitchoverRefusal>),
-    /// Stopped before any shard handed over: every pause lifted, nothing changed.
-    #[error("nothing moved: {0}")]
-    Aborted(String),
-    /// Some shard did not hand over: the ones that did were handed back.
-    #[error("rolled back: {reason}; {}", rolled_back(.handed_back, .not_handed_back))]
-    RolledBack {
-        reason: String,
-        handed_back: Vec<String>,
-        not_handed_back: Vec<String>,
-    },
-}
-
-fn list(refusals: &[SwitchoverRefusal]) -> String {
+fn list(refusals: &[MoveRefusal]) -> String {
     refusals
         .iter()
         .map(|r| format!("\n  - {r}"))
@@ -168,16 +141,16 @@ pub async fn cluster_switchover(
     config: &Config,
     to_region: &str,
     reached: impl Fn(CutStep),
-) -> Result<ClusterSwitchover, ClusterSwitchoverError> {
+) -> Result<ClusterSwitchover, ClusterError> {
     let topology = Topology::from_config(config);
     let to = topology
         .region_by_name(to_region)
-        .ok_or_else(|| ClusterSwitchoverError::UnknownRegion(to_region.to_string()))?;
+        .ok_or_else(|| ClusterError::UnknownRegion(to_region.to_string()))?;
     let engine = engine(config)?;
-    let (_, shards) = discover(&engine, &topology)
+    let (_, shards) = discover(&engine, &topology, None)
         .await
-        .map_err(ClusterSwitchoverError::NoNodeAnswered)?;
-    let moves = plan_switchover(&topology, &shards, to).map_err(ClusterSwitchoverError::Refused)?;
+        .map_err(ClusterError::NoNodeAnswered)?;
+    let moves = plan_switchover(&topology, &shards, to).map_err(ClusterError::Refused)?;
     let started = Instant::now();
     let catchup = Duration::from_millis(config.controller.catchup_timeout_ms);
     let forward: Vec<(&Endpoint, &Endpoint)> = moves.iter().map(|m| (&m.from, &m.to)).collect();
@@ -185,7 +158,7 @@ pub async fn cluster_switchover(
     let pause = 2 * (catchup + HANDOVER_WITHIN) + PAUSE_MARGIN;
     let handed = cut_over(&engine, &forward, catchup, pause, &reached)
         .await
-        .map_err(ClusterSwitchoverError::Aborted)?;
+        .map_err(ClusterError::Aborted)?;
     let old_primaries = || forward.iter().map(|(from, _)| *from);
     let Some(reason) = handed.iter().find_map(|r| r.clone().err()) else {
         join_all(old_primaries().map(|node| engine.kill_clients_and_unpause(node))).await;
@@ -238,11 +211,203 @@ pub async fn cluster_switchover(
     )
     .await;
     join_all(old_primaries().map(|node| engine.unpause(node))).await;
-    Err(ClusterSwitchoverError::RolledBack {
+    Err(ClusterError::RolledBack {
         reason,
         handed_back,
         not_handed_back,
     })
+}
+
+/// What `valkey-dr cluster failover` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterFailover {
+    pub to_region: String,
+    /// One per shard whose primary stood outside the region.
+    pub shards: Vec<FailedOverShard>,
+    /// From the first probe to the last shard's takeover.
+    pub took_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedOverShard {
+    #[serde(flatten)]
+    pub r#move: ShardMove,
+    /// The old primary answered: its writes were paused before the takeover, and its new
+    /// primary waited for.
+    pub old_answered: bool,
+    /// The new primary held every write the old one had acknowledged before its pause (known
+    /// only when the old one answered; without it, what the replica had not received is lost).
+    pub caught_up: bool,
+    /// The old primary follows the new one (`None` when it did not answer: it learns of the
+    /// takeover from the cluster when it is back, and rejoins as a replica).
+    pub old_follows: Option<bool>,
+    /// Why the shard did not move, if it did not.
+    pub error: Option<String>,
+}
+
+/// Why a cluster command did not do all it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
+    #[error("no configured node answered CLUSTER NODES:\n{0}")]
+    NoNodeAnswered(String),
+    #[error("no region `{0}` in the configuration")]
+    UnknownRegion(String),
+    #[error("nothing moved: {}", list(.0))]
+    Refused(Vec<MoveRefusal>),
+    /// Stopped before any shard handed over: every pause lifted, nothing changed.
+    #[error("nothing moved: {0}")]
+    Aborted(String),
+    /// A switchover's shard did not hand over: the ones that did were handed back.
+    #[error("rolled back: {reason}; {}", rolled_back(.handed_back, .not_handed_back))]
+    RolledBack {
+        reason: String,
+        handed_back: Vec<String>,
+        not_handed_back: Vec<String>,
+    },
+    /// A failover moved some shards, not all: run it again (shards already moved stay).
+    #[error("{} of {} shard(s) did not move, run it again: {}", .failed.len(), .of, .failed.join("; "))]
+    Incomplete {
+        of: usize,
+        failed: Vec<String>,
+        done: Box<ClusterFailover>,
+    },
+}
+
+/// How long an old primary that answered stays paused when it does not follow its new primary:
+/// long enough for an operator to stop it or make it a replica.
+const UNFOLLOWED_PAUSE: Duration = Duration::from_secs(60);
+
+/// Moves every shard's primary to `to_region` after the loss of the region holding them. A
+/// primary that still answers is paused first and its target given `catchup_timeout_ms` to
+/// catch up (nothing lost when it does); one that does not answer is taken from only on the
+/// operator's word (`confirmed_down`) that it takes no writes ([`plan_failover`]). Each target
+/// then takes its shard over with TAKEOVER, which needs no vote from the lost primaries. Not
+/// all or nothing, unlike a switchover: the region is gone, so every shard that can move moves,
+/// and a rerun completes the rest.
+pub async fn cluster_failover(
+    config: &Config,
+    to_region: &str,
+    confirmed_down: bool,
+    reached: impl Fn(CutStep),
+) -> Result<ClusterFailover, ClusterError> {
+    let started = Instant::now();
+    let topology = Topology::from_config(config);
+    let to = topology
+        .region_by_name(to_region)
+        .ok_or_else(|| ClusterError::UnknownRegion(to_region.to_string()))?;
+    let engine = engine(config)?;
+    let (_, shards) = discover(&engine, &topology, Some(to))
+        .await
+        .map_err(ClusterError::NoNodeAnswered)?;
+    let old_primaries: Vec<&Endpoint> = shards
+        .iter()
+        .filter_map(|s| s.primary())
+        .map(|p| &p.endpoint)
+        .collect();
+    let probed = join_all(old_primaries.iter().map(|p| engine.replication(p))).await;
+    let answering: Vec<&Endpoint> = old_primaries
+        .iter()
+        .zip(&probed)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(p, _)| *p)
+        .collect();
+    let moves = plan_failover(
+        &topology,
+        &shards,
+        to,
+        |e| answering.contains(&e),
+        confirmed_down,
+    )
+    .map_err(ClusterError::Refused)?;
+    let answered = |m: &ShardMove| answering.contains(&&m.from);
+
+    // Fence what answers: paused until it follows its new primary.
+    let catchup = Duration::from_millis(config.controller.catchup_timeout_ms);
+    let pause = catchup + HANDOVER_WITHIN * moves.len() as u32 + PAUSE_MARGIN;
+    let fenced: Vec<&ShardMove> = moves.iter().filter(|m| answered(m)).collect();
+    let paused = join_all(
+        fenced
+            .iter()
+            .map(|m| engine.pause_writes_and_read(&m.from, pause)),
+    )
+    .await;
+    let mut targets = Vec::new();
+    for (m, result) in fenced.iter().zip(paused) {
+        match result {
+            Ok(info) => targets.push((&m.to, info.offset)),
+            // It answered a moment ago: unless the operator confirmed it down, it may still
+            // take writes, so nothing moves.
+            Err(e) if !confirmed_down => {
+                join_all(fenced.iter().map(|m| engine.unpause(&m.from))).await;
+                return Err(ClusterError::Aborted(format!(
+                    "cannot pause writes on {}: {e}",
+                    m.from
+                )));
+            }
+            Err(_) => {}
+        }
+    }
+    reached(CutStep::Paused);
+    let behind = catch_up(&engine, &targets, catchup).await;
+    reached(CutStep::CaughtUp);
+
+    let handovers: Vec<(&Endpoint, Option<&Endpoint>)> =
+        moves.iter().map(|m| (&m.to, None)).collect();
+    let results = take_over_in_turn(&engine, &handovers, &reached).await;
+    // An old primary that answered follows by gossip; released once it does, else kept paused.
+    let follows = join_all(fenced.iter().map(|m| async {
+        let deadline = Instant::now() + HANDOVER_WITHIN;
+        loop {
+            if engine
+                .replication(&m.from)
+                .await
+                .is_ok_and(|i| !i.is_primary())
+            {
+                engine.kill_clients_and_unpause(&m.from).await.ok();
+                return true;
+            }
+            if Instant::now() >= deadline {
+                engine.pause_writes(&m.from, UNFOLLOWED_PAUSE).await.ok();
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }))
+    .await;
+    let shards: Vec<FailedOverShard> = moves
+        .iter()
+        .zip(results)
+        .map(|(m, result)| {
+            let fenced_at = fenced.iter().position(|f| f.from == m.from);
+            FailedOverShard {
+                r#move: m.clone(),
+                old_answered: fenced_at.is_some(),
+                caught_up: fenced_at.is_some() && !behind.contains(&m.to.to_string()),
+                old_follows: fenced_at.map(|i| follows[i]),
+                error: result.err(),
+            }
+        })
+        .collect();
+    let failed: Vec<String> = shards
+        .iter()
+        .filter_map(|s| Some(format!("{}: {}", s.r#move.slots, s.error.as_ref()?)))
+        .collect();
+    let done = ClusterFailover {
+        to_region: to_region.to_string(),
+        shards,
+        took_ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    if failed.is_empty() {
+        Ok(done)
+    } else {
+        Err(ClusterError::Incomplete {
+            of: done.shards.len(),
+            failed,
+            done: Box::new(done),
+        })
+    }
 }
 
 /// One cut over `(primary, replica)` pairs: writes paused on every primary, each with the offset
@@ -279,28 +444,19 @@ async fn cut_over(
         }
     }
     reached(CutStep::Paused);
-    let deadline = Instant::now() + catchup;
-    loop {
-        let seen = join_all(pairs.iter().map(|(_, replica)| engine.replication(replica))).await;
-        let behind: Vec<String> = pairs
-            .iter()
-            .zip(&seen)
-            .zip(&frozen)
-            .filter(|((_, seen), needed)| !seen.as_ref().is_ok_and(|i| i.offset >= **needed))
-            .map(|(((_, replica), _), _)| replica.to_string())
-            .collect();
-        if behind.is_empty() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            lift().await;
-            return Err(format!(
-                "not caught up within {} ms: {}",
-                catchup.as_millis(),
-                behind.join(", ")
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    let targets: Vec<(&Endpoint, u64)> = pairs
+        .iter()
+        .zip(frozen)
+        .map(|((_, replica), offset)| (*replica, offset))
+        .collect();
+    let behind = catch_up(engine, &targets, catchup).await;
+    if !behind.is_empty() {
+        lift().await;
+        return Err(format!(
+            "not caught up within {} ms: {}",
+            catchup.as_millis(),
+            behind.join(", ")
+        ));
     }
     reached(CutStep::CaughtUp);
     // The pause must still hold for a while when the shards change hands.
@@ -312,16 +468,59 @@ async fn cut_over(
             left.as_millis()
         ));
     }
-    // One shard after another: each takeover claims the cluster's next epoch as its replica
-    // knows it, so the next replica must have heard of the previous one's first — two claiming
-    // the same epoch collide, and the claim of one is refused (seen as a hand-back that never
-    // happened, right after concurrent takeovers).
+    let handovers: Vec<(&Endpoint, Option<&Endpoint>)> = pairs
+        .iter()
+        .map(|(primary, replica)| (*replica, Some(*primary)))
+        .collect();
+    Ok(take_over_in_turn(engine, &handovers, reached).await)
+}
+
+/// Waits until every `(replica, offset)` replica holds its offset, or `within` passed; returns
+/// the replicas still behind (none: all caught up).
+async fn catch_up(
+    engine: &ValkeyEngine,
+    targets: &[(&Endpoint, u64)],
+    within: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = join_all(
+            targets
+                .iter()
+                .map(|(replica, _)| engine.replication(replica)),
+        )
+        .await;
+        let behind: Vec<String> = targets
+            .iter()
+            .zip(&seen)
+            .filter(|((_, needed), seen)| !seen.as_ref().is_ok_and(|i| i.offset >= *needed))
+            .map(|((replica, _), _)| replica.to_string())
+            .collect();
+        if behind.is_empty() || Instant::now() >= deadline {
+            return behind;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Each `(replica, old primary)` takes its shard over (TAKEOVER), one after another, and is
+/// waited for ([`hand_over`]). One result per pair, in order.
+///
+/// One after another: each takeover claims the cluster's next epoch as its replica knows it, so
+/// the next replica must have heard of the previous one's first — two claiming the same epoch
+/// collide, and the claim of one is refused (seen as a hand-back that never happened, right
+/// after concurrent takeovers).
+async fn take_over_in_turn(
+    engine: &ValkeyEngine,
+    handovers: &[(&Endpoint, Option<&Endpoint>)],
+    reached: &impl Fn(CutStep),
+) -> Vec<Result<(), String>> {
     let mut results = Vec::new();
     let mut highest = 0;
-    for (primary, replica) in pairs {
+    for (replica, old) in handovers {
         let handed = async {
             knows_epoch(engine, replica, highest).await?;
-            hand_over(engine, replica, primary).await?;
+            hand_over(engine, replica, *old).await?;
             engine
                 .cluster_epoch(replica)
                 .await
@@ -331,7 +530,7 @@ async fn cut_over(
         results.push(handed.map(|epoch| highest = highest.max(epoch)));
         reached(CutStep::HandedOver(results.len()));
     }
-    Ok(results)
+    results
 }
 
 /// Waits until `node` knows the cluster's epoch to be at least `epoch`.
@@ -351,12 +550,12 @@ async fn knows_epoch(engine: &ValkeyEngine, node: &Endpoint, epoch: u64) -> Resu
     }
 }
 
-/// Asks `replica` to take its shard over from `primary` (TAKEOVER), and waits until it is the
-/// primary and the old one follows it, or [`HANDOVER_WITHIN`] passed.
+/// Asks `replica` to take its shard over (TAKEOVER), and waits until it is the primary — and
+/// `old`, when given, follows it — or [`HANDOVER_WITHIN`] passed.
 async fn hand_over(
     engine: &ValkeyEngine,
     replica: &Endpoint,
-    primary: &Endpoint,
+    old: Option<&Endpoint>,
 ) -> Result<(), String> {
     engine
         .cluster_takeover(replica)
@@ -364,13 +563,18 @@ async fn hand_over(
         .map_err(|e| format!("{replica} refused CLUSTER FAILOVER: {e}"))?;
     let deadline = Instant::now() + HANDOVER_WITHIN;
     loop {
-        let (new, old) = futures::join!(engine.replication(replica), engine.replication(primary));
-        if new.is_ok_and(|i| i.is_primary()) && old.is_ok_and(|i| !i.is_primary()) {
+        let new = engine.replication(replica).await;
+        let old_follows = match old {
+            Some(old) => engine.replication(old).await.is_ok_and(|i| !i.is_primary()),
+            None => true,
+        };
+        if new.is_ok_and(|i| i.is_primary()) && old_follows {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let from = old.map(|o| format!(" from {o}")).unwrap_or_default();
             return Err(format!(
-                "{replica} did not take over from {primary} within {} s",
+                "{replica} did not take over{from} within {} s",
                 HANDOVER_WITHIN.as_secs()
             ));
         }

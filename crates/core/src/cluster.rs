@@ -37,15 +37,17 @@ pub enum ShardRole {
     Replica,
 }
 
-/// What the cluster thinks of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How a node stands, worst last: what the cluster thinks of it, and whether it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeHealth {
     Online,
+    /// A replica that has not loaded its primary's data yet (offset 0).
+    Loading,
+    /// It did not answer when asked for its offset (the cluster may not have noticed yet).
+    Unanswered,
     /// Marked failed (`FAIL`) by the cluster.
     Failed,
-    /// Loading its dataset.
-    Loading,
 }
 
 impl Shard {
@@ -115,6 +117,9 @@ pub enum ShardFinding {
     PrimaryOutsideWriterRegion { region: Option<String> },
     /// No replica of the shard in this region: losing the writer region loses the shard.
     NoReplicaIn { region: String },
+    /// A group that serves no slot: a primary taken over while it was away (it rejoins as a
+    /// replica when back), and the replicas still naming it.
+    NoSlots,
     /// A node of the shard that no configured region lists.
     UnknownNode { node: String },
     /// A node the cluster marks failed or loading.
@@ -152,7 +157,9 @@ pub fn shard_views(
                 .map(place)
                 .collect();
             let mut findings = Vec::new();
+            let serves = shard.slot_count() > 0;
             match &primary {
+                _ if !serves => findings.push(ShardFinding::NoSlots),
                 None => findings.push(ShardFinding::NoPrimary),
                 Some(p) if p.region.as_deref() != Some(&topology.region(writer_region).name) => {
                     findings.push(ShardFinding::PrimaryOutsideWriterRegion {
@@ -161,7 +168,7 @@ pub fn shard_views(
                 }
                 Some(_) => {}
             }
-            for region in &topology.regions {
+            for region in topology.regions.iter().filter(|_| serves) {
                 if !replicas
                     .iter()
                     .any(|r| r.region.as_deref() == Some(&region.name))
@@ -196,7 +203,8 @@ pub fn shard_views(
             )
         })
         .collect();
-    views.sort_by_key(|(first, _)| *first);
+    // Serving shards in slot order, then the groups without slots.
+    views.sort_by_key(|(first, view)| (view.slot_count == 0, *first));
     views.into_iter().map(|(_, v)| v).collect()
 }
 
@@ -238,11 +246,11 @@ pub struct ShardMove {
     pub to_id: String,
 }
 
-/// Why an all-shard switchover may not start. Every shard moves or none does, so one shard that
-/// cannot move stops them all, before anything is touched.
+/// Why an all-shard move (a switchover, a region failover) may not start. Every shard moves or
+/// none does, so one shard that cannot move stops them all, before anything is touched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "refusal", rename_all = "snake_case")]
-pub enum SwitchoverRefusal {
+pub enum MoveRefusal {
     #[error("slots {slots} are served by no shard: the cluster is not whole")]
     UncoveredSlots { slots: String },
     #[error("shard {slots} has no primary")]
@@ -253,72 +261,93 @@ pub enum SwitchoverRefusal {
         "shard {slots} has no online replica of its primary in {region}: add one (CLUSTER REPLICATE) or pick another region"
     )]
     NoReplicaIn { slots: String, region: String },
+    /// A region failover takes a shard from a primary it cannot reach only on the operator's
+    /// word that it takes no writes: cut off but alive, it would be a second writer.
+    #[error(
+        "shard {slots}: its primary {node} does not answer, and may still take writes where it stands; once it is down or fenced (stopped, or its region cut off from its clients), confirm with --confirm-down"
+    )]
+    PrimaryMayStillWrite { slots: String, node: String },
 }
 
-/// The moves that put every shard's primary in `to`: per shard, the online replica in `to` with
-/// the highest replication offset (ties: the earlier node in the configuration). Shards whose
-/// primary already stands in `to` stay as they are. All or nothing: any shard that cannot move,
-/// or a slot no shard serves, refuses the whole switchover.
+/// The moves that put every shard's primary in `to` by a planned switchover: per shard, the
+/// online replica in `to` with the highest replication offset ([`best_replica_in`]). Shards
+/// whose primary already stands in `to` stay as they are. All or nothing: any shard that cannot
+/// move (its primary is not online, no replica there), or a slot no shard serves, refuses the
+/// whole switchover.
 pub fn plan_switchover(
     topology: &Topology,
     shards: &[Shard],
     to: RegionId,
-) -> Result<Vec<ShardMove>, Vec<SwitchoverRefusal>> {
-    let in_to = |endpoint: &Endpoint| {
-        topology
-            .node_by_any_address(endpoint)
-            .is_some_and(|id| topology.node(id).region == to)
-    };
-    let config_order = |endpoint: &Endpoint| {
-        topology
-            .node_by_any_address(endpoint)
-            .map_or(usize::MAX, |id| id.0)
-    };
-    let mut refusals: Vec<SwitchoverRefusal> = uncovered_slots(shards)
+) -> Result<Vec<ShardMove>, Vec<MoveRefusal>> {
+    plan_moves(topology, shards, to, |slots, primary| {
+        (primary.health != NodeHealth::Online).then(|| MoveRefusal::PrimaryNotOnline {
+            slots: slots.to_string(),
+            node: primary.endpoint.to_string(),
+        })
+    })
+}
+
+/// The moves that put every shard's primary in `to` after the loss of the region(s) holding
+/// them: the same targets as a switchover, whatever the cluster thinks of the old primaries'
+/// health (a survivor's view of a lost region is stale). A primary that does not answer
+/// (`answers`) is taken from only when the operator `confirmed_down` that it takes no writes.
+pub fn plan_failover(
+    topology: &Topology,
+    shards: &[Shard],
+    to: RegionId,
+    answers: impl Fn(&Endpoint) -> bool,
+    confirmed_down: bool,
+) -> Result<Vec<ShardMove>, Vec<MoveRefusal>> {
+    plan_moves(topology, shards, to, |slots, primary| {
+        (!confirmed_down && !answers(&primary.endpoint)).then(|| {
+            MoveRefusal::PrimaryMayStillWrite {
+                slots: slots.to_string(),
+                node: primary.endpoint.to_string(),
+            }
+        })
+    })
+}
+
+/// Per shard in slot order: no primary, or `refuse_primary` says no → a refusal; primary in `to`
+/// → stays; else the move to [`best_replica_in`] `to`.
+fn plan_moves(
+    topology: &Topology,
+    shards: &[Shard],
+    to: RegionId,
+    refuse_primary: impl Fn(&str, &ShardNode) -> Option<MoveRefusal>,
+) -> Result<Vec<ShardMove>, Vec<MoveRefusal>> {
+    let mut refusals: Vec<MoveRefusal> = uncovered_slots(shards)
         .into_iter()
-        .map(|r| SwitchoverRefusal::UncoveredSlots {
+        .map(|r| MoveRefusal::UncoveredSlots {
             slots: slot_ranges(&[r]),
         })
         .collect();
     let mut moves = Vec::new();
     let mut ordered: Vec<&Shard> = shards.iter().collect();
     ordered.sort_by_key(|s| s.first_slot());
-    for shard in ordered {
+    // A group without slots (a primary taken over while it was away, its replicas) has nothing
+    // to move.
+    for shard in ordered.into_iter().filter(|s| s.slot_count() > 0) {
         let slots = shard.slot_ranges();
         let Some(primary) = shard.primary() else {
-            refusals.push(SwitchoverRefusal::NoPrimary { slots });
+            refusals.push(MoveRefusal::NoPrimary { slots });
             continue;
         };
-        if primary.health != NodeHealth::Online {
-            refusals.push(SwitchoverRefusal::PrimaryNotOnline {
-                slots,
-                node: primary.endpoint.to_string(),
-            });
+        if let Some(refusal) = refuse_primary(&slots, primary) {
+            refusals.push(refusal);
             continue;
         }
-        if in_to(&primary.endpoint) {
+        if in_region(topology, &primary.endpoint, to) {
             continue;
         }
-        let best = shard
-            .nodes
-            .iter()
-            .filter(|n| {
-                n.role == ShardRole::Replica && n.health == NodeHealth::Online && in_to(&n.endpoint)
-            })
-            .max_by_key(|n| {
-                (
-                    n.replication_offset,
-                    std::cmp::Reverse(config_order(&n.endpoint)),
-                )
-            });
-        match best {
+        match best_replica_in(topology, shard, to) {
             Some(target) => moves.push(ShardMove {
                 slots,
                 from: primary.endpoint.clone(),
                 to: target.endpoint.clone(),
                 to_id: target.id.clone(),
             }),
-            None => refusals.push(SwitchoverRefusal::NoReplicaIn {
+            None => refusals.push(MoveRefusal::NoReplicaIn {
                 slots,
                 region: topology.region(to).name.clone(),
             }),
@@ -329,6 +358,40 @@ pub fn plan_switchover(
     } else {
         Err(refusals)
     }
+}
+
+fn in_region(topology: &Topology, endpoint: &Endpoint, region: RegionId) -> bool {
+    topology
+        .node_by_any_address(endpoint)
+        .is_some_and(|id| topology.node(id).region == region)
+}
+
+/// The shard's online replica in `region` with the highest replication offset (ties: the
+/// earlier node in the configuration).
+pub fn best_replica_in<'a>(
+    topology: &Topology,
+    shard: &'a Shard,
+    region: RegionId,
+) -> Option<&'a ShardNode> {
+    let config_order = |endpoint: &Endpoint| {
+        topology
+            .node_by_any_address(endpoint)
+            .map_or(usize::MAX, |id| id.0)
+    };
+    shard
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.role == ShardRole::Replica
+                && n.health == NodeHealth::Online
+                && in_region(topology, &n.endpoint, region)
+        })
+        .max_by_key(|n| {
+            (
+                n.replication_offset,
+                std::cmp::Reverse(config_order(&n.endpoint)),
+            )
+        })
 }
 
 #[cfg(test)]
@@ -422,7 +485,7 @@ mod tests {
             to: topology.nodes[to].endpoint.clone(),
             to_id: format!("id{to}"),
         };
-        type Planned = Result<Vec<ShardMove>, Vec<SwitchoverRefusal>>;
+        type Planned = Result<Vec<ShardMove>, Vec<MoveRefusal>>;
         #[rustfmt::skip]
         let cases: Vec<(&str, Vec<Shard>, Planned)> = vec![
             ("each shard to its most advanced replica in the region",
@@ -434,19 +497,98 @@ mod tests {
              Ok(vec![moved("8192-16383", 1, 3)])),
             ("one shard without a replica there: nothing moves",
              halves(vec![primary(0), replica(2, 100)], vec![primary(1), replica(0, 100), failed(3)]),
-             Err(vec![SwitchoverRefusal::NoReplicaIn { slots: "8192-16383".into(), region: "us-east-2".into() }])),
+             Err(vec![MoveRefusal::NoReplicaIn { slots: "8192-16383".into(), region: "us-east-2".into() }])),
             ("a shard without a primary, and slots nobody serves",
              vec![shard(vec![replica(0, 100), replica(2, 100)], 0..=8191)],
-             Err(vec![SwitchoverRefusal::UncoveredSlots { slots: "8192-16383".into() },
-                      SwitchoverRefusal::NoPrimary { slots: "0-8191".into() }])),
+             Err(vec![MoveRefusal::UncoveredSlots { slots: "8192-16383".into() },
+                      MoveRefusal::NoPrimary { slots: "0-8191".into() }])),
             ("a primary the cluster marks failed",
              halves(vec![ShardNode { health: NodeHealth::Failed, ..primary(0) }, replica(2, 100)],
                     vec![primary(1), replica(3, 100)]),
-             Err(vec![SwitchoverRefusal::PrimaryNotOnline { slots: "0-8191".into(), node: topology.nodes[0].endpoint.to_string() }])),
+             Err(vec![MoveRefusal::PrimaryNotOnline { slots: "0-8191".into(), node: topology.nodes[0].endpoint.to_string() }])),
         ];
         for (case, shards, expected) in cases {
             assert_eq!(plan_switchover(&topology, &shards, to), expected, "{case}");
         }
+    }
+
+    #[test]
+    fn a_region_failover_takes_a_silent_primary_only_when_confirmed_down() {
+        // Nodes 0, 1 in us-east-1, 2, 3 in us-east-2; us-east-1 is lost: the survivors' view
+        // still names its nodes primaries, some marked failed, some not yet.
+        let topology = lab();
+        let to = RegionId(1);
+        let primary = |n| node(&topology, n, ShardRole::Primary, 100);
+        let failed_primary = |n| ShardNode {
+            health: NodeHealth::Failed,
+            ..primary(n)
+        };
+        let replica = |n, offset| node(&topology, n, ShardRole::Replica, offset);
+        let shards = vec![
+            shard(
+                vec![failed_primary(0), replica(2, 90), replica(3, 95)],
+                0..=8191,
+            ),
+            shard(vec![primary(1), replica(2, 100)], 8192..=16383),
+        ];
+        let moved = |slots: &str, from: usize, to: usize| ShardMove {
+            slots: slots.into(),
+            from: topology.nodes[from].endpoint.clone(),
+            to: topology.nodes[to].endpoint.clone(),
+            to_id: format!("id{to}"),
+        };
+        let both = vec![moved("0-8191", 0, 3), moved("8192-16383", 1, 2)];
+        let silent = |slots: &str, n: usize| MoveRefusal::PrimaryMayStillWrite {
+            slots: slots.into(),
+            node: topology.nodes[n].endpoint.to_string(),
+        };
+        let node1 = topology.nodes[1].endpoint.clone();
+        let only_node1 = |e: &Endpoint| *e == node1;
+        type Answers<'a> = &'a dyn Fn(&Endpoint) -> bool;
+        #[rustfmt::skip]
+        type Planned = Result<Vec<ShardMove>, Vec<MoveRefusal>>;
+        let cases: Vec<(&str, Answers, bool, Planned)> = vec![
+            (
+                "no old primary answers, none confirmed down: nothing moves",
+                &|_| false,
+                false,
+                Err(vec![silent("0-8191", 0), silent("8192-16383", 1)]),
+            ),
+            (
+                "one answers (it is paused first), the other is silent: still refused",
+                &only_node1,
+                false,
+                Err(vec![silent("0-8191", 0)]),
+            ),
+            (
+                "confirmed down: every shard to its most advanced replica, failed or not",
+                &|_| false,
+                true,
+                Ok(both.clone()),
+            ),
+            (
+                "every old primary answers: no confirmation needed",
+                &|_| true,
+                false,
+                Ok(both),
+            ),
+        ];
+        for (case, answers, confirmed, expected) in cases {
+            assert_eq!(
+                plan_failover(&topology, &shards, to, answers, confirmed),
+                expected,
+                "{case}"
+            );
+        }
+        // A shard without a replica in the surviving region cannot move, confirmed or not.
+        let stranded = vec![shard(vec![failed_primary(0), replica(1, 100)], 0..=16383)];
+        assert_eq!(
+            plan_failover(&topology, &stranded, to, |_| false, true),
+            Err(vec![MoveRefusal::NoReplicaIn {
+                slots: "0-16383".into(),
+                region: "us-east-2".into()
+            }])
+        );
     }
 
     #[test]

@@ -24,6 +24,41 @@ impl Drop for ClusterNode {
     }
 }
 
+impl ClusterNode {
+    /// SIGKILL, its files kept (`nodes.conf`: it comes back as the node it was).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again from its files, with no data (nothing is persisted): a node back from a
+    /// lost region.
+    pub async fn restart(&mut self) -> Result<(), ClusterError> {
+        self.kill();
+        self.child = spawn(self.addr, &self.dir)?;
+        wait_listening(self.addr).await;
+        Ok(())
+    }
+}
+
+fn spawn(addr: SocketAddr, dir: &Path) -> Result<Child, ClusterError> {
+    Command::new("valkey-server")
+        .args([
+            "--port",
+            &addr.port().to_string(),
+            "--bind",
+            &addr.ip().to_string(),
+        ])
+        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(ClusterError::Start)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("cannot start valkey-server (make test installs it): {0}")]
@@ -59,21 +94,7 @@ pub async fn start(
         let node_dir = dir.join(format!("cluster-{}-{}", addr.ip(), addr.port()));
         let _ = std::fs::remove_dir_all(&node_dir);
         std::fs::create_dir_all(&node_dir).map_err(ClusterError::Start)?;
-        let child = Command::new("valkey-server")
-            .args([
-                "--port",
-                &addr.port().to_string(),
-                "--bind",
-                &addr.ip().to_string(),
-            ])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&node_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(ClusterError::Start)?;
+        let child = spawn(*addr, &node_dir)?;
         nodes.push(ClusterNode {
             addr: *addr,
             child,
@@ -158,18 +179,20 @@ pub async fn start(
             }
         }
     }
-    // Until every node's gossip says so of every other.
+    // Until every node lists every other, none failed, and every replica has loaded its
+    // primary's data.
     for node in &nodes {
         until(deadline, limit, node.addr, async || {
-            let reply = command(node.addr, &["CLUSTER", "SHARDS"]).await?;
+            let listed = text(command(node.addr, &["CLUSTER", "NODES"]).await?);
+            let loaded = text(command(node.addr, &["INFO", "replication"]).await?);
             Ok(
-                valkey_dr_valkey::cluster::parse_shards(&reply).is_ok_and(|shards| {
+                valkey_dr_valkey::cluster::parse_nodes(&listed).is_ok_and(|shards| {
                     shards.iter().flat_map(|s| &s.nodes).count() == nodes.len()
                         && shards
                             .iter()
                             .flat_map(|s| &s.nodes)
                             .all(|n| n.health == valkey_dr_core::cluster::NodeHealth::Online)
-                }),
+                }) && (loaded.contains("role:master") || loaded.contains("master_link_status:up")),
             )
         })
         .await?;

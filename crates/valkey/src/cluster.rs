@@ -1,108 +1,120 @@
-//! Valkey cluster mode: a cluster's shards read from `CLUSTER SHARDS` on any node — which slots
-//! each shard serves, its primary and replicas, their replication offsets and health.
+//! Valkey cluster mode: a cluster's shards read from `CLUSTER NODES` on any node — which slots
+//! each shard serves, its primary and replicas, their health — with each node's replication
+//! offset read from the node itself.
+//!
+//! Not `CLUSTER SHARDS`: Valkey 8.0 groups that reply by shard id, and right after a takeover
+//! a node that changed sides can list the old, slotless primary as the slots' owner and leave
+//! the new one out altogether, while its `CLUSTER NODES` is right (seen on 8.0.1, in the
+//! region-failover test). `CLUSTER NODES` is each node's own slot table.
 
-use redis::Value;
-use valkey_dr_core::Endpoint;
+use futures::future::join_all;
 pub use valkey_dr_core::cluster::{NodeHealth, SLOTS, Shard, ShardNode, ShardRole};
 use valkey_dr_core::observation::FailureKind;
+use valkey_dr_core::{Endpoint, Engine};
 
 use crate::{EngineError, ValkeyEngine, error};
 
-/// Why a `CLUSTER SHARDS` reply could not be read.
+/// Why a `CLUSTER NODES` reply could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unexpected CLUSTER SHARDS reply: {0}")]
-pub struct ShardsError(String);
+#[error("unexpected CLUSTER NODES line `{line}`: {why}")]
+pub struct NodesError {
+    line: String,
+    why: &'static str,
+}
 
-/// The shards in a `CLUSTER SHARDS` reply (RESP2 flat arrays or RESP3 maps alike).
-pub fn parse_shards(reply: &Value) -> Result<Vec<Shard>, ShardsError> {
-    let bad = |what: &str| ShardsError(what.to_string());
-    let Value::Array(shards) = reply else {
-        return Err(bad("not an array of shards"));
-    };
-    shards
+/// The shards in a `CLUSTER NODES` reply: one per primary, with the replicas that name it, in
+/// the reply's order. A replica whose primary the reply does not list forms a shard without a
+/// primary; a primary that lost its slots (taken over while it was away) a shard without slots.
+/// Offsets are 0 here ([`ValkeyEngine::cluster_shards`] reads them from the nodes).
+pub fn parse_nodes(reply: &str) -> Result<Vec<Shard>, NodesError> {
+    struct Line {
+        node: ShardNode,
+        primary_id: Option<String>,
+        slots: Vec<std::ops::RangeInclusive<u16>>,
+    }
+    let mut lines = Vec::new();
+    for line in reply.lines().filter(|l| !l.trim().is_empty()) {
+        let bad = |why| NodesError {
+            line: line.to_string(),
+            why,
+        };
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 8 {
+            return Err(bad("fewer than 8 fields"));
+        }
+        // `ip:port@cport[,hostname]`
+        let address = fields[1].split(['@', ',']).next().unwrap_or_default();
+        let (ip, port) = address
+            .rsplit_once(':')
+            .and_then(|(ip, port)| Some((ip, port.parse::<u16>().ok()?)))
+            .ok_or_else(|| bad("no ip:port"))?;
+        let flags: Vec<&str> = fields[2].split(',').collect();
+        let role = if flags.contains(&"master") {
+            ShardRole::Primary
+        } else if flags.contains(&"slave") {
+            ShardRole::Replica
+        } else {
+            // Still in the handshake, or without an address: not a member yet.
+            continue;
+        };
+        let slots = fields[8..]
+            .iter()
+            // `[slot->-id]` / `[slot-<-id]`: a slot moving between shards.
+            .filter(|f| !f.starts_with('['))
+            .map(|f| {
+                let (start, end) = f.split_once('-').unwrap_or((f, f));
+                let slot = |n: &str| n.parse::<u16>().ok().filter(|n| u32::from(*n) < SLOTS);
+                Some(slot(start)?..=slot(end)?)
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("a slot that is not a number below 16384"))?;
+        lines.push(Line {
+            node: ShardNode {
+                id: fields[0].to_string(),
+                endpoint: Endpoint::new(ip, port),
+                role,
+                replication_offset: 0,
+                health: if flags.contains(&"fail") {
+                    NodeHealth::Failed
+                } else {
+                    NodeHealth::Online
+                },
+            },
+            primary_id: (role == ShardRole::Replica && fields[3] != "-")
+                .then(|| fields[3].to_string()),
+            slots,
+        });
+    }
+    let mut shards: Vec<(String, Shard)> = lines
         .iter()
-        .map(|shard| {
-            let fields = fields(shard).ok_or_else(|| bad("a shard is not a map"))?;
-            let slots = match field(&fields, "slots") {
-                Some(Value::Array(bounds)) => bounds
-                    .chunks(2)
-                    .map(|pair| match pair {
-                        [start, end] => Some(slot(start)?..=slot(end)?),
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| bad("slots are not pairs of slot numbers"))?,
-                _ => return Err(bad("a shard without slots")),
-            };
-            let nodes = match field(&fields, "nodes") {
-                Some(Value::Array(nodes)) => nodes
-                    .iter()
-                    .map(|n| node(n).ok_or_else(|| bad("a node without id, ip, port or role")))
-                    .collect::<Result<Vec<_>, _>>()?,
-                _ => return Err(bad("a shard without nodes")),
-            };
-            Ok(Shard { slots, nodes })
+        .filter(|l| l.node.role == ShardRole::Primary)
+        .map(|l| {
+            (
+                l.node.id.clone(),
+                Shard {
+                    slots: l.slots.clone(),
+                    nodes: vec![l.node.clone()],
+                },
+            )
         })
-        .collect()
-}
-
-fn node(value: &Value) -> Option<ShardNode> {
-    let fields = fields(value)?;
-    let text = |key| field(&fields, key).and_then(string);
-    let number = |key| field(&fields, key).and_then(integer);
-    let port = number("tls-port").or_else(|| number("port"))?;
-    Some(ShardNode {
-        id: text("id")?,
-        endpoint: Endpoint::new(&text("ip")?, u16::try_from(port).ok()?),
-        role: match text("role")?.as_str() {
-            "master" | "primary" => ShardRole::Primary,
-            "replica" | "slave" => ShardRole::Replica,
-            _ => return None,
-        },
-        replication_offset: number("replication-offset").unwrap_or(0).max(0) as u64,
-        health: match text("health").as_deref() {
-            Some("fail" | "failed") => NodeHealth::Failed,
-            Some("loading") => NodeHealth::Loading,
-            _ => NodeHealth::Online,
-        },
-    })
-}
-
-/// A map as (key, value) pairs: RESP3 maps, or RESP2's flat arrays of alternating keys and values.
-fn fields(value: &Value) -> Option<Vec<(String, &Value)>> {
-    match value {
-        Value::Map(pairs) => pairs.iter().map(|(k, v)| Some((string(k)?, v))).collect(),
-        Value::Array(flat) if flat.len() % 2 == 0 => flat
-            .chunks(2)
-            .map(|pair| Some((string(&pair[0])?, &pair[1])))
-            .collect(),
-        _ => None,
+        .collect();
+    for line in lines
+        .into_iter()
+        .filter(|l| l.node.role == ShardRole::Replica)
+    {
+        let id = line.primary_id.unwrap_or_default();
+        match shards.iter_mut().find(|(primary, _)| *primary == id) {
+            Some((_, shard)) => shard.nodes.push(line.node),
+            None => shards.push((
+                id,
+                Shard {
+                    slots: Vec::new(),
+                    nodes: vec![line.node],
+                },
+            )),
+        }
     }
-}
-
-fn field<'v>(fields: &[(String, &'v Value)], key: &str) -> Option<&'v Value> {
-    fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
-}
-
-fn string(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn integer(value: &Value) -> Option<i64> {
-    match value {
-        Value::Int(n) => Some(*n),
-        other => string(other)?.parse().ok(),
-    }
-}
-
-fn slot(value: &Value) -> Option<u16> {
-    integer(value)
-        .and_then(|n| u16::try_from(n).ok())
-        .filter(|n| u32::from(*n) < SLOTS)
+    Ok(shards.into_iter().map(|(_, shard)| shard).collect())
 }
 
 impl ValkeyEngine {
@@ -140,12 +152,38 @@ impl ValkeyEngine {
             })
     }
 
-    /// The cluster's shards as `node` sees them.
+    /// The cluster's shards as `node` sees them (`CLUSTER NODES`), each node's offset read from
+    /// itself. A node that does not answer is reported so ([`NodeHealth::Unanswered`]) unless
+    /// the cluster marks it failed; a replica that has not loaded its primary's data yet, as
+    /// loading.
     pub async fn cluster_shards(&self, node: &Endpoint) -> Result<Vec<Shard>, EngineError> {
-        let reply: Value = self
-            .run(node, "CLUSTER SHARDS", redis::cmd("CLUSTER").arg("SHARDS"))
+        let reply: String = self
+            .run(node, "CLUSTER NODES", redis::cmd("CLUSTER").arg("NODES"))
             .await?;
-        parse_shards(&reply).map_err(|e| error(node, "CLUSTER SHARDS", FailureKind::Unusable, e))
+        let mut shards = parse_nodes(&reply)
+            .map_err(|e| error(node, "CLUSTER NODES", FailureKind::Unusable, e))?;
+        let nodes: Vec<&mut ShardNode> = shards.iter_mut().flat_map(|s| &mut s.nodes).collect();
+        let read = join_all(nodes.iter().map(|n| self.replication(&n.endpoint))).await;
+        for (node, info) in nodes.into_iter().zip(read) {
+            match info {
+                Ok(info) => {
+                    node.replication_offset = info.offset;
+                    // A full sync running, or none done yet (a new replica starts at offset 1).
+                    let loading = matches!(
+                        info.role,
+                        valkey_dr_core::Role::Replica {
+                            sync_in_progress: true,
+                            ..
+                        }
+                    ) || (node.role == ShardRole::Replica && info.offset <= 1);
+                    if loading {
+                        node.health = node.health.max(NodeHealth::Loading);
+                    }
+                }
+                Err(_) => node.health = node.health.max(NodeHealth::Unanswered),
+            }
+        }
+        Ok(shards)
     }
 }
 
@@ -153,75 +191,35 @@ impl ValkeyEngine {
 mod tests {
     use super::*;
 
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    fn node_value(id: &str, port: i64, role: &str, offset: i64, health: &str) -> Value {
-        Value::Array(vec![
-            bulk("id"),
-            bulk(id),
-            bulk("port"),
-            Value::Int(port),
-            bulk("ip"),
-            bulk("127.0.0.1"),
-            bulk("endpoint"),
-            bulk("127.0.0.1"),
-            bulk("role"),
-            bulk(role),
-            bulk("replication-offset"),
-            Value::Int(offset),
-            bulk("health"),
-            bulk(health),
-        ])
-    }
-
     #[test]
-    fn a_resp2_reply_reads_as_shards_and_a_malformed_one_is_an_error() {
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk("slots"),
-            Value::Array(vec![
-                Value::Int(0),
-                Value::Int(5460),
-                Value::Int(16000),
-                Value::Int(16383),
-            ]),
-            bulk("nodes"),
-            Value::Array(vec![
-                node_value("a", 7000, "master", 1200, "online"),
-                node_value("b", 7003, "replica", 1100, "loading"),
-            ]),
-        ])]);
-        let shards = parse_shards(&reply).unwrap();
-        assert_eq!(shards.len(), 1);
+    fn a_cluster_nodes_reply_reads_as_shards_and_a_malformed_one_is_an_error() {
+        // After a takeover while the old primary (a) was away: b took its slots, a is a failed
+        // primary without slots, c still follows a; d follows b; e is still in the handshake.
+        let reply = "\
+b1 127.0.0.1:7003@17003 master - 0 1700000000000 7 connected 0-5460 16000-16383 [5461->-f00]
+a0 127.0.0.1:7000@17000,east-a master,fail - 1700000000000 1700000000000 1 disconnected
+c2 127.0.0.1:7006@17006 slave,fail a0 1700000000000 1700000000000 1 disconnected
+d3 127.0.0.1:7009@17009 myself,slave b1 0 0 7 connected
+e4 127.0.0.1:7010@17010 handshake - 0 0 0 connected
+";
+        let shards = parse_nodes(reply).unwrap();
+        assert_eq!(shards.len(), 2);
         assert_eq!(shards[0].slots, vec![0..=5460, 16000..=16383]);
         assert_eq!(shards[0].slot_count(), 5461 + 384);
         let primary = shards[0].primary().unwrap();
-        assert_eq!(primary.endpoint, Endpoint::new("127.0.0.1", 7000));
-        assert_eq!(primary.replication_offset, 1200);
+        assert_eq!(primary.endpoint, Endpoint::new("127.0.0.1", 7003));
+        assert_eq!(shards[0].nodes[1].id, "d3");
         assert_eq!(shards[0].nodes[1].role, ShardRole::Replica);
-        assert_eq!(shards[0].nodes[1].health, NodeHealth::Loading);
+        assert_eq!(shards[1].slot_count(), 0, "the old primary lost its slots");
+        assert_eq!(shards[1].nodes[0].health, NodeHealth::Failed);
+        assert_eq!(shards[1].nodes[1].id, "c2");
 
         for bad in [
-            Value::Int(3),
-            Value::Array(vec![Value::Array(vec![
-                bulk("nodes"),
-                Value::Array(vec![]),
-            ])]),
-            Value::Array(vec![Value::Array(vec![
-                bulk("slots"),
-                Value::Array(vec![Value::Int(0), Value::Int(20_000)]),
-                bulk("nodes"),
-                Value::Array(vec![]),
-            ])]),
-            Value::Array(vec![Value::Array(vec![
-                bulk("slots"),
-                Value::Array(vec![]),
-                bulk("nodes"),
-                Value::Array(vec![node_value("a", 7000, "arbiter", 0, "online")]),
-            ])]),
+            "a0 127.0.0.1:7000@17000 master",
+            "a0 nowhere master - 0 0 1 connected",
+            "a0 127.0.0.1:7000@17000 master - 0 0 1 connected 0-20000",
         ] {
-            assert!(parse_shards(&bad).is_err(), "{bad:?}");
+            assert!(parse_nodes(bad).is_err(), "{bad}");
         }
     }
 }
