@@ -641,3 +641,128 @@ async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_a
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The slots each node at `addrs` that answers as a primary serves by its own account
+/// (`myself` in its `CLUSTER NODES`).
+async fn served_by_primaries(addrs: &[SocketAddr]) -> Vec<(SocketAddr, Vec<(u16, u16)>)> {
+    let mut served = Vec::new();
+    for addr in addrs {
+        let Ok(redis::Value::BulkString(listed)) =
+            valkey_dr_lab::cluster::command(*addr, &["CLUSTER", "NODES"]).await
+        else {
+            continue;
+        };
+        let listed = String::from_utf8_lossy(&listed).into_owned();
+        let Some(me) = listed.lines().find(|l| l.contains("myself,master")) else {
+            continue;
+        };
+        let slots = me
+            .split_whitespace()
+            .skip(8)
+            .filter(|f| !f.starts_with('['))
+            .map(|f| {
+                let (a, b) = f.split_once('-').unwrap_or((f, f));
+                (a.parse().unwrap(), b.parse().unwrap())
+            })
+            .collect();
+        served.push((*addr, slots));
+    }
+    served
+}
+
+/// No slot is served by two of the primaries at `addrs`.
+async fn no_slot_with_two_primaries(addrs: &[SocketAddr], when: &str) {
+    let served = served_by_primaries(addrs).await;
+    let ranges: Vec<(SocketAddr, (u16, u16))> = served
+        .iter()
+        .flat_map(|(addr, slots)| slots.iter().map(move |r| (*addr, *r)))
+        .collect();
+    for (i, (a, (a_start, a_end))) in ranges.iter().enumerate() {
+        for (b, (b_start, b_end)) in &ranges[i + 1..] {
+            assert!(
+                a_end < b_start || b_end < a_start,
+                "{when}: {a} and {b} both serve slots of {a_start}-{a_end} / {b_start}-{b_end}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_rerun_completes_it() {
+    let dir = std::env::temp_dir().join(format!(
+        "valkey-dr-cluster-lost-crash-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addrs = cluster_addrs();
+    let mut nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
+    let path = config(&dir, &addrs);
+    let writers = Writers::start(&addrs).await;
+    // us-east-1 is lost, but for one primary (node 1) that still answers.
+    for i in [0, 2, 3, 4, 5] {
+        nodes[i].kill();
+    }
+    let before_loss = writers.last_acked();
+    let alive = [addrs[1], addrs[6], addrs[7], addrs[8]];
+    let failover = |crash: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "cluster",
+                "failover",
+                "us-east-2",
+                "--confirm-down",
+                "--config",
+            ])
+            .arg(&path);
+        if let Some(step) = crash {
+            command.env("VALKEY_DR_FAULT", format!("crash-after:{step}"));
+        }
+        command.output().unwrap()
+    };
+    for step in ["paused", "caught-up", "handed-over-1", "handed-over-2"] {
+        let crashed = failover(Some(step));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&crashed.status),
+            Some(libc::SIGABRT),
+            "{step}: {}",
+            String::from_utf8_lossy(&crashed.stderr)
+        );
+        // A takeover is whole or not done: whatever moved, no slot has two primaries.
+        no_slot_with_two_primaries(&alive, step).await;
+    }
+    // Run again: it completes the move.
+    let done = failover(None);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    primaries_in(&path, "us-east-2").await;
+    no_slot_with_two_primaries(&alive, "after the rerun").await;
+    let served: usize = served_by_primaries(&alive)
+        .await
+        .iter()
+        .flat_map(|(_, slots)| slots)
+        .map(|(a, b)| usize::from(b - a) + 1)
+        .sum();
+    assert_eq!(served, SLOTS as usize, "every slot served by the survivors");
+    // Every shard takes writes again at once (a pause a dead run left on node 1, a replica now,
+    // holds back no write: its clients get MOVED first).
+    let after_rerun = writers.last_acked();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while writers
+        .last_acked()
+        .iter()
+        .zip(&after_rerun)
+        .any(|(now, then)| now <= then)
+    {
+        assert!(Instant::now() < deadline, "a shard never took writes again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Shard 1's primary answered every run: paused, caught up — it loses nothing.
+    let lossy = [before_loss[0], -1, before_loss[2]];
+    writers.stop_and_check_after(addrs[6], &lossy).await;
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
