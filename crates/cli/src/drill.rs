@@ -42,6 +42,16 @@ pub enum DrillCommand {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Cluster mode, each run on a cluster of its own (nine nodes on loopback, three shards, a
+    /// writer per shard): the all-shard switchover to us-east-2, then the loss of us-east-2
+    /// (its nodes SIGKILLed) and the failover back to us-east-1. Prints medians.
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the clusters' files live while they run.
+        #[arg(long, default_value = "target/drill-cluster")]
+        dir: std::path::PathBuf,
+    },
     /// Repeat every scenario and print medians: our switchover against blind promotion and
     /// FAILOVER TO, and both kinds of failover.
     Bench {
@@ -101,6 +111,7 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
             (common, Operation::Failover { fault })
         }
         DrillCommand::Bench { dir, runs, writers } => return bench(&dir, runs, writers).await,
+        DrillCommand::Cluster { runs, dir } => return cluster(runs.max(1), &dir).await,
         DrillCommand::Ha { runs, dir, output } => {
             return crate::chaos::dispatch(crate::chaos::ChaosArgs {
                 scenario: vec!["HA:".into()],
@@ -324,6 +335,139 @@ async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
     );
     outln!(
         "\nmedian (min–max) over runs; GAP vs BLIND = median max write gap / that of blind REPLICAOF NO ONE + DNS;\nEVERY SITE = from the first site's DNS answering the new writer (the leader's, at its commit) to the last"
+    );
+    Ok(())
+}
+
+/// One cluster drill run's measures.
+struct ClusterRun {
+    switchover_pause_ms: f64,
+    switchover_gap_ms: f64,
+    switchover_lost: usize,
+    failover_command_ms: f64,
+    loss_to_writable_ms: f64,
+    failover_lost: usize,
+}
+
+async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
+    use valkey_dr_lab::cluster as lab_cluster;
+    let mut done = Vec::new();
+    for run in 1..=runs {
+        let run_dir = dir.join(format!("run-{run}"));
+        std::fs::create_dir_all(&run_dir)?;
+        let ip = std::net::Ipv4Addr::LOCALHOST;
+        let addrs: Vec<std::net::SocketAddr> = (0..9)
+            .map(|_| {
+                lab_cluster::free_cluster_port(ip)
+                    .map(|port| std::net::SocketAddr::new(ip.into(), port))
+                    .ok_or_else(|| anyhow::anyhow!("no free port pair on {ip}"))
+            })
+            .collect::<Result<_>>()?;
+        let mut nodes = lab_cluster::start(&run_dir, &addrs, 3).await?;
+        let config = valkey_dr_core::Config::load(&lab_cluster::write_config(&run_dir, &addrs)?)?;
+        let lost = |written: &[lab_cluster::ShardWritten], kept: &[Vec<u64>]| {
+            written
+                .iter()
+                .zip(kept)
+                .map(|(w, kept)| w.acked.iter().filter(|n| !kept.contains(n)).count())
+                .sum::<usize>()
+        };
+        let kept = async |asked, written: &[lab_cluster::ShardWritten]| -> Result<Vec<Vec<u64>>> {
+            let mut kept = Vec::new();
+            for w in written {
+                kept.push(lab_cluster::list_at(asked, &w.key).await?);
+            }
+            Ok(kept)
+        };
+
+        let writers = lab_cluster::ShardWriters::start(&addrs[..3], &addrs).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let moved =
+            valkey_dr_controller::cluster::cluster_switchover(&config, "us-east-2", |_| {}).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let written = writers.stop().await;
+        let switchover_kept = kept(addrs[6], &written).await?;
+
+        // us-east-2 now holds every primary: it is lost, and the primaries come back east.
+        let writers = lab_cluster::ShardWriters::start(&addrs[6..9], &addrs).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for node in &mut nodes[6..9] {
+            node.kill();
+        }
+        let lost_at = std::time::Instant::now();
+        let before = writers.last_acked();
+        let failed_over =
+            valkey_dr_controller::cluster::cluster_failover(&config, "us-east-1", true, |_| {})
+                .await?;
+        let deadline = lost_at + Duration::from_secs(30);
+        while writers
+            .last_acked()
+            .iter()
+            .zip(&before)
+            .any(|(now, then)| now <= then)
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("run {run}: a shard took no write within 30 s of the region's loss");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let loss_to_writable_ms = lost_at.elapsed().as_secs_f64() * 1000.0;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let failover_written = writers.stop().await;
+        let failover_kept = kept(addrs[0], &failover_written).await?;
+        done.push(ClusterRun {
+            switchover_pause_ms: moved.write_pause_ms,
+            switchover_gap_ms: written
+                .iter()
+                .map(|w| w.longest.as_secs_f64() * 1000.0)
+                .fold(0.0, f64::max),
+            switchover_lost: lost(&written, &switchover_kept),
+            failover_command_ms: failed_over.took_ms,
+            loss_to_writable_ms,
+            failover_lost: lost(&failover_written, &failover_kept),
+        });
+        drop(nodes);
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    let summary = |f: fn(&ClusterRun) -> f64| {
+        let values: Vec<f64> = done.iter().map(f).collect();
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(0.0, f64::max);
+        let median = drill::median_of(&values).unwrap_or(f64::NAN);
+        format!("{median:.1} ({min:.1}–{max:.1})")
+    };
+    let rows = vec![
+        vec![
+            "switchover: writes paused (ms)".to_string(),
+            summary(|r| r.switchover_pause_ms),
+        ],
+        vec![
+            "switchover: longest gap between a writer's acknowledgements (ms)".to_string(),
+            summary(|r| r.switchover_gap_ms),
+        ],
+        vec![
+            "switchover: acknowledged writes lost".to_string(),
+            summary(|r| r.switchover_lost as f64),
+        ],
+        vec![
+            "region loss: failover command (ms)".to_string(),
+            summary(|r| r.failover_command_ms),
+        ],
+        vec![
+            "region loss: from the SIGKILL to every shard writable (ms)".to_string(),
+            summary(|r| r.loss_to_writable_ms),
+        ],
+        vec![
+            "region loss: acknowledged writes lost".to_string(),
+            summary(|r| r.failover_lost as f64),
+        ],
+    ];
+    outln!(
+        "cluster mode: 9 nodes on loopback, 3 shards, a writer per shard; {runs} run(s), median (min–max)"
+    );
+    out!(
+        "{}",
+        crate::render::table(&["MEASURE", "MEDIAN (MIN–MAX)"], &rows)
     );
     Ok(())
 }

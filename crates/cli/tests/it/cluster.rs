@@ -5,40 +5,17 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use valkey_dr_core::Endpoint;
 use valkey_dr_core::cluster::{NodeHealth, SLOTS, ShardRole};
-use valkey_dr_lab::cluster::{free_cluster_port, start};
+use valkey_dr_lab::cluster::{ShardWriters, free_cluster_port, list_at, start};
 use valkey_dr_valkey::{Security, Timeouts, ValkeyEngine};
 
 use crate::harness::{BIN, succeed};
 
 fn config(dir: &std::path::Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
-    let nodes = |range: std::ops::Range<usize>| {
-        addrs[range]
-            .iter()
-            .map(|a| format!("{{ host = \"{}\", port = {} }}", a.ip(), a.port()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let path = dir.join("valkey-dr.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "primary_region = \"us-east-1\"\nstate_dir = \"{}\"\n\
-             [[regions]]\nname = \"us-east-1\"\nnodes = [{}]\n\
-             [[regions]]\nname = \"us-east-2\"\nnodes = [{}]\n\
-             [dns]\nzone = \"valkey-dr.live\"\nglobal_name = \"demo\"\n",
-            dir.join("state").display(),
-            nodes(0..6),
-            nodes(6..9)
-        ),
-    )
-    .unwrap();
-    path
+    valkey_dr_lab::cluster::write_config(dir, addrs).unwrap()
 }
 
 fn status(config: &std::path::Path) -> serde_json::Value {
@@ -180,73 +157,6 @@ fn cluster_addrs() -> Vec<SocketAddr> {
         .collect()
 }
 
-/// A key of the shard that serves `slots` (asked of `node`, which knows every slot's key).
-async fn key_in(node: SocketAddr, slots: std::ops::RangeInclusive<i64>) -> String {
-    for n in 0.. {
-        let key = format!("writes-{n}");
-        let slot = valkey_dr_lab::cluster::command(node, &["CLUSTER", "KEYSLOT", &key])
-            .await
-            .unwrap();
-        if matches!(slot, redis::Value::Int(s) if slots.contains(&s)) {
-            return key;
-        }
-    }
-    unreachable!()
-}
-
-/// Appends 0, 1, 2, … to `key` until `stop`, as a cluster client does: on `MOVED` it goes where
-/// it is sent, on a dropped connection it reconnects and sends the same write again, and when
-/// its node does not take connections it tries the next of `seeds`. Keeps the last write
-/// acknowledged in `last_acked`. Returns every write acknowledged and the longest time between
-/// two acknowledgements.
-async fn shard_writer(
-    mut node: SocketAddr,
-    seeds: Vec<SocketAddr>,
-    key: String,
-    stop: Arc<AtomicBool>,
-    last_acked: Arc<AtomicI64>,
-) -> Written {
-    let mut acked = Vec::new();
-    let mut last = Instant::now();
-    let mut longest = Duration::ZERO;
-    let mut conn = None;
-    let mut n = 0;
-    let mut next_seed = seeds.iter().cycle();
-    while !stop.load(Ordering::Relaxed) {
-        if conn.is_none() {
-            let client = redis::Client::open(format!("redis://{node}/")).unwrap();
-            conn = client.get_multiplexed_async_connection().await.ok();
-            if conn.is_none() {
-                node = *next_seed.next().unwrap();
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-        }
-        let pushed: redis::RedisResult<i64> = redis::cmd("RPUSH")
-            .arg(&key)
-            .arg(n)
-            .query_async(conn.as_mut().unwrap())
-            .await;
-        match pushed {
-            Ok(_) => {
-                acked.push(n);
-                last_acked.store(n as i64, Ordering::Relaxed);
-                n += 1;
-                longest = longest.max(last.elapsed());
-                last = Instant::now();
-            }
-            Err(e) => {
-                if let Some((to, _)) = e.redirect_node() {
-                    node = to.parse().unwrap();
-                }
-                conn = None;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    }
-    (acked, longest)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknowledged_write() {
     let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-switch-{}", std::process::id()));
@@ -351,111 +261,6 @@ async fn primaries_in(config: &std::path::Path, region: &str) {
             "primaries never all in {region}: {now:#}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The list at `key`, read from whichever node serves it (following `MOVED` from `asked`).
-async fn kept_by_cluster(asked: SocketAddr, key: &str) -> Vec<u64> {
-    let mut node = asked;
-    loop {
-        let client = redis::Client::open(format!("redis://{node}/")).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let read: redis::RedisResult<Vec<u64>> = redis::cmd("LRANGE")
-            .arg(key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await;
-        match read {
-            Ok(list) => return list,
-            Err(e) => {
-                node = e
-                    .redirect_node()
-                    .expect("MOVED to the key's primary")
-                    .0
-                    .parse()
-                    .unwrap()
-            }
-        }
-    }
-}
-
-/// What a shard writer returns: every write acknowledged, the longest wait for one.
-type Written = (Vec<u64>, Duration);
-
-/// A writer per shard (`shard_writer`), each on a key of its shard.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    running: Vec<(String, Arc<AtomicI64>, tokio::task::JoinHandle<Written>)>,
-}
-
-impl Writers {
-    /// Starts them on the primaries `addrs[..3]` (each serving a third of the slots), with every
-    /// node of `addrs` as a seed.
-    async fn start(addrs: &[SocketAddr]) -> Writers {
-        let per = i64::from(SLOTS / 3);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut running = Vec::new();
-        for (i, primary) in addrs[..3].iter().enumerate() {
-            let last = if i == 2 {
-                i64::from(SLOTS) - 1
-            } else {
-                (i as i64 + 1) * per - 1
-            };
-            let key = key_in(*primary, i as i64 * per..=last).await;
-            let last_acked = Arc::new(AtomicI64::new(-1));
-            let writer = tokio::spawn(shard_writer(
-                *primary,
-                addrs.to_vec(),
-                key.clone(),
-                stop.clone(),
-                last_acked.clone(),
-            ));
-            running.push((key, last_acked, writer));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Writers { stop, running }
-    }
-
-    /// The last write each has had acknowledged so far.
-    fn last_acked(&self) -> Vec<i64> {
-        self.running
-            .iter()
-            .map(|(_, last, _)| last.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    /// Stops them and checks that every write they had acknowledged is in the cluster (read
-    /// through `asked`); returns each one's longest wait for an acknowledgement, in ms.
-    async fn stop_and_check(self, asked: SocketAddr) -> Vec<u128> {
-        let none = vec![-1; self.running.len()];
-        self.stop_and_check_after(asked, &none).await.0
-    }
-
-    /// As [`Writers::stop_and_check`], but writer `i`'s writes up to `lossy[i]` may be lost (a
-    /// lost region took them); returns the gaps and how many each lost.
-    async fn stop_and_check_after(
-        self,
-        asked: SocketAddr,
-        lossy: &[i64],
-    ) -> (Vec<u128>, Vec<usize>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let (mut gaps, mut losses) = (Vec::new(), Vec::new());
-        for ((key, _, handle), lossy) in self.running.into_iter().zip(lossy) {
-            let (acked, longest) = handle.await.unwrap();
-            gaps.push(longest.as_millis());
-            assert!(acked.len() > 10, "{key}: the writer wrote");
-            let kept = kept_by_cluster(asked, &key).await;
-            let lost: Vec<&u64> = acked.iter().filter(|n| !kept.contains(n)).collect();
-            let unexpected: Vec<&&u64> = lost.iter().filter(|n| ***n as i64 > *lossy).collect();
-            assert!(
-                unexpected.is_empty(),
-                "{key}: {} acknowledged writes lost (up to {lossy} might be): {unexpected:?}",
-                unexpected.len()
-            );
-            losses.push(lost.len());
-        }
-        (gaps, losses)
     }
 }
 
@@ -765,4 +570,51 @@ async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_re
     writers.stop_and_check_after(addrs[6], &lossy).await;
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The lab's shard writers, checked: every write they had acknowledged is in the cluster.
+struct Writers(ShardWriters);
+
+impl Writers {
+    /// Starts them on the primaries `addrs[..3]`, with every node as a seed.
+    async fn start(addrs: &[SocketAddr]) -> Writers {
+        let writers = ShardWriters::start(&addrs[..3], addrs).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Writers(writers)
+    }
+
+    fn last_acked(&self) -> Vec<i64> {
+        self.0.last_acked()
+    }
+
+    /// Stops them and checks that every write they had acknowledged is in the cluster (read
+    /// through `asked`); returns each one's longest wait for an acknowledgement, in ms.
+    async fn stop_and_check(self, asked: SocketAddr) -> Vec<u128> {
+        self.stop_and_check_after(asked, &[-1; 3]).await.0
+    }
+
+    /// As [`Writers::stop_and_check`], but writer `i`'s writes up to `lossy[i]` may be lost (a
+    /// lost region took them); returns the gaps and how many each lost.
+    async fn stop_and_check_after(
+        self,
+        asked: SocketAddr,
+        lossy: &[i64],
+    ) -> (Vec<u128>, Vec<usize>) {
+        let (mut gaps, mut losses) = (Vec::new(), Vec::new());
+        for (written, lossy) in self.0.stop().await.into_iter().zip(lossy) {
+            let key = &written.key;
+            gaps.push(written.longest.as_millis());
+            assert!(written.acked.len() > 10, "{key}: the writer wrote");
+            let kept = list_at(asked, key).await.unwrap();
+            let lost: Vec<&u64> = written.acked.iter().filter(|n| !kept.contains(n)).collect();
+            let unexpected: Vec<&&u64> = lost.iter().filter(|n| ***n as i64 > *lossy).collect();
+            assert!(
+                unexpected.is_empty(),
+                "{key}: {} acknowledged writes lost (up to {lossy} might be): {unexpected:?}",
+                unexpected.len()
+            );
+            losses.push(lost.len());
+        }
+        (gaps, losses)
+    }
 }
