@@ -14,6 +14,34 @@ const endpoint = {
   password: env.VALKEY_DR_PASSWORD || undefined,
 };
 const isReadonly = (err) => String(err && err.message).startsWith("READONLY");
+// Cluster mode: the endpoint is a seed; the library reads the slots from it and follows MOVED.
+const cluster = env.VALKEY_DR_CLUSTER === "1";
+const seed = { host: endpoint.host, port: endpoint.port };
+const auth = { username: endpoint.username, password: endpoint.password };
+
+function ioredisCluster(name) {
+  const { Cluster } = require(name);
+  const redisOptions = recommended ? { ...auth, connectTimeout: 1000, commandTimeout: 1000 } : auth;
+  const client = new Cluster([seed], { redisOptions });
+  client.on("error", () => {}); // counted per command
+  return async (key, value) => client.rpush(key, value);
+}
+
+function nodeRedisCluster() {
+  const { createCluster } = require("redis");
+  const socket = recommended ? { connectTimeout: 1000, socketTimeout: 1000 } : {};
+  const client = createCluster({
+    rootNodes: [{ socket: { ...seed, ...socket } }],
+    defaults: { ...auth, socket },
+  });
+  client.on("error", () => {}); // counted per command
+  const ready = client.connect();
+  ready.catch(() => {}); // reported by the push that awaits it
+  return async (key, value) => {
+    await ready;
+    await client.rPush(key, String(value));
+  };
+}
 
 function ioredis(name) {
   const Redis = require(name);
@@ -91,7 +119,8 @@ function nodeRedis() {
 }
 
 function glide() {
-  const { GlideClient } = require("@valkey/valkey-glide");
+  const glideLib = require("@valkey/valkey-glide");
+  const GlideClient = cluster ? glideLib.GlideClusterClient : glideLib.GlideClient;
   const config = {
     addresses: [{ host: endpoint.host, port: endpoint.port }],
     credentials: endpoint.password
@@ -124,7 +153,11 @@ function glide() {
 }
 
 const push =
-  library === "redis" ? nodeRedis() : library === "@valkey/valkey-glide" ? glide() : ioredis(library);
+  library === "redis"
+    ? cluster ? nodeRedisCluster() : nodeRedis()
+    : library === "@valkey/valkey-glide"
+      ? glide()
+      : cluster ? ioredisCluster(library) : ioredis(library);
 
 const key = env.VALKEY_DR_KEY;
 const deadline = Date.now() + Number(env.VALKEY_DR_SECONDS) * 1000;

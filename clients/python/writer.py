@@ -37,9 +37,20 @@ ENDPOINT = dict(
 )
 
 
+CLUSTER = os.environ.get("VALKEY_DR_CLUSTER") == "1"
+
+
 def redis_py(module, recommended):
     lib = importlib.import_module(module)
     exceptions = importlib.import_module(module + ".exceptions")
+    failure = getattr(exceptions, "ValkeyError", None) or exceptions.RedisError
+    if CLUSTER:
+        # The endpoint is a seed: the library reads the slots from it and follows MOVED.
+        cluster = importlib.import_module(module + ".cluster")
+        client_class = getattr(cluster, "ValkeyCluster", None) or cluster.RedisCluster
+        settings = dict(socket_timeout=1.0, socket_connect_timeout=1.0) if recommended else {}
+        client = client_class(**ENDPOINT, **settings)
+        return (lambda key, value: client.rpush(key, value)), failure
     if not recommended:
         client = lib.Redis(**ENDPOINT)
     else:
@@ -56,7 +67,6 @@ def redis_py(module, recommended):
             retry_on_error=[exceptions.ReadOnlyError, exceptions.ConnectionError,
                             exceptions.TimeoutError],
         )
-    failure = getattr(exceptions, "ValkeyError", None) or exceptions.RedisError
     return (lambda key, value: client.rpush(key, value)), failure
 
 
@@ -76,7 +86,10 @@ def glide(recommended):
         settings = dict(request_timeout=1000,
                         reconnect_strategy=lib.BackoffStrategy(num_of_retries=5, factor=10,
                                                                exponent_base=2))
-    config = lib.GlideClientConfiguration(
+    configuration, client_class = (
+        (lib.GlideClusterClientConfiguration, lib.GlideClusterClient) if CLUSTER
+        else (lib.GlideClientConfiguration, lib.GlideClient))
+    config = configuration(
         [lib.NodeAddress(ENDPOINT["host"], ENDPOINT["port"])], credentials=credentials,
         **settings)
     client = None
@@ -85,7 +98,7 @@ def glide(recommended):
         nonlocal client
         try:
             if client is None:
-                client = loop.run_until_complete(lib.GlideClient.create(config))
+                client = loop.run_until_complete(client_class.create(config))
             loop.run_until_complete(client.rpush(key, [str(value)]))
         except lib.GlideError as e:
             # GLIDE keeps a connection that answers READONLY (its standalone client does not

@@ -37,6 +37,27 @@ async fn manager(client: &Client, recommended: bool) -> redis::RedisResult<Conne
     ConnectionManager::new_with_config(client.clone(), config).await
 }
 
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// Default: the cluster client's own settings. Recommended: bounded connect and response
+/// timeouts (a hung node).
+async fn cluster_connection(
+    client: &Client,
+    recommended: bool,
+) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
+    let mut builder =
+        redis::cluster::ClusterClientBuilder::new(vec![client.get_connection_info().clone()]);
+    if recommended {
+        builder = builder
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(1));
+    }
+    builder.build()?.get_async_connection().await
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let recommended = env("VALKEY_DR_SETTINGS") == "recommended";
@@ -74,18 +95,24 @@ async fn main() {
     let mut gaps: Vec<[u64; 2]> = Vec::new();
     let mut first_error: Option<String> = None;
     let mut last_ack = now_ms();
-    let mut conn: Option<ConnectionManager> = None;
+    // Cluster mode: the address is a seed; the cluster client reads the slots from it and
+    // follows MOVED.
+    let cluster = env("VALKEY_DR_CLUSTER") == "1";
+    let mut conn: Option<Connection> = None;
     while Instant::now() < deadline {
         let step = async {
             if conn.is_none() {
-                conn = Some(manager(&client, recommended).await?);
+                conn = Some(if cluster {
+                    Connection::Cluster(cluster_connection(&client, recommended).await?)
+                } else {
+                    Connection::Single(manager(&client, recommended).await?)
+                });
             }
-            let c = conn.as_mut().expect("set above");
-            redis::cmd("RPUSH")
-                .arg(&key)
-                .arg(seq)
-                .query_async::<i64>(c)
-                .await
+            let push = redis::cmd("RPUSH").arg(&key).arg(seq).clone();
+            match conn.as_mut().expect("set above") {
+                Connection::Single(c) => push.query_async::<i64>(c).await,
+                Connection::Cluster(c) => push.query_async::<i64>(c).await,
+            }
         };
         let result = tokio::select! {
             r = step => r,

@@ -290,15 +290,51 @@ pub struct Running {
     stdout: Lines<BufReader<ChildStdout>>,
 }
 
+/// Where the client writers write.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The lab's global name, or a seed node of a cluster.
+    pub host: String,
+    pub port: u16,
+    pub password: String,
+    /// Cluster mode: each library's cluster client, which reads the slots from the seed and
+    /// follows `MOVED`.
+    pub cluster: bool,
+}
+
+impl Target {
+    /// The lab's global name, as an application reaches the writer.
+    pub fn lab(spec: &LabSpec) -> Target {
+        Target {
+            host: format!("{}.{}", spec.global_name, spec.zone),
+            port: spec.port,
+            password: std::fs::read_to_string(spec.password_file())
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            cluster: false,
+        }
+    }
+
+    /// A cluster with no password, through one of its nodes.
+    pub fn cluster_seed(seed: std::net::SocketAddr) -> Target {
+        Target {
+            host: seed.ip().to_string(),
+            port: seed.port(),
+            password: String::new(),
+            cluster: true,
+        }
+    }
+}
+
 /// Starts every writer and waits until each has written once (or failed to start).
 pub async fn start(
-    spec: &LabSpec,
+    target: &Target,
     clients_dir: &Path,
     run_id: u64,
     writers: &[ClientWriter],
     netns: Option<&str>,
 ) -> Vec<Result<Running, ClientReport>> {
-    let password = std::fs::read_to_string(spec.password_file()).unwrap_or_default();
     let mut started = Vec::new();
     for &writer in writers {
         let failed = |error: String| ClientReport {
@@ -330,14 +366,12 @@ pub async fn start(
         };
         let spawned = command
             .args(&args)
-            .env(
-                "VALKEY_DR_HOST",
-                format!("{}.{}", spec.global_name, spec.zone),
-            )
-            .env("VALKEY_DR_PORT", spec.port.to_string())
+            .env("VALKEY_DR_HOST", &target.host)
+            .env("VALKEY_DR_PORT", target.port.to_string())
+            .env("VALKEY_DR_CLUSTER", if target.cluster { "1" } else { "" })
             .env("VALKEY_DR_USER", "")
             // The password goes in the environment, never on a command line others can read.
-            .env("VALKEY_DR_PASSWORD", password.trim())
+            .env("VALKEY_DR_PASSWORD", &target.password)
             .env("VALKEY_DR_KEY", &key)
             // The drill stops the writer with SIGTERM; this only bounds a forgotten one.
             .env("VALKEY_DR_SECONDS", "600")
@@ -400,13 +434,13 @@ fn report_for(writer: ClientWriter) -> ClientReport {
 }
 
 /// Stops every writer (SIGTERM, then SIGKILL after 5 s), reads its summary, and checks its list
-/// on the current primary for lost writes. The operation started at `operation_ms` and took
-/// effect at `effect_ms` (Unix milliseconds).
+/// for lost writes with `check(key, acknowledged)` ([`lab_list_check`] on a lab). The operation
+/// started at `operation_ms` and took effect at `effect_ms` (Unix milliseconds).
 pub async fn stop(
-    spec: &LabSpec,
     running: Vec<Result<Running, ClientReport>>,
     operation_ms: u64,
     effect_ms: u64,
+    check: impl AsyncFn(&str, u64) -> Result<writer::ListCheck, String>,
 ) -> Vec<ClientReport> {
     let mut reports = Vec::new();
     for r in running {
@@ -449,7 +483,7 @@ pub async fn stop(
         report.first_error = summary.first_error;
         report.first_write_after_ms = first_write_after_ms;
         report.longest_gap_ms = longest_gap_ms;
-        match list_check(spec, &r.key, summary.acked).await {
+        match check(&r.key, summary.acked).await {
             Ok(check) => {
                 report.lost = check.lost;
                 report.duplicated = check.duplicated;
@@ -461,7 +495,12 @@ pub async fn stop(
     reports
 }
 
-async fn list_check(spec: &LabSpec, key: &str, acked: u64) -> Result<writer::ListCheck, String> {
+/// A client writer's list on the lab's current primary (through the name), checked.
+pub async fn lab_list_check(
+    spec: &LabSpec,
+    key: &str,
+    acked: u64,
+) -> Result<writer::ListCheck, String> {
     let config = WriterConfig {
         prefix: key.to_string(),
         list: true,

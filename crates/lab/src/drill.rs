@@ -195,7 +195,14 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
             let place = spec
                 .netns
                 .then(|| crate::netns::vantage_ns(spec, crate::spec::CONTROLLER_VANTAGE));
-            clients::start(spec, &c.dir, run_id, &c.writers, place.as_deref()).await
+            clients::start(
+                &clients::Target::lab(spec),
+                &c.dir,
+                run_id,
+                &c.writers,
+                place.as_deref(),
+            )
+            .await
         }
         None => Vec::new(),
     };
@@ -331,7 +338,13 @@ pub async fn run(spec: &LabSpec, options: &DrillOptions) -> Result<DrillReport, 
         + report
             .dns_flip_ms
             .map_or(rest.as_millis() as u64, |ms| ms as u64);
-    report.clients = clients::stop(spec, client_writers, started_wall, effect_ms).await;
+    report.clients = clients::stop(
+        client_writers,
+        started_wall,
+        effect_ms,
+        async |key: &str, acked| clients::lab_list_check(spec, key, acked).await,
+    )
+    .await;
     report.replication_healthy_ms = settled.await.ok().flatten();
     report.detection_ms = detection_ms(spec, started_wall);
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use valkey_dr_core::Endpoint;
 use valkey_dr_core::cluster::{NodeHealth, SLOTS, ShardRole};
+use valkey_dr_lab::clients::{self, Library};
 use valkey_dr_lab::cluster::{ShardWriters, free_cluster_port, list_at, start};
+use valkey_dr_lab::writer::{ListCheck, check_list};
 use valkey_dr_valkey::{Security, Timeouts, ValkeyEngine};
 
 use crate::harness::{BIN, succeed};
@@ -617,4 +619,116 @@ impl Writers {
         }
         (gaps, losses)
     }
+}
+
+/// Every library's cluster client (`make clients`), default and recommended settings.
+const CLUSTER_LIBRARIES: [Library; 8] = [
+    Library::RedisPy,
+    Library::ValkeyPy,
+    Library::GlidePython,
+    Library::Ioredis,
+    Library::Iovalkey,
+    Library::NodeRedis,
+    Library::GlideNode,
+    Library::RedisRs,
+];
+
+/// Checks a client writer's list in the cluster (read through `asked`).
+async fn cluster_list_check(asked: SocketAddr, key: &str, acked: u64) -> Result<ListCheck, String> {
+    let entries = list_at(asked, key).await.map_err(|e| e.to_string())?;
+    Ok(check_list(&entries, acked))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
+    let dir =
+        std::env::temp_dir().join(format!("valkey-dr-cluster-clients-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addrs = cluster_addrs();
+    let mut nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
+    let path = config(&dir, &addrs);
+    let clients_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients");
+    let seed = clients::Target::cluster_seed(addrs[0]);
+    let writers = clients::matrix(&CLUSTER_LIBRARIES);
+    let report = |reports: &[clients::ClientReport]| {
+        reports
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} ({}): {} acked, {} lost, longest gap {} ms, error {:?}, first error {:?}",
+                    r.client,
+                    r.settings,
+                    r.acknowledged_writes,
+                    r.lost,
+                    r.longest_gap_ms,
+                    r.error,
+                    r.first_error
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // A planned switchover: every library follows it and loses nothing.
+    let running = clients::start(&seed, &clients_dir, 1, &writers, None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moved_at = valkey_dr_controller::clock::now_ms();
+    succeed(
+        Command::new(BIN)
+            .args(["cluster", "switchover", "us-east-2", "--config"])
+            .arg(&path),
+    );
+    let moved = valkey_dr_controller::clock::now_ms();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let switched = clients::stop(running, moved_at, moved, async |key: &str, acked| {
+        cluster_list_check(addrs[6], key, acked).await
+    })
+    .await;
+    eprintln!("switchover:\n{}", report(&switched));
+    for r in &switched {
+        assert!(r.error.is_none(), "{}", report(&switched));
+        assert_eq!(r.lost, 0, "{}", report(&switched));
+        assert!(
+            r.last_write_after_ms > 1000,
+            "it writes after the switchover: {}",
+            report(&switched)
+        );
+    }
+
+    // us-east-2, now holding every primary, is lost; the primaries come back east. Every
+    // library writes again (what the lost primaries had not sent east may be lost: shown).
+    let running = clients::start(&seed, &clients_dir, 2, &writers, None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for node in &mut nodes[6..9] {
+        node.kill();
+    }
+    let lost_at = valkey_dr_controller::clock::now_ms();
+    succeed(
+        Command::new(BIN)
+            .args([
+                "cluster",
+                "failover",
+                "us-east-1",
+                "--confirm-down",
+                "--config",
+            ])
+            .arg(&path),
+    );
+    let moved = valkey_dr_controller::clock::now_ms();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let failed_over = clients::stop(running, lost_at, moved, async |key: &str, acked| {
+        cluster_list_check(addrs[0], key, acked).await
+    })
+    .await;
+    eprintln!("region failover:\n{}", report(&failed_over));
+    for r in &failed_over {
+        assert!(r.error.is_none(), "{}", report(&failed_over));
+        assert!(
+            r.first_write_after_ms.is_some() && r.last_write_after_ms > 5000,
+            "it writes again after the failover: {}",
+            report(&failed_over)
+        );
+    }
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
 }
