@@ -170,3 +170,35 @@ pub async fn primary(
         endpoint,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_elasticache::types::{Endpoint, NodeGroup};
+
+    use super::*;
+
+    #[test]
+    fn the_name_leads_to_the_primary_endpoint_or_in_cluster_mode_the_configuration_endpoint() {
+        let endpoint = |address: &str| Endpoint::builder().address(address).port(6379).build();
+        // Cluster mode off: the node group's primary endpoint.
+        let plain = ReplicationGroup::builder()
+            .node_groups(
+                NodeGroup::builder()
+                    .node_group_id("0001")
+                    .primary_endpoint(endpoint("primary.example"))
+                    .build(),
+            )
+            .build();
+        assert_eq!(primary_endpoint(&plain), Some("primary.example"));
+        // Cluster mode on: node groups have no primary endpoint; clients start from the
+        // configuration endpoint and follow MOVED.
+        let sharded = ReplicationGroup::builder()
+            .cluster_enabled(true)
+            .configuration_endpoint(endpoint("clustercfg.example"))
+            .node_groups(NodeGroup::builder().node_group_id("0001").build())
+            .node_groups(NodeGroup::builder().node_group_id("0002").build())
+            .build();
+        assert_eq!(primary_endpoint(&sharded), Some("clustercfg.example"));
+        assert_eq!(primary_endpoint(&ReplicationGroup::builder().build()), None);
+    }
+}

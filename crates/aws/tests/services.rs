@@ -488,3 +488,63 @@ async fn sns_delivers_a_failover_notification_and_the_handler_flips_dns() {
     let again = handle(&event, &config, &backends).await;
     assert_eq!((again.applied, again.error), (0, None));
 }
+
+/// Cluster mode: the name leads to the primary group's configuration endpoint (cluster clients
+/// start there and follow MOVED). The stand-in does not make a joining group inherit the
+/// primary's shards (ElastiCache does); discovery reads only the primary's group.
+#[tokio::test]
+async fn a_cluster_mode_datastore_leads_to_its_configuration_endpoint() {
+    use aws_sdk_elasticache::types::ClusterMode;
+    let moto = common::moto().await;
+    let client =
+        |region: &str| valkey_dr_aws::discovery::client_in(&common::sdk(&moto, region), region);
+    client("us-east-1")
+        .create_replication_group()
+        .replication_group_id("vdr-sharded")
+        .replication_group_description("valkey-dr test")
+        .engine("valkey")
+        .cache_node_type("cache.r7g.large")
+        .cache_parameter_group_name("default.valkey8.cluster.on")
+        .cluster_mode(ClusterMode::Enabled)
+        .num_node_groups(3)
+        .replicas_per_node_group(1)
+        .send()
+        .await
+        .expect("primary group");
+    client("us-east-1")
+        .create_global_replication_group()
+        .global_replication_group_id_suffix("valkey-dr")
+        .primary_replication_group_id("vdr-sharded")
+        .send()
+        .await
+        .expect("global datastore");
+    // A joining group passing the cluster mode is refused: it inherits it.
+    let refused = client("us-east-2")
+        .create_replication_group()
+        .replication_group_id("vdr-sharded-west")
+        .replication_group_description("valkey-dr test")
+        .global_replication_group_id("ldgnf-valkey-dr")
+        .cluster_mode(ClusterMode::Enabled)
+        .send()
+        .await;
+    assert!(refused.is_err());
+    client("us-east-2")
+        .create_replication_group()
+        .replication_group_id("vdr-sharded-west")
+        .replication_group_description("valkey-dr test")
+        .global_replication_group_id("ldgnf-valkey-dr")
+        .replicas_per_node_group(1)
+        .send()
+        .await
+        .expect("secondary group");
+    let primary =
+        valkey_dr_aws::discovery::primary(&client("us-east-1"), client, "ldgnf-valkey-dr")
+            .await
+            .unwrap();
+    assert_eq!(primary.region, "us-east-1");
+    assert!(
+        primary.endpoint.starts_with("clustercfg.vdr-sharded."),
+        "{}",
+        primary.endpoint
+    );
+}

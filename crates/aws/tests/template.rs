@@ -554,3 +554,53 @@ fn the_node_type_pattern_names_the_families_the_config_accepts() {
         ));
     }
 }
+
+#[test]
+fn cluster_mode_gives_each_region_shards_of_a_primary_and_a_replica() {
+    let mut sharded = config();
+    sharded.deploy.as_mut().unwrap().shards = 3;
+    let number = |v: &Value| Renderer::plain(v);
+    let primary = render_with(
+        &sharded,
+        Role::Primary,
+        &artifact(Architecture::Arm64),
+        Reconcile::Enabled,
+    );
+    let group = primary.properties("ReplicationGroup");
+    assert_eq!(number(&group["NumNodeGroups"]), "3");
+    assert_eq!(number(&group["ReplicasPerNodeGroup"]), "1");
+    assert_eq!(
+        group["CacheParameterGroupName"].as_str(),
+        Some("default.valkey8.cluster.on")
+    );
+    assert_eq!(group["ClusterMode"].as_str(), Some("enabled"));
+    assert!(group.get("NumCacheClusters").is_none());
+    // The joining group inherits the shard count and the parameter group, and still has a
+    // replica per shard.
+    let secondary = render_with(
+        &sharded,
+        Role::Secondary,
+        &artifact(Architecture::Arm64),
+        Reconcile::Enabled,
+    );
+    let group = secondary.properties("ReplicationGroup");
+    for property in inherited() {
+        assert!(group.get(property).is_none(), "secondary passes {property}");
+    }
+    assert_eq!(number(&group["ReplicasPerNodeGroup"]), "1");
+    assert!(group.get("NumCacheClusters").is_none());
+    // One shard: cluster mode off, two nodes per region as before.
+    for role in ROLES {
+        let rendered = render(role, &artifact(Architecture::Arm64), Reconcile::Enabled);
+        let group = rendered.properties("ReplicationGroup");
+        assert_eq!(number(&group["NumCacheClusters"]), "2", "{role:?}");
+        for property in [
+            "NumNodeGroups",
+            "ReplicasPerNodeGroup",
+            "CacheParameterGroupName",
+            "ClusterMode",
+        ] {
+            assert!(group.get(property).is_none(), "{role:?} passes {property}");
+        }
+    }
+}

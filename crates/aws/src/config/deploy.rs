@@ -15,6 +15,10 @@ pub struct DeployConfig {
     pub environment: String,
     #[serde(default = "default_node_type")]
     pub node_type: String,
+    /// 1: cluster mode off. 2 or more: cluster mode on, this many shards (each a primary and a
+    /// replica in every region); the name leads to the configuration endpoint.
+    #[serde(default = "default_shards")]
+    pub shards: u32,
     /// The global datastore id suffix (ElastiCache prefixes it with an account-specific string).
     #[serde(default = "default_environment")]
     pub global_datastore_suffix: String,
@@ -49,6 +53,9 @@ fn default_environment() -> String {
 }
 fn default_node_type() -> String {
     "cache.r7g.large".into()
+}
+fn default_shards() -> u32 {
+    1
 }
 fn default_lambda_zip() -> PathBuf {
     "target/lambda/valkey-dr-lambda.zip".into()
@@ -136,6 +143,13 @@ impl DeployConfig {
                     self.node_type
                 ),
                 "use an R6g or R7g node of the same size, e.g. cache.r7g.large",
+            ));
+        }
+        if !(1..=500).contains(&self.shards) {
+            return Err(invalid(
+                "deploy.shards",
+                format!("{} shards", self.shards),
+                "1 keeps cluster mode off; 2 to 500 shards turn it on",
             ));
         }
         if !global_datastore_node_type(&self.node_type) {
@@ -331,6 +345,7 @@ pub(crate) mod tests {
         DeployConfig {
             environment: "valkey-dr".into(),
             node_type: "cache.r7g.large".into(),
+            shards: 1,
             global_datastore_suffix: "valkey-dr".into(),
             lambda_zip: "lambda.zip".into(),
             primary: RegionPlan {
@@ -404,7 +419,12 @@ pub(crate) mod tests {
     #[test]
     fn bad_plans_name_the_field() {
         type Edit = fn(&mut DeployConfig);
-        let cases: [(Edit, &str); 14] = [
+        let cases: [(Edit, &str); 16] = [
+            (
+                |c| c.shards = 0,
+                "`deploy.shards`: 0 shards; fix: 1 keeps cluster mode off; 2 to 500 shards turn it on",
+            ),
+            (|c| c.shards = 501, "`deploy.shards`: 501 shards"),
             (
                 |c| {
                     c.secondary.vpc_cidr = "10.1.128.0/17".into();

@@ -141,6 +141,8 @@ pub fn parameters(
             Reconcile::Disabled => "disabled",
         },
     );
+    // Both roles: a joining group inherits the shard count, but must know it is a cluster.
+    set("Shards", &deploy.shards.to_string());
     match role {
         Role::Primary => {
             set("CacheNodeType", &deploy.node_type);
