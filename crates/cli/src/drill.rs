@@ -355,15 +355,8 @@ async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
     for run in 1..=runs {
         let run_dir = dir.join(format!("run-{run}"));
         std::fs::create_dir_all(&run_dir)?;
-        let ip = std::net::Ipv4Addr::LOCALHOST;
-        let addrs: Vec<std::net::SocketAddr> = (0..9)
-            .map(|_| {
-                lab_cluster::free_cluster_port(ip)
-                    .map(|port| std::net::SocketAddr::new(ip.into(), port))
-                    .ok_or_else(|| anyhow::anyhow!("no free port pair on {ip}"))
-            })
-            .collect::<Result<_>>()?;
-        let mut nodes = lab_cluster::start(&run_dir, &addrs, 3).await?;
+        let (addrs, mut nodes) =
+            lab_cluster::form(&run_dir, std::net::Ipv4Addr::LOCALHOST, 9, 3).await?;
         let config = valkey_dr_core::Config::load(&lab_cluster::write_config(&run_dir, &addrs)?)?;
         let lost = |written: &[lab_cluster::ShardWritten], kept: &[Vec<u64>]| {
             written

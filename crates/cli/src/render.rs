@@ -177,7 +177,11 @@ pub fn cluster(status: &valkey_dr_controller::cluster::ClusterStatus) -> String 
                 })
                 .collect();
             vec![
-                shard.slots.clone(),
+                if shard.slots.is_empty() {
+                    "none".into()
+                } else {
+                    shard.slots.clone()
+                },
                 shard.primary.as_ref().map_or("-".into(), placed),
                 shard
                     .replicas

@@ -22,7 +22,10 @@ impl Drop for ClusterNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed test keeps the node's files (its log, nodes.conf) to be read.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -52,9 +55,14 @@ fn spawn(addr: SocketAddr, dir: &Path) -> Result<Child, ClusterError> {
             &addr.ip().to_string(),
         ])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+        // A full sync starts at once rather than after Valkey's 5 s wait for more replicas: the
+        // cluster forms, and a node back from a lost region rejoins, that much sooner.
+        .args(["--repl-diskless-sync-delay", "0"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("valkey.log"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -81,6 +89,32 @@ pub fn free_cluster_port(ip: Ipv4Addr) -> Option<u16> {
         let port = TcpListener::bind((ip, 0)).ok()?.local_addr().ok()?.port();
         (port < 55_000 && TcpListener::bind((ip, port + 10_000)).is_ok()).then_some(port)
     })
+}
+
+/// A cluster of `count` nodes on free ports of `ip` ([`start`]), tried again on fresh ports
+/// up to three times: a port found free can be taken by another process before the node binds
+/// it. Returns the addresses and the nodes.
+pub async fn form(
+    dir: &Path,
+    ip: Ipv4Addr,
+    count: usize,
+    primaries: usize,
+) -> Result<(Vec<SocketAddr>, Vec<ClusterNode>), ClusterError> {
+    let mut tries = 0;
+    loop {
+        let addrs: Vec<SocketAddr> = (0..count)
+            .map(|_| free_cluster_port(ip).map(|port| SocketAddr::new(ip.into(), port)))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                ClusterError::NotFormed(Duration::ZERO, format!("no free port on {ip}"))
+            })?;
+        tries += 1;
+        match start(dir, &addrs, primaries).await {
+            Ok(nodes) => return Ok((addrs, nodes)),
+            Err(e) if tries >= 3 => return Err(e),
+            Err(_) => {}
+        }
+    }
 }
 
 /// Starts one node per address (its files under `dir`), gives the first `primaries` a share of
@@ -129,7 +163,8 @@ pub async fn start(
         let (ip, port) = (node.addr.ip().to_string(), node.addr.port().to_string());
         command(nodes[0].addr, &["CLUSTER", "MEET", &ip, &port]).await?;
     }
-    let limit = Duration::from_secs(20);
+    // Generous: beside other tests on two cores, nine nodes take a while to meet and sync.
+    let limit = Duration::from_secs(40);
     let deadline = Instant::now() + limit;
     let mut ids = Vec::new();
     for node in &nodes[..primaries] {
@@ -159,7 +194,13 @@ pub async fn start(
             let info = text(command(node.addr, &["CLUSTER", "INFO"]).await?);
             let known = text(command(node.addr, &["CLUSTER", "NODES"]).await?);
             let replicas = known.lines().filter(|l| l.contains("slave")).count();
-            Ok(info.contains("cluster_state:ok") && replicas == nodes.len() - primaries)
+            Ok(if !info.contains("cluster_state:ok") {
+                Some("cluster_state is not ok".to_string())
+            } else if replicas != nodes.len() - primaries {
+                Some(format!("knows {replicas} replicas:\n{known}"))
+            } else {
+                None
+            })
         })
         .await?;
     }
@@ -187,31 +228,66 @@ pub async fn start(
         until(deadline, limit, node.addr, async || {
             let listed = text(command(node.addr, &["CLUSTER", "NODES"]).await?);
             let loaded = text(command(node.addr, &["INFO", "replication"]).await?);
-            Ok(
+            let all_listed_online =
                 valkey_dr_valkey::cluster::parse_nodes(&listed).is_ok_and(|shards| {
                     shards.iter().flat_map(|s| &s.nodes).count() == nodes.len()
                         && shards
                             .iter()
                             .flat_map(|s| &s.nodes)
                             .all(|n| n.health == valkey_dr_core::cluster::NodeHealth::Online)
-                }) && (loaded.contains("role:master") || loaded.contains("master_link_status:up")),
-            )
+                });
+            // Linked, and holding the write made above (a replica synced before it is at 0).
+            let offset = loaded
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("slave_repl_offset:"))
+                .and_then(|n| n.parse::<u64>().ok());
+            let linked = loaded.contains("role:master")
+                || (loaded.contains("master_link_status:up") && offset.is_some_and(|o| o > 1));
+            Ok(if !all_listed_online {
+                Some(format!("does not list every node online:\n{listed}"))
+            } else if !linked {
+                Some("its link to its primary is not up".to_string())
+            } else {
+                None
+            })
         })
         .await?;
+    }
+    // Valkey 8.0.1 does not save nodes.conf when it learns a node's shard id, and refuses to
+    // start from a file in which a replica's shard id differs from its primary's ("corrupted
+    // cluster config file"): a node SIGKILLed soon after forming could never come back. Once
+    // every replica has its primary's shard id, every node saves its view.
+    let primary_of = |i: usize| nodes[i % primaries].addr;
+    for (i, node) in nodes.iter().enumerate().skip(primaries) {
+        let primary = primary_of(i);
+        until(deadline, limit, node.addr, async || {
+            let own = text(command(node.addr, &["CLUSTER", "MYSHARDID"]).await?);
+            let theirs = text(command(primary, &["CLUSTER", "MYSHARDID"]).await?);
+            Ok((own != theirs).then(|| format!("shard id {own}, its primary's {theirs}")))
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for node in &nodes {
+        command(node.addr, &["CLUSTER", "SAVECONFIG"]).await?;
     }
     Ok(nodes)
 }
 
-/// Polls `check` until it holds, or fails at `deadline`.
+/// Polls `check` until it finds nothing missing (`None`), or fails at `deadline` with what
+/// was missing last.
 async fn until(
     deadline: Instant,
     limit: Duration,
     node: SocketAddr,
-    mut check: impl AsyncFnMut() -> Result<bool, ClusterError>,
+    mut check: impl AsyncFnMut() -> Result<Option<String>, ClusterError>,
 ) -> Result<(), ClusterError> {
-    while !check().await? {
+    while let Some(missing) = check().await? {
         if Instant::now() > deadline {
-            return Err(ClusterError::NotFormed(limit, format!("{node} not ready")));
+            return Err(ClusterError::NotFormed(
+                limit,
+                format!("{node} not ready: {missing}"),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

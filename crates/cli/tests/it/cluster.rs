@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use valkey_dr_core::Endpoint;
 use valkey_dr_core::cluster::{NodeHealth, SLOTS, ShardRole};
 use valkey_dr_lab::clients::{self, Library};
-use valkey_dr_lab::cluster::{ShardWriters, free_cluster_port, list_at, start};
+use valkey_dr_lab::cluster::{ClusterNode, ShardWriters, list_at};
 use valkey_dr_lab::writer::{ListCheck, check_list};
 use valkey_dr_valkey::{Security, Timeouts, ValkeyEngine};
 
@@ -33,12 +33,8 @@ fn status(config: &std::path::Path) -> serde_json::Value {
 async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_regions() {
     let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ip = Ipv4Addr::LOCALHOST;
-    let addrs: Vec<SocketAddr> = (0..9)
-        .map(|_| SocketAddr::new(ip.into(), free_cluster_port(ip).expect("a free port")))
-        .collect();
     // Nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8 in us-east-2.
-    let mut nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
+    let (addrs, mut nodes) = formed(&dir).await;
 
     // The engine reads the same shards from a primary and from a replica.
     let engine = ValkeyEngine::new(
@@ -84,7 +80,10 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
         .await
         .unwrap();
     assert!(
-        settings.weaknesses()[0].contains("valkey-dr cluster switchover"),
+        settings
+            .weaknesses()
+            .iter()
+            .any(|w| w.contains("valkey-dr cluster switchover")),
         "{:?}",
         settings.weaknesses()
     );
@@ -151,21 +150,20 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Nine free loopback addresses for a cluster.
-fn cluster_addrs() -> Vec<SocketAddr> {
-    let ip = Ipv4Addr::LOCALHOST;
-    (0..9)
-        .map(|_| SocketAddr::new(ip.into(), free_cluster_port(ip).expect("a free port")))
-        .collect()
+/// A 9-node cluster on loopback: nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8
+/// in us-east-2.
+async fn formed(dir: &std::path::Path) -> (Vec<SocketAddr>, Vec<ClusterNode>) {
+    valkey_dr_lab::cluster::form(dir, Ipv4Addr::LOCALHOST, 9, 3)
+        .await
+        .expect("the cluster forms")
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknowledged_write() {
     let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-switch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let addrs = cluster_addrs();
     // Nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8 in us-east-2.
-    let nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
+    let (addrs, nodes) = formed(&dir).await;
     let path = config(&dir, &addrs);
     let writers = Writers::start(&addrs).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -304,8 +302,7 @@ async fn primaries_among(addrs: &[SocketAddr]) -> usize {
 async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_completes_it() {
     let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let addrs = cluster_addrs();
-    let nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
+    let (addrs, nodes) = formed(&dir).await;
     let path = config(&dir, &addrs);
     let writers = Writers::start(&addrs).await;
     let regions = ["us-east-2", "us-east-1"];
@@ -354,9 +351,8 @@ async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_co
 async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_as_replicas() {
     let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-lost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let addrs = cluster_addrs();
     // Nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8 in us-east-2.
-    let mut nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
+    let (addrs, mut nodes) = formed(&dir).await;
     let path = config(&dir, &addrs);
     let writers = Writers::start(&addrs).await;
 
@@ -501,8 +497,7 @@ async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_re
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let addrs = cluster_addrs();
-    let mut nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
+    let (addrs, mut nodes) = formed(&dir).await;
     let path = config(&dir, &addrs);
     let writers = Writers::start(&addrs).await;
     // us-east-1 is lost, but for one primary (node 1) that still answers.
@@ -644,8 +639,7 @@ async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
     let dir =
         std::env::temp_dir().join(format!("valkey-dr-cluster-clients-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let addrs = cluster_addrs();
-    let mut nodes = start(&dir, &addrs, 3).await.expect("the cluster forms");
+    let (addrs, mut nodes) = formed(&dir).await;
     let path = config(&dir, &addrs);
     let clients_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients");
     let seed = clients::Target::cluster_seed(addrs[0]);
