@@ -355,8 +355,11 @@ async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
     for run in 1..=runs {
         let run_dir = dir.join(format!("run-{run}"));
         std::fs::create_dir_all(&run_dir)?;
-        let (addrs, mut nodes) =
-            lab_cluster::form(&run_dir, std::net::Ipv4Addr::LOCALHOST, 9, 3).await?;
+        // A loopback address of this run's own: a dead node's address is never another
+        // cluster's (its peers keep calling it).
+        let pid = std::process::id();
+        let ip = std::net::Ipv4Addr::new(127, 102, (pid >> 8) as u8, run as u8);
+        let (addrs, mut nodes) = lab_cluster::form(&run_dir, ip, 9, 3).await?;
         let config = valkey_dr_core::Config::load(&lab_cluster::write_config(&run_dir, &addrs)?)?;
         let lost = |written: &[lab_cluster::ShardWritten], kept: &[Vec<u64>]| {
             written

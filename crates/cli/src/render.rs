@@ -243,16 +243,18 @@ pub fn cluster_failover(done: &valkey_dr_controller::cluster::ClusterFailover) -
         .map(|s| {
             let old = match (s.old_answered, s.caught_up, s.old_follows) {
                 (false, _, _) => "did not answer: rejoins as a replica when back".to_string(),
-                (true, caught_up, follows) => format!(
+                (true, _, None) => "still the primary (the shard did not move)".to_string(),
+                (true, caught_up, Some(follows)) => format!(
                     "paused, {}, {}",
                     if caught_up {
                         "caught up"
                     } else {
                         "NOT caught up"
                     },
-                    match follows {
-                        Some(true) => "follows",
-                        _ => "does NOT follow: kept paused",
+                    if follows {
+                        "follows"
+                    } else {
+                        "does NOT follow: kept paused"
                     }
                 ),
             };

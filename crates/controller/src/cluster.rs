@@ -185,6 +185,15 @@ pub async fn cluster_switchover(
         .map(|(m, _)| m)
         .collect();
     let back: Vec<(&Endpoint, &Endpoint)> = moved.iter().map(|m| (&m.to, &m.from)).collect();
+    // An old primary, a replica since its handover, may be in a full sync from its new primary,
+    // which a paused primary does not feed (seen: the hand-back's catch-up ran out while the
+    // transfer stood still). The reverse cut pauses once they are linked.
+    join_all(
+        moved
+            .iter()
+            .map(|m| linked(&engine, &m.from, HANDOVER_WITHIN)),
+    )
+    .await;
     let returned = match cut_over(
         &engine,
         &back,
@@ -236,10 +245,12 @@ pub struct FailedOverShard {
     /// primary waited for.
     pub old_answered: bool,
     /// The new primary held every write the old one had acknowledged before its pause (known
-    /// only when the old one answered; without it, what the replica had not received is lost).
+    /// only when the old one answered and was paused; without it, what the replica had not
+    /// received is lost).
     pub caught_up: bool,
-    /// The old primary follows the new one (`None` when it did not answer: it learns of the
-    /// takeover from the cluster when it is back, and rejoins as a replica).
+    /// The old primary follows the new one (`None` when it did not answer — it learns of the
+    /// takeover from the cluster when it is back, and rejoins as a replica — or the shard did
+    /// not move: it stays the primary, its pause lifted).
     pub old_follows: Option<bool>,
     /// Why the shard did not move, if it did not.
     pub error: Option<String>,
@@ -333,6 +344,7 @@ pub async fn cluster_failover(
             .map(|m| engine.pause_writes_and_read(&m.from, pause)),
     )
     .await;
+    // Each paused old primary's target, with the offset it must reach.
     let mut targets = Vec::new();
     for (m, result) in fenced.iter().zip(paused) {
         match result {
@@ -356,8 +368,19 @@ pub async fn cluster_failover(
     let handovers: Vec<(&Endpoint, Option<&Endpoint>)> =
         moves.iter().map(|m| (&m.to, None)).collect();
     let results = take_over_in_turn(&engine, &handovers, &reached).await;
-    // An old primary that answered follows by gossip; released once it does, else kept paused.
+    let moved = |m: &ShardMove| {
+        moves
+            .iter()
+            .zip(&results)
+            .any(|(n, r)| n.from == m.from && r.is_ok())
+    };
+    // An old primary that answered follows by gossip: released once it does, else kept paused.
+    // One whose shard did not move is still the primary: released at once.
     let follows = join_all(fenced.iter().map(|m| async {
+        if !moved(m) {
+            engine.unpause(&m.from).await.ok();
+            return None;
+        }
         let deadline = Instant::now() + HANDOVER_WITHIN;
         loop {
             if engine
@@ -366,11 +389,11 @@ pub async fn cluster_failover(
                 .is_ok_and(|i| !i.is_primary())
             {
                 engine.kill_clients_and_unpause(&m.from).await.ok();
-                return true;
+                return Some(true);
             }
             if Instant::now() >= deadline {
                 engine.pause_writes(&m.from, UNFOLLOWED_PAUSE).await.ok();
-                return false;
+                return Some(false);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -384,8 +407,9 @@ pub async fn cluster_failover(
             FailedOverShard {
                 r#move: m.clone(),
                 old_answered: fenced_at.is_some(),
-                caught_up: fenced_at.is_some() && !behind.contains(&m.to.to_string()),
-                old_follows: fenced_at.map(|i| follows[i]),
+                caught_up: targets.iter().any(|(to, _)| **to == m.to)
+                    && !behind.contains(&m.to.to_string()),
+                old_follows: fenced_at.and_then(|i| follows[i]),
                 error: result.err(),
             }
         })
@@ -531,6 +555,28 @@ async fn take_over_in_turn(
         reached(CutStep::HandedOver(results.len()));
     }
     results
+}
+
+/// Waits until `node` is a replica whose link to its primary is up with no full sync running,
+/// or `within` passed.
+async fn linked(engine: &ValkeyEngine, node: &Endpoint, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let synced = engine.replication(node).await.is_ok_and(|i| {
+            matches!(
+                i.role,
+                valkey_dr_core::Role::Replica {
+                    link_up: true,
+                    sync_in_progress: false,
+                    ..
+                }
+            )
+        });
+        if synced {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Waits until `node` knows the cluster's epoch to be at least `epoch`.

@@ -41,12 +41,13 @@ impl ClusterNode {
     pub async fn restart(&mut self) -> Result<(), ClusterError> {
         self.kill();
         self.child = spawn(self.addr, &self.dir)?;
-        wait_listening(self.addr).await;
-        Ok(())
+        wait_listening(self.addr).await
     }
 }
 
 fn spawn(addr: SocketAddr, dir: &Path) -> Result<Child, ClusterError> {
+    // Absolute: valkey-server enters `--dir` before it opens `--logfile`.
+    let dir = std::path::absolute(dir).map_err(ClusterError::Start)?;
     Command::new("valkey-server")
         .args([
             "--port",
@@ -54,13 +55,17 @@ fn spawn(addr: SocketAddr, dir: &Path) -> Result<Child, ClusterError> {
             "--bind",
             &addr.ip().to_string(),
         ])
+        // On any loopback address, not only 127.0.0.1: connections to peers leave from this
+        // node's own address, and it tells them so.
+        .args(["--bind-source-addr", &addr.ip().to_string()])
+        .args(["--cluster-announce-ip", &addr.ip().to_string()])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
         // A full sync starts at once rather than after Valkey's 5 s wait for more replicas: the
         // cluster forms, and a node back from a lost region rejoins, that much sooner.
         .args(["--repl-diskless-sync-delay", "0"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
-        .arg(dir)
+        .arg(&dir)
         .arg("--logfile")
         .arg(dir.join("valkey.log"))
         .stdout(Stdio::null())
@@ -138,7 +143,7 @@ pub async fn start(
         });
     }
     for node in &nodes {
-        wait_listening(node.addr).await;
+        wait_listening(node.addr).await?;
     }
     let per = SLOTS as usize / primaries;
     for (i, node) in nodes[..primaries].iter().enumerate() {
@@ -294,13 +299,19 @@ async fn until(
     Ok(())
 }
 
-async fn wait_listening(addr: SocketAddr) {
+/// Waits up to 5 s for `addr` to take connections; an error when it never does (the node did
+/// not start: its log says why).
+async fn wait_listening(addr: SocketAddr) -> Result<(), ClusterError> {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    Err(ClusterError::NotFormed(
+        Duration::from_secs(5),
+        format!("{addr} never took a connection (see its valkey.log)"),
+    ))
 }
 
 /// One command on its own short-lived connection.
