@@ -76,6 +76,15 @@ impl Library {
         Library::ValkeyCli,
     ];
 
+    /// Its writer can use the library's cluster client (`VALKEY_DR_CLUSTER=1`); PHP and
+    /// valkey-cli have no cluster writer.
+    pub fn has_cluster_client(self) -> bool {
+        !matches!(
+            self,
+            Library::Phpredis | Library::Predis | Library::ValkeyCli
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Library::RedisPy => "redis-py",

@@ -20,6 +20,32 @@ fn config(dir: &std::path::Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
     valkey_dr_lab::cluster::write_config(dir, addrs).unwrap()
 }
 
+/// `valkey-dr cluster <args> --config <config>`, which must fail; what it said.
+fn cluster_fails(config: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("cluster")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{said}");
+    said
+}
+
+/// Lets `node` run `CLUSTER FAILOVER`, or (an ACL rule) refuses it.
+async fn may_fail_over(node: SocketAddr, allowed: bool) {
+    let rule = if allowed {
+        "+cluster|failover"
+    } else {
+        "-cluster|failover"
+    };
+    valkey_dr_lab::cluster::command(node, &["ACL", "SETUSER", "default", rule])
+        .await
+        .unwrap();
+}
+
 fn status(config: &std::path::Path) -> serde_json::Value {
     let out = succeed(
         Command::new(BIN)
@@ -177,26 +203,14 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
 
     // One target refuses to take over (an ACL denies it CLUSTER FAILOVER): the two shards that
     // moved hand back, and every primary is where it was.
-    let target = addrs[7];
-    let acl = |rule: &'static str| async move {
-        valkey_dr_lab::cluster::command(target, &["ACL", "SETUSER", "default", rule])
-            .await
-            .unwrap()
-    };
-    acl("-cluster|failover").await;
-    let failed = Command::new(BIN)
-        .args(["cluster", "switchover", "us-east-2", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&failed.stderr);
-    assert!(!failed.status.success(), "{said}");
+    may_fail_over(addrs[7], false).await;
+    let said = cluster_fails(&path, &["switchover", "us-east-2"]);
     assert!(
         said.contains("rolled back") && said.contains("every shard's primary is where it was"),
         "{said}"
     );
     primaries_in(&path, "us-east-1").await;
-    acl("+cluster|failover").await;
+    may_fail_over(addrs[7], true).await;
     // Whole again (the nodes that handed back have resynced) before the operator tries again.
     let deadline = Instant::now() + Duration::from_secs(15);
     while status(&path)["shards"]
@@ -354,30 +368,55 @@ async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_co
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A cluster with a writer per shard whose us-east-1 is lost (SIGKILLed), but for one primary
+/// (node 1) that still answers.
+struct LostRegion {
+    dir: std::path::PathBuf,
+    addrs: Vec<SocketAddr>,
+    nodes: Vec<ClusterNode>,
+    path: std::path::PathBuf,
+    writers: Writers,
+    /// The last write each writer had acknowledged when the region was lost.
+    before_loss: Vec<i64>,
+}
+
+impl LostRegion {
+    async fn new(name: &str) -> LostRegion {
+        let dir =
+            std::env::temp_dir().join(format!("valkey-dr-cluster-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (addrs, mut nodes) = formed(&dir).await;
+        let path = config(&dir, &addrs);
+        let writers = Writers::start(&addrs).await;
+        for i in [0, 2, 3, 4, 5] {
+            nodes[i].kill();
+        }
+        let before_loss = writers.last_acked();
+        LostRegion {
+            dir,
+            addrs,
+            nodes,
+            path,
+            writers,
+            before_loss,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_as_replicas() {
-    let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-lost-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // Nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8 in us-east-2.
-    let (addrs, mut nodes) = formed(&dir).await;
-    let path = config(&dir, &addrs);
-    let writers = Writers::start(&addrs).await;
-
-    // us-east-1 is lost, but for one primary (node 1) that still answers.
-    for i in [0, 2, 3, 4, 5] {
-        nodes[i].kill();
-    }
-    let before_loss = writers.last_acked();
+    let LostRegion {
+        dir,
+        addrs,
+        mut nodes,
+        path,
+        writers,
+        before_loss,
+    } = LostRegion::new("lost").await;
 
     // The two silent primaries may still take writes where they stand: nothing moves until
     // the operator confirms them down.
-    let refused = Command::new(BIN)
-        .args(["cluster", "failover", "us-east-2", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{said}");
+    let said = cluster_fails(&path, &["failover", "us-east-2"]);
     assert!(
         said.contains("nothing moved")
             && said.contains("--confirm-down")
@@ -406,13 +445,7 @@ async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_a
     // Shard 1's target refuses to take over (an ACL denies it CLUSTER FAILOVER): the two other
     // shards move, and shard 1's old primary, paused for the move, is released at once — it is
     // still the primary, and its writer goes on.
-    let target = addrs[7];
-    let acl = |rule: &'static str| async move {
-        valkey_dr_lab::cluster::command(target, &["ACL", "SETUSER", "default", rule])
-            .await
-            .unwrap()
-    };
-    acl("-cluster|failover").await;
+    may_fail_over(addrs[7], false).await;
     let partial = failover();
     let said = String::from_utf8_lossy(&partial.stderr);
     assert!(!partial.status.success(), "{said}");
@@ -425,7 +458,7 @@ async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_a
     let during = writers.last_acked()[1];
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(writers.last_acked()[1] > during, "shard 1 takes writes");
-    acl("+cluster|failover").await;
+    may_fail_over(addrs[7], true).await;
 
     // Run again: the last shard moves.
     let asked = Instant::now();
@@ -446,16 +479,9 @@ async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_a
     assert_eq!(shard["caught_up"], true, "{done:#}");
     assert_eq!(shard["old_follows"], true, "{done:#}");
     // Every shard takes writes again, through the survivors.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while writers
-        .last_acked()
-        .iter()
-        .zip(&before_loss)
-        .any(|(now, then)| now <= then)
-    {
-        assert!(Instant::now() < deadline, "a shard never took writes again");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    writers
+        .each_writes_past(&before_loss, Duration::from_secs(10))
+        .await;
     eprintln!(
         "every shard writable {} ms after the failover was asked for; {done}",
         asked.elapsed().as_millis()
@@ -529,19 +555,14 @@ async fn no_slot_with_two_primaries(addrs: &[SocketAddr], when: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_rerun_completes_it() {
-    let dir = std::env::temp_dir().join(format!(
-        "valkey-dr-cluster-lost-crash-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (addrs, mut nodes) = formed(&dir).await;
-    let path = config(&dir, &addrs);
-    let writers = Writers::start(&addrs).await;
-    // us-east-1 is lost, but for one primary (node 1) that still answers.
-    for i in [0, 2, 3, 4, 5] {
-        nodes[i].kill();
-    }
-    let before_loss = writers.last_acked();
+    let LostRegion {
+        dir,
+        addrs,
+        nodes,
+        path,
+        writers,
+        before_loss,
+    } = LostRegion::new("lost-crash").await;
     let alive = [addrs[1], addrs[6], addrs[7], addrs[8]];
     let failover = |crash: Option<&str>| {
         let mut command = Command::new(BIN);
@@ -589,16 +610,9 @@ async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_re
     // Every shard takes writes again at once (a pause a dead run left on node 1, a replica now,
     // holds back no write: its clients get MOVED first).
     let after_rerun = writers.last_acked();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while writers
-        .last_acked()
-        .iter()
-        .zip(&after_rerun)
-        .any(|(now, then)| now <= then)
-    {
-        assert!(Instant::now() < deadline, "a shard never took writes again");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    writers
+        .each_writes_past(&after_rerun, Duration::from_secs(3))
+        .await;
     // Shard 1's primary answered every run: paused, caught up — it loses nothing.
     let lossy = [before_loss[0], -1, before_loss[2]];
     writers.stop_and_check_after(addrs[6], &lossy).await;
@@ -619,6 +633,20 @@ impl Writers {
 
     fn last_acked(&self) -> Vec<i64> {
         self.0.last_acked()
+    }
+
+    /// Waits until each writer has had a write past `marks` acknowledged, at most `within`.
+    async fn each_writes_past(&self, marks: &[i64], within: Duration) {
+        let deadline = Instant::now() + within;
+        while self
+            .last_acked()
+            .iter()
+            .zip(marks)
+            .any(|(now, then)| now <= then)
+        {
+            assert!(Instant::now() < deadline, "a shard never took writes again");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Stops them and checks that every write they had acknowledged is in the cluster (read
@@ -653,22 +681,33 @@ impl Writers {
     }
 }
 
-/// Every library's cluster client (`make clients`), default and recommended settings.
-const CLUSTER_LIBRARIES: [Library; 8] = [
-    Library::RedisPy,
-    Library::ValkeyPy,
-    Library::GlidePython,
-    Library::Ioredis,
-    Library::Iovalkey,
-    Library::NodeRedis,
-    Library::GlideNode,
-    Library::RedisRs,
-];
-
 /// Checks a client writer's list in the cluster (read through `asked`).
 async fn cluster_list_check(asked: SocketAddr, key: &str, acked: u64) -> Result<ListCheck, String> {
     let entries = list_at(asked, key).await.map_err(|e| e.to_string())?;
     Ok(check_list(&entries, acked))
+}
+
+/// Runs every client writer (`make clients`) through `act`, from its start to `settle` after it
+/// returned, and checks each one's list through `asked`.
+async fn through(
+    seed: &clients::Target,
+    writers: &[clients::ClientWriter],
+    run_id: u64,
+    settle: Duration,
+    asked: SocketAddr,
+    act: impl AsyncFnOnce(),
+) -> Vec<clients::ClientReport> {
+    let clients_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients");
+    let running = clients::start(seed, &clients_dir, run_id, writers, None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = valkey_dr_controller::clock::now_ms();
+    act().await;
+    let took_effect = valkey_dr_controller::clock::now_ms();
+    tokio::time::sleep(settle).await;
+    clients::stop(running, started, took_effect, async |key: &str, acked| {
+        cluster_list_check(asked, key, acked).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -678,9 +717,13 @@ async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
     std::fs::create_dir_all(&dir).unwrap();
     let (addrs, mut nodes) = formed(&dir).await;
     let path = config(&dir, &addrs);
-    let clients_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients");
     let seed = clients::Target::cluster_seed(addrs[0]);
-    let writers = clients::matrix(&CLUSTER_LIBRARIES);
+    // Every library's cluster client (`make clients`), default and recommended settings.
+    let libraries: Vec<Library> = Library::ALL
+        .into_iter()
+        .filter(|l| l.has_cluster_client())
+        .collect();
+    let writers = clients::matrix(&libraries);
     let report = |reports: &[clients::ClientReport]| {
         reports
             .iter()
@@ -701,19 +744,20 @@ async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
     };
 
     // A planned switchover: every library follows it and loses nothing.
-    let running = clients::start(&seed, &clients_dir, 1, &writers, None).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let moved_at = valkey_dr_controller::clock::now_ms();
-    succeed(
-        Command::new(BIN)
-            .args(["cluster", "switchover", "us-east-2", "--config"])
-            .arg(&path),
-    );
-    let moved = valkey_dr_controller::clock::now_ms();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let switched = clients::stop(running, moved_at, moved, async |key: &str, acked| {
-        cluster_list_check(addrs[6], key, acked).await
-    })
+    let switched = through(
+        &seed,
+        &writers,
+        1,
+        Duration::from_secs(2),
+        addrs[6],
+        async || {
+            succeed(
+                Command::new(BIN)
+                    .args(["cluster", "switchover", "us-east-2", "--config"])
+                    .arg(&path),
+            );
+        },
+    )
     .await;
     eprintln!("switchover:\n{}", report(&switched));
     for r in &switched {
@@ -728,28 +772,29 @@ async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
 
     // us-east-2, now holding every primary, is lost; the primaries come back east. Every
     // library writes again (what the lost primaries had not sent east may be lost: shown).
-    let running = clients::start(&seed, &clients_dir, 2, &writers, None).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for node in &mut nodes[6..9] {
-        node.kill();
-    }
-    let lost_at = valkey_dr_controller::clock::now_ms();
-    succeed(
-        Command::new(BIN)
-            .args([
-                "cluster",
-                "failover",
-                "us-east-1",
-                "--confirm-down",
-                "--config",
-            ])
-            .arg(&path),
-    );
-    let moved = valkey_dr_controller::clock::now_ms();
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let failed_over = clients::stop(running, lost_at, moved, async |key: &str, acked| {
-        cluster_list_check(addrs[0], key, acked).await
-    })
+    let failed_over = through(
+        &seed,
+        &writers,
+        2,
+        Duration::from_secs(8),
+        addrs[0],
+        async || {
+            for node in &mut nodes[6..9] {
+                node.kill();
+            }
+            succeed(
+                Command::new(BIN)
+                    .args([
+                        "cluster",
+                        "failover",
+                        "us-east-1",
+                        "--confirm-down",
+                        "--config",
+                    ])
+                    .arg(&path),
+            );
+        },
+    )
     .await;
     eprintln!("region failover:\n{}", report(&failed_over));
     for r in &failed_over {
