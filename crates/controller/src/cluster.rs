@@ -13,6 +13,7 @@ use valkey_dr_core::cluster::{
     slot_ranges, uncovered_slots,
 };
 use valkey_dr_core::{Config, Endpoint, Engine, RegionId, Topology};
+use valkey_dr_valkey::cluster::{EpochBump, NodeHealth};
 use valkey_dr_valkey::{Timeouts, ValkeyEngine};
 
 /// What `valkey-dr cluster status` shows.
@@ -55,6 +56,16 @@ async fn discover(
         }
     }
     Err(failures.join("\n"))
+}
+
+/// The nodes of `shards` that answered when they were discovered.
+fn answering_nodes(shards: &[Shard]) -> Vec<&Endpoint> {
+    shards
+        .iter()
+        .flat_map(|s| &s.nodes)
+        .filter(|n| n.health == NodeHealth::Online)
+        .map(|n| &n.endpoint)
+        .collect()
 }
 
 /// Asks the configured nodes in order until one answers `CLUSTER NODES`.
@@ -156,7 +167,8 @@ pub async fn cluster_switchover(
     let forward: Vec<(&Endpoint, &Endpoint)> = moves.iter().map(|m| (&m.from, &m.to)).collect();
     // Long enough for a hand-back too; lifted as soon as it is over.
     let pause = 2 * (catchup + HANDOVER_WITHIN) + PAUSE_MARGIN;
-    let handed = cut_over(&engine, &forward, catchup, pause, &reached)
+    let bystanders = answering_nodes(&shards);
+    let handed = cut_over(&engine, &forward, &bystanders, catchup, pause, &reached)
         .await
         .map_err(ClusterError::Aborted)?;
     let old_primaries = || forward.iter().map(|(from, _)| *from);
@@ -197,6 +209,7 @@ pub async fn cluster_switchover(
     let returned = match cut_over(
         &engine,
         &back,
+        &bystanders,
         catchup,
         catchup + HANDOVER_WITHIN + PAUSE_MARGIN,
         &|_| {},
@@ -367,7 +380,7 @@ pub async fn cluster_failover(
 
     let handovers: Vec<(&Endpoint, Option<&Endpoint>)> =
         moves.iter().map(|m| (&m.to, None)).collect();
-    let results = take_over_in_turn(&engine, &handovers, &reached).await;
+    let results = take_over_in_turn(&engine, &handovers, &answering_nodes(&shards), &reached).await;
     let moved = |m: &ShardMove| {
         moves
             .iter()
@@ -445,6 +458,7 @@ pub async fn cluster_failover(
 async fn cut_over(
     engine: &ValkeyEngine,
     pairs: &[(&Endpoint, &Endpoint)],
+    bystanders: &[&Endpoint],
     catchup: Duration,
     pause: Duration,
     reached: &impl Fn(CutStep),
@@ -496,7 +510,7 @@ async fn cut_over(
         .iter()
         .map(|(primary, replica)| (*replica, Some(*primary)))
         .collect();
-    Ok(take_over_in_turn(engine, &handovers, reached).await)
+    Ok(take_over_in_turn(engine, &handovers, bystanders, reached).await)
 }
 
 /// Waits until every `(replica, offset)` replica holds its offset, or `within` passed; returns
@@ -528,7 +542,8 @@ async fn catch_up(
 }
 
 /// Each `(replica, old primary)` takes its shard over (TAKEOVER), one after another, and is
-/// waited for ([`hand_over`]). One result per pair, in order.
+/// waited for ([`hand_over`]). One result per pair, in order. `bystanders` are other nodes that
+/// answer, asked to raise the cluster's epoch when a replica cannot ([`claim_next_epoch`]).
 ///
 /// One after another: each takeover claims the cluster's next epoch as its replica knows it, so
 /// the next replica must have heard of the previous one's first — two claiming the same epoch
@@ -537,6 +552,7 @@ async fn catch_up(
 async fn take_over_in_turn(
     engine: &ValkeyEngine,
     handovers: &[(&Endpoint, Option<&Endpoint>)],
+    bystanders: &[&Endpoint],
     reached: &impl Fn(CutStep),
 ) -> Vec<Result<(), String>> {
     let mut results = Vec::new();
@@ -544,6 +560,7 @@ async fn take_over_in_turn(
     for (replica, old) in handovers {
         let handed = async {
             knows_epoch(engine, replica, highest).await?;
+            claim_next_epoch(engine, replica, bystanders).await?;
             hand_over(engine, replica, *old).await?;
             engine
                 .cluster_epoch(replica)
@@ -555,6 +572,55 @@ async fn take_over_in_turn(
         reached(CutStep::HandedOver(results.len()));
     }
     results
+}
+
+/// Makes an epoch no other node holds `replica`'s own config epoch, before it takes its shard
+/// over. TAKEOVER claims the slots under the node's own config epoch, raised only when it is not
+/// already the highest the node knows. A replica's own epoch is the one it had as a primary —
+/// as a cluster forms, every node is an empty primary first, and two can end up with the same
+/// epoch once one of them is a replica (replicas are not checked for it). Such a replica, its
+/// epoch the highest, claims the slots under its primary's epoch: the rest of the cluster keeps
+/// the old owner (an equal epoch wins no slot), and the old primary, back from the dead, takes
+/// them back when its node id is the smaller (seen on 8.0.1, in the region-failover test).
+/// When the replica cannot raise its own, a bystander raises the cluster's, which the replica
+/// hears of, and then it can.
+async fn claim_next_epoch(
+    engine: &ValkeyEngine,
+    replica: &Endpoint,
+    bystanders: &[&Endpoint],
+) -> Result<(), String> {
+    let bump = |node: &Endpoint| {
+        let node = node.clone();
+        async move {
+            engine
+                .cluster_bump_epoch(&node)
+                .await
+                .map_err(|e| format!("{node} refused CLUSTER BUMPEPOCH: {e}"))
+        }
+    };
+    let own = match bump(replica).await? {
+        EpochBump::Bumped(_) => return Ok(()),
+        EpochBump::Still(own) => own,
+    };
+    for bystander in bystanders.iter().filter(|b| **b != replica) {
+        // Raised from below the replica's, it would be one more node on the same epoch.
+        if knows_epoch(engine, bystander, own).await.is_err() {
+            continue;
+        }
+        if let Ok(EpochBump::Bumped(next)) = bump(bystander).await {
+            knows_epoch(engine, replica, next).await?;
+            return match bump(replica).await? {
+                EpochBump::Bumped(_) => Ok(()),
+                EpochBump::Still(own) => Err(format!(
+                    "{replica} kept config epoch {own} after hearing of {next}"
+                )),
+            };
+        }
+    }
+    Err(format!(
+        "{replica}'s config epoch {own} may be another node's too, and no other node raised the \
+         cluster's"
+    ))
 }
 
 /// Waits until `node` is a replica whose link to its primary is up with no full sync running,

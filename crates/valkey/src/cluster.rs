@@ -117,6 +117,27 @@ pub fn parse_nodes(reply: &str) -> Result<Vec<Shard>, NodesError> {
     Ok(shards.into_iter().map(|(_, shard)| shard).collect())
 }
 
+/// What `CLUSTER BUMPEPOCH` did to a node's own config epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochBump {
+    /// It is now this epoch, the highest the node knows and its alone.
+    Bumped(u64),
+    /// It stayed this epoch: already the highest the node knows — which another node may hold
+    /// too.
+    Still(u64),
+}
+
+/// Reads a `CLUSTER BUMPEPOCH` reply: `BUMPED <epoch>` or `STILL <epoch>`.
+fn parse_bump(reply: &str) -> Option<EpochBump> {
+    let (word, epoch) = reply.trim().split_once(' ')?;
+    let epoch = epoch.parse().ok()?;
+    match word {
+        "BUMPED" => Some(EpochBump::Bumped(epoch)),
+        "STILL" => Some(EpochBump::Still(epoch)),
+        _ => None,
+    }
+}
+
 impl ValkeyEngine {
     /// Asks `node`, a replica, to take its shard over with `CLUSTER FAILOVER TAKEOVER`: no
     /// handshake with its primary and no vote, so safe only when that primary is surely fenced
@@ -131,6 +152,27 @@ impl ValkeyEngine {
             )
             .await?;
         Ok(())
+    }
+
+    /// Asks `node` to make the cluster's next epoch its own config epoch (`CLUSTER BUMPEPOCH`).
+    /// Valkey does so only when the node's own is not already the highest it knows
+    /// ([`EpochBump::Still`]) — and TAKEOVER claims the slots under that same rule.
+    pub async fn cluster_bump_epoch(&self, node: &Endpoint) -> Result<EpochBump, EngineError> {
+        let reply: String = self
+            .run(
+                node,
+                "CLUSTER BUMPEPOCH",
+                redis::cmd("CLUSTER").arg("BUMPEPOCH"),
+            )
+            .await?;
+        parse_bump(&reply).ok_or_else(|| {
+            error(
+                node,
+                "CLUSTER BUMPEPOCH",
+                FailureKind::Unusable,
+                format!("unexpected reply `{reply}`"),
+            )
+        })
     }
 
     /// The cluster's current epoch as `node` knows it (`CLUSTER INFO`): a node that takes a
@@ -190,6 +232,20 @@ impl ValkeyEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bumpepoch_reply_reads_as_bumped_or_still() {
+        for (reply, read) in [
+            ("BUMPED 7", Some(EpochBump::Bumped(7))),
+            ("STILL 12", Some(EpochBump::Still(12))),
+            ("BUMPED", None),
+            ("BUMPED x", None),
+            ("RAISED 3", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_bump(reply), read, "{reply}");
+        }
+    }
 
     #[test]
     fn a_cluster_nodes_reply_reads_as_shards_and_a_malformed_one_is_an_error() {

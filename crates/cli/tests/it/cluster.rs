@@ -620,6 +620,107 @@ async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_re
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Gives `a` and `b` the same config epoch, the cluster's highest: both raise it at once
+/// (`CLUSTER BUMPEPOCH`), neither hearing of the other's first, after `third` raised it above
+/// theirs. With `a` a primary and `b` its replica, the tie stays (the cluster checks for it
+/// among primaries only) — as a cluster can leave it when it forms.
+async fn tie_epochs(a: SocketAddr, b: SocketAddr, third: SocketAddr) -> u64 {
+    let bump = |node| async move {
+        match valkey_dr_lab::cluster::command(node, &["CLUSTER", "BUMPEPOCH"]).await {
+            Ok(redis::Value::SimpleString(reply)) => reply,
+            other => panic!("CLUSTER BUMPEPOCH on {node}: {other:?}"),
+        }
+    };
+    for _ in 0..20 {
+        bump(third).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (on_a, on_b) = tokio::join!(bump(a), bump(b));
+        if on_a == on_b && on_a.starts_with("BUMPED ") {
+            return on_a["BUMPED ".len()..].parse().unwrap();
+        }
+    }
+    panic!("{a} and {b} never raised the epoch at once");
+}
+
+/// The primary of the shard serving `slot` as the node at `asked` sees it.
+async fn owner_seen_by(asked: SocketAddr, slot: u16) -> Option<Endpoint> {
+    let Ok(redis::Value::BulkString(listed)) =
+        valkey_dr_lab::cluster::command(asked, &["CLUSTER", "NODES"]).await
+    else {
+        return None;
+    };
+    let shards = valkey_dr_valkey::cluster::parse_nodes(&String::from_utf8_lossy(&listed)).ok()?;
+    let shard = shards
+        .iter()
+        .find(|s| s.slots.iter().any(|r| r.contains(&slot)))?;
+    Some(shard.primary()?.endpoint.clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_takeover_whose_replica_shares_its_primarys_epoch_still_moves_the_slots() {
+    let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-tie-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (addrs, mut nodes) = formed(&dir).await;
+    let path = config(&dir, &addrs);
+    let writers = Writers::start(&addrs).await;
+    // Shard 0's primary and its replica in us-east-2 — the first to take over — hold the
+    // cluster's highest epoch both; then us-east-1 is lost, whole.
+    let tied = tie_epochs(addrs[0], addrs[6], addrs[1]).await;
+    for node in &mut nodes[..6] {
+        node.kill();
+    }
+    let before_loss = writers.last_acked();
+    let out = succeed(
+        Command::new(BIN)
+            .args([
+                "cluster",
+                "failover",
+                "us-east-2",
+                "--confirm-down",
+                "--config",
+            ])
+            .arg(&path),
+    );
+    // Every survivor sees every shard's primary in us-east-2.
+    let survivors = &addrs[6..];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for slot in [0, 5461, 10922] {
+        for asked in survivors {
+            loop {
+                let owner = owner_seen_by(*asked, slot).await;
+                if owner
+                    .as_ref()
+                    .is_some_and(|o| survivors.iter().any(|s| o.port == s.port()))
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{asked} sees slot {slot} served by {owner:?} (tied at epoch {tied}): {}",
+                    String::from_utf8_lossy(&out)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    writers
+        .each_writes_past(&before_loss, Duration::from_secs(10))
+        .await;
+    // The region comes back with no data, and its primaries follow: the replica claimed the
+    // slots under an epoch above the one it shared. Under the same epoch, the one with the
+    // smaller node id would have won them — the old primary, empty, as often as not.
+    for node in &mut nodes[..6] {
+        node.restart().await.unwrap();
+    }
+    whole(&path).await;
+    assert_eq!(primaries_among(&addrs).await, 3);
+    primaries_in(&path, "us-east-2").await;
+    let lossy = [before_loss[0], before_loss[1], before_loss[2]];
+    writers.stop_and_check_after(addrs[6], &lossy).await;
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The lab's shard writers, checked: every write they had acknowledged is in the cluster.
 struct Writers(ShardWriters);
 
