@@ -351,8 +351,18 @@ pub fn start_site_controller(
 /// Starts (or restarts) one node from its config file, daemonized. Without persistence it comes
 /// back empty, in the role its file gives it. The umask keeps the file the owner's only when the
 /// controller rewrites it (`CONFIG REWRITE` creates it anew; it holds the password).
+///
+/// Refused while the node's pid file names a live process: a second server on the same config
+/// fails to bind, but only after it wrote its own pid there — the first one, still serving, would
+/// be lost to `lab down`.
 pub fn start_node(spec: &LabSpec, region: usize, index: usize) -> Result<(), LabError> {
     use std::os::unix::process::CommandExt;
+    if let Some(pid) = node_pid(spec, region, index).filter(|pid| is_alive(*pid)) {
+        return Err(LabError::Io(format!(
+            "valkey {} is already running (pid {pid})",
+            spec.node_addr(region, index)
+        )));
+    }
     let valkey_server = valkey_server_binary()?;
     let conf = spec
         .dir
@@ -384,6 +394,15 @@ pub fn start_node(spec: &LabSpec, region: usize, index: usize) -> Result<(), Lab
     Ok(())
 }
 
+/// The pid a node's pid file names, if any.
+fn node_pid(spec: &LabSpec, region: usize, index: usize) -> Option<i32> {
+    std::fs::read_to_string(spec.node_pidfile(region, index))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Starts a node again from its config file with an empty data directory, as a supervisor
 /// (`Restart=always`) brings back a node without persistence on ephemeral storage. Without this,
 /// a replica would reload the RDB file its last full sync left on disk.
@@ -400,8 +419,9 @@ pub fn start_node_empty(spec: &LabSpec, region: usize, index: usize) -> Result<(
 /// Starts a killed node again the way a supervisor does (`Restart=always`, `RestartSec=100ms`):
 /// a start whose server exits at once (its port still held for a moment by the killed process's
 /// last sockets or a forked child: `bind: Address already in use`) is tried again until the node
-/// answers, up to 10 starts of 1 s each. Without this, one lost race kept a node down until the scenario
-/// healed, which no supervisor would do. `empty`: its data directory is cleared first.
+/// answers, up to 10 s. Without this, one lost race kept a node down until the scenario healed,
+/// which no supervisor would do. A start whose server lives but does not answer yet is waited
+/// for, not started again. `empty`: its data directory is cleared first.
 pub async fn restart_node(
     spec: &LabSpec,
     region: usize,
@@ -413,10 +433,12 @@ pub async fn restart_node(
     let log = spec.dir.join(format!("valkey-{}.log", addr.ip()));
     let what = format!("valkey {addr} after a restart");
     for _ in 0..10 {
-        if empty {
-            start_node_empty(spec, region, index)?;
-        } else {
-            start_node(spec, region, index)?;
+        if !node_pid(spec, region, index).is_some_and(is_alive) {
+            if empty {
+                start_node_empty(spec, region, index)?;
+            } else {
+                start_node(spec, region, index)?;
+            }
         }
         if wait_within(&what, &log, Duration::from_secs(1), || {
             ping(addr, &security)

@@ -45,6 +45,19 @@ fn lab_up_is_single_copy_and_down_leaves_no_process() {
         .collect();
     assert_eq!(again, pids, "no second copy was started");
 
+    // A node started again while it runs is refused: the second server would fail to bind,
+    // but only after it wrote its pid over the first's, which `down` would then miss.
+    let pidfile = spec.node_pidfile(0, 1);
+    let before = std::fs::read_to_string(&pidfile).unwrap();
+    let again = valkey_dr_lab::process::start_node(&spec, 0, 1);
+    assert!(
+        again
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("already running")),
+        "{again:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), before);
+
     let (ok, out) = lab(&["status", "--output", "json"], &dir);
     assert!(ok, "{out}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -606,14 +606,14 @@ impl<'a> Lab<'a> {
         crate::link::set_partition(&self.spec.dir, &Default::default())
             .await
             .map_err(lab_error)?;
+        // A node that lives is resumed, never started again: a second server on its config
+        // would clear its data and take its pid file, and leave it running unrecorded.
         for (r, i) in self.spec.nodes() {
-            if self
-                .engine
-                .ping(&endpoint(self.spec.node_addr(r, i)))
-                .await
-                .is_err()
-            {
-                let _ = self.restart((r, i)).await;
+            match read_pid(&self.spec.node_pidfile(r, i)) {
+                Some(pid) if crate::process::is_alive(pid) => signal(pid, libc::SIGCONT),
+                _ => {
+                    let _ = self.restart((r, i)).await;
+                }
             }
         }
         if self.spec.is_ha() {
