@@ -174,6 +174,12 @@ pub fn cluster(status: &valkey_dr_controller::cluster::ClusterStatus) -> String 
                         format!("{node} is in no configured region")
                     }
                     ShardFinding::NotOnline { node, health } => format!("{node} {health:?}"),
+                    ShardFinding::MayFailOverAcrossRegions { node } => format!(
+                        "the cluster may promote {node} across regions (cluster-replica-no-failover no)"
+                    ),
+                    ShardFinding::NoInRegionFailover { node } => format!(
+                        "the cluster may not promote {node} beside its primary (cluster-replica-no-failover yes)"
+                    ),
                 })
                 .collect();
             vec![
@@ -214,9 +220,40 @@ pub fn cluster(status: &valkey_dr_controller::cluster::ClusterStatus) -> String 
     out
 }
 
+/// What a cluster command did to the nodes' automatic failover: one line per side, and the
+/// nodes it could not set.
+fn automatic_failover(set: &[valkey_dr_controller::cluster::GuardSet]) -> String {
+    let nodes = |allowed: bool, failed: bool| {
+        set.iter()
+            .filter(|g| g.guard.automatic_failover == allowed && g.error.is_some() == failed)
+            .map(|g| match &g.error {
+                Some(e) => format!("{} ({e})", g.guard.node),
+                None => g.guard.node.to_string(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = String::new();
+    for (allowed, failed, what) in [
+        (false, false, "automatic failover refused on"),
+        (true, false, "automatic failover allowed on"),
+        (false, true, "automatic failover NOT refused on"),
+        (true, true, "automatic failover NOT allowed on"),
+    ] {
+        let listed = nodes(allowed, failed);
+        if !listed.is_empty() {
+            out.push_str(&format!("{what} {}\n", listed.join(", ")));
+        }
+    }
+    out
+}
+
 pub fn cluster_switchover(done: &valkey_dr_controller::cluster::ClusterSwitchover) -> String {
     if done.moves.is_empty() {
-        return format!("every shard's primary is already in {}\n", done.to_region);
+        return format!(
+            "every shard's primary is already in {}\n{}",
+            done.to_region,
+            automatic_failover(&done.automatic_failover)
+        );
     }
     let rows: Vec<Vec<String>> = done
         .moves
@@ -230,12 +267,17 @@ pub fn cluster_switchover(done: &valkey_dr_controller::cluster::ClusterSwitchove
         done.write_pause_ms
     );
     out.push_str(&table(&["SLOTS", "FROM", "TO"], &rows));
+    out.push_str(&automatic_failover(&done.automatic_failover));
     out
 }
 
 pub fn cluster_failover(done: &valkey_dr_controller::cluster::ClusterFailover) -> String {
     if done.shards.is_empty() {
-        return format!("every shard's primary is already in {}\n", done.to_region);
+        return format!(
+            "every shard's primary is already in {}\n{}",
+            done.to_region,
+            automatic_failover(&done.automatic_failover)
+        );
     }
     let rows: Vec<Vec<String>> = done
         .shards
@@ -277,5 +319,6 @@ pub fn cluster_failover(done: &valkey_dr_controller::cluster::ClusterFailover) -
         &["SLOTS", "FROM", "TO", "RESULT", "OLD PRIMARY"],
         &rows,
     ));
+    out.push_str(&automatic_failover(&done.automatic_failover));
     out
 }

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde::Serialize;
 use valkey_dr_core::cluster::{
-    MoveRefusal, Shard, ShardMove, ShardView, plan_failover, plan_switchover, shard_views,
-    slot_ranges, uncovered_slots,
+    FailoverGuard, MoveRefusal, Shard, ShardMove, ShardView, failover_guards, plan_failover,
+    plan_switchover, shard_views, slot_ranges, uncovered_slots,
 };
 use valkey_dr_core::{Config, Endpoint, Engine, RegionId, Topology};
 use valkey_dr_valkey::cluster::{EpochBump, NodeHealth};
 use valkey_dr_valkey::{Timeouts, ValkeyEngine};
+
+use crate::poll;
 
 /// What `valkey-dr cluster status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -115,6 +117,38 @@ pub struct ClusterSwitchover {
     pub moves: Vec<ShardMove>,
     /// From the first shard's pause to the last one's release.
     pub write_pause_ms: f64,
+    /// The nodes whose automatic failover changed sides with the primaries ([`failover_guards`]).
+    pub automatic_failover: Vec<GuardSet>,
+}
+
+/// A node's automatic failover as a command set it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardSet {
+    #[serde(flatten)]
+    pub guard: FailoverGuard,
+    /// Why it could not be set (the node keeps its setting; `cluster status` shows it).
+    pub error: Option<String>,
+}
+
+/// Sets every node's automatic failover as `guards` want it: the refusals first, so that no
+/// moment lets the cluster promote in two regions.
+async fn set_guards(engine: &ValkeyEngine, guards: Vec<FailoverGuard>) -> Vec<GuardSet> {
+    let (refused, allowed): (Vec<_>, Vec<_>) =
+        guards.into_iter().partition(|g| !g.automatic_failover);
+    let mut set = Vec::new();
+    for group in [refused, allowed] {
+        let results = join_all(
+            group
+                .iter()
+                .map(|g| engine.set_cluster_automatic_failover(&g.node, g.automatic_failover)),
+        )
+        .await;
+        set.extend(group.into_iter().zip(results).map(|(guard, r)| GuardSet {
+            guard,
+            error: r.err().map(|e| e.to_string()),
+        }));
+    }
+    set
 }
 
 fn list(refusals: &[MoveRefusal]) -> String {
@@ -143,6 +177,9 @@ const HANDOVER_WITHIN: Duration = Duration::from_secs(6);
 /// The pause outlasts the catch-up and the handovers by this much, and runs out by itself if
 /// the operator's command dies.
 const PAUSE_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long a bystander asked to raise the cluster's epoch may take to hear of the replica's.
+const BYSTANDER_HEARS_WITHIN: Duration = Duration::from_secs(2);
 
 /// Moves every shard's primary to `to_region` as one cut ([`cut_over`]), then releases the old
 /// primaries' clients (they reconnect and follow `MOVED` to the new primaries). All or nothing:
@@ -181,10 +218,14 @@ pub async fn cluster_switchover(
             .flat_map(|s| &s.nodes)
             .filter(|n| !old_primaries().any(|from| *from == n.endpoint));
         join_all(others.map(|n| engine.unpause(&n.endpoint))).await;
+        let write_pause_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let automatic_failover =
+            set_guards(&engine, failover_guards(&topology, &shards, &moves)).await;
         return Ok(ClusterSwitchover {
             to_region: to_region.to_string(),
             moves,
-            write_pause_ms: started.elapsed().as_secs_f64() * 1000.0,
+            write_pause_ms,
+            automatic_failover,
         });
     };
     // Hand back what moved, by the same cut the other way: the new primaries paused, the old
@@ -248,6 +289,8 @@ pub struct ClusterFailover {
     pub shards: Vec<FailedOverShard>,
     /// From the first probe to the last shard's takeover.
     pub took_ms: f64,
+    /// The nodes whose automatic failover changed sides with the primaries ([`failover_guards`]).
+    pub automatic_failover: Vec<GuardSet>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -267,6 +310,15 @@ pub struct FailedOverShard {
     pub old_follows: Option<bool>,
     /// Why the shard did not move, if it did not.
     pub error: Option<String>,
+}
+
+/// One shard's move in a failover, as it goes.
+struct Moving<'a> {
+    r#move: &'a ShardMove,
+    /// Its old primary answered when the shards were read: it is paused before the takeover.
+    old_answered: bool,
+    /// The offset the old primary's writes were paused at, which its target must reach.
+    frozen_at: Option<u64>,
 }
 
 /// Why a cluster command did not do all it was asked.
@@ -322,119 +374,114 @@ pub async fn cluster_failover(
         .region_by_name(to_region)
         .ok_or_else(|| ClusterError::UnknownRegion(to_region.to_string()))?;
     let engine = engine(config)?;
-    let (_, shards) = discover(&engine, &topology, Some(to))
+    let (_, discovered) = discover(&engine, &topology, Some(to))
         .await
         .map_err(ClusterError::NoNodeAnswered)?;
-    let old_primaries: Vec<&Endpoint> = shards
+    let moves =
+        plan_failover(&topology, &discovered, to, confirmed_down).map_err(ClusterError::Refused)?;
+    let answered: Vec<&Endpoint> = discovered
         .iter()
         .filter_map(|s| s.primary())
+        .filter(|p| p.answered)
         .map(|p| &p.endpoint)
         .collect();
-    let probed = join_all(old_primaries.iter().map(|p| engine.replication(p))).await;
-    let answering: Vec<&Endpoint> = old_primaries
+    let mut moving: Vec<Moving> = moves
         .iter()
-        .zip(&probed)
-        .filter(|(_, r)| r.is_ok())
-        .map(|(p, _)| *p)
+        .map(|m| Moving {
+            r#move: m,
+            old_answered: answered.contains(&&m.from),
+            frozen_at: None,
+        })
         .collect();
-    let moves = plan_failover(
-        &topology,
-        &shards,
-        to,
-        |e| answering.contains(&e),
-        confirmed_down,
-    )
-    .map_err(ClusterError::Refused)?;
-    let answered = |m: &ShardMove| answering.contains(&&m.from);
 
     // Fence what answers: paused until it follows its new primary.
     let catchup = Duration::from_millis(config.controller.catchup_timeout_ms);
     let pause = catchup + HANDOVER_WITHIN * moves.len() as u32 + PAUSE_MARGIN;
-    let fenced: Vec<&ShardMove> = moves.iter().filter(|m| answered(m)).collect();
+    let fenced: Vec<&Endpoint> = moving
+        .iter()
+        .filter(|m| m.old_answered)
+        .map(|m| &m.r#move.from)
+        .collect();
     let paused = join_all(
         fenced
             .iter()
-            .map(|m| engine.pause_writes_and_read(&m.from, pause)),
+            .map(|old| engine.pause_writes_and_read(old, pause)),
     )
     .await;
-    // Each paused old primary's target, with the offset it must reach.
-    let mut targets = Vec::new();
-    for (m, result) in fenced.iter().zip(paused) {
+    let mut not_paused = None;
+    for (m, result) in moving.iter_mut().filter(|m| m.old_answered).zip(paused) {
         match result {
-            Ok(info) => targets.push((&m.to, info.offset)),
-            // It answered a moment ago: unless the operator confirmed it down, it may still
-            // take writes, so nothing moves.
-            Err(e) if !confirmed_down => {
-                join_all(fenced.iter().map(|m| engine.unpause(&m.from))).await;
-                return Err(ClusterError::Aborted(format!(
-                    "cannot pause writes on {}: {e}",
-                    m.from
-                )));
-            }
-            Err(_) => {}
+            Ok(info) => m.frozen_at = Some(info.offset),
+            Err(e) => not_paused = Some(format!("cannot pause writes on {}: {e}", m.r#move.from)),
         }
     }
+    // It answered a moment ago: unless the operator confirmed it down, it may still take
+    // writes, so nothing moves.
+    if let Some(reason) = not_paused.filter(|_| !confirmed_down) {
+        join_all(fenced.iter().map(|old| engine.unpause(old))).await;
+        return Err(ClusterError::Aborted(reason));
+    }
     reached(CutStep::Paused);
+    let targets: Vec<(&Endpoint, u64)> = moving
+        .iter()
+        .filter_map(|m| Some((&m.r#move.to, m.frozen_at?)))
+        .collect();
     let behind = catch_up(&engine, &targets, catchup).await;
     reached(CutStep::CaughtUp);
 
     let handovers: Vec<(&Endpoint, Option<&Endpoint>)> =
         moves.iter().map(|m| (&m.to, None)).collect();
-    let results = take_over_in_turn(&engine, &handovers, &answering_nodes(&shards), &reached).await;
-    let moved = |m: &ShardMove| {
-        moves
-            .iter()
-            .zip(&results)
-            .any(|(n, r)| n.from == m.from && r.is_ok())
-    };
+    let results =
+        take_over_in_turn(&engine, &handovers, &answering_nodes(&discovered), &reached).await;
     // An old primary that answered follows by gossip: released once it does, else kept paused.
     // One whose shard did not move is still the primary: released at once.
-    let follows = join_all(fenced.iter().map(|m| async {
-        if !moved(m) {
-            engine.unpause(&m.from).await.ok();
+    let old_follows = join_all(moving.iter().zip(&results).map(|(m, moved)| async {
+        let old = &m.r#move.from;
+        if !m.old_answered {
             return None;
         }
-        let deadline = Instant::now() + HANDOVER_WITHIN;
-        loop {
-            if engine
-                .replication(&m.from)
-                .await
-                .is_ok_and(|i| !i.is_primary())
-            {
-                engine.kill_clients_and_unpause(&m.from).await.ok();
-                return Some(true);
-            }
-            if Instant::now() >= deadline {
-                engine.pause_writes(&m.from, UNFOLLOWED_PAUSE).await.ok();
-                return Some(false);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        if moved.is_err() {
+            engine.unpause(old).await.ok();
+            return None;
         }
+        let followed = follows(&engine, old, HANDOVER_WITHIN).await;
+        if followed {
+            engine.kill_clients_and_unpause(old).await.ok();
+        } else {
+            engine.pause_writes(old, UNFOLLOWED_PAUSE).await.ok();
+        }
+        Some(followed)
     }))
     .await;
-    let shards: Vec<FailedOverShard> = moves
+    let shards: Vec<FailedOverShard> = moving
         .iter()
         .zip(results)
-        .map(|(m, result)| {
-            let fenced_at = fenced.iter().position(|f| f.from == m.from);
-            FailedOverShard {
-                r#move: m.clone(),
-                old_answered: fenced_at.is_some(),
-                caught_up: targets.iter().any(|(to, _)| **to == m.to)
-                    && !behind.contains(&m.to.to_string()),
-                old_follows: fenced_at.and_then(|i| follows[i]),
-                error: result.err(),
-            }
+        .zip(old_follows)
+        .map(|((m, result), old_follows)| FailedOverShard {
+            r#move: m.r#move.clone(),
+            old_answered: m.old_answered,
+            caught_up: m.frozen_at.is_some() && !behind.contains(&m.r#move.to.to_string()),
+            old_follows,
+            error: result.err(),
         })
         .collect();
     let failed: Vec<String> = shards
         .iter()
         .filter_map(|s| Some(format!("{}: {}", s.r#move.slots, s.error.as_ref()?)))
         .collect();
+    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let moved: Vec<ShardMove> = shards
+        .iter()
+        .filter(|s| s.error.is_none())
+        .map(|s| s.r#move.clone())
+        .collect();
+    let automatic_failover =
+        set_guards(&engine, failover_guards(&topology, &discovered, &moved)).await;
     let done = ClusterFailover {
         to_region: to_region.to_string(),
         shards,
-        took_ms: started.elapsed().as_secs_f64() * 1000.0,
+        took_ms,
+        automatic_failover,
     };
     if failed.is_empty() {
         Ok(done)
@@ -520,25 +567,24 @@ async fn catch_up(
     targets: &[(&Endpoint, u64)],
     within: Duration,
 ) -> Vec<String> {
-    let deadline = Instant::now() + within;
-    loop {
+    let mut behind = Vec::new();
+    poll::until(within, Duration::from_millis(1), async || {
         let seen = join_all(
             targets
                 .iter()
                 .map(|(replica, _)| engine.replication(replica)),
         )
         .await;
-        let behind: Vec<String> = targets
+        behind = targets
             .iter()
             .zip(&seen)
             .filter(|((_, needed), seen)| !seen.as_ref().is_ok_and(|i| i.offset >= *needed))
             .map(|((replica, _), _)| replica.to_string())
             .collect();
-        if behind.is_empty() || Instant::now() >= deadline {
-            return behind;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+        behind.is_empty().then_some(())
+    })
+    .await;
+    behind
 }
 
 /// Each `(replica, old primary)` takes its shard over (TAKEOVER), one after another, and is
@@ -559,7 +605,7 @@ async fn take_over_in_turn(
     let mut highest = 0;
     for (replica, old) in handovers {
         let handed = async {
-            knows_epoch(engine, replica, highest).await?;
+            knows_epoch(engine, replica, highest, HANDOVER_WITHIN).await?;
             claim_next_epoch(engine, replica, bystanders).await?;
             hand_over(engine, replica, *old).await?;
             engine
@@ -603,12 +649,16 @@ async fn claim_next_epoch(
         EpochBump::Still(own) => own,
     };
     for bystander in bystanders.iter().filter(|b| **b != replica) {
-        // Raised from below the replica's, it would be one more node on the same epoch.
-        if knows_epoch(engine, bystander, own).await.is_err() {
+        // Raised from below the replica's, it would be one more node on the same epoch. Gossip
+        // carries the epoch within a second; a bystander that has not heard is passed over.
+        if knows_epoch(engine, bystander, own, BYSTANDER_HEARS_WITHIN)
+            .await
+            .is_err()
+        {
             continue;
         }
         if let Ok(EpochBump::Bumped(next)) = bump(bystander).await {
-            knows_epoch(engine, replica, next).await?;
+            knows_epoch(engine, replica, next, HANDOVER_WITHIN).await?;
             return match bump(replica).await? {
                 EpochBump::Bumped(_) => Ok(()),
                 EpochBump::Still(own) => Err(format!(
@@ -626,8 +676,7 @@ async fn claim_next_epoch(
 /// Waits until `node` is a replica whose link to its primary is up with no full sync running,
 /// or `within` passed.
 async fn linked(engine: &ValkeyEngine, node: &Endpoint, within: Duration) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
+    poll::until(within, Duration::from_millis(5), async || {
         let synced = engine.replication(node).await.is_ok_and(|i| {
             matches!(
                 i.role,
@@ -638,28 +687,46 @@ async fn linked(engine: &ValkeyEngine, node: &Endpoint, within: Duration) {
                 }
             )
         });
-        if synced {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        synced.then_some(())
+    })
+    .await;
 }
 
-/// Waits until `node` knows the cluster's epoch to be at least `epoch`.
-async fn knows_epoch(engine: &ValkeyEngine, node: &Endpoint, epoch: u64) -> Result<(), String> {
-    let deadline = Instant::now() + HANDOVER_WITHIN;
-    loop {
-        match engine.cluster_epoch(node).await {
-            Ok(known) if known >= epoch => return Ok(()),
-            _ if Instant::now() >= deadline => {
-                return Err(format!(
-                    "{node} did not hear of the cluster's epoch {epoch} within {} s",
-                    HANDOVER_WITHIN.as_secs()
-                ));
-            }
-            _ => tokio::time::sleep(Duration::from_millis(1)).await,
-        }
-    }
+/// Waits until `node` knows the cluster's epoch to be at least `epoch`, at most `within`.
+async fn knows_epoch(
+    engine: &ValkeyEngine,
+    node: &Endpoint,
+    epoch: u64,
+    within: Duration,
+) -> Result<(), String> {
+    poll::until(within, Duration::from_millis(1), async || {
+        engine
+            .cluster_epoch(node)
+            .await
+            .is_ok_and(|known| known >= epoch)
+            .then_some(())
+    })
+    .await
+    .ok_or_else(|| {
+        format!(
+            "{node} did not hear of the cluster's epoch {epoch} within {} ms",
+            within.as_millis()
+        )
+    })
+}
+
+/// True once `node` says it is a replica (it learnt of its shard's new primary), false when
+/// `within` passed first.
+async fn follows(engine: &ValkeyEngine, node: &Endpoint, within: Duration) -> bool {
+    poll::until(within, Duration::from_millis(2), async || {
+        engine
+            .replication(node)
+            .await
+            .is_ok_and(|i| !i.is_primary())
+            .then_some(())
+    })
+    .await
+    .is_some()
 }
 
 /// Asks `replica` to take its shard over (TAKEOVER), and waits until it is the primary — and
@@ -674,22 +741,31 @@ async fn hand_over(
         .await
         .map_err(|e| format!("{replica} refused CLUSTER FAILOVER: {e}"))?;
     let deadline = Instant::now() + HANDOVER_WITHIN;
-    loop {
-        let new = engine.replication(replica).await;
-        let old_follows = match old {
-            Some(old) => engine.replication(old).await.is_ok_and(|i| !i.is_primary()),
-            None => true,
-        };
-        if new.is_ok_and(|i| i.is_primary()) && old_follows {
-            return Ok(());
+    let primary = poll::until(HANDOVER_WITHIN, Duration::from_millis(2), async || {
+        engine
+            .replication(replica)
+            .await
+            .is_ok_and(|i| i.is_primary())
+            .then_some(())
+    })
+    .await;
+    let old_follows = match old {
+        Some(old) => {
+            follows(
+                engine,
+                old,
+                deadline.saturating_duration_since(Instant::now()),
+            )
+            .await
         }
-        if Instant::now() >= deadline {
-            let from = old.map(|o| format!(" from {o}")).unwrap_or_default();
-            return Err(format!(
-                "{replica} did not take over{from} within {} s",
-                HANDOVER_WITHIN.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        None => true,
+    };
+    if primary.is_some() && old_follows {
+        return Ok(());
     }
+    let from = old.map(|o| format!(" from {o}")).unwrap_or_default();
+    Err(format!(
+        "{replica} did not take over{from} within {} s",
+        HANDOVER_WITHIN.as_secs()
+    ))
 }

@@ -17,6 +17,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pass;
+pub mod poll;
 pub mod promotion;
 pub mod security;
 mod self_fence;

@@ -28,6 +28,12 @@ pub struct ShardNode {
     pub role: ShardRole,
     pub replication_offset: u64,
     pub health: NodeHealth,
+    /// It answered when its offset was read — whatever the cluster thinks of it (a survivor's
+    /// view of a lost region is stale, and a node marked failed may still answer us).
+    pub answered: bool,
+    /// Whether the cluster may promote it by itself when its primary fails
+    /// (`cluster-replica-no-failover no`); `None` when it was not read.
+    pub automatic_failover: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -104,6 +110,8 @@ pub struct PlacedNode {
     /// How far behind the shard's primary (0 for the primary itself).
     pub lag_bytes: u64,
     pub health: NodeHealth,
+    /// Whether the cluster may promote it by itself (`cluster-replica-no-failover no`).
+    pub automatic_failover: Option<bool>,
 }
 
 /// What is wrong with a shard.
@@ -124,6 +132,19 @@ pub enum ShardFinding {
     UnknownNode { node: String },
     /// A node the cluster marks failed or loading.
     NotOnline { node: String, health: NodeHealth },
+    /// A replica outside its primary's region that the cluster may promote by itself: the
+    /// cluster bus would move the shard's primary across regions on its own.
+    MayFailOverAcrossRegions { node: String },
+    /// A replica in its primary's region that the cluster may not promote: a lost primary is not
+    /// replaced there.
+    NoInRegionFailover { node: String },
+}
+
+/// The name of the configured region holding `endpoint`; `None` for a node no region lists.
+fn region_name(topology: &Topology, endpoint: &Endpoint) -> Option<String> {
+    topology
+        .node_by_any_address(endpoint)
+        .map(|id| topology.region_of(id).name.clone())
 }
 
 /// Every shard placed against the configured regions, in slot order; `writer_region` is where the
@@ -133,11 +154,7 @@ pub fn shard_views(
     writer_region: RegionId,
     shards: &[Shard],
 ) -> Vec<ShardView> {
-    let region_of = |endpoint: &Endpoint| {
-        topology
-            .node_by_any_address(endpoint)
-            .map(|id| topology.region_of(id).name.clone())
-    };
+    let region_of = |endpoint: &Endpoint| region_name(topology, endpoint);
     let mut views: Vec<(u16, ShardView)> = shards
         .iter()
         .map(|shard| {
@@ -148,6 +165,7 @@ pub fn shard_views(
                 offset: n.replication_offset,
                 lag_bytes: primary_offset.saturating_sub(n.replication_offset),
                 health: n.health,
+                automatic_failover: n.automatic_failover,
             };
             let primary = shard.primary().map(place);
             let replicas: Vec<PlacedNode> = shard
@@ -176,6 +194,18 @@ pub fn shard_views(
                     findings.push(ShardFinding::NoReplicaIn {
                         region: region.name.clone(),
                     });
+                }
+            }
+            for r in replicas.iter().filter(|_| serves) {
+                let beside_primary = primary.as_ref().is_some_and(|p| p.region == r.region);
+                match (r.automatic_failover, beside_primary) {
+                    (Some(true), false) => findings.push(ShardFinding::MayFailOverAcrossRegions {
+                        node: r.node.clone(),
+                    }),
+                    (Some(false), true) => findings.push(ShardFinding::NoInRegionFailover {
+                        node: r.node.clone(),
+                    }),
+                    _ => {}
                 }
             }
             for n in primary.iter().chain(&replicas) {
@@ -234,6 +264,50 @@ pub fn uncovered_slots(shards: &[Shard]) -> Vec<RangeInclusive<u16>> {
     gaps
 }
 
+/// One node's `cluster-replica-no-failover`, as the region holding its shard's primary wants it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailoverGuard {
+    pub node: Endpoint,
+    /// Whether the cluster may promote it by itself (`cluster-replica-no-failover no`).
+    pub automatic_failover: bool,
+}
+
+/// The nodes whose automatic failover must change so that the cluster replaces a lost primary
+/// only within its region — moving a primary across regions is valkey-dr's decision, under its
+/// epoch: allowed for the nodes in the region of their shard's primary, refused for every other
+/// (a primary's own setting counts once it is a replica). `moved`: the moves done since `shards`
+/// were read, whose targets now lead their shards. Nodes that did not answer are left alone.
+pub fn failover_guards(
+    topology: &Topology,
+    shards: &[Shard],
+    moved: &[ShardMove],
+) -> Vec<FailoverGuard> {
+    let region_of = |endpoint: &Endpoint| region_name(topology, endpoint);
+    let mut guards = Vec::new();
+    for shard in shards.iter().filter(|s| s.slot_count() > 0) {
+        let Some(primary) = shard.primary() else {
+            continue;
+        };
+        let leader = moved
+            .iter()
+            .find(|m| m.from == primary.endpoint)
+            .map_or(&primary.endpoint, |m| &m.to);
+        let Some(region) = region_of(leader) else {
+            continue;
+        };
+        for node in shard.nodes.iter().filter(|n| n.answered) {
+            let allowed = region_of(&node.endpoint).as_ref() == Some(&region);
+            if node.automatic_failover != Some(allowed) {
+                guards.push(FailoverGuard {
+                    node: node.endpoint.clone(),
+                    automatic_failover: allowed,
+                });
+            }
+        }
+    }
+    guards
+}
+
 /// One shard's part of an all-shard switchover: its primary hands over to a replica in the
 /// region that is to hold the primaries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -289,21 +363,18 @@ pub fn plan_switchover(
 
 /// The moves that put every shard's primary in `to` after the loss of the region(s) holding
 /// them: the same targets as a switchover, whatever the cluster thinks of the old primaries'
-/// health (a survivor's view of a lost region is stale). A primary that does not answer
-/// (`answers`) is taken from only when the operator `confirmed_down` that it takes no writes.
+/// health (a survivor's view of a lost region is stale). A primary that did not answer is taken
+/// from only when the operator `confirmed_down` that it takes no writes.
 pub fn plan_failover(
     topology: &Topology,
     shards: &[Shard],
     to: RegionId,
-    answers: impl Fn(&Endpoint) -> bool,
     confirmed_down: bool,
 ) -> Result<Vec<ShardMove>, Vec<MoveRefusal>> {
     plan_moves(topology, shards, to, |slots, primary| {
-        (!confirmed_down && !answers(&primary.endpoint)).then(|| {
-            MoveRefusal::PrimaryMayStillWrite {
-                slots: slots.to_string(),
-                node: primary.endpoint.to_string(),
-            }
+        (!confirmed_down && !primary.answered).then(|| MoveRefusal::PrimaryMayStillWrite {
+            slots: slots.to_string(),
+            node: primary.endpoint.to_string(),
         })
     })
 }
@@ -406,6 +477,8 @@ mod tests {
             role,
             replication_offset: offset,
             health: NodeHealth::Online,
+            answered: true,
+            automatic_failover: None,
         }
     }
 
@@ -437,6 +510,10 @@ mod tests {
             health: NodeHealth::Failed,
             ..node(&topology, 1, ShardRole::Replica, 0)
         };
+        let automatic = |n, allowed| ShardNode {
+            automatic_failover: Some(allowed),
+            ..node(&topology, n, ShardRole::Replica, 100)
+        };
         #[rustfmt::skip]
         let cases: Vec<(&str, Shard, Vec<ShardFinding>)> = vec![
             ("primary and a replica in the writer region, a replica in the other", healthy.clone(), vec![]),
@@ -454,6 +531,13 @@ mod tests {
              shard(vec![node(&topology, 0, ShardRole::Primary, 100), failed, node(&topology, 2, ShardRole::Replica, 100), stranger], 0..=8191),
              vec![ShardFinding::NotOnline { node: topology.nodes[1].endpoint.to_string(), health: NodeHealth::Failed },
                   ShardFinding::UnknownNode { node: "10.9.9.9:6379".into() }]),
+            ("the cluster may promote the replica in the other region, not the one beside the primary",
+             shard(vec![node(&topology, 0, ShardRole::Primary, 100), automatic(1, false), automatic(2, true)], 0..=8191),
+             vec![ShardFinding::NoInRegionFailover { node: topology.nodes[1].endpoint.to_string() },
+                  ShardFinding::MayFailOverAcrossRegions { node: topology.nodes[2].endpoint.to_string() }]),
+            ("guarded: only the replica beside the primary may be promoted by the cluster",
+             shard(vec![node(&topology, 0, ShardRole::Primary, 100), automatic(1, true), automatic(2, false)], 0..=8191),
+             vec![]),
         ];
         for (case, shard, findings) in cases {
             let views = shard_views(&topology, writer_region, std::slice::from_ref(&shard));
@@ -518,19 +602,28 @@ mod tests {
         // still names its nodes primaries, some marked failed, some not yet.
         let topology = lab();
         let to = RegionId(1);
-        let primary = |n| node(&topology, n, ShardRole::Primary, 100);
-        let failed_primary = |n| ShardNode {
-            health: NodeHealth::Failed,
-            ..primary(n)
+        let primary = |n, answered| ShardNode {
+            answered,
+            ..node(&topology, n, ShardRole::Primary, 100)
         };
         let replica = |n, offset| node(&topology, n, ShardRole::Replica, offset);
-        let shards = vec![
-            shard(
-                vec![failed_primary(0), replica(2, 90), replica(3, 95)],
-                0..=8191,
-            ),
-            shard(vec![primary(1), replica(2, 100)], 8192..=16383),
-        ];
+        // Which of the old primaries 0 and 1 answered; node 0 is marked failed.
+        let shards = |answered: [bool; 2]| {
+            vec![
+                shard(
+                    vec![
+                        ShardNode {
+                            health: NodeHealth::Failed,
+                            ..primary(0, answered[0])
+                        },
+                        replica(2, 90),
+                        replica(3, 95),
+                    ],
+                    0..=8191,
+                ),
+                shard(vec![primary(1, answered[1]), replica(2, 100)], 8192..=16383),
+            ]
+        };
         let moved = |slots: &str, from: usize, to: usize| ShardMove {
             slots: slots.into(),
             from: topology.nodes[from].endpoint.clone(),
@@ -542,53 +635,81 @@ mod tests {
             slots: slots.into(),
             node: topology.nodes[n].endpoint.to_string(),
         };
-        let node1 = topology.nodes[1].endpoint.clone();
-        let only_node1 = |e: &Endpoint| *e == node1;
-        type Answers<'a> = &'a dyn Fn(&Endpoint) -> bool;
-        #[rustfmt::skip]
         type Planned = Result<Vec<ShardMove>, Vec<MoveRefusal>>;
-        let cases: Vec<(&str, Answers, bool, Planned)> = vec![
-            (
-                "no old primary answers, none confirmed down: nothing moves",
-                &|_| false,
-                false,
-                Err(vec![silent("0-8191", 0), silent("8192-16383", 1)]),
-            ),
-            (
-                "one answers (it is paused first), the other is silent: still refused",
-                &only_node1,
-                false,
-                Err(vec![silent("0-8191", 0)]),
-            ),
-            (
-                "confirmed down: every shard to its most advanced replica, failed or not",
-                &|_| false,
-                true,
-                Ok(both.clone()),
-            ),
-            (
-                "every old primary answers: no confirmation needed",
-                &|_| true,
-                false,
-                Ok(both),
-            ),
+        #[rustfmt::skip]
+        let cases: Vec<(&str, [bool; 2], bool, Planned)> = vec![
+            ("no old primary answers, none confirmed down: nothing moves",
+             [false, false], false, Err(vec![silent("0-8191", 0), silent("8192-16383", 1)])),
+            ("one answers (it is paused first), the other is silent: still refused",
+             [false, true], false, Err(vec![silent("0-8191", 0)])),
+            ("confirmed down: every shard to its most advanced replica, failed or not",
+             [false, false], true, Ok(both.clone())),
+            ("every old primary answers, one marked failed: no confirmation needed",
+             [true, true], false, Ok(both)),
         ];
-        for (case, answers, confirmed, expected) in cases {
+        for (case, answered, confirmed, expected) in cases {
             assert_eq!(
-                plan_failover(&topology, &shards, to, answers, confirmed),
+                plan_failover(&topology, &shards(answered), to, confirmed),
                 expected,
                 "{case}"
             );
         }
         // A shard without a replica in the surviving region cannot move, confirmed or not.
-        let stranded = vec![shard(vec![failed_primary(0), replica(1, 100)], 0..=16383)];
+        let stranded = vec![shard(vec![primary(0, false), replica(1, 100)], 0..=16383)];
         assert_eq!(
-            plan_failover(&topology, &stranded, to, |_| false, true),
+            plan_failover(&topology, &stranded, to, true),
             Err(vec![MoveRefusal::NoReplicaIn {
                 slots: "0-16383".into(),
                 region: "us-east-2".into()
             }])
         );
+    }
+
+    #[test]
+    fn the_cluster_may_promote_only_the_nodes_beside_their_shards_primary() {
+        // Nodes 0, 1 in us-east-1, 2, 3 in us-east-2 (the lab's topology).
+        let topology = lab();
+        let with = |n, role, automatic| ShardNode {
+            automatic_failover: automatic,
+            ..node(&topology, n, role, 100)
+        };
+        let guard = |n: usize, allowed| FailoverGuard {
+            node: topology.nodes[n].endpoint.clone(),
+            automatic_failover: allowed,
+        };
+        let silent = ShardNode {
+            answered: false,
+            ..with(3, ShardRole::Replica, Some(true))
+        };
+        let shards = vec![shard(
+            vec![
+                with(0, ShardRole::Primary, None),
+                with(1, ShardRole::Replica, Some(true)),
+                with(2, ShardRole::Replica, Some(false)),
+                silent,
+            ],
+            0..=16383,
+        )];
+        let to_2 = ShardMove {
+            slots: "0-16383".into(),
+            from: topology.nodes[0].endpoint.clone(),
+            to: topology.nodes[2].endpoint.clone(),
+            to_id: "id2".into(),
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<ShardMove>, Vec<FailoverGuard>)> = vec![
+            ("in place: only the primary's unread setting is set; a node that did not answer is left alone",
+             vec![], vec![guard(0, true)]),
+            ("moved to us-east-2: every node changes sides",
+             vec![to_2], vec![guard(0, false), guard(1, false), guard(2, true)]),
+        ];
+        for (case, moved, expected) in cases {
+            assert_eq!(
+                failover_guards(&topology, &shards, &moved),
+                expected,
+                "{case}"
+            );
+        }
     }
 
     #[test]

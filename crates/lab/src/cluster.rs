@@ -16,6 +16,9 @@ pub struct ClusterNode {
     pub addr: SocketAddr,
     child: Child,
     dir: PathBuf,
+    /// Whether the cluster may promote it by itself (`cluster-replica-no-failover`), as its
+    /// deployment configures it: only beside the primaries.
+    automatic_failover: bool,
 }
 
 impl Drop for ClusterNode {
@@ -40,12 +43,12 @@ impl ClusterNode {
     /// lost region.
     pub async fn restart(&mut self) -> Result<(), ClusterError> {
         self.kill();
-        self.child = spawn(self.addr, &self.dir)?;
+        self.child = spawn(self.addr, &self.dir, self.automatic_failover)?;
         wait_listening(self.addr).await
     }
 }
 
-fn spawn(addr: SocketAddr, dir: &Path) -> Result<Child, ClusterError> {
+fn spawn(addr: SocketAddr, dir: &Path, automatic_failover: bool) -> Result<Child, ClusterError> {
     // Absolute: valkey-server enters `--dir` before it opens `--logfile`.
     let dir = std::path::absolute(dir).map_err(ClusterError::Start)?;
     Command::new("valkey-server")
@@ -63,6 +66,10 @@ fn spawn(addr: SocketAddr, dir: &Path) -> Result<Child, ClusterError> {
         // A full sync starts at once rather than after Valkey's 5 s wait for more replicas: the
         // cluster forms, and a node back from a lost region rejoins, that much sooner.
         .args(["--repl-diskless-sync-delay", "0"])
+        .args([
+            "--cluster-replica-no-failover",
+            if automatic_failover { "no" } else { "yes" },
+        ])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(&dir)
@@ -123,23 +130,27 @@ pub async fn form(
 }
 
 /// Starts one node per address (its files under `dir`), gives the first `primaries` a share of
-/// the slots each, and makes node `i` beyond them a replica of primary `i % primaries`. Returns
-/// once every node sees every shard whole and every replica online.
+/// the slots each, and makes node `i` beyond them a replica of primary `i % primaries`. Nodes
+/// from `2 * primaries` on stand in the other region ([`write_config`]): the cluster may not
+/// promote them by itself (`cluster-replica-no-failover yes`). Returns once every node sees
+/// every shard whole and every replica online.
 pub async fn start(
     dir: &Path,
     addrs: &[SocketAddr],
     primaries: usize,
 ) -> Result<Vec<ClusterNode>, ClusterError> {
     let mut nodes = Vec::new();
-    for addr in addrs {
+    for (i, addr) in addrs.iter().enumerate() {
         let node_dir = dir.join(format!("cluster-{}-{}", addr.ip(), addr.port()));
         let _ = std::fs::remove_dir_all(&node_dir);
         std::fs::create_dir_all(&node_dir).map_err(ClusterError::Start)?;
-        let child = spawn(*addr, &node_dir)?;
+        let automatic_failover = i < 2 * primaries;
+        let child = spawn(*addr, &node_dir, automatic_failover)?;
         nodes.push(ClusterNode {
             addr: *addr,
             child,
             dir: node_dir,
+            automatic_failover,
         });
     }
     for node in &nodes {

@@ -25,7 +25,7 @@ pub struct NodesError {
 /// The shards in a `CLUSTER NODES` reply: one per primary, with the replicas that name it, in
 /// the reply's order. A replica whose primary the reply does not list forms a shard without a
 /// primary; a primary that lost its slots (taken over while it was away) a shard without slots.
-/// Offsets are 0 here ([`ValkeyEngine::cluster_shards`] reads them from the nodes).
+/// Offsets are 0 and no node answered yet here ([`ValkeyEngine::cluster_shards`] asks them).
 pub fn parse_nodes(reply: &str) -> Result<Vec<Shard>, NodesError> {
     struct Line {
         node: ShardNode,
@@ -79,6 +79,8 @@ pub fn parse_nodes(reply: &str) -> Result<Vec<Shard>, NodesError> {
                 } else {
                     NodeHealth::Online
                 },
+                answered: false,
+                automatic_failover: None,
             },
             primary_id: (role == ShardRole::Replica && fields[3] != "-")
                 .then(|| fields[3].to_string()),
@@ -175,6 +177,50 @@ impl ValkeyEngine {
         })
     }
 
+    /// Whether the cluster may promote `node` by itself when its primary fails: not when it
+    /// runs with `cluster-replica-no-failover yes`.
+    pub async fn cluster_automatic_failover(&self, node: &Endpoint) -> Result<bool, EngineError> {
+        let reply: Vec<String> = self
+            .run(
+                node,
+                "CONFIG GET cluster-replica-no-failover",
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("cluster-replica-no-failover"),
+            )
+            .await?;
+        match reply.get(1).map(String::as_str) {
+            Some("no") => Ok(true),
+            Some("yes") => Ok(false),
+            _ => Err(error(
+                node,
+                "CONFIG GET cluster-replica-no-failover",
+                FailureKind::Unusable,
+                format!("unexpected reply {reply:?}"),
+            )),
+        }
+    }
+
+    /// Lets the cluster promote `node` by itself when its primary fails, or not
+    /// (`CONFIG SET cluster-replica-no-failover`).
+    pub async fn set_cluster_automatic_failover(
+        &self,
+        node: &Endpoint,
+        allowed: bool,
+    ) -> Result<(), EngineError> {
+        let _: () = self
+            .run(
+                node,
+                "CONFIG SET cluster-replica-no-failover",
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("cluster-replica-no-failover")
+                    .arg(if allowed { "no" } else { "yes" }),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The cluster's current epoch as `node` knows it (`CLUSTER INFO`): a node that takes a
     /// shard over without a vote claims the next one, so it must know the highest first.
     pub async fn cluster_epoch(&self, node: &Endpoint) -> Result<u64, EngineError> {
@@ -205,10 +251,18 @@ impl ValkeyEngine {
         let mut shards = parse_nodes(&reply)
             .map_err(|e| error(node, "CLUSTER NODES", FailureKind::Unusable, e))?;
         let nodes: Vec<&mut ShardNode> = shards.iter_mut().flat_map(|s| &mut s.nodes).collect();
-        let read = join_all(nodes.iter().map(|n| self.replication(&n.endpoint))).await;
-        for (node, info) in nodes.into_iter().zip(read) {
+        let read = join_all(nodes.iter().map(|n| async {
+            futures::join!(
+                self.replication(&n.endpoint),
+                self.cluster_automatic_failover(&n.endpoint)
+            )
+        }))
+        .await;
+        for (node, (info, automatic)) in nodes.into_iter().zip(read) {
+            node.automatic_failover = automatic.ok();
             match info {
                 Ok(info) => {
+                    node.answered = true;
                     node.replication_offset = info.offset;
                     // A full sync running, or none done yet (a new replica starts at offset 1).
                     let loading = matches!(

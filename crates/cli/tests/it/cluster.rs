@@ -135,6 +135,37 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
     }
     assert_eq!(healthy["uncovered_slots"], serde_json::json!([]));
 
+    // A replica in us-east-2 the cluster may promote by itself is shown, and `cluster
+    // switchover` to where the primaries are sets it back.
+    valkey_dr_lab::cluster::command(
+        addrs[7],
+        &["CONFIG", "SET", "cluster-replica-no-failover", "no"],
+    )
+    .await
+    .unwrap();
+    let unguarded = status(&path)["shards"][1]["findings"].to_string();
+    assert!(
+        unguarded.contains("may_fail_over_across_regions")
+            && unguarded.contains(&addrs[7].to_string()),
+        "{unguarded}"
+    );
+    let out = succeed(
+        Command::new(BIN)
+            .args(["cluster", "switchover", "us-east-1", "--config"])
+            .arg(&path),
+    );
+    let said = String::from_utf8_lossy(&out);
+    assert!(
+        said.contains("already in us-east-1")
+            && said.contains(&format!("automatic failover refused on {}", addrs[7])),
+        "{said}"
+    );
+    assert!(!automatic_failover(addrs[7]).await);
+    assert_eq!(
+        status(&path)["shards"][1]["findings"],
+        serde_json::json!([])
+    );
+
     // A replica outside the writer region dies: status says at once that it does not answer,
     // and that it failed once the cluster marks it so.
     let gone = addrs[6].to_string();
@@ -193,12 +224,14 @@ async fn formed(dir: &std::path::Path) -> (Vec<SocketAddr>, Vec<ClusterNode>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknowledged_write() {
-    let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-switch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     // Nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8 in us-east-2.
-    let (addrs, nodes) = formed(&dir).await;
-    let path = config(&dir, &addrs);
-    let writers = Writers::start(&addrs).await;
+    let Written {
+        dir,
+        addrs,
+        nodes,
+        path,
+        writers,
+    } = Written::start("switch").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // One target refuses to take over (an ACL denies it CLUSTER FAILOVER): the two shards that
@@ -246,6 +279,10 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
     // Every shard's primary now stands in us-east-2, and every acknowledged write — through
     // the rollback and the switchover — is on the new primary.
     primaries_in(&path, "us-east-2").await;
+    // The cluster may now promote by itself the nodes in us-east-2 only.
+    for (i, addr) in addrs.iter().enumerate() {
+        assert_eq!(automatic_failover(*addr).await, i >= 6, "node {i}");
+    }
     let gaps = writers.stop_and_check(addrs[6]).await;
     eprintln!(
         "longest gap between acknowledged writes per shard (ms): {gaps:?}; switchover: {done}"
@@ -321,11 +358,13 @@ async fn primaries_among(addrs: &[SocketAddr]) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_completes_it() {
-    let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-crash-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (addrs, nodes) = formed(&dir).await;
-    let path = config(&dir, &addrs);
-    let writers = Writers::start(&addrs).await;
+    let Written {
+        dir,
+        addrs,
+        nodes,
+        path,
+        writers,
+    } = Written::start("crash").await;
     let regions = ["us-east-2", "us-east-1"];
     for (i, step) in ["paused", "caught-up", "handed-over-1", "handed-over-2"]
         .into_iter()
@@ -368,6 +407,33 @@ async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_co
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A cluster ([`formed`]) with a writer per shard, and its config, in a directory of its own.
+struct Written {
+    dir: std::path::PathBuf,
+    addrs: Vec<SocketAddr>,
+    nodes: Vec<ClusterNode>,
+    path: std::path::PathBuf,
+    writers: Writers,
+}
+
+impl Written {
+    async fn start(name: &str) -> Written {
+        let dir =
+            std::env::temp_dir().join(format!("valkey-dr-cluster-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (addrs, nodes) = formed(&dir).await;
+        let path = config(&dir, &addrs);
+        let writers = Writers::start(&addrs).await;
+        Written {
+            dir,
+            addrs,
+            nodes,
+            path,
+            writers,
+        }
+    }
+}
+
 /// A cluster with a writer per shard whose us-east-1 is lost (SIGKILLed), but for one primary
 /// (node 1) that still answers.
 struct LostRegion {
@@ -382,12 +448,13 @@ struct LostRegion {
 
 impl LostRegion {
     async fn new(name: &str) -> LostRegion {
-        let dir =
-            std::env::temp_dir().join(format!("valkey-dr-cluster-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (addrs, mut nodes) = formed(&dir).await;
-        let path = config(&dir, &addrs);
-        let writers = Writers::start(&addrs).await;
+        let Written {
+            dir,
+            addrs,
+            mut nodes,
+            path,
+            writers,
+        } = Written::start(name).await;
         for i in [0, 2, 3, 4, 5] {
             nodes[i].kill();
         }
@@ -620,6 +687,60 @@ async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_re
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Whether the cluster may promote the node at `addr` by itself (`cluster-replica-no-failover`).
+async fn automatic_failover(addr: SocketAddr) -> bool {
+    let reply =
+        valkey_dr_lab::cluster::command(addr, &["CONFIG", "GET", "cluster-replica-no-failover"])
+            .await;
+    match reply {
+        Ok(redis::Value::Array(pair)) => {
+            matches!(pair.get(1), Some(redis::Value::BulkString(v)) if v.as_slice() == b"no")
+        }
+        other => panic!("CONFIG GET on {addr}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_replaces_a_lost_primary_beside_it_never_across_regions() {
+    let Written {
+        dir,
+        addrs,
+        mut nodes,
+        path,
+        writers,
+    } = Written::start("beside").await;
+    // Each shard's primary lost in turn: its replica in us-east-1 (node 3–5) and the one in
+    // us-east-2 (6–8) are as far along, and only the first may be promoted by the cluster.
+    let mut lossy = vec![-1; 3];
+    for shard in 0..3 {
+        lossy[shard] = writers.last_acked()[shard];
+        let killed = Instant::now();
+        nodes[shard].kill();
+        let beside = [addrs[3 + shard], addrs[6 + shard]];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while primaries_among(&beside).await == 0 {
+            assert!(Instant::now() < deadline, "shard {shard}: no new primary");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "shard {shard}: the cluster promoted a replica {} ms after its primary's SIGKILL",
+            killed.elapsed().as_millis()
+        );
+        assert_eq!(primaries_among(&beside[..1]).await, 1, "shard {shard}");
+        assert_eq!(primaries_among(&beside[1..]).await, 0, "shard {shard}");
+    }
+    primaries_in(&path, "us-east-1").await;
+    let marks = writers.last_acked();
+    writers
+        .each_writes_past(&marks, Duration::from_secs(10))
+        .await;
+    // Only what a lost primary had not sent yet may be lost (the cluster's failover does not
+    // wait for its replicas).
+    writers.stop_and_check_after(addrs[3], &lossy).await;
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Gives `a` and `b` the same config epoch, the cluster's highest: both raise it at once
 /// (`CLUSTER BUMPEPOCH`), neither hearing of the other's first, after `third` raised it above
 /// theirs. With `a` a primary and `b` its replica, the tie stays (the cluster checks for it
@@ -658,11 +779,13 @@ async fn owner_seen_by(asked: SocketAddr, slot: u16) -> Option<Endpoint> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_takeover_whose_replica_shares_its_primarys_epoch_still_moves_the_slots() {
-    let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-tie-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (addrs, mut nodes) = formed(&dir).await;
-    let path = config(&dir, &addrs);
-    let writers = Writers::start(&addrs).await;
+    let Written {
+        dir,
+        addrs,
+        mut nodes,
+        path,
+        writers,
+    } = Written::start("tie").await;
     // Shard 0's primary and its replica in us-east-2 — the first to take over — hold the
     // cluster's highest epoch both; then us-east-1 is lost, whole.
     let tied = tie_epochs(addrs[0], addrs[6], addrs[1]).await;
@@ -768,7 +891,8 @@ impl Writers {
             let key = &written.key;
             gaps.push(written.longest.as_millis());
             assert!(written.acked.len() > 10, "{key}: the writer wrote");
-            let kept = list_at(asked, key).await.unwrap();
+            let kept: std::collections::HashSet<u64> =
+                list_at(asked, key).await.unwrap().into_iter().collect();
             let lost: Vec<&u64> = written.acked.iter().filter(|n| !kept.contains(n)).collect();
             let unexpected: Vec<&&u64> = lost.iter().filter(|n| ***n as i64 > *lossy).collect();
             assert!(
