@@ -481,15 +481,26 @@ async fn events(path: &Path, follow: bool) -> Result<()> {
     }
 }
 
-/// The crash tests stop a cluster move at a step (`VALKEY_DR_FAULT=crash-after:<step>`), as they
-/// stop the controller.
+/// The fault tests stop a cluster move at a step (`VALKEY_DR_FAULT=crash-after:<step>`), as they
+/// stop the controller, or stall it there (`stall-after:<step>:<ms>`: the whole process stands
+/// still, as in a long pause of its host).
 fn crash_at() -> impl Fn(valkey_dr_controller::cluster::CutStep) {
-    let crash_after = std::env::var("VALKEY_DR_FAULT")
-        .ok()
-        .and_then(|f| f.strip_prefix("crash-after:").map(str::to_string));
+    let fault = std::env::var("VALKEY_DR_FAULT").unwrap_or_default();
+    let crash_after = fault.strip_prefix("crash-after:").map(str::to_string);
+    let stall_after = fault.strip_prefix("stall-after:").and_then(|rest| {
+        let (step, ms) = rest.rsplit_once(':')?;
+        Some((
+            step.to_string(),
+            std::time::Duration::from_millis(ms.parse().ok()?),
+        ))
+    });
     move |step| {
-        if crash_after.as_deref() == Some(step.to_string().as_str()) {
+        let step = step.to_string();
+        if crash_after.as_deref() == Some(step.as_str()) {
             std::process::abort();
+        }
+        if let Some((_, stall)) = stall_after.as_ref().filter(|(at, _)| *at == step) {
+            std::thread::sleep(*stall);
         }
     }
 }

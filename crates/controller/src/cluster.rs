@@ -229,8 +229,8 @@ pub async fn cluster_switchover(
         });
     };
     // Hand back what moved, by the same cut the other way: the new primaries paused, the old
-    // ones caught up with them (they may have taken writes), then taken back. Every old primary
-    // stays paused meanwhile.
+    // ones caught up with them (they may have taken writes), then taken back. The old primaries
+    // of the shards that did not move stay paused meanwhile.
     let moved: Vec<&ShardMove> = moves
         .iter()
         .zip(&handed)
@@ -247,6 +247,10 @@ pub async fn cluster_switchover(
             .map(|m| linked(&engine, &m.from, HANDOVER_WITHIN)),
     )
     .await;
+    // And a paused replica applies nothing its primary sends until its pause ends (Valkey 8.0.1:
+    // `CLIENT PAUSE WRITE` holds the replication stream back too; seen: a hand-back after 14 s of
+    // writes never caught up). Replicas now, the old primaries take no write: released.
+    join_all(moved.iter().map(|m| engine.unpause(&m.from))).await;
     let returned = match cut_over(
         &engine,
         &back,
@@ -397,6 +401,7 @@ pub async fn cluster_failover(
     // Fence what answers: paused until it follows its new primary.
     let catchup = Duration::from_millis(config.controller.catchup_timeout_ms);
     let pause = catchup + HANDOVER_WITHIN * moves.len() as u32 + PAUSE_MARGIN;
+    let fenced_until = Instant::now() + pause - PAUSE_MARGIN;
     let fenced: Vec<&Endpoint> = moving
         .iter()
         .filter(|m| m.old_answered)
@@ -429,8 +434,14 @@ pub async fn cluster_failover(
     let behind = catch_up(&engine, &targets, catchup).await;
     reached(CutStep::CaughtUp);
 
-    let handovers: Vec<(&Endpoint, Option<&Endpoint>)> =
-        moves.iter().map(|m| (&m.to, None)).collect();
+    let handovers: Vec<Handover> = moving
+        .iter()
+        .map(|m| Handover {
+            replica: &m.r#move.to,
+            old: None,
+            fenced_until: m.frozen_at.map(|_| fenced_until),
+        })
+        .collect();
     let results =
         take_over_in_turn(&engine, &handovers, &answering_nodes(&discovered), &reached).await;
     // An old primary that answered follows by gossip: released once it does, else kept paused.
@@ -553,9 +564,13 @@ async fn cut_over(
             left.as_millis()
         ));
     }
-    let handovers: Vec<(&Endpoint, Option<&Endpoint>)> = pairs
+    let handovers: Vec<Handover> = pairs
         .iter()
-        .map(|(primary, replica)| (*replica, Some(*primary)))
+        .map(|(primary, replica)| Handover {
+            replica,
+            old: Some(primary),
+            fenced_until: Some(started + pause - PAUSE_MARGIN),
+        })
         .collect();
     Ok(take_over_in_turn(engine, &handovers, bystanders, reached).await)
 }
@@ -587,8 +602,19 @@ async fn catch_up(
     behind
 }
 
-/// Each `(replica, old primary)` takes its shard over (TAKEOVER), one after another, and is
-/// waited for ([`hand_over`]). One result per pair, in order. `bystanders` are other nodes that
+/// One shard changing hands: `replica` takes it over; `old`, when given, must follow it.
+#[derive(Clone, Copy)]
+struct Handover<'a> {
+    replica: &'a Endpoint,
+    old: Option<&'a Endpoint>,
+    /// Until when the old primary's write pause holds, less [`PAUSE_MARGIN`]: a takeover later
+    /// than that would race the writes it takes again once the pause runs out (this process
+    /// stalled, or a shard before took long), which its replica never received.
+    fenced_until: Option<Instant>,
+}
+
+/// Each replica takes its shard over (TAKEOVER), one after another, and is waited for
+/// ([`hand_over`]). One result per handover, in order. `bystanders` are other nodes that
 /// answer, asked to raise the cluster's epoch when a replica cannot ([`claim_next_epoch`]).
 ///
 /// One after another: each takeover claims the cluster's next epoch as its replica knows it, so
@@ -597,17 +623,18 @@ async fn catch_up(
 /// after concurrent takeovers).
 async fn take_over_in_turn(
     engine: &ValkeyEngine,
-    handovers: &[(&Endpoint, Option<&Endpoint>)],
+    handovers: &[Handover<'_>],
     bystanders: &[&Endpoint],
     reached: &impl Fn(CutStep),
 ) -> Vec<Result<(), String>> {
     let mut results = Vec::new();
     let mut highest = 0;
-    for (replica, old) in handovers {
+    for handover in handovers {
+        let replica = handover.replica;
         let handed = async {
             knows_epoch(engine, replica, highest, HANDOVER_WITHIN).await?;
             claim_next_epoch(engine, replica, bystanders).await?;
-            hand_over(engine, replica, *old).await?;
+            hand_over(engine, handover).await?;
             engine
                 .cluster_epoch(replica)
                 .await
@@ -729,13 +756,22 @@ async fn follows(engine: &ValkeyEngine, node: &Endpoint, within: Duration) -> bo
     .is_some()
 }
 
-/// Asks `replica` to take its shard over (TAKEOVER), and waits until it is the primary — and
-/// `old`, when given, follows it — or [`HANDOVER_WITHIN`] passed.
-async fn hand_over(
-    engine: &ValkeyEngine,
-    replica: &Endpoint,
-    old: Option<&Endpoint>,
-) -> Result<(), String> {
+/// Asks the replica to take its shard over (TAKEOVER) — unless the old primary's pause is about
+/// to run out — and waits until it is the primary, and the old one, when given, follows it, or
+/// [`HANDOVER_WITHIN`] passed.
+async fn hand_over(engine: &ValkeyEngine, handover: &Handover<'_>) -> Result<(), String> {
+    let Handover {
+        replica,
+        old,
+        fenced_until,
+    } = *handover;
+    if fenced_until.is_some_and(|until| Instant::now() >= until) {
+        return Err(format!(
+            "the write pause on its primary ends in under {} s: not taken over (a rerun pauses it \
+             again)",
+            PAUSE_MARGIN.as_secs()
+        ));
+    }
     engine
         .cluster_takeover(replica)
         .await

@@ -434,6 +434,42 @@ impl Written {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switchover_stalled_past_its_write_pause_hands_no_more_over_and_rolls_back() {
+    let Written {
+        dir,
+        addrs,
+        nodes,
+        path,
+        writers,
+    } = Written::start("stall").await;
+    // A catch-up bound of 500 ms: every primary's writes are paused for 2 × (0.5 + 6) + 2 = 15 s.
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    config.push_str("[controller]\ncatchup_timeout_ms = 500\n");
+    std::fs::write(&path, config).unwrap();
+    // The command stands still for 14 s after the first shard's handover: the other primaries'
+    // pauses end a second later, and they take writes their targets may not hold yet.
+    let out = Command::new(BIN)
+        .args(["cluster", "switchover", "us-east-2", "--config"])
+        .arg(&path)
+        .env("VALKEY_DR_FAULT", "stall-after:handed-over-1:14000")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("rolled back") && said.contains("write pause on its primary ends"),
+        "{said}"
+    );
+    eprintln!("{said}");
+    // Only the first shard had moved, and it handed back: every primary is where it was, and
+    // every acknowledged write is there.
+    primaries_in(&path, "us-east-1").await;
+    writers.stop_and_check(addrs[0]).await;
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A cluster with a writer per shard whose us-east-1 is lost (SIGKILLed), but for one primary
 /// (node 1) that still answers.
 struct LostRegion {
