@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use valkey_dr_controller::poll;
 use valkey_dr_core::cluster::SLOTS;
 
 /// One cluster node; killed when dropped.
@@ -298,31 +299,41 @@ async fn until(
     node: SocketAddr,
     mut check: impl AsyncFnMut() -> Result<Option<String>, ClusterError>,
 ) -> Result<(), ClusterError> {
-    while let Some(missing) = check().await? {
-        if Instant::now() > deadline {
-            return Err(ClusterError::NotFormed(
-                limit,
-                format!("{node} not ready: {missing}"),
-            ));
+    let mut missing = String::new();
+    let within = deadline.saturating_duration_since(Instant::now());
+    let checked = poll::until(within, Duration::from_millis(50), async || {
+        match check().await {
+            Ok(Some(what)) => {
+                missing = what;
+                None
+            }
+            Ok(None) => Some(Ok(())),
+            Err(e) => Some(Err(e)),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
+    })
+    .await;
+    checked.unwrap_or_else(|| {
+        Err(ClusterError::NotFormed(
+            limit,
+            format!("{node} not ready: {missing}"),
+        ))
+    })
 }
 
 /// Waits up to 5 s for `addr` to take connections; an error when it never does (the node did
 /// not start: its log says why).
 async fn wait_listening(addr: SocketAddr) -> Result<(), ClusterError> {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Err(ClusterError::NotFormed(
-        Duration::from_secs(5),
-        format!("{addr} never took a connection (see its valkey.log)"),
-    ))
+    let within = Duration::from_secs(5);
+    poll::until(within, Duration::from_millis(25), async || {
+        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+    })
+    .await
+    .ok_or_else(|| {
+        ClusterError::NotFormed(
+            within,
+            format!("{addr} never took a connection (see its valkey.log)"),
+        )
+    })
 }
 
 /// One command on its own short-lived connection.
