@@ -78,6 +78,11 @@ pub enum LabCommand {
         /// below 64; the DNS server then listens on <place 0>.53 at the --dns port).
         #[arg(long)]
         netns: bool,
+        /// A Valkey cluster of this many shards instead (cluster mode): every shard's primary
+        /// and a replica in the first region, a replica in every other; no controller, no DNS —
+        /// run `valkey-dr cluster` against the config it writes.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=16))]
+        shards: Option<u8>,
     },
     /// Stop every lab process.
     Down {
@@ -131,6 +136,40 @@ pub enum LabCommand {
     },
 }
 
+/// `lab up --shards`: a cluster lab of its own (its nodes stopped by `lab down` as any lab's).
+async fn cluster_up(
+    dir: &std::path::Path,
+    block: u8,
+    port: u16,
+    regions: u8,
+    shards: u8,
+) -> Result<()> {
+    if process::any_running(dir) {
+        outln!("a lab is already running in {}", dir.display());
+        return Ok(());
+    }
+    let mut names = LabSpec::reference(dir.to_path_buf()).regions;
+    if regions == 3 {
+        names.push("us-west-2".into());
+    }
+    let started = std::time::Instant::now();
+    let config = valkey_dr_lab::cluster::up(dir, block, port, &names, shards)
+        .await
+        .with_context(|| format!("starting a cluster lab in {}", dir.display()))?;
+    outln!(
+        "cluster lab up in {:.1} s: {shards} shard(s) over {} ({} nodes, the primaries in {})\n  valkey-dr cluster status --config {}\n  valkey-dr lab down --dir {}",
+        started.elapsed().as_secs_f64(),
+        names.join(", "),
+        valkey_dr_lab::cluster::lab_layout(block, port, &names, shards)
+            .0
+            .len(),
+        names[0],
+        config.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
 pub async fn dispatch(command: LabCommand) -> Result<()> {
     match command {
         LabCommand::Up {
@@ -144,7 +183,11 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             regions,
             single_controller,
             netns,
+            shards,
         } => {
+            if let Some(shards) = shards {
+                return cluster_up(&dir.path(), block.unwrap_or(0), port, regions, shards).await;
+            }
             let mut spec = LabSpec::reference(absolute(dir.path())?);
             if regions == 3 {
                 spec.regions.push("us-west-2".into());

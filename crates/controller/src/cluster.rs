@@ -633,7 +633,10 @@ async fn take_over_in_turn(
         let replica = handover.replica;
         let handed = async {
             knows_epoch(engine, replica, highest, HANDOVER_WITHIN).await?;
-            claim_next_epoch(engine, replica, bystanders).await?;
+            // The next replica must hear of this claim even if this takeover then fails: the
+            // two would share the epoch.
+            let claimed = claim_next_epoch(engine, replica, bystanders).await?;
+            highest = highest.max(claimed);
             hand_over(engine, handover).await?;
             engine
                 .cluster_epoch(replica)
@@ -661,7 +664,7 @@ async fn claim_next_epoch(
     engine: &ValkeyEngine,
     replica: &Endpoint,
     bystanders: &[&Endpoint],
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let bump = |node: &Endpoint| {
         let node = node.clone();
         async move {
@@ -672,31 +675,37 @@ async fn claim_next_epoch(
         }
     };
     let own = match bump(replica).await? {
-        EpochBump::Bumped(_) => return Ok(()),
+        EpochBump::Bumped(claimed) => return Ok(claimed),
         EpochBump::Still(own) => own,
     };
+    let mut passed_over = Vec::new();
     for bystander in bystanders.iter().filter(|b| **b != replica) {
         // Raised from below the replica's, it would be one more node on the same epoch. Gossip
         // carries the epoch within a second; a bystander that has not heard is passed over.
-        if knows_epoch(engine, bystander, own, BYSTANDER_HEARS_WITHIN)
-            .await
-            .is_err()
-        {
+        if let Err(e) = knows_epoch(engine, bystander, own, BYSTANDER_HEARS_WITHIN).await {
+            passed_over.push(e);
             continue;
         }
-        if let Ok(EpochBump::Bumped(next)) = bump(bystander).await {
-            knows_epoch(engine, replica, next, HANDOVER_WITHIN).await?;
-            return match bump(replica).await? {
-                EpochBump::Bumped(_) => Ok(()),
-                EpochBump::Still(own) => Err(format!(
-                    "{replica} kept config epoch {own} after hearing of {next}"
-                )),
-            };
+        match bump(bystander).await {
+            Ok(EpochBump::Bumped(next)) => {
+                knows_epoch(engine, replica, next, HANDOVER_WITHIN).await?;
+                return match bump(replica).await? {
+                    EpochBump::Bumped(claimed) => Ok(claimed),
+                    EpochBump::Still(own) => Err(format!(
+                        "{replica} kept config epoch {own} after hearing of {next}"
+                    )),
+                };
+            }
+            Ok(EpochBump::Still(theirs)) => {
+                passed_over.push(format!("{bystander} holds epoch {theirs} too"))
+            }
+            Err(e) => passed_over.push(e),
         }
     }
     Err(format!(
         "{replica}'s config epoch {own} may be another node's too, and no other node raised the \
-         cluster's"
+         cluster's ({})",
+        passed_over.join("; ")
     ))
 }
 

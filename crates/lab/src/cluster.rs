@@ -50,9 +50,18 @@ impl ClusterNode {
 }
 
 fn spawn(addr: SocketAddr, dir: &Path, automatic_failover: bool) -> Result<Child, ClusterError> {
+    server(addr, dir, automatic_failover)?
+        .spawn()
+        .map_err(ClusterError::Start)
+}
+
+/// The command that starts the cluster node at `addr`, its files in `dir`; the cluster may
+/// promote it by itself when `automatic_failover`.
+fn server(addr: SocketAddr, dir: &Path, automatic_failover: bool) -> Result<Command, ClusterError> {
     // Absolute: valkey-server enters `--dir` before it opens `--logfile`.
     let dir = std::path::absolute(dir).map_err(ClusterError::Start)?;
-    Command::new("valkey-server")
+    let mut command = Command::new("valkey-server");
+    command
         .args([
             "--port",
             &addr.port().to_string(),
@@ -67,6 +76,10 @@ fn spawn(addr: SocketAddr, dir: &Path, automatic_failover: bool) -> Result<Child
         // A full sync starts at once rather than after Valkey's 5 s wait for more replicas: the
         // cluster forms, and a node back from a lost region rejoins, that much sooner.
         .args(["--repl-diskless-sync-delay", "0"])
+        // A replica never moves to another shard by itself (Valkey's replica migration, on by
+        // default, gave a shard whose replica was resyncing another shard's only replica in
+        // us-east-2): where replicas stand is part of the regions' layout.
+        .args(["--cluster-allow-replica-migration", "no"])
         .args([
             "--cluster-replica-no-failover",
             if automatic_failover { "no" } else { "yes" },
@@ -76,10 +89,73 @@ fn spawn(addr: SocketAddr, dir: &Path, automatic_failover: bool) -> Result<Child
         .arg(&dir)
         .arg("--logfile")
         .arg(dir.join("valkey.log"))
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(ClusterError::Start)
+        .stderr(Stdio::null());
+    Ok(command)
+}
+
+/// The addresses of a cluster lab's nodes (`lab up --shards`), on 127.<block>.<region>.<n> at
+/// `port`, in the order [`form_nodes`] takes them: every shard's primary in the first region
+/// (nodes 1…shards), a replica of each beside it (shards+1…2·shards), then a replica of each
+/// in every other region (1…shards). Returns them with each region's share.
+pub fn lab_layout(
+    block: u8,
+    port: u16,
+    regions: &[String],
+    shards: u8,
+) -> (Vec<SocketAddr>, Vec<(String, std::ops::Range<usize>)>) {
+    let at = |region: u8, n: u8| SocketAddr::new(Ipv4Addr::new(127, block, region, n).into(), port);
+    let mut addrs: Vec<SocketAddr> = (1..=2 * shards).map(|n| at(1, n)).collect();
+    let mut shares = vec![(regions[0].clone(), 0..addrs.len())];
+    for (r, name) in regions.iter().enumerate().skip(1) {
+        let first = addrs.len();
+        addrs.extend((1..=shards).map(|n| at(r as u8 + 1, n)));
+        shares.push((name.clone(), first..addrs.len()));
+    }
+    (addrs, shares)
+}
+
+/// Starts a cluster lab that outlives this process (`lab up --shards`): one daemonized node
+/// per address of [`lab_layout`], its pid file in `dir` (`lab down` stops it, as every lab
+/// process) and its files in `dir/node-<ip>`, formed into `shards` shards, and
+/// `dir/valkey-dr.toml` naming every node in its region. The cluster may promote by itself only
+/// the first region's nodes. Returns the config's path.
+pub async fn up(
+    dir: &Path,
+    block: u8,
+    port: u16,
+    regions: &[String],
+    shards: u8,
+) -> Result<PathBuf, ClusterError> {
+    let (addrs, shares) = lab_layout(block, port, regions, shards);
+    std::fs::create_dir_all(dir).map_err(ClusterError::Start)?;
+    let dir = std::path::absolute(dir).map_err(ClusterError::Start)?;
+    for (i, addr) in addrs.iter().enumerate() {
+        let node_dir = dir.join(format!("node-{}", addr.ip()));
+        let _ = std::fs::remove_dir_all(&node_dir);
+        std::fs::create_dir_all(&node_dir).map_err(ClusterError::Start)?;
+        let started = server(*addr, &node_dir, i < 2 * usize::from(shards))?
+            .args(["--daemonize", "yes", "--pidfile"])
+            .arg(dir.join(format!("valkey-{}.pid", addr.ip())))
+            .status()
+            .map_err(ClusterError::Start)?;
+        if !started.success() {
+            return Err(ClusterError::NotFormed(
+                Duration::ZERO,
+                format!("valkey-server for {addr} exited with {started}"),
+            ));
+        }
+    }
+    for addr in &addrs {
+        wait_listening(*addr).await?;
+    }
+    form_nodes(&addrs, usize::from(shards)).await?;
+    let regions: Vec<(&str, &[SocketAddr])> = shares
+        .iter()
+        .map(|(name, range)| (name.as_str(), &addrs[range.clone()]))
+        .collect();
+    write_regions_config(&dir, &regions).map_err(ClusterError::Start)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,8 +233,16 @@ pub async fn start(
     for node in &nodes {
         wait_listening(node.addr).await?;
     }
+    form_nodes(addrs, primaries).await?;
+    Ok(nodes)
+}
+
+/// Forms a cluster of the nodes at `addrs`, listening already: the first `primaries` get a
+/// share of the slots each, node `i` beyond them follows primary `i % primaries`. Returns once
+/// every node sees every shard whole and every replica online.
+async fn form_nodes(addrs: &[SocketAddr], primaries: usize) -> Result<(), ClusterError> {
     let per = SLOTS as usize / primaries;
-    for (i, node) in nodes[..primaries].iter().enumerate() {
+    for (i, node) in addrs[..primaries].iter().enumerate() {
         let start = i * per;
         let end = if i + 1 == primaries {
             SLOTS as usize - 1
@@ -166,7 +250,7 @@ pub async fn start(
             start + per - 1
         };
         command(
-            node.addr,
+            *node,
             &[
                 "CLUSTER",
                 "ADDSLOTSRANGE",
@@ -176,44 +260,44 @@ pub async fn start(
         )
         .await?;
     }
-    for node in &nodes[1..] {
-        let (ip, port) = (node.addr.ip().to_string(), node.addr.port().to_string());
-        command(nodes[0].addr, &["CLUSTER", "MEET", &ip, &port]).await?;
+    for node in &addrs[1..] {
+        let (ip, port) = (node.ip().to_string(), node.port().to_string());
+        command(addrs[0], &["CLUSTER", "MEET", &ip, &port]).await?;
     }
     // Generous: beside other tests on two cores, nine nodes take a while to meet and sync.
     let limit = Duration::from_secs(40);
     let deadline = Instant::now() + limit;
     let mut ids = Vec::new();
-    for node in &nodes[..primaries] {
-        ids.push(text(command(node.addr, &["CLUSTER", "MYID"]).await?));
+    for node in &addrs[..primaries] {
+        ids.push(text(command(*node, &["CLUSTER", "MYID"]).await?));
     }
     // A replica can follow a primary only once it knows it.
-    for (i, node) in nodes.iter().enumerate().skip(primaries) {
+    for (i, node) in addrs.iter().enumerate().skip(primaries) {
         let id = &ids[i % primaries];
         loop {
-            let known = text(command(node.addr, &["CLUSTER", "NODES"]).await?);
+            let known = text(command(*node, &["CLUSTER", "NODES"]).await?);
             if known.contains(id.as_str()) {
                 break;
             }
             if Instant::now() > deadline {
                 return Err(ClusterError::NotFormed(
                     limit,
-                    format!("{} never met {id}", node.addr),
+                    format!("{node} never met {id}"),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        command(node.addr, &["CLUSTER", "REPLICATE", id]).await?;
+        command(*node, &["CLUSTER", "REPLICATE", id]).await?;
     }
     // Whole: every node sees every replica and the cluster serving.
-    for node in &nodes {
-        until(deadline, limit, node.addr, async || {
-            let info = text(command(node.addr, &["CLUSTER", "INFO"]).await?);
-            let known = text(command(node.addr, &["CLUSTER", "NODES"]).await?);
+    for node in addrs {
+        until(deadline, limit, *node, async || {
+            let info = text(command(*node, &["CLUSTER", "INFO"]).await?);
+            let known = text(command(*node, &["CLUSTER", "NODES"]).await?);
             let replicas = known.lines().filter(|l| l.contains("slave")).count();
             Ok(if !info.contains("cluster_state:ok") {
                 Some("cluster_state is not ok".to_string())
-            } else if replicas != nodes.len() - primaries {
+            } else if replicas != addrs.len() - primaries {
                 Some(format!("knows {replicas} replicas:\n{known}"))
             } else {
                 None
@@ -223,7 +307,7 @@ pub async fn start(
     }
     // One write per shard, which every replica then holds: a replica still at offset 0 is
     // reported as loading.
-    for (i, primary) in nodes[..primaries].iter().enumerate() {
+    for (i, primary) in addrs[..primaries].iter().enumerate() {
         let last = if i + 1 == primaries {
             SLOTS as usize - 1
         } else {
@@ -232,22 +316,22 @@ pub async fn start(
         let slots = (i * per) as i64..=last as i64;
         for n in 0.. {
             let key = format!("valkey-dr-lab-{n}");
-            let slot = command(primary.addr, &["CLUSTER", "KEYSLOT", &key]).await?;
+            let slot = command(*primary, &["CLUSTER", "KEYSLOT", &key]).await?;
             if matches!(slot, redis::Value::Int(s) if slots.contains(&s)) {
-                command(primary.addr, &["SET", &key, "formed"]).await?;
+                command(*primary, &["SET", &key, "formed"]).await?;
                 break;
             }
         }
     }
     // Until every node lists every other, none failed, and every replica has loaded its
     // primary's data.
-    for node in &nodes {
-        until(deadline, limit, node.addr, async || {
-            let listed = text(command(node.addr, &["CLUSTER", "NODES"]).await?);
-            let loaded = text(command(node.addr, &["INFO", "replication"]).await?);
+    for node in addrs {
+        until(deadline, limit, *node, async || {
+            let listed = text(command(*node, &["CLUSTER", "NODES"]).await?);
+            let loaded = text(command(*node, &["INFO", "replication"]).await?);
             let all_listed_online =
                 valkey_dr_valkey::cluster::parse_nodes(&listed).is_ok_and(|shards| {
-                    shards.iter().flat_map(|s| &s.nodes).count() == nodes.len()
+                    shards.iter().flat_map(|s| &s.nodes).count() == addrs.len()
                         && shards
                             .iter()
                             .flat_map(|s| &s.nodes)
@@ -274,21 +358,20 @@ pub async fn start(
     // start from a file in which a replica's shard id differs from its primary's ("corrupted
     // cluster config file"): a node SIGKILLed soon after forming could never come back. Once
     // every replica has its primary's shard id, every node saves its view.
-    let primary_of = |i: usize| nodes[i % primaries].addr;
-    for (i, node) in nodes.iter().enumerate().skip(primaries) {
-        let primary = primary_of(i);
-        until(deadline, limit, node.addr, async || {
-            let own = text(command(node.addr, &["CLUSTER", "MYSHARDID"]).await?);
+    for (i, node) in addrs.iter().enumerate().skip(primaries) {
+        let primary = addrs[i % primaries];
+        until(deadline, limit, *node, async || {
+            let own = text(command(*node, &["CLUSTER", "MYSHARDID"]).await?);
             let theirs = text(command(primary, &["CLUSTER", "MYSHARDID"]).await?);
             Ok((own != theirs).then(|| format!("shard id {own}, its primary's {theirs}")))
         })
         .await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for node in &nodes {
-        command(node.addr, &["CLUSTER", "SAVECONFIG"]).await?;
+    for node in addrs {
+        command(*node, &["CLUSTER", "SAVECONFIG"]).await?;
     }
-    Ok(nodes)
+    Ok(())
 }
 
 /// Polls `check` until it finds nothing missing (`None`), or fails at `deadline` with what
@@ -336,6 +419,17 @@ async fn wait_listening(addr: SocketAddr) -> Result<(), ClusterError> {
     })
 }
 
+/// A connection to `node` that waits for replies longer than the client's default 500 ms: two
+/// cores running several clusters (forks for full syncs among them) are slow at times.
+pub async fn connect(node: SocketAddr) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    redis::Client::open(format!("redis://{node}/"))?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 /// One command on its own short-lived connection.
 pub async fn command(node: SocketAddr, args: &[&str]) -> Result<redis::Value, ClusterError> {
     let failed = |error: String| ClusterError::Command {
@@ -343,12 +437,7 @@ pub async fn command(node: SocketAddr, args: &[&str]) -> Result<redis::Value, Cl
         command: args.join(" "),
         error,
     };
-    let client =
-        redis::Client::open(format!("redis://{node}/")).map_err(|e| failed(e.to_string()))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let mut conn = connect(node).await.map_err(|e| failed(e.to_string()))?;
     let mut cmd = redis::cmd(args[0]);
     for arg in &args[1..] {
         cmd.arg(*arg);
@@ -553,25 +642,35 @@ pub async fn list_at(asked: SocketAddr, key: &str) -> Result<Vec<u64>, ClusterEr
 /// Writes `dir/valkey-dr.toml` for a cluster started by [`start`] on nine `addrs`: the first six
 /// in us-east-1 (the primaries and a replica of each), the last three in us-east-2.
 pub fn write_config(dir: &Path, addrs: &[SocketAddr]) -> std::io::Result<PathBuf> {
-    let nodes = |range: std::ops::Range<usize>| {
-        addrs[range]
+    write_regions_config(
+        dir,
+        &[("us-east-1", &addrs[..6]), ("us-east-2", &addrs[6..9])],
+    )
+}
+
+/// Writes `dir/valkey-dr.toml` for a cluster whose nodes stand in `regions` (name, nodes); the
+/// first holds the primaries.
+pub fn write_regions_config(
+    dir: &Path,
+    regions: &[(&str, &[SocketAddr])],
+) -> std::io::Result<PathBuf> {
+    let mut config = format!(
+        "primary_region = \"{}\"\nstate_dir = \"{}\"\n",
+        regions[0].0,
+        dir.join("state").display()
+    );
+    for (name, addrs) in regions {
+        let nodes: Vec<String> = addrs
             .iter()
             .map(|a| format!("{{ host = \"{}\", port = {} }}", a.ip(), a.port()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+            .collect();
+        config.push_str(&format!(
+            "[[regions]]\nname = \"{name}\"\nnodes = [{}]\n",
+            nodes.join(", ")
+        ));
+    }
+    config.push_str("[dns]\nzone = \"valkey-dr.live\"\nglobal_name = \"demo\"\n");
     let path = dir.join("valkey-dr.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "primary_region = \"us-east-1\"\nstate_dir = \"{}\"\n\
-             [[regions]]\nname = \"us-east-1\"\nnodes = [{}]\n\
-             [[regions]]\nname = \"us-east-2\"\nnodes = [{}]\n\
-             [dns]\nzone = \"valkey-dr.live\"\nglobal_name = \"demo\"\n",
-            dir.join("state").display(),
-            nodes(0..6),
-            nodes(6..9)
-        ),
-    )?;
+    std::fs::write(&path, config)?;
     Ok(path)
 }

@@ -73,3 +73,102 @@ fn lab_up_is_single_copy_and_down_leaves_no_process() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `lab up --shards 3 --regions 3`: a cluster lab of twelve nodes that the `cluster` commands
+/// drive, every shard with a replica in every region, and that `down` stops.
+#[test]
+fn lab_up_with_shards_starts_a_cluster_that_down_stops() {
+    let regions: Vec<String> = ["us-east-1", "us-east-2", "us-west-2"]
+        .map(String::from)
+        .into();
+    // A block and port free on every node's address, its cluster bus port (+10000) too.
+    let (block, port) = (0..500u32)
+        .map(|attempt| {
+            let mixed = std::process::id().wrapping_add(attempt.wrapping_mul(7919));
+            (10 + (mixed % 240) as u8, 10_000 + (mixed % 12_000) as u16)
+        })
+        .find(|(block, port)| {
+            let (addrs, _) = valkey_dr_lab::cluster::lab_layout(*block, *port, &regions, 3);
+            addrs.iter().all(|a| {
+                std::net::TcpListener::bind(a).is_ok()
+                    && std::net::TcpListener::bind((a.ip(), a.port() + 10_000)).is_ok()
+            })
+        })
+        .expect("a free block");
+    let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-lab-{block}-{port}"));
+    let _down = Down(dir.clone());
+    let (port, block) = (port.to_string(), block.to_string());
+    let (ok, out) = lab(
+        &[
+            "up",
+            "--shards",
+            "3",
+            "--regions",
+            "3",
+            "--port",
+            &port,
+            "--block",
+            &block,
+        ],
+        &dir,
+    );
+    assert!(ok && out.contains("cluster lab up in"), "{out}");
+    let config = dir.join("valkey-dr.toml");
+    let cluster = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("cluster")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        crate::harness::outcome(out)
+    };
+
+    let (ok, out) = cluster(&["status", "--output", "json"]);
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let shards = status["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 3, "{status:#}");
+    for shard in shards {
+        assert_eq!(shard["primary"]["region"], "us-east-1", "{status:#}");
+        assert_eq!(shard["replicas"].as_array().unwrap().len(), 3, "{status:#}");
+        assert_eq!(shard["findings"], serde_json::json!([]), "{status:#}");
+    }
+    // Moved to the third region and back, the other regions' replicas guarded each time.
+    for to in ["us-west-2", "us-east-1"] {
+        // Right after a switchover, its old primaries resync as replicas, and one back waits
+        // for them: refused meanwhile, as all or nothing.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (ok, out) = cluster(&["switchover", to]);
+            if ok {
+                assert!(out.contains(&format!("moved to {to}")), "{out}");
+                break;
+            }
+            assert!(
+                out.contains("no online replica") && std::time::Instant::now() < deadline,
+                "{out}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    let (ok, out) = lab(&["down"], &dir);
+    assert!(ok && out.contains("stopped 12 process(es)"), "{out}");
+    let (ok, out) = lab(&["down"], &dir);
+    assert!(ok && out.contains("no lab process"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stops the lab in its directory when dropped: a failed test leaves no process behind.
+struct Down(std::path::PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .args(["lab", "down", "--dir"])
+            .arg(&self.0)
+            .output();
+    }
+}
