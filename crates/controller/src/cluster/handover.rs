@@ -1,0 +1,352 @@
+//! One cut between primaries and replicas of a cluster's shards: the writes paused, the
+//! replicas caught up, each shard taken over in turn under an epoch no other node holds, and
+//! the waits around it. What [`super::cluster_switchover`] and [`super::cluster_failover`] share.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use valkey_dr_core::{Endpoint, Engine};
+use valkey_dr_valkey::ValkeyEngine;
+use valkey_dr_valkey::cluster::EpochBump;
+
+use crate::poll;
+
+/// The moments of an all-shard switchover (where the crash tests stop it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutStep {
+    /// Writes are paused on every primary; nothing else changed.
+    Paused,
+    /// Every target holds what its primary acknowledged; no shard handed over yet.
+    CaughtUp,
+    /// This many shards handed over (the rest not yet); no client released.
+    HandedOver(usize),
+}
+
+impl std::fmt::Display for CutStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CutStep::Paused => f.write_str("paused"),
+            CutStep::CaughtUp => f.write_str("caught-up"),
+            CutStep::HandedOver(n) => write!(f, "handed-over-{n}"),
+        }
+    }
+}
+
+/// How long a shard may take to hand over once asked.
+pub(super) const HANDOVER_WITHIN: Duration = Duration::from_secs(6);
+/// The pause outlasts the catch-up and the handovers by this much, and runs out by itself if
+/// the operator's command dies.
+pub(super) const PAUSE_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long a bystander asked to raise the cluster's epoch may take to hear of the replica's.
+const BYSTANDER_HEARS_WITHIN: Duration = Duration::from_secs(2);
+
+/// One cut over `(primary, replica)` pairs: writes paused on every primary, each with the offset
+/// it froze at; every replica caught up with it; then every replica takes its shard over with
+/// `CLUSTER FAILOVER TAKEOVER`, one after another. TAKEOVER needs no vote — concurrent
+/// coordinated failovers compete for the primaries' one vote per epoch, and all but one time
+/// out — and is safe here because every old primary is paused and every replica holds all it
+/// acknowledged.
+/// The pauses stay for the caller to lift, except when this stops before any handover
+/// (`Err`): then every pause is lifted and nothing changed. Returns one result per pair.
+pub(super) async fn cut_over(
+    engine: &ValkeyEngine,
+    pairs: &[(&Endpoint, &Endpoint)],
+    bystanders: &[&Endpoint],
+    catchup: Duration,
+    pause: Duration,
+    reached: &impl Fn(CutStep),
+) -> Result<Vec<Result<(), String>>, String> {
+    let started = Instant::now();
+    let lift = || join_all(pairs.iter().map(|(primary, _)| engine.unpause(primary)));
+    let paused = join_all(
+        pairs
+            .iter()
+            .map(|(primary, _)| engine.pause_writes_and_read(primary, pause)),
+    )
+    .await;
+    let mut frozen = Vec::new();
+    for ((primary, _), result) in pairs.iter().zip(paused) {
+        match result {
+            Ok(info) => frozen.push(info.offset),
+            Err(e) => {
+                lift().await;
+                return Err(format!("cannot pause writes on {primary}: {e}"));
+            }
+        }
+    }
+    reached(CutStep::Paused);
+    let targets: Vec<(&Endpoint, u64)> = pairs
+        .iter()
+        .zip(frozen)
+        .map(|((_, replica), offset)| (*replica, offset))
+        .collect();
+    let behind = catch_up(engine, &targets, catchup).await;
+    if !behind.is_empty() {
+        lift().await;
+        return Err(format!(
+            "not caught up within {} ms: {}",
+            catchup.as_millis(),
+            behind.join(", ")
+        ));
+    }
+    reached(CutStep::CaughtUp);
+    // The pause must still hold for a while when the shards change hands.
+    let left = pause.saturating_sub(started.elapsed());
+    if left < PAUSE_MARGIN {
+        lift().await;
+        return Err(format!(
+            "only {} ms of the write pause left; retry",
+            left.as_millis()
+        ));
+    }
+    let handovers: Vec<Handover> = pairs
+        .iter()
+        .map(|(primary, replica)| Handover {
+            replica,
+            old: Some(primary),
+            fenced_until: Some(started + pause - PAUSE_MARGIN),
+        })
+        .collect();
+    Ok(take_over_in_turn(engine, &handovers, bystanders, reached).await)
+}
+
+/// Waits until every `(replica, offset)` replica holds its offset, or `within` passed; returns
+/// the replicas still behind (none: all caught up).
+pub(super) async fn catch_up(
+    engine: &ValkeyEngine,
+    targets: &[(&Endpoint, u64)],
+    within: Duration,
+) -> Vec<String> {
+    let mut behind = Vec::new();
+    poll::until(within, Duration::from_millis(1), async || {
+        let seen = join_all(
+            targets
+                .iter()
+                .map(|(replica, _)| engine.replication(replica)),
+        )
+        .await;
+        behind = targets
+            .iter()
+            .zip(&seen)
+            .filter(|((_, needed), seen)| !seen.as_ref().is_ok_and(|i| i.offset >= *needed))
+            .map(|((replica, _), _)| replica.to_string())
+            .collect();
+        behind.is_empty().then_some(())
+    })
+    .await;
+    behind
+}
+
+/// One shard changing hands: `replica` takes it over; `old`, when given, must follow it.
+#[derive(Clone, Copy)]
+pub(super) struct Handover<'a> {
+    pub(super) replica: &'a Endpoint,
+    pub(super) old: Option<&'a Endpoint>,
+    /// Until when the old primary's write pause holds, less [`PAUSE_MARGIN`]: a takeover later
+    /// than that would race the writes it takes again once the pause runs out (this process
+    /// stalled, or a shard before took long), which its replica never received.
+    pub(super) fenced_until: Option<Instant>,
+}
+
+/// Each replica takes its shard over (TAKEOVER), one after another, and is waited for
+/// ([`hand_over`]). One result per handover, in order. `bystanders` are other nodes that
+/// answer, asked to raise the cluster's epoch when a replica cannot ([`claim_next_epoch`]).
+///
+/// One after another: each takeover claims the cluster's next epoch as its replica knows it, so
+/// the next replica must have heard of the previous one's first — two claiming the same epoch
+/// collide, and the claim of one is refused (seen as a hand-back that never happened, right
+/// after concurrent takeovers).
+pub(super) async fn take_over_in_turn(
+    engine: &ValkeyEngine,
+    handovers: &[Handover<'_>],
+    bystanders: &[&Endpoint],
+    reached: &impl Fn(CutStep),
+) -> Vec<Result<(), String>> {
+    let mut results = Vec::new();
+    let mut highest = 0;
+    for handover in handovers {
+        let replica = handover.replica;
+        let handed = async {
+            knows_epoch(engine, replica, highest, HANDOVER_WITHIN).await?;
+            // The next replica must hear of this claim even if this takeover then fails: the
+            // two would share the epoch.
+            let claimed = claim_next_epoch(engine, replica, bystanders).await?;
+            highest = highest.max(claimed);
+            hand_over(engine, handover).await?;
+            engine
+                .cluster_epoch(replica)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        results.push(handed.map(|epoch| highest = highest.max(epoch)));
+        reached(CutStep::HandedOver(results.len()));
+    }
+    results
+}
+
+/// Makes an epoch no other node holds `replica`'s own config epoch, before it takes its shard
+/// over. TAKEOVER claims the slots under the node's own config epoch, raised only when it is not
+/// already the highest the node knows. A replica's own epoch is the one it had as a primary —
+/// as a cluster forms, every node is an empty primary first, and two can end up with the same
+/// epoch once one of them is a replica (replicas are not checked for it). Such a replica, its
+/// epoch the highest, claims the slots under its primary's epoch: the rest of the cluster keeps
+/// the old owner (an equal epoch wins no slot), and the old primary, back from the dead, takes
+/// them back when its node id is the smaller (seen on 8.0.1, in the region-failover test).
+/// When the replica cannot raise its own, a bystander raises the cluster's, which the replica
+/// hears of, and then it can.
+async fn claim_next_epoch(
+    engine: &ValkeyEngine,
+    replica: &Endpoint,
+    bystanders: &[&Endpoint],
+) -> Result<u64, String> {
+    let bump = |node: &Endpoint| {
+        let node = node.clone();
+        async move {
+            engine
+                .cluster_bump_epoch(&node)
+                .await
+                .map_err(|e| format!("{node} refused CLUSTER BUMPEPOCH: {e}"))
+        }
+    };
+    let own = match bump(replica).await? {
+        EpochBump::Bumped(claimed) => return Ok(claimed),
+        EpochBump::Still(own) => own,
+    };
+    let mut passed_over = Vec::new();
+    for bystander in bystanders.iter().filter(|b| **b != replica) {
+        // Raised from below the replica's, it would be one more node on the same epoch. Gossip
+        // carries the epoch within a second; a bystander that has not heard is passed over.
+        if let Err(e) = knows_epoch(engine, bystander, own, BYSTANDER_HEARS_WITHIN).await {
+            passed_over.push(e);
+            continue;
+        }
+        match bump(bystander).await {
+            Ok(EpochBump::Bumped(next)) => {
+                knows_epoch(engine, replica, next, HANDOVER_WITHIN).await?;
+                return match bump(replica).await? {
+                    EpochBump::Bumped(claimed) => Ok(claimed),
+                    EpochBump::Still(own) => Err(format!(
+                        "{replica} kept config epoch {own} after hearing of {next}"
+                    )),
+                };
+            }
+            Ok(EpochBump::Still(theirs)) => {
+                passed_over.push(format!("{bystander} holds epoch {theirs} too"))
+            }
+            Err(e) => passed_over.push(e),
+        }
+    }
+    Err(format!(
+        "{replica}'s config epoch {own} may be another node's too, and no other node raised the \
+         cluster's ({})",
+        passed_over.join("; ")
+    ))
+}
+
+/// Waits until `node` is a replica whose link to its primary is up with no full sync running,
+/// or `within` passed.
+pub(super) async fn linked(engine: &ValkeyEngine, node: &Endpoint, within: Duration) {
+    poll::until(within, Duration::from_millis(5), async || {
+        let synced = engine.replication(node).await.is_ok_and(|i| {
+            matches!(
+                i.role,
+                valkey_dr_core::Role::Replica {
+                    link_up: true,
+                    sync_in_progress: false,
+                    ..
+                }
+            )
+        });
+        synced.then_some(())
+    })
+    .await;
+}
+
+/// Waits until `node` knows the cluster's epoch to be at least `epoch`, at most `within`.
+async fn knows_epoch(
+    engine: &ValkeyEngine,
+    node: &Endpoint,
+    epoch: u64,
+    within: Duration,
+) -> Result<(), String> {
+    poll::until(within, Duration::from_millis(1), async || {
+        engine
+            .cluster_epoch(node)
+            .await
+            .is_ok_and(|known| known >= epoch)
+            .then_some(())
+    })
+    .await
+    .ok_or_else(|| {
+        format!(
+            "{node} did not hear of the cluster's epoch {epoch} within {} ms",
+            within.as_millis()
+        )
+    })
+}
+
+/// True once `node` says it is a replica (it learnt of its shard's new primary), false when
+/// `within` passed first.
+pub(super) async fn follows(engine: &ValkeyEngine, node: &Endpoint, within: Duration) -> bool {
+    poll::until(within, Duration::from_millis(2), async || {
+        engine
+            .replication(node)
+            .await
+            .is_ok_and(|i| !i.is_primary())
+            .then_some(())
+    })
+    .await
+    .is_some()
+}
+
+/// Asks the replica to take its shard over (TAKEOVER) — unless the old primary's pause is about
+/// to run out — and waits until it is the primary, and the old one, when given, follows it, or
+/// [`HANDOVER_WITHIN`] passed.
+async fn hand_over(engine: &ValkeyEngine, handover: &Handover<'_>) -> Result<(), String> {
+    let Handover {
+        replica,
+        old,
+        fenced_until,
+    } = *handover;
+    if fenced_until.is_some_and(|until| Instant::now() >= until) {
+        return Err(format!(
+            "the write pause on its primary ends in under {} s: not taken over (a rerun pauses it \
+             again)",
+            PAUSE_MARGIN.as_secs()
+        ));
+    }
+    engine
+        .cluster_takeover(replica)
+        .await
+        .map_err(|e| format!("{replica} refused CLUSTER FAILOVER: {e}"))?;
+    let deadline = Instant::now() + HANDOVER_WITHIN;
+    let primary = poll::until(HANDOVER_WITHIN, Duration::from_millis(2), async || {
+        engine
+            .replication(replica)
+            .await
+            .is_ok_and(|i| i.is_primary())
+            .then_some(())
+    })
+    .await;
+    let old_follows = match old {
+        Some(old) => {
+            follows(
+                engine,
+                old,
+                deadline.saturating_duration_since(Instant::now()),
+            )
+            .await
+        }
+        None => true,
+    };
+    if primary.is_some() && old_follows {
+        return Ok(());
+    }
+    let from = old.map(|o| format!(" from {o}")).unwrap_or_default();
+    Err(format!(
+        "{replica} did not take over{from} within {} s",
+        HANDOVER_WITHIN.as_secs()
+    ))
+}
