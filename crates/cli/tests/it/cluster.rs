@@ -20,15 +20,20 @@ fn config(dir: &std::path::Path, addrs: &[SocketAddr]) -> std::path::PathBuf {
     valkey_dr_lab::cluster::write_config(dir, addrs).unwrap()
 }
 
-/// `valkey-dr cluster <args> --config <config>`, which must fail; what it said.
-fn cluster_fails(config: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
+/// `valkey-dr cluster <args> --config <config>`.
+fn cluster(config: &std::path::Path, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .arg("cluster")
         .args(args)
         .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
+        .arg(config);
+    command
+}
+
+/// `valkey-dr cluster <args> --config <config>`, which must fail; what it said.
+fn cluster_fails(config: &std::path::Path, args: &[&str]) -> String {
+    let out = cluster(config, args).output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{said}");
     said
@@ -47,11 +52,7 @@ async fn may_fail_over(node: SocketAddr, allowed: bool) {
 }
 
 fn status(config: &std::path::Path) -> serde_json::Value {
-    let out = succeed(
-        Command::new(BIN)
-            .args(["cluster", "status", "--output", "json", "--config"])
-            .arg(config),
-    );
+    let out = succeed(&mut cluster(config, &["status", "--output", "json"]));
     serde_json::from_slice(&out).unwrap()
 }
 
@@ -149,11 +150,7 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
             && unguarded.contains(&addrs[7].to_string()),
         "{unguarded}"
     );
-    let out = succeed(
-        Command::new(BIN)
-            .args(["cluster", "switchover", "us-east-1", "--config"])
-            .arg(&path),
-    );
+    let out = succeed(&mut cluster(&path, &["switchover", "us-east-1"]));
     let said = String::from_utf8_lossy(&out);
     assert!(
         said.contains("already in us-east-1")
@@ -193,11 +190,7 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
         "{failed:#}"
     );
 
-    let out = succeed(
-        Command::new(BIN)
-            .args(["cluster", "status", "--config"])
-            .arg(&path),
-    );
+    let out = succeed(&mut cluster(&path, &["status"]));
     let table = String::from_utf8_lossy(&out);
     assert!(
         table.contains("3 shard(s)") && table.contains("(us-east-2)"),
@@ -260,18 +253,10 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let out = succeed(
-        Command::new(BIN)
-            .args([
-                "cluster",
-                "switchover",
-                "us-east-2",
-                "--output",
-                "json",
-                "--config",
-            ])
-            .arg(&path),
-    );
+    let out = succeed(&mut cluster(
+        &path,
+        &["switchover", "us-east-2", "--output", "json"],
+    ));
     let done: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(done["moves"].as_array().map(Vec::len), Some(3), "{done:#}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -289,11 +274,7 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
     );
 
     // Moving them back: a switchover to where they already are moves nothing.
-    let out = succeed(
-        Command::new(BIN)
-            .args(["cluster", "switchover", "us-east-2", "--config"])
-            .arg(&path),
-    );
+    let out = succeed(&mut cluster(&path, &["switchover", "us-east-2"]));
     assert!(String::from_utf8_lossy(&out).contains("already in us-east-2"));
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
@@ -371,9 +352,7 @@ async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_co
         .enumerate()
     {
         let to = regions[i % 2];
-        let crashed = Command::new(BIN)
-            .args(["cluster", "switchover", to, "--config"])
-            .arg(&path)
+        let crashed = cluster(&path, &["switchover", to])
             .env("VALKEY_DR_FAULT", format!("crash-after:{step}"))
             .output()
             .unwrap();
@@ -393,11 +372,7 @@ async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_co
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Run again, it completes the move (and lifts the pauses the dead run left).
-        succeed(
-            Command::new(BIN)
-                .args(["cluster", "switchover", to, "--config"])
-                .arg(&path),
-        );
+        succeed(&mut cluster(&path, &["switchover", to]));
         primaries_in(&path, to).await;
         whole(&path).await;
     }
@@ -449,9 +424,7 @@ async fn a_switchover_stalled_past_its_write_pause_hands_no_more_over_and_rolls_
     std::fs::write(&path, config).unwrap();
     // The command stands still for 14 s after the first shard's handover: the other primaries'
     // pauses end a second later, and they take writes their targets may not hold yet.
-    let out = Command::new(BIN)
-        .args(["cluster", "switchover", "us-east-2", "--config"])
-        .arg(&path)
+    let out = cluster(&path, &["switchover", "us-east-2"])
         .env("VALKEY_DR_FAULT", "stall-after:handed-over-1:14000")
         .output()
         .unwrap();
@@ -531,19 +504,18 @@ async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_a
     assert_eq!(primaries_among(&addrs[1..2]).await, 1, "node 1 untouched");
 
     let failover = || {
-        Command::new(BIN)
-            .args([
-                "cluster",
+        cluster(
+            &path,
+            &[
                 "failover",
                 "us-east-2",
                 "--confirm-down",
                 "--output",
                 "json",
-                "--config",
-            ])
-            .arg(&path)
-            .output()
-            .unwrap()
+            ],
+        )
+        .output()
+        .unwrap()
     };
     // Shard 1's target refuses to take over (an ACL denies it CLUSTER FAILOVER): the two other
     // shards move, and shard 1's old primary, paused for the move, is released at once — it is
@@ -668,16 +640,7 @@ async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_re
     } = LostRegion::new("lost-crash").await;
     let alive = [addrs[1], addrs[6], addrs[7], addrs[8]];
     let failover = |crash: Option<&str>| {
-        let mut command = Command::new(BIN);
-        command
-            .args([
-                "cluster",
-                "failover",
-                "us-east-2",
-                "--confirm-down",
-                "--config",
-            ])
-            .arg(&path);
+        let mut command = cluster(&path, &["failover", "us-east-2", "--confirm-down"]);
         if let Some(step) = crash {
             command.env("VALKEY_DR_FAULT", format!("crash-after:{step}"));
         }
@@ -837,17 +800,10 @@ async fn a_takeover_whose_replica_shares_its_primarys_epoch_still_moves_the_slot
         node.kill();
     }
     let before_loss = writers.last_acked();
-    let out = succeed(
-        Command::new(BIN)
-            .args([
-                "cluster",
-                "failover",
-                "us-east-2",
-                "--confirm-down",
-                "--config",
-            ])
-            .arg(&path),
-    );
+    let out = succeed(&mut cluster(
+        &path,
+        &["failover", "us-east-2", "--confirm-down"],
+    ));
     // Every survivor sees every shard's primary in us-east-2.
     let survivors = &addrs[6..];
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1022,11 +978,7 @@ async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
         Duration::from_secs(4),
         addrs[6],
         async || {
-            succeed(
-                Command::new(BIN)
-                    .args(["cluster", "switchover", "us-east-2", "--config"])
-                    .arg(&path),
-            );
+            succeed(&mut cluster(&path, &["switchover", "us-east-2"]));
         },
     )
     .await;
@@ -1053,17 +1005,10 @@ async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
             for node in &mut nodes[6..9] {
                 node.kill();
             }
-            succeed(
-                Command::new(BIN)
-                    .args([
-                        "cluster",
-                        "failover",
-                        "us-east-1",
-                        "--confirm-down",
-                        "--config",
-                    ])
-                    .arg(&path),
-            );
+            succeed(&mut cluster(
+                &path,
+                &["failover", "us-east-1", "--confirm-down"],
+            ));
         },
     )
     .await;
