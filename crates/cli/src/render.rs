@@ -180,6 +180,9 @@ pub fn cluster(status: &valkey_dr_controller::cluster::ClusterStatus) -> String 
                     ShardFinding::NoInRegionFailover { node } => format!(
                         "the cluster may not promote {node} beside its primary (cluster-replica-no-failover yes)"
                     ),
+                    ShardFinding::MayMoveToAnotherShard { node } => format!(
+                        "the cluster may move {node} to another shard (cluster-allow-replica-migration yes)"
+                    ),
                 })
                 .collect();
             vec![

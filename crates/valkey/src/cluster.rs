@@ -81,6 +81,7 @@ pub fn parse_nodes(reply: &str) -> Result<Vec<Shard>, NodesError> {
                 },
                 answered: false,
                 automatic_failover: None,
+                replica_migration: None,
             },
             primary_id: (role == ShardRole::Replica && fields[3] != "-")
                 .then(|| fields[3].to_string()),
@@ -117,6 +118,37 @@ pub fn parse_nodes(reply: &str) -> Result<Vec<Shard>, NodesError> {
         }
     }
     Ok(shards.into_iter().map(|(_, shard)| shard).collect())
+}
+
+/// What the cluster may do with a node by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterNodeSettings {
+    /// It may promote the node when its primary fails (`cluster-replica-no-failover no`).
+    pub automatic_failover: bool,
+    /// It may move the node, as a replica, to a shard left without one
+    /// (`cluster-allow-replica-migration yes`).
+    pub replica_migration: bool,
+}
+
+impl ClusterNodeSettings {
+    /// From a `CONFIG GET` reply: name, value pairs in any order.
+    fn parse(reply: &[String]) -> Option<Self> {
+        let value = |name: &str| {
+            reply
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .and_then(|pair| pair.get(1))
+                .and_then(|v| match v.as_str() {
+                    "yes" => Some(true),
+                    "no" => Some(false),
+                    _ => None,
+                })
+        };
+        Some(Self {
+            automatic_failover: !value("cluster-replica-no-failover")?,
+            replica_migration: value("cluster-allow-replica-migration")?,
+        })
+    }
 }
 
 /// What `CLUSTER BUMPEPOCH` did to a node's own config epoch.
@@ -177,28 +209,31 @@ impl ValkeyEngine {
         })
     }
 
-    /// Whether the cluster may promote `node` by itself when its primary fails: not when it
-    /// runs with `cluster-replica-no-failover yes`.
-    pub async fn cluster_automatic_failover(&self, node: &Endpoint) -> Result<bool, EngineError> {
+    /// What the cluster may do with `node` by itself (one `CONFIG GET`).
+    pub async fn cluster_node_settings(
+        &self,
+        node: &Endpoint,
+    ) -> Result<ClusterNodeSettings, EngineError> {
+        const COMMAND: &str =
+            "CONFIG GET cluster-replica-no-failover cluster-allow-replica-migration";
         let reply: Vec<String> = self
             .run(
                 node,
-                "CONFIG GET cluster-replica-no-failover",
+                COMMAND,
                 redis::cmd("CONFIG")
                     .arg("GET")
-                    .arg("cluster-replica-no-failover"),
+                    .arg("cluster-replica-no-failover")
+                    .arg("cluster-allow-replica-migration"),
             )
             .await?;
-        match reply.get(1).map(String::as_str) {
-            Some("no") => Ok(true),
-            Some("yes") => Ok(false),
-            _ => Err(error(
+        ClusterNodeSettings::parse(&reply).ok_or_else(|| {
+            error(
                 node,
-                "CONFIG GET cluster-replica-no-failover",
+                COMMAND,
                 FailureKind::Unusable,
                 format!("unexpected reply {reply:?}"),
-            )),
-        }
+            )
+        })
     }
 
     /// Lets the cluster promote `node` by itself when its primary fails, or not
@@ -254,12 +289,15 @@ impl ValkeyEngine {
         let read = join_all(nodes.iter().map(|n| async {
             futures::join!(
                 self.replication(&n.endpoint),
-                self.cluster_automatic_failover(&n.endpoint)
+                self.cluster_node_settings(&n.endpoint)
             )
         }))
         .await;
-        for (node, (info, automatic)) in nodes.into_iter().zip(read) {
-            node.automatic_failover = automatic.ok();
+        for (node, (info, settings)) in nodes.into_iter().zip(read) {
+            if let Ok(settings) = settings {
+                node.automatic_failover = Some(settings.automatic_failover);
+                node.replica_migration = Some(settings.replica_migration);
+            }
             match info {
                 Ok(info) => {
                     node.answered = true;
@@ -298,6 +336,51 @@ mod tests {
             ("", None),
         ] {
             assert_eq!(parse_bump(reply), read, "{reply}");
+        }
+    }
+
+    #[test]
+    fn a_config_get_reply_reads_as_the_nodes_settings_in_any_order() {
+        let reply = |pairs: &[&str]| pairs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let settings = |automatic_failover, replica_migration| {
+            Some(ClusterNodeSettings {
+                automatic_failover,
+                replica_migration,
+            })
+        };
+        for (pairs, read) in [
+            (
+                &[
+                    "cluster-replica-no-failover",
+                    "yes",
+                    "cluster-allow-replica-migration",
+                    "no",
+                ][..],
+                settings(false, false),
+            ),
+            (
+                &[
+                    "cluster-allow-replica-migration",
+                    "yes",
+                    "cluster-replica-no-failover",
+                    "no",
+                ],
+                settings(true, true),
+            ),
+            (&["cluster-replica-no-failover", "yes"], None),
+            (
+                &[
+                    "cluster-replica-no-failover",
+                    "maybe",
+                    "cluster-allow-replica-migration",
+                    "no",
+                ],
+                None,
+            ),
+            (&["cluster-replica-no-failover"], None),
+            (&[], None),
+        ] {
+            assert_eq!(ClusterNodeSettings::parse(&reply(pairs)), read, "{pairs:?}");
         }
     }
 

@@ -150,6 +150,25 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
             && unguarded.contains(&addrs[7].to_string()),
         "{unguarded}"
     );
+    // So is a node the cluster may move to another shard (replica migration).
+    valkey_dr_lab::cluster::command(
+        addrs[4],
+        &["CONFIG", "SET", "cluster-allow-replica-migration", "yes"],
+    )
+    .await
+    .unwrap();
+    let migrating = status(&path).to_string();
+    assert!(
+        migrating.contains("may_move_to_another_shard")
+            && migrating.contains(&addrs[4].to_string()),
+        "{migrating}"
+    );
+    valkey_dr_lab::cluster::command(
+        addrs[4],
+        &["CONFIG", "SET", "cluster-allow-replica-migration", "no"],
+    )
+    .await
+    .unwrap();
     let out = succeed(&mut cluster(&path, &["switchover", "us-east-1"]));
     let said = String::from_utf8_lossy(&out);
     assert!(

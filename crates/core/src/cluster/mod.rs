@@ -41,6 +41,9 @@ pub struct ShardNode {
     /// Whether the cluster may promote it by itself when its primary fails
     /// (`cluster-replica-no-failover no`); `None` when it was not read.
     pub automatic_failover: Option<bool>,
+    /// Whether the cluster may move it, as a replica, to a shard left without one
+    /// (`cluster-allow-replica-migration yes`); `None` when it was not read.
+    pub replica_migration: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,6 +122,8 @@ pub struct PlacedNode {
     pub health: NodeHealth,
     /// Whether the cluster may promote it by itself (`cluster-replica-no-failover no`).
     pub automatic_failover: Option<bool>,
+    /// Whether the cluster may move it to another shard (`cluster-allow-replica-migration yes`).
+    pub replica_migration: Option<bool>,
 }
 
 /// What is wrong with a shard.
@@ -145,6 +150,9 @@ pub enum ShardFinding {
     /// A replica in its primary's region that the cluster may not promote: a lost primary is not
     /// replaced there.
     NoInRegionFailover { node: String },
+    /// A node the cluster may move to another shard by itself (replica migration): a shard that
+    /// loses its only replica in a region to it then has none there.
+    MayMoveToAnotherShard { node: String },
 }
 
 /// The name of the configured region holding `endpoint`; `None` for a node no region lists.
@@ -173,6 +181,7 @@ pub fn shard_views(
                 lag_bytes: primary_offset.saturating_sub(n.replication_offset),
                 health: n.health,
                 automatic_failover: n.automatic_failover,
+                replica_migration: n.replica_migration,
             };
             let primary = shard.primary().map(place);
             let replicas: Vec<PlacedNode> = shard
@@ -216,6 +225,12 @@ pub fn shard_views(
                 }
             }
             for n in primary.iter().chain(&replicas) {
+                // A primary too: once its slots are taken over it rejoins as a replica.
+                if serves && n.replica_migration == Some(true) {
+                    findings.push(ShardFinding::MayMoveToAnotherShard {
+                        node: n.node.clone(),
+                    });
+                }
                 if n.region.is_none() {
                     findings.push(ShardFinding::UnknownNode {
                         node: n.node.clone(),
@@ -285,6 +300,7 @@ pub(crate) mod tests {
             health: NodeHealth::Online,
             answered: true,
             automatic_failover: None,
+            replica_migration: None,
         }
     }
 
@@ -320,6 +336,14 @@ pub(crate) mod tests {
             automatic_failover: Some(allowed),
             ..node(&topology, n, ShardRole::Replica, 100)
         };
+        let migrating = |n, role| ShardNode {
+            replica_migration: Some(true),
+            ..node(&topology, n, role, 100)
+        };
+        let staying = |n, role| ShardNode {
+            replica_migration: Some(false),
+            ..node(&topology, n, role, 100)
+        };
         #[rustfmt::skip]
         let cases: Vec<(&str, Shard, Vec<ShardFinding>)> = vec![
             ("primary and a replica in the writer region, a replica in the other", healthy.clone(), vec![]),
@@ -344,6 +368,13 @@ pub(crate) mod tests {
             ("guarded: only the replica beside the primary may be promoted by the cluster",
              shard(vec![node(&topology, 0, ShardRole::Primary, 100), automatic(1, true), automatic(2, false)], 0..=8191),
              vec![]),
+            ("the cluster may move the primary (once a replica) and the other region's replica to another shard",
+             shard(vec![migrating(0, ShardRole::Primary), staying(1, ShardRole::Replica), migrating(2, ShardRole::Replica)], 0..=8191),
+             vec![ShardFinding::MayMoveToAnotherShard { node: topology.nodes[0].endpoint.to_string() },
+                  ShardFinding::MayMoveToAnotherShard { node: topology.nodes[2].endpoint.to_string() }]),
+            ("a group without slots is not asked to stay",
+             Shard { slots: vec![], nodes: vec![migrating(0, ShardRole::Primary)] },
+             vec![ShardFinding::NoSlots]),
         ];
         for (case, shard, findings) in cases {
             let views = shard_views(&topology, writer_region, std::slice::from_ref(&shard));
