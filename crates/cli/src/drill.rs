@@ -73,7 +73,7 @@ pub struct Common {
     region: Option<String>,
     #[arg(long, default_value_t = 4)]
     writers: usize,
-    /// Seconds the writers run; the operation starts after one second.
+    /// Seconds the writers run; the operation starts after 1.5 s.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
     #[arg(long, short, value_enum, default_value = "table")]
@@ -126,8 +126,8 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
             .await;
         }
     };
-    if common.duration < 2.0 {
-        bail!("--duration must be at least 2 seconds (the operation starts after 1 s)");
+    if common.duration < 2.5 {
+        bail!("--duration must be at least 2.5 seconds (the operation starts after 1.5 s)");
     }
     let spec = common.dir.spec()?;
     let options = DrillOptions {
@@ -135,7 +135,7 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
         region: common.region,
         writers: common.writers.max(1),
         duration: Duration::from_secs_f64(common.duration),
-        at: Duration::from_secs(1),
+        at: drill::OPERATION_AT,
         clients: common.clients.map(|libraries| ClientsOptions {
             dir: common.clients_dir,
             writers: clients::matrix(if libraries.is_empty() {
@@ -249,7 +249,7 @@ async fn bench(dir: &DirArg, runs: usize, writers: usize) -> Result<()> {
                 region: None,
                 writers,
                 duration: scenario.duration,
-                at: Duration::from_secs(1),
+                at: drill::OPERATION_AT,
                 clients: None,
             };
             let report = drill::run(&spec, &options).await?;

@@ -48,6 +48,13 @@ impl Fault {
     }
 }
 
+/// When a drill's operation starts after its writers: half a TTL past their first
+/// re-resolution. The writers resolve the name again whenever its TTL (the lab's: 1 s) runs out,
+/// all at once since they start together; an operation at 1 s met those reconnections every
+/// time, and the longest gap then measured a reconnection (a TLS handshake) besides the
+/// operation.
+pub const OPERATION_AT: Duration = Duration::from_millis(1500);
+
 #[derive(Debug, Clone)]
 pub struct DrillOptions {
     pub operation: Operation,
@@ -433,7 +440,7 @@ pub fn bench_scenarios() -> Vec<Scenario> {
     let switchover = |name, method| Scenario {
         name,
         operation: Operation::Switchover { method },
-        duration: Duration::from_secs(3),
+        duration: Duration::from_millis(3500),
     };
     vec![
         switchover("switchover (valkey-dr)", PromoteMethod::Safe),
@@ -442,7 +449,7 @@ pub fn bench_scenarios() -> Vec<Scenario> {
         Scenario {
             name: "failover: primary node SIGKILL",
             operation: Operation::Failover { fault: Fault::Kill },
-            duration: Duration::from_secs(6),
+            duration: Duration::from_millis(6500),
         },
         Scenario {
             // Silent, not dead: replaced once its self-fence holds.
@@ -450,14 +457,14 @@ pub fn bench_scenarios() -> Vec<Scenario> {
             operation: Operation::Failover {
                 fault: Fault::Stall,
             },
-            duration: Duration::from_secs(8),
+            duration: Duration::from_millis(8500),
         },
         Scenario {
             name: "failover: region isolated (auto)",
             operation: Operation::Failover {
                 fault: Fault::Partition,
             },
-            duration: Duration::from_secs(7),
+            duration: Duration::from_millis(7500),
         },
     ]
 }
