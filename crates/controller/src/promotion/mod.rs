@@ -271,12 +271,16 @@ impl Controller {
                 let deadline = Instant::now() + catchup;
                 let mut reached = 0;
                 loop {
-                    if let Ok(info) = self.engine.replication(endpoint(target)).await {
-                        reached = info.offset;
-                        if reached >= needed {
-                            break;
+                    let answered = match self.engine.replication(endpoint(target)).await {
+                        Ok(info) => {
+                            reached = info.offset;
+                            if reached >= needed {
+                                break;
+                            }
+                            true
                         }
-                    }
+                        Err(_) => false,
+                    };
                     if Instant::now() >= deadline {
                         let error = PromoteError::CatchUpTimeout {
                             target: name(target),
@@ -286,7 +290,14 @@ impl Controller {
                         };
                         return Err(self.abort(old, error).await);
                     }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    // Read again at once while the target answers: each read is a round trip
+                    // to it, and every millisecond here holds the writes. A target that does
+                    // not answer is asked every millisecond.
+                    if answered {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 }
                 m.finish(format!("target at offset {reached} ≥ {needed}"));
             }
