@@ -57,6 +57,16 @@ pub(super) async fn cut_over(
     pause: Duration,
     reached: &impl Fn(CutStep),
 ) -> Result<Vec<Result<(), String>>, String> {
+    // The first replica's claim may need gossip to carry an epoch between nodes (when its own is
+    // the highest, [`claim_next_epoch`]): hundreds of milliseconds, made before the writes stop.
+    // The later replicas hear of each takeover at once (a takeover tells every node).
+    let claimed_before = match pairs.first() {
+        Some((_, first)) => Some((
+            *first,
+            claim_next_epoch(engine, first, bystanders, None).await?,
+        )),
+        None => None,
+    };
     let started = Instant::now();
     let lift = || join_all(pairs.iter().map(|(primary, _)| engine.unpause(primary)));
     let paused = join_all(
@@ -108,7 +118,7 @@ pub(super) async fn cut_over(
             fenced_until: Some(started + pause - PAUSE_MARGIN),
         })
         .collect();
-    Ok(take_over_in_turn(engine, &handovers, bystanders, reached).await)
+    Ok(take_over_in_turn(engine, &handovers, bystanders, claimed_before, reached).await)
 }
 
 /// Waits until every `(replica, offset)` replica holds its offset, or `within` passed; returns
@@ -156,11 +166,13 @@ pub(super) struct Handover<'a> {
 /// One after another: each takeover claims the cluster's next epoch as its replica knows it, so
 /// the next replica must have heard of the previous one's first — two claiming the same epoch
 /// collide, and the claim of one is refused (seen as a hand-back that never happened, right
-/// after concurrent takeovers).
+/// after concurrent takeovers). `claimed_before`: an epoch this command already made a
+/// replica's own and no other node's.
 pub(super) async fn take_over_in_turn(
     engine: &ValkeyEngine,
     handovers: &[Handover<'_>],
     bystanders: &[&Endpoint],
+    claimed_before: Option<(&Endpoint, u64)>,
     reached: &impl Fn(CutStep),
 ) -> Vec<Result<(), String>> {
     let mut results = Vec::new();
@@ -171,7 +183,10 @@ pub(super) async fn take_over_in_turn(
             knows_epoch(engine, replica, highest, HANDOVER_WITHIN).await?;
             // The next replica must hear of this claim even if this takeover then fails: the
             // two would share the epoch.
-            let claimed = claim_next_epoch(engine, replica, bystanders).await?;
+            let mine = claimed_before
+                .filter(|(claimant, _)| *claimant == replica)
+                .map(|(_, epoch)| epoch);
+            let claimed = claim_next_epoch(engine, replica, bystanders, mine).await?;
             highest = highest.max(claimed);
             hand_over(engine, handover).await?;
             engine
@@ -195,11 +210,13 @@ pub(super) async fn take_over_in_turn(
 /// the old owner (an equal epoch wins no slot), and the old primary, back from the dead, takes
 /// them back when its node id is the smaller (seen on 8.0.1, in the region-failover test).
 /// When the replica cannot raise its own, a bystander raises the cluster's, which the replica
-/// hears of, and then it can.
+/// hears of, and then it can. `mine`: an epoch this command claimed for `replica` before; still
+/// its own and the highest it knows, it is still no other node's.
 async fn claim_next_epoch(
     engine: &ValkeyEngine,
     replica: &Endpoint,
     bystanders: &[&Endpoint],
+    mine: Option<u64>,
 ) -> Result<u64, String> {
     let bump = |node: &Endpoint| {
         let node = node.clone();
@@ -212,6 +229,7 @@ async fn claim_next_epoch(
     };
     let own = match bump(replica).await? {
         EpochBump::Bumped(claimed) => return Ok(claimed),
+        EpochBump::Still(own) if mine == Some(own) => return Ok(own),
         EpochBump::Still(own) => own,
     };
     let mut passed_over = Vec::new();

@@ -417,8 +417,14 @@ pub async fn cluster_failover(
             fenced_until: m.frozen_at.map(|_| fenced_until),
         })
         .collect();
-    let results =
-        take_over_in_turn(&engine, &handovers, &answering_nodes(&discovered), &reached).await;
+    let results = take_over_in_turn(
+        &engine,
+        &handovers,
+        &answering_nodes(&discovered),
+        None,
+        &reached,
+    )
+    .await;
     // An old primary that answered follows by gossip: released once it does, else kept paused.
     // One whose shard did not move is still the primary: released at once.
     let old_follows = join_all(moving.iter().zip(&results).map(|(m, moved)| async {
