@@ -34,7 +34,7 @@ seq 1 "$KEYS" | sed 's/.*/SET demo:key:& value-&/' | vcli -h "$target" >/dev/nul
 run vcli -h "$target" GET demo:key:1
 run vcli -h 127.0.2.1 INFO replication | grep -E '^(role|master_host|master_link_status|slave_repl_offset)'
 
-bold "4. Promote us-east-2 while a writer keeps writing through the name (pause → catch up → promote → repoint → DNS → release)"
+bold "4. Promote us-east-2 while a writer keeps writing through the name (pause → catch up → promote → DNS → release → repoint)"
 writer_out=$(mktemp)
 "$VDR" lab writer --dir "$LAB_DIR" --seconds 3 --prefix demo:writer >"$writer_out" &
 writer_pid=$!
