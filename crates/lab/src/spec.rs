@@ -293,8 +293,11 @@ impl LabSpec {
 
     /// The reference lab on a loopback block and port that are free on every address it uses,
     /// so that several labs (tests, chaos runs) run side by side and beside the reference lab.
-    pub fn on_free_block(dir: PathBuf, seed: u32) -> Option<LabSpec> {
-        for attempt in 0..200u32 {
+    /// When none is found, says which address refused last and why.
+    pub fn on_free_block(dir: PathBuf, seed: u32) -> Result<LabSpec, String> {
+        const TRIES: u32 = 200;
+        let mut last_refusal = String::new();
+        for attempt in 0..TRIES {
             let mixed = seed.wrapping_add(attempt.wrapping_mul(7919));
             let block = 10 + (mixed % 240) as u8;
             // Below the kernel's ephemeral range (32768–60999 by default): a port the kernel
@@ -312,13 +315,20 @@ impl LabSpec {
             addrs.extend(spec.links().iter().map(|l| l.listen));
             addrs.extend(spec.dns_servers());
             addrs.extend(spec.etcd_members().iter().flat_map(|m| [m.client, m.peer]));
-            if addrs.iter().all(|a| {
-                std::net::TcpListener::bind(a).is_ok() && std::net::UdpSocket::bind(a).is_ok()
-            }) {
-                return Some(spec);
+            let refusal = addrs.iter().find_map(|a| {
+                let bound = std::net::TcpListener::bind(a)
+                    .map(drop)
+                    .and_then(|()| std::net::UdpSocket::bind(a).map(drop));
+                bound.err().map(|e| format!("{a}: {e}"))
+            });
+            match refusal {
+                None => return Ok(spec),
+                Some(refusal) => last_refusal = refusal,
             }
         }
-        None
+        Err(format!(
+            "no loopback block free on every address after {TRIES} tries; the last refused {last_refusal}"
+        ))
     }
 
     /// The address of node `index` (0-based) of region `region` (0-based).

@@ -105,8 +105,8 @@ pub struct ChaosReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChaosError {
-    #[error("no free loopback block for a chaos lab")]
-    NoBlock,
+    #[error("no free loopback block for a chaos lab: {0}")]
+    NoBlock(String),
     #[error("lab: {0}")]
     Lab(String),
     #[error("controller: {0}")]
@@ -155,7 +155,7 @@ pub async fn run(
     let dir = lab_dir(base, seed);
     let mut spec = match network {
         Network::Loopback => {
-            LabSpec::on_free_block(dir.clone(), seed).ok_or(ChaosError::NoBlock)?
+            LabSpec::on_free_block(dir.clone(), seed).map_err(ChaosError::NoBlock)?
         }
         Network::Namespaces => LabSpec::in_netns(
             dir.clone(),
