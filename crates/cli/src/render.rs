@@ -207,7 +207,7 @@ pub fn cluster(status: &valkey_dr_controller::cluster::ClusterStatus) -> String 
         })
         .collect();
     let mut out = format!(
-        "{} shard(s), seen from {}; primaries belong in {}\n",
+        "{} shard(s), seen from {}; primaries belong in {} (where those of the most slots are)\n",
         status.shards.len(),
         status.asked,
         status.writer_region

@@ -283,6 +283,13 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
     // Every shard's primary now stands in us-east-2, and every acknowledged write — through
     // the rollback and the switchover — is on the new primary.
     primaries_in(&path, "us-east-2").await;
+    // Status now places them there: no shard's primary is "outside the writer region".
+    let moved = status(&path);
+    assert_eq!(moved["writer_region"], "us-east-2", "{moved:#}");
+    assert!(
+        !moved.to_string().contains("primary_outside_writer_region"),
+        "{moved:#}"
+    );
     // The cluster may now promote by itself the nodes in us-east-2 only.
     for (i, addr) in addrs.iter().enumerate() {
         assert_eq!(automatic_failover(*addr).await, i >= 6, "node {i}");

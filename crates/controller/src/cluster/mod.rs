@@ -10,7 +10,7 @@ use futures::future::join_all;
 use serde::Serialize;
 use valkey_dr_core::cluster::{
     FailoverGuard, MoveRefusal, Shard, ShardMove, ShardView, failover_guards, plan_failover,
-    plan_switchover, shard_views, slot_ranges, uncovered_slots,
+    plan_switchover, shard_views, slot_ranges, uncovered_slots, writer_region,
 };
 use valkey_dr_core::{Config, Endpoint, Engine, RegionId, Topology};
 use valkey_dr_valkey::cluster::NodeHealth;
@@ -28,7 +28,8 @@ use handover::{
 pub struct ClusterStatus {
     /// The node whose view this is.
     pub asked: String,
-    /// Where the primaries belong (the configured primary region).
+    /// Where the primaries belong: the region holding the primaries of the most slots (the
+    /// configured primary region on a tie); nothing records it yet.
     pub writer_region: String,
     /// In slot order.
     pub shards: Vec<ShardView>,
@@ -82,14 +83,15 @@ pub async fn cluster_status(config: &Config) -> Result<ClusterStatus, ClusterErr
     let (asked, shards) = discover(&engine, &topology, None)
         .await
         .map_err(ClusterError::NoNodeAnswered)?;
+    let writer = writer_region(&topology, &shards, topology.bootstrap_region);
     Ok(ClusterStatus {
         asked: asked.to_string(),
-        writer_region: topology.region(topology.bootstrap_region).name.clone(),
+        writer_region: topology.region(writer).name.clone(),
         uncovered_slots: uncovered_slots(&shards)
             .into_iter()
             .map(|r| slot_ranges(&[r]))
             .collect(),
-        shards: shard_views(&topology, topology.bootstrap_region, &shards),
+        shards: shard_views(&topology, writer, &shards),
     })
 }
 

@@ -162,6 +162,31 @@ fn region_name(topology: &Topology, endpoint: &Endpoint) -> Option<String> {
         .map(|id| topology.region_of(id).name.clone())
 }
 
+/// Where the primaries belong as long as nothing records it: the configured region holding the
+/// primaries of the most slots (after an all-shard switchover, its target; halfway through a
+/// move, the side most slots are on), `configured` when no primary stands in a configured
+/// region or two regions hold as many slots.
+pub fn writer_region(topology: &Topology, shards: &[Shard], configured: RegionId) -> RegionId {
+    let mut slots = vec![0u32; topology.regions.len()];
+    for shard in shards {
+        if let Some(region) = shard
+            .primary()
+            .and_then(|p| topology.node_by_any_address(&p.endpoint))
+            .map(|id| topology.node(id).region)
+        {
+            slots[region.0] += shard.slot_count();
+        }
+    }
+    let most = slots.iter().copied().max().unwrap_or(0);
+    let holding_most: Vec<usize> = (0..slots.len())
+        .filter(|r| most > 0 && slots[*r] == most)
+        .collect();
+    match holding_most.as_slice() {
+        [only] => RegionId(*only),
+        _ => configured,
+    }
+}
+
 /// Every shard placed against the configured regions, in slot order; `writer_region` is where the
 /// primaries belong.
 pub fn shard_views(
@@ -384,6 +409,31 @@ pub(crate) mod tests {
         assert_eq!(views[0].slots, "0-8191");
         assert_eq!(views[0].replicas[1].lag_bytes, 10);
         assert_eq!(views[0].replicas[1].region.as_deref(), Some("us-east-2"));
+    }
+
+    #[test]
+    fn the_primaries_belong_where_those_of_the_most_slots_are() {
+        // Nodes 0, 1 in us-east-1 (configured), 2, 3 in us-east-2.
+        let topology = lab();
+        let (east1, east2) = (RegionId(0), RegionId(1));
+        let led_by = |n, slots| shard(vec![node(&topology, n, ShardRole::Primary, 0)], slots);
+        let stranger = ShardNode {
+            endpoint: Endpoint::new("10.9.9.9", 6379),
+            ..node(&topology, 0, ShardRole::Primary, 0)
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<Shard>, RegionId)> = vec![
+            ("every primary in us-east-1", vec![led_by(0, 0..=8191), led_by(1, 8192..=16383)], east1),
+            ("every primary moved to us-east-2", vec![led_by(2, 0..=8191), led_by(3, 8192..=16383)], east2),
+            ("halfway: most slots in us-east-2", vec![led_by(0, 0..=99), led_by(3, 100..=16383)], east2),
+            ("as many slots on each side", vec![led_by(0, 0..=8191), led_by(2, 8192..=16383)], east1),
+            ("no primary anywhere", vec![shard(vec![node(&topology, 2, ShardRole::Replica, 0)], 0..=16383)], east1),
+            ("a primary no region lists", vec![shard(vec![stranger], 0..=16383)], east1),
+            ("no shard", vec![], east1),
+        ];
+        for (case, shards, expected) in cases {
+            assert_eq!(writer_region(&topology, &shards, east1), expected, "{case}");
+        }
     }
 
     #[test]
