@@ -59,14 +59,18 @@ pub(super) async fn cut_over(
 ) -> Result<Vec<Result<(), String>>, String> {
     // The first replica's claim may need gossip to carry an epoch between nodes (when its own is
     // the highest, [`claim_next_epoch`]): hundreds of milliseconds, made before the writes stop.
-    // The later replicas hear of each takeover at once (a takeover tells every node).
-    let claimed_before = match pairs.first() {
-        Some((_, first)) => Some((
-            *first,
-            claim_next_epoch(engine, first, bystanders, None).await?,
-        )),
-        None => None,
-    };
+    // The later replicas hear of each takeover at once (a takeover tells every node). A claim
+    // that fails here (a replica still loading its sync answers nothing) is made again in the
+    // pause, once the replica caught up, as if none had been tried.
+    let mut claimed_before = None;
+    if let Some((_, first)) = pairs.first() {
+        match claim_next_epoch(engine, first, bystanders, None).await {
+            Ok(epoch) => claimed_before = Some((*first, epoch)),
+            Err(e) => {
+                tracing::info!(replica = %first, error = %e, "epoch not claimed before the pause; claiming it in the pause")
+            }
+        }
+    }
     let started = Instant::now();
     let lift = || join_all(pairs.iter().map(|(primary, _)| engine.unpause(primary)));
     let paused = join_all(
