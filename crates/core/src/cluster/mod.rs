@@ -155,11 +155,16 @@ pub enum ShardFinding {
     MayMoveToAnotherShard { node: String },
 }
 
-/// The name of the configured region holding `endpoint`; `None` for a node no region lists.
-fn region_name(topology: &Topology, endpoint: &Endpoint) -> Option<String> {
+/// The configured region holding `endpoint`; `None` for a node no region lists.
+fn region_id(topology: &Topology, endpoint: &Endpoint) -> Option<RegionId> {
     topology
         .node_by_any_address(endpoint)
-        .map(|id| topology.region_of(id).name.clone())
+        .map(|id| topology.node(id).region)
+}
+
+/// [`region_id`]'s name.
+fn region_name(topology: &Topology, endpoint: &Endpoint) -> Option<String> {
+    region_id(topology, endpoint).map(|r| topology.region(r).name.clone())
 }
 
 /// Where the primaries belong as long as nothing records it: the configured region holding the
@@ -171,8 +176,7 @@ pub fn writer_region(topology: &Topology, shards: &[Shard], configured: RegionId
     for shard in shards {
         if let Some(region) = shard
             .primary()
-            .and_then(|p| topology.node_by_any_address(&p.endpoint))
-            .map(|id| topology.node(id).region)
+            .and_then(|p| region_id(topology, &p.endpoint))
         {
             slots[region.0] += shard.slot_count();
         }

@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use super::{NodeHealth, Shard, ShardNode, ShardRole, region_name, slot_ranges, uncovered_slots};
+use super::{
+    NodeHealth, Shard, ShardNode, ShardRole, region_id, region_name, slot_ranges, uncovered_slots,
+};
 use crate::endpoint::Endpoint;
 use crate::topology::{RegionId, Topology};
 
@@ -175,9 +177,7 @@ fn plan_moves(
 }
 
 fn in_region(topology: &Topology, endpoint: &Endpoint, region: RegionId) -> bool {
-    topology
-        .node_by_any_address(endpoint)
-        .is_some_and(|id| topology.node(id).region == region)
+    region_id(topology, endpoint) == Some(region)
 }
 
 /// The shard's online replica in `region` with the highest replication offset (ties: the
