@@ -16,10 +16,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use valkey_dr_controller::cluster::controller::ControlledClusterStatus;
+use valkey_dr_controller::cluster::{ClusterFailover, ClusterSwitchover};
 use valkey_dr_controller::control::{self, Request};
 use valkey_dr_controller::faults::{Fault, FaultAction, FaultInjector, FaultPoint};
 use valkey_dr_controller::promotion::PromoteMethod;
 use valkey_dr_core::Config;
+use valkey_dr_core::config::Mode;
 
 #[derive(Parser)]
 #[command(
@@ -77,7 +80,8 @@ enum ClusterCommand {
     /// target caught up, every shard handed over (`CLUSTER FAILOVER TAKEOVER`, under the pause),
     /// clients released. All or
     /// nothing: a shard that cannot move stops them all; one that fails to hand over hands the
-    /// others back. An operator's command: no epoch or name is kept for a cluster yet.
+    /// others back. With `mode = "cluster"` the controller runs it: it records the move, raises
+    /// the epoch and moves the name once the shards show every primary in REGION.
     Switchover {
         /// The region that is to hold every shard's primary.
         region: String,
@@ -90,6 +94,7 @@ enum ClusterCommand {
     /// TAKEOVER on its most advanced replica there. A primary that still answers is paused
     /// first and its replica caught up (nothing lost); one that does not answer is taken from
     /// only with --confirm-down. Every shard that can move moves; a rerun completes the rest.
+    /// With `mode = "cluster"` the controller runs it, as it runs a switchover.
     Failover {
         /// The region that is to hold every shard's primary.
         region: String,
@@ -231,6 +236,9 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Status { config, output } => {
             let config = load_config(&config)?;
+            if config.mode == Mode::Cluster {
+                return controlled_cluster_status(&config, output).await;
+            }
             let status =
                 control::request(&config.control_socket(), &Request::Status, |_| {}).await?;
             match output {
@@ -274,10 +282,13 @@ async fn dispatch(command: Command) -> Result<()> {
             command: ClusterCommand::Status { config, output },
         } => {
             let config = load_config(&config)?;
+            if config.mode == Mode::Cluster {
+                return controlled_cluster_status(&config, output).await;
+            }
             let status = valkey_dr_controller::cluster::cluster_status(&config).await?;
             match output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&status)?),
-                Output::Table => out!("{}", render::cluster(&status)),
+                Output::Table => out!("{}", render::cluster(&status, None)),
             }
             Ok(())
         }
@@ -290,11 +301,15 @@ async fn dispatch(command: Command) -> Result<()> {
                 },
         } => {
             let config = load_config(&config)?;
-            // The crash tests stop it at a step (`VALKEY_DR_FAULT=crash-after:<step>`), as they
-            // stop the controller.
-            let done =
+            let done: ClusterSwitchover = if config.mode == Mode::Cluster {
+                let request = Request::ClusterSwitchover { region };
+                serde_json::from_value(control_request(&config, &request, output).await?)?
+            } else {
+                // The crash tests stop it at a step (`VALKEY_DR_FAULT=crash-after:<step>`), as
+                // they stop the controller.
                 valkey_dr_controller::cluster::cluster_switchover(&config, &region, crash_at())
-                    .await?;
+                    .await?
+            };
             match output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&done)?),
                 Output::Table => out!("{}", render::cluster_switchover(&done)),
@@ -311,13 +326,21 @@ async fn dispatch(command: Command) -> Result<()> {
                 },
         } => {
             let config = load_config(&config)?;
-            let show = |done: &valkey_dr_controller::cluster::ClusterFailover| -> Result<()> {
+            let show = |done: &ClusterFailover| -> Result<()> {
                 match output {
                     Output::Json => outln!("{}", serde_json::to_string_pretty(done)?),
                     Output::Table => out!("{}", render::cluster_failover(done)),
                 }
                 Ok(())
             };
+            if config.mode == Mode::Cluster {
+                let request = Request::ClusterFailover {
+                    region,
+                    confirm_down,
+                };
+                let done = control_request(&config, &request, output).await?;
+                return show(&serde_json::from_value(done)?);
+            }
             match valkey_dr_controller::cluster::cluster_failover(
                 &config,
                 &region,
@@ -404,6 +427,9 @@ impl FaultInjector for EnvFault {
 }
 
 async fn run(config: &Config) -> Result<()> {
+    if config.mode == Mode::Cluster {
+        return run_cluster(config).await;
+    }
     let faults = match std::env::var("VALKEY_DR_FAULT") {
         Ok(text) => {
             let fault: Fault = text
@@ -414,25 +440,42 @@ async fn run(config: &Config) -> Result<()> {
         Err(_) => None,
     };
     let mut running = valkey_dr_controller::start_with(config.clone(), faults).await?;
-    running.controller.events().echo_to_stderr(true);
+    let controller = running.controller.clone();
+    until_stopped(controller.events(), running.task_ended()).await?;
+    running.stop().await;
+    Ok(())
+}
+
+/// The controller of a cluster (`mode = "cluster"`), until SIGINT or SIGTERM.
+async fn run_cluster(config: &Config) -> Result<()> {
+    let hook: valkey_dr_controller::cluster::controller::StepHook = Arc::new(crash_at());
+    let mut running =
+        valkey_dr_controller::cluster::controller::start(config.clone(), Some(hook)).await?;
+    let controller = running.controller.clone();
+    until_stopped(controller.events(), running.task_ended()).await?;
+    running.stop().await;
+    Ok(())
+}
+
+/// Echoes a running controller's events to stderr until SIGINT or SIGTERM. When one of its
+/// tasks ends (`ended`: it panicked) the process exits at once with 70: no lease renewal, no
+/// half-working controller; the supervisor restarts it.
+async fn until_stopped(
+    events: &valkey_dr_controller::EventSink,
+    ended: impl std::future::Future<Output = String>,
+) -> Result<()> {
+    use valkey_dr_controller::events::EventKind;
+    events.echo_to_stderr(true);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-        ended = running.task_ended() => {
-            running
-                .controller
-                .events()
-                .emit(valkey_dr_controller::events::EventKind::ControllerFailed, serde_json::json!({ "reason": ended }));
-            // Exit at once: no lease renewal, no half-working controller; the supervisor restarts.
+        ended = ended => {
+            events.emit(EventKind::ControllerFailed, serde_json::json!({ "reason": ended }));
             std::process::exit(70);
         }
     }
-    running.controller.events().emit(
-        valkey_dr_controller::events::EventKind::ControllerStopped,
-        serde_json::json!({}),
-    );
-    running.stop().await;
+    events.emit(EventKind::ControllerStopped, serde_json::json!({}));
     Ok(())
 }
 
@@ -479,6 +522,35 @@ async fn events(path: &Path, follow: bool) -> Result<()> {
         }
         out!("{line}");
     }
+}
+
+/// A controlled cluster's status (`mode = "cluster"`), from its controller.
+async fn controlled_cluster_status(config: &Config, output: Output) -> Result<()> {
+    let status = control::request(&config.control_socket(), &Request::Status, |_| {}).await?;
+    match output {
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&status)?),
+        Output::Table => {
+            let status: ControlledClusterStatus = serde_json::from_value(status)?;
+            out!("{}", render::controlled_cluster(&status))
+        }
+    }
+    Ok(())
+}
+
+/// Sends `request` to the controller; with table output its steps are shown as they happen.
+async fn control_request(
+    config: &Config,
+    request: &Request,
+    output: Output,
+) -> Result<serde_json::Value> {
+    let show = |event: &serde_json::Value| {
+        if output == Output::Table
+            && let Some(line) = render::cluster_event(event)
+        {
+            eprintln!("{line}");
+        }
+    };
+    Ok(control::request(&config.control_socket(), request, show).await?)
 }
 
 /// The fault tests stop a cluster move at a step (`VALKEY_DR_FAULT=crash-after:<step>`), as they

@@ -145,7 +145,12 @@ pub fn promotion_result(result: &Value) -> String {
 }
 
 /// `valkey-dr cluster status`: a row per shard.
-pub fn cluster(status: &valkey_dr_controller::cluster::ClusterStatus) -> String {
+/// A cluster's shards; `epoch`: the controller's, when one runs the cluster (the primaries then
+/// belong where it says, not where those of the most slots are).
+pub fn cluster(
+    status: &valkey_dr_controller::cluster::ClusterStatus,
+    epoch: Option<u64>,
+) -> String {
     use valkey_dr_core::cluster::ShardFinding;
     let placed = |n: &valkey_dr_core::cluster::PlacedNode| {
         format!(
@@ -206,8 +211,12 @@ pub fn cluster(status: &valkey_dr_controller::cluster::ClusterStatus) -> String 
             ]
         })
         .collect();
+    let basis = match epoch {
+        Some(epoch) => format!("by the controller's epoch {epoch}"),
+        None => "where those of the most slots are".into(),
+    };
     let mut out = format!(
-        "{} shard(s), seen from {}; primaries belong in {} (where those of the most slots are)\n",
+        "{} shard(s), seen from {}; primaries belong in {} ({basis})\n",
         status.shards.len(),
         status.asked,
         status.writer_region
@@ -324,4 +333,47 @@ pub fn cluster_failover(done: &valkey_dr_controller::cluster::ClusterFailover) -
     ));
     out.push_str(&automatic_failover(&done.automatic_failover));
     out
+}
+
+/// A controlled cluster: the epoch, what the name leads to, a move left halfway, the shards.
+pub fn controlled_cluster(
+    status: &valkey_dr_controller::cluster::controller::ControlledClusterStatus,
+) -> String {
+    let mut out = format!(
+        "{} leads to {}\n",
+        "the name",
+        if status.name.is_empty() {
+            "nothing yet".to_string()
+        } else {
+            status.name.join(", ")
+        }
+    );
+    if let Some(to) = &status.moving_to {
+        let _ = writeln!(
+            out,
+            "a move to {to} stopped halfway: run `valkey-dr cluster switchover {to}` (or `cluster failover {to}`) again to finish it"
+        );
+    }
+    out.push_str(&cluster(&status.cluster, status.epoch));
+    out
+}
+
+/// One line for a cluster move's step event, as the controller streams it.
+pub fn cluster_event(event: &serde_json::Value) -> Option<String> {
+    use valkey_dr_controller::events::EventKind;
+    match EventKind::of(event)? {
+        EventKind::ClusterMoveRecorded => Some(format!(
+            "move to {} recorded (epoch {})",
+            event["to_region"].as_str()?,
+            event["epoch"]
+        )),
+        EventKind::ClusterStep => Some(format!("  {}", event["step"].as_str()?)),
+        EventKind::ClusterMoveSettled => Some(format!(
+            "epoch {}: primaries in {}",
+            event["epoch"],
+            event["writer_region"].as_str()?
+        )),
+        EventKind::DnsApplied => Some(format!("  name moved ({} record sets)", event["changes"])),
+        _ => None,
+    }
 }

@@ -4,17 +4,22 @@
 //! move the writer. Requests:
 //! `{"command":"status"}`, `{"command":"reconcile"}`, `{"command":"promote","region":"…"}`,
 //! `{"command":"failover","region":"…","force":true}`, `{"command":"ack"}`,
-//! `{"command":"adopt","region":"…"}`.
+//! `{"command":"adopt","region":"…"}`; a cluster's controller (`mode = "cluster"`) answers
+//! `{"command":"status"}`, `{"command":"reconcile"}`,
+//! `{"command":"cluster_switchover","region":"…"}` and
+//! `{"command":"cluster_failover","region":"…","confirm_down":false}`.
 //! A promotion streams its events as `{"event":…}` lines and ends with `{"result":…}` or
 //! `{"error":"…"}`.
 
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::{Controller, ControllerError};
@@ -37,16 +42,43 @@ pub enum Request {
     Adopt {
         region: String,
     },
+    /// Every shard's primary to `region`, as one cut (cluster mode).
+    ClusterSwitchover {
+        region: String,
+    },
+    /// Every shard's primary to `region` after the loss of the region holding them (cluster
+    /// mode); `confirm_down`: the operator's word that the primaries that do not answer take no
+    /// writes.
+    ClusterFailover {
+        region: String,
+        #[serde(default)]
+        confirm_down: bool,
+    },
 }
 
-pub struct ControlServer {
+/// What answers the requests of a control socket: a replication group's controller or a
+/// cluster's.
+pub trait ControlTarget: Send + Sync + 'static {
+    /// Where its socket lives (in its state directory).
+    fn socket_path(&self) -> PathBuf;
+
+    /// Answers one request; an operation may stream its events to `out` as `{"event":…}` lines
+    /// before the reply.
+    fn answer(
+        self: Arc<Self>,
+        request: Request,
+        out: &mut OwnedWriteHalf,
+    ) -> impl Future<Output = Reply> + Send;
+}
+
+pub struct ControlServer<T> {
     listener: UnixListener,
-    controller: Arc<Controller>,
+    target: Arc<T>,
 }
 
-impl ControlServer {
-    pub fn bind(controller: Arc<Controller>) -> Result<ControlServer, ControllerError> {
-        let path = controller.config.control_socket();
+impl<T: ControlTarget> ControlServer<T> {
+    pub fn bind(target: Arc<T>) -> Result<ControlServer<T>, ControllerError> {
+        let path = target.socket_path();
         let error = |source| ControllerError::Control {
             path: path.display().to_string(),
             source,
@@ -61,17 +93,14 @@ impl ControlServer {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(error)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(error)?;
-        Ok(ControlServer {
-            listener,
-            controller,
-        })
+        Ok(ControlServer { listener, target })
     }
 
     pub async fn serve(self) {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle(self.controller.clone(), stream));
+                    tokio::spawn(handle(self.target.clone(), stream));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "control socket accept failed");
@@ -92,7 +121,7 @@ fn peer_allowed(stream: &UnixStream) -> bool {
         .is_ok_and(|cred| cred.uid() == own || cred.uid() == 0)
 }
 
-async fn handle(controller: Arc<Controller>, stream: UnixStream) {
+async fn handle<T: ControlTarget>(target: Arc<T>, stream: UnixStream) {
     if !peer_allowed(&stream) {
         let (_, mut write) = stream.into_split();
         let refusal = Reply::Error(
@@ -120,45 +149,68 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) {
             return;
         }
     };
-    let out = match request {
-        // Only the leader moves the writer or changes the state: another controller hands the
-        // request to it through etcd and relays its answer.
-        request
-            if !matches!(request, Request::Status | Request::Reconcile)
-                && !controller.may_act() =>
-        {
-            controller.forward(&request).await
-        }
-        Request::Promote { region, method } => {
-            let mut events = controller.events.subscribe();
-            let task = {
-                let controller = controller.clone();
-                tokio::spawn(async move { controller.promote_with(&region, method).await })
-            };
-            tokio::pin!(task);
-            let result = loop {
-                tokio::select! {
-                    done = &mut task => break done,
-                    Ok(event) = events.recv() => {
-                        let _ = write.write_all(format!("{{\"event\":{event}}}\n").as_bytes()).await;
-                    }
-                }
-            };
-            // Events emitted just before the end are still queued: send them before the result.
-            while let Ok(event) = events.try_recv() {
-                let _ = write
-                    .write_all(format!("{{\"event\":{event}}}\n").as_bytes())
-                    .await;
-            }
-            match result {
-                Ok(Ok(report)) => Reply::result(report),
-                Ok(Err(e)) => Reply::Error(e.to_string()),
-                Err(e) => Reply::Error(format!("promotion task failed: {e}")),
-            }
-        }
-        request => execute(&controller, request).await,
-    };
+    let out = target.answer(request, &mut write).await;
     let _ = write.write_all(out.line().as_bytes()).await;
+}
+
+impl ControlTarget for Controller {
+    fn socket_path(&self) -> PathBuf {
+        self.config.control_socket()
+    }
+
+    async fn answer(self: Arc<Self>, request: Request, out: &mut OwnedWriteHalf) -> Reply {
+        let controller = self;
+        match request {
+            // Only the leader moves the writer or changes the state: another controller hands
+            // the request to it through etcd and relays its answer.
+            request
+                if !matches!(request, Request::Status | Request::Reconcile)
+                    && !controller.may_act() =>
+            {
+                controller.forward(&request).await
+            }
+            Request::Promote { region, method } => {
+                let task = {
+                    let controller = controller.clone();
+                    tokio::spawn(async move { controller.promote_with(&region, method).await })
+                };
+                match stream_events(&controller.events, out, task).await {
+                    Ok(Ok(report)) => Reply::result(report),
+                    Ok(Err(e)) => Reply::Error(e.to_string()),
+                    Err(e) => Reply::Error(format!("promotion task failed: {e}")),
+                }
+            }
+            request => execute(&controller, request).await,
+        }
+    }
+}
+
+/// Streams the controller's events to `out` as `{"event":…}` lines until `task` (an operation,
+/// in its own task so that a client that goes away does not stop it halfway) ends, then those
+/// emitted just before its end; its result, or why the task failed.
+pub(crate) async fn stream_events<T>(
+    events: &crate::EventSink,
+    out: &mut OwnedWriteHalf,
+    task: tokio::task::JoinHandle<T>,
+) -> Result<T, tokio::task::JoinError> {
+    let mut live = events.subscribe();
+    tokio::pin!(task);
+    let result = loop {
+        tokio::select! {
+            done = &mut task => break done,
+            Ok(event) = live.recv() => send_event(out, &event).await,
+        }
+    };
+    while let Ok(event) = live.try_recv() {
+        send_event(out, &event).await;
+    }
+    result
+}
+
+async fn send_event(out: &mut OwnedWriteHalf, event: &str) {
+    let _ = out
+        .write_all(format!("{{\"event\":{event}}}\n").as_bytes())
+        .await;
 }
 
 /// One line from the controller to a control client: `{"event":…}` while an operation streams
@@ -218,6 +270,9 @@ pub async fn execute(controller: &Arc<Controller>, request: Request) -> Reply {
             Ok(report) => Reply::result(report),
             Err(e) => Reply::Error(e.to_string()),
         },
+        Request::ClusterSwitchover { .. } | Request::ClusterFailover { .. } => Reply::Error(
+            "this controller runs a replication group; cluster commands need mode = \"cluster\" in its config".into(),
+        ),
     }
 }
 

@@ -482,6 +482,22 @@ async fn start_rfc2136(
     rfc2136: &valkey_dr_core::config::Rfc2136Config,
     faults: Option<Arc<dyn faults::FaultInjector>>,
 ) -> Result<Running, ControllerError> {
+    let provider = rfc2136_provider(&config, rfc2136)?;
+    let controller = Arc::new(Controller::new(config, provider)?.with_faults(faults));
+    let tasks = start_tasks(&controller, None).await?;
+    Ok(Running {
+        controller,
+        dns_addr: None,
+        dns: None,
+        tasks,
+    })
+}
+
+/// The user's DNS server, changed by RFC 2136 updates signed with the configured TSIG key.
+pub(crate) fn rfc2136_provider(
+    config: &Config,
+    rfc2136: &valkey_dr_core::config::Rfc2136Config,
+) -> Result<Arc<dyn DnsProvider>, ControllerError> {
     let key = security::tsig_key(rfc2136)?;
     let servers = rfc2136
         .servers
@@ -498,14 +514,7 @@ async fn start_rfc2136(
         field: "dns.provider",
         reason,
     })?;
-    let controller = Arc::new(Controller::new(config, Arc::new(provider))?.with_faults(faults));
-    let tasks = start_tasks(&controller, None).await?;
-    Ok(Running {
-        controller,
-        dns_addr: None,
-        dns: None,
-        tasks,
-    })
+    Ok(Arc::new(provider))
 }
 
 /// The control socket, the loops, the HTTP endpoint and the webhooks of a started controller.

@@ -134,41 +134,18 @@ pub fn desired(
     epoch: Option<&EpochRecord>,
 ) -> Vec<RecordSet> {
     let mut records = Vec::new();
-    let host_record = |name: String, nodes: &[NodeId]| -> Option<RecordSet> {
+    let nodes_record = |name: String, nodes: &[NodeId]| -> Option<RecordSet> {
         let hosts: Vec<&str> = nodes
             .iter()
             .map(|n| topology.node(*n).endpoint.host.as_str())
             .collect();
-        let ips: Vec<IpAddr> = hosts.iter().filter_map(|h| h.parse().ok()).collect();
-        if ips.len() == hosts.len() && !ips.is_empty() {
-            // A and AAAA cannot share one set; a mixed region publishes its IPv4 readers.
-            let v4: Vec<String> = ips
-                .iter()
-                .filter(|ip| ip.is_ipv4())
-                .map(|ip| ip.to_string())
-                .collect();
-            if v4.is_empty() {
-                Some(RecordSet::new(
-                    &name,
-                    RecordType::Aaaa,
-                    names.ttl,
-                    ips.iter().map(|ip| ip.to_string()),
-                ))
-            } else {
-                Some(RecordSet::new(&name, RecordType::A, names.ttl, v4))
-            }
-        } else {
-            // A CNAME takes one target: the first node by configuration order.
-            hosts
-                .first()
-                .map(|h| RecordSet::new(&name, RecordType::Cname, names.ttl, [fqdn(h)]))
-        }
+        host_record(&name, names.ttl, &hosts)
     };
     for region in &topology.regions {
         if let Some(head) = analysis.heads[region.id.0] {
-            records.extend(host_record(names.regional_primary(&region.name), &[head]));
+            records.extend(nodes_record(names.regional_primary(&region.name), &[head]));
         }
-        records.extend(host_record(
+        records.extend(nodes_record(
             names.regional_reader(&region.name),
             &analysis.readers[region.id.0],
         ));
@@ -183,20 +160,54 @@ pub fn desired(
             names.ttl,
             [names.regional_primary(region)],
         ));
-        let owner = Ownership {
-            owner: names.owner.clone(),
-            epoch: epoch.epoch,
-            primary_region: region.clone(),
-        };
-        records.push(RecordSet::new(
-            &names.ownership,
-            RecordType::Txt,
-            names.ttl,
-            [owner.to_txt()],
-        ));
+        records.push(ownership_record(names, epoch.epoch, region));
     }
     records.sort();
     records
+}
+
+/// The record set that leads `name` to `hosts`: their addresses (A, or AAAA when none is IPv4:
+/// the two cannot share one set, and a mixed list publishes its IPv4 hosts) when every host is
+/// an IP address, else a CNAME to the first (a CNAME takes one target). `None` for no host.
+pub fn host_record(name: &str, ttl: u32, hosts: &[&str]) -> Option<RecordSet> {
+    let ips: Vec<IpAddr> = hosts.iter().filter_map(|h| h.parse().ok()).collect();
+    if ips.len() == hosts.len() && !ips.is_empty() {
+        let v4: Vec<String> = ips
+            .iter()
+            .filter(|ip| ip.is_ipv4())
+            .map(|ip| ip.to_string())
+            .collect();
+        if v4.is_empty() {
+            Some(RecordSet::new(
+                name,
+                RecordType::Aaaa,
+                ttl,
+                ips.iter().map(|ip| ip.to_string()),
+            ))
+        } else {
+            Some(RecordSet::new(name, RecordType::A, ttl, v4))
+        }
+    } else {
+        hosts
+            .first()
+            .map(|h| RecordSet::new(name, RecordType::Cname, ttl, [fqdn(h)]))
+    }
+}
+
+/// The ownership record beside the global name: who manages it, at which epoch, for which
+/// region's writer.
+pub fn ownership_record(names: &ManagedNames, epoch: u64, primary_region: &str) -> RecordSet {
+    let owner = Ownership {
+        owner: names.owner.clone(),
+        epoch,
+        primary_region: primary_region.to_string(),
+    };
+    RecordSet::new(
+        &names.ownership,
+        RecordType::Txt,
+        names.ttl,
+        [owner.to_txt()],
+    )
 }
 
 /// What a switchover publishes in the same write as its new epoch: the records that lead the name

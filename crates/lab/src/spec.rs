@@ -445,6 +445,7 @@ impl LabSpec {
             owner: "valkey-dr-lab".into(),
             state_dir: self.controller_dir(),
             primary_region: self.regions[0].clone(),
+            mode: Default::default(),
             regions,
             dns: DnsConfig {
                 zone: self.zone.clone(),

@@ -6,6 +6,7 @@ mod aws;
 mod chaos;
 mod clients;
 mod cluster;
+mod cluster_controller;
 mod config;
 mod deps;
 mod docs;

@@ -182,27 +182,36 @@ pub(super) async fn take_over_in_turn(
     let mut results = Vec::new();
     let mut highest = 0;
     for handover in handovers {
-        let replica = handover.replica;
-        let handed = async {
-            knows_epoch(engine, replica, highest, HANDOVER_WITHIN).await?;
-            // The next replica must hear of this claim even if this takeover then fails: the
-            // two would share the epoch.
-            let mine = claimed_before
-                .filter(|(claimant, _)| *claimant == replica)
-                .map(|(_, epoch)| epoch);
-            let claimed = claim_next_epoch(engine, replica, bystanders, mine).await?;
-            highest = highest.max(claimed);
-            hand_over(engine, handover).await?;
-            engine
-                .cluster_epoch(replica)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
+        let handed = take_over(engine, *handover, bystanders, claimed_before, &mut highest).await;
         results.push(handed.map(|epoch| highest = highest.max(epoch)));
         reached(CutStep::HandedOver(results.len()));
     }
     results
+}
+
+/// One handover of [`take_over_in_turn`], once its replica knows the `highest` epoch claimed
+/// before it; returns the replica's epoch after it.
+async fn take_over(
+    engine: &ValkeyEngine,
+    handover: Handover<'_>,
+    bystanders: &[&Endpoint],
+    claimed_before: Option<(&Endpoint, u64)>,
+    highest: &mut u64,
+) -> Result<u64, String> {
+    let replica = handover.replica;
+    knows_epoch(engine, replica, *highest, HANDOVER_WITHIN).await?;
+    // The next replica must hear of this claim even if this takeover then fails: the two
+    // would share the epoch.
+    let mine = claimed_before
+        .filter(|(claimant, _)| *claimant == replica)
+        .map(|(_, epoch)| epoch);
+    let claimed = claim_next_epoch(engine, replica, bystanders, mine).await?;
+    *highest = (*highest).max(claimed);
+    hand_over(engine, &handover).await?;
+    engine
+        .cluster_epoch(replica)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Makes an epoch no other node holds `replica`'s own config epoch, before it takes its shard

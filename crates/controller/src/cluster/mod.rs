@@ -1,13 +1,14 @@
 //! Cluster mode: the shards of a Valkey cluster stretched over the configured regions,
 //! discovered from whichever configured node answers first, placed in their regions with what
 //! is wrong ([`valkey_dr_core::cluster::shard_views`]), and moved together to another region by
-//! an operator's all-shard switchover ([`cluster_switchover`]). Not yet part of the controller's
-//! loop: no epoch, no name, no failover.
+//! an operator's all-shard switchover ([`cluster_switchover`]) or region failover
+//! ([`cluster_failover`]). With `mode = "cluster"` a [`controller::ClusterController`] runs
+//! them, keeps the epoch and leads the name; without it they act on the nodes alone.
 
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use valkey_dr_core::cluster::{
     FailoverGuard, MoveRefusal, Shard, ShardMove, ShardView, failover_guards, plan_failover,
     plan_switchover, shard_views, slot_ranges, uncovered_slots, writer_region,
@@ -16,7 +17,9 @@ use valkey_dr_core::{Config, Endpoint, Engine, RegionId, Topology};
 use valkey_dr_valkey::cluster::NodeHealth;
 use valkey_dr_valkey::{Timeouts, ValkeyEngine};
 
+pub mod controller;
 mod handover;
+mod state;
 
 pub use handover::CutStep;
 use handover::{
@@ -24,12 +27,13 @@ use handover::{
 };
 
 /// What `valkey-dr cluster status` shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// The node whose view this is.
     pub asked: String,
-    /// Where the primaries belong: the region holding the primaries of the most slots (the
-    /// configured primary region on a tie); nothing records it yet.
+    /// Where the primaries belong: the epoch's region when a controller runs the cluster, else
+    /// the region holding the primaries of the most slots (the configured primary region on a
+    /// tie).
     pub writer_region: String,
     /// In slot order.
     pub shards: Vec<ShardView>,
@@ -84,19 +88,29 @@ pub async fn cluster_status(config: &Config) -> Result<ClusterStatus, ClusterErr
         .await
         .map_err(ClusterError::NoNodeAnswered)?;
     let writer = writer_region(&topology, &shards, topology.bootstrap_region);
-    Ok(ClusterStatus {
+    Ok(status_of(&topology, &asked, &shards, writer))
+}
+
+/// The shards as `asked` sees them, placed against `writer` as the primaries' region.
+fn status_of(
+    topology: &Topology,
+    asked: &Endpoint,
+    shards: &[Shard],
+    writer: RegionId,
+) -> ClusterStatus {
+    ClusterStatus {
         asked: asked.to_string(),
         writer_region: topology.region(writer).name.clone(),
-        uncovered_slots: uncovered_slots(&shards)
+        uncovered_slots: uncovered_slots(shards)
             .into_iter()
             .map(|r| slot_ranges(&[r]))
             .collect(),
-        shards: shard_views(&topology, writer, &shards),
-    })
+        shards: shard_views(topology, writer, shards),
+    }
 }
 
 /// What `valkey-dr cluster switchover` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterSwitchover {
     pub to_region: String,
     /// One per shard that moved (a shard already in the region stays).
@@ -108,7 +122,7 @@ pub struct ClusterSwitchover {
 }
 
 /// A node's automatic failover as a command set it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GuardSet {
     #[serde(flatten)]
     pub guard: FailoverGuard,
@@ -263,7 +277,7 @@ pub async fn cluster_switchover(
 }
 
 /// What `valkey-dr cluster failover` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterFailover {
     pub to_region: String,
     /// One per shard whose primary stood outside the region.
@@ -274,7 +288,7 @@ pub struct ClusterFailover {
     pub automatic_failover: Vec<GuardSet>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailedOverShard {
     #[serde(flatten)]
     pub r#move: ShardMove,
@@ -302,6 +316,27 @@ struct Moving<'a> {
     frozen_at: Option<u64>,
 }
 
+/// After a failover's takeover: the old primary of `m`, if it answered, released once it follows
+/// its new primary (`Some(true)`), else kept paused (`Some(false)`); released at once when its
+/// shard did not move (it is still the primary).
+async fn release_old_primary(engine: &ValkeyEngine, m: &Moving<'_>, moved: bool) -> Option<bool> {
+    let old = &m.r#move.from;
+    if !m.old_answered {
+        return None;
+    }
+    if !moved {
+        engine.unpause(old).await.ok();
+        return None;
+    }
+    let followed = follows(engine, old, HANDOVER_WITHIN).await;
+    if followed {
+        engine.kill_clients_and_unpause(old).await.ok();
+    } else {
+        engine.pause_writes(old, UNFOLLOWED_PAUSE).await.ok();
+    }
+    Some(followed)
+}
+
 /// Why a cluster command did not do all it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -323,6 +358,10 @@ pub enum ClusterError {
         handed_back: Vec<String>,
         not_handed_back: Vec<String>,
     },
+    #[error("the cluster's epoch was not recorded: {0}")]
+    StateNotRecorded(String),
+    #[error("the name was not moved: {0}")]
+    NameNotMoved(String),
     /// A failover moved some shards, not all: run it again (shards already moved stay).
     #[error("{} of {} shard(s) did not move, run it again: {}", .failed.len(), .of, .failed.join("; "))]
     Incomplete {
@@ -387,6 +426,7 @@ pub async fn cluster_failover(
     let paused = join_all(
         fenced
             .iter()
+            .copied()
             .map(|old| engine.pause_writes_and_read(old, pause)),
     )
     .await;
@@ -400,7 +440,7 @@ pub async fn cluster_failover(
     // It answered a moment ago: unless the operator confirmed it down, it may still take
     // writes, so nothing moves.
     if let Some(reason) = not_paused.filter(|_| !confirmed_down) {
-        join_all(fenced.iter().map(|old| engine.unpause(old))).await;
+        join_all(fenced.iter().copied().map(|old| engine.unpause(old))).await;
         return Err(ClusterError::Aborted(reason));
     }
     reached(CutStep::Paused);
@@ -429,23 +469,12 @@ pub async fn cluster_failover(
     .await;
     // An old primary that answered follows by gossip: released once it does, else kept paused.
     // One whose shard did not move is still the primary: released at once.
-    let old_follows = join_all(moving.iter().zip(&results).map(|(m, moved)| async {
-        let old = &m.r#move.from;
-        if !m.old_answered {
-            return None;
-        }
-        if moved.is_err() {
-            engine.unpause(old).await.ok();
-            return None;
-        }
-        let followed = follows(&engine, old, HANDOVER_WITHIN).await;
-        if followed {
-            engine.kill_clients_and_unpause(old).await.ok();
-        } else {
-            engine.pause_writes(old, UNFOLLOWED_PAUSE).await.ok();
-        }
-        Some(followed)
-    }))
+    let old_follows = join_all(
+        moving
+            .iter()
+            .zip(&results)
+            .map(|(m, moved)| release_old_primary(&engine, m, moved.is_ok())),
+    )
     .await;
     let shards: Vec<FailedOverShard> = moving
         .iter()

@@ -148,17 +148,23 @@ impl StateFile {
 
     /// Writes durably: temporary file, fsync, rename, fsync of the directory.
     pub fn store(&self, topology: &Topology, state: &State) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&encode(topology, state))?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        write_durably(&self.path, &encode(topology, state))
     }
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash or power loss leaves the old content
+/// or the new, never a mix: temporary file, fsync, rename, fsync of the directory.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The state as stored (in `state.json` or in etcd), resolved against the topology; `source`

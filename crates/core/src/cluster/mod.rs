@@ -4,17 +4,19 @@
 
 use std::ops::RangeInclusive;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::endpoint::Endpoint;
 use crate::topology::{RegionId, Topology};
 
 mod moves;
+mod name;
 
 pub use moves::{
     FailoverGuard, MoveRefusal, ShardMove, best_replica_in, failover_guards, plan_failover,
     plan_switchover,
 };
+pub use name::{ClusterEpoch, MoveState, move_state, records};
 
 /// The number of hash slots of a Valkey cluster.
 pub const SLOTS: u32 = 16_384;
@@ -46,7 +48,7 @@ pub struct ShardNode {
     pub replica_migration: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShardRole {
     Primary,
@@ -54,7 +56,7 @@ pub enum ShardRole {
 }
 
 /// How a node stands, worst last: what the cluster thinks of it, and whether it answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeHealth {
     Online,
@@ -101,7 +103,7 @@ pub fn slot_ranges(ranges: &[RangeInclusive<u16>]) -> String {
 }
 
 /// One shard as status shows it: its slots, its nodes placed in their regions, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardView {
     /// `0-5460`, or several ranges joined by commas.
     pub slots: String,
@@ -111,7 +113,7 @@ pub struct ShardView {
     pub findings: Vec<ShardFinding>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacedNode {
     pub node: String,
     /// The configured region holding this address; `None` for a node the config does not list.
@@ -127,7 +129,7 @@ pub struct PlacedNode {
 }
 
 /// What is wrong with a shard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "finding", rename_all = "snake_case")]
 pub enum ShardFinding {
     /// No node of the shard is its primary: its slots take no write.

@@ -1,7 +1,7 @@
 //! Moving every shard's primary to one region — a planned switchover, a failover after a
 //! region's loss — and which nodes the cluster may promote by itself afterwards: pure plans.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     NodeHealth, Shard, ShardNode, ShardRole, region_id, region_name, slot_ranges, uncovered_slots,
@@ -10,7 +10,7 @@ use crate::endpoint::Endpoint;
 use crate::topology::{RegionId, Topology};
 
 /// One node's `cluster-replica-no-failover`, as the region holding its shard's primary wants it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverGuard {
     pub node: Endpoint,
     /// Whether the cluster may promote it by itself (`cluster-replica-no-failover no`).
@@ -55,7 +55,7 @@ pub fn failover_guards(
 
 /// One shard's part of an all-shard switchover: its primary hands over to a replica in the
 /// region that is to hold the primaries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMove {
     /// The shard's slots, as [`ShardView::slots`] shows them.
     pub slots: String,

@@ -39,6 +39,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The region whose primary is the writer when no epoch has been recorded yet.
     pub primary_region: String,
+    /// What the nodes form: one replication group (the default), or one Valkey cluster
+    /// stretched over the regions, whose shards are discovered from the nodes.
+    #[serde(default, skip_serializing_if = "Mode::is_replication")]
+    pub mode: Mode,
     pub regions: Vec<RegionConfig>,
     pub dns: DnsConfig,
     #[serde(default)]
@@ -59,6 +63,23 @@ pub struct Config {
     /// URLs that receive failovers, switchovers, fencing and suspected data loss as signed JSON.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<WebhookConfig>,
+}
+
+/// What the configured nodes form.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// One primary and its replicas (`REPLICAOF`).
+    #[default]
+    Replication,
+    /// A Valkey cluster (`cluster-enabled yes`): every shard's primary in the writer region.
+    Cluster,
+}
+
+impl Mode {
+    fn is_replication(&self) -> bool {
+        *self == Mode::Replication
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

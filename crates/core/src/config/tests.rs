@@ -346,3 +346,24 @@ fn etcd_over_tls_needs_https_urls_and_a_whole_client_identity() {
         assert!(error.to_string().contains(fix), "{error}");
     }
 }
+
+#[test]
+fn cluster_mode_is_read_and_runs_with_one_controller() {
+    let base = include_str!("../../../../valkey-dr.toml");
+    assert_eq!(Config::parse(base).unwrap().mode, Mode::Replication);
+    let cluster = format!("mode = \"cluster\"\n{base}");
+    let config = Config::parse(&cluster).unwrap();
+    assert_eq!(config.mode, Mode::Cluster);
+    assert!(config.to_toml().contains("mode = \"cluster\""));
+    let error = Config::parse(&three_sites(&cluster, SITES, "")).unwrap_err();
+    assert_eq!(error.field(), Some("mode"), "{error}");
+    let two_ports = cluster.replacen("port = 6379", "port = 6380", 1);
+    assert_ne!(two_ports, cluster, "the example config names a port");
+    let error = Config::parse(&two_ports).unwrap_err();
+    assert!(
+        error.field().is_some_and(|f| f.ends_with(".port")),
+        "{error}"
+    );
+    let error = Config::parse(&format!("mode = \"sharded\"\n{base}")).unwrap_err();
+    assert!(error.to_string().contains("cluster"), "{error}");
+}

@@ -102,6 +102,7 @@ impl Config {
         self.validate_dns()?;
         self.validate_controller()?;
         self.validate_coordination()?;
+        self.validate_mode()?;
         self.validate_http()?;
         self.validate_webhooks()?;
         self.validate_security()
@@ -260,6 +261,42 @@ impl Config {
                 "dns.provider.kind",
                 "the highly available shape serves the records from every controller; RFC 2136 is supported with one controller",
                 "remove [coordination], or use kind = \"embedded\"",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_mode(&self) -> Result<(), ConfigError> {
+        if self.mode != Mode::Cluster {
+            return Ok(());
+        }
+        // The name gives cluster clients addresses to start from, not ports.
+        let first_port = self
+            .regions
+            .iter()
+            .flat_map(|r| &r.nodes)
+            .map(|n| n.port)
+            .next();
+        for (i, region) in self.regions.iter().enumerate() {
+            for (j, node) in region.nodes.iter().enumerate() {
+                if Some(node.port) != first_port {
+                    return Err(ConfigError::invalid(
+                        format!("regions[{i}].nodes[{j}].port"),
+                        format!(
+                            "{} differs from the first node's {}: in cluster mode the name leads clients to the nodes' addresses, which carry no port",
+                            node.port,
+                            first_port.unwrap_or_default()
+                        ),
+                        "run every cluster node on one port (each on its own address)",
+                    ));
+                }
+            }
+        }
+        if self.coordination.is_some() {
+            return Err(ConfigError::invalid(
+                "mode",
+                "cluster mode runs with one controller so far; its epoch is not kept in etcd yet",
+                "remove [coordination] to run one controller for the cluster, or set mode = \"replication\"",
             ));
         }
         Ok(())

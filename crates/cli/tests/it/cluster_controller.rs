@@ -1,0 +1,409 @@
+//! A controller running a cluster (`mode = "cluster"`): `valkey-dr run` against a real stretched
+//! cluster of nine `valkey-server` processes, its name read with `dig` from its own DNS server.
+//! The epoch is the controller's, kept in `cluster.json`; the name leads to the writer region's
+//! primaries only; a move is recorded before it starts and settled by what the shards show.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use valkey_dr_lab::cluster::ClusterNode;
+
+use crate::harness::{BIN, dig, succeed};
+
+/// A port free on every one of `ips`, its cluster bus port (+10000) too.
+fn free_port_on_all(ips: &[Ipv4Addr]) -> u16 {
+    (0..100)
+        .find_map(|_| {
+            let port = valkey_dr_lab::cluster::free_cluster_port(ips[0])?;
+            ips.iter()
+                .all(|ip| {
+                    std::net::TcpListener::bind((*ip, port)).is_ok()
+                        && std::net::TcpListener::bind((*ip, port + 10_000)).is_ok()
+                })
+                .then_some(port)
+        })
+        .expect("a port free on every address")
+}
+
+/// A free port on `ip` for both UDP and TCP (the DNS server listens on both).
+fn free_dns_port(ip: Ipv4Addr) -> u16 {
+    (0..100)
+        .find_map(|_| {
+            let udp = std::net::UdpSocket::bind((ip, 0)).ok()?;
+            let port = udp.local_addr().ok()?.port();
+            std::net::TcpListener::bind((ip, port)).ok().map(|_| port)
+        })
+        .expect("a free port")
+}
+
+/// A new file beside `config` for a controller's stderr.
+fn log_file(config: &Path) -> std::fs::File {
+    let dir = config.parent().unwrap();
+    let n = std::fs::read_dir(dir).map_or(0, |d| d.count());
+    std::fs::File::create(dir.join(format!("controller-{n}.log"))).unwrap()
+}
+
+/// The controller process; killed (SIGKILL) when dropped.
+struct Controller {
+    child: Child,
+}
+
+impl Controller {
+    fn start(config: &Path, fault: Option<&str>) -> Controller {
+        let mut command = Command::new(BIN);
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Its events, kept with the test's files when it fails.
+            .stderr(log_file(config));
+        if let Some(fault) = fault {
+            command.env("VALKEY_DR_FAULT", fault);
+        }
+        Controller {
+            child: command.spawn().expect("valkey-dr runs"),
+        }
+    }
+
+    /// Waits for it to end by itself (an injected crash), for up to `within`.
+    fn ended_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    dir: PathBuf,
+    config: PathBuf,
+    dns: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    _nodes: Vec<ClusterNode>,
+}
+
+impl Setup {
+    /// Nine nodes on an address of their own (see `cluster::formed`): 0–2 lead the shards, 3–5
+    /// follow them in us-east-1, 6–8 in us-east-2; the config adds `mode = "cluster"` and the
+    /// controller's DNS server on that address.
+    async fn new(name: &str) -> Setup {
+        let dir = std::env::temp_dir().join(format!("valkey-dr-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The name carries addresses, not ports: every node has an address of its own and
+        // listens on one port, as on separate hosts. The addresses are this test's own (see
+        // `cluster::formed`).
+        let pid = std::process::id();
+        let ip = |n: u8| Ipv4Addr::new(127, 110 + n, (pid >> 8) as u8, (pid as u8).max(1));
+        let mut tries = 0;
+        let (addrs, nodes) = loop {
+            let port = free_port_on_all(&(0..9).map(ip).collect::<Vec<_>>());
+            let addrs: Vec<SocketAddr> = (0..9)
+                .map(|n| SocketAddr::new(ip(n).into(), port))
+                .collect();
+            tries += 1;
+            match valkey_dr_lab::cluster::start(&dir, &addrs, 3).await {
+                Ok(nodes) => break (addrs, nodes),
+                Err(e) if tries >= 3 => panic!("the cluster does not form: {e}"),
+                Err(_) => {}
+            }
+        };
+        let ip = ip(9);
+        let config = valkey_dr_lab::cluster::write_config(&dir, &addrs).unwrap();
+        let dns = SocketAddr::new(IpAddr::V4(ip), free_dns_port(ip));
+        let written = std::fs::read_to_string(&config).unwrap();
+        // [dns] is the file's last table: its provider follows it, the controller's settings
+        // after that.
+        std::fs::write(
+            &config,
+            format!(
+                "mode = \"cluster\"\n{written}[dns.provider]\nkind = \"embedded\"\nlisten = \"{dns}\"\n[controller]\nreconcile_interval_ms = 300\n"
+            ),
+        )
+        .unwrap();
+        Setup {
+            dir,
+            config,
+            dns,
+            addrs,
+            _nodes: nodes,
+        }
+    }
+
+    fn ips(&self, nodes: std::ops::Range<usize>) -> Vec<String> {
+        let mut ips: Vec<String> = self.addrs[nodes]
+            .iter()
+            .map(|a| a.ip().to_string())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    }
+
+    /// The addresses the name leads to.
+    fn name(&self) -> Vec<String> {
+        let mut ips: Vec<String> = dig(self.dns, &["demo.valkey-dr.live", "A", "+short"])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        ips.sort();
+        ips
+    }
+
+    /// The ownership record's epoch and region.
+    fn ownership(&self) -> Option<(u64, String)> {
+        let txt = dig(
+            self.dns,
+            &["_valkey-dr.demo.valkey-dr.live", "TXT", "+short"],
+        );
+        let owner = valkey_dr_core::Ownership::parse(txt.trim())?;
+        Some((owner.epoch, owner.primary_region))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = succeed(
+            Command::new(BIN)
+                .args(["cluster", "status", "--output", "json", "--config"])
+                .arg(&self.config),
+        );
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn cluster(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("cluster")
+            .args(args)
+            .args(["--output", "json", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    /// Waits until the name leads to `ips` with the ownership record `(epoch, region)`.
+    fn wait_for_name(&self, ips: &[String], epoch: u64, region: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (name, owner) = (self.name(), self.ownership());
+            if name == ips && owner == Some((epoch, region.to_string())) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the name leads to {name:?} with {owner:?}, not to {ips:?} at epoch {epoch} in {region}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A controller started on the config, once its control socket answers.
+    fn controller(&self, fault: Option<&str>) -> Controller {
+        let controller = Controller::start(&self.config, fault);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.cluster(&["status"]).status.success() {
+            assert!(Instant::now() < deadline, "the controller does not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        controller
+    }
+
+    /// Waits until every shard's nodes are online (replicas that followed a move resync first).
+    fn wait_whole(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            let whole = status["shards"].as_array().is_some_and(|shards| {
+                shards.iter().all(|s| {
+                    s["replicas"]
+                        .as_array()
+                        .is_some_and(|r| r.len() == 2 && r.iter().all(|n| n["health"] == "online"))
+                })
+            });
+            if whole {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not whole: {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Polls the name for `during`: it must never lead to a node outside `allowed`.
+    fn name_stays_within(&self, allowed: &[String], during: Duration) {
+        let deadline = Instant::now() + during;
+        while Instant::now() < deadline {
+            let name = self.name();
+            assert!(
+                name.iter().all(|ip| allowed.contains(ip)),
+                "the name leads to {name:?}, outside {allowed:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_controller_keeps_the_clusters_epoch_and_leads_the_name_to_the_writer_regions_primaries()
+ {
+    let setup = Setup::new("cluster-controller").await;
+    let (east1_primaries, east2_nodes) = (setup.ips(0..3), setup.ips(6..9));
+    let controller = setup.controller(None);
+
+    // Epoch 1 where the primaries stand; the name leads to them, never to a replica.
+    setup.wait_for_name(&east1_primaries, 1, "us-east-1");
+    let status = setup.status();
+    assert_eq!(status["epoch"], 1, "{status}");
+    assert_eq!(status["writer_region"], "us-east-1", "{status}");
+
+    // A switchover through the controller: recorded, every shard moved, the epoch raised and
+    // the name moved before the command returns.
+    // A move that rolls back (a handover slow under load) leaves the epoch and the name as
+    // they were; it is asked again.
+    let mut tries = 0;
+    let out = loop {
+        let out = setup.cluster(&["switchover", "us-east-2"]);
+        tries += 1;
+        if out.status.success() || tries == 3 {
+            break out;
+        }
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("rolled back") || said.contains("nothing moved"),
+            "{said}"
+        );
+        assert_eq!(setup.name(), east1_primaries, "after: {said}");
+        assert_eq!(
+            setup.ownership(),
+            Some((1, "us-east-1".into())),
+            "after: {said}"
+        );
+        setup.wait_whole();
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["moves"].as_array().map(Vec::len), Some(3), "{done}");
+    assert_eq!(setup.name(), east2_nodes);
+    assert_eq!(setup.ownership(), Some((2, "us-east-2".into())));
+    let recorded = std::fs::read_to_string(setup.dir.join("state/cluster.json")).unwrap();
+    assert!(recorded.contains("\"epoch\": 2"), "{recorded}");
+    assert!(
+        recorded.contains("\"writer_region\": \"us-east-2\""),
+        "{recorded}"
+    );
+
+    // Restarted without its state directory (and its embedded DNS server empty, as it keeps
+    // the zone in memory): the writer region comes back from where the primaries stand, and
+    // the name with it. The number starts again at 1 — it counts only against the ownership
+    // record, which a DNS server that kept it (RFC 2136) would have given back instead.
+    drop(controller);
+    std::fs::remove_dir_all(setup.dir.join("state")).unwrap();
+    let controller = setup.controller(None);
+    setup.wait_for_name(&east2_nodes, 1, "us-east-2");
+    let status = setup.status();
+    assert_eq!(status["writer_region"], "us-east-2", "{status}");
+    setup.wait_whole();
+    drop(controller);
+
+    // A controller that dies after the first of three shards handed over back to us-east-1:
+    // the move stays recorded, a restarted controller says it is halfway, and the name leads
+    // only to primaries of the epoch's region — never to a node that stopped being one.
+    let mut crashing = setup.controller(Some("crash-after:handed-over-1"));
+    // A replica that followed the last move may still be loading its sync as the node asked
+    // sees it: the move is then refused before anything is touched, and asked again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let said = loop {
+        let out = setup.cluster(&["switchover", "us-east-1"]);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "the controller died mid-move: {said}"
+        );
+        if !said.contains("nothing moved") || Instant::now() > deadline {
+            break said;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(crashing.ended_within(Duration::from_secs(10)), "{said}");
+    let _controller = setup.controller(None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = setup.status();
+        if status["moving_to"] == "us-east-1" || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["moving_to"], "us-east-1", "{status}");
+    assert_eq!(status["epoch"], 1, "{status}");
+    let still_primaries: Vec<String> = status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["primary"]["node"].as_str())
+        .filter(|node| {
+            east2_nodes
+                .iter()
+                .any(|ip| node.starts_with(&format!("{ip}:")))
+        })
+        .map(|node| node.rsplit_once(':').unwrap().0.to_string())
+        .collect();
+    assert_eq!(
+        still_primaries.len(),
+        2,
+        "two shards did not move: {status}"
+    );
+    setup.name_stays_within(&still_primaries, Duration::from_secs(2));
+
+    // The command again finishes the move under the recorded move's epoch.
+    let out = setup.cluster(&["switchover", "us-east-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    setup.wait_for_name(&east1_primaries_now(&setup), 2, "us-east-1");
+    let status = setup.status();
+    assert!(status["moving_to"].is_null(), "{status}");
+}
+
+/// The us-east-1 nodes that lead a shard now (after a move back, the replicas beside the first
+/// primaries may lead instead).
+fn east1_primaries_now(setup: &Setup) -> Vec<String> {
+    let status = setup.status();
+    let east1 = setup.ips(0..6);
+    let mut ips: Vec<String> = status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["primary"]["node"].as_str())
+        .map(|node| node.rsplit_once(':').unwrap().0.to_string())
+        .filter(|ip| east1.contains(ip))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
