@@ -93,7 +93,7 @@ struct Setup {
     config: PathBuf,
     dns: SocketAddr,
     addrs: Vec<SocketAddr>,
-    _nodes: Vec<ClusterNode>,
+    nodes: Vec<ClusterNode>,
 }
 
 impl Setup {
@@ -140,7 +140,7 @@ impl Setup {
             config,
             dns,
             addrs,
-            _nodes: nodes,
+            nodes,
         }
     }
 
@@ -406,4 +406,48 @@ fn east1_primaries_now(setup: &Setup) -> Vec<String> {
     ips.sort();
     ips.dedup();
     ips
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_regions_loss_the_name_moves_only_with_the_failover_and_stays_when_it_returns() {
+    let mut setup = Setup::new("cluster-controller-loss").await;
+    let (east1_primaries, east2_nodes) = (setup.ips(0..3), setup.ips(6..9));
+    let _controller = setup.controller(None);
+    setup.wait_for_name(&east1_primaries, 1, "us-east-1");
+
+    // us-east-1 is lost, every node of it.
+    for node in &mut setup.nodes[..6] {
+        node.kill();
+    }
+    // Nothing moves by itself: us-east-2's replicas may not fail over (cluster-replica-no-
+    // failover), and the controller leads the name nowhere new until an operator moves the
+    // epoch. The silent primaries may still take writes where they stand: without the
+    // operator's word that they are down, nothing moves.
+    setup.name_stays_within(&east1_primaries, Duration::from_secs(3));
+    let out = setup.cluster(&["failover", "us-east-2"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("--confirm-down"),
+        "{said}"
+    );
+    assert_eq!(setup.ownership(), Some((1, "us-east-1".into())));
+
+    let out = setup.cluster(&["failover", "us-east-2", "--confirm-down"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(setup.name(), east2_nodes);
+    assert_eq!(setup.ownership(), Some((2, "us-east-2".into())));
+
+    // The region comes back empty: its nodes rejoin as replicas, and the name stays.
+    for node in &mut setup.nodes[..6] {
+        node.restart().await.unwrap();
+    }
+    setup.name_stays_within(&east2_nodes, Duration::from_secs(3));
+    setup.wait_whole();
+    let status = setup.status();
+    assert_eq!(status["epoch"], 2, "{status}");
+    assert_eq!(status["writer_region"], "us-east-2", "{status}");
 }
