@@ -136,13 +136,15 @@ pub enum LabCommand {
     },
 }
 
-/// `lab up --shards`: a cluster lab of its own (its nodes stopped by `lab down` as any lab's).
+/// `lab up --shards`: a cluster lab of its own and its controller, whose DNS server listens on
+/// `dns` (stopped by `lab down` as any lab's processes).
 async fn cluster_up(
     dir: &std::path::Path,
     block: u8,
     port: u16,
     regions: u8,
     shards: u8,
+    dns: SocketAddr,
 ) -> Result<()> {
     if process::any_running(dir) {
         outln!("a lab is already running in {}", dir.display());
@@ -153,11 +155,27 @@ async fn cluster_up(
         names.push("us-west-2".into());
     }
     let started = std::time::Instant::now();
-    let config = valkey_dr_lab::cluster::up(dir, block, port, &names, shards)
+    let config = valkey_dr_lab::cluster::up(dir, block, port, &names, shards, dns)
         .await
         .with_context(|| format!("starting a cluster lab in {}", dir.display()))?;
+    let exe = std::env::current_exe().context("locating the valkey-dr binary")?;
+    process::start_cluster_controller(&exe, &config, dir)?;
+    let loaded = valkey_dr_core::Config::load(&config)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while control::request(&loaded.control_socket(), &Request::Status, |_| {})
+        .await
+        .is_err()
+    {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the cluster's controller did not answer within 10 s: see {}",
+                dir.join("controller.log").display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     outln!(
-        "cluster lab up in {:.1} s: {shards} shard(s) over {} ({} nodes, the primaries in {})\n  valkey-dr cluster status --config {}\n  valkey-dr lab down --dir {}",
+        "cluster lab up in {:.1} s: {shards} shard(s) over {} ({} nodes, the primaries in {}), its controller's DNS on {dns}\n  valkey-dr cluster status --config {}\n  dig @{} -p {} demo.valkey-dr.live\n  valkey-dr lab down --dir {}",
         started.elapsed().as_secs_f64(),
         names.join(", "),
         valkey_dr_lab::cluster::lab_layout(block, port, &names, shards)
@@ -165,6 +183,8 @@ async fn cluster_up(
             .len(),
         names[0],
         config.display(),
+        dns.ip(),
+        dns.port(),
         dir.display()
     );
     Ok(())
@@ -186,7 +206,8 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             shards,
         } => {
             if let Some(shards) = shards {
-                return cluster_up(&dir.path(), block.unwrap_or(0), port, regions, shards).await;
+                return cluster_up(&dir.path(), block.unwrap_or(0), port, regions, shards, dns)
+                    .await;
             }
             let mut spec = LabSpec::reference(absolute(dir.path())?);
             if regions == 3 {

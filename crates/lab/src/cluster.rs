@@ -119,14 +119,16 @@ pub fn lab_layout(
 /// Starts a cluster lab that outlives this process (`lab up --shards`): one daemonized node
 /// per address of [`lab_layout`], its pid file in `dir` (`lab down` stops it, as every lab
 /// process) and its files in `dir/node-<ip>`, formed into `shards` shards, and
-/// `dir/valkey-dr.toml` naming every node in its region. The cluster may promote by itself only
-/// the first region's nodes. Returns the config's path.
+/// `dir/valkey-dr.toml` naming every node in its region, for a controller of the cluster
+/// (`mode = "cluster"`) whose DNS server listens on `dns`. The cluster may promote by itself
+/// only the first region's nodes. Returns the config's path.
 pub async fn up(
     dir: &Path,
     block: u8,
     port: u16,
     regions: &[String],
     shards: u8,
+    dns: SocketAddr,
 ) -> Result<PathBuf, ClusterError> {
     let (addrs, shares) = lab_layout(block, port, regions, shards);
     std::fs::create_dir_all(dir).map_err(ClusterError::Start)?;
@@ -155,7 +157,7 @@ pub async fn up(
         .iter()
         .map(|(name, range)| (name.as_str(), &addrs[range.clone()]))
         .collect();
-    write_regions_config(&dir, &regions).map_err(ClusterError::Start)
+    write_regions_config(&dir, &regions, Some(dns)).map_err(ClusterError::Start)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -645,20 +647,26 @@ pub fn write_config(dir: &Path, addrs: &[SocketAddr]) -> std::io::Result<PathBuf
     write_regions_config(
         dir,
         &[("us-east-1", &addrs[..6]), ("us-east-2", &addrs[6..9])],
+        None,
     )
 }
 
 /// Writes `dir/valkey-dr.toml` for a cluster whose nodes stand in `regions` (name, nodes); the
-/// first holds the primaries.
+/// first holds the primaries. `controlled`: a controller runs the cluster (`mode = "cluster"`),
+/// its DNS server on that address; else the `cluster` commands act on the nodes alone.
 pub fn write_regions_config(
     dir: &Path,
     regions: &[(&str, &[SocketAddr])],
+    controlled: Option<SocketAddr>,
 ) -> std::io::Result<PathBuf> {
     let mut config = format!(
         "primary_region = \"{}\"\nstate_dir = \"{}\"\n",
         regions[0].0,
         dir.join("state").display()
     );
+    if controlled.is_some() {
+        config.push_str("mode = \"cluster\"\n");
+    }
     for (name, addrs) in regions {
         let nodes: Vec<String> = addrs
             .iter()
@@ -670,6 +678,11 @@ pub fn write_regions_config(
         ));
     }
     config.push_str("[dns]\nzone = \"valkey-dr.live\"\nglobal_name = \"demo\"\n");
+    if let Some(dns) = controlled {
+        config.push_str(&format!(
+            "[dns.provider]\nkind = \"embedded\"\nlisten = \"{dns}\"\n"
+        ));
+    }
     let path = dir.join("valkey-dr.toml");
     std::fs::write(&path, config)?;
     Ok(path)

@@ -481,6 +481,24 @@ pub fn start_controller(
     spawn_daemon(valkey_dr, &["run", "--config"], spec, "controller", env)
 }
 
+/// Starts the controller of a cluster lab (`lab up --shards`): `valkey-dr run --config
+/// <config>`, detached, its log and pid file in `dir` (`lab down` stops it with the nodes).
+pub fn start_cluster_controller(
+    valkey_dr: &Path,
+    config: &Path,
+    dir: &Path,
+) -> Result<(), LabError> {
+    spawn(
+        valkey_dr,
+        &["run", "--config"],
+        config,
+        dir,
+        "controller",
+        &[],
+        None,
+    )
+}
+
 /// Starts `valkey-dr <args> <path>` detached from the terminal, appending to `<name>.log`.
 fn spawn_daemon(
     valkey_dr: &Path,

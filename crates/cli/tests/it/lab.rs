@@ -97,7 +97,9 @@ fn lab_up_with_shards_starts_a_cluster_that_down_stops() {
         .expect("a free block");
     let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-lab-{block}-{port}"));
     let _down = Down(dir.clone());
-    let (port, block) = (port.to_string(), block.to_string());
+    // Its controller's DNS server beside the nodes, on an address none of them has.
+    let dns: std::net::SocketAddr = format!("127.{block}.0.53:{port}").parse().unwrap();
+    let (port, block, dns_arg) = (port.to_string(), block.to_string(), dns.to_string());
     let (ok, out) = lab(
         &[
             "up",
@@ -109,10 +111,35 @@ fn lab_up_with_shards_starts_a_cluster_that_down_stops() {
             &port,
             "--block",
             &block,
+            "--dns",
+            &dns_arg,
         ],
         &dir,
     );
     assert!(ok && out.contains("cluster lab up in"), "{out}");
+    // The name leads to the writer region's primaries: what status shows. (Right after a move
+    // the node asked may still list an old primary as one without slots, for a moment.)
+    let name_leads_to_primaries_in = |region: &str, status: &serde_json::Value| {
+        let mut primaries: Vec<String> = status["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["slot_count"].as_u64() > Some(0))
+            .map(|s| {
+                assert_eq!(s["primary"]["region"], region, "{status:#}");
+                let node = s["primary"]["node"].as_str().unwrap();
+                node.rsplit_once(':').unwrap().0.to_string()
+            })
+            .collect();
+        primaries.sort();
+        let mut name: Vec<String> =
+            crate::harness::dig(dns, &["demo.valkey-dr.live", "A", "+short"])
+                .lines()
+                .map(str::to_string)
+                .collect();
+        name.sort();
+        assert_eq!(name, primaries, "{status:#}");
+    };
     let config = dir.join("valkey-dr.toml");
     let cluster = |args: &[&str]| {
         let out = Command::new(BIN)
@@ -135,6 +162,7 @@ fn lab_up_with_shards_starts_a_cluster_that_down_stops() {
         assert_eq!(shard["replicas"].as_array().unwrap().len(), 3, "{status:#}");
         assert_eq!(shard["findings"], serde_json::json!([]), "{status:#}");
     }
+    name_leads_to_primaries_in("us-east-1", &status);
     // Moved to the third region and back, the other regions' replicas guarded each time.
     for to in ["us-west-2", "us-east-1"] {
         // Right after a switchover, its old primaries resync as replicas, and one back waits
@@ -144,6 +172,9 @@ fn lab_up_with_shards_starts_a_cluster_that_down_stops() {
             let (ok, out) = cluster(&["switchover", to]);
             if ok {
                 assert!(out.contains(&format!("moved to {to}")), "{out}");
+                let (ok, out) = cluster(&["status", "--output", "json"]);
+                assert!(ok, "{out}");
+                name_leads_to_primaries_in(to, &serde_json::from_str(&out).unwrap());
                 break;
             }
             assert!(
@@ -155,7 +186,8 @@ fn lab_up_with_shards_starts_a_cluster_that_down_stops() {
     }
 
     let (ok, out) = lab(&["down"], &dir);
-    assert!(ok && out.contains("stopped 12 process(es)"), "{out}");
+    // Twelve nodes and the controller.
+    assert!(ok && out.contains("stopped 13 process(es)"), "{out}");
     let (ok, out) = lab(&["down"], &dir);
     assert!(ok && out.contains("no lab process"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
