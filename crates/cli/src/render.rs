@@ -348,6 +348,13 @@ pub fn controlled_cluster(
             status.name.join(", ")
         }
     );
+    if !status.self_fenced.is_empty() {
+        let _ = writeln!(
+            out,
+            "self-fence armed on {} node(s): cut off from every replica outside its region, each refuses writes",
+            status.self_fenced.len()
+        );
+    }
     if let Some(to) = &status.moving_to {
         let _ = writeln!(
             out,

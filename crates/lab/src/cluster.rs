@@ -76,6 +76,9 @@ fn server(addr: SocketAddr, dir: &Path, automatic_failover: bool) -> Result<Comm
         // A full sync starts at once rather than after Valkey's 5 s wait for more replicas: the
         // cluster forms, and a node back from a lost region rejoins, that much sooner.
         .args(["--repl-diskless-sync-delay", "0"])
+        // A replica hears from its primary every second even when no write flows: the
+        // primary's self-fence counts a replica outside its region only while it does.
+        .args(["--repl-ping-replica-period", "1"])
         // A replica never moves to another shard by itself (Valkey's replica migration, on by
         // default, gave a shard whose replica was resyncing another shard's only replica in
         // us-east-2): where replicas stand is part of the regions' layout.

@@ -451,3 +451,83 @@ async fn after_a_regions_loss_the_name_moves_only_with_the_failover_and_stays_wh
     assert_eq!(status["epoch"], 2, "{status}");
     assert_eq!(status["writer_region"], "us-east-2", "{status}");
 }
+
+/// The first key (`fence:<n>`) the cluster hashes to a slot in `slots`.
+async fn key_in(asked: SocketAddr, slots: std::ops::RangeInclusive<i64>) -> String {
+    for n in 0.. {
+        let key = format!("fence:{n}");
+        let slot = valkey_dr_lab::cluster::command(asked, &["CLUSTER", "KEYSLOT", &key])
+            .await
+            .unwrap();
+        if let redis::Value::Int(slot) = slot
+            && slots.contains(&slot)
+        {
+            return key;
+        }
+    }
+    unreachable!()
+}
+
+/// `SET key 1` on `node` itself; the error it answers, if any.
+async fn set_on(node: SocketAddr, key: &str) -> Option<String> {
+    valkey_dr_lab::cluster::command(node, &["SET", key, "1"])
+        .await
+        .err()
+        .map(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_cut_off_from_every_replica_outside_its_region_refuses_writes_with_no_controller_left()
+ {
+    let mut setup = Setup::new("cluster-controller-fence").await;
+    let controller = setup.controller(None);
+    // Every primary needs the replica beside it and one outside: two.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = setup.status();
+        let fenced = status["self_fenced"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        if fenced.len() == 3 && fenced.values().all(|n| *n == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not armed: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = setup.addrs[0];
+    let key = key_in(first, 0..=5460).await;
+    assert_eq!(set_on(first, &key).await, None);
+
+    // The controller gone, then every replica outside us-east-1: nothing lowers the quorum, so
+    // the primaries refuse writes — as they would, cut off from the other regions, before any
+    // of them is taken over.
+    drop(controller);
+    for node in &mut setup.nodes[6..9] {
+        node.kill();
+    }
+    let cut = Instant::now();
+    let refused = loop {
+        match set_on(first, &key).await {
+            Some(error) => break error,
+            None if cut.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            None => panic!("still taking writes 10 s after the cut"),
+        }
+    };
+    assert!(refused.contains("NOREPLICAS"), "{refused}");
+    eprintln!(
+        "refused writes {} ms after its replicas outside the region were killed (their connections closed)",
+        cut.elapsed().as_millis()
+    );
+
+    // A controller that sees the outside replicas gone lowers the quorum: the shard takes
+    // writes again (there is nothing left to fence against).
+    let _controller = setup.controller(None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(error) = set_on(first, &key).await {
+        assert!(Instant::now() < deadline, "still refused: {error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::unix::OwnedWriteHalf;
-use valkey_dr_core::cluster::{ClusterEpoch, MoveState, Shard, move_state, records, writer_region};
+use valkey_dr_core::cluster::{
+    ClusterEpoch, MoveState, Shard, move_state, records, write_quorums, writer_region,
+};
 use valkey_dr_core::config::DnsProviderConfig;
 use valkey_dr_core::records::ManagedNames;
+use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{Config, Ownership, RecordType, RegionId, Topology};
+use valkey_dr_core::{Engine, NodeId};
 use valkey_dr_dns::DnsProvider;
 use valkey_dr_dns::embedded::{DnsServer, Zone};
 use valkey_dr_valkey::ValkeyEngine;
@@ -45,6 +49,9 @@ pub struct ClusterController {
     store: ClusterStore,
     /// Held by every pass and every move: they never interleave.
     acting: tokio::sync::Mutex<()>,
+    /// Each node's `min-replicas-to-write` as last asked for, and whether the node took it (none
+    /// known after a start: every node's is set once); changed only by the holder of `acting`.
+    quorums: std::sync::Mutex<std::collections::HashMap<NodeId, (WriteQuorum, bool)>>,
     step_hook: Option<StepHook>,
 }
 
@@ -66,6 +73,10 @@ pub struct ControlledClusterStatus {
     pub moving_to: Option<String>,
     /// What the global name leads to now, as the DNS provider holds it.
     pub name: Vec<String>,
+    /// The nodes whose self-fence is armed, as last set: how many good replicas each needs to
+    /// take writes (those beside it plus one outside its region).
+    #[serde(default)]
+    pub self_fenced: std::collections::BTreeMap<String, u32>,
     #[serde(flatten)]
     pub cluster: ClusterStatus,
 }
@@ -101,6 +112,7 @@ impl ClusterController {
             events,
             store,
             acting: tokio::sync::Mutex::new(()),
+            quorums: Default::default(),
             step_hook,
             config,
         })
@@ -137,6 +149,7 @@ impl ClusterController {
             None => self.recover_epoch(&shards).await?,
         };
         let state = self.settle(state, &shards)?;
+        self.fence(&shards).await;
         let applied = self.publish(&state.epoch, &shards).await?;
         Ok(ClusterPass {
             epoch: state.epoch.epoch,
@@ -236,6 +249,62 @@ impl ClusterController {
             }),
         );
         Ok(settled)
+    }
+
+    /// Sets every answering node's self-fence ([`write_quorums`]) where it differs from what was
+    /// last set; a node that refuses is reported and asked again next pass.
+    async fn fence(&self, shards: &[Shard]) {
+        let observations = futures::future::join_all(
+            self.topology
+                .nodes
+                .iter()
+                .map(|n| self.engine.observe(n.id, &n.control_endpoint)),
+        )
+        .await;
+        let wanted = write_quorums(
+            &self.topology,
+            shards,
+            &observations,
+            self.config.controller.writer_quorum_max_lag_s,
+            self.config.controller.writes_need_a_replica,
+        );
+        let known = {
+            let mut known = self.quorums.lock().unwrap_or_else(|e| e.into_inner());
+            // A node that did not answer may come back restarted, with its config file's
+            // setting: set again then.
+            known.retain(|node, _| wanted.iter().any(|(n, _)| n == node));
+            known.clone()
+        };
+        let changes: Vec<(NodeId, WriteQuorum)> = wanted
+            .into_iter()
+            .filter(|(node, quorum)| known.get(node) != Some(&(*quorum, true)))
+            .collect();
+        let results = futures::future::join_all(changes.iter().map(|(node, quorum)| {
+            self.engine
+                .set_write_quorum(&self.topology.node(*node).control_endpoint, *quorum)
+        }))
+        .await;
+        for ((node, quorum), result) in changes.into_iter().zip(results) {
+            let in_force = result.is_ok();
+            let before = self
+                .quorums
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(node, (quorum, in_force));
+            // Reported on a change, or once when a node keeps refusing it.
+            if before != Some((quorum, in_force)) {
+                self.events.emit(
+                    EventKind::WriteQuorumSet,
+                    json!({
+                        "node": self.topology.node_name(node),
+                        "replicas": quorum.replicas,
+                        "max_lag_s": quorum.max_lag_s,
+                        "armed": quorum.armed(),
+                        "error": result.err().map(|e| e.to_string()),
+                    }),
+                );
+            }
+        }
     }
 
     /// Leads the name to `epoch`'s primaries ([`records`]); returns the record sets changed.
@@ -385,7 +454,16 @@ impl ClusterController {
             .into_iter()
             .flat_map(|r| r.values)
             .collect();
+        let self_fenced = self
+            .quorums
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, (q, in_force))| *in_force && q.armed())
+            .map(|(node, (q, _))| (self.topology.node_name(*node), q.replicas))
+            .collect();
         Ok(ControlledClusterStatus {
+            self_fenced,
             epoch: state.map(|s| s.epoch.epoch),
             moving_to: state.and_then(|s| s.moving).map(|m| self.region_name(m.to)),
             name,

@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::endpoint::Endpoint;
 use crate::topology::{RegionId, Topology};
 
+mod fence;
 mod moves;
 mod name;
 
+pub use fence::write_quorums;
 pub use moves::{
     FailoverGuard, MoveRefusal, ShardMove, best_replica_in, failover_guards, plan_failover,
     plan_switchover,
