@@ -101,6 +101,11 @@ impl Setup {
     /// follow them in us-east-1, 6–8 in us-east-2; the config adds `mode = "cluster"` and the
     /// controller's DNS server on that address.
     async fn new(name: &str) -> Setup {
+        Setup::with(name, "").await
+    }
+
+    /// [`Setup::new`] with `controller` lines added to the config's `[controller]` table.
+    async fn with(name: &str, controller: &str) -> Setup {
         let dir = std::env::temp_dir().join(format!("valkey-dr-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -131,7 +136,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "mode = \"cluster\"\n{written}[dns.provider]\nkind = \"embedded\"\nlisten = \"{dns}\"\n[controller]\nreconcile_interval_ms = 300\n"
+                "mode = \"cluster\"\n{written}[dns.provider]\nkind = \"embedded\"\nlisten = \"{dns}\"\n[controller]\nreconcile_interval_ms = 300\n{controller}"
             ),
         )
         .unwrap();
@@ -218,6 +223,23 @@ impl Setup {
             std::thread::sleep(Duration::from_millis(50));
         }
         controller
+    }
+
+    /// Waits until the controller has armed the self-fence of `count` primaries.
+    fn wait_armed(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = self.status();
+            let fenced = status["self_fenced"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            if fenced.len() == count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not armed: {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Waits until every shard's nodes are online (replicas that followed a move resync first).
@@ -530,4 +552,47 @@ async fn a_primary_cut_off_from_every_replica_outside_its_region_refuses_writes_
         assert!(Instant::now() < deadline, "still refused: {error}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_writer_region_is_failed_over_automatically_once_its_primaries_are_surely_fenced() {
+    let mut setup = Setup::with(
+        "cluster-controller-auto",
+        "cross_region_failover = \"auto\"\n",
+    )
+    .await;
+    let (east1_primaries, east2_nodes) = (setup.ips(0..3), setup.ips(6..9));
+    let _controller = setup.controller(None);
+    setup.wait_for_name(&east1_primaries, 1, "us-east-1");
+    setup.wait_armed(3);
+
+    // us-east-1 is lost. Its primaries refuse writes once cut off from us-east-2's replicas
+    // (armed fences); the controller moves every shard there once that is certain: the lag
+    // limit (2 s) and 2 s more after it last heard of them — never sooner.
+    let lost = Instant::now();
+    for node in &mut setup.nodes[..6] {
+        node.kill();
+    }
+    setup.wait_for_name(&east2_nodes, 2, "us-east-2");
+    let took = lost.elapsed();
+    eprintln!(
+        "the name led to us-east-2 {} ms after us-east-1 was lost",
+        took.as_millis()
+    );
+    assert!(took >= Duration::from_secs(4), "moved after {took:?}");
+    let events = std::fs::read_to_string(setup.dir.join("state/events.jsonl")).unwrap();
+    assert!(
+        events.contains("\"event\":\"failover_completed\""),
+        "{events}"
+    );
+
+    // The region comes back empty: its nodes rejoin as replicas, nothing moves back, and the
+    // name stays.
+    for node in &mut setup.nodes[..6] {
+        node.restart().await.unwrap();
+    }
+    setup.wait_whole();
+    setup.name_stays_within(&east2_nodes, Duration::from_secs(2));
+    let status = setup.status();
+    assert_eq!(status["epoch"], 2, "{status}");
 }

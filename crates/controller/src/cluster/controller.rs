@@ -13,9 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::unix::OwnedWriteHalf;
 use valkey_dr_core::cluster::{
-    ClusterEpoch, MoveState, Shard, move_state, records, write_quorums, writer_region,
+    ClusterEpoch, MoveState, RegionVerdict, Shard, move_state, records, region_verdict,
+    write_quorums, writer_region,
 };
 use valkey_dr_core::config::DnsProviderConfig;
+use valkey_dr_core::config::FailoverPolicy;
+use valkey_dr_core::observation::NodeObservation;
 use valkey_dr_core::records::ManagedNames;
 use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{Config, Ownership, RecordType, RegionId, Topology};
@@ -52,6 +55,11 @@ pub struct ClusterController {
     /// Each node's `min-replicas-to-write` as last asked for, and whether the node took it (none
     /// known after a start: every node's is set once); changed only by the holder of `acting`.
     quorums: std::sync::Mutex<std::collections::HashMap<NodeId, (WriteQuorum, bool)>>,
+    /// Since when each node of the writer region has neither answered nor been heard by a
+    /// replica; changed only by the holder of `acting`.
+    silent_since: std::sync::Mutex<std::collections::HashMap<NodeId, Instant>>,
+    /// The last automatic-failover verdict reported, so that each is reported once.
+    reported_verdict: std::sync::Mutex<Option<String>>,
     step_hook: Option<StepHook>,
 }
 
@@ -64,6 +72,9 @@ pub struct ClusterPass {
     pub moving_to: Option<String>,
     /// Record sets changed.
     pub applied: usize,
+    /// The region an automatic failover should move the primaries to now (`cross_region_failover
+    /// = "auto"`): the writer region is lost and its primaries surely fenced.
+    pub fail_over_to: Option<String>,
 }
 
 /// What `status` shows for a controlled cluster.
@@ -113,6 +124,8 @@ impl ClusterController {
             store,
             acting: tokio::sync::Mutex::new(()),
             quorums: Default::default(),
+            silent_since: Default::default(),
+            reported_verdict: Default::default(),
             step_hook,
             config,
         })
@@ -140,7 +153,9 @@ impl ClusterController {
     async fn reconcile_locked(&self) -> Result<ClusterPass, ClusterError> {
         let known = self.store.get();
         // Where the primaries are (or go): its nodes know of every takeover first.
-        let prefer = known.map(|s| s.moving.map_or(s.epoch.writer_region, |m| m.to));
+        let prefer = known
+            .as_ref()
+            .map(|s| s.moving.map_or(s.epoch.writer_region, |m| m.to));
         let (_, shards) = discover(&self.engine, &self.topology, prefer)
             .await
             .map_err(ClusterError::NoNodeAnswered)?;
@@ -149,14 +164,99 @@ impl ClusterController {
             None => self.recover_epoch(&shards).await?,
         };
         let state = self.settle(state, &shards)?;
-        self.fence(&shards).await;
+        let observations = futures::future::join_all(
+            self.topology
+                .nodes
+                .iter()
+                .map(|n| self.engine.observe(n.id, &n.control_endpoint)),
+        )
+        .await;
+        let state = self.fence(state, &shards, &observations).await;
         let applied = self.publish(&state.epoch, &shards).await?;
+        let fail_over_to = self.judge_region(&state, &shards, &observations);
         Ok(ClusterPass {
             epoch: state.epoch.epoch,
             writer_region: self.region_name(state.epoch.writer_region),
             moving_to: state.moving.map(|m| self.region_name(m.to)),
             applied,
+            fail_over_to: fail_over_to.map(|r| self.region_name(r)),
         })
+    }
+
+    /// Whether an automatic failover should move the primaries now ([`region_verdict`]), with
+    /// the silences measured up to this pass; each new verdict is reported once.
+    fn judge_region(
+        &self,
+        state: &ClusterState,
+        shards: &[Shard],
+        observations: &[NodeObservation],
+    ) -> Option<RegionId> {
+        let now = Instant::now();
+        let silent_since = {
+            let mut silent = self.silent_since.lock().unwrap_or_else(|e| e.into_inner());
+            for o in observations {
+                let node = &self.topology.node(o.node);
+                let heard =
+                    valkey_dr_core::cluster::heard_by_a_replica(observations, &node.endpoint);
+                if node.region != state.epoch.writer_region || o.info().is_some() || heard {
+                    silent.remove(&o.node);
+                } else {
+                    silent.entry(o.node).or_insert(now);
+                }
+            }
+            silent.clone()
+        };
+        let controller = &self.config.controller;
+        let blocked = state
+            .failovers_blocked_until_ms
+            .is_some_and(|until| crate::clock::now_ms() < until);
+        if controller.cross_region_failover != FailoverPolicy::Auto
+            || state.moving.is_some()
+            || blocked
+        {
+            return None;
+        }
+        let certain_after = WriteQuorum {
+            replicas: 1,
+            max_lag_s: controller.writer_quorum_max_lag_s,
+        }
+        .certain_after();
+        let verdict = region_verdict(
+            &self.topology,
+            &state.epoch,
+            shards,
+            observations,
+            |n| silent_since.get(&n).map(|t| now.duration_since(*t)),
+            |n| state.armed.contains(&n),
+            certain_after,
+        );
+        let (kind, to, why) = match &verdict {
+            RegionVerdict::NotLost => (None, None, String::new()),
+            RegionVerdict::Withheld(why) => (Some(EventKind::FailoverWithheld), None, why.clone()),
+            RegionVerdict::FailOver(to) => {
+                (Some(EventKind::FailoverNeeded), Some(*to), String::new())
+            }
+        };
+        // Withheld reasons carry the silence so far: one report per kind of verdict.
+        let label = kind.map(|k| k.to_string());
+        let mut reported = self
+            .reported_verdict
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *reported != label {
+            if let Some(kind) = kind {
+                self.events.emit(
+                    kind,
+                    json!({
+                        "writer_region": self.region_name(state.epoch.writer_region),
+                        "to_region": to.map(|r| self.region_name(r)),
+                        "reason": why,
+                    }),
+                );
+            }
+            *reported = label;
+        }
+        to
     }
 
     /// The epoch when nothing usable is recorded: the one the ownership record carries (a
@@ -193,11 +293,8 @@ impl ClusterController {
                 ),
             },
         };
-        let state = ClusterState {
-            epoch,
-            moving: None,
-        };
-        self.record(state)?;
+        let state = ClusterState::new(epoch);
+        self.record(state.clone())?;
         self.events.emit(
             EventKind::EpochRecovered,
             json!({
@@ -210,6 +307,9 @@ impl ClusterController {
     }
 
     fn record(&self, state: ClusterState) -> Result<(), ClusterError> {
+        if self.store.get().as_ref() == Some(&state) {
+            return Ok(());
+        }
         self.store.set(state).map_err(|e| {
             self.events.emit(
                 EventKind::StateWriteFailed,
@@ -233,13 +333,14 @@ impl ClusterController {
                     writer_region: moving.to,
                 },
                 moving: None,
+                ..state
             },
             MoveState::NotMoved => ClusterState {
-                epoch: state.epoch,
                 moving: None,
+                ..state
             },
         };
-        self.record(settled)?;
+        self.record(settled.clone())?;
         self.events.emit(
             EventKind::ClusterMoveSettled,
             json!({
@@ -252,19 +353,19 @@ impl ClusterController {
     }
 
     /// Sets every answering node's self-fence ([`write_quorums`]) where it differs from what was
-    /// last set; a node that refuses is reported and asked again next pass.
-    async fn fence(&self, shards: &[Shard]) {
-        let observations = futures::future::join_all(
-            self.topology
-                .nodes
-                .iter()
-                .map(|n| self.engine.observe(n.id, &n.control_endpoint)),
-        )
-        .await;
+    /// last set; a node that refuses is reported and asked again next pass. Returns `state` with
+    /// the nodes armed now (recorded when that changed; a node that did not answer keeps its
+    /// mark).
+    async fn fence(
+        &self,
+        state: ClusterState,
+        shards: &[Shard],
+        observations: &[NodeObservation],
+    ) -> ClusterState {
         let wanted = write_quorums(
             &self.topology,
             shards,
-            &observations,
+            observations,
             self.config.controller.writer_quorum_max_lag_s,
             self.config.controller.writes_need_a_replica,
         );
@@ -305,6 +406,23 @@ impl ClusterController {
                 );
             }
         }
+        let in_force = self
+            .quorums
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut armed = state.armed.clone();
+        for (node, (quorum, took)) in &in_force {
+            if *took && quorum.armed() {
+                armed.insert(*node);
+            } else if *took {
+                armed.remove(node);
+            }
+        }
+        let next = ClusterState { armed, ..state };
+        // Not recorded: the next pass tries again; meanwhile a restart knows the older set.
+        let _ = self.record(next.clone());
+        next
     }
 
     /// Leads the name to `epoch`'s primaries ([`records`]); returns the record sets changed.
@@ -367,8 +485,8 @@ impl ClusterController {
         };
         let moving = ClusterMove { epoch, to };
         self.record(ClusterState {
-            epoch: state.epoch,
             moving: Some(moving),
+            ..state
         })?;
         self.events.emit(
             EventKind::ClusterMoveRecorded,
@@ -436,13 +554,60 @@ impl ClusterController {
         Ok(done)
     }
 
+    /// The automatic region failover a pass called for: every primary of the lost region is
+    /// surely fenced (its self-fence armed, silent past its certainty), which stands for the
+    /// operator's `--confirm-down`. Further automatic failovers then wait `failover_block_ms`
+    /// or `valkey-dr ack`.
+    async fn fail_over_automatically(self: &Arc<Self>, region: &str) {
+        self.events.emit(
+            EventKind::FailoverStarted,
+            json!({ "to_region": region, "automatic": true }),
+        );
+        match self.failover(region, true).await {
+            Ok(done) => {
+                let _acting = self.acting.lock().await;
+                if let Some(state) = self.store.get() {
+                    let until = crate::clock::now_ms() + self.config.controller.failover_block_ms;
+                    let _ = self.record(ClusterState {
+                        failovers_blocked_until_ms: Some(until),
+                        ..state
+                    });
+                }
+                self.events.emit(
+                    EventKind::FailoverCompleted,
+                    json!({ "to_region": region, "automatic": true, "took_ms": done.took_ms }),
+                );
+            }
+            Err(e) => self.events.emit(
+                EventKind::FailoverFailed,
+                json!({ "to_region": region, "automatic": true, "error": e.to_string() }),
+            ),
+        }
+    }
+
+    /// `valkey-dr ack`: automatic failovers are allowed again; whether they were blocked.
+    pub async fn ack(&self) -> Result<bool, ClusterError> {
+        let _acting = self.acting.lock().await;
+        let Some(state) = self.store.get() else {
+            return Ok(false);
+        };
+        let was_blocked = state
+            .failovers_blocked_until_ms
+            .is_some_and(|until| crate::clock::now_ms() < until);
+        self.record(ClusterState {
+            failovers_blocked_until_ms: None,
+            ..state
+        })?;
+        Ok(was_blocked)
+    }
+
     pub async fn status(&self) -> Result<ControlledClusterStatus, ClusterError> {
         let state = self.store.get();
-        let prefer = state.map(|s| s.epoch.writer_region);
+        let prefer = state.as_ref().map(|s| s.epoch.writer_region);
         let (asked, shards) = discover(&self.engine, &self.topology, prefer)
             .await
             .map_err(ClusterError::NoNodeAnswered)?;
-        let writer = state.map_or_else(
+        let writer = state.as_ref().map_or_else(
             || writer_region(&self.topology, &shards, self.topology.bootstrap_region),
             |s| s.epoch.writer_region,
         );
@@ -464,8 +629,11 @@ impl ClusterController {
             .collect();
         Ok(ControlledClusterStatus {
             self_fenced,
-            epoch: state.map(|s| s.epoch.epoch),
-            moving_to: state.and_then(|s| s.moving).map(|m| self.region_name(m.to)),
+            epoch: state.as_ref().map(|s| s.epoch.epoch),
+            moving_to: state
+                .as_ref()
+                .and_then(|s| s.moving)
+                .map(|m| self.region_name(m.to)),
             name,
             cluster: status_of(&self.topology, &asked, &shards, writer),
         })
@@ -477,8 +645,17 @@ impl ClusterController {
         let mut failures = 0u32;
         loop {
             let delay = match self.reconcile().await {
-                Ok(_) => {
+                Ok(pass) => {
                     failures = 0;
+                    if let Some(region) = pass.fail_over_to {
+                        // On a thread of its own, as a requested move (see `run_streaming`).
+                        let controller = self.clone();
+                        let runtime = tokio::runtime::Handle::current();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            runtime.block_on(controller.fail_over_automatically(&region))
+                        })
+                        .await;
+                    }
                     interval
                 }
                 Err(error) => {
@@ -509,6 +686,11 @@ impl ControlTarget for ClusterController {
         match request {
             Request::Status => reply(self.status().await.map(|s| to_json(&s))),
             Request::Reconcile => reply(self.reconcile().await.map(|p| to_json(&p))),
+            Request::Ack => reply(
+                self.ack()
+                    .await
+                    .map(|was_blocked| json!({ "was_blocked": was_blocked })),
+            ),
             Request::ClusterSwitchover { region } => {
                 let controller = self.clone();
                 run_streaming(&self.events, out, move |runtime| {
@@ -624,6 +806,7 @@ pub async fn start(
             "dns": dns_addr.map(|a| a.to_string()),
             "control_socket": controller.config.control_socket().display().to_string(),
             "epoch": controller.state().map(|s| s.epoch.epoch),
+            "cross_region_failover": controller.config.controller.cross_region_failover,
         }),
     );
     let tasks = vec![

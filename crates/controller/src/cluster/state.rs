@@ -3,12 +3,13 @@
 //! starts so that a restart settles it by what the shards show. Owned by one [`ClusterStore`];
 //! written like `state.json` (temporary file, fsync, rename, fsync of the directory).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use valkey_dr_core::cluster::ClusterEpoch;
-use valkey_dr_core::{RegionId, Topology};
+use valkey_dr_core::{NodeId, RegionId, Topology};
 
 use crate::state::{LoadError, write_durably};
 
@@ -19,10 +20,27 @@ pub struct ClusterMove {
     pub to: RegionId,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterState {
     pub epoch: ClusterEpoch,
     pub moving: Option<ClusterMove>,
+    /// The nodes whose self-fence was armed (and in force) when they last answered: kept so that
+    /// a restarted controller knows whether a primary it cannot reach refuses writes.
+    pub armed: BTreeSet<NodeId>,
+    /// Automatic region failovers wait until then (Unix ms) after one, unless an operator runs
+    /// `valkey-dr ack`.
+    pub failovers_blocked_until_ms: Option<u64>,
+}
+
+impl ClusterState {
+    pub fn new(epoch: ClusterEpoch) -> ClusterState {
+        ClusterState {
+            epoch,
+            moving: None,
+            armed: BTreeSet::new(),
+            failovers_blocked_until_ms: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +50,10 @@ struct Stored {
     writer_region: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     moving: Option<StoredMove>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    armed: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failovers_blocked_until_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +87,10 @@ impl ClusterStore {
     }
 
     pub fn get(&self) -> Option<ClusterState> {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner())
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Records `next` durably, then in memory: after it returns, a crash cannot bring back the
@@ -79,6 +104,12 @@ impl ClusterStore {
                 epoch: m.epoch,
                 to_region: region(m.to),
             }),
+            armed: next
+                .armed
+                .iter()
+                .map(|n| self.topology.node_name(*n))
+                .collect(),
+            failovers_blocked_until_ms: next.failovers_blocked_until_ms,
         };
         let bytes = serde_json::to_vec_pretty(&stored).expect("serializes");
         write_durably(&self.path, &bytes)?;
@@ -116,6 +147,19 @@ fn load(path: &Path, topology: &Topology) -> Result<Option<ClusterState>, LoadEr
             }),
             None => None,
         },
+        armed: stored
+            .armed
+            .iter()
+            .map(|name| {
+                topology
+                    .nodes
+                    .iter()
+                    .find(|n| n.endpoint.to_string() == *name)
+                    .map(|n| n.id)
+                    .ok_or_else(|| corrupt(format!("node `{name}` is not configured")))
+            })
+            .collect::<Result<_, _>>()?,
+        failovers_blocked_until_ms: stored.failovers_blocked_until_ms,
     }))
 }
 
@@ -138,16 +182,18 @@ mod tests {
         let (store, problem) = ClusterStore::open(&dir, &topology);
         assert!(problem.is_none() && store.get().is_none());
         let moving = ClusterState {
-            epoch: ClusterEpoch {
-                epoch: 4,
-                writer_region: RegionId(0),
-            },
             moving: Some(ClusterMove {
                 epoch: 5,
                 to: RegionId(1),
             }),
+            armed: [NodeId(0), NodeId(1)].into(),
+            failovers_blocked_until_ms: Some(1_800_000_000_000),
+            ..ClusterState::new(ClusterEpoch {
+                epoch: 4,
+                writer_region: RegionId(0),
+            })
         };
-        store.set(moving).unwrap();
+        store.set(moving.clone()).unwrap();
         let (reopened, problem) = ClusterStore::open(&dir, &topology);
         assert!(problem.is_none());
         assert_eq!(reopened.get(), Some(moving));

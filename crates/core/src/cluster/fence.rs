@@ -5,11 +5,14 @@
 //! answers gets no quorum: a replica the cluster promotes within the region (its own failover)
 //! starts with none that no longer fits it. Pure: the controller observes and sets.
 
-use crate::observation::NodeObservation;
-use crate::self_fence::{WriteQuorum, desired};
-use crate::topology::{NodeId, Topology};
+use std::time::Duration;
 
-use super::Shard;
+use crate::endpoint::Endpoint;
+use crate::observation::{NodeObservation, Role};
+use crate::self_fence::{HEARD_WITHIN_S, WriteQuorum, desired};
+use crate::topology::{NodeId, RegionId, Topology};
+
+use super::{ClusterEpoch, Shard, plan_failover};
 
 /// The quorum each answering node should have: a primary that serves slots (by its own
 /// account and by the shards' view) its self-fence, every other [`WriteQuorum::OFF`].
@@ -36,6 +39,108 @@ pub fn write_quorums(
             (node, quorum)
         })
         .collect()
+}
+
+/// Whether a replica that answers still hears from `primary` (its link up, the last byte from
+/// it within [`HEARD_WITHIN_S`]): alive, even when the controller cannot reach it.
+pub fn heard_by_a_replica(observations: &[NodeObservation], primary: &Endpoint) -> bool {
+    observations.iter().any(|o| {
+        o.info().is_some_and(|info| {
+            matches!(&info.role, Role::Replica { master, link_up: true, .. } if master == primary)
+                && info.master_last_io_s.is_some_and(|s| s <= HEARD_WITHIN_S)
+        })
+    })
+}
+
+/// Whether the writer region is lost and another region may take its primaries over without an
+/// operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionVerdict {
+    /// A primary that serves slots answers, or a replica still hears from one: nothing is lost
+    /// (a single lost primary is replaced within its region by the cluster itself).
+    NotLost,
+    /// Every primary is silent, but moving would not be safe (yet): why.
+    Withheld(String),
+    /// Every primary of the writer region is silent, heard by no replica, and known to refuse
+    /// writes (its self-fence armed and certain by now): take them over in this region.
+    FailOver(RegionId),
+}
+
+/// The automatic region failover's decision, from one pass's view. `silent_for(node)`: how long
+/// the node has neither answered the controller nor been heard by a replica (`None`: it has not
+/// been silent); `armed(node)`: its self-fence was armed when it last answered; `certain_after`:
+/// how long after its last contact with the outside a fenced primary surely refuses writes
+/// ([`WriteQuorum::certain_after`]).
+pub fn region_verdict(
+    topology: &Topology,
+    epoch: &ClusterEpoch,
+    shards: &[Shard],
+    observations: &[NodeObservation],
+    silent_for: impl Fn(NodeId) -> Option<Duration>,
+    armed: impl Fn(NodeId) -> bool,
+    certain_after: Duration,
+) -> RegionVerdict {
+    let serving: Vec<&Shard> = shards.iter().filter(|s| s.slot_count() > 0).collect();
+    if serving.is_empty() {
+        return RegionVerdict::NotLost;
+    }
+    let mut silent = Vec::new();
+    for shard in &serving {
+        let Some(primary) = shard.primary() else {
+            return RegionVerdict::Withheld(format!(
+                "slots {} have no primary",
+                shard.slot_ranges()
+            ));
+        };
+        if primary.answered || heard_by_a_replica(observations, &primary.endpoint) {
+            return RegionVerdict::NotLost;
+        }
+        silent.push(primary);
+    }
+    for primary in &silent {
+        let Some(node) = topology.node_by_any_address(&primary.endpoint) else {
+            return RegionVerdict::Withheld(format!(
+                "{} is in no configured region",
+                primary.endpoint
+            ));
+        };
+        if topology.node(node).region != epoch.writer_region {
+            return RegionVerdict::Withheld(format!(
+                "{} leads a shard outside the writer region (a move stopped halfway?)",
+                primary.endpoint
+            ));
+        }
+        if !armed(node) {
+            return RegionVerdict::Withheld(format!(
+                "{}'s self-fence was not armed when it last answered: cut off, it may still take writes",
+                primary.endpoint
+            ));
+        }
+        let silent = silent_for(node).unwrap_or_default();
+        if silent < certain_after {
+            return RegionVerdict::Withheld(format!(
+                "{} silent for {} ms, surely fenced after {} ms",
+                primary.endpoint,
+                silent.as_millis(),
+                certain_after.as_millis()
+            ));
+        }
+    }
+    let owned: Vec<Shard> = serving.into_iter().cloned().collect();
+    topology
+        .regions
+        .iter()
+        .map(|r| r.id)
+        .filter(|r| *r != epoch.writer_region)
+        .find(|r| plan_failover(topology, &owned, *r, true).is_ok())
+        .map_or_else(
+            || {
+                RegionVerdict::Withheld(
+                    "no other region holds an online replica of every shard".into(),
+                )
+            },
+            RegionVerdict::FailOver,
+        )
 }
 
 #[cfg(test)]
@@ -114,6 +219,90 @@ mod tests {
                 expected,
                 "{case}"
             );
+        }
+    }
+
+    #[test]
+    fn the_writer_region_is_failed_over_only_when_every_primary_is_silent_unheard_and_fenced() {
+        use crate::cluster::ClusterEpoch;
+        use crate::topology::RegionId;
+        // The lab: nodes 0, 1 in us-east-1 (the writer region), 2, 3 in us-east-2. Two shards:
+        // 0 leads with 2 outside, 1 leads with 3 outside.
+        let topology = lab();
+        let epoch = ClusterEpoch {
+            epoch: 1,
+            writer_region: RegionId(0),
+        };
+        let silent = |n| crate::cluster::ShardNode {
+            answered: false,
+            ..node(&topology, n, ShardRole::Primary, 9)
+        };
+        let two = |first: crate::cluster::ShardNode, second: crate::cluster::ShardNode| {
+            vec![
+                shard(
+                    vec![first, node(&topology, 2, ShardRole::Replica, 9)],
+                    0..=8191,
+                ),
+                shard(
+                    vec![second, node(&topology, 3, ShardRole::Replica, 9)],
+                    8192..=16383,
+                ),
+            ]
+        };
+        let lost = two(silent(0), silent(1));
+        // The outside replicas answer the controller; their links to the lost primaries are down.
+        let link_down = |n: usize, master: usize| {
+            let mut o = replica_of(n, master, 9);
+            if let Ok(info) = &mut o.state
+                && let Role::Replica { link_up, .. } = &mut info.role
+            {
+                *link_up = false;
+            }
+            o
+        };
+        let unheard = vec![down(0), down(1), link_down(2, 0), link_down(3, 1)];
+        let still_heard = vec![down(0), down(1), replica_of(2, 0, 9), link_down(3, 1)];
+        let long = Duration::from_secs(10);
+        let certain = Duration::from_secs(4);
+        type Case = (
+            &'static str,
+            Vec<Shard>,
+            Vec<NodeObservation>,
+            Option<Duration>,
+            bool,
+            Option<RegionVerdict>,
+        );
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("lost, unheard, fenced for long enough", lost.clone(), unheard.clone(), Some(long), true,
+             Some(RegionVerdict::FailOver(RegionId(1)))),
+            ("one primary answers", two(node(&topology, 0, ShardRole::Primary, 9), silent(1)), unheard.clone(), Some(long), true,
+             Some(RegionVerdict::NotLost)),
+            ("a replica still hears one: alive behind a cut from us", lost.clone(), still_heard, Some(long), true,
+             Some(RegionVerdict::NotLost)),
+            ("silent, not yet surely fenced", lost.clone(), unheard.clone(), Some(Duration::from_secs(1)), true, None),
+            ("silent, its fence was not armed", lost.clone(), unheard.clone(), Some(long), false, None),
+            ("no replica left outside for one shard", vec![shard(vec![silent(0)], 0..=8191), shard(vec![silent(1), node(&topology, 3, ShardRole::Replica, 9)], 8192..=16383)],
+             unheard.clone(), Some(long), true, None),
+            ("nothing discovered", vec![], vec![], Some(long), true, Some(RegionVerdict::NotLost)),
+        ];
+        for (case, shards, observations, silent_for, armed, expected) in cases {
+            let verdict = region_verdict(
+                &topology,
+                &epoch,
+                &shards,
+                &observations,
+                |_| silent_for,
+                |_| armed,
+                certain,
+            );
+            match expected {
+                Some(expected) => assert_eq!(verdict, expected, "{case}"),
+                None => assert!(
+                    matches!(verdict, RegionVerdict::Withheld(_)),
+                    "{case}: {verdict:?}"
+                ),
+            }
         }
     }
 }
