@@ -97,6 +97,32 @@ pub fn region_verdict(
         }
         silent.push(primary);
     }
+    // Each shard's replicas outside the writer region must all have answered: one that did not
+    // may still hear its primary (cut off from the controller, not from the primary), and that
+    // primary, its fence satisfied, still takes writes.
+    for shard in &serving {
+        for replica in shard
+            .nodes
+            .iter()
+            .filter(|n| n.role == super::ShardRole::Replica)
+        {
+            let Some(node) = topology.node_by_any_address(&replica.endpoint) else {
+                continue;
+            };
+            if topology.node(node).region == epoch.writer_region {
+                continue;
+            }
+            if !observations
+                .iter()
+                .any(|o| o.node == node && o.info().is_some())
+            {
+                return RegionVerdict::Withheld(format!(
+                    "{} does not answer: it may still hear its primary",
+                    replica.endpoint
+                ));
+            }
+        }
+    }
     for primary in &silent {
         let Some(node) = topology.node_by_any_address(&primary.endpoint) else {
             return RegionVerdict::Withheld(format!(
@@ -282,7 +308,9 @@ mod tests {
              Some(RegionVerdict::NotLost)),
             ("silent, not yet surely fenced", lost.clone(), unheard.clone(), Some(Duration::from_secs(1)), true, None),
             ("silent, its fence was not armed", lost.clone(), unheard.clone(), Some(long), false, None),
-            ("no replica left outside for one shard", vec![shard(vec![silent(0)], 0..=8191), shard(vec![silent(1), node(&topology, 3, ShardRole::Replica, 9)], 8192..=16383)],
+            ("a replica outside does not answer: it may still hear its primary", lost.clone(),
+         vec![down(0), down(1), down(2), link_down(3, 1)], Some(long), true, None),
+        ("no replica left outside for one shard", vec![shard(vec![silent(0)], 0..=8191), shard(vec![silent(1), node(&topology, 3, ShardRole::Replica, 9)], 8192..=16383)],
              unheard.clone(), Some(long), true, None),
             ("nothing discovered", vec![], vec![], Some(long), true, Some(RegionVerdict::NotLost)),
         ];
