@@ -347,6 +347,9 @@ struct ClusterRun {
     failover_command_ms: f64,
     loss_to_writable_ms: f64,
     failover_lost: usize,
+    auto_name_ms: f64,
+    auto_writable_ms: f64,
+    auto_lost: usize,
 }
 
 async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
@@ -411,6 +414,97 @@ async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let failover_written = writers.stop().await;
         let failover_kept = kept(addrs[0], &failover_written).await?;
+        drop(nodes);
+
+        // Automatic: a cluster whose nodes have addresses of their own, as on separate hosts
+        // (the name carries addresses), its controller in this process with
+        // `cross_region_failover = "auto"`; us-east-1 lost.
+        let ip = |n: u8| std::net::Ipv4Addr::new(127, 120 + n, (pid >> 8) as u8, run as u8);
+        let ips: Vec<std::net::Ipv4Addr> = (0..9).map(ip).collect();
+        let auto_dir = run_dir.join("auto");
+        let _ = std::fs::remove_dir_all(&auto_dir);
+        std::fs::create_dir_all(&auto_dir)?;
+        let (addrs, mut nodes) = lab_cluster::form_spread(&auto_dir, &ips, 3).await?;
+        let dns = std::net::UdpSocket::bind((ip(9), 0))?.local_addr()?;
+        let regions = [("us-east-1", &addrs[..6]), ("us-east-2", &addrs[6..9])];
+        let mut config = valkey_dr_core::Config::load(&lab_cluster::write_regions_config(
+            &auto_dir,
+            &regions,
+            Some(dns),
+        )?)?;
+        config.controller.cross_region_failover = valkey_dr_core::config::FailoverPolicy::Auto;
+        // us-east-2 holds one node per shard: once it leads, no shard has a replica left until
+        // us-east-1 is back, and with `writes_need_a_replica` (the default) its primaries would
+        // refuse writes until then. Measured here: taking writes alone.
+        config.controller.writes_need_a_replica = false;
+        let running = valkey_dr_controller::cluster::controller::start(config, None).await?;
+        let resolver = valkey_dr_dns::resolve::StubResolver::new(dns);
+        let name_leads_to = async |nodes: &[std::net::SocketAddr]| {
+            let mut want: Vec<std::net::IpAddr> = nodes.iter().map(|a| a.ip()).collect();
+            want.sort();
+            let mut ips = resolver
+                .resolve("demo.valkey-dr.live")
+                .await
+                .map(|(ips, _)| ips)
+                .unwrap_or_default();
+            ips.sort();
+            ips == want
+        };
+        let ready_by = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let armed = running
+                .controller
+                .status()
+                .await
+                .is_ok_and(|s| s.self_fenced.len() == 3);
+            if armed && name_leads_to(&addrs[..3]).await {
+                break;
+            }
+            if std::time::Instant::now() > ready_by {
+                bail!(
+                    "run {run}: the cluster's controller did not arm the fences and publish the name"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let writers = lab_cluster::ShardWriters::start(&addrs[..3], &addrs).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for node in &mut nodes[..6] {
+            node.kill();
+        }
+        let lost_at = std::time::Instant::now();
+        // Writes in flight at the SIGKILL are answered (or not) within this; the automatic
+        // failover waits seconds for the fences' certainty.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = writers.last_acked();
+        let (mut auto_name_ms, mut auto_writable_ms) = (None, None);
+        while auto_name_ms.is_none() || auto_writable_ms.is_none() {
+            if std::time::Instant::now() > lost_at + Duration::from_secs(30) {
+                bail!(
+                    "run {run}: 30 s after us-east-1's loss, the name on the survivors: {}, every shard writable: {} (see {})",
+                    auto_name_ms.is_some(),
+                    auto_writable_ms.is_some(),
+                    auto_dir.join("state/events.jsonl").display()
+                );
+            }
+            let at = lost_at.elapsed().as_secs_f64() * 1000.0;
+            if auto_name_ms.is_none() && name_leads_to(&addrs[6..9]).await {
+                auto_name_ms = Some(at);
+            }
+            let writable = writers
+                .last_acked()
+                .iter()
+                .zip(&before)
+                .all(|(now, then)| now > then);
+            if auto_writable_ms.is_none() && writable {
+                auto_writable_ms = Some(at);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let auto_written = writers.stop().await;
+        let auto_kept = kept(addrs[6], &auto_written).await?;
+        running.stop().await;
         done.push(ClusterRun {
             switchover_pause_ms: moved.write_pause_ms,
             switchover_gap_ms: written
@@ -421,6 +515,9 @@ async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
             failover_command_ms: failed_over.took_ms,
             loss_to_writable_ms,
             failover_lost: lost(&failover_written, &failover_kept),
+            auto_name_ms: auto_name_ms.unwrap_or_default(),
+            auto_writable_ms: auto_writable_ms.unwrap_or_default(),
+            auto_lost: lost(&auto_written, &auto_kept),
         });
         drop(nodes);
         let _ = std::fs::remove_dir_all(&run_dir);
@@ -456,6 +553,18 @@ async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
         vec![
             "region loss: acknowledged writes lost".to_string(),
             summary(|r| r.failover_lost as f64),
+        ],
+        vec![
+            "automatic region loss: from the SIGKILL to the name on the survivors (ms)".to_string(),
+            summary(|r| r.auto_name_ms),
+        ],
+        vec![
+            "automatic region loss: from the SIGKILL to every shard writable, writes_need_a_replica off (ms)".to_string(),
+            summary(|r| r.auto_writable_ms),
+        ],
+        vec![
+            "automatic region loss: acknowledged writes lost".to_string(),
+            summary(|r| r.auto_lost as f64),
         ],
     ];
     outln!(

@@ -211,6 +211,42 @@ pub async fn form(
     }
 }
 
+/// A cluster of one node per address of `ips`, all on one port free on every one of them (as on
+/// separate hosts: the name leads clients to addresses, which carry no port), tried again on
+/// another port up to three times ([`form`]). Returns the addresses and the nodes.
+pub async fn form_spread(
+    dir: &Path,
+    ips: &[Ipv4Addr],
+    primaries: usize,
+) -> Result<(Vec<SocketAddr>, Vec<ClusterNode>), ClusterError> {
+    let mut tries = 0;
+    loop {
+        let port = (0..100)
+            .find_map(|_| {
+                let port = free_cluster_port(*ips.first()?)?;
+                ips.iter()
+                    .all(|ip| {
+                        TcpListener::bind((*ip, port)).is_ok()
+                            && TcpListener::bind((*ip, port + 10_000)).is_ok()
+                    })
+                    .then_some(port)
+            })
+            .ok_or_else(|| {
+                ClusterError::NotFormed(Duration::ZERO, "no port free on every address".into())
+            })?;
+        let addrs: Vec<SocketAddr> = ips
+            .iter()
+            .map(|ip| SocketAddr::new((*ip).into(), port))
+            .collect();
+        tries += 1;
+        match start(dir, &addrs, primaries).await {
+            Ok(nodes) => return Ok((addrs, nodes)),
+            Err(e) if tries >= 3 => return Err(e),
+            Err(_) => {}
+        }
+    }
+}
+
 /// Starts one node per address (its files under `dir`), gives the first `primaries` a share of
 /// the slots each, and makes node `i` beyond them a replica of primary `i % primaries`. Nodes
 /// from `2 * primaries` on stand in the other region ([`write_config`]): the cluster may not
@@ -608,7 +644,11 @@ async fn shard_writer(
 /// The list at `key`, read from whichever node serves it (following `MOVED` from `asked`).
 pub async fn list_at(asked: SocketAddr, key: &str) -> Result<Vec<u64>, ClusterError> {
     let mut node = asked;
-    for _ in 0..5 {
+    let mut redirects = 0;
+    // A node that stood where no majority of primaries was answers CLUSTERDOWN for a while
+    // after it is back with one (Valkey's rejoin delay, up to `cluster-node-timeout`).
+    let down_until = std::time::Instant::now() + Duration::from_secs(10);
+    while redirects < 5 {
         match command(node, &["LRANGE", key, "0", "-1"]).await {
             Ok(redis::Value::Array(items)) => {
                 return Ok(items
@@ -634,6 +674,13 @@ pub async fn list_at(asked: SocketAddr, key: &str) -> Result<Vec<u64>, ClusterEr
                     .split_whitespace()
                     .find_map(|w| w.parse().ok())
                     .unwrap_or(node);
+                redirects += 1;
+            }
+            Err(ClusterError::Command { error, .. })
+                if error.to_ascii_uppercase().contains("CLUSTERDOWN")
+                    && std::time::Instant::now() < down_until =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e),
         }

@@ -12,21 +12,6 @@ use valkey_dr_lab::cluster::ClusterNode;
 
 use crate::harness::{BIN, dig, succeed};
 
-/// A port free on every one of `ips`, its cluster bus port (+10000) too.
-fn free_port_on_all(ips: &[Ipv4Addr]) -> u16 {
-    (0..100)
-        .find_map(|_| {
-            let port = valkey_dr_lab::cluster::free_cluster_port(ips[0])?;
-            ips.iter()
-                .all(|ip| {
-                    std::net::TcpListener::bind((*ip, port)).is_ok()
-                        && std::net::TcpListener::bind((*ip, port + 10_000)).is_ok()
-                })
-                .then_some(port)
-        })
-        .expect("a port free on every address")
-}
-
 /// A free port on `ip` for both UDP and TCP (the DNS server listens on both).
 fn free_dns_port(ip: Ipv4Addr) -> u16 {
     (0..100)
@@ -114,19 +99,10 @@ impl Setup {
         // `cluster::formed`).
         let pid = std::process::id();
         let ip = |n: u8| Ipv4Addr::new(127, 110 + n, (pid >> 8) as u8, (pid as u8).max(1));
-        let mut tries = 0;
-        let (addrs, nodes) = loop {
-            let port = free_port_on_all(&(0..9).map(ip).collect::<Vec<_>>());
-            let addrs: Vec<SocketAddr> = (0..9)
-                .map(|n| SocketAddr::new(ip(n).into(), port))
-                .collect();
-            tries += 1;
-            match valkey_dr_lab::cluster::start(&dir, &addrs, 3).await {
-                Ok(nodes) => break (addrs, nodes),
-                Err(e) if tries >= 3 => panic!("the cluster does not form: {e}"),
-                Err(_) => {}
-            }
-        };
+        let ips: Vec<Ipv4Addr> = (0..9).map(ip).collect();
+        let (addrs, nodes) = valkey_dr_lab::cluster::form_spread(&dir, &ips, 3)
+            .await
+            .expect("the cluster forms");
         let ip = ip(9);
         let config = valkey_dr_lab::cluster::write_config(&dir, &addrs).unwrap();
         let dns = SocketAddr::new(IpAddr::V4(ip), free_dns_port(ip));
