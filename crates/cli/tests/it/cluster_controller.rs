@@ -430,7 +430,19 @@ async fn after_a_regions_loss_the_name_moves_only_with_the_failover_and_stays_wh
     );
     assert_eq!(setup.ownership(), Some((1, "us-east-1".into())));
 
-    let out = setup.cluster(&["failover", "us-east-2", "--confirm-down"]);
+    // Every shard that can move moves; one whose target was slow to answer (a loaded machine:
+    // `CLUSTER BUMPEPOCH` saves the node's config) stays for a rerun, as the command says —
+    // and until then the name stays on the epoch's region.
+    let mut tries = 0;
+    let out = loop {
+        let out = setup.cluster(&["failover", "us-east-2", "--confirm-down"]);
+        tries += 1;
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() || !said.contains("run it again") || tries == 3 {
+            break out;
+        }
+        assert_eq!(setup.ownership(), Some((1, "us-east-1".into())), "{said}");
+    };
     assert!(
         out.status.success(),
         "{}",
@@ -441,7 +453,9 @@ async fn after_a_regions_loss_the_name_moves_only_with_the_failover_and_stays_wh
 
     // The region comes back empty: its nodes rejoin as replicas, and the name stays.
     for node in &mut setup.nodes[..6] {
-        node.restart().await.unwrap();
+        node.restart()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", node.addr));
     }
     setup.name_stays_within(&east2_nodes, Duration::from_secs(3));
     setup.wait_whole();

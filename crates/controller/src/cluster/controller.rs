@@ -210,11 +210,17 @@ impl ClusterController {
         let blocked = state
             .failovers_blocked_until_ms
             .is_some_and(|until| crate::clock::now_ms() < until);
-        if controller.cross_region_failover != FailoverPolicy::Auto
-            || state.moving.is_some()
-            || blocked
-        {
+        if controller.cross_region_failover != FailoverPolicy::Auto {
             return None;
+        }
+        match state.moving {
+            // An automatic failover that left a shard where it was (its target slow to answer)
+            // carries on: the primaries it takes from were known fenced when it started, and one
+            // that answers again is paused and caught up first.
+            Some(m) if m.automatic => return Some(m.to),
+            Some(_) => return None,
+            None if blocked => return None,
+            None => {}
         }
         let certain_after = WriteQuorum {
             replicas: 1,
@@ -467,7 +473,7 @@ impl ClusterController {
 
     /// Records the move to `region` (its epoch one past the current), so that a crash from here
     /// on is settled by the next pass.
-    async fn begin_move(&self, region: &str) -> Result<ClusterMove, ClusterError> {
+    async fn begin_move(&self, region: &str, automatic: bool) -> Result<ClusterMove, ClusterError> {
         let to = self
             .topology
             .region_by_name(region)
@@ -483,7 +489,11 @@ impl ClusterController {
             Some(m) => m.epoch.max(state.epoch.epoch) + 1,
             None => state.epoch.epoch + 1,
         };
-        let moving = ClusterMove { epoch, to };
+        let moving = ClusterMove {
+            epoch,
+            to,
+            automatic,
+        };
         self.record(ClusterState {
             moving: Some(moving),
             ..state
@@ -529,7 +539,7 @@ impl ClusterController {
         region: &str,
     ) -> Result<ClusterSwitchover, ClusterError> {
         let _acting = self.acting.lock().await;
-        self.begin_move(region).await?;
+        self.begin_move(region, false).await?;
         let done = super::cluster_switchover(&self.config, region, self.step_reporter()).await;
         let settled = self.finish_move().await;
         let done = done?;
@@ -544,8 +554,17 @@ impl ClusterController {
         region: &str,
         confirm_down: bool,
     ) -> Result<ClusterFailover, ClusterError> {
+        self.fail_over(region, confirm_down, false).await
+    }
+
+    async fn fail_over(
+        self: &Arc<Self>,
+        region: &str,
+        confirm_down: bool,
+        automatic: bool,
+    ) -> Result<ClusterFailover, ClusterError> {
         let _acting = self.acting.lock().await;
-        self.begin_move(region).await?;
+        self.begin_move(region, automatic).await?;
         let done =
             super::cluster_failover(&self.config, region, confirm_down, self.step_reporter()).await;
         let settled = self.finish_move().await;
@@ -563,7 +582,7 @@ impl ClusterController {
             EventKind::FailoverStarted,
             json!({ "to_region": region, "automatic": true }),
         );
-        match self.failover(region, true).await {
+        match self.fail_over(region, true, true).await {
             Ok(done) => {
                 let _acting = self.acting.lock().await;
                 if let Some(state) = self.store.get() {

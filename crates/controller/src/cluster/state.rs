@@ -18,6 +18,9 @@ use crate::state::{LoadError, write_durably};
 pub struct ClusterMove {
     pub epoch: u64,
     pub to: RegionId,
+    /// Started by the controller's automatic failover, which carries on with it while it is
+    /// halfway (a shard that did not move is tried again each pass).
+    pub automatic: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,8 @@ struct Stored {
 struct StoredMove {
     epoch: u64,
     to_region: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    automatic: bool,
 }
 
 /// The one owner of `cluster.json`. Only the holder of the controller's acting lock changes it.
@@ -103,6 +108,7 @@ impl ClusterStore {
             moving: next.moving.map(|m| StoredMove {
                 epoch: m.epoch,
                 to_region: region(m.to),
+                automatic: m.automatic,
             }),
             armed: next
                 .armed
@@ -144,6 +150,7 @@ fn load(path: &Path, topology: &Topology) -> Result<Option<ClusterState>, LoadEr
             Some(m) => Some(ClusterMove {
                 epoch: m.epoch,
                 to: region(&m.to_region)?,
+                automatic: m.automatic,
             }),
             None => None,
         },
@@ -185,6 +192,7 @@ mod tests {
             moving: Some(ClusterMove {
                 epoch: 5,
                 to: RegionId(1),
+                automatic: true,
             }),
             armed: [NodeId(0), NodeId(1)].into(),
             failovers_blocked_until_ms: Some(1_800_000_000_000),
