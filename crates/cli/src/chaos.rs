@@ -34,11 +34,18 @@ pub struct ChaosArgs {
     /// only packet filters can make run too. Needs root.
     #[arg(long)]
     pub netns: bool,
+    /// Cluster mode's scenarios instead: each on a stretched cluster of its own (nine nodes on
+    /// loopback) run by its controller ([`valkey_dr_lab::cluster_chaos`]).
+    #[arg(long, conflicts_with = "netns")]
+    pub cluster: bool,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
 }
 
 pub async fn dispatch(args: ChaosArgs) -> Result<()> {
+    if args.cluster {
+        return cluster(args).await;
+    }
     let all = chaos::scenarios();
     if args.list {
         for s in &all {
@@ -125,6 +132,100 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
         .any(|r| !r.verdict.starts_with("ok"))
     {
         bail!("some scenarios did not end well (see VERDICT)");
+    }
+    Ok(())
+}
+
+/// `chaos --cluster`: cluster mode's scenarios, each run `--runs` times.
+async fn cluster(args: ChaosArgs) -> Result<()> {
+    use valkey_dr_lab::cluster_chaos;
+    let selected: Vec<_> = cluster_chaos::scenarios()
+        .into_iter()
+        .filter(|s| {
+            args.scenario.is_empty() || args.scenario.iter().any(|f| s.name.contains(f.as_str()))
+        })
+        .collect();
+    if args.list {
+        for s in &selected {
+            outln!("{}", s.name);
+        }
+        return Ok(());
+    }
+    if selected.is_empty() {
+        bail!(
+            "no scenario matches {:?}; see `valkey-dr chaos --cluster --list`",
+            args.scenario
+        );
+    }
+    let bin = std::env::current_exe()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let base = std::path::absolute(&args.dir)?;
+    let mut results = Vec::new();
+    let mut run_number = 0u8;
+    for scenario in &selected {
+        let mut reports = Vec::new();
+        for run in 0..args.runs.max(1) {
+            run_number = run_number.wrapping_add(1).max(1);
+            let report = cluster_chaos::run(scenario, &base, &bin, run_number, args.keep).await;
+            eprintln!(
+                "{:<45} run {}/{}: lost {}+{}, two primaries in {} samples (stale claims {}), name settled {} ms, {}",
+                scenario.name,
+                run + 1,
+                args.runs.max(1),
+                report.lost_after_fault,
+                report.lost_before_fault,
+                report.two_primaries_samples,
+                report.stale_claim_samples,
+                report
+                    .name_settled_ms
+                    .map_or("-".to_string(), |ms| ms.to_string()),
+                report.verdict
+            );
+            reports.push(report);
+        }
+        results.push(reports);
+    }
+    match args.output {
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&results)?),
+        Output::Table => {
+            let rows: Vec<Vec<String>> = results
+                .iter()
+                .map(|runs| {
+                    let ok = runs.iter().filter(|r| r.ok()).count();
+                    vec![
+                        runs[0].scenario.clone(),
+                        median_cell(runs.iter().map(|r| r.lost_after_fault as u64).collect()),
+                        median_cell(runs.iter().map(|r| r.lost_before_fault as u64).collect()),
+                        median_cell(
+                            runs.iter()
+                                .map(|r| r.two_primaries_samples as u64)
+                                .collect(),
+                        ),
+                        median_cell(runs.iter().map(|r| r.stale_claim_samples as u64).collect()),
+                        median_cell(runs.iter().filter_map(|r| r.name_settled_ms).collect()),
+                        format!("{ok}/{} ok", runs.len()),
+                    ]
+                })
+                .collect();
+            out!(
+                "{}",
+                crate::render::table(
+                    &[
+                        "SCENARIO",
+                        "LOST AFTER THE FAULT",
+                        "LOST BEFORE IT (ASYNC)",
+                        "TWO PRIMARIES, ONE EPOCH (SAMPLES)",
+                        "STALE CLAIMS (SAMPLES)",
+                        "NAME SETTLED MS",
+                        "VERDICT",
+                    ],
+                    &rows
+                )
+            );
+        }
+    }
+    if results.iter().flatten().any(|r| !r.ok()) {
+        bail!("some cluster scenarios did not end well (see the verdicts above)");
     }
     Ok(())
 }

@@ -121,6 +121,7 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
                 keep: false,
                 keep_failed: false,
                 netns: false,
+                cluster: false,
                 output,
             })
             .await;

@@ -5,6 +5,7 @@
 pub mod chaos;
 pub mod clients;
 pub mod cluster;
+pub mod cluster_chaos;
 pub mod cut;
 pub mod drill;
 pub mod link;

@@ -609,48 +609,10 @@ async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_a
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The slots each node at `addrs` that answers as a primary serves by its own account
-/// (`myself` in its `CLUSTER NODES`).
-async fn served_by_primaries(addrs: &[SocketAddr]) -> Vec<(SocketAddr, Vec<(u16, u16)>)> {
-    let mut served = Vec::new();
-    for addr in addrs {
-        let Ok(redis::Value::BulkString(listed)) =
-            valkey_dr_lab::cluster::command(*addr, &["CLUSTER", "NODES"]).await
-        else {
-            continue;
-        };
-        let listed = String::from_utf8_lossy(&listed).into_owned();
-        let Some(me) = listed.lines().find(|l| l.contains("myself,master")) else {
-            continue;
-        };
-        let slots = me
-            .split_whitespace()
-            .skip(8)
-            .filter(|f| !f.starts_with('['))
-            .map(|f| {
-                let (a, b) = f.split_once('-').unwrap_or((f, f));
-                (a.parse().unwrap(), b.parse().unwrap())
-            })
-            .collect();
-        served.push((*addr, slots));
-    }
-    served
-}
-
 /// No slot is served by two of the primaries at `addrs`.
 async fn no_slot_with_two_primaries(addrs: &[SocketAddr], when: &str) {
-    let served = served_by_primaries(addrs).await;
-    let ranges: Vec<(SocketAddr, (u16, u16))> = served
-        .iter()
-        .flat_map(|(addr, slots)| slots.iter().map(move |r| (*addr, *r)))
-        .collect();
-    for (i, (a, (a_start, a_end))) in ranges.iter().enumerate() {
-        for (b, (b_start, b_end)) in &ranges[i + 1..] {
-            assert!(
-                a_end < b_start || b_end < a_start,
-                "{when}: {a} and {b} both serve slots of {a_start}-{a_end} / {b_start}-{b_end}"
-            );
-        }
+    if let Some((a, b)) = valkey_dr_lab::cluster::two_primaries_for_a_slot(addrs).await {
+        panic!("{when}: two primaries serve a slot: {a:?} / {b:?}");
     }
 }
 
@@ -692,7 +654,7 @@ async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_re
     );
     primaries_in(&path, "us-east-2").await;
     no_slot_with_two_primaries(&alive, "after the rerun").await;
-    let served: usize = served_by_primaries(&alive)
+    let served: usize = valkey_dr_lab::cluster::served_by_primaries(&alive)
         .await
         .iter()
         .flat_map(|(_, slots)| slots)

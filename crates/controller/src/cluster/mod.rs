@@ -52,22 +52,57 @@ fn engine(config: &Config) -> Result<ValkeyEngine, crate::security::SecurityErro
 }
 
 /// The shards as the first configured node that answers `CLUSTER NODES` sees them, and that
-/// node; the nodes of `prefer` are asked first (after a region's loss, a survivor's view).
+/// node; the nodes of `prefer` are asked first (after a region's loss, a survivor's view). A
+/// node that has not answered within [`HEDGE_AFTER`] does not hold up the next one, which is
+/// asked too: a stopped node takes the connection and answers nothing until the command times
+/// out, and a lost region's six would hold a pass up six timeouts.
 async fn discover(
     engine: &ValkeyEngine,
     topology: &Topology,
     prefer: Option<RegionId>,
 ) -> Result<(Endpoint, Vec<Shard>), String> {
-    let mut failures = Vec::new();
+    use futures::StreamExt;
     let mut nodes: Vec<_> = topology.nodes.iter().collect();
     nodes.sort_by_key(|n| Some(n.region) != prefer);
-    for node in nodes {
-        match engine.cluster_shards(&node.control_endpoint).await {
-            Ok(shards) => return Ok((node.endpoint.clone(), shards)),
-            Err(e) => failures.push(format!("  {}: {e}", node.endpoint)),
+    let mut waiting = nodes.into_iter();
+    let mut asked = futures::stream::FuturesUnordered::new();
+    let mut failures = Vec::new();
+    if let Some(first) = waiting.next() {
+        asked.push(shards_seen_by(engine, first));
+    }
+    while !asked.is_empty() {
+        let hedge = tokio::time::sleep(HEDGE_AFTER);
+        tokio::select! {
+            Some((node, seen)) = asked.next() => match seen {
+                Ok(shards) => return Ok((node.endpoint.clone(), shards)),
+                Err(e) => {
+                    failures.push(format!("  {}: {e}", node.endpoint));
+                    if let Some(next) = waiting.next() {
+                        asked.push(shards_seen_by(engine, next));
+                    }
+                }
+            },
+            _ = hedge => {
+                if let Some(next) = waiting.next() {
+                    asked.push(shards_seen_by(engine, next));
+                }
+            }
         }
     }
     Err(failures.join("\n"))
+}
+
+/// How long discovery waits for a node before asking the next one too.
+const HEDGE_AFTER: Duration = Duration::from_millis(200);
+
+async fn shards_seen_by<'a>(
+    engine: &ValkeyEngine,
+    node: &'a valkey_dr_core::Node,
+) -> (
+    &'a valkey_dr_core::Node,
+    Result<Vec<Shard>, valkey_dr_core::EngineError>,
+) {
+    (node, engine.cluster_shards(&node.control_endpoint).await)
 }
 
 /// The nodes of `shards` that answered when they were discovered.

@@ -1,0 +1,483 @@
+//! Chaos for cluster mode (`valkey-dr chaos --cluster`): each scenario on a stretched cluster of
+//! its own — nine nodes, each on an address of its own, three shards, every primary and a
+//! replica of it in us-east-1 and a replica in us-east-2 — run by a `valkey-dr run` process with
+//! `cross_region_failover = "auto"`, a writer per shard through the cluster, and a monitor that
+//! asks every answering node, every 20 ms, which slots it serves as a primary.
+//!
+//! The verdict: no slot ever claimed by two primaries under one config epoch (an old primary's
+//! claim under a lower epoch, before it hears of its successor, is counted apart), one primary
+//! per slot and the name on the writer region's primaries at the end, and no write acknowledged after the fault lost (a write
+//! acknowledged before a crash and not yet replicated may be: replication is asynchronous; the
+//! table shows how many).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use valkey_dr_controller::cluster::controller::ControlledClusterStatus;
+use valkey_dr_controller::control::{self, Request};
+
+use crate::cluster::{self, ShardWriters};
+
+/// What a scenario does to the cluster once its writers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterFault {
+    /// An all-shard switchover to us-east-2 through the controller.
+    Switchover,
+    /// The controller aborts after this step of a switchover (`crash-after:<step>`); a new one
+    /// settles the move, and the switchover asked again completes it.
+    ControllerCrash(&'static str),
+    /// Shard 0's primary SIGKILLed: the cluster replaces it within us-east-1, the name follows.
+    PrimaryKilled,
+    /// Every us-east-1 node SIGKILLed: the controller fails the region over by itself.
+    RegionKilled,
+    /// Every us-east-1 node stopped (SIGSTOP) for 8 s, then resumed: failed over meanwhile, its
+    /// old primaries must not take a write when they come back.
+    RegionStalled,
+}
+
+pub struct ClusterScenario {
+    pub name: String,
+    pub fault: ClusterFault,
+}
+
+pub fn scenarios() -> Vec<ClusterScenario> {
+    let mut all = vec![ClusterScenario {
+        name: "cluster: switchover".into(),
+        fault: ClusterFault::Switchover,
+    }];
+    for step in ["paused", "caught-up", "handed-over-1", "handed-over-2"] {
+        all.push(ClusterScenario {
+            name: format!("cluster: controller crash after {step}"),
+            fault: ClusterFault::ControllerCrash(step),
+        });
+    }
+    all.push(ClusterScenario {
+        name: "cluster: a primary SIGKILLed".into(),
+        fault: ClusterFault::PrimaryKilled,
+    });
+    all.push(ClusterScenario {
+        name: "cluster: writer region SIGKILLed".into(),
+        fault: ClusterFault::RegionKilled,
+    });
+    all.push(ClusterScenario {
+        name: "cluster: writer region stalled 8 s".into(),
+        fault: ClusterFault::RegionStalled,
+    });
+    all
+}
+
+/// One run's outcome.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterRunReport {
+    pub scenario: String,
+    /// Acknowledged writes missing at the end that were acknowledged before the fault
+    /// (asynchronous replication at a crash).
+    pub lost_before_fault: usize,
+    /// Acknowledged writes missing at the end that were acknowledged after the fault: must be 0.
+    pub lost_after_fault: usize,
+    /// Monitor samples in which two answering primaries claimed a slot under the same config
+    /// epoch: a conflict the cluster cannot settle by itself.
+    pub two_primaries_samples: usize,
+    /// Samples in which an old primary still claimed a slot under a lower config epoch than
+    /// its successor (it has not heard of the takeover yet; paused by the move, or cut off and
+    /// fenced, it takes no write meanwhile — what "lost after the fault" checks).
+    pub stale_claim_samples: usize,
+    /// From the fault to the name leading to the writer region's primaries at the end.
+    pub name_settled_ms: Option<u64>,
+    pub verdict: String,
+}
+
+impl ClusterRunReport {
+    pub fn ok(&self) -> bool {
+        self.verdict == "ok"
+    }
+}
+
+/// The controller process of a run.
+struct Controller(Child);
+
+impl Controller {
+    fn start(valkey_dr: &Path, config: &Path, dir: &Path, fault: Option<&str>) -> Controller {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("controller.log"))
+            .ok();
+        let mut command = Command::new(valkey_dr);
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.map_or_else(Stdio::null, Stdio::from));
+        if let Some(fault) = fault {
+            command.env("VALKEY_DR_FAULT", fault);
+        }
+        Controller(command.spawn().expect("valkey-dr runs"))
+    }
+
+    fn ended(&mut self) -> bool {
+        self.0.try_wait().ok().flatten().is_some()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One run of `scenario` in `dir` (removed after a good run unless `keep`); `run` numbers the
+/// run's addresses.
+pub async fn run(
+    scenario: &ClusterScenario,
+    base: &Path,
+    valkey_dr: &Path,
+    run: u8,
+    keep: bool,
+) -> ClusterRunReport {
+    let dir = base.join(format!("cluster-{run}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut report = ClusterRunReport {
+        scenario: scenario.name.clone(),
+        ..ClusterRunReport::default()
+    };
+    match run_in(scenario, &dir, valkey_dr, run, &mut report).await {
+        Ok(()) => {
+            let mut wrong = Vec::new();
+            if report.two_primaries_samples > 0 {
+                wrong.push(format!(
+                    "two primaries claimed a slot under one epoch in {} samples",
+                    report.two_primaries_samples
+                ));
+            }
+            if report.lost_after_fault > 0 {
+                wrong.push(format!(
+                    "{} writes acknowledged after the fault lost",
+                    report.lost_after_fault
+                ));
+            }
+            if scenario_is_planned(scenario.fault) && report.lost_before_fault > 0 {
+                wrong.push(format!(
+                    "{} writes lost by a planned move",
+                    report.lost_before_fault
+                ));
+            }
+            report.verdict = if wrong.is_empty() {
+                "ok".into()
+            } else {
+                wrong.join("; ")
+            };
+        }
+        Err(e) => report.verdict = format!("failed: {e}"),
+    }
+    if report.ok() && !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    report
+}
+
+/// Switchovers lose nothing, whatever dies during them.
+fn scenario_is_planned(fault: ClusterFault) -> bool {
+    matches!(
+        fault,
+        ClusterFault::Switchover | ClusterFault::ControllerCrash(_)
+    )
+}
+
+async fn run_in(
+    scenario: &ClusterScenario,
+    dir: &Path,
+    valkey_dr: &Path,
+    run: u8,
+    report: &mut ClusterRunReport,
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let pid = std::process::id();
+    let ip = |n: u8| Ipv4Addr::new(127, 130 + n, (pid >> 8) as u8 ^ run, run);
+    let ips: Vec<Ipv4Addr> = (0..9).map(ip).collect();
+    let (addrs, mut nodes) = cluster::form_spread(dir, &ips, 3)
+        .await
+        .map_err(|e| e.to_string())?;
+    let dns = std::net::UdpSocket::bind((ip(9), 0))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| e.to_string())?;
+    let config = write_config(dir, &addrs, dns).map_err(|e| e.to_string())?;
+    let socket = dir.join("state/control.sock");
+    let crash = match scenario.fault {
+        ClusterFault::ControllerCrash(step) => Some(format!("crash-after:{step}")),
+        _ => None,
+    };
+    let mut controller = Controller::start(valkey_dr, &config, dir, crash.as_deref());
+    let status = ready(&socket, Duration::from_secs(30)).await?;
+    if status.self_fenced.len() != 3 {
+        return Err(format!("fences not armed: {:?}", status.self_fenced));
+    }
+
+    let writers = ShardWriters::start(&addrs[..3], &addrs)
+        .await
+        .map_err(|e| e.to_string())?;
+    let monitor = Monitor::start(addrs.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fault_at = Instant::now();
+    let before_fault = writers.last_acked();
+    let writer_region = match scenario.fault {
+        ClusterFault::Switchover => {
+            switchover(&socket).await?;
+            "us-east-2"
+        }
+        ClusterFault::ControllerCrash(_) => {
+            // It dies mid-move: the request ends without a result.
+            let _ = switchover(&socket).await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !controller.ended() {
+                if Instant::now() > deadline {
+                    return Err("the controller did not crash".into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            controller = Controller::start(valkey_dr, &config, dir, None);
+            ready(&socket, Duration::from_secs(30)).await?;
+            // A replica that followed the crashed move may be loading its sync: the move is
+            // refused before anything is touched, and asked again.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match switchover(&socket).await {
+                    Ok(()) => break,
+                    Err(e) if e.contains("nothing moved") && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(500)).await
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            "us-east-2"
+        }
+        ClusterFault::PrimaryKilled => {
+            nodes[0].kill();
+            "us-east-1"
+        }
+        ClusterFault::RegionKilled => {
+            for node in &mut nodes[..6] {
+                node.kill();
+            }
+            "us-east-2"
+        }
+        ClusterFault::RegionStalled => {
+            for node in &nodes[..6] {
+                node.signal(libc::SIGSTOP);
+            }
+            "us-east-2"
+        }
+    };
+    // The nodes lost to the fault, which the name must not lead to.
+    let gone: Vec<SocketAddr> = match scenario.fault {
+        ClusterFault::PrimaryKilled => vec![addrs[0]],
+        ClusterFault::RegionKilled | ClusterFault::RegionStalled => addrs[..6].to_vec(),
+        _ => Vec::new(),
+    };
+    let settled = name_settles(&socket, dns, writer_region, &gone, Duration::from_secs(30)).await;
+    report.name_settled_ms = settled
+        .as_ref()
+        .ok()
+        .map(|_| fault_at.elapsed().as_millis() as u64);
+    if scenario.fault == ClusterFault::RegionStalled {
+        // Kept stopped 8 s in all, then back: the old primaries find themselves taken over.
+        tokio::time::sleep(Duration::from_secs(8).saturating_sub(fault_at.elapsed())).await;
+        for node in &nodes[..6] {
+            node.signal(libc::SIGCONT);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let written = writers.stop().await;
+    (report.two_primaries_samples, report.stale_claim_samples) = monitor.stop().await;
+    settled?;
+    let alive = if matches!(
+        scenario.fault,
+        ClusterFault::RegionKilled | ClusterFault::PrimaryKilled
+    ) {
+        addrs[6]
+    } else {
+        addrs[0]
+    };
+    for ((w, before), _) in written.iter().zip(&before_fault).zip(0..) {
+        let kept = cluster::list_at(alive, &w.key)
+            .await
+            .map_err(|e| e.to_string())?;
+        for n in w.acked.iter().filter(|n| !kept.contains(n)) {
+            if (*n as i64) <= *before {
+                report.lost_before_fault += 1;
+            } else {
+                report.lost_after_fault += 1;
+            }
+        }
+    }
+    // At the end every old primary has heard of its successor.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some((a, b)) = cluster::two_primaries_for_a_slot(&addrs).await {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "10 s after the end, two primaries claim a slot: {a:?} / {b:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(controller);
+    drop(nodes);
+    Ok(())
+}
+
+/// The run's config: the cluster's controller with automatic region failover, its DNS on
+/// `dns`; survivors take writes alone (us-east-2 keeps no replica once it leads).
+fn write_config(dir: &Path, addrs: &[SocketAddr], dns: SocketAddr) -> std::io::Result<PathBuf> {
+    let path = cluster::write_regions_config(
+        dir,
+        &[("us-east-1", &addrs[..6]), ("us-east-2", &addrs[6..9])],
+        Some(dns),
+    )?;
+    let written = std::fs::read_to_string(&path)?;
+    std::fs::write(
+        &path,
+        format!(
+            "{written}[controller]\ncross_region_failover = \"auto\"\nwrites_need_a_replica = false\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+async fn status(socket: &Path) -> Result<ControlledClusterStatus, String> {
+    let value = control::request(socket, &Request::Status, |_| {})
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// Waits until the controller answers, has published the name and armed every fence.
+async fn ready(socket: &Path, within: Duration) -> Result<ControlledClusterStatus, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match status(socket).await {
+            Ok(s) if !s.name.is_empty() && s.self_fenced.len() == 3 => return Ok(s),
+            other if Instant::now() > deadline => {
+                return Err(format!("the controller is not ready: {other:?}"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn switchover(socket: &Path) -> Result<(), String> {
+    let request = Request::ClusterSwitchover {
+        region: "us-east-2".into(),
+    };
+    control::request(socket, &request, |_| {})
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until `region` holds every slot's primary, none of them `gone`, and the name (read
+/// with a DNS query) leads to exactly those primaries.
+async fn name_settles(
+    socket: &Path,
+    dns: SocketAddr,
+    region: &str,
+    gone: &[SocketAddr],
+    within: Duration,
+) -> Result<(), String> {
+    let resolver = valkey_dr_dns::resolve::StubResolver::new(dns);
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(s) = status(socket).await {
+            let serving: Vec<_> = s
+                .cluster
+                .shards
+                .iter()
+                .filter(|shard| shard.slot_count > 0)
+                .collect();
+            let mut primaries: Vec<String> = serving
+                .iter()
+                .filter_map(|shard| shard.primary.as_ref())
+                .filter(|p| p.region.as_deref() == Some(region))
+                .filter_map(|p| p.node.rsplit_once(':').map(|(ip, _)| ip.to_string()))
+                .collect();
+            primaries.sort();
+            let mut name: Vec<String> = resolver
+                .resolve("demo.valkey-dr.live")
+                .await
+                .map(|(ips, _)| ips.iter().map(|ip| ip.to_string()).collect())
+                .unwrap_or_default();
+            name.sort();
+            let none_gone = primaries
+                .iter()
+                .all(|ip| !gone.iter().any(|g| g.ip().to_string() == *ip));
+            if s.cluster.uncovered_slots.is_empty()
+                && primaries.len() == serving.len()
+                && name == primaries
+                && none_gone
+            {
+                return Ok(());
+            }
+            last = format!("name {name:?}, primaries in {region} {primaries:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("the name did not settle on {region}: {last}"))
+}
+
+/// Samples, every 20 ms, whether two answering primaries claim a slot: under one config epoch
+/// (a conflict), or one under a lower epoch than the other (a stale claim).
+struct Monitor {
+    stop: Arc<AtomicBool>,
+    conflicts: Arc<AtomicUsize>,
+    stale: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Monitor {
+    fn start(addrs: Vec<SocketAddr>) -> Monitor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let conflicts = Arc::new(AtomicUsize::new(0));
+        let stale = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let (stop, conflicts, stale) = (stop.clone(), conflicts.clone(), stale.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match cluster::two_primaries_for_a_slot(&addrs).await {
+                        Some((a, b)) if a.epoch == b.epoch => {
+                            conflicts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(_) => {
+                            stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Monitor {
+            stop,
+            conflicts,
+            stale,
+            task,
+        }
+    }
+
+    /// (conflict samples, stale-claim samples)
+    async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        (
+            self.conflicts.load(Ordering::Relaxed),
+            self.stale.load(Ordering::Relaxed),
+        )
+    }
+}
