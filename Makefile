@@ -85,6 +85,7 @@ bench:
 CHAOS_RUNS ?= 3
 chaos: test-deps build
 	$(BIN) chaos --runs $(CHAOS_RUNS) --dir target/chaos --netns --keep-failed
+	$(BIN) chaos --cluster --runs $(CHAOS_RUNS) --dir target/chaos-cluster --keep-failed
 
 # The Lambda artifact: the `bootstrap` executable of the provided.al2023 runtime, zipped. Built for
 # an explicit target whatever the build machine is: cargo-zigbuild links against glibc 2.34 (Amazon
