@@ -75,6 +75,10 @@ pub struct ClusterPass {
     /// The region an automatic failover should move the primaries to now (`cross_region_failover
     /// = "auto"`): the writer region is lost and its primaries surely fenced.
     pub fail_over_to: Option<String>,
+    /// A node of the writer region is silent: the next pass comes after `probe_interval_ms`,
+    /// so that its silence is measured finely.
+    #[serde(default)]
+    pub watching: bool,
 }
 
 /// What `status` shows for a controlled cluster.
@@ -176,12 +180,18 @@ impl ClusterController {
         let state = self.fence(state, &shards, &observations).await;
         let applied = self.publish(&state.epoch, &shards).await?;
         let fail_over_to = self.judge_region(&state, &shards, &observations);
+        let watching = !self
+            .silent_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
         Ok(ClusterPass {
             epoch: state.epoch.epoch,
             writer_region: self.region_name(state.epoch.writer_region),
             moving_to: state.moving.map(|m| self.region_name(m.to)),
             applied,
             fail_over_to: fail_over_to.map(|r| self.region_name(r)),
+            watching,
         })
     }
 
@@ -667,6 +677,8 @@ impl ClusterController {
     /// Passes every `reconcile_interval_ms`, with backoff after failed ones.
     pub async fn run_loop(self: Arc<Self>) {
         let interval = Duration::from_millis(self.config.controller.reconcile_interval_ms);
+        let probe_interval =
+            Duration::from_millis(self.config.controller.probe_interval_ms).min(interval);
         let mut failures = 0u32;
         loop {
             let delay = match self.reconcile().await {
@@ -681,7 +693,11 @@ impl ClusterController {
                         })
                         .await;
                     }
-                    interval
+                    if pass.watching {
+                        probe_interval
+                    } else {
+                        interval
+                    }
                 }
                 Err(error) => {
                     failures += 1;
