@@ -50,6 +50,15 @@ impl ClusterNode {
     /// lost region.
     pub async fn restart(&mut self) -> Result<(), ClusterError> {
         self.kill();
+        // Valkey 8.0.1 may have saved a replica in another shard than its primary's, and then
+        // refuses to start from the file (see [`repair_shard_ids`]).
+        let conf = self.dir.join("nodes.conf");
+        if let Ok(text) = std::fs::read_to_string(&conf) {
+            let repaired = repair_shard_ids(&text);
+            if repaired != text {
+                std::fs::write(&conf, repaired).map_err(ClusterError::Start)?;
+            }
+        }
         self.child = spawn(self.addr, &self.dir, self.automatic_failover)?;
         wait_listening(self.addr).await
     }
@@ -288,6 +297,19 @@ pub async fn start(
 /// share of the slots each, node `i` beyond them follows primary `i % primaries`. Returns once
 /// every node sees every shard whole and every replica online.
 async fn form_nodes(addrs: &[SocketAddr], primaries: usize) -> Result<(), ClusterError> {
+    // Every node its own config epoch before it meets the others, as `valkey-cli --cluster
+    // create` does: left to the cluster's collision handling, which only separates primaries
+    // and slowly, replicas formed sharing one (seen: all three us-east-2 replicas on the
+    // cluster's highest epoch, and one primary on 0). A replica that holds the highest epoch
+    // with others cannot claim a new one, and with its region's primaries gone no node could
+    // raise the cluster's: its shard could not be taken over.
+    for (i, node) in addrs.iter().enumerate() {
+        command(
+            *node,
+            &["CLUSTER", "SET-CONFIG-EPOCH", &(i + 1).to_string()],
+        )
+        .await?;
+    }
     let per = SLOTS as usize / primaries;
     for (i, node) in addrs[..primaries].iter().enumerate() {
         let start = i * per;
@@ -414,11 +436,81 @@ async fn form_nodes(addrs: &[SocketAddr], primaries: usize) -> Result<(), Cluste
         })
         .await?;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // And every node has heard of every replica's new shard id (it saves the others too).
     for node in addrs {
+        until(deadline, limit, *node, async || {
+            let listed = text(command(*node, &["CLUSTER", "NODES"]).await?);
+            Ok(shard_id_mismatch(&listed))
+        })
+        .await?;
         command(*node, &["CLUSTER", "SAVECONFIG"]).await?;
     }
     Ok(())
+}
+
+/// `nodes.conf` (or a `CLUSTER NODES` listing) with every replica in its primary's shard.
+/// Valkey 8.0.1 can save a view in which a replica keeps the shard id it had before it followed
+/// its primary (seen after a node learned the change and later saved an older one), and then
+/// refuses to start from it: "corrupted cluster config file". The repair is the operator's too
+/// (docs/runbook.md).
+pub fn repair_shard_ids(conf: &str) -> String {
+    let shard_of = |line: &str| {
+        line.split_whitespace()
+            .nth(1)?
+            .split(',')
+            .find_map(|f| f.strip_prefix("shard-id="))
+            .map(str::to_string)
+    };
+    let lines: Vec<&str> = conf.lines().collect();
+    let mut repaired: Vec<String> = lines
+        .iter()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let primary = fields
+                .get(3)
+                .filter(|id| **id != "-" && fields.len() > 7)
+                .and_then(|id| lines.iter().find(|l| l.starts_with(*id)));
+            match (primary.and_then(|p| shard_of(p)), shard_of(line)) {
+                (Some(theirs), Some(own)) if theirs != own => {
+                    line.replacen(&format!("shard-id={own}"), &format!("shard-id={theirs}"), 1)
+                }
+                _ => line.to_string(),
+            }
+        })
+        .collect();
+    if conf.ends_with('\n') {
+        repaired.push(String::new());
+    }
+    repaired.join("\n")
+}
+
+/// A replica in a `CLUSTER NODES` listing whose shard id differs from its primary's, if any.
+fn shard_id_mismatch(listed: &str) -> Option<String> {
+    // `<id> <ip:port@bus>,<hostname>,shard-id=<shard>,… <flags> <primary id or -> …`
+    let shard_of = |line: &str| {
+        line.split_whitespace()
+            .nth(1)?
+            .split(',')
+            .find_map(|f| f.strip_prefix("shard-id="))
+            .map(str::to_string)
+    };
+    let lines: Vec<&str> = listed.lines().collect();
+    lines.iter().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let primary_id = *fields.get(3)?;
+        if primary_id == "-" {
+            return None;
+        }
+        let primary = lines.iter().find(|l| l.starts_with(primary_id))?;
+        (shard_of(line) != shard_of(primary)).then(|| {
+            format!(
+                "replica {} listed in shard {:?}, its primary in {:?}",
+                fields[0],
+                shard_of(line),
+                shard_of(primary)
+            )
+        })
+    })
 }
 
 /// Polls `check` until it finds nothing missing (`None`), or fails at `deadline` with what
@@ -815,4 +907,29 @@ pub fn write_regions_config(
     let path = dir.join("valkey-dr.toml");
     std::fs::write(&path, config)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_listed_outside_its_primarys_shard_is_found() {
+        // From a nodes.conf Valkey 8.0.1 then refused to start from ("corrupted cluster config
+        // file"): node 418d… follows 765b… but is listed in another shard.
+        let listed = "\
+418d 127.114.19.17:36465@46465,,tls-port=0,shard-id=e66d slave 765b 0 1 0 connected
+9b9e 127.117.19.17:36465@46465,,tls-port=0,shard-id=25cd slave,nofailover 765b 0 1 0 connected
+765b 127.111.19.17:36465@46465,,tls-port=0,shard-id=25cd master - 0 1 0 connected 5461-10921
+";
+        let found = shard_id_mismatch(listed).unwrap();
+        assert!(found.contains("418d"), "{found}");
+        let fixed = listed.replace("shard-id=e66d", "shard-id=25cd");
+        assert_eq!(shard_id_mismatch(&fixed), None);
+        assert_eq!(repair_shard_ids(listed), fixed);
+        assert_eq!(repair_shard_ids(&fixed), fixed);
+        // The `vars` line and a primary's are left as they are.
+        let with_vars = format!("{fixed}vars currentEpoch 5 lastVoteEpoch 0\n");
+        assert_eq!(repair_shard_ids(&with_vars), with_vars);
+    }
 }
