@@ -448,19 +448,22 @@ async fn form_nodes(addrs: &[SocketAddr], primaries: usize) -> Result<(), Cluste
     Ok(())
 }
 
+/// The shard id of a `CLUSTER NODES` (or `nodes.conf`) line:
+/// `<id> <ip:port@bus>,<hostname>,shard-id=<shard>,… <flags> <primary id or -> …`.
+fn shard_id_of(line: &str) -> Option<String> {
+    line.split_whitespace()
+        .nth(1)?
+        .split(',')
+        .find_map(|f| f.strip_prefix("shard-id="))
+        .map(str::to_string)
+}
+
 /// `nodes.conf` (or a `CLUSTER NODES` listing) with every replica in its primary's shard.
 /// Valkey 8.0.1 can save a view in which a replica keeps the shard id it had before it followed
 /// its primary (seen after a node learned the change and later saved an older one), and then
 /// refuses to start from it: "corrupted cluster config file". The repair is the operator's too
 /// (docs/runbook.md).
 pub fn repair_shard_ids(conf: &str) -> String {
-    let shard_of = |line: &str| {
-        line.split_whitespace()
-            .nth(1)?
-            .split(',')
-            .find_map(|f| f.strip_prefix("shard-id="))
-            .map(str::to_string)
-    };
     let lines: Vec<&str> = conf.lines().collect();
     let mut repaired: Vec<String> = lines
         .iter()
@@ -470,7 +473,7 @@ pub fn repair_shard_ids(conf: &str) -> String {
                 .get(3)
                 .filter(|id| **id != "-" && fields.len() > 7)
                 .and_then(|id| lines.iter().find(|l| l.starts_with(*id)));
-            match (primary.and_then(|p| shard_of(p)), shard_of(line)) {
+            match (primary.and_then(|p| shard_id_of(p)), shard_id_of(line)) {
                 (Some(theirs), Some(own)) if theirs != own => {
                     line.replacen(&format!("shard-id={own}"), &format!("shard-id={theirs}"), 1)
                 }
@@ -486,14 +489,6 @@ pub fn repair_shard_ids(conf: &str) -> String {
 
 /// A replica in a `CLUSTER NODES` listing whose shard id differs from its primary's, if any.
 fn shard_id_mismatch(listed: &str) -> Option<String> {
-    // `<id> <ip:port@bus>,<hostname>,shard-id=<shard>,… <flags> <primary id or -> …`
-    let shard_of = |line: &str| {
-        line.split_whitespace()
-            .nth(1)?
-            .split(',')
-            .find_map(|f| f.strip_prefix("shard-id="))
-            .map(str::to_string)
-    };
     let lines: Vec<&str> = listed.lines().collect();
     lines.iter().find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -502,12 +497,12 @@ fn shard_id_mismatch(listed: &str) -> Option<String> {
             return None;
         }
         let primary = lines.iter().find(|l| l.starts_with(primary_id))?;
-        (shard_of(line) != shard_of(primary)).then(|| {
+        (shard_id_of(line) != shard_id_of(primary)).then(|| {
             format!(
                 "replica {} listed in shard {:?}, its primary in {:?}",
                 fields[0],
-                shard_of(line),
-                shard_of(primary)
+                shard_id_of(line),
+                shard_id_of(primary)
             )
         })
     })
