@@ -244,7 +244,18 @@ impl ClusterController {
             &state.epoch,
             shards,
             observations,
-            |n| silent_since.get(&n).map(|t| now.duration_since(*t)),
+            // Silent since the controller first saw it so, or longer by its replicas' account,
+            // less the 1 s between the primary's pings (`repl-ping-replica-period`): the last
+            // one they heard may have come that long before the silence began.
+            |n| {
+                let ours = silent_since.get(&n).map(|t| now.duration_since(*t));
+                let theirs = valkey_dr_core::cluster::unheard_for(
+                    observations,
+                    &self.topology.node(n).endpoint,
+                )
+                .map(|d| d.saturating_sub(Duration::from_secs(1)));
+                ours.max(theirs.filter(|_| ours.is_some()))
+            },
             |n| state.armed.contains(&n),
             certain_after,
         );

@@ -52,6 +52,28 @@ pub fn heard_by_a_replica(observations: &[NodeObservation], primary: &Endpoint) 
     })
 }
 
+/// How long every replica of `primary` that answers has gone without hearing from it, by its
+/// own account (`master_last_io_seconds_ago`, whole seconds, rounded down): the primary's last
+/// contact with them was at least that long ago. `None` when one of them has its link down (it
+/// does not say since when) or none answers.
+pub fn unheard_for(observations: &[NodeObservation], primary: &Endpoint) -> Option<Duration> {
+    let mut least: Option<u64> = None;
+    for info in observations.iter().filter_map(|o| o.info()) {
+        let Role::Replica {
+            master, link_up, ..
+        } = &info.role
+        else {
+            continue;
+        };
+        if master != primary {
+            continue;
+        }
+        let silent = info.master_last_io_s.filter(|_| *link_up)?;
+        least = Some(least.map_or(silent, |l| l.min(silent)));
+    }
+    least.map(Duration::from_secs)
+}
+
 /// Whether the writer region is lost and another region may take its primaries over without an
 /// operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +267,37 @@ mod tests {
                 expected,
                 "{case}"
             );
+        }
+    }
+
+    #[test]
+    fn a_primary_is_unheard_for_as_long_as_its_most_recently_heard_replica_says() {
+        let topology = lab();
+        let primary0 = topology.nodes[0].endpoint.clone();
+        let last_io = |mut o: NodeObservation, s: u64| {
+            if let Ok(info) = &mut o.state {
+                info.master_last_io_s = Some(s);
+            }
+            o
+        };
+        let link_down = |mut o: NodeObservation| {
+            if let Ok(info) = &mut o.state
+                && let Role::Replica { link_up, .. } = &mut info.role
+            {
+                *link_up = false;
+            }
+            o
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<NodeObservation>, Option<Duration>)> = vec![
+            ("two replicas: the one that heard last counts", vec![last_io(replica_of(1, 0, 9), 3), last_io(replica_of(2, 0, 9), 5)], secs(3)),
+            ("a replica of another primary does not count", vec![last_io(replica_of(2, 0, 9), 4), last_io(replica_of(3, 2, 9), 0)], secs(4)),
+            ("a replica whose link is down does not say since when", vec![last_io(replica_of(1, 0, 9), 4), link_down(replica_of(2, 0, 9))], None),
+            ("no replica answers", vec![down(1), down(2)], None),
+        ];
+        for (case, observations, expected) in cases {
+            assert_eq!(unheard_for(&observations, &primary0), expected, "{case}");
         }
     }
 

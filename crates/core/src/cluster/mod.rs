@@ -13,7 +13,7 @@ mod fence;
 mod moves;
 mod name;
 
-pub use fence::{RegionVerdict, heard_by_a_replica, region_verdict, write_quorums};
+pub use fence::{RegionVerdict, heard_by_a_replica, region_verdict, unheard_for, write_quorums};
 pub use moves::{
     FailoverGuard, MoveRefusal, ShardMove, best_replica_in, failover_guards, plan_failover,
     plan_switchover,
