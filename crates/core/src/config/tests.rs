@@ -351,7 +351,9 @@ fn etcd_over_tls_needs_https_urls_and_a_whole_client_identity() {
 fn cluster_mode_is_read_and_runs_with_one_controller() {
     let base = include_str!("../../../../valkey-dr.toml");
     assert_eq!(Config::parse(base).unwrap().mode, Mode::Replication);
-    let cluster = format!("mode = \"cluster\"\n{base}");
+    // The example serves HTTP, which the cluster's controller does not yet.
+    let without_http = &base[..base.find("\n[http]").unwrap_or(base.len())];
+    let cluster = format!("mode = \"cluster\"\n{without_http}\n");
     let config = Config::parse(&cluster).unwrap();
     assert_eq!(config.mode, Mode::Cluster);
     assert!(config.to_toml().contains("mode = \"cluster\""));
@@ -364,6 +366,9 @@ fn cluster_mode_is_read_and_runs_with_one_controller() {
         error.field().is_some_and(|f| f.ends_with(".port")),
         "{error}"
     );
+    let with_http = format!("{cluster}\n[http]\nlisten = \"127.0.0.1:9180\"\n");
+    let error = Config::parse(&with_http).unwrap_err();
+    assert_eq!(error.field(), Some("http"), "{error}");
     let error = Config::parse(&format!("mode = \"sharded\"\n{base}")).unwrap_err();
     assert!(error.to_string().contains("cluster"), "{error}");
 }

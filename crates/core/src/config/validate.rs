@@ -292,6 +292,21 @@ impl Config {
                 }
             }
         }
+        // Not served by the cluster's controller yet: refused rather than silently ignored.
+        if self.http.is_some() {
+            return Err(ConfigError::invalid(
+                "http",
+                "the cluster's controller serves no HTTP endpoint yet",
+                "remove [http] (use `valkey-dr status` and the event log), or set mode = \"replication\"",
+            ));
+        }
+        if !self.webhooks.is_empty() {
+            return Err(ConfigError::invalid(
+                "webhooks",
+                "the cluster's controller sends no webhooks yet",
+                "remove [[webhooks]] (events go to the event log), or set mode = \"replication\"",
+            ));
+        }
         if self.coordination.is_some() {
             return Err(ConfigError::invalid(
                 "mode",
