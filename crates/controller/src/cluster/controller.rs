@@ -52,8 +52,9 @@ pub struct ClusterController {
     store: ClusterStore,
     /// Held by every pass and every move: they never interleave.
     acting: tokio::sync::Mutex<()>,
-    /// Each node's `min-replicas-to-write` as last asked for, and whether the node took it (none
-    /// known after a start: every node's is set once); changed only by the holder of `acting`.
+    /// Each answering node's `min-replicas-to-write` as last set, and whether the node took it
+    /// (set every pass; kept to report changes and the armed set); changed only by the holder
+    /// of `acting`.
     quorums: std::sync::Mutex<std::collections::HashMap<NodeId, (WriteQuorum, bool)>>,
     /// Since when each node of the writer region has neither answered nor been heard by a
     /// replica; changed only by the holder of `acting`.
@@ -381,10 +382,9 @@ impl ClusterController {
         Ok(settled)
     }
 
-    /// Sets every answering node's self-fence ([`write_quorums`]) where it differs from what was
-    /// last set; a node that refuses is reported and asked again next pass. Returns `state` with
-    /// the nodes armed now (recorded when that changed; a node that did not answer keeps its
-    /// mark).
+    /// Sets every answering node's self-fence ([`write_quorums`]), every pass; a change, or a
+    /// node that refuses, is reported. Returns `state` with the nodes armed now (recorded when
+    /// that changed; a node that did not answer keeps its mark).
     async fn fence(
         &self,
         state: ClusterState,
@@ -398,23 +398,19 @@ impl ClusterController {
             self.config.controller.writer_quorum_max_lag_s,
             self.config.controller.writes_need_a_replica,
         );
-        let known = {
+        {
             let mut known = self.quorums.lock().unwrap_or_else(|e| e.into_inner());
-            // A node that did not answer may come back restarted, with its config file's
-            // setting: set again then.
             known.retain(|node, _| wanted.iter().any(|(n, _)| n == node));
-            known.clone()
-        };
-        let changes: Vec<(NodeId, WriteQuorum)> = wanted
-            .into_iter()
-            .filter(|(node, quorum)| known.get(node) != Some(&(*quorum, true)))
-            .collect();
-        let results = futures::future::join_all(changes.iter().map(|(node, quorum)| {
+        }
+        // Set on every node every pass, not only where it changed: a node restarted between two
+        // passes (from a config file without it) answers as before, and only the setting
+        // itself tells — one CONFIG SET per node per pass. Reported when it changes.
+        let results = futures::future::join_all(wanted.iter().map(|(node, quorum)| {
             self.engine
                 .set_write_quorum(&self.topology.node(*node).control_endpoint, *quorum)
         }))
         .await;
-        for ((node, quorum), result) in changes.into_iter().zip(results) {
+        for ((node, quorum), result) in wanted.into_iter().zip(results) {
             let in_force = result.is_ok();
             let before = self
                 .quorums
