@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod cluster;
 pub mod control;
+mod dns_changes;
 pub mod events;
 pub mod failover;
 pub mod faults;
@@ -370,8 +371,7 @@ impl Controller {
 pub struct Running {
     pub controller: Arc<Controller>,
     pub dns_addr: Option<SocketAddr>,
-    dns: Option<DnsServer>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl Running {
@@ -389,6 +389,25 @@ impl Running {
             })
             .copied()
             .collect();
+        self.serving.first_ended(&names).await
+    }
+
+    pub async fn stop(self) {
+        self.serving.stop().await;
+    }
+}
+
+/// What a started controller (a replication group's or a cluster's) runs beside itself: its
+/// embedded DNS server, if any, its tasks (the essential ones first) and its control socket.
+pub(crate) struct Serving {
+    pub(crate) dns: Option<DnsServer>,
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub(crate) socket: std::path::PathBuf,
+}
+
+impl Serving {
+    /// Resolves when one of the first `names.len()` tasks ends, naming it and how.
+    pub(crate) async fn first_ended(&mut self, names: &[&str]) -> String {
         let watched = self.tasks.iter_mut().take(names.len());
         let (outcome, index, _) = futures::future::select_all(watched).await;
         let how = match outcome {
@@ -399,14 +418,14 @@ impl Running {
         format!("the {} task {how}", names[index])
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for task in &self.tasks {
             task.abort();
         }
         if let Some(dns) = self.dns {
             dns.shutdown().await;
         }
-        let _ = std::fs::remove_file(self.controller.config.control_socket());
+        let _ = std::fs::remove_file(self.socket);
     }
 }
 
@@ -468,11 +487,15 @@ pub async fn start_with(
     };
     let controller = Arc::new(controller.with_faults(faults));
     let tasks = start_tasks(&controller, dns_addr).await?;
+    let socket = controller.config.control_socket();
     Ok(Running {
         controller,
         dns_addr,
-        dns: Some(dns),
-        tasks,
+        serving: Serving {
+            dns: Some(dns),
+            tasks,
+            socket,
+        },
     })
 }
 
@@ -485,11 +508,15 @@ async fn start_rfc2136(
     let provider = rfc2136_provider(&config, rfc2136)?;
     let controller = Arc::new(Controller::new(config, provider)?.with_faults(faults));
     let tasks = start_tasks(&controller, None).await?;
+    let socket = controller.config.control_socket();
     Ok(Running {
         controller,
         dns_addr: None,
-        dns: None,
-        tasks,
+        serving: Serving {
+            dns: None,
+            tasks,
+            socket,
+        },
     })
 }
 

@@ -82,6 +82,7 @@ pub fn parse_nodes(reply: &str) -> Result<Vec<Shard>, NodesError> {
                 answered: false,
                 automatic_failover: None,
                 replica_migration: None,
+                replication: None,
             },
             primary_id: (role == ShardRole::Replica && fields[3] != "-")
                 .then(|| fields[3].to_string()),
@@ -313,6 +314,7 @@ impl ValkeyEngine {
                     if loading {
                         node.health = node.health.max(NodeHealth::Loading);
                     }
+                    node.replication = Some(info);
                 }
                 Err(_) => node.health = node.health.max(NodeHealth::Unanswered),
             }

@@ -104,17 +104,8 @@ impl Controller {
             epoch.primary,
             epoch,
         );
-        let names: Vec<String> = desired.iter().map(|r| r.name.clone()).collect();
-        let current = self.dns.records(&names).await.map_err(|e| e.to_string())?;
-        let plan = valkey_dr_core::plan::calculate(
-            &current,
-            &desired,
-            &self.names.ownership,
-            &self.names.owner,
-        );
-        if let Some((name, reason)) = plan.conflicts.first() {
-            return Err(format!("{name}: {reason}"));
-        }
-        Ok(plan.changes)
+        crate::dns_changes::changes_toward(self.dns.as_ref(), &self.names, &desired)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

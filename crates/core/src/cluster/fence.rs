@@ -8,11 +8,40 @@
 use std::time::Duration;
 
 use crate::endpoint::Endpoint;
-use crate::observation::{NodeObservation, Role};
+use crate::observation::{Failure, FailureKind, NodeObservation, Role};
 use crate::self_fence::{HEARD_WITHIN_S, WriteQuorum, desired};
 use crate::topology::{NodeId, RegionId, Topology};
 
 use super::{ClusterEpoch, Shard, plan_failover};
+
+/// Every configured node's own account of its replication, as the shards were read with it
+/// ([`Shard`]s carry it): what the fence and the verdict judge by, with no second round of
+/// reads. A node that did not answer, or that the view does not list, has none.
+pub fn observations_of(topology: &Topology, shards: &[Shard]) -> Vec<NodeObservation> {
+    topology
+        .nodes
+        .iter()
+        .map(|node| {
+            let replication = shards
+                .iter()
+                .flat_map(|s| &s.nodes)
+                .filter(|n| topology.node_by_any_address(&n.endpoint) == Some(node.id))
+                .find_map(|n| n.replication.clone());
+            NodeObservation {
+                node: node.id,
+                state: replication.ok_or_else(|| {
+                    Failure::new(
+                        FailureKind::Unreachable,
+                        "did not answer when the shards were read",
+                    )
+                }),
+                keys: None,
+                heartbeat_ms: None,
+                epoch_mark: None,
+            }
+        })
+        .collect()
+}
 
 /// The quorum each answering node should have: a primary that serves slots (by its own
 /// account and by the shards' view) its self-fence, every other [`WriteQuorum::OFF`].
@@ -268,6 +297,23 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    #[test]
+    fn each_node_is_observed_as_the_shards_were_read_with_it() {
+        // Nodes 0 (a primary that answered), 1 (its replica, silent); 2 and 3 in no shard.
+        let topology = lab();
+        let mut answered = node(&topology, 0, ShardRole::Primary, 9);
+        answered.replication = primary(0).state.ok();
+        let silent = node(&topology, 1, ShardRole::Replica, 0);
+        let observations = observations_of(&topology, &[shard(vec![answered, silent], 0..=16383)]);
+        let answers: Vec<bool> = observations.iter().map(|o| o.info().is_some()).collect();
+        assert_eq!(answers, vec![true, false, false, false]);
+        assert_eq!(observations[0].info(), primary(0).info());
+        assert_eq!(
+            observations.iter().map(|o| o.node).collect::<Vec<_>>(),
+            (0..4).map(NodeId).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -7,13 +7,16 @@ use std::ops::RangeInclusive;
 use serde::{Deserialize, Serialize};
 
 use crate::endpoint::Endpoint;
+use crate::observation::ReplicationInfo;
 use crate::topology::{RegionId, Topology};
 
 mod fence;
 mod moves;
 mod name;
 
-pub use fence::{RegionVerdict, heard_by_a_replica, region_verdict, unheard_for, write_quorums};
+pub use fence::{
+    RegionVerdict, heard_by_a_replica, observations_of, region_verdict, unheard_for, write_quorums,
+};
 pub use moves::{
     FailoverGuard, MoveRefusal, ShardMove, best_replica_in, failover_guards, plan_failover,
     plan_switchover,
@@ -48,6 +51,8 @@ pub struct ShardNode {
     /// Whether the cluster may move it, as a replica, to a shard left without one
     /// (`cluster-allow-replica-migration yes`); `None` when it was not read.
     pub replica_migration: Option<bool>,
+    /// Its own account of its replication, as read with its offset (`None`: it did not answer).
+    pub replication: Option<ReplicationInfo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,6 +339,7 @@ pub(crate) mod tests {
             answered: true,
             automatic_failover: None,
             replica_migration: None,
+            replication: None,
         }
     }
 

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::unix::OwnedWriteHalf;
 use valkey_dr_core::cluster::{
-    ClusterEpoch, MoveState, RegionVerdict, Shard, move_state, records, region_verdict,
-    write_quorums, writer_region,
+    ClusterEpoch, MoveState, RegionVerdict, Shard, move_state, observations_of, records,
+    region_verdict, write_quorums, writer_region,
 };
 use valkey_dr_core::config::DnsProviderConfig;
 use valkey_dr_core::config::FailoverPolicy;
@@ -33,7 +33,15 @@ use super::{
 };
 use crate::ControllerError;
 use crate::control::{ControlServer, ControlTarget, Reply, Request, stream_events};
+use crate::dns_changes::ChangesError;
 use crate::events::{EventKind, EventSink};
+
+mod automatic;
+mod control;
+mod fence;
+mod start;
+
+pub use start::{RunningCluster, start};
 
 /// How long a move's result may take to show in the shards once its command returned: the
 /// cluster's gossip carries each takeover to the node asked.
@@ -61,6 +69,9 @@ pub struct ClusterController {
     silent_since: std::sync::Mutex<std::collections::HashMap<NodeId, Instant>>,
     /// The last automatic-failover verdict reported, so that each is reported once.
     reported_verdict: std::sync::Mutex<Option<String>>,
+    /// The shards as the last pass saw them, placed against the epoch's region: what `status`
+    /// shows (a status read costs no round of reads, which a silent node would hold up).
+    last_view: std::sync::Mutex<Option<ClusterStatus>>,
     step_hook: Option<StepHook>,
 }
 
@@ -131,6 +142,7 @@ impl ClusterController {
             quorums: Default::default(),
             silent_since: Default::default(),
             reported_verdict: Default::default(),
+            last_view: Default::default(),
             step_hook,
             config,
         })
@@ -161,18 +173,11 @@ impl ClusterController {
         let prefer = known
             .as_ref()
             .map(|s| s.moving.map_or(s.epoch.writer_region, |m| m.to));
-        // The shards and every node's own account, asked at once: a silent node costs one
-        // command timeout per pass, not two.
-        let (discovered, observations) = futures::join!(
-            discover(&self.engine, &self.topology, prefer),
-            futures::future::join_all(
-                self.topology
-                    .nodes
-                    .iter()
-                    .map(|n| self.engine.observe(n.id, &n.control_endpoint)),
-            )
-        );
-        let (_, shards) = discovered.map_err(ClusterError::NoNodeAnswered)?;
+        let (asked, shards) = discover(&self.engine, &self.topology, prefer)
+            .await
+            .map_err(ClusterError::NoNodeAnswered)?;
+        // Every node's own account, as the shards were read with it: no second round of reads.
+        let observations = observations_of(&self.topology, &shards);
         let state = match known {
             Some(state) => state,
             None => self.recover_epoch(&shards).await?,
@@ -181,6 +186,12 @@ impl ClusterController {
         let state = self.fence(state, &shards, &observations).await;
         let applied = self.publish(&state.epoch, &shards).await?;
         let fail_over_to = self.judge_region(&state, &shards, &observations);
+        *self.last_view.lock().unwrap_or_else(|e| e.into_inner()) = Some(status_of(
+            &self.topology,
+            &asked,
+            &shards,
+            state.epoch.writer_region,
+        ));
         let watching = !self
             .silent_since
             .lock()
@@ -194,99 +205,6 @@ impl ClusterController {
             fail_over_to: fail_over_to.map(|r| self.region_name(r)),
             watching,
         })
-    }
-
-    /// Whether an automatic failover should move the primaries now ([`region_verdict`]), with
-    /// the silences measured up to this pass; each new verdict is reported once.
-    fn judge_region(
-        &self,
-        state: &ClusterState,
-        shards: &[Shard],
-        observations: &[NodeObservation],
-    ) -> Option<RegionId> {
-        let now = Instant::now();
-        let silent_since = {
-            let mut silent = self.silent_since.lock().unwrap_or_else(|e| e.into_inner());
-            for o in observations {
-                let node = &self.topology.node(o.node);
-                let heard =
-                    valkey_dr_core::cluster::heard_by_a_replica(observations, &node.endpoint);
-                if node.region != state.epoch.writer_region || o.info().is_some() || heard {
-                    silent.remove(&o.node);
-                } else {
-                    silent.entry(o.node).or_insert(now);
-                }
-            }
-            silent.clone()
-        };
-        let controller = &self.config.controller;
-        let blocked = state
-            .failovers_blocked_until_ms
-            .is_some_and(|until| crate::clock::now_ms() < until);
-        if controller.cross_region_failover != FailoverPolicy::Auto {
-            return None;
-        }
-        match state.moving {
-            // An automatic failover that left a shard where it was (its target slow to answer)
-            // carries on: the primaries it takes from were known fenced when it started, and one
-            // that answers again is paused and caught up first.
-            Some(m) if m.automatic => return Some(m.to),
-            Some(_) => return None,
-            None if blocked => return None,
-            None => {}
-        }
-        let certain_after = WriteQuorum {
-            replicas: 1,
-            max_lag_s: controller.writer_quorum_max_lag_s,
-        }
-        .certain_after();
-        let verdict = region_verdict(
-            &self.topology,
-            &state.epoch,
-            shards,
-            observations,
-            // Silent since the controller first saw it so, or longer by its replicas' account,
-            // less the 1 s between the primary's pings (`repl-ping-replica-period`): the last
-            // one they heard may have come that long before the silence began.
-            |n| {
-                let ours = silent_since.get(&n).map(|t| now.duration_since(*t));
-                let theirs = valkey_dr_core::cluster::unheard_for(
-                    observations,
-                    &self.topology.node(n).endpoint,
-                )
-                .map(|d| d.saturating_sub(Duration::from_secs(1)));
-                ours.max(theirs.filter(|_| ours.is_some()))
-            },
-            |n| state.armed.contains(&n),
-            certain_after,
-        );
-        let (kind, to, why) = match &verdict {
-            RegionVerdict::NotLost => (None, None, String::new()),
-            RegionVerdict::Withheld(why) => (Some(EventKind::FailoverWithheld), None, why.clone()),
-            RegionVerdict::FailOver(to) => {
-                (Some(EventKind::FailoverNeeded), Some(*to), String::new())
-            }
-        };
-        // Withheld reasons carry the silence so far: one report per kind of verdict.
-        let label = kind.map(|k| k.to_string());
-        let mut reported = self
-            .reported_verdict
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if *reported != label {
-            if let Some(kind) = kind {
-                self.events.emit(
-                    kind,
-                    json!({
-                        "writer_region": self.region_name(state.epoch.writer_region),
-                        "to_region": to.map(|r| self.region_name(r)),
-                        "reason": why,
-                    }),
-                );
-            }
-            *reported = label;
-        }
-        to
     }
 
     /// The epoch when nothing usable is recorded: the one the ownership record carries (a
@@ -382,112 +300,42 @@ impl ClusterController {
         Ok(settled)
     }
 
-    /// Sets every answering node's self-fence ([`write_quorums`]), every pass; a change, or a
-    /// node that refuses, is reported. Returns `state` with the nodes armed now (recorded when
-    /// that changed; a node that did not answer keeps its mark).
-    async fn fence(
-        &self,
-        state: ClusterState,
-        shards: &[Shard],
-        observations: &[NodeObservation],
-    ) -> ClusterState {
-        let wanted = write_quorums(
-            &self.topology,
-            shards,
-            observations,
-            self.config.controller.writer_quorum_max_lag_s,
-            self.config.controller.writes_need_a_replica,
-        );
-        {
-            let mut known = self.quorums.lock().unwrap_or_else(|e| e.into_inner());
-            known.retain(|node, _| wanted.iter().any(|(n, _)| n == node));
-        }
-        // Set on every node every pass, not only where it changed: a node restarted between two
-        // passes (from a config file without it) answers as before, and only the setting
-        // itself tells — one CONFIG SET per node per pass. Reported when it changes.
-        let results = futures::future::join_all(wanted.iter().map(|(node, quorum)| {
-            self.engine
-                .set_write_quorum(&self.topology.node(*node).control_endpoint, *quorum)
-        }))
-        .await;
-        for ((node, quorum), result) in wanted.into_iter().zip(results) {
-            let in_force = result.is_ok();
-            let before = self
-                .quorums
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(node, (quorum, in_force));
-            // Reported on a change, or once when a node keeps refusing it.
-            if before != Some((quorum, in_force)) {
-                self.events.emit(
-                    EventKind::WriteQuorumSet,
-                    json!({
-                        "node": self.topology.node_name(node),
-                        "replicas": quorum.replicas,
-                        "max_lag_s": quorum.max_lag_s,
-                        "armed": quorum.armed(),
-                        "error": result.err().map(|e| e.to_string()),
-                    }),
-                );
-            }
-        }
-        let in_force = self
-            .quorums
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut armed = state.armed.clone();
-        for (node, (quorum, took)) in &in_force {
-            if *took && quorum.armed() {
-                armed.insert(*node);
-            } else if *took {
-                armed.remove(node);
-            }
-        }
-        let next = ClusterState { armed, ..state };
-        // Not recorded: the next pass tries again; meanwhile a restart knows the older set.
-        let _ = self.record(next.clone());
-        next
-    }
-
     /// Leads the name to `epoch`'s primaries ([`records`]); returns the record sets changed.
     async fn publish(&self, epoch: &ClusterEpoch, shards: &[Shard]) -> Result<usize, ClusterError> {
         let desired = records(&self.names, &self.topology, epoch, shards);
         if desired.is_empty() {
             return Ok(0);
         }
-        let names = [self.names.global.clone(), self.names.ownership.clone()];
-        let current = self
-            .dns
-            .records(&names)
-            .await
-            .map_err(|e| ClusterError::NameNotMoved(e.to_string()))?;
-        let plan = valkey_dr_core::plan::calculate(
-            &current,
+        let changes = match crate::dns_changes::changes_toward(
+            self.dns.as_ref(),
+            &self.names,
             &desired,
-            &self.names.ownership,
-            &self.names.owner,
-        );
-        if let Some((name, reason)) = plan.conflicts.first() {
-            self.events.emit(
-                EventKind::DnsConflict,
-                json!({ "name": name, "reason": reason }),
-            );
-            return Err(ClusterError::NameNotMoved(format!("{name}: {reason}")));
-        }
-        if plan.changes.is_empty() {
+        )
+        .await
+        {
+            Ok(changes) => changes,
+            Err(ChangesError::Conflict { name, reason }) => {
+                self.events.emit(
+                    EventKind::DnsConflict,
+                    json!({ "name": name, "reason": reason }),
+                );
+                return Err(ClusterError::NameNotMoved(format!("{name}: {reason}")));
+            }
+            Err(e) => return Err(ClusterError::NameNotMoved(e.to_string())),
+        };
+        if changes.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = self.dns.apply(&plan.changes).await {
+        if let Err(e) = self.dns.apply(&changes).await {
             self.events
                 .emit(EventKind::DnsApplyFailed, json!({ "error": e.to_string() }));
             return Err(ClusterError::NameNotMoved(e.to_string()));
         }
         self.events.emit(
             EventKind::DnsApplied,
-            json!({ "changes": plan.changes.len(), "epoch": epoch.epoch }),
+            json!({ "changes": changes.len(), "epoch": epoch.epoch }),
         );
-        Ok(plan.changes.len())
+        Ok(changes.len())
     }
 
     /// Records the move to `region` (its epoch one past the current), so that a crash from here
@@ -596,63 +444,23 @@ impl ClusterController {
         Ok(done)
     }
 
-    /// The automatic region failover a pass called for: every primary of the lost region is
-    /// surely fenced (its self-fence armed, silent past its certainty), which stands for the
-    /// operator's `--confirm-down`. Further automatic failovers then wait `failover_block_ms`
-    /// or `valkey-dr ack`.
-    async fn fail_over_automatically(self: &Arc<Self>, region: &str) {
-        self.events.emit(
-            EventKind::FailoverStarted,
-            json!({ "to_region": region, "automatic": true }),
-        );
-        match self.fail_over(region, true, true).await {
-            Ok(done) => {
-                let _acting = self.acting.lock().await;
-                if let Some(state) = self.store.get() {
-                    let until = crate::clock::now_ms() + self.config.controller.failover_block_ms;
-                    let _ = self.record(ClusterState {
-                        failovers_blocked_until_ms: Some(until),
-                        ..state
-                    });
-                }
-                self.events.emit(
-                    EventKind::FailoverCompleted,
-                    json!({ "to_region": region, "automatic": true, "took_ms": done.took_ms }),
-                );
-            }
-            Err(e) => self.events.emit(
-                EventKind::FailoverFailed,
-                json!({ "to_region": region, "automatic": true, "error": e.to_string() }),
-            ),
-        }
-    }
-
-    /// `valkey-dr ack`: automatic failovers are allowed again; whether they were blocked.
-    pub async fn ack(&self) -> Result<bool, ClusterError> {
-        let _acting = self.acting.lock().await;
-        let Some(state) = self.store.get() else {
-            return Ok(false);
-        };
-        let was_blocked = state
-            .failovers_blocked_until_ms
-            .is_some_and(|until| crate::clock::now_ms() < until);
-        self.record(ClusterState {
-            failovers_blocked_until_ms: None,
-            ..state
-        })?;
-        Ok(was_blocked)
-    }
-
+    /// What the last pass saw (a pass first, if none has run yet), with the epoch, what the
+    /// name leads to and the armed fences.
     pub async fn status(&self) -> Result<ControlledClusterStatus, ClusterError> {
+        let seen = || {
+            self.last_view
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        let cluster = match seen() {
+            Some(view) => view,
+            None => {
+                self.reconcile().await?;
+                seen().ok_or_else(|| ClusterError::NoNodeAnswered("no pass yet".into()))?
+            }
+        };
         let state = self.store.get();
-        let prefer = state.as_ref().map(|s| s.epoch.writer_region);
-        let (asked, shards) = discover(&self.engine, &self.topology, prefer)
-            .await
-            .map_err(ClusterError::NoNodeAnswered)?;
-        let writer = state.as_ref().map_or_else(
-            || writer_region(&self.topology, &shards, self.topology.bootstrap_region),
-            |s| s.epoch.writer_region,
-        );
         let name = self
             .dns
             .records(std::slice::from_ref(&self.names.global))
@@ -677,7 +485,7 @@ impl ClusterController {
                 .and_then(|s| s.moving)
                 .map(|m| self.region_name(m.to)),
             name,
-            cluster: status_of(&self.topology, &asked, &shards, writer),
+            cluster,
         })
     }
 
@@ -719,152 +527,4 @@ impl ClusterController {
             tokio::time::sleep(delay).await;
         }
     }
-}
-
-impl ControlTarget for ClusterController {
-    fn socket_path(&self) -> std::path::PathBuf {
-        self.config.control_socket()
-    }
-
-    async fn answer(self: Arc<Self>, request: Request, out: &mut OwnedWriteHalf) -> Reply {
-        let reply = |result: Result<serde_json::Value, ClusterError>| match result {
-            Ok(value) => Reply::Result(value),
-            Err(e) => Reply::Error(e.to_string()),
-        };
-        match request {
-            Request::Status => reply(self.status().await.map(|s| to_json(&s))),
-            Request::Reconcile => reply(self.reconcile().await.map(|p| to_json(&p))),
-            Request::Ack => reply(
-                self.ack()
-                    .await
-                    .map(|was_blocked| json!({ "was_blocked": was_blocked })),
-            ),
-            Request::ClusterSwitchover { region } => {
-                let controller = self.clone();
-                run_streaming(&self.events, out, move |runtime| {
-                    runtime
-                        .block_on(controller.switchover(&region))
-                        .map(|d| to_json(&d))
-                })
-                .await
-                .map_or_else(Reply::Error, reply)
-            }
-            Request::ClusterFailover {
-                region,
-                confirm_down,
-            } => {
-                let controller = self.clone();
-                run_streaming(&self.events, out, move |runtime| {
-                    runtime
-                        .block_on(controller.failover(&region, confirm_down))
-                        .map(|d| to_json(&d))
-                })
-                .await
-                .map_or_else(Reply::Error, reply)
-            }
-            other => Reply::Error(format!(
-                "this controller runs a cluster (mode = \"cluster\"): `{}` is for a replication group; use `valkey-dr cluster switchover` or `cluster failover`",
-                serde_json::to_value(&other)
-                    .ok()
-                    .and_then(|v| v["command"].as_str().map(str::to_string))
-                    .unwrap_or_default()
-            )),
-        }
-    }
-}
-
-fn to_json(value: &impl Serialize) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or_default()
-}
-
-/// Runs `operation` on a thread of its own, which drives its future on the runtime it is given,
-/// while the events stream to `out` ([`stream_events`]); `Err` when it panicked. On a thread
-/// because a move's future is not `Send` for every lifetime (rustc cannot prove it through its
-/// nested borrows), which a task needs.
-async fn run_streaming<T: Send + 'static>(
-    events: &EventSink,
-    out: &mut OwnedWriteHalf,
-    operation: impl FnOnce(&tokio::runtime::Handle) -> T + Send + 'static,
-) -> Result<T, String> {
-    let runtime = tokio::runtime::Handle::current();
-    let task = tokio::task::spawn_blocking(move || operation(&runtime));
-    stream_events(events, out, task)
-        .await
-        .map_err(|e| format!("the operation failed: {e}"))
-}
-
-/// A started cluster controller: its embedded DNS server (unless the records live on the user's
-/// server), its control socket and its passes.
-pub struct RunningCluster {
-    pub controller: Arc<ClusterController>,
-    pub dns_addr: Option<std::net::SocketAddr>,
-    dns: Option<DnsServer>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl RunningCluster {
-    /// Resolves when a task ends (they loop for the controller's life: it panicked), naming it.
-    pub async fn task_ended(&mut self) -> String {
-        let (outcome, index, _) = futures::future::select_all(self.tasks.iter_mut()).await;
-        let how = if outcome.is_err() {
-            "panicked"
-        } else {
-            "ended"
-        };
-        format!(
-            "the {} task {how}",
-            ["control socket", "reconcile loop"][index]
-        )
-    }
-
-    pub async fn stop(self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        if let Some(dns) = self.dns {
-            dns.shutdown().await;
-        }
-        let _ = std::fs::remove_file(self.controller.config.control_socket());
-    }
-}
-
-/// Starts the controller of the cluster `config` describes.
-pub async fn start(
-    config: Config,
-    step_hook: Option<StepHook>,
-) -> Result<RunningCluster, ControllerError> {
-    let (dns, server): (Arc<dyn DnsProvider>, Option<DnsServer>) = match &config.dns.provider {
-        DnsProviderConfig::Embedded { listen } => {
-            let zone = Arc::new(Zone::new(&config.dns.zone));
-            let listen = listen.parse().expect("validated listen address");
-            let server =
-                DnsServer::start_with_name_servers(zone.clone(), listen, config.dns.ttl, &[])
-                    .await?;
-            (zone, Some(server))
-        }
-        DnsProviderConfig::Rfc2136(rfc2136) => (crate::rfc2136_provider(&config, rfc2136)?, None),
-    };
-    let controller = Arc::new(ClusterController::new(config, dns, step_hook)?);
-    let control = ControlServer::bind(controller.clone())?;
-    let dns_addr = server.as_ref().map(DnsServer::local_addr);
-    controller.events.emit(
-        EventKind::ControllerStarted,
-        json!({
-            "mode": "cluster",
-            "dns": dns_addr.map(|a| a.to_string()),
-            "control_socket": controller.config.control_socket().display().to_string(),
-            "epoch": controller.state().map(|s| s.epoch.epoch),
-            "cross_region_failover": controller.config.controller.cross_region_failover,
-        }),
-    );
-    let tasks = vec![
-        tokio::spawn(control.serve()),
-        tokio::spawn(controller.clone().run_loop()),
-    ];
-    Ok(RunningCluster {
-        controller,
-        dns_addr,
-        dns: server,
-        tasks,
-    })
 }
