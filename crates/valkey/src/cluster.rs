@@ -83,6 +83,7 @@ pub fn parse_nodes(reply: &str) -> Result<Vec<Shard>, NodesError> {
                 automatic_failover: None,
                 replica_migration: None,
                 replication: None,
+                ping_replicas_every_s: None,
             },
             primary_id: (role == ShardRole::Replica && fields[3] != "-")
                 .then(|| fields[3].to_string()),
@@ -129,6 +130,9 @@ pub struct ClusterNodeSettings {
     /// It may move the node, as a replica, to a shard left without one
     /// (`cluster-allow-replica-migration yes`).
     pub replica_migration: bool,
+    /// How often it pings its replicas, in seconds (`repl-ping-replica-period`); `None` when the
+    /// reply does not say.
+    pub ping_replicas_every_s: Option<u64>,
 }
 
 impl ClusterNodeSettings {
@@ -148,6 +152,10 @@ impl ClusterNodeSettings {
         Some(Self {
             automatic_failover: !value("cluster-replica-no-failover")?,
             replica_migration: value("cluster-allow-replica-migration")?,
+            ping_replicas_every_s: reply
+                .chunks(2)
+                .find(|pair| pair[0] == "repl-ping-replica-period")
+                .and_then(|pair| pair.get(1)?.parse().ok()),
         })
     }
 }
@@ -189,6 +197,29 @@ impl ValkeyEngine {
         Ok(())
     }
 
+    /// The node's cluster id (`CLUSTER MYID`).
+    pub async fn cluster_myid(&self, node: &Endpoint) -> Result<String, EngineError> {
+        self.run(node, "CLUSTER MYID", redis::cmd("CLUSTER").arg("MYID"))
+            .await
+    }
+
+    /// Makes `node` a replica of the node with cluster id `primary` (`CLUSTER REPLICATE`): an old
+    /// primary left without slots that did not turn into its successor's replica by itself.
+    pub async fn cluster_replicate(
+        &self,
+        node: &Endpoint,
+        primary: &str,
+    ) -> Result<(), EngineError> {
+        let _: () = self
+            .run(
+                node,
+                "CLUSTER REPLICATE",
+                redis::cmd("CLUSTER").arg("REPLICATE").arg(primary),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Asks `node` to make the cluster's next epoch its own config epoch (`CLUSTER BUMPEPOCH`).
     /// Valkey does so only when the node's own is not already the highest it knows
     /// ([`EpochBump::Still`]) — and TAKEOVER claims the slots under that same rule.
@@ -215,8 +246,8 @@ impl ValkeyEngine {
         &self,
         node: &Endpoint,
     ) -> Result<ClusterNodeSettings, EngineError> {
-        const COMMAND: &str =
-            "CONFIG GET cluster-replica-no-failover cluster-allow-replica-migration";
+        const COMMAND: &str = "CONFIG GET cluster-replica-no-failover \
+             cluster-allow-replica-migration repl-ping-replica-period";
         let reply: Vec<String> = self
             .run(
                 node,
@@ -224,7 +255,8 @@ impl ValkeyEngine {
                 redis::cmd("CONFIG")
                     .arg("GET")
                     .arg("cluster-replica-no-failover")
-                    .arg("cluster-allow-replica-migration"),
+                    .arg("cluster-allow-replica-migration")
+                    .arg("repl-ping-replica-period"),
             )
             .await?;
         ClusterNodeSettings::parse(&reply).ok_or_else(|| {
@@ -298,6 +330,7 @@ impl ValkeyEngine {
             if let Ok(settings) = settings {
                 node.automatic_failover = Some(settings.automatic_failover);
                 node.replica_migration = Some(settings.replica_migration);
+                node.ping_replicas_every_s = settings.ping_replicas_every_s;
             }
             match info {
                 Ok(info) => {
@@ -348,6 +381,7 @@ mod tests {
             Some(ClusterNodeSettings {
                 automatic_failover,
                 replica_migration,
+                ping_replicas_every_s: None,
             })
         };
         for (pairs, read) in [
@@ -370,6 +404,21 @@ mod tests {
                 settings(true, true),
             ),
             (&["cluster-replica-no-failover", "yes"], None),
+            (
+                &[
+                    "repl-ping-replica-period",
+                    "1",
+                    "cluster-replica-no-failover",
+                    "no",
+                    "cluster-allow-replica-migration",
+                    "no",
+                ],
+                Some(ClusterNodeSettings {
+                    automatic_failover: true,
+                    replica_migration: false,
+                    ping_replicas_every_s: Some(1),
+                }),
+            ),
             (
                 &[
                     "cluster-replica-no-failover",

@@ -44,7 +44,8 @@ pub fn observations_of(topology: &Topology, shards: &[Shard]) -> Vec<NodeObserva
 }
 
 /// The quorum each answering node should have: a primary that serves slots (by its own
-/// account and by the shards' view) its self-fence, every other [`WriteQuorum::OFF`].
+/// account and by the shards' view) and pings its replicas every second its self-fence, every
+/// other [`WriteQuorum::OFF`].
 pub fn write_quorums(
     topology: &Topology,
     shards: &[Shard],
@@ -57,10 +58,19 @@ pub fn write_quorums(
         .filter_map(|o| Some((o.node, o.info()?)))
         .map(|(node, info)| {
             let endpoint = &topology.node(node).endpoint;
-            let serves_slots = shards.iter().any(|s| {
-                s.slot_count() > 0 && s.primary().is_some_and(|p| p.endpoint == *endpoint)
-            });
-            let quorum = if info.is_primary() && serves_slots {
+            let leading = shards
+                .iter()
+                .filter(|s| s.slot_count() > 0)
+                .filter_map(Shard::primary)
+                .find(|p| p.endpoint == *endpoint);
+            // The fence counts a replica outside the region only while it heard from the
+            // primary within a second: with Valkey's default ping period (10 s) an idle
+            // primary's replicas fall silent and a cut-off busy one could still count as heard
+            // — so no fence, and with it no automatic failover, unless it pings every second.
+            let pings_every_second = leading
+                .and_then(|p| p.ping_replicas_every_s)
+                .is_some_and(|s| s <= HEARD_WITHIN_S);
+            let quorum = if info.is_primary() && leading.is_some() && pings_every_second {
                 desired(topology, observations, node, max_lag_s, need_a_replica)
             } else {
                 WriteQuorum::OFF
@@ -223,8 +233,8 @@ pub fn region_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ShardRole;
     use crate::cluster::tests::{node, shard};
+    use crate::cluster::{ShardNode, ShardRole};
     use crate::testing::{down, lab, primary, replica_of};
 
     /// A replica that has not heard from its primary for 2 s.
@@ -283,6 +293,16 @@ mod tests {
              shards.clone(),
              vec![primary(0), replica_of(1, 0, 9), unheard(replica_of(2, 0, 9)), primary(3)],
              vec![(0, off), (1, off), (2, off), (3, off)]),
+            ("a primary that pings its replicas every 10 s (Valkey's default): no fence",
+             vec![shard(vec![ShardNode { ping_replicas_every_s: Some(10), ..node(&topology, 0, ShardRole::Primary, 9) },
+                             node(&topology, 1, ShardRole::Replica, 9), node(&topology, 2, ShardRole::Replica, 9)], 0..=16383)],
+             vec![primary(0), replica_of(1, 0, 9), replica_of(2, 0, 9)],
+             vec![(0, off), (1, off), (2, off)]),
+            ("a primary whose ping period was not read: no fence",
+             vec![shard(vec![ShardNode { ping_replicas_every_s: None, ..node(&topology, 0, ShardRole::Primary, 9) },
+                             node(&topology, 1, ShardRole::Replica, 9), node(&topology, 2, ShardRole::Replica, 9)], 0..=16383)],
+             vec![primary(0), replica_of(1, 0, 9), replica_of(2, 0, 9)],
+             vec![(0, off), (1, off), (2, off)]),
             ("a primary the shards' view gives no slots (taken over while away): none",
              taken_over,
              vec![primary(0), replica_of(1, 0, 9), replica_of(2, 0, 9)],

@@ -53,6 +53,9 @@ pub struct ShardNode {
     pub replica_migration: Option<bool>,
     /// Its own account of its replication, as read with its offset (`None`: it did not answer).
     pub replication: Option<ReplicationInfo>,
+    /// How often it pings its replicas, in seconds (`repl-ping-replica-period`); `None` when it
+    /// was not read.
+    pub ping_replicas_every_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,6 +343,7 @@ pub(crate) mod tests {
             automatic_failover: None,
             replica_migration: None,
             replication: None,
+            ping_replicas_every_s: Some(1),
         }
     }
 
