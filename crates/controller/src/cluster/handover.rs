@@ -332,6 +332,15 @@ pub(super) async fn follows(engine: &ValkeyEngine, node: &Endpoint, within: Dura
     .is_some()
 }
 
+/// `CLUSTER REPLICATE` on `old` to the node at `new`; whether it then follows within a second.
+async fn make_follow(engine: &ValkeyEngine, old: &Endpoint, new: &Endpoint) -> bool {
+    let Ok(id) = engine.cluster_myid(new).await else {
+        return false;
+    };
+    engine.cluster_replicate(old, &id).await.is_ok()
+        && follows(engine, old, Duration::from_secs(1)).await
+}
+
 /// Asks the replica to take its shard over (TAKEOVER) — unless the old primary's pause is about
 /// to run out — and waits until it is the primary, and the old one, when given, follows it, or
 /// [`HANDOVER_WITHIN`] passed.
@@ -369,6 +378,11 @@ async fn hand_over(engine: &ValkeyEngine, handover: &Handover<'_>) -> Result<(),
                 deadline.saturating_duration_since(Instant::now()),
             )
             .await
+                // Taken over, but the old primary, left without slots, did not turn into the
+                // new one's replica by itself (seen once, under load: it stayed a primary of
+                // nothing, and a rollback that counted the shard as not moved left it there):
+                // told to, as an operator would.
+                || (primary.is_some() && make_follow(engine, old, replica).await)
         }
         None => true,
     };

@@ -257,10 +257,20 @@ pub async fn cluster_switchover(
     // Hand back what moved, by the same cut the other way: the new primaries paused, the old
     // ones caught up with them (they may have taken writes), then taken back. The old primaries
     // of the shards that did not move stay paused meanwhile.
+    // What moved is what the targets say, not only what the handovers confirmed: a target whose
+    // takeover landed after its handover gave up leads its shard too, and is handed back with
+    // the others (counted as not moved, it stayed in the other region: halfway).
+    let leads = join_all(
+        moves
+            .iter()
+            .zip(&handed)
+            .map(|(m, handed)| moved_over(&engine, m, handed)),
+    )
+    .await;
     let moved: Vec<&ShardMove> = moves
         .iter()
-        .zip(&handed)
-        .filter(|(_, r)| r.is_ok())
+        .zip(leads)
+        .filter(|(_, leads)| *leads)
         .map(|(m, _)| m)
         .collect();
     let back: Vec<(&Endpoint, &Endpoint)> = moved.iter().map(|m| (&m.to, &m.from)).collect();
@@ -309,6 +319,15 @@ pub async fn cluster_switchover(
         handed_back,
         not_handed_back,
     })
+}
+
+/// Whether `m`'s target leads its shard: its handover said so, or it answers as a primary now.
+async fn moved_over(engine: &ValkeyEngine, m: &ShardMove, handed: &Result<(), String>) -> bool {
+    handed.is_ok()
+        || engine
+            .replication(&m.to)
+            .await
+            .is_ok_and(|i| i.is_primary())
 }
 
 /// What `valkey-dr cluster failover` did.
