@@ -31,6 +31,16 @@ pub enum ClusterFault {
     /// The controller aborts after this step of a switchover (`crash-after:<step>`); a new one
     /// settles the move, and the switchover asked again completes it.
     ControllerCrash(&'static str),
+    /// The controller's move stands still 3 s after this step (`stall-after:<step>:3000`), then
+    /// goes on: within the write pause, or not at all.
+    ControllerStall(&'static str),
+    /// A replica of shard 0 in us-east-1 SIGKILLed and started again at once with no data: it
+    /// rejoins from its `nodes.conf` and syncs again.
+    ReplicaRestartedEmpty,
+    /// Shard 0's primary SIGKILLed, replaced within us-east-1 by the cluster, then started again
+    /// with no data: it rejoins as a replica (restarted *before* it is replaced it would empty
+    /// its shard — Valkey's own hazard, see the runbook; not a row, as nothing guards it yet).
+    PrimaryBackEmptyAfterReplaced,
     /// Shard 0's primary SIGKILLed: the cluster replaces it within us-east-1, the name follows.
     PrimaryKilled,
     /// Every us-east-1 node SIGKILLed: the controller fails the region over by itself.
@@ -56,6 +66,20 @@ pub fn scenarios() -> Vec<ClusterScenario> {
             fault: ClusterFault::ControllerCrash(step),
         });
     }
+    for step in ["paused", "handed-over-1"] {
+        all.push(ClusterScenario {
+            name: format!("cluster: controller stalled 3 s after {step}"),
+            fault: ClusterFault::ControllerStall(step),
+        });
+    }
+    all.push(ClusterScenario {
+        name: "cluster: a replica restarted empty at once".into(),
+        fault: ClusterFault::ReplicaRestartedEmpty,
+    });
+    all.push(ClusterScenario {
+        name: "cluster: a primary SIGKILLed, back empty once replaced".into(),
+        fault: ClusterFault::PrimaryBackEmptyAfterReplaced,
+    });
     all.push(ClusterScenario {
         name: "cluster: a primary SIGKILLed".into(),
         fault: ClusterFault::PrimaryKilled,
@@ -187,7 +211,10 @@ pub async fn run(
 fn scenario_is_planned(fault: ClusterFault) -> bool {
     matches!(
         fault,
-        ClusterFault::Switchover | ClusterFault::ControllerCrash(_)
+        ClusterFault::Switchover
+            | ClusterFault::ControllerCrash(_)
+            | ClusterFault::ControllerStall(_)
+            | ClusterFault::ReplicaRestartedEmpty
     )
 }
 
@@ -212,6 +239,7 @@ async fn run_in(
     let socket = dir.join("state/control.sock");
     let crash = match scenario.fault {
         ClusterFault::ControllerCrash(step) => Some(format!("crash-after:{step}")),
+        ClusterFault::ControllerStall(step) => Some(format!("stall-after:{step}:3000")),
         _ => None,
     };
     let mut controller = Controller::start(valkey_dr, &config, dir, crash.as_deref());
@@ -258,7 +286,18 @@ async fn run_in(
             }
             "us-east-2"
         }
-        ClusterFault::PrimaryKilled => {
+        ClusterFault::ControllerStall(_) => {
+            switchover(&socket).await?;
+            "us-east-2"
+        }
+        ClusterFault::ReplicaRestartedEmpty => {
+            nodes[3]
+                .restart()
+                .await
+                .map_err(|e| format!("{}: {e}", addrs[3]))?;
+            "us-east-1"
+        }
+        ClusterFault::PrimaryKilled | ClusterFault::PrimaryBackEmptyAfterReplaced => {
             nodes[0].kill();
             "us-east-1"
         }
@@ -277,7 +316,9 @@ async fn run_in(
     };
     // The nodes lost to the fault, which the name must not lead to.
     let gone: Vec<SocketAddr> = match scenario.fault {
-        ClusterFault::PrimaryKilled => vec![addrs[0]],
+        ClusterFault::PrimaryKilled | ClusterFault::PrimaryBackEmptyAfterReplaced => {
+            vec![addrs[0]]
+        }
         ClusterFault::RegionKilled | ClusterFault::RegionStalled => addrs[..6].to_vec(),
         _ => Vec::new(),
     };
@@ -286,6 +327,14 @@ async fn run_in(
         .as_ref()
         .ok()
         .map(|_| fault_at.elapsed().as_millis() as u64);
+    if scenario.fault == ClusterFault::PrimaryBackEmptyAfterReplaced && settled.is_ok() {
+        // Replaced (the name left it): back with no data, it must rejoin as a replica.
+        nodes[0]
+            .restart()
+            .await
+            .map_err(|e| format!("{}: {e}", addrs[0]))?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     if scenario.fault == ClusterFault::RegionStalled {
         // Kept stopped 8 s in all, then back: the old primaries find themselves taken over.
         tokio::time::sleep(Duration::from_secs(8).saturating_sub(fault_at.elapsed())).await;
@@ -300,7 +349,9 @@ async fn run_in(
     settled?;
     let alive = if matches!(
         scenario.fault,
-        ClusterFault::RegionKilled | ClusterFault::PrimaryKilled
+        ClusterFault::RegionKilled
+            | ClusterFault::PrimaryKilled
+            | ClusterFault::PrimaryBackEmptyAfterReplaced
     ) {
         addrs[6]
     } else {
