@@ -55,9 +55,7 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
     }
     let selected: Vec<_> = all
         .into_iter()
-        .filter(|s| {
-            args.scenario.is_empty() || args.scenario.iter().any(|f| s.name.contains(f.as_str()))
-        })
+        .filter(|s| asked_for(&args.scenario, &s.name))
         .filter(|s| {
             let runs_here = args.netns || !s.fault.needs_real_network();
             if !runs_here {
@@ -67,10 +65,7 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
         })
         .collect();
     if selected.is_empty() {
-        bail!(
-            "no scenario matches {:?}; see `valkey-dr chaos --list`",
-            args.scenario
-        );
+        bail!(none_matched(&args.scenario, "chaos --list"));
     }
     let bin = std::env::current_exe()?;
     std::fs::create_dir_all(&args.dir)?;
@@ -136,14 +131,21 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether the scenario named `name` was asked for (`--scenario`; none given: every one).
+fn asked_for(filters: &[String], name: &str) -> bool {
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
+fn none_matched(filters: &[String], list: &str) -> String {
+    format!("no scenario matches {filters:?}; see `valkey-dr {list}`")
+}
+
 /// `chaos --cluster`: cluster mode's scenarios, each run `--runs` times.
 async fn cluster(args: ChaosArgs) -> Result<()> {
     use valkey_dr_lab::cluster_chaos;
     let selected: Vec<_> = cluster_chaos::scenarios()
         .into_iter()
-        .filter(|s| {
-            args.scenario.is_empty() || args.scenario.iter().any(|f| s.name.contains(f.as_str()))
-        })
+        .filter(|s| asked_for(&args.scenario, &s.name))
         .collect();
     if args.list {
         for s in &selected {
@@ -152,10 +154,7 @@ async fn cluster(args: ChaosArgs) -> Result<()> {
         return Ok(());
     }
     if selected.is_empty() {
-        bail!(
-            "no scenario matches {:?}; see `valkey-dr chaos --cluster --list`",
-            args.scenario
-        );
+        bail!(none_matched(&args.scenario, "chaos --cluster --list"));
     }
     let bin = std::env::current_exe()?;
     std::fs::create_dir_all(&args.dir)?;
