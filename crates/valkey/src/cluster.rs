@@ -84,6 +84,7 @@ pub fn parse_nodes(reply: &str) -> Result<Vec<Shard>, NodesError> {
                 replica_migration: None,
                 replication: None,
                 ping_replicas_every_s: None,
+                write_quorum: None,
             },
             primary_id: (role == ShardRole::Replica && fields[3] != "-")
                 .then(|| fields[3].to_string()),
@@ -133,11 +134,19 @@ pub struct ClusterNodeSettings {
     /// How often it pings its replicas, in seconds (`repl-ping-replica-period`); `None` when the
     /// reply does not say.
     pub ping_replicas_every_s: Option<u64>,
+    /// Its `min-replicas-to-write` and `min-replicas-max-lag`; `None` when the reply does not say.
+    pub write_quorum: Option<valkey_dr_core::self_fence::WriteQuorum>,
 }
 
 impl ClusterNodeSettings {
     /// From a `CONFIG GET` reply: name, value pairs in any order.
     fn parse(reply: &[String]) -> Option<Self> {
+        let number = |name: &str| -> Option<u64> {
+            reply
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .and_then(|pair| pair.get(1)?.parse().ok())
+        };
         let value = |name: &str| {
             reply
                 .chunks(2)
@@ -152,10 +161,15 @@ impl ClusterNodeSettings {
         Some(Self {
             automatic_failover: !value("cluster-replica-no-failover")?,
             replica_migration: value("cluster-allow-replica-migration")?,
-            ping_replicas_every_s: reply
-                .chunks(2)
-                .find(|pair| pair[0] == "repl-ping-replica-period")
-                .and_then(|pair| pair.get(1)?.parse().ok()),
+            ping_replicas_every_s: number("repl-ping-replica-period"),
+            write_quorum: number("min-replicas-to-write")
+                .zip(number("min-replicas-max-lag"))
+                .and_then(|(replicas, max_lag_s)| {
+                    Some(valkey_dr_core::self_fence::WriteQuorum {
+                        replicas: replicas.try_into().ok()?,
+                        max_lag_s: max_lag_s.try_into().ok()?,
+                    })
+                }),
         })
     }
 }
@@ -247,7 +261,8 @@ impl ValkeyEngine {
         node: &Endpoint,
     ) -> Result<ClusterNodeSettings, EngineError> {
         const COMMAND: &str = "CONFIG GET cluster-replica-no-failover \
-             cluster-allow-replica-migration repl-ping-replica-period";
+             cluster-allow-replica-migration repl-ping-replica-period min-replicas-to-write \
+             min-replicas-max-lag";
         let reply: Vec<String> = self
             .run(
                 node,
@@ -256,7 +271,9 @@ impl ValkeyEngine {
                     .arg("GET")
                     .arg("cluster-replica-no-failover")
                     .arg("cluster-allow-replica-migration")
-                    .arg("repl-ping-replica-period"),
+                    .arg("repl-ping-replica-period")
+                    .arg("min-replicas-to-write")
+                    .arg("min-replicas-max-lag"),
             )
             .await?;
         ClusterNodeSettings::parse(&reply).ok_or_else(|| {
@@ -331,6 +348,7 @@ impl ValkeyEngine {
                 node.automatic_failover = Some(settings.automatic_failover);
                 node.replica_migration = Some(settings.replica_migration);
                 node.ping_replicas_every_s = settings.ping_replicas_every_s;
+                node.write_quorum = settings.write_quorum;
             }
             match info {
                 Ok(info) => {
@@ -382,6 +400,7 @@ mod tests {
                 automatic_failover,
                 replica_migration,
                 ping_replicas_every_s: None,
+                write_quorum: None,
             })
         };
         for (pairs, read) in [
@@ -417,6 +436,28 @@ mod tests {
                     automatic_failover: true,
                     replica_migration: false,
                     ping_replicas_every_s: Some(1),
+                    write_quorum: None,
+                }),
+            ),
+            (
+                &[
+                    "min-replicas-max-lag",
+                    "2",
+                    "cluster-replica-no-failover",
+                    "no",
+                    "min-replicas-to-write",
+                    "3",
+                    "cluster-allow-replica-migration",
+                    "no",
+                ],
+                Some(ClusterNodeSettings {
+                    automatic_failover: true,
+                    replica_migration: false,
+                    ping_replicas_every_s: None,
+                    write_quorum: Some(valkey_dr_core::self_fence::WriteQuorum {
+                        replicas: 3,
+                        max_lag_s: 2,
+                    }),
                 }),
             ),
             (

@@ -511,6 +511,25 @@ async fn a_primary_cut_off_from_every_replica_outside_its_region_refuses_writes_
     let key = key_in(first, 0..=5460).await;
     assert_eq!(set_on(first, &key).await, None);
 
+    // A primary whose setting went back to its config file's (restarted between two passes, or
+    // changed by hand) is armed again by the next pass: the controller goes by the node's own
+    // setting, not by what it last set.
+    valkey_dr_lab::cluster::command(first, &["CONFIG", "SET", "min-replicas-to-write", "0"])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let setting =
+            valkey_dr_lab::cluster::command(first, &["CONFIG", "GET", "min-replicas-to-write"])
+                .await
+                .unwrap();
+        if format!("{setting:?}").contains("\"2\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not armed again: {setting:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The controller gone, then every replica outside us-east-1: nothing lowers the quorum, so
     // the primaries refuse writes — as they would, cut off from the other regions, before any
     // of them is taken over.

@@ -56,6 +56,8 @@ pub struct ShardNode {
     /// How often it pings its replicas, in seconds (`repl-ping-replica-period`); `None` when it
     /// was not read.
     pub ping_replicas_every_s: Option<u64>,
+    /// Its `min-replicas-to-write` and `min-replicas-max-lag` as read; `None` when not read.
+    pub write_quorum: Option<crate::self_fence::WriteQuorum>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,6 +346,7 @@ pub(crate) mod tests {
             replica_migration: None,
             replication: None,
             ping_replicas_every_s: Some(1),
+            write_quorum: None,
         }
     }
 

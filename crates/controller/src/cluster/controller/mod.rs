@@ -60,9 +60,8 @@ pub struct ClusterController {
     store: ClusterStore,
     /// Held by every pass and every move: they never interleave.
     acting: tokio::sync::Mutex<()>,
-    /// Each answering node's `min-replicas-to-write` as last set, and whether the node took it
-    /// (set every pass; kept to report changes and the armed set); changed only by the holder
-    /// of `acting`.
+    /// Each answering node's `min-replicas-to-write` as it should be, and whether it is in force
+    /// (to report changes once, and for `status`); changed only by the holder of `acting`.
     quorums: std::sync::Mutex<std::collections::HashMap<NodeId, (WriteQuorum, bool)>>,
     /// Since when each node of the writer region has neither answered nor been heard by a
     /// replica; changed only by the holder of `acting`.
