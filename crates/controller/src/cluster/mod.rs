@@ -216,12 +216,21 @@ pub async fn cluster_switchover(
     to_region: &str,
     reached: impl Fn(CutStep),
 ) -> Result<ClusterSwitchover, ClusterError> {
+    switchover_with(&engine(config)?, config, to_region, reached).await
+}
+
+/// [`cluster_switchover`] through `engine` (a controller's, with its connections).
+pub(crate) async fn switchover_with(
+    engine: &ValkeyEngine,
+    config: &Config,
+    to_region: &str,
+    reached: impl Fn(CutStep),
+) -> Result<ClusterSwitchover, ClusterError> {
     let topology = Topology::from_config(config);
     let to = topology
         .region_by_name(to_region)
         .ok_or_else(|| ClusterError::UnknownRegion(to_region.to_string()))?;
-    let engine = engine(config)?;
-    let (_, shards) = discover(&engine, &topology, None)
+    let (_, shards) = discover(engine, &topology, None)
         .await
         .map_err(ClusterError::NoNodeAnswered)?;
     let moves = plan_switchover(&topology, &shards, to).map_err(ClusterError::Refused)?;
@@ -231,7 +240,7 @@ pub async fn cluster_switchover(
     // Long enough for a hand-back too; lifted as soon as it is over.
     let pause = 2 * (catchup + HANDOVER_WITHIN) + PAUSE_MARGIN;
     let bystanders = answering_nodes(&shards);
-    let handed = cut_over(&engine, &forward, &bystanders, catchup, pause, &reached)
+    let handed = cut_over(engine, &forward, &bystanders, catchup, pause, &reached)
         .await
         .map_err(ClusterError::Aborted)?;
     let old_primaries = || forward.iter().map(|(from, _)| *from);
@@ -246,7 +255,7 @@ pub async fn cluster_switchover(
         join_all(others.map(|n| engine.unpause(&n.endpoint))).await;
         let write_pause_ms = started.elapsed().as_secs_f64() * 1000.0;
         let automatic_failover =
-            set_guards(&engine, failover_guards(&topology, &shards, &moves)).await;
+            set_guards(engine, failover_guards(&topology, &shards, &moves)).await;
         return Ok(ClusterSwitchover {
             to_region: to_region.to_string(),
             moves,
@@ -264,7 +273,7 @@ pub async fn cluster_switchover(
         moves
             .iter()
             .zip(&handed)
-            .map(|(m, handed)| moved_over(&engine, m, handed)),
+            .map(|(m, handed)| moved_over(engine, m, handed)),
     )
     .await;
     let moved: Vec<&ShardMove> = moves
@@ -280,7 +289,7 @@ pub async fn cluster_switchover(
     join_all(
         moved
             .iter()
-            .map(|m| linked(&engine, &m.from, HANDOVER_WITHIN)),
+            .map(|m| linked(engine, &m.from, HANDOVER_WITHIN)),
     )
     .await;
     // And a paused replica applies nothing its primary sends until its pause ends (Valkey 8.0.1:
@@ -288,7 +297,7 @@ pub async fn cluster_switchover(
     // writes never caught up). Replicas now, the old primaries take no write: released.
     join_all(moved.iter().map(|m| engine.unpause(&m.from))).await;
     let returned = match cut_over(
-        &engine,
+        engine,
         &back,
         &bystanders,
         catchup,
@@ -442,13 +451,23 @@ pub async fn cluster_failover(
     confirmed_down: bool,
     reached: impl Fn(CutStep),
 ) -> Result<ClusterFailover, ClusterError> {
+    failover_with(&engine(config)?, config, to_region, confirmed_down, reached).await
+}
+
+/// [`cluster_failover`] through `engine` (a controller's, with its connections).
+pub(crate) async fn failover_with(
+    engine: &ValkeyEngine,
+    config: &Config,
+    to_region: &str,
+    confirmed_down: bool,
+    reached: impl Fn(CutStep),
+) -> Result<ClusterFailover, ClusterError> {
     let started = Instant::now();
     let topology = Topology::from_config(config);
     let to = topology
         .region_by_name(to_region)
         .ok_or_else(|| ClusterError::UnknownRegion(to_region.to_string()))?;
-    let engine = engine(config)?;
-    let (_, discovered) = discover(&engine, &topology, Some(to))
+    let (_, discovered) = discover(engine, &topology, Some(to))
         .await
         .map_err(ClusterError::NoNodeAnswered)?;
     let moves =
@@ -502,7 +521,7 @@ pub async fn cluster_failover(
         .iter()
         .filter_map(|m| Some((&m.r#move.to, m.frozen_at?)))
         .collect();
-    let behind = catch_up(&engine, &targets, catchup).await;
+    let behind = catch_up(engine, &targets, catchup).await;
     reached(CutStep::CaughtUp);
 
     let handovers: Vec<Handover> = moving
@@ -514,7 +533,7 @@ pub async fn cluster_failover(
         })
         .collect();
     let results = take_over_in_turn(
-        &engine,
+        engine,
         &handovers,
         &answering_nodes(&discovered),
         None,
@@ -527,7 +546,7 @@ pub async fn cluster_failover(
         moving
             .iter()
             .zip(&results)
-            .map(|(m, moved)| release_old_primary(&engine, m, moved.is_ok())),
+            .map(|(m, moved)| release_old_primary(engine, m, moved.is_ok())),
     )
     .await;
     let shards: Vec<FailedOverShard> = moving
@@ -553,7 +572,7 @@ pub async fn cluster_failover(
         .map(|s| s.r#move.clone())
         .collect();
     let automatic_failover =
-        set_guards(&engine, failover_guards(&topology, &discovered, &moved)).await;
+        set_guards(engine, failover_guards(&topology, &discovered, &moved)).await;
     let done = ClusterFailover {
         to_region: to_region.to_string(),
         shards,

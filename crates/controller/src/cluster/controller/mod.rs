@@ -410,7 +410,8 @@ impl ClusterController {
     ) -> Result<ClusterSwitchover, ClusterError> {
         let _acting = self.acting.lock().await;
         self.begin_move(region, false).await?;
-        let done = super::cluster_switchover(&self.config, region, self.step_reporter()).await;
+        let done =
+            super::switchover_with(&self.engine, &self.config, region, self.step_reporter()).await;
         let settled = self.finish_move().await;
         let done = done?;
         settled?;
@@ -435,8 +436,14 @@ impl ClusterController {
     ) -> Result<ClusterFailover, ClusterError> {
         let _acting = self.acting.lock().await;
         self.begin_move(region, automatic).await?;
-        let done =
-            super::cluster_failover(&self.config, region, confirm_down, self.step_reporter()).await;
+        let done = super::failover_with(
+            &self.engine,
+            &self.config,
+            region,
+            confirm_down,
+            self.step_reporter(),
+        )
+        .await;
         let settled = self.finish_move().await;
         let done = done?;
         settled?;
