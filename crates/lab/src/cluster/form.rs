@@ -19,21 +19,13 @@ pub async fn form(
     count: usize,
     primaries: usize,
 ) -> Result<(Vec<SocketAddr>, Vec<ClusterNode>), ClusterError> {
-    let mut tries = 0;
-    loop {
-        let addrs: Vec<SocketAddr> = (0..count)
+    start_on_free_addresses(dir, primaries, || {
+        (0..count)
             .map(|_| free_cluster_port(ip).map(|port| SocketAddr::new(ip.into(), port)))
             .collect::<Option<_>>()
-            .ok_or_else(|| {
-                ClusterError::NotFormed(Duration::ZERO, format!("no free port on {ip}"))
-            })?;
-        tries += 1;
-        match start(dir, &addrs, primaries).await {
-            Ok(nodes) => return Ok((addrs, nodes)),
-            Err(e) if tries >= 3 => return Err(e),
-            Err(_) => {}
-        }
-    }
+            .ok_or_else(|| ClusterError::NotFormed(Duration::ZERO, format!("no free port on {ip}")))
+    })
+    .await
 }
 
 /// A cluster of one node per address of `ips`, all on one port free on every one of them (as on
@@ -44,8 +36,7 @@ pub async fn form_spread(
     ips: &[Ipv4Addr],
     primaries: usize,
 ) -> Result<(Vec<SocketAddr>, Vec<ClusterNode>), ClusterError> {
-    let mut tries = 0;
-    loop {
+    start_on_free_addresses(dir, primaries, || {
         let port = (0..100)
             .find_map(|_| {
                 let port = free_cluster_port(*ips.first()?)?;
@@ -59,10 +50,24 @@ pub async fn form_spread(
             .ok_or_else(|| {
                 ClusterError::NotFormed(Duration::ZERO, "no port free on every address".into())
             })?;
-        let addrs: Vec<SocketAddr> = ips
+        Ok(ips
             .iter()
             .map(|ip| SocketAddr::new((*ip).into(), port))
-            .collect();
+            .collect())
+    })
+    .await
+}
+
+/// [`start`] on the addresses `pick` finds free, picked and tried again up to three times: an
+/// address found free can be taken by another process before its node binds it.
+async fn start_on_free_addresses(
+    dir: &Path,
+    primaries: usize,
+    pick: impl Fn() -> Result<Vec<SocketAddr>, ClusterError>,
+) -> Result<(Vec<SocketAddr>, Vec<ClusterNode>), ClusterError> {
+    let mut tries = 0;
+    loop {
+        let addrs = pick()?;
         tries += 1;
         match start(dir, &addrs, primaries).await {
             Ok(nodes) => return Ok((addrs, nodes)),
