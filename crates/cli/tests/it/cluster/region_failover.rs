@@ -1,0 +1,353 @@
+//! A lost region's shards failing over to the survivors, by hand and by the cluster itself.
+
+use super::*;
+
+/// A cluster with a writer per shard whose us-east-1 is lost (SIGKILLed), but for one primary
+/// (node 1) that still answers.
+struct LostRegion {
+    dir: std::path::PathBuf,
+    addrs: Vec<SocketAddr>,
+    nodes: Vec<ClusterNode>,
+    path: std::path::PathBuf,
+    writers: Writers,
+    /// The last write each writer had acknowledged when the region was lost.
+    before_loss: Vec<i64>,
+}
+
+impl LostRegion {
+    async fn new(name: &str) -> LostRegion {
+        let Written {
+            dir,
+            addrs,
+            mut nodes,
+            path,
+            writers,
+        } = Written::start(name).await;
+        for i in [0, 2, 3, 4, 5] {
+            nodes[i].kill();
+        }
+        let before_loss = writers.last_acked();
+        LostRegion {
+            dir,
+            addrs,
+            nodes,
+            path,
+            writers,
+            before_loss,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_as_replicas() {
+    let LostRegion {
+        dir,
+        addrs,
+        mut nodes,
+        path,
+        writers,
+        before_loss,
+    } = LostRegion::new("lost").await;
+
+    // The two silent primaries may still take writes where they stand: nothing moves until
+    // the operator confirms them down.
+    let said = cluster_fails(&path, &["failover", "us-east-2"]);
+    assert!(
+        said.contains("nothing moved")
+            && said.contains("--confirm-down")
+            && said.contains(&format!("{} does not answer", addrs[0]))
+            && said.contains(&format!("{} does not answer", addrs[2]))
+            && !said.contains(&format!("{} does not answer", addrs[1])),
+        "{said}"
+    );
+    assert_eq!(primaries_among(&addrs[1..2]).await, 1, "node 1 untouched");
+
+    let failover = || {
+        cluster(
+            &path,
+            &[
+                "failover",
+                "us-east-2",
+                "--confirm-down",
+                "--output",
+                "json",
+            ],
+        )
+        .output()
+        .unwrap()
+    };
+    // Shard 1's target refuses to take over (an ACL denies it CLUSTER FAILOVER): the two other
+    // shards move, and shard 1's old primary, paused for the move, is released at once — it is
+    // still the primary, and its writer goes on.
+    may_fail_over(addrs[7], false).await;
+    let partial = failover();
+    let said = String::from_utf8_lossy(&partial.stderr);
+    assert!(!partial.status.success(), "{said}");
+    assert!(said.contains("1 of 3 shard(s) did not move"), "{said}");
+    let done: serde_json::Value = serde_json::from_slice(&partial.stdout).unwrap();
+    let refused = &done["shards"][1];
+    assert!(refused["error"].is_string(), "{done:#}");
+    assert_eq!(refused["old_follows"], serde_json::Value::Null, "{done:#}");
+    assert_eq!(primaries_among(&addrs[1..2]).await, 1, "node 1 still leads");
+    let during = writers.last_acked()[1];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(writers.last_acked()[1] > during, "shard 1 takes writes");
+    may_fail_over(addrs[7], true).await;
+
+    // Run again: the last shard moves.
+    let asked = Instant::now();
+    let rerun = failover();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&rerun.stdout).unwrap();
+    let shards = done["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 1, "{done:#}");
+    let shard = &shards[0];
+    assert_eq!(shard["error"], serde_json::Value::Null, "{done:#}");
+    assert_eq!(shard["from"]["port"], addrs[1].port(), "{done:#}");
+    // Paused, caught up, and following its new primary: this shard loses nothing.
+    assert_eq!(shard["old_answered"], true, "{done:#}");
+    assert_eq!(shard["caught_up"], true, "{done:#}");
+    assert_eq!(shard["old_follows"], true, "{done:#}");
+    // Every shard takes writes again, through the survivors.
+    writers
+        .each_writes_past(&before_loss, Duration::from_secs(10))
+        .await;
+    eprintln!(
+        "every shard writable {} ms after the failover was asked for; {done}",
+        asked.elapsed().as_millis()
+    );
+    primaries_in(&path, "us-east-2").await;
+
+    // The region comes back with no data: its nodes learn of the takeovers and rejoin as
+    // replicas, one primary per shard, and nothing written since is wiped.
+    for i in [0, 2, 3, 4, 5] {
+        nodes[i].restart().await.unwrap();
+    }
+    whole(&path).await;
+    assert_eq!(primaries_among(&addrs).await, 3);
+    primaries_in(&path, "us-east-2").await;
+    let after_failover = writers.last_acked();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Only what the lost primaries had acknowledged and not yet sent to us-east-2 may be lost;
+    // shard 1, whose primary answered, loses nothing.
+    let lossy = [before_loss[0], -1, before_loss[2]];
+    let (_, lost) = writers.stop_and_check_after(addrs[6], &lossy).await;
+    eprintln!("acknowledged writes lost with the region, per shard: {lost:?}");
+    assert!(after_failover.iter().all(|n| *n > 0));
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// No slot is served by two of the primaries at `addrs`.
+async fn no_slot_with_two_primaries(addrs: &[SocketAddr], when: &str) {
+    if let Some((a, b)) = valkey_dr_lab::cluster::two_primaries_for_a_slot(addrs).await {
+        panic!("{when}: two primaries serve a slot: {a:?} / {b:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_rerun_completes_it() {
+    let LostRegion {
+        dir,
+        addrs,
+        nodes,
+        path,
+        writers,
+        before_loss,
+    } = LostRegion::new("lost-crash").await;
+    let alive = [addrs[1], addrs[6], addrs[7], addrs[8]];
+    let failover = |crash: Option<&str>| {
+        let mut command = cluster(&path, &["failover", "us-east-2", "--confirm-down"]);
+        if let Some(step) = crash {
+            command.env("VALKEY_DR_FAULT", format!("crash-after:{step}"));
+        }
+        command.output().unwrap()
+    };
+    for step in ["paused", "caught-up", "handed-over-1", "handed-over-2"] {
+        let crashed = failover(Some(step));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&crashed.status),
+            Some(libc::SIGABRT),
+            "{step}: {}",
+            String::from_utf8_lossy(&crashed.stderr)
+        );
+        // A takeover is whole or not done: whatever moved, no slot has two primaries.
+        no_slot_with_two_primaries(&alive, step).await;
+    }
+    // Run again: it completes the move.
+    let done = failover(None);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    primaries_in(&path, "us-east-2").await;
+    no_slot_with_two_primaries(&alive, "after the rerun").await;
+    let served: usize = valkey_dr_lab::cluster::served_by_primaries(&alive)
+        .await
+        .iter()
+        .flat_map(|(_, slots)| slots)
+        .map(|(a, b)| usize::from(b - a) + 1)
+        .sum();
+    assert_eq!(served, SLOTS as usize, "every slot served by the survivors");
+    // Every shard takes writes again at once (a pause a dead run left on node 1, a replica now,
+    // holds back no write: its clients get MOVED first).
+    let after_rerun = writers.last_acked();
+    writers
+        .each_writes_past(&after_rerun, Duration::from_secs(3))
+        .await;
+    // Shard 1's primary answered every run: paused, caught up — it loses nothing.
+    let lossy = [before_loss[0], -1, before_loss[2]];
+    writers.stop_and_check_after(addrs[6], &lossy).await;
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_replaces_a_lost_primary_beside_it_never_across_regions() {
+    let Written {
+        dir,
+        addrs,
+        mut nodes,
+        path,
+        writers,
+    } = Written::start("beside").await;
+    // Each shard's primary lost in turn: its replica in us-east-1 (node 3–5) and the one in
+    // us-east-2 (6–8) are as far along, and only the first may be promoted by the cluster.
+    let mut lossy = vec![-1; 3];
+    for shard in 0..3 {
+        lossy[shard] = writers.last_acked()[shard];
+        let killed = Instant::now();
+        nodes[shard].kill();
+        let beside = [addrs[3 + shard], addrs[6 + shard]];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while primaries_among(&beside).await == 0 {
+            assert!(Instant::now() < deadline, "shard {shard}: no new primary");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "shard {shard}: the cluster promoted a replica {} ms after its primary's SIGKILL",
+            killed.elapsed().as_millis()
+        );
+        assert_eq!(primaries_among(&beside[..1]).await, 1, "shard {shard}");
+        assert_eq!(primaries_among(&beside[1..]).await, 0, "shard {shard}");
+    }
+    primaries_in(&path, "us-east-1").await;
+    let marks = writers.last_acked();
+    writers
+        .each_writes_past(&marks, Duration::from_secs(10))
+        .await;
+    // Only what a lost primary had not sent yet may be lost (the cluster's failover does not
+    // wait for its replicas).
+    writers.stop_and_check_after(addrs[3], &lossy).await;
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Gives `a` and `b` the same config epoch, the cluster's highest: both raise it at once
+/// (`CLUSTER BUMPEPOCH`), neither hearing of the other's first, after `third` raised it above
+/// theirs. With `a` a primary and `b` its replica, the tie stays (the cluster checks for it
+/// among primaries only) — as a cluster can leave it when it forms.
+async fn tie_epochs(a: SocketAddr, b: SocketAddr, third: SocketAddr) -> u64 {
+    let bump = async |conn: &mut redis::aio::MultiplexedConnection| -> Option<String> {
+        redis::cmd("CLUSTER")
+            .arg("BUMPEPOCH")
+            .query_async(conn)
+            .await
+            .ok()
+    };
+    let connect = async |node| valkey_dr_lab::cluster::connect(node).await.unwrap();
+    let (mut on_a, mut on_b, mut on_third) =
+        (connect(a).await, connect(b).await, connect(third).await);
+    for _ in 0..50 {
+        bump(&mut on_third).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // On connections open already: both requests leave within a microsecond.
+        let (by_a, by_b) = tokio::join!(bump(&mut on_a), bump(&mut on_b));
+        if let (Some(by_a), Some(by_b)) = (by_a, by_b)
+            && by_a == by_b
+            && let Some(epoch) = by_a.strip_prefix("BUMPED ")
+        {
+            return epoch.parse().unwrap();
+        }
+    }
+    panic!("{a} and {b} never raised the epoch at once");
+}
+
+/// The primary of the shard serving `slot` as the node at `asked` sees it.
+async fn owner_seen_by(asked: SocketAddr, slot: u16) -> Option<Endpoint> {
+    let Ok(redis::Value::BulkString(listed)) =
+        valkey_dr_lab::cluster::command(asked, &["CLUSTER", "NODES"]).await
+    else {
+        return None;
+    };
+    let shards = valkey_dr_valkey::cluster::parse_nodes(&String::from_utf8_lossy(&listed)).ok()?;
+    let shard = shards
+        .iter()
+        .find(|s| s.slots.iter().any(|r| r.contains(&slot)))?;
+    Some(shard.primary()?.endpoint.clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_takeover_whose_replica_shares_its_primarys_epoch_still_moves_the_slots() {
+    let Written {
+        dir,
+        addrs,
+        mut nodes,
+        path,
+        writers,
+    } = Written::start("tie").await;
+    // Shard 0's primary and its replica in us-east-2 — the first to take over — hold the
+    // cluster's highest epoch both; then us-east-1 is lost, whole.
+    let tied = tie_epochs(addrs[0], addrs[6], addrs[1]).await;
+    for node in &mut nodes[..6] {
+        node.kill();
+    }
+    let before_loss = writers.last_acked();
+    let out = succeed(&mut cluster(
+        &path,
+        &["failover", "us-east-2", "--confirm-down"],
+    ));
+    // Every survivor sees every shard's primary in us-east-2.
+    let survivors = &addrs[6..];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for slot in [0, 5461, 10922] {
+        for asked in survivors {
+            loop {
+                let owner = owner_seen_by(*asked, slot).await;
+                if owner
+                    .as_ref()
+                    .is_some_and(|o| survivors.iter().any(|s| o.port == s.port()))
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{asked} sees slot {slot} served by {owner:?} (tied at epoch {tied}): {}",
+                    String::from_utf8_lossy(&out)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    writers
+        .each_writes_past(&before_loss, Duration::from_secs(10))
+        .await;
+    // The region comes back with no data, and its primaries follow: the replica claimed the
+    // slots under an epoch above the one it shared. Under the same epoch, the one with the
+    // smaller node id would have won them — the old primary, empty, as often as not.
+    for node in &mut nodes[..6] {
+        node.restart().await.unwrap();
+    }
+    whole(&path).await;
+    assert_eq!(primaries_among(&addrs).await, 3);
+    primaries_in(&path, "us-east-2").await;
+    let lossy = [before_loss[0], before_loss[1], before_loss[2]];
+    writers.stop_and_check_after(addrs[6], &lossy).await;
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
