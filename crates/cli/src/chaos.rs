@@ -167,7 +167,7 @@ async fn cluster(args: ChaosArgs) -> Result<()> {
             run_number = run_number.wrapping_add(1).max(1);
             let report = cluster_chaos::run(scenario, &base, &bin, run_number, args.keep).await;
             eprintln!(
-                "{:<45} run {}/{}: lost {}+{}, two primaries in {} samples (stale claims {}), name settled {} ms, {}",
+                "{:<45} run {}/{}: lost {}+{}, two primaries in {} samples (stale claims {}), name settled {} ms, {}{}",
                 scenario.name,
                 run + 1,
                 args.runs.max(1),
@@ -178,7 +178,11 @@ async fn cluster(args: ChaosArgs) -> Result<()> {
                 report
                     .name_settled_ms
                     .map_or("-".to_string(), |ms| ms.to_string()),
-                report.verdict
+                report.verdict,
+                match report.switchovers_asked {
+                    0 | 1 => String::new(),
+                    n => format!(" (switchover asked {n} times)"),
+                }
             );
             reports.push(report);
         }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use valkey_dr_controller::cluster::controller::ControlledClusterStatus;
 use valkey_dr_controller::control::{self, Request};
 
-use crate::cluster::{self, ShardWriters};
+use crate::cluster::{self, ClusterNode, ShardWriters};
 
 /// What a scenario does to the cluster once its writers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +111,9 @@ pub struct ClusterRunReport {
     /// its successor (it has not heard of the takeover yet; paused by the move, or cut off and
     /// fenced, it takes no write meanwhile — what "lost after the fault" checks).
     pub stale_claim_samples: usize,
+    /// How many times the switchover was asked ([`switchover_until_done`]); 0 in the scenarios
+    /// with none.
+    pub switchovers_asked: u32,
     /// From the fault to the name leading to the writer region's primaries at the end.
     pub name_settled_ms: Option<u64>,
     pub verdict: String,
@@ -232,6 +235,8 @@ async fn run_in(
     let (addrs, mut nodes) = cluster::form_spread(dir, &ips, 3)
         .await
         .map_err(|e| e.to_string())?;
+    // Kept with the run's directory, which [`run`] removes after a good run.
+    nodes.iter_mut().for_each(ClusterNode::keep_files);
     let dns = std::net::UdpSocket::bind((ip(9), 0))
         .and_then(|s| s.local_addr())
         .map_err(|e| e.to_string())?;
@@ -256,8 +261,8 @@ async fn run_in(
     let fault_at = Instant::now();
     let before_fault = writers.last_acked();
     let writer_region = match scenario.fault {
-        ClusterFault::Switchover => {
-            switchover(&socket).await?;
+        ClusterFault::Switchover | ClusterFault::ControllerStall(_) => {
+            switchover_until_done(&socket, report).await?;
             "us-east-2"
         }
         ClusterFault::ControllerCrash(_) => {
@@ -272,22 +277,7 @@ async fn run_in(
             }
             controller = Controller::start(valkey_dr, &config, dir, None);
             ready(&socket, Duration::from_secs(30)).await?;
-            // A replica that followed the crashed move may be loading its sync: the move is
-            // refused before anything is touched, and asked again.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                match switchover(&socket).await {
-                    Ok(()) => break,
-                    Err(e) if e.contains("nothing moved") && Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(500)).await
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            "us-east-2"
-        }
-        ClusterFault::ControllerStall(_) => {
-            switchover(&socket).await?;
+            switchover_until_done(&socket, report).await?;
             "us-east-2"
         }
         ClusterFault::ReplicaRestartedEmpty => {
@@ -431,6 +421,30 @@ async fn switchover(socket: &Path) -> Result<(), String> {
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// The switchover to us-east-2, asked again while it ends with nothing lost but not done: refused
+/// before anything was touched ("nothing moved": a replica that followed a crashed move may be
+/// loading its sync) or rolled back (a handover slow under load: seen in the full test suite,
+/// its replica's takeover landing after the 6 s wait). Neither is what the verdict judges — it
+/// still requires every shard moved, the name on them and no write lost; the report counts the
+/// times it was asked.
+async fn switchover_until_done(socket: &Path, report: &mut ClusterRunReport) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        report.switchovers_asked += 1;
+        match switchover(socket).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if (e.contains("nothing moved") || e.contains("rolled back"))
+                    && Instant::now() < deadline =>
+            {
+                tracing::warn!(error = %e, "switchover not done; asked again");
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Waits until `region` holds every slot's primary, none of them `gone`, and the name (read

@@ -99,6 +99,7 @@ pub async fn start(
             child,
             dir: node_dir,
             automatic_failover,
+            keep: false,
         });
     }
     for node in &nodes {

@@ -17,6 +17,8 @@ pub struct ClusterNode {
     /// Whether the cluster may promote it by itself (`cluster-replica-no-failover`), as its
     /// deployment configures it: only beside the primaries.
     pub(crate) automatic_failover: bool,
+    /// Its files stay when it is dropped ([`ClusterNode::keep_files`]).
+    pub(crate) keep: bool,
 }
 
 impl Drop for ClusterNode {
@@ -24,13 +26,18 @@ impl Drop for ClusterNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // A failed test keeps the node's files (its log, nodes.conf) to be read.
-        if !std::thread::panicking() {
+        if !self.keep && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
 
 impl ClusterNode {
+    /// Its files (log, `nodes.conf`) stay when it is dropped: their directory's owner decides.
+    pub fn keep_files(&mut self) {
+        self.keep = true;
+    }
+
     /// SIGKILL, its files kept (`nodes.conf`: it comes back as the node it was).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

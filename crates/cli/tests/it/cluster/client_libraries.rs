@@ -33,12 +33,8 @@ async fn through(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
-    let dir =
-        std::env::temp_dir().join(format!("valkey-dr-cluster-clients-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (addrs, mut nodes) = formed(&dir).await;
-    let path = config(&dir, &addrs);
-    let seed = clients::Target::cluster_seed(addrs[0]);
+    let mut lab = Formed::new("clients").await;
+    let seed = clients::Target::cluster_seed(lab.addrs[0]);
     // Every library's cluster client (`make clients`), default and recommended settings.
     let libraries: Vec<Library> = Library::ALL
         .into_iter()
@@ -72,9 +68,9 @@ async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
         // Long enough that a library stalled a second or more by a loaded machine (seen: 3.4 s
         // under four tests at once) still shows writes well after the switchover.
         Duration::from_secs(4),
-        addrs[6],
+        lab.addrs[6],
         async || {
-            succeed(&mut cluster(&path, &["switchover", "us-east-2"]));
+            succeed(&mut cluster(&lab.path, &["switchover", "us-east-2"]));
         },
     )
     .await;
@@ -96,13 +92,13 @@ async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
         &writers,
         2,
         Duration::from_secs(8),
-        addrs[0],
+        lab.addrs[0],
         async || {
-            for node in &mut nodes[6..9] {
+            for node in &mut lab.nodes[6..9] {
                 node.kill();
             }
             succeed(&mut cluster(
-                &path,
+                &lab.path,
                 &["failover", "us-east-1", "--confirm-down"],
             ));
         },
@@ -117,6 +113,4 @@ async fn cluster_clients_follow_a_switchover_and_a_region_failover() {
             report(&failed_over)
         );
     }
-    drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,10 +4,8 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_regions() {
-    let dir = std::env::temp_dir().join(format!("valkey-dr-cluster-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     // Nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8 in us-east-2.
-    let (addrs, mut nodes) = formed(&dir).await;
+    let mut lab = Formed::new("discovery").await;
 
     // The engine reads the same shards from a primary and from a replica.
     let engine = ValkeyEngine::new(
@@ -18,11 +16,11 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
         Security::default(),
     );
     let endpoint = |a: SocketAddr| Endpoint::new(&a.ip().to_string(), a.port());
-    for asked in [addrs[0], addrs[7]] {
+    for asked in [lab.addrs[0], lab.addrs[7]] {
         let shards = engine.cluster_shards(&endpoint(asked)).await.unwrap();
         assert_eq!(shards.len(), 3, "{shards:#?}");
         assert_eq!(shards.iter().map(|s| s.slot_count()).sum::<u32>(), SLOTS);
-        for (i, primary) in addrs[..3].iter().enumerate() {
+        for (i, primary) in lab.addrs[..3].iter().enumerate() {
             let shard = shards
                 .iter()
                 .find(|s| {
@@ -37,7 +35,7 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
                 .map(|n| n.endpoint.clone())
                 .collect();
             replicas.sort_by_key(|e| e.port);
-            let mut expected = vec![endpoint(addrs[3 + i]), endpoint(addrs[6 + i])];
+            let mut expected = vec![endpoint(lab.addrs[3 + i]), endpoint(lab.addrs[6 + i])];
             expected.sort_by_key(|e| e.port);
             assert_eq!(replicas, expected);
             assert!(
@@ -49,7 +47,7 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
 
     // The controller's engine reports a cluster node as one it cannot manage, and says what to
     // use instead.
-    let settings = valkey_dr_core::Engine::sync_settings(&engine, &endpoint(addrs[0]))
+    let settings = valkey_dr_core::Engine::sync_settings(&engine, &endpoint(lab.addrs[0]))
         .await
         .unwrap();
     assert!(
@@ -62,8 +60,7 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
     );
 
     // Placed in the configured regions: every shard whole, its primary in the writer region.
-    let path = config(&dir, &addrs);
-    let healthy = status(&path);
+    let healthy = status(&lab.path);
     let shards = healthy["shards"].as_array().unwrap();
     assert_eq!(shards.len(), 3, "{healthy:#}");
     for shard in shards {
@@ -85,61 +82,61 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
     // A replica in us-east-2 the cluster may promote by itself is shown, and `cluster
     // switchover` to where the primaries are sets it back.
     valkey_dr_lab::cluster::command(
-        addrs[7],
+        lab.addrs[7],
         &["CONFIG", "SET", "cluster-replica-no-failover", "no"],
     )
     .await
     .unwrap();
-    let unguarded = status(&path)["shards"][1]["findings"].to_string();
+    let unguarded = status(&lab.path)["shards"][1]["findings"].to_string();
     assert!(
         unguarded.contains("may_fail_over_across_regions")
-            && unguarded.contains(&addrs[7].to_string()),
+            && unguarded.contains(&lab.addrs[7].to_string()),
         "{unguarded}"
     );
     // So is a node the cluster may move to another shard (replica migration).
     valkey_dr_lab::cluster::command(
-        addrs[4],
+        lab.addrs[4],
         &["CONFIG", "SET", "cluster-allow-replica-migration", "yes"],
     )
     .await
     .unwrap();
-    let migrating = status(&path).to_string();
+    let migrating = status(&lab.path).to_string();
     assert!(
         migrating.contains("may_move_to_another_shard")
-            && migrating.contains(&addrs[4].to_string()),
+            && migrating.contains(&lab.addrs[4].to_string()),
         "{migrating}"
     );
     valkey_dr_lab::cluster::command(
-        addrs[4],
+        lab.addrs[4],
         &["CONFIG", "SET", "cluster-allow-replica-migration", "no"],
     )
     .await
     .unwrap();
-    let out = succeed(&mut cluster(&path, &["switchover", "us-east-1"]));
+    let out = succeed(&mut cluster(&lab.path, &["switchover", "us-east-1"]));
     let said = String::from_utf8_lossy(&out);
     assert!(
         said.contains("already in us-east-1")
-            && said.contains(&format!("automatic failover refused on {}", addrs[7])),
+            && said.contains(&format!("automatic failover refused on {}", lab.addrs[7])),
         "{said}"
     );
-    assert!(!automatic_failover(addrs[7]).await);
+    assert!(!automatic_failover(lab.addrs[7]).await);
     assert_eq!(
-        status(&path)["shards"][1]["findings"],
+        status(&lab.path)["shards"][1]["findings"],
         serde_json::json!([])
     );
 
     // A replica outside the writer region dies: status says at once that it does not answer,
     // and that it failed once the cluster marks it so.
-    let gone = addrs[6].to_string();
-    drop(nodes.remove(6));
-    let unanswered = status(&path)["shards"][0]["findings"].to_string();
+    let gone = lab.addrs[6].to_string();
+    drop(lab.nodes.remove(6));
+    let unanswered = status(&lab.path)["shards"][0]["findings"].to_string();
     assert!(
         unanswered.contains(&gone) && unanswered.contains("unanswered"),
         "{unanswered}"
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     let failed = loop {
-        let now = status(&path);
+        let now = status(&lab.path);
         if now["shards"][0]["findings"]
             .to_string()
             .contains("\"failed\"")
@@ -155,12 +152,10 @@ async fn the_shards_of_a_stretched_cluster_are_discovered_and_placed_in_their_re
         "{failed:#}"
     );
 
-    let out = succeed(&mut cluster(&path, &["status"]));
+    let out = succeed(&mut cluster(&lab.path, &["status"]));
     let table = String::from_utf8_lossy(&out);
     assert!(
         table.contains("3 shard(s)") && table.contains("(us-east-2)"),
         "{table}"
     );
-    drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -61,19 +61,49 @@ fn status(config: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&out).unwrap()
 }
 
-/// A 9-node cluster on a loopback address of this test's own: nodes 0–2 lead the shards; 3–5
-/// follow them in us-east-1, 6–8 in us-east-2.
+/// A 9-node cluster on a loopback address of this test's own, and its config, in a directory of
+/// its own: nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8 in us-east-2. Dropped,
+/// its nodes are stopped and the directory removed — kept when the test failed, to look at.
 ///
 /// Its own address, not 127.0.0.1: the nodes of a cluster keep calling a node that died at its
 /// address, and another test's node that took the freed port there answered them — the two
 /// clusters' gossip mixed (a fresh cluster saw takeovers it never made, and a new primary was
 /// turned back into a replica).
-async fn formed(dir: &std::path::Path) -> (Vec<SocketAddr>, Vec<ClusterNode>) {
-    let pid = std::process::id();
-    let ip = Ipv4Addr::new(127, 101, (pid >> 8) as u8, (pid as u8).max(1));
-    valkey_dr_lab::cluster::form(dir, ip, 9, 3)
-        .await
-        .expect("the cluster forms")
+struct Formed {
+    dir: std::path::PathBuf,
+    addrs: Vec<SocketAddr>,
+    nodes: Vec<ClusterNode>,
+    /// The valkey-dr config naming the nodes and their regions.
+    path: std::path::PathBuf,
+}
+
+impl Formed {
+    async fn new(name: &str) -> Formed {
+        let dir =
+            std::env::temp_dir().join(format!("valkey-dr-cluster-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid = std::process::id();
+        let ip = Ipv4Addr::new(127, 101, (pid >> 8) as u8, (pid as u8).max(1));
+        let (addrs, nodes) = valkey_dr_lab::cluster::form(&dir, ip, 9, 3)
+            .await
+            .expect("the cluster forms");
+        let path = config(&dir, &addrs);
+        Formed {
+            dir,
+            addrs,
+            nodes,
+            path,
+        }
+    }
+}
+
+impl Drop for Formed {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 /// Waits until every shard's primary stands in `region` as status sees it (the node it asks
@@ -133,31 +163,11 @@ async fn primaries_among(addrs: &[SocketAddr]) -> usize {
     primaries
 }
 
-/// A cluster ([`formed`]) with a writer per shard, and its config, in a directory of its own.
-struct Written {
-    dir: std::path::PathBuf,
-    addrs: Vec<SocketAddr>,
-    nodes: Vec<ClusterNode>,
-    path: std::path::PathBuf,
-    writers: Writers,
-}
-
-impl Written {
-    async fn start(name: &str) -> Written {
-        let dir =
-            std::env::temp_dir().join(format!("valkey-dr-cluster-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (addrs, nodes) = formed(&dir).await;
-        let path = config(&dir, &addrs);
-        let writers = Writers::start(&addrs).await;
-        Written {
-            dir,
-            addrs,
-            nodes,
-            path,
-            writers,
-        }
-    }
+/// A cluster ([`Formed`]) with a writer per shard.
+async fn written(name: &str) -> (Formed, Writers) {
+    let lab = Formed::new(name).await;
+    let writers = Writers::start(&lab.addrs).await;
+    (lab, writers)
 }
 
 /// The lab's shard writers, checked: every write they had acknowledged is in the cluster.

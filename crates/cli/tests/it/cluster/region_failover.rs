@@ -5,10 +5,7 @@ use super::*;
 /// A cluster with a writer per shard whose us-east-1 is lost (SIGKILLed), but for one primary
 /// (node 1) that still answers.
 struct LostRegion {
-    dir: std::path::PathBuf,
-    addrs: Vec<SocketAddr>,
-    nodes: Vec<ClusterNode>,
-    path: std::path::PathBuf,
+    lab: Formed,
     writers: Writers,
     /// The last write each writer had acknowledged when the region was lost.
     before_loss: Vec<i64>,
@@ -16,22 +13,13 @@ struct LostRegion {
 
 impl LostRegion {
     async fn new(name: &str) -> LostRegion {
-        let Written {
-            dir,
-            addrs,
-            mut nodes,
-            path,
-            writers,
-        } = Written::start(name).await;
+        let (mut lab, writers) = written(name).await;
         for i in [0, 2, 3, 4, 5] {
-            nodes[i].kill();
+            lab.nodes[i].kill();
         }
         let before_loss = writers.last_acked();
         LostRegion {
-            dir,
-            addrs,
-            nodes,
-            path,
+            lab,
             writers,
             before_loss,
         }
@@ -41,30 +29,31 @@ impl LostRegion {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_as_replicas() {
     let LostRegion {
-        dir,
-        addrs,
-        mut nodes,
-        path,
+        mut lab,
         writers,
         before_loss,
     } = LostRegion::new("lost").await;
 
     // The two silent primaries may still take writes where they stand: nothing moves until
     // the operator confirms them down.
-    let said = cluster_fails(&path, &["failover", "us-east-2"]);
+    let said = cluster_fails(&lab.path, &["failover", "us-east-2"]);
     assert!(
         said.contains("nothing moved")
             && said.contains("--confirm-down")
-            && said.contains(&format!("{} does not answer", addrs[0]))
-            && said.contains(&format!("{} does not answer", addrs[2]))
-            && !said.contains(&format!("{} does not answer", addrs[1])),
+            && said.contains(&format!("{} does not answer", lab.addrs[0]))
+            && said.contains(&format!("{} does not answer", lab.addrs[2]))
+            && !said.contains(&format!("{} does not answer", lab.addrs[1])),
         "{said}"
     );
-    assert_eq!(primaries_among(&addrs[1..2]).await, 1, "node 1 untouched");
+    assert_eq!(
+        primaries_among(&lab.addrs[1..2]).await,
+        1,
+        "node 1 untouched"
+    );
 
     let failover = || {
         cluster(
-            &path,
+            &lab.path,
             &[
                 "failover",
                 "us-east-2",
@@ -79,7 +68,7 @@ async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_a
     // Shard 1's target refuses to take over (an ACL denies it CLUSTER FAILOVER): the two other
     // shards move, and shard 1's old primary, paused for the move, is released at once — it is
     // still the primary, and its writer goes on.
-    may_fail_over(addrs[7], false).await;
+    may_fail_over(lab.addrs[7], false).await;
     let partial = failover();
     let said = String::from_utf8_lossy(&partial.stderr);
     assert!(!partial.status.success(), "{said}");
@@ -88,11 +77,15 @@ async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_a
     let refused = &done["shards"][1];
     assert!(refused["error"].is_string(), "{done:#}");
     assert_eq!(refused["old_follows"], serde_json::Value::Null, "{done:#}");
-    assert_eq!(primaries_among(&addrs[1..2]).await, 1, "node 1 still leads");
+    assert_eq!(
+        primaries_among(&lab.addrs[1..2]).await,
+        1,
+        "node 1 still leads"
+    );
     let during = writers.last_acked()[1];
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(writers.last_acked()[1] > during, "shard 1 takes writes");
-    may_fail_over(addrs[7], true).await;
+    may_fail_over(lab.addrs[7], true).await;
 
     // Run again: the last shard moves.
     let asked = Instant::now();
@@ -107,7 +100,7 @@ async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_a
     assert_eq!(shards.len(), 1, "{done:#}");
     let shard = &shards[0];
     assert_eq!(shard["error"], serde_json::Value::Null, "{done:#}");
-    assert_eq!(shard["from"]["port"], addrs[1].port(), "{done:#}");
+    assert_eq!(shard["from"]["port"], lab.addrs[1].port(), "{done:#}");
     // Paused, caught up, and following its new primary: this shard loses nothing.
     assert_eq!(shard["old_answered"], true, "{done:#}");
     assert_eq!(shard["caught_up"], true, "{done:#}");
@@ -120,26 +113,24 @@ async fn a_lost_regions_shards_fail_over_to_the_survivors_and_its_nodes_rejoin_a
         "every shard writable {} ms after the failover was asked for; {done}",
         asked.elapsed().as_millis()
     );
-    primaries_in(&path, "us-east-2").await;
+    primaries_in(&lab.path, "us-east-2").await;
 
-    // The region comes back with no data: its nodes learn of the takeovers and rejoin as
+    // The region comes back with no data: its lab.nodes learn of the takeovers and rejoin as
     // replicas, one primary per shard, and nothing written since is wiped.
     for i in [0, 2, 3, 4, 5] {
-        nodes[i].restart().await.unwrap();
+        lab.nodes[i].restart().await.unwrap();
     }
-    whole(&path).await;
-    assert_eq!(primaries_among(&addrs).await, 3);
-    primaries_in(&path, "us-east-2").await;
+    whole(&lab.path).await;
+    assert_eq!(primaries_among(&lab.addrs).await, 3);
+    primaries_in(&lab.path, "us-east-2").await;
     let after_failover = writers.last_acked();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Only what the lost primaries had acknowledged and not yet sent to us-east-2 may be lost;
     // shard 1, whose primary answered, loses nothing.
     let lossy = [before_loss[0], -1, before_loss[2]];
-    let (_, lost) = writers.stop_and_check_after(addrs[6], &lossy).await;
+    let (_, lost) = writers.stop_and_check_after(lab.addrs[6], &lossy).await;
     eprintln!("acknowledged writes lost with the region, per shard: {lost:?}");
     assert!(after_failover.iter().all(|n| *n > 0));
-    drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// No slot is served by two of the primaries at `addrs`.
@@ -152,16 +143,13 @@ async fn no_slot_with_two_primaries(addrs: &[SocketAddr], when: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_rerun_completes_it() {
     let LostRegion {
-        dir,
-        addrs,
-        nodes,
-        path,
+        lab,
         writers,
         before_loss,
     } = LostRegion::new("lost-crash").await;
-    let alive = [addrs[1], addrs[6], addrs[7], addrs[8]];
+    let alive = [lab.addrs[1], lab.addrs[6], lab.addrs[7], lab.addrs[8]];
     let failover = |crash: Option<&str>| {
-        let mut command = cluster(&path, &["failover", "us-east-2", "--confirm-down"]);
+        let mut command = cluster(&lab.path, &["failover", "us-east-2", "--confirm-down"]);
         if let Some(step) = crash {
             command.env("VALKEY_DR_FAULT", format!("crash-after:{step}"));
         }
@@ -185,7 +173,7 @@ async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_re
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    primaries_in(&path, "us-east-2").await;
+    primaries_in(&lab.path, "us-east-2").await;
     no_slot_with_two_primaries(&alive, "after the rerun").await;
     let served: usize = valkey_dr_lab::cluster::served_by_primaries(&alive)
         .await
@@ -202,28 +190,20 @@ async fn a_region_failover_that_dies_midway_leaves_one_primary_per_slot_and_a_re
         .await;
     // Shard 1's primary answered every run: paused, caught up — it loses nothing.
     let lossy = [before_loss[0], -1, before_loss[2]];
-    writers.stop_and_check_after(addrs[6], &lossy).await;
-    drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
+    writers.stop_and_check_after(lab.addrs[6], &lossy).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cluster_replaces_a_lost_primary_beside_it_never_across_regions() {
-    let Written {
-        dir,
-        addrs,
-        mut nodes,
-        path,
-        writers,
-    } = Written::start("beside").await;
+    let (mut lab, writers) = written("beside").await;
     // Each shard's primary lost in turn: its replica in us-east-1 (node 3–5) and the one in
     // us-east-2 (6–8) are as far along, and only the first may be promoted by the cluster.
     let mut lossy = vec![-1; 3];
-    for shard in 0..3 {
-        lossy[shard] = writers.last_acked()[shard];
+    for (shard, lost_up_to) in lossy.iter_mut().enumerate() {
+        *lost_up_to = writers.last_acked()[shard];
         let killed = Instant::now();
-        nodes[shard].kill();
-        let beside = [addrs[3 + shard], addrs[6 + shard]];
+        lab.nodes[shard].kill();
+        let beside = [lab.addrs[3 + shard], lab.addrs[6 + shard]];
         let deadline = Instant::now() + Duration::from_secs(20);
         while primaries_among(&beside).await == 0 {
             assert!(Instant::now() < deadline, "shard {shard}: no new primary");
@@ -236,16 +216,14 @@ async fn the_cluster_replaces_a_lost_primary_beside_it_never_across_regions() {
         assert_eq!(primaries_among(&beside[..1]).await, 1, "shard {shard}");
         assert_eq!(primaries_among(&beside[1..]).await, 0, "shard {shard}");
     }
-    primaries_in(&path, "us-east-1").await;
+    primaries_in(&lab.path, "us-east-1").await;
     let marks = writers.last_acked();
     writers
         .each_writes_past(&marks, Duration::from_secs(10))
         .await;
     // Only what a lost primary had not sent yet may be lost (the cluster's failover does not
     // wait for its replicas).
-    writers.stop_and_check_after(addrs[3], &lossy).await;
-    drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
+    writers.stop_and_check_after(lab.addrs[3], &lossy).await;
 }
 
 /// Gives `a` and `b` the same config epoch, the cluster's highest: both raise it at once
@@ -294,26 +272,20 @@ async fn owner_seen_by(asked: SocketAddr, slot: u16) -> Option<Endpoint> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_takeover_whose_replica_shares_its_primarys_epoch_still_moves_the_slots() {
-    let Written {
-        dir,
-        addrs,
-        mut nodes,
-        path,
-        writers,
-    } = Written::start("tie").await;
+    let (mut lab, writers) = written("tie").await;
     // Shard 0's primary and its replica in us-east-2 — the first to take over — hold the
     // cluster's highest epoch both; then us-east-1 is lost, whole.
-    let tied = tie_epochs(addrs[0], addrs[6], addrs[1]).await;
-    for node in &mut nodes[..6] {
+    let tied = tie_epochs(lab.addrs[0], lab.addrs[6], lab.addrs[1]).await;
+    for node in &mut lab.nodes[..6] {
         node.kill();
     }
     let before_loss = writers.last_acked();
     let out = succeed(&mut cluster(
-        &path,
+        &lab.path,
         &["failover", "us-east-2", "--confirm-down"],
     ));
     // Every survivor sees every shard's primary in us-east-2.
-    let survivors = &addrs[6..];
+    let survivors = &lab.addrs[6..];
     let deadline = Instant::now() + Duration::from_secs(5);
     for slot in [0, 5461, 10922] {
         for asked in survivors {
@@ -340,14 +312,12 @@ async fn a_takeover_whose_replica_shares_its_primarys_epoch_still_moves_the_slot
     // The region comes back with no data, and its primaries follow: the replica claimed the
     // slots under an epoch above the one it shared. Under the same epoch, the one with the
     // smaller node id would have won them — the old primary, empty, as often as not.
-    for node in &mut nodes[..6] {
+    for node in &mut lab.nodes[..6] {
         node.restart().await.unwrap();
     }
-    whole(&path).await;
-    assert_eq!(primaries_among(&addrs).await, 3);
-    primaries_in(&path, "us-east-2").await;
+    whole(&lab.path).await;
+    assert_eq!(primaries_among(&lab.addrs).await, 3);
+    primaries_in(&lab.path, "us-east-2").await;
     let lossy = [before_loss[0], before_loss[1], before_loss[2]];
-    writers.stop_and_check_after(addrs[6], &lossy).await;
-    drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
+    writers.stop_and_check_after(lab.addrs[6], &lossy).await;
 }

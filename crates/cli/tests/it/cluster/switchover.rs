@@ -5,28 +5,22 @@ use super::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknowledged_write() {
     // Nodes 0–2 lead the shards; 3–5 follow them in us-east-1, 6–8 in us-east-2.
-    let Written {
-        dir,
-        addrs,
-        nodes,
-        path,
-        writers,
-    } = Written::start("switch").await;
+    let (lab, writers) = written("switch").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // One target refuses to take over (an ACL denies it CLUSTER FAILOVER): the two shards that
     // moved hand back, and every primary is where it was.
-    may_fail_over(addrs[7], false).await;
-    let said = cluster_fails(&path, &["switchover", "us-east-2"]);
+    may_fail_over(lab.addrs[7], false).await;
+    let said = cluster_fails(&lab.path, &["switchover", "us-east-2"]);
     assert!(
         said.contains("rolled back") && said.contains("every shard's primary is where it was"),
         "{said}"
     );
-    primaries_in(&path, "us-east-1").await;
-    may_fail_over(addrs[7], true).await;
-    // Whole again (the nodes that handed back have resynced) before the operator tries again.
+    primaries_in(&lab.path, "us-east-1").await;
+    may_fail_over(lab.addrs[7], true).await;
+    // Whole again (the lab.nodes that handed back have resynced) before the operator tries again.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while status(&path)["shards"]
+    while status(&lab.path)["shards"]
         .as_array()
         .unwrap()
         .iter()
@@ -35,13 +29,13 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
         assert!(
             Instant::now() < deadline,
             "never whole again: {:#}",
-            status(&path)
+            status(&lab.path)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let out = succeed(&mut cluster(
-        &path,
+        &lab.path,
         &["switchover", "us-east-2", "--output", "json"],
     ));
     let done: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -50,46 +44,38 @@ async fn an_all_shard_switchover_moves_every_primary_or_none_and_loses_no_acknow
 
     // Every shard's primary now stands in us-east-2, and every acknowledged write — through
     // the rollback and the switchover — is on the new primary.
-    primaries_in(&path, "us-east-2").await;
+    primaries_in(&lab.path, "us-east-2").await;
     // Status now places them there: no shard's primary is "outside the writer region".
-    let moved = status(&path);
+    let moved = status(&lab.path);
     assert_eq!(moved["writer_region"], "us-east-2", "{moved:#}");
     assert!(
         !moved.to_string().contains("primary_outside_writer_region"),
         "{moved:#}"
     );
-    // The cluster may now promote by itself the nodes in us-east-2 only.
-    for (i, addr) in addrs.iter().enumerate() {
+    // The cluster may now promote by itself the lab.nodes in us-east-2 only.
+    for (i, addr) in lab.addrs.iter().enumerate() {
         assert_eq!(automatic_failover(*addr).await, i >= 6, "node {i}");
     }
-    let gaps = writers.stop_and_check(addrs[6]).await;
+    let gaps = writers.stop_and_check(lab.addrs[6]).await;
     eprintln!(
         "longest gap between acknowledged writes per shard (ms): {gaps:?}; switchover: {done}"
     );
 
     // Moving them back: a switchover to where they already are moves nothing.
-    let out = succeed(&mut cluster(&path, &["switchover", "us-east-2"]));
+    let out = succeed(&mut cluster(&lab.path, &["switchover", "us-east-2"]));
     assert!(String::from_utf8_lossy(&out).contains("already in us-east-2"));
-    drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_completes_it() {
-    let Written {
-        dir,
-        addrs,
-        nodes,
-        path,
-        writers,
-    } = Written::start("crash").await;
+    let (lab, writers) = written("crash").await;
     let regions = ["us-east-2", "us-east-1"];
     for (i, step) in ["paused", "caught-up", "handed-over-1", "handed-over-2"]
         .into_iter()
         .enumerate()
     {
         let to = regions[i % 2];
-        let crashed = cluster(&path, &["switchover", to])
+        let crashed = cluster(&lab.path, &["switchover", to])
             .env("VALKEY_DR_FAULT", format!("crash-after:{step}"))
             .output()
             .unwrap();
@@ -101,7 +87,7 @@ async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_co
         );
         // Whatever moved, one primary per shard: a takeover is whole or not done.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while primaries_among(&addrs).await != 3 {
+        while primaries_among(&lab.addrs).await != 3 {
             assert!(
                 Instant::now() < deadline,
                 "{step}: not one primary per shard"
@@ -109,32 +95,24 @@ async fn a_cluster_switchover_that_dies_at_any_step_loses_nothing_and_a_rerun_co
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Run again, it completes the move (and lifts the pauses the dead run left).
-        succeed(&mut cluster(&path, &["switchover", to]));
-        primaries_in(&path, to).await;
-        whole(&path).await;
+        succeed(&mut cluster(&lab.path, &["switchover", to]));
+        primaries_in(&lab.path, to).await;
+        whole(&lab.path).await;
     }
-    let gaps = writers.stop_and_check(addrs[0]).await;
+    let gaps = writers.stop_and_check(lab.addrs[0]).await;
     eprintln!("longest gap between acknowledged writes per shard (ms): {gaps:?}");
-    drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_switchover_stalled_past_its_write_pause_hands_no_more_over_and_rolls_back() {
-    let Written {
-        dir,
-        addrs,
-        nodes,
-        path,
-        writers,
-    } = Written::start("stall").await;
+    let (lab, writers) = written("stall").await;
     // A catch-up bound of 500 ms: every primary's writes are paused for 2 × (0.5 + 6) + 2 = 15 s.
-    let mut config = std::fs::read_to_string(&path).unwrap();
+    let mut config = std::fs::read_to_string(&lab.path).unwrap();
     config.push_str("[controller]\ncatchup_timeout_ms = 500\n");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&lab.path, config).unwrap();
     // The command stands still for 14 s after the first shard's handover: the other primaries'
     // pauses end a second later, and they take writes their targets may not hold yet.
-    let out = cluster(&path, &["switchover", "us-east-2"])
+    let out = cluster(&lab.path, &["switchover", "us-east-2"])
         .env("VALKEY_DR_FAULT", "stall-after:handed-over-1:14000")
         .output()
         .unwrap();
@@ -147,8 +125,6 @@ async fn a_switchover_stalled_past_its_write_pause_hands_no_more_over_and_rolls_
     eprintln!("{said}");
     // Only the first shard had moved, and it handed back: every primary is where it was, and
     // every acknowledged write is there.
-    primaries_in(&path, "us-east-1").await;
-    writers.stop_and_check(addrs[0]).await;
-    drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
+    primaries_in(&lab.path, "us-east-1").await;
+    writers.stop_and_check(lab.addrs[0]).await;
 }
