@@ -84,8 +84,10 @@ bench:
 # Every fault scenario CHAOS_RUNS times, each on a lab of its own; prints the table of medians.
 CHAOS_RUNS ?= 3
 chaos: test-deps build
-	$(BIN) chaos --runs $(CHAOS_RUNS) --dir target/chaos --netns --keep-failed
-	$(BIN) chaos --cluster --runs $(CHAOS_RUNS) --dir target/chaos-cluster --keep-failed
+	@# Both suites run whatever the first one's verdict; the target fails if either did.
+	$(BIN) chaos --runs $(CHAOS_RUNS) --dir target/chaos --netns --keep-failed; replication=$$?; \
+	$(BIN) chaos --cluster --runs $(CHAOS_RUNS) --dir target/chaos-cluster --keep-failed; cluster=$$?; \
+	test $$replication -eq 0 && test $$cluster -eq 0
 
 # The Lambda artifact: the `bootstrap` executable of the provided.al2023 runtime, zipped. Built for
 # an explicit target whatever the build machine is: cargo-zigbuild links against glibc 2.34 (Amazon
