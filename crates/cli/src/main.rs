@@ -208,9 +208,28 @@ fn main() -> std::process::ExitCode {
             for cause in error.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            std::process::ExitCode::FAILURE
+            // 75 (EX_TEMPFAIL): the controller ended the request unfinished with nothing lost
+            // and the same command may be run again; scripts can tell that from a failure.
+            if retryable(&error) {
+                std::process::ExitCode::from(75)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Whether `error` ended a request unfinished with nothing lost, where the same command may be
+/// run again: said so by the controller, or by a cluster move run here.
+fn retryable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<control::ClientError>(),
+            Some(control::ClientError::Retryable(_))
+        ) || cause
+            .downcast_ref::<valkey_dr_controller::cluster::ClusterError>()
+            .is_some_and(|e| e.retryable())
+    })
 }
 
 fn run_cli() -> Result<()> {

@@ -214,12 +214,15 @@ async fn send_event(out: &mut OwnedWriteHalf, event: &str) {
 }
 
 /// One line from the controller to a control client: `{"event":…}` while an operation streams
-/// its events, then `{"result":…}` or `{"error":"…"}`.
+/// its events, then `{"result":…}`, `{"retryable":"…"}` or `{"error":"…"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
     Event(Value),
     Result(Value),
+    /// The operation ended unfinished where asking again is the way on: refused or stopped
+    /// before anything moved, rolled back, or left for the next pass to settle. Nothing was lost.
+    Retryable(String),
     Error(String),
 }
 
@@ -289,6 +292,9 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("controller refused: {0}")]
     Refused(String),
+    /// [`Reply::Retryable`]: not done, nothing lost; the same request may be asked again.
+    #[error("not done, nothing lost (ask again): {0}")]
+    Retryable(String),
     #[error("controller sent an unreadable reply: {0}")]
     Reply(String),
 }
@@ -316,6 +322,7 @@ pub async fn request(
         match reply {
             Reply::Event(event) => on_event(&event),
             Reply::Result(result) => return Ok(result),
+            Reply::Retryable(error) => return Err(ClientError::Retryable(error)),
             Reply::Error(error) => return Err(ClientError::Refused(error)),
         }
     }

@@ -51,6 +51,9 @@ pub enum FailoverError {
     Promote(String),
     #[error("{region} has {masters} nodes reporting role:master; adopt needs exactly one")]
     AdoptNeedsOneMaster { region: String, masters: usize },
+    /// The published epoch cannot be read: an adopted epoch must exceed it.
+    #[error("cannot read the published epoch, nothing adopted: {0}")]
+    Dns(String),
 }
 
 /// How a demotion went: the node follows the new writer, or it could not be demoted and stays
@@ -439,17 +442,10 @@ impl Controller {
                 masters: masters.len(),
             });
         };
-        let published = self
-            .dns
-            .records(std::slice::from_ref(&self.names.ownership))
+        let published = crate::dns_changes::published_ownership(self.dns.as_ref(), &self.names)
             .await
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|r| r.values.iter())
-            .filter_map(|v| valkey_dr_core::Ownership::parse(v))
-            .map(|o| o.epoch)
-            .max()
-            .unwrap_or(0);
+            .map_err(|e| FailoverError::Dns(e.to_string()))?
+            .map_or(0, |o| o.epoch);
         let marked = observations
             .iter()
             .filter_map(|o| o.epoch_mark.as_ref())

@@ -68,6 +68,14 @@ pub enum ControllerError {
     Http(#[from] http::HttpError),
 }
 
+/// The controller's state directory, made if missing: both running shapes start here.
+pub(crate) fn create_state_dir(config: &Config) -> Result<(), ControllerError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| ControllerError::StateDir {
+        path: config.state_dir.display().to_string(),
+        source,
+    })
+}
+
 pub struct Controller {
     pub(crate) config: Config,
     pub(crate) topology: Topology,
@@ -141,10 +149,7 @@ impl Controller {
         engine: Box<dyn Engine>,
         ha: Option<ha::Ha>,
     ) -> Result<Controller, ControllerError> {
-        std::fs::create_dir_all(&config.state_dir).map_err(|source| ControllerError::StateDir {
-            path: config.state_dir.display().to_string(),
-            source,
-        })?;
+        create_state_dir(&config)?;
         let topology = Topology::from_config(&config);
         let (state, state_problem) = match &ha {
             Some(ha) => (

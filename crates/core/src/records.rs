@@ -210,6 +210,18 @@ pub fn ownership_record(names: &ManagedNames, epoch: u64, primary_region: &str) 
     )
 }
 
+/// Our ownership record among `records` (what a DNS provider holds): the TXT beside the global
+/// name that parses and names us as its owner. One reading for every place that recovers or
+/// checks the published epoch.
+pub fn our_ownership(records: &[RecordSet], names: &ManagedNames) -> Option<Ownership> {
+    records
+        .iter()
+        .filter(|r| r.name == names.ownership && r.rtype == RecordType::Txt)
+        .flat_map(|r| r.values.iter())
+        .filter_map(|v| Ownership::parse(v))
+        .find(|o| o.owner == names.owner)
+}
+
 /// What a switchover publishes in the same write as its new epoch: the records that lead the name
 /// to `target` (the global name, its ownership record, the target region's primary name), from
 /// `observations` as they are once the move is done — `target` a primary, `old` following it.
@@ -263,6 +275,45 @@ mod tests {
 
     fn find<'a>(records: &'a [RecordSet], name: &str) -> Option<&'a RecordSet> {
         records.iter().find(|r| r.name == name)
+    }
+
+    #[test]
+    fn our_ownership_is_the_parsable_txt_beside_the_name_that_names_us() {
+        let names = names();
+        let ours = ownership_record(&names, 7, "us-east-2");
+        let txt =
+            |name: &str, value: &str| RecordSet::new(name, RecordType::Txt, 5, [value.to_string()]);
+        let theirs = "heritage=valkey-dr,owner=someone-else,epoch=9,primary=us-east-1";
+        let cases: [(&str, Vec<RecordSet>, Option<u64>); 6] = [
+            ("nothing published", vec![], None),
+            ("ours", vec![ours.clone()], Some(7)),
+            ("another owner's", vec![txt(&names.ownership, theirs)], None),
+            (
+                "not valkey-dr's",
+                vec![txt(&names.ownership, "v=spf1 -all")],
+                None,
+            ),
+            (
+                "ours under another name",
+                vec![RecordSet {
+                    name: names.global.clone(),
+                    ..ours.clone()
+                }],
+                None,
+            ),
+            (
+                "ours beside a foreign value",
+                vec![RecordSet {
+                    values: vec![theirs.into(), ours.values[0].clone()],
+                    ..ours.clone()
+                }],
+                Some(7),
+            ),
+        ];
+        for (case, records, epoch) in cases {
+            let found = our_ownership(&records, &names);
+            assert_eq!(found.map(|o| o.epoch), epoch, "{case}");
+        }
     }
 
     #[test]

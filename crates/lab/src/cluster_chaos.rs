@@ -413,36 +413,30 @@ async fn ready(socket: &Path, within: Duration) -> Result<ControlledClusterStatu
     }
 }
 
-async fn switchover(socket: &Path) -> Result<(), String> {
+async fn switchover(socket: &Path) -> Result<(), control::ClientError> {
     let request = Request::ClusterSwitchover {
         region: "us-east-2".into(),
     };
-    control::request(socket, &request, |_| {})
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    control::request(socket, &request, |_| {}).await.map(|_| ())
 }
 
-/// The switchover to us-east-2, asked again while it ends with nothing lost but not done: refused
-/// before anything was touched ("nothing moved": a replica that followed a crashed move may be
-/// loading its sync) or rolled back (a handover slow under load: seen in the full test suite,
-/// its replica's takeover landing after the 6 s wait). Neither is what the verdict judges — it
-/// still requires every shard moved, the name on them and no write lost; the report counts the
-/// times it was asked.
+/// The switchover to us-east-2, asked again while the controller answers that it ended
+/// unfinished with nothing lost ([`control::ClientError::Retryable`]): refused before anything
+/// was touched (a replica that followed a crashed move may be loading its sync) or rolled back (a
+/// handover slow under load: seen in the full test suite, its replica's takeover landing after
+/// the 6 s wait). Neither is what the verdict judges — it still requires every shard moved, the
+/// name on them and no write lost; the report counts the times it was asked.
 async fn switchover_until_done(socket: &Path, report: &mut ClusterRunReport) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         report.switchovers_asked += 1;
         match switchover(socket).await {
             Ok(()) => return Ok(()),
-            Err(e)
-                if (e.contains("nothing moved") || e.contains("rolled back"))
-                    && Instant::now() < deadline =>
-            {
+            Err(control::ClientError::Retryable(e)) if Instant::now() < deadline => {
                 tracing::warn!(error = %e, "switchover not done; asked again");
                 tokio::time::sleep(Duration::from_millis(500)).await
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.to_string()),
         }
     }
 }

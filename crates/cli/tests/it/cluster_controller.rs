@@ -286,10 +286,8 @@ async fn the_controller_keeps_the_clusters_epoch_and_leads_the_name_to_the_write
             break out;
         }
         let said = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            said.contains("rolled back") || said.contains("nothing moved"),
-            "{said}"
-        );
+        // Rolled back or refused with nothing lost: exit 75, run it again.
+        assert_eq!(out.status.code(), Some(75), "{said}");
         // Rolled back, every shard's primary is where it was, and the name on all of them; a
         // takeover that lands after the hand-back leaves its shard in us-east-2 (halfway): the
         // name then leads to the primaries still in us-east-1, and never to another node.
@@ -347,7 +345,7 @@ async fn the_controller_keeps_the_clusters_epoch_and_leads_the_name_to_the_write
             !out.status.success(),
             "the controller died mid-move: {said}"
         );
-        if !said.contains("nothing moved") || Instant::now() > deadline {
+        if out.status.code() != Some(75) || Instant::now() > deadline {
             break said;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -382,6 +380,62 @@ async fn the_controller_keeps_the_clusters_epoch_and_leads_the_name_to_the_write
     setup.wait_for_name(&east1_primaries_now(&setup), 2, "us-east-1");
     let status = setup.status();
     assert!(status["moving_to"].is_null(), "{status}");
+    drop(_controller);
+
+    // A controller that lost its state directory goes on from the ownership record — and while
+    // that record cannot be read it decides nothing: starting over at epoch 1, below the
+    // published 2, every later write of the name would be refused as stale.
+    lost_state_dir_recovers_the_published_epoch(&setup, 2, "us-east-1").await;
+}
+
+async fn lost_state_dir_recovers_the_published_epoch(setup: &Setup, epoch: u64, region: &str) {
+    use std::sync::Arc;
+    use valkey_dr_controller::cluster::ClusterError;
+    use valkey_dr_controller::cluster::controller::ClusterController;
+    use valkey_dr_core::records::{ManagedNames, ownership_record};
+    use valkey_dr_dns::DnsProvider;
+
+    let mut config = valkey_dr_core::Config::load(&setup.config).unwrap();
+    config.state_dir = setup.dir.join("state-lost");
+    // An RFC 2136 server that is down: nothing listens on its port.
+    let down = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let key = valkey_dr_dns::rfc2136::TsigKey {
+        name: "valkey-dr".into(),
+        algorithm: valkey_dr_core::config::TsigAlgorithm::HmacSha256,
+        secret: vec![7; 32],
+    };
+    let unreachable = valkey_dr_dns::rfc2136::Rfc2136::new(
+        vec![down],
+        "valkey-dr.live",
+        key,
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    let controller = ClusterController::new(config.clone(), Arc::new(unreachable), None).unwrap();
+    let refused = controller.reconcile().await.unwrap_err();
+    assert!(
+        matches!(refused, ClusterError::EpochUnknown(_)),
+        "{refused}"
+    );
+    assert!(
+        !config.state_dir.join("cluster.json").exists(),
+        "an epoch was recorded without the published one"
+    );
+
+    // The server back, holding the record: the epoch goes on from it.
+    let names = ManagedNames::from_config(&config);
+    let kept = valkey_dr_dns::embedded::Zone::new("valkey-dr.live");
+    kept.apply(&[valkey_dr_core::Change::Create {
+        new: ownership_record(&names, epoch, region),
+    }])
+    .await
+    .unwrap();
+    let controller = ClusterController::new(config, Arc::new(kept), None).unwrap();
+    let pass = controller.reconcile().await.unwrap();
+    assert_eq!((pass.epoch, pass.writer_region.as_str()), (epoch, region));
 }
 
 /// The addresses among `ips` of the nodes that lead a shard with slots in `status`.

@@ -421,6 +421,10 @@ pub enum ClusterError {
         handed_back: Vec<String>,
         not_handed_back: Vec<String>,
     },
+    /// Nothing is recorded and the published epoch cannot be read: nothing is decided until
+    /// it can.
+    #[error("the cluster's epoch is not known: the ownership record cannot be read ({0})")]
+    EpochUnknown(String),
     #[error("the cluster's epoch was not recorded: {0}")]
     StateNotRecorded(String),
     #[error("the name was not moved: {0}")]
@@ -432,6 +436,25 @@ pub enum ClusterError {
         failed: Vec<String>,
         done: Box<ClusterFailover>,
     },
+}
+
+impl ClusterError {
+    /// A move that ended unfinished with nothing lost, where asking again is the way on: refused
+    /// before any shard moved for what the cluster mends by itself (a replica loading its sync,
+    /// an in-region failover under way), aborted, rolled back, or (a failover) some shards moved
+    /// and the rest left for the command again. Not a refusal that waits for the operator's word
+    /// (`--confirm-down`). Sent as [`crate::control::Reply::Retryable`].
+    pub fn retryable(&self) -> bool {
+        match self {
+            ClusterError::Refused(refusals) => !refusals
+                .iter()
+                .any(|r| matches!(r, MoveRefusal::PrimaryMayStillWrite { .. })),
+            ClusterError::Aborted(_)
+            | ClusterError::RolledBack { .. }
+            | ClusterError::Incomplete { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// How long an old primary that answered stays paused when it does not follow its new primary:

@@ -37,10 +37,21 @@ fn cluster(config: &std::path::Path, args: &[&str]) -> Command {
 }
 
 /// `valkey-dr cluster <args> --config <config>`, which must fail; what it said.
+/// Runs `valkey-dr cluster …`, which must fail — exit status 1, not the 75 of a command that
+/// may simply be run again — and returns what it said.
 fn cluster_fails(config: &std::path::Path, args: &[&str]) -> String {
     let out = cluster(config, args).output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{said}");
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    said
+}
+
+/// Runs `valkey-dr cluster …`, which must end unfinished with nothing lost — exit status 75, the
+/// command may be run again — and returns what it said.
+fn cluster_unfinished(config: &std::path::Path, args: &[&str]) -> String {
+    let out = cluster(config, args).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(75), "{said}");
     said
 }
 

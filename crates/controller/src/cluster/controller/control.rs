@@ -50,6 +50,7 @@ impl ControlTarget for ClusterController {
 fn reply<T: Serialize>(result: Result<T, ClusterError>) -> Reply {
     match result {
         Ok(value) => Reply::result(value),
+        Err(e) if e.retryable() => Reply::Retryable(e.to_string()),
         Err(e) => Reply::Error(e.to_string()),
     }
 }

@@ -21,7 +21,7 @@ use valkey_dr_core::config::FailoverPolicy;
 use valkey_dr_core::observation::NodeObservation;
 use valkey_dr_core::records::ManagedNames;
 use valkey_dr_core::self_fence::WriteQuorum;
-use valkey_dr_core::{Config, Ownership, RecordType, RegionId, Topology};
+use valkey_dr_core::{Config, RegionId, Topology};
 use valkey_dr_core::{Engine, NodeId};
 use valkey_dr_dns::DnsProvider;
 use valkey_dr_dns::embedded::{DnsServer, Zone};
@@ -68,10 +68,20 @@ pub struct ClusterController {
     silent_since: std::sync::Mutex<std::collections::HashMap<NodeId, Instant>>,
     /// The last automatic-failover verdict reported, so that each is reported once.
     reported_verdict: std::sync::Mutex<Option<String>>,
-    /// The shards as the last pass saw them, placed against the epoch's region: what `status`
-    /// shows (a status read costs no round of reads, which a silent node would hold up).
-    last_view: std::sync::Mutex<Option<ClusterStatus>>,
+    /// What `status` shows: what the last passes saw and published (a status read costs no
+    /// round of reads, which a silent node or DNS backend would hold up).
+    last_pass: std::sync::Mutex<LastPass>,
     step_hook: Option<StepHook>,
+}
+
+/// What the last passes saw and left, for `status`.
+#[derive(Debug, Clone, Default)]
+struct LastPass {
+    /// The shards as the last pass saw them, placed against the epoch's region.
+    view: Option<ClusterStatus>,
+    /// The addresses the name leads to, as the last pass that wrote or confirmed it left it
+    /// (a pass that sees no writer-region primary leaves the name, and this, as they were).
+    name: Vec<String>,
 }
 
 /// What one pass saw and did.
@@ -97,7 +107,8 @@ pub struct ClusterPass {
 pub struct ControlledClusterStatus {
     pub epoch: Option<u64>,
     pub moving_to: Option<String>,
-    /// What the global name leads to now, as the DNS provider holds it.
+    /// What the global name leads to, as the last pass that wrote or confirmed it in the DNS
+    /// provider left it (empty before one did).
     pub name: Vec<String>,
     /// The nodes whose self-fence is armed, as last set: how many good replicas each needs to
     /// take writes (those beside it plus one outside its region).
@@ -113,10 +124,7 @@ impl ClusterController {
         dns: Arc<dyn DnsProvider>,
         step_hook: Option<StepHook>,
     ) -> Result<ClusterController, ControllerError> {
-        std::fs::create_dir_all(&config.state_dir).map_err(|source| ControllerError::StateDir {
-            path: config.state_dir.display().to_string(),
-            source,
-        })?;
+        crate::create_state_dir(&config)?;
         let topology = Topology::from_config(&config);
         let events = EventSink::open(
             &config.events_file(),
@@ -141,7 +149,7 @@ impl ClusterController {
             quorums: Default::default(),
             silent_since: Default::default(),
             reported_verdict: Default::default(),
-            last_view: Default::default(),
+            last_pass: Default::default(),
             step_hook,
             config,
         })
@@ -183,14 +191,17 @@ impl ClusterController {
         };
         let state = self.settle(state, &shards)?;
         let state = self.fence(state, &shards, &observations).await;
-        let applied = self.publish(&state.epoch, &shards).await?;
-        let fail_over_to = self.judge_region(&state, &shards, &observations);
-        *self.last_view.lock().unwrap_or_else(|e| e.into_inner()) = Some(status_of(
+        self.last_pass
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .view = Some(status_of(
             &self.topology,
             &asked,
             &shards,
             state.epoch.writer_region,
         ));
+        let applied = self.publish(&state.epoch, &shards).await?;
+        let fail_over_to = self.judge_region(&state, &shards, &observations);
         let watching = !self
             .silent_since
             .lock()
@@ -212,17 +223,11 @@ impl ClusterController {
     /// the most slots stand (the embedded server starts empty: nothing else publishes a number
     /// that ours would have to exceed).
     async fn recover_epoch(&self, shards: &[Shard]) -> Result<ClusterState, ClusterError> {
-        let published = self
-            .dns
-            .records(std::slice::from_ref(&self.names.ownership))
+        // Unreadable is not "nothing published": the pass fails (reported, retried) rather than
+        // start over at epoch 1 below a published epoch, which would wedge the name.
+        let published = crate::dns_changes::published_ownership(self.dns.as_ref(), &self.names)
             .await
-            .ok()
-            .into_iter()
-            .flatten()
-            .filter(|r| r.rtype == RecordType::Txt)
-            .flat_map(|r| r.values)
-            .filter_map(|v| Ownership::parse(&v))
-            .find(|o| o.owner == self.names.owner);
+            .map_err(|e| ClusterError::EpochUnknown(e.to_string()))?;
         let epoch = match published
             .as_ref()
             .and_then(|o| Some((o.epoch, self.topology.region_by_name(&o.primary_region)?)))
@@ -305,6 +310,17 @@ impl ClusterController {
         if desired.is_empty() {
             return Ok(0);
         }
+        let name = || {
+            let led_to = desired
+                .iter()
+                .filter(|r| r.name == self.names.global)
+                .flat_map(|r| r.values.clone())
+                .collect();
+            self.last_pass
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .name = led_to;
+        };
         let changes = match crate::dns_changes::changes_toward(
             self.dns.as_ref(),
             &self.names,
@@ -323,6 +339,7 @@ impl ClusterController {
             Err(e) => return Err(ClusterError::NameNotMoved(e.to_string())),
         };
         if changes.is_empty() {
+            name();
             return Ok(0);
         }
         if let Err(e) = self.dns.apply(&changes).await {
@@ -334,6 +351,7 @@ impl ClusterController {
             EventKind::DnsApplied,
             json!({ "changes": changes.len(), "epoch": epoch.epoch }),
         );
+        name();
         Ok(changes.len())
     }
 
@@ -454,27 +472,20 @@ impl ClusterController {
     /// name leads to and the armed fences.
     pub async fn status(&self) -> Result<ControlledClusterStatus, ClusterError> {
         let seen = || {
-            self.last_view
+            self.last_pass
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
         };
-        let cluster = match seen() {
-            Some(view) => view,
-            None => {
+        let LastPass { view, name } = match seen() {
+            LastPass { view: None, .. } => {
                 self.reconcile().await?;
-                seen().ok_or_else(|| ClusterError::NoNodeAnswered("no pass yet".into()))?
+                seen()
             }
+            seen => seen,
         };
+        let cluster = view.ok_or_else(|| ClusterError::NoNodeAnswered("no pass yet".into()))?;
         let state = self.store.get();
-        let name = self
-            .dns
-            .records(std::slice::from_ref(&self.names.global))
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .flat_map(|r| r.values)
-            .collect();
         let self_fenced = self
             .quorums
             .lock()

@@ -37,8 +37,8 @@ use valkey_dr_core::intent::{self, Resolution};
 use valkey_dr_core::observation::{EpochMark, History, info_of};
 use valkey_dr_core::records::ManagedNames;
 use valkey_dr_core::{
-    Analysis, Change, EpochRecord, ErrorReply, NodeId, NodeObservation, Ownership, RecordSet,
-    RecordType, RegionId, Topology, plan as dns_plan, records,
+    Analysis, Change, EpochRecord, ErrorReply, NodeId, NodeObservation, RecordSet, RegionId,
+    Topology, plan as dns_plan, records,
 };
 
 use crate::state::{Intent, State};
@@ -541,13 +541,7 @@ fn follows(
 /// primary region at epoch 1; the writer is the one master there.
 fn adopt_epoch(snapshot: &Snapshot, rules: &Rules) -> Action {
     let topology = rules.topology;
-    let published = snapshot
-        .records
-        .iter()
-        .filter(|r| r.name == rules.names.ownership && r.rtype == RecordType::Txt)
-        .flat_map(|r| r.values.iter())
-        .find_map(|v| Ownership::parse(v))
-        .filter(|o| o.owner == rules.names.owner);
+    let published = records::our_ownership(&snapshot.records, rules.names);
     let (region, epoch) = match &published {
         Some(o) => (
             topology

@@ -2,6 +2,7 @@ use super::*;
 use valkey_dr_core::observation::Role;
 use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::testing::{down, lab, primary, replica_of, silent};
+use valkey_dr_core::{Ownership, RecordType};
 
 const A1: NodeId = NodeId(0);
 const A2: NodeId = NodeId(1);
