@@ -108,6 +108,21 @@ enum ClusterCommand {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Before a cluster node without persistence starts (its supervisor's `ExecStartPre=`):
+    /// returns once no other node counts NODE as the primary of slots — the cluster replaced it,
+    /// and it rejoins empty as its successor's replica. Started empty while it still is one,
+    /// every replica of its shard would full-sync the empty dataset. Exits 75 after --wait-s
+    /// while one still does (the supervisor tries again); 0 at once when it was a replica, and
+    /// after --wait-s when no other node answers (a whole-cluster restart).
+    StartGuard {
+        /// The node about to start, as the configuration names it (`host:port`).
+        node: String,
+        /// How long to wait for the cluster to replace it.
+        #[arg(long, default_value_t = 60)]
+        wait_s: u64,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -220,7 +235,8 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Whether `error` ended a request unfinished with nothing lost, where the same command may be
-/// run again: said so by the controller, or by a cluster move run here.
+/// run again: said so by the controller, by a cluster move run here, or by the start guard of a
+/// node the cluster has not replaced yet.
 fn retryable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         matches!(
@@ -229,6 +245,12 @@ fn retryable(error: &anyhow::Error) -> bool {
         ) || cause
             .downcast_ref::<valkey_dr_controller::cluster::ClusterError>()
             .is_some_and(|e| e.retryable())
+            || matches!(
+                cause.downcast_ref::<valkey_dr_controller::cluster::start_guard::StartGuardError>(),
+                Some(
+                    valkey_dr_controller::cluster::start_guard::StartGuardError::NotReplaced { .. }
+                )
+            )
     })
 }
 
@@ -295,6 +317,40 @@ async fn dispatch(command: Command) -> Result<()> {
                 control::request(&config.control_socket(), &Request::Adopt { region }, |_| {})
                     .await?;
             outln!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(())
+        }
+        Command::Cluster {
+            command:
+                ClusterCommand::StartGuard {
+                    node,
+                    wait_s,
+                    config,
+                },
+        } => {
+            use valkey_dr_core::cluster::StartVerdict;
+            let config = load_config(&config)?;
+            let wait = std::time::Duration::from_secs(wait_s);
+            let verdict = valkey_dr_controller::cluster::start_guard::start_guard(
+                &config,
+                &node,
+                wait,
+                |waiting| match waiting {
+                    StartVerdict::Wait { slots, listed_by } => eprintln!(
+                        "{node}: waiting (at most {wait_s} s) for the cluster to replace it: {} still count(s) it as the primary of slots {slots}",
+                        listed_by.join(", ")
+                    ),
+                    _ => eprintln!(
+                        "{node}: no other node answers; waiting {wait_s} s before starting alone"
+                    ),
+                },
+            )
+            .await?;
+            match verdict {
+                StartVerdict::NoneAnswered => outln!(
+                    "{node} may start: no other node answered for {wait_s} s (a whole-cluster restart)"
+                ),
+                _ => outln!("{node} may start: no other node counts it as serving slots"),
+            }
             Ok(())
         }
         Command::Cluster {

@@ -6,9 +6,10 @@
 //!
 //! The verdict: no slot ever claimed by two primaries under one config epoch (an old primary's
 //! claim under a lower epoch, before it hears of its successor, is counted apart), one primary
-//! per slot and the name on the writer region's primaries at the end, and no write acknowledged after the fault lost (a write
-//! acknowledged before a crash and not yet replicated may be: replication is asynchronous; the
-//! table shows how many).
+//! per slot and the name on the writer region's primaries at the end, no write acknowledged
+//! after the fault lost (a write acknowledged before a crash and not yet replicated may be:
+//! replication is asynchronous; the table shows how many), and no shard wiped (more than half
+//! its writes acknowledged before the fault lost: an empty primary synced by its replicas).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use valkey_dr_controller::cluster::controller::ControlledClusterStatus;
+use valkey_dr_controller::cluster::start_guard::start_guard;
 use valkey_dr_controller::control::{self, Request};
 
 use crate::cluster::{self, ClusterNode, ShardWriters};
@@ -39,8 +41,13 @@ pub enum ClusterFault {
     ReplicaRestartedEmpty,
     /// Shard 0's primary SIGKILLed, replaced within us-east-1 by the cluster, then started again
     /// with no data: it rejoins as a replica (restarted *before* it is replaced it would empty
-    /// its shard — Valkey's own hazard, see the runbook; not a row, as nothing guards it yet).
+    /// its shard — Valkey's own hazard, see the runbook; [`ClusterFault::PrimaryRestartedThroughGuard`]
+    /// is the guarded restart).
     PrimaryBackEmptyAfterReplaced,
+    /// Shard 0's primary SIGKILLed and restarted at once, empty, through `cluster start-guard` (as
+    /// a supervisor's `ExecStartPre=` runs it): the guard holds the start until the cluster has
+    /// replaced it, and it rejoins as a replica; without the guard its shard would be wiped.
+    PrimaryRestartedThroughGuard,
     /// Shard 0's primary SIGKILLed: the cluster replaces it within us-east-1, the name follows.
     PrimaryKilled,
     /// Every us-east-1 node SIGKILLed: the controller fails the region over by itself.
@@ -81,6 +88,10 @@ pub fn scenarios() -> Vec<ClusterScenario> {
         fault: ClusterFault::PrimaryBackEmptyAfterReplaced,
     });
     all.push(ClusterScenario {
+        name: "cluster: a primary SIGKILLed, restarted at once through the start guard".into(),
+        fault: ClusterFault::PrimaryRestartedThroughGuard,
+    });
+    all.push(ClusterScenario {
         name: "cluster: a primary SIGKILLed".into(),
         fault: ClusterFault::PrimaryKilled,
     });
@@ -104,6 +115,9 @@ pub struct ClusterRunReport {
     pub lost_before_fault: usize,
     /// Acknowledged writes missing at the end that were acknowledged after the fault: must be 0.
     pub lost_after_fault: usize,
+    /// Shards whose list lost more than half the writes acknowledged before the fault: a wipe
+    /// (an empty primary's dataset synced by its replicas), never what a crash had in flight.
+    pub wiped_shards: usize,
     /// Monitor samples in which two answering primaries claimed a slot under the same config
     /// epoch: a conflict the cluster cannot settle by itself.
     pub two_primaries_samples: usize,
@@ -182,6 +196,12 @@ pub async fn run(
                 wrong.push(format!(
                     "two primaries claimed a slot under one epoch in {} samples",
                     report.two_primaries_samples
+                ));
+            }
+            if report.wiped_shards > 0 {
+                wrong.push(format!(
+                    "{} shard(s) wiped: more than half their writes acknowledged before the fault lost",
+                    report.wiped_shards
                 ));
             }
             if report.lost_after_fault > 0 {
@@ -291,6 +311,19 @@ async fn run_in(
             nodes[0].kill();
             "us-east-1"
         }
+        ClusterFault::PrimaryRestartedThroughGuard => {
+            nodes[0].kill();
+            let loaded = valkey_dr_core::Config::load(&config).map_err(|e| e.to_string())?;
+            let node = addrs[0].to_string();
+            start_guard(&loaded, &node, Duration::from_secs(30), |_| {})
+                .await
+                .map_err(|e| format!("{node}: {e}"))?;
+            nodes[0]
+                .restart()
+                .await
+                .map_err(|e| format!("{node}: {e}"))?;
+            "us-east-1"
+        }
         ClusterFault::RegionKilled => {
             for node in &mut nodes[..6] {
                 node.kill();
@@ -306,9 +339,9 @@ async fn run_in(
     };
     // The nodes lost to the fault, which the name must not lead to.
     let gone: Vec<SocketAddr> = match scenario.fault {
-        ClusterFault::PrimaryKilled | ClusterFault::PrimaryBackEmptyAfterReplaced => {
-            vec![addrs[0]]
-        }
+        ClusterFault::PrimaryKilled
+        | ClusterFault::PrimaryBackEmptyAfterReplaced
+        | ClusterFault::PrimaryRestartedThroughGuard => vec![addrs[0]],
         ClusterFault::RegionKilled | ClusterFault::RegionStalled => addrs[..6].to_vec(),
         _ => Vec::new(),
     };
@@ -342,6 +375,7 @@ async fn run_in(
         ClusterFault::RegionKilled
             | ClusterFault::PrimaryKilled
             | ClusterFault::PrimaryBackEmptyAfterReplaced
+            | ClusterFault::PrimaryRestartedThroughGuard
     ) {
         addrs[6]
     } else {
@@ -351,13 +385,19 @@ async fn run_in(
         let kept = cluster::list_at(alive, &w.key)
             .await
             .map_err(|e| e.to_string())?;
+        let mut lost_before = 0;
         for n in w.acked.iter().filter(|n| !kept.contains(n)) {
             if (*n as i64) <= *before {
-                report.lost_before_fault += 1;
+                lost_before += 1;
             } else {
                 report.lost_after_fault += 1;
             }
         }
+        let acked_before = w.acked.iter().filter(|n| (**n as i64) <= *before).count();
+        if lost_before * 2 > acked_before {
+            report.wiped_shards += 1;
+        }
+        report.lost_before_fault += lost_before;
     }
     // At the end every old primary has heard of its successor.
     let deadline = Instant::now() + Duration::from_secs(10);

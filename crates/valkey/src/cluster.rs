@@ -325,16 +325,21 @@ impl ValkeyEngine {
             })
     }
 
+    /// The cluster's shards as `node` sees them (`CLUSTER NODES`) and nothing more: no node is
+    /// asked for its offset or settings.
+    pub async fn cluster_nodes(&self, node: &Endpoint) -> Result<Vec<Shard>, EngineError> {
+        let reply: String = self
+            .run(node, "CLUSTER NODES", redis::cmd("CLUSTER").arg("NODES"))
+            .await?;
+        parse_nodes(&reply).map_err(|e| error(node, "CLUSTER NODES", FailureKind::Unusable, e))
+    }
+
     /// The cluster's shards as `node` sees them (`CLUSTER NODES`), each node's offset read from
     /// itself. A node that does not answer is reported so ([`NodeHealth::Unanswered`]) unless
     /// the cluster marks it failed; a replica that has not loaded its primary's data yet, as
     /// loading.
     pub async fn cluster_shards(&self, node: &Endpoint) -> Result<Vec<Shard>, EngineError> {
-        let reply: String = self
-            .run(node, "CLUSTER NODES", redis::cmd("CLUSTER").arg("NODES"))
-            .await?;
-        let mut shards = parse_nodes(&reply)
-            .map_err(|e| error(node, "CLUSTER NODES", FailureKind::Unusable, e))?;
+        let mut shards = self.cluster_nodes(node).await?;
         let nodes: Vec<&mut ShardNode> = shards.iter_mut().flat_map(|s| &mut s.nodes).collect();
         let read = join_all(nodes.iter().map(|n| async {
             futures::join!(

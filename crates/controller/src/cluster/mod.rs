@@ -19,6 +19,7 @@ use valkey_dr_valkey::{Timeouts, ValkeyEngine};
 
 pub mod controller;
 mod handover;
+pub mod start_guard;
 mod state;
 
 pub use handover::CutStep;

@@ -13,6 +13,7 @@ use crate::topology::{RegionId, Topology};
 mod fence;
 mod moves;
 mod name;
+mod restart;
 
 pub use fence::{
     RegionVerdict, heard_by_a_replica, observations_of, region_verdict, unheard_for, write_quorums,
@@ -22,6 +23,7 @@ pub use moves::{
     plan_switchover,
 };
 pub use name::{ClusterEpoch, MoveState, move_state, records};
+pub use restart::{StartVerdict, start_verdict};
 
 /// The number of hash slots of a Valkey cluster.
 pub const SLOTS: u32 = 16_384;

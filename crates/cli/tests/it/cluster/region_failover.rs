@@ -321,3 +321,61 @@ async fn a_takeover_whose_replica_shares_its_primarys_epoch_still_moves_the_slot
     let lossy = [before_loss[0], before_loss[1], before_loss[2]];
     writers.stop_and_check_after(lab.addrs[6], &lossy).await;
 }
+
+/// A primary without persistence SIGKILLed and restarted at once through `cluster start-guard`
+/// (as its supervisor's `ExecStartPre=` would run it): the guard holds the start while any node
+/// still counts it as the shard's primary (exit 75), returns once the replica beside it took the
+/// shard over, and the node comes back empty as that replica's replica, syncing *from* it — the
+/// shard keeps every write it had replicated. Started at once without the guard, every replica
+/// of the shard would have full-synced its empty dataset (docs/runbook.md, measured).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_restarted_at_once_through_the_start_guard_waits_until_replaced_and_keeps_the_shard()
+ {
+    let (mut lab, writers) = written("guard").await;
+    let mut lossy = vec![-1; 3];
+    lossy[0] = writers.last_acked()[0];
+    lab.nodes[0].kill();
+    let killed = Instant::now();
+    let node = lab.addrs[0].to_string();
+
+    // At once: the cluster has not noticed yet (`cluster-node-timeout` 2 s).
+    let said = cluster_unfinished(&lab.path, &["start-guard", &node, "--wait-s", "0"]);
+    assert!(
+        said.contains("still count(s) it as the primary of slots"),
+        "{said}"
+    );
+
+    let out = succeed(&mut cluster(
+        &lab.path,
+        &["start-guard", &node, "--wait-s", "30"],
+    ));
+    eprintln!(
+        "the guard let it start {} ms after the SIGKILL: {}",
+        killed.elapsed().as_millis(),
+        String::from_utf8_lossy(&out).trim()
+    );
+    assert_eq!(
+        primaries_among(&lab.addrs[3..4]).await,
+        1,
+        "replaced beside it"
+    );
+
+    lab.nodes[0].restart().await.unwrap();
+    whole(&lab.path).await;
+    assert_eq!(
+        primaries_among(&lab.addrs[..1]).await,
+        0,
+        "back as a replica"
+    );
+    // It synced from the replica that took over: it holds the shard's list again.
+    let keys = valkey_dr_lab::cluster::command(lab.addrs[0], &["DBSIZE"]).await;
+    assert!(
+        matches!(keys, Ok(redis::Value::Int(n)) if n >= 1),
+        "{keys:?}"
+    );
+    let marks = writers.last_acked();
+    writers
+        .each_writes_past(&marks, Duration::from_secs(10))
+        .await;
+    writers.stop_and_check_after(lab.addrs[3], &lossy).await;
+}
