@@ -34,6 +34,11 @@ impl std::fmt::Display for CutStep {
 
 /// How long a shard may take to hand over once asked.
 pub(super) const HANDOVER_WITHIN: Duration = Duration::from_secs(6);
+/// How long an old primary is given to follow its successor by itself (gossip carries the
+/// takeover within milliseconds) before it is told to.
+const SELF_FOLLOW_WITHIN: Duration = Duration::from_millis(500);
+/// How often an old primary that refused to follow (it still held the slots) is asked again.
+const RETRY_FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// The pause outlasts the catch-up and the handovers by this much, and runs out by itself if
 /// the operator's command dies.
 pub(super) const PAUSE_MARGIN: Duration = Duration::from_secs(2);
@@ -372,17 +377,21 @@ async fn hand_over(engine: &ValkeyEngine, handover: &Handover<'_>) -> Result<(),
     .await;
     let old_follows = match old {
         Some(old) => {
-            follows(
-                engine,
-                old,
-                deadline.saturating_duration_since(Instant::now()),
-            )
-            .await
-                // Taken over, but the old primary, left without slots, did not turn into the
-                // new one's replica by itself (seen once, under load: it stayed a primary of
-                // nothing, and a rollback that counted the shard as not moved left it there):
-                // told to, as an operator would.
-                || (primary.is_some() && make_follow(engine, old, replica).await)
+            let left = || deadline.saturating_duration_since(Instant::now());
+            let mut followed = follows(engine, old, SELF_FOLLOW_WITHIN.min(left())).await;
+            // Taken over, but the old primary did not turn into the new one's replica by itself:
+            // where it counts the replica in another shard (Valkey 8.0.1 can hold a stale shard
+            // id for a node: see `repair_shard_ids` in the lab), the takeover reads to it as its
+            // slots migrating away, and it stays "an empty primary" (its log says so). Told to
+            // follow, as an operator would — at once rather than after the whole wait, which
+            // had let the other primaries' write pauses run out and rolled the move back. A
+            // refusal (it has not heard of the takeover yet and still holds the slots) is asked
+            // again until the deadline.
+            while !followed && primary.is_some() && !left().is_zero() {
+                followed = make_follow(engine, old, replica).await
+                    || follows(engine, old, RETRY_FOLLOW_EVERY.min(left())).await;
+            }
+            followed
         }
         None => true,
     };
