@@ -238,32 +238,56 @@ pub async fn verify_list_excusing(
     acknowledged: u64,
     excused: &[std::ops::Range<u64>],
 ) -> Result<ListCheck, String> {
-    // A list of 100,000 entries through the link's proxy takes more than a client's usual
-    // second; a read that fails is tried again, since a failed read is no verdict.
-    let read = || async {
-        let timeouts = valkey_dr_valkey::Timeouts {
-            connect: Duration::from_secs(2),
-            command: Duration::from_secs(15),
-        };
-        let resolver = StubResolver::new(config.dns);
-        let (_, _, mut conn) = connect_by_name(&resolver, config, timeouts).await?;
-        redis::cmd("LRANGE")
-            .arg(&config.prefix)
-            .arg(0)
-            .arg(-1)
-            .query_async::<Vec<u64>>(&mut conn)
-            .await
-            .map_err(|e| e.to_string())
+    // Read in pages, each on the connection of the last that succeeded: a list of 100,000
+    // entries in one reply took seconds through the link's proxy, and one closed connection
+    // (seen: three reads in a row after a heal) cost the whole read. A page that fails is read
+    // again on a new connection; a failed read is no verdict.
+    const PAGE: usize = 10_000;
+    const TRIES: u32 = 5;
+    let timeouts = valkey_dr_valkey::Timeouts {
+        connect: Duration::from_secs(2),
+        command: Duration::from_secs(15),
     };
-    let mut last_error = String::new();
-    for _ in 0..3 {
-        match read().await {
-            Ok(entries) => return Ok(check_list_excusing(&entries, acknowledged, excused)),
-            Err(e) => last_error = e,
+    let resolver = StubResolver::new(config.dns);
+    let mut entries: Vec<u64> = Vec::new();
+    let mut conn = None;
+    let mut failures = 0;
+    loop {
+        let page = async {
+            if conn.is_none() {
+                conn = Some(connect_by_name(&resolver, config, timeouts).await?.2);
+            }
+            let conn = conn.as_mut().expect("connected above");
+            redis::cmd("LRANGE")
+                .arg(&config.prefix)
+                .arg(entries.len())
+                .arg(entries.len() + PAGE - 1)
+                .query_async::<Vec<u64>>(conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match page.await {
+            Ok(page) => {
+                failures = 0;
+                let last = page.len() < PAGE;
+                entries.extend(page);
+                if last {
+                    return Ok(check_list_excusing(&entries, acknowledged, excused));
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == TRIES {
+                    return Err(format!(
+                        "{e} (reading entries from {} on, {TRIES} tries)",
+                        entries.len()
+                    ));
+                }
+                conn = None;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Err(last_error)
 }
 
 pub fn check_list(entries: &[u64], acknowledged: u64) -> ListCheck {
