@@ -83,6 +83,8 @@ pub(super) struct Seen {
     pub(super) name_changes: u64,
     /// Per site: its last answer and how often it changed.
     pub(super) site_changes: Vec<(Option<std::net::IpAddr>, u64)>,
+    /// The masters, and whether the name led to one, in the last sample in which every node's
+    /// role read was answered (or refused: a dead node is an answer).
     pub(super) last_masters: usize,
     pub(super) last_name_on_master: bool,
 }
@@ -197,8 +199,18 @@ impl Monitor {
                 seen.name_off_writer
                     .sample(target.is_some_and(|t| !masters.contains(&t)), elapsed);
                 seen.name_on_replica.sample(target_is_replica, elapsed);
-                seen.last_masters = masters.len();
-                seen.last_name_on_master = target.is_some_and(|t| masters.contains(&t));
+                // The state at the end is the last sample in which no node went unanswered: a
+                // read that timed out (a slow machine, a stalled node) says nothing about roles,
+                // and one such sample at the end once judged a healthy lab "not one writer".
+                let unanswered = roles.iter().any(|r| {
+                    r.as_ref().is_err_and(|e| {
+                        e.kind == valkey_dr_core::observation::FailureKind::Unreachable
+                    })
+                });
+                if !unanswered {
+                    seen.last_masters = masters.len();
+                    seen.last_name_on_master = target.is_some_and(|t| masters.contains(&t));
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(step) => {}
                     _ = stopped.changed() => {}
