@@ -23,7 +23,7 @@ pub use moves::{
     plan_switchover,
 };
 pub use name::{ClusterEpoch, MoveState, move_state, records};
-pub use restart::{StartVerdict, start_verdict};
+pub use restart::{EmptyPrimary, StartVerdict, empty_primaries, start_verdict};
 
 /// The number of hash slots of a Valkey cluster.
 pub const SLOTS: u32 = 16_384;

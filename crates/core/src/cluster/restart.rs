@@ -7,7 +7,11 @@
 //! replica beside it took the shard over after `cluster-node-timeout`) and it rejoins as a
 //! replica of its successor, syncing *from* it. Pure: the views are read by the caller.
 
+use std::collections::BTreeMap;
+
 use crate::endpoint::Endpoint;
+use crate::observation::{History, NodeObservation};
+use crate::topology::{NodeId, Topology};
 
 use super::Shard;
 
@@ -51,6 +55,43 @@ pub fn start_verdict(node: &Endpoint, views: &[NodeView]) -> StartVerdict {
         None if answered => StartVerdict::Start,
         None => StartVerdict::NoneAnswered,
     }
+}
+
+/// A slot-serving primary whose data does not continue what it held at the last look: it came
+/// back without its data while still counted as the slots' primary (started without the guard),
+/// and its replicas copy the empty dataset from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmptyPrimary {
+    pub node: NodeId,
+    pub slots: String,
+    pub before: History,
+    pub now: History,
+}
+
+/// The slot-serving primaries of `shards` whose offset went back since `before` (each node's
+/// history at the last look). A takeover keeps the offset (its new primary goes on from it); only
+/// a restart without data starts again below it ([`crate::ReplicationInfo::continues`]).
+pub fn empty_primaries(
+    topology: &Topology,
+    shards: &[Shard],
+    observations: &[NodeObservation],
+    before: &BTreeMap<NodeId, History>,
+) -> Vec<EmptyPrimary> {
+    shards
+        .iter()
+        .filter(|s| s.slot_count() > 0)
+        .filter_map(|s| {
+            let node = topology.node_by_any_address(&s.primary()?.endpoint)?;
+            let info = observations.iter().find(|o| o.node == node)?.info()?;
+            let before = before.get(&node)?;
+            (!info.continues(before)).then(|| EmptyPrimary {
+                node,
+                slots: s.slot_ranges(),
+                before: before.clone(),
+                now: info.history(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -110,6 +151,54 @@ mod tests {
         ];
         for (case, views, verdict) in cases {
             assert_eq!(start_verdict(&at(0), &views), verdict, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_primary_is_empty_when_its_offset_went_back_not_when_a_takeover_renamed_its_history() {
+        use crate::testing::{primary, replica_of};
+        let topology = lab();
+        let at = |offset: u64, id: &str| {
+            let mut seen = primary(0);
+            if let Ok(info) = seen.state.as_mut() {
+                info.offset = offset;
+                info.replication_id = id.into();
+            }
+            seen
+        };
+        let history = |offset: u64, id: &str| History {
+            replication_id: id.into(),
+            offset,
+            parent: None,
+        };
+        let shards = vec![shard(
+            vec![
+                node(&topology, 0, ShardRole::Primary, 0),
+                node(&topology, 1, ShardRole::Replica, 0),
+            ],
+            0..=16383,
+        )];
+        let before: BTreeMap<NodeId, History> = [
+            (NodeId(0), history(5000, "a")),
+            (NodeId(1), history(4990, "a")),
+        ]
+        .into();
+        let none = BTreeMap::new();
+        #[rustfmt::skip]
+        let cases: Vec<(&str, NodeObservation, &BTreeMap<NodeId, History>, bool)> = vec![
+            ("back empty: a new history from zero", at(1, "b"), &before, true),
+            ("it took over: a new history going on from the old offset", at(5100, "b"), &before, false),
+            ("it went on writing", at(6000, "a"), &before, false),
+            ("never seen before: nothing to compare", at(1, "b"), &none, false),
+        ];
+        for (case, now, before, empty) in cases {
+            let observations = [now, replica_of(1, 0, 4990)];
+            let found = empty_primaries(&topology, &shards, &observations, before);
+            assert_eq!(!found.is_empty(), empty, "{case}: {found:?}");
+            if empty {
+                assert_eq!(found[0].slots, "0-16383", "{case}");
+                assert_eq!(found[0].before.offset, 5000, "{case}");
+            }
         }
     }
 }

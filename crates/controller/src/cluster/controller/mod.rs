@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::unix::OwnedWriteHalf;
 use valkey_dr_core::cluster::{
-    ClusterEpoch, MoveState, RegionVerdict, Shard, move_state, observations_of, records,
-    region_verdict, write_quorums, writer_region,
+    ClusterEpoch, MoveState, RegionVerdict, Shard, empty_primaries, move_state, observations_of,
+    records, region_verdict, write_quorums, writer_region,
 };
 use valkey_dr_core::config::DnsProviderConfig;
 use valkey_dr_core::config::FailoverPolicy;
@@ -82,6 +82,10 @@ struct LastPass {
     /// The addresses the name leads to, as the last pass that wrote or confirmed it left it
     /// (a pass that sees no writer-region primary leaves the name, and this, as they were).
     name: Vec<String>,
+    /// Each node's replication history when it last answered: a slot-serving primary whose
+    /// offset went back since came back without its data.
+    histories:
+        std::collections::BTreeMap<valkey_dr_core::NodeId, valkey_dr_core::observation::History>,
 }
 
 /// What one pass saw and did.
@@ -185,6 +189,7 @@ impl ClusterController {
             .map_err(ClusterError::NoNodeAnswered)?;
         // Every node's own account, as the shards were read with it: no second round of reads.
         let observations = observations_of(&self.topology, &shards);
+        self.report_empty_primaries(&shards, &observations);
         let state = match known {
             Some(state) => state,
             None => self.recover_epoch(&shards).await?,
@@ -215,6 +220,32 @@ impl ClusterController {
             fail_over_to: fail_over_to.map(|r| self.region_name(r)),
             watching,
         })
+    }
+
+    /// Reports every slot-serving primary that came back without its data since the last pass
+    /// (`data_loss_suspected`: started empty without `cluster start-guard`, its replicas copy
+    /// the empty dataset), then remembers each answering node's history.
+    fn report_empty_primaries(&self, shards: &[Shard], observations: &[NodeObservation]) {
+        let mut last = self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
+        for empty in empty_primaries(&self.topology, shards, observations, &last.histories) {
+            self.events.emit(
+                EventKind::DataLossSuspected,
+                json!({
+                    "node": self.topology.node_name(empty.node),
+                    "slots": empty.slots,
+                    "offset_before": empty.before.offset,
+                    "offset": empty.now.offset,
+                    "replication_id_before": empty.before.replication_id,
+                    "replication_id": empty.now.replication_id,
+                    "reason": "a primary came back without its data while still serving its slots (started without `valkey-dr cluster start-guard`): its replicas copy the empty dataset",
+                }),
+            );
+        }
+        for seen in observations {
+            if let Some(info) = seen.info() {
+                last.histories.insert(seen.node, info.history());
+            }
+        }
     }
 
     /// The epoch when nothing usable is recorded: the one the ownership record carries (a
@@ -472,13 +503,11 @@ impl ClusterController {
     /// name leads to and the armed fences.
     pub async fn status(&self) -> Result<ControlledClusterStatus, ClusterError> {
         let seen = || {
-            self.last_pass
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
+            let last = self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
+            (last.view.clone(), last.name.clone())
         };
-        let LastPass { view, name } = match seen() {
-            LastPass { view: None, .. } => {
+        let (view, name) = match seen() {
+            (None, _) => {
                 self.reconcile().await?;
                 seen()
             }
