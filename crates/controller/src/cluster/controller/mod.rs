@@ -18,7 +18,7 @@ use valkey_dr_core::cluster::{
 };
 use valkey_dr_core::config::DnsProviderConfig;
 use valkey_dr_core::config::FailoverPolicy;
-use valkey_dr_core::observation::NodeObservation;
+use valkey_dr_core::observation::{History, NodeObservation};
 use valkey_dr_core::records::ManagedNames;
 use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{Config, RegionId, Topology};
@@ -84,8 +84,7 @@ struct LastPass {
     name: Vec<String>,
     /// Each node's replication history when it last answered: a slot-serving primary whose
     /// offset went back since came back without its data.
-    histories:
-        std::collections::BTreeMap<valkey_dr_core::NodeId, valkey_dr_core::observation::History>,
+    histories: std::collections::BTreeMap<NodeId, History>,
 }
 
 /// What one pass saw and did.
