@@ -628,9 +628,10 @@ async fn control_request(
     Ok(control::request(&config.control_socket(), request, show).await?)
 }
 
-/// The fault tests stop a cluster move at a step (`VALKEY_DR_FAULT=crash-after:<step>`), as they
-/// stop the controller, or stall it there (`stall-after:<step>:<ms>`: the whole process stands
-/// still, as in a long pause of its host).
+/// The fault tests stop a cluster move at a step (`VALKEY_DR_FAULT=crash-after:<step>`: the
+/// process aborts), or stall it there (`stall-after:<step>:<ms>`: the move's thread stands still
+/// between two steps, as in a long pause of its host; a controller's other tasks — its DNS server,
+/// its control socket — go on).
 fn crash_at() -> impl Fn(valkey_dr_controller::cluster::CutStep) {
     let fault = std::env::var("VALKEY_DR_FAULT").unwrap_or_default();
     let crash_after = fault.strip_prefix("crash-after:").map(str::to_string);

@@ -52,6 +52,9 @@ pub enum ClusterFault {
     PrimaryKilled,
     /// Every us-east-1 node SIGKILLed: the controller fails the region over by itself.
     RegionKilled,
+    /// Every us-east-1 node SIGKILLed, and the controller dies after this step of the automatic
+    /// failover it starts (`crash-after:<step>`); a new one carries the recorded move on.
+    RegionKilledControllerCrash(&'static str),
     /// Every us-east-1 node stopped (SIGSTOP) for 8 s, then resumed: failed over meanwhile, its
     /// old primaries must not take a write when they come back.
     RegionStalled,
@@ -99,6 +102,14 @@ pub fn scenarios() -> Vec<ClusterScenario> {
         name: "cluster: writer region SIGKILLed".into(),
         fault: ClusterFault::RegionKilled,
     });
+    for step in ["paused", "handed-over-1"] {
+        all.push(ClusterScenario {
+            name: format!(
+                "cluster: writer region SIGKILLed, the controller crashing after {step} of its failover"
+            ),
+            fault: ClusterFault::RegionKilledControllerCrash(step),
+        });
+    }
     all.push(ClusterScenario {
         name: "cluster: writer region stalled 8 s".into(),
         fault: ClusterFault::RegionStalled,
@@ -263,7 +274,9 @@ async fn run_in(
     let config = write_config(dir, &addrs, dns).map_err(|e| e.to_string())?;
     let socket = dir.join("state/control.sock");
     let crash = match scenario.fault {
-        ClusterFault::ControllerCrash(step) => Some(format!("crash-after:{step}")),
+        ClusterFault::ControllerCrash(step) | ClusterFault::RegionKilledControllerCrash(step) => {
+            Some(format!("crash-after:{step}"))
+        }
         ClusterFault::ControllerStall(step) => Some(format!("stall-after:{step}:3000")),
         _ => None,
     };
@@ -330,6 +343,22 @@ async fn run_in(
             }
             "us-east-2"
         }
+        ClusterFault::RegionKilledControllerCrash(_) => {
+            for node in &mut nodes[..6] {
+                node.kill();
+            }
+            // It decides after the lost primaries' fences are certain (~4.5 s), then dies in
+            // the failover.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !controller.ended() {
+                if Instant::now() > deadline {
+                    return Err("the controller did not crash in its failover".into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            controller = Controller::start(valkey_dr, &config, dir, None);
+            "us-east-2"
+        }
         ClusterFault::RegionStalled => {
             for node in &nodes[..6] {
                 node.signal(libc::SIGSTOP);
@@ -342,7 +371,9 @@ async fn run_in(
         ClusterFault::PrimaryKilled
         | ClusterFault::PrimaryBackEmptyAfterReplaced
         | ClusterFault::PrimaryRestartedThroughGuard => vec![addrs[0]],
-        ClusterFault::RegionKilled | ClusterFault::RegionStalled => addrs[..6].to_vec(),
+        ClusterFault::RegionKilled
+        | ClusterFault::RegionKilledControllerCrash(_)
+        | ClusterFault::RegionStalled => addrs[..6].to_vec(),
         _ => Vec::new(),
     };
     let settled = name_settles(&socket, dns, writer_region, &gone, Duration::from_secs(30)).await;
@@ -373,6 +404,7 @@ async fn run_in(
     let alive = if matches!(
         scenario.fault,
         ClusterFault::RegionKilled
+            | ClusterFault::RegionKilledControllerCrash(_)
             | ClusterFault::PrimaryKilled
             | ClusterFault::PrimaryBackEmptyAfterReplaced
             | ClusterFault::PrimaryRestartedThroughGuard
