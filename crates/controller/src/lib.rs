@@ -583,7 +583,11 @@ async fn start_tasks(
     if let Some(http) = &controller.config.http {
         tasks.push(http::serve(controller.clone(), http).await?);
     }
-    tasks.extend(webhooks::start(controller)?);
+    tasks.extend(webhooks::start(
+        &controller.config.webhooks,
+        &controller.events,
+        &controller.metrics,
+    )?);
     Ok(tasks)
 }
 

@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use valkey_dr_core::config::{WebhookConfig, WebhookEvent};
 
-use crate::Controller;
-use crate::events::EventKind;
+use crate::events::{EventKind, EventSink};
 use crate::metrics::Metrics;
 use crate::security::{SecurityError, read_secret};
 
@@ -55,11 +54,14 @@ struct Hook {
     queue: mpsc::Sender<(WebhookEvent, bytes::Bytes)>,
 }
 
-/// Starts the dispatcher and one delivery task per webhook; their handles, to abort on stop.
+/// Starts the dispatcher of `events` and one delivery task per webhook of `configs`; their
+/// handles, to abort on stop. Both running shapes (a replication group's controller, a
+/// cluster's) call it with their own event stream.
 pub fn start(
-    controller: &Arc<Controller>,
+    configs: &[WebhookConfig],
+    events: &EventSink,
+    metrics: &Arc<Metrics>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, SecurityError> {
-    let configs = &controller.config.webhooks;
     if configs.is_empty() {
         return Ok(Vec::new());
     }
@@ -74,7 +76,7 @@ pub fn start(
             secret,
             deliveries,
             client.clone(),
-            controller.metrics.clone(),
+            metrics.clone(),
         )));
         hooks.push(Hook {
             url: config.url.clone(),
@@ -82,11 +84,10 @@ pub fn start(
             queue,
         });
     }
-    let events = controller.events.subscribe();
     tasks.push(tokio::spawn(dispatch(
-        events,
+        events.subscribe(),
         hooks,
-        controller.metrics.clone(),
+        metrics.clone(),
     )));
     Ok(tasks)
 }

@@ -681,7 +681,18 @@ async fn a_lost_writer_region_is_failed_over_automatically_once_its_primaries_ar
 /// gone back — within a pass or two, so that the alert reaches the operator.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_back_empty_before_it_was_replaced_is_reported_as_suspected_data_loss() {
-    let mut setup = Setup::new("cluster-controller-empty").await;
+    // The report also reaches a webhook, signed.
+    let (hook, received) = crate::http::receiver();
+    let secret = std::env::temp_dir().join(format!("valkey-dr-cc-hook-{}", std::process::id()));
+    std::fs::write(&secret, "cluster-hook-secret\n").unwrap();
+    let mut setup = Setup::with(
+        "cluster-controller-empty",
+        &format!(
+            "[[webhooks]]\nurl = \"http://{hook}/hook\"\nsecret_file = \"{}\"\nevents = [\"data_loss_suspected\"]\n",
+            secret.display()
+        ),
+    )
+    .await;
     let _controller = setup.controller(None);
     setup.wait_armed(3);
     let node = setup.addrs[0].to_string();
@@ -706,4 +717,32 @@ async fn a_primary_back_empty_before_it_was_replaced_is_reported_as_suspected_da
         event["slots"].as_str().is_some_and(|s| !s.is_empty()),
         "{event}"
     );
+
+    // Delivered (the receiver refuses the first POST: retried), signed with the secret.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let delivered = loop {
+        let posts = received.lock().unwrap().clone();
+        let delivered: Vec<_> = posts
+            .into_iter()
+            .filter(|(_, body)| body.contains("data_loss_suspected"))
+            .collect();
+        if delivered.len() >= 2 || Instant::now() > deadline {
+            break delivered;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        delivered.len() >= 2,
+        "refused once, then delivered: {delivered:?}"
+    );
+    let (head, body) = delivered.last().unwrap();
+    assert!(body.contains(&node), "{body}");
+    let signature =
+        valkey_dr_controller::webhooks::signature(b"cluster-hook-secret", body.as_bytes());
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("x-valkey-dr-signature: {signature}")),
+        "{head}"
+    );
+    let _ = std::fs::remove_file(&secret);
 }

@@ -238,11 +238,11 @@ async fn metrics_health_status_and_events_follow_a_switchover() {
 }
 
 /// What a receiver got: (request head, body) per POST.
-type Received = Arc<Mutex<Vec<(String, String)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(String, String)>>>;
 
 /// A webhook receiver on loopback: answers 500 to the first POST, 200 to the others, and keeps
 /// each (headers, body).
-fn receiver() -> (SocketAddr, Received) {
+pub(crate) fn receiver() -> (SocketAddr, Received) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));

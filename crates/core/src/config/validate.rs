@@ -300,13 +300,6 @@ impl Config {
                 "remove [http] (use `valkey-dr status` and the event log), or set mode = \"replication\"",
             ));
         }
-        if !self.webhooks.is_empty() {
-            return Err(ConfigError::invalid(
-                "webhooks",
-                "the cluster's controller sends no webhooks yet",
-                "remove [[webhooks]] (events go to the event log), or set mode = \"replication\"",
-            ));
-        }
         if self.coordination.is_some() {
             return Err(ConfigError::invalid(
                 "mode",

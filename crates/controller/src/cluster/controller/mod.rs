@@ -72,6 +72,8 @@ pub struct ClusterController {
     /// round of reads, which a silent node or DNS backend would hold up).
     last_pass: std::sync::Mutex<LastPass>,
     step_hook: Option<StepHook>,
+    /// What the event stream counts (webhook deliveries among them).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What the last passes saw and left, for `status`.
@@ -129,10 +131,11 @@ impl ClusterController {
     ) -> Result<ClusterController, ControllerError> {
         crate::create_state_dir(&config)?;
         let topology = Topology::from_config(&config);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let events = EventSink::open(
             &config.events_file(),
             config.controller.events_max_bytes,
-            Arc::new(crate::metrics::Metrics::new()),
+            metrics.clone(),
         );
         let (store, problem) = ClusterStore::open(&config.state_dir, &topology);
         if let Some(problem) = problem {
@@ -154,6 +157,7 @@ impl ClusterController {
             reported_verdict: Default::default(),
             last_pass: Default::default(),
             step_hook,
+            metrics,
             config,
         })
     }

@@ -52,10 +52,17 @@ pub async fn start(
             "cross_region_failover": controller.config.controller.cross_region_failover,
         }),
     );
-    let tasks = vec![
+    // The essential tasks first ([`RunningCluster::task_ended`] watches them), the webhooks'
+    // deliveries after.
+    let mut tasks = vec![
         tokio::spawn(control.serve()),
         tokio::spawn(controller.clone().run_loop()),
     ];
+    tasks.extend(crate::webhooks::start(
+        &controller.config.webhooks,
+        &controller.events,
+        &controller.metrics,
+    )?);
     let socket = controller.config.control_socket();
     Ok(RunningCluster {
         controller,
