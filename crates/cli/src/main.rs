@@ -629,12 +629,14 @@ async fn control_request(
 }
 
 /// The fault tests stop a cluster move at a step (`VALKEY_DR_FAULT=crash-after:<step>`: the
-/// process aborts), or stall it there (`stall-after:<step>:<ms>`: the move's thread stands still
-/// between two steps, as in a long pause of its host; a controller's other tasks — its DNS server,
-/// its control socket — go on).
+/// process aborts), stall it there (`stall-after:<step>:<ms>`: the move's thread stands still
+/// between two steps; a controller's other tasks — its DNS server, its control socket — go on),
+/// or stop the whole process there (`stop-after:<step>`: it sends itself SIGSTOP, as a paused VM
+/// stands still, until the test sends SIGCONT).
 fn crash_at() -> impl Fn(valkey_dr_controller::cluster::CutStep) {
     let fault = std::env::var("VALKEY_DR_FAULT").unwrap_or_default();
     let crash_after = fault.strip_prefix("crash-after:").map(str::to_string);
+    let stop_after = fault.strip_prefix("stop-after:").map(str::to_string);
     let stall_after = fault.strip_prefix("stall-after:").and_then(|rest| {
         let (step, ms) = rest.rsplit_once(':')?;
         Some((
@@ -646,6 +648,10 @@ fn crash_at() -> impl Fn(valkey_dr_controller::cluster::CutStep) {
         let step = step.to_string();
         if crash_after.as_deref() == Some(step.as_str()) {
             std::process::abort();
+        }
+        if stop_after.as_deref() == Some(step.as_str()) {
+            // SAFETY: raise(3) on this process; it goes on at SIGCONT.
+            unsafe { libc::raise(libc::SIGSTOP) };
         }
         if let Some((_, stall)) = stall_after.as_ref().filter(|(at, _)| *at == step) {
             std::thread::sleep(*stall);

@@ -36,6 +36,9 @@ pub enum ClusterFault {
     /// The controller's move stands still 3 s after this step (`stall-after:<step>:3000`), then
     /// goes on: within the write pause, or not at all.
     ControllerStall(&'static str),
+    /// The whole controller process stopped (SIGSTOP, its DNS server too) for 3 s after this
+    /// step of a switchover (`stop-after:<step>`), then resumed (SIGCONT).
+    ControllerStopped(&'static str),
     /// A replica of shard 0 in us-east-1 SIGKILLed and started again at once with no data: it
     /// rejoins from its `nodes.conf` and syncs again.
     ReplicaRestartedEmpty,
@@ -82,6 +85,10 @@ pub fn scenarios() -> Vec<ClusterScenario> {
             fault: ClusterFault::ControllerStall(step),
         });
     }
+    all.push(ClusterScenario {
+        name: "cluster: controller process stopped 3 s (SIGSTOP) after handed-over-1".into(),
+        fault: ClusterFault::ControllerStopped("handed-over-1"),
+    });
     all.push(ClusterScenario {
         name: "cluster: a replica restarted empty at once".into(),
         fault: ClusterFault::ReplicaRestartedEmpty,
@@ -173,6 +180,22 @@ impl Controller {
         Controller(command.spawn().expect("valkey-dr runs"))
     }
 
+    /// Whether the process is stopped (state `T` in `/proc/<pid>/stat`).
+    fn stopped(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.0.id()))
+            .ok()
+            .and_then(|stat| {
+                let (_, after_name) = stat.rsplit_once(')')?;
+                after_name.split_whitespace().next().map(|s| s == "T")
+            })
+            .unwrap_or(false)
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, signal) };
+    }
+
     fn ended(&mut self) -> bool {
         self.0.try_wait().ok().flatten().is_some()
     }
@@ -248,6 +271,7 @@ fn scenario_is_planned(fault: ClusterFault) -> bool {
         ClusterFault::Switchover
             | ClusterFault::ControllerCrash(_)
             | ClusterFault::ControllerStall(_)
+            | ClusterFault::ControllerStopped(_)
             | ClusterFault::ReplicaRestartedEmpty
     )
 }
@@ -278,6 +302,7 @@ async fn run_in(
             Some(format!("crash-after:{step}"))
         }
         ClusterFault::ControllerStall(step) => Some(format!("stall-after:{step}:3000")),
+        ClusterFault::ControllerStopped(step) => Some(format!("stop-after:{step}")),
         _ => None,
     };
     let mut controller = Controller::start(valkey_dr, &config, dir, crash.as_deref());
@@ -296,6 +321,29 @@ async fn run_in(
     let writer_region = match scenario.fault {
         ClusterFault::Switchover | ClusterFault::ControllerStall(_) => {
             switchover_until_done(&socket, report).await?;
+            "us-east-2"
+        }
+        ClusterFault::ControllerStopped(_) => {
+            // The switchover's request waits while the process stands still: asked from a task
+            // of its own, the process resumed 3 s after it stopped.
+            let asked = socket.clone();
+            let asking = tokio::spawn(async move { switchover(&asked).await });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !controller.stopped() {
+                if Instant::now() > deadline {
+                    return Err("the controller did not stop itself".into());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            controller.signal(libc::SIGCONT);
+            match asking.await.map_err(|e| e.to_string())? {
+                Ok(()) => {}
+                Err(control::ClientError::Retryable(_)) => {
+                    switchover_until_done(&socket, report).await?
+                }
+                Err(e) => return Err(e.to_string()),
+            }
             "us-east-2"
         }
         ClusterFault::ControllerCrash(_) => {
