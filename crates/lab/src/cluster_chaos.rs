@@ -328,12 +328,8 @@ async fn run_in(
             // of its own, the process resumed 3 s after it stopped.
             let asked = socket.clone();
             let asking = tokio::spawn(async move { switchover(&asked).await });
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !controller.stopped() {
-                if Instant::now() > deadline {
-                    return Err("the controller did not stop itself".into());
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            if !holds_within(Duration::from_secs(10), || controller.stopped()).await {
+                return Err("the controller did not stop itself".into());
             }
             tokio::time::sleep(Duration::from_secs(3)).await;
             controller.signal(libc::SIGCONT);
@@ -349,12 +345,8 @@ async fn run_in(
         ClusterFault::ControllerCrash(_) => {
             // It dies mid-move: the request ends without a result.
             let _ = switchover(&socket).await;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !controller.ended() {
-                if Instant::now() > deadline {
-                    return Err("the controller did not crash".into());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if !holds_within(Duration::from_secs(10), || controller.ended()).await {
+                return Err("the controller did not crash".into());
             }
             controller = Controller::start(valkey_dr, &config, dir, None);
             ready(&socket, Duration::from_secs(30)).await?;
@@ -397,12 +389,8 @@ async fn run_in(
             }
             // It decides after the lost primaries' fences are certain (~4.5 s), then dies in
             // the failover.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !controller.ended() {
-                if Instant::now() > deadline {
-                    return Err("the controller did not crash in its failover".into());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if !holds_within(Duration::from_secs(20), || controller.ended()).await {
+                return Err("the controller did not crash in its failover".into());
             }
             controller = Controller::start(valkey_dr, &config, dir, None);
             "us-east-2"
@@ -531,6 +519,18 @@ async fn ready(socket: &Path, within: Duration) -> Result<ControlledClusterStatu
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Whether `check` holds within `within` (asked every 5 ms).
+async fn holds_within(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !check() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
 }
 
 async fn switchover(socket: &Path) -> Result<(), control::ClientError> {
