@@ -180,20 +180,12 @@ impl Controller {
         Controller(command.spawn().expect("valkey-dr runs"))
     }
 
-    /// Whether the process is stopped (state `T` in `/proc/<pid>/stat`).
     fn stopped(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.0.id()))
-            .ok()
-            .and_then(|stat| {
-                let (_, after_name) = stat.rsplit_once(')')?;
-                after_name.split_whitespace().next().map(|s| s == "T")
-            })
-            .unwrap_or(false)
+        crate::process::is_stopped(self.0.id() as i32)
     }
 
     fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as i32, signal) };
+        crate::process::signal(self.0.id() as i32, signal);
     }
 
     fn ended(&mut self) -> bool {
@@ -523,14 +515,11 @@ async fn ready(socket: &Path, within: Duration) -> Result<ControlledClusterStatu
 
 /// Whether `check` holds within `within` (asked every 5 ms).
 async fn holds_within(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while !check() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
+    valkey_dr_controller::poll::until(within, Duration::from_millis(5), async || {
+        check().then_some(())
+    })
+    .await
+    .is_some()
 }
 
 async fn switchover(socket: &Path) -> Result<(), control::ClientError> {

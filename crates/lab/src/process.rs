@@ -620,14 +620,24 @@ pub async fn kill_recorded(pidfile: &Path) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Sends `signal` to `pid`, a process the lab started.
+pub fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) on a pid this lab started or recorded.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// True when `pid` lives but stands still (SIGSTOP).
+pub fn is_stopped(pid: i32) -> bool {
+    is_alive(pid) && !is_running(pid)
+}
+
 /// Sends `signal` to the process a pid file names; returns its pid.
 pub fn signal_recorded(pidfile: &Path, signal: i32) -> Result<i32, LabError> {
     let pid: i32 = std::fs::read_to_string(pidfile)
         .ok()
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| LabError::Io(format!("no pid in {}", pidfile.display())))?;
-    // SAFETY: signal delivery to a pid this lab recorded.
-    unsafe { libc::kill(pid, signal) };
+    self::signal(pid, signal);
     Ok(pid)
 }
 

@@ -391,7 +391,9 @@ async fn the_controller_keeps_the_clusters_epoch_and_leads_the_name_to_the_write
     let status = setup.status();
     assert!(status["moving_to"].is_null(), "{status}");
     drop(_controller);
-    // Every move above handed the shards over with their histories going on: no loss reported.
+    // Every move above handed the shards over with their histories going on: no loss reported
+    // (in an event log that holds the moves: not the read of a missing file).
+    assert!(!setup.events("cluster_move_settled").is_empty());
     assert_eq!(
         setup.events("data_loss_suspected"),
         Vec::<serde_json::Value>::new()

@@ -337,12 +337,10 @@ pub(super) async fn follows(engine: &ValkeyEngine, node: &Endpoint, within: Dura
     .is_some()
 }
 
-/// `CLUSTER REPLICATE` on `old` to the node at `new`; whether it then follows within a second.
-async fn make_follow(engine: &ValkeyEngine, old: &Endpoint, new: &Endpoint) -> bool {
-    let Ok(id) = engine.cluster_myid(new).await else {
-        return false;
-    };
-    engine.cluster_replicate(old, &id).await.is_ok()
+/// `CLUSTER REPLICATE` on `old` to the node whose id is `new_id`; whether it then follows
+/// within a second.
+async fn make_follow(engine: &ValkeyEngine, old: &Endpoint, new_id: &str) -> bool {
+    engine.cluster_replicate(old, new_id).await.is_ok()
         && follows(engine, old, Duration::from_secs(1)).await
 }
 
@@ -387,8 +385,12 @@ async fn hand_over(engine: &ValkeyEngine, handover: &Handover<'_>) -> Result<(),
             // had let the other primaries' write pauses run out and rolled the move back. A
             // refusal (it has not heard of the takeover yet and still holds the slots) is asked
             // again until the deadline.
-            while !followed && primary.is_some() && !left().is_zero() {
-                followed = make_follow(engine, old, replica).await
+            let new_id = match (followed, primary) {
+                (false, Some(())) => engine.cluster_myid(replica).await.ok(),
+                _ => None,
+            };
+            while let Some(new_id) = new_id.as_deref().filter(|_| !followed && !left().is_zero()) {
+                followed = make_follow(engine, old, new_id).await
                     || follows(engine, old, RETRY_FOLLOW_EVERY.min(left())).await;
             }
             followed

@@ -363,10 +363,7 @@ fn read_pid(pidfile: &Path) -> Option<i32> {
     std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()
 }
 
-fn signal(pid: i32, signal: i32) {
-    // SAFETY: signals to processes this lab started.
-    unsafe { libc::kill(pid, signal) };
-}
+use crate::process::signal;
 
 fn timeouts() -> Timeouts {
     Timeouts {

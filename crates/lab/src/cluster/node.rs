@@ -46,8 +46,7 @@ impl ClusterNode {
 
     /// Sends `signal` (SIGSTOP: a stalled host; SIGCONT: it goes on).
     pub fn signal(&self, signal: i32) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        crate::process::signal(self.child.id() as i32, signal);
     }
 
     /// Starts it again from its files, with no data (nothing is persisted): a node back from a

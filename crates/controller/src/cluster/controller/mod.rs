@@ -229,8 +229,17 @@ impl ClusterController {
     /// (`data_loss_suspected`: started empty without `cluster start-guard`, its replicas copy
     /// the empty dataset), then remembers each answering node's history.
     fn report_empty_primaries(&self, shards: &[Shard], observations: &[NodeObservation]) {
-        let mut last = self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
-        for empty in empty_primaries(&self.topology, shards, observations, &last.histories) {
+        let empty = {
+            let mut last = self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
+            let empty = empty_primaries(&self.topology, shards, observations, &last.histories);
+            for seen in observations {
+                if let Some(info) = seen.info() {
+                    last.histories.insert(seen.node, info.history());
+                }
+            }
+            empty
+        };
+        for empty in empty {
             self.events.emit(
                 EventKind::DataLossSuspected,
                 json!({
@@ -243,11 +252,6 @@ impl ClusterController {
                     "reason": "a primary came back without its data while still serving its slots (started without `valkey-dr cluster start-guard`): its replicas copy the empty dataset",
                 }),
             );
-        }
-        for seen in observations {
-            if let Some(info) = seen.info() {
-                last.histories.insert(seen.node, info.history());
-            }
         }
     }
 
@@ -344,17 +348,6 @@ impl ClusterController {
         if desired.is_empty() {
             return Ok(0);
         }
-        let name = || {
-            let led_to = desired
-                .iter()
-                .filter(|r| r.name == self.names.global)
-                .flat_map(|r| r.values.clone())
-                .collect();
-            self.last_pass
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .name = led_to;
-        };
         let changes = match crate::dns_changes::changes_toward(
             self.dns.as_ref(),
             &self.names,
@@ -372,20 +365,26 @@ impl ClusterController {
             }
             Err(e) => return Err(ClusterError::NameNotMoved(e.to_string())),
         };
-        if changes.is_empty() {
-            name();
-            return Ok(0);
+        if !changes.is_empty() {
+            if let Err(e) = self.dns.apply(&changes).await {
+                self.events
+                    .emit(EventKind::DnsApplyFailed, json!({ "error": e.to_string() }));
+                return Err(ClusterError::NameNotMoved(e.to_string()));
+            }
+            self.events.emit(
+                EventKind::DnsApplied,
+                json!({ "changes": changes.len(), "epoch": epoch.epoch }),
+            );
         }
-        if let Err(e) = self.dns.apply(&changes).await {
-            self.events
-                .emit(EventKind::DnsApplyFailed, json!({ "error": e.to_string() }));
-            return Err(ClusterError::NameNotMoved(e.to_string()));
-        }
-        self.events.emit(
-            EventKind::DnsApplied,
-            json!({ "changes": changes.len(), "epoch": epoch.epoch }),
-        );
-        name();
+        // The provider now holds `desired`: what status shows as the name.
+        self.last_pass
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .name = desired
+            .into_iter()
+            .filter(|r| r.name == self.names.global)
+            .flat_map(|r| r.values)
+            .collect();
         Ok(changes.len())
     }
 
