@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use valkey_dr_core::cluster::may_take_over;
 use valkey_dr_core::{Endpoint, Engine};
 use valkey_dr_valkey::ValkeyEngine;
 use valkey_dr_valkey::cluster::EpochBump;
@@ -121,10 +122,12 @@ pub(super) async fn cut_over(
     }
     let handovers: Vec<Handover> = pairs
         .iter()
-        .map(|(primary, replica)| Handover {
+        .zip(&targets)
+        .map(|((primary, replica), (_, frozen))| Handover {
             replica,
             old: Some(primary),
             fenced_until: Some(started + pause - PAUSE_MARGIN),
+            holds: *frozen,
         })
         .collect();
     Ok(take_over_in_turn(engine, &handovers, bystanders, claimed_before, reached).await)
@@ -166,6 +169,9 @@ pub(super) struct Handover<'a> {
     /// than that would race the writes it takes again once the pause runs out (this process
     /// stalled, or a shard before took long), which its replica never received.
     pub(super) fenced_until: Option<Instant>,
+    /// The replication offset the replica held when it was chosen, which it must still hold
+    /// when asked to take over ([`may_take_over`]).
+    pub(super) holds: u64,
 }
 
 /// Each replica takes its shard over (TAKEOVER), one after another, and is waited for
@@ -352,6 +358,7 @@ async fn hand_over(engine: &ValkeyEngine, handover: &Handover<'_>) -> Result<(),
         replica,
         old,
         fenced_until,
+        holds,
     } = *handover;
     if fenced_until.is_some_and(|until| Instant::now() >= until) {
         return Err(format!(
@@ -360,6 +367,14 @@ async fn hand_over(engine: &ValkeyEngine, handover: &Handover<'_>) -> Result<(),
             PAUSE_MARGIN.as_secs()
         ));
     }
+    // Caught up a moment ago, but a node restarted empty since (its process died; nothing is
+    // persisted) is still the shard's replica by its nodes.conf, and TAKEOVER asks it nothing:
+    // it would lead the shard empty, and its old primary, following it, would drop all it holds.
+    let seen = engine
+        .replication(replica)
+        .await
+        .map_err(|e| format!("{replica} did not answer before its takeover: {e}"))?;
+    may_take_over(&seen, holds).map_err(|e| format!("{replica} {e}"))?;
     engine
         .cluster_takeover(replica)
         .await

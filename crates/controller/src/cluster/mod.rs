@@ -116,6 +116,15 @@ fn answering_nodes(shards: &[Shard]) -> Vec<&Endpoint> {
         .collect()
 }
 
+/// The replication offset `node` had when `shards` were read (0 when it was not among them).
+fn offset_seen(shards: &[Shard], node: &Endpoint) -> u64 {
+    shards
+        .iter()
+        .flat_map(|s| &s.nodes)
+        .find(|n| n.endpoint == *node)
+        .map_or(0, |n| n.replication_offset)
+}
+
 /// Asks the configured nodes in order until one answers `CLUSTER NODES`.
 pub async fn cluster_status(config: &Config) -> Result<ClusterStatus, ClusterError> {
     let topology = Topology::from_config(config);
@@ -554,6 +563,12 @@ pub(crate) async fn failover_with(
             replica: &m.r#move.to,
             old: None,
             fenced_until: m.frozen_at.map(|_| fenced_until),
+            // What it was chosen with, and what its paused primary froze at if it caught up.
+            holds: offset_seen(&discovered, &m.r#move.to).max(
+                m.frozen_at
+                    .filter(|_| !behind.contains(&m.r#move.to.to_string()))
+                    .unwrap_or(0),
+            ),
         })
         .collect();
     let results = take_over_in_turn(

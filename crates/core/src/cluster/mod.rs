@@ -19,8 +19,8 @@ pub use fence::{
     RegionVerdict, heard_by_a_replica, observations_of, region_verdict, unheard_for, write_quorums,
 };
 pub use moves::{
-    FailoverGuard, MoveRefusal, ShardMove, best_replica_in, failover_guards, plan_failover,
-    plan_switchover,
+    FailoverGuard, MoveRefusal, ShardMove, TakeoverRefusal, best_replica_in, failover_guards,
+    may_take_over, plan_failover, plan_switchover,
 };
 pub use name::{ClusterEpoch, MoveState, move_state, records};
 pub use restart::{EmptyPrimary, StartVerdict, empty_primaries, start_verdict};

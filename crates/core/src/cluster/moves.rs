@@ -208,6 +208,46 @@ pub fn best_replica_in<'a>(
         })
 }
 
+/// Why a target may not take its shard over now, though it was chosen for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TakeoverRefusal {
+    /// It holds less than it held when chosen (caught up with its paused primary, or seen at
+    /// discovery): restarted empty since, or resyncing. Taken over, its shard would be empty, and
+    /// the old primary, following it, would drop everything it holds.
+    #[error(
+        "holds replication offset {holds}, below the {needed} it held when chosen (restarted empty since?): not taken over"
+    )]
+    FellBehind { holds: u64, needed: u64 },
+    /// A full resync is running: what it holds is being replaced.
+    #[error("a full resync is running on it: not taken over")]
+    Resyncing,
+}
+
+/// Whether a target, as it says it is just before its `TAKEOVER`, still holds the `needed`
+/// offset it held when chosen.
+pub fn may_take_over(
+    seen: &crate::observation::ReplicationInfo,
+    needed: u64,
+) -> Result<(), TakeoverRefusal> {
+    use crate::observation::Role;
+    if matches!(
+        seen.role,
+        Role::Replica {
+            sync_in_progress: true,
+            ..
+        }
+    ) {
+        return Err(TakeoverRefusal::Resyncing);
+    }
+    if seen.offset < needed {
+        return Err(TakeoverRefusal::FellBehind {
+            holds: seen.offset,
+            needed,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +414,37 @@ mod tests {
                 expected,
                 "{case}"
             );
+        }
+    }
+
+    #[test]
+    fn a_target_takes_over_only_while_it_holds_what_it_held_when_chosen() {
+        use crate::observation::{ReplicationInfo, Role};
+        let seen = |offset, sync_in_progress: bool| ReplicationInfo {
+            role: Role::Replica {
+                master: Endpoint::new("127.0.0.1", 7000),
+                link_up: !sync_in_progress,
+                sync_in_progress,
+            },
+            offset,
+            replication_id: "a".repeat(40),
+            replication_id2: "0".repeat(40),
+            replication_id2_until: None,
+            connected_replicas: 0,
+            master_last_io_s: Some(0),
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, ReplicationInfo, u64, Result<(), TakeoverRefusal>)> = vec![
+            ("caught up and still there", seen(5_000, false), 5_000, Ok(())),
+            ("further on (its primary wrote before the pause took)", seen(5_100, false), 5_000, Ok(())),
+            ("restarted empty, not synced yet (Valkey says offset 1)", seen(1, false), 5_000,
+             Err(TakeoverRefusal::FellBehind { holds: 1, needed: 5_000 })),
+            ("restarted empty and resyncing", seen(0, true), 5_000, Err(TakeoverRefusal::Resyncing)),
+            ("resynced since: it holds all again", seen(5_200, false), 5_000, Ok(())),
+            ("nothing known to hold (a failover's target seen at 0)", seen(0, false), 0, Ok(())),
+        ];
+        for (case, seen, needed, expected) in cases {
+            assert_eq!(may_take_over(&seen, needed), expected, "{case}");
         }
     }
 }

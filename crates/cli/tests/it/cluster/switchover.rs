@@ -128,3 +128,53 @@ async fn a_switchover_stalled_past_its_write_pause_hands_no_more_over_and_rolls_
     primaries_in(&lab.path, "us-east-1").await;
     writers.stop_and_check(lab.addrs[0]).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_restarted_empty_after_its_catch_up_is_not_promoted_and_nothing_is_lost() {
+    let (mut lab, writers) = written("empty-target").await;
+    // The command stops itself (SIGSTOP) once every target caught up, before any takeover.
+    let command = cluster(&lab.path, &["switchover", "us-east-2"])
+        .env("VALKEY_DR_FAULT", "stop-after:caught-up")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = command.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !valkey_dr_lab::process::is_stopped(pid) {
+        assert!(Instant::now() < deadline, "the switchover never caught up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Meanwhile every target (us-east-2) dies and comes back empty, its nodes.conf kept: still
+    // its shard's replica, holding nothing. Its primary is stalled, so it cannot resync yet —
+    // the moment an empty node may be told to take over. Stalled for well under the cluster's
+    // node timeout, and no primary can vote meanwhile: the cluster promotes nobody by itself.
+    for primary in &lab.nodes[..3] {
+        primary.signal(libc::SIGSTOP);
+    }
+    for target in &mut lab.nodes[6..] {
+        target.restart().await.unwrap();
+    }
+    valkey_dr_lab::process::signal(pid, libc::SIGCONT);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for primary in &lab.nodes[..3] {
+        primary.signal(libc::SIGCONT);
+    }
+    let out = command.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    // Not taken over: the move rolls back as a whole, and may be asked again.
+    assert_eq!(out.status.code(), Some(75), "{said}");
+    assert!(
+        said.contains("rolled back") && said.contains("restarted empty since"),
+        "{said}"
+    );
+    eprintln!("{said}");
+    primaries_in(&lab.path, "us-east-1").await;
+    // Every write the primaries acknowledged is still there (a promoted empty target would have
+    // had its old primary resync from it, empty).
+    writers.stop_and_check(lab.addrs[0]).await;
+    // And once the targets resynced, the switchover asked again moves every shard.
+    whole(&lab.path).await;
+    succeed(&mut cluster(&lab.path, &["switchover", "us-east-2"]));
+    primaries_in(&lab.path, "us-east-2").await;
+}
