@@ -472,16 +472,13 @@ pub async fn start_with(
             Some(ha)
         }
     };
-    // Every site's DNS server names all of them: `ns-<site>.<zone>`.
-    let name_servers: Vec<(String, std::net::IpAddr)> = config
-        .coordination
-        .iter()
-        .flat_map(|c| c.name_servers.iter())
-        .map(|(site, ip)| (format!("ns-{site}"), *ip))
-        .collect();
-    let dns =
-        DnsServer::start_with_name_servers(zone.clone(), listen, config.dns.ttl, &name_servers)
-            .await?;
+    let dns = DnsServer::start_with_name_servers(
+        zone.clone(),
+        listen,
+        config.dns.ttl,
+        &name_servers(&config),
+    )
+    .await?;
     let dns_addr = Some(dns.local_addr());
     let controller = match ha {
         None => Controller::new(config, zone)?,
@@ -502,6 +499,16 @@ pub async fn start_with(
             socket,
         },
     })
+}
+
+/// Every site's DNS server names all of them: `ns-<site>.<zone>`.
+pub(crate) fn name_servers(config: &Config) -> Vec<(String, std::net::IpAddr)> {
+    config
+        .coordination
+        .iter()
+        .flat_map(|c| c.name_servers.iter())
+        .map(|(site, ip)| (format!("ns-{site}"), *ip))
+        .collect()
 }
 
 /// One controller whose records live on the user's DNS server, changed by RFC 2136 updates.
@@ -573,12 +580,14 @@ async fn start_tasks(
         tokio::spawn(controller.clone().watch_clock()),
     ];
     if controller.ha.is_some() {
-        tasks.push(tokio::spawn(controller.clone().campaign()));
-        tasks.push(tokio::spawn(controller.clone().keep_presence()));
+        tasks.push(tokio::spawn(ha::campaign(controller.clone())));
         tasks.push(tokio::spawn(controller.clone().guard_region()));
         tasks.push(tokio::spawn(controller.clone().serve_requests()));
-        tasks.push(tokio::spawn(controller.clone().follow_records()));
-        tasks.push(tokio::spawn(controller.clone().check_storage()));
+    }
+    if let Some(ha) = &controller.ha {
+        tasks.push(tokio::spawn(ha.clone().keep_presence()));
+        tasks.push(tokio::spawn(ha.clone().follow_records()));
+        tasks.push(tokio::spawn(ha.clone().check_storage()));
     }
     if let Some(http) = &controller.config.http {
         tasks.push(http::serve(controller.clone(), http).await?);
@@ -595,16 +604,16 @@ async fn start_tasks(
 const ESSENTIAL: [&str; 3] = ["control socket", "reconcile loop", "clock watch"];
 const ESSENTIAL_HA: [&str; 6] = [
     "leader campaign",
-    "site presence",
     "region guard",
     "forwarded requests",
+    "site presence",
     "records follower",
     "etcd storage check",
 ];
 
 /// Connects to etcd, retrying with backoff for a while: a controller started before its etcd
 /// members (a whole site booting) waits for them instead of exiting.
-async fn connect_coordination(
+pub(crate) async fn connect_coordination(
     config: &Config,
     coordination: &valkey_dr_core::config::CoordinationConfig,
     zone: Arc<Zone>,

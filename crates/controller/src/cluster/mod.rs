@@ -439,6 +439,12 @@ pub enum ClusterError {
     StateNotRecorded(String),
     #[error("the name was not moved: {0}")]
     NameNotMoved(String),
+    /// The highly available shape: only the leader moves the primaries.
+    #[error("this controller (site {site}) is not the leader; run the command on the controller of site {}", .leader.as_deref().unwrap_or("that leads (none is known: is etcd reachable?)"))]
+    NotLeader {
+        site: String,
+        leader: Option<String>,
+    },
     /// A failover moved some shards, not all: run it again (shards already moved stay).
     #[error("{} of {} shard(s) did not move, run it again: {}", .failed.len(), .of, .failed.join("; "))]
     Incomplete {

@@ -1,7 +1,9 @@
-//! A cluster controller's durable state in `cluster.json`: the epoch (which region holds the
-//! primaries, by the controller's decision) and the all-shard move in flight, recorded before it
-//! starts so that a restart settles it by what the shards show. Owned by one [`ClusterStore`];
-//! written like `state.json` (temporary file, fsync, rename, fsync of the directory).
+//! A cluster controller's durable state: the epoch (which region holds the primaries, by the
+//! controllers' decision) and the all-shard move in flight, recorded before it starts so that a
+//! restart settles it by what the shards show. Owned by one [`ClusterStore`]: in `cluster.json`
+//! for one controller (written like `state.json`: temporary file, fsync, rename, fsync of the
+//! directory), or in etcd for the highly available shape, written only under the leader's fence
+//! and compared with the revision last read, as the replication state is.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use valkey_dr_core::cluster::ClusterEpoch;
 use valkey_dr_core::{NodeId, RegionId, Topology};
 
-use crate::state::{LoadError, write_durably};
+use crate::state::{LoadError, StateError, write_durably};
 
 /// An all-shard move in flight: the epoch it establishes and where to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +69,24 @@ struct StoredMove {
     automatic: bool,
 }
 
-/// The one owner of `cluster.json`. Only the holder of the controller's acting lock changes it.
+/// The etcd key of a cluster's state (under the deployment's prefix).
+const CLUSTER_STATE_KEY: &str = valkey_dr_coord::keys::CLUSTER_STATE;
+
+/// Where the state lives.
+enum Backend {
+    File(PathBuf),
+    Etcd {
+        coord: valkey_dr_coord::Coordinator,
+        leader: std::sync::Arc<valkey_dr_coord::LeaderCell>,
+        /// The revision of the key when it was last read or written (0: absent).
+        revision: Mutex<i64>,
+    },
+}
+
+/// The one owner of the cluster's state. Only the holder of the controller's acting lock
+/// changes it.
 pub struct ClusterStore {
-    path: PathBuf,
+    backend: Backend,
     topology: Topology,
     current: Mutex<Option<ClusterState>>,
 }
@@ -84,11 +101,28 @@ impl ClusterStore {
             Err(e) => (None, Some(e)),
         };
         let store = ClusterStore {
-            path,
+            backend: Backend::File(path),
             topology: topology.clone(),
             current: Mutex::new(current),
         };
         (store, problem)
+    }
+
+    /// A store in etcd, written only while `leader` holds a fence. Empty until [`Self::reload`].
+    pub fn in_etcd(
+        coord: valkey_dr_coord::Coordinator,
+        leader: std::sync::Arc<valkey_dr_coord::LeaderCell>,
+        topology: &Topology,
+    ) -> ClusterStore {
+        ClusterStore {
+            backend: Backend::Etcd {
+                coord,
+                leader,
+                revision: Mutex::new(0),
+            },
+            topology: topology.clone(),
+            current: Mutex::new(None),
+        }
     }
 
     pub fn get(&self) -> Option<ClusterState> {
@@ -98,50 +132,109 @@ impl ClusterStore {
             .clone()
     }
 
-    /// Records `next` durably, then in memory: after it returns, a crash cannot bring back the
-    /// previous state; when it fails, nothing changed.
-    pub fn set(&self, next: ClusterState) -> std::io::Result<()> {
-        let region = |r: RegionId| self.topology.region(r).name.clone();
-        let stored = Stored {
-            epoch: next.epoch.epoch,
-            writer_region: region(next.epoch.writer_region),
-            moving: next.moving.map(|m| StoredMove {
-                epoch: m.epoch,
-                to_region: region(m.to),
-                automatic: m.automatic,
-            }),
-            armed: next
-                .armed
-                .iter()
-                .map(|n| self.topology.node_name(*n))
-                .collect(),
-            failovers_blocked_until_ms: next.failovers_blocked_until_ms,
+    /// Reads the state again from etcd (a new leader before it acts; the other sites every
+    /// pass). A file is its own source and has nothing to read.
+    pub async fn reload(&self) -> Result<(), LoadError> {
+        let Backend::Etcd {
+            coord, revision, ..
+        } = &self.backend
+        else {
+            return Ok(());
         };
-        let bytes = serde_json::to_vec_pretty(&stored).expect("serializes");
-        write_durably(&self.path, &bytes)?;
+        let source = format!("etcd key {CLUSTER_STATE_KEY}");
+        let read = coord
+            .get_versioned(CLUSTER_STATE_KEY)
+            .await
+            .map_err(|e| LoadError::Read {
+                path: source.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let state = match &read.value {
+            Some(bytes) => Some(decode(bytes, &source, &self.topology)?),
+            None => None,
+        };
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        *revision.lock().unwrap_or_else(|e| e.into_inner()) = read.revision;
+        Ok(())
+    }
+
+    /// Records `next` durably, then in memory: after it returns, a crash cannot bring back the
+    /// previous state; when it fails, nothing changed. A write to etcd whose answer was lost
+    /// is settled by reading the key again: it may have committed.
+    pub async fn set(&self, next: ClusterState) -> Result<(), StateError> {
+        let bytes = encode(&self.topology, &next);
+        match &self.backend {
+            Backend::File(path) => write_durably(path, &bytes)?,
+            Backend::Etcd {
+                coord,
+                leader,
+                revision,
+            } => {
+                let fence = leader.fence().ok_or(StateError::NotLeader)?;
+                let expected = *revision.lock().unwrap_or_else(|e| e.into_inner());
+                let swap = valkey_dr_coord::Swap {
+                    name: CLUSTER_STATE_KEY,
+                    expected: Some(expected),
+                    value: &bytes,
+                };
+                match coord.swap_all_fenced(fence, &[swap]).await {
+                    Ok(written) => *revision.lock().unwrap_or_else(|e| e.into_inner()) = written,
+                    Err(error) => {
+                        let committed = !matches!(
+                            error,
+                            valkey_dr_coord::CoordError::Deposed { .. }
+                                | valkey_dr_coord::CoordError::Expired
+                        ) && self.reload().await.is_ok()
+                            && self.get().as_ref() == Some(&next);
+                        if !committed {
+                            return Err(error.into());
+                        }
+                    }
+                }
+            }
+        }
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(next);
         Ok(())
     }
 }
 
+fn encode(topology: &Topology, next: &ClusterState) -> Vec<u8> {
+    let region = |r: RegionId| topology.region(r).name.clone();
+    let stored = Stored {
+        epoch: next.epoch.epoch,
+        writer_region: region(next.epoch.writer_region),
+        moving: next.moving.map(|m| StoredMove {
+            epoch: m.epoch,
+            to_region: region(m.to),
+            automatic: m.automatic,
+        }),
+        armed: next.armed.iter().map(|n| topology.node_name(*n)).collect(),
+        failovers_blocked_until_ms: next.failovers_blocked_until_ms,
+    };
+    serde_json::to_vec_pretty(&stored).expect("serializes")
+}
+
 fn load(path: &Path, topology: &Topology) -> Result<Option<ClusterState>, LoadError> {
     let name = path.display().to_string();
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(LoadError::Read { path: name, source }),
-    };
+    match std::fs::read(path) {
+        Ok(bytes) => decode(&bytes, &name, topology).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LoadError::Read { path: name, source }),
+    }
+}
+
+fn decode(bytes: &[u8], name: &str, topology: &Topology) -> Result<ClusterState, LoadError> {
     let corrupt = |reason: String| LoadError::Corrupt {
-        path: name.clone(),
+        path: name.to_string(),
         reason,
     };
-    let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let stored: Stored = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     let region = |region: &str| {
         topology
             .region_by_name(region)
             .ok_or_else(|| corrupt(format!("region `{region}` is not configured")))
     };
-    Ok(Some(ClusterState {
+    Ok(ClusterState {
         epoch: ClusterEpoch {
             epoch: stored.epoch,
             writer_region: region(&stored.writer_region)?,
@@ -167,7 +260,7 @@ fn load(path: &Path, topology: &Topology) -> Result<Option<ClusterState>, LoadEr
             })
             .collect::<Result<_, _>>()?,
         failovers_blocked_until_ms: stored.failovers_blocked_until_ms,
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -201,7 +294,11 @@ mod tests {
                 writer_region: RegionId(0),
             })
         };
-        store.set(moving.clone()).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(store.set(moving.clone()))
+            .unwrap();
         let (reopened, problem) = ClusterStore::open(&dir, &topology);
         assert!(problem.is_none());
         assert_eq!(reopened.get(), Some(moving));

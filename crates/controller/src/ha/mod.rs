@@ -56,20 +56,20 @@ pub struct Ha {
     pub leader: Arc<LeaderCell>,
     pub records: Arc<EtcdRecords>,
     pub config: CoordinationConfig,
-    /// This site's presence; written only by [`Controller::keep_presence`].
+    /// This site's presence; written only by [`Ha::keep_presence`].
     presence: watch::Sender<Presence>,
     /// The site that led when this controller last looked; written only by
-    /// [`Controller::campaign`].
+    /// [`campaign`].
     leader_site: watch::Sender<Option<String>>,
     /// What this site last saw of the writer; written only by passes, published on the site's
-    /// key by [`Controller::keep_presence`].
+    /// key by [`Ha::keep_presence`].
     view: watch::Sender<Option<View>>,
     /// Whether this site pauses its region's writer now; written only by
     /// [`Controller::guard_region`].
     fencing: watch::Sender<bool>,
     /// When the state was last read from etcd successfully; written only by the reads.
     synced_at: watch::Sender<Option<Instant>>,
-    /// etcd's storage when last checked; written only by [`Controller::check_storage`].
+    /// etcd's storage when last checked; written only by [`Ha::check_storage`].
     storage: watch::Sender<Option<valkey_dr_coord::Storage>>,
 }
 
@@ -162,40 +162,142 @@ impl Ha {
     }
 }
 
-impl Controller {
-    pub(crate) fn ha(&self) -> Option<&Ha> {
-        self.ha.as_deref()
-    }
+/// A controller that campaigns for the leader key (a replication group's, a cluster's): what
+/// [`campaign`] needs of it.
+#[async_trait::async_trait]
+pub(crate) trait Office: Send + Sync + 'static {
+    fn ha(&self) -> Option<&Ha>;
+    fn events(&self) -> &crate::events::EventSink;
+    /// True when this site should leave the leader key to another: it is the writer's region and
+    /// another site is present, so that losing this region does not first cost a leader
+    /// election (a TTL) and only then a failover.
+    async fn should_hand_over(&self, ha: &Ha) -> bool;
+    /// Reads the state again from etcd, before a new leader acts on it.
+    async fn reload_state(&self) -> Result<(), String>;
+    /// The epoch in force, as last read (for the report).
+    fn epoch_number(&self) -> Option<u64>;
+    /// This controller now leads under `token`: what it does at once (a pass now: a move the
+    /// old leader left half done is settled).
+    fn took_office(&self, token: i64);
+    /// Held while no pass or move runs: leadership is handed over only between them.
+    fn idle(&self) -> Option<Box<dyn Send + '_>>;
+}
 
-    /// True when this controller may act on the nodes and write state: always in the
-    /// single-process shape, only while leading in the highly available one.
-    pub fn may_act(&self) -> bool {
-        self.ha().is_none_or(|ha| ha.leader.is_leader())
-    }
-
-    /// Why this controller refuses to act for an operator, when it does not lead.
-    pub fn not_leader(&self) -> Option<String> {
-        let ha = self.ha()?;
-        if ha.leader.is_leader() {
-            return None;
+/// Campaigns for the leader key and keeps it renewed while it holds it.
+pub(crate) async fn campaign(office: Arc<impl Office>) {
+    let Some(ha) = office.ha() else { return };
+    let mut claim: Option<Claim> = None;
+    let mut unavailable_reported = false;
+    loop {
+        let round = Instant::now();
+        match claim.as_mut() {
+            Some(held) => match ha.coord.renew_leadership(held).await {
+                Ok(()) => {
+                    ha.leader.set(Some(held.fence()));
+                    if office.should_hand_over(ha).await
+                        && let Some(_idle) = office.idle()
+                        && let Some(held) = claim.take()
+                    {
+                        // Between passes and promotions: nothing is left half done.
+                        ha.leader.set(None);
+                        let _ = ha.coord.resign(held).await;
+                        office.events().emit(
+                            crate::events::EventKind::LeadershipHandedOver,
+                            json!({ "site": ha.site(), "reason": "this site is the writer's region; another site leads so that losing this region does not cost a leader election too" }),
+                        );
+                    }
+                }
+                // Gone in etcd (deposed, or the lease expired or was revoked), or no renewal
+                // within the window: stop at once.
+                Err(error)
+                    if matches!(
+                        error,
+                        valkey_dr_coord::CoordError::Deposed { .. }
+                            | valkey_dr_coord::CoordError::Expired
+                    ) || !held.may_act(Instant::now()) =>
+                {
+                    ha.leader.set(None);
+                    claim = None;
+                    office.events().emit(
+                        crate::events::EventKind::LeadershipLost,
+                        json!({ "site": ha.site(), "error": error.to_string() }),
+                    );
+                }
+                Err(_) => {}
+            },
+            // A cheap read first: campaign only when the key is free, and look often, so
+            // that a dead leader's key is taken moments after it expires.
+            None => {
+                let outcome = match ha.coord.leader().await {
+                    Ok(Some(holder)) => Ok(Err(holder)),
+                    // The writer's region leaves the key to the other sites while any is there.
+                    Ok(None) if office.should_hand_over(ha).await => {
+                        tokio::time::sleep(FOLLOWER_TICK).await;
+                        continue;
+                    }
+                    Ok(None) => ha.coord.try_lead().await,
+                    Err(error) => Err(error),
+                };
+                match outcome {
+                    Ok(Ok(won)) => {
+                        unavailable_reported = false;
+                        claim = take_office(office.as_ref(), ha, won).await;
+                    }
+                    Ok(Err(holder)) => {
+                        unavailable_reported = false;
+                        ha.note_leader(holder, office.events());
+                        tokio::time::sleep(FOLLOWER_TICK).await;
+                        continue;
+                    }
+                    Err(error) => {
+                        if !unavailable_reported {
+                            office.events().emit(
+                                crate::events::EventKind::EtcdUnavailable,
+                                json!({ "error": error.to_string() }),
+                            );
+                            unavailable_reported = true;
+                        }
+                    }
+                }
+            }
         }
-        Some(match ha.leader_site() {
-            Some(site) => format!(
-                "this controller (site {}) is not the leader; run the command on the controller of site {site}",
-                ha.site()
-            ),
-            None => format!(
-                "this controller (site {}) is not the leader and no leader is known (is etcd reachable?)",
-                ha.site()
-            ),
-        })
+        // On a cadence, not after a pause: a renewal that waited out a member's timeout is
+        // followed by the next at once.
+        tokio::time::sleep_until((round + ha.renew_every()).into()).await;
     }
+}
 
+/// A new leader acts only on the state as etcd holds it now: it reads it before it takes the
+/// fence, and gives the key back if it cannot.
+async fn take_office(office: &impl Office, ha: &Ha, won: Claim) -> Option<Claim> {
+    match office.reload_state().await {
+        Ok(()) => {
+            ha.note_synced();
+            ha.leader.set(Some(won.fence()));
+            office.events().emit(
+                crate::events::EventKind::LeaderElected,
+                json!({ "site": ha.site(), "token": won.token, "epoch": office.epoch_number() }),
+            );
+            office.took_office(won.token);
+            Some(won)
+        }
+        Err(error) => {
+            office.events().emit(
+                crate::events::EventKind::StateUnusable,
+                json!({ "error": error }),
+            );
+            let _ = ha.coord.resign(won).await;
+            None
+        }
+    }
+}
+
+impl Ha {
     /// Keeps this site's zone a copy of the records in etcd: a watch brings each change moments
     /// after the leader's commit (every site answers with a new writer within milliseconds); a
     /// read every second is the net under it, for a watch that broke without a word.
     pub async fn follow_records(self: Arc<Self>) {
-        let Some(ha) = self.ha.clone() else { return };
+        let ha = self;
         loop {
             let watch = ha.coord.watch(valkey_dr_coord::keys::RECORDS).await;
             // Read after the watch is in place: no change falls between the two.
@@ -224,7 +326,7 @@ impl Controller {
     /// Checks etcd's storage every 10 s (two small reads; a database nears its quota over days,
     /// an alarm is raised at once): `status` warns before etcd refuses writes, which would fence the writer's region.
     pub async fn check_storage(self: Arc<Self>) {
-        let Some(ha) = self.ha.clone() else { return };
+        let ha = self;
         loop {
             if let Ok(storage) = ha.coord.storage().await {
                 ha.storage.send_replace(Some(storage));
@@ -233,172 +335,9 @@ impl Controller {
         }
     }
 
-    /// Campaigns for the leader key and keeps it renewed while it holds it.
-    pub async fn campaign(self: Arc<Self>) {
-        let Some(ha) = self.ha() else { return };
-        let mut claim: Option<Claim> = None;
-        let mut unavailable_reported = false;
-        loop {
-            let round = Instant::now();
-            match claim.as_mut() {
-                Some(held) => match ha.coord.renew_leadership(held).await {
-                    Ok(()) => {
-                        ha.leader.set(Some(held.fence()));
-                        if self.should_hand_over(ha).await
-                            && let Ok(_idle) = self.pass_lock.try_lock()
-                            && let Some(held) = claim.take()
-                        {
-                            // Between passes and promotions: nothing is left half done.
-                            ha.leader.set(None);
-                            let _ = ha.coord.resign(held).await;
-                            self.events.emit(
-                                crate::events::EventKind::LeadershipHandedOver,
-                                json!({ "site": ha.site(), "reason": "this site is the writer's region; another site leads so that losing this region does not cost a leader election too" }),
-                            );
-                        }
-                    }
-                    // Gone in etcd (deposed, or the lease expired or was revoked), or no renewal
-                    // within the window: stop at once.
-                    Err(error)
-                        if matches!(
-                            error,
-                            valkey_dr_coord::CoordError::Deposed { .. }
-                                | valkey_dr_coord::CoordError::Expired
-                        ) || !held.may_act(Instant::now()) =>
-                    {
-                        ha.leader.set(None);
-                        claim = None;
-                        self.events.emit(
-                            crate::events::EventKind::LeadershipLost,
-                            json!({ "site": ha.site(), "error": error.to_string() }),
-                        );
-                    }
-                    Err(_) => {}
-                },
-                // A cheap read first: campaign only when the key is free, and look often, so
-                // that a dead leader's key is taken moments after it expires.
-                None => {
-                    let outcome = match ha.coord.leader().await {
-                        Ok(Some(holder)) => Ok(Err(holder)),
-                        // The writer's region leaves the key to the other sites while any is there.
-                        Ok(None) if self.should_hand_over(ha).await => {
-                            tokio::time::sleep(FOLLOWER_TICK).await;
-                            continue;
-                        }
-                        Ok(None) => ha.coord.try_lead().await,
-                        Err(error) => Err(error),
-                    };
-                    match outcome {
-                        Ok(Ok(won)) => {
-                            unavailable_reported = false;
-                            claim = self.take_office(ha, won).await;
-                        }
-                        Ok(Err(holder)) => {
-                            unavailable_reported = false;
-                            self.note_leader(ha, holder);
-                            tokio::time::sleep(FOLLOWER_TICK).await;
-                            continue;
-                        }
-                        Err(error) => {
-                            if !unavailable_reported {
-                                self.events.emit(
-                                    crate::events::EventKind::EtcdUnavailable,
-                                    json!({ "error": error.to_string() }),
-                                );
-                                unavailable_reported = true;
-                            }
-                        }
-                    }
-                }
-            }
-            // On a cadence, not after a pause: a renewal that waited out a member's timeout is
-            // followed by the next at once.
-            tokio::time::sleep_until((round + ha.renew_every()).into()).await;
-        }
-    }
-
-    /// True when this site is the writer's region and another site is present: the leader
-    /// belongs elsewhere, or losing this region would first cost a leader election (a TTL) and
-    /// only then a failover.
-    async fn should_hand_over(&self, ha: &Ha) -> bool {
-        let Some(epoch) = self.epoch() else {
-            return false;
-        };
-        if self.topology.region_of(epoch.primary).name != ha.site() {
-            return false;
-        }
-        ha.coord
-            .list(keys::SITES)
-            .await
-            .is_ok_and(|present| present.iter().any(|(site, _)| site != ha.site()))
-    }
-
-    /// A new leader acts only on the state as etcd holds it now: it reads it before it takes the
-    /// fence, and gives the key back if it cannot.
-    async fn take_office(&self, ha: &Ha, won: Claim) -> Option<Claim> {
-        match self.state.reload().await {
-            Ok(()) => {
-                ha.note_synced();
-                ha.leader.set(Some(won.fence()));
-                self.events.emit(
-                    crate::events::EventKind::LeaderElected,
-                    json!({ "site": ha.site(), "token": won.token, "epoch": self.epoch().map(|e| e.epoch) }),
-                );
-                self.claim_nodes(won.token);
-                // Act at once: a promotion the old leader left half done is settled now.
-                self.wake.notify_one();
-                Some(won)
-            }
-            Err(error) => {
-                self.events.emit(
-                    crate::events::EventKind::StateUnusable,
-                    json!({ "error": error.to_string() }),
-                );
-                let _ = ha.coord.resign(won).await;
-                None
-            }
-        }
-    }
-
-    /// Claims every node for this leadership at once, in the background ([`valkey_dr_core::Engine::claim`]): a
-    /// predecessor still holding connections there — frozen, and sure on its own clock that it
-    /// may act — fails on its next command, whether or not this leader ever acts on that node.
-    /// A node not reached now is claimed before this leader's first action on it.
-    fn claim_nodes(&self, token: i64) {
-        let engine = self.engine.clone();
-        let nodes: Vec<_> = self
-            .topology
-            .nodes
-            .iter()
-            .map(|n| n.control_endpoint.clone())
-            .collect();
-        tokio::spawn(async move {
-            futures::future::join_all(nodes.iter().map(|node| {
-                let engine = engine.clone();
-                async move {
-                    if let Err(e) = engine.claim(node, token).await {
-                        tracing::debug!(%node, error = %e, "node not claimed at taking office");
-                    }
-                }
-            }))
-            .await;
-        });
-    }
-
-    /// Records which site leads, reporting each change.
-    fn note_leader(&self, ha: &Ha, holder: String) {
-        let previous = ha.leader_site.send_replace(Some(holder.clone()));
-        if previous.as_ref() != Some(&holder) {
-            self.events.emit(
-                crate::events::EventKind::LeaderSeen,
-                json!({ "site": ha.site(), "leader": holder }),
-            );
-        }
-    }
-
     /// Keeps this site's presence key alive and publishes its view of the writer on it.
     pub async fn keep_presence(self: Arc<Self>) {
-        let Some(ha) = self.ha() else { return };
+        let ha = self;
         let mut claim: Option<Claim> = None;
         let mut published: Option<View> = None;
         loop {
@@ -462,6 +401,116 @@ impl Controller {
             // that the region guard's pause ends as soon as etcd answers again.
             tokio::time::sleep_until((sent + ha.renew_every()).into()).await;
         }
+    }
+
+    /// Records which site leads, reporting each change.
+    fn note_leader(&self, holder: String, events: &crate::events::EventSink) {
+        let previous = self.leader_site.send_replace(Some(holder.clone()));
+        if previous.as_ref() != Some(&holder) {
+            events.emit(
+                crate::events::EventKind::LeaderSeen,
+                json!({ "site": self.site(), "leader": holder }),
+            );
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Office for Controller {
+    fn ha(&self) -> Option<&Ha> {
+        self.ha.as_deref()
+    }
+
+    fn events(&self) -> &crate::events::EventSink {
+        &self.events
+    }
+
+    async fn should_hand_over(&self, ha: &Ha) -> bool {
+        let Some(epoch) = self.epoch() else {
+            return false;
+        };
+        if self.topology.region_of(epoch.primary).name != ha.site() {
+            return false;
+        }
+        ha.coord
+            .list(keys::SITES)
+            .await
+            .is_ok_and(|present| present.iter().any(|(site, _)| site != ha.site()))
+    }
+
+    async fn reload_state(&self) -> Result<(), String> {
+        self.state.reload().await.map_err(|e| e.to_string())
+    }
+
+    fn epoch_number(&self) -> Option<u64> {
+        self.epoch().map(|e| e.epoch)
+    }
+
+    fn took_office(&self, token: i64) {
+        self.claim_nodes(token);
+        self.wake.notify_one();
+    }
+
+    fn idle(&self) -> Option<Box<dyn Send + '_>> {
+        self.pass_lock
+            .try_lock()
+            .ok()
+            .map(|idle| Box::new(idle) as Box<dyn Send>)
+    }
+}
+
+impl Controller {
+    pub(crate) fn ha(&self) -> Option<&Ha> {
+        self.ha.as_deref()
+    }
+
+    /// True when this controller may act on the nodes and write state: always in the
+    /// single-process shape, only while leading in the highly available one.
+    pub fn may_act(&self) -> bool {
+        self.ha().is_none_or(|ha| ha.leader.is_leader())
+    }
+
+    /// Why this controller refuses to act for an operator, when it does not lead.
+    pub fn not_leader(&self) -> Option<String> {
+        let ha = self.ha()?;
+        if ha.leader.is_leader() {
+            return None;
+        }
+        Some(match ha.leader_site() {
+            Some(site) => format!(
+                "this controller (site {}) is not the leader; run the command on the controller of site {site}",
+                ha.site()
+            ),
+            None => format!(
+                "this controller (site {}) is not the leader and no leader is known (is etcd reachable?)",
+                ha.site()
+            ),
+        })
+    }
+
+    /// Claims every node for this leadership at once, in the background ([`valkey_dr_core::Engine::claim`]): a
+    /// predecessor still holding connections there — frozen, and sure on its own clock that it
+    /// may act — fails on its next command, whether or not this leader ever acts on that node.
+    /// A node not reached now is claimed before this leader's first action on it.
+    fn claim_nodes(&self, token: i64) {
+        let engine = self.engine.clone();
+        let nodes: Vec<_> = self
+            .topology
+            .nodes
+            .iter()
+            .map(|n| n.control_endpoint.clone())
+            .collect();
+        tokio::spawn(async move {
+            futures::future::join_all(nodes.iter().map(|node| {
+                let engine = engine.clone();
+                async move {
+                    if let Err(e) = engine.claim(node, token).await {
+                        tracing::debug!(%node, error = %e, "node not claimed at taking office");
+                    }
+                }
+            }))
+            .await;
+        });
     }
 
     /// A pass of a controller that does not lead: read the state and the records from etcd (on

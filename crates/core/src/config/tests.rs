@@ -348,7 +348,7 @@ fn etcd_over_tls_needs_https_urls_and_a_whole_client_identity() {
 }
 
 #[test]
-fn cluster_mode_is_read_and_runs_with_one_controller() {
+fn cluster_mode_is_read_and_runs_with_one_controller_or_one_per_site() {
     let base = include_str!("../../../../valkey-dr.toml");
     assert_eq!(Config::parse(base).unwrap().mode, Mode::Replication);
     // The example serves HTTP, which the cluster's controller does not yet.
@@ -357,8 +357,10 @@ fn cluster_mode_is_read_and_runs_with_one_controller() {
     let config = Config::parse(&cluster).unwrap();
     assert_eq!(config.mode, Mode::Cluster);
     assert!(config.to_toml().contains("mode = \"cluster\""));
-    let error = Config::parse(&three_sites(&cluster, SITES, "")).unwrap_err();
-    assert_eq!(error.field(), Some("mode"), "{error}");
+    // One controller per site on etcd, as a replication group's.
+    let ha = Config::parse(&three_sites(&cluster, SITES, "")).unwrap();
+    assert_eq!(ha.mode, Mode::Cluster);
+    assert!(ha.coordination.is_some());
     let two_ports = cluster.replacen("port = 6379", "port = 6380", 1);
     assert_ne!(two_ports, cluster, "the example config names a port");
     let error = Config::parse(&two_ports).unwrap_err();

@@ -300,13 +300,6 @@ impl Config {
                 "remove [http] (use `valkey-dr status` and the event log), or set mode = \"replication\"",
             ));
         }
-        if self.coordination.is_some() {
-            return Err(ConfigError::invalid(
-                "mode",
-                "cluster mode runs with one controller so far; its epoch is not kept in etcd yet",
-                "remove [coordination] to run one controller for the cluster, or set mode = \"replication\"",
-            ));
-        }
         Ok(())
     }
 

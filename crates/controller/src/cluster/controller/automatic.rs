@@ -111,10 +111,12 @@ impl ClusterController {
                 let _acting = self.acting.lock().await;
                 if let Some(state) = self.store.get() {
                     let until = crate::clock::now_ms() + self.config.controller.failover_block_ms;
-                    let _ = self.record(ClusterState {
-                        failovers_blocked_until_ms: Some(until),
-                        ..state
-                    });
+                    let _ = self
+                        .record(ClusterState {
+                            failovers_blocked_until_ms: Some(until),
+                            ..state
+                        })
+                        .await;
                 }
                 self.events.emit(
                     EventKind::FailoverCompleted,
@@ -131,6 +133,7 @@ impl ClusterController {
     /// `valkey-dr ack`: automatic failovers are allowed again; whether they were blocked.
     pub async fn ack(&self) -> Result<bool, ClusterError> {
         let _acting = self.acting.lock().await;
+        self.not_leader()?;
         let Some(state) = self.store.get() else {
             return Ok(false);
         };
@@ -140,7 +143,8 @@ impl ClusterController {
         self.record(ClusterState {
             failovers_blocked_until_ms: None,
             ..state
-        })?;
+        })
+        .await?;
         Ok(was_blocked)
     }
 }

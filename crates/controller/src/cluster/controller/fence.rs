@@ -45,37 +45,39 @@ impl ClusterController {
             }
         }
         let mut armed = state.armed.clone();
-        let mut known = self.quorums.lock().unwrap_or_else(|e| e.into_inner());
-        known.retain(|node, _| wanted.iter().any(|(n, _)| n == node));
-        for (node, quorum) in wanted {
-            let in_force = if refused.contains_key(&node) {
-                read(node)
-            } else {
-                Some(quorum)
-            };
-            if in_force.is_some_and(|q| q.armed()) {
-                armed.insert(node);
-            } else {
-                armed.remove(&node);
-            }
-            let entry = (quorum, in_force == Some(quorum));
-            if known.insert(node, entry) != Some(entry) {
-                self.events.emit(
-                    EventKind::WriteQuorumSet,
-                    json!({
-                        "node": self.topology.node_name(node),
-                        "replicas": quorum.replicas,
-                        "max_lag_s": quorum.max_lag_s,
-                        "armed": quorum.armed(),
-                        "error": refused.get(&node),
-                    }),
-                );
+        // The guard is gone before the state is recorded (an await).
+        {
+            let mut known = self.quorums.lock().unwrap_or_else(|e| e.into_inner());
+            known.retain(|node, _| wanted.iter().any(|(n, _)| n == node));
+            for (node, quorum) in wanted {
+                let in_force = if refused.contains_key(&node) {
+                    read(node)
+                } else {
+                    Some(quorum)
+                };
+                if in_force.is_some_and(|q| q.armed()) {
+                    armed.insert(node);
+                } else {
+                    armed.remove(&node);
+                }
+                let entry = (quorum, in_force == Some(quorum));
+                if known.insert(node, entry) != Some(entry) {
+                    self.events.emit(
+                        EventKind::WriteQuorumSet,
+                        json!({
+                            "node": self.topology.node_name(node),
+                            "replicas": quorum.replicas,
+                            "max_lag_s": quorum.max_lag_s,
+                            "armed": quorum.armed(),
+                            "error": refused.get(&node),
+                        }),
+                    );
+                }
             }
         }
-        drop(known);
         let next = ClusterState { armed, ..state };
         // Not recorded: the next pass tries again; meanwhile a restart knows the older set.
-        let _ = self.record(next.clone());
+        let _ = self.record(next.clone()).await;
         next
     }
 }

@@ -39,6 +39,7 @@ use crate::events::{EventKind, EventSink};
 mod automatic;
 mod control;
 mod fence;
+mod office;
 mod start;
 
 pub use start::{RunningCluster, start};
@@ -74,6 +75,11 @@ pub struct ClusterController {
     step_hook: Option<StepHook>,
     /// What the event stream counts (webhook deliveries among them).
     metrics: Arc<crate::metrics::Metrics>,
+    /// The highly available shape: one controller per site on etcd, the leader acts
+    /// ([`crate::ha`]); `None` for one controller.
+    ha: Option<Arc<crate::ha::Ha>>,
+    /// Wakes the pass loop (a new leader acts at once).
+    wake: tokio::sync::Notify,
 }
 
 /// What the last passes saw and left, for `status`.
@@ -129,6 +135,26 @@ impl ClusterController {
         dns: Arc<dyn DnsProvider>,
         step_hook: Option<StepHook>,
     ) -> Result<ClusterController, ControllerError> {
+        ClusterController::build(config, dns, None, step_hook)
+    }
+
+    /// A controller of the highly available shape: the epoch in etcd, the records in etcd
+    /// served by every site, and actions only while leading.
+    pub fn with_coordination(
+        config: Config,
+        ha: crate::ha::Ha,
+        step_hook: Option<StepHook>,
+    ) -> Result<ClusterController, ControllerError> {
+        let dns = ha.records.clone();
+        ClusterController::build(config, dns, Some(ha), step_hook)
+    }
+
+    fn build(
+        config: Config,
+        dns: Arc<dyn DnsProvider>,
+        ha: Option<crate::ha::Ha>,
+        step_hook: Option<StepHook>,
+    ) -> Result<ClusterController, ControllerError> {
         crate::create_state_dir(&config)?;
         let topology = Topology::from_config(&config);
         let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -137,7 +163,13 @@ impl ClusterController {
             config.controller.events_max_bytes,
             metrics.clone(),
         );
-        let (store, problem) = ClusterStore::open(&config.state_dir, &topology);
+        let (store, problem) = match &ha {
+            Some(ha) => (
+                ClusterStore::in_etcd(ha.coord.clone(), ha.leader.clone(), &topology),
+                None,
+            ),
+            None => ClusterStore::open(&config.state_dir, &topology),
+        };
         if let Some(problem) = problem {
             events.emit(
                 EventKind::StateUnusable,
@@ -158,8 +190,27 @@ impl ClusterController {
             last_pass: Default::default(),
             step_hook,
             metrics,
+            ha: ha.map(Arc::new),
+            wake: tokio::sync::Notify::new(),
             config,
         })
+    }
+
+    /// True when this controller may act on the nodes and write the state and the records:
+    /// always as the one controller, only while leading in the highly available shape.
+    pub fn may_act(&self) -> bool {
+        self.ha.as_ref().is_none_or(|ha| ha.leader.is_leader())
+    }
+
+    /// Why this controller refuses an operator's move, when it does not lead.
+    fn not_leader(&self) -> Result<(), ClusterError> {
+        match &self.ha {
+            Some(ha) if !ha.leader.is_leader() => Err(ClusterError::NotLeader {
+                site: ha.site().to_string(),
+                leader: ha.leader_site(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn events(&self) -> &EventSink {
@@ -182,6 +233,9 @@ impl ClusterController {
     }
 
     async fn reconcile_locked(&self) -> Result<ClusterPass, ClusterError> {
+        if !self.may_act() {
+            return self.follow().await;
+        }
         let known = self.store.get();
         // Where the primaries are (or go): its nodes know of every takeover first.
         let prefer = known
@@ -197,7 +251,7 @@ impl ClusterController {
             Some(state) => state,
             None => self.recover_epoch(&shards).await?,
         };
-        let state = self.settle(state, &shards)?;
+        let state = self.settle(state, &shards).await?;
         let state = self.fence(state, &shards, &observations).await;
         self.last_pass
             .lock()
@@ -222,6 +276,45 @@ impl ClusterController {
             applied,
             fail_over_to: fail_over_to.map(|r| self.region_name(r)),
             watching,
+        })
+    }
+
+    /// A pass of a controller that does not lead (the highly available shape): the state read
+    /// from etcd (kept as last read when etcd does not answer) and the shards discovered, for
+    /// `status`; nothing is written and no node is acted on. The zone follows the records in
+    /// etcd on its own ([`crate::ha::Ha::follow_records`]).
+    async fn follow(&self) -> Result<ClusterPass, ClusterError> {
+        let synced = self.store.reload().await;
+        let state = self.store.get();
+        let prefer = state
+            .as_ref()
+            .map(|s| s.moving.map_or(s.epoch.writer_region, |m| m.to));
+        let (asked, shards) = discover(&self.engine, &self.topology, prefer)
+            .await
+            .map_err(ClusterError::NoNodeAnswered)?;
+        let writer = state.as_ref().map_or_else(
+            || writer_region(&self.topology, &shards, self.topology.bootstrap_region),
+            |s| s.epoch.writer_region,
+        );
+        let name = self
+            .dns
+            .records(std::slice::from_ref(&self.names.global))
+            .await
+            .map(|sets| sets.into_iter().flat_map(|r| r.values).collect())
+            .unwrap_or_default();
+        {
+            let mut last = self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
+            last.view = Some(status_of(&self.topology, &asked, &shards, writer));
+            last.name = name;
+        }
+        synced.map_err(|e| ClusterError::EpochUnknown(e.to_string()))?;
+        Ok(ClusterPass {
+            epoch: state.as_ref().map_or(0, |s| s.epoch.epoch),
+            writer_region: self.region_name(writer),
+            moving_to: state.and_then(|s| s.moving).map(|m| self.region_name(m.to)),
+            applied: 0,
+            fail_over_to: None,
+            watching: false,
         })
     }
 
@@ -284,7 +377,7 @@ impl ClusterController {
             },
         };
         let state = ClusterState::new(epoch);
-        self.record(state.clone())?;
+        self.record(state.clone()).await?;
         self.events.emit(
             EventKind::EpochRecovered,
             json!({
@@ -296,11 +389,11 @@ impl ClusterController {
         Ok(state)
     }
 
-    fn record(&self, state: ClusterState) -> Result<(), ClusterError> {
+    async fn record(&self, state: ClusterState) -> Result<(), ClusterError> {
         if self.store.get().as_ref() == Some(&state) {
             return Ok(());
         }
-        self.store.set(state).map_err(|e| {
+        self.store.set(state).await.map_err(|e| {
             self.events.emit(
                 EventKind::StateWriteFailed,
                 json!({ "error": e.to_string() }),
@@ -311,7 +404,11 @@ impl ClusterController {
 
     /// A recorded move, settled by the shards: done (its epoch in force), not moved (dropped),
     /// or left halfway for the operator.
-    fn settle(&self, state: ClusterState, shards: &[Shard]) -> Result<ClusterState, ClusterError> {
+    async fn settle(
+        &self,
+        state: ClusterState,
+        shards: &[Shard],
+    ) -> Result<ClusterState, ClusterError> {
         let Some(moving) = state.moving else {
             return Ok(state);
         };
@@ -330,7 +427,7 @@ impl ClusterController {
                 ..state
             },
         };
-        self.record(settled.clone())?;
+        self.record(settled.clone()).await?;
         self.events.emit(
             EventKind::ClusterMoveSettled,
             json!({
@@ -418,7 +515,8 @@ impl ClusterController {
         self.record(ClusterState {
             moving: Some(moving),
             ..state
-        })?;
+        })
+        .await?;
         self.events.emit(
             EventKind::ClusterMoveRecorded,
             json!({ "epoch": moving.epoch, "to_region": region }),
@@ -460,6 +558,7 @@ impl ClusterController {
         region: &str,
     ) -> Result<ClusterSwitchover, ClusterError> {
         let _acting = self.acting.lock().await;
+        self.not_leader()?;
         self.begin_move(region, false).await?;
         let done =
             super::switchover_with(&self.engine, &self.config, region, self.step_reporter()).await;
@@ -486,6 +585,7 @@ impl ClusterController {
         automatic: bool,
     ) -> Result<ClusterFailover, ClusterError> {
         let _acting = self.acting.lock().await;
+        self.not_leader()?;
         self.begin_move(region, automatic).await?;
         let done = super::failover_with(
             &self.engine,
@@ -572,7 +672,10 @@ impl ClusterController {
                     delay
                 }
             };
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.wake.notified() => {}
+            }
         }
     }
 }

@@ -14,7 +14,14 @@ impl RunningCluster {
     /// Resolves when a task ends (they loop for the controller's life: it panicked), naming it.
     pub async fn task_ended(&mut self) -> String {
         self.serving
-            .first_ended(&["control socket", "reconcile loop"])
+            .first_ended(&[
+                "control socket",
+                "reconcile loop",
+                "leader campaign",
+                "site presence",
+                "records follower",
+                "etcd storage check",
+            ])
             .await
     }
 
@@ -28,18 +35,46 @@ pub async fn start(
     config: Config,
     step_hook: Option<StepHook>,
 ) -> Result<RunningCluster, ControllerError> {
-    let (dns, server): (Arc<dyn DnsProvider>, Option<DnsServer>) = match &config.dns.provider {
-        DnsProviderConfig::Embedded { listen } => {
+    let (controller, server) = match (&config.dns.provider, &config.coordination) {
+        // The highly available shape: every site serves the records in etcd (validation
+        // allows only the embedded server there).
+        (DnsProviderConfig::Embedded { listen }, Some(coordination)) => {
+            let zone = Arc::new(Zone::awaiting_copy(&config.dns.zone));
+            let ha = crate::connect_coordination(&config, coordination, zone.clone()).await?;
+            let first = tokio::time::timeout(ha.coord.ttl(), ha.records.sync()).await;
+            if !matches!(first, Ok(Ok(_))) {
+                tracing::warn!(
+                    "records not loaded from etcd before serving; answering SERVFAIL until they are"
+                );
+            }
+            let listen = listen.parse().expect("validated listen address");
+            let server = DnsServer::start_with_name_servers(
+                zone,
+                listen,
+                config.dns.ttl,
+                &crate::name_servers(&config),
+            )
+            .await?;
+            let controller = ClusterController::with_coordination(config, ha, step_hook)?;
+            (controller, Some(server))
+        }
+        (DnsProviderConfig::Embedded { listen }, None) => {
             let zone = Arc::new(Zone::new(&config.dns.zone));
             let listen = listen.parse().expect("validated listen address");
             let server =
                 DnsServer::start_with_name_servers(zone.clone(), listen, config.dns.ttl, &[])
                     .await?;
-            (zone, Some(server))
+            (
+                ClusterController::new(config, zone, step_hook)?,
+                Some(server),
+            )
         }
-        DnsProviderConfig::Rfc2136(rfc2136) => (crate::rfc2136_provider(&config, rfc2136)?, None),
+        (DnsProviderConfig::Rfc2136(rfc2136), _) => {
+            let dns = crate::rfc2136_provider(&config, rfc2136)?;
+            (ClusterController::new(config, dns, step_hook)?, None)
+        }
     };
-    let controller = Arc::new(ClusterController::new(config, dns, step_hook)?);
+    let controller = Arc::new(controller);
     let control = ControlServer::bind(controller.clone())?;
     let dns_addr = server.as_ref().map(DnsServer::local_addr);
     controller.events.emit(
@@ -50,6 +85,7 @@ pub async fn start(
             "control_socket": controller.config.control_socket().display().to_string(),
             "epoch": controller.state().map(|s| s.epoch.epoch),
             "cross_region_failover": controller.config.controller.cross_region_failover,
+            "site": controller.ha.as_ref().map(|ha| ha.site().to_string()),
         }),
     );
     // The essential tasks first ([`RunningCluster::task_ended`] watches them), the webhooks'
@@ -58,6 +94,12 @@ pub async fn start(
         tokio::spawn(control.serve()),
         tokio::spawn(controller.clone().run_loop()),
     ];
+    if let Some(ha) = &controller.ha {
+        tasks.push(tokio::spawn(crate::ha::campaign(controller.clone())));
+        tasks.push(tokio::spawn(ha.clone().keep_presence()));
+        tasks.push(tokio::spawn(ha.clone().follow_records()));
+        tasks.push(tokio::spawn(ha.clone().check_storage()));
+    }
     tasks.extend(crate::webhooks::start(
         &controller.config.webhooks,
         &controller.events,

@@ -12,6 +12,8 @@ use valkey_dr_lab::cluster::ClusterNode;
 
 use crate::harness::{BIN, dig, succeed};
 
+mod ha;
+
 /// A free port on `ip` for both UDP and TCP (the DNS server listens on both).
 fn free_dns_port(ip: Ipv4Addr) -> u16 {
     (0..100)

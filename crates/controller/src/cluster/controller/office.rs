@@ -1,0 +1,52 @@
+//! The cluster controller in the highly available shape: what the leader campaign
+//! ([`crate::ha::campaign`]) needs of it. One controller per site on etcd; the leader acts, the
+//! others follow the epoch and serve the records from etcd.
+
+use super::*;
+use crate::ha::{Ha, Office};
+use valkey_dr_coord::keys;
+
+#[async_trait::async_trait]
+impl Office for ClusterController {
+    fn ha(&self) -> Option<&Ha> {
+        self.ha.as_deref()
+    }
+
+    fn events(&self) -> &EventSink {
+        &self.events
+    }
+
+    /// The writer region's site leaves the leader key to another site while one is present:
+    /// losing that region then costs no leader election before the failover.
+    async fn should_hand_over(&self, ha: &Ha) -> bool {
+        let Some(state) = self.store.get() else {
+            return false;
+        };
+        if self.region_name(state.epoch.writer_region) != ha.site() {
+            return false;
+        }
+        ha.coord
+            .list(keys::SITES)
+            .await
+            .is_ok_and(|present| present.iter().any(|(site, _)| site != ha.site()))
+    }
+
+    async fn reload_state(&self) -> Result<(), String> {
+        self.store.reload().await.map_err(|e| e.to_string())
+    }
+
+    fn epoch_number(&self) -> Option<u64> {
+        self.store.get().map(|s| s.epoch.epoch)
+    }
+
+    fn took_office(&self, _token: i64) {
+        self.wake.notify_one();
+    }
+
+    fn idle(&self) -> Option<Box<dyn Send + '_>> {
+        self.acting
+            .try_lock()
+            .ok()
+            .map(|idle| Box::new(idle) as Box<dyn Send>)
+    }
+}
