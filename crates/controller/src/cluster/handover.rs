@@ -33,6 +33,37 @@ impl std::fmt::Display for CutStep {
     }
 }
 
+/// Who runs a move, as its steps see it: told of each step reached (events, the crash tests'
+/// hook), and asked just before each pause and each takeover whether it may still act — a
+/// controller that lost the leader key may not: another leads and may act on the same shards.
+pub trait Mover: Sync {
+    fn reached(&self, step: CutStep);
+    fn may_act(&self) -> bool {
+        true
+    }
+}
+
+/// A command run by the operator on the nodes alone: a closure told of each step.
+impl<F: Fn(CutStep) + Sync> Mover for F {
+    fn reached(&self, step: CutStep) {
+        self(step)
+    }
+}
+
+/// A move's second cut (a hand-back): its steps are not reported, but it acts only while the
+/// mover may.
+pub(super) struct Quiet<'a, M: Mover>(pub(super) &'a M);
+
+impl<M: Mover> Mover for Quiet<'_, M> {
+    fn reached(&self, _: CutStep) {}
+    fn may_act(&self) -> bool {
+        self.0.may_act()
+    }
+}
+
+/// Why a step was not taken by a mover that may no longer act.
+const NO_LONGER_LEADS: &str = "this controller no longer leads: not done (the leader settles the move by what the shards show)";
+
 /// How long a shard may take to hand over once asked.
 pub(super) const HANDOVER_WITHIN: Duration = Duration::from_secs(6);
 /// How long an old primary is given to follow its successor by itself (gossip carries the
@@ -61,7 +92,7 @@ pub(super) async fn cut_over(
     bystanders: &[&Endpoint],
     catchup: Duration,
     pause: Duration,
-    reached: &impl Fn(CutStep),
+    mover: &impl Mover,
 ) -> Result<Vec<Result<(), String>>, String> {
     // The first replica's claim may need gossip to carry an epoch between nodes (when its own is
     // the highest, [`claim_next_epoch`]): hundreds of milliseconds, made before the writes stop.
@@ -77,8 +108,17 @@ pub(super) async fn cut_over(
             }
         }
     }
+    if !mover.may_act() {
+        return Err(NO_LONGER_LEADS.to_string());
+    }
     let started = Instant::now();
-    let lift = || join_all(pairs.iter().map(|(primary, _)| engine.unpause(primary)));
+    // Lifted only while this mover may act: a deposed leader's lift could end the pause of the
+    // leader's own move on the same primaries, whose writes its targets would then miss.
+    let lift = async || {
+        if mover.may_act() {
+            join_all(pairs.iter().map(|(primary, _)| engine.unpause(primary))).await;
+        }
+    };
     let paused = join_all(
         pairs
             .iter()
@@ -95,7 +135,7 @@ pub(super) async fn cut_over(
             }
         }
     }
-    reached(CutStep::Paused);
+    mover.reached(CutStep::Paused);
     let targets: Vec<(&Endpoint, u64)> = pairs
         .iter()
         .zip(frozen)
@@ -110,7 +150,7 @@ pub(super) async fn cut_over(
             behind.join(", ")
         ));
     }
-    reached(CutStep::CaughtUp);
+    mover.reached(CutStep::CaughtUp);
     // The pause must still hold for a while when the shards change hands.
     let left = pause.saturating_sub(started.elapsed());
     if left < PAUSE_MARGIN {
@@ -130,7 +170,7 @@ pub(super) async fn cut_over(
             holds: *frozen,
         })
         .collect();
-    Ok(take_over_in_turn(engine, &handovers, bystanders, claimed_before, reached).await)
+    Ok(take_over_in_turn(engine, &handovers, bystanders, claimed_before, mover).await)
 }
 
 /// Waits until every `(replica, offset)` replica holds its offset, or `within` passed; returns
@@ -188,14 +228,22 @@ pub(super) async fn take_over_in_turn(
     handovers: &[Handover<'_>],
     bystanders: &[&Endpoint],
     claimed_before: Option<(&Endpoint, u64)>,
-    reached: &impl Fn(CutStep),
+    mover: &impl Mover,
 ) -> Vec<Result<(), String>> {
     let mut results = Vec::new();
     let mut highest = 0;
     for handover in handovers {
-        let handed = take_over(engine, *handover, bystanders, claimed_before, &mut highest).await;
+        let handed = take_over(
+            engine,
+            *handover,
+            bystanders,
+            claimed_before,
+            &mut highest,
+            mover,
+        )
+        .await;
         results.push(handed.map(|epoch| highest = highest.max(epoch)));
-        reached(CutStep::HandedOver(results.len()));
+        mover.reached(CutStep::HandedOver(results.len()));
     }
     results
 }
@@ -208,6 +256,7 @@ async fn take_over(
     bystanders: &[&Endpoint],
     claimed_before: Option<(&Endpoint, u64)>,
     highest: &mut u64,
+    mover: &impl Mover,
 ) -> Result<u64, String> {
     let replica = handover.replica;
     knows_epoch(engine, replica, *highest, HANDOVER_WITHIN).await?;
@@ -218,7 +267,7 @@ async fn take_over(
         .map(|(_, epoch)| epoch);
     let claimed = claim_next_epoch(engine, replica, bystanders, mine).await?;
     *highest = (*highest).max(claimed);
-    hand_over(engine, &handover).await?;
+    hand_over(engine, &handover, mover).await?;
     engine
         .cluster_epoch(replica)
         .await
@@ -353,7 +402,11 @@ async fn make_follow(engine: &ValkeyEngine, old: &Endpoint, new_id: &str) -> boo
 /// Asks the replica to take its shard over (TAKEOVER) — unless the old primary's pause is about
 /// to run out — and waits until it is the primary, and the old one, when given, follows it, or
 /// [`HANDOVER_WITHIN`] passed.
-async fn hand_over(engine: &ValkeyEngine, handover: &Handover<'_>) -> Result<(), String> {
+async fn hand_over(
+    engine: &ValkeyEngine,
+    handover: &Handover<'_>,
+    mover: &impl Mover,
+) -> Result<(), String> {
     let Handover {
         replica,
         old,
@@ -375,6 +428,9 @@ async fn hand_over(engine: &ValkeyEngine, handover: &Handover<'_>) -> Result<(),
         .await
         .map_err(|e| format!("{replica} did not answer before its takeover: {e}"))?;
     may_take_over(&seen, holds).map_err(|e| format!("{replica} {e}"))?;
+    if !mover.may_act() {
+        return Err(NO_LONGER_LEADS.to_string());
+    }
     engine
         .cluster_takeover(replica)
         .await

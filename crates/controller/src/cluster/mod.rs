@@ -22,9 +22,10 @@ mod handover;
 pub mod start_guard;
 mod state;
 
-pub use handover::CutStep;
+pub use handover::{CutStep, Mover};
 use handover::{
-    HANDOVER_WITHIN, Handover, PAUSE_MARGIN, catch_up, cut_over, follows, linked, take_over_in_turn,
+    HANDOVER_WITHIN, Handover, PAUSE_MARGIN, Quiet, catch_up, cut_over, follows, linked,
+    take_over_in_turn,
 };
 
 /// What `valkey-dr cluster status` shows.
@@ -224,9 +225,9 @@ fn rolled_back(handed_back: &[String], not_handed_back: &[String]) -> String {
 pub async fn cluster_switchover(
     config: &Config,
     to_region: &str,
-    reached: impl Fn(CutStep),
+    reached: impl Fn(CutStep) + Sync,
 ) -> Result<ClusterSwitchover, ClusterError> {
-    switchover_with(&engine(config)?, config, to_region, reached).await
+    switchover_with(&engine(config)?, config, to_region, &reached).await
 }
 
 /// [`cluster_switchover`] through `engine` (a controller's, with its connections).
@@ -234,7 +235,7 @@ pub(crate) async fn switchover_with(
     engine: &ValkeyEngine,
     config: &Config,
     to_region: &str,
-    reached: impl Fn(CutStep),
+    mover: &impl Mover,
 ) -> Result<ClusterSwitchover, ClusterError> {
     let topology = Topology::from_config(config);
     let to = topology
@@ -250,10 +251,15 @@ pub(crate) async fn switchover_with(
     // Long enough for a hand-back too; lifted as soon as it is over.
     let pause = 2 * (catchup + HANDOVER_WITHIN) + PAUSE_MARGIN;
     let bystanders = answering_nodes(&shards);
-    let handed = cut_over(engine, &forward, &bystanders, catchup, pause, &reached)
+    let handed = cut_over(engine, &forward, &bystanders, catchup, pause, mover)
         .await
         .map_err(ClusterError::Aborted)?;
     let old_primaries = || forward.iter().map(|(from, _)| *from);
+    // Deposed mid-move, it acts no more — no release, no hand-back: the leader settles the
+    // move by what the shards show, and the pauses run out by themselves.
+    if !mover.may_act() {
+        return Err(ClusterError::Deposed);
+    }
     let Some(reason) = handed.iter().find_map(|r| r.clone().err()) else {
         join_all(old_primaries().map(|node| engine.kill_clients_and_unpause(node))).await;
         // A run that died before its release left pauses behind, on nodes this one did not
@@ -312,7 +318,7 @@ pub(crate) async fn switchover_with(
         &bystanders,
         catchup,
         catchup + HANDOVER_WITHIN + PAUSE_MARGIN,
-        &|_| {},
+        &Quiet(mover),
     )
     .await
     {
@@ -439,6 +445,15 @@ pub enum ClusterError {
     StateNotRecorded(String),
     #[error("the name was not moved: {0}")]
     NameNotMoved(String),
+    /// The highly available shape: the leader key was lost before the move acted.
+    #[error("this controller no longer leads: nothing moved")]
+    NotLeading,
+    /// The highly available shape: the leader key was lost during the move, which stopped
+    /// where it was.
+    #[error(
+        "this controller lost the leader key during the move and stopped acting; the leader settles it by what the shards show (run `valkey-dr cluster status`, then the command again at the leader); paused primaries resume by themselves"
+    )]
+    Deposed,
     /// The highly available shape: only the leader moves the primaries.
     #[error("this controller (site {site}) is not the leader; run the command on the controller of site {}", .leader.as_deref().unwrap_or("that leads (none is known: is etcd reachable?)"))]
     NotLeader {
@@ -466,6 +481,7 @@ impl ClusterError {
                 .iter()
                 .any(|r| matches!(r, MoveRefusal::PrimaryMayStillWrite { .. })),
             ClusterError::Aborted(_)
+            | ClusterError::NotLeading
             | ClusterError::RolledBack { .. }
             | ClusterError::Incomplete { .. } => true,
             _ => false,
@@ -488,9 +504,16 @@ pub async fn cluster_failover(
     config: &Config,
     to_region: &str,
     confirmed_down: bool,
-    reached: impl Fn(CutStep),
+    reached: impl Fn(CutStep) + Sync,
 ) -> Result<ClusterFailover, ClusterError> {
-    failover_with(&engine(config)?, config, to_region, confirmed_down, reached).await
+    failover_with(
+        &engine(config)?,
+        config,
+        to_region,
+        confirmed_down,
+        &reached,
+    )
+    .await
 }
 
 /// [`cluster_failover`] through `engine` (a controller's, with its connections).
@@ -499,7 +522,7 @@ pub(crate) async fn failover_with(
     config: &Config,
     to_region: &str,
     confirmed_down: bool,
-    reached: impl Fn(CutStep),
+    mover: &impl Mover,
 ) -> Result<ClusterFailover, ClusterError> {
     let started = Instant::now();
     let topology = Topology::from_config(config);
@@ -535,6 +558,9 @@ pub(crate) async fn failover_with(
         .filter(|m| m.old_answered)
         .map(|m| &m.r#move.from)
         .collect();
+    if !mover.may_act() {
+        return Err(ClusterError::NotLeading);
+    }
     let paused = join_all(
         fenced
             .iter()
@@ -555,13 +581,13 @@ pub(crate) async fn failover_with(
         join_all(fenced.iter().copied().map(|old| engine.unpause(old))).await;
         return Err(ClusterError::Aborted(reason));
     }
-    reached(CutStep::Paused);
+    mover.reached(CutStep::Paused);
     let targets: Vec<(&Endpoint, u64)> = moving
         .iter()
         .filter_map(|m| Some((&m.r#move.to, m.frozen_at?)))
         .collect();
     let behind = catch_up(engine, &targets, catchup).await;
-    reached(CutStep::CaughtUp);
+    mover.reached(CutStep::CaughtUp);
 
     let handovers: Vec<Handover> = moving
         .iter()
@@ -582,9 +608,12 @@ pub(crate) async fn failover_with(
         &handovers,
         &answering_nodes(&discovered),
         None,
-        &reached,
+        mover,
     )
     .await;
+    if !mover.may_act() {
+        return Err(ClusterError::Deposed);
+    }
     // An old primary that answered follows by gossip: released once it does, else kept paused.
     // One whose shard did not move is still the primary: released at once.
     let old_follows = join_all(

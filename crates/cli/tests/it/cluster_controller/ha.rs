@@ -204,3 +204,96 @@ async fn three_cluster_controllers_on_etcd_move_the_primaries_through_the_leader
     every_site_serves(&sites, &east1, 3, "us-east-1");
     drop(etcd);
 }
+
+/// The region of every slot-serving shard's primary, as `site`'s controller last saw them.
+fn primary_regions(site: &Site) -> Vec<String> {
+    let out = site.cluster(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["slot_count"] != 0)
+        .map(|s| s["primary"]["region"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_stalled_past_its_lease_mid_switchover_takes_no_shard_over_when_it_resumes() {
+    let setup = Setup::new("cluster-ha-stall").await;
+    let etcd = EtcdCluster::start(&setup.dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
+        .await
+        .expect("etcd starts");
+    let mut sites = sites(&setup, &etcd);
+    // The witness leads: it starts alone, its process set to stop itself (SIGSTOP, as a paused
+    // VM) once a move's targets caught up.
+    sites[2].controller = Some(Controller::start(
+        &sites[2].config,
+        Some("stop-after:caught-up"),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events_at(&setup, "witness", "leader_elected").is_empty() {
+        assert!(Instant::now() < deadline, "the witness never led");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for site in &mut sites[..2] {
+        site.controller = Some(Controller::start(&site.config, None));
+    }
+    let east1 = setup.ips(0..3);
+    every_site_serves(&sites, &east1, 1, "us-east-1");
+
+    let switchover = Command::new(BIN)
+        .args(["cluster", "switchover", "us-east-2", "--config"])
+        .arg(&sites[2].config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = sites[2].controller.as_ref().unwrap().child.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !valkey_dr_lab::process::is_stopped(pid) {
+        assert!(Instant::now() < deadline, "the move never caught up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Its lease runs out; another site takes the leader key (and settles the recorded move:
+    // nothing moved yet).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events_at(&setup, "us-east-1", "leader_elected").is_empty()
+        && events_at(&setup, "us-east-2", "leader_elected").is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no other site took the leader key"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The stalled leader resumes within its write pause, its targets caught up: on its own
+    // clock it no longer leads, so it takes no shard over, lifts no pause, and says so.
+    valkey_dr_lab::process::signal(pid, libc::SIGCONT);
+    let out = switchover.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("no longer leads") || said.contains("lost the leader key"),
+        "{said}"
+    );
+    eprintln!("the resumed leader said: {said}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        primary_regions(&sites[0]),
+        ["us-east-1"; 3],
+        "a shard moved"
+    );
+    every_site_serves(&sites, &east1, 1, "us-east-1");
+
+    // The new leader moves them when asked, under the next epoch.
+    let leader = switch_at_the_leader(&sites, "us-east-2", Duration::from_secs(30));
+    assert_ne!(leader.name, "witness");
+    every_site_serves(&sites, &setup.ips(6..9), 2, "us-east-2");
+    drop(etcd);
+}

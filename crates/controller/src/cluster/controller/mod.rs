@@ -29,7 +29,8 @@ use valkey_dr_valkey::ValkeyEngine;
 
 use super::state::{ClusterMove, ClusterState, ClusterStore};
 use super::{
-    ClusterError, ClusterFailover, ClusterStatus, ClusterSwitchover, CutStep, discover, status_of,
+    ClusterError, ClusterFailover, ClusterStatus, ClusterSwitchover, CutStep, Mover, discover,
+    status_of,
 };
 use crate::ControllerError;
 use crate::control::{ControlServer, ControlTarget, Reply, Request, stream_events};
@@ -532,21 +533,10 @@ impl ClusterController {
             let pass = self.reconcile_locked().await;
             match &pass {
                 Ok(p) if p.moving_to.is_none() => return pass,
+                // Deposed: the leader settles it.
+                _ if !self.may_act() => return pass,
                 _ if Instant::now() >= deadline => return pass,
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    }
-
-    /// What a move calls at each step: an event, and the crash tests' hook.
-    fn step_reporter(self: &Arc<Self>) -> impl Fn(CutStep) + Send + Sync + 'static {
-        let controller = self.clone();
-        move |step| {
-            controller
-                .events
-                .emit(EventKind::ClusterStep, json!({ "step": step.to_string() }));
-            if let Some(hook) = &controller.step_hook {
-                hook(step);
             }
         }
     }
@@ -560,8 +550,7 @@ impl ClusterController {
         let _acting = self.acting.lock().await;
         self.not_leader()?;
         self.begin_move(region, false).await?;
-        let done =
-            super::switchover_with(&self.engine, &self.config, region, self.step_reporter()).await;
+        let done = super::switchover_with(&self.engine, &self.config, region, self.as_ref()).await;
         let settled = self.finish_move().await;
         let done = done?;
         settled?;
@@ -592,7 +581,7 @@ impl ClusterController {
             &self.config,
             region,
             confirm_down,
-            self.step_reporter(),
+            self.as_ref(),
         )
         .await;
         let settled = self.finish_move().await;

@@ -1,6 +1,7 @@
-//! The cluster controller in the highly available shape: what the leader campaign
-//! ([`crate::ha::campaign`]) needs of it. One controller per site on etcd; the leader acts, the
-//! others follow the epoch and serve the records from etcd.
+//! The cluster controller as the leader campaign ([`crate::ha::campaign`]) and a move
+//! ([`crate::cluster::Mover`]) see it. In the highly available shape — one controller per site
+//! on etcd — the leader acts; the others follow the epoch and serve the records from etcd, and a
+//! leader that lost its key stops its move at the next pause or takeover.
 
 use super::*;
 use crate::ha::{Ha, Office};
@@ -48,5 +49,21 @@ impl Office for ClusterController {
             .try_lock()
             .ok()
             .map(|idle| Box::new(idle) as Box<dyn Send>)
+    }
+}
+
+/// A move run by the controller: each step an event and the crash tests' hook; each pause and
+/// takeover only while it may act (leads, in the highly available shape).
+impl Mover for ClusterController {
+    fn reached(&self, step: CutStep) {
+        self.events
+            .emit(EventKind::ClusterStep, json!({ "step": step.to_string() }));
+        if let Some(hook) = &self.step_hook {
+            hook(step);
+        }
+    }
+
+    fn may_act(&self) -> bool {
+        ClusterController::may_act(self)
     }
 }
