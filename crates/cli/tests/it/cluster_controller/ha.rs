@@ -205,22 +205,45 @@ async fn three_cluster_controllers_on_etcd_move_the_primaries_through_the_leader
     drop(etcd);
 }
 
-/// The region of every slot-serving shard's primary, as `site`'s controller last saw them.
-fn primary_regions(site: &Site) -> Vec<String> {
+/// `site`'s controller's status (None while it does not answer yet).
+fn status_at(site: &Site) -> Option<serde_json::Value> {
     let out = site.cluster(&["status"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    status["shards"]
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Each slot-serving shard's primary as `site`'s controller last saw it: its address's IP and
+/// its region.
+fn primaries_seen(site: &Site) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = status_at(site) {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{} does not answer", site.name);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut seen: Vec<(String, String)> = status["shards"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|s| s["slot_count"] != 0)
-        .map(|s| s["primary"]["region"].as_str().unwrap_or("?").to_string())
-        .collect()
+        .map(|s| {
+            let node = s["primary"]["node"].as_str().unwrap_or("?");
+            let ip = node.rsplit_once(':').map_or(node, |(ip, _)| ip);
+            let region = s["primary"]["region"].as_str().unwrap_or("?");
+            (ip.to_string(), region.to_string())
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
+/// The region of every slot-serving shard's primary, as `site`'s controller last saw them.
+fn primary_regions(site: &Site) -> Vec<String> {
+    primaries_seen(site).into_iter().map(|(_, r)| r).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -296,4 +319,173 @@ async fn a_leader_stalled_past_its_lease_mid_switchover_takes_no_shard_over_when
     assert_ne!(leader.name, "witness");
     every_site_serves(&sites, &setup.ips(6..9), 2, "us-east-2");
     drop(etcd);
+}
+
+/// Starts every site's controller afresh under the etcd key prefix `prefix` (a deployment of its
+/// own: no leader, no epoch, no records yet): the witness first, with `witness_fault`, once it
+/// leads the others without one.
+fn start_fresh(setup: &Setup, sites: &mut [Site], prefix: &str, witness_fault: Option<&str>) {
+    for site in sites.iter_mut() {
+        drop(site.controller.take());
+        let text = std::fs::read_to_string(&site.config).unwrap();
+        let text = match text.find("prefix = ") {
+            Some(at) => text[..at].to_string(),
+            None => text,
+        };
+        std::fs::write(&site.config, format!("{text}prefix = \"{prefix}\"\n")).unwrap();
+    }
+    let elected_before = events_at(setup, "witness", "leader_elected").len();
+    sites[2].controller = Some(Controller::start(&sites[2].config, witness_fault));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events_at(setup, "witness", "leader_elected").len() == elected_before {
+        assert!(Instant::now() < deadline, "the witness never led");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for site in &mut sites[..2] {
+        site.controller = Some(Controller::start(&site.config, None));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_killed_at_any_step_of_a_switchover_loses_nothing_and_the_next_leader_completes_it()
+ {
+    let setup = Setup::new("cluster-ha-crash").await;
+    let etcd = EtcdCluster::start(&setup.dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
+        .await
+        .expect("etcd starts");
+    let mut sites = sites(&setup, &etcd);
+    let writers = valkey_dr_lab::cluster::ShardWriters::start(&setup.addrs[..3], &setup.addrs)
+        .await
+        .unwrap();
+    let regions = ["us-east-2", "us-east-1"];
+    for (i, step) in ["paused", "caught-up", "handed-over-1", "handed-over-2"]
+        .into_iter()
+        .enumerate()
+    {
+        let (to, from) = (regions[i % 2], regions[(i + 1) % 2]);
+        start_fresh(
+            &setup,
+            &mut sites,
+            &format!("/valkey-dr-crash-{i}"),
+            Some(&format!("crash-after:{step}")),
+        );
+        let from_primaries = primaries_in_region(&sites[0], from);
+        every_site_serves(&sites, &from_primaries, 1, from);
+        let elected = || {
+            events_at(&setup, "us-east-1", "leader_elected").len()
+                + events_at(&setup, "us-east-2", "leader_elected").len()
+        };
+        let elected_before = elected();
+        // The leader (the witness) dies at the step. A replica that followed the last move may
+        // still be loading its sync: the move is then refused before anything is touched (exit
+        // 75), and asked again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let said = loop {
+            let out = sites[2].cluster(&["switchover", to]);
+            let said = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                !out.status.success(),
+                "{step}: the leader died mid-move: {said}"
+            );
+            if out.status.code() != Some(75) || Instant::now() > deadline {
+                break said;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let witness = sites[2].controller.as_mut().unwrap();
+        assert!(
+            witness.ended_within(Duration::from_secs(10)),
+            "{step}: not crashed: {said}"
+        );
+        drop(sites[2].controller.take());
+        // Another site leads and settles the recorded move by what the shards show: each shard
+        // has one primary, and once the new leader's first pass ran, the name leads only to
+        // primaries (until then it may still name an old primary the dead leader handed over:
+        // a seed that now answers MOVED, never a second writer).
+        let crashed = Instant::now();
+        let deadline = crashed + Duration::from_secs(20);
+        while elected() == elected_before {
+            assert!(Instant::now() < deadline, "{step}: no site took over");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let name_within_primaries = |sites: &[Site], primaries: &[String]| {
+            sites.iter().filter(|s| s.controller.is_some()).all(|site| {
+                let name = site.name();
+                !name.is_empty() && name.iter().all(|ip| primaries.contains(ip))
+            })
+        };
+        loop {
+            let primaries = primaries_now(&sites[0]);
+            assert_eq!(primaries.len(), 3, "{step}: not one primary per shard");
+            if name_within_primaries(&sites, &primaries) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{step}: the name never settled");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "{step}: a new leader, and the name leads only to primaries, {} ms after the leader died",
+            crashed.elapsed().as_millis()
+        );
+        for _ in 0..10 {
+            let primaries = primaries_now(&sites[0]);
+            assert_eq!(primaries.len(), 3, "{step}: not one primary per shard");
+            assert!(
+                name_within_primaries(&sites, &primaries),
+                "{step}: the name leads to a node that is no primary"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The switchover asked again, at the new leader, completes the move.
+        let leader = switch_at_the_leader(&sites, to, Duration::from_secs(30));
+        assert_ne!(leader.name, "witness", "{step}");
+        let moved = primaries_in_region(&sites[0], to);
+        assert_eq!(moved.len(), 3, "{step}: {moved:?}");
+        let owner = sites[0].ownership();
+        assert_eq!(owner.map(|o| o.1), Some(to.to_string()), "{step}");
+        for site in sites.iter().filter(|s| s.controller.is_some()) {
+            assert_eq!(site.name(), moved, "{step}: {}", site.name);
+        }
+        eprintln!("{step}: the next leader completed the move to {to}");
+    }
+    for site in &mut sites {
+        drop(site.controller.take());
+    }
+    // Every acknowledged write is in the cluster.
+    for written in writers.stop().await {
+        let kept: std::collections::HashSet<u64> =
+            valkey_dr_lab::cluster::list_at(setup.addrs[0], &written.key)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        let lost = written.acked.iter().filter(|n| !kept.contains(n)).count();
+        assert!(
+            written.acked.len() > 10,
+            "{}: the writer wrote",
+            written.key
+        );
+        assert_eq!(lost, 0, "{}: acknowledged writes lost", written.key);
+    }
+    drop(etcd);
+}
+
+/// The addresses of every slot-serving primary, as `site`'s controller last saw them.
+fn primaries_now(site: &Site) -> Vec<String> {
+    primaries_seen(site).into_iter().map(|(ip, _)| ip).collect()
+}
+
+/// The addresses of the primaries in `region`, once all three stand there as `site` sees them.
+fn primaries_in_region(site: &Site, region: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if primary_regions(site) == [region; 3] {
+            return primaries_now(site);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the primaries are not all in {region}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
