@@ -348,6 +348,17 @@ pub fn controlled_cluster(
             status.name.join(", ")
         }
     );
+    if let Some(site) = &status.site {
+        let _ = writeln!(
+            out,
+            "site {site}; {}",
+            match &status.leader {
+                Some(leader) if leader == site => "this site leads".to_string(),
+                Some(leader) => format!("site {leader} leads (moves asked here are handed to it)"),
+                None => "no leader known (is etcd reachable?)".to_string(),
+            }
+        );
+    }
     if !status.self_fenced.is_empty() {
         let _ = writeln!(
             out,

@@ -165,9 +165,9 @@ impl ControlTarget for Controller {
             // the request to it through etcd and relays its answer.
             request
                 if !matches!(request, Request::Status | Request::Reconcile)
-                    && !controller.may_act() =>
+                    && let Some(ha) = controller.ha().filter(|ha| !ha.leader.is_leader()) =>
             {
-                controller.forward(&request).await
+                ha.forward(&request).await
             }
             Request::Promote { region, method } => {
                 let task = {

@@ -582,7 +582,7 @@ async fn start_tasks(
     if controller.ha.is_some() {
         tasks.push(tokio::spawn(ha::campaign(controller.clone())));
         tasks.push(tokio::spawn(controller.clone().guard_region()));
-        tasks.push(tokio::spawn(controller.clone().serve_requests()));
+        tasks.push(tokio::spawn(ha::serve_requests(controller.clone())));
     }
     if let Some(ha) = &controller.ha {
         tasks.push(tokio::spawn(ha.clone().keep_presence()));

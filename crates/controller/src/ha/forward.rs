@@ -9,7 +9,7 @@ use valkey_dr_coord::keys;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::Controller;
+use super::{Ha, Office};
 use crate::clock::now_ms;
 
 /// An operator's request handed to the leader through etcd, with the moment (wall clock, Unix
@@ -24,13 +24,11 @@ struct Forwarded {
 /// How long a forwarded request and its answer live in etcd.
 const REQUEST_TTL: Duration = Duration::from_secs(120);
 
-impl Controller {
+impl Ha {
     /// Hands an operator's request to the leader through etcd and waits for its answer (the
     /// control socket is local to each site; the leader may be anywhere).
     pub async fn forward(&self, request: &crate::control::Request) -> Reply {
-        let Some(ha) = self.ha() else {
-            return Reply::Error("no coordination configured".into());
-        };
+        let ha = self;
         let id = format!(
             "{}-{}-{}",
             ha.site(),
@@ -67,47 +65,47 @@ impl Controller {
             ha.leader_site().unwrap_or_else(|| "none".into())
         ))
     }
+}
 
-    /// On the leader: carries out the requests other sites handed over, each exactly once.
-    pub async fn serve_requests(self: Arc<Self>) {
-        let Some(ha) = self.ha.clone() else { return };
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let Some(fence) = ha.leader.fence() else {
+/// On the leader: carries out the requests other sites handed over, each exactly once.
+pub(crate) async fn serve_requests(office: Arc<impl Office>) {
+    let Some(ha) = office.ha() else { return };
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(fence) = ha.leader.fence() else {
+            continue;
+        };
+        let Ok(pending) = ha.coord.list(keys::REQUESTS).await else {
+            continue;
+        };
+        for (id, body) in pending {
+            if !matches!(
+                ha.coord.take_fenced(fence, &keys::request(&id)).await,
+                Ok(true)
+            ) {
                 continue;
-            };
-            let Ok(pending) = ha.coord.list(keys::REQUESTS).await else {
-                continue;
-            };
-            for (id, body) in pending {
-                if !matches!(
-                    ha.coord.take_fenced(fence, &keys::request(&id)).await,
-                    Ok(true)
-                ) {
-                    continue;
-                }
-                let reply = match serde_json::from_slice::<Forwarded>(&body) {
-                    // The operator's command gave up waiting: running it now would surprise them
-                    // (a forced failover long after they were told no leader answered).
-                    Ok(forwarded) if now_ms() > forwarded.deadline_ms => Reply::Error(
-                        "the request expired before a leader could take it; run the command again"
-                            .into(),
-                    ),
-                    Ok(Forwarded { request, .. }) => {
-                        self.events.emit(
-                            crate::events::EventKind::RequestForwarded,
-                            json!({ "id": id, "request": request }),
-                        );
-                        crate::control::execute(&self, request).await
-                    }
-                    Err(error) => Reply::Error(format!("invalid request: {error}")),
-                };
-                let reply = serde_json::to_vec(&reply).expect("replies serialize");
-                let _ = ha
-                    .coord
-                    .put_expiring(&keys::result(&id), &reply, REQUEST_TTL)
-                    .await;
             }
+            let reply = match serde_json::from_slice::<Forwarded>(&body) {
+                // The operator's command gave up waiting: running it now would surprise them
+                // (a forced failover long after they were told no leader answered).
+                Ok(forwarded) if now_ms() > forwarded.deadline_ms => Reply::Error(
+                    "the request expired before a leader could take it; run the command again"
+                        .into(),
+                ),
+                Ok(Forwarded { request, .. }) => {
+                    office.events().emit(
+                        crate::events::EventKind::RequestForwarded,
+                        json!({ "id": id, "request": request }),
+                    );
+                    office.clone().execute(request).await
+                }
+                Err(error) => Reply::Error(format!("invalid request: {error}")),
+            };
+            let reply = serde_json::to_vec(&reply).expect("replies serialize");
+            let _ = ha
+                .coord
+                .put_expiring(&keys::result(&id), &reply, REQUEST_TTL)
+                .await;
         }
     }
 }

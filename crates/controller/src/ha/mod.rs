@@ -33,6 +33,7 @@ mod guard;
 mod leader_only;
 mod verdict;
 
+pub(crate) use forward::serve_requests;
 pub use leader_only::LeaderOnly;
 use verdict::view_due;
 pub use verdict::{
@@ -181,6 +182,8 @@ pub(crate) trait Office: Send + Sync + 'static {
     fn took_office(&self, token: i64);
     /// Held while no pass or move runs: leadership is handed over only between them.
     fn idle(&self) -> Option<Box<dyn Send + '_>>;
+    /// Carries out an operator's request another site handed over ([`forward::serve_requests`]).
+    async fn execute(self: Arc<Self>, request: crate::control::Request) -> crate::control::Reply;
 }
 
 /// Campaigns for the leader key and keeps it renewed while it holds it.
@@ -449,6 +452,10 @@ impl Office for Controller {
     fn took_office(&self, token: i64) {
         self.claim_nodes(token);
         self.wake.notify_one();
+    }
+
+    async fn execute(self: Arc<Self>, request: crate::control::Request) -> crate::control::Reply {
+        crate::control::execute(&self, request).await
     }
 
     fn idle(&self) -> Option<Box<dyn Send + '_>> {

@@ -10,6 +10,28 @@ impl ControlTarget for ClusterController {
 
     async fn answer(self: Arc<Self>, request: Request, out: &mut OwnedWriteHalf) -> Reply {
         match request {
+            // Only the leader moves the primaries or changes the state: another site hands the
+            // request to it through etcd and relays its answer (without the move's events).
+            request
+                if !matches!(request, Request::Status | Request::Reconcile)
+                    && let Some(ha) = self.ha.as_ref().filter(|ha| !ha.leader.is_leader()) =>
+            {
+                ha.forward(&request).await
+            }
+            request => self.answer_here(request, Some(out)).await,
+        }
+    }
+}
+
+impl ClusterController {
+    /// A request carried out by this controller, a move's events streamed to `out` when given
+    /// (a request another site forwarded has no one to stream to).
+    pub(super) async fn answer_here(
+        self: Arc<Self>,
+        request: Request,
+        out: Option<&mut OwnedWriteHalf>,
+    ) -> Reply {
+        match request {
             Request::Status => reply(self.status().await),
             Request::Reconcile => reply(self.reconcile().await),
             Request::Ack => reply(
@@ -56,17 +78,19 @@ fn reply<T: Serialize>(result: Result<T, ClusterError>) -> Reply {
 }
 
 /// Runs `operation` on a thread of its own, which drives its future on the runtime it is given,
-/// while the events stream to `out` ([`stream_events`]); `Err` when it panicked. On a thread
-/// because a move's future is not `Send` for every lifetime (rustc cannot prove it through its
-/// nested borrows), which a task needs.
+/// while the events stream to `out` when given ([`stream_events`]); `Err` when it panicked. On a
+/// thread because a move's future is not `Send` for every lifetime (rustc cannot prove it
+/// through its nested borrows), which a task needs.
 async fn run_streaming<T: Send + 'static>(
     events: &EventSink,
-    out: &mut OwnedWriteHalf,
+    out: Option<&mut OwnedWriteHalf>,
     operation: impl FnOnce(&tokio::runtime::Handle) -> T + Send + 'static,
 ) -> Result<T, String> {
     let runtime = tokio::runtime::Handle::current();
     let task = tokio::task::spawn_blocking(move || operation(&runtime));
-    stream_events(events, out, task)
-        .await
-        .map_err(|e| format!("the operation failed: {e}"))
+    let done = match out {
+        Some(out) => stream_events(events, out, task).await,
+        None => task.await,
+    };
+    done.map_err(|e| format!("the operation failed: {e}"))
 }

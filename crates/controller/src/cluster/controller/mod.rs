@@ -126,6 +126,12 @@ pub struct ControlledClusterStatus {
     /// take writes (those beside it plus one outside its region).
     #[serde(default)]
     pub self_fenced: std::collections::BTreeMap<String, u32>,
+    /// The highly available shape: this controller's site, and the site that leads as far as
+    /// it knows (none: no leader seen, etcd unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
     #[serde(flatten)]
     pub cluster: ClusterStatus,
 }
@@ -616,6 +622,8 @@ impl ClusterController {
             .collect();
         Ok(ControlledClusterStatus {
             self_fenced,
+            site: self.ha.as_ref().map(|ha| ha.site().to_string()),
+            leader: self.ha.as_ref().and_then(|ha| ha.leader_site()),
             epoch: state.as_ref().map(|s| s.epoch.epoch),
             moving_to: state
                 .as_ref()

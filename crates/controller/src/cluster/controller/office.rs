@@ -44,6 +44,10 @@ impl Office for ClusterController {
         self.wake.notify_one();
     }
 
+    async fn execute(self: Arc<Self>, request: Request) -> Reply {
+        self.answer_here(request, None).await
+    }
+
     fn idle(&self) -> Option<Box<dyn Send + '_>> {
         self.acting
             .try_lock()

@@ -18,6 +18,7 @@ impl RunningCluster {
                 "control socket",
                 "reconcile loop",
                 "leader campaign",
+                "forwarded requests",
                 "site presence",
                 "records follower",
                 "etcd storage check",
@@ -96,6 +97,7 @@ pub async fn start(
     ];
     if let Some(ha) = &controller.ha {
         tasks.push(tokio::spawn(crate::ha::campaign(controller.clone())));
+        tasks.push(tokio::spawn(crate::ha::serve_requests(controller.clone())));
         tasks.push(tokio::spawn(ha.clone().keep_presence()));
         tasks.push(tokio::spawn(ha.clone().follow_records()));
         tasks.push(tokio::spawn(ha.clone().check_storage()));
