@@ -502,3 +502,60 @@ fn primaries_in_region(site: &Site, region: &str) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_writer_region_with_its_site_is_failed_over_by_the_leader_elsewhere() {
+    let mut setup = Setup::with("cluster-ha-auto", "cross_region_failover = \"auto\"\n").await;
+    let etcd = EtcdCluster::start(&setup.dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
+        .await
+        .expect("etcd starts");
+    let mut sites = sites(&setup, &etcd);
+    for site in &mut sites {
+        site.controller = Some(Controller::start(&site.config, None));
+    }
+    let (east1, east2) = (setup.ips(0..3), setup.ips(6..9));
+    every_site_serves(&sites, &east1, 1, "us-east-1");
+    // The writer region's site leaves the leader key to another site; the leader arms every
+    // primary's self-fence.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let status = status_at(&sites[1]).unwrap_or_default();
+        let leader = status["leader"].as_str().unwrap_or_default().to_string();
+        let leader_status = SITES
+            .iter()
+            .position(|s| *s == leader)
+            .and_then(|i| status_at(&sites[i]))
+            .unwrap_or_default();
+        let armed = leader_status["self_fenced"]
+            .as_object()
+            .map_or(0, |o| o.len());
+        if leader != "us-east-1" && !leader.is_empty() && armed == 3 {
+            break leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leader {leader:?}, armed {armed}: {leader_status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    // us-east-1 is lost whole: its six nodes and its site's controller. The leader, elsewhere,
+    // moves every shard to us-east-2 once the primaries are surely fenced, and every surviving
+    // site serves the new name.
+    let lost = Instant::now();
+    for node in &mut setup.nodes[..6] {
+        node.kill();
+    }
+    drop(sites[0].controller.take());
+    every_site_serves(&sites, &east2, 2, "us-east-2");
+    eprintln!(
+        "{leader} led; every surviving site served us-east-2 {} ms after us-east-1 was lost",
+        lost.elapsed().as_millis()
+    );
+    let done = SITES
+        .iter()
+        .map(|s| events_at(&setup, s, "failover_completed").len())
+        .sum::<usize>();
+    assert_eq!(done, 1, "one automatic failover");
+    drop(etcd);
+}
