@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use valkey_dr_core::cluster::ClusterEpoch;
 use valkey_dr_core::{NodeId, RegionId, Topology};
 
-use crate::state::{LoadError, StateError, write_durably};
+use crate::state::{LoadError, StateError, read_from_etcd, write_durably};
 
 /// An all-shard move in flight: the epoch it establishes and where to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,20 +141,12 @@ impl ClusterStore {
         else {
             return Ok(());
         };
-        let source = format!("etcd key {CLUSTER_STATE_KEY}");
-        let read = coord
-            .get_versioned(CLUSTER_STATE_KEY)
-            .await
-            .map_err(|e| LoadError::Read {
-                path: source.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        let state = match &read.value {
-            Some(bytes) => Some(decode(bytes, &source, &self.topology)?),
-            None => None,
-        };
+        let (state, read_at) = read_from_etcd(coord, CLUSTER_STATE_KEY, |bytes, source| {
+            decode(bytes, source, &self.topology)
+        })
+        .await?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = state;
-        *revision.lock().unwrap_or_else(|e| e.into_inner()) = read.revision;
+        *revision.lock().unwrap_or_else(|e| e.into_inner()) = read_at;
         Ok(())
     }
 

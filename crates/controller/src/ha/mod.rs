@@ -406,6 +406,15 @@ impl Ha {
         }
     }
 
+    /// Whether another site's controller keeps its presence key: the writer region's site then
+    /// leaves the leader key to it.
+    pub(crate) async fn another_site_present(&self) -> bool {
+        self.coord
+            .list(keys::SITES)
+            .await
+            .is_ok_and(|present| present.iter().any(|(site, _)| site != self.site()))
+    }
+
     /// Records which site leads, reporting each change.
     fn note_leader(&self, holder: String, events: &crate::events::EventSink) {
         let previous = self.leader_site.send_replace(Some(holder.clone()));
@@ -435,10 +444,7 @@ impl Office for Controller {
         if self.topology.region_of(epoch.primary).name != ha.site() {
             return false;
         }
-        ha.coord
-            .list(keys::SITES)
-            .await
-            .is_ok_and(|present| present.iter().any(|(site, _)| site != ha.site()))
+        ha.another_site_present().await
     }
 
     async fn reload_state(&self) -> Result<(), String> {

@@ -234,6 +234,28 @@ fn encode(topology: &Topology, state: &State) -> Vec<u8> {
     serde_json::to_vec_pretty(&stored).expect("serializes")
 }
 
+/// Reads `key` from etcd and decodes it (`decode` is given the bytes and where they came from):
+/// what it holds (None: absent) and its revision (0: absent).
+pub(crate) async fn read_from_etcd<T>(
+    coord: &valkey_dr_coord::Coordinator,
+    key: &str,
+    decode: impl FnOnce(&[u8], &str) -> Result<T, LoadError>,
+) -> Result<(Option<T>, i64), LoadError> {
+    let source = format!("etcd key {key}");
+    let read = coord
+        .get_versioned(key)
+        .await
+        .map_err(|e| LoadError::Read {
+            path: source.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let value = match &read.value {
+        Some(bytes) => Some(decode(bytes, &source)?),
+        None => None,
+    };
+    Ok((value, read.revision))
+}
+
 /// Why a state change was not recorded (the action it guarded is then not taken).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -325,20 +347,12 @@ impl StateStore {
         coord: &valkey_dr_coord::Coordinator,
         revision: &Mutex<i64>,
     ) -> Result<(), LoadError> {
-        let source = format!("etcd key {STATE_KEY}");
-        let read = coord
-            .get_versioned(STATE_KEY)
-            .await
-            .map_err(|e| LoadError::Read {
-                path: source.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        let state = match &read.value {
-            Some(bytes) => Some(decode(bytes, &source, &self.topology)?),
-            None => None,
-        };
+        let (state, read_at) = read_from_etcd(coord, STATE_KEY, |bytes, source| {
+            decode(bytes, source, &self.topology)
+        })
+        .await?;
         *self.state.lock().expect("state lock") = state;
-        *revision.lock().expect("revision lock") = read.revision;
+        *revision.lock().expect("revision lock") = read_at;
         Ok(())
     }
 

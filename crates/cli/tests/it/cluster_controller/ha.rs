@@ -20,31 +20,44 @@ struct Site {
 impl Site {
     /// The addresses the name leads to, as this site's DNS server answers.
     fn name(&self) -> Vec<String> {
-        let mut ips: Vec<String> = dig(self.dns, &["demo.valkey-dr.live", "A", "+short"])
-            .lines()
-            .map(str::to_string)
-            .collect();
-        ips.sort();
-        ips
+        name_at(self.dns)
     }
 
     fn ownership(&self) -> Option<(u64, String)> {
-        let txt = dig(
-            self.dns,
-            &["_valkey-dr.demo.valkey-dr.live", "TXT", "+short"],
-        );
-        let owner = valkey_dr_core::Ownership::parse(txt.trim())?;
-        Some((owner.epoch, owner.primary_region))
+        ownership_at(self.dns)
     }
 
     fn cluster(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .arg("cluster")
-            .args(args)
-            .args(["--output", "json", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap()
+        cluster_at(&self.config, args)
+    }
+}
+
+/// A three-member etcd for the cluster of `setup`, and each site's config pointing at it.
+async fn on_etcd(setup: &Setup) -> (EtcdCluster, Vec<Site>) {
+    let etcd = EtcdCluster::start(&setup.dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
+        .await
+        .expect("etcd starts");
+    let sites = sites(setup, &etcd);
+    (etcd, sites)
+}
+
+/// How many times the controllers of `sites` took the leader key so far.
+fn elected_count(setup: &Setup, sites: &[&str]) -> usize {
+    sites
+        .iter()
+        .map(|s| events_at(setup, s, "leader_elected").len())
+        .sum()
+}
+
+/// Waits until the controllers of `sites` took the leader key more than `before` times.
+fn wait_elected(setup: &Setup, sites: &[&str], before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while elected_count(setup, sites) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "none of {sites:?} took the leader key"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -153,10 +166,7 @@ fn every_site_serves(sites: &[Site], ips: &[String], epoch: u64, region: &str) {
 async fn three_cluster_controllers_on_etcd_move_the_primaries_through_the_leader_and_survive_its_death()
  {
     let setup = Setup::new("cluster-ha").await;
-    let etcd = EtcdCluster::start(&setup.dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
-        .await
-        .expect("etcd starts");
-    let mut sites = sites(&setup, &etcd);
+    let (etcd, mut sites) = on_etcd(&setup).await;
     for site in &mut sites {
         site.controller = Some(Controller::start(&site.config, None));
     }
@@ -262,24 +272,15 @@ fn primary_regions(site: &Site) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_stalled_past_its_lease_mid_switchover_takes_no_shard_over_when_it_resumes() {
     let setup = Setup::new("cluster-ha-stall").await;
-    let etcd = EtcdCluster::start(&setup.dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
-        .await
-        .expect("etcd starts");
-    let mut sites = sites(&setup, &etcd);
-    // The witness leads: it starts alone, its process set to stop itself (SIGSTOP, as a paused
-    // VM) once a move's targets caught up.
-    sites[2].controller = Some(Controller::start(
-        &sites[2].config,
+    let (etcd, mut sites) = on_etcd(&setup).await;
+    // The witness leads, its process set to stop itself (SIGSTOP, as a paused VM) once a
+    // move's targets caught up.
+    start_fresh(
+        &setup,
+        &mut sites,
+        "/valkey-dr",
         Some("stop-after:caught-up"),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while events_at(&setup, "witness", "leader_elected").is_empty() {
-        assert!(Instant::now() < deadline, "the witness never led");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for site in &mut sites[..2] {
-        site.controller = Some(Controller::start(&site.config, None));
-    }
+    );
     let east1 = setup.ips(0..3);
     every_site_serves(&sites, &east1, 1, "us-east-1");
 
@@ -298,16 +299,7 @@ async fn a_leader_stalled_past_its_lease_mid_switchover_takes_no_shard_over_when
     }
     // Its lease runs out; another site takes the leader key (and settles the recorded move:
     // nothing moved yet).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while events_at(&setup, "us-east-1", "leader_elected").is_empty()
-        && events_at(&setup, "us-east-2", "leader_elected").is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no other site took the leader key"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_elected(&setup, &["us-east-1", "us-east-2"], 0);
     // The stalled leader resumes within its write pause, its targets caught up: on its own
     // clock it no longer leads, so it takes no shard over, lifts no pause, and says so.
     valkey_dr_lab::process::signal(pid, libc::SIGCONT);
@@ -347,13 +339,9 @@ fn start_fresh(setup: &Setup, sites: &mut [Site], prefix: &str, witness_fault: O
         };
         std::fs::write(&site.config, format!("{text}prefix = \"{prefix}\"\n")).unwrap();
     }
-    let elected_before = events_at(setup, "witness", "leader_elected").len();
+    let elected_before = elected_count(setup, &["witness"]);
     sites[2].controller = Some(Controller::start(&sites[2].config, witness_fault));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while events_at(setup, "witness", "leader_elected").len() == elected_before {
-        assert!(Instant::now() < deadline, "the witness never led");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_elected(setup, &["witness"], elected_before);
     for site in &mut sites[..2] {
         site.controller = Some(Controller::start(&site.config, None));
     }
@@ -363,10 +351,7 @@ fn start_fresh(setup: &Setup, sites: &mut [Site], prefix: &str, witness_fault: O
 async fn a_leader_killed_at_any_step_of_a_switchover_loses_nothing_and_the_next_leader_completes_it()
  {
     let setup = Setup::new("cluster-ha-crash").await;
-    let etcd = EtcdCluster::start(&setup.dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
-        .await
-        .expect("etcd starts");
-    let mut sites = sites(&setup, &etcd);
+    let (etcd, mut sites) = on_etcd(&setup).await;
     let writers = valkey_dr_lab::cluster::ShardWriters::start(&setup.addrs[..3], &setup.addrs)
         .await
         .unwrap();
@@ -384,11 +369,8 @@ async fn a_leader_killed_at_any_step_of_a_switchover_loses_nothing_and_the_next_
         );
         let from_primaries = primaries_in_region(&sites[0], from);
         every_site_serves(&sites, &from_primaries, 1, from);
-        let elected = || {
-            events_at(&setup, "us-east-1", "leader_elected").len()
-                + events_at(&setup, "us-east-2", "leader_elected").len()
-        };
-        let elected_before = elected();
+        let survivors = ["us-east-1", "us-east-2"];
+        let elected_before = elected_count(&setup, &survivors);
         // The leader (the witness) dies at the step. A replica that followed the last move may
         // still be loading its sync: the move is then refused before anything is touched (exit
         // 75), and asked again.
@@ -416,11 +398,8 @@ async fn a_leader_killed_at_any_step_of_a_switchover_loses_nothing_and_the_next_
         // primaries (until then it may still name an old primary the dead leader handed over:
         // a seed that now answers MOVED, never a second writer).
         let crashed = Instant::now();
-        let deadline = crashed + Duration::from_secs(20);
-        while elected() == elected_before {
-            assert!(Instant::now() < deadline, "{step}: no site took over");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_elected(&setup, &survivors, elected_before);
+        let deadline = Instant::now() + Duration::from_secs(20);
         let name_within_primaries = |sites: &[Site], primaries: &[String]| {
             sites.iter().filter(|s| s.controller.is_some()).all(|site| {
                 let name = site.name();
@@ -506,10 +485,7 @@ fn primaries_in_region(site: &Site, region: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_writer_region_with_its_site_is_failed_over_by_the_leader_elsewhere() {
     let mut setup = Setup::with("cluster-ha-auto", "cross_region_failover = \"auto\"\n").await;
-    let etcd = EtcdCluster::start(&setup.dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
-        .await
-        .expect("etcd starts");
-    let mut sites = sites(&setup, &etcd);
+    let (etcd, mut sites) = on_etcd(&setup).await;
     for site in &mut sites {
         site.controller = Some(Controller::start(&site.config, None));
     }

@@ -75,6 +75,34 @@ impl Drop for Controller {
     }
 }
 
+/// The addresses the name leads to, as the DNS server at `dns` answers.
+fn name_at(dns: SocketAddr) -> Vec<String> {
+    let mut ips: Vec<String> = dig(dns, &["demo.valkey-dr.live", "A", "+short"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ips.sort();
+    ips
+}
+
+/// The ownership record's epoch and region, as the DNS server at `dns` answers.
+fn ownership_at(dns: SocketAddr) -> Option<(u64, String)> {
+    let txt = dig(dns, &["_valkey-dr.demo.valkey-dr.live", "TXT", "+short"]);
+    let owner = valkey_dr_core::Ownership::parse(txt.trim())?;
+    Some((owner.epoch, owner.primary_region))
+}
+
+/// `valkey-dr cluster <args> --output json --config <config>`, run.
+fn cluster_at(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("cluster")
+        .args(args)
+        .args(["--output", "json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 struct Setup {
     dir: PathBuf,
     config: PathBuf,
@@ -139,22 +167,12 @@ impl Setup {
 
     /// The addresses the name leads to.
     fn name(&self) -> Vec<String> {
-        let mut ips: Vec<String> = dig(self.dns, &["demo.valkey-dr.live", "A", "+short"])
-            .lines()
-            .map(str::to_string)
-            .collect();
-        ips.sort();
-        ips
+        name_at(self.dns)
     }
 
     /// The ownership record's epoch and region.
     fn ownership(&self) -> Option<(u64, String)> {
-        let txt = dig(
-            self.dns,
-            &["_valkey-dr.demo.valkey-dr.live", "TXT", "+short"],
-        );
-        let owner = valkey_dr_core::Ownership::parse(txt.trim())?;
-        Some((owner.epoch, owner.primary_region))
+        ownership_at(self.dns)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -167,13 +185,7 @@ impl Setup {
     }
 
     fn cluster(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .arg("cluster")
-            .args(args)
-            .args(["--output", "json", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap()
+        cluster_at(&self.config, args)
     }
 
     /// Waits until the name leads to `ips` with the ownership record `(epoch, region)`.

@@ -5,7 +5,6 @@
 
 use super::*;
 use crate::ha::{Ha, Office};
-use valkey_dr_coord::keys;
 
 #[async_trait::async_trait]
 impl Office for ClusterController {
@@ -26,10 +25,7 @@ impl Office for ClusterController {
         if self.region_name(state.epoch.writer_region) != ha.site() {
             return false;
         }
-        ha.coord
-            .list(keys::SITES)
-            .await
-            .is_ok_and(|present| present.iter().any(|(site, _)| site != ha.site()))
+        ha.another_site_present().await
     }
 
     async fn reload_state(&self) -> Result<(), String> {
