@@ -79,8 +79,8 @@ pub enum LabCommand {
         #[arg(long)]
         netns: bool,
         /// A Valkey cluster of this many shards instead (cluster mode): every shard's primary
-        /// and a replica in the first region, a replica in every other; no controller, no DNS —
-        /// run `valkey-dr cluster` against the config it writes.
+        /// and a replica in the first region, a replica in every other, run by a controller per
+        /// site on etcd (or one, with --single-controller) that serves the name.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=16))]
         shards: Option<u8>,
     },
@@ -136,8 +136,9 @@ pub enum LabCommand {
     },
 }
 
-/// `lab up --shards`: a cluster lab of its own and its controller, whose DNS server listens on
-/// `dns` (stopped by `lab down` as any lab's processes).
+/// `lab up --shards`: a cluster lab of its own and its controllers — one per site on etcd, or
+/// with `single_controller` one — the last site's DNS server on `dns` (stopped by `lab down` as
+/// any lab's processes).
 async fn cluster_up(
     dir: &std::path::Path,
     block: u8,
@@ -145,6 +146,7 @@ async fn cluster_up(
     regions: u8,
     shards: u8,
     dns: SocketAddr,
+    single_controller: bool,
 ) -> Result<()> {
     if process::any_running(dir) {
         outln!("a lab is already running in {}", dir.display());
@@ -159,23 +161,73 @@ async fn cluster_up(
         .await
         .with_context(|| format!("starting a cluster lab in {}", dir.display()))?;
     let exe = std::env::current_exe().context("locating the valkey-dr binary")?;
-    process::start_cluster_controller(&exe, &config, dir)?;
-    let loaded = valkey_dr_core::Config::load(&config)?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while control::request(&loaded.control_socket(), &Request::Status, |_| {})
-        .await
-        .is_err()
-    {
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "the cluster's controller did not answer within 10 s: see {}",
-                dir.join("controller.log").display()
-            );
+    // (name of the controller's process, its config, its DNS server)
+    let controllers: Vec<(String, std::path::PathBuf, SocketAddr)> = if single_controller {
+        vec![("controller".into(), config.clone(), dns)]
+    } else {
+        valkey_dr_lab::cluster::start_sites(dir, block, port, &names, shards, dns)
+            .await
+            .with_context(|| format!("starting the cluster lab's etcd in {}", dir.display()))?
+            .into_iter()
+            .map(|site| (format!("controller-{}", site.name), site.config, site.dns))
+            .collect()
+    };
+    // The last site (the witness) first: it takes the leader key, which the writer region's
+    // site would hand on anyway.
+    for (name, config, _) in controllers.iter().rev() {
+        process::start_named_controller(&exe, config, dir, name)?;
+        let loaded = valkey_dr_core::Config::load(config)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while control::request(&loaded.control_socket(), &Request::Status, |_| {})
+            .await
+            .is_err()
+        {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the cluster's controller {name} did not answer within 10 s: see {}",
+                    dir.join(format!("{name}.log")).display()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Up once the name is published and every site serves it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for (name, config, _) in &controllers {
+        let loaded = valkey_dr_core::Config::load(config)?;
+        loop {
+            let status = control::request(&loaded.control_socket(), &Request::Status, |_| {})
+                .await
+                .ok();
+            let named = status.as_ref().is_some_and(|s| {
+                !s["epoch"].is_null() && s["name"].as_array().is_some_and(|n| !n.is_empty())
+            });
+            if named {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{name} serves no name 20 s after the start: see {}",
+                    dir.join(format!("{name}.log")).display()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let shape = if single_controller {
+        format!("its controller's DNS on {dns}")
+    } else {
+        let servers: Vec<String> = controllers
+            .iter()
+            .map(|(name, _, dns)| format!("{} on {dns}", name.trim_start_matches("controller-")))
+            .collect();
+        format!(
+            "a controller per site on etcd, each site's DNS: {}",
+            servers.join(", ")
+        )
+    };
     outln!(
-        "cluster lab up in {:.1} s: {shards} shard(s) over {} ({} nodes, the primaries in {}), its controller's DNS on {dns}\n  valkey-dr cluster status --config {}\n  dig @{} -p {} demo.valkey-dr.live\n  valkey-dr lab down --dir {}",
+        "cluster lab up in {:.1} s: {shards} shard(s) over {} ({} nodes, the primaries in {}), {shape}\n  valkey-dr cluster status --config {}\n  dig @{} -p {} demo.valkey-dr.live\n  valkey-dr lab down --dir {}",
         started.elapsed().as_secs_f64(),
         names.join(", "),
         valkey_dr_lab::cluster::lab_layout(block, port, &names, shards)
@@ -206,8 +258,16 @@ pub async fn dispatch(command: LabCommand) -> Result<()> {
             shards,
         } => {
             if let Some(shards) = shards {
-                return cluster_up(&dir.path(), block.unwrap_or(0), port, regions, shards, dns)
-                    .await;
+                return cluster_up(
+                    &dir.path(),
+                    block.unwrap_or(0),
+                    port,
+                    regions,
+                    shards,
+                    dns,
+                    single_controller,
+                )
+                .await;
             }
             let mut spec = LabSpec::reference(absolute(dir.path())?);
             if regions == 3 {

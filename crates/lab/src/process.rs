@@ -481,19 +481,20 @@ pub fn start_controller(
     spawn_daemon(valkey_dr, &["run", "--config"], spec, "controller", env)
 }
 
-/// Starts the controller of a cluster lab (`lab up --shards`): `valkey-dr run --config
-/// <config>`, detached, its log and pid file in `dir` (`lab down` stops it with the nodes).
-pub fn start_cluster_controller(
+/// Starts `valkey-dr run --config <config>` detached, its pid file and log `<name>.pid|log` in
+/// `dir`.
+pub fn start_named_controller(
     valkey_dr: &Path,
     config: &Path,
     dir: &Path,
+    name: &str,
 ) -> Result<(), LabError> {
     spawn(
         valkey_dr,
         &["run", "--config"],
         config,
         dir,
-        "controller",
+        name,
         &[],
         None,
     )

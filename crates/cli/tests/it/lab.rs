@@ -116,7 +116,10 @@ fn lab_up_with_shards_starts_a_cluster_that_down_stops() {
         ],
         &dir,
     );
-    assert!(ok && out.contains("cluster lab up in"), "{out}");
+    assert!(
+        ok && out.contains("cluster lab up in") && out.contains("a controller per site on etcd"),
+        "{out}"
+    );
     // The name leads to the writer region's primaries: what status shows. (Right after a move
     // the node asked may still list an old primary as one without slots, for a moment.)
     let name_leads_to_primaries_in = |region: &str, status: &serde_json::Value| {
@@ -185,9 +188,17 @@ fn lab_up_with_shards_starts_a_cluster_that_down_stops() {
         }
     }
 
+    // The lab's config is the last site's (us-west-2, whose DNS server is on --dns); moves asked
+    // there went to the leader.
+    let (ok, out) = cluster(&["status", "--output", "json"]);
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["site"], "us-west-2", "{status:#}");
+    assert!(status["leader"].is_string(), "{status:#}");
+
     let (ok, out) = lab(&["down"], &dir);
-    // Twelve nodes and the controller.
-    assert!(ok && out.contains("stopped 13 process(es)"), "{out}");
+    // Twelve nodes, and a controller and an etcd member per site.
+    assert!(ok && out.contains("stopped 18 process(es)"), "{out}");
     let (ok, out) = lab(&["down"], &dir);
     assert!(ok && out.contains("no lab process"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);

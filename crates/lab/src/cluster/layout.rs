@@ -89,10 +89,24 @@ pub fn write_regions_config(
     regions: &[(&str, &[SocketAddr])],
     controlled: Option<SocketAddr>,
 ) -> std::io::Result<PathBuf> {
+    let path = dir.join("valkey-dr.toml");
+    std::fs::write(
+        &path,
+        regions_config(&dir.join("state"), regions, controlled),
+    )?;
+    Ok(path)
+}
+
+/// The text of [`write_regions_config`], the state in `state_dir`.
+pub(super) fn regions_config(
+    state_dir: &Path,
+    regions: &[(&str, &[SocketAddr])],
+    controlled: Option<SocketAddr>,
+) -> String {
     let mut config = format!(
         "primary_region = \"{}\"\nstate_dir = \"{}\"\n",
         regions[0].0,
-        dir.join("state").display()
+        state_dir.display()
     );
     if controlled.is_some() {
         config.push_str("mode = \"cluster\"\n");
@@ -113,7 +127,5 @@ pub fn write_regions_config(
             "[dns.provider]\nkind = \"embedded\"\nlisten = \"{dns}\"\n"
         ));
     }
-    let path = dir.join("valkey-dr.toml");
-    std::fs::write(&path, config)?;
-    Ok(path)
+    config
 }

@@ -6,10 +6,12 @@ mod claims;
 mod form;
 mod layout;
 mod node;
+mod sites;
 mod writers;
 
 pub use claims::*;
 pub use form::*;
 pub use layout::*;
 pub use node::*;
+pub use sites::*;
 pub use writers::*;

@@ -16,7 +16,10 @@ impl ControlTarget for ClusterController {
                 if !matches!(request, Request::Status | Request::Reconcile)
                     && let Some(ha) = self.ha.as_ref().filter(|ha| !ha.leader.is_leader()) =>
             {
-                ha.forward(&request).await
+                let reply = ha.forward(&request).await;
+                // A pass of its own now: a `status` asked here next shows what the leader did.
+                let _ = self.reconcile().await;
+                reply
             }
             request => self.answer_here(request, Some(out)).await,
         }

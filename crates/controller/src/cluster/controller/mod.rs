@@ -362,7 +362,15 @@ impl ClusterController {
     /// that ours would have to exceed).
     async fn recover_epoch(&self, shards: &[Shard]) -> Result<ClusterState, ClusterError> {
         // Unreadable is not "nothing published": the pass fails (reported, retried) rather than
-        // start over at epoch 1 below a published epoch, which would wedge the name.
+        // start over at epoch 1 below a published epoch, which would wedge the name. In the
+        // highly available shape the record is etcd's: read now, not this site's copy (not
+        // loaded yet, or its watch behind).
+        if let Some(ha) = &self.ha {
+            ha.records
+                .sync()
+                .await
+                .map_err(|e| ClusterError::EpochUnknown(e.to_string()))?;
+        }
         let published = crate::dns_changes::published_ownership(self.dns.as_ref(), &self.names)
             .await
             .map_err(|e| ClusterError::EpochUnknown(e.to_string()))?;
