@@ -61,6 +61,29 @@ pub enum ClusterFault {
     /// Every us-east-1 node stopped (SIGSTOP) for 8 s, then resumed: failed over meanwhile, its
     /// old primaries must not take a write when they come back.
     RegionStalled,
+    /// The highly available shape (a controller per site on etcd, the witness leading): the
+    /// leader aborts after this step of a switchover; another site takes the leader key and
+    /// settles the move, and the switchover asked again at us-east-2 completes it.
+    LeaderCrash(&'static str),
+    /// The highly available shape: the leader's whole process stopped (SIGSTOP) once a
+    /// switchover's targets caught up, until another site leads, then resumed: it must take no
+    /// shard over; the switchover asked again at us-east-2 completes it.
+    LeaderStoppedPastLease,
+    /// The highly available shape: every us-east-1 node and us-east-1's controller SIGKILLed:
+    /// the leader, at another site, fails the region over.
+    RegionKilledWithItsSite,
+}
+
+impl ClusterFault {
+    /// Run by a controller per site on etcd rather than one.
+    fn highly_available(self) -> bool {
+        matches!(
+            self,
+            ClusterFault::LeaderCrash(_)
+                | ClusterFault::LeaderStoppedPastLease
+                | ClusterFault::RegionKilledWithItsSite
+        )
+    }
 }
 
 pub struct ClusterScenario {
@@ -121,6 +144,20 @@ pub fn scenarios() -> Vec<ClusterScenario> {
         name: "cluster: writer region stalled 8 s".into(),
         fault: ClusterFault::RegionStalled,
     });
+    for step in ["paused", "caught-up", "handed-over-1", "handed-over-2"] {
+        all.push(ClusterScenario {
+            name: format!("cluster: HA, leader crash after {step}"),
+            fault: ClusterFault::LeaderCrash(step),
+        });
+    }
+    all.push(ClusterScenario {
+        name: "cluster: HA, leader stopped (SIGSTOP) past its lease after caught-up".into(),
+        fault: ClusterFault::LeaderStoppedPastLease,
+    });
+    all.push(ClusterScenario {
+        name: "cluster: HA, writer region SIGKILLed with its site's controller".into(),
+        fault: ClusterFault::RegionKilledWithItsSite,
+    });
     all
 }
 
@@ -162,10 +199,25 @@ struct Controller(Child);
 
 impl Controller {
     fn start(valkey_dr: &Path, config: &Path, dir: &Path, fault: Option<&str>) -> Controller {
+        Controller::spawn(valkey_dr, config, &dir.join("controller.log"), fault)
+    }
+
+    /// A site's controller of the highly available shape, its log `controller-<site>.log`.
+    fn start_site(
+        valkey_dr: &Path,
+        site: &cluster::LabSite,
+        dir: &Path,
+        fault: Option<&str>,
+    ) -> Controller {
+        let log = dir.join(format!("controller-{}.log", site.name));
+        Controller::spawn(valkey_dr, &site.config, &log, fault)
+    }
+
+    fn spawn(valkey_dr: &Path, config: &Path, log: &Path, fault: Option<&str>) -> Controller {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("controller.log"))
+            .open(log)
             .ok();
         let mut command = Command::new(valkey_dr);
         command
@@ -265,6 +317,8 @@ fn scenario_is_planned(fault: ClusterFault) -> bool {
             | ClusterFault::ControllerStall(_)
             | ClusterFault::ControllerStopped(_)
             | ClusterFault::ReplicaRestartedEmpty
+            | ClusterFault::LeaderCrash(_)
+            | ClusterFault::LeaderStoppedPastLease
     )
 }
 
@@ -288,20 +342,48 @@ async fn run_in(
         .and_then(|s| s.local_addr())
         .map_err(|e| e.to_string())?;
     let config = write_config(dir, &addrs, dns).map_err(|e| e.to_string())?;
-    let socket = dir.join("state/control.sock");
     let crash = match scenario.fault {
-        ClusterFault::ControllerCrash(step) | ClusterFault::RegionKilledControllerCrash(step) => {
-            Some(format!("crash-after:{step}"))
-        }
+        ClusterFault::ControllerCrash(step)
+        | ClusterFault::RegionKilledControllerCrash(step)
+        | ClusterFault::LeaderCrash(step) => Some(format!("crash-after:{step}")),
         ClusterFault::ControllerStall(step) => Some(format!("stall-after:{step}:3000")),
         ClusterFault::ControllerStopped(step) => Some(format!("stop-after:{step}")),
+        ClusterFault::LeaderStoppedPastLease => Some("stop-after:caught-up".into()),
         _ => None,
     };
-    let mut controller = Controller::start(valkey_dr, &config, dir, crash.as_deref());
-    let status = ready(&socket, Duration::from_secs(30)).await?;
-    if status.self_fenced.len() != 3 {
-        return Err(format!("fences not armed: {:?}", status.self_fenced));
-    }
+    // One controller, or (the highly available shape) the witness's — it leads, the fault armed
+    // in it — with a controller per region beside it; the name is then asked of us-east-2's,
+    // which survives every such row.
+    let (mut controller, sites, socket, dns, _etcd) = if scenario.fault.highly_available() {
+        let (etcd, sites) = on_etcd(dir, &addrs, ip(9)).await?;
+        let witness = &sites[2];
+        let leader_socket = control_socket(&witness.config)?;
+        let controller = Controller::start_site(valkey_dr, witness, dir, crash.as_deref());
+        leader_is(
+            &leader_socket,
+            |l| l == "witness",
+            "the witness",
+            Duration::from_secs(30),
+        )
+        .await?;
+        let others: Vec<Controller> = sites[..2]
+            .iter()
+            .map(|site| Controller::start_site(valkey_dr, site, dir, None))
+            .collect();
+        ready(&leader_socket, Duration::from_secs(30)).await?;
+        let socket = control_socket(&sites[1].config)?;
+        let (dns, sites) = (sites[1].dns, (sites, others));
+        (controller, Some(sites), socket, dns, Some(etcd))
+    } else {
+        let controller = Controller::start(valkey_dr, &config, dir, crash.as_deref());
+        let socket = dir.join("state/control.sock");
+        ready(&socket, Duration::from_secs(30)).await?;
+        (controller, None, socket, dns, None)
+    };
+    let (leader_socket, mut others) = match sites {
+        Some((sites, others)) => (Some(control_socket(&sites[2].config)?), others),
+        None => (None, Vec::new()),
+    };
 
     let writers = ShardWriters::start(&addrs[..3], &addrs)
         .await
@@ -393,6 +475,46 @@ async fn run_in(
             }
             "us-east-2"
         }
+        ClusterFault::LeaderCrash(_) => {
+            // Asked of the leader itself: it dies mid-move (a site that handed the request on
+            // would wait for an answer that never comes). Asked again at us-east-2, handed to
+            // the next leader.
+            let leader_socket = leader_socket.as_deref().expect("a leader");
+            let _ = switchover(leader_socket).await;
+            if !holds_within(Duration::from_secs(10), || controller.ended()).await {
+                return Err("the leader did not crash".into());
+            }
+            switchover_until_done(&socket, report).await?;
+            "us-east-2"
+        }
+        ClusterFault::LeaderStoppedPastLease => {
+            let leader_socket = leader_socket.clone().expect("a leader");
+            let asking = tokio::spawn(async move { switchover(&leader_socket).await });
+            if !holds_within(Duration::from_secs(10), || controller.stopped()).await {
+                return Err("the leader did not stop itself".into());
+            }
+            // Its lease runs out and another site leads; then it goes on.
+            leader_is(
+                &socket,
+                |l| l != "witness",
+                "another site",
+                Duration::from_secs(20),
+            )
+            .await?;
+            controller.signal(libc::SIGCONT);
+            if asking.await.map_err(|e| e.to_string())?.is_ok() {
+                return Err("the deposed leader carried its switchover out".into());
+            }
+            switchover_until_done(&socket, report).await?;
+            "us-east-2"
+        }
+        ClusterFault::RegionKilledWithItsSite => {
+            for node in &mut nodes[..6] {
+                node.kill();
+            }
+            others.remove(0);
+            "us-east-2"
+        }
     };
     // The nodes lost to the fault, which the name must not lead to.
     let gone: Vec<SocketAddr> = match scenario.fault {
@@ -401,7 +523,8 @@ async fn run_in(
         | ClusterFault::PrimaryRestartedThroughGuard => vec![addrs[0]],
         ClusterFault::RegionKilled
         | ClusterFault::RegionKilledControllerCrash(_)
-        | ClusterFault::RegionStalled => addrs[..6].to_vec(),
+        | ClusterFault::RegionStalled
+        | ClusterFault::RegionKilledWithItsSite => addrs[..6].to_vec(),
         _ => Vec::new(),
     };
     let settled = name_settles(&socket, dns, writer_region, &gone, Duration::from_secs(30)).await;
@@ -433,6 +556,7 @@ async fn run_in(
         scenario.fault,
         ClusterFault::RegionKilled
             | ClusterFault::RegionKilledControllerCrash(_)
+            | ClusterFault::RegionKilledWithItsSite
             | ClusterFault::PrimaryKilled
             | ClusterFault::PrimaryBackEmptyAfterReplaced
             | ClusterFault::PrimaryRestartedThroughGuard
@@ -470,8 +594,67 @@ async fn run_in(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(controller);
+    drop(others);
     drop(nodes);
     Ok(())
+}
+
+/// A three-member etcd for a run in `dir`, and each site's controller config: us-east-1,
+/// us-east-2 and the witness, each with its DNS server on a port of its own at `dns_ip`.
+async fn on_etcd(
+    dir: &Path,
+    addrs: &[SocketAddr],
+    dns_ip: Ipv4Addr,
+) -> Result<(valkey_dr_coord::cluster::EtcdCluster, Vec<cluster::LabSite>), String> {
+    let etcd =
+        valkey_dr_coord::cluster::EtcdCluster::start(&dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
+            .await
+            .map_err(|e| e.to_string())?;
+    let ports: Vec<SocketAddr> = (0..3)
+        .map(|_| {
+            std::net::UdpSocket::bind((dns_ip, 0))
+                .and_then(|s| s.local_addr())
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let sites = cluster::write_site_configs(
+        dir,
+        &[("us-east-1", &addrs[..6]), ("us-east-2", &addrs[6..9])],
+        &["us-east-1".into(), "us-east-2".into(), "witness".into()],
+        &etcd.endpoints(),
+        |i| ports[i],
+        CONTROLLER_SETTINGS,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((etcd, sites))
+}
+
+fn control_socket(config: &Path) -> Result<PathBuf, String> {
+    valkey_dr_core::Config::load(config)
+        .map(|c| c.control_socket())
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until the controller at `socket` names a leader that is `wanted` (`what` says which).
+async fn leader_is(
+    socket: &Path,
+    wanted: impl Fn(&str) -> bool,
+    what: &str,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let leader = status(socket).await.ok().and_then(|s| s.leader);
+        if leader.as_deref().is_some_and(&wanted) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{what} did not lead within {within:?}: {leader:?} does"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The run's config: the cluster's controller with automatic region failover, its DNS on
@@ -483,14 +666,13 @@ fn write_config(dir: &Path, addrs: &[SocketAddr], dns: SocketAddr) -> std::io::R
         Some(dns),
     )?;
     let written = std::fs::read_to_string(&path)?;
-    std::fs::write(
-        &path,
-        format!(
-            "{written}[controller]\ncross_region_failover = \"auto\"\nwrites_need_a_replica = false\n"
-        ),
-    )?;
+    std::fs::write(&path, format!("{written}{CONTROLLER_SETTINGS}"))?;
     Ok(path)
 }
+
+/// Every run's controller settings.
+const CONTROLLER_SETTINGS: &str =
+    "[controller]\ncross_region_failover = \"auto\"\nwrites_need_a_replica = false\n";
 
 async fn status(socket: &Path) -> Result<ControlledClusterStatus, String> {
     let value = control::request(socket, &Request::Status, |_| {})

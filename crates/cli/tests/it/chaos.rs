@@ -243,7 +243,7 @@ fn chaos_ha_a_new_writer_restarted_empty_after_a_region_failover_loses_nothing_i
 #[test]
 fn chaos_cluster_mode_keeps_one_primary_per_slot_and_every_write_acknowledged_after_the_fault() {
     let reports = chaos_with(&["cluster:"], &["--cluster"]);
-    assert_eq!(reports.len(), 16, "{reports:#?}");
+    assert_eq!(reports.len(), 22, "{reports:#?}");
     assert_ok(&reports);
     for report in &reports {
         assert_eq!(report["lost_after_fault"], 0, "{report:#}");

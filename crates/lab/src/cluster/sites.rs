@@ -58,9 +58,8 @@ fn site_dns(block: u8, i: usize, sites: usize, dns: SocketAddr) -> SocketAddr {
 
 /// Starts one etcd member per site (daemonized: `etcd-<site>.pid` in `dir`, stopped by `lab
 /// down` as every lab process), waits for their quorum, and writes each site's controller config
-/// for the cluster lab [`up`] started with the same arguments: its own state directory and DNS
-/// server, and `[coordination]`. The last site's is `dir/valkey-dr.toml`, the lab's config;
-/// the others' `dir/valkey-dr-<site>.toml`.
+/// for the cluster lab [`up`] started with the same arguments ([`write_site_configs`]). The last
+/// site's is `dir/valkey-dr.toml`, the lab's config; the others' `dir/valkey-dr-<site>.toml`.
 pub async fn start_sites(
     dir: &Path,
     block: u8,
@@ -122,29 +121,56 @@ pub async fn start_sites(
         .iter()
         .map(|(name, range)| (name.as_str(), &addrs[range.clone()]))
         .collect();
+    let sites = write_site_configs(
+        &dir,
+        &placed,
+        &names,
+        &endpoints,
+        |i| site_dns(block, i, names.len(), dns),
+        "",
+    )
+    .map_err(ClusterError::Start)?;
+    // The last site's config is the lab's own.
+    let last = sites.last().expect("a site");
+    std::fs::rename(&last.config, dir.join("valkey-dr.toml")).map_err(ClusterError::Start)?;
+    let mut sites = sites;
+    if let Some(last) = sites.last_mut() {
+        last.config = dir.join("valkey-dr.toml");
+    }
+    Ok(sites)
+}
+
+/// Writes `dir/valkey-dr-<site>.toml` for each of `sites`, controllers of the cluster whose nodes
+/// stand in `placed` (region, nodes; the first holds the primaries), on the etcd members at
+/// `etcd`: site `i`'s state in `dir/state-<site>`, its DNS server on `dns(i)`, `extra` (say, a
+/// `[controller]` table) and `[coordination]` appended.
+pub fn write_site_configs(
+    dir: &Path,
+    placed: &[(&str, &[SocketAddr])],
+    sites: &[String],
+    etcd: &[String],
+    dns: impl Fn(usize) -> SocketAddr,
+    extra: &str,
+) -> std::io::Result<Vec<LabSite>> {
     let quoted = |list: &[String]| {
         list.iter()
             .map(|s| format!("\"{s}\""))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    names
+    sites
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let dns = site_dns(block, i, names.len(), dns);
+            let dns = dns(i);
             let text = format!(
-                "{}[coordination]\netcd = [{}]\nsite = \"{name}\"\nsites = [{}]\n",
-                regions_config(&dir.join(format!("state-{name}")), &placed, Some(dns)),
-                quoted(&endpoints),
-                quoted(&names)
+                "{}{extra}[coordination]\netcd = [{}]\nsite = \"{name}\"\nsites = [{}]\n",
+                regions_config(&dir.join(format!("state-{name}")), placed, Some(dns)),
+                quoted(etcd),
+                quoted(sites)
             );
-            let config = if i + 1 == names.len() {
-                dir.join("valkey-dr.toml")
-            } else {
-                dir.join(format!("valkey-dr-{name}.toml"))
-            };
-            std::fs::write(&config, text).map_err(ClusterError::Start)?;
+            let config = dir.join(format!("valkey-dr-{name}.toml"));
+            std::fs::write(&config, text)?;
             Ok(LabSite {
                 name: name.clone(),
                 config,
