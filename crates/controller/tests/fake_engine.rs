@@ -79,6 +79,16 @@ fn reopen(engine: &FakeEngine, name: &str, settings: &str) -> Controller {
     Controller::with_engine(config, zone, Box::new(engine.clone())).unwrap()
 }
 
+/// [`reopen`], its records behind `dns`.
+fn reopen_with_dns(
+    engine: &FakeEngine,
+    name: &str,
+    dns: Arc<dyn valkey_dr_dns::DnsProvider>,
+) -> Controller {
+    let config = reopen(engine, name, "").config().clone();
+    Controller::with_engine(config, dns, Box::new(engine.clone())).unwrap()
+}
+
 /// Passes for a while, as the run loop would make them while a node fails.
 async fn passes(controller: &Controller, n: usize) {
     for _ in 0..n {
@@ -665,4 +675,55 @@ async fn a_writer_that_refuses_writes_for_its_disk_is_switched_away_from_one_out
         refusal_reported(&controller).await,
         "the refusal is reported"
     );
+}
+
+#[tokio::test]
+async fn adopt_decides_nothing_while_the_published_epoch_cannot_be_read() {
+    use valkey_dr_controller::failover::FailoverError;
+    use valkey_dr_core::records::{ManagedNames, ownership_record};
+    use valkey_dr_dns::DnsProvider;
+
+    // us-east-1 is gone and the operator made us-east-2's head a master by hand.
+    let engine = world();
+    set(&engine, WRITER, |n| n.up = false);
+    set(&engine, LOCAL_REPLICA, |n| n.up = false);
+    set(&engine, REMOTE_HEAD, |n| n.master = None);
+    // The DNS server holding the ownership record does not answer: a real RFC 2136 client
+    // sending to a port nothing listens on.
+    let down = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let key = valkey_dr_dns::rfc2136::TsigKey {
+        name: "valkey-dr".into(),
+        algorithm: valkey_dr_core::config::TsigAlgorithm::HmacSha256,
+        secret: vec![7; 32],
+    };
+    let unreachable = valkey_dr_dns::rfc2136::Rfc2136::new(
+        vec![down],
+        "valkey-dr.live",
+        key,
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    let controller = reopen_with_dns(&engine, "adopt-dns-down", Arc::new(unreachable));
+    // Adopting epoch 0 + 1 below a published epoch would have every later write of the name
+    // refused as stale: nothing is adopted until the record can be read.
+    let refused = controller.adopt("us-east-2").await.unwrap_err();
+    assert!(matches!(refused, FailoverError::Dns(_)), "{refused}");
+    assert_eq!(controller.epoch(), None, "an epoch was adopted blind");
+
+    // The server back, holding epoch 5 for us-east-1: the adopted epoch goes past it.
+    let config = controller.config().clone();
+    drop(controller);
+    let zone = Zone::new(&config.dns.zone);
+    zone.apply(&[valkey_dr_core::Change::Create {
+        new: ownership_record(&ManagedNames::from_config(&config), 5, "us-east-1"),
+    }])
+    .await
+    .unwrap();
+    let controller = reopen_with_dns(&engine, "adopt-dns-down", Arc::new(zone));
+    let adopted = controller.adopt("us-east-2").await.unwrap();
+    assert_eq!(adopted.epoch, 6);
+    assert_eq!(adopted.primary, NodeId(2));
 }
