@@ -452,26 +452,7 @@ pub async fn start_with(
             return start_rfc2136(config.clone(), rfc2136, faults).await;
         }
     };
-    // Highly available shape: the zone is a copy of the records in etcd, loaded before serving
-    // when etcd answers; until it is, the server answers SERVFAIL (never an NXDOMAIN from an empty
-    // copy, which resolvers would cache and not ask another site's server).
-    let zone = Arc::new(match config.coordination {
-        None => Zone::new(&config.dns.zone),
-        Some(_) => Zone::awaiting_copy(&config.dns.zone),
-    });
-    let ha = match &config.coordination {
-        None => None,
-        Some(coordination) => {
-            let ha = connect_coordination(&config, coordination, zone.clone()).await?;
-            let first = tokio::time::timeout(ha.coord.ttl(), ha.records.sync()).await;
-            if !matches!(first, Ok(Ok(_))) {
-                tracing::warn!(
-                    "records not loaded from etcd before serving; answering SERVFAIL until they are"
-                );
-            }
-            Some(ha)
-        }
-    };
+    let (zone, ha) = site_zone(&config).await?;
     let dns = DnsServer::start_with_name_servers(
         zone.clone(),
         listen,
@@ -499,6 +480,28 @@ pub async fn start_with(
             socket,
         },
     })
+}
+
+/// The zone the embedded DNS server answers from, and with `[coordination]` this controller's
+/// part in the highly available shape (either controller: a replication group's, a cluster's).
+/// There the zone is a copy of the records in etcd, loaded before serving when etcd answers;
+/// until it is, the server answers SERVFAIL (never an NXDOMAIN from an empty copy, which
+/// resolvers would cache and not ask another site's server).
+pub(crate) async fn site_zone(
+    config: &Config,
+) -> Result<(Arc<Zone>, Option<ha::Ha>), ControllerError> {
+    let Some(coordination) = &config.coordination else {
+        return Ok((Arc::new(Zone::new(&config.dns.zone)), None));
+    };
+    let zone = Arc::new(Zone::awaiting_copy(&config.dns.zone));
+    let ha = connect_coordination(config, coordination, zone.clone()).await?;
+    let first = tokio::time::timeout(ha.coord.ttl(), ha.records.sync()).await;
+    if !matches!(first, Ok(Ok(_))) {
+        tracing::warn!(
+            "records not loaded from etcd before serving; answering SERVFAIL until they are"
+        );
+    }
+    Ok((zone, Some(ha)))
 }
 
 /// Every site's DNS server names all of them: `ns-<site>.<zone>`.
@@ -613,7 +616,7 @@ const ESSENTIAL_HA: [&str; 6] = [
 
 /// Connects to etcd, retrying with backoff for a while: a controller started before its etcd
 /// members (a whole site booting) waits for them instead of exiting.
-pub(crate) async fn connect_coordination(
+async fn connect_coordination(
     config: &Config,
     coordination: &valkey_dr_core::config::CoordinationConfig,
     zone: Arc<Zone>,

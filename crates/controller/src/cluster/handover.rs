@@ -62,7 +62,7 @@ impl<M: Mover> Mover for Quiet<'_, M> {
 }
 
 /// Why a step was not taken by a mover that may no longer act.
-const NO_LONGER_LEADS: &str = "this controller no longer leads: not done (the leader settles the move by what the shards show)";
+pub(super) const NO_LONGER_LEADS: &str = "this controller no longer leads: not done (the leader settles the move by what the shards show)";
 
 /// How long a shard may take to hand over once asked.
 pub(super) const HANDOVER_WITHIN: Duration = Duration::from_secs(6);

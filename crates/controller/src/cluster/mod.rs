@@ -445,9 +445,6 @@ pub enum ClusterError {
     StateNotRecorded(String),
     #[error("the name was not moved: {0}")]
     NameNotMoved(String),
-    /// The highly available shape: the leader key was lost before the move acted.
-    #[error("this controller no longer leads: nothing moved")]
-    NotLeading,
     /// The highly available shape: the leader key was lost during the move, which stopped
     /// where it was.
     #[error(
@@ -481,7 +478,6 @@ impl ClusterError {
                 .iter()
                 .any(|r| matches!(r, MoveRefusal::PrimaryMayStillWrite { .. })),
             ClusterError::Aborted(_)
-            | ClusterError::NotLeading
             | ClusterError::RolledBack { .. }
             | ClusterError::Incomplete { .. } => true,
             _ => false,
@@ -559,7 +555,7 @@ pub(crate) async fn failover_with(
         .map(|m| &m.r#move.from)
         .collect();
     if !mover.may_act() {
-        return Err(ClusterError::NotLeading);
+        return Err(ClusterError::Aborted(handover::NO_LONGER_LEADS.into()));
     }
     let paused = join_all(
         fenced

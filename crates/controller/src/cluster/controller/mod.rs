@@ -24,7 +24,7 @@ use valkey_dr_core::self_fence::WriteQuorum;
 use valkey_dr_core::{Config, RegionId, Topology};
 use valkey_dr_core::{Engine, NodeId};
 use valkey_dr_dns::DnsProvider;
-use valkey_dr_dns::embedded::{DnsServer, Zone};
+use valkey_dr_dns::embedded::DnsServer;
 use valkey_dr_valkey::ValkeyEngine;
 
 use super::state::{ClusterMove, ClusterState, ClusterStore};

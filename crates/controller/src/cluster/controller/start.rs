@@ -36,41 +36,26 @@ pub async fn start(
     config: Config,
     step_hook: Option<StepHook>,
 ) -> Result<RunningCluster, ControllerError> {
-    let (controller, server) = match (&config.dns.provider, &config.coordination) {
-        // The highly available shape: every site serves the records in etcd (validation
-        // allows only the embedded server there).
-        (DnsProviderConfig::Embedded { listen }, Some(coordination)) => {
-            let zone = Arc::new(Zone::awaiting_copy(&config.dns.zone));
-            let ha = crate::connect_coordination(&config, coordination, zone.clone()).await?;
-            let first = tokio::time::timeout(ha.coord.ttl(), ha.records.sync()).await;
-            if !matches!(first, Ok(Ok(_))) {
-                tracing::warn!(
-                    "records not loaded from etcd before serving; answering SERVFAIL until they are"
-                );
-            }
+    let (controller, server) = match &config.dns.provider {
+        // With `[coordination]` every site serves the records in etcd (validation allows only
+        // the embedded server there).
+        DnsProviderConfig::Embedded { listen } => {
+            let (zone, ha) = crate::site_zone(&config).await?;
             let listen = listen.parse().expect("validated listen address");
             let server = DnsServer::start_with_name_servers(
-                zone,
+                zone.clone(),
                 listen,
                 config.dns.ttl,
                 &crate::name_servers(&config),
             )
             .await?;
-            let controller = ClusterController::with_coordination(config, ha, step_hook)?;
+            let controller = match ha {
+                Some(ha) => ClusterController::with_coordination(config, ha, step_hook)?,
+                None => ClusterController::new(config, zone, step_hook)?,
+            };
             (controller, Some(server))
         }
-        (DnsProviderConfig::Embedded { listen }, None) => {
-            let zone = Arc::new(Zone::new(&config.dns.zone));
-            let listen = listen.parse().expect("validated listen address");
-            let server =
-                DnsServer::start_with_name_servers(zone.clone(), listen, config.dns.ttl, &[])
-                    .await?;
-            (
-                ClusterController::new(config, zone, step_hook)?,
-                Some(server),
-            )
-        }
-        (DnsProviderConfig::Rfc2136(rfc2136), _) => {
+        DnsProviderConfig::Rfc2136(rfc2136) => {
             let dns = crate::rfc2136_provider(&config, rfc2136)?;
             (ClusterController::new(config, dns, step_hook)?, None)
         }
