@@ -13,7 +13,10 @@ reply_file=$(mktemp)
 seq=0 acked=0 readonly=0 other=0 gaps="" first_error="" stopping=0
 last_ack=$(now_ms)
 deadline=$(( $(now_ms) + ${VALKEY_DR_SECONDS%.*} * 1000 ))
-trap 'stopping=1' TERM
+# The write in flight is ended with the writer: a SIGTERM that lands between starting it and
+# waiting for it would otherwise wait for a write that may hang forever (no read timeout).
+cli=""
+trap 'stopping=1; [ -n "$cli" ] && kill "$cli" 2>/dev/null' TERM
 while [ "$stopping" = 0 ] && [ "$(now_ms)" -lt "$deadline" ]; do
   # In the background, so that SIGTERM is handled even while a write hangs.
   "${bound[@]}" valkey-cli -h "$VALKEY_DR_HOST" -p "$VALKEY_DR_PORT" "${user[@]}" \
@@ -28,7 +31,7 @@ while [ "$stopping" = 0 ] && [ "$(now_ms)" -lt "$deadline" ]; do
     [ "$acked" = 1 ] && echo ready
   else
     case "$reply" in READONLY*) readonly=$((readonly + 1)) ;; *) other=$((other + 1)) ;; esac
-    [ -z "$first_error" ] && first_error=$(printf '%s' "${reply:-timed out}" | head -n1 | tr -d '"\\')
+    [ -z "$first_error" ] && first_error=$(printf '%s' "${reply:-timed out}" | head -n1 | tr -d '"\\\000-\037')
     sleep 0.001
   fi
 done

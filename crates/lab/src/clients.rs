@@ -465,23 +465,42 @@ pub async fn stop(
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
         let mut report = report_for(r.writer);
+        // What it said last, to name in the report when no summary comes.
+        let mut last_said = String::from("nothing");
         let summary = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Ok(Some(line)) = r.stdout.next_line().await {
-                if let Ok(summary) = serde_json::from_str::<Summary>(&line) {
-                    return Some(summary);
+            loop {
+                match r.stdout.next_line().await {
+                    Ok(Some(line)) => match serde_json::from_str::<Summary>(&line) {
+                        Ok(summary) => return Some(summary),
+                        Err(e) => last_said = format!("{line:?} ({e})"),
+                    },
+                    Ok(None) => return None,
+                    Err(e) => {
+                        last_said = format!("unreadable output ({e})");
+                        return None;
+                    }
                 }
             }
-            None
         })
-        .await
-        .ok()
-        .flatten();
+        .await;
         let _ = r.child.start_kill();
-        let _ = r.child.wait().await;
-        let Some(summary) = summary else {
-            report.error = Some("gave no summary when stopped".into());
-            reports.push(report);
-            continue;
+        let ended = r.child.wait().await;
+        let summary = match summary {
+            Ok(Some(summary)) => summary,
+            stopped => {
+                let how = match stopped {
+                    Err(_) => "still running 5 s after SIGTERM".to_string(),
+                    Ok(_) => format!(
+                        "ended ({})",
+                        ended.map_or_else(|e| e.to_string(), |s| s.to_string())
+                    ),
+                };
+                report.error = Some(format!(
+                    "gave no summary when stopped: {how}; last said {last_said}"
+                ));
+                reports.push(report);
+                continue;
+            }
         };
         let (first_write_after_ms, longest_gap_ms) = outage(&summary, operation_ms, effect_ms);
         report.stuck = stuck(&summary, effect_ms);

@@ -399,6 +399,38 @@ async fn make_follow(engine: &ValkeyEngine, old: &Endpoint, new_id: &str) -> boo
         && follows(engine, old, Duration::from_secs(1)).await
 }
 
+/// Waits until `old` follows `new`, which took its shard over, at most `within`; true once it
+/// does. Gossip carries a takeover within milliseconds, but where an old primary counts the
+/// new one in another shard (Valkey 8.0.1 can hold a stale shard id for a node: see
+/// `repair_shard_ids` in the lab), the takeover reads to it as its slots migrating away, and it
+/// stays "an empty primary" (its log says so). It is then told to follow, as an operator would
+/// — at once rather than after the whole wait, which had let the other primaries' write pauses
+/// run out and rolled the move back. A refusal (it has not heard of the takeover yet and still
+/// holds the slots) is asked again until `within` passed.
+pub(super) async fn follow_successor(
+    engine: &ValkeyEngine,
+    old: &Endpoint,
+    new: &Endpoint,
+    within: Duration,
+) -> bool {
+    let deadline = Instant::now() + within;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    if follows(engine, old, SELF_FOLLOW_WITHIN.min(left())).await {
+        return true;
+    }
+    let Ok(new_id) = engine.cluster_myid(new).await else {
+        return false;
+    };
+    while !left().is_zero() {
+        if make_follow(engine, old, &new_id).await
+            || follows(engine, old, RETRY_FOLLOW_EVERY.min(left())).await
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Asks the replica to take its shard over (TAKEOVER) — unless the old primary's pause is about
 /// to run out — and waits until it is the primary, and the old one, when given, follows it, or
 /// [`HANDOVER_WITHIN`] passed.
@@ -445,27 +477,11 @@ async fn hand_over(
     })
     .await;
     let old_follows = match old {
-        Some(old) => {
-            let left = || deadline.saturating_duration_since(Instant::now());
-            let mut followed = follows(engine, old, SELF_FOLLOW_WITHIN.min(left())).await;
-            // Taken over, but the old primary did not turn into the new one's replica by itself:
-            // where it counts the replica in another shard (Valkey 8.0.1 can hold a stale shard
-            // id for a node: see `repair_shard_ids` in the lab), the takeover reads to it as its
-            // slots migrating away, and it stays "an empty primary" (its log says so). Told to
-            // follow, as an operator would — at once rather than after the whole wait, which
-            // had let the other primaries' write pauses run out and rolled the move back. A
-            // refusal (it has not heard of the takeover yet and still holds the slots) is asked
-            // again until the deadline.
-            let new_id = match (followed, primary) {
-                (false, Some(())) => engine.cluster_myid(replica).await.ok(),
-                _ => None,
-            };
-            while let Some(new_id) = new_id.as_deref().filter(|_| !followed && !left().is_zero()) {
-                followed = make_follow(engine, old, new_id).await
-                    || follows(engine, old, RETRY_FOLLOW_EVERY.min(left())).await;
-            }
-            followed
+        Some(old) if primary.is_some() => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            follow_successor(engine, old, replica, left).await
         }
+        Some(_) => false,
         None => true,
     };
     if primary.is_some() && old_follows {

@@ -24,8 +24,8 @@ mod state;
 
 pub use handover::{CutStep, Mover};
 use handover::{
-    HANDOVER_WITHIN, Handover, PAUSE_MARGIN, Quiet, catch_up, cut_over, follows, linked,
-    take_over_in_turn,
+    HANDOVER_WITHIN, Handover, PAUSE_MARGIN, Quiet, catch_up, cut_over, follow_successor, follows,
+    linked, take_over_in_turn,
 };
 
 /// What `valkey-dr cluster status` shows.
@@ -299,14 +299,17 @@ pub(crate) async fn switchover_with(
         .map(|(m, _)| m)
         .collect();
     let back: Vec<(&Endpoint, &Endpoint)> = moved.iter().map(|m| (&m.to, &m.from)).collect();
+    // A target whose takeover landed late was not followed by its old primary within the
+    // handover's wait: an old primary that stands as a primary with no slots (seen under load)
+    // would never catch up with the hand-back's cut, and the shard would keep one replica
+    // less. It is told to follow first, as the handover does.
     // An old primary, a replica since its handover, may be in a full sync from its new primary,
     // which a paused primary does not feed (seen: the hand-back's catch-up ran out while the
     // transfer stood still). The reverse cut pauses once they are linked.
-    join_all(
-        moved
-            .iter()
-            .map(|m| linked(engine, &m.from, HANDOVER_WITHIN)),
-    )
+    join_all(moved.iter().map(async |m| {
+        follow_successor(engine, &m.from, &m.to, HANDOVER_WITHIN).await;
+        linked(engine, &m.from, HANDOVER_WITHIN).await
+    }))
     .await;
     // And a paused replica applies nothing its primary sends until its pause ends (Valkey 8.0.1:
     // `CLIENT PAUSE WRITE` holds the replication stream back too; seen: a hand-back after 14 s of
