@@ -255,11 +255,17 @@ impl Coordinator {
 
     /// The site that holds the leader key now, if any.
     pub async fn leader(&self) -> Result<Option<String>, CoordError> {
+        Ok(self.leader_term().await?.map(|term| term.site))
+    }
+
+    /// The leader's term now, if one leads: its site and the revision that created the leader
+    /// key — a new one for each election, even of the same site.
+    pub async fn leader_term(&self) -> Result<Option<Term>, CoordError> {
         let response = self.get_kv(self.leader_key.clone(), None).await?;
-        Ok(response
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        Ok(response.kvs().first().map(|kv| Term {
+            site: String::from_utf8_lossy(kv.value()).into_owned(),
+            created: kv.create_revision(),
+        }))
     }
 
     pub(crate) async fn put_on(
@@ -306,4 +312,12 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// One leader's time in office ([`Coordinator::leader_term`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    pub site: String,
+    /// The etcd revision that created the leader key.
+    pub created: i64,
 }

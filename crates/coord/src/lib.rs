@@ -20,7 +20,7 @@ mod tls;
 mod watch;
 
 pub use kv::{Swap, Versioned};
-pub use lease::{Claim, Fence, LeaderCell, Leadership};
+pub use lease::{Claim, Fence, LeaderCell, Leadership, Term};
 pub use storage::Storage;
 pub use tls::EtcdTls;
 pub use watch::Watch;

@@ -51,12 +51,42 @@ impl Ha {
         {
             return Reply::Error(format!("cannot hand the request to the leader: {error}"));
         }
+        let answer = async || {
+            let reply = ha.coord.get(&keys::result(&id)).await.ok()??;
+            serde_json::from_slice::<Reply>(&reply).ok()
+        };
+        // The term of the leader that took the request (its key gone from `requests/`). Once
+        // another term begins with no answer written, the taker lost its office mid-request
+        // and will never answer: what it did stands, and its successor settles a move by what
+        // the nodes show. Waiting out the request's whole life would only hide that.
+        let mut taken_in = None;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Ok(Some(reply)) = ha.coord.get(&keys::result(&id)).await
-                && let Ok(reply) = serde_json::from_slice::<Reply>(&reply)
-            {
+            if let Some(reply) = answer().await {
                 return reply;
+            }
+            let Ok(term) = ha.coord.leader_term().await else {
+                continue;
+            };
+            match &taken_in {
+                None => {
+                    if let Ok(None) = ha.coord.get(&keys::request(&id)).await {
+                        taken_in = Some(term);
+                    }
+                }
+                Some(taker) if *taker != term => {
+                    // Its answer may have landed just before the term changed.
+                    if let Some(reply) = answer().await {
+                        return reply;
+                    }
+                    let taker = taker.as_ref().map_or("a leader", |t| t.site.as_str());
+                    return Reply::Retryable(format!(
+                        "the leader ({taker}) took the request and lost its office before \
+                         answering: what it did stands and the next leader settles it (`status` \
+                         shows where things are); run the command again"
+                    ));
+                }
+                Some(_) => {}
             }
         }
         Reply::Error(format!(
