@@ -51,6 +51,11 @@ pub enum DrillCommand {
         /// Where the clusters' files live while they run.
         #[arg(long, default_value = "target/drill-cluster")]
         dir: std::path::PathBuf,
+        /// One-way latency between the two regions, each node reached through a proxy that
+        /// adds it to traffic from the other region (the writers and the controller stand in
+        /// us-east-1); 0: every node reached directly.
+        #[arg(long, default_value_t = 0)]
+        link_ms: u64,
     },
     /// Repeat every scenario and print medians: our switchover against blind promotion and
     /// FAILOVER TO, and both kinds of failover.
@@ -111,7 +116,9 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
             (common, Operation::Failover { fault })
         }
         DrillCommand::Bench { dir, runs, writers } => return bench(&dir, runs, writers).await,
-        DrillCommand::Cluster { runs, dir } => return cluster(runs.max(1), &dir).await,
+        DrillCommand::Cluster { runs, dir, link_ms } => {
+            return cluster(runs.max(1), &dir, link_ms).await;
+        }
         DrillCommand::Ha { runs, dir, output } => {
             return crate::chaos::dispatch(crate::chaos::ChaosArgs {
                 scenario: vec!["HA:".into()],
@@ -353,17 +360,52 @@ struct ClusterRun {
     auto_lost: usize,
 }
 
-async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
+/// The drill's nine nodes (six in us-east-1: the primaries and a replica of each; three in
+/// us-east-2), one per address `ip(0..9)`, as on separate hosts. With `link_ms`, us-east-2
+/// stands that far from us-east-1, where the writers and the controller stand: each node is
+/// reached at `announced(n)` through a proxy. Returns the addresses to reach them at.
+async fn nine_nodes(
+    dir: &std::path::Path,
+    ip: impl Fn(u8) -> std::net::Ipv4Addr,
+    announced: impl Fn(u8) -> std::net::Ipv4Addr,
+    link_ms: u64,
+) -> Result<(
+    Vec<std::net::SocketAddr>,
+    Vec<valkey_dr_lab::cluster::ClusterNode>,
+    Option<valkey_dr_lab::cluster::RegionLink>,
+)> {
+    use valkey_dr_lab::cluster as lab_cluster;
+    let listen: Vec<std::net::Ipv4Addr> = (0..9).map(ip).collect();
+    if link_ms == 0 {
+        let (addrs, nodes) = lab_cluster::form_spread(dir, &listen, 3).await?;
+        return Ok((addrs, nodes, None));
+    }
+    let announced: Vec<std::net::Ipv4Addr> = (0..9).map(announced).collect();
+    let regions: Vec<usize> = (0..9).map(|n| usize::from(n >= 6)).collect();
+    let layout = lab_cluster::LinkLayout {
+        listen: &listen,
+        announced: &announced,
+        regions: &regions,
+        clients_region: 0,
+        delay: Duration::from_millis(link_ms),
+    };
+    let (addrs, nodes, link) = lab_cluster::form_linked(dir, &layout, 3).await?;
+    Ok((addrs, nodes, Some(link)))
+}
+
+async fn cluster(runs: usize, dir: &std::path::Path, link_ms: u64) -> Result<()> {
     use valkey_dr_lab::cluster as lab_cluster;
     let mut done = Vec::new();
     for run in 1..=runs {
         let run_dir = dir.join(format!("run-{run}"));
         std::fs::create_dir_all(&run_dir)?;
-        // A loopback address of this run's own: a dead node's address is never another
+        // Loopback addresses of this run's own: a dead node's address is never another
         // cluster's (its peers keep calling it).
         let pid = std::process::id();
-        let ip = std::net::Ipv4Addr::new(127, 102, (pid >> 8) as u8, run as u8);
-        let (addrs, mut nodes) = lab_cluster::form(&run_dir, ip, 9, 3).await?;
+        let at = move |first: u8| {
+            move |n: u8| std::net::Ipv4Addr::new(127, first + n, (pid >> 8) as u8, run as u8)
+        };
+        let (addrs, mut nodes, link) = nine_nodes(&run_dir, at(160), at(180), link_ms).await?;
         let config = valkey_dr_core::Config::load(&lab_cluster::write_config(&run_dir, &addrs)?)?;
         let lost = |written: &[lab_cluster::ShardWritten], kept: &[Vec<u64>]| {
             written
@@ -416,17 +458,16 @@ async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
         let failover_written = writers.stop().await;
         let failover_kept = kept(addrs[0], &failover_written).await?;
         drop(nodes);
+        drop(link);
 
         // Automatic: a cluster whose nodes have addresses of their own, as on separate hosts
         // (the name carries addresses), its controller in this process with
         // `cross_region_failover = "auto"`; us-east-1 lost.
-        let ip = |n: u8| std::net::Ipv4Addr::new(127, 120 + n, (pid >> 8) as u8, run as u8);
-        let ips: Vec<std::net::Ipv4Addr> = (0..9).map(ip).collect();
         let auto_dir = run_dir.join("auto");
         let _ = std::fs::remove_dir_all(&auto_dir);
         std::fs::create_dir_all(&auto_dir)?;
-        let (addrs, mut nodes) = lab_cluster::form_spread(&auto_dir, &ips, 3).await?;
-        let dns = std::net::UdpSocket::bind((ip(9), 0))?.local_addr()?;
+        let (addrs, mut nodes, link) = nine_nodes(&auto_dir, at(120), at(140), link_ms).await?;
+        let dns = std::net::UdpSocket::bind((at(120)(9), 0))?.local_addr()?;
         let regions = [("us-east-1", &addrs[..6]), ("us-east-2", &addrs[6..9])];
         let mut config = valkey_dr_core::Config::load(&lab_cluster::write_regions_config(
             &auto_dir,
@@ -521,6 +562,7 @@ async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
             auto_lost: lost(&auto_written, &auto_kept),
         });
         drop(nodes);
+        drop(link);
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     let summary = |f: fn(&ClusterRun) -> f64| {
@@ -568,8 +610,12 @@ async fn cluster(runs: usize, dir: &std::path::Path) -> Result<()> {
             summary(|r| r.auto_lost as f64),
         ],
     ];
+    let link = match link_ms {
+        0 => "no link emulation".to_string(),
+        ms => format!("us-east-2 {ms} ms one way from us-east-1 and its writers"),
+    };
     outln!(
-        "cluster mode: 9 nodes on loopback, 3 shards, a writer per shard; {runs} run(s), median (min–max)"
+        "cluster mode: 9 nodes on loopback, 3 shards, a writer per shard, {link}; {runs} run(s), median (min–max)"
     );
     out!(
         "{}",

@@ -101,14 +101,26 @@ async fn carry(client: TcpStream, link: LinkSpec, delay: Duration, partition: Ar
     while partition.blocks(&link.from_region, &link.to_region) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let Ok(server) = TcpStream::connect(link.target).await else {
+    let regions = (link.from_region.clone(), link.to_region.clone());
+    relay(client, link.target, delay, partition, regions).await
+}
+
+/// Carries `client`'s connection to `target` both ways, each byte `delay` late, and nothing
+/// while `partition` cuts the two regions apart.
+pub async fn relay(
+    client: TcpStream,
+    target: SocketAddr,
+    delay: Duration,
+    partition: Arc<Partition>,
+    regions: (String, String),
+) {
+    let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let regions = (link.from_region.clone(), link.to_region.clone());
     tokio::join!(
         pump(
             client_read,

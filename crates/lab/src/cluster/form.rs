@@ -2,7 +2,7 @@
 //! ADDSLOTSRANGE` on each primary, `CLUSTER MEET`, `CLUSTER REPLICATE`, then waiting until every
 //! node sees it whole and has saved a view it can start from again.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use valkey_dr_controller::poll;
@@ -37,25 +37,30 @@ pub async fn form_spread(
     primaries: usize,
 ) -> Result<(Vec<SocketAddr>, Vec<ClusterNode>), ClusterError> {
     start_on_free_addresses(dir, primaries, || {
-        let port = (0..100)
-            .find_map(|_| {
-                let port = free_cluster_port(*ips.first()?)?;
-                ips.iter()
-                    .all(|ip| {
-                        TcpListener::bind((*ip, port)).is_ok()
-                            && TcpListener::bind((*ip, port + 10_000)).is_ok()
-                    })
-                    .then_some(port)
-            })
-            .ok_or_else(|| {
-                ClusterError::NotFormed(Duration::ZERO, "no port free on every address".into())
-            })?;
+        let port = port_free_on_all(ips)?;
         Ok(ips
             .iter()
             .map(|ip| SocketAddr::new((*ip).into(), port))
             .collect())
     })
     .await
+}
+
+/// A port free on every one of `ips`, its cluster bus port (+10000) too.
+pub(crate) fn port_free_on_all(ips: &[Ipv4Addr]) -> Result<u16, ClusterError> {
+    (0..100)
+        .find_map(|_| {
+            let port = free_cluster_port(*ips.first()?)?;
+            ips.iter()
+                .all(|ip| {
+                    TcpListener::bind((*ip, port)).is_ok()
+                        && TcpListener::bind((*ip, port + 10_000)).is_ok()
+                })
+                .then_some(port)
+        })
+        .ok_or_else(|| {
+            ClusterError::NotFormed(Duration::ZERO, "no port free on every address".into())
+        })
 }
 
 /// [`start`] on the addresses `pick` finds free, picked and tried again up to three times: an
@@ -87,15 +92,28 @@ pub async fn start(
     addrs: &[SocketAddr],
     primaries: usize,
 ) -> Result<Vec<ClusterNode>, ClusterError> {
+    let own: Vec<(SocketAddr, IpAddr)> = addrs.iter().map(|a| (*a, a.ip())).collect();
+    start_announcing(dir, &own, primaries).await
+}
+
+/// [`start`] on nodes that each listen at one address and announce another IP, where their
+/// ports are reached ([`form_linked`]'s proxies): `(listen, announced)` pairs, formed through
+/// the announced addresses.
+pub(crate) async fn start_announcing(
+    dir: &Path,
+    listen_announced: &[(SocketAddr, IpAddr)],
+    primaries: usize,
+) -> Result<Vec<ClusterNode>, ClusterError> {
     let mut nodes = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
+    for (i, (addr, announced)) in listen_announced.iter().enumerate() {
         let node_dir = dir.join(format!("cluster-{}-{}", addr.ip(), addr.port()));
         let _ = std::fs::remove_dir_all(&node_dir);
         std::fs::create_dir_all(&node_dir).map_err(ClusterError::Start)?;
         let automatic_failover = i < 2 * primaries;
-        let child = spawn(*addr, &node_dir, automatic_failover)?;
+        let child = spawn(*addr, *announced, &node_dir, automatic_failover)?;
         nodes.push(ClusterNode {
             addr: *addr,
+            announced: *announced,
             child,
             dir: node_dir,
             automatic_failover,
@@ -105,7 +123,11 @@ pub async fn start(
     for node in &nodes {
         wait_listening(node.addr).await?;
     }
-    form_nodes(addrs, primaries).await?;
+    let announced: Vec<SocketAddr> = listen_announced
+        .iter()
+        .map(|(addr, ip)| SocketAddr::new(*ip, addr.port()))
+        .collect();
+    form_nodes(&announced, primaries).await?;
     Ok(nodes)
 }
 

@@ -48,7 +48,7 @@ pub async fn up(
         let node_dir = dir.join(format!("node-{}", addr.ip()));
         let _ = std::fs::remove_dir_all(&node_dir);
         std::fs::create_dir_all(&node_dir).map_err(ClusterError::Start)?;
-        let started = server(*addr, &node_dir, i < 2 * usize::from(shards))?
+        let started = server(*addr, addr.ip(), &node_dir, i < 2 * usize::from(shards))?
             .args(["--daemonize", "yes", "--pidfile"])
             .arg(dir.join(format!("valkey-{}.pid", addr.ip())))
             .status()

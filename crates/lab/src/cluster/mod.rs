@@ -5,6 +5,7 @@
 mod claims;
 mod form;
 mod layout;
+mod linked;
 mod node;
 mod sites;
 mod writers;
@@ -12,6 +13,7 @@ mod writers;
 pub use claims::*;
 pub use form::*;
 pub use layout::*;
+pub use linked::*;
 pub use node::*;
 pub use sites::*;
 pub use writers::*;

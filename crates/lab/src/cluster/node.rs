@@ -1,7 +1,7 @@
 //! One cluster node: its `valkey-server` process, started, killed, stopped and restarted, and
 //! the commands the lab sends it.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -11,7 +11,11 @@ use super::*;
 
 /// One cluster node; killed when dropped.
 pub struct ClusterNode {
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// The address it gives the cluster for itself: its own, or one where a proxy carries its
+    /// traffic ([`super::form_linked`]).
+    pub(crate) announced: IpAddr,
     pub(crate) child: Child,
     pub(crate) dir: PathBuf,
     /// Whether the cluster may promote it by itself (`cluster-replica-no-failover`), as its
@@ -62,25 +66,33 @@ impl ClusterNode {
                 std::fs::write(&conf, repaired).map_err(ClusterError::Start)?;
             }
         }
-        self.child = spawn(self.addr, &self.dir, self.automatic_failover)?;
+        self.child = spawn(
+            self.addr,
+            self.announced,
+            &self.dir,
+            self.automatic_failover,
+        )?;
         wait_listening(self.addr).await
     }
 }
 
 pub(crate) fn spawn(
     addr: SocketAddr,
+    announced: IpAddr,
     dir: &Path,
     automatic_failover: bool,
 ) -> Result<Child, ClusterError> {
-    server(addr, dir, automatic_failover)?
+    server(addr, announced, dir, automatic_failover)?
         .spawn()
         .map_err(ClusterError::Start)
 }
 
-/// The command that starts the cluster node at `addr`, its files in `dir`; the cluster may
-/// promote it by itself when `automatic_failover`.
+/// The command that starts the cluster node at `addr`, known to the cluster (and to clients
+/// through it) as `announced`, its files in `dir`; the cluster may promote it by itself when
+/// `automatic_failover`.
 pub(crate) fn server(
     addr: SocketAddr,
+    announced: IpAddr,
     dir: &Path,
     automatic_failover: bool,
 ) -> Result<Command, ClusterError> {
@@ -97,7 +109,8 @@ pub(crate) fn server(
         // On any loopback address, not only 127.0.0.1: connections to peers leave from this
         // node's own address, and it tells them so.
         .args(["--bind-source-addr", &addr.ip().to_string()])
-        .args(["--cluster-announce-ip", &addr.ip().to_string()])
+        .args(["--cluster-announce-ip", &announced.to_string()])
+        .args(["--replica-announce-ip", &announced.to_string()])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
         // A full sync starts at once rather than after Valkey's 5 s wait for more replicas: the
         // cluster forms, and a node back from a lost region rejoins, that much sooner.

@@ -18,6 +18,7 @@ use crate::harness::{BIN, succeed};
 
 mod client_libraries;
 mod discovery;
+mod linked;
 mod region_failover;
 mod switchover;
 
