@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use valkey_dr_core::cluster::may_take_over;
-use valkey_dr_core::{Endpoint, Engine};
+use valkey_dr_core::{Endpoint, Engine, EngineError, ReplicationInfo};
 use valkey_dr_valkey::ValkeyEngine;
 use valkey_dr_valkey::cluster::EpochBump;
 
@@ -215,14 +215,17 @@ pub(super) struct Handover<'a> {
 }
 
 /// Each replica takes its shard over (TAKEOVER), one after another, and is waited for
-/// ([`hand_over`]). One result per handover, in order. `bystanders` are other nodes that
-/// answer, asked to raise the cluster's epoch when a replica cannot ([`claim_next_epoch`]).
+/// ([`hand_over`]); then every old primary given must follow its successor. One result per
+/// handover, in order. `bystanders` are other nodes that answer, asked to raise the cluster's
+/// epoch when a replica cannot ([`claim_next_epoch`]).
 ///
 /// One after another: each takeover claims the cluster's next epoch as its replica knows it, so
-/// the next replica must have heard of the previous one's first — two claiming the same epoch
-/// collide, and the claim of one is refused (seen as a hand-back that never happened, right
-/// after concurrent takeovers). `claimed_before`: an epoch this command already made a
-/// replica's own and no other node's.
+/// the next replica must have heard of the previous one's claim first — two claiming the same
+/// epoch collide, and the claim of one is refused (seen as a hand-back that never happened,
+/// right after concurrent takeovers). It hears while the shard before it changes hands, and the
+/// old primaries are waited for together at the end: across a 7 ms link each of those waits was
+/// a round trip or a gossip hop more inside every shard's turn, while the writes stood paused.
+/// `claimed_before`: an epoch this command already made a replica's own and no other node's.
 pub(super) async fn take_over_in_turn(
     engine: &ValkeyEngine,
     handovers: &[Handover<'_>],
@@ -232,46 +235,91 @@ pub(super) async fn take_over_in_turn(
 ) -> Vec<Result<(), String>> {
     let mut results = Vec::new();
     let mut highest = 0;
-    for handover in handovers {
-        let handed = take_over(
-            engine,
-            *handover,
-            bystanders,
-            claimed_before,
-            &mut highest,
-            mover,
-        )
-        .await;
-        results.push(handed.map(|epoch| highest = highest.max(epoch)));
+    // Whether the coming replica has heard of `highest`, when it was asked already.
+    let mut heard = None;
+    for (i, handover) in handovers.iter().enumerate() {
+        let replica = handover.replica;
+        let heard_now = match heard.take() {
+            Some(heard) => heard,
+            None if highest == 0 => Ok(()),
+            None => knows_epoch(engine, replica, highest, HANDOVER_WITHIN).await,
+        };
+        let mine = claimed_before
+            .filter(|(claimant, _)| *claimant == replica)
+            .map(|(_, epoch)| epoch);
+        // Its state is read with its claim, one round trip for both, and then checked just
+        // before its takeover. A claim that needs a bystander takes longer: then it is read
+        // again.
+        let claimed = match heard_now {
+            Ok(()) => {
+                let (bumped, seen) = futures::join!(
+                    engine.cluster_bump_epoch(replica),
+                    engine.replication(replica)
+                );
+                match bumped.ok().and_then(|b| claimed_alone(b, mine)) {
+                    Some(claimed) => Ok((claimed, Some(seen))),
+                    None => claim_next_epoch(engine, replica, bystanders, mine)
+                        .await
+                        .map(|claimed| (claimed, None)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let taken = match claimed {
+            Ok((claimed, seen)) => {
+                // The next replica must hear of this claim even if this takeover then fails:
+                // the two would share the epoch.
+                highest = highest.max(claimed);
+                let next = handovers.get(i + 1).map(|h| h.replica);
+                let (taken, next_heard) =
+                    futures::join!(hand_over(engine, handover, seen, mover), async {
+                        match next {
+                            Some(next) => {
+                                Some(knows_epoch(engine, next, highest, HANDOVER_WITHIN).await)
+                            }
+                            None => None,
+                        }
+                    });
+                heard = next_heard;
+                taken
+            }
+            Err(e) => Err(e),
+        };
+        if let Ok(epoch) = taken
+            && epoch > highest
+        {
+            // Raised past its claim by its takeover: the next replica must hear of that.
+            highest = epoch;
+            heard = None;
+        }
+        results.push(taken.map(|_| ()));
         mover.reached(CutStep::HandedOver(results.len()));
     }
+    let followed =
+        join_all(
+            handovers
+                .iter()
+                .zip(&results)
+                .map(async |(h, taken)| match (h.old, taken) {
+                    (Some(old), Ok(())) => {
+                        follow_successor(engine, old, h.replica, HANDOVER_WITHIN).await
+                    }
+                    _ => true,
+                }),
+        )
+        .await;
     results
-}
-
-/// One handover of [`take_over_in_turn`], once its replica knows the `highest` epoch claimed
-/// before it; returns the replica's epoch after it.
-async fn take_over(
-    engine: &ValkeyEngine,
-    handover: Handover<'_>,
-    bystanders: &[&Endpoint],
-    claimed_before: Option<(&Endpoint, u64)>,
-    highest: &mut u64,
-    mover: &impl Mover,
-) -> Result<u64, String> {
-    let replica = handover.replica;
-    knows_epoch(engine, replica, *highest, HANDOVER_WITHIN).await?;
-    // The next replica must hear of this claim even if this takeover then fails: the two
-    // would share the epoch.
-    let mine = claimed_before
-        .filter(|(claimant, _)| *claimant == replica)
-        .map(|(_, epoch)| epoch);
-    let claimed = claim_next_epoch(engine, replica, bystanders, mine).await?;
-    *highest = (*highest).max(claimed);
-    hand_over(engine, &handover, mover).await?;
-    engine
-        .cluster_epoch(replica)
-        .await
-        .map_err(|e| e.to_string())
+        .into_iter()
+        .zip(handovers.iter().zip(followed))
+        .map(|(taken, (h, followed))| match (taken, h.old) {
+            (Ok(()), Some(old)) if !followed => Err(format!(
+                "{} took over, but {old} did not follow it within {} s",
+                h.replica,
+                HANDOVER_WITHIN.as_secs()
+            )),
+            (taken, _) => taken,
+        })
+        .collect()
 }
 
 /// Makes an epoch no other node holds `replica`'s own config epoch, before it takes its shard
@@ -301,9 +349,8 @@ async fn claim_next_epoch(
         }
     };
     let own = match bump(replica).await? {
-        EpochBump::Bumped(claimed) => return Ok(claimed),
-        EpochBump::Still(own) if mine == Some(own) => return Ok(own),
-        EpochBump::Still(own) => own,
+        bumped if let Some(claimed) = claimed_alone(bumped, mine) => return Ok(claimed),
+        EpochBump::Bumped(own) | EpochBump::Still(own) => own,
     };
     let mut passed_over = Vec::new();
     for bystander in bystanders.iter().filter(|b| **b != replica) {
@@ -334,6 +381,15 @@ async fn claim_next_epoch(
          cluster's ({})",
         passed_over.join("; ")
     ))
+}
+
+/// The epoch the replica's own `CLUSTER BUMPEPOCH` made its own and no other node's, if that
+/// alone did: it raised its epoch, or kept `mine` (claimed by this command before).
+fn claimed_alone(bump: EpochBump, mine: Option<u64>) -> Option<u64> {
+    match bump {
+        EpochBump::Bumped(claimed) => Some(claimed),
+        EpochBump::Still(own) => (mine == Some(own)).then_some(own),
+    }
 }
 
 /// Waits until `node` is a replica whose link to its primary is up with no full sync running,
@@ -432,13 +488,14 @@ pub(super) async fn follow_successor(
 }
 
 /// Asks the replica to take its shard over (TAKEOVER) — unless the old primary's pause is about
-/// to run out — and waits until it is the primary, and the old one, when given, follows it, or
-/// [`HANDOVER_WITHIN`] passed.
+/// to run out — and waits until it is the primary, at most [`HANDOVER_WITHIN`]; returns its
+/// epoch then.
 async fn hand_over(
     engine: &ValkeyEngine,
     handover: &Handover<'_>,
+    seen: Option<Result<ReplicationInfo, EngineError>>,
     mover: &impl Mover,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let Handover {
         replica,
         old,
@@ -455,10 +512,11 @@ async fn hand_over(
     // Caught up a moment ago, but a node restarted empty since (its process died; nothing is
     // persisted) is still the shard's replica by its nodes.conf, and TAKEOVER asks it nothing:
     // it would lead the shard empty, and its old primary, following it, would drop all it holds.
-    let seen = engine
-        .replication(replica)
-        .await
-        .map_err(|e| format!("{replica} did not answer before its takeover: {e}"))?;
+    let seen = match seen {
+        Some(seen) => seen,
+        None => engine.replication(replica).await,
+    }
+    .map_err(|e| format!("{replica} did not answer before its takeover: {e}"))?;
     may_take_over(&seen, holds).map_err(|e| format!("{replica} {e}"))?;
     if !mover.may_act() {
         return Err(NO_LONGER_LEADS.to_string());
@@ -467,29 +525,22 @@ async fn hand_over(
         .cluster_takeover(replica)
         .await
         .map_err(|e| format!("{replica} refused CLUSTER FAILOVER: {e}"))?;
-    let deadline = Instant::now() + HANDOVER_WITHIN;
-    let primary = poll::until(HANDOVER_WITHIN, Duration::from_millis(2), async || {
-        engine
-            .replication(replica)
-            .await
-            .is_ok_and(|i| i.is_primary())
-            .then_some(())
-    })
-    .await;
-    let old_follows = match old {
-        Some(old) if primary.is_some() => {
-            let left = deadline.saturating_duration_since(Instant::now());
-            follow_successor(engine, old, replica, left).await
-        }
-        Some(_) => false,
-        None => true,
-    };
-    if primary.is_some() && old_follows {
-        return Ok(());
+    let (primary, epoch) = futures::join!(
+        poll::until(HANDOVER_WITHIN, Duration::from_millis(2), async || {
+            engine
+                .replication(replica)
+                .await
+                .is_ok_and(|i| i.is_primary())
+                .then_some(())
+        }),
+        engine.cluster_epoch(replica)
+    );
+    if primary.is_none() {
+        let from = old.map(|o| format!(" from {o}")).unwrap_or_default();
+        return Err(format!(
+            "{replica} did not take over{from} within {} s",
+            HANDOVER_WITHIN.as_secs()
+        ));
     }
-    let from = old.map(|o| format!(" from {o}")).unwrap_or_default();
-    Err(format!(
-        "{replica} did not take over{from} within {} s",
-        HANDOVER_WITHIN.as_secs()
-    ))
+    epoch.map_err(|e| e.to_string())
 }

@@ -47,7 +47,10 @@ async fn a_linked_cluster_delays_what_crosses_regions_and_nothing_else() {
         );
     }
     let info = text(command(addrs[1], &["INFO", "replication"]).await.unwrap());
-    assert!(info.contains(&format!("master_host:{}", announced[0])), "{info}");
+    assert!(
+        info.contains(&format!("master_host:{}", announced[0])),
+        "{info}"
+    );
 
     // From region 0: the primary beside it at once, the replica 40 ms away each way.
     let mut near = Vec::new();
