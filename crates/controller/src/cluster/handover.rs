@@ -136,6 +136,10 @@ pub(super) async fn cut_over(
         }
     }
     mover.reached(CutStep::Paused);
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "cut: paused"
+    );
     let targets: Vec<(&Endpoint, u64)> = pairs
         .iter()
         .zip(frozen)
@@ -151,6 +155,10 @@ pub(super) async fn cut_over(
         ));
     }
     mover.reached(CutStep::CaughtUp);
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "cut: caught up"
+    );
     // The pause must still hold for a while when the shards change hands.
     let left = pause.saturating_sub(started.elapsed());
     if left < PAUSE_MARGIN {
@@ -294,6 +302,7 @@ pub(super) async fn take_over_in_turn(
         }
         results.push(taken.map(|_| ()));
         mover.reached(CutStep::HandedOver(results.len()));
+        tracing::debug!(shard = results.len(), "cut: handed over");
     }
     let followed =
         join_all(
@@ -308,6 +317,7 @@ pub(super) async fn take_over_in_turn(
                 }),
         )
         .await;
+    tracing::debug!("cut: old primaries follow");
     results
         .into_iter()
         .zip(handovers.iter().zip(followed))
