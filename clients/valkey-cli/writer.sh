@@ -13,8 +13,8 @@ reply_file=$(mktemp)
 seq=0 acked=0 readonly=0 other=0 gaps="" first_error="" stopping=0
 last_ack=$(now_ms)
 deadline=$(( $(now_ms) + ${VALKEY_DR_SECONDS%.*} * 1000 ))
-# The write in flight is ended with the writer: a SIGTERM that lands between starting it and
-# waiting for it would otherwise wait for a write that may hang forever (no read timeout).
+# The write in flight is ended with the writer: a write may hang forever (no read timeout), and
+# a SIGTERM handled before it started (during the loop's own checks) would leave `wait` on it.
 cli=""
 trap 'stopping=1; [ -n "$cli" ] && kill "$cli" 2>/dev/null' TERM
 while [ "$stopping" = 0 ] && [ "$(now_ms)" -lt "$deadline" ]; do
@@ -22,6 +22,8 @@ while [ "$stopping" = 0 ] && [ "$(now_ms)" -lt "$deadline" ]; do
   "${bound[@]}" valkey-cli -h "$VALKEY_DR_HOST" -p "$VALKEY_DR_PORT" "${user[@]}" \
     --no-auth-warning RPUSH "$VALKEY_DR_KEY" "$seq" >"$reply_file" 2>&1 &
   cli=$!
+  # Told to stop before `cli` named this write: the trap could not end it.
+  if [ "$stopping" = 1 ]; then kill "$cli" 2>/dev/null; break; fi
   if ! wait "$cli" && [ "$stopping" = 1 ]; then kill "$cli" 2>/dev/null; break; fi
   reply=$(<"$reply_file")
   if [[ "$reply" =~ ^[0-9]+$ ]]; then
