@@ -56,6 +56,14 @@ pub enum DrillCommand {
         /// us-east-1); 0: every node reached directly.
         #[arg(long, default_value_t = 0)]
         link_ms: u64,
+        /// `cluster-node-timeout` set on every node once formed [default: the lab's 2000]: how
+        /// long a survivor that saw a minority of primaries waits after a takeover.
+        #[arg(long)]
+        node_timeout_ms: Option<u64>,
+        /// The automatic failover's controller's `writer_quorum_max_lag_s` [default: the
+        /// config's]: the self-fence's lag limit, which the failover waits out.
+        #[arg(long)]
+        max_lag_s: Option<u32>,
     },
     /// Repeat every scenario and print medians: our switchover against blind promotion and
     /// FAILOVER TO, and both kinds of failover.
@@ -116,8 +124,19 @@ pub async fn dispatch(command: DrillCommand) -> Result<()> {
             (common, Operation::Failover { fault })
         }
         DrillCommand::Bench { dir, runs, writers } => return bench(&dir, runs, writers).await,
-        DrillCommand::Cluster { runs, dir, link_ms } => {
-            return cluster(runs.max(1), &dir, link_ms).await;
+        DrillCommand::Cluster {
+            runs,
+            dir,
+            link_ms,
+            node_timeout_ms,
+            max_lag_s,
+        } => {
+            let settings = ClusterSettings {
+                link_ms,
+                node_timeout_ms,
+                max_lag_s,
+            };
+            return cluster(runs.max(1), &dir, &settings).await;
         }
         DrillCommand::Ha { runs, dir, output } => {
             return crate::chaos::dispatch(crate::chaos::ChaosArgs {
@@ -360,6 +379,13 @@ struct ClusterRun {
     auto_lost: usize,
 }
 
+/// What `drill cluster` may change from the lab's settings.
+struct ClusterSettings {
+    link_ms: u64,
+    node_timeout_ms: Option<u64>,
+    max_lag_s: Option<u32>,
+}
+
 /// The drill's nine nodes (six in us-east-1: the primaries and a replica of each; three in
 /// us-east-2), one per address `ip(0..9)`, as on separate hosts. With `link_ms`, us-east-2
 /// stands that far from us-east-1, where the writers and the controller stand: each node is
@@ -368,7 +394,7 @@ async fn nine_nodes(
     dir: &std::path::Path,
     ip: impl Fn(u8) -> std::net::Ipv4Addr,
     announced: impl Fn(u8) -> std::net::Ipv4Addr,
-    link_ms: u64,
+    settings: &ClusterSettings,
 ) -> Result<(
     Vec<std::net::SocketAddr>,
     Vec<valkey_dr_lab::cluster::ClusterNode>,
@@ -376,24 +402,32 @@ async fn nine_nodes(
 )> {
     use valkey_dr_lab::cluster as lab_cluster;
     let listen: Vec<std::net::Ipv4Addr> = (0..9).map(ip).collect();
-    if link_ms == 0 {
+    let (addrs, nodes, link) = if settings.link_ms == 0 {
         let (addrs, nodes) = lab_cluster::form_spread(dir, &listen, 3).await?;
-        return Ok((addrs, nodes, None));
-    }
-    let announced: Vec<std::net::Ipv4Addr> = (0..9).map(announced).collect();
-    let regions: Vec<usize> = (0..9).map(|n| usize::from(n >= 6)).collect();
-    let layout = lab_cluster::LinkLayout {
-        listen: &listen,
-        announced: &announced,
-        regions: &regions,
-        clients_region: 0,
-        delay: Duration::from_millis(link_ms),
+        (addrs, nodes, None)
+    } else {
+        let announced: Vec<std::net::Ipv4Addr> = (0..9).map(announced).collect();
+        let regions: Vec<usize> = (0..9).map(|n| usize::from(n >= 6)).collect();
+        let layout = lab_cluster::LinkLayout {
+            listen: &listen,
+            announced: &announced,
+            regions: &regions,
+            clients_region: 0,
+            delay: Duration::from_millis(settings.link_ms),
+        };
+        let (addrs, nodes, link) = lab_cluster::form_linked(dir, &layout, 3).await?;
+        (addrs, nodes, Some(link))
     };
-    let (addrs, nodes, link) = lab_cluster::form_linked(dir, &layout, 3).await?;
-    Ok((addrs, nodes, Some(link)))
+    if let Some(ms) = settings.node_timeout_ms {
+        for node in &addrs {
+            let ms = ms.to_string();
+            lab_cluster::command(*node, &["CONFIG", "SET", "cluster-node-timeout", &ms]).await?;
+        }
+    }
+    Ok((addrs, nodes, link))
 }
 
-async fn cluster(runs: usize, dir: &std::path::Path, link_ms: u64) -> Result<()> {
+async fn cluster(runs: usize, dir: &std::path::Path, settings: &ClusterSettings) -> Result<()> {
     use valkey_dr_lab::cluster as lab_cluster;
     let mut done = Vec::new();
     for run in 1..=runs {
@@ -405,7 +439,7 @@ async fn cluster(runs: usize, dir: &std::path::Path, link_ms: u64) -> Result<()>
         let at = move |first: u8| {
             move |n: u8| std::net::Ipv4Addr::new(127, first + n, (pid >> 8) as u8, run as u8)
         };
-        let (addrs, mut nodes, link) = nine_nodes(&run_dir, at(160), at(180), link_ms).await?;
+        let (addrs, mut nodes, link) = nine_nodes(&run_dir, at(160), at(180), settings).await?;
         let config = valkey_dr_core::Config::load(&lab_cluster::write_config(&run_dir, &addrs)?)?;
         let lost = |written: &[lab_cluster::ShardWritten], kept: &[Vec<u64>]| {
             written
@@ -466,7 +500,7 @@ async fn cluster(runs: usize, dir: &std::path::Path, link_ms: u64) -> Result<()>
         let auto_dir = run_dir.join("auto");
         let _ = std::fs::remove_dir_all(&auto_dir);
         std::fs::create_dir_all(&auto_dir)?;
-        let (addrs, mut nodes, link) = nine_nodes(&auto_dir, at(120), at(140), link_ms).await?;
+        let (addrs, mut nodes, link) = nine_nodes(&auto_dir, at(120), at(140), settings).await?;
         let dns = std::net::UdpSocket::bind((at(120)(9), 0))?.local_addr()?;
         let regions = [("us-east-1", &addrs[..6]), ("us-east-2", &addrs[6..9])];
         let mut config = valkey_dr_core::Config::load(&lab_cluster::write_regions_config(
@@ -479,6 +513,9 @@ async fn cluster(runs: usize, dir: &std::path::Path, link_ms: u64) -> Result<()>
         // us-east-1 is back, and with `writes_need_a_replica` (the default) its primaries would
         // refuse writes until then. Measured here: taking writes alone.
         config.controller.writes_need_a_replica = false;
+        if let Some(lag) = settings.max_lag_s {
+            config.controller.writer_quorum_max_lag_s = lag;
+        }
         let running = valkey_dr_controller::cluster::controller::start(config, None).await?;
         let resolver = valkey_dr_dns::resolve::StubResolver::new(dns);
         let name_leads_to = async |nodes: &[std::net::SocketAddr]| {
@@ -610,10 +647,16 @@ async fn cluster(runs: usize, dir: &std::path::Path, link_ms: u64) -> Result<()>
             summary(|r| r.auto_lost as f64),
         ],
     ];
-    let link = match link_ms {
+    let mut link = match settings.link_ms {
         0 => "no link emulation".to_string(),
         ms => format!("us-east-2 {ms} ms one way from us-east-1 and its writers"),
     };
+    if let Some(ms) = settings.node_timeout_ms {
+        link.push_str(&format!(", cluster-node-timeout {ms}"));
+    }
+    if let Some(lag) = settings.max_lag_s {
+        link.push_str(&format!(", writer_quorum_max_lag_s {lag}"));
+    }
     outln!(
         "cluster mode: 9 nodes on loopback, 3 shards, a writer per shard, {link}; {runs} run(s), median (min–max)"
     );
