@@ -375,7 +375,7 @@ impl ValkeyEngine {
                 Err(_) => node.health = node.health.max(NodeHealth::Unanswered),
             }
         }
-        Ok(shards)
+        Ok(valkey_dr_core::cluster::placed_by_their_own_account(shards))
     }
 }
 

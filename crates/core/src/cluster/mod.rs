@@ -331,6 +331,81 @@ pub fn uncovered_slots(shards: &[Shard]) -> Vec<RangeInclusive<u16>> {
     gaps
 }
 
+/// `shards` as one node's gossip shows them, each replica and each primary without slots moved
+/// under the primary it names itself (its `INFO replication`, read from it). A node's new role
+/// reaches its peers through its own pings, which a long `cluster-node-timeout` spaces out
+/// (every half of it): right after a takeover the asked node may still show the old primary as
+/// an empty primary with its old replicas under it, and the new primary with none — and a
+/// failover planned on that would find no replica where there are several. A replica of a
+/// replica goes where that one goes. A primary that serves slots stays where the view has it:
+/// which slots a node serves is the cluster's word, not the node's. A node that did not answer,
+/// or names a primary the view does not list, stays where it is.
+pub fn placed_by_their_own_account(shards: Vec<Shard>) -> Vec<Shard> {
+    let home_in_view = |endpoint: &Endpoint| {
+        shards
+            .iter()
+            .position(|s| s.nodes.iter().any(|n| n.endpoint == *endpoint))
+    };
+    let serves_slots = |shard: &Shard, node: &ShardNode| {
+        node.role == ShardRole::Primary && !shard.slots.is_empty()
+    };
+    let names = |node: &ShardNode| match node.replication.as_ref().map(|r| &r.role) {
+        Some(crate::observation::Role::Replica { master, .. }) => Some(master.clone()),
+        _ => None,
+    };
+    let node_at = |endpoint: &Endpoint| {
+        shards
+            .iter()
+            .flat_map(|s| s.nodes.iter().map(move |n| (s, n)))
+            .find(|(_, n)| n.endpoint == *endpoint)
+    };
+    // Where each node belongs: follow what it names, through replicas of replicas, until a node
+    // that names none (or serves slots); at most as many hops as there are nodes.
+    let hops = shards.iter().map(|s| s.nodes.len()).sum::<usize>();
+    let belongs = |shard: &Shard, node: &ShardNode| -> Option<usize> {
+        if serves_slots(shard, node) {
+            return None;
+        }
+        let mut named = names(node)?;
+        for _ in 0..hops {
+            match node_at(&named) {
+                Some((s, n))
+                    if !serves_slots(s, n) && names(n).is_some() && n.endpoint != node.endpoint =>
+                {
+                    named = names(n)?;
+                }
+                Some(_) => return home_in_view(&named),
+                None => return None,
+            }
+        }
+        None
+    };
+    let moves: Vec<(usize, usize, usize)> = shards
+        .iter()
+        .enumerate()
+        .flat_map(|(i, shard)| {
+            shard
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(move |(j, node)| Some((i, j, belongs(shard, node)?)))
+        })
+        .filter(|(i, _, to)| i != to)
+        .collect();
+    let mut shards = shards.clone();
+    let mut placed: Vec<(usize, ShardNode)> = Vec::new();
+    for (i, j, to) in moves.iter().rev() {
+        let mut node = shards[*i].nodes.remove(*j);
+        node.role = ShardRole::Replica;
+        placed.push((*to, node));
+    }
+    for (to, node) in placed.into_iter().rev() {
+        shards[to].nodes.push(node);
+    }
+    shards.retain(|s| !s.nodes.is_empty());
+    shards
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -356,6 +431,85 @@ pub(crate) mod tests {
         Shard {
             slots: vec![slots],
             nodes,
+        }
+    }
+
+    #[test]
+    fn replicas_are_placed_under_the_primary_they_name_themselves() {
+        use crate::testing::{primary, replica_of};
+        // The lab's topology: nodes 0, 1 in us-east-1, 2, 3 in us-east-2.
+        let topology = lab();
+        let says =
+            |n: usize, role: ShardRole, own: crate::observation::NodeObservation| ShardNode {
+                replication: own.state.ok(),
+                ..node(&topology, n, role, 100)
+            };
+        let slotless = |nodes| Shard {
+            slots: Vec::new(),
+            nodes,
+        };
+        let ids = |shards: &[Shard]| -> Vec<(bool, Vec<(String, ShardRole)>)> {
+            shards
+                .iter()
+                .map(|s| {
+                    let nodes = s.nodes.iter().map(|n| (n.id.clone(), n.role)).collect();
+                    (s.slots.is_empty(), nodes)
+                })
+                .collect()
+        };
+        let (p, r) = (ShardRole::Primary, ShardRole::Replica);
+        let want =
+            |shards: &[(bool, &[(usize, ShardRole)])]| -> Vec<(bool, Vec<(String, ShardRole)>)> {
+                shards
+                    .iter()
+                    .map(|(slotless, nodes)| {
+                        (
+                            *slotless,
+                            nodes
+                                .iter()
+                                .map(|(n, role)| (format!("id{n}"), *role))
+                                .collect(),
+                        )
+                    })
+                    .collect()
+            };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<Shard>, Vec<(bool, Vec<(String, ShardRole)>)>)> = vec![
+            ("the view agrees with every node: unchanged",
+             vec![shard(vec![says(0, p, primary(0)), says(1, r, replica_of(1, 0, 100))], 0..=16383)],
+             want(&[(false, &[(0, p), (1, r)])])),
+            // Right after a takeover, seen by a node that has not heard from the old primary
+            // since: the old primary an empty primary with its old replica, the new one alone.
+            ("an old primary and its old replica, following the new primary (one through the other)",
+             vec![
+                 shard(vec![says(2, p, primary(2))], 0..=16383),
+                 slotless(vec![says(0, p, replica_of(0, 2, 100)), says(1, r, replica_of(1, 0, 100))]),
+             ],
+             want(&[(false, &[(2, p), (0, r), (1, r)])])),
+            ("an empty primary that still is one keeps its replica",
+             vec![
+                 shard(vec![says(2, p, primary(2))], 0..=16383),
+                 slotless(vec![says(0, p, primary(0)), says(1, r, replica_of(1, 0, 100))]),
+             ],
+             want(&[(false, &[(2, p)]), (true, &[(0, p), (1, r)])])),
+            ("a primary serving slots stays, whatever it says of itself",
+             vec![
+                 shard(vec![says(0, p, replica_of(0, 2, 100))], 0..=8191),
+                 shard(vec![says(2, p, primary(2))], 8192..=16383),
+             ],
+             want(&[(false, &[(0, p)]), (false, &[(2, p)])])),
+            ("a node that did not answer stays where the view has it",
+             vec![
+                 shard(vec![says(2, p, primary(2))], 0..=16383),
+                 slotless(vec![node(&topology, 0, p, 0), says(1, r, replica_of(1, 0, 100))]),
+             ],
+             want(&[(false, &[(2, p)]), (true, &[(0, p), (1, r)])])),
+            ("a replica naming a node the view does not list stays",
+             vec![shard(vec![says(0, p, primary(0)), says(1, r, replica_of(1, 3, 100))], 0..=16383)],
+             want(&[(false, &[(0, p), (1, r)])])),
+        ];
+        for (name, view, placed) in cases {
+            assert_eq!(ids(&placed_by_their_own_account(view)), placed, "{name}");
         }
     }
 
