@@ -434,6 +434,9 @@ pub(crate) mod tests {
         }
     }
 
+    /// Each shard: whether it serves no slot, and its nodes' ids and roles.
+    type Placed = Vec<(bool, Vec<(String, ShardRole)>)>;
+
     #[test]
     fn replicas_are_placed_under_the_primary_they_name_themselves() {
         use crate::testing::{primary, replica_of};
@@ -448,7 +451,7 @@ pub(crate) mod tests {
             slots: Vec::new(),
             nodes,
         };
-        let ids = |shards: &[Shard]| -> Vec<(bool, Vec<(String, ShardRole)>)> {
+        let ids = |shards: &[Shard]| -> Placed {
             shards
                 .iter()
                 .map(|s| {
@@ -474,7 +477,7 @@ pub(crate) mod tests {
                     .collect()
             };
         #[rustfmt::skip]
-        let cases: Vec<(&str, Vec<Shard>, Vec<(bool, Vec<(String, ShardRole)>)>)> = vec![
+        let cases: Vec<(&str, Vec<Shard>, Placed)> = vec![
             ("the view agrees with every node: unchanged",
              vec![shard(vec![says(0, p, primary(0)), says(1, r, replica_of(1, 0, 100))], 0..=16383)],
              want(&[(false, &[(0, p), (1, r)])])),
