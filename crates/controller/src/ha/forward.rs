@@ -65,15 +65,15 @@ impl Ha {
             if let Some(reply) = answer().await {
                 return reply;
             }
+            // Until it is taken only the request is read; then only the leader's term.
+            if taken_in.is_none() && !matches!(ha.coord.get(&keys::request(&id)).await, Ok(None)) {
+                continue;
+            }
             let Ok(term) = ha.coord.leader_term().await else {
                 continue;
             };
             match &taken_in {
-                None => {
-                    if let Ok(None) = ha.coord.get(&keys::request(&id)).await {
-                        taken_in = Some(term);
-                    }
-                }
+                None => taken_in = Some(term),
                 Some(taker) if *taker != term => {
                     // Its answer may have landed just before the term changed.
                     if let Some(reply) = answer().await {

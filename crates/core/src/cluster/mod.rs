@@ -340,26 +340,35 @@ pub fn uncovered_slots(shards: &[Shard]) -> Vec<RangeInclusive<u16>> {
 /// replica goes where that one goes. A primary that serves slots stays where the view has it:
 /// which slots a node serves is the cluster's word, not the node's. A node that did not answer,
 /// or names a primary the view does not list, stays where it is.
-pub fn placed_by_their_own_account(shards: Vec<Shard>) -> Vec<Shard> {
-    let home_in_view = |endpoint: &Endpoint| {
-        shards
-            .iter()
-            .position(|s| s.nodes.iter().any(|n| n.endpoint == *endpoint))
-    };
+pub fn placed_by_their_own_account(mut shards: Vec<Shard>) -> Vec<Shard> {
+    let moves = moves_to_own_account(&shards);
+    let mut placed = Vec::new();
+    // From the last, so that each removal leaves the indexes before it valid.
+    for (i, j, to) in moves.into_iter().rev() {
+        let mut node = shards[i].nodes.remove(j);
+        node.role = ShardRole::Replica;
+        placed.push((to, node));
+    }
+    for (to, node) in placed.into_iter().rev() {
+        shards[to].nodes.push(node);
+    }
+    shards.retain(|s| !s.nodes.is_empty());
+    shards
+}
+
+/// The moves of [`placed_by_their_own_account`]: (shard, node in it, shard it belongs to).
+fn moves_to_own_account(shards: &[Shard]) -> Vec<(usize, usize, usize)> {
     let serves_slots = |shard: &Shard, node: &ShardNode| {
         node.role == ShardRole::Primary && !shard.slots.is_empty()
     };
-    let names = |node: &ShardNode| match node.replication.as_ref().map(|r| &r.role) {
-        Some(crate::observation::Role::Replica { master, .. }) => Some(master.clone()),
-        _ => None,
-    };
+    let names = |node: &ShardNode| node.replication.as_ref()?.master().cloned();
     let node_at = |endpoint: &Endpoint| {
-        shards
-            .iter()
-            .flat_map(|s| s.nodes.iter().map(move |n| (s, n)))
-            .find(|(_, n)| n.endpoint == *endpoint)
+        shards.iter().enumerate().find_map(|(at, s)| {
+            let node = s.nodes.iter().find(|n| n.endpoint == *endpoint)?;
+            Some((at, s, node))
+        })
     };
-    // Where each node belongs: follow what it names, through replicas of replicas, until a node
+    // Where a node belongs: follow what it names, through replicas of replicas, until a node
     // that names none (or serves slots); at most as many hops as there are nodes.
     let hops = shards.iter().map(|s| s.nodes.len()).sum::<usize>();
     let belongs = |shard: &Shard, node: &ShardNode| -> Option<usize> {
@@ -368,19 +377,15 @@ pub fn placed_by_their_own_account(shards: Vec<Shard>) -> Vec<Shard> {
         }
         let mut named = names(node)?;
         for _ in 0..hops {
-            match node_at(&named) {
-                Some((s, n))
-                    if !serves_slots(s, n) && names(n).is_some() && n.endpoint != node.endpoint =>
-                {
-                    named = names(n)?;
-                }
-                Some(_) => return home_in_view(&named),
-                None => return None,
+            let (at, s, n) = node_at(&named)?;
+            match names(n) {
+                Some(next) if !serves_slots(s, n) && n.endpoint != node.endpoint => named = next,
+                _ => return Some(at),
             }
         }
         None
     };
-    let moves: Vec<(usize, usize, usize)> = shards
+    shards
         .iter()
         .enumerate()
         .flat_map(|(i, shard)| {
@@ -391,19 +396,7 @@ pub fn placed_by_their_own_account(shards: Vec<Shard>) -> Vec<Shard> {
                 .filter_map(move |(j, node)| Some((i, j, belongs(shard, node)?)))
         })
         .filter(|(i, _, to)| i != to)
-        .collect();
-    let mut shards = shards.clone();
-    let mut placed: Vec<(usize, ShardNode)> = Vec::new();
-    for (i, j, to) in moves.iter().rev() {
-        let mut node = shards[*i].nodes.remove(*j);
-        node.role = ShardRole::Replica;
-        placed.push((*to, node));
-    }
-    for (to, node) in placed.into_iter().rev() {
-        shards[to].nodes.push(node);
-    }
-    shards.retain(|s| !s.nodes.is_empty());
-    shards
+        .collect()
 }
 
 #[cfg(test)]

@@ -67,71 +67,70 @@ pub struct ClusterScenario {
 }
 
 pub fn scenarios() -> Vec<ClusterScenario> {
-    let mut all = vec![ClusterScenario {
-        name: "cluster: switchover".into(),
-        fault: ClusterFault::Switchover,
-    }];
+    let mut all = Vec::new();
+    let mut add = |name: String, fault| all.push(ClusterScenario { name, fault });
+    add("cluster: switchover".into(), ClusterFault::Switchover);
     for step in ["paused", "caught-up", "handed-over-1", "handed-over-2"] {
-        all.push(ClusterScenario {
-            name: format!("cluster: controller crash after {step}"),
-            fault: ClusterFault::ControllerCrash(step),
-        });
+        add(
+            format!("cluster: controller crash after {step}"),
+            ClusterFault::ControllerCrash(step),
+        );
     }
     for step in ["paused", "handed-over-1"] {
-        all.push(ClusterScenario {
-            name: format!("cluster: controller stalled 3 s after {step}"),
-            fault: ClusterFault::ControllerStall(step),
-        });
+        add(
+            format!("cluster: controller stalled 3 s after {step}"),
+            ClusterFault::ControllerStall(step),
+        );
     }
-    all.push(ClusterScenario {
-        name: "cluster: controller process stopped 3 s (SIGSTOP) after handed-over-1".into(),
-        fault: ClusterFault::ControllerStopped("handed-over-1"),
-    });
-    all.push(ClusterScenario {
-        name: "cluster: a replica restarted empty at once".into(),
-        fault: ClusterFault::ReplicaRestartedEmpty,
-    });
-    all.push(ClusterScenario {
-        name: "cluster: a primary SIGKILLed, back empty once replaced".into(),
-        fault: ClusterFault::PrimaryBackEmptyAfterReplaced,
-    });
-    all.push(ClusterScenario {
-        name: "cluster: a primary SIGKILLed, restarted at once through the start guard".into(),
-        fault: ClusterFault::PrimaryRestartedThroughGuard,
-    });
-    all.push(ClusterScenario {
-        name: "cluster: a primary SIGKILLed".into(),
-        fault: ClusterFault::PrimaryKilled,
-    });
-    all.push(ClusterScenario {
-        name: "cluster: writer region SIGKILLed".into(),
-        fault: ClusterFault::RegionKilled,
-    });
+    add(
+        "cluster: controller process stopped 3 s (SIGSTOP) after handed-over-1".into(),
+        ClusterFault::ControllerStopped("handed-over-1"),
+    );
+    add(
+        "cluster: a replica restarted empty at once".into(),
+        ClusterFault::ReplicaRestartedEmpty,
+    );
+    add(
+        "cluster: a primary SIGKILLed, back empty once replaced".into(),
+        ClusterFault::PrimaryBackEmptyAfterReplaced,
+    );
+    add(
+        "cluster: a primary SIGKILLed, restarted at once through the start guard".into(),
+        ClusterFault::PrimaryRestartedThroughGuard,
+    );
+    add(
+        "cluster: a primary SIGKILLed".into(),
+        ClusterFault::PrimaryKilled,
+    );
+    add(
+        "cluster: writer region SIGKILLed".into(),
+        ClusterFault::RegionKilled,
+    );
     for step in ["paused", "handed-over-1"] {
-        all.push(ClusterScenario {
-            name: format!(
+        add(
+            format!(
                 "cluster: writer region SIGKILLed, the controller crashing after {step} of its failover"
             ),
-            fault: ClusterFault::RegionKilledControllerCrash(step),
-        });
+            ClusterFault::RegionKilledControllerCrash(step),
+        );
     }
-    all.push(ClusterScenario {
-        name: "cluster: writer region stalled 8 s".into(),
-        fault: ClusterFault::RegionStalled,
-    });
+    add(
+        "cluster: writer region stalled 8 s".into(),
+        ClusterFault::RegionStalled,
+    );
     for step in ["paused", "caught-up", "handed-over-1", "handed-over-2"] {
-        all.push(ClusterScenario {
-            name: format!("cluster: HA, leader crash after {step}"),
-            fault: ClusterFault::LeaderCrash(step),
-        });
+        add(
+            format!("cluster: HA, leader crash after {step}"),
+            ClusterFault::LeaderCrash(step),
+        );
     }
-    all.push(ClusterScenario {
-        name: "cluster: HA, leader stopped (SIGSTOP) past its lease after caught-up".into(),
-        fault: ClusterFault::LeaderStoppedPastLease,
-    });
-    all.push(ClusterScenario {
-        name: "cluster: HA, writer region SIGKILLed with its site's controller".into(),
-        fault: ClusterFault::RegionKilledWithItsSite,
-    });
+    add(
+        "cluster: HA, leader stopped (SIGSTOP) past its lease after caught-up".into(),
+        ClusterFault::LeaderStoppedPastLease,
+    );
+    add(
+        "cluster: HA, writer region SIGKILLed with its site's controller".into(),
+        ClusterFault::RegionKilledWithItsSite,
+    );
     all
 }
