@@ -86,7 +86,7 @@ CHAOS_RUNS ?= 3
 chaos: test-deps build
 	@# Both suites run whatever the first one's verdict; the target fails if either did.
 	$(BIN) chaos --runs $(CHAOS_RUNS) --dir target/chaos --netns --keep-failed; replication=$$?; \
-	$(BIN) chaos --cluster --runs $(CHAOS_RUNS) --dir target/chaos-cluster --keep-failed; cluster=$$?; \
+	$(BIN) chaos --cluster --netns --runs $(CHAOS_RUNS) --dir target/chaos-cluster --keep-failed; cluster=$$?; \
 	test $$replication -eq 0 && test $$cluster -eq 0
 
 # The Lambda artifact: the `bootstrap` executable of the provided.al2023 runtime, zipped. Built for

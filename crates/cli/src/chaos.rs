@@ -35,8 +35,9 @@ pub struct ChaosArgs {
     #[arg(long)]
     pub netns: bool,
     /// Cluster mode's scenarios instead: each on a stretched cluster of its own (nine nodes on
-    /// loopback) run by its controller ([`valkey_dr_lab::cluster_chaos`]).
-    #[arg(long, conflicts_with = "netns")]
+    /// loopback) run by its controller ([`valkey_dr_lab::cluster_chaos`]). With --netns, the
+    /// scenarios that cut real packets run too, each in network namespaces of its own.
+    #[arg(long)]
     pub cluster: bool,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
@@ -140,6 +141,16 @@ fn none_matched(filters: &[String], list: &str) -> String {
     format!("no scenario matches {filters:?}; see `valkey-dr {list}`")
 }
 
+/// A cut-off region's own applications: the writes they lost, and when its primaries stopped
+/// acknowledging (none for the scenarios that cut nothing).
+fn inside_cell(report: &valkey_dr_lab::cluster_chaos::ClusterRunReport) -> Option<String> {
+    let lost = report.lost_inside?;
+    let fenced = report
+        .inside_fenced_ms
+        .map_or("-".to_string(), |ms| format!("{ms} ms"));
+    Some(format!("{lost} lost, fenced after {fenced}"))
+}
+
 /// `chaos --cluster`: cluster mode's scenarios, each run `--runs` times.
 async fn cluster(args: ChaosArgs) -> Result<()> {
     use valkey_dr_lab::cluster_chaos;
@@ -153,6 +164,16 @@ async fn cluster(args: ChaosArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let selected: Vec<_> = selected
+        .into_iter()
+        .filter(|s| {
+            let runs_here = args.netns || !s.fault.needs_namespaces();
+            if !runs_here {
+                eprintln!("{:<45} skipped: needs --netns", s.name);
+            }
+            runs_here
+        })
+        .collect();
     if selected.is_empty() {
         bail!(none_matched(&args.scenario, "chaos --cluster --list"));
     }
@@ -167,7 +188,7 @@ async fn cluster(args: ChaosArgs) -> Result<()> {
             run_number = run_number.wrapping_add(1).max(1);
             let report = cluster_chaos::run(scenario, &base, &bin, run_number, args.keep).await;
             eprintln!(
-                "{:<45} run {}/{}: lost {}+{}, two primaries in {} samples (stale claims {}), name settled {} ms, {}{}",
+                "{:<45} run {}/{}: lost {}+{}, two primaries in {} samples (stale claims {}), name settled {} ms,{} {}{}",
                 scenario.name,
                 run + 1,
                 args.runs.max(1),
@@ -178,6 +199,9 @@ async fn cluster(args: ChaosArgs) -> Result<()> {
                 report
                     .name_settled_ms
                     .map_or("-".to_string(), |ms| ms.to_string()),
+                inside_cell(&report)
+                    .map(|cell| format!(" cut-off region: {cell},"))
+                    .unwrap_or_default(),
                 report.verdict,
                 match report.switchovers_asked {
                     0 | 1 => String::new(),
@@ -206,6 +230,10 @@ async fn cluster(args: ChaosArgs) -> Result<()> {
                         ),
                         median_cell(runs.iter().map(|r| r.stale_claim_samples as u64).collect()),
                         median_cell(runs.iter().filter_map(|r| r.name_settled_ms).collect()),
+                        runs.iter()
+                            .filter_map(inside_cell)
+                            .collect::<Vec<_>>()
+                            .join("; "),
                         format!("{ok}/{} ok", runs.len()),
                     ]
                 })
@@ -220,6 +248,7 @@ async fn cluster(args: ChaosArgs) -> Result<()> {
                         "TWO PRIMARIES, ONE EPOCH (SAMPLES)",
                         "STALE CLAIMS (SAMPLES)",
                         "NAME SETTLED MS",
+                        "CUT-OFF REGION: LOST, FENCED AFTER",
                         "VERDICT",
                     ],
                     &rows

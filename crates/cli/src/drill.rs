@@ -456,7 +456,7 @@ async fn cluster(runs: usize, dir: &std::path::Path, settings: &ClusterSettings)
             Ok(kept)
         };
 
-        let writers = lab_cluster::ShardWriters::start(&addrs[..3], &addrs).await?;
+        let writers = lab_cluster::ShardWriters::start("writes", &addrs[..3], &addrs).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let moved =
             valkey_dr_controller::cluster::cluster_switchover(&config, "us-east-2", |_| {}).await?;
@@ -465,7 +465,7 @@ async fn cluster(runs: usize, dir: &std::path::Path, settings: &ClusterSettings)
         let switchover_kept = kept(addrs[6], &written).await?;
 
         // us-east-2 now holds every primary: it is lost, and the primaries come back east.
-        let writers = lab_cluster::ShardWriters::start(&addrs[6..9], &addrs).await?;
+        let writers = lab_cluster::ShardWriters::start("writes", &addrs[6..9], &addrs).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         for node in &mut nodes[6..9] {
             node.kill();
@@ -546,7 +546,7 @@ async fn cluster(runs: usize, dir: &std::path::Path, settings: &ClusterSettings)
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let writers = lab_cluster::ShardWriters::start(&addrs[..3], &addrs).await?;
+        let writers = lab_cluster::ShardWriters::start("writes", &addrs[..3], &addrs).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         for node in &mut nodes[..6] {
             node.kill();

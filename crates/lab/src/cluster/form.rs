@@ -92,28 +92,59 @@ pub async fn start(
     addrs: &[SocketAddr],
     primaries: usize,
 ) -> Result<Vec<ClusterNode>, ClusterError> {
-    let own: Vec<(SocketAddr, IpAddr)> = addrs.iter().map(|a| (*a, a.ip())).collect();
-    start_announcing(dir, &own, primaries).await
+    let own: Vec<NodePlace> = addrs.iter().map(|a| NodePlace::own(*a)).collect();
+    start_placed(dir, &own, primaries).await
 }
 
-/// [`start`] on nodes that each listen at one address and announce another IP, where their
-/// ports are reached ([`form_linked`]'s proxies): `(listen, announced)` pairs, formed through
-/// the announced addresses.
-pub(crate) async fn start_announcing(
+/// Where a node stands: the address it listens at, the IP it gives the cluster for itself, and
+/// the network namespace it runs in.
+#[derive(Debug, Clone)]
+pub struct NodePlace {
+    pub listen: SocketAddr,
+    pub announced: IpAddr,
+    /// `None`: the machine's own.
+    pub netns: Option<String>,
+}
+
+impl NodePlace {
+    /// At `listen`, announcing it, in the machine's own namespace.
+    pub fn own(listen: SocketAddr) -> NodePlace {
+        NodePlace {
+            listen,
+            announced: listen.ip(),
+            netns: None,
+        }
+    }
+}
+
+/// [`start`] on nodes that each stand where `places` says: a node may announce another IP, where
+/// its ports are reached ([`form_linked`]'s proxies), and run in a network namespace of its own
+/// ([`crate::cluster_chaos`]'s isolated regions). Formed through the announced addresses.
+pub async fn start_placed(
     dir: &Path,
-    listen_announced: &[(SocketAddr, IpAddr)],
+    places: &[NodePlace],
     primaries: usize,
 ) -> Result<Vec<ClusterNode>, ClusterError> {
     let mut nodes = Vec::new();
-    for (i, (addr, announced)) in listen_announced.iter().enumerate() {
+    for (i, place) in places.iter().enumerate() {
+        let (addr, announced) = (&place.listen, &place.announced);
         let node_dir = dir.join(format!("cluster-{}-{}", addr.ip(), addr.port()));
         let _ = std::fs::remove_dir_all(&node_dir);
         std::fs::create_dir_all(&node_dir).map_err(ClusterError::Start)?;
         let automatic_failover = i < 2 * primaries;
-        let child = spawn(*addr, *announced, &node_dir, automatic_failover)?;
+        let child = server(
+            *addr,
+            *announced,
+            &node_dir,
+            automatic_failover,
+            place.netns.as_deref(),
+        )?
+        .spawn()
+        .map_err(ClusterError::Start)?;
         nodes.push(ClusterNode {
             addr: *addr,
             announced: *announced,
+            netns: place.netns.clone(),
             child,
             dir: node_dir,
             automatic_failover,
@@ -123,9 +154,9 @@ pub(crate) async fn start_announcing(
     for node in &nodes {
         wait_listening(node.addr).await?;
     }
-    let announced: Vec<SocketAddr> = listen_announced
+    let announced: Vec<SocketAddr> = places
         .iter()
-        .map(|(addr, ip)| SocketAddr::new(*ip, addr.port()))
+        .map(|p| SocketAddr::new(p.announced, p.listen.port()))
         .collect();
     form_nodes(&announced, primaries).await?;
     Ok(nodes)

@@ -48,11 +48,17 @@ pub async fn up(
         let node_dir = dir.join(format!("node-{}", addr.ip()));
         let _ = std::fs::remove_dir_all(&node_dir);
         std::fs::create_dir_all(&node_dir).map_err(ClusterError::Start)?;
-        let started = server(*addr, addr.ip(), &node_dir, i < 2 * usize::from(shards))?
-            .args(["--daemonize", "yes", "--pidfile"])
-            .arg(dir.join(format!("valkey-{}.pid", addr.ip())))
-            .status()
-            .map_err(ClusterError::Start)?;
+        let started = server(
+            *addr,
+            addr.ip(),
+            &node_dir,
+            i < 2 * usize::from(shards),
+            None,
+        )?
+        .args(["--daemonize", "yes", "--pidfile"])
+        .arg(dir.join(format!("valkey-{}.pid", addr.ip())))
+        .status()
+        .map_err(ClusterError::Start)?;
         if !started.success() {
             return Err(ClusterError::NotFormed(
                 Duration::ZERO,

@@ -63,18 +63,20 @@ pub async fn form_linked(
         let attempt = async {
             let port = port_free_on_all(&all)?;
             let link = start_proxies(layout, port).await?;
-            let pairs: Vec<(SocketAddr, IpAddr)> = layout
+            let places: Vec<NodePlace> = layout
                 .listen
                 .iter()
                 .zip(layout.announced)
-                .map(|(listen, announced)| {
-                    (SocketAddr::new((*listen).into(), port), (*announced).into())
+                .map(|(listen, announced)| NodePlace {
+                    listen: SocketAddr::new((*listen).into(), port),
+                    announced: (*announced).into(),
+                    netns: None,
                 })
                 .collect();
-            let nodes = start_announcing(dir, &pairs, primaries).await?;
-            let announced = pairs
+            let nodes = start_placed(dir, &places, primaries).await?;
+            let announced = places
                 .iter()
-                .map(|(a, ip)| SocketAddr::new(*ip, a.port()))
+                .map(|p| SocketAddr::new(p.announced, p.listen.port()))
                 .collect();
             Ok((announced, nodes, link))
         };

@@ -16,6 +16,8 @@ pub struct ClusterNode {
     /// The address it gives the cluster for itself: its own, or one where a proxy carries its
     /// traffic ([`super::form_linked`]).
     pub(crate) announced: IpAddr,
+    /// The network namespace it runs in ([`crate::netns`]); `None`: the machine's own.
+    pub(crate) netns: Option<String>,
     pub(crate) child: Child,
     pub(crate) dir: PathBuf,
     /// Whether the cluster may promote it by itself (`cluster-replica-no-failover`), as its
@@ -66,35 +68,28 @@ impl ClusterNode {
                 std::fs::write(&conf, repaired).map_err(ClusterError::Start)?;
             }
         }
-        self.child = spawn(
+        self.child = server(
             self.addr,
             self.announced,
             &self.dir,
             self.automatic_failover,
-        )?;
+            self.netns.as_deref(),
+        )?
+        .spawn()
+        .map_err(ClusterError::Start)?;
         wait_listening(self.addr).await
     }
 }
 
-pub(crate) fn spawn(
-    addr: SocketAddr,
-    announced: IpAddr,
-    dir: &Path,
-    automatic_failover: bool,
-) -> Result<Child, ClusterError> {
-    server(addr, announced, dir, automatic_failover)?
-        .spawn()
-        .map_err(ClusterError::Start)
-}
-
 /// The command that starts the cluster node at `addr`, known to the cluster (and to clients
 /// through it) as `announced`, its files in `dir`; the cluster may promote it by itself when
-/// `automatic_failover`.
+/// `automatic_failover`, inside network namespace `netns` when one is given.
 pub(crate) fn server(
     addr: SocketAddr,
     announced: IpAddr,
     dir: &Path,
     automatic_failover: bool,
+    netns: Option<&str>,
 ) -> Result<Command, ClusterError> {
     // Absolute: valkey-server enters `--dir` before it opens `--logfile`.
     let dir = std::path::absolute(dir).map_err(ClusterError::Start)?;
@@ -127,6 +122,9 @@ pub(crate) fn server(
             if automatic_failover { "no" } else { "yes" },
         ])
         .args(["--save", "", "--appendonly", "no"])
+        // The lab's nodes take no password: protected mode would refuse every client that is
+        // not on loopback, as in network namespaces ([`crate::cluster_chaos`]'s cut regions).
+        .args(["--protected-mode", "no"])
         .arg("--dir")
         .arg(&dir)
         .arg("--logfile")
@@ -134,6 +132,9 @@ pub(crate) fn server(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    if let Some(ns) = netns {
+        crate::netns::enter(&mut command, ns).map_err(ClusterError::Start)?;
+    }
     Ok(command)
 }
 

@@ -8,13 +8,15 @@ use valkey_dr_core::cluster::SLOTS;
 
 use super::*;
 
-/// A key of the shard that serves `slots` (asked of `node`, which knows every slot's key).
+/// A key named `<prefix>-<n>` of the shard that serves `slots` (asked of `node`, which knows
+/// every slot's key).
 pub async fn key_in(
     node: SocketAddr,
+    prefix: &str,
     slots: std::ops::RangeInclusive<i64>,
 ) -> Result<String, ClusterError> {
     for n in 0..1_000_000 {
-        let key = format!("writes-{n}");
+        let key = format!("{prefix}-{n}");
         let slot = command(node, &["CLUSTER", "KEYSLOT", &key]).await?;
         if matches!(slot, redis::Value::Int(s) if slots.contains(&s)) {
             return Ok(key);
@@ -26,28 +28,37 @@ pub async fn key_in(
     ))
 }
 
-/// What one shard writer did: every write acknowledged, the longest wait for one.
-#[derive(Debug, Clone)]
+/// What one shard writer did: every write acknowledged, when, and the longest wait for one.
+#[derive(Debug, Clone, Default)]
 pub struct ShardWritten {
     pub key: String,
     pub acked: Vec<u64>,
+    /// When each of `acked` was acknowledged.
+    pub acked_at: Vec<Instant>,
     pub longest: Duration,
 }
 
-/// A running shard writer: what it acknowledged, its longest wait.
-type Writing = tokio::task::JoinHandle<(Vec<u64>, Duration)>;
+/// A running shard writer: what it did ([`ShardWritten`] without its key).
+type Writing = tokio::task::JoinHandle<ShardWritten>;
 
 /// A writer per shard, each appending to a key of its shard as a cluster client does
 /// ([`shard_writer`]).
 pub struct ShardWriters {
     stop: Arc<AtomicBool>,
     running: Vec<(String, Arc<AtomicI64>, Writing)>,
+    /// The thread that runs them inside a network namespace ([`ShardWriters::start_in`]), and
+    /// what ends it once they stopped.
+    driver: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<std::io::Result<()>>,
+    )>,
 }
 
 impl ShardWriters {
-    /// One writer per node of `primaries`, the `i`th on a key of the `i`th equal share of the
-    /// slots (as [`start`] gives them out), with every node of `seeds` to turn to.
+    /// One writer per node of `primaries`, the `i`th on a key `<prefix>-<n>` of the `i`th equal
+    /// share of the slots (as [`start`] gives them out), with every node of `seeds` to turn to.
     pub async fn start(
+        prefix: &str,
         primaries: &[SocketAddr],
         seeds: &[SocketAddr],
     ) -> Result<ShardWriters, ClusterError> {
@@ -61,7 +72,7 @@ impl ShardWriters {
             } else {
                 (i as i64 + 1) * per - 1
             };
-            let key = key_in(*primary, i as i64 * per..=last).await?;
+            let key = key_in(*primary, prefix, i as i64 * per..=last).await?;
             let last_acked = Arc::new(AtomicI64::new(-1));
             let writer = tokio::spawn(shard_writer(
                 *primary,
@@ -72,7 +83,50 @@ impl ShardWriters {
             ));
             running.push((key, last_acked, writer));
         }
-        Ok(ShardWriters { stop, running })
+        Ok(ShardWriters {
+            stop,
+            running,
+            driver: None,
+        })
+    }
+
+    /// [`ShardWriters::start`] with every connection made inside network namespace `ns`, as
+    /// applications standing in that place: they run on a thread of their own there.
+    pub async fn start_in(
+        ns: &str,
+        prefix: &str,
+        primaries: &[SocketAddr],
+        seeds: &[SocketAddr],
+    ) -> Result<ShardWriters, ClusterError> {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (end, ended) = tokio::sync::oneshot::channel::<()>();
+        let (prefix, primaries, seeds) = (prefix.to_string(), primaries.to_vec(), seeds.to_vec());
+        let thread = crate::netns::spawn_in(ns, move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = started_tx.send(Err(ClusterError::Start(e)));
+                    return;
+                }
+            };
+            // The writers' tasks run while this thread waits for the end.
+            runtime.block_on(async move {
+                let _ = started_tx.send(ShardWriters::start(&prefix, &primaries, &seeds).await);
+                let _ = ended.await;
+            });
+        })
+        .map_err(ClusterError::Start)?;
+        let gone = || {
+            ClusterError::Start(std::io::Error::other(
+                "the writers' thread in the namespace ended",
+            ))
+        };
+        let mut writers = started.await.map_err(|_| gone())??;
+        writers.driver = Some((end, thread));
+        Ok(writers)
     }
 
     /// The last write each has had acknowledged so far (-1: none yet).
@@ -84,16 +138,18 @@ impl ShardWriters {
     }
 
     /// Stops them; what each did.
-    pub async fn stop(self) -> Vec<ShardWritten> {
+    pub async fn stop(mut self) -> Vec<ShardWritten> {
         self.stop.store(true, Ordering::Relaxed);
         let mut written = Vec::new();
-        for (key, _, handle) in self.running {
-            let (acked, longest) = handle.await.unwrap_or_default();
+        for (key, _, handle) in std::mem::take(&mut self.running) {
             written.push(ShardWritten {
                 key,
-                acked,
-                longest,
+                ..handle.await.unwrap_or_default()
             });
+        }
+        if let Some((end, thread)) = self.driver.take() {
+            let _ = end.send(());
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         written
     }
@@ -110,8 +166,9 @@ async fn shard_writer(
     key: String,
     stop: Arc<AtomicBool>,
     last_acked: Arc<AtomicI64>,
-) -> (Vec<u64>, Duration) {
+) -> ShardWritten {
     let mut acked = Vec::new();
+    let mut acked_at = Vec::new();
     let mut last = Instant::now();
     let mut longest = Duration::ZERO;
     let mut conn = None;
@@ -135,6 +192,7 @@ async fn shard_writer(
         match pushed {
             Ok(_) => {
                 acked.push(n);
+                acked_at.push(Instant::now());
                 last_acked.store(n as i64, Ordering::Relaxed);
                 n += 1;
                 longest = longest.max(last.elapsed());
@@ -149,7 +207,12 @@ async fn shard_writer(
             }
         }
     }
-    (acked, longest)
+    ShardWritten {
+        key,
+        acked,
+        acked_at,
+        longest,
+    }
 }
 
 /// The list at `key`, read from whichever node serves it (following `MOVED` from `asked`).

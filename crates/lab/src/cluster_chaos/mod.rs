@@ -24,14 +24,17 @@ use valkey_dr_controller::cluster::start_guard::start_guard;
 use valkey_dr_controller::control::{self, Request};
 
 use crate::cluster::{self, ClusterNode, ShardWriters};
+use crate::cut::Cut;
 
 mod asking;
 mod monitor;
+mod places;
 mod processes;
 mod scenarios;
 
 use asking::*;
 use monitor::Monitor;
+use places::Places;
 use processes::*;
 pub use scenarios::*;
 
@@ -59,6 +62,18 @@ pub struct ClusterRunReport {
     pub switchovers_asked: u32,
     /// From the fault to the name leading to the writer region's primaries at the end.
     pub name_settled_ms: Option<u64>,
+    /// A region cut off ([`ClusterFault::RegionIsolated`]): the writes its own applications had
+    /// acknowledged after the cut, lost at the heal (the fence bounds them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_inside: Option<usize>,
+    /// From the cut to the last write the cut-off region's primaries acknowledged: when their
+    /// self-fence took hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inside_fenced_ms: Option<u64>,
+    /// Writes the cut-off region's primaries acknowledged after the name was seen on the
+    /// survivors: two writers. Must be 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inside_acked_after_name_moved: Option<usize>,
     pub verdict: String,
 }
 
@@ -96,6 +111,11 @@ pub async fn run(
                 wrong.push(format!(
                     "{} shard(s) wiped: more than half their writes acknowledged before the fault lost",
                     report.wiped_shards
+                ));
+            }
+            if let Some(n) = report.inside_acked_after_name_moved.filter(|n| *n > 0) {
+                wrong.push(format!(
+                    "two writers: the cut-off region's primaries acknowledged {n} writes after the name moved"
                 ));
             }
             if report.lost_after_fault > 0 {
@@ -148,16 +168,38 @@ async fn run_in(
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let pid = std::process::id();
     let ip = |n: u8| Ipv4Addr::new(127, 130 + n, (pid >> 8) as u8 ^ run, run);
-    let ips: Vec<Ipv4Addr> = (0..9).map(ip).collect();
-    let (addrs, mut nodes) = cluster::form_spread(dir, &ips, 3)
-        .await
-        .map_err(|e| e.to_string())?;
+    // Dropped last: the nodes and the controller inside end first.
+    let places = if scenario.fault.needs_namespaces() {
+        Some(Places::build(dir, pid ^ u32::from(run))?)
+    } else {
+        None
+    };
+    let (addrs, mut nodes) = match &places {
+        Some(places) => {
+            let placed = places.nodes();
+            let nodes = cluster::start_placed(dir, &placed, 3)
+                .await
+                .map_err(|e| e.to_string())?;
+            (placed.iter().map(|p| p.listen).collect(), nodes)
+        }
+        None => {
+            let ips: Vec<Ipv4Addr> = (0..9).map(ip).collect();
+            cluster::form_spread(dir, &ips, 3)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let addrs: Vec<SocketAddr> = addrs;
     // Kept with the run's directory, which [`run`] removes after a good run.
     nodes.iter_mut().for_each(ClusterNode::keep_files);
-    let dns = std::net::UdpSocket::bind((ip(9), 0))
-        .and_then(|s| s.local_addr())
-        .map_err(|e| e.to_string())?;
+    let dns = match &places {
+        Some(places) => places.dns(),
+        None => std::net::UdpSocket::bind((ip(9), 0))
+            .and_then(|s| s.local_addr())
+            .map_err(|e| e.to_string())?,
+    };
     let config = write_config(dir, &addrs, dns).map_err(|e| e.to_string())?;
+    let controller_ns = places.as_ref().map(Places::controller_ns);
     let crash = match scenario.fault {
         ClusterFault::ControllerCrash(step)
         | ClusterFault::RegionKilledControllerCrash(step)
@@ -191,7 +233,13 @@ async fn run_in(
         let (dns, sites) = (sites[1].dns, (sites, others));
         (controller, Some(sites), socket, dns, Some(etcd))
     } else {
-        let controller = Controller::start(valkey_dr, &config, dir, crash.as_deref());
+        let controller = Controller::start(
+            valkey_dr,
+            &config,
+            dir,
+            crash.as_deref(),
+            controller_ns.as_deref(),
+        );
         let socket = dir.join("state/control.sock");
         ready(&socket, Duration::from_secs(30)).await?;
         (controller, None, socket, dns, None)
@@ -201,9 +249,26 @@ async fn run_in(
         None => (None, Vec::new()),
     };
 
-    let writers = ShardWriters::start(&addrs[..3], &addrs)
-        .await
-        .map_err(|e| e.to_string())?;
+    // With places, the writers judged stand in us-east-2 (outside any cut), and us-east-1's own
+    // applications write beside them: what a cut-off region's clients lose is measured apart.
+    let (writers, inside) = match &places {
+        Some(places) => {
+            let (east_1, east_2) = (places.region_ns(0), places.region_ns(1));
+            let outside = ShardWriters::start_in(&east_2, "writes", &addrs[..3], &addrs);
+            let inside = ShardWriters::start_in(&east_1, "inside", &addrs[..3], &addrs);
+            let (outside, inside) = tokio::join!(outside, inside);
+            (
+                outside.map_err(|e| e.to_string())?,
+                Some(inside.map_err(|e| e.to_string())?),
+            )
+        }
+        None => (
+            ShardWriters::start("writes", &addrs[..3], &addrs)
+                .await
+                .map_err(|e| e.to_string())?,
+            None,
+        ),
+    };
     let monitor = Monitor::start(addrs.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let fault_at = Instant::now();
@@ -238,7 +303,7 @@ async fn run_in(
             if !holds_within(Duration::from_secs(10), || controller.ended()).await {
                 return Err("the controller did not crash".into());
             }
-            controller = Controller::start(valkey_dr, &config, dir, None);
+            controller = Controller::start(valkey_dr, &config, dir, None, controller_ns.as_deref());
             ready(&socket, Duration::from_secs(30)).await?;
             switchover_until_done(&socket, report).await?;
             "us-east-2"
@@ -282,13 +347,18 @@ async fn run_in(
             if !holds_within(Duration::from_secs(20), || controller.ended()).await {
                 return Err("the controller did not crash in its failover".into());
             }
-            controller = Controller::start(valkey_dr, &config, dir, None);
+            controller = Controller::start(valkey_dr, &config, dir, None, controller_ns.as_deref());
             "us-east-2"
         }
         ClusterFault::RegionStalled => {
             for node in &nodes[..6] {
                 node.signal(libc::SIGSTOP);
             }
+            "us-east-2"
+        }
+        ClusterFault::RegionIsolated => {
+            let places = places.as_ref().expect("a run with places");
+            places.cut(&[Cut::Isolate("us-east-1".into())])?;
             "us-east-2"
         }
         ClusterFault::LeaderCrash(_) => {
@@ -340,6 +410,7 @@ async fn run_in(
         ClusterFault::RegionKilled
         | ClusterFault::RegionKilledControllerCrash(_)
         | ClusterFault::RegionStalled
+        | ClusterFault::RegionIsolated
         | ClusterFault::RegionKilledWithItsSite => addrs[..6].to_vec(),
         _ => Vec::new(),
     };
@@ -356,6 +427,15 @@ async fn run_in(
             .map_err(|e| format!("{}: {e}", addrs[0]))?;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    let name_moved_at = Instant::now();
+    let mut healed_at = None;
+    if let (ClusterFault::RegionIsolated, Some(places)) = (scenario.fault, &places) {
+        // Cut 12 s in all, then healed: the old primaries hear of their successors and follow.
+        tokio::time::sleep(Duration::from_secs(12).saturating_sub(fault_at.elapsed())).await;
+        places.cut(&[])?;
+        healed_at = Some(Instant::now());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     if scenario.fault == ClusterFault::RegionStalled {
         // Kept stopped 8 s in all, then back: the old primaries find themselves taken over.
         tokio::time::sleep(Duration::from_secs(8).saturating_sub(fault_at.elapsed())).await;
@@ -366,6 +446,10 @@ async fn run_in(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let written = writers.stop().await;
+    let written_inside = match inside {
+        Some(inside) => inside.stop().await,
+        None => Vec::new(),
+    };
     (report.two_primaries_samples, report.stale_claim_samples) = monitor.stop().await;
     settled?;
     let alive = if matches!(
@@ -399,6 +483,35 @@ async fn run_in(
         }
         report.lost_before_fault += lost_before;
     }
+    if let Some(healed_at) = healed_at {
+        // Acknowledged within the cut: by the cut-off primaries (the survivors were out of reach).
+        let mut lost_inside = 0;
+        let mut last_inside = None;
+        let mut after_name = 0;
+        for w in &written_inside {
+            let kept = cluster::list_at(alive, &w.key)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (n, at) in w.acked.iter().zip(&w.acked_at) {
+                if *at < fault_at {
+                    continue;
+                }
+                if !kept.contains(n) {
+                    lost_inside += 1;
+                }
+                if *at < healed_at {
+                    last_inside = last_inside.max(Some(*at));
+                    if *at > name_moved_at {
+                        after_name += 1;
+                    }
+                }
+            }
+        }
+        report.lost_inside = Some(lost_inside);
+        report.inside_fenced_ms =
+            last_inside.map(|at| at.duration_since(fault_at).as_millis() as u64);
+        report.inside_acked_after_name_moved = Some(after_name);
+    }
     // At the end every old primary has heard of its successor.
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Some((a, b)) = cluster::two_primaries_for_a_slot(&addrs).await {
@@ -412,5 +525,6 @@ async fn run_in(
     drop(controller);
     drop(others);
     drop(nodes);
+    drop(places);
     Ok(())
 }

@@ -6,13 +6,15 @@ use super::*;
 pub(super) struct Controller(Child);
 
 impl Controller {
+    /// The one controller of a run, inside network namespace `netns` when one is given.
     pub(super) fn start(
         valkey_dr: &Path,
         config: &Path,
         dir: &Path,
         fault: Option<&str>,
+        netns: Option<&str>,
     ) -> Controller {
-        Controller::spawn(valkey_dr, config, &dir.join("controller.log"), fault)
+        Controller::spawn(valkey_dr, config, &dir.join("controller.log"), fault, netns)
     }
 
     /// A site's controller of the highly available shape, its log `controller-<site>.log`.
@@ -23,7 +25,7 @@ impl Controller {
         fault: Option<&str>,
     ) -> Controller {
         let log = dir.join(format!("controller-{}.log", site.name));
-        Controller::spawn(valkey_dr, &site.config, &log, fault)
+        Controller::spawn(valkey_dr, &site.config, &log, fault, None)
     }
 
     pub(super) fn spawn(
@@ -31,6 +33,7 @@ impl Controller {
         config: &Path,
         log: &Path,
         fault: Option<&str>,
+        netns: Option<&str>,
     ) -> Controller {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -46,6 +49,9 @@ impl Controller {
             .stderr(log.map_or_else(Stdio::null, Stdio::from));
         if let Some(fault) = fault {
             command.env("VALKEY_DR_FAULT", fault);
+        }
+        if let Some(ns) = netns {
+            crate::netns::enter(&mut command, ns).expect("the run's namespace exists");
         }
         Controller(command.spawn().expect("valkey-dr runs"))
     }

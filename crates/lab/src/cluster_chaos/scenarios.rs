@@ -36,6 +36,12 @@ pub enum ClusterFault {
     /// Every us-east-1 node stopped (SIGSTOP) for 8 s, then resumed: failed over meanwhile, its
     /// old primaries must not take a write when they come back.
     RegionStalled,
+    /// us-east-1 — its nodes and its applications — cut off from us-east-2 and the controller
+    /// for 12 s by dropped packets, then healed: its primaries fence themselves, the controller
+    /// fails the region over, and at the heal the old primaries rejoin as replicas. Its own
+    /// applications' writes between the cut and the fence are lost (the report shows how many
+    /// and how long); the other region's lose none. Network namespaces only (`--netns`).
+    RegionIsolated,
     /// The highly available shape (a controller per site on etcd, the witness leading): the
     /// leader aborts after this step of a switchover; another site takes the leader key and
     /// settles the move, and the switchover asked again at us-east-2 completes it.
@@ -50,6 +56,11 @@ pub enum ClusterFault {
 }
 
 impl ClusterFault {
+    /// Cuts that only packet filters in network namespaces can make (`chaos --cluster --netns`).
+    pub fn needs_namespaces(self) -> bool {
+        self == ClusterFault::RegionIsolated
+    }
+
     /// Run by a controller per site on etcd rather than one.
     pub(super) fn highly_available(self) -> bool {
         matches!(
@@ -117,6 +128,10 @@ pub fn scenarios() -> Vec<ClusterScenario> {
     add(
         "cluster: writer region stalled 8 s".into(),
         ClusterFault::RegionStalled,
+    );
+    add(
+        "cluster: writer region isolated 12 s (packets dropped), then healed".into(),
+        ClusterFault::RegionIsolated,
     );
     for step in ["paused", "caught-up", "handed-over-1", "handed-over-2"] {
         add(

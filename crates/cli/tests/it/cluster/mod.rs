@@ -188,7 +188,9 @@ struct Writers(ShardWriters);
 impl Writers {
     /// Starts them on the primaries `addrs[..3]`, with every node as a seed.
     async fn start(addrs: &[SocketAddr]) -> Writers {
-        let writers = ShardWriters::start(&addrs[..3], addrs).await.unwrap();
+        let writers = ShardWriters::start("writes", &addrs[..3], addrs)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         Writers(writers)
     }

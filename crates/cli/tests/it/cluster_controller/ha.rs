@@ -352,9 +352,10 @@ async fn a_leader_killed_at_any_step_of_a_switchover_loses_nothing_and_the_next_
  {
     let setup = Setup::new("cluster-ha-crash").await;
     let (etcd, mut sites) = on_etcd(&setup).await;
-    let writers = valkey_dr_lab::cluster::ShardWriters::start(&setup.addrs[..3], &setup.addrs)
-        .await
-        .unwrap();
+    let writers =
+        valkey_dr_lab::cluster::ShardWriters::start("writes", &setup.addrs[..3], &setup.addrs)
+            .await
+            .unwrap();
     let regions = ["us-east-2", "us-east-1"];
     for (i, step) in ["paused", "caught-up", "handed-over-1", "handed-over-2"]
         .into_iter()
