@@ -34,6 +34,7 @@ pub fn primary(n: usize) -> NodeObservation {
             replication_id2_until: None,
             connected_replicas: 1,
             master_last_io_s: None,
+            link_down_s: None,
         }),
     )
 }
@@ -54,6 +55,7 @@ pub fn replica_of(n: usize, master: usize, offset: u64) -> NodeObservation {
             replication_id2_until: None,
             connected_replicas: 0,
             master_last_io_s: Some(0),
+            link_down_s: None,
         }),
     )
 }

@@ -271,8 +271,8 @@ async fn run_in(
     };
     let monitor = Monitor::start(addrs.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let fault_at = Instant::now();
-    let before_fault = writers.last_acked();
+    let mut fault_at = Instant::now();
+    let mut before_fault = writers.last_acked();
     let writer_region = match scenario.fault {
         ClusterFault::Switchover | ClusterFault::ControllerStall(_) => {
             switchover_until_done(&socket, report).await?;
@@ -356,10 +356,18 @@ async fn run_in(
             }
             "us-east-2"
         }
-        ClusterFault::RegionIsolated => {
+        ClusterFault::Partitioned { cuts, moves } => {
             let places = places.as_ref().expect("a run with places");
-            places.cut(&[Cut::Isolate("us-east-1".into())])?;
-            "us-east-2"
+            let cuts = cuts
+                .iter()
+                .map(|entry| Cut::parse(entry))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            places.cut(&cuts)?;
+            // The fault begins once every place's rules hold: a write acknowledged while they
+            // were being put in place crossed before the cut.
+            (fault_at, before_fault) = (Instant::now(), writers.last_acked());
+            if moves { "us-east-2" } else { "us-east-1" }
         }
         ClusterFault::LeaderCrash(_) => {
             // Asked of the leader itself: it dies mid-move (a site that handed the request on
@@ -410,7 +418,7 @@ async fn run_in(
         ClusterFault::RegionKilled
         | ClusterFault::RegionKilledControllerCrash(_)
         | ClusterFault::RegionStalled
-        | ClusterFault::RegionIsolated
+        | ClusterFault::Partitioned { moves: true, .. }
         | ClusterFault::RegionKilledWithItsSite => addrs[..6].to_vec(),
         _ => Vec::new(),
     };
@@ -429,12 +437,15 @@ async fn run_in(
     }
     let name_moved_at = Instant::now();
     let mut healed_at = None;
-    if let (ClusterFault::RegionIsolated, Some(places)) = (scenario.fault, &places) {
+    if let (ClusterFault::Partitioned { .. }, Some(places)) = (scenario.fault, &places) {
         // Cut 12 s in all, then healed: the old primaries hear of their successors and follow.
         tokio::time::sleep(Duration::from_secs(12).saturating_sub(fault_at.elapsed())).await;
         places.cut(&[])?;
         healed_at = Some(Instant::now());
         tokio::time::sleep(Duration::from_secs(5)).await;
+        // After the heal, the writer region is still the one the fault left (a cut that moves
+        // nothing must not have moved a primary).
+        name_settles(&socket, dns, writer_region, &gone, Duration::from_secs(10)).await?;
     }
     if scenario.fault == ClusterFault::RegionStalled {
         // Kept stopped 8 s in all, then back: the old primaries find themselves taken over.
@@ -508,9 +519,18 @@ async fn run_in(
             }
         }
         report.lost_inside = Some(lost_inside);
-        report.inside_fenced_ms =
-            last_inside.map(|at| at.duration_since(fault_at).as_millis() as u64);
-        report.inside_acked_after_name_moved = Some(after_name);
+        if matches!(
+            scenario.fault,
+            ClusterFault::Partitioned { moves: false, .. }
+        ) {
+            // Nothing cut these applications from their primaries, and nothing moved: whatever
+            // they lost was lost with no fault on their path.
+            report.lost_after_fault += lost_inside;
+        } else {
+            report.inside_fenced_ms =
+                last_inside.map(|at| at.duration_since(fault_at).as_millis() as u64);
+            report.inside_acked_after_name_moved = Some(after_name);
+        }
     }
     // At the end every old primary has heard of its successor.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -36,12 +36,16 @@ pub enum ClusterFault {
     /// Every us-east-1 node stopped (SIGSTOP) for 8 s, then resumed: failed over meanwhile, its
     /// old primaries must not take a write when they come back.
     RegionStalled,
-    /// us-east-1 — its nodes and its applications — cut off from us-east-2 and the controller
-    /// for 12 s by dropped packets, then healed: its primaries fence themselves, the controller
-    /// fails the region over, and at the heal the old primaries rejoin as replicas. Its own
-    /// applications' writes between the cut and the fence are lost (the report shows how many
-    /// and how long); the other region's lose none. Network namespaces only (`--netns`).
-    RegionIsolated,
+    /// A partition made of these cuts ([`crate::cut::Cut`] entries) held 12 s, then healed, on
+    /// places in network namespaces of their own: us-east-1's nodes and its applications,
+    /// us-east-2's, and the controller's place. `moves`: the writer region is failed over (its
+    /// primaries fence themselves first: its own applications' writes between the cut and the
+    /// fence are lost, the report shows how many and how long); else nothing may move. The other
+    /// region's applications lose no write either way. `chaos --cluster --netns` only.
+    Partitioned {
+        cuts: &'static [&'static str],
+        moves: bool,
+    },
     /// The highly available shape (a controller per site on etcd, the witness leading): the
     /// leader aborts after this step of a switchover; another site takes the leader key and
     /// settles the move, and the switchover asked again at us-east-2 completes it.
@@ -58,7 +62,7 @@ pub enum ClusterFault {
 impl ClusterFault {
     /// Cuts that only packet filters in network namespaces can make (`chaos --cluster --netns`).
     pub fn needs_namespaces(self) -> bool {
-        self == ClusterFault::RegionIsolated
+        matches!(self, ClusterFault::Partitioned { .. })
     }
 
     /// Run by a controller per site on etcd rather than one.
@@ -129,10 +133,24 @@ pub fn scenarios() -> Vec<ClusterScenario> {
         "cluster: writer region stalled 8 s".into(),
         ClusterFault::RegionStalled,
     );
-    add(
-        "cluster: writer region isolated 12 s (packets dropped), then healed".into(),
-        ClusterFault::RegionIsolated,
-    );
+    for (name, cuts, moves) in [
+        ("writer region isolated", &["us-east-1"][..], true),
+        (
+            "writer region heard by nobody (one way)",
+            &["oneway:us-east-1:us-east-2", "oneway:us-east-1:controller"][..],
+            true,
+        ),
+        (
+            "controller cut off from the writer region",
+            &["us-east-1-to:controller"][..],
+            false,
+        ),
+    ] {
+        add(
+            format!("cluster: {name} 12 s (packets dropped), then healed"),
+            ClusterFault::Partitioned { cuts, moves },
+        );
+    }
     for step in ["paused", "caught-up", "handed-over-1", "handed-over-2"] {
         add(
             format!("cluster: HA, leader crash after {step}"),
