@@ -42,10 +42,6 @@ pub struct ReplicationInfo {
     /// sent anything (data or the ping every `repl-ping-replica-period`).
     #[serde(default)]
     pub master_last_io_s: Option<u64>,
-    /// `master_link_down_since_seconds` on a replica whose link is down: how long ago it gave
-    /// the link up (after its `repl-timeout`, or when the other end closed it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link_down_s: Option<u64>,
 }
 
 impl ReplicationInfo {
@@ -271,7 +267,6 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
             replication_id2_until,
             connected_replicas,
             master_last_io_s: None,
-            link_down_s: None,
         }),
         "slave" | "replica" => {
             let host = required("master_host")?;
@@ -296,7 +291,6 @@ pub fn parse_info_replication(text: &str) -> Result<ReplicationInfo, InfoParseEr
                 connected_replicas,
                 // -1 while the link is down.
                 master_last_io_s: field("master_last_io_seconds_ago").and_then(|v| v.parse().ok()),
-                link_down_s: field("master_link_down_since_seconds").and_then(|v| v.parse().ok()),
             })
         }
         other => Err(InfoParseError::Invalid {
@@ -350,7 +344,6 @@ mod tests {
             replication_id2_until: None,
             connected_replicas: 0,
             master_last_io_s: None,
-            link_down_s: None,
         };
         let cases = [
             (

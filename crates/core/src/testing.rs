@@ -34,7 +34,6 @@ pub fn primary(n: usize) -> NodeObservation {
             replication_id2_until: None,
             connected_replicas: 1,
             master_last_io_s: None,
-            link_down_s: None,
         }),
     )
 }
@@ -55,7 +54,6 @@ pub fn replica_of(n: usize, master: usize, offset: u64) -> NodeObservation {
             replication_id2_until: None,
             connected_replicas: 0,
             master_last_io_s: Some(0),
-            link_down_s: None,
         }),
     )
 }

@@ -209,7 +209,6 @@ impl Engine for FakeEngine {
             replication_id2_until: node.replication_id2_until,
             connected_replicas,
             master_last_io_s: node.master.as_ref().map(|_| 0),
-            link_down_s: None,
         })
     }
 

@@ -113,50 +113,6 @@ pub fn unheard_for(observations: &[NodeObservation], primary: &Endpoint) -> Opti
     least.map(Duration::from_secs)
 }
 
-/// Why a silent primary may still count a replica outside its region towards its self-fence,
-/// if it may: the replica still holds its link to it, or gave it up less than `certain_after`
-/// ago. A replica that hears nothing from its primary still sends it an acknowledgement every
-/// second, and when only the primary's packets are dropped (a one-way cut) those arrive — TCP
-/// retransmits them — and keep its fence open: the primary still takes writes. Only once the
-/// replica gives the link up (its `repl-timeout`) do they stop; the last may arrive with the
-/// replica's closing of the link, so the fence is certain `certain_after` later.
-fn still_counted(
-    topology: &Topology,
-    epoch: &ClusterEpoch,
-    observations: &[NodeObservation],
-    primary: &super::ShardNode,
-    certain_after: Duration,
-) -> Option<String> {
-    observations.iter().find_map(|o| {
-        let info = o.info()?;
-        let Role::Replica {
-            master, link_up, ..
-        } = &info.role
-        else {
-            return None;
-        };
-        if *master != primary.endpoint || topology.node(o.node).region == epoch.writer_region {
-            return None;
-        }
-        let replica = &topology.node(o.node).endpoint;
-        if *link_up {
-            return Some(format!(
-                "{replica} still holds its link to {} (a one-way cut would let its acknowledgements keep that primary's self-fence open) until its repl-timeout ends it",
-                primary.endpoint
-            ));
-        }
-        let down = Duration::from_secs(info.link_down_s.unwrap_or(0));
-        (down < certain_after).then(|| {
-            format!(
-                "{replica} gave its link to {} up {} s ago: that primary is surely fenced {} ms after",
-                primary.endpoint,
-                down.as_secs(),
-                certain_after.as_millis()
-            )
-        })
-    })
-}
-
 /// Whether the writer region is lost and another region may take its primaries over without an
 /// operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,9 +211,6 @@ pub fn region_verdict(
                 silent.as_millis(),
                 certain_after.as_millis()
             ));
-        }
-        if let Some(why) = still_counted(topology, epoch, observations, primary, certain_after) {
-            return RegionVerdict::Withheld(why);
         }
     }
     let owned: Vec<Shard> = serving.into_iter().cloned().collect();
@@ -442,26 +395,13 @@ mod tests {
             ]
         };
         let lost = two(silent(0), silent(1));
-        // The outside replicas answer the controller; their links to the lost primaries are
-        // down, given up this long ago.
-        let down_for = |n: usize, master: usize, seconds: u64| {
+        // The outside replicas answer the controller; their links to the lost primaries are down.
+        let link_down = |n: usize, master: usize| {
             let mut o = replica_of(n, master, 9);
             if let Ok(info) = &mut o.state
                 && let Role::Replica { link_up, .. } = &mut info.role
             {
                 *link_up = false;
-                info.master_last_io_s = None;
-                info.link_down_s = Some(seconds);
-            }
-            o
-        };
-        let link_down = |n: usize, master: usize| down_for(n, master, 10);
-        // Its link still up, the replica has heard nothing for 5 s: its primary's packets are
-        // dropped, and its own acknowledgements may still reach it.
-        let linked_unheard = |n: usize, master: usize| {
-            let mut o = replica_of(n, master, 9);
-            if let Ok(info) = &mut o.state {
-                info.master_last_io_s = Some(5);
             }
             o
         };
@@ -487,13 +427,6 @@ mod tests {
              Some(RegionVerdict::NotLost)),
             ("silent, not yet surely fenced", lost.clone(), unheard.clone(), Some(Duration::from_secs(1)), true, None),
             ("silent, its fence was not armed", lost.clone(), unheard.clone(), Some(long), false, None),
-            ("an outside replica hears nothing but keeps its link (a one-way cut?)", lost.clone(),
-             vec![down(0), down(1), linked_unheard(2, 0), link_down(3, 1)], Some(long), true, None),
-            ("an outside replica gave its link up 1 s ago: its last acknowledgement may be arriving", lost.clone(),
-             vec![down(0), down(1), down_for(2, 0, 1), link_down(3, 1)], Some(long), true, None),
-            ("... 4 s ago: the fence is certain", lost.clone(),
-             vec![down(0), down(1), down_for(2, 0, 4), link_down(3, 1)], Some(long), true,
-             Some(RegionVerdict::FailOver(RegionId(1)))),
             ("a replica outside does not answer: it may still hear its primary", lost.clone(),
          vec![down(0), down(1), down(2), link_down(3, 1)], Some(long), true, None),
         ("no replica left outside for one shard", vec![shard(vec![silent(0)], 0..=8191), shard(vec![silent(1), node(&topology, 3, ShardRole::Replica, 9)], 8192..=16383)],

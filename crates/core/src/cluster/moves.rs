@@ -432,7 +432,6 @@ mod tests {
             replication_id2_until: None,
             connected_replicas: 0,
             master_last_io_s: Some(0),
-            link_down_s: None,
         };
         #[rustfmt::skip]
         let cases: Vec<(&str, ReplicationInfo, u64, Result<(), TakeoverRefusal>)> = vec![

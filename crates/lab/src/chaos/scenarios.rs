@@ -434,14 +434,19 @@ pub fn scenarios() -> Vec<Scenario> {
         16,
     )));
     // What only real packet filters can do (`chaos --netns`).
-    all.push(ha(at_most(
-        1,
-        s(
-            "the writer region unheard 8 s (its packets dropped, the others' reach it)",
-            Fault::WriterRegionUnheard { for_ms: 8000 },
-            14,
-        ),
-    )));
+    for shape in [false, true] {
+        all.push(shaped(
+            shape,
+            at_most(
+                1,
+                s(
+                    "the writer region unheard 8 s (its packets dropped, the others' reach it)",
+                    Fault::WriterRegionUnheard { for_ms: 8000 },
+                    14,
+                ),
+            ),
+        ));
+    }
     all.push(ha(at_most(
         0,
         s(

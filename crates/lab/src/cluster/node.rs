@@ -113,11 +113,6 @@ pub(crate) fn server(
         // A replica hears from its primary every second even when no write flows: the
         // primary's self-fence counts a replica outside its region only while it does.
         .args(["--repl-ping-replica-period", "1"])
-        // A replica that hears nothing from its primary gives the link up after 2 s (Valkey's
-        // default: 60). Until it does, its acknowledgements may still reach a primary whose own
-        // packets are dropped (a one-way cut) and keep that primary's self-fence open, so an
-        // automatic region failover waits for it.
-        .args(["--repl-timeout", "2"])
         // A replica never moves to another shard by itself (Valkey's replica migration, on by
         // default, gave a shard whose replica was resyncing another shard's only replica in
         // us-east-2): where replicas stand is part of the regions' layout.

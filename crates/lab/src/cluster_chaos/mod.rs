@@ -62,16 +62,15 @@ pub struct ClusterRunReport {
     pub switchovers_asked: u32,
     /// From the fault to the name leading to the writer region's primaries at the end.
     pub name_settled_ms: Option<u64>,
-    /// A region cut off ([`ClusterFault::RegionIsolated`]): the writes its own applications had
-    /// acknowledged after the cut, lost at the heal (the fence bounds them).
+    /// A partition ([`ClusterFault::Partitioned`]): the writes the writer region's own
+    /// applications had acknowledged after the cut and that are gone at the end — taken by
+    /// primaries cut off from their successors (the fence bounds them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost_inside: Option<usize>,
-    /// From the cut to the last write the cut-off region's primaries acknowledged: when their
-    /// self-fence took hold.
+    /// From the cut to the last of those: when the cut-off primaries' self-fence took hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inside_fenced_ms: Option<u64>,
-    /// Writes the cut-off region's primaries acknowledged after the name was seen on the
-    /// survivors: two writers. Must be 0.
+    /// Those acknowledged after the name was seen on the survivors: two writers. Must be 0.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inside_acked_after_name_moved: Option<usize>,
     pub verdict: String,
@@ -477,9 +476,11 @@ async fn run_in(
         addrs[0]
     };
     for ((w, before), _) in written.iter().zip(&before_fault).zip(0..) {
-        let kept = cluster::list_at(alive, &w.key)
+        let kept: std::collections::HashSet<u64> = cluster::list_at(alive, &w.key)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
         let mut lost_before = 0;
         for n in w.acked.iter().filter(|n| !kept.contains(n)) {
             if (*n as i64) <= *before {
@@ -494,27 +495,26 @@ async fn run_in(
         }
         report.lost_before_fault += lost_before;
     }
-    if let Some(healed_at) = healed_at {
-        // Acknowledged within the cut: by the cut-off primaries (the survivors were out of reach).
+    if healed_at.is_some() {
+        // Acknowledged after the cut and gone at the end: taken by the cut-off primaries, whose
+        // history their successors replaced (what a survivor acknowledged, after the heal, stays).
         let mut lost_inside = 0;
         let mut last_inside = None;
         let mut after_name = 0;
         for w in &written_inside {
-            let kept = cluster::list_at(alive, &w.key)
+            let kept: std::collections::HashSet<u64> = cluster::list_at(alive, &w.key)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect();
             for (n, at) in w.acked.iter().zip(&w.acked_at) {
-                if *at < fault_at {
+                if *at < fault_at || kept.contains(n) {
                     continue;
                 }
-                if !kept.contains(n) {
-                    lost_inside += 1;
-                }
-                if *at < healed_at {
-                    last_inside = last_inside.max(Some(*at));
-                    if *at > name_moved_at {
-                        after_name += 1;
-                    }
+                lost_inside += 1;
+                last_inside = last_inside.max(Some(*at));
+                if *at > name_moved_at {
+                    after_name += 1;
                 }
             }
         }
