@@ -26,9 +26,14 @@ pub struct Member {
     child: Option<Child>,
 }
 
+/// Readies member `i`'s command before each start (the lab puts a member in its site's network
+/// namespace this way).
+pub type Placing = Box<dyn Fn(usize, &mut Command) -> std::io::Result<()> + Send + Sync>;
+
 pub struct EtcdCluster {
     dir: PathBuf,
     pub members: Vec<Member>,
+    placing: Option<Placing>,
 }
 
 fn free_port(ip: Ipv4Addr) -> Result<SocketAddr, ClusterError> {
@@ -41,19 +46,35 @@ fn free_port(ip: Ipv4Addr) -> Result<SocketAddr, ClusterError> {
 impl EtcdCluster {
     /// Starts `size` members on `ip` under `dir` and waits until they answer.
     pub async fn start(dir: &Path, ip: Ipv4Addr, size: usize) -> Result<EtcdCluster, ClusterError> {
+        let addresses = (0..size)
+            .map(|_| Ok((free_port(ip)?, free_port(ip)?)))
+            .collect::<Result<_, ClusterError>>()?;
+        EtcdCluster::start_placed(dir, addresses, None).await
+    }
+
+    /// Starts a member on each `(client, peer)` address pair under `dir`, each command readied
+    /// by `placing` first, and waits until they answer.
+    pub async fn start_placed(
+        dir: &Path,
+        addresses: Vec<(SocketAddr, SocketAddr)>,
+        placing: Option<Placing>,
+    ) -> Result<EtcdCluster, ClusterError> {
         std::fs::create_dir_all(dir).map_err(|e| ClusterError::Io(e.to_string()))?;
-        let mut members = Vec::new();
-        for i in 0..size {
-            members.push(Member {
+        let size = addresses.len();
+        let members = addresses
+            .into_iter()
+            .enumerate()
+            .map(|(i, (client, peer))| Member {
                 name: format!("etcd{i}"),
-                client: free_port(ip)?,
-                peer: free_port(ip)?,
+                client,
+                peer,
                 child: None,
-            });
-        }
+            })
+            .collect();
         let mut cluster = EtcdCluster {
             dir: dir.to_path_buf(),
             members,
+            placing,
         };
         for i in 0..size {
             cluster.spawn(i)?;
@@ -73,7 +94,11 @@ impl EtcdCluster {
         let member = &self.members[i];
         let log = std::fs::File::create(self.dir.join(format!("{}.log", member.name)))
             .map_err(|e| ClusterError::Io(e.to_string()))?;
-        let child = member_command(&self.dir, &self.addresses(), i, None)
+        let mut command = member_command(&self.dir, &self.addresses(), i, None);
+        if let Some(placing) = &self.placing {
+            placing(i, &mut command).map_err(|e| ClusterError::Io(e.to_string()))?;
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(
                 log.try_clone()

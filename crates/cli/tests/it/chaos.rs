@@ -255,24 +255,30 @@ fn chaos_cluster_mode_keeps_one_primary_per_slot_and_every_write_acknowledged_af
 
 /// Cluster mode's region isolation on real packet cuts (`chaos --cluster --netns`): us-east-1's
 /// six nodes and its own applications in one network namespace, us-east-2's three nodes and its
-/// applications in another, the controller in a third; us-east-1 cut off from both for 12 s.
+/// applications in another, the controller in a third; us-east-1 cut off from both for 12 s. And
+/// the same in the highly available shape, each site's controller and etcd member in its site's
+/// place (us-east-1's cut off with its region, the witness leading).
 /// Its primaries fence themselves (their last acknowledged write comes before the name moves),
 /// the controller fails every shard over, the other region's writes are all kept, and at the heal
 /// the old primaries rejoin as replicas: one primary per slot.
 #[test]
 fn chaos_netns_cluster_an_isolated_writer_region_fences_itself_before_the_name_moves() {
     let reports = chaos_with(
-        &["cluster: writer region isolated 12 s (packets dropped), then healed"],
+        &[
+            "cluster: writer region isolated 12 s (packets dropped), then healed",
+            "cluster: HA, writer region isolated with its site 12 s (packets dropped), then healed",
+        ],
         &["--cluster", "--netns"],
     );
-    assert_eq!(reports.len(), 1, "{reports:#?}");
-    let report = &reports[0];
+    assert_eq!(reports.len(), 2, "{reports:#?}");
     assert_ok(&reports);
-    assert_eq!(report["lost_after_fault"], 0, "{report:#}");
-    assert_eq!(report["two_primaries_samples"], 0, "{report:#}");
-    assert_eq!(report["inside_acked_after_name_moved"], 0, "{report:#}");
-    // The cut-off region's applications wrote until its primaries fenced themselves.
-    assert!(report["lost_inside"].as_u64().unwrap() > 0, "{report:#}");
-    assert!(report["inside_fenced_ms"].is_u64(), "{report:#}");
-    assert!(report["name_settled_ms"].is_u64(), "{report:#}");
+    for report in &reports {
+        assert_eq!(report["lost_after_fault"], 0, "{report:#}");
+        assert_eq!(report["two_primaries_samples"], 0, "{report:#}");
+        assert_eq!(report["inside_acked_after_name_moved"], 0, "{report:#}");
+        // The cut-off region's applications wrote until its primaries fenced themselves.
+        assert!(report["lost_inside"].as_u64().unwrap() > 0, "{report:#}");
+        assert!(report["inside_fenced_ms"].is_u64(), "{report:#}");
+        assert!(report["name_settled_ms"].is_u64(), "{report:#}");
+    }
 }

@@ -43,39 +43,50 @@ pub fn observations_of(topology: &Topology, shards: &[Shard]) -> Vec<NodeObserva
         .collect()
 }
 
-/// The quorum each answering node should have: a primary that serves slots (by its own
-/// account and by the shards' view) and pings its replicas every second its self-fence, every
-/// other [`WriteQuorum::OFF`].
+/// The quorum each answering node should have: a primary that serves slots (by its own account
+/// and by the shards' view) in the epoch's `writer_region` and pings its replicas every second
+/// its self-fence, a replica [`WriteQuorum::OFF`] (the cluster may promote it within its region,
+/// and it must not start with a quorum that no longer fits it). Any other primary is left as it
+/// is, not listed: one the view gives no slots, or that stands outside the writer region, may be
+/// a primary taken over while it was cut off that has not heard of it yet and still takes its
+/// slots' writes — its own fence is then all that stops them (lowering it at the heal gave it
+/// half a second of writes beside its successor: chaos row "cluster: HA, writer region isolated
+/// with its site …").
 pub fn write_quorums(
     topology: &Topology,
     shards: &[Shard],
     observations: &[NodeObservation],
+    writer_region: RegionId,
     max_lag_s: u32,
     need_a_replica: bool,
 ) -> Vec<(NodeId, WriteQuorum)> {
     observations
         .iter()
         .filter_map(|o| Some((o.node, o.info()?)))
-        .map(|(node, info)| {
+        .filter_map(|(node, info)| {
+            if !info.is_primary() {
+                return Some((node, WriteQuorum::OFF));
+            }
             let endpoint = &topology.node(node).endpoint;
             let leading = shards
                 .iter()
                 .filter(|s| s.slot_count() > 0)
                 .filter_map(Shard::primary)
-                .find(|p| p.endpoint == *endpoint);
+                .find(|p| p.endpoint == *endpoint)
+                .filter(|_| topology.node(node).region == writer_region)?;
             // The fence counts a replica outside the region only while it heard from the
             // primary within a second: with Valkey's default ping period (10 s) an idle
             // primary's replicas fall silent and a cut-off busy one could still count as heard
             // — so no fence, and with it no automatic failover, unless it pings every second.
             let pings_every_second = leading
-                .and_then(|p| p.ping_replicas_every_s)
+                .ping_replicas_every_s
                 .is_some_and(|s| s <= HEARD_WITHIN_S);
-            let quorum = if info.is_primary() && leading.is_some() && pings_every_second {
+            let quorum = if pings_every_second {
                 desired(topology, observations, node, max_lag_s, need_a_replica)
             } else {
                 WriteQuorum::OFF
             };
-            (node, quorum)
+            Some((node, quorum))
         })
         .collect()
 }
@@ -248,7 +259,8 @@ mod tests {
     #[test]
     fn each_primary_that_serves_slots_is_fenced_by_its_replicas_outside_the_region() {
         // The lab: nodes 0, 1 in us-east-1, 2, 3 in us-east-2. Shard A: 0 leads, 1 beside it,
-        // 2 outside; shard B: 3 leads (in us-east-2).
+        // 2 outside; shard B: 3 leads (in us-east-2, outside the writer region us-east-1: left as
+        // it is, as a primary taken over while away would be).
         let topology = lab();
         let shards = vec![
             shard(
@@ -284,15 +296,15 @@ mod tests {
             ("the replica beside it and the one outside: two",
              shards.clone(),
              vec![primary(0), replica_of(1, 0, 9), replica_of(2, 0, 9), primary(3)],
-             vec![(0, armed(2)), (1, off), (2, off), (3, off)]),
+             vec![(0, armed(2)), (1, off), (2, off)]),
             ("the replica outside gone: no fence (nothing left to fence against), the shard keeps taking writes",
              shards.clone(),
              vec![primary(0), replica_of(1, 0, 9), down(2), primary(3)],
-             vec![(0, off), (1, off), (3, off)]),
+             vec![(0, off), (1, off)]),
             ("the replica outside no longer hears from it: not counted",
              shards.clone(),
              vec![primary(0), replica_of(1, 0, 9), unheard(replica_of(2, 0, 9)), primary(3)],
-             vec![(0, off), (1, off), (2, off), (3, off)]),
+             vec![(0, off), (1, off), (2, off)]),
             ("a primary that pings its replicas every 10 s (Valkey's default): no fence",
              vec![shard(vec![ShardNode { ping_replicas_every_s: Some(10), ..node(&topology, 0, ShardRole::Primary, 9) },
                              node(&topology, 1, ShardRole::Replica, 9), node(&topology, 2, ShardRole::Replica, 9)], 0..=16383)],
@@ -303,20 +315,36 @@ mod tests {
                              node(&topology, 1, ShardRole::Replica, 9), node(&topology, 2, ShardRole::Replica, 9)], 0..=16383)],
              vec![primary(0), replica_of(1, 0, 9), replica_of(2, 0, 9)],
              vec![(0, off), (1, off), (2, off)]),
-            ("a primary the shards' view gives no slots (taken over while away): none",
+            ("a primary the shards' view gives no slots (taken over while away): left as it is, fenced",
              taken_over,
              vec![primary(0), replica_of(1, 0, 9), replica_of(2, 0, 9)],
-             vec![(0, off), (1, off), (2, off)]),
+             vec![(1, off), (2, off)]),
         ];
         for (case, shards, observations, expected) in cases {
             let expected: Vec<(NodeId, WriteQuorum)> =
                 expected.into_iter().map(|(n, q)| (NodeId(n), q)).collect();
             assert_eq!(
-                write_quorums(&topology, &shards, &observations, 2, false),
+                write_quorums(&topology, &shards, &observations, RegionId(0), 2, false),
                 expected,
                 "{case}"
             );
         }
+        // The epoch moved to us-east-2 while us-east-1 was cut off: its primary, back and not
+        // yet told, still serves its slots in its own (stale) view, and no replica outside
+        // follows it any more. Lowering its quorum would let it take writes beside its
+        // successor; it is left as it is. Node 3 leads in us-east-2: its fence as ever.
+        assert_eq!(
+            write_quorums(
+                &topology,
+                &shards,
+                &[primary(0), replica_of(1, 0, 9), primary(2), primary(3)],
+                RegionId(1),
+                2,
+                false
+            ),
+            vec![(NodeId(1), off), (NodeId(3), off)],
+            "a primary outside the writer region"
+        );
     }
 
     #[test]

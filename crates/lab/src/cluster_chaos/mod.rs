@@ -212,10 +212,11 @@ async fn run_in(
     // in it — with a controller per region beside it; the name is then asked of us-east-2's,
     // which survives every such row.
     let (mut controller, sites, socket, dns, _etcd) = if scenario.fault.highly_available() {
-        let (etcd, sites) = on_etcd(dir, &addrs, ip(9)).await?;
+        let (etcd, sites) = on_etcd(dir, &addrs, ip(9), places.as_ref()).await?;
         let witness = &sites[2];
         let leader_socket = control_socket(&witness.config)?;
-        let controller = Controller::start_site(valkey_dr, witness, dir, crash.as_deref());
+        let controller =
+            Controller::start_site(valkey_dr, witness, dir, crash.as_deref(), places.as_ref());
         leader_is(
             &leader_socket,
             |l| l == "witness",
@@ -225,7 +226,7 @@ async fn run_in(
         .await?;
         let others: Vec<Controller> = sites[..2]
             .iter()
-            .map(|site| Controller::start_site(valkey_dr, site, dir, None))
+            .map(|site| Controller::start_site(valkey_dr, site, dir, None, places.as_ref()))
             .collect();
         ready(&leader_socket, Duration::from_secs(30)).await?;
         let socket = control_socket(&sites[1].config)?;
@@ -355,7 +356,7 @@ async fn run_in(
             }
             "us-east-2"
         }
-        ClusterFault::Partitioned { cuts, moves } => {
+        ClusterFault::Partitioned { cuts, moves, .. } => {
             let places = places.as_ref().expect("a run with places");
             let cuts = cuts
                 .iter()

@@ -1,7 +1,9 @@
 //! A run whose places stand in network namespaces of their own ([`crate::netns`]): us-east-1's
 //! six nodes and its applications, us-east-2's three nodes and its applications, and the
-//! controller's place, joined by a bridge. A cut drops real packets where they arrive; the
-//! run's monitor, checkers and read-backs stand at the machine's own end, which no cut touches.
+//! controller's place (the witness site in the highly available shape, where each site's
+//! controller and etcd member stand in its own place), joined by a bridge. A cut drops real
+//! packets where they arrive; the run's monitor, checkers and read-backs stand at the machine's
+//! own end, which no cut touches.
 
 use crate::LabSpec;
 use crate::cluster::NodePlace;
@@ -27,7 +29,7 @@ impl Places {
         let slot = crate::netns::claim_slot(seed).map_err(|e| e.to_string())?;
         let spec = LabSpec {
             nodes_per_region: 6,
-            sites: Vec::new(),
+            sites: LabSpec::default_sites(&["us-east-1".into(), "us-east-2".into()]),
             ..LabSpec::in_netns(dir.to_path_buf(), slot)
         };
         let places = Places { spec };
@@ -64,6 +66,35 @@ impl Places {
     /// Where the controller's DNS server listens, in its place.
     pub(super) fn dns(&self) -> SocketAddr {
         self.spec.dns
+    }
+
+    /// The namespace of a site of the highly available shape (a region's, or the witness's: the
+    /// controller's place).
+    pub(super) fn site_ns(&self, site: &str) -> String {
+        crate::netns::vantage_ns(&self.spec, site)
+    }
+
+    /// Where a site's DNS server listens, in its place.
+    pub(super) fn site_dns(&self, site: &str) -> SocketAddr {
+        self.spec.site_dns(site)
+    }
+
+    /// A three-member etcd under `dir`, each site's member in its site's place.
+    pub(super) async fn etcd(
+        &self,
+        dir: &Path,
+    ) -> Result<valkey_dr_coord::cluster::EtcdCluster, String> {
+        let members = self.spec.etcd_members();
+        let namespaces: Vec<String> = members.iter().map(|m| self.site_ns(&m.name)).collect();
+        let placing: valkey_dr_coord::cluster::Placing =
+            Box::new(move |i, command| crate::netns::enter(command, &namespaces[i]));
+        valkey_dr_coord::cluster::EtcdCluster::start_placed(
+            dir,
+            members.iter().map(|m| (m.client, m.peer)).collect(),
+            Some(placing),
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 
     /// Puts `cuts` in force (empty: heal), replacing the previous ones.

@@ -17,15 +17,18 @@ impl Controller {
         Controller::spawn(valkey_dr, config, &dir.join("controller.log"), fault, netns)
     }
 
-    /// A site's controller of the highly available shape, its log `controller-<site>.log`.
+    /// A site's controller of the highly available shape, its log `controller-<site>.log`; in
+    /// its site's place when the run has places.
     pub(super) fn start_site(
         valkey_dr: &Path,
         site: &cluster::LabSite,
         dir: &Path,
         fault: Option<&str>,
+        places: Option<&Places>,
     ) -> Controller {
         let log = dir.join(format!("controller-{}.log", site.name));
-        Controller::spawn(valkey_dr, &site.config, &log, fault, None)
+        let netns = places.map(|p| p.site_ns(&site.name));
+        Controller::spawn(valkey_dr, &site.config, &log, fault, netns.as_deref())
     }
 
     pub(super) fn spawn(
@@ -77,27 +80,36 @@ impl Drop for Controller {
 }
 
 /// A three-member etcd for a run in `dir`, and each site's controller config: us-east-1,
-/// us-east-2 and the witness, each with its DNS server on a port of its own at `dns_ip`.
+/// us-east-2 and the witness, each with its DNS server on a port of its own at `dns_ip` — or,
+/// with `places`, each member and DNS server in its site's place.
 pub(super) async fn on_etcd(
     dir: &Path,
     addrs: &[SocketAddr],
     dns_ip: Ipv4Addr,
+    places: Option<&Places>,
 ) -> Result<(valkey_dr_coord::cluster::EtcdCluster, Vec<cluster::LabSite>), String> {
-    let etcd =
-        valkey_dr_coord::cluster::EtcdCluster::start(&dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
-            .await
-            .map_err(|e| e.to_string())?;
-    let ports: Vec<SocketAddr> = (0..3)
-        .map(|_| {
-            std::net::UdpSocket::bind((dns_ip, 0))
+    const SITES: [&str; 3] = ["us-east-1", "us-east-2", "witness"];
+    let etcd = match places {
+        Some(places) => places.etcd(&dir.join("etcd")).await?,
+        None => {
+            valkey_dr_coord::cluster::EtcdCluster::start(&dir.join("etcd"), Ipv4Addr::LOCALHOST, 3)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let ports: Vec<SocketAddr> = SITES
+        .iter()
+        .map(|site| match places {
+            Some(places) => Ok(places.site_dns(site)),
+            None => std::net::UdpSocket::bind((dns_ip, 0))
                 .and_then(|s| s.local_addr())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string()),
         })
         .collect::<Result<_, _>>()?;
     let sites = cluster::write_site_configs(
         dir,
         &[("us-east-1", &addrs[..6]), ("us-east-2", &addrs[6..9])],
-        &["us-east-1".into(), "us-east-2".into(), "witness".into()],
+        &SITES.map(String::from),
         &etcd.endpoints(),
         |i| ports[i],
         CONTROLLER_SETTINGS,

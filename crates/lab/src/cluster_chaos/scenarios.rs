@@ -45,6 +45,9 @@ pub enum ClusterFault {
     Partitioned {
         cuts: &'static [&'static str],
         moves: bool,
+        /// In the highly available shape: each site's controller and etcd member stand in its
+        /// site's place (the witness's: the controller's place), the witness leading.
+        ha: bool,
     },
     /// The highly available shape (a controller per site on etcd, the witness leading): the
     /// leader aborts after this step of a switchover; another site takes the leader key and
@@ -72,6 +75,7 @@ impl ClusterFault {
             ClusterFault::LeaderCrash(_)
                 | ClusterFault::LeaderStoppedPastLease
                 | ClusterFault::RegionKilledWithItsSite
+                | ClusterFault::Partitioned { ha: true, .. }
         )
     }
 }
@@ -148,9 +152,22 @@ pub fn scenarios() -> Vec<ClusterScenario> {
     ] {
         add(
             format!("cluster: {name} 12 s (packets dropped), then healed"),
-            ClusterFault::Partitioned { cuts, moves },
+            ClusterFault::Partitioned {
+                cuts,
+                moves,
+                ha: false,
+            },
         );
     }
+    add(
+        "cluster: HA, writer region isolated with its site 12 s (packets dropped), then healed"
+            .into(),
+        ClusterFault::Partitioned {
+            cuts: &["us-east-1"],
+            moves: true,
+            ha: true,
+        },
+    );
     for step in ["paused", "caught-up", "handed-over-1", "handed-over-2"] {
         add(
             format!("cluster: HA, leader crash after {step}"),

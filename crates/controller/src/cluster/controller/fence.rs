@@ -18,6 +18,7 @@ impl ClusterController {
             &self.topology,
             shards,
             observations,
+            state.epoch.writer_region,
             self.config.controller.writer_quorum_max_lag_s,
             self.config.controller.writes_need_a_replica,
         );
