@@ -57,13 +57,7 @@ pub async fn dispatch(args: ChaosArgs) -> Result<()> {
     let selected: Vec<_> = all
         .into_iter()
         .filter(|s| asked_for(&args.scenario, &s.name))
-        .filter(|s| {
-            let runs_here = args.netns || !s.fault.needs_real_network();
-            if !runs_here {
-                eprintln!("{:<55} skipped: needs --netns", s.name);
-            }
-            runs_here
-        })
+        .filter(|s| runs_here(&args, s.fault.needs_real_network(), &s.name))
         .collect();
     if selected.is_empty() {
         bail!(none_matched(&args.scenario, "chaos --list"));
@@ -141,6 +135,16 @@ fn none_matched(filters: &[String], list: &str) -> String {
     format!("no scenario matches {filters:?}; see `valkey-dr {list}`")
 }
 
+/// Whether a scenario runs in this invocation: one that needs network namespaces only with
+/// `--netns` (skipped, and said so, without).
+fn runs_here(args: &ChaosArgs, needs_namespaces: bool, name: &str) -> bool {
+    let runs = args.netns || !needs_namespaces;
+    if !runs {
+        eprintln!("{name:<55} skipped: needs --netns");
+    }
+    runs
+}
+
 /// A cut-off region's own applications: the writes they lost, and when its primaries stopped
 /// acknowledging (none for the scenarios that cut nothing).
 fn inside_cell(report: &valkey_dr_lab::cluster_chaos::ClusterRunReport) -> Option<String> {
@@ -166,13 +170,7 @@ async fn cluster(args: ChaosArgs) -> Result<()> {
     }
     let selected: Vec<_> = selected
         .into_iter()
-        .filter(|s| {
-            let runs_here = args.netns || !s.fault.needs_namespaces();
-            if !runs_here {
-                eprintln!("{:<45} skipped: needs --netns", s.name);
-            }
-            runs_here
-        })
+        .filter(|s| runs_here(&args, s.fault.needs_namespaces(), &s.name))
         .collect();
     if selected.is_empty() {
         bail!(none_matched(&args.scenario, "chaos --cluster --list"));

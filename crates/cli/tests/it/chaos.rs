@@ -244,8 +244,14 @@ fn chaos_ha_a_new_writer_restarted_empty_after_a_region_failover_loses_nothing_i
 fn chaos_cluster_mode_keeps_one_primary_per_slot_and_every_write_acknowledged_after_the_fault() {
     let reports = chaos_with(&["cluster:"], &["--cluster"]);
     assert_eq!(reports.len(), 22, "{reports:#?}");
-    assert_ok(&reports);
-    for report in &reports {
+    assert_cluster_ok(&reports);
+}
+
+/// Every cluster run ended well: nothing acknowledged after the fault lost, no shard wiped, never
+/// two primaries for a slot under one epoch, the name settled.
+fn assert_cluster_ok(reports: &[serde_json::Value]) {
+    assert_ok(reports);
+    for report in reports {
         assert_eq!(report["lost_after_fault"], 0, "{report:#}");
         assert_eq!(report["wiped_shards"], 0, "{report:#}");
         assert_eq!(report["two_primaries_samples"], 0, "{report:#}");
@@ -271,14 +277,11 @@ fn chaos_netns_cluster_an_isolated_writer_region_fences_itself_before_the_name_m
         &["--cluster", "--netns"],
     );
     assert_eq!(reports.len(), 2, "{reports:#?}");
-    assert_ok(&reports);
+    assert_cluster_ok(&reports);
     for report in &reports {
-        assert_eq!(report["lost_after_fault"], 0, "{report:#}");
-        assert_eq!(report["two_primaries_samples"], 0, "{report:#}");
         assert_eq!(report["inside_acked_after_name_moved"], 0, "{report:#}");
         // The cut-off region's applications wrote until its primaries fenced themselves.
         assert!(report["lost_inside"].as_u64().unwrap() > 0, "{report:#}");
         assert!(report["inside_fenced_ms"].is_u64(), "{report:#}");
-        assert!(report["name_settled_ms"].is_u64(), "{report:#}");
     }
 }

@@ -44,11 +44,11 @@ pub fn observations_of(topology: &Topology, shards: &[Shard]) -> Vec<NodeObserva
 }
 
 /// The quorum each answering node should have: a primary that serves slots (by its own account
-/// and by the shards' view) in the epoch's `writer_region` and pings its replicas every second
-/// its self-fence, a replica [`WriteQuorum::OFF`] (the cluster may promote it within its region,
-/// and it must not start with a quorum that no longer fits it). Any other primary is left as it
-/// is, not listed: one the view gives no slots, or that stands outside the writer region, may be
-/// a primary taken over while it was cut off that has not heard of it yet and still takes its
+/// and by the shards' view) and pings its replicas every second its self-fence, a replica
+/// [`WriteQuorum::OFF`] (the cluster may promote it within its region, and it must not start
+/// with a quorum that no longer fits it). A primary the view gives no slots is left as it is, not
+/// listed, and one outside the epoch's `writer_region` is only ever armed: either may be a
+/// primary taken over while it was cut off that has not heard of it yet and still takes its
 /// slots' writes — its own fence is then all that stops them (lowering it at the heal gave it
 /// half a second of writes beside its successor: chaos row "cluster: HA, writer region isolated
 /// with its site …").
@@ -72,8 +72,7 @@ pub fn write_quorums(
                 .iter()
                 .filter(|s| s.slot_count() > 0)
                 .filter_map(Shard::primary)
-                .find(|p| p.endpoint == *endpoint)
-                .filter(|_| topology.node(node).region == writer_region)?;
+                .find(|p| p.endpoint == *endpoint)?;
             // The fence counts a replica outside the region only while it heard from the
             // primary within a second: with Valkey's default ping period (10 s) an idle
             // primary's replicas fall silent and a cut-off busy one could still count as heard
@@ -86,7 +85,11 @@ pub fn write_quorums(
             } else {
                 WriteQuorum::OFF
             };
-            Some((node, quorum))
+            // Outside the writer region only ever armed (a shard moved there, its move not
+            // settled yet), never lowered: the view may be one that still shows a primary
+            // taken over while it was away.
+            (topology.node(node).region == writer_region || quorum.armed())
+                .then_some((node, quorum))
         })
         .collect()
 }
@@ -344,6 +347,39 @@ mod tests {
             ),
             vec![(NodeId(1), off), (NodeId(3), off)],
             "a primary outside the writer region"
+        );
+        // A move left halfway: shard A's primary moved to us-east-2 (node 2), its old primary
+        // and replica in us-east-1 follow it; the epoch still says us-east-1. It is armed.
+        let moved = vec![
+            shard(
+                vec![
+                    node(&topology, 2, ShardRole::Primary, 9),
+                    node(&topology, 0, ShardRole::Replica, 9),
+                    node(&topology, 1, ShardRole::Replica, 9),
+                ],
+                0..=8191,
+            ),
+            shard(
+                vec![node(&topology, 3, ShardRole::Primary, 9)],
+                8192..=16383,
+            ),
+        ];
+        assert_eq!(
+            write_quorums(
+                &topology,
+                &moved,
+                &[
+                    replica_of(0, 2, 9),
+                    replica_of(1, 2, 9),
+                    primary(2),
+                    primary(3)
+                ],
+                RegionId(0),
+                2,
+                false
+            ),
+            vec![(NodeId(0), off), (NodeId(1), off), (NodeId(2), armed(1))],
+            "a shard moved ahead of the epoch"
         );
     }
 
