@@ -241,9 +241,32 @@ async fn tie_epochs(a: SocketAddr, b: SocketAddr, third: SocketAddr) -> u64 {
     let connect = async |node| valkey_dr_lab::cluster::connect(node).await.unwrap();
     let (mut on_a, mut on_b, mut on_third) =
         (connect(a).await, connect(b).await, connect(third).await);
+    // The cluster's current epoch as `conn`'s node knows it.
+    let current = async |conn: &mut redis::aio::MultiplexedConnection| -> Option<u64> {
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(conn)
+            .await
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("cluster_current_epoch:"))?
+            .trim()
+            .parse()
+            .ok()
+    };
     for _ in 0..50 {
         bump(&mut on_third).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let raised = current(&mut on_third).await;
+        // Both must have heard of it first (gossip, slower on a loaded host), or they raise
+        // from different epochs.
+        let heard = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < heard {
+            let (on_a_now, on_b_now) = (current(&mut on_a).await, current(&mut on_b).await);
+            if raised.is_some() && on_a_now == raised && on_b_now == raised {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // On connections open already: both requests leave within a microsecond.
         let (by_a, by_b) = tokio::join!(bump(&mut on_a), bump(&mut on_b));
         if let (Some(by_a), Some(by_b)) = (by_a, by_b)
