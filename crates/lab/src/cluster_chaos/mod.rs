@@ -2,7 +2,9 @@
 //! its own — nine nodes, each on an address of its own, three shards, every primary and a
 //! replica of it in us-east-1 and a replica in us-east-2 — run by a `valkey-dr run` process with
 //! `cross_region_failover = "auto"`, a writer per shard through the cluster, and a monitor that
-//! asks every answering node, every 20 ms, which slots it serves as a primary.
+//! asks every answering node, every 20 ms, which slots it serves as a primary. The partition
+//! rows (`--netns`) stand each region and the controller in network namespaces of their own
+//! ([`places`]) and cut real packets.
 //!
 //! The verdict: no slot ever claimed by two primaries under one config epoch (an old primary's
 //! claim under a lower epoch, before it hears of its successor, is counted apart), one primary
@@ -173,7 +175,7 @@ async fn run_in(
     } else {
         None
     };
-    let (addrs, mut nodes) = match &places {
+    let (addrs, mut nodes): (Vec<SocketAddr>, Vec<ClusterNode>) = match &places {
         Some(places) => {
             let placed = places.nodes();
             let nodes = cluster::start_placed(dir, &placed, 3)
@@ -188,7 +190,6 @@ async fn run_in(
                 .map_err(|e| e.to_string())?
         }
     };
-    let addrs: Vec<SocketAddr> = addrs;
     // Kept with the run's directory, which [`run`] removes after a good run.
     nodes.iter_mut().for_each(ClusterNode::keep_files);
     let dns = match &places {
