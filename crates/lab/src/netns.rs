@@ -269,6 +269,21 @@ pub fn spawn_in<T: Send + 'static>(
         })
 }
 
+/// Runs `work` to its end on a runtime of its own, on a thread inside namespace `ns`: every
+/// socket it opens is the namespace's. The thread's result: the runtime's start, then `work`'s.
+#[allow(clippy::type_complexity)]
+pub fn block_on_in<T: Send + 'static>(
+    ns: &str,
+    work: impl Future<Output = T> + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<std::io::Result<T>>>> {
+    spawn_in(ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| runtime.block_on(work))
+    })
+}
+
 /// The nftables script of one place: its filter table, with `rules` in its input hook.
 fn table(rules: &str) -> String {
     format!(

@@ -384,13 +384,7 @@ impl Fleet {
 /// Runs a writer on a runtime of its own, on a thread inside namespace `ns` (its sockets are
 /// the namespace's). A writer that cannot start there reports nothing acknowledged.
 fn run_in(ns: &str, work: impl Future<Output = WriterReport> + Send + 'static) -> WriterReport {
-    let thread = crate::netns::spawn_in(ns, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map(|runtime| runtime.block_on(work))
-    });
-    match thread.map(|t| t.join()) {
+    match crate::netns::block_on_in(ns, work).map(|t| t.join()) {
         Ok(Ok(Ok(Ok(report)))) => report,
         other => {
             tracing::error!(ns, outcome = ?other.map(|_| ()), "a writer could not run in its namespace");

@@ -38,6 +38,9 @@ pub struct ShardWritten {
     pub longest: Duration,
 }
 
+/// The thread of writers run inside a network namespace ([`crate::netns::block_on_in`]).
+type Driver = std::thread::JoinHandle<std::io::Result<std::io::Result<()>>>;
+
 /// A running shard writer: what it did ([`ShardWritten`] without its key).
 type Writing = tokio::task::JoinHandle<ShardWritten>;
 
@@ -48,10 +51,7 @@ pub struct ShardWriters {
     running: Vec<(String, Arc<AtomicI64>, Writing)>,
     /// The thread that runs them inside a network namespace ([`ShardWriters::start_in`]), and
     /// what ends it once they stopped.
-    driver: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        std::thread::JoinHandle<std::io::Result<()>>,
-    )>,
+    driver: Option<(tokio::sync::oneshot::Sender<()>, Driver)>,
 }
 
 impl ShardWriters {
@@ -101,24 +101,13 @@ impl ShardWriters {
         let (started_tx, started) = tokio::sync::oneshot::channel();
         let (end, ended) = tokio::sync::oneshot::channel::<()>();
         let (prefix, primaries, seeds) = (prefix.to_string(), primaries.to_vec(), seeds.to_vec());
-        let thread = crate::netns::spawn_in(ns, move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    let _ = started_tx.send(Err(ClusterError::Start(e)));
-                    return;
-                }
-            };
-            // The writers' tasks run while this thread waits for the end.
-            runtime.block_on(async move {
-                let _ = started_tx.send(ShardWriters::start(&prefix, &primaries, &seeds).await);
-                let _ = ended.await;
-            });
+        // The writers' tasks run while the thread waits for the end.
+        let thread = crate::netns::block_on_in(ns, async move {
+            let _ = started_tx.send(ShardWriters::start(&prefix, &primaries, &seeds).await);
+            let _ = ended.await;
         })
         .map_err(ClusterError::Start)?;
+        // Dropped unsent when the thread's runtime could not start.
         let gone = || {
             ClusterError::Start(std::io::Error::other(
                 "the writers' thread in the namespace ended",
