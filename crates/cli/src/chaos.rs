@@ -295,6 +295,7 @@ fn ha_table(results: &[Vec<ChaosReport>]) -> String {
                 all(|r| r.name_changes.saturating_sub(r.failovers.max(1))),
                 all(|r| r.stale_writes_refused),
                 all(|r| r.name_unresolved_ms),
+                all(|r| r.longest_sites_disagree_ms),
             ]
         })
         .collect();
@@ -307,6 +308,7 @@ fn ha_table(results: &[Vec<ChaosReport>]) -> String {
             "DOUBLE FLIPS",
             "STALE WRITES REFUSED",
             "NAME UNRESOLVED ms",
+            "SITES DISAGREE ms",
         ],
         &rows,
     );
@@ -315,7 +317,9 @@ fn ha_table(results: &[Vec<ChaosReport>]) -> String {
          to the writer's own region pausing its writer. UNCUT SITES' LONGEST PAUSE: of a writer by a\n\
          site no cut named (it kept a majority: only an etcd election, ≤ 1 s, excuses one). DOUBLE FLIPS: name changes beyond one\n\
          per failover. STALE WRITES REFUSED: writes of a leader that had lost its lease, refused by\n\
-         etcd or by its own clock. NAME UNRESOLVED: time some running site's DNS gave no answer.\n",
+         etcd or by its own clock. NAME UNRESOLVED: time some running site's DNS gave no answer.\n\
+         SITES DISAGREE: the longest time two sites' DNS answered different writers (a site cut off\n\
+         from etcd answers SERVFAIL once its copy may be stale, after a lease TTL).\n",
     );
     out
 }

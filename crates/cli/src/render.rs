@@ -366,6 +366,14 @@ pub fn controlled_cluster(
             status.self_fenced.len()
         );
     }
+    if let Some(loss) = &status.data_loss_suspected {
+        let _ = writeln!(
+            out,
+            "data loss suspected: {} came back without its data while serving slots {} (its replicas copy the empty dataset); restore from a backup if needed, then `valkey-dr ack`",
+            loss["node"].as_str().unwrap_or("a primary"),
+            loss["slots"].as_str().unwrap_or("?")
+        );
+    }
     if let Some(to) = &status.moving_to {
         let _ = writeln!(
             out,

@@ -486,14 +486,18 @@ pub async fn start_with(
 /// part in the highly available shape (either controller: a replication group's, a cluster's).
 /// There the zone is a copy of the records in etcd, loaded before serving when etcd answers;
 /// until it is, the server answers SERVFAIL (never an NXDOMAIN from an empty copy, which
-/// resolvers would cache and not ask another site's server).
+/// resolvers would cache and not ask another site's server), and again once etcd has not
+/// answered for a lease TTL: by then a leader elsewhere may have moved the name.
 pub(crate) async fn site_zone(
     config: &Config,
 ) -> Result<(Arc<Zone>, Option<ha::Ha>), ControllerError> {
     let Some(coordination) = &config.coordination else {
         return Ok((Arc::new(Zone::new(&config.dns.zone)), None));
     };
-    let zone = Arc::new(Zone::awaiting_copy(&config.dns.zone));
+    let zone = Arc::new(Zone::awaiting_copy(
+        &config.dns.zone,
+        Duration::from_millis(coordination.lease_ttl_ms),
+    ));
     let ha = connect_coordination(config, coordination, zone.clone()).await?;
     let first = tokio::time::timeout(ha.coord.ttl(), ha.records.sync()).await;
     if !matches!(first, Ok(Ok(_))) {

@@ -60,6 +60,7 @@ pub struct Metrics {
     epoch: Gauge,
     leader: Gauge,
     data_loss_suspected: Gauge,
+    dns_answering: Gauge,
     node_up: Family<NodeLabels, Gauge>,
     node_info: Family<NodeRoleLabels, Gauge>,
     offset: Family<NodeLabels, Gauge>,
@@ -128,6 +129,13 @@ impl Metrics {
                 &mut r,
                 "data_loss_suspected",
                 "1 while a writer came back without its data and nobody acknowledged it",
+                None,
+                Gauge::default(),
+            ),
+            dns_answering: add(
+                &mut r,
+                "dns_answering",
+                "0 while this site's DNS server answers SERVFAIL for the names: its copy of the records is not loaded, or etcd has not vouched for it within a lease TTL",
                 None,
                 Gauge::default(),
             ),
@@ -258,6 +266,12 @@ impl Metrics {
         );
         self.data_loss_suspected
             .set(i64::from(status.data_loss_suspected.is_some()));
+        self.dns_answering.set(
+            status
+                .coordination
+                .as_ref()
+                .map_or(1, |c| i64::from(c.dns_answering)),
+        );
         self.node_info.clear();
         self.link_up.clear();
         self.lag_bytes.clear();

@@ -79,6 +79,13 @@ pub struct CoordinationStatus {
     /// leader writes it).
     #[serde(default)]
     pub state_read_ms_ago: Option<u64>,
+    /// When etcd last vouched for this site's copy of the records (a read or a watch event).
+    #[serde(default)]
+    pub records_read_ms_ago: Option<u64>,
+    /// False while this site's DNS server answers SERVFAIL for the names: its copy is not loaded
+    /// yet, or etcd has not vouched for it within a lease TTL (the name may have moved).
+    #[serde(default = "answering")]
+    pub dns_answering: bool,
     /// etcd's storage when last checked (every 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<valkey_dr_coord::Storage>,
@@ -86,6 +93,10 @@ pub struct CoordinationStatus {
     /// quota.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+fn answering() -> bool {
+    true
 }
 
 impl Controller {
@@ -221,10 +232,19 @@ impl Controller {
                     is_leader: ha.leader.is_leader(),
                     fencing: ha.fencing(),
                     state_read_ms_ago: ha.state_read_ago().map(|d| d.as_millis() as u64),
+                    records_read_ms_ago: ha
+                        .records
+                        .zone()
+                        .confirmed_ago()
+                        .map(|d| d.as_millis() as u64),
+                    dns_answering: ha.records.zone().is_current(),
                     warnings: etcd
                         .as_ref()
                         .map(|s| s.warnings(ha.config.etcd_quota_bytes()))
-                        .unwrap_or_default(),
+                        .into_iter()
+                        .flatten()
+                        .chain(ha.records_warning())
+                        .collect(),
                     etcd,
                 }
             }),

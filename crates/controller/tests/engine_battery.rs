@@ -347,3 +347,21 @@ async fn a_deposed_leader_whose_clock_stood_still_cannot_act_on_a_claimed_node()
         .expect("the later leader acts");
     assert!(earlier.ping(&node).await.is_ok());
 }
+
+/// Why the token fences connections and not commands (the residual of review N6, a leader frozen
+/// with every clock of its VM): Valkey runs neither `REPLICAOF` nor `CLIENT PAUSE` inside a
+/// script, so no script can check a fencing token on the node before either lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn valkey_refuses_the_actions_a_token_check_would_wrap_inside_a_script() {
+    let server = Server::start("noscript");
+    for action in [
+        "redis.call('REPLICAOF', 'NO', 'ONE')",
+        "redis.call('CLIENT', 'PAUSE', '10', 'WRITE')",
+    ] {
+        let refused = cli(&server, &["EVAL", &format!("return {action}"), "0"]);
+        assert!(
+            refused.contains("not allowed from script"),
+            "{action}: {refused}"
+        );
+    }
+}

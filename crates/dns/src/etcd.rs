@@ -5,8 +5,9 @@
 //! (its fencing token) and the records are still at the revision of this controller's copy: each
 //! change's own compare-and-swap is checked against that copy, and the copy against etcd, in one
 //! round trip. A stale copy makes the transaction fail as a conflict and is read again. A
-//! controller that cannot reach etcd keeps serving the last records it read and never invents a
-//! change.
+//! controller that cannot reach etcd never invents a change, and its copy answers only while
+//! etcd answered it recently ([`Zone::awaiting_copy`]): past that, SERVFAIL sends resolvers to
+//! another site, whose copy may know of a newer writer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -58,6 +59,11 @@ impl EtcdRecords {
         }
     }
 
+    /// This site's copy, which its DNS server answers from.
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
     /// What etcd holds, with its revision.
     async fn read(&self) -> Result<(Vec<RecordSet>, i64), DnsError> {
         let read = self
@@ -77,6 +83,8 @@ impl EtcdRecords {
 
     async fn sync_locked(&self) -> Result<bool, DnsError> {
         let (sets, revision) = self.read().await?;
+        // A quorum read: the copy is current as of now.
+        self.zone.confirm();
         // The first copy is loaded even when etcd holds no records yet (revision 0).
         if revision == self.served_revision.load(Ordering::SeqCst) && self.zone.is_loaded() {
             return Ok(false);
@@ -88,6 +96,8 @@ impl EtcdRecords {
     /// revision or a later one: a watch event needs no read of its own.
     pub async fn load(&self, seen: &Versioned) -> Result<bool, DnsError> {
         let _updating = self.updating.lock().await;
+        // A watch event is etcd answering, as a read is.
+        self.zone.confirm();
         if seen.revision <= self.served_revision.load(Ordering::SeqCst) && self.zone.is_loaded() {
             return Ok(false);
         }
@@ -162,6 +172,7 @@ impl Staged<'_> {
 
     /// The transaction committed at `revision`: the zone serves the staged records.
     pub fn committed(self, revision: i64) {
+        self.records.zone.confirm();
         self.records.install(self.next, revision);
     }
 

@@ -47,12 +47,12 @@ mod etcd {
         let claim = leader_coord.try_lead().await.unwrap().unwrap();
         let leader_cell = Arc::new(LeaderCell::default());
         leader_cell.set(Some(claim.fence()));
-        let leader_zone = Arc::new(Zone::awaiting_copy("z.test"));
+        let leader_zone = Arc::new(Zone::awaiting_copy("z.test", Duration::from_secs(30)));
         let leader = EtcdRecords::new(leader_coord, leader_cell, leader_zone.clone());
         battery(&leader, "z.test.").await;
 
         // Another controller's copy follows etcd; it cannot write while it does not lead.
-        let follower_zone = Arc::new(Zone::awaiting_copy("z.test"));
+        let follower_zone = Arc::new(Zone::awaiting_copy("z.test", Duration::from_secs(30)));
         let follower = EtcdRecords::new(
             connect("b").await,
             Arc::new(LeaderCell::default()),

@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use valkey_dr_core::{Change, RecordSet, RecordType};
 use valkey_dr_dns::embedded::{DnsServer, Zone};
@@ -294,7 +295,10 @@ async fn a_second_server_on_the_same_address_fails_to_start() {
 /// the answers are the zone's (over UDP the cached SERVFAIL is dropped).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_not_loaded_yet_answers_servfail_never_nxdomain() {
-    let zone = Arc::new(Zone::awaiting_copy("valkey-dr.test"));
+    let zone = Arc::new(Zone::awaiting_copy(
+        "valkey-dr.test",
+        Duration::from_secs(600),
+    ));
     let server = DnsServer::start(zone.clone(), "127.0.0.1:0".parse().unwrap(), 5)
         .await
         .unwrap();
@@ -309,6 +313,7 @@ async fn a_copy_not_loaded_yet_answers_servfail_never_nxdomain() {
     assert_eq!(status(&dig(addr, &["valkey-dr.test", "SOA"])), "NOERROR");
 
     zone.replace_all(Vec::new());
+    zone.confirm();
     assert_eq!(
         status(&dig(addr, &["demo.valkey-dr.test", "A"])),
         "NXDOMAIN"
@@ -324,4 +329,125 @@ async fn a_copy_not_loaded_yet_answers_servfail_never_nxdomain() {
         "127.0.1.1"
     );
     server.shutdown().await;
+}
+
+/// Review M2: a site cut off from etcd kept answering the last records it read, for as long as
+/// the cut lasted, while a leader elsewhere moved the name: clients whose resolvers asked that
+/// site were led to the old writer. Real etcd (three members; the site reads only its own, which
+/// is then lost) and real `dig`: the site's copy answers while etcd answered it within the vouch,
+/// SERVFAIL after (over UDP too, whose cache held the old answer), never the old writer once
+/// the vouch lapsed, and the new writer once its member is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_cut_off_from_etcd_stops_answering_its_old_records() {
+    use valkey_dr_coord::cluster::EtcdCluster;
+    use valkey_dr_coord::{Coordinator, LeaderCell};
+    use valkey_dr_dns::DnsProvider;
+    use valkey_dr_dns::etcd::EtcdRecords;
+
+    let dir = std::env::temp_dir().join(format!("valkey-dr-dns-stale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ip = std::net::Ipv4Addr::new(127, 251, (std::process::id() % 250) as u8, 1);
+    let mut cluster = EtcdCluster::start(&dir, ip, 3).await.expect("etcd starts");
+    let endpoints = cluster.endpoints();
+    let connect = |site: &'static str, endpoints: Vec<String>| async move {
+        Coordinator::connect(
+            &endpoints,
+            "/valkey-dr/stale-test",
+            site,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+    };
+    // The leader reaches the first two members; the site only the third, its own.
+    let leader_coord = connect("a", endpoints[..2].to_vec()).await;
+    let claim = leader_coord.try_lead().await.unwrap().unwrap();
+    let leader_cell = Arc::new(LeaderCell::default());
+    leader_cell.set(Some(claim.fence()));
+    let leader = EtcdRecords::new(
+        leader_coord,
+        leader_cell,
+        Arc::new(Zone::awaiting_copy(
+            "valkey-dr.test",
+            Duration::from_secs(30),
+        )),
+    );
+    let writer = |region: &str| {
+        RecordSet::new(
+            "demo.valkey-dr.test",
+            RecordType::A,
+            5,
+            [format!("127.0.{region}.1")],
+        )
+    };
+    leader
+        .apply(&[Change::Create { new: writer("1") }])
+        .await
+        .unwrap();
+
+    let vouch = Duration::from_millis(1500);
+    let site_zone = Arc::new(Zone::awaiting_copy("valkey-dr.test", vouch));
+    let site = EtcdRecords::new(
+        connect("b", endpoints[2..].to_vec()).await,
+        Arc::new(LeaderCell::default()),
+        site_zone.clone(),
+    );
+    site.sync().await.unwrap();
+    let server = DnsServer::start(site_zone.clone(), "127.0.0.1:0".parse().unwrap(), 5)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let answer = || {
+        dig(addr, &["+short", "demo.valkey-dr.test", "A"])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(answer(), "127.0.1.1");
+
+    // The site's member is lost; the name moves meanwhile.
+    cluster.kill(2);
+    let cut = Instant::now();
+    leader
+        .apply(&[Change::Update {
+            old: writer("1"),
+            new: writer("2"),
+        }])
+        .await
+        .unwrap();
+    let mut servfail_after = None;
+    while cut.elapsed() < vouch * 4 {
+        assert!(site.sync().await.is_err(), "the site's only member is gone");
+        let udp = dig(addr, &["demo.valkey-dr.test", "A"]);
+        let tcp = dig(addr, &["+tcp", "demo.valkey-dr.test", "A"]);
+        match (status(&udp), status(&tcp)) {
+            ("SERVFAIL", "SERVFAIL") => {
+                servfail_after.get_or_insert(cut.elapsed());
+            }
+            ("NOERROR", "NOERROR") => assert!(
+                servfail_after.is_none(),
+                "answered again after going stale: {udp}"
+            ),
+            other => panic!("UDP and TCP disagree: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        servfail_after.is_some(),
+        "the cut-off site answered its old records throughout"
+    );
+    assert!(!site_zone.is_current());
+
+    // Its member back: the site answers again, with the new writer.
+    cluster.restart(2).unwrap();
+    let back = Instant::now();
+    while site.sync().await.is_err() {
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the member never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answer(), "127.0.2.1");
+    server.shutdown().await;
+    drop(cluster);
 }

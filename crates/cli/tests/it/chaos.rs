@@ -177,6 +177,21 @@ fn chaos_netns_ha_asymmetric_and_etcd_peer_cuts() {
     assert_eq!(reports[1]["lost_inside"], 0, "{:#}", reports[1]);
 }
 
+/// Review M2: a site cut off from etcd kept answering the old writer for the whole cut while
+/// the name moved (its DNS server still reached by resolvers). Now its copy answers only while
+/// etcd vouched for it within the lease TTL, then SERVFAIL: resolvers ask another site.
+#[test]
+fn chaos_netns_ha_a_site_cut_off_from_etcd_stops_answering_the_old_writer() {
+    let reports = chaos_netns(&["HA: witness site cut off 10 s, the writer SIGKILLed 1 s in"]);
+    assert_ok(&reports);
+    let report = &reports[0];
+    assert_eq!(report["failovers"], 1, "{report:#}");
+    assert!(
+        report["longest_sites_disagree_ms"].as_u64().unwrap() <= 4000,
+        "{report:#}"
+    );
+}
+
 /// Highly available shape: only the leader loses the writer's region. The other sites still see
 /// the writer, so there is no majority for a failover.
 #[test]

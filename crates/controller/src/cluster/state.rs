@@ -35,6 +35,10 @@ pub struct ClusterState {
     /// Automatic region failovers wait until then (Unix ms) after one, unless an operator runs
     /// `valkey-dr ack`.
     pub failovers_blocked_until_ms: Option<u64>,
+    /// The last report of a primary that came back without its data, until an operator runs
+    /// `valkey-dr ack`: kept here, not in one controller's memory, so that a restart or another
+    /// site's leadership still shows it.
+    pub data_loss: Option<serde_json::Value>,
 }
 
 impl ClusterState {
@@ -44,6 +48,7 @@ impl ClusterState {
             moving: None,
             armed: BTreeSet::new(),
             failovers_blocked_until_ms: None,
+            data_loss: None,
         }
     }
 }
@@ -59,6 +64,8 @@ struct Stored {
     armed: BTreeSet<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failovers_blocked_until_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_loss: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +209,7 @@ fn encode(topology: &Topology, next: &ClusterState) -> Vec<u8> {
         }),
         armed: next.armed.iter().map(|n| topology.node_name(*n)).collect(),
         failovers_blocked_until_ms: next.failovers_blocked_until_ms,
+        data_loss: next.data_loss.clone(),
     };
     serde_json::to_vec_pretty(&stored).expect("serializes")
 }
@@ -252,6 +260,7 @@ fn decode(bytes: &[u8], name: &str, topology: &Topology) -> Result<ClusterState,
             })
             .collect::<Result<_, _>>()?,
         failovers_blocked_until_ms: stored.failovers_blocked_until_ms,
+        data_loss: stored.data_loss,
     })
 }
 
@@ -281,6 +290,7 @@ mod tests {
             }),
             armed: [NodeId(0), NodeId(1)].into(),
             failovers_blocked_until_ms: Some(1_800_000_000_000),
+            data_loss: Some(serde_json::json!({ "node": "127.0.1.1:6379", "offset": 0 })),
             ..ClusterState::new(ClusterEpoch {
                 epoch: 4,
                 writer_region: RegionId(0),

@@ -142,6 +142,18 @@ impl Ha {
         self.synced_at.send_replace(Some(Instant::now()));
     }
 
+    /// Why this site's DNS server answers SERVFAIL for the names, if it does.
+    pub fn records_warning(&self) -> Option<String> {
+        let zone = self.records.zone();
+        (!zone.is_current()).then(|| match zone.confirmed_ago() {
+            Some(ago) => format!(
+                "this site's DNS server answers SERVFAIL for the names: etcd last vouched for its copy of the records {} ms ago (the name may have moved since); resolvers ask another site's server",
+                ago.as_millis()
+            ),
+            None => "this site's DNS server answers SERVFAIL for the names: its copy of the records was never loaded from etcd".into(),
+        })
+    }
+
     /// How long ago the state was last read from etcd (None: never).
     pub fn state_read_ago(&self) -> Option<Duration> {
         self.synced_at.borrow().map(|at| at.elapsed())

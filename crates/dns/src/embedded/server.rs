@@ -129,7 +129,8 @@ impl DnsServer {
 
 impl udp::Responder for Handler {
     fn generation(&self) -> u64 {
-        u64::from(self.zone.serial())
+        // A copy going stale or current again changes every answer, as a new serial does.
+        u64::from(self.zone.serial()) | (u64::from(!self.zone.is_current()) << 32)
     }
 
     fn respond(&self, request: &[u8]) -> Option<Vec<u8>> {
@@ -332,8 +333,9 @@ impl Handler {
             }
             return answer;
         }
-        if !self.zone.is_loaded() {
-            // A copy not loaded yet knows nothing: another name server may.
+        if !self.zone.is_current() {
+            // A copy not loaded yet knows nothing, one whose source went silent may be stale:
+            // another name server may know.
             return Answer::error(ResponseCode::ServFail);
         }
         let rtype = match qtype {

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use valkey_dr_core::names::fqdn;
@@ -37,6 +37,25 @@ pub struct Zone {
     /// the server answers SERVFAIL, so that resolvers ask another name server instead of caching
     /// an NXDOMAIN that no one decided.
     loaded: AtomicBool,
+    /// For a copy: how long it is vouched for after its source last answered (see
+    /// [`Zone::is_current`]).
+    vouch: Option<Vouch>,
+}
+
+/// A copy's vouch: when its source last answered, and for how long that counts.
+struct Vouch {
+    origin: Instant,
+    /// Milliseconds after `origin` of the last answer (0: none yet).
+    confirmed_ms: AtomicU64,
+    lasts: Duration,
+}
+
+impl Vouch {
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
 }
 
 /// How many CNAMEs the server follows inside its own zone before it stops.
@@ -46,16 +65,26 @@ impl Zone {
     /// An empty zone. The serial starts at the current Unix time so that it keeps rising across
     /// restarts (secondaries and caches compare serials).
     pub fn new(origin: &str) -> Zone {
-        Self::with_loaded(origin, true)
+        Self::with_vouch(origin, None)
     }
 
     /// An empty copy of records held elsewhere: it answers nothing (SERVFAIL) until the first
-    /// [`Zone::replace_all`].
-    pub fn awaiting_copy(origin: &str) -> Zone {
-        Self::with_loaded(origin, false)
+    /// [`Zone::replace_all`], and again whenever its source has not answered ([`Zone::confirm`])
+    /// for `vouched_for`: records may have changed there meanwhile, and a site that answers an
+    /// old writer leads clients to a node that is no longer the primary, while a SERVFAIL sends
+    /// resolvers to another site's server.
+    pub fn awaiting_copy(origin: &str, vouched_for: Duration) -> Zone {
+        Self::with_vouch(
+            origin,
+            Some(Vouch {
+                origin: Instant::now(),
+                confirmed_ms: AtomicU64::new(0),
+                lasts: vouched_for,
+            }),
+        )
     }
 
-    fn with_loaded(origin: &str, loaded: bool) -> Zone {
+    fn with_vouch(origin: &str, vouch: Option<Vouch>) -> Zone {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -66,13 +95,40 @@ impl Zone {
                 sets: BTreeMap::new(),
             }),
             serial: AtomicU32::new(now as u32),
-            loaded: AtomicBool::new(loaded),
+            loaded: AtomicBool::new(vouch.is_none()),
+            vouch,
         }
     }
 
     /// Whether the zone holds records to answer from (see [`Zone::awaiting_copy`]).
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
+    }
+
+    /// The source of a copy answered just now: what the zone holds is what it holds.
+    pub fn confirm(&self) {
+        if let Some(vouch) = &self.vouch {
+            vouch
+                .confirmed_ms
+                .store(vouch.elapsed_ms(), Ordering::Release);
+        }
+    }
+
+    /// How long ago a copy's source last answered (`None`: a zone of its own, or never).
+    pub fn confirmed_ago(&self) -> Option<Duration> {
+        let vouch = self.vouch.as_ref()?;
+        let confirmed = vouch.confirmed_ms.load(Ordering::Acquire);
+        (confirmed > 0).then(|| Duration::from_millis(vouch.elapsed_ms().saturating_sub(confirmed)))
+    }
+
+    /// Whether the zone may answer: loaded, and for a copy, vouched for by a recent answer of
+    /// its source.
+    pub fn is_current(&self) -> bool {
+        self.is_loaded()
+            && self
+                .vouch
+                .as_ref()
+                .is_none_or(|vouch| self.confirmed_ago().is_some_and(|ago| ago <= vouch.lasts))
     }
 
     pub fn origin(&self) -> &str {
@@ -266,6 +322,22 @@ mod tests {
 
     fn set(name: &str, rtype: RecordType, value: &str) -> RecordSet {
         RecordSet::new(name, rtype, 5, [value.to_string()])
+    }
+
+    #[test]
+    fn a_copy_answers_only_while_its_source_answered_within_the_vouch() {
+        let own = Zone::new("z.test");
+        assert!(own.is_current(), "a zone of its own needs no source");
+        let copy = Zone::awaiting_copy("z.test", Duration::from_millis(200));
+        assert!(!copy.is_current(), "nothing loaded");
+        copy.replace_all(Vec::new());
+        assert!(!copy.is_current(), "loaded, but its source never answered");
+        copy.confirm();
+        assert!(copy.is_current());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!copy.is_current(), "its source silent past the vouch");
+        copy.confirm();
+        assert!(copy.is_current());
     }
 
     #[test]

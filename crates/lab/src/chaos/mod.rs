@@ -81,6 +81,10 @@ pub struct ChaosReport {
     pub name_changes: u64,
     /// Time during which some running controller's DNS server did not answer for the name.
     pub name_unresolved_ms: u64,
+    /// The longest time two sites' DNS servers answered different addresses for the name (a
+    /// site answering from a copy that missed a move).
+    #[serde(default)]
+    pub longest_sites_disagree_ms: u64,
     /// Highly available shape: from the fault to a new leader's election.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub takeover_ms: Option<u64>,
@@ -277,6 +281,7 @@ async fn run_on(
     report.final_healthy = after["findings"] == serde_json::json!(["healthy"]);
     report.name_changes = seen.name_changes;
     report.name_unresolved_ms = seen.name_unresolved.total_ms;
+    report.longest_sites_disagree_ms = seen.sites_disagree.longest_ms;
     report.data_loss_suspected = lab
         .events_since(injected_at)
         .iter()

@@ -79,6 +79,9 @@ pub(super) struct Seen {
     pub(super) name_on_replica: Spell,
     /// Some running controller's DNS server gave no address for the name.
     pub(super) name_unresolved: Spell,
+    /// Two sites' DNS servers gave different addresses for the name: one answers from a copy
+    /// that missed a move.
+    pub(super) sites_disagree: Spell,
     /// The most times one site's answer for the name changed.
     pub(super) name_changes: u64,
     /// Per site: its last answer and how often it changed.
@@ -186,6 +189,9 @@ impl Monitor {
                     }
                 }
                 seen.name_changes = seen.site_changes.iter().map(|(_, c)| *c).max().unwrap_or(0);
+                let mut given = answers.iter().filter_map(|(_, t)| *t);
+                let first = given.next();
+                let disagree = given.any(|t| Some(t) != first);
                 let answers: Vec<bool> = answers
                     .iter()
                     .map(|(running, t)| !running || t.is_some())
@@ -199,6 +205,7 @@ impl Monitor {
                 seen.name_off_writer
                     .sample(target.is_some_and(|t| !masters.contains(&t)), elapsed);
                 seen.name_on_replica.sample(target_is_replica, elapsed);
+                seen.sites_disagree.sample(disagree, elapsed);
                 // The state at the end is the last sample in which no node went unanswered: a
                 // read that timed out (a slow machine, a stalled node) says nothing about roles,
                 // and one such sample at the end once judged a healthy lab "not one writer".

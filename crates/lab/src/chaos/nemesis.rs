@@ -348,6 +348,19 @@ impl<'a> Lab<'a> {
                 self.partition_for(self.spec.vantage(&leader), *for_ms)
                     .await?;
             }
+            Fault::WitnessCutWhileWriterKilled {
+                for_ms,
+                kill_after_ms,
+            } => {
+                let witness = [Cut::Isolate(crate::spec::CONTROLLER_VANTAGE.into())];
+                let kill = async {
+                    tokio::time::sleep(Duration::from_millis(*kill_after_ms)).await;
+                    self.kill(writer).await
+                };
+                let (cut, killed) = tokio::join!(self.cut_for(witness.into(), *for_ms), kill);
+                cut.and(killed)?;
+                self.restart(writer).await?;
+            }
             Fault::EtcdQuorumLost { for_ms } => {
                 let stopped: Vec<i32> = self.spec.sites[..2]
                     .iter()

@@ -97,6 +97,11 @@ pub enum Fault {
     /// Only the path between the leader and the writer node fails (a route, a security group):
     /// the writer's region, its replicas and its clients still reach it.
     LeaderCutFromWriterNode { for_ms: u64 },
+    /// Highly available shape: the witness site (its controller and etcd member) cut off for
+    /// `for_ms` while its DNS server still answers resolvers; `kill_after_ms` into the cut the
+    /// writer is SIGKILLed (restarted after the heal), so the name moves while that site cannot
+    /// hear of it. Its server must stop answering the old writer, not lead there all cut long.
+    WitnessCutWhileWriterKilled { for_ms: u64, kill_after_ms: u64 },
 }
 
 impl Fault {
@@ -110,7 +115,8 @@ impl Fault {
             Fault::KillWriter { .. }
             | Fault::WriterRestartedEmptyAsMaster
             | Fault::ReplicaRestartedThenWriterKilled
-            | Fault::StaleReadsRefusedThenWriterKilled => 1,
+            | Fault::StaleReadsRefusedThenWriterKilled
+            | Fault::WitnessCutWhileWriterKilled { .. } => 1,
             // A stall the controller fails over from ends like a kill for the write the node
             // acknowledged and had not yet sent to a replica when it froze: its demotion on
             // resume drops it. Silence is replaced once the self-fence holds (4 s).
@@ -139,8 +145,8 @@ impl Fault {
     }
 
     /// True for the faults only packet filters can make (`chaos --netns`). A cut-off raft
-    /// leader too: the loopback lab's stand-in, a frozen member, makes etcd 3.4 revoke every
-    /// lease when it resumes, which no partition does.
+    /// leader too (the witness's member often is one): the loopback lab's stand-in, a frozen
+    /// member, makes etcd 3.4 revoke every lease when it resumes, which no partition does.
     pub fn needs_real_network(&self) -> bool {
         matches!(
             self,
@@ -148,6 +154,7 @@ impl Fault {
                 | Fault::WriterSiteEtcdPeersCut { .. }
                 | Fault::WriterRegionLossy { .. }
                 | Fault::LeaderCutFromWriterNode { .. }
+                | Fault::WitnessCutWhileWriterKilled { .. }
                 | Fault::IsolateLeaderSite {
                     leads_raft: true,
                     ..
@@ -311,6 +318,14 @@ pub fn scenarios() -> Vec<Scenario> {
                 9,
             )
         }),
+        ha(s(
+            "witness site cut off 10 s, the writer SIGKILLed 1 s in",
+            Fault::WitnessCutWhileWriterKilled {
+                for_ms: 10_000,
+                kill_after_ms: 1000,
+            },
+            16,
+        )),
         ha(Scenario {
             max_failovers: Some(0),
             ..s(

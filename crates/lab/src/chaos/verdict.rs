@@ -44,6 +44,15 @@ pub(super) fn verdict(r: &ChaosReport, scenario: &Scenario) -> String {
             r.fenced_untouched, r.longest_untouched_pause_ms
         ));
     }
+    // A site cut off from etcd answers its copy only while etcd vouched for it within the lease
+    // TTL; after that, SERVFAIL sends resolvers to a site that knows (review M2). One sample and
+    // a watch's hop of slack.
+    if scenario.ha && r.longest_sites_disagree_ms > LEASE_TTL_MS + 1000 {
+        problems.push(format!(
+            "sites' DNS servers answered different writers for {} ms",
+            r.longest_sites_disagree_ms
+        ));
+    }
     if r.data_loss_suspected > 0 {
         problems.push(format!("{} data loss(es) suspected", r.data_loss_suspected));
     }

@@ -701,7 +701,9 @@ async fn a_lost_writer_region_is_failed_over_automatically_once_its_primaries_ar
 /// A primary without persistence restarted at once without `cluster start-guard`: it comes back
 /// as its slots' primary, empty, and its replicas copy the empty dataset. The controller cannot
 /// undo that; it reports it — `data_loss_suspected` naming the node and its slots, the offset
-/// gone back — within a pass or two, so that the alert reaches the operator.
+/// gone back — within a pass or two, so that the alert reaches the operator. `status` shows it
+/// until `valkey-dr ack`, across a restart of the controller (review N9: the report lived in one
+/// process's memory, and `status` never showed it).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_back_empty_before_it_was_replaced_is_reported_as_suspected_data_loss() {
     // The report also reaches a webhook, signed.
@@ -767,5 +769,38 @@ async fn a_primary_back_empty_before_it_was_replaced_is_reported_as_suspected_da
             .contains(&format!("x-valkey-dr-signature: {signature}")),
         "{head}"
     );
+
+    // Shown by `status`, still after a restart, until acknowledged.
+    let status = setup.status();
+    assert_eq!(
+        status["data_loss_suspected"]["node"],
+        node.as_str(),
+        "{status:#}"
+    );
+    drop(_controller);
+    let _controller = setup.controller(None);
+    let status = setup.status();
+    assert_eq!(
+        status["data_loss_suspected"]["node"],
+        node.as_str(),
+        "{status:#}"
+    );
+    let text = succeed(
+        Command::new(BIN)
+            .args(["cluster", "status", "--config"])
+            .arg(&setup.config),
+    );
+    assert!(
+        String::from_utf8_lossy(&text).contains("data loss suspected"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    succeed(
+        Command::new(BIN)
+            .args(["ack", "--config"])
+            .arg(&setup.config),
+    );
+    let status = setup.status();
+    assert!(status["data_loss_suspected"].is_null(), "{status:#}");
     let _ = std::fs::remove_file(&secret);
 }

@@ -130,7 +130,8 @@ impl ClusterController {
         }
     }
 
-    /// `valkey-dr ack`: automatic failovers are allowed again; whether they were blocked.
+    /// `valkey-dr ack`: automatic failovers are allowed again and a loss report is cleared;
+    /// whether failovers were blocked.
     pub async fn ack(&self) -> Result<bool, ClusterError> {
         let _acting = self.acting.lock().await;
         self.not_leader()?;
@@ -142,6 +143,7 @@ impl ClusterController {
             .is_some_and(|until| crate::clock::now_ms() < until);
         self.record(ClusterState {
             failovers_blocked_until_ms: None,
+            data_loss: None,
             ..state
         })
         .await?;

@@ -132,6 +132,9 @@ pub struct ControlledClusterStatus {
     pub site: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// The last primary that came back without its data, until `valkey-dr ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_loss_suspected: Option<serde_json::Value>,
     #[serde(flatten)]
     pub cluster: ClusterStatus,
 }
@@ -253,12 +256,13 @@ impl ClusterController {
             .map_err(ClusterError::NoNodeAnswered)?;
         // Every node's own account, as the shards were read with it: no second round of reads.
         let observations = observations_of(&self.topology, &shards);
-        self.report_empty_primaries(&shards, &observations);
+        let lost = self.report_empty_primaries(&shards, &observations);
         let state = match known {
             Some(state) => state,
             None => self.recover_epoch(&shards).await?,
         };
         let state = self.settle(state, &shards).await?;
+        let state = self.remember_loss(state, lost).await?;
         let state = self.fence(state, &shards, &observations).await;
         self.last_pass
             .lock()
@@ -325,10 +329,33 @@ impl ClusterController {
         })
     }
 
+    /// Keeps the last loss report in the state until an operator acknowledges it (`status`
+    /// shows it after a restart or at another site's leadership).
+    async fn remember_loss(
+        &self,
+        state: ClusterState,
+        lost: Option<serde_json::Value>,
+    ) -> Result<ClusterState, ClusterError> {
+        let Some(lost) = lost else {
+            return Ok(state);
+        };
+        let next = ClusterState {
+            data_loss: Some(lost),
+            ..state
+        };
+        self.record(next.clone()).await?;
+        Ok(next)
+    }
+
     /// Reports every slot-serving primary that came back without its data since the last pass
     /// (`data_loss_suspected`: started empty without `cluster start-guard`, its replicas copy
-    /// the empty dataset), then remembers each answering node's history.
-    fn report_empty_primaries(&self, shards: &[Shard], observations: &[NodeObservation]) {
+    /// the empty dataset), then remembers each answering node's history. Returns the last
+    /// report, if any.
+    fn report_empty_primaries(
+        &self,
+        shards: &[Shard],
+        observations: &[NodeObservation],
+    ) -> Option<serde_json::Value> {
         let empty = {
             let mut last = self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
             let empty = empty_primaries(&self.topology, shards, observations, &last.histories);
@@ -339,10 +366,9 @@ impl ClusterController {
             }
             empty
         };
+        let mut reported = None;
         for empty in empty {
-            self.events.emit(
-                EventKind::DataLossSuspected,
-                json!({
+            let report = json!({
                     "node": self.topology.node_name(empty.node),
                     "slots": empty.slots,
                     "offset_before": empty.before.offset,
@@ -350,9 +376,12 @@ impl ClusterController {
                     "replication_id_before": empty.before.replication_id,
                     "replication_id": empty.now.replication_id,
                     "reason": "a primary came back without its data while still serving its slots (started without `valkey-dr cluster start-guard`): its replicas copy the empty dataset",
-                }),
-            );
+            });
+            self.events
+                .emit(EventKind::DataLossSuspected, report.clone());
+            reported = Some(report);
         }
+        reported
     }
 
     /// The epoch when nothing usable is recorded: the one the ownership record carries (a
@@ -633,6 +662,7 @@ impl ClusterController {
             site: self.ha.as_ref().map(|ha| ha.site().to_string()),
             leader: self.ha.as_ref().and_then(|ha| ha.leader_site()),
             epoch: state.as_ref().map(|s| s.epoch.epoch),
+            data_loss_suspected: state.as_ref().and_then(|s| s.data_loss.clone()),
             moving_to: state
                 .as_ref()
                 .and_then(|s| s.moving)
