@@ -128,7 +128,9 @@ fn chaos_a_partition_only_the_controller_sees_fails_nothing_over() {
 
 /// Highly available shape, the writer's region cut off from everything with a writer inside it:
 /// its own controller pauses the writer within the lease TTL (before, it took writes for the whole
-/// partition), the majority moves the writer once, and every site keeps resolving the name.
+/// partition), the majority moves the writer once, and the cut site's DNS server stops answering
+/// once its copy may be stale instead of leading to the old writer (review M2: it used to answer
+/// the old writer for the whole cut, 3.9–5.3 s beside the others' new one).
 #[test]
 fn chaos_ha_an_isolated_writer_region_fences_itself_within_the_lease() {
     let reports = chaos(&["HA: writer region isolated 8 s"]);
@@ -140,7 +142,13 @@ fn chaos_ha_an_isolated_writer_region_fences_itself_within_the_lease() {
     assert!(fenced_after <= 3000, "{report:#}");
     assert_eq!(report["failovers"], 1, "{report:#}");
     assert_eq!(report["name_changes"], 1, "{report:#}");
-    assert_eq!(report["name_unresolved_ms"], 0, "{report:#}");
+    assert!(
+        report["longest_sites_disagree_ms"].as_u64().unwrap() <= 4000,
+        "{report:#}"
+    );
+    // SERVFAIL from the cut site, for part of the 8 s cut only: it answers again after the heal.
+    let unresolved = report["name_unresolved_ms"].as_u64().unwrap();
+    assert!(unresolved > 0 && unresolved < 8000, "{report:#}");
 }
 
 /// The same isolation on real packet cuts (each site in a network namespace, nftables drops):

@@ -377,6 +377,39 @@ fn shard_id_mismatch(listed: &str) -> Option<String> {
     })
 }
 
+/// Waits, for up to `within`, until every replica holds what its primary held when this was
+/// called (`addrs[i % primaries]` is the primary of `addrs[i]`): the writes made so far reached
+/// every region, so that a fault from now on is judged against replicated history, not against
+/// a replication stream still starting.
+pub async fn until_replicated(
+    addrs: &[SocketAddr],
+    primaries: usize,
+    within: Duration,
+) -> Result<(), ClusterError> {
+    let offset = |info: &str, field: &str| {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(field))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut marks = Vec::with_capacity(primaries);
+    for primary in &addrs[..primaries] {
+        let info = text(command(*primary, &["INFO", "replication"]).await?);
+        marks.push(offset(&info, "master_repl_offset:"));
+    }
+    let deadline = Instant::now() + within;
+    for (i, node) in addrs.iter().enumerate().skip(primaries) {
+        let mark = marks[i % primaries];
+        until(deadline, within, *node, async || {
+            let info = text(command(*node, &["INFO", "replication"]).await?);
+            let at = offset(&info, "slave_repl_offset:");
+            Ok((at < mark).then(|| format!("replicated up to {at}, its primary was at {mark}")))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// Polls `check` until it finds nothing missing (`None`), or fails at `deadline` with what
 /// was missing last.
 pub(crate) async fn until(

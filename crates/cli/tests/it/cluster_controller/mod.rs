@@ -342,6 +342,17 @@ async fn the_controller_keeps_the_clusters_epoch_and_leads_the_name_to_the_write
     }
     assert_eq!(setup.name(), east2_nodes);
     assert_eq!(setup.ownership(), Some((2, "us-east-2".into())));
+    // Asked again (as after an answer lost with its leader): nothing moves, the epoch stays.
+    // Before, it raised the epoch for no move.
+    let again = setup.cluster(&["switchover", "us-east-2"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(done["moves"].as_array().map(Vec::len), Some(0), "{done}");
+    assert_eq!(setup.ownership(), Some((2, "us-east-2".into())));
     let recorded = std::fs::read_to_string(setup.dir.join("state/cluster.json")).unwrap();
     assert!(recorded.contains("\"epoch\": 2"), "{recorded}");
     assert!(

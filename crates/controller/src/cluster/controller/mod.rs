@@ -545,10 +545,13 @@ impl ClusterController {
         let state = self.store.get().ok_or_else(|| {
             ClusterError::StateNotRecorded("no epoch recorded after a pass".into())
         })?;
-        // A move to the same region again (finishing one left halfway) keeps its epoch.
+        // A move to the same region again (finishing one left halfway) keeps its epoch, and so
+        // does one into the region the epoch already names (a switchover asked again, e.g. after
+        // its leader lost office before answering): it only brings back a shard that strayed.
         let epoch = match state.moving {
             Some(m) if m.to == to => m.epoch,
             Some(m) => m.epoch.max(state.epoch.epoch) + 1,
+            None if state.epoch.writer_region == to => state.epoch.epoch,
             None => state.epoch.epoch + 1,
         };
         let moving = ClusterMove {
