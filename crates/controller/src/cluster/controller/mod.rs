@@ -40,6 +40,7 @@ use crate::events::{EventKind, EventSink};
 mod automatic;
 mod control;
 mod fence;
+mod loss;
 mod office;
 mod start;
 
@@ -327,61 +328,6 @@ impl ClusterController {
             fail_over_to: None,
             watching: false,
         })
-    }
-
-    /// Keeps the last loss report in the state until an operator acknowledges it (`status`
-    /// shows it after a restart or at another site's leadership).
-    async fn remember_loss(
-        &self,
-        state: ClusterState,
-        lost: Option<serde_json::Value>,
-    ) -> Result<ClusterState, ClusterError> {
-        let Some(lost) = lost else {
-            return Ok(state);
-        };
-        let next = ClusterState {
-            data_loss: Some(lost),
-            ..state
-        };
-        self.record(next.clone()).await?;
-        Ok(next)
-    }
-
-    /// Reports every slot-serving primary that came back without its data since the last pass
-    /// (`data_loss_suspected`: started empty without `cluster start-guard`, its replicas copy
-    /// the empty dataset), then remembers each answering node's history. Returns the last
-    /// report, if any.
-    fn report_empty_primaries(
-        &self,
-        shards: &[Shard],
-        observations: &[NodeObservation],
-    ) -> Option<serde_json::Value> {
-        let empty = {
-            let mut last = self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
-            let empty = empty_primaries(&self.topology, shards, observations, &last.histories);
-            for seen in observations {
-                if let Some(info) = seen.info() {
-                    last.histories.insert(seen.node, info.history());
-                }
-            }
-            empty
-        };
-        let mut reported = None;
-        for empty in empty {
-            let report = json!({
-                    "node": self.topology.node_name(empty.node),
-                    "slots": empty.slots,
-                    "offset_before": empty.before.offset,
-                    "offset": empty.now.offset,
-                    "replication_id_before": empty.before.replication_id,
-                    "replication_id": empty.now.replication_id,
-                    "reason": "a primary came back without its data while still serving its slots (started without `valkey-dr cluster start-guard`): its replicas copy the empty dataset",
-            });
-            self.events
-                .emit(EventKind::DataLossSuspected, report.clone());
-            reported = Some(report);
-        }
-        reported
     }
 
     /// The epoch when nothing usable is recorded: the one the ownership record carries (a
