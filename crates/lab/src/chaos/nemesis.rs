@@ -352,6 +352,17 @@ impl<'a> Lab<'a> {
                 for_ms,
                 kill_after_ms,
             } => {
+                // etcd's raft leadership away from the witness first (the lab gives it there):
+                // the row is about the cut site's DNS, not the election its cut would cost every
+                // site (the raft-leader rows measure that).
+                let tls = self.spec.etcd_tls().map_err(lab_error)?;
+                valkey_dr_coord::cluster::move_leader_to(
+                    &self.spec.etcd_member_endpoints(),
+                    tls.as_ref(),
+                    &self.other_region(writer),
+                )
+                .await
+                .map_err(lab_error)?;
                 let witness = [Cut::Isolate(crate::spec::CONTROLLER_VANTAGE.into())];
                 let kill = async {
                     tokio::time::sleep(Duration::from_millis(*kill_after_ms)).await;
