@@ -105,16 +105,27 @@ pub fn is_alive(pid: i32) -> bool {
     if unsafe { libc::kill(pid, 0) } != 0 {
         return false;
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-            !zombie || threads_left(pid) > 1
-        }
-        Err(_) => false,
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| alive_in_stat(&stat, || threads_left(pid)))
+}
+
+/// Reads a `/proc/<pid>/stat` line: alive unless dead (`X`, shown while its parent reaps it) or a
+/// zombie with no thread left but the main one. A process seen as a zombie is reaped later, and
+/// in between it reads `X`: counting that as alive once made a restart right after a kill refuse
+/// ("already running").
+fn alive_in_stat(stat: &str, threads: impl FnOnce() -> usize) -> bool {
+    match state_in_stat(stat) {
+        Some('X' | 'x') | None => false,
+        Some('Z') => threads() > 1,
+        Some(_) => true,
     }
+}
+
+/// The state letter of a `/proc/<pid>/stat` line. It follows the command name, which is in
+/// parentheses and may hold any character.
+fn state_in_stat(stat: &str) -> Option<char> {
+    stat.rfind(')')
+        .and_then(|end| stat[end + 1..].trim_start().chars().next())
 }
 
 /// How many threads of `pid` still exist (a zombie's main thread counts as one).
@@ -125,12 +136,8 @@ fn threads_left(pid: i32) -> usize {
 /// True when the process exists and runs (not stopped by SIGSTOP, not a zombie).
 pub fn is_running(pid: i32) -> bool {
     is_alive(pid)
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            !stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('T'))
-        })
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| state_in_stat(&stat) != Some('T'))
 }
 
 pub fn any_running(dir: &Path) -> bool {
@@ -693,4 +700,31 @@ where
         seconds: within.as_secs(),
         log: log.display().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alive_in_stat;
+
+    #[test]
+    fn a_dying_process_reads_as_gone_once_only_its_main_thread_is_left() {
+        let cases = [
+            ("4242 (valkey-server) S 1 4242", 4, true),
+            ("4242 (valkey-server) R 1 4242", 1, true),
+            ("4242 (valkey-server) T 1 4242", 1, true),
+            ("4242 (valkey-server) Z 1 4242", 3, true),
+            ("4242 (valkey-server) Z 1 4242", 1, false),
+            // Being reaped: counted alive before, which refused a restart after a kill.
+            ("4242 (valkey-server) X 1 4242", 1, false),
+            ("4242 (a) b) Z c) S 1 4242", 1, true),
+            ("garbage", 1, false),
+        ];
+        for (stat, threads, alive) in cases {
+            assert_eq!(
+                alive_in_stat(stat, || threads),
+                alive,
+                "{stat} with {threads} threads"
+            );
+        }
+    }
 }
