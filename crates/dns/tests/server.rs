@@ -423,11 +423,15 @@ async fn a_site_cut_off_from_etcd_stops_answering_its_old_records() {
             ("SERVFAIL", "SERVFAIL") => {
                 servfail_after.get_or_insert(cut.elapsed());
             }
+            // The copy went stale between the two queries (UDP is asked first).
+            ("NOERROR", "SERVFAIL") if servfail_after.is_none() => {
+                servfail_after = Some(cut.elapsed());
+            }
             ("NOERROR", "NOERROR") => assert!(
                 servfail_after.is_none(),
                 "answered again after going stale: {udp}"
             ),
-            other => panic!("UDP and TCP disagree: {other:?}"),
+            other => panic!("UDP and TCP disagree, and not at the turn: {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
