@@ -22,24 +22,19 @@ impl ClusterController {
         Ok(next)
     }
 
-    /// Reports every slot-serving primary that came back without its data since the last pass
-    /// (`data_loss_suspected`: started empty without `cluster start-guard`, its replicas copy
-    /// the empty dataset), then remembers each answering node's history. Returns the last
-    /// report, if any.
+    /// Reports every slot-serving primary that came back without its data since the histories
+    /// were last remembered (`data_loss_suspected`: started empty without `cluster
+    /// start-guard`, its replicas copy the empty dataset). Returns the last report, if any.
+    /// The histories move on only in [`Self::remember_histories`], once the report is recorded:
+    /// a pass that fails before (a state write refused) reports it again.
     pub(super) fn report_empty_primaries(
         &self,
         shards: &[Shard],
         observations: &[NodeObservation],
     ) -> Option<serde_json::Value> {
         let empty = {
-            let mut last = self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
-            let empty = empty_primaries(&self.topology, shards, observations, &last.histories);
-            for seen in observations {
-                if let Some(info) = seen.info() {
-                    last.histories.insert(seen.node, info.history());
-                }
-            }
-            empty
+            let last = self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
+            empty_primaries(&self.topology, shards, observations, &last.histories)
         };
         let mut reported = None;
         for empty in empty {
@@ -57,5 +52,16 @@ impl ClusterController {
             reported = Some(report);
         }
         reported
+    }
+
+    /// Remembers each answering node's history, against which the next pass finds a primary
+    /// back empty.
+    pub(super) fn remember_histories(&self, observations: &[NodeObservation]) {
+        let mut last = self.last_pass.lock().unwrap_or_else(|e| e.into_inner());
+        for seen in observations {
+            if let Some(info) = seen.info() {
+                last.histories.insert(seen.node, info.history());
+            }
+        }
     }
 }

@@ -264,6 +264,7 @@ impl ClusterController {
         };
         let state = self.settle(state, &shards).await?;
         let state = self.remember_loss(state, lost).await?;
+        self.remember_histories(&observations);
         let state = self.fence(state, &shards, &observations).await;
         self.last_pass
             .lock()
