@@ -362,7 +362,7 @@ async fn a_switchover_closes_the_old_primarys_subscribers() {
 
 /// When the writer comes back empty and no other node holds its history (every replica is down),
 /// nothing can undo the loss: status says so, with the numbers, instead of "healthy", until an
-/// operator acknowledges it.
+/// operator acknowledges it — also when the state could not be written the moment it was seen.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_loss_nobody_could_prevent_is_reported_not_called_healthy() {
     let lab = TestLab::start().await;
@@ -391,10 +391,26 @@ async fn a_loss_nobody_could_prevent_is_reported_not_called_healthy() {
         Ok(Ok(()))
     );
     assert!(!acknowledged, "the empty writer acknowledged a write");
-    // Every node answers, and none holds the history: now the loss is certain, and reported.
+    // Every node answers, and none holds the history: now the loss is certain, and reported —
+    // also when the state cannot be written at that moment (a directory where the controller
+    // writes its next `state.json`): a later pass records it.
+    let blocker = lab.spec.controller_dir().join("state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
     for (region, index) in [(0, 1), (1, 0), (1, 1)] {
         restart_empty(&lab, region, index);
     }
+    for _ in 0..200 {
+        if lab.first_event("data_loss_suspected").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(lab.first_event("data_loss_suspected").is_some());
+    assert!(lab.first_event("state_write_failed").is_some());
+    assert!(lab.status().await["data_loss_suspected"].is_null());
+    std::fs::remove_dir(&blocker).unwrap();
+    // Before, the pass that failed to record it had already taken the empty writer's history as
+    // the lineage, and the loss never reached `status`.
     let status = lab
         .wait_until(|s| s["data_loss_suspected"].is_object())
         .await;

@@ -379,11 +379,14 @@ impl Controller {
         });
         self.events
             .emit(crate::events::EventKind::DataLossSuspected, &lost);
-        carried.last_writer = Some((writer, now.clone()));
         // The new lineage and the loss in one durable write: status shows the loss on every site
-        // and after any restart, until `ack`.
+        // and after any restart, until `ack`. The lineage moves on in memory only then: a write
+        // that fails leaves the old one, and the next pass finds the loss again.
         match self.state.record_loss(now.clone(), lost).await {
-            Ok(_) => true,
+            Ok(_) => {
+                carried.last_writer = Some((writer, now.clone()));
+                true
+            }
             Err(e) => {
                 self.state_write_failed(&e);
                 false
