@@ -400,7 +400,9 @@ async fn a_loss_nobody_could_prevent_is_reported_not_called_healthy() {
         restart_empty(&lab, region, index);
     }
     for _ in 0..200 {
-        if lab.first_event("data_loss_suspected").is_some() {
+        if lab.first_event("data_loss_suspected").is_some()
+            && lab.first_event("state_write_failed").is_some()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -742,7 +742,8 @@ async fn a_primary_back_empty_before_it_was_replaced_is_reported_as_suspected_da
     let deadline = Instant::now() + Duration::from_secs(15);
     let reported = loop {
         let reported = setup.events("data_loss_suspected");
-        if !reported.is_empty() || Instant::now() > deadline {
+        let refused = !setup.events("state_write_failed").is_empty();
+        if (!reported.is_empty() && refused) || Instant::now() > deadline {
             break reported;
         }
         std::thread::sleep(Duration::from_millis(100));
