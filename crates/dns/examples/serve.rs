@@ -1,9 +1,11 @@
 //! The embedded DNS server on its own, serving a fixed zone, for `bench/dns`:
-//! `serve <IP:port>` answers for `valkey-dr.bench.` until killed.
+//! `serve <IP:port> [--copy]` answers for `valkey-dr.bench.` until killed. `--copy`: the zone is
+//! a site's copy of records held in etcd, vouched for every 500 ms as the site's reads do, so
+//! that every answer checks the copy's freshness.
 
 use std::sync::Arc;
 
-use valkey_dr_core::{Change, RecordSet, RecordType};
+use valkey_dr_core::{RecordSet, RecordType};
 use valkey_dr_dns::embedded::{DnsServer, Zone};
 
 #[tokio::main]
@@ -15,7 +17,12 @@ async fn main() {
             eprintln!("usage: serve <IP:port>");
             std::process::exit(2);
         });
-    let zone = Arc::new(Zone::new("valkey-dr.bench"));
+    let copy = std::env::args().nth(2).is_some_and(|a| a == "--copy");
+    let zone = Arc::new(if copy {
+        Zone::awaiting_copy("valkey-dr.bench", std::time::Duration::from_secs(3))
+    } else {
+        Zone::new("valkey-dr.bench")
+    });
     let set = |name: &str, rtype, value: &str| RecordSet::new(name, rtype, 5, [value.to_string()]);
     let records = [
         set(
@@ -31,12 +38,17 @@ async fn main() {
             "heritage=valkey-dr,owner=bench,epoch=1,primary=r1",
         ),
     ];
-    let changes: Vec<Change> = records
-        .into_iter()
-        .map(|new| Change::Create { new })
-        .collect();
-    zone.apply_changes(&changes)
-        .expect("a fresh zone takes the records");
+    zone.replace_all(records.to_vec());
+    if copy {
+        zone.confirm();
+        let vouching = zone.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                vouching.confirm();
+            }
+        });
+    }
     let server = DnsServer::start(zone, listen, 5).await.unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1);
