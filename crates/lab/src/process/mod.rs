@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::spec::LabSpec;
 
+mod signals;
+pub use signals::{is_alive, is_running, is_stopped, kill_recorded, signal, signal_recorded};
+
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     #[error("{0}")]
@@ -91,53 +94,6 @@ pub fn processes(dir: &Path) -> Vec<LabProcess> {
         )
     });
     list
-}
-
-/// True when the process exists and is not a zombie whose threads have all exited. A killed
-/// multi-threaded process shows its main thread as a zombie while the other threads still tear
-/// down, and its sockets stay bound until the last one is gone: a restart on the same ports
-/// must wait for that too.
-pub fn is_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks for existence and permission.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| alive_in_stat(&stat, || threads_left(pid)))
-}
-
-/// Reads a `/proc/<pid>/stat` line: alive unless dead (`X`, shown while its parent reaps it) or a
-/// zombie with no thread left but the main one. A process seen as a zombie is reaped later, and
-/// in between it reads `X`: counting that as alive once made a restart right after a kill refuse
-/// ("already running").
-fn alive_in_stat(stat: &str, threads: impl FnOnce() -> usize) -> bool {
-    match state_in_stat(stat) {
-        Some('X' | 'x') | None => false,
-        Some('Z') => threads() > 1,
-        Some(_) => true,
-    }
-}
-
-/// The state letter of a `/proc/<pid>/stat` line. It follows the command name, which is in
-/// parentheses and may hold any character.
-fn state_in_stat(stat: &str) -> Option<char> {
-    stat.rfind(')')
-        .and_then(|end| stat[end + 1..].trim_start().chars().next())
-}
-
-/// How many threads of `pid` still exist (a zombie's main thread counts as one).
-fn threads_left(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| tasks.count())
-}
-
-/// True when the process exists and runs (not stopped by SIGSTOP, not a zombie).
-pub fn is_running(pid: i32) -> bool {
-    is_alive(pid)
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| state_in_stat(&stat) != Some('T'))
 }
 
 pub fn any_running(dir: &Path) -> bool {
@@ -618,37 +574,6 @@ pub async fn down(dir: &Path) -> Vec<String> {
     running.into_iter().map(|p| p.name).collect()
 }
 
-/// SIGKILLs the process a pid file names and waits until it is gone (a crash, as the drills and
-/// tests need it).
-pub async fn kill_recorded(pidfile: &Path) -> Result<(), LabError> {
-    let pid = signal_recorded(pidfile, libc::SIGKILL)?;
-    while is_alive(pid) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
-}
-
-/// Sends `signal` to `pid`, a process the lab started.
-pub fn signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) on a pid this lab started or recorded.
-    unsafe { libc::kill(pid, signal) };
-}
-
-/// True when `pid` lives but stands still (SIGSTOP).
-pub fn is_stopped(pid: i32) -> bool {
-    is_alive(pid) && !is_running(pid)
-}
-
-/// Sends `signal` to the process a pid file names; returns its pid.
-pub fn signal_recorded(pidfile: &Path, signal: i32) -> Result<i32, LabError> {
-    let pid: i32 = std::fs::read_to_string(pidfile)
-        .ok()
-        .and_then(|p| p.trim().parse().ok())
-        .ok_or_else(|| LabError::Io(format!("no pid in {}", pidfile.display())))?;
-    self::signal(pid, signal);
-    Ok(pid)
-}
-
 /// `PING` with the lab's TLS and AUTH settings: true when the node answers.
 pub async fn ping(addr: SocketAddr, security: &valkey_dr_valkey::Security) -> bool {
     let endpoint = valkey_dr_core::Endpoint::new(&addr.ip().to_string(), addr.port());
@@ -700,31 +625,4 @@ where
         seconds: within.as_secs(),
         log: log.display().to_string(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::alive_in_stat;
-
-    #[test]
-    fn a_dying_process_reads_as_gone_once_only_its_main_thread_is_left() {
-        let cases = [
-            ("4242 (valkey-server) S 1 4242", 4, true),
-            ("4242 (valkey-server) R 1 4242", 1, true),
-            ("4242 (valkey-server) T 1 4242", 1, true),
-            ("4242 (valkey-server) Z 1 4242", 3, true),
-            ("4242 (valkey-server) Z 1 4242", 1, false),
-            // Being reaped: counted alive before, which refused a restart after a kill.
-            ("4242 (valkey-server) X 1 4242", 1, false),
-            ("4242 (a) b) Z c) S 1 4242", 1, true),
-            ("garbage", 1, false),
-        ];
-        for (stat, threads, alive) in cases {
-            assert_eq!(
-                alive_in_stat(stat, || threads),
-                alive,
-                "{stat} with {threads} threads"
-            );
-        }
-    }
 }
